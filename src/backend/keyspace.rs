@@ -1,0 +1,396 @@
+//! A small Redis-like keyspace (strings and hashes with millisecond TTLs) in SQLite.
+//! Each batch is one transaction; expired keys read as missing and are swept through
+//! an index on expiry, never by a full scan.
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use crate::command::{Batch, Command, Reply};
+use crate::error::{ErrorCode, StoreError, StoreResult};
+
+/// The schema version written to `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+/// Expired keys removed per write transaction at most.
+const SWEEP_LIMIT: i64 = 64;
+const KIND_STRING: i64 = 0;
+const KIND_HASH: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS durastate_keys (
+  key TEXT PRIMARY KEY NOT NULL,
+  kind INTEGER NOT NULL,
+  value TEXT,
+  expires_at INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS durastate_keys_expiry
+  ON durastate_keys(expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS durastate_fields (
+  key TEXT NOT NULL,
+  field TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY (key, field)
+) WITHOUT ROWID;
+";
+
+/// Sets the journal mode and creates the tables when missing.
+pub fn prepare(connection: &Connection, full_sync: bool) -> StoreResult<()> {
+  connection.pragma_update(None, "journal_mode", "WAL")?;
+  let sync = if full_sync { "FULL" } else { "NORMAL" };
+  connection.pragma_update(None, "synchronous", sync)?;
+  let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+  if version > SCHEMA_VERSION {
+    return Err(StoreError::new(
+      ErrorCode::CorruptData,
+      format!(
+        "schema version {version} is newer than this durastate understands ({SCHEMA_VERSION})"
+      ),
+    ));
+  }
+  connection.execute_batch(SCHEMA)?;
+  connection.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+  Ok(())
+}
+
+/// Runs a batch in one transaction: all of it lands or none of it does.
+pub fn execute(connection: &mut Connection, batch: &Batch, now: u64) -> StoreResult<Vec<Reply>> {
+  let writes = batch.writes();
+  let behavior = if writes {
+    TransactionBehavior::Immediate
+  } else {
+    TransactionBehavior::Deferred
+  };
+  let tx = connection.transaction_with_behavior(behavior)?;
+  let now = now as i64;
+  let mut replies = Vec::with_capacity(batch.commands.len());
+  for command in &batch.commands {
+    replies.push(apply(&tx, command, now)?);
+  }
+  if writes {
+    sweep(&tx, now)?;
+  }
+  tx.commit()?;
+  Ok(replies)
+}
+
+/// What a key holds right now.
+enum KeyState {
+  Missing,
+  Expired,
+  Str(String),
+  Hash,
+}
+
+fn apply(tx: &Transaction, command: &Command, now: i64) -> StoreResult<Reply> {
+  match command {
+    Command::Get { key } => match state(tx, key, now)? {
+      KeyState::Str(value) => Ok(Reply::Bytes(value.into_bytes())),
+      KeyState::Hash => Err(wrong_type(key)),
+      _ => Ok(Reply::Nil),
+    },
+    Command::Set { key, value, ttl_ms } => {
+      if let KeyState::Hash | KeyState::Expired = state(tx, key, now)? {
+        delete_key(tx, key)?;
+      }
+      let expires_at = ttl_ms.map(|ttl| now + ttl as i64);
+      tx.prepare_cached(
+        "INSERT OR REPLACE INTO durastate_keys(key, kind, value, expires_at) VALUES (?1, ?2, ?3, ?4)",
+      )?
+      .execute(params![key, KIND_STRING, value, expires_at])?;
+      Ok(Reply::Ok)
+    }
+    Command::HGet { key, field } => match hash_state(tx, key, now)? {
+      true => Ok(
+        field_value(tx, key, field)?
+          .map(|v| Reply::Bytes(v.into_bytes()))
+          .unwrap_or(Reply::Nil),
+      ),
+      false => Ok(Reply::Nil),
+    },
+    Command::HGetAll { key } => match hash_state(tx, key, now)? {
+      true => all_fields(tx, key).map(Reply::Pairs),
+      false => Ok(Reply::Pairs(Vec::new())),
+    },
+    Command::HSet { key, field, value } => {
+      ensure_hash(tx, key, now)?;
+      let created = tx
+        .prepare_cached(
+          "INSERT OR IGNORE INTO durastate_fields(key, field, value) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![key, field, value])?;
+      if created == 0 {
+        tx.prepare_cached("UPDATE durastate_fields SET value = ?3 WHERE key = ?1 AND field = ?2")?
+          .execute(params![key, field, value])?;
+      }
+      Ok(Reply::Int(created as i64))
+    }
+    Command::HSetNx { key, field, value } => {
+      ensure_hash(tx, key, now)?;
+      let created = tx
+        .prepare_cached(
+          "INSERT OR IGNORE INTO durastate_fields(key, field, value) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![key, field, value])?;
+      Ok(Reply::Int(created as i64))
+    }
+    Command::HDel { key, field } => hdel(tx, key, field, now),
+    Command::PExpire { key, ttl_ms } => match state(tx, key, now)? {
+      KeyState::Str(_) | KeyState::Hash => {
+        tx.prepare_cached("UPDATE durastate_keys SET expires_at = ?2 WHERE key = ?1")?
+          .execute(params![key, now + *ttl_ms as i64])?;
+        Ok(Reply::Int(1))
+      }
+      _ => Ok(Reply::Int(0)),
+    },
+    Command::Del { keys } => {
+      let mut deleted = 0;
+      for key in keys {
+        match state(tx, key, now)? {
+          KeyState::Missing => {}
+          KeyState::Expired => delete_key(tx, key)?,
+          _ => {
+            delete_key(tx, key)?;
+            deleted += 1;
+          }
+        }
+      }
+      Ok(Reply::Int(deleted))
+    }
+  }
+}
+
+fn state(tx: &Transaction, key: &str, now: i64) -> StoreResult<KeyState> {
+  let row = tx
+    .prepare_cached("SELECT kind, value, expires_at FROM durastate_keys WHERE key = ?1")?
+    .query_row([key], |row| {
+      Ok((
+        row.get::<_, i64>(0)?,
+        row.get::<_, Option<String>>(1)?,
+        row.get::<_, Option<i64>>(2)?,
+      ))
+    })
+    .optional()?;
+  Ok(match row {
+    None => KeyState::Missing,
+    Some((_, _, Some(expires_at))) if expires_at <= now => KeyState::Expired,
+    Some((KIND_HASH, _, _)) => KeyState::Hash,
+    Some((_, value, _)) => KeyState::Str(value.unwrap_or_default()),
+  })
+}
+
+/// True when the key is a live hash, false when missing; a string is `WRONG_TYPE`.
+fn hash_state(tx: &Transaction, key: &str, now: i64) -> StoreResult<bool> {
+  match state(tx, key, now)? {
+    KeyState::Hash => Ok(true),
+    KeyState::Str(_) => Err(wrong_type(key)),
+    _ => Ok(false),
+  }
+}
+
+fn ensure_hash(tx: &Transaction, key: &str, now: i64) -> StoreResult<()> {
+  match state(tx, key, now)? {
+    KeyState::Hash => return Ok(()),
+    KeyState::Str(_) => return Err(wrong_type(key)),
+    KeyState::Expired => delete_key(tx, key)?,
+    KeyState::Missing => {}
+  }
+  tx.prepare_cached(
+    "INSERT INTO durastate_keys(key, kind, value, expires_at) VALUES (?1, ?2, NULL, NULL)",
+  )?
+  .execute(params![key, KIND_HASH])?;
+  Ok(())
+}
+
+fn hdel(tx: &Transaction, key: &str, field: &str, now: i64) -> StoreResult<Reply> {
+  if !hash_state(tx, key, now)? {
+    return Ok(Reply::Int(0));
+  }
+  let deleted = tx
+    .prepare_cached("DELETE FROM durastate_fields WHERE key = ?1 AND field = ?2")?
+    .execute(params![key, field])?;
+  let remaining: Option<i64> = tx
+    .prepare_cached("SELECT 1 FROM durastate_fields WHERE key = ?1 LIMIT 1")?
+    .query_row([key], |row| row.get(0))
+    .optional()?;
+  if remaining.is_none() {
+    delete_key(tx, key)?;
+  }
+  Ok(Reply::Int(deleted as i64))
+}
+
+fn field_value(tx: &Transaction, key: &str, field: &str) -> StoreResult<Option<String>> {
+  Ok(
+    tx.prepare_cached("SELECT value FROM durastate_fields WHERE key = ?1 AND field = ?2")?
+      .query_row(params![key, field], |row| row.get(0))
+      .optional()?,
+  )
+}
+
+fn all_fields(tx: &Transaction, key: &str) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+  let mut statement =
+    tx.prepare_cached("SELECT field, value FROM durastate_fields WHERE key = ?1")?;
+  let rows = statement.query_map([key], |row| {
+    Ok((
+      row.get::<_, String>(0)?.into_bytes(),
+      row.get::<_, String>(1)?.into_bytes(),
+    ))
+  })?;
+  Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn delete_key(tx: &Transaction, key: &str) -> StoreResult<()> {
+  tx.prepare_cached("DELETE FROM durastate_fields WHERE key = ?1")?
+    .execute([key])?;
+  tx.prepare_cached("DELETE FROM durastate_keys WHERE key = ?1")?
+    .execute([key])?;
+  Ok(())
+}
+
+/// Removes a bounded number of expired keys, found through the expiry index.
+fn sweep(tx: &Transaction, now: i64) -> StoreResult<()> {
+  let expired: Vec<String> = tx
+    .prepare_cached(
+      "SELECT key FROM durastate_keys WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2",
+    )?
+    .query_map(params![now, SWEEP_LIMIT], |row| row.get(0))?
+    .collect::<Result<_, _>>()?;
+  for key in expired {
+    delete_key(tx, &key)?;
+  }
+  Ok(())
+}
+
+fn wrong_type(key: &str) -> StoreError {
+  StoreError::new(
+    ErrorCode::WrongType,
+    format!("WRONGTYPE: key \"{key}\" holds a value of another type"),
+  )
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn db() -> Connection {
+    let connection = Connection::open_in_memory().unwrap();
+    prepare(&connection, false).unwrap();
+    connection
+  }
+
+  fn run(connection: &mut Connection, command: Command, now: u64) -> StoreResult<Reply> {
+    execute(connection, &Batch::one(command), now).map(|mut r| r.remove(0))
+  }
+
+  #[test]
+  fn strings_expire_exactly_at_their_ttl() {
+    let mut c = db();
+    let set = Command::Set {
+      key: "k".into(),
+      value: "v".into(),
+      ttl_ms: Some(100),
+    };
+    run(&mut c, set, 1_000).unwrap();
+    let get = Command::Get { key: "k".into() };
+    assert_eq!(
+      run(&mut c, get.clone(), 1_099).unwrap(),
+      Reply::Bytes(b"v".to_vec())
+    );
+    assert_eq!(run(&mut c, get, 1_100).unwrap(), Reply::Nil);
+  }
+
+  #[test]
+  fn last_field_deleted_removes_the_hash() {
+    let mut c = db();
+    let hset = Command::HSet {
+      key: "h".into(),
+      field: "f".into(),
+      value: "1".into(),
+    };
+    run(&mut c, hset, 0).unwrap();
+    run(
+      &mut c,
+      Command::HDel {
+        key: "h".into(),
+        field: "f".into(),
+      },
+      0,
+    )
+    .unwrap();
+    let n: i64 = c
+      .query_row("SELECT count(*) FROM durastate_keys", [], |r| r.get(0))
+      .unwrap();
+    assert_eq!(n, 0);
+  }
+
+  #[test]
+  fn hsetnx_wins_once_and_wrong_type_is_an_error() {
+    let mut c = db();
+    let claim = Command::HSetNx {
+      key: "h".into(),
+      field: "f".into(),
+      value: "true".into(),
+    };
+    assert_eq!(run(&mut c, claim.clone(), 0).unwrap(), Reply::Int(1));
+    assert_eq!(run(&mut c, claim, 0).unwrap(), Reply::Int(0));
+    let get = Command::Get { key: "h".into() };
+    assert_eq!(run(&mut c, get, 0).unwrap_err().code, ErrorCode::WrongType);
+  }
+
+  #[test]
+  fn a_failing_batch_writes_nothing() {
+    let mut c = db();
+    run(
+      &mut c,
+      Command::Set {
+        key: "s".into(),
+        value: "x".into(),
+        ttl_ms: None,
+      },
+      0,
+    )
+    .unwrap();
+    let batch = Batch::atomic(vec![
+      Command::HSet {
+        key: "h".into(),
+        field: "f".into(),
+        value: "1".into(),
+      },
+      Command::HSet {
+        key: "s".into(),
+        field: "f".into(),
+        value: "1".into(),
+      },
+    ]);
+    assert!(execute(&mut c, &batch, 0).is_err());
+    let get = Command::HGet {
+      key: "h".into(),
+      field: "f".into(),
+    };
+    assert_eq!(run(&mut c, get, 0).unwrap(), Reply::Nil);
+  }
+
+  #[test]
+  fn writes_sweep_expired_keys() {
+    let mut c = db();
+    for i in 0..10 {
+      let set = Command::Set {
+        key: format!("k{i}"),
+        value: "v".into(),
+        ttl_ms: Some(10),
+      };
+      run(&mut c, set, 0).unwrap();
+    }
+    run(
+      &mut c,
+      Command::Set {
+        key: "x".into(),
+        value: "v".into(),
+        ttl_ms: None,
+      },
+      100,
+    )
+    .unwrap();
+    let n: i64 = c
+      .query_row("SELECT count(*) FROM durastate_keys", [], |r| r.get(0))
+      .unwrap();
+    assert_eq!(n, 1);
+  }
+}

@@ -1,0 +1,232 @@
+//! Redis backend: one multiplexed connection per store, made on first use and
+//! re-made after it breaks; every batch is one round trip.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Value};
+
+use crate::command::{Batch, Command, Reply};
+use crate::error::{ErrorCode, StoreError, StoreResult};
+use crate::redis_target::RedisTarget;
+
+/// The connection slot: the live connection, a generation to tell reconnects apart,
+/// and whether the store was closed.
+#[derive(Default)]
+struct Slot {
+  connection: Option<MultiplexedConnection>,
+  generation: u64,
+  closed: bool,
+}
+
+/// A Redis server reached over one pipelined connection.
+pub struct RedisBackend {
+  target: RedisTarget,
+  config: AsyncConnectionConfig,
+  connect_timeout: Duration,
+  slot: Mutex<Slot>,
+  connecting: tokio::sync::Mutex<()>,
+}
+
+impl RedisBackend {
+  pub fn new(target: RedisTarget, connect_timeout: Duration, response_timeout: Duration) -> Self {
+    let config = AsyncConnectionConfig::new()
+      .set_connection_timeout(Some(connect_timeout))
+      .set_response_timeout(Some(response_timeout));
+    Self {
+      target,
+      config,
+      connect_timeout,
+      slot: Mutex::new(Slot::default()),
+      connecting: tokio::sync::Mutex::new(()),
+    }
+  }
+
+  /// Runs a batch in one round trip (`MULTI`/`EXEC` when it is atomic).
+  pub async fn execute(&self, batch: &Batch) -> StoreResult<Vec<Reply>> {
+    let (mut connection, generation) = self.connection().await?;
+    let values = send(&mut connection, batch).await;
+    let values = match values {
+      Ok(values) => values,
+      Err(err) => {
+        if err.is_unrecoverable_error() || err.is_connection_dropped() || err.is_io_error() {
+          self.forget(generation);
+        }
+        return Err(err.into());
+      }
+    };
+    values
+      .into_iter()
+      .zip(&batch.commands)
+      .map(|(value, command)| decode(value, command))
+      .collect()
+  }
+
+  /// Drops the connection; calls already in flight keep their handle and finish.
+  pub fn close(&self) {
+    let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+    slot.closed = true;
+    slot.connection = None;
+  }
+
+  fn cached(&self) -> StoreResult<Option<(MultiplexedConnection, u64)>> {
+    let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+    if slot.closed {
+      return Err(StoreError::disposed());
+    }
+    Ok(slot.connection.clone().map(|c| (c, slot.generation)))
+  }
+
+  async fn connection(&self) -> StoreResult<(MultiplexedConnection, u64)> {
+    if let Some(found) = self.cached()? {
+      return Ok(found);
+    }
+    let _one_connect_at_a_time = self.connecting.lock().await;
+    if let Some(found) = self.cached()? {
+      return Ok(found);
+    }
+    let connection = self.connect().await?;
+    let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+    if slot.closed {
+      return Err(StoreError::disposed());
+    }
+    slot.generation += 1;
+    slot.connection = Some(connection.clone());
+    Ok((connection, slot.generation))
+  }
+
+  async fn connect(&self) -> StoreResult<MultiplexedConnection> {
+    let attempt = self
+      .target
+      .client
+      .get_multiplexed_async_connection_with_config(&self.config);
+    match tokio::time::timeout(self.connect_timeout, attempt).await {
+      Ok(Ok(connection)) => Ok(connection),
+      Ok(Err(err)) => Err(self.connect_error(err)),
+      Err(_) => Err(self.connect_timed_out()),
+    }
+  }
+
+  fn connect_error(&self, err: redis::RedisError) -> StoreError {
+    let mapped = StoreError::from(err);
+    match mapped.code {
+      ErrorCode::Timeout => self.connect_timed_out(),
+      ErrorCode::Auth => StoreError::new(
+        ErrorCode::Auth,
+        format!(
+          "authentication to {} failed: {}",
+          self.target.display, mapped.message
+        ),
+      ),
+      code => StoreError::new(
+        code,
+        format!(
+          "cannot connect to {}: {}",
+          self.target.display, mapped.message
+        ),
+      ),
+    }
+  }
+
+  fn connect_timed_out(&self) -> StoreError {
+    StoreError::new(
+      ErrorCode::Unavailable,
+      format!(
+        "cannot connect to {}: no connection within connectTimeout ({} ms)",
+        self.target.display,
+        self.connect_timeout.as_millis()
+      ),
+    )
+  }
+
+  fn forget(&self, generation: u64) {
+    let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+    if slot.generation == generation {
+      slot.connection = None;
+    }
+  }
+}
+
+async fn send(
+  connection: &mut MultiplexedConnection,
+  batch: &Batch,
+) -> redis::RedisResult<Vec<Value>> {
+  if let [command] = batch.commands.as_slice() {
+    let value: Value = to_redis(command).query_async(connection).await?;
+    return Ok(vec![value]);
+  }
+  let mut pipe = redis::pipe();
+  if batch.atomic {
+    pipe.atomic();
+  }
+  for command in &batch.commands {
+    pipe.add_command(to_redis(command));
+  }
+  pipe.query_async(connection).await
+}
+
+fn to_redis(command: &Command) -> redis::Cmd {
+  match command {
+    Command::Get { key } => redis::cmd("GET").arg(key).clone(),
+    Command::Set { key, value, ttl_ms } => {
+      let mut cmd = redis::cmd("SET");
+      cmd.arg(key).arg(value);
+      if let Some(ttl) = ttl_ms {
+        cmd.arg("PX").arg(*ttl);
+      }
+      cmd
+    }
+    Command::HGet { key, field } => redis::cmd("HGET").arg(key).arg(field).clone(),
+    Command::HGetAll { key } => redis::cmd("HGETALL").arg(key).clone(),
+    Command::HSet { key, field, value } => {
+      redis::cmd("HSET").arg(key).arg(field).arg(value).clone()
+    }
+    Command::HSetNx { key, field, value } => {
+      redis::cmd("HSETNX").arg(key).arg(field).arg(value).clone()
+    }
+    Command::HDel { key, field } => redis::cmd("HDEL").arg(key).arg(field).clone(),
+    Command::PExpire { key, ttl_ms } => redis::cmd("PEXPIRE").arg(key).arg(*ttl_ms).clone(),
+    Command::Del { keys } => redis::cmd("DEL").arg(keys).clone(),
+  }
+}
+
+fn decode(value: Value, command: &Command) -> StoreResult<Reply> {
+  match value {
+    Value::Nil => Ok(Reply::Nil),
+    Value::Int(n) => Ok(Reply::Int(n)),
+    Value::Okay | Value::SimpleString(_) => Ok(Reply::Ok),
+    Value::BulkString(bytes) => Ok(Reply::Bytes(bytes)),
+    Value::Array(items) if matches!(command, Command::HGetAll { .. }) => pairs(items),
+    Value::Map(entries) => entries
+      .into_iter()
+      .map(|(k, v)| Ok((bytes(k)?, bytes(v)?)))
+      .collect::<StoreResult<_>>()
+      .map(Reply::Pairs),
+    Value::ServerError(err) => Err(redis::RedisError::from(err).into()),
+    other => Err(StoreError::new(
+      ErrorCode::Unavailable,
+      format!("unexpected reply from Redis: {other:?}"),
+    )),
+  }
+}
+
+fn pairs(items: Vec<Value>) -> StoreResult<Reply> {
+  let mut out = Vec::with_capacity(items.len() / 2);
+  let mut iter = items.into_iter();
+  while let (Some(field), Some(value)) = (iter.next(), iter.next()) {
+    out.push((bytes(field)?, bytes(value)?));
+  }
+  Ok(Reply::Pairs(out))
+}
+
+fn bytes(value: Value) -> StoreResult<Vec<u8>> {
+  match value {
+    Value::BulkString(bytes) => Ok(bytes),
+    Value::SimpleString(s) => Ok(s.into_bytes()),
+    other => Err(StoreError::new(
+      ErrorCode::Unavailable,
+      format!("unexpected hash entry from Redis: {other:?}"),
+    )),
+  }
+}

@@ -1,0 +1,156 @@
+//! One error type for the whole crate, with stable codes that JS sees as `err.code`.
+
+use std::fmt;
+
+/// The stable error codes. The JS layer turns the `[CODE]` prefix of a rejection
+/// message into `err.code`, so these strings are part of the public API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+  /// An argument or option is invalid; nothing was sent or stored.
+  InvalidInput,
+  /// A value could not be encoded as JSON (BigInt, circular, function).
+  Serialize,
+  /// Stored data is not what this store writes (bad JSON, unreadable file).
+  CorruptData,
+  /// A key holds another type of data (Redis `WRONGTYPE`).
+  WrongType,
+  /// The server or file could not be reached or used.
+  Unavailable,
+  /// The call did not finish within its time bound.
+  Timeout,
+  /// The server refused our credentials (`WRONGPASS`, `NOAUTH`).
+  Auth,
+  /// The store was closed.
+  Disposed,
+  /// A bug in durastate (a Rust panic); the call was rejected, the process lives on.
+  Internal,
+}
+
+impl ErrorCode {
+  /// The code as JS sees it in `err.code`.
+  pub fn as_str(self) -> &'static str {
+    match self {
+      Self::InvalidInput => "INVALID_INPUT",
+      Self::Serialize => "SERIALIZE",
+      Self::CorruptData => "CORRUPT_DATA",
+      Self::WrongType => "WRONG_TYPE",
+      Self::Unavailable => "UNAVAILABLE",
+      Self::Timeout => "TIMEOUT",
+      Self::Auth => "AUTH",
+      Self::Disposed => "DISPOSED",
+      Self::Internal => "INTERNAL",
+    }
+  }
+}
+
+/// An error with a stable code and a message a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError {
+  pub code: ErrorCode,
+  pub message: String,
+}
+
+/// Result alias used across the crate.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+impl StoreError {
+  pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    Self {
+      code,
+      message: message.into(),
+    }
+  }
+
+  pub fn invalid_input(message: impl Into<String>) -> Self {
+    Self::new(ErrorCode::InvalidInput, message)
+  }
+
+  pub fn disposed() -> Self {
+    Self::new(
+      ErrorCode::Disposed,
+      "the store is closed; create a new store to continue",
+    )
+  }
+
+  pub fn timeout(what: &str, ms: u64) -> Self {
+    Self::new(
+      ErrorCode::Timeout,
+      format!("{what} did not complete within {ms} ms"),
+    )
+  }
+}
+
+impl fmt::Display for StoreError {
+  fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    write!(f, "[{}] {}", self.code.as_str(), self.message)
+  }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<StoreError> for napi::Error {
+  fn from(err: StoreError) -> Self {
+    let status = match err.code {
+      ErrorCode::InvalidInput => napi::Status::InvalidArg,
+      _ => napi::Status::GenericFailure,
+    };
+    napi::Error::new(status, err.to_string())
+  }
+}
+
+impl From<redis::RedisError> for StoreError {
+  fn from(err: redis::RedisError) -> Self {
+    let code = redis_error_code(&err);
+    Self::new(code, format!("redis: {err}"))
+  }
+}
+
+fn redis_error_code(err: &redis::RedisError) -> ErrorCode {
+  match err.code() {
+    Some("WRONGTYPE") => return ErrorCode::WrongType,
+    Some("WRONGPASS") | Some("NOAUTH") | Some("NOPERM") => return ErrorCode::Auth,
+    _ => {}
+  }
+  if err.kind() == redis::ErrorKind::AuthenticationFailed {
+    ErrorCode::Auth
+  } else if err.is_timeout() {
+    ErrorCode::Timeout
+  } else if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
+    ErrorCode::Unavailable
+  } else if err.kind() == redis::ErrorKind::InvalidClientConfig {
+    ErrorCode::InvalidInput
+  } else {
+    ErrorCode::Unavailable
+  }
+}
+
+impl From<rusqlite::Error> for StoreError {
+  fn from(err: rusqlite::Error) -> Self {
+    use rusqlite::ffi::ErrorCode as Sqlite;
+    let code = match err.sqlite_error_code() {
+      Some(Sqlite::NotADatabase) | Some(Sqlite::DatabaseCorrupt) => ErrorCode::CorruptData,
+      Some(Sqlite::DatabaseBusy) | Some(Sqlite::DatabaseLocked) => ErrorCode::Timeout,
+      _ => ErrorCode::Unavailable,
+    };
+    Self::new(code, format!("sqlite: {err}"))
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn display_carries_the_code_prefix_js_parses() {
+    let err = StoreError::new(ErrorCode::WrongType, "key \"x\" holds a string");
+    assert_eq!(err.to_string(), "[WRONG_TYPE] key \"x\" holds a string");
+  }
+
+  #[test]
+  fn redis_server_errors_map_to_codes() {
+    let wrongtype = redis::RedisError::from((redis::ErrorKind::Client, "x"));
+    assert_eq!(redis_error_code(&wrongtype), ErrorCode::Unavailable);
+    let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+    assert_eq!(redis_error_code(&io), ErrorCode::Unavailable);
+  }
+}

@@ -1,0 +1,179 @@
+//! The synchronous `create*Store` functions: validate, pick a backend, return the store.
+//! Nothing connects or opens here; that happens on first use.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use napi::Either;
+use napi_derive::napi;
+
+use crate::backend::{Backend, EmbeddedBackend, EmbeddedSettings, Location, RedisBackend};
+use crate::error::{StoreError, StoreResult};
+use crate::keys::KeyLayout;
+use crate::options::{
+  millis, CommonSettings, RedisConnectionOptions, StoreOptions, DEFAULT_BUSY_TIMEOUT_MS,
+};
+use crate::redis_target::RedisTarget;
+use crate::worker_store::{NativeWorkerStore, StoreConfig};
+
+/// The SQLite file used when no location is given.
+pub const DEFAULT_SQLITE_PATH: &str = "./.durastate/state.db";
+
+/// A store on Redis. `target` is a URL or `{ host, port, ... }`; default `REDIS_URL`,
+/// then `redis://127.0.0.1:6379`. Connects on first use.
+#[napi(catch_unwind)]
+pub fn create_redis_store(
+  target: Option<Either<String, RedisConnectionOptions>>,
+  options: Option<StoreOptions>,
+) -> napi::Result<NativeWorkerStore> {
+  let options = options.unwrap_or_default();
+  let target = match &target {
+    Some(Either::A(url)) => RedisTarget::from_url(url)?,
+    Some(Either::B(fields)) => RedisTarget::from_fields(fields)?,
+    None => RedisTarget::from_env()?,
+  };
+  Ok(redis_store(target, &options)?)
+}
+
+/// A store in a SQLite file (default `./.durastate/state.db`; directories are created).
+#[napi(catch_unwind)]
+pub fn create_sqlite_store(
+  path: Option<String>,
+  options: Option<StoreOptions>,
+) -> napi::Result<NativeWorkerStore> {
+  let path = path.unwrap_or_else(|| DEFAULT_SQLITE_PATH.to_string());
+  Ok(sqlite_store(
+    file_path(&path)?,
+    &options.unwrap_or_default(),
+  )?)
+}
+
+/// A store in this process's memory: same semantics, nothing persisted.
+#[napi(catch_unwind)]
+pub fn create_memory_store(options: Option<StoreOptions>) -> napi::Result<NativeWorkerStore> {
+  Ok(embedded_store(
+    Location::Memory,
+    &options.unwrap_or_default(),
+  )?)
+}
+
+/// A store picked by URL: `redis://`/`rediss://`, `sqlite:<path>`/`file:<path>`, `memory:`.
+/// Without a URL: `DURASTATE_URL`, then `REDIS_URL`, else the SQLite default file.
+#[napi(catch_unwind)]
+pub fn create_store(
+  url: Option<String>,
+  options: Option<StoreOptions>,
+) -> napi::Result<NativeWorkerStore> {
+  let options = options.unwrap_or_default();
+  let url = url.filter(|u| !u.is_empty()).or_else(url_from_env);
+  let Some(url) = url else {
+    return Ok(sqlite_store(PathBuf::from(DEFAULT_SQLITE_PATH), &options)?);
+  };
+  Ok(store_for_url(&url, &options)?)
+}
+
+fn url_from_env() -> Option<String> {
+  ["DURASTATE_URL", "REDIS_URL"]
+    .iter()
+    .filter_map(|name| std::env::var(name).ok())
+    .find(|value| !value.is_empty())
+}
+
+fn store_for_url(url: &str, options: &StoreOptions) -> StoreResult<NativeWorkerStore> {
+  let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
+  match scheme.as_deref() {
+    Some("redis" | "rediss" | "redis+unix") => redis_store(RedisTarget::from_url(url)?, options),
+    Some("sqlite" | "file") => {
+      let rest = &url[url.find(':').expect("has a scheme") + 1..];
+      sqlite_store(file_path(rest.strip_prefix("//").unwrap_or(rest))?, options)
+    }
+    Some("memory") => embedded_store(Location::Memory, options),
+    _ => Err(StoreError::invalid_input(format!(
+      "unsupported store URL \"{}\": use redis://, rediss://, sqlite:<path>, file:<path> or memory:",
+      crate::redis_target::redact(url)
+    ))),
+  }
+}
+
+fn file_path(path: &str) -> StoreResult<PathBuf> {
+  if path.is_empty() || path.contains('\0') {
+    return Err(StoreError::invalid_input(format!(
+      "invalid SQLite path \"{path}\""
+    )));
+  }
+  let path = PathBuf::from(path);
+  if path.is_dir() {
+    return Err(StoreError::invalid_input(format!(
+      "SQLite path {} is a directory; give a file path such as {}/state.db",
+      path.display(),
+      path.display()
+    )));
+  }
+  Ok(path)
+}
+
+fn redis_store(target: RedisTarget, options: &StoreOptions) -> StoreResult<NativeWorkerStore> {
+  let common = CommonSettings::from_options(options)?;
+  let backend = RedisBackend::new(target, common.connect_timeout, common.command_timeout);
+  Ok(NativeWorkerStore::new(
+    Backend::Redis(backend),
+    store_config(common),
+  ))
+}
+
+fn sqlite_store(path: PathBuf, options: &StoreOptions) -> StoreResult<NativeWorkerStore> {
+  embedded_store(Location::File(path), options)
+}
+
+fn embedded_store(location: Location, options: &StoreOptions) -> StoreResult<NativeWorkerStore> {
+  let common = CommonSettings::from_options(options)?;
+  let busy_ms = millis("busyTimeout", options.busy_timeout)?.unwrap_or(DEFAULT_BUSY_TIMEOUT_MS);
+  let full_sync = match options.synchronous.as_deref() {
+    None | Some("normal") => false,
+    Some("full") => true,
+    Some(other) => {
+      return Err(StoreError::invalid_input(format!(
+        "option `synchronous` must be \"normal\" or \"full\", got \"{other}\""
+      )))
+    }
+  };
+  let settings = EmbeddedSettings {
+    location,
+    busy_timeout: Duration::from_millis(busy_ms),
+    full_sync,
+  };
+  let backend = EmbeddedBackend::new(settings);
+  Ok(NativeWorkerStore::new(
+    Backend::Embedded(backend),
+    store_config(common),
+  ))
+}
+
+fn store_config(common: CommonSettings) -> StoreConfig {
+  StoreConfig {
+    keys: KeyLayout::new(common.prefix),
+    ttl_ms: common.ttl_ms,
+    command_timeout: common.command_timeout,
+  }
+}
+
+/// For tests of panic handling only: panics inside a sync call or an async call.
+#[doc(hidden)]
+#[napi(catch_unwind)]
+pub fn debug_panic_sync() {
+  panic!("deliberate panic (sync) for durastate's tests");
+}
+
+/// For tests of panic handling only.
+#[doc(hidden)]
+#[napi]
+pub async fn debug_panic_async() -> napi::Result<()> {
+  crate::guard::bounded("debugPanicAsync", Duration::from_secs(1), async {
+    if std::hint::black_box(true) {
+      panic!("deliberate panic (async) for durastate's tests");
+    }
+    Ok(())
+  })
+  .await?;
+  Ok(())
+}

@@ -1,0 +1,17 @@
+//! durastate: durable execution state for Node.js workers, as a native addon.
+#![deny(clippy::all)]
+
+mod backend;
+mod command;
+mod error;
+mod factory;
+mod guard;
+mod keys;
+mod options;
+mod redis_target;
+mod results;
+mod worker_store;
+
+pub use error::{ErrorCode, StoreError};
+pub use factory::{create_memory_store, create_redis_store, create_sqlite_store, create_store};
+pub use worker_store::NativeWorkerStore;

@@ -1,0 +1,130 @@
+//! Options as JS passes them, and their validation into settings the stores use.
+
+use std::time::Duration;
+
+use napi_derive::napi;
+
+use crate::error::{StoreError, StoreResult};
+
+/// Default bound on one call, end to end (ms).
+pub const DEFAULT_COMMAND_TIMEOUT_MS: u64 = 5_000;
+/// Default bound on establishing a connection (ms).
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Default SQLite busy timeout (ms).
+pub const DEFAULT_BUSY_TIMEOUT_MS: u64 = 5_000;
+/// Largest millisecond value accepted (JS `Number.MAX_SAFE_INTEGER`).
+const MAX_MS: f64 = 9_007_199_254_740_991.0;
+
+/// Options shared by every store.
+#[napi(object, object_to_js = false)]
+#[derive(Default, Clone)]
+pub struct StoreOptions {
+  /// Time to live of every key written, in ms (exact; fractions round up). 0 or absent: no expiry.
+  pub ttl: Option<f64>,
+  /// Prepended to every key.
+  pub prefix: Option<String>,
+  /// Bound on establishing a connection, in ms (Redis). Default 5000.
+  pub connect_timeout: Option<f64>,
+  /// Bound on every call end to end, in ms, including connecting. Default 5000.
+  pub command_timeout: Option<f64>,
+  /// How long SQLite waits for another process's lock, in ms. Default 5000.
+  pub busy_timeout: Option<f64>,
+  /// SQLite durability: `"normal"` (default; survives a crash of the process) or
+  /// `"full"` (also survives power loss; one fsync per commit).
+  pub synchronous: Option<String>,
+}
+
+/// A Redis server given as fields rather than a URL.
+#[napi(object, object_to_js = false)]
+#[derive(Default, Clone)]
+pub struct RedisConnectionOptions {
+  /// Host name or IP address. Default `127.0.0.1`.
+  pub host: Option<String>,
+  /// TCP port. Default 6379.
+  pub port: Option<u32>,
+  /// ACL user name.
+  pub username: Option<String>,
+  /// Password (with or without `username`).
+  pub password: Option<String>,
+  /// Database number. Default 0.
+  pub db: Option<u32>,
+  /// Use TLS (`rediss://`).
+  pub tls: Option<bool>,
+}
+
+/// Validated settings common to every store.
+#[derive(Debug, Clone)]
+pub struct CommonSettings {
+  pub ttl_ms: Option<u64>,
+  pub prefix: String,
+  pub command_timeout: Duration,
+  pub connect_timeout: Duration,
+}
+
+impl CommonSettings {
+  /// Validates the options every backend shares.
+  pub fn from_options(options: &StoreOptions) -> StoreResult<Self> {
+    let ttl_ms = millis("ttl", options.ttl)?.filter(|ttl| *ttl > 0);
+    let command_timeout = positive_millis("commandTimeout", options.command_timeout)?
+      .unwrap_or(DEFAULT_COMMAND_TIMEOUT_MS);
+    let connect_timeout = positive_millis("connectTimeout", options.connect_timeout)?
+      .unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS);
+    Ok(Self {
+      ttl_ms,
+      prefix: options.prefix.clone().unwrap_or_default(),
+      command_timeout: Duration::from_millis(command_timeout),
+      connect_timeout: Duration::from_millis(connect_timeout),
+    })
+  }
+}
+
+/// A non-negative whole number of milliseconds (fractions round up).
+pub fn millis(name: &str, value: Option<f64>) -> StoreResult<Option<u64>> {
+  let Some(value) = value else { return Ok(None) };
+  if !value.is_finite() || value < 0.0 || value > MAX_MS {
+    return Err(StoreError::invalid_input(format!(
+      "option `{name}` must be a number of milliseconds between 0 and {MAX_MS}, got {value}"
+    )));
+  }
+  Ok(Some(value.ceil() as u64))
+}
+
+/// A strictly positive number of milliseconds.
+pub fn positive_millis(name: &str, value: Option<f64>) -> StoreResult<Option<u64>> {
+  match millis(name, value)? {
+    Some(0) => Err(StoreError::invalid_input(format!(
+      "option `{name}` must be greater than 0 ms"
+    ))),
+    other => Ok(other),
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn ttl_rounds_up_and_zero_means_none() {
+    let options = StoreOptions {
+      ttl: Some(1.2),
+      ..Default::default()
+    };
+    assert_eq!(
+      CommonSettings::from_options(&options).unwrap().ttl_ms,
+      Some(2)
+    );
+    let zero = StoreOptions {
+      ttl: Some(0.0),
+      ..Default::default()
+    };
+    assert_eq!(CommonSettings::from_options(&zero).unwrap().ttl_ms, None);
+  }
+
+  #[test]
+  fn rejects_negative_and_non_finite() {
+    assert!(millis("ttl", Some(-1.0)).is_err());
+    assert!(millis("ttl", Some(f64::NAN)).is_err());
+    assert!(millis("ttl", Some(f64::INFINITY)).is_err());
+    assert!(positive_millis("commandTimeout", Some(0.0)).is_err());
+  }
+}
