@@ -116,7 +116,7 @@ fn redis_store(target: RedisTarget, options: &StoreOptions) -> StoreResult<Nativ
   let common = CommonSettings::from_options(options)?;
   let backend = RedisBackend::new(target, common.connect_timeout, common.command_timeout);
   Ok(NativeWorkerStore::new(
-    Backend::Redis(backend),
+    Backend::Redis(Box::new(backend)),
     store_config(common),
   ))
 }
@@ -155,25 +155,4 @@ fn store_config(common: CommonSettings) -> StoreConfig {
     ttl_ms: common.ttl_ms,
     command_timeout: common.command_timeout,
   }
-}
-
-/// For tests of panic handling only: panics inside a sync call or an async call.
-#[doc(hidden)]
-#[napi(catch_unwind)]
-pub fn debug_panic_sync() {
-  panic!("deliberate panic (sync) for durastate's tests");
-}
-
-/// For tests of panic handling only.
-#[doc(hidden)]
-#[napi]
-pub async fn debug_panic_async() -> napi::Result<()> {
-  crate::guard::bounded("debugPanicAsync", Duration::from_secs(1), async {
-    if std::hint::black_box(true) {
-      panic!("deliberate panic (async) for durastate's tests");
-    }
-    Ok(())
-  })
-  .await?;
-  Ok(())
 }

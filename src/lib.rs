@@ -3,6 +3,7 @@
 
 mod backend;
 mod command;
+pub mod debug;
 mod error;
 mod factory;
 mod guard;

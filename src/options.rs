@@ -81,7 +81,7 @@ impl CommonSettings {
 /// A non-negative whole number of milliseconds (fractions round up).
 pub fn millis(name: &str, value: Option<f64>) -> StoreResult<Option<u64>> {
   let Some(value) = value else { return Ok(None) };
-  if !value.is_finite() || value < 0.0 || value > MAX_MS {
+  if !value.is_finite() || !(0.0..=MAX_MS).contains(&value) {
     return Err(StoreError::invalid_input(format!(
       "option `{name}` must be a number of milliseconds between 0 and {MAX_MS}, got {value}"
     )));

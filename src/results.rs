@@ -1,5 +1,7 @@
 //! Turning replies into what JS receives: flags, JSON text, one JSON object of results.
 
+use napi::Either;
+
 use crate::command::Reply;
 use crate::error::{ErrorCode, StoreError, StoreResult};
 
@@ -16,48 +18,47 @@ pub fn json_text(reply: Reply, key: &str, field: &str) -> StoreResult<Option<Str
   }
 }
 
-/// All results of an execution as the text of one JSON object (`{}` when none),
-/// so JS parses once. Values are stored JSON and are inserted as they are.
-pub fn results_object(reply: Reply, key: &str) -> StoreResult<String> {
+/// All results of an execution. When every value is valid JSON: the text of one JSON
+/// object (`{}` when none), so JS parses once. Otherwise the flat entries
+/// `[field, value, ...]`, so JS parses each and names the field that fails.
+pub fn all_results(reply: Reply, key: &str) -> StoreResult<Either<String, Vec<String>>> {
   let pairs = match reply {
     Reply::Pairs(pairs) => pairs,
     _ => Vec::new(),
   };
-  let size = pairs
-    .iter()
-    .map(|(f, v)| f.len() + v.len() + 8)
-    .sum::<usize>()
-    + 2;
-  let mut out = String::with_capacity(size);
-  out.push('{');
-  for (index, (field, value)) in pairs.into_iter().enumerate() {
-    if index > 0 {
-      out.push(',');
-    }
-    let field = utf8(field, key, "<field name>")?;
-    let value = utf8(value, key, &field)?;
-    out.push_str(&serde_json::to_string(&field).expect("a string always encodes"));
-    out.push(':');
-    out.push_str(&value);
-  }
-  out.push('}');
-  Ok(out)
-}
-
-/// The entries as `[field, value, field, value, ...]`, for naming a corrupt field.
-pub fn results_entries(reply: Reply, key: &str) -> StoreResult<Vec<String>> {
-  let pairs = match reply {
-    Reply::Pairs(pairs) => pairs,
-    _ => Vec::new(),
-  };
-  let mut out = Vec::with_capacity(pairs.len() * 2);
+  let mut entries = Vec::with_capacity(pairs.len() * 2);
+  let mut all_valid = true;
   for (field, value) in pairs {
     let field = utf8(field, key, "<field name>")?;
     let value = utf8(value, key, &field)?;
-    out.push(field);
-    out.push(value);
+    all_valid = all_valid && is_json(&value);
+    entries.push(field);
+    entries.push(value);
   }
-  Ok(out)
+  Ok(match all_valid {
+    true => Either::A(object_text(&entries)),
+    false => Either::B(entries),
+  })
+}
+
+fn is_json(text: &str) -> bool {
+  serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+}
+
+fn object_text(entries: &[String]) -> String {
+  let size = entries.iter().map(|s| s.len() + 4).sum::<usize>() + 2;
+  let mut out = String::with_capacity(size);
+  out.push('{');
+  for (index, pair) in entries.chunks_exact(2).enumerate() {
+    if index > 0 {
+      out.push(',');
+    }
+    out.push_str(&serde_json::to_string(&pair[0]).expect("a string always encodes"));
+    out.push(':');
+    out.push_str(&pair[1]);
+  }
+  out.push('}');
+  out
 }
 
 fn utf8(bytes: Vec<u8>, key: &str, field: &str) -> StoreResult<String> {
@@ -79,11 +80,26 @@ mod tests {
       (b"a".to_vec(), b"1".to_vec()),
       (b"p:\"q\"".to_vec(), br#"{"x":[1]}"#.to_vec()),
     ]);
-    assert_eq!(
-      results_object(reply, "k").unwrap(),
-      r#"{"a":1,"p:\"q\"":{"x":[1]}}"#
-    );
-    assert_eq!(results_object(Reply::Nil, "k").unwrap(), "{}");
+    let Either::A(text) = all_results(reply, "k").unwrap() else {
+      panic!("expected text")
+    };
+    assert_eq!(text, r#"{"a":1,"p:\"q\"":{"x":[1]}}"#);
+    let Either::A(empty) = all_results(Reply::Nil, "k").unwrap() else {
+      panic!("expected text")
+    };
+    assert_eq!(empty, "{}");
+  }
+
+  #[test]
+  fn invalid_json_falls_back_to_entries() {
+    let reply = Reply::Pairs(vec![
+      (b"a".to_vec(), b"1".to_vec()),
+      (b"b".to_vec(), b"1,\"c\":2".to_vec()),
+    ]);
+    let Either::B(entries) = all_results(reply, "k").unwrap() else {
+      panic!("expected entries")
+    };
+    assert_eq!(entries, vec!["a", "1", "b", "1,\"c\":2"]);
   }
 
   #[test]

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use napi::Either;
 use napi_derive::napi;
 
 use crate::backend::Backend;
@@ -142,27 +143,19 @@ impl NativeWorkerStore {
     Ok(())
   }
 
-  /// All committed results as the text of one JSON object (`{}` when none).
+  /// All committed results: the text of one JSON object (`{}` when none) when every
+  /// stored value is valid JSON, else `[taskId, json, ...]` so the caller can name the
+  /// field that is not.
   #[napi]
-  pub async fn get_execution_task_results(&self, execution_id: String) -> napi::Result<String> {
-    check_id(&execution_id)?;
-    let key = self.core.config.keys.results(&execution_id);
-    let batch = Batch::one(Command::HGetAll { key: key.clone() });
-    let reply = self.core.run_one("getExecutionTaskResults", batch).await?;
-    Ok(results::results_object(reply, &key)?)
-  }
-
-  /// All committed results as `[taskId, json, taskId, json, ...]`.
-  #[napi]
-  pub async fn get_execution_task_result_entries(
+  pub async fn get_execution_task_results(
     &self,
     execution_id: String,
-  ) -> napi::Result<Vec<String>> {
+  ) -> napi::Result<Either<String, Vec<String>>> {
     check_id(&execution_id)?;
     let key = self.core.config.keys.results(&execution_id);
     let batch = Batch::one(Command::HGetAll { key: key.clone() });
     let reply = self.core.run_one("getExecutionTaskResults", batch).await?;
-    Ok(results::results_entries(reply, &key)?)
+    Ok(results::all_results(reply, &key)?)
   }
 
   /// One step's committed result as JSON text, or `null` when it has none.

@@ -14,7 +14,7 @@ use crate::error::StoreResult;
 /// One of the backends.
 pub enum Backend {
   /// A Redis server.
-  Redis(RedisBackend),
+  Redis(Box<RedisBackend>),
   /// SQLite, in a file or in memory.
   Embedded(EmbeddedBackend),
 }

@@ -1,0 +1,25 @@
+//! Hooks for durastate's own tests of panic handling. Not part of the public API
+//! (`index.js` does not export them).
+
+use std::time::Duration;
+
+use napi_derive::napi;
+
+/// Panics inside a synchronous call; JS must see a thrown error, not an abort.
+#[napi(catch_unwind)]
+pub fn debug_panic_sync() {
+  panic!("deliberate panic (sync) for durastate's tests");
+}
+
+/// Panics inside an async call; JS must see a rejected promise, not an abort.
+#[napi]
+pub async fn debug_panic_async() -> napi::Result<()> {
+  crate::guard::bounded("debugPanicAsync", Duration::from_secs(1), async {
+    if std::hint::black_box(true) {
+      panic!("deliberate panic (async) for durastate's tests");
+    }
+    Ok(())
+  })
+  .await?;
+  Ok(())
+}
