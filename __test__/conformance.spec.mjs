@@ -1,0 +1,217 @@
+// One WorkerStore conformance suite, run against every backend: the same cases and
+// the same expectations for Redis, SQLite and memory.
+import assert from 'node:assert/strict'
+import { after, before, describe, it } from 'node:test'
+import { EMPTY_EXECUTION_RESULT } from '../index.js'
+import { backendNames, prepareBackend } from './helpers/backends.mjs'
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+const rejectsWith = (promise, code) => assert.rejects(promise, (err) => {
+  assert.equal(err.name, 'DurastateError')
+  assert.equal(err.code, code, `expected ${code}, got ${err.code}: ${err.message}`)
+  return true
+})
+
+for (const name of backendNames) {
+  describe(`WorkerStore conformance: ${name}`, () => {
+    let backend
+    before(async () => { backend = await prepareBackend(name) })
+    after(async () => { await backend.release() })
+
+    it('tracks an execution from begin to dispose', async () => {
+      const store = backend.open()
+      assert.equal(await store.isExecutionInProgress('e1'), false)
+      await store.beginExecution('e1')
+      assert.equal(await store.isExecutionInProgress('e1'), true)
+      assert.equal(await store.isExecutionInProgress('e2'), false)
+      await store.disposeExecution('e1')
+      assert.equal(await store.isExecutionInProgress('e1'), false)
+    })
+
+    it('runs the step lifecycle the worker library drives', async () => {
+      const store = backend.open()
+      await store.beginExecution('e')
+      assert.deepEqual(await store.getExecutionTaskResults('e'), {})
+      assert.equal(await store.getExecutionTaskResult('e', 'charge'), undefined)
+      assert.equal(await store.isExecutionTaskInProgress('e', 'charge'), false)
+      await store.beginExecutionTask('e', 'charge')
+      assert.equal(await store.isExecutionTaskInProgress('e', 'charge'), true)
+      await store.commitExecutionTaskResult('e', 'charge', { id: 'ch_1', amount: 4200 })
+      assert.equal(await store.isExecutionTaskInProgress('e', 'charge'), false)
+      assert.deepEqual(await store.getExecutionTaskResult('e', 'charge'), { id: 'ch_1', amount: 4200 })
+      await store.commitExecutionTaskResult('e', 'charge:receipt', 'sent')
+      assert.deepEqual(await store.getExecutionTaskResults('e'), {
+        charge: { id: 'ch_1', amount: 4200 },
+        'charge:receipt': 'sent',
+      })
+      await store.disposeExecution('e')
+      assert.deepEqual(await store.getExecutionTaskResults('e'), {})
+      assert.equal(await store.getExecutionTaskResult('e', 'charge'), undefined)
+      assert.equal(await store.isExecutionTaskInProgress('e', 'charge'), false)
+    })
+
+    it('round-trips JSON values exactly as JSON.stringify/JSON.parse do', async () => {
+      const store = backend.open()
+      const values = {
+        object: { a: [1, 2, { b: null }], 'quote"key': 'line\nbreak', emoji: '🦀 ünïcödé' },
+        string: 'plain', empty: '', zero: 0, negative: -1.5e-7, no: false, yes: true, nothing: null,
+        array: [], date: new Date('2026-01-02T03:04:05.006Z'), big: Number.MAX_SAFE_INTEGER,
+        escapes: '\u0000\u001f\\/\u2028', sentinel: EMPTY_EXECUTION_RESULT,
+      }
+      for (const [task, value] of Object.entries(values)) {
+        await store.commitExecutionTaskResult('e', task, value)
+      }
+      const expected = JSON.parse(JSON.stringify(values))
+      for (const [task] of Object.entries(values)) {
+        assert.deepEqual(await store.getExecutionTaskResult('e', task), expected[task], task)
+      }
+      assert.deepEqual(await store.getExecutionTaskResults('e'), expected)
+      assert.equal(await store.getExecutionTaskResult('e', 'sentinel'), EMPTY_EXECUTION_RESULT)
+    })
+
+    it('stores a step that returned undefined as the sentinel, never as a missing field', async () => {
+      const store = backend.open()
+      await store.beginExecutionTask('e', 'noop')
+      await store.commitExecutionTaskResult('e', 'noop', undefined)
+      assert.equal(await store.getExecutionTaskResult('e', 'noop'), EMPTY_EXECUTION_RESULT)
+      assert.deepEqual(await store.getExecutionTaskResults('e'), { noop: EMPTY_EXECUTION_RESULT })
+      assert.equal(await store.isExecutionTaskInProgress('e', 'noop'), false)
+    })
+
+    it('rejects a value with no JSON form, writes nothing, keeps the step in progress', async () => {
+      const store = backend.open()
+      await store.beginExecutionTask('e', 'bad')
+      const circular = {}
+      circular.self = circular
+      for (const value of [10n, circular, () => 1, Symbol('s'), { nested: 1n }]) {
+        await rejectsWith(store.commitExecutionTaskResult('e', 'bad', value), 'SERIALIZE')
+      }
+      assert.equal(await store.isExecutionTaskInProgress('e', 'bad'), true)
+      assert.equal(await store.getExecutionTaskResult('e', 'bad'), undefined)
+      assert.deepEqual(await store.getExecutionTaskResults('e'), {})
+    })
+
+    it('stores a 1 MiB value', async () => {
+      const store = backend.open()
+      const value = { blob: 'x'.repeat(1024 * 1024), list: Array.from({ length: 1000 }, (_, i) => i) }
+      await store.commitExecutionTaskResult('e', 'big', value)
+      assert.deepEqual(await store.getExecutionTaskResult('e', 'big'), value)
+      assert.deepEqual((await store.getExecutionTaskResults('e')).big, value)
+    })
+
+    it('lands all of 1,000 concurrent commits in one execution', async () => {
+      const store = backend.open()
+      await store.beginExecution('e')
+      const tasks = Array.from({ length: 1000 }, (_, i) => `step-${i}`)
+      await Promise.all(tasks.map((t) => store.beginExecutionTask('e', t)))
+      await Promise.all(tasks.map((t, i) => store.commitExecutionTaskResult('e', t, { i })))
+      const results = await store.getExecutionTaskResults('e')
+      assert.equal(Object.keys(results).length, 1000)
+      tasks.forEach((t, i) => assert.deepEqual(results[t], { i }))
+      const inProgress = await Promise.all(tasks.map((t) => store.isExecutionTaskInProgress('e', t)))
+      assert.equal(inProgress.filter(Boolean).length, 0)
+    })
+
+    it('gives a step to exactly one of 50 concurrent claimers', async () => {
+      const stores = backend.sharesState ? [backend.open(), backend.openShared()] : [backend.open()]
+      const claims = await Promise.all(
+        Array.from({ length: 50 }, (_, i) => stores[i % stores.length].tryBeginExecutionTask('e', 'claim-me')),
+      )
+      assert.equal(claims.filter((won) => won === true).length, 1)
+      assert.equal(claims.filter((won) => won === false).length, 49)
+      assert.equal(await stores[0].isExecutionTaskInProgress('e', 'claim-me'), true)
+    })
+
+    it('makes re-commits idempotent: the last value wins, the step is done', async () => {
+      const store = backend.open()
+      await store.commitExecutionTaskResult('e', 't', 1)
+      await store.beginExecutionTask('e', 't')
+      await store.commitExecutionTaskResult('e', 't', 2)
+      assert.equal(await store.getExecutionTaskResult('e', 't'), 2)
+      assert.equal(await store.isExecutionTaskInProgress('e', 't'), false)
+    })
+
+    it('treats an unknown execution as empty and disposing it as a no-op', async () => {
+      const store = backend.open()
+      assert.deepEqual(await store.getExecutionTaskResults('never'), {})
+      assert.equal(await store.getExecutionTaskResult('never', 't'), undefined)
+      assert.equal(await store.isExecutionTaskInProgress('never', 't'), false)
+      await store.disposeExecution('never')
+    })
+
+    it('expires every key after ttl ms, and expired state reads as missing', async () => {
+      const store = backend.open({ ttl: 300 })
+      await store.beginExecution('e')
+      await store.beginExecutionTask('e', 'running')
+      await store.commitExecutionTaskResult('e', 'done', 'ok')
+      assert.equal(await store.isExecutionInProgress('e'), true)
+      assert.equal(await store.getExecutionTaskResult('e', 'done'), 'ok')
+      await sleep(450)
+      assert.equal(await store.isExecutionInProgress('e'), false)
+      assert.equal(await store.isExecutionTaskInProgress('e', 'running'), false)
+      assert.equal(await store.getExecutionTaskResult('e', 'done'), undefined)
+      assert.deepEqual(await store.getExecutionTaskResults('e'), {})
+      // an expired claim can be taken again
+      assert.equal(await store.tryBeginExecutionTask('e', 'running'), true)
+    })
+
+    it('refreshes the ttl of a key on every write to it', async () => {
+      const store = backend.open({ ttl: 400 })
+      await store.commitExecutionTaskResult('e', 'a', 1)
+      await sleep(250)
+      await store.commitExecutionTaskResult('e', 'b', 2)
+      await sleep(250)
+      assert.deepEqual(await store.getExecutionTaskResults('e'), { a: 1, b: 2 })
+    })
+
+    it('rejects bad arguments with INVALID_INPUT', async () => {
+      const store = backend.open()
+      await rejectsWith(store.beginExecution(42), 'INVALID_INPUT')
+      await rejectsWith(store.beginExecution(''), 'INVALID_INPUT')
+      await rejectsWith(store.getExecutionTaskResult('e', undefined), 'INVALID_INPUT')
+      await rejectsWith(store.commitExecutionTaskResult(null, 't', 1), 'INVALID_INPUT')
+    })
+
+    it('rejects every call after close() with DISPOSED; close is idempotent', async () => {
+      const store = backend.open()
+      await store.beginExecution('e')
+      assert.equal(store.closed, false)
+      await store.close()
+      await store.close()
+      assert.equal(store.closed, true)
+      await rejectsWith(store.isExecutionInProgress('e'), 'DISPOSED')
+      await rejectsWith(store.commitExecutionTaskResult('e', 't', 1), 'DISPOSED')
+      await rejectsWith(store.getExecutionTaskResults('e'), 'DISPOSED')
+    })
+
+    it('lets calls in flight at close() finish or reject with DISPOSED, never hang', async () => {
+      const store = backend.open()
+      const calls = Array.from({ length: 200 }, (_, i) => store.commitExecutionTaskResult('e', `t${i}`, i))
+      await store.close()
+      const settled = await Promise.allSettled(calls)
+      for (const s of settled) {
+        if (s.status === 'rejected') assert.equal(s.reason.code, 'DISPOSED')
+      }
+    })
+
+    if (name !== 'memory') {
+      it('keeps stores with different prefixes apart', async () => {
+        const a = backend.open({ prefix: 'tenant-a:' })
+        const b = backend.openShared({ prefix: 'tenant-b:' })
+        await a.beginExecution('e')
+        await a.commitExecutionTaskResult('e', 't', 'a')
+        assert.equal(await b.isExecutionInProgress('e'), false)
+        assert.equal(await b.getExecutionTaskResult('e', 't'), undefined)
+      })
+
+      it('shares state between two stores on the same backend', async () => {
+        const a = backend.open()
+        const b = backend.openShared()
+        await a.beginExecution('e')
+        await a.commitExecutionTaskResult('e', 't', { from: 'a' })
+        assert.equal(await b.isExecutionInProgress('e'), true)
+        assert.deepEqual(await b.getExecutionTaskResult('e', 't'), { from: 'a' })
+      })
+    }
+  })
+}

@@ -1,0 +1,48 @@
+// The three backends the conformance suite runs against, each with fresh state per store.
+import { randomUUID } from 'node:crypto'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createMemoryStore, createRedisStore, createSqliteStore } from '../../index.js'
+import { testRedis } from './redis-server.mjs'
+
+export const backendNames = ['redis', 'sqlite', 'memory']
+
+/**
+ * Prepares a backend. `open(options)` makes a store on fresh state; `openShared(options)`
+ * makes another store on the same state as the previous `open` (not for memory).
+ */
+export async function prepareBackend(name) {
+  const stores = []
+  let cleanup = async () => {}
+  let location
+  const track = (store) => (stores.push(store), store)
+  let factory
+  if (name === 'redis') {
+    const redis = await testRedis()
+    cleanup = redis.release
+    factory = (fresh, options) => {
+      if (fresh) location = `ds-test:${randomUUID()}:`
+      return createRedisStore(redis.url, { prefix: location, ...options })
+    }
+  } else if (name === 'sqlite') {
+    const dir = mkdtempSync(join(tmpdir(), 'durastate-sqlite-'))
+    cleanup = async () => rmSync(dir, { recursive: true, force: true })
+    factory = (fresh, options) => {
+      if (fresh) location = join(dir, `${randomUUID()}.db`)
+      return createSqliteStore(location, options)
+    }
+  } else {
+    factory = (fresh, options) => createMemoryStore(options)
+  }
+  return {
+    name,
+    sharesState: name !== 'memory',
+    open: (options = {}) => track(factory(true, options)),
+    openShared: (options = {}) => track(factory(false, options)),
+    async release() {
+      await Promise.all(stores.map((s) => s.close()))
+      await cleanup()
+    },
+  }
+}

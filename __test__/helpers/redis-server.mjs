@@ -1,0 +1,109 @@
+// Starts and stops a throwaway redis-server on a free loopback port (never a fixed
+// port, never a shared server), as redis-rs's test harness does.
+import { spawn, spawnSync } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+/** A port that was free on 127.0.0.1 a moment ago. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address()
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+/** The redis-server binary, or a clear error that says how to get one. */
+export function redisServerBinary() {
+  const found = spawnSync('redis-server', ['--version'], { encoding: 'utf8' })
+  if (found.error || found.status !== 0) {
+    throw new Error(
+      'redis-server is not installed. Install it (Debian/Ubuntu: `apt-get install -y redis-server`, ' +
+        'macOS: `brew install redis`) and run the tests again.',
+    )
+  }
+  return 'redis-server'
+}
+
+async function waitForReady(child, port, deadlineMs) {
+  const { Socket } = await import('node:net')
+  const deadline = Date.now() + deadlineMs
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`redis-server exited with code ${child.exitCode}`)
+    const ok = await new Promise((resolve) => {
+      const socket = new Socket()
+      socket.setTimeout(500)
+      socket.once('error', () => resolve(false))
+      socket.once('timeout', () => { socket.destroy(); resolve(false) })
+      socket.connect(port, '127.0.0.1', () => {
+        socket.write('PING\r\n')
+        socket.once('data', (data) => { socket.destroy(); resolve(data.toString().startsWith('+PONG')) })
+      })
+    })
+    if (ok) return
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  throw new Error(`redis-server did not answer on port ${port} within ${deadlineMs} ms`)
+}
+
+/**
+ * Starts redis-server on a free loopback port. `args` are extra server options, e.g.
+ * `['--appendonly', 'yes']`. Returns `{ url, port, dir, stop, kill, restart }`.
+ */
+export async function startRedisServer({ args = [], port } = {}) {
+  const binary = redisServerBinary()
+  const dir = mkdtempSync(join(tmpdir(), 'durastate-redis-'))
+  const chosenPort = port ?? (await freePort())
+  let child
+  const launch = async () => {
+    child = spawn(binary, [
+      '--port', String(chosenPort), '--bind', '127.0.0.1', '--save', '', '--dir', dir,
+      '--daemonize', 'no', '--loglevel', 'warning', ...args,
+    ], { stdio: ['ignore', 'ignore', 'inherit'] })
+    await waitForReady(child, chosenPort, 10_000)
+  }
+  await launch()
+  const waitExit = () => new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve()
+    child.once('exit', resolve)
+  })
+  return {
+    port: chosenPort,
+    url: `redis://127.0.0.1:${chosenPort}`,
+    dir,
+    /** SIGKILL: the server dies at once, as in a crash. */
+    async kill() {
+      child.kill('SIGKILL')
+      await waitExit()
+    },
+    /** Starts the server again on the same port and directory. */
+    async restart() {
+      await launch()
+    },
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGTERM')
+        const timer = setTimeout(() => child.kill('SIGKILL'), 3_000)
+        await waitExit()
+        clearTimeout(timer)
+      }
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+/**
+ * The Redis server for a test file: the one `npm test` started (DURASTATE_TEST_REDIS_URL),
+ * else one of its own. Call `release()` in `after`.
+ */
+export async function testRedis() {
+  const shared = process.env.DURASTATE_TEST_REDIS_URL
+  if (shared) return { url: shared, release: async () => {} }
+  const server = await startRedisServer()
+  return { url: server.url, release: () => server.stop() }
+}

@@ -1,0 +1,57 @@
+// `npm test`: builds the addon, starts a throwaway redis-server on a free loopback
+// port, runs the node:test suites, the TypeScript types check and `cargo test`, and
+// stops the server it started, even when tests fail.
+import { spawnSync } from 'node:child_process'
+import { readdirSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { startRedisServer } from '../__test__/helpers/redis-server.mjs'
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..')
+
+function run(title, command, args, env = {}) {
+  console.log(`\n# ${title}: ${command} ${args.join(' ')}`)
+  const result = spawnSync(command, args, { cwd: root, stdio: 'inherit', env: { ...process.env, ...env } })
+  if (result.error) throw result.error
+  return result.status === 0
+}
+
+function ensureRedisServer() {
+  if (spawnSync('redis-server', ['--version']).status === 0) return
+  const isRoot = typeof process.getuid === 'function' && process.getuid() === 0
+  const hasApt = spawnSync('apt-get', ['--version']).status === 0
+  if (isRoot && hasApt) {
+    console.log('# redis-server is missing: installing the Debian package')
+    run('apt-get update', 'apt-get', ['update', '-qq'])
+    if (run('install redis-server', 'apt-get', ['install', '-y', '-qq', 'redis-server'], { DEBIAN_FRONTEND: 'noninteractive' })) {
+      return
+    }
+  }
+  console.error(
+    'redis-server is required by the tests and is not installed.\n' +
+      '  Debian/Ubuntu: sudo apt-get install -y redis-server\n' +
+      '  macOS:         brew install redis',
+  )
+  process.exit(1)
+}
+
+const napi = join(root, 'node_modules', '@napi-rs', 'cli', 'dist', 'cli.js')
+if (!run('build the addon', process.execPath, [napi, 'build', '--platform', '--release', '--js', 'binding.js', '--dts', 'binding.d.ts'])) {
+  process.exit(1)
+}
+ensureRedisServer()
+const server = await startRedisServer()
+let ok = false
+try {
+  const specs = readdirSync(join(root, '__test__')).filter((f) => f.endsWith('.spec.mjs')).sort()
+  const nodeOk = run('node --test', process.execPath, ['--test', '--test-concurrency=2', ...specs.map((f) => join('__test__', f))], {
+    DURASTATE_TEST_REDIS_URL: server.url,
+  })
+  const tscOk = run('types', process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', '__test__/tsconfig.json'])
+  const cargoOk = run('cargo test', 'cargo', ['test', '--release', '--quiet'])
+  ok = nodeOk && tscOk && cargoOk
+} finally {
+  await server.stop()
+}
+console.log(ok ? '\n# all test suites passed' : '\n# some test suites FAILED')
+process.exit(ok ? 0 : 1)
