@@ -1,0 +1,105 @@
+// Process-level behaviour: a Rust panic becomes a JS error, never an abort; a process
+// that uses a store exits on its own, with or without close(); worker threads can load
+// and unload the addon.
+import assert from 'node:assert/strict'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { Worker } from 'node:worker_threads'
+import { runChild, packageIndex, packageRoot } from './helpers/child.mjs'
+import { testRedis } from './helpers/redis-server.mjs'
+
+const binding = createRequire(import.meta.url)(join(packageRoot, 'binding.js'))
+
+describe('process behaviour', () => {
+  let redis
+  let dir
+  before(async () => {
+    redis = await testRedis()
+    dir = mkdtempSync(join(tmpdir(), 'durastate-process-'))
+  })
+  after(async () => {
+    await redis.release()
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  it('turns a panic in a sync call into a thrown error', () => {
+    assert.throws(() => binding.debugPanicSync(), /deliberate panic \(sync\)/)
+  })
+
+  it('turns a panic in an async call into a rejection with code INTERNAL', async () => {
+    await assert.rejects(binding.debugPanicAsync(), (err) => /INTERNAL/.test(`${err.code} ${err.message}`) && /deliberate panic/.test(err.message))
+    // The addon still works afterwards.
+    assert.equal(await binding.createMemoryStore().isExecutionInProgress('e'), false)
+  })
+
+  const stores = () => ({
+    redis: `ds.createRedisStore(${JSON.stringify(redis.url)}, { prefix: 'process-spec:' + process.pid + ':', ttl: 60000 })`,
+    sqlite: `ds.createSqliteStore(${JSON.stringify(join(dir, 'exit.db'))}, { ttl: 60000 })`,
+    memory: `ds.createMemoryStore({ ttl: 60000 })`,
+  })
+
+  for (const backend of ['redis', 'sqlite', 'memory']) {
+    it(`exits on its own after using a ${backend} store without close()`, async () => {
+      const { code, signal, stderr, ms } = await runChild(`
+        const store = ${stores()[backend]};
+        (async () => {
+          await store.beginExecution('e');
+          await store.beginExecutionTask('e', 't');
+          await store.commitExecutionTaskResult('e', 't', { ok: true });
+          await store.getExecutionTaskResults('e');
+        })().catch((e) => { console.error(e); process.exit(1) });
+      `, { timeoutMs: 10_000 })
+      assert.equal(signal, null, `killed after ${ms} ms: the process did not exit on its own`)
+      assert.equal(code, 0, stderr)
+    })
+
+    it(`exits at once after close() of a ${backend} store`, async () => {
+      const { code, stderr, stdout } = await runChild(`
+        const store = ${stores()[backend]};
+        (async () => {
+          await store.beginExecution('e');
+          await store.close();
+          process.stdout.write(String(Date.now()));
+        })().catch((e) => { console.error(e); process.exit(1) });
+      `, { timeoutMs: 10_000 })
+      assert.equal(code, 0, stderr)
+      // Measured from close() to the parent seeing the exit: no lingering timers or sockets.
+      const lingered = Date.now() - Number(stdout)
+      assert.ok(lingered < 1000, `the process lingered ${lingered} ms after close()`)
+    })
+  }
+
+  it('loads and unloads the addon in worker threads started and stopped repeatedly', async () => {
+    const source = `
+      const { parentPort, workerData } = require('node:worker_threads');
+      const ds = require(${JSON.stringify(packageIndex)});
+      (async () => {
+        const store = workerData.redis
+          ? ds.createRedisStore(workerData.redis, { prefix: 'worker-spec:' + workerData.i + ':' })
+          : ds.createMemoryStore();
+        await store.beginExecution('e');
+        await store.commitExecutionTaskResult('e', 't', workerData.i);
+        const value = await store.getExecutionTaskResult('e', 't');
+        await store.disposeExecution('e');
+        if (workerData.i % 3 !== 0) await store.close();
+        parentPort.postMessage(value);
+      })();
+    `
+    for (let i = 0; i < 20; i++) {
+      const worker = new Worker(source, { eval: true, workerData: { i, redis: i % 2 ? redis.url : null } })
+      // Listen for the exit from the start: a worker may exit right after its message.
+      const exited = new Promise((resolve) => worker.once('exit', resolve))
+      const value = await new Promise((resolve, reject) => {
+        worker.once('message', resolve)
+        worker.once('error', reject)
+      })
+      assert.equal(value, i)
+      // Terminate some while their store is still open, let others end by themselves.
+      if (i % 4 === 0) await worker.terminate()
+      await exited
+    }
+  })
+})

@@ -1,0 +1,209 @@
+// SQLite-specific behaviour: crash safety under SIGKILL, two processes on one file,
+// clear errors for a corrupt or unwritable file, the default location, URL routing.
+import assert from 'node:assert/strict'
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { createSqliteStore, createStore } from '../index.js'
+import { runChild, startChild } from './helpers/child.mjs'
+import { testRedis } from './helpers/redis-server.mjs'
+
+const rejectsWith = (promise, code, pattern) => assert.rejects(promise, (err) => {
+  assert.equal(err.code, code, `expected ${code}, got ${err.code}: ${err.message}`)
+  if (pattern) assert.match(err.message, pattern)
+  return true
+})
+
+describe('SQLite store', () => {
+  let dir
+  const stores = []
+  const open = (path, options) => {
+    const store = createSqliteStore(path, options)
+    stores.push(store)
+    return store
+  }
+  before(() => { dir = mkdtempSync(join(tmpdir(), 'durastate-sqlite-spec-')) })
+  after(async () => {
+    await Promise.all(stores.map((s) => s.close()))
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  for (const synchronous of ['normal', 'full']) {
+    it(`keeps every acknowledged commit when the process is SIGKILLed (synchronous ${synchronous})`, async () => {
+      const path = join(dir, `crash-${synchronous}.db`)
+      const writer = startChild(`
+        const store = ds.createSqliteStore(${JSON.stringify(path)}, { synchronous: '${synchronous}' });
+        (async () => {
+          await store.beginExecution('order');
+          for (let i = 0; ; i++) {
+            await store.beginExecutionTask('order', 'step-' + i);
+            await store.commitExecutionTaskResult('order', 'step-' + i, { i, pad: 'x'.repeat(i % 500) });
+            process.stdout.write('acked ' + i + '\\n');
+          }
+        })();
+      `)
+      // Kill it at a moment it is busy writing: once a few hundred commits were acknowledged.
+      await new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error('the writer acknowledged too few commits')), 10_000)
+        writer.child.stdout.on('data', () => {
+          if ((writer.output().match(/acked/g) ?? []).length >= 300) { clearTimeout(timer); resolve() }
+        })
+      })
+      writer.child.kill('SIGKILL')
+      const { signal, stdout } = await writer.done
+      assert.equal(signal, 'SIGKILL')
+      const acked = stdout.split('\n').filter((l) => l.startsWith('acked ')).map((l) => Number(l.slice(6)))
+      assert.ok(acked.length >= 300)
+
+      const reader = open(path)
+      assert.equal(await reader.isExecutionInProgress('order'), true)
+      const results = await reader.getExecutionTaskResults('order')
+      for (const i of acked) {
+        assert.deepEqual(results[`step-${i}`], { i, pad: 'x'.repeat(i % 500) }, `commit ${i} was acknowledged and is lost`)
+        assert.equal(await reader.isExecutionTaskInProgress('order', `step-${i}`), false)
+      }
+    })
+  }
+
+  it('lets two processes share one file: no SQLITE_BUSY, one winner per claim', async () => {
+    const path = join(dir, 'shared.db')
+    // Both processes claim the same 200 steps at once (a claim holds until the step is
+    // committed, so nobody commits them here), and commit 200 steps of their own.
+    const worker = (name) => startChild(`
+      const store = ds.createSqliteStore(${JSON.stringify(path)}, { busyTimeout: 10000 });
+      (async () => {
+        const won = [];
+        await Promise.all(Array.from({ length: 200 }, async (_, i) => {
+          const step = 'step-' + i;
+          if (await store.tryBeginExecutionTask('job', step)) won.push(step);
+          await store.commitExecutionTaskResult('own-${name}', step, { by: '${name}', i });
+        }));
+        await store.close();
+        console.log(JSON.stringify(won));
+      })().catch((err) => { console.error(err.code, err.message); process.exit(1) });
+    `, { timeoutMs: 30_000 })
+    const [a, b] = await Promise.all([worker('a').done, worker('b').done])
+    assert.equal(a.code, 0, a.stderr)
+    assert.equal(b.code, 0, b.stderr)
+    const won = [...JSON.parse(a.stdout), ...JSON.parse(b.stdout)]
+    assert.equal(won.length, 200, 'every step claimed exactly once')
+    assert.equal(new Set(won).size, 200)
+    const store = open(path)
+    for (const name of ['a', 'b']) {
+      const results = await store.getExecutionTaskResults(`own-${name}`)
+      assert.equal(Object.keys(results).length, 200)
+      assert.deepEqual(results['step-7'], { by: name, i: 7 })
+    }
+  })
+
+  it('rejects with CORRUPT_DATA naming the file when it is not a database, and leaves it alone', async () => {
+    const path = join(dir, 'garbage.db')
+    const garbage = 'this is not a SQLite database, it is somebody\'s notes\n'.repeat(200)
+    writeFileSync(path, garbage)
+    const store = open(path)
+    await rejectsWith(store.beginExecution('e'), 'CORRUPT_DATA', new RegExp(`garbage\\.db.*move it aside`))
+    await rejectsWith(store.getExecutionTaskResults('e'), 'CORRUPT_DATA')
+    const { readFileSync } = await import('node:fs')
+    assert.equal(readFileSync(path, 'utf8'), garbage)
+  })
+
+  it('rejects with UNAVAILABLE naming the place when the file cannot be created', async () => {
+    const blocker = join(dir, 'a-file')
+    writeFileSync(blocker, 'x')
+    const store = open(join(blocker, 'sub', 'state.db'))
+    await rejectsWith(store.beginExecution('e'), 'UNAVAILABLE', /a-file/)
+  })
+
+  it('rejects a directory as the path with INVALID_INPUT at creation', () => {
+    assert.throws(() => createSqliteStore(dir), (err) => err.code === 'INVALID_INPUT' && err.message.includes(dir))
+    assert.throws(() => createSqliteStore(''), (err) => err.code === 'INVALID_INPUT')
+    assert.throws(() => createSqliteStore(join(dir, 'x.db'), { synchronous: 'sometimes' }), (err) => err.code === 'INVALID_INPUT')
+  })
+
+  it('uses ./.durastate/state.db by default, creating the directory', async () => {
+    const cwd = mkdtempSync(join(dir, 'cwd-'))
+    const { code, stderr } = await runChild(`
+      const store = ds.createSqliteStore();
+      store.beginExecution('e').then(() => store.close()).catch((e) => { console.error(e); process.exit(1) });
+    `, { cwd })
+    assert.equal(code, 0, stderr)
+    const path = join(cwd, '.durastate', 'state.db')
+    assert.ok(existsSync(path))
+    assert.equal(await open(path).isExecutionInProgress('e'), true)
+  })
+})
+
+describe('createStore', () => {
+  let dir
+  let redis
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'durastate-createstore-'))
+    redis = await testRedis()
+  })
+  after(async () => {
+    rmSync(dir, { recursive: true, force: true })
+    await redis.release()
+  })
+
+  /** Which backend a child's `createStore(url)` lands on, told by where the state appears. */
+  const probe = async (url, env) => {
+    const cwd = mkdtempSync(join(dir, 'cwd-'))
+    const prefix = `probe-${Math.random().toString(36).slice(2)}:`
+    const { code, stdout, stderr } = await runChild(`
+      (async () => {
+        const store = ds.createStore(${url === undefined ? 'undefined' : JSON.stringify(url)}, { prefix: ${JSON.stringify(prefix)} });
+        await store.beginExecution('e');
+        await store.close();
+        const redis = ds.createRedisStore(${JSON.stringify(redis.url)}, { prefix: ${JSON.stringify(prefix)} });
+        const onRedis = await redis.isExecutionInProgress('e');
+        await redis.disposeExecution('e');
+        await redis.close();
+        console.log(JSON.stringify({ onRedis }));
+      })().catch((e) => { console.error(e.code, e.message); process.exit(1) });
+    `, { cwd, env: { DURASTATE_URL: '', REDIS_URL: '', ...env } })
+    assert.equal(code, 0, stderr)
+    return { cwd, ...JSON.parse(stdout) }
+  }
+
+  it('routes redis:// to Redis', async () => {
+    const { onRedis, cwd } = await probe(redis.url)
+    assert.equal(onRedis, true)
+    assert.equal(existsSync(join(cwd, '.durastate')), false)
+  })
+
+  it('routes sqlite: and file: to a SQLite file at that path', async () => {
+    for (const scheme of ['sqlite:', 'file:']) {
+      const path = join(dir, `${scheme.slice(0, -1)}.db`)
+      const { onRedis } = await probe(`${scheme}${path}`)
+      assert.equal(onRedis, false)
+      assert.ok(existsSync(path), `${scheme} did not create ${path}`)
+    }
+    const { onRedis, cwd } = await probe('sqlite:./relative/state.db')
+    assert.equal(onRedis, false)
+    assert.ok(existsSync(join(cwd, 'relative', 'state.db')))
+  })
+
+  it('routes memory: to a private in-memory store', async () => {
+    const { onRedis, cwd } = await probe('memory:')
+    assert.equal(onRedis, false)
+    assert.equal(existsSync(join(cwd, '.durastate')), false)
+  })
+
+  it('uses DURASTATE_URL, then REDIS_URL, else the SQLite default', async () => {
+    const sqlitePath = join(dir, 'from-env.db')
+    const fromDurastate = await probe(undefined, { DURASTATE_URL: `sqlite:${sqlitePath}`, REDIS_URL: redis.url })
+    assert.equal(fromDurastate.onRedis, false)
+    assert.ok(existsSync(sqlitePath))
+    const fromRedisUrl = await probe(undefined, { REDIS_URL: redis.url })
+    assert.equal(fromRedisUrl.onRedis, true)
+    const fallback = await probe(undefined)
+    assert.equal(fallback.onRedis, false)
+    assert.ok(existsSync(join(fallback.cwd, '.durastate', 'state.db')))
+  })
+
+  it('rejects an unknown scheme with INVALID_INPUT, without echoing a password', () => {
+    assert.throws(() => createStore('postgres://u:hunter2@h/db'), (err) => err.code === 'INVALID_INPUT' && !err.message.includes('hunter2'))
+    assert.throws(() => createStore('sqlite:'), (err) => err.code === 'INVALID_INPUT')
+  })
+})

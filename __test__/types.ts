@@ -1,0 +1,66 @@
+// Compile-time test (`tsc -p __test__/tsconfig.json`, run by `npm test`): the stores'
+// declared types are assignable to the WorkerStore interface of the contract doc, which
+// the worker library declares on its side. Any drift in index.d.ts fails the build.
+import {
+  createMemoryStore,
+  createRedisStore,
+  createSqliteStore,
+  createStore,
+  DurableWorkerStore,
+  DurastateError,
+  EMPTY_EXECUTION_RESULT,
+  type ErrorCode,
+  type RedisConnectionOptions,
+} from '../index.js'
+
+/** The interface exactly as `../shared/docs/worker-store-contract.md` states it. */
+interface ContractWorkerStore {
+  beginExecution(executionId: string): Promise<void>
+  getExecutionTaskResults?(executionId: string): Promise<{ [taskId: string]: unknown }>
+  getExecutionTaskResult(executionId: string, taskId: string): Promise<unknown | undefined>
+  beginExecutionTask(executionId: string, taskId: string): Promise<void>
+  commitExecutionTaskResult(executionId: string, taskId: string, value: unknown): Promise<void>
+  isExecutionInProgress(executionId: string): Promise<boolean>
+  isExecutionTaskInProgress(executionId: string, taskId: string): Promise<boolean>
+  disposeExecution(executionId: string): Promise<void>
+}
+
+/** How a worker library takes its store. */
+declare function createWorker(options: { store: ContractWorkerStore }): void
+
+const target: RedisConnectionOptions = { host: '127.0.0.1', port: 6379, db: 2, username: 'u', password: 'p' }
+
+createWorker({ store: createRedisStore('redis://127.0.0.1:6379', { ttl: 60_000, prefix: 'app:' }) })
+createWorker({ store: createRedisStore(target, { connectTimeout: 1000, commandTimeout: 2000 }) })
+createWorker({ store: createRedisStore() })
+createWorker({ store: createSqliteStore('./state.db', { busyTimeout: 1000, synchronous: 'full' }) })
+createWorker({ store: createSqliteStore() })
+createWorker({ store: createMemoryStore({ ttl: 1000 }) })
+createWorker({ store: createStore('sqlite:./x.db') })
+createWorker({ store: createStore() })
+
+const store: DurableWorkerStore = createMemoryStore()
+const asContract: ContractWorkerStore = store
+
+async function usesExtras(s: DurableWorkerStore): Promise<void> {
+  const won: boolean = await s.tryBeginExecutionTask('e', 't')
+  const all: Record<string, unknown> = await s.getExecutionTaskResults('e')
+  const closed: boolean = s.closed
+  const empty: '<empty_execution_result>' = EMPTY_EXECUTION_RESULT
+  await s.close()
+  try {
+    await asContract.beginExecution('e')
+  } catch (err) {
+    if (err instanceof DurastateError) {
+      const code: ErrorCode = err.code
+      void code
+    }
+  }
+  void [won, all, closed, empty]
+}
+void usesExtras
+
+// @ts-expect-error: ttl is a number of milliseconds, not a string
+createMemoryStore({ ttl: '5s' })
+// @ts-expect-error: the Redis target port is a number
+createRedisStore({ port: '6379' })
