@@ -1,7 +1,7 @@
 // npm `install` hook: use a prebuilt binary when one fits this platform, else build
 // the addon from source with the Rust toolchain (`napi build --platform --release`).
 import { spawnSync } from 'node:child_process'
-import { existsSync, readdirSync } from 'node:fs'
+import { readdirSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
