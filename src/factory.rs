@@ -2,11 +2,14 @@
 //! Nothing connects or opens here; that happens on first use.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use napi::Either;
 use napi_derive::napi;
 
+#[cfg(unix)]
+use crate::backend::LoopRedis;
 use crate::backend::{Backend, EmbeddedBackend, EmbeddedSettings, Location, RedisBackend};
 use crate::error::{StoreError, StoreResult};
 use crate::keys::KeyLayout;
@@ -14,7 +17,7 @@ use crate::options::{
   millis, CommonSettings, RedisConnectionOptions, StoreOptions, DEFAULT_BUSY_TIMEOUT_MS,
 };
 use crate::redis_target::RedisTarget;
-use crate::worker_store::{NativeWorkerStore, StoreConfig};
+use crate::worker_store::{Engine, NativeWorkerStore, StoreConfig};
 
 /// The SQLite file used when no location is given.
 pub const DEFAULT_SQLITE_PATH: &str = "./.durastate/state.db";
@@ -114,11 +117,8 @@ fn file_path(path: &str) -> StoreResult<PathBuf> {
 
 fn redis_store(target: RedisTarget, options: &StoreOptions) -> StoreResult<NativeWorkerStore> {
   let common = CommonSettings::from_options(options)?;
-  let backend = RedisBackend::new(target, common.connect_timeout, common.command_timeout);
-  Ok(NativeWorkerStore::new(
-    Backend::Redis(Box::new(backend)),
-    store_config(common),
-  ))
+  let engine = redis_engine(target, &common);
+  Ok(NativeWorkerStore::new(engine, store_config(common)))
 }
 
 fn sqlite_store(path: PathBuf, options: &StoreOptions) -> StoreResult<NativeWorkerStore> {
@@ -144,9 +144,25 @@ fn embedded_store(location: Location, options: &StoreOptions) -> StoreResult<Nat
   };
   let backend = EmbeddedBackend::new(settings);
   Ok(NativeWorkerStore::new(
-    Backend::Embedded(backend),
+    Engine::Threads(Arc::new(Backend::Embedded(backend))),
     store_config(common),
   ))
+}
+
+/// Redis over TCP runs on the JS thread's event loop (no thread hop per call) unless
+/// `DURASTATE_REDIS_DRIVER=threads`; other targets and platforms use tokio threads.
+fn redis_engine(target: RedisTarget, common: &CommonSettings) -> Engine {
+  let (connect, command) = (common.connect_timeout, common.command_timeout);
+  #[cfg(unix)]
+  {
+    let threads_wanted = std::env::var("DURASTATE_REDIS_DRIVER").is_ok_and(|v| v == "threads");
+    if target.is_tcp() && !threads_wanted {
+      return Engine::EventLoop(LoopRedis::new(target, connect, command));
+    }
+  }
+  Engine::Threads(Arc::new(Backend::Redis(Box::new(RedisBackend::new(
+    target, connect, command,
+  )))))
 }
 
 fn store_config(common: CommonSettings) -> StoreConfig {

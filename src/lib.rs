@@ -7,10 +7,14 @@ pub mod debug;
 mod error;
 mod factory;
 mod guard;
+mod js_promise;
 mod keys;
 mod options;
+mod output;
 mod redis_target;
 mod results;
+#[cfg(unix)]
+mod uv;
 mod worker_store;
 
 pub use error::{ErrorCode, StoreError};

@@ -16,6 +16,14 @@ pub struct RedisTarget {
 }
 
 impl RedisTarget {
+  /// Whether the server is reached over plain TCP.
+  pub fn is_tcp(&self) -> bool {
+    matches!(
+      self.client.get_connection_info().addr(),
+      redis::ConnectionAddr::Tcp(..)
+    )
+  }
+
   /// From a URL (`redis://`, `rediss://`, `redis+unix://`).
   pub fn from_url(url: &str) -> StoreResult<Self> {
     let parsed = url::Url::parse(url).map_err(|err| {

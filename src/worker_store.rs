@@ -1,18 +1,27 @@
 //! The native WorkerStore: the idioteque store contract over any backend.
 //! Values cross the boundary as JSON text; the JS layer stringifies and parses.
+//!
+//! Every method builds one batch of keyspace commands and hands it to the store's
+//! engine: Redis on the JS thread's event loop (no thread hop), or a backend on its
+//! own threads (SQLite, or Redis where the event-loop driver is not available).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use napi::Either;
+use napi::bindgen_prelude::PromiseRaw;
+use napi::Env;
 use napi_derive::napi;
 
 use crate::backend::Backend;
+#[cfg(unix)]
+use crate::backend::LoopRedis;
 use crate::command::{Batch, Command, Reply};
 use crate::error::{StoreError, StoreResult};
 use crate::guard::bounded;
+use crate::js_promise;
 use crate::keys::KeyLayout;
+use crate::output::Output;
 use crate::results;
 
 /// The value stored in the in-progress markers, as the JS store writes it.
@@ -25,47 +34,65 @@ pub struct StoreConfig {
   pub command_timeout: Duration,
 }
 
-struct StoreCore {
-  backend: Backend,
-  config: StoreConfig,
-  closed: AtomicBool,
+/// Where a store's batches run.
+pub enum Engine {
+  /// Redis, driven by the JS thread's event loop.
+  #[cfg(unix)]
+  EventLoop(LoopRedis),
+  /// A backend with its own threads (SQLite; Redis on tokio).
+  Threads(Arc<Backend>),
 }
+
+/// Turns a batch's replies into the call's result; runs on whichever thread the
+/// engine completes on.
+type Finish = Box<dyn FnOnce(Vec<Reply>) -> StoreResult<Output> + Send>;
 
 /// A durable WorkerStore over Redis, SQLite or memory. Made by the `create*Store`
 /// functions; every method is one round trip (Redis) or one transaction (SQLite).
 #[napi]
 pub struct NativeWorkerStore {
-  core: Arc<StoreCore>,
+  engine: Engine,
+  config: StoreConfig,
+  closed: AtomicBool,
 }
 
 impl NativeWorkerStore {
-  pub fn new(backend: Backend, config: StoreConfig) -> Self {
+  pub fn new(engine: Engine, config: StoreConfig) -> Self {
     Self {
-      core: Arc::new(StoreCore {
-        backend,
-        config,
-        closed: AtomicBool::new(false),
-      }),
+      engine,
+      config,
+      closed: AtomicBool::new(false),
     }
   }
-}
 
-impl StoreCore {
-  async fn run(&self, what: &'static str, batch: Batch) -> StoreResult<Vec<Reply>> {
+  /// Runs `batch` and resolves with `finish(replies)`; bounded by `commandTimeout`.
+  fn dispatch<'env>(
+    &self,
+    env: &'env Env,
+    what: &'static str,
+    batch: Batch,
+    finish: Finish,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
     if self.closed.load(Ordering::Acquire) {
-      return Err(StoreError::disposed());
+      let (deferred, promise) = js_promise::create(env.raw())?;
+      js_promise::settle(env.raw(), deferred, Err(StoreError::disposed()));
+      return Ok(PromiseRaw::new(env.raw(), promise));
     }
-    bounded(
-      what,
-      self.config.command_timeout,
-      self.backend.execute(batch),
-    )
-    .await
-  }
-
-  async fn run_one(&self, what: &'static str, batch: Batch) -> StoreResult<Reply> {
-    let mut replies = self.run(what, batch).await?;
-    Ok(replies.swap_remove(0))
+    match &self.engine {
+      #[cfg(unix)]
+      Engine::EventLoop(driver) => {
+        let promise = driver.submit(env, what, batch, finish)?;
+        Ok(PromiseRaw::new(env.raw(), promise))
+      }
+      Engine::Threads(backend) => {
+        let backend = backend.clone();
+        let limit = self.config.command_timeout;
+        env.spawn_future(async move {
+          let replies = bounded(what, limit, backend.execute(batch)).await?;
+          Ok(finish(replies)?)
+        })
+      }
+    }
   }
 
   /// A write to `key` plus, when a TTL is set, its `PEXPIRE`, applied atomically.
@@ -127,131 +154,159 @@ fn check_id(id: &str) -> StoreResult<()> {
   Ok(())
 }
 
+/// The first reply of a batch: the command whose answer the call returns.
+fn first(replies: Vec<Reply>) -> Reply {
+  replies.into_iter().next().unwrap_or(Reply::Nil)
+}
+
+fn done(_: Vec<Reply>) -> StoreResult<Output> {
+  Ok(Output::Undefined)
+}
+
 #[napi]
 impl NativeWorkerStore {
   /// Marks the execution in progress: `SET <id> "true" [PX ttl]`.
-  #[napi]
-  pub async fn begin_execution(&self, execution_id: String) -> napi::Result<()> {
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn begin_execution<'env>(
+    &self,
+    env: &'env Env,
+    execution_id: String,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
-    let core = &self.core;
     let command = Command::Set {
-      key: core.config.keys.execution(&execution_id),
+      key: self.config.keys.execution(&execution_id),
       value: MARKER.to_string(),
-      ttl_ms: core.config.ttl_ms,
+      ttl_ms: self.config.ttl_ms,
     };
-    core.run("beginExecution", Batch::one(command)).await?;
-    Ok(())
+    self.dispatch(env, "beginExecution", Batch::one(command), Box::new(done))
   }
 
   /// All committed results: the text of one JSON object (`{}` when none) when every
   /// stored value is valid JSON, else `[taskId, json, ...]` so the caller can name the
   /// field that is not.
-  #[napi]
-  pub async fn get_execution_task_results(
+  #[napi(ts_return_type = "Promise<string | Array<string>>")]
+  pub fn get_execution_task_results<'env>(
     &self,
+    env: &'env Env,
     execution_id: String,
-  ) -> napi::Result<Either<String, Vec<String>>> {
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
-    let key = self.core.config.keys.results(&execution_id);
+    let key = self.config.keys.results(&execution_id);
     let batch = Batch::one(Command::HGetAll { key: key.clone() });
-    let reply = self.core.run_one("getExecutionTaskResults", batch).await?;
-    Ok(results::all_results(reply, &key)?)
+    let finish = move |replies| Ok(Output::Results(results::all_results(first(replies), &key)?));
+    self.dispatch(env, "getExecutionTaskResults", batch, Box::new(finish))
   }
 
   /// One step's committed result as JSON text, or `null` when it has none.
-  #[napi]
-  pub async fn get_execution_task_result(
+  #[napi(ts_return_type = "Promise<string | null>")]
+  pub fn get_execution_task_result<'env>(
     &self,
+    env: &'env Env,
     execution_id: String,
     task_id: String,
-  ) -> napi::Result<Option<String>> {
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
-    let key = self.core.config.keys.results(&execution_id);
+    let key = self.config.keys.results(&execution_id);
     let batch = Batch::one(Command::HGet {
       key: key.clone(),
       field: task_id.clone(),
     });
-    let reply = self.core.run_one("getExecutionTaskResult", batch).await?;
-    Ok(results::json_text(reply, &key, &task_id)?)
+    let finish = move |replies| {
+      Ok(Output::Text(results::json_text(
+        first(replies),
+        &key,
+        &task_id,
+      )?))
+    };
+    self.dispatch(env, "getExecutionTaskResult", batch, Box::new(finish))
   }
 
   /// Marks a step in progress: `HSET <id>-transactions <task> "true"` (+ `PEXPIRE`).
-  #[napi]
-  pub async fn begin_execution_task(
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn begin_execution_task<'env>(
     &self,
+    env: &'env Env,
     execution_id: String,
     task_id: String,
-  ) -> napi::Result<()> {
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
-    let batch = self.core.claim_batch(&execution_id, &task_id, false);
-    self.core.run("beginExecutionTask", batch).await?;
-    Ok(())
+    let batch = self.claim_batch(&execution_id, &task_id, false);
+    self.dispatch(env, "beginExecutionTask", batch, Box::new(done))
   }
 
   /// Claims a step atomically (`HSETNX`): of concurrent callers exactly one gets `true`.
-  #[napi]
-  pub async fn try_begin_execution_task(
+  #[napi(ts_return_type = "Promise<boolean>")]
+  pub fn try_begin_execution_task<'env>(
     &self,
+    env: &'env Env,
     execution_id: String,
     task_id: String,
-  ) -> napi::Result<bool> {
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
-    let batch = self.core.claim_batch(&execution_id, &task_id, true);
-    let reply = self.core.run_one("tryBeginExecutionTask", batch).await?;
-    Ok(reply == Reply::Int(1))
+    let batch = self.claim_batch(&execution_id, &task_id, true);
+    let finish = |replies| Ok(Output::Bool(first(replies) == Reply::Int(1)));
+    self.dispatch(env, "tryBeginExecutionTask", batch, Box::new(finish))
   }
 
   /// Stores a step's result (JSON text) and clears its in-progress marker, atomically.
-  #[napi]
-  pub async fn commit_execution_task_result(
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn commit_execution_task_result<'env>(
     &self,
+    env: &'env Env,
     execution_id: String,
     task_id: String,
     json: String,
-  ) -> napi::Result<()> {
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
-    let batch = self.core.commit_batch(&execution_id, task_id, json);
-    self.core.run("commitExecutionTaskResult", batch).await?;
-    Ok(())
+    let batch = self.commit_batch(&execution_id, task_id, json);
+    self.dispatch(env, "commitExecutionTaskResult", batch, Box::new(done))
   }
 
   /// Whether the execution is in progress (begun, not disposed, not expired).
-  #[napi]
-  pub async fn is_execution_in_progress(&self, execution_id: String) -> napi::Result<bool> {
+  #[napi(ts_return_type = "Promise<boolean>")]
+  pub fn is_execution_in_progress<'env>(
+    &self,
+    env: &'env Env,
+    execution_id: String,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
-    let key = self.core.config.keys.execution(&execution_id);
-    let reply = self
-      .core
-      .run_one("isExecutionInProgress", Batch::one(Command::Get { key }))
-      .await?;
-    Ok(results::truthy(&reply))
+    let key = self.config.keys.execution(&execution_id);
+    let finish = |replies| Ok(Output::Bool(results::truthy(&first(replies))));
+    self.dispatch(
+      env,
+      "isExecutionInProgress",
+      Batch::one(Command::Get { key }),
+      Box::new(finish),
+    )
   }
 
   /// Whether the step is marked in progress.
-  #[napi]
-  pub async fn is_execution_task_in_progress(
+  #[napi(ts_return_type = "Promise<boolean>")]
+  pub fn is_execution_task_in_progress<'env>(
     &self,
+    env: &'env Env,
     execution_id: String,
     task_id: String,
-  ) -> napi::Result<bool> {
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
-    let key = self.core.config.keys.transactions(&execution_id);
+    let key = self.config.keys.transactions(&execution_id);
     let batch = Batch::one(Command::HGet {
       key,
       field: task_id,
     });
-    let reply = self
-      .core
-      .run_one("isExecutionTaskInProgress", batch)
-      .await?;
-    Ok(results::truthy(&reply))
+    let finish = |replies| Ok(Output::Bool(results::truthy(&first(replies))));
+    self.dispatch(env, "isExecutionTaskInProgress", batch, Box::new(finish))
   }
 
   /// Deletes the execution's three keys in one `DEL`.
-  #[napi]
-  pub async fn dispose_execution(&self, execution_id: String) -> napi::Result<()> {
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn dispose_execution<'env>(
+    &self,
+    env: &'env Env,
+    execution_id: String,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
-    let keys = &self.core.config.keys;
+    let keys = &self.config.keys;
     let command = Command::Del {
       keys: vec![
         keys.execution(&execution_id),
@@ -259,31 +314,31 @@ impl NativeWorkerStore {
         keys.results(&execution_id),
       ],
     };
-    self
-      .core
-      .run("disposeExecution", Batch::one(command))
-      .await?;
-    Ok(())
+    self.dispatch(env, "disposeExecution", Batch::one(command), Box::new(done))
   }
 
   /// The key that holds an execution's results (for error messages).
   #[napi]
   pub fn results_key(&self, execution_id: String) -> String {
-    self.core.config.keys.results(&execution_id)
+    self.config.keys.results(&execution_id)
   }
 
   /// Closes the store: connections and threads are released, calls in flight finish,
   /// later calls reject with `DISPOSED`. Idempotent.
   #[napi]
   pub fn close(&self) {
-    if !self.core.closed.swap(true, Ordering::AcqRel) {
-      self.core.backend.close();
+    if !self.closed.swap(true, Ordering::AcqRel) {
+      match &self.engine {
+        #[cfg(unix)]
+        Engine::EventLoop(driver) => driver.close(),
+        Engine::Threads(backend) => backend.close(),
+      }
     }
   }
 
   /// Whether `close()` was called.
   #[napi(getter)]
   pub fn closed(&self) -> bool {
-    self.core.closed.load(Ordering::Acquire)
+    self.closed.load(Ordering::Acquire)
   }
 }

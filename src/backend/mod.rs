@@ -4,9 +4,13 @@
 mod embedded;
 mod keyspace;
 mod redis;
+#[cfg(unix)]
+mod redis_loop;
 
 pub use embedded::{EmbeddedBackend, EmbeddedSettings, Location};
 pub use redis::RedisBackend;
+#[cfg(unix)]
+pub use redis_loop::LoopRedis;
 
 use crate::command::{Batch, Reply};
 use crate::error::StoreResult;

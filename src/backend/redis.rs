@@ -166,6 +166,19 @@ async fn send(
   pipe.query_async(connection).await
 }
 
+/// Appends the RESP encoding of `batch` to `out` (`MULTI` ... `EXEC` when atomic).
+pub(super) fn pack_batch(batch: &Batch, out: &mut Vec<u8>) {
+  if batch.atomic {
+    redis::cmd("MULTI").write_packed_command(out);
+  }
+  for command in &batch.commands {
+    to_redis(command).write_packed_command(out);
+  }
+  if batch.atomic {
+    redis::cmd("EXEC").write_packed_command(out);
+  }
+}
+
 fn to_redis(command: &Command) -> redis::Cmd {
   match command {
     Command::Get { key } => redis::cmd("GET").arg(key).clone(),
@@ -191,7 +204,8 @@ fn to_redis(command: &Command) -> redis::Cmd {
   }
 }
 
-fn decode(value: Value, command: &Command) -> StoreResult<Reply> {
+/// A reply as the keyspace's [`Reply`] for `command`.
+pub(super) fn decode(value: Value, command: &Command) -> StoreResult<Reply> {
   match value {
     Value::Nil => Ok(Reply::Nil),
     Value::Int(n) => Ok(Reply::Int(n)),

@@ -1,0 +1,699 @@
+//! Redis on the JS thread's own event loop. The socket is polled by libuv, so a call is
+//! written, its reply parsed and its promise settled on the JS thread, with no thread
+//! hop (as ioredis does, minus the JS work per command). Concurrent calls share one
+//! write and one read. Only connecting (DNS, TCP, AUTH, SELECT, PING) runs on tokio.
+//!
+//! Every handle holds a strong reference to its driver, released in its close callback,
+//! so a driver outlives its handles. An env cleanup hook closes them when a worker
+//! thread ends.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::os::raw::{c_int, c_void};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use napi::{sys, Env};
+use redis::{ConnectionAddr, Value, ValueCodec};
+use tokio_util::codec::Decoder;
+
+use super::redis::{decode, pack_batch};
+use crate::command::{Batch, Command, Reply};
+use crate::error::{ErrorCode, StoreError, StoreResult};
+use crate::js_promise::{self, AsyncContext, Deferred};
+use crate::output::Output;
+use crate::redis_target::RedisTarget;
+use crate::uv;
+
+/// Turns a call's replies into what its promise resolves with.
+pub type Finish = Box<dyn FnOnce(Vec<Reply>) -> StoreResult<Output>>;
+
+/// A Redis store's connection, driven by the JS thread's event loop.
+pub struct LoopRedis {
+  driver: Rc<Driver>,
+}
+
+struct Driver {
+  target: Arc<RedisTarget>,
+  connect_timeout: Duration,
+  command_timeout: Duration,
+  state: RefCell<State>,
+}
+
+struct State {
+  env: sys::napi_env,
+  context: Option<AsyncContext>,
+  retired_context: Option<AsyncContext>,
+  timer: *mut uv::Handle,
+  timer_deadline: Option<Instant>,
+  cleanup_hook: *mut c_void,
+  connection: Connection,
+  attempt: u64,
+  unsent: Vec<u8>,
+  received: BytesMut,
+  codec: ValueCodec,
+  pending: VecDeque<Pending>,
+  closed: bool,
+  shut_down: bool,
+}
+
+enum Connection {
+  Idle,
+  Connecting,
+  Open {
+    stream: TcpStream,
+    poll: *mut uv::Handle,
+    /// The libuv events the poll handle watches (0 before it is started).
+    events: c_int,
+  },
+}
+
+struct Pending {
+  what: &'static str,
+  timeout_ms: u64,
+  deferred: Option<Deferred>,
+  deadline: Instant,
+  commands: Vec<Command>,
+  atomic: bool,
+  expected: usize,
+  replies: Vec<Value>,
+  finish: Option<Finish>,
+}
+
+type Settlement = (Deferred, StoreResult<Output>);
+
+impl LoopRedis {
+  /// A driver that connects to `target` on first use.
+  pub fn new(target: RedisTarget, connect_timeout: Duration, command_timeout: Duration) -> Self {
+    let state = State {
+      env: std::ptr::null_mut(),
+      context: None,
+      retired_context: None,
+      timer: std::ptr::null_mut(),
+      timer_deadline: None,
+      cleanup_hook: std::ptr::null_mut(),
+      connection: Connection::Idle,
+      attempt: 0,
+      unsent: Vec::new(),
+      received: BytesMut::new(),
+      codec: ValueCodec::default(),
+      pending: VecDeque::new(),
+      closed: false,
+      shut_down: false,
+    };
+    Self {
+      driver: Rc::new(Driver {
+        target: Arc::new(target),
+        connect_timeout,
+        command_timeout,
+        state: RefCell::new(state),
+      }),
+    }
+  }
+
+  /// Sends `batch` (one round trip) and returns a promise of `finish(replies)`.
+  pub fn submit(
+    &self,
+    env: &Env,
+    what: &'static str,
+    batch: Batch,
+    finish: Finish,
+  ) -> napi::Result<sys::napi_value> {
+    let raw_env = env.raw();
+    let (deferred, promise) = js_promise::create(raw_env)?;
+    if let Err(err) = self.enqueue(env, what, batch, deferred, finish) {
+      js_promise::settle(raw_env, deferred, Err(err));
+    }
+    Ok(promise)
+  }
+
+  /// Stops taking calls; the connection closes once the calls in flight are settled.
+  pub fn close(&self) {
+    let mut state = self.driver.state.borrow_mut();
+    state.closed = true;
+    if state.pending.is_empty() {
+      state.shut_down();
+    }
+  }
+
+  fn enqueue(
+    &self,
+    env: &Env,
+    what: &'static str,
+    batch: Batch,
+    deferred: Deferred,
+    finish: Finish,
+  ) -> StoreResult<()> {
+    let driver = &self.driver;
+    let mut state = driver.state.borrow_mut();
+    if state.closed {
+      return Err(StoreError::disposed());
+    }
+    state.prepare(driver, env.raw())?;
+    pack_batch(&batch, &mut state.unsent);
+    let expected = batch.commands.len() + if batch.atomic { 2 } else { 0 };
+    state.pending.push_back(Pending {
+      what,
+      timeout_ms: driver.command_timeout.as_millis() as u64,
+      deferred: Some(deferred),
+      deadline: Instant::now() + driver.command_timeout,
+      commands: batch.commands,
+      atomic: batch.atomic,
+      expected,
+      replies: Vec::with_capacity(expected),
+      finish: Some(finish),
+    });
+    state.arm_timer();
+    match state.connection {
+      Connection::Idle => {
+        state.connection = Connection::Connecting;
+        state.attempt += 1;
+        let attempt = state.attempt;
+        drop(state);
+        driver.start_connect(env, attempt);
+      }
+      Connection::Connecting => {}
+      Connection::Open { .. } if state.pending.len() == 1 => {
+        if let Err(err) = state.flush() {
+          let settled = state.fail_connection(err);
+          drop(state);
+          settle_now(env.raw(), settled);
+        }
+      }
+      Connection::Open { .. } => state.watch_writes(true),
+    }
+    Ok(())
+  }
+}
+
+impl Driver {
+  fn start_connect(self: &Rc<Self>, env: &Env, attempt: u64) {
+    let target = self.target.clone();
+    let limit = self.connect_timeout;
+    let weak = Rc::downgrade(self);
+    let started = env.spawn_future_with_callback(
+      async move { Ok(open(&target, limit).await) },
+      move |env, opened| {
+        if let Some(driver) = weak.upgrade() {
+          driver.connected(env.raw(), attempt, opened);
+        }
+        Ok(())
+      },
+    );
+    if let Err(err) = started {
+      let error = StoreError::new(
+        ErrorCode::Internal,
+        format!("cannot start connecting: {err}"),
+      );
+      self.connected(env.raw(), attempt, Err(error));
+    }
+  }
+
+  fn connected(self: &Rc<Self>, env: sys::napi_env, attempt: u64, opened: StoreResult<TcpStream>) {
+    let mut state = self.state.borrow_mut();
+    let current = matches!(state.connection, Connection::Connecting) && state.attempt == attempt;
+    if !current || state.shut_down {
+      return;
+    }
+    let settled = match opened.and_then(|stream| state.install(self, env, stream)) {
+      Ok(()) => Vec::new(),
+      Err(err) => state.fail_connection(err),
+    };
+    state.finish_if_closed();
+    drop(state);
+    settle_now(env, settled);
+  }
+
+  fn on_io(&self, status: c_int, events: c_int) {
+    let mut state = self.state.borrow_mut();
+    let env = state.env;
+    let context = state.context.as_ref().map(AsyncContext::raw);
+    let settled = match state.io(status, events) {
+      Ok(settled) => settled,
+      Err(err) => state.fail_connection(err),
+    };
+    state.finish_if_closed();
+    state.arm_timer();
+    drop(state);
+    settle_in_scope(env, context, settled);
+  }
+
+  fn on_timer(&self) {
+    let mut state = self.state.borrow_mut();
+    state.timer_deadline = None;
+    let env = state.env;
+    let context = state.context.as_ref().map(AsyncContext::raw);
+    let settled = state.expire(Instant::now());
+    state.finish_if_closed();
+    state.arm_timer();
+    drop(state);
+    settle_in_scope(env, context, settled);
+  }
+}
+
+impl State {
+  /// First use on this env: the timer, the async context and the cleanup hook.
+  fn prepare(&mut self, driver: &Rc<Driver>, env: sys::napi_env) -> StoreResult<()> {
+    if !self.timer.is_null() {
+      return Ok(());
+    }
+    let event_loop = event_loop(env)?;
+    let timer = uv::Handle::boxed();
+    unsafe {
+      uv::uv_timer_init(event_loop, timer);
+      uv::Handle::set_data(timer, Rc::into_raw(driver.clone()).cast());
+    }
+    self.timer = timer;
+    self.env = env;
+    self.context = Some(AsyncContext::new(env, "durastate:redis").map_err(internal)?);
+    let hook: *mut c_void = Weak::into_raw(Rc::downgrade(driver)) as *mut c_void;
+    unsafe { sys::napi_add_env_cleanup_hook(env, Some(on_env_cleanup), hook) };
+    self.cleanup_hook = hook;
+    Ok(())
+  }
+
+  fn install(
+    &mut self,
+    driver: &Rc<Driver>,
+    env: sys::napi_env,
+    stream: TcpStream,
+  ) -> StoreResult<()> {
+    let event_loop = event_loop(env)?;
+    let poll = uv::Handle::boxed();
+    let status = unsafe { uv::uv_poll_init(event_loop, poll, stream.as_raw_fd()) };
+    if status != 0 {
+      unsafe { uv::Handle::free(poll) };
+      return Err(internal(format!("uv_poll_init failed ({status})")));
+    }
+    unsafe {
+      uv::Handle::set_data(poll, Rc::into_raw(driver.clone()).cast());
+      uv::uv_unref(poll);
+    }
+    self.connection = Connection::Open {
+      stream,
+      poll,
+      events: 0,
+    };
+    self.received.clear();
+    self.codec = ValueCodec::default();
+    self.watch_writes(!self.unsent.is_empty());
+    Ok(())
+  }
+
+  fn watch_writes(&mut self, writes: bool) {
+    if let Connection::Open { poll, events, .. } = &mut self.connection {
+      let wanted = uv::READABLE | if writes { uv::WRITABLE } else { 0 };
+      if *events != wanted {
+        *events = wanted;
+        unsafe { uv::uv_poll_start(*poll, wanted, on_poll) };
+      }
+    }
+  }
+
+  /// Writes what the socket takes now; the rest waits for a writable event.
+  fn flush(&mut self) -> StoreResult<()> {
+    let Connection::Open { stream, .. } = &mut self.connection else {
+      return Ok(());
+    };
+    let mut written = 0;
+    while written < self.unsent.len() {
+      match stream.write(&self.unsent[written..]) {
+        Ok(0) => return Err(lost("the server closed the connection")),
+        Ok(n) => written += n,
+        Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+        Err(err) if err.kind() == ErrorKind::Interrupted => {}
+        Err(err) => return Err(lost(&err.to_string())),
+      }
+    }
+    self.unsent.drain(..written);
+    let more = !self.unsent.is_empty();
+    self.watch_writes(more);
+    Ok(())
+  }
+
+  fn io(&mut self, status: c_int, events: c_int) -> StoreResult<Vec<Settlement>> {
+    if status < 0 {
+      return Err(lost(&format!("socket error (libuv status {status})")));
+    }
+    if events & uv::WRITABLE != 0 {
+      self.flush()?;
+    }
+    if events & uv::READABLE == 0 {
+      return Ok(Vec::new());
+    }
+    self.read_available()?;
+    self.dispatch_replies()
+  }
+
+  fn read_available(&mut self) -> StoreResult<()> {
+    let Connection::Open { stream, .. } = &mut self.connection else {
+      return Ok(());
+    };
+    loop {
+      self.received.reserve(64 * 1024);
+      let spare = self.received.spare_capacity_mut();
+      // SAFETY: `read` only writes into the buffer; we expose only what it wrote.
+      let buffer =
+        unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast(), spare.len()) };
+      match stream.read(buffer) {
+        Ok(0) => return Err(lost("the server closed the connection")),
+        Ok(n) => unsafe { self.received.set_len(self.received.len() + n) },
+        Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(()),
+        Err(err) if err.kind() == ErrorKind::Interrupted => {}
+        Err(err) => return Err(lost(&err.to_string())),
+      }
+    }
+  }
+
+  fn dispatch_replies(&mut self) -> StoreResult<Vec<Settlement>> {
+    let mut settled = Vec::new();
+    loop {
+      let value = self
+        .codec
+        .decode(&mut self.received)
+        .map_err(|err| lost(&format!("unreadable reply: {err}")))?;
+      let Some(value) = value else {
+        return Ok(settled);
+      };
+      let Some(front) = self.pending.front_mut() else {
+        return Err(lost("a reply came that no call asked for"));
+      };
+      front.replies.push(value);
+      if front.replies.len() == front.expected {
+        let done = self.pending.pop_front().expect("front exists");
+        if let Some(settlement) = done.complete() {
+          settled.push(settlement);
+        }
+      }
+    }
+  }
+
+  /// Rejects every call in flight and drops the connection; the next call reconnects.
+  fn fail_connection(&mut self, err: StoreError) -> Vec<Settlement> {
+    self.drop_connection();
+    self.unsent.clear();
+    self.reject_all(&err)
+  }
+
+  fn reject_all(&mut self, err: &StoreError) -> Vec<Settlement> {
+    self
+      .pending
+      .drain(..)
+      .filter_map(|p| p.deferred.map(|d| (d, Err(err.clone()))))
+      .collect()
+  }
+
+  fn drop_connection(&mut self) {
+    if let Connection::Open { poll, .. } = std::mem::replace(&mut self.connection, Connection::Idle)
+    {
+      close_handle(poll);
+    }
+  }
+
+  /// Rejects the calls whose time is up. Their replies, if they come, are skipped.
+  fn expire(&mut self, now: Instant) -> Vec<Settlement> {
+    let mut settled = Vec::new();
+    for pending in self.pending.iter_mut().take_while(|p| p.deadline <= now) {
+      if let Some(deferred) = pending.deferred.take() {
+        settled.push((
+          deferred,
+          Err(StoreError::timeout(pending.what, pending.timeout_ms)),
+        ));
+      }
+    }
+    settled
+  }
+
+  /// Keeps the timer set to the next deadline of a call still waiting; stopped (and
+  /// the process free to exit) when none waits.
+  fn arm_timer(&mut self) {
+    if self.timer.is_null() {
+      return;
+    }
+    let next = self
+      .pending
+      .iter()
+      .find(|p| p.deferred.is_some())
+      .map(|p| p.deadline);
+    if next == self.timer_deadline {
+      return;
+    }
+    self.timer_deadline = next;
+    unsafe {
+      match next {
+        Some(deadline) => {
+          let wait = deadline.saturating_duration_since(Instant::now());
+          let ms = wait.as_millis() as u64 + u64::from(wait.subsec_nanos() % 1_000_000 != 0);
+          uv::uv_timer_start(self.timer, on_timer, ms, 0);
+        }
+        None => {
+          uv::uv_timer_stop(self.timer);
+        }
+      }
+    }
+  }
+
+  fn finish_if_closed(&mut self) {
+    if self.closed && self.pending.iter().all(|p| p.deferred.is_none()) {
+      self.shut_down();
+    }
+  }
+
+  /// Closes the connection, the timer and the cleanup hook. Idempotent.
+  fn shut_down(&mut self) {
+    if self.shut_down {
+      return;
+    }
+    self.shut_down = true;
+    self.closed = true;
+    self.drop_connection();
+    if !self.timer.is_null() {
+      close_handle(std::mem::replace(&mut self.timer, std::ptr::null_mut()));
+    }
+    // The context may be in use by the settlement that called `close()`; it is
+    // destroyed when the timer's close callback runs, on a later turn of the loop.
+    self.retired_context = self.context.take();
+    if !self.cleanup_hook.is_null() {
+      let hook = std::mem::replace(&mut self.cleanup_hook, std::ptr::null_mut());
+      unsafe {
+        sys::napi_remove_env_cleanup_hook(self.env, Some(on_env_cleanup), hook);
+        drop(Weak::from_raw(hook as *const Driver));
+      }
+    }
+  }
+}
+
+impl Pending {
+  /// The settlement of a call whose replies are all in; `None` if it already timed out.
+  fn complete(mut self) -> Option<Settlement> {
+    let deferred = self.deferred.take()?;
+    let finish = self.finish.take()?;
+    let result = self.replies_for_commands().and_then(finish);
+    Some((deferred, result))
+  }
+
+  fn replies_for_commands(self) -> StoreResult<Vec<Reply>> {
+    let values = if self.atomic {
+      match self.replies.into_iter().last() {
+        Some(Value::Array(items)) => items,
+        Some(Value::ServerError(err)) => return Err(redis::RedisError::from(err).into()),
+        other => return Err(lost(&format!("unexpected EXEC reply: {other:?}"))),
+      }
+    } else {
+      self.replies
+    };
+    values
+      .into_iter()
+      .zip(&self.commands)
+      .map(|(value, command)| decode(value, command))
+      .collect()
+  }
+}
+
+/// Connects, authenticates, selects the database and checks with `PING`, all within
+/// `limit`. Returns a non-blocking socket, ready for the loop driver.
+async fn open(target: &RedisTarget, limit: Duration) -> StoreResult<TcpStream> {
+  let attempt = async {
+    let info = target.client.get_connection_info();
+    let ConnectionAddr::Tcp(host, port) = info.addr() else {
+      return Err(StoreError::invalid_input("the loop driver only speaks TCP"));
+    };
+    let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+      .await
+      .map_err(|err| unavailable(target, &err.to_string()))?;
+    stream
+      .set_nodelay(true)
+      .map_err(|err| unavailable(target, &err.to_string()))?;
+    handshake(&mut stream, target).await?;
+    stream
+      .into_std()
+      .map_err(|err| unavailable(target, &err.to_string()))
+  };
+  match tokio::time::timeout(limit, attempt).await {
+    Ok(result) => result,
+    Err(_) => Err(unavailable(
+      target,
+      &format!(
+        "no connection within connectTimeout ({} ms)",
+        limit.as_millis()
+      ),
+    )),
+  }
+}
+
+async fn handshake(stream: &mut tokio::net::TcpStream, target: &RedisTarget) -> StoreResult<()> {
+  use tokio::io::{AsyncReadExt, AsyncWriteExt};
+  let settings = target.client.get_connection_info().redis_settings();
+  let mut commands = Vec::new();
+  if let Some(password) = settings.password() {
+    let mut auth = redis::cmd("AUTH");
+    if let Some(user) = settings.username() {
+      auth.arg(user);
+    }
+    commands.push(auth.arg(password).clone());
+  }
+  if settings.db() != 0 {
+    commands.push(redis::cmd("SELECT").arg(settings.db()).clone());
+  }
+  commands.push(redis::cmd("PING"));
+  let mut bytes = Vec::new();
+  for command in &commands {
+    command.write_packed_command(&mut bytes);
+  }
+  stream
+    .write_all(&bytes)
+    .await
+    .map_err(|err| unavailable(target, &err.to_string()))?;
+  let mut codec = ValueCodec::default();
+  let mut received = BytesMut::with_capacity(256);
+  let mut answered = 0;
+  while answered < commands.len() {
+    if let Some(value) = codec
+      .decode(&mut received)
+      .map_err(|err| unavailable(target, &err.to_string()))?
+    {
+      answered += 1;
+      if let Value::ServerError(err) = value {
+        let err = StoreError::from(redis::RedisError::from(err));
+        let what = if err.code == ErrorCode::Auth {
+          "authentication to"
+        } else {
+          "cannot connect to"
+        };
+        return Err(StoreError::new(
+          err.code,
+          format!("{what} {} failed: {}", target.display, err.message),
+        ));
+      }
+      continue;
+    }
+    let read = stream
+      .read_buf(&mut received)
+      .await
+      .map_err(|err| unavailable(target, &err.to_string()))?;
+    if read == 0 {
+      return Err(unavailable(
+        target,
+        "the server closed the connection during the handshake",
+      ));
+    }
+  }
+  Ok(())
+}
+
+fn settle_now(env: sys::napi_env, settled: Vec<Settlement>) {
+  for (deferred, result) in settled {
+    js_promise::settle(env, deferred, result);
+  }
+}
+
+fn settle_in_scope(
+  env: sys::napi_env,
+  context: Option<sys::napi_async_context>,
+  settled: Vec<Settlement>,
+) {
+  if let (false, Some(context)) = (settled.is_empty(), context) {
+    js_promise::run_in_callback_scope(env, context, || settle_now(env, settled));
+  }
+}
+
+fn event_loop(env: sys::napi_env) -> StoreResult<*mut uv::Loop> {
+  let mut event_loop = std::ptr::null_mut();
+  let status = unsafe { sys::napi_get_uv_event_loop(env, &mut event_loop) };
+  if status != sys::Status::napi_ok || event_loop.is_null() {
+    return Err(internal(format!("no event loop (napi status {status})")));
+  }
+  Ok(event_loop.cast())
+}
+
+fn close_handle(handle: *mut uv::Handle) {
+  unsafe { uv::uv_close(handle, Some(on_handle_closed)) };
+}
+
+unsafe fn driver_of<'a>(handle: *mut uv::Handle) -> &'a Driver {
+  &*(uv::Handle::data(handle) as *const Driver)
+}
+
+unsafe extern "C" fn on_poll(handle: *mut uv::Handle, status: c_int, events: c_int) {
+  let driver = driver_of(handle);
+  guard(|| driver.on_io(status, events));
+}
+
+unsafe extern "C" fn on_timer(handle: *mut uv::Handle) {
+  let driver = driver_of(handle);
+  guard(|| driver.on_timer());
+}
+
+unsafe extern "C" fn on_handle_closed(handle: *mut uv::Handle) {
+  let driver = Rc::from_raw(uv::Handle::data(handle) as *const Driver);
+  if let Ok(mut state) = driver.state.try_borrow_mut() {
+    if let Some(context) = state.retired_context.take() {
+      context.destroy(state.env);
+    }
+  }
+  drop(driver);
+  uv::Handle::free(handle);
+}
+
+unsafe extern "C" fn on_env_cleanup(hook: *mut c_void) {
+  let weak = Weak::from_raw(hook as *const Driver);
+  if let Some(driver) = weak.upgrade() {
+    if let Ok(mut state) = driver.state.try_borrow_mut() {
+      state.cleanup_hook = std::ptr::null_mut();
+      state.pending.clear();
+      state.shut_down();
+      // The env is going away: its async contexts go with it.
+      state.retired_context = None;
+    }
+  }
+}
+
+/// A panic must not unwind into libuv.
+fn guard(work: impl FnOnce()) {
+  if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
+    eprintln!("durastate: internal error in the Redis event-loop driver (please report it)");
+  }
+}
+
+fn lost(detail: &str) -> StoreError {
+  StoreError::new(
+    ErrorCode::Unavailable,
+    format!("connection to Redis lost: {detail}"),
+  )
+}
+
+fn unavailable(target: &RedisTarget, detail: &str) -> StoreError {
+  StoreError::new(
+    ErrorCode::Unavailable,
+    format!("cannot connect to {}: {detail}", target.display),
+  )
+}
+
+fn internal(detail: impl std::fmt::Display) -> StoreError {
+  StoreError::new(ErrorCode::Internal, detail.to_string())
+}

@@ -1,0 +1,37 @@
+//! What a store call resolves with, as one type every backend can hand back.
+
+use napi::bindgen_prelude::{ToNapiValue, TypeName};
+use napi::{sys, Either, ValueType};
+
+/// The resolved value of a store call.
+pub enum Output {
+  /// `undefined` (writes).
+  Undefined,
+  /// A boolean (in-progress checks, claims).
+  Bool(bool),
+  /// JSON text of one result, or `null` when there is none.
+  Text(Option<String>),
+  /// All results: one JSON object's text, or `[taskId, json, ...]` when one is not JSON.
+  Results(Either<String, Vec<String>>),
+}
+
+impl TypeName for Output {
+  fn type_name() -> &'static str {
+    "Output"
+  }
+
+  fn value_type() -> ValueType {
+    ValueType::Unknown
+  }
+}
+
+impl ToNapiValue for Output {
+  unsafe fn to_napi_value(env: sys::napi_env, value: Self) -> napi::Result<sys::napi_value> {
+    match value {
+      Output::Undefined => <()>::to_napi_value(env, ()),
+      Output::Bool(b) => bool::to_napi_value(env, b),
+      Output::Text(text) => Option::<String>::to_napi_value(env, text),
+      Output::Results(results) => Either::to_napi_value(env, results),
+    }
+  }
+}
