@@ -166,15 +166,15 @@ async fn send(
   pipe.query_async(connection).await
 }
 
-/// Appends the RESP encoding of `batch` to `out` (`MULTI` ... `EXEC` when atomic).
-pub(super) fn pack_batch(batch: &Batch, out: &mut Vec<u8>) {
-  if batch.atomic {
+/// Appends the RESP encoding of a batch to `out` (`MULTI` ... `EXEC` when atomic).
+pub(super) fn pack_commands(commands: &[Command], atomic: bool, out: &mut Vec<u8>) {
+  if atomic {
     redis::cmd("MULTI").write_packed_command(out);
   }
-  for command in &batch.commands {
+  for command in commands {
     to_redis(command).write_packed_command(out);
   }
-  if batch.atomic {
+  if atomic {
     redis::cmd("EXEC").write_packed_command(out);
   }
 }

@@ -22,7 +22,7 @@ use napi::{sys, Env};
 use redis::{ConnectionAddr, Value, ValueCodec};
 use tokio_util::codec::Decoder;
 
-use super::redis::{decode, pack_batch};
+use super::redis::{decode, pack_commands};
 use crate::command::{Batch, Command, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::js_promise::{self, AsyncContext, Deferred};
@@ -75,6 +75,9 @@ enum Connection {
 
 struct Pending {
   what: &'static str,
+  /// Whether sending it twice does no harm (every call but the claim).
+  retry_safe: bool,
+  retried: bool,
   timeout_ms: u64,
   deferred: Option<Deferred>,
   deadline: Instant,
@@ -155,10 +158,12 @@ impl LoopRedis {
       return Err(StoreError::disposed());
     }
     state.prepare(driver, env.raw())?;
-    pack_batch(&batch, &mut state.unsent);
+    pack_commands(&batch.commands, batch.atomic, &mut state.unsent);
     let expected = batch.commands.len() + if batch.atomic { 2 } else { 0 };
     state.pending.push_back(Pending {
       what,
+      retry_safe: what != "tryBeginExecutionTask",
+      retried: false,
       timeout_ms: driver.command_timeout.as_millis() as u64,
       deferred: Some(deferred),
       deadline: Instant::now() + driver.command_timeout,
@@ -171,18 +176,20 @@ impl LoopRedis {
     state.arm_timer();
     match state.connection {
       Connection::Idle => {
-        state.connection = Connection::Connecting;
-        state.attempt += 1;
-        let attempt = state.attempt;
+        let attempt = state.begin_connect();
         drop(state);
         driver.start_connect(env, attempt);
       }
       Connection::Connecting => {}
       Connection::Open { .. } if state.pending.len() == 1 => {
         if let Err(err) = state.flush() {
-          let settled = state.fail_connection(err);
+          let settled = state.recover(err);
+          let attempt = (!state.pending.is_empty()).then(|| state.begin_connect());
           drop(state);
           settle_now(env.raw(), settled);
+          if let Some(attempt) = attempt {
+            driver.start_connect(env, attempt);
+          }
         }
       }
       Connection::Open { .. } => state.watch_writes(true),
@@ -229,18 +236,28 @@ impl Driver {
     settle_now(env, settled);
   }
 
-  fn on_io(&self, status: c_int, events: c_int) {
+  fn on_io(self: &Rc<Self>, status: c_int, events: c_int) {
     let mut state = self.state.borrow_mut();
     let env = state.env;
     let context = state.context.as_ref().map(AsyncContext::raw);
+    let mut reconnect = None;
     let settled = match state.io(status, events) {
       Ok(settled) => settled,
-      Err(err) => state.fail_connection(err),
+      Err(err) => {
+        let settled = state.recover(err);
+        if !state.pending.is_empty() && !state.closed {
+          reconnect = Some(state.begin_connect());
+        }
+        settled
+      }
     };
     state.finish_if_closed();
     state.arm_timer();
     drop(state);
     settle_in_scope(env, context, settled);
+    if let Some(attempt) = reconnect {
+      self.start_connect(&Env::from_raw(env), attempt);
+    }
   }
 
   fn on_timer(&self) {
@@ -391,6 +408,38 @@ impl State {
         }
       }
     }
+  }
+
+  /// Marks a connect attempt under way; returns its number.
+  fn begin_connect(&mut self) -> u64 {
+    self.connection = Connection::Connecting;
+    self.attempt += 1;
+    self.attempt
+  }
+
+  /// After the connection dropped: calls that are safe to send again (all but the
+  /// claim, whose first attempt may have landed) are kept, once, for a new connection;
+  /// the others are rejected with `err`.
+  fn recover(&mut self, err: StoreError) -> Vec<Settlement> {
+    self.drop_connection();
+    self.unsent.clear();
+    let mut settled = Vec::new();
+    let mut kept = VecDeque::new();
+    for mut pending in self.pending.drain(..) {
+      let Some(deferred) = pending.deferred else {
+        continue;
+      };
+      if pending.retry_safe && !pending.retried && !self.closed {
+        pending.retried = true;
+        pending.replies.clear();
+        pack_commands(&pending.commands, pending.atomic, &mut self.unsent);
+        kept.push_back(pending);
+      } else {
+        settled.push((deferred, Err(err.clone())));
+      }
+    }
+    self.pending = kept;
+    settled
   }
 
   /// Rejects every call in flight and drops the connection; the next call reconnects.
@@ -635,8 +684,11 @@ fn close_handle(handle: *mut uv::Handle) {
   unsafe { uv::uv_close(handle, Some(on_handle_closed)) };
 }
 
-unsafe fn driver_of<'a>(handle: *mut uv::Handle) -> &'a Driver {
-  &*(uv::Handle::data(handle) as *const Driver)
+/// The driver a handle belongs to (the handle keeps its own reference).
+unsafe fn driver_of(handle: *mut uv::Handle) -> Rc<Driver> {
+  let driver = uv::Handle::data(handle) as *const Driver;
+  Rc::increment_strong_count(driver);
+  Rc::from_raw(driver)
 }
 
 unsafe extern "C" fn on_poll(handle: *mut uv::Handle, status: c_int, events: c_int) {

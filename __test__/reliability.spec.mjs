@@ -1,0 +1,82 @@
+// Redis faults, on servers of the tests' own (loopback, free ports): a server killed
+// and restarted, our connection killed, a paused server, many stores opened and closed.
+import assert from 'node:assert/strict'
+import { readdirSync } from 'node:fs'
+import { after, before, describe, it } from 'node:test'
+import Redis from 'ioredis'
+import { createRedisStore } from '../index.js'
+import { startRedisServer } from './helpers/redis-server.mjs'
+
+const codeOf = async (promise) => promise.then(() => 'ok', (err) => err.code)
+const openFds = () => readdirSync('/proc/self/fd').length
+
+describe('Redis faults', () => {
+  let server
+  let admin
+  before(async () => {
+    server = await startRedisServer({ args: ['--appendonly', 'yes', '--appendfsync', 'always'] })
+    admin = new Redis(server.url, { maxRetriesPerRequest: 1, retryStrategy: () => 200 })
+    admin.on('error', () => {})
+  })
+  after(async () => {
+    admin.disconnect()
+    await server.stop()
+  })
+
+  it('keeps acknowledged commits through a SIGKILL of the server, and works after its restart', async () => {
+    const store = createRedisStore(server.url, { prefix: 'kill:', connectTimeout: 500, commandTimeout: 1000 })
+    await store.beginExecution('e')
+    const acked = []
+    for (let i = 0; i < 50; i++) {
+      await store.commitExecutionTaskResult('e', `s${i}`, { i })
+      acked.push(i)
+    }
+    await server.kill()
+    const started = Date.now()
+    const outage = await Promise.all([store.getExecutionTaskResults('e'), store.commitExecutionTaskResult('e', 'x', 1)].map(codeOf))
+    for (const code of outage) assert.ok(['UNAVAILABLE', 'TIMEOUT'].includes(code), code)
+    assert.ok(Date.now() - started < 1500, `the outage took ${Date.now() - started} ms to report`)
+    await server.restart()
+    const results = await store.getExecutionTaskResults('e')
+    for (const i of acked) assert.deepEqual(results[`s${i}`], { i }, `acknowledged commit ${i} was lost`)
+    await store.close()
+  })
+
+  it('carries on after CLIENT KILL of its connection between begin and commit', async () => {
+    const store = createRedisStore(server.url, { prefix: 'clientkill:' })
+    await store.beginExecution('e')
+    await store.beginExecutionTask('e', 'step')
+    const killed = await admin.client('KILL', 'SKIPME', 'yes', 'TYPE', 'normal')
+    assert.ok(killed >= 1)
+    await store.commitExecutionTaskResult('e', 'step', { done: true })
+    assert.deepEqual(await store.getExecutionTaskResult('e', 'step'), { done: true })
+    assert.equal(await store.isExecutionTaskInProgress('e', 'step'), false)
+    await store.close()
+  })
+
+  it('rejects with TIMEOUT in time while the server is paused, then works again', async () => {
+    const store = createRedisStore(server.url, { prefix: 'pause:', commandTimeout: 300 })
+    await store.beginExecution('e')
+    await admin.client('PAUSE', 1000, 'ALL')
+    const started = Date.now()
+    assert.equal(await codeOf(store.isExecutionInProgress('e')), 'TIMEOUT')
+    const took = Date.now() - started
+    assert.ok(took >= 250 && took < 900, `took ${took} ms`)
+    await new Promise((r) => setTimeout(r, 900))
+    assert.equal(await store.isExecutionInProgress('e'), true)
+    await store.close()
+  })
+
+  it('opens and closes 1,000 stores without leaking file descriptors', async () => {
+    const before = openFds()
+    for (let round = 0; round < 10; round++) {
+      const stores = Array.from({ length: 100 }, () => createRedisStore(server.url, { prefix: 'many:' }))
+      await Promise.all(stores.map((s) => s.isExecutionInProgress('e')))
+      await Promise.all(stores.map((s) => s.close()))
+    }
+    // Closing sockets completes on the next turns of the event loop.
+    await new Promise((r) => setTimeout(r, 100))
+    const leaked = openFds() - before
+    assert.ok(leaked < 10, `${leaked} file descriptors leaked`)
+  })
+})
