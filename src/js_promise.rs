@@ -75,6 +75,16 @@ impl AsyncContext {
   }
 }
 
+/// Runs `work` in a handle scope, from a libuv callback.
+pub fn run_in_handle_scope(env: sys::napi_env, work: impl FnOnce()) {
+  unsafe {
+    let mut handles = ptr::null_mut();
+    sys::napi_open_handle_scope(env, &mut handles);
+    work();
+    sys::napi_close_handle_scope(env, handles);
+  }
+}
+
 /// Runs `work` in a handle scope and a callback scope, from a libuv callback.
 /// Closing the callback scope runs the microtasks `work` queued.
 pub fn run_in_callback_scope(

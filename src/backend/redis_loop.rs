@@ -256,7 +256,7 @@ impl Driver {
     drop(state);
     settle_in_scope(env, context, settled);
     if let Some(attempt) = reconnect {
-      self.start_connect(&Env::from_raw(env), attempt);
+      js_promise::run_in_handle_scope(env, || self.start_connect(&Env::from_raw(env), attempt));
     }
   }
 
@@ -705,7 +705,8 @@ unsafe extern "C" fn on_handle_closed(handle: *mut uv::Handle) {
   let driver = Rc::from_raw(uv::Handle::data(handle) as *const Driver);
   if let Ok(mut state) = driver.state.try_borrow_mut() {
     if let Some(context) = state.retired_context.take() {
-      context.destroy(state.env);
+      let env = state.env;
+      js_promise::run_in_handle_scope(env, || context.destroy(env));
     }
   }
   drop(driver);
