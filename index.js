@@ -66,9 +66,22 @@ function decodeEntries(entries, key) {
   return results
 }
 
+/** Rethrows a native rejection as a DurastateError. */
+function rethrow(err) {
+  throw toDurastateError(err)
+}
+
+/** A rejected promise for an error thrown before the native call (bad arguments). */
+function rejected(err) {
+  return Promise.reject(toDurastateError(err))
+}
+
+const toUndefined = () => undefined
+
 /**
  * A durable WorkerStore (drop-in for @idioteque/redis's store) over Redis, SQLite or memory.
  * Made by createRedisStore, createSqliteStore, createMemoryStore or createStore.
+ * Each method is one native call and one `.then`: no async function frames per call.
  */
 class DurableWorkerStore {
   #native
@@ -80,96 +93,96 @@ class DurableWorkerStore {
     this.#native = nativeStore
   }
 
-  async beginExecution(executionId) {
-    requireString('executionId', executionId)
+  beginExecution(executionId) {
     try {
-      await this.#native.beginExecution(executionId)
+      requireString('executionId', executionId)
+      return this.#native.beginExecution(executionId).then(toUndefined, rethrow)
     } catch (err) {
-      throw toDurastateError(err)
+      return rejected(err)
     }
   }
 
-  async getExecutionTaskResults(executionId) {
-    requireString('executionId', executionId)
-    let results
+  getExecutionTaskResults(executionId) {
     try {
-      results = await this.#native.getExecutionTaskResults(executionId)
+      requireString('executionId', executionId)
+      return this.#native.getExecutionTaskResults(executionId).then((results) => {
+        if (typeof results === 'string') return JSON.parse(results)
+        return decodeEntries(results, this.#native.resultsKey(executionId))
+      }, rethrow)
     } catch (err) {
-      throw toDurastateError(err)
-    }
-    if (typeof results === 'string') return JSON.parse(results)
-    return decodeEntries(results, this.#native.resultsKey(executionId))
-  }
-
-  async getExecutionTaskResult(executionId, taskId) {
-    requireString('executionId', executionId)
-    requireString('taskId', taskId)
-    let text
-    try {
-      text = await this.#native.getExecutionTaskResult(executionId, taskId)
-    } catch (err) {
-      throw toDurastateError(err)
-    }
-    if (text === null || text === undefined) return undefined
-    return decodeResult(text, this.#native.resultsKey(executionId), taskId)
-  }
-
-  async beginExecutionTask(executionId, taskId) {
-    requireString('executionId', executionId)
-    requireString('taskId', taskId)
-    try {
-      await this.#native.beginExecutionTask(executionId, taskId)
-    } catch (err) {
-      throw toDurastateError(err)
+      return rejected(err)
     }
   }
 
-  async tryBeginExecutionTask(executionId, taskId) {
-    requireString('executionId', executionId)
-    requireString('taskId', taskId)
+  getExecutionTaskResult(executionId, taskId) {
     try {
-      return await this.#native.tryBeginExecutionTask(executionId, taskId)
+      requireString('executionId', executionId)
+      requireString('taskId', taskId)
+      return this.#native.getExecutionTaskResult(executionId, taskId).then((text) => {
+        if (text === null || text === undefined) return undefined
+        return decodeResult(text, this.#native.resultsKey(executionId), taskId)
+      }, rethrow)
     } catch (err) {
-      throw toDurastateError(err)
+      return rejected(err)
     }
   }
 
-  async commitExecutionTaskResult(executionId, taskId, value) {
-    requireString('executionId', executionId)
-    requireString('taskId', taskId)
-    const json = encodeResult(executionId, taskId, value)
+  beginExecutionTask(executionId, taskId) {
     try {
-      await this.#native.commitExecutionTaskResult(executionId, taskId, json)
+      requireString('executionId', executionId)
+      requireString('taskId', taskId)
+      return this.#native.beginExecutionTask(executionId, taskId).then(toUndefined, rethrow)
     } catch (err) {
-      throw toDurastateError(err)
+      return rejected(err)
     }
   }
 
-  async isExecutionInProgress(executionId) {
-    requireString('executionId', executionId)
+  tryBeginExecutionTask(executionId, taskId) {
     try {
-      return await this.#native.isExecutionInProgress(executionId)
+      requireString('executionId', executionId)
+      requireString('taskId', taskId)
+      return this.#native.tryBeginExecutionTask(executionId, taskId).then(undefined, rethrow)
     } catch (err) {
-      throw toDurastateError(err)
+      return rejected(err)
     }
   }
 
-  async isExecutionTaskInProgress(executionId, taskId) {
-    requireString('executionId', executionId)
-    requireString('taskId', taskId)
+  commitExecutionTaskResult(executionId, taskId, value) {
     try {
-      return await this.#native.isExecutionTaskInProgress(executionId, taskId)
+      requireString('executionId', executionId)
+      requireString('taskId', taskId)
+      const json = encodeResult(executionId, taskId, value)
+      return this.#native.commitExecutionTaskResult(executionId, taskId, json).then(toUndefined, rethrow)
     } catch (err) {
-      throw toDurastateError(err)
+      return rejected(err)
     }
   }
 
-  async disposeExecution(executionId) {
-    requireString('executionId', executionId)
+  isExecutionInProgress(executionId) {
     try {
-      await this.#native.disposeExecution(executionId)
+      requireString('executionId', executionId)
+      return this.#native.isExecutionInProgress(executionId).then(undefined, rethrow)
     } catch (err) {
-      throw toDurastateError(err)
+      return rejected(err)
+    }
+  }
+
+  isExecutionTaskInProgress(executionId, taskId) {
+    try {
+      requireString('executionId', executionId)
+      requireString('taskId', taskId)
+      return this.#native.isExecutionTaskInProgress(executionId, taskId).then(undefined, rethrow)
+    } catch (err) {
+      return rejected(err)
+    }
+  }
+
+  disposeExecution(executionId) {
+    try {
+      requireString('executionId', executionId)
+      return this.#native.disposeExecution(executionId).then(toUndefined, rethrow)
+    } catch (err) {
+      return rejected(err)
     }
   }
 
