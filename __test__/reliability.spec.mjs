@@ -67,6 +67,62 @@ describe('Redis faults', () => {
     await store.close()
   })
 
+  it('loses no acknowledged commit across 200 concurrent workflows while the server restarts twice', async () => {
+    const store = createRedisStore(server.url, { prefix: 'storm:', connectTimeout: 300, commandTimeout: 1000 })
+    const acked = new Set()
+    const failures = new Map()
+    const until = Date.now() + 20_000
+    /** Runs `call` until it succeeds, as a worker's re-delivery would; counts failures by code. */
+    const persist = async (call) => {
+      for (;;) {
+        try {
+          return await call()
+        } catch (err) {
+          failures.set(err.code, (failures.get(err.code) ?? 0) + 1)
+          if (!['UNAVAILABLE', 'TIMEOUT'].includes(err.code) || Date.now() > until) throw err
+          await new Promise((r) => setTimeout(r, 20))
+        }
+      }
+    }
+    const workflow = async (w) => {
+      const id = `wf-${w}`
+      await persist(() => store.beginExecution(id))
+      for (let step = 0; step < 8; step++) {
+        const task = `step-${step}`
+        if ((await persist(() => store.getExecutionTaskResult(id, task))) !== undefined) continue
+        await persist(() => store.beginExecutionTask(id, task))
+        await persist(() => store.commitExecutionTaskResult(id, task, { w, step }))
+        acked.add(`${id}/${task}`)
+        await new Promise((r) => setTimeout(r, 5 + (w % 7)))
+      }
+    }
+    const restarts = (async () => {
+      for (let i = 0; i < 2; i++) {
+        await new Promise((r) => setTimeout(r, 60))
+        await server.kill()
+        await new Promise((r) => setTimeout(r, 100))
+        await server.restart()
+      }
+    })()
+    await Promise.all([restarts, ...Array.from({ length: 200 }, (_, w) => workflow(w))])
+    assert.ok((failures.get('UNAVAILABLE') ?? 0) + (failures.get('TIMEOUT') ?? 0) > 0, 'the restarts were not felt')
+    assert.equal(acked.size, 200 * 8)
+    const check = new Redis(server.url)
+    try {
+      for (let w = 0; w < 200; w++) {
+        const [results, inProgress] = await Promise.all([check.hgetall(`storm:wf-${w}-results`), check.hgetall(`storm:wf-${w}-transactions`)])
+        for (let step = 0; step < 8; step++) {
+          const task = `step-${step}`
+          assert.deepEqual(JSON.parse(results[task] ?? 'null'), { w, step }, `acknowledged commit wf-${w}/${task} was lost`)
+          assert.equal(inProgress[task], undefined, `wf-${w}/${task} is done and still marked in progress`)
+        }
+      }
+    } finally {
+      check.disconnect()
+      await store.close()
+    }
+  })
+
   it('opens and closes 1,000 stores without leaking file descriptors', async () => {
     const before = openFds()
     for (let round = 0; round < 10; round++) {
