@@ -87,6 +87,19 @@ export interface RedisConnectionOptions {
   tls?: boolean
 }
 
+/** How a Redis store rides out a dropped connection. */
+export interface RetryOptions {
+  /**
+   * How many times a call that is safe to repeat is sent again after its connection
+   * dropped, reconnecting with backoff in between (never past `commandTimeout`). Default 3; 0: never.
+   */
+  attempts?: number
+  /** First reconnect delay, in ms; doubles per failed attempt, with jitter. Default 50. */
+  minDelay?: number
+  /** Longest reconnect delay, in ms. Default 2000. */
+  maxDelay?: number
+}
+
 /** Options shared by every store. */
 export interface StoreOptions {
   /** Time to live of every key written, in ms (exact; fractions round up). 0 or absent: no expiry. */
@@ -104,4 +117,6 @@ export interface StoreOptions {
    * `"full"` (also survives power loss; one fsync per commit).
    */
   synchronous?: string
+  /** Redis: how calls ride out a dropped connection. */
+  retry?: RetryOptions
 }

@@ -49,8 +49,24 @@ export interface StoreOptions {
 
 /** Options of a Redis store. */
 export interface RedisStoreOptions extends StoreOptions {
-  /** Bound on establishing the connection (TCP, AUTH, SELECT), in ms. Default 5000. */
+  /** Bound on establishing the connection (TCP, AUTH, SELECT, PING), in ms. Default 5000. */
   connectTimeout?: number
+  /** How calls ride out a dropped connection. */
+  retry?: RetryOptions
+}
+
+/** How a Redis store rides out a dropped connection (server restart, `CLIENT KILL`). */
+export interface RetryOptions {
+  /**
+   * How many times a call that is safe to repeat (every call but `tryBeginExecutionTask`)
+   * is sent again after its connection dropped, reconnecting with backoff in between and
+   * never past `commandTimeout`. Default 3; 0 turns resending off.
+   */
+  attempts?: number
+  /** First reconnect delay in ms; doubles per failed attempt, with jitter. Default 50. */
+  minDelay?: number
+  /** Longest reconnect delay in ms. Default 2000. */
+  maxDelay?: number
 }
 
 /** Options of an embedded (SQLite) store. */

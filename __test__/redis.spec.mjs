@@ -275,7 +275,7 @@ describe('Redis store', () => {
     const bad = [
       ['http://localhost:6379', {}], ['not a url', {}], ['redis://h', { ttl: -1 }], ['redis://h', { ttl: 'soon' }],
       ['redis://h', { commandTimeout: 0 }], ['redis://h', { connectTimeout: Infinity }], [{ port: 70000 }, {}],
-      [{ host: '' }, {}], [42, {}],
+      [{ host: '' }, {}], [42, {}], ['redis://h', { retry: { minDelay: 10, maxDelay: 5 } }], ['redis://h', { retry: { attempts: 1000 } }],
     ]
     for (const [target, options] of bad) {
       assert.throws(() => createRedisStore(target, options), (err) => err.code === 'INVALID_INPUT', JSON.stringify(target))

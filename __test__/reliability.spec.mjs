@@ -54,6 +54,25 @@ describe('Redis faults', () => {
     await store.close()
   })
 
+  it('sends calls in flight again after the server restarts, with backoff, but never the claim', async () => {
+    const store = createRedisStore(server.url, {
+      prefix: 'backoff:', connectTimeout: 300, commandTimeout: 4000, retry: { attempts: 20, minDelay: 20, maxDelay: 100 },
+    })
+    await store.beginExecution('e')
+    // Hold the calls in flight on the server, then kill it under them.
+    await admin.client('PAUSE', 5000, 'ALL')
+    const commit = store.commitExecutionTaskResult('e', 'step', { v: 1 })
+    const claim = codeOf(store.tryBeginExecutionTask('e', 'claimed'))
+    await new Promise((r) => setTimeout(r, 50))
+    await server.kill()
+    await new Promise((r) => setTimeout(r, 300))
+    await server.restart()
+    await commit
+    assert.equal(await claim, 'UNAVAILABLE')
+    assert.deepEqual(await store.getExecutionTaskResult('e', 'step'), { v: 1 })
+    await store.close()
+  })
+
   it('rejects with TIMEOUT in time while the server is paused, then works again', async () => {
     const store = createRedisStore(server.url, { prefix: 'pause:', commandTimeout: 300 })
     await store.beginExecution('e')

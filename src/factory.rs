@@ -157,7 +157,7 @@ fn redis_engine(target: RedisTarget, common: &CommonSettings) -> Engine {
   {
     let threads_wanted = std::env::var("DURASTATE_REDIS_DRIVER").is_ok_and(|v| v == "threads");
     if target.is_tcp() && !threads_wanted {
-      return Engine::EventLoop(LoopRedis::new(target, connect, command));
+      return Engine::EventLoop(LoopRedis::new(target, connect, command, common.retry));
     }
   }
   Engine::Threads(Arc::new(Backend::Redis(Box::new(RedisBackend::new(

@@ -32,6 +32,63 @@ pub struct StoreOptions {
   /// SQLite durability: `"normal"` (default; survives a crash of the process) or
   /// `"full"` (also survives power loss; one fsync per commit).
   pub synchronous: Option<String>,
+  /// Redis: how calls ride out a dropped connection.
+  pub retry: Option<RetryOptions>,
+}
+
+/// How a Redis store rides out a dropped connection.
+#[napi(object, object_to_js = false)]
+#[derive(Default, Clone)]
+pub struct RetryOptions {
+  /// How many times a call that is safe to repeat is sent again after its connection
+  /// dropped, reconnecting with backoff in between (never past `commandTimeout`). Default 3; 0: never.
+  pub attempts: Option<u32>,
+  /// First reconnect delay, in ms; doubles per failed attempt, with jitter. Default 50.
+  pub min_delay: Option<f64>,
+  /// Longest reconnect delay, in ms. Default 2000.
+  pub max_delay: Option<f64>,
+}
+
+/// Validated [`RetryOptions`].
+#[derive(Debug, Clone, Copy)]
+pub struct RetrySettings {
+  pub attempts: u32,
+  pub min_delay: Duration,
+  pub max_delay: Duration,
+}
+
+impl RetrySettings {
+  fn from_options(options: Option<&RetryOptions>) -> StoreResult<Self> {
+    let options = options.cloned().unwrap_or_default();
+    let attempts = options.attempts.unwrap_or(3);
+    if attempts > 100 {
+      return Err(StoreError::invalid_input(format!(
+        "option `retry.attempts` must be at most 100, got {attempts}"
+      )));
+    }
+    let min_delay = millis("retry.minDelay", options.min_delay)?.unwrap_or(50);
+    let max_delay = millis("retry.maxDelay", options.max_delay)?.unwrap_or(2_000);
+    if min_delay > max_delay {
+      return Err(StoreError::invalid_input(format!(
+        "option `retry.minDelay` ({min_delay} ms) must not exceed `retry.maxDelay` ({max_delay} ms)"
+      )));
+    }
+    Ok(Self {
+      attempts,
+      min_delay: Duration::from_millis(min_delay),
+      max_delay: Duration::from_millis(max_delay),
+    })
+  }
+
+  /// The wait before reconnect attempt `failures` (1-based): exponential, capped, with
+  /// "equal jitter" (half fixed, half random) so many clients do not reconnect in step.
+  pub fn delay(&self, failures: u32, random: f64) -> Duration {
+    let exponential = self
+      .min_delay
+      .saturating_mul(1 << failures.saturating_sub(1).min(16));
+    let capped = exponential.min(self.max_delay);
+    capped / 2 + capped.mul_f64(random.clamp(0.0, 1.0) / 2.0)
+  }
 }
 
 /// A Redis server given as fields rather than a URL.
@@ -59,6 +116,7 @@ pub struct CommonSettings {
   pub prefix: String,
   pub command_timeout: Duration,
   pub connect_timeout: Duration,
+  pub retry: RetrySettings,
 }
 
 impl CommonSettings {
@@ -74,6 +132,7 @@ impl CommonSettings {
       prefix: options.prefix.clone().unwrap_or_default(),
       command_timeout: Duration::from_millis(command_timeout),
       connect_timeout: Duration::from_millis(connect_timeout),
+      retry: RetrySettings::from_options(options.retry.as_ref())?,
     })
   }
 }
@@ -118,6 +177,21 @@ mod tests {
       ..Default::default()
     };
     assert_eq!(CommonSettings::from_options(&zero).unwrap().ttl_ms, None);
+  }
+
+  #[test]
+  fn backoff_doubles_caps_and_jitters() {
+    let retry = RetrySettings::from_options(None).unwrap();
+    assert_eq!(retry.delay(1, 0.0), Duration::from_millis(25));
+    assert_eq!(retry.delay(1, 1.0), Duration::from_millis(50));
+    assert_eq!(retry.delay(3, 1.0), Duration::from_millis(200));
+    assert_eq!(retry.delay(30, 1.0), Duration::from_millis(2_000));
+    let bad = RetryOptions {
+      min_delay: Some(10.0),
+      max_delay: Some(5.0),
+      ..Default::default()
+    };
+    assert!(RetrySettings::from_options(Some(&bad)).is_err());
   }
 
   #[test]

@@ -26,6 +26,7 @@ use super::redis::{decode, pack_commands};
 use crate::command::{Batch, Command, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::js_promise::{self, AsyncContext, Deferred};
+use crate::options::RetrySettings;
 use crate::output::Output;
 use crate::redis_target::RedisTarget;
 use crate::uv;
@@ -42,6 +43,7 @@ struct Driver {
   target: Arc<RedisTarget>,
   connect_timeout: Duration,
   command_timeout: Duration,
+  retry: RetrySettings,
   state: RefCell<State>,
 }
 
@@ -51,6 +53,10 @@ struct State {
   retired_context: Option<AsyncContext>,
   timer: *mut uv::Handle,
   timer_deadline: Option<Instant>,
+  /// Fires the next reconnect attempt after a backoff delay.
+  backoff_timer: *mut uv::Handle,
+  /// Connect attempts that failed in a row while calls waited to be sent again.
+  failures: u32,
   cleanup_hook: *mut c_void,
   connection: Connection,
   attempt: u64,
@@ -65,6 +71,8 @@ struct State {
 enum Connection {
   Idle,
   Connecting,
+  /// Waiting out a backoff delay before connecting again.
+  Backoff,
   Open {
     stream: TcpStream,
     poll: *mut uv::Handle,
@@ -75,9 +83,11 @@ enum Connection {
 
 struct Pending {
   what: &'static str,
-  /// Whether sending it twice does no harm (every call but the claim).
-  retry_safe: bool,
-  retried: bool,
+  /// How many more times it may be sent again after a dropped connection (0 for the
+  /// claim, which must not be sent twice).
+  retries_left: u32,
+  /// Whether it is waiting to be sent again after a dropped connection.
+  recovering: bool,
   timeout_ms: u64,
   deferred: Option<Deferred>,
   deadline: Instant,
@@ -92,13 +102,20 @@ type Settlement = (Deferred, StoreResult<Output>);
 
 impl LoopRedis {
   /// A driver that connects to `target` on first use.
-  pub fn new(target: RedisTarget, connect_timeout: Duration, command_timeout: Duration) -> Self {
+  pub fn new(
+    target: RedisTarget,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    retry: RetrySettings,
+  ) -> Self {
     let state = State {
       env: std::ptr::null_mut(),
       context: None,
       retired_context: None,
       timer: std::ptr::null_mut(),
       timer_deadline: None,
+      backoff_timer: std::ptr::null_mut(),
+      failures: 0,
       cleanup_hook: std::ptr::null_mut(),
       connection: Connection::Idle,
       attempt: 0,
@@ -114,6 +131,7 @@ impl LoopRedis {
         target: Arc::new(target),
         connect_timeout,
         command_timeout,
+        retry,
         state: RefCell::new(state),
       }),
     }
@@ -162,8 +180,12 @@ impl LoopRedis {
     let expected = batch.commands.len() + if batch.atomic { 2 } else { 0 };
     state.pending.push_back(Pending {
       what,
-      retry_safe: what != "tryBeginExecutionTask",
-      retried: false,
+      retries_left: if what == "tryBeginExecutionTask" {
+        0
+      } else {
+        driver.retry.attempts
+      },
+      recovering: false,
       timeout_ms: driver.command_timeout.as_millis() as u64,
       deferred: Some(deferred),
       deadline: Instant::now() + driver.command_timeout,
@@ -180,7 +202,7 @@ impl LoopRedis {
         drop(state);
         driver.start_connect(env, attempt);
       }
-      Connection::Connecting => {}
+      Connection::Connecting | Connection::Backoff => {}
       Connection::Open { .. } if state.pending.len() == 1 => {
         if let Err(err) = state.flush() {
           let settled = state.recover(err);
@@ -228,12 +250,40 @@ impl Driver {
       return;
     }
     let settled = match opened.and_then(|stream| state.install(self, env, stream)) {
-      Ok(()) => Vec::new(),
-      Err(err) => state.fail_connection(err),
+      Ok(()) => {
+        state.failures = 0;
+        Vec::new()
+      }
+      Err(err) => {
+        let settled = state.keep_recovering(&err);
+        if !state.pending.is_empty() {
+          state.failures += 1;
+          let delay = self.retry.delay(state.failures, jitter());
+          state.wait_to_reconnect(self, delay);
+        }
+        settled
+      }
     };
     state.finish_if_closed();
     drop(state);
     settle_now(env, settled);
+  }
+
+  fn on_backoff_over(self: &Rc<Self>) {
+    let mut state = self.state.borrow_mut();
+    if !matches!(state.connection, Connection::Backoff) || state.shut_down {
+      return;
+    }
+    if state.pending.iter().all(|p| p.deferred.is_none()) {
+      state.pending.clear();
+      state.unsent.clear();
+      state.connection = Connection::Idle;
+      return;
+    }
+    let attempt = state.begin_connect();
+    let env = state.env;
+    drop(state);
+    js_promise::run_in_handle_scope(env, || self.start_connect(&Env::from_raw(env), attempt));
   }
 
   fn on_io(self: &Rc<Self>, status: c_int, events: c_int) {
@@ -429,8 +479,9 @@ impl State {
       let Some(deferred) = pending.deferred else {
         continue;
       };
-      if pending.retry_safe && !pending.retried && !self.closed {
-        pending.retried = true;
+      if pending.retries_left > 0 && !self.closed {
+        pending.retries_left -= 1;
+        pending.recovering = true;
         pending.replies.clear();
         pack_commands(&pending.commands, pending.atomic, &mut self.unsent);
         kept.push_back(pending);
@@ -442,19 +493,51 @@ impl State {
     settled
   }
 
-  /// Rejects every call in flight and drops the connection; the next call reconnects.
-  fn fail_connection(&mut self, err: StoreError) -> Vec<Settlement> {
-    self.drop_connection();
+  /// After a failed connect: calls sent again after a drop, with retries left, wait for
+  /// the next attempt; the rest (calls that never had a connection) are rejected.
+  fn keep_recovering(&mut self, err: &StoreError) -> Vec<Settlement> {
+    self.connection = Connection::Idle;
     self.unsent.clear();
-    self.reject_all(&err)
+    let mut settled = Vec::new();
+    let mut kept = VecDeque::new();
+    for mut pending in self.pending.drain(..) {
+      let Some(deferred) = pending.deferred else {
+        continue;
+      };
+      if pending.recovering && pending.retries_left > 0 && !self.closed {
+        pending.retries_left -= 1;
+        pack_commands(&pending.commands, pending.atomic, &mut self.unsent);
+        kept.push_back(pending);
+      } else {
+        settled.push((deferred, Err(err.clone())));
+      }
+    }
+    self.pending = kept;
+    settled
   }
 
-  fn reject_all(&mut self, err: &StoreError) -> Vec<Settlement> {
-    self
-      .pending
-      .drain(..)
-      .filter_map(|p| p.deferred.map(|d| (d, Err(err.clone()))))
-      .collect()
+  fn wait_to_reconnect(&mut self, driver: &Rc<Driver>, delay: Duration) {
+    if self.backoff_timer.is_null() {
+      let Ok(event_loop) = event_loop(self.env) else {
+        return;
+      };
+      let timer = uv::Handle::boxed();
+      unsafe {
+        uv::uv_timer_init(event_loop, timer);
+        uv::Handle::set_data(timer, Rc::into_raw(driver.clone()).cast());
+        uv::uv_unref(timer);
+      }
+      self.backoff_timer = timer;
+    }
+    self.connection = Connection::Backoff;
+    unsafe {
+      uv::uv_timer_start(
+        self.backoff_timer,
+        on_backoff_timer,
+        delay.as_millis() as u64,
+        0,
+      )
+    };
   }
 
   fn drop_connection(&mut self) {
@@ -523,6 +606,12 @@ impl State {
     self.drop_connection();
     if !self.timer.is_null() {
       close_handle(std::mem::replace(&mut self.timer, std::ptr::null_mut()));
+    }
+    if !self.backoff_timer.is_null() {
+      close_handle(std::mem::replace(
+        &mut self.backoff_timer,
+        std::ptr::null_mut(),
+      ));
     }
     // The context may be in use by the settlement that called `close()`; it is
     // destroyed when the timer's close callback runs, on a later turn of the loop.
@@ -699,6 +788,20 @@ unsafe extern "C" fn on_poll(handle: *mut uv::Handle, status: c_int, events: c_i
 unsafe extern "C" fn on_timer(handle: *mut uv::Handle) {
   let driver = driver_of(handle);
   guard(|| driver.on_timer());
+}
+
+unsafe extern "C" fn on_backoff_timer(handle: *mut uv::Handle) {
+  let driver = driver_of(handle);
+  guard(|| driver.on_backoff_over());
+}
+
+/// A number in [0, 1) for backoff jitter (no need for a cryptographic source).
+fn jitter() -> f64 {
+  use std::hash::{BuildHasher, Hasher};
+  let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+  let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+  hasher.write_u128(now.map(|d| d.as_nanos()).unwrap_or_default());
+  (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 unsafe extern "C" fn on_handle_closed(handle: *mut uv::Handle) {

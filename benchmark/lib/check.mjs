@@ -1,0 +1,142 @@
+// Correctness check: every store runs the same deterministic workload; their states must
+// match, read back through the WorkerStore API and, for the Redis stores, as raw Redis
+// keys/types/fields/values/TTL-presence (read with a plain ioredis client, prefix stripped).
+import { isDeepStrictEqual } from 'node:util'
+
+const EXECUTIONS = ['c0', 'c1', 'c2', 'c3', 'c4', 'c5']
+const TASKS = ['a', 'b', 'c', 'a:x', 'x', 'y', 'z', 'w', 'v', 't', 'u', 'missing']
+
+const VALUES = {
+  object: { n: 1, s: 'héllo ✓ 😀 "quoted" back\\slash\nnew\tline \u0001', nested: { arr: [1, 2.5, -3e-7, null, true] } },
+  array: [[], {}, '', 0, false, null],
+  sentinel: '<empty_execution_result>',
+  big: 'y'.repeat(5000),
+}
+
+/** The deterministic workload: begun/disposed executions, steps in progress, overwrites, odd values. */
+export async function runCheckWorkload(store) {
+  // c0: a normal execution with one step left in progress and a nested step id.
+  await store.beginExecution('c0')
+  for (const t of ['a', 'b', 'c', 'a:x']) await store.beginExecutionTask('c0', t)
+  await store.commitExecutionTaskResult('c0', 'a', VALUES.object)
+  await store.commitExecutionTaskResult('c0', 'b', VALUES.array)
+  await store.commitExecutionTaskResult('c0', 'a:x', 'ünïcødé')
+  // c1: scalar results, committed without a begin.
+  await store.beginExecution('c1')
+  await store.commitExecutionTaskResult('c1', 'x', null)
+  await store.commitExecutionTaskResult('c1', 'y', VALUES.sentinel)
+  await store.commitExecutionTaskResult('c1', 'z', 0)
+  await store.commitExecutionTaskResult('c1', 'w', false)
+  await store.commitExecutionTaskResult('c1', 'v', '')
+  // c2: disposed after work: nothing may remain.
+  await store.beginExecution('c2')
+  await store.beginExecutionTask('c2', 't')
+  await store.commitExecutionTaskResult('c2', 't', VALUES.big)
+  await store.disposeExecution('c2')
+  // c3: never begun; one step in progress, one committed.
+  await store.beginExecutionTask('c3', 't')
+  await store.commitExecutionTaskResult('c3', 'u', VALUES.big)
+  // c4: a step committed twice (overwrite), then begun again (in progress and with a result).
+  await store.beginExecution('c4')
+  await store.beginExecutionTask('c4', 'a')
+  await store.commitExecutionTaskResult('c4', 'a', { first: true })
+  await store.commitExecutionTaskResult('c4', 'a', { second: [1, 2, 3] })
+  await store.beginExecutionTask('c4', 'a')
+  // c5: dispose of an unknown id is a no-op.
+  await store.disposeExecution('c5')
+}
+
+/** JSON text with object keys sorted, so key order (Redis vs SQLite) does not matter. */
+function canonical(value) {
+  if (value === undefined) return '"<undefined>"'
+  if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`
+  if (value && typeof value === 'object') {
+    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonical(value[k])}`).join(',')}}`
+  }
+  return JSON.stringify(value)
+}
+
+/** The state as the WorkerStore API reports it, for every execution and step of the workload. */
+export async function apiSnapshot(store) {
+  const snapshot = {}
+  for (const id of EXECUTIONS) {
+    const tasks = {}
+    for (const t of TASKS) {
+      tasks[t] = [canonical(await store.getExecutionTaskResult(id, t)), await store.isExecutionTaskInProgress(id, t)]
+    }
+    snapshot[id] = {
+      inProgress: await store.isExecutionInProgress(id),
+      results: canonical(await store.getExecutionTaskResults(id)),
+      tasks,
+    }
+  }
+  return snapshot
+}
+
+/** The raw Redis state under `prefix`: key (prefix stripped) -> type, content, has-TTL. */
+export async function rawSnapshot(admin, prefix) {
+  const keys = []
+  let cursor = '0'
+  do {
+    const [next, batch] = await admin.scan(cursor, 'MATCH', `${prefix.replace(/[*?[\]\\]/g, '\\$&')}*`, 'COUNT', 1000)
+    cursor = next
+    keys.push(...batch)
+  } while (cursor !== '0')
+  const snapshot = {}
+  for (const key of keys.sort()) {
+    const type = await admin.type(key)
+    const content = type === 'string' ? await admin.get(key) : type === 'hash' ? sortedEntries(await admin.hgetall(key)) : `<${type}>`
+    snapshot[key.slice(prefix.length)] = { type, content, ttl: (await admin.pttl(key)) > 0 }
+  }
+  return snapshot
+}
+
+function sortedEntries(hash) {
+  return Object.entries(hash).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+}
+
+/** The first difference between two snapshots, as a short text, or undefined when equal. */
+export function firstDifference(expected, actual) {
+  if (isDeepStrictEqual(expected, actual)) return undefined
+  const keys = [...new Set([...Object.keys(expected), ...Object.keys(actual)])].sort()
+  for (const key of keys) {
+    if (!isDeepStrictEqual(expected[key], actual[key])) {
+      return `at ${JSON.stringify(key)}: expected ${JSON.stringify(expected[key])?.slice(0, 300)}, got ${JSON.stringify(actual[key])?.slice(0, 300)}`
+    }
+  }
+  return 'snapshots differ'
+}
+
+/**
+ * Runs the workload on every contender (each under its own prefix `check:<tag>:<name>:`) and
+ * compares with the baseline contender (ioredis): API snapshots for all, raw snapshots for
+ * the Redis ones, plus cross-reads (ours reading the baseline's keys and the other way round).
+ * Returns one { what, ok, detail } per comparison.
+ */
+export async function checkSameState({ contenders, admin, baseline = 'ioredis', ours = 'ours', options, tag }) {
+  const seen = {}
+  for (const c of contenders) {
+    const prefix = `check:${tag}:${c.name}:`
+    const store = c.open({ ...options, prefix })
+    await runCheckWorkload(store)
+    seen[c.name] = { prefix, api: await apiSnapshot(store), raw: c.redis ? await rawSnapshot(admin, prefix) : undefined }
+  }
+  const base = seen[baseline]
+  const outcomes = []
+  const compare = (what, expected, actual) => {
+    const detail = firstDifference(expected, actual)
+    outcomes.push({ what, ok: !detail, detail })
+  }
+  if (!Object.keys(base.raw).length) outcomes.push({ what: `${baseline} wrote no keys`, ok: false, detail: 'empty' })
+  for (const c of contenders) {
+    if (c.name === baseline) continue
+    compare(`${c.name} API state = ${baseline}`, base.api, seen[c.name].api)
+    if (c.redis) compare(`${c.name} raw Redis keys = ${baseline}`, base.raw, seen[c.name].raw)
+  }
+  const byName = Object.fromEntries(contenders.map((c) => [c.name, c]))
+  if (byName[ours] && byName[baseline]) {
+    compare(`${ours} reads ${baseline}'s keys`, base.api, await apiSnapshot(byName[ours].open({ ...options, prefix: base.prefix })))
+    compare(`${baseline} reads ${ours}'s keys`, base.api, await apiSnapshot(byName[baseline].open({ ...options, prefix: seen[ours].prefix })))
+  }
+  return outcomes
+}
