@@ -119,4 +119,9 @@ export interface StoreOptions {
   synchronous?: string
   /** Redis: how calls ride out a dropped connection. */
   retry?: RetryOptions
+  /**
+   * Redis: `"none"` (default) or `"aof"`: acknowledged writes are on the server's disk
+   * (checked at connect: `appendonly yes`, `appendfsync always`).
+   */
+  durability?: string
 }

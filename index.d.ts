@@ -53,6 +53,14 @@ export interface RedisStoreOptions extends StoreOptions {
   connectTimeout?: number
   /** How calls ride out a dropped connection. */
   retry?: RetryOptions
+  /**
+   * `'none'` (default): a write is acknowledged once the server has it in memory.
+   * `'aof'`: once it is on the server's disk. The store checks at connect that the server
+   * runs with `appendonly yes` and `appendfsync always`, and otherwise rejects every call
+   * with `UNAVAILABLE`, naming the settings. Replication is not a durability guarantee:
+   * a failover can lose writes a replica had not received.
+   */
+  durability?: 'none' | 'aof'
 }
 
 /** How a Redis store rides out a dropped connection (server restart, `CLIENT KILL`). */

@@ -271,11 +271,16 @@ describe('Redis store', () => {
     }
   })
 
+  it("rejects durability 'aof' on a server that does not fsync every write, naming the settings", async () => {
+    const ours = open({ durability: 'aof', prefix: prefix() })
+    await rejectsWith(ours.beginExecution('e'), 'UNAVAILABLE', /appendonly no, appendfsync everysec/)
+  })
+
   it('throws INVALID_INPUT at creation for a bad target or options, without connecting', () => {
     const bad = [
       ['http://localhost:6379', {}], ['not a url', {}], ['redis://h', { ttl: -1 }], ['redis://h', { ttl: 'soon' }],
       ['redis://h', { commandTimeout: 0 }], ['redis://h', { connectTimeout: Infinity }], [{ port: 70000 }, {}],
-      [{ host: '' }, {}], [42, {}], ['redis://h', { retry: { minDelay: 10, maxDelay: 5 } }], ['redis://h', { retry: { attempts: 1000 } }],
+      [{ host: '' }, {}], [42, {}], ['redis://h', { retry: { minDelay: 10, maxDelay: 5 } }], ['redis://h', { retry: { attempts: 1000 } }], ['redis://h', { durability: 'disk' }],
     ]
     for (const [target, options] of bad) {
       assert.throws(() => createRedisStore(target, options), (err) => err.code === 'INVALID_INPUT', JSON.stringify(target))

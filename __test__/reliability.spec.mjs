@@ -24,7 +24,7 @@ describe('Redis faults', () => {
   })
 
   it('keeps acknowledged commits through a SIGKILL of the server, and works after its restart', async () => {
-    const store = createRedisStore(server.url, { prefix: 'kill:', connectTimeout: 500, commandTimeout: 1000 })
+    const store = createRedisStore(server.url, { prefix: 'kill:', connectTimeout: 500, commandTimeout: 1000, durability: 'aof' })
     await store.beginExecution('e')
     const acked = []
     for (let i = 0; i < 50; i++) {

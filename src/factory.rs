@@ -115,8 +115,22 @@ fn file_path(path: &str) -> StoreResult<PathBuf> {
   Ok(path)
 }
 
-fn redis_store(target: RedisTarget, options: &StoreOptions) -> StoreResult<NativeWorkerStore> {
+fn redis_store(mut target: RedisTarget, options: &StoreOptions) -> StoreResult<NativeWorkerStore> {
   let common = CommonSettings::from_options(options)?;
+  target.require_aof = match options.durability.as_deref() {
+    None | Some("none") => false,
+    Some("aof") if target.is_tcp() && cfg!(unix) => true,
+    Some("aof") => {
+      return Err(StoreError::invalid_input(
+        "option `durability: 'aof'` needs a redis:// (TCP) target",
+      ))
+    }
+    Some(other) => {
+      return Err(StoreError::invalid_input(format!(
+        "option `durability` must be \"none\" or \"aof\", got \"{other}\""
+      )))
+    }
+  };
   let engine = redis_engine(target, &common);
   Ok(NativeWorkerStore::new(engine, store_config(common)))
 }
@@ -156,7 +170,7 @@ fn redis_engine(target: RedisTarget, common: &CommonSettings) -> Engine {
   #[cfg(unix)]
   {
     let threads_wanted = std::env::var("DURASTATE_REDIS_DRIVER").is_ok_and(|v| v == "threads");
-    if target.is_tcp() && !threads_wanted {
+    if target.is_tcp() && (!threads_wanted || target.require_aof) {
       return Engine::EventLoop(LoopRedis::new(target, connect, command, common.retry));
     }
   }

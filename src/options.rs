@@ -34,6 +34,9 @@ pub struct StoreOptions {
   pub synchronous: Option<String>,
   /// Redis: how calls ride out a dropped connection.
   pub retry: Option<RetryOptions>,
+  /// Redis: `"none"` (default) or `"aof"`: acknowledged writes are on the server's disk
+  /// (checked at connect: `appendonly yes`, `appendfsync always`).
+  pub durability: Option<String>,
 }
 
 /// How a Redis store rides out a dropped connection.

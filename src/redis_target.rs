@@ -13,6 +13,8 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub struct RedisTarget {
   pub client: redis::Client,
   pub display: String,
+  /// `durability: 'aof'`: check at connect that the server fsyncs every write.
+  pub require_aof: bool,
 }
 
 impl RedisTarget {
@@ -50,6 +52,7 @@ impl RedisTarget {
     Ok(Self {
       client,
       display: redact(url),
+      require_aof: false,
     })
   }
 

@@ -699,6 +699,10 @@ async fn handshake(stream: &mut tokio::net::TcpStream, target: &RedisTarget) -> 
     commands.push(redis::cmd("SELECT").arg(settings.db()).clone());
   }
   commands.push(redis::cmd("PING"));
+  if target.require_aof {
+    commands.push(redis::cmd("CONFIG").arg("GET").arg("appendonly").clone());
+    commands.push(redis::cmd("CONFIG").arg("GET").arg("appendfsync").clone());
+  }
   let mut bytes = Vec::new();
   for command in &commands {
     command.write_packed_command(&mut bytes);
@@ -709,13 +713,12 @@ async fn handshake(stream: &mut tokio::net::TcpStream, target: &RedisTarget) -> 
     .map_err(|err| unavailable(target, &err.to_string()))?;
   let mut codec = ValueCodec::default();
   let mut received = BytesMut::with_capacity(256);
-  let mut answered = 0;
-  while answered < commands.len() {
+  let mut answers = Vec::with_capacity(commands.len());
+  while answers.len() < commands.len() {
     if let Some(value) = codec
       .decode(&mut received)
       .map_err(|err| unavailable(target, &err.to_string()))?
     {
-      answered += 1;
       if let Value::ServerError(err) = value {
         let err = StoreError::from(redis::RedisError::from(err));
         let what = if err.code == ErrorCode::Auth {
@@ -728,6 +731,7 @@ async fn handshake(stream: &mut tokio::net::TcpStream, target: &RedisTarget) -> 
           format!("{what} {} failed: {}", target.display, err.message),
         ));
       }
+      answers.push(value);
       continue;
     }
     let read = stream
@@ -741,7 +745,38 @@ async fn handshake(stream: &mut tokio::net::TcpStream, target: &RedisTarget) -> 
       ));
     }
   }
+  if target.require_aof {
+    check_aof(target, &answers[answers.len() - 2..])?;
+  }
   Ok(())
+}
+
+/// `durability: 'aof'` holds only if every write is fsynced before its reply.
+fn check_aof(target: &RedisTarget, answers: &[Value]) -> StoreResult<()> {
+  let setting = |value: &Value| -> String {
+    let items: Vec<&Value> = match value {
+      Value::Array(items) => items.iter().collect(),
+      Value::Map(pairs) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
+      _ => Vec::new(),
+    };
+    match items.get(1) {
+      Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+      Some(Value::SimpleString(text)) => text.clone(),
+      _ => "(unknown)".to_string(),
+    }
+  };
+  let (appendonly, appendfsync) = (setting(&answers[0]), setting(&answers[1]));
+  if appendonly == "yes" && appendfsync == "always" {
+    return Ok(());
+  }
+  Err(StoreError::new(
+    ErrorCode::Unavailable,
+    format!(
+      "durability 'aof' needs {} to run with appendonly yes and appendfsync always, so that \
+       every acknowledged write is on disk; it has appendonly {appendonly}, appendfsync {appendfsync}",
+      target.display
+    ),
+  ))
 }
 
 fn settle_now(env: sys::napi_env, settled: Vec<Settlement>) {
