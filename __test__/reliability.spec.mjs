@@ -4,7 +4,7 @@ import assert from 'node:assert/strict'
 import { readdirSync } from 'node:fs'
 import { after, before, describe, it } from 'node:test'
 import Redis from 'ioredis'
-import { createRedisStore } from '../index.js'
+import { createMemoryStore, createRedisStore } from '../index.js'
 import { startRedisServer } from './helpers/redis-server.mjs'
 
 const codeOf = async (promise) => promise.then(() => 'ok', (err) => err.code)
@@ -142,16 +142,21 @@ describe('Redis faults', () => {
     }
   })
 
-  it('opens and closes 1,000 stores without leaking file descriptors', async () => {
-    const before = openFds()
-    for (let round = 0; round < 10; round++) {
-      const stores = Array.from({ length: 100 }, () => createRedisStore(server.url, { prefix: 'many:' }))
-      await Promise.all(stores.map((s) => s.isExecutionInProgress('e')))
-      await Promise.all(stores.map((s) => s.close()))
+  it('opens and closes 1,000 stores of each kind without leaking file descriptors or threads', async () => {
+    const threads = () => readdirSync('/proc/self/task').length
+    const kinds = { redis: () => createRedisStore(server.url, { prefix: 'many:' }), memory: () => createMemoryStore() }
+    for (const [kind, make] of Object.entries(kinds)) {
+      const before = { fds: openFds(), threads: threads() }
+      for (let round = 0; round < 10; round++) {
+        const stores = Array.from({ length: 100 }, make)
+        await Promise.all(stores.map((s) => s.isExecutionInProgress('e')))
+        await Promise.all(stores.map((s) => s.close()))
+      }
+      // Sockets and database threads finish closing on the next turns of the event loop.
+      await new Promise((r) => setTimeout(r, 200))
+      const leaked = { fds: openFds() - before.fds, threads: threads() - before.threads }
+      assert.ok(leaked.fds < 10, `${kind}: ${leaked.fds} file descriptors leaked`)
+      assert.ok(leaked.threads < 5, `${kind}: ${leaked.threads} threads leaked`)
     }
-    // Closing sockets completes on the next turns of the event loop.
-    await new Promise((r) => setTimeout(r, 100))
-    const leaked = openFds() - before
-    assert.ok(leaked < 10, `${leaked} file descriptors leaked`)
   })
 })
