@@ -494,7 +494,8 @@ impl State {
   }
 
   /// After a failed connect: calls sent again after a drop, with retries left, wait for
-  /// the next attempt; the rest (calls that never had a connection) are rejected.
+  /// the next attempt; the rest (calls that never had a connection) are rejected, and so
+  /// is everything when the server refused the credentials (`AUTH` is never retried).
   fn keep_recovering(&mut self, err: &StoreError) -> Vec<Settlement> {
     self.connection = Connection::Idle;
     self.unsent.clear();
@@ -504,7 +505,8 @@ impl State {
       let Some(deferred) = pending.deferred else {
         continue;
       };
-      if pending.recovering && pending.retries_left > 0 && !self.closed {
+      let transient = !matches!(err.code, ErrorCode::Auth | ErrorCode::InvalidInput);
+      if transient && pending.recovering && pending.retries_left > 0 && !self.closed {
         pending.retries_left -= 1;
         pack_commands(&pending.commands, pending.atomic, &mut self.unsent);
         kept.push_back(pending);
