@@ -40,6 +40,21 @@ pub enum Command {
 }
 
 impl Command {
+  /// The keys the command touches.
+  pub fn keys(&self) -> &[String] {
+    match self {
+      Command::Get { key }
+      | Command::Set { key, .. }
+      | Command::HGet { key, .. }
+      | Command::HGetAll { key }
+      | Command::HSet { key, .. }
+      | Command::HSetNx { key, .. }
+      | Command::HDel { key, .. }
+      | Command::PExpire { key, .. } => std::slice::from_ref(key),
+      Command::Del { keys } => keys,
+    }
+  }
+
   /// Whether the command changes the keyspace.
   pub fn writes(&self) -> bool {
     !matches!(

@@ -85,6 +85,11 @@ impl NativeWorkerStore {
         Ok(PromiseRaw::new(env.raw(), promise))
       }
       Engine::Threads(backend) => {
+        if let Some(result) = backend.try_execute_now(&batch) {
+          let (deferred, promise) = js_promise::create(env.raw())?;
+          js_promise::settle(env.raw(), deferred, result.and_then(finish));
+          return Ok(PromiseRaw::new(env.raw(), promise));
+        }
         let backend = backend.clone();
         let limit = self.config.command_timeout;
         env.spawn_future(async move {

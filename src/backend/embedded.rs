@@ -1,9 +1,10 @@
 //! Embedded backend: a SQLite database (a durable file, or private memory) owned by
 //! one background thread per store. Calls queue to it and never block the JS thread.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -42,9 +43,20 @@ enum Worker {
   Closed,
 }
 
-/// The embedded store's handle: a queue to its database thread.
+/// The database connection, shared by the JS thread (fast path) and the store's thread.
+type Database = Arc<Mutex<Option<Connection>>>;
+
+/// The embedded store's handle. A call runs at once on the calling (JS) thread when the
+/// database is free and nothing is queued (no thread hop: a small transaction takes
+/// microseconds); otherwise, or when it would have to wait for another process's lock
+/// or for an fsync (`synchronous: 'full'`), it queues to the store's own thread.
 pub struct EmbeddedBackend {
   settings: EmbeddedSettings,
+  database: Database,
+  /// The keys of calls queued to the store's thread and not finished (with counts). A
+  /// call touching any of them queues behind them, so calls on the same execution
+  /// apply in the order they were made; calls on other keys need not wait.
+  queued: Arc<QueuedKeys>,
   worker: Mutex<Worker>,
 }
 
@@ -52,7 +64,29 @@ impl EmbeddedBackend {
   pub fn new(settings: EmbeddedSettings) -> Self {
     Self {
       settings,
+      database: Arc::new(Mutex::new(None)),
+      queued: Arc::new(QueuedKeys::default()),
       worker: Mutex::new(Worker::NotStarted),
+    }
+  }
+
+  /// Runs the batch on the calling thread if that cannot block: the database is free,
+  /// nothing is queued, no fsync is due, and no other process holds the write lock.
+  /// `None`: queue it with [`execute`](Self::execute) instead.
+  pub fn try_execute_now(&self, batch: &Batch) -> Option<StoreResult<Vec<Reply>>> {
+    if self.settings.full_sync || self.queued.touches(batch) {
+      return None;
+    }
+    let mut database = self.database.try_lock().ok()?;
+    // Opening (file, WAL, schema) may wait for locks: the store's thread does it.
+    database.as_ref()?;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+      run(&self.settings, &mut database, batch, Duration::ZERO)
+    }));
+    match result {
+      Ok(Err(err)) if err.code == ErrorCode::Timeout => None,
+      Ok(result) => Some(result),
+      Err(panic) => Some(Err(crate::guard::panic_error("embedded store call", panic))),
     }
   }
 
@@ -71,6 +105,11 @@ impl EmbeddedBackend {
   /// Stops taking calls; queued calls finish, then the database closes.
   pub fn close(&self) {
     *self.worker.lock().unwrap_or_else(|e| e.into_inner()) = Worker::Closed;
+    if self.queued.is_empty() {
+      if let Ok(mut database) = self.database.try_lock() {
+        *database = None;
+      }
+    }
   }
 
   fn submit(&self, job: Job) -> StoreResult<()> {
@@ -79,9 +118,13 @@ impl EmbeddedBackend {
       *worker = Worker::Running(self.spawn()?);
     }
     match &*worker {
-      Worker::Running(sender) => sender
-        .send(job)
-        .map_err(|_| StoreError::new(ErrorCode::Internal, "the database thread has stopped")),
+      Worker::Running(sender) => {
+        self.queued.add(&job.batch);
+        sender.send(job).map_err(|unsent| {
+          self.queued.remove(&unsent.0.batch);
+          StoreError::new(ErrorCode::Internal, "the database thread has stopped")
+        })
+      }
       _ => Err(StoreError::disposed()),
     }
   }
@@ -89,9 +132,11 @@ impl EmbeddedBackend {
   fn spawn(&self) -> StoreResult<mpsc::Sender<Job>> {
     let (sender, jobs) = mpsc::channel();
     let settings = self.settings.clone();
+    let database = self.database.clone();
+    let queued = self.queued.clone();
     std::thread::Builder::new()
       .name("durastate-sqlite".into())
-      .spawn(move || serve(settings, jobs))
+      .spawn(move || serve(settings, database, queued, jobs))
       .map_err(|err| {
         StoreError::new(
           ErrorCode::Unavailable,
@@ -102,27 +147,84 @@ impl EmbeddedBackend {
   }
 }
 
-fn serve(settings: EmbeddedSettings, jobs: mpsc::Receiver<Job>) {
-  let mut database: Option<Connection> = None;
+fn serve(
+  settings: EmbeddedSettings,
+  database: Database,
+  queued: Arc<QueuedKeys>,
+  jobs: mpsc::Receiver<Job>,
+) {
   while let Ok(job) = jobs.recv() {
-    let result = run(&settings, &mut database, &job.batch);
-    if matches!(&result, Err(err) if err.code == ErrorCode::CorruptData) {
-      database = None;
-    }
+    let result = {
+      let mut database = database.lock().unwrap_or_else(|e| e.into_inner());
+      run(&settings, &mut database, &job.batch, settings.busy_timeout)
+    };
+    queued.remove(&job.batch);
     let _ = job.reply.send(result);
+  }
+  // The store was closed (or dropped) and every queued call is done.
+  *database.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+/// Keys of the calls queued to the store's thread, with how many calls touch each.
+#[derive(Default)]
+struct QueuedKeys(Mutex<HashMap<String, usize>>);
+
+impl QueuedKeys {
+  fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+    self.0.lock().unwrap_or_else(|e| e.into_inner())
+  }
+
+  fn touches(&self, batch: &Batch) -> bool {
+    let queued = self.lock();
+    !queued.is_empty() && batch_keys(batch).any(|key| queued.contains_key(key))
+  }
+
+  fn is_empty(&self) -> bool {
+    self.lock().is_empty()
+  }
+
+  fn add(&self, batch: &Batch) {
+    let mut queued = self.lock();
+    for key in batch_keys(batch) {
+      *queued.entry(key.clone()).or_default() += 1;
+    }
+  }
+
+  fn remove(&self, batch: &Batch) {
+    let mut queued = self.lock();
+    for key in batch_keys(batch) {
+      if let Some(count) = queued.get_mut(key) {
+        *count -= 1;
+        if *count == 0 {
+          queued.remove(key);
+        }
+      }
+    }
   }
 }
 
+fn batch_keys(batch: &Batch) -> impl Iterator<Item = &String> {
+  batch.commands.iter().flat_map(|command| command.keys())
+}
+
+/// Runs one batch, opening the database on first use; waits up to `busy` for another
+/// process's lock. A database found corrupt is closed, to be opened afresh next time.
 fn run(
   settings: &EmbeddedSettings,
   database: &mut Option<Connection>,
   batch: &Batch,
+  busy: Duration,
 ) -> StoreResult<Vec<Reply>> {
   if database.is_none() {
     *database = Some(open(settings)?);
   }
   let connection = database.as_mut().expect("opened above");
-  keyspace::execute(connection, batch, now_ms())
+  connection.busy_timeout(busy)?;
+  let result = keyspace::execute(connection, batch, now_ms());
+  if matches!(&result, Err(err) if err.code == ErrorCode::CorruptData) {
+    *database = None;
+  }
+  result
 }
 
 fn open(settings: &EmbeddedSettings) -> StoreResult<Connection> {
@@ -134,6 +236,7 @@ fn open(settings: &EmbeddedSettings) -> StoreResult<Connection> {
     }
   }
   .map_err(|err| open_error(settings, err.into()))?;
+  connection.set_prepared_statement_cache_capacity(64);
   connection
     .busy_timeout(settings.busy_timeout)
     .map_err(|err| open_error(settings, err.into()))?;

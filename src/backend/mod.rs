@@ -32,6 +32,14 @@ impl Backend {
     }
   }
 
+  /// Runs the batch at once on the calling thread when that cannot block (SQLite only).
+  pub fn try_execute_now(&self, batch: &Batch) -> Option<StoreResult<Vec<Reply>>> {
+    match self {
+      Backend::Redis(_) => None,
+      Backend::Embedded(embedded) => embedded.try_execute_now(batch),
+    }
+  }
+
   /// Releases connections and threads; calls in flight finish.
   pub fn close(&self) {
     match self {
