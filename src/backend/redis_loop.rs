@@ -429,7 +429,15 @@ impl State {
         unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast(), spare.len()) };
       match stream.read(buffer) {
         Ok(0) => return Err(lost("the server closed the connection")),
-        Ok(n) => unsafe { self.received.set_len(self.received.len() + n) },
+        Ok(n) => {
+          let drained = n < buffer.len();
+          unsafe { self.received.set_len(self.received.len() + n) };
+          // A short read emptied the socket: skip the read that would say EAGAIN (the
+          // poll is level-triggered and reports data that comes later).
+          if drained {
+            return Ok(());
+          }
+        }
         Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(()),
         Err(err) if err.kind() == ErrorKind::Interrupted => {}
         Err(err) => return Err(lost(&err.to_string())),
