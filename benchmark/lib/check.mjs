@@ -95,16 +95,19 @@ function sortedEntries(hash) {
   return Object.entries(hash).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
 }
 
-/** The first difference between two snapshots, as a short text, or undefined when equal. */
-export function firstDifference(expected, actual) {
+/** The first difference between two snapshots, as "path: expected X, got Y", or undefined when equal. */
+export function firstDifference(expected, actual, path = '') {
   if (isDeepStrictEqual(expected, actual)) return undefined
-  const keys = [...new Set([...Object.keys(expected), ...Object.keys(actual)])].sort()
-  for (const key of keys) {
-    if (!isDeepStrictEqual(expected[key], actual[key])) {
-      return `at ${JSON.stringify(key)}: expected ${JSON.stringify(expected[key])?.slice(0, 300)}, got ${JSON.stringify(actual[key])?.slice(0, 300)}`
+  const isObject = (v) => v !== null && typeof v === 'object'
+  if (isObject(expected) && isObject(actual)) {
+    const keys = [...new Set([...Object.keys(expected), ...Object.keys(actual)])].sort()
+    for (const key of keys) {
+      const found = firstDifference(expected[key], actual[key], `${path}/${key}`)
+      if (found) return found
     }
   }
-  return 'snapshots differ'
+  const show = (v) => (v === undefined ? '(absent)' : JSON.stringify(v).slice(0, 200))
+  return `${path || '/'}: expected ${show(expected)}, got ${show(actual)}`
 }
 
 /**

@@ -8,13 +8,18 @@
 export function makeValue(bytes) {
   const value = { kind: 'bench', records: [], pad: '' }
   const record = (i) => ({ id: i, name: `item-${i}`, ok: i % 2 === 0, score: i / 8 })
-  for (let i = 0; JSON.stringify(value).length + JSON.stringify(record(i)).length + 1 < bytes - 8; i++) {
+  const maxRecords = bytes <= 4096 ? 4 : Infinity
+  // Track the encoded length as records are added (one comma each after the first).
+  let length = JSON.stringify(value).length
+  for (let i = 0; i < maxRecords; i++) {
+    const add = JSON.stringify(record(i)).length + (i ? 1 : 0)
+    if (length + add >= bytes - 8) break
     value.records.push(record(i))
-    if (value.records.length >= 4 && bytes <= 4096) break
+    length += add
   }
-  value.pad = 'x'.repeat(Math.max(0, bytes - JSON.stringify(value).length))
-  const length = JSON.stringify(value).length
-  if (length !== bytes) throw new Error(`makeValue(${bytes}) made ${length} bytes`)
+  value.pad = 'x'.repeat(Math.max(0, bytes - length))
+  const encoded = JSON.stringify(value).length
+  if (encoded !== bytes) throw new Error(`makeValue(${bytes}) made ${encoded} bytes`)
   return value
 }
 
