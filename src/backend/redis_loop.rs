@@ -45,6 +45,8 @@ struct Driver {
   command_timeout: Duration,
   retry: RetrySettings,
   state: RefCell<State>,
+  /// True while promise reactions run: calls they make are written together afterwards.
+  settling: std::cell::Cell<bool>,
 }
 
 struct State {
@@ -133,6 +135,7 @@ impl LoopRedis {
         command_timeout,
         retry,
         state: RefCell::new(state),
+        settling: std::cell::Cell::new(false),
       }),
     }
   }
@@ -203,7 +206,7 @@ impl LoopRedis {
         driver.start_connect(env, attempt);
       }
       Connection::Connecting | Connection::Backoff => {}
-      Connection::Open { .. } if state.pending.len() == 1 => {
+      Connection::Open { .. } if state.pending.len() == 1 && !driver.settling.get() => {
         if let Err(err) = state.flush() {
           let settled = state.recover(err);
           let attempt = (!state.pending.is_empty()).then(|| state.begin_connect());
@@ -304,13 +307,13 @@ impl Driver {
     state.finish_if_closed();
     state.arm_timer();
     drop(state);
-    settle_in_scope(env, context, settled);
+    self.settle_batch(env, context, settled);
     if let Some(attempt) = reconnect {
       js_promise::run_in_handle_scope(env, || self.start_connect(&Env::from_raw(env), attempt));
     }
   }
 
-  fn on_timer(&self) {
+  fn on_timer(self: &Rc<Self>) {
     let mut state = self.state.borrow_mut();
     state.timer_deadline = None;
     let env = state.env;
@@ -319,7 +322,31 @@ impl Driver {
     state.finish_if_closed();
     state.arm_timer();
     drop(state);
+    self.settle_batch(env, context, settled);
+  }
+
+  /// Settles a batch of calls; the calls their reactions make go out in one write after.
+  fn settle_batch(
+    self: &Rc<Self>,
+    env: sys::napi_env,
+    context: Option<sys::napi_async_context>,
+    settled: Vec<Settlement>,
+  ) {
+    if settled.is_empty() {
+      return;
+    }
+    self.settling.set(true);
     settle_in_scope(env, context, settled);
+    self.settling.set(false);
+    let mut state = self.state.borrow_mut();
+    if !matches!(state.connection, Connection::Open { .. }) || state.unsent.is_empty() {
+      return;
+    }
+    if state.flush().is_err() {
+      drop(state);
+      // Handled as a socket error: resend or reject, and reconnect.
+      self.on_io(-1, 0);
+    }
   }
 }
 
