@@ -160,9 +160,7 @@ impl LoopRedis {
   pub fn close(&self) {
     let mut state = self.driver.state.borrow_mut();
     state.closed = true;
-    if state.pending.is_empty() {
-      state.shut_down();
-    }
+    state.finish_if_closed();
   }
 
   fn enqueue(
@@ -220,6 +218,16 @@ impl LoopRedis {
       Connection::Open { .. } => state.watch_writes(true),
     }
     Ok(())
+  }
+}
+
+impl Drop for LoopRedis {
+  /// A store collected without `close()` releases its socket and handles all the same.
+  fn drop(&mut self) {
+    if let Ok(mut state) = self.driver.state.try_borrow_mut() {
+      state.closed = true;
+      state.finish_if_closed();
+    }
   }
 }
 
