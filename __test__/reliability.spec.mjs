@@ -105,6 +105,10 @@ describe('Redis faults', () => {
     }
     let running = 0
     const activeAtKills = []
+    // The last step of every workflow waits for the second kill, so both kills hit
+    // running workflows whatever the speed of the machine.
+    let secondKill
+    const afterSecondKill = new Promise((resolve) => { secondKill = resolve })
     const workflow = async (w) => {
       running++
       try {
@@ -118,6 +122,7 @@ describe('Redis faults', () => {
       await persist(() => store.beginExecution(id))
       for (let step = 0; step < 8; step++) {
         const task = `step-${step}`
+        if (step === 7) await afterSecondKill
         if ((await persist(() => store.getExecutionTaskResult(id, task))) !== undefined) continue
         await persist(() => store.beginExecutionTask(id, task))
         await persist(() => store.commitExecutionTaskResult(id, task, { w, step }))
@@ -130,6 +135,7 @@ describe('Redis faults', () => {
         await new Promise((r) => setTimeout(r, 40))
         activeAtKills.push(running)
         await server.kill()
+        if (i === 1) secondKill()
         await new Promise((r) => setTimeout(r, 100))
         await server.restart()
       }
