@@ -393,4 +393,22 @@ mod tests {
       .unwrap();
     assert_eq!(n, 1);
   }
+
+  #[test]
+  fn the_sweep_finds_expired_keys_through_the_index_not_a_scan() {
+    let c = db();
+    let plan: Vec<String> = c
+      .prepare(
+        "EXPLAIN QUERY PLAN SELECT key FROM durastate_keys \
+         WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2",
+      )
+      .unwrap()
+      .query_map(params![0, SWEEP_LIMIT], |row| row.get::<_, String>(3))
+      .unwrap()
+      .collect::<Result<_, _>>()
+      .unwrap();
+    let plan = plan.join("; ");
+    assert!(plan.contains("USING") && plan.contains("INDEX"), "{plan}");
+    assert!(!plan.contains("SCAN durastate_keys"), "{plan}");
+  }
 }
