@@ -97,6 +97,22 @@ describe('SQLite store', () => {
     }
   })
 
+  it('keeps the WAL bounded: checkpoints run (on the store\'s thread) as writes pile up', async () => {
+    const path = join(dir, 'wal.db')
+    const store = open(path)
+    const value = { pad: 'x'.repeat(4000) }
+    await store.beginExecution('e')
+    for (let i = 0; i < 3000; i++) await store.commitExecutionTaskResult('e', `s${i % 500}`, value)
+    // Give the store's thread a moment to finish a checkpoint that is under way.
+    await store.isExecutionInProgress('e')
+    await new Promise((r) => setTimeout(r, 100))
+    const { statSync } = await import('node:fs')
+    const wal = statSync(`${path}-wal`).size
+    // 3,000 commits of 4 KB wrote 12+ MB of pages; without checkpoints the WAL holds all of it.
+    assert.ok(wal < 8 * 1024 * 1024, `WAL is ${(wal / 1048576).toFixed(1)} MB`)
+    assert.deepEqual(await store.getExecutionTaskResult('e', 's7'), value)
+  })
+
   it('rejects with CORRUPT_DATA naming the file when it is not a database, and leaves it alone', async () => {
     const path = join(dir, 'garbage.db')
     const garbage = 'this is not a SQLite database, it is somebody\'s notes\n'.repeat(200)

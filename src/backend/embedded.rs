@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,10 +33,18 @@ pub struct EmbeddedSettings {
   pub full_sync: bool,
 }
 
-struct Job {
-  batch: Batch,
-  reply: oneshot::Sender<StoreResult<Vec<Reply>>>,
+enum Job {
+  /// A call to run as one transaction.
+  Call {
+    batch: Batch,
+    reply: oneshot::Sender<StoreResult<Vec<Reply>>>,
+  },
+  /// Copy the WAL back into the database file (it fsyncs: never on the JS thread).
+  Checkpoint,
 }
+
+/// WAL pages after which a checkpoint is due (SQLite's own default threshold).
+const CHECKPOINT_PAGES: i32 = 1000;
 
 enum Worker {
   NotStarted,
@@ -57,6 +66,9 @@ pub struct EmbeddedBackend {
   /// call touching any of them queues behind them, so calls on the same execution
   /// apply in the order they were made; calls on other keys need not wait.
   queued: Arc<QueuedKeys>,
+  /// Set by the WAL hook once the WAL is long enough to checkpoint. SQLite's automatic
+  /// checkpoint is replaced by this, so the fsync it does happens on the store's thread.
+  checkpoint_due: Arc<AtomicBool>,
   worker: Mutex<Worker>,
 }
 
@@ -66,6 +78,7 @@ impl EmbeddedBackend {
       settings,
       database: Arc::new(Mutex::new(None)),
       queued: Arc::new(QueuedKeys::default()),
+      checkpoint_due: Arc::new(AtomicBool::new(false)),
       worker: Mutex::new(Worker::NotStarted),
     }
   }
@@ -81,8 +94,18 @@ impl EmbeddedBackend {
     // Opening (file, WAL, schema) may wait for locks: the store's thread does it.
     database.as_ref()?;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-      run(&self.settings, &mut database, batch, Duration::ZERO)
+      run(
+        &self.settings,
+        &mut database,
+        batch,
+        Duration::ZERO,
+        &self.checkpoint_due,
+      )
     }));
+    drop(database);
+    if self.checkpoint_due.load(Ordering::Acquire) {
+      let _ = self.submit(Job::Checkpoint);
+    }
     match result {
       Ok(Err(err)) if err.code == ErrorCode::Timeout => None,
       Ok(result) => Some(result),
@@ -93,7 +116,7 @@ impl EmbeddedBackend {
   /// Runs a batch as one SQLite transaction on the store's thread.
   pub async fn execute(&self, batch: Batch) -> StoreResult<Vec<Reply>> {
     let (reply, receive) = oneshot::channel();
-    self.submit(Job { batch, reply })?;
+    self.submit(Job::Call { batch, reply })?;
     receive.await.unwrap_or_else(|_| {
       Err(StoreError::new(
         ErrorCode::Internal,
@@ -119,9 +142,13 @@ impl EmbeddedBackend {
     }
     match &*worker {
       Worker::Running(sender) => {
-        self.queued.add(&job.batch);
+        if let Job::Call { batch, .. } = &job {
+          self.queued.add(batch);
+        }
         sender.send(job).map_err(|unsent| {
-          self.queued.remove(&unsent.0.batch);
+          if let Job::Call { batch, .. } = &unsent.0 {
+            self.queued.remove(batch);
+          }
           StoreError::new(ErrorCode::Internal, "the database thread has stopped")
         })
       }
@@ -132,11 +159,14 @@ impl EmbeddedBackend {
   fn spawn(&self) -> StoreResult<mpsc::Sender<Job>> {
     let (sender, jobs) = mpsc::channel();
     let settings = self.settings.clone();
-    let database = self.database.clone();
-    let queued = self.queued.clone();
+    let shared = Shared {
+      database: self.database.clone(),
+      queued: self.queued.clone(),
+      checkpoint_due: self.checkpoint_due.clone(),
+    };
     std::thread::Builder::new()
       .name("durastate-sqlite".into())
-      .spawn(move || serve(settings, database, queued, jobs))
+      .spawn(move || serve(settings, shared, jobs))
       .map_err(|err| {
         StoreError::new(
           ErrorCode::Unavailable,
@@ -147,22 +177,36 @@ impl EmbeddedBackend {
   }
 }
 
-fn serve(
-  settings: EmbeddedSettings,
+/// What the store's thread shares with the JS thread.
+struct Shared {
   database: Database,
   queued: Arc<QueuedKeys>,
-  jobs: mpsc::Receiver<Job>,
-) {
+  checkpoint_due: Arc<AtomicBool>,
+}
+
+fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) {
   while let Ok(job) = jobs.recv() {
-    let result = {
-      let mut database = database.lock().unwrap_or_else(|e| e.into_inner());
-      run(&settings, &mut database, &job.batch, settings.busy_timeout)
-    };
-    queued.remove(&job.batch);
-    let _ = job.reply.send(result);
+    let mut database = shared.database.lock().unwrap_or_else(|e| e.into_inner());
+    if let Job::Call { batch, reply } = job {
+      let due = &shared.checkpoint_due;
+      let result = run(&settings, &mut database, &batch, settings.busy_timeout, due);
+      shared.queued.remove(&batch);
+      let _ = reply.send(result);
+    }
+    if shared.checkpoint_due.swap(false, Ordering::AcqRel) {
+      checkpoint(database.as_ref());
+    }
   }
   // The store was closed (or dropped) and every queued call is done.
-  *database.lock().unwrap_or_else(|e| e.into_inner()) = None;
+  *shared.database.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+/// A passive checkpoint: copies what it can without waiting for other connections.
+/// Failure is harmless (the WAL just stays longer); the next one retries.
+fn checkpoint(connection: Option<&Connection>) {
+  if let Some(connection) = connection {
+    let _ = connection.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+  }
 }
 
 /// Keys of the calls queued to the store's thread, with how many calls touch each.
@@ -214,9 +258,10 @@ fn run(
   database: &mut Option<Connection>,
   batch: &Batch,
   busy: Duration,
+  checkpoint_due: &Arc<AtomicBool>,
 ) -> StoreResult<Vec<Reply>> {
   if database.is_none() {
-    *database = Some(open(settings)?);
+    *database = Some(open(settings, checkpoint_due.clone())?);
   }
   let connection = database.as_mut().expect("opened above");
   connection.busy_timeout(busy)?;
@@ -227,8 +272,8 @@ fn run(
   result
 }
 
-fn open(settings: &EmbeddedSettings) -> StoreResult<Connection> {
-  let connection = match &settings.location {
+fn open(settings: &EmbeddedSettings, checkpoint_due: Arc<AtomicBool>) -> StoreResult<Connection> {
+  let mut connection = match &settings.location {
     Location::Memory => Connection::open_in_memory(),
     Location::File(path) => {
       create_parent_dir(path)?;
@@ -241,6 +286,16 @@ fn open(settings: &EmbeddedSettings) -> StoreResult<Connection> {
     .busy_timeout(settings.busy_timeout)
     .map_err(|err| open_error(settings, err.into()))?;
   keyspace::prepare(&connection, settings.full_sync).map_err(|err| open_error(settings, err))?;
+  // Replaces SQLite's automatic checkpoint (which would fsync inside a commit on
+  // whichever thread made it) with a flag the store's thread acts on.
+  connection
+    .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages: i32| {
+      if pages >= CHECKPOINT_PAGES {
+        checkpoint_due.store(true, Ordering::Release);
+      }
+      Ok(())
+    }))
+    .map_err(|err| open_error(settings, err.into()))?;
   Ok(connection)
 }
 
