@@ -271,6 +271,27 @@ describe('Redis store', () => {
     }
   })
 
+  it('connects as an ACL user, and rejects a command the user may not run with AUTH (NOPERM)', async () => {
+    const p = prefix()
+    const user = `worker-${randomUUID().slice(0, 8)}`
+    const reader = `reader-${randomUUID().slice(0, 8)}`
+    await io.acl('SETUSER', user, 'on', '>s3cret', `~${p}*`, '+@all')
+    await io.acl('SETUSER', reader, 'on', '>r3ad', `~${p}*`, '+get', '+hget', '+hgetall', '+ping')
+    try {
+      const { port } = new URL(redis.url)
+      const worker = open({ prefix: p }, `redis://${user}:s3cret@127.0.0.1:${port}`)
+      await worker.beginExecution('e')
+      await worker.commitExecutionTaskResult('e', 't', { ok: 1 })
+      const readOnly = open({ prefix: p }, { host: '127.0.0.1', port: Number(port), username: reader, password: 'r3ad' })
+      assert.deepEqual(await readOnly.getExecutionTaskResult('e', 't'), { ok: 1 })
+      await rejectsWith(readOnly.beginExecution('e2'), 'AUTH', /noperm.*'set' command/i)
+      const wrongUser = open({ prefix: p }, `redis://${user}:nope@127.0.0.1:${port}`)
+      await rejectsWith(wrongUser.isExecutionInProgress('e'), 'AUTH')
+    } finally {
+      await io.acl('DELUSER', user, reader)
+    }
+  })
+
   it("rejects durability 'aof' on a server that does not fsync every write, naming the settings", async () => {
     const ours = open({ durability: 'aof', prefix: prefix() })
     await rejectsWith(ours.beginExecution('e'), 'UNAVAILABLE', /appendonly no, appendfsync everysec/)
