@@ -47,9 +47,14 @@ try {
   const nodeOk = run('node --test', process.execPath, ['--test', '--test-concurrency=2', ...specs.map((f) => join('__test__', f))], {
     DURASTATE_TEST_REDIS_URL: server.url,
   })
+  // The threaded Redis path (unix sockets, non-Unix platforms) keeps passing the same suites.
+  const threadsOk = run('node --test, Redis on tokio threads', process.execPath, ['--test', join('__test__', 'conformance.spec.mjs'), join('__test__', 'redis.spec.mjs')], {
+    DURASTATE_TEST_REDIS_URL: server.url,
+    DURASTATE_REDIS_DRIVER: 'threads',
+  })
   const tscOk = run('types', process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', '__test__/tsconfig.json'])
   const cargoOk = run('cargo test', 'cargo', ['test', '--release', '--quiet'])
-  ok = nodeOk && tscOk && cargoOk
+  ok = nodeOk && threadsOk && tscOk && cargoOk
 } finally {
   await server.stop()
 }
