@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { Worker } from 'node:worker_threads'
+import { createMemoryStore } from '../index.js'
 import { runChild, packageIndex, packageRoot } from './helpers/child.mjs'
 import { testRedis } from './helpers/redis-server.mjs'
 
@@ -32,7 +33,7 @@ describe('process behaviour', () => {
   it('turns a panic in an async call into a rejection with code INTERNAL', async () => {
     await assert.rejects(binding.debugPanicAsync(), (err) => /INTERNAL/.test(`${err.code} ${err.message}`) && /deliberate panic/.test(err.message))
     // The addon still works afterwards.
-    assert.equal(await binding.createMemoryStore().isExecutionInProgress('e'), false)
+    assert.equal(await createMemoryStore().isExecutionInProgress('e'), false)
   })
 
   const stores = () => ({

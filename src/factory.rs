@@ -10,7 +10,7 @@ use napi_derive::napi;
 
 #[cfg(unix)]
 use crate::backend::LoopRedis;
-use crate::backend::{Backend, EmbeddedBackend, EmbeddedSettings, Location, RedisBackend};
+use crate::backend::{EmbeddedBackend, EmbeddedSettings, Location, RedisBackend};
 use crate::error::{StoreError, StoreResult};
 use crate::keys::KeyLayout;
 use crate::options::{
@@ -158,7 +158,7 @@ fn embedded_store(location: Location, options: &StoreOptions) -> StoreResult<Nat
   };
   let backend = EmbeddedBackend::new(settings);
   Ok(NativeWorkerStore::new(
-    Engine::Threads(Arc::new(Backend::Embedded(backend))),
+    Engine::Embedded(Arc::new(backend)),
     store_config(common),
   ))
 }
@@ -174,9 +174,7 @@ fn redis_engine(target: RedisTarget, common: &CommonSettings) -> Engine {
       return Engine::EventLoop(LoopRedis::new(target, connect, command, common.retry));
     }
   }
-  Engine::Threads(Arc::new(Backend::Redis(Box::new(RedisBackend::new(
-    target, connect, command,
-  )))))
+  Engine::Threads(Arc::new(RedisBackend::new(target, connect, command)))
 }
 
 fn store_config(common: CommonSettings) -> StoreConfig {

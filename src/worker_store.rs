@@ -13,9 +13,9 @@ use napi::bindgen_prelude::PromiseRaw;
 use napi::Env;
 use napi_derive::napi;
 
-use crate::backend::Backend;
 #[cfg(unix)]
 use crate::backend::LoopRedis;
+use crate::backend::{answer, EmbeddedBackend, RedisBackend};
 use crate::command::{Batch, Command, Reply};
 use crate::error::{StoreError, StoreResult};
 use crate::guard::bounded;
@@ -39,8 +39,18 @@ pub enum Engine {
   /// Redis, driven by the JS thread's event loop.
   #[cfg(unix)]
   EventLoop(LoopRedis),
-  /// A backend with its own threads (SQLite; Redis on tokio).
-  Threads(Arc<Backend>),
+  /// Redis on tokio threads (unix sockets, non-Unix platforms, or by choice).
+  Threads(Arc<RedisBackend>),
+  /// SQLite or memory: on the JS thread when that cannot block, else the store's thread.
+  Embedded(Arc<EmbeddedBackend>),
+}
+
+/// An embedded call on its way to the store's thread.
+struct QueuedCall {
+  what: &'static str,
+  batch: Batch,
+  finish: Finish,
+  deferred: js_promise::Deferred,
 }
 
 /// Turns a batch's replies into the call's result; runs on whichever thread the
@@ -84,19 +94,57 @@ impl NativeWorkerStore {
         let promise = driver.submit(env, what, batch, finish)?;
         Ok(PromiseRaw::new(env.raw(), promise))
       }
-      Engine::Threads(backend) => {
-        if let Some(result) = backend.try_execute_now(&batch) {
-          let (deferred, promise) = js_promise::create(env.raw())?;
-          js_promise::settle(env.raw(), deferred, result.and_then(finish));
-          return Ok(PromiseRaw::new(env.raw(), promise));
-        }
-        let backend = backend.clone();
+      Engine::Threads(redis) => {
+        let redis = redis.clone();
         let limit = self.config.command_timeout;
         env.spawn_future(async move {
-          let replies = bounded(what, limit, backend.execute(batch)).await?;
+          let replies = bounded(what, limit, async move { redis.execute(&batch).await }).await?;
           Ok(finish(replies)?)
         })
       }
+      Engine::Embedded(embedded) => {
+        let (deferred, promise) = js_promise::create(env.raw())?;
+        match embedded.try_execute_now(&batch) {
+          Some(result) => js_promise::settle(env.raw(), deferred, result.and_then(finish)),
+          None => {
+            let call = QueuedCall {
+              what,
+              batch,
+              finish,
+              deferred,
+            };
+            self.queue_to_thread(env, embedded, call);
+          }
+        }
+        Ok(PromiseRaw::new(env.raw(), promise))
+      }
+    }
+  }
+
+  /// Queues a call to the embedded store's thread (now, so the order is kept) and
+  /// settles its promise when the thread answers, within `commandTimeout`.
+  fn queue_to_thread(&self, env: &Env, embedded: &EmbeddedBackend, call: QueuedCall) {
+    let QueuedCall {
+      what,
+      batch,
+      finish,
+      deferred,
+    } = call;
+    let receiver = match embedded.enqueue(batch) {
+      Ok(receiver) => receiver,
+      Err(err) => return js_promise::settle(env.raw(), deferred, Err(err)),
+    };
+    let limit = self.config.command_timeout;
+    let spawned = env.spawn_future_with_callback(
+      async move { Ok(bounded(what, limit, answer(receiver)).await) },
+      move |env, result| {
+        js_promise::settle(env.raw(), deferred, result.and_then(finish));
+        Ok(())
+      },
+    );
+    if let Err(err) = spawned {
+      let error = StoreError::new(crate::error::ErrorCode::Internal, err.reason.clone());
+      js_promise::settle(env.raw(), deferred, Err(error));
     }
   }
 
@@ -336,7 +384,8 @@ impl NativeWorkerStore {
       match &self.engine {
         #[cfg(unix)]
         Engine::EventLoop(driver) => driver.close(),
-        Engine::Threads(backend) => backend.close(),
+        Engine::Threads(redis) => redis.close(),
+        Engine::Embedded(embedded) => embedded.close(),
       }
     }
   }

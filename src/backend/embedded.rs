@@ -83,46 +83,46 @@ impl EmbeddedBackend {
     }
   }
 
-  /// Runs the batch on the calling thread if that cannot block: the database is free,
-  /// nothing is queued, no fsync is due, and no other process holds the write lock.
-  /// `None`: queue it with [`execute`](Self::execute) instead.
+  /// Runs the batch on the calling (JS) thread if that cannot block: no fsync is due
+  /// (not `synchronous: 'full'`), the database is open and free, no queued call touches
+  /// the same keys, and no other process holds the write lock (the busy timeout is 0
+  /// here, so a busy transaction changes nothing). `None`: queue it, in order, with
+  /// [`enqueue`](Self::enqueue) instead.
   pub fn try_execute_now(&self, batch: &Batch) -> Option<StoreResult<Vec<Reply>>> {
     if self.settings.full_sync || self.queued.touches(batch) {
       return None;
     }
     let mut database = self.database.try_lock().ok()?;
-    // Opening (file, WAL, schema) may wait for locks: the store's thread does it.
-    database.as_ref()?;
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-      run(
-        &self.settings,
-        &mut database,
-        batch,
-        Duration::ZERO,
-        &self.checkpoint_due,
-      )
+    let connection = database.as_mut()?;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+      connection.busy_timeout(Duration::ZERO)?;
+      keyspace::execute(connection, batch, now_ms())
     }));
+    if matches!(&outcome, Ok(Err(err)) if err.code == ErrorCode::CorruptData) {
+      *database = None;
+    }
     drop(database);
     if self.checkpoint_due.load(Ordering::Acquire) {
       let _ = self.submit(Job::Checkpoint);
     }
-    match result {
+    match outcome {
       Ok(Err(err)) if err.code == ErrorCode::Timeout => None,
       Ok(result) => Some(result),
       Err(panic) => Some(Err(crate::guard::panic_error("embedded store call", panic))),
     }
   }
 
-  /// Runs a batch as one SQLite transaction on the store's thread.
-  pub async fn execute(&self, batch: Batch) -> StoreResult<Vec<Reply>> {
+  /// Queues a batch to the store's thread now (so calls keep the order they were made
+  /// in); the receiver yields its result.
+  pub fn enqueue(&self, batch: Batch) -> StoreResult<oneshot::Receiver<StoreResult<Vec<Reply>>>> {
     let (reply, receive) = oneshot::channel();
     self.submit(Job::Call { batch, reply })?;
-    receive.await.unwrap_or_else(|_| {
-      Err(StoreError::new(
-        ErrorCode::Internal,
-        "the database thread stopped before answering",
-      ))
-    })
+    Ok(receive)
+  }
+
+  /// Runs a batch as one SQLite transaction on the store's thread.
+  pub async fn execute(&self, batch: Batch) -> StoreResult<Vec<Reply>> {
+    answer(self.enqueue(batch)?).await
   }
 
   /// Stops taking calls; queued calls finish, then the database closes.
@@ -175,6 +175,18 @@ impl EmbeddedBackend {
       })?;
     Ok(sender)
   }
+}
+
+/// The result a queued call's receiver yields.
+pub async fn answer(
+  receiver: oneshot::Receiver<StoreResult<Vec<Reply>>>,
+) -> StoreResult<Vec<Reply>> {
+  receiver.await.unwrap_or_else(|_| {
+    Err(StoreError::new(
+      ErrorCode::Internal,
+      "the database thread stopped before answering",
+    ))
+  })
 }
 
 /// What the store's thread shares with the JS thread.
