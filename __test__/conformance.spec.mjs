@@ -3,14 +3,10 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import { EMPTY_EXECUTION_RESULT } from '../index.js'
+import { rejectsWith } from './helpers/assert.mjs'
 import { backendNames, prepareBackend } from './helpers/backends.mjs'
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
-const rejectsWith = (promise, code) => assert.rejects(promise, (err) => {
-  assert.equal(err.name, 'DurastateError')
-  assert.equal(err.code, code, `expected ${code}, got ${err.code}: ${err.message}`)
-  return true
-})
 
 for (const name of backendNames) {
   describe(`WorkerStore conformance: ${name}`, () => {

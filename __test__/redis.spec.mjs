@@ -7,15 +7,10 @@ import { spawnSync } from 'node:child_process'
 import { after, before, describe, it } from 'node:test'
 import Redis from 'ioredis'
 import { createRedisStore, EMPTY_EXECUTION_RESULT } from '../index.js'
+import { rejectsWith } from './helpers/assert.mjs'
 import { createReferenceStore } from './helpers/reference-store.mjs'
 import { startRedisServer, testRedis } from './helpers/redis-server.mjs'
 import { startCountingProxy } from './helpers/proxy.mjs'
-
-const rejectsWith = (promise, code, pattern) => assert.rejects(promise, (err) => {
-  assert.equal(err.code, code, `expected ${code}, got ${err.code}: ${err.message}`)
-  if (pattern) assert.match(err.message, pattern)
-  return true
-})
 
 describe('Redis store', () => {
   let redis
@@ -220,36 +215,33 @@ describe('Redis store', () => {
     assert.ok(Date.now() - started < 2000)
   })
 
-  it('rejects within connectTimeout when the server accepts and never answers', async () => {
+  /** Runs `test(url)` against a loopback server that accepts connections and never answers. */
+  const withSilentServer = async (test) => {
     const sockets = []
     const silent = createServer((s) => sockets.push(s))
     await new Promise((r) => silent.listen(0, '127.0.0.1', r))
     try {
-      const ours = open({ connectTimeout: 300, commandTimeout: 5000 }, `redis://127.0.0.1:${silent.address().port}`)
-      const started = Date.now()
-      await assert.rejects(ours.beginExecution('e'), (err) => ['UNAVAILABLE', 'TIMEOUT'].includes(err.code))
-      const took = Date.now() - started
-      assert.ok(took >= 250 && took < 1500, `took ${took} ms`)
+      await test(`redis://127.0.0.1:${silent.address().port}`)
     } finally {
       sockets.forEach((s) => s.destroy())
       silent.close()
     }
-  })
+  }
 
-  it('bounds every call by commandTimeout', async () => {
-    const sockets = []
-    const silent = createServer((s) => sockets.push(s))
-    await new Promise((r) => silent.listen(0, '127.0.0.1', r))
-    try {
-      const ours = open({ connectTimeout: 5000, commandTimeout: 300 }, `redis://127.0.0.1:${silent.address().port}`)
-      const started = Date.now()
-      await rejectsWith(ours.beginExecution('e'), 'TIMEOUT', /300 ms/)
-      assert.ok(Date.now() - started < 1500)
-    } finally {
-      sockets.forEach((s) => s.destroy())
-      silent.close()
-    }
-  })
+  it('rejects within connectTimeout when the server accepts and never answers', () => withSilentServer(async (url) => {
+    const ours = open({ connectTimeout: 300, commandTimeout: 5000 }, url)
+    const started = Date.now()
+    await assert.rejects(ours.beginExecution('e'), (err) => ['UNAVAILABLE', 'TIMEOUT'].includes(err.code))
+    const took = Date.now() - started
+    assert.ok(took >= 250 && took < 1500, `took ${took} ms`)
+  }))
+
+  it('bounds every call by commandTimeout', () => withSilentServer(async (url) => {
+    const ours = open({ connectTimeout: 5000, commandTimeout: 300 }, url)
+    const started = Date.now()
+    await rejectsWith(ours.beginExecution('e'), 'TIMEOUT', /300 ms/)
+    assert.ok(Date.now() - started < 1500)
+  }))
 
   it('rejects a wrong password with AUTH, and recovers once the password is right', async () => {
     const secured = await startRedisServer({ args: ['--requirepass', 'right-pass'] })

@@ -6,14 +6,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { createSqliteStore, createStore } from '../index.js'
+import { rejectsWith } from './helpers/assert.mjs'
 import { runChild, startChild } from './helpers/child.mjs'
 import { testRedis } from './helpers/redis-server.mjs'
-
-const rejectsWith = (promise, code, pattern) => assert.rejects(promise, (err) => {
-  assert.equal(err.code, code, `expected ${code}, got ${err.code}: ${err.message}`)
-  if (pattern) assert.match(err.message, pattern)
-  return true
-})
 
 describe('SQLite store', () => {
   let dir

@@ -510,30 +510,12 @@ impl State {
     self.attempt
   }
 
-  /// After the connection dropped: calls that are safe to send again (all but the
-  /// claim, whose first attempt may have landed) are kept, once, for a new connection;
-  /// the others are rejected with `err`.
+  /// After the connection dropped: calls with retries left are kept for a new
+  /// connection (the claim has none: its first attempt may have landed); the others
+  /// are rejected with `err`.
   fn recover(&mut self, err: StoreError) -> Vec<Settlement> {
     self.drop_connection();
-    self.unsent.clear();
-    let mut settled = Vec::new();
-    let mut kept = VecDeque::new();
-    for mut pending in self.pending.drain(..) {
-      let Some(deferred) = pending.deferred else {
-        continue;
-      };
-      if pending.retries_left > 0 && !self.closed {
-        pending.retries_left -= 1;
-        pending.recovering = true;
-        pending.replies.clear();
-        pack_commands(&pending.commands, pending.atomic, &mut self.unsent);
-        kept.push_back(pending);
-      } else {
-        settled.push((deferred, Err(err.clone())));
-      }
-    }
-    self.pending = kept;
-    settled
+    self.requeue_or_reject(&err, |_| true)
   }
 
   /// After a failed connect: calls sent again after a drop, with retries left, wait for
@@ -541,16 +523,29 @@ impl State {
   /// is everything when the server refused the credentials (`AUTH` is never retried).
   fn keep_recovering(&mut self, err: &StoreError) -> Vec<Settlement> {
     self.connection = Connection::Idle;
+    let transient = !matches!(err.code, ErrorCode::Auth | ErrorCode::InvalidInput);
+    self.requeue_or_reject(err, |pending| transient && pending.recovering)
+  }
+
+  /// Rebuilds the queue for a new connection: each call still waiting that `eligible`
+  /// accepts and that has a retry left is kept (its bytes packed again, in order) and
+  /// spends one retry; the others are rejected with `err`. Timed-out calls are dropped.
+  fn requeue_or_reject(
+    &mut self,
+    err: &StoreError,
+    eligible: impl Fn(&Pending) -> bool,
+  ) -> Vec<Settlement> {
     self.unsent.clear();
     let mut settled = Vec::new();
     let mut kept = VecDeque::new();
-    for mut pending in self.pending.drain(..) {
+    for mut pending in std::mem::take(&mut self.pending) {
       let Some(deferred) = pending.deferred else {
         continue;
       };
-      let transient = !matches!(err.code, ErrorCode::Auth | ErrorCode::InvalidInput);
-      if transient && pending.recovering && pending.retries_left > 0 && !self.closed {
+      if eligible(&pending) && pending.retries_left > 0 && !self.closed {
         pending.retries_left -= 1;
+        pending.recovering = true;
+        pending.replies.clear();
         pack_commands(&pending.commands, pending.atomic, &mut self.unsent);
         kept.push_back(pending);
       } else {
