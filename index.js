@@ -49,19 +49,20 @@ function encodeResult(executionId, taskId, value) {
   return json
 }
 
-function decodeResult(text, key, field) {
+/** Parses a stored result; `keyOf()` names its key, asked only when the JSON is bad. */
+function decodeResult(text, keyOf, field) {
   try {
     return JSON.parse(text)
   } catch (err) {
     const raw = text.length > 200 ? `${text.slice(0, 200)}...` : text
-    throw new DurastateError('CORRUPT_DATA', `stored JSON at key "${key}" field "${field}" is not valid: ${err.message}. Raw value: "${raw}"`, { cause: err })
+    throw new DurastateError('CORRUPT_DATA', `stored JSON at key "${keyOf()}" field "${field}" is not valid: ${err.message}. Raw value: "${raw}"`, { cause: err })
   }
 }
 
-function decodeEntries(entries, key) {
+function decodeEntries(entries, keyOf) {
   const results = {}
   for (let i = 0; i < entries.length; i += 2) {
-    results[entries[i]] = decodeResult(entries[i + 1], key, entries[i])
+    results[entries[i]] = decodeResult(entries[i + 1], keyOf, entries[i])
   }
   return results
 }
@@ -107,7 +108,7 @@ class DurableWorkerStore {
       requireString('executionId', executionId)
       return this.#native.getExecutionTaskResults(executionId).then((results) => {
         if (typeof results === 'string') return JSON.parse(results)
-        return decodeEntries(results, this.#native.resultsKey(executionId))
+        return decodeEntries(results, () => this.#native.resultsKey(executionId))
       }, rethrow)
     } catch (err) {
       return rejected(err)
@@ -120,7 +121,7 @@ class DurableWorkerStore {
       requireString('taskId', taskId)
       return this.#native.getExecutionTaskResult(executionId, taskId).then((text) => {
         if (text === null || text === undefined) return undefined
-        return decodeResult(text, this.#native.resultsKey(executionId), taskId)
+        return decodeResult(text, () => this.#native.resultsKey(executionId), taskId)
       }, rethrow)
     } catch (err) {
       return rejected(err)
