@@ -24,6 +24,20 @@ export type ErrorCode =
   | 'AUTH'
   /** The store was closed. */
   | 'DISPOSED'
+  /** KV: the mount name is not configured (the message lists the mounts). */
+  | 'UNKNOWN_MOUNT'
+  /** KV: a write (`set`, `merge`, `delete`, `clear`, ...) on a mount with `mode: 'read'`. */
+  | 'READ_ONLY'
+  /** KV: a read (`get`, `keys`, ...) on a mount with `mode: 'write'`. */
+  | 'WRITE_ONLY'
+  /** KV: the value's type is not the one the mount's schema declares for the key. */
+  | 'TYPE_MISMATCH'
+  /** KV: the value's JSON is larger than the mount's `maxValueSize` (UTF-8 bytes). */
+  | 'VALUE_TOO_LARGE'
+  /** KV: a new key would take the mount past its `maxEntries`. */
+  | 'ENTRY_LIMIT'
+  /** KV: `merge` lost to concurrent writers 10 times in a row; nothing was written. */
+  | 'CONFLICT'
   /** A bug in durastate (a caught Rust panic); please report it. */
   | 'INTERNAL'
 
@@ -194,3 +208,187 @@ export declare function createMemoryStore(options?: StoreOptions | null): Durabl
  * else the SQLite file `./.durastate/state.db`.
  */
 export declare function createStore(url?: string | null, options?: AnyStoreOptions | null): DurableWorkerStore
+
+// ---------------------------------------------------------------------------------------
+// The KV store
+// ---------------------------------------------------------------------------------------
+
+/** The value types a mount's schema can declare. */
+export type KvType = 'string' | 'number' | 'bool' | 'list' | 'dict'
+
+/** One declared key of a mount's schema. */
+export interface KvSchemaEntry {
+  /** The JSON type every value of the key must have (`list`: array, `dict`: plain object). */
+  type: KvType
+  /** What `get` returns while the key is not stored, and what `clear` writes back. */
+  default: unknown
+  /** Free text, returned by `schema()`. */
+  description?: string
+}
+
+/** How a mount behaves. */
+export interface KvMountOptions {
+  /**
+   * `'read-write'` (default), `'read'` (writes reject with `READ_ONLY`) or `'write'`
+   * (reads reject with `WRITE_ONLY`; `has` counts as a read).
+   */
+  mode?: 'read' | 'write' | 'read-write'
+  /**
+   * Prepended to every key of the mount (no separator is added). Two mounts of one store
+   * may not have prefixes where one starts with the other. Default: the mount name + `:`.
+   */
+  prefix?: string
+  /**
+   * Declared keys. With a schema (even `{}`) the mount is *declared*: only these keys may
+   * be read or written, with their types. Without one it is *open*: any key, any JSON value.
+   */
+  schema?: Record<string, KvSchemaEntry>
+  /** Most entries the mount may hold; a `set` of a new key past it rejects with `ENTRY_LIMIT`. Default 10000. */
+  maxEntries?: number
+  /** Largest value, as UTF-8 bytes of its JSON; bigger rejects with `VALUE_TOO_LARGE`. Default 102400. */
+  maxValueSize?: number
+  /** Time to live of every entry written, in ms. Absent or 0: entries never expire. */
+  ttl?: number
+}
+
+/** Options of a KV store: the mounts, plus the options of the backend the URL names. */
+export interface KvStoreOptions extends RedisStoreOptions, SqliteStoreOptions {
+  /**
+   * Named mounts. Without `mounts` the store has one open mount, `"default"`, whose
+   * prefix is `options.prefix` (default `"kv:"`). `options.prefix` is otherwise unused.
+   */
+  mounts?: Record<string, KvMountOptions>
+}
+
+/** Per-call options of a write. */
+export interface KvWriteOptions {
+  /** Time to live of this write, in ms; overrides the mount's `ttl`. */
+  ttl?: number
+}
+
+/** What `schema(mount)` lists for each declared key, in declaration order. */
+export interface KvSchemaInfo {
+  key: string
+  type: KvType
+  description: string
+}
+
+/** What `mounts()` lists for each mount, in configuration order. */
+export interface KvMountInfo {
+  name: string
+  mode: 'read' | 'write' | 'read-write'
+  schema: 'declared' | 'open'
+  prefix: string
+  maxEntries: number
+  maxValueSize: number
+  /** The mount's TTL in ms; 0 when entries never expire. */
+  ttl: number
+}
+
+/** The KV calls of one mount: {@link KvStore} without the mount argument. */
+export interface KvMount {
+  readonly name: string
+  get(key: string): Promise<unknown>
+  getOr<T>(key: string, fallback: T): Promise<unknown | T>
+  set(key: string, value: unknown, options?: KvWriteOptions): Promise<true>
+  merge(key: string, partial: Record<string, unknown>, options?: KvWriteOptions): Promise<true>
+  delete(key: string): Promise<boolean>
+  has(key: string): Promise<boolean>
+  keys(pattern?: string): Promise<string[]>
+  clear(): Promise<true>
+  getAll(): Promise<Record<string, unknown>>
+  getMany(keys: string[]): Promise<Record<string, unknown>>
+  setMany(entries: Record<string, unknown>, options?: KvWriteOptions): Promise<true>
+  deleteMany(keys: string[]): Promise<number>
+  getByPrefix(prefix: string): Promise<Record<string, unknown>>
+  schema(): KvSchemaInfo[]
+}
+
+/**
+ * A key-value store with mounts, access modes, schemas and size limits, on Redis, SQLite
+ * or memory. Values are stored as their JSON text, one entry per key at `prefix + key`
+ * (a Redis string), so other clients can read them. Every call rejects with a
+ * {@link DurastateError} whose message names the mount and the key.
+ */
+export declare class KvStore {
+  private constructor()
+  /**
+   * The stored value; when the key is not stored: the schema's default on a declared mount,
+   * `""` on an open mount (as the source stores do; use {@link getOr} or {@link has} to tell).
+   * On a declared mount, a key outside the schema rejects with `INVALID_INPUT`.
+   */
+  get(mount: string, key: string): Promise<unknown>
+  /** The stored value, or `fallback` when the key is not stored. No schema check. */
+  getOr<T>(mount: string, key: string, fallback: T): Promise<unknown | T>
+  /**
+   * Stores `value` (any JSON value). Checks, in order: mode (`READ_ONLY`), declared key
+   * (`INVALID_INPUT`), type (`TYPE_MISMATCH`), size (`VALUE_TOO_LARGE`), entry limit for a
+   * new key (`ENTRY_LIMIT`). The TTL is set with the write, atomically; without a TTL, a
+   * previous TTL of the key is dropped.
+   */
+  set(mount: string, key: string, value: unknown, options?: KvWriteOptions): Promise<true>
+  /**
+   * Shallow-merges `partial` into the stored object (`{...current, ...partial}`), atomically:
+   * a compare-and-set retried up to 10 times under contention, then `CONFLICT`. A missing key
+   * is created as `partial`; a stored value that is not an object rejects with `INVALID_INPUT`.
+   * Same checks as `set`. Without a TTL (call or mount) the key keeps the TTL it had.
+   */
+  merge(mount: string, key: string, partial: Record<string, unknown>, options?: KvWriteOptions): Promise<true>
+  /** Deletes the key; `true` when it was stored. */
+  delete(mount: string, key: string): Promise<boolean>
+  /** Whether the key is stored (not expired). No schema check. */
+  has(mount: string, key: string): Promise<boolean>
+  /**
+   * The mount's stored keys (prefix stripped), each once, sorted. `pattern` is a Redis glob
+   * (`*`, `?`, `[abc]`, `[^a]`, `\\` escapes) over the key; the mount prefix always matches literally.
+   */
+  keys(mount: string, pattern?: string): Promise<string[]>
+  /**
+   * Deletes every entry of the mount (and only of the mount), then writes back the schema's
+   * defaults on a declared mount. Not atomic: a concurrent write may survive.
+   */
+  clear(mount: string): Promise<true>
+  /** Every stored entry of the mount, by key. */
+  getAll(mount: string): Promise<Record<string, unknown>>
+  /** The stored entries among `keys` (missing keys are left out), in one `MGET`. No schema check. */
+  getMany(mount: string, keys: string[]): Promise<Record<string, unknown>>
+  /** Stores every entry, all or nothing (one `MULTI`/`EXEC`, one SQLite transaction), with the checks of `set`. */
+  setMany(mount: string, entries: Record<string, unknown>, options?: KvWriteOptions): Promise<true>
+  /** Deletes the keys (one `UNLINK`); resolves with how many were stored. */
+  deleteMany(mount: string, keys: string[]): Promise<number>
+  /** The stored entries whose key starts with `prefix` (matched literally, glob characters included). */
+  getByPrefix(mount: string, prefix: string): Promise<Record<string, unknown>>
+  /** The mount's declared keys (`[]` for an open mount). */
+  schema(mount: string): KvSchemaInfo[]
+  /** Every mount, with its settings (defaults filled in). */
+  mounts(): KvMountInfo[]
+  /** The calls of one mount, without the mount argument. Throws `UNKNOWN_MOUNT` at once. */
+  mount(name: string): KvMount
+  /** Releases the connection or database; later calls reject with `DISPOSED`. Idempotent. */
+  close(): Promise<void>
+  /** Whether {@link close} was called. */
+  readonly closed: boolean
+}
+
+/**
+ * A KV store picked by URL, as {@link createStore}: `redis://`, `sqlite:<path>`,
+ * `file:<path>`, `memory:`, or `{ host, port, ... }` for Redis. Without a URL:
+ * `DURASTATE_URL`, then `REDIS_URL`, else the SQLite file `./.durastate/state.db`.
+ * Synchronous and lazy; bad options throw `INVALID_INPUT` at once (overlapping prefixes,
+ * unknown types, defaults that do not match their type, ...).
+ *
+ * @example
+ * const kv = createKvStore('redis://127.0.0.1:6379', {
+ *   mounts: {
+ *     user: { prefix: 'app:user:', schema: { name: { type: 'string', default: '' } } },
+ *     cache: { prefix: 'app:cache:', ttl: 60_000 },
+ *   },
+ * })
+ * await kv.set('user', 'name', 'Alice')
+ * const cache = kv.mount('cache')
+ * await cache.set('report', { rows: 3 })
+ */
+export declare function createKvStore(
+  url?: string | RedisConnectionOptions | null,
+  options?: KvStoreOptions | null,
+): KvStore
