@@ -9,6 +9,64 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
+/** A read-only view of a store's keyspace (Redis, or the SQLite keyspace table). */
+export declare class NativeInspector {
+  /**
+   * One `SCAN` page: `[nextCursor, ...keys]`; `"0"` starts and ends. `pattern` is a
+   * Redis glob over the full key; `type` keeps only `"string"` or `"hash"` keys.
+   */
+  scan(cursor: string, pattern: string, count: number, r#type?: string | undefined | null): Promise<Array<string>>
+  /** `GET key`: the string, or `null`. */
+  get(key: string): Promise<string | null>
+  /** `HGETALL key`: `[field, value, ...]`. */
+  hgetall(key: string): Promise<Array<string>>
+  /** `PTTL key`: ms left, -1 without expiry, -2 when missing. */
+  pttl(key: string): Promise<number>
+  /** Releases the connection or database. */
+  close(): void
+}
+
+/**
+ * A KV store with mounts, modes, schemas and limits, on Redis, SQLite or memory. Made
+ * by `createKvStore`; the JS layer wraps it.
+ */
+export declare class NativeKvStore {
+  /** The stored JSON; when missing, the declared default, or `""` on an open mount. */
+  get(mount: string, key: string): Promise<string>
+  /** The stored JSON, or `null` when missing. */
+  getOr(mount: string, key: string): Promise<string | null>
+  /** Stores `json` after the checks of the contract's `set`. */
+  set(mount: string, key: string, json: string, ttl?: number | undefined | null): Promise<boolean>
+  /** Shallow-merges the object `json` into the stored object, atomically. */
+  merge(mount: string, key: string, json: string, ttl?: number | undefined | null): Promise<boolean>
+  /** Deletes the key; resolves with whether it was stored. */
+  delete(mount: string, key: string): Promise<boolean>
+  /** Whether the key is stored. */
+  has(mount: string, key: string): Promise<boolean>
+  /** The mount's stored keys matching the glob `pattern` (default `*`), sorted. */
+  keys(mount: string, pattern?: string | undefined | null): Promise<Array<string>>
+  /** Deletes the mount's entries, then writes the declared defaults. */
+  clear(mount: string): Promise<boolean>
+  /** Every stored entry, as `[key, json, ...]`. */
+  getAll(mount: string): Promise<Array<string>>
+  /** The stored entries whose key starts with `prefix`, as `[key, json, ...]`. */
+  getByPrefix(mount: string, prefix: string): Promise<Array<string>>
+  /** The stored entries among `keys`, as `[key, json, ...]` (one `MGET`). */
+  getMany(mount: string, keys: Array<string>): Promise<Array<string>>
+  /** Stores `[key, json, ...]` entries, all or nothing, after the checks of `set`. */
+  setMany(mount: string, entries: Array<string>, ttl?: number | undefined | null): Promise<boolean>
+  /** Deletes the keys; resolves with how many were stored. */
+  deleteMany(mount: string, keys: Array<string>): Promise<number>
+  /** The mount's declared keys, as JSON text of `[{key, type, description}]`. */
+  schema(mount: string): string
+  /** Every mount's settings, as JSON text. */
+  mounts(): string
+  /** Releases the connection or database. Idempotent. */
+  close(): void
+  /** Whether `close()` was called. */
+  get closed(): boolean
+}
+
 /**
  * A durable WorkerStore over Redis, SQLite or memory. Made by the `create*Store`
  * functions; every method is one round trip (Redis) or one transaction (SQLite).
@@ -47,6 +105,18 @@ export declare class NativeWorkerStore {
   get closed(): boolean
 }
 
+/**
+ * An inspector on the backend `url` names (default: `DURASTATE_URL`, `REDIS_URL`,
+ * the SQLite default file). `memory:` is refused: a new process has nothing to see.
+ */
+export declare function createInspector(url?: string | undefined | null, options?: StoreOptions | undefined | null): NativeInspector
+
+/**
+ * A KV store on the backend `target` names (a URL, Redis fields, or, when absent,
+ * `DURASTATE_URL`, `REDIS_URL`, the SQLite default file), with `mounts` in order.
+ */
+export declare function createKvStore(target: string | RedisConnectionOptions | undefined | null, options: StoreOptions | undefined | null, mounts: Array<KvMountSpec>): NativeKvStore
+
 /** A store in this process's memory: same semantics, nothing persisted. */
 export declare function createMemoryStore(options?: StoreOptions | undefined | null): NativeWorkerStore
 
@@ -70,6 +140,26 @@ export declare function debugPanicAsync(): Promise<void>
 
 /** Panics inside a synchronous call; JS must see a thrown error, not an abort. */
 export declare function debugPanicSync(): void
+
+/** One mount, as the JS layer passes it (in configuration order, defaults as JSON text). */
+export interface KvMountSpec {
+  name: string
+  mode?: string
+  prefix?: string
+  schema?: Array<KvSchemaSpec>
+  maxEntries?: number
+  maxValueSize?: number
+  ttl?: number
+}
+
+/** One declared key of a mount, as the JS layer passes it. */
+export interface KvSchemaSpec {
+  key: string
+  type: string
+  /** `JSON.stringify(default)`; absent when the default has no JSON form. */
+  defaultJson?: string
+  description?: string
+}
 
 /** A Redis server given as fields rather than a URL. */
 export interface RedisConnectionOptions {

@@ -835,7 +835,11 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
+module.exports.NativeInspector = nativeBinding.NativeInspector
+module.exports.NativeKvStore = nativeBinding.NativeKvStore
 module.exports.NativeWorkerStore = nativeBinding.NativeWorkerStore
+module.exports.createInspector = nativeBinding.createInspector
+module.exports.createKvStore = nativeBinding.createKvStore
 module.exports.createMemoryStore = nativeBinding.createMemoryStore
 module.exports.createRedisStore = nativeBinding.createRedisStore
 module.exports.createSqliteStore = nativeBinding.createSqliteStore

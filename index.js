@@ -220,10 +220,320 @@ function createStore(url, options) {
   return wrap(() => native.createStore(url ?? undefined, options ?? undefined))
 }
 
+// ---------------------------------------------------------------------------------------
+// The KV store: values cross as JSON text; mounts, modes, schemas and limits live in Rust.
+// ---------------------------------------------------------------------------------------
+
+function encodeValue(value, mount, key) {
+  let json
+  try {
+    json = JSON.stringify(value)
+  } catch (err) {
+    throw new DurastateError('SERIALIZE', `cannot store key "${key}" of mount '${mount}' as JSON: ${err.message}`, { cause: err })
+  }
+  if (json === undefined) {
+    throw new DurastateError('SERIALIZE', `cannot store key "${key}" of mount '${mount}' as JSON: a ${typeof value} has no JSON form`)
+  }
+  return json
+}
+
+function decodeValue(text, mount, key) {
+  try {
+    return JSON.parse(text)
+  } catch (err) {
+    const raw = text.length > 200 ? `${text.slice(0, 200)}...` : text
+    throw new DurastateError('CORRUPT_DATA', `stored JSON of key "${key}" in mount '${mount}' is not valid: ${err.message}. Raw value: "${raw}"`, { cause: err })
+  }
+}
+
+/** `[key, json, ...]` as an object (a key named `__proto__` stays a plain property). */
+function decodePairs(pairs, mount) {
+  const out = {}
+  for (let i = 0; i < pairs.length; i += 2) {
+    const value = decodeValue(pairs[i + 1], mount, pairs[i])
+    if (pairs[i] === '__proto__') {
+      Object.defineProperty(out, pairs[i], { value, enumerable: true, writable: true, configurable: true })
+    } else {
+      out[pairs[i]] = value
+    }
+  }
+  return out
+}
+
+function encodeEntries(entries, mount) {
+  if (entries === null || typeof entries !== 'object' || Array.isArray(entries)) {
+    throw new DurastateError('INVALID_INPUT', `setMany on mount '${mount}' needs an object of entries`)
+  }
+  const flat = []
+  for (const key of Object.keys(entries)) flat.push(key, encodeValue(entries[key], mount, key))
+  return flat
+}
+
+function requireKeys(keys) {
+  if (!Array.isArray(keys) || keys.some((k) => typeof k !== 'string')) {
+    throw new DurastateError('INVALID_INPUT', 'keys must be an array of strings')
+  }
+}
+
+function ttlOf(options) {
+  if (options === undefined || options === null) return undefined
+  if (typeof options !== 'object') throw new DurastateError('INVALID_INPUT', 'options must be an object such as { ttl: 60000 }')
+  if (options.ttl !== undefined && typeof options.ttl !== 'number') {
+    throw new DurastateError('INVALID_INPUT', `option \`ttl\` must be a number of milliseconds, got ${typeof options.ttl}`)
+  }
+  return options.ttl
+}
+
+/** Mount options as the native layer takes them: in order, defaults as JSON text. */
+function mountSpecs(mounts, options) {
+  if (mounts === undefined || mounts === null) {
+    return [{ name: 'default', prefix: options.prefix ?? 'kv:', ttl: options.ttl }]
+  }
+  if (typeof mounts !== 'object' || Array.isArray(mounts)) {
+    throw new DurastateError('INVALID_INPUT', 'option `mounts` must be an object of mount options by name')
+  }
+  return Object.entries(mounts).map(([name, mount]) => {
+    if (mount === null || typeof mount !== 'object') {
+      throw new DurastateError('INVALID_INPUT', `mount '${name}' must be an object of options`)
+    }
+    const { mode, prefix, schema, maxEntries, maxValueSize, ttl } = mount
+    return { name, mode, prefix, maxEntries, maxValueSize, ttl, schema: schema === undefined ? undefined : schemaSpecs(name, schema) }
+  })
+}
+
+function schemaSpecs(mount, schema) {
+  if (schema === null || typeof schema !== 'object' || Array.isArray(schema)) {
+    throw new DurastateError('INVALID_INPUT', `mount '${mount}': schema must be an object of { type, default } by key`)
+  }
+  return Object.entries(schema).map(([key, entry]) => {
+    if (entry === null || typeof entry !== 'object') {
+      throw new DurastateError('INVALID_INPUT', `mount '${mount}': schema key "${key}" must be { type, default }`)
+    }
+    let defaultJson
+    try {
+      defaultJson = JSON.stringify(entry.default)
+    } catch {
+      defaultJson = undefined
+    }
+    return { key, type: String(entry.type), defaultJson, description: entry.description === undefined ? undefined : String(entry.description) }
+  })
+}
+
+const parseJson = (text) => JSON.parse(text)
+
+/**
+ * A key-value store with mounts, access modes, schemas and limits, over Redis, SQLite or
+ * memory. Made by createKvStore. Each method is one native call and one `.then`.
+ */
+class KvStore {
+  #native
+
+  constructor(nativeStore) {
+    if (!(nativeStore instanceof native.NativeKvStore)) {
+      throw new DurastateError('INVALID_INPUT', 'use createKvStore to make a KV store')
+    }
+    this.#native = nativeStore
+  }
+
+  get(mount, key) {
+    try {
+      requireString('mount', mount)
+      requireString('key', key)
+      return this.#native.get(mount, key).then((text) => decodeValue(text, mount, key), rethrow)
+    } catch (err) {
+      return rejected(err)
+    }
+  }
+
+  getOr(mount, key, fallback) {
+    try {
+      requireString('mount', mount)
+      requireString('key', key)
+      return this.#native.getOr(mount, key).then((text) => (text === null ? fallback : decodeValue(text, mount, key)), rethrow)
+    } catch (err) {
+      return rejected(err)
+    }
+  }
+
+  set(mount, key, value, options) {
+    try {
+      requireString('mount', mount)
+      requireString('key', key)
+      return this.#native.set(mount, key, encodeValue(value, mount, key), ttlOf(options)).then(undefined, rethrow)
+    } catch (err) {
+      return rejected(err)
+    }
+  }
+
+  merge(mount, key, partial, options) {
+    try {
+      requireString('mount', mount)
+      requireString('key', key)
+      if (partial === null || typeof partial !== 'object' || Array.isArray(partial)) {
+        throw new DurastateError('INVALID_INPUT', `merge of key "${key}" (mount '${mount}') needs a plain object`)
+      }
+      return this.#native.merge(mount, key, encodeValue(partial, mount, key), ttlOf(options)).then(undefined, rethrow)
+    } catch (err) {
+      return rejected(err)
+    }
+  }
+
+  delete(mount, key) {
+    try {
+      requireString('mount', mount)
+      requireString('key', key)
+      return this.#native.delete(mount, key).then(undefined, rethrow)
+    } catch (err) {
+      return rejected(err)
+    }
+  }
+
+  has(mount, key) {
+    try {
+      requireString('mount', mount)
+      requireString('key', key)
+      return this.#native.has(mount, key).then(undefined, rethrow)
+    } catch (err) {
+      return rejected(err)
+    }
+  }
+
+  keys(mount, pattern) {
+    try {
+      requireString('mount', mount)
+      if (pattern !== undefined) requireString('pattern', pattern)
+      return this.#native.keys(mount, pattern).then(undefined, rethrow)
+    } catch (err) {
+      return rejected(err)
+    }
+  }
+
+  clear(mount) {
+    try {
+      requireString('mount', mount)
+      return this.#native.clear(mount).then(undefined, rethrow)
+    } catch (err) {
+      return rejected(err)
+    }
+  }
+
+  getAll(mount) {
+    try {
+      requireString('mount', mount)
+      return this.#native.getAll(mount).then((pairs) => decodePairs(pairs, mount), rethrow)
+    } catch (err) {
+      return rejected(err)
+    }
+  }
+
+  getMany(mount, keys) {
+    try {
+      requireString('mount', mount)
+      requireKeys(keys)
+      return this.#native.getMany(mount, keys).then((pairs) => decodePairs(pairs, mount), rethrow)
+    } catch (err) {
+      return rejected(err)
+    }
+  }
+
+  setMany(mount, entries, options) {
+    try {
+      requireString('mount', mount)
+      return this.#native.setMany(mount, encodeEntries(entries, mount), ttlOf(options)).then(undefined, rethrow)
+    } catch (err) {
+      return rejected(err)
+    }
+  }
+
+  deleteMany(mount, keys) {
+    try {
+      requireString('mount', mount)
+      requireKeys(keys)
+      return this.#native.deleteMany(mount, keys).then(undefined, rethrow)
+    } catch (err) {
+      return rejected(err)
+    }
+  }
+
+  getByPrefix(mount, prefix) {
+    try {
+      requireString('mount', mount)
+      requireString('prefix', prefix)
+      return this.#native.getByPrefix(mount, prefix).then((pairs) => decodePairs(pairs, mount), rethrow)
+    } catch (err) {
+      return rejected(err)
+    }
+  }
+
+  schema(mount) {
+    try {
+      requireString('mount', mount)
+      return parseJson(this.#native.schema(mount))
+    } catch (err) {
+      throw toDurastateError(err)
+    }
+  }
+
+  mounts() {
+    return parseJson(this.#native.mounts())
+  }
+
+  mount(name) {
+    this.schema(name)
+    return new KvMount(this, name)
+  }
+
+  async close() {
+    this.#native.close()
+  }
+
+  get closed() {
+    return this.#native.closed
+  }
+}
+
+/** The calls of one mount of a KvStore, without the mount argument. */
+class KvMount {
+  #kv
+
+  constructor(kv, name) {
+    this.#kv = kv
+    this.name = name
+    Object.freeze(this)
+  }
+
+  get(key) { return this.#kv.get(this.name, key) }
+  getOr(key, fallback) { return this.#kv.getOr(this.name, key, fallback) }
+  set(key, value, options) { return this.#kv.set(this.name, key, value, options) }
+  merge(key, partial, options) { return this.#kv.merge(this.name, key, partial, options) }
+  delete(key) { return this.#kv.delete(this.name, key) }
+  has(key) { return this.#kv.has(this.name, key) }
+  keys(pattern) { return this.#kv.keys(this.name, pattern) }
+  clear() { return this.#kv.clear(this.name) }
+  getAll() { return this.#kv.getAll(this.name) }
+  getMany(keys) { return this.#kv.getMany(this.name, keys) }
+  setMany(entries, options) { return this.#kv.setMany(this.name, entries, options) }
+  deleteMany(keys) { return this.#kv.deleteMany(this.name, keys) }
+  getByPrefix(prefix) { return this.#kv.getByPrefix(this.name, prefix) }
+  schema() { return this.#kv.schema(this.name) }
+}
+
+function createKvStore(target, options) {
+  try {
+    const { mounts, ...connection } = options ?? {}
+    const specs = mountSpecs(mounts, connection)
+    return new KvStore(native.createKvStore(target ?? undefined, connection, specs))
+  } catch (err) {
+    throw toDurastateError(err)
+  }
+}
+
 exports.createRedisStore = createRedisStore
 exports.createSqliteStore = createSqliteStore
 exports.createMemoryStore = createMemoryStore
 exports.createStore = createStore
+exports.createKvStore = createKvStore
 exports.DurableWorkerStore = DurableWorkerStore
+exports.KvStore = KvStore
 exports.DurastateError = DurastateError
 exports.EMPTY_EXECUTION_RESULT = EMPTY_EXECUTION_RESULT

@@ -2,7 +2,11 @@
 //!
 //! Every store call becomes one [`Batch`]: Redis sends it as one command or one
 //! `MULTI`/`EXEC`, the embedded backend runs it as one SQLite transaction. The
-//! semantics of a store are therefore written once, over these primitives.
+//! semantics of a store are therefore written once, over these primitives. A call that
+//! needs more than one round trip chains batches with [`Step::Then`].
+
+use crate::error::StoreResult;
+use crate::output::Output;
 
 /// One keyspace command, with Redis semantics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +41,69 @@ pub enum Command {
   PExpire { key: String, ttl_ms: u64 },
   /// `DEL key [key ...]`.
   Del { keys: Vec<String> },
+  /// `UNLINK key [key ...]`: replies how many existed.
+  Unlink { keys: Vec<String> },
+  /// `EXISTS key`: replies 1 or 0.
+  Exists { key: String },
+  /// `PTTL key`: ms left, -1 without expiry, -2 when missing.
+  PTtl { key: String },
+  /// `MGET key [key ...]`: one value (or nil) per key, in order.
+  MGet { keys: Vec<String> },
+  /// `SET key value [PX ttl] NX|XX`: replies `Ok`, or `Nil` when the condition failed.
+  SetIf {
+    key: String,
+    value: String,
+    ttl_ms: Option<u64>,
+    when: Condition,
+  },
+  /// `SET key value [PX ttl] GET`: replies the previous value, or `Nil`.
+  SetGet {
+    key: String,
+    value: String,
+    ttl_ms: Option<u64>,
+  },
+  /// Sets `key` to `value` only if it still holds `expected` (`None`: only if missing),
+  /// atomically (a script on Redis). `ttl_ms: None` keeps the key's TTL. Replies 1 or 0.
+  CompareAndSet {
+    key: String,
+    expected: Option<String>,
+    value: String,
+    ttl_ms: Option<u64>,
+  },
+  /// `SCAN cursor MATCH pattern COUNT count [TYPE kind]`: replies a [`Reply::Scan`].
+  /// Cursors are opaque strings; `"0"` starts and ends an iteration.
+  Scan {
+    cursor: String,
+    pattern: String,
+    count: u32,
+    kind: Option<KeyKind>,
+  },
+}
+
+/// When a conditional `SET` applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+  /// `NX`: only when the key is missing.
+  Missing,
+  /// `XX`: only when the key exists.
+  Exists,
+}
+
+/// The Redis data types the stores use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+  String,
+  Hash,
+}
+
+impl KeyKind {
+  /// The type's name, as `SCAN ... TYPE` and `TYPE` spell it.
+  pub fn as_str(self) -> &'static str {
+    match self {
+      KeyKind::String => "string",
+      KeyKind::Hash => "hash",
+    }
+  }
 }
 
 impl Command {
@@ -50,16 +117,34 @@ impl Command {
       | Command::HSet { key, .. }
       | Command::HSetNx { key, .. }
       | Command::HDel { key, .. }
-      | Command::PExpire { key, .. } => std::slice::from_ref(key),
-      Command::Del { keys } => keys,
+      | Command::PExpire { key, .. }
+      | Command::Exists { key }
+      | Command::PTtl { key }
+      | Command::SetIf { key, .. }
+      | Command::SetGet { key, .. }
+      | Command::CompareAndSet { key, .. } => std::slice::from_ref(key),
+      Command::Del { keys } | Command::Unlink { keys } | Command::MGet { keys } => keys,
+      Command::Scan { .. } => &[],
     }
+  }
+
+  /// Whether the command reads keys it does not name (a `SCAN`): it must not run
+  /// ahead of writes queued before it.
+  pub fn reads_any_key(&self) -> bool {
+    matches!(self, Command::Scan { .. })
   }
 
   /// Whether the command changes the keyspace.
   pub fn writes(&self) -> bool {
     !matches!(
       self,
-      Command::Get { .. } | Command::HGet { .. } | Command::HGetAll { .. }
+      Command::Get { .. }
+        | Command::HGet { .. }
+        | Command::HGetAll { .. }
+        | Command::Exists { .. }
+        | Command::PTtl { .. }
+        | Command::MGet { .. }
+        | Command::Scan { .. }
     )
   }
 }
@@ -77,6 +162,10 @@ pub enum Reply {
   Pairs(Vec<(Vec<u8>, Vec<u8>)>),
   /// A status reply such as `OK`.
   Ok,
+  /// `MGET`: one value per key asked, `None` where missing.
+  Values(Vec<Option<Vec<u8>>>),
+  /// One page of a `SCAN`: the next cursor (`"0"` when done) and the keys found.
+  Scan { cursor: String, keys: Vec<String> },
 }
 
 /// Commands sent together in one round trip; `atomic` asks for all-or-nothing.
@@ -106,5 +195,35 @@ impl Batch {
   /// Whether any command changes the keyspace.
   pub fn writes(&self) -> bool {
     self.commands.iter().any(Command::writes)
+  }
+
+  /// Whether any command reads keys it does not name.
+  pub fn reads_any_key(&self) -> bool {
+    self.commands.iter().any(Command::reads_any_key)
+  }
+}
+
+/// What to do once a batch's replies are in: settle the call, or send another batch
+/// (a call that needs several round trips, such as a `SCAN` loop or a retried
+/// compare-and-set) and continue with its replies.
+pub enum Step {
+  Done(StoreResult<Output>),
+  Then(Batch, Finish),
+}
+
+/// Turns a batch's replies into the call's next step. Runs on whichever thread the
+/// engine completes on.
+pub type Finish = Box<dyn FnOnce(Vec<Reply>) -> Step + Send>;
+
+impl From<StoreResult<Output>> for Step {
+  fn from(result: StoreResult<Output>) -> Self {
+    Step::Done(result)
+  }
+}
+
+impl Step {
+  /// Sends `batch`, then continues with `finish`.
+  pub fn then(batch: Batch, finish: impl FnOnce(Vec<Reply>) -> Step + Send + 'static) -> Self {
+    Step::Then(batch, Box::new(finish))
   }
 }

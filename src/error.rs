@@ -24,6 +24,20 @@ pub enum ErrorCode {
   Disposed,
   /// A bug in durastate (a Rust panic); the call was rejected, the process lives on.
   Internal,
+  /// KV: the mount name is not configured.
+  UnknownMount,
+  /// KV: a write on a read-only mount.
+  ReadOnly,
+  /// KV: a read on a write-only mount.
+  WriteOnly,
+  /// KV: a value's type is not the one its key's schema declares.
+  TypeMismatch,
+  /// KV: a value's JSON is larger than the mount allows.
+  ValueTooLarge,
+  /// KV: a new key would take the mount past its entry limit.
+  EntryLimit,
+  /// KV: a compare-and-set lost to concurrent writers too many times.
+  Conflict,
 }
 
 impl ErrorCode {
@@ -39,6 +53,13 @@ impl ErrorCode {
       Self::Auth => "AUTH",
       Self::Disposed => "DISPOSED",
       Self::Internal => "INTERNAL",
+      Self::UnknownMount => "UNKNOWN_MOUNT",
+      Self::ReadOnly => "READ_ONLY",
+      Self::WriteOnly => "WRITE_ONLY",
+      Self::TypeMismatch => "TYPE_MISMATCH",
+      Self::ValueTooLarge => "VALUE_TOO_LARGE",
+      Self::EntryLimit => "ENTRY_LIMIT",
+      Self::Conflict => "CONFLICT",
     }
   }
 }

@@ -11,13 +11,14 @@ use napi_derive::napi;
 #[cfg(unix)]
 use crate::backend::LoopRedis;
 use crate::backend::{EmbeddedBackend, EmbeddedSettings, Location, RedisBackend};
+use crate::engine::Engine;
 use crate::error::{StoreError, StoreResult};
 use crate::keys::KeyLayout;
 use crate::options::{
   millis, CommonSettings, RedisConnectionOptions, StoreOptions, DEFAULT_BUSY_TIMEOUT_MS,
 };
 use crate::redis_target::RedisTarget;
-use crate::worker_store::{Engine, NativeWorkerStore, StoreConfig};
+use crate::worker_store::{NativeWorkerStore, StoreConfig};
 
 /// The SQLite file used when no location is given.
 pub const DEFAULT_SQLITE_PATH: &str = "./.durastate/state.db";
@@ -82,15 +83,37 @@ fn url_from_env() -> Option<String> {
     .find(|value| !value.is_empty())
 }
 
+/// The engine a target names: a URL (any backend), Redis fields, or, when absent,
+/// `DURASTATE_URL`, then `REDIS_URL`, else the SQLite default file. Used by the KV store
+/// and the inspector, which take any backend.
+pub fn engine_for_target(
+  target: Option<Either<String, RedisConnectionOptions>>,
+  options: &StoreOptions,
+) -> StoreResult<(Engine, CommonSettings)> {
+  match target {
+    Some(Either::B(fields)) => redis_engine_for(RedisTarget::from_fields(&fields)?, options),
+    Some(Either::A(url)) if !url.is_empty() => engine_for_url(&url, options),
+    _ => match url_from_env() {
+      Some(url) => engine_for_url(&url, options),
+      None => embedded_engine(Location::File(PathBuf::from(DEFAULT_SQLITE_PATH)), options),
+    },
+  }
+}
+
 fn store_for_url(url: &str, options: &StoreOptions) -> StoreResult<NativeWorkerStore> {
+  worker_store(engine_for_url(url, options)?)
+}
+
+fn engine_for_url(url: &str, options: &StoreOptions) -> StoreResult<(Engine, CommonSettings)> {
   let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
   match scheme.as_deref() {
-    Some("redis" | "rediss" | "redis+unix") => redis_store(RedisTarget::from_url(url)?, options),
+    Some("redis" | "rediss" | "redis+unix") => redis_engine_for(RedisTarget::from_url(url)?, options),
     Some("sqlite" | "file") => {
       let rest = &url[url.find(':').expect("has a scheme") + 1..];
-      sqlite_store(file_path(rest.strip_prefix("//").unwrap_or(rest))?, options)
+      let path = file_path(rest.strip_prefix("//").unwrap_or(rest))?;
+      embedded_engine(Location::File(path), options)
     }
-    Some("memory") => embedded_store(Location::Memory, options),
+    Some("memory") => embedded_engine(Location::Memory, options),
     _ => Err(StoreError::invalid_input(format!(
       "unsupported store URL \"{}\": use redis://, rediss://, sqlite:<path>, file:<path> or memory:",
       crate::redis_target::redact(url)
@@ -115,7 +138,14 @@ fn file_path(path: &str) -> StoreResult<PathBuf> {
   Ok(path)
 }
 
-fn redis_store(mut target: RedisTarget, options: &StoreOptions) -> StoreResult<NativeWorkerStore> {
+fn redis_store(target: RedisTarget, options: &StoreOptions) -> StoreResult<NativeWorkerStore> {
+  worker_store(redis_engine_for(target, options)?)
+}
+
+fn redis_engine_for(
+  mut target: RedisTarget,
+  options: &StoreOptions,
+) -> StoreResult<(Engine, CommonSettings)> {
   let common = CommonSettings::from_options(options)?;
   target.require_aof = match options.durability.as_deref() {
     None | Some("none") => false,
@@ -131,8 +161,7 @@ fn redis_store(mut target: RedisTarget, options: &StoreOptions) -> StoreResult<N
       )))
     }
   };
-  let engine = redis_engine(target, &common);
-  Ok(NativeWorkerStore::new(engine, store_config(common)))
+  Ok((redis_engine(target, &common), common))
 }
 
 fn sqlite_store(path: PathBuf, options: &StoreOptions) -> StoreResult<NativeWorkerStore> {
@@ -140,6 +169,13 @@ fn sqlite_store(path: PathBuf, options: &StoreOptions) -> StoreResult<NativeWork
 }
 
 fn embedded_store(location: Location, options: &StoreOptions) -> StoreResult<NativeWorkerStore> {
+  worker_store(embedded_engine(location, options)?)
+}
+
+fn embedded_engine(
+  location: Location,
+  options: &StoreOptions,
+) -> StoreResult<(Engine, CommonSettings)> {
   let common = CommonSettings::from_options(options)?;
   let busy_ms = millis("busyTimeout", options.busy_timeout)?.unwrap_or(DEFAULT_BUSY_TIMEOUT_MS);
   let full_sync = match options.synchronous.as_deref() {
@@ -157,10 +193,7 @@ fn embedded_store(location: Location, options: &StoreOptions) -> StoreResult<Nat
     full_sync,
   };
   let backend = EmbeddedBackend::new(settings);
-  Ok(NativeWorkerStore::new(
-    Engine::Embedded(Arc::new(backend)),
-    store_config(common),
-  ))
+  Ok((Engine::Embedded(Arc::new(backend)), common))
 }
 
 /// Redis over TCP runs on the JS thread's event loop (no thread hop per call) unless
@@ -177,10 +210,11 @@ fn redis_engine(target: RedisTarget, common: &CommonSettings) -> Engine {
   Engine::Threads(Arc::new(RedisBackend::new(target, connect, command)))
 }
 
-fn store_config(common: CommonSettings) -> StoreConfig {
-  StoreConfig {
+fn worker_store((engine, common): (Engine, CommonSettings)) -> StoreResult<NativeWorkerStore> {
+  let config = StoreConfig {
     keys: KeyLayout::new(common.prefix),
     ttl_ms: common.ttl_ms,
     command_timeout: common.command_timeout,
-  }
+  };
+  Ok(NativeWorkerStore::new(engine, config))
 }

@@ -4,11 +4,15 @@
 mod backend;
 mod command;
 pub mod debug;
+mod engine;
 mod error;
 mod factory;
+mod glob;
 mod guard;
+mod inspector;
 mod js_promise;
 mod keys;
+mod kv;
 mod options;
 mod output;
 mod redis_target;
@@ -19,4 +23,6 @@ mod worker_store;
 
 pub use error::{ErrorCode, StoreError};
 pub use factory::{create_memory_store, create_redis_store, create_sqlite_store, create_store};
+pub use inspector::{create_inspector, NativeInspector};
+pub use kv::{create_kv_store, NativeKvStore};
 pub use worker_store::NativeWorkerStore;

@@ -13,6 +13,10 @@ pub enum Output {
   Text(Option<String>),
   /// All results: one JSON object's text, or `[taskId, json, ...]` when one is not JSON.
   Results(Either<String, Vec<String>>),
+  /// A list of strings: keys, or flattened `[key, json, key, json, ...]` pairs.
+  Strings(Vec<String>),
+  /// A count or a duration in ms.
+  Int(i64),
 }
 
 impl TypeName for Output {
@@ -32,6 +36,8 @@ impl ToNapiValue for Output {
       Output::Bool(b) => bool::to_napi_value(env, b),
       Output::Text(text) => Option::<String>::to_napi_value(env, text),
       Output::Results(results) => Either::to_napi_value(env, results),
+      Output::Strings(strings) => Vec::<String>::to_napi_value(env, strings),
+      Output::Int(n) => i64::to_napi_value(env, n),
     }
   }
 }

@@ -6,20 +6,15 @@
 //! own threads (SQLite, or Redis where the event-loop driver is not available).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use napi::bindgen_prelude::PromiseRaw;
 use napi::Env;
 use napi_derive::napi;
 
-#[cfg(unix)]
-use crate::backend::LoopRedis;
-use crate::backend::{answer, EmbeddedBackend, RedisBackend};
-use crate::command::{Batch, Command, Reply};
+use crate::command::{Batch, Command, Reply, Step};
+use crate::engine::Engine;
 use crate::error::{StoreError, StoreResult};
-use crate::guard::bounded;
-use crate::js_promise;
 use crate::keys::KeyLayout;
 use crate::output::Output;
 use crate::results;
@@ -33,29 +28,6 @@ pub struct StoreConfig {
   pub ttl_ms: Option<u64>,
   pub command_timeout: Duration,
 }
-
-/// Where a store's batches run.
-pub enum Engine {
-  /// Redis, driven by the JS thread's event loop.
-  #[cfg(unix)]
-  EventLoop(LoopRedis),
-  /// Redis on tokio threads (unix sockets, non-Unix platforms, or by choice).
-  Threads(Arc<RedisBackend>),
-  /// SQLite or memory: on the JS thread when that cannot block, else the store's thread.
-  Embedded(Arc<EmbeddedBackend>),
-}
-
-/// An embedded call on its way to the store's thread.
-struct QueuedCall {
-  what: &'static str,
-  batch: Batch,
-  finish: Finish,
-  deferred: js_promise::Deferred,
-}
-
-/// Turns a batch's replies into the call's result; runs on whichever thread the
-/// engine completes on.
-type Finish = Box<dyn FnOnce(Vec<Reply>) -> StoreResult<Output> + Send>;
 
 /// A durable WorkerStore over Redis, SQLite or memory. Made by the `create*Store`
 /// functions; every method is one round trip (Redis) or one transaction (SQLite).
@@ -81,71 +53,14 @@ impl NativeWorkerStore {
     env: &'env Env,
     what: &'static str,
     batch: Batch,
-    finish: Finish,
+    finish: impl FnOnce(Vec<Reply>) -> StoreResult<Output> + Send + 'static,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     if self.closed.load(Ordering::Acquire) {
-      let (deferred, promise) = js_promise::create(env.raw())?;
-      js_promise::settle(env.raw(), deferred, Err(StoreError::disposed()));
-      return Ok(PromiseRaw::new(env.raw(), promise));
+      return Engine::rejected(env, StoreError::disposed());
     }
-    match &self.engine {
-      #[cfg(unix)]
-      Engine::EventLoop(driver) => {
-        let promise = driver.submit(env, what, batch, finish)?;
-        Ok(PromiseRaw::new(env.raw(), promise))
-      }
-      Engine::Threads(redis) => {
-        let redis = redis.clone();
-        let limit = self.config.command_timeout;
-        env.spawn_future(async move {
-          let replies = bounded(what, limit, async move { redis.execute(&batch).await }).await?;
-          Ok(finish(replies)?)
-        })
-      }
-      Engine::Embedded(embedded) => {
-        let (deferred, promise) = js_promise::create(env.raw())?;
-        match embedded.try_execute_now(&batch) {
-          Some(result) => js_promise::settle(env.raw(), deferred, result.and_then(finish)),
-          None => {
-            let call = QueuedCall {
-              what,
-              batch,
-              finish,
-              deferred,
-            };
-            self.queue_to_thread(env, embedded, call);
-          }
-        }
-        Ok(PromiseRaw::new(env.raw(), promise))
-      }
-    }
-  }
-
-  /// Queues a call to the embedded store's thread (now, so the order is kept) and
-  /// settles its promise when the thread answers, within `commandTimeout`.
-  fn queue_to_thread(&self, env: &Env, embedded: &EmbeddedBackend, call: QueuedCall) {
-    let QueuedCall {
-      what,
-      batch,
-      finish,
-      deferred,
-    } = call;
-    let receiver = match embedded.enqueue(batch) {
-      Ok(receiver) => receiver,
-      Err(err) => return js_promise::settle(env.raw(), deferred, Err(err)),
-    };
+    let finish = Box::new(move |replies| Step::Done(finish(replies)));
     let limit = self.config.command_timeout;
-    let spawned = env.spawn_future_with_callback(
-      async move { Ok(bounded(what, limit, answer(receiver)).await) },
-      move |env, result| {
-        js_promise::settle(env.raw(), deferred, result.and_then(finish));
-        Ok(())
-      },
-    );
-    if let Err(err) = spawned {
-      let error = StoreError::new(crate::error::ErrorCode::Internal, err.reason.clone());
-      js_promise::settle(env.raw(), deferred, Err(error));
-    }
+    self.engine.call(env, what, batch, finish, limit)
   }
 
   /// A write to `key` plus, when a TTL is set, its `PEXPIRE`, applied atomically.
@@ -231,7 +146,7 @@ impl NativeWorkerStore {
       value: MARKER.to_string(),
       ttl_ms: self.config.ttl_ms,
     };
-    self.dispatch(env, "beginExecution", Batch::one(command), Box::new(done))
+    self.dispatch(env, "beginExecution", Batch::one(command), done)
   }
 
   /// All committed results: the text of one JSON object (`{}` when none) when every
@@ -247,7 +162,7 @@ impl NativeWorkerStore {
     let key = self.config.keys.results(&execution_id);
     let batch = Batch::one(Command::HGetAll { key: key.clone() });
     let finish = move |replies| Ok(Output::Results(results::all_results(first(replies), &key)?));
-    self.dispatch(env, "getExecutionTaskResults", batch, Box::new(finish))
+    self.dispatch(env, "getExecutionTaskResults", batch, finish)
   }
 
   /// One step's committed result as JSON text, or `null` when it has none.
@@ -271,7 +186,7 @@ impl NativeWorkerStore {
         &task_id,
       )?))
     };
-    self.dispatch(env, "getExecutionTaskResult", batch, Box::new(finish))
+    self.dispatch(env, "getExecutionTaskResult", batch, finish)
   }
 
   /// Marks a step in progress: `HSET <id>-transactions <task> "true"` (+ `PEXPIRE`).
@@ -284,7 +199,7 @@ impl NativeWorkerStore {
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
     let batch = self.claim_batch(&execution_id, &task_id, false);
-    self.dispatch(env, "beginExecutionTask", batch, Box::new(done))
+    self.dispatch(env, "beginExecutionTask", batch, done)
   }
 
   /// Claims a step atomically (`HSETNX`): of concurrent callers exactly one gets `true`.
@@ -298,7 +213,7 @@ impl NativeWorkerStore {
     check_id(&execution_id)?;
     let batch = self.claim_batch(&execution_id, &task_id, true);
     let finish = |replies| Ok(Output::Bool(first(replies) == Reply::Int(1)));
-    self.dispatch(env, "tryBeginExecutionTask", batch, Box::new(finish))
+    self.dispatch(env, "tryBeginExecutionTask", batch, finish)
   }
 
   /// Stores a step's result (JSON text) and clears its in-progress marker, atomically.
@@ -312,7 +227,7 @@ impl NativeWorkerStore {
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
     let batch = self.commit_batch(&execution_id, task_id, json);
-    self.dispatch(env, "commitExecutionTaskResult", batch, Box::new(done))
+    self.dispatch(env, "commitExecutionTaskResult", batch, done)
   }
 
   /// Whether the execution is in progress (begun, not disposed, not expired).
@@ -329,7 +244,7 @@ impl NativeWorkerStore {
       env,
       "isExecutionInProgress",
       Batch::one(Command::Get { key }),
-      Box::new(finish),
+      finish,
     )
   }
 
@@ -348,7 +263,7 @@ impl NativeWorkerStore {
       field: task_id,
     });
     let finish = |replies| Ok(Output::Bool(results::truthy(&first(replies))));
-    self.dispatch(env, "isExecutionTaskInProgress", batch, Box::new(finish))
+    self.dispatch(env, "isExecutionTaskInProgress", batch, finish)
   }
 
   /// Deletes the execution's three keys in one `DEL`.
@@ -367,7 +282,7 @@ impl NativeWorkerStore {
         keys.results(&execution_id),
       ],
     };
-    self.dispatch(env, "disposeExecution", Batch::one(command), Box::new(done))
+    self.dispatch(env, "disposeExecution", Batch::one(command), done)
   }
 
   /// The key that holds an execution's results (for error messages).
@@ -381,12 +296,7 @@ impl NativeWorkerStore {
   #[napi]
   pub fn close(&self) {
     if !self.closed.swap(true, Ordering::AcqRel) {
-      match &self.engine {
-        #[cfg(unix)]
-        Engine::EventLoop(driver) => driver.close(),
-        Engine::Threads(redis) => redis.close(),
-        Engine::Embedded(embedded) => embedded.close(),
-      }
+      self.engine.close();
     }
   }
 

@@ -232,7 +232,8 @@ impl QueuedKeys {
 
   fn touches(&self, batch: &Batch) -> bool {
     let queued = self.lock();
-    !queued.is_empty() && batch_keys(batch).any(|key| queued.contains_key(key))
+    !queued.is_empty()
+      && (batch.reads_any_key() || batch_keys(batch).any(|key| queued.contains_key(key)))
   }
 
   fn is_empty(&self) -> bool {

@@ -4,8 +4,9 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
-use crate::command::{Batch, Command, Reply};
+use crate::command::{Batch, Command, Condition, KeyKind, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
+use crate::glob;
 
 /// The schema version written to `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
@@ -87,14 +88,8 @@ fn apply(tx: &Transaction, command: &Command, now: i64) -> StoreResult<Reply> {
       _ => Ok(Reply::Nil),
     },
     Command::Set { key, value, ttl_ms } => {
-      if let KeyState::Hash | KeyState::Expired = state(tx, key, now)? {
-        delete_key(tx, key)?;
-      }
-      let expires_at = ttl_ms.map(|ttl| now + ttl as i64);
-      tx.prepare_cached(
-        "INSERT OR REPLACE INTO durastate_keys(key, kind, value, expires_at) VALUES (?1, ?2, ?3, ?4)",
-      )?
-      .execute(params![key, KIND_STRING, value, expires_at])?;
+      let current = state(tx, key, now)?;
+      write_string(tx, key, &current, value, expiry_at(*ttl_ms, now))?;
       Ok(Reply::Ok)
     }
     Command::HGet { key, field } => match hash_state(tx, key, now)? {
@@ -140,7 +135,7 @@ fn apply(tx: &Transaction, command: &Command, now: i64) -> StoreResult<Reply> {
       }
       _ => Ok(Reply::Int(0)),
     },
-    Command::Del { keys } => {
+    Command::Del { keys } | Command::Unlink { keys } => {
       let mut deleted = 0;
       for key in keys {
         match state(tx, key, now)? {
@@ -154,6 +149,179 @@ fn apply(tx: &Transaction, command: &Command, now: i64) -> StoreResult<Reply> {
       }
       Ok(Reply::Int(deleted))
     }
+    Command::Exists { key } => Ok(Reply::Int(live(&state(tx, key, now)?) as i64)),
+    Command::PTtl { key } => pttl(tx, key, now),
+    Command::MGet { keys } => {
+      let mut values = Vec::with_capacity(keys.len());
+      for key in keys {
+        values.push(match state(tx, key, now)? {
+          KeyState::Str(value) => Some(value.into_bytes()),
+          _ => None,
+        });
+      }
+      Ok(Reply::Values(values))
+    }
+    Command::SetIf {
+      key,
+      value,
+      ttl_ms,
+      when,
+    } => {
+      let current = state(tx, key, now)?;
+      if live(&current) != (*when == Condition::Exists) {
+        return Ok(Reply::Nil);
+      }
+      write_string(tx, key, &current, value, expiry_at(*ttl_ms, now))?;
+      Ok(Reply::Ok)
+    }
+    Command::SetGet { key, value, ttl_ms } => {
+      let current = state(tx, key, now)?;
+      let previous = match &current {
+        KeyState::Hash => return Err(wrong_type(key)),
+        KeyState::Str(old) => Reply::Bytes(old.clone().into_bytes()),
+        _ => Reply::Nil,
+      };
+      write_string(tx, key, &current, value, expiry_at(*ttl_ms, now))?;
+      Ok(previous)
+    }
+    Command::CompareAndSet {
+      key,
+      expected,
+      value,
+      ttl_ms,
+    } => {
+      let current = state(tx, key, now)?;
+      let holds = match (&current, expected) {
+        (KeyState::Hash, _) => return Err(wrong_type(key)),
+        (KeyState::Str(stored), Some(expected)) => stored == expected,
+        (KeyState::Missing | KeyState::Expired, None) => true,
+        _ => false,
+      };
+      if !holds {
+        return Ok(Reply::Int(0));
+      }
+      let expires_at = match ttl_ms {
+        Some(ttl) => Some(now + *ttl as i64),
+        None => live_expiry(tx, key, &current)?,
+      };
+      write_string(tx, key, &current, value, expires_at)?;
+      Ok(Reply::Int(1))
+    }
+    Command::Scan {
+      cursor,
+      pattern,
+      count,
+      kind,
+    } => scan(tx, cursor, pattern, *count, *kind, now),
+  }
+}
+
+fn expiry_at(ttl_ms: Option<u64>, now: i64) -> Option<i64> {
+  ttl_ms.map(|ttl| now + ttl as i64)
+}
+
+fn live(state: &KeyState) -> bool {
+  matches!(state, KeyState::Str(_) | KeyState::Hash)
+}
+
+/// Replaces whatever `key` holds (`current`) with a string, as Redis `SET` does.
+fn write_string(
+  tx: &Transaction,
+  key: &str,
+  current: &KeyState,
+  value: &str,
+  expires_at: Option<i64>,
+) -> StoreResult<()> {
+  if let KeyState::Hash | KeyState::Expired = current {
+    delete_key(tx, key)?;
+  }
+  tx.prepare_cached(
+    "INSERT OR REPLACE INTO durastate_keys(key, kind, value, expires_at) VALUES (?1, ?2, ?3, ?4)",
+  )?
+  .execute(params![key, KIND_STRING, value, expires_at])?;
+  Ok(())
+}
+
+/// The expiry of a live key (`None`: it never expires or is not live).
+fn live_expiry(tx: &Transaction, key: &str, current: &KeyState) -> StoreResult<Option<i64>> {
+  if !live(current) {
+    return Ok(None);
+  }
+  Ok(
+    tx.prepare_cached("SELECT expires_at FROM durastate_keys WHERE key = ?1")?
+      .query_row([key], |row| row.get::<_, Option<i64>>(0))?,
+  )
+}
+
+fn pttl(tx: &Transaction, key: &str, now: i64) -> StoreResult<Reply> {
+  let current = state(tx, key, now)?;
+  if !live(&current) {
+    return Ok(Reply::Int(-2));
+  }
+  Ok(Reply::Int(match live_expiry(tx, key, &current)? {
+    Some(expires_at) => expires_at - now,
+    None => -1,
+  }))
+}
+
+/// One page of a `SCAN`: live keys after `cursor` (in key order) that match `pattern`,
+/// examining at most `count` keys. The cursor is `"0"` or `"k:<last key examined>"`.
+fn scan(
+  tx: &Transaction,
+  cursor: &str,
+  pattern: &str,
+  count: u32,
+  kind: Option<KeyKind>,
+  now: i64,
+) -> StoreResult<Reply> {
+  let literal = glob::literal_prefix(pattern);
+  let after = cursor
+    .strip_prefix("k:")
+    .filter(|after| *after >= literal.as_str());
+  let (sql, start) = match after {
+    Some(after) => (
+      "SELECT key, kind, expires_at FROM durastate_keys WHERE key > ?1 ORDER BY key LIMIT ?2",
+      after,
+    ),
+    None => (
+      "SELECT key, kind, expires_at FROM durastate_keys WHERE key >= ?1 ORDER BY key LIMIT ?2",
+      literal.as_str(),
+    ),
+  };
+  let rows: Vec<(String, i64, Option<i64>)> = tx
+    .prepare_cached(sql)?
+    .query_map(params![start, count.max(1)], |row| {
+      Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+    })?
+    .collect::<Result<_, _>>()?;
+  let full_page = rows.len() == count.max(1) as usize;
+  let mut keys = Vec::new();
+  let mut last = None;
+  for (key, key_kind, expires_at) in rows {
+    if !key.starts_with(&literal) {
+      return Ok(Reply::Scan {
+        cursor: "0".to_string(),
+        keys,
+      });
+    }
+    let expired = expires_at.is_some_and(|at| at <= now);
+    let kind_ok = kind.map_or(true, |kind| kind_code(kind) == key_kind);
+    if !expired && kind_ok && glob::matches(pattern, &key) {
+      keys.push(key.clone());
+    }
+    last = Some(key);
+  }
+  let cursor = match (full_page, last) {
+    (true, Some(last)) => format!("k:{last}"),
+    _ => "0".to_string(),
+  };
+  Ok(Reply::Scan { cursor, keys })
+}
+
+fn kind_code(kind: KeyKind) -> i64 {
+  match kind {
+    KeyKind::String => KIND_STRING,
+    KeyKind::Hash => KIND_HASH,
   }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
-use crate::command::{Batch, Command, Reply};
+use crate::command::{Batch, Command, Condition, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::redis_target::RedisTarget;
 
@@ -182,14 +182,7 @@ pub(super) fn pack_commands(commands: &[Command], atomic: bool, out: &mut Vec<u8
 fn to_redis(command: &Command) -> redis::Cmd {
   match command {
     Command::Get { key } => redis::cmd("GET").arg(key).clone(),
-    Command::Set { key, value, ttl_ms } => {
-      let mut cmd = redis::cmd("SET");
-      cmd.arg(key).arg(value);
-      if let Some(ttl) = ttl_ms {
-        cmd.arg("PX").arg(*ttl);
-      }
-      cmd
-    }
+    Command::Set { key, value, ttl_ms } => set(key, value, *ttl_ms),
     Command::HGet { key, field } => redis::cmd("HGET").arg(key).arg(field).clone(),
     Command::HGetAll { key } => redis::cmd("HGETALL").arg(key).clone(),
     Command::HSet { key, field, value } => {
@@ -201,8 +194,89 @@ fn to_redis(command: &Command) -> redis::Cmd {
     Command::HDel { key, field } => redis::cmd("HDEL").arg(key).arg(field).clone(),
     Command::PExpire { key, ttl_ms } => redis::cmd("PEXPIRE").arg(key).arg(*ttl_ms).clone(),
     Command::Del { keys } => redis::cmd("DEL").arg(keys).clone(),
+    Command::Unlink { keys } => redis::cmd("UNLINK").arg(keys).clone(),
+    Command::Exists { key } => redis::cmd("EXISTS").arg(key).clone(),
+    Command::PTtl { key } => redis::cmd("PTTL").arg(key).clone(),
+    Command::MGet { keys } => redis::cmd("MGET").arg(keys).clone(),
+    Command::SetIf {
+      key,
+      value,
+      ttl_ms,
+      when,
+    } => {
+      let mut cmd = set(key, value, *ttl_ms);
+      cmd.arg(match when {
+        Condition::Missing => "NX",
+        Condition::Exists => "XX",
+      });
+      cmd
+    }
+    Command::SetGet { key, value, ttl_ms } => set(key, value, *ttl_ms).arg("GET").clone(),
+    Command::CompareAndSet {
+      key,
+      expected,
+      value,
+      ttl_ms,
+    } => {
+      let mut cmd = redis::cmd("EVAL");
+      cmd.arg(COMPARE_AND_SET).arg(1).arg(key);
+      match expected {
+        Some(expected) => cmd.arg("1").arg(expected),
+        None => cmd.arg("0").arg(""),
+      };
+      cmd.arg(value);
+      match ttl_ms {
+        Some(ttl) => cmd.arg(ttl.to_string()),
+        None => cmd.arg(""),
+      };
+      cmd
+    }
+    Command::Scan {
+      cursor,
+      pattern,
+      count,
+      kind,
+    } => {
+      let mut cmd = redis::cmd("SCAN");
+      cmd
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(*count);
+      if let Some(kind) = kind {
+        cmd.arg("TYPE").arg(kind.as_str());
+      }
+      cmd
+    }
   }
 }
+
+/// `SET key value [PX ttl]`.
+fn set(key: &str, value: &str, ttl_ms: Option<u64>) -> redis::Cmd {
+  let mut cmd = redis::cmd("SET");
+  cmd.arg(key).arg(value);
+  if let Some(ttl) = ttl_ms {
+    cmd.arg("PX").arg(ttl);
+  }
+  cmd
+}
+
+/// Sets KEYS[1] to ARGV[3] if it holds ARGV[2] (ARGV[1] = "1") or is missing
+/// (ARGV[1] = "0"); with PX ARGV[4], or keeping the TTL when ARGV[4] is empty.
+const COMPARE_AND_SET: &str = "\
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+if ARGV[4] == '' then
+  redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
+else
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+end
+return 1";
 
 /// A reply as the keyspace's [`Reply`] for `command`.
 pub(super) fn decode(value: Value, command: &Command) -> StoreResult<Reply> {
@@ -212,6 +286,8 @@ pub(super) fn decode(value: Value, command: &Command) -> StoreResult<Reply> {
     Value::Okay | Value::SimpleString(_) => Ok(Reply::Ok),
     Value::BulkString(bytes) => Ok(Reply::Bytes(bytes)),
     Value::Array(items) if matches!(command, Command::HGetAll { .. }) => pairs(items),
+    Value::Array(items) if matches!(command, Command::MGet { .. }) => values(items),
+    Value::Array(items) if matches!(command, Command::Scan { .. }) => scan_page(items),
     Value::Map(entries) => entries
       .into_iter()
       .map(|(k, v)| Ok((bytes(k)?, bytes(v)?)))
@@ -232,6 +308,37 @@ fn pairs(items: Vec<Value>) -> StoreResult<Reply> {
     out.push((bytes(field)?, bytes(value)?));
   }
   Ok(Reply::Pairs(out))
+}
+
+fn values(items: Vec<Value>) -> StoreResult<Reply> {
+  let values = items
+    .into_iter()
+    .map(|item| match item {
+      Value::Nil => Ok(None),
+      other => bytes(other).map(Some),
+    })
+    .collect::<StoreResult<_>>()?;
+  Ok(Reply::Values(values))
+}
+
+fn scan_page(items: Vec<Value>) -> StoreResult<Reply> {
+  let mut items = items.into_iter();
+  let (Some(cursor), Some(Value::Array(keys))) = (items.next(), items.next()) else {
+    return Err(unexpected("SCAN reply"));
+  };
+  let cursor = String::from_utf8(bytes(cursor)?).map_err(|_| unexpected("SCAN cursor"))?;
+  let keys = keys
+    .into_iter()
+    .map(|key| Ok(String::from_utf8_lossy(&bytes(key)?).into_owned()))
+    .collect::<StoreResult<_>>()?;
+  Ok(Reply::Scan { cursor, keys })
+}
+
+fn unexpected(what: &str) -> StoreError {
+  StoreError::new(
+    ErrorCode::Unavailable,
+    format!("unexpected {what} from Redis"),
+  )
 }
 
 fn bytes(value: Value) -> StoreResult<Vec<u8>> {

@@ -23,16 +23,13 @@ use redis::{ConnectionAddr, Value, ValueCodec};
 use tokio_util::codec::Decoder;
 
 use super::redis::{decode, pack_commands};
-use crate::command::{Batch, Command, Reply};
+use crate::command::{Batch, Command, Finish, Reply, Step};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::js_promise::{self, AsyncContext, Deferred};
 use crate::options::RetrySettings;
 use crate::output::Output;
 use crate::redis_target::RedisTarget;
 use crate::uv;
-
-/// Turns a call's replies into what its promise resolves with.
-pub type Finish = Box<dyn FnOnce(Vec<Reply>) -> StoreResult<Output>>;
 
 /// A Redis store's connection, driven by the JS thread's event loop.
 pub struct LoopRedis {
@@ -85,8 +82,10 @@ enum Connection {
 
 struct Pending {
   what: &'static str,
-  /// How many more times it may be sent again after a dropped connection (0 for the
-  /// claim, which must not be sent twice).
+  /// How many times each batch of the call may be sent again after a dropped
+  /// connection (0 for the claim, which must not be sent twice).
+  retries: u32,
+  /// How many more times this batch may be sent again.
   retries_left: u32,
   /// Whether it is waiting to be sent again after a dropped connection.
   recovering: bool,
@@ -101,6 +100,12 @@ struct Pending {
 }
 
 type Settlement = (Deferred, StoreResult<Output>);
+
+/// A call whose replies are all in: settled, or on to its next batch.
+enum Completion {
+  Settled(Settlement),
+  Continue(Pending),
+}
 
 impl LoopRedis {
   /// A driver that connects to `target` on first use.
@@ -177,25 +182,20 @@ impl LoopRedis {
       return Err(StoreError::disposed());
     }
     state.prepare(driver, env.raw())?;
-    pack_commands(&batch.commands, batch.atomic, &mut state.unsent);
-    let expected = batch.commands.len() + if batch.atomic { 2 } else { 0 };
-    state.pending.push_back(Pending {
+    let retries = if what == "tryBeginExecutionTask" {
+      0
+    } else {
+      driver.retry.attempts
+    };
+    let pending = Pending::new(
       what,
-      retries_left: if what == "tryBeginExecutionTask" {
-        0
-      } else {
-        driver.retry.attempts
-      },
-      recovering: false,
-      timeout_ms: driver.command_timeout.as_millis() as u64,
-      deferred: Some(deferred),
-      deadline: Instant::now() + driver.command_timeout,
-      commands: batch.commands,
-      atomic: batch.atomic,
-      expected,
-      replies: Vec::with_capacity(expected),
-      finish: Some(finish),
-    });
+      retries,
+      driver.command_timeout,
+      deferred,
+      batch,
+      finish,
+    );
+    state.push(pending);
     state.arm_timer();
     match state.connection {
       Connection::Idle => {
@@ -333,19 +333,19 @@ impl Driver {
     self.settle_batch(env, context, settled);
   }
 
-  /// Settles a batch of calls; the calls their reactions make go out in one write after.
+  /// Settles a batch of calls; the calls their reactions make, and the next batches of
+  /// calls that continue, go out in one write after.
   fn settle_batch(
     self: &Rc<Self>,
     env: sys::napi_env,
     context: Option<sys::napi_async_context>,
     settled: Vec<Settlement>,
   ) {
-    if settled.is_empty() {
-      return;
+    if !settled.is_empty() {
+      self.settling.set(true);
+      settle_in_scope(env, context, settled);
+      self.settling.set(false);
     }
-    self.settling.set(true);
-    settle_in_scope(env, context, settled);
-    self.settling.set(false);
     let mut state = self.state.borrow_mut();
     if !matches!(state.connection, Connection::Open { .. }) || state.unsent.is_empty() {
       return;
@@ -496,11 +496,19 @@ impl State {
       front.replies.push(value);
       if front.replies.len() == front.expected {
         let done = self.pending.pop_front().expect("front exists");
-        if let Some(settlement) = done.complete() {
-          settled.push(settlement);
+        match done.complete() {
+          Some(Completion::Settled(settlement)) => settled.push(settlement),
+          Some(Completion::Continue(next)) => self.push(next),
+          None => {}
         }
       }
     }
+  }
+
+  /// Queues a call's batch: its bytes go out with the next write.
+  fn push(&mut self, pending: Pending) {
+    pack_commands(&pending.commands, pending.atomic, &mut self.unsent);
+    self.pending.push_back(pending);
   }
 
   /// Marks a connect attempt under way; returns its number.
@@ -667,12 +675,49 @@ impl State {
 }
 
 impl Pending {
-  /// The settlement of a call whose replies are all in; `None` if it already timed out.
-  fn complete(mut self) -> Option<Settlement> {
+  fn new(
+    what: &'static str,
+    retries: u32,
+    timeout: Duration,
+    deferred: Deferred,
+    batch: Batch,
+    finish: Finish,
+  ) -> Self {
+    let expected = batch.commands.len() + if batch.atomic { 2 } else { 0 };
+    Self {
+      what,
+      retries,
+      retries_left: retries,
+      recovering: false,
+      timeout_ms: timeout.as_millis() as u64,
+      deferred: Some(deferred),
+      deadline: Instant::now() + timeout,
+      commands: batch.commands,
+      atomic: batch.atomic,
+      expected,
+      replies: Vec::with_capacity(expected),
+      finish: Some(finish),
+    }
+  }
+
+  /// What a call whose replies are all in does next; `None` if it already timed out.
+  fn complete(mut self) -> Option<Completion> {
     let deferred = self.deferred.take()?;
     let finish = self.finish.take()?;
-    let result = self.replies_for_commands().and_then(finish);
-    Some((deferred, result))
+    let (what, retries, timeout) = (self.what, self.retries, self.timeout_ms);
+    let replies = match self.replies_for_commands() {
+      Ok(replies) => replies,
+      Err(err) => return Some(Completion::Settled((deferred, Err(err)))),
+    };
+    Some(match finish(replies) {
+      Step::Done(result) => Completion::Settled((deferred, result)),
+      Step::Then(batch, finish) => {
+        let timeout = Duration::from_millis(timeout);
+        Completion::Continue(Pending::new(
+          what, retries, timeout, deferred, batch, finish,
+        ))
+      }
+    })
   }
 
   fn replies_for_commands(self) -> StoreResult<Vec<Reply>> {

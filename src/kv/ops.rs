@@ -1,0 +1,380 @@
+//! The KV calls as chains of keyspace batches ([`Step`]s), written once for every
+//! backend. Single-key calls are one round trip; `set` of a new key counts the mount
+//! (a `SCAN`) unless a count less than a second old says there is room; `merge` is a
+//! compare-and-set, retried under contention.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::mount::Mount;
+use super::value::{merge_objects, MergeError};
+use crate::command::{Batch, Command, KeyKind, Reply, Step};
+use crate::error::{ErrorCode, StoreError, StoreResult};
+use crate::glob;
+use crate::output::Output;
+
+/// Keys asked per `SCAN` page (a hint to Redis; a row limit on SQLite).
+const SCAN_COUNT: u32 = 1_000;
+/// Keys per `MGET` or `UNLINK` command.
+const CHUNK: usize = 1_000;
+/// Compare-and-set attempts of one `merge` before `CONFLICT`.
+const MERGE_ATTEMPTS: u32 = 10;
+
+/// `GET`, then `answer(stored JSON or None)`.
+pub fn get(
+  mount: Arc<Mount>,
+  key: &str,
+  answer: impl FnOnce(Option<String>) -> StoreResult<Output> + Send + 'static,
+) -> Step {
+  let full_key = mount.full_key(key);
+  let batch = Batch::one(Command::Get {
+    key: full_key.clone(),
+  });
+  Step::then(batch, move |replies| {
+    Step::Done(text(first(replies), &full_key).and_then(answer))
+  })
+}
+
+/// `set`: the checks are done; writes `json`, making room for a new key.
+pub fn set(mount: Arc<Mount>, key: &str, json: String, ttl_ms: Option<u64>) -> Step {
+  let full_key = mount.full_key(key);
+  if mount.reserve(1) {
+    return set_counted(mount, full_key, json, ttl_ms);
+  }
+  // The count is stale: an existing key needs no room, so try it as an update first.
+  let update = Batch::one(Command::SetIf {
+    key: full_key.clone(),
+    value: json.clone(),
+    ttl_ms,
+    when: crate::command::Condition::Exists,
+  });
+  Step::then(update, move |replies| match first(replies) {
+    Reply::Ok => done_true(),
+    _ => with_room(mount.clone(), 1, move || {
+      set_counted(mount, full_key, json, ttl_ms)
+    }),
+  })
+}
+
+/// Writes with `SET ... GET`, room for one new entry already counted; gives the room
+/// back when the key turns out to have existed.
+fn set_counted(mount: Arc<Mount>, full_key: String, json: String, ttl_ms: Option<u64>) -> Step {
+  let batch = Batch::one(Command::SetGet {
+    key: full_key,
+    value: json,
+    ttl_ms,
+  });
+  Step::then(batch, move |replies| {
+    if first(replies) != Reply::Nil {
+      mount.adjust_count(-1);
+    }
+    done_true()
+  })
+}
+
+/// `setMany`: the checks are done; writes every entry in one atomic batch.
+pub fn set_many(mount: Arc<Mount>, entries: Vec<(String, String)>, ttl_ms: Option<u64>) -> Step {
+  if entries.is_empty() {
+    return done_true();
+  }
+  let full_keys: Vec<String> = entries.iter().map(|(k, _)| mount.full_key(k)).collect();
+  let exists = full_keys
+    .iter()
+    .map(|key| Command::Exists { key: key.clone() })
+    .collect();
+  let batch = Batch {
+    commands: exists,
+    atomic: false,
+  };
+  Step::then(batch, move |replies| {
+    let new = replies.iter().filter(|r| **r == Reply::Int(0)).count() as u64;
+    let write = move || {
+      let commands = full_keys
+        .into_iter()
+        .zip(entries)
+        .map(|(key, (_, value))| Command::Set { key, value, ttl_ms })
+        .collect();
+      Step::then(Batch::atomic(commands), |_| done_true())
+    };
+    if new == 0 {
+      write()
+    } else {
+      with_room(mount, new, write)
+    }
+  })
+}
+
+/// Runs `then` if the mount has room for `new` more entries, else rejects with
+/// `ENTRY_LIMIT`. Counts the mount unless a fresh count says there is room.
+fn with_room(mount: Arc<Mount>, new: u64, then: impl FnOnce() -> Step + Send + 'static) -> Step {
+  if mount.reserve(new) {
+    return then();
+  }
+  let pattern = format!("{}*", glob::escape(&mount.prefix));
+  scan(pattern, move |keys| {
+    let count = keys.len() as u64;
+    if count + new > mount.max_entries {
+      return Step::Done(Err(mount.entry_limit_error(count, new)));
+    }
+    mount.record_count(count + new);
+    then()
+  })
+}
+
+/// `merge`: the checks of `partial` are done; a compare-and-set loop.
+pub fn merge(
+  mount: Arc<Mount>,
+  key: String,
+  partial: String,
+  ttl_ms: Option<u64>,
+  attempt: u32,
+) -> Step {
+  let full_key = mount.full_key(&key);
+  let read = Batch::one(Command::Get {
+    key: full_key.clone(),
+  });
+  Step::then(read, move |replies| {
+    let current = match text(first(replies), &full_key) {
+      Ok(current) => current,
+      Err(err) => return Step::Done(Err(err)),
+    };
+    let merged = match merged_value(&mount, &key, current.as_deref(), &partial) {
+      Ok(merged) => merged,
+      Err(err) => return Step::Done(Err(err)),
+    };
+    let is_new = current.is_none();
+    let swap = Batch::one(Command::CompareAndSet {
+      key: full_key,
+      expected: current,
+      value: merged,
+      ttl_ms,
+    });
+    let retry_mount = mount.clone();
+    let compare_and_set = move || {
+      Step::then(swap, move |replies| {
+        if first(replies) == Reply::Int(1) {
+          return done_true();
+        }
+        if is_new {
+          retry_mount.adjust_count(-1);
+        }
+        if attempt + 1 >= MERGE_ATTEMPTS {
+          return Step::Done(Err(StoreError::new(
+            ErrorCode::Conflict,
+            format!(
+              "Failed to merge after {MERGE_ATTEMPTS} retries due to concurrent modifications (mount '{}', key \"{key}\")",
+              retry_mount.name
+            ),
+          )));
+        }
+        merge(retry_mount, key, partial, ttl_ms, attempt + 1)
+      })
+    };
+    if is_new {
+      with_room(mount, 1, compare_and_set)
+    } else {
+      compare_and_set()
+    }
+  })
+}
+
+fn merged_value(
+  mount: &Mount,
+  key: &str,
+  current: Option<&str>,
+  partial: &str,
+) -> StoreResult<String> {
+  let merged = match current {
+    None => partial.to_string(),
+    Some(current) => merge_objects(current, partial).map_err(|err| match err {
+      MergeError::NotAnObject => StoreError::invalid_input(format!(
+        "Cannot merge into non-dict value at key \"{key}\" (mount '{}')",
+        mount.name
+      )),
+      MergeError::Unreadable(detail) => StoreError::new(
+        ErrorCode::CorruptData,
+        format!(
+          "stored JSON at key \"{}\" is not valid: {detail}",
+          mount.full_key(key)
+        ),
+      ),
+    })?,
+  };
+  mount.check_size(key, &merged, true)?;
+  Ok(merged)
+}
+
+/// The mount's stored keys (prefix stripped) matching the glob `pattern` over the key.
+pub fn keys(mount: Arc<Mount>, pattern: &str) -> Step {
+  let full_pattern = format!("{}{}", glob::escape(&mount.prefix), pattern);
+  scan(full_pattern, move |keys| {
+    let stripped = keys
+      .into_iter()
+      .map(|key| key[mount.prefix.len()..].to_string())
+      .collect();
+    Step::Done(Ok(Output::Strings(stripped)))
+  })
+}
+
+/// Every stored entry whose key starts with `key_prefix` (literally), as flattened
+/// `[key, json, ...]` pairs.
+pub fn entries_by_prefix(mount: Arc<Mount>, key_prefix: &str) -> Step {
+  let pattern = format!("{}*", glob::escape(&mount.full_key(key_prefix)));
+  scan(pattern, move |keys| {
+    let keys: Vec<String> = keys.into_iter().collect();
+    values_of(mount, keys)
+  })
+}
+
+/// The stored values of `full_keys` (one round trip: `MGET`s of up to 1,000 keys),
+/// as flattened `[key, json, ...]` pairs with the prefix stripped; missing keys left out.
+pub fn values_of(mount: Arc<Mount>, full_keys: Vec<String>) -> Step {
+  if full_keys.is_empty() {
+    return Step::Done(Ok(Output::Strings(Vec::new())));
+  }
+  let commands = full_keys
+    .chunks(CHUNK)
+    .map(|chunk| Command::MGet {
+      keys: chunk.to_vec(),
+    })
+    .collect();
+  let batch = Batch {
+    commands,
+    atomic: false,
+  };
+  Step::then(batch, move |replies| {
+    let values = replies.into_iter().flat_map(|reply| match reply {
+      Reply::Values(values) => values,
+      _ => Vec::new(),
+    });
+    let mut pairs = Vec::new();
+    for (full_key, value) in full_keys.iter().zip(values) {
+      let Some(value) = value else { continue };
+      match String::from_utf8(value) {
+        Ok(json) => {
+          pairs.push(full_key[mount.prefix.len()..].to_string());
+          pairs.push(json);
+        }
+        Err(_) => return Step::Done(Err(not_utf8(full_key))),
+      }
+    }
+    Step::Done(Ok(Output::Strings(pairs)))
+  })
+}
+
+/// Deletes `full_keys` (`UNLINK`s of up to 1,000 keys, one round trip); resolves with
+/// how many existed.
+pub fn delete_keys(mount: Arc<Mount>, full_keys: Vec<String>) -> Step {
+  unlink(full_keys, move |deleted| {
+    mount.adjust_count(-deleted);
+    Step::Done(Ok(Output::Int(deleted)))
+  })
+}
+
+fn unlink(full_keys: Vec<String>, then: impl FnOnce(i64) -> Step + Send + 'static) -> Step {
+  if full_keys.is_empty() {
+    return then(0);
+  }
+  let commands = full_keys
+    .chunks(CHUNK)
+    .map(|chunk| Command::Unlink {
+      keys: chunk.to_vec(),
+    })
+    .collect();
+  let batch = Batch {
+    commands,
+    atomic: false,
+  };
+  Step::then(batch, move |replies| {
+    let deleted = replies
+      .iter()
+      .map(|reply| match reply {
+        Reply::Int(n) => *n,
+        _ => 0,
+      })
+      .sum();
+    then(deleted)
+  })
+}
+
+/// `clear`: deletes every entry of the mount (and only of it), then writes the
+/// schema's defaults.
+pub fn clear(mount: Arc<Mount>) -> Step {
+  let pattern = format!("{}*", glob::escape(&mount.prefix));
+  scan(pattern, move |keys| {
+    unlink(keys.into_iter().collect(), move |_| {
+      mount.forget_count();
+      let defaults: Vec<Command> = mount
+        .schema
+        .iter()
+        .flatten()
+        .map(|entry| Command::Set {
+          key: mount.full_key(&entry.key),
+          value: entry.default_json.clone(),
+          ttl_ms: mount.ttl_ms,
+        })
+        .collect();
+      if defaults.is_empty() {
+        return done_true();
+      }
+      Step::then(Batch::atomic(defaults), |_| done_true())
+    })
+  })
+}
+
+/// Every string key matching `pattern` (a full-key glob), each once, sorted: a `SCAN`
+/// loop, one page per round trip.
+fn scan(pattern: String, then: impl FnOnce(BTreeSet<String>) -> Step + Send + 'static) -> Step {
+  scan_page("0".to_string(), pattern, BTreeSet::new(), Box::new(then))
+}
+
+type ScanDone = Box<dyn FnOnce(BTreeSet<String>) -> Step + Send>;
+
+fn scan_page(cursor: String, pattern: String, mut found: BTreeSet<String>, then: ScanDone) -> Step {
+  let batch = Batch::one(Command::Scan {
+    cursor,
+    pattern: pattern.clone(),
+    count: SCAN_COUNT,
+    kind: Some(KeyKind::String),
+  });
+  Step::then(batch, move |replies| match first(replies) {
+    Reply::Scan { cursor, keys } => {
+      found.extend(keys);
+      if cursor == "0" {
+        then(found)
+      } else {
+        scan_page(cursor, pattern, found, then)
+      }
+    }
+    other => Step::Done(Err(StoreError::new(
+      ErrorCode::Unavailable,
+      format!("unexpected SCAN reply: {other:?}"),
+    ))),
+  })
+}
+
+/// The first reply of a batch.
+pub fn first(replies: Vec<Reply>) -> Reply {
+  replies.into_iter().next().unwrap_or(Reply::Nil)
+}
+
+/// A stored value as text (`None` when missing).
+fn text(reply: Reply, full_key: &str) -> StoreResult<Option<String>> {
+  match reply {
+    Reply::Bytes(bytes) => String::from_utf8(bytes)
+      .map(Some)
+      .map_err(|_| not_utf8(full_key)),
+    _ => Ok(None),
+  }
+}
+
+fn not_utf8(full_key: &str) -> StoreError {
+  StoreError::new(
+    ErrorCode::CorruptData,
+    format!("the value at key \"{full_key}\" is not UTF-8 text, so not JSON"),
+  )
+}
+
+fn done_true() -> Step {
+  Step::Done(Ok(Output::Bool(true)))
+}

@@ -1,0 +1,375 @@
+//! The native KV store: mounts over any backend. Values cross the boundary as JSON
+//! text; the JS layer stringifies and parses, and builds the one-mount views.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use napi::bindgen_prelude::PromiseRaw;
+use napi::{Either, Env};
+use napi_derive::napi;
+
+use super::mount::{unknown_mount, validate_mounts, KvMountSpec, Mount};
+use super::ops;
+use crate::command::{Batch, Command, Reply, Step};
+use crate::engine::Engine;
+use crate::error::{StoreError, StoreResult};
+use crate::factory::engine_for_target;
+use crate::options::{millis, RedisConnectionOptions, StoreOptions};
+use crate::output::Output;
+
+/// A KV store with mounts, modes, schemas and limits, on Redis, SQLite or memory. Made
+/// by `createKvStore`; the JS layer wraps it.
+#[napi]
+pub struct NativeKvStore {
+  engine: Engine,
+  mounts: Vec<Arc<Mount>>,
+  command_timeout: Duration,
+  closed: AtomicBool,
+}
+
+/// A KV store on the backend `target` names (a URL, Redis fields, or, when absent,
+/// `DURASTATE_URL`, `REDIS_URL`, the SQLite default file), with `mounts` in order.
+#[napi(catch_unwind)]
+pub fn create_kv_store(
+  target: Option<Either<String, RedisConnectionOptions>>,
+  options: Option<StoreOptions>,
+  mounts: Vec<KvMountSpec>,
+) -> napi::Result<NativeKvStore> {
+  let options = options.unwrap_or_default();
+  let mounts = validate_mounts(mounts)?;
+  let (engine, common) = engine_for_target(target, &options)?;
+  Ok(NativeKvStore {
+    engine,
+    mounts: mounts.into_iter().map(Arc::new).collect(),
+    command_timeout: common.command_timeout,
+    closed: AtomicBool::new(false),
+  })
+}
+
+impl NativeKvStore {
+  fn mount(&self, name: &str) -> StoreResult<Arc<Mount>> {
+    self
+      .mounts
+      .iter()
+      .find(|mount| mount.name == name)
+      .cloned()
+      .ok_or_else(|| unknown_mount(name, &self.mounts))
+  }
+
+  /// Runs a call's first step; a `Done` step settles at once.
+  fn run<'env>(
+    &self,
+    env: &'env Env,
+    what: &'static str,
+    step: StoreResult<Step>,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    if self.closed.load(Ordering::Acquire) {
+      return Engine::rejected(env, StoreError::disposed());
+    }
+    match step? {
+      Step::Done(Ok(output)) => {
+        let (deferred, promise) = crate::js_promise::create(env.raw())?;
+        crate::js_promise::settle(env.raw(), deferred, Ok(output));
+        Ok(PromiseRaw::new(env.raw(), promise))
+      }
+      Step::Done(Err(err)) => Engine::rejected(env, err),
+      Step::Then(batch, finish) => self
+        .engine
+        .call(env, what, batch, finish, self.command_timeout),
+    }
+  }
+
+  /// One command, its first reply turned into the output.
+  fn single(
+    command: Command,
+    answer: impl FnOnce(Reply) -> Output + Send + 'static,
+  ) -> StoreResult<Step> {
+    Ok(Step::then(Batch::one(command), move |replies| {
+      Step::Done(Ok(answer(ops::first(replies))))
+    }))
+  }
+
+  fn ttl(mount: &Mount, ttl: Option<f64>) -> StoreResult<Option<u64>> {
+    Ok(millis("ttl", ttl)?.filter(|ttl| *ttl > 0).or(mount.ttl_ms))
+  }
+}
+
+#[napi]
+impl NativeKvStore {
+  /// The stored JSON; when missing, the declared default, or `""` on an open mount.
+  #[napi(ts_return_type = "Promise<string>")]
+  pub fn get<'env>(
+    &self,
+    env: &'env Env,
+    mount: String,
+    key: String,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    let step = self.mount(&mount).and_then(|mount| {
+      mount.check_readable("get", Some(&key))?;
+      let fallback = match mount.declared(&key)? {
+        Some(entry) => entry.default_json.clone(),
+        None => "\"\"".to_string(),
+      };
+      Ok(ops::get(mount, &key, move |json| {
+        Ok(Output::Text(Some(json.unwrap_or(fallback))))
+      }))
+    });
+    self.run(env, "get", step)
+  }
+
+  /// The stored JSON, or `null` when missing.
+  #[napi(ts_return_type = "Promise<string | null>")]
+  pub fn get_or<'env>(
+    &self,
+    env: &'env Env,
+    mount: String,
+    key: String,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    let step = self.mount(&mount).and_then(|mount| {
+      mount.check_readable("get", Some(&key))?;
+      Ok(ops::get(mount, &key, |json| Ok(Output::Text(json))))
+    });
+    self.run(env, "getOr", step)
+  }
+
+  /// Stores `json` after the checks of the contract's `set`.
+  #[napi(ts_return_type = "Promise<boolean>")]
+  pub fn set<'env>(
+    &self,
+    env: &'env Env,
+    mount: String,
+    key: String,
+    json: String,
+    ttl: Option<f64>,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    let step = self.mount(&mount).and_then(|mount| {
+      mount.check_write("set", &key, &json, false)?;
+      let ttl_ms = Self::ttl(&mount, ttl)?;
+      Ok(ops::set(mount, &key, json, ttl_ms))
+    });
+    self.run(env, "set", step)
+  }
+
+  /// Shallow-merges the object `json` into the stored object, atomically.
+  #[napi(ts_return_type = "Promise<boolean>")]
+  pub fn merge<'env>(
+    &self,
+    env: &'env Env,
+    mount: String,
+    key: String,
+    json: String,
+    ttl: Option<f64>,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    let step = self.mount(&mount).and_then(|mount| {
+      mount.check_writable("merge", Some(&key))?;
+      let entry = mount.declared(&key)?;
+      if super::value::JsonType::of(&json) != Some(super::value::JsonType::Dict) {
+        return Err(StoreError::invalid_input(format!(
+          "merge of key \"{key}\" (mount '{}') needs a plain object",
+          mount.name
+        )));
+      }
+      mount.check_type(entry, &key, &json)?;
+      mount.check_size(&key, &json, true)?;
+      let ttl_ms = match ttl {
+        Some(_) => Self::ttl(&mount, ttl)?,
+        None => mount.ttl_ms,
+      };
+      Ok(ops::merge(mount, key, json, ttl_ms, 0))
+    });
+    self.run(env, "merge", step)
+  }
+
+  /// Deletes the key; resolves with whether it was stored.
+  #[napi(ts_return_type = "Promise<boolean>")]
+  pub fn delete<'env>(
+    &self,
+    env: &'env Env,
+    mount: String,
+    key: String,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    let step = self.mount(&mount).and_then(|mount| {
+      mount.check_writable("delete", Some(&key))?;
+      let full_key = mount.full_key(&key);
+      Ok(Step::then(
+        Batch::one(Command::Unlink {
+          keys: vec![full_key],
+        }),
+        move |replies| {
+          let existed = ops::first(replies) == Reply::Int(1);
+          if existed {
+            mount.adjust_count(-1);
+          }
+          Step::Done(Ok(Output::Bool(existed)))
+        },
+      ))
+    });
+    self.run(env, "delete", step)
+  }
+
+  /// Whether the key is stored.
+  #[napi(ts_return_type = "Promise<boolean>")]
+  pub fn has<'env>(
+    &self,
+    env: &'env Env,
+    mount: String,
+    key: String,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    let step = self.mount(&mount).and_then(|mount| {
+      mount.check_readable("has", Some(&key))?;
+      let command = Command::Exists {
+        key: mount.full_key(&key),
+      };
+      Self::single(command, |reply| Output::Bool(reply == Reply::Int(1)))
+    });
+    self.run(env, "has", step)
+  }
+
+  /// The mount's stored keys matching the glob `pattern` (default `*`), sorted.
+  #[napi(ts_return_type = "Promise<Array<string>>")]
+  pub fn keys<'env>(
+    &self,
+    env: &'env Env,
+    mount: String,
+    pattern: Option<String>,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    let step = self.mount(&mount).and_then(|mount| {
+      mount.check_readable("list", None)?;
+      Ok(ops::keys(mount, pattern.as_deref().unwrap_or("*")))
+    });
+    self.run(env, "keys", step)
+  }
+
+  /// Deletes the mount's entries, then writes the declared defaults.
+  #[napi(ts_return_type = "Promise<boolean>")]
+  pub fn clear<'env>(
+    &self,
+    env: &'env Env,
+    mount: String,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    let step = self.mount(&mount).and_then(|mount| {
+      mount.check_writable("clear", None)?;
+      Ok(ops::clear(mount))
+    });
+    self.run(env, "clear", step)
+  }
+
+  /// Every stored entry, as `[key, json, ...]`.
+  #[napi(ts_return_type = "Promise<Array<string>>")]
+  pub fn get_all<'env>(
+    &self,
+    env: &'env Env,
+    mount: String,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    self.by_prefix(env, "getAll", mount, String::new())
+  }
+
+  /// The stored entries whose key starts with `prefix`, as `[key, json, ...]`.
+  #[napi(ts_return_type = "Promise<Array<string>>")]
+  pub fn get_by_prefix<'env>(
+    &self,
+    env: &'env Env,
+    mount: String,
+    prefix: String,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    self.by_prefix(env, "getByPrefix", mount, prefix)
+  }
+
+  /// The stored entries among `keys`, as `[key, json, ...]` (one `MGET`).
+  #[napi(ts_return_type = "Promise<Array<string>>")]
+  pub fn get_many<'env>(
+    &self,
+    env: &'env Env,
+    mount: String,
+    keys: Vec<String>,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    let step = self.mount(&mount).and_then(|mount| {
+      mount.check_readable("get", None)?;
+      let full_keys = keys.iter().map(|key| mount.full_key(key)).collect();
+      Ok(ops::values_of(mount, full_keys))
+    });
+    self.run(env, "getMany", step)
+  }
+
+  /// Stores `[key, json, ...]` entries, all or nothing, after the checks of `set`.
+  #[napi(ts_return_type = "Promise<boolean>")]
+  pub fn set_many<'env>(
+    &self,
+    env: &'env Env,
+    mount: String,
+    entries: Vec<String>,
+    ttl: Option<f64>,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    let step = self.mount(&mount).and_then(|mount| {
+      mount.check_writable("set", None)?;
+      let mut pairs = Vec::with_capacity(entries.len() / 2);
+      let mut items = entries.into_iter();
+      while let (Some(key), Some(json)) = (items.next(), items.next()) {
+        mount.check_write("set", &key, &json, false)?;
+        pairs.push((key, json));
+      }
+      let ttl_ms = Self::ttl(&mount, ttl)?;
+      Ok(ops::set_many(mount, pairs, ttl_ms))
+    });
+    self.run(env, "setMany", step)
+  }
+
+  /// Deletes the keys; resolves with how many were stored.
+  #[napi(ts_return_type = "Promise<number>")]
+  pub fn delete_many<'env>(
+    &self,
+    env: &'env Env,
+    mount: String,
+    keys: Vec<String>,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    let step = self.mount(&mount).and_then(|mount| {
+      mount.check_writable("delete", None)?;
+      let full_keys = keys.iter().map(|key| mount.full_key(key)).collect();
+      Ok(ops::delete_keys(mount, full_keys))
+    });
+    self.run(env, "deleteMany", step)
+  }
+
+  /// The mount's declared keys, as JSON text of `[{key, type, description}]`.
+  #[napi]
+  pub fn schema(&self, mount: String) -> napi::Result<String> {
+    Ok(self.mount(&mount)?.schema_info().to_string())
+  }
+
+  /// Every mount's settings, as JSON text.
+  #[napi]
+  pub fn mounts(&self) -> String {
+    serde_json::Value::Array(self.mounts.iter().map(|m| m.info()).collect()).to_string()
+  }
+
+  /// Releases the connection or database. Idempotent.
+  #[napi]
+  pub fn close(&self) {
+    if !self.closed.swap(true, Ordering::AcqRel) {
+      self.engine.close();
+    }
+  }
+
+  /// Whether `close()` was called.
+  #[napi(getter)]
+  pub fn closed(&self) -> bool {
+    self.closed.load(Ordering::Acquire)
+  }
+}
+
+impl NativeKvStore {
+  fn by_prefix<'env>(
+    &self,
+    env: &'env Env,
+    what: &'static str,
+    mount: String,
+    prefix: String,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    let step = self.mount(&mount).and_then(|mount| {
+      mount.check_readable("list", None)?;
+      Ok(ops::entries_by_prefix(mount, &prefix))
+    });
+    self.run(env, what, step)
+  }
+}

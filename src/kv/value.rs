@@ -1,0 +1,190 @@
+//! KV values as the JSON text JS made with `JSON.stringify`: their type, and the shallow
+//! merge of two objects, done on the text so that values are kept byte for byte.
+
+use std::fmt;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// The JSON types a schema can declare, plus `null` (which no schema type accepts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonType {
+  String,
+  Number,
+  Bool,
+  List,
+  Dict,
+  Null,
+}
+
+impl JsonType {
+  /// The type of a schema entry, by its name in the options.
+  pub fn from_schema_name(name: &str) -> Option<Self> {
+    Some(match name {
+      "string" => Self::String,
+      "number" => Self::Number,
+      "bool" => Self::Bool,
+      "list" => Self::List,
+      "dict" => Self::Dict,
+      _ => return None,
+    })
+  }
+
+  /// The type of a JSON text (as `JSON.stringify` writes it: no leading whitespace).
+  pub fn of(json: &str) -> Option<Self> {
+    Some(match json.trim_start().as_bytes().first()? {
+      b'"' => Self::String,
+      b'-' | b'0'..=b'9' => Self::Number,
+      b't' | b'f' => Self::Bool,
+      b'[' => Self::List,
+      b'{' => Self::Dict,
+      b'n' => Self::Null,
+      _ => return None,
+    })
+  }
+
+  pub fn name(self) -> &'static str {
+    match self {
+      Self::String => "string",
+      Self::Number => "number",
+      Self::Bool => "bool",
+      Self::List => "list",
+      Self::Dict => "dict",
+      Self::Null => "null",
+    }
+  }
+}
+
+/// Why two values could not be merged.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MergeError {
+  /// The stored value is not a JSON object.
+  NotAnObject,
+  /// The stored value is not valid JSON.
+  Unreadable(String),
+}
+
+/// `{...current, ...partial}` as JS computes it: keys keep their first position, later
+/// values win, and array-index keys come first in ascending order (JS object order).
+/// Values are copied verbatim, so numbers and strings keep their exact text.
+pub fn merge_objects(current: &str, partial: &str) -> Result<String, MergeError> {
+  if JsonType::of(current) != Some(JsonType::Dict) {
+    return Err(MergeError::NotAnObject);
+  }
+  let mut entries = parse_object(current).map_err(MergeError::Unreadable)?;
+  let additions = parse_object(partial).map_err(MergeError::Unreadable)?;
+  for (key, value) in additions.0 {
+    upsert(&mut entries.0, key, value);
+  }
+  Ok(write_object(entries.0))
+}
+
+/// A JSON object's members in text order, values raw; a repeated key keeps its first
+/// position and its last value (as `JSON.parse` does).
+struct Members(Vec<(String, Box<RawValue>)>);
+
+fn parse_object(json: &str) -> Result<Members, String> {
+  serde_json::from_str(json).map_err(|err| err.to_string())
+}
+
+fn upsert(entries: &mut Vec<(String, Box<RawValue>)>, key: String, value: Box<RawValue>) {
+  match entries.iter_mut().find(|(existing, _)| *existing == key) {
+    Some(entry) => entry.1 = value,
+    None => entries.push((key, value)),
+  }
+}
+
+fn write_object(mut entries: Vec<(String, Box<RawValue>)>) -> String {
+  // Stable: array-index keys first, ascending; the rest keep their order.
+  entries.sort_by_key(|(key, _)| array_index(key).map_or((1, 0), |index| (0, index)));
+  let mut out = String::from("{");
+  for (i, (key, value)) in entries.iter().enumerate() {
+    if i > 0 {
+      out.push(',');
+    }
+    out.push_str(&serde_json::to_string(key).expect("a string always serializes"));
+    out.push(':');
+    out.push_str(value.get());
+  }
+  out.push('}');
+  out
+}
+
+/// The key as an array index (`"0"`, `"17"`; below 2³² − 1), which JS orders first.
+fn array_index(key: &str) -> Option<u64> {
+  let canonical = key == "0" || (!key.starts_with('0') && !key.is_empty());
+  if !canonical || key.len() > 10 || !key.bytes().all(|b| b.is_ascii_digit()) {
+    return None;
+  }
+  key
+    .parse::<u64>()
+    .ok()
+    .filter(|index| *index < u32::MAX as u64)
+}
+
+impl<'de> serde::Deserialize<'de> for Members {
+  fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+    deserializer.deserialize_map(MembersVisitor)
+  }
+}
+
+struct MembersVisitor;
+
+impl<'de> Visitor<'de> for MembersVisitor {
+  type Value = Members;
+
+  fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+    formatter.write_str("a JSON object")
+  }
+
+  fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+    let mut entries = Vec::new();
+    while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
+      upsert(&mut entries, key, value);
+    }
+    Ok(Members(entries))
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn types_come_from_the_first_character() {
+    assert_eq!(JsonType::of("\"a\""), Some(JsonType::String));
+    assert_eq!(JsonType::of("-1.5e3"), Some(JsonType::Number));
+    assert_eq!(JsonType::of("false"), Some(JsonType::Bool));
+    assert_eq!(JsonType::of("[1]"), Some(JsonType::List));
+    assert_eq!(JsonType::of("{}"), Some(JsonType::Dict));
+    assert_eq!(JsonType::of("null"), Some(JsonType::Null));
+    assert_eq!(JsonType::of(""), None);
+  }
+
+  #[test]
+  fn merge_is_shallow_and_ordered_as_in_js() {
+    let merged = merge_objects(r#"{"a":1,"b":2,"c":3}"#, r#"{"b":20,"d":4}"#).unwrap();
+    assert_eq!(merged, r#"{"a":1,"b":20,"c":3,"d":4}"#);
+    let nested = merge_objects(r#"{"x":{"y":1,"z":2}}"#, r#"{"x":{"y":5}}"#).unwrap();
+    assert_eq!(nested, r#"{"x":{"y":5}}"#);
+    let numbers = merge_objects(r#"{"b":1,"5":1}"#, r#"{"2":0.1,"a":1e21}"#).unwrap();
+    assert_eq!(numbers, r#"{"2":0.1,"5":1,"b":1,"a":1e21}"#);
+    assert_eq!(merge_objects(r#"{"a":1}"#, "{}").unwrap(), r#"{"a":1}"#);
+  }
+
+  #[test]
+  fn merge_into_a_non_object_fails() {
+    assert_eq!(merge_objects("[1]", "{}"), Err(MergeError::NotAnObject));
+    assert_eq!(merge_objects("\"s\"", "{}"), Err(MergeError::NotAnObject));
+    assert!(matches!(
+      merge_objects("{bad", "{}"),
+      Err(MergeError::Unreadable(_))
+    ));
+  }
+
+  #[test]
+  fn keys_are_escaped_as_json_stringify_does() {
+    let merged = merge_objects("{}", r#"{"q\"\n\u0001":1}"#).unwrap();
+    assert_eq!(merged, r#"{"q\"\n\u0001":1}"#);
+  }
+}
