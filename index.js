@@ -320,6 +320,7 @@ function schemaSpecs(mount, schema) {
 }
 
 const parseJson = (text) => JSON.parse(text)
+const noop = () => {}
 
 /**
  * A key-value store with mounts, access modes, schemas and limits, over Redis, SQLite or
@@ -327,17 +328,27 @@ const parseJson = (text) => JSON.parse(text)
  */
 class KvStore {
   #native
+  #mountNames
+  /** The last merge queued per mount and key: merges of one key from this process run in turn. */
+  #merging = new Map()
 
   constructor(nativeStore) {
     if (!(nativeStore instanceof native.NativeKvStore)) {
       throw new DurastateError('INVALID_INPUT', 'use createKvStore to make a KV store')
     }
     this.#native = nativeStore
+    this.#mountNames = new Set(parseJson(nativeStore.mounts()).map((m) => m.name))
+  }
+
+  /** Checks the mount before anything else (UNKNOWN_MOUNT, listing the mounts). */
+  #requireMount(mount) {
+    requireString('mount', mount)
+    if (!this.#mountNames.has(mount)) this.#native.schema(mount)
   }
 
   get(mount, key) {
     try {
-      requireString('mount', mount)
+      this.#requireMount(mount)
       requireString('key', key)
       return this.#native.get(mount, key).then((text) => decodeValue(text, mount, key), rethrow)
     } catch (err) {
@@ -347,7 +358,7 @@ class KvStore {
 
   getOr(mount, key, fallback) {
     try {
-      requireString('mount', mount)
+      this.#requireMount(mount)
       requireString('key', key)
       return this.#native.getOr(mount, key).then((text) => (text === null ? fallback : decodeValue(text, mount, key)), rethrow)
     } catch (err) {
@@ -357,7 +368,7 @@ class KvStore {
 
   set(mount, key, value, options) {
     try {
-      requireString('mount', mount)
+      this.#requireMount(mount)
       requireString('key', key)
       return this.#native.set(mount, key, encodeValue(value, mount, key), ttlOf(options)).then(undefined, rethrow)
     } catch (err) {
@@ -367,20 +378,38 @@ class KvStore {
 
   merge(mount, key, partial, options) {
     try {
-      requireString('mount', mount)
+      this.#requireMount(mount)
       requireString('key', key)
       if (partial === null || typeof partial !== 'object' || Array.isArray(partial)) {
         throw new DurastateError('INVALID_INPUT', `merge of key "${key}" (mount '${mount}') needs a plain object`)
       }
-      return this.#native.merge(mount, key, encodeValue(partial, mount, key), ttlOf(options)).then(undefined, rethrow)
+      const json = encodeValue(partial, mount, key)
+      const ttl = ttlOf(options)
+      return this.#inTurn(`${mount}\0${key}`, () => this.#native.merge(mount, key, json, ttl)).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
     }
   }
 
+  /**
+   * Runs `call` after the previous call queued under `id` settles. Concurrent merges of
+   * one key from one process would otherwise all lose the compare-and-set but one, wave
+   * after wave; in turn, only other processes contend.
+   */
+  #inTurn(id, call) {
+    const previous = this.#merging.get(id)
+    const result = previous ? previous.then(call) : call()
+    const tail = result.then(noop, noop)
+    this.#merging.set(id, tail)
+    tail.then(() => {
+      if (this.#merging.get(id) === tail) this.#merging.delete(id)
+    })
+    return result
+  }
+
   delete(mount, key) {
     try {
-      requireString('mount', mount)
+      this.#requireMount(mount)
       requireString('key', key)
       return this.#native.delete(mount, key).then(undefined, rethrow)
     } catch (err) {
@@ -390,7 +419,7 @@ class KvStore {
 
   has(mount, key) {
     try {
-      requireString('mount', mount)
+      this.#requireMount(mount)
       requireString('key', key)
       return this.#native.has(mount, key).then(undefined, rethrow)
     } catch (err) {
@@ -400,7 +429,7 @@ class KvStore {
 
   keys(mount, pattern) {
     try {
-      requireString('mount', mount)
+      this.#requireMount(mount)
       if (pattern !== undefined) requireString('pattern', pattern)
       return this.#native.keys(mount, pattern).then(undefined, rethrow)
     } catch (err) {
@@ -410,7 +439,7 @@ class KvStore {
 
   clear(mount) {
     try {
-      requireString('mount', mount)
+      this.#requireMount(mount)
       return this.#native.clear(mount).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -419,7 +448,7 @@ class KvStore {
 
   getAll(mount) {
     try {
-      requireString('mount', mount)
+      this.#requireMount(mount)
       return this.#native.getAll(mount).then((pairs) => decodePairs(pairs, mount), rethrow)
     } catch (err) {
       return rejected(err)
@@ -428,7 +457,7 @@ class KvStore {
 
   getMany(mount, keys) {
     try {
-      requireString('mount', mount)
+      this.#requireMount(mount)
       requireKeys(keys)
       return this.#native.getMany(mount, keys).then((pairs) => decodePairs(pairs, mount), rethrow)
     } catch (err) {
@@ -438,7 +467,7 @@ class KvStore {
 
   setMany(mount, entries, options) {
     try {
-      requireString('mount', mount)
+      this.#requireMount(mount)
       return this.#native.setMany(mount, encodeEntries(entries, mount), ttlOf(options)).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -447,7 +476,7 @@ class KvStore {
 
   deleteMany(mount, keys) {
     try {
-      requireString('mount', mount)
+      this.#requireMount(mount)
       requireKeys(keys)
       return this.#native.deleteMany(mount, keys).then(undefined, rethrow)
     } catch (err) {
@@ -457,7 +486,7 @@ class KvStore {
 
   getByPrefix(mount, prefix) {
     try {
-      requireString('mount', mount)
+      this.#requireMount(mount)
       requireString('prefix', prefix)
       return this.#native.getByPrefix(mount, prefix).then((pairs) => decodePairs(pairs, mount), rethrow)
     } catch (err) {
@@ -467,7 +496,7 @@ class KvStore {
 
   schema(mount) {
     try {
-      requireString('mount', mount)
+      this.#requireMount(mount)
       return parseJson(this.#native.schema(mount))
     } catch (err) {
       throw toDurastateError(err)

@@ -24,11 +24,12 @@ import { checkSameState } from './lib/check.mjs'
 import { drive, mainThreadCpuUs, median, processCpuUs, quantile, redisCpuUs, rss } from './lib/measure.mjs'
 import { machineInfo, markdown, ratio, writeJson } from './lib/report.mjs'
 import { bigRoundTripOp, commitOp, getOp, LIFECYCLE_CALLS, lifecycleOp, makeValue, seedGetData, sizeLabel } from './lib/workloads.mjs'
+import { ioredisKv, kvGetManyOp, kvGetOp, kvSetOp, seedKv } from './lib/kv-workloads.mjs'
 import { openIoredisReference } from './reference-ioredis.mjs'
 import { openNodeRedisReference } from './reference-node-redis.mjs'
 
 const require = createRequire(import.meta.url)
-const { createMemoryStore, createRedisStore, createSqliteStore } = require('../index.js')
+const { createKvStore, createMemoryStore, createRedisStore, createSqliteStore } = require('../index.js')
 
 const QUICK = process.env.BENCH_QUICK === '1'
 const CONFIG = QUICK
@@ -201,6 +202,25 @@ async function measureCpu(stores, admin) {
   return rows
 }
 
+/** KV get / set / getMany of 1 KiB values, 1 and 64 in flight: our KV store on Redis and on SQLite, and ioredis by hand. */
+async function measureKv(kvs) {
+  const rows = []
+  const workloads = [
+    { id: 'get', label: 'KV get (hit), 1 KiB', op: (kv) => kvGetOp(kv) },
+    { id: 'set', label: 'KV set (overwrite), 1 KiB', op: (kv) => kvSetOp(kv, VALUES[1024]) },
+    { id: 'many', label: 'KV getMany, 16 × 1 KiB', op: (kv) => kvGetManyOp(kv) },
+  ]
+  for (const { id, label, op } of workloads) {
+    for (const concurrency of [1, 64]) {
+      log(`${label}, ${concurrency} in flight`)
+      const entries = Object.entries(kvs).map(([name, kv]) => ({ name, op: op(kv) }))
+      const cell = await measureFigure(`${label} @${concurrency}`, entries, warmFor(concurrency), timeBoxed(concurrency, CONFIG.roundMs))
+      rows.push(row(`kv-${id}-${concurrency}`, `${label}, ${concurrency} in flight`, 'ops/s', 'higher', cell, (m) => m.opsPerSec))
+    }
+  }
+  return rows
+}
+
 /** A full garbage collection (so RSS samples do not count garbage), then a short settle. */
 async function collectGarbage() {
   v8.setFlagsFromString('--expose-gc')
@@ -341,6 +361,13 @@ async function main() {
     const rows = [...(await measureGetAndCommit(stores))]
     const lifecycle = await measureLifecycle(stores)
     rows.push(...lifecycle, ...(await measureBigValue(stores)), ...(await measureCpu(stores, admin)))
+    const kvs = {
+      ours: track(createKvStore(server.url, { mounts: { bench: { prefix: 'bench:kv:ours:' } } })).mount('bench'),
+      ioredis: ioredisKv(admin, 'bench:kv:ioredis:'),
+      sqlite: track(createKvStore(`sqlite:${sqlitePath}`, { mounts: { bench: { prefix: 'bench:kv:' } } })).mount('bench'),
+    }
+    for (const kv of Object.values(kvs)) await seedKv(kv, VALUES[1024])
+    const kvRows = await measureKv(kvs)
     const rssResult = await measureRss(stores.ours.plain)
     check.push(...(await runChecks(contenders, admin, 'after')))
 
@@ -352,7 +379,7 @@ async function main() {
         redisVersion: /redis_version:(\S+)/.exec(await admin.info('server'))?.[1],
         versions: { durastate: packageVersion('../package.json'), ioredis: packageVersion('../node_modules/ioredis/package.json'), nodeRedis: packageVersion('../node_modules/redis/package.json') },
       }),
-      rows: mainRows, backendRows, rss: rssResult,
+      rows: mainRows, backendRows, kvRows, rss: rssResult,
       targets: evaluateTargets(mainRows, backendRows, rssResult),
       check, errors,
       wallSeconds: performance.now() / 1000,

@@ -63,7 +63,8 @@ pub enum Command {
     ttl_ms: Option<u64>,
   },
   /// Sets `key` to `value` only if it still holds `expected` (`None`: only if missing),
-  /// atomically (a script on Redis). `ttl_ms: None` keeps the key's TTL. Replies 1 or 0.
+  /// atomically (a script on Redis). `ttl_ms: None` keeps the key's TTL. Replies
+  /// `Int(1)`, or on a mismatch the current value (`Bytes`, or `Nil` when missing).
   CompareAndSet {
     key: String,
     expected: Option<String>,

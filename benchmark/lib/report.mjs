@@ -73,6 +73,16 @@ function backendsTable(rows) {
   )
 }
 
+function kvTable(rows) {
+  return table(
+    ['KV call (higher ↑)', 'ours Redis', 'ioredis by hand', 'ours SQLite', 'ours ÷ ioredis', 'SQLite ÷ ioredis'],
+    rows.map((r) => [
+      r.figure, fmtInt(r.values.ours), fmtInt(r.values.ioredis), fmtInt(r.values.sqlite),
+      fmtRatio(ratio(r.values.ours, r.values.ioredis)), fmtRatio(ratio(r.values.sqlite, r.values.ioredis)),
+    ]),
+  )
+}
+
 function targetsTable(targets) {
   return table(
     ['target (issue 5)', 'figure', 'measured', 'needed', 'result'],
@@ -100,6 +110,14 @@ export function markdown(result) {
     '',
     backendsTable(result.backendRows),
     '',
+    ...(result.kvRows ? [
+      '### The KV store (same run)',
+      '',
+      'Our KV store (one-mount view) against the same calls written by hand over ioredis: `GET` + `JSON.parse`, `SET` of `JSON.stringify`, `MGET`. Ops/s.',
+      '',
+      kvTable(result.kvRows),
+      '',
+    ] : []),
     '### Memory: RSS of our Redis store over a long run',
     '',
     rssText(result.rss),

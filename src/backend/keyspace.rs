@@ -191,14 +191,12 @@ fn apply(tx: &Transaction, command: &Command, now: i64) -> StoreResult<Reply> {
       ttl_ms,
     } => {
       let current = state(tx, key, now)?;
-      let holds = match (&current, expected) {
+      match (&current, expected) {
         (KeyState::Hash, _) => return Err(wrong_type(key)),
-        (KeyState::Str(stored), Some(expected)) => stored == expected,
-        (KeyState::Missing | KeyState::Expired, None) => true,
-        _ => false,
-      };
-      if !holds {
-        return Ok(Reply::Int(0));
+        (KeyState::Str(stored), Some(expected)) if stored == expected => {}
+        (KeyState::Missing | KeyState::Expired, None) => {}
+        (KeyState::Str(stored), _) => return Ok(Reply::Bytes(stored.clone().into_bytes())),
+        _ => return Ok(Reply::Nil),
       }
       let expires_at = match ttl_ms {
         Some(ttl) => Some(now + *ttl as i64),
@@ -305,7 +303,7 @@ fn scan(
       });
     }
     let expired = expires_at.is_some_and(|at| at <= now);
-    let kind_ok = kind.map_or(true, |kind| kind_code(kind) == key_kind);
+    let kind_ok = kind.is_none_or(|kind| kind_code(kind) == key_kind);
     if !expired && kind_ok && glob::matches(pattern, &key) {
       keys.push(key.clone());
     }

@@ -264,12 +264,13 @@ fn set(key: &str, value: &str, ttl_ms: Option<u64>) -> redis::Cmd {
 
 /// Sets KEYS[1] to ARGV[3] if it holds ARGV[2] (ARGV[1] = "1") or is missing
 /// (ARGV[1] = "0"); with PX ARGV[4], or keeping the TTL when ARGV[4] is empty.
+/// Returns 1, or on a mismatch the current value (nil when missing).
 const COMPARE_AND_SET: &str = "\
 local current = redis.call('GET', KEYS[1])
 if ARGV[1] == '1' then
-  if current ~= ARGV[2] then return 0 end
+  if current ~= ARGV[2] then return current end
 elseif current then
-  return 0
+  return current
 end
 if ARGV[4] == '' then
   redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')

@@ -219,11 +219,11 @@ impl Mount {
   }
 
   /// The error for a write that would take the mount past its entry limit.
-  pub fn entry_limit_error(&self, count: u64, new: u64) -> StoreError {
+  pub fn entry_limit_error(&self, count: u64, new: u64, adding: &str) -> StoreError {
     StoreError::new(
       ErrorCode::EntryLimit,
       format!(
-        "mount '{}' exceeds entry limit ({} > {})",
+        "mount '{}' exceeds entry limit ({} > {}): cannot add {adding}",
         self.name,
         count + new,
         self.max_entries

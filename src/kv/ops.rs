@@ -50,7 +50,7 @@ pub fn set(mount: Arc<Mount>, key: &str, json: String, ttl_ms: Option<u64>) -> S
   });
   Step::then(update, move |replies| match first(replies) {
     Reply::Ok => done_true(),
-    _ => with_room(mount.clone(), 1, move || {
+    _ => with_room(mount.clone(), 1, key_named(&mount, &full_key), move || {
       set_counted(mount, full_key, json, ttl_ms)
     }),
   })
@@ -99,14 +99,19 @@ pub fn set_many(mount: Arc<Mount>, entries: Vec<(String, String)>, ttl_ms: Optio
     if new == 0 {
       write()
     } else {
-      with_room(mount, new, write)
+      with_room(mount, new, format!("{new} new keys"), write)
     }
   })
 }
 
 /// Runs `then` if the mount has room for `new` more entries, else rejects with
 /// `ENTRY_LIMIT`. Counts the mount unless a fresh count says there is room.
-fn with_room(mount: Arc<Mount>, new: u64, then: impl FnOnce() -> Step + Send + 'static) -> Step {
+fn with_room(
+  mount: Arc<Mount>,
+  new: u64,
+  adding: String,
+  then: impl FnOnce() -> Step + Send + 'static,
+) -> Step {
   if mount.reserve(new) {
     return then();
   }
@@ -114,68 +119,96 @@ fn with_room(mount: Arc<Mount>, new: u64, then: impl FnOnce() -> Step + Send + '
   scan(pattern, move |keys| {
     let count = keys.len() as u64;
     if count + new > mount.max_entries {
-      return Step::Done(Err(mount.entry_limit_error(count, new)));
+      return Step::Done(Err(mount.entry_limit_error(count, new, &adding)));
     }
     mount.record_count(count + new);
     then()
   })
 }
 
-/// `merge`: the checks of `partial` are done; a compare-and-set loop.
-pub fn merge(
+/// `merge`: the checks of `partial` are done. Reads the value, then compare-and-sets
+/// the merged one; a failed compare-and-set returns the value that beat it, so each
+/// retry is one round trip.
+pub fn merge(mount: Arc<Mount>, key: String, partial: String, ttl_ms: Option<u64>) -> Step {
+  let full_key = mount.full_key(&key);
+  let read = Batch::one(Command::Get {
+    key: full_key.clone(),
+  });
+  Step::then(read, move |replies| match text(first(replies), &full_key) {
+    Ok(current) => {
+      let attempt = MergeAttempt {
+        mount,
+        key,
+        partial,
+        ttl_ms,
+        attempt: 0,
+      };
+      attempt.compare_and_set(current)
+    }
+    Err(err) => Step::Done(Err(err)),
+  })
+}
+
+struct MergeAttempt {
   mount: Arc<Mount>,
   key: String,
   partial: String,
   ttl_ms: Option<u64>,
   attempt: u32,
-) -> Step {
-  let full_key = mount.full_key(&key);
-  let read = Batch::one(Command::Get {
-    key: full_key.clone(),
-  });
-  Step::then(read, move |replies| {
-    let current = match text(first(replies), &full_key) {
-      Ok(current) => current,
-      Err(err) => return Step::Done(Err(err)),
-    };
-    let merged = match merged_value(&mount, &key, current.as_deref(), &partial) {
+}
+
+impl MergeAttempt {
+  /// Merges into `current` and swaps it in, making room first for a new key.
+  fn compare_and_set(self, current: Option<String>) -> Step {
+    let merged = match merged_value(&self.mount, &self.key, current.as_deref(), &self.partial) {
       Ok(merged) => merged,
       Err(err) => return Step::Done(Err(err)),
     };
     let is_new = current.is_none();
     let swap = Batch::one(Command::CompareAndSet {
-      key: full_key,
+      key: self.mount.full_key(&self.key),
       expected: current,
       value: merged,
-      ttl_ms,
+      ttl_ms: self.ttl_ms,
     });
-    let retry_mount = mount.clone();
-    let compare_and_set = move || {
-      Step::then(swap, move |replies| {
-        if first(replies) == Reply::Int(1) {
-          return done_true();
-        }
-        if is_new {
-          retry_mount.adjust_count(-1);
-        }
-        if attempt + 1 >= MERGE_ATTEMPTS {
-          return Step::Done(Err(StoreError::new(
-            ErrorCode::Conflict,
-            format!(
-              "Failed to merge after {MERGE_ATTEMPTS} retries due to concurrent modifications (mount '{}', key \"{key}\")",
-              retry_mount.name
-            ),
-          )));
-        }
-        merge(retry_mount, key, partial, ttl_ms, attempt + 1)
-      })
-    };
+    let mount = self.mount.clone();
+    let adding = format!("key \"{}\"", self.key);
+    let send = move || Step::then(swap, move |replies| self.settle(first(replies), is_new));
     if is_new {
-      with_room(mount, 1, compare_and_set)
+      with_room(mount, 1, adding, send)
     } else {
-      compare_and_set()
+      send()
     }
-  })
+  }
+
+  /// Done on `1`; else the reply is the value that won, to merge into again.
+  fn settle(self, reply: Reply, was_new: bool) -> Step {
+    let current = match reply {
+      Reply::Int(1) => return done_true(),
+      Reply::Bytes(bytes) => match String::from_utf8(bytes) {
+        Ok(current) => Some(current),
+        Err(_) => return Step::Done(Err(not_utf8(&self.mount.full_key(&self.key)))),
+      },
+      _ => None,
+    };
+    if was_new {
+      self.mount.adjust_count(-1);
+    }
+    if self.attempt + 1 >= MERGE_ATTEMPTS {
+      return Step::Done(Err(StoreError::new(
+        ErrorCode::Conflict,
+        format!(
+          "Failed to merge after {MERGE_ATTEMPTS} retries due to concurrent modifications (mount '{}', key \"{}\")",
+          self.mount.name, self.key
+        ),
+      )));
+    }
+    let next = MergeAttempt {
+      attempt: self.attempt + 1,
+      ..self
+    };
+    next.compare_and_set(current)
+  }
 }
 
 fn merged_value(
@@ -373,6 +406,11 @@ fn not_utf8(full_key: &str) -> StoreError {
     ErrorCode::CorruptData,
     format!("the value at key \"{full_key}\" is not UTF-8 text, so not JSON"),
   )
+}
+
+/// `key "k"` for a full key of `mount`.
+fn key_named(mount: &Mount, full_key: &str) -> String {
+  format!("key \"{}\"", &full_key[mount.prefix.len()..])
 }
 
 fn done_true() -> Step {

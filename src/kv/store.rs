@@ -176,7 +176,7 @@ impl NativeKvStore {
         Some(_) => Self::ttl(&mount, ttl)?,
         None => mount.ttl_ms,
       };
-      Ok(ops::merge(mount, key, json, ttl_ms, 0))
+      Ok(ops::merge(mount, key, json, ttl_ms))
     });
     self.run(env, "merge", step)
   }
