@@ -64,3 +64,30 @@ void usesExtras
 createMemoryStore({ ttl: '5s' })
 // @ts-expect-error: the Redis target port is a number
 createRedisStore({ port: '6379' })
+
+// The KV store: options, calls and the one-mount view type-check as documented.
+import { createKvStore, type KvMount, type KvMountInfo, type KvSchemaInfo, type KvStore, type KvStoreOptions } from '../index.js'
+
+const kvOptions: KvStoreOptions = {
+  commandTimeout: 2_000,
+  mounts: {
+    user: { prefix: 'app:user:', schema: { name: { type: 'string', default: '' } } },
+    cache: { prefix: 'app:cache:', mode: 'read-write', ttl: 60_000, maxEntries: 100, maxValueSize: 1024 },
+  },
+}
+const kv: KvStore = createKvStore('memory:', kvOptions)
+const cacheMount: KvMount = kv.mount('cache')
+
+export async function useKv(): Promise<void> {
+  const stored: true = await kv.set('user', 'name', 'Ada', { ttl: 1_000 })
+  const merged: true = await kv.merge('user', 'prefs', { theme: 'dark' })
+  const removed: boolean = await kv.delete('user', 'name')
+  const count: number = await cacheMount.deleteMany(['a', 'b'])
+  const many: Record<string, unknown> = await cacheMount.getMany(['a'])
+  const names: string[] = await kv.keys('cache', 'report:*')
+  const fallback: unknown = await kv.getOr('user', 'name', null)
+  const schema: KvSchemaInfo[] = kv.schema('user')
+  const mounts: KvMountInfo[] = kv.mounts()
+  void [stored, merged, removed, count, many, names, fallback, schema, mounts]
+  await kv.close()
+}
