@@ -15,7 +15,7 @@ export declare class NativeInspector {
    * One `SCAN` page: `[nextCursor, ...keys]`; `"0"` starts and ends. `pattern` is a
    * Redis glob over the full key; `type` keeps only `"string"` or `"hash"` keys.
    */
-  scan(cursor: string, pattern: string, count: number, r#type?: string | undefined | null): Promise<Array<string>>
+  scan(cursor: string, pattern: string, count: number, keyType?: string | undefined | null): Promise<Array<string>>
   /** `GET key`: the string, or `null`. */
   get(key: string): Promise<string | null>
   /** `HGETALL key`: `[field, value, ...]`. */

@@ -36,8 +36,6 @@ export type ErrorCode =
   | 'VALUE_TOO_LARGE'
   /** KV: a new key would take the mount past its `maxEntries`. */
   | 'ENTRY_LIMIT'
-  /** KV: `merge` lost to concurrent writers 10 times in a row; nothing was written. */
-  | 'CONFLICT'
   /** A bug in durastate (a caught Rust panic); please report it. */
   | 'INTERNAL'
 
@@ -328,10 +326,11 @@ export declare class KvStore {
    */
   set(mount: string, key: string, value: unknown, options?: KvWriteOptions): Promise<true>
   /**
-   * Shallow-merges `partial` into the stored object (`{...current, ...partial}`), atomically:
-   * a compare-and-set retried up to 10 times under contention, then `CONFLICT`. A missing key
-   * is created as `partial`; a stored value that is not an object rejects with `INVALID_INPUT`.
-   * Same checks as `set`. Without a TTL (call or mount) the key keeps the TTL it had.
+   * Shallow-merges `partial` into the stored object (`{...current, ...partial}`), atomically
+   * on the store (a script on Redis, a transaction on SQLite), so concurrent merges never
+   * lose a field. A missing key is created as `partial`; a stored value that is not an
+   * object rejects with `INVALID_INPUT`. Same checks as `set` (size on the merged value).
+   * Without a TTL (call or mount) the key keeps the TTL it had.
    */
   merge(mount: string, key: string, partial: Record<string, unknown>, options?: KvWriteOptions): Promise<true>
   /** Deletes the key; `true` when it was stored. */

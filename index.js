@@ -3,8 +3,6 @@
 // JSON text and back (V8's JSON is fast), and native rejections into DurastateError
 // with a stable `code`. Everything else happens in Rust.
 
-const native = require('./binding.js')
-
 /** The string the worker library stores for a step that returned `undefined`. */
 const EMPTY_EXECUTION_RESULT = '<empty_execution_result>'
 const EMPTY_RESULT_JSON = JSON.stringify(EMPTY_EXECUTION_RESULT)
@@ -16,6 +14,35 @@ class DurastateError extends Error {
     this.name = 'DurastateError'
     this.code = code
   }
+}
+
+const native = loadBinding()
+
+/** The addon for this platform, or an error that names the platform and what to do. */
+function loadBinding() {
+  try {
+    return require('./binding.js')
+  } catch (err) {
+    const packages = Object.keys(require('./package.json').optionalDependencies ?? {})
+    throw new DurastateError(
+      'UNAVAILABLE',
+      `no durastate binary loads on ${platformName()}. Prebuilt: ${packages.join(', ')}. ` +
+        'On one of these, reinstall with optional dependencies (not --omit=optional; see npm/cli#4828); ' +
+        'elsewhere, install Rust (https://rustup.rs) and run `npm rebuild durastate` to build from source.',
+      { cause: err },
+    )
+  }
+}
+
+/** This platform as napi-rs names binaries: linux-x64-gnu, linux-x64-musl, darwin-arm64, win32-x64-msvc. */
+function platformName() {
+  const { platform, arch } = process
+  if (platform === 'linux') {
+    process.report.excludeNetwork = true
+    return `linux-${arch}-${process.report.getReport().header.glibcVersionRuntime ? 'gnu' : 'musl'}`
+  }
+  if (platform === 'win32') return `win32-${arch}-msvc`
+  return `${platform}-${arch}`
 }
 
 function toDurastateError(err) {
@@ -320,7 +347,6 @@ function schemaSpecs(mount, schema) {
 }
 
 const parseJson = (text) => JSON.parse(text)
-const noop = () => {}
 
 /**
  * A key-value store with mounts, access modes, schemas and limits, over Redis, SQLite or
@@ -329,8 +355,6 @@ const noop = () => {}
 class KvStore {
   #native
   #mountNames
-  /** The last merge queued per mount and key: merges of one key from this process run in turn. */
-  #merging = new Map()
 
   constructor(nativeStore) {
     if (!(nativeStore instanceof native.NativeKvStore)) {
@@ -385,26 +409,10 @@ class KvStore {
       }
       const json = encodeValue(partial, mount, key)
       const ttl = ttlOf(options)
-      return this.#inTurn(`${mount}\0${key}`, () => this.#native.merge(mount, key, json, ttl)).then(undefined, rethrow)
+      return this.#native.merge(mount, key, json, ttl).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
     }
-  }
-
-  /**
-   * Runs `call` after the previous call queued under `id` settles. Concurrent merges of
-   * one key from one process would otherwise all lose the compare-and-set but one, wave
-   * after wave; in turn, only other processes contend.
-   */
-  #inTurn(id, call) {
-    const previous = this.#merging.get(id)
-    const result = previous ? previous.then(call) : call()
-    const tail = result.then(noop, noop)
-    this.#merging.set(id, tail)
-    tail.then(() => {
-      if (this.#merging.get(id) === tail) this.#merging.delete(id)
-    })
-    return result
   }
 
   delete(mount, key) {

@@ -1,7 +1,10 @@
-// npm `install` hook: use a prebuilt binary when one fits this platform, else build
-// the addon from source with the Rust toolchain (`napi build --platform --release`).
+// npm `install` hook: use a prebuilt binary when one fits this platform (the optional
+// dependency durastate-<platform>, or a durastate.<platform>.node built here), else build
+// the addon from source: with @napi-rs/cli in a clone (a devDependency), or with cargo
+// alone in an installed package, whose tarball carries src/, Cargo.toml, Cargo.lock and
+// build.rs for this.
 import { spawnSync } from 'node:child_process'
-import { readdirSync } from 'node:fs'
+import { copyFileSync, rmSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -9,8 +12,7 @@ import { fileURLToPath } from 'node:url'
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const require = createRequire(import.meta.url)
 
-function hasPrebuiltBinary() {
-  if (process.env.DURASTATE_FORCE_BUILD) return false
+function loadsBinding() {
   try {
     require(join(root, 'binding.js'))
     return true
@@ -19,10 +21,22 @@ function hasPrebuiltBinary() {
   }
 }
 
-function run(command, args) {
-  const result = spawnSync(command, args, { cwd: root, stdio: 'inherit' })
-  if (result.error) throw result.error
-  return result.status === 0
+/** This platform as napi-rs names binaries and packages: linux-x64-gnu, darwin-arm64, win32-x64-msvc. */
+function platformName() {
+  const { platform, arch } = process
+  if (platform === 'linux') return `linux-${arch}-${isGlibc() ? 'gnu' : 'musl'}`
+  if (platform === 'win32') return `win32-${arch}-msvc`
+  return `${platform}-${arch}`
+}
+
+function isGlibc() {
+  process.report.excludeNetwork = true
+  return Boolean(process.report.getReport().header.glibcVersionRuntime)
+}
+
+function run(command, args, env = {}) {
+  const result = spawnSync(command, args, { cwd: root, stdio: 'inherit', env: { ...process.env, ...env } })
+  return !result.error && result.status === 0
 }
 
 function napiCli() {
@@ -34,21 +48,44 @@ function napiCli() {
   }
 }
 
-if (hasPrebuiltBinary()) {
+function hasCargo() {
+  return spawnSync('cargo', ['--version'], { stdio: 'ignore' }).status === 0
+}
+
+function buildWithNapi(cli) {
+  return run(process.execPath, [cli, 'build', '--platform', '--release', '--js', 'binding.js', '--dts', 'binding.d.ts'])
+}
+
+/**
+ * `cargo build`, then a copy of the library to the name binding.js loads (as `napi build
+ * --platform` names it). The build directory (about 250 MB) is removed afterwards.
+ */
+function buildWithCargo() {
+  const targetDir = join(root, 'target')
+  try {
+    if (!run('cargo', ['build', '--release', '--locked'], { CARGO_TARGET_DIR: targetDir })) return false
+    const library = { win32: 'durastate.dll', darwin: 'libdurastate.dylib' }[process.platform] ?? 'libdurastate.so'
+    copyFileSync(join(targetDir, 'release', library), join(root, `durastate.${platformName()}.node`))
+    return true
+  } finally {
+    rmSync(targetDir, { recursive: true, force: true })
+  }
+}
+
+if (!process.env.DURASTATE_FORCE_BUILD && loadsBinding()) {
   process.exit(0)
 }
 const cli = napiCli()
-if (!cli) {
+if (!cli && !hasCargo()) {
   console.error(
-    'durastate: no prebuilt binary for ' + `${process.platform}-${process.arch}` +
-      ' and @napi-rs/cli is not installed, so the addon cannot be built from source.\n' +
-      'Install the Rust toolchain (https://rustup.rs) and run `npm install` in a clone of durastate.',
+    `durastate: no prebuilt binary for ${platformName()} (the package durastate-${platformName()} is not installed), ` +
+      'and no Rust toolchain to build one from source.\n' +
+      'Install Rust (https://rustup.rs) and a C compiler, then run `npm rebuild durastate`.',
   )
   process.exit(1)
 }
-console.log('durastate: building the native addon from source (release, LTO): about 2 minutes on 2 cores')
-const ok = run(process.execPath, [cli, 'build', '--platform', '--release', '--js', 'binding.js', '--dts', 'binding.d.ts'])
-if (!ok || !readdirSync(root).some((f) => f.endsWith('.node'))) {
+console.log(`durastate: building the native addon for ${platformName()} from source (release, LTO): about 2 minutes on 2 cores`)
+if (!(cli ? buildWithNapi(cli) : buildWithCargo()) || !loadsBinding()) {
   console.error('durastate: building the addon failed; see the cargo output above (needs Rust: https://rustup.rs)')
   process.exit(1)
 }

@@ -62,14 +62,16 @@ pub enum Command {
     value: String,
     ttl_ms: Option<u64>,
   },
-  /// Sets `key` to `value` only if it still holds `expected` (`None`: only if missing),
-  /// atomically (a script on Redis). `ttl_ms: None` keeps the key's TTL. Replies
-  /// `Int(1)`, or on a mismatch the current value (`Bytes`, or `Nil` when missing).
-  CompareAndSet {
+  /// Shallow-merges the JSON object `partial` into the JSON object stored at `key`,
+  /// atomically (a script on Redis, a transaction on SQLite), if the result is at most
+  /// `max_size` bytes. A missing key becomes `partial` only when `create`.
+  /// `ttl_ms: None` keeps the key's TTL. Replies [`Reply::Merge`].
+  Merge {
     key: String,
-    expected: Option<String>,
-    value: String,
+    partial: String,
     ttl_ms: Option<u64>,
+    max_size: u64,
+    create: bool,
   },
   /// `SCAN cursor MATCH pattern COUNT count [TYPE kind]`: replies a [`Reply::Scan`].
   /// Cursors are opaque strings; `"0"` starts and ends an iteration.
@@ -123,7 +125,7 @@ impl Command {
       | Command::PTtl { key }
       | Command::SetIf { key, .. }
       | Command::SetGet { key, .. }
-      | Command::CompareAndSet { key, .. } => std::slice::from_ref(key),
+      | Command::Merge { key, .. } => std::slice::from_ref(key),
       Command::Del { keys } | Command::Unlink { keys } | Command::MGet { keys } => keys,
       Command::Scan { .. } => &[],
     }
@@ -167,6 +169,23 @@ pub enum Reply {
   Values(Vec<Option<Vec<u8>>>),
   /// One page of a `SCAN`: the next cursor (`"0"` when done) and the keys found.
   Scan { cursor: String, keys: Vec<String> },
+  /// What a [`Command::Merge`] did.
+  Merge(MergeOutcome),
+}
+
+/// What a [`Command::Merge`] did; nothing is written unless `Merged`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MergeOutcome {
+  /// Written; `created` when the key was missing.
+  Merged { created: bool },
+  /// The key is missing and `create` was false.
+  Missing,
+  /// The stored value is not a JSON object.
+  NotAnObject,
+  /// The merged value would be this many bytes, over `max_size`.
+  TooLarge(u64),
+  /// The stored value is not valid JSON.
+  Unreadable,
 }
 
 /// Commands sent together in one round trip; `atomic` asks for all-or-nothing.

@@ -36,8 +36,6 @@ pub enum ErrorCode {
   ValueTooLarge,
   /// KV: a new key would take the mount past its entry limit.
   EntryLimit,
-  /// KV: a compare-and-set lost to concurrent writers too many times.
-  Conflict,
 }
 
 impl ErrorCode {
@@ -59,7 +57,6 @@ impl ErrorCode {
       Self::TypeMismatch => "TYPE_MISMATCH",
       Self::ValueTooLarge => "VALUE_TOO_LARGE",
       Self::EntryLimit => "ENTRY_LIMIT",
-      Self::Conflict => "CONFLICT",
     }
   }
 }

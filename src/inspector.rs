@@ -72,9 +72,9 @@ impl NativeInspector {
     cursor: String,
     pattern: String,
     count: u32,
-    r#type: Option<String>,
+    key_type: Option<String>,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    let kind = match r#type.as_deref() {
+    let kind = match key_type.as_deref() {
       None => None,
       Some("string") => Some(KeyKind::String),
       Some("hash") => Some(KeyKind::Hash),

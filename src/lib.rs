@@ -11,6 +11,7 @@ mod glob;
 mod guard;
 mod inspector;
 mod js_promise;
+mod json_value;
 mod keys;
 mod kv;
 mod options;

@@ -4,9 +4,10 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
-use crate::command::{Batch, Command, Condition, KeyKind, Reply};
+use crate::command::{Batch, Command, Condition, KeyKind, MergeOutcome, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::glob;
+use crate::json_value::{self, MergeError};
 
 /// The schema version written to `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
@@ -184,27 +185,13 @@ fn apply(tx: &Transaction, command: &Command, now: i64) -> StoreResult<Reply> {
       write_string(tx, key, &current, value, expiry_at(*ttl_ms, now))?;
       Ok(previous)
     }
-    Command::CompareAndSet {
+    Command::Merge {
       key,
-      expected,
-      value,
+      partial,
       ttl_ms,
-    } => {
-      let current = state(tx, key, now)?;
-      match (&current, expected) {
-        (KeyState::Hash, _) => return Err(wrong_type(key)),
-        (KeyState::Str(stored), Some(expected)) if stored == expected => {}
-        (KeyState::Missing | KeyState::Expired, None) => {}
-        (KeyState::Str(stored), _) => return Ok(Reply::Bytes(stored.clone().into_bytes())),
-        _ => return Ok(Reply::Nil),
-      }
-      let expires_at = match ttl_ms {
-        Some(ttl) => Some(now + *ttl as i64),
-        None => live_expiry(tx, key, &current)?,
-      };
-      write_string(tx, key, &current, value, expires_at)?;
-      Ok(Reply::Int(1))
-    }
+      max_size,
+      create,
+    } => merge(tx, key, partial, *ttl_ms, *max_size, *create, now),
     Command::Scan {
       cursor,
       pattern,
@@ -212,6 +199,39 @@ fn apply(tx: &Transaction, command: &Command, now: i64) -> StoreResult<Reply> {
       kind,
     } => scan(tx, cursor, pattern, *count, *kind, now),
   }
+}
+
+/// [`Command::Merge`]: the same rules as the Redis script, in one transaction.
+fn merge(
+  tx: &Transaction,
+  key: &str,
+  partial: &str,
+  ttl_ms: Option<u64>,
+  max_size: u64,
+  create: bool,
+  now: i64,
+) -> StoreResult<Reply> {
+  let current = state(tx, key, now)?;
+  let merged = match &current {
+    KeyState::Hash => return Err(wrong_type(key)),
+    KeyState::Str(stored) => match json_value::merge_objects(stored, partial) {
+      Ok(merged) => merged,
+      Err(MergeError::NotAnObject) => return Ok(Reply::Merge(MergeOutcome::NotAnObject)),
+      Err(MergeError::Unreadable(_)) => return Ok(Reply::Merge(MergeOutcome::Unreadable)),
+    },
+    _ if !create => return Ok(Reply::Merge(MergeOutcome::Missing)),
+    _ => partial.to_string(),
+  };
+  if merged.len() as u64 > max_size {
+    return Ok(Reply::Merge(MergeOutcome::TooLarge(merged.len() as u64)));
+  }
+  let expires_at = match ttl_ms {
+    Some(ttl) => Some(now + ttl as i64),
+    None => live_expiry(tx, key, &current)?,
+  };
+  write_string(tx, key, &current, &merged, expires_at)?;
+  let created = !live(&current);
+  Ok(Reply::Merge(MergeOutcome::Merged { created }))
 }
 
 fn expiry_at(ttl_ms: Option<u64>, now: i64) -> Option<i64> {

@@ -4,6 +4,5 @@
 mod mount;
 mod ops;
 mod store;
-mod value;
 
 pub use store::{create_kv_store, NativeKvStore};

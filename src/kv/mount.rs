@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use napi_derive::napi;
 use serde_json::json;
 
-use super::value::JsonType;
 use crate::error::{ErrorCode, StoreError, StoreResult};
+use crate::json_value::JsonType;
 use crate::options::millis;
 
 /// Default most entries per mount.

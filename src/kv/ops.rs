@@ -1,14 +1,13 @@
 //! The KV calls as chains of keyspace batches ([`Step`]s), written once for every
 //! backend. Single-key calls are one round trip; `set` of a new key counts the mount
-//! (a `SCAN`) unless a count less than a second old says there is room; `merge` is a
-//! compare-and-set, retried under contention.
+//! (a `SCAN`) unless a count less than a second old says there is room; `merge` is one
+//! atomic merge on the store.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::mount::Mount;
-use super::value::{merge_objects, MergeError};
-use crate::command::{Batch, Command, KeyKind, Reply, Step};
+use crate::command::{Batch, Command, KeyKind, MergeOutcome, Reply, Step};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::glob;
 use crate::output::Output;
@@ -17,8 +16,6 @@ use crate::output::Output;
 const SCAN_COUNT: u32 = 1_000;
 /// Keys per `MGET` or `UNLINK` command.
 const CHUNK: usize = 1_000;
-/// Compare-and-set attempts of one `merge` before `CONFLICT`.
-const MERGE_ATTEMPTS: u32 = 10;
 
 /// `GET`, then `answer(stored JSON or None)`.
 pub fn get(
@@ -126,115 +123,88 @@ fn with_room(
   })
 }
 
-/// `merge`: the checks of `partial` are done. Reads the value, then compare-and-sets
-/// the merged one; a failed compare-and-set returns the value that beat it, so each
-/// retry is one round trip.
+/// `merge`: the checks of `partial` are done. One atomic merge on the store (a script
+/// on Redis), so concurrent merges never conflict; a new key first needs room.
 pub fn merge(mount: Arc<Mount>, key: String, partial: String, ttl_ms: Option<u64>) -> Step {
-  let full_key = mount.full_key(&key);
-  let read = Batch::one(Command::Get {
-    key: full_key.clone(),
-  });
-  Step::then(read, move |replies| match text(first(replies), &full_key) {
-    Ok(current) => {
-      let attempt = MergeAttempt {
-        mount,
-        key,
-        partial,
-        ttl_ms,
-        attempt: 0,
-      };
-      attempt.compare_and_set(current)
+  let create = mount.reserve(1);
+  let command = Command::Merge {
+    key: mount.full_key(&key),
+    partial: partial.clone(),
+    ttl_ms,
+    max_size: mount.max_value_size,
+    create,
+  };
+  Step::then(Batch::one(command), move |replies| {
+    let outcome = match first(replies) {
+      Reply::Merge(outcome) => outcome,
+      other => return unexpected_reply("merge", &other),
+    };
+    if create && outcome != (MergeOutcome::Merged { created: true }) {
+      mount.adjust_count(-1);
     }
-    Err(err) => Step::Done(Err(err)),
+    match outcome {
+      MergeOutcome::Merged { .. } => done_true(),
+      MergeOutcome::Missing => {
+        let adding = format!("key \"{key}\"");
+        with_room(mount.clone(), 1, adding, move || {
+          create_by_merge(mount, key, partial, ttl_ms)
+        })
+      }
+      other => Step::Done(Err(merge_error(&mount, &key, other))),
+    }
   })
 }
 
-struct MergeAttempt {
-  mount: Arc<Mount>,
-  key: String,
-  partial: String,
-  ttl_ms: Option<u64>,
-  attempt: u32,
-}
-
-impl MergeAttempt {
-  /// Merges into `current` and swaps it in, making room first for a new key.
-  fn compare_and_set(self, current: Option<String>) -> Step {
-    let merged = match merged_value(&self.mount, &self.key, current.as_deref(), &self.partial) {
-      Ok(merged) => merged,
-      Err(err) => return Step::Done(Err(err)),
-    };
-    let is_new = current.is_none();
-    let swap = Batch::one(Command::CompareAndSet {
-      key: self.mount.full_key(&self.key),
-      expected: current,
-      value: merged,
-      ttl_ms: self.ttl_ms,
-    });
-    let mount = self.mount.clone();
-    let adding = format!("key \"{}\"", self.key);
-    let send = move || Step::then(swap, move |replies| self.settle(first(replies), is_new));
-    if is_new {
-      with_room(mount, 1, adding, send)
-    } else {
-      send()
-    }
-  }
-
-  /// Done on `1`; else the reply is the value that won, to merge into again.
-  fn settle(self, reply: Reply, was_new: bool) -> Step {
-    let current = match reply {
-      Reply::Int(1) => return done_true(),
-      Reply::Bytes(bytes) => match String::from_utf8(bytes) {
-        Ok(current) => Some(current),
-        Err(_) => return Step::Done(Err(not_utf8(&self.mount.full_key(&self.key)))),
-      },
-      _ => None,
-    };
-    if was_new {
-      self.mount.adjust_count(-1);
-    }
-    if self.attempt + 1 >= MERGE_ATTEMPTS {
-      return Step::Done(Err(StoreError::new(
-        ErrorCode::Conflict,
-        format!(
-          "Failed to merge after {MERGE_ATTEMPTS} retries due to concurrent modifications (mount '{}', key \"{}\")",
-          self.mount.name, self.key
-        ),
-      )));
-    }
-    let next = MergeAttempt {
-      attempt: self.attempt + 1,
-      ..self
-    };
-    next.compare_and_set(current)
-  }
-}
-
-fn merged_value(
-  mount: &Mount,
-  key: &str,
-  current: Option<&str>,
-  partial: &str,
-) -> StoreResult<String> {
-  let merged = match current {
-    None => partial.to_string(),
-    Some(current) => merge_objects(current, partial).map_err(|err| match err {
-      MergeError::NotAnObject => StoreError::invalid_input(format!(
-        "Cannot merge into non-dict value at key \"{key}\" (mount '{}')",
-        mount.name
-      )),
-      MergeError::Unreadable(detail) => StoreError::new(
-        ErrorCode::CorruptData,
-        format!(
-          "stored JSON at key \"{}\" is not valid: {detail}",
-          mount.full_key(key)
-        ),
-      ),
-    })?,
+/// The merge of a missing key, once the mount has room: `partial` becomes the value
+/// (or is merged into one a concurrent writer made meanwhile).
+fn create_by_merge(mount: Arc<Mount>, key: String, partial: String, ttl_ms: Option<u64>) -> Step {
+  let command = Command::Merge {
+    key: mount.full_key(&key),
+    partial,
+    ttl_ms,
+    max_size: mount.max_value_size,
+    create: true,
   };
-  mount.check_size(key, &merged, true)?;
-  Ok(merged)
+  Step::then(Batch::one(command), move |replies| match first(replies) {
+    Reply::Merge(MergeOutcome::Merged { created }) => {
+      if !created {
+        mount.adjust_count(-1);
+      }
+      done_true()
+    }
+    Reply::Merge(other) => Step::Done(Err(merge_error(&mount, &key, other))),
+    other => unexpected_reply("merge", &other),
+  })
+}
+
+fn merge_error(mount: &Mount, key: &str, outcome: MergeOutcome) -> StoreError {
+  match outcome {
+    MergeOutcome::TooLarge(size) => StoreError::new(
+      ErrorCode::ValueTooLarge,
+      format!(
+        "merged value for \"{key}\" exceeds size limit ({size} > {}) (mount '{}')",
+        mount.max_value_size, mount.name
+      ),
+    ),
+    MergeOutcome::NotAnObject => StoreError::invalid_input(format!(
+      "Cannot merge into non-dict value at key \"{key}\" (mount '{}')",
+      mount.name
+    )),
+    _ => StoreError::new(
+      ErrorCode::CorruptData,
+      format!(
+        "stored JSON at key \"{}\" is not a valid JSON object",
+        mount.full_key(key)
+      ),
+    ),
+  }
+}
+
+fn unexpected_reply(what: &str, reply: &Reply) -> Step {
+  Step::Done(Err(StoreError::new(
+    ErrorCode::Unavailable,
+    format!("unexpected {what} reply: {reply:?}"),
+  )))
 }
 
 /// The mount's stored keys (prefix stripped) matching the glob `pattern` over the key.
@@ -379,10 +349,7 @@ fn scan_page(cursor: String, pattern: String, mut found: BTreeSet<String>, then:
         scan_page(cursor, pattern, found, then)
       }
     }
-    other => Step::Done(Err(StoreError::new(
-      ErrorCode::Unavailable,
-      format!("unexpected SCAN reply: {other:?}"),
-    ))),
+    other => unexpected_reply("SCAN", &other),
   })
 }
 

@@ -15,6 +15,7 @@ use crate::command::{Batch, Command, Reply, Step};
 use crate::engine::Engine;
 use crate::error::{StoreError, StoreResult};
 use crate::factory::engine_for_target;
+use crate::json_value::JsonType;
 use crate::options::{millis, RedisConnectionOptions, StoreOptions};
 use crate::output::Output;
 
@@ -164,7 +165,7 @@ impl NativeKvStore {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_writable("merge", Some(&key))?;
       let entry = mount.declared(&key)?;
-      if super::value::JsonType::of(&json) != Some(super::value::JsonType::Dict) {
+      if JsonType::of(&json) != Some(JsonType::Dict) {
         return Err(StoreError::invalid_input(format!(
           "merge of key \"{key}\" (mount '{}') needs a plain object",
           mount.name

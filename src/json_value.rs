@@ -1,5 +1,6 @@
-//! KV values as the JSON text JS made with `JSON.stringify`: their type, and the shallow
-//! merge of two objects, done on the text so that values are kept byte for byte.
+//! Values as the JSON text JS made with `JSON.stringify`: their type, and the shallow
+//! merge of two objects, done on the text so that values are kept byte for byte. The
+//! Redis merge script (`backend/redis.rs`) follows the same rules in Lua.
 
 use std::fmt;
 
@@ -79,6 +80,23 @@ pub fn merge_objects(current: &str, partial: &str) -> Result<String, MergeError>
   Ok(write_object(entries.0))
 }
 
+/// A JSON object's members as `(key as JSON text, value as JSON text)`, in order: the
+/// arguments of the Redis merge script.
+pub fn object_members(json: &str) -> Result<Vec<(String, String)>, String> {
+  let members = parse_object(json)?;
+  Ok(
+    members
+      .0
+      .into_iter()
+      .map(|(key, value)| (key_json(&key), value.get().to_string()))
+      .collect(),
+  )
+}
+
+fn key_json(key: &str) -> String {
+  serde_json::to_string(key).expect("a string always serializes")
+}
+
 /// A JSON object's members in text order, values raw; a repeated key keeps its first
 /// position and its last value (as `JSON.parse` does).
 struct Members(Vec<(String, Box<RawValue>)>);
@@ -102,7 +120,7 @@ fn write_object(mut entries: Vec<(String, Box<RawValue>)>) -> String {
     if i > 0 {
       out.push(',');
     }
-    out.push_str(&serde_json::to_string(key).expect("a string always serializes"));
+    out.push_str(&key_json(key));
     out.push(':');
     out.push_str(value.get());
   }

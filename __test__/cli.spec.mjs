@@ -1,0 +1,253 @@
+// The `durastate` CLI, run as a subprocess against real state: executions and steps written
+// with createRedisStore / createSqliteStore, KV entries written by the CLI and read back
+// with createKvStore, on a throwaway redis-server and on a temp SQLite file.
+import assert from 'node:assert/strict'
+import { spawnSync } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { fileURLToPath } from 'node:url'
+import { createKvStore, createRedisStore, createSqliteStore } from '../index.js'
+import { freePort, testRedis } from './helpers/redis-server.mjs'
+
+const cli = fileURLToPath(new URL('../bin/durastate.mjs', import.meta.url))
+const HOUR = 3_600_000
+const CHARGE = { amount: 4200, currency: 'EUR', note: 'x'.repeat(300) }
+
+/** Runs the CLI with no store URL in the environment unless `env` gives one. */
+function durastate(args, { env = {} } = {}) {
+  const result = spawnSync(process.execPath, [cli, ...args], {
+    encoding: 'utf8',
+    timeout: 20_000,
+    env: { ...process.env, DURASTATE_URL: '', REDIS_URL: '', ...env },
+  })
+  if (result.error) throw result.error
+  return result
+}
+
+/** The CLI's stdout, after checking that it exited 0. */
+function output(args, options) {
+  const result = durastate(args, options)
+  assert.equal(result.status, 0, `durastate ${args.join(' ')} exited ${result.status}: ${result.stderr}`)
+  return result.stdout
+}
+
+/** Asserts the CLI failed with `status` and the one-line error `durastate: ... (code)` or usage. */
+function fails(args, status, stderrPattern) {
+  const result = durastate(args)
+  assert.equal(result.status, status, `durastate ${args.join(' ')}: expected exit ${status}, got ${result.status}\n${result.stdout}${result.stderr}`)
+  assert.match(result.stderr, stderrPattern)
+  return result
+}
+
+/**
+ * The rows of an aligned table, as objects keyed by column title. Each cell must start
+ * where its title starts (left-aligned) or end where it ends (right-aligned).
+ */
+function parseTable(text) {
+  const cellsOf = (line) => [...line.matchAll(/\S+(?: \S+)*/g)]
+  const [header, ...lines] = text.trimEnd().split('\n')
+  const columns = cellsOf(header).map((m) => ({ title: m[0], start: m.index, end: m.index + m[0].length }))
+  return lines.map((line) => {
+    const cells = cellsOf(line)
+    assert.equal(cells.length, columns.length, `row "${line}" does not have ${columns.length} cells`)
+    return Object.fromEntries(cells.map((cell, i) => {
+      const { title, start, end } = columns[i]
+      assert.ok(cell.index === start || cell.index + cell[0].length === end, `"${cell[0]}" is not aligned under ${title}:\n${text}`)
+      return [title, cell[0]]
+    }))
+  })
+}
+
+/** Writes the state every backend's suite inspects, through the public API. */
+async function writeState(open) {
+  const store = open({ ttl: 2 * HOUR })
+  await store.beginExecution('order-1')
+  await store.beginExecutionTask('order-1', 'validate')
+  await store.commitExecutionTaskResult('order-1', 'validate', { ok: true })
+  await store.beginExecutionTask('order-1', 'charge')
+  await store.commitExecutionTaskResult('order-1', 'charge', CHARGE)
+  await store.beginExecutionTask('order-1', 'ship')
+  await store.beginExecution('order-2')
+  const noTtl = open({})
+  await noTtl.beginExecutionTask('order-0', 'export')
+  await noTtl.commitExecutionTaskResult('order-0', 'export', 'done')
+  await Promise.all([store.close(), noTtl.close()])
+}
+
+const backends = {
+  async redis() {
+    const redis = await testRedis()
+    const prefix = `cli:${randomUUID()}:`
+    return {
+      url: redis.url,
+      prefix,
+      open: (options) => createRedisStore(redis.url, { prefix, ...options }),
+      env: { REDIS_URL: redis.url },
+      release: redis.release,
+    }
+  },
+  async sqlite() {
+    const dir = mkdtempSync(join(tmpdir(), 'durastate-cli-'))
+    const path = join(dir, 'state.db')
+    const prefix = 'cli:'
+    return {
+      url: `sqlite:${path}`,
+      prefix,
+      open: (options) => createSqliteStore(path, { prefix, ...options }),
+      env: { DURASTATE_URL: `sqlite:${path}` },
+      release: async () => rmSync(dir, { recursive: true, force: true }),
+    }
+  },
+}
+
+for (const [name, prepare] of Object.entries(backends)) {
+  describe(`durastate inspect and kv on ${name}`, { timeout: 120_000 }, () => {
+    let backend
+
+    before(async () => {
+      backend = await prepare()
+      await writeState(backend.open)
+    })
+    after(() => backend?.release())
+
+    it('lists executions with their step counts, aligned, from the URL in the environment', () => {
+      const text = output(['inspect', '--prefix', backend.prefix], { env: backend.env })
+      const [table, footer] = text.split('\n\n')
+      const rows = parseTable(table)
+      assert.deepEqual(rows.map((r) => r.EXECUTION), ['order-0', 'order-1', 'order-2'])
+      const [order0, order1, order2] = rows
+      assert.deepEqual([order1.STATE, order1['STEPS IN PROGRESS'], order1['STEPS DONE']], ['in progress', '1', '2'])
+      assert.match(order1['EXPIRES IN'], /^(2\.0|1\.9) h$/)
+      assert.equal(order1.RESULTS, `${Buffer.byteLength(JSON.stringify(CHARGE)) + Buffer.byteLength('{"ok":true}')} B`)
+      assert.deepEqual([order2.STATE, order2['STEPS IN PROGRESS'], order2['STEPS DONE'], order2.RESULTS], ['in progress', '0', '0', '0 B'])
+      assert.deepEqual([order0.STATE, order0['STEPS DONE'], order0['EXPIRES IN']], ['no marker', '1', '-'])
+      assert.equal(footer.trim(), `3 executions, 2 in progress (prefix "${backend.prefix}")`)
+    })
+
+    it('lists executions as JSON with --json', () => {
+      const { prefix, executions } = JSON.parse(output(['inspect', backend.url, '--prefix', backend.prefix, '--json']))
+      assert.equal(prefix, backend.prefix)
+      const order1 = executions.find((e) => e.id === 'order-1')
+      assert.ok(order1.expiresIn > HOUR && order1.expiresIn <= 2 * HOUR)
+      assert.deepEqual({ ...order1, expiresIn: 0 }, {
+        id: 'order-1', inProgress: true, stepsInProgress: 1, stepsDone: 2, resultBytes: 11 + JSON.stringify(CHARGE).length, expiresIn: 0,
+      })
+    })
+
+    it('shows the steps of one execution: state, size, TTL and a truncated preview', () => {
+      const [heading, table] = output(['inspect', backend.url, 'order-1', '--prefix', backend.prefix]).split('\n\n')
+      assert.match(heading, /^execution order-1: in progress, expires in (2\.0|1\.9) h$/)
+      const steps = parseTable(table)
+      assert.deepEqual(steps.map((s) => [s.STEP, s.STATE, s.SIZE]), [
+        ['charge', 'done', `${JSON.stringify(CHARGE).length} B`],
+        ['ship', 'in progress', '-'],
+        ['validate', 'done', '11 B'],
+      ])
+      assert.equal(steps[2].VALUE, '{"ok":true}')
+      assert.equal(steps[0].VALUE, `${JSON.stringify(CHARGE).slice(0, 47)}…`)
+      assert.match(steps[1]['EXPIRES IN'], /^(2\.0|1\.9) h$/)
+    })
+
+    it('shows the full stored JSON of each step with --json, and "no expiry" for keys without a TTL', () => {
+      const detail = JSON.parse(output(['inspect', backend.url, 'order-1', '--prefix', backend.prefix, '--json']))
+      assert.equal(detail.inProgress, true)
+      assert.deepEqual(detail.steps.map((s) => [s.id, s.state, s.size, s.json]), [
+        ['charge', 'done', JSON.stringify(CHARGE).length, JSON.stringify(CHARGE)],
+        ['ship', 'in progress', null, null],
+        ['validate', 'done', 11, '{"ok":true}'],
+      ])
+      const [heading, table] = output(['inspect', backend.url, 'order-0', '--prefix', backend.prefix]).split('\n\n')
+      assert.equal(heading, 'execution order-0: not in progress (no execution key)')
+      assert.deepEqual(parseTable(table), [{ STEP: 'export', STATE: 'done', SIZE: '6 B', 'EXPIRES IN': 'no expiry', VALUE: '"done"' }])
+    })
+
+    it('says when an execution is not there (exit 1)', () => {
+      fails(['inspect', backend.url, 'nope', '--prefix', backend.prefix], 1, /^durastate: no execution "nope" under prefix ".*" \(NOT_FOUND\)\n$/)
+    })
+
+    it('matches the prefix literally, glob characters included', async () => {
+      const globby = `${backend.prefix}[a]*?\\`
+      const lookalike = `${backend.prefix}a:`
+      for (const [prefix, id] of [[globby, 'exact'], [lookalike, 'lookalike']]) {
+        const store = name === 'redis' ? createRedisStore(backend.url, { prefix }) : createSqliteStore(backend.url.slice('sqlite:'.length), { prefix })
+        await store.beginExecution(id)
+        await store.close()
+      }
+      const { executions } = JSON.parse(output(['inspect', backend.url, '--prefix', globby, '--json']))
+      assert.deepEqual(executions.map((e) => e.id), ['exact'])
+    })
+
+    it('sets, gets, lists and deletes KV entries, as createKvStore reads them', async () => {
+      const prefix = `${backend.prefix}kv:`
+      const kvArgs = (...args) => [...args, backend.url, '--prefix', prefix]
+      assert.match(output(['kv', 'set', ...kvArgs('default', 'greeting', '{"text":"hi"}')]), /^stored "greeting" in mount "default"/)
+      output(['kv', 'set', ...kvArgs('default', 'name', 'Alice')])
+      const kv = createKvStore(backend.url, { prefix })
+      try {
+        assert.deepEqual(await kv.get('default', 'greeting'), { text: 'hi' })
+        assert.equal(await kv.get('default', 'name'), 'Alice')
+      } finally {
+        await kv.close()
+      }
+      assert.equal(output(['kv', 'get', ...kvArgs('default', 'greeting'), '--json']), '{"text":"hi"}\n')
+      assert.equal(output(['kv', 'keys', ...kvArgs('default')]), 'greeting\nname\n')
+      assert.deepEqual(JSON.parse(output(['kv', 'keys', 'default', 'gr*', backend.url, '--prefix', prefix, '--json'])), ['greeting'])
+      assert.match(output(['kv', 'delete', ...kvArgs('default', 'greeting')]), /^deleted "greeting"/)
+      assert.match(output(['kv', 'delete', ...kvArgs('default', 'greeting')]), /was not stored/)
+      fails(['kv', 'get', ...kvArgs('default', 'greeting')], 1, /^durastate: mount "default" has no key "greeting" \(NOT_FOUND\)\n$/)
+    })
+  })
+}
+
+describe('durastate kv without --prefix uses the prefixes createKvStore gives mounts', { timeout: 60_000 }, () => {
+  let dir
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'durastate-cli-kv-'))
+  })
+  after(() => rmSync(dir, { recursive: true, force: true }))
+
+  it('"kv:" for the mount "default", "<mount>:" for any other', async () => {
+    const url = `sqlite:${join(dir, 'kv.db')}`
+    output(['kv', 'set', 'default', 'count', '3', url])
+    output(['kv', 'set', 'user', 'name', '"Bob"', url])
+    const plain = createKvStore(url)
+    const mounted = createKvStore(url, { mounts: { user: {} } })
+    try {
+      assert.equal(await plain.get('default', 'count'), 3)
+      assert.equal(await mounted.get('user', 'name'), 'Bob')
+    } finally {
+      await Promise.all([plain.close(), mounted.close()])
+    }
+  })
+})
+
+describe('durastate arguments and errors', { timeout: 60_000 }, () => {
+  const usage = /usage:\n {2}durastate inspect/
+
+  it('prints the usage with --help (exit 0)', () => {
+    assert.match(output(['--help']), /^usage:/)
+  })
+
+  it('prints the usage to stderr and exits 2 on bad arguments', () => {
+    for (const args of [[], ['frobnicate'], ['inspect', '--bogus'], ['inspect', 'a', 'b', 'c'], ['kv', 'get', 'default'], ['kv', 'rename', 'default', 'a']]) {
+      const result = fails(args, 2, usage)
+      assert.equal(result.stdout, '')
+    }
+  })
+
+  it('refuses memory: with the reason (exit 2)', () => {
+    fails(['inspect', 'memory:'], 2, /^durastate: memory: is a store inside one process; .*empty store/)
+  })
+
+  it('reports an unreachable server as "durastate: <message> (<code>)" (exit 1)', async () => {
+    const port = await freePort()
+    fails(['inspect', `redis://127.0.0.1:${port}`], 1, /^durastate: .+ \(UNAVAILABLE\)\n$/)
+  })
+
+  it('does not create a SQLite file to inspect it (exit 1)', () => {
+    fails(['inspect', 'sqlite:/nonexistent/dir/state.db'], 1, /^durastate: no SQLite file at \/nonexistent\/dir\/state.db \(UNAVAILABLE\)\n$/)
+  })
+})

@@ -1,0 +1,424 @@
+#!/usr/bin/env node
+// `durastate`: shows what a durastate store holds (worker executions and their steps) and
+// reads or writes the KV store. `durastate --help` prints the usage.
+import { existsSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { parseArgs } from 'node:util'
+
+const require = createRequire(import.meta.url)
+
+const USAGE = `usage:
+  durastate inspect [url] [--prefix p] [--json]                executions, with their step counts
+  durastate inspect [url] <executionId> [--prefix p] [--json]  the steps of one execution
+  durastate kv get <mount> <key> [url] [--prefix p] [--json]
+  durastate kv set <mount> <key> <value> [url] [--prefix p]    value: JSON text, else a string
+  durastate kv keys <mount> [pattern] [url] [--prefix p] [--json]
+  durastate kv delete <mount> <key> [url] [--prefix p] [--json]
+
+  url       redis://..., sqlite:<path> or file:<path>. Default: DURASTATE_URL, then
+            REDIS_URL, else sqlite:./.durastate/state.db
+  --prefix  inspect: the worker store's key prefix (default "").
+            kv: the mount's key prefix (default "<mount>:", and "kv:" for the mount "default")
+  --json    machine-readable output
+  --        ends the options, for values that start with "-": kv set default n -- -1`
+
+const OPTIONS = {
+  prefix: { type: 'string' },
+  json: { type: 'boolean', default: false },
+  help: { type: 'boolean', short: 'h', default: false },
+}
+const URL_SCHEME = /^(redis|rediss|redis\+unix|sqlite|file|memory):/i
+const DEFAULT_SQLITE_PATH = './.durastate/state.db'
+const KV_ARGUMENTS = { get: ['key'], set: ['key', 'value'], delete: ['key'] }
+const SCAN_COUNT = 1000
+const CALLS_IN_FLIGHT = 1000
+const PREVIEW_LENGTH = 48
+const CODED_MESSAGE = /^\[([A-Z_]+)\] ([\s\S]*)$/
+
+class UsageError extends Error {}
+
+class CliError extends Error {
+  constructor(code, message) {
+    super(message)
+    this.code = code
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Arguments
+// ---------------------------------------------------------------------------------------
+
+function parseCommand(argv) {
+  let parsed
+  try {
+    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true })
+  } catch (err) {
+    throw new UsageError(err.message)
+  }
+  const { values, positionals } = parsed
+  if (values.help) return { name: 'help' }
+  const [command, ...rest] = positionals
+  if (command === 'inspect') return parseInspect(rest, values)
+  if (command === 'kv') return parseKv(rest, values)
+  throw new UsageError(command === undefined ? 'no command given' : `unknown command "${command}"`)
+}
+
+function parseInspect(args, flags) {
+  const { url, other: executionId } = splitUrl(args, { urlFirst: true })
+  return { name: 'inspect', url: resolveUrl(url), executionId, prefix: flags.prefix ?? '', json: flags.json }
+}
+
+function parseKv([action, mount, ...args], flags) {
+  if (mount === undefined) throw new UsageError('kv needs an action (get, set, keys, delete) and a mount')
+  const common = { name: 'kv', action, mount, prefix: flags.prefix ?? defaultMountPrefix(mount), json: flags.json }
+  if (action === 'keys') {
+    const { url, other: pattern } = splitUrl(args, { urlFirst: false })
+    return { ...common, url: resolveUrl(url), pattern }
+  }
+  if (!Object.hasOwn(KV_ARGUMENTS, action)) throw new UsageError(`unknown kv action "${action}"`)
+  const names = KV_ARGUMENTS[action]
+  if (args.length < names.length || args.length > names.length + 1) {
+    throw new UsageError(`kv ${action} takes <mount> ${names.map((n) => `<${n}>`).join(' ')} [url]`)
+  }
+  const [key, value] = args
+  return { ...common, key, value, url: resolveUrl(args[names.length]) }
+}
+
+/** Splits up to two positionals into a URL and one other argument; a lone one is a URL when it has a store scheme. */
+function splitUrl(args, { urlFirst }) {
+  if (args.length > 2) throw new UsageError(`too many arguments: ${args.join(' ')}`)
+  if (args.length === 2) return urlFirst ? { url: args[0], other: args[1] } : { url: args[1], other: args[0] }
+  if (args.length === 1 && URL_SCHEME.test(args[0])) return { url: args[0] }
+  return { other: args[0] }
+}
+
+/** The prefix an app's mount has when its options give none: what createKvStore uses. */
+function defaultMountPrefix(mount) {
+  return mount === 'default' ? 'kv:' : `${mount}:`
+}
+
+/** The store URL to open: the argument, else DURASTATE_URL, then REDIS_URL; undefined means the default SQLite file. */
+function resolveUrl(url) {
+  const resolved = url || process.env.DURASTATE_URL || process.env.REDIS_URL || undefined
+  if (resolved && /^memory:/i.test(resolved)) {
+    throw new UsageError(
+      'memory: is a store inside one process; the CLI runs in a process of its own, where it ' +
+        'would only ever see an empty store. Give a redis:// or sqlite:<path> URL.',
+    )
+  }
+  return resolved
+}
+
+/** The SQLite file a URL names (as createStore reads it), or null for a Redis URL. */
+function sqlitePath(url) {
+  if (url === undefined) return DEFAULT_SQLITE_PATH
+  const file = /^(sqlite|file):(.*)$/is.exec(url)
+  if (!file) return null
+  return file[2].startsWith('//') ? file[2].slice(2) : file[2]
+}
+
+/** Reading a SQLite file that is not there would create an empty one: refuse instead. */
+function requireExistingFile(url) {
+  const path = sqlitePath(url)
+  if (path !== null && path !== '' && !existsSync(path)) {
+    throw new CliError('UNAVAILABLE', `no SQLite file at ${path}`)
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading the worker store's keys: p<id>, p<id>-transactions, p<id>-results
+// ---------------------------------------------------------------------------------------
+
+const TRANSACTIONS_SUFFIX = '-transactions'
+const RESULTS_SUFFIX = '-results'
+
+/** A Redis glob that matches `text` literally. */
+function escapeGlob(text) {
+  return text.replace(/[*?[\]\\]/g, '\\$&')
+}
+
+/** Every key that matches `pattern`, each once, by SCAN (never KEYS). */
+async function scanKeys(inspector, pattern, type) {
+  const keys = new Set()
+  let cursor = '0'
+  do {
+    const [next, ...batch] = await inspector.scan(cursor, pattern, SCAN_COUNT, type)
+    for (const key of batch) keys.add(key)
+    cursor = next
+  } while (cursor !== '0')
+  return keys
+}
+
+/** `fn` over every item, at most CALLS_IN_FLIGHT at a time. */
+async function mapInBatches(items, fn) {
+  const results = []
+  for (let i = 0; i < items.length; i += CALLS_IN_FLIGHT) {
+    results.push(...(await Promise.all(items.slice(i, i + CALLS_IN_FLIGHT).map(fn))))
+  }
+  return results
+}
+
+async function readHash(inspector, key) {
+  const entries = await inspector.hgetall(key)
+  const fields = new Map()
+  for (let i = 0; i < entries.length; i += 2) fields.set(entries[i], entries[i + 1])
+  return fields
+}
+
+function executionKeys(prefix, id) {
+  return { marker: prefix + id, transactions: prefix + id + TRANSACTIONS_SUFFIX, results: prefix + id + RESULTS_SUFFIX }
+}
+
+/** The id of an execution whose steps hash is `key`, or null. */
+function executionIdOfHash(key, prefix) {
+  for (const suffix of [TRANSACTIONS_SUFFIX, RESULTS_SUFFIX]) {
+    if (key.endsWith(suffix) && key.length > prefix.length + suffix.length) return key.slice(prefix.length, -suffix.length)
+  }
+  return null
+}
+
+/** An execution's three keys, read; `has` tells which keys exist (from SCAN), so no key of another type is read. */
+async function readExecution(inspector, prefix, id, has = () => true) {
+  const keys = executionKeys(prefix, id)
+  const read = (key, reader, missing) => (has(key) ? reader(key) : missing)
+  const [marker, transactions, results, markerTtl, transactionsTtl, resultsTtl] = await Promise.all([
+    read(keys.marker, (k) => inspector.get(k), null),
+    read(keys.transactions, (k) => readHash(inspector, k), new Map()),
+    read(keys.results, (k) => readHash(inspector, k), new Map()),
+    inspector.pttl(keys.marker),
+    inspector.pttl(keys.transactions),
+    inspector.pttl(keys.results),
+  ])
+  return { id, inProgress: marker === 'true', markerTtl, transactions, transactionsTtl, results, resultsTtl }
+}
+
+async function listExecutions(inspector, prefix) {
+  const pattern = `${escapeGlob(prefix)}*`
+  const [strings, hashes] = await Promise.all([
+    scanKeys(inspector, pattern, 'string'),
+    scanKeys(inspector, pattern, 'hash'),
+  ])
+  const ids = new Set()
+  for (const key of hashes) {
+    const id = executionIdOfHash(key, prefix)
+    if (id !== null) ids.add(id)
+  }
+  const stringKeys = [...strings]
+  const values = await mapInBatches(stringKeys, (key) => inspector.get(key))
+  stringKeys.forEach((key, i) => {
+    if (values[i] === 'true' && key.length > prefix.length) ids.add(key.slice(prefix.length))
+  })
+  const has = (key) => strings.has(key) || hashes.has(key)
+  const executions = await mapInBatches([...ids].sort(), (id) => readExecution(inspector, prefix, id, has))
+  return executions.map(summarize)
+}
+
+function summarize(execution) {
+  let resultBytes = 0
+  for (const json of execution.results.values()) resultBytes += Buffer.byteLength(json)
+  return {
+    id: execution.id,
+    inProgress: execution.inProgress,
+    stepsInProgress: execution.transactions.size,
+    stepsDone: execution.results.size,
+    resultBytes,
+    expiresIn: execution.inProgress ? ttlOrNull(execution.markerTtl) : null,
+  }
+}
+
+/** One execution with its steps, finished or in progress, sorted by id (nested steps follow their parent). */
+function describeExecution(execution) {
+  const ids = new Set([...execution.results.keys(), ...execution.transactions.keys()])
+  return {
+    id: execution.id,
+    inProgress: execution.inProgress,
+    expiresIn: execution.inProgress ? ttlOrNull(execution.markerTtl) : null,
+    steps: [...ids].sort().map((id) => describeStep(execution, id)),
+  }
+}
+
+function describeStep({ results, resultsTtl, transactions, transactionsTtl }, id) {
+  const json = results.get(id)
+  if (json === undefined) return { id, state: 'in progress', size: null, expiresIn: ttlOrNull(transactionsTtl), json: null }
+  const state = transactions.has(id) ? 'done, begun again' : 'done'
+  return { id, state, size: Buffer.byteLength(json), expiresIn: ttlOrNull(resultsTtl), json }
+}
+
+/** A PTTL reply as ms left, or null for a key that never expires. */
+function ttlOrNull(pttl) {
+  return pttl === -1 ? null : pttl
+}
+
+// ---------------------------------------------------------------------------------------
+// Terminal output
+// ---------------------------------------------------------------------------------------
+
+function formatSize(bytes) {
+  if (bytes === null) return '-'
+  if (bytes < 1024) return `${bytes} B`
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`
+}
+
+const DURATION_UNITS = [
+  ['d', 86_400_000],
+  ['h', 3_600_000],
+  ['min', 60_000],
+  ['s', 1_000],
+]
+
+function formatTtl(ms) {
+  if (ms === null) return 'no expiry'
+  for (const [unit, size] of DURATION_UNITS) {
+    if (ms >= size) return `${(ms / size).toFixed(1)} ${unit}`
+  }
+  return `${ms} ms`
+}
+
+function preview(json) {
+  if (json === null) return '-'
+  const line = json.replace(/\s+/g, ' ')
+  return line.length > PREVIEW_LENGTH ? `${line.slice(0, PREVIEW_LENGTH - 1)}…` : line
+}
+
+/** Aligned columns: `columns` are [title, 'left' | 'right']; the last column is not padded. */
+function table(columns, rows) {
+  const widths = columns.map(([title], i) => Math.max(title.length, ...rows.map((row) => row[i].length)))
+  const line = (cells) =>
+    cells
+      .map((cell, i) => {
+        if (i === cells.length - 1 && columns[i][1] === 'left') return cell
+        return columns[i][1] === 'right' ? cell.padStart(widths[i]) : cell.padEnd(widths[i])
+      })
+      .join('  ')
+  return [line(columns.map(([title]) => title)), ...rows.map(line)].join('\n')
+}
+
+function printExecutions(executions, prefix) {
+  if (executions.length === 0) return console.log(`no executions under prefix ${JSON.stringify(prefix)}`)
+  const columns = [['EXECUTION', 'left'], ['STATE', 'left'], ['STEPS IN PROGRESS', 'right'], ['STEPS DONE', 'right'], ['RESULTS', 'right'], ['EXPIRES IN', 'right']]
+  const rows = executions.map((e) => [
+    e.id,
+    e.inProgress ? 'in progress' : 'no marker',
+    String(e.stepsInProgress),
+    String(e.stepsDone),
+    formatSize(e.resultBytes),
+    e.inProgress ? formatTtl(e.expiresIn) : '-',
+  ])
+  console.log(table(columns, rows))
+  const inProgress = executions.filter((e) => e.inProgress).length
+  console.log(`\n${executions.length} executions, ${inProgress} in progress (prefix ${JSON.stringify(prefix)})`)
+}
+
+function printExecution({ id, inProgress, expiresIn, steps }) {
+  const state = inProgress ? `in progress, expires in ${formatTtl(expiresIn)}` : 'not in progress (no execution key)'
+  console.log(`execution ${id}: ${state}\n`)
+  if (steps.length === 0) return console.log('no steps')
+  const columns = [['STEP', 'left'], ['STATE', 'left'], ['SIZE', 'right'], ['EXPIRES IN', 'right'], ['VALUE', 'left']]
+  const rows = steps.map((s) => [s.id, s.state, formatSize(s.size), formatTtl(s.expiresIn), preview(s.json)])
+  console.log(table(columns, rows))
+}
+
+function printJson(value) {
+  console.log(JSON.stringify(value, null, 2))
+}
+
+// ---------------------------------------------------------------------------------------
+// Commands
+// ---------------------------------------------------------------------------------------
+
+/** The addon, loaded only by commands that need it (not --help): index.js first, whose error names the platform when no binary loads. */
+function loadAddon() {
+  const { createKvStore } = require('../index.js')
+  const { createInspector } = require('../binding.js')
+  return { createKvStore, createInspector }
+}
+
+async function inspect({ url, executionId, prefix, json }) {
+  requireExistingFile(url)
+  const inspector = loadAddon().createInspector(url)
+  try {
+    if (executionId === undefined) {
+      const executions = await listExecutions(inspector, prefix)
+      return json ? printJson({ prefix, executions }) : printExecutions(executions, prefix)
+    }
+    const detail = describeExecution(await readExecution(inspector, prefix, executionId))
+    if (!detail.inProgress && detail.steps.length === 0) {
+      throw new CliError('NOT_FOUND', `no execution ${JSON.stringify(executionId)} under prefix ${JSON.stringify(prefix)}`)
+    }
+    return json ? printJson(detail) : printExecution(detail)
+  } finally {
+    inspector.close()
+  }
+}
+
+/** A value from the command line: its JSON when it parses, else the text itself. */
+function parseValue(text) {
+  try {
+    return JSON.parse(text)
+  } catch {
+    return text
+  }
+}
+
+const KV_ACTIONS = {
+  async get(kv, { mount, key, json }) {
+    const value = await kv.getOr(mount, key, undefined)
+    if (value === undefined) throw new CliError('NOT_FOUND', `mount ${JSON.stringify(mount)} has no key ${JSON.stringify(key)}`)
+    console.log(json ? JSON.stringify(value) : JSON.stringify(value, null, 2))
+  },
+  async set(kv, { mount, key, value, prefix }) {
+    await kv.set(mount, key, parseValue(value))
+    console.log(`stored ${JSON.stringify(key)} in mount ${JSON.stringify(mount)} (key ${JSON.stringify(prefix + key)})`)
+  },
+  async keys(kv, { mount, pattern, json }) {
+    const keys = await kv.keys(mount, pattern)
+    if (json) return console.log(JSON.stringify(keys))
+    for (const key of keys) console.log(key)
+  },
+  async delete(kv, { mount, key, json }) {
+    const deleted = await kv.delete(mount, key)
+    if (json) return console.log(JSON.stringify({ deleted }))
+    console.log(deleted ? `deleted ${JSON.stringify(key)} from mount ${JSON.stringify(mount)}` : `${JSON.stringify(key)} was not stored in mount ${JSON.stringify(mount)}`)
+  },
+}
+
+async function kv(command) {
+  if (command.action !== 'set') requireExistingFile(command.url)
+  const store = loadAddon().createKvStore(command.url, { mounts: { [command.mount]: { prefix: command.prefix } } })
+  try {
+    await KV_ACTIONS[command.action](store, command)
+  } finally {
+    await store.close()
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Main
+// ---------------------------------------------------------------------------------------
+
+/** The stable code and the message of an error: a DurastateError, a native `[CODE] message`, or anything else. */
+function describeError(err) {
+  const message = err instanceof Error ? err.message : String(err)
+  const coded = CODED_MESSAGE.exec(message)
+  if (coded) return { code: coded[1], message: coded[2] }
+  return { code: typeof err?.code === 'string' ? err.code : 'INTERNAL', message }
+}
+
+async function main(argv) {
+  const command = parseCommand(argv)
+  if (command.name === 'help') return console.log(USAGE)
+  if (command.name === 'inspect') return inspect(command)
+  return kv(command)
+}
+
+main(process.argv.slice(2)).catch((err) => {
+  if (err instanceof UsageError) {
+    console.error(`durastate: ${err.message}\n\n${USAGE}`)
+    process.exitCode = 2
+    return
+  }
+  const { code, message } = describeError(err)
+  console.error(`durastate: ${message} (${code})`)
+  process.exitCode = 1
+})
