@@ -214,4 +214,23 @@ export interface StoreOptions {
    * (checked at connect: `appendonly yes`, `appendfsync always`).
    */
   durability?: string
+  /** Redis: TLS settings (implied by a `rediss://` URL). */
+  tls?: TlsOptions
+}
+
+/** TLS options of a Redis store. Each PEM value is the PEM text itself or a file path. */
+export interface TlsOptions {
+  /** CA certificate(s) the server's certificate must chain to. Default: the system's roots. */
+  ca?: string
+  /** Client certificate (chain), for servers that require one (`tls-auth-clients yes`). */
+  cert?: string
+  /** The client certificate's private key (PKCS#8, PKCS#1 or SEC1). */
+  key?: string
+  /** The name the server's certificate must carry. Default: the host of the URL. */
+  servername?: string
+  /**
+   * `false` accepts any server certificate (tests only: no protection against a
+   * man in the middle). Default `true`.
+   */
+  rejectUnauthorized?: boolean
 }

@@ -20,8 +20,10 @@ export type ErrorCode =
   | 'UNAVAILABLE'
   /** The call did not finish within `commandTimeout`. */
   | 'TIMEOUT'
-  /** The server refused the credentials (`WRONGPASS`, `NOAUTH`). */
+  /** The server refused the credentials (`WRONGPASS`, `NOAUTH`) or the ACL user may not run a command (`NOPERM`). */
   | 'AUTH'
+  /** The TLS handshake failed: untrusted, expired or misnamed certificate, a missing client certificate, or a server that does not speak TLS. */
+  | 'TLS'
   /** The store was closed. */
   | 'DISPOSED'
   /** KV: the mount name is not configured (the message lists the mounts). */
@@ -73,6 +75,25 @@ export interface RedisStoreOptions extends StoreOptions {
    * a failover can lose writes a replica had not received.
    */
   durability?: 'none' | 'aof'
+  /** TLS settings; implied by a `rediss://` URL (then all optional). */
+  tls?: TlsOptions
+}
+
+/**
+ * TLS for Redis (rustls; TLS 1.2 and 1.3). Each PEM value is the PEM text itself or the
+ * path of a PEM file, read when the store is created (a bad one throws `INVALID_INPUT`).
+ */
+export interface TlsOptions {
+  /** CA certificate(s) the server's certificate must chain to. Default: the system's trusted roots. */
+  ca?: string
+  /** Client certificate (chain), for servers started with `tls-auth-clients yes`. Needs `key`. */
+  cert?: string
+  /** The client certificate's private key (PKCS#8, PKCS#1 or SEC1 PEM). */
+  key?: string
+  /** The name the server's certificate must be valid for. Default: the host of the URL. */
+  servername?: string
+  /** `false` accepts any server certificate: for tests only (no protection from a man in the middle). Default `true`. */
+  rejectUnauthorized?: boolean
 }
 
 /** How a Redis store rides out a dropped connection (server restart, `CLIENT KILL`). */
@@ -115,6 +136,8 @@ export interface RedisConnectionOptions {
   password?: string
   /** Database number. Default 0. */
   db?: number
+  /** Connect with TLS (as `rediss://`); settings in the store option `tls`. */
+  tls?: boolean
 }
 
 /** The WorkerStore interface of the worker library (idioteque), which every store satisfies. */

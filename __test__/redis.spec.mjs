@@ -92,17 +92,18 @@ describe('Redis store', () => {
     const ours = open({ prefix: p, ttl: 5000 })
     await ours.isExecutionInProgress('warm-up')
     const monitor = await io.monitor()
-    const seen = []
-    monitor.on('monitor', (_time, args) => {
-      if (args.some((a) => String(a).startsWith(p))) seen.push(args.map(String))
-      else if (['multi', 'exec'].includes(String(args[0]).toLowerCase())) seen.push([String(args[0]).toUpperCase()])
-    })
+    // Other suites share the server: keep the commands of our store's connection only
+    // (the one that sends our prefixed keys), MULTI and EXEC included.
+    const all = []
+    monitor.on('monitor', (_time, args, source) => all.push({ args: args.map(String), source }))
     await ours.beginExecution('e')
     await ours.beginExecutionTask('e', 't')
     await ours.commitExecutionTaskResult('e', 't', { ok: true })
     await ours.disposeExecution('e')
     await new Promise((r) => setTimeout(r, 100))
     monitor.disconnect()
+    const ourSource = all.find(({ args }) => args.some((a) => a.startsWith(p)))?.source
+    const seen = all.filter(({ source }) => source === ourSource).map(({ args }) => args)
     const upper = seen.map(([cmd, ...rest]) => [cmd.toUpperCase(), ...rest])
     assert.deepEqual(upper, [
       ['SET', `${p}e`, 'true', 'PX', '5000'],

@@ -20,6 +20,9 @@ pub enum ErrorCode {
   Timeout,
   /// The server refused our credentials (`WRONGPASS`, `NOAUTH`).
   Auth,
+  /// The TLS handshake failed: an untrusted, expired or misnamed certificate, or a
+  /// server that does not speak TLS.
+  Tls,
   /// The store was closed.
   Disposed,
   /// A bug in durastate (a Rust panic); the call was rejected, the process lives on.
@@ -49,6 +52,7 @@ impl ErrorCode {
       Self::Unavailable => "UNAVAILABLE",
       Self::Timeout => "TIMEOUT",
       Self::Auth => "AUTH",
+      Self::Tls => "TLS",
       Self::Disposed => "DISPOSED",
       Self::Internal => "INTERNAL",
       Self::UnknownMount => "UNKNOWN_MOUNT",

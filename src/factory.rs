@@ -147,9 +147,10 @@ fn redis_engine_for(
   options: &StoreOptions,
 ) -> StoreResult<(Engine, CommonSettings)> {
   let common = CommonSettings::from_options(options)?;
+  target.configure_tls(options.tls.as_ref())?;
   target.require_aof = match options.durability.as_deref() {
     None | Some("none") => false,
-    Some("aof") if target.is_tcp() && cfg!(unix) => true,
+    Some("aof") if target.is_tcp() => true,
     Some("aof") => {
       return Err(StoreError::invalid_input(
         "option `durability: 'aof'` needs a redis:// (TCP) target",
@@ -161,7 +162,7 @@ fn redis_engine_for(
       )))
     }
   };
-  Ok((redis_engine(target, &common), common))
+  Ok((redis_engine(target, &common)?, common))
 }
 
 fn sqlite_store(path: PathBuf, options: &StoreOptions) -> StoreResult<NativeWorkerStore> {
@@ -198,16 +199,30 @@ fn embedded_engine(
 
 /// Redis over TCP runs on the JS thread's event loop (no thread hop per call) unless
 /// `DURASTATE_REDIS_DRIVER=threads`; other targets and platforms use tokio threads.
-fn redis_engine(target: RedisTarget, common: &CommonSettings) -> Engine {
+/// TLS and `durability: 'aof'` are implemented by the event-loop driver only.
+fn redis_engine(target: RedisTarget, common: &CommonSettings) -> StoreResult<Engine> {
   let (connect, command) = (common.connect_timeout, common.command_timeout);
+  let needs_loop = target.require_aof || target.tls.is_some();
   #[cfg(unix)]
   {
     let threads_wanted = std::env::var("DURASTATE_REDIS_DRIVER").is_ok_and(|v| v == "threads");
-    if target.is_tcp() && (!threads_wanted || target.require_aof) {
-      return Engine::EventLoop(LoopRedis::new(target, connect, command, common.retry));
+    if target.is_tcp() && (!threads_wanted || needs_loop) {
+      return Ok(Engine::EventLoop(LoopRedis::new(
+        target,
+        connect,
+        command,
+        common.retry,
+      )));
     }
   }
-  Engine::Threads(Arc::new(RedisBackend::new(target, connect, command)))
+  if needs_loop {
+    return Err(StoreError::invalid_input(
+      "TLS and `durability: 'aof'` are not supported on this platform yet",
+    ));
+  }
+  Ok(Engine::Threads(Arc::new(RedisBackend::new(
+    target, connect, command,
+  ))))
 }
 
 fn worker_store((engine, common): (Engine, CommonSettings)) -> StoreResult<NativeWorkerStore> {

@@ -37,6 +37,8 @@ pub struct StoreOptions {
   /// Redis: `"none"` (default) or `"aof"`: acknowledged writes are on the server's disk
   /// (checked at connect: `appendonly yes`, `appendfsync always`).
   pub durability: Option<String>,
+  /// Redis: TLS settings (implied by a `rediss://` URL).
+  pub tls: Option<crate::tls::TlsOptions>,
 }
 
 /// How a Redis store rides out a dropped connection.

@@ -2,8 +2,11 @@
 
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
+use std::sync::Arc;
+
 use crate::error::{StoreError, StoreResult};
 use crate::options::RedisConnectionOptions;
+use crate::tls::{TlsOptions, TlsSettings};
 
 /// The address used when neither a target nor `REDIS_URL` is given.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -15,6 +18,10 @@ pub struct RedisTarget {
   pub display: String,
   /// `durability: 'aof'`: check at connect that the server fsyncs every write.
   pub require_aof: bool,
+  /// TLS settings (`rediss://` or option `tls`); `None` for plain TCP.
+  pub tls: Option<Arc<TlsSettings>>,
+  /// The URL asked for TLS (`rediss://`), so [`configure_tls`](Self::configure_tls) must set it up.
+  wants_tls: bool,
 }
 
 impl RedisTarget {
@@ -40,20 +47,39 @@ impl RedisTarget {
         )))
       }
     }
-    if parsed.scheme() == "rediss" {
-      return Err(StoreError::invalid_input(format!(
-        "invalid Redis URL \"{}\": TLS (rediss://) is not built into this version of durastate yet",
-        redact(url)
-      )));
+    // TLS is durastate's own (rustls on the event-loop driver); redis-rs only parses the
+    // address, so it is given the plain-text form of the URL.
+    let wants_tls = parsed.scheme() == "rediss";
+    let mut plain = parsed.clone();
+    if wants_tls {
+      let _ = plain.set_scheme("redis");
     }
-    let client = redis::Client::open(url).map_err(|err| {
+    let client = redis::Client::open(plain.as_str()).map_err(|err| {
       StoreError::invalid_input(format!("invalid Redis URL \"{}\": {err}", redact(url)))
     })?;
     Ok(Self {
       client,
       display: redact(url),
       require_aof: false,
+      tls: None,
+      wants_tls,
     })
+  }
+
+  /// Sets up TLS when the URL is `rediss://` or `options` are given (PEM files are read
+  /// now, so a bad one is `INVALID_INPUT` at once).
+  pub fn configure_tls(&mut self, options: Option<&TlsOptions>) -> StoreResult<()> {
+    if !self.wants_tls && options.is_none() {
+      return Ok(());
+    }
+    let redis::ConnectionAddr::Tcp(host, _) = self.client.get_connection_info().addr() else {
+      return Err(StoreError::invalid_input(
+        "TLS needs a TCP address (rediss://host:port), not a unix socket",
+      ));
+    };
+    let settings = TlsSettings::new(&options.cloned().unwrap_or_default(), host)?;
+    self.tls = Some(Arc::new(settings));
+    Ok(())
   }
 
   /// From `{ host, port, username, password, db }`.
@@ -149,5 +175,8 @@ mod tests {
     assert!(RedisTarget::from_url("http://localhost").is_err());
     assert!(RedisTarget::from_url("not a url").is_err());
     assert!(RedisTarget::from_url("redis://localhost:6379/0").is_ok());
+    let mut tls = RedisTarget::from_url("rediss://localhost:6380").unwrap();
+    tls.configure_tls(None).unwrap();
+    assert!(tls.tls.is_some());
   }
 }

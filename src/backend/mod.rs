@@ -7,6 +7,8 @@ mod keyspace;
 mod redis;
 #[cfg(unix)]
 mod redis_loop;
+#[cfg(unix)]
+mod socket;
 
 pub use embedded::{answer, EmbeddedBackend, EmbeddedSettings, Location};
 pub use redis::RedisBackend;

@@ -9,9 +9,6 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::os::raw::{c_int, c_void};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -23,6 +20,7 @@ use redis::{ConnectionAddr, Value, ValueCodec};
 use tokio_util::codec::Decoder;
 
 use super::redis::{decode, pack_commands};
+use super::socket::{lost, Socket};
 use crate::command::{Batch, Command, Finish, Reply, Step};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::js_promise::{self, AsyncContext, Deferred};
@@ -73,7 +71,7 @@ enum Connection {
   /// Waiting out a backoff delay before connecting again.
   Backoff,
   Open {
-    stream: TcpStream,
+    socket: Socket,
     poll: *mut uv::Handle,
     /// The libuv events the poll handle watches (0 before it is started).
     events: c_int,
@@ -254,13 +252,13 @@ impl Driver {
     }
   }
 
-  fn connected(self: &Rc<Self>, env: sys::napi_env, attempt: u64, opened: StoreResult<TcpStream>) {
+  fn connected(self: &Rc<Self>, env: sys::napi_env, attempt: u64, opened: StoreResult<Socket>) {
     let mut state = self.state.borrow_mut();
     let current = matches!(state.connection, Connection::Connecting) && state.attempt == attempt;
     if !current || state.shut_down {
       return;
     }
-    let settled = match opened.and_then(|stream| state.install(self, env, stream)) {
+    let settled = match opened.and_then(|socket| state.install(self, env, socket)) {
       Ok(()) => {
         state.failures = 0;
         Vec::new()
@@ -383,11 +381,11 @@ impl State {
     &mut self,
     driver: &Rc<Driver>,
     env: sys::napi_env,
-    stream: TcpStream,
+    socket: Socket,
   ) -> StoreResult<()> {
     let event_loop = event_loop(env)?;
     let poll = uv::Handle::boxed();
-    let status = unsafe { uv::uv_poll_init(event_loop, poll, stream.as_raw_fd()) };
+    let status = unsafe { uv::uv_poll_init(event_loop, poll, socket.fd()) };
     if status != 0 {
       unsafe { uv::Handle::free(poll) };
       return Err(internal(format!("uv_poll_init failed ({status})")));
@@ -397,7 +395,7 @@ impl State {
       uv::uv_unref(poll);
     }
     self.connection = Connection::Open {
-      stream,
+      socket,
       poll,
       events: 0,
     };
@@ -419,21 +417,10 @@ impl State {
 
   /// Writes what the socket takes now; the rest waits for a writable event.
   fn flush(&mut self) -> StoreResult<()> {
-    let Connection::Open { stream, .. } = &mut self.connection else {
+    let Connection::Open { socket, .. } = &mut self.connection else {
       return Ok(());
     };
-    let mut written = 0;
-    while written < self.unsent.len() {
-      match stream.write(&self.unsent[written..]) {
-        Ok(0) => return Err(lost("the server closed the connection")),
-        Ok(n) => written += n,
-        Err(err) if err.kind() == ErrorKind::WouldBlock => break,
-        Err(err) if err.kind() == ErrorKind::Interrupted => {}
-        Err(err) => return Err(lost(&err.to_string())),
-      }
-    }
-    self.unsent.drain(..written);
-    let more = !self.unsent.is_empty();
+    let more = socket.write_some(&mut self.unsent)?;
     self.watch_writes(more);
     Ok(())
   }
@@ -453,31 +440,13 @@ impl State {
   }
 
   fn read_available(&mut self) -> StoreResult<()> {
-    let Connection::Open { stream, .. } = &mut self.connection else {
+    let Connection::Open { socket, .. } = &mut self.connection else {
       return Ok(());
     };
-    loop {
-      self.received.reserve(64 * 1024);
-      let spare = self.received.spare_capacity_mut();
-      // SAFETY: `read` only writes into the buffer; we expose only what it wrote.
-      let buffer =
-        unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast(), spare.len()) };
-      match stream.read(buffer) {
-        Ok(0) => return Err(lost("the server closed the connection")),
-        Ok(n) => {
-          let drained = n < buffer.len();
-          unsafe { self.received.set_len(self.received.len() + n) };
-          // A short read emptied the socket: skip the read that would say EAGAIN (the
-          // poll is level-triggered and reports data that comes later).
-          if drained {
-            return Ok(());
-          }
-        }
-        Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(()),
-        Err(err) if err.kind() == ErrorKind::Interrupted => {}
-        Err(err) => return Err(lost(&err.to_string())),
-      }
+    if socket.read_available(&mut self.received)? {
+      self.flush()?;
     }
+    Ok(())
   }
 
   fn dispatch_replies(&mut self) -> StoreResult<Vec<Settlement>> {
@@ -531,7 +500,10 @@ impl State {
   /// is everything when the server refused the credentials (`AUTH` is never retried).
   fn keep_recovering(&mut self, err: &StoreError) -> Vec<Settlement> {
     self.connection = Connection::Idle;
-    let transient = !matches!(err.code, ErrorCode::Auth | ErrorCode::InvalidInput);
+    let transient = !matches!(
+      err.code,
+      ErrorCode::Auth | ErrorCode::InvalidInput | ErrorCode::Tls
+    );
     self.requeue_or_reject(err, |pending| transient && pending.recovering)
   }
 
@@ -740,25 +712,50 @@ impl Pending {
 
 /// Connects, authenticates, selects the database and checks with `PING`, all within
 /// `limit`. Returns a non-blocking socket, ready for the loop driver.
-async fn open(target: &RedisTarget, limit: Duration) -> StoreResult<TcpStream> {
+async fn open(target: &RedisTarget, limit: Duration) -> StoreResult<Socket> {
+  let in_tls_handshake = std::sync::atomic::AtomicBool::new(false);
   let attempt = async {
     let info = target.client.get_connection_info();
     let ConnectionAddr::Tcp(host, port) = info.addr() else {
       return Err(StoreError::invalid_input("the loop driver only speaks TCP"));
     };
-    let mut stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+    let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
       .await
       .map_err(|err| unavailable(target, &err.to_string()))?;
     stream
       .set_nodelay(true)
       .map_err(|err| unavailable(target, &err.to_string()))?;
+    let Some(tls) = &target.tls else {
+      let mut stream = stream;
+      handshake(&mut stream, target).await?;
+      let stream = stream
+        .into_std()
+        .map_err(|err| unavailable(target, &err.to_string()))?;
+      return Ok(Socket::new(stream, None));
+    };
+    in_tls_handshake.store(true, std::sync::atomic::Ordering::Relaxed);
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    let mut stream = connector
+      .connect(tls.server_name.clone(), stream)
+      .await
+      .map_err(|err| tls_failed(target, &err.to_string()))?;
+    in_tls_handshake.store(false, std::sync::atomic::Ordering::Relaxed);
     handshake(&mut stream, target).await?;
-    stream
+    let (stream, session) = stream.into_inner();
+    let stream = stream
       .into_std()
-      .map_err(|err| unavailable(target, &err.to_string()))
+      .map_err(|err| unavailable(target, &err.to_string()))?;
+    Ok(Socket::new(stream, Some(session)))
   };
   match tokio::time::timeout(limit, attempt).await {
     Ok(result) => result,
+    Err(_) if in_tls_handshake.load(std::sync::atomic::Ordering::Relaxed) => Err(tls_failed(
+      target,
+      &format!(
+        "no TLS handshake within connectTimeout ({} ms); does the server speak TLS on that port?",
+        limit.as_millis()
+      ),
+    )),
     Err(_) => Err(unavailable(
       target,
       &format!(
@@ -769,7 +766,30 @@ async fn open(target: &RedisTarget, limit: Duration) -> StoreResult<TcpStream> {
   }
 }
 
-async fn handshake(stream: &mut tokio::net::TcpStream, target: &RedisTarget) -> StoreResult<()> {
+/// A socket error while connecting; one that comes from the TLS session (an alert
+/// such as `CertificateRequired`) is a `TLS` error.
+fn io_failed(target: &RedisTarget, err: std::io::Error) -> StoreError {
+  let from_tls = err
+    .get_ref()
+    .is_some_and(|inner| inner.is::<rustls::Error>());
+  if from_tls {
+    tls_failed(target, &err.to_string())
+  } else {
+    unavailable(target, &err.to_string())
+  }
+}
+
+fn tls_failed(target: &RedisTarget, detail: &str) -> StoreError {
+  StoreError::new(
+    ErrorCode::Tls,
+    format!("TLS handshake with {} failed: {detail}", target.display),
+  )
+}
+
+async fn handshake(
+  stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+  target: &RedisTarget,
+) -> StoreResult<()> {
   use tokio::io::{AsyncReadExt, AsyncWriteExt};
   let settings = target.client.get_connection_info().redis_settings();
   let mut commands = Vec::new();
@@ -795,7 +815,7 @@ async fn handshake(stream: &mut tokio::net::TcpStream, target: &RedisTarget) -> 
   stream
     .write_all(&bytes)
     .await
-    .map_err(|err| unavailable(target, &err.to_string()))?;
+    .map_err(|err| io_failed(target, err))?;
   let mut codec = ValueCodec::default();
   let mut received = BytesMut::with_capacity(256);
   let mut answers = Vec::with_capacity(commands.len());
@@ -822,7 +842,7 @@ async fn handshake(stream: &mut tokio::net::TcpStream, target: &RedisTarget) -> 
     let read = stream
       .read_buf(&mut received)
       .await
-      .map_err(|err| unavailable(target, &err.to_string()))?;
+      .map_err(|err| io_failed(target, err))?;
     if read == 0 {
       return Err(unavailable(
         target,
@@ -954,13 +974,6 @@ fn guard(work: impl FnOnce()) {
   if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
     eprintln!("durastate: internal error in the Redis event-loop driver (please report it)");
   }
-}
-
-fn lost(detail: &str) -> StoreError {
-  StoreError::new(
-    ErrorCode::Unavailable,
-    format!("connection to Redis lost: {detail}"),
-  )
 }
 
 fn unavailable(target: &RedisTarget, detail: &str) -> StoreError {
