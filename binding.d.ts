@@ -175,6 +175,14 @@ export interface RedisConnectionOptions {
   db?: number
   /** Use TLS (`rediss://`). */
   tls?: boolean
+  /** Sentinels to ask for the master (`name`) at every connect, instead of `host`/`port`. */
+  sentinels?: Array<SentinelAddress>
+  /** The master's name, as the sentinels monitor it. */
+  name?: string
+  /** ACL user on the sentinels, if they need one. */
+  sentinelUsername?: string
+  /** Password of the sentinels, if they need one. */
+  sentinelPassword?: string
 }
 
 /** How a Redis store rides out a dropped connection. */
@@ -188,6 +196,13 @@ export interface RetryOptions {
   minDelay?: number
   /** Longest reconnect delay, in ms. Default 2000. */
   maxDelay?: number
+}
+
+/** One sentinel's address. */
+export interface SentinelAddress {
+  host: string
+  /** Default 26379. */
+  port?: number
 }
 
 /** Options shared by every store. */

@@ -138,6 +138,18 @@ export interface RedisConnectionOptions {
   db?: number
   /** Connect with TLS (as `rediss://`); settings in the store option `tls`. */
   tls?: boolean
+  /**
+   * Sentinels to ask for the master's address at every connect (instead of `host`/`port`).
+   * The store follows a failover: after a dropped connection or a `READONLY` reply it asks
+   * again and reconnects; calls wait for the new master (within `commandTimeout`, `retry`).
+   */
+  sentinels?: Array<{ host: string; port?: number }>
+  /** The master's name as the sentinels monitor it (with `sentinels`). */
+  name?: string
+  /** ACL user on the sentinels, if they need one. */
+  sentinelUsername?: string
+  /** Password of the sentinels, if they need one (`username`/`password` are the master's). */
+  sentinelPassword?: string
 }
 
 /** The WorkerStore interface of the worker library (idioteque), which every store satisfies. */
@@ -202,8 +214,9 @@ export declare class DurableWorkerStore implements WorkerStore {
  * A store on Redis, synchronous and lazy: it validates its arguments (throwing
  * `INVALID_INPUT`) and connects on first use.
  *
- * @param target `redis://[user:pass@]host[:port][/db]` or fields; default `REDIS_URL`,
- *   then `redis://127.0.0.1:6379`.
+ * @param target `redis://[user:pass@]host[:port][/db]`, `rediss://...` (TLS),
+ *   `redis+sentinel://[user:pass@]host1:port1,host2:port2/masterName[/db]`, or fields;
+ *   default `REDIS_URL`, then `redis://127.0.0.1:6379`.
  * @example
  * const worker = createWorker({ store: createRedisStore(process.env.REDIS_URL, { ttl: 86_400_000 }) })
  */

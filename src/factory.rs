@@ -107,7 +107,9 @@ fn store_for_url(url: &str, options: &StoreOptions) -> StoreResult<NativeWorkerS
 fn engine_for_url(url: &str, options: &StoreOptions) -> StoreResult<(Engine, CommonSettings)> {
   let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
   match scheme.as_deref() {
-    Some("redis" | "rediss" | "redis+unix") => redis_engine_for(RedisTarget::from_url(url)?, options),
+    Some("redis" | "rediss" | "redis+unix" | "redis+sentinel") => {
+      redis_engine_for(RedisTarget::from_url(url)?, options)
+    }
     Some("sqlite" | "file") => {
       let rest = &url[url.find(':').expect("has a scheme") + 1..];
       let path = file_path(rest.strip_prefix("//").unwrap_or(rest))?;
@@ -199,10 +201,10 @@ fn embedded_engine(
 
 /// Redis over TCP runs on the JS thread's event loop (no thread hop per call) unless
 /// `DURASTATE_REDIS_DRIVER=threads`; other targets and platforms use tokio threads.
-/// TLS and `durability: 'aof'` are implemented by the event-loop driver only.
+/// TLS, Sentinel and `durability: 'aof'` are implemented by the event-loop driver only.
 fn redis_engine(target: RedisTarget, common: &CommonSettings) -> StoreResult<Engine> {
   let (connect, command) = (common.connect_timeout, common.command_timeout);
-  let needs_loop = target.require_aof || target.tls.is_some();
+  let needs_loop = target.require_aof || target.tls.is_some() || target.sentinel.is_some();
   #[cfg(unix)]
   {
     let threads_wanted = std::env::var("DURASTATE_REDIS_DRIVER").is_ok_and(|v| v == "threads");
@@ -217,7 +219,7 @@ fn redis_engine(target: RedisTarget, common: &CommonSettings) -> StoreResult<Eng
   }
   if needs_loop {
     return Err(StoreError::invalid_input(
-      "TLS and `durability: 'aof'` are not supported on this platform yet",
+      "TLS, Sentinel and `durability: 'aof'` are not supported on this platform yet",
     ));
   }
   Ok(Engine::Threads(Arc::new(RedisBackend::new(

@@ -112,6 +112,23 @@ pub struct RedisConnectionOptions {
   pub db: Option<u32>,
   /// Use TLS (`rediss://`).
   pub tls: Option<bool>,
+  /// Sentinels to ask for the master (`name`) at every connect, instead of `host`/`port`.
+  pub sentinels: Option<Vec<SentinelAddress>>,
+  /// The master's name, as the sentinels monitor it.
+  pub name: Option<String>,
+  /// ACL user on the sentinels, if they need one.
+  pub sentinel_username: Option<String>,
+  /// Password of the sentinels, if they need one.
+  pub sentinel_password: Option<String>,
+}
+
+/// One sentinel's address.
+#[napi(object, object_to_js = false)]
+#[derive(Default, Clone)]
+pub struct SentinelAddress {
+  pub host: String,
+  /// Default 26379.
+  pub port: Option<u32>,
 }
 
 /// Validated settings common to every store.

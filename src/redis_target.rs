@@ -20,6 +20,8 @@ pub struct RedisTarget {
   pub require_aof: bool,
   /// TLS settings (`rediss://` or option `tls`); `None` for plain TCP.
   pub tls: Option<Arc<TlsSettings>>,
+  /// Sentinels to ask for the master's address at every connect; `None`: a fixed address.
+  pub sentinel: Option<Arc<SentinelSettings>>,
   /// The URL asked for TLS (`rediss://`), so [`configure_tls`](Self::configure_tls) must set it up.
   wants_tls: bool,
 }
@@ -33,8 +35,11 @@ impl RedisTarget {
     )
   }
 
-  /// From a URL (`redis://`, `rediss://`, `redis+unix://`).
+  /// From a URL (`redis://`, `rediss://`, `redis+unix://`, `redis+sentinel://`).
   pub fn from_url(url: &str) -> StoreResult<Self> {
+    if url.starts_with("redis+sentinel://") {
+      return Self::from_sentinel_url(url);
+    }
     let parsed = url::Url::parse(url).map_err(|err| {
       StoreError::invalid_input(format!("invalid Redis URL \"{}\": {err}", redact(url)))
     })?;
@@ -62,6 +67,7 @@ impl RedisTarget {
       display: redact(url),
       require_aof: false,
       tls: None,
+      sentinel: None,
       wants_tls,
     })
   }
@@ -82,9 +88,76 @@ impl RedisTarget {
     Ok(())
   }
 
-  /// From `{ host, port, username, password, db }`.
+  /// From `{ host, port, username, password, db }`, or `{ sentinels, name, ... }`.
   pub fn from_fields(fields: &RedisConnectionOptions) -> StoreResult<Self> {
-    Self::from_url(&url_from_fields(fields)?)
+    let Some(sentinels) = &fields.sentinels else {
+      return Self::from_url(&url_from_fields(fields)?);
+    };
+    let master = fields.name.clone().ok_or_else(|| {
+      StoreError::invalid_input("option `name` (the master's name) is required with `sentinels`")
+    })?;
+    let addresses = sentinels
+      .iter()
+      .map(|s| Ok((s.host.clone(), port_number(s.port.unwrap_or(26_379))?)))
+      .collect::<StoreResult<Vec<_>>>()?;
+    let settings = SentinelSettings {
+      sentinels: addresses,
+      master,
+      username: fields.sentinel_username.clone(),
+      password: fields.sentinel_password.clone(),
+    };
+    let placeholder = RedisConnectionOptions {
+      sentinels: None,
+      ..fields.clone()
+    };
+    let mut target = Self::from_url(&url_from_fields(&placeholder)?)?;
+    target.display = settings.describe();
+    target.sentinel = Some(Arc::new(settings.checked()?));
+    Ok(target)
+  }
+
+  /// `redis+sentinel://[user:pass@]host1:port1,host2:port2/masterName[/db][?sentinelPassword=..]`.
+  fn from_sentinel_url(url: &str) -> StoreResult<Self> {
+    let invalid = |why: &str| {
+      StoreError::invalid_input(format!(
+        "invalid Sentinel URL \"{}\": {why}",
+        redact_sentinel(url)
+      ))
+    };
+    let rest = &url["redis+sentinel://".len()..];
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, path) = rest
+      .split_once('/')
+      .ok_or_else(|| invalid("no master name"))?;
+    let (auth, hosts) = match authority.rsplit_once('@') {
+      Some((auth, hosts)) => (Some(auth), hosts),
+      None => (None, authority),
+    };
+    let sentinels = hosts
+      .split(',')
+      .map(|host| parse_host_port(host, 26_379).ok_or_else(|| invalid("bad sentinel address")))
+      .collect::<StoreResult<Vec<_>>>()?;
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    let master = segments.next().ok_or_else(|| invalid("no master name"))?;
+    let db = segments.next().unwrap_or("0");
+    let mut settings = SentinelSettings {
+      sentinels,
+      master: decode(master),
+      username: None,
+      password: None,
+    };
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+      match name.as_ref() {
+        "sentinelPassword" => settings.password = Some(value.into_owned()),
+        "sentinelUsername" => settings.username = Some(value.into_owned()),
+        _ => return Err(invalid(&format!("unknown parameter \"{name}\""))),
+      }
+    }
+    let auth = auth.map(|a| format!("{a}@")).unwrap_or_default();
+    let mut target = Self::from_url(&format!("redis://{auth}127.0.0.1:6379/{db}"))?;
+    target.display = settings.describe();
+    target.sentinel = Some(Arc::new(settings.checked()?));
+    Ok(target)
   }
 
   /// The target to use when none is given: `REDIS_URL`, else the local default.
@@ -93,6 +166,79 @@ impl RedisTarget {
       Ok(url) if !url.is_empty() => Self::from_url(&url),
       _ => Self::from_url(DEFAULT_REDIS_URL),
     }
+  }
+}
+
+/// Where the sentinels are and which master to ask them for.
+pub struct SentinelSettings {
+  pub sentinels: Vec<(String, u16)>,
+  pub master: String,
+  pub username: Option<String>,
+  pub password: Option<String>,
+}
+
+impl SentinelSettings {
+  fn checked(self) -> StoreResult<Self> {
+    if self.sentinels.is_empty() || self.master.is_empty() {
+      return Err(StoreError::invalid_input(
+        "Sentinel needs at least one sentinel address and the master's name",
+      ));
+    }
+    Ok(self)
+  }
+
+  /// How messages name the target (no passwords).
+  fn describe(&self) -> String {
+    let hosts: Vec<String> = self
+      .sentinels
+      .iter()
+      .map(|(host, port)| format!("{host}:{port}"))
+      .collect();
+    format!(
+      "master \"{}\" of sentinels {}",
+      self.master,
+      hosts.join(",")
+    )
+  }
+}
+
+fn parse_host_port(text: &str, default_port: u16) -> Option<(String, u16)> {
+  let text = text.trim();
+  if let Some(rest) = text.strip_prefix('[') {
+    let (host, after) = rest.split_once(']')?;
+    let port = match after.strip_prefix(':') {
+      Some(port) => port.parse().ok()?,
+      None => default_port,
+    };
+    return Some((host.to_string(), port));
+  }
+  match text.rsplit_once(':') {
+    Some((host, port)) if !host.is_empty() => Some((host.to_string(), port.parse().ok()?)),
+    None if !text.is_empty() => Some((text.to_string(), default_port)),
+    _ => None,
+  }
+}
+
+fn port_number(port: u32) -> StoreResult<u16> {
+  u16::try_from(port)
+    .ok()
+    .filter(|p| *p != 0)
+    .ok_or_else(|| StoreError::invalid_input(format!("invalid port {port}: must be 1-65535")))
+}
+
+fn decode(text: &str) -> String {
+  percent_encoding::percent_decode_str(text)
+    .decode_utf8_lossy()
+    .into_owned()
+}
+
+fn redact_sentinel(url: &str) -> String {
+  match url
+    .split_once("://")
+    .and_then(|(_, rest)| rest.split('/').next()?.rsplit_once('@'))
+  {
+    Some((auth, _)) => url.replacen(auth, "***", 1),
+    None => url.to_string(),
   }
 }
 
@@ -157,7 +303,7 @@ mod tests {
       username: Some("app user".into()),
       password: Some("p@ss:word".into()),
       db: Some(2),
-      tls: None,
+      ..Default::default()
     };
     assert_eq!(
       url_from_fields(&fields).unwrap(),
@@ -175,6 +321,19 @@ mod tests {
     assert!(RedisTarget::from_url("http://localhost").is_err());
     assert!(RedisTarget::from_url("not a url").is_err());
     assert!(RedisTarget::from_url("redis://localhost:6379/0").is_ok());
+    let sentinel =
+      RedisTarget::from_url("redis+sentinel://u:p@127.0.0.1:26379,[::1]:26380/main/2").unwrap();
+    let settings = sentinel.sentinel.as_ref().unwrap();
+    assert_eq!(settings.master, "main");
+    assert_eq!(
+      settings.sentinels,
+      vec![("127.0.0.1".to_string(), 26379), ("::1".to_string(), 26380)]
+    );
+    assert_eq!(
+      sentinel.client.get_connection_info().redis_settings().db(),
+      2
+    );
+    assert!(RedisTarget::from_url("redis+sentinel://127.0.0.1:26379").is_err());
     let mut tls = RedisTarget::from_url("rediss://localhost:6380").unwrap();
     tls.configure_tls(None).unwrap();
     assert!(tls.tls.is_some());

@@ -30,7 +30,7 @@ export function redisServerBinary() {
   return 'redis-server'
 }
 
-async function waitForReady(child, port, deadlineMs) {
+export async function waitForReady(child, port, deadlineMs) {
   const { Socket } = await import('node:net')
   const deadline = Date.now() + deadlineMs
   while (Date.now() < deadline) {

@@ -2,6 +2,8 @@
 //! a backend runs each batch in one round trip (Redis) or one transaction (SQLite).
 //! The store's `Engine` (in `worker_store`) picks the backend for each call.
 
+#[cfg(unix)]
+mod connect;
 mod embedded;
 mod keyspace;
 mod redis;

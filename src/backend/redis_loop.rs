@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use napi::{sys, Env};
-use redis::{ConnectionAddr, Value, ValueCodec};
+use redis::{Value, ValueCodec};
 use tokio_util::codec::Decoder;
 
+use super::connect::open;
 use super::redis::{decode, pack_commands};
 use super::socket::{lost, Socket};
 use crate::command::{Batch, Command, Finish, Reply, Step};
@@ -63,6 +64,8 @@ struct State {
   pending: VecDeque<Pending>,
   closed: bool,
   shut_down: bool,
+  /// Sentinel: a `READONLY` reply means the server was demoted; reconnect to the master.
+  follow_failover: bool,
 }
 
 enum Connection {
@@ -130,6 +133,7 @@ impl LoopRedis {
       pending: VecDeque::new(),
       closed: false,
       shut_down: false,
+      follow_failover: target.sentinel.is_some(),
     };
     Self {
       driver: Rc::new(Driver {
@@ -459,6 +463,11 @@ impl State {
       let Some(value) = value else {
         return Ok(settled);
       };
+      if self.follow_failover && is_readonly(&value) {
+        return Err(lost(
+          "the server answered READONLY: it is a replica now (failover); reconnecting to the master",
+        ));
+      }
       let Some(front) = self.pending.front_mut() else {
         return Err(lost("a reply came that no call asked for"));
       };
@@ -498,13 +507,17 @@ impl State {
   /// After a failed connect: calls sent again after a drop, with retries left, wait for
   /// the next attempt; the rest (calls that never had a connection) are rejected, and so
   /// is everything when the server refused the credentials (`AUTH` is never retried).
+  /// With Sentinel every call waits: a master that cannot be reached is being replaced.
   fn keep_recovering(&mut self, err: &StoreError) -> Vec<Settlement> {
     self.connection = Connection::Idle;
     let transient = !matches!(
       err.code,
       ErrorCode::Auth | ErrorCode::InvalidInput | ErrorCode::Tls
     );
-    self.requeue_or_reject(err, |pending| transient && pending.recovering)
+    let follow_failover = self.follow_failover;
+    self.requeue_or_reject(err, |pending| {
+      transient && (pending.recovering || follow_failover)
+    })
   }
 
   /// Rebuilds the queue for a new connection: each call still waiting that `eligible`
@@ -710,180 +723,6 @@ impl Pending {
   }
 }
 
-/// Connects, authenticates, selects the database and checks with `PING`, all within
-/// `limit`. Returns a non-blocking socket, ready for the loop driver.
-async fn open(target: &RedisTarget, limit: Duration) -> StoreResult<Socket> {
-  let in_tls_handshake = std::sync::atomic::AtomicBool::new(false);
-  let attempt = async {
-    let info = target.client.get_connection_info();
-    let ConnectionAddr::Tcp(host, port) = info.addr() else {
-      return Err(StoreError::invalid_input("the loop driver only speaks TCP"));
-    };
-    let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
-      .await
-      .map_err(|err| unavailable(target, &err.to_string()))?;
-    stream
-      .set_nodelay(true)
-      .map_err(|err| unavailable(target, &err.to_string()))?;
-    let Some(tls) = &target.tls else {
-      let mut stream = stream;
-      handshake(&mut stream, target).await?;
-      let stream = stream
-        .into_std()
-        .map_err(|err| unavailable(target, &err.to_string()))?;
-      return Ok(Socket::new(stream, None));
-    };
-    in_tls_handshake.store(true, std::sync::atomic::Ordering::Relaxed);
-    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-    let mut stream = connector
-      .connect(tls.server_name.clone(), stream)
-      .await
-      .map_err(|err| tls_failed(target, &err.to_string()))?;
-    in_tls_handshake.store(false, std::sync::atomic::Ordering::Relaxed);
-    handshake(&mut stream, target).await?;
-    let (stream, session) = stream.into_inner();
-    let stream = stream
-      .into_std()
-      .map_err(|err| unavailable(target, &err.to_string()))?;
-    Ok(Socket::new(stream, Some(session)))
-  };
-  match tokio::time::timeout(limit, attempt).await {
-    Ok(result) => result,
-    Err(_) if in_tls_handshake.load(std::sync::atomic::Ordering::Relaxed) => Err(tls_failed(
-      target,
-      &format!(
-        "no TLS handshake within connectTimeout ({} ms); does the server speak TLS on that port?",
-        limit.as_millis()
-      ),
-    )),
-    Err(_) => Err(unavailable(
-      target,
-      &format!(
-        "no connection within connectTimeout ({} ms)",
-        limit.as_millis()
-      ),
-    )),
-  }
-}
-
-/// A socket error while connecting; one that comes from the TLS session (an alert
-/// such as `CertificateRequired`) is a `TLS` error.
-fn io_failed(target: &RedisTarget, err: std::io::Error) -> StoreError {
-  let from_tls = err
-    .get_ref()
-    .is_some_and(|inner| inner.is::<rustls::Error>());
-  if from_tls {
-    tls_failed(target, &err.to_string())
-  } else {
-    unavailable(target, &err.to_string())
-  }
-}
-
-fn tls_failed(target: &RedisTarget, detail: &str) -> StoreError {
-  StoreError::new(
-    ErrorCode::Tls,
-    format!("TLS handshake with {} failed: {detail}", target.display),
-  )
-}
-
-async fn handshake(
-  stream: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
-  target: &RedisTarget,
-) -> StoreResult<()> {
-  use tokio::io::{AsyncReadExt, AsyncWriteExt};
-  let settings = target.client.get_connection_info().redis_settings();
-  let mut commands = Vec::new();
-  if let Some(password) = settings.password() {
-    let mut auth = redis::cmd("AUTH");
-    if let Some(user) = settings.username() {
-      auth.arg(user);
-    }
-    commands.push(auth.arg(password).clone());
-  }
-  if settings.db() != 0 {
-    commands.push(redis::cmd("SELECT").arg(settings.db()).clone());
-  }
-  commands.push(redis::cmd("PING"));
-  if target.require_aof {
-    commands.push(redis::cmd("CONFIG").arg("GET").arg("appendonly").clone());
-    commands.push(redis::cmd("CONFIG").arg("GET").arg("appendfsync").clone());
-  }
-  let mut bytes = Vec::new();
-  for command in &commands {
-    command.write_packed_command(&mut bytes);
-  }
-  stream
-    .write_all(&bytes)
-    .await
-    .map_err(|err| io_failed(target, err))?;
-  let mut codec = ValueCodec::default();
-  let mut received = BytesMut::with_capacity(256);
-  let mut answers = Vec::with_capacity(commands.len());
-  while answers.len() < commands.len() {
-    if let Some(value) = codec
-      .decode(&mut received)
-      .map_err(|err| unavailable(target, &err.to_string()))?
-    {
-      if let Value::ServerError(err) = value {
-        let err = StoreError::from(redis::RedisError::from(err));
-        let what = if err.code == ErrorCode::Auth {
-          "authentication to"
-        } else {
-          "cannot connect to"
-        };
-        return Err(StoreError::new(
-          err.code,
-          format!("{what} {} failed: {}", target.display, err.message),
-        ));
-      }
-      answers.push(value);
-      continue;
-    }
-    let read = stream
-      .read_buf(&mut received)
-      .await
-      .map_err(|err| io_failed(target, err))?;
-    if read == 0 {
-      return Err(unavailable(
-        target,
-        "the server closed the connection during the handshake",
-      ));
-    }
-  }
-  if target.require_aof {
-    check_aof(target, &answers[answers.len() - 2..])?;
-  }
-  Ok(())
-}
-
-/// `durability: 'aof'` holds only if every write is fsynced before its reply.
-fn check_aof(target: &RedisTarget, answers: &[Value]) -> StoreResult<()> {
-  let setting = |value: &Value| -> String {
-    let items: Vec<&Value> = match value {
-      Value::Array(items) => items.iter().collect(),
-      Value::Map(pairs) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
-      _ => Vec::new(),
-    };
-    match items.get(1) {
-      Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
-      Some(Value::SimpleString(text)) => text.clone(),
-      _ => "(unknown)".to_string(),
-    }
-  };
-  let (appendonly, appendfsync) = (setting(&answers[0]), setting(&answers[1]));
-  if appendonly == "yes" && appendfsync == "always" {
-    return Ok(());
-  }
-  Err(StoreError::new(
-    ErrorCode::Unavailable,
-    format!(
-      "durability 'aof' needs {} to run with appendonly yes and appendfsync always, so that \
-       every acknowledged write is on disk; it has appendonly {appendonly}, appendfsync {appendfsync}",
-      target.display
-    ),
-  ))
-}
-
 fn settle_now(env: sys::napi_env, settled: Vec<Settlement>) {
   for (deferred, result) in settled {
     js_promise::settle(env, deferred, result);
@@ -935,6 +774,11 @@ unsafe extern "C" fn on_backoff_timer(handle: *mut uv::Handle) {
   guard(|| driver.on_backoff_over());
 }
 
+/// A `READONLY` error: a write reached a replica.
+fn is_readonly(value: &Value) -> bool {
+  matches!(value, Value::ServerError(err) if err.code() == "READONLY")
+}
+
 /// A number in [0, 1) for backoff jitter (no need for a cryptographic source).
 fn jitter() -> f64 {
   use std::hash::{BuildHasher, Hasher};
@@ -974,13 +818,6 @@ fn guard(work: impl FnOnce()) {
   if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
     eprintln!("durastate: internal error in the Redis event-loop driver (please report it)");
   }
-}
-
-fn unavailable(target: &RedisTarget, detail: &str) -> StoreError {
-  StoreError::new(
-    ErrorCode::Unavailable,
-    format!("cannot connect to {}: {detail}", target.display),
-  )
 }
 
 fn internal(detail: impl std::fmt::Display) -> StoreError {

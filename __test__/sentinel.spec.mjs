@@ -1,0 +1,94 @@
+// Sentinel: the store finds the master through the sentinels and follows a failover
+// (SENTINEL FAILOVER, then a SIGKILL of the new master) during running workflows.
+// One master, one replica, three sentinels, all on loopback.
+import assert from 'node:assert/strict'
+import { after, before, describe, it } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { createKvStore, createRedisStore } from '../index.js'
+import { rejectsWith } from './helpers/assert.mjs'
+import { MASTER_NAME, startSentinelGroup } from './helpers/sentinel.mjs'
+
+/** Options for riding out a failover: retry for up to ~10 s, each call bounded by 20 s. */
+const FAILOVER_OPTIONS = { commandTimeout: 20_000, connectTimeout: 1_000, retry: { attempts: 40, minDelay: 50, maxDelay: 400 } }
+
+describe('Sentinel', { timeout: 150_000 }, () => {
+  let group
+  const stores = []
+  const track = (store) => (stores.push(store), store)
+
+  before(async () => {
+    group = await startSentinelGroup()
+  })
+
+  after(async () => {
+    await Promise.all(stores.map((s) => s.close()))
+    await group?.stop()
+  })
+
+  it('finds the master through the sentinels, by URL and by options', async () => {
+    const byUrl = track(createRedisStore(group.url, { prefix: 'snt:url:' }))
+    await byUrl.beginExecution('e')
+    assert.equal(await byUrl.isExecutionInProgress('e'), true)
+    const sentinels = group.sentinels.map(({ port }) => ({ host: '127.0.0.1', port }))
+    const byFields = track(createRedisStore({ sentinels, name: MASTER_NAME }, { prefix: 'snt:url:' }))
+    assert.equal(await byFields.isExecutionInProgress('e'), true)
+    const kv = track(createKvStore(group.url, { mounts: { m: { prefix: 'snt:kv:' } } }))
+    await kv.merge('m', 'doc', { a: 1 })
+    assert.deepEqual(await kv.get('m', 'doc'), { a: 1 })
+  })
+
+  it('rejects a master the sentinels do not know, naming it', async () => {
+    const url = group.url.replace(`/${MASTER_NAME}`, '/nope')
+    const store = track(createRedisStore(url, { connectTimeout: 1_000, retry: { attempts: 0 } }))
+    await rejectsWith(store.beginExecution('e'), 'UNAVAILABLE', /does not know master "nope"/)
+  })
+
+  it('keeps running workflows going through SENTINEL FAILOVER and a SIGKILL of the master', async () => {
+    const store = track(createRedisStore(group.url, { prefix: 'snt:wf:', ...FAILOVER_OPTIONS }))
+    const acked = []
+    let running = true
+    let failure
+    const workflows = (async () => {
+      for (let n = 0; running; n++) {
+        const id = `wf-${n}`
+        await store.beginExecution(id)
+        for (let s = 0; s < 3; s++) {
+          await store.beginExecutionTask(id, `s${s}`)
+          await store.commitExecutionTaskResult(id, `s${s}`, { n, s })
+          acked.push({ id, task: `s${s}`, at: Date.now() })
+        }
+        await sleep(5)
+      }
+    })().catch((err) => {
+      failure = err
+    })
+    const progressAfter = async (what, count, deadlineMs) => {
+      await group.until(what, async () => failure !== undefined || acked.length >= count, deadlineMs)
+      assert.equal(failure, undefined, `a call failed: ${failure?.code} ${failure?.message}`)
+    }
+
+    await progressAfter('the first commits', 30, 10_000)
+    const first = await group.masterPort()
+    await group.sentinels[0].client.call('SENTINEL', 'FAILOVER', MASTER_NAME)
+    await group.until('the failover to a new master', async () => (await group.masterPort()) !== first, 20_000)
+    await progressAfter('commits on the new master', acked.length + 30, 20_000)
+
+    const second = await group.masterPort()
+    await group.servers[second].kill()
+    await group.until('the sentinels to promote the old master', async () => (await group.masterPort()) !== second, 30_000)
+    await progressAfter('commits after the SIGKILL', acked.length + 30, 30_000)
+    running = false
+    await workflows
+    assert.equal(failure, undefined, `a call failed: ${failure?.code} ${failure?.message}`)
+
+    const longestPause = Math.max(...acked.slice(1).map((a, i) => a.at - acked[i].at))
+    assert.ok(longestPause < 15_000, `longest pause between commits: ${longestPause} ms`)
+    // What the last master acknowledged after the failovers is all there.
+    for (const { id, task } of acked.slice(-20)) {
+      assert.notEqual(await store.getExecutionTaskResult(id, task), undefined, `${id}/${task}`)
+    }
+    let lost = 0
+    for (const { id, task } of acked) if ((await store.getExecutionTaskResult(id, task)) === undefined) lost++
+    console.log(`# sentinel: ${acked.length} commits acknowledged, ${lost} lost to asynchronous replication, longest pause ${longestPause} ms`)
+  })
+})
