@@ -27,7 +27,7 @@ const OPTIONS = {
   json: { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
 }
-const URL_SCHEME = /^(redis|rediss|redis\+unix|sqlite|file|memory):/i
+const URL_SCHEME = /^(redis|rediss|redis\+unix|redis\+sentinel|sqlite|file|memory):/i
 const DEFAULT_SQLITE_PATH = './.durastate/state.db'
 const KV_ARGUMENTS = { get: ['key'], set: ['key', 'value'], delete: ['key'] }
 const SCAN_COUNT = 1000
