@@ -51,8 +51,8 @@ export declare class NativeKvStore {
   getAll(mount: string): Promise<Array<string>>
   /** The stored entries whose key starts with `prefix`, as `[key, json, ...]`. */
   getByPrefix(mount: string, prefix: string): Promise<Array<string>>
-  /** The stored entries among `keys`, as `[key, json, ...]` (one `MGET`). */
-  getMany(mount: string, keys: Array<string>): Promise<Array<string>>
+  /** The stored JSON of each of `keys`, in order, `null` where missing (one `MGET`). */
+  getMany(mount: string, keys: Array<string>): Promise<Array<string | null>>
   /** Stores `[key, json, ...]` entries, all or nothing, after the checks of `set`. */
   setMany(mount: string, entries: Array<string>, ttl?: number | undefined | null): Promise<boolean>
   /** Deletes the keys; resolves with how many were stored. */
@@ -183,6 +183,11 @@ export interface RedisConnectionOptions {
   sentinelUsername?: string
   /** Password of the sentinels, if they need one. */
   sentinelPassword?: string
+  /**
+   * Redis Cluster: URLs of some of its nodes (`redis://host:port`); the others are
+   * found from them. `username`/`password` apply to every node.
+   */
+  cluster?: Array<string>
 }
 
 /** How a Redis store rides out a dropped connection. */
@@ -231,6 +236,12 @@ export interface StoreOptions {
   durability?: string
   /** Redis: TLS settings (implied by a `rediss://` URL). */
   tls?: TlsOptions
+  /**
+   * WorkerStore key layout: `"compatible"` (default; the JS store's keys) or
+   * `"hashtag"` (`{<id>}`, `{<id>}-transactions`, `{<id>}-results`: one cluster slot
+   * per execution). Required on a Redis Cluster.
+   */
+  keyLayout?: string
 }
 
 /** TLS options of a Redis store. Each PEM value is the PEM text itself or a file path. */

@@ -59,6 +59,16 @@ export interface StoreOptions {
   prefix?: string
   /** Bound on every call end to end, in ms, including connecting or queueing. Default 5000. */
   commandTimeout?: number
+  /**
+   * WorkerStore key layout. `'compatible'` (default): `<prefix><id>`,
+   * `<prefix><id>-transactions`, `<prefix><id>-results`, the keys of the `@idioteque/redis`
+   * JS store. `'hashtag'`: `<prefix>{<id>}`, `<prefix>{<id>}-transactions`,
+   * `<prefix>{<id>}-results`, so an execution's keys share one Redis Cluster slot and its
+   * atomic commit can run there. Required on a cluster (creation throws `INVALID_INPUT`
+   * otherwise); works on every backend, but the JS store does not read hash-tag keys.
+   * Not used by the KV store.
+   */
+  keyLayout?: 'compatible' | 'hashtag'
 }
 
 /** Options of a Redis store. */
@@ -150,6 +160,17 @@ export interface RedisConnectionOptions {
   sentinelUsername?: string
   /** Password of the sentinels, if they need one (`username`/`password` are the master's). */
   sentinelPassword?: string
+  /**
+   * Redis Cluster: URLs (`redis://host:port`) of some of its nodes, instead of
+   * `host`/`port`; the others are found from them. `username`/`password` apply to every
+   * node. Commands are routed by slot and follow `MOVED`/`ASK` (resharding) and
+   * reconnects; every call stays bounded by `commandTimeout`. A WorkerStore there needs
+   * `keyLayout: 'hashtag'`. KV listing and `clear` scan every master; `getMany`/`deleteMany`
+   * are split by slot; `setMany` is atomic per slot only. Not yet with TLS or
+   * `durability: 'aof'`.
+   * @example createRedisStore({ cluster: ['redis://10.0.0.1:7000', 'redis://10.0.0.2:7000'] }, { keyLayout: 'hashtag' })
+   */
+  cluster?: string[]
 }
 
 /** The WorkerStore interface of the worker library (idioteque), which every store satisfies. */
@@ -215,7 +236,8 @@ export declare class DurableWorkerStore implements WorkerStore {
  * `INVALID_INPUT`) and connects on first use.
  *
  * @param target `redis://[user:pass@]host[:port][/db]`, `rediss://...` (TLS),
- *   `redis+sentinel://[user:pass@]host1:port1,host2:port2/masterName[/db]`, or fields;
+ *   `redis+sentinel://[user:pass@]host1:port1,host2:port2/masterName[/db]`, or fields
+ *   (`{ cluster: [url, ...] }` for a Redis Cluster, with `keyLayout: 'hashtag'`);
  *   default `REDIS_URL`, then `redis://127.0.0.1:6379`.
  * @example
  * const worker = createWorker({ store: createRedisStore(process.env.REDIS_URL, { ttl: 86_400_000 }) })

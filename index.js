@@ -273,16 +273,27 @@ function decodeValue(text, mount, key) {
   }
 }
 
-/** `[key, json, ...]` as an object (a key named `__proto__` stays a plain property). */
+/** Sets `out[key]`; a key named `__proto__` stays a plain property. */
+function setEntry(out, key, value) {
+  if (key === '__proto__') {
+    Object.defineProperty(out, key, { value, enumerable: true, writable: true, configurable: true })
+  } else {
+    out[key] = value
+  }
+}
+
+/** `[key, json, ...]` as an object. */
 function decodePairs(pairs, mount) {
   const out = {}
-  for (let i = 0; i < pairs.length; i += 2) {
-    const value = decodeValue(pairs[i + 1], mount, pairs[i])
-    if (pairs[i] === '__proto__') {
-      Object.defineProperty(out, pairs[i], { value, enumerable: true, writable: true, configurable: true })
-    } else {
-      out[pairs[i]] = value
-    }
+  for (let i = 0; i < pairs.length; i += 2) setEntry(out, pairs[i], decodeValue(pairs[i + 1], mount, pairs[i]))
+  return out
+}
+
+/** `keys` with their stored JSON as an object; `null` (missing) is left out. */
+function decodeFound(keys, texts, mount) {
+  const out = {}
+  for (let i = 0; i < keys.length; i++) {
+    if (texts[i] !== null) setEntry(out, keys[i], decodeValue(texts[i], mount, keys[i]))
   }
   return out
 }
@@ -467,7 +478,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireKeys(keys)
-      return this.#native.getMany(mount, keys).then((pairs) => decodePairs(pairs, mount), rethrow)
+      return this.#native.getMany(mount, keys).then((texts) => decodeFound(keys, texts, mount), rethrow)
     } catch (err) {
       return rejected(err)
     }

@@ -33,6 +33,11 @@ const target: RedisConnectionOptions = { host: '127.0.0.1', port: 6379, db: 2, u
 createWorker({ store: createRedisStore('redis://127.0.0.1:6379', { ttl: 60_000, prefix: 'app:' }) })
 createWorker({ store: createRedisStore(target, { connectTimeout: 1000, commandTimeout: 2000 }) })
 createWorker({ store: createRedisStore() })
+const cluster: RedisConnectionOptions = { cluster: ['redis://127.0.0.1:7000', 'redis://127.0.0.1:7001'], password: 'p' }
+createWorker({ store: createRedisStore(cluster, { keyLayout: 'hashtag', prefix: 'app:' }) })
+createWorker({ store: createMemoryStore({ keyLayout: 'compatible' }) })
+// @ts-expect-error keyLayout is 'compatible' or 'hashtag'
+createMemoryStore({ keyLayout: 'tags' })
 createWorker({ store: createSqliteStore('./state.db', { busyTimeout: 1000, synchronous: 'full' }) })
 createWorker({ store: createSqliteStore() })
 createWorker({ store: createMemoryStore({ ttl: 1000 }) })
@@ -76,6 +81,8 @@ const kvOptions: KvStoreOptions = {
   },
 }
 const kv: KvStore = createKvStore('memory:', kvOptions)
+const kvCluster: KvStore = createKvStore({ cluster: ['redis://127.0.0.1:7000'] }, { prefix: 'kv:' })
+void kvCluster
 const cacheMount: KvMount = kv.mount('cache')
 
 export async function useKv(): Promise<void> {

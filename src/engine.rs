@@ -9,8 +9,8 @@ use napi::Env;
 
 #[cfg(unix)]
 use crate::backend::LoopRedis;
-use crate::backend::{answer, EmbeddedBackend, RedisBackend};
-use crate::command::{Batch, Finish, Step};
+use crate::backend::{answer, ClusterBackend, EmbeddedBackend, RedisBackend};
+use crate::command::{Batch, Finish, Reply, Step};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::guard::bounded;
 use crate::js_promise::{self, Deferred};
@@ -23,6 +23,8 @@ pub enum Engine {
   EventLoop(LoopRedis),
   /// Redis on tokio threads (unix sockets, non-Unix platforms, or by choice).
   Threads(Arc<RedisBackend>),
+  /// Redis Cluster on tokio threads (redis-rs `cluster-async`).
+  Cluster(Arc<ClusterBackend>),
   /// SQLite or memory: on the JS thread when that cannot block, else the store's thread.
   Embedded(Arc<EmbeddedBackend>),
 }
@@ -46,18 +48,19 @@ impl Engine {
       }
       Engine::Threads(redis) => {
         let redis = redis.clone();
-        env.spawn_future(async move {
-          let mut step = Step::Then(batch, finish);
-          loop {
-            match step {
-              Step::Done(result) => return Ok(result?),
-              Step::Then(batch, finish) => {
-                let replies = bounded(what, limit, redis.execute(&batch)).await?;
-                step = finish(replies);
-              }
-            }
-          }
-        })
+        let step = Step::Then(batch, finish);
+        env.spawn_future(run_steps(what, limit, step, move |batch| {
+          let redis = redis.clone();
+          async move { redis.execute(&batch).await }
+        }))
+      }
+      Engine::Cluster(cluster) => {
+        let cluster = cluster.clone();
+        let step = Step::Then(batch, finish);
+        env.spawn_future(run_steps(what, limit, step, move |batch| {
+          let cluster = cluster.clone();
+          async move { cluster.execute(what, &batch).await }
+        }))
       }
       Engine::Embedded(embedded) => {
         let (deferred, promise) = js_promise::create(env.raw())?;
@@ -86,7 +89,30 @@ impl Engine {
       #[cfg(unix)]
       Engine::EventLoop(driver) => driver.close(),
       Engine::Threads(redis) => redis.close(),
+      Engine::Cluster(cluster) => cluster.close(),
       Engine::Embedded(embedded) => embedded.close(),
+    }
+  }
+}
+
+/// Runs a call's steps on tokio: each batch through `execute`, bounded by `limit`.
+async fn run_steps<F, Fut>(
+  what: &'static str,
+  limit: Duration,
+  mut step: Step,
+  execute: F,
+) -> napi::Result<Output>
+where
+  F: Fn(Batch) -> Fut,
+  Fut: std::future::Future<Output = StoreResult<Vec<Reply>>>,
+{
+  loop {
+    match step {
+      Step::Done(result) => return Ok(result?),
+      Step::Then(batch, finish) => {
+        let replies = bounded(what, limit, execute(batch)).await?;
+        step = finish(replies);
+      }
     }
   }
 }

@@ -10,7 +10,7 @@ use napi_derive::napi;
 
 #[cfg(unix)]
 use crate::backend::LoopRedis;
-use crate::backend::{EmbeddedBackend, EmbeddedSettings, Location, RedisBackend};
+use crate::backend::{ClusterBackend, EmbeddedBackend, EmbeddedSettings, Location, RedisBackend};
 use crate::engine::Engine;
 use crate::error::{StoreError, StoreResult};
 use crate::keys::KeyLayout;
@@ -31,6 +31,11 @@ pub fn create_redis_store(
   options: Option<StoreOptions>,
 ) -> napi::Result<NativeWorkerStore> {
   let options = options.unwrap_or_default();
+  if let Some(Either::B(fields)) = &target {
+    if fields.cluster.is_some() {
+      return Ok(worker_store(cluster_engine(fields, &options)?)?);
+    }
+  }
   let target = match &target {
     Some(Either::A(url)) => RedisTarget::from_url(url)?,
     Some(Either::B(fields)) => RedisTarget::from_fields(fields)?,
@@ -91,6 +96,7 @@ pub fn engine_for_target(
   options: &StoreOptions,
 ) -> StoreResult<(Engine, CommonSettings)> {
   match target {
+    Some(Either::B(fields)) if fields.cluster.is_some() => cluster_engine(&fields, options),
     Some(Either::B(fields)) => redis_engine_for(RedisTarget::from_fields(&fields)?, options),
     Some(Either::A(url)) if !url.is_empty() => engine_for_url(&url, options),
     _ => match url_from_env() {
@@ -227,9 +233,32 @@ fn redis_engine(target: RedisTarget, common: &CommonSettings) -> StoreResult<Eng
   ))))
 }
 
+/// A Redis Cluster from `{ cluster: [url, ...], username, password }`: redis-rs
+/// `cluster-async` on tokio threads.
+fn cluster_engine(
+  fields: &RedisConnectionOptions,
+  options: &StoreOptions,
+) -> StoreResult<(Engine, CommonSettings)> {
+  let common = CommonSettings::from_options(options)?;
+  let (client, display) = crate::redis_target::cluster_client(fields, &common)?;
+  if options.tls.is_some() || !matches!(options.durability.as_deref(), None | Some("none")) {
+    return Err(StoreError::invalid_input(
+      "options `tls` and `durability: 'aof'` are not supported on a Redis Cluster yet",
+    ));
+  }
+  let backend = ClusterBackend::new(client, display, common.connect_timeout, common.retry);
+  Ok((Engine::Cluster(Arc::new(backend)), common))
+}
+
 fn worker_store((engine, common): (Engine, CommonSettings)) -> StoreResult<NativeWorkerStore> {
+  if matches!(engine, Engine::Cluster(_)) && !common.hashtag {
+    return Err(StoreError::invalid_input(
+      "a WorkerStore on a Redis Cluster needs option `keyLayout: 'hashtag'`: the default \
+       layout puts an execution's keys in different slots, where its atomic commit cannot run",
+    ));
+  }
   let config = StoreConfig {
-    keys: KeyLayout::new(common.prefix),
+    keys: KeyLayout::with_option(common.prefix, common.hashtag.then_some("hashtag"))?,
     ttl_ms: common.ttl_ms,
     command_timeout: common.command_timeout,
   };

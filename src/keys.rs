@@ -1,32 +1,68 @@
-//! The key layout, byte-compatible with the `@idioteque/redis` JS store.
+//! The key layouts: the default is byte-compatible with the `@idioteque/redis` JS store;
+//! `hashtag` puts an execution's three keys in one Redis Cluster slot.
 
-/// Names the three keys of an execution: `<prefix><id>`, `<prefix><id>-transactions`
-/// and `<prefix><id>-results`.
+use crate::error::{StoreError, StoreResult};
+
+/// Names the three keys of an execution. `compatible` (default): `<prefix><id>`,
+/// `<prefix><id>-transactions`, `<prefix><id>-results`. `hashtag`: `<prefix>{<id>}`,
+/// `<prefix>{<id>}-transactions`, `<prefix>{<id>}-results` (one slot per execution).
 #[derive(Debug, Clone, Default)]
 pub struct KeyLayout {
   prefix: String,
+  hashtag: bool,
 }
 
 impl KeyLayout {
   pub fn new(prefix: impl Into<String>) -> Self {
     Self {
       prefix: prefix.into(),
+      hashtag: false,
+    }
+  }
+
+  /// The layout option `keyLayout`: `"compatible"` (default) or `"hashtag"`.
+  pub fn with_option(prefix: impl Into<String>, layout: Option<&str>) -> StoreResult<Self> {
+    let hashtag = match layout {
+      None | Some("compatible") => false,
+      Some("hashtag") => true,
+      Some(other) => {
+        return Err(StoreError::invalid_input(format!(
+          "option `keyLayout` must be \"compatible\" or \"hashtag\", got \"{other}\""
+        )))
+      }
+    };
+    Ok(Self {
+      prefix: prefix.into(),
+      hashtag,
+    })
+  }
+
+  /// Whether the three keys of an execution share a hash tag (one cluster slot).
+  pub fn is_hashtag(&self) -> bool {
+    self.hashtag
+  }
+
+  fn base(&self, id: &str) -> String {
+    if self.hashtag {
+      format!("{}{{{}}}", self.prefix, id)
+    } else {
+      format!("{}{}", self.prefix, id)
     }
   }
 
   /// The string key that holds `"true"` while the execution is in progress.
   pub fn execution(&self, id: &str) -> String {
-    format!("{}{}", self.prefix, id)
+    self.base(id)
   }
 
   /// The hash of steps in progress (field = task id, value = `"true"`).
   pub fn transactions(&self, id: &str) -> String {
-    format!("{}{}-transactions", self.prefix, id)
+    format!("{}-transactions", self.base(id))
   }
 
   /// The hash of committed step results (field = task id, value = JSON text).
   pub fn results(&self, id: &str) -> String {
-    format!("{}{}-results", self.prefix, id)
+    format!("{}-results", self.base(id))
   }
 }
 
@@ -41,5 +77,15 @@ mod tests {
     assert_eq!(keys.transactions("e1"), "app:e1-transactions");
     assert_eq!(keys.results("e1"), "app:e1-results");
     assert_eq!(KeyLayout::default().results("x"), "x-results");
+  }
+
+  #[test]
+  fn hashtag_layout_shares_one_slot() {
+    let keys = KeyLayout::with_option("app:", Some("hashtag")).unwrap();
+    assert_eq!(keys.execution("e1"), "app:{e1}");
+    assert_eq!(keys.transactions("e1"), "app:{e1}-transactions");
+    assert_eq!(keys.results("e1"), "app:{e1}-results");
+    assert!(KeyLayout::with_option("", Some("tags")).is_err());
+    assert!(!KeyLayout::with_option("", None).unwrap().is_hashtag());
   }
 }

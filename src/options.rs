@@ -39,6 +39,10 @@ pub struct StoreOptions {
   pub durability: Option<String>,
   /// Redis: TLS settings (implied by a `rediss://` URL).
   pub tls: Option<crate::tls::TlsOptions>,
+  /// WorkerStore key layout: `"compatible"` (default; the JS store's keys) or
+  /// `"hashtag"` (`{<id>}`, `{<id>}-transactions`, `{<id>}-results`: one cluster slot
+  /// per execution). Required on a Redis Cluster.
+  pub key_layout: Option<String>,
 }
 
 /// How a Redis store rides out a dropped connection.
@@ -120,6 +124,9 @@ pub struct RedisConnectionOptions {
   pub sentinel_username: Option<String>,
   /// Password of the sentinels, if they need one.
   pub sentinel_password: Option<String>,
+  /// Redis Cluster: URLs of some of its nodes (`redis://host:port`); the others are
+  /// found from them. `username`/`password` apply to every node.
+  pub cluster: Option<Vec<String>>,
 }
 
 /// One sentinel's address.
@@ -139,6 +146,8 @@ pub struct CommonSettings {
   pub command_timeout: Duration,
   pub connect_timeout: Duration,
   pub retry: RetrySettings,
+  /// `keyLayout: 'hashtag'`.
+  pub hashtag: bool,
 }
 
 impl CommonSettings {
@@ -155,6 +164,7 @@ impl CommonSettings {
       command_timeout: Duration::from_millis(command_timeout),
       connect_timeout: Duration::from_millis(connect_timeout),
       retry: RetrySettings::from_options(options.retry.as_ref())?,
+      hashtag: crate::keys::KeyLayout::with_option("", options.key_layout.as_deref())?.is_hashtag(),
     })
   }
 }

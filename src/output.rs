@@ -17,6 +17,8 @@ pub enum Output {
   Strings(Vec<String>),
   /// A count or a duration in ms.
   Int(i64),
+  /// JSON texts, `null` where there is none.
+  Texts(Vec<Option<String>>),
 }
 
 impl TypeName for Output {
@@ -38,6 +40,7 @@ impl ToNapiValue for Output {
       Output::Results(results) => Either::to_napi_value(env, results),
       Output::Strings(strings) => Vec::<String>::to_napi_value(env, strings),
       Output::Int(n) => i64::to_napi_value(env, n),
+      Output::Texts(texts) => Vec::<Option<String>>::to_napi_value(env, texts),
     }
   }
 }

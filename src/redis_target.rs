@@ -169,6 +169,58 @@ impl RedisTarget {
   }
 }
 
+/// A Redis Cluster client from `{ cluster: [url, ...], username, password }`, and how
+/// messages name it. Every node gets `connectTimeout` and `commandTimeout`.
+pub fn cluster_client(
+  fields: &RedisConnectionOptions,
+  common: &crate::options::CommonSettings,
+) -> StoreResult<(redis::cluster::ClusterClient, String)> {
+  let urls = fields.cluster.clone().unwrap_or_default();
+  if urls.is_empty() {
+    return Err(StoreError::invalid_input(
+      "option `cluster` needs at least one node URL (redis://host:port)",
+    ));
+  }
+  if fields.sentinels.is_some() || fields.host.is_some() || fields.port.is_some() {
+    return Err(StoreError::invalid_input(
+      "give either `cluster` or `host`/`port`/`sentinels`, not both",
+    ));
+  }
+  if fields.db.unwrap_or(0) != 0 || fields.tls.unwrap_or(false) {
+    return Err(StoreError::invalid_input(
+      "a Redis Cluster has only database 0, and TLS on a cluster is not supported yet",
+    ));
+  }
+  for url in &urls {
+    let parsed = url::Url::parse(url).map_err(|err| {
+      StoreError::invalid_input(format!(
+        "invalid cluster node URL \"{}\": {err}",
+        redact(url)
+      ))
+    })?;
+    if parsed.scheme() != "redis" {
+      return Err(StoreError::invalid_input(format!(
+        "invalid cluster node URL \"{}\": use redis://host:port (rediss:// is not supported on a cluster yet)",
+        redact(url)
+      )));
+    }
+  }
+  let mut builder = redis::cluster::ClusterClientBuilder::new(urls.clone())
+    .connection_timeout(common.connect_timeout)
+    .response_timeout(common.command_timeout);
+  if let Some(user) = &fields.username {
+    builder = builder.username(user);
+  }
+  if let Some(password) = &fields.password {
+    builder = builder.password(password);
+  }
+  let client = builder
+    .build()
+    .map_err(|err| StoreError::invalid_input(format!("invalid cluster options: {err}")))?;
+  let display: Vec<String> = urls.iter().map(|url| redact(url)).collect();
+  Ok((client, format!("cluster {}", display.join(","))))
+}
+
 /// Where the sentinels are and which master to ask them for.
 pub struct SentinelSettings {
   pub sentinels: Vec<(String, u16)>,

@@ -1,12 +1,14 @@
-// The three backends the conformance suite runs against, each with fresh state per store.
+// The backends the conformance suite runs against, each with fresh state per store.
+// `cluster`: a 3-master Redis Cluster of the test file's own, with `keyLayout: 'hashtag'`.
 import { randomUUID } from 'node:crypto'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createMemoryStore, createRedisStore, createSqliteStore } from '../../index.js'
+import { startCluster } from './cluster.mjs'
 import { testRedis } from './redis-server.mjs'
 
-export const backendNames = ['redis', 'sqlite', 'memory']
+export const backendNames = ['redis', 'sqlite', 'memory', 'cluster']
 
 /**
  * Prepares a backend. `open(options)` makes a store on fresh state; `openShared(options)`
@@ -24,6 +26,13 @@ export async function prepareBackend(name) {
     factory = (fresh, options) => {
       if (fresh) location = `ds-test:${randomUUID()}:`
       return createRedisStore(redis.url, { prefix: location, ...options })
+    }
+  } else if (name === 'cluster') {
+    const cluster = await startCluster()
+    cleanup = cluster.stop
+    factory = (fresh, options) => {
+      if (fresh) location = `ds-test:${randomUUID()}:`
+      return createRedisStore({ cluster: cluster.urls }, { prefix: location, keyLayout: 'hashtag', ...options })
     }
   } else if (name === 'sqlite') {
     const dir = mkdtempSync(join(tmpdir(), 'durastate-sqlite-'))

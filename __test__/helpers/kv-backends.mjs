@@ -1,18 +1,20 @@
-// The three backends the KV suite runs against, each store on fresh state.
+// The backends the KV suite runs against, each store on fresh state.
 //
 // Redis: the test file's throwaway server (testRedis()); every store gets its own run id,
 // put in front of every mount prefix (`kvt:<uuid>:` + prefix), so tests never see each
 // other's keys, even on a server shared by several test files. Prefix relations (overlap,
 // glob characters) are kept, since every prefix of a store gets the same run id.
+// Cluster: a 3-master Redis Cluster of the test file's own, with run ids as for Redis.
 // SQLite: a new file `sqlite:<tmpdir>/<uuid>.db` per store. Memory: `memory:`.
 import { randomUUID } from 'node:crypto'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createKvStore } from '../../index.js'
+import { startCluster } from './cluster.mjs'
 import { testRedis } from './redis-server.mjs'
 
-export const kvBackendNames = ['redis', 'sqlite', 'memory']
+export const kvBackendNames = ['redis', 'sqlite', 'memory', 'cluster']
 
 /** `options` with every mount prefix (or, without mounts, `options.prefix`) behind `base`. */
 function withBase(options, base) {
@@ -47,11 +49,16 @@ export async function prepareKvBackend(name) {
   const stores = []
   let cleanup = async () => {}
   let redisUrl
+  let clusterUrls
   let dir
   if (name === 'redis') {
     const redis = await testRedis()
     redisUrl = redis.url
     cleanup = redis.release
+  } else if (name === 'cluster') {
+    const cluster = await startCluster()
+    clusterUrls = cluster.urls
+    cleanup = cluster.stop
   } else if (name === 'sqlite') {
     dir = mkdtempSync(join(tmpdir(), 'durastate-kv-'))
     cleanup = async () => rmSync(dir, { recursive: true, force: true })
@@ -66,9 +73,10 @@ export async function prepareKvBackend(name) {
     let target
     if (fresh) {
       location = name === 'sqlite' ? join(dir, `${randomUUID()}.db`) : undefined
-      base = name === 'redis' ? `kvt:${randomUUID()}:` : ''
+      base = name === 'redis' || name === 'cluster' ? `kvt:${randomUUID()}:` : ''
     }
     if (name === 'redis') target = redisUrl
+    else if (name === 'cluster') target = { cluster: clusterUrls }
     else if (name === 'sqlite') target = `sqlite:${location}`
     else target = 'memory:'
     const used = raw ? '' : base

@@ -180,7 +180,7 @@ pub(super) fn pack_commands(commands: &[Command], atomic: bool, out: &mut Vec<u8
   }
 }
 
-fn to_redis(command: &Command) -> redis::Cmd {
+pub(super) fn to_redis(command: &Command) -> redis::Cmd {
   match command {
     Command::Get { key } => redis::cmd("GET").arg(key).clone(),
     Command::Set { key, value, ttl_ms } => set(key, value, *ttl_ms),

@@ -235,34 +235,60 @@ pub fn values_of(mount: Arc<Mount>, full_keys: Vec<String>) -> Step {
   if full_keys.is_empty() {
     return Step::Done(Ok(Output::Strings(Vec::new())));
   }
+  Step::then(mget_batch(&full_keys), move |replies| {
+    let mut pairs = Vec::new();
+    for (full_key, value) in full_keys.iter().zip(mget_values(replies)) {
+      match value.map(|bytes| utf8_value(bytes, full_key)).transpose() {
+        Ok(Some(json)) => {
+          pairs.push(full_key[mount.prefix.len()..].to_string());
+          pairs.push(json);
+        }
+        Ok(None) => {}
+        Err(err) => return Step::Done(Err(err)),
+      }
+    }
+    Step::Done(Ok(Output::Strings(pairs)))
+  })
+}
+
+/// The stored values of `full_keys`, in order, `None` where missing (`getMany`: the
+/// caller knows the keys, so only the values cross to JS).
+pub fn values(full_keys: Vec<String>) -> Step {
+  if full_keys.is_empty() {
+    return Step::Done(Ok(Output::Texts(Vec::new())));
+  }
+  Step::then(mget_batch(&full_keys), move |replies| {
+    let values = full_keys
+      .iter()
+      .zip(mget_values(replies))
+      .map(|(full_key, value)| value.map(|bytes| utf8_value(bytes, full_key)).transpose())
+      .collect::<StoreResult<Vec<_>>>();
+    Step::Done(values.map(Output::Texts))
+  })
+}
+
+fn mget_batch(full_keys: &[String]) -> Batch {
   let commands = full_keys
     .chunks(CHUNK)
     .map(|chunk| Command::MGet {
       keys: chunk.to_vec(),
     })
     .collect();
-  let batch = Batch {
+  Batch {
     commands,
     atomic: false,
-  };
-  Step::then(batch, move |replies| {
-    let values = replies.into_iter().flat_map(|reply| match reply {
-      Reply::Values(values) => values,
-      _ => Vec::new(),
-    });
-    let mut pairs = Vec::new();
-    for (full_key, value) in full_keys.iter().zip(values) {
-      let Some(value) = value else { continue };
-      match String::from_utf8(value) {
-        Ok(json) => {
-          pairs.push(full_key[mount.prefix.len()..].to_string());
-          pairs.push(json);
-        }
-        Err(_) => return Step::Done(Err(not_utf8(full_key))),
-      }
-    }
-    Step::Done(Ok(Output::Strings(pairs)))
+  }
+}
+
+fn mget_values(replies: Vec<Reply>) -> impl Iterator<Item = Option<Vec<u8>>> {
+  replies.into_iter().flat_map(|reply| match reply {
+    Reply::Values(values) => values,
+    _ => Vec::new(),
   })
+}
+
+fn utf8_value(bytes: Vec<u8>, full_key: &str) -> StoreResult<String> {
+  String::from_utf8(bytes).map_err(|_| not_utf8(full_key))
 }
 
 /// Deletes `full_keys` (`UNLINK`s of up to 1,000 keys, one round trip); resolves with
@@ -361,9 +387,7 @@ pub fn first(replies: Vec<Reply>) -> Reply {
 /// A stored value as text (`None` when missing).
 fn text(reply: Reply, full_key: &str) -> StoreResult<Option<String>> {
   match reply {
-    Reply::Bytes(bytes) => String::from_utf8(bytes)
-      .map(Some)
-      .map_err(|_| not_utf8(full_key)),
+    Reply::Bytes(bytes) => utf8_value(bytes, full_key).map(Some),
     _ => Ok(None),
   }
 }

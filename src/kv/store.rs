@@ -277,8 +277,8 @@ impl NativeKvStore {
     self.by_prefix(env, "getByPrefix", mount, prefix)
   }
 
-  /// The stored entries among `keys`, as `[key, json, ...]` (one `MGET`).
-  #[napi(ts_return_type = "Promise<Array<string>>")]
+  /// The stored JSON of each of `keys`, in order, `null` where missing (one `MGET`).
+  #[napi(ts_return_type = "Promise<Array<string | null>>")]
   pub fn get_many<'env>(
     &self,
     env: &'env Env,
@@ -288,7 +288,7 @@ impl NativeKvStore {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_readable("get", None)?;
       let full_keys = keys.iter().map(|key| mount.full_key(key)).collect();
-      Ok(ops::values_of(mount, full_keys))
+      Ok(ops::values(full_keys))
     });
     self.run(env, "getMany", step)
   }

@@ -1,0 +1,235 @@
+// Redis Cluster: the WorkerStore needs `keyLayout: 'hashtag'` there; the KV store lists
+// and clears over every master and splits multi-key calls by slot; a workflow survives
+// its slot being resharded under it, and the SIGKILL of its master (a replica takes
+// over); a dead master without a replica fails calls on its slots within commandTimeout,
+// never hangs them. 3-master clusters on loopback, stopped after.
+// (The conformance and KV suites also run on a cluster: see helpers/backends.mjs.)
+import assert from 'node:assert/strict'
+import { randomUUID } from 'node:crypto'
+import { after, before, describe, it } from 'node:test'
+import { Redis } from 'ioredis'
+import { createKvStore, createRedisStore } from '../index.js'
+import { cli, startCluster } from './helpers/cluster.mjs'
+import { testRedis } from './helpers/redis-server.mjs'
+
+const test = (title, fn, timeout = 60_000) => it(title, { timeout }, fn)
+
+describe('Redis Cluster', { timeout: 180_000 }, () => {
+  let cluster
+  const stores = []
+  const track = (store) => (stores.push(store), store)
+  const workerStore = (options = {}) => track(createRedisStore(
+    { cluster: cluster.urls },
+    { prefix: `cl:${randomUUID()}:`, keyLayout: 'hashtag', ...options },
+  ))
+
+  before(async () => {
+    cluster = await startCluster()
+  })
+
+  after(async () => {
+    await Promise.all(stores.map((s) => s.close()))
+    await cluster?.stop()
+  })
+
+  test('a WorkerStore without keyLayout hashtag is INVALID_INPUT at creation', () => {
+    for (const options of [{}, { keyLayout: 'compatible' }]) {
+      assert.throws(() => createRedisStore({ cluster: cluster.urls }, options), (err) => {
+        assert.equal(err.code, 'INVALID_INPUT')
+        assert.match(err.message, /keyLayout: 'hashtag'/)
+        return true
+      })
+    }
+    const invalid = [
+      [{ cluster: [] }, { keyLayout: 'hashtag' }, /at least one node/],
+      [{ cluster: ['rediss://127.0.0.1:1'] }, { keyLayout: 'hashtag' }, /rediss/],
+      [{ cluster: cluster.urls, host: 'x' }, { keyLayout: 'hashtag' }, /either `cluster`/],
+      [{ cluster: cluster.urls }, { keyLayout: 'tags' }, /keyLayout/],
+    ]
+    for (const [target, options, pattern] of invalid) {
+      assert.throws(() => createRedisStore(target, options), (err) => err.code === 'INVALID_INPUT' && pattern.test(err.message))
+    }
+  })
+
+  test('runs a workflow with every execution in one slot', async () => {
+    const store = workerStore()
+    for (let n = 0; n < 20; n++) {
+      const id = `wf-${n}`
+      await store.beginExecution(id)
+      assert.equal(await store.tryBeginExecutionTask(id, 'a'), true)
+      assert.equal(await store.tryBeginExecutionTask(id, 'a'), false)
+      await store.commitExecutionTaskResult(id, 'a', { n })
+      assert.deepEqual(await store.getExecutionTaskResults(id), { a: { n } })
+      await store.disposeExecution(id)
+      assert.equal(await store.isExecutionInProgress(id), false)
+    }
+  })
+
+  test('the hashtag layout works on a single server too, keys as documented', async () => {
+    const redis = await testRedis()
+    const io = new Redis(redis.url, { maxRetriesPerRequest: 1 })
+    try {
+      const prefix = `ht:${randomUUID()}:`
+      const store = track(createRedisStore(redis.url, { prefix, keyLayout: 'hashtag' }))
+      await store.beginExecution('e1')
+      await store.beginExecutionTask('e1', 'b')
+      await store.commitExecutionTaskResult('e1', 'a', 1)
+      assert.deepEqual((await io.keys(`${prefix}*`)).sort(), [`${prefix}{e1}`, `${prefix}{e1}-results`, `${prefix}{e1}-transactions`])
+      assert.deepEqual(await store.getExecutionTaskResults('e1'), { a: 1 })
+    } finally {
+      io.disconnect()
+      await redis.release()
+    }
+  })
+
+  test('KV: 200 keys over every master, listed once, read and deleted by slot', async () => {
+    const prefix = `kvc:${randomUUID()}:`
+    const kv = track(createKvStore({ cluster: cluster.urls }, { prefix }))
+    const keys = Array.from({ length: 200 }, (_, i) => `k${i}`)
+    for (const key of keys) await kv.set('default', key, { key })
+    const perNode = await Promise.all(cluster.ports.map(async (port) => {
+      const found = await cli(port, '--scan', '--pattern', `${prefix}*`)
+      return found.split('\n').filter(Boolean).length
+    }))
+    assert.equal(perNode.reduce((a, b) => a + b, 0), 200)
+    assert.ok(perNode.every((n) => n > 0), `keys on every master: ${perNode}`)
+    const listed = await kv.keys('default')
+    assert.equal(listed.length, 200)
+    assert.deepEqual([...listed].sort(), [...keys].sort())
+    assert.deepEqual((await kv.keys('default', 'k1?')).sort(), Array.from({ length: 10 }, (_, i) => `k1${i}`).sort())
+    const all = await kv.getAll('default')
+    assert.equal(Object.keys(all).length, 200)
+    assert.deepEqual(all.k42, { key: 'k42' })
+    const many = await kv.getMany('default', ['k1', 'k2', 'missing', 'k199'])
+    assert.deepEqual(many, { k1: { key: 'k1' }, k2: { key: 'k2' }, k199: { key: 'k199' } })
+    await kv.merge('default', 'k7', { extra: true })
+    assert.deepEqual(await kv.get('default', 'k7'), { key: 'k7', extra: true })
+    await kv.setMany('default', { m1: 1, m2: 2, m3: 3 })
+    assert.deepEqual(await kv.getMany('default', ['m1', 'm2', 'm3']), { m1: 1, m2: 2, m3: 3 })
+    assert.equal(await kv.deleteMany('default', keys.slice(0, 100)), 100)
+    assert.equal((await kv.keys('default')).length, 103)
+    await kv.clear('default')
+    assert.deepEqual(await kv.keys('default'), [])
+  })
+
+  test('a workflow keeps going while its slot is resharded to another master', async () => {
+    const store = workerStore()
+    const id = `mig-${randomUUID()}`
+    const slot = await cluster.keyslot(`{${id}}`)
+    await store.beginExecution(id)
+    let running = true
+    let steps = 0
+    const failures = []
+    const workflow = (async () => {
+      while (running) {
+        const task = `s${steps}`
+        try {
+          await store.beginExecutionTask(id, task)
+          await store.commitExecutionTaskResult(id, task, { steps })
+          assert.deepEqual(await store.getExecutionTaskResult(id, task), { steps })
+          steps++
+        } catch (err) {
+          failures.push(err)
+          await new Promise((r) => setTimeout(r, 20))
+        }
+      }
+    })()
+    const ports = cluster.ports
+    for (let round = 0; round < 3; round++) {
+      const from = await cluster.owner(slot)
+      const to = ports[(ports.indexOf(from) + 1) % ports.length]
+      await cluster.migrateSlot(slot, from, to, { batch: 1, pauseMs: 50 })
+      assert.equal(await cluster.owner(slot), to)
+      await new Promise((r) => setTimeout(r, 200))
+    }
+    running = false
+    await workflow
+    assert.deepEqual(failures.map((e) => `${e.code}: ${e.message}`), [])
+    const results = await store.getExecutionTaskResults(id)
+    assert.equal(Object.keys(results).length, steps)
+    assert.ok(steps > 5, `steps done: ${steps}`)
+  })
+
+  test('a dead master fails calls on its slots within commandTimeout; others keep working', async () => {
+    const store = workerStore({ commandTimeout: 1_500, connectTimeout: 500 })
+    const victim = cluster.ports[2]
+    let deadId
+    let liveId
+    for (let n = 0; !(deadId && liveId); n++) {
+      const owner = await cluster.owner(await cluster.keyslot(`{x${n}}`))
+      if (owner === victim) deadId ??= `x${n}`
+      else liveId ??= `x${n}`
+    }
+    await store.beginExecution(deadId)
+    await store.beginExecution(liveId)
+    await cluster.killNode(victim)
+    const started = Date.now()
+    await assert.rejects(store.isExecutionInProgress(deadId), (err) => ['TIMEOUT', 'UNAVAILABLE'].includes(err.code))
+    assert.ok(Date.now() - started < 3_000, `rejected after ${Date.now() - started} ms`)
+    assert.equal(await store.isExecutionInProgress(liveId), true)
+    // Listing needs every master: it rejects, bounded, rather than listing part of the keys.
+    const kv = track(createKvStore({ cluster: cluster.urls }, { commandTimeout: 1_500 }))
+    const listing = Date.now()
+    await assert.rejects(kv.keys('default'), (err) => ['TIMEOUT', 'UNAVAILABLE'].includes(err.code))
+    assert.ok(Date.now() - listing < 3_000, `listing rejected after ${Date.now() - listing} ms`)
+  })
+})
+
+describe('Redis Cluster failover', { timeout: 180_000 }, () => {
+  let cluster
+  let store
+
+  before(async () => {
+    cluster = await startCluster({ masters: 3, replicas: 1 })
+  })
+
+  after(async () => {
+    await store?.close()
+    await cluster?.stop()
+  })
+
+  test('a workflow keeps going through the SIGKILL of its master', async () => {
+    store = createRedisStore({ cluster: cluster.urls }, {
+      prefix: `fo:${randomUUID()}:`, keyLayout: 'hashtag', commandTimeout: 20_000, connectTimeout: 1_000,
+      retry: { attempts: 40, minDelay: 50, maxDelay: 400 },
+    })
+    const id = `fo-${randomUUID()}`
+    await store.beginExecution(id)
+    const acked = []
+    let running = true
+    const failures = []
+    const workflow = (async () => {
+      for (let n = 0; running; n++) {
+        try {
+          await store.beginExecutionTask(id, `s${n}`)
+          await store.commitExecutionTaskResult(id, `s${n}`, { n })
+          acked.push({ task: `s${n}`, at: Date.now() })
+        } catch (err) {
+          failures.push(err)
+        }
+        await new Promise((r) => setTimeout(r, 5))
+      }
+    })()
+    await new Promise((r) => setTimeout(r, 300))
+    const victim = await cluster.owner(await cluster.keyslot(`{${id}}`))
+    await cluster.killNode(victim)
+    const killedAt = Date.now()
+    let promoted
+    for (const deadline = Date.now() + 30_000; Date.now() < deadline;) {
+      promoted = await cluster.owner(await cluster.keyslot(`{${id}}`)).catch(() => undefined)
+      if (promoted && promoted !== victim && acked.some((a) => a.at > Date.now() - 200)) break
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    await new Promise((r) => setTimeout(r, 500))
+    running = false
+    await workflow
+    assert.notEqual(promoted, victim, 'a replica took over')
+    assert.deepEqual(failures.map((e) => `${e.code}: ${e.message}`), [])
+    const after = acked.filter((a) => a.at > killedAt)
+    assert.ok(after.length > 5, `steps after the kill: ${after.length}`)
+    // Replication is asynchronous: a step acknowledged just before the kill may be lost;
+    // every step acknowledged after the failover is there.
+    const results = await store.getExecutionTaskResults(id)
+    for (const { task } of after) assert.ok(task in results, `${task} is stored`)
+  })
+})

@@ -1,0 +1,106 @@
+// A Redis Cluster on loopback for the cluster tests: `masters` (and `replicas` per master)
+// redis-servers started with `--cluster-enabled yes` on free ports, joined by
+// `redis-cli --cluster create`, each with its own directory (nodes.conf). `stop()` stops every server; `migrateSlot` reshards one
+// slot by hand (the steps `redis-cli --cluster reshard` takes), so MOVED/ASK happen.
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+import { startRedisServer } from './redis-server.mjs'
+
+const run = promisify(execFile)
+
+/** `redis-cli -p port ...args`, output trimmed; bounded to 10 s. */
+export async function cli(port, ...args) {
+  const { stdout } = await run('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { timeout: 10_000 })
+  return stdout.trim()
+}
+
+async function until(what, check, deadlineMs) {
+  const deadline = Date.now() + deadlineMs
+  while (Date.now() < deadline) {
+    if (await check().catch(() => false)) return
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  throw new Error(`timed out waiting for ${what}`)
+}
+
+/**
+ * Starts a cluster of `masters` masters, each with `replicas` replicas, and waits until
+ * every node reports `cluster_state:ok` and knows every node. Returns `{ ports, urls, stop, ... }`.
+ */
+export async function startCluster({ masters = 3, replicas = 0 } = {}) {
+  const servers = []
+  const stop = async () => {
+    await Promise.all(servers.map((s) => s.stop()))
+  }
+  try {
+    const nodes = masters * (1 + replicas)
+    for (let i = 0; i < nodes; i++) {
+      servers.push(await startRedisServer({
+        args: ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000', '--repl-diskless-sync-delay', '0'],
+      }))
+    }
+    const ports = servers.map((s) => s.port)
+    await run('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', String(replicas), '--cluster-yes'], { timeout: 30_000 })
+    await until('cluster_state:ok on every node', async () => {
+      for (const port of ports) {
+        if (!(await cli(port, 'cluster', 'info')).includes('cluster_state:ok')) return false
+        const lines = (await cli(port, 'cluster', 'nodes')).split('\n').filter((l) => !l.includes('fail'))
+        if (lines.filter((l) => l.includes('master')).length !== masters || lines.length !== nodes) return false
+        if (!lines.every((l) => l.includes('connected'))) return false
+        const replication = await cli(port, 'info', 'replication')
+        if (replication.includes('role:slave') && !replication.includes('master_link_status:up')) return false
+      }
+      return true
+    }, 20_000)
+    const ids = await Promise.all(ports.map((p) => cli(p, 'cluster', 'myid')))
+    const dead = new Set()
+    return {
+      ports,
+      urls: ports.map((p) => `redis://127.0.0.1:${p}`),
+      stop,
+      /** SIGKILLs the node on `port` (stop() still cleans up after it). */
+      async killNode(port) {
+        dead.add(port)
+        await servers[ports.indexOf(port)].kill()
+      },
+      /** The hash slot of `key`. */
+      keyslot: async (key) => Number(await cli(ports.find((p) => !dead.has(p)), 'cluster', 'keyslot', key)),
+      /** The port of the master that owns `slot`, as the first live node sees it. */
+      async owner(slot) {
+        const lines = (await cli(ports.find((p) => !dead.has(p)), 'cluster', 'nodes')).split('\n')
+        for (const line of lines) {
+          const [id, , flags, , , , , , ...ranges] = line.split(' ')
+          if (!flags.includes('master') || flags.includes('fail')) continue
+          for (const range of ranges) {
+            const [from, to = from] = range.split('-').map(Number)
+            if (slot >= from && slot <= to) return ports[ids.indexOf(id)]
+          }
+        }
+        throw new Error(`no owner for slot ${slot}`)
+      },
+      /**
+       * Moves `slot` from the master on port `from` to the one on port `to`, key by key
+       * (MIGRATING/IMPORTING, MIGRATE in batches of `batch`, `pauseMs` between batches),
+       * then hands the slot over on every master.
+       */
+      async migrateSlot(slot, from, to, { batch = 10, pauseMs = 0 } = {}) {
+        const fromId = ids[ports.indexOf(from)]
+        const toId = ids[ports.indexOf(to)]
+        await cli(to, 'cluster', 'setslot', String(slot), 'importing', fromId)
+        await cli(from, 'cluster', 'setslot', String(slot), 'migrating', toId)
+        for (;;) {
+          const keys = (await cli(from, 'cluster', 'getkeysinslot', String(slot), String(batch))).split('\n').filter(Boolean)
+          if (keys.length === 0) break
+          await cli(from, 'migrate', '127.0.0.1', String(to), '', '0', '5000', 'keys', ...keys)
+          if (pauseMs) await new Promise((r) => setTimeout(r, pauseMs))
+        }
+        for (const port of [to, from, ...ports.filter((p) => p !== to && p !== from)]) {
+          await cli(port, 'cluster', 'setslot', String(slot), 'node', toId)
+        }
+      },
+    }
+  } catch (err) {
+    await stop()
+    throw err
+  }
+}
