@@ -16,21 +16,29 @@ function run(title, command, args, env = {}) {
   return result.status === 0
 }
 
-function ensureRedisServer() {
-  if (spawnSync('redis-server', ['--version']).status === 0) return
+/** The programs the tests run, with the Debian package that has each. */
+const TOOLS = [
+  { binary: 'redis-server', args: ['--version'], debian: 'redis-server', other: 'macOS: brew install redis' },
+  { binary: 'redis-cli', args: ['--version'], debian: 'redis-tools', other: 'macOS: brew install redis' },
+  { binary: 'openssl', args: ['version'], debian: 'openssl', other: 'macOS: brew install openssl' },
+]
+
+/** Installs what is missing (Debian packages, as root) or stops at once saying how. */
+function ensureTools() {
+  const missing = TOOLS.filter(({ binary, args }) => spawnSync(binary, args).status !== 0)
+  if (missing.length === 0) return
+  const packages = missing.map((tool) => tool.debian)
   const isRoot = typeof process.getuid === 'function' && process.getuid() === 0
   const hasApt = spawnSync('apt-get', ['--version']).status === 0
   if (isRoot && hasApt) {
-    console.log('# redis-server is missing: installing the Debian package')
+    console.log(`# missing ${missing.map((t) => t.binary).join(', ')}: installing Debian packages ${packages.join(' ')}`)
     run('apt-get update', 'apt-get', ['update', '-qq'])
-    if (run('install redis-server', 'apt-get', ['install', '-y', '-qq', 'redis-server'], { DEBIAN_FRONTEND: 'noninteractive' })) {
-      return
-    }
+    if (run('install', 'apt-get', ['install', '-y', '-qq', ...packages], { DEBIAN_FRONTEND: 'noninteractive' })) return
   }
   console.error(
-    'redis-server is required by the tests and is not installed.\n' +
-      '  Debian/Ubuntu: sudo apt-get install -y redis-server\n' +
-      '  macOS:         brew install redis',
+    `The tests need ${missing.map((t) => t.binary).join(', ')}, which ${missing.length === 1 ? 'is' : 'are'} not installed.\n` +
+      `  Debian/Ubuntu: sudo apt-get install -y ${packages.join(' ')}\n` +
+      missing.map((t) => `  ${t.other}`).filter((v, i, all) => all.indexOf(v) === i).join('\n'),
   )
   process.exit(1)
 }
@@ -39,7 +47,7 @@ const napi = join(root, 'node_modules', '@napi-rs', 'cli', 'dist', 'cli.js')
 if (!run('build the addon', process.execPath, [napi, 'build', '--platform', '--release', '--js', 'binding.js', '--dts', 'binding.d.ts'])) {
   process.exit(1)
 }
-ensureRedisServer()
+ensureTools()
 const server = await startRedisServer()
 let ok = false
 try {
