@@ -98,3 +98,12 @@ export async function useKv(): Promise<void> {
   void [stored, merged, removed, count, many, names, fallback, schema, mounts]
   await kv.close()
 }
+
+// TLS and Sentinel options type-check as documented.
+import type { TlsOptions } from '../index.js'
+const tls: TlsOptions = { ca: '/etc/ssl/ca.pem', cert: '-----BEGIN CERTIFICATE-----', key: 'k.pem', servername: 'redis.internal', rejectUnauthorized: true }
+export const overTls = (): DurableWorkerStore => createRedisStore('rediss://127.0.0.1:6380', { tls, connectTimeout: 1_000 })
+export const viaSentinels = (): DurableWorkerStore =>
+  createRedisStore({ sentinels: [{ host: '127.0.0.1', port: 26379 }, { host: '127.0.0.2' }], name: 'main', sentinelPassword: 's' }, { retry: { attempts: 40 } })
+// @ts-expect-error: a sentinel needs a host
+createRedisStore({ sentinels: [{ port: 26379 }], name: 'main' })
