@@ -291,7 +291,8 @@ export interface KvMountOptions {
   mode?: 'read' | 'write' | 'read-write'
   /**
    * Prepended to every key of the mount (no separator is added). Two mounts of one store
-   * may not have prefixes where one starts with the other. Default: the mount name + `:`.
+   * may not have prefixes where one starts with the other, and a prefix may not be empty (`clear()` would
+   * cover the whole database). Default: the mount name + `:`.
    */
   prefix?: string
   /**

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import { performance } from 'node:perf_hooks'
 import { after, before, describe, it } from 'node:test'
-import { DurastateError } from '../index.js'
+import { createKvStore, DurastateError } from '../index.js'
 import { rejectsWith } from './helpers/assert.mjs'
 import { kvBackendNames, prepareKvBackend } from './helpers/kv-backends.mjs'
 
@@ -158,6 +158,10 @@ for (const name of kvBackendNames) {
           ['ttl NaN', { mounts: { a: { ttl: NaN } } }],
         ]
         for (const [what, options] of bad) throwsWith(() => backend.open(options), 'INVALID_INPUT', undefined, what)
+        // an empty prefix would make clear() empty the database (checked raw: the helper prefixes every mount)
+        const empty = /prefix must not be empty/
+        throwsWith(() => createKvStore('memory:', { mounts: { a: { prefix: '' } } }), 'INVALID_INPUT', empty, 'empty mount prefix')
+        throwsWith(() => createKvStore('memory:', { prefix: '' }), 'INVALID_INPUT', empty, 'empty default prefix')
         // the good neighbours of those are fine
         const kv = backend.open({
           mounts: {

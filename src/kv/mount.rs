@@ -117,8 +117,14 @@ impl Mount {
     let max_entries = positive_whole(&name, "maxEntries", spec.max_entries)?;
     let max_value_size = positive_whole(&name, "maxValueSize", spec.max_value_size)?;
     let ttl_ms = millis(&format!("mounts.{name}.ttl"), spec.ttl)?.filter(|ttl| *ttl > 0);
+    let prefix = spec.prefix.unwrap_or_else(|| format!("{name}:"));
+    if prefix.is_empty() {
+      return Err(StoreError::invalid_input(format!(
+        "mount '{name}': prefix must not be empty, or clear() and keys() would cover every key of the database"
+      )));
+    }
     Ok(Self {
-      prefix: spec.prefix.unwrap_or_else(|| format!("{name}:")),
+      prefix,
       name,
       mode,
       schema,
