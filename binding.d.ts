@@ -84,7 +84,12 @@ export declare class NativeWorkerStore {
   getExecutionTaskResult(executionId: string, taskId: string): Promise<string | null>
   /** Marks a step in progress: `HSET <id>-transactions <task> "true"` (+ `PEXPIRE`). */
   beginExecutionTask(executionId: string, taskId: string): Promise<void>
-  /** Claims a step atomically (`HSETNX`): of concurrent callers exactly one gets `true`. */
+  /**
+   * Claims a step atomically (`HSETNX`): of concurrent callers exactly one gets `true`.
+   * With the hash-tag layout (no JS store reads it) the marker is a token unique to the
+   * claim, so a claim that a cluster connection sent twice still answers `true` to the
+   * caller whose first `HSETNX` landed: a `0` is checked against the stored token.
+   */
   tryBeginExecutionTask(executionId: string, taskId: string): Promise<boolean>
   /** Stores a step's result (JSON text) and clears its in-progress marker, atomically. */
   commitExecutionTaskResult(executionId: string, taskId: string, json: string): Promise<void>

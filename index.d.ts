@@ -207,7 +207,8 @@ export declare class DurableWorkerStore implements WorkerStore {
    * Claims a step atomically (`HSETNX`): of any number of concurrent callers, exactly one
    * gets `true`. The claim is on the in-progress marker; check for a result first.
    * Unlike the other calls it is never sent again after a dropped connection (the first
-   * `HSETNX` may have landed): it rejects with `UNAVAILABLE` instead.
+   * `HSETNX` may have landed): it rejects with `UNAVAILABLE` instead. On a cluster, where
+   * redis-rs may send it again, the hash-tag layout's claim token keeps the answer exact.
    */
   tryBeginExecutionTask(executionId: string, taskId: string): Promise<boolean>
   /**

@@ -76,6 +76,11 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
       await store.commitExecutionTaskResult('e1', 'a', 1)
       assert.deepEqual((await io.keys(`${prefix}*`)).sort(), [`${prefix}{e1}`, `${prefix}{e1}-results`, `${prefix}{e1}-transactions`])
       assert.deepEqual(await store.getExecutionTaskResults('e1'), { a: 1 })
+      // The claim stores a token of its own (not "true"), so a resent claim stays exact.
+      assert.equal(await store.tryBeginExecutionTask('e1', 'c'), true)
+      assert.equal(await store.tryBeginExecutionTask('e1', 'c'), false)
+      assert.match(await io.hget(`${prefix}{e1}-transactions`, 'c'), /^claim:[0-9a-f]{16}:\d+$/)
+      assert.equal(await store.isExecutionTaskInProgress('e1', 'c'), true)
     } finally {
       io.disconnect()
       await redis.release()

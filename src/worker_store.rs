@@ -12,7 +12,7 @@ use napi::bindgen_prelude::PromiseRaw;
 use napi::Env;
 use napi_derive::napi;
 
-use crate::command::{Batch, Command, Reply, Step};
+use crate::command::{Batch, Command, Finish, Reply, Step};
 use crate::engine::Engine;
 use crate::error::{StoreError, StoreResult};
 use crate::keys::KeyLayout;
@@ -55,10 +55,21 @@ impl NativeWorkerStore {
     batch: Batch,
     finish: impl FnOnce(Vec<Reply>) -> StoreResult<Output> + Send + 'static,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
+    let finish = Box::new(move |replies| Step::Done(finish(replies)));
+    self.dispatch_steps(env, what, batch, finish)
+  }
+
+  /// Runs `batch`, then the steps `finish` asks for; each bounded by `commandTimeout`.
+  fn dispatch_steps<'env>(
+    &self,
+    env: &'env Env,
+    what: &'static str,
+    batch: Batch,
+    finish: Finish,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
     if self.closed.load(Ordering::Acquire) {
       return Engine::rejected(env, StoreError::disposed());
     }
-    let finish = Box::new(move |replies| Step::Done(finish(replies)));
     let limit = self.config.command_timeout;
     self.engine.call(env, what, batch, finish, limit)
   }
@@ -71,9 +82,9 @@ impl NativeWorkerStore {
     }
   }
 
-  fn claim_batch(&self, id: &str, task: &str, exclusive: bool) -> Batch {
+  fn claim_batch(&self, id: &str, task: &str, exclusive: bool, value: String) -> Batch {
     let key = self.config.keys.transactions(id);
-    let (field, value) = (task.to_string(), MARKER.to_string());
+    let field = task.to_string();
     let command = if exclusive {
       Command::HSetNx {
         key: key.clone(),
@@ -120,6 +131,21 @@ fn check_id(id: &str) -> StoreResult<()> {
     ));
   }
   Ok(())
+}
+
+/// A marker value no other claim uses: a process-random number and a counter.
+fn claim_token() -> String {
+  use std::hash::{BuildHasher, Hasher};
+  use std::sync::atomic::AtomicU64;
+  static COUNTER: AtomicU64 = AtomicU64::new(0);
+  static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+  let seed = SEED.get_or_init(|| {
+    std::collections::hash_map::RandomState::new()
+      .build_hasher()
+      .finish()
+  });
+  let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+  format!("claim:{seed:016x}:{count}")
 }
 
 /// The first reply of a batch: the command whose answer the call returns.
@@ -198,11 +224,14 @@ impl NativeWorkerStore {
     task_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
-    let batch = self.claim_batch(&execution_id, &task_id, false);
+    let batch = self.claim_batch(&execution_id, &task_id, false, MARKER.to_string());
     self.dispatch(env, "beginExecutionTask", batch, done)
   }
 
   /// Claims a step atomically (`HSETNX`): of concurrent callers exactly one gets `true`.
+  /// With the hash-tag layout (no JS store reads it) the marker is a token unique to the
+  /// claim, so a claim that a cluster connection sent twice still answers `true` to the
+  /// caller whose first `HSETNX` landed: a `0` is checked against the stored token.
   #[napi(ts_return_type = "Promise<boolean>")]
   pub fn try_begin_execution_task<'env>(
     &self,
@@ -211,9 +240,28 @@ impl NativeWorkerStore {
     task_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
-    let batch = self.claim_batch(&execution_id, &task_id, true);
-    let finish = |replies| Ok(Output::Bool(first(replies) == Reply::Int(1)));
-    self.dispatch(env, "tryBeginExecutionTask", batch, finish)
+    let token = if self.config.keys.is_hashtag() {
+      claim_token()
+    } else {
+      MARKER.to_string()
+    };
+    let batch = self.claim_batch(&execution_id, &task_id, true, token.clone());
+    let key = self.config.keys.transactions(&execution_id);
+    let finish = move |replies| match first(replies) {
+      Reply::Int(1) => Step::Done(Ok(Output::Bool(true))),
+      _ if token == MARKER => Step::Done(Ok(Output::Bool(false))),
+      _ => {
+        let check = Batch::one(Command::HGet {
+          key,
+          field: task_id,
+        });
+        Step::then(check, move |replies| {
+          let ours = first(replies) == Reply::Bytes(token.into_bytes());
+          Step::Done(Ok(Output::Bool(ours)))
+        })
+      }
+    };
+    self.dispatch_steps(env, "tryBeginExecutionTask", batch, Box::new(finish))
   }
 
   /// Stores a step's result (JSON text) and clears its in-progress marker, atomically.
