@@ -260,7 +260,8 @@ export declare function createSqliteStore(path?: string | null, options?: Sqlite
 export declare function createMemoryStore(options?: StoreOptions | null): DurableWorkerStore
 
 /**
- * A store picked by URL: `redis://` or `rediss://` (Redis), `sqlite:<path>` or
+ * A store picked by URL: `redis://`, `rediss://` (TLS), `redis+sentinel://`,
+ * `redis+cluster://` (needs `keyLayout: 'hashtag'`) (Redis), `sqlite:<path>` or
  * `file:<path>` (SQLite), `memory:`. Without a URL: `DURASTATE_URL`, then `REDIS_URL`,
  * else the SQLite file `./.durastate/state.db`.
  */

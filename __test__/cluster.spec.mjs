@@ -8,7 +8,8 @@ import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
 import { Redis } from 'ioredis'
-import { createKvStore, createRedisStore } from '../index.js'
+import { execFileSync } from 'node:child_process'
+import { createKvStore, createRedisStore, createStore } from '../index.js'
 import { cli, startCluster } from './helpers/cluster.mjs'
 import { testRedis } from './helpers/redis-server.mjs'
 
@@ -49,6 +50,23 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
     for (const [target, options, pattern] of invalid) {
       assert.throws(() => createRedisStore(target, options), (err) => err.code === 'INVALID_INPUT' && pattern.test(err.message))
     }
+  })
+
+  test('a redis+cluster:// URL reaches the cluster: createStore, the KV store and the CLI', async () => {
+    const url = `redis+cluster://${cluster.urls.map((u) => new URL(u).host).join(',')}`
+    assert.throws(() => createStore(url), (err) => err.code === 'INVALID_INPUT' && /keyLayout/.test(err.message))
+    const prefix = `url:${randomUUID()}:`
+    const store = track(createStore(url, { prefix, keyLayout: 'hashtag' }))
+    await store.beginExecution('e')
+    await store.commitExecutionTaskResult('e', 'a', { ok: true })
+    const kv = track(createKvStore(url, { prefix: `${prefix}kv:` }))
+    await kv.set('default', 'k', 1)
+    assert.deepEqual(await kv.keys('default'), ['k'])
+    const bin = new URL('../bin/durastate.mjs', import.meta.url).pathname
+    const listed = JSON.parse(execFileSync(process.execPath, [bin, 'inspect', url, '--prefix', prefix, '--json'], { encoding: 'utf8', timeout: 20_000 }))
+    const execution = (listed.executions ?? listed).find((e) => e.id === '{e}')
+    assert.ok(execution, `inspect lists the execution: ${JSON.stringify(listed)}`)
+    assert.equal(execution.stepsDone, 1)
   })
 
   test('runs a workflow with every execution in one slot', async () => {

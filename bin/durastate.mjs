@@ -15,7 +15,8 @@ const USAGE = `usage:
   durastate kv keys <mount> [pattern] [url] [--prefix p] [--json]
   durastate kv delete <mount> <key> [url] [--prefix p] [--json]
 
-  url       redis://..., sqlite:<path> or file:<path>. Default: DURASTATE_URL, then
+  url       redis://, rediss://, redis+sentinel://, redis+cluster://, sqlite:<path> or
+            file:<path>. Default: DURASTATE_URL, then
             REDIS_URL, else sqlite:./.durastate/state.db
   --prefix  inspect: the worker store's key prefix (default "").
             kv: the mount's key prefix (default "<mount>:", and "kv:" for the mount "default")
@@ -27,7 +28,7 @@ const OPTIONS = {
   json: { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
 }
-const URL_SCHEME = /^(redis|rediss|redis\+unix|redis\+sentinel|sqlite|file|memory):/i
+const URL_SCHEME = /^(redis|rediss|redis\+unix|redis\+sentinel|redis\+cluster|sqlite|file|memory):/i
 const DEFAULT_SQLITE_PATH = './.durastate/state.db'
 const KV_ARGUMENTS = { get: ['key'], set: ['key', 'value'], delete: ['key'] }
 const SCAN_COUNT = 1000

@@ -116,6 +116,7 @@ fn engine_for_url(url: &str, options: &StoreOptions) -> StoreResult<(Engine, Com
     Some("redis" | "rediss" | "redis+unix" | "redis+sentinel") => {
       redis_engine_for(RedisTarget::from_url(url)?, options)
     }
+    Some("redis+cluster") => cluster_engine(&crate::redis_target::cluster_fields_from_url(url)?, options),
     Some("sqlite" | "file") => {
       let rest = &url[url.find(':').expect("has a scheme") + 1..];
       let path = file_path(rest.strip_prefix("//").unwrap_or(rest))?;
@@ -123,7 +124,7 @@ fn engine_for_url(url: &str, options: &StoreOptions) -> StoreResult<(Engine, Com
     }
     Some("memory") => embedded_engine(Location::Memory, options),
     _ => Err(StoreError::invalid_input(format!(
-      "unsupported store URL \"{}\": use redis://, rediss://, sqlite:<path>, file:<path> or memory:",
+      "unsupported store URL \"{}\": use redis://, rediss://, redis+sentinel://, redis+cluster://, sqlite:<path>, file:<path> or memory:",
       crate::redis_target::redact(url)
     ))),
   }

@@ -171,6 +171,54 @@ impl RedisTarget {
 
 /// A Redis Cluster client from `{ cluster: [url, ...], username, password }`, and how
 /// messages name it. Every node gets `connectTimeout` and `commandTimeout`.
+/// `redis+cluster://[user:pass@]host1:port1,host2:port2` as `{ cluster: [...], username,
+/// password }`: some of the nodes; the others are found from them.
+pub fn cluster_fields_from_url(url: &str) -> StoreResult<RedisConnectionOptions> {
+  let invalid = |why: &str| {
+    StoreError::invalid_input(format!(
+      "invalid Cluster URL \"{}\": {why}",
+      redact_sentinel(url)
+    ))
+  };
+  let rest = url
+    .split_once("://")
+    .map(|(_, rest)| rest)
+    .ok_or_else(|| invalid("no ://"))?;
+  let authority = rest.trim_end_matches('/');
+  if authority.contains(['/', '?', '#']) {
+    return Err(invalid("a cluster has no database number or parameters"));
+  }
+  let (auth, hosts) = match authority.rsplit_once('@') {
+    Some((auth, hosts)) => (Some(auth), hosts),
+    None => (None, authority),
+  };
+  let cluster = hosts
+    .split(',')
+    .map(|host| {
+      let (host, port) = parse_host_port(host, 6379).ok_or_else(|| invalid("bad node address"))?;
+      let host = if host.contains(':') {
+        format!("[{host}]")
+      } else {
+        host
+      };
+      Ok(format!("redis://{host}:{port}"))
+    })
+    .collect::<StoreResult<Vec<_>>>()?;
+  let (username, password) = match auth.map(|a| a.split_once(':').unwrap_or(("", a))) {
+    Some((user, pass)) => (
+      Some(decode(user)).filter(|u| !u.is_empty()),
+      Some(decode(pass)).filter(|p| !p.is_empty()),
+    ),
+    None => (None, None),
+  };
+  Ok(RedisConnectionOptions {
+    cluster: Some(cluster),
+    username,
+    password,
+    ..Default::default()
+  })
+}
+
 pub fn cluster_client(
   fields: &RedisConnectionOptions,
   common: &crate::options::CommonSettings,
@@ -386,6 +434,15 @@ mod tests {
       2
     );
     assert!(RedisTarget::from_url("redis+sentinel://127.0.0.1:26379").is_err());
+    let cluster =
+      cluster_fields_from_url("redis+cluster://u:p%40ss@10.0.0.1:7000,[::1]:7001").unwrap();
+    assert_eq!(
+      cluster.cluster.unwrap(),
+      vec!["redis://10.0.0.1:7000", "redis://[::1]:7001"]
+    );
+    assert_eq!(cluster.username.as_deref(), Some("u"));
+    assert_eq!(cluster.password.as_deref(), Some("p@ss"));
+    assert!(cluster_fields_from_url("redis+cluster://10.0.0.1:7000/2").is_err());
     let mut tls = RedisTarget::from_url("rediss://localhost:6380").unwrap();
     tls.configure_tls(None).unwrap();
     assert!(tls.tls.is_some());
