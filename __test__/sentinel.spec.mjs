@@ -37,6 +37,10 @@ describe('Sentinel', { timeout: 150_000 }, () => {
     assert.deepEqual(await kv.get('m', 'doc'), { a: 1 })
   })
 
+  it('rejects TLS options with Sentinel at creation (not supported yet)', () => {
+    assert.throws(() => createRedisStore(group.url, { tls: { rejectUnauthorized: false } }), (err) => err.code === 'INVALID_INPUT' && /Sentinel/.test(err.message))
+  })
+
   it('rejects a master the sentinels do not know, naming it', async () => {
     const url = group.url.replace(`/${MASTER_NAME}`, '/nope')
     const store = track(createRedisStore(url, { connectTimeout: 1_000, retry: { attempts: 0 } }))

@@ -78,6 +78,11 @@ impl RedisTarget {
     if !self.wants_tls && options.is_none() {
       return Ok(());
     }
+    if self.sentinel.is_some() {
+      return Err(StoreError::invalid_input(
+        "TLS with Sentinel is not supported yet (the sentinels' answers are plain addresses)",
+      ));
+    }
     let redis::ConnectionAddr::Tcp(host, _) = self.client.get_connection_info().addr() else {
       return Err(StoreError::invalid_input(
         "TLS needs a TCP address (rediss://host:port), not a unix socket",
