@@ -20,7 +20,7 @@ use crate::redis_target::{RedisTarget, SentinelSettings};
 pub async fn open(target: &RedisTarget, limit: Duration) -> StoreResult<Socket> {
   let in_tls_handshake = AtomicBool::new(false);
   let attempt = async {
-    let (host, port) = server_address(target).await?;
+    let (host, port) = server_address(target, limit).await?;
     let stream = tokio::net::TcpStream::connect((host.as_str(), port))
       .await
       .map_err(|err| unavailable(target, &format!("{host}:{port}: {err}")))?;
@@ -69,9 +69,9 @@ pub async fn open(target: &RedisTarget, limit: Duration) -> StoreResult<Socket> 
 }
 
 /// Where the server is: the URL's address, or the master the sentinels name now.
-async fn server_address(target: &RedisTarget) -> StoreResult<(String, u16)> {
+async fn server_address(target: &RedisTarget, limit: Duration) -> StoreResult<(String, u16)> {
   if let Some(sentinel) = &target.sentinel {
-    return master_address(target, sentinel).await;
+    return master_address(target, sentinel, limit).await;
   }
   match target.client.get_connection_info().addr() {
     ConnectionAddr::Tcp(host, port) => Ok((host.clone(), *port)),
@@ -80,14 +80,20 @@ async fn server_address(target: &RedisTarget) -> StoreResult<(String, u16)> {
 }
 
 /// Asks each sentinel in turn for the master's address (`SENTINEL
-/// GET-MASTER-ADDR-BY-NAME`); the first that knows it answers.
+/// GET-MASTER-ADDR-BY-NAME`); the first that knows it answers. Each sentinel gets an
+/// equal share of `limit`, so one that does not answer leaves time for the others.
 async fn master_address(
   target: &RedisTarget,
   sentinel: &SentinelSettings,
+  limit: Duration,
 ) -> StoreResult<(String, u16)> {
+  let share = limit / (sentinel.sentinels.len() as u32 + 1);
   let mut failures = Vec::new();
   for (host, port) in &sentinel.sentinels {
-    match ask_sentinel(host, *port, sentinel).await {
+    let asked = tokio::time::timeout(share, ask_sentinel(host, *port, sentinel)).await;
+    let answer =
+      asked.unwrap_or_else(|_| Err(format!("no answer within {} ms", share.as_millis())));
+    match answer {
       Ok(Some(address)) => return Ok(address),
       Ok(None) => failures.push(format!(
         "{host}:{port} does not know master \"{}\"",
