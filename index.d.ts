@@ -129,6 +129,13 @@ export interface SqliteStoreOptions extends StoreOptions {
    * `'full'`: also survives power loss (one fsync per write).
    */
   synchronous?: 'normal' | 'full'
+  /**
+   * Page size of a new database file, in bytes: a power of two from 512 to 65536; default
+   * 4096. An existing file keeps its own. Smaller pages make each commit write less to the
+   * WAL: 1024 measured the 1 KiB-result lifecycle 1.6–1.9x faster, but 16 KiB values about
+   * 2x slower (they spill into overflow pages). Choose from your result sizes.
+   */
+  pageSize?: number
 }
 
 /** Options of a store picked by URL: those of the backend the URL names. */

@@ -1,7 +1,7 @@
 // SQLite-specific behaviour: crash safety under SIGKILL, two processes on one file,
 // clear errors for a corrupt or unwritable file, the default location, URL routing.
 import assert from 'node:assert/strict'
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
@@ -130,6 +130,22 @@ describe('SQLite store', () => {
     assert.throws(() => createSqliteStore(dir), (err) => err.code === 'INVALID_INPUT' && err.message.includes(dir))
     assert.throws(() => createSqliteStore(''), (err) => err.code === 'INVALID_INPUT')
     assert.throws(() => createSqliteStore(join(dir, 'x.db'), { synchronous: 'sometimes' }), (err) => err.code === 'INVALID_INPUT')
+  })
+
+  it('creates a new file with the page size asked for; an existing file keeps its own', async () => {
+    const path = join(dir, 'pages.db')
+    const headerPageSize = () => readFileSync(path).readUInt16BE(16)
+    const small = createSqliteStore(path, { pageSize: 1024 })
+    await small.commitExecutionTaskResult('e', 't', { v: 'x'.repeat(3000) })
+    await small.close()
+    assert.equal(headerPageSize(), 1024)
+    const reopened = open(path, { pageSize: 8192 })
+    assert.deepEqual(await reopened.getExecutionTaskResult('e', 't'), { v: 'x'.repeat(3000) })
+    await reopened.close()
+    assert.equal(headerPageSize(), 1024)
+    for (const pageSize of [1000, 256, 131072]) {
+      assert.throws(() => createSqliteStore(path, { pageSize }), (err) => err.code === 'INVALID_INPUT' && /pageSize/.test(err.message))
+    }
   })
 
   it('uses ./.durastate/state.db by default, creating the directory', async () => {

@@ -197,10 +197,20 @@ fn embedded_engine(
       )))
     }
   };
+  let page_size = match options.page_size {
+    None => None,
+    Some(size) if size.is_power_of_two() && (512..=65_536).contains(&size) => Some(size),
+    Some(other) => {
+      return Err(StoreError::invalid_input(format!(
+        "option `pageSize` must be a power of two from 512 to 65536, got {other}"
+      )))
+    }
+  };
   let settings = EmbeddedSettings {
     location,
     busy_timeout: Duration::from_millis(busy_ms),
     full_sync,
+    page_size,
   };
   let backend = EmbeddedBackend::new(settings);
   Ok((Engine::Embedded(Arc::new(backend)), common))

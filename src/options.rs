@@ -32,6 +32,8 @@ pub struct StoreOptions {
   /// SQLite durability: `"normal"` (default; survives a crash of the process) or
   /// `"full"` (also survives power loss; one fsync per commit).
   pub synchronous: Option<String>,
+  /// SQLite page size of a new file, in bytes (a power of two, 512 to 65536). Default 4096.
+  pub page_size: Option<u32>,
   /// Redis: how calls ride out a dropped connection.
   pub retry: Option<RetryOptions>,
   /// Redis: `"none"` (default) or `"aof"`: acknowledged writes are on the server's disk

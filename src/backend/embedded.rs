@@ -31,6 +31,8 @@ pub struct EmbeddedSettings {
   pub busy_timeout: Duration,
   /// `PRAGMA synchronous=FULL` rather than `NORMAL`.
   pub full_sync: bool,
+  /// `PRAGMA page_size` for a new database (an existing file keeps its own).
+  pub page_size: Option<u32>,
 }
 
 enum Job {
@@ -298,7 +300,8 @@ fn open(settings: &EmbeddedSettings, checkpoint_due: Arc<AtomicBool>) -> StoreRe
   connection
     .busy_timeout(settings.busy_timeout)
     .map_err(|err| open_error(settings, err.into()))?;
-  keyspace::prepare(&connection, settings.full_sync).map_err(|err| open_error(settings, err))?;
+  keyspace::prepare(&connection, settings.full_sync, settings.page_size)
+    .map_err(|err| open_error(settings, err))?;
   // Replaces SQLite's automatic checkpoint (which would fsync inside a commit on
   // whichever thread made it) with a flag the store's thread acts on.
   connection

@@ -33,8 +33,16 @@ CREATE TABLE IF NOT EXISTS durastate_fields (
 ) WITHOUT ROWID;
 ";
 
-/// Sets the journal mode and creates the tables when missing.
-pub fn prepare(connection: &Connection, full_sync: bool) -> StoreResult<()> {
+/// Sets the page size of a new database, the journal mode, and creates the tables when
+/// missing. (SQLite ignores `page_size` once the file has pages.)
+pub fn prepare(
+  connection: &Connection,
+  full_sync: bool,
+  page_size: Option<u32>,
+) -> StoreResult<()> {
+  if let Some(size) = page_size {
+    connection.pragma_update(None, "page_size", size)?;
+  }
   connection.pragma_update(None, "journal_mode", "WAL")?;
   let sync = if full_sync { "FULL" } else { "NORMAL" };
   connection.pragma_update(None, "synchronous", sync)?;
@@ -457,7 +465,7 @@ mod tests {
 
   fn db() -> Connection {
     let connection = Connection::open_in_memory().unwrap();
-    prepare(&connection, false).unwrap();
+    prepare(&connection, false, None).unwrap();
     connection
   }
 
