@@ -473,6 +473,128 @@ mod tests {
     execute(connection, &Batch::one(command), now).map(|mut r| r.remove(0))
   }
 
+  fn set(connection: &mut Connection, key: &str, value: &str, ttl_ms: Option<u64>, now: u64) {
+    let command = Command::Set {
+      key: key.into(),
+      value: value.into(),
+      ttl_ms,
+    };
+    assert_eq!(run(connection, command, now).unwrap(), Reply::Ok);
+  }
+
+  fn scan_all(connection: &mut Connection, pattern: &str, count: u32, now: u64) -> Vec<String> {
+    let (mut cursor, mut found) = ("0".to_string(), Vec::new());
+    loop {
+      let command = Command::Scan {
+        cursor,
+        pattern: pattern.into(),
+        count,
+        kind: Some(KeyKind::String),
+      };
+      let Reply::Scan { cursor: next, keys } = run(connection, command, now).unwrap() else {
+        panic!("not a scan page")
+      };
+      found.extend(keys);
+      if next == "0" {
+        return found;
+      }
+      cursor = next;
+    }
+  }
+
+  #[test]
+  fn scan_pages_through_live_string_keys_matching_the_glob() {
+    let mut connection = db();
+    for i in 0..25 {
+      set(&mut connection, &format!("a*[x]:{i:02}"), "1", None, 0);
+    }
+    set(&mut connection, "a*[x]:gone", "1", Some(10), 0);
+    set(&mut connection, "ab:1", "1", None, 0);
+    let hash = Command::HSet {
+      key: "a*[x]:hash".into(),
+      field: "f".into(),
+      value: "v".into(),
+    };
+    run(&mut connection, hash, 0).unwrap();
+    let pattern = format!("{}*", crate::glob::escape("a*[x]:"));
+    let found = scan_all(&mut connection, &pattern, 4, 100);
+    let expected: Vec<String> = (0..25).map(|i| format!("a*[x]:{i:02}")).collect();
+    assert_eq!(found, expected);
+    assert_eq!(scan_all(&mut connection, "a*[x]:0?", 1000, 100).len(), 0);
+    assert_eq!(
+      scan_all(&mut connection, "a\\*\\[x\\]:0?", 1000, 100).len(),
+      10
+    );
+  }
+
+  #[test]
+  fn conditional_sets_and_set_get() {
+    let mut connection = db();
+    let set_if = |when| Command::SetIf {
+      key: "k".into(),
+      value: "v".into(),
+      ttl_ms: None,
+      when,
+    };
+    assert_eq!(
+      run(&mut connection, set_if(Condition::Exists), 0).unwrap(),
+      Reply::Nil
+    );
+    assert_eq!(
+      run(&mut connection, set_if(Condition::Missing), 0).unwrap(),
+      Reply::Ok
+    );
+    assert_eq!(
+      run(&mut connection, set_if(Condition::Missing), 0).unwrap(),
+      Reply::Nil
+    );
+    let set_get = Command::SetGet {
+      key: "k".into(),
+      value: "w".into(),
+      ttl_ms: Some(50),
+    };
+    assert_eq!(
+      run(&mut connection, set_get, 0).unwrap(),
+      Reply::Bytes(b"v".to_vec())
+    );
+    let pttl = Command::PTtl { key: "k".into() };
+    assert_eq!(
+      run(&mut connection, pttl.clone(), 10).unwrap(),
+      Reply::Int(40)
+    );
+    assert_eq!(run(&mut connection, pttl, 60).unwrap(), Reply::Int(-2));
+  }
+
+  #[test]
+  fn merge_keeps_the_ttl_checks_the_size_and_refuses_non_objects() {
+    let mut connection = db();
+    let merge = |partial: &str, create, max_size| Command::Merge {
+      key: "m".into(),
+      partial: partial.into(),
+      ttl_ms: None,
+      max_size,
+      create,
+    };
+    let outcome = |reply| match reply {
+      Reply::Merge(outcome) => outcome,
+      other => panic!("{other:?}"),
+    };
+    let missing = run(&mut connection, merge(r#"{"a":1}"#, false, 100), 0).unwrap();
+    assert_eq!(outcome(missing), MergeOutcome::Missing);
+    set(&mut connection, "m", r#"{"a":1}"#, Some(1_000), 0);
+    let merged = run(&mut connection, merge(r#"{"b":2}"#, false, 100), 10).unwrap();
+    assert_eq!(outcome(merged), MergeOutcome::Merged { created: false });
+    let value = run(&mut connection, Command::Get { key: "m".into() }, 20).unwrap();
+    assert_eq!(value, Reply::Bytes(br#"{"a":1,"b":2}"#.to_vec()));
+    let pttl = run(&mut connection, Command::PTtl { key: "m".into() }, 20).unwrap();
+    assert_eq!(pttl, Reply::Int(980));
+    let big = run(&mut connection, merge(r#"{"c":"xxxxxxxx"}"#, false, 20), 30).unwrap();
+    assert_eq!(outcome(big), MergeOutcome::TooLarge(28));
+    set(&mut connection, "m", "[1]", None, 40);
+    let list = run(&mut connection, merge("{}", false, 100), 50).unwrap();
+    assert_eq!(outcome(list), MergeOutcome::NotAnObject);
+  }
+
   #[test]
   fn strings_expire_exactly_at_their_ttl() {
     let mut c = db();
