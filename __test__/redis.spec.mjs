@@ -96,12 +96,15 @@ describe('Redis store', () => {
     // (the one that sends our prefixed keys), MULTI and EXEC included.
     const all = []
     monitor.on('monitor', (_time, args, source) => all.push({ args: args.map(String), source }))
-    await ours.beginExecution('e')
-    await ours.beginExecutionTask('e', 't')
-    await ours.commitExecutionTaskResult('e', 't', { ok: true })
-    await ours.disposeExecution('e')
-    await new Promise((r) => setTimeout(r, 100))
-    monitor.disconnect()
+    try {
+      await ours.beginExecution('e')
+      await ours.beginExecutionTask('e', 't')
+      await ours.commitExecutionTaskResult('e', 't', { ok: true })
+      await ours.disposeExecution('e')
+      await new Promise((r) => setTimeout(r, 100))
+    } finally {
+      await monitor.quit().catch(() => monitor.disconnect())
+    }
     const ourSource = all.find(({ args }) => args.some((a) => a.startsWith(p)))?.source
     const seen = all.filter(({ source }) => source === ourSource).map(({ args }) => args)
     const upper = seen.map(([cmd, ...rest]) => [cmd.toUpperCase(), ...rest])

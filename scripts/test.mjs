@@ -43,6 +43,14 @@ function ensureTools() {
   process.exit(1)
 }
 
+/**
+ * node --test, bounded: a test that hangs fails after 5 minutes, and a test file whose
+ * client library leaves a socket open (ioredis's MONITOR connection once did) still ends
+ * when its tests are done. Whether our stores let a process exit is tested on its own,
+ * in child processes (process.spec.mjs).
+ */
+const NODE_TEST = ['--test', '--test-force-exit', '--test-timeout=300000']
+
 const napi = join(root, 'node_modules', '@napi-rs', 'cli', 'dist', 'cli.js')
 if (!run('build the addon', process.execPath, [napi, 'build', '--platform', '--release', '--js', 'binding.js', '--dts', 'binding.d.ts'])) {
   process.exit(1)
@@ -52,11 +60,11 @@ const server = await startRedisServer()
 let ok = false
 try {
   const specs = readdirSync(join(root, '__test__')).filter((f) => f.endsWith('.spec.mjs')).sort()
-  const nodeOk = run('node --test', process.execPath, ['--test', '--test-concurrency=2', ...specs.map((f) => join('__test__', f))], {
+  const nodeOk = run('node --test', process.execPath, [...NODE_TEST, '--test-concurrency=2', ...specs.map((f) => join('__test__', f))], {
     DURASTATE_TEST_REDIS_URL: server.url,
   })
   // The threaded Redis path (unix sockets, non-Unix platforms) keeps passing the same suites.
-  const threadsOk = run('node --test, Redis on tokio threads', process.execPath, ['--test', join('__test__', 'conformance.spec.mjs'), join('__test__', 'redis.spec.mjs')], {
+  const threadsOk = run('node --test, Redis on tokio threads', process.execPath, [...NODE_TEST, join('__test__', 'conformance.spec.mjs'), join('__test__', 'redis.spec.mjs')], {
     DURASTATE_TEST_REDIS_URL: server.url,
     DURASTATE_REDIS_DRIVER: 'threads',
   })
