@@ -188,13 +188,13 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
     await cluster.killNode(victim)
     const started = Date.now()
     await assert.rejects(store.isExecutionInProgress(deadId), (err) => ['TIMEOUT', 'UNAVAILABLE'].includes(err.code))
-    assert.ok(Date.now() - started < 3_000, `rejected after ${Date.now() - started} ms`)
+    assert.ok(Date.now() - started < 4_000, `rejected after ${Date.now() - started} ms`)
     assert.equal(await store.isExecutionInProgress(liveId), true)
     // Listing needs every master: it rejects, bounded, rather than listing part of the keys.
     const kv = track(createKvStore({ cluster: cluster.urls }, { commandTimeout: 1_500 }))
     const listing = Date.now()
     await assert.rejects(kv.keys('default'), (err) => ['TIMEOUT', 'UNAVAILABLE'].includes(err.code))
-    assert.ok(Date.now() - listing < 3_000, `listing rejected after ${Date.now() - listing} ms`)
+    assert.ok(Date.now() - listing < 4_000, `listing rejected after ${Date.now() - listing} ms`)
   })
 })
 

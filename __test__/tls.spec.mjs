@@ -62,7 +62,7 @@ describe('TLS', { timeout: 60_000 }, () => {
     const store = open(server.tlsUrl, { tls: { ca: certs.file('other-ca.crt') }, connectTimeout: 1_000 })
     const started = Date.now()
     await rejectsWith(store.beginExecution('e'), 'TLS', /UnknownIssuer/)
-    assert.ok(Date.now() - started < 2_000)
+    assert.ok(Date.now() - started < 3_000, `took ${Date.now() - started} ms`)
   })
 
   it('accepts any certificate with rejectUnauthorized: false', async () => {
@@ -98,7 +98,7 @@ describe('TLS', { timeout: 60_000 }, () => {
     const started = Date.now()
     await rejectsWith(store.beginExecution('e'), 'TLS')
     const elapsed = Date.now() - started
-    assert.ok(elapsed < 2_500, `took ${elapsed} ms`)
+    assert.ok(elapsed < 3_000, `took ${elapsed} ms`)
   })
 
   it('presents a client certificate to a server that requires one', async () => {
