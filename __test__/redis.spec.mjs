@@ -88,24 +88,33 @@ describe('Redis store', () => {
   })
 
   it('sends each call as the commands of the contract (MONITOR)', async () => {
+    // A server of its own: the shared one carries other suites' traffic, whose MONITOR
+    // stream is large enough to trip ioredis's monitor mode.
+    const own = await startRedisServer()
+    const admin = new Redis(own.url, { maxRetriesPerRequest: 1 })
     const p = prefix()
-    const ours = open({ prefix: p, ttl: 5000 })
-    await ours.isExecutionInProgress('warm-up')
-    const monitor = await io.monitor()
-    // Other suites share the server: keep the commands of our store's connection only
-    // (the one that sends our prefixed keys), MULTI and EXEC included.
+    const ours = open({ prefix: p, ttl: 5000 }, own.url)
     const all = []
-    monitor.on('monitor', (_time, args, source) => all.push({ args: args.map(String), source }))
     try {
-      await ours.beginExecution('e')
-      await ours.beginExecutionTask('e', 't')
-      await ours.commitExecutionTaskResult('e', 't', { ok: true })
-      await ours.disposeExecution('e')
-      await new Promise((r) => setTimeout(r, 100))
+      await ours.isExecutionInProgress('warm-up')
+      const monitor = await admin.monitor()
+      monitor.on('monitor', (_time, args, source) => all.push({ args: args.map(String), source }))
+      try {
+        await ours.beginExecution('e')
+        await ours.beginExecutionTask('e', 't')
+        await ours.commitExecutionTaskResult('e', 't', { ok: true })
+        await ours.disposeExecution('e')
+        await new Promise((r) => setTimeout(r, 100))
+      } finally {
+        // disconnect(), not quit(): a QUIT reply inside the MONITOR stream confuses ioredis.
+        monitor.disconnect()
+      }
     } finally {
-      // disconnect(), not quit(): a QUIT reply inside the MONITOR stream confuses ioredis.
-      monitor.disconnect()
+      await ours.close()
+      admin.disconnect()
+      await own.stop()
     }
+    // Keep the commands of our store's connection only (MULTI and EXEC included).
     const ourSource = all.find(({ args }) => args.some((a) => a.startsWith(p)))?.source
     const seen = all.filter(({ source }) => source === ourSource).map(({ args }) => args)
     const upper = seen.map(([cmd, ...rest]) => [cmd.toUpperCase(), ...rest])
