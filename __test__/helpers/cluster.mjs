@@ -4,7 +4,7 @@
 // slot by hand (the steps `redis-cli --cluster reshard` takes), so MOVED/ASK happen.
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
-import { startRedisServer } from './redis-server.mjs'
+import { startRedisServer, until } from './redis-server.mjs'
 
 const run = promisify(execFile)
 
@@ -12,15 +12,6 @@ const run = promisify(execFile)
 export async function cli(port, ...args) {
   const { stdout } = await run('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { timeout: 10_000 })
   return stdout.trim()
-}
-
-async function until(what, check, deadlineMs) {
-  const deadline = Date.now() + deadlineMs
-  while (Date.now() < deadline) {
-    if (await check().catch(() => false)) return
-    await new Promise((r) => setTimeout(r, 100))
-  }
-  throw new Error(`timed out waiting for ${what}`)
 }
 
 /**

@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Redis } from 'ioredis'
-import { freePort, redisServerBinary, startRedisServer, waitForReady } from './redis-server.mjs'
+import { freePort, redisServerBinary, startRedisServer, until, waitForReady } from './redis-server.mjs'
 
 export const MASTER_NAME = 'main'
 
@@ -37,15 +37,6 @@ async function startSentinel(masterPort) {
       rmSync(dir, { recursive: true, force: true })
     },
   }
-}
-
-async function until(what, check, deadlineMs) {
-  const deadline = Date.now() + deadlineMs
-  while (Date.now() < deadline) {
-    if (await check().catch(() => false)) return
-    await new Promise((r) => setTimeout(r, 100))
-  }
-  throw new Error(`timed out waiting for ${what}`)
 }
 
 /** Starts the group and waits until every sentinel sees the replica and the two others. */
