@@ -23,10 +23,10 @@ function loadBinding() {
   try {
     return require('./binding.js')
   } catch (err) {
-    const packages = Object.keys(require('./package.json').optionalDependencies ?? {})
+    const packages = require('./package.json').napi.targets
     throw new DurastateError(
       'UNAVAILABLE',
-      `no durastate binary loads on ${platformName()}. Prebuilt: ${packages.join(', ')}. ` +
+      `no durastate binary loads on ${platformName()}. Prebuilt for: ${packages.join(', ')}. ` +
         'On one of these, reinstall with optional dependencies (not --omit=optional; see npm/cli#4828); ' +
         'elsewhere, install Rust (https://rustup.rs) and run `npm rebuild durastate` to build from source.',
       { cause: err },
