@@ -9,19 +9,16 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
-/** A read-only view of a store's keyspace (Redis, or the SQLite keyspace table). */
+/** A read-only view of a store's executions. */
 export declare class NativeInspector {
   /**
-   * One `SCAN` page: `[nextCursor, ...keys]`; `"0"` starts and ends. `pattern` is a
-   * Redis glob over the full key; `type` keeps only `"string"` or `"hash"` keys.
+   * One page of the keys of executions under `prefix`: `[nextCursor, ...keys]`;
+   * `"0"` starts and ends. A key may repeat, or turn out (by [`execution`]) to hold
+   * no execution.
    */
-  scan(cursor: string, pattern: string, count: number, keyType?: string | undefined | null): Promise<Array<string>>
-  /** `GET key`: the string, or `null`. */
-  get(key: string): Promise<string | null>
-  /** `HGETALL key`: `[field, value, ...]`. */
-  hgetall(key: string): Promise<Array<string>>
-  /** `PTTL key`: ms left, -1 without expiry, -2 when missing. */
-  pttl(key: string): Promise<number>
+  scanExecutions(cursor: string, prefix: string, count: number): Promise<Array<string>>
+  /** Everything stored about the execution whose marker key is `key`. */
+  execution(key: string): Promise<ExecutionInfo>
   /** Releases the connection or database. */
   close(): void
 }
@@ -82,10 +79,10 @@ export declare class NativeWorkerStore {
   getExecutionTaskResults(executionId: string): Promise<string | Array<string>>
   /** One step's committed result as JSON text, or `null` when it has none. */
   getExecutionTaskResult(executionId: string, taskId: string): Promise<string | null>
-  /** Marks a step in progress: `HSET <id>-transactions <task> "true"` (+ `PEXPIRE`). */
+  /** Marks a step in progress (Redis: `HSET <id>-transactions <task> "true"`, + `PEXPIRE`). */
   beginExecutionTask(executionId: string, taskId: string): Promise<void>
   /**
-   * Claims a step atomically (`HSETNX`): of concurrent callers exactly one gets `true`.
+   * Claims a step atomically (Redis: `HSETNX`): of concurrent callers exactly one gets `true`.
    * With the hash-tag layout (no JS store reads it) the marker is a token unique to the
    * claim, so a claim that a cluster connection sent twice still answers `true` to the
    * caller whose first `HSETNX` landed: a `0` is checked against the stored token.
@@ -97,7 +94,10 @@ export declare class NativeWorkerStore {
   isExecutionInProgress(executionId: string): Promise<boolean>
   /** Whether the step is marked in progress. */
   isExecutionTaskInProgress(executionId: string, taskId: string): Promise<boolean>
-  /** Deletes the execution's three keys in one `DEL`. */
+  /**
+   * Removes the execution: its marker, steps in progress and results (Redis: one `DEL`
+   * of its three keys).
+   */
   disposeExecution(executionId: string): Promise<void>
   /** The key that holds an execution's results (for error messages). */
   resultsKey(executionId: string): string
@@ -140,11 +140,33 @@ export declare function createSqliteStore(path?: string | undefined | null, opti
  */
 export declare function createStore(url?: string | undefined | null, options?: StoreOptions | undefined | null): NativeWorkerStore
 
+/**
+ * `[groups, calls]` the embedded stores ran on the JS thread so far: calls made in the
+ * same tick share one group (one transaction).
+ */
+export declare function debugEmbeddedGroups(): Array<number>
+
 /** Panics inside an async call; JS must see a rejected promise, not an abort. */
 export declare function debugPanicAsync(): Promise<void>
 
 /** Panics inside a synchronous call; JS must see a thrown error, not an abort. */
 export declare function debugPanicSync(): void
+
+/**
+ * What the backend holds about one execution. TTLs in ms as `PTTL` answers them:
+ * -1 without expiry, -2 when there is nothing.
+ */
+export interface ExecutionInfo {
+  /** The marker's value (`"true"` while in progress), or `null`. */
+  marker?: string
+  markerTtl: number
+  /** Steps in progress, flattened: `[taskId, mark, ...]`. */
+  claims: Array<string>
+  claimsTtl: number
+  /** Committed results, flattened: `[taskId, json, ...]`. */
+  results: Array<string>
+  resultsTtl: number
+}
 
 /** One mount, as the JS layer passes it (in configuration order, defaults as JSON text). */
 export interface KvMountSpec {

@@ -844,5 +844,6 @@ module.exports.createMemoryStore = nativeBinding.createMemoryStore
 module.exports.createRedisStore = nativeBinding.createRedisStore
 module.exports.createSqliteStore = nativeBinding.createSqliteStore
 module.exports.createStore = nativeBinding.createStore
+module.exports.debugEmbeddedGroups = nativeBinding.debugEmbeddedGroups
 module.exports.debugPanicAsync = nativeBinding.debugPanicAsync
 module.exports.debugPanicSync = nativeBinding.debugPanicSync

@@ -127,28 +127,9 @@ function requireExistingFile(url) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Reading the worker store's keys: p<id>, p<id>-transactions, p<id>-results
+// Reading executions, through the backend's own listing (the store operations
+// scanExecutions and execution): no key layout is derived here.
 // ---------------------------------------------------------------------------------------
-
-const TRANSACTIONS_SUFFIX = '-transactions'
-const RESULTS_SUFFIX = '-results'
-
-/** A Redis glob that matches `text` literally. */
-function escapeGlob(text) {
-  return text.replace(/[*?[\]\\]/g, '\\$&')
-}
-
-/** Every key that matches `pattern`, each once, by SCAN (never KEYS). */
-async function scanKeys(inspector, pattern, type) {
-  const keys = new Set()
-  let cursor = '0'
-  do {
-    const [next, ...batch] = await inspector.scan(cursor, pattern, SCAN_COUNT, type)
-    for (const key of batch) keys.add(key)
-    cursor = next
-  } while (cursor !== '0')
-  return keys
-}
 
 /** `fn` over every item, at most CALLS_IN_FLIGHT at a time. */
 async function mapInBatches(items, fn) {
@@ -159,59 +140,40 @@ async function mapInBatches(items, fn) {
   return results
 }
 
-async function readHash(inspector, key) {
-  const entries = await inspector.hgetall(key)
+function toMap(entries) {
   const fields = new Map()
   for (let i = 0; i < entries.length; i += 2) fields.set(entries[i], entries[i + 1])
   return fields
 }
 
-function executionKeys(prefix, id) {
-  return { marker: prefix + id, transactions: prefix + id + TRANSACTIONS_SUFFIX, results: prefix + id + RESULTS_SUFFIX }
-}
-
-/** The id of an execution whose steps hash is `key`, or null. */
-function executionIdOfHash(key, prefix) {
-  for (const suffix of [TRANSACTIONS_SUFFIX, RESULTS_SUFFIX]) {
-    if (key.endsWith(suffix) && key.length > prefix.length + suffix.length) return key.slice(prefix.length, -suffix.length)
+/** One execution, as the backend holds it, or null when nothing is stored under `id`. */
+async function readExecution(inspector, prefix, id) {
+  const found = await inspector.execution(prefix + id)
+  const transactions = toMap(found.claims)
+  const results = toMap(found.results)
+  const inProgress = found.marker === 'true'
+  if (!inProgress && transactions.size === 0 && results.size === 0) return null
+  return {
+    id,
+    inProgress,
+    markerTtl: found.markerTtl,
+    transactions,
+    transactionsTtl: found.claimsTtl,
+    results,
+    resultsTtl: found.resultsTtl,
   }
-  return null
-}
-
-/** An execution's three keys, read; `has` tells which keys exist (from SCAN), so no key of another type is read. */
-async function readExecution(inspector, prefix, id, has = () => true) {
-  const keys = executionKeys(prefix, id)
-  const read = (key, reader, missing) => (has(key) ? reader(key) : missing)
-  const [marker, transactions, results, markerTtl, transactionsTtl, resultsTtl] = await Promise.all([
-    read(keys.marker, (k) => inspector.get(k), null),
-    read(keys.transactions, (k) => readHash(inspector, k), new Map()),
-    read(keys.results, (k) => readHash(inspector, k), new Map()),
-    inspector.pttl(keys.marker),
-    inspector.pttl(keys.transactions),
-    inspector.pttl(keys.results),
-  ])
-  return { id, inProgress: marker === 'true', markerTtl, transactions, transactionsTtl, results, resultsTtl }
 }
 
 async function listExecutions(inspector, prefix) {
-  const pattern = `${escapeGlob(prefix)}*`
-  const [strings, hashes] = await Promise.all([
-    scanKeys(inspector, pattern, 'string'),
-    scanKeys(inspector, pattern, 'hash'),
-  ])
   const ids = new Set()
-  for (const key of hashes) {
-    const id = executionIdOfHash(key, prefix)
-    if (id !== null) ids.add(id)
-  }
-  const stringKeys = [...strings]
-  const values = await mapInBatches(stringKeys, (key) => inspector.get(key))
-  stringKeys.forEach((key, i) => {
-    if (values[i] === 'true' && key.length > prefix.length) ids.add(key.slice(prefix.length))
-  })
-  const has = (key) => strings.has(key) || hashes.has(key)
-  const executions = await mapInBatches([...ids].sort(), (id) => readExecution(inspector, prefix, id, has))
-  return executions.map(summarize)
+  let cursor = '0'
+  do {
+    const [next, ...keys] = await inspector.scanExecutions(cursor, prefix, SCAN_COUNT)
+    for (const key of keys) if (key.length > prefix.length) ids.add(key.slice(prefix.length))
+    cursor = next
+  } while (cursor !== '0')
+  const executions = await mapInBatches([...ids].sort(), (id) => readExecution(inspector, prefix, id))
+  return executions.filter((execution) => execution !== null).map(summarize)
 }
 
 function summarize(execution) {
@@ -343,10 +305,11 @@ async function inspect({ url, executionId, prefix, json }) {
       const executions = await listExecutions(inspector, prefix)
       return json ? printJson({ prefix, executions }) : printExecutions(executions, prefix)
     }
-    const detail = describeExecution(await readExecution(inspector, prefix, executionId))
-    if (!detail.inProgress && detail.steps.length === 0) {
+    const found = await readExecution(inspector, prefix, executionId)
+    if (found === null) {
       throw new CliError('NOT_FOUND', `no execution ${JSON.stringify(executionId)} under prefix ${JSON.stringify(prefix)}`)
     }
+    const detail = describeExecution(found)
     return json ? printJson(detail) : printExecution(detail)
   } finally {
     inspector.close()

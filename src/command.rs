@@ -1,9 +1,21 @@
-//! The few keyspace commands the stores are built from, and their replies.
+//! The seam between the stores and the backends: the operations a store asks of a
+//! backend, and their replies.
+//!
+//! Two vocabularies share one enum:
+//! - **Store operations**, which every backend implements in its own terms: the
+//!   WorkerStore's step operations ([`Command::Claim`], [`Command::Commit`], ...), the
+//!   listing tools need ([`Command::Execution`], [`Command::ScanExecutions`]), and the
+//!   entry commands the KV store and execution markers use (`Get`, `Set`, `SetIf`,
+//!   `SetGet`, `Exists`, `MGet`, `Unlink`, `Del`, `PTtl`, `Merge`, `Scan`: strings
+//!   with millisecond TTLs, by full key). SQL backends run them as statements on tables
+//!   shaped for the data (`backend/sqlite`).
+//! - **Redis hash commands** (`HGet`, `HGetAll`, `HSet`, `HSetNx`, `HDel`, `PExpire`),
+//!   which only the Redis backend runs: it lowers each step operation into them
+//!   (`backend/redis_ops.rs`), keeping the byte-compatible `@idioteque/redis` layout.
 //!
 //! Every store call becomes one [`Batch`]: Redis sends it as one command or one
-//! `MULTI`/`EXEC`, the embedded backend runs it as one SQLite transaction. The
-//! semantics of a store are therefore written once, over these primitives. A call that
-//! needs more than one round trip chains batches with [`Step::Then`].
+//! `MULTI`/`EXEC`, a SQL backend runs it in one transaction. A call that needs more
+//! than one round trip chains batches with [`Step::Then`].
 
 use crate::error::StoreResult;
 use crate::output::Output;
@@ -81,6 +93,44 @@ pub enum Command {
     count: u32,
     kind: Option<KeyKind>,
   },
+  /// Marks step `task` of execution `exec` in progress with `value`; when `exclusive`,
+  /// only if it is not already (replies `Int(1)` when this call set it, else `Int(0)`).
+  /// A `ttl_ms` (re)sets the expiry of all the execution's in-progress marks, also when
+  /// the exclusive claim lost (as `MULTI HSETNX PEXPIRE` does).
+  Claim {
+    exec: String,
+    task: String,
+    value: String,
+    exclusive: bool,
+    ttl_ms: Option<u64>,
+  },
+  /// Stores a step's result (JSON text) and clears its in-progress mark, atomically.
+  /// A `ttl_ms` (re)sets the expiry of all the execution's results. Replies `Ok`.
+  Commit {
+    exec: String,
+    task: String,
+    json: String,
+    ttl_ms: Option<u64>,
+  },
+  /// One step's result: `Bytes`, or `Nil`.
+  StepResult { exec: String, task: String },
+  /// Every result of the execution: `Pairs` (task, JSON text).
+  StepResults { exec: String },
+  /// One step's in-progress mark: `Bytes` (the claim's value), or `Nil`.
+  StepClaim { exec: String, task: String },
+  /// Removes the execution: its marker entry, marks and results. Replies `Ok`.
+  Dispose { exec: String },
+  /// Everything stored about one execution, for tools: [`Reply::Execution`].
+  Execution { exec: String },
+  /// One page of the keys of executions whose marker key starts with `prefix`:
+  /// [`Reply::Scan`] of execution (marker) keys. A page may name keys that turn out not
+  /// to be executions (Redis cannot tell a marker from a KV entry without reading it)
+  /// and may repeat keys; [`Command::Execution`] tells.
+  ScanExecutions {
+    cursor: String,
+    prefix: String,
+    count: u32,
+  },
 }
 
 /// When a conditional `SET` applies.
@@ -126,15 +176,22 @@ impl Command {
       | Command::SetIf { key, .. }
       | Command::SetGet { key, .. }
       | Command::Merge { key, .. } => std::slice::from_ref(key),
+      Command::Claim { exec, .. }
+      | Command::Commit { exec, .. }
+      | Command::StepResult { exec, .. }
+      | Command::StepResults { exec }
+      | Command::StepClaim { exec, .. }
+      | Command::Dispose { exec }
+      | Command::Execution { exec } => std::slice::from_ref(exec),
       Command::Del { keys } | Command::Unlink { keys } | Command::MGet { keys } => keys,
-      Command::Scan { .. } => &[],
+      Command::Scan { .. } | Command::ScanExecutions { .. } => &[],
     }
   }
 
   /// Whether the command reads keys it does not name (a `SCAN`): it must not run
   /// ahead of writes queued before it.
   pub fn reads_any_key(&self) -> bool {
-    matches!(self, Command::Scan { .. })
+    matches!(self, Command::Scan { .. } | Command::ScanExecutions { .. })
   }
 
   /// Whether the command changes the keyspace.
@@ -148,6 +205,11 @@ impl Command {
         | Command::PTtl { .. }
         | Command::MGet { .. }
         | Command::Scan { .. }
+        | Command::StepResult { .. }
+        | Command::StepResults { .. }
+        | Command::StepClaim { .. }
+        | Command::Execution { .. }
+        | Command::ScanExecutions { .. }
     )
   }
 }
@@ -171,6 +233,23 @@ pub enum Reply {
   Scan { cursor: String, keys: Vec<String> },
   /// What a [`Command::Merge`] did.
   Merge(MergeOutcome),
+  /// What a [`Command::Execution`] found.
+  Execution(Box<ExecutionView>),
+}
+
+/// Everything stored about one execution ([`Command::Execution`]). TTLs are as `PTTL`
+/// answers: ms left, -1 without expiry, -2 when there is nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecutionView {
+  /// The marker entry's value (`"true"` while in progress).
+  pub marker: Option<Vec<u8>>,
+  pub marker_ttl: i64,
+  /// Steps in progress: (task, mark).
+  pub claims: Vec<(Vec<u8>, Vec<u8>)>,
+  pub claims_ttl: i64,
+  /// Committed results: (task, JSON text).
+  pub results: Vec<(Vec<u8>, Vec<u8>)>,
+  pub results_ttl: i64,
 }
 
 /// What a [`Command::Merge`] did; nothing is written unless `Merged`.

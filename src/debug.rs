@@ -23,3 +23,12 @@ pub async fn debug_panic_async() -> napi::Result<()> {
   .await?;
   Ok(())
 }
+
+/// `[groups, calls]` the embedded stores ran on the JS thread so far: calls made in the
+/// same tick share one group (one transaction).
+#[napi]
+pub fn debug_embedded_groups() -> Vec<i64> {
+  crate::embedded_call::group_counts()
+    .map(|count| count as i64)
+    .to_vec()
+}

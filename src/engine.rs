@@ -9,11 +9,12 @@ use napi::Env;
 
 #[cfg(unix)]
 use crate::backend::LoopRedis;
-use crate::backend::{answer, ClusterBackend, EmbeddedBackend, RedisBackend};
+use crate::backend::{redis_ops, ClusterBackend, EmbeddedBackend, RedisBackend};
 use crate::command::{Batch, Finish, Reply, Step};
-use crate::error::{ErrorCode, StoreError, StoreResult};
+use crate::embedded_call;
+use crate::error::{StoreError, StoreResult};
 use crate::guard::bounded;
-use crate::js_promise::{self, Deferred};
+use crate::js_promise;
 use crate::output::Output;
 
 /// Where a store's batches run.
@@ -25,7 +26,8 @@ pub enum Engine {
   Threads(Arc<RedisBackend>),
   /// Redis Cluster on tokio threads (redis-rs `cluster-async`).
   Cluster(Arc<ClusterBackend>),
-  /// SQLite or memory: on the JS thread when that cannot block, else the store's thread.
+  /// SQLite or memory: calls of a tick grouped in one transaction, on the JS thread when
+  /// that cannot block, else the store's thread (`embedded_call`).
   Embedded(Arc<EmbeddedBackend>),
 }
 
@@ -40,6 +42,10 @@ impl Engine {
     finish: Finish,
     limit: Duration,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
+    let (batch, finish) = match self {
+      Engine::Embedded(_) => (batch, finish),
+      _ => for_redis(batch, finish),
+    };
     match self {
       #[cfg(unix)]
       Engine::EventLoop(driver) => {
@@ -64,13 +70,15 @@ impl Engine {
       }
       Engine::Embedded(embedded) => {
         let (deferred, promise) = js_promise::create(env.raw())?;
-        let call = EmbeddedCall {
-          embedded: embedded.clone(),
+        let waiter = embedded_call::Waiter {
+          store: embedded.clone(),
           what,
           limit,
           deferred,
+          finish,
         };
-        call.run(env, Step::Then(batch, finish));
+        let call = embedded_call::Call { batch, waiter };
+        embedded_call::submit(env, call);
         Ok(PromiseRaw::new(env.raw(), promise))
       }
     }
@@ -95,6 +103,14 @@ impl Engine {
   }
 }
 
+/// A call's first batch and continuation in Redis commands (`redis_ops`).
+fn for_redis(batch: Batch, finish: Finish) -> (Batch, Finish) {
+  match redis_ops::lower_step(Step::Then(batch, finish)) {
+    Step::Then(batch, finish) => (batch, finish),
+    Step::Done(_) => unreachable!("lowering keeps a batch a batch"),
+  }
+}
+
 /// Runs a call's steps on tokio: each batch through `execute`, bounded by `limit`.
 async fn run_steps<F, Fut>(
   what: &'static str,
@@ -113,61 +129,6 @@ where
         let replies = bounded(what, limit, execute(batch)).await?;
         step = finish(replies);
       }
-    }
-  }
-}
-
-/// A call on the embedded backend: each batch runs on the JS thread when it can, else
-/// on the store's thread, queued at once so calls keep the order they were made in.
-struct EmbeddedCall {
-  embedded: Arc<EmbeddedBackend>,
-  what: &'static str,
-  limit: Duration,
-  deferred: Deferred,
-}
-
-impl EmbeddedCall {
-  fn run(self, env: &Env, mut step: Step) {
-    loop {
-      match step {
-        Step::Done(result) => return js_promise::settle(env.raw(), self.deferred, result),
-        Step::Then(batch, finish) => match self.embedded.try_execute_now(&batch) {
-          Some(Ok(replies)) => step = finish(replies),
-          Some(Err(err)) => return js_promise::settle(env.raw(), self.deferred, Err(err)),
-          None => return self.queue_to_thread(env, batch, finish),
-        },
-      }
-    }
-  }
-
-  /// Queues a batch to the store's thread and continues when it answers, within `limit`.
-  fn queue_to_thread(self, env: &Env, batch: Batch, finish: Finish) {
-    let receiver = match self.embedded.enqueue(batch) {
-      Ok(receiver) => receiver,
-      Err(err) => return js_promise::settle(env.raw(), self.deferred, Err(err)),
-    };
-    let (what, limit) = (self.what, self.limit);
-    let deferred = self.deferred;
-    let embedded = self.embedded.clone();
-    let spawned = env.spawn_future_with_callback(
-      async move { Ok(bounded(what, limit, answer(receiver)).await) },
-      move |env, result: StoreResult<_>| {
-        let call = EmbeddedCall {
-          embedded,
-          what,
-          limit,
-          deferred,
-        };
-        match result {
-          Ok(replies) => call.run(env, finish(replies)),
-          Err(err) => js_promise::settle(env.raw(), call.deferred, Err(err)),
-        }
-        Ok(())
-      },
-    );
-    if let Err(err) = spawned {
-      let error = StoreError::new(ErrorCode::Internal, err.reason.clone());
-      js_promise::settle(env.raw(), deferred, Err(error));
     }
   }
 }

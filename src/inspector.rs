@@ -1,5 +1,6 @@
-//! Read-only access to the raw keyspace of any backend, for the `durastate` CLI:
-//! `SCAN` pages, `GET`, `HGETALL`, `PTTL`. Never writes.
+//! Read-only access to any backend for the `durastate` CLI, through the store
+//! operations of the seam: executions listed and read as the backend stores them.
+//! Never writes.
 
 use std::time::Duration;
 
@@ -7,14 +8,14 @@ use napi::bindgen_prelude::PromiseRaw;
 use napi::{Either, Env};
 use napi_derive::napi;
 
-use crate::command::{Batch, Command, KeyKind, Reply, Step};
+use crate::command::{Batch, Command, ExecutionView, Reply, Step};
 use crate::engine::Engine;
 use crate::error::{StoreError, StoreResult};
 use crate::factory::engine_for_target;
 use crate::options::StoreOptions;
 use crate::output::Output;
 
-/// A read-only view of a store's keyspace (Redis, or the SQLite keyspace table).
+/// A read-only view of a store's executions.
 #[napi]
 pub struct NativeInspector {
   engine: Engine,
@@ -63,37 +64,23 @@ impl NativeInspector {
 
 #[napi]
 impl NativeInspector {
-  /// One `SCAN` page: `[nextCursor, ...keys]`; `"0"` starts and ends. `pattern` is a
-  /// Redis glob over the full key; `type` keeps only `"string"` or `"hash"` keys.
+  /// One page of the keys of executions under `prefix`: `[nextCursor, ...keys]`;
+  /// `"0"` starts and ends. A key may repeat, or turn out (by [`execution`]) to hold
+  /// no execution.
   #[napi(ts_return_type = "Promise<Array<string>>")]
-  pub fn scan<'env>(
+  pub fn scan_executions<'env>(
     &self,
     env: &'env Env,
     cursor: String,
-    pattern: String,
+    prefix: String,
     count: u32,
-    key_type: Option<String>,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    let kind = match key_type.as_deref() {
-      None => None,
-      Some("string") => Some(KeyKind::String),
-      Some("hash") => Some(KeyKind::Hash),
-      Some(other) => {
-        return Err(
-          StoreError::invalid_input(format!(
-            "type must be \"string\" or \"hash\", got \"{other}\""
-          ))
-          .into(),
-        )
-      }
-    };
-    let command = Command::Scan {
+    let command = Command::ScanExecutions {
       cursor,
-      pattern,
+      prefix,
       count: count.max(1),
-      kind,
     };
-    self.one(env, "scan", command, |reply| match reply {
+    self.one(env, "scanExecutions", command, |reply| match reply {
       Reply::Scan { cursor, keys } => {
         let mut page = Vec::with_capacity(keys.len() + 1);
         page.push(cursor);
@@ -104,47 +91,16 @@ impl NativeInspector {
     })
   }
 
-  /// `GET key`: the string, or `null`.
-  #[napi(ts_return_type = "Promise<string | null>")]
-  pub fn get<'env>(&self, env: &'env Env, key: String) -> napi::Result<PromiseRaw<'env, Output>> {
-    self.one(env, "get", Command::Get { key }, |reply| match reply {
-      Reply::Bytes(bytes) => Ok(Output::Text(Some(
-        String::from_utf8_lossy(&bytes).into_owned(),
-      ))),
-      _ => Ok(Output::Text(None)),
-    })
-  }
-
-  /// `HGETALL key`: `[field, value, ...]`.
-  #[napi(ts_return_type = "Promise<Array<string>>")]
-  pub fn hgetall<'env>(
+  /// Everything stored about the execution whose marker key is `key`.
+  #[napi(ts_return_type = "Promise<ExecutionInfo>")]
+  pub fn execution<'env>(
     &self,
     env: &'env Env,
     key: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    self.one(
-      env,
-      "hgetall",
-      Command::HGetAll { key },
-      |reply| match reply {
-        Reply::Pairs(pairs) => Ok(Output::Strings(
-          pairs
-            .into_iter()
-            .flat_map(|(field, value)| [field, value])
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .collect(),
-        )),
-        Reply::Nil => Ok(Output::Strings(Vec::new())),
-        other => Err(unexpected(&other)),
-      },
-    )
-  }
-
-  /// `PTTL key`: ms left, -1 without expiry, -2 when missing.
-  #[napi(ts_return_type = "Promise<number>")]
-  pub fn pttl<'env>(&self, env: &'env Env, key: String) -> napi::Result<PromiseRaw<'env, Output>> {
-    self.one(env, "pttl", Command::PTtl { key }, |reply| match reply {
-      Reply::Int(ms) => Ok(Output::Int(ms)),
+    let command = Command::Execution { exec: key };
+    self.one(env, "execution", command, |reply| match reply {
+      Reply::Execution(view) => Ok(Output::Execution(ExecutionInfo::from(*view))),
       other => Err(unexpected(&other)),
     })
   }
@@ -161,4 +117,42 @@ fn unexpected(reply: &Reply) -> StoreError {
     crate::error::ErrorCode::Unavailable,
     format!("unexpected reply: {reply:?}"),
   )
+}
+
+/// What the backend holds about one execution. TTLs in ms as `PTTL` answers them:
+/// -1 without expiry, -2 when there is nothing.
+#[napi(object, object_from_js = false)]
+pub struct ExecutionInfo {
+  /// The marker's value (`"true"` while in progress), or `null`.
+  pub marker: Option<String>,
+  pub marker_ttl: i64,
+  /// Steps in progress, flattened: `[taskId, mark, ...]`.
+  pub claims: Vec<String>,
+  pub claims_ttl: i64,
+  /// Committed results, flattened: `[taskId, json, ...]`.
+  pub results: Vec<String>,
+  pub results_ttl: i64,
+}
+
+fn flat(pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<String> {
+  pairs
+    .into_iter()
+    .flat_map(|(field, value)| [field, value])
+    .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+    .collect()
+}
+
+impl From<ExecutionView> for ExecutionInfo {
+  fn from(view: ExecutionView) -> Self {
+    Self {
+      marker: view
+        .marker
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+      marker_ttl: view.marker_ttl,
+      claims: flat(view.claims),
+      claims_ttl: view.claims_ttl,
+      results: flat(view.results),
+      results_ttl: view.results_ttl,
+    }
+  }
 }

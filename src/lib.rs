@@ -4,6 +4,7 @@
 mod backend;
 mod command;
 pub mod debug;
+mod embedded_call;
 mod engine;
 mod error;
 mod factory;

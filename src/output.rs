@@ -19,6 +19,8 @@ pub enum Output {
   Int(i64),
   /// JSON texts, `null` where there is none.
   Texts(Vec<Option<String>>),
+  /// One execution, for tools.
+  Execution(crate::inspector::ExecutionInfo),
 }
 
 impl TypeName for Output {
@@ -41,6 +43,7 @@ impl ToNapiValue for Output {
       Output::Strings(strings) => Vec::<String>::to_napi_value(env, strings),
       Output::Int(n) => i64::to_napi_value(env, n),
       Output::Texts(texts) => Vec::<Option<String>>::to_napi_value(env, texts),
+      Output::Execution(info) => crate::inspector::ExecutionInfo::to_napi_value(env, info),
     }
   }
 }

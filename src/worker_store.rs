@@ -1,9 +1,9 @@
 //! The native WorkerStore: the idioteque store contract over any backend.
 //! Values cross the boundary as JSON text; the JS layer stringifies and parses.
 //!
-//! Every method builds one batch of keyspace commands and hands it to the store's
-//! engine: Redis on the JS thread's event loop (no thread hop), or a backend on its
-//! own threads (SQLite, or Redis where the event-loop driver is not available).
+//! Every method builds one batch of store operations (`command.rs`, the backend seam)
+//! and hands it to the store's engine; each backend runs it in its own terms (Redis
+//! commands on the `@idioteque/redis` layout, SQL statements on store-shaped tables).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -74,53 +74,14 @@ impl NativeWorkerStore {
     self.engine.call(env, what, batch, finish, limit)
   }
 
-  /// A write to `key` plus, when a TTL is set, its `PEXPIRE`, applied atomically.
-  fn with_ttl(&self, command: Command, key: String) -> Batch {
-    match self.config.ttl_ms {
-      Some(ttl_ms) => Batch::atomic(vec![command, Command::PExpire { key, ttl_ms }]),
-      None => Batch::one(command),
-    }
-  }
-
-  fn claim_batch(&self, id: &str, task: &str, exclusive: bool, value: String) -> Batch {
-    let key = self.config.keys.transactions(id);
-    let field = task.to_string();
-    let command = if exclusive {
-      Command::HSetNx {
-        key: key.clone(),
-        field,
-        value,
-      }
-    } else {
-      Command::HSet {
-        key: key.clone(),
-        field,
-        value,
-      }
-    };
-    self.with_ttl(command, key)
-  }
-
-  fn commit_batch(&self, id: &str, task: String, json: String) -> Batch {
-    let results = self.config.keys.results(id);
-    let mut commands = vec![
-      Command::HDel {
-        key: self.config.keys.transactions(id),
-        field: task.clone(),
-      },
-      Command::HSet {
-        key: results.clone(),
-        field: task,
-        value: json,
-      },
-    ];
-    if let Some(ttl_ms) = self.config.ttl_ms {
-      commands.push(Command::PExpire {
-        key: results,
-        ttl_ms,
-      });
-    }
-    Batch::atomic(commands)
+  fn claim(&self, id: &str, task: String, exclusive: bool, value: String) -> Batch {
+    Batch::one(Command::Claim {
+      exec: self.config.keys.execution(id),
+      task,
+      value,
+      exclusive,
+      ttl_ms: self.config.ttl_ms,
+    })
   }
 }
 
@@ -186,7 +147,8 @@ impl NativeWorkerStore {
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
     let key = self.config.keys.results(&execution_id);
-    let batch = Batch::one(Command::HGetAll { key: key.clone() });
+    let exec = self.config.keys.execution(&execution_id);
+    let batch = Batch::one(Command::StepResults { exec });
     let finish = move |replies| Ok(Output::Results(results::all_results(first(replies), &key)?));
     self.dispatch(env, "getExecutionTaskResults", batch, finish)
   }
@@ -201,9 +163,9 @@ impl NativeWorkerStore {
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
     let key = self.config.keys.results(&execution_id);
-    let batch = Batch::one(Command::HGet {
-      key: key.clone(),
-      field: task_id.clone(),
+    let batch = Batch::one(Command::StepResult {
+      exec: self.config.keys.execution(&execution_id),
+      task: task_id.clone(),
     });
     let finish = move |replies| {
       Ok(Output::Text(results::json_text(
@@ -215,7 +177,7 @@ impl NativeWorkerStore {
     self.dispatch(env, "getExecutionTaskResult", batch, finish)
   }
 
-  /// Marks a step in progress: `HSET <id>-transactions <task> "true"` (+ `PEXPIRE`).
+  /// Marks a step in progress (Redis: `HSET <id>-transactions <task> "true"`, + `PEXPIRE`).
   #[napi(ts_return_type = "Promise<void>")]
   pub fn begin_execution_task<'env>(
     &self,
@@ -224,11 +186,11 @@ impl NativeWorkerStore {
     task_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
-    let batch = self.claim_batch(&execution_id, &task_id, false, MARKER.to_string());
+    let batch = self.claim(&execution_id, task_id, false, MARKER.to_string());
     self.dispatch(env, "beginExecutionTask", batch, done)
   }
 
-  /// Claims a step atomically (`HSETNX`): of concurrent callers exactly one gets `true`.
+  /// Claims a step atomically (Redis: `HSETNX`): of concurrent callers exactly one gets `true`.
   /// With the hash-tag layout (no JS store reads it) the marker is a token unique to the
   /// claim, so a claim that a cluster connection sent twice still answers `true` to the
   /// caller whose first `HSETNX` landed: a `0` is checked against the stored token.
@@ -245,15 +207,15 @@ impl NativeWorkerStore {
     } else {
       MARKER.to_string()
     };
-    let batch = self.claim_batch(&execution_id, &task_id, true, token.clone());
-    let key = self.config.keys.transactions(&execution_id);
+    let exec = self.config.keys.execution(&execution_id);
+    let batch = self.claim(&execution_id, task_id.clone(), true, token.clone());
     let finish = move |replies| match first(replies) {
       Reply::Int(1) => Step::Done(Ok(Output::Bool(true))),
       _ if token == MARKER => Step::Done(Ok(Output::Bool(false))),
       _ => {
-        let check = Batch::one(Command::HGet {
-          key,
-          field: task_id,
+        let check = Batch::one(Command::StepClaim {
+          exec,
+          task: task_id,
         });
         Step::then(check, move |replies| {
           let ours = first(replies) == Reply::Bytes(token.into_bytes());
@@ -274,7 +236,12 @@ impl NativeWorkerStore {
     json: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
-    let batch = self.commit_batch(&execution_id, task_id, json);
+    let batch = Batch::one(Command::Commit {
+      exec: self.config.keys.execution(&execution_id),
+      task: task_id,
+      json,
+      ttl_ms: self.config.ttl_ms,
+    });
     self.dispatch(env, "commitExecutionTaskResult", batch, done)
   }
 
@@ -305,16 +272,16 @@ impl NativeWorkerStore {
     task_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
-    let key = self.config.keys.transactions(&execution_id);
-    let batch = Batch::one(Command::HGet {
-      key,
-      field: task_id,
+    let batch = Batch::one(Command::StepClaim {
+      exec: self.config.keys.execution(&execution_id),
+      task: task_id,
     });
     let finish = |replies| Ok(Output::Bool(results::truthy(&first(replies))));
     self.dispatch(env, "isExecutionTaskInProgress", batch, finish)
   }
 
-  /// Deletes the execution's three keys in one `DEL`.
+  /// Removes the execution: its marker, steps in progress and results (Redis: one `DEL`
+  /// of its three keys).
   #[napi(ts_return_type = "Promise<void>")]
   pub fn dispose_execution<'env>(
     &self,
@@ -322,13 +289,8 @@ impl NativeWorkerStore {
     execution_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     check_id(&execution_id)?;
-    let keys = &self.config.keys;
-    let command = Command::Del {
-      keys: vec![
-        keys.execution(&execution_id),
-        keys.transactions(&execution_id),
-        keys.results(&execution_id),
-      ],
+    let command = Command::Dispose {
+      exec: self.config.keys.execution(&execution_id),
     };
     self.dispatch(env, "disposeExecution", Batch::one(command), done)
   }

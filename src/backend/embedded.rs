@@ -1,5 +1,7 @@
-//! Embedded backend: a SQLite database (a durable file, or private memory) owned by
-//! one background thread per store. Calls queue to it and never block the JS thread.
+//! Embedded backend: a SQLite database (a durable file, or private memory) on tables
+//! shaped for the stores (`sqlite/`). Calls made in the same tick run as one group, in
+//! one transaction, on the JS thread when that cannot block, else on the store's own
+//! thread (which groups what is queued to it the same way).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,7 +13,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::keyspace;
+use super::sqlite::{self, Sweeper};
 use crate::command::{Batch, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 
@@ -35,11 +37,14 @@ pub struct EmbeddedSettings {
   pub page_size: Option<u32>,
 }
 
+/// What a call's batch answers.
+pub type Answer = StoreResult<Vec<Reply>>;
+
 enum Job {
-  /// A call to run as one transaction.
-  Call {
-    batch: Batch,
-    reply: oneshot::Sender<StoreResult<Vec<Reply>>>,
+  /// Calls, run in one transaction with the calls queued with them; answered together.
+  Calls {
+    batches: Vec<Batch>,
+    reply: oneshot::Sender<Vec<Answer>>,
   },
   /// Copy the WAL back into the database file (it fsyncs: never on the JS thread).
   Checkpoint,
@@ -47,6 +52,14 @@ enum Job {
 
 /// WAL pages after which a checkpoint is due (SQLite's own default threshold).
 const CHECKPOINT_PAGES: i32 = 1000;
+/// Calls the store's thread runs in one transaction at most.
+const GROUP_LIMIT: usize = 256;
+
+/// An open database and its sweep clock.
+struct Db {
+  connection: Connection,
+  sweeper: Sweeper,
+}
 
 enum Worker {
   NotStarted,
@@ -55,7 +68,7 @@ enum Worker {
 }
 
 /// The database connection, shared by the JS thread (fast path) and the store's thread.
-type Database = Arc<Mutex<Option<Connection>>>;
+type Database = Arc<Mutex<Option<Db>>>;
 
 /// The embedded store's handle. A call runs at once on the calling (JS) thread when the
 /// database is free and nothing is queued (no thread hop: a small transaction takes
@@ -85,20 +98,23 @@ impl EmbeddedBackend {
     }
   }
 
-  /// Runs the batch on the calling (JS) thread if that cannot block: no fsync is due
-  /// (not `synchronous: 'full'`), the database is open and free, no queued call touches
-  /// the same keys, and no other process holds the write lock (the busy timeout is 0
-  /// here, so a busy transaction changes nothing). `None`: queue it, in order, with
-  /// [`enqueue`](Self::enqueue) instead.
-  pub fn try_execute_now(&self, batch: &Batch) -> Option<StoreResult<Vec<Reply>>> {
-    if self.settings.full_sync || self.queued.touches(batch) {
-      return None;
-    }
+  /// Whether a call on `batch` must queue to the store's thread: every call does with
+  /// `synchronous: 'full'` (its commit fsyncs), and so does a call touching keys of a
+  /// call queued there (calls on the same keys keep their order).
+  pub fn must_queue(&self, batch: &Batch) -> bool {
+    self.settings.full_sync || self.queued.touches(batch)
+  }
+
+  /// Runs `batches` as one group on the calling (JS) thread if that cannot block: the
+  /// database is open and free, and no other process holds the write lock (the busy
+  /// timeout is 0 here, so a busy group changes nothing). `None`: queue them, in order,
+  /// with [`enqueue`](Self::enqueue) instead.
+  pub fn try_run_now(&self, batches: &[&Batch]) -> Option<StoreResult<Vec<Answer>>> {
     let mut database = self.database.try_lock().ok()?;
-    let connection = database.as_mut()?;
+    let db = database.as_mut()?;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-      connection.busy_timeout(Duration::ZERO)?;
-      keyspace::execute(connection, batch, now_ms())
+      db.connection.busy_timeout(Duration::ZERO)?;
+      sqlite::execute_group(&mut db.connection, batches, now_ms(), &mut db.sweeper)
     }));
     if matches!(&outcome, Ok(Err(err)) if err.code == ErrorCode::CorruptData) {
       *database = None;
@@ -114,17 +130,12 @@ impl EmbeddedBackend {
     }
   }
 
-  /// Queues a batch to the store's thread now (so calls keep the order they were made
-  /// in); the receiver yields its result.
-  pub fn enqueue(&self, batch: Batch) -> StoreResult<oneshot::Receiver<StoreResult<Vec<Reply>>>> {
+  /// Queues calls to the store's thread now (so calls keep the order they were made
+  /// in); the receiver yields their answers, in order, all at once.
+  pub fn enqueue(&self, batches: Vec<Batch>) -> StoreResult<oneshot::Receiver<Vec<Answer>>> {
     let (reply, receive) = oneshot::channel();
-    self.submit(Job::Call { batch, reply })?;
+    self.submit(Job::Calls { batches, reply })?;
     Ok(receive)
-  }
-
-  /// Runs a batch as one SQLite transaction on the store's thread.
-  pub async fn execute(&self, batch: Batch) -> StoreResult<Vec<Reply>> {
-    answer(self.enqueue(batch)?).await
   }
 
   /// Stops taking calls; queued calls finish, then the database closes.
@@ -144,12 +155,12 @@ impl EmbeddedBackend {
     }
     match &*worker {
       Worker::Running(sender) => {
-        if let Job::Call { batch, .. } = &job {
-          self.queued.add(batch);
+        if let Job::Calls { batches, .. } = &job {
+          batches.iter().for_each(|batch| self.queued.add(batch));
         }
         sender.send(job).map_err(|unsent| {
-          if let Job::Call { batch, .. } = &unsent.0 {
-            self.queued.remove(batch);
+          if let Job::Calls { batches, .. } = &unsent.0 {
+            batches.iter().for_each(|batch| self.queued.remove(batch));
           }
           StoreError::new(ErrorCode::Internal, "the database thread has stopped")
         })
@@ -179,15 +190,13 @@ impl EmbeddedBackend {
   }
 }
 
-/// The result a queued call's receiver yields.
-pub async fn answer(
-  receiver: oneshot::Receiver<StoreResult<Vec<Reply>>>,
-) -> StoreResult<Vec<Reply>> {
-  receiver.await.unwrap_or_else(|_| {
-    Err(StoreError::new(
+/// The answers a queued group's receiver yields.
+pub async fn answer(receiver: oneshot::Receiver<Vec<Answer>>) -> StoreResult<Vec<Answer>> {
+  receiver.await.map_err(|_| {
+    StoreError::new(
       ErrorCode::Internal,
       "the database thread stopped before answering",
-    ))
+    )
   })
 }
 
@@ -200,12 +209,27 @@ struct Shared {
 
 fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) {
   while let Ok(job) = jobs.recv() {
+    // Every job queued by now joins one transaction, up to GROUP_LIMIT calls.
+    let mut groups = Vec::new();
+    let (mut calls, mut next) = (0, Some(job));
+    while let Some(job) = next.take() {
+      if let Job::Calls { batches, reply } = job {
+        calls += batches.len();
+        groups.push((batches, reply));
+      }
+      if calls < GROUP_LIMIT {
+        next = jobs.try_recv().ok();
+      }
+    }
     let mut database = shared.database.lock().unwrap_or_else(|e| e.into_inner());
-    if let Job::Call { batch, reply } = job {
-      let due = &shared.checkpoint_due;
-      let result = run(&settings, &mut database, &batch, settings.busy_timeout, due);
-      shared.queued.remove(&batch);
-      let _ = reply.send(result);
+    if calls > 0 {
+      let batches: Vec<&Batch> = groups.iter().flat_map(|(b, _)| b.iter()).collect();
+      let answers = run(&settings, &mut database, &batches, &shared.checkpoint_due);
+      let mut answers = spread(answers, calls).into_iter();
+      for (batches, reply) in groups {
+        batches.iter().for_each(|batch| shared.queued.remove(batch));
+        let _ = reply.send(answers.by_ref().take(batches.len()).collect());
+      }
     }
     if shared.checkpoint_due.swap(false, Ordering::AcqRel) {
       checkpoint(database.as_ref());
@@ -215,11 +239,21 @@ fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) 
   *shared.database.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
+/// One answer per call: a group's failure is every call's.
+pub fn spread(answers: StoreResult<Vec<Answer>>, calls: usize) -> Vec<Answer> {
+  match answers {
+    Ok(answers) => answers,
+    Err(err) => vec![Err(err); calls],
+  }
+}
+
 /// A passive checkpoint: copies what it can without waiting for other connections.
 /// Failure is harmless (the WAL just stays longer); the next one retries.
-fn checkpoint(connection: Option<&Connection>) {
-  if let Some(connection) = connection {
-    let _ = connection.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+fn checkpoint(db: Option<&Db>) {
+  if let Some(db) = db {
+    let _ = db
+      .connection
+      .execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
   }
 }
 
@@ -266,21 +300,24 @@ fn batch_keys(batch: &Batch) -> impl Iterator<Item = &String> {
   batch.commands.iter().flat_map(|command| command.keys())
 }
 
-/// Runs one batch, opening the database on first use; waits up to `busy` for another
-/// process's lock. A database found corrupt is closed, to be opened afresh next time.
+/// Runs a group of calls, opening the database on first use; waits up to the busy
+/// timeout for another process's lock. A database found corrupt is closed, to be
+/// opened afresh next time.
 fn run(
   settings: &EmbeddedSettings,
-  database: &mut Option<Connection>,
-  batch: &Batch,
-  busy: Duration,
+  database: &mut Option<Db>,
+  batches: &[&Batch],
   checkpoint_due: &Arc<AtomicBool>,
-) -> StoreResult<Vec<Reply>> {
+) -> StoreResult<Vec<Answer>> {
   if database.is_none() {
-    *database = Some(open(settings, checkpoint_due.clone())?);
+    *database = Some(Db {
+      connection: open(settings, checkpoint_due.clone())?,
+      sweeper: Sweeper::default(),
+    });
   }
-  let connection = database.as_mut().expect("opened above");
-  connection.busy_timeout(busy)?;
-  let result = keyspace::execute(connection, batch, now_ms());
+  let db = database.as_mut().expect("opened above");
+  db.connection.busy_timeout(settings.busy_timeout)?;
+  let result = sqlite::execute_group(&mut db.connection, batches, now_ms(), &mut db.sweeper);
   if matches!(&result, Err(err) if err.code == ErrorCode::CorruptData) {
     *database = None;
   }
@@ -300,8 +337,13 @@ fn open(settings: &EmbeddedSettings, checkpoint_due: Arc<AtomicBool>) -> StoreRe
   connection
     .busy_timeout(settings.busy_timeout)
     .map_err(|err| open_error(settings, err.into()))?;
-  keyspace::prepare(&connection, settings.full_sync, settings.page_size)
-    .map_err(|err| open_error(settings, err))?;
+  sqlite::prepare(
+    &mut connection,
+    settings.full_sync,
+    settings.page_size,
+    now_ms() as i64,
+  )
+  .map_err(|err| open_error(settings, err))?;
   // Replaces SQLite's automatic checkpoint (which would fsync inside a commit on
   // whichever thread made it) with a flag the store's thread acts on.
   connection

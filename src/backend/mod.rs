@@ -1,20 +1,22 @@
-//! The backends every store runs on. A store builds `Batch`es of keyspace commands;
-//! a backend runs each batch in one round trip (Redis) or one transaction (SQLite).
-//! The store's `Engine` (in `worker_store`) picks the backend for each call.
+//! The backends every store runs on. A store builds `Batch`es of store operations
+//! (`command.rs`, the seam); a backend runs each batch in its own terms: Redis lowers it
+//! to commands (`redis_ops`) sent in one round trip, SQLite runs it as statements on
+//! store-shaped tables (`sqlite/`) in one transaction. The store's `Engine` picks how.
 
 mod cluster;
 #[cfg(unix)]
 mod connect;
 mod embedded;
-mod keyspace;
 mod redis;
 #[cfg(unix)]
 mod redis_loop;
+pub mod redis_ops;
 #[cfg(unix)]
 mod socket;
+mod sqlite;
 
 pub use cluster::ClusterBackend;
-pub use embedded::{answer, EmbeddedBackend, EmbeddedSettings, Location};
+pub use embedded::{answer, spread, Answer, EmbeddedBackend, EmbeddedSettings, Location};
 pub use redis::RedisBackend;
 #[cfg(unix)]
 pub use redis_loop::LoopRedis;

@@ -248,6 +248,7 @@ pub(super) fn to_redis(command: &Command) -> redis::Cmd {
       }
       cmd
     }
+    operation => unreachable!("{operation:?} is lowered by redis_ops before it is sent"),
   }
 }
 

@@ -1,0 +1,159 @@
+// The SQLite file format: files written by 0.1.0 (a Redis-like keyspace in two tables)
+// are migrated in place on first open, in one transaction, and keep working; a file
+// that cannot be migrated is left as it was. Calls made together share one transaction.
+import assert from 'node:assert/strict'
+import { copyFileSync, mkdtempSync, rmSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { createKvStore, createMemoryStore, createSqliteStore } from '../index.js'
+import { rejectsWith } from './helpers/assert.mjs'
+
+const require = createRequire(import.meta.url)
+const Database = require('better-sqlite3')
+const binding = require('../binding.js')
+const FIXTURE = new URL('./fixtures/v0.1.0.db', import.meta.url)
+const YEAR = 365 * 24 * 3600 * 1000
+
+describe('SQLite file format', () => {
+  let dir
+  const closers = []
+  before(() => { dir = mkdtempSync(join(tmpdir(), 'durastate-format-spec-')) })
+  after(async () => {
+    await Promise.all(closers.map((close) => close()))
+    rmSync(dir, { recursive: true, force: true })
+  })
+  const fixtureCopy = (name) => {
+    const path = join(dir, name)
+    copyFileSync(FIXTURE, path)
+    return path
+  }
+  const tables = (path) => {
+    const db = new Database(path, { readonly: true })
+    try {
+      const names = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all().map((r) => r.name)
+      return { version: db.pragma('user_version', { simple: true }), names }
+    } finally {
+      db.close()
+    }
+  }
+
+  it('migrates a 0.1.0 file in place: results, steps in progress, markers, TTLs and KV entries survive', async () => {
+    const path = fixtureCopy('migrate.db')
+    assert.equal(tables(path).version, 1)
+    const store = createSqliteStore(path)
+    closers.push(() => store.close())
+    assert.deepEqual(await store.getExecutionTaskResults('order-1'), { charge: { amount: 42, currency: 'EUR' }, notify: '<empty_execution_result>', ship: 'parcel-7' })
+    assert.equal(await store.isExecutionInProgress('order-1'), true)
+    // Stored JSON keeps its bytes: key order as written.
+    assert.deepEqual(Object.keys(await store.getExecutionTaskResult('order-2', 'charge')), ['amount', 'z-key', 'a-key'])
+    assert.equal(await store.isExecutionTaskInProgress('order-2', 'ship:label'), true)
+    assert.equal(await store.isExecutionTaskInProgress('order-2', 'charge'), false)
+    // The crashed step resumes: commit it, and the marker goes.
+    await store.commitExecutionTaskResult('order-2', 'ship:label', 'label-1')
+    assert.equal(await store.isExecutionTaskInProgress('order-2', 'ship:label'), false)
+    assert.equal(await store.getExecutionTaskResult('order-2', 'ship:label'), 'label-1')
+
+    const inspector = binding.createInspector(`sqlite:${path}`)
+    try {
+      const job = await inspector.execution('ttl:job-1')
+      for (const ttl of [job.markerTtl, job.claimsTtl, job.resultsTtl]) assert.ok(ttl > 90 * YEAR, `TTL kept (${ttl})`)
+      const order = await inspector.execution('order-1')
+      assert.equal(order.markerTtl, -1)
+      assert.equal(order.resultsTtl, -1)
+      assert.equal(order.claimsTtl, -2)
+    } finally {
+      inspector.close()
+    }
+
+    const withTtl = createSqliteStore(path, { prefix: 'ttl:', ttl: YEAR })
+    closers.push(() => withTtl.close())
+    assert.deepEqual(await withTtl.getExecutionTaskResults('job-1'), { a: [1, 2, 3] })
+    assert.equal(await withTtl.isExecutionTaskInProgress('job-1', 'b'), true)
+    assert.equal(await withTtl.tryBeginExecutionTask('job-1', 'c'), false, 'the claim made before the migration still holds')
+    // As PEXPIRE: a claim with a TTL sets the expiry of all the execution's marks.
+    const marks = binding.createInspector(`sqlite:${path}`)
+    const { claimsTtl } = await marks.execution('ttl:job-1')
+    marks.close()
+    assert.ok(claimsTtl > YEAR - 60_000 && claimsTtl <= YEAR, `claims TTL reset to a year (${claimsTtl})`)
+    assert.equal(await withTtl.isExecutionInProgress('gone:job-2'), false)
+
+    const kv = createKvStore(`sqlite:${path}`, { mounts: { config: { prefix: 'cfg:' }, cache: { prefix: 'cache:' }, tmp: { prefix: 'tmp:' } } })
+    closers.push(() => kv.close())
+    assert.deepEqual(await kv.get('config', 'theme'), { dark: true, sizes: [1, 2] })
+    assert.equal(await kv.get('cache', 'user:1'), 'Ada')
+    assert.deepEqual(await kv.keys('tmp'), [], 'an entry expired before the migration is not brought back')
+
+    const after = tables(path)
+    assert.equal(after.version, 2)
+    assert.deepEqual(after.names, ['ds_entries', 'ds_step_expiry', 'ds_steps'])
+  })
+
+  it('opens a migrated file again without migrating twice, from two stores at once', async () => {
+    const path = fixtureCopy('twice.db')
+    const [a, b] = [createSqliteStore(path), createSqliteStore(path)]
+    closers.push(() => a.close(), () => b.close())
+    const [ra, rb] = await Promise.all([a.getExecutionTaskResults('order-1'), b.getExecutionTaskResults('order-1')])
+    assert.deepEqual(ra, rb)
+    assert.equal(Object.keys(ra).length, 3)
+    await a.close()
+    const again = createSqliteStore(path)
+    closers.push(() => again.close())
+    assert.equal(Object.keys(await again.getExecutionTaskResults('order-1')).length, 3)
+    assert.equal(tables(path).version, 2)
+  })
+
+  it('leaves a file it cannot migrate as it was, with CORRUPT_DATA naming the key', async () => {
+    const path = join(dir, 'stray.db')
+    const db = new Database(path)
+    db.exec(`CREATE TABLE durastate_keys (key TEXT PRIMARY KEY NOT NULL, kind INTEGER NOT NULL, value TEXT, expires_at INTEGER) WITHOUT ROWID;
+      CREATE TABLE durastate_fields (key TEXT NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (key, field)) WITHOUT ROWID;
+      INSERT INTO durastate_keys VALUES ('some-hash', 1, NULL, NULL), ('e', 0, 'true', NULL);
+      INSERT INTO durastate_fields VALUES ('some-hash', 'f', 'v');
+      PRAGMA user_version = 1;`)
+    db.close()
+    const store = createSqliteStore(path)
+    closers.push(() => store.close())
+    await rejectsWith(store.isExecutionInProgress('e'), 'CORRUPT_DATA', /some-hash/)
+    assert.deepEqual(tables(path), { version: 1, names: ['durastate_fields', 'durastate_keys'] })
+    const check = new Database(path, { readonly: true })
+    assert.equal(check.prepare('SELECT count(*) AS n FROM durastate_keys').get().n, 2)
+    check.close()
+  })
+
+  it('refuses a file from a newer durastate with CORRUPT_DATA, and leaves it alone', async () => {
+    const path = join(dir, 'newer.db')
+    const db = new Database(path)
+    db.exec('CREATE TABLE future (x); PRAGMA user_version = 9;')
+    db.close()
+    const store = createSqliteStore(path)
+    closers.push(() => store.close())
+    await rejectsWith(store.beginExecution('e'), 'CORRUPT_DATA', /version 9/)
+    assert.equal(tables(path).version, 9)
+  })
+
+  for (const [name, open] of [['SQLite', () => createSqliteStore(join(dir, 'group.db'))], ['memory', () => createMemoryStore()]]) {
+    it(`${name}: calls made together share one transaction, each keeping its own answer and order`, async () => {
+      const store = open()
+      closers.push(() => store.close())
+      await store.beginExecution('warm-up') // opens the database
+      const [groups0, calls0] = binding.debugEmbeddedGroups()
+      const claims = await Promise.all(Array.from({ length: 64 }, (_, i) => store.tryBeginExecutionTask('g', `t${i % 32}`)))
+      const [groups1, calls1] = binding.debugEmbeddedGroups()
+      assert.equal(calls1 - calls0, 64)
+      assert.ok(groups1 - groups0 <= 2, `64 calls in one tick ran in ${groups1 - groups0} transactions`)
+      // Order within the group holds: the first claim of each task wins, the second loses.
+      assert.deepEqual(claims, [...Array(32).fill(true), ...Array(32).fill(false)])
+      // A failing call does not undo the others of its group.
+      const results = await Promise.allSettled([
+        store.commitExecutionTaskResult('g', 't0', { ok: 1 }),
+        store.commitExecutionTaskResult('g', 't1', 10n),
+        store.commitExecutionTaskResult('g', 't2', { ok: 2 }),
+      ])
+      assert.deepEqual(results.map((r) => r.status), ['fulfilled', 'rejected', 'fulfilled'])
+      const all = await store.getExecutionTaskResults('g')
+      assert.deepEqual(all, { t0: { ok: 1 }, t2: { ok: 2 } })
+    })
+  }
+})

@@ -1,0 +1,223 @@
+//! The store operations of the seam (`command.rs`) as SQL on tables shaped for the
+//! data (`schema.rs`): entries by full key, steps by (execution, task). Used by the
+//! embedded backend for a SQLite file and for memory.
+//!
+//! Calls made together run in one transaction (group commit): each call inside its own
+//! savepoint, so a call that fails leaves the others applied, and every call in the
+//! group is committed (in the WAL) before any of them is answered.
+
+mod entries;
+pub mod schema;
+mod steps;
+
+use rusqlite::Connection;
+
+use crate::command::{Batch, Command, Reply};
+use crate::error::{ErrorCode, StoreError, StoreResult};
+
+pub use schema::prepare;
+
+/// Expired rows removed per sweep at most (entries, and executions' step expiries).
+const SWEEP_LIMIT: i64 = 64;
+/// A write transaction sweeps when this long (ms) has passed since the last sweep.
+const SWEEP_EVERY_MS: i64 = 100;
+
+/// When this connection last swept expired rows (ms since the epoch).
+#[derive(Default)]
+pub struct Sweeper {
+  last: i64,
+}
+
+/// Runs `batches` in one transaction and answers each. `Err` only when the transaction
+/// itself failed (busy, I/O, a damaged file): then nothing of any batch was written.
+pub fn execute_group(
+  connection: &mut Connection,
+  batches: &[&Batch],
+  now: u64,
+  sweeper: &mut Sweeper,
+) -> StoreResult<Vec<StoreResult<Vec<Reply>>>> {
+  let writes = batches.iter().any(|batch| batch.writes());
+  let now = now as i64;
+  let tx = Transaction::begin(connection, writes)?;
+  let answers = match batches {
+    // One call: its failure is the transaction's, so nothing of it is written.
+    [only] => vec![Ok(run_batch(tx.db, only, now)?)],
+    _ => batches
+      .iter()
+      .map(|batch| in_savepoint(tx.db, batch, now))
+      .collect::<StoreResult<_>>()?,
+  };
+  if let Some(failed) = answers
+    .iter()
+    .find_map(|a| a.as_ref().err())
+    .filter(|e| fatal(e))
+  {
+    return Err(failed.clone());
+  }
+  if writes && now - sweeper.last >= SWEEP_EVERY_MS {
+    sweep(tx.db, now)?;
+    sweeper.last = now;
+  }
+  tx.commit()?;
+  Ok(answers)
+}
+
+/// A transaction whose `BEGIN`/`COMMIT` are cached statements (parsed once per
+/// connection, unlike rusqlite's `Transaction`); rolled back unless committed.
+struct Transaction<'c> {
+  db: &'c Connection,
+  open: bool,
+}
+
+impl<'c> Transaction<'c> {
+  fn begin(db: &'c Connection, writes: bool) -> StoreResult<Self> {
+    let sql = match writes {
+      true => "BEGIN IMMEDIATE",
+      false => "BEGIN DEFERRED",
+    };
+    db.prepare_cached(sql)?.execute([])?;
+    Ok(Self { db, open: true })
+  }
+
+  fn commit(mut self) -> StoreResult<()> {
+    self.db.prepare_cached("COMMIT")?.execute([])?;
+    self.open = false;
+    Ok(())
+  }
+}
+
+impl Drop for Transaction<'_> {
+  fn drop(&mut self) {
+    if self.open && !self.db.is_autocommit() {
+      let _ = self.db.execute_batch("ROLLBACK");
+    }
+  }
+}
+
+/// An error that leaves the transaction unusable: the whole group fails with it.
+fn fatal(err: &StoreError) -> bool {
+  matches!(err.code, ErrorCode::CorruptData | ErrorCode::Timeout)
+}
+
+/// One batch inside a savepoint: all of it or none of it. `Err` when the savepoint
+/// itself cannot be released or rolled back.
+fn in_savepoint(tx: &Connection, batch: &Batch, now: i64) -> StoreResult<StoreResult<Vec<Reply>>> {
+  tx.prepare_cached("SAVEPOINT call")?.execute([])?;
+  let answer = run_batch(tx, batch, now);
+  if answer.is_err() {
+    tx.prepare_cached("ROLLBACK TO call")?.execute([])?;
+  }
+  tx.prepare_cached("RELEASE call")?.execute([])?;
+  Ok(answer)
+}
+
+fn run_batch(tx: &Connection, batch: &Batch, now: i64) -> StoreResult<Vec<Reply>> {
+  batch
+    .commands
+    .iter()
+    .map(|command| apply(tx, command, now))
+    .collect()
+}
+
+fn at(ttl_ms: Option<u64>, now: i64) -> Option<i64> {
+  ttl_ms.map(|ttl| now.saturating_add(ttl.min(i64::MAX as u64) as i64))
+}
+
+fn apply(db: &Connection, command: &Command, now: i64) -> StoreResult<Reply> {
+  match command {
+    Command::Get { key } => Ok(entries::value(entries::get(db, key, now)?)),
+    Command::Set { key, value, ttl_ms } => {
+      entries::set(db, key, value, at(*ttl_ms, now))?;
+      Ok(Reply::Ok)
+    }
+    Command::SetIf {
+      key,
+      value,
+      ttl_ms,
+      when,
+    } => entries::set_if(db, key, value, at(*ttl_ms, now), *when, now),
+    Command::SetGet { key, value, ttl_ms } => {
+      let previous = entries::value(entries::get(db, key, now)?);
+      entries::set(db, key, value, at(*ttl_ms, now))?;
+      Ok(previous)
+    }
+    Command::Exists { key } => Ok(Reply::Int(entries::get(db, key, now)?.is_some() as i64)),
+    Command::PTtl { key } => Ok(entries::pttl(entries::get(db, key, now)?, now)),
+    Command::MGet { keys } => {
+      let mut values = Vec::with_capacity(keys.len());
+      for key in keys {
+        values.push(entries::get(db, key, now)?.map(|(value, _)| value.into_bytes()));
+      }
+      Ok(Reply::Values(values))
+    }
+    Command::Del { keys } | Command::Unlink { keys } => entries::delete(db, keys, now),
+    Command::Merge {
+      key,
+      partial,
+      ttl_ms,
+      max_size,
+      create,
+    } => entries::merge(db, key, partial, at(*ttl_ms, now), *max_size, *create, now),
+    Command::Scan {
+      cursor,
+      pattern,
+      count,
+      kind,
+    } => entries::scan(db, cursor, pattern, *count, *kind, now),
+    other => apply_step(db, other, now),
+  }
+}
+
+fn apply_step(db: &Connection, command: &Command, now: i64) -> StoreResult<Reply> {
+  match command {
+    Command::Claim {
+      exec,
+      task,
+      value,
+      exclusive,
+      ttl_ms,
+    } => steps::claim(db, exec, task, value, *exclusive, at(*ttl_ms, now), now),
+    Command::Commit {
+      exec,
+      task,
+      json,
+      ttl_ms,
+    } => steps::commit(db, exec, task, json, at(*ttl_ms, now), now),
+    Command::StepResult { exec, task } => steps::field(db, exec, task, true, now),
+    Command::StepClaim { exec, task } => steps::field(db, exec, task, false, now),
+    Command::StepResults { exec } => Ok(Reply::Pairs(steps::fields(db, exec, true, now)?)),
+    Command::Dispose { exec } => steps::dispose(db, exec),
+    Command::Execution { exec } => steps::view(db, exec, now),
+    Command::ScanExecutions {
+      cursor,
+      prefix,
+      count,
+    } => steps::scan_executions(db, cursor, prefix, *count, now),
+    redis_only => Err(StoreError::new(
+      ErrorCode::Internal,
+      format!("{redis_only:?} is a Redis command, not a store operation"),
+    )),
+  }
+}
+
+/// Removes a bounded number of expired entries and expired step expiries, found
+/// through the partial expiry indexes, never by a full scan.
+fn sweep(tx: &Connection, now: i64) -> StoreResult<()> {
+  tx.prepare_cached(
+    "DELETE FROM ds_entries WHERE key IN (SELECT key FROM ds_entries
+       WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
+  )?
+  .execute([now, SWEEP_LIMIT])?;
+  let execs: Vec<String> = tx
+    .prepare_cached(
+      "SELECT exec FROM ds_step_expiry WHERE claims_at IS NOT NULL AND claims_at <= ?1
+       UNION SELECT exec FROM ds_step_expiry WHERE results_at IS NOT NULL AND results_at <= ?1
+       LIMIT ?2",
+    )?
+    .query_map([now, SWEEP_LIMIT], |row| row.get(0))?
+    .collect::<Result<_, _>>()?;
+  for exec in execs {
+    steps::purge(tx, &exec, now)?;
+  }
+  Ok(())
+}

@@ -1,0 +1,150 @@
+//! The SQLite file format (version 2, `PRAGMA user_version`), and the migration of
+//! files written by 0.1.0 (version 1: a Redis-like keyspace in two generic tables).
+//!
+//! Tables are shaped for the stores:
+//! - `ds_entries`: strings by full key (KV entries and execution markers), with an
+//!   optional absolute expiry in ms;
+//! - `ds_steps`: one row per (execution, task): its in-progress mark and its result;
+//! - `ds_step_expiry`: for executions stored with a TTL only, when all their marks
+//!   (`claims_at`) and all their results (`results_at`) expire, as the two Redis hashes
+//!   do. The expiry indexes are partial: rows without a TTL never enter them.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::error::{ErrorCode, StoreError, StoreResult};
+
+/// The format this build writes.
+pub const VERSION: i64 = 2;
+/// The format 0.1.0 wrote.
+const KEYSPACE_VERSION: i64 = 1;
+
+const TABLES: &str = "
+CREATE TABLE IF NOT EXISTS ds_entries (
+  key TEXT PRIMARY KEY NOT NULL,
+  value TEXT NOT NULL,
+  expires_at INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ds_entries_expiry
+  ON ds_entries(expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS ds_steps (
+  exec TEXT NOT NULL,
+  task TEXT NOT NULL,
+  claim TEXT,
+  result TEXT,
+  PRIMARY KEY (exec, task)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ds_step_expiry (
+  exec TEXT PRIMARY KEY NOT NULL,
+  claims_at INTEGER,
+  results_at INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ds_step_expiry_claims
+  ON ds_step_expiry(claims_at) WHERE claims_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS ds_step_expiry_results
+  ON ds_step_expiry(results_at) WHERE results_at IS NOT NULL;
+";
+
+/// Sets the page size of a new database, WAL and the sync level, then creates the
+/// tables or migrates a 0.1.0 file, in one transaction (another process opening the
+/// same file at once waits for it, then finds the work done).
+pub fn prepare(
+  connection: &mut Connection,
+  full_sync: bool,
+  page_size: Option<u32>,
+  now: i64,
+) -> StoreResult<()> {
+  if let Some(size) = page_size {
+    connection.pragma_update(None, "page_size", size)?;
+  }
+  connection.pragma_update(None, "journal_mode", "WAL")?;
+  let sync = if full_sync { "FULL" } else { "NORMAL" };
+  connection.pragma_update(None, "synchronous", sync)?;
+  if version(connection)? == VERSION {
+    return Ok(());
+  }
+  let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+  match version(&tx)? {
+    VERSION => return Ok(()),
+    0 if !has_table(&tx, "durastate_keys")? => tx.execute_batch(TABLES)?,
+    0 | KEYSPACE_VERSION => migrate_keyspace(&tx, now)?,
+    newer => {
+      return Err(StoreError::new(
+        ErrorCode::CorruptData,
+        format!("file format version {newer} is newer than this durastate understands ({VERSION})"),
+      ))
+    }
+  }
+  tx.pragma_update(None, "user_version", VERSION)?;
+  tx.commit()?;
+  Ok(())
+}
+
+fn version(connection: &Connection) -> StoreResult<i64> {
+  Ok(connection.pragma_query_value(None, "user_version", |row| row.get(0))?)
+}
+
+fn has_table(connection: &Connection, name: &str) -> StoreResult<bool> {
+  let sql = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1";
+  Ok(connection.query_row(sql, [name], |row| row.get::<_, i64>(0))? > 0)
+}
+
+/// Moves a 0.1.0 keyspace into the store-shaped tables: strings become entries, the
+/// hashes `<exec>-transactions` and `<exec>-results` become step rows, their TTLs the
+/// execution's expiries. Expired keys are left behind. Any other hash (0.1.0 wrote
+/// none) stops the migration, and the file is left as it was.
+fn migrate_keyspace(tx: &Connection, now: i64) -> StoreResult<()> {
+  let stray: Option<String> = tx
+    .query_row(
+      "SELECT key FROM durastate_keys WHERE kind = 1
+         AND substr(key, -13) <> '-transactions' AND substr(key, -8) <> '-results' LIMIT 1",
+      [],
+      |row| row.get(0),
+    )
+    .ok();
+  if let Some(key) = stray {
+    return Err(StoreError::new(
+      ErrorCode::CorruptData,
+      format!("cannot migrate this file: hash key \"{key}\" is not a WorkerStore key"),
+    ));
+  }
+  tx.execute_batch(TABLES)?;
+  let live = "(k.expires_at IS NULL OR k.expires_at > ?1)";
+  let statements = [
+    format!(
+      "INSERT INTO ds_entries(key, value, expires_at)
+       SELECT k.key, coalesce(k.value, ''), k.expires_at FROM durastate_keys k
+       WHERE k.kind = 0 AND {live}"
+    ),
+    format!(
+      "INSERT INTO ds_steps(exec, task, claim)
+       SELECT substr(k.key, 1, length(k.key) - 13), f.field, f.value
+       FROM durastate_keys k JOIN durastate_fields f ON f.key = k.key
+       WHERE k.kind = 1 AND substr(k.key, -13) = '-transactions' AND {live}"
+    ),
+    format!(
+      "INSERT INTO ds_steps(exec, task, result)
+       SELECT substr(k.key, 1, length(k.key) - 8), f.field, f.value
+       FROM durastate_keys k JOIN durastate_fields f ON f.key = k.key
+       WHERE k.kind = 1 AND substr(k.key, -8) = '-results' AND {live}
+       ON CONFLICT(exec, task) DO UPDATE SET result = excluded.result"
+    ),
+    format!(
+      "INSERT INTO ds_step_expiry(exec, claims_at)
+       SELECT substr(k.key, 1, length(k.key) - 13), k.expires_at FROM durastate_keys k
+       WHERE k.kind = 1 AND substr(k.key, -13) = '-transactions'
+         AND k.expires_at IS NOT NULL AND {live}"
+    ),
+    format!(
+      "INSERT INTO ds_step_expiry(exec, results_at)
+       SELECT substr(k.key, 1, length(k.key) - 8), k.expires_at FROM durastate_keys k
+       WHERE k.kind = 1 AND substr(k.key, -8) = '-results'
+         AND k.expires_at IS NOT NULL AND {live}
+       ON CONFLICT(exec) DO UPDATE SET results_at = excluded.results_at"
+    ),
+  ];
+  for sql in &statements {
+    tx.execute(sql, [now])?;
+  }
+  tx.execute_batch("DROP TABLE durastate_fields; DROP TABLE durastate_keys;")?;
+  Ok(())
+}

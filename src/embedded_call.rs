@@ -1,0 +1,300 @@
+//! Calls on an embedded (SQLite or memory) store, from the JS thread: group commit.
+//!
+//! A call does not run when it is made: it joins this thread's pending calls, and the
+//! first call of a tick schedules one microtask that runs them all. Calls that can run
+//! on the JS thread run in one transaction (one WAL append for the whole group), and
+//! each promise settles after that transaction committed. Calls that must wait (a
+//! `synchronous: 'full'` store, another process's lock, keys of a call already queued)
+//! go to the store's thread in the order they were made, and their continuation comes
+//! back here.
+
+use std::cell::{Cell, RefCell};
+use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use napi::{sys, Env};
+
+use crate::backend::{answer, Answer, EmbeddedBackend};
+use crate::command::{Batch, Finish, Step};
+use crate::error::{ErrorCode, StoreError};
+use crate::js_promise::{self, Deferred};
+
+/// A call waiting for its batch to run.
+pub struct Call {
+  pub batch: Batch,
+  pub waiter: Waiter,
+}
+
+/// Who waits for a call's batch, and what it does with the replies.
+pub struct Waiter {
+  pub store: Arc<EmbeddedBackend>,
+  pub what: &'static str,
+  pub limit: Duration,
+  pub deferred: Deferred,
+  pub finish: Finish,
+}
+
+/// Groups run on JS threads, and the calls in them (`debugEmbeddedGroups`).
+static GROUPS: AtomicU64 = AtomicU64::new(0);
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// `[groups, calls]` run on JS threads so far in this process.
+pub fn group_counts() -> [u64; 2] {
+  [
+    GROUPS.load(Ordering::Relaxed),
+    CALLS.load(Ordering::Relaxed),
+  ]
+}
+
+thread_local! {
+  /// This JS thread's calls not yet run, in the order they were made.
+  static PENDING: RefCell<Vec<Call>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Adds `call` to this tick's group; the first call of a tick schedules the group.
+pub fn submit(env: &Env, call: Call) {
+  let first = PENDING.with(|pending| {
+    let mut pending = pending.borrow_mut();
+    pending.push(call);
+    pending.len() == 1
+  });
+  // Without a microtask queue, run the group now rather than leave its calls pending.
+  if first && schedule(env).is_err() {
+    flush(env);
+  }
+}
+
+/// The JS functions a group is scheduled with, made once per JS thread (per env):
+/// `queueMicrotask` and the function that runs the group.
+#[derive(Clone, Copy)]
+struct Scheduler {
+  env: sys::napi_env,
+  queue_microtask: sys::napi_ref,
+  flush: sys::napi_ref,
+}
+
+thread_local! {
+  static SCHEDULER: Cell<Option<Scheduler>> = const { Cell::new(None) };
+}
+
+/// Queues one microtask that runs this thread's pending calls.
+fn schedule(env: &Env) -> napi::Result<()> {
+  let raw = env.raw();
+  let scheduler = match SCHEDULER.with(Cell::get) {
+    Some(scheduler) if scheduler.env == raw => scheduler,
+    _ => {
+      let scheduler = make_scheduler(raw)?;
+      SCHEDULER.with(|cell| cell.set(Some(scheduler)));
+      scheduler
+    }
+  };
+  unsafe {
+    let mut queue = ptr::null_mut();
+    check(sys::napi_get_reference_value(
+      raw,
+      scheduler.queue_microtask,
+      &mut queue,
+    ))?;
+    let mut flush = ptr::null_mut();
+    check(sys::napi_get_reference_value(
+      raw,
+      scheduler.flush,
+      &mut flush,
+    ))?;
+    let mut global = ptr::null_mut();
+    check(sys::napi_get_global(raw, &mut global))?;
+    let mut result = ptr::null_mut();
+    check(sys::napi_call_function(
+      raw,
+      global,
+      queue,
+      1,
+      &flush,
+      &mut result,
+    ))
+  }
+}
+
+fn make_scheduler(env: sys::napi_env) -> napi::Result<Scheduler> {
+  unsafe {
+    let mut global = ptr::null_mut();
+    check(sys::napi_get_global(env, &mut global))?;
+    let mut queue = ptr::null_mut();
+    let name = c"queueMicrotask";
+    check(sys::napi_get_named_property(
+      env,
+      global,
+      name.as_ptr(),
+      &mut queue,
+    ))?;
+    let mut flush = ptr::null_mut();
+    let flush_name = c"durastateFlush";
+    check(sys::napi_create_function(
+      env,
+      flush_name.as_ptr(),
+      flush_name.count_bytes() as isize,
+      Some(flush_callback),
+      ptr::null_mut(),
+      &mut flush,
+    ))?;
+    let mut queue_microtask = ptr::null_mut();
+    check(sys::napi_create_reference(
+      env,
+      queue,
+      1,
+      &mut queue_microtask,
+    ))?;
+    let mut flush_ref = ptr::null_mut();
+    check(sys::napi_create_reference(env, flush, 1, &mut flush_ref))?;
+    Ok(Scheduler {
+      env,
+      queue_microtask,
+      flush: flush_ref,
+    })
+  }
+}
+
+unsafe extern "C" fn flush_callback(
+  env: sys::napi_env,
+  _info: sys::napi_callback_info,
+) -> sys::napi_value {
+  let env = Env::from_raw(env);
+  flush(&env);
+  ptr::null_mut()
+}
+
+fn check(status: sys::napi_status) -> napi::Result<()> {
+  match status {
+    sys::Status::napi_ok => Ok(()),
+    status => Err(napi::Error::from_reason(format!(
+      "cannot schedule the group of calls (napi status {status})"
+    ))),
+  }
+}
+
+/// Runs every pending call: one group per store, in the order the calls were made.
+fn flush(env: &Env) {
+  let mut calls = PENDING.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
+  while !calls.is_empty() {
+    let store = calls[0].waiter.store.clone();
+    let (group, rest): (Vec<Call>, Vec<Call>) = calls
+      .into_iter()
+      .partition(|call| Arc::ptr_eq(&call.waiter.store, &store));
+    run_group(env, &store, group);
+    calls = rest;
+  }
+}
+
+fn run_group(env: &Env, store: &EmbeddedBackend, calls: Vec<Call>) {
+  let mut now = Vec::with_capacity(calls.len());
+  let mut queue: Vec<Call> = Vec::new();
+  for call in calls {
+    // Once a call queues, so do the later calls of the group on the same keys.
+    if store.must_queue(&call.batch) || queue.iter().any(|q| overlaps(&q.batch, &call.batch)) {
+      queue.push(call);
+    } else {
+      now.push(call);
+    }
+  }
+  if !now.is_empty() {
+    let batches: Vec<&Batch> = now.iter().map(|call| &call.batch).collect();
+    GROUPS.fetch_add(1, Ordering::Relaxed);
+    CALLS.fetch_add(batches.len() as u64, Ordering::Relaxed);
+    match store.try_run_now(&batches) {
+      None => queue.splice(0..0, now).for_each(drop),
+      Some(answers) => {
+        let answers = crate::backend::spread(answers, now.len());
+        for (call, answer) in now.into_iter().zip(answers) {
+          resume(env, call.waiter, answer);
+        }
+      }
+    }
+  }
+  if !queue.is_empty() {
+    to_thread(env, store, queue);
+  }
+}
+
+/// Whether two batches touch a common key, or either reads keys it does not name.
+fn overlaps(a: &Batch, b: &Batch) -> bool {
+  a.reads_any_key() || b.reads_any_key() || keys(a).any(|key| keys(b).any(|other| other == key))
+}
+
+fn keys(batch: &Batch) -> impl Iterator<Item = &String> {
+  batch.commands.iter().flat_map(|command| command.keys())
+}
+
+/// Settles the call, or submits the batch its continuation asks for next.
+fn resume(env: &Env, waiter: Waiter, answer: Answer) {
+  let Waiter {
+    store,
+    what,
+    limit,
+    deferred,
+    finish,
+  } = waiter;
+  let replies = match answer {
+    Ok(replies) => replies,
+    Err(err) => return js_promise::settle(env.raw(), deferred, Err(err)),
+  };
+  match finish(replies) {
+    Step::Done(result) => js_promise::settle(env.raw(), deferred, result),
+    Step::Then(batch, finish) => {
+      let waiter = Waiter {
+        store,
+        what,
+        limit,
+        deferred,
+        finish,
+      };
+      submit(env, Call { batch, waiter })
+    }
+  }
+}
+
+/// Queues calls to the store's thread as one group and resumes them together on the
+/// JS thread when it answers (one wake-up for the whole group), within their `limit`.
+fn to_thread(env: &Env, store: &EmbeddedBackend, calls: Vec<Call>) {
+  let (batches, waiters): (Vec<Batch>, Vec<Waiter>) = calls
+    .into_iter()
+    .map(|call| (call.batch, call.waiter))
+    .unzip();
+  let deferreds: Vec<Deferred> = waiters.iter().map(|w| w.deferred).collect();
+  let receiver = match store.enqueue(batches) {
+    Ok(receiver) => receiver,
+    Err(err) => return reject_all(env, &deferreds, &err),
+  };
+  let limit = waiters[0].limit;
+  let spawned = env.spawn_future_with_callback(
+    async move { Ok(tokio::time::timeout(limit, answer(receiver)).await) },
+    move |env, result| {
+      match result {
+        Ok(Ok(answers)) => {
+          for (waiter, answer) in waiters.into_iter().zip(answers) {
+            resume(env, waiter, answer);
+          }
+        }
+        Ok(Err(err)) => waiters
+          .into_iter()
+          .for_each(|w| js_promise::settle(env.raw(), w.deferred, Err(err.clone()))),
+        Err(_elapsed) => waiters.into_iter().for_each(|w| {
+          let err = StoreError::timeout(w.what, limit.as_millis() as u64);
+          js_promise::settle(env.raw(), w.deferred, Err(err))
+        }),
+      }
+      Ok(())
+    },
+  );
+  if let Err(err) = spawned {
+    let err = StoreError::new(ErrorCode::Internal, err.reason.clone());
+    reject_all(env, &deferreds, &err);
+  }
+}
+
+fn reject_all(env: &Env, deferreds: &[Deferred], err: &StoreError) {
+  for deferred in deferreds {
+    js_promise::settle(env.raw(), *deferred, Err(err.clone()));
+  }
+}
