@@ -221,3 +221,6 @@ fn sweep(tx: &Connection, now: i64) -> StoreResult<()> {
   }
   Ok(())
 }
+
+#[cfg(test)]
+mod tests;
