@@ -846,3 +846,4 @@ module.exports.createSqliteStore = nativeBinding.createSqliteStore
 module.exports.createStore = nativeBinding.createStore
 module.exports.debugPanicAsync = nativeBinding.debugPanicAsync
 module.exports.debugPanicSync = nativeBinding.debugPanicSync
+module.exports.debugRuntime = nativeBinding.debugRuntime
