@@ -153,6 +153,12 @@ export declare function debugPanicAsync(): Promise<void>
 export declare function debugPanicSync(): void
 
 /**
+ * The runtime the addon found at load and whether Redis runs on its event loop, for
+ * durastate's own tests. Not part of the public API (`index.js` does not export it).
+ */
+export declare function debugRuntime(): RuntimeInfo
+
+/**
  * What the backend holds about one execution. TTLs in ms as `PTTL` answers them:
  * -1 without expiry, -2 when there is nothing.
  */
@@ -228,6 +234,14 @@ export interface RetryOptions {
   minDelay?: number
   /** Longest reconnect delay, in ms. Default 2000. */
   maxDelay?: number
+}
+
+/** What the addon found at load, for durastate's own tests. Not part of the public API. */
+export interface RuntimeInfo {
+  /** `Node.js`, `Bun`, `Deno` or `unknown`. */
+  runtime: string
+  /** Whether a Redis store on TCP runs on the JS thread's event loop (else tokio threads). */
+  eventLoopDriver: boolean
 }
 
 /** One sentinel's address. */

@@ -847,3 +847,4 @@ module.exports.createStore = nativeBinding.createStore
 module.exports.debugEmbeddedGroups = nativeBinding.debugEmbeddedGroups
 module.exports.debugPanicAsync = nativeBinding.debugPanicAsync
 module.exports.debugPanicSync = nativeBinding.debugPanicSync
+module.exports.debugRuntime = nativeBinding.debugRuntime

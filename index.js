@@ -23,7 +23,19 @@ function loadBinding() {
   try {
     return require('./binding.js')
   } catch (err) {
-    const packages = require('./package.json').napi.targets
+    const denied = denoDenial(err)
+    if (denied) {
+      throw new DurastateError(
+        'UNAVAILABLE',
+        'Deno did not let durastate load its native addon: run with --allow-ffi --allow-read --allow-env (or -A). ' +
+          `Deno said: ${denied.message}`,
+        { cause: err },
+      )
+    }
+    let packages = []
+    try {
+      packages = require('./package.json').napi.targets
+    } catch {}
     throw new DurastateError(
       'UNAVAILABLE',
       `no durastate binary loads on ${platformName()}. Prebuilt for: ${packages.join(', ')}. ` +
@@ -34,12 +46,25 @@ function loadBinding() {
   }
 }
 
+/** On Deno, the permission error (`err` or one of its causes) that stopped the load, if any. */
+function denoDenial(err) {
+  if (typeof Deno === 'undefined') return null
+  for (let e = err, depth = 0; e && depth < 32; e = e.cause, depth++) {
+    if (e.name === 'NotCapable' || e.name === 'PermissionDenied' || /--allow-\w+/.test(String(e.message))) return e
+  }
+  return null
+}
+
 /** This platform as napi-rs names binaries: linux-x64-gnu, linux-x64-musl, darwin-arm64, win32-x64-msvc. */
 function platformName() {
   const { platform, arch } = process
   if (platform === 'linux') {
-    process.report.excludeNetwork = true
-    return `linux-${arch}-${process.report.getReport().header.glibcVersionRuntime ? 'gnu' : 'musl'}`
+    let libc = 'gnu'
+    try {
+      process.report.excludeNetwork = true
+      libc = process.report.getReport().header.glibcVersionRuntime ? 'gnu' : 'musl'
+    } catch {}
+    return `linux-${arch}-${libc}`
   }
   if (platform === 'win32') return `win32-${arch}-msvc`
   return `${platform}-${arch}`

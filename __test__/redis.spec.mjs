@@ -11,6 +11,7 @@ import { rejectsWith } from './helpers/assert.mjs'
 import { createReferenceStore } from './helpers/reference-store.mjs'
 import { startRedisServer, testRedis } from './helpers/redis-server.mjs'
 import { startCountingProxy } from './helpers/proxy.mjs'
+import { skipWithoutEventLoop } from './helpers/runtime.mjs'
 
 describe('Redis store', () => {
   let redis
@@ -298,7 +299,7 @@ describe('Redis store', () => {
     }
   })
 
-  it("rejects durability 'aof' on a server that does not fsync every write, naming the settings", async () => {
+  it("rejects durability 'aof' on a server that does not fsync every write, naming the settings", { skip: skipWithoutEventLoop }, async () => {
     const ours = open({ durability: 'aof', prefix: prefix() })
     await rejectsWith(ours.beginExecution('e'), 'UNAVAILABLE', /appendonly no, appendfsync everysec/)
   })

@@ -1,7 +1,8 @@
 // `npm test`: builds the addon, starts a throwaway redis-server on a free loopback
-// port, runs the node:test suites, the TypeScript types check and `cargo test`, and
-// stops the server it started, even when tests fail.
-import { spawnSync } from 'node:child_process'
+// port, runs the node:test suites on Node.js, then the suites that apply on Bun and on
+// Deno (devDependencies), the TypeScript types check and `cargo test`, and stops the
+// server it started, even when tests fail.
+import { spawn, spawnSync } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -14,6 +15,39 @@ function run(title, command, args, env = {}) {
   const result = spawnSync(command, args, { cwd: root, stdio: 'inherit', env: { ...process.env, ...env } })
   if (result.error) throw result.error
   return result.status === 0
+}
+
+/**
+ * `run`, bounded: the command runs in a process group of its own, which is killed
+ * (SIGKILL), with the servers its tests started, if it outlives `timeoutMs`.
+ */
+function runBounded(title, command, args, env, timeoutMs) {
+  console.log(`\n# ${title}: ${command} ${args.join(' ')}`)
+  const child = spawn(command, args, { cwd: root, stdio: 'inherit', env: { ...process.env, ...env }, detached: true })
+  const killGroup = () => {
+    try {
+      process.kill(-child.pid, 'SIGKILL')
+    } catch {}
+  }
+  const timer = setTimeout(() => {
+    console.error(`# ${title}: still running after ${timeoutMs / 60_000} minutes: killed`)
+    killGroup()
+  }, timeoutMs)
+  const interrupted = () => {
+    killGroup()
+    process.exit(130)
+  }
+  process.once('SIGINT', interrupted)
+  return new Promise((resolve, reject) => {
+    child.once('error', reject)
+    child.once('exit', (code) => {
+      clearTimeout(timer)
+      process.removeListener('SIGINT', interrupted)
+      // Whatever the step left behind in its group (a server of a test that was cut short).
+      killGroup()
+      resolve(code === 0)
+    })
+  })
 }
 
 /** The programs the tests run, with the Debian package that has each. */
@@ -51,6 +85,47 @@ function ensureTools() {
  */
 const NODE_TEST = ['--test', '--test-force-exit', '--test-timeout=300000']
 
+/**
+ * The suites that also run on Bun and Deno: the runtime checks, the WorkerStore
+ * conformance and KV suites (Redis, SQLite, memory, Cluster), the Redis faults, process
+ * exit, and the Redis and SQLite suites. Left out: TLS and Sentinel (event-loop driver
+ * only, rejected there: runtime.spec.mjs checks that), and the CLI, demo and Cluster
+ * failover suites, which test Node.js programs. Cases that need the event-loop driver
+ * skip themselves (helpers/runtime.mjs).
+ */
+const OTHER_RUNTIME_SPECS = ['runtime', 'conformance', 'kv', 'reliability', 'process', 'redis', 'sqlite'].map((name) =>
+  join('__test__', `${name}.spec.mjs`),
+)
+/** Bounds a whole Bun or Deno step (deno test has no per-test timeout). */
+const OTHER_RUNTIME_TIMEOUT_MS = 15 * 60_000
+
+/** node_modules/.bin/<name> if it runs (`npm rebuild bun deno` once if not), else null. */
+function runtimeBinary(name) {
+  const binary = join(root, 'node_modules', '.bin', name)
+  const works = () => spawnSync(binary, ['--version'], { stdio: 'ignore' }).status === 0
+  if (works()) return binary
+  run(`${name} does not run: rebuild it`, 'npm', ['rebuild', 'bun', 'deno'])
+  if (works()) return binary
+  console.error(`# ${name} (a devDependency) does not run: npm install, then npm rebuild bun deno`)
+  return null
+}
+
+/** `bun test`: Bun's runner takes node:test's describe/it/before/after as they are. */
+async function runBun(env) {
+  const bun = runtimeBinary('bun')
+  if (!bun) return false
+  const specs = OTHER_RUNTIME_SPECS.map((spec) => `./${spec}`)
+  return runBounded('Bun', bun, ['test', '--timeout', '300000', ...specs], env, OTHER_RUNTIME_TIMEOUT_MS)
+}
+
+/** `deno test -A`: Deno runs node:test suites as Deno tests (napi addons need --allow-ffi). */
+async function runDeno(env) {
+  const deno = runtimeBinary('deno')
+  if (!deno) return false
+  const denoEnv = { ...env, DENO_NO_UPDATE_CHECK: '1', DENO_NO_PROMPT: '1', NO_COLOR: '1' }
+  return runBounded('Deno', deno, ['test', '-A', ...OTHER_RUNTIME_SPECS], denoEnv, OTHER_RUNTIME_TIMEOUT_MS)
+}
+
 const napi = join(root, 'node_modules', '@napi-rs', 'cli', 'dist', 'cli.js')
 if (!run('build the addon', process.execPath, [napi, 'build', '--platform', '--release', '--js', 'binding.js', '--dts', 'binding.d.ts'])) {
   process.exit(1)
@@ -68,9 +143,11 @@ try {
     DURASTATE_TEST_REDIS_URL: server.url,
     DURASTATE_REDIS_DRIVER: 'threads',
   })
+  const bunOk = await runBun({ DURASTATE_TEST_REDIS_URL: server.url })
+  const denoOk = await runDeno({ DURASTATE_TEST_REDIS_URL: server.url })
   const tscOk = run('types', process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', '__test__/tsconfig.json'])
   const cargoOk = run('cargo test', 'cargo', ['test', '--release', '--quiet'])
-  ok = nodeOk && threadsOk && tscOk && cargoOk
+  ok = nodeOk && threadsOk && bunOk && denoOk && tscOk && cargoOk
 } finally {
   await server.stop()
 }

@@ -216,16 +216,19 @@ fn embedded_engine(
   Ok((Engine::Embedded(Arc::new(backend)), common))
 }
 
-/// Redis over TCP runs on the JS thread's event loop (no thread hop per call) unless
-/// `DURASTATE_REDIS_DRIVER=threads`; other targets and platforms use tokio threads.
-/// TLS, Sentinel and `durability: 'aof'` are implemented by the event-loop driver only.
+/// Redis over TCP runs on the JS thread's event loop (no thread hop per call) where that
+/// loop is libuv's, that is on Node.js (see `runtime`), unless
+/// `DURASTATE_REDIS_DRIVER=threads`; other targets, platforms and runtimes (Bun, Deno) use
+/// tokio threads. TLS, Sentinel and `durability: 'aof'` are implemented by the event-loop
+/// driver only.
 fn redis_engine(target: RedisTarget, common: &CommonSettings) -> StoreResult<Engine> {
   let (connect, command) = (common.connect_timeout, common.command_timeout);
-  let needs_loop = target.require_aof || target.tls.is_some() || target.sentinel.is_some();
+  let loop_only = loop_only_feature(&target);
+  let no_event_loop = crate::runtime::event_loop_unavailable();
   #[cfg(unix)]
   {
     let threads_wanted = std::env::var("DURASTATE_REDIS_DRIVER").is_ok_and(|v| v == "threads");
-    if target.is_tcp() && (!threads_wanted || needs_loop) {
+    if target.is_tcp() && no_event_loop.is_none() && (!threads_wanted || loop_only.is_some()) {
       return Ok(Engine::EventLoop(LoopRedis::new(
         target,
         connect,
@@ -234,14 +237,31 @@ fn redis_engine(target: RedisTarget, common: &CommonSettings) -> StoreResult<Eng
       )));
     }
   }
-  if needs_loop {
-    return Err(StoreError::invalid_input(
-      "TLS, Sentinel and `durability: 'aof'` are not supported on this platform yet",
-    ));
+  if let Some(feature) = loop_only {
+    return Err(StoreError::invalid_input(match no_event_loop {
+      Some(place) => format!(
+        "{feature} is not supported {place} yet: durastate runs Redis on tokio threads there, \
+         and only its Node.js event-loop driver implements TLS, Sentinel and `durability: 'aof'`"
+      ),
+      None => format!("{feature} is not supported on this platform yet"),
+    }));
   }
   Ok(Engine::Threads(Arc::new(RedisBackend::new(
     target, connect, command,
   ))))
+}
+
+/// The first option of `target` that only the event-loop driver implements.
+fn loop_only_feature(target: &RedisTarget) -> Option<&'static str> {
+  if target.tls.is_some() {
+    Some("TLS (rediss:// or option `tls`)")
+  } else if target.sentinel.is_some() {
+    Some("Sentinel (redis+sentinel:// or option `sentinels`)")
+  } else if target.require_aof {
+    Some("option `durability: 'aof'`")
+  } else {
+    None
+  }
 }
 
 /// A Redis Cluster from `{ cluster: [url, ...], username, password }`: redis-rs

@@ -19,6 +19,7 @@ mod options;
 mod output;
 mod redis_target;
 mod results;
+pub mod runtime;
 mod tls;
 #[cfg(unix)]
 mod uv;

@@ -1,8 +1,12 @@
-// Runs a short CommonJS script in a child Node process with the package loaded,
-// bounded in time, and returns its exit code, signal, stdout and stderr.
+// Runs a short CommonJS script in a child process of the same runtime (Node.js, Bun or
+// Deno) with the package loaded, bounded in time, and returns its exit code, signal,
+// stdout and stderr.
 import { spawn } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { runtime } from './runtime.mjs'
 
 export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const packageIndex = join(packageRoot, 'index.js')
@@ -15,7 +19,11 @@ export const packageIndex = join(packageRoot, 'index.js')
 export function startChild(script, { cwd = packageRoot, env = {}, timeoutMs = 15_000 } = {}) {
   const source = `const ds = require(${JSON.stringify(packageIndex)});\n${script}`
   const started = Date.now()
-  const child = spawn(process.execPath, ['-e', source], {
+  // Deno has no `-e` for CommonJS: it runs the script from a .cjs file, with every permission.
+  const dir = runtime === 'deno' ? mkdtempSync(join(tmpdir(), 'durastate-child-')) : null
+  if (dir) writeFileSync(join(dir, 'script.cjs'), source)
+  const args = dir ? ['run', '-A', join(dir, 'script.cjs')] : ['-e', source]
+  const child = spawn(process.execPath, args, {
     cwd,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -29,6 +37,7 @@ export function startChild(script, { cwd = packageRoot, env = {}, timeoutMs = 15
   const done = new Promise((resolve) => {
     child.on('close', (code, signal) => {
       clearTimeout(timer)
+      if (dir) rmSync(dir, { recursive: true, force: true })
       resolve({ code, signal, stdout, stderr, timedOut, ms: Date.now() - started })
     })
   })

@@ -1,0 +1,26 @@
+// Which JS runtime runs the tests (Node.js, Bun or Deno), and how the addon drives Redis
+// in it: on Node.js, Redis over TCP runs on the JS thread's event loop (unless
+// DURASTATE_REDIS_DRIVER=threads); on Bun and Deno, on tokio threads. TLS, Sentinel and
+// `durability: 'aof'` need the event-loop driver (they choose it even when threads are
+// asked for), so they are rejected on Bun and Deno.
+import { createRequire } from 'node:module'
+
+const binding = createRequire(import.meta.url)('../../binding.js')
+
+/** 'node', 'bun' or 'deno'. */
+export const runtime = typeof globalThis.Bun !== 'undefined' ? 'bun' : typeof globalThis.Deno !== 'undefined' ? 'deno' : 'node'
+
+/** The runtime's name as the addon's messages give it. */
+export const runtimeName = { node: 'Node.js', bun: 'Bun', deno: 'Deno' }[runtime]
+
+/** Whether the event-loop Redis driver can run in this process at all (Node.js on Unix). */
+export const eventLoopAvailable = binding.debugRuntime().eventLoopDriver
+
+/** Whether a plain Redis store on TCP (no TLS, Sentinel or aof) runs on the event-loop driver. */
+export const redisOnEventLoop = eventLoopAvailable && process.env.DURASTATE_REDIS_DRIVER !== 'threads'
+
+/** node:test `skip` for a case that needs the event-loop driver: false where it can run. */
+export const skipWithoutEventLoop = eventLoopAvailable ? false : `the event-loop Redis driver does not run on ${runtimeName}`
+
+/** node:test `skip` for a case on a plain store that tests the event-loop driver itself. */
+export const skipUnlessOnEventLoop = redisOnEventLoop ? false : 'plain Redis stores run on tokio threads here'

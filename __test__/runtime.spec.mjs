@@ -1,0 +1,62 @@
+// The JS runtime the addon runs in (Node.js, Bun, Deno: `npm test` runs this file in
+// each), found by the addon itself when it loads, and what follows for Redis: the
+// event-loop driver on Node.js only, tokio threads elsewhere, and a clear INVALID_INPUT
+// for the options only the event-loop driver implements.
+import assert from 'node:assert/strict'
+import { createRequire } from 'node:module'
+import { join } from 'node:path'
+import { describe, it } from 'node:test'
+import { createKvStore, createRedisStore, createStore } from '../index.js'
+import { packageRoot, runChild } from './helpers/child.mjs'
+import { freePort } from './helpers/redis-server.mjs'
+import { eventLoopAvailable, runtime, runtimeName, skipWithoutEventLoop } from './helpers/runtime.mjs'
+
+const binding = createRequire(import.meta.url)(join(packageRoot, 'binding.js'))
+
+describe(`runtime: ${runtimeName}`, () => {
+  it('is named by the addon, which runs Redis on the event loop only on Node.js', () => {
+    const found = binding.debugRuntime()
+    assert.equal(found.runtime, runtimeName)
+    assert.equal(found.eventLoopDriver, runtime === 'node' && process.platform !== 'win32')
+  })
+
+  it('rejects TLS, Sentinel and aof where only threads run, naming the runtime', { skip: eventLoopAvailable && 'the event-loop driver runs here' }, () => {
+    const loopOnly = [
+      () => createRedisStore('redis://127.0.0.1:6379', { durability: 'aof' }),
+      () => createRedisStore('rediss://127.0.0.1:6379'),
+      () => createRedisStore('redis+sentinel://127.0.0.1:26379/mymaster'),
+      () => createStore('rediss://127.0.0.1:6379'),
+      () => createKvStore('redis://127.0.0.1:6379', { durability: 'aof' }),
+    ]
+    for (const create of loopOnly) {
+      assert.throws(create, (err) => {
+        assert.equal(err.code, 'INVALID_INPUT', err.message)
+        assert.match(err.message, new RegExp(`not supported on ${runtimeName} yet`))
+        return true
+      })
+    }
+  })
+
+  it('accepts TLS, Sentinel and aof options where the event-loop driver runs', { skip: skipWithoutEventLoop }, () => {
+    createRedisStore('redis://127.0.0.1:6379', { durability: 'aof' }).close()
+    createRedisStore('redis+sentinel://127.0.0.1:26379/mymaster').close()
+    assert.equal(eventLoopAvailable, true)
+  })
+
+  it('never aborts the process: an unreachable Redis rejects with a code, and the process exits', async () => {
+    const port = await freePort()
+    const { code, signal, stdout, stderr } = await runChild(`
+      const store = ds.createRedisStore('redis://127.0.0.1:${port}', { connectTimeout: 500, commandTimeout: 1000 });
+      const started = Date.now();
+      store.isExecutionInProgress('e').then(
+        () => { console.error('resolved'); process.exit(1) },
+        (err) => { process.stdout.write(err.code + ' ' + (Date.now() - started)); return store.close() },
+      );
+    `, { timeoutMs: 10_000 })
+    assert.equal(signal, null, `killed: ${stderr}`)
+    assert.equal(code, 0, stderr)
+    const [errCode, ms] = stdout.split(' ')
+    assert.ok(['UNAVAILABLE', 'TIMEOUT'].includes(errCode), stdout)
+    assert.ok(Number(ms) < 2000, `took ${ms} ms`)
+  })
+})
