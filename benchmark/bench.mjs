@@ -370,7 +370,7 @@ async function main() {
         },
       }),
       ...redis,
-      embedded: embedded && { rows: embedded.rows, targets: embedded.targets },
+      embedded: embedded && { rows: embedded.rows, targets: embedded.targets, tmpdir: embedded.tmpdir, fileSystem: embedded.fileSystem },
       check: [...redisCheck, ...(embedded?.check ?? [])],
       errors,
       wallSeconds: performance.now() / 1000,

@@ -4,7 +4,9 @@
 // (removed at the end). Figures: the workflow lifecycle (1 and 64 in flight, with and
 // without ttl) and KV get / set (1 and 64 in flight), as ratios to better-sqlite3 in the
 // same run, next to their targets. Same-state checks before and after measuring.
-import { mkdtempSync, rmSync } from 'node:fs'
+// The file system matters: WAL checkpoints fsync, which costs little on tmpfs and much on
+// some VM disks. `TMPDIR=/dev/shm npm run bench -- --only embedded` measures on tmpfs.
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -37,10 +39,25 @@ export function betterSqliteLibraryVersion() {
   }
 }
 
+/** The file system type holding `path` (longest mount point in /proc/self/mounts), or undefined. */
+function fileSystemOf(path) {
+  try {
+    let best = { point: '', type: undefined }
+    for (const line of readFileSync('/proc/self/mounts', 'utf8').split('\n')) {
+      const [, point, type] = line.split(' ')
+      const inside = point === '/' || path === point || path.startsWith(`${point}/`)
+      if (point && inside && point.length >= best.point.length) best = { point, type }
+    }
+    return best.type
+  } catch {
+    return undefined
+  }
+}
+
 /**
  * Runs the section. `figures` are bench.mjs's measuring helpers
  * ({ config, log, measureFigure, timeBoxed, warmFor, row }); `value` is the 1 KiB result.
- * Returns { rows, targets, check }.
+ * Returns { rows, targets, check, tmpdir, fileSystem }.
  */
 export async function runEmbedded(figures, { ttl, value }) {
   const { log } = figures
@@ -74,7 +91,7 @@ export async function runEmbedded(figures, { ttl, value }) {
     check.push(...kvState.map((c) => ({ ...c, what: `embedded after: ${c.what}` })))
     check.push(...(await kvChecks(kvs, 'after')), ...(await storeChecks(contenders, ttl, 'after')))
     const rows = [...lifecycle.rows, ...kvRows]
-    return { rows, targets: evaluateEmbeddedTargets(rows), check }
+    return { rows, targets: evaluateEmbeddedTargets(rows), check, tmpdir: tmpdir(), fileSystem: fileSystemOf(dir) }
   } finally {
     await Promise.allSettled(opened.map((store) => store.close()))
     rmSync(dir, { recursive: true, force: true })

@@ -149,7 +149,7 @@ function redisSections(result) {
 
 /** The embedded section: durastate SQLite and memory against better-sqlite3, ratios next to their targets. */
 function embeddedSection(result) {
-  const { rows, targets } = result.embedded
+  const { rows, targets, tmpdir, fileSystem } = result.embedded
   const m = result.machine
   const bs3 = 'better-sqlite3'
   const verdict = (id, target) => targets.find((t) => t.id === id && t.target.startsWith(target))
@@ -161,7 +161,7 @@ function embeddedSection(result) {
     '',
     `The reference is \`benchmark/better-sqlite3-store.mjs\`: the WorkerStore and KV a Node developer writes on better-sqlite3 ${m.betterSqlite3 ?? '?'} ` +
       `(SQLite ${m.betterSqlite3Sqlite ?? '?'}): WAL, \`synchronous = NORMAL\`, prepared statements, one statement per call, async methods over the synchronous calls. ` +
-      'Every SQLite store is on its own new file in the OS temp dir. Each figure: warm-up, then ' +
+      `Every SQLite store is on its own new file in ${tmpdir ?? 'the OS temp dir'}${fileSystem ? ` (${fileSystem})` : ''}. Each figure: warm-up, then ` +
       `${result.config.reps} rounds (${result.config.roundMs} ms each, ${result.config.lifecycleRoundMs} ms for the lifecycle), stores interleaved round by round; the median round is shown. ` +
       `Ratios are to ${bs3} in this same run, or of memory to SQLite; "needed" is the target. ${met} of ${targets.length} targets met.`,
     '',
