@@ -5,7 +5,7 @@
 // markdown report on stdout (progress on stderr), writes JSON under benchmark/results/, and
 // exits non-zero when the stores do not end in the same state (or a call failed).
 //
-// Env: BENCH_QUICK=1  smoke run (tiny rounds, < 30 s; still runs the correctness check)
+// Env: BENCH_QUICK=1  smoke run (tiny rounds, under a minute; still runs the correctness checks)
 //      BENCH_RSS_OPS  ops of the RSS run (default 1,000,000; capped by BENCH_RSS_MAX_S, default 75 s)
 //      BENCH_STRICT=1 also exit non-zero when a target is missed
 //      BENCH_ONLY=embedded|redis  one section only (same as `--only <section>`)
