@@ -1,12 +1,16 @@
 // `npm run bench`: our store (durastate on Redis) against the seed's JS store on ioredis 5
 // and on node-redis 5, in one run, against one throwaway redis-server; plus our SQLite and
-// memory backends on the workflow lifecycle. Prints a markdown report on stdout (progress on
-// stderr), writes JSON under benchmark/results/, and exits non-zero when the stores do not
-// end in the same state (or a call failed).
+// memory backends on the workflow lifecycle; plus the embedded section (lib/embedded.mjs):
+// our SQLite and memory stores against a store and KV written on better-sqlite3. Prints a
+// markdown report on stdout (progress on stderr), writes JSON under benchmark/results/, and
+// exits non-zero when the stores do not end in the same state (or a call failed).
 //
-// Env: BENCH_QUICK=1  smoke run (tiny rounds, < 30 s; still runs the correctness check)
+// Env: BENCH_QUICK=1  smoke run (tiny rounds, under a minute; still runs the correctness checks)
 //      BENCH_RSS_OPS  ops of the RSS run (default 1,000,000; capped by BENCH_RSS_MAX_S, default 75 s)
 //      BENCH_STRICT=1 also exit non-zero when a target is missed
+//      BENCH_ONLY=embedded|redis  one section only (same as `--only <section>`)
+// `npm run bench -- --only embedded` runs the embedded section alone (no redis-server needed);
+// `--only redis` everything else. A one-section run writes latest-<section>.json.
 // `node benchmark/bench.mjs --print [file.json]` re-prints the report of a saved run
 // (default benchmark/results/latest.json) without measuring anything.
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
@@ -22,7 +26,9 @@ import { Redis } from 'ioredis'
 import { startRedisServer } from '../__test__/helpers/redis-server.mjs'
 import { checkSameState } from './lib/check.mjs'
 import { drive, mainThreadCpuUs, median, processCpuUs, quantile, redisCpuUs, rss } from './lib/measure.mjs'
-import { machineInfo, markdown, ratio, writeJson } from './lib/report.mjs'
+import { machineInfo, markdown, writeJson } from './lib/report.mjs'
+import { evaluateTargets } from './lib/targets.mjs'
+import { betterSqliteLibraryVersion, runEmbedded } from './lib/embedded.mjs'
 import { bigRoundTripOp, commitOp, getOp, LIFECYCLE_CALLS, lifecycleOp, makeValue, seedGetData, sizeLabel } from './lib/workloads.mjs'
 import { ioredisKv, kvGetManyOp, kvGetOp, kvSetOp, seedKv } from './lib/kv-workloads.mjs'
 import { openIoredisReference } from './reference-ioredis.mjs'
@@ -32,6 +38,9 @@ const require = createRequire(import.meta.url)
 const { createKvStore, createMemoryStore, createRedisStore, createSqliteStore } = require('../index.js')
 
 const QUICK = process.env.BENCH_QUICK === '1'
+const SECTIONS = ['redis', 'embedded']
+const onlyFlag = process.argv.indexOf('--only')
+const ONLY = onlyFlag >= 0 ? String(process.argv[onlyFlag + 1]) : process.env.BENCH_ONLY || undefined
 const CONFIG = QUICK
   ? { reps: 3, warmMs: 20, roundMs: 40, lifecycleRoundMs: 60, bigRoundMs: 60, cpuOps: 300, rssOps: 20_000, rssMaxS: 10 }
   : { reps: 3, warmMs: 150, roundMs: 300, lifecycleRoundMs: 600, bigRoundMs: 800, cpuOps: 12_000, rssOps: 1_000_000, rssMaxS: 75 }
@@ -43,7 +52,6 @@ const REDIS_STORES = ['ours', 'ioredis', 'node-redis']
 const EMBEDDED_STORES = ['sqlite', 'memory']
 const VALUES = { 100: makeValue(100), 1024: makeValue(1024), [1 << 20]: makeValue(1 << 20) }
 const RSS_CONCURRENCY = 256
-const RSS_FLAT_MB = 4 // "flat in the second half": grows by less than this
 
 const errors = {}
 /** Latency p50 (µs) of a plain ioredis PING, 1 in flight: the VM's loopback wake-up regime right now. */
@@ -259,45 +267,6 @@ async function measureRss(store) {
   }
 }
 
-/** PASS/MISS per target of issue 5. */
-function evaluateTargets(rows, backendRows, rss) {
-  const byId = Object.fromEntries(rows.map((r) => [r.id, r]))
-  const vsIoredis = (target, id, op, needed) => {
-    const r = byId[id]
-    const x = ratio(r.values.ours, r.values.ioredis)
-    const pass = op === '>=' ? x >= needed : x <= needed
-    return { target, figure: r.figure, measured: `${x.toFixed(2)}x`, needed: `${op} ${needed}x`, value: x, pass }
-  }
-  const life1 = backendRows.find((r) => r.id === 'life-1-ttl')
-  const sqliteVsOurs = ratio(life1.values.sqlite, life1.values.ours)
-  return [
-    vsIoredis('lifecycle exec/s, 64 in flight, with ttl', 'life-64-ttl', '>=', 2.0),
-    vsIoredis('lifecycle exec/s, 1 in flight, with ttl', 'life-1-ttl', '>=', 1.5),
-    vsIoredis('get throughput, 256 in flight', 'tput-get-100-256', '>=', 1.0),
-    vsIoredis('get throughput, 256 in flight', 'tput-get-1024-256', '>=', 1.0),
-    vsIoredis('get latency p50, 1 in flight', 'lat-p50-get-100', '<=', 1.0),
-    vsIoredis('get latency p50, 1 in flight', 'lat-p50-get-1024', '<=', 1.0),
-    vsIoredis('1 MiB commit + get MB/s', 'mib', '>=', 1.0),
-    vsIoredis('Node CPU per op', 'cpu-1', '<=', 0.7),
-    vsIoredis('Node CPU per op', 'cpu-256', '<=', 0.7),
-    {
-      target: 'RSS growth over 1M ops',
-      figure: `our Redis store, ${rss.ops.toLocaleString('en-US')} gets`,
-      measured: `${rss.totalGrowthMB.toFixed(1)} MB total, ${rss.secondHalfGrowthMB.toFixed(1)} MB in the second half`,
-      needed: `< 32 MB, second half < ${RSS_FLAT_MB} MB (flat)`,
-      pass: rss.totalGrowthMB < 32 && rss.secondHalfGrowthMB < RSS_FLAT_MB,
-    },
-    {
-      target: 'SQLite lifecycle, 1 in flight',
-      figure: life1.figure,
-      measured: `${sqliteVsOurs.toFixed(2)}x our Redis store`,
-      needed: '>= 1.0x our Redis store',
-      value: sqliteVsOurs,
-      pass: sqliteVsOurs >= 1.0,
-    },
-  ]
-}
-
 /** The correctness check, without and with ttl; `tag` keeps its keys apart from other checks. */
 async function runChecks(contenders, admin, tag) {
   log(`correctness check (${tag})`)
@@ -320,77 +289,101 @@ function openStores(contenders) {
   return stores
 }
 
+/**
+ * Everything but the embedded section, on a throwaway redis-server. Steps that release what
+ * it opened go into `cleanup` (run at the end of main). Returns its part of the result.
+ */
+async function runRedisSections(cleanup) {
+  const ownStores = [] // our stores, closed at the end
+  const track = (store) => (ownStores.push(store), store)
+  const server = await startRedisServer({ args: ['--appendonly', 'no'] })
+  cleanup.push(() => server.stop())
+  log(`redis-server on ${server.url}`)
+  const admin = new Redis(server.url)
+  cleanup.push(() => admin.quit())
+  pingP50 = async () => {
+    const { latencies } = await drive(() => admin.ping(), { concurrency: 1, maxMs: QUICK ? 20 : 100, latencies: true })
+    return quantile(latencies, 0.5) * 1000
+  }
+  const io = await openIoredisReference(server.url)
+  cleanup.push(() => io.close())
+  const nr = await openNodeRedisReference(server.url)
+  cleanup.push(() => nr.close())
+  const sqliteDir = mkdtempSync(join(tmpdir(), 'durastate-bench-'))
+  cleanup.push(() => rmSync(sqliteDir, { recursive: true, force: true }))
+  cleanup.push(() => Promise.all(ownStores.map((s) => s.close()))) // runs before the server stops and the file goes
+
+  const sqlitePath = join(sqliteDir, 'bench.db')
+  const contenders = [
+    { name: 'ours', redis: true, open: (o) => track(createRedisStore(server.url, o)) },
+    { name: 'ioredis', redis: true, open: (o) => io.store(o) },
+    { name: 'node-redis', redis: true, open: (o) => nr.store(o) },
+    { name: 'sqlite', open: (o) => track(createSqliteStore(sqlitePath, o)) },
+    { name: 'memory', open: (o) => track(createMemoryStore(o)) },
+  ]
+  const check = await runChecks(contenders, admin, 'before')
+
+  const stores = openStores(contenders)
+  for (const name of REDIS_STORES) {
+    for (const bytes of [100, 1024]) await seedGetData(stores[name].plain, String(bytes), VALUES[bytes])
+  }
+  const rows = [...(await measureGetAndCommit(stores))]
+  const lifecycle = await measureLifecycle(stores)
+  rows.push(...lifecycle, ...(await measureBigValue(stores)), ...(await measureCpu(stores, admin)))
+  const kvs = {
+    ours: track(createKvStore(server.url, { mounts: { bench: { prefix: 'bench:kv:ours:' } } })).mount('bench'),
+    ioredis: ioredisKv(admin, 'bench:kv:ioredis:'),
+    sqlite: track(createKvStore(`sqlite:${sqlitePath}`, { mounts: { bench: { prefix: 'bench:kv:' } } })).mount('bench'),
+  }
+  for (const kv of Object.values(kvs)) await seedKv(kv, VALUES[1024])
+  const kvRows = await measureKv(kvs)
+  const rssResult = await measureRss(stores.ours.plain)
+  check.push(...(await runChecks(contenders, admin, 'after')))
+
+  const backendRows = lifecycle.map((r) => only(r, ['ours', 'ioredis', ...EMBEDDED_STORES]))
+  const mainRows = rows.map((r) => only(r, REDIS_STORES))
+  return {
+    redisVersion: /redis_version:(\S+)/.exec(await admin.info('server'))?.[1],
+    rows: mainRows, backendRows, kvRows, rss: rssResult,
+    targets: evaluateTargets(mainRows, backendRows, rssResult),
+    check,
+  }
+}
+
+/** bench.mjs's measuring helpers, for sections written in other modules. */
+const figures = { config: CONFIG, log, measureFigure, timeBoxed, warmFor, row }
+
 async function main() {
   const startedAt = new Date().toISOString()
   const cleanup = []
-  const ownStores = [] // our stores, closed at the end
-  const track = (store) => (ownStores.push(store), store)
   let exitCode = 0
   try {
-    const server = await startRedisServer({ args: ['--appendonly', 'no'] })
-    cleanup.push(() => server.stop())
-    log(`redis-server on ${server.url}`)
-    const admin = new Redis(server.url)
-    cleanup.push(() => admin.quit())
-    pingP50 = async () => {
-      const { latencies } = await drive(() => admin.ping(), { concurrency: 1, maxMs: QUICK ? 20 : 100, latencies: true })
-      return quantile(latencies, 0.5) * 1000
-    }
-    const io = await openIoredisReference(server.url)
-    cleanup.push(() => io.close())
-    const nr = await openNodeRedisReference(server.url)
-    cleanup.push(() => nr.close())
-    const sqliteDir = mkdtempSync(join(tmpdir(), 'durastate-bench-'))
-    cleanup.push(() => rmSync(sqliteDir, { recursive: true, force: true }))
-    cleanup.push(() => Promise.all(ownStores.map((s) => s.close()))) // runs before the server stops and the file goes
-
-    const sqlitePath = join(sqliteDir, 'bench.db')
-    const contenders = [
-      { name: 'ours', redis: true, open: (o) => track(createRedisStore(server.url, o)) },
-      { name: 'ioredis', redis: true, open: (o) => io.store(o) },
-      { name: 'node-redis', redis: true, open: (o) => nr.store(o) },
-      { name: 'sqlite', open: (o) => track(createSqliteStore(sqlitePath, o)) },
-      { name: 'memory', open: (o) => track(createMemoryStore(o)) },
-    ]
-    const check = await runChecks(contenders, admin, 'before')
-
-    const stores = openStores(contenders)
-    for (const name of REDIS_STORES) {
-      for (const bytes of [100, 1024]) await seedGetData(stores[name].plain, String(bytes), VALUES[bytes])
-    }
-    const rows = [...(await measureGetAndCommit(stores))]
-    const lifecycle = await measureLifecycle(stores)
-    rows.push(...lifecycle, ...(await measureBigValue(stores)), ...(await measureCpu(stores, admin)))
-    const kvs = {
-      ours: track(createKvStore(server.url, { mounts: { bench: { prefix: 'bench:kv:ours:' } } })).mount('bench'),
-      ioredis: ioredisKv(admin, 'bench:kv:ioredis:'),
-      sqlite: track(createKvStore(`sqlite:${sqlitePath}`, { mounts: { bench: { prefix: 'bench:kv:' } } })).mount('bench'),
-    }
-    for (const kv of Object.values(kvs)) await seedKv(kv, VALUES[1024])
-    const kvRows = await measureKv(kvs)
-    const rssResult = await measureRss(stores.ours.plain)
-    check.push(...(await runChecks(contenders, admin, 'after')))
-
-    const backendRows = lifecycle.map((r) => only(r, ['ours', 'ioredis', ...EMBEDDED_STORES]))
-    const mainRows = rows.map((r) => only(r, REDIS_STORES))
+    const { redisVersion, check: redisCheck = [], ...redis } = ONLY === 'embedded' ? {} : await runRedisSections(cleanup)
+    const embedded = ONLY === 'redis' ? undefined : await runEmbedded(figures, { ttl: TTL, value: VALUES[1024] })
     const result = {
-      startedAt, quick: QUICK, config: CONFIG,
+      startedAt, quick: QUICK, only: ONLY, config: CONFIG,
       machine: machineInfo({
-        redisVersion: /redis_version:(\S+)/.exec(await admin.info('server'))?.[1],
-        versions: { durastate: packageVersion('../package.json'), ioredis: packageVersion('../node_modules/ioredis/package.json'), nodeRedis: packageVersion('../node_modules/redis/package.json') },
+        redisVersion,
+        versions: {
+          durastate: packageVersion('../package.json'), ioredis: packageVersion('../node_modules/ioredis/package.json'), nodeRedis: packageVersion('../node_modules/redis/package.json'),
+          betterSqlite3: packageVersion('../node_modules/better-sqlite3/package.json'), betterSqlite3Sqlite: betterSqliteLibraryVersion(),
+        },
       }),
-      rows: mainRows, backendRows, kvRows, rss: rssResult,
-      targets: evaluateTargets(mainRows, backendRows, rssResult),
-      check, errors,
+      ...redis,
+      embedded: embedded && { rows: embedded.rows, targets: embedded.targets, tmpdir: embedded.tmpdir, fileSystem: embedded.fileSystem },
+      check: [...redisCheck, ...(embedded?.check ?? [])],
+      errors,
       wallSeconds: performance.now() / 1000,
     }
     process.stdout.write(`${markdown(result)}\n`)
     for (const file of writeJson(fileURLToPath(new URL('./results/', import.meta.url)), result)) log(`wrote ${file}`)
 
+    const targets = [...(result.targets ?? []), ...(embedded?.targets ?? [])]
     const failures = [
-      check.some((c) => !c.ok) && 'the stores did not end in the same state',
+      !result.check.length && 'no correctness check ran',
+      result.check.some((c) => !c.ok) && 'the stores did not end in the same state',
       Object.keys(errors).length && 'calls failed during the run',
-      process.env.BENCH_STRICT === '1' && result.targets.some((t) => !t.pass) && 'a target was missed (BENCH_STRICT)',
+      process.env.BENCH_STRICT === '1' && targets.some((t) => !t.pass) && 'a target was missed (BENCH_STRICT)',
     ].filter(Boolean)
     for (const failure of failures) log(`FAIL: ${failure}`)
     if (failures.length) exitCode = 1
@@ -425,4 +418,7 @@ function printSaved(file) {
 }
 
 if (process.argv[2] === '--print') printSaved(process.argv[3])
-else await main()
+else if (ONLY !== undefined && !SECTIONS.includes(ONLY)) {
+  console.error(`bench: --only (or BENCH_ONLY) takes one of ${SECTIONS.join(', ')}; got ${JSON.stringify(ONLY)}`)
+  process.exitCode = 2
+} else await main()

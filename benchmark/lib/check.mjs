@@ -46,6 +46,26 @@ export async function runCheckWorkload(store) {
   await store.disposeExecution('c5')
 }
 
+const CLAIMS = 8
+
+/**
+ * For checkSameState's `claims` (every contender has tryBeginExecutionTask): concurrent claims
+ * of one step, a claim of a claimed step, a claim after commit, and a step that returned
+ * `undefined` (read back as the sentinel string). Ends with a dispose.
+ */
+export async function claimSnapshot(store) {
+  const id = 'claims'
+  const first = await Promise.all(Array.from({ length: CLAIMS }, () => store.tryBeginExecutionTask(id, 'a')))
+  const again = await store.tryBeginExecutionTask(id, 'a')
+  await store.commitExecutionTaskResult(id, 'a', undefined)
+  const afterCommit = await store.tryBeginExecutionTask(id, 'a')
+  const state = [await store.isExecutionTaskInProgress(id, 'a'), canonical(await store.getExecutionTaskResult(id, 'a'))]
+  const all = canonical(await store.getExecutionTaskResults(id))
+  await store.disposeExecution(id)
+  const disposed = [await store.isExecutionTaskInProgress(id, 'a'), canonical(await store.getExecutionTaskResults(id))]
+  return { winners: first.filter((won) => won === true).length, again, afterCommit, state, all, disposed }
+}
+
 /** JSON text with object keys sorted, so key order (Redis vs SQLite) does not matter. */
 function canonical(value) {
   if (value === undefined) return '"<undefined>"'
@@ -56,12 +76,12 @@ function canonical(value) {
   return JSON.stringify(value)
 }
 
-/** The state as the WorkerStore API reports it, for every execution and step of the workload. */
-export async function apiSnapshot(store) {
+/** The state as the WorkerStore API reports it, for every execution and step of the workload (or those given). */
+export async function apiSnapshot(store, executions = EXECUTIONS, taskIds = TASKS) {
   const snapshot = {}
-  for (const id of EXECUTIONS) {
+  for (const id of executions) {
     const tasks = {}
-    for (const t of TASKS) {
+    for (const t of taskIds) {
       tasks[t] = [canonical(await store.getExecutionTaskResult(id, t)), await store.isExecutionTaskInProgress(id, t)]
     }
     snapshot[id] = {
@@ -113,16 +133,17 @@ export function firstDifference(expected, actual, path = '') {
 /**
  * Runs the workload on every contender (each under its own prefix `check:<tag>:<name>:`) and
  * compares with the baseline contender (ioredis): API snapshots for all, raw snapshots for
- * the Redis ones, plus cross-reads (ours reading the baseline's keys and the other way round).
- * Returns one { what, ok, detail } per comparison.
+ * the Redis ones, plus cross-reads (ours reading the baseline's keys and the other way round);
+ * with `claims`, also claimSnapshot. Returns one { what, ok, detail } per comparison.
  */
-export async function checkSameState({ contenders, admin, baseline = 'ioredis', ours = 'ours', options, tag }) {
+export async function checkSameState({ contenders, admin, baseline = 'ioredis', ours = 'ours', options, tag, claims = false }) {
   const seen = {}
   for (const c of contenders) {
     const prefix = `check:${tag}:${c.name}:`
     const store = c.open({ ...options, prefix })
     await runCheckWorkload(store)
     seen[c.name] = { prefix, api: await apiSnapshot(store), raw: c.redis ? await rawSnapshot(admin, prefix) : undefined }
+    if (claims) seen[c.name].claims = await claimSnapshot(store)
   }
   const base = seen[baseline]
   const outcomes = []
@@ -130,11 +151,13 @@ export async function checkSameState({ contenders, admin, baseline = 'ioredis', 
     const detail = firstDifference(expected, actual)
     outcomes.push({ what, ok: !detail, detail })
   }
-  if (!Object.keys(base.raw).length) outcomes.push({ what: `${baseline} wrote no keys`, ok: false, detail: 'empty' })
+  if (base.raw && !Object.keys(base.raw).length) outcomes.push({ what: `${baseline} wrote no keys`, ok: false, detail: 'empty' })
+  if (base.claims) compare(`${baseline} tryBeginExecutionTask: one winner of ${CLAIMS} concurrent claims`, 1, base.claims.winners)
   for (const c of contenders) {
     if (c.name === baseline) continue
     compare(`${c.name} API state = ${baseline}`, base.api, seen[c.name].api)
     if (c.redis) compare(`${c.name} raw Redis keys = ${baseline}`, base.raw, seen[c.name].raw)
+    if (base.claims) compare(`${c.name} claims and undefined result = ${baseline}`, base.claims, seen[c.name].claims)
   }
   const byName = Object.fromEntries(contenders.map((c) => [c.name, c]))
   if (byName[ours] && byName[baseline]) {
@@ -142,4 +165,39 @@ export async function checkSameState({ contenders, admin, baseline = 'ioredis', 
     compare(`${baseline} reads ${ours}'s keys`, base.api, await apiSnapshot(byName[baseline].open({ ...options, prefix: seen[ours].prefix })))
   }
   return outcomes
+}
+
+const KV_ENTRIES = { ...VALUES, zero: 0, no: false, nothing: null, empty: '', text: 'ünïcødé' }
+
+/**
+ * The KV calls every KV contender must answer alike (keys under `check:<tag>:`): JSON values
+ * of every kind, an overwrite, a write with a ttl, a missing key. Returns what `get` reads
+ * back; with `write: false`, only reads back what an earlier call wrote.
+ */
+export async function kvCheckSnapshot(kv, tag, { write = true } = {}) {
+  const key = (k) => `check:${tag}:${k}`
+  if (write) {
+    for (const [k, v] of Object.entries(KV_ENTRIES)) await kv.set(key(k), v)
+    await kv.set(key('twice'), { first: true })
+    await kv.set(key('twice'), { second: [1, 2, 3] })
+    await kv.set(key('ttl'), 'expires in an hour', { ttl: 3_600_000 })
+  }
+  return kvSnapshot(kv, [...Object.keys(KV_ENTRIES), 'twice', 'ttl', 'missing'].map(key))
+}
+
+/** `get` of each key, as canonical JSON text. */
+export async function kvSnapshot(kv, keys) {
+  const snapshot = {}
+  for (const key of keys) snapshot[key] = canonical(await kv.get(key))
+  return snapshot
+}
+
+/** Compares each contender's snapshot (`{ name: snapshot }`) with the baseline's: one { what, ok, detail } each. */
+export function compareWithBaseline(what, snapshots, baseline) {
+  return Object.entries(snapshots)
+    .filter(([name]) => name !== baseline)
+    .map(([name, snapshot]) => {
+      const detail = firstDifference(snapshots[baseline], snapshot)
+      return { what: `${name} ${what} = ${baseline}`, ok: !detail, detail }
+    })
 }

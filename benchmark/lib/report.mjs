@@ -90,12 +90,30 @@ function targetsTable(targets) {
   )
 }
 
-/** The whole markdown report. */
+/** The whole markdown report (of a full run, a one-section run, or an older saved run). */
 export function markdown(result) {
   const m = result.machine
   const lines = [
-    `## durastate benchmark${result.quick ? ' (BENCH_QUICK smoke run: figures are not meaningful)' : ''}`,
+    `## durastate benchmark${result.only ? `, ${result.only} section only` : ''}${result.quick ? ' (BENCH_QUICK smoke run: figures are not meaningful)' : ''}`,
     '',
+    ...(result.rows ? redisSections(result) : [`${m.cpuCount} × ${m.cpuModel}, ${m.memoryGiB} GiB, ${m.os}, Node ${m.node}, durastate ${m.durastate}. ${result.startedAt}.`, '']),
+    ...(result.embedded ? embeddedSection(result) : []),
+    '### Same state in every store',
+    '',
+    ...result.check.map((c) => `- ${c.ok ? 'ok' : '**MISMATCH**'}: ${c.what}${c.ok ? '' : ` (${c.detail})`}`),
+  ]
+  const errors = Object.entries(result.errors)
+  if (errors.length) {
+    lines.push('', '### Errors during the run', '', ...errors.map(([k, e]) => `- ${k}: ${e.count} failed calls; first: ${e.first}`))
+  }
+  lines.push('', `Wall time: ${result.wallSeconds.toFixed(1)} s.`)
+  return lines.join('\n')
+}
+
+/** The report of the Redis sections: figures, backends on the lifecycle, KV, RSS, targets. */
+function redisSections(result) {
+  const m = result.machine
+  return [
     `${m.cpuCount} × ${m.cpuModel}, ${m.memoryGiB} GiB, ${m.os}, Node ${m.node}, redis-server ${m.redisServer} (loopback, --save "", --appendonly no), ioredis ${m.ioredis}, redis (node-redis) ${m.nodeRedis}, durastate ${m.durastate}. ${result.startedAt}.`,
     '',
     `Each figure: warm-up, then ${result.config.reps} rounds (${result.config.roundMs} ms each, ${result.config.lifecycleRoundMs} ms for the lifecycle), stores interleaved round by round; the median round is shown. ` +
@@ -126,16 +144,40 @@ export function markdown(result) {
     '',
     targetsTable(result.targets),
     '',
-    '### Same state in every store',
-    '',
-    ...result.check.map((c) => `- ${c.ok ? 'ok' : '**MISMATCH**'}: ${c.what}${c.ok ? '' : ` (${c.detail})`}`),
   ]
-  const errors = Object.entries(result.errors)
-  if (errors.length) {
-    lines.push('', '### Errors during the run', '', ...errors.map(([k, e]) => `- ${k}: ${e.count} failed calls; first: ${e.first}`))
-  }
-  lines.push('', `Wall time: ${result.wallSeconds.toFixed(1)} s.`)
-  return lines.join('\n')
+}
+
+/** The embedded section: durastate SQLite and memory against better-sqlite3, ratios next to their targets. */
+function embeddedSection(result) {
+  const { rows, targets, tmpdir, fileSystem } = result.embedded
+  const m = result.machine
+  const bs3 = 'better-sqlite3'
+  const verdict = (id, target) => targets.find((t) => t.id === id && t.target.startsWith(target))
+  const cell = (t) => (t ? `${fmtRatio(t.value)} ${t.pass ? 'PASS' : '**MISS**'}` : 'n/a')
+  const needed = (t) => (t ? t.needed.replace('>=', '≥') : '')
+  const met = targets.filter((t) => t.pass).length
+  return [
+    '### Embedded: durastate SQLite and memory against better-sqlite3 (same run)',
+    '',
+    `The reference is \`benchmark/better-sqlite3-store.mjs\`: the WorkerStore and KV a Node developer writes on better-sqlite3 ${m.betterSqlite3 ?? '?'} ` +
+      `(SQLite ${m.betterSqlite3Sqlite ?? '?'}): WAL, \`synchronous = NORMAL\`, prepared statements, one statement per call, async methods over the synchronous calls. ` +
+      `Every SQLite store is on its own new file in ${tmpdir ?? 'the OS temp dir'}${fileSystem ? ` (${fileSystem})` : ''}. Each figure: warm-up, then ` +
+      `${result.config.reps} rounds (${result.config.roundMs} ms each, ${result.config.lifecycleRoundMs} ms for the lifecycle), stores interleaved round by round; the median round is shown. ` +
+      `Ratios are to ${bs3} in this same run, or of memory to SQLite; "needed" is the target. ${met} of ${targets.length} targets met.`,
+    '',
+    table(
+      ['figure (higher ↑)', bs3, 'durastate SQLite', 'durastate memory', `SQLite ÷ ${bs3}`, 'needed', 'memory ÷ SQLite', 'needed', `memory ÷ ${bs3}`],
+      rows.map((r) => {
+        const sqlite = verdict(r.id, 'durastate SQLite')
+        const memory = verdict(r.id, 'durastate memory')
+        return [
+          r.figure, formatValue(r.values[bs3], r.unit), formatValue(r.values.sqlite, r.unit), formatValue(r.values.memory, r.unit),
+          cell(sqlite), needed(sqlite), cell(memory), needed(memory), fmtRatio(ratio(r.values.memory, r.values[bs3])),
+        ]
+      }),
+    ),
+    '',
+  ]
 }
 
 function rssText(r) {
@@ -146,15 +188,19 @@ function rssText(r) {
   )
 }
 
-/** Writes `<ISO timestamp>.json` and `latest.json` (quick runs: `latest-quick.json` only). */
+/**
+ * Writes `<ISO timestamp>.json` and `latest.json` (quick runs: `latest-quick.json` only);
+ * a one-section run adds `-<section>` to each name, so it never replaces a full run's file.
+ */
 export function writeJson(dir, result) {
   mkdirSync(dir, { recursive: true })
   const text = `${JSON.stringify(result, null, 2)}\n`
+  const section = result.only ? `-${result.only}` : ''
   const written = []
   if (result.quick) {
-    written.push(join(dir, 'latest-quick.json'))
+    written.push(join(dir, `latest-quick${section}.json`))
   } else {
-    written.push(join(dir, `${result.startedAt.replace(/:/g, '-')}.json`), join(dir, 'latest.json'))
+    written.push(join(dir, `${result.startedAt.replace(/:/g, '-')}${section}.json`), join(dir, `latest${section}.json`))
   }
   for (const file of written) writeFileSync(file, text)
   return written

@@ -1,0 +1,186 @@
+// The embedded section of `npm run bench`: durastate's SQLite and memory backends against
+// the WorkerStore and KV a Node developer writes on better-sqlite3
+// (../better-sqlite3-store.mjs), each SQLite store on its own new file in os.tmpdir()
+// (removed at the end). Figures: the workflow lifecycle (1 and 64 in flight, with and
+// without ttl) and KV get / set (1 and 64 in flight), as ratios to better-sqlite3 in the
+// same run, next to their targets. Same-state checks before and after measuring.
+// The file system matters: WAL checkpoints fsync, which costs little on tmpfs and much on
+// some VM disks. `TMPDIR=/dev/shm npm run bench -- --only embedded` measures on tmpfs.
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { isDeepStrictEqual } from 'node:util'
+import Database from 'better-sqlite3'
+import { createBetterSqliteKv, createBetterSqliteStore } from '../better-sqlite3-store.mjs'
+import { apiSnapshot, checkSameState, compareWithBaseline, kvCheckSnapshot, kvSnapshot } from './check.mjs'
+import { kvGetOp, kvSetOp, seedKv } from './kv-workloads.mjs'
+import { drive } from './measure.mjs'
+import { evaluateEmbeddedTargets } from './targets.mjs'
+import { LIFECYCLE_CALLS, LIFECYCLE_STEPS, lifecycleOp } from './workloads.mjs'
+
+const require = createRequire(import.meta.url)
+const { createKvStore, createMemoryStore, createSqliteStore } = require('../../index.js')
+
+const REFERENCE = 'better-sqlite3' // the reference's name in rows and checks
+const STORES = [REFERENCE, 'sqlite', 'memory']
+const KV_MOUNTS = { mounts: { bench: { prefix: 'bench:kv:' } } }
+const KV_KEYS = Array.from({ length: 256 }, (_, i) => `k${i}`) // the keys kv-workloads.mjs reads and writes
+const STEP_IDS = Array.from({ length: LIFECYCLE_STEPS }, (_, s) => `step-${s}`)
+const SAMPLE = 16 // lifecycle executions checked at each end of a run
+
+/** The SQLite library better-sqlite3 runs (durastate bundles its own through rusqlite). */
+export function betterSqliteLibraryVersion() {
+  const db = new Database(':memory:')
+  try {
+    return db.prepare('SELECT sqlite_version()').pluck().get()
+  } finally {
+    db.close()
+  }
+}
+
+/** The file system type holding `path` (longest mount point in /proc/self/mounts), or undefined. */
+function fileSystemOf(path) {
+  try {
+    let best = { point: '', type: undefined }
+    for (const line of readFileSync('/proc/self/mounts', 'utf8').split('\n')) {
+      const [, point, type] = line.split(' ')
+      const inside = point === '/' || path === point || path.startsWith(`${point}/`)
+      if (point && inside && point.length >= best.point.length) best = { point, type }
+    }
+    return best.type
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Runs the section. `figures` are bench.mjs's measuring helpers
+ * ({ config, log, measureFigure, timeBoxed, warmFor, row }); `value` is the 1 KiB result.
+ * Returns { rows, targets, check, tmpdir, fileSystem }.
+ */
+export async function runEmbedded(figures, { ttl, value }) {
+  const { log } = figures
+  const dir = mkdtempSync(join(tmpdir(), 'durastate-bench-embedded-'))
+  const opened = []
+  const track = (store) => (opened.push(store), store)
+  try {
+    const file = (name) => join(dir, name)
+    const contenders = [
+      { name: REFERENCE, open: (o) => track(createBetterSqliteStore(file('better-sqlite3.db'), o)) },
+      { name: 'sqlite', open: (o) => track(createSqliteStore(file('durastate.db'), o)) },
+      { name: 'memory', open: (o) => track(createMemoryStore(o)) },
+    ]
+    const kvs = {
+      [REFERENCE]: track(createBetterSqliteKv(file('better-sqlite3-kv.db'))),
+      sqlite: track(createKvStore(`sqlite:${file('durastate-kv.db')}`, KV_MOUNTS)).mount('bench'),
+      memory: track(createKvStore('memory:', KV_MOUNTS)).mount('bench'),
+    }
+    log('embedded: correctness check (before)')
+    const check = [...(await storeChecks(contenders, ttl, 'before')), ...(await kvChecks(kvs, 'before'))]
+
+    const stores = {}
+    for (const c of contenders) stores[c.name] = { plain: c.open({ prefix: 'bench:' }), ttl: c.open({ prefix: 'bench:', ttl }) }
+    const lifecycle = await measureLifecycle(figures, stores, value)
+    for (const kv of Object.values(kvs)) await seedKv(kv, value)
+    const kvRows = await measureKv(figures, kvs, value)
+
+    log('embedded: correctness check (after)')
+    check.push(...(await lifecycleLeftovers(stores, lifecycle.counts)))
+    const kvState = compareWithBaseline('KV bench keys', await snapshots(kvs, (kv) => kvSnapshot(kv, KV_KEYS)), REFERENCE)
+    check.push(...kvState.map((c) => ({ ...c, what: `embedded after: ${c.what}` })))
+    check.push(...(await kvChecks(kvs, 'after')), ...(await storeChecks(contenders, ttl, 'after')))
+    const rows = [...lifecycle.rows, ...kvRows]
+    return { rows, targets: evaluateEmbeddedTargets(rows), check, tmpdir: tmpdir(), fileSystem: fileSystemOf(dir) }
+  } finally {
+    await Promise.allSettled(opened.map((store) => store.close()))
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+/** The WorkerStore check workload (check.mjs), with claims, without and with ttl. */
+async function storeChecks(contenders, ttl, tag) {
+  const out = []
+  for (const [kind, options] of [['no ttl', {}], ['ttl', { ttl }]]) {
+    const outcomes = await checkSameState({ contenders, baseline: REFERENCE, ours: null, options, tag: `emb-${tag}-${kind}`, claims: true })
+    out.push(...outcomes.map((c) => ({ ...c, what: `embedded ${tag}, ${kind}: ${c.what}` })))
+  }
+  return out
+}
+
+/** The KV check workload: written before measuring, read back again after. */
+async function kvChecks(kvs, tag) {
+  const outcomes = compareWithBaseline('KV check workload', await snapshots(kvs, (kv) => kvCheckSnapshot(kv, tag)), REFERENCE)
+  if (tag === 'after') {
+    const before = await snapshots(kvs, (kv) => kvCheckSnapshot(kv, 'before', { write: false }))
+    outcomes.push(...compareWithBaseline('KV check keys of before, read after the run', before, REFERENCE))
+  }
+  return outcomes.map((c) => ({ ...c, what: `embedded ${tag}: ${c.what}` }))
+}
+
+async function snapshots(byName, take) {
+  const out = {}
+  for (const [name, x] of Object.entries(byName)) out[name] = await take(x)
+  return out
+}
+
+/** Lifecycle executions/s, 1 and 64 in flight, with and without ttl; counts executions run per store and tag. */
+async function measureLifecycle({ config, log, measureFigure, timeBoxed, row }, stores, value) {
+  const rows = []
+  const counts = {}
+  for (const concurrency of [1, 64]) {
+    for (const withTtl of [false, true]) {
+      const tag = `${concurrency}${withTtl ? 't' : ''}`
+      const label = `workflow lifecycle (${LIFECYCLE_CALLS} calls, 1 KiB results), ${concurrency} in flight${withTtl ? ', ttl' : ''}`
+      log(`embedded: ${label}`)
+      const entries = STORES.map((name) => {
+        const op = lifecycleOp(stores[name][withTtl ? 'ttl' : 'plain'], tag, value)
+        const counted = (counts[name] ??= {})
+        counted[tag] = 0
+        return { name, op: () => (counted[tag]++, op()) }
+      })
+      const warm = (op) => drive(op, { concurrency, maxMs: config.warmMs * 2 })
+      const cell = await measureFigure(`embedded ${label}`, entries, warm, timeBoxed(concurrency, config.lifecycleRoundMs))
+      rows.push({ ...row(`emb-life-${tag}`, label, 'exec/s', 'higher', cell, (m) => m.opsPerSec), kind: 'lifecycle', concurrency })
+    }
+  }
+  return { rows, counts }
+}
+
+/** KV get (hit) and set (overwrite) of 1 KiB values, 1 and 64 in flight. */
+async function measureKv({ config, log, measureFigure, timeBoxed, warmFor, row }, kvs, value) {
+  const rows = []
+  const workloads = [
+    { id: 'get', label: 'KV get (hit), 1 KiB', op: (kv) => kvGetOp(kv) },
+    { id: 'set', label: 'KV set (overwrite), 1 KiB', op: (kv) => kvSetOp(kv, value) },
+  ]
+  for (const { id, label, op } of workloads) {
+    for (const concurrency of [1, 64]) {
+      log(`embedded: ${label}, ${concurrency} in flight`)
+      const entries = STORES.map((name) => ({ name, op: op(kvs[name]) }))
+      const cell = await measureFigure(`embedded ${label} @${concurrency}`, entries, warmFor(concurrency), timeBoxed(concurrency, config.roundMs))
+      rows.push({ ...row(`emb-kv-${id}-${concurrency}`, `${label}, ${concurrency} in flight`, 'ops/s', 'higher', cell, (m) => m.opsPerSec), kind: 'kv', concurrency })
+    }
+  }
+  return rows
+}
+
+/** After the run every execution was disposed: the first and last SAMPLE of each store and tag must read as never begun. */
+async function lifecycleLeftovers(stores, counts) {
+  const gone = { inProgress: false, results: '{}', tasks: Object.fromEntries(STEP_IDS.map((t) => [t, ['"<undefined>"', false]])) }
+  const out = []
+  for (const [name, byTag] of Object.entries(counts)) {
+    for (const [tag, count] of Object.entries(byTag)) {
+      const sample = [...new Set([...Array(SAMPLE).keys(), ...Array.from({ length: SAMPLE }, (_, k) => count - 1 - k)])].filter((n) => n >= 0 && n < count)
+      const store = stores[name][tag.endsWith('t') ? 'ttl' : 'plain']
+      const states = await apiSnapshot(store, sample.map((n) => `life-${tag}-${n}`), STEP_IDS)
+      const left = Object.keys(states).filter((id) => !isDeepStrictEqual(states[id], gone))
+      out.push({
+        what: `embedded after: ${name}, lifecycle ${tag}: ${sample.length} of ${count} executions sampled, all disposed`,
+        ok: count > 0 && left.length === 0,
+        detail: count === 0 ? 'no execution ran' : left.length ? `state left in ${left.slice(0, 5).join(', ')}` : undefined,
+      })
+    }
+  }
+  return out
+}
