@@ -106,21 +106,39 @@ fn conditional_sets_set_get_and_pttl() {
     ttl_ms: None,
     when,
   };
-  assert_eq!(run(&mut c, set_if(Condition::Exists), 0).unwrap(), Reply::Nil);
-  assert_eq!(run(&mut c, set_if(Condition::Missing), 0).unwrap(), Reply::Ok);
-  assert_eq!(run(&mut c, set_if(Condition::Missing), 0).unwrap(), Reply::Nil);
+  assert_eq!(
+    run(&mut c, set_if(Condition::Exists), 0).unwrap(),
+    Reply::Nil
+  );
+  assert_eq!(
+    run(&mut c, set_if(Condition::Missing), 0).unwrap(),
+    Reply::Ok
+  );
+  assert_eq!(
+    run(&mut c, set_if(Condition::Missing), 0).unwrap(),
+    Reply::Nil
+  );
   let set_get = Command::SetGet {
     key: "k".into(),
     value: "w".into(),
     ttl_ms: Some(50),
   };
-  assert_eq!(run(&mut c, set_get, 0).unwrap(), Reply::Bytes(b"v".to_vec()));
+  assert_eq!(
+    run(&mut c, set_get, 0).unwrap(),
+    Reply::Bytes(b"v".to_vec())
+  );
   let pttl = Command::PTtl { key: "k".into() };
   assert_eq!(run(&mut c, pttl.clone(), 10).unwrap(), Reply::Int(40));
   assert_eq!(run(&mut c, pttl, 60).unwrap(), Reply::Int(-2));
   // An expired entry is missing to NX, and not there for XX.
-  assert_eq!(run(&mut c, set_if(Condition::Exists), 60).unwrap(), Reply::Nil);
-  assert_eq!(run(&mut c, set_if(Condition::Missing), 60).unwrap(), Reply::Ok);
+  assert_eq!(
+    run(&mut c, set_if(Condition::Exists), 60).unwrap(),
+    Reply::Nil
+  );
+  assert_eq!(
+    run(&mut c, set_if(Condition::Missing), 60).unwrap(),
+    Reply::Ok
+  );
 }
 
 #[test]
@@ -142,7 +160,10 @@ fn merge_keeps_the_ttl_checks_the_size_and_refuses_non_objects() {
   set(&mut c, "m", r#"{"a":1}"#, Some(1_000), 0);
   let merged = run(&mut c, merge(r#"{"b":2}"#, false, 100), 10).unwrap();
   assert_eq!(outcome(merged), MergeOutcome::Merged { created: false });
-  assert_eq!(get(&mut c, "m", 20), Reply::Bytes(br#"{"a":1,"b":2}"#.to_vec()));
+  assert_eq!(
+    get(&mut c, "m", 20),
+    Reply::Bytes(br#"{"a":1,"b":2}"#.to_vec())
+  );
   let pttl = run(&mut c, Command::PTtl { key: "m".into() }, 20).unwrap();
   assert_eq!(pttl, Reply::Int(980));
   let big = run(&mut c, merge(r#"{"c":"xxxxxxxx"}"#, false, 20), 30).unwrap();
@@ -163,28 +184,47 @@ fn entries_expire_exactly_at_their_ttl_and_deletes_count_live_ones() {
     keys: vec!["k".into(), "live".into(), "never".into()],
   };
   assert_eq!(run(&mut c, unlink, 1_100).unwrap(), Reply::Int(1));
-  assert_eq!(count(&c, "ds_entries"), 0, "the expired entry is removed too");
+  assert_eq!(
+    count(&c, "ds_entries"),
+    0,
+    "the expired entry is removed too"
+  );
 }
 
 #[test]
 fn an_exclusive_claim_wins_once_and_commit_clears_it() {
   let mut c = db();
-  assert_eq!(run(&mut c, claim("e", "t", true, None), 0).unwrap(), Reply::Int(1));
-  assert_eq!(run(&mut c, claim("e", "t", true, None), 0).unwrap(), Reply::Int(0));
+  assert_eq!(
+    run(&mut c, claim("e", "t", true, None), 0).unwrap(),
+    Reply::Int(1)
+  );
+  assert_eq!(
+    run(&mut c, claim("e", "t", true, None), 0).unwrap(),
+    Reply::Int(0)
+  );
   let step_claim = Command::StepClaim {
     exec: "e".into(),
     task: "t".into(),
   };
-  assert_eq!(run(&mut c, step_claim.clone(), 0).unwrap(), Reply::Bytes(b"true".to_vec()));
+  assert_eq!(
+    run(&mut c, step_claim.clone(), 0).unwrap(),
+    Reply::Bytes(b"true".to_vec())
+  );
   run(&mut c, commit("e", "t", r#"{"z":1,"a":2}"#, None), 0).unwrap();
   assert_eq!(run(&mut c, step_claim, 0).unwrap(), Reply::Nil);
   let result = Command::StepResult {
     exec: "e".into(),
     task: "t".into(),
   };
-  assert_eq!(run(&mut c, result, 0).unwrap(), Reply::Bytes(br#"{"z":1,"a":2}"#.to_vec()));
+  assert_eq!(
+    run(&mut c, result, 0).unwrap(),
+    Reply::Bytes(br#"{"z":1,"a":2}"#.to_vec())
+  );
   // A step done can be claimed again (a retried step), as HSETNX on the marks allows.
-  assert_eq!(run(&mut c, claim("e", "t", true, None), 0).unwrap(), Reply::Int(1));
+  assert_eq!(
+    run(&mut c, claim("e", "t", true, None), 0).unwrap(),
+    Reply::Int(1)
+  );
 }
 
 #[test]
@@ -194,7 +234,11 @@ fn marks_and_results_expire_as_their_two_hashes_do() {
   run(&mut c, claim("e", "b", false, Some(100)), 50).unwrap();
   run(&mut c, commit("e", "a", "1", Some(1_000)), 60).unwrap();
   let v = view(&mut c, "e", 100);
-  assert_eq!((v.claims.len(), v.claims_ttl), (1, 50), "b's claim reset the TTL of all marks");
+  assert_eq!(
+    (v.claims.len(), v.claims_ttl),
+    (1, 50),
+    "b's claim reset the TTL of all marks"
+  );
   assert_eq!((v.results.len(), v.results_ttl), (1, 960));
   let v = view(&mut c, "e", 150);
   assert_eq!((v.claims.len(), v.claims_ttl), (0, -2));
@@ -215,12 +259,15 @@ fn dispose_removes_the_marker_the_steps_and_the_expiries() {
   run(&mut c, commit("e", "b", "1", None), 0).unwrap();
   set(&mut c, "e2", "true", None, 0);
   run(&mut c, Command::Dispose { exec: "e".into() }, 0).unwrap();
-  assert_eq!(view(&mut c, "e", 0), ExecutionView {
-    marker_ttl: -2,
-    claims_ttl: -2,
-    results_ttl: -2,
-    ..Default::default()
-  });
+  assert_eq!(
+    view(&mut c, "e", 0),
+    ExecutionView {
+      marker_ttl: -2,
+      claims_ttl: -2,
+      results_ttl: -2,
+      ..Default::default()
+    }
+  );
   assert_eq!(count(&c, "ds_steps") + count(&c, "ds_step_expiry"), 0);
   assert_eq!(count(&c, "ds_entries"), 1);
 }
@@ -266,8 +313,15 @@ fn a_failing_call_in_a_group_leaves_the_others_applied() {
   ]);
   let answers = execute_group(&mut c, &[&good, &bad], 0, &mut Sweeper::default()).unwrap();
   assert!(answers[0].is_ok() && answers[1].is_err());
-  assert_eq!(view(&mut c, "e", 0).results.len(), 1, "b's commit was rolled back");
-  assert!(run(&mut c, bad.commands[1].clone(), 0).is_err(), "a lone failing call fails");
+  assert_eq!(
+    view(&mut c, "e", 0).results.len(),
+    1,
+    "b's commit was rolled back"
+  );
+  assert!(
+    run(&mut c, bad.commands[1].clone(), 0).is_err(),
+    "a lone failing call fails"
+  );
 }
 
 #[test]
@@ -286,7 +340,11 @@ fn writes_sweep_expired_rows_at_most_every_interval() {
   execute_group(&mut c, &[&write], 5, &mut sweeper).unwrap();
   assert_eq!(count(&c, "ds_entries"), 11, "nothing expired yet");
   execute_group(&mut c, &[&write], 50, &mut sweeper).unwrap();
-  assert_eq!(count(&c, "ds_entries"), 11, "swept at 5 ms: not again before 105 ms");
+  assert_eq!(
+    count(&c, "ds_entries"),
+    11,
+    "swept at 5 ms: not again before 105 ms"
+  );
   execute_group(&mut c, &[&write], 200, &mut sweeper).unwrap();
   assert_eq!(count(&c, "ds_entries"), 1);
   assert_eq!(count(&c, "ds_steps") + count(&c, "ds_step_expiry"), 0);
