@@ -54,6 +54,8 @@ thread_local! {
 }
 
 /// Adds `call` to this tick's group; the first call of a tick schedules the group.
+/// (Running a read at once when nothing is pending was measured: it splits the groups
+/// of concurrent calls, 64 in flight ran at half the speed.)
 pub fn submit(env: &Env, call: Call) {
   let first = PENDING.with(|pending| {
     let mut pending = pending.borrow_mut();

@@ -198,7 +198,7 @@ fn embedded_engine(
     }
   };
   let page_size = match options.page_size {
-    None => None,
+    None => Some(DEFAULT_PAGE_SIZE),
     Some(size) if size.is_power_of_two() && (512..=65_536).contains(&size) => Some(size),
     Some(other) => {
       return Err(StoreError::invalid_input(format!(
@@ -215,6 +215,10 @@ fn embedded_engine(
   let backend = EmbeddedBackend::new(settings);
   Ok((Engine::Embedded(Arc::new(backend)), common))
 }
+
+/// The page size of a new SQLite file: small pages make each commit's WAL append small
+/// (measured in `npm run bench`: the lifecycle runs ~1.5x faster than with SQLite's 4 KiB).
+const DEFAULT_PAGE_SIZE: u32 = 1024;
 
 /// Redis over TCP runs on the JS thread's event loop (no thread hop per call) where that
 /// loop is libuv's, that is on Node.js (see `runtime`), unless
