@@ -287,6 +287,12 @@ export interface StoreOptions {
   keyLayout?: string
 }
 
+/**
+ * The URL schemes stores take (`redis`, `sqlite`, ...), for tools that must tell a URL
+ * from another argument.
+ */
+export declare function storeUrlSchemes(): Array<string>
+
 /** TLS options of a Redis store. Each PEM value is the PEM text itself or a file path. */
 export interface TlsOptions {
   /** CA certificate(s) the server's certificate must chain to. Default: the system's roots. */

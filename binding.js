@@ -848,3 +848,4 @@ module.exports.debugEmbeddedGroups = nativeBinding.debugEmbeddedGroups
 module.exports.debugPanicAsync = nativeBinding.debugPanicAsync
 module.exports.debugPanicSync = nativeBinding.debugPanicSync
 module.exports.debugRuntime = nativeBinding.debugRuntime
+module.exports.storeUrlSchemes = nativeBinding.storeUrlSchemes

@@ -28,7 +28,11 @@ const OPTIONS = {
   json: { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
 }
-const URL_SCHEME = /^(redis|rediss|redis\+unix|redis\+sentinel|redis\+cluster|sqlite|file|memory):/i
+/** Whether `arg` is a store URL: its scheme is one the addon takes (no list kept here). */
+function isStoreUrl(arg) {
+  const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(arg)?.[1].toLowerCase()
+  return scheme !== undefined && require('../binding.js').storeUrlSchemes().includes(scheme)
+}
 const DEFAULT_SQLITE_PATH = './.durastate/state.db'
 const KV_ARGUMENTS = { get: ['key'], set: ['key', 'value'], delete: ['key'] }
 const SCAN_COUNT = 1000
@@ -89,7 +93,7 @@ function parseKv([action, mount, ...args], flags) {
 function splitUrl(args, { urlFirst }) {
   if (args.length > 2) throw new UsageError(`too many arguments: ${args.join(' ')}`)
   if (args.length === 2) return urlFirst ? { url: args[0], other: args[1] } : { url: args[1], other: args[0] }
-  if (args.length === 1 && URL_SCHEME.test(args[0])) return { url: args[0] }
+  if (args.length === 1 && isStoreUrl(args[0])) return { url: args[0] }
   return { other: args[0] }
 }
 

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use napi::bindgen_prelude::PromiseRaw;
 use napi::Env;
 
@@ -17,21 +18,76 @@ use crate::guard::bounded;
 use crate::js_promise;
 use crate::output::Output;
 
-/// Where a store's batches run.
+/// A backend whose batches run as futures on tokio: Redis on threads, Redis Cluster,
+/// and a backend added later (Postgres). Implementing this trait, plus one line in
+/// `factory.rs` that makes it from a URL, is all a new backend needs to run every store.
+pub trait AsyncBackend: Send + Sync + 'static {
+  /// Whether batches are lowered to Redis commands first (`redis_ops`); a backend that
+  /// runs the store operations itself answers `false`.
+  fn speaks_redis(&self) -> bool;
+  /// Runs one batch in one round trip or transaction; `what` names the call in errors.
+  fn execute(&self, what: &'static str, batch: Batch) -> BoxFuture<'_, StoreResult<Vec<Reply>>>;
+  /// Releases connections; calls in flight finish.
+  fn close(&self);
+  /// Whether the keys of one atomic batch must share one slot (a Redis Cluster), so a
+  /// WorkerStore needs the hash-tag key layout there.
+  fn needs_one_slot(&self) -> bool {
+    false
+  }
+}
+
+impl AsyncBackend for RedisBackend {
+  fn speaks_redis(&self) -> bool {
+    true
+  }
+
+  fn execute(&self, _what: &'static str, batch: Batch) -> BoxFuture<'_, StoreResult<Vec<Reply>>> {
+    Box::pin(async move { RedisBackend::execute(self, &batch).await })
+  }
+
+  fn close(&self) {
+    RedisBackend::close(self)
+  }
+}
+
+impl AsyncBackend for ClusterBackend {
+  fn speaks_redis(&self) -> bool {
+    true
+  }
+
+  fn execute(&self, what: &'static str, batch: Batch) -> BoxFuture<'_, StoreResult<Vec<Reply>>> {
+    Box::pin(async move { ClusterBackend::execute(self, what, &batch).await })
+  }
+
+  fn close(&self) {
+    ClusterBackend::close(self)
+  }
+
+  fn needs_one_slot(&self) -> bool {
+    true
+  }
+}
+
+/// Where a store's batches run: the execution model. Storage and topology live in the
+/// backends behind it.
 pub enum Engine {
   /// Redis, driven by the JS thread's event loop.
   #[cfg(unix)]
   EventLoop(LoopRedis),
-  /// Redis on tokio threads (unix sockets, non-Unix platforms, or by choice).
-  Threads(Arc<RedisBackend>),
-  /// Redis Cluster on tokio threads (redis-rs `cluster-async`).
-  Cluster(Arc<ClusterBackend>),
+  /// A backend on tokio threads ([`AsyncBackend`]): Redis (unix sockets, Bun, Deno,
+  /// non-Unix platforms, or by choice) and Redis Cluster.
+  Tokio(Arc<dyn AsyncBackend>),
   /// SQLite or memory: calls of a tick grouped in one transaction, on the JS thread when
   /// that cannot block, else the store's thread (`embedded_call`).
   Embedded(Arc<EmbeddedBackend>),
 }
 
 impl Engine {
+  /// Whether a WorkerStore here needs the hash-tag key layout ([`AsyncBackend::needs_one_slot`]).
+  pub fn needs_one_slot(&self) -> bool {
+    matches!(self, Engine::Tokio(backend) if backend.needs_one_slot())
+  }
+
   /// Runs `batch`, then `finish` with its replies (which may ask for another batch),
   /// and resolves with the call's output. Each batch is bounded by `limit`.
   pub fn call<'env>(
@@ -44,6 +100,7 @@ impl Engine {
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     let (batch, finish) = match self {
       Engine::Embedded(_) => (batch, finish),
+      Engine::Tokio(backend) if !backend.speaks_redis() => (batch, finish),
       _ => for_redis(batch, finish),
     };
     match self {
@@ -52,20 +109,12 @@ impl Engine {
         let promise = driver.submit(env, what, batch, finish)?;
         Ok(PromiseRaw::new(env.raw(), promise))
       }
-      Engine::Threads(redis) => {
-        let redis = redis.clone();
+      Engine::Tokio(backend) => {
+        let backend = backend.clone();
         let step = Step::Then(batch, finish);
         env.spawn_future(run_steps(what, limit, step, move |batch| {
-          let redis = redis.clone();
-          async move { redis.execute(&batch).await }
-        }))
-      }
-      Engine::Cluster(cluster) => {
-        let cluster = cluster.clone();
-        let step = Step::Then(batch, finish);
-        env.spawn_future(run_steps(what, limit, step, move |batch| {
-          let cluster = cluster.clone();
-          async move { cluster.execute(what, &batch).await }
+          let backend = backend.clone();
+          async move { backend.execute(what, batch).await }
         }))
       }
       Engine::Embedded(embedded) => {
@@ -96,8 +145,7 @@ impl Engine {
     match self {
       #[cfg(unix)]
       Engine::EventLoop(driver) => driver.close(),
-      Engine::Threads(redis) => redis.close(),
-      Engine::Cluster(cluster) => cluster.close(),
+      Engine::Tokio(backend) => backend.close(),
       Engine::Embedded(embedded) => embedded.close(),
     }
   }

@@ -110,6 +110,26 @@ fn store_for_url(url: &str, options: &StoreOptions) -> StoreResult<NativeWorkerS
   worker_store(engine_for_url(url, options)?)
 }
 
+/// The URL schemes `createStore`, `createKvStore` and the CLI take: each names the
+/// backend `engine_for_url` makes for it.
+const URL_SCHEMES: &[&str] = &[
+  "redis",
+  "rediss",
+  "redis+unix",
+  "redis+sentinel",
+  "redis+cluster",
+  "sqlite",
+  "file",
+  "memory",
+];
+
+/// The URL schemes stores take (`redis`, `sqlite`, ...), for tools that must tell a URL
+/// from another argument.
+#[napi]
+pub fn store_url_schemes() -> Vec<String> {
+  URL_SCHEMES.iter().map(|scheme| scheme.to_string()).collect()
+}
+
 fn engine_for_url(url: &str, options: &StoreOptions) -> StoreResult<(Engine, CommonSettings)> {
   let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
   match scheme.as_deref() {
@@ -250,7 +270,7 @@ fn redis_engine(target: RedisTarget, common: &CommonSettings) -> StoreResult<Eng
       None => format!("{feature} is not supported on this platform yet"),
     }));
   }
-  Ok(Engine::Threads(Arc::new(RedisBackend::new(
+  Ok(Engine::Tokio(Arc::new(RedisBackend::new(
     target, connect, command,
   ))))
 }
@@ -282,11 +302,11 @@ fn cluster_engine(
     ));
   }
   let backend = ClusterBackend::new(client, display, common.connect_timeout, common.retry);
-  Ok((Engine::Cluster(Arc::new(backend)), common))
+  Ok((Engine::Tokio(Arc::new(backend)), common))
 }
 
 fn worker_store((engine, common): (Engine, CommonSettings)) -> StoreResult<NativeWorkerStore> {
-  if matches!(engine, Engine::Cluster(_)) && !common.hashtag {
+  if engine.needs_one_slot() && !common.hashtag {
     return Err(StoreError::invalid_input(
       "a WorkerStore on a Redis Cluster needs option `keyLayout: 'hashtag'`: the default \
        layout puts an execution's keys in different slots, where its atomic commit cannot run",
