@@ -156,4 +156,23 @@ describe('SQLite file format', () => {
       assert.deepEqual(all, { t0: { ok: 1 }, t2: { ok: 2 } })
     })
   }
+
+  it('close() right after calls that were not awaited: those calls still complete and are stored', async () => {
+    const path = join(dir, 'close.db')
+    const store = createSqliteStore(path)
+    await store.beginExecution('warm-up')
+    const calls = [store.beginExecution('e'), store.commitExecutionTaskResult('e', 't', { v: 1 })]
+    const closing = store.close()
+    await Promise.all(calls)
+    await closing
+    await rejectsWith(store.beginExecution('late'), 'DISPOSED')
+    const reopened = createSqliteStore(path)
+    closers.push(() => reopened.close())
+    assert.deepEqual(await reopened.getExecutionTaskResult('e', 't'), { v: 1 })
+    const memory = createMemoryStore()
+    await memory.beginExecution('warm-up')
+    const pending = memory.commitExecutionTaskResult('e', 't', 1)
+    await memory.close()
+    await pending
+  })
 })

@@ -176,6 +176,21 @@ fn check(status: sys::napi_status) -> napi::Result<()> {
   }
 }
 
+/// Runs this thread's pending calls on `store` now (it is closing: they were made before).
+pub fn run_pending(env: &Env, store: &Arc<EmbeddedBackend>) {
+  let group = PENDING.with(|pending| {
+    let mut pending = pending.borrow_mut();
+    let (group, rest) = std::mem::take(&mut *pending)
+      .into_iter()
+      .partition(|call: &Call| Arc::ptr_eq(&call.waiter.store, store));
+    *pending = rest;
+    group
+  });
+  if !group.is_empty() {
+    run_group(env, store, group);
+  }
+}
+
 /// Runs every pending call: one group per store, in the order the calls were made.
 fn flush(env: &Env) {
   let mut calls = PENDING.with(|pending| std::mem::take(&mut *pending.borrow_mut()));

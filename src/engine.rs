@@ -140,13 +140,17 @@ impl Engine {
     Ok(PromiseRaw::new(env.raw(), promise))
   }
 
-  /// Releases the connection or database; calls in flight finish.
-  pub fn close(&self) {
+  /// Releases the connection or database; calls in flight finish (on an embedded
+  /// store, the calls of this tick that have not run yet run first).
+  pub fn close(&self, env: &Env) {
     match self {
       #[cfg(unix)]
       Engine::EventLoop(driver) => driver.close(),
       Engine::Tokio(backend) => backend.close(),
-      Engine::Embedded(embedded) => embedded.close(),
+      Engine::Embedded(embedded) => {
+        embedded_call::run_pending(env, embedded);
+        embedded.close()
+      }
     }
   }
 }

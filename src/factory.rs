@@ -127,7 +127,10 @@ const URL_SCHEMES: &[&str] = &[
 /// from another argument.
 #[napi]
 pub fn store_url_schemes() -> Vec<String> {
-  URL_SCHEMES.iter().map(|scheme| scheme.to_string()).collect()
+  URL_SCHEMES
+    .iter()
+    .map(|scheme| scheme.to_string())
+    .collect()
 }
 
 fn engine_for_url(url: &str, options: &StoreOptions) -> StoreResult<(Engine, CommonSettings)> {

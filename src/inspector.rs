@@ -107,8 +107,8 @@ impl NativeInspector {
 
   /// Releases the connection or database.
   #[napi]
-  pub fn close(&self) {
-    self.engine.close();
+  pub fn close(&self, env: &Env) {
+    self.engine.close(env);
   }
 }
 

@@ -304,9 +304,9 @@ impl NativeWorkerStore {
   /// Closes the store: connections and threads are released, calls in flight finish,
   /// later calls reject with `DISPOSED`. Idempotent.
   #[napi]
-  pub fn close(&self) {
+  pub fn close(&self, env: &Env) {
     if !self.closed.swap(true, Ordering::AcqRel) {
-      self.engine.close();
+      self.engine.close(env);
     }
   }
 

@@ -346,9 +346,9 @@ impl NativeKvStore {
 
   /// Releases the connection or database. Idempotent.
   #[napi]
-  pub fn close(&self) {
+  pub fn close(&self, env: &Env) {
     if !self.closed.swap(true, Ordering::AcqRel) {
-      self.engine.close();
+      self.engine.close(env);
     }
   }
 
