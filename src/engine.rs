@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::panic::AssertUnwindSafe;
+
 use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use napi::bindgen_prelude::PromiseRaw;
 use napi::Env;
 
@@ -12,6 +15,7 @@ use napi::Env;
 use crate::backend::LoopRedis;
 use crate::backend::{redis_ops, ClusterBackend, EmbeddedBackend, RedisBackend};
 use crate::command::{Batch, Finish, Reply, Step};
+use crate::completions;
 use crate::embedded_call;
 use crate::error::{StoreError, StoreResult};
 use crate::guard::bounded;
@@ -111,11 +115,20 @@ impl Engine {
       }
       Engine::Tokio(backend) => {
         let backend = backend.clone();
-        let step = Step::Then(batch, finish);
-        env.spawn_future(run_steps(what, limit, step, move |batch| {
+        let (deferred, promise) = js_promise::create(env.raw())?;
+        let completion = completions::begin(env, deferred)?;
+        let steps = run_steps(what, limit, Step::Then(batch, finish), move |batch| {
           let backend = backend.clone();
           async move { backend.execute(what, batch).await }
-        }))
+        });
+        napi::bindgen_prelude::spawn(async move {
+          let result = match AssertUnwindSafe(steps).catch_unwind().await {
+            Ok(result) => result,
+            Err(panic) => Err(crate::guard::panic_error(what, panic)),
+          };
+          completion.settle(result);
+        });
+        Ok(PromiseRaw::new(env.raw(), promise))
       }
       Engine::Embedded(embedded) => {
         let (deferred, promise) = js_promise::create(env.raw())?;
@@ -169,14 +182,14 @@ async fn run_steps<F, Fut>(
   limit: Duration,
   mut step: Step,
   execute: F,
-) -> napi::Result<Output>
+) -> StoreResult<Output>
 where
   F: Fn(Batch) -> Fut,
   Fut: std::future::Future<Output = StoreResult<Vec<Reply>>>,
 {
   loop {
     match step {
-      Step::Done(result) => return Ok(result?),
+      Step::Done(result) => return result,
       Step::Then(batch, finish) => {
         let replies = bounded(what, limit, execute(batch)).await?;
         step = finish(replies);

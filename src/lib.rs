@@ -3,6 +3,7 @@
 
 mod backend;
 mod command;
+mod completions;
 pub mod debug;
 mod embedded_call;
 mod engine;

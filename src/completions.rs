@@ -1,0 +1,167 @@
+//! Calls that run on tokio (Redis on threads, Redis Cluster, a backend added later)
+//! settle their promises in batches: a finished call joins one queue, and only the call
+//! that finds the queue empty wakes the JS thread. That one wake-up settles every call
+//! finished by then (`../shared/docs/performance-notes.md`: amortised completions).
+//!
+//! One threadsafe function per JS thread carries the wake-ups. It keeps the process
+//! alive only while calls are in flight, as a pending promise of any I/O should.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
+use std::ptr;
+use std::sync::{Arc, Mutex};
+
+use napi::{sys, Env};
+
+use crate::error::StoreResult;
+use crate::js_promise::{self, Deferred};
+use crate::output::Output;
+
+/// A finished call: its resolver and what it settles with.
+struct Done(Deferred, StoreResult<Output>);
+
+// SAFETY: the resolver is only used on the JS thread that created it, in `drain`; the
+// tokio thread only moves it through the queue.
+unsafe impl Send for Done {}
+
+/// The finished calls not yet settled, shared with tokio threads.
+#[derive(Default)]
+struct Queue(Mutex<Vec<Done>>);
+
+/// This JS thread's wake-up channel.
+struct Channel {
+  env: sys::napi_env,
+  tsfn: sys::napi_threadsafe_function,
+  queue: Arc<Queue>,
+  /// Calls in flight (submitted, not settled): the channel is ref'd while above zero.
+  in_flight: Cell<usize>,
+}
+
+thread_local! {
+  static CHANNEL: RefCell<Option<Arc<Channel>>> = const { RefCell::new(None) };
+}
+
+/// A handle to settle one call from any thread.
+pub struct Completion {
+  deferred: Deferred,
+  queue: Arc<Queue>,
+  tsfn: sys::napi_threadsafe_function,
+}
+
+// SAFETY: see `Done`; the threadsafe function is made to be called from any thread.
+unsafe impl Send for Completion {}
+
+impl Completion {
+  /// Queues the call's outcome; the first outcome into an empty queue wakes the JS thread.
+  pub fn settle(self, result: StoreResult<Output>) {
+    let was_empty = {
+      let mut queue = self.queue.0.lock().unwrap_or_else(|e| e.into_inner());
+      queue.push(Done(self.deferred, result));
+      queue.len() == 1
+    };
+    if was_empty {
+      unsafe {
+        sys::napi_call_threadsafe_function(
+          self.tsfn,
+          ptr::null_mut(),
+          sys::ThreadsafeFunctionCallMode::nonblocking,
+        );
+      }
+    }
+  }
+}
+
+/// Registers a call about to run on tokio, whose promise `deferred` settles through
+/// [`Completion::settle`]. Call on the JS thread.
+pub fn begin(env: &Env, deferred: Deferred) -> napi::Result<Completion> {
+  let channel = channel(env)?;
+  let in_flight = channel.in_flight.get();
+  if in_flight == 0 {
+    unsafe { sys::napi_ref_threadsafe_function(channel.env, channel.tsfn) };
+  }
+  channel.in_flight.set(in_flight + 1);
+  Ok(Completion {
+    deferred,
+    queue: channel.queue.clone(),
+    tsfn: channel.tsfn,
+  })
+}
+
+fn channel(env: &Env) -> napi::Result<Arc<Channel>> {
+  let raw = env.raw();
+  if let Some(channel) = CHANNEL
+    .with(|c| c.borrow().clone())
+    .filter(|c| c.env == raw)
+  {
+    return Ok(channel);
+  }
+  let channel = Arc::new(make_channel(raw)?);
+  CHANNEL.with(|c| *c.borrow_mut() = Some(channel.clone()));
+  Ok(channel)
+}
+
+fn make_channel(env: sys::napi_env) -> napi::Result<Channel> {
+  let mut name = ptr::null_mut();
+  let text = c"durastate completions";
+  check(unsafe { sys::napi_create_string_utf8(env, text.as_ptr(), -1, &mut name) })?;
+  let mut tsfn = ptr::null_mut();
+  check(unsafe {
+    sys::napi_create_threadsafe_function(
+      env,
+      ptr::null_mut(),
+      ptr::null_mut(),
+      name,
+      0,
+      1,
+      ptr::null_mut(),
+      None,
+      ptr::null_mut(),
+      Some(drain),
+      &mut tsfn,
+    )
+  })?;
+  check(unsafe { sys::napi_unref_threadsafe_function(env, tsfn) })?;
+  Ok(Channel {
+    env,
+    tsfn,
+    queue: Arc::new(Queue::default()),
+    in_flight: Cell::new(0),
+  })
+}
+
+/// On the JS thread: settles every call finished so far, then lets the process exit if
+/// none is left in flight.
+unsafe extern "C" fn drain(
+  env: sys::napi_env,
+  _js_callback: sys::napi_value,
+  _context: *mut c_void,
+  _data: *mut c_void,
+) {
+  let Some(channel) = CHANNEL
+    .with(|c| c.borrow().clone())
+    .filter(|c| c.env == env)
+  else {
+    return;
+  };
+  let done = std::mem::take(&mut *channel.queue.0.lock().unwrap_or_else(|e| e.into_inner()));
+  let settled = done.len();
+  js_promise::run_in_handle_scope(env, || {
+    for Done(deferred, result) in done {
+      js_promise::settle(env, deferred, result);
+    }
+  });
+  let left = channel.in_flight.get().saturating_sub(settled);
+  channel.in_flight.set(left);
+  if left == 0 {
+    sys::napi_unref_threadsafe_function(env, channel.tsfn);
+  }
+}
+
+fn check(status: sys::napi_status) -> napi::Result<()> {
+  match status {
+    sys::Status::napi_ok => Ok(()),
+    status => Err(napi::Error::from_reason(format!(
+      "cannot make the completion channel (napi status {status})"
+    ))),
+  }
+}
