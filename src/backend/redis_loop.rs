@@ -84,9 +84,10 @@ enum Connection {
 struct Pending {
   what: &'static str,
   /// How many times each batch of the call may be sent again after a dropped
-  /// connection (0 for the claim, which must not be sent twice).
-  retries: u32,
-  /// How many more times this batch may be sent again.
+  /// connection (`retry.attempts`), if the batch declares it safe to resend.
+  attempts: u32,
+  /// How many more times this batch may be sent again (none for a batch that must not
+  /// be sent twice, such as the claim).
   retries_left: u32,
   /// Whether it is waiting to be sent again after a dropped connection.
   recovering: bool,
@@ -184,14 +185,9 @@ impl LoopRedis {
       return Err(StoreError::disposed());
     }
     state.prepare(driver, env.raw())?;
-    let retries = if what == "tryBeginExecutionTask" {
-      0
-    } else {
-      driver.retry.attempts
-    };
     let pending = Pending::new(
       what,
-      retries,
+      driver.retry.attempts,
       driver.command_timeout,
       deferred,
       batch,
@@ -497,7 +493,8 @@ impl State {
   }
 
   /// After the connection dropped: calls with retries left are kept for a new
-  /// connection (the claim has none: its first attempt may have landed); the others
+  /// connection (a batch declared `Resend::Never` has none: its first attempt may have
+  /// landed); the others
   /// are rejected with `err`.
   fn recover(&mut self, err: StoreError) -> Vec<Settlement> {
     self.drop_connection();
@@ -662,7 +659,7 @@ impl State {
 impl Pending {
   fn new(
     what: &'static str,
-    retries: u32,
+    attempts: u32,
     timeout: Duration,
     deferred: Deferred,
     batch: Batch,
@@ -671,8 +668,8 @@ impl Pending {
     let expected = batch.commands.len() + if batch.atomic { 2 } else { 0 };
     Self {
       what,
-      retries,
-      retries_left: retries,
+      attempts,
+      retries_left: if batch.may_resend() { attempts } else { 0 },
       recovering: false,
       timeout_ms: timeout.as_millis() as u64,
       deferred: Some(deferred),
@@ -689,7 +686,7 @@ impl Pending {
   fn complete(mut self) -> Option<Completion> {
     let deferred = self.deferred.take()?;
     let finish = self.finish.take()?;
-    let (what, retries, timeout) = (self.what, self.retries, self.timeout_ms);
+    let (what, attempts, timeout) = (self.what, self.attempts, self.timeout_ms);
     let replies = match self.replies_for_commands() {
       Ok(replies) => replies,
       Err(err) => return Some(Completion::Settled((deferred, Err(err)))),
@@ -699,7 +696,7 @@ impl Pending {
       Step::Then(batch, finish) => {
         let timeout = Duration::from_millis(timeout);
         Completion::Continue(Pending::new(
-          what, retries, timeout, deferred, batch, finish,
+          what, attempts, timeout, deferred, batch, finish,
         ))
       }
     })

@@ -76,13 +76,13 @@ impl ClusterBackend {
   /// Runs a batch of call `what`. redis-rs follows `MOVED`/`ASK` and a failover itself
   /// (it reconnects, rebuilds its slot map when a node is gone, and retries, any command,
   /// `HSETNX` included). As a guard against a cluster connection that wedges or gives up
-  /// (redis-rs#1953, #1005), an attempt of a call that is safe to repeat (all but
-  /// `tryBeginExecutionTask`) gets `connectTimeout`; when it fails on the connection, on a
+  /// (redis-rs#1953, #1005), an attempt of a batch declared safe to resend
+  /// ([`crate::command::Resend`]) gets `connectTimeout`; when it fails on the connection, on a
   /// cluster that is down or resharding, or times out, the cluster connection is re-made
   /// from the seed nodes (a fresh slot map) and the batch sent again, with backoff, up to
   /// `retry.attempts` times. The caller bounds the whole by `commandTimeout`.
   pub async fn execute(&self, what: &str, batch: &Batch) -> StoreResult<Vec<Reply>> {
-    let safe = what != "tryBeginExecutionTask" && self.retry.attempts > 0;
+    let safe = batch.may_resend() && self.retry.attempts > 0;
     if !safe {
       return self.run(batch).await.map_err(|(err, _)| err);
     }
@@ -336,17 +336,14 @@ mod tests {
   #[test]
   fn plans_one_group_per_slot() {
     let get = |key: &str| Command::Get { key: key.into() };
-    let batch = Batch {
-      commands: vec![
-        get("{a}1"),
-        get("{b}1"),
-        get("{a}2"),
-        Command::MGet {
-          keys: vec!["x".into(), "y".into()],
-        },
-      ],
-      atomic: false,
-    };
+    let batch = Batch::many(vec![
+      get("{a}1"),
+      get("{b}1"),
+      get("{a}2"),
+      Command::MGet {
+        keys: vec!["x".into(), "y".into()],
+      },
+    ]);
     let groups = plan(&batch);
     assert_eq!(groups.len(), 3);
     assert!(matches!(&groups[0], Group::Slot(i, false) if i == &vec![0, 2]));
