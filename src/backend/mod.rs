@@ -11,6 +11,7 @@ mod redis;
 #[cfg(unix)]
 mod redis_loop;
 pub mod redis_ops;
+pub mod retry;
 #[cfg(unix)]
 mod socket;
 mod sqlite;

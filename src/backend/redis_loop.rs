@@ -21,6 +21,7 @@ use tokio_util::codec::Decoder;
 
 use super::connect::open;
 use super::redis::{decode, pack_commands};
+use super::retry;
 use super::socket::{lost, Socket};
 use crate::command::{Batch, Command, Finish, Reply, Step};
 use crate::error::{ErrorCode, StoreError, StoreResult};
@@ -267,7 +268,7 @@ impl Driver {
         let settled = state.keep_recovering(&err);
         if !state.pending.is_empty() {
           state.failures += 1;
-          let delay = self.retry.delay(state.failures, jitter());
+          let delay = retry::backoff(&self.retry, state.failures, retry::jitter());
           state.wait_to_reconnect(self, delay);
         }
         settled
@@ -507,10 +508,7 @@ impl State {
   /// With Sentinel every call waits: a master that cannot be reached is being replaced.
   fn keep_recovering(&mut self, err: &StoreError) -> Vec<Settlement> {
     self.connection = Connection::Idle;
-    let transient = !matches!(
-      err.code,
-      ErrorCode::Auth | ErrorCode::InvalidInput | ErrorCode::Tls
-    );
+    let transient = retry::classify(err).may_retry();
     let follow_failover = self.follow_failover;
     self.requeue_or_reject(err, |pending| {
       transient && (pending.recovering || follow_failover)
@@ -774,15 +772,6 @@ unsafe extern "C" fn on_backoff_timer(handle: *mut uv::Handle) {
 /// A `READONLY` error: a write reached a replica.
 fn is_readonly(value: &Value) -> bool {
   matches!(value, Value::ServerError(err) if err.code() == "READONLY")
-}
-
-/// A number in [0, 1) for backoff jitter (no need for a cryptographic source).
-fn jitter() -> f64 {
-  use std::hash::{BuildHasher, Hasher};
-  let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-  let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-  hasher.write_u128(now.map(|d| d.as_nanos()).unwrap_or_default());
-  (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 unsafe extern "C" fn on_handle_closed(handle: *mut uv::Handle) {
