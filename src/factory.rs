@@ -251,7 +251,10 @@ fn redis_engine(target: RedisTarget, common: &CommonSettings) -> StoreResult<Eng
     }));
   }
   Ok(Engine::Threads(Arc::new(RedisBackend::new(
-    target, connect, command,
+    target,
+    connect,
+    command,
+    common.retry,
   ))))
 }
 

@@ -1,5 +1,7 @@
 //! Redis backend: one multiplexed connection per store, made on first use and
-//! re-made after it breaks; every batch is one round trip.
+//! re-made after it breaks; every batch is one round trip. A batch in flight when the
+//! connection drops is sent again on a new one when it is declared safe to resend,
+//! with the retry policy every Redis driver shares (`retry.rs`).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -7,9 +9,11 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
+use super::retry::{self, Budget};
 use crate::command::{Batch, Command, Condition, MergeOutcome, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::json_value;
+use crate::options::RetrySettings;
 use crate::redis_target::RedisTarget;
 
 /// The connection slot: the live connection, a generation to tell reconnects apart,
@@ -26,12 +30,29 @@ pub struct RedisBackend {
   target: RedisTarget,
   config: AsyncConnectionConfig,
   connect_timeout: Duration,
+  retry: RetrySettings,
   slot: Mutex<Slot>,
   connecting: tokio::sync::Mutex<()>,
 }
 
+/// Why one attempt at a batch failed.
+enum Failure {
+  /// No connection could be made.
+  Connect(StoreError),
+  /// The connection dropped with the batch in flight: it may or may not have landed.
+  Dropped(StoreError),
+  /// Anything else (a reply timeout, an error reply): final.
+  Other(StoreError),
+}
+
 impl RedisBackend {
-  pub fn new(target: RedisTarget, connect_timeout: Duration, response_timeout: Duration) -> Self {
+  /// A backend that connects to `target` on first use.
+  pub fn new(
+    target: RedisTarget,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    retry: RetrySettings,
+  ) -> Self {
     let config = AsyncConnectionConfig::new()
       .set_connection_timeout(Some(connect_timeout))
       .set_response_timeout(Some(response_timeout));
@@ -39,29 +60,53 @@ impl RedisBackend {
       target,
       config,
       connect_timeout,
+      retry,
       slot: Mutex::new(Slot::default()),
       connecting: tokio::sync::Mutex::new(()),
     }
   }
 
-  /// Runs a batch in one round trip (`MULTI`/`EXEC` when it is atomic).
+  /// Runs a batch in one round trip (`MULTI`/`EXEC` when it is atomic). As the
+  /// event-loop driver does: after a dropped connection a batch declared safe to resend
+  /// is sent again on a new connection (the first reconnect at once, a failed one after
+  /// a backoff), spending one of `retry.attempts` per drop or failed reconnect; any other
+  /// batch rejects `UNAVAILABLE`. A call that never had a connection is not retried, nor
+  /// is an `AUTH` or TLS error. The caller bounds the whole by `commandTimeout`.
   pub async fn execute(&self, batch: &Batch) -> StoreResult<Vec<Reply>> {
-    let (mut connection, generation) = self.connection().await?;
-    let values = send(&mut connection, batch).await;
-    let values = match values {
-      Ok(values) => values,
-      Err(err) => {
-        if err.is_unrecoverable_error() || err.is_connection_dropped() || err.is_io_error() {
-          self.forget(generation);
+    let mut budget = Budget::new(&self.retry, batch.may_resend());
+    let mut recovering = false;
+    loop {
+      match self.attempt(batch).await {
+        Ok(values) => return decode_all(values, &batch.commands),
+        Err(Failure::Other(err)) => return Err(err),
+        Err(Failure::Dropped(err)) => {
+          if !budget.spend() {
+            return Err(err);
+          }
+          budget.connected();
+          recovering = true;
         }
-        return Err(err.into());
+        Err(Failure::Connect(err)) => {
+          if !recovering || !retry::classify(&err).may_retry() || !budget.spend() {
+            return Err(err);
+          }
+          tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
+        }
       }
-    };
-    values
-      .into_iter()
-      .zip(&batch.commands)
-      .map(|(value, command)| decode(value, command))
-      .collect()
+    }
+  }
+
+  /// One attempt: a connection (the live one, or a new one), then one round trip.
+  async fn attempt(&self, batch: &Batch) -> Result<Vec<Value>, Failure> {
+    let (mut connection, generation) = self.connection().await.map_err(Failure::Connect)?;
+    send(&mut connection, batch).await.map_err(|err| {
+      if retry::connection_lost(&err) {
+        self.forget(generation);
+        Failure::Dropped(err.into())
+      } else {
+        Failure::Other(err.into())
+      }
+    })
   }
 
   /// Drops the connection; calls already in flight keep their handle and finish.
@@ -360,6 +405,15 @@ end
 if current then return {'merged', 0} end
 return {'merged', 1}
 "#;
+
+/// The replies of a batch's commands, decoded.
+fn decode_all(values: Vec<Value>, commands: &[Command]) -> StoreResult<Vec<Reply>> {
+  values
+    .into_iter()
+    .zip(commands)
+    .map(|(value, command)| decode(value, command))
+    .collect()
+}
 
 /// A reply as the keyspace's [`Reply`] for `command`.
 pub(super) fn decode(value: Value, command: &Command) -> StoreResult<Reply> {
