@@ -8,6 +8,7 @@ mod cluster;
 mod connect;
 mod embedded;
 mod redis;
+mod redis_codec;
 #[cfg(unix)]
 mod redis_loop;
 pub mod redis_ops;

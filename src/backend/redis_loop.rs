@@ -20,7 +20,7 @@ use redis::{Value, ValueCodec};
 use tokio_util::codec::Decoder;
 
 use super::connect::open;
-use super::redis::{decode, pack_commands};
+use super::redis_codec::{decode, pack_commands};
 use super::retry;
 use super::socket::{lost, Socket};
 use crate::command::{Batch, Command, Finish, Reply, Step};

@@ -22,7 +22,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{RedisResult, Value};
 
-use super::redis::{decode, to_redis};
+use super::redis_codec::{decode, to_redis};
 use super::retry::{self, Budget};
 use crate::command::{Batch, Command, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
