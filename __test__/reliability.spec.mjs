@@ -1,15 +1,17 @@
 // Redis faults, on servers of the tests' own (loopback, free ports): a server killed
-// and restarted, our connection killed, a paused server, many stores opened and closed.
-// Also run on Bun and Deno, where Redis runs on tokio threads: there the cases that
-// test the event-loop driver's resending of calls are skipped, and `durability: 'aof'`
-// (event-loop only) is left out (the server fsyncs every write all the same).
+// and restarted, our connection killed, a paused server, a connection cut after a
+// command landed and before its reply, many stores opened and closed. Run on both Redis
+// drivers (the event loop, and tokio threads with DURASTATE_REDIS_DRIVER=threads), and
+// on Bun and Deno (tokio threads), where `durability: 'aof'` (event-loop only) is left
+// out (the server fsyncs every write all the same).
 import assert from 'node:assert/strict'
 import { readdirSync } from 'node:fs'
 import { after, before, describe, it } from 'node:test'
 import Redis from 'ioredis'
-import { createMemoryStore, createRedisStore } from '../index.js'
+import { createKvStore, createMemoryStore, createRedisStore } from '../index.js'
+import { startCuttingProxy } from './helpers/proxy.mjs'
 import { startRedisServer } from './helpers/redis-server.mjs'
-import { eventLoopAvailable, skipUnlessOnEventLoop } from './helpers/runtime.mjs'
+import { eventLoopAvailable } from './helpers/runtime.mjs'
 
 const codeOf = async (promise) => promise.then(() => 'ok', (err) => err.code)
 const openFds = () => readdirSync('/proc/self/fd').length
@@ -47,7 +49,7 @@ describe('Redis faults', () => {
     await store.close()
   })
 
-  it('carries on after CLIENT KILL of its connection between begin and commit', { skip: skipUnlessOnEventLoop }, async () => {
+  it('carries on after CLIENT KILL of its connection between begin and commit', async () => {
     const store = createRedisStore(server.url, { prefix: 'clientkill:' })
     await store.beginExecution('e')
     await store.beginExecutionTask('e', 'step')
@@ -59,7 +61,7 @@ describe('Redis faults', () => {
     await store.close()
   })
 
-  it('sends calls in flight again after the server restarts, with backoff, but never the claim', { skip: skipUnlessOnEventLoop }, async () => {
+  it('sends calls in flight again after the server restarts, with backoff, but never the claim', async () => {
     const store = createRedisStore(server.url, {
       prefix: 'backoff:', connectTimeout: 300, commandTimeout: 4000, retry: { attempts: 20, minDelay: 20, maxDelay: 100 },
     })
@@ -181,5 +183,70 @@ describe('Redis faults', () => {
       assert.ok(leaked.fds < 10, `${kind}: ${leaked.fds} file descriptors leaked`)
       assert.ok(leaked.threads < 5, `${kind}: ${leaked.threads} threads leaked`)
     }
+  })
+})
+
+describe('a connection cut after the command landed, before its reply', () => {
+  let server
+  let proxy
+  let url
+  before(async () => {
+    server = await startRedisServer()
+    proxy = await startCuttingProxy(Number(new URL(server.url).port))
+    url = `redis://127.0.0.1:${proxy.port}`
+  })
+  after(async () => {
+    await proxy.close()
+    await server.stop()
+  })
+
+  it('KV delete and deleteMany reject UNAVAILABLE, never a wrong count; the keys are gone', async () => {
+    const kv = createKvStore(url, { prefix: 'cut-kv:', commandTimeout: 2000 })
+    await kv.setMany('default', { a: 1, b: 2, c: 3 })
+    const cuts = proxy.cuts
+    proxy.cutNextReply()
+    // Sent again, the UNLINK would answer false: the key was removed by the first one.
+    assert.equal(await codeOf(kv.delete('default', 'a')), 'UNAVAILABLE')
+    assert.equal(proxy.cuts, cuts + 1)
+    assert.equal(await kv.has('default', 'a'), false)
+    proxy.cutNextReply()
+    assert.equal(await codeOf(kv.deleteMany('default', ['b', 'c', 'missing'])), 'UNAVAILABLE')
+    assert.equal(proxy.cuts, cuts + 2)
+    assert.deepEqual(await kv.keys('default'), [])
+    // Uncut, the answers are exact.
+    await kv.set('default', 'a', 1)
+    assert.equal(await kv.delete('default', 'a'), true)
+    assert.equal(await kv.delete('default', 'a'), false)
+    await kv.close()
+  })
+
+  it('sends a call safe to resend again, and answers it; the KV set and get too', async () => {
+    const store = createRedisStore(url, { prefix: 'cut-ws:', commandTimeout: 2000 })
+    await store.beginExecution('e')
+    const cuts = proxy.cuts
+    proxy.cutNextReply()
+    await store.commitExecutionTaskResult('e', 's', { v: 1 })
+    proxy.cutNextReply()
+    assert.deepEqual(await store.getExecutionTaskResult('e', 's'), { v: 1 })
+    assert.equal(proxy.cuts, cuts + 2)
+    await store.close()
+    const kv = createKvStore(url, { prefix: 'cut-kv2:', commandTimeout: 2000 })
+    await kv.has('default', 'warm-up')
+    proxy.cutNextReply()
+    assert.equal(await kv.set('default', 'k', { n: 1 }), true)
+    proxy.cutNextReply()
+    assert.deepEqual(await kv.get('default', 'k'), { n: 1 })
+    assert.equal(proxy.cuts, cuts + 4)
+    await kv.close()
+  })
+
+  it('never sends the claim twice: it rejects UNAVAILABLE, and its first attempt stands', async () => {
+    const store = createRedisStore(url, { prefix: 'cut-claim:', commandTimeout: 2000 })
+    await store.beginExecution('e')
+    proxy.cutNextReply()
+    assert.equal(await codeOf(store.tryBeginExecutionTask('e', 'step')), 'UNAVAILABLE')
+    assert.equal(await store.isExecutionTaskInProgress('e', 'step'), true)
+    assert.equal(await store.tryBeginExecutionTask('e', 'step'), false)
+    await store.close()
   })
 })

@@ -138,8 +138,9 @@ try {
   const nodeOk = run('node --test', process.execPath, [...NODE_TEST, '--test-concurrency=2', ...specs.map((f) => join('__test__', f))], {
     DURASTATE_TEST_REDIS_URL: server.url,
   })
-  // The threaded Redis path (unix sockets, non-Unix platforms) keeps passing the same suites.
-  const threadsOk = run('node --test, Redis on tokio threads', process.execPath, [...NODE_TEST, join('__test__', 'conformance.spec.mjs'), join('__test__', 'redis.spec.mjs')], {
+  // The threaded Redis path (unix sockets, non-Unix platforms) keeps passing the same suites,
+  // the Redis faults (resending after a dropped connection) included.
+  const threadsOk = run('node --test, Redis on tokio threads', process.execPath, [...NODE_TEST, ...['conformance', 'redis', 'reliability'].map((name) => join('__test__', `${name}.spec.mjs`))], {
     DURASTATE_TEST_REDIS_URL: server.url,
     DURASTATE_REDIS_DRIVER: 'threads',
   })

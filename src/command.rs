@@ -267,19 +267,40 @@ pub enum MergeOutcome {
   Unreadable,
 }
 
+/// Whether a batch may be sent again on a new connection after the one it went out on
+/// dropped before its replies came: its first attempt may have landed. Declared by the
+/// store that builds the batch; the drivers read it (never the call's name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+  /// Applying it twice leaves the same state and gives the same replies (a read, an
+  /// idempotent write, or a conditional write whose answer a second run cannot change).
+  Safe,
+  /// A second run could answer differently (a count of what a first run already removed,
+  /// a claim that a first run already won): after a drop the call rejects `UNAVAILABLE`.
+  Never,
+}
+
 /// Commands sent together in one round trip; `atomic` asks for all-or-nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
   pub commands: Vec<Command>,
   pub atomic: bool,
+  /// Whether the batch may be sent again after a dropped connection.
+  pub resend: Resend,
 }
 
 impl Batch {
-  /// A batch of one command.
+  /// A batch of one command, safe to send again (see [`Batch::never_resend`]).
   pub fn one(command: Command) -> Self {
+    Self::many(vec![command])
+  }
+
+  /// Commands sent together, not atomically, safe to send again.
+  pub fn many(commands: Vec<Command>) -> Self {
     Self {
-      commands: vec![command],
+      commands,
       atomic: false,
+      resend: Resend::Safe,
     }
   }
 
@@ -288,7 +309,19 @@ impl Batch {
     Self {
       commands,
       atomic: true,
+      resend: Resend::Safe,
     }
+  }
+
+  /// The same batch, declared not safe to send twice.
+  pub fn never_resend(mut self) -> Self {
+    self.resend = Resend::Never;
+    self
+  }
+
+  /// Whether the batch may be sent again after a dropped connection.
+  pub fn may_resend(&self) -> bool {
+    self.resend == Resend::Safe
   }
 
   /// Whether any command changes the keyspace.

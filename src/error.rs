@@ -127,7 +127,8 @@ impl From<redis::RedisError> for StoreError {
   }
 }
 
-fn redis_error_code(err: &redis::RedisError) -> ErrorCode {
+/// The code a redis-rs error maps to.
+pub(crate) fn redis_error_code(err: &redis::RedisError) -> ErrorCode {
   match err.code() {
     Some("WRONGTYPE") => return ErrorCode::WrongType,
     Some("WRONGPASS") | Some("NOAUTH") | Some("NOPERM") => return ErrorCode::Auth,

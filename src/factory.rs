@@ -274,7 +274,10 @@ fn redis_engine(target: RedisTarget, common: &CommonSettings) -> StoreResult<Eng
     }));
   }
   Ok(Engine::Tokio(Arc::new(RedisBackend::new(
-    target, connect, command,
+    target,
+    connect,
+    command,
+    common.retry,
   ))))
 }
 

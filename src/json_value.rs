@@ -1,6 +1,6 @@
 //! Values as the JSON text JS made with `JSON.stringify`: their type, and the shallow
 //! merge of two objects, done on the text so that values are kept byte for byte. The
-//! Redis merge script (`backend/redis.rs`) follows the same rules in Lua.
+//! Redis merge script (`backend/redis_codec.rs`) follows the same rules in Lua.
 
 use std::fmt;
 

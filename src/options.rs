@@ -90,16 +90,6 @@ impl RetrySettings {
       max_delay: Duration::from_millis(max_delay),
     })
   }
-
-  /// The wait before reconnect attempt `failures` (1-based): exponential, capped, with
-  /// "equal jitter" (half fixed, half random) so many clients do not reconnect in step.
-  pub fn delay(&self, failures: u32, random: f64) -> Duration {
-    let exponential = self
-      .min_delay
-      .saturating_mul(1 << failures.saturating_sub(1).min(16));
-    let capped = exponential.min(self.max_delay);
-    capped / 2 + capped.mul_f64(random.clamp(0.0, 1.0) / 2.0)
-  }
 }
 
 /// A Redis server given as fields rather than a URL.
@@ -214,12 +204,11 @@ mod tests {
   }
 
   #[test]
-  fn backoff_doubles_caps_and_jitters() {
+  fn retry_defaults_and_checks_delays() {
     let retry = RetrySettings::from_options(None).unwrap();
-    assert_eq!(retry.delay(1, 0.0), Duration::from_millis(25));
-    assert_eq!(retry.delay(1, 1.0), Duration::from_millis(50));
-    assert_eq!(retry.delay(3, 1.0), Duration::from_millis(200));
-    assert_eq!(retry.delay(30, 1.0), Duration::from_millis(2_000));
+    assert_eq!(retry.attempts, 3);
+    assert_eq!(retry.min_delay, Duration::from_millis(50));
+    assert_eq!(retry.max_delay, Duration::from_millis(2_000));
     let bad = RetryOptions {
       min_delay: Some(10.0),
       max_delay: Some(5.0),

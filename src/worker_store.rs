@@ -209,6 +209,12 @@ impl NativeWorkerStore {
     };
     let exec = self.config.keys.execution(&execution_id);
     let batch = self.claim(&execution_id, task_id.clone(), true, token.clone());
+    // A second `HSETNX` after a first that landed answers 0. With a token unique to this
+    // claim the 0 is checked against the stored token, so sending it again is safe.
+    let batch = match token == MARKER {
+      true => batch.never_resend(),
+      false => batch,
+    };
     let finish = move |replies| match first(replies) {
       Reply::Int(1) => Step::Done(Ok(Output::Bool(true))),
       _ if token == MARKER => Step::Done(Ok(Output::Bool(false))),

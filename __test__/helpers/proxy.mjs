@@ -1,5 +1,6 @@
-// A loopback TCP proxy that counts client-to-server writes, to check that a store call
-// is one round trip: all of its commands in one write, one reply back.
+// Loopback TCP proxies: one counts client-to-server writes, to check that a store call
+// is one round trip (all of its commands in one write, one reply back); one cuts a
+// connection between a command reaching the server and its reply reaching the store.
 import { createServer, connect } from 'node:net'
 
 export async function startCountingProxy(targetPort) {
@@ -22,6 +23,45 @@ export async function startCountingProxy(targetPort) {
     port: server.address().port,
     /** Client-to-server writes seen so far. */
     get writes() { return writes },
+    close: () => new Promise((resolve) => {
+      for (const s of sockets) s.destroy()
+      server.close(resolve)
+    }),
+  }
+}
+
+/**
+ * A proxy that, once armed with `cutNextReply()`, lets the next command through to the
+ * server and closes that client's connection when the server's reply comes, instead of
+ * passing it on: the command landed, and the store never hears so. Later connections
+ * pass through untouched.
+ */
+export async function startCuttingProxy(targetPort) {
+  let armed = false
+  let cuts = 0
+  const sockets = new Set()
+  const server = createServer((client) => {
+    const upstream = connect(targetPort, '127.0.0.1')
+    sockets.add(client).add(upstream)
+    client.on('data', (chunk) => upstream.write(chunk))
+    upstream.on('data', (chunk) => {
+      if (!armed) return client.write(chunk)
+      armed = false
+      cuts++
+      client.destroy()
+      upstream.destroy()
+    })
+    const end = () => { client.destroy(); upstream.destroy() }
+    client.on('error', end).on('close', end)
+    upstream.on('error', end).on('close', end)
+  })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return {
+    port: server.address().port,
+    /** Drops the connection that carries the next reply, reply unsent. */
+    cutNextReply() { armed = true },
+    /** Replies cut so far. */
+    get cuts() { return cuts },
     close: () => new Promise((resolve) => {
       for (const s of sockets) s.destroy()
       server.close(resolve)

@@ -337,13 +337,7 @@ fn open(settings: &EmbeddedSettings, checkpoint_due: Arc<AtomicBool>) -> StoreRe
   connection
     .busy_timeout(settings.busy_timeout)
     .map_err(|err| open_error(settings, err.into()))?;
-  sqlite::prepare(
-    &mut connection,
-    settings.full_sync,
-    settings.page_size,
-    now_ms() as i64,
-  )
-  .map_err(|err| open_error(settings, err))?;
+  prepare_waiting(&mut connection, settings).map_err(|err| open_error(settings, err))?;
   // Replaces SQLite's automatic checkpoint (which would fsync inside a commit on
   // whichever thread made it) with a flag the store's thread acts on.
   connection
@@ -355,6 +349,22 @@ fn open(settings: &EmbeddedSettings, checkpoint_due: Arc<AtomicBool>) -> StoreRe
     }))
     .map_err(|err| open_error(settings, err.into()))?;
   Ok(connection)
+}
+
+/// Prepares the file, waiting up to the busy timeout for another process that opens it at
+/// the same moment: switching a new file to WAL can answer "database is locked" at once,
+/// without SQLite's busy handler, while another connection sets the file up.
+fn prepare_waiting(connection: &mut Connection, settings: &EmbeddedSettings) -> StoreResult<()> {
+  let started = std::time::Instant::now();
+  loop {
+    let now = now_ms() as i64;
+    match sqlite::prepare(connection, settings.full_sync, settings.page_size, now) {
+      Err(err) if err.code == ErrorCode::Timeout && started.elapsed() < settings.busy_timeout => {
+        std::thread::sleep(Duration::from_millis(10));
+      }
+      other => return other,
+    }
+  }
 }
 
 fn create_parent_dir(path: &std::path::Path) -> StoreResult<()> {

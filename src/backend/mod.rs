@@ -8,9 +8,11 @@ mod cluster;
 mod connect;
 mod embedded;
 mod redis;
+mod redis_codec;
 #[cfg(unix)]
 mod redis_loop;
 pub mod redis_ops;
+pub mod retry;
 #[cfg(unix)]
 mod socket;
 mod sqlite;

@@ -1,5 +1,7 @@
 //! Redis backend: one multiplexed connection per store, made on first use and
-//! re-made after it breaks; every batch is one round trip.
+//! re-made after it breaks; every batch is one round trip. A batch in flight when the
+//! connection drops is sent again on a new one when it is declared safe to resend,
+//! with the retry policy every Redis driver shares (`retry.rs`).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -7,9 +9,11 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Value};
 
-use crate::command::{Batch, Command, Condition, MergeOutcome, Reply};
+use super::redis_codec::{decode_all, to_redis};
+use super::retry::{self, Budget};
+use crate::command::{Batch, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
-use crate::json_value;
+use crate::options::RetrySettings;
 use crate::redis_target::RedisTarget;
 
 /// The connection slot: the live connection, a generation to tell reconnects apart,
@@ -26,12 +30,29 @@ pub struct RedisBackend {
   target: RedisTarget,
   config: AsyncConnectionConfig,
   connect_timeout: Duration,
+  retry: RetrySettings,
   slot: Mutex<Slot>,
   connecting: tokio::sync::Mutex<()>,
 }
 
+/// Why one attempt at a batch failed.
+enum Failure {
+  /// No connection could be made.
+  Connect(StoreError),
+  /// The connection dropped with the batch in flight: it may or may not have landed.
+  Dropped(StoreError),
+  /// Anything else (a reply timeout, an error reply): final.
+  Other(StoreError),
+}
+
 impl RedisBackend {
-  pub fn new(target: RedisTarget, connect_timeout: Duration, response_timeout: Duration) -> Self {
+  /// A backend that connects to `target` on first use.
+  pub fn new(
+    target: RedisTarget,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    retry: RetrySettings,
+  ) -> Self {
     let config = AsyncConnectionConfig::new()
       .set_connection_timeout(Some(connect_timeout))
       .set_response_timeout(Some(response_timeout));
@@ -39,29 +60,53 @@ impl RedisBackend {
       target,
       config,
       connect_timeout,
+      retry,
       slot: Mutex::new(Slot::default()),
       connecting: tokio::sync::Mutex::new(()),
     }
   }
 
-  /// Runs a batch in one round trip (`MULTI`/`EXEC` when it is atomic).
+  /// Runs a batch in one round trip (`MULTI`/`EXEC` when it is atomic). As the
+  /// event-loop driver does: after a dropped connection a batch declared safe to resend
+  /// is sent again on a new connection (the first reconnect at once, a failed one after
+  /// a backoff), spending one of `retry.attempts` per drop or failed reconnect; any other
+  /// batch rejects `UNAVAILABLE`. A call that never had a connection is not retried, nor
+  /// is an `AUTH` or TLS error. The caller bounds the whole by `commandTimeout`.
   pub async fn execute(&self, batch: &Batch) -> StoreResult<Vec<Reply>> {
-    let (mut connection, generation) = self.connection().await?;
-    let values = send(&mut connection, batch).await;
-    let values = match values {
-      Ok(values) => values,
-      Err(err) => {
-        if err.is_unrecoverable_error() || err.is_connection_dropped() || err.is_io_error() {
-          self.forget(generation);
+    let mut budget = Budget::new(&self.retry, batch.may_resend());
+    let mut recovering = false;
+    loop {
+      match self.attempt(batch).await {
+        Ok(values) => return decode_all(values, &batch.commands),
+        Err(Failure::Other(err)) => return Err(err),
+        Err(Failure::Dropped(err)) => {
+          if !budget.spend() {
+            return Err(err);
+          }
+          budget.connected();
+          recovering = true;
         }
-        return Err(err.into());
+        Err(Failure::Connect(err)) => {
+          if !recovering || !retry::classify(&err).may_retry() || !budget.spend() {
+            return Err(err);
+          }
+          tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
+        }
       }
-    };
-    values
-      .into_iter()
-      .zip(&batch.commands)
-      .map(|(value, command)| decode(value, command))
-      .collect()
+    }
+  }
+
+  /// One attempt: a connection (the live one, or a new one), then one round trip.
+  async fn attempt(&self, batch: &Batch) -> Result<Vec<Value>, Failure> {
+    let (mut connection, generation) = self.connection().await.map_err(Failure::Connect)?;
+    send(&mut connection, batch).await.map_err(|err| {
+      if retry::connection_lost(&err) {
+        self.forget(generation);
+        Failure::Dropped(err.into())
+      } else {
+        Failure::Other(err.into())
+      }
+    })
   }
 
   /// Drops the connection; calls already in flight keep their handle and finish.
@@ -165,293 +210,4 @@ async fn send(
     pipe.add_command(to_redis(command));
   }
   pipe.query_async(connection).await
-}
-
-/// Appends the RESP encoding of a batch to `out` (`MULTI` ... `EXEC` when atomic).
-pub(super) fn pack_commands(commands: &[Command], atomic: bool, out: &mut Vec<u8>) {
-  if atomic {
-    redis::cmd("MULTI").write_packed_command(out);
-  }
-  for command in commands {
-    to_redis(command).write_packed_command(out);
-  }
-  if atomic {
-    redis::cmd("EXEC").write_packed_command(out);
-  }
-}
-
-pub(super) fn to_redis(command: &Command) -> redis::Cmd {
-  match command {
-    Command::Get { key } => redis::cmd("GET").arg(key).clone(),
-    Command::Set { key, value, ttl_ms } => set(key, value, *ttl_ms),
-    Command::HGet { key, field } => redis::cmd("HGET").arg(key).arg(field).clone(),
-    Command::HGetAll { key } => redis::cmd("HGETALL").arg(key).clone(),
-    Command::HSet { key, field, value } => {
-      redis::cmd("HSET").arg(key).arg(field).arg(value).clone()
-    }
-    Command::HSetNx { key, field, value } => {
-      redis::cmd("HSETNX").arg(key).arg(field).arg(value).clone()
-    }
-    Command::HDel { key, field } => redis::cmd("HDEL").arg(key).arg(field).clone(),
-    Command::PExpire { key, ttl_ms } => redis::cmd("PEXPIRE").arg(key).arg(*ttl_ms).clone(),
-    Command::Del { keys } => redis::cmd("DEL").arg(keys).clone(),
-    Command::Unlink { keys } => redis::cmd("UNLINK").arg(keys).clone(),
-    Command::Exists { key } => redis::cmd("EXISTS").arg(key).clone(),
-    Command::PTtl { key } => redis::cmd("PTTL").arg(key).clone(),
-    Command::MGet { keys } => redis::cmd("MGET").arg(keys).clone(),
-    Command::SetIf {
-      key,
-      value,
-      ttl_ms,
-      when,
-    } => {
-      let mut cmd = set(key, value, *ttl_ms);
-      cmd.arg(match when {
-        Condition::Missing => "NX",
-        Condition::Exists => "XX",
-      });
-      cmd
-    }
-    Command::SetGet { key, value, ttl_ms } => set(key, value, *ttl_ms).arg("GET").clone(),
-    Command::Merge {
-      key,
-      partial,
-      ttl_ms,
-      max_size,
-      create,
-    } => {
-      let mut cmd = redis::cmd("EVAL");
-      cmd.arg(MERGE).arg(1).arg(key);
-      cmd.arg(ttl_ms.map(|ttl| ttl.to_string()).unwrap_or_default());
-      cmd.arg(*max_size).arg(if *create { "1" } else { "0" });
-      // The partial was checked to be an object; members of one that is not are none.
-      for (member, value) in json_value::object_members(partial).unwrap_or_default() {
-        cmd.arg(member).arg(value);
-      }
-      cmd
-    }
-    Command::Scan {
-      cursor,
-      pattern,
-      count,
-      kind,
-    } => {
-      let mut cmd = redis::cmd("SCAN");
-      cmd
-        .arg(cursor)
-        .arg("MATCH")
-        .arg(pattern)
-        .arg("COUNT")
-        .arg(*count);
-      if let Some(kind) = kind {
-        cmd.arg("TYPE").arg(kind.as_str());
-      }
-      cmd
-    }
-    operation => unreachable!("{operation:?} is lowered by redis_ops before it is sent"),
-  }
-}
-
-/// `SET key value [PX ttl]`.
-fn set(key: &str, value: &str, ttl_ms: Option<u64>) -> redis::Cmd {
-  let mut cmd = redis::cmd("SET");
-  cmd.arg(key).arg(value);
-  if let Some(ttl) = ttl_ms {
-    cmd.arg("PX").arg(ttl);
-  }
-  cmd
-}
-
-/// Shallow-merges an object into the JSON object at KEYS[1], atomically, on the JSON
-/// text (values are kept verbatim): `json_value::merge_objects` in Lua. ARGV: the TTL
-/// in ms ('' keeps the key's), the largest size, '1' to create a missing key, then the
-/// partial's members as (key as JSON text, value as JSON text) pairs. Replies
-/// `{'merged', created}`, `{'missing'}`, `{'not-object'}`, `{'too-large', size}` or
-/// `{'unreadable'}`; writes only on 'merged'.
-const MERGE: &str = r#"
-local current = redis.call('GET', KEYS[1])
-if not current and ARGV[3] ~= '1' then return {'missing'} end
-local names, values, slot = {}, {}, {}
-local function put(name, value)
-  local i = slot[name]
-  if i then values[i] = value else
-    names[#names + 1] = name; values[#values + 1] = value; slot[name] = #names
-  end
-end
-local function string_end(s, i)
-  while true do
-    local q = string.find(s, '["\\]', i)
-    if not q then error('unterminated string') end
-    if string.sub(s, q, q) == '"' then return q end
-    i = q + 2
-  end
-end
-local function value_end(s, i)
-  local c = string.sub(s, i, i)
-  if c == '"' then return string_end(s, i + 1) end
-  if c == '{' or c == '[' then
-    local depth, j = 1, i + 1
-    while true do
-      local q = string.find(s, '[%[%]{}"]', j)
-      if not q then error('unterminated value') end
-      local d = string.sub(s, q, q)
-      if d == '"' then q = string_end(s, q + 1)
-      elseif d == '{' or d == '[' then depth = depth + 1
-      else depth = depth - 1; if depth == 0 then return q end end
-      j = q + 1
-    end
-  end
-  local q = string.find(s, '[,}%]%s]', i)
-  if not q or q == i then error('bad value') end
-  return q - 1
-end
-local function next_token(s, i)
-  local q = string.find(s, '%S', i)
-  if not q then error('unexpected end') end
-  return q, string.sub(s, q, q)
-end
-local function members(s)
-  local i, c = next_token(s, 1)
-  if c ~= '{' then return 'not-object' end
-  i, c = next_token(s, i + 1)
-  if c == '}' then return nil end
-  while true do
-    if c ~= '"' then error('bad key') end
-    local key_end = string_end(s, i + 1)
-    local name = string.sub(s, i, key_end)
-    i, c = next_token(s, key_end + 1)
-    if c ~= ':' then error('bad member') end
-    i = next_token(s, i + 1)
-    local last = value_end(s, i)
-    put(name, string.sub(s, i, last))
-    i, c = next_token(s, last + 1)
-    if c == '}' then return nil end
-    if c ~= ',' then error('bad separator') end
-    i, c = next_token(s, i + 1)
-  end
-end
-if current then
-  local ok, outcome = pcall(members, current)
-  if not ok then return {'unreadable'} end
-  if outcome then return {outcome} end
-end
-for i = 4, #ARGV, 2 do put(ARGV[i], ARGV[i + 1]) end
-local indices, others = {}, {}
-for i, name in ipairs(names) do
-  local digits = string.match(name, '^"(%d+)"$')
-  local index = digits and (digits == '0' or string.sub(digits, 1, 1) ~= '0') and #digits <= 10 and tonumber(digits)
-  if index and index < 4294967295 then
-    indices[#indices + 1] = {index, i}
-  else
-    others[#others + 1] = i
-  end
-end
-table.sort(indices, function(a, b) return a[1] < b[1] end)
-local parts = {}
-for _, entry in ipairs(indices) do parts[#parts + 1] = names[entry[2]] .. ':' .. values[entry[2]] end
-for _, i in ipairs(others) do parts[#parts + 1] = names[i] .. ':' .. values[i] end
-local merged = '{' .. table.concat(parts, ',') .. '}'
-if #merged > tonumber(ARGV[2]) then return {'too-large', #merged} end
-if ARGV[1] == '' then
-  redis.call('SET', KEYS[1], merged, 'KEEPTTL')
-else
-  redis.call('SET', KEYS[1], merged, 'PX', ARGV[1])
-end
-if current then return {'merged', 0} end
-return {'merged', 1}
-"#;
-
-/// A reply as the keyspace's [`Reply`] for `command`.
-pub(super) fn decode(value: Value, command: &Command) -> StoreResult<Reply> {
-  match value {
-    Value::Nil => Ok(Reply::Nil),
-    Value::Int(n) => Ok(Reply::Int(n)),
-    Value::Okay | Value::SimpleString(_) => Ok(Reply::Ok),
-    Value::BulkString(bytes) => Ok(Reply::Bytes(bytes)),
-    Value::Array(items) if matches!(command, Command::HGetAll { .. }) => pairs(items),
-    Value::Array(items) if matches!(command, Command::MGet { .. }) => values(items),
-    Value::Array(items) if matches!(command, Command::Scan { .. }) => scan_page(items),
-    Value::Array(items) if matches!(command, Command::Merge { .. }) => merge_outcome(items),
-    Value::Map(entries) => entries
-      .into_iter()
-      .map(|(k, v)| Ok((bytes(k)?, bytes(v)?)))
-      .collect::<StoreResult<_>>()
-      .map(Reply::Pairs),
-    Value::ServerError(err) => Err(redis::RedisError::from(err).into()),
-    other => Err(StoreError::new(
-      ErrorCode::Unavailable,
-      format!("unexpected reply from Redis: {other:?}"),
-    )),
-  }
-}
-
-fn pairs(items: Vec<Value>) -> StoreResult<Reply> {
-  let mut out = Vec::with_capacity(items.len() / 2);
-  let mut iter = items.into_iter();
-  while let (Some(field), Some(value)) = (iter.next(), iter.next()) {
-    out.push((bytes(field)?, bytes(value)?));
-  }
-  Ok(Reply::Pairs(out))
-}
-
-fn values(items: Vec<Value>) -> StoreResult<Reply> {
-  let values = items
-    .into_iter()
-    .map(|item| match item {
-      Value::Nil => Ok(None),
-      other => bytes(other).map(Some),
-    })
-    .collect::<StoreResult<_>>()?;
-  Ok(Reply::Values(values))
-}
-
-fn scan_page(items: Vec<Value>) -> StoreResult<Reply> {
-  let mut items = items.into_iter();
-  let (Some(cursor), Some(Value::Array(keys))) = (items.next(), items.next()) else {
-    return Err(unexpected("SCAN reply"));
-  };
-  let cursor = String::from_utf8(bytes(cursor)?).map_err(|_| unexpected("SCAN cursor"))?;
-  let keys = keys
-    .into_iter()
-    .map(|key| Ok(String::from_utf8_lossy(&bytes(key)?).into_owned()))
-    .collect::<StoreResult<_>>()?;
-  Ok(Reply::Scan { cursor, keys })
-}
-
-fn merge_outcome(items: Vec<Value>) -> StoreResult<Reply> {
-  let mut items = items.into_iter();
-  let status = items.next().map(bytes).transpose()?.unwrap_or_default();
-  let number = match items.next() {
-    Some(Value::Int(n)) => n,
-    _ => 0,
-  };
-  let outcome = match status.as_slice() {
-    b"merged" => MergeOutcome::Merged {
-      created: number == 1,
-    },
-    b"missing" => MergeOutcome::Missing,
-    b"not-object" => MergeOutcome::NotAnObject,
-    b"too-large" => MergeOutcome::TooLarge(number as u64),
-    b"unreadable" => MergeOutcome::Unreadable,
-    _ => return Err(unexpected("merge reply")),
-  };
-  Ok(Reply::Merge(outcome))
-}
-
-fn unexpected(what: &str) -> StoreError {
-  StoreError::new(
-    ErrorCode::Unavailable,
-    format!("unexpected {what} from Redis"),
-  )
-}
-
-fn bytes(value: Value) -> StoreResult<Vec<u8>> {
-  match value {
-    Value::BulkString(bytes) => Ok(bytes),
-    Value::SimpleString(s) => Ok(s.into_bytes()),
-    other => Err(StoreError::new(
-      ErrorCode::Unavailable,
-      format!("unexpected hash entry from Redis: {other:?}"),
-    )),
-  }
 }

@@ -20,7 +20,8 @@ use redis::{Value, ValueCodec};
 use tokio_util::codec::Decoder;
 
 use super::connect::open;
-use super::redis::{decode, pack_commands};
+use super::redis_codec::{decode, pack_commands};
+use super::retry;
 use super::socket::{lost, Socket};
 use crate::command::{Batch, Command, Finish, Reply, Step};
 use crate::error::{ErrorCode, StoreError, StoreResult};
@@ -84,9 +85,10 @@ enum Connection {
 struct Pending {
   what: &'static str,
   /// How many times each batch of the call may be sent again after a dropped
-  /// connection (0 for the claim, which must not be sent twice).
-  retries: u32,
-  /// How many more times this batch may be sent again.
+  /// connection (`retry.attempts`), if the batch declares it safe to resend.
+  attempts: u32,
+  /// How many more times this batch may be sent again (none for a batch that must not
+  /// be sent twice, such as the claim).
   retries_left: u32,
   /// Whether it is waiting to be sent again after a dropped connection.
   recovering: bool,
@@ -184,14 +186,9 @@ impl LoopRedis {
       return Err(StoreError::disposed());
     }
     state.prepare(driver, env.raw())?;
-    let retries = if what == "tryBeginExecutionTask" {
-      0
-    } else {
-      driver.retry.attempts
-    };
     let pending = Pending::new(
       what,
-      retries,
+      driver.retry.attempts,
       driver.command_timeout,
       deferred,
       batch,
@@ -271,7 +268,7 @@ impl Driver {
         let settled = state.keep_recovering(&err);
         if !state.pending.is_empty() {
           state.failures += 1;
-          let delay = self.retry.delay(state.failures, jitter());
+          let delay = retry::backoff(&self.retry, state.failures, retry::jitter());
           state.wait_to_reconnect(self, delay);
         }
         settled
@@ -497,7 +494,8 @@ impl State {
   }
 
   /// After the connection dropped: calls with retries left are kept for a new
-  /// connection (the claim has none: its first attempt may have landed); the others
+  /// connection (a batch declared `Resend::Never` has none: its first attempt may have
+  /// landed); the others
   /// are rejected with `err`.
   fn recover(&mut self, err: StoreError) -> Vec<Settlement> {
     self.drop_connection();
@@ -510,10 +508,7 @@ impl State {
   /// With Sentinel every call waits: a master that cannot be reached is being replaced.
   fn keep_recovering(&mut self, err: &StoreError) -> Vec<Settlement> {
     self.connection = Connection::Idle;
-    let transient = !matches!(
-      err.code,
-      ErrorCode::Auth | ErrorCode::InvalidInput | ErrorCode::Tls
-    );
+    let transient = retry::classify(err).may_retry();
     let follow_failover = self.follow_failover;
     self.requeue_or_reject(err, |pending| {
       transient && (pending.recovering || follow_failover)
@@ -662,7 +657,7 @@ impl State {
 impl Pending {
   fn new(
     what: &'static str,
-    retries: u32,
+    attempts: u32,
     timeout: Duration,
     deferred: Deferred,
     batch: Batch,
@@ -671,8 +666,8 @@ impl Pending {
     let expected = batch.commands.len() + if batch.atomic { 2 } else { 0 };
     Self {
       what,
-      retries,
-      retries_left: retries,
+      attempts,
+      retries_left: if batch.may_resend() { attempts } else { 0 },
       recovering: false,
       timeout_ms: timeout.as_millis() as u64,
       deferred: Some(deferred),
@@ -689,7 +684,7 @@ impl Pending {
   fn complete(mut self) -> Option<Completion> {
     let deferred = self.deferred.take()?;
     let finish = self.finish.take()?;
-    let (what, retries, timeout) = (self.what, self.retries, self.timeout_ms);
+    let (what, attempts, timeout) = (self.what, self.attempts, self.timeout_ms);
     let replies = match self.replies_for_commands() {
       Ok(replies) => replies,
       Err(err) => return Some(Completion::Settled((deferred, Err(err)))),
@@ -699,7 +694,7 @@ impl Pending {
       Step::Then(batch, finish) => {
         let timeout = Duration::from_millis(timeout);
         Completion::Continue(Pending::new(
-          what, retries, timeout, deferred, batch, finish,
+          what, attempts, timeout, deferred, batch, finish,
         ))
       }
     })
@@ -777,15 +772,6 @@ unsafe extern "C" fn on_backoff_timer(handle: *mut uv::Handle) {
 /// A `READONLY` error: a write reached a replica.
 fn is_readonly(value: &Value) -> bool {
   matches!(value, Value::ServerError(err) if err.code() == "READONLY")
-}
-
-/// A number in [0, 1) for backoff jitter (no need for a cryptographic source).
-fn jitter() -> f64 {
-  use std::hash::{BuildHasher, Hasher};
-  let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-  let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-  hasher.write_u128(now.map(|d| d.as_nanos()).unwrap_or_default());
-  (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 unsafe extern "C" fn on_handle_closed(handle: *mut uv::Handle) {

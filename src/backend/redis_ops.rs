@@ -45,6 +45,7 @@ fn lower(batch: Batch) -> (Batch, Vec<Fold>) {
   let mut commands = Vec::with_capacity(batch.commands.len() + 2);
   let mut folds = Vec::with_capacity(batch.commands.len());
   let mut atomic = batch.atomic;
+  let resend = batch.resend;
   for command in batch.commands {
     let before = commands.len();
     let fold = lower_one(command, &mut commands);
@@ -52,7 +53,12 @@ fn lower(batch: Batch) -> (Batch, Vec<Fold>) {
     atomic |= matches!(fold, Fold::First(_) | Fold::Ok(_)) && commands.len() - before > 1;
     folds.push(fold);
   }
-  (Batch { commands, atomic }, folds)
+  let lowered = Batch {
+    commands,
+    atomic,
+    resend,
+  };
+  (lowered, folds)
 }
 
 fn lower_one(command: Command, out: &mut Vec<Command>) -> Fold {

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::mount::Mount;
-use crate::command::{Batch, Command, KeyKind, MergeOutcome, Reply, Step};
+use crate::command::{Batch, Command, KeyKind, MergeOutcome, Reply, Resend, Step};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::glob;
 use crate::output::Output;
@@ -79,10 +79,7 @@ pub fn set_many(mount: Arc<Mount>, entries: Vec<(String, String)>, ttl_ms: Optio
     .iter()
     .map(|key| Command::Exists { key: key.clone() })
     .collect();
-  let batch = Batch {
-    commands: exists,
-    atomic: false,
-  };
+  let batch = Batch::many(exists);
   Step::then(batch, move |replies| {
     let new = replies.iter().filter(|r| **r == Reply::Int(0)).count() as u64;
     let write = move || {
@@ -274,10 +271,7 @@ fn mget_batch(full_keys: &[String]) -> Batch {
       keys: chunk.to_vec(),
     })
     .collect();
-  Batch {
-    commands,
-    atomic: false,
-  }
+  Batch::many(commands)
 }
 
 fn mget_values(replies: Vec<Reply>) -> impl Iterator<Item = Option<Vec<u8>>> {
@@ -292,15 +286,22 @@ fn utf8_value(bytes: Vec<u8>, full_key: &str) -> StoreResult<String> {
 }
 
 /// Deletes `full_keys` (`UNLINK`s of up to 1,000 keys, one round trip); resolves with
-/// how many existed.
+/// how many existed. Never sent twice: a second `UNLINK` after a first that landed would
+/// count fewer, so a dropped connection rejects the call with `UNAVAILABLE`.
 pub fn delete_keys(mount: Arc<Mount>, full_keys: Vec<String>) -> Step {
-  unlink(full_keys, move |deleted| {
+  unlink(full_keys, Resend::Never, move |deleted| {
     mount.adjust_count(-deleted);
     Step::Done(Ok(Output::Int(deleted)))
   })
 }
 
-fn unlink(full_keys: Vec<String>, then: impl FnOnce(i64) -> Step + Send + 'static) -> Step {
+/// `UNLINK`s `full_keys`, then `then(how many existed)`; `resend` says whether that
+/// count matters (a resend after a first run that landed counts fewer).
+fn unlink(
+  full_keys: Vec<String>,
+  resend: Resend,
+  then: impl FnOnce(i64) -> Step + Send + 'static,
+) -> Step {
   if full_keys.is_empty() {
     return then(0);
   }
@@ -310,10 +311,8 @@ fn unlink(full_keys: Vec<String>, then: impl FnOnce(i64) -> Step + Send + 'stati
       keys: chunk.to_vec(),
     })
     .collect();
-  let batch = Batch {
-    commands,
-    atomic: false,
-  };
+  let mut batch = Batch::many(commands);
+  batch.resend = resend;
   Step::then(batch, move |replies| {
     let deleted = replies
       .iter()
@@ -331,7 +330,8 @@ fn unlink(full_keys: Vec<String>, then: impl FnOnce(i64) -> Step + Send + 'stati
 pub fn clear(mount: Arc<Mount>) -> Step {
   let pattern = format!("{}*", glob::escape(&mount.prefix));
   scan(pattern, move |keys| {
-    unlink(keys.into_iter().collect(), move |_| {
+    // The count is not used: sending the `UNLINK`s again is safe.
+    unlink(keys.into_iter().collect(), Resend::Safe, move |_| {
       mount.forget_count();
       let defaults: Vec<Command> = mount
         .schema

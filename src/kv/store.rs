@@ -194,9 +194,11 @@ impl NativeKvStore {
       mount.check_writable("delete", Some(&key))?;
       let full_key = mount.full_key(&key);
       Ok(Step::then(
+        // A second `UNLINK` after a first that landed would answer `false`.
         Batch::one(Command::Unlink {
           keys: vec![full_key],
-        }),
+        })
+        .never_resend(),
         move |replies| {
           let existed = ops::first(replies) == Reply::Int(1);
           if existed {

@@ -22,7 +22,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{RedisResult, Value};
 
-use super::redis::{decode, to_redis};
+use super::redis_codec::{decode, to_redis};
+use super::retry::{self, Budget};
 use crate::command::{Batch, Command, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::options::RetrySettings;
@@ -76,17 +77,16 @@ impl ClusterBackend {
   /// Runs a batch of call `what`. redis-rs follows `MOVED`/`ASK` and a failover itself
   /// (it reconnects, rebuilds its slot map when a node is gone, and retries, any command,
   /// `HSETNX` included). As a guard against a cluster connection that wedges or gives up
-  /// (redis-rs#1953, #1005), an attempt of a call that is safe to repeat (all but
-  /// `tryBeginExecutionTask`) gets `connectTimeout`; when it fails on the connection, on a
+  /// (redis-rs#1953, #1005), an attempt of a batch declared safe to resend
+  /// ([`crate::command::Resend`]) gets `connectTimeout`; when it fails on the connection, on a
   /// cluster that is down or resharding, or times out, the cluster connection is re-made
   /// from the seed nodes (a fresh slot map) and the batch sent again, with backoff, up to
   /// `retry.attempts` times. The caller bounds the whole by `commandTimeout`.
   pub async fn execute(&self, what: &str, batch: &Batch) -> StoreResult<Vec<Reply>> {
-    let safe = what != "tryBeginExecutionTask" && self.retry.attempts > 0;
-    if !safe {
+    let mut budget = Budget::new(&self.retry, batch.may_resend());
+    if !batch.may_resend() || self.retry.attempts == 0 {
       return self.run(batch).await.map_err(|(err, _)| err);
     }
-    let mut failures = 0;
     loop {
       let generation = self.generation();
       let attempt = tokio::time::timeout(self.connect_timeout, self.run(batch)).await;
@@ -96,8 +96,7 @@ impl ClusterBackend {
         Ok(Err((err, _))) => return Err(err),
         Err(_) => StoreError::timeout(what, self.connect_timeout.as_millis() as u64),
       };
-      failures += 1;
-      if failures > self.retry.attempts {
+      if !budget.spend() {
         return Err(err);
       }
       // The connection this attempt used: the one it found, or the one it made.
@@ -105,7 +104,7 @@ impl ClusterBackend {
       if current == generation || current == generation + 1 {
         self.forget(current);
       }
-      tokio::time::sleep(self.retry.delay(failures, jitter())).await;
+      tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
     }
   }
 
@@ -114,7 +113,7 @@ impl ClusterBackend {
   /// down or resharding).
   async fn run(&self, batch: &Batch) -> Result<Vec<Reply>, (StoreError, bool)> {
     let (connection, generation) = self.connection().await.map_err(|err| {
-      let transient = !matches!(err.code, ErrorCode::Auth | ErrorCode::Disposed);
+      let transient = retry::classify(&err).may_retry();
       (err, transient)
     })?;
     let runs = plan(batch).into_iter().map(|group| {
@@ -157,21 +156,10 @@ impl ClusterBackend {
   /// A failed round trip; connection errors, timeouts and a cluster that is down or
   /// resharding are transient (the connection is re-made after a connection error).
   fn failed(&self, generation: u64, err: redis::RedisError) -> (StoreError, bool) {
-    use redis::ServerErrorKind as Kind;
-    let connection = err.is_unrecoverable_error()
-      || err.is_io_error()
-      || err.is_connection_dropped()
-      || err.is_connection_refusal();
-    if connection {
+    if retry::connection_lost(&err) {
       self.forget(generation);
     }
-    let transient = connection
-      || err.is_timeout()
-      || matches!(
-        err.kind(),
-        redis::ErrorKind::Server(Kind::ClusterDown | Kind::TryAgain | Kind::Moved | Kind::Ask)
-      )
-      || err.kind() == redis::ErrorKind::ClusterConnectionNotFound;
+    let transient = retry::classify_redis(&err).may_retry();
     (err.into(), transient)
   }
 
@@ -228,15 +216,6 @@ impl ClusterBackend {
       format!("{what} {} failed: {}", self.display, mapped.message),
     )
   }
-}
-
-/// A number in `[0, 1)` for backoff jitter, from the clock (no RNG needed for this).
-fn jitter() -> f64 {
-  let nanos = std::time::SystemTime::now()
-    .duration_since(std::time::UNIX_EPOCH)
-    .map(|d| d.subsec_nanos())
-    .unwrap_or(0);
-  f64::from(nanos % 1000) / 1000.0
 }
 
 /// Splits a batch into groups that each go to one node in one round trip.
@@ -336,17 +315,14 @@ mod tests {
   #[test]
   fn plans_one_group_per_slot() {
     let get = |key: &str| Command::Get { key: key.into() };
-    let batch = Batch {
-      commands: vec![
-        get("{a}1"),
-        get("{b}1"),
-        get("{a}2"),
-        Command::MGet {
-          keys: vec!["x".into(), "y".into()],
-        },
-      ],
-      atomic: false,
-    };
+    let batch = Batch::many(vec![
+      get("{a}1"),
+      get("{b}1"),
+      get("{a}2"),
+      Command::MGet {
+        keys: vec!["x".into(), "y".into()],
+      },
+    ]);
     let groups = plan(&batch);
     assert_eq!(groups.len(), 3);
     assert!(matches!(&groups[0], Group::Slot(i, false) if i == &vec![0, 2]));

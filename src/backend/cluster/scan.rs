@@ -4,7 +4,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{RedisResult, Value};
 
-use super::super::redis::{decode, to_redis};
+use super::super::redis_codec::{decode, to_redis};
 use crate::command::{Command, Reply};
 use crate::error::{StoreError, StoreResult};
 
