@@ -112,10 +112,11 @@ impl Engine {
       Engine::Tokio(backend) => {
         let backend = backend.clone();
         let step = Step::Then(batch, finish);
-        env.spawn_future(run_steps(what, limit, step, move |batch| {
+        let steps = run_steps(what, limit, step, move |batch| {
           let backend = backend.clone();
           async move { backend.execute(what, batch).await }
-        }))
+        });
+        js_promise::spawn(env, what, steps)
       }
       Engine::Embedded(embedded) => {
         let (deferred, promise) = js_promise::create(env.raw())?;
@@ -169,14 +170,14 @@ async fn run_steps<F, Fut>(
   limit: Duration,
   mut step: Step,
   execute: F,
-) -> napi::Result<Output>
+) -> StoreResult<Output>
 where
   F: Fn(Batch) -> Fut,
   Fut: std::future::Future<Output = StoreResult<Vec<Reply>>>,
 {
   loop {
     match step {
-      Step::Done(result) => return Ok(result?),
+      Step::Done(result) => return result,
       Step::Then(batch, finish) => {
         let replies = bounded(what, limit, execute(batch)).await?;
         step = finish(replies);
