@@ -12,6 +12,8 @@ mod redis;
 mod redis_loop;
 pub mod redis_ops;
 #[cfg(unix)]
+mod resp;
+#[cfg(unix)]
 mod socket;
 mod sqlite;
 

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use napi::{sys, Env};
-use redis::{Value, ValueCodec};
-use tokio_util::codec::Decoder;
+use redis::Value;
 
 use super::connect::open;
 use super::redis::{decode, pack_commands};
+use super::resp::ReplyDecoder;
 use super::socket::{lost, Socket};
 use crate::command::{Batch, Command, Finish, Reply, Step};
 use crate::error::{ErrorCode, StoreError, StoreResult};
@@ -60,7 +60,7 @@ struct State {
   attempt: u64,
   unsent: Vec<u8>,
   received: BytesMut,
-  codec: ValueCodec,
+  codec: ReplyDecoder,
   pending: VecDeque<Pending>,
   closed: bool,
   shut_down: bool,
@@ -129,7 +129,7 @@ impl LoopRedis {
       attempt: 0,
       unsent: Vec::new(),
       received: BytesMut::new(),
-      codec: ValueCodec::default(),
+      codec: ReplyDecoder::default(),
       pending: VecDeque::new(),
       closed: false,
       shut_down: false,
@@ -404,7 +404,7 @@ impl State {
       events: 0,
     };
     self.received.clear();
-    self.codec = ValueCodec::default();
+    self.codec = ReplyDecoder::default();
     self.watch_writes(!self.unsent.is_empty());
     Ok(())
   }
