@@ -146,7 +146,10 @@ export declare function createStore(url?: string | undefined | null, options?: S
  */
 export declare function debugEmbeddedGroups(): Array<number>
 
-/** Panics inside an async call; JS must see a rejected promise, not an abort. */
+/**
+ * Panics inside an async call; JS must see a promise rejected with `err.code`
+ * `INTERNAL`, not an abort.
+ */
 export declare function debugPanicAsync(): Promise<void>
 
 /** Panics inside a synchronous call; JS must see a thrown error, not an abort. */

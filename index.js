@@ -6,7 +6,8 @@
 /** The string the worker library stores for a step that returned `undefined`. */
 const EMPTY_EXECUTION_RESULT = '<empty_execution_result>'
 const EMPTY_RESULT_JSON = JSON.stringify(EMPTY_EXECUTION_RESULT)
-const CODED_MESSAGE = /^\[([A-Z_]+)\] ([\s\S]*)$/
+/** The stable codes the native layer sets as `err.code` (src/error.rs `ErrorCode`; napi's own codes are `InvalidArg` and the like). */
+const NATIVE_CODES = new Set(['INVALID_INPUT', 'SERIALIZE', 'CORRUPT_DATA', 'WRONG_TYPE', 'UNAVAILABLE', 'TIMEOUT', 'AUTH', 'TLS', 'DISPOSED', 'INTERNAL', 'UNKNOWN_MOUNT', 'READ_ONLY', 'WRITE_ONLY', 'TYPE_MISMATCH', 'VALUE_TOO_LARGE', 'ENTRY_LIMIT'])
 
 class DurastateError extends Error {
   constructor(code, message, options) {
@@ -73,8 +74,7 @@ function platformName() {
 function toDurastateError(err) {
   if (err instanceof DurastateError) return err
   const message = err && typeof err.message === 'string' ? err.message : String(err)
-  const coded = CODED_MESSAGE.exec(message)
-  if (coded) return new DurastateError(coded[1], coded[2])
+  if (err && NATIVE_CODES.has(err.code)) return new DurastateError(err.code, message)
   if (err && (err.code === 'InvalidArg' || err.code === 'NumberExpected' || err.code === 'StringExpected' || err.code === 'ObjectExpected')) {
     return new DurastateError('INVALID_INPUT', message)
   }

@@ -31,9 +31,31 @@ describe('process behaviour', () => {
   })
 
   it('turns a panic in an async call into a rejection with code INTERNAL', async () => {
-    await assert.rejects(binding.debugPanicAsync(), (err) => /INTERNAL/.test(`${err.code} ${err.message}`) && /deliberate panic/.test(err.message))
+    await assert.rejects(binding.debugPanicAsync(), (err) => err.code === 'INTERNAL' && /deliberate panic/.test(err.message))
     // The addon still works afterwards.
     assert.equal(await createMemoryStore().isExecutionInProgress('e'), false)
+  })
+
+  it('sets the code on native errors as data: err.code, and a message without a [CODE] prefix', async () => {
+    const coded = (code, pattern) => (err) => {
+      assert.ok(err instanceof Error)
+      assert.equal(err.code, code, err.message)
+      assert.doesNotMatch(err.message, /^\[/)
+      assert.match(err.message, pattern)
+      return true
+    }
+    // Settled on the JS thread (memory store).
+    const memory = binding.createMemoryStore()
+    await assert.rejects(memory.beginExecution(''), coded('INVALID_INPUT', /executionId must be a non-empty string/))
+    memory.close()
+    await assert.rejects(memory.isExecutionInProgress('e'), coded('DISPOSED', /store is closed/))
+    // Settled from tokio (a unix socket runs on the threads driver).
+    const socket = join(dir, 'nobody-listens.sock')
+    const unix = binding.createRedisStore(`redis+unix://${socket}`, { connectTimeout: 1000, retry: { attempts: 0 } })
+    await assert.rejects(unix.isExecutionInProgress('e'), coded('UNAVAILABLE', /nobody-listens\.sock/))
+    unix.close()
+    // Thrown synchronously by a factory.
+    assert.throws(() => binding.createStore('postgres://h/db'), coded('INVALID_INPUT', /postgres/))
   })
 
   const stores = () => ({

@@ -38,7 +38,6 @@ const KV_ARGUMENTS = { get: ['key'], set: ['key', 'value'], delete: ['key'] }
 const SCAN_COUNT = 1000
 const CALLS_IN_FLIGHT = 1000
 const PREVIEW_LENGTH = 48
-const CODED_MESSAGE = /^\[([A-Z_]+)\] ([\s\S]*)$/
 
 class UsageError extends Error {}
 
@@ -365,11 +364,9 @@ async function kv(command) {
 // Main
 // ---------------------------------------------------------------------------------------
 
-/** The stable code and the message of an error: a DurastateError, a native `[CODE] message`, or anything else. */
+/** The stable code and the message of an error: a DurastateError, a native error (its `code` is set natively), or anything else. */
 function describeError(err) {
   const message = err instanceof Error ? err.message : String(err)
-  const coded = CODED_MESSAGE.exec(message)
-  if (coded) return { code: coded[1], message: coded[2] }
   return { code: typeof err?.code === 'string' ? err.code : 'INTERNAL', message }
 }
 

@@ -9,6 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::ptr;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use napi::{sys, Env};
@@ -38,7 +39,7 @@ struct Channel {
 }
 
 thread_local! {
-  static CHANNEL: RefCell<Option<Arc<Channel>>> = const { RefCell::new(None) };
+  static CHANNEL: RefCell<Option<Rc<Channel>>> = const { RefCell::new(None) };
 }
 
 /// A handle to settle one call from any thread.
@@ -87,7 +88,7 @@ pub fn begin(env: &Env, deferred: Deferred) -> napi::Result<Completion> {
   })
 }
 
-fn channel(env: &Env) -> napi::Result<Arc<Channel>> {
+fn channel(env: &Env) -> napi::Result<Rc<Channel>> {
   let raw = env.raw();
   if let Some(channel) = CHANNEL
     .with(|c| c.borrow().clone())
@@ -95,7 +96,7 @@ fn channel(env: &Env) -> napi::Result<Arc<Channel>> {
   {
     return Ok(channel);
   }
-  let channel = Arc::new(make_channel(raw)?);
+  let channel = Rc::new(make_channel(raw)?);
   CHANNEL.with(|c| *c.borrow_mut() = Some(channel.clone()));
   Ok(channel)
 }

@@ -1,9 +1,11 @@
 //! Hooks for durastate's own tests of panic handling. Not part of the public API
 //! (`index.js` does not export them).
 
-use std::time::Duration;
-
+use napi::bindgen_prelude::PromiseRaw;
+use napi::Env;
 use napi_derive::napi;
+
+use crate::output::Output;
 
 /// Panics inside a synchronous call; JS must see a thrown error, not an abort.
 #[napi(catch_unwind)]
@@ -11,17 +13,16 @@ pub fn debug_panic_sync() {
   panic!("deliberate panic (sync) for durastate's tests");
 }
 
-/// Panics inside an async call; JS must see a rejected promise, not an abort.
-#[napi]
-pub async fn debug_panic_async() -> napi::Result<()> {
-  crate::guard::bounded("debugPanicAsync", Duration::from_secs(1), async {
+/// Panics inside an async call; JS must see a promise rejected with `err.code`
+/// `INTERNAL`, not an abort.
+#[napi(ts_return_type = "Promise<void>")]
+pub fn debug_panic_async<'env>(env: &'env Env) -> napi::Result<PromiseRaw<'env, Output>> {
+  crate::js_promise::spawn(env, "debugPanicAsync", async {
     if std::hint::black_box(true) {
       panic!("deliberate panic (async) for durastate's tests");
     }
-    Ok(())
+    Ok(Output::Undefined)
   })
-  .await?;
-  Ok(())
 }
 
 /// `[groups, calls]` the embedded stores ran on the JS thread so far: calls made in the

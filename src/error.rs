@@ -1,9 +1,12 @@
-//! One error type for the whole crate, with stable codes that JS sees as `err.code`.
+//! One error type for the whole crate, with stable codes that JS sees as `err.code`:
+//! the native layer sets the code on the error object it rejects or throws with, and the
+//! message is only the text a person reads.
 
 use std::fmt;
 
-/// The stable error codes. The JS layer turns the `[CODE]` prefix of a rejection
-/// message into `err.code`, so these strings are part of the public API.
+/// The stable error codes. Native rejections and throws carry one as `err.code` (see
+/// `js_promise::settle`, and `napi::Result<T, ErrorCode>` for synchronous throws), so
+/// these strings are part of the public API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
   /// An argument or option is invalid; nothing was sent or stored.
@@ -42,6 +45,26 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+  /// Every code (index.js keeps the same list to tell them from napi's own codes).
+  pub const ALL: [ErrorCode; 16] = [
+    Self::InvalidInput,
+    Self::Serialize,
+    Self::CorruptData,
+    Self::WrongType,
+    Self::Unavailable,
+    Self::Timeout,
+    Self::Auth,
+    Self::Tls,
+    Self::Disposed,
+    Self::Internal,
+    Self::UnknownMount,
+    Self::ReadOnly,
+    Self::WriteOnly,
+    Self::TypeMismatch,
+    Self::ValueTooLarge,
+    Self::EntryLimit,
+  ];
+
   /// The code as JS sees it in `err.code`.
   pub fn as_str(self) -> &'static str {
     match self {
@@ -102,21 +125,37 @@ impl StoreError {
   }
 }
 
+impl AsRef<str> for ErrorCode {
+  fn as_ref(&self) -> &str {
+    self.as_str()
+  }
+}
+
+/// The message alone; the code is data (`err.code` in JS), never part of the text.
 impl fmt::Display for StoreError {
   fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    write!(f, "[{}] {}", self.code.as_str(), self.message)
+    f.write_str(&self.message)
   }
 }
 
 impl std::error::Error for StoreError {}
 
-impl From<StoreError> for napi::Error {
+/// A synchronous `#[napi]` function that can fail with a [`StoreError`] returns
+/// `napi::Result<T, ErrorCode>` (spelled so: napi-derive looks for `Result`); napi-rs
+/// throws the error with its status string, the code, as `err.code`.
+impl From<StoreError> for napi::Error<ErrorCode> {
   fn from(err: StoreError) -> Self {
-    let status = match err.code {
-      ErrorCode::InvalidInput => napi::Status::InvalidArg,
-      _ => napi::Status::GenericFailure,
-    };
-    napi::Error::new(status, err.to_string())
+    napi::Error::new(err.code, err.message)
+  }
+}
+
+/// A failed napi call (creating a promise or a value): a bug or a dying environment.
+impl From<napi::Error> for StoreError {
+  fn from(err: napi::Error) -> Self {
+    Self::new(
+      ErrorCode::Internal,
+      format!("napi call failed ({}): {}", err.status, err.reason),
+    )
   }
 }
 
@@ -164,9 +203,23 @@ mod tests {
   use super::*;
 
   #[test]
-  fn display_carries_the_code_prefix_js_parses() {
+  fn display_is_the_message_and_the_code_travels_apart() {
     let err = StoreError::new(ErrorCode::WrongType, "key \"x\" holds a string");
-    assert_eq!(err.to_string(), "[WRONG_TYPE] key \"x\" holds a string");
+    assert_eq!(err.to_string(), "key \"x\" holds a string");
+    assert_eq!(err.code.as_ref(), "WRONG_TYPE");
+    // (A `napi::Error` cannot be built here: dropping one links against Node's napi.)
+  }
+
+  #[test]
+  fn index_js_knows_every_code() {
+    let index = include_str!("../index.js");
+    let known = index
+      .lines()
+      .find(|line| line.starts_with("const NATIVE_CODES"))
+      .expect("index.js lists NATIVE_CODES");
+    for code in ErrorCode::ALL {
+      assert!(known.contains(&format!("'{}'", code.as_str())), "{code:?}");
+    }
   }
 
   #[test]

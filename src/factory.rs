@@ -12,7 +12,7 @@ use napi_derive::napi;
 use crate::backend::LoopRedis;
 use crate::backend::{ClusterBackend, EmbeddedBackend, EmbeddedSettings, Location, RedisBackend};
 use crate::engine::Engine;
-use crate::error::{StoreError, StoreResult};
+use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::keys::KeyLayout;
 use crate::options::{
   millis, CommonSettings, RedisConnectionOptions, StoreOptions, DEFAULT_BUSY_TIMEOUT_MS,
@@ -29,7 +29,7 @@ pub const DEFAULT_SQLITE_PATH: &str = "./.durastate/state.db";
 pub fn create_redis_store(
   target: Option<Either<String, RedisConnectionOptions>>,
   options: Option<StoreOptions>,
-) -> napi::Result<NativeWorkerStore> {
+) -> napi::Result<NativeWorkerStore, ErrorCode> {
   let options = options.unwrap_or_default();
   if let Some(Either::B(fields)) = &target {
     if fields.cluster.is_some() {
@@ -49,7 +49,7 @@ pub fn create_redis_store(
 pub fn create_sqlite_store(
   path: Option<String>,
   options: Option<StoreOptions>,
-) -> napi::Result<NativeWorkerStore> {
+) -> napi::Result<NativeWorkerStore, ErrorCode> {
   let path = path.unwrap_or_else(|| DEFAULT_SQLITE_PATH.to_string());
   Ok(sqlite_store(
     file_path(&path)?,
@@ -59,7 +59,9 @@ pub fn create_sqlite_store(
 
 /// A store in this process's memory: same semantics, nothing persisted.
 #[napi(catch_unwind)]
-pub fn create_memory_store(options: Option<StoreOptions>) -> napi::Result<NativeWorkerStore> {
+pub fn create_memory_store(
+  options: Option<StoreOptions>,
+) -> napi::Result<NativeWorkerStore, ErrorCode> {
   Ok(embedded_store(
     Location::Memory,
     &options.unwrap_or_default(),
@@ -72,7 +74,7 @@ pub fn create_memory_store(options: Option<StoreOptions>) -> napi::Result<Native
 pub fn create_store(
   url: Option<String>,
   options: Option<StoreOptions>,
-) -> napi::Result<NativeWorkerStore> {
+) -> napi::Result<NativeWorkerStore, ErrorCode> {
   let options = options.unwrap_or_default();
   let url = url.filter(|u| !u.is_empty()).or_else(url_from_env);
   let Some(url) = url else {

@@ -10,7 +10,7 @@ use napi_derive::napi;
 
 use crate::command::{Batch, Command, ExecutionView, Reply, Step};
 use crate::engine::Engine;
-use crate::error::{StoreError, StoreResult};
+use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::factory::engine_for_target;
 use crate::options::StoreOptions;
 use crate::output::Output;
@@ -28,7 +28,7 @@ pub struct NativeInspector {
 pub fn create_inspector(
   url: Option<String>,
   options: Option<StoreOptions>,
-) -> napi::Result<NativeInspector> {
+) -> napi::Result<NativeInspector, ErrorCode> {
   if url.as_deref().is_some_and(|u| u.starts_with("memory:")) {
     return Err(
       StoreError::invalid_input(

@@ -3,12 +3,16 @@
 //! callback scope (so Node runs the promise reactions and `process.nextTick`s after).
 
 use std::ffi::CString;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::ptr;
 
-use napi::bindgen_prelude::ToNapiValue;
-use napi::sys;
+use futures_util::FutureExt;
+use napi::bindgen_prelude::{PromiseRaw, ToNapiValue};
+use napi::{sys, Env};
 
-use crate::error::{StoreError, StoreResult};
+use crate::error::{ErrorCode, StoreResult};
+use crate::guard::panic_error;
 use crate::output::Output;
 
 /// A promise's resolver. Only touched on the JS thread of its `env`.
@@ -23,31 +27,59 @@ pub fn create(env: sys::napi_env) -> napi::Result<(Deferred, sys::napi_value)> {
 }
 
 /// Resolves or rejects; must run in a handle scope on the JS thread. Rejections are
-/// `Error`s whose message starts with `[CODE]`, as every durastate error does.
+/// `Error`s with the stable code as `err.code` and the plain message as `err.message`.
 pub fn settle(env: sys::napi_env, deferred: Deferred, result: StoreResult<Output>) {
   unsafe {
     let status = match result {
       Ok(output) => match Output::to_napi_value(env, output) {
         Ok(value) => sys::napi_resolve_deferred(env, deferred, value),
-        Err(err) => reject(env, deferred, &err.reason),
+        Err(err) => reject(env, deferred, ErrorCode::Internal, &err.reason),
       },
-      Err(err) => reject(env, deferred, &err.to_string()),
+      Err(err) => reject(env, deferred, err.code, &err.message),
     };
     debug_assert_eq!(status, sys::Status::napi_ok);
   }
 }
 
-unsafe fn reject(env: sys::napi_env, deferred: Deferred, message: &str) -> sys::napi_status {
-  let mut text = ptr::null_mut();
-  sys::napi_create_string_utf8(
-    env,
-    message.as_ptr().cast(),
-    message.len() as isize,
-    &mut text,
-  );
+unsafe fn reject(
+  env: sys::napi_env,
+  deferred: Deferred,
+  code: ErrorCode,
+  message: &str,
+) -> sys::napi_status {
+  let code_value = string(env, code.as_str());
+  let text = string(env, message);
   let mut error = ptr::null_mut();
-  sys::napi_create_error(env, ptr::null_mut(), text, &mut error);
+  sys::napi_create_error(env, code_value, text, &mut error);
   sys::napi_reject_deferred(env, deferred, error)
+}
+
+unsafe fn string(env: sys::napi_env, text: &str) -> sys::napi_value {
+  let mut value = ptr::null_mut();
+  sys::napi_create_string_utf8(env, text.as_ptr().cast(), text.len() as isize, &mut value);
+  value
+}
+
+/// Runs `work` on tokio and settles a promise with its result on the JS thread, so a
+/// rejection carries its code (napi-rs's own `spawn_future` can only reject with a
+/// napi `Status` as `err.code`). A panic in `work` rejects with `INTERNAL`.
+pub fn spawn<'env>(
+  env: &'env Env,
+  what: &'static str,
+  work: impl Future<Output = StoreResult<Output>> + Send + 'static,
+) -> napi::Result<PromiseRaw<'env, Output>> {
+  let (deferred, promise) = create(env.raw())?;
+  let work = AssertUnwindSafe(work).catch_unwind();
+  let spawned =
+    env.spawn_future_with_callback(async move { Ok(work.await) }, move |env, outcome| {
+      let result = outcome.unwrap_or_else(|panic| Err(panic_error(what, panic)));
+      settle(env.raw(), deferred, result);
+      Ok(())
+    });
+  if let Err(err) = spawned {
+    settle(env.raw(), deferred, Err(err.into()));
+  }
+  Ok(PromiseRaw::new(env.raw(), promise))
 }
 
 /// The async context promise settlements run under (one per store).
@@ -113,12 +145,9 @@ fn check(status: sys::napi_status) -> napi::Result<()> {
   if status == sys::Status::napi_ok {
     Ok(())
   } else {
-    Err(
-      StoreError::new(
-        crate::error::ErrorCode::Internal,
-        format!("napi call failed with status {status}"),
-      )
-      .into(),
-    )
+    Err(napi::Error::new(
+      napi::Status::GenericFailure,
+      format!("napi call failed with status {status}"),
+    ))
   }
 }

@@ -127,7 +127,9 @@ impl NativeWorkerStore {
     env: &'env Env,
     execution_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    check_id(&execution_id)?;
+    if let Err(err) = check_id(&execution_id) {
+      return Engine::rejected(env, err);
+    }
     let command = Command::Set {
       key: self.config.keys.execution(&execution_id),
       value: MARKER.to_string(),
@@ -145,7 +147,9 @@ impl NativeWorkerStore {
     env: &'env Env,
     execution_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    check_id(&execution_id)?;
+    if let Err(err) = check_id(&execution_id) {
+      return Engine::rejected(env, err);
+    }
     let key = self.config.keys.results(&execution_id);
     let exec = self.config.keys.execution(&execution_id);
     let batch = Batch::one(Command::StepResults { exec });
@@ -161,7 +165,9 @@ impl NativeWorkerStore {
     execution_id: String,
     task_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    check_id(&execution_id)?;
+    if let Err(err) = check_id(&execution_id) {
+      return Engine::rejected(env, err);
+    }
     let key = self.config.keys.results(&execution_id);
     let batch = Batch::one(Command::StepResult {
       exec: self.config.keys.execution(&execution_id),
@@ -185,7 +191,9 @@ impl NativeWorkerStore {
     execution_id: String,
     task_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    check_id(&execution_id)?;
+    if let Err(err) = check_id(&execution_id) {
+      return Engine::rejected(env, err);
+    }
     let batch = self.claim(&execution_id, task_id, false, MARKER.to_string());
     self.dispatch(env, "beginExecutionTask", batch, done)
   }
@@ -201,7 +209,9 @@ impl NativeWorkerStore {
     execution_id: String,
     task_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    check_id(&execution_id)?;
+    if let Err(err) = check_id(&execution_id) {
+      return Engine::rejected(env, err);
+    }
     let token = if self.config.keys.is_hashtag() {
       claim_token()
     } else {
@@ -241,7 +251,9 @@ impl NativeWorkerStore {
     task_id: String,
     json: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    check_id(&execution_id)?;
+    if let Err(err) = check_id(&execution_id) {
+      return Engine::rejected(env, err);
+    }
     let batch = Batch::one(Command::Commit {
       exec: self.config.keys.execution(&execution_id),
       task: task_id,
@@ -258,7 +270,9 @@ impl NativeWorkerStore {
     env: &'env Env,
     execution_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    check_id(&execution_id)?;
+    if let Err(err) = check_id(&execution_id) {
+      return Engine::rejected(env, err);
+    }
     let key = self.config.keys.execution(&execution_id);
     let finish = |replies| Ok(Output::Bool(results::truthy(&first(replies))));
     self.dispatch(
@@ -277,7 +291,9 @@ impl NativeWorkerStore {
     execution_id: String,
     task_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    check_id(&execution_id)?;
+    if let Err(err) = check_id(&execution_id) {
+      return Engine::rejected(env, err);
+    }
     let batch = Batch::one(Command::StepClaim {
       exec: self.config.keys.execution(&execution_id),
       task: task_id,
@@ -294,7 +310,9 @@ impl NativeWorkerStore {
     env: &'env Env,
     execution_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    check_id(&execution_id)?;
+    if let Err(err) = check_id(&execution_id) {
+      return Engine::rejected(env, err);
+    }
     let command = Command::Dispose {
       exec: self.config.keys.execution(&execution_id),
     };

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use redis::{ConnectionAddr, Value, ValueCodec};
+use redis::{ConnectionAddr, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_util::codec::Decoder;
 
+use super::resp::ReplyDecoder;
 use super::socket::Socket;
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::redis_target::{RedisTarget, SentinelSettings};
@@ -177,11 +177,11 @@ async fn exchange(
     command.write_packed_command(&mut bytes);
   }
   stream.write_all(&bytes).await?;
-  let mut codec = ValueCodec::default();
+  let mut decoder = ReplyDecoder::default();
   let mut received = BytesMut::with_capacity(256);
   let mut answers = Vec::with_capacity(commands.len());
   while answers.len() < commands.len() {
-    if let Some(value) = codec
+    if let Some(value) = decoder
       .decode(&mut received)
       .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err.to_string()))?
     {

@@ -12,6 +12,8 @@ mod redis_codec;
 #[cfg(unix)]
 mod redis_loop;
 pub mod redis_ops;
+#[cfg(unix)]
+mod resp;
 pub mod retry;
 #[cfg(unix)]
 mod socket;

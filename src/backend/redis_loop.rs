@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use napi::{sys, Env};
-use redis::{Value, ValueCodec};
-use tokio_util::codec::Decoder;
+use redis::Value;
 
 use super::connect::open;
 use super::redis_codec::{decode, pack_commands};
+use super::resp::ReplyDecoder;
 use super::retry;
 use super::socket::{lost, Socket};
 use crate::command::{Batch, Command, Finish, Reply, Step};
@@ -61,7 +61,7 @@ struct State {
   attempt: u64,
   unsent: Vec<u8>,
   received: BytesMut,
-  codec: ValueCodec,
+  codec: ReplyDecoder,
   pending: VecDeque<Pending>,
   closed: bool,
   shut_down: bool,
@@ -131,7 +131,7 @@ impl LoopRedis {
       attempt: 0,
       unsent: Vec::new(),
       received: BytesMut::new(),
-      codec: ValueCodec::default(),
+      codec: ReplyDecoder::default(),
       pending: VecDeque::new(),
       closed: false,
       shut_down: false,
@@ -401,7 +401,7 @@ impl State {
       events: 0,
     };
     self.received.clear();
-    self.codec = ValueCodec::default();
+    self.codec = ReplyDecoder::default();
     self.watch_writes(!self.unsent.is_empty());
     Ok(())
   }

@@ -13,7 +13,7 @@ use super::mount::{unknown_mount, validate_mounts, KvMountSpec, Mount};
 use super::ops;
 use crate::command::{Batch, Command, Reply, Step};
 use crate::engine::Engine;
-use crate::error::{StoreError, StoreResult};
+use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::factory::engine_for_target;
 use crate::json_value::JsonType;
 use crate::options::{millis, RedisConnectionOptions, StoreOptions};
@@ -36,7 +36,7 @@ pub fn create_kv_store(
   target: Option<Either<String, RedisConnectionOptions>>,
   options: Option<StoreOptions>,
   mounts: Vec<KvMountSpec>,
-) -> napi::Result<NativeKvStore> {
+) -> napi::Result<NativeKvStore, ErrorCode> {
   let options = options.unwrap_or_default();
   let mounts = validate_mounts(mounts)?;
   let (engine, common) = engine_for_target(target, &options)?;
@@ -68,16 +68,19 @@ impl NativeKvStore {
     if self.closed.load(Ordering::Acquire) {
       return Engine::rejected(env, StoreError::disposed());
     }
-    match step? {
-      Step::Done(Ok(output)) => {
+    match step {
+      Err(err) => Engine::rejected(env, err),
+      Ok(Step::Done(Ok(output))) => {
         let (deferred, promise) = crate::js_promise::create(env.raw())?;
         crate::js_promise::settle(env.raw(), deferred, Ok(output));
         Ok(PromiseRaw::new(env.raw(), promise))
       }
-      Step::Done(Err(err)) => Engine::rejected(env, err),
-      Step::Then(batch, finish) => self
-        .engine
-        .call(env, what, batch, finish, self.command_timeout),
+      Ok(Step::Done(Err(err))) => Engine::rejected(env, err),
+      Ok(Step::Then(batch, finish)) => {
+        self
+          .engine
+          .call(env, what, batch, finish, self.command_timeout)
+      }
     }
   }
 
@@ -336,7 +339,7 @@ impl NativeKvStore {
 
   /// The mount's declared keys, as JSON text of `[{key, type, description}]`.
   #[napi]
-  pub fn schema(&self, mount: String) -> napi::Result<String> {
+  pub fn schema(&self, mount: String) -> napi::Result<String, ErrorCode> {
     Ok(self.mount(&mount)?.schema_info().to_string())
   }
 
