@@ -152,13 +152,13 @@ for (const name of backendNames) {
     })
 
     it('refreshes the ttl of a key on every write to it', async () => {
-      // Margins wide enough for a loaded CI machine: a is read 1.6 s after its own write,
-      // past its 1.2 s TTL, so it is there only because the write of b refreshed it.
-      const store = backend.open({ ttl: 1200 })
+      // Margins for a loaded CI machine: a is read at least 2.4 s after its own write, past
+      // its 2 s TTL, so it is there only because the write of b (1.2 s later) refreshed it.
+      const store = backend.open({ ttl: 2000 })
       await store.commitExecutionTaskResult('e', 'a', 1)
-      await sleep(800)
+      await sleep(1200)
       await store.commitExecutionTaskResult('e', 'b', 2)
-      await sleep(800)
+      await sleep(1200)
       assert.deepEqual(await store.getExecutionTaskResults('e'), { a: 1, b: 2 })
     })
 
