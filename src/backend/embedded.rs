@@ -70,10 +70,11 @@ enum Worker {
 /// The database connection, shared by the JS thread (fast path) and the store's thread.
 type Database = Arc<Mutex<Option<Db>>>;
 
-/// The embedded store's handle. A call runs at once on the calling (JS) thread when the
-/// database is free and nothing is queued (no thread hop: a small transaction takes
-/// microseconds); otherwise, or when it would have to wait for another process's lock
-/// or for an fsync (`synchronous: 'full'`), it queues to the store's own thread.
+/// The embedded store's handle. A group of calls (`embedded_call`) runs on the JS thread
+/// when the database is free and none of its calls touches keys queued to the store's
+/// thread (no thread hop: a small transaction takes microseconds); otherwise, or when it
+/// would wait for another process's lock or for an fsync (`synchronous: 'full'`), the
+/// group queues to the store's own thread.
 pub struct EmbeddedBackend {
   settings: EmbeddedSettings,
   database: Database,
