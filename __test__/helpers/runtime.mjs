@@ -15,12 +15,3 @@ export const runtimeName = { node: 'Node.js', bun: 'Bun', deno: 'Deno' }[runtime
 
 /** Whether the event-loop Redis driver can run in this process at all (Node.js on Unix). */
 export const eventLoopAvailable = binding.debugRuntime().eventLoopDriver
-
-/** Whether a plain Redis store on TCP (no TLS, Sentinel or aof) runs on the event-loop driver. */
-export const redisOnEventLoop = eventLoopAvailable && process.env.DURASTATE_REDIS_DRIVER !== 'threads'
-
-/** node:test `skip` for a case that needs the event-loop driver: false where it can run. */
-export const skipWithoutEventLoop = eventLoopAvailable ? false : `the event-loop Redis driver does not run on ${runtimeName}`
-
-/** node:test `skip` for a case on a plain store that tests the event-loop driver itself. */
-export const skipUnlessOnEventLoop = redisOnEventLoop ? false : 'plain Redis stores run on tokio threads here'
