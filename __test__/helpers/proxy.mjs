@@ -3,17 +3,18 @@
 // connection between a command reaching the server and its reply reaching the store.
 import { createServer, connect } from 'node:net'
 
-export async function startCountingProxy(targetPort) {
-  let writes = 0
+/**
+ * A proxy to `targetPort` that passes each chunk through `toServer(chunk, pipe)` and
+ * `toClient(chunk, pipe)`, where `pipe` has the two sockets; by default they forward it.
+ */
+async function startProxy(targetPort, { toServer = (chunk, p) => p.upstream.write(chunk), toClient = (chunk, p) => p.client.write(chunk) }) {
   const sockets = new Set()
   const server = createServer((client) => {
     const upstream = connect(targetPort, '127.0.0.1')
     sockets.add(client).add(upstream)
-    client.on('data', (chunk) => {
-      writes++
-      upstream.write(chunk)
-    })
-    upstream.on('data', (chunk) => client.write(chunk))
+    const pipe = { client, upstream }
+    client.on('data', (chunk) => toServer(chunk, pipe))
+    upstream.on('data', (chunk) => toClient(chunk, pipe))
     const end = () => { client.destroy(); upstream.destroy() }
     client.on('error', end).on('close', end)
     upstream.on('error', end).on('close', end)
@@ -21,12 +22,25 @@ export async function startCountingProxy(targetPort) {
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
   return {
     port: server.address().port,
-    /** Client-to-server writes seen so far. */
-    get writes() { return writes },
     close: () => new Promise((resolve) => {
       for (const s of sockets) s.destroy()
       server.close(resolve)
     }),
+  }
+}
+
+export async function startCountingProxy(targetPort) {
+  let writes = 0
+  const proxy = await startProxy(targetPort, {
+    toServer: (chunk, { upstream }) => {
+      writes++
+      upstream.write(chunk)
+    },
+  })
+  return {
+    ...proxy,
+    /** Client-to-server writes seen so far. */
+    get writes() { return writes },
   }
 }
 
@@ -39,32 +53,20 @@ export async function startCountingProxy(targetPort) {
 export async function startCuttingProxy(targetPort) {
   let armed = false
   let cuts = 0
-  const sockets = new Set()
-  const server = createServer((client) => {
-    const upstream = connect(targetPort, '127.0.0.1')
-    sockets.add(client).add(upstream)
-    client.on('data', (chunk) => upstream.write(chunk))
-    upstream.on('data', (chunk) => {
+  const proxy = await startProxy(targetPort, {
+    toClient: (chunk, { client, upstream }) => {
       if (!armed) return client.write(chunk)
       armed = false
       cuts++
       client.destroy()
       upstream.destroy()
-    })
-    const end = () => { client.destroy(); upstream.destroy() }
-    client.on('error', end).on('close', end)
-    upstream.on('error', end).on('close', end)
+    },
   })
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
   return {
-    port: server.address().port,
+    ...proxy,
     /** Drops the connection that carries the next reply, reply unsent. */
     cutNextReply() { armed = true },
     /** Replies cut so far. */
     get cuts() { return cuts },
-    close: () => new Promise((resolve) => {
-      for (const s of sockets) s.destroy()
-      server.close(resolve)
-    }),
   }
 }
