@@ -329,6 +329,11 @@ impl Batch {
     self.commands.iter().any(Command::writes)
   }
 
+  /// Every key the batch's commands name.
+  pub fn keys(&self) -> impl Iterator<Item = &String> {
+    self.commands.iter().flat_map(|command| command.keys())
+  }
+
   /// Whether any command reads keys it does not name.
   pub fn reads_any_key(&self) -> bool {
     self.commands.iter().any(Command::reads_any_key)

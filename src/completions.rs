@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use napi::{sys, Env};
 
 use crate::error::StoreResult;
-use crate::js_promise::{self, Deferred};
+use crate::js_promise::{self, check, Deferred};
 use crate::output::Output;
 
 /// A finished call: its resolver and what it settles with.
@@ -155,14 +155,5 @@ unsafe extern "C" fn drain(
   channel.in_flight.set(left);
   if left == 0 {
     sys::napi_unref_threadsafe_function(env, channel.tsfn);
-  }
-}
-
-fn check(status: sys::napi_status) -> napi::Result<()> {
-  match status {
-    sys::Status::napi_ok => Ok(()),
-    status => Err(napi::Error::from_reason(format!(
-      "cannot make the completion channel (napi status {status})"
-    ))),
   }
 }

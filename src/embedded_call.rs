@@ -19,7 +19,7 @@ use napi::{sys, Env};
 use crate::backend::{answer, Answer, EmbeddedBackend};
 use crate::command::{Batch, Finish, Step};
 use crate::error::{ErrorCode, StoreError};
-use crate::js_promise::{self, Deferred};
+use crate::js_promise::{self, check, Deferred};
 
 /// A call waiting for its batch to run.
 pub struct Call {
@@ -167,15 +167,6 @@ unsafe extern "C" fn flush_callback(
   ptr::null_mut()
 }
 
-fn check(status: sys::napi_status) -> napi::Result<()> {
-  match status {
-    sys::Status::napi_ok => Ok(()),
-    status => Err(napi::Error::from_reason(format!(
-      "cannot schedule the group of calls (napi status {status})"
-    ))),
-  }
-}
-
 /// Runs this thread's pending calls on `store` now (it is closing: they were made before).
 pub fn run_pending(env: &Env, store: &Arc<EmbeddedBackend>) {
   let group = PENDING.with(|pending| {
@@ -236,11 +227,7 @@ fn run_group(env: &Env, store: &EmbeddedBackend, calls: Vec<Call>) {
 
 /// Whether two batches touch a common key, or either reads keys it does not name.
 fn overlaps(a: &Batch, b: &Batch) -> bool {
-  a.reads_any_key() || b.reads_any_key() || keys(a).any(|key| keys(b).any(|other| other == key))
-}
-
-fn keys(batch: &Batch) -> impl Iterator<Item = &String> {
-  batch.commands.iter().flat_map(|command| command.keys())
+  a.reads_any_key() || b.reads_any_key() || a.keys().any(|key| b.keys().any(|other| other == key))
 }
 
 /// Settles the call, or submits the batch its continuation asks for next.

@@ -141,7 +141,8 @@ pub fn run_in_callback_scope(
   }
 }
 
-fn check(status: sys::napi_status) -> napi::Result<()> {
+/// A napi status as a `Result`.
+pub fn check(status: sys::napi_status) -> napi::Result<()> {
   if status == sys::Status::napi_ok {
     Ok(())
   } else {

@@ -3,6 +3,12 @@
 
 use crate::error::{StoreError, StoreResult};
 
+/// What the hash of an execution's steps in progress appends to its key (the Redis
+/// backend's layout, `backend/redis_ops.rs`).
+pub const TRANSACTIONS_SUFFIX: &str = "-transactions";
+/// What the hash of an execution's results appends to its key.
+pub const RESULTS_SUFFIX: &str = "-results";
+
 /// Names the three keys of an execution. `compatible` (default): `<prefix><id>`,
 /// `<prefix><id>-transactions`, `<prefix><id>-results`. `hashtag`: `<prefix>{<id>}`,
 /// `<prefix>{<id>}-transactions`, `<prefix>{<id>}-results` (one slot per execution).
@@ -55,14 +61,9 @@ impl KeyLayout {
     self.base(id)
   }
 
-  /// The hash of steps in progress (field = task id, value = `"true"`).
-  pub fn transactions(&self, id: &str) -> String {
-    format!("{}-transactions", self.base(id))
-  }
-
   /// The hash of committed step results (field = task id, value = JSON text).
   pub fn results(&self, id: &str) -> String {
-    format!("{}-results", self.base(id))
+    format!("{}{RESULTS_SUFFIX}", self.base(id))
   }
 }
 
@@ -74,7 +75,8 @@ mod tests {
   fn matches_the_js_store_layout() {
     let keys = KeyLayout::new("app:");
     assert_eq!(keys.execution("e1"), "app:e1");
-    assert_eq!(keys.transactions("e1"), "app:e1-transactions");
+    let transactions = format!("{}{TRANSACTIONS_SUFFIX}", keys.execution("e1"));
+    assert_eq!(transactions, "app:e1-transactions");
     assert_eq!(keys.results("e1"), "app:e1-results");
     assert_eq!(KeyLayout::default().results("x"), "x-results");
   }
@@ -83,7 +85,8 @@ mod tests {
   fn hashtag_layout_shares_one_slot() {
     let keys = KeyLayout::with_option("app:", Some("hashtag")).unwrap();
     assert_eq!(keys.execution("e1"), "app:{e1}");
-    assert_eq!(keys.transactions("e1"), "app:{e1}-transactions");
+    let transactions = format!("{}{TRANSACTIONS_SUFFIX}", keys.execution("e1"));
+    assert_eq!(transactions, "app:{e1}-transactions");
     assert_eq!(keys.results("e1"), "app:{e1}-results");
     assert!(KeyLayout::with_option("", Some("tags")).is_err());
     assert!(!KeyLayout::with_option("", None).unwrap().is_hashtag());

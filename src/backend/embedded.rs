@@ -270,7 +270,7 @@ impl QueuedKeys {
   fn touches(&self, batch: &Batch) -> bool {
     let queued = self.lock();
     !queued.is_empty()
-      && (batch.reads_any_key() || batch_keys(batch).any(|key| queued.contains_key(key)))
+      && (batch.reads_any_key() || batch.keys().any(|key| queued.contains_key(key)))
   }
 
   fn is_empty(&self) -> bool {
@@ -279,14 +279,14 @@ impl QueuedKeys {
 
   fn add(&self, batch: &Batch) {
     let mut queued = self.lock();
-    for key in batch_keys(batch) {
+    for key in batch.keys() {
       *queued.entry(key.clone()).or_default() += 1;
     }
   }
 
   fn remove(&self, batch: &Batch) {
     let mut queued = self.lock();
-    for key in batch_keys(batch) {
+    for key in batch.keys() {
       if let Some(count) = queued.get_mut(key) {
         *count -= 1;
         if *count == 0 {
@@ -295,10 +295,6 @@ impl QueuedKeys {
       }
     }
   }
-}
-
-fn batch_keys(batch: &Batch) -> impl Iterator<Item = &String> {
-  batch.commands.iter().flat_map(|command| command.keys())
 }
 
 /// Runs a group of calls, opening the database on first use; waits up to the busy

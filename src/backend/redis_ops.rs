@@ -10,8 +10,7 @@
 use crate::command::{Batch, Command, ExecutionView, Reply, Step};
 use crate::glob;
 
-const TRANSACTIONS: &str = "-transactions";
-const RESULTS: &str = "-results";
+use crate::keys::{RESULTS_SUFFIX as RESULTS, TRANSACTIONS_SUFFIX as TRANSACTIONS};
 
 /// Lowers `step`'s batch, and every batch its continuation asks for, into Redis commands.
 pub fn lower_step(step: Step) -> Step {
