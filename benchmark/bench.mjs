@@ -1,7 +1,8 @@
 // `npm run bench`: our store (durastate on Redis) against the seed's JS store on ioredis 5
 // and on node-redis 5, in one run, against one throwaway redis-server; plus our SQLite and
 // memory backends on the workflow lifecycle; plus the embedded section (lib/embedded.mjs):
-// our SQLite and memory stores against a store and KV written on better-sqlite3. Prints a
+// our SQLite and memory stores against a store and KV written on better-sqlite3; plus the
+// cost of the tracing channel (lib/tracing.mjs), in every run. Prints a
 // markdown report on stdout (progress on stderr), writes JSON under benchmark/results/, and
 // exits non-zero when the stores do not end in the same state (or a call failed).
 //
@@ -30,6 +31,7 @@ import { machineInfo, markdown, writeJson } from './lib/report.mjs'
 import { evaluateTargets } from './lib/targets.mjs'
 import { bigRoundTripOp, commitOp, getOp, LIFECYCLE_CALLS, lifecycleOp, makeValue, seedGetData, sizeLabel } from './lib/workloads.mjs'
 import { ioredisKv, kvGetManyOp, kvGetOp, kvSetOp, seedKv } from './lib/kv-workloads.mjs'
+import { runTracing } from './lib/tracing.mjs'
 import { openIoredisReference } from './reference-ioredis.mjs'
 import { openNodeRedisReference } from './reference-node-redis.mjs'
 
@@ -369,6 +371,7 @@ async function main() {
     if (ONLY !== 'redis' && globalThis.Bun) log('embedded section left out: better-sqlite3 does not load in Bun')
     const embeddedLib = withEmbedded ? await import('./lib/embedded.mjs') : undefined
     const embedded = embeddedLib && (await embeddedLib.runEmbedded(figures, { ttl: TTL, value: VALUES[1024] }))
+    const tracing = await runTracing(figures)
     const result = {
       startedAt, quick: QUICK, only: ONLY, config: CONFIG,
       machine: machineInfo({
@@ -380,6 +383,7 @@ async function main() {
       }),
       ...redis,
       embedded: embedded && { rows: embedded.rows, targets: embedded.targets, tmpdir: embedded.tmpdir, fileSystem: embedded.fileSystem },
+      tracing,
       check: [...redisCheck, ...(embedded?.check ?? [])],
       errors,
       wallSeconds: performance.now() / 1000,
