@@ -28,8 +28,10 @@ const native = loadBinding()
 // ---------------------------------------------------------------------------------------
 
 const diagnostics = loadDiagnosticsChannel()
-const callChannel = typeof diagnostics?.tracingChannel === 'function' ? diagnostics.tracingChannel('durastate:call') : null
-const connectionChannel = typeof diagnostics?.channel === 'function' ? diagnostics.channel('durastate:connection') : null
+const CALL_CHANNEL = 'durastate:call'
+const CONNECTION_CHANNEL = 'durastate:connection'
+const callChannel = typeof diagnostics?.tracingChannel === 'function' ? diagnostics.tracingChannel(CALL_CHANNEL) : null
+const connectionChannel = typeof diagnostics?.channel === 'function' ? diagnostics.channel(CONNECTION_CHANNEL) : null
 /** Whether anyone subscribes to `durastate:call` (Bun's TracingChannel has no `hasSubscribers`: its five channels are asked). */
 const callTraced = callChannel === null
   ? () => false
@@ -777,3 +779,5 @@ exports.DurableWorkerStore = DurableWorkerStore
 exports.KvStore = KvStore
 exports.DurastateError = DurastateError
 exports.EMPTY_EXECUTION_RESULT = EMPTY_EXECUTION_RESULT
+exports.CALL_CHANNEL = CALL_CHANNEL
+exports.CONNECTION_CHANNEL = CONNECTION_CHANNEL

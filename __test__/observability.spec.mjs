@@ -122,7 +122,7 @@ describe('tracing channel durastate:call', () => {
   it('publishes a failed call on error, with its code, then asyncStart and asyncEnd', async () => {
     const store = createMemoryStore()
     await store.close()
-    const kv = track(createKvStore('memory:', { mounts: { ro: { mode: 'read-only' } } }))
+    const kv = track(createKvStore('memory:', { mounts: { ro: { mode: 'read' } } }))
     const recorder = recordCalls()
     try {
       await assert.rejects(store.beginExecution('e'), (err) => err.code === 'DISPOSED')
@@ -140,20 +140,25 @@ describe('tracing channel durastate:call', () => {
     assert.deepEqual(calls.map((c) => c.context.error.code), ['DISPOSED', 'READ_ONLY', 'UNKNOWN_MOUNT'])
   })
 
-  it('binds stores to the start event: an AsyncLocalStorage set there is seen by the caller continuation', async () => {
+  it('binds stores to start: the call runs in the store set there, its caller keeps its own', async () => {
     const { AsyncLocalStorage } = await import('node:async_hooks')
     const storage = new AsyncLocalStorage()
     const channel = diagnostics.tracingChannel('durastate:call')
-    channel.start.bindStore(storage, (context) => context.operation)
+    const inCall = []
+    const handlers = { asyncEnd: () => inCall.push(storage.getStore()) }
+    channel.start.bindStore(storage, (context) => `in ${context.operation}`)
+    channel.subscribe(handlers)
     try {
       const store = track(createMemoryStore())
-      let seen
-      await storage.run('outer', async () => {
+      let after
+      await storage.run('caller', async () => {
         await store.beginExecution('als')
-        seen = storage.getStore()
+        after = storage.getStore()
       })
-      assert.equal(seen, 'outer')
+      assert.deepEqual(inCall, ['in beginExecution'])
+      assert.equal(after, 'caller')
     } finally {
+      channel.unsubscribe(handlers)
       channel.start.unbindStore(storage)
     }
   })

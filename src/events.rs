@@ -118,11 +118,7 @@ impl ConnectionEvents {
   /// `failover` when the address changed, else `reconnect`.
   pub fn connected(&self, address: String) {
     let mut state = self.lock();
-    let kind = match &state.address {
-      None => "connect",
-      Some(previous) if *previous != address => "failover",
-      Some(_) => "reconnect",
-    };
+    let kind = kind(state.address.as_deref(), &address);
     let previous = state.address.replace(address.clone());
     state.open = true;
     let mut event = serde_json::json!({ "type": kind, "address": address });
@@ -168,8 +164,51 @@ impl ConnectionEvents {
   }
 }
 
+/// What a new connection to `address` is, after one to `previous`.
+fn kind(previous: Option<&str>, address: &str) -> &'static str {
+  match previous {
+    None => "connect",
+    Some(previous) if previous != address => "failover",
+    Some(_) => "reconnect",
+  }
+}
+
 fn emit(state: &State, event: serde_json::Value) {
   if let Some(listener) = &state.listener {
     listener.call(event.to_string(), ThreadsafeFunctionCallMode::NonBlocking);
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn names_a_connection_by_the_one_before() {
+    assert_eq!(kind(None, "h:1"), "connect");
+    assert_eq!(kind(Some("h:1"), "h:1"), "reconnect");
+    assert_eq!(kind(Some("h:1"), "h:2"), "failover");
+  }
+
+  #[test]
+  fn gives_addresses_and_cluster_seeds() {
+    let mut server = ServerInfo::new("redis");
+    server.server_address = Some("::1".into());
+    server.server_port = Some(6379);
+    assert_eq!(server.address(), "[::1]:6379");
+    let cluster = ServerInfo::cluster(Some("redis://u:***@10.0.0.1:7000"));
+    assert_eq!(cluster.address(), "10.0.0.1:7000");
+    assert_eq!(cluster.database.as_deref(), Some("0"));
+  }
+
+  #[test]
+  fn a_drop_without_a_connection_is_not_an_event() {
+    let events = ConnectionEvents::new(ServerInfo::new("redis"));
+    events.dropped(&StoreError::invalid_input("x"));
+    assert!(!events.lock().open);
+    events.connected("h:1".into());
+    assert!(events.lock().open);
+    events.dropped(&StoreError::invalid_input("x"));
+    assert!(!events.lock().open);
   }
 }
