@@ -290,8 +290,7 @@ describe('durastate ui in a browser', { timeout: 120_000 }, () => {
 
         // A hostile id, task id and value are text, never markup or script.
         await row('evil').click()
-        await page.locator('#tree li.step').first().waitFor()
-        assert.equal(await page.locator('#detail-id').textContent(), EVIL_ID)
+        await page.waitForFunction((id) => document.querySelector('#detail-id').textContent === id, EVIL_ID)
         assert.equal(await page.locator('#tree .step-name').first().textContent(), '<script>window.__pwned=2</script>')
         assert.equal(await page.locator('#tree li.step li.step .step-name').textContent(), '<b>bold</b>')
         assert.equal(await page.locator('#tree pre').textContent(), JSON.stringify(EVIL_VALUE, null, 2))
@@ -305,20 +304,21 @@ describe('durastate ui in a browser', { timeout: 120_000 }, () => {
 
         // --allow-writes: reset a step (dismissed first, then confirmed) and dispose.
         await page.goto(`${writable.url}#order-1`)
-        await step('reserve-stock').locator('button.reset').waitFor()
+        const resetButton = page.locator('button.reset[data-task="reserve-stock"]')
+        await resetButton.waitFor()
         assert.equal(await page.locator('#mode').textContent(), 'writes allowed')
         page.once('dialog', (dialog) => {
           dialogs.push(dialog.message())
           dialog.dismiss()
         })
-        await step('reserve-stock').locator('button.reset').first().click()
+        await resetButton.click()
         await page.waitForTimeout(300)
         assert.equal(await step('reserve-stock:warehouse-berlin').count(), 1, 'a dismissed reset changes nothing')
         page.once('dialog', (dialog) => {
           dialogs.push(dialog.message())
           dialog.accept()
         })
-        await step('reserve-stock').locator('button.reset').first().click()
+        await resetButton.click()
         await page.waitForFunction(() => !document.querySelector('#tree li.step[data-task="reserve-stock"]'), null, { timeout: 10_000 })
         assert.match(dialogs[0], /Reset step "reserve-stock" of execution "order-1"/)
         assert.deepEqual(Object.keys(await store.getExecutionTaskResults('order-1')).sort(), ['charge', 'validate'])

@@ -106,11 +106,9 @@ function renderNode(node) {
   const head = el('div', { className: 'step-head' }, el('span', { className: 'step-name', title: node.path }, node.name))
   if (step) {
     const busy = step.state !== 'done'
-    head.append(
-      el('span', { className: busy ? 'state-busy' : 'state-done' }, step.state),
-      step.size !== null ? el('span', { className: 'muted' }, formatSize(step.size)) : null,
-      el('span', { className: 'muted' }, `expires in ${formatTtl(step.expiresIn)}`),
-    )
+    head.append(el('span', { className: busy ? 'state-busy' : 'state-done' }, step.state))
+    if (step.size !== null) head.append(el('span', { className: 'muted' }, formatSize(step.size)))
+    head.append(el('span', { className: 'muted' }, `expires in ${formatTtl(step.expiresIn)}`))
     if (state.info.allowWrites) {
       head.append(el('button', { type: 'button', className: 'danger reset', 'data-task': step.id, onclick: () => resetStep(step.id) }, 'Reset from this step'))
     }
