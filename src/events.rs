@@ -200,15 +200,4 @@ mod tests {
     assert_eq!(cluster.address(), "10.0.0.1:7000");
     assert_eq!(cluster.database.as_deref(), Some("0"));
   }
-
-  #[test]
-  fn a_drop_without_a_connection_is_not_an_event() {
-    let events = ConnectionEvents::new(ServerInfo::new("redis"));
-    events.dropped(&StoreError::invalid_input("x"));
-    assert!(!events.lock().open);
-    events.connected("h:1".into());
-    assert!(events.lock().open);
-    events.dropped(&StoreError::invalid_input("x"));
-    assert!(!events.lock().open);
-  }
 }
