@@ -19,6 +19,13 @@ export declare class NativeInspector {
   scanExecutions(cursor: string, prefix: string, count: number): Promise<Array<string>>
   /** Everything stored about the execution whose marker key is `key`. */
   execution(key: string): Promise<ExecutionInfo>
+  /**
+   * Removes the results and in-progress marks of the steps `tasks` of the execution
+   * whose marker key is `key` (one transaction), so the next delivery runs them again.
+   */
+  resetSteps(key: string, tasks: Array<string>): Promise<void>
+  /** Removes the execution whose marker key is `key`: marker, marks and results. */
+  dispose(key: string): Promise<void>
   /** Releases the connection or database. */
   close(): void
 }
@@ -60,6 +67,13 @@ export declare class NativeKvStore {
   mounts(): string
   /** Releases the connection or database. Idempotent. */
   close(): void
+  /** Which backend this store is on and where its server is, for traces. */
+  serverInfo(): ServerInfo
+  /**
+   * Calls `listener` with each connection event as JSON text (`null` removes it). It
+   * never keeps the process alive. Does nothing on a backend without a server.
+   */
+  onConnection(listener: ((event: string) => void) | null): void
   /** Whether `close()` was called. */
   get closed(): boolean
 }
@@ -106,6 +120,13 @@ export declare class NativeWorkerStore {
    * later calls reject with `DISPOSED`. Idempotent.
    */
   close(): void
+  /** Which backend this store is on and where its server is, for traces. */
+  serverInfo(): ServerInfo
+  /**
+   * Calls `listener` with each connection event as JSON text (`null` removes it). It
+   * never keeps the process alive. Does nothing on a backend without a server.
+   */
+  onConnection(listener: ((event: string) => void) | null): void
   /** Whether `close()` was called. */
   get closed(): boolean
 }
@@ -252,6 +273,19 @@ export interface SentinelAddress {
   host: string
   /** Default 26379. */
   port?: number
+}
+
+/**
+ * Where a store's server is, for traces: fixed at creation (a Sentinel store's master is
+ * known only once connected, from its `connect` event).
+ */
+export interface ServerInfo {
+  /** `redis`, `cluster`, `sentinel`, `sqlite`, `memory` (or `postgres`). */
+  backend: string
+  serverAddress?: string
+  serverPort?: number
+  /** The Redis database number (SQL backends: the database name is in `serverAddress`'s URL). */
+  database?: string
 }
 
 /** Options shared by every store. */

@@ -459,3 +459,59 @@ export declare function createKvStore(
   url?: string | RedisConnectionOptions | null,
   options?: KvStoreOptions | null,
 ): KvStore
+
+// ---------------------------------------------------------------------------------------
+// Observability: diagnostics_channel
+// ---------------------------------------------------------------------------------------
+
+/** The name of the tracing channel every store call is published on. */
+export declare const CALL_CHANNEL: 'durastate:call'
+/** The name of the channel connection events are published on. */
+export declare const CONNECTION_CHANNEL: 'durastate:connection'
+
+/** The backend a store runs on, as traces name it. */
+export type BackendName = 'redis' | 'cluster' | 'sentinel' | 'sqlite' | 'memory' | 'postgres'
+
+/**
+ * The context of one store call on the tracing channel {@link CALL_CHANNEL}
+ * (`diagnostics_channel.tracingChannel('durastate:call')`): `start`, `end`, `asyncStart`,
+ * `asyncEnd`, and `error` before them on failure, as `tracePromise` publishes them. Names
+ * and ids only: values are never in it (there is no `result`).
+ */
+export interface CallContext {
+  /** The method: `commitExecutionTaskResult`, `set`, ... */
+  operation: string
+  store: 'worker' | 'kv'
+  backend: BackendName
+  /** Where there is a server: its host (a Sentinel store's: the master's, once connected). */
+  serverAddress?: string
+  serverPort?: number
+  /** The Redis database number, or the SQL database name. */
+  database?: string
+  /** WorkerStore calls. */
+  executionId?: string
+  taskId?: string
+  /** KV calls: the mount, and the key of calls on one key. */
+  mount?: string
+  key?: string
+  /** On failure (set before `error`): the DurastateError, with its `code`. */
+  error?: DurastateError
+}
+
+/** One event on the channel {@link CONNECTION_CHANNEL}. */
+export interface ConnectionEvent {
+  /**
+   * `connect`: the first connection; `drop`: the connection was lost; `reconnect`: connected
+   * again to the same address; `failover`: connected to another address than before (a new
+   * Sentinel master).
+   */
+  type: 'connect' | 'drop' | 'reconnect' | 'failover'
+  /** `host:port` (a Cluster: its first seed node). */
+  address: string | null
+  /** `failover`: the address before. */
+  previousAddress?: string | null
+  /** `drop`: why. */
+  error?: { code: ErrorCode; message: string }
+  store: 'worker' | 'kv'
+  backend: BackendName
+}

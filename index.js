@@ -19,6 +19,152 @@ class DurastateError extends Error {
 
 const native = loadBinding()
 
+// ---------------------------------------------------------------------------------------
+// Observability: every store call is traced on the tracing channel `durastate:call`
+// (start, end, asyncStart, asyncEnd, error, as tracePromise publishes them), and
+// connection events go on the channel `durastate:connection`. Nothing is published, and
+// nothing but one check is done per call, while nobody subscribes. A runtime without
+// diagnostics_channel.tracingChannel runs untraced.
+// ---------------------------------------------------------------------------------------
+
+const diagnostics = loadDiagnosticsChannel()
+const CALL_CHANNEL = 'durastate:call'
+const CONNECTION_CHANNEL = 'durastate:connection'
+const callChannel = typeof diagnostics?.tracingChannel === 'function' ? diagnostics.tracingChannel(CALL_CHANNEL) : null
+const connectionChannel = typeof diagnostics?.channel === 'function' ? diagnostics.channel(CONNECTION_CHANNEL) : null
+/** Whether anyone subscribes to `durastate:call` (Bun's TracingChannel has no `hasSubscribers`: its five channels are asked). */
+const callTraced = callChannel === null
+  ? () => false
+  : typeof callChannel.hasSubscribers === 'boolean'
+    ? () => callChannel.hasSubscribers
+    : () => callChannel.start.hasSubscribers || callChannel.end.hasSubscribers || callChannel.asyncStart.hasSubscribers ||
+        callChannel.asyncEnd.hasSubscribers || callChannel.error.hasSubscribers
+
+function loadDiagnosticsChannel() {
+  try {
+    return require('node:diagnostics_channel')
+  } catch {
+    return null
+  }
+}
+
+/** The store's backend and server, by store: what each traced call's context names. */
+const servers = new WeakMap()
+
+/**
+ * Where `nativeStore` is (the addon says; a backend it does not describe is named by the
+ * URL `target`), and its connection events, published on `durastate:connection`. The
+ * listener holds `server` only, never the store, so a store nobody uses is still
+ * collected; it never keeps the process alive.
+ */
+function describeServer(nativeStore, store, target) {
+  const info = nativeStore.serverInfo()
+  const server = info.backend ? { backend: info.backend } : describeUrl(target)
+  if (info.serverAddress != null) server.serverAddress = info.serverAddress
+  if (info.serverPort != null) server.serverPort = info.serverPort
+  if (info.database != null) server.database = info.database
+  if (server.backend !== 'sqlite' && server.backend !== 'memory') {
+    nativeStore.onConnection((json) => {
+      let event
+      try {
+        event = JSON.parse(json)
+      } catch {
+        return
+      }
+      if ((event.type === 'connect' || event.type === 'failover') && server.backend === 'sentinel') {
+        const at = splitAddress(event.address)
+        server.serverAddress = at.host
+        server.serverPort = at.port
+      }
+      if (connectionChannel?.hasSubscribers) connectionChannel.publish({ ...event, store, backend: server.backend })
+    })
+  }
+  return server
+}
+
+/** `host:port` or `[v6]:port` as { host, port }. */
+function splitAddress(address) {
+  const found = /^\[?(.*?)\]?:(\d+)$/.exec(address ?? '')
+  return found ? { host: found[1], port: Number(found[2]) } : { host: address, port: undefined }
+}
+
+/** A backend the addon does not describe (Postgres), from its URL (else DURASTATE_URL, REDIS_URL). */
+function describeUrl(target) {
+  const url = typeof target === 'string' && target !== '' ? target : process.env.DURASTATE_URL || process.env.REDIS_URL
+  try {
+    const parsed = new URL(url)
+    const scheme = parsed.protocol.slice(0, -1).toLowerCase()
+    const backend = scheme === 'postgres' || scheme === 'postgresql' ? 'postgres' : scheme
+    const server = { backend }
+    if (parsed.hostname) server.serverAddress = parsed.hostname.replace(/^\[|\]$/g, '')
+    if (parsed.port) server.serverPort = Number(parsed.port)
+    else if (backend === 'postgres') server.serverPort = 5432
+    const database = decodeURIComponent(parsed.pathname.slice(1))
+    if (database) server.database = database
+    return server
+  } catch {
+    return { backend: 'unknown' }
+  }
+}
+
+/** Where the methods as they were before tracing are kept: for `npm run bench`'s comparison only. */
+const UNTRACED = Symbol.for('durastate.untraced')
+
+/**
+ * Traces the methods `operations` of `Class` on `durastate:call`: each runs as it is
+ * while nobody subscribes, else through `traceCall` with the context
+ * `describe(context, a, b)` adds to (names and ids, never values).
+ */
+function instrument(Class, store, operations, describe) {
+  const untraced = {}
+  Object.defineProperty(Class.prototype, UNTRACED, { value: untraced })
+  for (const operation of operations) {
+    const call = Class.prototype[operation]
+    untraced[operation] = call
+    const traced = {
+      [operation](a, b, c, d) {
+        if (!callTraced()) return call.call(this, a, b, c, d)
+        const context = { operation, store, ...servers.get(this) }
+        describe(context, a, b)
+        return traceCall(call, context, this, a, b, c, d)
+      },
+    }[operation]
+    Object.defineProperty(Class.prototype, operation, { value: traced, writable: true, configurable: true })
+  }
+}
+
+/**
+ * `callChannel.tracePromise(call, context, self, a, b, c, d)`, event for event (start
+ * with its bound stores, end, then error, asyncStart, asyncEnd), except that the resolved
+ * value is not put in the context as `context.result`: values never enter it.
+ */
+function traceCall(call, context, self, a, b, c, d) {
+  const { start, end, asyncStart, asyncEnd, error } = callChannel
+  const resolved = (value) => {
+    asyncStart.publish(context)
+    asyncEnd.publish(context)
+    return value
+  }
+  const rejected = (err) => {
+    context.error = err
+    error.publish(context)
+    asyncStart.publish(context)
+    asyncEnd.publish(context)
+    throw err
+  }
+  return start.runStores(context, () => {
+    try {
+      return call.call(self, a, b, c, d).then(resolved, rejected)
+    } catch (err) {
+      context.error = err
+      error.publish(context)
+      throw err
+    } finally {
+      end.publish(context)
+    }
+  })
+}
+
 /** The addon for this platform, or an error that names the platform and what to do. */
 function loadBinding() {
   try {
@@ -139,11 +285,12 @@ const toUndefined = () => undefined
 class DurableWorkerStore {
   #native
 
-  constructor(nativeStore) {
+  constructor(nativeStore, target) {
     if (!(nativeStore instanceof native.NativeWorkerStore)) {
       throw new DurastateError('INVALID_INPUT', 'use createRedisStore, createSqliteStore, createMemoryStore or createStore to make a store')
     }
     this.#native = nativeStore
+    servers.set(this, describeServer(nativeStore, 'worker', target))
   }
 
   beginExecution(executionId) {
@@ -248,16 +395,16 @@ class DurableWorkerStore {
   }
 }
 
-function wrap(create) {
+function wrap(create, target) {
   try {
-    return new DurableWorkerStore(create())
+    return new DurableWorkerStore(create(), target)
   } catch (err) {
     throw toDurastateError(err)
   }
 }
 
 function createRedisStore(target, options) {
-  return wrap(() => native.createRedisStore(target ?? undefined, options ?? undefined))
+  return wrap(() => native.createRedisStore(target ?? undefined, options ?? undefined), target ?? process.env.REDIS_URL)
 }
 
 function createSqliteStore(path, options) {
@@ -269,7 +416,7 @@ function createMemoryStore(options) {
 }
 
 function createStore(url, options) {
-  return wrap(() => native.createStore(url ?? undefined, options ?? undefined))
+  return wrap(() => native.createStore(url ?? undefined, options ?? undefined), url)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -392,12 +539,13 @@ class KvStore {
   #native
   #mountNames
 
-  constructor(nativeStore) {
+  constructor(nativeStore, target) {
     if (!(nativeStore instanceof native.NativeKvStore)) {
       throw new DurastateError('INVALID_INPUT', 'use createKvStore to make a KV store')
     }
     this.#native = nativeStore
     this.#mountNames = new Set(parseJson(nativeStore.mounts()).map((m) => m.name))
+    servers.set(this, describeServer(nativeStore, 'kv', target))
   }
 
   /** Checks the mount before anything else (UNKNOWN_MOUNT, listing the mounts). */
@@ -591,11 +739,32 @@ class KvMount {
   schema() { return this.#kv.schema(this.name) }
 }
 
+instrument(
+  DurableWorkerStore,
+  'worker',
+  ['beginExecution', 'getExecutionTaskResults', 'getExecutionTaskResult', 'beginExecutionTask', 'tryBeginExecutionTask', 'commitExecutionTaskResult', 'isExecutionInProgress', 'isExecutionTaskInProgress', 'disposeExecution'],
+  (context, executionId, taskId) => {
+    context.executionId = executionId
+    if (taskId !== undefined) context.taskId = taskId
+  },
+)
+/** The KV calls whose second argument is one key. */
+const ONE_KEY = new Set(['get', 'getOr', 'set', 'merge', 'delete', 'has'])
+instrument(
+  KvStore,
+  'kv',
+  ['get', 'getOr', 'set', 'merge', 'delete', 'has', 'keys', 'clear', 'getAll', 'getMany', 'setMany', 'deleteMany', 'getByPrefix'],
+  function describeKvCall(context, mount, key) {
+    context.mount = mount
+    if (ONE_KEY.has(context.operation)) context.key = key
+  },
+)
+
 function createKvStore(target, options) {
   try {
     const { mounts, ...connection } = options ?? {}
     const specs = mountSpecs(mounts, connection)
-    return new KvStore(native.createKvStore(target ?? undefined, connection, specs))
+    return new KvStore(native.createKvStore(target ?? undefined, connection, specs), target)
   } catch (err) {
     throw toDurastateError(err)
   }
@@ -610,3 +779,5 @@ exports.DurableWorkerStore = DurableWorkerStore
 exports.KvStore = KvStore
 exports.DurastateError = DurastateError
 exports.EMPTY_EXECUTION_RESULT = EMPTY_EXECUTION_RESULT
+exports.CALL_CHANNEL = CALL_CHANNEL
+exports.CONNECTION_CHANNEL = CONNECTION_CHANNEL

@@ -2,6 +2,7 @@
 // (SENTINEL FAILOVER, then a SIGKILL of the new master) during running workflows.
 // One master, one replica, three sentinels, all on loopback.
 import assert from 'node:assert/strict'
+import diagnostics from 'node:diagnostics_channel'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createKvStore, createRedisStore } from '../index.js'
@@ -48,6 +49,17 @@ describe('Sentinel', { timeout: 150_000 }, () => {
   })
 
   it('keeps running workflows going through SENTINEL FAILOVER and a SIGKILL of the master', async () => {
+    // Connection events and traced calls name the master of the moment.
+    const connections = []
+    const onConnection = (event) => connections.push(event)
+    diagnostics.subscribe('durastate:connection', onConnection)
+    const traced = []
+    const tracing = { start: (call) => traced.push(call), end() {}, asyncStart() {}, asyncEnd() {}, error() {} }
+    diagnostics.tracingChannel('durastate:call').subscribe(tracing)
+    after(() => {
+      diagnostics.unsubscribe('durastate:connection', onConnection)
+      diagnostics.tracingChannel('durastate:call').unsubscribe(tracing)
+    })
     const store = track(createRedisStore(group.url, { prefix: 'snt:wf:', ...FAILOVER_OPTIONS }))
     const acked = []
     let running = true
@@ -84,6 +96,14 @@ describe('Sentinel', { timeout: 150_000 }, () => {
     running = false
     await workflows
     assert.equal(failure, undefined, `a call failed: ${failure?.code} ${failure?.message}`)
+
+    // Its connection events name the server it is on, and so do its traced calls (after a
+    // SENTINEL FAILOVER the old master may take writes for a while: it need not move).
+    const mine = connections.filter((e) => e.store === 'worker' && e.type !== 'drop')
+    assert.ok(mine.length >= 1, JSON.stringify(connections))
+    assert.ok(connections.every((e) => e.backend === 'sentinel'))
+    assert.ok(connections.filter((e) => e.type === 'failover').every((e) => e.previousAddress !== e.address))
+    assert.deepEqual([traced.at(-1).backend, traced.at(-1).serverPort], ['sentinel', Number(mine.at(-1).address.split(':').pop())])
 
     const longestPause = Math.max(...acked.slice(1).map((a, i) => a.at - acked[i].at))
     assert.ok(longestPause < 15_000, `longest pause between commits: ${longestPause} ms`)

@@ -107,3 +107,25 @@ export const viaSentinels = (): DurableWorkerStore =>
   createRedisStore({ sentinels: [{ host: '127.0.0.1', port: 26379 }, { host: '127.0.0.2' }], name: 'main', sentinelPassword: 's' }, { retry: { attempts: 40 } })
 // @ts-expect-error: a sentinel needs a host
 createRedisStore({ sentinels: [{ port: 26379 }], name: 'main' })
+
+// Observability: the channel names and the shapes published on them.
+import { CALL_CHANNEL, CONNECTION_CHANNEL, type CallContext, type ConnectionEvent } from '../index.js'
+import diagnostics from 'node:diagnostics_channel'
+const callChannelName: 'durastate:call' = CALL_CHANNEL
+diagnostics.tracingChannel<string, CallContext & object>(callChannelName).subscribe({
+  start(call: CallContext) {
+    const where: string | undefined = call.serverAddress
+    const code: ErrorCode | undefined = call.error?.code
+    void where
+    void code
+  },
+  end() {},
+  asyncStart() {},
+  asyncEnd() {},
+  error() {},
+})
+diagnostics.subscribe(CONNECTION_CHANNEL, (message) => {
+  const event = message as ConnectionEvent
+  const kind: 'connect' | 'drop' | 'reconnect' | 'failover' = event.type
+  void kind
+})

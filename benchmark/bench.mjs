@@ -1,16 +1,17 @@
 // `npm run bench`: our store (durastate on Redis) against the seed's JS store on ioredis 5
 // and on node-redis 5, in one run, against one throwaway redis-server; plus our SQLite and
 // memory backends on the workflow lifecycle; plus the embedded section (lib/embedded.mjs):
-// our SQLite and memory stores against a store and KV written on better-sqlite3. Prints a
+// our SQLite and memory stores against a store and KV written on better-sqlite3; plus the
+// cost of the tracing channel (lib/tracing.mjs), in every run. Prints a
 // markdown report on stdout (progress on stderr), writes JSON under benchmark/results/, and
 // exits non-zero when the stores do not end in the same state (or a call failed).
 //
 // Env: BENCH_QUICK=1  smoke run (tiny rounds, under a minute; still runs the correctness checks)
 //      BENCH_RSS_OPS  ops of the RSS run (default 1,000,000; capped by BENCH_RSS_MAX_S, default 75 s)
 //      BENCH_STRICT=1 also exit non-zero when a target is missed
-//      BENCH_ONLY=embedded|redis  one section only (same as `--only <section>`)
+//      BENCH_ONLY=embedded|redis|tracing  one section only (same as `--only <section>`)
 // `npm run bench -- --only embedded` runs the embedded section alone (no redis-server needed);
-// `--only redis` everything else. A one-section run writes latest-<section>.json.
+// `--only redis` the Redis sections, `--only tracing` the tracing channel's cost alone. A one-section run writes latest-<section>.json.
 // `node benchmark/bench.mjs --print [file.json]` re-prints the report of a saved run
 // (default benchmark/results/latest.json) without measuring anything.
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
@@ -30,6 +31,7 @@ import { machineInfo, markdown, writeJson } from './lib/report.mjs'
 import { evaluateTargets } from './lib/targets.mjs'
 import { bigRoundTripOp, commitOp, getOp, LIFECYCLE_CALLS, lifecycleOp, makeValue, seedGetData, sizeLabel } from './lib/workloads.mjs'
 import { ioredisKv, kvGetManyOp, kvGetOp, kvSetOp, seedKv } from './lib/kv-workloads.mjs'
+import { runTracing } from './lib/tracing.mjs'
 import { openIoredisReference } from './reference-ioredis.mjs'
 import { openNodeRedisReference } from './reference-node-redis.mjs'
 
@@ -37,7 +39,7 @@ const require = createRequire(import.meta.url)
 const { createKvStore, createMemoryStore, createRedisStore, createSqliteStore } = require('../index.js')
 
 const QUICK = process.env.BENCH_QUICK === '1'
-const SECTIONS = ['redis', 'embedded']
+const SECTIONS = ['redis', 'embedded', 'tracing']
 const onlyFlag = process.argv.indexOf('--only')
 const ONLY = onlyFlag >= 0 ? String(process.argv[onlyFlag + 1]) : process.env.BENCH_ONLY || undefined
 const CONFIG = QUICK
@@ -362,13 +364,14 @@ async function main() {
   const cleanup = []
   let exitCode = 0
   try {
-    const { redisVersion, check: redisCheck = [], ...redis } = ONLY === 'embedded' ? {} : await runRedisSections(cleanup)
+    const { redisVersion, check: redisCheck = [], ...redis } = ONLY === undefined || ONLY === 'redis' ? await runRedisSections(cleanup) : {}
     // better-sqlite3, the embedded reference, is a V8 addon that Bun cannot load: there
     // the embedded section is left out (it runs on Node), the Redis sections run.
-    const withEmbedded = ONLY !== 'redis' && !globalThis.Bun
-    if (ONLY !== 'redis' && globalThis.Bun) log('embedded section left out: better-sqlite3 does not load in Bun')
+    const withEmbedded = (ONLY === undefined || ONLY === 'embedded') && !globalThis.Bun
+    if ((ONLY === undefined || ONLY === 'embedded') && globalThis.Bun) log('embedded section left out: better-sqlite3 does not load in Bun')
     const embeddedLib = withEmbedded ? await import('./lib/embedded.mjs') : undefined
     const embedded = embeddedLib && (await embeddedLib.runEmbedded(figures, { ttl: TTL, value: VALUES[1024] }))
+    const tracing = await runTracing(figures)
     const result = {
       startedAt, quick: QUICK, only: ONLY, config: CONFIG,
       machine: machineInfo({
@@ -380,6 +383,7 @@ async function main() {
       }),
       ...redis,
       embedded: embedded && { rows: embedded.rows, targets: embedded.targets, tmpdir: embedded.tmpdir, fileSystem: embedded.fileSystem },
+      tracing,
       check: [...redisCheck, ...(embedded?.check ?? [])],
       errors,
       wallSeconds: performance.now() / 1000,
@@ -389,7 +393,7 @@ async function main() {
 
     const targets = [...(result.targets ?? []), ...(embedded?.targets ?? [])]
     const failures = [
-      !result.check.length && 'no correctness check ran',
+      !result.check.length && ONLY !== 'tracing' && 'no correctness check ran',
       result.check.some((c) => !c.ok) && 'the stores did not end in the same state',
       Object.keys(errors).length && 'calls failed during the run',
       process.env.BENCH_STRICT === '1' && targets.some((t) => !t.pass) && 'a target was missed (BENCH_STRICT)',

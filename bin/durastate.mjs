@@ -4,6 +4,7 @@
 import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { parseArgs } from 'node:util'
+import { describeExecution, disposeExecution, listExecutions, readExecution, resetStep } from './executions.mjs'
 
 const require = createRequire(import.meta.url)
 
@@ -14,6 +15,12 @@ const USAGE = `usage:
   durastate kv set <mount> <key> <value> [url] [--prefix p]    value: JSON text, else a string
   durastate kv keys <mount> [pattern] [url] [--prefix p] [--json]
   durastate kv delete <mount> <key> [url] [--prefix p] [--json]
+  durastate reset [url] <executionId> <taskId> [--prefix p]   remove a step's result and in-progress
+                                                              mark, and its nested steps': they run again
+  durastate dispose [url] <executionId> [--prefix p]          remove an execution
+  durastate ui [url] [--port N] [--host 127.0.0.1] [--allow-writes] [--prefix p]
+                                                              a web page over the store (read-only
+                                                              unless --allow-writes)
 
   url       redis://, rediss://, redis+sentinel://, redis+cluster://, sqlite:<path> or
             file:<path>. Default: DURASTATE_URL, then
@@ -21,11 +28,17 @@ const USAGE = `usage:
   --prefix  inspect: the worker store's key prefix (default "").
             kv: the mount's key prefix (default "<mount>:", and "kv:" for the mount "default")
   --json    machine-readable output
+  --port    ui: the port (default 4321; 0 picks a free one)
+  --host    ui: the address to listen on (default 127.0.0.1: this machine only)
+  --allow-writes  ui: offer "reset step" and "dispose" on the page
   --        ends the options, for values that start with "-": kv set default n -- -1`
 
 const OPTIONS = {
   prefix: { type: 'string' },
   json: { type: 'boolean', default: false },
+  port: { type: 'string' },
+  host: { type: 'string' },
+  'allow-writes': { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
 }
 /** Whether `arg` is a store URL: its scheme is one the addon takes (no list kept here). */
@@ -35,8 +48,6 @@ function isStoreUrl(arg) {
 }
 const DEFAULT_SQLITE_PATH = './.durastate/state.db'
 const KV_ARGUMENTS = { get: ['key'], set: ['key', 'value'], delete: ['key'] }
-const SCAN_COUNT = 1000
-const CALLS_IN_FLIGHT = 1000
 const PREVIEW_LENGTH = 48
 
 class UsageError extends Error {}
@@ -64,12 +75,34 @@ function parseCommand(argv) {
   const [command, ...rest] = positionals
   if (command === 'inspect') return parseInspect(rest, values)
   if (command === 'kv') return parseKv(rest, values)
+  if (command === 'reset') return parseRepair('reset', rest, values, ['executionId', 'taskId'])
+  if (command === 'dispose') return parseRepair('dispose', rest, values, ['executionId'])
+  if (command === 'ui') return parseUi(rest, values)
   throw new UsageError(command === undefined ? 'no command given' : `unknown command "${command}"`)
 }
 
 function parseInspect(args, flags) {
   const { url, other: executionId } = splitUrl(args, { urlFirst: true })
   return { name: 'inspect', url: resolveUrl(url), executionId, prefix: flags.prefix ?? '', json: flags.json }
+}
+
+/** `reset` and `dispose`: an optional URL first, then `names`. */
+function parseRepair(name, args, flags, names) {
+  if (args.length < names.length || args.length > names.length + 1) {
+    throw new UsageError(`${name} takes [url] ${names.map((n) => `<${n}>`).join(' ')}`)
+  }
+  const url = args.length > names.length ? args[0] : undefined
+  const [executionId, taskId] = args.slice(args.length - names.length)
+  return { name, url: resolveUrl(url), executionId, taskId, prefix: flags.prefix ?? '' }
+}
+
+const DEFAULT_UI_PORT = 4321
+
+function parseUi(args, flags) {
+  if (args.length > 1) throw new UsageError(`too many arguments: ${args.join(' ')}`)
+  const port = flags.port === undefined ? DEFAULT_UI_PORT : Number(flags.port)
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError(`--port must be a port number (0-65535), got ${flags.port}`)
+  return { name: 'ui', url: resolveUrl(args[0]), port, host: flags.host ?? '127.0.0.1', allowWrites: flags['allow-writes'], prefix: flags.prefix ?? '' }
 }
 
 function parseKv([action, mount, ...args], flags) {
@@ -127,92 +160,6 @@ function requireExistingFile(url) {
   if (path !== null && path !== '' && !existsSync(path)) {
     throw new CliError('UNAVAILABLE', `no SQLite file at ${path}`)
   }
-}
-
-// ---------------------------------------------------------------------------------------
-// Reading executions, through the backend's own listing (the store operations
-// scanExecutions and execution): no key layout is derived here.
-// ---------------------------------------------------------------------------------------
-
-/** `fn` over every item, at most CALLS_IN_FLIGHT at a time. */
-async function mapInBatches(items, fn) {
-  const results = []
-  for (let i = 0; i < items.length; i += CALLS_IN_FLIGHT) {
-    results.push(...(await Promise.all(items.slice(i, i + CALLS_IN_FLIGHT).map(fn))))
-  }
-  return results
-}
-
-function toMap(entries) {
-  const fields = new Map()
-  for (let i = 0; i < entries.length; i += 2) fields.set(entries[i], entries[i + 1])
-  return fields
-}
-
-/** One execution, as the backend holds it, or null when nothing is stored under `id`. */
-async function readExecution(inspector, prefix, id) {
-  const found = await inspector.execution(prefix + id)
-  const transactions = toMap(found.claims)
-  const results = toMap(found.results)
-  const inProgress = found.marker === 'true'
-  if (!inProgress && transactions.size === 0 && results.size === 0) return null
-  return {
-    id,
-    inProgress,
-    markerTtl: found.markerTtl,
-    transactions,
-    transactionsTtl: found.claimsTtl,
-    results,
-    resultsTtl: found.resultsTtl,
-  }
-}
-
-async function listExecutions(inspector, prefix) {
-  const ids = new Set()
-  let cursor = '0'
-  do {
-    const [next, ...keys] = await inspector.scanExecutions(cursor, prefix, SCAN_COUNT)
-    for (const key of keys) if (key.length > prefix.length) ids.add(key.slice(prefix.length))
-    cursor = next
-  } while (cursor !== '0')
-  const executions = await mapInBatches([...ids].sort(), (id) => readExecution(inspector, prefix, id))
-  return executions.filter((execution) => execution !== null).map(summarize)
-}
-
-function summarize(execution) {
-  let resultBytes = 0
-  for (const json of execution.results.values()) resultBytes += Buffer.byteLength(json)
-  return {
-    id: execution.id,
-    inProgress: execution.inProgress,
-    stepsInProgress: execution.transactions.size,
-    stepsDone: execution.results.size,
-    resultBytes,
-    expiresIn: execution.inProgress ? ttlOrNull(execution.markerTtl) : null,
-  }
-}
-
-/** One execution with its steps, finished or in progress, sorted by id (nested steps follow their parent). */
-function describeExecution(execution) {
-  const ids = new Set([...execution.results.keys(), ...execution.transactions.keys()])
-  return {
-    id: execution.id,
-    inProgress: execution.inProgress,
-    expiresIn: execution.inProgress ? ttlOrNull(execution.markerTtl) : null,
-    steps: [...ids].sort().map((id) => describeStep(execution, id)),
-  }
-}
-
-function describeStep({ results, resultsTtl, transactions, transactionsTtl }, id) {
-  const json = results.get(id)
-  if (json === undefined) return { id, state: 'in progress', size: null, expiresIn: ttlOrNull(transactionsTtl), json: null }
-  const state = transactions.has(id) ? 'done, begun again' : 'done'
-  return { id, state, size: Buffer.byteLength(json), expiresIn: ttlOrNull(resultsTtl), json }
-}
-
-/** A PTTL reply as ms left, or null for a key that never expires. */
-function ttlOrNull(pttl) {
-  return pttl === -1 ? null : pttl
 }
 
 // ---------------------------------------------------------------------------------------
@@ -319,6 +266,35 @@ async function inspect({ url, executionId, prefix, json }) {
   }
 }
 
+async function repair({ name, url, executionId, taskId, prefix }) {
+  requireExistingFile(url)
+  const inspector = loadAddon().createInspector(url)
+  try {
+    const quoted = JSON.stringify(executionId)
+    if (name === 'dispose') {
+      if (!(await disposeExecution(inspector, prefix, executionId))) throw new CliError('NOT_FOUND', `no execution ${quoted} under prefix ${JSON.stringify(prefix)}`)
+      return console.log(`disposed execution ${quoted}`)
+    }
+    const { found, steps } = await resetStep(inspector, prefix, executionId, taskId)
+    if (!found) throw new CliError('NOT_FOUND', `no execution ${quoted} under prefix ${JSON.stringify(prefix)}`)
+    if (steps.length === 0) throw new CliError('NOT_FOUND', `execution ${quoted} has no step ${JSON.stringify(taskId)}`)
+    console.log(`reset ${steps.length} step${steps.length === 1 ? '' : 's'} of execution ${quoted}: ${steps.join(', ')}`)
+  } finally {
+    inspector.close()
+  }
+}
+
+async function ui(command) {
+  requireExistingFile(command.url)
+  const { startUi } = await import('./ui.mjs')
+  const server = await startUi({ ...command, createInspector: loadAddon().createInspector })
+  const mode = command.allowWrites ? 'writes allowed: reset step, dispose' : 'read-only'
+  console.log(`durastate ui: ${server.url} (${mode}; Ctrl-C stops it)`)
+  const stop = () => server.close().then(() => process.exit(0))
+  process.once('SIGINT', stop)
+  process.once('SIGTERM', stop)
+}
+
 /** A value from the command line: its JSON when it parses, else the text itself. */
 function parseValue(text) {
   try {
@@ -374,6 +350,8 @@ async function main(argv) {
   const command = parseCommand(argv)
   if (command.name === 'help') return console.log(USAGE)
   if (command.name === 'inspect') return inspect(command)
+  if (command.name === 'reset' || command.name === 'dispose') return repair(command)
+  if (command.name === 'ui') return ui(command)
   return kv(command)
 }
 

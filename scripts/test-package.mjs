@@ -22,6 +22,7 @@ const WORKER_TIMEOUT = 30_000
 
 const PACKED_FILES = [
   'package.json', 'README.md', 'index.js', 'index.d.ts', 'binding.js', 'binding.d.ts', 'bin/durastate.mjs',
+  'bin/executions.mjs', 'bin/ui.mjs', 'bin/ui/index.html', 'bin/ui/app.js', 'bin/ui/style.css',
   'scripts/install.mjs', 'Cargo.toml', 'Cargo.lock', 'build.rs', 'src/lib.rs',
 ]
 const UNPACKED_PATHS = [/^target\//, /^__test__\//, /^benchmark\//, /^examples\//, /^npm\//, /^node_modules\//, /^\.ci\//, /\.node$/, /^scripts\/test/]

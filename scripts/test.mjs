@@ -55,6 +55,8 @@ const TOOLS = [
   { binary: 'redis-server', args: ['--version'], debian: 'redis-server', other: 'macOS: brew install redis' },
   { binary: 'redis-cli', args: ['--version'], debian: 'redis-tools', other: 'macOS: brew install redis' },
   { binary: 'openssl', args: ['version'], debian: 'openssl', other: 'macOS: brew install openssl' },
+  // The `durastate ui` tests drive it with playwright-core (which downloads no browser).
+  { binary: process.env.DURASTATE_TEST_CHROMIUM || 'chromium', args: ['--version'], debian: 'chromium', other: 'elsewhere: set DURASTATE_TEST_CHROMIUM to a Chromium or Chrome binary' },
 ]
 
 /** Installs what is missing (Debian packages, as root) or stops at once saying how. */
@@ -88,12 +90,12 @@ const NODE_TEST = ['--test', '--test-force-exit', '--test-timeout=300000']
 /**
  * The suites that also run on Bun and Deno: the runtime checks, the WorkerStore
  * conformance and KV suites (Redis, SQLite, memory, Cluster), the Redis faults, process
- * exit, and the Redis and SQLite suites. Left out: TLS and Sentinel (event-loop driver
+ * exit, the Redis and SQLite suites, and the tracing and connection events. Left out: TLS and Sentinel (event-loop driver
  * only, rejected there: runtime.spec.mjs checks that), and the CLI, demo and Cluster
  * failover suites, which test Node.js programs. Cases that need the event-loop driver
  * skip themselves (helpers/runtime.mjs).
  */
-const OTHER_RUNTIME_SPECS = ['runtime', 'conformance', 'kv', 'reliability', 'process', 'redis', 'sqlite'].map((name) =>
+const OTHER_RUNTIME_SPECS = ['runtime', 'conformance', 'kv', 'reliability', 'process', 'redis', 'sqlite', 'observability'].map((name) =>
   join('__test__', `${name}.spec.mjs`),
 )
 /** Bounds a whole Bun or Deno step (deno test has no per-test timeout). */
@@ -140,7 +142,7 @@ try {
   })
   // The threaded Redis path (unix sockets, non-Unix platforms) keeps passing the same suites,
   // the Redis faults (resending after a dropped connection) included.
-  const threadsOk = run('node --test, Redis on tokio threads', process.execPath, [...NODE_TEST, ...['conformance', 'redis', 'reliability'].map((name) => join('__test__', `${name}.spec.mjs`))], {
+  const threadsOk = run('node --test, Redis on tokio threads', process.execPath, [...NODE_TEST, ...['conformance', 'redis', 'reliability', 'observability'].map((name) => join('__test__', `${name}.spec.mjs`))], {
     DURASTATE_TEST_REDIS_URL: server.url,
     DURASTATE_REDIS_DRIVER: 'threads',
   })

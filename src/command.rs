@@ -120,6 +120,9 @@ pub enum Command {
   StepClaim { exec: String, task: String },
   /// Removes the execution: its marker entry, marks and results. Replies `Ok`.
   Dispose { exec: String },
+  /// Removes the results and in-progress marks of the steps `tasks` (for tools: "re-run
+  /// from this step"); the execution's marker and other steps stay. Replies `Ok`.
+  ResetSteps { exec: String, tasks: Vec<String> },
   /// Everything stored about one execution, for tools: [`Reply::Execution`].
   Execution { exec: String },
   /// One page of the keys of executions whose marker key starts with `prefix`:
@@ -182,6 +185,7 @@ impl Command {
       | Command::StepResults { exec }
       | Command::StepClaim { exec, .. }
       | Command::Dispose { exec }
+      | Command::ResetSteps { exec, .. }
       | Command::Execution { exec } => std::slice::from_ref(exec),
       Command::Del { keys } | Command::Unlink { keys } | Command::MGet { keys } => keys,
       Command::Scan { .. } | Command::ScanExecutions { .. } => &[],

@@ -18,6 +18,7 @@ use crate::command::{Batch, Finish, Reply, Step};
 use crate::completions;
 use crate::embedded_call;
 use crate::error::{StoreError, StoreResult};
+use crate::events::{ConnectionEvents, ServerInfo};
 use crate::guard::bounded;
 use crate::js_promise;
 use crate::output::Output;
@@ -38,6 +39,10 @@ pub trait AsyncBackend: Send + Sync + 'static {
   fn needs_one_slot(&self) -> bool {
     false
   }
+  /// Its connection events and where its server is (`events.rs`); `None` where it has none.
+  fn events(&self) -> Option<Arc<ConnectionEvents>> {
+    None
+  }
 }
 
 impl AsyncBackend for RedisBackend {
@@ -51,6 +56,10 @@ impl AsyncBackend for RedisBackend {
 
   fn close(&self) {
     RedisBackend::close(self)
+  }
+
+  fn events(&self) -> Option<Arc<ConnectionEvents>> {
+    Some(self.events.clone())
   }
 }
 
@@ -69,6 +78,10 @@ impl AsyncBackend for ClusterBackend {
 
   fn needs_one_slot(&self) -> bool {
     true
+  }
+
+  fn events(&self) -> Option<Arc<ConnectionEvents>> {
+    Some(self.events.clone())
   }
 }
 
@@ -146,6 +159,26 @@ impl Engine {
     }
   }
 
+  /// The connection events of a backend that has a server.
+  pub fn events(&self) -> Option<Arc<ConnectionEvents>> {
+    match self {
+      #[cfg(unix)]
+      Engine::EventLoop(driver) => Some(driver.events()),
+      Engine::Tokio(backend) => backend.events(),
+      Engine::Embedded(_) => None,
+    }
+  }
+
+  /// Which backend this is and where its server is, for traces.
+  pub fn server(&self) -> ServerInfo {
+    match (self, self.events()) {
+      (_, Some(events)) => events.server().clone(),
+      (Engine::Embedded(embedded), None) => ServerInfo::new(embedded.kind()),
+      // A backend added later that reports no events: index.js names it by its URL.
+      _ => ServerInfo::new(""),
+    }
+  }
+
   /// A promise already rejected with `err` (a closed store).
   pub fn rejected<'env>(env: &'env Env, err: StoreError) -> napi::Result<PromiseRaw<'env, Output>> {
     let (deferred, promise) = js_promise::create(env.raw())?;
@@ -156,6 +189,9 @@ impl Engine {
   /// Releases the connection or database; calls in flight finish (on an embedded
   /// store, the calls of this tick that have not run yet run first).
   pub fn close(&self, env: &Env) {
+    if let Some(events) = self.events() {
+      let _ = events.listen(None);
+    }
     match self {
       #[cfg(unix)]
       Engine::EventLoop(driver) => driver.close(),

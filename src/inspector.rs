@@ -1,6 +1,6 @@
-//! Read-only access to any backend for the `durastate` CLI, through the store
-//! operations of the seam: executions listed and read as the backend stores them.
-//! Never writes.
+//! Access to any backend for the `durastate` CLI and `durastate ui`, through the store
+//! operations of the seam: executions listed and read as the backend stores them. Its
+//! only writes are the two repair tools, `resetSteps` and `dispose`.
 
 use std::time::Duration;
 
@@ -102,6 +102,44 @@ impl NativeInspector {
     self.one(env, "execution", command, |reply| match reply {
       Reply::Execution(view) => Ok(Output::Execution(ExecutionInfo::from(*view))),
       other => Err(unexpected(&other)),
+    })
+  }
+
+  /// Removes the results and in-progress marks of the steps `tasks` of the execution
+  /// whose marker key is `key` (one transaction), so the next delivery runs them again.
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn reset_steps<'env>(
+    &self,
+    env: &'env Env,
+    key: String,
+    tasks: Vec<String>,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    if tasks.is_empty() {
+      return Engine::rejected(
+        env,
+        StoreError::invalid_input("resetSteps needs at least one step"),
+      );
+    }
+    let command = Command::ResetSteps { exec: key, tasks };
+    let finish = Box::new(|_: Vec<Reply>| Step::Done(Ok(Output::Undefined)));
+    self.engine.call(
+      env,
+      "resetSteps",
+      Batch::atomic(vec![command]),
+      finish,
+      self.command_timeout,
+    )
+  }
+
+  /// Removes the execution whose marker key is `key`: marker, marks and results.
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn dispose<'env>(
+    &self,
+    env: &'env Env,
+    key: String,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    self.one(env, "dispose", Command::Dispose { exec: key }, |_| {
+      Ok(Output::Undefined)
     })
   }
 

@@ -8,6 +8,7 @@ pub mod debug;
 mod embedded_call;
 mod engine;
 mod error;
+mod events;
 mod factory;
 mod glob;
 mod guard;

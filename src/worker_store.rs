@@ -334,6 +334,25 @@ impl NativeWorkerStore {
     }
   }
 
+  /// Which backend this store is on and where its server is, for traces.
+  #[napi]
+  pub fn server_info(&self) -> crate::events::ServerInfo {
+    self.engine.server()
+  }
+
+  /// Calls `listener` with each connection event as JSON text (`null` removes it). It
+  /// never keeps the process alive. Does nothing on a backend without a server.
+  #[napi(ts_args_type = "listener: ((event: string) => void) | null")]
+  pub fn on_connection(
+    &self,
+    listener: Option<napi::bindgen_prelude::Function<'_, String, ()>>,
+  ) -> napi::Result<()> {
+    match self.engine.events() {
+      Some(events) if !self.closed.load(Ordering::Acquire) => events.listen(listener),
+      _ => Ok(()),
+    }
+  }
+
   /// Whether `close()` was called.
   #[napi(getter)]
   pub fn closed(&self) -> bool {

@@ -98,6 +98,7 @@ export function markdown(result) {
     '',
     ...(result.rows ? redisSections(result) : [`${m.cpuCount} × ${m.cpuModel}, ${m.memoryGiB} GiB, ${m.os}, Node ${m.node}, durastate ${m.durastate}. ${result.startedAt}.`, '']),
     ...(result.embedded ? embeddedSection(result) : []),
+    ...(result.tracing ? tracingSection(result.tracing) : []),
     '### Same state in every store',
     '',
     ...result.check.map((c) => `- ${c.ok ? 'ok' : '**MISMATCH**'}: ${c.what}${c.ok ? '' : ` (${c.detail})`}`),
@@ -175,6 +176,26 @@ function embeddedSection(result) {
           cell(sqlite), needed(sqlite), cell(memory), needed(memory), fmtRatio(ratio(r.values.memory, r.values[bs3])),
         ]
       }),
+    ),
+    '',
+  ]
+}
+
+/** The cost of the `durastate:call` tracing channel: each way's ops/s and its ratio to the untraced methods. */
+function tracingSection(rows) {
+  return [
+    '### Tracing channel cost (same run)',
+    '',
+    'The same calls through the methods as they were before tracing (untraced), through the public methods while nobody ' +
+      'subscribes to `durastate:call` (one `hasSubscribers` check per call: within noise is the aim), and with a subscriber ' +
+      'that does nothing (for scale). Ops/s; ratios to untraced.',
+    '',
+    table(
+      ['figure (higher ↑)', 'untraced', 'no subscriber', 'no subscriber ÷ untraced', 'subscribed', 'subscribed ÷ untraced'],
+      rows.map((r) => [
+        r.figure, formatValue(r.values.untraced, r.unit), formatValue(r.values['no subscriber'], r.unit), fmtRatio(r.noSubscriberRatio),
+        formatValue(r.values.subscribed, r.unit), fmtRatio(r.subscribedRatio),
+      ]),
     ),
     '',
   ]

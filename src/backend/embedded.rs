@@ -89,6 +89,14 @@ pub struct EmbeddedBackend {
 }
 
 impl EmbeddedBackend {
+  /// `sqlite` or `memory`, as traces name the backend.
+  pub fn kind(&self) -> &'static str {
+    match self.settings.location {
+      Location::File(_) => "sqlite",
+      Location::Memory => "memory",
+    }
+  }
+
   pub fn new(settings: EmbeddedSettings) -> Self {
     Self {
       settings,

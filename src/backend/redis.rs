@@ -3,7 +3,7 @@
 //! connection drops is sent again on a new one when it is declared safe to resend,
 //! with the retry policy every Redis driver shares (`retry.rs`).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -13,6 +13,7 @@ use super::redis_codec::{decode_all, to_redis};
 use super::retry::{self, Budget};
 use crate::command::{Batch, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
+use crate::events::{ConnectionEvents, ServerInfo};
 use crate::options::RetrySettings;
 use crate::redis_target::RedisTarget;
 
@@ -33,6 +34,7 @@ pub struct RedisBackend {
   retry: RetrySettings,
   slot: Mutex<Slot>,
   connecting: tokio::sync::Mutex<()>,
+  pub events: Arc<ConnectionEvents>,
 }
 
 /// Why one attempt at a batch failed.
@@ -56,7 +58,9 @@ impl RedisBackend {
     let config = AsyncConnectionConfig::new()
       .set_connection_timeout(Some(connect_timeout))
       .set_response_timeout(Some(response_timeout));
+    let server = ServerInfo::redis(&target);
     Self {
+      events: ConnectionEvents::new(server),
       target,
       config,
       connect_timeout,
@@ -101,8 +105,9 @@ impl RedisBackend {
     let (mut connection, generation) = self.connection().await.map_err(Failure::Connect)?;
     send(&mut connection, batch).await.map_err(|err| {
       if retry::connection_lost(&err) {
-        self.forget(generation);
-        Failure::Dropped(err.into())
+        let err = StoreError::from(err);
+        self.forget(generation, &err);
+        Failure::Dropped(err)
       } else {
         Failure::Other(err.into())
       }
@@ -139,6 +144,7 @@ impl RedisBackend {
     }
     slot.generation += 1;
     slot.connection = Some(connection.clone());
+    self.events.connected(self.events.server().address());
     Ok((connection, slot.generation))
   }
 
@@ -186,10 +192,10 @@ impl RedisBackend {
     )
   }
 
-  fn forget(&self, generation: u64) {
+  fn forget(&self, generation: u64, err: &StoreError) {
     let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-    if slot.generation == generation {
-      slot.connection = None;
+    if slot.generation == generation && slot.connection.take().is_some() {
+      self.events.dropped(err);
     }
   }
 }

@@ -25,6 +25,7 @@ use super::retry;
 use super::socket::{lost, Socket};
 use crate::command::{Batch, Command, Finish, Reply, Step};
 use crate::error::{ErrorCode, StoreError, StoreResult};
+use crate::events::{ConnectionEvents, ServerInfo};
 use crate::js_promise::{self, AsyncContext, Deferred};
 use crate::options::RetrySettings;
 use crate::output::Output;
@@ -67,6 +68,7 @@ struct State {
   shut_down: bool,
   /// Sentinel: a `READONLY` reply means the server was demoted; reconnect to the master.
   follow_failover: bool,
+  events: Arc<ConnectionEvents>,
 }
 
 enum Connection {
@@ -136,6 +138,7 @@ impl LoopRedis {
       closed: false,
       shut_down: false,
       follow_failover: target.sentinel.is_some(),
+      events: ConnectionEvents::new(ServerInfo::redis(&target)),
     };
     Self {
       driver: Rc::new(Driver {
@@ -147,6 +150,11 @@ impl LoopRedis {
         settling: std::cell::Cell::new(false),
       }),
     }
+  }
+
+  /// Its connection events (`events.rs`).
+  pub fn events(&self) -> Arc<ConnectionEvents> {
+    self.driver.state.borrow().events.clone()
   }
 
   /// Sends `batch` (one round trip) and returns a promise of `finish(replies)`.
@@ -395,6 +403,12 @@ impl State {
       uv::Handle::set_data(poll, Rc::into_raw(driver.clone()).cast());
       uv::uv_unref(poll);
     }
+    // A Sentinel store's server is the master the sentinels named: the socket's peer.
+    let address = match (&self.events.server().server_address, socket.peer()) {
+      (None, Some(peer)) => peer.to_string(),
+      _ => self.events.server().address(),
+    };
+    self.events.connected(address);
     self.connection = Connection::Open {
       socket,
       poll,
@@ -498,6 +512,9 @@ impl State {
   /// landed); the others
   /// are rejected with `err`.
   fn recover(&mut self, err: StoreError) -> Vec<Settlement> {
+    if matches!(self.connection, Connection::Open { .. }) {
+      self.events.dropped(&err);
+    }
     self.drop_connection();
     self.requeue_or_reject(&err, |_| true)
   }

@@ -121,6 +121,18 @@ fn lower_one(command: Command, out: &mut Vec<Command>) -> Fold {
       out.push(Command::Del { keys });
       Fold::Ok(1)
     }
+    Command::ResetSteps { exec, tasks } => {
+      let (transactions, results) = (format!("{exec}{TRANSACTIONS}"), exec + RESULTS);
+      for task in &tasks {
+        for key in [&transactions, &results] {
+          out.push(Command::HDel {
+            key: key.clone(),
+            field: task.clone(),
+          });
+        }
+      }
+      Fold::Ok(2 * tasks.len())
+    }
     Command::Execution { exec } => {
       let (transactions, results) = (format!("{exec}{TRANSACTIONS}"), exec.clone() + RESULTS);
       out.push(Command::Get { key: exec.clone() });

@@ -25,6 +25,11 @@ impl Socket {
     }
   }
 
+  /// The server's address, as connected.
+  pub fn peer(&self) -> Option<std::net::SocketAddr> {
+    self.stream.peer_addr().ok()
+  }
+
   pub fn fd(&self) -> RawFd {
     self.stream.as_raw_fd()
   }

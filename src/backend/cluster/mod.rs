@@ -13,7 +13,7 @@ mod scan;
 mod transaction;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -26,6 +26,7 @@ use super::redis_codec::{decode, to_redis};
 use super::retry::{self, Budget};
 use crate::command::{Batch, Command, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
+use crate::events::{ConnectionEvents, ServerInfo};
 use crate::options::RetrySettings;
 use scan::scan_page;
 use transaction::transaction;
@@ -55,6 +56,7 @@ pub struct ClusterBackend {
   retry: RetrySettings,
   slot: Mutex<Connection>,
   connecting: tokio::sync::Mutex<()>,
+  pub events: Arc<ConnectionEvents>,
 }
 
 impl ClusterBackend {
@@ -64,7 +66,11 @@ impl ClusterBackend {
     connect_timeout: Duration,
     retry: RetrySettings,
   ) -> Self {
+    let seed = display
+      .strip_prefix("cluster ")
+      .and_then(|urls| urls.split(',').next());
     Self {
+      events: ConnectionEvents::new(ServerInfo::cluster(seed)),
       client,
       display,
       connect_timeout,
@@ -102,7 +108,7 @@ impl ClusterBackend {
       // The connection this attempt used: the one it found, or the one it made.
       let current = self.generation();
       if current == generation || current == generation + 1 {
-        self.forget(current);
+        self.forget(current, &err);
       }
       tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
     }
@@ -139,10 +145,10 @@ impl ClusterBackend {
       .generation
   }
 
-  fn forget(&self, generation: u64) {
+  fn forget(&self, generation: u64, err: &StoreError) {
     let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-    if slot.generation == generation {
-      slot.live = None;
+    if slot.generation == generation && slot.live.take().is_some() {
+      self.events.dropped(err);
     }
   }
 
@@ -156,11 +162,13 @@ impl ClusterBackend {
   /// A failed round trip; connection errors, timeouts and a cluster that is down or
   /// resharding are transient (the connection is re-made after a connection error).
   fn failed(&self, generation: u64, err: redis::RedisError) -> (StoreError, bool) {
-    if retry::connection_lost(&err) {
-      self.forget(generation);
-    }
+    let lost = retry::connection_lost(&err);
     let transient = retry::classify_redis(&err).may_retry();
-    (err.into(), transient)
+    let err = StoreError::from(err);
+    if lost {
+      self.forget(generation, &err);
+    }
+    (err, transient)
   }
 
   fn cached(&self) -> StoreResult<Option<(ClusterConnection, u64)>> {
@@ -201,6 +209,7 @@ impl ClusterBackend {
     }
     slot.generation += 1;
     slot.live = Some(connection.clone());
+    self.events.connected(self.events.server().address());
     Ok((connection, slot.generation))
   }
 

@@ -187,6 +187,7 @@ fn apply_step(db: &Connection, command: &Command, now: i64) -> StoreResult<Reply
     Command::StepClaim { exec, task } => steps::field(db, exec, task, false, now),
     Command::StepResults { exec } => Ok(Reply::Pairs(steps::fields(db, exec, true, now)?)),
     Command::Dispose { exec } => steps::dispose(db, exec),
+    Command::ResetSteps { exec, tasks } => steps::reset(db, exec, tasks),
     Command::Execution { exec } => steps::view(db, exec, now),
     Command::ScanExecutions {
       cursor,

@@ -213,6 +213,15 @@ pub fn dispose(db: &Connection, exec: &str) -> StoreResult<Reply> {
   Ok(Reply::Ok)
 }
 
+/// Removes the marks and results of `tasks`.
+pub fn reset(db: &Connection, exec: &str, tasks: &[String]) -> StoreResult<Reply> {
+  let mut statement = db.prepare_cached("DELETE FROM ds_steps WHERE exec = ?1 AND task = ?2")?;
+  for task in tasks {
+    statement.execute(params![exec, task])?;
+  }
+  Ok(Reply::Ok)
+}
+
 /// Everything stored about `exec`, with TTLs as `PTTL` answers them.
 pub fn view(db: &Connection, exec: &str, now: i64) -> StoreResult<Reply> {
   let marker = entries::get(db, exec, now)?;

@@ -273,6 +273,29 @@ fn dispose_removes_the_marker_the_steps_and_the_expiries() {
 }
 
 #[test]
+fn reset_steps_removes_their_marks_and_results_only() {
+  let mut c = db();
+  set(&mut c, "e", "true", None, 0);
+  run(&mut c, commit("e", "a", "1", None), 0).unwrap();
+  run(&mut c, commit("e", "b", "2", None), 0).unwrap();
+  run(&mut c, claim("e", "b:c", false, None), 0).unwrap();
+  let tasks = vec!["b".to_string(), "b:c".to_string()];
+  run(
+    &mut c,
+    Command::ResetSteps {
+      exec: "e".into(),
+      tasks,
+    },
+    0,
+  )
+  .unwrap();
+  let v = view(&mut c, "e", 0);
+  assert_eq!(v.marker.as_deref(), Some(&b"true"[..]));
+  assert_eq!(v.results, vec![(b"a".to_vec(), b"1".to_vec())]);
+  assert!(v.claims.is_empty());
+}
+
+#[test]
 fn scan_executions_finds_steps_then_markers_under_the_prefix() {
   let mut c = db();
   for i in 0..5 {

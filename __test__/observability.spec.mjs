@@ -1,0 +1,253 @@
+// Observability: every store call on the tracing channel `durastate:call` (the events and
+// the context tracePromise gives, never a value), connection events on
+// `durastate:connection`, and a runtime without tracingChannel running untraced.
+// Runs on Node.js, Bun and Deno.
+import assert from 'node:assert/strict'
+import diagnostics from 'node:diagnostics_channel'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import Redis from 'ioredis'
+import { createKvStore, createMemoryStore, createSqliteStore, createStore } from '../index.js'
+import { startRedisServer, until } from './helpers/redis-server.mjs'
+
+const require = createRequire(import.meta.url)
+const SECRET = 'value-that-must-not-be-traced'
+const EVENTS = ['start', 'end', 'asyncStart', 'asyncEnd', 'error']
+
+/** Subscribes to `durastate:call`; returns the calls seen ({ context, events }) and a stop function. */
+function recordCalls() {
+  const channel = diagnostics.tracingChannel('durastate:call')
+  const calls = new Map()
+  const handlers = Object.fromEntries(
+    EVENTS.map((event) => [
+      event,
+      (context) => {
+        if (!calls.has(context)) calls.set(context, [])
+        calls.get(context).push(event)
+      },
+    ]),
+  )
+  channel.subscribe(handlers)
+  return {
+    get calls() {
+      return [...calls].map(([context, events]) => ({ context, events }))
+    },
+    stop: () => channel.unsubscribe(handlers),
+  }
+}
+
+/** Subscribes to `durastate:connection`; returns the events seen and a stop function. */
+function recordConnections() {
+  const events = []
+  const listener = (event) => events.push(event)
+  diagnostics.subscribe('durastate:connection', listener)
+  return { events, stop: () => diagnostics.unsubscribe('durastate:connection', listener) }
+}
+
+describe('tracing channel durastate:call', () => {
+  let redis
+  let dir
+  const stores = []
+  const track = (store) => (stores.push(store), store)
+
+  before(async () => {
+    redis = await startRedisServer()
+    dir = mkdtempSync(join(tmpdir(), 'durastate-trace-'))
+  })
+
+  after(async () => {
+    await Promise.all(stores.map((s) => s.close()))
+    await redis?.stop()
+    if (dir) rmSync(dir, { recursive: true, force: true })
+  })
+
+  const backends = {
+    memory: () => ({ worker: track(createMemoryStore()), kv: track(createKvStore('memory:')), server: {} }),
+    sqlite: () => ({
+      worker: track(createSqliteStore(join(dir, 'w.db'))),
+      kv: track(createKvStore(`sqlite:${join(dir, 'kv.db')}`)),
+      server: {},
+    }),
+    redis: () => ({
+      worker: track(createStore(`${redis.url}/2`, { prefix: 'trace:' })),
+      kv: track(createKvStore(`${redis.url}/2`)),
+      server: { serverAddress: '127.0.0.1', serverPort: redis.port, database: '2' },
+    }),
+  }
+
+  for (const [backend, open] of Object.entries(backends)) {
+    it(`traces every WorkerStore and KV call on ${backend}, with names and ids, never values`, async () => {
+      const { worker, kv, server } = open()
+      const recorder = recordCalls()
+      try {
+        await worker.beginExecution('e1')
+        await worker.beginExecutionTask('e1', 'a:b')
+        await worker.commitExecutionTaskResult('e1', 'a:b', { secret: SECRET })
+        assert.deepEqual(await worker.getExecutionTaskResult('e1', 'a:b'), { secret: SECRET })
+        await worker.getExecutionTaskResults('e1')
+        await kv.set('default', 'k', SECRET)
+        assert.equal(await kv.mount('default').get('k'), SECRET)
+        await kv.getMany('default', ['k'])
+      } finally {
+        recorder.stop()
+      }
+      const calls = recorder.calls
+      assert.deepEqual(
+        calls.map((c) => c.context.operation),
+        ['beginExecution', 'beginExecutionTask', 'commitExecutionTaskResult', 'getExecutionTaskResult', 'getExecutionTaskResults', 'set', 'get', 'getMany'],
+      )
+      for (const { context, events } of calls) {
+        assert.deepEqual(events, ['start', 'end', 'asyncStart', 'asyncEnd'], context.operation)
+        assert.equal(context.backend, backend)
+        assert.equal(context.error, undefined)
+        assert.ok(!JSON.stringify(context).includes(SECRET), `${context.operation}: a value is in the context`)
+        assert.ok(!('result' in context), `${context.operation}: result in the context`)
+        for (const [field, value] of Object.entries(server)) assert.equal(context[field], value, `${context.operation}: ${field}`)
+        if (backend !== 'redis') assert.equal(context.serverAddress, undefined)
+      }
+      const [begin, task, commit] = calls
+      assert.deepEqual({ ...begin.context }, { operation: 'beginExecution', store: 'worker', backend, ...server, executionId: 'e1' })
+      assert.equal(task.context.taskId, 'a:b')
+      assert.equal(commit.context.executionId, 'e1')
+      const set = calls[5].context
+      assert.deepEqual([set.store, set.mount, set.key], ['kv', 'default', 'k'])
+      assert.deepEqual([calls[6].context.mount, calls[6].context.key], ['default', 'k'])
+      assert.equal(calls[7].context.key, undefined)
+    })
+  }
+
+  it('publishes a failed call on error, with its code, then asyncStart and asyncEnd', async () => {
+    const store = createMemoryStore()
+    await store.close()
+    const kv = track(createKvStore('memory:', { mounts: { ro: { mode: 'read' } } }))
+    const recorder = recordCalls()
+    try {
+      await assert.rejects(store.beginExecution('e'), (err) => err.code === 'DISPOSED')
+      await assert.rejects(kv.set('ro', 'k', 1), (err) => err.code === 'READ_ONLY')
+      await assert.rejects(kv.get('nope', 'k'), (err) => err.code === 'UNKNOWN_MOUNT')
+    } finally {
+      recorder.stop()
+    }
+    const calls = recorder.calls
+    assert.equal(calls.length, 3)
+    for (const { context, events } of calls) {
+      assert.deepEqual(events, ['start', 'end', 'error', 'asyncStart', 'asyncEnd'])
+      assert.equal(context.error.name, 'DurastateError')
+    }
+    assert.deepEqual(calls.map((c) => c.context.error.code), ['DISPOSED', 'READ_ONLY', 'UNKNOWN_MOUNT'])
+  })
+
+  it('binds stores to start: the call runs in the store set there, its caller keeps its own', async () => {
+    const { AsyncLocalStorage } = await import('node:async_hooks')
+    const storage = new AsyncLocalStorage()
+    const channel = diagnostics.tracingChannel('durastate:call')
+    const inCall = []
+    const handlers = { asyncEnd: () => inCall.push(storage.getStore()) }
+    channel.start.bindStore(storage, (context) => `in ${context.operation}`)
+    channel.subscribe(handlers)
+    try {
+      const store = track(createMemoryStore())
+      let after
+      await storage.run('caller', async () => {
+        await store.beginExecution('als')
+        after = storage.getStore()
+      })
+      assert.deepEqual(inCall, ['in beginExecution'])
+      assert.equal(after, 'caller')
+    } finally {
+      channel.unsubscribe(handlers)
+      channel.start.unbindStore(storage)
+    }
+  })
+
+  it('runs untraced where diagnostics_channel has no tracingChannel', () => {
+    const channels = require('node:diagnostics_channel')
+    const indexPath = require.resolve('../index.js')
+    const saved = channels.tracingChannel
+    const cached = require.cache[indexPath]
+    let fresh
+    try {
+      channels.tracingChannel = undefined
+      delete require.cache[indexPath]
+      fresh = require('../index.js')
+    } catch (err) {
+      // A runtime whose module namespace cannot be changed: nothing to simulate here.
+      assert.ok(err instanceof TypeError, String(err))
+      return
+    } finally {
+      channels.tracingChannel = saved
+      if (cached) require.cache[indexPath] = cached
+    }
+    assert.notEqual(fresh, require('../index.js'))
+    const store = fresh.createMemoryStore()
+    const recorder = recordCalls()
+    return (async () => {
+      try {
+        await store.beginExecution('e')
+        assert.equal(await store.isExecutionInProgress('e'), true)
+      } finally {
+        recorder.stop()
+        await store.close()
+      }
+      assert.deepEqual(recorder.calls, [])
+    })()
+  })
+})
+
+describe('connection events on durastate:connection', () => {
+  let redis
+  let admin
+
+  before(async () => {
+    redis = await startRedisServer()
+    admin = new Redis(redis.url)
+  })
+
+  after(async () => {
+    admin?.disconnect()
+    await redis?.stop()
+  })
+
+  it('publishes connect, drop (with the error code) and reconnect, with the address', async () => {
+    const recorder = recordConnections()
+    const store = createStore(redis.url, { prefix: 'conn:' })
+    const address = `127.0.0.1:${redis.port}`
+    try {
+      await store.beginExecution('e')
+      await until('the connect event', async () => recorder.events.some((e) => e.type === 'connect'), 5_000)
+      assert.deepEqual(recorder.events[0], { type: 'connect', address, store: 'worker', backend: 'redis' })
+      await admin.call('CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes')
+      // The next call finds the connection gone (or the driver saw it close) and connects again.
+      await until('a call after the drop', async () => (await store.isExecutionInProgress('e')) === true, 10_000)
+      await until('the reconnect event', async () => recorder.events.some((e) => e.type === 'reconnect'), 5_000)
+      const types = recorder.events.map((e) => e.type)
+      assert.deepEqual(types.slice(0, 3), ['connect', 'drop', 'reconnect'])
+      const drop = recorder.events[1]
+      assert.equal(drop.address, address)
+      assert.equal(typeof drop.error.code, 'string')
+      assert.equal(recorder.events[2].address, address)
+    } finally {
+      recorder.stop()
+      await store.close()
+    }
+  })
+
+  it('publishes nothing for embedded stores, and a closed store stops publishing', async () => {
+    const recorder = recordConnections()
+    try {
+      const memory = createMemoryStore()
+      await memory.beginExecution('e')
+      await memory.close()
+      const kv = createKvStore(redis.url)
+      await kv.set('default', 'k', 1)
+      await kv.close()
+      await new Promise((resolve) => setTimeout(resolve, 100))
+      assert.deepEqual(recorder.events.map((e) => [e.type, e.store, e.backend]), [['connect', 'kv', 'redis']])
+    } finally {
+      recorder.stop()
+    }
+  })
+})

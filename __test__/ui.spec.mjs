@@ -1,0 +1,345 @@
+// `durastate ui`, `durastate reset` and `durastate dispose`: the HTTP API (Host and Origin
+// checks, token, bounds) with plain requests, and the page in a real headless Chromium
+// (Debian's `chromium`, driven by playwright-core, which downloads nothing), on SQLite
+// and on Redis: listing, search, the tree of steps, live updates, read-only refusals,
+// the two write actions with their confirmations, and a hostile task id and value shown
+// as text.
+import assert from 'node:assert/strict'
+import { execFile, spawn } from 'node:child_process'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { request } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { promisify } from 'node:util'
+import { chromium } from 'playwright-core'
+import { createInspector } from '../binding.js'
+import { createRedisStore, createSqliteStore } from '../index.js'
+import { isAllowedHost, MAX_LISTED, MAX_VALUE_CHARS, startUi } from '../bin/ui.mjs'
+import { startRedisServer } from './helpers/redis-server.mjs'
+
+const CLI = new URL('../bin/durastate.mjs', import.meta.url).pathname
+const CHROMIUM = process.env.DURASTATE_TEST_CHROMIUM || '/usr/bin/chromium'
+const EVIL_ID = 'evil"><img src=x onerror="window.__pwned=1">'
+const EVIL_TASK = '<script>window.__pwned=2</script>:<b>bold</b>'
+const EVIL_VALUE = { html: '<img src=x onerror="window.__pwned=3"></pre><script>window.__pwned=4</script>' }
+const BIG = 'x'.repeat(MAX_VALUE_CHARS * 2)
+
+/** The executions every backend gets: in progress with nested steps, finished, hostile, big. */
+async function seed(store) {
+  await store.beginExecution('order-1')
+  await store.commitExecutionTaskResult('order-1', 'validate', { ok: true, total: 42 })
+  await store.commitExecutionTaskResult('order-1', 'reserve-stock:warehouse-berlin', { hold: 'BER-1' })
+  await store.commitExecutionTaskResult('order-1', 'reserve-stock', { holds: ['BER-1'] })
+  await store.beginExecutionTask('order-1', 'charge')
+  await store.commitExecutionTaskResult('order-2', 'ship', { trackingId: 'TRK-2' })
+  await store.beginExecution(EVIL_ID)
+  await store.commitExecutionTaskResult(EVIL_ID, EVIL_TASK, EVIL_VALUE)
+  await store.commitExecutionTaskResult('big-1', 'export', BIG)
+}
+
+/** A request with any headers (fetch would not let the test set Host). */
+function raw(url, { method = 'GET', headers = {}, body } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { method, headers }, (res) => {
+      const chunks = []
+      res.on('data', (c) => chunks.push(c))
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8')
+        let json
+        try {
+          json = JSON.parse(text)
+        } catch {}
+        resolve({ status: res.statusCode, headers: res.headers, text, json })
+      })
+    })
+    req.on('error', reject)
+    req.end(body)
+  })
+}
+
+describe('durastate ui: HTTP API', () => {
+  let dir
+  let path
+  let readOnly
+  let writable
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'durastate-ui-'))
+    path = join(dir, 'state.db')
+    const store = createSqliteStore(path)
+    await seed(store)
+    await store.close()
+    readOnly = await startUi({ url: `sqlite:${path}`, createInspector })
+    writable = await startUi({ url: `sqlite:${path}`, allowWrites: true, createInspector })
+  })
+
+  after(async () => {
+    await readOnly?.close()
+    await writable?.close()
+    if (dir) rmSync(dir, { recursive: true, force: true })
+  })
+
+  it('binds to loopback and serves the page with a strict Content-Security-Policy', async () => {
+    assert.match(readOnly.url, /^http:\/\/127\.0\.0\.1:\d+\/$/)
+    const page = await raw(readOnly.url)
+    assert.equal(page.status, 200)
+    assert.match(page.headers['content-security-policy'], /script-src 'self'/)
+    assert.equal(page.headers['x-content-type-options'], 'nosniff')
+    assert.match(page.text, /<script src="\/app\.js" defer><\/script>/)
+    const info = (await raw(`${readOnly.url}api/info`)).json
+    assert.deepEqual([info.allowWrites, info.token], [false, null])
+  })
+
+  it('refuses a Host header that is not an IP address or localhost (DNS rebinding), and other origins', async () => {
+    const port = readOnly.port
+    const rebound = await raw(`${readOnly.url}api/executions`, { headers: { host: `attacker.example:${port}` } })
+    assert.equal(rebound.status, 421)
+    assert.equal(rebound.json.error.code, 'FORBIDDEN')
+    assert.equal((await raw(`${readOnly.url}api/executions`, { headers: { host: `localhost:${port + 1}` } })).status, 421)
+    assert.equal((await raw(`${readOnly.url}`, { headers: { host: `localhost:${port}` } })).status, 200)
+    assert.equal((await raw(`${readOnly.url}api/info`, { headers: { host: `[::1]:${port}` } })).status, 200)
+    const foreign = await raw(`${readOnly.url}api/executions`, { headers: { origin: 'http://attacker.example' } })
+    assert.equal(foreign.status, 403)
+    assert.equal(isAllowedHost('127.0.0.1', 80), true)
+    assert.equal(isAllowedHost('my-box:8080', 8080, 'my-box'), true)
+    assert.equal(isAllowedHost(undefined, 80), false)
+  })
+
+  it('lists, reads and bounds', async () => {
+    const list = (await raw(`${readOnly.url}api/executions`)).json
+    assert.deepEqual(list.executions.map((e) => e.id).sort(), ['big-1', EVIL_ID, 'order-1', 'order-2'].sort())
+    assert.equal(list.executions[0].inProgress, true, 'in progress first')
+    const found = (await raw(`${readOnly.url}api/executions?search=order`)).json
+    assert.deepEqual(found.executions.map((e) => e.id).sort(), ['order-1', 'order-2'])
+    const one = (await raw(`${readOnly.url}api/executions?limit=1`)).json
+    assert.deepEqual([one.executions.length, one.truncated], [1, true])
+    for (const limit of ['0', String(MAX_LISTED + 1), 'x', '1.5']) {
+      const bad = await raw(`${readOnly.url}api/executions?limit=${limit}`)
+      assert.equal(bad.status, 400, limit)
+      assert.equal(bad.json.error.code, 'INVALID_INPUT')
+    }
+    assert.equal((await raw(`${readOnly.url}api/executions/${'x'.repeat(5000)}`)).status, 400)
+    assert.equal((await raw(`${readOnly.url}api/executions/%E0%A4%A`)).status, 400)
+    assert.equal((await raw(`${readOnly.url}api/executions/nope`)).json.error.code, 'NOT_FOUND')
+    const big = (await raw(`${readOnly.url}api/executions/big-1`)).json
+    assert.equal(big.steps[0].truncated, true)
+    assert.equal(big.steps[0].value.length, MAX_VALUE_CHARS)
+    assert.equal(big.steps[0].size, BIG.length + 2)
+    const order = (await raw(`${readOnly.url}api/executions/order-1`)).json
+    assert.deepEqual(order.steps.map((s) => [s.id, s.state]), [
+      ['charge', 'in progress'], ['reserve-stock', 'done'], ['reserve-stock:warehouse-berlin', 'done'], ['validate', 'done'],
+    ])
+    assert.equal(order.steps[3].value, JSON.stringify({ ok: true, total: 42 }, null, 2))
+  })
+
+  it('refuses writes when read-only, and without the page origin or token', async () => {
+    const post = (server, headers, body = '{"taskId":"validate"}') =>
+      raw(`${server.url}api/executions/order-1/reset`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body })
+    const origin = (server) => `http://127.0.0.1:${server.port}`
+    const readOnlyAnswer = await post(readOnly, { origin: origin(readOnly) })
+    assert.deepEqual([readOnlyAnswer.status, readOnlyAnswer.json.error.code], [403, 'READ_ONLY'])
+    const { token } = (await raw(`${writable.url}api/info`)).json
+    assert.equal(typeof token, 'string')
+    assert.equal((await post(writable, { origin: origin(writable) })).status, 403, 'no token')
+    assert.equal((await post(writable, { 'x-durastate-token': token })).status, 403, 'no origin')
+    assert.equal((await post(writable, { origin: origin(writable), 'x-durastate-token': `${token}x` })).status, 403, 'wrong token')
+    const headers = { origin: origin(writable), 'x-durastate-token': token }
+    assert.equal((await post(writable, headers, 'x'.repeat(70 * 1024))).status, 413)
+    assert.equal((await post(writable, headers, '[1]')).status, 400)
+    assert.equal((await post(writable, headers, '{"taskId":"nope"}')).json.error.code, 'NOT_FOUND')
+    assert.equal((await raw(`${writable.url}api/executions/order-1`, { method: 'DELETE' })).status, 405)
+  })
+})
+
+describe('durastate reset, dispose and ui (CLI)', () => {
+  let dir
+  let url
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'durastate-ui-cli-'))
+    url = `sqlite:${join(dir, 'state.db')}`
+    const store = createSqliteStore(join(dir, 'state.db'))
+    await seed(store)
+    await store.close()
+  })
+
+  after(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true })
+  })
+
+  const cli = (...args) => promisify(execFile)(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 20_000 })
+
+  it('reset removes a step and its nested steps; dispose removes an execution', async () => {
+    const { stdout } = await cli('reset', url, 'order-1', 'reserve-stock')
+    assert.match(stdout, /reset 2 steps of execution "order-1": reserve-stock, reserve-stock:warehouse-berlin/)
+    const store = createSqliteStore(join(dir, 'state.db'))
+    try {
+      assert.deepEqual(Object.keys(await store.getExecutionTaskResults('order-1')), ['validate'])
+      await assert.rejects(cli('reset', url, 'order-1', 'reserve-stock'), (err) => err.code === 1 && /NOT_FOUND/.test(err.stderr))
+      assert.match((await cli('dispose', url, 'order-2')).stdout, /disposed execution "order-2"/)
+      assert.deepEqual(await store.getExecutionTaskResults('order-2'), {})
+      await assert.rejects(cli('dispose', url, 'order-2'), (err) => /no execution "order-2"/.test(err.stderr))
+      await assert.rejects(cli('reset', url), (err) => err.code === 2)
+    } finally {
+      await store.close()
+    }
+  })
+
+  it('ui prints the page URL, serves it, and stops on SIGTERM', async () => {
+    const child = spawn(process.execPath, [CLI, 'ui', url, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] })
+    try {
+      const line = await new Promise((resolve, reject) => {
+        let out = ''
+        child.stdout.on('data', (d) => {
+          out += d
+          if (out.includes('\n')) resolve(out)
+        })
+        child.once('exit', (code) => reject(new Error(`exited ${code}`)))
+        setTimeout(() => reject(new Error(`no URL printed: ${out}`)), 15_000)
+      })
+      const pageUrl = /(http:\/\/127\.0\.0\.1:\d+\/)/.exec(line)?.[1]
+      assert.ok(pageUrl, line)
+      assert.match(line, /read-only/)
+      assert.equal((await raw(`${pageUrl}api/info`)).json.allowWrites, false)
+    } finally {
+      child.kill('SIGTERM')
+      await new Promise((resolve) => (child.exitCode !== null ? resolve() : child.once('exit', resolve)))
+    }
+  })
+})
+
+describe('durastate ui in a browser', { timeout: 120_000 }, () => {
+  let browser
+  let redis
+  let dir
+
+  before(async () => {
+    assert.ok(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install chromium (npm test installs it as root)`)
+    const root = typeof process.getuid === 'function' && process.getuid() === 0
+    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: root ? ['--no-sandbox'] : [] })
+    redis = await startRedisServer()
+    dir = mkdtempSync(join(tmpdir(), 'durastate-ui-browser-'))
+  })
+
+  after(async () => {
+    await browser?.close()
+    await redis?.stop()
+    if (dir) rmSync(dir, { recursive: true, force: true })
+  })
+
+  const backends = {
+    sqlite: () => {
+      const file = join(dir, 'state.db')
+      return { url: `sqlite:${file}`, open: () => createSqliteStore(file), prefix: '' }
+    },
+    redis: () => ({ url: redis.url, open: () => createRedisStore(redis.url, { prefix: 'ui:' }), prefix: 'ui:' }),
+  }
+
+  for (const [name, backend] of Object.entries(backends)) {
+    it(`shows, searches, updates live and repairs executions on ${name}`, async () => {
+      const { url, open, prefix } = backend()
+      const store = open()
+      await seed(store)
+      const readOnly = await startUi({ url, prefix, createInspector })
+      const writable = await startUi({ url, prefix, allowWrites: true, createInspector })
+      const page = await browser.newPage()
+      const dialogs = []
+      try {
+        const row = (id) => page.locator('#executions tbody tr').filter({ has: page.locator('td:first-child', { hasText: id }) })
+        const step = (id) => page.locator(`#tree li.step[data-task="${id.replace(/"/g, '\\"')}"]`)
+
+        // The listing, then search.
+        await page.goto(readOnly.url)
+        await row('order-1').waitFor()
+        assert.equal(await page.locator('#mode').textContent(), 'read-only')
+        assert.equal(await page.locator('#executions tbody tr').count(), 4)
+        await page.fill('#search', 'order-2')
+        await page.waitForFunction(() => document.querySelectorAll('#executions tbody tr').length === 1)
+        assert.equal(await row('order-2').locator('td').nth(1).textContent(), 'finished')
+        await page.fill('#search', '')
+        await page.waitForFunction(() => document.querySelectorAll('#executions tbody tr').length === 4)
+
+        // One execution: the tree, the states and a result.
+        await row('order-1').click()
+        await step('validate').waitFor()
+        assert.match(await page.locator('#detail-state').textContent(), /^in progress, expires in/)
+        assert.equal(await step('charge').locator('.step-head > span').nth(1).textContent(), 'in progress')
+        assert.equal(await step('validate').locator('.step-head > span').nth(1).textContent(), 'done')
+        assert.equal(await step('validate').locator('pre').textContent(), JSON.stringify({ ok: true, total: 42 }, null, 2))
+        const nested = step('reserve-stock').locator('ul > li.step[data-task="reserve-stock:warehouse-berlin"]')
+        assert.equal(await nested.locator('.step-name').first().textContent(), 'warehouse-berlin')
+        assert.match(await nested.locator('pre').textContent(), /BER-1/)
+
+        // Live: a step committed now shows up without a reload.
+        await page.evaluate(() => {
+          window.__sameDocument = true
+        })
+        await store.commitExecutionTaskResult('order-1', 'charge', { paymentId: 'pay-1' })
+        await page.waitForFunction(() => document.querySelector('#tree li.step[data-task="charge"] pre')?.textContent.includes('pay-1'), null, { timeout: 10_000 })
+        assert.equal(await page.evaluate(() => window.__sameDocument), true)
+
+        // Read-only: no write controls, and the API refuses writes from the page.
+        assert.equal(await page.locator('button.reset').count(), 0)
+        assert.equal(await page.locator('#dispose').isHidden(), true)
+        const refused = await page.evaluate(async () => {
+          const response = await fetch('/api/executions/order-1/dispose', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })
+          return [response.status, (await response.json()).error.code]
+        })
+        assert.deepEqual(refused, [403, 'READ_ONLY'])
+
+        // A hostile id, task id and value are text, never markup or script.
+        await row('evil').click()
+        await page.waitForFunction((id) => document.querySelector('#detail-id').textContent === id, EVIL_ID)
+        assert.equal(await page.locator('#tree .step-name').first().textContent(), '<script>window.__pwned=2</script>')
+        assert.equal(await page.locator('#tree li.step li.step .step-name').textContent(), '<b>bold</b>')
+        assert.equal(await page.locator('#tree pre').textContent(), JSON.stringify(EVIL_VALUE, null, 2))
+        assert.equal(await page.locator('main img, main script, main b').count(), 0)
+        assert.equal(await page.evaluate(() => window.__pwned), undefined)
+
+        // A big value is cut, its size shown.
+        await row('big-1').click()
+        await page.locator('#tree .cut').waitFor()
+        assert.match(await page.locator('#tree .cut').textContent(), new RegExp(`first ${MAX_VALUE_CHARS} characters of 32\\.0 KiB`))
+
+        // --allow-writes: reset a step (dismissed first, then confirmed) and dispose.
+        await page.goto(`${writable.url}#order-1`)
+        const resetButton = page.locator('button.reset[data-task="reserve-stock"]')
+        await resetButton.waitFor()
+        assert.equal(await page.locator('#mode').textContent(), 'writes allowed')
+        page.once('dialog', (dialog) => {
+          dialogs.push(dialog.message())
+          dialog.dismiss()
+        })
+        await resetButton.click()
+        await page.waitForTimeout(300)
+        assert.equal(await step('reserve-stock:warehouse-berlin').count(), 1, 'a dismissed reset changes nothing')
+        page.once('dialog', (dialog) => {
+          dialogs.push(dialog.message())
+          dialog.accept()
+        })
+        await resetButton.click()
+        await page.waitForFunction(() => !document.querySelector('#tree li.step[data-task="reserve-stock"]'), null, { timeout: 10_000 })
+        assert.match(dialogs[0], /Reset step "reserve-stock" of execution "order-1"/)
+        assert.deepEqual(Object.keys(await store.getExecutionTaskResults('order-1')).sort(), ['charge', 'validate'])
+        assert.equal(await store.isExecutionInProgress('order-1'), true)
+
+        await row('order-2').click()
+        await step('ship').waitFor()
+        page.once('dialog', (dialog) => {
+          dialogs.push(dialog.message())
+          dialog.accept()
+        })
+        await page.click('#dispose')
+        await page.waitForFunction(() => document.querySelectorAll('#executions tbody tr').length === 3, null, { timeout: 10_000 })
+        assert.match(dialogs.at(-1), /Dispose execution "order-2"/)
+        assert.deepEqual(await store.getExecutionTaskResults('order-2'), {})
+      } finally {
+        await page.close()
+        await readOnly.close()
+        await writable.close()
+        await store.close()
+      }
+    })
+  }
+})
