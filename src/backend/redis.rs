@@ -142,7 +142,22 @@ impl RedisBackend {
     Ok((connection, slot.generation))
   }
 
+  /// A TCP server is connected the way the event-loop driver connects to it
+  /// (`connect.rs`: TLS, Sentinel, the checks), then driven by redis-rs; a unix socket
+  /// by redis-rs alone.
   async fn connect(&self) -> StoreResult<MultiplexedConnection> {
+    if self.target.is_tcp() {
+      let stream = super::connect::open_stream(&self.target, self.connect_timeout).await?;
+      let logged_in = redis::RedisConnectionInfo::default();
+      let made = MultiplexedConnection::new_with_config(&logged_in, stream, self.config.clone());
+      let (connection, driver) = match tokio::time::timeout(self.connect_timeout, made).await {
+        Ok(Ok(made)) => made,
+        Ok(Err(err)) => return Err(self.connect_error(err)),
+        Err(_) => return Err(self.connect_timed_out()),
+      };
+      tokio::spawn(driver);
+      return Ok(connection);
+    }
     let attempt = self
       .target
       .client

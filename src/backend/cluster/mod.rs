@@ -9,6 +9,7 @@
 //! `hashtag` key layout every WorkerStore batch is on one slot. `SCAN` walks every
 //! master in turn; the opaque cursor names the masters, the current one and its cursor.
 
+mod node;
 mod scan;
 mod transaction;
 
@@ -17,8 +18,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_routing::Slot;
 use redis::{RedisResult, Value};
 
@@ -26,7 +26,9 @@ use super::redis_codec::{decode, to_redis};
 use super::retry::{self, Budget};
 use crate::command::{Batch, Command, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
-use crate::options::RetrySettings;
+use crate::options::{CommonSettings, RetrySettings};
+use crate::redis_target::ClusterTarget;
+use node::{NodeConnection, NodeSettings, Registration};
 use scan::scan_page;
 use transaction::transaction;
 
@@ -40,9 +42,12 @@ enum Group {
   Scan(usize),
 }
 
+/// redis-rs's cluster connection, on node connections of durastate's own (`node.rs`).
+type Connection = redis::cluster_async::ClusterConnection<NodeConnection>;
+
 #[derive(Default)]
-struct Connection {
-  live: Option<ClusterConnection>,
+struct Live {
+  live: Option<Connection>,
   generation: u64,
   closed: bool,
 }
@@ -50,28 +55,47 @@ struct Connection {
 /// A Redis Cluster reached through redis-rs's cluster connection.
 pub struct ClusterBackend {
   client: ClusterClient,
+  /// What each node connection needs (TLS, credentials, checks), for as long as the store lives.
+  nodes: Registration,
   display: String,
   connect_timeout: Duration,
   retry: RetrySettings,
-  slot: Mutex<Connection>,
+  slot: Mutex<Live>,
   connecting: tokio::sync::Mutex<()>,
 }
 
 impl ClusterBackend {
+  /// A backend for `target` that connects on first use. `require_aof`: every node it
+  /// connects to must fsync every write (`durability: 'aof'`), checked at each connect.
   pub fn new(
-    client: ClusterClient,
-    display: String,
-    connect_timeout: Duration,
-    retry: RetrySettings,
-  ) -> Self {
-    Self {
+    target: ClusterTarget,
+    common: &CommonSettings,
+    require_aof: bool,
+  ) -> StoreResult<Self> {
+    let settings = NodeSettings::new(
+      target.username,
+      target.password,
+      target.tls,
+      require_aof,
+      common.connect_timeout,
+    );
+    let nodes = Registration::new(settings);
+    let client = ClusterClientBuilder::new(target.seeds)
+      .connection_timeout(common.connect_timeout)
+      .response_timeout(common.command_timeout)
+      // Not a database (a cluster has only 0): the key of this store's node settings (node.rs).
+      .database_id(nodes.key)
+      .build()
+      .map_err(|err| StoreError::invalid_input(format!("invalid cluster options: {err}")))?;
+    Ok(Self {
       client,
-      display,
-      connect_timeout,
-      retry,
-      slot: Mutex::new(Connection::default()),
+      nodes,
+      display: target.display,
+      connect_timeout: common.connect_timeout,
+      retry: common.retry,
+      slot: Mutex::new(Live::default()),
       connecting: tokio::sync::Mutex::new(()),
-    }
+    })
   }
 
   /// Runs a batch of call `what`. redis-rs follows `MOVED`/`ASK` and a failover itself
@@ -160,10 +184,14 @@ impl ClusterBackend {
       self.forget(generation);
     }
     let transient = retry::classify_redis(&err).may_retry();
-    (err.into(), transient)
+    // A node connection that failed said why (TLS, AUTH, the aof check): that is the error.
+    match self.nodes.settings.take_failure() {
+      Some(failure) => (failure, transient),
+      None => (err.into(), transient),
+    }
   }
 
-  fn cached(&self) -> StoreResult<Option<(ClusterConnection, u64)>> {
+  fn cached(&self) -> StoreResult<Option<(Connection, u64)>> {
     let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
     if slot.closed {
       return Err(StoreError::disposed());
@@ -171,7 +199,7 @@ impl ClusterBackend {
     Ok(slot.live.clone().map(|c| (c, slot.generation)))
   }
 
-  async fn connection(&self) -> StoreResult<(ClusterConnection, u64)> {
+  async fn connection(&self) -> StoreResult<(Connection, u64)> {
     if let Some(found) = self.cached()? {
       return Ok(found);
     }
@@ -180,7 +208,8 @@ impl ClusterBackend {
       return Ok(found);
     }
     // `get_async_connection` can hang (redis-rs#1953): bounded here and by the call.
-    let attempt = self.client.get_async_connection();
+    self.nodes.settings.take_failure();
+    let attempt = self.client.get_async_generic_connection::<NodeConnection>();
     let connection = match tokio::time::timeout(self.connect_timeout, attempt).await {
       Ok(Ok(connection)) => connection,
       Ok(Err(err)) => return Err(self.connect_error(err)),
@@ -205,6 +234,13 @@ impl ClusterBackend {
   }
 
   fn connect_error(&self, err: redis::RedisError) -> StoreError {
+    // A node that could not be reached said why, with the error code to give (`TLS`, `AUTH`).
+    if let Some(failure) = self.nodes.settings.take_failure() {
+      return StoreError::new(
+        failure.code,
+        format!("cannot connect to {}: {}", self.display, failure.message),
+      );
+    }
     let mapped = StoreError::from(err);
     let what = if mapped.code == ErrorCode::Auth {
       "authentication to"
@@ -258,7 +294,7 @@ fn single_slot(keys: &[String]) -> Option<Slot> {
 type Answered = Vec<(usize, StoreResult<Reply>)>;
 
 async fn run_group(
-  connection: &mut ClusterConnection,
+  connection: &mut Connection,
   batch: &Batch,
   group: Group,
 ) -> RedisResult<Answered> {

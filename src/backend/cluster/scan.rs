@@ -1,6 +1,6 @@
 //! `SCAN` over a cluster: every master in turn, the position kept in the opaque cursor.
 
-use redis::cluster_async::ClusterConnection;
+use super::Connection as ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{RedisResult, Value};
 
