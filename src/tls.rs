@@ -89,6 +89,10 @@ impl TlsSettings {
   pub fn explain(&self, err: &rustls::Error) -> String {
     use rustls::{AlertDescription as Alert, CertificateError as Cert, Error as E};
     let reason = match err {
+      // A CA certificate presented as the server's own that is not one of `tls.ca`.
+      E::InvalidCertificate(Cert::Other(other)) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
+        "untrusted issuer: the server presents a CA certificate (self-signed?) that is not one of `tls.ca`"
+      }
       E::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature) => {
         "untrusted issuer: the server's certificate does not chain to `tls.ca` (or the system's roots)"
       }
