@@ -43,7 +43,8 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
     }
     const invalid = [
       [{ cluster: [] }, { keyLayout: 'hashtag' }, /at least one node/],
-      [{ cluster: ['rediss://127.0.0.1:1'] }, { keyLayout: 'hashtag' }, /rediss/],
+      [{ cluster: ['rediss://127.0.0.1:1', 'redis://127.0.0.1:2'] }, { keyLayout: 'hashtag' }, /mix redis:\/\/ and rediss:\/\//],
+      [{ cluster: cluster.urls }, { keyLayout: 'hashtag', sentinelTls: false }, /sentinelTls/],
       [{ cluster: cluster.urls, host: 'x' }, { keyLayout: 'hashtag' }, /either `cluster`/],
       [{ cluster: cluster.urls }, { keyLayout: 'tags' }, /keyLayout/],
     ]

@@ -11,9 +11,11 @@ import { runtime } from './runtime.mjs'
 import { makeCertificates } from './tls.mjs'
 import { testRedis } from './redis-server.mjs'
 
-// cluster-tls on Node.js only: the cluster backend runs on tokio threads on every runtime,
-// so Bun and Deno would repeat the same path (their TLS runs in tls.spec and sentinel.spec).
-export const backendNames = ['redis', 'sqlite', 'memory', 'cluster', ...(runtime === 'node' ? ['cluster-tls'] : [])]
+// cluster-tls once, on Node.js with its default driver: the cluster backend runs on tokio
+// threads on every runtime and driver, so Bun, Deno and the threads run would repeat the
+// same path (their TLS runs in tls.spec and sentinel.spec).
+const clusterTlsHere = runtime === 'node' && process.env.DURASTATE_REDIS_DRIVER !== 'threads'
+export const backendNames = ['redis', 'sqlite', 'memory', 'cluster', ...(clusterTlsHere ? ['cluster-tls'] : [])]
 
 /**
  * Prepares a backend. `open(options)` makes a store on fresh state; `openShared(options)`

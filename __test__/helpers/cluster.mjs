@@ -23,9 +23,9 @@ async function plainCli(port, ...args) {
  * every node reports `cluster_state:ok` and knows every node. Returns `{ ports, urls, stop, ... }`.
  * With `tls` (certificates from helpers/tls.mjs) every node listens on TLS only, requires
  * client certificates, and speaks TLS on the cluster bus and for replication; `urls` are
- * `rediss://`. `args`: extra server options for every node.
+ * `rediss://`. `args`: extra server options for every node; `nodeArgs(i)`: for node i.
  */
-export async function startCluster({ masters = 3, replicas = 0, tls, args = [] } = {}) {
+export async function startCluster({ masters = 3, replicas = 0, tls, args = [], nodeArgs = () => [] } = {}) {
   const tlsFlags = tls ? tls.cliFlags() : []
   const cli = (port, ...rest) => plainCli(port, ...tlsFlags, ...rest)
   const servers = []
@@ -37,7 +37,7 @@ export async function startCluster({ masters = 3, replicas = 0, tls, args = [] }
     for (let i = 0; i < nodes; i++) {
       servers.push(await startRedisServer({
         tls,
-        args: ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000', '--repl-diskless-sync-delay', '0', ...args],
+        args: ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000', '--repl-diskless-sync-delay', '0', ...args, ...nodeArgs(i)],
       }))
     }
     const ports = servers.map((s) => s.port)

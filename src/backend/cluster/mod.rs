@@ -210,7 +210,14 @@ impl ClusterBackend {
     // `get_async_connection` can hang (redis-rs#1953): bounded here and by the call.
     self.nodes.settings.take_failure();
     let attempt = self.client.get_async_generic_connection::<NodeConnection>();
-    let connection = match tokio::time::timeout(self.connect_timeout, attempt).await {
+    let connected = async {
+      let mut connection = attempt.await?;
+      if self.nodes.settings.require_aof {
+        every_master(&mut connection).await?;
+      }
+      Ok(connection)
+    };
+    let connection = match tokio::time::timeout(self.connect_timeout, connected).await {
       Ok(Ok(connection)) => connection,
       Ok(Err(err)) => return Err(self.connect_error(err)),
       Err(_) => {
@@ -252,6 +259,20 @@ impl ClusterBackend {
       format!("{what} {} failed: {}", self.display, mapped.message),
     )
   }
+}
+
+/// A `PING` to every master, so that each has a connection, and so has passed the checks
+/// every node connection makes (`durability: 'aof'`), before the store's first call.
+async fn every_master(connection: &mut Connection) -> RedisResult<()> {
+  use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
+  let routing = RoutingInfo::MultiNode((
+    MultipleNodeRoutingInfo::AllMasters,
+    Some(ResponsePolicy::AllSucceeded),
+  ));
+  connection
+    .route_command(redis::cmd("PING"), routing)
+    .await
+    .map(drop)
 }
 
 /// Splits a batch into groups that each go to one node in one round trip.
