@@ -84,6 +84,32 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
     }
   })
 
+  test("durability 'aof' checks every master: accepted when each fsyncs every write, refused naming one that does not", async () => {
+    const masters = []
+    for (const port of cluster.ports) if ((await cli(port, 'role')).startsWith('master')) masters.push(port)
+    const setAll = async (appendonly, appendfsync) => {
+      for (const port of masters) {
+        await cli(port, 'config', 'set', 'appendonly', appendonly)
+        await cli(port, 'config', 'set', 'appendfsync', appendfsync)
+      }
+    }
+    try {
+      await setAll('yes', 'always')
+      const store = workerStore({ durability: 'aof' })
+      await store.beginExecution('e')
+      assert.equal(await store.isExecutionInProgress('e'), true)
+      await cli(masters[1], 'config', 'set', 'appendfsync', 'everysec')
+      const refused = workerStore({ durability: 'aof', retry: { attempts: 0 } })
+      await assert.rejects(refused.isExecutionInProgress('e'), (err) => {
+        assert.equal(err.code, 'UNAVAILABLE')
+        assert.match(err.message, new RegExp(`cluster node 127\\.0\\.0\\.1:${masters[1]} .*appendfsync everysec`))
+        return true
+      })
+    } finally {
+      await setAll('no', 'everysec')
+    }
+  })
+
   test('the hashtag layout works on a single server too, keys as documented', async () => {
     const redis = await testRedis()
     const io = new Redis(redis.url, { maxRetriesPerRequest: 1 })

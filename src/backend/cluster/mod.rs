@@ -261,18 +261,18 @@ impl ClusterBackend {
   }
 }
 
-/// A `PING` to every master, so that each has a connection, and so has passed the checks
-/// every node connection makes (`durability: 'aof'`), before the store's first call.
+/// A `PING` to every master by address, so that each has a connection, and so has passed
+/// the checks every node connection makes (`durability: 'aof'`), before the store's first
+/// call. (A fan-out to all masters would skip one whose connection failed.)
 async fn every_master(connection: &mut Connection) -> RedisResult<()> {
-  use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
-  let routing = RoutingInfo::MultiNode((
-    MultipleNodeRoutingInfo::AllMasters,
-    Some(ResponsePolicy::AllSucceeded),
-  ));
-  connection
-    .route_command(redis::cmd("PING"), routing)
-    .await
-    .map(drop)
+  use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+  for (host, port) in scan::masters(connection).await? {
+    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+    connection
+      .route_command(redis::cmd("PING"), routing)
+      .await?;
+  }
+  Ok(())
 }
 
 /// Splits a batch into groups that each go to one node in one round trip.

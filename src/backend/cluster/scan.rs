@@ -117,7 +117,7 @@ fn replace_cursor(scan: redis::Cmd, node_cursor: &str) -> redis::Cmd {
 }
 
 /// The masters' addresses, sorted (`CLUSTER SLOTS` on any node).
-async fn masters(connection: &mut ClusterConnection) -> RedisResult<Vec<(String, u16)>> {
+pub(super) async fn masters(connection: &mut ClusterConnection) -> RedisResult<Vec<(String, u16)>> {
   let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
   let value = connection
     .route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), routing)
