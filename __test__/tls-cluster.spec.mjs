@@ -85,7 +85,7 @@ describe('Redis Cluster over TLS', { timeout: 180_000 }, () => {
   })
 
   test("durability 'aof': every node is checked; a node whose CONFIG is renamed cannot confirm it, and says so", async () => {
-    const store = workerStore({ durability: 'aof', connectTimeout: 2_000, retry: { attempts: 0 } })
+    const store = workerStore({ durability: 'aof', connectTimeout: 5_000, retry: { attempts: 0 } })
     await rejectsWith(store.beginExecution('e'), 'UNAVAILABLE', /cannot be confirmed.*aof_enabled:1.*CONFIG GET is unavailable/s)
   })
 

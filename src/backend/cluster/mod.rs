@@ -221,6 +221,13 @@ impl ClusterBackend {
       Ok(Ok(connection)) => connection,
       Ok(Err(err)) => return Err(self.connect_error(err)),
       Err(_) => {
+        // A node that failed meanwhile (redis-rs retries it) says why.
+        if let Some(failure) = self.nodes.settings.take_failure() {
+          return Err(StoreError::new(
+            failure.code,
+            format!("cannot connect to {}: {}", self.display, failure.message),
+          ));
+        }
         return Err(StoreError::new(
           ErrorCode::Unavailable,
           format!(
@@ -228,7 +235,7 @@ impl ClusterBackend {
             self.display,
             self.connect_timeout.as_millis()
           ),
-        ))
+        ));
       }
     };
     let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
