@@ -70,8 +70,9 @@ impl RedisBackend {
   /// event-loop driver does: after a dropped connection a batch declared safe to resend
   /// is sent again on a new connection (the first reconnect at once, a failed one after
   /// a backoff), spending one of `retry.attempts` per drop or failed reconnect; any other
-  /// batch rejects `UNAVAILABLE`. A call that never had a connection is not retried, nor
-  /// is an `AUTH` or TLS error. The caller bounds the whole by `commandTimeout`.
+  /// batch rejects `UNAVAILABLE`. A call that never had a connection is not retried (with
+  /// sentinels it is: it waits for a master), nor is an `AUTH` or TLS error. With
+  /// sentinels, a `READONLY` reply counts as a dropped connection (the server was demoted). The caller bounds the whole by `commandTimeout`.
   pub async fn execute(&self, batch: &Batch) -> StoreResult<Vec<Reply>> {
     let mut budget = Budget::new(&self.retry, batch.may_resend());
     let mut recovering = false;
@@ -87,7 +88,9 @@ impl RedisBackend {
           recovering = true;
         }
         Err(Failure::Connect(err)) => {
-          if !recovering || !retry::classify(&err).may_retry() || !budget.spend() {
+          // With sentinels, a call made while no master answers waits for one too.
+          let waits = recovering || self.target.sentinel.is_some();
+          if !waits || !retry::classify(&err).may_retry() || !budget.spend() {
             return Err(err);
           }
           tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
@@ -103,6 +106,14 @@ impl RedisBackend {
       if retry::connection_lost(&err) {
         self.forget(generation);
         Failure::Dropped(err.into())
+      } else if self.target.sentinel.is_some() && err.to_string().contains("READONLY") {
+        // As on the event-loop driver: the server was demoted (failover); ask the
+        // sentinels again on a new connection.
+        self.forget(generation);
+        Failure::Dropped(StoreError::new(
+          ErrorCode::Unavailable,
+          "the server answered READONLY: it is a replica now (failover); reconnecting to the master",
+        ))
       } else {
         Failure::Other(err.into())
       }
