@@ -314,8 +314,13 @@ export interface StoreOptions {
    * (checked at connect: `appendonly yes`, `appendfsync always`).
    */
   durability?: string
-  /** Redis: TLS settings (implied by a `rediss://` URL). */
+  /** Redis: TLS settings (implied by a `rediss://` URL); for a cluster, every node's. */
   tls?: TlsOptions
+  /**
+   * Redis with sentinels: how the sentinels are reached, when not as the server is:
+   * `false` plain text, `true` TLS with `tls`, or TLS settings of their own.
+   */
+  sentinelTls?: boolean | TlsOptions
   /**
    * WorkerStore key layout: `"compatible"` (default; the JS store's keys) or
    * `"hashtag"` (`{<id>}`, `{<id>}-transactions`, `{<id>}-results`: one cluster slot

@@ -80,13 +80,25 @@ export interface RedisStoreOptions extends StoreOptions {
   /**
    * `'none'` (default): a write is acknowledged once the server has it in memory.
    * `'aof'`: once it is on the server's disk. The store checks at connect that the server
-   * runs with `appendonly yes` and `appendfsync always`, and otherwise rejects every call
-   * with `UNAVAILABLE`, naming the settings. Replication is not a durability guarantee:
-   * a failover can lose writes a replica had not received.
+   * (on a cluster: every master, and every node connected later) runs with `appendonly yes`
+   * and `appendfsync always`, and otherwise rejects every call with `UNAVAILABLE`, naming the
+   * settings. Where `CONFIG` is renamed or blocked, `INFO persistence` is read, and since it
+   * does not show the fsync policy, `aof` is refused with a message naming the blocked
+   * command. Replication is not a durability guarantee: a failover can lose writes a replica
+   * had not received.
    */
   durability?: 'none' | 'aof'
-  /** TLS settings; implied by a `rediss://` URL (then all optional). */
+  /**
+   * TLS settings; implied by a `rediss://`, `rediss+sentinel://` or `rediss+cluster://` URL
+   * (then all optional). Given, they turn TLS on. They apply to the server, every cluster
+   * node, and the sentinels (unless `sentinelTls` says otherwise).
+   */
   tls?: TlsOptions
+  /**
+   * With sentinels: how the sentinels are reached when not as the server is. `false`:
+   * plain text; `true`: TLS with `tls`; or TLS settings of their own. Default: as the server.
+   */
+  sentinelTls?: boolean | TlsOptions
 }
 
 /**
@@ -94,13 +106,21 @@ export interface RedisStoreOptions extends StoreOptions {
  * path of a PEM file, read when the store is created (a bad one throws `INVALID_INPUT`).
  */
 export interface TlsOptions {
-  /** CA certificate(s) the server's certificate must chain to. Default: the system's trusted roots. */
+  /**
+   * CA certificate(s) the server's certificate must chain to, or be (a self-signed
+   * certificate, `CA:TRUE` included, as Node.js's `tls` accepts it; its dates and name are
+   * still checked). Default: the system's trusted roots.
+   */
   ca?: string
   /** Client certificate (chain), for servers started with `tls-auth-clients yes`. Needs `key`. */
   cert?: string
   /** The client certificate's private key (PKCS#8, PKCS#1 or SEC1 PEM). */
   key?: string
-  /** The name the server's certificate must be valid for. Default: the host of the URL. */
+  /**
+   * The name every server's certificate must be valid for. Default: the host connected to
+   * (on a cluster, the address the cluster names for each node; with sentinels, the address
+   * they name).
+   */
   servername?: string
   /** `false` accepts any server certificate: for tests only (no protection from a man in the middle). Default `true`. */
   rejectUnauthorized?: boolean
@@ -153,7 +173,7 @@ export interface RedisConnectionOptions {
   password?: string
   /** Database number. Default 0. */
   db?: number
-  /** Connect with TLS (as `rediss://`); settings in the store option `tls`. */
+  /** Connect with TLS (as `rediss://`; with `sentinels`, to them and the server; with `cluster`, to every node); settings in the store option `tls`. */
   tls?: boolean
   /**
    * Sentinels to ask for the master's address at every connect (instead of `host`/`port`).
@@ -168,13 +188,13 @@ export interface RedisConnectionOptions {
   /** Password of the sentinels, if they need one (`username`/`password` are the master's). */
   sentinelPassword?: string
   /**
-   * Redis Cluster: URLs (`redis://host:port`) of some of its nodes, instead of
+   * Redis Cluster: URLs (`redis://host:port`, or all `rediss://host:port` for TLS) of some of its nodes, instead of
    * `host`/`port`; the others are found from them. `username`/`password` apply to every
    * node. Commands are routed by slot and follow `MOVED`/`ASK` (resharding) and
    * reconnects; every call stays bounded by `commandTimeout`. A WorkerStore there needs
    * `keyLayout: 'hashtag'`. KV listing and `clear` scan every master; `getMany`/`deleteMany`
-   * are split by slot; `setMany` is atomic per slot only. Not yet with TLS or
-   * `durability: 'aof'`.
+   * are split by slot; `setMany` is atomic per slot only. TLS (`rediss://` nodes, the option
+   * `tls`) applies to every node, those redirects and failovers name included.
    * @example createRedisStore({ cluster: ['redis://10.0.0.1:7000', 'redis://10.0.0.2:7000'] }, { keyLayout: 'hashtag' })
    */
   cluster?: string[]

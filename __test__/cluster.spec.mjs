@@ -43,7 +43,8 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
     }
     const invalid = [
       [{ cluster: [] }, { keyLayout: 'hashtag' }, /at least one node/],
-      [{ cluster: ['rediss://127.0.0.1:1'] }, { keyLayout: 'hashtag' }, /rediss/],
+      [{ cluster: ['rediss://127.0.0.1:1', 'redis://127.0.0.1:2'] }, { keyLayout: 'hashtag' }, /mix redis:\/\/ and rediss:\/\//],
+      [{ cluster: cluster.urls }, { keyLayout: 'hashtag', sentinelTls: false }, /sentinelTls/],
       [{ cluster: cluster.urls, host: 'x' }, { keyLayout: 'hashtag' }, /either `cluster`/],
       [{ cluster: cluster.urls }, { keyLayout: 'tags' }, /keyLayout/],
     ]
@@ -80,6 +81,32 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
       assert.deepEqual(await store.getExecutionTaskResults(id), { a: { n } })
       await store.disposeExecution(id)
       assert.equal(await store.isExecutionInProgress(id), false)
+    }
+  })
+
+  test("durability 'aof' checks every master: accepted when each fsyncs every write, refused naming one that does not", async () => {
+    const masters = []
+    for (const port of cluster.ports) if ((await cli(port, 'role')).startsWith('master')) masters.push(port)
+    const setAll = async (appendonly, appendfsync) => {
+      for (const port of masters) {
+        await cli(port, 'config', 'set', 'appendonly', appendonly)
+        await cli(port, 'config', 'set', 'appendfsync', appendfsync)
+      }
+    }
+    try {
+      await setAll('yes', 'always')
+      const store = workerStore({ durability: 'aof' })
+      await store.beginExecution('e')
+      assert.equal(await store.isExecutionInProgress('e'), true)
+      await cli(masters[1], 'config', 'set', 'appendfsync', 'everysec')
+      const refused = workerStore({ durability: 'aof', retry: { attempts: 0 } })
+      await assert.rejects(refused.isExecutionInProgress('e'), (err) => {
+        assert.equal(err.code, 'UNAVAILABLE')
+        assert.match(err.message, new RegExp(`cluster node 127\\.0\\.0\\.1:${masters[1]} .*appendfsync everysec`))
+        return true
+      })
+    } finally {
+      await setAll('no', 'everysec')
     }
   })
 

@@ -11,7 +11,6 @@ import Redis from 'ioredis'
 import { createKvStore, createMemoryStore, createRedisStore } from '../index.js'
 import { startCuttingProxy } from './helpers/proxy.mjs'
 import { startRedisServer } from './helpers/redis-server.mjs'
-import { eventLoopAvailable } from './helpers/runtime.mjs'
 
 const codeOf = async (promise) => promise.then(() => 'ok', (err) => err.code)
 const openFds = () => readdirSync('/proc/self/fd').length
@@ -30,8 +29,7 @@ describe('Redis faults', () => {
   })
 
   it('keeps acknowledged commits through a SIGKILL of the server, and works after its restart', async () => {
-    const aof = eventLoopAvailable ? { durability: 'aof' } : {}
-    const store = createRedisStore(server.url, { prefix: 'kill:', connectTimeout: 500, commandTimeout: 1000, ...aof })
+    const store = createRedisStore(server.url, { prefix: 'kill:', connectTimeout: 500, commandTimeout: 1000, durability: 'aof' })
     await store.beginExecution('e')
     const acked = []
     for (let i = 0; i < 50; i++) {

@@ -1,7 +1,7 @@
 // The JS runtime the addon runs in (Node.js, Bun, Deno: `npm test` runs this file in
 // each), found by the addon itself when it loads, and what follows for Redis: the
-// event-loop driver on Node.js only, tokio threads elsewhere, and a clear INVALID_INPUT
-// for the options only the event-loop driver implements.
+// event-loop driver on Node.js only, tokio threads elsewhere, with the same options on
+// both (TLS, Sentinel, `durability: 'aof'`: tls.spec and sentinel.spec run on each runtime).
 import assert from 'node:assert/strict'
 import { createRequire } from 'node:module'
 import { join } from 'node:path'
@@ -9,7 +9,7 @@ import { describe, it } from 'node:test'
 import { createKvStore, createRedisStore, createStore } from '../index.js'
 import { packageRoot, runChild } from './helpers/child.mjs'
 import { freePort } from './helpers/redis-server.mjs'
-import { eventLoopAvailable, runtime, runtimeName } from './helpers/runtime.mjs'
+import { runtime, runtimeName } from './helpers/runtime.mjs'
 
 const binding = createRequire(import.meta.url)(join(packageRoot, 'binding.js'))
 
@@ -20,25 +20,17 @@ describe(`runtime: ${runtimeName}`, () => {
     assert.equal(found.eventLoopDriver, runtime === 'node' && process.platform !== 'win32')
   })
 
-  it('TLS, Sentinel and aof: accepted where the event-loop driver runs, else rejected naming the runtime', () => {
-    const loopOnly = [
+  it('TLS, Sentinel and aof: accepted on every runtime, whichever driver runs Redis', () => {
+    const stores = [
       () => createRedisStore('redis://127.0.0.1:6379', { durability: 'aof' }),
       () => createRedisStore('rediss://127.0.0.1:6379'),
       () => createRedisStore('redis+sentinel://127.0.0.1:26379/mymaster'),
+      () => createRedisStore('rediss+sentinel://127.0.0.1:26379/mymaster', { sentinelTls: false }),
       () => createStore('rediss://127.0.0.1:6379'),
       () => createKvStore('redis://127.0.0.1:6379', { durability: 'aof' }),
+      () => createKvStore('rediss+cluster://127.0.0.1:7000', { durability: 'aof' }),
     ]
-    for (const create of loopOnly) {
-      if (eventLoopAvailable) {
-        create().close()
-        continue
-      }
-      assert.throws(create, (err) => {
-        assert.equal(err.code, 'INVALID_INPUT', err.message)
-        assert.match(err.message, new RegExp(`not supported on ${runtimeName} yet`))
-        return true
-      })
-    }
+    for (const create of stores) create().close()
   })
 
   it('never aborts the process: an unreachable Redis rejects with a code, and the process exits', async () => {

@@ -1,6 +1,8 @@
 // Sentinel: the store finds the master through the sentinels and follows a failover
 // (SENTINEL FAILOVER, then a SIGKILL of the new master) during running workflows.
-// One master, one replica, three sentinels, all on loopback.
+// One master, one replica, three sentinels, all on loopback. Then the same group on TLS
+// only, with mutual TLS: rediss+sentinel://, `sentinelTls`, handshake failures, and
+// workflows through SENTINEL FAILOVER.
 import assert from 'node:assert/strict'
 import diagnostics from 'node:diagnostics_channel'
 import { after, before, describe, it } from 'node:test'
@@ -8,6 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { createKvStore, createRedisStore } from '../index.js'
 import { rejectsWith } from './helpers/assert.mjs'
 import { MASTER_NAME, startSentinelGroup } from './helpers/sentinel.mjs'
+import { makeCertificates } from './helpers/tls.mjs'
 
 /** Options for riding out a failover: retry for up to ~10 s, each call bounded by 20 s. */
 const FAILOVER_OPTIONS = { commandTimeout: 20_000, connectTimeout: 1_000, retry: { attempts: 40, minDelay: 50, maxDelay: 400 } }
@@ -38,8 +41,9 @@ describe('Sentinel', { timeout: 150_000 }, () => {
     assert.deepEqual(await kv.get('m', 'doc'), { a: 1 })
   })
 
-  it('rejects TLS options with Sentinel at creation (not supported yet)', () => {
-    assert.throws(() => createRedisStore(group.url, { tls: { rejectUnauthorized: false } }), (err) => err.code === 'INVALID_INPUT' && /Sentinel/.test(err.message))
+  it('rejects `sentinelTls` without sentinels, and bad sentinel TLS options, at creation', () => {
+    assert.throws(() => createRedisStore('redis://127.0.0.1:6379', { sentinelTls: true }), (err) => err.code === 'INVALID_INPUT' && /sentinelTls/.test(err.message))
+    assert.throws(() => createRedisStore(group.url, { sentinelTls: { ca: '/nonexistent/ca.pem' } }), (err) => err.code === 'INVALID_INPUT' && /cannot read/.test(err.message))
   })
 
   it('rejects a master the sentinels do not know, naming it', async () => {
@@ -114,5 +118,80 @@ describe('Sentinel', { timeout: 150_000 }, () => {
     let lost = 0
     for (const { id, task } of acked) if ((await store.getExecutionTaskResult(id, task)) === undefined) lost++
     console.log(`# sentinel: ${acked.length} commits acknowledged, ${lost} lost to asynchronous replication, longest pause ${longestPause} ms`)
+  })
+})
+
+describe('Sentinel over TLS', { timeout: 150_000 }, () => {
+  let certs
+  let group
+  const stores = []
+  const track = (store) => (stores.push(store), store)
+
+  before(async () => {
+    certs = makeCertificates()
+    group = await startSentinelGroup({ tls: certs })
+  })
+
+  after(async () => {
+    await Promise.all(stores.map((s) => s.close()))
+    await group?.stop()
+    certs?.remove()
+  })
+
+  it('reaches sentinels and master over TLS with a client certificate: rediss+sentinel://, options, and `sentinelTls`', async () => {
+    const byUrl = track(createRedisStore(group.tlsUrl, { prefix: 'tsnt:', tls: certs.mutual() }))
+    await byUrl.beginExecution('e')
+    const sentinels = group.sentinels.map(({ tlsPort }) => ({ host: '127.0.0.1', port: tlsPort }))
+    const byFields = track(createRedisStore({ sentinels, name: MASTER_NAME, tls: true }, { prefix: 'tsnt:', tls: certs.mutual() }))
+    assert.equal(await byFields.isExecutionInProgress('e'), true)
+    // Only the servers on TLS: the sentinels' plain ports.
+    const plainSentinels = track(createRedisStore(group.url, { prefix: 'tsnt:', tls: certs.mutual(), sentinelTls: false }))
+    assert.equal(await plainSentinels.isExecutionInProgress('e'), true)
+    // Sentinels with TLS settings of their own.
+    const own = track(createKvStore(group.tlsUrl, { tls: certs.mutual(), sentinelTls: certs.mutual(), mounts: { m: { prefix: 'tsnt:kv:' } } }))
+    await own.set('m', 'k', 1)
+    assert.equal(await own.get('m', 'k'), 1)
+  })
+
+  it('a handshake refused by every sentinel, or by the master, is TLS within connectTimeout', async () => {
+    for (const [tls, sentinelTls, reason] of [
+      [{ ca: certs.file('ca.crt') }, undefined, /requires a client certificate/],
+      [{ ...certs.mutual(), ca: certs.file('other-ca.crt') }, undefined, /untrusted issuer/],
+      [{ ca: certs.file('ca.crt') }, certs.mutual(), /requires a client certificate/],
+    ]) {
+      const store = track(createRedisStore(group.tlsUrl, { tls, sentinelTls, connectTimeout: 1_500, retry: { attempts: 0 } }))
+      const started = Date.now()
+      await rejectsWith(store.beginExecution('e'), 'TLS', reason)
+      assert.ok(Date.now() - started < 4_000, `took ${Date.now() - started} ms`)
+    }
+  })
+
+  it('keeps running workflows going over TLS through SENTINEL FAILOVER', async () => {
+    const store = track(createRedisStore(group.tlsUrl, { prefix: 'tsnt:wf:', tls: certs.mutual(), ...FAILOVER_OPTIONS }))
+    const acked = []
+    let running = true
+    let failure
+    const workflows = (async () => {
+      for (let n = 0; running; n++) {
+        await store.beginExecution(`wf-${n}`)
+        await store.commitExecutionTaskResult(`wf-${n}`, 's', { n })
+        acked.push(Date.now())
+        await sleep(5)
+      }
+    })().catch((err) => {
+      failure = err
+    })
+    const progress = async (what, count, deadlineMs) => {
+      await group.until(what, async () => failure !== undefined || acked.length >= count, deadlineMs)
+      assert.equal(failure, undefined, `a call failed: ${failure?.code} ${failure?.message}`)
+    }
+    await progress('the first commits', 20, 10_000)
+    const first = await group.masterPort()
+    await group.sentinels[0].client.call('SENTINEL', 'FAILOVER', MASTER_NAME)
+    await group.until('the failover to a new master', async () => (await group.masterPort()) !== first, 20_000)
+    await progress('commits on the new master', acked.length + 20, 20_000)
+    running = false
+    await workflows
+    assert.equal(failure, undefined, `a call failed: ${failure?.code} ${failure?.message}`)
   })
 })

@@ -1,12 +1,18 @@
 // TLS (rediss://, option `tls`) against real TLS redis-servers on loopback, with
-// throwaway certificates made by openssl: trust, names, expiry, client certificates,
-// a plain-text server, reconnects, and ACL users over TLS.
+// throwaway certificates made by openssl: trust (a CA, or a self-signed CA:TRUE server
+// certificate given as `ca`), names, expiry, client certificates, a plain-text server,
+// each failure as code TLS with its reason, reconnects, ACL users over TLS,
+// `durability: 'aof'` where CONFIG is renamed, and the CLI's TLS flags.
+// (TLS on a cluster: tls-cluster.spec.mjs; with sentinels: sentinel.spec.mjs.)
 import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
 import { readFileSync } from 'node:fs'
+import { promisify } from 'node:util'
 import { after, before, describe, it } from 'node:test'
 import { Redis } from 'ioredis'
 import { createKvStore, createRedisStore } from '../index.js'
 import { rejectsWith } from './helpers/assert.mjs'
+import { packageRoot } from './helpers/child.mjs'
 import { makeCertificates, startTlsRedis } from './helpers/tls.mjs'
 
 describe('TLS', { timeout: 60_000 }, () => {
@@ -61,7 +67,7 @@ describe('TLS', { timeout: 60_000 }, () => {
   it('rejects a server certificate from another CA with TLS, within connectTimeout', async () => {
     const store = open(server.tlsUrl, { tls: { ca: certs.file('other-ca.crt') }, connectTimeout: 1_000 })
     const started = Date.now()
-    await rejectsWith(store.beginExecution('e'), 'TLS', /UnknownIssuer/)
+    await rejectsWith(store.beginExecution('e'), 'TLS', /untrusted issuer.*UnknownIssuer/)
     assert.ok(Date.now() - started < 3_000, `took ${Date.now() - started} ms`)
   })
 
@@ -75,7 +81,7 @@ describe('TLS', { timeout: 60_000 }, () => {
     const expired = await startTlsRedis(certs, { cert: 'expired' })
     try {
       const store = open(expired.tlsUrl, { tls: trusted() })
-      await rejectsWith(store.beginExecution('e'), 'TLS', /expired/)
+      await rejectsWith(store.beginExecution('e'), 'TLS', /certificate has expired/)
     } finally {
       await expired.stop()
     }
@@ -84,7 +90,7 @@ describe('TLS', { timeout: 60_000 }, () => {
   it('checks the server name: the host by default, else `servername`', async () => {
     const named = await startTlsRedis(certs, { cert: 'named' })
     try {
-      await rejectsWith(open(named.tlsUrl, { tls: trusted() }).beginExecution('e'), 'TLS', /not valid for name/)
+      await rejectsWith(open(named.tlsUrl, { tls: trusted() }).beginExecution('e'), 'TLS', /wrong name.*not valid for name/)
       const store = open(named.tlsUrl, { prefix: 'tls:named:', tls: { ...trusted(), servername: 'redis.test' } })
       await store.beginExecution('e')
       assert.equal(await store.isExecutionInProgress('e'), true)
@@ -96,7 +102,7 @@ describe('TLS', { timeout: 60_000 }, () => {
   it('rejects rediss:// to a plain-text server with TLS, within connectTimeout', async () => {
     const store = open(`rediss://127.0.0.1:${server.port}`, { tls: trusted(), connectTimeout: 800 })
     const started = Date.now()
-    await rejectsWith(store.beginExecution('e'), 'TLS')
+    await rejectsWith(store.beginExecution('e'), 'TLS', /speak TLS/)
     const elapsed = Date.now() - started
     assert.ok(elapsed < 3_000, `took ${elapsed} ms`)
   })
@@ -104,12 +110,85 @@ describe('TLS', { timeout: 60_000 }, () => {
   it('presents a client certificate to a server that requires one', async () => {
     const mutual = await startTlsRedis(certs, { authClients: 'yes' })
     try {
-      await rejectsWith(open(mutual.tlsUrl, { tls: trusted() }).beginExecution('e'), 'TLS', /CertificateRequired/)
+      const started = Date.now()
+      await rejectsWith(open(mutual.tlsUrl, { tls: trusted(), connectTimeout: 1_000 }).beginExecution('e'), 'TLS', /requires a client certificate.*CertificateRequired/)
+      assert.ok(Date.now() - started < 3_000, `took ${Date.now() - started} ms`)
       const store = open(mutual.tlsUrl, { prefix: 'tls:mutual:', tls: { ...trusted(), cert: certs.file('client.crt'), key: certs.file('client.key') } })
       await store.beginExecution('e')
       assert.equal(await store.isExecutionInProgress('e'), true)
     } finally {
       await mutual.stop()
+    }
+  })
+
+  it('accepts a self-signed CA:TRUE server certificate given as `ca`, as Node.js tls does, still checking name and dates', async () => {
+    const self = await startTlsRedis(certs, { cert: 'selfsigned' })
+    const old = await startTlsRedis(certs, { cert: 'selfsigned-expired' })
+    try {
+      const ca = certs.file('selfsigned.crt')
+      const store = open(self.tlsUrl, { prefix: 'tls:self:', tls: { ca } })
+      await store.beginExecution('e')
+      assert.equal(await store.isExecutionInProgress('e'), true)
+      // Node.js's tls accepts it too (what ioredis users rely on).
+      const node = new Redis(self.tlsUrl, { tls: { ca: readFileSync(ca) }, lazyConnect: true, maxRetriesPerRequest: 0 })
+      try {
+        await node.connect()
+        assert.equal(await node.ping(), 'PONG')
+      } finally {
+        node.disconnect()
+      }
+      const localhost = open(self.tlsUrl.replace('127.0.0.1', 'localhost'), { prefix: 'tls:self:', tls: { ca } })
+      assert.equal(await localhost.isExecutionInProgress('e'), true)
+      await rejectsWith(open(self.tlsUrl, { tls: { ca, servername: 'redis.test' } }).beginExecution('e'), 'TLS', /wrong name/)
+      await rejectsWith(open(self.tlsUrl, { tls: trusted() }).beginExecution('e'), 'TLS', /untrusted issuer/)
+      await rejectsWith(open(old.tlsUrl, { tls: { ca: certs.file('selfsigned-expired.crt') } }).beginExecution('e'), 'TLS', /expired/)
+    } finally {
+      await Promise.all([self.stop(), old.stop()])
+    }
+  })
+
+  it("durability 'aof' over TLS: checked with CONFIG GET, else INFO persistence; never claimed when it cannot be seen", async () => {
+    const always = ['--appendonly', 'yes', '--appendfsync', 'always']
+    const blocked = ['--rename-command', 'CONFIG', '']
+    const servers = await Promise.all([
+      startTlsRedis(certs, { args: always }),
+      startTlsRedis(certs, { args: [...always, ...blocked] }),
+      startTlsRedis(certs, { args: blocked }),
+    ])
+    try {
+      const [good, hidden, off] = servers.map((s) => open(s.tlsUrl, { prefix: 'tls:aof:', durability: 'aof', tls: trusted() }))
+      await good.beginExecution('e')
+      assert.equal(await good.isExecutionInProgress('e'), true)
+      await rejectsWith(hidden.beginExecution('e'), 'UNAVAILABLE', /cannot be confirmed.*aof_enabled:1.*CONFIG GET is unavailable.*unknown command/s)
+      await rejectsWith(off.beginExecution('e'), 'UNAVAILABLE', /aof_enabled:0/)
+    } finally {
+      await Promise.all(servers.map((s) => s.stop()))
+    }
+  })
+
+  it('the CLI takes --tls-ca, --tls-cert, --tls-key, --tls-servername and --insecure', async () => {
+    const mutual = await startTlsRedis(certs, { authClients: 'yes' })
+    const named = await startTlsRedis(certs, { cert: 'named' })
+    const cli = (...args) => promisify(execFile)(process.execPath, [`${packageRoot}/bin/durastate.mjs`, ...args], { timeout: 20_000 })
+      .then(({ stdout }) => ({ ok: true, out: stdout.trim() }), (err) => ({ ok: false, out: err.stderr.trim() }))
+    try {
+      const ca = ['--tls-ca', certs.file('ca.crt')]
+      const client = ['--tls-cert', certs.file('client.crt'), '--tls-key', certs.file('client.key')]
+      assert.deepEqual(await cli('kv', 'set', 'cli', 'k', '{"n":1}', mutual.tlsUrl, ...ca, ...client, '--prefix', 'tls:cli:'), { ok: true, out: 'stored "k" in mount "cli" (key "tls:cli:k")' })
+      assert.deepEqual(await cli('kv', 'get', 'cli', 'k', mutual.tlsUrl, ...ca, ...client, '--prefix', 'tls:cli:', '--json'), { ok: true, out: '{"n":1}' })
+      const refused = await cli('kv', 'get', 'cli', 'k', mutual.tlsUrl, ...ca, '--prefix', 'tls:cli:')
+      assert.equal(refused.ok, false)
+      assert.match(refused.out, /requires a client certificate.*\(TLS\)/)
+      const inspected = await cli('inspect', mutual.tlsUrl, ...ca, ...client, '--json')
+      assert.equal(inspected.ok, true, inspected.out)
+      assert.equal((await cli('kv', 'get', 'cli', 'k', named.tlsUrl, ...ca)).ok, false)
+      assert.equal((await cli('kv', 'keys', 'cli', named.tlsUrl, ...ca, '--tls-servername', 'redis.test')).ok, true)
+      assert.equal((await cli('kv', 'keys', 'cli', named.tlsUrl, '--tls-ca', certs.file('other-ca.crt'))).ok, false)
+      assert.equal((await cli('kv', 'keys', 'cli', named.tlsUrl, '--insecure')).ok, true)
+      const wrongKind = await cli('kv', 'keys', 'cli', 'sqlite:/nonexistent/x.db', ...ca)
+      assert.match(wrongKind.out, /apply to Redis URLs only/)
+    } finally {
+      await Promise.all([mutual.stop(), named.stop()])
     }
   })
 

@@ -22,8 +22,8 @@ const USAGE = `usage:
                                                               a web page over the store (read-only
                                                               unless --allow-writes)
 
-  url       redis://, rediss://, redis+sentinel://, redis+cluster://, sqlite:<path> or
-            file:<path>. Default: DURASTATE_URL, then
+  url       redis://, rediss://, redis+sentinel://, rediss+sentinel://, redis+cluster://,
+            rediss+cluster://, sqlite:<path> or file:<path>. Default: DURASTATE_URL, then
             REDIS_URL, else sqlite:./.durastate/state.db
   --prefix  inspect: the worker store's key prefix (default "").
             kv: the mount's key prefix (default "<mount>:", and "kv:" for the mount "default")
@@ -31,10 +31,23 @@ const USAGE = `usage:
   --port    ui: the port (default 4321; 0 picks a free one)
   --host    ui: the address to listen on (default 127.0.0.1: this machine only)
   --allow-writes  ui: offer "reset step" and "dispose" on the page
-  --        ends the options, for values that start with "-": kv set default n -- -1`
+  --        ends the options, for values that start with "-": kv set default n -- -1
+
+  TLS (Redis: the server, every cluster node, the sentinels; any flag turns TLS on):
+  --tls-ca <file>          CA certificate(s) the server's certificate must chain to
+                           (or the server's own self-signed certificate); default: system roots
+  --tls-cert <file>        client certificate, for servers that require one (tls-auth-clients)
+  --tls-key <file>         the client certificate's private key
+  --tls-servername <name>  the name the server's certificate must carry (default: the host)
+  --insecure               accept any server certificate: for tests only`
 
 const OPTIONS = {
   prefix: { type: 'string' },
+  'tls-ca': { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'tls-servername': { type: 'string' },
+  insecure: { type: 'boolean', default: false },
   json: { type: 'boolean', default: false },
   port: { type: 'string' },
   host: { type: 'string' },
@@ -73,11 +86,12 @@ function parseCommand(argv) {
   const { values, positionals } = parsed
   if (values.help) return { name: 'help' }
   const [command, ...rest] = positionals
-  if (command === 'inspect') return parseInspect(rest, values)
-  if (command === 'kv') return parseKv(rest, values)
-  if (command === 'reset') return parseRepair('reset', rest, values, ['executionId', 'taskId'])
-  if (command === 'dispose') return parseRepair('dispose', rest, values, ['executionId'])
-  if (command === 'ui') return parseUi(rest, values)
+  const withTls = (parsed) => ({ ...parsed, tls: tlsOption(values, parsed.url) })
+  if (command === 'inspect') return withTls(parseInspect(rest, values))
+  if (command === 'kv') return withTls(parseKv(rest, values))
+  if (command === 'reset') return withTls(parseRepair('reset', rest, values, ['executionId', 'taskId']))
+  if (command === 'dispose') return withTls(parseRepair('dispose', rest, values, ['executionId']))
+  if (command === 'ui') return withTls(parseUi(rest, values))
   throw new UsageError(command === undefined ? 'no command given' : `unknown command "${command}"`)
 }
 
@@ -127,6 +141,22 @@ function splitUrl(args, { urlFirst }) {
   if (args.length === 2) return urlFirst ? { url: args[0], other: args[1] } : { url: args[1], other: args[0] }
   if (args.length === 1 && isStoreUrl(args[0])) return { url: args[0] }
   return { other: args[0] }
+}
+
+/** The store option `tls` the TLS flags make, or undefined when none is given. */
+function tlsOption(values, url) {
+  const tls = {
+    ca: values['tls-ca'],
+    cert: values['tls-cert'],
+    key: values['tls-key'],
+    servername: values['tls-servername'],
+    rejectUnauthorized: values.insecure ? false : undefined,
+  }
+  if (Object.values(tls).every((v) => v === undefined)) return undefined
+  if (url === undefined || !/^rediss?[+:]/i.test(url)) {
+    throw new UsageError('the TLS flags (--tls-*, --insecure) apply to Redis URLs only')
+  }
+  return tls
 }
 
 /** The prefix an app's mount has when its options give none: what createKvStore uses. */
@@ -247,9 +277,9 @@ function loadAddon() {
   return { createKvStore, createInspector }
 }
 
-async function inspect({ url, executionId, prefix, json }) {
+async function inspect({ url, executionId, prefix, json, tls }) {
   requireExistingFile(url)
-  const inspector = loadAddon().createInspector(url)
+  const inspector = loadAddon().createInspector(url, { tls })
   try {
     if (executionId === undefined) {
       const executions = await listExecutions(inspector, prefix)
@@ -266,9 +296,9 @@ async function inspect({ url, executionId, prefix, json }) {
   }
 }
 
-async function repair({ name, url, executionId, taskId, prefix }) {
+async function repair({ name, url, executionId, taskId, prefix, tls }) {
   requireExistingFile(url)
-  const inspector = loadAddon().createInspector(url)
+  const inspector = loadAddon().createInspector(url, { tls })
   try {
     const quoted = JSON.stringify(executionId)
     if (name === 'dispose') {
@@ -287,7 +317,8 @@ async function repair({ name, url, executionId, taskId, prefix }) {
 async function ui(command) {
   requireExistingFile(command.url)
   const { startUi } = await import('./ui.mjs')
-  const server = await startUi({ ...command, createInspector: loadAddon().createInspector })
+  const { createInspector } = loadAddon()
+  const server = await startUi({ ...command, createInspector: (url) => createInspector(url, { tls: command.tls }) })
   const mode = command.allowWrites ? 'writes allowed: reset step, dispose' : 'read-only'
   console.log(`durastate ui: ${server.url} (${mode}; Ctrl-C stops it)`)
   const stop = () => server.close().then(() => process.exit(0))
@@ -328,7 +359,7 @@ const KV_ACTIONS = {
 
 async function kv(command) {
   if (command.action !== 'set') requireExistingFile(command.url)
-  const store = loadAddon().createKvStore(command.url, { mounts: { [command.mount]: { prefix: command.prefix } } })
+  const store = loadAddon().createKvStore(command.url, { tls: command.tls, mounts: { [command.mount]: { prefix: command.prefix } } })
   try {
     await KV_ACTIONS[command.action](store, command)
   } finally {

@@ -90,12 +90,12 @@ const NODE_TEST = ['--test', '--test-force-exit', '--test-timeout=300000']
 /**
  * The suites that also run on Bun and Deno: the runtime checks, the WorkerStore
  * conformance and KV suites (Redis, SQLite, memory, Cluster), the Redis faults, process
- * exit, the Redis and SQLite suites, and the tracing and connection events. Left out: TLS and Sentinel (event-loop driver
- * only, rejected there: runtime.spec.mjs checks that), and the CLI, demo and Cluster
- * failover suites, which test Node.js programs. Cases that need the event-loop driver
- * skip themselves (helpers/runtime.mjs).
+ * exit, the Redis, TLS, Sentinel and SQLite suites, and the tracing and connection events.
+ * Left out: the CLI, demo, Cluster and TLS Cluster suites, which test Node.js programs or a
+ * path that is the same on every runtime (the cluster backend runs on tokio threads
+ * everywhere).
  */
-const OTHER_RUNTIME_SPECS = ['runtime', 'conformance', 'kv', 'reliability', 'process', 'redis', 'sqlite', 'observability'].map((name) =>
+const OTHER_RUNTIME_SPECS = ['runtime', 'conformance', 'kv', 'reliability', 'process', 'redis', 'tls', 'sentinel', 'sqlite', 'observability'].map((name) =>
   join('__test__', `${name}.spec.mjs`),
 )
 /** Bounds a whole Bun or Deno step (deno test has no per-test timeout). */

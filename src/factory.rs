@@ -119,7 +119,9 @@ const URL_SCHEMES: &[&str] = &[
   "rediss",
   "redis+unix",
   "redis+sentinel",
+  "rediss+sentinel",
   "redis+cluster",
+  "rediss+cluster",
   "sqlite",
   "file",
   "memory",
@@ -138,10 +140,10 @@ pub fn store_url_schemes() -> Vec<String> {
 fn engine_for_url(url: &str, options: &StoreOptions) -> StoreResult<(Engine, CommonSettings)> {
   let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
   match scheme.as_deref() {
-    Some("redis" | "rediss" | "redis+unix" | "redis+sentinel") => {
+    Some("redis" | "rediss" | "redis+unix" | "redis+sentinel" | "rediss+sentinel") => {
       redis_engine_for(RedisTarget::from_url(url)?, options)
     }
-    Some("redis+cluster") => cluster_engine(&crate::redis_target::cluster_fields_from_url(url)?, options),
+    Some("redis+cluster" | "rediss+cluster") => cluster_engine(&crate::redis_target::cluster_fields_from_url(url)?, options),
     Some("sqlite" | "file") => {
       let rest = &url[url.find(':').expect("has a scheme") + 1..];
       let path = file_path(rest.strip_prefix("//").unwrap_or(rest))?;
@@ -149,7 +151,7 @@ fn engine_for_url(url: &str, options: &StoreOptions) -> StoreResult<(Engine, Com
     }
     Some("memory") => embedded_engine(Location::Memory, options),
     _ => Err(StoreError::invalid_input(format!(
-      "unsupported store URL \"{}\": use redis://, rediss://, redis+sentinel://, redis+cluster://, sqlite:<path>, file:<path> or memory:",
+      "unsupported store URL \"{}\": use redis://, rediss://, redis+sentinel://, rediss+sentinel://, redis+cluster://, rediss+cluster://, sqlite:<path>, file:<path> or memory:",
       crate::redis_target::redact(url)
     ))),
   }
@@ -181,22 +183,28 @@ fn redis_engine_for(
   options: &StoreOptions,
 ) -> StoreResult<(Engine, CommonSettings)> {
   let common = CommonSettings::from_options(options)?;
-  target.configure_tls(options.tls.as_ref())?;
-  target.require_aof = match options.durability.as_deref() {
-    None | Some("none") => false,
-    Some("aof") if target.is_tcp() => true,
-    Some("aof") => {
+  target.configure_tls(options.tls.as_ref(), options.sentinel_tls.as_ref())?;
+  target.require_aof = match durability(options)? {
+    false => false,
+    true if target.is_tcp() => true,
+    true => {
       return Err(StoreError::invalid_input(
         "option `durability: 'aof'` needs a redis:// (TCP) target",
       ))
     }
-    Some(other) => {
-      return Err(StoreError::invalid_input(format!(
-        "option `durability` must be \"none\" or \"aof\", got \"{other}\""
-      )))
-    }
   };
-  Ok((redis_engine(target, &common)?, common))
+  Ok((redis_engine(target, &common), common))
+}
+
+/// Whether `durability: 'aof'` is asked for.
+fn durability(options: &StoreOptions) -> StoreResult<bool> {
+  match options.durability.as_deref() {
+    None | Some("none") => Ok(false),
+    Some("aof") => Ok(true),
+    Some(other) => Err(StoreError::invalid_input(format!(
+      "option `durability` must be \"none\" or \"aof\", got \"{other}\""
+    ))),
+  }
 }
 
 fn sqlite_store(path: PathBuf, options: &StoreOptions) -> StoreResult<NativeWorkerStore> {
@@ -248,68 +256,40 @@ const DEFAULT_PAGE_SIZE: u32 = 1024;
 /// Redis over TCP runs on the JS thread's event loop (no thread hop per call) where that
 /// loop is libuv's, that is on Node.js (see `runtime`), unless
 /// `DURASTATE_REDIS_DRIVER=threads`; other targets, platforms and runtimes (Bun, Deno) use
-/// tokio threads. TLS, Sentinel and `durability: 'aof'` are implemented by the event-loop
-/// driver only.
-fn redis_engine(target: RedisTarget, common: &CommonSettings) -> StoreResult<Engine> {
+/// tokio threads. Both drivers connect the same way (`backend/connect.rs`: TLS, Sentinel,
+/// `durability: 'aof'`).
+fn redis_engine(target: RedisTarget, common: &CommonSettings) -> Engine {
   let (connect, command) = (common.connect_timeout, common.command_timeout);
-  let loop_only = loop_only_feature(&target);
-  let no_event_loop = crate::runtime::event_loop_unavailable();
   #[cfg(unix)]
   {
     let threads_wanted = std::env::var("DURASTATE_REDIS_DRIVER").is_ok_and(|v| v == "threads");
-    if target.is_tcp() && no_event_loop.is_none() && (!threads_wanted || loop_only.is_some()) {
-      return Ok(Engine::EventLoop(LoopRedis::new(
-        target,
-        connect,
-        command,
-        common.retry,
-      )));
+    let event_loop = crate::runtime::event_loop_unavailable().is_none();
+    if target.is_tcp() && event_loop && !threads_wanted {
+      return Engine::EventLoop(LoopRedis::new(target, connect, command, common.retry));
     }
   }
-  if let Some(feature) = loop_only {
-    return Err(StoreError::invalid_input(match no_event_loop {
-      Some(place) => format!(
-        "{feature} is not supported {place} yet: durastate runs Redis on tokio threads there, \
-         and only its Node.js event-loop driver implements TLS, Sentinel and `durability: 'aof'`"
-      ),
-      None => format!("{feature} is not supported on this platform yet"),
-    }));
-  }
-  Ok(Engine::Tokio(Arc::new(RedisBackend::new(
+  Engine::Tokio(Arc::new(RedisBackend::new(
     target,
     connect,
     command,
     common.retry,
-  ))))
+  )))
 }
 
-/// The first option of `target` that only the event-loop driver implements.
-fn loop_only_feature(target: &RedisTarget) -> Option<&'static str> {
-  if target.tls.is_some() {
-    Some("TLS (rediss:// or option `tls`)")
-  } else if target.sentinel.is_some() {
-    Some("Sentinel (redis+sentinel:// or option `sentinels`)")
-  } else if target.require_aof {
-    Some("option `durability: 'aof'`")
-  } else {
-    None
-  }
-}
-
-/// A Redis Cluster from `{ cluster: [url, ...], username, password }`: redis-rs
-/// `cluster-async` on tokio threads.
+/// A Redis Cluster from `{ cluster: [url, ...], username, password, tls }`: redis-rs
+/// `cluster-async` on tokio threads, on node connections of durastate's own.
 fn cluster_engine(
   fields: &RedisConnectionOptions,
   options: &StoreOptions,
 ) -> StoreResult<(Engine, CommonSettings)> {
   let common = CommonSettings::from_options(options)?;
-  let (client, display) = crate::redis_target::cluster_client(fields, &common)?;
-  if options.tls.is_some() || !matches!(options.durability.as_deref(), None | Some("none")) {
+  if options.sentinel_tls.is_some() {
     return Err(StoreError::invalid_input(
-      "options `tls` and `durability: 'aof'` are not supported on a Redis Cluster yet",
+      "option `sentinelTls` applies only with sentinels, not to a Redis Cluster",
     ));
   }
-  let backend = ClusterBackend::new(client, display, common.connect_timeout, common.retry);
+  let target = crate::redis_target::cluster_target(fields, options.tls.as_ref())?;
+  let backend = ClusterBackend::new(target, &common, durability(options)?)?;
   Ok((Engine::Tokio(Arc::new(backend)), common))
 }
 

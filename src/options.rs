@@ -39,8 +39,11 @@ pub struct StoreOptions {
   /// Redis: `"none"` (default) or `"aof"`: acknowledged writes are on the server's disk
   /// (checked at connect: `appendonly yes`, `appendfsync always`).
   pub durability: Option<String>,
-  /// Redis: TLS settings (implied by a `rediss://` URL).
+  /// Redis: TLS settings (implied by a `rediss://` URL); for a cluster, every node's.
   pub tls: Option<crate::tls::TlsOptions>,
+  /// Redis with sentinels: how the sentinels are reached, when not as the server is:
+  /// `false` plain text, `true` TLS with `tls`, or TLS settings of their own.
+  pub sentinel_tls: Option<napi::Either<bool, crate::tls::TlsOptions>>,
   /// WorkerStore key layout: `"compatible"` (default; the JS store's keys) or
   /// `"hashtag"` (`{<id>}`, `{<id>}-transactions`, `{<id>}-results`: one cluster slot
   /// per execution). Required on a Redis Cluster.

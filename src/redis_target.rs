@@ -4,6 +4,8 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 
 use std::sync::Arc;
 
+use napi::Either;
+
 use crate::error::{StoreError, StoreResult};
 use crate::options::RedisConnectionOptions;
 use crate::tls::{TlsOptions, TlsSettings};
@@ -20,6 +22,8 @@ pub struct RedisTarget {
   pub require_aof: bool,
   /// TLS settings (`rediss://` or option `tls`); `None` for plain TCP.
   pub tls: Option<Arc<TlsSettings>>,
+  /// TLS settings for the sentinels: those of the server unless `sentinelTls` says otherwise.
+  pub sentinel_tls: Option<Arc<TlsSettings>>,
   /// Sentinels to ask for the master's address at every connect; `None`: a fixed address.
   pub sentinel: Option<Arc<SentinelSettings>>,
   /// The URL asked for TLS (`rediss://`), so [`configure_tls`](Self::configure_tls) must set it up.
@@ -37,7 +41,7 @@ impl RedisTarget {
 
   /// From a URL (`redis://`, `rediss://`, `redis+unix://`, `redis+sentinel://`).
   pub fn from_url(url: &str) -> StoreResult<Self> {
-    if url.starts_with("redis+sentinel://") {
+    if url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://") {
       return Self::from_sentinel_url(url);
     }
     let parsed = url::Url::parse(url).map_err(|err| {
@@ -52,7 +56,7 @@ impl RedisTarget {
         )))
       }
     }
-    // TLS is durastate's own (rustls on the event-loop driver); redis-rs only parses the
+    // TLS is durastate's own (rustls, `backend/connect.rs`); redis-rs only parses the
     // address, so it is given the plain-text form of the URL.
     let wants_tls = parsed.scheme() == "rediss";
     let mut plain = parsed.clone();
@@ -67,29 +71,46 @@ impl RedisTarget {
       display: redact(url),
       require_aof: false,
       tls: None,
+      sentinel_tls: None,
       sentinel: None,
       wants_tls,
     })
   }
 
   /// Sets up TLS when the URL is `rediss://` or `options` are given (PEM files are read
-  /// now, so a bad one is `INVALID_INPUT` at once).
-  pub fn configure_tls(&mut self, options: Option<&TlsOptions>) -> StoreResult<()> {
-    if !self.wants_tls && options.is_none() {
+  /// now, so a bad one is `INVALID_INPUT` at once). With sentinels, the sentinels speak
+  /// TLS as the server does, unless `sentinel_tls` says otherwise: `false` (plain text),
+  /// `true` (TLS with `options`), or options of their own.
+  pub fn configure_tls(
+    &mut self,
+    options: Option<&TlsOptions>,
+    sentinel_tls: Option<&Either<bool, TlsOptions>>,
+  ) -> StoreResult<()> {
+    if self.wants_tls || options.is_some() {
+      if !self.is_tcp() {
+        return Err(StoreError::invalid_input(
+          "TLS needs a TCP address (rediss://host:port), not a unix socket",
+        ));
+      }
+      let settings = TlsSettings::new(&options.cloned().unwrap_or_default())?;
+      self.tls = Some(Arc::new(settings));
+    }
+    if self.sentinel.is_none() {
+      if sentinel_tls.is_some() {
+        return Err(StoreError::invalid_input(
+          "option `sentinelTls` applies only with sentinels (redis+sentinel:// or option `sentinels`)",
+        ));
+      }
       return Ok(());
     }
-    if self.sentinel.is_some() {
-      return Err(StoreError::invalid_input(
-        "TLS with Sentinel is not supported yet (the sentinels' answers are plain addresses)",
-      ));
-    }
-    let redis::ConnectionAddr::Tcp(host, _) = self.client.get_connection_info().addr() else {
-      return Err(StoreError::invalid_input(
-        "TLS needs a TCP address (rediss://host:port), not a unix socket",
-      ));
+    self.sentinel_tls = match sentinel_tls {
+      None => self.tls.clone(),
+      Some(Either::A(false)) => None,
+      Some(Either::A(true)) => Some(Arc::new(TlsSettings::new(
+        &options.cloned().unwrap_or_default(),
+      )?)),
+      Some(Either::B(own)) => Some(Arc::new(TlsSettings::new(own)?)),
     };
-    let settings = TlsSettings::new(&options.cloned().unwrap_or_default(), host)?;
-    self.tls = Some(Arc::new(settings));
     Ok(())
   }
 
@@ -121,7 +142,8 @@ impl RedisTarget {
     Ok(target)
   }
 
-  /// `redis+sentinel://[user:pass@]host1:port1,host2:port2/masterName[/db][?sentinelPassword=..]`.
+  /// `redis+sentinel://[user:pass@]host1:port1,host2:port2/masterName[/db][?sentinelPassword=..]`;
+  /// `rediss+sentinel://` reaches the sentinels and the server over TLS.
   fn from_sentinel_url(url: &str) -> StoreResult<Self> {
     let invalid = |why: &str| {
       StoreError::invalid_input(format!(
@@ -129,7 +151,7 @@ impl RedisTarget {
         redact_sentinel(url)
       ))
     };
-    let rest = &url["redis+sentinel://".len()..];
+    let (scheme, rest) = url.split_once("://").expect("a sentinel URL has ://");
     let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
     let (authority, path) = rest
       .split_once('/')
@@ -160,6 +182,7 @@ impl RedisTarget {
     }
     let auth = auth.map(|a| format!("{a}@")).unwrap_or_default();
     let mut target = Self::from_url(&format!("redis://{auth}127.0.0.1:6379/{db}"))?;
+    target.wants_tls = scheme == "rediss+sentinel";
     target.display = settings.describe();
     target.sentinel = Some(Arc::new(settings.checked()?));
     Ok(target)
@@ -174,10 +197,8 @@ impl RedisTarget {
   }
 }
 
-/// A Redis Cluster client from `{ cluster: [url, ...], username, password }`, and how
-/// messages name it. Every node gets `connectTimeout` and `commandTimeout`.
-/// `redis+cluster://[user:pass@]host1:port1,host2:port2` as `{ cluster: [...], username,
-/// password }`: some of the nodes; the others are found from them.
+/// `redis+cluster://[user:pass@]host1:port1,host2:port2` (`rediss+cluster://` for TLS) as
+/// `{ cluster: [...], username, password }`: some of the nodes; the others are found from them.
 pub fn cluster_fields_from_url(url: &str) -> StoreResult<RedisConnectionOptions> {
   let invalid = |why: &str| {
     StoreError::invalid_input(format!(
@@ -185,10 +206,12 @@ pub fn cluster_fields_from_url(url: &str) -> StoreResult<RedisConnectionOptions>
       redact_sentinel(url)
     ))
   };
-  let rest = url
-    .split_once("://")
-    .map(|(_, rest)| rest)
-    .ok_or_else(|| invalid("no ://"))?;
+  let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid("no ://"))?;
+  let node_scheme = if scheme.eq_ignore_ascii_case("rediss+cluster") {
+    "rediss"
+  } else {
+    "redis"
+  };
   let authority = rest.trim_end_matches('/');
   if authority.contains(['/', '?', '#']) {
     return Err(invalid("a cluster has no database number or parameters"));
@@ -206,7 +229,7 @@ pub fn cluster_fields_from_url(url: &str) -> StoreResult<RedisConnectionOptions>
       } else {
         host
       };
-      Ok(format!("redis://{host}:{port}"))
+      Ok(format!("{node_scheme}://{host}:{port}"))
     })
     .collect::<StoreResult<Vec<_>>>()?;
   let (username, password) = match auth.map(|a| a.split_once(':').unwrap_or(("", a))) {
@@ -224,14 +247,27 @@ pub fn cluster_fields_from_url(url: &str) -> StoreResult<RedisConnectionOptions>
   })
 }
 
-pub fn cluster_client(
+/// A Redis Cluster as `{ cluster: [url, ...], username, password, tls }` names it: the seed
+/// nodes, and what every node connection needs. The nodes are all `redis://` or all
+/// `rediss://`; TLS (also from `tls: true` or the store option `tls`) applies to every
+/// node, those found later and those redirects name included.
+pub struct ClusterTarget {
+  /// The seed nodes, as `redis://host:port` for redis-rs (TLS is durastate's own).
+  pub seeds: Vec<String>,
+  pub display: String,
+  pub username: Option<String>,
+  pub password: Option<String>,
+  pub tls: Option<Arc<TlsSettings>>,
+}
+
+pub fn cluster_target(
   fields: &RedisConnectionOptions,
-  common: &crate::options::CommonSettings,
-) -> StoreResult<(redis::cluster::ClusterClient, String)> {
+  tls_options: Option<&TlsOptions>,
+) -> StoreResult<ClusterTarget> {
   let urls = fields.cluster.clone().unwrap_or_default();
   if urls.is_empty() {
     return Err(StoreError::invalid_input(
-      "option `cluster` needs at least one node URL (redis://host:port)",
+      "option `cluster` needs at least one node URL (redis://host:port or rediss://host:port)",
     ));
   }
   if fields.sentinels.is_some() || fields.host.is_some() || fields.port.is_some() {
@@ -239,39 +275,66 @@ pub fn cluster_client(
       "give either `cluster` or `host`/`port`/`sentinels`, not both",
     ));
   }
-  if fields.db.unwrap_or(0) != 0 || fields.tls.unwrap_or(false) {
+  if fields.db.unwrap_or(0) != 0 {
     return Err(StoreError::invalid_input(
-      "a Redis Cluster has only database 0, and TLS on a cluster is not supported yet",
+      "a Redis Cluster has only database 0",
     ));
   }
+  let (mut username, mut password) = (fields.username.clone(), fields.password.clone());
+  let mut seeds = Vec::with_capacity(urls.len());
+  let mut schemes = std::collections::BTreeSet::new();
   for url in &urls {
-    let parsed = url::Url::parse(url).map_err(|err| {
+    let invalid = |why: String| {
       StoreError::invalid_input(format!(
-        "invalid cluster node URL \"{}\": {err}",
+        "invalid cluster node URL \"{}\": {why}",
         redact(url)
       ))
-    })?;
-    if parsed.scheme() != "redis" {
-      return Err(StoreError::invalid_input(format!(
-        "invalid cluster node URL \"{}\": use redis://host:port (rediss:// is not supported on a cluster yet)",
-        redact(url)
-      )));
+    };
+    let mut parsed = url::Url::parse(url).map_err(|err| invalid(err.to_string()))?;
+    if !matches!(parsed.scheme(), "redis" | "rediss") {
+      return Err(invalid(
+        "use redis://host:port or rediss://host:port".to_string(),
+      ));
     }
+    if parsed.host_str().is_none() || !matches!(parsed.path(), "" | "/" | "/0") {
+      return Err(invalid(
+        "a node URL is [user:password@]host:port (a cluster has only database 0)".to_string(),
+      ));
+    }
+    if !parsed.username().is_empty() && username.is_none() {
+      username = Some(decode(parsed.username()));
+    }
+    if let (Some(pass), None) = (parsed.password(), &password) {
+      password = Some(decode(pass));
+    }
+    schemes.insert(parsed.scheme().to_string());
+    let _ = parsed.set_scheme("redis");
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    seeds.push(parsed.to_string());
   }
-  let mut builder = redis::cluster::ClusterClientBuilder::new(urls.clone())
-    .connection_timeout(common.connect_timeout)
-    .response_timeout(common.command_timeout);
-  if let Some(user) = &fields.username {
-    builder = builder.username(user);
+  if schemes.len() > 1 {
+    return Err(StoreError::invalid_input(
+      "the cluster node URLs mix redis:// and rediss://: every node of a cluster is reached the same way",
+    ));
   }
-  if let Some(password) = &fields.password {
-    builder = builder.password(password);
-  }
-  let client = builder
-    .build()
-    .map_err(|err| StoreError::invalid_input(format!("invalid cluster options: {err}")))?;
+  let wants_tls =
+    schemes.contains("rediss") || fields.tls.unwrap_or(false) || tls_options.is_some();
+  let tls = if wants_tls {
+    Some(Arc::new(TlsSettings::new(
+      &tls_options.cloned().unwrap_or_default(),
+    )?))
+  } else {
+    None
+  };
   let display: Vec<String> = urls.iter().map(|url| redact(url)).collect();
-  Ok((client, format!("cluster {}", display.join(","))))
+  Ok(ClusterTarget {
+    seeds,
+    display: format!("cluster {}", display.join(",")),
+    username,
+    password,
+    tls,
+  })
 }
 
 /// Where the sentinels are and which master to ask them for.
@@ -448,8 +511,12 @@ mod tests {
     assert_eq!(cluster.username.as_deref(), Some("u"));
     assert_eq!(cluster.password.as_deref(), Some("p@ss"));
     assert!(cluster_fields_from_url("redis+cluster://10.0.0.1:7000/2").is_err());
+    let tls_cluster = cluster_fields_from_url("rediss+cluster://10.0.0.1:7000").unwrap();
+    assert_eq!(tls_cluster.cluster.unwrap(), vec!["rediss://10.0.0.1:7000"]);
+    let secure = RedisTarget::from_url("rediss+sentinel://127.0.0.1:26379/main").unwrap();
+    assert!(secure.wants_tls && secure.sentinel.is_some());
     let mut tls = RedisTarget::from_url("rediss://localhost:6380").unwrap();
-    tls.configure_tls(None).unwrap();
+    tls.configure_tls(None, None).unwrap();
     assert!(tls.tls.is_some());
   }
 }

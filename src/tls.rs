@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use napi_derive::napi;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::error::{StoreError, StoreResult};
@@ -29,25 +31,33 @@ pub struct TlsOptions {
   pub reject_unauthorized: Option<bool>,
 }
 
-/// A validated TLS configuration and the server name to verify.
+/// A validated TLS configuration: one for every server a store reaches (the server, the
+/// sentinels, every cluster node), each checked against its own name unless `servername`
+/// names the one every certificate must carry.
 pub struct TlsSettings {
   pub config: Arc<ClientConfig>,
-  pub server_name: ServerName<'static>,
+  servername: Option<ServerName<'static>>,
+  /// Whether a client certificate is configured (to explain a refused handshake).
+  has_client_cert: bool,
 }
 
 impl TlsSettings {
-  /// Builds the client configuration for a server reached as `host`.
-  pub fn new(options: &TlsOptions, host: &str) -> StoreResult<Self> {
-    let name = options.servername.as_deref().unwrap_or(host);
-    let server_name = ServerName::try_from(name.trim_matches(['[', ']']).to_string())
-      .map_err(|_| StoreError::invalid_input(format!("tls: invalid server name \"{name}\"")))?;
+  /// Builds the client configuration (PEM files are read now).
+  pub fn new(options: &TlsOptions) -> StoreResult<Self> {
+    let servername = options
+      .servername
+      .as_deref()
+      .map(parse_server_name)
+      .transpose()?;
     let builder = ClientConfig::builder();
     let builder = if options.reject_unauthorized == Some(false) {
       builder
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate))
     } else {
-      builder.with_root_certificates(roots(options.ca.as_deref())?)
+      builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnchorVerifier::new(options.ca.as_deref())?))
     };
     let config = match (&options.cert, &options.key) {
       (Some(cert), Some(key)) => builder
@@ -62,27 +72,181 @@ impl TlsSettings {
     };
     Ok(Self {
       config: Arc::new(config),
-      server_name,
+      servername,
+      has_client_cert: options.cert.is_some(),
     })
+  }
+
+  /// The name the certificate of the server at `host` must carry: `servername`, else `host`.
+  pub fn server_name(&self, host: &str) -> StoreResult<ServerName<'static>> {
+    match &self.servername {
+      Some(name) => Ok(name.clone()),
+      None => parse_server_name(host),
+    }
+  }
+
+  /// Why a handshake failed, in words, with rustls's own text after them.
+  pub fn explain(&self, err: &rustls::Error) -> String {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert, Error as E};
+    let reason = match err {
+      // A CA certificate presented as the server's own that is not one of `tls.ca`.
+      E::InvalidCertificate(Cert::Other(other)) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
+        "untrusted issuer: the server presents a CA certificate (self-signed?) that is not one of `tls.ca`"
+      }
+      E::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature) => {
+        "untrusted issuer: the server's certificate does not chain to `tls.ca` (or the system's roots)"
+      }
+      E::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. }) => {
+        "the server's certificate has expired"
+      }
+      E::InvalidCertificate(Cert::NotValidYet | Cert::NotValidYetContext { .. }) => {
+        "the server's certificate is not valid yet"
+      }
+      E::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. }) => {
+        "wrong name: the server's certificate is not valid for the name connected to (set `tls.servername` to the name it carries)"
+      }
+      E::AlertReceived(Alert::CertificateRequired) => {
+        "the server requires a client certificate (`tls.cert` and `tls.key`)"
+      }
+      E::AlertReceived(Alert::HandshakeFailure | Alert::BadCertificate)
+        if !self.has_client_cert =>
+      {
+        "the server refused the handshake; it may require a client certificate (`tls.cert` and `tls.key`)"
+      }
+      E::AlertReceived(Alert::UnknownCA | Alert::BadCertificate) => {
+        "the server does not trust the client certificate"
+      }
+      E::InvalidMessage(_) | E::InappropriateMessage { .. } => {
+        "the server does not speak TLS on that port (a plain-text port?)"
+      }
+      _ => "",
+    };
+    if reason.is_empty() {
+      err.to_string()
+    } else {
+      format!("{reason} ({err})")
+    }
+  }
+
+  /// [`explain`](Self::explain) for a socket error that comes from the TLS session.
+  pub fn explain_io(&self, err: &std::io::Error) -> Option<String> {
+    let inner = err.get_ref()?.downcast_ref::<rustls::Error>()?;
+    Some(self.explain(inner))
   }
 }
 
-fn roots(ca: Option<&str>) -> StoreResult<RootCertStore> {
-  let mut roots = RootCertStore::empty();
-  match ca {
-    Some(ca) => {
-      for cert in certificates("tls.ca", ca)? {
-        roots
-          .add(cert)
-          .map_err(|err| StoreError::invalid_input(format!("tls.ca: {err}")))?;
+fn parse_server_name(name: &str) -> StoreResult<ServerName<'static>> {
+  ServerName::try_from(name.trim_matches(['[', ']']).to_string())
+    .map_err(|_| StoreError::invalid_input(format!("tls: invalid server name \"{name}\"")))
+}
+
+/// Verifies server certificates as Node.js's `tls` does with `ca`: a chain to one of the
+/// given certificates (webpki), and also a server certificate that *is* one of them: the
+/// self-signed `CA:TRUE` certificate of `openssl req -x509`, which webpki refuses as an end
+/// entity (`CaUsedAsEndEntity`). That one is a trust anchor given by the user, so it is
+/// accepted after the checks that still apply: its validity dates and the server name
+/// (the handshake signature is checked as for any certificate).
+#[derive(Debug)]
+struct AnchorVerifier {
+  webpki: Arc<WebPkiServerVerifier>,
+  anchors: Vec<CertificateDer<'static>>,
+}
+
+impl AnchorVerifier {
+  fn new(ca: Option<&str>) -> StoreResult<Self> {
+    let mut roots = RootCertStore::empty();
+    let mut anchors = Vec::new();
+    match ca {
+      Some(ca) => {
+        for cert in certificates("tls.ca", ca)? {
+          roots
+            .add(cert.clone())
+            .map_err(|err| StoreError::invalid_input(format!("tls.ca: {err}")))?;
+          anchors.push(cert);
+        }
+      }
+      None => {
+        let found = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(found.certs);
       }
     }
-    None => {
-      let found = rustls_native_certs::load_native_certs();
-      roots.add_parsable_certificates(found.certs);
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::new(provider()))
+      .build()
+      .map_err(|err| StoreError::invalid_input(format!("tls.ca: {err}")))?;
+    Ok(Self { webpki, anchors })
+  }
+
+  /// The checks left for a server certificate that is itself a configured trust anchor.
+  fn verify_anchor(
+    end_entity: &CertificateDer<'_>,
+    server_name: &ServerName<'_>,
+    now: UnixTime,
+  ) -> Result<ServerCertVerified, rustls::Error> {
+    use rustls::CertificateError as Cert;
+    use x509_cert::der::Decode;
+    let parsed = x509_cert::Certificate::from_der(end_entity)
+      .map_err(|_| rustls::Error::InvalidCertificate(Cert::BadEncoding))?;
+    let validity = &parsed.tbs_certificate.validity;
+    let now = std::time::Duration::from_secs(now.as_secs());
+    if now < validity.not_before.to_unix_duration() {
+      return Err(rustls::Error::InvalidCertificate(Cert::NotValidYet));
+    }
+    if now > validity.not_after.to_unix_duration() {
+      return Err(rustls::Error::InvalidCertificate(Cert::Expired));
+    }
+    let cert = ParsedCertificate::try_from(end_entity)?;
+    rustls::client::verify_server_name(&cert, server_name)?;
+    Ok(ServerCertVerified::assertion())
+  }
+}
+
+impl ServerCertVerifier for AnchorVerifier {
+  fn verify_server_cert(
+    &self,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    server_name: &ServerName<'_>,
+    ocsp_response: &[u8],
+    now: UnixTime,
+  ) -> Result<ServerCertVerified, rustls::Error> {
+    let verified =
+      self
+        .webpki
+        .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+    match verified {
+      Err(_)
+        if self
+          .anchors
+          .iter()
+          .any(|a| a.as_ref() == end_entity.as_ref()) =>
+      {
+        Self::verify_anchor(end_entity, server_name, now)
+      }
+      other => other,
     }
   }
-  Ok(roots)
+
+  fn verify_tls12_signature(
+    &self,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+  ) -> Result<HandshakeSignatureValid, rustls::Error> {
+    self.webpki.verify_tls12_signature(message, cert, dss)
+  }
+
+  fn verify_tls13_signature(
+    &self,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+  ) -> Result<HandshakeSignatureValid, rustls::Error> {
+    self.webpki.verify_tls13_signature(message, cert, dss)
+  }
+
+  fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+    self.webpki.supported_verify_schemes()
+  }
 }
 
 /// PEM text as is; anything else is read as a file path.

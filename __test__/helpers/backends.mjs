@@ -1,14 +1,21 @@
 // The backends the conformance suite runs against, each with fresh state per store.
-// `cluster`: a 3-master Redis Cluster of the test file's own, with `keyLayout: 'hashtag'`.
+// `cluster`: a 3-master Redis Cluster of the test file's own, with `keyLayout: 'hashtag'`;
+// `cluster-tls`: the same on TLS only, with mutual TLS (client certificates required).
 import { randomUUID } from 'node:crypto'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createMemoryStore, createRedisStore, createSqliteStore } from '../../index.js'
 import { startCluster } from './cluster.mjs'
+import { runtime } from './runtime.mjs'
+import { makeCertificates } from './tls.mjs'
 import { testRedis } from './redis-server.mjs'
 
-export const backendNames = ['redis', 'sqlite', 'memory', 'cluster']
+// cluster-tls once, on Node.js with its default driver: the cluster backend runs on tokio
+// threads on every runtime and driver, so Bun, Deno and the threads run would repeat the
+// same path (their TLS runs in tls.spec and sentinel.spec).
+const clusterTlsHere = runtime === 'node' && process.env.DURASTATE_REDIS_DRIVER !== 'threads'
+export const backendNames = ['redis', 'sqlite', 'memory', 'cluster', ...(clusterTlsHere ? ['cluster-tls'] : [])]
 
 /**
  * Prepares a backend. `open(options)` makes a store on fresh state; `openShared(options)`
@@ -27,12 +34,20 @@ export async function prepareBackend(name) {
       if (fresh) location = `ds-test:${randomUUID()}:`
       return createRedisStore(redis.url, { prefix: location, ...options })
     }
-  } else if (name === 'cluster') {
-    const cluster = await startCluster()
-    cleanup = cluster.stop
+  } else if (name === 'cluster' || name === 'cluster-tls') {
+    const certs = name === 'cluster-tls' ? makeCertificates() : undefined
+    const cluster = await startCluster({ tls: certs }).catch((err) => {
+      certs?.remove()
+      throw err
+    })
+    cleanup = async () => {
+      await cluster.stop()
+      certs?.remove()
+    }
+    const tls = certs?.mutual()
     factory = (fresh, options) => {
       if (fresh) location = `ds-test:${randomUUID()}:`
-      return createRedisStore({ cluster: cluster.urls }, { prefix: location, keyLayout: 'hashtag', ...options })
+      return createRedisStore({ cluster: cluster.urls }, { prefix: location, keyLayout: 'hashtag', tls, ...options })
     }
   } else if (name === 'sqlite') {
     const dir = mkdtempSync(join(tmpdir(), 'durastate-sqlite-'))

@@ -10,6 +10,10 @@ const run = promisify(execFile)
 
 /** `redis-cli -p port ...args`, output trimmed; bounded to 10 s. */
 export async function cli(port, ...args) {
+  return plainCli(port, ...args)
+}
+
+async function plainCli(port, ...args) {
   const { stdout } = await run('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { timeout: 10_000 })
   return stdout.trim()
 }
@@ -17,8 +21,13 @@ export async function cli(port, ...args) {
 /**
  * Starts a cluster of `masters` masters, each with `replicas` replicas, and waits until
  * every node reports `cluster_state:ok` and knows every node. Returns `{ ports, urls, stop, ... }`.
+ * With `tls` (certificates from helpers/tls.mjs) every node listens on TLS only, requires
+ * client certificates, and speaks TLS on the cluster bus and for replication; `urls` are
+ * `rediss://`. `args`: extra server options for every node; `nodeArgs(i)`: for node i.
  */
-export async function startCluster({ masters = 3, replicas = 0 } = {}) {
+export async function startCluster({ masters = 3, replicas = 0, tls, args = [], nodeArgs = () => [] } = {}) {
+  const tlsFlags = tls ? tls.cliFlags() : []
+  const cli = (port, ...rest) => plainCli(port, ...tlsFlags, ...rest)
   const servers = []
   const stop = async () => {
     await Promise.all(servers.map((s) => s.stop()))
@@ -27,11 +36,12 @@ export async function startCluster({ masters = 3, replicas = 0 } = {}) {
     const nodes = masters * (1 + replicas)
     for (let i = 0; i < nodes; i++) {
       servers.push(await startRedisServer({
-        args: ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000', '--repl-diskless-sync-delay', '0'],
+        tls,
+        args: ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000', '--repl-diskless-sync-delay', '0', ...args, ...nodeArgs(i)],
       }))
     }
     const ports = servers.map((s) => s.port)
-    await run('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', String(replicas), '--cluster-yes'], { timeout: 30_000 })
+    await run('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', String(replicas), '--cluster-yes', ...tlsFlags], { timeout: 30_000 })
     await until('cluster_state:ok on every node', async () => {
       for (const port of ports) {
         if (!(await cli(port, 'cluster', 'info')).includes('cluster_state:ok')) return false
@@ -47,7 +57,9 @@ export async function startCluster({ masters = 3, replicas = 0 } = {}) {
     const dead = new Set()
     return {
       ports,
-      urls: ports.map((p) => `redis://127.0.0.1:${p}`),
+      urls: ports.map((p) => `${tls ? 'rediss' : 'redis'}://127.0.0.1:${p}`),
+      /** `redis-cli` against the node on `port` (with the TLS flags on a TLS cluster). */
+      cli,
       stop,
       /** SIGKILLs the node on `port` (stop() still cleans up after it). */
       async killNode(port) {

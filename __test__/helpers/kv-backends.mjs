@@ -12,9 +12,15 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createKvStore } from '../../index.js'
 import { startCluster } from './cluster.mjs'
+import { runtime } from './runtime.mjs'
+import { makeCertificates } from './tls.mjs'
 import { testRedis } from './redis-server.mjs'
 
-export const kvBackendNames = ['redis', 'sqlite', 'memory', 'cluster']
+// cluster-tls once, on Node.js with its default driver: the cluster backend runs on tokio
+// threads on every runtime and driver, so Bun, Deno and the threads run would repeat the
+// same path (their TLS runs in tls.spec and sentinel.spec).
+const clusterTlsHere = runtime === 'node' && process.env.DURASTATE_REDIS_DRIVER !== 'threads'
+export const kvBackendNames = ['redis', 'sqlite', 'memory', 'cluster', ...(clusterTlsHere ? ['cluster-tls'] : [])]
 
 /** `options` with every mount prefix (or, without mounts, `options.prefix`) behind `base`. */
 function withBase(options, base) {
@@ -50,15 +56,25 @@ export async function prepareKvBackend(name) {
   let cleanup = async () => {}
   let redisUrl
   let clusterUrls
+  let tls
   let dir
   if (name === 'redis') {
     const redis = await testRedis()
     redisUrl = redis.url
     cleanup = redis.release
-  } else if (name === 'cluster') {
-    const cluster = await startCluster()
+  } else if (name === 'cluster' || name === 'cluster-tls') {
+    // cluster-tls: TLS only, with mutual TLS (client certificates required).
+    const certs = name === 'cluster-tls' ? makeCertificates() : undefined
+    const cluster = await startCluster({ tls: certs }).catch((err) => {
+      certs?.remove()
+      throw err
+    })
     clusterUrls = cluster.urls
-    cleanup = cluster.stop
+    tls = certs?.mutual()
+    cleanup = async () => {
+      await cluster.stop()
+      certs?.remove()
+    }
   } else if (name === 'sqlite') {
     dir = mkdtempSync(join(tmpdir(), 'durastate-kv-'))
     cleanup = async () => rmSync(dir, { recursive: true, force: true })
@@ -73,14 +89,14 @@ export async function prepareKvBackend(name) {
     let target
     if (fresh) {
       location = name === 'sqlite' ? join(dir, `${randomUUID()}.db`) : undefined
-      base = name === 'redis' || name === 'cluster' ? `kvt:${randomUUID()}:` : ''
+      base = name === 'sqlite' || name === 'memory' ? '' : `kvt:${randomUUID()}:`
     }
     if (name === 'redis') target = redisUrl
-    else if (name === 'cluster') target = { cluster: clusterUrls }
+    else if (name.startsWith('cluster')) target = { cluster: clusterUrls }
     else if (name === 'sqlite') target = `sqlite:${location}`
     else target = 'memory:'
     const used = raw ? '' : base
-    const kv = createKvStore(target, withBase(options, used))
+    const kv = createKvStore(target, { tls, ...withBase(options, used) })
     stores.push(kv)
     bases.set(kv, used)
     return kv

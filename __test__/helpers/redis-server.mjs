@@ -40,20 +40,24 @@ export function redisServerBinary() {
   return 'redis-server'
 }
 
-export async function waitForReady(child, port, deadlineMs) {
-  const { Socket } = await import('node:net')
+/** Waits until the server on `port` answers PING; over TLS with `tls` (Node.js tls options). */
+export async function waitForReady(child, port, deadlineMs, tls) {
+  const net = await import('node:net')
+  const { connect: tlsConnect } = await import('node:tls')
   const deadline = Date.now() + deadlineMs
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`redis-server exited with code ${child.exitCode}`)
     const ok = await new Promise((resolve) => {
-      const socket = new Socket()
+      const ready = () => {
+        socket.write('PING\r\n')
+        socket.once('data', (data) => { socket.destroy(); resolve(/^(\+PONG|-NOAUTH)/.test(data.toString())) })
+      }
+      const socket = tls
+        ? tlsConnect({ port, host: '127.0.0.1', ...tls }, ready)
+        : net.connect(port, '127.0.0.1', ready)
       socket.setTimeout(500)
       socket.once('error', () => resolve(false))
       socket.once('timeout', () => { socket.destroy(); resolve(false) })
-      socket.connect(port, '127.0.0.1', () => {
-        socket.write('PING\r\n')
-        socket.once('data', (data) => { socket.destroy(); resolve(/^(\+PONG|-NOAUTH)/.test(data.toString())) })
-      })
     })
     if (ok) return
     await new Promise((r) => setTimeout(r, 50))
@@ -63,9 +67,11 @@ export async function waitForReady(child, port, deadlineMs) {
 
 /**
  * Starts redis-server on a free loopback port. `args` are extra server options, e.g.
- * `['--appendonly', 'yes']`. Returns `{ url, port, dir, stop, kill, restart }`.
+ * `['--appendonly', 'yes']`. With `tls` (certificates from helpers/tls.mjs) the port is
+ * TLS only, with mutual TLS (`certs.serverFlags`); `url` is then `rediss://` and
+ * `clientOptions` the ioredis options to reach it. Returns `{ url, port, dir, stop, kill, restart }`.
  */
-export async function startRedisServer({ args = [], port } = {}) {
+export async function startRedisServer({ args = [], port, tls } = {}) {
   const binary = redisServerBinary()
   const dir = mkdtempSync(join(tmpdir(), 'durastate-redis-'))
   const chosenPort = port ?? (await freePort())
@@ -73,10 +79,10 @@ export async function startRedisServer({ args = [], port } = {}) {
   const launch = async () => {
     child = spawn(binary, [
       '--port', String(chosenPort), '--bind', '127.0.0.1', '--save', '', '--dir', dir,
-      '--daemonize', 'no', '--loglevel', 'warning', ...args,
+      '--daemonize', 'no', '--loglevel', 'warning', ...(tls ? tls.serverFlags(chosenPort) : []), ...args,
     ], { stdio: ['ignore', 'ignore', 'inherit'] })
     try {
-      await waitForReady(child, chosenPort, 10_000)
+      await waitForReady(child, chosenPort, 10_000, tls?.nodeTls())
     } catch (err) {
       child.kill('SIGKILL')
       throw err
@@ -89,7 +95,8 @@ export async function startRedisServer({ args = [], port } = {}) {
   })
   return {
     port: chosenPort,
-    url: `redis://127.0.0.1:${chosenPort}`,
+    url: `${tls ? 'rediss' : 'redis'}://127.0.0.1:${chosenPort}`,
+    clientOptions: tls ? { tls: tls.nodeTls() } : {},
     dir,
     /** SIGKILL: the server dies at once, as in a crash. */
     async kill() {

@@ -1,8 +1,7 @@
 // Which JS runtime runs the tests (Node.js, Bun or Deno), and how the addon drives Redis
 // in it: on Node.js, Redis over TCP runs on the JS thread's event loop (unless
-// DURASTATE_REDIS_DRIVER=threads); on Bun and Deno, on tokio threads. TLS, Sentinel and
-// `durability: 'aof'` need the event-loop driver (they choose it even when threads are
-// asked for), so they are rejected on Bun and Deno.
+// DURASTATE_REDIS_DRIVER=threads); on Bun and Deno, on tokio threads. Both connect the same
+// way (TLS, Sentinel, `durability: 'aof'`).
 import { createRequire } from 'node:module'
 
 const binding = createRequire(import.meta.url)('../../binding.js')

@@ -1,5 +1,8 @@
 // A Sentinel group on loopback for the failover tests: one master, one replica and three
 // sentinels (quorum 2, down-after 1 s), each on a free port, all stopped by `stop()`.
+// With `tls` (certificates from helpers/tls.mjs): the master and the replica on TLS only
+// with mutual TLS and TLS replication; each sentinel on a TLS port (mutual TLS) and a
+// plain one, speaking TLS to the servers and to each other.
 import { spawn } from 'node:child_process'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -9,12 +12,17 @@ import { freePort, redisServerBinary, startRedisServer, until, waitForReady } fr
 
 export const MASTER_NAME = 'main'
 
-async function startSentinel(masterPort) {
+async function startSentinel(masterPort, tls) {
   const dir = mkdtempSync(join(tmpdir(), 'durastate-sentinel-'))
   const port = await freePort()
+  const tlsPort = tls ? await freePort() : undefined
   const config = join(dir, 'sentinel.conf')
+  const tlsLines = tls
+    ? [`tls-port ${tlsPort}`, `tls-cert-file ${tls.file('node.crt')}`, `tls-key-file ${tls.file('node.key')}`,
+        `tls-ca-cert-file ${tls.file('ca.crt')}`, 'tls-auth-clients yes', 'tls-replication yes']
+    : []
   writeFileSync(config, [
-    `port ${port}`, 'bind 127.0.0.1', `dir ${dir}`, 'loglevel warning',
+    `port ${port}`, 'bind 127.0.0.1', `dir ${dir}`, 'loglevel warning', ...tlsLines,
     `sentinel monitor ${MASTER_NAME} 127.0.0.1 ${masterPort} 2`,
     `sentinel down-after-milliseconds ${MASTER_NAME} 1000`,
     `sentinel failover-timeout ${MASTER_NAME} 4000`,
@@ -26,6 +34,7 @@ async function startSentinel(masterPort) {
   await client.connect()
   return {
     port,
+    tlsPort,
     client,
     async stop() {
       client.disconnect()
@@ -40,9 +49,9 @@ async function startSentinel(masterPort) {
 }
 
 /** Starts the group and waits until every sentinel sees the replica and the two others. */
-export async function startSentinelGroup() {
-  const master = await startRedisServer()
-  const replica = await startRedisServer({ args: ['--replicaof', '127.0.0.1', String(master.port)] })
+export async function startSentinelGroup({ tls } = {}) {
+  const master = await startRedisServer({ tls })
+  const replica = await startRedisServer({ tls, args: ['--replicaof', '127.0.0.1', String(master.port)] })
   const servers = [master, replica]
   const sentinels = []
   const stop = async () => {
@@ -50,10 +59,10 @@ export async function startSentinelGroup() {
     await Promise.all(servers.map((s) => s.stop()))
   }
   try {
-    const replicaClient = new Redis(replica.url)
+    const replicaClient = new Redis(replica.url, replica.clientOptions)
     await until('the replica to sync', async () => /master_link_status:up/.test(await replicaClient.info('replication')), 15_000)
     replicaClient.disconnect()
-    for (let i = 0; i < 3; i++) sentinels.push(await startSentinel(master.port))
+    for (let i = 0; i < 3; i++) sentinels.push(await startSentinel(master.port, tls))
     await until('the sentinels to find the replica and each other', async () => {
       for (const { client } of sentinels) {
         const replicas = await client.call('SENTINEL', 'REPLICAS', MASTER_NAME)
@@ -67,8 +76,12 @@ export async function startSentinelGroup() {
     throw err
   }
   const hosts = sentinels.map((s) => `127.0.0.1:${s.port}`).join(',')
+  const tlsHosts = tls ? sentinels.map((s) => `127.0.0.1:${s.tlsPort}`).join(',') : undefined
   return {
+    /** The sentinels' plain ports (`redis+sentinel://`). */
     url: `redis+sentinel://${hosts}/${MASTER_NAME}`,
+    /** With `tls`: the sentinels' TLS ports (`rediss+sentinel://`). */
+    tlsUrl: tls ? `rediss+sentinel://${tlsHosts}/${MASTER_NAME}` : undefined,
     sentinels,
     servers: { [master.port]: master, [replica.port]: replica },
     /** The master's port as the first sentinel reports it. */

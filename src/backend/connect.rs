@@ -1,70 +1,227 @@
-//! Opening a connection for the event-loop driver, on tokio: find the server (asking
-//! the sentinels for the master when there are any), connect, TLS, `AUTH`, `SELECT`,
-//! `PING` (and the checks of `durability: 'aof'` and of the master's role), all within
-//! `connectTimeout`. The result is a non-blocking socket for the driver.
+//! Opening a Redis connection, on tokio, for every driver: find the server (asking the
+//! sentinels for the master when there are any), connect, TLS, `AUTH`, `SELECT`, `PING`
+//! (and the checks of `durability: 'aof'` and of the master's role), all within
+//! `connectTimeout`. The event-loop driver takes the result as a non-blocking socket
+//! ([`open`]); the threads driver and every cluster node as a tokio stream
+//! ([`open_stream`], [`connect_node`]).
 
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use redis::{ConnectionAddr, Value};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use super::resp::ReplyDecoder;
+#[cfg(unix)]
 use super::socket::Socket;
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::redis_target::{RedisTarget, SentinelSettings};
+use crate::tls::TlsSettings;
 
-/// Connects, authenticates, selects the database and checks with `PING`, all within
-/// `limit`. Returns a non-blocking socket, ready for the loop driver.
-pub async fn open(target: &RedisTarget, limit: Duration) -> StoreResult<Socket> {
+/// A connected stream: plain TCP, or TLS over TCP.
+pub enum Stream {
+  Plain(TcpStream),
+  Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+  fn poll_read(
+    self: Pin<&mut Self>,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+  ) -> Poll<io::Result<()>> {
+    match self.get_mut() {
+      Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+      Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+    }
+  }
+}
+
+impl AsyncWrite for Stream {
+  fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    match self.get_mut() {
+      Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+      Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+    }
+  }
+
+  fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    match self.get_mut() {
+      Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+      Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+    }
+  }
+
+  fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    match self.get_mut() {
+      Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+      Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+    }
+  }
+}
+
+/// Who to log in as, and what to check, once connected.
+#[derive(Default)]
+pub struct Login<'a> {
+  pub username: Option<&'a str>,
+  pub password: Option<&'a str>,
+  pub db: i64,
+  /// `durability: 'aof'`: the server must fsync every write before its reply.
+  pub require_aof: bool,
+  /// With sentinels: the server must still be the master (`ROLE`).
+  pub check_master: bool,
+}
+
+/// How the server is named in messages, and its TLS settings.
+#[derive(Clone, Copy)]
+pub struct Peer<'a> {
+  pub display: &'a str,
+  pub tls: Option<&'a TlsSettings>,
+}
+
+impl Peer<'_> {
+  fn unavailable(&self, detail: &str) -> StoreError {
+    StoreError::new(
+      ErrorCode::Unavailable,
+      format!("cannot connect to {}: {detail}", self.display),
+    )
+  }
+
+  fn tls_failed(&self, detail: &str) -> StoreError {
+    StoreError::new(
+      ErrorCode::Tls,
+      format!("TLS handshake with {} failed: {detail}", self.display),
+    )
+  }
+
+  /// A socket error while connecting; one that comes from the TLS session (an alert
+  /// such as `CertificateRequired`) is a `TLS` error.
+  fn io_failed(&self, err: &io::Error) -> StoreError {
+    match self.tls.and_then(|tls| tls.explain_io(err)) {
+      Some(reason) => self.tls_failed(&reason),
+      None => self.unavailable(&err.to_string()),
+    }
+  }
+}
+
+/// Connects to `host:port` (TLS when `peer.tls`), logs in and checks, within `limit`; a
+/// handshake that does not finish in time is `TLS`, anything else that does not is
+/// `UNAVAILABLE`.
+pub async fn connect_node(
+  host: &str,
+  port: u16,
+  peer: Peer<'_>,
+  login: &Login<'_>,
+  limit: Duration,
+) -> StoreResult<Stream> {
+  let in_tls_handshake = AtomicBool::new(false);
+  let attempt = async {
+    let mut stream = tcp_then_tls(host, port, peer, &in_tls_handshake).await?;
+    handshake(&mut stream, peer, login).await?;
+    Ok(stream)
+  };
+  bounded(peer, limit, &in_tls_handshake, attempt).await
+}
+
+async fn bounded<T>(
+  peer: Peer<'_>,
+  limit: Duration,
+  in_tls_handshake: &AtomicBool,
+  attempt: impl std::future::Future<Output = StoreResult<T>>,
+) -> StoreResult<T> {
+  match tokio::time::timeout(limit, attempt).await {
+    Ok(result) => result,
+    Err(_) if in_tls_handshake.load(Ordering::Relaxed) => Err(peer.tls_failed(&format!(
+      "no TLS handshake within connectTimeout ({} ms); does the server speak TLS on that port?",
+      limit.as_millis()
+    ))),
+    Err(_) => Err(peer.unavailable(&format!(
+      "no connection within connectTimeout ({} ms)",
+      limit.as_millis()
+    ))),
+  }
+}
+
+async fn tcp_then_tls(
+  host: &str,
+  port: u16,
+  peer: Peer<'_>,
+  in_tls_handshake: &AtomicBool,
+) -> StoreResult<Stream> {
+  let stream = TcpStream::connect((host, port))
+    .await
+    .map_err(|err| peer.unavailable(&format!("{host}:{port}: {err}")))?;
+  stream
+    .set_nodelay(true)
+    .map_err(|err| peer.unavailable(&err.to_string()))?;
+  let Some(tls) = peer.tls else {
+    return Ok(Stream::Plain(stream));
+  };
+  in_tls_handshake.store(true, Ordering::Relaxed);
+  let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+  let stream = connector
+    .connect(tls.server_name(host)?, stream)
+    .await
+    .map_err(|err| match tls.explain_io(&err) {
+      Some(reason) => peer.tls_failed(&reason),
+      None => peer.tls_failed(&err.to_string()),
+    })?;
+  in_tls_handshake.store(false, Ordering::Relaxed);
+  Ok(Stream::Tls(Box::new(stream)))
+}
+
+/// The target's server (the master the sentinels name now, when there are any),
+/// connected, logged in and checked, within `limit`.
+pub async fn open_stream(target: &RedisTarget, limit: Duration) -> StoreResult<Stream> {
+  let peer = Peer {
+    display: &target.display,
+    tls: target.tls.as_deref(),
+  };
   let in_tls_handshake = AtomicBool::new(false);
   let attempt = async {
     let (host, port) = server_address(target, limit).await?;
-    let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-      .await
-      .map_err(|err| unavailable(target, &format!("{host}:{port}: {err}")))?;
-    stream
-      .set_nodelay(true)
-      .map_err(|err| unavailable(target, &err.to_string()))?;
-    let Some(tls) = &target.tls else {
-      let mut stream = stream;
-      handshake(&mut stream, target).await?;
+    let settings = target.client.get_connection_info().redis_settings();
+    let login = Login {
+      username: settings.username(),
+      password: settings.password(),
+      db: settings.db(),
+      require_aof: target.require_aof,
+      check_master: target.sentinel.is_some(),
+    };
+    let mut stream = tcp_then_tls(&host, port, peer, &in_tls_handshake).await?;
+    handshake(&mut stream, peer, &login).await?;
+    Ok(stream)
+  };
+  bounded(peer, limit, &in_tls_handshake, attempt).await
+}
+
+/// [`open_stream`] as a non-blocking socket, ready for the loop driver.
+#[cfg(unix)]
+pub async fn open(target: &RedisTarget, limit: Duration) -> StoreResult<Socket> {
+  let peer = Peer {
+    display: &target.display,
+    tls: target.tls.as_deref(),
+  };
+  match open_stream(target, limit).await? {
+    Stream::Plain(stream) => {
       let stream = stream
         .into_std()
-        .map_err(|err| unavailable(target, &err.to_string()))?;
-      return Ok(Socket::new(stream, None));
-    };
-    in_tls_handshake.store(true, Ordering::Relaxed);
-    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-    let mut stream = connector
-      .connect(tls.server_name.clone(), stream)
-      .await
-      .map_err(|err| tls_failed(target, &err.to_string()))?;
-    in_tls_handshake.store(false, Ordering::Relaxed);
-    handshake(&mut stream, target).await?;
-    let (stream, session) = stream.into_inner();
-    let stream = stream
-      .into_std()
-      .map_err(|err| unavailable(target, &err.to_string()))?;
-    Ok(Socket::new(stream, Some(session)))
-  };
-  match tokio::time::timeout(limit, attempt).await {
-    Ok(result) => result,
-    Err(_) if in_tls_handshake.load(Ordering::Relaxed) => Err(tls_failed(
-      target,
-      &format!(
-        "no TLS handshake within connectTimeout ({} ms); does the server speak TLS on that port?",
-        limit.as_millis()
-      ),
-    )),
-    Err(_) => Err(unavailable(
-      target,
-      &format!(
-        "no connection within connectTimeout ({} ms)",
-        limit.as_millis()
-      ),
-    )),
+        .map_err(|err| peer.unavailable(&err.to_string()))?;
+      Ok(Socket::new(stream, None))
+    }
+    Stream::Tls(stream) => {
+      let (stream, session) = stream.into_inner();
+      let stream = stream
+        .into_std()
+        .map_err(|err| peer.unavailable(&err.to_string()))?;
+      Ok(Socket::new(stream, Some(session)))
+    }
   }
 }
 
@@ -75,13 +232,16 @@ async fn server_address(target: &RedisTarget, limit: Duration) -> StoreResult<(S
   }
   match target.client.get_connection_info().addr() {
     ConnectionAddr::Tcp(host, port) => Ok((host.clone(), *port)),
-    _ => Err(StoreError::invalid_input("the loop driver only speaks TCP")),
+    _ => Err(StoreError::invalid_input(
+      "a Redis connection of durastate's own needs a TCP address",
+    )),
   }
 }
 
 /// Asks each sentinel in turn for the master's address (`SENTINEL
 /// GET-MASTER-ADDR-BY-NAME`); the first that knows it answers. Each sentinel gets an
-/// equal share of `limit`, so one that does not answer leaves time for the others.
+/// equal share of `limit`, so one that does not answer leaves time for the others. A TLS
+/// failure with every sentinel is `TLS`.
 async fn master_address(
   target: &RedisTarget,
   sentinel: &SentinelSettings,
@@ -89,108 +249,115 @@ async fn master_address(
 ) -> StoreResult<(String, u16)> {
   let share = limit / (sentinel.sentinels.len() as u32 + 1);
   let mut failures = Vec::new();
+  let mut all_tls = true;
   for (host, port) in &sentinel.sentinels {
-    let asked = tokio::time::timeout(share, ask_sentinel(host, *port, sentinel)).await;
-    let answer =
-      asked.unwrap_or_else(|_| Err(format!("no answer within {} ms", share.as_millis())));
-    match answer {
+    let display = format!("sentinel {host}:{port}");
+    let peer = Peer {
+      display: &display,
+      tls: target.sentinel_tls.as_deref(),
+    };
+    match ask_sentinel(host, *port, peer, sentinel, share).await {
       Ok(Some(address)) => return Ok(address),
-      Ok(None) => failures.push(format!(
-        "{host}:{port} does not know master \"{}\"",
-        sentinel.master
-      )),
-      Err(err) => failures.push(format!("{host}:{port}: {err}")),
+      Ok(None) => {
+        all_tls = false;
+        failures.push(format!(
+          "{host}:{port} does not know master \"{}\"",
+          sentinel.master
+        ))
+      }
+      Err(err) => {
+        all_tls &= err.code == ErrorCode::Tls;
+        failures.push(err.message);
+      }
     }
   }
-  Err(unavailable(
-    target,
-    &format!("no sentinel named the master: {}", failures.join("; ")),
+  let code = if all_tls {
+    ErrorCode::Tls
+  } else {
+    ErrorCode::Unavailable
+  };
+  Err(StoreError::new(
+    code,
+    format!(
+      "cannot connect to {}: no sentinel named the master: {}",
+      target.display,
+      failures.join("; ")
+    ),
   ))
 }
 
 async fn ask_sentinel(
   host: &str,
   port: u16,
+  peer: Peer<'_>,
   sentinel: &SentinelSettings,
-) -> Result<Option<(String, u16)>, String> {
-  let mut stream = tokio::net::TcpStream::connect((host, port))
-    .await
-    .map_err(|err| err.to_string())?;
-  let mut commands = Vec::new();
-  if let Some(password) = &sentinel.password {
-    let mut auth = redis::cmd("AUTH");
-    if let Some(user) = &sentinel.username {
-      auth.arg(user);
+  limit: Duration,
+) -> StoreResult<Option<(String, u16)>> {
+  let in_tls_handshake = AtomicBool::new(false);
+  let attempt = async {
+    let mut stream = tcp_then_tls(host, port, peer, &in_tls_handshake).await?;
+    let mut commands = Vec::new();
+    if let Some(password) = &sentinel.password {
+      let mut auth = redis::cmd("AUTH");
+      if let Some(user) = &sentinel.username {
+        auth.arg(user);
+      }
+      commands.push(auth.arg(password).clone());
     }
-    commands.push(auth.arg(password).clone());
-  }
-  let mut ask = redis::cmd("SENTINEL");
-  ask.arg("GET-MASTER-ADDR-BY-NAME").arg(&sentinel.master);
-  commands.push(ask);
-  let answers = exchange(&mut stream, &commands)
-    .await
-    .map_err(|err| err.to_string())?;
-  match answers.last() {
-    Some(Value::Array(parts)) if parts.len() == 2 => {
-      let text = |value: &Value| match value {
-        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-        Value::SimpleString(text) => text.clone(),
-        _ => String::new(),
-      };
-      let port = text(&parts[1])
-        .parse()
-        .map_err(|_| "bad port".to_string())?;
-      Ok(Some((text(&parts[0]), port)))
+    let mut ask = redis::cmd("SENTINEL");
+    ask.arg("GET-MASTER-ADDR-BY-NAME").arg(&sentinel.master);
+    commands.push(ask);
+    let answers = exchange(&mut stream, &commands)
+      .await
+      .map_err(|err| peer.io_failed(&err))?;
+    match answers.last() {
+      Some(Value::Array(parts)) if parts.len() == 2 => {
+        let port = text(&parts[1])
+          .parse()
+          .map_err(|_| peer.unavailable("bad port"))?;
+        Ok(Some((text(&parts[0]), port)))
+      }
+      Some(Value::ServerError(err)) => Err(peer.unavailable(&format!("{err:?}"))),
+      _ => Ok(None),
     }
-    Some(Value::ServerError(err)) => Err(format!("{err:?}")),
-    _ => Ok(None),
-  }
+  };
+  bounded(peer, limit, &in_tls_handshake, attempt).await
 }
 
-/// A socket error while connecting; one that comes from the TLS session (an alert
-/// such as `CertificateRequired`) is a `TLS` error.
-fn io_failed(target: &RedisTarget, err: std::io::Error) -> StoreError {
-  let from_tls = err
-    .get_ref()
-    .is_some_and(|inner| inner.is::<rustls::Error>());
-  if from_tls {
-    tls_failed(target, &err.to_string())
-  } else {
-    unavailable(target, &err.to_string())
+fn text(value: &Value) -> String {
+  match value {
+    Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+    Value::SimpleString(text) => text.clone(),
+    Value::VerbatimString { text, .. } => text.clone(),
+    _ => String::new(),
   }
-}
-
-fn tls_failed(target: &RedisTarget, detail: &str) -> StoreError {
-  StoreError::new(
-    ErrorCode::Tls,
-    format!("TLS handshake with {} failed: {detail}", target.display),
-  )
 }
 
 /// Sends `commands` in one write and reads one reply each (server errors included).
 async fn exchange(
   stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
   commands: &[redis::Cmd],
-) -> std::io::Result<Vec<Value>> {
+) -> io::Result<Vec<Value>> {
   let mut bytes = Vec::new();
   for command in commands {
     command.write_packed_command(&mut bytes);
   }
   stream.write_all(&bytes).await?;
+  stream.flush().await?;
   let mut decoder = ReplyDecoder::default();
   let mut received = BytesMut::with_capacity(256);
   let mut answers = Vec::with_capacity(commands.len());
   while answers.len() < commands.len() {
     if let Some(value) = decoder
       .decode(&mut received)
-      .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err.to_string()))?
+      .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?
     {
       answers.push(value);
       continue;
     }
     if stream.read_buf(&mut received).await? == 0 {
-      return Err(std::io::Error::new(
-        std::io::ErrorKind::UnexpectedEof,
+      return Err(io::Error::new(
+        io::ErrorKind::UnexpectedEof,
         "the server closed the connection during the handshake",
       ));
     }
@@ -202,89 +369,103 @@ async fn exchange(
 /// that the server is still the master (`ROLE`).
 async fn handshake(
   stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
-  target: &RedisTarget,
+  peer: Peer<'_>,
+  login: &Login<'_>,
 ) -> StoreResult<()> {
-  let settings = target.client.get_connection_info().redis_settings();
   let mut commands = Vec::new();
-  if let Some(password) = settings.password() {
+  if let Some(password) = login.password {
     let mut auth = redis::cmd("AUTH");
-    if let Some(user) = settings.username() {
+    if let Some(user) = login.username {
       auth.arg(user);
     }
     commands.push(auth.arg(password).clone());
   }
-  if settings.db() != 0 {
-    commands.push(redis::cmd("SELECT").arg(settings.db()).clone());
+  if login.db != 0 {
+    commands.push(redis::cmd("SELECT").arg(login.db).clone());
   }
   commands.push(redis::cmd("PING"));
-  if target.require_aof {
+  let checked_from = commands.len();
+  if login.check_master {
+    commands.push(redis::cmd("ROLE"));
+  }
+  if login.require_aof {
     commands.push(redis::cmd("CONFIG").arg("GET").arg("appendonly").clone());
     commands.push(redis::cmd("CONFIG").arg("GET").arg("appendfsync").clone());
   }
-  if target.sentinel.is_some() {
-    commands.push(redis::cmd("ROLE"));
-  }
-  let mut answers = exchange(stream, &commands)
+  let answers = exchange(stream, &commands)
     .await
-    .map_err(|err| io_failed(target, err))?;
-  if let Some(err) = answers.iter().find_map(|answer| match answer {
-    Value::ServerError(err) => Some(err.clone()),
-    _ => None,
-  }) {
-    let err = StoreError::from(redis::RedisError::from(err));
-    let what = if err.code == ErrorCode::Auth {
-      "authentication to"
-    } else {
-      "cannot connect to"
-    };
-    return Err(StoreError::new(
-      err.code,
-      format!("{what} {} failed: {}", target.display, err.message),
-    ));
+    .map_err(|err| peer.io_failed(&err))?;
+  if let Some(err) = answers[..checked_from].iter().find_map(server_error) {
+    return Err(login_failed(peer, err));
   }
-  if target.sentinel.is_some() {
-    check_master(target, &answers.pop().expect("ROLE was sent"))?;
+  let mut checks = answers[checked_from..].iter();
+  if login.check_master {
+    let role = checks.next().expect("ROLE was sent");
+    if let Some(err) = server_error(role) {
+      return Err(login_failed(peer, err));
+    }
+    check_master(peer, role)?;
   }
-  if target.require_aof {
-    check_aof(target, &answers[answers.len() - 2..])?;
+  if login.require_aof {
+    let (appendonly, appendfsync) = (checks.next(), checks.next());
+    let (appendonly, appendfsync) = (appendonly.expect("sent"), appendfsync.expect("sent"));
+    match server_error(appendonly).or_else(|| server_error(appendfsync)) {
+      None => check_aof(peer, &config_value(appendonly), &config_value(appendfsync))?,
+      Some(refused) => aof_without_config(stream, peer, refused).await?,
+    }
   }
   Ok(())
 }
 
+fn server_error(value: &Value) -> Option<redis::ServerError> {
+  match value {
+    Value::ServerError(err) => Some(err.clone()),
+    _ => None,
+  }
+}
+
+fn login_failed(peer: Peer<'_>, err: redis::ServerError) -> StoreError {
+  let err = StoreError::from(redis::RedisError::from(err));
+  let what = if err.code == ErrorCode::Auth {
+    "authentication to"
+  } else {
+    "cannot connect to"
+  };
+  StoreError::new(
+    err.code,
+    format!("{what} {} failed: {}", peer.display, err.message),
+  )
+}
+
 /// The server the sentinels named must still be a master (a failover may be under way).
-fn check_master(target: &RedisTarget, role: &Value) -> StoreResult<()> {
+fn check_master(peer: Peer<'_>, role: &Value) -> StoreResult<()> {
   let name = match role {
-    Value::Array(items) => match items.first() {
-      Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
-      Some(Value::SimpleString(text)) => text.clone(),
-      _ => String::new(),
-    },
+    Value::Array(items) => items.first().map(text).unwrap_or_default(),
     _ => String::new(),
   };
   if name == "master" {
     return Ok(());
   }
-  Err(unavailable(
-    target,
-    &format!("the server the sentinels named is not the master (role: {name}); a failover may be under way"),
-  ))
+  Err(peer.unavailable(&format!(
+    "the server the sentinels named is not the master (role: {name}); a failover may be under way"
+  )))
+}
+
+/// The value of a `CONFIG GET name` answer (RESP2 array or RESP3 map).
+fn config_value(value: &Value) -> String {
+  let items: Vec<&Value> = match value {
+    Value::Array(items) => items.iter().collect(),
+    Value::Map(pairs) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
+    _ => Vec::new(),
+  };
+  items
+    .get(1)
+    .map(|v| text(v))
+    .unwrap_or_else(|| "(unknown)".into())
 }
 
 /// `durability: 'aof'` holds only if every write is fsynced before its reply.
-fn check_aof(target: &RedisTarget, answers: &[Value]) -> StoreResult<()> {
-  let setting = |value: &Value| -> String {
-    let items: Vec<&Value> = match value {
-      Value::Array(items) => items.iter().collect(),
-      Value::Map(pairs) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
-      _ => Vec::new(),
-    };
-    match items.get(1) {
-      Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
-      Some(Value::SimpleString(text)) => text.clone(),
-      _ => "(unknown)".to_string(),
-    }
-  };
-  let (appendonly, appendfsync) = (setting(&answers[0]), setting(&answers[1]));
+fn check_aof(peer: Peer<'_>, appendonly: &str, appendfsync: &str) -> StoreResult<()> {
   if appendonly == "yes" && appendfsync == "always" {
     return Ok(());
   }
@@ -293,14 +474,50 @@ fn check_aof(target: &RedisTarget, answers: &[Value]) -> StoreResult<()> {
     format!(
       "durability 'aof' needs {} to run with appendonly yes and appendfsync always, so that \
        every acknowledged write is on disk; it has appendonly {appendonly}, appendfsync {appendfsync}",
-      target.display
+      peer.display
     ),
   ))
 }
 
-fn unavailable(target: &RedisTarget, detail: &str) -> StoreError {
-  StoreError::new(
+/// `CONFIG GET` refused (renamed or blocked, as managed services do): `INFO persistence`
+/// still tells whether the AOF is on, but not its fsync policy, so `aof` can be refused
+/// when it is off and cannot be confirmed when it is on. Never claims what it cannot see.
+async fn aof_without_config(
+  stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+  peer: Peer<'_>,
+  refused: redis::ServerError,
+) -> StoreResult<()> {
+  let info = exchange(stream, &[redis::cmd("INFO").arg("persistence").clone()])
+    .await
+    .map_err(|err| peer.io_failed(&err))?;
+  let info = info.first().map(text).unwrap_or_default();
+  let enabled = info
+    .lines()
+    .find_map(|line| line.trim().strip_prefix("aof_enabled:"));
+  let refused = format!("{refused:?}");
+  let detail = match enabled {
+    Some("0") => format!(
+      "{} runs without the append-only file (INFO persistence: aof_enabled:0)",
+      peer.display
+    ),
+    Some(_) => format!(
+      "{} has the append-only file on (INFO persistence: aof_enabled:1), but its fsync policy \
+       cannot be read: CONFIG GET is unavailable ({refused}), and only appendfsync always \
+       puts every acknowledged write on disk",
+      peer.display
+    ),
+    None => format!(
+      "the persistence settings of {} cannot be read: CONFIG GET is unavailable ({refused}) and \
+       INFO persistence does not show aof_enabled",
+      peer.display
+    ),
+  };
+  Err(StoreError::new(
     ErrorCode::Unavailable,
-    format!("cannot connect to {}: {detail}", target.display),
-  )
+    format!(
+      "durability 'aof' cannot be confirmed: {detail}. Allow CONFIG GET for this user (ACL \
+       +config|get) where you can, or use durability 'none' and rely on what the service \
+       documents about its persistence"
+    ),
+  ))
 }

@@ -4,7 +4,6 @@
 //! store-shaped tables (`sqlite/`) in one transaction. The store's `Engine` picks how.
 
 mod cluster;
-#[cfg(unix)]
 mod connect;
 mod embedded;
 mod redis;
@@ -12,7 +11,6 @@ mod redis_codec;
 #[cfg(unix)]
 mod redis_loop;
 pub mod redis_ops;
-#[cfg(unix)]
 mod resp;
 pub mod retry;
 #[cfg(unix)]

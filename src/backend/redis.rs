@@ -74,8 +74,9 @@ impl RedisBackend {
   /// event-loop driver does: after a dropped connection a batch declared safe to resend
   /// is sent again on a new connection (the first reconnect at once, a failed one after
   /// a backoff), spending one of `retry.attempts` per drop or failed reconnect; any other
-  /// batch rejects `UNAVAILABLE`. A call that never had a connection is not retried, nor
-  /// is an `AUTH` or TLS error. The caller bounds the whole by `commandTimeout`.
+  /// batch rejects `UNAVAILABLE`. A call that never had a connection is not retried (with
+  /// sentinels it is: it waits for a master), nor is an `AUTH` or TLS error. With
+  /// sentinels, a `READONLY` reply counts as a dropped connection (the server was demoted). The caller bounds the whole by `commandTimeout`.
   pub async fn execute(&self, batch: &Batch) -> StoreResult<Vec<Reply>> {
     let mut budget = Budget::new(&self.retry, batch.may_resend());
     let mut recovering = false;
@@ -91,7 +92,9 @@ impl RedisBackend {
           recovering = true;
         }
         Err(Failure::Connect(err)) => {
-          if !recovering || !retry::classify(&err).may_retry() || !budget.spend() {
+          // With sentinels, a call made while no master answers waits for one too.
+          let waits = recovering || self.target.sentinel.is_some();
+          if !waits || !retry::classify(&err).may_retry() || !budget.spend() {
             return Err(err);
           }
           tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
@@ -106,6 +109,15 @@ impl RedisBackend {
     send(&mut connection, batch).await.map_err(|err| {
       if retry::connection_lost(&err) {
         let err = StoreError::from(err);
+        self.forget(generation, &err);
+        Failure::Dropped(err)
+      } else if self.target.sentinel.is_some() && err.to_string().contains("READONLY") {
+        // As on the event-loop driver: the server was demoted (failover); ask the
+        // sentinels again on a new connection.
+        let err = StoreError::new(
+          ErrorCode::Unavailable,
+          "the server answered READONLY: it is a replica now (failover); reconnecting to the master",
+        );
         self.forget(generation, &err);
         Failure::Dropped(err)
       } else {
@@ -148,7 +160,22 @@ impl RedisBackend {
     Ok((connection, slot.generation))
   }
 
+  /// A TCP server is connected the way the event-loop driver connects to it
+  /// (`connect.rs`: TLS, Sentinel, the checks), then driven by redis-rs; a unix socket
+  /// by redis-rs alone.
   async fn connect(&self) -> StoreResult<MultiplexedConnection> {
+    if self.target.is_tcp() {
+      let stream = super::connect::open_stream(&self.target, self.connect_timeout).await?;
+      let logged_in = redis::RedisConnectionInfo::default();
+      let made = MultiplexedConnection::new_with_config(&logged_in, stream, self.config.clone());
+      let (connection, driver) = match tokio::time::timeout(self.connect_timeout, made).await {
+        Ok(Ok(made)) => made,
+        Ok(Err(err)) => return Err(self.connect_error(err)),
+        Err(_) => return Err(self.connect_timed_out()),
+      };
+      tokio::spawn(driver);
+      return Ok(connection);
+    }
     let attempt = self
       .target
       .client

@@ -9,6 +9,7 @@
 //! `hashtag` key layout every WorkerStore batch is on one slot. `SCAN` walks every
 //! master in turn; the opaque cursor names the masters, the current one and its cursor.
 
+mod node;
 mod scan;
 mod transaction;
 
@@ -17,8 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_routing::Slot;
 use redis::{RedisResult, Value};
 
@@ -27,7 +27,9 @@ use super::retry::{self, Budget};
 use crate::command::{Batch, Command, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::events::{ConnectionEvents, ServerInfo};
-use crate::options::RetrySettings;
+use crate::options::{CommonSettings, RetrySettings};
+use crate::redis_target::ClusterTarget;
+use node::{NodeConnection, NodeSettings, Registration};
 use scan::scan_page;
 use transaction::transaction;
 
@@ -41,9 +43,12 @@ enum Group {
   Scan(usize),
 }
 
+/// redis-rs's cluster connection, on node connections of durastate's own (`node.rs`).
+type Connection = redis::cluster_async::ClusterConnection<NodeConnection>;
+
 #[derive(Default)]
-struct Connection {
-  live: Option<ClusterConnection>,
+struct Live {
+  live: Option<Connection>,
   generation: u64,
   closed: bool,
 }
@@ -51,33 +56,54 @@ struct Connection {
 /// A Redis Cluster reached through redis-rs's cluster connection.
 pub struct ClusterBackend {
   client: ClusterClient,
+  /// What each node connection needs (TLS, credentials, checks), for as long as the store lives.
+  nodes: Registration,
   display: String,
   connect_timeout: Duration,
   retry: RetrySettings,
-  slot: Mutex<Connection>,
+  slot: Mutex<Live>,
   connecting: tokio::sync::Mutex<()>,
   pub events: Arc<ConnectionEvents>,
 }
 
 impl ClusterBackend {
+  /// A backend for `target` that connects on first use. `require_aof`: every node it
+  /// connects to must fsync every write (`durability: 'aof'`), checked at each connect.
   pub fn new(
-    client: ClusterClient,
-    display: String,
-    connect_timeout: Duration,
-    retry: RetrySettings,
-  ) -> Self {
-    let seed = display
+    target: ClusterTarget,
+    common: &CommonSettings,
+    require_aof: bool,
+  ) -> StoreResult<Self> {
+    let settings = NodeSettings::new(
+      target.username,
+      target.password,
+      target.tls,
+      require_aof,
+      common.connect_timeout,
+    );
+    let nodes = Registration::new(settings);
+    let client = ClusterClientBuilder::new(target.seeds)
+      .connection_timeout(common.connect_timeout)
+      .response_timeout(common.command_timeout)
+      // Not a database (a cluster has only 0): the key of this store's node settings (node.rs).
+      .database_id(nodes.key)
+      .build()
+      .map_err(|err| StoreError::invalid_input(format!("invalid cluster options: {err}")))?;
+    let seed = target
+      .display
       .strip_prefix("cluster ")
       .and_then(|urls| urls.split(',').next());
-    Self {
-      events: ConnectionEvents::new(ServerInfo::cluster(seed)),
+    let events = ConnectionEvents::new(ServerInfo::cluster(seed));
+    Ok(Self {
+      events,
       client,
-      display,
-      connect_timeout,
-      retry,
-      slot: Mutex::new(Connection::default()),
+      nodes,
+      display: target.display,
+      connect_timeout: common.connect_timeout,
+      retry: common.retry,
+      slot: Mutex::new(Live::default()),
       connecting: tokio::sync::Mutex::new(()),
-    }
+    })
   }
 
   /// Runs a batch of call `what`. redis-rs follows `MOVED`/`ASK` and a failover itself
@@ -164,14 +190,18 @@ impl ClusterBackend {
   fn failed(&self, generation: u64, err: redis::RedisError) -> (StoreError, bool) {
     let lost = retry::connection_lost(&err);
     let transient = retry::classify_redis(&err).may_retry();
-    let err = StoreError::from(err);
+    // A node connection that failed said why (TLS, AUTH, the aof check): that is the error.
+    let err = match self.nodes.settings.take_failure() {
+      Some(failure) => failure,
+      None => StoreError::from(err),
+    };
     if lost {
       self.forget(generation, &err);
     }
     (err, transient)
   }
 
-  fn cached(&self) -> StoreResult<Option<(ClusterConnection, u64)>> {
+  fn cached(&self) -> StoreResult<Option<(Connection, u64)>> {
     let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
     if slot.closed {
       return Err(StoreError::disposed());
@@ -179,7 +209,7 @@ impl ClusterBackend {
     Ok(slot.live.clone().map(|c| (c, slot.generation)))
   }
 
-  async fn connection(&self) -> StoreResult<(ClusterConnection, u64)> {
+  async fn connection(&self) -> StoreResult<(Connection, u64)> {
     if let Some(found) = self.cached()? {
       return Ok(found);
     }
@@ -188,11 +218,26 @@ impl ClusterBackend {
       return Ok(found);
     }
     // `get_async_connection` can hang (redis-rs#1953): bounded here and by the call.
-    let attempt = self.client.get_async_connection();
-    let connection = match tokio::time::timeout(self.connect_timeout, attempt).await {
+    self.nodes.settings.take_failure();
+    let attempt = self.client.get_async_generic_connection::<NodeConnection>();
+    let connected = async {
+      let mut connection = attempt.await?;
+      if self.nodes.settings.require_aof {
+        every_master(&mut connection).await?;
+      }
+      Ok(connection)
+    };
+    let connection = match tokio::time::timeout(self.connect_timeout, connected).await {
       Ok(Ok(connection)) => connection,
       Ok(Err(err)) => return Err(self.connect_error(err)),
       Err(_) => {
+        // A node that failed meanwhile (redis-rs retries it) says why.
+        if let Some(failure) = self.nodes.settings.take_failure() {
+          return Err(StoreError::new(
+            failure.code,
+            format!("cannot connect to {}: {}", self.display, failure.message),
+          ));
+        }
         return Err(StoreError::new(
           ErrorCode::Unavailable,
           format!(
@@ -200,7 +245,7 @@ impl ClusterBackend {
             self.display,
             self.connect_timeout.as_millis()
           ),
-        ))
+        ));
       }
     };
     let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
@@ -214,6 +259,13 @@ impl ClusterBackend {
   }
 
   fn connect_error(&self, err: redis::RedisError) -> StoreError {
+    // A node that could not be reached said why, with the error code to give (`TLS`, `AUTH`).
+    if let Some(failure) = self.nodes.settings.take_failure() {
+      return StoreError::new(
+        failure.code,
+        format!("cannot connect to {}: {}", self.display, failure.message),
+      );
+    }
     let mapped = StoreError::from(err);
     let what = if mapped.code == ErrorCode::Auth {
       "authentication to"
@@ -225,6 +277,20 @@ impl ClusterBackend {
       format!("{what} {} failed: {}", self.display, mapped.message),
     )
   }
+}
+
+/// A `PING` to every master by address, so that each has a connection, and so has passed
+/// the checks every node connection makes (`durability: 'aof'`), before the store's first
+/// call. (A fan-out to all masters would skip one whose connection failed.)
+async fn every_master(connection: &mut Connection) -> RedisResult<()> {
+  use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+  for (host, port) in scan::masters(connection).await? {
+    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+    connection
+      .route_command(redis::cmd("PING"), routing)
+      .await?;
+  }
+  Ok(())
 }
 
 /// Splits a batch into groups that each go to one node in one round trip.
@@ -267,7 +333,7 @@ fn single_slot(keys: &[String]) -> Option<Slot> {
 type Answered = Vec<(usize, StoreResult<Reply>)>;
 
 async fn run_group(
-  connection: &mut ClusterConnection,
+  connection: &mut Connection,
   batch: &Batch,
   group: Group,
 ) -> RedisResult<Answered> {

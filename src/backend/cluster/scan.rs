@@ -1,6 +1,6 @@
 //! `SCAN` over a cluster: every master in turn, the position kept in the opaque cursor.
 
-use redis::cluster_async::ClusterConnection;
+use super::Connection as ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{RedisResult, Value};
 
@@ -117,7 +117,7 @@ fn replace_cursor(scan: redis::Cmd, node_cursor: &str) -> redis::Cmd {
 }
 
 /// The masters' addresses, sorted (`CLUSTER SLOTS` on any node).
-async fn masters(connection: &mut ClusterConnection) -> RedisResult<Vec<(String, u16)>> {
+pub(super) async fn masters(connection: &mut ClusterConnection) -> RedisResult<Vec<(String, u16)>> {
   let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
   let value = connection
     .route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), routing)

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use redis::cluster_async::ClusterConnection;
+use super::Connection as ClusterConnection;
 use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{RedisResult, Value};
 
