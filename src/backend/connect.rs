@@ -30,6 +30,16 @@ pub enum Stream {
   Tls(Box<TlsStream<TcpStream>>),
 }
 
+impl Stream {
+  /// The address of the server at the other end (`host:port`), when the OS says.
+  pub fn peer(&self) -> Option<std::net::SocketAddr> {
+    match self {
+      Stream::Plain(stream) => stream.peer_addr().ok(),
+      Stream::Tls(stream) => stream.get_ref().0.peer_addr().ok(),
+    }
+  }
+}
+
 impl AsyncRead for Stream {
   fn poll_read(
     self: Pin<&mut Self>,

@@ -149,23 +149,29 @@ impl RedisBackend {
     if let Some(found) = self.cached()? {
       return Ok(found);
     }
-    let connection = self.connect().await?;
+    let (connection, peer) = self.connect().await?;
     let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
     if slot.closed {
       return Err(StoreError::disposed());
     }
     slot.generation += 1;
     slot.connection = Some(connection.clone());
-    self.events.connected(self.events.server().address());
+    // A Sentinel store's server is the master the sentinels named: the socket's peer.
+    let address = match (&self.events.server().server_address, peer) {
+      (None, Some(peer)) => peer.to_string(),
+      _ => self.events.server().address(),
+    };
+    self.events.connected(address);
     Ok((connection, slot.generation))
   }
 
   /// A TCP server is connected the way the event-loop driver connects to it
   /// (`connect.rs`: TLS, Sentinel, the checks), then driven by redis-rs; a unix socket
   /// by redis-rs alone.
-  async fn connect(&self) -> StoreResult<MultiplexedConnection> {
+  async fn connect(&self) -> StoreResult<(MultiplexedConnection, Option<std::net::SocketAddr>)> {
     if self.target.is_tcp() {
       let stream = super::connect::open_stream(&self.target, self.connect_timeout).await?;
+      let peer = stream.peer();
       let logged_in = redis::RedisConnectionInfo::default();
       let made = MultiplexedConnection::new_with_config(&logged_in, stream, self.config.clone());
       let (connection, driver) = match tokio::time::timeout(self.connect_timeout, made).await {
@@ -174,14 +180,14 @@ impl RedisBackend {
         Err(_) => return Err(self.connect_timed_out()),
       };
       tokio::spawn(driver);
-      return Ok(connection);
+      return Ok((connection, peer));
     }
     let attempt = self
       .target
       .client
       .get_multiplexed_async_connection_with_config(&self.config);
     match tokio::time::timeout(self.connect_timeout, attempt).await {
-      Ok(Ok(connection)) => Ok(connection),
+      Ok(Ok(connection)) => Ok((connection, None)),
       Ok(Err(err)) => Err(self.connect_error(err)),
       Err(_) => Err(self.connect_timed_out()),
     }
