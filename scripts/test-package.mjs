@@ -22,7 +22,9 @@ import { packLocal } from './pack-local.mjs'
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const fixtures = join(root, '__test__', 'package')
 const manifest = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))
-const bun = join(root, 'node_modules', '.bin', process.platform === 'win32' ? 'bun.exe' : 'bun')
+/** Bun, the devDependency: its package carries the executable (.bin/ has only a shim on Windows). */
+const bun = join(root, 'node_modules', 'bun', 'bin', 'bun.exe')
+const windows = process.platform === 'win32'
 const COMMAND_TIMEOUT = 300_000
 const WORKER_TIMEOUT = 30_000
 
@@ -32,8 +34,10 @@ const PACKED_FILES = [
 ]
 const UNPACKED_PATHS = [/^target\//, /^__test__\//, /^benchmark\//, /^examples\//, /^npm\//, /^node_modules\//, /^dist\//, /^\.ci\//, /\.node$/, /^scripts\/(test|pack)/]
 
+/** Runs a command; npm and the installed CLI are .cmd shims on Windows, which only a shell runs. */
 function run(command, args, { cwd, env = {}, timeout = COMMAND_TIMEOUT }) {
-  const result = spawnSync(command, args, { cwd, env: { ...process.env, ...env }, encoding: 'utf8', timeout })
+  const shell = windows && (command === 'npm' || command.endsWith('.cmd'))
+  const result = spawnSync(command, args, { cwd, env: { ...process.env, ...env }, encoding: 'utf8', timeout, shell })
   if (result.error) throw result.error
   if (result.status !== 0) {
     throw new Error(`${command} ${args.join(' ')} exited with ${result.status ?? result.signal}\n${result.stdout}\n${result.stderr}`)
@@ -145,7 +149,7 @@ describe('the npm package, installed into a fresh TypeScript project', { timeout
   }
 
   it('installs the durastate CLI, which reads the embedded default', () => {
-    const cli = join(project, 'node_modules', '.bin', 'durastate')
+    const cli = join(project, 'node_modules', '.bin', windows ? 'durastate.cmd' : 'durastate')
     assert.match(run(cli, ['--help'], { cwd: project }), /^usage:/)
     assert.match(run(cli, ['inspect', '--prefix', 'package-test:'], { cwd: project, env: { REDIS_URL: '', DURASTATE_URL: '' } }), /^no executions under prefix "package-test:"/)
   })
