@@ -11,7 +11,7 @@
 // build`; `npm test` builds one) and redis-server. Temp dirs and the server are removed at the end.
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
@@ -106,7 +106,8 @@ describe('the npm package, installed into a fresh TypeScript project', { timeout
     assert.equal(platform.packageJson.version, version)
     assert.equal(platform.packageJson.main, binary)
     assert.equal(platform.packageJson.scripts, undefined, 'a platform package runs no script')
-    console.log(`# ${tarballs.main} (${main.files.length} files), ${tarballs.platform}`)
+    const kib = (path) => `${(statSync(path).size / 1024).toFixed(1)} KiB`
+    console.log(`# ${tarballs.main}: ${main.files.length} files, ${kib(tarballs.main)}; ${tarballs.platform}: ${kib(tarballs.platform)}`)
   })
 
   it('installs the two tarballs with --ignore-scripts: the binary comes from the platform package, durastate never from the registry', () => {
