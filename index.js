@@ -39,7 +39,7 @@ function loadBinding() {
 
 /**
  * What to do when no binary loads: which platform packages exist, and the two ways to build
- * one from the sources in this package (the install hook, which npm 11+ skips for a dependency
+ * one from the sources in this package (the install hook, which npm 12 blocks for a dependency
  * until it is approved, or cargo by hand).
  */
 function noBinaryMessage() {
@@ -58,7 +58,7 @@ function noBinaryMessage() {
       ? `The package durastate-${platform} has it: install durastate again with optional dependencies (not --omit=optional or --no-optional; see npm/cli#4828). `
       : `Prebuilt binaries (durastate-<platform> packages): ${prebuilt.join(', ') || 'none in this install'}. `) +
     'To build one from source (needs Rust, https://rustup.rs, and a C compiler): let npm run durastate\'s install script, ' +
-    'which npm 11+ skips until you approve it: `npm install-scripts approve durastate && npm rebuild durastate`; ' +
+    'which npm 12 blocks until you approve it: `npm install-scripts approve durastate && npm rebuild durastate`; ' +
     `or build it with cargo: \`cd "${__dirname}" && cargo build --release --locked && ${copy} ${library} durastate.${platform}.node\`.`
   )
 }

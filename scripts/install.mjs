@@ -1,6 +1,6 @@
 // npm `install` hook: use a prebuilt binary when one fits this platform (the optional
 // dependency durastate-<platform>, or a durastate.<platform>.node built here): then it does
-// nothing, and installs that skip it (--ignore-scripts, npm 11+ for a dependency whose
+// nothing, and installs that skip it (--ignore-scripts, npm 12 for a dependency whose
 // install script was not approved) lose nothing. Else it builds the addon from source:
 // with @napi-rs/cli in a clone (a devDependency), or with cargo alone in an installed
 // package, whose tarball carries src/, Cargo.toml, Cargo.lock, build.rs and
@@ -83,7 +83,7 @@ if (!cli && !hasCargo()) {
     `durastate: no prebuilt binary for ${platformName()} (the package durastate-${platformName()} is not installed), ` +
       'and no Rust toolchain to build one from source.\n' +
       'Install Rust (https://rustup.rs) and a C compiler, then run `npm rebuild durastate` ' +
-      '(npm 11+ runs this script only once it is approved: `npm install-scripts approve durastate`).',
+      '(npm 12 runs this script only once it is approved: `npm install-scripts approve durastate`).',
   )
   process.exit(1)
 }

@@ -2,7 +2,7 @@
 // tarballs a release publishes for this platform (dist/durastate-<version>.tgz, whose
 // optionalDependencies `napi pre-publish` filled in, and dist/durastate-<platform>-<version>.tgz
 // with the binary). Both are installed into a fresh TypeScript project with --ignore-scripts,
-// as npm 11+ does for a dependency whose install script nobody approved (typescript and
+// as npm 12 does for a dependency whose install script nobody approved (typescript and
 // @types/node come from the npm cache or registry, durastate never does). The test compiles
 // __test__/package/worker.ts with `tsc --strict` as CommonJS and as ESM, runs both builds on a
 // redis-server of its own (free loopback port) and on the embedded default (a SQLite file in
