@@ -7,6 +7,8 @@
 const EMPTY_EXECUTION_RESULT = '<empty_execution_result>'
 const EMPTY_RESULT_JSON = JSON.stringify(EMPTY_EXECUTION_RESULT)
 /** The stable codes the native layer sets as `err.code` (src/error.rs `ErrorCode`; napi's own codes are `InvalidArg` and the like). */
+// One line: src/error.rs's test `index_js_knows_every_code` reads it.
+// prettier-ignore
 const NATIVE_CODES = new Set(['INVALID_INPUT', 'SERIALIZE', 'CORRUPT_DATA', 'WRONG_TYPE', 'UNAVAILABLE', 'TIMEOUT', 'AUTH', 'TLS', 'DISPOSED', 'INTERNAL', 'UNKNOWN_MOUNT', 'READ_ONLY', 'WRITE_ONLY', 'TYPE_MISMATCH', 'VALUE_TOO_LARGE', 'ENTRY_LIMIT'])
 
 class DurastateError extends Error {
