@@ -151,7 +151,7 @@ export interface SqliteStoreOptions extends StoreOptions {
   synchronous?: 'normal' | 'full'
   /**
    * Page size of a new database file, in bytes: a power of two from 512 to 65536; default
-   * 4096. An existing file keeps its own. Smaller pages make each commit write less to the
+   * 1024. An existing file keeps its own. Smaller pages make each commit write less to the
    * WAL: 1024 measured the 1 KiB-result lifecycle 1.6–1.9x faster, but 16 KiB values about
    * 2x slower (they spill into overflow pages). Choose from your result sizes.
    */

@@ -7,6 +7,8 @@
 const EMPTY_EXECUTION_RESULT = '<empty_execution_result>'
 const EMPTY_RESULT_JSON = JSON.stringify(EMPTY_EXECUTION_RESULT)
 /** The stable codes the native layer sets as `err.code` (src/error.rs `ErrorCode`; napi's own codes are `InvalidArg` and the like). */
+// One line: src/error.rs's test `index_js_knows_every_code` reads it.
+// prettier-ignore
 const NATIVE_CODES = new Set(['INVALID_INPUT', 'SERIALIZE', 'CORRUPT_DATA', 'WRONG_TYPE', 'UNAVAILABLE', 'TIMEOUT', 'AUTH', 'TLS', 'DISPOSED', 'INTERNAL', 'UNKNOWN_MOUNT', 'READ_ONLY', 'WRITE_ONLY', 'TYPE_MISMATCH', 'VALUE_TOO_LARGE', 'ENTRY_LIMIT'])
 
 class DurastateError extends Error {
@@ -179,18 +181,34 @@ function loadBinding() {
         { cause: err },
       )
     }
-    let packages = []
-    try {
-      packages = require('./package.json').napi.targets
-    } catch {}
-    throw new DurastateError(
-      'UNAVAILABLE',
-      `no durastate binary loads on ${platformName()}. Prebuilt for: ${packages.join(', ')}. ` +
-        'On one of these, reinstall with optional dependencies (not --omit=optional; see npm/cli#4828); ' +
-        'elsewhere, install Rust (https://rustup.rs) and run `npm rebuild durastate` to build from source.',
-      { cause: err },
-    )
+    throw new DurastateError('UNAVAILABLE', noBinaryMessage(), { cause: err })
   }
+}
+
+/**
+ * What to do when no binary loads: which platform packages exist, and the two ways to build
+ * one from the sources in this package (the install hook, which npm 12 blocks for a dependency
+ * until it is approved, or cargo by hand).
+ */
+function noBinaryMessage() {
+  const platform = platformName()
+  let prebuilt = []
+  try {
+    const manifest = require('./package.json')
+    prebuilt = Object.keys(manifest.optionalDependencies ?? {}).map((name) => name.slice(manifest.name.length + 1))
+  } catch {}
+  const library = { win32: 'target\\release\\durastate.dll', darwin: 'target/release/libdurastate.dylib' }[process.platform] ?? 'target/release/libdurastate.so'
+  const copy = process.platform === 'win32' ? 'copy' : 'cp'
+  const fits = prebuilt.includes(platform)
+  return (
+    `no durastate binary loads on ${platform}. ` +
+    (fits
+      ? `The package durastate-${platform} has it: install durastate again with optional dependencies (not --omit=optional or --no-optional; see npm/cli#4828). `
+      : `Prebuilt binaries (durastate-<platform> packages): ${prebuilt.join(', ') || 'none in this install'}. `) +
+    'To build one from source (needs Rust, https://rustup.rs, and a C compiler): let npm run durastate\'s install script, ' +
+    'which npm 12 blocks until you approve it: `npm install-scripts approve durastate && npm rebuild durastate`; ' +
+    `or build it with cargo: \`cd "${__dirname}" && cargo build --release --locked && ${copy} ${library} durastate.${platform}.node\`.`
+  )
 }
 
 /** On Deno, the permission error (`err` or one of its causes) that stopped the load, if any. */

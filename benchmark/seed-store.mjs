@@ -14,6 +14,7 @@ export function createSeedStore(redis, { ttl, prefix = '' } = {}) {
     } catch (error) {
       throw new Error(
         `Failed to parse JSON for Redis key "${key}" field "${field}": ${error instanceof Error ? error.message : String(error)}. Raw value: "${value}"`,
+        { cause: error },
       )
     }
   }

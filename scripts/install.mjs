@@ -1,8 +1,10 @@
 // npm `install` hook: use a prebuilt binary when one fits this platform (the optional
-// dependency durastate-<platform>, or a durastate.<platform>.node built here), else build
-// the addon from source: with @napi-rs/cli in a clone (a devDependency), or with cargo
-// alone in an installed package, whose tarball carries src/, Cargo.toml, Cargo.lock and
-// build.rs for this.
+// dependency durastate-<platform>, or a durastate.<platform>.node built here): then it does
+// nothing, and installs that skip it (--ignore-scripts, npm 12 for a dependency whose
+// install script was not approved) lose nothing. Else it builds the addon from source:
+// with @napi-rs/cli in a clone (a devDependency), or with cargo alone in an installed
+// package, whose tarball carries src/, Cargo.toml, Cargo.lock, build.rs and
+// .cargo/config.toml for this.
 import { spawnSync } from 'node:child_process'
 import { copyFileSync, rmSync } from 'node:fs'
 import { createRequire } from 'node:module'
@@ -80,7 +82,8 @@ if (!cli && !hasCargo()) {
   console.error(
     `durastate: no prebuilt binary for ${platformName()} (the package durastate-${platformName()} is not installed), ` +
       'and no Rust toolchain to build one from source.\n' +
-      'Install Rust (https://rustup.rs) and a C compiler, then run `npm rebuild durastate`.',
+      'Install Rust (https://rustup.rs) and a C compiler, then run `npm rebuild durastate` ' +
+      '(npm 12 runs this script only once it is approved: `npm install-scripts approve durastate`).',
   )
   process.exit(1)
 }

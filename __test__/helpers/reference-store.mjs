@@ -9,7 +9,7 @@ export function createReferenceStore(redis, { ttl, prefix = '' } = {}) {
     try {
       return JSON.parse(raw)
     } catch (err) {
-      throw new Error(`Failed to parse JSON for Redis key "${key}" field "${field}": ${err.message}`)
+      throw new Error(`Failed to parse JSON for Redis key "${key}" field "${field}": ${err.message}`, { cause: err })
     }
   }
   return {

@@ -1,6 +1,6 @@
 // A worker as an application writes it against the installed package. scripts/test-package.mjs
 // compiles it with `tsc --strict` twice (CommonJS and ESM) and runs both builds on Redis
-// (REDIS_URL set) and on the embedded default (./.durastate/state.db).
+// (REDIS_URL set) and on the embedded default (./.durastate/state.db), on Node.js and on Bun.
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import { createKvStore, createRedisStore, createStore, DurastateError, EMPTY_EXECUTION_RESULT } from 'durastate'
@@ -69,7 +69,8 @@ async function main(): Promise<void> {
     await Promise.all([writer.close(), reader.close(), kv.close()])
   }
   const moduleFormat = typeof require === 'function' ? 'commonjs' : 'esm'
-  console.log(JSON.stringify({ ok: true, backend: redisUrl ? 'redis' : 'embedded', moduleFormat }))
+  const runtime = process.versions.bun ? 'bun' : 'node'
+  console.log(JSON.stringify({ ok: true, backend: redisUrl ? 'redis' : 'embedded', moduleFormat, runtime }))
 }
 
 main().catch((err: unknown) => {
