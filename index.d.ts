@@ -270,10 +270,7 @@ export declare class DurableWorkerStore implements WorkerStore {
  * @example
  * const worker = createWorker({ store: createRedisStore(process.env.REDIS_URL, { ttl: 86_400_000 }) })
  */
-export declare function createRedisStore(
-  target?: string | RedisConnectionOptions | null,
-  options?: RedisStoreOptions | null,
-): DurableWorkerStore
+export declare function createRedisStore(target?: string | RedisConnectionOptions | null, options?: RedisStoreOptions | null): DurableWorkerStore
 
 /**
  * A store in a SQLite file: durable, shared safely by processes on one machine.
@@ -475,10 +472,7 @@ export declare class KvStore {
  * const cache = kv.mount('cache')
  * await cache.set('report', { rows: 3 })
  */
-export declare function createKvStore(
-  url?: string | RedisConnectionOptions | null,
-  options?: KvStoreOptions | null,
-): KvStore
+export declare function createKvStore(url?: string | RedisConnectionOptions | null, options?: KvStoreOptions | null): KvStore
 
 // ---------------------------------------------------------------------------------------
 // Observability: diagnostics_channel

@@ -35,12 +35,17 @@ const CONNECTION_CHANNEL = 'durastate:connection'
 const callChannel = typeof diagnostics?.tracingChannel === 'function' ? diagnostics.tracingChannel(CALL_CHANNEL) : null
 const connectionChannel = typeof diagnostics?.channel === 'function' ? diagnostics.channel(CONNECTION_CHANNEL) : null
 /** Whether anyone subscribes to `durastate:call` (Bun's TracingChannel has no `hasSubscribers`: its five channels are asked). */
-const callTraced = callChannel === null
-  ? () => false
-  : typeof callChannel.hasSubscribers === 'boolean'
-    ? () => callChannel.hasSubscribers
-    : () => callChannel.start.hasSubscribers || callChannel.end.hasSubscribers || callChannel.asyncStart.hasSubscribers ||
-        callChannel.asyncEnd.hasSubscribers || callChannel.error.hasSubscribers
+const callTraced =
+  callChannel === null
+    ? () => false
+    : typeof callChannel.hasSubscribers === 'boolean'
+      ? () => callChannel.hasSubscribers
+      : () =>
+          callChannel.start.hasSubscribers ||
+          callChannel.end.hasSubscribers ||
+          callChannel.asyncStart.hasSubscribers ||
+          callChannel.asyncEnd.hasSubscribers ||
+          callChannel.error.hasSubscribers
 
 function loadDiagnosticsChannel() {
   try {
@@ -176,8 +181,7 @@ function loadBinding() {
     if (denied) {
       throw new DurastateError(
         'UNAVAILABLE',
-        'Deno did not let durastate load its native addon: run with --allow-ffi --allow-read --allow-env (or -A). ' +
-          `Deno said: ${denied.message}`,
+        'Deno did not let durastate load its native addon: run with --allow-ffi --allow-read --allow-env (or -A). ' + `Deno said: ${denied.message}`,
         { cause: err },
       )
     }
@@ -205,7 +209,7 @@ function noBinaryMessage() {
     (fits
       ? `The package durastate-${platform} has it: install durastate again with optional dependencies (not --omit=optional or --no-optional; see npm/cli#4828). `
       : `Prebuilt binaries (durastate-<platform> packages): ${prebuilt.join(', ') || 'none in this install'}. `) +
-    'To build one from source (needs Rust, https://rustup.rs, and a C compiler): let npm run durastate\'s install script, ' +
+    "To build one from source (needs Rust, https://rustup.rs, and a C compiler): let npm run durastate's install script, " +
     'which npm 12 blocks until you approve it: `npm install-scripts approve durastate && npm rebuild durastate`; ' +
     `or build it with cargo: \`cd "${__dirname}" && cargo build --release --locked && ${copy} ${library} durastate.${platform}.node\`.`
   )
@@ -260,7 +264,10 @@ function encodeResult(executionId, taskId, value) {
     throw new DurastateError('SERIALIZE', `cannot store the result of step "${taskId}" of execution "${executionId}" as JSON: ${err.message}`, { cause: err })
   }
   if (json === undefined) {
-    throw new DurastateError('SERIALIZE', `cannot store the result of step "${taskId}" of execution "${executionId}" as JSON: a ${typeof value} has no JSON form`)
+    throw new DurastateError(
+      'SERIALIZE',
+      `cannot store the result of step "${taskId}" of execution "${executionId}" as JSON: a ${typeof value} has no JSON form`,
+    )
   }
   return json
 }
@@ -271,7 +278,9 @@ function decodeResult(text, keyOf, field) {
     return JSON.parse(text)
   } catch (err) {
     const raw = text.length > 200 ? `${text.slice(0, 200)}...` : text
-    throw new DurastateError('CORRUPT_DATA', `stored JSON at key "${keyOf()}" field "${field}" is not valid: ${err.message}. Raw value: "${raw}"`, { cause: err })
+    throw new DurastateError('CORRUPT_DATA', `stored JSON at key "${keyOf()}" field "${field}" is not valid: ${err.message}. Raw value: "${raw}"`, {
+      cause: err,
+    })
   }
 }
 
@@ -459,7 +468,9 @@ function decodeValue(text, mount, key) {
     return JSON.parse(text)
   } catch (err) {
     const raw = text.length > 200 ? `${text.slice(0, 200)}...` : text
-    throw new DurastateError('CORRUPT_DATA', `stored JSON of key "${key}" in mount '${mount}' is not valid: ${err.message}. Raw value: "${raw}"`, { cause: err })
+    throw new DurastateError('CORRUPT_DATA', `stored JSON of key "${key}" in mount '${mount}' is not valid: ${err.message}. Raw value: "${raw}"`, {
+      cause: err,
+    })
   }
 }
 
@@ -741,26 +752,64 @@ class KvMount {
     Object.freeze(this)
   }
 
-  get(key) { return this.#kv.get(this.name, key) }
-  getOr(key, fallback) { return this.#kv.getOr(this.name, key, fallback) }
-  set(key, value, options) { return this.#kv.set(this.name, key, value, options) }
-  merge(key, partial, options) { return this.#kv.merge(this.name, key, partial, options) }
-  delete(key) { return this.#kv.delete(this.name, key) }
-  has(key) { return this.#kv.has(this.name, key) }
-  keys(pattern) { return this.#kv.keys(this.name, pattern) }
-  clear() { return this.#kv.clear(this.name) }
-  getAll() { return this.#kv.getAll(this.name) }
-  getMany(keys) { return this.#kv.getMany(this.name, keys) }
-  setMany(entries, options) { return this.#kv.setMany(this.name, entries, options) }
-  deleteMany(keys) { return this.#kv.deleteMany(this.name, keys) }
-  getByPrefix(prefix) { return this.#kv.getByPrefix(this.name, prefix) }
-  schema() { return this.#kv.schema(this.name) }
+  get(key) {
+    return this.#kv.get(this.name, key)
+  }
+  getOr(key, fallback) {
+    return this.#kv.getOr(this.name, key, fallback)
+  }
+  set(key, value, options) {
+    return this.#kv.set(this.name, key, value, options)
+  }
+  merge(key, partial, options) {
+    return this.#kv.merge(this.name, key, partial, options)
+  }
+  delete(key) {
+    return this.#kv.delete(this.name, key)
+  }
+  has(key) {
+    return this.#kv.has(this.name, key)
+  }
+  keys(pattern) {
+    return this.#kv.keys(this.name, pattern)
+  }
+  clear() {
+    return this.#kv.clear(this.name)
+  }
+  getAll() {
+    return this.#kv.getAll(this.name)
+  }
+  getMany(keys) {
+    return this.#kv.getMany(this.name, keys)
+  }
+  setMany(entries, options) {
+    return this.#kv.setMany(this.name, entries, options)
+  }
+  deleteMany(keys) {
+    return this.#kv.deleteMany(this.name, keys)
+  }
+  getByPrefix(prefix) {
+    return this.#kv.getByPrefix(this.name, prefix)
+  }
+  schema() {
+    return this.#kv.schema(this.name)
+  }
 }
 
 instrument(
   DurableWorkerStore,
   'worker',
-  ['beginExecution', 'getExecutionTaskResults', 'getExecutionTaskResult', 'beginExecutionTask', 'tryBeginExecutionTask', 'commitExecutionTaskResult', 'isExecutionInProgress', 'isExecutionTaskInProgress', 'disposeExecution'],
+  [
+    'beginExecution',
+    'getExecutionTaskResults',
+    'getExecutionTaskResult',
+    'beginExecutionTask',
+    'tryBeginExecutionTask',
+    'commitExecutionTaskResult',
+    'isExecutionInProgress',
+    'isExecutionTaskInProgress',
+    'disposeExecution',
+  ],
   (context, executionId, taskId) => {
     context.executionId = executionId
     if (taskId !== undefined) context.taskId = taskId

@@ -53,11 +53,13 @@ function parseTable(text) {
   return lines.map((line) => {
     const cells = cellsOf(line)
     assert.equal(cells.length, columns.length, `row "${line}" does not have ${columns.length} cells`)
-    return Object.fromEntries(cells.map((cell, i) => {
-      const { title, start, end } = columns[i]
-      assert.ok(cell.index === start || cell.index + cell[0].length === end, `"${cell[0]}" is not aligned under ${title}:\n${text}`)
-      return [title, cell[0]]
-    }))
+    return Object.fromEntries(
+      cells.map((cell, i) => {
+        const { title, start, end } = columns[i]
+        assert.ok(cell.index === start || cell.index + cell[0].length === end, `"${cell[0]}" is not aligned under ${title}:\n${text}`)
+        return [title, cell[0]]
+      }),
+    )
   })
 }
 
@@ -117,7 +119,10 @@ for (const [name, prepare] of Object.entries(backends)) {
       const text = output(['inspect', '--prefix', backend.prefix], { env: backend.env })
       const [table, footer] = text.split('\n\n')
       const rows = parseTable(table)
-      assert.deepEqual(rows.map((r) => r.EXECUTION), ['order-0', 'order-1', 'order-2'])
+      assert.deepEqual(
+        rows.map((r) => r.EXECUTION),
+        ['order-0', 'order-1', 'order-2'],
+      )
       const [order0, order1, order2] = rows
       assert.deepEqual([order1.STATE, order1['STEPS IN PROGRESS'], order1['STEPS DONE']], ['in progress', '1', '2'])
       assert.match(order1['EXPIRES IN'], /^(2\.0|1\.9) h$/)
@@ -132,20 +137,31 @@ for (const [name, prepare] of Object.entries(backends)) {
       assert.equal(prefix, backend.prefix)
       const order1 = executions.find((e) => e.id === 'order-1')
       assert.ok(order1.expiresIn > HOUR && order1.expiresIn <= 2 * HOUR)
-      assert.deepEqual({ ...order1, expiresIn: 0 }, {
-        id: 'order-1', inProgress: true, stepsInProgress: 1, stepsDone: 2, resultBytes: 11 + JSON.stringify(CHARGE).length, expiresIn: 0,
-      })
+      assert.deepEqual(
+        { ...order1, expiresIn: 0 },
+        {
+          id: 'order-1',
+          inProgress: true,
+          stepsInProgress: 1,
+          stepsDone: 2,
+          resultBytes: 11 + JSON.stringify(CHARGE).length,
+          expiresIn: 0,
+        },
+      )
     })
 
     it('shows the steps of one execution: state, size, TTL and a truncated preview', () => {
       const [heading, table] = output(['inspect', backend.url, 'order-1', '--prefix', backend.prefix]).split('\n\n')
       assert.match(heading, /^execution order-1: in progress, expires in (2\.0|1\.9) h$/)
       const steps = parseTable(table)
-      assert.deepEqual(steps.map((s) => [s.STEP, s.STATE, s.SIZE]), [
-        ['charge', 'done', `${JSON.stringify(CHARGE).length} B`],
-        ['ship', 'in progress', '-'],
-        ['validate', 'done', '11 B'],
-      ])
+      assert.deepEqual(
+        steps.map((s) => [s.STEP, s.STATE, s.SIZE]),
+        [
+          ['charge', 'done', `${JSON.stringify(CHARGE).length} B`],
+          ['ship', 'in progress', '-'],
+          ['validate', 'done', '11 B'],
+        ],
+      )
       assert.equal(steps[2].VALUE, '{"ok":true}')
       assert.equal(steps[0].VALUE, `${JSON.stringify(CHARGE).slice(0, 47)}…`)
       assert.match(steps[1]['EXPIRES IN'], /^(2\.0|1\.9) h$/)
@@ -154,11 +170,14 @@ for (const [name, prepare] of Object.entries(backends)) {
     it('shows the full stored JSON of each step with --json, and "no expiry" for keys without a TTL', () => {
       const detail = JSON.parse(output(['inspect', backend.url, 'order-1', '--prefix', backend.prefix, '--json']))
       assert.equal(detail.inProgress, true)
-      assert.deepEqual(detail.steps.map((s) => [s.id, s.state, s.size, s.json]), [
-        ['charge', 'done', JSON.stringify(CHARGE).length, JSON.stringify(CHARGE)],
-        ['ship', 'in progress', null, null],
-        ['validate', 'done', 11, '{"ok":true}'],
-      ])
+      assert.deepEqual(
+        detail.steps.map((s) => [s.id, s.state, s.size, s.json]),
+        [
+          ['charge', 'done', JSON.stringify(CHARGE).length, JSON.stringify(CHARGE)],
+          ['ship', 'in progress', null, null],
+          ['validate', 'done', 11, '{"ok":true}'],
+        ],
+      )
       const [heading, table] = output(['inspect', backend.url, 'order-0', '--prefix', backend.prefix]).split('\n\n')
       assert.equal(heading, 'execution order-0: not in progress (no execution key)')
       assert.deepEqual(parseTable(table), [{ STEP: 'export', STATE: 'done', SIZE: '6 B', 'EXPIRES IN': 'no expiry', VALUE: '"done"' }])
@@ -171,13 +190,19 @@ for (const [name, prepare] of Object.entries(backends)) {
     it('matches the prefix literally, glob characters included', async () => {
       const globby = `${backend.prefix}[a]*?\\`
       const lookalike = `${backend.prefix}a:`
-      for (const [prefix, id] of [[globby, 'exact'], [lookalike, 'lookalike']]) {
+      for (const [prefix, id] of [
+        [globby, 'exact'],
+        [lookalike, 'lookalike'],
+      ]) {
         const store = name === 'redis' ? createRedisStore(backend.url, { prefix }) : createSqliteStore(backend.url.slice('sqlite:'.length), { prefix })
         await store.beginExecution(id)
         await store.close()
       }
       const { executions } = JSON.parse(output(['inspect', backend.url, '--prefix', globby, '--json']))
-      assert.deepEqual(executions.map((e) => e.id), ['exact'])
+      assert.deepEqual(
+        executions.map((e) => e.id),
+        ['exact'],
+      )
     })
 
     it('sets, gets, lists and deletes KV entries, as createKvStore reads them', async () => {

@@ -19,10 +19,7 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
   let cluster
   const stores = []
   const track = (store) => (stores.push(store), store)
-  const workerStore = (options = {}) => track(createRedisStore(
-    { cluster: cluster.urls },
-    { prefix: `cl:${randomUUID()}:`, keyLayout: 'hashtag', ...options },
-  ))
+  const workerStore = (options = {}) => track(createRedisStore({ cluster: cluster.urls }, { prefix: `cl:${randomUUID()}:`, keyLayout: 'hashtag', ...options }))
 
   before(async () => {
     cluster = await startCluster()
@@ -35,11 +32,14 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
 
   test('a WorkerStore without keyLayout hashtag is INVALID_INPUT at creation', () => {
     for (const options of [{}, { keyLayout: 'compatible' }]) {
-      assert.throws(() => createRedisStore({ cluster: cluster.urls }, options), (err) => {
-        assert.equal(err.code, 'INVALID_INPUT')
-        assert.match(err.message, /keyLayout: 'hashtag'/)
-        return true
-      })
+      assert.throws(
+        () => createRedisStore({ cluster: cluster.urls }, options),
+        (err) => {
+          assert.equal(err.code, 'INVALID_INPUT')
+          assert.match(err.message, /keyLayout: 'hashtag'/)
+          return true
+        },
+      )
     }
     const invalid = [
       [{ cluster: [] }, { keyLayout: 'hashtag' }, /at least one node/],
@@ -49,13 +49,19 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
       [{ cluster: cluster.urls }, { keyLayout: 'tags' }, /keyLayout/],
     ]
     for (const [target, options, pattern] of invalid) {
-      assert.throws(() => createRedisStore(target, options), (err) => err.code === 'INVALID_INPUT' && pattern.test(err.message))
+      assert.throws(
+        () => createRedisStore(target, options),
+        (err) => err.code === 'INVALID_INPUT' && pattern.test(err.message),
+      )
     }
   })
 
   test('a redis+cluster:// URL reaches the cluster: createStore, the KV store and the CLI', async () => {
     const url = `redis+cluster://${cluster.urls.map((u) => new URL(u).host).join(',')}`
-    assert.throws(() => createStore(url), (err) => err.code === 'INVALID_INPUT' && /keyLayout/.test(err.message))
+    assert.throws(
+      () => createStore(url),
+      (err) => err.code === 'INVALID_INPUT' && /keyLayout/.test(err.message),
+    )
     const prefix = `url:${randomUUID()}:`
     const store = track(createStore(url, { prefix, keyLayout: 'hashtag' }))
     await store.beginExecution('e')
@@ -137,12 +143,20 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
     const kv = track(createKvStore({ cluster: cluster.urls }, { prefix }))
     const keys = Array.from({ length: 200 }, (_, i) => `k${i}`)
     for (const key of keys) await kv.set('default', key, { key })
-    const perNode = await Promise.all(cluster.ports.map(async (port) => {
-      const found = await cli(port, '--scan', '--pattern', `${prefix}*`)
-      return found.split('\n').filter(Boolean).length
-    }))
-    assert.equal(perNode.reduce((a, b) => a + b, 0), 200)
-    assert.ok(perNode.every((n) => n > 0), `keys on every master: ${perNode}`)
+    const perNode = await Promise.all(
+      cluster.ports.map(async (port) => {
+        const found = await cli(port, '--scan', '--pattern', `${prefix}*`)
+        return found.split('\n').filter(Boolean).length
+      }),
+    )
+    assert.equal(
+      perNode.reduce((a, b) => a + b, 0),
+      200,
+    )
+    assert.ok(
+      perNode.every((n) => n > 0),
+      `keys on every master: ${perNode}`,
+    )
     const listed = await kv.keys('default')
     assert.equal(listed.length, 200)
     assert.deepEqual([...listed].sort(), [...keys].sort())
@@ -194,7 +208,10 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
     }
     running = false
     await workflow
-    assert.deepEqual(failures.map((e) => `${e.code}: ${e.message}`), [])
+    assert.deepEqual(
+      failures.map((e) => `${e.code}: ${e.message}`),
+      [],
+    )
     const results = await store.getExecutionTaskResults(id)
     assert.equal(Object.keys(results).length, steps)
     assert.ok(steps > 5, `steps done: ${steps}`)
@@ -239,10 +256,16 @@ describe('Redis Cluster failover', { timeout: 180_000 }, () => {
   })
 
   test('a workflow keeps going through the SIGKILL of its master', async () => {
-    store = createRedisStore({ cluster: cluster.urls }, {
-      prefix: `fo:${randomUUID()}:`, keyLayout: 'hashtag', commandTimeout: 20_000, connectTimeout: 1_000,
-      retry: { attempts: 40, minDelay: 50, maxDelay: 400 },
-    })
+    store = createRedisStore(
+      { cluster: cluster.urls },
+      {
+        prefix: `fo:${randomUUID()}:`,
+        keyLayout: 'hashtag',
+        commandTimeout: 20_000,
+        connectTimeout: 1_000,
+        retry: { attempts: 40, minDelay: 50, maxDelay: 400 },
+      },
+    )
     const id = `fo-${randomUUID()}`
     await store.beginExecution(id)
     const acked = []
@@ -275,7 +298,10 @@ describe('Redis Cluster failover', { timeout: 180_000 }, () => {
     running = false
     await workflow
     assert.notEqual(promoted, victim, 'a replica took over')
-    assert.deepEqual(failures.map((e) => `${e.code}: ${e.message}`), [])
+    assert.deepEqual(
+      failures.map((e) => `${e.code}: ${e.message}`),
+      [],
+    )
     const after = acked.filter((a) => a.at > killedAt)
     assert.ok(after.length > 5, `steps after the kill: ${after.length}`)
     // Replication is asynchronous: a step acknowledged just before the kill may be lost;

@@ -11,8 +11,12 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 for (const name of backendNames) {
   describe(`WorkerStore conformance: ${name}`, () => {
     let backend
-    before(async () => { backend = await prepareBackend(name) })
-    after(async () => { await backend.release() })
+    before(async () => {
+      backend = await prepareBackend(name)
+    })
+    after(async () => {
+      await backend.release()
+    })
 
     it('tracks an execution from begin to dispose', async () => {
       const store = backend.open()
@@ -50,9 +54,18 @@ for (const name of backendNames) {
       const store = backend.open()
       const values = {
         object: { a: [1, 2, { b: null }], 'quote"key': 'line\nbreak', emoji: '🦀 ünïcödé' },
-        string: 'plain', empty: '', zero: 0, negative: -1.5e-7, no: false, yes: true, nothing: null,
-        array: [], date: new Date('2026-01-02T03:04:05.006Z'), big: Number.MAX_SAFE_INTEGER,
-        escapes: '\u0000\u001f\\/\u2028', sentinel: EMPTY_EXECUTION_RESULT,
+        string: 'plain',
+        empty: '',
+        zero: 0,
+        negative: -1.5e-7,
+        no: false,
+        yes: true,
+        nothing: null,
+        array: [],
+        date: new Date('2026-01-02T03:04:05.006Z'),
+        big: Number.MAX_SAFE_INTEGER,
+        escapes: '\u0000\u001f\\/\u2028',
+        sentinel: EMPTY_EXECUTION_RESULT,
       }
       for (const [task, value] of Object.entries(values)) {
         await store.commitExecutionTaskResult('e', task, value)
@@ -110,9 +123,7 @@ for (const name of backendNames) {
 
     it('gives a step to exactly one of 50 concurrent claimers', async () => {
       const stores = backend.sharesState ? [backend.open(), backend.openShared()] : [backend.open()]
-      const claims = await Promise.all(
-        Array.from({ length: 50 }, (_, i) => stores[i % stores.length].tryBeginExecutionTask('e', 'claim-me')),
-      )
+      const claims = await Promise.all(Array.from({ length: 50 }, (_, i) => stores[i % stores.length].tryBeginExecutionTask('e', 'claim-me')))
       assert.equal(claims.filter((won) => won === true).length, 1)
       assert.equal(claims.filter((won) => won === false).length, 49)
       assert.equal(await stores[0].isExecutionTaskInProgress('e', 'claim-me'), true)

@@ -12,13 +12,22 @@ import { testRedis } from './helpers/redis-server.mjs'
 function runDemo({ cwd, env }) {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [join(packageRoot, 'examples', 'order-pipeline.mjs')], {
-      cwd, env: { ...process.env, DURASTATE_URL: '', REDIS_URL: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'],
+      cwd,
+      env: { ...process.env, DURASTATE_URL: '', REDIS_URL: '', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
     })
     let out = ''
-    child.stdout.on('data', (d) => { out += d })
-    child.stderr.on('data', (d) => { out += d })
+    child.stdout.on('data', (d) => {
+      out += d
+    })
+    child.stderr.on('data', (d) => {
+      out += d
+    })
     const timer = setTimeout(() => child.kill('SIGKILL'), 30_000)
-    child.on('close', (code) => { clearTimeout(timer); resolve({ code, out }) })
+    child.on('close', (code) => {
+      clearTimeout(timer)
+      resolve({ code, out })
+    })
   })
 }
 

@@ -15,18 +15,22 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, Math.max(0, ms)))
 const test = (title, fn, timeout = 30_000) => it(title, { timeout }, fn)
 
 /** Asserts that `fn` throws (synchronously) a DurastateError of `code`. */
-const throwsWith = (fn, code, pattern, what = '') => assert.throws(fn, (err) => {
-  assert.equal(err?.name, 'DurastateError', `${what}: expected a DurastateError, got ${err}`)
-  assert.equal(err.code, code, `${what}: expected ${code}, got ${err.code}: ${err.message}`)
-  if (pattern) assert.match(err.message, pattern, what)
-  return true
-}, `${what}: expected a synchronous ${code}`)
+const throwsWith = (fn, code, pattern, what = '') =>
+  assert.throws(
+    fn,
+    (err) => {
+      assert.equal(err?.name, 'DurastateError', `${what}: expected a DurastateError, got ${err}`)
+      assert.equal(err.code, code, `${what}: expected ${code}, got ${err.code}: ${err.message}`)
+      if (pattern) assert.match(err.message, pattern, what)
+      return true
+    },
+    `${what}: expected a synchronous ${code}`,
+  )
 
 const escapeRegExp = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
 /** A pattern that matches a message naming every one of `parts`. */
 const naming = (...parts) => new RegExp(parts.map((p) => `(?=[\\s\\S]*${escapeRegExp(p)})`).join(''))
-const unknownMount = (name, available) =>
-  new RegExp(escapeRegExp(`Mount '${name}' not found. Available mounts: ${available.join(', ')}`))
+const unknownMount = (name, available) => new RegExp(escapeRegExp(`Mount '${name}' not found. Available mounts: ${available.join(', ')}`))
 
 /** Polls `check` every few ms until it is true; the time it was, or null past `timeoutMs`. */
 async function pollUntil(check, timeoutMs, intervalMs = 10) {
@@ -58,15 +62,27 @@ const PROFILE_DEFAULTS = Object.fromEntries(Object.entries(PROFILE).map(([k, e])
 for (const name of kvBackendNames) {
   describe(`KV store: ${name}`, () => {
     let backend
-    before(async () => { backend = await prepareKvBackend(name) })
-    after(async () => { await backend.release() })
+    before(async () => {
+      backend = await prepareKvBackend(name)
+    })
+    after(async () => {
+      await backend.release()
+    })
 
     describe('creation and metadata', () => {
       test('without mounts: one open mount "default" with prefix options.prefix ?? "kv:"', async () => {
         const kv = backend.open({}, { raw: true })
-        assert.deepEqual(kv.mounts(), [{
-          name: 'default', mode: 'read-write', schema: 'open', prefix: 'kv:', maxEntries: 10000, maxValueSize: 102400, ttl: 0,
-        }])
+        assert.deepEqual(kv.mounts(), [
+          {
+            name: 'default',
+            mode: 'read-write',
+            schema: 'open',
+            prefix: 'kv:',
+            maxEntries: 10000,
+            maxValueSize: 102400,
+            ttl: 0,
+          },
+        ])
         assert.deepEqual(kv.schema('default'), [])
         await kv.clear('default') // a Redis server may be shared: start from an empty "kv:"
         try {
@@ -196,12 +212,16 @@ for (const name of kvBackendNames) {
           getByPrefix: () => kv.getByPrefix('nope', 'k'),
         }
         for (const [what, call] of Object.entries(calls)) {
-          await assert.rejects(call(), (err) => {
-            assert.equal(err.name, 'DurastateError', what)
-            assert.equal(err.code, 'UNKNOWN_MOUNT', `${what}: got ${err.code}: ${err.message}`)
-            assert.match(err.message, msg, what)
-            return true
-          }, what)
+          await assert.rejects(
+            call(),
+            (err) => {
+              assert.equal(err.name, 'DurastateError', what)
+              assert.equal(err.code, 'UNKNOWN_MOUNT', `${what}: got ${err.code}: ${err.message}`)
+              assert.match(err.message, msg, what)
+              return true
+            },
+            what,
+          )
         }
         throwsWith(() => kv.schema('nope'), 'UNKNOWN_MOUNT', msg, 'schema()')
         throwsWith(() => kv.mount('nope'), 'UNKNOWN_MOUNT', msg, 'mount()')
@@ -347,7 +367,13 @@ for (const name of kvBackendNames) {
       })
 
       test('glob characters in mount prefixes match literally', async () => {
-        const pairs = [['star', 'g*:', 'gg', 'gg:'], ['brk', 'h[x]:', 'hx', 'hx:'], ['q', 'i?:', 'ij', 'ij:'], ['bs', 'k\\:', 'kc', 'k:'], ['neg', 'n[^y]:', 'nz', 'nz:']]
+        const pairs = [
+          ['star', 'g*:', 'gg', 'gg:'],
+          ['brk', 'h[x]:', 'hx', 'hx:'],
+          ['q', 'i?:', 'ij', 'ij:'],
+          ['bs', 'k\\:', 'kc', 'k:'],
+          ['neg', 'n[^y]:', 'nz', 'nz:'],
+        ]
         const mounts = {}
         for (const [glob, globPrefix, plain, plainPrefix] of pairs) {
           mounts[glob] = { prefix: globPrefix }
@@ -538,12 +564,16 @@ for (const name of kvBackendNames) {
           'clear on a declared mount': () => kv.clear('frozendecl'),
         }
         for (const [what, call] of Object.entries(writes)) {
-          await assert.rejects(call(), (err) => {
-            assert.equal(err.name, 'DurastateError', what)
-            assert.equal(err.code, 'READ_ONLY', `${what}: got ${err.code}: ${err.message}`)
-            assert.match(err.message, /frozen/, what)
-            return true
-          }, what)
+          await assert.rejects(
+            call(),
+            (err) => {
+              assert.equal(err.name, 'DurastateError', what)
+              assert.equal(err.code, 'READ_ONLY', `${what}: got ${err.code}: ${err.message}`)
+              assert.match(err.message, /frozen/, what)
+              return true
+            },
+            what,
+          )
         }
         assert.deepEqual(await kv.get('frozen', 'k'), seeded.k ?? '')
         assert.deepEqual(await kv.getOr('frozen', 'k', 'fallback'), seeded.k ?? 'fallback')
@@ -575,12 +605,16 @@ for (const name of kvBackendNames) {
           getByPrefix: () => kv.getByPrefix('inbox', ''),
         }
         for (const [what, call] of Object.entries(reads)) {
-          await assert.rejects(call(), (err) => {
-            assert.equal(err.name, 'DurastateError', what)
-            assert.equal(err.code, 'WRITE_ONLY', `${what}: got ${err.code}: ${err.message}`)
-            assert.match(err.message, /inbox/, what)
-            return true
-          }, what)
+          await assert.rejects(
+            call(),
+            (err) => {
+              assert.equal(err.name, 'DurastateError', what)
+              assert.equal(err.code, 'WRITE_ONLY', `${what}: got ${err.code}: ${err.message}`)
+              assert.match(err.message, /inbox/, what)
+              return true
+            },
+            what,
+          )
         }
         assert.equal(await kv.delete('inbox', 'k'), true)
         assert.equal(await kv.delete('inbox', 'k'), false)
@@ -681,8 +715,7 @@ for (const name of kvBackendNames) {
 
       /** 20 concurrent merges of distinct fields, spread over `callers`, onto a missing key, then a stored one. */
       async function mergeTwenty(kv, callers) {
-        const merge20 = (key, base) => Promise.all(Array.from({ length: 20 }, (_, i) =>
-          callers[i % callers.length].merge('m', key, { [`f${base + i}`]: i })))
+        const merge20 = (key, base) => Promise.all(Array.from({ length: 20 }, (_, i) => callers[i % callers.length].merge('m', key, { [`f${base + i}`]: i })))
         // onto a missing key: every caller races to create it
         assert.deepEqual(await merge20('fresh', 0), Array(20).fill(true))
         const fresh = await kv.get('m', 'fresh')
@@ -978,7 +1011,10 @@ for (const name of kvBackendNames) {
     describe('lifecycle and errors', () => {
       test('errors are DurastateErrors with a code', async () => {
         const kv = backend.open({ mounts: { m: {} } })
-        const err = await kv.get('nope', 'k').then(() => null, (e) => e)
+        const err = await kv.get('nope', 'k').then(
+          () => null,
+          (e) => e,
+        )
         assert.ok(err instanceof DurastateError, `not a DurastateError: ${err}`)
         assert.ok(err instanceof Error)
         assert.equal(err.code, 'UNKNOWN_MOUNT')
@@ -1025,7 +1061,9 @@ for (const name of kvBackendNames) {
           const { default: Redis } = await import('ioredis')
           io = new Redis(backend.redisUrl, { maxRetriesPerRequest: 1 })
         })
-        after(() => { io?.disconnect() })
+        after(() => {
+          io?.disconnect()
+        })
 
         test('a value is the Redis string JSON.stringify(value) at prefix + key', async () => {
           const kv = backend.open({ mounts: { m: { prefix: 'app:m:' } } })

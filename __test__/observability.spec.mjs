@@ -137,7 +137,10 @@ describe('tracing channel durastate:call', () => {
       assert.deepEqual(events, ['start', 'end', 'error', 'asyncStart', 'asyncEnd'])
       assert.equal(context.error.name, 'DurastateError')
     }
-    assert.deepEqual(calls.map((c) => c.context.error.code), ['DISPOSED', 'READ_ONLY', 'UNKNOWN_MOUNT'])
+    assert.deepEqual(
+      calls.map((c) => c.context.error.code),
+      ['DISPOSED', 'READ_ONLY', 'UNKNOWN_MOUNT'],
+    )
   })
 
   it('binds stores to start: the call runs in the store set there, its caller keeps its own', async () => {
@@ -245,7 +248,10 @@ describe('connection events on durastate:connection', () => {
       await kv.set('default', 'k', 1)
       await kv.close()
       await new Promise((resolve) => setTimeout(resolve, 100))
-      assert.deepEqual(recorder.events.map((e) => [e.type, e.store, e.backend]), [['connect', 'kv', 'redis']])
+      assert.deepEqual(
+        recorder.events.map((e) => [e.type, e.store, e.backend]),
+        [['connect', 'kv', 'redis']],
+      )
     } finally {
       recorder.stop()
     }

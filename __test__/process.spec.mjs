@@ -66,7 +66,8 @@ describe('process behaviour', () => {
 
   for (const backend of ['redis', 'sqlite', 'memory']) {
     it(`exits on its own after using a ${backend} store without close()`, async () => {
-      const { code, signal, stderr, ms } = await runChild(`
+      const { code, signal, stderr, ms } = await runChild(
+        `
         const store = ${stores()[backend]};
         (async () => {
           await store.beginExecution('e');
@@ -74,20 +75,25 @@ describe('process behaviour', () => {
           await store.commitExecutionTaskResult('e', 't', { ok: true });
           await store.getExecutionTaskResults('e');
         })().catch((e) => { console.error(e); process.exit(1) });
-      `, { timeoutMs: 10_000 })
+      `,
+        { timeoutMs: 10_000 },
+      )
       assert.equal(signal, null, `killed after ${ms} ms: the process did not exit on its own`)
       assert.equal(code, 0, stderr)
     })
 
     it(`exits at once after close() of a ${backend} store`, async () => {
-      const { code, stderr, stdout } = await runChild(`
+      const { code, stderr, stdout } = await runChild(
+        `
         const store = ${stores()[backend]};
         (async () => {
           await store.beginExecution('e');
           await store.close();
           process.stdout.write(String(Date.now()));
         })().catch((e) => { console.error(e); process.exit(1) });
-      `, { timeoutMs: 10_000 })
+      `,
+        { timeoutMs: 10_000 },
+      )
       assert.equal(code, 0, stderr)
       // Measured from close() to the parent seeing the exit: no lingering timers or sockets.
       const lingered = Date.now() - Number(stdout)

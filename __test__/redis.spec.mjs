@@ -120,9 +120,15 @@ describe('Redis store', () => {
     const upper = seen.map(([cmd, ...rest]) => [cmd.toUpperCase(), ...rest])
     assert.deepEqual(upper, [
       ['SET', `${p}e`, 'true', 'PX', '5000'],
-      ['MULTI'], ['HSET', `${p}e-transactions`, 't', 'true'], ['PEXPIRE', `${p}e-transactions`, '5000'], ['EXEC'],
-      ['MULTI'], ['HDEL', `${p}e-transactions`, 't'], ['HSET', `${p}e-results`, 't', '{"ok":true}'],
-      ['PEXPIRE', `${p}e-results`, '5000'], ['EXEC'],
+      ['MULTI'],
+      ['HSET', `${p}e-transactions`, 't', 'true'],
+      ['PEXPIRE', `${p}e-transactions`, '5000'],
+      ['EXEC'],
+      ['MULTI'],
+      ['HDEL', `${p}e-transactions`, 't'],
+      ['HSET', `${p}e-results`, 't', '{"ok":true}'],
+      ['PEXPIRE', `${p}e-results`, '5000'],
+      ['EXEC'],
       ['DEL', `${p}e`, `${p}e-transactions`, `${p}e-results`],
     ])
   })
@@ -163,8 +169,7 @@ describe('Redis store', () => {
     let violations = 0
     const watch = (async () => {
       while (!stop) {
-        const [[, inProgress], [, done]] = await watcher.multi()
-          .hgetall(`${p}e-transactions`).hgetall(`${p}e-results`).exec()
+        const [[, inProgress], [, done]] = await watcher.multi().hgetall(`${p}e-transactions`).hgetall(`${p}e-results`).exec()
         for (const t of tasks) if (!(t in inProgress) && !(t in done)) violations++
       }
     })()
@@ -176,7 +181,7 @@ describe('Redis store', () => {
     assert.equal(Object.keys(await ours.getExecutionTaskResults('e')).length, 200)
   })
 
-  it('rejects with WRONG_TYPE when a key holds someone else\'s data', async () => {
+  it("rejects with WRONG_TYPE when a key holds someone else's data", async () => {
     const p = prefix()
     const ours = open({ prefix: p })
     await io.set(`${p}e-results`, 'not a hash')
@@ -242,20 +247,22 @@ describe('Redis store', () => {
     }
   }
 
-  it('rejects within connectTimeout when the server accepts and never answers', () => withSilentServer(async (url) => {
-    const ours = open({ connectTimeout: 300, commandTimeout: 5000 }, url)
-    const started = Date.now()
-    await assert.rejects(ours.beginExecution('e'), (err) => ['UNAVAILABLE', 'TIMEOUT'].includes(err.code))
-    const took = Date.now() - started
-    assert.ok(took >= 250 && took < 1500, `took ${took} ms`)
-  }))
+  it('rejects within connectTimeout when the server accepts and never answers', () =>
+    withSilentServer(async (url) => {
+      const ours = open({ connectTimeout: 300, commandTimeout: 5000 }, url)
+      const started = Date.now()
+      await assert.rejects(ours.beginExecution('e'), (err) => ['UNAVAILABLE', 'TIMEOUT'].includes(err.code))
+      const took = Date.now() - started
+      assert.ok(took >= 250 && took < 1500, `took ${took} ms`)
+    }))
 
-  it('bounds every call by commandTimeout', () => withSilentServer(async (url) => {
-    const ours = open({ connectTimeout: 5000, commandTimeout: 300 }, url)
-    const started = Date.now()
-    await rejectsWith(ours.beginExecution('e'), 'TIMEOUT', /300 ms/)
-    assert.ok(Date.now() - started < 1500)
-  }))
+  it('bounds every call by commandTimeout', () =>
+    withSilentServer(async (url) => {
+      const ours = open({ connectTimeout: 5000, commandTimeout: 300 }, url)
+      const started = Date.now()
+      await rejectsWith(ours.beginExecution('e'), 'TIMEOUT', /300 ms/)
+      assert.ok(Date.now() - started < 1500)
+    }))
 
   it('rejects a wrong password with AUTH, and recovers once the password is right', async () => {
     const secured = await startRedisServer({ args: ['--requirepass', 'right-pass'] })
@@ -305,13 +312,29 @@ describe('Redis store', () => {
 
   it('throws INVALID_INPUT at creation for a bad target or options, without connecting', () => {
     const bad = [
-      ['http://localhost:6379', {}], ['not a url', {}], ['redis://h', { ttl: -1 }], ['redis://h', { ttl: 'soon' }],
-      ['redis://h', { commandTimeout: 0 }], ['redis://h', { connectTimeout: Infinity }], [{ port: 70000 }, {}],
-      [{ host: '' }, {}], [42, {}], ['redis://h', { retry: { minDelay: 10, maxDelay: 5 } }], ['redis://h', { retry: { attempts: 1000 } }], ['redis://h', { durability: 'disk' }],
+      ['http://localhost:6379', {}],
+      ['not a url', {}],
+      ['redis://h', { ttl: -1 }],
+      ['redis://h', { ttl: 'soon' }],
+      ['redis://h', { commandTimeout: 0 }],
+      ['redis://h', { connectTimeout: Infinity }],
+      [{ port: 70000 }, {}],
+      [{ host: '' }, {}],
+      [42, {}],
+      ['redis://h', { retry: { minDelay: 10, maxDelay: 5 } }],
+      ['redis://h', { retry: { attempts: 1000 } }],
+      ['redis://h', { durability: 'disk' }],
     ]
     for (const [target, options] of bad) {
-      assert.throws(() => createRedisStore(target, options), (err) => err.code === 'INVALID_INPUT', JSON.stringify(target))
+      assert.throws(
+        () => createRedisStore(target, options),
+        (err) => err.code === 'INVALID_INPUT',
+        JSON.stringify(target),
+      )
     }
-    assert.throws(() => createRedisStore('redis://u:hunter2@h', { ttl: -5 }), (err) => !err.message.includes('hunter2'))
+    assert.throws(
+      () => createRedisStore('redis://u:hunter2@h', { ttl: -5 }),
+      (err) => !err.message.includes('hunter2'),
+    )
   })
 })

@@ -12,7 +12,11 @@ import { createKvStore, createMemoryStore, createRedisStore } from '../index.js'
 import { startCuttingProxy } from './helpers/proxy.mjs'
 import { startRedisServer } from './helpers/redis-server.mjs'
 
-const codeOf = async (promise) => promise.then(() => 'ok', (err) => err.code)
+const codeOf = async (promise) =>
+  promise.then(
+    () => 'ok',
+    (err) => err.code,
+  )
 const openFds = () => readdirSync('/proc/self/fd').length
 
 describe('Redis faults', () => {
@@ -61,7 +65,10 @@ describe('Redis faults', () => {
 
   it('sends calls in flight again after the server restarts, with backoff, but never the claim', async () => {
     const store = createRedisStore(server.url, {
-      prefix: 'backoff:', connectTimeout: 300, commandTimeout: 4000, retry: { attempts: 20, minDelay: 20, maxDelay: 100 },
+      prefix: 'backoff:',
+      connectTimeout: 300,
+      commandTimeout: 4000,
+      retry: { attempts: 20, minDelay: 20, maxDelay: 100 },
     })
     await store.beginExecution('e')
     // Hold the calls in flight on the server, then kill it under them.
@@ -113,7 +120,9 @@ describe('Redis faults', () => {
     // The last step of every workflow waits for the second kill, so both kills hit
     // running workflows whatever the speed of the machine.
     let secondKill
-    const afterSecondKill = new Promise((resolve) => { secondKill = resolve })
+    const afterSecondKill = new Promise((resolve) => {
+      secondKill = resolve
+    })
     const workflow = async (w) => {
       running++
       try {

@@ -35,14 +35,17 @@ describe(`runtime: ${runtimeName}`, () => {
 
   it('never aborts the process: an unreachable Redis rejects with a code, and the process exits', async () => {
     const port = await freePort()
-    const { code, signal, stdout, stderr } = await runChild(`
+    const { code, signal, stdout, stderr } = await runChild(
+      `
       const store = ds.createRedisStore('redis://127.0.0.1:${port}', { connectTimeout: 500, commandTimeout: 1000 });
       const started = Date.now();
       store.isExecutionInProgress('e').then(
         () => { console.error('resolved'); process.exit(1) },
         (err) => { process.stdout.write(err.code + ' ' + (Date.now() - started)); return store.close() },
       );
-    `, { timeoutMs: 10_000 })
+    `,
+      { timeoutMs: 10_000 },
+    )
     assert.equal(signal, null, `killed: ${stderr}`)
     assert.equal(code, 0, stderr)
     const [errCode, ms] = stdout.split(' ')

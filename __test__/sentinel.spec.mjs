@@ -42,8 +42,14 @@ describe('Sentinel', { timeout: 150_000 }, () => {
   })
 
   it('rejects `sentinelTls` without sentinels, and bad sentinel TLS options, at creation', () => {
-    assert.throws(() => createRedisStore('redis://127.0.0.1:6379', { sentinelTls: true }), (err) => err.code === 'INVALID_INPUT' && /sentinelTls/.test(err.message))
-    assert.throws(() => createRedisStore(group.url, { sentinelTls: { ca: '/nonexistent/ca.pem' } }), (err) => err.code === 'INVALID_INPUT' && /cannot read/.test(err.message))
+    assert.throws(
+      () => createRedisStore('redis://127.0.0.1:6379', { sentinelTls: true }),
+      (err) => err.code === 'INVALID_INPUT' && /sentinelTls/.test(err.message),
+    )
+    assert.throws(
+      () => createRedisStore(group.url, { sentinelTls: { ca: '/nonexistent/ca.pem' } }),
+      (err) => err.code === 'INVALID_INPUT' && /cannot read/.test(err.message),
+    )
   })
 
   it('rejects a master the sentinels do not know, naming it', async () => {

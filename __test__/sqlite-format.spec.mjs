@@ -19,7 +19,9 @@ const YEAR = 365 * 24 * 3600 * 1000
 describe('SQLite file format', () => {
   let dir
   const closers = []
-  before(() => { dir = mkdtempSync(join(tmpdir(), 'durastate-format-spec-')) })
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'durastate-format-spec-'))
+  })
   after(async () => {
     await Promise.all(closers.map((close) => close()))
     rmSync(dir, { recursive: true, force: true })
@@ -32,7 +34,10 @@ describe('SQLite file format', () => {
   const tables = (path) => {
     const db = new Database(path, { readonly: true })
     try {
-      const names = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all().map((r) => r.name)
+      const names = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .all()
+        .map((r) => r.name)
       return { version: db.pragma('user_version', { simple: true }), names }
     } finally {
       db.close()
@@ -44,7 +49,11 @@ describe('SQLite file format', () => {
     assert.equal(tables(path).version, 1)
     const store = createSqliteStore(path)
     closers.push(() => store.close())
-    assert.deepEqual(await store.getExecutionTaskResults('order-1'), { charge: { amount: 42, currency: 'EUR' }, notify: '<empty_execution_result>', ship: 'parcel-7' })
+    assert.deepEqual(await store.getExecutionTaskResults('order-1'), {
+      charge: { amount: 42, currency: 'EUR' },
+      notify: '<empty_execution_result>',
+      ship: 'parcel-7',
+    })
     assert.equal(await store.isExecutionInProgress('order-1'), true)
     // Stored JSON keeps its bytes: key order as written.
     assert.deepEqual(Object.keys(await store.getExecutionTaskResult('order-2', 'charge')), ['amount', 'z-key', 'a-key'])
@@ -93,7 +102,10 @@ describe('SQLite file format', () => {
   it('opens a migrated file again without migrating twice, from two stores at once', async () => {
     const path = fixtureCopy('twice.db')
     const [a, b] = [createSqliteStore(path), createSqliteStore(path)]
-    closers.push(() => a.close(), () => b.close())
+    closers.push(
+      () => a.close(),
+      () => b.close(),
+    )
     const [ra, rb] = await Promise.all([a.getExecutionTaskResults('order-1'), b.getExecutionTaskResults('order-1')])
     assert.deepEqual(ra, rb)
     assert.equal(Object.keys(ra).length, 3)
@@ -133,7 +145,10 @@ describe('SQLite file format', () => {
     assert.equal(tables(path).version, 9)
   })
 
-  for (const [name, open] of [['SQLite', () => createSqliteStore(join(dir, 'group.db'))], ['memory', () => createMemoryStore()]]) {
+  for (const [name, open] of [
+    ['SQLite', () => createSqliteStore(join(dir, 'group.db'))],
+    ['memory', () => createMemoryStore()],
+  ]) {
     it(`${name}: calls made together share one transaction, each keeping its own answer and order`, async () => {
       const store = open()
       closers.push(() => store.close())
@@ -151,7 +166,10 @@ describe('SQLite file format', () => {
         store.commitExecutionTaskResult('g', 't1', 10n),
         store.commitExecutionTaskResult('g', 't2', { ok: 2 }),
       ])
-      assert.deepEqual(results.map((r) => r.status), ['fulfilled', 'rejected', 'fulfilled'])
+      assert.deepEqual(
+        results.map((r) => r.status),
+        ['fulfilled', 'rejected', 'fulfilled'],
+      )
       const all = await store.getExecutionTaskResults('g')
       assert.deepEqual(all, { t0: { ok: 1 }, t2: { ok: 2 } })
     })

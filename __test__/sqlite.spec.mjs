@@ -18,7 +18,9 @@ describe('SQLite store', () => {
     stores.push(store)
     return store
   }
-  before(() => { dir = mkdtempSync(join(tmpdir(), 'durastate-sqlite-spec-')) })
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'durastate-sqlite-spec-'))
+  })
   after(async () => {
     await Promise.all(stores.map((s) => s.close()))
     rmSync(dir, { recursive: true, force: true })
@@ -42,13 +44,19 @@ describe('SQLite store', () => {
       await new Promise((resolve, reject) => {
         const timer = setTimeout(() => reject(new Error('the writer acknowledged too few commits')), 10_000)
         writer.child.stdout.on('data', () => {
-          if ((writer.output().match(/acked/g) ?? []).length >= 300) { clearTimeout(timer); resolve() }
+          if ((writer.output().match(/acked/g) ?? []).length >= 300) {
+            clearTimeout(timer)
+            resolve()
+          }
         })
       })
       writer.child.kill('SIGKILL')
       const { signal, stdout } = await writer.done
       assert.equal(signal, 'SIGKILL')
-      const acked = stdout.split('\n').filter((l) => l.startsWith('acked ')).map((l) => Number(l.slice(6)))
+      const acked = stdout
+        .split('\n')
+        .filter((l) => l.startsWith('acked '))
+        .map((l) => Number(l.slice(6)))
       assert.ok(acked.length >= 300)
 
       const reader = open(path)
@@ -65,7 +73,9 @@ describe('SQLite store', () => {
     const path = join(dir, 'shared.db')
     // Both processes claim the same 200 steps at once (a claim holds until the step is
     // committed, so nobody commits them here), and commit 200 steps of their own.
-    const worker = (name) => startChild(`
+    const worker = (name) =>
+      startChild(
+        `
       const store = ds.createSqliteStore(${JSON.stringify(path)}, { busyTimeout: 10000 });
       (async () => {
         const won = [];
@@ -77,7 +87,9 @@ describe('SQLite store', () => {
         await store.close();
         console.log(JSON.stringify(won));
       })().catch((err) => { console.error(err.code, err.message); process.exit(1) });
-    `, { timeoutMs: 30_000 })
+    `,
+        { timeoutMs: 30_000 },
+      )
     const [a, b] = await Promise.all([worker('a').done, worker('b').done])
     assert.equal(a.code, 0, a.stderr)
     assert.equal(b.code, 0, b.stderr)
@@ -92,7 +104,7 @@ describe('SQLite store', () => {
     }
   })
 
-  it('keeps the WAL bounded: checkpoints run (on the store\'s thread) as writes pile up', async () => {
+  it("keeps the WAL bounded: checkpoints run (on the store's thread) as writes pile up", async () => {
     const path = join(dir, 'wal.db')
     const store = open(path)
     const value = { pad: 'x'.repeat(4000) }
@@ -110,7 +122,7 @@ describe('SQLite store', () => {
 
   it('rejects with CORRUPT_DATA naming the file when it is not a database, and leaves it alone', async () => {
     const path = join(dir, 'garbage.db')
-    const garbage = 'this is not a SQLite database, it is somebody\'s notes\n'.repeat(200)
+    const garbage = "this is not a SQLite database, it is somebody's notes\n".repeat(200)
     writeFileSync(path, garbage)
     const store = open(path)
     await rejectsWith(store.beginExecution('e'), 'CORRUPT_DATA', new RegExp(`garbage\\.db.*move it aside`))
@@ -127,9 +139,18 @@ describe('SQLite store', () => {
   })
 
   it('rejects a directory as the path with INVALID_INPUT at creation', () => {
-    assert.throws(() => createSqliteStore(dir), (err) => err.code === 'INVALID_INPUT' && err.message.includes(dir))
-    assert.throws(() => createSqliteStore(''), (err) => err.code === 'INVALID_INPUT')
-    assert.throws(() => createSqliteStore(join(dir, 'x.db'), { synchronous: 'sometimes' }), (err) => err.code === 'INVALID_INPUT')
+    assert.throws(
+      () => createSqliteStore(dir),
+      (err) => err.code === 'INVALID_INPUT' && err.message.includes(dir),
+    )
+    assert.throws(
+      () => createSqliteStore(''),
+      (err) => err.code === 'INVALID_INPUT',
+    )
+    assert.throws(
+      () => createSqliteStore(join(dir, 'x.db'), { synchronous: 'sometimes' }),
+      (err) => err.code === 'INVALID_INPUT',
+    )
   })
 
   it('creates a new file with the page size asked for; an existing file keeps its own', async () => {
@@ -144,16 +165,22 @@ describe('SQLite store', () => {
     await reopened.close()
     assert.equal(headerPageSize(), 1024)
     for (const pageSize of [1000, 256, 131072]) {
-      assert.throws(() => createSqliteStore(path, { pageSize }), (err) => err.code === 'INVALID_INPUT' && /pageSize/.test(err.message))
+      assert.throws(
+        () => createSqliteStore(path, { pageSize }),
+        (err) => err.code === 'INVALID_INPUT' && /pageSize/.test(err.message),
+      )
     }
   })
 
   it('uses ./.durastate/state.db by default, creating the directory', async () => {
     const cwd = mkdtempSync(join(dir, 'cwd-'))
-    const { code, stderr } = await runChild(`
+    const { code, stderr } = await runChild(
+      `
       const store = ds.createSqliteStore();
       store.beginExecution('e').then(() => store.close()).catch((e) => { console.error(e); process.exit(1) });
-    `, { cwd })
+    `,
+      { cwd },
+    )
     assert.equal(code, 0, stderr)
     const path = join(cwd, '.durastate', 'state.db')
     assert.ok(existsSync(path))
@@ -177,7 +204,8 @@ describe('createStore', () => {
   const probe = async (url, env) => {
     const cwd = mkdtempSync(join(dir, 'cwd-'))
     const prefix = `probe-${Math.random().toString(36).slice(2)}:`
-    const { code, stdout, stderr } = await runChild(`
+    const { code, stdout, stderr } = await runChild(
+      `
       (async () => {
         const store = ds.createStore(${url === undefined ? 'undefined' : JSON.stringify(url)}, { prefix: ${JSON.stringify(prefix)} });
         await store.beginExecution('e');
@@ -188,7 +216,9 @@ describe('createStore', () => {
         await redis.close();
         console.log(JSON.stringify({ onRedis }));
       })().catch((e) => { console.error(e.code, e.message); process.exit(1) });
-    `, { cwd, env: { DURASTATE_URL: '', REDIS_URL: '', ...env } })
+    `,
+      { cwd, env: { DURASTATE_URL: '', REDIS_URL: '', ...env } },
+    )
     assert.equal(code, 0, stderr)
     return { cwd, ...JSON.parse(stdout) }
   }
@@ -230,7 +260,13 @@ describe('createStore', () => {
   })
 
   it('rejects an unknown scheme with INVALID_INPUT, without echoing a password', () => {
-    assert.throws(() => createStore('postgres://u:hunter2@h/db'), (err) => err.code === 'INVALID_INPUT' && !err.message.includes('hunter2'))
-    assert.throws(() => createStore('sqlite:'), (err) => err.code === 'INVALID_INPUT')
+    assert.throws(
+      () => createStore('postgres://u:hunter2@h/db'),
+      (err) => err.code === 'INVALID_INPUT' && !err.message.includes('hunter2'),
+    )
+    assert.throws(
+      () => createStore('sqlite:'),
+      (err) => err.code === 'INVALID_INPUT',
+    )
   })
 })

@@ -24,10 +24,8 @@ describe('Redis Cluster over TLS', { timeout: 180_000 }, () => {
   let cluster
   const stores = []
   const track = (store) => (stores.push(store), store)
-  const workerStore = (options = {}) => track(createRedisStore(
-    { cluster: cluster.urls },
-    { prefix: `tcl:${randomUUID()}:`, keyLayout: 'hashtag', tls: certs.mutual(), ...options },
-  ))
+  const workerStore = (options = {}) =>
+    track(createRedisStore({ cluster: cluster.urls }, { prefix: `tcl:${randomUUID()}:`, keyLayout: 'hashtag', tls: certs.mutual(), ...options }))
   const clusterUrl = () => `rediss+cluster://${cluster.urls.map((u) => new URL(u).host).join(',')}`
 
   before(async () => {
@@ -60,10 +58,28 @@ describe('Redis Cluster over TLS', { timeout: 180_000 }, () => {
     const kv = track(createKvStore(clusterUrl(), { prefix: `${prefix}kv:`, tls: certs.mutual() }))
     await kv.setMany('default', Object.fromEntries(Array.from({ length: 50 }, (_, i) => [`k${i}`, i])))
     assert.equal((await kv.keys('default')).length, 50)
-    const cli = await promisify(execFile)(process.execPath, [`${packageRoot}/bin/durastate.mjs`, 'inspect', clusterUrl(),
-      '--prefix', prefix, '--json', '--tls-ca', certs.file('ca.crt'), '--tls-cert', certs.file('client.crt'), '--tls-key', certs.file('client.key')],
-    { encoding: 'utf8', timeout: 20_000 })
-    assert.ok(JSON.parse(cli.stdout).executions.some((e) => e.id === '{e}'), cli.stdout)
+    const cli = await promisify(execFile)(
+      process.execPath,
+      [
+        `${packageRoot}/bin/durastate.mjs`,
+        'inspect',
+        clusterUrl(),
+        '--prefix',
+        prefix,
+        '--json',
+        '--tls-ca',
+        certs.file('ca.crt'),
+        '--tls-cert',
+        certs.file('client.crt'),
+        '--tls-key',
+        certs.file('client.key'),
+      ],
+      { encoding: 'utf8', timeout: 20_000 },
+    )
+    assert.ok(
+      JSON.parse(cli.stdout).executions.some((e) => e.id === '{e}'),
+      cli.stdout,
+    )
   })
 
   test('every handshake failure is TLS, with its reason, within connectTimeout', async () => {
@@ -117,7 +133,10 @@ describe('Redis Cluster over TLS', { timeout: 180_000 }, () => {
     await new Promise((r) => setTimeout(r, 300))
     running = false
     await workflow
-    assert.deepEqual(failures.map((e) => `${e.code}: ${e.message}`), [])
+    assert.deepEqual(
+      failures.map((e) => `${e.code}: ${e.message}`),
+      [],
+    )
     assert.equal(await cluster.owner(slot), to)
     assert.equal(Object.keys(await store.getExecutionTaskResults(id)).length, steps)
   })
@@ -154,7 +173,10 @@ describe('Redis Cluster over TLS', { timeout: 180_000 }, () => {
     running = false
     await workflow
     assert.notEqual(promoted, victim, 'a replica took over')
-    assert.deepEqual(failures.map((e) => `${e.code}: ${e.message}`), [])
+    assert.deepEqual(
+      failures.map((e) => `${e.code}: ${e.message}`),
+      [],
+    )
     const results = await store.getExecutionTaskResults(id)
     for (const { task } of acked.filter((a) => a.at > killedAt)) assert.ok(task in results, `${task} is stored`)
   }, 90_000)

@@ -111,7 +111,11 @@ describe('TLS', { timeout: 60_000 }, () => {
     const mutual = await startTlsRedis(certs, { authClients: 'yes' })
     try {
       const started = Date.now()
-      await rejectsWith(open(mutual.tlsUrl, { tls: trusted(), connectTimeout: 1_000 }).beginExecution('e'), 'TLS', /requires a client certificate.*CertificateRequired/)
+      await rejectsWith(
+        open(mutual.tlsUrl, { tls: trusted(), connectTimeout: 1_000 }).beginExecution('e'),
+        'TLS',
+        /requires a client certificate.*CertificateRequired/,
+      )
       assert.ok(Date.now() - started < 3_000, `took ${Date.now() - started} ms`)
       const store = open(mutual.tlsUrl, { prefix: 'tls:mutual:', tls: { ...trusted(), cert: certs.file('client.crt'), key: certs.file('client.key') } })
       await store.beginExecution('e')
@@ -169,12 +173,18 @@ describe('TLS', { timeout: 60_000 }, () => {
   it('the CLI takes --tls-ca, --tls-cert, --tls-key, --tls-servername and --insecure', async () => {
     const mutual = await startTlsRedis(certs, { authClients: 'yes' })
     const named = await startTlsRedis(certs, { cert: 'named' })
-    const cli = (...args) => promisify(execFile)(process.execPath, [`${packageRoot}/bin/durastate.mjs`, ...args], { timeout: 20_000 })
-      .then(({ stdout }) => ({ ok: true, out: stdout.trim() }), (err) => ({ ok: false, out: err.stderr.trim() }))
+    const cli = (...args) =>
+      promisify(execFile)(process.execPath, [`${packageRoot}/bin/durastate.mjs`, ...args], { timeout: 20_000 }).then(
+        ({ stdout }) => ({ ok: true, out: stdout.trim() }),
+        (err) => ({ ok: false, out: err.stderr.trim() }),
+      )
     try {
       const ca = ['--tls-ca', certs.file('ca.crt')]
       const client = ['--tls-cert', certs.file('client.crt'), '--tls-key', certs.file('client.key')]
-      assert.deepEqual(await cli('kv', 'set', 'cli', 'k', '{"n":1}', mutual.tlsUrl, ...ca, ...client, '--prefix', 'tls:cli:'), { ok: true, out: 'stored "k" in mount "cli" (key "tls:cli:k")' })
+      assert.deepEqual(await cli('kv', 'set', 'cli', 'k', '{"n":1}', mutual.tlsUrl, ...ca, ...client, '--prefix', 'tls:cli:'), {
+        ok: true,
+        out: 'stored "k" in mount "cli" (key "tls:cli:k")',
+      })
       assert.deepEqual(await cli('kv', 'get', 'cli', 'k', mutual.tlsUrl, ...ca, ...client, '--prefix', 'tls:cli:', '--json'), { ok: true, out: '{"n":1}' })
       const refused = await cli('kv', 'get', 'cli', 'k', mutual.tlsUrl, ...ca, '--prefix', 'tls:cli:')
       assert.equal(refused.ok, false)
@@ -212,11 +222,15 @@ describe('TLS', { timeout: 60_000 }, () => {
   })
 
   it('rejects bad TLS options with INVALID_INPUT when the store is created', () => {
-    const invalid = (tls, pattern) => assert.throws(() => createRedisStore(server.tlsUrl, { tls }), (err) => {
-      assert.equal(err.code, 'INVALID_INPUT')
-      assert.match(err.message, pattern)
-      return true
-    })
+    const invalid = (tls, pattern) =>
+      assert.throws(
+        () => createRedisStore(server.tlsUrl, { tls }),
+        (err) => {
+          assert.equal(err.code, 'INVALID_INPUT')
+          assert.match(err.message, pattern)
+          return true
+        },
+      )
     invalid({ ca: '/nonexistent/ca.pem' }, /cannot read/)
     invalid({ ca: '-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n' }, /tls\.ca/)
     invalid({ ...trusted(), cert: certs.file('client.crt') }, /go together/)

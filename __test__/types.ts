@@ -104,7 +104,8 @@ import type { TlsOptions } from '../index.js'
 const tls: TlsOptions = { ca: '/etc/ssl/ca.pem', cert: '-----BEGIN CERTIFICATE-----', key: 'k.pem', servername: 'redis.internal', rejectUnauthorized: true }
 export const overTls = (): DurableWorkerStore => createRedisStore('rediss://127.0.0.1:6380', { tls, connectTimeout: 1_000 })
 export const sentinelsOverTls = (): DurableWorkerStore => createRedisStore('rediss+sentinel://127.0.0.1:26380/main', { tls, sentinelTls: false })
-export const clusterOverTls = (): DurableWorkerStore => createRedisStore({ cluster: ['rediss://127.0.0.1:7000'], tls: true }, { tls, keyLayout: 'hashtag', durability: 'aof' })
+export const clusterOverTls = (): DurableWorkerStore =>
+  createRedisStore({ cluster: ['rediss://127.0.0.1:7000'], tls: true }, { tls, keyLayout: 'hashtag', durability: 'aof' })
 export const viaSentinels = (): DurableWorkerStore =>
   createRedisStore({ sentinels: [{ host: '127.0.0.1', port: 26379 }, { host: '127.0.0.2' }], name: 'main', sentinelPassword: 's' }, { retry: { attempts: 40 } })
 // @ts-expect-error: a sentinel needs a host

@@ -127,9 +127,15 @@ describe('durastate ui: HTTP API', () => {
     assert.equal(big.steps[0].value.length, MAX_VALUE_CHARS)
     assert.equal(big.steps[0].size, BIG.length + 2)
     const order = (await raw(`${readOnly.url}api/executions/order-1`)).json
-    assert.deepEqual(order.steps.map((s) => [s.id, s.state]), [
-      ['charge', 'in progress'], ['reserve-stock', 'done'], ['reserve-stock:warehouse-berlin', 'done'], ['validate', 'done'],
-    ])
+    assert.deepEqual(
+      order.steps.map((s) => [s.id, s.state]),
+      [
+        ['charge', 'in progress'],
+        ['reserve-stock', 'done'],
+        ['reserve-stock:warehouse-berlin', 'done'],
+        ['validate', 'done'],
+      ],
+    )
     assert.equal(order.steps[3].value, JSON.stringify({ ok: true, total: 42 }, null, 2))
   })
 
@@ -276,7 +282,9 @@ describe('durastate ui in a browser', { timeout: 120_000 }, () => {
           window.__sameDocument = true
         })
         await store.commitExecutionTaskResult('order-1', 'charge', { paymentId: 'pay-1' })
-        await page.waitForFunction(() => document.querySelector('#tree li.step[data-task="charge"] pre')?.textContent.includes('pay-1'), null, { timeout: 10_000 })
+        await page.waitForFunction(() => document.querySelector('#tree li.step[data-task="charge"] pre')?.textContent.includes('pay-1'), null, {
+          timeout: 10_000,
+        })
         assert.equal(await page.evaluate(() => window.__sameDocument), true)
 
         // Read-only: no write controls, and the API refuses writes from the page.

@@ -124,9 +124,12 @@ async function measureGetAndCommit(stores) {
   const latencyRows = []
   const throughputRows = []
   const variants = [
-    { kind: 'get', bytes: 100, ttl: false }, { kind: 'get', bytes: 1024, ttl: false },
-    { kind: 'commit', bytes: 100, ttl: false }, { kind: 'commit', bytes: 100, ttl: true },
-    { kind: 'commit', bytes: 1024, ttl: false }, { kind: 'commit', bytes: 1024, ttl: true },
+    { kind: 'get', bytes: 100, ttl: false },
+    { kind: 'get', bytes: 1024, ttl: false },
+    { kind: 'commit', bytes: 100, ttl: false },
+    { kind: 'commit', bytes: 100, ttl: true },
+    { kind: 'commit', bytes: 1024, ttl: false },
+    { kind: 'commit', bytes: 1024, ttl: true },
   ]
   for (const { kind, bytes, ttl } of variants) {
     const call = kind === 'get' ? 'getExecutionTaskResult (hit)' : 'commitExecutionTaskResult'
@@ -267,9 +270,15 @@ async function measureRss(store) {
   const end = rss()
   const MB = 1e6
   return {
-    ops, opsRequested: CONFIG.rssOps, concurrency: RSS_CONCURRENCY, seconds,
-    startMB: start / MB, midMB: mid / MB, endMB: end / MB,
-    totalGrowthMB: (end - start) / MB, secondHalfGrowthMB: (end - mid) / MB,
+    ops,
+    opsRequested: CONFIG.rssOps,
+    concurrency: RSS_CONCURRENCY,
+    seconds,
+    startMB: start / MB,
+    midMB: mid / MB,
+    endMB: end / MB,
+    totalGrowthMB: (end - start) / MB,
+    secondHalfGrowthMB: (end - mid) / MB,
   }
 }
 
@@ -350,7 +359,10 @@ async function runRedisSections(cleanup) {
   const mainRows = rows.map((r) => only(r, REDIS_STORES))
   return {
     redisVersion: /redis_version:(\S+)/.exec(await admin.info('server'))?.[1],
-    rows: mainRows, backendRows, kvRows, rss: rssResult,
+    rows: mainRows,
+    backendRows,
+    kvRows,
+    rss: rssResult,
     targets: evaluateTargets(mainRows, backendRows, rssResult),
     check,
   }
@@ -373,12 +385,18 @@ async function main() {
     const embedded = embeddedLib && (await embeddedLib.runEmbedded(figures, { ttl: TTL, value: VALUES[1024] }))
     const tracing = await runTracing(figures)
     const result = {
-      startedAt, quick: QUICK, only: ONLY, config: CONFIG,
+      startedAt,
+      quick: QUICK,
+      only: ONLY,
+      config: CONFIG,
       machine: machineInfo({
         redisVersion,
         versions: {
-          durastate: packageVersion('../package.json'), ioredis: packageVersion('../node_modules/ioredis/package.json'), nodeRedis: packageVersion('../node_modules/redis/package.json'),
-          betterSqlite3: packageVersion('../node_modules/better-sqlite3/package.json'), betterSqlite3Sqlite: embeddedLib?.betterSqliteLibraryVersion(),
+          durastate: packageVersion('../package.json'),
+          ioredis: packageVersion('../node_modules/ioredis/package.json'),
+          nodeRedis: packageVersion('../node_modules/redis/package.json'),
+          betterSqlite3: packageVersion('../node_modules/better-sqlite3/package.json'),
+          betterSqlite3Sqlite: embeddedLib?.betterSqliteLibraryVersion(),
         },
       }),
       ...redis,

@@ -69,9 +69,7 @@ export function createBetterSqliteStore(file, { ttl, prefix = '' } = {}) {
   // On conflict with an expired row, the old result does not come back to life.
   const keepResult = 'CASE WHEN steps.expires_at <= ? THEN NULL ELSE steps.result END'
   const sql = {
-    beginExecution: db.prepare(
-      'INSERT INTO executions (id, expires_at) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at',
-    ),
+    beginExecution: db.prepare('INSERT INTO executions (id, expires_at) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at'),
     isExecutionInProgress: db.prepare(`SELECT 1 FROM executions WHERE id = ? AND ${LIVE}`).pluck(),
     beginTask: db.prepare(
       `INSERT INTO steps (execution_id, task_id, in_progress, expires_at) VALUES (?, ?, 1, ?)

@@ -62,11 +62,7 @@ export function createSeedStore(redis, { ttl, prefix = '' } = {}) {
     },
 
     async disposeExecution(executionId) {
-      await Promise.all([
-        redis.del(`${prefix}${executionId}`),
-        redis.del(`${prefix}${executionId}-transactions`),
-        redis.del(`${prefix}${executionId}-results`),
-      ])
+      await Promise.all([redis.del(`${prefix}${executionId}`), redis.del(`${prefix}${executionId}-transactions`), redis.del(`${prefix}${executionId}-results`)])
     },
   }
 }

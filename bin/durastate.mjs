@@ -239,7 +239,14 @@ function table(columns, rows) {
 
 function printExecutions(executions, prefix) {
   if (executions.length === 0) return console.log(`no executions under prefix ${JSON.stringify(prefix)}`)
-  const columns = [['EXECUTION', 'left'], ['STATE', 'left'], ['STEPS IN PROGRESS', 'right'], ['STEPS DONE', 'right'], ['RESULTS', 'right'], ['EXPIRES IN', 'right']]
+  const columns = [
+    ['EXECUTION', 'left'],
+    ['STATE', 'left'],
+    ['STEPS IN PROGRESS', 'right'],
+    ['STEPS DONE', 'right'],
+    ['RESULTS', 'right'],
+    ['EXPIRES IN', 'right'],
+  ]
   const rows = executions.map((e) => [
     e.id,
     e.inProgress ? 'in progress' : 'no marker',
@@ -257,7 +264,13 @@ function printExecution({ id, inProgress, expiresIn, steps }) {
   const state = inProgress ? `in progress, expires in ${formatTtl(expiresIn)}` : 'not in progress (no execution key)'
   console.log(`execution ${id}: ${state}\n`)
   if (steps.length === 0) return console.log('no steps')
-  const columns = [['STEP', 'left'], ['STATE', 'left'], ['SIZE', 'right'], ['EXPIRES IN', 'right'], ['VALUE', 'left']]
+  const columns = [
+    ['STEP', 'left'],
+    ['STATE', 'left'],
+    ['SIZE', 'right'],
+    ['EXPIRES IN', 'right'],
+    ['VALUE', 'left'],
+  ]
   const rows = steps.map((s) => [s.id, s.state, formatSize(s.size), formatTtl(s.expiresIn), preview(s.json)])
   console.log(table(columns, rows))
 }
@@ -302,7 +315,8 @@ async function repair({ name, url, executionId, taskId, prefix, tls }) {
   try {
     const quoted = JSON.stringify(executionId)
     if (name === 'dispose') {
-      if (!(await disposeExecution(inspector, prefix, executionId))) throw new CliError('NOT_FOUND', `no execution ${quoted} under prefix ${JSON.stringify(prefix)}`)
+      if (!(await disposeExecution(inspector, prefix, executionId)))
+        throw new CliError('NOT_FOUND', `no execution ${quoted} under prefix ${JSON.stringify(prefix)}`)
       return console.log(`disposed execution ${quoted}`)
     }
     const { found, steps } = await resetStep(inspector, prefix, executionId, taskId)
@@ -353,7 +367,11 @@ const KV_ACTIONS = {
   async delete(kv, { mount, key, json }) {
     const deleted = await kv.delete(mount, key)
     if (json) return console.log(JSON.stringify({ deleted }))
-    console.log(deleted ? `deleted ${JSON.stringify(key)} from mount ${JSON.stringify(mount)}` : `${JSON.stringify(key)} was not stored in mount ${JSON.stringify(mount)}`)
+    console.log(
+      deleted
+        ? `deleted ${JSON.stringify(key)} from mount ${JSON.stringify(mount)}`
+        : `${JSON.stringify(key)} was not stored in mount ${JSON.stringify(mount)}`,
+    )
   },
 }
 

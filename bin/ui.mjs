@@ -138,7 +138,8 @@ export async function startUi({ url, port = 0, host = '127.0.0.1', allowWrites =
       const search = query.get('search') ?? ''
       if (search.length > MAX_ID_LENGTH) throw new HttpError(400, 'INVALID_INPUT', `search must be at most ${MAX_ID_LENGTH} characters`)
       const limit = query.has('limit') ? Number(query.get('limit')) : MAX_LISTED
-      if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LISTED) throw new HttpError(400, 'INVALID_INPUT', `limit must be an integer from 1 to ${MAX_LISTED}`)
+      if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LISTED)
+        throw new HttpError(400, 'INVALID_INPUT', `limit must be an integer from 1 to ${MAX_LISTED}`)
       const { ids, truncated } = await listExecutionIds(inspector, prefix, { max: MAX_SCANNED, search: search || undefined })
       const executions = order((await readExecutions(inspector, prefix, ids)).map(listed))
       return { executions: executions.slice(0, limit), total: executions.length, truncated: truncated || executions.length > limit }
@@ -157,7 +158,8 @@ export async function startUi({ url, port = 0, host = '127.0.0.1', allowWrites =
       return { reset: steps }
     },
     async dispose(id) {
-      if (!(await disposeExecution(inspector, prefix, requireId(id, 'the execution id')))) throw new HttpError(404, 'NOT_FOUND', `no execution ${JSON.stringify(id)}`)
+      if (!(await disposeExecution(inspector, prefix, requireId(id, 'the execution id'))))
+        throw new HttpError(404, 'NOT_FOUND', `no execution ${JSON.stringify(id)}`)
       return { disposed: id }
     },
   }
@@ -168,12 +170,15 @@ export async function startUi({ url, port = 0, host = '127.0.0.1', allowWrites =
     if (req.headers.origin !== `http://${req.headers.host}`) throw new HttpError(403, 'FORBIDDEN', 'writes are taken from this page only (Origin)')
     const sent = Buffer.from(String(req.headers['x-durastate-token'] ?? ''))
     const expected = Buffer.from(token)
-    if (sent.length !== expected.length || !timingSafeEqual(sent, expected)) throw new HttpError(403, 'FORBIDDEN', 'writes need the page token (x-durastate-token)')
+    if (sent.length !== expected.length || !timingSafeEqual(sent, expected))
+      throw new HttpError(403, 'FORBIDDEN', 'writes need the page token (x-durastate-token)')
   }
 
   async function route(req, res) {
-    if (!isAllowedHost(req.headers.host, listening, host)) throw new HttpError(421, 'FORBIDDEN', 'the Host header must name this server by IP address or localhost')
-    if (req.headers.origin !== undefined && req.headers.origin !== `http://${req.headers.host}`) throw new HttpError(403, 'FORBIDDEN', 'requests from other origins are refused')
+    if (!isAllowedHost(req.headers.host, listening, host))
+      throw new HttpError(421, 'FORBIDDEN', 'the Host header must name this server by IP address or localhost')
+    if (req.headers.origin !== undefined && req.headers.origin !== `http://${req.headers.host}`)
+      throw new HttpError(403, 'FORBIDDEN', 'requests from other origins are refused')
     const { pathname, searchParams } = new URL(req.url, 'http://localhost')
     const file = files[pathname]
     if (file && (req.method === 'GET' || req.method === 'HEAD')) {
@@ -224,7 +229,11 @@ export async function startUi({ url, port = 0, host = '127.0.0.1', allowWrites =
   await new Promise((resolve, reject) => {
     server.once('error', (err) => {
       inspector.close()
-      reject(err.code === 'EADDRINUSE' ? Object.assign(new Error(`port ${port} on ${host} is in use: pick another with --port (0: any free port)`), { code: 'UNAVAILABLE' }) : err)
+      reject(
+        err.code === 'EADDRINUSE'
+          ? Object.assign(new Error(`port ${port} on ${host} is in use: pick another with --port (0: any free port)`), { code: 'UNAVAILABLE' })
+          : err,
+      )
     })
     server.listen(port, host, resolve)
   })

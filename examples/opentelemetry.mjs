@@ -95,7 +95,9 @@ async function demo() {
   for (const span of exporter.getFinishedSpans()) {
     const parentId = span.parentSpanContext?.spanId
     const indent = parentId && byId.has(parentId) ? '  ' : ''
-    const attributes = Object.entries(span.attributes).map(([k, v]) => `${k}=${v}`).join(' ')
+    const attributes = Object.entries(span.attributes)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(' ')
     console.log(`${indent}${span.name}  ${attributes}`)
   }
   await provider.shutdown()

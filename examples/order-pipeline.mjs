@@ -36,7 +36,9 @@ async function orderPipeline(order, { step }) {
     return { paymentId: `pay_${order.id}`, amount: checked.total }
   })
   // A step that returns nothing: stored as the empty-result sentinel, served as undefined.
-  await step('send-confirmation', async () => { await work(10) })
+  await step('send-confirmation', async () => {
+    await work(10)
+  })
   const shipment = await step('ship', async () => (await work(15), { trackingId: `TRK-${order.id}` }))
   return { order: order.id, total: checked.total, holds: reserved.holds, paymentId: payment.paymentId, trackingId: shipment.trackingId }
 }
@@ -138,7 +140,9 @@ function printSummary(reports, allSteps) {
   console.log('\nstore calls                   calls   p50 ms   max ms')
   for (const [name, list] of [...byMethod].sort()) {
     const sorted = [...list].sort((a, b) => a - b)
-    console.log(`  ${name.padEnd(27)} ${String(sorted.length).padStart(5)}   ${percentile(sorted, 50).toFixed(2).padStart(6)}   ${sorted.at(-1).toFixed(2).padStart(6)}`)
+    console.log(
+      `  ${name.padEnd(27)} ${String(sorted.length).padStart(5)}   ${percentile(sorted, 50).toFixed(2).padStart(6)}   ${sorted.at(-1).toFixed(2).padStart(6)}`,
+    )
   }
   return ran
 }
@@ -146,7 +150,10 @@ function printSummary(reports, allSteps) {
 async function demoMain() {
   const order = {
     id: `A${Date.now().toString(36).toUpperCase()}`,
-    items: [{ sku: 'lamp', qty: 2, price: 39.5 }, { sku: 'bulb', qty: 4, price: 3.25 }],
+    items: [
+      { sku: 'lamp', qty: 2, price: 39.5 },
+      { sku: 'bulb', qty: 4, price: 3.25 },
+    ],
   }
   const executionId = `order-${order.id}`
   console.log('durastate demo: a durable order pipeline that crashes half-way and resumes')

@@ -41,7 +41,9 @@ function builtTarget(manifest) {
     return built.includes(main)
   })
   if (targets.length !== 1) {
-    throw new Error(`expected one built binary for one of ${manifest.napi.targets.join(', ')} in ${root} (run \`npm run build\`), found: ${built.join(', ') || 'none'}`)
+    throw new Error(
+      `expected one built binary for one of ${manifest.napi.targets.join(', ')} in ${root} (run \`npm run build\`), found: ${built.join(', ') || 'none'}`,
+    )
   }
   return targets[0]
 }

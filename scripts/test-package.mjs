@@ -29,11 +29,37 @@ const COMMAND_TIMEOUT = 300_000
 const WORKER_TIMEOUT = 30_000
 
 const PACKED_FILES = [
-  'package.json', 'README.md', 'index.js', 'index.d.ts', 'binding.js', 'binding.d.ts', 'bin/durastate.mjs',
-  'bin/executions.mjs', 'bin/ui.mjs', 'bin/ui/index.html', 'bin/ui/app.js', 'bin/ui/style.css',
-  'scripts/install.mjs', 'Cargo.toml', 'Cargo.lock', 'build.rs', '.cargo/config.toml', 'src/lib.rs',
+  'package.json',
+  'README.md',
+  'index.js',
+  'index.d.ts',
+  'binding.js',
+  'binding.d.ts',
+  'bin/durastate.mjs',
+  'bin/executions.mjs',
+  'bin/ui.mjs',
+  'bin/ui/index.html',
+  'bin/ui/app.js',
+  'bin/ui/style.css',
+  'scripts/install.mjs',
+  'Cargo.toml',
+  'Cargo.lock',
+  'build.rs',
+  '.cargo/config.toml',
+  'src/lib.rs',
 ]
-const UNPACKED_PATHS = [/^target\//, /^__test__\//, /^benchmark\//, /^examples\//, /^npm\//, /^node_modules\//, /^dist\//, /^\.ci\//, /\.node$/, /^scripts\/(test|pack)/]
+const UNPACKED_PATHS = [
+  /^target\//,
+  /^__test__\//,
+  /^benchmark\//,
+  /^examples\//,
+  /^npm\//,
+  /^node_modules\//,
+  /^dist\//,
+  /^\.ci\//,
+  /\.node$/,
+  /^scripts\/(test|pack)/,
+]
 
 /** Runs a command; npm and the installed CLI are .cmd shims on Windows, which only a shell runs. */
 function run(command, args, { cwd, env = {}, timeout = COMMAND_TIMEOUT }) {
@@ -48,7 +74,10 @@ function run(command, args, { cwd, env = {}, timeout = COMMAND_TIMEOUT }) {
 
 /** A tarball's paths (without the leading package/) and its package.json, read with tar. */
 function tarball(path) {
-  const files = run('tar', ['-tzf', path], {}).split('\n').filter((line) => line && !line.endsWith('/')).map((line) => line.replace(/^package\//, ''))
+  const files = run('tar', ['-tzf', path], {})
+    .split('\n')
+    .filter((line) => line && !line.endsWith('/'))
+    .map((line) => line.replace(/^package\//, ''))
   const packageJson = JSON.parse(run('tar', ['-xzOf', path, 'package/package.json'], {}))
   return { files, packageJson }
 }
@@ -86,7 +115,7 @@ describe('the npm package, installed into a fresh TypeScript project', { timeout
     if (workDir) rmSync(workDir, { recursive: true, force: true })
   })
 
-  it('npm run pack:local writes the main tarball and this platform\'s, as a release publishes them', async () => {
+  it("npm run pack:local writes the main tarball and this platform's, as a release publishes them", async () => {
     tarballs = await packLocal({ build: false })
     const { version } = manifest
     assert.equal(tarballs.main, join(root, 'dist', `durastate-${version}.tgz`))
@@ -94,7 +123,10 @@ describe('the npm package, installed into a fresh TypeScript project', { timeout
 
     const main = tarball(tarballs.main)
     for (const path of PACKED_FILES) assert.ok(main.files.includes(path), `${path} is missing from the main tarball`)
-    assert.deepEqual(main.files.filter((path) => UNPACKED_PATHS.some((pattern) => pattern.test(path))), [])
+    assert.deepEqual(
+      main.files.filter((path) => UNPACKED_PATHS.some((pattern) => pattern.test(path))),
+      [],
+    )
     // `napi pre-publish` adds the platform packages; the committed package.json lists none.
     assert.equal(manifest.optionalDependencies, undefined)
     assert.deepEqual(main.packageJson.optionalDependencies, { [tarballs.platformPackage]: version })
@@ -114,13 +146,19 @@ describe('the npm package, installed into a fresh TypeScript project', { timeout
   it('installs the two tarballs with --ignore-scripts: the binary comes from the platform package, durastate never from the registry', () => {
     createProject(project)
     const devDependencies = ['typescript', '@types/node'].map((name) => `${name}@${manifest.devDependencies[name]}`)
-    run('npm', ['install', '--ignore-scripts', '--no-audit', '--no-fund', '--prefer-offline', tarballs.main, tarballs.platform, ...devDependencies], { cwd: project })
+    run('npm', ['install', '--ignore-scripts', '--no-audit', '--no-fund', '--prefer-offline', tarballs.main, tarballs.platform, ...devDependencies], {
+      cwd: project,
+    })
     const lock = JSON.parse(readFileSync(join(project, 'package-lock.json'), 'utf8'))
     for (const name of ['durastate', tarballs.platformPackage]) {
       assert.match(lock.packages[`node_modules/${name}`].resolved, /^file:/, `${name} was not installed from its tarball`)
     }
     const installed = join(project, 'node_modules', 'durastate')
-    assert.deepEqual(readdirSync(installed).filter((name) => name.endsWith('.node') || name === 'target'), [], 'a binary or target/ in node_modules/durastate')
+    assert.deepEqual(
+      readdirSync(installed).filter((name) => name.endsWith('.node') || name === 'target'),
+      [],
+      'a binary or target/ in node_modules/durastate',
+    )
   })
 
   it('compiles the worker with tsc --strict, as CommonJS and as ESM', () => {
@@ -153,10 +191,13 @@ describe('the npm package, installed into a fresh TypeScript project', { timeout
   it('installs the durastate CLI, which reads the embedded default', () => {
     const cli = join(project, 'node_modules', '.bin', windows ? 'durastate.cmd' : 'durastate')
     assert.match(run(cli, ['--help'], { cwd: project }), /^usage:/)
-    assert.match(run(cli, ['inspect', '--prefix', 'package-test:'], { cwd: project, env: { REDIS_URL: '', DURASTATE_URL: '' } }), /^no executions under prefix "package-test:"/)
+    assert.match(
+      run(cli, ['inspect', '--prefix', 'package-test:'], { cwd: project, env: { REDIS_URL: '', DURASTATE_URL: '' } }),
+      /^no executions under prefix "package-test:"/,
+    )
   })
 
-  it('without the platform package, require(\'durastate\') throws UNAVAILABLE and says what to do', () => {
+  it("without the platform package, require('durastate') throws UNAVAILABLE and says what to do", () => {
     const platformDir = join(project, 'node_modules', tarballs.platformPackage)
     const aside = join(workDir, 'platform-package-aside')
     renameSync(platformDir, aside)
@@ -165,7 +206,13 @@ describe('the npm package, installed into a fresh TypeScript project', { timeout
       const thrown = JSON.parse(run(process.execPath, ['-e', probe], { cwd: project }).trim())
       assert.equal(thrown.name, 'DurastateError')
       assert.equal(thrown.code, 'UNAVAILABLE')
-      for (const advice of ['npm install-scripts approve durastate', 'npm rebuild durastate', 'cargo build --release --locked', tarballs.platformPackage, '--omit=optional']) {
+      for (const advice of [
+        'npm install-scripts approve durastate',
+        'npm rebuild durastate',
+        'cargo build --release --locked',
+        tarballs.platformPackage,
+        '--omit=optional',
+      ]) {
         assert.ok(thrown.message.includes(advice), `the error does not say "${advice}":\n${thrown.message}`)
       }
     } finally {

@@ -56,7 +56,12 @@ const TOOLS = [
   { binary: 'redis-cli', args: ['--version'], debian: 'redis-tools', other: 'macOS: brew install redis' },
   { binary: 'openssl', args: ['version'], debian: 'openssl', other: 'macOS: brew install openssl' },
   // The `durastate ui` tests drive it with playwright-core (which downloads no browser).
-  { binary: process.env.DURASTATE_TEST_CHROMIUM || 'chromium', args: ['--version'], debian: 'chromium', other: 'elsewhere: set DURASTATE_TEST_CHROMIUM to a Chromium or Chrome binary' },
+  {
+    binary: process.env.DURASTATE_TEST_CHROMIUM || 'chromium',
+    args: ['--version'],
+    debian: 'chromium',
+    other: 'elsewhere: set DURASTATE_TEST_CHROMIUM to a Chromium or Chrome binary',
+  },
 ]
 
 /** Installs what is missing (Debian packages, as root) or stops at once saying how. */
@@ -74,7 +79,10 @@ function ensureTools() {
   console.error(
     `The tests need ${missing.map((t) => t.binary).join(', ')}, which ${missing.length === 1 ? 'is' : 'are'} not installed.\n` +
       `  Debian/Ubuntu: sudo apt-get install -y ${packages.join(' ')}\n` +
-      missing.map((t) => `  ${t.other}`).filter((v, i, all) => all.indexOf(v) === i).join('\n'),
+      missing
+        .map((t) => `  ${t.other}`)
+        .filter((v, i, all) => all.indexOf(v) === i)
+        .join('\n'),
   )
   process.exit(1)
 }
@@ -154,17 +162,24 @@ ensureTools()
 const server = await startRedisServer()
 let ok = false
 try {
-  const specs = readdirSync(join(root, '__test__')).filter((f) => f.endsWith('.spec.mjs')).sort()
+  const specs = readdirSync(join(root, '__test__'))
+    .filter((f) => f.endsWith('.spec.mjs'))
+    .sort()
   const nodeOk = run('node --test', process.execPath, [...NODE_TEST, '--test-concurrency=2', ...specs.map((f) => join('__test__', f))], {
     DURASTATE_TEST_REDIS_URL: server.url,
   })
   // The threaded Redis path (unix sockets, non-Unix platforms) keeps passing the same suites,
   // the Redis faults (resending after a dropped connection) included.
   const threadsOk = step('threads', () =>
-    run('node --test, Redis on tokio threads', process.execPath, [...NODE_TEST, ...['conformance', 'redis', 'reliability', 'observability'].map((name) => join('__test__', `${name}.spec.mjs`))], {
-      DURASTATE_TEST_REDIS_URL: server.url,
-      DURASTATE_REDIS_DRIVER: 'threads',
-    }),
+    run(
+      'node --test, Redis on tokio threads',
+      process.execPath,
+      [...NODE_TEST, ...['conformance', 'redis', 'reliability', 'observability'].map((name) => join('__test__', `${name}.spec.mjs`))],
+      {
+        DURASTATE_TEST_REDIS_URL: server.url,
+        DURASTATE_REDIS_DRIVER: 'threads',
+      },
+    ),
   )
   const bunOk = await step('bun', () => runBun({ DURASTATE_TEST_REDIS_URL: server.url }))
   const denoOk = await step('deno', () => runDeno({ DURASTATE_TEST_REDIS_URL: server.url }))

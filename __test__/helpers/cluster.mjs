@@ -35,24 +35,45 @@ export async function startCluster({ masters = 3, replicas = 0, tls, args = [], 
   try {
     const nodes = masters * (1 + replicas)
     for (let i = 0; i < nodes; i++) {
-      servers.push(await startRedisServer({
-        tls,
-        args: ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '2000', '--repl-diskless-sync-delay', '0', ...args, ...nodeArgs(i)],
-      }))
+      servers.push(
+        await startRedisServer({
+          tls,
+          args: [
+            '--cluster-enabled',
+            'yes',
+            '--cluster-config-file',
+            'nodes.conf',
+            '--cluster-node-timeout',
+            '2000',
+            '--repl-diskless-sync-delay',
+            '0',
+            ...args,
+            ...nodeArgs(i),
+          ],
+        }),
+      )
     }
     const ports = servers.map((s) => s.port)
-    await run('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', String(replicas), '--cluster-yes', ...tlsFlags], { timeout: 30_000 })
-    await until('cluster_state:ok on every node', async () => {
-      for (const port of ports) {
-        if (!(await cli(port, 'cluster', 'info')).includes('cluster_state:ok')) return false
-        const lines = (await cli(port, 'cluster', 'nodes')).split('\n').filter((l) => !l.includes('fail'))
-        if (lines.filter((l) => l.includes('master')).length !== masters || lines.length !== nodes) return false
-        if (!lines.every((l) => l.includes('connected'))) return false
-        const replication = await cli(port, 'info', 'replication')
-        if (replication.includes('role:slave') && !replication.includes('master_link_status:up')) return false
-      }
-      return true
-    }, 20_000)
+    await run(
+      'redis-cli',
+      ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', String(replicas), '--cluster-yes', ...tlsFlags],
+      { timeout: 30_000 },
+    )
+    await until(
+      'cluster_state:ok on every node',
+      async () => {
+        for (const port of ports) {
+          if (!(await cli(port, 'cluster', 'info')).includes('cluster_state:ok')) return false
+          const lines = (await cli(port, 'cluster', 'nodes')).split('\n').filter((l) => !l.includes('fail'))
+          if (lines.filter((l) => l.includes('master')).length !== masters || lines.length !== nodes) return false
+          if (!lines.every((l) => l.includes('connected'))) return false
+          const replication = await cli(port, 'info', 'replication')
+          if (replication.includes('role:slave') && !replication.includes('master_link_status:up')) return false
+        }
+        return true
+      },
+      20_000,
+    )
     const ids = await Promise.all(ports.map((p) => cli(p, 'cluster', 'myid')))
     const dead = new Set()
     return {
@@ -67,10 +88,24 @@ export async function startCluster({ masters = 3, replicas = 0, tls, args = [], 
         await servers[ports.indexOf(port)].kill()
       },
       /** The hash slot of `key`. */
-      keyslot: async (key) => Number(await cli(ports.find((p) => !dead.has(p)), 'cluster', 'keyslot', key)),
+      keyslot: async (key) =>
+        Number(
+          await cli(
+            ports.find((p) => !dead.has(p)),
+            'cluster',
+            'keyslot',
+            key,
+          ),
+        ),
       /** The port of the master that owns `slot`, as the first live node sees it. */
       async owner(slot) {
-        const lines = (await cli(ports.find((p) => !dead.has(p)), 'cluster', 'nodes')).split('\n')
+        const lines = (
+          await cli(
+            ports.find((p) => !dead.has(p)),
+            'cluster',
+            'nodes',
+          )
+        ).split('\n')
         for (const line of lines) {
           const [id, , flags, , , , , , ...ranges] = line.split(' ')
           if (!flags.includes('master') || flags.includes('fail')) continue

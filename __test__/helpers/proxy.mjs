@@ -15,17 +15,21 @@ async function startProxy(targetPort, { toServer = (chunk, p) => p.upstream.writ
     const pipe = { client, upstream }
     client.on('data', (chunk) => toServer(chunk, pipe))
     upstream.on('data', (chunk) => toClient(chunk, pipe))
-    const end = () => { client.destroy(); upstream.destroy() }
+    const end = () => {
+      client.destroy()
+      upstream.destroy()
+    }
     client.on('error', end).on('close', end)
     upstream.on('error', end).on('close', end)
   })
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
   return {
     port: server.address().port,
-    close: () => new Promise((resolve) => {
-      for (const s of sockets) s.destroy()
-      server.close(resolve)
-    }),
+    close: () =>
+      new Promise((resolve) => {
+        for (const s of sockets) s.destroy()
+        server.close(resolve)
+      }),
   }
 }
 
@@ -40,7 +44,9 @@ export async function startCountingProxy(targetPort) {
   return {
     ...proxy,
     /** Client-to-server writes seen so far. */
-    get writes() { return writes },
+    get writes() {
+      return writes
+    },
   }
 }
 
@@ -65,8 +71,12 @@ export async function startCuttingProxy(targetPort) {
   return {
     ...proxy,
     /** Drops the connection that carries the next reply, reply unsent. */
-    cutNextReply() { armed = true },
+    cutNextReply() {
+      armed = true
+    },
     /** Replies cut so far. */
-    get cuts() { return cuts },
+    get cuts() {
+      return cuts
+    },
   }
 }

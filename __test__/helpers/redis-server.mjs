@@ -33,8 +33,7 @@ export function redisServerBinary() {
   const found = spawnSync('redis-server', ['--version'], { encoding: 'utf8' })
   if (found.error || found.status !== 0) {
     throw new Error(
-      'redis-server is not installed. Install it (Debian/Ubuntu: `apt-get install -y redis-server`, ' +
-        'macOS: `brew install redis`) and run the tests again.',
+      'redis-server is not installed. Install it (Debian/Ubuntu: `apt-get install -y redis-server`, ' + 'macOS: `brew install redis`) and run the tests again.',
     )
   }
   return 'redis-server'
@@ -50,14 +49,18 @@ export async function waitForReady(child, port, deadlineMs, tls) {
     const ok = await new Promise((resolve) => {
       const ready = () => {
         socket.write('PING\r\n')
-        socket.once('data', (data) => { socket.destroy(); resolve(/^(\+PONG|-NOAUTH)/.test(data.toString())) })
+        socket.once('data', (data) => {
+          socket.destroy()
+          resolve(/^(\+PONG|-NOAUTH)/.test(data.toString()))
+        })
       }
-      const socket = tls
-        ? tlsConnect({ port, host: '127.0.0.1', ...tls }, ready)
-        : net.connect(port, '127.0.0.1', ready)
+      const socket = tls ? tlsConnect({ port, host: '127.0.0.1', ...tls }, ready) : net.connect(port, '127.0.0.1', ready)
       socket.setTimeout(500)
       socket.once('error', () => resolve(false))
-      socket.once('timeout', () => { socket.destroy(); resolve(false) })
+      socket.once('timeout', () => {
+        socket.destroy()
+        resolve(false)
+      })
     })
     if (ok) return
     await new Promise((r) => setTimeout(r, 50))
@@ -77,10 +80,26 @@ export async function startRedisServer({ args = [], port, tls } = {}) {
   const chosenPort = port ?? (await freePort())
   let child
   const launch = async () => {
-    child = spawn(binary, [
-      '--port', String(chosenPort), '--bind', '127.0.0.1', '--save', '', '--dir', dir,
-      '--daemonize', 'no', '--loglevel', 'warning', ...(tls ? tls.serverFlags(chosenPort) : []), ...args,
-    ], { stdio: ['ignore', 'ignore', 'inherit'] })
+    child = spawn(
+      binary,
+      [
+        '--port',
+        String(chosenPort),
+        '--bind',
+        '127.0.0.1',
+        '--save',
+        '',
+        '--dir',
+        dir,
+        '--daemonize',
+        'no',
+        '--loglevel',
+        'warning',
+        ...(tls ? tls.serverFlags(chosenPort) : []),
+        ...args,
+      ],
+      { stdio: ['ignore', 'ignore', 'inherit'] },
+    )
     try {
       await waitForReady(child, chosenPort, 10_000, tls?.nodeTls())
     } catch (err) {
@@ -89,10 +108,11 @@ export async function startRedisServer({ args = [], port, tls } = {}) {
     }
   }
   await launch()
-  const waitExit = () => new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve()
-    child.once('exit', resolve)
-  })
+  const waitExit = () =>
+    new Promise((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) return resolve()
+      child.once('exit', resolve)
+    })
   return {
     port: chosenPort,
     url: `${tls ? 'rediss' : 'redis'}://127.0.0.1:${chosenPort}`,

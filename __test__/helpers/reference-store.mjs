@@ -36,10 +36,7 @@ export function createReferenceStore(redis, { ttl, prefix = '' } = {}) {
       if (seconds) await redis.expire(k(id, '-transactions'), seconds)
     },
     async commitExecutionTaskResult(id, task, value) {
-      const ops = [
-        redis.hdel(k(id, '-transactions'), task),
-        redis.hset(k(id, '-results'), { [task]: JSON.stringify(value) }),
-      ]
+      const ops = [redis.hdel(k(id, '-transactions'), task), redis.hset(k(id, '-results'), { [task]: JSON.stringify(value) })]
       if (seconds) ops.push(redis.expire(k(id, '-results'), seconds))
       await Promise.all(ops)
     },

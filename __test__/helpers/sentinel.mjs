@@ -18,16 +18,30 @@ async function startSentinel(masterPort, tls) {
   const tlsPort = tls ? await freePort() : undefined
   const config = join(dir, 'sentinel.conf')
   const tlsLines = tls
-    ? [`tls-port ${tlsPort}`, `tls-cert-file ${tls.file('node.crt')}`, `tls-key-file ${tls.file('node.key')}`,
-        `tls-ca-cert-file ${tls.file('ca.crt')}`, 'tls-auth-clients yes', 'tls-replication yes']
+    ? [
+        `tls-port ${tlsPort}`,
+        `tls-cert-file ${tls.file('node.crt')}`,
+        `tls-key-file ${tls.file('node.key')}`,
+        `tls-ca-cert-file ${tls.file('ca.crt')}`,
+        'tls-auth-clients yes',
+        'tls-replication yes',
+      ]
     : []
-  writeFileSync(config, [
-    `port ${port}`, 'bind 127.0.0.1', `dir ${dir}`, 'loglevel warning', ...tlsLines,
-    `sentinel monitor ${MASTER_NAME} 127.0.0.1 ${masterPort} 2`,
-    `sentinel down-after-milliseconds ${MASTER_NAME} 1000`,
-    `sentinel failover-timeout ${MASTER_NAME} 4000`,
-    `sentinel parallel-syncs ${MASTER_NAME} 1`, '',
-  ].join('\n'))
+  writeFileSync(
+    config,
+    [
+      `port ${port}`,
+      'bind 127.0.0.1',
+      `dir ${dir}`,
+      'loglevel warning',
+      ...tlsLines,
+      `sentinel monitor ${MASTER_NAME} 127.0.0.1 ${masterPort} 2`,
+      `sentinel down-after-milliseconds ${MASTER_NAME} 1000`,
+      `sentinel failover-timeout ${MASTER_NAME} 4000`,
+      `sentinel parallel-syncs ${MASTER_NAME} 1`,
+      '',
+    ].join('\n'),
+  )
   const child = spawn(redisServerBinary(), [config, '--sentinel'], { stdio: ['ignore', 'ignore', 'inherit'] })
   await waitForReady(child, port, 10_000)
   const client = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 1 })
@@ -63,14 +77,18 @@ export async function startSentinelGroup({ tls } = {}) {
     await until('the replica to sync', async () => /master_link_status:up/.test(await replicaClient.info('replication')), 15_000)
     replicaClient.disconnect()
     for (let i = 0; i < 3; i++) sentinels.push(await startSentinel(master.port, tls))
-    await until('the sentinels to find the replica and each other', async () => {
-      for (const { client } of sentinels) {
-        const replicas = await client.call('SENTINEL', 'REPLICAS', MASTER_NAME)
-        const others = await client.call('SENTINEL', 'SENTINELS', MASTER_NAME)
-        if (replicas.length < 1 || others.length < 2) return false
-      }
-      return true
-    }, 30_000)
+    await until(
+      'the sentinels to find the replica and each other',
+      async () => {
+        for (const { client } of sentinels) {
+          const replicas = await client.call('SENTINEL', 'REPLICAS', MASTER_NAME)
+          const others = await client.call('SENTINEL', 'SENTINELS', MASTER_NAME)
+          if (replicas.length < 1 || others.length < 2) return false
+        }
+        return true
+      },
+      30_000,
+    )
   } catch (err) {
     await stop()
     throw err

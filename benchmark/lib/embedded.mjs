@@ -101,7 +101,10 @@ export async function runEmbedded(figures, { ttl, value }) {
 /** The WorkerStore check workload (check.mjs), with claims, without and with ttl. */
 async function storeChecks(contenders, ttl, tag) {
   const out = []
-  for (const [kind, options] of [['no ttl', {}], ['ttl', { ttl }]]) {
+  for (const [kind, options] of [
+    ['no ttl', {}],
+    ['ttl', { ttl }],
+  ]) {
     const outcomes = await checkSameState({ contenders, baseline: REFERENCE, ours: null, options, tag: `emb-${tag}-${kind}`, claims: true })
     out.push(...outcomes.map((c) => ({ ...c, what: `embedded ${tag}, ${kind}: ${c.what}` })))
   }
@@ -159,7 +162,11 @@ async function measureKv({ config, log, measureFigure, timeBoxed, warmFor, row }
       log(`embedded: ${label}, ${concurrency} in flight`)
       const entries = STORES.map((name) => ({ name, op: op(kvs[name]) }))
       const cell = await measureFigure(`embedded ${label} @${concurrency}`, entries, warmFor(concurrency), timeBoxed(concurrency, config.roundMs))
-      rows.push({ ...row(`emb-kv-${id}-${concurrency}`, `${label}, ${concurrency} in flight`, 'ops/s', 'higher', cell, (m) => m.opsPerSec), kind: 'kv', concurrency })
+      rows.push({
+        ...row(`emb-kv-${id}-${concurrency}`, `${label}, ${concurrency} in flight`, 'ops/s', 'higher', cell, (m) => m.opsPerSec),
+        kind: 'kv',
+        concurrency,
+      })
     }
   }
   return rows
@@ -173,7 +180,11 @@ async function lifecycleLeftovers(stores, counts) {
     for (const [tag, count] of Object.entries(byTag)) {
       const sample = [...new Set([...Array(SAMPLE).keys(), ...Array.from({ length: SAMPLE }, (_, k) => count - 1 - k)])].filter((n) => n >= 0 && n < count)
       const store = stores[name][tag.endsWith('t') ? 'ttl' : 'plain']
-      const states = await apiSnapshot(store, sample.map((n) => `life-${tag}-${n}`), STEP_IDS)
+      const states = await apiSnapshot(
+        store,
+        sample.map((n) => `life-${tag}-${n}`),
+        STEP_IDS,
+      )
       const left = Object.keys(states).filter((id) => !isDeepStrictEqual(states[id], gone))
       out.push({
         what: `embedded after: ${name}, lifecycle ${tag}: ${sample.length} of ${count} executions sampled, all disposed`,

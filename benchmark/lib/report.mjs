@@ -15,7 +15,7 @@ export function machineInfo({ redisVersion, versions }) {
   return {
     cpuModel: cpus[0]?.model ?? 'unknown',
     cpuCount: cpus.length,
-    memoryGiB: Math.round(os.totalmem() / 2 ** 30 * 10) / 10,
+    memoryGiB: Math.round((os.totalmem() / 2 ** 30) * 10) / 10,
     os: osName,
     arch: os.arch(),
     node: process.version,
@@ -43,16 +43,25 @@ function figuresTable(rows) {
   return table(
     ['figure', 'unit', 'better', 'ours', 'ioredis', 'node-redis', 'ours ÷ ioredis', 'node-redis ÷ ioredis', 'PING p50 µs'],
     rows.map((r) => [
-      r.figure, r.unit, r.better === 'higher' ? 'higher ↑' : 'lower ↓',
-      formatValue(r.values.ours, r.unit), formatValue(r.values.ioredis, r.unit), formatValue(r.values['node-redis'], r.unit),
-      fmtRatio(ratio(r.values.ours, r.values.ioredis)), fmtRatio(ratio(r.values['node-redis'], r.values.ioredis)), fmt1(r.pingUs),
+      r.figure,
+      r.unit,
+      r.better === 'higher' ? 'higher ↑' : 'lower ↓',
+      formatValue(r.values.ours, r.unit),
+      formatValue(r.values.ioredis, r.unit),
+      formatValue(r.values['node-redis'], r.unit),
+      fmtRatio(ratio(r.values.ours, r.values.ioredis)),
+      fmtRatio(ratio(r.values['node-redis'], r.values.ioredis)),
+      fmt1(r.pingUs),
     ]),
   )
 }
 
 /** The spread of the loopback PING p50 measured before each figure (the VM's wake-up regime). */
 function pingText(rows) {
-  const pings = rows.map((r) => r.pingUs).filter(Number.isFinite).sort((a, b) => a - b)
+  const pings = rows
+    .map((r) => r.pingUs)
+    .filter(Number.isFinite)
+    .sort((a, b) => a - b)
   if (!pings.length) return ''
   return (
     `PING p50 µs: a plain ioredis PING, 1 in flight for 100 ms just before each figure (${fmt1(pings[0])} to ${fmt1(pings.at(-1))} µs in this run). ` +
@@ -66,8 +75,13 @@ function backendsTable(rows) {
   return table(
     ['lifecycle (higher ↑)', 'ours Redis', 'ours SQLite', 'ours memory', 'ioredis', 'SQLite ÷ ioredis', 'memory ÷ ioredis', 'SQLite ÷ ours Redis'],
     rows.map((r) => [
-      r.figure, fmtInt(r.values.ours), fmtInt(r.values.sqlite), fmtInt(r.values.memory), fmtInt(r.values.ioredis),
-      fmtRatio(ratio(r.values.sqlite, r.values.ioredis)), fmtRatio(ratio(r.values.memory, r.values.ioredis)),
+      r.figure,
+      fmtInt(r.values.ours),
+      fmtInt(r.values.sqlite),
+      fmtInt(r.values.memory),
+      fmtInt(r.values.ioredis),
+      fmtRatio(ratio(r.values.sqlite, r.values.ioredis)),
+      fmtRatio(ratio(r.values.memory, r.values.ioredis)),
       fmtRatio(ratio(r.values.sqlite, r.values.ours)),
     ]),
   )
@@ -77,8 +91,12 @@ function kvTable(rows) {
   return table(
     ['KV call (higher ↑)', 'ours Redis', 'ioredis by hand', 'ours SQLite', 'ours ÷ ioredis', 'SQLite ÷ ioredis'],
     rows.map((r) => [
-      r.figure, fmtInt(r.values.ours), fmtInt(r.values.ioredis), fmtInt(r.values.sqlite),
-      fmtRatio(ratio(r.values.ours, r.values.ioredis)), fmtRatio(ratio(r.values.sqlite, r.values.ioredis)),
+      r.figure,
+      fmtInt(r.values.ours),
+      fmtInt(r.values.ioredis),
+      fmtInt(r.values.sqlite),
+      fmtRatio(ratio(r.values.ours, r.values.ioredis)),
+      fmtRatio(ratio(r.values.sqlite, r.values.ioredis)),
     ]),
   )
 }
@@ -96,7 +114,9 @@ export function markdown(result) {
   const lines = [
     `## durastate benchmark${result.only ? `, ${result.only} section only` : ''}${result.quick ? ' (BENCH_QUICK smoke run: figures are not meaningful)' : ''}`,
     '',
-    ...(result.rows ? redisSections(result) : [`${m.cpuCount} × ${m.cpuModel}, ${m.memoryGiB} GiB, ${m.os}, Node ${m.node}, durastate ${m.durastate}. ${result.startedAt}.`, '']),
+    ...(result.rows
+      ? redisSections(result)
+      : [`${m.cpuCount} × ${m.cpuModel}, ${m.memoryGiB} GiB, ${m.os}, Node ${m.node}, durastate ${m.durastate}. ${result.startedAt}.`, '']),
     ...(result.embedded ? embeddedSection(result) : []),
     ...(result.tracing ? tracingSection(result.tracing) : []),
     '### Same state in every store',
@@ -129,14 +149,16 @@ function redisSections(result) {
     '',
     backendsTable(result.backendRows),
     '',
-    ...(result.kvRows ? [
-      '### The KV store (same run)',
-      '',
-      'Our KV store (one-mount view) against the same calls written by hand over ioredis: `GET` + `JSON.parse`, `SET` of `JSON.stringify`, `MGET`. Ops/s.',
-      '',
-      kvTable(result.kvRows),
-      '',
-    ] : []),
+    ...(result.kvRows
+      ? [
+          '### The KV store (same run)',
+          '',
+          'Our KV store (one-mount view) against the same calls written by hand over ioredis: `GET` + `JSON.parse`, `SET` of `JSON.stringify`, `MGET`. Ops/s.',
+          '',
+          kvTable(result.kvRows),
+          '',
+        ]
+      : []),
     '### Memory: RSS of our Redis store over a long run',
     '',
     rssText(result.rss),
@@ -172,8 +194,15 @@ function embeddedSection(result) {
         const sqlite = verdict(r.id, 'durastate SQLite')
         const memory = verdict(r.id, 'durastate memory')
         return [
-          r.figure, formatValue(r.values[bs3], r.unit), formatValue(r.values.sqlite, r.unit), formatValue(r.values.memory, r.unit),
-          cell(sqlite), needed(sqlite), cell(memory), needed(memory), fmtRatio(ratio(r.values.memory, r.values[bs3])),
+          r.figure,
+          formatValue(r.values[bs3], r.unit),
+          formatValue(r.values.sqlite, r.unit),
+          formatValue(r.values.memory, r.unit),
+          cell(sqlite),
+          needed(sqlite),
+          cell(memory),
+          needed(memory),
+          fmtRatio(ratio(r.values.memory, r.values[bs3])),
         ]
       }),
     ),
@@ -193,8 +222,12 @@ function tracingSection(rows) {
     table(
       ['figure (higher ↑)', 'untraced', 'no subscriber', 'no subscriber ÷ untraced', 'subscribed', 'subscribed ÷ untraced'],
       rows.map((r) => [
-        r.figure, formatValue(r.values.untraced, r.unit), formatValue(r.values['no subscriber'], r.unit), fmtRatio(r.noSubscriberRatio),
-        formatValue(r.values.subscribed, r.unit), fmtRatio(r.subscribedRatio),
+        r.figure,
+        formatValue(r.values.untraced, r.unit),
+        formatValue(r.values['no subscriber'], r.unit),
+        fmtRatio(r.noSubscriberRatio),
+        formatValue(r.values.subscribed, r.unit),
+        fmtRatio(r.subscribedRatio),
       ]),
     ),
     '',

@@ -51,10 +51,26 @@ export function evaluateEmbeddedTargets(rows) {
   for (const r of rows) {
     const needed = EMBEDDED_TARGETS[r.kind][r.concurrency]
     const sqlite = ratio(r.values.sqlite, r.values['better-sqlite3'])
-    targets.push({ id: r.id, target: 'durastate SQLite ÷ better-sqlite3', figure: r.figure, measured: `${sqlite.toFixed(2)}x`, needed: `>= ${needed}x`, value: sqlite, pass: sqlite >= needed })
+    targets.push({
+      id: r.id,
+      target: 'durastate SQLite ÷ better-sqlite3',
+      figure: r.figure,
+      measured: `${sqlite.toFixed(2)}x`,
+      needed: `>= ${needed}x`,
+      value: sqlite,
+      pass: sqlite >= needed,
+    })
     const memory = ratio(r.values.memory, r.values.sqlite)
     const floor = EMBEDDED_TARGETS.memoryOverSqlite
-    targets.push({ id: r.id, target: 'durastate memory ÷ durastate SQLite', figure: r.figure, measured: `${memory.toFixed(2)}x`, needed: `>= ${floor}x`, value: memory, pass: memory >= floor })
+    targets.push({
+      id: r.id,
+      target: 'durastate memory ÷ durastate SQLite',
+      figure: r.figure,
+      measured: `${memory.toFixed(2)}x`,
+      needed: `>= ${floor}x`,
+      value: memory,
+      pass: memory >= floor,
+    })
   }
   return targets
 }

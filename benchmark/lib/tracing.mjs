@@ -41,7 +41,12 @@ export async function runTracing({ log, measureFigure, timeBoxed, warmFor, row, 
       channel.subscribe(noop)
       let subscribed
       try {
-        subscribed = await measureFigure(`tracing subscribed ${label}`, [{ name: 'subscribed', op: getOp(store, 'trace') }], warmFor(concurrency), timeBoxed(concurrency, config.roundMs))
+        subscribed = await measureFigure(
+          `tracing subscribed ${label}`,
+          [{ name: 'subscribed', op: getOp(store, 'trace') }],
+          warmFor(concurrency),
+          timeBoxed(concurrency, config.roundMs),
+        )
       } finally {
         channel.unsubscribe(noop)
       }

@@ -17,7 +17,12 @@ function el(tag, attributes, ...children) {
   return node
 }
 
-const DURATIONS = [['d', 86_400_000], ['h', 3_600_000], ['min', 60_000], ['s', 1_000]]
+const DURATIONS = [
+  ['d', 86_400_000],
+  ['h', 3_600_000],
+  ['min', 60_000],
+  ['s', 1_000],
+]
 
 function formatTtl(ms) {
   if (ms === null || ms === undefined) return 'no expiry'
@@ -58,9 +63,7 @@ function setStatus(text) {
 // ---------------------------------------------------------------------------------------
 
 function stateCell(execution) {
-  return execution.inProgress
-    ? el('span', { className: 'state-busy' }, 'in progress')
-    : el('span', { className: 'state-done' }, 'finished')
+  return execution.inProgress ? el('span', { className: 'state-busy' }, 'in progress') : el('span', { className: 'state-done' }, 'finished')
 }
 
 function renderList(answer) {
@@ -71,15 +74,26 @@ function renderList(answer) {
   body.replaceChildren(
     ...answer.executions.map((execution) => {
       const steps = `${execution.stepsDone} done` + (execution.stepsInProgress ? `, ${execution.stepsInProgress} in progress` : '')
-      const expires = execution.inProgress ? formatTtl(execution.expiresIn) : execution.stepsExpireIn !== null ? `steps: ${formatTtl(execution.stepsExpireIn)}` : 'no expiry'
-      const row = el('tr', { 'data-id': execution.id, onclick: () => select(execution.id) },
-        el('td', null, execution.id), el('td', null, stateCell(execution)), el('td', null, steps), el('td', null, expires))
+      const expires = execution.inProgress
+        ? formatTtl(execution.expiresIn)
+        : execution.stepsExpireIn !== null
+          ? `steps: ${formatTtl(execution.stepsExpireIn)}`
+          : 'no expiry'
+      const row = el(
+        'tr',
+        { 'data-id': execution.id, onclick: () => select(execution.id) },
+        el('td', null, execution.id),
+        el('td', null, stateCell(execution)),
+        el('td', null, steps),
+        el('td', null, expires),
+      )
       if (execution.id === state.selected) row.classList.add('selected')
       return row
     }),
   )
   const shown = answer.executions.length
-  $('count').textContent = `${shown} execution${shown === 1 ? '' : 's'}${answer.truncated ? ` shown of more (${answer.total}${answer.total > shown ? '' : '+'})` : ''}` +
+  $('count').textContent =
+    `${shown} execution${shown === 1 ? '' : 's'}${answer.truncated ? ` shown of more (${answer.total}${answer.total > shown ? '' : '+'})` : ''}` +
     (state.search ? ` matching "${state.search}"` : '')
 }
 
@@ -118,7 +132,8 @@ function renderNode(node) {
   const item = el('li', { className: 'step', 'data-task': node.path }, head)
   if (step && step.value !== null) {
     item.append(el('pre', { className: 'value' }, step.value))
-    if (step.truncated) item.append(el('p', { className: 'muted cut' }, `cut: the first ${state.info.maxValueChars} characters of ${formatSize(step.size)} are shown`))
+    if (step.truncated)
+      item.append(el('p', { className: 'muted cut' }, `cut: the first ${state.info.maxValueChars} characters of ${formatSize(step.size)} are shown`))
   }
   if (node.children.size) item.append(el('ul', null, ...[...node.children.values()].map(renderNode)))
   return item
@@ -162,7 +177,12 @@ const executionPath = (id) => `/api/executions/${encodeURIComponent(id)}`
 
 async function resetStep(taskId) {
   const id = state.selected
-  if (!confirm(`Reset step "${taskId}" of execution "${id}"?\n\nIts result and in-progress mark, and those of its nested steps, are removed: the next delivery runs them again.`)) return
+  if (
+    !confirm(
+      `Reset step "${taskId}" of execution "${id}"?\n\nIts result and in-progress mark, and those of its nested steps, are removed: the next delivery runs them again.`,
+    )
+  )
+    return
   try {
     const answer = await api(`${executionPath(id)}/reset`, { method: 'POST', body: JSON.stringify({ taskId }) })
     setStatus(`reset ${answer.reset.join(', ')}`)
