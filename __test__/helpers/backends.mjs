@@ -1,14 +1,17 @@
 // The backends the conformance suite runs against, each with fresh state per store.
 // `cluster`: a 3-master Redis Cluster of the test file's own, with `keyLayout: 'hashtag'`.
+// `postgres`: the PostgreSQL `npm test` started (or one of the file's own); stores share
+// its default schema, each on a prefix of its own, as Redis stores share a server.
 import { randomUUID } from 'node:crypto'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createMemoryStore, createRedisStore, createSqliteStore } from '../../index.js'
+import { createMemoryStore, createPostgresStore, createRedisStore, createSqliteStore } from '../../index.js'
 import { startCluster } from './cluster.mjs'
+import { testPostgres } from './postgres-server.mjs'
 import { testRedis } from './redis-server.mjs'
 
-export const backendNames = ['redis', 'sqlite', 'memory', 'cluster']
+export const backendNames = ['redis', 'sqlite', 'memory', 'cluster', 'postgres']
 
 /**
  * Prepares a backend. `open(options)` makes a store on fresh state; `openShared(options)`
@@ -26,6 +29,13 @@ export async function prepareBackend(name) {
     factory = (fresh, options) => {
       if (fresh) location = `ds-test:${randomUUID()}:`
       return createRedisStore(redis.url, { prefix: location, ...options })
+    }
+  } else if (name === 'postgres') {
+    const postgres = await testPostgres()
+    cleanup = postgres.release
+    factory = (fresh, options) => {
+      if (fresh) location = `ds-test:${randomUUID()}:`
+      return createPostgresStore(postgres.url, { prefix: location, ...options })
     }
   } else if (name === 'cluster') {
     const cluster = await startCluster()

@@ -5,6 +5,7 @@
 // other's keys, even on a server shared by several test files. Prefix relations (overlap,
 // glob characters) are kept, since every prefix of a store gets the same run id.
 // Cluster: a 3-master Redis Cluster of the test file's own, with run ids as for Redis.
+// Postgres: the server `npm test` started (testPostgres()), with run ids as for Redis.
 // SQLite: a new file `sqlite:<tmpdir>/<uuid>.db` per store. Memory: `memory:`.
 import { randomUUID } from 'node:crypto'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -12,9 +13,10 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createKvStore } from '../../index.js'
 import { startCluster } from './cluster.mjs'
+import { testPostgres } from './postgres-server.mjs'
 import { testRedis } from './redis-server.mjs'
 
-export const kvBackendNames = ['redis', 'sqlite', 'memory', 'cluster']
+export const kvBackendNames = ['redis', 'sqlite', 'memory', 'cluster', 'postgres']
 
 /** `options` with every mount prefix (or, without mounts, `options.prefix`) behind `base`. */
 function withBase(options, base) {
@@ -49,12 +51,17 @@ export async function prepareKvBackend(name) {
   const stores = []
   let cleanup = async () => {}
   let redisUrl
+  let postgresUrl
   let clusterUrls
   let dir
   if (name === 'redis') {
     const redis = await testRedis()
     redisUrl = redis.url
     cleanup = redis.release
+  } else if (name === 'postgres') {
+    const postgres = await testPostgres()
+    postgresUrl = postgres.url
+    cleanup = postgres.release
   } else if (name === 'cluster') {
     const cluster = await startCluster()
     clusterUrls = cluster.urls
@@ -73,10 +80,11 @@ export async function prepareKvBackend(name) {
     let target
     if (fresh) {
       location = name === 'sqlite' ? join(dir, `${randomUUID()}.db`) : undefined
-      base = name === 'redis' || name === 'cluster' ? `kvt:${randomUUID()}:` : ''
+      base = name === 'redis' || name === 'cluster' || name === 'postgres' ? `kvt:${randomUUID()}:` : ''
     }
     if (name === 'redis') target = redisUrl
     else if (name === 'cluster') target = { cluster: clusterUrls }
+    else if (name === 'postgres') target = postgresUrl
     else if (name === 'sqlite') target = `sqlite:${location}`
     else target = 'memory:'
     const used = raw ? '' : base

@@ -490,7 +490,11 @@ async fn run(client: &ClientWrapper, sql: &Statements, batches: &[&Batch]) -> Ou
   for (k, segment) in segments.into_iter().enumerate() {
     let mut futures: Vec<BoxFuture<'_, OpResult>> = Vec::with_capacity(segment.len() + 2);
     let begin = transaction && k == 0;
-    let commit = transaction && k + 1 == count;
+    let last = transaction && k + 1 == count;
+    // COMMIT follows the last segment in the same write, unless that segment is a
+    // command whose later statements are only sent once its first answered.
+    let multi = segment.iter().any(|(_, command)| ops::is_multi(command));
+    let commit = last && !multi;
     if begin {
       futures.push(Box::pin(simple(client, "BEGIN")));
     }
@@ -499,7 +503,7 @@ async fn run(client: &ClientWrapper, sql: &Statements, batches: &[&Batch]) -> Ou
       futures.push(Box::pin(simple(client, "COMMIT")));
     }
     let mut results = join_ordered(futures).await;
-    let commit_result = commit.then(|| results.pop()).flatten();
+    let mut commit_result = commit.then(|| results.pop()).flatten();
     if begin {
       if let Err(err) = results.remove(0) {
         return Outcome::from_error(err, true);
@@ -522,6 +526,9 @@ async fn run(client: &ClientWrapper, sql: &Statements, batches: &[&Batch]) -> Ou
           failed[*index].get_or_insert(failure);
         }
       }
+    }
+    if last && !commit {
+      commit_result = Some(simple(client, "COMMIT").await);
     }
     if let Some(Err(err)) = commit_result {
       return Outcome::from_error(err, true);
