@@ -1,11 +1,12 @@
-// `npm test`: builds the addon, starts a throwaway redis-server on a free loopback
-// port, runs the node:test suites on Node.js, then the suites that apply on Bun and on
+// `npm test`: builds the addon, starts a throwaway redis-server and a throwaway
+// PostgreSQL on free loopback ports, runs the node:test suites on Node.js, then the suites that apply on Bun and on
 // Deno (devDependencies), the TypeScript types check and `cargo test`, and stops the
-// server it started, even when tests fail.
+// servers it started, even when tests fail.
 import { spawn, spawnSync } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { postgresBinDir, startPostgresServer } from '../__test__/helpers/postgres-server.mjs'
 import { startRedisServer } from '../__test__/helpers/redis-server.mjs'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
@@ -55,11 +56,22 @@ const TOOLS = [
   { binary: 'redis-server', args: ['--version'], debian: 'redis-server', other: 'macOS: brew install redis' },
   { binary: 'redis-cli', args: ['--version'], debian: 'redis-tools', other: 'macOS: brew install redis' },
   { binary: 'openssl', args: ['version'], debian: 'openssl', other: 'macOS: brew install openssl' },
+  { check: postgresPresent, binary: 'postgres', debian: 'postgresql', other: 'macOS: brew install postgresql' },
 ]
+
+/** Whether PostgreSQL's server binaries are there (Debian keeps them off PATH). */
+function postgresPresent() {
+  try {
+    postgresBinDir()
+    return true
+  } catch {
+    return false
+  }
+}
 
 /** Installs what is missing (Debian packages, as root) or stops at once saying how. */
 function ensureTools() {
-  const missing = TOOLS.filter(({ binary, args }) => spawnSync(binary, args).status !== 0)
+  const missing = TOOLS.filter(({ check, binary, args }) => !(check ? check() : spawnSync(binary, args).status === 0))
   if (missing.length === 0) return
   const packages = missing.map((tool) => tool.debian)
   const isRoot = typeof process.getuid === 'function' && process.getuid() === 0
@@ -87,13 +99,13 @@ const NODE_TEST = ['--test', '--test-force-exit', '--test-timeout=300000']
 
 /**
  * The suites that also run on Bun and Deno: the runtime checks, the WorkerStore
- * conformance and KV suites (Redis, SQLite, memory, Cluster), the Redis faults, process
- * exit, and the Redis and SQLite suites. Left out: TLS and Sentinel (event-loop driver
+ * conformance and KV suites (Redis, SQLite, memory, Cluster, Postgres), the Redis faults,
+ * process exit, and the Redis, SQLite and Postgres suites. Left out: TLS and Sentinel (event-loop driver
  * only, rejected there: runtime.spec.mjs checks that), and the CLI, demo and Cluster
  * failover suites, which test Node.js programs. Cases that need the event-loop driver
  * skip themselves (helpers/runtime.mjs).
  */
-const OTHER_RUNTIME_SPECS = ['runtime', 'conformance', 'kv', 'reliability', 'process', 'redis', 'sqlite'].map((name) =>
+const OTHER_RUNTIME_SPECS = ['runtime', 'conformance', 'kv', 'reliability', 'process', 'redis', 'sqlite', 'postgres'].map((name) =>
   join('__test__', `${name}.spec.mjs`),
 )
 /** Bounds a whole Bun or Deno step (deno test has no per-test timeout). */
@@ -132,25 +144,31 @@ if (!run('build the addon', process.execPath, [napi, 'build', '--platform', '--r
 }
 ensureTools()
 const server = await startRedisServer()
+let postgres
 let ok = false
 try {
+  postgres = await startPostgresServer()
   const specs = readdirSync(join(root, '__test__')).filter((f) => f.endsWith('.spec.mjs')).sort()
   const nodeOk = run('node --test', process.execPath, [...NODE_TEST, '--test-concurrency=2', ...specs.map((f) => join('__test__', f))], {
     DURASTATE_TEST_REDIS_URL: server.url,
+    DURASTATE_TEST_POSTGRES_URL: postgres.url,
   })
   // The threaded Redis path (unix sockets, non-Unix platforms) keeps passing the same suites,
   // the Redis faults (resending after a dropped connection) included.
   const threadsOk = run('node --test, Redis on tokio threads', process.execPath, [...NODE_TEST, ...['conformance', 'redis', 'reliability'].map((name) => join('__test__', `${name}.spec.mjs`))], {
     DURASTATE_TEST_REDIS_URL: server.url,
+    DURASTATE_TEST_POSTGRES_URL: postgres.url,
     DURASTATE_REDIS_DRIVER: 'threads',
   })
-  const bunOk = await runBun({ DURASTATE_TEST_REDIS_URL: server.url })
-  const denoOk = await runDeno({ DURASTATE_TEST_REDIS_URL: server.url })
+  const servers = { DURASTATE_TEST_REDIS_URL: server.url, DURASTATE_TEST_POSTGRES_URL: postgres.url }
+  const bunOk = await runBun(servers)
+  const denoOk = await runDeno(servers)
   const tscOk = run('types', process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', '__test__/tsconfig.json'])
   const cargoOk = run('cargo test', 'cargo', ['test', '--release', '--quiet'])
   ok = nodeOk && threadsOk && bunOk && denoOk && tscOk && cargoOk
 } finally {
   await server.stop()
+  await postgres?.stop()
 }
 console.log(ok ? '\n# all test suites passed' : '\n# some test suites FAILED')
 process.exit(ok ? 0 : 1)

@@ -11,8 +11,8 @@ use napi_derive::napi;
 #[cfg(unix)]
 use crate::backend::LoopRedis;
 use crate::backend::{
-  ClusterBackend, EmbeddedBackend, EmbeddedSettings, Location, PostgresBackend, PostgresConnectionOptions,
-  PostgresSettings, PostgresTarget, RedisBackend,
+  ClusterBackend, EmbeddedBackend, EmbeddedSettings, Location, PostgresBackend,
+  PostgresConnectionOptions, PostgresSettings, PostgresTarget, RedisBackend,
 };
 use crate::engine::Engine;
 use crate::error::{ErrorCode, StoreError, StoreResult};
@@ -84,9 +84,15 @@ pub fn create_postgres_store(
   let target = match &target {
     Some(Either::A(url)) if !url.is_empty() => PostgresTarget::from_url(url, options.tls.as_ref())?,
     Some(Either::B(fields)) => PostgresTarget::from_fields(fields, options.tls.as_ref())?,
-    _ => match std::env::var("DATABASE_URL").ok().filter(|url| !url.is_empty()) {
+    _ => match std::env::var("DATABASE_URL")
+      .ok()
+      .filter(|url| !url.is_empty())
+    {
       Some(url) => PostgresTarget::from_url(&url, options.tls.as_ref())?,
-      None => PostgresTarget::from_url("postgres://postgres@localhost:5432/postgres", options.tls.as_ref())?,
+      None => PostgresTarget::from_url(
+        "postgres://postgres@localhost:5432/postgres",
+        options.tls.as_ref(),
+      )?,
     },
   };
   Ok(worker_store(postgres_engine(target, &options)?)?)
@@ -369,7 +375,10 @@ fn postgres_engine(
   };
   let backend = PostgresBackend::new(PostgresSettings {
     target,
-    schema: options.schema.clone().unwrap_or_else(|| "durastate".to_string()),
+    schema: options
+      .schema
+      .clone()
+      .unwrap_or_else(|| "durastate".to_string()),
     pool_size,
     connect_timeout: common.connect_timeout,
     command_timeout: common.command_timeout,

@@ -21,7 +21,10 @@ pub fn kind(err: &tokio_postgres::Error) -> Kind {
     return Kind::Dropped;
   }
   match err.code() {
-    Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED => {
+    Some(code)
+      if *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED =>
+    {
       Kind::Conflict
     }
     Some(code)
@@ -56,7 +59,9 @@ pub fn store_error(err: &tokio_postgres::Error) -> StoreError {
   let code = match err.code().map(|c| c.code()) {
     Some(c) if c.starts_with("28") || c == "42501" => ErrorCode::Auth,
     Some(c) if c.starts_with("22") => ErrorCode::InvalidInput,
-    Some(c) if c.starts_with("42") || c.starts_with("23") || c.starts_with("XX") => ErrorCode::Internal,
+    Some(c) if c.starts_with("42") || c.starts_with("23") || c.starts_with("XX") => {
+      ErrorCode::Internal
+    }
     Some(_) => ErrorCode::Unavailable,
     None if is_tls(err) => ErrorCode::Tls,
     None if text.contains("timed out") => ErrorCode::Unavailable,

@@ -31,7 +31,9 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+  ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
+};
 use futures_util::future::{maybe_done, BoxFuture, MaybeDone};
 use tokio::sync::oneshot;
 use tokio_postgres::NoTls;
@@ -468,7 +470,10 @@ async fn run(client: &ClientWrapper, sql: &Statements, batches: &[&Batch]) -> Ou
   let writes = batches.iter().any(|batch| batch.writes());
   let multi = commands.iter().any(|(_, command)| ops::is_multi(command));
   let transaction = writes && (commands.len() > 1 || multi);
-  let mut replies: Vec<Vec<Reply>> = batches.iter().map(|b| Vec::with_capacity(b.commands.len())).collect();
+  let mut replies: Vec<Vec<Reply>> = batches
+    .iter()
+    .map(|b| Vec::with_capacity(b.commands.len()))
+    .collect();
   let mut failed: Vec<Option<Failure>> = batches.iter().map(|_| None).collect();
   // Segments: runs of single-statement commands, pipelined; a multi-statement command
   // runs alone, after everything before it answered.
@@ -498,7 +503,11 @@ async fn run(client: &ClientWrapper, sql: &Statements, batches: &[&Batch]) -> Ou
     if begin {
       futures.push(Box::pin(simple(client, "BEGIN")));
     }
-    futures.extend(segment.iter().map(|(_, command)| ops::run(client, sql, command)));
+    futures.extend(
+      segment
+        .iter()
+        .map(|(_, command)| ops::run(client, sql, command)),
+    );
     if commit {
       futures.push(Box::pin(simple(client, "COMMIT")));
     }
@@ -560,7 +569,10 @@ impl Outcome {
         match errors::kind(&err) {
           Kind::Dropped => Failure::Dropped(StoreError::new(
             ErrorCode::Unavailable,
-            format!("{} (the connection dropped; the call may or may not have been applied)", store.message),
+            format!(
+              "{} (the connection dropped; the call may or may not have been applied)",
+              store.message
+            ),
           )),
           Kind::Conflict => Failure::Conflict(store),
           Kind::Other => Failure::Other(store),
@@ -597,7 +609,11 @@ async fn join_ordered<F: std::future::Future + Unpin>(futures: Vec<F>) -> Vec<F:
   .await;
   pending
     .iter_mut()
-    .map(|future| Pin::new(future).take_output().expect("every future is done"))
+    .map(|future| {
+      Pin::new(future)
+        .take_output()
+        .expect("every future is done")
+    })
     .collect()
 }
 

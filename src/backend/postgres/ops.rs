@@ -231,12 +231,20 @@ fn text_reply(value: Option<String>) -> Reply {
 }
 
 fn first_text(found: Vec<Row>) -> Reply {
-  text_reply(found.first().and_then(|row| row.get::<_, Option<String>>(0)))
+  text_reply(
+    found
+      .first()
+      .and_then(|row| row.get::<_, Option<String>>(0)),
+  )
 }
 
 /// One command as a future that sends its request when first polled (its statement is
 /// prepared on the connection already, so `prepare_cached` answers at once).
-pub fn run<'a>(client: &'a ClientWrapper, sql: &'a Statements, command: &'a Command) -> BoxFuture<'a, OpResult> {
+pub fn run<'a>(
+  client: &'a ClientWrapper,
+  sql: &'a Statements,
+  command: &'a Command,
+) -> BoxFuture<'a, OpResult> {
   Box::pin(async move {
     Ok(match command {
       Command::Get { key } => first_text(rows(client, &sql.get, &[key]).await?),
@@ -262,7 +270,9 @@ pub fn run<'a>(client: &'a ClientWrapper, sql: &'a Statements, command: &'a Comm
       Command::SetGet { key, value, ttl_ms } => {
         first_text(rows(client, &sql.set_get, &[key, value, &ttl(*ttl_ms)]).await?)
       }
-      Command::Exists { key } => Reply::Int(!rows(client, &sql.exists, &[key]).await?.is_empty() as i64),
+      Command::Exists { key } => {
+        Reply::Int(!rows(client, &sql.exists, &[key]).await?.is_empty() as i64)
+      }
       Command::PTtl { key } => {
         let found = rows(client, &sql.pttl, &[key]).await?;
         Reply::Int(found.first().map(|row| row.get::<_, i64>(0)).unwrap_or(-2))
@@ -332,7 +342,12 @@ pub fn run<'a>(client: &'a ClientWrapper, sql: &'a Statements, command: &'a Comm
         exclusive,
         ttl_ms,
       } => {
-        let found = rows(client, &sql.claim, &[exec, task, value, exclusive, &ttl(*ttl_ms)]).await?;
+        let found = rows(
+          client,
+          &sql.claim,
+          &[exec, task, value, exclusive, &ttl(*ttl_ms)],
+        )
+        .await?;
         Reply::Int(found.first().map(|row| row.get::<_, i32>(0)).unwrap_or(0) as i64)
       }
       Command::Commit {
@@ -344,8 +359,12 @@ pub fn run<'a>(client: &'a ClientWrapper, sql: &'a Statements, command: &'a Comm
         count(client, &sql.commit, &[exec, task, json, &ttl(*ttl_ms)]).await?;
         Reply::Ok
       }
-      Command::StepResult { exec, task } => first_text(rows(client, &sql.step_result, &[exec, task]).await?),
-      Command::StepClaim { exec, task } => first_text(rows(client, &sql.step_claim, &[exec, task]).await?),
+      Command::StepResult { exec, task } => {
+        first_text(rows(client, &sql.step_result, &[exec, task]).await?)
+      }
+      Command::StepClaim { exec, task } => {
+        first_text(rows(client, &sql.step_claim, &[exec, task]).await?)
+      }
       Command::StepResults { exec } => {
         let found = rows(client, &sql.step_results, &[exec]).await?;
         Reply::Pairs(
@@ -463,7 +482,11 @@ async fn merge(
 
 /// Everything stored about `exec`, with TTLs as `PTTL` answers them; the reads are
 /// pipelined.
-async fn view(client: &ClientWrapper, sql: &Statements, exec: &str) -> Result<Reply, tokio_postgres::Error> {
+async fn view(
+  client: &ClientWrapper,
+  sql: &Statements,
+  exec: &str,
+) -> Result<Reply, tokio_postgres::Error> {
   let (now, entry, expiry, steps) = futures_util::future::join4(
     rows(client, &sql.now, &[]),
     rows(client, &sql.entry_row, &[&exec]),

@@ -84,7 +84,10 @@ impl PostgresTarget {
   }
 
   /// Fields (`{ host, port, user, password, database, sslmode, applicationName }`).
-  pub fn from_fields(fields: &PostgresConnectionOptions, tls: Option<&TlsOptions>) -> StoreResult<Self> {
+  pub fn from_fields(
+    fields: &PostgresConnectionOptions,
+    tls: Option<&TlsOptions>,
+  ) -> StoreResult<Self> {
     let mut config = Config::new();
     config.host(fields.host.as_deref().unwrap_or("localhost"));
     if let Some(port) = fields.port {
@@ -110,7 +113,11 @@ impl PostgresTarget {
     Self::finish(config, mode, tls)
   }
 
-  fn finish(mut config: Config, mode: Option<TlsMode>, tls: Option<&TlsOptions>) -> StoreResult<Self> {
+  fn finish(
+    mut config: Config,
+    mode: Option<TlsMode>,
+    tls: Option<&TlsOptions>,
+  ) -> StoreResult<Self> {
     if config.get_hosts().is_empty() {
       config.host("localhost");
     }
@@ -151,7 +158,11 @@ impl PostgresTarget {
       TlsMode::Require | TlsMode::Verify => SslMode::Require,
     });
     let display = display(&config);
-    Ok(Self { config, tls, display })
+    Ok(Self {
+      config,
+      tls,
+      display,
+    })
   }
 
   /// Sets the bound on establishing a connection.
