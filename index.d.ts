@@ -147,9 +147,9 @@ export interface PostgresStoreOptions extends StoreOptions {
   /** The schema holding the store's tables, created on first use. Default `'durastate'`. */
   schema?: string
   /**
-   * Connections the store opens at most. Default 4: calls in flight together share one
-   * connection and one transaction (group commit); the others serve the sweep of expired
-   * rows and replacements.
+   * Connections the store opens at most. Default 4: three group-commit lanes (calls in
+   * flight together on one lane share one connection and one transaction; a call's lane is
+   * its key's) and one for the sweep of expired rows.
    */
   poolSize?: number
   /**

@@ -67,6 +67,7 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
   it('keeps TTLs exact in ms: marks expire together, results expire together', async () => {
     const ttl = 1_500
     const store = createPostgresStore(server.url, { prefix: fresh(), ttl })
+    await store.isExecutionInProgress('warm-up') // connected, statements prepared
     const t0 = Date.now()
     await store.beginExecutionTask('e', 'a')
     await store.commitExecutionTaskResult('e', 'r1', 1)
@@ -94,11 +95,12 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
   it('sweeps expired rows in bounded batches through the expiry index', async () => {
     const schema = 'ds_sweep'
     const kv = createKvStore(server.url, { schema, prefix: 'sw:' })
-    await Promise.all(Array.from({ length: 20 }, (_, i) => kv.set('default', `k${i}`, i, { ttl: 600 })))
-    const store = createPostgresStore(server.url, { schema, ttl: 600 })
+    const store = createPostgresStore(server.url, { schema, ttl: 2_000 })
+    await Promise.all([kv.has('default', 'warm-up'), store.isExecutionInProgress('warm-up')])
+    await Promise.all(Array.from({ length: 20 }, (_, i) => kv.set('default', `k${i}`, i, { ttl: 2_000 })))
     await store.commitExecutionTaskResult('gone', 't', 1)
     assert.equal(server.sql(`SELECT count(*) FROM ${schema}.entries`), '20')
-    await sleep(1_200)
+    await sleep(2_200)
     await kv.set('default', 'keep', 'x') // a write after a second starts a sweep
     const deadline = Date.now() + 5_000
     while (Date.now() < deadline && server.sql(`SELECT count(*) FROM ${schema}.entries`) !== '1') await sleep(50)
@@ -273,20 +275,23 @@ describe('Postgres faults', { timeout: 300_000 }, () => {
   it('bounds every call by commandTimeout when the server stops answering', async () => {
     const server = await startPostgresServer()
     try {
-      const store = createPostgresStore(server.url, { prefix: fresh(), commandTimeout: 800 })
+      const store = createPostgresStore(server.url, { prefix: fresh(), commandTimeout: 1_500 })
+      const warm = createPostgresStore(server.url, { prefix: fresh() })
+      await warm.beginExecution('tables made') // the tables exist before the timed store's first call
+      await warm.close()
       await store.beginExecution('x')
       // a lock the store's statement waits for: the server holds the call
       const lock = startChild(
         `const { spawnSync } = require('node:child_process');
          spawnSync(${JSON.stringify(`${server.bin}/psql`)}, ['-h', '127.0.0.1', '-p', '${server.port}', '-U', 'postgres', '-d', 'postgres', '-c',
-           "BEGIN; LOCK TABLE durastate.entries IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(3); COMMIT;"],
+           "BEGIN; LOCK TABLE durastate.entries IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(5); COMMIT;"],
            { env: { ...process.env, PGPASSWORD: ${JSON.stringify(POSTGRES_PASSWORD)} } })`,
         { timeoutMs: 20_000 },
       )
-      await sleep(700)
+      await sleep(1_000)
       const t0 = Date.now()
       await assert.rejects(store.isExecutionInProgress('x'), (err) => err.code === 'TIMEOUT')
-      assert.ok(Date.now() - t0 < 1_500, `rejected after ${Date.now() - t0} ms`)
+      assert.ok(Date.now() - t0 < 2_500, `rejected after ${Date.now() - t0} ms`)
       await lock.done
       assert.equal(await store.isExecutionInProgress('x'), true)
       await store.close()

@@ -349,8 +349,8 @@ fn cluster_engine(
   Ok((Engine::Tokio(Arc::new(backend)), common))
 }
 
-/// Connections a Postgres store opens at most, by default: the lane that runs every
-/// call, one for the sweep of expired rows, and room for a connection being replaced.
+/// Connections a Postgres store opens at most, by default: three group-commit lanes and
+/// one for the sweep of expired rows.
 const DEFAULT_POSTGRES_POOL: u32 = 4;
 
 /// Postgres on tokio threads (`backend/postgres`).

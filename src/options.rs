@@ -47,7 +47,7 @@ pub struct StoreOptions {
   pub key_layout: Option<String>,
   /// Postgres: the schema holding the store's tables (created on first use). Default `durastate`.
   pub schema: Option<String>,
-  /// Postgres: connections the store opens at most. Default 4.
+  /// Postgres: connections the store opens at most (group-commit lanes + one for the sweep). Default 4.
   pub pool_size: Option<u32>,
 }
 

@@ -2,8 +2,9 @@
 //! store-shaped tables (`schema.rs`, `ops.rs`), through a deadpool of tokio-postgres
 //! connections (TLS by rustls), on tokio threads (`Engine::Tokio`).
 //!
-//! Group commit: calls are queued to one lane, which runs everything queued since its
-//! last round as one group on one connection: the statements of every call go out back
+//! Group commit: calls are queued to lanes (one per key: a call goes to the lane of its
+//! batch's first key, so calls on one key run in the order they were made), and each lane
+//! runs everything queued to it since its last round as one group on one connection: the statements of every call go out back
 //! to back (pipelined, each prepared once per connection) inside one transaction, whose
 //! `COMMIT` follows them in the same write. Every call of the group is answered once
 //! that `COMMIT` is acknowledged: durable as the server's `synchronous_commit` says,
@@ -112,7 +113,8 @@ struct Inner {
   /// Whether the schema was created or checked.
   ready: AtomicBool,
   preparing: tokio::sync::Mutex<()>,
-  lane: Mutex<Lane>,
+  /// The lanes; several groups commit at once (the server flushes their commits together).
+  lanes: Vec<Mutex<Lane>>,
   closed: AtomicBool,
   last_sweep: AtomicU64,
 }
@@ -162,7 +164,10 @@ impl PostgresBackend {
         retry,
         ready: AtomicBool::new(false),
         preparing: tokio::sync::Mutex::new(()),
-        lane: Mutex::new(Lane::default()),
+        // One connection is kept for the sweep.
+        lanes: (0..pool_size.saturating_sub(1).max(1))
+          .map(|_| Mutex::new(Lane::default()))
+          .collect(),
         closed: AtomicBool::new(false),
         last_sweep: AtomicU64::new(0),
       }),
@@ -182,16 +187,51 @@ impl AsyncBackend for PostgresBackend {
   fn close(&self) {
     self.inner.closed.store(true, Ordering::Release);
     self.inner.pool.close();
-    let queued: Vec<Job> = self.inner.lane().queue.drain(..).collect();
-    for job in queued {
-      job.answer(Err(Failure::Other(StoreError::disposed())));
+    for lane in 0..self.inner.lanes.len() {
+      let queued: Vec<Job> = self.inner.lane(lane).queue.drain(..).collect();
+      for job in queued {
+        job.answer(Err(Failure::Other(StoreError::disposed())));
+      }
     }
   }
 }
 
 impl Inner {
-  fn lane(&self) -> std::sync::MutexGuard<'_, Lane> {
-    self.lane.lock().unwrap_or_else(|e| e.into_inner())
+  fn lane(&self, index: usize) -> std::sync::MutexGuard<'_, Lane> {
+    self.lanes[index].lock().unwrap_or_else(|e| e.into_inner())
+  }
+
+  /// The lane of a batch: by its first key (a batch without one, a scan, goes to lane 0).
+  fn lane_of(&self, batch: &Batch) -> usize {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+      std::sync::OnceLock::new();
+    match batch.keys().next() {
+      Some(key) if self.lanes.len() > 1 => {
+        let hash = SEED.get_or_init(Default::default).hash_one(key);
+        (hash % self.lanes.len() as u64) as usize
+      }
+      _ => 0,
+    }
+  }
+
+  /// Waits until every call queued to any lane before now was answered, so that a scan
+  /// (which reads keys it does not name) does not run ahead of writes made before it.
+  async fn barrier(self: &Arc<Self>) {
+    let waits: Vec<_> = (0..self.lanes.len())
+      .map(|lane| {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+          batch: Arc::new(Batch::many(Vec::new())),
+          reply,
+        };
+        self.submit(lane, job);
+        answer
+      })
+      .collect();
+    for wait in waits {
+      let _ = wait.await;
+    }
   }
 
   /// Runs a batch as part of the lane's next group; after a dropped connection sends it
@@ -204,6 +244,10 @@ impl Inner {
         format!("{command:?} is a Redis command, not a store operation"),
       ));
     }
+    if batch.reads_any_key() && self.lanes.len() > 1 {
+      self.barrier().await;
+    }
+    let lane = self.lane_of(&batch);
     let batch = Arc::new(batch);
     let mut budget = Budget::new(&self.retry, batch.may_resend());
     let mut recovering = false;
@@ -213,10 +257,13 @@ impl Inner {
         return Err(StoreError::disposed());
       }
       let (reply, answer) = oneshot::channel();
-      self.submit(Job {
-        batch: batch.clone(),
-        reply,
-      });
+      self.submit(
+        lane,
+        Job {
+          batch: batch.clone(),
+          reply,
+        },
+      );
       let failure = match answer.await {
         Ok(Ok(replies)) => return Ok(replies),
         Ok(Err(failure)) => failure,
@@ -248,20 +295,20 @@ impl Inner {
     }
   }
 
-  fn submit(self: &Arc<Self>, job: Job) {
-    let mut lane = self.lane();
+  fn submit(self: &Arc<Self>, index: usize, job: Job) {
+    let mut lane = self.lane(index);
     lane.queue.push_back(job);
     if !lane.running {
       lane.running = true;
-      tokio::spawn(self.clone().drain());
+      tokio::spawn(self.clone().drain(index));
     }
   }
 
   /// The lane: one group at a time, each with everything queued meanwhile.
-  async fn drain(self: Arc<Self>) {
+  async fn drain(self: Arc<Self>, index: usize) {
     loop {
       let jobs: Vec<Job> = {
-        let mut lane = self.lane();
+        let mut lane = self.lane(index);
         lane.queue.retain(|job| !job.reply.is_closed());
         if lane.queue.is_empty() {
           lane.running = false;
@@ -339,6 +386,13 @@ impl Inner {
 
   /// Runs one group and answers each of its calls.
   async fn run_group(self: &Arc<Self>, jobs: Vec<Job>) {
+    if jobs.iter().all(|job| job.batch.commands.is_empty()) {
+      // Only barriers (see `barrier`): nothing to send.
+      for job in jobs {
+        job.answer(Ok(Vec::new()));
+      }
+      return;
+    }
     let client = match self.connection().await {
       Ok(client) => client,
       Err(err) => {

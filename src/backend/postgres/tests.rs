@@ -3,7 +3,7 @@ use super::*;
 #[tokio::test]
 async fn join_ordered_polls_in_order_and_keeps_order() {
   let order = Arc::new(Mutex::new(Vec::new()));
-  let futures: Vec<BoxFuture<'_, usize>> = (0..40)
+  let futures: Vec<BoxFuture<'_, usize>> = (0..40usize)
     .map(|i| {
       let order = order.clone();
       Box::pin(async move {
