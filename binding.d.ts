@@ -316,7 +316,7 @@ export interface StoreOptions {
   keyLayout?: string
   /** Postgres: the schema holding the store's tables (created on first use). Default `durastate`. */
   schema?: string
-  /** Postgres: connections the store opens at most. Default 4. */
+  /** Postgres: connections the store opens at most (group-commit lanes + one for the sweep). Default 4. */
   poolSize?: number
 }
 
