@@ -230,7 +230,7 @@ describe('createStore', () => {
   })
 
   it('rejects an unknown scheme with INVALID_INPUT, without echoing a password', () => {
-    assert.throws(() => createStore('postgres://u:hunter2@h/db'), (err) => err.code === 'INVALID_INPUT' && !err.message.includes('hunter2'))
+    assert.throws(() => createStore('mysql://u:hunter2@h/db'), (err) => err.code === 'INVALID_INPUT' && !err.message.includes('hunter2'))
     assert.throws(() => createStore('sqlite:'), (err) => err.code === 'INVALID_INPUT')
   })
 })
