@@ -147,6 +147,14 @@ export declare function createKvStore(target: string | RedisConnectionOptions | 
 export declare function createMemoryStore(options?: StoreOptions | undefined | null): NativeWorkerStore
 
 /**
+ * A store on Postgres. `target` is a libpq URL (`postgres://user:pass@host:port/db
+ * ?sslmode=...`) or `{ host, port, user, password, database, ... }`; default
+ * `DATABASE_URL`, then `postgres://postgres@localhost:5432/postgres`. Connects on first
+ * use, and creates its tables then (schema `durastate`, option `schema`).
+ */
+export declare function createPostgresStore(target?: string | PostgresConnectionOptions | undefined | null, options?: StoreOptions | undefined | null): NativeWorkerStore
+
+/**
  * A store on Redis. `target` is a URL or `{ host, port, ... }`; default `REDIS_URL`,
  * then `redis://127.0.0.1:6379`. Connects on first use.
  */
@@ -156,8 +164,9 @@ export declare function createRedisStore(target?: string | RedisConnectionOption
 export declare function createSqliteStore(path?: string | undefined | null, options?: StoreOptions | undefined | null): NativeWorkerStore
 
 /**
- * A store picked by URL: `redis://`/`rediss://`, `sqlite:<path>`/`file:<path>`, `memory:`.
- * Without a URL: `DURASTATE_URL`, then `REDIS_URL`, else the SQLite default file.
+ * A store picked by URL: `redis://`/`rediss://`, `postgres://`, `sqlite:<path>`/`file:<path>`,
+ * `memory:`. Without a URL: `DURASTATE_URL`, then `REDIS_URL`, then `DATABASE_URL`, else
+ * the SQLite default file.
  */
 export declare function createStore(url?: string | undefined | null, options?: StoreOptions | undefined | null): NativeWorkerStore
 
@@ -216,6 +225,23 @@ export interface KvSchemaSpec {
   /** `JSON.stringify(default)`; absent when the default has no JSON form. */
   defaultJson?: string
   description?: string
+}
+
+/** A Postgres server given as fields rather than a URL. */
+export interface PostgresConnectionOptions {
+  /** Host name, IP address, or a directory holding the server's unix socket. Default `localhost`. */
+  host?: string
+  /** TCP port. Default 5432. */
+  port?: number
+  /** Role to connect as. Default `postgres`. */
+  user?: string
+  password?: string
+  /** Database. Default: the user's name. */
+  database?: string
+  /** `disable`, `prefer`, `require`, `verify-ca` or `verify-full` (libpq's `sslmode`). */
+  sslmode?: string
+  /** Shown in `pg_stat_activity`. Default `durastate`. */
+  applicationName?: string
 }
 
 /** A Redis server given as fields rather than a URL. */
@@ -327,6 +353,10 @@ export interface StoreOptions {
    * per execution). Required on a Redis Cluster.
    */
   keyLayout?: string
+  /** Postgres: the schema holding the store's tables (created on first use). Default `durastate`. */
+  schema?: string
+  /** Postgres: connections the store opens at most (group-commit lanes + one for the sweep). Default 4. */
+  poolSize?: number
 }
 
 /**

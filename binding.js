@@ -841,6 +841,7 @@ module.exports.NativeWorkerStore = nativeBinding.NativeWorkerStore
 module.exports.createInspector = nativeBinding.createInspector
 module.exports.createKvStore = nativeBinding.createKvStore
 module.exports.createMemoryStore = nativeBinding.createMemoryStore
+module.exports.createPostgresStore = nativeBinding.createPostgresStore
 module.exports.createRedisStore = nativeBinding.createRedisStore
 module.exports.createSqliteStore = nativeBinding.createSqliteStore
 module.exports.createStore = nativeBinding.createStore

@@ -158,8 +158,47 @@ export interface SqliteStoreOptions extends StoreOptions {
   pageSize?: number
 }
 
+/** Options of a Postgres store. */
+export interface PostgresStoreOptions extends StoreOptions {
+  /** Bound on establishing a connection (TCP, TLS, authentication), in ms. Default 5000. */
+  connectTimeout?: number
+  /** How calls ride out a dropped connection (a server restart, `pg_terminate_backend`, a failover). */
+  retry?: RetryOptions
+  /** The schema holding the store's tables, created on first use. Default `'durastate'`. */
+  schema?: string
+  /**
+   * Connections the store opens at most. Default 4: three group-commit lanes (calls in
+   * flight together on one lane share one connection and one transaction; a call's lane is
+   * its key's) and one for the sweep of expired rows.
+   */
+  poolSize?: number
+  /**
+   * TLS settings (same shape as Redis; `servername` is not supported: the certificate is
+   * checked against the URL's host). Without `sslmode` in the URL, giving `tls` means
+   * `sslmode=verify-full`.
+   */
+  tls?: TlsOptions
+}
+
+/** A Postgres server given as fields rather than a URL. */
+export interface PostgresConnectionOptions {
+  /** Host name, IP address, or the directory of the server's unix socket. Default `localhost`. */
+  host?: string
+  /** Default 5432. */
+  port?: number
+  /** Default `postgres`. */
+  user?: string
+  password?: string
+  /** Default: the user's name. */
+  database?: string
+  /** libpq's `sslmode`: `disable`, `allow`, `prefer` (default), `require`, `verify-ca` or `verify-full`. */
+  sslmode?: 'disable' | 'allow' | 'prefer' | 'require' | 'verify-ca' | 'verify-full'
+  /** Shown in `pg_stat_activity`. Default `durastate`. */
+  applicationName?: string
+}
+
 /** Options of a store picked by URL: those of the backend the URL names. */
-export type AnyStoreOptions = RedisStoreOptions & SqliteStoreOptions
+export type AnyStoreOptions = RedisStoreOptions & SqliteStoreOptions & PostgresStoreOptions
 
 /** A Redis server given as fields rather than a URL. */
 export interface RedisConnectionOptions {
@@ -273,6 +312,19 @@ export declare class DurableWorkerStore implements WorkerStore {
 export declare function createRedisStore(target?: string | RedisConnectionOptions | null, options?: RedisStoreOptions | null): DurableWorkerStore
 
 /**
+ * A store on Postgres, synchronous and lazy: it validates its arguments (throwing
+ * `INVALID_INPUT`) and connects on first use, creating its tables then (schema
+ * `durastate`, or option `schema`). Values are stored as JSON text.
+ *
+ * @param target A libpq URL, `postgres://user:password@host:port/database?sslmode=require`
+ *   (`postgresql://` too; `sslmode` and `application_name` as libpq reads them), or fields;
+ *   default `DATABASE_URL`, then `postgres://postgres@localhost:5432/postgres`.
+ * @example
+ * const worker = createWorker({ store: createPostgresStore(process.env.DATABASE_URL, { ttl: 86_400_000 }) })
+ */
+export declare function createPostgresStore(target?: string | PostgresConnectionOptions | null, options?: PostgresStoreOptions | null): DurableWorkerStore
+
+/**
  * A store in a SQLite file: durable, shared safely by processes on one machine.
  * Directories are created on first use.
  *
@@ -285,9 +337,10 @@ export declare function createMemoryStore(options?: StoreOptions | null): Durabl
 
 /**
  * A store picked by URL: `redis://`, `rediss://` (TLS), `redis+sentinel://`,
- * `redis+cluster://` (needs `keyLayout: 'hashtag'`) (Redis), `sqlite:<path>` or
- * `file:<path>` (SQLite), `memory:`. Without a URL: `DURASTATE_URL`, then `REDIS_URL`,
- * else the SQLite file `./.durastate/state.db`.
+ * `redis+cluster://` (needs `keyLayout: 'hashtag'`) (Redis), `postgres://` or
+ * `postgresql://` (Postgres), `sqlite:<path>` or `file:<path>` (SQLite), `memory:`.
+ * Without a URL: `DURASTATE_URL`, then `REDIS_URL`, then `DATABASE_URL`, else the SQLite
+ * file `./.durastate/state.db`.
  */
 export declare function createStore(url?: string | null, options?: AnyStoreOptions | null): DurableWorkerStore
 
@@ -335,7 +388,7 @@ export interface KvMountOptions {
 }
 
 /** Options of a KV store: the mounts, plus the options of the backend the URL names. */
-export interface KvStoreOptions extends RedisStoreOptions, SqliteStoreOptions {
+export interface KvStoreOptions extends RedisStoreOptions, SqliteStoreOptions, Omit<PostgresStoreOptions, 'tls' | 'retry' | 'connectTimeout'> {
   /**
    * Named mounts. Without `mounts` the store has one open mount, `"default"`, whose
    * prefix is `options.prefix` (default `"kv:"`). `options.prefix` is otherwise unused.
@@ -455,9 +508,10 @@ export declare class KvStore {
 }
 
 /**
- * A KV store picked by URL, as {@link createStore}: `redis://`, `sqlite:<path>`,
- * `file:<path>`, `memory:`, or `{ host, port, ... }` for Redis. Without a URL:
- * `DURASTATE_URL`, then `REDIS_URL`, else the SQLite file `./.durastate/state.db`.
+ * A KV store picked by URL, as {@link createStore}: `redis://`, `postgres://`,
+ * `sqlite:<path>`, `file:<path>`, `memory:`, or `{ host, port, ... }` for Redis. Without a
+ * URL: `DURASTATE_URL`, then `REDIS_URL`, then `DATABASE_URL`, else the SQLite file
+ * `./.durastate/state.db`.
  * Synchronous and lazy; bad options throw `INVALID_INPUT` at once (overlapping prefixes,
  * unknown types, defaults that do not match their type, ...).
  *

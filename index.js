@@ -305,8 +305,9 @@ function rejected(err) {
 const toUndefined = () => undefined
 
 /**
- * A durable WorkerStore (drop-in for @idioteque/redis's store) over Redis, SQLite or memory.
- * Made by createRedisStore, createSqliteStore, createMemoryStore or createStore.
+ * A durable WorkerStore (drop-in for @idioteque/redis's store) over Redis, Postgres, SQLite
+ * or memory. Made by createRedisStore, createPostgresStore, createSqliteStore, createMemoryStore
+ * or createStore.
  * Each method is one native call and one `.then`: no async function frames per call.
  */
 class DurableWorkerStore {
@@ -314,7 +315,10 @@ class DurableWorkerStore {
 
   constructor(nativeStore, target) {
     if (!(nativeStore instanceof native.NativeWorkerStore)) {
-      throw new DurastateError('INVALID_INPUT', 'use createRedisStore, createSqliteStore, createMemoryStore or createStore to make a store')
+      throw new DurastateError(
+        'INVALID_INPUT',
+        'use createRedisStore, createPostgresStore, createSqliteStore, createMemoryStore or createStore to make a store',
+      )
     }
     this.#native = nativeStore
     servers.set(this, describeServer(nativeStore, 'worker', target))
@@ -436,6 +440,10 @@ function createRedisStore(target, options) {
 
 function createSqliteStore(path, options) {
   return wrap(() => native.createSqliteStore(path ?? undefined, options ?? undefined))
+}
+
+function createPostgresStore(target, options) {
+  return wrap(() => native.createPostgresStore(target ?? undefined, options ?? undefined))
 }
 
 function createMemoryStore(options) {
@@ -840,6 +848,7 @@ function createKvStore(target, options) {
 exports.createRedisStore = createRedisStore
 exports.createSqliteStore = createSqliteStore
 exports.createMemoryStore = createMemoryStore
+exports.createPostgresStore = createPostgresStore
 exports.createStore = createStore
 exports.createKvStore = createKvStore
 exports.DurableWorkerStore = DurableWorkerStore

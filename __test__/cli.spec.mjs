@@ -9,7 +9,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { fileURLToPath } from 'node:url'
-import { createKvStore, createRedisStore, createSqliteStore } from '../index.js'
+import { createKvStore, createPostgresStore, createRedisStore, createSqliteStore } from '../index.js'
+import { testPostgres } from './helpers/postgres-server.mjs'
 import { freePort, testRedis } from './helpers/redis-server.mjs'
 
 const cli = fileURLToPath(new URL('../bin/durastate.mjs', import.meta.url))
@@ -89,6 +90,17 @@ const backends = {
       open: (options) => createRedisStore(redis.url, { prefix, ...options }),
       env: { REDIS_URL: redis.url },
       release: redis.release,
+    }
+  },
+  async postgres() {
+    const postgres = await testPostgres()
+    const prefix = `cli:${randomUUID()}:`
+    return {
+      url: postgres.url,
+      prefix,
+      open: (options) => createPostgresStore(postgres.url, { prefix, ...options }),
+      env: { DATABASE_URL: postgres.url },
+      release: postgres.release,
     }
   },
   async sqlite() {
@@ -194,7 +206,12 @@ for (const [name, prepare] of Object.entries(backends)) {
         [globby, 'exact'],
         [lookalike, 'lookalike'],
       ]) {
-        const store = name === 'redis' ? createRedisStore(backend.url, { prefix }) : createSqliteStore(backend.url.slice('sqlite:'.length), { prefix })
+        const store =
+          name === 'redis'
+            ? createRedisStore(backend.url, { prefix })
+            : name === 'postgres'
+              ? createPostgresStore(backend.url, { prefix })
+              : createSqliteStore(backend.url.slice('sqlite:'.length), { prefix })
         await store.beginExecution(id)
         await store.close()
       }

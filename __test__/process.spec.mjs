@@ -55,7 +55,7 @@ describe('process behaviour', () => {
     await assert.rejects(unix.isExecutionInProgress('e'), coded('UNAVAILABLE', /nobody-listens\.sock/))
     unix.close()
     // Thrown synchronously by a factory.
-    assert.throws(() => binding.createStore('postgres://h/db'), coded('INVALID_INPUT', /postgres/))
+    assert.throws(() => binding.createStore('mysql://h/db'), coded('INVALID_INPUT', /mysql/))
   })
 
   const stores = () => ({

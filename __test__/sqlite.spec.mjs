@@ -261,7 +261,7 @@ describe('createStore', () => {
 
   it('rejects an unknown scheme with INVALID_INPUT, without echoing a password', () => {
     assert.throws(
-      () => createStore('postgres://u:hunter2@h/db'),
+      () => createStore('mysql://u:hunter2@h/db'),
       (err) => err.code === 'INVALID_INPUT' && !err.message.includes('hunter2'),
     )
     assert.throws(

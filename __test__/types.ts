@@ -3,6 +3,7 @@
 // the worker library declares on its side. Any drift in index.d.ts fails the build.
 import {
   createMemoryStore,
+  createPostgresStore,
   createRedisStore,
   createSqliteStore,
   createStore,
@@ -40,6 +41,11 @@ createWorker({ store: createMemoryStore({ keyLayout: 'compatible' }) })
 createMemoryStore({ keyLayout: 'tags' })
 createWorker({ store: createSqliteStore('./state.db', { busyTimeout: 1000, synchronous: 'full' }) })
 createWorker({ store: createSqliteStore() })
+createWorker({ store: createPostgresStore('postgres://app:pw@db:5432/app?sslmode=require', { schema: 'ds', poolSize: 4, ttl: 1000, retry: { attempts: 2 } }) })
+createWorker({ store: createPostgresStore({ host: 'db', user: 'app', database: 'app', sslmode: 'verify-full' }, { tls: { ca: './ca.pem' } }) })
+createWorker({ store: createPostgresStore() })
+// @ts-expect-error sslmode is one of libpq's
+createPostgresStore({ sslmode: 'sometimes' })
 createWorker({ store: createMemoryStore({ ttl: 1000 }) })
 createWorker({ store: createStore('sqlite:./x.db') })
 createWorker({ store: createStore() })

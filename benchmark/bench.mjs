@@ -5,11 +5,13 @@
 // cost of the tracing channel (lib/tracing.mjs), in every run. Prints a
 // markdown report on stdout (progress on stderr), writes JSON under benchmark/results/, and
 // exits non-zero when the stores do not end in the same state (or a call failed).
+// The postgres section (lib/postgres.mjs): our Postgres store against one written on
+// node-postgres (pg-store.mjs), on a throwaway PostgreSQL started for the run.
 //
 // Env: BENCH_QUICK=1  smoke run (tiny rounds, under a minute; still runs the correctness checks)
 //      BENCH_RSS_OPS  ops of the RSS run (default 1,000,000; capped by BENCH_RSS_MAX_S, default 75 s)
 //      BENCH_STRICT=1 also exit non-zero when a target is missed
-//      BENCH_ONLY=embedded|redis|tracing  one section only (same as `--only <section>`)
+//      BENCH_ONLY=embedded|redis|postgres|tracing  one section only (same as `--only <section>`)
 // `npm run bench -- --only embedded` runs the embedded section alone (no redis-server needed);
 // `--only redis` the Redis sections, `--only tracing` the tracing channel's cost alone. A one-section run writes latest-<section>.json.
 // `node benchmark/bench.mjs --print [file.json]` re-prints the report of a saved run
@@ -39,7 +41,7 @@ const require = createRequire(import.meta.url)
 const { createKvStore, createMemoryStore, createRedisStore, createSqliteStore } = require('../index.js')
 
 const QUICK = process.env.BENCH_QUICK === '1'
-const SECTIONS = ['redis', 'embedded', 'tracing']
+const SECTIONS = ['redis', 'embedded', 'postgres', 'tracing']
 const onlyFlag = process.argv.indexOf('--only')
 const ONLY = onlyFlag >= 0 ? String(process.argv[onlyFlag + 1]) : process.env.BENCH_ONLY || undefined
 const CONFIG = QUICK
@@ -376,14 +378,18 @@ async function main() {
   const cleanup = []
   let exitCode = 0
   try {
-    const { redisVersion, check: redisCheck = [], ...redis } = ONLY === undefined || ONLY === 'redis' ? await runRedisSections(cleanup) : {}
+    const withRedis = ONLY === undefined || ONLY === 'redis'
+    const { redisVersion, check: redisCheck = [], ...redis } = withRedis ? await runRedisSections(cleanup) : {}
     // better-sqlite3, the embedded reference, is a V8 addon that Bun cannot load: there
     // the embedded section is left out (it runs on Node), the Redis sections run.
     const withEmbedded = (ONLY === undefined || ONLY === 'embedded') && !globalThis.Bun
-    if ((ONLY === undefined || ONLY === 'embedded') && globalThis.Bun) log('embedded section left out: better-sqlite3 does not load in Bun')
+    if (ONLY !== 'redis' && globalThis.Bun) log('embedded section left out: better-sqlite3 does not load in Bun')
     const embeddedLib = withEmbedded ? await import('./lib/embedded.mjs') : undefined
     const embedded = embeddedLib && (await embeddedLib.runEmbedded(figures, { ttl: TTL, value: VALUES[1024] }))
-    const tracing = await runTracing(figures)
+    const withPostgres = ONLY === undefined || ONLY === 'postgres'
+    const postgresLib = withPostgres ? await import('./lib/postgres.mjs') : undefined
+    const postgres = postgresLib && (await postgresLib.runPostgres(figures, { ttl: TTL, value: VALUES[1024] }))
+    const tracing = ONLY === undefined || ONLY === 'tracing' ? await runTracing(figures) : undefined
     const result = {
       startedAt,
       quick: QUICK,
@@ -397,19 +403,22 @@ async function main() {
           nodeRedis: packageVersion('../node_modules/redis/package.json'),
           betterSqlite3: packageVersion('../node_modules/better-sqlite3/package.json'),
           betterSqlite3Sqlite: embeddedLib?.betterSqliteLibraryVersion(),
+          pg: packageVersion('../node_modules/pg/package.json'),
+          postgres: postgres?.serverVersion,
         },
       }),
       ...redis,
       embedded: embedded && { rows: embedded.rows, targets: embedded.targets, tmpdir: embedded.tmpdir, fileSystem: embedded.fileSystem },
       tracing,
-      check: [...redisCheck, ...(embedded?.check ?? [])],
+      postgres: postgres && { rows: postgres.rows, targets: postgres.targets },
+      check: [...redisCheck, ...(embedded?.check ?? []), ...(postgres?.check ?? [])],
       errors,
       wallSeconds: performance.now() / 1000,
     }
     process.stdout.write(`${markdown(result)}\n`)
     for (const file of writeJson(fileURLToPath(new URL('./results/', import.meta.url)), result)) log(`wrote ${file}`)
 
-    const targets = [...(result.targets ?? []), ...(embedded?.targets ?? [])]
+    const targets = [...(result.targets ?? []), ...(embedded?.targets ?? []), ...(postgres?.targets ?? [])]
     const failures = [
       !result.check.length && ONLY !== 'tracing' && 'no correctness check ran',
       result.check.some((c) => !c.ok) && 'the stores did not end in the same state',

@@ -23,8 +23,9 @@ const USAGE = `usage:
                                                               unless --allow-writes)
 
   url       redis://, rediss://, redis+sentinel://, rediss+sentinel://, redis+cluster://,
-            rediss+cluster://, sqlite:<path> or file:<path>. Default: DURASTATE_URL, then
-            REDIS_URL, else sqlite:./.durastate/state.db
+            rediss+cluster://, postgres://, postgresql://, sqlite:<path> or file:<path>.
+            Default: DURASTATE_URL, then REDIS_URL, then DATABASE_URL, else
+            sqlite:./.durastate/state.db
   --prefix  inspect: the worker store's key prefix (default "").
             kv: the mount's key prefix (default "<mount>:", and "kv:" for the mount "default")
   --json    machine-readable output
@@ -164,9 +165,9 @@ function defaultMountPrefix(mount) {
   return mount === 'default' ? 'kv:' : `${mount}:`
 }
 
-/** The store URL to open: the argument, else DURASTATE_URL, then REDIS_URL; undefined means the default SQLite file. */
+/** The store URL to open: the argument, else DURASTATE_URL, then REDIS_URL, then DATABASE_URL; undefined means the default SQLite file. */
 function resolveUrl(url) {
-  const resolved = url || process.env.DURASTATE_URL || process.env.REDIS_URL || undefined
+  const resolved = url || process.env.DURASTATE_URL || process.env.REDIS_URL || process.env.DATABASE_URL || undefined
   if (resolved && /^memory:/i.test(resolved)) {
     throw new UsageError(
       'memory: is a store inside one process; the CLI runs in a process of its own, where it ' +

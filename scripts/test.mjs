@@ -1,11 +1,12 @@
-// `npm test`: builds the addon, starts a throwaway redis-server on a free loopback
-// port, runs the node:test suites on Node.js, then the suites that apply on Bun and on
+// `npm test`: builds the addon, starts a throwaway redis-server and a throwaway
+// PostgreSQL on free loopback ports, runs the node:test suites on Node.js, then the suites that apply on Bun and on
 // Deno (devDependencies), the TypeScript types check and `cargo test`, and stops the
-// server it started, even when tests fail.
+// servers it started, even when tests fail.
 import { spawn, spawnSync } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { postgresBinDir, startPostgresServer } from '../__test__/helpers/postgres-server.mjs'
 import { startRedisServer } from '../__test__/helpers/redis-server.mjs'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
@@ -62,11 +63,22 @@ const TOOLS = [
     debian: 'chromium',
     other: 'elsewhere: set DURASTATE_TEST_CHROMIUM to a Chromium or Chrome binary',
   },
+  { check: postgresPresent, binary: 'postgres', debian: 'postgresql', other: 'macOS: brew install postgresql' },
 ]
+
+/** Whether PostgreSQL's server binaries are there (Debian keeps them off PATH). */
+function postgresPresent() {
+  try {
+    postgresBinDir()
+    return true
+  } catch {
+    return false
+  }
+}
 
 /** Installs what is missing (Debian packages, as root) or stops at once saying how. */
 function ensureTools() {
-  const missing = TOOLS.filter(({ binary, args }) => spawnSync(binary, args).status !== 0)
+  const missing = TOOLS.filter(({ check, binary, args }) => !(check ? check() : spawnSync(binary, args).status === 0))
   if (missing.length === 0) return
   const packages = missing.map((tool) => tool.debian)
   const isRoot = typeof process.getuid === 'function' && process.getuid() === 0
@@ -97,14 +109,14 @@ const NODE_TEST = ['--test', '--test-force-exit', '--test-timeout=300000']
 
 /**
  * The suites that also run on Bun and Deno: the runtime checks, the WorkerStore
- * conformance and KV suites (Redis, SQLite, memory, Cluster), the Redis faults, process
- * exit, the Redis, TLS, Sentinel and SQLite suites, and the tracing and connection events.
- * Left out: the CLI, demo, Cluster and TLS Cluster suites, which test Node.js programs or a
- * path that is the same on every runtime (the cluster backend runs on tokio threads
- * everywhere).
+ * conformance and KV suites (Redis, SQLite, memory, Cluster, Postgres), the Redis faults,
+ * process exit, the Redis, TLS, Sentinel, SQLite and Postgres suites, and the tracing and
+ * connection events. Left out: the CLI, demo, Cluster and TLS Cluster suites, which test
+ * Node.js programs or a path that is the same on every runtime (the cluster backend runs
+ * on tokio threads everywhere).
  */
-const OTHER_RUNTIME_SPECS = ['runtime', 'conformance', 'kv', 'reliability', 'process', 'redis', 'tls', 'sentinel', 'sqlite', 'observability'].map((name) =>
-  join('__test__', `${name}.spec.mjs`),
+const OTHER_RUNTIME_SPECS = ['runtime', 'conformance', 'kv', 'reliability', 'process', 'redis', 'tls', 'sentinel', 'sqlite', 'postgres', 'observability'].map(
+  (name) => join('__test__', `${name}.spec.mjs`),
 )
 /** Bounds a whole Bun or Deno step (deno test has no per-test timeout). */
 const OTHER_RUNTIME_TIMEOUT_MS = 15 * 60_000
@@ -160,34 +172,36 @@ if (!PREBUILT && !run('build the addon', process.execPath, [napi, 'build', '--pl
 }
 ensureTools()
 const server = await startRedisServer()
+let postgres
 let ok = false
 try {
+  postgres = await startPostgresServer()
   const specs = readdirSync(join(root, '__test__'))
     .filter((f) => f.endsWith('.spec.mjs'))
     .sort()
   const nodeOk = run('node --test', process.execPath, [...NODE_TEST, '--test-concurrency=2', ...specs.map((f) => join('__test__', f))], {
     DURASTATE_TEST_REDIS_URL: server.url,
+    DURASTATE_TEST_POSTGRES_URL: postgres.url,
   })
   // The threaded Redis path (unix sockets, non-Unix platforms) keeps passing the same suites,
   // the Redis faults (resending after a dropped connection) included.
+  const servers = { DURASTATE_TEST_REDIS_URL: server.url, DURASTATE_TEST_POSTGRES_URL: postgres.url }
   const threadsOk = step('threads', () =>
     run(
       'node --test, Redis on tokio threads',
       process.execPath,
       [...NODE_TEST, ...['conformance', 'redis', 'reliability', 'observability'].map((name) => join('__test__', `${name}.spec.mjs`))],
-      {
-        DURASTATE_TEST_REDIS_URL: server.url,
-        DURASTATE_REDIS_DRIVER: 'threads',
-      },
+      { ...servers, DURASTATE_REDIS_DRIVER: 'threads' },
     ),
   )
-  const bunOk = await step('bun', () => runBun({ DURASTATE_TEST_REDIS_URL: server.url }))
-  const denoOk = await step('deno', () => runDeno({ DURASTATE_TEST_REDIS_URL: server.url }))
+  const bunOk = await step('bun', () => runBun(servers))
+  const denoOk = await step('deno', () => runDeno(servers))
   const tscOk = step('types', () => run('types', process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', '__test__/tsconfig.json']))
   const cargoOk = PREBUILT || run('cargo test', 'cargo', ['test', '--release', '--quiet'])
   ok = nodeOk && threadsOk && bunOk && denoOk && tscOk && cargoOk
 } finally {
   await server.stop()
+  await postgres?.stop()
 }
 console.log(ok ? '\n# all test suites passed' : '\n# some test suites FAILED')
 process.exit(ok ? 0 : 1)

@@ -10,7 +10,10 @@ use napi_derive::napi;
 
 #[cfg(unix)]
 use crate::backend::LoopRedis;
-use crate::backend::{ClusterBackend, EmbeddedBackend, EmbeddedSettings, Location, RedisBackend};
+use crate::backend::{
+  ClusterBackend, EmbeddedBackend, EmbeddedSettings, Location, PostgresBackend,
+  PostgresConnectionOptions, PostgresSettings, PostgresTarget, RedisBackend,
+};
 use crate::engine::Engine;
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::keys::KeyLayout;
@@ -68,8 +71,36 @@ pub fn create_memory_store(
   )?)
 }
 
-/// A store picked by URL: `redis://`/`rediss://`, `sqlite:<path>`/`file:<path>`, `memory:`.
-/// Without a URL: `DURASTATE_URL`, then `REDIS_URL`, else the SQLite default file.
+/// A store on Postgres. `target` is a libpq URL (`postgres://user:pass@host:port/db
+/// ?sslmode=...`) or `{ host, port, user, password, database, ... }`; default
+/// `DATABASE_URL`, then `postgres://postgres@localhost:5432/postgres`. Connects on first
+/// use, and creates its tables then (schema `durastate`, option `schema`).
+#[napi(catch_unwind)]
+pub fn create_postgres_store(
+  target: Option<Either<String, PostgresConnectionOptions>>,
+  options: Option<StoreOptions>,
+) -> napi::Result<NativeWorkerStore, ErrorCode> {
+  let options = options.unwrap_or_default();
+  let target = match &target {
+    Some(Either::A(url)) if !url.is_empty() => PostgresTarget::from_url(url, options.tls.as_ref())?,
+    Some(Either::B(fields)) => PostgresTarget::from_fields(fields, options.tls.as_ref())?,
+    _ => match std::env::var("DATABASE_URL")
+      .ok()
+      .filter(|url| !url.is_empty())
+    {
+      Some(url) => PostgresTarget::from_url(&url, options.tls.as_ref())?,
+      None => PostgresTarget::from_url(
+        "postgres://postgres@localhost:5432/postgres",
+        options.tls.as_ref(),
+      )?,
+    },
+  };
+  Ok(worker_store(postgres_engine(target, &options)?)?)
+}
+
+/// A store picked by URL: `redis://`/`rediss://`, `postgres://`, `sqlite:<path>`/`file:<path>`,
+/// `memory:`. Without a URL: `DURASTATE_URL`, then `REDIS_URL`, then `DATABASE_URL`, else
+/// the SQLite default file.
 #[napi(catch_unwind)]
 pub fn create_store(
   url: Option<String>,
@@ -84,14 +115,14 @@ pub fn create_store(
 }
 
 fn url_from_env() -> Option<String> {
-  ["DURASTATE_URL", "REDIS_URL"]
+  ["DURASTATE_URL", "REDIS_URL", "DATABASE_URL"]
     .iter()
     .filter_map(|name| std::env::var(name).ok())
     .find(|value| !value.is_empty())
 }
 
 /// The engine a target names: a URL (any backend), Redis fields, or, when absent,
-/// `DURASTATE_URL`, then `REDIS_URL`, else the SQLite default file. Used by the KV store
+/// `DURASTATE_URL`, then `REDIS_URL`, then `DATABASE_URL`, else the SQLite default file. Used by the KV store
 /// and the inspector, which take any backend.
 pub fn engine_for_target(
   target: Option<Either<String, RedisConnectionOptions>>,
@@ -122,6 +153,8 @@ const URL_SCHEMES: &[&str] = &[
   "rediss+sentinel",
   "redis+cluster",
   "rediss+cluster",
+  "postgres",
+  "postgresql",
   "sqlite",
   "file",
   "memory",
@@ -150,8 +183,11 @@ fn engine_for_url(url: &str, options: &StoreOptions) -> StoreResult<(Engine, Com
       embedded_engine(Location::File(path), options)
     }
     Some("memory") => embedded_engine(Location::Memory, options),
+    Some("postgres" | "postgresql") => {
+      postgres_engine(PostgresTarget::from_url(url, options.tls.as_ref())?, options)
+    }
     _ => Err(StoreError::invalid_input(format!(
-      "unsupported store URL \"{}\": use redis://, rediss://, redis+sentinel://, rediss+sentinel://, redis+cluster://, rediss+cluster://, sqlite:<path>, file:<path> or memory:",
+      "unsupported store URL \"{}\": use redis://, rediss://, redis+sentinel://, rediss+sentinel://, redis+cluster://, rediss+cluster://, postgres://, postgresql://, sqlite:<path>, file:<path> or memory:",
       crate::redis_target::redact(url)
     ))),
   }
@@ -290,6 +326,44 @@ fn cluster_engine(
   }
   let target = crate::redis_target::cluster_target(fields, options.tls.as_ref())?;
   let backend = ClusterBackend::new(target, &common, durability(options)?)?;
+  Ok((Engine::Tokio(Arc::new(backend)), common))
+}
+
+/// Connections a Postgres store opens at most, by default: three group-commit lanes and
+/// one for the sweep of expired rows.
+const DEFAULT_POSTGRES_POOL: u32 = 4;
+
+/// Postgres on tokio threads (`backend/postgres`).
+fn postgres_engine(
+  target: PostgresTarget,
+  options: &StoreOptions,
+) -> StoreResult<(Engine, CommonSettings)> {
+  let common = CommonSettings::from_options(options)?;
+  if !matches!(options.durability.as_deref(), None | Some("none")) {
+    return Err(StoreError::invalid_input(
+      "option `durability` is for Redis; on Postgres every acknowledged write is committed \
+       as the server's `synchronous_commit` says",
+    ));
+  }
+  let pool_size = match options.pool_size.unwrap_or(DEFAULT_POSTGRES_POOL) {
+    size @ 1..=1000 => size as usize,
+    other => {
+      return Err(StoreError::invalid_input(format!(
+        "option `poolSize` must be 1 to 1000, got {other}"
+      )))
+    }
+  };
+  let backend = PostgresBackend::new(PostgresSettings {
+    target,
+    schema: options
+      .schema
+      .clone()
+      .unwrap_or_else(|| "durastate".to_string()),
+    pool_size,
+    connect_timeout: common.connect_timeout,
+    command_timeout: common.command_timeout,
+    retry: common.retry,
+  })?;
   Ok((Engine::Tokio(Arc::new(backend)), common))
 }
 

@@ -29,7 +29,8 @@ mod worker_store;
 
 pub use error::{ErrorCode, StoreError};
 pub use factory::{
-  create_memory_store, create_redis_store, create_sqlite_store, create_store, store_url_schemes,
+  create_memory_store, create_postgres_store, create_redis_store, create_sqlite_store,
+  create_store, store_url_schemes,
 };
 pub use inspector::{create_inspector, NativeInspector};
 pub use kv::{create_kv_store, NativeKvStore};

@@ -48,6 +48,10 @@ pub struct StoreOptions {
   /// `"hashtag"` (`{<id>}`, `{<id>}-transactions`, `{<id>}-results`: one cluster slot
   /// per execution). Required on a Redis Cluster.
   pub key_layout: Option<String>,
+  /// Postgres: the schema holding the store's tables (created on first use). Default `durastate`.
+  pub schema: Option<String>,
+  /// Postgres: connections the store opens at most (group-commit lanes + one for the sweep). Default 4.
+  pub pool_size: Option<u32>,
 }
 
 /// How a Redis store rides out a dropped connection.

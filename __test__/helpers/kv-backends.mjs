@@ -5,6 +5,7 @@
 // other's keys, even on a server shared by several test files. Prefix relations (overlap,
 // glob characters) are kept, since every prefix of a store gets the same run id.
 // Cluster: a 3-master Redis Cluster of the test file's own, with run ids as for Redis.
+// Postgres: the server `npm test` started (testPostgres()), with run ids as for Redis.
 // SQLite: a new file `sqlite:<tmpdir>/<uuid>.db` per store. Memory: `memory:`.
 import { randomUUID } from 'node:crypto'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -14,13 +15,14 @@ import { createKvStore } from '../../index.js'
 import { startCluster } from './cluster.mjs'
 import { runtime } from './runtime.mjs'
 import { makeCertificates } from './tls.mjs'
+import { testPostgres } from './postgres-server.mjs'
 import { testRedis } from './redis-server.mjs'
 
 // cluster-tls once, on Node.js with its default driver: the cluster backend runs on tokio
 // threads on every runtime and driver, so Bun, Deno and the threads run would repeat the
 // same path (their TLS runs in tls.spec and sentinel.spec).
 const clusterTlsHere = runtime === 'node' && process.env.DURASTATE_REDIS_DRIVER !== 'threads'
-export const kvBackendNames = ['redis', 'sqlite', 'memory', 'cluster', ...(clusterTlsHere ? ['cluster-tls'] : [])]
+export const kvBackendNames = ['redis', 'sqlite', 'memory', 'cluster', ...(clusterTlsHere ? ['cluster-tls'] : []), 'postgres']
 
 /** `options` with every mount prefix (or, without mounts, `options.prefix`) behind `base`. */
 function withBase(options, base) {
@@ -55,6 +57,7 @@ export async function prepareKvBackend(name) {
   const stores = []
   let cleanup = async () => {}
   let redisUrl
+  let postgresUrl
   let clusterUrls
   let tls
   let dir
@@ -62,6 +65,10 @@ export async function prepareKvBackend(name) {
     const redis = await testRedis()
     redisUrl = redis.url
     cleanup = redis.release
+  } else if (name === 'postgres') {
+    const postgres = await testPostgres()
+    postgresUrl = postgres.url
+    cleanup = postgres.release
   } else if (name === 'cluster' || name === 'cluster-tls') {
     // cluster-tls: TLS only, with mutual TLS (client certificates required).
     const certs = name === 'cluster-tls' ? makeCertificates() : undefined
@@ -93,6 +100,7 @@ export async function prepareKvBackend(name) {
     }
     if (name === 'redis') target = redisUrl
     else if (name.startsWith('cluster')) target = { cluster: clusterUrls }
+    else if (name === 'postgres') target = postgresUrl
     else if (name === 'sqlite') target = `sqlite:${location}`
     else target = 'memory:'
     const used = raw ? '' : base

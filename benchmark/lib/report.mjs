@@ -119,6 +119,7 @@ export function markdown(result) {
       : [`${m.cpuCount} × ${m.cpuModel}, ${m.memoryGiB} GiB, ${m.os}, Node ${m.node}, durastate ${m.durastate}. ${result.startedAt}.`, '']),
     ...(result.embedded ? embeddedSection(result) : []),
     ...(result.tracing ? tracingSection(result.tracing) : []),
+    ...(result.postgres ? postgresSection(result) : []),
     '### Same state in every store',
     '',
     ...result.check.map((c) => `- ${c.ok ? 'ok' : '**MISMATCH**'}: ${c.what}${c.ok ? '' : ` (${c.detail})`}`),
@@ -229,6 +230,35 @@ function tracingSection(rows) {
         formatValue(r.values.subscribed, r.unit),
         fmtRatio(r.subscribedRatio),
       ]),
+    ),
+    '',
+  ]
+}
+
+/** The Postgres section: durastate's Postgres store against one on node-postgres, ratios next to their targets. */
+function postgresSection(result) {
+  const { rows, targets } = result.postgres
+  const m = result.machine
+  const met = targets.filter((t) => t.pass).length
+  return [
+    '### Postgres: durastate against node-postgres (same run, same server)',
+    '',
+    `The reference is \`benchmark/pg-store.mjs\`: the WorkerStore and KV written the obvious way on pg ${m.pg ?? '?'} with a Pool (10 connections), ` +
+      `one parameterized statement per call, each write its own transaction. One throwaway PostgreSQL ${m.postgres ?? ''} for both, default \`fsync\` and ` +
+      `\`synchronous_commit\`. Each figure: warm-up, then ${result.config.reps} rounds, stores interleaved; the median round is shown. ${met} of ${targets.length} targets met.`,
+    '',
+    table(
+      ['figure (higher ↑)', 'pg', 'durastate Postgres', 'Postgres ÷ pg', 'needed'],
+      rows.map((r) => {
+        const t = targets.find((x) => x.id === r.id)
+        return [
+          r.figure,
+          formatValue(r.values.pg, r.unit),
+          formatValue(r.values.postgres, r.unit),
+          `${fmtRatio(t.value)} ${t.pass ? 'PASS' : '**MISS**'}`,
+          t.needed.replace('>=', '≥'),
+        ]
+      }),
     ),
     '',
   ]

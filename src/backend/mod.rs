@@ -1,11 +1,12 @@
 //! The backends every store runs on. A store builds `Batch`es of store operations
 //! (`command.rs`, the seam); a backend runs each batch in its own terms: Redis lowers it
-//! to commands (`redis_ops`) sent in one round trip, SQLite runs it as statements on
-//! store-shaped tables (`sqlite/`) in one transaction. The store's `Engine` picks how.
+//! to commands (`redis_ops`) sent in one round trip, SQLite and Postgres run it as statements
+//! on store-shaped tables (`sqlite/`, `postgres/`) in one transaction. The store's `Engine` picks how.
 
 mod cluster;
 mod connect;
 mod embedded;
+mod postgres;
 mod redis;
 mod redis_codec;
 #[cfg(unix)]
@@ -19,6 +20,7 @@ mod sqlite;
 
 pub use cluster::ClusterBackend;
 pub use embedded::{answer, spread, Answer, EmbeddedBackend, EmbeddedSettings, Location};
+pub use postgres::{PostgresBackend, PostgresConnectionOptions, PostgresSettings, PostgresTarget};
 pub use redis::RedisBackend;
 #[cfg(unix)]
 pub use redis_loop::LoopRedis;

@@ -1,0 +1,332 @@
+// The Postgres backend against real servers: its tables and version, TTL exactness and
+// the sweep, the claim across processes, and faults (a SIGKILLed server, killed
+// backends, a stopped server, a wrong password, bad URLs). The fault cases start a
+// server of their own; the others use the one `npm test` started.
+import { randomUUID } from 'node:crypto'
+import { after, before, describe, it } from 'node:test'
+import assert from 'node:assert/strict'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { createKvStore, createPostgresStore, createStore } from '../index.js'
+import { startChild } from './helpers/child.mjs'
+import { POSTGRES_PASSWORD, startPostgresServer, testPostgres } from './helpers/postgres-server.mjs'
+
+const fresh = () => `pgt:${randomUUID()}:`
+
+describe('Postgres backend', { timeout: 240_000 }, () => {
+  let server
+  before(async () => {
+    server = await startPostgresServer()
+  })
+  after(() => server?.stop())
+
+  it('creates its tables on first use in its schema, and records their version', async () => {
+    const store = createPostgresStore(server.url, { schema: 'ds_custom' })
+    await store.beginExecution('first')
+    await store.close()
+    const tables = server.sql("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'ds_custom'")
+    assert.equal(tables, 'entries,meta,step_expiry,steps')
+    assert.equal(server.sql('SELECT version FROM ds_custom.meta'), '1')
+    assert.equal(server.sql("SELECT value FROM ds_custom.entries WHERE key = 'first'"), 'true')
+    // values are JSON text, byte for byte (never jsonb)
+    const again = createPostgresStore(server.url, { schema: 'ds_custom' })
+    await again.commitExecutionTaskResult('first', 's', { z: 1, a: { y: 2, b: 3 } })
+    assert.equal(server.sql("SELECT result FROM ds_custom.steps WHERE exec = 'first'"), '{"z":1,"a":{"y":2,"b":3}}')
+    await again.close()
+  })
+
+  it('refuses a schema written by a newer version (CORRUPT_DATA)', async () => {
+    const store = createPostgresStore(server.url, { schema: 'ds_newer' })
+    await store.beginExecution('x')
+    await store.close()
+    server.sql('UPDATE ds_newer.meta SET version = 99')
+    const later = createPostgresStore(server.url, { schema: 'ds_newer' })
+    await assert.rejects(later.beginExecution('x'), (err) => err.code === 'CORRUPT_DATA' && /version 99/.test(err.message))
+    await later.close()
+  })
+
+  it('takes postgres:// and postgresql:// in createStore and createKvStore, and DATABASE_URL after the others', async () => {
+    const prefix = fresh()
+    const store = createStore(server.url.replace('postgres://', 'postgresql://'), { prefix })
+    await store.beginExecution('u')
+    assert.equal(await store.isExecutionInProgress('u'), true)
+    await store.close()
+    const kv = createKvStore(server.url, { prefix })
+    await kv.set('default', 'k', { b: 1, a: 2 })
+    assert.equal(JSON.stringify(await kv.get('default', 'k')), '{"b":1,"a":2}')
+    await kv.close()
+    const child = startChild(
+      `const s = ds.createStore(undefined, { prefix: ${JSON.stringify(prefix)} });
+       s.isExecutionInProgress('u').then((v) => { console.log(v); return s.close() })`,
+      { env: { DATABASE_URL: server.url, DURASTATE_URL: '', REDIS_URL: '' } },
+    )
+    const { code, stdout, stderr } = await child.done
+    assert.equal(code, 0, stderr)
+    assert.equal(stdout.trim(), 'true')
+  })
+
+  it('keeps TTLs exact in ms: marks expire together, results expire together', async () => {
+    const ttl = 1_500
+    const store = createPostgresStore(server.url, { prefix: fresh(), ttl })
+    await store.isExecutionInProgress('warm-up') // connected, statements prepared
+    const t0 = Date.now()
+    await store.beginExecutionTask('e', 'a')
+    await store.commitExecutionTaskResult('e', 'r1', 1)
+    await sleep(900)
+    // a new mark and a new result refresh the expiry of all marks / all results
+    await store.beginExecutionTask('e', 'b')
+    await store.commitExecutionTaskResult('e', 'r2', 2)
+    const t1 = Date.now()
+    await sleep(Math.max(0, t0 + ttl + 200 - Date.now()))
+    if (Date.now() < t1 + ttl - 300) {
+      assert.equal(await store.isExecutionTaskInProgress('e', 'a'), true)
+      assert.deepEqual(await store.getExecutionTaskResults('e'), { r1: 1, r2: 2 })
+    }
+    await sleep(Math.max(0, t1 + ttl + 50 - Date.now()))
+    assert.equal(await store.isExecutionTaskInProgress('e', 'a'), false)
+    assert.equal(await store.isExecutionTaskInProgress('e', 'b'), false)
+    assert.deepEqual(await store.getExecutionTaskResults('e'), {})
+    // an expired claim is free again, and what expired does not come back
+    assert.equal(await store.tryBeginExecutionTask('e', 'a'), true)
+    await store.commitExecutionTaskResult('e', 'r3', 3)
+    assert.deepEqual(await store.getExecutionTaskResults('e'), { r3: 3 })
+    await store.close()
+  })
+
+  it('sweeps expired rows in bounded batches through the expiry index', async () => {
+    const schema = 'ds_sweep'
+    const kv = createKvStore(server.url, { schema, prefix: 'sw:' })
+    const store = createPostgresStore(server.url, { schema, ttl: 2_000 })
+    await Promise.all([kv.has('default', 'warm-up'), store.isExecutionInProgress('warm-up')])
+    await Promise.all(Array.from({ length: 20 }, (_, i) => kv.set('default', `k${i}`, i, { ttl: 2_000 })))
+    await store.commitExecutionTaskResult('gone', 't', 1)
+    assert.equal(server.sql(`SELECT count(*) FROM ${schema}.entries`), '20')
+    await sleep(2_200)
+    await kv.set('default', 'keep', 'x') // a write after a second starts a sweep
+    const deadline = Date.now() + 5_000
+    while (Date.now() < deadline && server.sql(`SELECT count(*) FROM ${schema}.entries`) !== '1') await sleep(50)
+    assert.equal(server.sql(`SELECT count(*) FROM ${schema}.entries`), '1')
+    while (Date.now() < deadline && server.sql(`SELECT count(*) FROM ${schema}.steps`) !== '0') await sleep(50)
+    assert.equal(server.sql(`SELECT count(*) FROM ${schema}.steps`), '0')
+    assert.equal(server.sql(`SELECT count(*) FROM ${schema}.step_expiry`), '0')
+    await Promise.all([kv.close(), store.close()])
+  })
+
+  it('claims have exactly one winner across stores and processes', async () => {
+    const prefix = fresh()
+    const tasks = 40
+    const script = `
+      const s = ds.createPostgresStore(${JSON.stringify(server.url)}, { prefix: ${JSON.stringify(prefix)} });
+      Promise.all(Array.from({ length: ${tasks} }, (_, i) => s.tryBeginExecutionTask('race', 't' + i)))
+        .then((won) => { console.log(JSON.stringify(won)); return s.close() })`
+    const children = [startChild(script), startChild(script)]
+    const local = Array.from({ length: 3 }, () => createPostgresStore(server.url, { prefix }))
+    const mine = await Promise.all(local.map((s) => Promise.all(Array.from({ length: tasks }, (_, i) => s.tryBeginExecutionTask('race', `t${i}`)))))
+    const theirs = []
+    for (const child of children) {
+      const { code, stdout, stderr } = await child.done
+      assert.equal(code, 0, stderr)
+      theirs.push(JSON.parse(stdout))
+    }
+    const all = [...mine, ...theirs]
+    for (let i = 0; i < tasks; i++) {
+      assert.equal(all.filter((won) => won[i]).length, 1, `task t${i}: one winner`)
+    }
+    await Promise.all(local.map((s) => s.close()))
+  })
+
+  it('answers every call of a group on its own when one of them fails', async () => {
+    const store = createPostgresStore(server.url, { prefix: fresh() })
+    const calls = Array.from({ length: 20 }, (_, i) =>
+      // a NUL in a key is refused by Postgres: that call fails, the others land
+      store.commitExecutionTaskResult(i === 7 ? 'bad\u0000id' : `ok${i}`, 't', i),
+    )
+    const settled = await Promise.allSettled(calls)
+    assert.deepEqual(
+      settled.map((s) => s.status),
+      settled.map((_, i) => (i === 7 ? 'rejected' : 'fulfilled')),
+    )
+    assert.equal(settled[7].reason.code, 'INVALID_INPUT')
+    for (let i = 0; i < 20; i++) if (i !== 7) assert.equal(await store.getExecutionTaskResult(`ok${i}`, 't'), i)
+    await store.close()
+  })
+
+  it('rejects a wrong password with AUTH and bad URLs or options with INVALID_INPUT at creation', async () => {
+    const wrong = createPostgresStore(server.url.replace(POSTGRES_PASSWORD, 'not-it'))
+    await assert.rejects(
+      wrong.beginExecution('x'),
+      (err) => err.code === 'AUTH' && /password authentication failed/.test(err.message) && !err.message.includes('not-it'),
+    )
+    await wrong.close()
+    for (const [url, options] of [
+      ['postgres://h/db?sslmode=sometimes', {}],
+      ['postgres://h:port/db', {}],
+      ['postgres://h/db?no_such_option=1', {}],
+      [server.url, { poolSize: 0 }],
+      [server.url, { schema: '' }],
+      [server.url, { durability: 'aof' }],
+      [server.url, { tls: { servername: 'x' } }],
+    ]) {
+      assert.throws(
+        () => createPostgresStore(url, options),
+        (err) => err.code === 'INVALID_INPUT',
+        `${url} ${JSON.stringify(options)}`,
+      )
+    }
+    assert.throws(
+      () => createPostgresStore({ host: '127.0.0.1', port: 70000 }),
+      (err) => err.code === 'INVALID_INPUT',
+    )
+    const fields = createPostgresStore(
+      { host: '127.0.0.1', port: server.port, user: 'postgres', password: POSTGRES_PASSWORD, database: 'postgres', sslmode: 'disable' },
+      { prefix: fresh() },
+    )
+    await fields.beginExecution('f')
+    assert.equal(await fields.isExecutionInProgress('f'), true)
+    await fields.close()
+  })
+
+  it('sslmode=require against a server without TLS rejects with TLS', async () => {
+    const store = createPostgresStore(`${server.url}?sslmode=require`, { connectTimeout: 2_000 })
+    await assert.rejects(store.beginExecution('x'), (err) => err.code === 'TLS' || err.code === 'UNAVAILABLE')
+    await store.close()
+  })
+})
+
+describe('Postgres faults', { timeout: 300_000 }, () => {
+  it('keeps every acknowledged commit across a SIGKILL of the server mid-stream', async () => {
+    const server = await startPostgresServer()
+    try {
+      const prefix = fresh()
+      const store = createPostgresStore(server.url, { prefix, commandTimeout: 3_000, connectTimeout: 1_000 })
+      await store.beginExecution('warm')
+      const acked = []
+      let stop = false
+      const writer = async (w) => {
+        for (let i = 0; !stop; i++) {
+          const task = `w${w}-${i}`
+          try {
+            await store.commitExecutionTaskResult('stream', task, { w, i })
+            acked.push(task)
+          } catch {
+            await sleep(20)
+          }
+        }
+      }
+      const writers = Array.from({ length: 8 }, (_, w) => writer(w))
+      while (acked.length < 300) await sleep(5)
+      await server.kill()
+      const atKill = acked.length
+      await sleep(300)
+      await server.restart()
+      const more = acked.length
+      while (acked.length < more + 100) await sleep(5)
+      stop = true
+      await Promise.all(writers)
+      const results = await store.getExecutionTaskResults('stream')
+      const missing = acked.filter((task) => !(task in results))
+      assert.deepEqual(missing, [], `${missing.length} of ${acked.length} acknowledged commits lost (${atKill} before the kill)`)
+      await store.close()
+    } finally {
+      await server.stop()
+    }
+  })
+
+  it('recovers from pg_terminate_backend during a workflow: safe calls are resent, the claim never blindly', async () => {
+    const server = await startPostgresServer()
+    try {
+      const store = createPostgresStore(`${server.url}?application_name=ds-terminated`, { prefix: fresh(), ttl: 60_000 })
+      const terminate = () => server.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'ds-terminated'")
+      let claimsRejected = 0
+      for (let run = 0; run < 15; run++) {
+        const id = `wf${run}`
+        await store.beginExecution(id)
+        terminate()
+        assert.deepEqual(await store.getExecutionTaskResults(id), {})
+        for (let s = 0; s < 3; s++) {
+          await store.beginExecutionTask(id, `s${s}`)
+          if (s === run % 3) terminate()
+          await store.commitExecutionTaskResult(id, `s${s}`, s)
+        }
+        try {
+          assert.equal(await store.tryBeginExecutionTask(id, 'final'), true)
+        } catch (err) {
+          assert.equal(err.code, 'UNAVAILABLE')
+          claimsRejected++
+        }
+        assert.deepEqual(await store.getExecutionTaskResults(id), { s0: 0, s1: 1, s2: 2 })
+        await store.disposeExecution(id)
+      }
+      assert.ok(claimsRejected < 15)
+      await store.close()
+    } finally {
+      await server.stop()
+    }
+  })
+
+  it('rejects UNAVAILABLE within connectTimeout when the server is down, and recovers when it is back', async () => {
+    const server = await startPostgresServer()
+    try {
+      const store = createPostgresStore(server.url, { prefix: fresh(), connectTimeout: 1_000, commandTimeout: 4_000 })
+      await store.beginExecution('up')
+      await server.kill()
+      await sleep(200)
+      for (let i = 0; i < 3; i++) {
+        const t0 = Date.now()
+        await assert.rejects(store.isExecutionInProgress('up'), (err) => err.code === 'UNAVAILABLE' || err.code === 'TIMEOUT')
+        assert.ok(Date.now() - t0 < 4_500, `rejected after ${Date.now() - t0} ms`)
+      }
+      await server.restart()
+      assert.equal(await store.isExecutionInProgress('up'), true)
+      await store.close()
+      const never = createPostgresStore(server.url.replace(`:${server.port}/`, ':1/'), { connectTimeout: 500 })
+      const t0 = Date.now()
+      await assert.rejects(never.beginExecution('x'), (err) => err.code === 'UNAVAILABLE')
+      assert.ok(Date.now() - t0 < 1_500)
+      await never.close()
+    } finally {
+      await server.stop()
+    }
+  })
+
+  it('bounds every call by commandTimeout when the server stops answering', async () => {
+    const server = await startPostgresServer()
+    try {
+      const store = createPostgresStore(server.url, { prefix: fresh(), commandTimeout: 1_500 })
+      const warm = createPostgresStore(server.url, { prefix: fresh() })
+      await warm.beginExecution('tables made') // the tables exist before the timed store's first call
+      await warm.close()
+      await store.beginExecution('x')
+      // a lock the store's statement waits for: the server holds the call
+      const lock = startChild(
+        `const { spawnSync } = require('node:child_process');
+         spawnSync(${JSON.stringify(`${server.bin}/psql`)}, ['-h', '127.0.0.1', '-p', '${server.port}', '-U', 'postgres', '-d', 'postgres', '-c',
+           "BEGIN; LOCK TABLE durastate.entries IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(5); COMMIT;"],
+           { env: { ...process.env, PGPASSWORD: ${JSON.stringify(POSTGRES_PASSWORD)} } })`,
+        { timeoutMs: 20_000 },
+      )
+      await sleep(1_000)
+      const t0 = Date.now()
+      await assert.rejects(store.isExecutionInProgress('x'), (err) => err.code === 'TIMEOUT')
+      assert.ok(Date.now() - t0 < 2_500, `rejected after ${Date.now() - t0} ms`)
+      await lock.done
+      assert.equal(await store.isExecutionInProgress('x'), true)
+      await store.close()
+    } finally {
+      await server.stop()
+    }
+  })
+})
+
+describe('Postgres shared server', () => {
+  it('runs against DURASTATE_TEST_POSTGRES_URL or a server of its own', async () => {
+    const pg = await testPostgres()
+    try {
+      const store = createPostgresStore(pg.url, { prefix: fresh() })
+      await store.beginExecution('s')
+      assert.equal(await store.isExecutionInProgress('s'), true)
+      await store.close()
+    } finally {
+      await pg.release()
+    }
+  })
+})

@@ -1,0 +1,90 @@
+//! Postgres errors as store errors, and what another attempt could do about them.
+
+use tokio_postgres::error::SqlState;
+
+use crate::error::{ErrorCode, StoreError};
+
+/// What a failed statement means for its call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+  /// The connection is gone: what was in flight may or may not have landed.
+  Dropped,
+  /// A serialization failure or deadlock: the transaction was rolled back, nothing
+  /// landed, and running it again may pass.
+  Conflict,
+  /// Anything else: final.
+  Other,
+}
+
+pub fn kind(err: &tokio_postgres::Error) -> Kind {
+  if err.is_closed() || io_error(err) {
+    return Kind::Dropped;
+  }
+  match err.code() {
+    Some(code)
+      if *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED =>
+    {
+      Kind::Conflict
+    }
+    Some(code)
+      if *code == SqlState::ADMIN_SHUTDOWN
+        || *code == SqlState::CRASH_SHUTDOWN
+        || *code == SqlState::CANNOT_CONNECT_NOW
+        || code.code().starts_with("08") =>
+    {
+      Kind::Dropped
+    }
+    _ => Kind::Other,
+  }
+}
+
+fn io_error(err: &tokio_postgres::Error) -> bool {
+  let mut source = std::error::Error::source(err);
+  while let Some(inner) = source {
+    if inner.is::<std::io::Error>() {
+      return true;
+    }
+    source = inner.source();
+  }
+  false
+}
+
+/// The store error of a failed statement or connect.
+pub fn store_error(err: &tokio_postgres::Error) -> StoreError {
+  let text = match err.as_db_error() {
+    Some(db) => db.message().to_string(),
+    None => full_text(err),
+  };
+  let code = match err.code().map(|c| c.code()) {
+    Some(c) if c.starts_with("28") || c == "42501" => ErrorCode::Auth,
+    Some(c) if c.starts_with("22") => ErrorCode::InvalidInput,
+    Some(c) if c.starts_with("42") || c.starts_with("23") || c.starts_with("XX") => {
+      ErrorCode::Internal
+    }
+    Some(_) => ErrorCode::Unavailable,
+    None if is_tls(err) => ErrorCode::Tls,
+    None if text.contains("timed out") => ErrorCode::Unavailable,
+    None => ErrorCode::Unavailable,
+  };
+  StoreError::new(code, format!("Postgres: {text}"))
+}
+
+/// The error's text with its causes (tokio-postgres puts the detail in the source).
+fn full_text(err: &tokio_postgres::Error) -> String {
+  let mut text = err.to_string();
+  let mut source = std::error::Error::source(err);
+  while let Some(inner) = source {
+    let more = inner.to_string();
+    if !text.contains(&more) {
+      text = format!("{text}: {more}");
+    }
+    source = inner.source();
+  }
+  text
+}
+
+fn is_tls(err: &tokio_postgres::Error) -> bool {
+  let text = full_text(err).to_ascii_lowercase();
+  text.contains("tls") || text.contains("certificate") || text.contains("ssl")
+}

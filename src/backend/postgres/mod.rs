@@ -1,0 +1,675 @@
+//! Postgres backend: the store operations of the seam (`command.rs`) as statements on
+//! store-shaped tables (`schema.rs`, `ops.rs`), through a deadpool of tokio-postgres
+//! connections (TLS by rustls), on tokio threads (`Engine::Tokio`).
+//!
+//! Group commit: calls are queued to lanes (one per key: a call goes to the lane of its
+//! batch's first key, so calls on one key run in the order they were made), and each lane
+//! runs everything queued to it since its last round as one group on one connection: the statements of every call go out back
+//! to back (pipelined, each prepared once per connection) inside one transaction, whose
+//! `COMMIT` follows them in the same write. Every call of the group is answered once
+//! that `COMMIT` is acknowledged: durable as the server's `synchronous_commit` says,
+//! never weaker than a call committed alone. One call alone with one statement runs
+//! without `BEGIN`/`COMMIT` (autocommit), and a group of reads needs no transaction. If
+//! a statement of a group fails, nothing of the group landed (the transaction rolled
+//! back), and its calls run again one by one, so each gets its own answer.
+//!
+//! Reliability: a call that was sent on a connection that then dropped may or may not
+//! have landed; it is sent again (on a new connection) only when its batch is declared
+//! safe to resend, under the retry policy of the Redis drivers (`retry.rs`); the claim
+//! is never resent, it rejects `UNAVAILABLE`. A serialization failure or deadlock rolled
+//! everything back, so the call runs again.
+
+mod errors;
+mod ops;
+pub mod schema;
+mod target;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deadpool_postgres::{
+  ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
+};
+use futures_util::future::{maybe_done, BoxFuture, MaybeDone};
+use tokio::sync::oneshot;
+use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use self::errors::Kind;
+use self::ops::{OpError, OpResult, Statements};
+use super::retry::{self, Budget};
+use crate::command::{Batch, Reply};
+use crate::engine::AsyncBackend;
+use crate::error::{ErrorCode, StoreError, StoreResult};
+use crate::options::RetrySettings;
+
+pub use target::{PostgresConnectionOptions, PostgresTarget};
+
+/// Calls one group carries at most.
+const GROUP_LIMIT: usize = 128;
+/// Expired rows one sweep removes at most (entries, and executions' steps).
+const SWEEP_LIMIT: i32 = 64;
+/// A write group starts a sweep when this long (ms) has passed since the last one.
+const SWEEP_EVERY_MS: u64 = 1_000;
+/// Times a call runs again after a serialization failure or deadlock.
+const CONFLICT_RETRIES: u32 = 10;
+
+/// How a Postgres store is set up.
+pub struct PostgresSettings {
+  pub target: PostgresTarget,
+  pub schema: String,
+  pub pool_size: usize,
+  pub connect_timeout: Duration,
+  pub command_timeout: Duration,
+  pub retry: RetrySettings,
+}
+
+/// Why one attempt at a call failed.
+enum Failure {
+  /// No connection could be had; nothing was sent.
+  Connect(StoreError),
+  /// Not sent (its group failed before it ran): always safe to send again.
+  NotSent,
+  /// The connection dropped with the call in flight: it may or may not have landed.
+  Dropped(StoreError),
+  /// Rolled back by a serialization failure or deadlock: nothing landed.
+  Conflict(StoreError),
+  /// Final.
+  Other(StoreError),
+}
+
+type Answer = Result<Vec<Reply>, Failure>;
+
+struct Job {
+  batch: Arc<Batch>,
+  reply: oneshot::Sender<Answer>,
+}
+
+impl Job {
+  fn answer(self, answer: Answer) {
+    let _ = self.reply.send(answer);
+  }
+}
+
+#[derive(Default)]
+struct Lane {
+  queue: VecDeque<Job>,
+  running: bool,
+}
+
+struct Inner {
+  pool: Pool,
+  display: String,
+  schema: String,
+  sql: Statements,
+  command_timeout: Duration,
+  connect_timeout: Duration,
+  retry: RetrySettings,
+  /// Whether the schema was created or checked.
+  ready: AtomicBool,
+  preparing: tokio::sync::Mutex<()>,
+  /// The lanes; several groups commit at once (the server flushes their commits together).
+  lanes: Vec<Mutex<Lane>>,
+  closed: AtomicBool,
+  last_sweep: AtomicU64,
+}
+
+/// A Postgres database, reached through a pool of connections made on first use.
+pub struct PostgresBackend {
+  inner: Arc<Inner>,
+}
+
+impl PostgresBackend {
+  pub fn new(settings: PostgresSettings) -> StoreResult<Self> {
+    let PostgresSettings {
+      target,
+      schema,
+      pool_size,
+      connect_timeout,
+      command_timeout,
+      retry,
+    } = settings;
+    schema::check_schema_name(&schema)?;
+    let target = target.with_connect_timeout(connect_timeout);
+    let manager_config = ManagerConfig {
+      recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match &target.tls {
+      Some(tls) => Manager::from_config(
+        target.config.clone(),
+        MakeRustlsConnect::new((**tls).clone()),
+        manager_config,
+      ),
+      None => Manager::from_config(target.config.clone(), NoTls, manager_config),
+    };
+    let pool = Pool::builder(manager)
+      .max_size(pool_size.max(1))
+      .runtime(Runtime::Tokio1)
+      .build()
+      .map_err(|err| StoreError::new(ErrorCode::Internal, format!("Postgres pool: {err}")))?;
+    let quoted = schema::quote_ident(&schema);
+    Ok(Self {
+      inner: Arc::new(Inner {
+        pool,
+        display: target.display,
+        sql: Statements::new(&quoted),
+        schema,
+        command_timeout,
+        connect_timeout,
+        retry,
+        ready: AtomicBool::new(false),
+        preparing: tokio::sync::Mutex::new(()),
+        // One connection is kept for the sweep.
+        lanes: (0..pool_size.saturating_sub(1).max(1))
+          .map(|_| Mutex::new(Lane::default()))
+          .collect(),
+        closed: AtomicBool::new(false),
+        last_sweep: AtomicU64::new(0),
+      }),
+    })
+  }
+}
+
+impl AsyncBackend for PostgresBackend {
+  fn speaks_redis(&self) -> bool {
+    false
+  }
+
+  fn execute(&self, _what: &'static str, batch: Batch) -> BoxFuture<'_, StoreResult<Vec<Reply>>> {
+    Box::pin(self.inner.clone().execute(batch))
+  }
+
+  fn close(&self) {
+    self.inner.closed.store(true, Ordering::Release);
+    self.inner.pool.close();
+    for lane in 0..self.inner.lanes.len() {
+      let queued: Vec<Job> = self.inner.lane(lane).queue.drain(..).collect();
+      for job in queued {
+        job.answer(Err(Failure::Other(StoreError::disposed())));
+      }
+    }
+  }
+}
+
+impl Inner {
+  fn lane(&self, index: usize) -> std::sync::MutexGuard<'_, Lane> {
+    self.lanes[index].lock().unwrap_or_else(|e| e.into_inner())
+  }
+
+  /// The lane of a batch: by its first key (a batch without one, a scan, goes to lane 0).
+  fn lane_of(&self, batch: &Batch) -> usize {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+      std::sync::OnceLock::new();
+    match batch.keys().next() {
+      Some(key) if self.lanes.len() > 1 => {
+        let hash = SEED.get_or_init(Default::default).hash_one(key);
+        (hash % self.lanes.len() as u64) as usize
+      }
+      _ => 0,
+    }
+  }
+
+  /// Waits until every call queued to any lane before now was answered, so that a scan
+  /// (which reads keys it does not name) does not run ahead of writes made before it.
+  async fn barrier(self: &Arc<Self>) {
+    let waits: Vec<_> = (0..self.lanes.len())
+      .map(|lane| {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+          batch: Arc::new(Batch::many(Vec::new())),
+          reply,
+        };
+        self.submit(lane, job);
+        answer
+      })
+      .collect();
+    for wait in waits {
+      let _ = wait.await;
+    }
+  }
+
+  /// Runs a batch as part of the lane's next group; after a dropped connection sends it
+  /// again when it may be (see the module doc). The caller bounds the whole by
+  /// `commandTimeout`.
+  async fn execute(self: Arc<Self>, batch: Batch) -> StoreResult<Vec<Reply>> {
+    if let Some(command) = batch.commands.iter().find(|c| !ops::is_store_operation(c)) {
+      return Err(StoreError::new(
+        ErrorCode::Internal,
+        format!("{command:?} is a Redis command, not a store operation"),
+      ));
+    }
+    if batch.reads_any_key() && self.lanes.len() > 1 {
+      self.barrier().await;
+    }
+    let lane = self.lane_of(&batch);
+    let batch = Arc::new(batch);
+    let mut budget = Budget::new(&self.retry, batch.may_resend());
+    let mut recovering = false;
+    let mut conflicts = 0;
+    loop {
+      if self.closed.load(Ordering::Acquire) {
+        return Err(StoreError::disposed());
+      }
+      let (reply, answer) = oneshot::channel();
+      self.submit(
+        lane,
+        Job {
+          batch: batch.clone(),
+          reply,
+        },
+      );
+      let failure = match answer.await {
+        Ok(Ok(replies)) => return Ok(replies),
+        Ok(Err(failure)) => failure,
+        Err(_) => return Err(StoreError::disposed()),
+      };
+      match failure {
+        Failure::Other(err) => return Err(err),
+        Failure::NotSent => recovering = true,
+        Failure::Conflict(err) => {
+          conflicts += 1;
+          if conflicts > CONFLICT_RETRIES {
+            return Err(err);
+          }
+        }
+        Failure::Dropped(err) => {
+          if !budget.spend() {
+            return Err(err);
+          }
+          budget.connected();
+          recovering = true;
+        }
+        Failure::Connect(err) => {
+          if !recovering || !retry::classify(&err).may_retry() || !budget.spend() {
+            return Err(err);
+          }
+          tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
+        }
+      }
+    }
+  }
+
+  fn submit(self: &Arc<Self>, index: usize, job: Job) {
+    let mut lane = self.lane(index);
+    lane.queue.push_back(job);
+    if !lane.running {
+      lane.running = true;
+      tokio::spawn(self.clone().drain(index));
+    }
+  }
+
+  /// The lane: one group at a time, each with everything queued meanwhile.
+  async fn drain(self: Arc<Self>, index: usize) {
+    loop {
+      let jobs: Vec<Job> = {
+        let mut lane = self.lane(index);
+        lane.queue.retain(|job| !job.reply.is_closed());
+        if lane.queue.is_empty() {
+          lane.running = false;
+          return;
+        }
+        let take = lane.queue.len().min(GROUP_LIMIT);
+        lane.queue.drain(..take).collect()
+      };
+      self.run_group(jobs).await;
+    }
+  }
+
+  async fn connection(&self) -> StoreResult<Object> {
+    if self.closed.load(Ordering::Acquire) {
+      return Err(StoreError::disposed());
+    }
+    let client = match tokio::time::timeout(self.connect_timeout, self.pool.get()).await {
+      Ok(Ok(client)) => client,
+      Ok(Err(deadpool_postgres::PoolError::Backend(err))) => return Err(self.connect_error(&err)),
+      Ok(Err(deadpool_postgres::PoolError::Closed)) => return Err(StoreError::disposed()),
+      Ok(Err(err)) => {
+        return Err(StoreError::new(
+          ErrorCode::Unavailable,
+          format!("cannot connect to {}: {err}", self.display),
+        ))
+      }
+      Err(_) => {
+        return Err(StoreError::new(
+          ErrorCode::Unavailable,
+          format!(
+            "cannot connect to {}: no connection within connectTimeout ({} ms)",
+            self.display,
+            self.connect_timeout.as_millis()
+          ),
+        ))
+      }
+    };
+    if !self.ready.load(Ordering::Acquire) {
+      let _one_at_a_time = self.preparing.lock().await;
+      if !self.ready.load(Ordering::Acquire) {
+        schema::prepare(&client, &self.schema).await?;
+        self.ready.store(true, Ordering::Release);
+      }
+    }
+    if client.statement_cache.size() == 0 {
+      let prepared = join_ordered(
+        self
+          .sql
+          .all()
+          .into_iter()
+          .map(|sql| Box::pin(client.prepare_cached(sql)) as BoxFuture<'_, _>)
+          .collect(),
+      )
+      .await;
+      if let Some(Err(err)) = prepared.into_iter().find(Result::is_err) {
+        return Err(errors::store_error(&err));
+      }
+    }
+    Ok(client)
+  }
+
+  fn connect_error(&self, err: &tokio_postgres::Error) -> StoreError {
+    let mapped = errors::store_error(err);
+    let what = match mapped.code {
+      ErrorCode::Auth => "authentication to",
+      _ => "cannot connect to",
+    };
+    let detail = mapped.message.trim_start_matches("Postgres: ");
+    let message = match mapped.code {
+      ErrorCode::Auth => format!("{what} {} failed: {detail}", self.display),
+      _ => format!("{what} {}: {detail}", self.display),
+    };
+    StoreError::new(mapped.code, message)
+  }
+
+  /// Runs one group and answers each of its calls.
+  async fn run_group(self: &Arc<Self>, jobs: Vec<Job>) {
+    if jobs.iter().all(|job| job.batch.commands.is_empty()) {
+      // Only barriers (see `barrier`): nothing to send.
+      for job in jobs {
+        job.answer(Ok(Vec::new()));
+      }
+      return;
+    }
+    let client = match self.connection().await {
+      Ok(client) => client,
+      Err(err) => {
+        let failure = |err: &StoreError| match err.code {
+          ErrorCode::Disposed | ErrorCode::Auth | ErrorCode::Tls | ErrorCode::CorruptData => {
+            Failure::Other(err.clone())
+          }
+          _ => Failure::Connect(err.clone()),
+        };
+        for job in jobs {
+          job.answer(Err(failure(&err)));
+        }
+        return;
+      }
+    };
+    let batches: Vec<&Batch> = jobs.iter().map(|job| &*job.batch).collect();
+    let writes = batches.iter().any(|batch| batch.writes());
+    let outcome = self.bounded(&client, &batches).await;
+    let answers = match outcome {
+      Outcome::Answers(answers) => answers,
+      Outcome::RolledBack(failure) if jobs.len() == 1 => vec![Err(failure)],
+      Outcome::RolledBack(_) => {
+        // Nothing of the group landed: each call again, alone, for its own answer.
+        let mut answers = Vec::with_capacity(jobs.len());
+        let mut gone = None;
+        for batch in &batches {
+          if gone.is_some() {
+            answers.push(Err(Failure::NotSent));
+            continue;
+          }
+          answers.push(match self.bounded(&client, &[batch]).await {
+            Outcome::Answers(mut one) => one.pop().unwrap_or(Err(Failure::NotSent)),
+            Outcome::RolledBack(failure) => Err(failure),
+            Outcome::Dropped(err) => {
+              gone = Some(err.clone());
+              Err(Failure::Dropped(err))
+            }
+          });
+        }
+        if gone.is_some() {
+          drop(Object::take(client));
+        } else if writes {
+          self.maybe_sweep();
+        }
+        for (job, answer) in jobs.into_iter().zip(answers) {
+          job.answer(answer);
+        }
+        return;
+      }
+      Outcome::Dropped(err) => {
+        drop(Object::take(client));
+        for job in jobs {
+          job.answer(Err(Failure::Dropped(err.clone())));
+        }
+        return;
+      }
+    };
+    drop(client);
+    if writes {
+      self.maybe_sweep();
+    }
+    for (job, answer) in jobs.into_iter().zip(answers) {
+      job.answer(answer);
+    }
+  }
+
+  /// `run` within `commandTimeout`; past it the connection is given up (its state is
+  /// unknown), which counts as dropped.
+  async fn bounded(&self, client: &ClientWrapper, batches: &[&Batch]) -> Outcome {
+    match tokio::time::timeout(self.command_timeout, run(client, &self.sql, batches)).await {
+      Ok(outcome) => outcome,
+      Err(_) => Outcome::Dropped(StoreError::new(
+        ErrorCode::Timeout,
+        format!(
+          "{} did not answer within commandTimeout ({} ms)",
+          self.display,
+          self.command_timeout.as_millis()
+        ),
+      )),
+    }
+  }
+
+  /// Starts a bounded sweep of expired rows on a connection of its own, at most once a
+  /// second per store; its failure (a lock, a dropped connection) waits for the next.
+  fn maybe_sweep(self: &Arc<Self>) {
+    let now = SystemTime::now()
+      .duration_since(UNIX_EPOCH)
+      .map(|d| d.as_millis() as u64)
+      .unwrap_or_default();
+    let last = self.last_sweep.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < SWEEP_EVERY_MS
+      || self
+        .last_sweep
+        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+        .is_err()
+    {
+      return;
+    }
+    let inner = self.clone();
+    tokio::spawn(async move {
+      let sweep = async {
+        let client = inner.connection().await.ok()?;
+        let statement = client.prepare_cached(&inner.sql.sweep).await.ok()?;
+        client.execute(&statement, &[&SWEEP_LIMIT]).await.ok()
+      };
+      let _ = tokio::time::timeout(inner.command_timeout, sweep).await;
+    });
+  }
+}
+
+/// What running a group did.
+enum Outcome {
+  /// Each call's answer (a call of a group without a transaction may fail alone).
+  Answers(Vec<Answer>),
+  /// The transaction rolled back: nothing of the group landed.
+  RolledBack(Failure),
+  /// The connection is gone (or gave no answer in time): what was sent may have landed.
+  Dropped(StoreError),
+}
+
+/// Runs the batches on one connection: pipelined, in one transaction when the group
+/// writes with more than one statement (or a statement that reads before it writes).
+async fn run(client: &ClientWrapper, sql: &Statements, batches: &[&Batch]) -> Outcome {
+  let commands: Vec<(usize, &crate::command::Command)> = batches
+    .iter()
+    .enumerate()
+    .flat_map(|(index, batch)| batch.commands.iter().map(move |command| (index, command)))
+    .collect();
+  let writes = batches.iter().any(|batch| batch.writes());
+  let multi = commands.iter().any(|(_, command)| ops::is_multi(command));
+  let transaction = writes && (commands.len() > 1 || multi);
+  let mut replies: Vec<Vec<Reply>> = batches
+    .iter()
+    .map(|b| Vec::with_capacity(b.commands.len()))
+    .collect();
+  let mut failed: Vec<Option<Failure>> = batches.iter().map(|_| None).collect();
+  // Segments: runs of single-statement commands, pipelined; a multi-statement command
+  // runs alone, after everything before it answered.
+  let mut segments: Vec<&[(usize, &crate::command::Command)]> = Vec::new();
+  let mut start = 0;
+  for (i, (_, command)) in commands.iter().enumerate() {
+    if ops::is_multi(command) {
+      if start < i {
+        segments.push(&commands[start..i]);
+      }
+      segments.push(&commands[i..=i]);
+      start = i + 1;
+    }
+  }
+  if start < commands.len() {
+    segments.push(&commands[start..]);
+  }
+  let count = segments.len();
+  for (k, segment) in segments.into_iter().enumerate() {
+    let mut futures: Vec<BoxFuture<'_, OpResult>> = Vec::with_capacity(segment.len() + 2);
+    let begin = transaction && k == 0;
+    let last = transaction && k + 1 == count;
+    // COMMIT follows the last segment in the same write, unless that segment is a
+    // command whose later statements are only sent once its first answered.
+    let multi = segment.iter().any(|(_, command)| ops::is_multi(command));
+    let commit = last && !multi;
+    if begin {
+      futures.push(Box::pin(simple(client, "BEGIN")));
+    }
+    futures.extend(
+      segment
+        .iter()
+        .map(|(_, command)| ops::run(client, sql, command)),
+    );
+    if commit {
+      futures.push(Box::pin(simple(client, "COMMIT")));
+    }
+    let mut results = join_ordered(futures).await;
+    let mut commit_result = commit.then(|| results.pop()).flatten();
+    if begin {
+      if let Err(err) = results.remove(0) {
+        return Outcome::from_error(err, true);
+      }
+    }
+    for ((index, _), result) in segment.iter().zip(results) {
+      match result {
+        Ok(reply) => replies[*index].push(reply),
+        Err(err) if transaction => {
+          if !commit {
+            let _ = client.batch_execute("ROLLBACK").await;
+          }
+          return Outcome::from_error(err, true);
+        }
+        Err(err) => {
+          let failure = Outcome::failure(err);
+          if let Failure::Dropped(err) = failure {
+            return Outcome::Dropped(err);
+          }
+          failed[*index].get_or_insert(failure);
+        }
+      }
+    }
+    if last && !commit {
+      commit_result = Some(simple(client, "COMMIT").await);
+    }
+    if let Some(Err(err)) = commit_result {
+      return Outcome::from_error(err, true);
+    }
+  }
+  Outcome::Answers(
+    replies
+      .into_iter()
+      .zip(failed)
+      .map(|(replies, failed)| match failed {
+        Some(failure) => Err(failure),
+        None => Ok(replies),
+      })
+      .collect(),
+  )
+}
+
+async fn simple(client: &ClientWrapper, sql: &'static str) -> OpResult {
+  client.batch_execute(sql).await?;
+  Ok(Reply::Ok)
+}
+
+impl Outcome {
+  fn failure(err: OpError) -> Failure {
+    match err {
+      OpError::Store(err) => Failure::Other(err),
+      OpError::Pg(err) => {
+        let store = errors::store_error(&err);
+        match errors::kind(&err) {
+          Kind::Dropped => Failure::Dropped(StoreError::new(
+            ErrorCode::Unavailable,
+            format!(
+              "{} (the connection dropped; the call may or may not have been applied)",
+              store.message
+            ),
+          )),
+          Kind::Conflict => Failure::Conflict(store),
+          Kind::Other => Failure::Other(store),
+        }
+      }
+    }
+  }
+
+  /// A failed statement of a transaction: rolled back, or the connection is gone.
+  fn from_error(err: OpError, _transaction: bool) -> Self {
+    match Self::failure(err) {
+      Failure::Dropped(err) => Outcome::Dropped(err),
+      failure => Outcome::RolledBack(failure),
+    }
+  }
+}
+
+/// Awaits futures polling each in order, so that futures that send their request when
+/// first polled send them in order (pipelining on one connection).
+async fn join_ordered<F: std::future::Future + Unpin>(futures: Vec<F>) -> Vec<F::Output> {
+  let mut pending: Vec<MaybeDone<F>> = futures.into_iter().map(maybe_done).collect();
+  std::future::poll_fn(|cx| {
+    let mut done = true;
+    for future in pending.iter_mut() {
+      if Pin::new(future).poll(cx).is_pending() {
+        done = false;
+      }
+    }
+    match done {
+      true => Poll::Ready(()),
+      false => Poll::Pending,
+    }
+  })
+  .await;
+  pending
+    .iter_mut()
+    .map(|future| {
+      Pin::new(future)
+        .take_output()
+        .expect("every future is done")
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests;

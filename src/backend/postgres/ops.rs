@@ -1,0 +1,538 @@
+//! The store operations of the seam (`command.rs`) as statements on the tables of
+//! `schema.rs`, with the semantics of the SQLite backend (`backend/sqlite/`), which
+//! follows the two Redis hashes: an expired entry reads as missing, marks expire
+//! together, results expire together. Every command but `Merge` and `Execution` is one
+//! prepared statement whose request is sent at the first poll of its future, so that
+//! commands of calls in flight together go out back to back (pipelined) in order.
+//! Times are the server's clock (`now_ms()`), as Redis TTLs are.
+
+use futures_util::future::BoxFuture;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use deadpool_postgres::ClientWrapper;
+
+use crate::command::{Command, Condition, ExecutionView, KeyKind, MergeOutcome, Reply};
+use crate::error::{ErrorCode, StoreError};
+use crate::glob;
+use crate::json_value::{self, MergeError};
+
+/// Why a command failed.
+#[derive(Debug)]
+pub enum OpError {
+  Pg(tokio_postgres::Error),
+  Store(StoreError),
+}
+
+impl From<tokio_postgres::Error> for OpError {
+  fn from(err: tokio_postgres::Error) -> Self {
+    OpError::Pg(err)
+  }
+}
+
+pub type OpResult = Result<Reply, OpError>;
+
+/// The statements of one schema, as text (each is prepared once per connection).
+pub struct Statements {
+  pub get: String,
+  pub set: String,
+  pub set_missing: String,
+  pub set_existing: String,
+  pub set_get: String,
+  pub exists: String,
+  pub pttl: String,
+  pub mget: String,
+  pub unlink: String,
+  pub entries_from: String,
+  pub entries_after: String,
+  pub execs_from: String,
+  pub execs_after: String,
+  pub claim: String,
+  pub commit: String,
+  pub step_result: String,
+  pub step_claim: String,
+  pub step_results: String,
+  pub dispose: String,
+  pub reset_steps: String,
+  pub now: String,
+  pub entry_row: String,
+  pub expiry_row: String,
+  pub step_rows: String,
+  pub merge_read: String,
+  pub merge_update: String,
+  pub merge_insert: String,
+  pub sweep: String,
+}
+
+impl Statements {
+  pub fn new(s: &str) -> Self {
+    let live = format!("(expires_at IS NULL OR expires_at > {s}.now_ms())");
+    let upsert = format!(
+      "INSERT INTO {s}.entries AS e (key, value, expires_at) VALUES ($1, $2, {s}.now_ms() + $3::bigint)
+       ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
+    );
+    let step = |column: &str, at: &str| {
+      format!(
+        "SELECT s.{column} FROM {s}.steps s WHERE s.exec = $1 AND s.task = $2
+         AND NOT EXISTS (SELECT 1 FROM {s}.step_expiry x WHERE x.exec = $1 AND x.{at} <= {s}.now_ms())"
+      )
+    };
+    Self {
+      get: format!("SELECT value FROM {s}.entries WHERE key = $1 AND {live}"),
+      set: upsert.clone(),
+      set_missing: format!(
+        "{upsert} WHERE e.expires_at IS NOT NULL AND e.expires_at <= {s}.now_ms()"
+      ),
+      set_existing: format!(
+        "UPDATE {s}.entries SET value = $2, expires_at = {s}.now_ms() + $3::bigint WHERE key = $1 AND {live}"
+      ),
+      set_get: format!("SELECT {s}.set_get($1, $2, $3::bigint)"),
+      exists: format!("SELECT 1 FROM {s}.entries WHERE key = $1 AND {live}"),
+      pttl: format!(
+        "SELECT CASE WHEN e.expires_at IS NULL THEN -1 ELSE e.expires_at - t.now END
+         FROM {s}.entries e, (SELECT {s}.now_ms() AS now) t
+         WHERE e.key = $1 AND (e.expires_at IS NULL OR e.expires_at > t.now)"
+      ),
+      mget: format!(
+        "SELECT e.value FROM unnest($1::text[]) WITH ORDINALITY AS k(key, i)
+         LEFT JOIN {s}.entries e ON e.key = k.key
+           AND (e.expires_at IS NULL OR e.expires_at > {s}.now_ms())
+         ORDER BY k.i"
+      ),
+      unlink: format!(
+        "WITH d AS (DELETE FROM {s}.entries WHERE key = ANY($1::text[]) RETURNING expires_at)
+         SELECT count(*) FROM d WHERE d.expires_at IS NULL OR d.expires_at > {s}.now_ms()"
+      ),
+      entries_from: format!(
+        "SELECT key, {live} FROM {s}.entries WHERE key >= $1 ORDER BY key LIMIT $2"
+      ),
+      entries_after: format!(
+        "SELECT key, {live} FROM {s}.entries WHERE key > $1 ORDER BY key LIMIT $2"
+      ),
+      execs_from: format!(
+        "SELECT DISTINCT exec, true FROM {s}.steps WHERE exec >= $1 ORDER BY exec LIMIT $2"
+      ),
+      execs_after: format!(
+        "SELECT DISTINCT exec, true FROM {s}.steps WHERE exec > $1 ORDER BY exec LIMIT $2"
+      ),
+      claim: format!("SELECT {s}.claim($1, $2, $3, $4, $5::bigint)"),
+      commit: format!("SELECT {s}.commit($1, $2, $3, $4::bigint)"),
+      step_result: step("result", "results_at"),
+      step_claim: step("claim", "claims_at"),
+      step_results: format!(
+        "SELECT s.task, s.result FROM {s}.steps s WHERE s.exec = $1 AND s.result IS NOT NULL
+         AND NOT EXISTS (SELECT 1 FROM {s}.step_expiry x WHERE x.exec = $1 AND x.results_at <= {s}.now_ms())
+         ORDER BY s.task"
+      ),
+      dispose: format!(
+        "WITH a AS (DELETE FROM {s}.entries WHERE key = $1),
+              b AS (DELETE FROM {s}.steps WHERE exec = $1)
+         DELETE FROM {s}.step_expiry WHERE exec = $1"
+      ),
+      reset_steps: format!("DELETE FROM {s}.steps WHERE exec = $1 AND task = ANY($2)"),
+      now: format!("SELECT {s}.now_ms()"),
+      entry_row: format!("SELECT value, expires_at FROM {s}.entries WHERE key = $1"),
+      expiry_row: format!("SELECT claims_at, results_at FROM {s}.step_expiry WHERE exec = $1"),
+      step_rows: format!("SELECT task, claim, result FROM {s}.steps WHERE exec = $1 ORDER BY task"),
+      merge_read: format!(
+        "SELECT value, expires_at, {live} FROM {s}.entries WHERE key = $1 FOR UPDATE"
+      ),
+      merge_update: format!(
+        "UPDATE {s}.entries SET value = $2, expires_at = coalesce({s}.now_ms() + $3::bigint, $4::bigint)
+         WHERE key = $1"
+      ),
+      merge_insert: format!(
+        "INSERT INTO {s}.entries (key, value, expires_at) VALUES ($1, $2, {s}.now_ms() + $3::bigint)
+         ON CONFLICT (key) DO NOTHING"
+      ),
+      sweep: format!("SELECT {s}.sweep($1)"),
+    }
+  }
+
+  /// Every statement, to prepare on a new connection.
+  pub fn all(&self) -> Vec<&str> {
+    vec![
+      &self.get,
+      &self.set,
+      &self.set_missing,
+      &self.set_existing,
+      &self.set_get,
+      &self.exists,
+      &self.pttl,
+      &self.mget,
+      &self.unlink,
+      &self.entries_from,
+      &self.entries_after,
+      &self.execs_from,
+      &self.execs_after,
+      &self.claim,
+      &self.commit,
+      &self.step_result,
+      &self.step_claim,
+      &self.step_results,
+      &self.dispose,
+      &self.reset_steps,
+      &self.now,
+      &self.entry_row,
+      &self.expiry_row,
+      &self.step_rows,
+      &self.merge_read,
+      &self.merge_update,
+      &self.merge_insert,
+      &self.sweep,
+    ]
+  }
+}
+
+/// Whether the command needs more than one round trip (its statements depend on what an
+/// earlier one answered): it cannot be pipelined with the commands after it.
+pub fn is_multi(command: &Command) -> bool {
+  matches!(command, Command::Merge { .. } | Command::Execution { .. })
+}
+
+/// Whether the command is one of the store operations this backend runs (not a Redis
+/// hash command, which only the Redis backend lowers step operations to).
+pub fn is_store_operation(command: &Command) -> bool {
+  !matches!(
+    command,
+    Command::HGet { .. }
+      | Command::HGetAll { .. }
+      | Command::HSet { .. }
+      | Command::HSetNx { .. }
+      | Command::HDel { .. }
+      | Command::PExpire { .. }
+  )
+}
+
+fn ttl(ttl_ms: Option<u64>) -> Option<i64> {
+  ttl_ms.map(|ttl| ttl.min(i64::MAX as u64 / 4) as i64)
+}
+
+async fn rows(
+  client: &ClientWrapper,
+  sql: &str,
+  params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+  let statement = client.prepare_cached(sql).await?;
+  client.query(&statement, params).await
+}
+
+async fn count(
+  client: &ClientWrapper,
+  sql: &str,
+  params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+  let statement = client.prepare_cached(sql).await?;
+  client.execute(&statement, params).await
+}
+
+fn text_reply(value: Option<String>) -> Reply {
+  match value {
+    Some(value) => Reply::Bytes(value.into_bytes()),
+    None => Reply::Nil,
+  }
+}
+
+fn first_text(found: Vec<Row>) -> Reply {
+  text_reply(
+    found
+      .first()
+      .and_then(|row| row.get::<_, Option<String>>(0)),
+  )
+}
+
+/// One command as a future that sends its request when first polled (its statement is
+/// prepared on the connection already, so `prepare_cached` answers at once).
+pub fn run<'a>(
+  client: &'a ClientWrapper,
+  sql: &'a Statements,
+  command: &'a Command,
+) -> BoxFuture<'a, OpResult> {
+  Box::pin(async move {
+    Ok(match command {
+      Command::Get { key } => first_text(rows(client, &sql.get, &[key]).await?),
+      Command::Set { key, value, ttl_ms } => {
+        count(client, &sql.set, &[key, value, &ttl(*ttl_ms)]).await?;
+        Reply::Ok
+      }
+      Command::SetIf {
+        key,
+        value,
+        ttl_ms,
+        when,
+      } => {
+        let statement = match when {
+          Condition::Missing => &sql.set_missing,
+          Condition::Exists => &sql.set_existing,
+        };
+        match count(client, statement, &[key, value, &ttl(*ttl_ms)]).await? {
+          0 => Reply::Nil,
+          _ => Reply::Ok,
+        }
+      }
+      Command::SetGet { key, value, ttl_ms } => {
+        first_text(rows(client, &sql.set_get, &[key, value, &ttl(*ttl_ms)]).await?)
+      }
+      Command::Exists { key } => {
+        Reply::Int(!rows(client, &sql.exists, &[key]).await?.is_empty() as i64)
+      }
+      Command::PTtl { key } => {
+        let found = rows(client, &sql.pttl, &[key]).await?;
+        Reply::Int(found.first().map(|row| row.get::<_, i64>(0)).unwrap_or(-2))
+      }
+      Command::MGet { keys } => {
+        let found = rows(client, &sql.mget, &[keys]).await?;
+        Reply::Values(
+          found
+            .iter()
+            .map(|row| row.get::<_, Option<String>>(0).map(String::into_bytes))
+            .collect(),
+        )
+      }
+      Command::Del { keys } | Command::Unlink { keys } => {
+        let found = rows(client, &sql.unlink, &[keys]).await?;
+        Reply::Int(found.first().map(|row| row.get::<_, i64>(0)).unwrap_or(0))
+      }
+      Command::Scan {
+        cursor,
+        pattern,
+        count,
+        kind,
+      } => {
+        if *kind == Some(KeyKind::Hash) {
+          return Ok(Reply::Scan {
+            cursor: "0".into(),
+            keys: Vec::new(),
+          });
+        }
+        let literal = glob::literal_prefix(pattern);
+        let (found, next) = page(client, sql, false, cursor, &literal, *count).await?;
+        let keys = found
+          .into_iter()
+          .filter(|(key, live)| *live && glob::matches(pattern, key))
+          .map(|(key, _)| key)
+          .collect();
+        Reply::Scan { cursor: next, keys }
+      }
+      Command::ScanExecutions {
+        cursor,
+        prefix,
+        count,
+      } => {
+        let (steps, inner) = match cursor.split_at_checked(1) {
+          Some(("m", inner)) => (false, inner),
+          Some(("s", inner)) => (true, inner),
+          _ => (true, "0"),
+        };
+        let (found, next) = page(client, sql, steps, inner, prefix, *count).await?;
+        let keys = found
+          .into_iter()
+          .filter(|(_, live)| *live)
+          .map(|(key, _)| key)
+          .collect();
+        let cursor = match (steps, next.as_str()) {
+          (true, "0") => "m0".to_string(),
+          (false, "0") => "0".to_string(),
+          (true, next) => format!("s{next}"),
+          (false, next) => format!("m{next}"),
+        };
+        Reply::Scan { cursor, keys }
+      }
+      Command::Claim {
+        exec,
+        task,
+        value,
+        exclusive,
+        ttl_ms,
+      } => {
+        let found = rows(
+          client,
+          &sql.claim,
+          &[exec, task, value, exclusive, &ttl(*ttl_ms)],
+        )
+        .await?;
+        Reply::Int(found.first().map(|row| row.get::<_, i32>(0)).unwrap_or(0) as i64)
+      }
+      Command::Commit {
+        exec,
+        task,
+        json,
+        ttl_ms,
+      } => {
+        count(client, &sql.commit, &[exec, task, json, &ttl(*ttl_ms)]).await?;
+        Reply::Ok
+      }
+      Command::StepResult { exec, task } => {
+        first_text(rows(client, &sql.step_result, &[exec, task]).await?)
+      }
+      Command::StepClaim { exec, task } => {
+        first_text(rows(client, &sql.step_claim, &[exec, task]).await?)
+      }
+      Command::StepResults { exec } => {
+        let found = rows(client, &sql.step_results, &[exec]).await?;
+        Reply::Pairs(
+          found
+            .iter()
+            .map(|row| {
+              (
+                row.get::<_, String>(0).into_bytes(),
+                row.get::<_, String>(1).into_bytes(),
+              )
+            })
+            .collect(),
+        )
+      }
+      Command::Dispose { exec } => {
+        count(client, &sql.dispose, &[exec]).await?;
+        Reply::Ok
+      }
+      Command::Merge {
+        key,
+        partial,
+        ttl_ms,
+        max_size,
+        create,
+      } => merge(client, sql, key, partial, ttl(*ttl_ms), *max_size, *create).await?,
+      Command::ResetSteps { exec, tasks } => {
+        count(client, &sql.reset_steps, &[exec, tasks]).await?;
+        Reply::Ok
+      }
+      Command::Execution { exec } => view(client, sql, exec).await?,
+      redis_only => {
+        return Err(OpError::Store(StoreError::new(
+          ErrorCode::Internal,
+          format!("{redis_only:?} is a Redis command, not a store operation"),
+        )))
+      }
+    })
+  })
+}
+
+/// Up to `count` keys of `entries` (or execution ids of `steps`) from the cursor on that
+/// start with `literal`, each with whether it is live; and the next cursor (`"0"` when
+/// the range is done). As `backend/sqlite/entries.rs` pages, in byte order.
+async fn page(
+  client: &ClientWrapper,
+  sql: &Statements,
+  steps: bool,
+  cursor: &str,
+  literal: &str,
+  count: u32,
+) -> Result<(Vec<(String, bool)>, String), tokio_postgres::Error> {
+  let after = cursor.strip_prefix("k:").filter(|after| *after >= literal);
+  let (statement, start) = match (after, steps) {
+    (Some(after), false) => (&sql.entries_after, after),
+    (Some(after), true) => (&sql.execs_after, after),
+    (None, false) => (&sql.entries_from, literal),
+    (None, true) => (&sql.execs_from, literal),
+  };
+  let limit = count.max(1) as i64;
+  let found: Vec<(String, bool)> = rows(client, statement, &[&start, &limit])
+    .await?
+    .iter()
+    .map(|row| (row.get(0), row.get::<_, Option<bool>>(1).unwrap_or(false)))
+    .collect();
+  let full = found.len() as i64 == limit;
+  let in_range: Vec<_> = found
+    .into_iter()
+    .take_while(|(key, _)| key.starts_with(literal))
+    .collect();
+  let next = match in_range.last() {
+    Some((last, _)) if full && in_range.len() as i64 == limit => format!("k:{last}"),
+    _ => "0".to_string(),
+  };
+  Ok((in_range, next))
+}
+
+/// Shallow-merges `partial` into the entry, in the caller's transaction: the row is
+/// locked (`FOR UPDATE`) while the merge is computed here, byte-exact in key order; a
+/// missing entry is inserted unless another transaction inserted it first, when the
+/// merge starts over on that row.
+async fn merge(
+  client: &ClientWrapper,
+  sql: &Statements,
+  key: &str,
+  partial: &str,
+  ttl: Option<i64>,
+  max_size: u64,
+  create: bool,
+) -> Result<Reply, tokio_postgres::Error> {
+  loop {
+    let found = rows(client, &sql.merge_read, &[&key]).await?;
+    let row = found.first();
+    let current: Option<(String, Option<i64>)> = row
+      .filter(|row| row.get::<_, Option<bool>>(2).unwrap_or(false))
+      .map(|row| (row.get(0), row.get(1)));
+    let merged = match &current {
+      Some((stored, _)) => match json_value::merge_objects(stored, partial) {
+        Ok(merged) => merged,
+        Err(MergeError::NotAnObject) => return Ok(Reply::Merge(MergeOutcome::NotAnObject)),
+        Err(MergeError::Unreadable(_)) => return Ok(Reply::Merge(MergeOutcome::Unreadable)),
+      },
+      None if !create => return Ok(Reply::Merge(MergeOutcome::Missing)),
+      None => partial.to_string(),
+    };
+    if merged.len() as u64 > max_size {
+      return Ok(Reply::Merge(MergeOutcome::TooLarge(merged.len() as u64)));
+    }
+    let kept = current.as_ref().and_then(|(_, at)| *at);
+    let written = match row {
+      Some(_) => count(client, &sql.merge_update, &[&key, &merged, &ttl, &kept]).await?,
+      None => count(client, &sql.merge_insert, &[&key, &merged, &ttl]).await?,
+    };
+    if written > 0 {
+      let created = current.is_none();
+      return Ok(Reply::Merge(MergeOutcome::Merged { created }));
+    }
+  }
+}
+
+/// Everything stored about `exec`, with TTLs as `PTTL` answers them; the reads are
+/// pipelined.
+async fn view(
+  client: &ClientWrapper,
+  sql: &Statements,
+  exec: &str,
+) -> Result<Reply, tokio_postgres::Error> {
+  let (now, entry, expiry, steps) = futures_util::future::join4(
+    rows(client, &sql.now, &[]),
+    rows(client, &sql.entry_row, &[&exec]),
+    rows(client, &sql.expiry_row, &[&exec]),
+    rows(client, &sql.step_rows, &[&exec]),
+  )
+  .await;
+  let now: i64 = now?.first().map(|row| row.get(0)).unwrap_or_default();
+  let live = |at: Option<i64>| at.is_none_or(|at| at > now);
+  let marker = entry?
+    .first()
+    .map(|row| (row.get::<_, String>(0), row.get::<_, Option<i64>>(1)))
+    .filter(|(_, at)| live(*at));
+  let (claims_at, results_at) = expiry?
+    .first()
+    .map(|row| (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)))
+    .unwrap_or_default();
+  let mut claims = Vec::new();
+  let mut results = Vec::new();
+  for row in steps? {
+    let task: String = row.get(0);
+    if let Some(claim) = row.get::<_, Option<String>>(1).filter(|_| live(claims_at)) {
+      claims.push((task.clone().into_bytes(), claim.into_bytes()));
+    }
+    if let Some(result) = row.get::<_, Option<String>>(2).filter(|_| live(results_at)) {
+      results.push((task.into_bytes(), result.into_bytes()));
+    }
+  }
+  let ttl = |present: bool, at: Option<i64>| match (present, at) {
+    (false, _) => -2,
+    (true, None) => -1,
+    (true, Some(at)) => at - now,
+  };
+  Ok(Reply::Execution(Box::new(ExecutionView {
+    marker_ttl: ttl(marker.is_some(), marker.as_ref().and_then(|m| m.1)),
+    marker: marker.map(|(value, _)| value.into_bytes()),
+    claims_ttl: ttl(!claims.is_empty(), claims_at),
+    claims,
+    results_ttl: ttl(!results.is_empty(), results_at),
+    results,
+  })))
+}

@@ -1,0 +1,304 @@
+//! The tables and functions of a Postgres store, in their own schema (option `schema`,
+//! default `durastate`), created on first use; `meta.version` records the format so a
+//! later release can migrate. Shaped as the SQLite file is (`backend/sqlite/schema.rs`):
+//! - `entries`: strings by full key (KV entries, execution markers), with an optional
+//!   absolute expiry in ms (the server's clock), indexed where set;
+//! - `steps`: one row per (execution, task): its in-progress mark and its result;
+//! - `step_expiry`: for executions stored with a TTL, when all their marks and all their
+//!   results expire, as the two Redis hashes do.
+//!
+//! Keys and values are `text` with the `"C"` collation (byte order: key ranges and
+//! `keys(pattern)` prefixes are index ranges), values JSON *text* (never `jsonb`, which
+//! reorders keys). The step operations that read before they write are PL/pgSQL
+//! functions, so each store call is one statement and one round trip.
+
+use tokio_postgres::Client;
+
+use crate::error::{ErrorCode, StoreError, StoreResult};
+
+/// The format this build writes.
+pub const VERSION: i32 = 1;
+
+/// `name` as a quoted SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+  format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A schema name Postgres takes: 1 to 63 bytes, no NUL.
+pub fn check_schema_name(name: &str) -> StoreResult<()> {
+  if name.is_empty() || name.len() > 63 || name.contains('\0') {
+    return Err(StoreError::invalid_input(format!(
+      "option `schema` must be 1 to 63 bytes without NUL, got \"{}\"",
+      name.escape_debug()
+    )));
+  }
+  Ok(())
+}
+
+fn tables(s: &str) -> String {
+  format!(
+    r#"
+CREATE TABLE IF NOT EXISTS {s}.entries (
+  key text COLLATE "C" PRIMARY KEY,
+  value text NOT NULL,
+  expires_at bigint
+);
+CREATE INDEX IF NOT EXISTS entries_expiry ON {s}.entries (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {s}.steps (
+  exec text COLLATE "C" NOT NULL,
+  task text COLLATE "C" NOT NULL,
+  claim text,
+  result text,
+  PRIMARY KEY (exec, task)
+);
+CREATE TABLE IF NOT EXISTS {s}.step_expiry (
+  exec text COLLATE "C" PRIMARY KEY,
+  claims_at bigint,
+  results_at bigint
+);
+CREATE INDEX IF NOT EXISTS step_expiry_claims ON {s}.step_expiry (claims_at) WHERE claims_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS step_expiry_results ON {s}.step_expiry (results_at) WHERE results_at IS NOT NULL;
+"#
+  )
+}
+
+fn functions(s: &str) -> String {
+  format!(
+    r#"
+CREATE OR REPLACE FUNCTION {s}.now_ms() RETURNS bigint LANGUAGE sql VOLATILE AS
+$$ SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
+
+CREATE OR REPLACE FUNCTION {s}.store_expiry(p_exec text, p_claims bigint, p_results bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+  IF p_claims IS NULL AND p_results IS NULL THEN
+    DELETE FROM {s}.step_expiry WHERE exec = p_exec;
+  ELSE
+    INSERT INTO {s}.step_expiry (exec, claims_at, results_at) VALUES (p_exec, p_claims, p_results)
+    ON CONFLICT (exec) DO UPDATE SET claims_at = excluded.claims_at, results_at = excluded.results_at;
+  END IF;
+END $$;
+
+-- Removes what has expired of an execution before a write (so the write starts from
+-- what Redis would hold); returns the expiries still in force.
+CREATE OR REPLACE FUNCTION {s}.purge(p_exec text, p_now bigint, OUT o_claims bigint, OUT o_results bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+  v_claims_gone boolean;
+  v_results_gone boolean;
+BEGIN
+  SELECT e.claims_at, e.results_at INTO o_claims, o_results
+    FROM {s}.step_expiry e WHERE e.exec = p_exec FOR UPDATE;
+  IF NOT FOUND THEN RETURN; END IF;
+  v_claims_gone := o_claims IS NOT NULL AND o_claims <= p_now;
+  v_results_gone := o_results IS NOT NULL AND o_results <= p_now;
+  IF NOT v_claims_gone AND NOT v_results_gone THEN RETURN; END IF;
+  IF v_claims_gone THEN
+    UPDATE {s}.steps SET claim = NULL WHERE exec = p_exec AND claim IS NOT NULL;
+    o_claims := NULL;
+  END IF;
+  IF v_results_gone THEN
+    UPDATE {s}.steps SET result = NULL WHERE exec = p_exec AND result IS NOT NULL;
+    o_results := NULL;
+  END IF;
+  DELETE FROM {s}.steps WHERE exec = p_exec AND claim IS NULL AND result IS NULL;
+  PERFORM {s}.store_expiry(p_exec, o_claims, o_results);
+END $$;
+
+-- Marks a step in progress; 1 when this call set the mark. A TTL (re)sets the expiry of
+-- all the execution's marks, also when an exclusive claim lost (as MULTI HSETNX PEXPIRE).
+CREATE OR REPLACE FUNCTION {s}.claim(p_exec text, p_task text, p_value text, p_exclusive boolean, p_ttl bigint)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+  v_now bigint := {s}.now_ms();
+  v_claims bigint;
+  v_results bigint;
+  v_written integer;
+BEGIN
+  SELECT o_claims, o_results INTO v_claims, v_results FROM {s}.purge(p_exec, v_now);
+  IF p_exclusive THEN
+    INSERT INTO {s}.steps AS s (exec, task, claim) VALUES (p_exec, p_task, p_value)
+    ON CONFLICT (exec, task) DO UPDATE SET claim = excluded.claim WHERE s.claim IS NULL;
+  ELSE
+    INSERT INTO {s}.steps AS s (exec, task, claim) VALUES (p_exec, p_task, p_value)
+    ON CONFLICT (exec, task) DO UPDATE SET claim = excluded.claim;
+  END IF;
+  GET DIAGNOSTICS v_written = ROW_COUNT;
+  IF p_ttl IS NOT NULL THEN
+    PERFORM {s}.store_expiry(p_exec, v_now + p_ttl, v_results);
+  END IF;
+  RETURN v_written;
+END $$;
+
+-- Stores a step's result and clears its mark. A TTL (re)sets the expiry of all the
+-- execution's results; marks that are all gone take their expiry with them.
+CREATE OR REPLACE FUNCTION {s}.commit(p_exec text, p_task text, p_json text, p_ttl bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  v_now bigint := {s}.now_ms();
+  v_claims bigint;
+  v_results bigint;
+  v_changed boolean := false;
+BEGIN
+  SELECT o_claims, o_results INTO v_claims, v_results FROM {s}.purge(p_exec, v_now);
+  INSERT INTO {s}.steps AS s (exec, task, claim, result) VALUES (p_exec, p_task, NULL, p_json)
+  ON CONFLICT (exec, task) DO UPDATE SET claim = NULL, result = excluded.result;
+  IF v_claims IS NOT NULL
+     AND NOT EXISTS (SELECT 1 FROM {s}.steps WHERE exec = p_exec AND claim IS NOT NULL) THEN
+    v_claims := NULL;
+    v_changed := true;
+  END IF;
+  IF p_ttl IS NOT NULL THEN
+    v_results := v_now + p_ttl;
+    v_changed := true;
+  END IF;
+  IF v_changed THEN
+    PERFORM {s}.store_expiry(p_exec, v_claims, v_results);
+  END IF;
+END $$;
+
+-- SET key value [PX ttl] GET: the previous live value, or NULL.
+CREATE OR REPLACE FUNCTION {s}.set_get(p_key text, p_value text, p_ttl bigint)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  v_now bigint := {s}.now_ms();
+  v_old text;
+  v_at bigint;
+BEGIN
+  LOOP
+    SELECT e.value, e.expires_at INTO v_old, v_at FROM {s}.entries e WHERE e.key = p_key FOR UPDATE;
+    IF FOUND THEN
+      UPDATE {s}.entries SET value = p_value, expires_at = v_now + p_ttl WHERE key = p_key;
+      IF v_at IS NOT NULL AND v_at <= v_now THEN RETURN NULL; END IF;
+      RETURN v_old;
+    END IF;
+    INSERT INTO {s}.entries (key, value, expires_at) VALUES (p_key, p_value, v_now + p_ttl)
+    ON CONFLICT (key) DO NOTHING;
+    IF FOUND THEN RETURN NULL; END IF;
+  END LOOP;
+END $$;
+
+-- Removes at most p_limit expired entries and purges at most 2 * p_limit executions
+-- with expired steps, found through the expiry indexes (never a full scan); rows that
+-- another transaction holds are left for the next sweep.
+CREATE OR REPLACE FUNCTION {s}.sweep(p_limit integer)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+  v_now bigint := {s}.now_ms();
+  v_exec text;
+  v_count integer := 0;
+BEGIN
+  DELETE FROM {s}.entries WHERE key IN (
+    SELECT key FROM {s}.entries WHERE expires_at <= v_now
+    ORDER BY expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED);
+  GET DIAGNOSTICS v_count = ROW_COUNT;
+  FOR v_exec IN
+    (SELECT exec FROM {s}.step_expiry WHERE claims_at <= v_now ORDER BY claims_at LIMIT p_limit)
+    UNION
+    (SELECT exec FROM {s}.step_expiry WHERE results_at <= v_now ORDER BY results_at LIMIT p_limit)
+  LOOP
+    PERFORM {s}.purge(v_exec, v_now);
+    v_count := v_count + 1;
+  END LOOP;
+  RETURN v_count;
+END $$;
+"#
+  )
+}
+
+/// Creates the schema, tables and functions, or checks the recorded version. Several
+/// processes starting at once take an advisory lock: one creates, the others find it done.
+pub async fn prepare(client: &Client, schema: &str) -> StoreResult<()> {
+  let s = quote_ident(schema);
+  let version_sql = format!("SELECT version FROM {s}.meta WHERE id = 1");
+  if let Ok(row) = client.query_opt(&version_sql, &[]).await {
+    if let Some(found) = row.map(|r| r.get::<_, i32>(0)) {
+      return check_version(found, schema);
+    }
+  }
+  let lock_key = format!("durastate:{schema}");
+  client
+    .batch_execute("BEGIN")
+    .await
+    .map_err(|e| setup_error(e, schema))?;
+  let result = async {
+    client
+      .execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key])
+      .await?;
+    client
+      .batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {s};
+         CREATE TABLE IF NOT EXISTS {s}.meta (id integer PRIMARY KEY CHECK (id = 1), version integer NOT NULL);"
+      ))
+      .await?;
+    let found: Option<i32> = client
+      .query_opt(&version_sql, &[])
+      .await?
+      .map(|r| r.get(0));
+    Ok::<_, tokio_postgres::Error>(found)
+  }
+  .await;
+  let found = match result {
+    Ok(found) => found,
+    Err(err) => {
+      let _ = client.batch_execute("ROLLBACK").await;
+      return Err(setup_error(err, schema));
+    }
+  };
+  let created = async {
+    match found {
+      Some(_) => Ok(()),
+      None => {
+        client.batch_execute(&tables(&s)).await?;
+        client.batch_execute(&functions(&s)).await?;
+        client
+          .execute(
+            &format!("INSERT INTO {s}.meta (id, version) VALUES (1, $1)"),
+            &[&VERSION],
+          )
+          .await
+          .map(|_| ())
+      }
+    }
+  }
+  .await;
+  if let Err(err) = created {
+    let _ = client.batch_execute("ROLLBACK").await;
+    return Err(setup_error(err, schema));
+  }
+  client
+    .batch_execute("COMMIT")
+    .await
+    .map_err(|e| setup_error(e, schema))?;
+  match found {
+    Some(version) => check_version(version, schema),
+    None => Ok(()),
+  }
+}
+
+fn check_version(found: i32, schema: &str) -> StoreResult<()> {
+  match found {
+    VERSION => Ok(()),
+    newer if newer > VERSION => Err(StoreError::new(
+      ErrorCode::CorruptData,
+      format!(
+        "schema \"{schema}\" holds format version {newer}, newer than this durastate understands ({VERSION})"
+      ),
+    )),
+    older => Err(StoreError::new(
+      ErrorCode::CorruptData,
+      format!("schema \"{schema}\" holds format version {older}, which this durastate cannot migrate"),
+    )),
+  }
+}
+
+fn setup_error(err: tokio_postgres::Error, schema: &str) -> StoreError {
+  let mapped = super::errors::store_error(&err);
+  StoreError::new(
+    mapped.code,
+    format!(
+      "cannot create or check the tables in schema \"{schema}\": {}",
+      mapped.message
+    ),
+  )
+}

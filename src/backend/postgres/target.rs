@@ -1,0 +1,242 @@
+//! Where a Postgres store connects: libpq's URL grammar (`postgres://user:pass@host:port/db
+//! ?sslmode=...&application_name=...`, or fields), parsed by tokio-postgres's `Config`
+//! once the TLS parameters it does not know (`sslmode=verify-full`, ...) are taken out,
+//! and the rustls configuration of the `tls` option shape Redis uses (`crate::tls`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use napi_derive::napi;
+use rustls::ClientConfig;
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::Config;
+
+use crate::error::{StoreError, StoreResult};
+use crate::tls::{TlsOptions, TlsSettings};
+
+/// A Postgres server given as fields rather than a URL.
+#[napi(object, object_to_js = false)]
+#[derive(Default, Clone)]
+pub struct PostgresConnectionOptions {
+  /// Host name, IP address, or a directory holding the server's unix socket. Default `localhost`.
+  pub host: Option<String>,
+  /// TCP port. Default 5432.
+  pub port: Option<u32>,
+  /// Role to connect as. Default `postgres`.
+  pub user: Option<String>,
+  pub password: Option<String>,
+  /// Database. Default: the user's name.
+  pub database: Option<String>,
+  /// `disable`, `prefer`, `require`, `verify-ca` or `verify-full` (libpq's `sslmode`).
+  pub sslmode: Option<String>,
+  /// Shown in `pg_stat_activity`. Default `durastate`.
+  pub application_name: Option<String>,
+}
+
+/// The libpq `sslmode`s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+  Disable,
+  /// `allow`/`prefer`: TLS when the server offers it, certificate not checked.
+  Prefer,
+  /// `require`: TLS always, certificate not checked (as libpq does without a root file).
+  Require,
+  /// `verify-ca`/`verify-full`: TLS always, certificate and host name checked.
+  Verify,
+}
+
+impl TlsMode {
+  fn parse(value: &str) -> StoreResult<Self> {
+    Ok(match value {
+      "disable" => TlsMode::Disable,
+      "allow" | "prefer" => TlsMode::Prefer,
+      "require" => TlsMode::Require,
+      "verify-ca" | "verify-full" => TlsMode::Verify,
+      other => {
+        return Err(StoreError::invalid_input(format!(
+          "sslmode must be disable, allow, prefer, require, verify-ca or verify-full, got \"{other}\""
+        )))
+      }
+    })
+  }
+}
+
+/// A validated Postgres target.
+pub struct PostgresTarget {
+  pub config: Config,
+  /// The rustls configuration when TLS may be used.
+  pub tls: Option<Arc<ClientConfig>>,
+  /// `user@host:port/db`, for messages (never the password).
+  pub display: String,
+}
+
+impl PostgresTarget {
+  /// A `postgres://` or `postgresql://` URL.
+  pub fn from_url(url: &str, tls: Option<&TlsOptions>) -> StoreResult<Self> {
+    let (rest, mode) = take_sslmode(url)?;
+    let config: Config = rest.parse().map_err(|err| {
+      StoreError::invalid_input(format!(
+        "invalid Postgres URL \"{}\": {err}",
+        crate::redis_target::redact(url)
+      ))
+    })?;
+    Self::finish(config, mode, tls)
+  }
+
+  /// Fields (`{ host, port, user, password, database, sslmode, applicationName }`).
+  pub fn from_fields(
+    fields: &PostgresConnectionOptions,
+    tls: Option<&TlsOptions>,
+  ) -> StoreResult<Self> {
+    let mut config = Config::new();
+    config.host(fields.host.as_deref().unwrap_or("localhost"));
+    if let Some(port) = fields.port {
+      let port = u16::try_from(port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| StoreError::invalid_input(format!("port must be 1 to 65535, got {port}")))?;
+      config.port(port);
+    }
+    if let Some(user) = &fields.user {
+      config.user(user);
+    }
+    if let Some(password) = &fields.password {
+      config.password(password);
+    }
+    if let Some(database) = &fields.database {
+      config.dbname(database);
+    }
+    if let Some(name) = &fields.application_name {
+      config.application_name(name);
+    }
+    let mode = fields.sslmode.as_deref().map(TlsMode::parse).transpose()?;
+    Self::finish(config, mode, tls)
+  }
+
+  fn finish(
+    mut config: Config,
+    mode: Option<TlsMode>,
+    tls: Option<&TlsOptions>,
+  ) -> StoreResult<Self> {
+    if config.get_hosts().is_empty() {
+      config.host("localhost");
+    }
+    if config.get_user().is_none() {
+      config.user("postgres");
+    }
+    if config.get_application_name().is_none() {
+      config.application_name("durastate");
+    }
+    if tls.is_some_and(|t| t.servername.is_some()) {
+      return Err(StoreError::invalid_input(
+        "option `tls.servername` is not supported on Postgres: the certificate is checked against the URL's host",
+      ));
+    }
+    // libpq's default is `prefer`; a `tls` option asks for TLS.
+    let mode = mode.unwrap_or(match tls {
+      Some(_) => TlsMode::Verify,
+      None => TlsMode::Prefer,
+    });
+    let tls = match mode {
+      TlsMode::Disable => None,
+      TlsMode::Prefer | TlsMode::Require => {
+        let mut options = tls.cloned().unwrap_or_default();
+        // Encrypted, not verified, unless the `tls` option asks for verification.
+        if tls.is_none() || options.reject_unauthorized.is_none() && options.ca.is_none() {
+          options.reject_unauthorized = Some(false);
+        }
+        Some(TlsSettings::new(&options)?.config)
+      }
+      TlsMode::Verify => {
+        let options = tls.cloned().unwrap_or_default();
+        Some(TlsSettings::new(&options)?.config)
+      }
+    };
+    config.ssl_mode(match mode {
+      TlsMode::Disable => SslMode::Disable,
+      TlsMode::Prefer => SslMode::Prefer,
+      TlsMode::Require | TlsMode::Verify => SslMode::Require,
+    });
+    let display = display(&config);
+    Ok(Self {
+      config,
+      tls,
+      display,
+    })
+  }
+
+  /// Sets the bound on establishing a connection.
+  pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+    self.config.connect_timeout(timeout);
+    self
+  }
+}
+
+/// Takes `sslmode` out of a URL's query (tokio-postgres knows only three of libpq's six).
+fn take_sslmode(url: &str) -> StoreResult<(String, Option<TlsMode>)> {
+  let Some((base, query)) = url.split_once('?') else {
+    return Ok((url.to_string(), None));
+  };
+  let mut mode = None;
+  let mut kept = Vec::new();
+  for pair in query.split('&').filter(|p| !p.is_empty()) {
+    match pair.split_once('=') {
+      Some(("sslmode", value)) => mode = Some(TlsMode::parse(value)?),
+      _ => kept.push(pair),
+    }
+  }
+  let rest = match kept.is_empty() {
+    true => base.to_string(),
+    false => format!("{base}?{}", kept.join("&")),
+  };
+  Ok((rest, mode))
+}
+
+fn display(config: &Config) -> String {
+  let host = match config.get_hosts().first() {
+    Some(Host::Tcp(host)) => host.clone(),
+    #[cfg(unix)]
+    Some(Host::Unix(path)) => path.display().to_string(),
+    None => "localhost".to_string(),
+  };
+  let port = config.get_ports().first().copied().unwrap_or(5432);
+  let user = config.get_user().unwrap_or("postgres");
+  let db = config.get_dbname().unwrap_or(user);
+  format!("postgres://{user}@{host}:{port}/{db}")
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  #[test]
+  fn parses_libpq_urls_and_sslmodes() {
+    let target = PostgresTarget::from_url(
+      "postgresql://alice:secret@db.example:6543/app?sslmode=disable&application_name=worker",
+      None,
+    )
+    .unwrap();
+    assert!(target.tls.is_none());
+    assert_eq!(target.display, "postgres://alice@db.example:6543/app");
+    assert_eq!(target.config.get_application_name(), Some("worker"));
+    assert_eq!(target.config.get_password(), Some(&b"secret"[..]));
+    let verify = PostgresTarget::from_url("postgres://h/db?sslmode=verify-full", None).unwrap();
+    assert!(verify.tls.is_some());
+    assert_eq!(verify.config.get_ssl_mode(), SslMode::Require);
+    let default = PostgresTarget::from_url("postgres://h/db", None).unwrap();
+    assert_eq!(default.config.get_ssl_mode(), SslMode::Prefer);
+    assert_eq!(default.config.get_application_name(), Some("durastate"));
+  }
+
+  #[test]
+  fn rejects_bad_urls() {
+    for url in [
+      "postgres://h/db?sslmode=sometimes",
+      "postgres://h:notaport/db",
+      "postgres://h/db?nonsense_option=1",
+    ] {
+      let err = PostgresTarget::from_url(url, None).err().expect(url);
+      assert_eq!(err.code, crate::error::ErrorCode::InvalidInput, "{url}");
+    }
+  }
+}
