@@ -9,6 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { createKvStore, createPostgresStore, createStore } from '../index.js'
 import { startChild } from './helpers/child.mjs'
 import { POSTGRES_PASSWORD, startPostgresServer, testPostgres } from './helpers/postgres-server.mjs'
+import { makeCertificates } from './helpers/tls.mjs'
 
 const fresh = () => `pgt:${randomUUID()}:`
 
@@ -188,6 +189,53 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
   it('sslmode=require against a server without TLS rejects with TLS', async () => {
     const store = createPostgresStore(`${server.url}?sslmode=require`, { connectTimeout: 2_000 })
     await assert.rejects(store.beginExecution('x'), (err) => err.code === 'TLS' || err.code === 'UNAVAILABLE')
+    await store.close()
+  })
+})
+
+describe('Postgres over TLS', { timeout: 120_000 }, () => {
+  let certs
+  let server
+  before(async () => {
+    certs = makeCertificates()
+    server = await startPostgresServer({ certs })
+  })
+  after(async () => {
+    await server?.stop()
+    certs?.remove()
+  })
+
+  /** A lifecycle on `url` with `options`: the claim, a commit, the results. */
+  const lifecycle = async (url, options) => {
+    const store = createPostgresStore(url, { prefix: fresh(), connectTimeout: 5_000, ...options })
+    try {
+      await store.beginExecution('e')
+      assert.equal(await store.tryBeginExecutionTask('e', 's'), true)
+      await store.commitExecutionTaskResult('e', 's', { over: 'tls' })
+      assert.deepEqual(await store.getExecutionTaskResults('e'), { s: { over: 'tls' } })
+    } finally {
+      await store.close()
+    }
+  }
+
+  it('sslmode=verify-full with the server CA as tls.ca: verified, works', async () => {
+    await lifecycle(`${server.url}?sslmode=verify-full`, { tls: { ca: certs.file('ca.crt') } })
+  })
+
+  it('a tls option alone means verify-full; sslmode=require encrypts without verifying', async () => {
+    await lifecycle(server.url, { tls: { ca: certs.file('ca.crt') } })
+    await lifecycle(`${server.url}?sslmode=require`)
+  })
+
+  it('a server certificate from another CA rejects with TLS, naming the reason, within connectTimeout', async () => {
+    const store = createPostgresStore(`${server.url}?sslmode=verify-full`, { tls: { ca: certs.file('other-ca.crt') }, connectTimeout: 3_000 })
+    const started = Date.now()
+    await assert.rejects(store.beginExecution('x'), (err) => {
+      assert.equal(err.code, 'TLS', err.message)
+      assert.match(err.message, /issuer|trust|certificate/i)
+      return true
+    })
+    assert.ok(Date.now() - started < 6_000)
     await store.close()
   })
 })

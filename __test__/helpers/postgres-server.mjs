@@ -59,7 +59,11 @@ function pidAlive(pid) {
  * `url` connects as the superuser `postgres` with POSTGRES_PASSWORD; `kill()` SIGKILLs
  * the postmaster (a crash), `restart()` starts it again on the same data and port.
  */
-export async function startPostgresServer({ settings = [] } = {}) {
+/**
+ * `certs` (helpers/tls.mjs's makeCertificates()): the server also speaks TLS, serving the
+ * certificate signed by `ca.crt` for 127.0.0.1 (`ssl = on`; plain connections still work).
+ */
+export async function startPostgresServer({ settings = [], certs } = {}) {
   const bin = postgresBinDir()
   const user = serverUser()
   const dir = mkdtempSync(join(tmpdir(), 'durastate-pg-'))
@@ -72,6 +76,15 @@ export async function startPostgresServer({ settings = [] } = {}) {
     for (const path of [dir, sockets, pwfile]) chownSync(path, user.uid, user.gid)
   }
   chmodSync(dir, 0o755)
+  if (certs) {
+    // The server reads its key as itself, and refuses a key others can read.
+    for (const name of ['server.crt', 'server.key']) {
+      const copy = join(dir, name)
+      writeFileSync(copy, readFileSync(certs.file(name)), { mode: 0o600 })
+      if (user) chownSync(copy, user.uid, user.gid)
+    }
+    settings = [...settings, 'ssl=on', `ssl_cert_file=${join(dir, 'server.crt')}`, `ssl_key_file=${join(dir, 'server.key')}`]
+  }
   const [initCommand, initArgs] = as(user, join(bin, 'initdb'), [
     '-D',
     data,
