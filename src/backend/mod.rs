@@ -8,6 +8,7 @@ mod connect;
 mod embedded;
 mod redis;
 mod redis_codec;
+mod redis_core;
 #[cfg(unix)]
 mod redis_loop;
 pub mod redis_ops;
