@@ -113,6 +113,7 @@ impl<W> Core<W> {
   }
 
   /// Reply bytes read from the connection.
+  #[cfg(test)]
   pub fn receive(&mut self, bytes: &[u8]) {
     self.received.extend_from_slice(bytes);
   }
@@ -249,10 +250,6 @@ impl<W> Core<W> {
   /// The store is closed: calls in flight finish, but none is sent again.
   pub fn close(&mut self) {
     self.closed = true;
-  }
-
-  pub fn is_closed(&self) -> bool {
-    self.closed
   }
 }
 
