@@ -327,6 +327,8 @@ describe('Redis store', () => {
       }
       const wrong = open({ prefix: prefix() }, `redis+unix://${socket}?pass=nope`)
       await rejectsWith(wrong.isExecutionInProgress('e'), 'AUTH')
+      const aof = open({ prefix: prefix(), durability: 'aof' }, `redis+unix://${socket}?pass=sesame`)
+      await rejectsWith(aof.isExecutionInProgress('e'), 'UNAVAILABLE', /appendonly no/)
     } finally {
       await server.stop()
       rmSync(dir, { recursive: true, force: true })

@@ -122,7 +122,9 @@ impl RedisBackend {
     if self.submit(Submit { waiter, batch }).is_err() {
       return Err(StoreError::disposed());
     }
-    replies.await.unwrap_or_else(|_| Err(StoreError::disposed()))
+    replies
+      .await
+      .unwrap_or_else(|_| Err(StoreError::disposed()))
   }
 
   fn submit(&self, submit: Submit) -> Result<(), Submit> {

@@ -446,7 +446,11 @@ impl State {
   }
 
   /// A call whose replies are in: settled, or its next batch queued.
-  fn next_step(&mut self, (waiter, replies): Outcome<Waiter>, timeout: Duration) -> Option<Settlement> {
+  fn next_step(
+    &mut self,
+    (waiter, replies): Outcome<Waiter>,
+    timeout: Duration,
+  ) -> Option<Settlement> {
     let Waiter {
       what,
       deferred,

@@ -139,7 +139,6 @@ fn read_plain(stream: &mut TcpStream, received: &mut BytesMut) -> StoreResult<()
   }
 }
 
-
 fn tls_error(err: rustls::Error) -> StoreError {
   StoreError::new(ErrorCode::Tls, format!("TLS session failed: {err}"))
 }

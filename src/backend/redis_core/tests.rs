@@ -129,7 +129,10 @@ fn matches_replies_in_order_across_reads() {
   s.call("a", get("a"));
   s.call("b", set("b", "2"));
   assert_eq!(s.written(), ["GET a", "SET b 2"]);
-  assert!(s.answer("$1\r\n").is_empty(), "half a reply completes nothing");
+  assert!(
+    s.answer("$1\r\n").is_empty(),
+    "half a reply completes nothing"
+  );
   assert_eq!(s.answer("1\r\n+OK"), [("a", vec![bytes("1")])]);
   assert_eq!(s.answer("\r\n"), [("b", vec![Reply::Ok])]);
   assert!(s.core.is_idle() && !s.core.has_waiters());
@@ -170,7 +173,10 @@ fn a_drop_mid_batch_requeues_safe_calls_in_order_and_rejects_the_others() {
 #[test]
 fn a_requeued_call_is_sent_whole_again() {
   let mut s = Script::new(3, false);
-  s.call("atomic", Batch::atomic(vec![Command::Get { key: "x".into() }]));
+  s.call(
+    "atomic",
+    Batch::atomic(vec![Command::Get { key: "x".into() }]),
+  );
   s.written();
   s.answer("+OK\r\n+QUEUED\r\n");
   assert!(s.core.on_drop(&unavailable()).is_empty());
@@ -186,9 +192,15 @@ fn a_reply_after_its_deadline_is_skipped_and_the_next_call_gets_its_own() {
   s.call_by("slow", get("slow"), 10);
   s.call_by("next", get("next"), 20);
   s.written();
-  assert_eq!(s.core.next_deadline(), Some(s.t0 + Duration::from_millis(10)));
+  assert_eq!(
+    s.core.next_deadline(),
+    Some(s.t0 + Duration::from_millis(10))
+  );
   assert_eq!(s.core.expire(s.t0 + Duration::from_millis(15)), ["slow"]);
-  assert_eq!(s.core.next_deadline(), Some(s.t0 + Duration::from_millis(20)));
+  assert_eq!(
+    s.core.next_deadline(),
+    Some(s.t0 + Duration::from_millis(20))
+  );
   // The late reply to `slow` comes first; `next` gets the one after it.
   assert!(s.answer("$4\r\nslow\r\n").is_empty());
   assert_eq!(s.answer("$4\r\nnext\r\n"), [("next", vec![bytes("next")])]);
@@ -221,7 +233,11 @@ fn a_refused_reconnect_backs_off_keeps_recovering_calls_and_rejects_new_ones() {
   assert_eq!(delay, Some(Duration::from_millis(50)));
   let (rejected, delay) = s.core.on_connect_failed(&refused, 1.0);
   assert!(rejected.is_empty());
-  assert_eq!(delay, Some(Duration::from_millis(100)), "the backoff doubles");
+  assert_eq!(
+    delay,
+    Some(Duration::from_millis(100)),
+    "the backoff doubles"
+  );
   s.core.connected();
   assert_eq!(s.written(), ["GET a"]);
   assert_eq!(s.answer("$1\r\n1\r\n"), [("a", vec![bytes("1")])]);
@@ -269,7 +285,10 @@ fn the_retry_budget_runs_out() {
   s.written();
   let refused = StoreError::new(ErrorCode::Unavailable, "refused");
   let (rejected, _) = s.core.on_connect_failed(&refused, 0.0);
-  assert!(rejected.is_empty(), "a failed reconnect spends the second retry");
+  assert!(
+    rejected.is_empty(),
+    "a failed reconnect spends the second retry"
+  );
   assert_eq!(s.core.on_drop(&unavailable()), ["a"], "none left");
   let mut none = Script::new(0, false);
   none.call("a", get("a"));
@@ -289,7 +308,8 @@ fn readonly_when_following_a_failover_drops_the_connection() {
   let mut s = Script::new(3, true);
   s.call("a", set("a", "1"));
   s.written();
-  s.core.receive(b"-READONLY You can't write against a read only replica.\r\n");
+  s.core
+    .receive(b"-READONLY You can't write against a read only replica.\r\n");
   let err = s.core.take_replies(&mut Vec::new()).unwrap_err();
   assert_eq!(err.code, ErrorCode::Unavailable);
   assert!(err.message.contains("READONLY"));
@@ -319,8 +339,12 @@ fn a_reply_nobody_asked_for_or_garbage_breaks_the_connection() {
 #[test]
 fn an_aborted_transaction_rejects_its_call() {
   let mut s = Script::new(3, false);
-  s.call("atomic", Batch::atomic(vec![Command::Get { key: "x".into() }]));
-  s.core.receive(b"+OK\r\n-ERR bad\r\n-EXECABORT Transaction discarded\r\n");
+  s.call(
+    "atomic",
+    Batch::atomic(vec![Command::Get { key: "x".into() }]),
+  );
+  s.core
+    .receive(b"+OK\r\n-ERR bad\r\n-EXECABORT Transaction discarded\r\n");
   let mut done = Vec::new();
   s.core.take_replies(&mut done).unwrap();
   assert_eq!(done.len(), 1);
