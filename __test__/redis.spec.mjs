@@ -4,6 +4,9 @@ import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import { createServer } from 'node:net'
 import { spawnSync } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import Redis from 'ioredis'
 import { createRedisStore, EMPTY_EXECUTION_RESULT } from '../index.js'
@@ -302,6 +305,33 @@ describe('Redis store', () => {
       await rejectsWith(wrongUser.isExecutionInProgress('e'), 'AUTH')
     } finally {
       await io.acl('DELUSER', user, reader)
+    }
+  })
+
+  it('runs on a unix socket (the threads driver), with a password and a database', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'durastate-unix-'))
+    const socket = join(dir, 'redis.sock')
+    const server = await startRedisServer({ args: ['--unixsocket', socket, '--unixsocketperm', '700', '--requirepass', 'sesame'] })
+    try {
+      const store = open({ prefix: prefix() }, `redis+unix://${socket}?db=3&pass=sesame`)
+      await store.beginExecution('e')
+      await store.commitExecutionTaskResult('e', 'step', { ok: true })
+      assert.deepEqual(await store.getExecutionTaskResults('e'), { step: { ok: true } })
+      const concurrent = await Promise.all(Array.from({ length: 50 }, (_, i) => store.isExecutionTaskInProgress('e', `t${i}`)))
+      assert.deepEqual(new Set(concurrent), new Set([false]))
+      const direct = new Redis({ path: socket, password: 'sesame', db: 3 })
+      try {
+        assert.ok((await direct.dbsize()) > 0, 'the writes went to database 3')
+      } finally {
+        direct.disconnect()
+      }
+      const wrong = open({ prefix: prefix() }, `redis+unix://${socket}?pass=nope`)
+      await rejectsWith(wrong.isExecutionInProgress('e'), 'AUTH')
+      const aof = open({ prefix: prefix(), durability: 'aof' }, `redis+unix://${socket}?pass=sesame`)
+      await rejectsWith(aof.isExecutionInProgress('e'), 'UNAVAILABLE', /appendonly no/)
+    } finally {
+      await server.stop()
+      rmSync(dir, { recursive: true, force: true })
     }
   })
 

@@ -43,6 +43,22 @@ pub trait AsyncBackend: Send + Sync + 'static {
   fn events(&self) -> Option<Arc<ConnectionEvents>> {
     None
   }
+  /// Runs a whole call its own way (all its batches) and settles `call.completion`; a
+  /// backend that has no such way gives the call back (the default), and the engine runs
+  /// each batch through [`AsyncBackend::execute`] on a task of its own.
+  fn start(&self, call: TokioCall) -> Result<(), TokioCall> {
+    Err(call)
+  }
+}
+
+/// A call handed to a backend on tokio: its first batch, its continuation, and what
+/// settles its promise.
+pub struct TokioCall {
+  pub what: &'static str,
+  pub limit: Duration,
+  pub batch: Batch,
+  pub finish: Finish,
+  pub completion: completions::Completion,
 }
 
 impl AsyncBackend for RedisBackend {
@@ -50,8 +66,8 @@ impl AsyncBackend for RedisBackend {
     true
   }
 
-  fn execute(&self, _what: &'static str, batch: Batch) -> BoxFuture<'_, StoreResult<Vec<Reply>>> {
-    Box::pin(async move { RedisBackend::execute(self, &batch).await })
+  fn execute(&self, what: &'static str, batch: Batch) -> BoxFuture<'_, StoreResult<Vec<Reply>>> {
+    Box::pin(RedisBackend::execute(self, what, batch))
   }
 
   fn close(&self) {
@@ -60,6 +76,11 @@ impl AsyncBackend for RedisBackend {
 
   fn events(&self) -> Option<Arc<ConnectionEvents>> {
     Some(self.events.clone())
+  }
+
+  fn start(&self, call: TokioCall) -> Result<(), TokioCall> {
+    RedisBackend::start(self, call);
+    Ok(())
   }
 }
 
@@ -130,6 +151,22 @@ impl Engine {
         let backend = backend.clone();
         let (deferred, promise) = js_promise::create(env.raw())?;
         let completion = completions::begin(env, deferred)?;
+        let call = TokioCall {
+          what,
+          limit,
+          batch,
+          finish,
+          completion,
+        };
+        let Err(call) = backend.start(call) else {
+          return Ok(PromiseRaw::new(env.raw(), promise));
+        };
+        let TokioCall {
+          batch,
+          finish,
+          completion,
+          ..
+        } = call;
         let steps = run_steps(what, limit, Step::Then(batch, finish), move |batch| {
           let backend = backend.clone();
           async move { backend.execute(what, batch).await }

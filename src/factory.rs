@@ -220,15 +220,8 @@ fn redis_engine_for(
 ) -> StoreResult<(Engine, CommonSettings)> {
   let common = CommonSettings::from_options(options)?;
   target.configure_tls(options.tls.as_ref(), options.sentinel_tls.as_ref())?;
-  target.require_aof = match durability(options)? {
-    false => false,
-    true if target.is_tcp() => true,
-    true => {
-      return Err(StoreError::invalid_input(
-        "option `durability: 'aof'` needs a redis:// (TCP) target",
-      ))
-    }
-  };
+  // Checked at connect, on every driver and address (TCP, TLS, unix socket).
+  target.require_aof = durability(options)?;
   Ok((redis_engine(target, &common), common))
 }
 

@@ -2,8 +2,8 @@
 //! sentinels for the master when there are any), connect, TLS, `AUTH`, `SELECT`, `PING`
 //! (and the checks of `durability: 'aof'` and of the master's role), all within
 //! `connectTimeout`. The event-loop driver takes the result as a non-blocking socket
-//! ([`open`]); the threads driver and every cluster node as a tokio stream
-//! ([`open_stream`], [`connect_node`]).
+//! ([`open`]); the threads driver (TCP, TLS or a unix socket) and every cluster node as
+//! a tokio stream ([`open_stream`], [`connect_node`]).
 
 use std::io;
 use std::pin::Pin;
@@ -24,10 +24,12 @@ use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::redis_target::{RedisTarget, SentinelSettings};
 use crate::tls::TlsSettings;
 
-/// A connected stream: plain TCP, or TLS over TCP.
+/// A connected stream: plain TCP, TLS over TCP, or a unix socket.
 pub enum Stream {
   Plain(TcpStream),
   Tls(Box<TlsStream<TcpStream>>),
+  #[cfg(unix)]
+  Unix(tokio::net::UnixStream),
 }
 
 impl Stream {
@@ -36,6 +38,8 @@ impl Stream {
     match self {
       Stream::Plain(stream) => stream.peer_addr().ok(),
       Stream::Tls(stream) => stream.get_ref().0.peer_addr().ok(),
+      #[cfg(unix)]
+      Stream::Unix(_) => None,
     }
   }
 }
@@ -49,6 +53,8 @@ impl AsyncRead for Stream {
     match self.get_mut() {
       Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
       Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+      #[cfg(unix)]
+      Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
     }
   }
 }
@@ -58,6 +64,8 @@ impl AsyncWrite for Stream {
     match self.get_mut() {
       Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
       Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+      #[cfg(unix)]
+      Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
     }
   }
 
@@ -65,6 +73,8 @@ impl AsyncWrite for Stream {
     match self.get_mut() {
       Stream::Plain(s) => Pin::new(s).poll_flush(cx),
       Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+      #[cfg(unix)]
+      Stream::Unix(s) => Pin::new(s).poll_flush(cx),
     }
   }
 
@@ -72,6 +82,8 @@ impl AsyncWrite for Stream {
     match self.get_mut() {
       Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
       Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+      #[cfg(unix)]
+      Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
     }
   }
 }
@@ -195,6 +207,23 @@ pub async fn open_stream(target: &RedisTarget, limit: Duration) -> StoreResult<S
   };
   let in_tls_handshake = AtomicBool::new(false);
   let attempt = async {
+    #[cfg(unix)]
+    if let ConnectionAddr::Unix(path) = target.client.get_connection_info().addr() {
+      let settings = target.client.get_connection_info().redis_settings();
+      let login = Login {
+        username: settings.username(),
+        password: settings.password(),
+        db: settings.db(),
+        require_aof: target.require_aof,
+        check_master: false,
+      };
+      let stream = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|err| peer.unavailable(&format!("{}: {err}", path.display())))?;
+      let mut stream = Stream::Unix(stream);
+      handshake(&mut stream, peer, &login).await?;
+      return Ok(stream);
+    }
     let (host, port) = server_address(target, limit).await?;
     let settings = target.client.get_connection_info().redis_settings();
     let login = Login {
@@ -232,6 +261,9 @@ pub async fn open(target: &RedisTarget, limit: Duration) -> StoreResult<Socket> 
         .map_err(|err| peer.unavailable(&err.to_string()))?;
       Ok(Socket::new(stream, Some(session)))
     }
+    Stream::Unix(_) => Err(StoreError::invalid_input(
+      "the event-loop driver needs a TCP address; a unix socket runs on tokio threads",
+    )),
   }
 }
 

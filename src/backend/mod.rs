@@ -9,6 +9,7 @@ mod embedded;
 mod postgres;
 mod redis;
 mod redis_codec;
+mod redis_core;
 #[cfg(unix)]
 mod redis_loop;
 pub mod redis_ops;

@@ -1,50 +1,73 @@
-//! Redis backend: one multiplexed connection per store, made on first use and
-//! re-made after it breaks; every batch is one round trip. A batch in flight when the
-//! connection drops is sent again on a new one when it is declared safe to resend,
-//! with the retry policy every Redis driver shares (`retry.rs`).
+//! Redis on tokio threads: the driver for Bun, Deno, unix sockets, platforms without the
+//! event-loop driver, and `DURASTATE_REDIS_DRIVER=threads`. One task per store owns the
+//! connection (`connect.rs`: plain TCP, TLS, a unix socket; with Sentinel the master the
+//! sentinels name) and the connection core every single-server driver shares
+//! (`redis_core.rs`: the queue, reply matching, deadlines, requeue after a drop, the
+//! retry budget and backoff). Calls come in over a channel; every call queued by the time
+//! the task runs goes out in one write, and each call's continuation (`Step::Then`) is
+//! queued by the task itself, so a call needs no task of its own. Calls settle through
+//! the amortised completions (`completions.rs`): one wake-up of the JS thread settles
+//! every call finished by then.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot};
 
-use super::redis_codec::{decode_all, to_redis};
-use super::retry::{self, Budget};
-use crate::command::{Batch, Reply};
-use crate::error::{ErrorCode, StoreError, StoreResult};
+use super::connect::{open_stream, Stream};
+use super::redis_core::{lost, Core};
+use super::retry;
+use crate::command::{Batch, Finish, Reply, Step};
+use crate::completions::Completion;
+use crate::engine::TokioCall;
+use crate::error::{StoreError, StoreResult};
 use crate::events::{ConnectionEvents, ServerInfo};
 use crate::options::RetrySettings;
 use crate::redis_target::RedisTarget;
 
-/// The connection slot: the live connection, a generation to tell reconnects apart,
-/// and whether the store was closed.
-#[derive(Default)]
-struct Slot {
-  connection: Option<MultiplexedConnection>,
-  generation: u64,
-  closed: bool,
+/// What settles a call.
+enum Waiter {
+  /// A whole call from the engine: its continuation runs here, its promise settles
+  /// through `completion`.
+  Call {
+    what: &'static str,
+    finish: Finish,
+    completion: Completion,
+  },
+  /// One batch whose replies go back to [`RedisBackend::execute`].
+  Batch {
+    what: &'static str,
+    reply: oneshot::Sender<StoreResult<Vec<Reply>>>,
+  },
 }
 
-/// A Redis server reached over one pipelined connection.
-pub struct RedisBackend {
+struct Submit {
+  waiter: Waiter,
+  batch: Batch,
+}
+
+/// What the task needs to connect.
+struct Shared {
   target: RedisTarget,
-  config: AsyncConnectionConfig,
   connect_timeout: Duration,
+  command_timeout: Duration,
   retry: RetrySettings,
-  slot: Mutex<Slot>,
-  connecting: tokio::sync::Mutex<()>,
-  pub events: Arc<ConnectionEvents>,
+  events: Arc<ConnectionEvents>,
 }
 
-/// Why one attempt at a batch failed.
-enum Failure {
-  /// No connection could be made.
-  Connect(StoreError),
-  /// The connection dropped with the batch in flight: it may or may not have landed.
-  Dropped(StoreError),
-  /// Anything else (a reply timeout, an error reply): final.
-  Other(StoreError),
+/// The channel to the store's task, started on first use.
+struct Channel {
+  sender: Option<mpsc::UnboundedSender<Submit>>,
+  receiver: Option<mpsc::UnboundedReceiver<Submit>>,
+}
+
+/// A Redis server reached over one pipelined connection, driven by a tokio task.
+pub struct RedisBackend {
+  shared: Arc<Shared>,
+  channel: Mutex<Channel>,
+  pub events: Arc<ConnectionEvents>,
 }
 
 impl RedisBackend {
@@ -52,201 +75,288 @@ impl RedisBackend {
   pub fn new(
     target: RedisTarget,
     connect_timeout: Duration,
-    response_timeout: Duration,
+    command_timeout: Duration,
     retry: RetrySettings,
   ) -> Self {
-    let config = AsyncConnectionConfig::new()
-      .set_connection_timeout(Some(connect_timeout))
-      .set_response_timeout(Some(response_timeout));
-    let server = ServerInfo::redis(&target);
+    let events = ConnectionEvents::new(ServerInfo::redis(&target));
+    let (sender, receiver) = mpsc::unbounded_channel();
     Self {
-      events: ConnectionEvents::new(server),
-      target,
-      config,
-      connect_timeout,
-      retry,
-      slot: Mutex::new(Slot::default()),
-      connecting: tokio::sync::Mutex::new(()),
+      shared: Arc::new(Shared {
+        target,
+        connect_timeout,
+        command_timeout,
+        retry,
+        events: events.clone(),
+      }),
+      channel: Mutex::new(Channel {
+        sender: Some(sender),
+        receiver: Some(receiver),
+      }),
+      events,
     }
   }
 
-  /// Runs a batch in one round trip (`MULTI`/`EXEC` when it is atomic). As the
-  /// event-loop driver does: after a dropped connection a batch declared safe to resend
-  /// is sent again on a new connection (the first reconnect at once, a failed one after
-  /// a backoff), spending one of `retry.attempts` per drop or failed reconnect; any other
-  /// batch rejects `UNAVAILABLE`. A call that never had a connection is not retried (with
-  /// sentinels it is: it waits for a master), nor is an `AUTH` or TLS error. With
-  /// sentinels, a `READONLY` reply counts as a dropped connection (the server was demoted). The caller bounds the whole by `commandTimeout`.
-  pub async fn execute(&self, batch: &Batch) -> StoreResult<Vec<Reply>> {
-    let mut budget = Budget::new(&self.retry, batch.may_resend());
-    let mut recovering = false;
-    loop {
-      match self.attempt(batch).await {
-        Ok(values) => return decode_all(values, &batch.commands),
-        Err(Failure::Other(err)) => return Err(err),
-        Err(Failure::Dropped(err)) => {
-          if !budget.spend() {
-            return Err(err);
-          }
-          budget.connected();
-          recovering = true;
-        }
-        Err(Failure::Connect(err)) => {
-          // With sentinels, a call made while no master answers waits for one too.
-          let waits = recovering || self.target.sentinel.is_some();
-          if !waits || !retry::classify(&err).may_retry() || !budget.spend() {
-            return Err(err);
-          }
-          tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
-        }
-      }
-    }
-  }
-
-  /// One attempt: a connection (the live one, or a new one), then one round trip.
-  async fn attempt(&self, batch: &Batch) -> Result<Vec<Value>, Failure> {
-    let (mut connection, generation) = self.connection().await.map_err(Failure::Connect)?;
-    send(&mut connection, batch).await.map_err(|err| {
-      if retry::connection_lost(&err) {
-        let err = StoreError::from(err);
-        self.forget(generation, &err);
-        Failure::Dropped(err)
-      } else if self.target.sentinel.is_some() && err.to_string().contains("READONLY") {
-        // As on the event-loop driver: the server was demoted (failover); ask the
-        // sentinels again on a new connection.
-        let err = StoreError::new(
-          ErrorCode::Unavailable,
-          "the server answered READONLY: it is a replica now (failover); reconnecting to the master",
-        );
-        self.forget(generation, &err);
-        Failure::Dropped(err)
-      } else {
-        Failure::Other(err.into())
-      }
-    })
-  }
-
-  /// Drops the connection; calls already in flight keep their handle and finish.
-  pub fn close(&self) {
-    let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-    slot.closed = true;
-    slot.connection = None;
-  }
-
-  fn cached(&self) -> StoreResult<Option<(MultiplexedConnection, u64)>> {
-    let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-    if slot.closed {
-      return Err(StoreError::disposed());
-    }
-    Ok(slot.connection.clone().map(|c| (c, slot.generation)))
-  }
-
-  async fn connection(&self) -> StoreResult<(MultiplexedConnection, u64)> {
-    if let Some(found) = self.cached()? {
-      return Ok(found);
-    }
-    let _one_connect_at_a_time = self.connecting.lock().await;
-    if let Some(found) = self.cached()? {
-      return Ok(found);
-    }
-    let (connection, peer) = self.connect().await?;
-    let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-    if slot.closed {
-      return Err(StoreError::disposed());
-    }
-    slot.generation += 1;
-    slot.connection = Some(connection.clone());
-    // A Sentinel store's server is the master the sentinels named: the socket's peer.
-    let address = match (&self.events.server().server_address, peer) {
-      (None, Some(peer)) => peer.to_string(),
-      _ => self.events.server().address(),
+  /// Runs a whole call (its batches and continuation) and settles its promise.
+  pub fn start(&self, call: TokioCall) {
+    let TokioCall {
+      what,
+      batch,
+      finish,
+      completion,
+      ..
+    } = call;
+    let waiter = Waiter::Call {
+      what,
+      finish,
+      completion,
     };
-    self.events.connected(address);
-    Ok((connection, slot.generation))
-  }
-
-  /// A TCP server is connected the way the event-loop driver connects to it
-  /// (`connect.rs`: TLS, Sentinel, the checks), then driven by redis-rs; a unix socket
-  /// by redis-rs alone.
-  async fn connect(&self) -> StoreResult<(MultiplexedConnection, Option<std::net::SocketAddr>)> {
-    if self.target.is_tcp() {
-      let stream = super::connect::open_stream(&self.target, self.connect_timeout).await?;
-      let peer = stream.peer();
-      let logged_in = redis::RedisConnectionInfo::default();
-      let made = MultiplexedConnection::new_with_config(&logged_in, stream, self.config.clone());
-      let (connection, driver) = match tokio::time::timeout(self.connect_timeout, made).await {
-        Ok(Ok(made)) => made,
-        Ok(Err(err)) => return Err(self.connect_error(err)),
-        Err(_) => return Err(self.connect_timed_out()),
-      };
-      tokio::spawn(driver);
-      return Ok((connection, peer));
-    }
-    let attempt = self
-      .target
-      .client
-      .get_multiplexed_async_connection_with_config(&self.config);
-    match tokio::time::timeout(self.connect_timeout, attempt).await {
-      Ok(Ok(connection)) => Ok((connection, None)),
-      Ok(Err(err)) => Err(self.connect_error(err)),
-      Err(_) => Err(self.connect_timed_out()),
+    if let Err(Submit { waiter, .. }) = self.submit(Submit { waiter, batch }) {
+      waiter.reject(StoreError::disposed());
     }
   }
 
-  fn connect_error(&self, err: redis::RedisError) -> StoreError {
-    let mapped = StoreError::from(err);
-    match mapped.code {
-      ErrorCode::Timeout => self.connect_timed_out(),
-      ErrorCode::Auth => StoreError::new(
-        ErrorCode::Auth,
-        format!(
-          "authentication to {} failed: {}",
-          self.target.display, mapped.message
-        ),
-      ),
-      code => StoreError::new(
-        code,
-        format!(
-          "cannot connect to {}: {}",
-          self.target.display, mapped.message
-        ),
-      ),
+  /// Runs one batch in one round trip (`MULTI`/`EXEC` when it is atomic).
+  pub async fn execute(&self, what: &'static str, batch: Batch) -> StoreResult<Vec<Reply>> {
+    let (reply, replies) = oneshot::channel();
+    let waiter = Waiter::Batch { what, reply };
+    if self.submit(Submit { waiter, batch }).is_err() {
+      return Err(StoreError::disposed());
+    }
+    replies
+      .await
+      .unwrap_or_else(|_| Err(StoreError::disposed()))
+  }
+
+  fn submit(&self, submit: Submit) -> Result<(), Submit> {
+    let mut channel = self.channel.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(sender) = &channel.sender else {
+      return Err(submit);
+    };
+    sender.send(submit).map_err(|err| err.0)?;
+    if let Some(receiver) = channel.receiver.take() {
+      napi::bindgen_prelude::spawn(run(self.shared.clone(), receiver));
+    }
+    Ok(())
+  }
+
+  /// Takes no more calls; calls in flight finish, then the connection closes.
+  pub fn close(&self) {
+    let mut channel = self.channel.lock().unwrap_or_else(|e| e.into_inner());
+    channel.sender = None;
+    channel.receiver = None;
+  }
+}
+
+impl Waiter {
+  fn what(&self) -> &'static str {
+    match self {
+      Waiter::Call { what, .. } | Waiter::Batch { what, .. } => what,
     }
   }
 
-  fn connect_timed_out(&self) -> StoreError {
-    StoreError::new(
-      ErrorCode::Unavailable,
-      format!(
-        "cannot connect to {}: no connection within connectTimeout ({} ms)",
-        self.target.display,
-        self.connect_timeout.as_millis()
-      ),
-    )
-  }
-
-  fn forget(&self, generation: u64, err: &StoreError) {
-    let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-    if slot.generation == generation && slot.connection.take().is_some() {
-      self.events.dropped(err);
+  fn reject(self, err: StoreError) {
+    match self {
+      Waiter::Call { completion, .. } => completion.settle(Err(err)),
+      Waiter::Batch { reply, .. } => {
+        let _ = reply.send(Err(err));
+      }
     }
   }
 }
 
-async fn send(
-  connection: &mut MultiplexedConnection,
-  batch: &Batch,
-) -> redis::RedisResult<Vec<Value>> {
-  if let [command] = batch.commands.as_slice() {
-    let value: Value = to_redis(command).query_async(connection).await?;
-    return Ok(vec![value]);
+/// Something the task waited for.
+enum Event {
+  Call(Option<Submit>),
+  Opened(StoreResult<Stream>),
+  BackoffOver,
+  Read(std::io::Result<usize>),
+  Wrote(std::io::Result<usize>),
+  Deadline,
+}
+
+type Connecting = std::pin::Pin<Box<dyn std::future::Future<Output = StoreResult<Stream>> + Send>>;
+
+/// The store's task: runs until the store is closed (or dropped) and no call waits.
+async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<Submit>) {
+  let mut core: Core<Waiter> = Core::new(shared.retry, shared.target.sentinel.is_some());
+  let mut reader: Option<ReadHalf<Stream>> = None;
+  let mut writer: Option<WriteHalf<Stream>> = None;
+  let mut connecting: Option<Connecting> = None;
+  let mut backoff: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+  // The bytes being written, and how many of them are out.
+  let mut writing: Vec<u8> = Vec::new();
+  let mut written = 0;
+  let mut taking_calls = true;
+  loop {
+    if !taking_calls && !core.has_waiters() {
+      return;
+    }
+    if reader.is_none() && connecting.is_none() && backoff.is_none() && core.has_waiters() {
+      let shared = shared.clone();
+      connecting = Some(Box::pin(async move {
+        open_stream(&shared.target, shared.connect_timeout).await
+      }));
+    }
+    if writer.is_some() && written == writing.len() && !core.unsent().is_empty() {
+      writing = core.take_unsent(std::mem::take(&mut writing));
+      written = 0;
+    }
+    let deadline = core.next_deadline();
+    let received = core.received();
+    received.reserve(64 * 1024);
+    let event = tokio::select! {
+      biased;
+      call = calls.recv(), if taking_calls => Event::Call(call),
+      read = async {
+        match reader.as_mut() {
+          Some(reader) => reader.read_buf(received).await,
+          None => std::future::pending().await,
+        }
+      } => Event::Read(read),
+      wrote = async {
+        match writer.as_mut() {
+          Some(writer) if written < writing.len() => writer.write(&writing[written..]).await,
+          _ => std::future::pending().await,
+        }
+      } => Event::Wrote(wrote),
+      opened = async {
+        match connecting.as_mut() {
+          Some(connecting) => connecting.await,
+          None => std::future::pending().await,
+        }
+      } => Event::Opened(opened),
+      () = async {
+        match backoff.as_mut() {
+          Some(sleep) => sleep.await,
+          None => std::future::pending().await,
+        }
+      } => Event::BackoffOver,
+      () = async {
+        match deadline {
+          Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+          None => std::future::pending().await,
+        }
+      } => Event::Deadline,
+    };
+    let dropped = match event {
+      Event::Call(Some(submit)) => {
+        let deadline = Instant::now() + shared.command_timeout;
+        core.push(submit.waiter, submit.batch, deadline);
+        // Everything queued by now goes out in the same write.
+        while let Ok(submit) = calls.try_recv() {
+          core.push(submit.waiter, submit.batch, deadline);
+        }
+        None
+      }
+      Event::Call(None) => {
+        taking_calls = false;
+        core.close();
+        None
+      }
+      Event::Opened(Ok(stream)) => {
+        connecting = None;
+        // A Sentinel store's server is the master the sentinels named: the socket's peer.
+        let server = shared.events.server();
+        let address = match (&server.server_address, stream.peer()) {
+          (None, Some(peer)) => peer.to_string(),
+          _ => server.address(),
+        };
+        shared.events.connected(address);
+        core.connected();
+        let (read_half, write_half) = tokio::io::split(stream);
+        reader = Some(read_half);
+        writer = Some(write_half);
+        writing.clear();
+        written = 0;
+        None
+      }
+      Event::Opened(Err(err)) => {
+        connecting = None;
+        let (rejected, delay) = core.on_connect_failed(&err, retry::jitter());
+        for waiter in rejected {
+          waiter.reject(err.clone());
+        }
+        backoff = delay.map(|delay| Box::pin(tokio::time::sleep(delay)));
+        None
+      }
+      Event::BackoffOver => {
+        backoff = None;
+        if !core.has_waiters() {
+          core.clear();
+        }
+        None
+      }
+      Event::Read(Ok(0)) => Some(lost("the server closed the connection")),
+      Event::Read(Err(err)) | Event::Wrote(Err(err)) => Some(lost(&err.to_string())),
+      Event::Wrote(Ok(0)) => Some(lost("the server closed the connection")),
+      Event::Wrote(Ok(n)) => {
+        written += n;
+        None
+      }
+      Event::Read(Ok(_)) => {
+        let mut done = Vec::new();
+        let read = core.take_replies(&mut done);
+        for (waiter, replies) in done {
+          next_step(&mut core, &shared, waiter, replies);
+        }
+        read.err()
+      }
+      Event::Deadline => {
+        let ms = shared.command_timeout.as_millis() as u64;
+        for waiter in core.expire(Instant::now()) {
+          let err = StoreError::timeout(waiter.what(), ms);
+          waiter.reject(err);
+        }
+        None
+      }
+    };
+    if let Some(err) = dropped {
+      if reader.is_some() {
+        shared.events.dropped(&err);
+      }
+      reader = None;
+      writer = None;
+      writing.clear();
+      written = 0;
+      for waiter in core.on_drop(&err) {
+        waiter.reject(err.clone());
+      }
+    }
   }
-  let mut pipe = redis::pipe();
-  if batch.atomic {
-    pipe.atomic();
+}
+
+/// A call whose replies are in: settled, or its next batch queued.
+fn next_step(
+  core: &mut Core<Waiter>,
+  shared: &Shared,
+  waiter: Waiter,
+  replies: StoreResult<Vec<Reply>>,
+) {
+  let (what, finish, completion) = match waiter {
+    Waiter::Batch { reply, .. } => {
+      let _ = reply.send(replies);
+      return;
+    }
+    Waiter::Call {
+      what,
+      finish,
+      completion,
+    } => (what, finish, completion),
+  };
+  let replies = match replies {
+    Ok(replies) => replies,
+    Err(err) => return completion.settle(Err(err)),
+  };
+  match std::panic::catch_unwind(AssertUnwindSafe(|| finish(replies))) {
+    Ok(Step::Done(result)) => completion.settle(result),
+    Ok(Step::Then(batch, finish)) => {
+      let waiter = Waiter::Call {
+        what,
+        finish,
+        completion,
+      };
+      core.push(waiter, batch, Instant::now() + shared.command_timeout);
+    }
+    Err(panic) => completion.settle(Err(crate::guard::panic_error(what, panic))),
   }
-  for command in &batch.commands {
-    pipe.add_command(to_redis(command));
-  }
-  pipe.query_async(connection).await
 }

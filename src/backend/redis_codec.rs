@@ -203,14 +203,6 @@ return {'merged', 1}
 "#;
 
 /// The replies of a batch's commands, decoded.
-pub(super) fn decode_all(values: Vec<Value>, commands: &[Command]) -> StoreResult<Vec<Reply>> {
-  values
-    .into_iter()
-    .zip(commands)
-    .map(|(value, command)| decode(value, command))
-    .collect()
-}
-
 /// A reply as the keyspace's [`Reply`] for `command`.
 pub(super) fn decode(value: Value, command: &Command) -> StoreResult<Reply> {
   match value {

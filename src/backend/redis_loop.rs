@@ -8,22 +8,18 @@
 //! thread ends.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::os::raw::{c_int, c_void};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use napi::{sys, Env};
-use redis::Value;
 
 use super::connect::open;
-use super::redis_codec::{decode, pack_commands};
-use super::resp::ReplyDecoder;
+use super::redis_core::{lost, Core, Outcome};
 use super::retry;
-use super::socket::{lost, Socket};
-use crate::command::{Batch, Command, Finish, Reply, Step};
+use super::socket::Socket;
+use crate::command::{Batch, Finish, Step};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::events::{ConnectionEvents, ServerInfo};
 use crate::js_promise::{self, AsyncContext, Deferred};
@@ -41,7 +37,6 @@ struct Driver {
   target: Arc<RedisTarget>,
   connect_timeout: Duration,
   command_timeout: Duration,
-  retry: RetrySettings,
   state: RefCell<State>,
   /// True while promise reactions run: calls they make are written together afterwards.
   settling: std::cell::Cell<bool>,
@@ -55,19 +50,13 @@ struct State {
   timer_deadline: Option<Instant>,
   /// Fires the next reconnect attempt after a backoff delay.
   backoff_timer: *mut uv::Handle,
-  /// Connect attempts that failed in a row while calls waited to be sent again.
-  failures: u32,
   cleanup_hook: *mut c_void,
   connection: Connection,
   attempt: u64,
-  unsent: Vec<u8>,
-  received: BytesMut,
-  codec: ReplyDecoder,
-  pending: VecDeque<Pending>,
+  /// The calls, their bytes and replies, and what a drop does to them (`redis_core.rs`).
+  core: Core<Waiter>,
   closed: bool,
   shut_down: bool,
-  /// Sentinel: a `READONLY` reply means the server was demoted; reconnect to the master.
-  follow_failover: bool,
   events: Arc<ConnectionEvents>,
 }
 
@@ -84,33 +73,14 @@ enum Connection {
   },
 }
 
-struct Pending {
+/// What settles a call, and what it does with its replies.
+struct Waiter {
   what: &'static str,
-  /// How many times each batch of the call may be sent again after a dropped
-  /// connection (`retry.attempts`), if the batch declares it safe to resend.
-  attempts: u32,
-  /// How many more times this batch may be sent again (none for a batch that must not
-  /// be sent twice, such as the claim).
-  retries_left: u32,
-  /// Whether it is waiting to be sent again after a dropped connection.
-  recovering: bool,
-  timeout_ms: u64,
-  deferred: Option<Deferred>,
-  deadline: Instant,
-  commands: Vec<Command>,
-  atomic: bool,
-  expected: usize,
-  replies: Vec<Value>,
-  finish: Option<Finish>,
+  deferred: Deferred,
+  finish: Finish,
 }
 
 type Settlement = (Deferred, StoreResult<Output>);
-
-/// A call whose replies are all in: settled, or on to its next batch.
-enum Completion {
-  Settled(Settlement),
-  Continue(Pending),
-}
 
 impl LoopRedis {
   /// A driver that connects to `target` on first use.
@@ -127,17 +97,12 @@ impl LoopRedis {
       timer: std::ptr::null_mut(),
       timer_deadline: None,
       backoff_timer: std::ptr::null_mut(),
-      failures: 0,
       cleanup_hook: std::ptr::null_mut(),
       connection: Connection::Idle,
       attempt: 0,
-      unsent: Vec::new(),
-      received: BytesMut::new(),
-      codec: ReplyDecoder::default(),
-      pending: VecDeque::new(),
+      core: Core::new(retry, target.sentinel.is_some()),
       closed: false,
       shut_down: false,
-      follow_failover: target.sentinel.is_some(),
       events: ConnectionEvents::new(ServerInfo::redis(&target)),
     };
     Self {
@@ -145,7 +110,6 @@ impl LoopRedis {
         target: Arc::new(target),
         connect_timeout,
         command_timeout,
-        retry,
         state: RefCell::new(state),
         settling: std::cell::Cell::new(false),
       }),
@@ -176,7 +140,7 @@ impl LoopRedis {
   /// Stops taking calls; the connection closes once the calls in flight are settled.
   pub fn close(&self) {
     let mut state = self.driver.state.borrow_mut();
-    state.closed = true;
+    state.close();
     state.finish_if_closed();
   }
 
@@ -194,15 +158,14 @@ impl LoopRedis {
       return Err(StoreError::disposed());
     }
     state.prepare(driver, env.raw())?;
-    let pending = Pending::new(
+    let waiter = Waiter {
       what,
-      driver.retry.attempts,
-      driver.command_timeout,
       deferred,
-      batch,
       finish,
-    );
-    state.push(pending);
+    };
+    state
+      .core
+      .push(waiter, batch, Instant::now() + driver.command_timeout);
     state.arm_timer();
     match state.connection {
       Connection::Idle => {
@@ -211,10 +174,10 @@ impl LoopRedis {
         driver.start_connect(env, attempt);
       }
       Connection::Connecting | Connection::Backoff => {}
-      Connection::Open { .. } if state.pending.len() == 1 && !driver.settling.get() => {
+      Connection::Open { .. } if state.core.len() == 1 && !driver.settling.get() => {
         if let Err(err) = state.flush() {
           let settled = state.recover(err);
-          let attempt = (!state.pending.is_empty()).then(|| state.begin_connect());
+          let attempt = (!state.core.is_idle()).then(|| state.begin_connect());
           drop(state);
           settle_now(env.raw(), settled);
           if let Some(attempt) = attempt {
@@ -232,7 +195,7 @@ impl Drop for LoopRedis {
   /// A store collected without `close()` releases its socket and handles all the same.
   fn drop(&mut self) {
     if let Ok(mut state) = self.driver.state.try_borrow_mut() {
-      state.closed = true;
+      state.close();
       state.finish_if_closed();
     }
   }
@@ -268,18 +231,14 @@ impl Driver {
       return;
     }
     let settled = match opened.and_then(|socket| state.install(self, env, socket)) {
-      Ok(()) => {
-        state.failures = 0;
-        Vec::new()
-      }
+      Ok(()) => Vec::new(),
       Err(err) => {
-        let settled = state.keep_recovering(&err);
-        if !state.pending.is_empty() {
-          state.failures += 1;
-          let delay = retry::backoff(&self.retry, state.failures, retry::jitter());
+        state.connection = Connection::Idle;
+        let (rejected, backoff) = state.core.on_connect_failed(&err, retry::jitter());
+        if let Some(delay) = backoff {
           state.wait_to_reconnect(self, delay);
         }
-        settled
+        rejected_with(rejected, &err)
       }
     };
     state.finish_if_closed();
@@ -292,9 +251,8 @@ impl Driver {
     if !matches!(state.connection, Connection::Backoff) || state.shut_down {
       return;
     }
-    if state.pending.iter().all(|p| p.deferred.is_none()) {
-      state.pending.clear();
-      state.unsent.clear();
+    if !state.core.has_waiters() {
+      state.core.clear();
       state.connection = Connection::Idle;
       return;
     }
@@ -309,16 +267,13 @@ impl Driver {
     let env = state.env;
     let context = state.context.as_ref().map(AsyncContext::raw);
     let mut reconnect = None;
-    let settled = match state.io(status, events) {
-      Ok(settled) => settled,
-      Err(err) => {
-        let settled = state.recover(err);
-        if !state.pending.is_empty() && !state.closed {
-          reconnect = Some(state.begin_connect());
-        }
-        settled
+    let mut settled = Vec::new();
+    if let Err(err) = state.io(status, events, self.command_timeout, &mut settled) {
+      settled.extend(state.recover(err));
+      if !state.core.is_idle() && !state.closed {
+        reconnect = Some(state.begin_connect());
       }
-    };
+    }
     state.finish_if_closed();
     state.arm_timer();
     drop(state);
@@ -333,7 +288,8 @@ impl Driver {
     state.timer_deadline = None;
     let env = state.env;
     let context = state.context.as_ref().map(AsyncContext::raw);
-    let settled = state.expire(Instant::now());
+    let timeout_ms = self.command_timeout.as_millis() as u64;
+    let settled = state.expire(Instant::now(), timeout_ms);
     state.finish_if_closed();
     state.arm_timer();
     drop(state);
@@ -354,7 +310,7 @@ impl Driver {
       self.settling.set(false);
     }
     let mut state = self.state.borrow_mut();
-    if !matches!(state.connection, Connection::Open { .. }) || state.unsent.is_empty() {
+    if !matches!(state.connection, Connection::Open { .. }) || state.core.unsent().is_empty() {
       return;
     }
     if state.flush().is_err() {
@@ -414,9 +370,9 @@ impl State {
       poll,
       events: 0,
     };
-    self.received.clear();
-    self.codec = ReplyDecoder::default();
-    self.watch_writes(!self.unsent.is_empty());
+    self.core.connected();
+    let writes = !self.core.unsent().is_empty();
+    self.watch_writes(writes);
     Ok(())
   }
 
@@ -435,12 +391,20 @@ impl State {
     let Connection::Open { socket, .. } = &mut self.connection else {
       return Ok(());
     };
-    let more = socket.write_some(&mut self.unsent)?;
+    let more = socket.write_some(self.core.unsent())?;
     self.watch_writes(more);
     Ok(())
   }
 
-  fn io(&mut self, status: c_int, events: c_int) -> StoreResult<Vec<Settlement>> {
+  /// Handles a poll event; settlements of calls that completed go to `settled` (also
+  /// when the connection then turns out unusable, the error).
+  fn io(
+    &mut self,
+    status: c_int,
+    events: c_int,
+    timeout: Duration,
+    settled: &mut Vec<Settlement>,
+  ) -> StoreResult<()> {
     if status < 0 {
       return Err(lost(&format!("socket error (libuv status {status})")));
     }
@@ -448,56 +412,66 @@ impl State {
       self.flush()?;
     }
     if events & uv::READABLE == 0 {
-      return Ok(Vec::new());
+      return Ok(());
     }
     self.read_available()?;
-    self.dispatch_replies()
+    self.dispatch_replies(timeout, settled)
   }
 
   fn read_available(&mut self) -> StoreResult<()> {
     let Connection::Open { socket, .. } = &mut self.connection else {
       return Ok(());
     };
-    if socket.read_available(&mut self.received)? {
+    if socket.read_available(self.core.received())? {
       self.flush()?;
     }
     Ok(())
   }
 
-  fn dispatch_replies(&mut self) -> StoreResult<Vec<Settlement>> {
-    let mut settled = Vec::new();
-    loop {
-      let value = self
-        .codec
-        .decode(&mut self.received)
-        .map_err(|err| lost(&format!("unreadable reply: {err}")))?;
-      let Some(value) = value else {
-        return Ok(settled);
-      };
-      if self.follow_failover && is_readonly(&value) {
-        return Err(lost(
-          "the server answered READONLY: it is a replica now (failover); reconnecting to the master",
-        ));
-      }
-      let Some(front) = self.pending.front_mut() else {
-        return Err(lost("a reply came that no call asked for"));
-      };
-      front.replies.push(value);
-      if front.replies.len() == front.expected {
-        let done = self.pending.pop_front().expect("front exists");
-        match done.complete() {
-          Some(Completion::Settled(settlement)) => settled.push(settlement),
-          Some(Completion::Continue(next)) => self.push(next),
-          None => {}
-        }
+  /// Settles the calls whose replies are all in; a call that continues queues its next
+  /// batch, written with the next write.
+  fn dispatch_replies(
+    &mut self,
+    timeout: Duration,
+    settled: &mut Vec<Settlement>,
+  ) -> StoreResult<()> {
+    let mut done = Vec::new();
+    let read = self.core.take_replies(&mut done);
+    for outcome in done {
+      if let Some(settlement) = self.next_step(outcome, timeout) {
+        settled.push(settlement);
       }
     }
+    read
   }
 
-  /// Queues a call's batch: its bytes go out with the next write.
-  fn push(&mut self, pending: Pending) {
-    pack_commands(&pending.commands, pending.atomic, &mut self.unsent);
-    self.pending.push_back(pending);
+  /// A call whose replies are in: settled, or its next batch queued.
+  fn next_step(
+    &mut self,
+    (waiter, replies): Outcome<Waiter>,
+    timeout: Duration,
+  ) -> Option<Settlement> {
+    let Waiter {
+      what,
+      deferred,
+      finish,
+    } = waiter;
+    let replies = match replies {
+      Ok(replies) => replies,
+      Err(err) => return Some((deferred, Err(err))),
+    };
+    match finish(replies) {
+      Step::Done(result) => Some((deferred, result)),
+      Step::Then(batch, finish) => {
+        let waiter = Waiter {
+          what,
+          deferred,
+          finish,
+        };
+        self.core.push(waiter, batch, Instant::now() + timeout);
+        None
+      }
+    }
   }
 
   /// Marks a connect attempt under way; returns its number.
@@ -509,56 +483,14 @@ impl State {
 
   /// After the connection dropped: calls with retries left are kept for a new
   /// connection (a batch declared `Resend::Never` has none: its first attempt may have
-  /// landed); the others
-  /// are rejected with `err`.
+  /// landed); the others are rejected with `err` (`Core::on_drop`).
   fn recover(&mut self, err: StoreError) -> Vec<Settlement> {
     if matches!(self.connection, Connection::Open { .. }) {
       self.events.dropped(&err);
     }
     self.drop_connection();
-    self.requeue_or_reject(&err, |_| true)
-  }
-
-  /// After a failed connect: calls sent again after a drop, with retries left, wait for
-  /// the next attempt; the rest (calls that never had a connection) are rejected, and so
-  /// is everything when the server refused the credentials (`AUTH` is never retried).
-  /// With Sentinel every call waits: a master that cannot be reached is being replaced.
-  fn keep_recovering(&mut self, err: &StoreError) -> Vec<Settlement> {
-    self.connection = Connection::Idle;
-    let transient = retry::classify(err).may_retry();
-    let follow_failover = self.follow_failover;
-    self.requeue_or_reject(err, |pending| {
-      transient && (pending.recovering || follow_failover)
-    })
-  }
-
-  /// Rebuilds the queue for a new connection: each call still waiting that `eligible`
-  /// accepts and that has a retry left is kept (its bytes packed again, in order) and
-  /// spends one retry; the others are rejected with `err`. Timed-out calls are dropped.
-  fn requeue_or_reject(
-    &mut self,
-    err: &StoreError,
-    eligible: impl Fn(&Pending) -> bool,
-  ) -> Vec<Settlement> {
-    self.unsent.clear();
-    let mut settled = Vec::new();
-    let mut kept = VecDeque::new();
-    for mut pending in std::mem::take(&mut self.pending) {
-      let Some(deferred) = pending.deferred else {
-        continue;
-      };
-      if eligible(&pending) && pending.retries_left > 0 && !self.closed {
-        pending.retries_left -= 1;
-        pending.recovering = true;
-        pending.replies.clear();
-        pack_commands(&pending.commands, pending.atomic, &mut self.unsent);
-        kept.push_back(pending);
-      } else {
-        settled.push((deferred, Err(err.clone())));
-      }
-    }
-    self.pending = kept;
-    settled
+    let rejected = self.core.on_drop(&err);
+    rejected_with(rejected, &err)
   }
 
   fn wait_to_reconnect(&mut self, driver: &Rc<Driver>, delay: Duration) {
@@ -593,17 +525,15 @@ impl State {
   }
 
   /// Rejects the calls whose time is up. Their replies, if they come, are skipped.
-  fn expire(&mut self, now: Instant) -> Vec<Settlement> {
-    let mut settled = Vec::new();
-    for pending in self.pending.iter_mut().take_while(|p| p.deadline <= now) {
-      if let Some(deferred) = pending.deferred.take() {
-        settled.push((
-          deferred,
-          Err(StoreError::timeout(pending.what, pending.timeout_ms)),
-        ));
-      }
-    }
-    settled
+  fn expire(&mut self, now: Instant, timeout_ms: u64) -> Vec<Settlement> {
+    let expired = self.core.expire(now);
+    expired
+      .into_iter()
+      .map(|waiter| {
+        let err = StoreError::timeout(waiter.what, timeout_ms);
+        (waiter.deferred, Err(err))
+      })
+      .collect()
   }
 
   /// Keeps the timer set to the next deadline of a call still waiting; stopped (and
@@ -612,11 +542,7 @@ impl State {
     if self.timer.is_null() {
       return;
     }
-    let next = self
-      .pending
-      .iter()
-      .find(|p| p.deferred.is_some())
-      .map(|p| p.deadline);
+    let next = self.core.next_deadline();
     if next == self.timer_deadline {
       return;
     }
@@ -635,8 +561,14 @@ impl State {
     }
   }
 
+  /// Takes no more calls; none is sent again after a drop.
+  fn close(&mut self) {
+    self.closed = true;
+    self.core.close();
+  }
+
   fn finish_if_closed(&mut self) {
-    if self.closed && self.pending.iter().all(|p| p.deferred.is_none()) {
+    if self.closed && !self.core.has_waiters() {
       self.shut_down();
     }
   }
@@ -647,7 +579,7 @@ impl State {
       return;
     }
     self.shut_down = true;
-    self.closed = true;
+    self.close();
     self.drop_connection();
     if !self.timer.is_null() {
       close_handle(std::mem::replace(&mut self.timer, std::ptr::null_mut()));
@@ -671,68 +603,12 @@ impl State {
   }
 }
 
-impl Pending {
-  fn new(
-    what: &'static str,
-    attempts: u32,
-    timeout: Duration,
-    deferred: Deferred,
-    batch: Batch,
-    finish: Finish,
-  ) -> Self {
-    let expected = batch.commands.len() + if batch.atomic { 2 } else { 0 };
-    Self {
-      what,
-      attempts,
-      retries_left: if batch.may_resend() { attempts } else { 0 },
-      recovering: false,
-      timeout_ms: timeout.as_millis() as u64,
-      deferred: Some(deferred),
-      deadline: Instant::now() + timeout,
-      commands: batch.commands,
-      atomic: batch.atomic,
-      expected,
-      replies: Vec::with_capacity(expected),
-      finish: Some(finish),
-    }
-  }
-
-  /// What a call whose replies are all in does next; `None` if it already timed out.
-  fn complete(mut self) -> Option<Completion> {
-    let deferred = self.deferred.take()?;
-    let finish = self.finish.take()?;
-    let (what, attempts, timeout) = (self.what, self.attempts, self.timeout_ms);
-    let replies = match self.replies_for_commands() {
-      Ok(replies) => replies,
-      Err(err) => return Some(Completion::Settled((deferred, Err(err)))),
-    };
-    Some(match finish(replies) {
-      Step::Done(result) => Completion::Settled((deferred, result)),
-      Step::Then(batch, finish) => {
-        let timeout = Duration::from_millis(timeout);
-        Completion::Continue(Pending::new(
-          what, attempts, timeout, deferred, batch, finish,
-        ))
-      }
-    })
-  }
-
-  fn replies_for_commands(self) -> StoreResult<Vec<Reply>> {
-    let values = if self.atomic {
-      match self.replies.into_iter().last() {
-        Some(Value::Array(items)) => items,
-        Some(Value::ServerError(err)) => return Err(redis::RedisError::from(err).into()),
-        other => return Err(lost(&format!("unexpected EXEC reply: {other:?}"))),
-      }
-    } else {
-      self.replies
-    };
-    values
-      .into_iter()
-      .zip(&self.commands)
-      .map(|(value, command)| decode(value, command))
-      .collect()
-  }
+/// Rejects each of `waiters` with `err`.
+fn rejected_with(waiters: Vec<Waiter>, err: &StoreError) -> Vec<Settlement> {
+  waiters
+    .into_iter()
+    .map(|waiter| (waiter.deferred, Err(err.clone())))
+    .collect()
 }
 
 fn settle_now(env: sys::napi_env, settled: Vec<Settlement>) {
@@ -786,11 +662,6 @@ unsafe extern "C" fn on_backoff_timer(handle: *mut uv::Handle) {
   guard(|| driver.on_backoff_over());
 }
 
-/// A `READONLY` error: a write reached a replica.
-fn is_readonly(value: &Value) -> bool {
-  matches!(value, Value::ServerError(err) if err.code() == "READONLY")
-}
-
 unsafe extern "C" fn on_handle_closed(handle: *mut uv::Handle) {
   let driver = Rc::from_raw(uv::Handle::data(handle) as *const Driver);
   if let Ok(mut state) = driver.state.try_borrow_mut() {
@@ -808,7 +679,7 @@ unsafe extern "C" fn on_env_cleanup(hook: *mut c_void) {
   if let Some(driver) = weak.upgrade() {
     if let Ok(mut state) = driver.state.try_borrow_mut() {
       state.cleanup_hook = std::ptr::null_mut();
-      state.pending.clear();
+      state.core.clear();
       state.shut_down();
       // The env is going away: its async contexts go with it.
       state.retired_context = None;

@@ -125,11 +125,6 @@ impl Budget {
     self.failures += 1;
     backoff(&self.settings, self.failures, random)
   }
-
-  /// A connect attempt passed: the backoff starts over.
-  pub fn connected(&mut self) {
-    self.failures = 0;
-  }
 }
 
 #[cfg(test)]
@@ -166,12 +161,10 @@ mod tests {
   }
 
   #[test]
-  fn connect_failures_back_off_until_a_connect_passes() {
+  fn connect_failures_back_off() {
     let mut budget = Budget::new(&settings(3), true);
     assert_eq!(budget.connect_failed(1.0), Duration::from_millis(50));
     assert_eq!(budget.connect_failed(1.0), Duration::from_millis(100));
-    budget.connected();
-    assert_eq!(budget.connect_failed(1.0), Duration::from_millis(50));
   }
 
   #[test]

@@ -9,6 +9,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use bytes::BytesMut;
 use rustls::ClientConnection;
 
+use super::redis_core::lost;
 use crate::error::{ErrorCode, StoreError, StoreResult};
 
 /// A connected, non-blocking socket.
@@ -136,14 +137,6 @@ fn read_plain(stream: &mut TcpStream, received: &mut BytesMut) -> StoreResult<()
       Err(err) => return Err(lost(&err.to_string())),
     }
   }
-}
-
-/// A dropped connection: calls may be sent again on a new one.
-pub fn lost(detail: &str) -> StoreError {
-  StoreError::new(
-    ErrorCode::Unavailable,
-    format!("connection to Redis lost: {detail}"),
-  )
 }
 
 fn tls_error(err: rustls::Error) -> StoreError {

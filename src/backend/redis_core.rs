@@ -1,0 +1,294 @@
+//! The connection core every single-server Redis driver runs on (the event-loop driver,
+//! `redis_loop.rs`, and the tokio threads driver, `redis.rs`): the queue of calls waiting
+//! for replies, the bytes still to write, reply matching, deadlines, what happens to each
+//! call when the connection drops or a reconnect fails, and the backoff between
+//! reconnects. Sans-IO: a driver hands it bytes it read and events it saw (a drop, a
+//! failed connect, the time), writes the bytes it asks for, and settles the waiters it
+//! gives back. So it is unit-tested without a server (`tests` below: a scripted
+//! transport).
+//!
+//! A call is one batch (`MULTI`/`EXEC` when atomic). Replies come in the order calls
+//! were written, so the call at the front of the queue takes the next reply. A call whose
+//! deadline passed gives its waiter back at once (to be rejected `TIMEOUT`) but keeps its
+//! place, so its replies, if they come, are skipped. Every call of a driver gets the same
+//! timeout, so deadlines are in queue order.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use redis::Value;
+
+use super::redis_codec::{decode, pack_commands};
+use super::resp::ReplyDecoder;
+use super::retry;
+use crate::command::{Batch, Command, Reply};
+use crate::error::{ErrorCode, StoreError, StoreResult};
+use crate::options::RetrySettings;
+
+/// A call's replies, decoded for its commands, or why it failed.
+pub type Outcome<W> = (W, StoreResult<Vec<Reply>>);
+
+struct Call<W> {
+  /// `None` once the call timed out: its replies are skipped.
+  waiter: Option<W>,
+  commands: Vec<Command>,
+  atomic: bool,
+  /// Replies its batch gets (`MULTI` and `EXEC` count).
+  expected: usize,
+  replies: Vec<Value>,
+  deadline: Instant,
+  /// How many more times its batch may be sent again (none when the batch is declared
+  /// `Resend::Never`: its first attempt may have landed).
+  retries_left: u32,
+  /// Whether it is waiting to be sent again after a dropped connection.
+  recovering: bool,
+}
+
+/// One connection's calls and bytes; `W` is what a driver settles a call through.
+pub struct Core<W> {
+  retry: RetrySettings,
+  /// Sentinel: a `READONLY` reply means the server was demoted (drop and reconnect), and
+  /// a call made while no master answers waits for one.
+  follow_failover: bool,
+  pending: VecDeque<Call<W>>,
+  unsent: Vec<u8>,
+  received: BytesMut,
+  codec: ReplyDecoder,
+  /// Connect attempts that failed in a row while calls waited.
+  failures: u32,
+  closed: bool,
+}
+
+impl<W> Core<W> {
+  pub fn new(retry: RetrySettings, follow_failover: bool) -> Self {
+    Self {
+      retry,
+      follow_failover,
+      pending: VecDeque::new(),
+      unsent: Vec::new(),
+      received: BytesMut::new(),
+      codec: ReplyDecoder::default(),
+      failures: 0,
+      closed: false,
+    }
+  }
+
+  /// Queues a call: its bytes go out with the next write.
+  pub fn push(&mut self, waiter: W, batch: Batch, deadline: Instant) {
+    let expected = batch.commands.len() + if batch.atomic { 2 } else { 0 };
+    let retries_left = if batch.may_resend() {
+      self.retry.attempts
+    } else {
+      0
+    };
+    pack_commands(&batch.commands, batch.atomic, &mut self.unsent);
+    self.pending.push_back(Call {
+      waiter: Some(waiter),
+      commands: batch.commands,
+      atomic: batch.atomic,
+      expected,
+      replies: Vec::with_capacity(expected),
+      deadline,
+      retries_left,
+      recovering: false,
+    });
+  }
+
+  /// The bytes to write (a driver removes what it wrote).
+  pub fn unsent(&mut self) -> &mut Vec<u8> {
+    &mut self.unsent
+  }
+
+  /// Takes every byte to write, leaving `spare` (emptied) in its place.
+  pub fn take_unsent(&mut self, spare: Vec<u8>) -> Vec<u8> {
+    let mut spare = spare;
+    spare.clear();
+    std::mem::replace(&mut self.unsent, spare)
+  }
+
+  /// Where a driver may read reply bytes into directly.
+  pub fn received(&mut self) -> &mut BytesMut {
+    &mut self.received
+  }
+
+  /// Reply bytes read from the connection.
+  #[cfg(test)]
+  pub fn receive(&mut self, bytes: &[u8]) {
+    self.received.extend_from_slice(bytes);
+  }
+
+  /// Matches every whole reply received so far to its call; calls whose replies are all
+  /// in are appended to `done`. An error means the connection is unusable (an unreadable
+  /// reply, a reply no call asked for, `READONLY` when following a failover): the driver
+  /// drops it ([`Core::on_drop`]); `done` keeps the calls completed before it.
+  pub fn take_replies(&mut self, done: &mut Vec<Outcome<W>>) -> StoreResult<()> {
+    loop {
+      let value = self
+        .codec
+        .decode(&mut self.received)
+        .map_err(|err| lost(&format!("unreadable reply: {err}")))?;
+      let Some(value) = value else {
+        return Ok(());
+      };
+      if self.follow_failover && is_readonly(&value) {
+        return Err(lost(
+          "the server answered READONLY: it is a replica now (failover); reconnecting to the master",
+        ));
+      }
+      let Some(front) = self.pending.front_mut() else {
+        return Err(lost("a reply came that no call asked for"));
+      };
+      front.replies.push(value);
+      if front.replies.len() == front.expected {
+        let call = self.pending.pop_front().expect("front exists");
+        if let Some(outcome) = call.complete() {
+          done.push(outcome);
+        }
+      }
+    }
+  }
+
+  /// A new connection is open: replies start afresh, and so does the backoff.
+  pub fn connected(&mut self) {
+    self.failures = 0;
+    self.received.clear();
+    self.codec = ReplyDecoder::default();
+  }
+
+  /// The connection dropped with `err`: calls with retries left are kept for a new
+  /// connection (their bytes packed again, in order) and spend one; the others are given
+  /// back, to be rejected with `err`.
+  pub fn on_drop(&mut self, _err: &StoreError) -> Vec<W> {
+    self.requeue_or_reject(|_| true)
+  }
+
+  /// A connect attempt failed with `err`: calls sent again after a drop, with retries
+  /// left, wait for the next attempt; the rest (calls that never had a connection) are
+  /// given back to be rejected, and so is everything when the error is not transient
+  /// (`AUTH` and TLS are never retried). With Sentinel every call waits: a master that
+  /// cannot be reached is being replaced. Returns the rejected waiters and, when calls
+  /// still wait, the backoff before the next attempt (`random` in [0, 1] is its jitter).
+  pub fn on_connect_failed(&mut self, err: &StoreError, random: f64) -> (Vec<W>, Option<Duration>) {
+    let transient = retry::classify(err).may_retry();
+    let follow_failover = self.follow_failover;
+    let rejected = self.requeue_or_reject(|call| transient && (call.recovering || follow_failover));
+    if self.pending.is_empty() {
+      return (rejected, None);
+    }
+    self.failures += 1;
+    let delay = retry::backoff(&self.retry, self.failures, random);
+    (rejected, Some(delay))
+  }
+
+  fn requeue_or_reject(&mut self, eligible: impl Fn(&Call<W>) -> bool) -> Vec<W> {
+    self.unsent.clear();
+    self.received.clear();
+    self.codec = ReplyDecoder::default();
+    let mut rejected = Vec::new();
+    let mut kept = VecDeque::new();
+    for mut call in std::mem::take(&mut self.pending) {
+      let Some(waiter) = call.waiter.take() else {
+        continue;
+      };
+      if eligible(&call) && call.retries_left > 0 && !self.closed {
+        call.retries_left -= 1;
+        call.recovering = true;
+        call.replies.clear();
+        call.waiter = Some(waiter);
+        pack_commands(&call.commands, call.atomic, &mut self.unsent);
+        kept.push_back(call);
+      } else {
+        rejected.push(waiter);
+      }
+    }
+    self.pending = kept;
+    rejected
+  }
+
+  /// The waiters of the calls whose deadline is `now` or past, to be rejected `TIMEOUT`.
+  /// Their replies, if they come, are skipped.
+  pub fn expire(&mut self, now: Instant) -> Vec<W> {
+    self
+      .pending
+      .iter_mut()
+      .take_while(|call| call.deadline <= now)
+      .filter_map(|call| call.waiter.take())
+      .collect()
+  }
+
+  /// When the next call still waiting times out.
+  pub fn next_deadline(&self) -> Option<Instant> {
+    self
+      .pending
+      .iter()
+      .find(|call| call.waiter.is_some())
+      .map(|call| call.deadline)
+  }
+
+  /// Whether any call still waits to be settled.
+  pub fn has_waiters(&self) -> bool {
+    self.pending.iter().any(|call| call.waiter.is_some())
+  }
+
+  /// Whether calls are queued (timed-out ones whose replies are due included).
+  pub fn is_idle(&self) -> bool {
+    self.pending.is_empty()
+  }
+
+  /// How many calls are queued (timed-out ones whose replies are due included).
+  pub fn len(&self) -> usize {
+    self.pending.len()
+  }
+
+  /// Forgets every call (their waiters are dropped) and every byte.
+  pub fn clear(&mut self) {
+    self.pending.clear();
+    self.unsent.clear();
+  }
+
+  /// The store is closed: calls in flight finish, but none is sent again.
+  pub fn close(&mut self) {
+    self.closed = true;
+  }
+}
+
+impl<W> Call<W> {
+  /// The call's outcome once its replies are all in; `None` if it already timed out.
+  fn complete(self) -> Option<Outcome<W>> {
+    let waiter = self.waiter?;
+    let values = if self.atomic {
+      match self.replies.into_iter().last() {
+        Some(Value::Array(items)) => Ok(items),
+        Some(Value::ServerError(err)) => Err(redis::RedisError::from(err).into()),
+        other => Err(lost(&format!("unexpected EXEC reply: {other:?}"))),
+      }
+    } else {
+      Ok(self.replies)
+    };
+    let replies = values.and_then(|values| {
+      values
+        .into_iter()
+        .zip(&self.commands)
+        .map(|(value, command)| decode(value, command))
+        .collect()
+    });
+    Some((waiter, replies))
+  }
+}
+
+/// A `READONLY` error: a write reached a replica.
+fn is_readonly(value: &Value) -> bool {
+  matches!(value, Value::ServerError(err) if err.code() == "READONLY")
+}
+
+/// A dropped connection: calls may be sent again on a new one.
+pub fn lost(detail: &str) -> StoreError {
+  StoreError::new(
+    ErrorCode::Unavailable,
+    format!("connection to Redis lost: {detail}"),
+  )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,352 @@
+//! The core driven by a scripted transport: the test plays the server (it reads what
+//! the core would write and answers in RESP), the connection (drops, refused or
+//! refused-credential reconnects) and the clock.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use redis::Value;
+
+use super::*;
+use crate::command::{Batch, Command, Reply};
+use crate::error::{ErrorCode, StoreError};
+use crate::options::RetrySettings;
+
+fn settings(attempts: u32) -> RetrySettings {
+  RetrySettings {
+    attempts,
+    min_delay: Duration::from_millis(50),
+    max_delay: Duration::from_millis(2_000),
+  }
+}
+
+fn get(key: &str) -> Batch {
+  Batch::one(Command::Get { key: key.into() })
+}
+
+fn set(key: &str, value: &str) -> Batch {
+  Batch::one(Command::Set {
+    key: key.into(),
+    value: value.into(),
+    ttl_ms: None,
+  })
+}
+
+/// A batch that must not be sent twice (a KV delete answers from the count it removed).
+fn unlink(key: &str) -> Batch {
+  Batch::one(Command::Unlink {
+    keys: vec![key.into()],
+  })
+  .never_resend()
+}
+
+/// The claim's shape: atomic, and never sent twice.
+fn claim(key: &str) -> Batch {
+  Batch::atomic(vec![
+    Command::HSetNx {
+      key: key.into(),
+      field: "claim".into(),
+      value: "me".into(),
+    },
+    Command::PExpire {
+      key: key.into(),
+      ttl_ms: 1_000,
+    },
+  ])
+  .never_resend()
+}
+
+fn unavailable() -> StoreError {
+  StoreError::new(ErrorCode::Unavailable, "connection to Redis lost: reset")
+}
+
+/// The core and the commands the "server" got so far.
+struct Script {
+  core: Core<&'static str>,
+  t0: Instant,
+}
+
+impl Script {
+  fn new(attempts: u32, follow_failover: bool) -> Self {
+    Self {
+      core: Core::new(settings(attempts), follow_failover),
+      t0: Instant::now(),
+    }
+  }
+
+  fn call(&mut self, name: &'static str, batch: Batch) {
+    let deadline = self.t0 + Duration::from_secs(5);
+    self.core.push(name, batch, deadline);
+  }
+
+  fn call_by(&mut self, name: &'static str, batch: Batch, ms: u64) {
+    self
+      .core
+      .push(name, batch, self.t0 + Duration::from_millis(ms));
+  }
+
+  /// What the core writes now, as the commands the server reads ("GET a", ...).
+  fn written(&mut self) -> Vec<String> {
+    let mut bytes = BytesMut::from(&self.core.take_unsent(Vec::new())[..]);
+    let mut decoder = crate::backend::resp::ReplyDecoder::default();
+    let mut commands = Vec::new();
+    while let Some(value) = decoder.decode(&mut bytes).expect("RESP") {
+      let Value::Array(parts) = value else {
+        panic!("a command is an array: {value:?}")
+      };
+      let words: Vec<String> = parts
+        .iter()
+        .map(|part| match part {
+          Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+          other => panic!("{other:?}"),
+        })
+        .collect();
+      commands.push(words.join(" "));
+    }
+    assert!(bytes.is_empty());
+    commands
+  }
+
+  /// The server answers `resp`; the calls that completed.
+  fn answer(&mut self, resp: &str) -> Vec<(&'static str, Vec<Reply>)> {
+    self.core.receive(resp.as_bytes());
+    let mut done = Vec::new();
+    self.core.take_replies(&mut done).expect("readable replies");
+    done
+      .into_iter()
+      .map(|(name, replies)| (name, replies.expect("replies")))
+      .collect()
+  }
+}
+
+fn bytes(text: &str) -> Reply {
+  Reply::Bytes(text.as_bytes().to_vec())
+}
+
+#[test]
+fn matches_replies_in_order_across_reads() {
+  let mut s = Script::new(3, false);
+  s.call("a", get("a"));
+  s.call("b", set("b", "2"));
+  assert_eq!(s.written(), ["GET a", "SET b 2"]);
+  assert!(
+    s.answer("$1\r\n").is_empty(),
+    "half a reply completes nothing"
+  );
+  assert_eq!(s.answer("1\r\n+OK"), [("a", vec![bytes("1")])]);
+  assert_eq!(s.answer("\r\n"), [("b", vec![Reply::Ok])]);
+  assert!(s.core.is_idle() && !s.core.has_waiters());
+}
+
+#[test]
+fn an_atomic_batch_completes_with_its_exec_replies() {
+  let mut s = Script::new(3, false);
+  s.call("claim", claim("k"));
+  assert_eq!(
+    s.written(),
+    ["MULTI", "HSETNX k claim me", "PEXPIRE k 1000", "EXEC"]
+  );
+  let done = s.answer("+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:1\r\n:1\r\n");
+  assert_eq!(done, [("claim", vec![Reply::Int(1), Reply::Int(1)])]);
+}
+
+#[test]
+fn a_drop_mid_batch_requeues_safe_calls_in_order_and_rejects_the_others() {
+  let mut s = Script::new(3, false);
+  s.call("a", get("a"));
+  s.call("claim", claim("k"));
+  s.call("b", get("b"));
+  s.call("delete", unlink("d"));
+  s.call("c", set("c", "3"));
+  s.written();
+  // `a` is answered; the claim got half its replies when the connection dropped.
+  assert_eq!(s.answer("$1\r\n1\r\n+OK\r\n+QUEUED\r\n").len(), 1);
+  let rejected = s.core.on_drop(&unavailable());
+  assert_eq!(rejected, ["claim", "delete"]);
+  // The safe calls go out again, in their order, on the next connection.
+  s.core.connected();
+  assert_eq!(s.written(), ["GET b", "SET c 3"]);
+  let done = s.answer("$2\r\nbb\r\n+OK\r\n");
+  assert_eq!(done, [("b", vec![bytes("bb")]), ("c", vec![Reply::Ok])]);
+}
+
+#[test]
+fn a_requeued_call_is_sent_whole_again() {
+  let mut s = Script::new(3, false);
+  s.call(
+    "atomic",
+    Batch::atomic(vec![Command::Get { key: "x".into() }]),
+  );
+  s.written();
+  s.answer("+OK\r\n+QUEUED\r\n");
+  assert!(s.core.on_drop(&unavailable()).is_empty());
+  s.core.connected();
+  assert_eq!(s.written(), ["MULTI", "GET x", "EXEC"]);
+  let done = s.answer("+OK\r\n+QUEUED\r\n*1\r\n$1\r\n9\r\n");
+  assert_eq!(done, [("atomic", vec![bytes("9")])]);
+}
+
+#[test]
+fn a_reply_after_its_deadline_is_skipped_and_the_next_call_gets_its_own() {
+  let mut s = Script::new(3, false);
+  s.call_by("slow", get("slow"), 10);
+  s.call_by("next", get("next"), 20);
+  s.written();
+  assert_eq!(
+    s.core.next_deadline(),
+    Some(s.t0 + Duration::from_millis(10))
+  );
+  assert_eq!(s.core.expire(s.t0 + Duration::from_millis(15)), ["slow"]);
+  assert_eq!(
+    s.core.next_deadline(),
+    Some(s.t0 + Duration::from_millis(20))
+  );
+  // The late reply to `slow` comes first; `next` gets the one after it.
+  assert!(s.answer("$4\r\nslow\r\n").is_empty());
+  assert_eq!(s.answer("$4\r\nnext\r\n"), [("next", vec![bytes("next")])]);
+  assert_eq!(s.core.next_deadline(), None);
+}
+
+#[test]
+fn a_timed_out_call_is_not_sent_again_after_a_drop() {
+  let mut s = Script::new(3, false);
+  s.call_by("slow", get("slow"), 10);
+  s.call_by("b", get("b"), 50);
+  s.written();
+  assert_eq!(s.core.expire(s.t0 + Duration::from_millis(10)), ["slow"]);
+  assert!(s.core.on_drop(&unavailable()).is_empty());
+  s.core.connected();
+  assert_eq!(s.written(), ["GET b"]);
+}
+
+#[test]
+fn a_refused_reconnect_backs_off_keeps_recovering_calls_and_rejects_new_ones() {
+  let mut s = Script::new(3, false);
+  s.call("a", get("a"));
+  s.written();
+  assert!(s.core.on_drop(&unavailable()).is_empty());
+  // A call made while reconnecting never had a connection.
+  s.call("new", get("n"));
+  let refused = StoreError::new(ErrorCode::Unavailable, "cannot connect: refused");
+  let (rejected, delay) = s.core.on_connect_failed(&refused, 1.0);
+  assert_eq!(rejected, ["new"]);
+  assert_eq!(delay, Some(Duration::from_millis(50)));
+  let (rejected, delay) = s.core.on_connect_failed(&refused, 1.0);
+  assert!(rejected.is_empty());
+  assert_eq!(
+    delay,
+    Some(Duration::from_millis(100)),
+    "the backoff doubles"
+  );
+  s.core.connected();
+  assert_eq!(s.written(), ["GET a"]);
+  assert_eq!(s.answer("$1\r\n1\r\n"), [("a", vec![bytes("1")])]);
+}
+
+#[test]
+fn a_first_connect_that_fails_rejects_at_once() {
+  let mut s = Script::new(3, false);
+  s.call("a", get("a"));
+  let refused = StoreError::new(ErrorCode::Unavailable, "cannot connect: refused");
+  assert_eq!(s.core.on_connect_failed(&refused, 0.5), (vec!["a"], None));
+  assert!(s.core.is_idle());
+}
+
+#[test]
+fn with_sentinel_a_new_call_waits_for_a_master() {
+  let mut s = Script::new(3, true);
+  s.call("a", get("a"));
+  let refused = StoreError::new(ErrorCode::Unavailable, "no sentinel named the master");
+  let (rejected, delay) = s.core.on_connect_failed(&refused, 0.0);
+  assert!(rejected.is_empty());
+  assert_eq!(delay, Some(Duration::from_millis(25)));
+}
+
+#[test]
+fn auth_and_tls_errors_are_never_retried() {
+  for code in [ErrorCode::Auth, ErrorCode::Tls] {
+    let mut s = Script::new(3, true);
+    s.call("a", get("a"));
+    s.written();
+    assert!(s.core.on_drop(&unavailable()).is_empty());
+    let refused = StoreError::new(code, "authentication failed: WRONGPASS");
+    let (rejected, delay) = s.core.on_connect_failed(&refused, 0.0);
+    assert_eq!((rejected, delay), (vec!["a"], None));
+  }
+}
+
+#[test]
+fn the_retry_budget_runs_out() {
+  let mut s = Script::new(2, false);
+  s.call("a", get("a"));
+  s.written();
+  assert!(s.core.on_drop(&unavailable()).is_empty());
+  s.core.connected();
+  s.written();
+  let refused = StoreError::new(ErrorCode::Unavailable, "refused");
+  let (rejected, _) = s.core.on_connect_failed(&refused, 0.0);
+  assert!(
+    rejected.is_empty(),
+    "a failed reconnect spends the second retry"
+  );
+  assert_eq!(s.core.on_drop(&unavailable()), ["a"], "none left");
+  let mut none = Script::new(0, false);
+  none.call("a", get("a"));
+  assert_eq!(none.core.on_drop(&unavailable()), ["a"]);
+}
+
+#[test]
+fn a_closed_core_sends_nothing_again() {
+  let mut s = Script::new(3, false);
+  s.call("a", get("a"));
+  s.core.close();
+  assert_eq!(s.core.on_drop(&unavailable()), ["a"]);
+}
+
+#[test]
+fn readonly_when_following_a_failover_drops_the_connection() {
+  let mut s = Script::new(3, true);
+  s.call("a", set("a", "1"));
+  s.written();
+  s.core
+    .receive(b"-READONLY You can't write against a read only replica.\r\n");
+  let err = s.core.take_replies(&mut Vec::new()).unwrap_err();
+  assert_eq!(err.code, ErrorCode::Unavailable);
+  assert!(err.message.contains("READONLY"));
+  assert!(s.core.on_drop(&err).is_empty());
+  s.core.connected();
+  assert_eq!(s.written(), ["SET a 1"]);
+  // Without Sentinel, READONLY is the call's own error reply.
+  let mut plain = Script::new(3, false);
+  plain.call("a", set("a", "1"));
+  plain.core.receive(b"-READONLY no\r\n");
+  let mut done = Vec::new();
+  plain.core.take_replies(&mut done).unwrap();
+  assert!(done[0].1.is_err());
+}
+
+#[test]
+fn a_reply_nobody_asked_for_or_garbage_breaks_the_connection() {
+  let mut s = Script::new(3, false);
+  s.core.receive(b"+OK\r\n");
+  assert!(s.core.take_replies(&mut Vec::new()).is_err());
+  let mut s = Script::new(3, false);
+  s.call("a", get("a"));
+  s.core.receive(b"?what\r\n");
+  assert!(s.core.take_replies(&mut Vec::new()).is_err());
+}
+
+#[test]
+fn an_aborted_transaction_rejects_its_call() {
+  let mut s = Script::new(3, false);
+  s.call(
+    "atomic",
+    Batch::atomic(vec![Command::Get { key: "x".into() }]),
+  );
+  s.core
+    .receive(b"+OK\r\n-ERR bad\r\n-EXECABORT Transaction discarded\r\n");
+  let mut done = Vec::new();
+  s.core.take_replies(&mut done).unwrap();
+  assert_eq!(done.len(), 1);
+  assert!(done[0].1.is_err());
+}
