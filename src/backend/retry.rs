@@ -125,6 +125,11 @@ impl Budget {
     self.failures += 1;
     backoff(&self.settings, self.failures, random)
   }
+
+  /// A connect attempt passed: the backoff starts over.
+  pub fn connected(&mut self) {
+    self.failures = 0;
+  }
 }
 
 #[cfg(test)]
