@@ -271,6 +271,33 @@ pub enum MergeOutcome {
   Unreadable,
 }
 
+impl MergeOutcome {
+  /// What a merge writes over the live value `current`: the merged JSON text, or the
+  /// outcome that stops it (nothing written). The rule of every backend that merges in
+  /// Rust (SQLite, memory, Postgres); Redis runs the same rule in its script.
+  pub fn merged(
+    current: Option<&str>,
+    partial: &str,
+    max_size: u64,
+    create: bool,
+  ) -> Result<String, Self> {
+    use crate::json_value::{merge_objects, MergeError};
+    let merged = match current {
+      Some(stored) => match merge_objects(stored, partial) {
+        Ok(merged) => merged,
+        Err(MergeError::NotAnObject) => return Err(Self::NotAnObject),
+        Err(MergeError::Unreadable(_)) => return Err(Self::Unreadable),
+      },
+      None if !create => return Err(Self::Missing),
+      None => partial.to_string(),
+    };
+    match merged.len() as u64 {
+      size if size > max_size => Err(Self::TooLarge(size)),
+      _ => Ok(merged),
+    }
+  }
+}
+
 /// Whether a batch may be sent again on a new connection after the one it went out on
 /// dropped before its replies came: its first attempt may have landed. Declared by the
 /// store that builds the batch; the drivers read it (never the call's name).

@@ -15,7 +15,6 @@ use deadpool_postgres::ClientWrapper;
 use crate::command::{Command, Condition, ExecutionView, KeyKind, MergeOutcome, Reply};
 use crate::error::{ErrorCode, StoreError};
 use crate::glob;
-use crate::json_value::{self, MergeError};
 
 /// Why a command failed.
 #[derive(Debug)]
@@ -463,18 +462,11 @@ async fn merge(
     let current: Option<(String, Option<i64>)> = row
       .filter(|row| row.get::<_, Option<bool>>(2).unwrap_or(false))
       .map(|row| (row.get(0), row.get(1)));
-    let merged = match &current {
-      Some((stored, _)) => match json_value::merge_objects(stored, partial) {
-        Ok(merged) => merged,
-        Err(MergeError::NotAnObject) => return Ok(Reply::Merge(MergeOutcome::NotAnObject)),
-        Err(MergeError::Unreadable(_)) => return Ok(Reply::Merge(MergeOutcome::Unreadable)),
-      },
-      None if !create => return Ok(Reply::Merge(MergeOutcome::Missing)),
-      None => partial.to_string(),
+    let stored = current.as_ref().map(|(stored, _)| stored.as_str());
+    let merged = match MergeOutcome::merged(stored, partial, max_size, create) {
+      Ok(merged) => merged,
+      Err(stopped) => return Ok(Reply::Merge(stopped)),
     };
-    if merged.len() as u64 > max_size {
-      return Ok(Reply::Merge(MergeOutcome::TooLarge(merged.len() as u64)));
-    }
     let kept = current.as_ref().and_then(|(_, at)| *at);
     let written = match row {
       Some(_) => count(client, &sql.merge_update, &[&key, &merged, &ttl, &kept]).await?,

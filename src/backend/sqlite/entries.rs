@@ -7,7 +7,6 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::command::{Condition, KeyKind, MergeOutcome, Reply};
 use crate::error::StoreResult;
 use crate::glob;
-use crate::json_value::{self, MergeError};
 
 const LIVE: &str = "(expires_at IS NULL OR expires_at > ?2)";
 
@@ -100,18 +99,11 @@ pub fn merge(
   now: i64,
 ) -> StoreResult<Reply> {
   let current = get(db, key, now)?;
-  let merged = match &current {
-    Some((stored, _)) => match json_value::merge_objects(stored, partial) {
-      Ok(merged) => merged,
-      Err(MergeError::NotAnObject) => return Ok(Reply::Merge(MergeOutcome::NotAnObject)),
-      Err(MergeError::Unreadable(_)) => return Ok(Reply::Merge(MergeOutcome::Unreadable)),
-    },
-    None if !create => return Ok(Reply::Merge(MergeOutcome::Missing)),
-    None => partial.to_string(),
+  let stored = current.as_ref().map(|(stored, _)| stored.as_str());
+  let merged = match MergeOutcome::merged(stored, partial, max_size, create) {
+    Ok(merged) => merged,
+    Err(stopped) => return Ok(Reply::Merge(stopped)),
   };
-  if merged.len() as u64 > max_size {
-    return Ok(Reply::Merge(MergeOutcome::TooLarge(merged.len() as u64)));
-  }
   let kept = current.as_ref().and_then(|(_, at)| *at);
   set(db, key, &merged, expires_at.or(kept))?;
   let created = current.is_none();
