@@ -256,6 +256,34 @@ pub struct ExecutionView {
   pub results_ttl: i64,
 }
 
+impl ExecutionView {
+  /// The view of what a SQL backend read live at `now` (ms): the marker entry's value and
+  /// expiry, the marks and results, and the execution's expiries; each TTL as `PTTL`
+  /// answers it for the Redis key it stands for.
+  pub fn from_rows(
+    marker: Option<(String, Option<i64>)>,
+    claims: Vec<(Vec<u8>, Vec<u8>)>,
+    claims_at: Option<i64>,
+    results: Vec<(Vec<u8>, Vec<u8>)>,
+    results_at: Option<i64>,
+    now: i64,
+  ) -> Self {
+    let ttl = |present: bool, at: Option<i64>| match (present, at) {
+      (false, _) => -2,
+      (true, None) => -1,
+      (true, Some(at)) => at - now,
+    };
+    Self {
+      marker_ttl: ttl(marker.is_some(), marker.as_ref().and_then(|m| m.1)),
+      marker: marker.map(|(value, _)| value.into_bytes()),
+      claims_ttl: ttl(!claims.is_empty(), claims_at),
+      claims,
+      results_ttl: ttl(!results.is_empty(), results_at),
+      results,
+    }
+  }
+}
+
 /// What a [`Command::Merge`] did; nothing is written unless `Merged`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MergeOutcome {

@@ -514,17 +514,7 @@ async fn view(
       results.push((task.into_bytes(), result.into_bytes()));
     }
   }
-  let ttl = |present: bool, at: Option<i64>| match (present, at) {
-    (false, _) => -2,
-    (true, None) => -1,
-    (true, Some(at)) => at - now,
-  };
-  Ok(Reply::Execution(Box::new(ExecutionView {
-    marker_ttl: ttl(marker.is_some(), marker.as_ref().and_then(|m| m.1)),
-    marker: marker.map(|(value, _)| value.into_bytes()),
-    claims_ttl: ttl(!claims.is_empty(), claims_at),
-    claims,
-    results_ttl: ttl(!results.is_empty(), results_at),
-    results,
-  })))
+  Ok(Reply::Execution(Box::new(ExecutionView::from_rows(
+    marker, claims, claims_at, results, results_at, now,
+  ))))
 }

@@ -228,19 +228,14 @@ pub fn view(db: &Connection, exec: &str, now: i64) -> StoreResult<Reply> {
   let found = expiry(db, exec)?;
   let claims = fields(db, exec, false, now)?;
   let results = fields(db, exec, true, now)?;
-  let ttl = |present: bool, at: Option<i64>| match (present, at) {
-    (false, _) => -2,
-    (true, None) => -1,
-    (true, Some(at)) => at - now,
-  };
-  Ok(Reply::Execution(Box::new(ExecutionView {
-    marker_ttl: ttl(marker.is_some(), marker.as_ref().and_then(|m| m.1)),
-    marker: marker.map(|(value, _)| value.into_bytes()),
-    claims_ttl: ttl(!claims.is_empty(), found.claims_at),
+  Ok(Reply::Execution(Box::new(ExecutionView::from_rows(
+    marker,
     claims,
-    results_ttl: ttl(!results.is_empty(), found.results_at),
+    found.claims_at,
     results,
-  })))
+    found.results_at,
+    now,
+  ))))
 }
 
 /// One page of execution keys starting with `prefix`: first those with steps
