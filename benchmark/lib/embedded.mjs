@@ -10,24 +10,21 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { isDeepStrictEqual } from 'node:util'
 import Database from 'better-sqlite3'
 import { createBetterSqliteKv, createBetterSqliteStore } from '../better-sqlite3-store.mjs'
-import { apiSnapshot, checkSameState, compareWithBaseline, kvCheckSnapshot, kvSnapshot } from './check.mjs'
-import { kvGetOp, kvSetOp, seedKv } from './kv-workloads.mjs'
-import { drive } from './measure.mjs'
+import { checkSameState, compareWithBaseline, kvCheckSnapshot, kvSnapshot } from './check.mjs'
+import { lifecycleLeftovers, measureKv, measureLifecycle } from './compare.mjs'
+import { seedKv } from './kv-workloads.mjs'
 import { evaluateEmbeddedTargets } from './targets.mjs'
-import { LIFECYCLE_CALLS, LIFECYCLE_STEPS, lifecycleOp } from './workloads.mjs'
 
 const require = createRequire(import.meta.url)
 const { createKvStore, createMemoryStore, createSqliteStore } = require('../../index.js')
 
 const REFERENCE = 'better-sqlite3' // the reference's name in rows and checks
 const STORES = [REFERENCE, 'sqlite', 'memory']
+const SECTION = { section: 'embedded', idPrefix: 'emb', names: STORES }
 const KV_MOUNTS = { mounts: { bench: { prefix: 'bench:kv:' } } }
 const KV_KEYS = Array.from({ length: 256 }, (_, i) => `k${i}`) // the keys kv-workloads.mjs reads and writes
-const STEP_IDS = Array.from({ length: LIFECYCLE_STEPS }, (_, s) => `step-${s}`)
-const SAMPLE = 16 // lifecycle executions checked at each end of a run
 
 /** The SQLite library better-sqlite3 runs (durastate bundles its own through rusqlite). */
 export function betterSqliteLibraryVersion() {
@@ -81,12 +78,12 @@ export async function runEmbedded(figures, { ttl, value }) {
 
     const stores = {}
     for (const c of contenders) stores[c.name] = { plain: c.open({ prefix: 'bench:' }), ttl: c.open({ prefix: 'bench:', ttl }) }
-    const lifecycle = await measureLifecycle(figures, stores, value)
+    const lifecycle = await measureLifecycle(figures, SECTION, stores, value)
     for (const kv of Object.values(kvs)) await seedKv(kv, value)
-    const kvRows = await measureKv(figures, kvs, value)
+    const kvRows = await measureKv(figures, SECTION, kvs, value)
 
     log('embedded: correctness check (after)')
-    check.push(...(await lifecycleLeftovers(stores, lifecycle.counts)))
+    check.push(...(await lifecycleLeftovers('embedded', stores, lifecycle.counts)))
     const kvState = compareWithBaseline('KV bench keys', await snapshots(kvs, (kv) => kvSnapshot(kv, KV_KEYS)), REFERENCE)
     check.push(...kvState.map((c) => ({ ...c, what: `embedded after: ${c.what}` })))
     check.push(...(await kvChecks(kvs, 'after')), ...(await storeChecks(contenders, ttl, 'after')))
@@ -124,74 +121,5 @@ async function kvChecks(kvs, tag) {
 async function snapshots(byName, take) {
   const out = {}
   for (const [name, x] of Object.entries(byName)) out[name] = await take(x)
-  return out
-}
-
-/** Lifecycle executions/s, 1 and 64 in flight, with and without ttl; counts executions run per store and tag. */
-async function measureLifecycle({ config, log, measureFigure, timeBoxed, row }, stores, value) {
-  const rows = []
-  const counts = {}
-  for (const concurrency of [1, 64]) {
-    for (const withTtl of [false, true]) {
-      const tag = `${concurrency}${withTtl ? 't' : ''}`
-      const label = `workflow lifecycle (${LIFECYCLE_CALLS} calls, 1 KiB results), ${concurrency} in flight${withTtl ? ', ttl' : ''}`
-      log(`embedded: ${label}`)
-      const entries = STORES.map((name) => {
-        const op = lifecycleOp(stores[name][withTtl ? 'ttl' : 'plain'], tag, value)
-        const counted = (counts[name] ??= {})
-        counted[tag] = 0
-        return { name, op: () => (counted[tag]++, op()) }
-      })
-      const warm = (op) => drive(op, { concurrency, maxMs: config.warmMs * 2 })
-      const cell = await measureFigure(`embedded ${label}`, entries, warm, timeBoxed(concurrency, config.lifecycleRoundMs))
-      rows.push({ ...row(`emb-life-${tag}`, label, 'exec/s', 'higher', cell, (m) => m.opsPerSec), kind: 'lifecycle', concurrency })
-    }
-  }
-  return { rows, counts }
-}
-
-/** KV get (hit) and set (overwrite) of 1 KiB values, 1 and 64 in flight. */
-async function measureKv({ config, log, measureFigure, timeBoxed, warmFor, row }, kvs, value) {
-  const rows = []
-  const workloads = [
-    { id: 'get', label: 'KV get (hit), 1 KiB', op: (kv) => kvGetOp(kv) },
-    { id: 'set', label: 'KV set (overwrite), 1 KiB', op: (kv) => kvSetOp(kv, value) },
-  ]
-  for (const { id, label, op } of workloads) {
-    for (const concurrency of [1, 64]) {
-      log(`embedded: ${label}, ${concurrency} in flight`)
-      const entries = STORES.map((name) => ({ name, op: op(kvs[name]) }))
-      const cell = await measureFigure(`embedded ${label} @${concurrency}`, entries, warmFor(concurrency), timeBoxed(concurrency, config.roundMs))
-      rows.push({
-        ...row(`emb-kv-${id}-${concurrency}`, `${label}, ${concurrency} in flight`, 'ops/s', 'higher', cell, (m) => m.opsPerSec),
-        kind: 'kv',
-        concurrency,
-      })
-    }
-  }
-  return rows
-}
-
-/** After the run every execution was disposed: the first and last SAMPLE of each store and tag must read as never begun. */
-async function lifecycleLeftovers(stores, counts) {
-  const gone = { inProgress: false, results: '{}', tasks: Object.fromEntries(STEP_IDS.map((t) => [t, ['"<undefined>"', false]])) }
-  const out = []
-  for (const [name, byTag] of Object.entries(counts)) {
-    for (const [tag, count] of Object.entries(byTag)) {
-      const sample = [...new Set([...Array(SAMPLE).keys(), ...Array.from({ length: SAMPLE }, (_, k) => count - 1 - k)])].filter((n) => n >= 0 && n < count)
-      const store = stores[name][tag.endsWith('t') ? 'ttl' : 'plain']
-      const states = await apiSnapshot(
-        store,
-        sample.map((n) => `life-${tag}-${n}`),
-        STEP_IDS,
-      )
-      const left = Object.keys(states).filter((id) => !isDeepStrictEqual(states[id], gone))
-      out.push({
-        what: `embedded after: ${name}, lifecycle ${tag}: ${sample.length} of ${count} executions sampled, all disposed`,
-        ok: count > 0 && left.length === 0,
-        detail: count === 0 ? 'no execution ran' : left.length ? `state left in ${left.slice(0, 5).join(', ')}` : undefined,
-      })
-    }
-  }
   return out
 }
