@@ -13,7 +13,8 @@ import { rejectsWith } from './helpers/assert.mjs'
 const require = createRequire(import.meta.url)
 const Database = require('better-sqlite3')
 const binding = require('../binding.js')
-const FIXTURE = new URL('./fixtures/v0.1.0.db', import.meta.url)
+const FIXTURES = { 1: new URL('./fixtures/v0.1.0.db', import.meta.url), 2: new URL('./fixtures/v2.db', import.meta.url) }
+const VERSION = 3
 const YEAR = 365 * 24 * 3600 * 1000
 
 describe('SQLite file format', () => {
@@ -26,10 +27,21 @@ describe('SQLite file format', () => {
     await Promise.all(closers.map((close) => close()))
     rmSync(dir, { recursive: true, force: true })
   })
-  const fixtureCopy = (name) => {
+  const fixtureCopy = (name, version = 1) => {
     const path = join(dir, name)
-    copyFileSync(FIXTURE, path)
+    copyFileSync(FIXTURES[version], path)
     return path
+  }
+  const indexes = (path) => {
+    const db = new Database(path, { readonly: true })
+    try {
+      return db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .all()
+        .map((r) => r.name)
+    } finally {
+      db.close()
+    }
   }
   const tables = (path) => {
     const db = new Database(path, { readonly: true })
@@ -44,9 +56,12 @@ describe('SQLite file format', () => {
     }
   }
 
-  it('migrates a 0.1.0 file in place: results, steps in progress, markers, TTLs and KV entries survive', async () => {
-    const path = fixtureCopy('migrate.db')
-    assert.equal(tables(path).version, 1)
+  for (const [from, label] of [
+    [1, 'a 0.1.0 file (the Redis-like keyspace)'],
+    [2, 'a version 2 file (two expiry indexes)'],
+  ]) it(`migrates ${label} in place: results, steps in progress, markers, TTLs and KV entries survive`, async () => {
+    const path = fixtureCopy(`migrate-${from}.db`, from)
+    assert.equal(tables(path).version, from)
     const store = createSqliteStore(path)
     closers.push(() => store.close())
     assert.deepEqual(await store.getExecutionTaskResults('order-1'), {
@@ -95,8 +110,13 @@ describe('SQLite file format', () => {
     assert.deepEqual(await kv.keys('tmp'), [], 'an entry expired before the migration is not brought back')
 
     const after = tables(path)
-    assert.equal(after.version, 2)
+    assert.equal(after.version, VERSION)
     assert.deepEqual(after.names, ['ds_entries', 'ds_step_expiry', 'ds_steps'])
+    assert.deepEqual(indexes(path), ['ds_entries_expiry', 'ds_step_expiry_due'])
+    const check = new Database(path, { readonly: true })
+    const expiry = check.prepare("SELECT claims_at, results_at, due FROM ds_step_expiry WHERE exec = 'ttl:job-1'").get()
+    check.close()
+    assert.ok(expiry.due <= Math.min(expiry.claims_at, expiry.results_at), 'due is at or before both expiries')
   })
 
   it('opens a migrated file again without migrating twice, from two stores at once', async () => {
@@ -113,7 +133,7 @@ describe('SQLite file format', () => {
     const again = createSqliteStore(path)
     closers.push(() => again.close())
     assert.equal(Object.keys(await again.getExecutionTaskResults('order-1')).length, 3)
-    assert.equal(tables(path).version, 2)
+    assert.equal(tables(path).version, VERSION)
   })
 
   it('leaves a file it cannot migrate as it was, with CORRUPT_DATA naming the key', async () => {

@@ -8,15 +8,23 @@ use crate::command::{Condition, KeyKind, MergeOutcome, Reply};
 use crate::error::StoreResult;
 use crate::glob;
 
-const LIVE: &str = "(expires_at IS NULL OR expires_at > ?2)";
+macro_rules! live {
+  () => {
+    "(expires_at IS NULL OR expires_at > ?2)"
+  };
+}
+const LIVE: &str = live!();
 
 /// A live entry's value and expiry.
 type Entry = (String, Option<i64>);
 
 pub fn get(db: &Connection, key: &str, now: i64) -> StoreResult<Option<Entry>> {
-  let sql = format!("SELECT value, expires_at FROM ds_entries WHERE key = ?1 AND {LIVE}");
+  let sql = concat!(
+    "SELECT value, expires_at FROM ds_entries WHERE key = ?1 AND ",
+    live!()
+  );
   Ok(
-    db.prepare_cached(&sql)?
+    db.prepare_cached(sql)?
       .query_row(params![key, now], |row| Ok((row.get(0)?, row.get(1)?)))
       .optional()?,
   )

@@ -38,6 +38,14 @@ pub fn execute_group(
 ) -> StoreResult<Vec<StoreResult<Vec<Reply>>>> {
   let writes = batches.iter().any(|batch| batch.writes());
   let now = now as i64;
+  // A lone read of one statement is its own (implicit) read transaction.
+  if let [only] = batches {
+    if let [command] = only.commands.as_slice() {
+      if one_read_statement(command) {
+        return Ok(vec![Ok(vec![apply(connection, command, now)?])]);
+      }
+    }
+  }
   let tx = Transaction::begin(connection, writes)?;
   let answers = match batches {
     // One call: its failure is the transaction's, so nothing of it is written.
@@ -60,6 +68,19 @@ pub fn execute_group(
   }
   tx.commit()?;
   Ok(answers)
+}
+
+/// Whether `command` only reads, in a single statement (so it needs no transaction).
+fn one_read_statement(command: &Command) -> bool {
+  matches!(
+    command,
+    Command::Get { .. }
+      | Command::Exists { .. }
+      | Command::PTtl { .. }
+      | Command::StepResult { .. }
+      | Command::StepClaim { .. }
+      | Command::StepResults { .. }
+  )
 }
 
 /// A transaction whose `BEGIN`/`COMMIT` are cached statements (parsed once per
@@ -202,7 +223,8 @@ fn apply_step(db: &Connection, command: &Command, now: i64) -> StoreResult<Reply
 }
 
 /// Removes a bounded number of expired entries and expired step expiries, found
-/// through the partial expiry indexes, never by a full scan.
+/// through the expiry indexes, never by a full scan. A step expiry found due with
+/// nothing expired (its `due` was a lower bound) gets its `due` moved on by `purge`.
 fn sweep(tx: &Connection, now: i64) -> StoreResult<()> {
   tx.prepare_cached(
     "DELETE FROM ds_entries WHERE key IN (SELECT key FROM ds_entries
@@ -210,11 +232,7 @@ fn sweep(tx: &Connection, now: i64) -> StoreResult<()> {
   )?
   .execute([now, SWEEP_LIMIT])?;
   let execs: Vec<String> = tx
-    .prepare_cached(
-      "SELECT exec FROM ds_step_expiry WHERE claims_at IS NOT NULL AND claims_at <= ?1
-       UNION SELECT exec FROM ds_step_expiry WHERE results_at IS NOT NULL AND results_at <= ?1
-       LIMIT ?2",
-    )?
+    .prepare_cached("SELECT exec FROM ds_step_expiry WHERE due <= ?1 ORDER BY due LIMIT ?2")?
     .query_map([now, SWEEP_LIMIT], |row| row.get(0))?
     .collect::<Result<_, _>>()?;
   for exec in execs {

@@ -10,20 +10,33 @@ use super::entries;
 use crate::command::{ExecutionView, Reply};
 use crate::error::StoreResult;
 
-/// An execution's expiries, as stored (`None`: none set).
+/// An execution's expiries, as stored (`None`: none set), and its row's `due` (`None`:
+/// no row).
 #[derive(Default, Clone, Copy)]
 pub struct Expiry {
   claims_at: Option<i64>,
   results_at: Option<i64>,
+  due: Option<i64>,
+}
+
+impl Expiry {
+  /// The earlier of the two expiries.
+  fn earliest(&self) -> Option<i64> {
+    match (self.claims_at, self.results_at) {
+      (Some(a), Some(b)) => Some(a.min(b)),
+      (a, b) => a.or(b),
+    }
+  }
 }
 
 fn expiry(db: &Connection, exec: &str) -> StoreResult<Expiry> {
   let row = db
-    .prepare_cached("SELECT claims_at, results_at FROM ds_step_expiry WHERE exec = ?1")?
+    .prepare_cached("SELECT claims_at, results_at, due FROM ds_step_expiry WHERE exec = ?1")?
     .query_row([exec], |row| {
       Ok(Expiry {
         claims_at: row.get(0)?,
         results_at: row.get(1)?,
+        due: Some(row.get(2)?),
       })
     })
     .optional()?;
@@ -35,45 +48,71 @@ fn expired(at: Option<i64>, now: i64) -> bool {
 }
 
 /// Removes what has expired of `exec` before a write, so the write starts from what
-/// Redis would hold; returns the expiries still in force.
+/// Redis would hold; returns the expiries still in force. A row found due (by the sweep,
+/// or a write after its `due`) with nothing expired gets its `due` moved on.
 pub fn purge(db: &Connection, exec: &str, now: i64) -> StoreResult<Expiry> {
-  let mut found = expiry(db, exec)?;
+  let found = expiry(db, exec)?;
   let (claims, results) = (
     expired(found.claims_at, now),
     expired(found.results_at, now),
   );
   if !claims && !results {
+    if expired(found.due, now) {
+      return store_expiry(db, exec, found, Expiry { due: None, ..found });
+    }
     return Ok(found);
   }
+  let mut kept = found;
   if claims {
     db.prepare_cached("UPDATE ds_steps SET claim = NULL WHERE exec = ?1")?
       .execute([exec])?;
-    found.claims_at = None;
+    kept.claims_at = None;
   }
   if results {
     db.prepare_cached("UPDATE ds_steps SET result = NULL WHERE exec = ?1")?
       .execute([exec])?;
-    found.results_at = None;
+    kept.results_at = None;
   }
   db.prepare_cached("DELETE FROM ds_steps WHERE exec = ?1 AND claim IS NULL AND result IS NULL")?
     .execute([exec])?;
-  store_expiry(db, exec, found)?;
-  Ok(found)
+  store_expiry(db, exec, found, Expiry { due: None, ..kept })
 }
 
-fn store_expiry(db: &Connection, exec: &str, expiry: Expiry) -> StoreResult<()> {
-  if expiry.claims_at.is_none() && expiry.results_at.is_none() {
-    db.prepare_cached("DELETE FROM ds_step_expiry WHERE exec = ?1")?
-      .execute([exec])?;
-  } else {
-    db.prepare_cached(
-      "INSERT INTO ds_step_expiry(exec, claims_at, results_at) VALUES (?1, ?2, ?3)
-       ON CONFLICT(exec) DO UPDATE SET claims_at = excluded.claims_at,
-         results_at = excluded.results_at",
-    )?
-    .execute(params![exec, expiry.claims_at, expiry.results_at])?;
+/// Stores `new` expiries over `old` (as read). `due` stays where it is while it is not
+/// after the new earliest expiry (an expiry moved later keeps its index entry, and only
+/// the row's page is written), else it becomes that expiry; `new.due: None` asks for it
+/// to be set to the earliest expiry whatever it was.
+fn store_expiry(db: &Connection, exec: &str, old: Expiry, new: Expiry) -> StoreResult<Expiry> {
+  let Some(earliest) = new.earliest() else {
+    if old.due.is_some() {
+      db.prepare_cached("DELETE FROM ds_step_expiry WHERE exec = ?1")?
+        .execute([exec])?;
+    }
+    return Ok(Expiry::default());
+  };
+  let keep = new.due.is_some() && old.due.is_some_and(|due| due <= earliest);
+  if keep {
+    if (old.claims_at, old.results_at) != (new.claims_at, new.results_at) {
+      db.prepare_cached(
+        "UPDATE ds_step_expiry SET claims_at = ?2, results_at = ?3 WHERE exec = ?1",
+      )?
+      .execute(params![exec, new.claims_at, new.results_at])?;
+    }
+    return Ok(Expiry {
+      due: old.due,
+      ..new
+    });
   }
-  Ok(())
+  db.prepare_cached(
+    "INSERT INTO ds_step_expiry(exec, claims_at, results_at, due) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT(exec) DO UPDATE SET claims_at = excluded.claims_at,
+       results_at = excluded.results_at, due = excluded.due",
+  )?
+  .execute(params![exec, new.claims_at, new.results_at, earliest])?;
+  Ok(Expiry {
+    due: Some(earliest),
+    ..new
+  })
 }
 
 /// Marks `task` in progress; `Int(1)` when this call set the mark.
@@ -86,7 +125,7 @@ pub fn claim(
   expires_at: Option<i64>,
   now: i64,
 ) -> StoreResult<Reply> {
-  let mut found = purge(db, exec, now)?;
+  let found = purge(db, exec, now)?;
   let sql = match exclusive {
     true => {
       "INSERT INTO ds_steps(exec, task, claim) VALUES (?1, ?2, ?3)
@@ -101,8 +140,11 @@ pub fn claim(
     .prepare_cached(sql)?
     .execute(params![exec, task, value])?;
   if expires_at.is_some() {
-    found.claims_at = expires_at;
-    store_expiry(db, exec, found)?;
+    let new = Expiry {
+      claims_at: expires_at,
+      ..found
+    };
+    store_expiry(db, exec, found, new)?;
   }
   Ok(Reply::Int(written as i64))
 }
@@ -116,24 +158,20 @@ pub fn commit(
   expires_at: Option<i64>,
   now: i64,
 ) -> StoreResult<Reply> {
-  let mut found = purge(db, exec, now)?;
+  let found = purge(db, exec, now)?;
   db.prepare_cached(
     "INSERT INTO ds_steps(exec, task, claim, result) VALUES (?1, ?2, NULL, ?3)
      ON CONFLICT(exec, task) DO UPDATE SET claim = NULL, result = excluded.result",
   )?
   .execute(params![exec, task, json])?;
-  let mut changed = false;
+  let mut new = found;
   if found.claims_at.is_some() && !has_claims(db, exec)? {
-    found.claims_at = None;
-    changed = true;
+    new.claims_at = None;
   }
   if expires_at.is_some() {
-    found.results_at = expires_at;
-    changed = true;
+    new.results_at = expires_at;
   }
-  if changed {
-    store_expiry(db, exec, found)?;
-  }
+  store_expiry(db, exec, found, new)?;
   Ok(Reply::Ok)
 }
 
@@ -142,9 +180,11 @@ fn has_claims(db: &Connection, exec: &str) -> StoreResult<bool> {
   Ok(db.prepare_cached(sql)?.exists([exec])?)
 }
 
-/// One step's result (`results: true`) or mark, as live now. Two point lookups: a
-/// join of the two tables measured 5x slower, and a bound time compared with a column
-/// that has a partial index makes SQLite prepare the statement again for every value.
+/// One step's result (`results: true`) or mark, as live now: one statement (the
+/// step's column and the execution's expiry, each a point lookup), so a lone read needs
+/// no transaction of its own. The time is compared here, not in SQL: a bound time
+/// compared with a column that has a partial index makes SQLite prepare the statement
+/// again for every value.
 pub fn field(
   db: &Connection,
   exec: &str,
@@ -152,54 +192,56 @@ pub fn field(
   results: bool,
   now: i64,
 ) -> StoreResult<Reply> {
-  let found = expiry(db, exec)?;
-  let (sql, at) = match results {
-    true => (
-      "SELECT result FROM ds_steps WHERE exec = ?1 AND task = ?2",
-      found.results_at,
-    ),
-    false => (
-      "SELECT claim FROM ds_steps WHERE exec = ?1 AND task = ?2",
-      found.claims_at,
-    ),
+  let sql = match results {
+    true => {
+      "SELECT (SELECT result FROM ds_steps WHERE exec = ?1 AND task = ?2),
+              (SELECT results_at FROM ds_step_expiry WHERE exec = ?1)"
+    }
+    false => {
+      "SELECT (SELECT claim FROM ds_steps WHERE exec = ?1 AND task = ?2),
+              (SELECT claims_at FROM ds_step_expiry WHERE exec = ?1)"
+    }
   };
-  if expired(at, now) {
-    return Ok(Reply::Nil);
-  }
-  let value: Option<Option<String>> = db
+  let (value, at): (Option<String>, Option<i64>) = db
     .prepare_cached(sql)?
-    .query_row(params![exec, task], |row| row.get(0))
-    .optional()?;
-  Ok(match value.flatten() {
-    Some(value) => Reply::Bytes(value.into_bytes()),
-    None => Reply::Nil,
+    .query_row(params![exec, task], |row| Ok((row.get(0)?, row.get(1)?)))?;
+  Ok(match value {
+    Some(value) if !expired(at, now) => Reply::Bytes(value.into_bytes()),
+    _ => Reply::Nil,
   })
 }
 
-/// Every live result (`results: true`) or mark of `exec`, in task order.
+/// Every live result (`results: true`) or mark of `exec`, in task order: one
+/// statement (the expiry is a constant subquery, read once).
 pub fn fields(
   db: &Connection,
   exec: &str,
   results: bool,
   now: i64,
 ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
-  let found = expiry(db, exec)?;
-  let (column, at) = match results {
-    true => ("result", found.results_at),
-    false => ("claim", found.claims_at),
+  let sql = match results {
+    true => {
+      "SELECT task, result, (SELECT results_at FROM ds_step_expiry WHERE exec = ?1)
+       FROM ds_steps WHERE exec = ?1 AND result IS NOT NULL"
+    }
+    false => {
+      "SELECT task, claim, (SELECT claims_at FROM ds_step_expiry WHERE exec = ?1)
+       FROM ds_steps WHERE exec = ?1 AND claim IS NOT NULL"
+    }
   };
-  if expired(at, now) {
-    return Ok(Vec::new());
-  }
-  let sql = format!("SELECT task, {column} FROM ds_steps WHERE exec = ?1 AND {column} IS NOT NULL");
-  let mut statement = db.prepare_cached(&sql)?;
-  let rows = statement.query_map([exec], |row| {
-    Ok((
+  let mut statement = db.prepare_cached(sql)?;
+  let mut rows = statement.query([exec])?;
+  let mut out = Vec::new();
+  while let Some(row) = rows.next()? {
+    if expired(row.get::<_, Option<i64>>(2)?, now) {
+      return Ok(Vec::new());
+    }
+    out.push((
       row.get::<_, String>(0)?.into_bytes(),
       row.get::<_, String>(1)?.into_bytes(),
-    ))
-  })?;
-  Ok(rows.collect::<Result<_, _>>()?)
+    ));
+  }
+  Ok(out)
 }
 
 /// Removes the execution: marker entry, steps and expiries.
