@@ -59,65 +59,66 @@ describe('SQLite file format', () => {
   for (const [from, label] of [
     [1, 'a 0.1.0 file (the Redis-like keyspace)'],
     [2, 'a version 2 file (two expiry indexes)'],
-  ]) it(`migrates ${label} in place: results, steps in progress, markers, TTLs and KV entries survive`, async () => {
-    const path = fixtureCopy(`migrate-${from}.db`, from)
-    assert.equal(tables(path).version, from)
-    const store = createSqliteStore(path)
-    closers.push(() => store.close())
-    assert.deepEqual(await store.getExecutionTaskResults('order-1'), {
-      charge: { amount: 42, currency: 'EUR' },
-      notify: '<empty_execution_result>',
-      ship: 'parcel-7',
+  ])
+    it(`migrates ${label} in place: results, steps in progress, markers, TTLs and KV entries survive`, async () => {
+      const path = fixtureCopy(`migrate-${from}.db`, from)
+      assert.equal(tables(path).version, from)
+      const store = createSqliteStore(path)
+      closers.push(() => store.close())
+      assert.deepEqual(await store.getExecutionTaskResults('order-1'), {
+        charge: { amount: 42, currency: 'EUR' },
+        notify: '<empty_execution_result>',
+        ship: 'parcel-7',
+      })
+      assert.equal(await store.isExecutionInProgress('order-1'), true)
+      // Stored JSON keeps its bytes: key order as written.
+      assert.deepEqual(Object.keys(await store.getExecutionTaskResult('order-2', 'charge')), ['amount', 'z-key', 'a-key'])
+      assert.equal(await store.isExecutionTaskInProgress('order-2', 'ship:label'), true)
+      assert.equal(await store.isExecutionTaskInProgress('order-2', 'charge'), false)
+      // The crashed step resumes: commit it, and the marker goes.
+      await store.commitExecutionTaskResult('order-2', 'ship:label', 'label-1')
+      assert.equal(await store.isExecutionTaskInProgress('order-2', 'ship:label'), false)
+      assert.equal(await store.getExecutionTaskResult('order-2', 'ship:label'), 'label-1')
+
+      const inspector = binding.createInspector(`sqlite:${path}`)
+      try {
+        const job = await inspector.execution('ttl:job-1')
+        for (const ttl of [job.markerTtl, job.claimsTtl, job.resultsTtl]) assert.ok(ttl > 90 * YEAR, `TTL kept (${ttl})`)
+        const order = await inspector.execution('order-1')
+        assert.equal(order.markerTtl, -1)
+        assert.equal(order.resultsTtl, -1)
+        assert.equal(order.claimsTtl, -2)
+      } finally {
+        inspector.close()
+      }
+
+      const withTtl = createSqliteStore(path, { prefix: 'ttl:', ttl: YEAR })
+      closers.push(() => withTtl.close())
+      assert.deepEqual(await withTtl.getExecutionTaskResults('job-1'), { a: [1, 2, 3] })
+      assert.equal(await withTtl.isExecutionTaskInProgress('job-1', 'b'), true)
+      assert.equal(await withTtl.tryBeginExecutionTask('job-1', 'c'), false, 'the claim made before the migration still holds')
+      // As PEXPIRE: a claim with a TTL sets the expiry of all the execution's marks.
+      const marks = binding.createInspector(`sqlite:${path}`)
+      const { claimsTtl } = await marks.execution('ttl:job-1')
+      marks.close()
+      assert.ok(claimsTtl > YEAR - 60_000 && claimsTtl <= YEAR, `claims TTL reset to a year (${claimsTtl})`)
+      assert.equal(await withTtl.isExecutionInProgress('gone:job-2'), false)
+
+      const kv = createKvStore(`sqlite:${path}`, { mounts: { config: { prefix: 'cfg:' }, cache: { prefix: 'cache:' }, tmp: { prefix: 'tmp:' } } })
+      closers.push(() => kv.close())
+      assert.deepEqual(await kv.get('config', 'theme'), { dark: true, sizes: [1, 2] })
+      assert.equal(await kv.get('cache', 'user:1'), 'Ada')
+      assert.deepEqual(await kv.keys('tmp'), [], 'an entry expired before the migration is not brought back')
+
+      const after = tables(path)
+      assert.equal(after.version, VERSION)
+      assert.deepEqual(after.names, ['ds_entries', 'ds_step_expiry', 'ds_steps'])
+      assert.deepEqual(indexes(path), ['ds_entries_expiry', 'ds_step_expiry_due'])
+      const check = new Database(path, { readonly: true })
+      const expiry = check.prepare("SELECT claims_at, results_at, due FROM ds_step_expiry WHERE exec = 'ttl:job-1'").get()
+      check.close()
+      assert.ok(expiry.due <= Math.min(expiry.claims_at, expiry.results_at), 'due is at or before both expiries')
     })
-    assert.equal(await store.isExecutionInProgress('order-1'), true)
-    // Stored JSON keeps its bytes: key order as written.
-    assert.deepEqual(Object.keys(await store.getExecutionTaskResult('order-2', 'charge')), ['amount', 'z-key', 'a-key'])
-    assert.equal(await store.isExecutionTaskInProgress('order-2', 'ship:label'), true)
-    assert.equal(await store.isExecutionTaskInProgress('order-2', 'charge'), false)
-    // The crashed step resumes: commit it, and the marker goes.
-    await store.commitExecutionTaskResult('order-2', 'ship:label', 'label-1')
-    assert.equal(await store.isExecutionTaskInProgress('order-2', 'ship:label'), false)
-    assert.equal(await store.getExecutionTaskResult('order-2', 'ship:label'), 'label-1')
-
-    const inspector = binding.createInspector(`sqlite:${path}`)
-    try {
-      const job = await inspector.execution('ttl:job-1')
-      for (const ttl of [job.markerTtl, job.claimsTtl, job.resultsTtl]) assert.ok(ttl > 90 * YEAR, `TTL kept (${ttl})`)
-      const order = await inspector.execution('order-1')
-      assert.equal(order.markerTtl, -1)
-      assert.equal(order.resultsTtl, -1)
-      assert.equal(order.claimsTtl, -2)
-    } finally {
-      inspector.close()
-    }
-
-    const withTtl = createSqliteStore(path, { prefix: 'ttl:', ttl: YEAR })
-    closers.push(() => withTtl.close())
-    assert.deepEqual(await withTtl.getExecutionTaskResults('job-1'), { a: [1, 2, 3] })
-    assert.equal(await withTtl.isExecutionTaskInProgress('job-1', 'b'), true)
-    assert.equal(await withTtl.tryBeginExecutionTask('job-1', 'c'), false, 'the claim made before the migration still holds')
-    // As PEXPIRE: a claim with a TTL sets the expiry of all the execution's marks.
-    const marks = binding.createInspector(`sqlite:${path}`)
-    const { claimsTtl } = await marks.execution('ttl:job-1')
-    marks.close()
-    assert.ok(claimsTtl > YEAR - 60_000 && claimsTtl <= YEAR, `claims TTL reset to a year (${claimsTtl})`)
-    assert.equal(await withTtl.isExecutionInProgress('gone:job-2'), false)
-
-    const kv = createKvStore(`sqlite:${path}`, { mounts: { config: { prefix: 'cfg:' }, cache: { prefix: 'cache:' }, tmp: { prefix: 'tmp:' } } })
-    closers.push(() => kv.close())
-    assert.deepEqual(await kv.get('config', 'theme'), { dark: true, sizes: [1, 2] })
-    assert.equal(await kv.get('cache', 'user:1'), 'Ada')
-    assert.deepEqual(await kv.keys('tmp'), [], 'an entry expired before the migration is not brought back')
-
-    const after = tables(path)
-    assert.equal(after.version, VERSION)
-    assert.deepEqual(after.names, ['ds_entries', 'ds_step_expiry', 'ds_steps'])
-    assert.deepEqual(indexes(path), ['ds_entries_expiry', 'ds_step_expiry_due'])
-    const check = new Database(path, { readonly: true })
-    const expiry = check.prepare("SELECT claims_at, results_at, due FROM ds_step_expiry WHERE exec = 'ttl:job-1'").get()
-    check.close()
-    assert.ok(expiry.due <= Math.min(expiry.claims_at, expiry.results_at), 'due is at or before both expiries')
-  })
 
   it('opens a migrated file again without migrating twice, from two stores at once', async () => {
     const path = fixtureCopy('twice.db')
