@@ -194,6 +194,52 @@ describe('SQLite file format', () => {
       const all = await store.getExecutionTaskResults('g')
       assert.deepEqual(all, { t0: { ok: 1 }, t2: { ok: 2 } })
     })
+
+    it(`${name}: a read answered at once still sees every call made before it, and concurrent reads still share a transaction`, async () => {
+      const store = open()
+      closers.push(() => store.close())
+      await store.beginExecution('warm-up')
+      // Made in one go, not awaited in between: the reads must see the writes before them.
+      const commit = store.commitExecutionTaskResult('seen', 't', { v: 1 })
+      const [result, inProgress, all] = await Promise.all([
+        store.getExecutionTaskResult('seen', 't'),
+        store.isExecutionTaskInProgress('seen', 't'),
+        store.getExecutionTaskResults('seen'),
+      ])
+      await commit
+      assert.deepEqual(result, { v: 1 })
+      assert.equal(inProgress, false)
+      assert.deepEqual(all, { t: { v: 1 } })
+      const claim = store.beginExecutionTask('seen', 'u')
+      assert.equal(await store.isExecutionTaskInProgress('seen', 'u'), true)
+      await claim
+      // One at a time (awaited): each answered in the call, with what the last call left.
+      for (let i = 0; i < 20; i++) {
+        await store.commitExecutionTaskResult('seq', `t${i}`, i)
+        assert.equal(await store.getExecutionTaskResult('seq', `t${i}`), i)
+        assert.equal(await store.isExecutionTaskInProgress('seq', `t${i}`), false)
+      }
+      const [groups0, calls0] = binding.debugEmbeddedGroups()
+      const reads = await Promise.all(Array.from({ length: 64 }, (_, i) => store.getExecutionTaskResult('seq', `t${i % 20}`)))
+      const [groups1, calls1] = binding.debugEmbeddedGroups()
+      assert.deepEqual(
+        reads,
+        Array.from({ length: 64 }, (_, i) => i % 20),
+      )
+      assert.equal(calls1 - calls0, 64)
+      assert.ok(groups1 - groups0 <= 2, `64 reads in one tick ran in ${groups1 - groups0} transactions`)
+      const kv = createKvStore(name === 'SQLite' ? `sqlite:${join(dir, 'group-kv.db')}` : 'memory:', { mounts: { m: { prefix: 'm:' } } })
+      closers.push(() => kv.close())
+      // (A set that must count the mount's entries first takes more than one step, and a
+      // get made meanwhile can run between them: the warm-up counts them.)
+      await kv.set('m', 'warm-up', 0)
+      const set = kv.set('m', 'k', { n: 1 })
+      assert.deepEqual(await kv.get('m', 'k'), { n: 1 }, 'get sees the set made before it')
+      await set
+      assert.equal(await kv.getOr('m', 'missing', 'fallback'), 'fallback')
+      await store.close()
+      await rejectsWith(store.isExecutionTaskInProgress('seen', 'u'), 'DISPOSED')
+    })
   }
 
   it('close() right after calls that were not awaited: those calls still complete and are stored', async () => {
