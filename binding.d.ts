@@ -39,12 +39,6 @@ export declare class NativeKvStore {
   get(mount: string, key: string): Promise<string>
   /** The stored JSON, or `null` when missing. */
   getOr(mount: string, key: string): Promise<string | null>
-  /**
-   * `get` (op 0) or `getOr` (op 1) answered at once, on an embedded store when nothing
-   * made before it is still to run; `undefined` when it cannot be: then make the call
-   * itself. `index.js` uses it for the first read of a microtask window.
-   */
-  readNow(op: number, mount: string, key: string): string | null | undefined
   /** Stores `json` after the checks of the contract's `set`. */
   set(mount: string, key: string, json: string, ttl?: number | undefined | null): Promise<boolean>
   /** Shallow-merges the object `json` into the stored object, atomically. */
@@ -114,14 +108,6 @@ export declare class NativeWorkerStore {
   isExecutionInProgress(executionId: string): Promise<boolean>
   /** Whether the step is marked in progress. */
   isExecutionTaskInProgress(executionId: string, taskId: string): Promise<boolean>
-  /**
-   * The read `op` (0: getExecutionTaskResults, 1: getExecutionTaskResult,
-   * 2: isExecutionInProgress, 3: isExecutionTaskInProgress) answered at once, on an
-   * embedded store when nothing made before it is still to run; `undefined` when it
-   * cannot be: then make the call itself. `index.js` uses it for the first read of a
-   * microtask window (no promise to create and settle, no group to schedule).
-   */
-  readNow(op: number, executionId: string, taskId?: string | undefined | null): string | Array<string> | boolean | null | undefined
   /**
    * Removes the execution: its marker, steps in progress and results (Redis: one `DEL`
    * of its three keys).

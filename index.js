@@ -305,31 +305,6 @@ function rejected(err) {
 const toUndefined = () => undefined
 
 /**
- * Reads on an embedded store (SQLite, memory) can be answered at once, in the call, like
- * a synchronous better-sqlite3 call: no promise to settle later, no group to schedule.
- * Only the first read of a microtask window is: the calls that concurrent callers make
- * in the same window still share one transaction (answering each at once measured half
- * the speed at 64 in flight). The native side declines (`undefined`) whenever a call
- * made before it is still to run, so order holds; then the read is made as a call.
- */
-let readWindowOpen = true
-const reopenReadWindow = () => {
-  readWindowOpen = true
-}
-function readNowAllowed() {
-  if (!readWindowOpen) return false
-  readWindowOpen = false
-  queueMicrotask(reopenReadWindow)
-  return true
-}
-const isEmbedded = (server) => server.backend === 'sqlite' || server.backend === 'memory'
-/** `readNow` op numbers (src/worker_store.rs `Read`). */
-const READ_RESULTS = 0
-const READ_RESULT = 1
-const READ_EXECUTION_IN_PROGRESS = 2
-const READ_TASK_IN_PROGRESS = 3
-
-/**
  * A durable WorkerStore (drop-in for @idioteque/redis's store) over Redis, Postgres, SQLite
  * or memory. Made by createRedisStore, createPostgresStore, createSqliteStore, createMemoryStore
  * or createStore.
@@ -337,7 +312,6 @@ const READ_TASK_IN_PROGRESS = 3
  */
 class DurableWorkerStore {
   #native
-  #readsNow
 
   constructor(nativeStore, target) {
     if (!(nativeStore instanceof native.NativeWorkerStore)) {
@@ -347,14 +321,7 @@ class DurableWorkerStore {
       )
     }
     this.#native = nativeStore
-    const server = describeServer(nativeStore, 'worker', target)
-    servers.set(this, server)
-    this.#readsNow = isEmbedded(server) && typeof queueMicrotask === 'function'
-  }
-
-  /** The read answered at once (see readNowAllowed), or undefined. */
-  #readNow(op, executionId, taskId) {
-    return this.#readsNow && readNowAllowed() ? this.#native.readNow(op, executionId, taskId) : undefined
+    servers.set(this, describeServer(nativeStore, 'worker', target))
   }
 
   beginExecution(executionId) {
@@ -369,13 +336,10 @@ class DurableWorkerStore {
   getExecutionTaskResults(executionId) {
     try {
       requireString('executionId', executionId)
-      const decode = (results) => {
+      return this.#native.getExecutionTaskResults(executionId).then((results) => {
         if (typeof results === 'string') return JSON.parse(results)
         return decodeEntries(results, () => this.#native.resultsKey(executionId))
-      }
-      const now = this.#readNow(READ_RESULTS, executionId)
-      if (now !== undefined) return Promise.resolve(decode(now))
-      return this.#native.getExecutionTaskResults(executionId).then(decode, rethrow)
+      }, rethrow)
     } catch (err) {
       return rejected(err)
     }
@@ -385,13 +349,10 @@ class DurableWorkerStore {
     try {
       requireString('executionId', executionId)
       requireString('taskId', taskId)
-      const decode = (text) => {
+      return this.#native.getExecutionTaskResult(executionId, taskId).then((text) => {
         if (text === null || text === undefined) return undefined
         return decodeResult(text, () => this.#native.resultsKey(executionId), taskId)
-      }
-      const now = this.#readNow(READ_RESULT, executionId, taskId)
-      if (now !== undefined) return Promise.resolve(decode(now))
-      return this.#native.getExecutionTaskResult(executionId, taskId).then(decode, rethrow)
+      }, rethrow)
     } catch (err) {
       return rejected(err)
     }
@@ -431,8 +392,6 @@ class DurableWorkerStore {
   isExecutionInProgress(executionId) {
     try {
       requireString('executionId', executionId)
-      const now = this.#readNow(READ_EXECUTION_IN_PROGRESS, executionId)
-      if (now !== undefined) return Promise.resolve(now)
       return this.#native.isExecutionInProgress(executionId).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -443,8 +402,6 @@ class DurableWorkerStore {
     try {
       requireString('executionId', executionId)
       requireString('taskId', taskId)
-      const now = this.#readNow(READ_TASK_IN_PROGRESS, executionId, taskId)
-      if (now !== undefined) return Promise.resolve(now)
       return this.#native.isExecutionTaskInProgress(executionId, taskId).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -618,7 +575,6 @@ const parseJson = (text) => JSON.parse(text)
 class KvStore {
   #native
   #mountNames
-  #readsNow
 
   constructor(nativeStore, target) {
     if (!(nativeStore instanceof native.NativeKvStore)) {
@@ -626,9 +582,7 @@ class KvStore {
     }
     this.#native = nativeStore
     this.#mountNames = new Set(parseJson(nativeStore.mounts()).map((m) => m.name))
-    const server = describeServer(nativeStore, 'kv', target)
-    servers.set(this, server)
-    this.#readsNow = isEmbedded(server) && typeof queueMicrotask === 'function'
+    servers.set(this, describeServer(nativeStore, 'kv', target))
   }
 
   /** Checks the mount before anything else (UNKNOWN_MOUNT, listing the mounts). */
@@ -641,8 +595,6 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireString('key', key)
-      const now = this.#readsNow && readNowAllowed() ? this.#native.readNow(0, mount, key) : undefined
-      if (now !== undefined) return Promise.resolve(decodeValue(now, mount, key))
       return this.#native.get(mount, key).then((text) => decodeValue(text, mount, key), rethrow)
     } catch (err) {
       return rejected(err)
@@ -653,10 +605,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireString('key', key)
-      const decode = (text) => (text === null ? fallback : decodeValue(text, mount, key))
-      const now = this.#readsNow && readNowAllowed() ? this.#native.readNow(1, mount, key) : undefined
-      if (now !== undefined) return Promise.resolve(decode(now))
-      return this.#native.getOr(mount, key).then(decode, rethrow)
+      return this.#native.getOr(mount, key).then((text) => (text === null ? fallback : decodeValue(text, mount, key)), rethrow)
     } catch (err) {
       return rejected(err)
     }

@@ -195,7 +195,7 @@ describe('SQLite file format', () => {
       assert.deepEqual(all, { t0: { ok: 1 }, t2: { ok: 2 } })
     })
 
-    it(`${name}: a read answered at once still sees every call made before it, and concurrent reads still share a transaction`, async () => {
+    it(`${name}: a read sees every call made before it, and concurrent reads share a transaction`, async () => {
       const store = open()
       closers.push(() => store.close())
       await store.beginExecution('warm-up')
@@ -213,7 +213,7 @@ describe('SQLite file format', () => {
       const claim = store.beginExecutionTask('seen', 'u')
       assert.equal(await store.isExecutionTaskInProgress('seen', 'u'), true)
       await claim
-      // One at a time (awaited): each answered in the call, with what the last call left.
+      // One at a time (awaited): each sees what the last call left.
       for (let i = 0; i < 20; i++) {
         await store.commitExecutionTaskResult('seq', `t${i}`, i)
         assert.equal(await store.getExecutionTaskResult('seq', `t${i}`), i)

@@ -18,9 +18,8 @@ use napi::{sys, Env};
 
 use crate::backend::{answer, Answer, EmbeddedBackend};
 use crate::command::{Batch, Finish, Step};
-use crate::error::{ErrorCode, StoreError, StoreResult};
+use crate::error::{ErrorCode, StoreError};
 use crate::js_promise::{self, check, Deferred};
-use crate::output::Output;
 
 /// A call waiting for its batch to run.
 pub struct Call {
@@ -54,36 +53,9 @@ thread_local! {
   static PENDING: RefCell<Vec<Call>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs a read at once, on the JS thread, when nothing made before it is still to run
-/// (no pending call on this thread, none of its keys queued to the store's thread) and
-/// the database is free: `None` otherwise, and the caller makes the call the usual way.
-/// `index.js` asks for this for the first read of a microtask window only (it would
-/// split the groups of concurrent calls otherwise: 64 in flight ran at half the speed).
-pub fn read_now(
-  store: &EmbeddedBackend,
-  batch: Batch,
-  finish: Finish,
-) -> Option<StoreResult<Output>> {
-  if batch.writes()
-    || PENDING.with(|pending| !pending.borrow().is_empty())
-    || store.must_queue(&batch)
-  {
-    return None;
-  }
-  let answers = store.try_run_now(&[&batch])?;
-  GROUPS.fetch_add(1, Ordering::Relaxed);
-  CALLS.fetch_add(1, Ordering::Relaxed);
-  let answer = crate::backend::spread(answers, 1).pop()?;
-  Some(answer.and_then(|replies| match finish(replies) {
-    Step::Done(result) => result,
-    Step::Then(..) => Err(StoreError::new(
-      ErrorCode::Internal,
-      "a read of one round trip asked for another",
-    )),
-  }))
-}
-
 /// Adds `call` to this tick's group; the first call of a tick schedules the group.
+/// (Running a read at once when nothing is pending was measured: it splits the groups
+/// of concurrent calls, 64 in flight ran at half the speed.)
 pub fn submit(env: &Env, call: Call) {
   let first = PENDING.with(|pending| {
     let mut pending = pending.borrow_mut();

@@ -196,16 +196,6 @@ impl Engine {
     }
   }
 
-  /// Runs a one-batch read at once on an embedded store, if nothing made before it
-  /// is still to run and the database is free ([`embedded_call::read_now`]); `None`:
-  /// make the call with [`call`](Self::call).
-  pub fn read_now(&self, batch: Batch, finish: Finish) -> Option<StoreResult<Output>> {
-    match self {
-      Engine::Embedded(embedded) => embedded_call::read_now(embedded, batch, finish),
-      _ => None,
-    }
-  }
-
   /// The connection events of a backend that has a server.
   pub fn events(&self) -> Option<Arc<ConnectionEvents>> {
     match self {

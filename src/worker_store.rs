@@ -14,7 +14,7 @@ use napi_derive::napi;
 
 use crate::command::{Batch, Command, Finish, Reply, Step};
 use crate::engine::Engine;
-use crate::error::{ErrorCode, StoreError, StoreResult};
+use crate::error::{StoreError, StoreResult};
 use crate::keys::KeyLayout;
 use crate::output::Output;
 use crate::results;
@@ -74,70 +74,6 @@ impl NativeWorkerStore {
     self.engine.call(env, what, batch, finish, limit)
   }
 
-  /// The batch of a read, what it is called, and what turns its reply into the output.
-  fn read(
-    &self,
-    read: Read,
-    execution_id: String,
-    task_id: Option<String>,
-  ) -> StoreResult<(&'static str, Batch, Finish)> {
-    check_id(&execution_id)?;
-    let exec = self.config.keys.execution(&execution_id);
-    let task = || task_id.clone().unwrap_or_default();
-    let truthy = |replies| Step::Done(Ok(Output::Bool(results::truthy(&first(replies)))));
-    Ok(match read {
-      Read::Results => {
-        let key = self.config.keys.results(&execution_id);
-        let finish: Finish = Box::new(move |replies| {
-          let all = results::all_results(first(replies), &key);
-          Step::Done(all.map(Output::Results))
-        });
-        (
-          "getExecutionTaskResults",
-          Batch::one(Command::StepResults { exec }),
-          finish,
-        )
-      }
-      Read::Result => {
-        let key = self.config.keys.results(&execution_id);
-        let task_id = task();
-        let batch = Batch::one(Command::StepResult {
-          exec,
-          task: task_id.clone(),
-        });
-        let finish: Finish = Box::new(move |replies| {
-          let text = results::json_text(first(replies), &key, &task_id);
-          Step::Done(text.map(Output::Text))
-        });
-        ("getExecutionTaskResult", batch, finish)
-      }
-      Read::ExecutionInProgress => (
-        "isExecutionInProgress",
-        Batch::one(Command::Get { key: exec }),
-        Box::new(truthy),
-      ),
-      Read::TaskInProgress => (
-        "isExecutionTaskInProgress",
-        Batch::one(Command::StepClaim { exec, task: task() }),
-        Box::new(truthy),
-      ),
-    })
-  }
-
-  /// A read as a call: a promise of its output.
-  fn read_call<'env>(
-    &self,
-    env: &'env Env,
-    read: Read,
-    execution_id: String,
-    task_id: Option<String>,
-  ) -> napi::Result<PromiseRaw<'env, Output>> {
-    match self.read(read, execution_id, task_id) {
-      Ok((what, batch, finish)) => self.dispatch_steps(env, what, batch, finish),
-      Err(err) => Engine::rejected(env, err),
-    }
-  }
-
   fn claim(&self, id: &str, task: String, exclusive: bool, value: String) -> Batch {
     Batch::one(Command::Claim {
       exec: self.config.keys.execution(id),
@@ -156,27 +92,6 @@ fn check_id(id: &str) -> StoreResult<()> {
     ));
   }
   Ok(())
-}
-
-/// The reads a WorkerStore answers from state alone (`readNow` takes them by number).
-#[derive(Clone, Copy)]
-enum Read {
-  Results,
-  Result,
-  ExecutionInProgress,
-  TaskInProgress,
-}
-
-impl Read {
-  fn from_op(op: u32) -> StoreResult<Self> {
-    Ok(match op {
-      0 => Read::Results,
-      1 => Read::Result,
-      2 => Read::ExecutionInProgress,
-      3 => Read::TaskInProgress,
-      other => return Err(StoreError::invalid_input(format!("unknown read {other}"))),
-    })
-  }
 }
 
 /// A marker value no other claim uses: a process-random number and a counter.
@@ -232,7 +147,14 @@ impl NativeWorkerStore {
     env: &'env Env,
     execution_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    self.read_call(env, Read::Results, execution_id, None)
+    if let Err(err) = check_id(&execution_id) {
+      return Engine::rejected(env, err);
+    }
+    let key = self.config.keys.results(&execution_id);
+    let exec = self.config.keys.execution(&execution_id);
+    let batch = Batch::one(Command::StepResults { exec });
+    let finish = move |replies| Ok(Output::Results(results::all_results(first(replies), &key)?));
+    self.dispatch(env, "getExecutionTaskResults", batch, finish)
   }
 
   /// One step's committed result as JSON text, or `null` when it has none.
@@ -243,7 +165,22 @@ impl NativeWorkerStore {
     execution_id: String,
     task_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    self.read_call(env, Read::Result, execution_id, Some(task_id))
+    if let Err(err) = check_id(&execution_id) {
+      return Engine::rejected(env, err);
+    }
+    let key = self.config.keys.results(&execution_id);
+    let batch = Batch::one(Command::StepResult {
+      exec: self.config.keys.execution(&execution_id),
+      task: task_id.clone(),
+    });
+    let finish = move |replies| {
+      Ok(Output::Text(results::json_text(
+        first(replies),
+        &key,
+        &task_id,
+      )?))
+    };
+    self.dispatch(env, "getExecutionTaskResult", batch, finish)
   }
 
   /// Marks a step in progress (Redis: `HSET <id>-transactions <task> "true"`, + `PEXPIRE`).
@@ -333,7 +270,17 @@ impl NativeWorkerStore {
     env: &'env Env,
     execution_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    self.read_call(env, Read::ExecutionInProgress, execution_id, None)
+    if let Err(err) = check_id(&execution_id) {
+      return Engine::rejected(env, err);
+    }
+    let key = self.config.keys.execution(&execution_id);
+    let finish = |replies| Ok(Output::Bool(results::truthy(&first(replies))));
+    self.dispatch(
+      env,
+      "isExecutionInProgress",
+      Batch::one(Command::Get { key }),
+      finish,
+    )
   }
 
   /// Whether the step is marked in progress.
@@ -344,30 +291,15 @@ impl NativeWorkerStore {
     execution_id: String,
     task_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    self.read_call(env, Read::TaskInProgress, execution_id, Some(task_id))
-  }
-
-  /// The read `op` (0: getExecutionTaskResults, 1: getExecutionTaskResult,
-  /// 2: isExecutionInProgress, 3: isExecutionTaskInProgress) answered at once, on an
-  /// embedded store when nothing made before it is still to run; `undefined` when it
-  /// cannot be: then make the call itself. `index.js` uses it for the first read of a
-  /// microtask window (no promise to create and settle, no group to schedule).
-  #[napi(ts_return_type = "string | Array<string> | boolean | null | undefined")]
-  pub fn read_now(
-    &self,
-    op: u32,
-    execution_id: String,
-    task_id: Option<String>,
-  ) -> napi::Result<Output, ErrorCode> {
-    let read = Read::from_op(op)?;
-    if self.closed.load(Ordering::Acquire) {
-      return Err(StoreError::disposed().into());
+    if let Err(err) = check_id(&execution_id) {
+      return Engine::rejected(env, err);
     }
-    let (_, batch, finish) = self.read(read, execution_id, task_id)?;
-    match self.engine.read_now(batch, finish) {
-      Some(result) => Ok(result?),
-      None => Ok(Output::Undefined),
-    }
+    let batch = Batch::one(Command::StepClaim {
+      exec: self.config.keys.execution(&execution_id),
+      task: task_id,
+    });
+    let finish = |replies| Ok(Output::Bool(results::truthy(&first(replies))));
+    self.dispatch(env, "isExecutionTaskInProgress", batch, finish)
   }
 
   /// Removes the execution: its marker, steps in progress and results (Redis: one `DEL`

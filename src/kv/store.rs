@@ -84,22 +84,6 @@ impl NativeKvStore {
     }
   }
 
-  /// The step of `get` (the default when missing) or `getOr` (`null` when missing).
-  fn read(&self, or_null: bool, mount: &str, key: &str) -> StoreResult<Step> {
-    let mount = self.mount(mount)?;
-    mount.check_readable("get", Some(key))?;
-    if or_null {
-      return Ok(ops::get(mount, key, |json| Ok(Output::Text(json))));
-    }
-    let fallback = match mount.declared(key)? {
-      Some(entry) => entry.default_json.clone(),
-      None => "\"\"".to_string(),
-    };
-    Ok(ops::get(mount, key, move |json| {
-      Ok(Output::Text(Some(json.unwrap_or(fallback))))
-    }))
-  }
-
   /// One command, its first reply turned into the output.
   fn single(
     command: Command,
@@ -125,7 +109,17 @@ impl NativeKvStore {
     mount: String,
     key: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    self.run(env, "get", self.read(false, &mount, &key))
+    let step = self.mount(&mount).and_then(|mount| {
+      mount.check_readable("get", Some(&key))?;
+      let fallback = match mount.declared(&key)? {
+        Some(entry) => entry.default_json.clone(),
+        None => "\"\"".to_string(),
+      };
+      Ok(ops::get(mount, &key, move |json| {
+        Ok(Output::Text(Some(json.unwrap_or(fallback))))
+      }))
+    });
+    self.run(env, "get", step)
   }
 
   /// The stored JSON, or `null` when missing.
@@ -136,29 +130,11 @@ impl NativeKvStore {
     mount: String,
     key: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    self.run(env, "getOr", self.read(true, &mount, &key))
-  }
-
-  /// `get` (op 0) or `getOr` (op 1) answered at once, on an embedded store when nothing
-  /// made before it is still to run; `undefined` when it cannot be: then make the call
-  /// itself. `index.js` uses it for the first read of a microtask window.
-  #[napi(ts_return_type = "string | null | undefined")]
-  pub fn read_now(&self, op: u32, mount: String, key: String) -> napi::Result<Output, ErrorCode> {
-    let or_null = match op {
-      0 => false,
-      1 => true,
-      other => return Err(StoreError::invalid_input(format!("unknown read {other}")).into()),
-    };
-    if self.closed.load(Ordering::Acquire) {
-      return Err(StoreError::disposed().into());
-    }
-    match self.read(or_null, &mount, &key)? {
-      Step::Done(result) => Ok(result?),
-      Step::Then(batch, finish) => match self.engine.read_now(batch, finish) {
-        Some(result) => Ok(result?),
-        None => Ok(Output::Undefined),
-      },
-    }
+    let step = self.mount(&mount).and_then(|mount| {
+      mount.check_readable("get", Some(&key))?;
+      Ok(ops::get(mount, &key, |json| Ok(Output::Text(json))))
+    });
+    self.run(env, "getOr", step)
   }
 
   /// Stores `json` after the checks of the contract's `set`.
