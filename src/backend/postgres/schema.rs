@@ -5,7 +5,9 @@
 //!   absolute expiry in ms (the server's clock), indexed where set;
 //! - `steps`: one row per (execution, task): its in-progress mark and its result;
 //! - `step_expiry`: for executions stored with a TTL, when all their marks and all their
-//!   results expire, as the two Redis hashes do.
+//!   results expire, as the two Redis hashes do; the sweep finds them by `sweep_at`, a
+//!   lower bound of both that refreshing a TTL leaves alone (so the refresh is a HOT
+//!   update of one row: no index entry, a small WAL record).
 //!
 //! Keys and values are `text` with the `"C"` collation (byte order: key ranges and
 //! `keys(pattern)` prefixes are index ranges), values JSON *text* (never `jsonb`, which
@@ -17,7 +19,7 @@ use tokio_postgres::Client;
 use crate::error::{ErrorCode, StoreError, StoreResult};
 
 /// The format this build writes.
-pub const VERSION: i32 = 1;
+pub const VERSION: i32 = 2;
 
 /// `name` as a quoted SQL identifier.
 pub fn quote_ident(name: &str) -> String {
@@ -54,28 +56,52 @@ CREATE TABLE IF NOT EXISTS {s}.steps (
 CREATE TABLE IF NOT EXISTS {s}.step_expiry (
   exec text COLLATE "C" PRIMARY KEY,
   claims_at bigint,
-  results_at bigint
-);
-CREATE INDEX IF NOT EXISTS step_expiry_claims ON {s}.step_expiry (claims_at) WHERE claims_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS step_expiry_results ON {s}.step_expiry (results_at) WHERE results_at IS NOT NULL;
+  results_at bigint,
+  sweep_at bigint
+) WITH (fillfactor = {EXPIRY_FILLFACTOR});
+CREATE INDEX IF NOT EXISTS step_expiry_sweep ON {s}.step_expiry (sweep_at) WHERE sweep_at IS NOT NULL;
 "#
   )
 }
 
+/// Version 1 indexed `claims_at` and `results_at` (partial indexes), so that every write
+/// that refreshed a TTL was a non-HOT update with index insertions; version 2 indexes
+/// `sweep_at` instead, a lower bound of both that a refresh rarely moves.
+fn migrate_v1(s: &str) -> String {
+  format!(
+    r#"
+ALTER TABLE {s}.step_expiry ADD COLUMN IF NOT EXISTS sweep_at bigint;
+UPDATE {s}.step_expiry SET sweep_at = least(claims_at, results_at);
+CREATE INDEX IF NOT EXISTS step_expiry_sweep ON {s}.step_expiry (sweep_at) WHERE sweep_at IS NOT NULL;
+DROP INDEX IF EXISTS {s}.step_expiry_claims;
+DROP INDEX IF EXISTS {s}.step_expiry_results;
+ALTER TABLE {s}.step_expiry SET (fillfactor = {EXPIRY_FILLFACTOR});
+"#
+  )
+}
+
+/// Room left in `step_expiry`'s pages for the new versions of refreshed rows (HOT updates).
+const EXPIRY_FILLFACTOR: u32 = 50;
+
+/// The functions; `CREATE OR REPLACE` with the signatures version 1 had, so that a process
+/// of the previous release still running after a migration calls these.
 fn functions(s: &str) -> String {
   format!(
     r#"
 CREATE OR REPLACE FUNCTION {s}.now_ms() RETURNS bigint LANGUAGE sql VOLATILE AS
 $$ SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
 
+-- Sets (or, both NULL, removes) an execution's expiries; `sweep_at` exactly their minimum.
 CREATE OR REPLACE FUNCTION {s}.store_expiry(p_exec text, p_claims bigint, p_results bigint)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
   IF p_claims IS NULL AND p_results IS NULL THEN
     DELETE FROM {s}.step_expiry WHERE exec = p_exec;
   ELSE
-    INSERT INTO {s}.step_expiry (exec, claims_at, results_at) VALUES (p_exec, p_claims, p_results)
-    ON CONFLICT (exec) DO UPDATE SET claims_at = excluded.claims_at, results_at = excluded.results_at;
+    INSERT INTO {s}.step_expiry (exec, claims_at, results_at, sweep_at)
+    VALUES (p_exec, p_claims, p_results, least(p_claims, p_results))
+    ON CONFLICT (exec) DO UPDATE SET claims_at = excluded.claims_at, results_at = excluded.results_at,
+      sweep_at = excluded.sweep_at;
   END IF;
 END $$;
 
@@ -107,15 +133,24 @@ END $$;
 
 -- Marks a step in progress; 1 when this call set the mark. A TTL (re)sets the expiry of
 -- all the execution's marks, also when an exclusive claim lost (as MULTI HSETNX PEXPIRE).
+-- The execution's expiry row is locked first, so that calls on one execution serialize;
+-- what expired is purged only when something has (the common case reads one row).
 CREATE OR REPLACE FUNCTION {s}.claim(p_exec text, p_task text, p_value text, p_exclusive boolean, p_ttl bigint)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
   v_now bigint := {s}.now_ms();
   v_claims bigint;
   v_results bigint;
+  v_found boolean;
   v_written integer;
 BEGIN
-  SELECT o_claims, o_results INTO v_claims, v_results FROM {s}.purge(p_exec, v_now);
+  SELECT e.claims_at, e.results_at INTO v_claims, v_results
+    FROM {s}.step_expiry e WHERE e.exec = p_exec FOR UPDATE;
+  v_found := FOUND;
+  IF v_found AND (v_claims <= v_now OR v_results <= v_now) THEN
+    SELECT o_claims, o_results INTO v_claims, v_results FROM {s}.purge(p_exec, v_now);
+    v_found := v_claims IS NOT NULL OR v_results IS NOT NULL;
+  END IF;
   IF p_exclusive THEN
     INSERT INTO {s}.steps AS s (exec, task, claim) VALUES (p_exec, p_task, p_value)
     ON CONFLICT (exec, task) DO UPDATE SET claim = excluded.claim WHERE s.claim IS NULL;
@@ -125,7 +160,13 @@ BEGIN
   END IF;
   GET DIAGNOSTICS v_written = ROW_COUNT;
   IF p_ttl IS NOT NULL THEN
-    PERFORM {s}.store_expiry(p_exec, v_now + p_ttl, v_results);
+    IF v_found THEN
+      UPDATE {s}.step_expiry SET claims_at = v_now + p_ttl, sweep_at = least(sweep_at, v_now + p_ttl)
+      WHERE exec = p_exec;
+    ELSE
+      INSERT INTO {s}.step_expiry AS e (exec, claims_at, sweep_at) VALUES (p_exec, v_now + p_ttl, v_now + p_ttl)
+      ON CONFLICT (exec) DO UPDATE SET claims_at = excluded.claims_at, sweep_at = least(e.sweep_at, excluded.sweep_at);
+    END IF;
   END IF;
   RETURN v_written;
 END $$;
@@ -133,27 +174,43 @@ END $$;
 -- Stores a step's result and clears its mark. A TTL (re)sets the expiry of all the
 -- execution's results; marks that are all gone take their expiry with them.
 CREATE OR REPLACE FUNCTION {s}.commit(p_exec text, p_task text, p_json text, p_ttl bigint)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET enable_seqscan = off AS $$
 DECLARE
   v_now bigint := {s}.now_ms();
   v_claims bigint;
   v_results bigint;
-  v_changed boolean := false;
+  v_found boolean;
+  v_clear boolean := false;
 BEGIN
-  SELECT o_claims, o_results INTO v_claims, v_results FROM {s}.purge(p_exec, v_now);
+  SELECT e.claims_at, e.results_at INTO v_claims, v_results
+    FROM {s}.step_expiry e WHERE e.exec = p_exec FOR UPDATE;
+  v_found := FOUND;
+  IF v_found AND (v_claims <= v_now OR v_results <= v_now) THEN
+    SELECT o_claims, o_results INTO v_claims, v_results FROM {s}.purge(p_exec, v_now);
+    v_found := v_claims IS NOT NULL OR v_results IS NOT NULL;
+  END IF;
   INSERT INTO {s}.steps AS s (exec, task, claim, result) VALUES (p_exec, p_task, NULL, p_json)
   ON CONFLICT (exec, task) DO UPDATE SET claim = NULL, result = excluded.result;
   IF v_claims IS NOT NULL
      AND NOT EXISTS (SELECT 1 FROM {s}.steps WHERE exec = p_exec AND claim IS NOT NULL) THEN
-    v_claims := NULL;
-    v_changed := true;
+    v_clear := true;
   END IF;
   IF p_ttl IS NOT NULL THEN
-    v_results := v_now + p_ttl;
-    v_changed := true;
-  END IF;
-  IF v_changed THEN
-    PERFORM {s}.store_expiry(p_exec, v_claims, v_results);
+    IF v_found THEN
+      UPDATE {s}.step_expiry
+      SET claims_at = CASE WHEN v_clear THEN NULL ELSE claims_at END,
+        results_at = v_now + p_ttl, sweep_at = least(sweep_at, v_now + p_ttl)
+      WHERE exec = p_exec;
+    ELSE
+      INSERT INTO {s}.step_expiry AS e (exec, results_at, sweep_at) VALUES (p_exec, v_now + p_ttl, v_now + p_ttl)
+      ON CONFLICT (exec) DO UPDATE SET results_at = excluded.results_at, sweep_at = least(e.sweep_at, excluded.sweep_at);
+    END IF;
+  ELSIF v_clear THEN
+    IF v_results IS NULL THEN
+      DELETE FROM {s}.step_expiry WHERE exec = p_exec;
+    ELSE
+      UPDATE {s}.step_expiry SET claims_at = NULL WHERE exec = p_exec;
+    END IF;
   END IF;
 END $$;
 
@@ -178,9 +235,11 @@ BEGIN
   END LOOP;
 END $$;
 
--- Removes at most p_limit expired entries and purges at most 2 * p_limit executions
--- with expired steps, found through the expiry indexes (never a full scan); rows that
--- another transaction holds are left for the next sweep.
+-- Removes at most p_limit expired entries and visits at most 2 * p_limit executions
+-- whose `sweep_at` has passed, found through the expiry indexes (never a full scan): it
+-- purges what expired, and moves `sweep_at` of a row whose expiries were refreshed
+-- since up to the earliest of them. Entries that another transaction holds are left
+-- for the next sweep.
 CREATE OR REPLACE FUNCTION {s}.sweep(p_limit integer)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
@@ -193,11 +252,11 @@ BEGIN
     ORDER BY expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED);
   GET DIAGNOSTICS v_count = ROW_COUNT;
   FOR v_exec IN
-    (SELECT exec FROM {s}.step_expiry WHERE claims_at <= v_now ORDER BY claims_at LIMIT p_limit)
-    UNION
-    (SELECT exec FROM {s}.step_expiry WHERE results_at <= v_now ORDER BY results_at LIMIT p_limit)
+    SELECT exec FROM {s}.step_expiry WHERE sweep_at <= v_now ORDER BY sweep_at LIMIT 2 * p_limit
   LOOP
     PERFORM {s}.purge(v_exec, v_now);
+    UPDATE {s}.step_expiry SET sweep_at = least(claims_at, results_at)
+    WHERE exec = v_exec AND sweep_at <= v_now;
     v_count := v_count + 1;
   END LOOP;
   RETURN v_count;
@@ -206,14 +265,17 @@ END $$;
   )
 }
 
-/// Creates the schema, tables and functions, or checks the recorded version. Several
-/// processes starting at once take an advisory lock: one creates, the others find it done.
+/// Creates the schema, tables and functions, migrates an older version, or checks the
+/// recorded version. Several processes starting at once take an advisory lock: one
+/// creates (or migrates), the others find it done.
 pub async fn prepare(client: &Client, schema: &str) -> StoreResult<()> {
   let s = quote_ident(schema);
   let version_sql = format!("SELECT version FROM {s}.meta WHERE id = 1");
   if let Ok(row) = client.query_opt(&version_sql, &[]).await {
     if let Some(found) = row.map(|r| r.get::<_, i32>(0)) {
-      return check_version(found, schema);
+      if found >= VERSION {
+        return check_version(found, schema);
+      }
     }
   }
   let lock_key = format!("durastate:{schema}");
@@ -247,7 +309,6 @@ pub async fn prepare(client: &Client, schema: &str) -> StoreResult<()> {
   };
   let created = async {
     match found {
-      Some(_) => Ok(()),
       None => {
         client.batch_execute(&tables(&s)).await?;
         client.batch_execute(&functions(&s)).await?;
@@ -259,6 +320,18 @@ pub async fn prepare(client: &Client, schema: &str) -> StoreResult<()> {
           .await
           .map(|_| ())
       }
+      Some(1) => {
+        client.batch_execute(&migrate_v1(&s)).await?;
+        client.batch_execute(&functions(&s)).await?;
+        client
+          .execute(
+            &format!("UPDATE {s}.meta SET version = $1 WHERE id = 1"),
+            &[&VERSION],
+          )
+          .await
+          .map(|_| ())
+      }
+      Some(_) => Ok(()),
     }
   }
   .await;
@@ -271,8 +344,8 @@ pub async fn prepare(client: &Client, schema: &str) -> StoreResult<()> {
     .await
     .map_err(|e| setup_error(e, schema))?;
   match found {
-    Some(version) => check_version(version, schema),
-    None => Ok(()),
+    Some(version) if version != 1 => check_version(version, schema),
+    _ => Ok(()),
   }
 }
 
