@@ -48,7 +48,7 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     assert.equal(server.sql('SELECT version FROM ds_v1.meta'), '2')
     const indexes = server.sql("SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'ds_v1' AND tablename = 'step_expiry'")
     assert.equal(indexes, 'step_expiry_pkey,step_expiry_sweep')
-    assert.equal(server.sql("SELECT count(*) FROM ds_v1.step_expiry WHERE sweep_at IS DISTINCT FROM least(claims_at, results_at)"), '0')
+    assert.equal(server.sql('SELECT count(*) FROM ds_v1.step_expiry WHERE sweep_at IS DISTINCT FROM least(claims_at, results_at)'), '0')
     assert.deepEqual(await store.getExecutionTaskResults('live'), { r: 1 })
     assert.deepEqual(await store.getExecutionTaskResults('gone'), {})
     assert.equal(await store.isExecutionTaskInProgress('gone', 'a'), false)
@@ -60,7 +60,8 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     assert.equal(server.sql("SELECT claims_at IS NULL AND results_at > 0 FROM ds_v1.step_expiry WHERE exec = 'live'"), 't')
     // the first write started a sweep: what expired under version 1 is removed
     const deadline = Date.now() + 5_000
-    const left = () => server.sql("SELECT (SELECT count(*) FROM ds_v1.steps WHERE exec = 'gone') + (SELECT count(*) FROM ds_v1.step_expiry WHERE exec = 'gone')")
+    const left = () =>
+      server.sql("SELECT (SELECT count(*) FROM ds_v1.steps WHERE exec = 'gone') + (SELECT count(*) FROM ds_v1.step_expiry WHERE exec = 'gone')")
     while (Date.now() < deadline && left() !== '0') await sleep(50)
     assert.equal(left(), '0')
     await store.close()
@@ -127,6 +128,29 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await store.commitExecutionTaskResult('e', 'r3', 3)
     assert.deepEqual(await store.getExecutionTaskResults('e'), { r3: 3 })
     await store.close()
+  })
+
+  it('keeps the marks expiry while a mark is left, and drops it with the last mark', async () => {
+    const schema = 'ds_marks'
+    const store = createPostgresStore(server.url, { schema, ttl: 60_000 })
+    const plain = createPostgresStore(server.url, { schema })
+    const expiry = () => server.sql(`SELECT (claims_at IS NOT NULL)::text || ',' || (results_at IS NOT NULL)::text FROM ${schema}.step_expiry WHERE exec = 'e'`)
+    await store.beginExecutionTask('e', 'a')
+    assert.equal(await store.tryBeginExecutionTask('e', 'b'), true)
+    assert.equal(expiry(), 'true,false')
+    await store.commitExecutionTaskResult('e', 'a', 1)
+    assert.equal(expiry(), 'true,true')
+    assert.equal(await store.isExecutionTaskInProgress('e', 'b'), true)
+    await store.commitExecutionTaskResult('e', 'b', 2)
+    assert.equal(expiry(), 'false,true')
+    // a mark without a TTL after the last one went has none (as HSET on a new hash)
+    await plain.beginExecutionTask('e', 'c')
+    assert.equal(expiry(), 'false,true')
+    assert.equal(await plain.tryBeginExecutionTask('e', 'c'), false)
+    await plain.commitExecutionTaskResult('e', 'c', 3)
+    assert.equal(expiry(), 'false,true')
+    assert.deepEqual(await store.getExecutionTaskResults('e'), { a: 1, b: 2, c: 3 })
+    await Promise.all([store.close(), plain.close()])
   })
 
   it('sweeps expired rows in bounded batches through the expiry index', async () => {

@@ -142,14 +142,24 @@ DECLARE
   v_claims bigint;
   v_results bigint;
   v_found boolean;
+  v_refreshed boolean := false;
   v_written integer;
 BEGIN
-  SELECT e.claims_at, e.results_at INTO v_claims, v_results
-    FROM {s}.step_expiry e WHERE e.exec = p_exec FOR UPDATE;
-  v_found := FOUND;
-  IF v_found AND (v_claims <= v_now OR v_results <= v_now) THEN
-    SELECT o_claims, o_results INTO v_claims, v_results FROM {s}.purge(p_exec, v_now);
-    v_found := v_claims IS NOT NULL OR v_results IS NOT NULL;
+  -- With a TTL and an expiry row of which nothing expired (the common case), refreshing
+  -- it is what locks it.
+  IF p_ttl IS NOT NULL THEN
+    UPDATE {s}.step_expiry SET claims_at = v_now + p_ttl, sweep_at = least(sweep_at, v_now + p_ttl)
+    WHERE exec = p_exec AND (claims_at IS NULL OR claims_at > v_now) AND (results_at IS NULL OR results_at > v_now);
+    v_refreshed := FOUND;
+  END IF;
+  IF NOT v_refreshed THEN
+    SELECT e.claims_at, e.results_at INTO v_claims, v_results
+      FROM {s}.step_expiry e WHERE e.exec = p_exec FOR UPDATE;
+    v_found := FOUND;
+    IF v_found AND (v_claims <= v_now OR v_results <= v_now) THEN
+      SELECT o_claims, o_results INTO v_claims, v_results FROM {s}.purge(p_exec, v_now);
+      v_found := v_claims IS NOT NULL OR v_results IS NOT NULL;
+    END IF;
   END IF;
   IF p_exclusive THEN
     INSERT INTO {s}.steps AS s (exec, task, claim) VALUES (p_exec, p_task, p_value)
@@ -159,7 +169,7 @@ BEGIN
     ON CONFLICT (exec, task) DO UPDATE SET claim = excluded.claim;
   END IF;
   GET DIAGNOSTICS v_written = ROW_COUNT;
-  IF p_ttl IS NOT NULL THEN
+  IF p_ttl IS NOT NULL AND NOT v_refreshed THEN
     IF v_found THEN
       UPDATE {s}.step_expiry SET claims_at = v_now + p_ttl, sweep_at = least(sweep_at, v_now + p_ttl)
       WHERE exec = p_exec;
@@ -180,8 +190,23 @@ DECLARE
   v_claims bigint;
   v_results bigint;
   v_found boolean;
-  v_clear boolean := false;
 BEGIN
+  -- With a TTL and an expiry row of which nothing expired (the common case), refreshing
+  -- it is what locks it; then the marks' expiry goes when the last mark has.
+  IF p_ttl IS NOT NULL THEN
+    UPDATE {s}.step_expiry SET results_at = v_now + p_ttl, sweep_at = least(sweep_at, v_now + p_ttl)
+    WHERE exec = p_exec AND (claims_at IS NULL OR claims_at > v_now) AND (results_at IS NULL OR results_at > v_now)
+    RETURNING claims_at INTO v_claims;
+    IF FOUND THEN
+      INSERT INTO {s}.steps AS s (exec, task, claim, result) VALUES (p_exec, p_task, NULL, p_json)
+      ON CONFLICT (exec, task) DO UPDATE SET claim = NULL, result = excluded.result;
+      IF v_claims IS NOT NULL THEN
+        UPDATE {s}.step_expiry SET claims_at = NULL WHERE exec = p_exec
+          AND NOT EXISTS (SELECT 1 FROM {s}.steps WHERE exec = p_exec AND claim IS NOT NULL);
+      END IF;
+      RETURN;
+    END IF;
+  END IF;
   SELECT e.claims_at, e.results_at INTO v_claims, v_results
     FROM {s}.step_expiry e WHERE e.exec = p_exec FOR UPDATE;
   v_found := FOUND;
@@ -193,24 +218,17 @@ BEGIN
   ON CONFLICT (exec, task) DO UPDATE SET claim = NULL, result = excluded.result;
   IF v_claims IS NOT NULL
      AND NOT EXISTS (SELECT 1 FROM {s}.steps WHERE exec = p_exec AND claim IS NOT NULL) THEN
-    v_clear := true;
-  END IF;
-  IF p_ttl IS NOT NULL THEN
-    IF v_found THEN
-      UPDATE {s}.step_expiry
-      SET claims_at = CASE WHEN v_clear THEN NULL ELSE claims_at END,
-        results_at = v_now + p_ttl, sweep_at = least(sweep_at, v_now + p_ttl)
-      WHERE exec = p_exec;
-    ELSE
-      INSERT INTO {s}.step_expiry AS e (exec, results_at, sweep_at) VALUES (p_exec, v_now + p_ttl, v_now + p_ttl)
-      ON CONFLICT (exec) DO UPDATE SET results_at = excluded.results_at, sweep_at = least(e.sweep_at, excluded.sweep_at);
-    END IF;
-  ELSIF v_clear THEN
-    IF v_results IS NULL THEN
+    -- the last mark is gone: so is the marks' expiry
+    IF p_ttl IS NULL AND v_results IS NULL THEN
       DELETE FROM {s}.step_expiry WHERE exec = p_exec;
     ELSE
-      UPDATE {s}.step_expiry SET claims_at = NULL WHERE exec = p_exec;
+      UPDATE {s}.step_expiry SET claims_at = NULL, results_at = coalesce(v_now + p_ttl, results_at),
+        sweep_at = least(sweep_at, v_now + p_ttl)
+      WHERE exec = p_exec;
     END IF;
+  ELSIF p_ttl IS NOT NULL THEN
+    INSERT INTO {s}.step_expiry AS e (exec, results_at, sweep_at) VALUES (p_exec, v_now + p_ttl, v_now + p_ttl)
+    ON CONFLICT (exec) DO UPDATE SET results_at = excluded.results_at, sweep_at = least(e.sweep_at, excluded.sweep_at);
   END IF;
 END $$;
 
