@@ -3,6 +3,7 @@
 // backends, a stopped server, a wrong password, bad URLs). The fault cases start a
 // server of their own; the others use the one `npm test` started.
 import { randomUUID } from 'node:crypto'
+import { readFileSync } from 'node:fs'
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -26,12 +27,48 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await store.close()
     const tables = server.sql("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'ds_custom'")
     assert.equal(tables, 'entries,meta,step_expiry,steps')
-    assert.equal(server.sql('SELECT version FROM ds_custom.meta'), '1')
+    assert.equal(server.sql('SELECT version FROM ds_custom.meta'), '2')
     assert.equal(server.sql("SELECT value FROM ds_custom.entries WHERE key = 'first'"), 'true')
     // values are JSON text, byte for byte (never jsonb)
     const again = createPostgresStore(server.url, { schema: 'ds_custom' })
     await again.commitExecutionTaskResult('first', 's', { z: 1, a: { y: 2, b: 3 } })
     assert.equal(server.sql("SELECT result FROM ds_custom.steps WHERE exec = 'first'"), '{"z":1,"a":{"y":2,"b":3}}')
+    await again.close()
+  })
+
+  it('migrates a schema of format version 1 (the first release) in place, keeping its data and TTLs', async () => {
+    // fixtures/postgres-v1.sql: the tables, functions and meta row version 1 created; state written through its functions
+    server.sql(readFileSync(new URL('./fixtures/postgres-v1.sql', import.meta.url), 'utf8'))
+    server.sql(`SELECT ds_v1.claim('live', 'a', 'true', false, 600000); SELECT ds_v1.commit('live', 'r', '1', 600000);
+      SELECT ds_v1.claim('gone', 'a', 'true', false, 1); SELECT ds_v1.commit('gone', 'r', '2', 1);
+      SELECT ds_v1.claim('plain', 'a', 'true', false, NULL); INSERT INTO ds_v1.entries VALUES ('plain', 'true', NULL)`)
+    await sleep(20)
+    const store = createPostgresStore(server.url, { schema: 'ds_v1' })
+    assert.equal(await store.isExecutionTaskInProgress('live', 'a'), true)
+    assert.equal(server.sql('SELECT version FROM ds_v1.meta'), '2')
+    const indexes = server.sql("SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'ds_v1' AND tablename = 'step_expiry'")
+    assert.equal(indexes, 'step_expiry_pkey,step_expiry_sweep')
+    assert.equal(server.sql('SELECT count(*) FROM ds_v1.step_expiry WHERE sweep_at IS DISTINCT FROM least(claims_at, results_at)'), '0')
+    assert.deepEqual(await store.getExecutionTaskResults('live'), { r: 1 })
+    assert.deepEqual(await store.getExecutionTaskResults('gone'), {})
+    assert.equal(await store.isExecutionTaskInProgress('gone', 'a'), false)
+    assert.equal(await store.isExecutionTaskInProgress('plain', 'a'), true)
+    assert.equal(await store.isExecutionInProgress('plain'), true)
+    // writes on migrated rows: the last mark taken by a commit takes the marks' expiry with it
+    await store.commitExecutionTaskResult('live', 'a', 3)
+    assert.deepEqual(await store.getExecutionTaskResults('live'), { a: 3, r: 1 })
+    assert.equal(server.sql("SELECT claims_at IS NULL AND results_at > 0 FROM ds_v1.step_expiry WHERE exec = 'live'"), 't')
+    // the first write started a sweep: what expired under version 1 is removed
+    const deadline = Date.now() + 5_000
+    const left = () =>
+      server.sql("SELECT (SELECT count(*) FROM ds_v1.steps WHERE exec = 'gone') + (SELECT count(*) FROM ds_v1.step_expiry WHERE exec = 'gone')")
+    while (Date.now() < deadline && left() !== '0') await sleep(50)
+    assert.equal(left(), '0')
+    await store.close()
+    // a later process finds version 2
+    const again = createPostgresStore(server.url, { schema: 'ds_v1', ttl: 60_000 })
+    assert.equal(await again.tryBeginExecutionTask('live', 'b'), true)
+    assert.equal(await again.tryBeginExecutionTask('live', 'b'), false)
     await again.close()
   })
 
@@ -93,6 +130,29 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await store.close()
   })
 
+  it('keeps the marks expiry while a mark is left, and drops it with the last mark', async () => {
+    const schema = 'ds_marks'
+    const store = createPostgresStore(server.url, { schema, ttl: 60_000 })
+    const plain = createPostgresStore(server.url, { schema })
+    const expiry = () => server.sql(`SELECT (claims_at IS NOT NULL)::text || ',' || (results_at IS NOT NULL)::text FROM ${schema}.step_expiry WHERE exec = 'e'`)
+    await store.beginExecutionTask('e', 'a')
+    assert.equal(await store.tryBeginExecutionTask('e', 'b'), true)
+    assert.equal(expiry(), 'true,false')
+    await store.commitExecutionTaskResult('e', 'a', 1)
+    assert.equal(expiry(), 'true,true')
+    assert.equal(await store.isExecutionTaskInProgress('e', 'b'), true)
+    await store.commitExecutionTaskResult('e', 'b', 2)
+    assert.equal(expiry(), 'false,true')
+    // a mark without a TTL after the last one went has none (as HSET on a new hash)
+    await plain.beginExecutionTask('e', 'c')
+    assert.equal(expiry(), 'false,true')
+    assert.equal(await plain.tryBeginExecutionTask('e', 'c'), false)
+    await plain.commitExecutionTaskResult('e', 'c', 3)
+    assert.equal(expiry(), 'false,true')
+    assert.deepEqual(await store.getExecutionTaskResults('e'), { a: 1, b: 2, c: 3 })
+    await Promise.all([store.close(), plain.close()])
+  })
+
   it('sweeps expired rows in bounded batches through the expiry index', async () => {
     const schema = 'ds_sweep'
     const kv = createKvStore(server.url, { schema, prefix: 'sw:' })
@@ -148,6 +208,31 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     )
     assert.equal(settled[7].reason.code, 'INVALID_INPUT')
     for (let i = 0; i < 20; i++) if (i !== 7) assert.equal(await store.getExecutionTaskResult(`ok${i}`, 't'), i)
+    await store.close()
+  })
+
+  it('answers a read of a group from committed state, and a read after a write of its key with what the write stored', async () => {
+    // one lane: calls made together share a group (reads of untouched keys are answered before its commit)
+    const store = createPostgresStore(server.url, { prefix: fresh(), poolSize: 2 })
+    await store.commitExecutionTaskResult('b', 't', 'b0')
+    for (const [n, failing] of [
+      [1, false],
+      [2, true],
+    ]) {
+      const calls = [
+        store.commitExecutionTaskResult('a', 't', n),
+        store.getExecutionTaskResult('a', 't'),
+        store.getExecutionTaskResult('b', 't'),
+        store.isExecutionTaskInProgress('b', 't'),
+        // a NUL in a key is refused by Postgres: the group rolls back and its calls run alone
+        ...(failing ? [store.commitExecutionTaskResult('bad\u0000id', 't', 0).catch((err) => err.code)] : []),
+        store.commitExecutionTaskResult('b', 't', `b${n}`),
+        store.getExecutionTaskResult('b', 't'),
+        store.getExecutionTaskResults('a'),
+      ]
+      const expected = [undefined, n, `b${n - 1}`, false, ...(failing ? ['INVALID_INPUT'] : []), undefined, `b${n}`, { t: n }]
+      assert.deepEqual(await Promise.all(calls), expected)
+    }
     await store.close()
   })
 

@@ -32,6 +32,16 @@ pub trait AsyncBackend: Send + Sync + 'static {
   fn speaks_redis(&self) -> bool;
   /// Runs one batch in one round trip or transaction; `what` names the call in errors.
   fn execute(&self, what: &'static str, batch: Batch) -> BoxFuture<'_, StoreResult<Vec<Reply>>>;
+  /// Queues a call's first batch now, on the JS thread, so that calls run in the order
+  /// they were made (a task spawned per call may start in any order); the future answers
+  /// it. The default gives the batch back: it runs through `execute` on the call's task.
+  fn execute_now(
+    self: Arc<Self>,
+    _what: &'static str,
+    batch: Batch,
+  ) -> Result<BoxFuture<'static, StoreResult<Vec<Reply>>>, Batch> {
+    Err(batch)
+  }
   /// Releases connections; calls in flight finish.
   fn close(&self);
   /// Whether the keys of one atomic batch must share one slot (a Redis Cluster), so a
@@ -167,10 +177,19 @@ impl Engine {
           completion,
           ..
         } = call;
-        let steps = run_steps(what, limit, Step::Then(batch, finish), move |batch| {
-          let backend = backend.clone();
+        let later = backend.clone();
+        let execute = move |batch| {
+          let backend = later.clone();
           async move { backend.execute(what, batch).await }
-        });
+        };
+        let steps = match backend.execute_now(what, batch) {
+          Ok(first) => async move {
+            let replies = bounded(what, limit, first).await?;
+            run_steps(what, limit, finish(replies), execute).await
+          }
+          .boxed(),
+          Err(batch) => run_steps(what, limit, Step::Then(batch, finish), execute).boxed(),
+        };
         napi::bindgen_prelude::spawn(async move {
           let result = match AssertUnwindSafe(steps).catch_unwind().await {
             Ok(result) => result,

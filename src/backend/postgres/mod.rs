@@ -6,9 +6,11 @@
 //! batch's first key, so calls on one key run in the order they were made), and each lane
 //! runs everything queued to it since its last round as one group on one connection: the statements of every call go out back
 //! to back (pipelined, each prepared once per connection) inside one transaction, whose
-//! `COMMIT` follows them in the same write. Every call of the group is answered once
+//! `COMMIT` follows them in the same write. Every write of the group is answered once
 //! that `COMMIT` is acknowledged: durable as the server's `synchronous_commit` says,
-//! never weaker than a call committed alone. One call alone with one statement runs
+//! never weaker than a call committed alone. A read of keys that no earlier call of the
+//! group writes is answered as soon as its statement is (`early_reads`): it saw only
+//! what was committed, so it answers what it would alone. One call alone with one statement runs
 //! without `BEGIN`/`COMMIT` (autocommit), and a group of reads needs no transaction. If
 //! a statement of a group fails, nothing of the group landed (the transaction rolled
 //! back), and its calls run again one by one, so each gets its own answer.
@@ -87,12 +89,31 @@ type Answer = Result<Vec<Reply>, Failure>;
 
 struct Job {
   batch: Arc<Batch>,
-  reply: oneshot::Sender<Answer>,
+  /// Taken by the first answer (a read may be answered before its group commits).
+  reply: Mutex<Option<oneshot::Sender<Answer>>>,
 }
 
 impl Job {
-  fn answer(self, answer: Answer) {
-    let _ = self.reply.send(answer);
+  fn new(batch: Arc<Batch>, reply: oneshot::Sender<Answer>) -> Self {
+    Self {
+      batch,
+      reply: Mutex::new(Some(reply)),
+    }
+  }
+
+  fn sender(&self) -> std::sync::MutexGuard<'_, Option<oneshot::Sender<Answer>>> {
+    self.reply.lock().unwrap_or_else(|e| e.into_inner())
+  }
+
+  /// Answers the call, unless it was answered already.
+  fn answer(&self, answer: Answer) {
+    if let Some(reply) = self.sender().take() {
+      let _ = reply.send(answer);
+    }
+  }
+
+  fn answered(&self) -> bool {
+    self.sender().as_ref().is_none_or(|reply| reply.is_closed())
   }
 }
 
@@ -181,7 +202,15 @@ impl AsyncBackend for PostgresBackend {
   }
 
   fn execute(&self, _what: &'static str, batch: Batch) -> BoxFuture<'_, StoreResult<Vec<Reply>>> {
-    Box::pin(self.inner.clone().execute(batch))
+    self.inner.clone().execute(batch)
+  }
+
+  fn execute_now(
+    self: Arc<Self>,
+    _what: &'static str,
+    batch: Batch,
+  ) -> Result<BoxFuture<'static, StoreResult<Vec<Reply>>>, Batch> {
+    Ok(self.inner.clone().execute(batch))
   }
 
   fn close(&self) {
@@ -221,11 +250,7 @@ impl Inner {
     let waits: Vec<_> = (0..self.lanes.len())
       .map(|lane| {
         let (reply, answer) = oneshot::channel();
-        let job = Job {
-          batch: Arc::new(Batch::many(Vec::new())),
-          reply,
-        };
-        self.submit(lane, job);
+        self.submit(lane, Job::new(Arc::new(Batch::many(Vec::new())), reply));
         answer
       })
       .collect();
@@ -234,21 +259,46 @@ impl Inner {
     }
   }
 
-  /// Runs a batch as part of the lane's next group; after a dropped connection sends it
-  /// again when it may be (see the module doc). The caller bounds the whole by
-  /// `commandTimeout`.
-  async fn execute(self: Arc<Self>, batch: Batch) -> StoreResult<Vec<Reply>> {
+  /// Queues a batch to its lane now (so calls on one key run in the order they were
+  /// made; a scan waits for a barrier first), and returns the future of its answer.
+  fn execute(self: Arc<Self>, batch: Batch) -> BoxFuture<'static, StoreResult<Vec<Reply>>> {
     if let Some(command) = batch.commands.iter().find(|c| !ops::is_store_operation(c)) {
-      return Err(StoreError::new(
+      let err = StoreError::new(
         ErrorCode::Internal,
         format!("{command:?} is a Redis command, not a store operation"),
-      ));
-    }
-    if batch.reads_any_key() && self.lanes.len() > 1 {
-      self.barrier().await;
+      );
+      return Box::pin(std::future::ready(Err(err)));
     }
     let lane = self.lane_of(&batch);
     let batch = Arc::new(batch);
+    let first = match batch.reads_any_key() && self.lanes.len() > 1 {
+      true => None,
+      false => Some(self.send(lane, &batch)),
+    };
+    Box::pin(self.attempts(lane, batch, first))
+  }
+
+  /// Queues one attempt at a batch; a closed store drops it (the answer reads as disposed).
+  fn send(self: &Arc<Self>, lane: usize, batch: &Arc<Batch>) -> oneshot::Receiver<Answer> {
+    let (reply, answer) = oneshot::channel();
+    if !self.closed.load(Ordering::Acquire) {
+      self.submit(lane, Job::new(batch.clone(), reply));
+    }
+    answer
+  }
+
+  /// Awaits the batch's answer (`first`, or after a barrier one sent now); after a dropped
+  /// connection sends it again when it may be (see the module doc). The caller bounds the
+  /// whole by `commandTimeout`.
+  async fn attempts(
+    self: Arc<Self>,
+    lane: usize,
+    batch: Arc<Batch>,
+    mut first: Option<oneshot::Receiver<Answer>>,
+  ) -> StoreResult<Vec<Reply>> {
+    if first.is_none() {
+      self.barrier().await;
+    }
     let mut budget = Budget::new(&self.retry, batch.may_resend());
     let mut recovering = false;
     let mut conflicts = 0;
@@ -256,14 +306,10 @@ impl Inner {
       if self.closed.load(Ordering::Acquire) {
         return Err(StoreError::disposed());
       }
-      let (reply, answer) = oneshot::channel();
-      self.submit(
-        lane,
-        Job {
-          batch: batch.clone(),
-          reply,
-        },
-      );
+      let answer = match first.take() {
+        Some(answer) => answer,
+        None => self.send(lane, &batch),
+      };
       let failure = match answer.await {
         Ok(Ok(replies)) => return Ok(replies),
         Ok(Err(failure)) => failure,
@@ -300,7 +346,8 @@ impl Inner {
     lane.queue.push_back(job);
     if !lane.running {
       lane.running = true;
-      tokio::spawn(self.clone().drain(index));
+      // (from the JS thread too: napi's runtime)
+      napi::bindgen_prelude::spawn(self.clone().drain(index));
     }
   }
 
@@ -309,7 +356,7 @@ impl Inner {
     loop {
       let jobs: Vec<Job> = {
         let mut lane = self.lane(index);
-        lane.queue.retain(|job| !job.reply.is_closed());
+        lane.queue.retain(|job| !job.answered());
         if lane.queue.is_empty() {
           lane.running = false;
           return;
@@ -410,7 +457,12 @@ impl Inner {
     };
     let batches: Vec<&Batch> = jobs.iter().map(|job| &*job.batch).collect();
     let writes = batches.iter().any(|batch| batch.writes());
-    let outcome = self.bounded(&client, &batches).await;
+    let early: Vec<Option<&Job>> = early_reads(&batches)
+      .into_iter()
+      .zip(&jobs)
+      .map(|(early, job)| early.then_some(job))
+      .collect();
+    let outcome = self.bounded(&client, &batches, &early).await;
     let answers = match outcome {
       Outcome::Answers(answers) => answers,
       Outcome::RolledBack(failure) if jobs.len() == 1 => vec![Err(failure)],
@@ -418,12 +470,13 @@ impl Inner {
         // Nothing of the group landed: each call again, alone, for its own answer.
         let mut answers = Vec::with_capacity(jobs.len());
         let mut gone = None;
-        for batch in &batches {
-          if gone.is_some() {
+        for (batch, job) in batches.iter().zip(&jobs) {
+          if gone.is_some() || job.answered() {
+            // (an answered read: it ran, and its answer was sent before the rollback)
             answers.push(Err(Failure::NotSent));
             continue;
           }
-          answers.push(match self.bounded(&client, &[batch]).await {
+          answers.push(match self.bounded(&client, &[batch], &[]).await {
             Outcome::Answers(mut one) => one.pop().unwrap_or(Err(Failure::NotSent)),
             Outcome::RolledBack(failure) => Err(failure),
             Outcome::Dropped(err) => {
@@ -461,8 +514,14 @@ impl Inner {
 
   /// `run` within `commandTimeout`; past it the connection is given up (its state is
   /// unknown), which counts as dropped.
-  async fn bounded(&self, client: &ClientWrapper, batches: &[&Batch]) -> Outcome {
-    match tokio::time::timeout(self.command_timeout, run(client, &self.sql, batches)).await {
+  async fn bounded(
+    &self,
+    client: &ClientWrapper,
+    batches: &[&Batch],
+    early: &[Option<&Job>],
+  ) -> Outcome {
+    let running = run(client, &self.sql, batches, early);
+    match tokio::time::timeout(self.command_timeout, running).await {
       Ok(outcome) => outcome,
       Err(_) => Outcome::Dropped(StoreError::new(
         ErrorCode::Timeout,
@@ -513,9 +572,36 @@ enum Outcome {
   Dropped(StoreError),
 }
 
+/// The calls of a group that may be answered as soon as their statement answered, before
+/// the group commits: a read of keys that no earlier call of the group writes sees only
+/// what other transactions committed, and Postgres shows a commit to others once its
+/// flush is done (`synchronous_commit`), so the answer is what a read alone would answer.
+/// Reads of keys they do not name (scans) and multi-statement reads wait for the group.
+fn early_reads(batches: &[&Batch]) -> Vec<bool> {
+  let mut written: std::collections::HashSet<&str> = std::collections::HashSet::new();
+  batches
+    .iter()
+    .map(|batch| {
+      if batch.writes() {
+        written.extend(batch.keys().map(String::as_str));
+        return false;
+      }
+      matches!(&batch.commands[..], [command] if !ops::is_multi(command))
+        && !batch.reads_any_key()
+        && batch.keys().all(|key| !written.contains(key.as_str()))
+    })
+    .collect()
+}
+
 /// Runs the batches on one connection: pipelined, in one transaction when the group
 /// writes with more than one statement (or a statement that reads before it writes).
-async fn run(client: &ClientWrapper, sql: &Statements, batches: &[&Batch]) -> Outcome {
+/// The calls of `early` (by batch) are answered as soon as their statement answered.
+async fn run(
+  client: &ClientWrapper,
+  sql: &Statements,
+  batches: &[&Batch],
+  early: &[Option<&Job>],
+) -> Outcome {
   let commands: Vec<(usize, &crate::command::Command)> = batches
     .iter()
     .enumerate()
@@ -557,11 +643,19 @@ async fn run(client: &ClientWrapper, sql: &Statements, batches: &[&Batch]) -> Ou
     if begin {
       futures.push(Box::pin(simple(client, "BEGIN")));
     }
-    futures.extend(
-      segment
-        .iter()
-        .map(|(_, command)| ops::run(client, sql, command)),
-    );
+    futures.extend(segment.iter().map(|(index, command)| {
+      let op = ops::run(client, sql, command);
+      match early.get(*index).copied().flatten() {
+        Some(job) => Box::pin(async move {
+          let result = op.await;
+          if let Ok(reply) = &result {
+            job.answer(Ok(vec![reply.clone()]));
+          }
+          result
+        }) as BoxFuture<'_, OpResult>,
+        None => op,
+      }
+    }));
     if commit {
       futures.push(Box::pin(simple(client, "COMMIT")));
     }
