@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{oneshot, Notify};
 
 use super::connect::{open_stream, Stream};
@@ -51,12 +51,13 @@ enum Waiter {
   },
 }
 
-/// A socket both the task and a caller's thread may write to (they take turns under the
-/// state's lock): plain TCP or a unix socket. TLS keeps its stream in the task.
+/// The write half of a socket both the task and a caller's thread may write to (they
+/// take turns under the state's lock): plain TCP or a unix socket. TLS keeps its stream
+/// in the task.
 enum Socket {
-  Tcp(tokio::net::TcpStream),
+  Tcp(tokio::net::tcp::OwnedWriteHalf),
   #[cfg(unix)]
-  Unix(tokio::net::UnixStream),
+  Unix(tokio::net::unix::OwnedWriteHalf),
 }
 
 impl Socket {
@@ -68,22 +69,6 @@ impl Socket {
     }
   }
 
-  fn try_read_buf(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
-    match self {
-      Socket::Tcp(s) => s.try_read_buf(buf),
-      #[cfg(unix)]
-      Socket::Unix(s) => s.try_read_buf(buf),
-    }
-  }
-
-  async fn readable(&self) -> std::io::Result<()> {
-    match self {
-      Socket::Tcp(s) => s.readable().await,
-      #[cfg(unix)]
-      Socket::Unix(s) => s.readable().await,
-    }
-  }
-
   async fn writable(&self) -> std::io::Result<()> {
     match self {
       Socket::Tcp(s) => s.writable().await,
@@ -91,23 +76,15 @@ impl Socket {
       Socket::Unix(s) => s.writable().await,
     }
   }
-
-  /// Reads what arrived into `buf`, waiting until something did.
-  async fn read(&self, buf: &mut BytesMut) -> std::io::Result<usize> {
-    loop {
-      self.readable().await?;
-      match self.try_read_buf(buf) {
-        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
-        result => return result,
-      }
-    }
-  }
 }
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
 
 /// The task's open connection.
 enum Conn {
-  /// Plain TCP or a unix socket, shared with callers through [`State::direct`].
-  Direct(Arc<Socket>),
+  /// Plain TCP or a unix socket, its write half shared with callers through
+  /// [`State::direct`].
+  Direct { reader: Reader, writer: Arc<Socket> },
   /// TLS: only the task writes, from its own buffer.
   Tls {
     reader: ReadHalf<Stream>,
@@ -328,7 +305,9 @@ async fn run(shared: Arc<Shared>) {
         }));
       }
       match conn.as_mut() {
-        Some(Conn::Direct(socket)) if !blocked && !state.core.unsent().is_empty() => {
+        Some(Conn::Direct { writer: socket, .. })
+          if !blocked && !state.core.unsent().is_empty() =>
+        {
           match state.core.write_unsent(|b| socket.try_write(b)) {
             Ok(all) => blocked = !all,
             Err(err) => dropped = Some(lost(&err.to_string())),
@@ -359,10 +338,14 @@ async fn run(shared: Arc<Shared>) {
     }
     received.reserve(64 * 1024);
     let mut socket: Option<&Socket> = None;
+    let mut direct_reader = None;
     let mut tls_reader = None;
     let mut tls_writer = None;
     match conn.as_mut() {
-      Some(Conn::Direct(direct)) => socket = Some(&**direct),
+      Some(Conn::Direct { reader, writer }) => {
+        direct_reader = Some(reader);
+        socket = Some(&**writer);
+      }
       Some(Conn::Tls {
         reader,
         writer,
@@ -380,8 +363,8 @@ async fn run(shared: Arc<Shared>) {
       biased;
       () = shared.wake.notified() => Event::Woken,
       read = async {
-        match (socket, tls_reader) {
-          (Some(socket), _) => socket.read(&mut received).await,
+        match (direct_reader, tls_reader) {
+          (Some(reader), _) => reader.read_buf(&mut received).await,
           (None, Some(reader)) => reader.read_buf(&mut received).await,
           (None, None) => std::future::pending().await,
         }
@@ -436,9 +419,21 @@ async fn run(shared: Arc<Shared>) {
         received.clear();
         blocked = false;
         let opened = match stream {
-          Stream::Plain(stream) => Conn::Direct(Arc::new(Socket::Tcp(stream))),
+          Stream::Plain(stream) => {
+            let (reader, writer) = stream.into_split();
+            Conn::Direct {
+              reader: Box::new(reader),
+              writer: Arc::new(Socket::Tcp(writer)),
+            }
+          }
           #[cfg(unix)]
-          Stream::Unix(stream) => Conn::Direct(Arc::new(Socket::Unix(stream))),
+          Stream::Unix(stream) => {
+            let (reader, writer) = stream.into_split();
+            Conn::Direct {
+              reader: Box::new(reader),
+              writer: Arc::new(Socket::Unix(writer)),
+            }
+          }
           stream => {
             let (reader, writer) = tokio::io::split(stream);
             Conn::Tls {
@@ -449,8 +444,8 @@ async fn run(shared: Arc<Shared>) {
             }
           }
         };
-        if let Conn::Direct(socket) = &opened {
-          state.direct = Some(socket.clone());
+        if let Conn::Direct { writer, .. } = &opened {
+          state.direct = Some(writer.clone());
         }
         conn = Some(opened);
         None
@@ -491,7 +486,8 @@ async fn run(shared: Arc<Shared>) {
         let read = {
           let mut state = shared.lock();
           let core_received = state.core.received();
-          if core_received.is_empty() {
+          if core_received.is_empty() && received.len() > 64 * 1024 {
+            // A large value: handed over, not copied.
             std::mem::swap(core_received, &mut received);
           } else {
             core_received.extend_from_slice(&received);
