@@ -10,19 +10,22 @@
 //! call is in flight, that thread also writes the call's bytes to the socket itself, with
 //! a non-blocking write: the call crosses no thread on its way out. Otherwise (a write
 //! that would block, TLS, no connection yet, calls in flight) it wakes the task, which
-//! writes every byte queued by then in one write. Bytes go out in the order of the core's
+//! writes every byte queued by then in one write. The caller never waits for the lock:
+//! while the task holds it (reading replies), or calls already wait there, a call goes
+//! to a channel the task empties into the core before anything else. Bytes go out in the order of the core's
 //! queue either way. The task reads the replies, runs each call's continuation
 //! (`Step::Then`, queued and written by the task itself), and does everything else:
 //! connect, reconnect, deadlines. Calls settle through the amortised completions
 //! (`completions.rs`): one wake-up of the JS thread settles every call finished by then.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::connect::{open_stream, Stream};
 use super::redis_core::{lost, Core};
@@ -104,7 +107,9 @@ struct State {
   /// queued now; when not, a caller that wrote its call itself wakes the task.
   watching: bool,
   taking_calls: bool,
-  started: bool,
+  /// Calls made while the lock was busy, to be queued by the task; given to the task
+  /// when it starts.
+  calls: Option<mpsc::UnboundedReceiver<(Waiter, Batch)>>,
 }
 
 /// What the task needs, shared with the store.
@@ -116,6 +121,8 @@ struct Shared {
   state: Mutex<State>,
   /// Wakes the task: calls to write, a connection to open, the store closed.
   wake: Notify,
+  /// How many calls wait in the channel: while any does, callers queue behind them there.
+  queued: AtomicUsize,
 }
 
 impl Shared {
@@ -127,6 +134,9 @@ impl Shared {
 /// A Redis server reached over one pipelined connection, driven by a tokio task.
 pub struct RedisBackend {
   shared: Arc<Shared>,
+  /// Where a call goes when the lock is busy (the task is reading replies), so the JS
+  /// thread never waits for it.
+  calls: mpsc::UnboundedSender<(Waiter, Batch)>,
   pub events: Arc<ConnectionEvents>,
 }
 
@@ -140,7 +150,9 @@ impl RedisBackend {
   ) -> Self {
     let events = ConnectionEvents::new(ServerInfo::redis(&target));
     let core = Core::new(retry, target.sentinel.is_some());
+    let (calls, receiver) = mpsc::unbounded_channel();
     Self {
+      calls,
       shared: Arc::new(Shared {
         target,
         connect_timeout,
@@ -151,9 +163,10 @@ impl RedisBackend {
           direct: None,
           watching: false,
           taking_calls: true,
-          started: false,
+          calls: Some(receiver),
         }),
         wake: Notify::new(),
+        queued: AtomicUsize::new(0),
       }),
       events,
     }
@@ -191,10 +204,35 @@ impl RedisBackend {
   }
 
   /// Queues a call; writes it at once when the socket is free (see the module's doc),
-  /// else wakes the task to.
+  /// else wakes the task to. When the task holds the lock, or calls already wait in the
+  /// channel, the call joins them there (behind them, so calls keep their order).
   fn submit(&self, waiter: Waiter, batch: Batch) -> Result<(), Waiter> {
     let shared = &self.shared;
-    let mut state = shared.lock();
+    if shared.queued.load(Ordering::Acquire) == 0 {
+      let state = match shared.state.try_lock() {
+        Ok(state) => Some(state),
+        Err(TryLockError::Poisoned(err)) => Some(err.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+      };
+      if let Some(state) = state {
+        return self.submit_locked(state, waiter, batch);
+      }
+    }
+    shared.queued.fetch_add(1, Ordering::AcqRel);
+    if let Err(err) = self.calls.send((waiter, batch)) {
+      shared.queued.fetch_sub(1, Ordering::AcqRel);
+      return Err(err.0 .0);
+    }
+    Ok(())
+  }
+
+  fn submit_locked(
+    &self,
+    mut state: MutexGuard<'_, State>,
+    waiter: Waiter,
+    batch: Batch,
+  ) -> Result<(), Waiter> {
+    let shared = &self.shared;
     if !state.taking_calls {
       return Err(waiter);
     }
@@ -214,12 +252,11 @@ impl RedisBackend {
       }
       None => true,
     };
-    let start = !state.started;
-    state.started = true;
+    let start = state.calls.take();
     drop(state);
-    if start {
+    if let Some(calls) = start {
+      let task = run(shared.clone(), calls);
       // Where no thread can be started, the shared runtime runs the task.
-      let task = run(shared.clone());
       drop(match runtime() {
         Some(runtime) => runtime.spawn(task),
         None => napi::bindgen_prelude::spawn(task),
@@ -269,6 +306,7 @@ impl Waiter {
 /// Something the task waited for.
 enum Event {
   Woken,
+  Call(Option<(Waiter, Batch)>),
   Opened(StoreResult<Stream>),
   BackoffOver,
   Read(std::io::Result<usize>),
@@ -280,7 +318,7 @@ enum Event {
 type Connecting = std::pin::Pin<Box<dyn std::future::Future<Output = StoreResult<Stream>> + Send>>;
 
 /// The store's task: runs until the store is closed (or dropped) and no call waits.
-async fn run(shared: Arc<Shared>) {
+async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<(Waiter, Batch)>) {
   let mut conn: Option<Conn> = None;
   let mut connecting: Option<Connecting> = None;
   let mut backoff: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
@@ -290,12 +328,20 @@ async fn run(shared: Arc<Shared>) {
   let mut rested = false;
   let mut received = BytesMut::new();
   let mut done = Vec::new();
+  let mut channel_open = true;
   loop {
     let mut dropped = None;
     let deadline = {
       let mut state = shared.lock();
+      take_calls(&shared, &mut state, &mut calls, None);
       if !state.taking_calls && !state.core.has_waiters() {
         state.direct = None;
+        // A call sent to the channel from now on is given back to its caller.
+        calls.close();
+        while let Ok((waiter, _)) = calls.try_recv() {
+          shared.queued.fetch_sub(1, Ordering::AcqRel);
+          waiter.reject(StoreError::disposed());
+        }
         return;
       }
       if conn.is_none() && connecting.is_none() && backoff.is_none() && state.core.has_waiters() {
@@ -362,6 +408,7 @@ async fn run(shared: Arc<Shared>) {
     let event = tokio::select! {
       biased;
       () = shared.wake.notified() => Event::Woken,
+      call = calls.recv(), if channel_open => Event::Call(call),
       read = async {
         match (direct_reader, tls_reader) {
           (Some(reader), _) => reader.read_buf(&mut received).await,
@@ -405,6 +452,15 @@ async fn run(shared: Arc<Shared>) {
     }
     let dropped = match event {
       Event::Woken => None,
+      Event::Call(None) => {
+        channel_open = false;
+        None
+      }
+      Event::Call(Some(call)) => {
+        let mut state = shared.lock();
+        take_calls(&shared, &mut state, &mut calls, Some(call));
+        None
+      }
       Event::Opened(Ok(stream)) => {
         connecting = None;
         // A Sentinel store's server is the master the sentinels named: the socket's peer.
@@ -527,6 +583,32 @@ async fn run(shared: Arc<Shared>) {
     if let Some(err) = dropped {
       on_drop(&shared, &mut conn, &mut blocked, err);
     }
+  }
+}
+
+/// Queues the calls that wait in the channel (`first`, received already, then the rest),
+/// in order, before any call made after them; rejects them when the store is closed.
+fn take_calls(
+  shared: &Shared,
+  state: &mut State,
+  calls: &mut mpsc::UnboundedReceiver<(Waiter, Batch)>,
+  first: Option<(Waiter, Batch)>,
+) {
+  let mut next = first;
+  if next.is_none() && shared.queued.load(Ordering::Acquire) == 0 {
+    return;
+  }
+  let deadline = Instant::now() + shared.command_timeout;
+  loop {
+    let Some((waiter, batch)) = next.take().or_else(|| calls.try_recv().ok()) else {
+      return;
+    };
+    if state.taking_calls {
+      state.core.push(waiter, batch, deadline);
+    } else {
+      waiter.reject(StoreError::disposed());
+    }
+    shared.queued.fetch_sub(1, Ordering::AcqRel);
   }
 }
 
