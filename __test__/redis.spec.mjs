@@ -308,6 +308,41 @@ describe('Redis store', () => {
     }
   })
 
+  // The threads driver writes a call on the calling thread when nothing is in flight,
+  // and leaves what the socket does not take to its task; calls made meanwhile queue
+  // behind those bytes. A value far larger than a socket buffer makes the first write
+  // block part-way.
+  it('keeps calls in order when a large value fills the socket and small calls follow it', async () => {
+    const store = open({ prefix: prefix() })
+    await store.beginExecution('e')
+    const big = { blob: 'x'.repeat(8 << 20) }
+    const calls = [store.commitExecutionTaskResult('e', 'big', big)]
+    for (let i = 0; i < 50; i++) {
+      calls.push(store.commitExecutionTaskResult('e', 'n', { i }))
+      calls.push(store.getExecutionTaskResult('e', 'n'))
+    }
+    calls.push(store.getExecutionTaskResult('e', 'big'))
+    const results = await Promise.all(calls)
+    for (let i = 0; i < 50; i++) assert.deepEqual(results[2 + 2 * i], { i }, `the get after commit ${i}`)
+    assert.equal(results.at(-1).blob.length, big.blob.length)
+    // One call at a time: each written by the calling thread (a large one only in part).
+    for (let i = 0; i < 4; i++) {
+      const value = { blob: String(i).repeat(3 << 20) }
+      await store.commitExecutionTaskResult('e', `big${i}`, value)
+      assert.deepEqual(await store.getExecutionTaskResult('e', 'n'), { i: i ? 100 + i - 1 : 49 })
+      await store.commitExecutionTaskResult('e', 'n', { i: 100 + i })
+      assert.deepEqual(await store.getExecutionTaskResult('e', `big${i}`), value)
+      assert.deepEqual(await store.getExecutionTaskResult('e', 'n'), { i: 100 + i })
+    }
+    // Large values both ways at once, small calls between.
+    const mixed = await Promise.all(
+      Array.from({ length: 6 }, (_, i) =>
+        i % 2 ? store.getExecutionTaskResult('e', `big${i >> 1}`) : store.commitExecutionTaskResult('e', `m${i}`, { blob: 'y'.repeat(1 << 20) }),
+      ),
+    )
+    mixed.forEach((r, i) => i % 2 && assert.equal(r.blob, String(i >> 1).repeat(3 << 20)))
+  })
+
   it('runs on a unix socket (the threads driver), with a password and a database', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'durastate-unix-'))
     const socket = join(dir, 'redis.sock')

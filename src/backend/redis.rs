@@ -3,18 +3,29 @@
 //! connection (`connect.rs`: plain TCP, TLS, a unix socket; with Sentinel the master the
 //! sentinels name) and the connection core every single-server driver shares
 //! (`redis_core.rs`: the queue, reply matching, deadlines, requeue after a drop, the
-//! retry budget and backoff). Calls come in over a channel; every call queued by the time
-//! the task runs goes out in one write, and each call's continuation (`Step::Then`) is
-//! queued by the task itself, so a call needs no task of its own. Calls settle through
-//! the amortised completions (`completions.rs`): one wake-up of the JS thread settles
-//! every call finished by then.
+//! retry budget and backoff), which sits behind a mutex shared with the callers.
+//!
+//! A call is queued in the core by the thread that makes it (the JS thread). When the
+//! connection is up over plain TCP or a unix socket, no bytes wait to go out and no other
+//! call is in flight, that thread also writes the call's bytes to the socket itself, with
+//! a non-blocking write: the call crosses no thread on its way out. Otherwise (a write
+//! that would block, TLS, no connection yet, calls in flight) it wakes the task, which
+//! writes every byte queued by then in one write. The caller never waits for the lock:
+//! while the task holds it (reading replies), or calls already wait there, a call goes
+//! to a channel the task empties into the core before anything else. Bytes go out in the order of the core's
+//! queue either way. The task reads the replies, runs each call's continuation
+//! (`Step::Then`, queued and written by the task itself), and does everything else:
+//! connect, reconnect, deadlines. Calls settle through the amortised completions
+//! (`completions.rs`): one wake-up of the JS thread settles every call finished by then.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::connect::{open_stream, Stream};
 use super::redis_core::{lost, Core};
@@ -43,30 +54,89 @@ enum Waiter {
   },
 }
 
-struct Submit {
-  waiter: Waiter,
-  batch: Batch,
+/// The write half of a socket both the task and a caller's thread may write to (they
+/// take turns under the state's lock): plain TCP or a unix socket. TLS keeps its stream
+/// in the task.
+enum Socket {
+  Tcp(tokio::net::tcp::OwnedWriteHalf),
+  #[cfg(unix)]
+  Unix(tokio::net::unix::OwnedWriteHalf),
 }
 
-/// What the task needs to connect.
+impl Socket {
+  fn try_write(&self, bytes: &[u8]) -> std::io::Result<usize> {
+    match self {
+      Socket::Tcp(s) => s.try_write(bytes),
+      #[cfg(unix)]
+      Socket::Unix(s) => s.try_write(bytes),
+    }
+  }
+
+  async fn writable(&self) -> std::io::Result<()> {
+    match self {
+      Socket::Tcp(s) => s.writable().await,
+      #[cfg(unix)]
+      Socket::Unix(s) => s.writable().await,
+    }
+  }
+}
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+
+/// The task's open connection.
+enum Conn {
+  /// Plain TCP or a unix socket, its write half shared with callers through
+  /// [`State::direct`].
+  Direct { reader: Reader, writer: Arc<Socket> },
+  /// TLS: only the task writes, from its own buffer.
+  Tls {
+    reader: ReadHalf<Stream>,
+    writer: WriteHalf<Stream>,
+    /// The bytes being written, and how many of them are out.
+    writing: Vec<u8>,
+    written: usize,
+  },
+}
+
+/// What callers and the task share, under one lock.
+struct State {
+  core: Core<Waiter>,
+  /// The open connection's socket while a caller may write to it.
+  direct: Option<Arc<Socket>>,
+  /// Whether the task has a timer armed that fires no later than the deadline of a call
+  /// queued now; when not, a caller that wrote its call itself wakes the task.
+  watching: bool,
+  taking_calls: bool,
+  /// Calls made while the lock was busy, to be queued by the task; given to the task
+  /// when it starts.
+  calls: Option<mpsc::UnboundedReceiver<(Waiter, Batch)>>,
+}
+
+/// What the task needs, shared with the store.
 struct Shared {
   target: RedisTarget,
   connect_timeout: Duration,
   command_timeout: Duration,
-  retry: RetrySettings,
   events: Arc<ConnectionEvents>,
+  state: Mutex<State>,
+  /// Wakes the task: calls to write, a connection to open, the store closed.
+  wake: Notify,
+  /// How many calls wait in the channel: while any does, callers queue behind them there.
+  queued: AtomicUsize,
 }
 
-/// The channel to the store's task, started on first use.
-struct Channel {
-  sender: Option<mpsc::UnboundedSender<Submit>>,
-  receiver: Option<mpsc::UnboundedReceiver<Submit>>,
+impl Shared {
+  fn lock(&self) -> MutexGuard<'_, State> {
+    self.state.lock().unwrap_or_else(|e| e.into_inner())
+  }
 }
 
 /// A Redis server reached over one pipelined connection, driven by a tokio task.
 pub struct RedisBackend {
   shared: Arc<Shared>,
-  channel: Mutex<Channel>,
+  /// Where a call goes when the lock is busy (the task is reading replies), so the JS
+  /// thread never waits for it.
+  calls: mpsc::UnboundedSender<(Waiter, Batch)>,
   pub events: Arc<ConnectionEvents>,
 }
 
@@ -79,18 +149,24 @@ impl RedisBackend {
     retry: RetrySettings,
   ) -> Self {
     let events = ConnectionEvents::new(ServerInfo::redis(&target));
-    let (sender, receiver) = mpsc::unbounded_channel();
+    let core = Core::new(retry, target.sentinel.is_some());
+    let (calls, receiver) = mpsc::unbounded_channel();
     Self {
+      calls,
       shared: Arc::new(Shared {
         target,
         connect_timeout,
         command_timeout,
-        retry,
         events: events.clone(),
-      }),
-      channel: Mutex::new(Channel {
-        sender: Some(sender),
-        receiver: Some(receiver),
+        state: Mutex::new(State {
+          core,
+          direct: None,
+          watching: false,
+          taking_calls: true,
+          calls: Some(receiver),
+        }),
+        wake: Notify::new(),
+        queued: AtomicUsize::new(0),
       }),
       events,
     }
@@ -110,7 +186,7 @@ impl RedisBackend {
       finish,
       completion,
     };
-    if let Err(Submit { waiter, .. }) = self.submit(Submit { waiter, batch }) {
+    if let Err(waiter) = self.submit(waiter, batch) {
       waiter.reject(StoreError::disposed());
     }
   }
@@ -119,7 +195,7 @@ impl RedisBackend {
   pub async fn execute(&self, what: &'static str, batch: Batch) -> StoreResult<Vec<Reply>> {
     let (reply, replies) = oneshot::channel();
     let waiter = Waiter::Batch { what, reply };
-    if self.submit(Submit { waiter, batch }).is_err() {
+    if self.submit(waiter, batch).is_err() {
       return Err(StoreError::disposed());
     }
     replies
@@ -127,23 +203,86 @@ impl RedisBackend {
       .unwrap_or_else(|_| Err(StoreError::disposed()))
   }
 
-  fn submit(&self, submit: Submit) -> Result<(), Submit> {
-    let mut channel = self.channel.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(sender) = &channel.sender else {
-      return Err(submit);
+  /// Queues a call; writes it at once when the socket is free (see the module's doc),
+  /// else wakes the task to. When the task holds the lock, or calls already wait in the
+  /// channel, the call joins them there (behind them, so calls keep their order).
+  fn submit(&self, waiter: Waiter, batch: Batch) -> Result<(), Waiter> {
+    let shared = &self.shared;
+    if shared.queued.load(Ordering::Acquire) == 0 {
+      let state = match shared.state.try_lock() {
+        Ok(state) => Some(state),
+        Err(TryLockError::Poisoned(err)) => Some(err.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+      };
+      if let Some(state) = state {
+        return self.submit_locked(state, waiter, batch);
+      }
+    }
+    shared.queued.fetch_add(1, Ordering::AcqRel);
+    if let Err(err) = self.calls.send((waiter, batch)) {
+      shared.queued.fetch_sub(1, Ordering::AcqRel);
+      return Err(err.0 .0);
+    }
+    Ok(())
+  }
+
+  fn submit_locked(
+    &self,
+    mut state: MutexGuard<'_, State>,
+    waiter: Waiter,
+    batch: Batch,
+  ) -> Result<(), Waiter> {
+    let shared = &self.shared;
+    if !state.taking_calls {
+      return Err(waiter);
+    }
+    // Written here only when nothing waits to go out (else this call's bytes would pass
+    // them) and no call is in flight: under load the task writes the calls of one wake-up
+    // in one write, which costs the caller's thread less than a write per call.
+    let direct = state
+      .direct
+      .clone()
+      .filter(|_| state.core.unsent().is_empty() && state.core.is_idle());
+    state
+      .core
+      .push(waiter, batch, Instant::now() + shared.command_timeout);
+    let wake = match direct {
+      Some(socket) => {
+        !matches!(state.core.write_unsent(|b| socket.try_write(b)), Ok(true)) || !state.watching
+      }
+      None => true,
     };
-    sender.send(submit).map_err(|err| err.0)?;
-    if let Some(receiver) = channel.receiver.take() {
-      napi::bindgen_prelude::spawn(run(self.shared.clone(), receiver));
+    let start = state.calls.take();
+    drop(state);
+    if let Some(calls) = start {
+      let task = run(shared.clone(), calls);
+      // Where no thread can be started, the shared runtime runs the task.
+      drop(match runtime() {
+        Some(runtime) => runtime.spawn(task),
+        None => napi::bindgen_prelude::spawn(task),
+      });
+    } else if wake {
+      shared.wake.notify_one();
     }
     Ok(())
   }
 
   /// Takes no more calls; calls in flight finish, then the connection closes.
   pub fn close(&self) {
-    let mut channel = self.channel.lock().unwrap_or_else(|e| e.into_inner());
-    channel.sender = None;
-    channel.receiver = None;
+    let mut state = self.shared.lock();
+    if !state.taking_calls {
+      return;
+    }
+    state.taking_calls = false;
+    state.core.close();
+    drop(state);
+    self.shared.wake.notify_one();
+  }
+}
+
+impl Drop for RedisBackend {
+  fn drop(&mut self) {
+    self.close();
   }
 }
 
@@ -166,59 +305,129 @@ impl Waiter {
 
 /// Something the task waited for.
 enum Event {
-  Call(Option<Submit>),
+  Woken,
+  Call(Option<(Waiter, Batch)>),
   Opened(StoreResult<Stream>),
   BackoffOver,
   Read(std::io::Result<usize>),
   Wrote(std::io::Result<usize>),
+  Writable(std::io::Result<()>),
   Deadline,
 }
 
 type Connecting = std::pin::Pin<Box<dyn std::future::Future<Output = StoreResult<Stream>> + Send>>;
 
 /// The store's task: runs until the store is closed (or dropped) and no call waits.
-async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<Submit>) {
-  let mut core: Core<Waiter> = Core::new(shared.retry, shared.target.sentinel.is_some());
-  let mut reader: Option<ReadHalf<Stream>> = None;
-  let mut writer: Option<WriteHalf<Stream>> = None;
+async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<(Waiter, Batch)>) {
+  let mut conn: Option<Conn> = None;
   let mut connecting: Option<Connecting> = None;
   let mut backoff: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-  // The bytes being written, and how many of them are out.
-  let mut writing: Vec<u8> = Vec::new();
-  let mut written = 0;
-  let mut taking_calls = true;
+  // Direct socket: bytes wait for it to take more.
+  let mut blocked = false;
+  // The timer fired with no call waiting: the next one is armed by a caller's wake-up.
+  let mut rested = false;
+  let mut received = BytesMut::new();
+  let mut done = Vec::new();
+  let mut channel_open = true;
   loop {
-    if !taking_calls && !core.has_waiters() {
-      return;
+    let mut dropped = None;
+    let deadline = {
+      let mut state = shared.lock();
+      take_calls(&shared, &mut state, &mut calls, None);
+      if !state.taking_calls && !state.core.has_waiters() {
+        state.direct = None;
+        // A call sent to the channel from now on is given back to its caller.
+        calls.close();
+        while let Ok((waiter, _)) = calls.try_recv() {
+          shared.queued.fetch_sub(1, Ordering::AcqRel);
+          waiter.reject(StoreError::disposed());
+        }
+        return;
+      }
+      if conn.is_none() && connecting.is_none() && backoff.is_none() && state.core.has_waiters() {
+        let shared = shared.clone();
+        connecting = Some(Box::pin(async move {
+          open_stream(&shared.target, shared.connect_timeout).await
+        }));
+      }
+      match conn.as_mut() {
+        Some(Conn::Direct { writer: socket, .. })
+          if !blocked && !state.core.unsent().is_empty() =>
+        {
+          match state.core.write_unsent(|b| socket.try_write(b)) {
+            Ok(all) => blocked = !all,
+            Err(err) => dropped = Some(lost(&err.to_string())),
+          }
+        }
+        Some(Conn::Tls {
+          writing, written, ..
+        }) if *written == writing.len() && !state.core.unsent().is_empty() => {
+          *writing = state.core.take_unsent(std::mem::take(writing));
+          *written = 0;
+        }
+        _ => {}
+      }
+      // While connected, a timer is always armed (at the latest one command timeout
+      // away), so a call a caller writes itself is timed out without waking the task;
+      // after a quiet timeout, it rests until a caller wakes it.
+      let deadline = match state.core.next_deadline() {
+        Some(deadline) => Some(deadline),
+        None if conn.is_some() && !rested => Some(Instant::now() + shared.command_timeout),
+        None => None,
+      };
+      state.watching = deadline.is_some();
+      deadline
+    };
+    if let Some(err) = dropped {
+      on_drop(&shared, &mut conn, &mut blocked, err);
+      continue;
     }
-    if reader.is_none() && connecting.is_none() && backoff.is_none() && core.has_waiters() {
-      let shared = shared.clone();
-      connecting = Some(Box::pin(async move {
-        open_stream(&shared.target, shared.connect_timeout).await
-      }));
-    }
-    if writer.is_some() && written == writing.len() && !core.unsent().is_empty() {
-      writing = core.take_unsent(std::mem::take(&mut writing));
-      written = 0;
-    }
-    let deadline = core.next_deadline();
-    let received = core.received();
     received.reserve(64 * 1024);
+    let mut socket: Option<&Socket> = None;
+    let mut direct_reader = None;
+    let mut tls_reader = None;
+    let mut tls_writer = None;
+    match conn.as_mut() {
+      Some(Conn::Direct { reader, writer }) => {
+        direct_reader = Some(reader);
+        socket = Some(&**writer);
+      }
+      Some(Conn::Tls {
+        reader,
+        writer,
+        writing,
+        written,
+      }) => {
+        tls_reader = Some(reader);
+        if *written < writing.len() {
+          tls_writer = Some((writer, &writing[*written..]));
+        }
+      }
+      None => {}
+    }
     let event = tokio::select! {
       biased;
-      call = calls.recv(), if taking_calls => Event::Call(call),
+      () = shared.wake.notified() => Event::Woken,
+      call = calls.recv(), if channel_open => Event::Call(call),
       read = async {
-        match reader.as_mut() {
-          Some(reader) => reader.read_buf(received).await,
-          None => std::future::pending().await,
+        match (direct_reader, tls_reader) {
+          (Some(reader), _) => reader.read_buf(&mut received).await,
+          (None, Some(reader)) => reader.read_buf(&mut received).await,
+          (None, None) => std::future::pending().await,
         }
       } => Event::Read(read),
       wrote = async {
-        match writer.as_mut() {
-          Some(writer) if written < writing.len() => writer.write(&writing[written..]).await,
-          _ => std::future::pending().await,
+        match tls_writer {
+          Some((writer, bytes)) => writer.write(bytes).await,
+          None => std::future::pending().await,
         }
       } => Event::Wrote(wrote),
+      writable = async {
+        match socket {
+          Some(socket) if blocked => socket.writable().await,
+          _ => std::future::pending().await,
+        }
+      } => Event::Writable(writable),
       opened = async {
         match connecting.as_mut() {
           Some(connecting) => connecting.await,
@@ -238,19 +447,18 @@ async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<Submit>) {
         }
       } => Event::Deadline,
     };
+    if !matches!(event, Event::Deadline) {
+      rested = false;
+    }
     let dropped = match event {
-      Event::Call(Some(submit)) => {
-        let deadline = Instant::now() + shared.command_timeout;
-        core.push(submit.waiter, submit.batch, deadline);
-        // Everything queued by now goes out in the same write.
-        while let Ok(submit) = calls.try_recv() {
-          core.push(submit.waiter, submit.batch, deadline);
-        }
+      Event::Woken => None,
+      Event::Call(None) => {
+        channel_open = false;
         None
       }
-      Event::Call(None) => {
-        taking_calls = false;
-        core.close();
+      Event::Call(Some(call)) => {
+        let mut state = shared.lock();
+        take_calls(&shared, &mut state, &mut calls, Some(call));
         None
       }
       Event::Opened(Ok(stream)) => {
@@ -262,17 +470,45 @@ async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<Submit>) {
           _ => server.address(),
         };
         shared.events.connected(address);
-        core.connected();
-        let (read_half, write_half) = tokio::io::split(stream);
-        reader = Some(read_half);
-        writer = Some(write_half);
-        writing.clear();
-        written = 0;
+        let mut state = shared.lock();
+        state.core.connected();
+        received.clear();
+        blocked = false;
+        let opened = match stream {
+          Stream::Plain(stream) => {
+            let (reader, writer) = stream.into_split();
+            Conn::Direct {
+              reader: Box::new(reader),
+              writer: Arc::new(Socket::Tcp(writer)),
+            }
+          }
+          #[cfg(unix)]
+          Stream::Unix(stream) => {
+            let (reader, writer) = stream.into_split();
+            Conn::Direct {
+              reader: Box::new(reader),
+              writer: Arc::new(Socket::Unix(writer)),
+            }
+          }
+          stream => {
+            let (reader, writer) = tokio::io::split(stream);
+            Conn::Tls {
+              reader,
+              writer,
+              writing: Vec::new(),
+              written: 0,
+            }
+          }
+        };
+        if let Conn::Direct { writer, .. } = &opened {
+          state.direct = Some(writer.clone());
+        }
+        conn = Some(opened);
         None
       }
       Event::Opened(Err(err)) => {
         connecting = None;
-        let (rejected, delay) = core.on_connect_failed(&err, retry::jitter());
+        let (rejected, delay) = shared.lock().core.on_connect_failed(&err, retry::jitter());
         for waiter in rejected {
           waiter.reject(err.clone());
         }
@@ -281,29 +517,63 @@ async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<Submit>) {
       }
       Event::BackoffOver => {
         backoff = None;
-        if !core.has_waiters() {
-          core.clear();
+        let mut state = shared.lock();
+        if !state.core.has_waiters() {
+          state.core.clear();
         }
         None
       }
       Event::Read(Ok(0)) => Some(lost("the server closed the connection")),
-      Event::Read(Err(err)) | Event::Wrote(Err(err)) => Some(lost(&err.to_string())),
+      Event::Read(Err(err)) | Event::Wrote(Err(err)) | Event::Writable(Err(err)) => {
+        Some(lost(&err.to_string()))
+      }
       Event::Wrote(Ok(0)) => Some(lost("the server closed the connection")),
       Event::Wrote(Ok(n)) => {
-        written += n;
+        if let Some(Conn::Tls { written, .. }) = conn.as_mut() {
+          *written += n;
+        }
+        None
+      }
+      Event::Writable(Ok(())) => {
+        blocked = false;
         None
       }
       Event::Read(Ok(_)) => {
-        let mut done = Vec::new();
-        let read = core.take_replies(&mut done);
-        for (waiter, replies) in done {
-          next_step(&mut core, &shared, waiter, replies);
+        let read = {
+          let mut state = shared.lock();
+          let core_received = state.core.received();
+          if core_received.is_empty() && received.len() > 64 * 1024 {
+            // A large value: handed over, not copied.
+            std::mem::swap(core_received, &mut received);
+          } else {
+            core_received.extend_from_slice(&received);
+            received.clear();
+          }
+          state.core.take_replies(&mut done)
+        };
+        // Continuations run without the lock, so callers are not held up by them.
+        let next: Vec<(Waiter, Batch)> = done
+          .drain(..)
+          .filter_map(|(waiter, replies)| next_step(waiter, replies))
+          .collect();
+        if !next.is_empty() {
+          let mut state = shared.lock();
+          let deadline = Instant::now() + shared.command_timeout;
+          for (waiter, batch) in next {
+            state.core.push(waiter, batch, deadline);
+          }
         }
         read.err()
       }
       Event::Deadline => {
         let ms = shared.command_timeout.as_millis() as u64;
-        for waiter in core.expire(Instant::now()) {
+        let expired = {
+          let mut state = shared.lock();
+          let expired = state.core.expire(Instant::now());
+          rested = expired.is_empty() && state.core.next_deadline().is_none();
+          expired
+        };
+        for waiter in expired {
           let err = StoreError::timeout(waiter.what(), ms);
           waiter.reject(err);
         }
@@ -311,31 +581,61 @@ async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<Submit>) {
       }
     };
     if let Some(err) = dropped {
-      if reader.is_some() {
-        shared.events.dropped(&err);
-      }
-      reader = None;
-      writer = None;
-      writing.clear();
-      written = 0;
-      for waiter in core.on_drop(&err) {
-        waiter.reject(err.clone());
-      }
+      on_drop(&shared, &mut conn, &mut blocked, err);
     }
   }
 }
 
-/// A call whose replies are in: settled, or its next batch queued.
-fn next_step(
-  core: &mut Core<Waiter>,
+/// Queues the calls that wait in the channel (`first`, received already, then the rest),
+/// in order, before any call made after them; rejects them when the store is closed.
+fn take_calls(
   shared: &Shared,
-  waiter: Waiter,
-  replies: StoreResult<Vec<Reply>>,
+  state: &mut State,
+  calls: &mut mpsc::UnboundedReceiver<(Waiter, Batch)>,
+  first: Option<(Waiter, Batch)>,
 ) {
+  let mut next = first;
+  if next.is_none() && shared.queued.load(Ordering::Acquire) == 0 {
+    return;
+  }
+  let deadline = Instant::now() + shared.command_timeout;
+  loop {
+    let Some((waiter, batch)) = next.take().or_else(|| calls.try_recv().ok()) else {
+      return;
+    };
+    if state.taking_calls {
+      state.core.push(waiter, batch, deadline);
+    } else {
+      waiter.reject(StoreError::disposed());
+    }
+    shared.queued.fetch_sub(1, Ordering::AcqRel);
+  }
+}
+
+/// The connection dropped: callers stop writing to it, and the core requeues or rejects
+/// its calls.
+fn on_drop(shared: &Shared, conn: &mut Option<Conn>, blocked: &mut bool, err: StoreError) {
+  if conn.is_some() {
+    shared.events.dropped(&err);
+  }
+  *conn = None;
+  *blocked = false;
+  let rejected = {
+    let mut state = shared.lock();
+    state.direct = None;
+    state.core.on_drop(&err)
+  };
+  for waiter in rejected {
+    waiter.reject(err.clone());
+  }
+}
+
+/// A call whose replies are in: settled, or its next batch returned to be queued.
+fn next_step(waiter: Waiter, replies: StoreResult<Vec<Reply>>) -> Option<(Waiter, Batch)> {
   let (what, finish, completion) = match waiter {
     Waiter::Batch { reply, .. } => {
       let _ = reply.send(replies);
-      return;
+      return None;
     }
     Waiter::Call {
       what,
@@ -345,7 +645,10 @@ fn next_step(
   };
   let replies = match replies {
     Ok(replies) => replies,
-    Err(err) => return completion.settle(Err(err)),
+    Err(err) => {
+      completion.settle(Err(err));
+      return None;
+    }
   };
   match std::panic::catch_unwind(AssertUnwindSafe(|| finish(replies))) {
     Ok(Step::Done(result)) => completion.settle(result),
@@ -355,8 +658,33 @@ fn next_step(
         finish,
         completion,
       };
-      core.push(waiter, batch, Instant::now() + shared.command_timeout);
+      return Some((waiter, batch));
     }
     Err(panic) => completion.settle(Err(crate::guard::panic_error(what, panic))),
   }
+  None
+}
+
+/// The runtime every store of this driver runs its task on: one thread of its own
+/// (`durastate-redis`), started on first use. On a multi-threaded runtime, a reply that
+/// wakes one worker often wakes a second one to look for work, a wake-up a call at 1 in
+/// flight pays on every reply; one thread does not, and one thread is enough for the I/O
+/// of the stores of a process (the JS thread's work is the limit under load). The thread
+/// holds nothing of the JS event loop: an idle process exits.
+fn runtime() -> Option<&'static tokio::runtime::Handle> {
+  static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Handle>> = std::sync::OnceLock::new();
+  RUNTIME
+    .get_or_init(|| {
+      let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+      let handle = runtime.handle().clone();
+      std::thread::Builder::new()
+        .name("durastate-redis".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))
+        .ok()?;
+      Some(handle)
+    })
+    .as_ref()
 }

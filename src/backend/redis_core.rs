@@ -100,6 +100,35 @@ impl<W> Core<W> {
     &mut self.unsent
   }
 
+  /// Writes the bytes waiting to go out through `write` (a non-blocking write that takes
+  /// what the socket accepts now) until all are out (`Ok(true)`) or it would block
+  /// (`Ok(false)`: the rest stays, in order, for the next write). Bytes written are
+  /// removed. An error means the connection is unusable; what was not written stays.
+  pub fn write_unsent(
+    &mut self,
+    mut write: impl FnMut(&[u8]) -> std::io::Result<usize>,
+  ) -> std::io::Result<bool> {
+    let mut written = 0;
+    let result = loop {
+      if written == self.unsent.len() {
+        break Ok(true);
+      }
+      match write(&self.unsent[written..]) {
+        Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+        Ok(n) => written += n,
+        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break Ok(false),
+        Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+        Err(err) => break Err(err),
+      }
+    };
+    if written == self.unsent.len() {
+      self.unsent.clear();
+    } else {
+      self.unsent.drain(..written);
+    }
+    result
+  }
+
   /// Takes every byte to write, leaving `spare` (emptied) in its place.
   pub fn take_unsent(&mut self, spare: Vec<u8>) -> Vec<u8> {
     let mut spare = spare;

@@ -350,3 +350,93 @@ fn an_aborted_transaction_rejects_its_call() {
   assert_eq!(done.len(), 1);
   assert!(done[0].1.is_err());
 }
+
+/// A socket that takes at most `room` bytes now, then would block.
+struct Room {
+  room: usize,
+  wire: Vec<u8>,
+}
+
+impl Room {
+  fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+    if self.room == 0 {
+      return Err(std::io::ErrorKind::WouldBlock.into());
+    }
+    // A socket may take fewer bytes than it has room for.
+    let n = bytes.len().min(self.room).min(7);
+    self.room -= n;
+    self.wire.extend_from_slice(&bytes[..n]);
+    Ok(n)
+  }
+}
+
+#[test]
+fn a_write_that_would_block_keeps_the_rest_in_order_for_the_next() {
+  let mut s = Script::new(3, false);
+  s.call("a", set("a", &"x".repeat(100)));
+  s.call("b", get("b"));
+  let mut all = s.core.unsent().clone();
+  let mut socket = Room {
+    room: 40,
+    wire: Vec::new(),
+  };
+  let done = s.core.write_unsent(|b| socket.write(b)).expect("no error");
+  assert!(!done, "the socket took 40 bytes of more");
+  assert_eq!(socket.wire.len(), 40);
+  // A call made while bytes wait goes after them.
+  s.call("c", get("c"));
+  let c = s.core.unsent()[all.len() - 40..].to_vec();
+  all.extend_from_slice(&c);
+  socket.room = usize::MAX;
+  assert!(s.core.write_unsent(|b| socket.write(b)).expect("no error"));
+  assert!(s.core.unsent().is_empty());
+  assert_eq!(
+    socket.wire, all,
+    "the wire has every byte once, in call order"
+  );
+  assert_eq!(
+    s.answer("+OK\r\n$-1\r\n$1\r\n3\r\n"),
+    [
+      ("a", vec![Reply::Ok]),
+      ("b", vec![Reply::Nil]),
+      ("c", vec![bytes("3")])
+    ]
+  );
+}
+
+#[test]
+fn a_failed_write_keeps_what_was_not_written_and_a_drop_resends_whole_calls() {
+  let mut s = Script::new(3, false);
+  s.call("a", get("a"));
+  let mut calls = 0;
+  let err = s
+    .core
+    .write_unsent(|b| {
+      calls += 1;
+      if calls == 1 {
+        Ok(b.len() / 2)
+      } else {
+        Err(std::io::ErrorKind::BrokenPipe.into())
+      }
+    })
+    .expect_err("a broken pipe");
+  assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+  assert!(!s.core.unsent().is_empty());
+  assert!(
+    s.core.on_drop(&unavailable()).is_empty(),
+    "get is safe to resend"
+  );
+  assert_eq!(
+    s.written(),
+    ["GET a"],
+    "sent again whole, not from the middle"
+  );
+  let zero = s.core.write_unsent(|_| Ok(0));
+  assert!(zero.is_ok(), "nothing to write writes nothing");
+  s.call("b", get("b"));
+  let zero = s
+    .core
+    .write_unsent(|_| Ok(0))
+    .expect_err("a socket that takes nothing");
+  assert_eq!(zero.kind(), std::io::ErrorKind::WriteZero);
+}
