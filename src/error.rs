@@ -117,6 +117,25 @@ impl StoreError {
     )
   }
 
+  /// `UNAVAILABLE`: no connection to `place` (a server or a URL as shown), `detail` says why.
+  pub fn cannot_connect(place: &str, detail: impl fmt::Display) -> Self {
+    Self::new(
+      ErrorCode::Unavailable,
+      format!("cannot connect to {place}: {detail}"),
+    )
+  }
+
+  /// `UNAVAILABLE`: no connection to `place` within `connectTimeout` (`limit`).
+  pub fn connect_timeout(place: &str, limit: std::time::Duration) -> Self {
+    Self::cannot_connect(
+      place,
+      format_args!(
+        "no connection within connectTimeout ({} ms)",
+        limit.as_millis()
+      ),
+    )
+  }
+
   pub fn timeout(what: &str, ms: u64) -> Self {
     Self::new(
       ErrorCode::Timeout,

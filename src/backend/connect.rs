@@ -109,10 +109,7 @@ pub struct Peer<'a> {
 
 impl Peer<'_> {
   fn unavailable(&self, detail: &str) -> StoreError {
-    StoreError::new(
-      ErrorCode::Unavailable,
-      format!("cannot connect to {}: {detail}", self.display),
-    )
+    StoreError::cannot_connect(self.display, detail)
   }
 
   fn tls_failed(&self, detail: &str) -> StoreError {
@@ -163,10 +160,7 @@ async fn bounded<T>(
       "no TLS handshake within connectTimeout ({} ms); does the server speak TLS on that port?",
       limit.as_millis()
     ))),
-    Err(_) => Err(peer.unavailable(&format!(
-      "no connection within connectTimeout ({} ms)",
-      limit.as_millis()
-    ))),
+    Err(_) => Err(StoreError::connect_timeout(peer.display, limit)),
   }
 }
 

@@ -238,13 +238,9 @@ impl ClusterBackend {
             format!("cannot connect to {}: {}", self.display, failure.message),
           ));
         }
-        return Err(StoreError::new(
-          ErrorCode::Unavailable,
-          format!(
-            "cannot connect to {}: no connection within connectTimeout ({} ms)",
-            self.display,
-            self.connect_timeout.as_millis()
-          ),
+        return Err(StoreError::connect_timeout(
+          &self.display,
+          self.connect_timeout,
         ));
       }
     };

@@ -376,20 +376,11 @@ impl Inner {
       Ok(Ok(client)) => client,
       Ok(Err(deadpool_postgres::PoolError::Backend(err))) => return Err(self.connect_error(&err)),
       Ok(Err(deadpool_postgres::PoolError::Closed)) => return Err(StoreError::disposed()),
-      Ok(Err(err)) => {
-        return Err(StoreError::new(
-          ErrorCode::Unavailable,
-          format!("cannot connect to {}: {err}", self.display),
-        ))
-      }
+      Ok(Err(err)) => return Err(StoreError::cannot_connect(&self.display, err)),
       Err(_) => {
-        return Err(StoreError::new(
-          ErrorCode::Unavailable,
-          format!(
-            "cannot connect to {}: no connection within connectTimeout ({} ms)",
-            self.display,
-            self.connect_timeout.as_millis()
-          ),
+        return Err(StoreError::connect_timeout(
+          &self.display,
+          self.connect_timeout,
         ))
       }
     };
