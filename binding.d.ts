@@ -171,8 +171,9 @@ export declare function createSqliteStore(path?: string | undefined | null, opti
 export declare function createStore(url?: string | undefined | null, options?: StoreOptions | undefined | null): NativeWorkerStore
 
 /**
- * `[groups, calls]` the embedded stores ran on the JS thread so far: calls made in the
- * same tick share one group (one transaction).
+ * `[groups, calls, queued]`: the groups and calls the embedded stores ran on the JS
+ * thread so far (calls made in the same tick share one group, one transaction), and
+ * the calls they sent to a store's thread instead.
  */
 export declare function debugEmbeddedGroups(): Array<number>
 

@@ -2,6 +2,7 @@
 // clear errors for a corrupt or unwritable file, the default location, URL routing.
 import assert from 'node:assert/strict'
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
@@ -9,6 +10,8 @@ import { createSqliteStore, createStore } from '../index.js'
 import { rejectsWith } from './helpers/assert.mjs'
 import { runChild, startChild } from './helpers/child.mjs'
 import { testRedis } from './helpers/redis-server.mjs'
+
+const binding = createRequire(import.meta.url)('../binding.js')
 
 describe('SQLite store', () => {
   let dir
@@ -104,12 +107,17 @@ describe('SQLite store', () => {
     }
   })
 
-  it("keeps the WAL bounded: checkpoints run (on the store's thread) as writes pile up", async () => {
+  it("keeps the WAL bounded: checkpoints run on the store's thread, and calls made meanwhile do not wait for them", async () => {
     const path = join(dir, 'wal.db')
     const store = open(path)
     const value = { pad: 'x'.repeat(4000) }
     await store.beginExecution('e')
+    const [, , queuedBefore] = binding.debugEmbeddedGroups()
     for (let i = 0; i < 3000; i++) await store.commitExecutionTaskResult('e', `s${i % 500}`, value)
+    // The checkpoints (several: 3,000 pages and more) run on a connection of the store's
+    // thread, so no call found the database busy and had to queue behind one.
+    const [, , queuedAfter] = binding.debugEmbeddedGroups()
+    assert.equal(queuedAfter - queuedBefore, 0, 'calls queued to the store thread during checkpoints')
     // Give the store's thread a moment to finish a checkpoint that is under way.
     await store.isExecutionInProgress('e')
     await new Promise((r) => setTimeout(r, 100))

@@ -25,8 +25,9 @@ pub fn debug_panic_async<'env>(env: &'env Env) -> napi::Result<PromiseRaw<'env, 
   })
 }
 
-/// `[groups, calls]` the embedded stores ran on the JS thread so far: calls made in the
-/// same tick share one group (one transaction).
+/// `[groups, calls, queued]`: the groups and calls the embedded stores ran on the JS
+/// thread so far (calls made in the same tick share one group, one transaction), and
+/// the calls they sent to a store's thread instead.
 #[napi]
 pub fn debug_embedded_groups() -> Vec<i64> {
   crate::embedded_call::group_counts()

@@ -39,12 +39,17 @@ pub struct Waiter {
 /// Groups run on JS threads, and the calls in them (`debugEmbeddedGroups`).
 static GROUPS: AtomicU64 = AtomicU64::new(0);
 static CALLS: AtomicU64 = AtomicU64::new(0);
+/// Calls sent to a store's thread.
+static QUEUED: AtomicU64 = AtomicU64::new(0);
 
-/// `[groups, calls]` run on JS threads so far in this process.
-pub fn group_counts() -> [u64; 2] {
+/// `[groups, calls]` run on JS threads so far in this process (a group that found the
+/// database busy counts here and again in `queued`), and `queued`: calls sent to a
+/// store's thread.
+pub fn group_counts() -> [u64; 3] {
   [
     GROUPS.load(Ordering::Relaxed),
     CALLS.load(Ordering::Relaxed),
+    QUEUED.load(Ordering::Relaxed),
   ]
 }
 
@@ -265,6 +270,7 @@ fn to_thread(env: &Env, store: &EmbeddedBackend, calls: Vec<Call>) {
     .into_iter()
     .map(|call| (call.batch, call.waiter))
     .unzip();
+  QUEUED.fetch_add(batches.len() as u64, Ordering::Relaxed);
   let deferreds: Vec<Deferred> = waiters.iter().map(|w| w.deferred).collect();
   let receiver = match store.enqueue(batches) {
     Ok(receiver) => receiver,

@@ -217,6 +217,7 @@ struct Shared {
 }
 
 fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) {
+  let mut checkpointer = Checkpointer::default();
   while let Ok(job) = jobs.recv() {
     // Every job queued by now joins one transaction, up to GROUP_LIMIT calls.
     let mut groups = Vec::new();
@@ -230,10 +231,14 @@ fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) 
         next = jobs.try_recv().ok();
       }
     }
-    let mut database = shared.database.lock().unwrap_or_else(|e| e.into_inner());
     if calls > 0 {
-      let batches: Vec<&Batch> = groups.iter().flat_map(|(b, _)| b.iter()).collect();
-      let answers = run(&settings, &mut database, &batches, &shared.checkpoint_due);
+      // The lock is let go before the answers are sent: the JS thread, woken by them,
+      // would otherwise find the database busy and queue its next call here too.
+      let answers = {
+        let mut database = shared.database.lock().unwrap_or_else(|e| e.into_inner());
+        let batches: Vec<&Batch> = groups.iter().flat_map(|(b, _)| b.iter()).collect();
+        run(&settings, &mut database, &batches, &shared.checkpoint_due)
+      };
       let mut answers = spread(answers, calls).into_iter();
       for (batches, reply) in groups {
         batches.iter().for_each(|batch| shared.queued.remove(batch));
@@ -241,7 +246,7 @@ fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) 
       }
     }
     if shared.checkpoint_due.swap(false, Ordering::AcqRel) {
-      checkpoint(database.as_ref());
+      checkpointer.run(&settings);
     }
   }
   // The store was closed (or dropped) and every queued call is done.
@@ -256,13 +261,33 @@ pub fn spread(answers: StoreResult<Vec<Answer>>, calls: usize) -> Vec<Answer> {
   }
 }
 
-/// A passive checkpoint: copies what it can without waiting for other connections.
-/// Failure is harmless (the WAL just stays longer); the next one retries.
-fn checkpoint(db: Option<&Db>) {
-  if let Some(db) = db {
-    let _ = db
-      .connection
-      .execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+/// The store thread's own connection to the file, for checkpoints only. A checkpoint
+/// copies WAL pages into the database file and fsyncs it (milliseconds on a slow disk);
+/// on a connection of its own it holds no lock the store's calls need, so calls keep
+/// running on the JS thread meanwhile (SQLite lets readers and a writer go on during a
+/// checkpoint). On the calls' connection, every call made during a checkpoint waited
+/// for it.
+#[derive(Default)]
+struct Checkpointer(Option<Connection>);
+
+impl Checkpointer {
+  /// A passive checkpoint: copies what it can without waiting for other connections.
+  /// Failure is harmless (the WAL just stays longer); the next one retries.
+  fn run(&mut self, settings: &EmbeddedSettings) {
+    let Location::File(path) = &settings.location else {
+      return;
+    };
+    if self.0.is_none() {
+      self.0 = Connection::open(path).ok();
+    }
+    if let Some(connection) = &self.0 {
+      if connection
+        .execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
+        .is_err()
+      {
+        self.0 = None;
+      }
+    }
   }
 }
 
