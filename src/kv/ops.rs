@@ -1,9 +1,11 @@
 //! The KV calls as chains of keyspace batches ([`Step`]s), written once for every
-//! backend. Single-key calls are one round trip; `set` of a new key counts the mount
-//! (a `SCAN`) unless a count less than a second old says there is room; `merge` is one
+//! backend. Single-key calls are one round trip; a write that may add keys is one
+//! round trip while a count less than a second old says there is room, else the JS
+//! layer runs it in [`Phase`]s around one shared count of the mount; `merge` is one
 //! atomic merge on the store.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::mount::Mount;
@@ -32,25 +34,70 @@ pub fn get(
   })
 }
 
-/// `set`: the checks are done; writes `json`, making room for a new key.
-pub fn set(mount: Arc<Mount>, key: &str, json: String, ttl_ms: Option<u64>) -> Step {
-  let full_key = mount.full_key(key);
-  if mount.reserve(1) {
-    return set_counted(mount, full_key, json, ttl_ms);
+/// Which part of a write that may add keys a call runs. A new key needs room under
+/// the mount's entry limit; while the mount's count is fresh, a write reserves from it
+/// and is one round trip. Otherwise the JS layer (`index.js`) runs the write in parts,
+/// keeping the call's keys busy meanwhile (later calls on them wait), and counts the
+/// mount once for every call that needs it (`count`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+  /// The whole write when the count is fresh; `None` (nothing sent) when it is not.
+  First,
+  /// Only what needs no room: the update of a stored key (set, merge), or how many of
+  /// the keys are new (setMany).
+  Existing,
+  /// The write, reserving `n` new entries from the count just made, however old.
+  Counted(u64),
+}
+
+impl Phase {
+  /// From the JS arguments: no phase or `0`: [`Phase::First`]; `1`: `Existing`; `2`:
+  /// `Counted(new)`.
+  pub fn from_js(phase: Option<u32>, new: u64) -> StoreResult<Self> {
+    match phase {
+      None | Some(0) => Ok(Self::First),
+      Some(1) => Ok(Self::Existing),
+      Some(2) => Ok(Self::Counted(new)),
+      Some(other) => Err(StoreError::invalid_input(format!(
+        "unknown write phase {other}"
+      ))),
+    }
   }
-  // The count is stale: an existing key needs no room, so try it as an update first.
-  let update = Batch::one(Command::SetIf {
-    key: full_key.clone(),
-    value: json.clone(),
-    ttl_ms,
-    when: crate::command::Condition::Exists,
-  });
-  Step::then(update, move |replies| match first(replies) {
-    Reply::Ok => done_true(),
-    _ => with_room(mount.clone(), 1, key_named(&mount, &full_key), move || {
-      set_counted(mount, full_key, json, ttl_ms)
-    }),
-  })
+}
+
+/// `set`: the checks are done; writes `json`, making room for a new key. `None`: the
+/// count is stale ([`Phase::First`]).
+pub fn set(
+  mount: Arc<Mount>,
+  key: &str,
+  json: String,
+  ttl_ms: Option<u64>,
+  phase: Phase,
+) -> Option<Step> {
+  let full_key = mount.full_key(key);
+  match phase {
+    Phase::First => mount
+      .reserve(1)
+      .then(|| set_counted(mount, full_key, json, ttl_ms)),
+    // An existing key needs no room: the update alone; `false` when the key is missing.
+    Phase::Existing => {
+      let update = Batch::one(Command::SetIf {
+        key: full_key,
+        value: json,
+        ttl_ms,
+        when: crate::command::Condition::Exists,
+      });
+      Some(Step::then(update, |replies| {
+        Step::Done(Ok(Output::Bool(first(replies) == Reply::Ok)))
+      }))
+    }
+    Phase::Counted(_) => {
+      let adding = key_named(&mount, &full_key);
+      Some(counted_room(mount.clone(), 1, adding, move || {
+        set_counted(mount, full_key, json, ttl_ms)
+      }))
+    }
+  }
 }
 
 /// Writes with `SET ... GET`, room for one new entry already counted; gives the room
@@ -69,46 +116,107 @@ fn set_counted(mount: Arc<Mount>, full_key: String, json: String, ttl_ms: Option
   })
 }
 
-/// `setMany`: the checks are done; writes every entry in one atomic batch.
-pub fn set_many(mount: Arc<Mount>, entries: Vec<(String, String)>, ttl_ms: Option<u64>) -> Step {
+/// `setMany`: the checks are done; writes every entry in one atomic batch. `None`: the
+/// count is stale ([`Phase::First`]); [`Phase::Existing`] resolves with how many of
+/// the keys are not stored.
+pub fn set_many(
+  mount: Arc<Mount>,
+  entries: Vec<(String, String)>,
+  ttl_ms: Option<u64>,
+  phase: Phase,
+) -> Option<Step> {
   if entries.is_empty() {
-    return done_true();
+    return Some(done_true());
   }
   let full_keys: Vec<String> = entries.iter().map(|(k, _)| mount.full_key(k)).collect();
-  let exists = full_keys
-    .iter()
-    .map(|key| Command::Exists { key: key.clone() })
-    .collect();
-  let batch = Batch::many(exists);
-  Step::then(batch, move |replies| {
-    let new = replies.iter().filter(|r| **r == Reply::Int(0)).count() as u64;
-    let write = move || {
+  match phase {
+    Phase::First => {
+      if !mount.reserve(full_keys.len() as u64) {
+        return None;
+      }
+      // Room for every key was reserved: `SET ... GET` says which existed.
       let commands = full_keys
         .into_iter()
         .zip(entries)
-        .map(|(key, (_, value))| Command::Set { key, value, ttl_ms })
+        .map(|(key, (_, value))| Command::SetGet { key, value, ttl_ms })
         .collect();
-      Step::then(Batch::atomic(commands), |_| done_true())
-    };
-    if new == 0 {
-      write()
-    } else {
-      with_room(mount, new, format!("{new} new keys"), write)
+      Some(Step::then(Batch::atomic(commands), move |replies| {
+        let existed = replies.iter().filter(|r| **r != Reply::Nil).count() as i64;
+        mount.adjust_count(-existed);
+        done_true()
+      }))
     }
+    Phase::Existing => {
+      let exists = full_keys
+        .into_iter()
+        .map(|key| Command::Exists { key })
+        .collect();
+      Some(Step::then(Batch::many(exists), |replies| {
+        let new = replies.iter().filter(|r| **r == Reply::Int(0)).count() as i64;
+        Step::Done(Ok(Output::Int(new)))
+      }))
+    }
+    Phase::Counted(new) => {
+      let write = move || {
+        let commands = full_keys
+          .into_iter()
+          .zip(entries)
+          .map(|(key, (_, value))| Command::Set { key, value, ttl_ms })
+          .collect();
+        Step::then(Batch::atomic(commands), |_| done_true())
+      };
+      if new == 0 {
+        return Some(write());
+      }
+      Some(counted_room(mount, new, format!("{new} new keys"), write))
+    }
+  }
+}
+
+/// `count`: counts the mount's entries (a `SCAN`) and records the count.
+pub fn count(mount: Arc<Mount>) -> Step {
+  COUNTS.fetch_add(1, Ordering::Relaxed);
+  let pattern = format!("{}*", glob::escape(&mount.prefix));
+  scan(pattern, move |keys| {
+    let count = keys.len() as u64;
+    mount.record_count(count);
+    Step::Done(Ok(Output::Int(count as i64)))
   })
 }
 
-/// Runs `then` if the mount has room for `new` more entries, else rejects with
-/// `ENTRY_LIMIT`. Counts the mount unless a fresh count says there is room.
+/// Mount counts started in this process (`debugKvCounts`).
+static COUNTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times a mount was counted in this process so far.
+pub fn count_runs() -> u64 {
+  COUNTS.load(Ordering::Relaxed)
+}
+
+/// Runs `then` with room for `new` entries reserved from the count just made; rejects
+/// with `ENTRY_LIMIT` when it has no room; counts first when there is no count (a
+/// `clear` forgot it).
+fn counted_room(
+  mount: Arc<Mount>,
+  new: u64,
+  adding: String,
+  then: impl FnOnce() -> Step + Send + 'static,
+) -> Step {
+  match mount.reserve_counted(new) {
+    Some(Ok(())) => then(),
+    Some(Err(count)) => Step::Done(Err(mount.entry_limit_error(count, new, &adding))),
+    None => with_room(mount, new, adding, then),
+  }
+}
+
+/// Counts the mount, then runs `then` if it has room for `new` more entries, else
+/// rejects with `ENTRY_LIMIT`.
 fn with_room(
   mount: Arc<Mount>,
   new: u64,
   adding: String,
   then: impl FnOnce() -> Step + Send + 'static,
 ) -> Step {
-  if mount.reserve(new) {
-    return then();
-  }
+  COUNTS.fetch_add(1, Ordering::Relaxed);
   let pattern = format!("{}*", glob::escape(&mount.prefix));
   scan(pattern, move |keys| {
     let count = keys.len() as u64;
@@ -121,17 +229,35 @@ fn with_room(
 }
 
 /// `merge`: the checks of `partial` are done. One atomic merge on the store (a script
-/// on Redis), so concurrent merges never conflict; a new key first needs room.
-pub fn merge(mount: Arc<Mount>, key: String, partial: String, ttl_ms: Option<u64>) -> Step {
-  let create = mount.reserve(1);
+/// on Redis), so concurrent merges never conflict; a new key first needs room. `None`:
+/// the count is stale ([`Phase::First`]); [`Phase::Existing`] resolves with `null` when
+/// the key is missing.
+pub fn merge(
+  mount: Arc<Mount>,
+  key: String,
+  partial: String,
+  ttl_ms: Option<u64>,
+  phase: Phase,
+) -> Option<Step> {
+  let create = match phase {
+    Phase::First if mount.reserve(1) => true,
+    Phase::First => return None,
+    Phase::Existing => false,
+    Phase::Counted(_) => {
+      let adding = format!("key \"{key}\"");
+      return Some(counted_room(mount.clone(), 1, adding, move || {
+        create_by_merge(mount, key, partial, ttl_ms)
+      }));
+    }
+  };
   let command = Command::Merge {
     key: mount.full_key(&key),
-    partial: partial.clone(),
+    partial,
     ttl_ms,
     max_size: mount.max_value_size,
     create,
   };
-  Step::then(Batch::one(command), move |replies| {
+  Some(Step::then(Batch::one(command), move |replies| {
     let outcome = match first(replies) {
       Reply::Merge(outcome) => outcome,
       other => return unexpected_reply("merge", &other),
@@ -141,15 +267,10 @@ pub fn merge(mount: Arc<Mount>, key: String, partial: String, ttl_ms: Option<u64
     }
     match outcome {
       MergeOutcome::Merged { .. } => done_true(),
-      MergeOutcome::Missing => {
-        let adding = format!("key \"{key}\"");
-        with_room(mount.clone(), 1, adding, move || {
-          create_by_merge(mount, key, partial, ttl_ms)
-        })
-      }
+      MergeOutcome::Missing => Step::Done(Ok(Output::Text(None))),
       other => Step::Done(Err(merge_error(&mount, &key, other))),
     }
-  })
+  }))
 }
 
 /// The merge of a missing key, once the mount has room: `partial` becomes the value
@@ -169,7 +290,10 @@ fn create_by_merge(mount: Arc<Mount>, key: String, partial: String, ttl_ms: Opti
       }
       done_true()
     }
-    Reply::Merge(other) => Step::Done(Err(merge_error(&mount, &key, other))),
+    Reply::Merge(other) => {
+      mount.adjust_count(-1);
+      Step::Done(Err(merge_error(&mount, &key, other)))
+    }
     other => unexpected_reply("merge", &other),
   })
 }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use napi::bindgen_prelude::Null;
 use napi::bindgen_prelude::PromiseRaw;
 use napi::{Either, Env};
 use napi_derive::napi;
@@ -84,6 +85,24 @@ impl NativeKvStore {
     }
   }
 
+  /// Runs a write that may add keys: `None` (the count is stale) resolves to `null`
+  /// without a promise, and the JS layer runs the write in phases ([`ops::Phase`]).
+  fn run_write<'env>(
+    &self,
+    env: &'env Env,
+    what: &'static str,
+    step: StoreResult<Option<Step>>,
+  ) -> napi::Result<Either<PromiseRaw<'env, Output>, Null>> {
+    match step {
+      Ok(None) if !self.closed.load(Ordering::Acquire) => Ok(Either::B(Null)),
+      Ok(None) => self
+        .run(env, what, Err(StoreError::disposed()))
+        .map(Either::A),
+      Ok(Some(step)) => self.run(env, what, Ok(step)).map(Either::A),
+      Err(err) => self.run(env, what, Err(err)).map(Either::A),
+    }
+  }
+
   /// One command, its first reply turned into the output.
   fn single(
     command: Command,
@@ -137,8 +156,11 @@ impl NativeKvStore {
     self.run(env, "getOr", step)
   }
 
-  /// Stores `json` after the checks of the contract's `set`.
-  #[napi(ts_return_type = "Promise<boolean>")]
+  /// Stores `json` after the checks of the contract's `set`. `phase` (see
+  /// `ops::Phase`): absent, the whole write, or `null` when the mount's count is stale;
+  /// `1`, only an update of a stored key (`false` when missing); `2`, the write with
+  /// room from the count just made (`count`).
+  #[napi(ts_return_type = "Promise<boolean> | null")]
   pub fn set<'env>(
     &self,
     env: &'env Env,
@@ -146,17 +168,37 @@ impl NativeKvStore {
     key: String,
     json: String,
     ttl: Option<f64>,
-  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    phase: Option<u32>,
+  ) -> napi::Result<Either<PromiseRaw<'env, Output>, Null>> {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_write("set", &key, &json, false)?;
       let ttl_ms = Self::ttl(&mount, ttl)?;
-      Ok(ops::set(mount, &key, json, ttl_ms))
+      Ok(ops::set(
+        mount,
+        &key,
+        json,
+        ttl_ms,
+        ops::Phase::from_js(phase, 1)?,
+      ))
     });
-    self.run(env, "set", step)
+    self.run_write(env, "set", step)
   }
 
-  /// Shallow-merges the object `json` into the stored object, atomically.
-  #[napi(ts_return_type = "Promise<boolean>")]
+  /// Counts the mount's entries and records the count (for the writes that wait on it);
+  /// resolves with the count.
+  #[napi(ts_return_type = "Promise<number>")]
+  pub fn count<'env>(
+    &self,
+    env: &'env Env,
+    mount: String,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    let step = self.mount(&mount).map(ops::count);
+    self.run(env, "count", step)
+  }
+
+  /// Shallow-merges the object `json` into the stored object, atomically. `phase` as
+  /// for `set`; phase `1` resolves with `null` when the key is missing.
+  #[napi(ts_return_type = "Promise<boolean | null> | null")]
   pub fn merge<'env>(
     &self,
     env: &'env Env,
@@ -164,7 +206,8 @@ impl NativeKvStore {
     key: String,
     json: String,
     ttl: Option<f64>,
-  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    phase: Option<u32>,
+  ) -> napi::Result<Either<PromiseRaw<'env, Output>, Null>> {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_writable("merge", Some(&key))?;
       let entry = mount.declared(&key)?;
@@ -180,9 +223,15 @@ impl NativeKvStore {
         Some(_) => Self::ttl(&mount, ttl)?,
         None => mount.ttl_ms,
       };
-      Ok(ops::merge(mount, key, json, ttl_ms))
+      Ok(ops::merge(
+        mount,
+        key,
+        json,
+        ttl_ms,
+        ops::Phase::from_js(phase, 1)?,
+      ))
     });
-    self.run(env, "merge", step)
+    self.run_write(env, "merge", step)
   }
 
   /// Deletes the key; resolves with whether it was stored.
@@ -299,14 +348,18 @@ impl NativeKvStore {
   }
 
   /// Stores `[key, json, ...]` entries, all or nothing, after the checks of `set`.
-  #[napi(ts_return_type = "Promise<boolean>")]
+  /// `phase` as for `set`; phase `1` resolves with how many keys are not stored, phase
+  /// `2` reserves room for `newKeys` of them.
+  #[napi(ts_return_type = "Promise<boolean | number> | null")]
   pub fn set_many<'env>(
     &self,
     env: &'env Env,
     mount: String,
     entries: Vec<String>,
     ttl: Option<f64>,
-  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    phase: Option<u32>,
+    new_keys: Option<u32>,
+  ) -> napi::Result<Either<PromiseRaw<'env, Output>, Null>> {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_writable("set", None)?;
       let mut pairs = Vec::with_capacity(entries.len() / 2);
@@ -316,9 +369,10 @@ impl NativeKvStore {
         pairs.push((key, json));
       }
       let ttl_ms = Self::ttl(&mount, ttl)?;
-      Ok(ops::set_many(mount, pairs, ttl_ms))
+      let phase = ops::Phase::from_js(phase, u64::from(new_keys.unwrap_or(0)))?;
+      Ok(ops::set_many(mount, pairs, ttl_ms, phase))
     });
-    self.run(env, "setMany", step)
+    self.run_write(env, "setMany", step)
   }
 
   /// Deletes the keys; resolves with how many were stored.
