@@ -40,12 +40,12 @@ export declare class NativeKvStore {
   /** The stored JSON, or `null` when missing. */
   getOr(mount: string, key: string): Promise<string | null>
   /**
-   * Stores `json` after the checks of the contract's `set`. `phase` (see
-   * `ops::Phase`): absent, the whole write, or `null` when the mount's count is stale;
-   * `1`, only an update of a stored key (`false` when missing); `2`, the write with
-   * room from the count just made (`count`).
+   * Stores `json` after the checks of the contract's `set`. `phase` (`ops::Phase`):
+   * absent, the whole write, or while the mount's count is stale `[the update of a
+   * stored key]` (`false` when missing); `1`, the write of a new key, or `null` while
+   * the count is stale; `2`, the write with room from the count just made (`count`).
    */
-  set(mount: string, key: string, json: string, ttl?: number | undefined | null, phase?: number | undefined | null): Promise<boolean> | null
+  set(mount: string, key: string, json: string, ttl?: number | undefined | null, phase?: number | undefined | null): Promise<boolean> | [Promise<boolean>] | null
   /**
    * Counts the mount's entries and records the count (for the writes that wait on it);
    * resolves with the count.
@@ -53,9 +53,9 @@ export declare class NativeKvStore {
   count(mount: string): Promise<number>
   /**
    * Shallow-merges the object `json` into the stored object, atomically. `phase` as
-   * for `set`; phase `1` resolves with `null` when the key is missing.
+   * for `set`; the first part resolves with `null` when the key is missing.
    */
-  merge(mount: string, key: string, json: string, ttl?: number | undefined | null, phase?: number | undefined | null): Promise<boolean | null> | null
+  merge(mount: string, key: string, json: string, ttl?: number | undefined | null, phase?: number | undefined | null): Promise<boolean> | [Promise<boolean | null>] | null
   /** Deletes the key; resolves with whether it was stored. */
   delete(mount: string, key: string): Promise<boolean>
   /** Whether the key is stored. */
@@ -72,10 +72,10 @@ export declare class NativeKvStore {
   getMany(mount: string, keys: Array<string>): Promise<Array<string | null>>
   /**
    * Stores `[key, json, ...]` entries, all or nothing, after the checks of `set`.
-   * `phase` as for `set`; phase `1` resolves with how many keys are not stored, phase
-   * `2` reserves room for `newKeys` of them.
+   * `phase` as for `set`; the first part resolves with how many keys are not stored,
+   * phases `1` and `2` reserve room for `newKeys`.
    */
-  setMany(mount: string, entries: Array<string>, ttl?: number | undefined | null, phase?: number | undefined | null, newKeys?: number | undefined | null): Promise<boolean | number> | null
+  setMany(mount: string, entries: Array<string>, ttl?: number | undefined | null, phase?: number | undefined | null, newKeys?: number | undefined | null): Promise<boolean> | [Promise<number>] | null
   /** Deletes the keys; resolves with how many were stored. */
   deleteMany(mount: string, keys: Array<string>): Promise<number>
   /** The mount's declared keys, as JSON text of `[{key, type, description}]`. */

@@ -568,8 +568,6 @@ function schemaSpecs(mount, schema) {
 
 const parseJson = (text) => JSON.parse(text)
 
-function ignore() {}
-
 /**
  * The calls of a KV store still in progress that later calls on the same keys must wait
  * for: a write run in phases (it may add keys while the mount's count is stale: the
@@ -580,11 +578,13 @@ function ignore() {}
  * sees what they did. Almost always empty: a call then costs one check.
  */
 class KeyOrder {
-  /** mount -> { all: settled promise of a whole-mount call, keys: Map<key, settled promise> } */
+  /** mount -> { all: the whole-mount call in progress, keys: Map<key, call in progress> } */
   #mounts = new Map()
+  /** Calls holding keys (held, not yet released). */
+  #holds = 0
 
   get idle() {
-    return this.#mounts.size === 0
+    return this.#holds === 0
   }
 
   /** The calls a call on `keys` (`null`: the whole mount) waits for; `undefined` for none. */
@@ -601,24 +601,34 @@ class KeyOrder {
     return calls.length === 0 ? undefined : calls
   }
 
-  /** Keeps `keys` (`null`: the whole mount) busy until `promise` settles; returns it. */
-  hold(mount, keys, promise) {
-    const settled = promise.then(ignore, ignore)
+  /** Marks `keys` (`null`: the whole mount) busy with `call` (a promise) until `release`. */
+  hold(mount, keys, call) {
     let held = this.#mounts.get(mount)
     if (held === undefined) {
       held = { all: undefined, keys: new Map() }
       this.#mounts.set(mount, held)
     }
-    if (keys === null) held.all = settled
-    else for (const key of keys) held.keys.set(key, settled)
-    settled.then(() => {
-      if (keys === null) {
-        if (held.all === settled) held.all = undefined
-      } else {
-        for (const key of keys) if (held.keys.get(key) === settled) held.keys.delete(key)
-      }
-      if (held.all === undefined && held.keys.size === 0 && this.#mounts.get(mount) === held) this.#mounts.delete(mount)
-    })
+    if (keys === null) held.all = call
+    else for (const key of keys) held.keys.set(key, call)
+    this.#holds++
+  }
+
+  /** Frees what `hold(mount, keys, call)` marked (a later call may hold the keys now). */
+  release(mount, keys, call) {
+    const held = this.#mounts.get(mount)
+    if (keys === null) {
+      if (held.all === call) held.all = undefined
+    } else {
+      for (const key of keys) if (held.keys.get(key) === call) held.keys.delete(key)
+    }
+    this.#holds--
+  }
+
+  /** Keeps `keys` busy until `promise` settles; returns it. */
+  holdUntilSettled(mount, keys, promise) {
+    const release = () => this.release(mount, keys, promise)
+    this.hold(mount, keys, promise)
+    promise.then(release, release)
     return promise
   }
 }
@@ -664,8 +674,8 @@ class KvStore {
   #after(mount, keys, holds, start) {
     const calls = this.#order.waitsFor(mount, keys)
     if (calls === undefined) return start()
-    const call = Promise.all(calls).then(start)
-    return holds ? this.#order.hold(mount, keys, call) : call
+    const call = Promise.allSettled(calls).then(start)
+    return holds ? this.#order.holdUntilSettled(mount, keys, call) : call
   }
 
   /** Counts the mount's entries: one count at a time per mount, shared by every write waiting for it. */
@@ -723,16 +733,42 @@ class KvStore {
 
   #set(mount, key, json, ttl) {
     const call = this.#native.set(mount, key, json, ttl)
-    if (call !== null) return call.then(undefined, rethrow)
-    // The mount's count is stale: the update of a stored key, else count, then write.
-    return this.#order.hold(mount, [key], this.#setInPhases(mount, key, json, ttl))
+    if (!Array.isArray(call)) return call.then(undefined, rethrow)
+    // The mount's count is stale: the update of a stored key, else the write of a new one.
+    const keys = [key]
+    const write = call[0].then(
+      (updated) => this.#released(mount, keys, write, updated || this.#setNew(mount, key, json, ttl)),
+      (err) => this.#released(mount, keys, write, Promise.reject(err)),
+    )
+    this.#order.hold(mount, keys, write)
+    return write
   }
 
-  async #setInPhases(mount, key, json, ttl) {
+  /**
+   * Frees the keys `write` holds once `outcome` (a value, or a promise of the rest of the
+   * write) settled, and settles `write` with it.
+   */
+  #released(mount, keys, write, outcome) {
+    if (!(outcome instanceof Promise)) {
+      this.#order.release(mount, keys, write)
+      return outcome
+    }
+    return outcome.then(
+      (value) => {
+        this.#order.release(mount, keys, write)
+        return value
+      },
+      (err) => {
+        this.#order.release(mount, keys, write)
+        return rethrow(err)
+      },
+    )
+  }
+
+  async #setNew(mount, key, json, ttl) {
     try {
-      if (await this.#native.set(mount, key, json, ttl, 1)) return true
       // A count made meanwhile (by a write that needed it too) may be fresh: no second count.
-      const call = this.#native.set(mount, key, json, ttl)
+      const call = this.#native.set(mount, key, json, ttl, 1)
       if (call !== null) return await call
       await this.#count(mount)
       return await this.#native.set(mount, key, json, ttl, 2)
@@ -759,15 +795,20 @@ class KvStore {
 
   #merge(mount, key, json, ttl) {
     const call = this.#native.merge(mount, key, json, ttl)
-    if (call !== null) return call.then(undefined, rethrow)
-    // The mount's count is stale: a merge into a stored object, else count, then create.
-    return this.#order.hold(mount, [key], this.#mergeInPhases(mount, key, json, ttl))
+    if (!Array.isArray(call)) return call.then(undefined, rethrow)
+    // The mount's count is stale: a merge into a stored object, else the merge of a new key.
+    const keys = [key]
+    const write = call[0].then(
+      (merged) => this.#released(mount, keys, write, merged ?? this.#mergeNew(mount, key, json, ttl)),
+      (err) => this.#released(mount, keys, write, Promise.reject(err)),
+    )
+    this.#order.hold(mount, keys, write)
+    return write
   }
 
-  async #mergeInPhases(mount, key, json, ttl) {
+  async #mergeNew(mount, key, json, ttl) {
     try {
-      if ((await this.#native.merge(mount, key, json, ttl, 1)) !== null) return true
-      const call = this.#native.merge(mount, key, json, ttl)
+      const call = this.#native.merge(mount, key, json, ttl, 1)
       if (call !== null) return await call
       await this.#count(mount)
       return await this.#native.merge(mount, key, json, ttl, 2)
@@ -813,7 +854,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       // Several round trips (list, delete, write the defaults): later calls on the mount wait.
-      const start = () => this.#order.hold(mount, null, this.#native.clear(mount).then(undefined, rethrow))
+      const start = () => this.#order.holdUntilSettled(mount, null, this.#native.clear(mount).then(undefined, rethrow))
       if (!this.#order.idle) return this.#after(mount, null, true, start)
       return start()
     } catch (err) {
@@ -858,15 +899,22 @@ class KvStore {
 
   #setMany(mount, flat, ttl) {
     const call = this.#native.setMany(mount, flat, ttl)
-    if (call !== null) return call.then(undefined, rethrow)
-    // The mount's count is stale: which keys are new, count if any is, then write.
-    return this.#order.hold(mount, keysOf(flat), this.#setManyInPhases(mount, flat, ttl))
+    if (!Array.isArray(call)) return call.then(undefined, rethrow)
+    // The mount's count is stale: which keys are new, then the write (counting first if any is).
+    const keys = keysOf(flat)
+    const write = call[0].then(
+      (fresh) => this.#released(mount, keys, write, this.#setManyNew(mount, flat, ttl, fresh)),
+      (err) => this.#released(mount, keys, write, Promise.reject(err)),
+    )
+    this.#order.hold(mount, keys, write)
+    return write
   }
 
-  async #setManyInPhases(mount, flat, ttl) {
+  async #setManyNew(mount, flat, ttl, fresh) {
     try {
-      const fresh = await this.#native.setMany(mount, flat, ttl, 1)
-      if (fresh > 0) await this.#count(mount)
+      const call = this.#native.setMany(mount, flat, ttl, 1, fresh)
+      if (call !== null) return await call
+      await this.#count(mount)
       return await this.#native.setMany(mount, flat, ttl, 2, fresh)
     } catch (err) {
       return rethrow(err)

@@ -38,25 +38,27 @@ pub fn get(
 /// the mount's entry limit; while the mount's count is fresh, a write reserves from it
 /// and is one round trip. Otherwise the JS layer (`index.js`) runs the write in parts,
 /// keeping the call's keys busy meanwhile (later calls on them wait), and counts the
-/// mount once for every call that needs it (`count`).
+/// mount once for every write that needs it (`count`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-  /// The whole write when the count is fresh; `None` (nothing sent) when it is not.
+  /// The whole write when the count is fresh ([`Write::Whole`]); else only what needs
+  /// no room ([`Write::Staged`]): the update of a stored key (set, merge), or how many
+  /// of the keys are new (setMany).
   First,
-  /// Only what needs no room: the update of a stored key (set, merge), or how many of
-  /// the keys are new (setMany).
-  Existing,
-  /// The write, reserving `n` new entries from the count just made, however old.
+  /// The write of `n` new entries with room from a fresh count; [`Write::NeedsCount`]
+  /// when the count is stale.
+  New(u64),
+  /// The write of `n` new entries with room from the count just made, however old.
   Counted(u64),
 }
 
 impl Phase {
-  /// From the JS arguments: no phase or `0`: [`Phase::First`]; `1`: `Existing`; `2`:
-  /// `Counted(new)`.
+  /// From the JS arguments: no phase or `0`: [`Phase::First`]; `1`: `New(n)`; `2`:
+  /// `Counted(n)`.
   pub fn from_js(phase: Option<u32>, new: u64) -> StoreResult<Self> {
     match phase {
       None | Some(0) => Ok(Self::First),
-      Some(1) => Ok(Self::Existing),
+      Some(1) => Ok(Self::New(new)),
       Some(2) => Ok(Self::Counted(new)),
       Some(other) => Err(StoreError::invalid_input(format!(
         "unknown write phase {other}"
@@ -65,35 +67,39 @@ impl Phase {
   }
 }
 
-/// `set`: the checks are done; writes `json`, making room for a new key. `None`: the
-/// count is stale ([`Phase::First`]).
-pub fn set(
-  mount: Arc<Mount>,
-  key: &str,
-  json: String,
-  ttl_ms: Option<u64>,
-  phase: Phase,
-) -> Option<Step> {
+/// What a write that may add keys sends (see [`Phase`]).
+pub enum Write {
+  /// The whole write.
+  Whole(Step),
+  /// The part that needs no room; the JS layer continues with [`Phase::New`].
+  Staged(Step),
+  /// Nothing: the count is stale; the JS layer counts, then continues with
+  /// [`Phase::Counted`].
+  NeedsCount,
+}
+
+/// `set`: the checks are done; writes `json`, making room for a new key. Staged: the
+/// update of a stored key, resolving with whether it was stored.
+pub fn set(mount: Arc<Mount>, key: &str, json: String, ttl_ms: Option<u64>, phase: Phase) -> Write {
   let full_key = mount.full_key(key);
   match phase {
-    Phase::First => mount
-      .reserve(1)
-      .then(|| set_counted(mount, full_key, json, ttl_ms)),
-    // An existing key needs no room: the update alone; `false` when the key is missing.
-    Phase::Existing => {
+    Phase::First if mount.reserve(1) => Write::Whole(set_counted(mount, full_key, json, ttl_ms)),
+    Phase::First => {
       let update = Batch::one(Command::SetIf {
         key: full_key,
         value: json,
         ttl_ms,
         when: crate::command::Condition::Exists,
       });
-      Some(Step::then(update, |replies| {
+      Write::Staged(Step::then(update, |replies| {
         Step::Done(Ok(Output::Bool(first(replies) == Reply::Ok)))
       }))
     }
+    Phase::New(_) if mount.reserve(1) => Write::Whole(set_counted(mount, full_key, json, ttl_ms)),
+    Phase::New(_) => Write::NeedsCount,
     Phase::Counted(_) => {
       let adding = key_named(&mount, &full_key);
-      Some(counted_room(mount.clone(), 1, adding, move || {
+      Write::Whole(counted_room(mount.clone(), 1, adding, move || {
         set_counted(mount, full_key, json, ttl_ms)
       }))
     }
@@ -116,59 +122,58 @@ fn set_counted(mount: Arc<Mount>, full_key: String, json: String, ttl_ms: Option
   })
 }
 
-/// `setMany`: the checks are done; writes every entry in one atomic batch. `None`: the
-/// count is stale ([`Phase::First`]); [`Phase::Existing`] resolves with how many of
-/// the keys are not stored.
+/// `setMany`: the checks are done; writes every entry in one atomic batch. Staged:
+/// resolves with how many of the keys are not stored.
 pub fn set_many(
   mount: Arc<Mount>,
   entries: Vec<(String, String)>,
   ttl_ms: Option<u64>,
   phase: Phase,
-) -> Option<Step> {
+) -> Write {
   if entries.is_empty() {
-    return Some(done_true());
+    return Write::Whole(done_true());
   }
   let full_keys: Vec<String> = entries.iter().map(|(k, _)| mount.full_key(k)).collect();
+  let write = move |full_keys: Vec<String>, entries: Vec<(String, String)>| {
+    let commands = full_keys
+      .into_iter()
+      .zip(entries)
+      .map(|(key, (_, value))| Command::Set { key, value, ttl_ms })
+      .collect();
+    Step::then(Batch::atomic(commands), |_| done_true())
+  };
   match phase {
-    Phase::First => {
-      if !mount.reserve(full_keys.len() as u64) {
-        return None;
-      }
+    Phase::First if mount.reserve(full_keys.len() as u64) => {
       // Room for every key was reserved: `SET ... GET` says which existed.
       let commands = full_keys
         .into_iter()
         .zip(entries)
         .map(|(key, (_, value))| Command::SetGet { key, value, ttl_ms })
         .collect();
-      Some(Step::then(Batch::atomic(commands), move |replies| {
+      Write::Whole(Step::then(Batch::atomic(commands), move |replies| {
         let existed = replies.iter().filter(|r| **r != Reply::Nil).count() as i64;
         mount.adjust_count(-existed);
         done_true()
       }))
     }
-    Phase::Existing => {
+    Phase::First => {
       let exists = full_keys
         .into_iter()
         .map(|key| Command::Exists { key })
         .collect();
-      Some(Step::then(Batch::many(exists), |replies| {
+      Write::Staged(Step::then(Batch::many(exists), |replies| {
         let new = replies.iter().filter(|r| **r == Reply::Int(0)).count() as i64;
         Step::Done(Ok(Output::Int(new)))
       }))
     }
+    Phase::New(0) | Phase::Counted(0) => Write::Whole(write(full_keys, entries)),
+    Phase::New(new) if mount.reserve(new) => Write::Whole(write(full_keys, entries)),
+    Phase::New(_) => Write::NeedsCount,
     Phase::Counted(new) => {
-      let write = move || {
-        let commands = full_keys
-          .into_iter()
-          .zip(entries)
-          .map(|(key, (_, value))| Command::Set { key, value, ttl_ms })
-          .collect();
-        Step::then(Batch::atomic(commands), |_| done_true())
-      };
-      if new == 0 {
-        return Some(write());
-      }
-      Some(counted_room(mount, new, format!("{new} new keys"), write))
+      let adding = format!("{new} new keys");
+      Write::Whole(counted_room(mount, new, adding, move || {
+        write(full_keys, entries)
+      }))
     }
   }
 }
@@ -229,23 +234,24 @@ fn with_room(
 }
 
 /// `merge`: the checks of `partial` are done. One atomic merge on the store (a script
-/// on Redis), so concurrent merges never conflict; a new key first needs room. `None`:
-/// the count is stale ([`Phase::First`]); [`Phase::Existing`] resolves with `null` when
-/// the key is missing.
+/// on Redis), so concurrent merges never conflict; a new key first needs room. Staged:
+/// the merge into a stored object, resolving with `null` when the key is missing.
 pub fn merge(
   mount: Arc<Mount>,
   key: String,
   partial: String,
   ttl_ms: Option<u64>,
   phase: Phase,
-) -> Option<Step> {
+) -> Write {
   let create = match phase {
-    Phase::First if mount.reserve(1) => true,
-    Phase::First => return None,
-    Phase::Existing => false,
+    Phase::First => mount.reserve(1),
+    Phase::New(_) if mount.reserve(1) => {
+      return Write::Whole(create_by_merge(mount, key, partial, ttl_ms));
+    }
+    Phase::New(_) => return Write::NeedsCount,
     Phase::Counted(_) => {
       let adding = format!("key \"{key}\"");
-      return Some(counted_room(mount.clone(), 1, adding, move || {
+      return Write::Whole(counted_room(mount.clone(), 1, adding, move || {
         create_by_merge(mount, key, partial, ttl_ms)
       }));
     }
@@ -257,7 +263,7 @@ pub fn merge(
     max_size: mount.max_value_size,
     create,
   };
-  Some(Step::then(Batch::one(command), move |replies| {
+  let step = Step::then(Batch::one(command), move |replies| {
     let outcome = match first(replies) {
       Reply::Merge(outcome) => outcome,
       other => return unexpected_reply("merge", &other),
@@ -270,7 +276,12 @@ pub fn merge(
       MergeOutcome::Missing => Step::Done(Ok(Output::Text(None))),
       other => Step::Done(Err(merge_error(&mount, &key, other))),
     }
-  }))
+  });
+  if create {
+    Write::Whole(step)
+  } else {
+    Write::Staged(step)
+  }
 }
 
 /// The merge of a missing key, once the mount has room: `partial` becomes the value

@@ -5,8 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use napi::bindgen_prelude::Null;
-use napi::bindgen_prelude::PromiseRaw;
+use napi::bindgen_prelude::{Either3, Null, PromiseRaw};
 use napi::{Either, Env};
 use napi_derive::napi;
 
@@ -19,6 +18,9 @@ use crate::factory::engine_for_target;
 use crate::json_value::JsonType;
 use crate::options::{millis, RedisConnectionOptions, StoreOptions};
 use crate::output::Output;
+
+/// What a write that may add keys returns to JS (see `run_write`).
+type WriteCall<'env> = Either3<PromiseRaw<'env, Output>, Vec<PromiseRaw<'env, Output>>, Null>;
 
 /// A KV store with mounts, modes, schemas and limits, on Redis, SQLite or memory. Made
 /// by `createKvStore`; the JS layer wraps it.
@@ -85,22 +87,21 @@ impl NativeKvStore {
     }
   }
 
-  /// Runs a write that may add keys: `None` (the count is stale) resolves to `null`
-  /// without a promise, and the JS layer runs the write in phases ([`ops::Phase`]).
+  /// Runs a write that may add keys ([`ops::Write`]): the whole write as a promise; its
+  /// first part as `[promise]`; `null` when it waits for a count (nothing sent).
   fn run_write<'env>(
     &self,
     env: &'env Env,
     what: &'static str,
-    step: StoreResult<Option<Step>>,
-  ) -> napi::Result<Either<PromiseRaw<'env, Output>, Null>> {
-    match step {
-      Ok(None) if !self.closed.load(Ordering::Acquire) => Ok(Either::B(Null)),
-      Ok(None) => self
-        .run(env, what, Err(StoreError::disposed()))
-        .map(Either::A),
-      Ok(Some(step)) => self.run(env, what, Ok(step)).map(Either::A),
-      Err(err) => self.run(env, what, Err(err)).map(Either::A),
-    }
+    write: StoreResult<ops::Write>,
+  ) -> napi::Result<WriteCall<'env>> {
+    Ok(match write {
+      Ok(ops::Write::NeedsCount) if !self.closed.load(Ordering::Acquire) => Either3::C(Null),
+      Ok(ops::Write::NeedsCount) => Either3::A(self.run(env, what, Err(StoreError::disposed()))?),
+      Ok(ops::Write::Whole(step)) => Either3::A(self.run(env, what, Ok(step))?),
+      Ok(ops::Write::Staged(step)) => Either3::B(vec![self.run(env, what, Ok(step))?]),
+      Err(err) => Either3::A(self.run(env, what, Err(err))?),
+    })
   }
 
   /// One command, its first reply turned into the output.
@@ -156,11 +157,11 @@ impl NativeKvStore {
     self.run(env, "getOr", step)
   }
 
-  /// Stores `json` after the checks of the contract's `set`. `phase` (see
-  /// `ops::Phase`): absent, the whole write, or `null` when the mount's count is stale;
-  /// `1`, only an update of a stored key (`false` when missing); `2`, the write with
-  /// room from the count just made (`count`).
-  #[napi(ts_return_type = "Promise<boolean> | null")]
+  /// Stores `json` after the checks of the contract's `set`. `phase` (`ops::Phase`):
+  /// absent, the whole write, or while the mount's count is stale `[the update of a
+  /// stored key]` (`false` when missing); `1`, the write of a new key, or `null` while
+  /// the count is stale; `2`, the write with room from the count just made (`count`).
+  #[napi(ts_return_type = "Promise<boolean> | [Promise<boolean>] | null")]
   pub fn set<'env>(
     &self,
     env: &'env Env,
@@ -169,7 +170,7 @@ impl NativeKvStore {
     json: String,
     ttl: Option<f64>,
     phase: Option<u32>,
-  ) -> napi::Result<Either<PromiseRaw<'env, Output>, Null>> {
+  ) -> napi::Result<WriteCall<'env>> {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_write("set", &key, &json, false)?;
       let ttl_ms = Self::ttl(&mount, ttl)?;
@@ -197,8 +198,8 @@ impl NativeKvStore {
   }
 
   /// Shallow-merges the object `json` into the stored object, atomically. `phase` as
-  /// for `set`; phase `1` resolves with `null` when the key is missing.
-  #[napi(ts_return_type = "Promise<boolean | null> | null")]
+  /// for `set`; the first part resolves with `null` when the key is missing.
+  #[napi(ts_return_type = "Promise<boolean> | [Promise<boolean | null>] | null")]
   pub fn merge<'env>(
     &self,
     env: &'env Env,
@@ -207,7 +208,7 @@ impl NativeKvStore {
     json: String,
     ttl: Option<f64>,
     phase: Option<u32>,
-  ) -> napi::Result<Either<PromiseRaw<'env, Output>, Null>> {
+  ) -> napi::Result<WriteCall<'env>> {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_writable("merge", Some(&key))?;
       let entry = mount.declared(&key)?;
@@ -348,9 +349,9 @@ impl NativeKvStore {
   }
 
   /// Stores `[key, json, ...]` entries, all or nothing, after the checks of `set`.
-  /// `phase` as for `set`; phase `1` resolves with how many keys are not stored, phase
-  /// `2` reserves room for `newKeys` of them.
-  #[napi(ts_return_type = "Promise<boolean | number> | null")]
+  /// `phase` as for `set`; the first part resolves with how many keys are not stored,
+  /// phases `1` and `2` reserve room for `newKeys`.
+  #[napi(ts_return_type = "Promise<boolean> | [Promise<number>] | null")]
   pub fn set_many<'env>(
     &self,
     env: &'env Env,
@@ -359,7 +360,7 @@ impl NativeKvStore {
     ttl: Option<f64>,
     phase: Option<u32>,
     new_keys: Option<u32>,
-  ) -> napi::Result<Either<PromiseRaw<'env, Output>, Null>> {
+  ) -> napi::Result<WriteCall<'env>> {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_writable("set", None)?;
       let mut pairs = Vec::with_capacity(entries.len() / 2);
