@@ -104,6 +104,25 @@ for (const name of kvBackendNames) {
       assert.deepEqual(await kv.getAll('m'), { a: 10, b: 2 })
     })
 
+    test('one-round-trip calls on a key, not awaited, run in the order they were made', async () => {
+      const kv = backend.open({ mounts: { m: {} } })
+      await kv.set('m', 'warm', 1) // counts the mount: the sets below are one round trip each
+      const misordered = []
+      for (let i = 0; i < 300; i++) {
+        const set = kv.set('m', `k${i % 10}`, i)
+        const got = await kv.get('m', `k${i % 10}`)
+        await set
+        if (got !== i) misordered.push([i, got])
+      }
+      for (let i = 0; i < 50; i++) {
+        const sets = Array.from({ length: 10 }, (_, j) => kv.set('m', 'hot', i * 100 + j))
+        const got = await kv.get('m', 'hot')
+        await Promise.all(sets)
+        if (got !== i * 100 + 9) misordered.push([i, got])
+      }
+      assert.deepEqual(misordered, [], 'a get saw an older value than the set made before it')
+    })
+
     test('many new keys at once with a stale count count the mount once', async () => {
       const kv = backend.open({ mounts: { m: { maxEntries: 100_000 } } })
       const seed = {}
