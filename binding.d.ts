@@ -39,10 +39,23 @@ export declare class NativeKvStore {
   get(mount: string, key: string): Promise<string>
   /** The stored JSON, or `null` when missing. */
   getOr(mount: string, key: string): Promise<string | null>
-  /** Stores `json` after the checks of the contract's `set`. */
-  set(mount: string, key: string, json: string, ttl?: number | undefined | null): Promise<boolean>
-  /** Shallow-merges the object `json` into the stored object, atomically. */
-  merge(mount: string, key: string, json: string, ttl?: number | undefined | null): Promise<boolean>
+  /**
+   * Stores `json` after the checks of the contract's `set`. `phase` (`ops::Phase`):
+   * absent, the whole write, or while the mount's count is stale `[the update of a
+   * stored key]` (`false` when missing); `1`, the write of a new key, or `null` while
+   * the count is stale; `2`, the write with room from the count just made (`count`).
+   */
+  set(mount: string, key: string, json: string, ttl?: number | undefined | null, phase?: number | undefined | null): Promise<boolean> | [Promise<boolean>] | null
+  /**
+   * Counts the mount's entries and records the count (for the writes that wait on it);
+   * resolves with the count.
+   */
+  count(mount: string): Promise<number>
+  /**
+   * Shallow-merges the object `json` into the stored object, atomically. `phase` as
+   * for `set`; the first part resolves with `null` when the key is missing.
+   */
+  merge(mount: string, key: string, json: string, ttl?: number | undefined | null, phase?: number | undefined | null): Promise<boolean> | [Promise<boolean | null>] | null
   /** Deletes the key; resolves with whether it was stored. */
   delete(mount: string, key: string): Promise<boolean>
   /** Whether the key is stored. */
@@ -57,8 +70,12 @@ export declare class NativeKvStore {
   getByPrefix(mount: string, prefix: string): Promise<Array<string>>
   /** The stored JSON of each of `keys`, in order, `null` where missing (one `MGET`). */
   getMany(mount: string, keys: Array<string>): Promise<Array<string | null>>
-  /** Stores `[key, json, ...]` entries, all or nothing, after the checks of `set`. */
-  setMany(mount: string, entries: Array<string>, ttl?: number | undefined | null): Promise<boolean>
+  /**
+   * Stores `[key, json, ...]` entries, all or nothing, after the checks of `set`.
+   * `phase` as for `set`; the first part resolves with how many keys are not stored,
+   * phases `1` and `2` reserve room for `newKeys`.
+   */
+  setMany(mount: string, entries: Array<string>, ttl?: number | undefined | null, phase?: number | undefined | null, newKeys?: number | undefined | null): Promise<boolean> | [Promise<number>] | null
   /** Deletes the keys; resolves with how many were stored. */
   deleteMany(mount: string, keys: Array<string>): Promise<number>
   /** The mount's declared keys, as JSON text of `[{key, type, description}]`. */
@@ -176,6 +193,9 @@ export declare function createStore(url?: string | undefined | null, options?: S
  * the calls they sent to a store's thread instead.
  */
 export declare function debugEmbeddedGroups(): Array<number>
+
+/** How many times KV mounts were counted (a `SCAN` of the mount) in this process so far. */
+export declare function debugKvCounts(): number
 
 /**
  * Panics inside an async call; JS must see a promise rejected with `err.code`

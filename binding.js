@@ -846,6 +846,7 @@ module.exports.createRedisStore = nativeBinding.createRedisStore
 module.exports.createSqliteStore = nativeBinding.createSqliteStore
 module.exports.createStore = nativeBinding.createStore
 module.exports.debugEmbeddedGroups = nativeBinding.debugEmbeddedGroups
+module.exports.debugKvCounts = nativeBinding.debugKvCounts
 module.exports.debugPanicAsync = nativeBinding.debugPanicAsync
 module.exports.debugPanicSync = nativeBinding.debugPanicSync
 module.exports.debugRuntime = nativeBinding.debugRuntime

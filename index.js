@@ -569,12 +569,97 @@ function schemaSpecs(mount, schema) {
 const parseJson = (text) => JSON.parse(text)
 
 /**
+ * The calls of a KV store still in progress that later calls on the same keys must wait
+ * for: a write run in phases (it may add keys while the mount's count is stale: the
+ * update of a stored key, one count of the mount shared by every write that needs it,
+ * then the write), a `clear` (list, delete, write defaults), and every call that waits.
+ * A call on a busy key (a listing or `clear`: on any key of the mount; any call: while
+ * the mount is cleared) starts once the calls before it on those keys settled, so it
+ * sees what they did. Almost always empty: a call then costs one check.
+ */
+class KeyOrder {
+  /** mount -> { all: the whole-mount call in progress, keys: Map<key, call in progress> } */
+  #mounts = new Map()
+  /** Calls holding keys (held, not yet released); 1 more when every call holds its keys. */
+  #holds = 0
+
+  /**
+   * `everyCall`: every call on keys keeps them busy until it settles (a backend that may
+   * run calls in flight together in any order: the Redis Cluster's tokio tasks).
+   */
+  constructor(everyCall) {
+    this.everyCall = everyCall
+    if (everyCall) this.#holds = 1
+  }
+
+  get idle() {
+    return this.#holds === 0
+  }
+
+  /** The calls a call on `keys` (`null`: the whole mount) waits for; `undefined` for none. */
+  waitsFor(mount, keys) {
+    const held = this.#mounts.get(mount)
+    if (held === undefined) return undefined
+    const calls = held.all === undefined ? [] : [held.all]
+    if (keys === null) for (const call of held.keys.values()) calls.push(call)
+    else
+      for (const key of keys) {
+        const call = held.keys.get(key)
+        if (call !== undefined) calls.push(call)
+      }
+    return calls.length === 0 ? undefined : calls
+  }
+
+  /** Marks `keys` (`null`: the whole mount) busy with `call` (a promise) until `release`. */
+  hold(mount, keys, call) {
+    let held = this.#mounts.get(mount)
+    if (held === undefined) {
+      held = { all: undefined, keys: new Map() }
+      this.#mounts.set(mount, held)
+    }
+    if (keys === null) held.all = call
+    else for (const key of keys) held.keys.set(key, call)
+    this.#holds++
+  }
+
+  /** Frees what `hold(mount, keys, call)` marked (a later call may hold the keys now). */
+  release(mount, keys, call) {
+    const held = this.#mounts.get(mount)
+    if (keys === null) {
+      if (held.all === call) held.all = undefined
+    } else {
+      for (const key of keys) if (held.keys.get(key) === call) held.keys.delete(key)
+    }
+    this.#holds--
+  }
+
+  /** Keeps `keys` busy until `promise` settles; returns it. */
+  holdUntilSettled(mount, keys, promise) {
+    const release = () => this.release(mount, keys, promise)
+    this.hold(mount, keys, promise)
+    promise.then(release, release)
+    return promise
+  }
+}
+
+/** The keys of `[key, json, ...]`. */
+function keysOf(flat) {
+  const keys = []
+  for (let i = 0; i < flat.length; i += 2) keys.push(flat[i])
+  return keys
+}
+
+/**
  * A key-value store with mounts, access modes, schemas and limits, over Redis, SQLite or
- * memory. Made by createKvStore. Each method is one native call and one `.then`.
+ * memory. Made by createKvStore. Each method is one native call and one `.then`, except
+ * while calls on the same keys are in progress in phases (KeyOrder).
  */
 class KvStore {
   #native
   #mountNames
+  #order
+  /** mount -> the count of its entries in progress, shared by the writes that wait for it */
+  #counting = new Map()
 
   constructor(nativeStore, target) {
     if (!(nativeStore instanceof native.NativeKvStore)) {
@@ -583,6 +668,7 @@ class KvStore {
     this.#native = nativeStore
     this.#mountNames = new Set(parseJson(nativeStore.mounts()).map((m) => m.name))
     servers.set(this, describeServer(nativeStore, 'kv', target))
+    this.#order = new KeyOrder(nativeStore.serverInfo().backend === 'cluster')
   }
 
   /** Checks the mount before anything else (UNKNOWN_MOUNT, listing the mounts). */
@@ -591,33 +677,113 @@ class KvStore {
     if (!this.#mountNames.has(mount)) this.#native.schema(mount)
   }
 
+  /**
+   * Runs `start` now, or once the calls before it on `keys` (`null`: the whole mount)
+   * settled; a call that waits keeps its keys busy (when `holds`) for the calls after it.
+   */
+  #after(mount, keys, holds, start) {
+    const calls = this.#order.waitsFor(mount, keys)
+    if (calls === undefined && !(holds && this.#order.everyCall)) return start()
+    const call = calls === undefined ? start() : Promise.allSettled(calls).then(start)
+    return holds ? this.#order.holdUntilSettled(mount, keys, call) : call
+  }
+
+  /** Counts the mount's entries: one count at a time per mount, shared by every write waiting for it. */
+  #count(mount) {
+    let counting = this.#counting.get(mount)
+    if (counting === undefined) {
+      counting = this.#native.count(mount).finally(() => this.#counting.delete(mount))
+      this.#counting.set(mount, counting)
+    }
+    return counting
+  }
+
   get(mount, key) {
     try {
       this.#requireMount(mount)
       requireString('key', key)
-      return this.#native.get(mount, key).then((text) => decodeValue(text, mount, key), rethrow)
+      if (!this.#order.idle) return this.#after(mount, [key], true, () => this.#get(mount, key))
+      return this.#get(mount, key)
     } catch (err) {
       return rejected(err)
     }
+  }
+
+  #get(mount, key) {
+    return this.#native.get(mount, key).then((text) => decodeValue(text, mount, key), rethrow)
   }
 
   getOr(mount, key, fallback) {
     try {
       this.#requireMount(mount)
       requireString('key', key)
-      return this.#native.getOr(mount, key).then((text) => (text === null ? fallback : decodeValue(text, mount, key)), rethrow)
+      if (!this.#order.idle) return this.#after(mount, [key], true, () => this.#getOr(mount, key, fallback))
+      return this.#getOr(mount, key, fallback)
     } catch (err) {
       return rejected(err)
     }
+  }
+
+  #getOr(mount, key, fallback) {
+    return this.#native.getOr(mount, key).then((text) => (text === null ? fallback : decodeValue(text, mount, key)), rethrow)
   }
 
   set(mount, key, value, options) {
     try {
       this.#requireMount(mount)
       requireString('key', key)
-      return this.#native.set(mount, key, encodeValue(value, mount, key), ttlOf(options)).then(undefined, rethrow)
+      const json = encodeValue(value, mount, key)
+      const ttl = ttlOf(options)
+      if (!this.#order.idle) return this.#after(mount, [key], true, () => this.#set(mount, key, json, ttl))
+      return this.#set(mount, key, json, ttl)
     } catch (err) {
       return rejected(err)
+    }
+  }
+
+  #set(mount, key, json, ttl) {
+    const call = this.#native.set(mount, key, json, ttl)
+    if (!Array.isArray(call)) return call.then(undefined, rethrow)
+    // The mount's count is stale: the update of a stored key, else the write of a new one.
+    const keys = [key]
+    const write = call[0].then(
+      (updated) => this.#released(mount, keys, write, updated || this.#setNew(mount, key, json, ttl)),
+      (err) => this.#released(mount, keys, write, Promise.reject(err)),
+    )
+    this.#order.hold(mount, keys, write)
+    return write
+  }
+
+  /**
+   * Frees the keys `write` holds once `outcome` (a value, or a promise of the rest of the
+   * write) settled, and settles `write` with it.
+   */
+  #released(mount, keys, write, outcome) {
+    if (!(outcome instanceof Promise)) {
+      this.#order.release(mount, keys, write)
+      return outcome
+    }
+    return outcome.then(
+      (value) => {
+        this.#order.release(mount, keys, write)
+        return value
+      },
+      (err) => {
+        this.#order.release(mount, keys, write)
+        return rethrow(err)
+      },
+    )
+  }
+
+  async #setNew(mount, key, json, ttl) {
+    try {
+      // A count made meanwhile (by a write that needed it too) may be fresh: no second count.
+      const call = this.#native.set(mount, key, json, ttl, 1)
+      if (call !== null) return await call
+      await this.#count(mount)
+      return await this.#native.set(mount, key, json, ttl, 2)
+    } catch (err) {
+      return rethrow(err)
     }
   }
 
@@ -630,9 +796,34 @@ class KvStore {
       }
       const json = encodeValue(partial, mount, key)
       const ttl = ttlOf(options)
-      return this.#native.merge(mount, key, json, ttl).then(undefined, rethrow)
+      if (!this.#order.idle) return this.#after(mount, [key], true, () => this.#merge(mount, key, json, ttl))
+      return this.#merge(mount, key, json, ttl)
     } catch (err) {
       return rejected(err)
+    }
+  }
+
+  #merge(mount, key, json, ttl) {
+    const call = this.#native.merge(mount, key, json, ttl)
+    if (!Array.isArray(call)) return call.then(undefined, rethrow)
+    // The mount's count is stale: a merge into a stored object, else the merge of a new key.
+    const keys = [key]
+    const write = call[0].then(
+      (merged) => this.#released(mount, keys, write, merged ?? this.#mergeNew(mount, key, json, ttl)),
+      (err) => this.#released(mount, keys, write, Promise.reject(err)),
+    )
+    this.#order.hold(mount, keys, write)
+    return write
+  }
+
+  async #mergeNew(mount, key, json, ttl) {
+    try {
+      const call = this.#native.merge(mount, key, json, ttl, 1)
+      if (call !== null) return await call
+      await this.#count(mount)
+      return await this.#native.merge(mount, key, json, ttl, 2)
+    } catch (err) {
+      return rethrow(err)
     }
   }
 
@@ -640,6 +831,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireString('key', key)
+      if (!this.#order.idle) return this.#after(mount, [key], true, () => this.#native.delete(mount, key).then(undefined, rethrow))
       return this.#native.delete(mount, key).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -650,6 +842,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireString('key', key)
+      if (!this.#order.idle) return this.#after(mount, [key], true, () => this.#native.has(mount, key).then(undefined, rethrow))
       return this.#native.has(mount, key).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -660,6 +853,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       if (pattern !== undefined) requireString('pattern', pattern)
+      if (!this.#order.idle) return this.#after(mount, null, false, () => this.#native.keys(mount, pattern).then(undefined, rethrow))
       return this.#native.keys(mount, pattern).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -669,7 +863,10 @@ class KvStore {
   clear(mount) {
     try {
       this.#requireMount(mount)
-      return this.#native.clear(mount).then(undefined, rethrow)
+      // Several round trips (list, delete, write the defaults): later calls on the mount wait.
+      const start = () => this.#order.holdUntilSettled(mount, null, this.#native.clear(mount).then(undefined, rethrow))
+      if (!this.#order.idle) return this.#after(mount, null, true, start)
+      return start()
     } catch (err) {
       return rejected(err)
     }
@@ -678,7 +875,9 @@ class KvStore {
   getAll(mount) {
     try {
       this.#requireMount(mount)
-      return this.#native.getAll(mount).then((pairs) => decodePairs(pairs, mount), rethrow)
+      const start = () => this.#native.getAll(mount).then((pairs) => decodePairs(pairs, mount), rethrow)
+      if (!this.#order.idle) return this.#after(mount, null, false, start)
+      return start()
     } catch (err) {
       return rejected(err)
     }
@@ -688,7 +887,9 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireKeys(keys)
-      return this.#native.getMany(mount, keys).then((texts) => decodeFound(keys, texts, mount), rethrow)
+      const start = () => this.#native.getMany(mount, keys).then((texts) => decodeFound(keys, texts, mount), rethrow)
+      if (!this.#order.idle) return this.#after(mount, keys.slice(), true, start)
+      return start()
     } catch (err) {
       return rejected(err)
     }
@@ -697,9 +898,36 @@ class KvStore {
   setMany(mount, entries, options) {
     try {
       this.#requireMount(mount)
-      return this.#native.setMany(mount, encodeEntries(entries, mount), ttlOf(options)).then(undefined, rethrow)
+      const flat = encodeEntries(entries, mount)
+      const ttl = ttlOf(options)
+      if (!this.#order.idle) return this.#after(mount, keysOf(flat), true, () => this.#setMany(mount, flat, ttl))
+      return this.#setMany(mount, flat, ttl)
     } catch (err) {
       return rejected(err)
+    }
+  }
+
+  #setMany(mount, flat, ttl) {
+    const call = this.#native.setMany(mount, flat, ttl)
+    if (!Array.isArray(call)) return call.then(undefined, rethrow)
+    // The mount's count is stale: which keys are new, then the write (counting first if any is).
+    const keys = keysOf(flat)
+    const write = call[0].then(
+      (fresh) => this.#released(mount, keys, write, this.#setManyNew(mount, flat, ttl, fresh)),
+      (err) => this.#released(mount, keys, write, Promise.reject(err)),
+    )
+    this.#order.hold(mount, keys, write)
+    return write
+  }
+
+  async #setManyNew(mount, flat, ttl, fresh) {
+    try {
+      const call = this.#native.setMany(mount, flat, ttl, 1, fresh)
+      if (call !== null) return await call
+      await this.#count(mount)
+      return await this.#native.setMany(mount, flat, ttl, 2, fresh)
+    } catch (err) {
+      return rethrow(err)
     }
   }
 
@@ -707,7 +935,9 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireKeys(keys)
-      return this.#native.deleteMany(mount, keys).then(undefined, rethrow)
+      const start = () => this.#native.deleteMany(mount, keys).then(undefined, rethrow)
+      if (!this.#order.idle) return this.#after(mount, keys.slice(), true, start)
+      return start()
     } catch (err) {
       return rejected(err)
     }
@@ -717,7 +947,9 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireString('prefix', prefix)
-      return this.#native.getByPrefix(mount, prefix).then((pairs) => decodePairs(pairs, mount), rethrow)
+      const start = () => this.#native.getByPrefix(mount, prefix).then((pairs) => decodePairs(pairs, mount), rethrow)
+      if (!this.#order.idle) return this.#after(mount, null, false, start)
+      return start()
     } catch (err) {
       return rejected(err)
     }

@@ -115,9 +115,20 @@ const NODE_TEST = ['--test', '--test-force-exit', '--test-timeout=300000']
  * Node.js programs or a path that is the same on every runtime (the cluster backend runs
  * on tokio threads everywhere).
  */
-const OTHER_RUNTIME_SPECS = ['runtime', 'conformance', 'kv', 'reliability', 'process', 'redis', 'tls', 'sentinel', 'sqlite', 'postgres', 'observability'].map(
-  (name) => join('__test__', `${name}.spec.mjs`),
-)
+const OTHER_RUNTIME_SPECS = [
+  'runtime',
+  'conformance',
+  'kv',
+  'kv-order',
+  'reliability',
+  'process',
+  'redis',
+  'tls',
+  'sentinel',
+  'sqlite',
+  'postgres',
+  'observability',
+].map((name) => join('__test__', `${name}.spec.mjs`))
 /** Bounds a whole Bun or Deno step (deno test has no per-test timeout). */
 const OTHER_RUNTIME_TIMEOUT_MS = 15 * 60_000
 
@@ -190,7 +201,7 @@ try {
     run(
       'node --test, Redis on tokio threads',
       process.execPath,
-      [...NODE_TEST, ...['conformance', 'redis', 'reliability', 'observability'].map((name) => join('__test__', `${name}.spec.mjs`))],
+      [...NODE_TEST, ...['conformance', 'kv-order', 'redis', 'reliability', 'observability'].map((name) => join('__test__', `${name}.spec.mjs`))],
       { ...servers, DURASTATE_REDIS_DRIVER: 'threads' },
     ),
   )

@@ -34,3 +34,9 @@ pub fn debug_embedded_groups() -> Vec<i64> {
     .map(|count| count as i64)
     .to_vec()
 }
+
+/// How many times KV mounts were counted (a `SCAN` of the mount) in this process so far.
+#[napi]
+pub fn debug_kv_counts() -> i64 {
+  crate::kv::count_runs() as i64
+}

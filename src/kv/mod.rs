@@ -5,4 +5,5 @@ mod mount;
 mod ops;
 mod store;
 
+pub use ops::count_runs;
 pub use store::{create_kv_store, NativeKvStore};

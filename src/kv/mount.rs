@@ -250,6 +250,19 @@ impl Mount {
     }
   }
 
+  /// Reserves room for `new` entries from the last count however old it is (a count
+  /// the caller just had made): `None` when nothing was counted yet, `Some(Err(count))`
+  /// when there is no room.
+  pub fn reserve_counted(&self, new: u64) -> Option<Result<(), u64>> {
+    let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
+    let (count, _) = counted.as_mut()?;
+    if *count + new > self.max_entries {
+      return Some(Err(*count));
+    }
+    *count += new;
+    Some(Ok(()))
+  }
+
   /// Records a count just made (including the `new` entries about to be written).
   pub fn record_count(&self, count: u64) {
     *self.counted.lock().unwrap_or_else(|e| e.into_inner()) = Some((count, Instant::now()));

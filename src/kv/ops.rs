@@ -1,9 +1,11 @@
 //! The KV calls as chains of keyspace batches ([`Step`]s), written once for every
-//! backend. Single-key calls are one round trip; `set` of a new key counts the mount
-//! (a `SCAN`) unless a count less than a second old says there is room; `merge` is one
+//! backend. Single-key calls are one round trip; a write that may add keys is one
+//! round trip while a count less than a second old says there is room, else the JS
+//! layer runs it in [`Phase`]s around one shared count of the mount; `merge` is one
 //! atomic merge on the store.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::mount::Mount;
@@ -32,25 +34,76 @@ pub fn get(
   })
 }
 
-/// `set`: the checks are done; writes `json`, making room for a new key.
-pub fn set(mount: Arc<Mount>, key: &str, json: String, ttl_ms: Option<u64>) -> Step {
-  let full_key = mount.full_key(key);
-  if mount.reserve(1) {
-    return set_counted(mount, full_key, json, ttl_ms);
+/// Which part of a write that may add keys a call runs. A new key needs room under
+/// the mount's entry limit; while the mount's count is fresh, a write reserves from it
+/// and is one round trip. Otherwise the JS layer (`index.js`) runs the write in parts,
+/// keeping the call's keys busy meanwhile (later calls on them wait), and counts the
+/// mount once for every write that needs it (`count`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+  /// The whole write when the count is fresh ([`Write::Whole`]); else only what needs
+  /// no room ([`Write::Staged`]): the update of a stored key (set, merge), or how many
+  /// of the keys are new (setMany).
+  First,
+  /// The write of `n` new entries with room from a fresh count; [`Write::NeedsCount`]
+  /// when the count is stale.
+  New(u64),
+  /// The write of `n` new entries with room from the count just made, however old.
+  Counted(u64),
+}
+
+impl Phase {
+  /// From the JS arguments: no phase or `0`: [`Phase::First`]; `1`: `New(n)`; `2`:
+  /// `Counted(n)`.
+  pub fn from_js(phase: Option<u32>, new: u64) -> StoreResult<Self> {
+    match phase {
+      None | Some(0) => Ok(Self::First),
+      Some(1) => Ok(Self::New(new)),
+      Some(2) => Ok(Self::Counted(new)),
+      Some(other) => Err(StoreError::invalid_input(format!(
+        "unknown write phase {other}"
+      ))),
+    }
   }
-  // The count is stale: an existing key needs no room, so try it as an update first.
-  let update = Batch::one(Command::SetIf {
-    key: full_key.clone(),
-    value: json.clone(),
-    ttl_ms,
-    when: crate::command::Condition::Exists,
-  });
-  Step::then(update, move |replies| match first(replies) {
-    Reply::Ok => done_true(),
-    _ => with_room(mount.clone(), 1, key_named(&mount, &full_key), move || {
-      set_counted(mount, full_key, json, ttl_ms)
-    }),
-  })
+}
+
+/// What a write that may add keys sends (see [`Phase`]).
+pub enum Write {
+  /// The whole write.
+  Whole(Step),
+  /// The part that needs no room; the JS layer continues with [`Phase::New`].
+  Staged(Step),
+  /// Nothing: the count is stale; the JS layer counts, then continues with
+  /// [`Phase::Counted`].
+  NeedsCount,
+}
+
+/// `set`: the checks are done; writes `json`, making room for a new key. Staged: the
+/// update of a stored key, resolving with whether it was stored.
+pub fn set(mount: Arc<Mount>, key: &str, json: String, ttl_ms: Option<u64>, phase: Phase) -> Write {
+  let full_key = mount.full_key(key);
+  match phase {
+    Phase::First if mount.reserve(1) => Write::Whole(set_counted(mount, full_key, json, ttl_ms)),
+    Phase::First => {
+      let update = Batch::one(Command::SetIf {
+        key: full_key,
+        value: json,
+        ttl_ms,
+        when: crate::command::Condition::Exists,
+      });
+      Write::Staged(Step::then(update, |replies| {
+        Step::Done(Ok(Output::Bool(first(replies) == Reply::Ok)))
+      }))
+    }
+    Phase::New(_) if mount.reserve(1) => Write::Whole(set_counted(mount, full_key, json, ttl_ms)),
+    Phase::New(_) => Write::NeedsCount,
+    Phase::Counted(_) => {
+      let adding = key_named(&mount, &full_key);
+      Write::Whole(counted_room(mount.clone(), 1, adding, move || {
+        set_counted(mount, full_key, json, ttl_ms)
+      }))
+    }
+  }
 }
 
 /// Writes with `SET ... GET`, room for one new entry already counted; gives the room
@@ -69,46 +122,106 @@ fn set_counted(mount: Arc<Mount>, full_key: String, json: String, ttl_ms: Option
   })
 }
 
-/// `setMany`: the checks are done; writes every entry in one atomic batch.
-pub fn set_many(mount: Arc<Mount>, entries: Vec<(String, String)>, ttl_ms: Option<u64>) -> Step {
+/// `setMany`: the checks are done; writes every entry in one atomic batch. Staged:
+/// resolves with how many of the keys are not stored.
+pub fn set_many(
+  mount: Arc<Mount>,
+  entries: Vec<(String, String)>,
+  ttl_ms: Option<u64>,
+  phase: Phase,
+) -> Write {
   if entries.is_empty() {
-    return done_true();
+    return Write::Whole(done_true());
   }
   let full_keys: Vec<String> = entries.iter().map(|(k, _)| mount.full_key(k)).collect();
-  let exists = full_keys
-    .iter()
-    .map(|key| Command::Exists { key: key.clone() })
-    .collect();
-  let batch = Batch::many(exists);
-  Step::then(batch, move |replies| {
-    let new = replies.iter().filter(|r| **r == Reply::Int(0)).count() as u64;
-    let write = move || {
+  let write = move |full_keys: Vec<String>, entries: Vec<(String, String)>| {
+    let commands = full_keys
+      .into_iter()
+      .zip(entries)
+      .map(|(key, (_, value))| Command::Set { key, value, ttl_ms })
+      .collect();
+    Step::then(Batch::atomic(commands), |_| done_true())
+  };
+  match phase {
+    Phase::First if mount.reserve(full_keys.len() as u64) => {
+      // Room for every key was reserved: `SET ... GET` says which existed.
       let commands = full_keys
         .into_iter()
         .zip(entries)
-        .map(|(key, (_, value))| Command::Set { key, value, ttl_ms })
+        .map(|(key, (_, value))| Command::SetGet { key, value, ttl_ms })
         .collect();
-      Step::then(Batch::atomic(commands), |_| done_true())
-    };
-    if new == 0 {
-      write()
-    } else {
-      with_room(mount, new, format!("{new} new keys"), write)
+      Write::Whole(Step::then(Batch::atomic(commands), move |replies| {
+        let existed = replies.iter().filter(|r| **r != Reply::Nil).count() as i64;
+        mount.adjust_count(-existed);
+        done_true()
+      }))
     }
+    Phase::First => {
+      let exists = full_keys
+        .into_iter()
+        .map(|key| Command::Exists { key })
+        .collect();
+      Write::Staged(Step::then(Batch::many(exists), |replies| {
+        let new = replies.iter().filter(|r| **r == Reply::Int(0)).count() as i64;
+        Step::Done(Ok(Output::Int(new)))
+      }))
+    }
+    Phase::New(0) | Phase::Counted(0) => Write::Whole(write(full_keys, entries)),
+    Phase::New(new) if mount.reserve(new) => Write::Whole(write(full_keys, entries)),
+    Phase::New(_) => Write::NeedsCount,
+    Phase::Counted(new) => {
+      let adding = format!("{new} new keys");
+      Write::Whole(counted_room(mount, new, adding, move || {
+        write(full_keys, entries)
+      }))
+    }
+  }
+}
+
+/// `count`: counts the mount's entries (a `SCAN`) and records the count.
+pub fn count(mount: Arc<Mount>) -> Step {
+  COUNTS.fetch_add(1, Ordering::Relaxed);
+  let pattern = format!("{}*", glob::escape(&mount.prefix));
+  scan(pattern, move |keys| {
+    let count = keys.len() as u64;
+    mount.record_count(count);
+    Step::Done(Ok(Output::Int(count as i64)))
   })
 }
 
-/// Runs `then` if the mount has room for `new` more entries, else rejects with
-/// `ENTRY_LIMIT`. Counts the mount unless a fresh count says there is room.
+/// Mount counts started in this process (`debugKvCounts`).
+static COUNTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times a mount was counted in this process so far.
+pub fn count_runs() -> u64 {
+  COUNTS.load(Ordering::Relaxed)
+}
+
+/// Runs `then` with room for `new` entries reserved from the count just made; rejects
+/// with `ENTRY_LIMIT` when it has no room; counts first when there is no count (a
+/// `clear` forgot it).
+fn counted_room(
+  mount: Arc<Mount>,
+  new: u64,
+  adding: String,
+  then: impl FnOnce() -> Step + Send + 'static,
+) -> Step {
+  match mount.reserve_counted(new) {
+    Some(Ok(())) => then(),
+    Some(Err(count)) => Step::Done(Err(mount.entry_limit_error(count, new, &adding))),
+    None => with_room(mount, new, adding, then),
+  }
+}
+
+/// Counts the mount, then runs `then` if it has room for `new` more entries, else
+/// rejects with `ENTRY_LIMIT`.
 fn with_room(
   mount: Arc<Mount>,
   new: u64,
   adding: String,
   then: impl FnOnce() -> Step + Send + 'static,
 ) -> Step {
-  if mount.reserve(new) {
-    return then();
-  }
+  COUNTS.fetch_add(1, Ordering::Relaxed);
   let pattern = format!("{}*", glob::escape(&mount.prefix));
   scan(pattern, move |keys| {
     let count = keys.len() as u64;
@@ -121,17 +234,36 @@ fn with_room(
 }
 
 /// `merge`: the checks of `partial` are done. One atomic merge on the store (a script
-/// on Redis), so concurrent merges never conflict; a new key first needs room.
-pub fn merge(mount: Arc<Mount>, key: String, partial: String, ttl_ms: Option<u64>) -> Step {
-  let create = mount.reserve(1);
+/// on Redis), so concurrent merges never conflict; a new key first needs room. Staged:
+/// the merge into a stored object, resolving with `null` when the key is missing.
+pub fn merge(
+  mount: Arc<Mount>,
+  key: String,
+  partial: String,
+  ttl_ms: Option<u64>,
+  phase: Phase,
+) -> Write {
+  let create = match phase {
+    Phase::First => mount.reserve(1),
+    Phase::New(_) if mount.reserve(1) => {
+      return Write::Whole(create_by_merge(mount, key, partial, ttl_ms));
+    }
+    Phase::New(_) => return Write::NeedsCount,
+    Phase::Counted(_) => {
+      let adding = format!("key \"{key}\"");
+      return Write::Whole(counted_room(mount.clone(), 1, adding, move || {
+        create_by_merge(mount, key, partial, ttl_ms)
+      }));
+    }
+  };
   let command = Command::Merge {
     key: mount.full_key(&key),
-    partial: partial.clone(),
+    partial,
     ttl_ms,
     max_size: mount.max_value_size,
     create,
   };
-  Step::then(Batch::one(command), move |replies| {
+  let step = Step::then(Batch::one(command), move |replies| {
     let outcome = match first(replies) {
       Reply::Merge(outcome) => outcome,
       other => return unexpected_reply("merge", &other),
@@ -141,15 +273,15 @@ pub fn merge(mount: Arc<Mount>, key: String, partial: String, ttl_ms: Option<u64
     }
     match outcome {
       MergeOutcome::Merged { .. } => done_true(),
-      MergeOutcome::Missing => {
-        let adding = format!("key \"{key}\"");
-        with_room(mount.clone(), 1, adding, move || {
-          create_by_merge(mount, key, partial, ttl_ms)
-        })
-      }
+      MergeOutcome::Missing => Step::Done(Ok(Output::Text(None))),
       other => Step::Done(Err(merge_error(&mount, &key, other))),
     }
-  })
+  });
+  if create {
+    Write::Whole(step)
+  } else {
+    Write::Staged(step)
+  }
 }
 
 /// The merge of a missing key, once the mount has room: `partial` becomes the value
@@ -169,7 +301,10 @@ fn create_by_merge(mount: Arc<Mount>, key: String, partial: String, ttl_ms: Opti
       }
       done_true()
     }
-    Reply::Merge(other) => Step::Done(Err(merge_error(&mount, &key, other))),
+    Reply::Merge(other) => {
+      mount.adjust_count(-1);
+      Step::Done(Err(merge_error(&mount, &key, other)))
+    }
     other => unexpected_reply("merge", &other),
   })
 }

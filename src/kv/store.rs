@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use napi::bindgen_prelude::PromiseRaw;
+use napi::bindgen_prelude::{Either3, Null, PromiseRaw};
 use napi::{Either, Env};
 use napi_derive::napi;
 
@@ -18,6 +18,9 @@ use crate::factory::engine_for_target;
 use crate::json_value::JsonType;
 use crate::options::{millis, RedisConnectionOptions, StoreOptions};
 use crate::output::Output;
+
+/// What a write that may add keys returns to JS (see `run_write`).
+type WriteCall<'env> = Either3<PromiseRaw<'env, Output>, Vec<PromiseRaw<'env, Output>>, Null>;
 
 /// A KV store with mounts, modes, schemas and limits, on Redis, SQLite or memory. Made
 /// by `createKvStore`; the JS layer wraps it.
@@ -84,6 +87,23 @@ impl NativeKvStore {
     }
   }
 
+  /// Runs a write that may add keys ([`ops::Write`]): the whole write as a promise; its
+  /// first part as `[promise]`; `null` when it waits for a count (nothing sent).
+  fn run_write<'env>(
+    &self,
+    env: &'env Env,
+    what: &'static str,
+    write: StoreResult<ops::Write>,
+  ) -> napi::Result<WriteCall<'env>> {
+    Ok(match write {
+      Ok(ops::Write::NeedsCount) if !self.closed.load(Ordering::Acquire) => Either3::C(Null),
+      Ok(ops::Write::NeedsCount) => Either3::A(self.run(env, what, Err(StoreError::disposed()))?),
+      Ok(ops::Write::Whole(step)) => Either3::A(self.run(env, what, Ok(step))?),
+      Ok(ops::Write::Staged(step)) => Either3::B(vec![self.run(env, what, Ok(step))?]),
+      Err(err) => Either3::A(self.run(env, what, Err(err))?),
+    })
+  }
+
   /// One command, its first reply turned into the output.
   fn single(
     command: Command,
@@ -137,8 +157,11 @@ impl NativeKvStore {
     self.run(env, "getOr", step)
   }
 
-  /// Stores `json` after the checks of the contract's `set`.
-  #[napi(ts_return_type = "Promise<boolean>")]
+  /// Stores `json` after the checks of the contract's `set`. `phase` (`ops::Phase`):
+  /// absent, the whole write, or while the mount's count is stale `[the update of a
+  /// stored key]` (`false` when missing); `1`, the write of a new key, or `null` while
+  /// the count is stale; `2`, the write with room from the count just made (`count`).
+  #[napi(ts_return_type = "Promise<boolean> | [Promise<boolean>] | null")]
   pub fn set<'env>(
     &self,
     env: &'env Env,
@@ -146,17 +169,37 @@ impl NativeKvStore {
     key: String,
     json: String,
     ttl: Option<f64>,
-  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    phase: Option<u32>,
+  ) -> napi::Result<WriteCall<'env>> {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_write("set", &key, &json, false)?;
       let ttl_ms = Self::ttl(&mount, ttl)?;
-      Ok(ops::set(mount, &key, json, ttl_ms))
+      Ok(ops::set(
+        mount,
+        &key,
+        json,
+        ttl_ms,
+        ops::Phase::from_js(phase, 1)?,
+      ))
     });
-    self.run(env, "set", step)
+    self.run_write(env, "set", step)
   }
 
-  /// Shallow-merges the object `json` into the stored object, atomically.
-  #[napi(ts_return_type = "Promise<boolean>")]
+  /// Counts the mount's entries and records the count (for the writes that wait on it);
+  /// resolves with the count.
+  #[napi(ts_return_type = "Promise<number>")]
+  pub fn count<'env>(
+    &self,
+    env: &'env Env,
+    mount: String,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    let step = self.mount(&mount).map(ops::count);
+    self.run(env, "count", step)
+  }
+
+  /// Shallow-merges the object `json` into the stored object, atomically. `phase` as
+  /// for `set`; the first part resolves with `null` when the key is missing.
+  #[napi(ts_return_type = "Promise<boolean> | [Promise<boolean | null>] | null")]
   pub fn merge<'env>(
     &self,
     env: &'env Env,
@@ -164,7 +207,8 @@ impl NativeKvStore {
     key: String,
     json: String,
     ttl: Option<f64>,
-  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    phase: Option<u32>,
+  ) -> napi::Result<WriteCall<'env>> {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_writable("merge", Some(&key))?;
       let entry = mount.declared(&key)?;
@@ -180,9 +224,15 @@ impl NativeKvStore {
         Some(_) => Self::ttl(&mount, ttl)?,
         None => mount.ttl_ms,
       };
-      Ok(ops::merge(mount, key, json, ttl_ms))
+      Ok(ops::merge(
+        mount,
+        key,
+        json,
+        ttl_ms,
+        ops::Phase::from_js(phase, 1)?,
+      ))
     });
-    self.run(env, "merge", step)
+    self.run_write(env, "merge", step)
   }
 
   /// Deletes the key; resolves with whether it was stored.
@@ -299,14 +349,18 @@ impl NativeKvStore {
   }
 
   /// Stores `[key, json, ...]` entries, all or nothing, after the checks of `set`.
-  #[napi(ts_return_type = "Promise<boolean>")]
+  /// `phase` as for `set`; the first part resolves with how many keys are not stored,
+  /// phases `1` and `2` reserve room for `newKeys`.
+  #[napi(ts_return_type = "Promise<boolean> | [Promise<number>] | null")]
   pub fn set_many<'env>(
     &self,
     env: &'env Env,
     mount: String,
     entries: Vec<String>,
     ttl: Option<f64>,
-  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    phase: Option<u32>,
+    new_keys: Option<u32>,
+  ) -> napi::Result<WriteCall<'env>> {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_writable("set", None)?;
       let mut pairs = Vec::with_capacity(entries.len() / 2);
@@ -316,9 +370,10 @@ impl NativeKvStore {
         pairs.push((key, json));
       }
       let ttl_ms = Self::ttl(&mount, ttl)?;
-      Ok(ops::set_many(mount, pairs, ttl_ms))
+      let phase = ops::Phase::from_js(phase, u64::from(new_keys.unwrap_or(0)))?;
+      Ok(ops::set_many(mount, pairs, ttl_ms, phase))
     });
-    self.run(env, "setMany", step)
+    self.run_write(env, "setMany", step)
   }
 
   /// Deletes the keys; resolves with how many were stored.

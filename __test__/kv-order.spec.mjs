@@ -1,0 +1,152 @@
+// The KV store keeps the order of calls on the same keys, on every backend, when a write
+// takes several round trips: a write that may add keys while the mount's entry count is
+// stale (never counted, or counted more than a second ago) runs in phases (the update of
+// a stored key, a count of the mount, the write), and `clear` lists, deletes, then writes
+// defaults. A call made after such a call, without awaiting it, must see what it did. And
+// the writes that need a count share one: many new keys at once count the mount once.
+import assert from 'node:assert/strict'
+import { after, before, describe, it } from 'node:test'
+import binding from '../binding.js'
+import { kvBackendNames, prepareKvBackend } from './helpers/kv-backends.mjs'
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+/** Every test is bounded: a hang fails the test instead of the run. */
+const test = (title, fn, timeout = 60_000) => it(title, { timeout }, fn)
+
+/** Longer than the time a count of a mount's entries is trusted (1 s). */
+const STALE_MS = 1_100
+
+for (const name of kvBackendNames) {
+  describe(`KV call order: ${name}`, () => {
+    let backend
+    before(async () => {
+      backend = await prepareKvBackend(name)
+    })
+    after(async () => {
+      await backend.release()
+    })
+
+    // A new store has not counted its mounts: its first write of a new key runs in phases.
+    test('a set of a new key (no count yet) is seen by the calls made after it', async () => {
+      const kv = backend.open({ mounts: { m: {} } })
+      const set = kv.set('m', 'k', 2)
+      assert.equal(await kv.get('m', 'k'), 2)
+      assert.equal(await set, true)
+
+      const kv2 = backend.open({ mounts: { m: {} } })
+      const calls = [kv2.set('m', 'a', { x: 1 }), kv2.merge('m', 'a', { y: 2 }), kv2.getOr('m', 'a', null), kv2.has('m', 'a')]
+      assert.deepEqual(await Promise.all(calls), [true, true, { x: 1, y: 2 }, true])
+
+      const kv3 = backend.open({ mounts: { m: {} } })
+      const deleted = [kv3.set('m', 'd', 1), kv3.delete('m', 'd'), kv3.has('m', 'd')]
+      assert.deepEqual(await Promise.all(deleted), [true, true, false])
+    })
+
+    test('a set with a count older than a second is seen by get, delete, merge and listings', async () => {
+      const kv = backend.open({ mounts: { m: {} } })
+      await kv.setMany('m', { old: 1, obj: { a: 1 } })
+      await sleep(STALE_MS)
+      // An update of a stored key and a new key, neither awaited.
+      const writes = [kv.set('m', 'old', 2), kv.set('m', 'new', 3), kv.set('m', 'obj', { b: 2 })]
+      const reads = [kv.get('m', 'old'), kv.get('m', 'new'), kv.merge('m', 'obj', { c: 3 }), kv.keys('m'), kv.getAll('m')]
+      assert.deepEqual(await Promise.all(reads), [2, 3, true, ['new', 'obj', 'old'], { new: 3, obj: { b: 2, c: 3 }, old: 2 }])
+      assert.deepEqual(await Promise.all(writes), [true, true, true])
+
+      const kv2 = backend.open({ mounts: { m: {} } })
+      const set = kv2.set('m', 'gone', 1)
+      assert.equal(await kv2.delete('m', 'gone'), true)
+      assert.equal(await set, true)
+      assert.equal(await kv2.getOr('m', 'gone', 'missing'), 'missing')
+    })
+
+    test('a merge of a missing key (stale count) is seen by the calls made after it', async () => {
+      const kv = backend.open({ mounts: { m: {} } })
+      const calls = [kv.merge('m', 'x', { a: 1 }), kv.get('m', 'x'), kv.merge('m', 'x', { b: 2 }), kv.get('m', 'x')]
+      assert.deepEqual(await Promise.all(calls), [true, { a: 1 }, true, { a: 1, b: 2 }])
+
+      const kv2 = backend.open({ mounts: { m: {} } })
+      const merged = [kv2.merge('m', 'y', { a: 1 }), kv2.set('m', 'y', 'plain'), kv2.get('m', 'y')]
+      assert.deepEqual(await Promise.all(merged), [true, true, 'plain'])
+      const kv3 = backend.open({ mounts: { m: {} } })
+      const deleted = [kv3.merge('m', 'z', { a: 1 }), kv3.delete('m', 'z'), kv3.has('m', 'z')]
+      assert.deepEqual(await Promise.all(deleted), [true, true, false])
+    })
+
+    test('a setMany (stale count) is seen by the calls made after it', async () => {
+      const kv = backend.open({ mounts: { m: {} } })
+      const calls = [kv.setMany('m', { a: 1, b: 2 }), kv.getMany('m', ['a', 'b']), kv.get('m', 'b'), kv.deleteMany('m', ['a']), kv.getMany('m', ['a', 'b'])]
+      assert.deepEqual(await Promise.all(calls), [true, { a: 1, b: 2 }, 2, 1, { b: 2 }])
+
+      await sleep(STALE_MS)
+      // Keys that all exist: no count needed, still in order.
+      const updated = [kv.setMany('m', { b: 3 }), kv.get('m', 'b'), kv.setMany('m', { b: 4, c: 5 }), kv.getAll('m')]
+      assert.deepEqual(await Promise.all(updated), [true, 3, true, { b: 4, c: 5 }])
+    })
+
+    test('clear keeps its order with the writes around it', async () => {
+      const kv = backend.open({ mounts: { m: {} } })
+      await kv.set('m', 'k', 0)
+      const calls = [kv.set('m', 'n', 1), kv.clear('m'), kv.set('m', 'k', 5), kv.keys('m'), kv.get('m', 'k')]
+      assert.deepEqual(await Promise.all(calls), [true, true, true, ['k'], 5])
+    })
+
+    test('a write past the entry limit still fails (stale count), and later calls see the store unchanged', async () => {
+      const kv = backend.open({ mounts: { m: { maxEntries: 2 } } })
+      await kv.setMany('m', { a: 1, b: 2 })
+      await sleep(STALE_MS)
+      const calls = [kv.set('m', 'c', 3), kv.merge('m', 'd', { x: 1 }), kv.setMany('m', { e: 1 }), kv.set('m', 'a', 10)]
+      const settled = await Promise.allSettled(calls)
+      assert.deepEqual(
+        settled.map((s) => s.reason?.code ?? s.value),
+        ['ENTRY_LIMIT', 'ENTRY_LIMIT', 'ENTRY_LIMIT', true],
+      )
+      assert.deepEqual(await kv.getAll('m'), { a: 10, b: 2 })
+    })
+
+    test('one-round-trip calls on a key, not awaited, run in the order they were made', async () => {
+      const kv = backend.open({ mounts: { m: {} } })
+      await kv.set('m', 'warm', 1) // counts the mount: the sets below are one round trip each
+      const misordered = []
+      for (let i = 0; i < 300; i++) {
+        const set = kv.set('m', `k${i % 10}`, i)
+        const got = await kv.get('m', `k${i % 10}`)
+        await set
+        if (got !== i) misordered.push([i, got])
+      }
+      for (let i = 0; i < 50; i++) {
+        const sets = Array.from({ length: 10 }, (_, j) => kv.set('m', 'hot', i * 100 + j))
+        const got = await kv.get('m', 'hot')
+        await Promise.all(sets)
+        if (got !== i * 100 + 9) misordered.push([i, got])
+      }
+      assert.deepEqual(misordered, [], 'a get saw an older value than the set made before it')
+    })
+
+    test('many new keys at once with a stale count count the mount once', async () => {
+      const kv = backend.open({ mounts: { m: { maxEntries: 100_000 } } })
+      const seed = {}
+      for (let i = 0; i < 2_000; i++) seed[`seed${i}`] = i
+      for (let i = 0; i < 2_000; i += 500) {
+        await kv.setMany('m', Object.fromEntries(Object.entries(seed).slice(i, i + 500)))
+      }
+      await sleep(STALE_MS)
+      const before = binding.debugKvCounts()
+      const started = performance.now()
+      const sets = []
+      for (let i = 0; i < 200; i++) sets.push(kv.set('m', `new${i}`, i))
+      const merges = []
+      for (let i = 0; i < 20; i++) merges.push(kv.merge('m', `merged${i}`, { i }))
+      const results = await Promise.all([...sets, ...merges])
+      const counts = binding.debugKvCounts() - before
+      assert.ok(
+        results.every((r) => r === true),
+        'every write resolves true',
+      )
+      assert.equal(counts, 1, `220 writes of new keys counted the mount ${counts} times`)
+      assert.ok(performance.now() - started < 10_000, 'the writes took under 10 s')
+      assert.equal((await kv.keys('m')).length, 2_220)
+      assert.equal(await kv.get('m', 'new199'), 199)
+    })
+  })
+}
