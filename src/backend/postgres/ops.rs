@@ -47,7 +47,9 @@ pub struct Statements {
   pub execs_from: String,
   pub execs_after: String,
   pub claim: String,
+  pub claim_ttl: String,
   pub commit: String,
+  pub commit_ttl: String,
   pub step_result: String,
   pub step_claim: String,
   pub step_results: String,
@@ -115,7 +117,25 @@ impl Statements {
         "SELECT DISTINCT exec, true FROM {s}.steps WHERE exec > $1 ORDER BY exec LIMIT $2"
       ),
       claim: format!("SELECT {s}.claim($1, $2, $3, $4, $5::bigint)"),
+      claim_ttl: ttl_step(
+        s,
+        "claims_at",
+        "INSERT INTO {s}.steps AS st (exec, task, claim) SELECT $1, $2, $3 FROM x
+         ON CONFLICT (exec, task) DO UPDATE SET claim = excluded.claim WHERE NOT $4 OR st.claim IS NULL",
+        "(SELECT count(*) FROM w)::integer",
+        &format!("{s}.claim($1, $2, $3, $4, $5::bigint)"),
+        "$5",
+      ),
       commit: format!("SELECT {s}.commit($1, $2, $3, $4::bigint)"),
+      commit_ttl: ttl_step(
+        s,
+        "results_at",
+        "INSERT INTO {s}.steps AS st (exec, task, claim, result) SELECT $1, $2, NULL, $3 FROM x
+         ON CONFLICT (exec, task) DO UPDATE SET claim = NULL, result = excluded.result",
+        "(SELECT count(*) FROM w)::integer",
+        &format!("(SELECT 0 FROM {s}.commit($1, $2, $3, $4::bigint) f)"),
+        "$4",
+      ),
       step_result: step("result", "results_at"),
       step_claim: step("claim", "claims_at"),
       step_results: format!(
@@ -165,7 +185,9 @@ impl Statements {
       &self.execs_from,
       &self.execs_after,
       &self.claim,
+      &self.claim_ttl,
       &self.commit,
+      &self.commit_ttl,
       &self.step_result,
       &self.step_claim,
       &self.step_results,
@@ -181,6 +203,31 @@ impl Statements {
       &self.sweep,
     ]
   }
+}
+
+/// A claim or a commit with a TTL as one plain statement (no PL/pgSQL in the common
+/// case): `x` sets the expiry (`column`) of the execution's marks or results to now +
+/// the TTL (parameter `ttl`), inserting its `step_expiry` row or locking and refreshing
+/// it when nothing of it expired, which is what the function does first too (so calls
+/// on one execution serialize on that row); then `w` writes the step, only if `x` did.
+/// When something expired, `x` changes nothing (the row stays locked) and the function
+/// (`fallback`) runs instead, in the same statement, on the same row: it purges what
+/// expired, then writes. Unlike the function, a commit here leaves `claims_at` when it
+/// takes the last mark (format 3, see `schema.rs`): clearing it would read the other
+/// steps, which a statement sees as of its start, not as of the lock.
+fn ttl_step(s: &str, column: &str, write: &str, answer: &str, fallback: &str, ttl: &str) -> String {
+  let write = write.replace("{s}", s);
+  format!(
+    "WITH x AS (
+       INSERT INTO {s}.step_expiry AS e (exec, {column}, sweep_at)
+       SELECT $1, t.at, t.at FROM (SELECT {s}.now_ms() + {ttl}::bigint AS at) t
+       ON CONFLICT (exec) DO UPDATE SET {column} = excluded.{column}, sweep_at = least(e.sweep_at, excluded.sweep_at)
+       WHERE (e.claims_at IS NULL OR e.claims_at > excluded.{column} - {ttl}::bigint)
+         AND (e.results_at IS NULL OR e.results_at > excluded.{column} - {ttl}::bigint)
+       RETURNING 1
+     ), w AS ({write} RETURNING 1)
+     SELECT CASE WHEN EXISTS (SELECT 1 FROM x) THEN {answer} ELSE {fallback} END"
+  )
 }
 
 /// Whether the command needs more than one round trip (its statements depend on what an
@@ -344,9 +391,13 @@ pub fn run<'a>(
         exclusive,
         ttl_ms,
       } => {
+        let statement = match ttl_ms {
+          Some(_) => &sql.claim_ttl,
+          None => &sql.claim,
+        };
         let found = rows(
           client,
-          &sql.claim,
+          statement,
           &[exec, task, value, exclusive, &ttl(*ttl_ms)],
         )
         .await?;
@@ -358,7 +409,11 @@ pub fn run<'a>(
         json,
         ttl_ms,
       } => {
-        count(client, &sql.commit, &[exec, task, json, &ttl(*ttl_ms)]).await?;
+        let statement = match ttl_ms {
+          Some(_) => &sql.commit_ttl,
+          None => &sql.commit,
+        };
+        count(client, statement, &[exec, task, json, &ttl(*ttl_ms)]).await?;
         Reply::Ok
       }
       Command::StepResult { exec, task } => {
