@@ -12,9 +12,9 @@
 //! Keys and values are `text` with the `"C"` collation (byte order: key ranges and
 //! `keys(pattern)` prefixes are index ranges), values JSON *text* (never `jsonb`, which
 //! reorders keys). The step operations that read before they write are PL/pgSQL
-//! functions, so each store call is one statement and one round trip; with a TTL, the
-//! claim and the commit are one plain statement (`ops.rs`) that calls its function only
-//! when something of the execution expired.
+//! functions, so each store call is one statement and one round trip. The claim and the
+//! commit are one plain statement each (`ops.rs`) that calls its function only when the
+//! execution's `step_expiry` row needs it (something of it expired; without a TTL, any).
 //!
 //! Format 3 (the tables of format 2): `claims_at` may outlive the marks. A commit with a
 //! TTL that takes the last mark leaves it (so that it is one statement that reads no
