@@ -27,7 +27,7 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await store.close()
     const tables = server.sql("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = 'ds_custom'")
     assert.equal(tables, 'entries,meta,step_expiry,steps')
-    assert.equal(server.sql('SELECT version FROM ds_custom.meta'), '2')
+    assert.equal(server.sql('SELECT version FROM ds_custom.meta'), '3')
     assert.equal(server.sql("SELECT value FROM ds_custom.entries WHERE key = 'first'"), 'true')
     // values are JSON text, byte for byte (never jsonb)
     const again = createPostgresStore(server.url, { schema: 'ds_custom' })
@@ -45,7 +45,7 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await sleep(20)
     const store = createPostgresStore(server.url, { schema: 'ds_v1' })
     assert.equal(await store.isExecutionTaskInProgress('live', 'a'), true)
-    assert.equal(server.sql('SELECT version FROM ds_v1.meta'), '2')
+    assert.equal(server.sql('SELECT version FROM ds_v1.meta'), '3')
     const indexes = server.sql("SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'ds_v1' AND tablename = 'step_expiry'")
     assert.equal(indexes, 'step_expiry_pkey,step_expiry_sweep')
     assert.equal(server.sql('SELECT count(*) FROM ds_v1.step_expiry WHERE sweep_at IS DISTINCT FROM least(claims_at, results_at)'), '0')
@@ -65,11 +65,43 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     while (Date.now() < deadline && left() !== '0') await sleep(50)
     assert.equal(left(), '0')
     await store.close()
-    // a later process finds version 2
+    // a later process finds version 3
     const again = createPostgresStore(server.url, { schema: 'ds_v1', ttl: 60_000 })
     assert.equal(await again.tryBeginExecutionTask('live', 'b'), true)
     assert.equal(await again.tryBeginExecutionTask('live', 'b'), false)
     await again.close()
+  })
+
+  it('migrates a schema of format version 2 in place: same tables and data, the functions of version 3', async () => {
+    // fixtures/postgres-v2.sql: what the code before format 3 created; state written through its functions
+    server.sql(readFileSync(new URL('./fixtures/postgres-v2.sql', import.meta.url), 'utf8'))
+    server.sql(`SELECT ds_v2.claim('live', 'a', 'true', false, 600000); SELECT ds_v2.commit('live', 'r', '1', 600000);
+      SELECT ds_v2.claim('gone', 'a', 'true', false, 1); SELECT ds_v2.commit('gone', 'r', '2', 1);
+      SELECT ds_v2.claim('plain', 'a', 'true', false, NULL); INSERT INTO ds_v2.entries VALUES ('plain', 'true', NULL)`)
+    await sleep(20)
+    const store = createPostgresStore(server.url, { schema: 'ds_v2', ttl: 600_000 })
+    assert.equal(await store.isExecutionTaskInProgress('live', 'a'), true)
+    assert.equal(server.sql('SELECT version FROM ds_v2.meta'), '3')
+    assert.equal(server.sql("SELECT count(*) FROM pg_proc WHERE proname = 'no_marks' AND pronamespace = 'ds_v2'::regnamespace"), '1')
+    assert.deepEqual(await store.getExecutionTaskResults('live'), { r: 1 })
+    assert.deepEqual(await store.getExecutionTaskResults('gone'), {})
+    assert.equal(await store.isExecutionTaskInProgress('gone', 'a'), false)
+    assert.equal(await store.isExecutionTaskInProgress('plain', 'a'), true)
+    assert.equal(await store.isExecutionInProgress('plain'), true)
+    // a commit with a TTL takes the last mark and leaves the marks' expiry (format 3)
+    await store.commitExecutionTaskResult('live', 'a', 3)
+    assert.deepEqual(await store.getExecutionTaskResults('live'), { a: 3, r: 1 })
+    assert.equal(await store.isExecutionTaskInProgress('live', 'a'), false)
+    assert.equal(server.sql("SELECT claims_at > 0 AND results_at > 0 FROM ds_v2.step_expiry WHERE exec = 'live'"), 't')
+    // ... which a mark made without a TTL does not take
+    const plain = createPostgresStore(server.url, { schema: 'ds_v2' })
+    await plain.beginExecutionTask('live', 'b')
+    assert.equal(server.sql("SELECT claims_at IS NULL AND results_at > 0 FROM ds_v2.step_expiry WHERE exec = 'live'"), 't')
+    await plain.close()
+    // what expired under version 2 goes at the first write that meets it
+    await store.beginExecutionTask('gone', 'b')
+    assert.equal(server.sql("SELECT string_agg(task, ',') FROM ds_v2.steps WHERE exec = 'gone'"), 'b')
+    await store.close()
   })
 
   it('refuses a schema written by a newer version (CORRUPT_DATA)', async () => {
@@ -130,7 +162,7 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await store.close()
   })
 
-  it('keeps the marks expiry while a mark is left, and drops it with the last mark', async () => {
+  it('keeps the marks expiry while a mark is left; a mark without a TTL after the last one went has none', async () => {
     const schema = 'ds_marks'
     const store = createPostgresStore(server.url, { schema, ttl: 60_000 })
     const plain = createPostgresStore(server.url, { schema })
@@ -142,7 +174,9 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     assert.equal(expiry(), 'true,true')
     assert.equal(await store.isExecutionTaskInProgress('e', 'b'), true)
     await store.commitExecutionTaskResult('e', 'b', 2)
-    assert.equal(expiry(), 'false,true')
+    // the commit with a TTL (one statement) leaves the marks' expiry behind: stale, as no mark is left
+    assert.equal(expiry(), 'true,true')
+    assert.equal(await store.isExecutionTaskInProgress('e', 'b'), false)
     // a mark without a TTL after the last one went has none (as HSET on a new hash)
     await plain.beginExecutionTask('e', 'c')
     assert.equal(expiry(), 'false,true')

@@ -47,7 +47,9 @@ pub struct Statements {
   pub execs_from: String,
   pub execs_after: String,
   pub claim: String,
+  pub claim_ttl: String,
   pub commit: String,
+  pub commit_ttl: String,
   pub step_result: String,
   pub step_claim: String,
   pub step_results: String,
@@ -76,6 +78,17 @@ impl Statements {
          AND NOT EXISTS (SELECT 1 FROM {s}.step_expiry x WHERE x.exec = $1 AND x.{at} <= {s}.now_ms())"
       )
     };
+    // The step writes of `one_step`, `{from}` where they take their row from.
+    let claim_write = format!(
+      "INSERT INTO {s}.steps AS st (exec, task, claim) SELECT $1, $2, $3 {{from}}
+       ON CONFLICT (exec, task) DO UPDATE SET claim = excluded.claim WHERE NOT $4 OR st.claim IS NULL"
+    );
+    let claim_fallback = |ttl: &str| format!("{s}.claim($1, $2, $3, $4, {ttl})");
+    let commit_write = format!(
+      "INSERT INTO {s}.steps AS st (exec, task, claim, result) SELECT $1, $2, NULL, $3 {{from}}
+       ON CONFLICT (exec, task) DO UPDATE SET claim = NULL, result = excluded.result"
+    );
+    let commit_fallback = |ttl: &str| format!("(SELECT 0 FROM {s}.commit($1, $2, $3, {ttl}) f)");
     Self {
       get: format!("SELECT value FROM {s}.entries WHERE key = $1 AND {live}"),
       set: upsert.clone(),
@@ -114,8 +127,10 @@ impl Statements {
       execs_after: format!(
         "SELECT DISTINCT exec, true FROM {s}.steps WHERE exec > $1 ORDER BY exec LIMIT $2"
       ),
-      claim: format!("SELECT {s}.claim($1, $2, $3, $4, $5::bigint)"),
-      commit: format!("SELECT {s}.commit($1, $2, $3, $4::bigint)"),
+      claim: one_step(s, None, &claim_write, &claim_fallback("$5::bigint")),
+      claim_ttl: one_step(s, Some(("claims_at", "$5")), &claim_write, &claim_fallback("$5::bigint")),
+      commit: one_step(s, None, &commit_write, &commit_fallback("$4::bigint")),
+      commit_ttl: one_step(s, Some(("results_at", "$4")), &commit_write, &commit_fallback("$4::bigint")),
       step_result: step("result", "results_at"),
       step_claim: step("claim", "claims_at"),
       step_results: format!(
@@ -165,7 +180,9 @@ impl Statements {
       &self.execs_from,
       &self.execs_after,
       &self.claim,
+      &self.claim_ttl,
       &self.commit,
+      &self.commit_ttl,
       &self.step_result,
       &self.step_claim,
       &self.step_results,
@@ -181,6 +198,47 @@ impl Statements {
       &self.sweep,
     ]
   }
+}
+
+/// A claim or a commit as one plain statement (no PL/pgSQL in the common case), which
+/// answers what its function (`fallback`) answers: how many steps it wrote.
+///
+/// With a TTL (`ttl`: the column to set and the TTL's parameter), `x` sets that expiry
+/// of the execution's marks or results to now + the TTL, inserting its `step_expiry` row
+/// or locking and refreshing it when nothing of it expired, as the function does first
+/// (so calls on one execution serialize on that row); then `w` writes the step, only if
+/// `x` did. Without one, `x` locks the execution's `step_expiry` row, and `w` writes the
+/// step only if there is none (the common case: nothing to purge, no expiry to keep).
+/// Otherwise nothing is written but the lock, and the function runs instead, in the same
+/// statement, on the same row: it purges what expired, then writes. Unlike the function,
+/// a commit with a TTL leaves `claims_at` when it takes the last mark (format 3, see
+/// `schema.rs`): clearing it would read the other steps, which a statement sees as of
+/// its start, not as of the lock.
+fn one_step(s: &str, ttl: Option<(&str, &str)>, write: &str, fallback: &str) -> String {
+  let (x, from, fast) = match ttl {
+    Some((column, ttl)) => (
+      format!(
+        "INSERT INTO {s}.step_expiry AS e (exec, {column}, sweep_at)
+         SELECT $1, t.at, t.at FROM (SELECT {s}.now_ms() + {ttl}::bigint AS at) t
+         ON CONFLICT (exec) DO UPDATE SET {column} = excluded.{column}, sweep_at = least(e.sweep_at, excluded.sweep_at)
+         WHERE (e.claims_at IS NULL OR e.claims_at > excluded.{column} - {ttl}::bigint)
+           AND (e.results_at IS NULL OR e.results_at > excluded.{column} - {ttl}::bigint)
+         RETURNING 1"
+      ),
+      "FROM x",
+      "EXISTS (SELECT 1 FROM x)",
+    ),
+    None => (
+      format!("SELECT 1 FROM {s}.step_expiry WHERE exec = $1 FOR UPDATE"),
+      "WHERE NOT EXISTS (SELECT 1 FROM x)",
+      "NOT EXISTS (SELECT 1 FROM x)",
+    ),
+  };
+  let write = write.replace("{from}", from);
+  format!(
+    "WITH x AS ({x}), w AS ({write} RETURNING 1)
+     SELECT CASE WHEN {fast} THEN (SELECT count(*) FROM w)::integer ELSE {fallback} END"
+  )
 }
 
 /// Whether the command needs more than one round trip (its statements depend on what an
@@ -344,9 +402,13 @@ pub fn run<'a>(
         exclusive,
         ttl_ms,
       } => {
+        let statement = match ttl_ms {
+          Some(_) => &sql.claim_ttl,
+          None => &sql.claim,
+        };
         let found = rows(
           client,
-          &sql.claim,
+          statement,
           &[exec, task, value, exclusive, &ttl(*ttl_ms)],
         )
         .await?;
@@ -358,7 +420,11 @@ pub fn run<'a>(
         json,
         ttl_ms,
       } => {
-        count(client, &sql.commit, &[exec, task, json, &ttl(*ttl_ms)]).await?;
+        let statement = match ttl_ms {
+          Some(_) => &sql.commit_ttl,
+          None => &sql.commit,
+        };
+        count(client, statement, &[exec, task, json, &ttl(*ttl_ms)]).await?;
         Reply::Ok
       }
       Command::StepResult { exec, task } => {

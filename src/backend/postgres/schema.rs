@@ -12,14 +12,21 @@
 //! Keys and values are `text` with the `"C"` collation (byte order: key ranges and
 //! `keys(pattern)` prefixes are index ranges), values JSON *text* (never `jsonb`, which
 //! reorders keys). The step operations that read before they write are PL/pgSQL
-//! functions, so each store call is one statement and one round trip.
+//! functions, so each store call is one statement and one round trip. The claim and the
+//! commit are one plain statement each (`ops.rs`) that calls its function only when the
+//! execution's `step_expiry` row needs it (something of it expired; without a TTL, any).
+//!
+//! Format 3 (the tables of format 2): `claims_at` may outlive the marks. A commit with a
+//! TTL that takes the last mark leaves it (so that it is one statement that reads no
+//! other step); it is stale, and read as nothing once no mark is left (a claim without
+//! a TTL drops it first). Format 2 moves to 3 by replacing the functions.
 
 use tokio_postgres::Client;
 
 use crate::error::{ErrorCode, StoreError, StoreResult};
 
 /// The format this build writes.
-pub const VERSION: i32 = 2;
+pub const VERSION: i32 = 3;
 
 /// `name` as a quoted SQL identifier.
 pub fn quote_ident(name: &str) -> String {
@@ -84,7 +91,8 @@ ALTER TABLE {s}.step_expiry SET (fillfactor = {EXPIRY_FILLFACTOR});
 const EXPIRY_FILLFACTOR: u32 = 50;
 
 /// The functions; `CREATE OR REPLACE` with the signatures version 1 had, so that a process
-/// of the previous release still running after a migration calls these. The ones whose
+/// of a previous release still running after a migration calls these (their semantics
+/// are format 3's: a stale `claims_at` is dropped before a mark without a TTL). The ones whose
 /// statements look rows up by a key prefix or a range run with `enable_seqscan = off`:
 /// PL/pgSQL keeps a generic plan per connection, and one planned while the tables were
 /// nearly empty was a sequential scan of `steps` (240 µs of a 470 µs commit at 64 in
@@ -108,6 +116,11 @@ BEGIN
       sweep_at = excluded.sweep_at;
   END IF;
 END $$;
+
+-- Whether no step of the execution is marked in progress.
+CREATE OR REPLACE FUNCTION {s}.no_marks(p_exec text) RETURNS boolean LANGUAGE sql STABLE
+SET enable_seqscan = off AS
+$$ SELECT NOT EXISTS (SELECT 1 FROM {s}.steps WHERE exec = p_exec AND claim IS NOT NULL) $$;
 
 -- Removes what has expired of an execution before a write (so the write starts from
 -- what Redis would hold); returns the expiries still in force.
@@ -163,6 +176,13 @@ BEGIN
     IF v_found AND (v_claims <= v_now OR v_results <= v_now) THEN
       SELECT o_claims, o_results INTO v_claims, v_results FROM {s}.purge(p_exec, v_now);
       v_found := v_claims IS NOT NULL OR v_results IS NOT NULL;
+    END IF;
+    -- A commit with a TTL leaves the marks' expiry behind when it takes the last mark
+    -- (version 3): it is stale, and a mark made without a TTL must not take it.
+    IF p_ttl IS NULL AND v_claims IS NOT NULL AND {s}.no_marks(p_exec) THEN
+      PERFORM {s}.store_expiry(p_exec, NULL, v_results);
+      v_claims := NULL;
+      v_found := v_results IS NOT NULL;
     END IF;
   END IF;
   IF p_exclusive THEN
@@ -342,8 +362,11 @@ pub async fn prepare(client: &Client, schema: &str) -> StoreResult<()> {
           .await
           .map(|_| ())
       }
-      Some(1) => {
-        client.batch_execute(&migrate_v1(&s)).await?;
+      Some(older @ (1 | 2)) => {
+        if older == 1 {
+          client.batch_execute(&migrate_v1(&s)).await?;
+        }
+        // Version 2 to 3: the same tables; the functions change (see `functions`).
         client.batch_execute(&functions(&s)).await?;
         client
           .execute(
@@ -366,7 +389,7 @@ pub async fn prepare(client: &Client, schema: &str) -> StoreResult<()> {
     .await
     .map_err(|e| setup_error(e, schema))?;
   match found {
-    Some(version) if version != 1 => check_version(version, schema),
+    Some(version) if !(1..VERSION).contains(&version) => check_version(version, schema),
     _ => Ok(()),
   }
 }
