@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use redis::Value;
 
 use super::*;
-use crate::command::{Batch, Command, Reply};
+use crate::command::{Batch, Command, Reply, Resend};
 use crate::error::{ErrorCode, StoreError};
 use crate::options::RetrySettings;
 
@@ -439,4 +439,170 @@ fn a_failed_write_keeps_what_was_not_written_and_a_drop_resends_whole_calls() {
     .write_unsent(|_| Ok(0))
     .expect_err("a socket that takes nothing");
   assert_eq!(zero.kind(), std::io::ErrorKind::WriteZero);
+}
+
+/// A pipeline packed as redis-rs packs it (the cluster's node connections).
+fn packed(commands: &[&[&str]], atomic: bool) -> (Vec<u8>, usize) {
+  let mut pipe = redis::pipe();
+  if atomic {
+    pipe.atomic();
+  }
+  for words in commands {
+    let mut cmd = redis::cmd(words[0]);
+    for word in &words[1..] {
+      cmd.arg(*word);
+    }
+    pipe.add_command(cmd);
+  }
+  let replies = commands.len() + if atomic { 2 } else { 0 };
+  (pipe.get_packed_pipeline(), replies)
+}
+
+impl Script {
+  fn call_packed(
+    &mut self,
+    name: &'static str,
+    (bytes, expected): (Vec<u8>, usize),
+    resend: Resend,
+    ms: u64,
+  ) {
+    let deadline = self.t0 + Duration::from_millis(ms);
+    self
+      .core
+      .push_packed(name, bytes, expected, resend, deadline);
+  }
+
+  /// The server answers `resp`: the packed calls that completed, with their raw replies.
+  fn answer_raw(&mut self, resp: &[u8]) -> Vec<(&'static str, Vec<Value>)> {
+    self.core.receive(resp);
+    let mut done = Vec::new();
+    self.core.take_replies(&mut done).expect("readable replies");
+    assert!(done.is_empty(), "no decoded call completes");
+    let mut raw = Vec::new();
+    self.core.take_raw(&mut raw);
+    raw
+      .into_iter()
+      .map(|(name, values)| (name, values.expect("replies")))
+      .collect()
+  }
+}
+
+fn bulk(text: &str) -> Value {
+  Value::BulkString(text.as_bytes().to_vec())
+}
+
+#[test]
+fn a_packed_call_gets_its_raw_replies_error_replies_included() {
+  let mut s = Script::new(3, false);
+  s.call_packed("one", packed(&[&["GET", "a"]], false), Resend::Never, 5_000);
+  s.call_packed(
+    "pipe",
+    packed(&[&["SET", "b", "1"], &["GET", "c"], &["INCR", "b"]], false),
+    Resend::Never,
+    5_000,
+  );
+  assert_eq!(s.written(), ["GET a", "SET b 1", "GET c", "INCR b"]);
+  assert!(
+    s.answer_raw(b"$1\r").is_empty(),
+    "half a reply completes nothing"
+  );
+  assert_eq!(s.answer_raw(b"\n1\r\n+OK\r\n"), [("one", vec![bulk("1")])]);
+  let done = s.answer_raw(b"-MOVED 3999 127.0.0.1:7001\r\n:2\r\n");
+  assert_eq!(done.len(), 1);
+  let (name, values) = &done[0];
+  assert_eq!(*name, "pipe");
+  assert_eq!(values.len(), 3);
+  assert_eq!(values[0], Value::Okay);
+  assert!(matches!(&values[1], Value::ServerError(err) if err.code() == "MOVED"));
+  assert_eq!(values[2], Value::Int(2));
+  assert!(s.core.is_idle());
+}
+
+#[test]
+fn packed_and_decoded_calls_share_one_queue() {
+  let mut s = Script::new(3, false);
+  s.call("a", get("a"));
+  s.call_packed("tx", packed(&[&["INCR", "n"]], true), Resend::Never, 5_000);
+  s.call("b", get("b"));
+  assert_eq!(s.written(), ["GET a", "MULTI", "INCR n", "EXEC", "GET b"]);
+  s.core
+    .receive(b"$1\r\n1\r\n+OK\r\n+QUEUED\r\n*1\r\n:7\r\n$-1\r\n");
+  let mut done = Vec::new();
+  s.core.take_replies(&mut done).unwrap();
+  let names: Vec<_> = done.iter().map(|(name, _)| *name).collect();
+  assert_eq!(names, ["a", "b"]);
+  let mut raw = Vec::new();
+  s.core.take_raw(&mut raw);
+  assert_eq!(raw.len(), 1);
+  let values = raw.pop().unwrap().1.unwrap();
+  assert_eq!(
+    values,
+    [
+      Value::Okay,
+      bulk("QUEUED"),
+      Value::Array(vec![Value::Int(7)])
+    ]
+  );
+}
+
+#[test]
+fn a_drop_mid_packed_batch_requeues_or_rejects_it_by_its_resend_rule() {
+  let mut s = Script::new(3, false);
+  s.call_packed(
+    "safe",
+    packed(&[&["GET", "a"], &["GET", "b"]], false),
+    Resend::Safe,
+    5_000,
+  );
+  s.call_packed(
+    "never",
+    packed(&[&["INCR", "n"]], false),
+    Resend::Never,
+    5_000,
+  );
+  s.written();
+  // Half the first batch's replies are in when the connection drops.
+  assert!(s.answer_raw(b"$1\r\n1\r\n").is_empty());
+  assert_eq!(s.core.on_drop(&unavailable()), ["never"]);
+  // The safe one goes out again whole, and its replies start afresh.
+  s.core.connected();
+  assert_eq!(s.written(), ["GET a", "GET b"]);
+  let done = s.answer_raw(b"$1\r\n1\r\n$1\r\n2\r\n");
+  assert_eq!(done, [("safe", vec![bulk("1"), bulk("2")])]);
+  // With no retry left (a cluster node's calls: redis-rs retries), the drop rejects it.
+  let mut none = Script::new(0, false);
+  none.call_packed("safe", packed(&[&["GET", "a"]], false), Resend::Safe, 5_000);
+  none.written();
+  assert_eq!(none.core.on_drop(&unavailable()), ["safe"]);
+  assert!(none.core.is_idle());
+}
+
+#[test]
+fn a_packed_call_past_its_deadline_is_given_back_and_its_replies_skipped() {
+  let mut s = Script::new(3, false);
+  s.call_packed(
+    "slow",
+    packed(&[&["GET", "a"], &["GET", "b"]], false),
+    Resend::Never,
+    10,
+  );
+  s.call_packed("next", packed(&[&["GET", "c"]], false), Resend::Never, 20);
+  s.written();
+  assert_eq!(s.core.expire(s.t0 + Duration::from_millis(15)), ["slow"]);
+  assert_eq!(
+    s.core.next_deadline(),
+    Some(s.t0 + Duration::from_millis(20))
+  );
+  assert!(
+    s.answer_raw(b"$1\r\n1\r\n$1\r\n2\r\n").is_empty(),
+    "the late replies are skipped"
+  );
+  assert_eq!(s.answer_raw(b"$1\r\n3\r\n"), [("next", vec![bulk("3")])]);
+  // A timed-out packed call is not sent again after a drop either.
+  let mut t = Script::new(3, false);
+  t.call_packed("slow", packed(&[&["GET", "a"]], false), Resend::Safe, 10);
+  t.written();
+  assert_eq!(t.core.expire(t.t0 + Duration::from_millis(10)), ["slow"]);
+  assert!(t.core.on_drop(&unavailable()).is_empty());
+  assert!(t.core.is_idle());
 }
