@@ -539,7 +539,7 @@ fn packed_and_decoded_calls_share_one_queue() {
     values,
     [
       Value::Okay,
-      bulk("QUEUED"),
+      Value::SimpleString("QUEUED".into()),
       Value::Array(vec![Value::Int(7)])
     ]
   );
