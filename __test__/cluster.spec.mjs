@@ -226,9 +226,15 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
       // Calls in flight while every node connection is closed: redis-rs connects again and retries them.
       const inFlight = Promise.all(keys.map((k) => kv.get('m', k)))
       await killAll()
-      assert.deepEqual(await inFlight, keys.map((_, i) => i))
+      assert.deepEqual(
+        await inFlight,
+        keys.map((_, i) => i),
+      )
       // And calls made after the drop, on fresh node connections.
-      assert.deepEqual(await Promise.all(keys.map((k) => kv.get('m', k))), keys.map((_, i) => i))
+      assert.deepEqual(
+        await Promise.all(keys.map((k) => kv.get('m', k))),
+        keys.map((_, i) => i),
+      )
       assert.equal(await kv.set('m', `after${round}`, round), true)
     }
     assert.equal(Object.keys(await kv.getMany('m', ['after0', 'after1', 'after2'])).length, 3)
