@@ -1,9 +1,6 @@
 //! Redis Cluster backend: redis-rs `cluster-async` (slot routing, `MOVED`/`ASK`,
 //! reconnects), one cluster connection per store, made on first use and re-made after
-//! it breaks. Its node connections (`node.rs`) run on the connection core every Redis
-//! driver shares (`redis_core.rs`: queue, reply matching, deadlines, what a drop does),
-//! driven by the threads driver's task (`redis.rs`); errors classify and back off by the
-//! shared policy (`retry.rs`).
+//! it breaks.
 //!
 //! A batch runs in one round trip per slot it touches, all slots at once: commands on
 //! one slot go as one pipeline (`MULTI`/`EXEC` when the batch is atomic), a multi-key
