@@ -17,10 +17,6 @@
 //! (`Step::Then`, queued and written by the task itself), and does everything else:
 //! connect, reconnect, deadlines. Calls settle through the amortised completions
 //! (`completions.rs`): one wake-up of the JS thread settles every call finished by then.
-//!
-//! The Cluster path runs each node connection on this driver too
-//! ([`RedisBackend::node`]): its calls are pipelines redis-rs packed, answered with raw
-//! replies ([`RedisBackend::execute_packed`]), over a connection `cluster/node.rs` opened.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,14 +30,13 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use super::connect::{open_stream, Stream};
 use super::redis_core::{lost, Core};
 use super::retry;
-use crate::command::{Batch, Finish, Reply, Resend, Step};
+use crate::command::{Batch, Finish, Reply, Step};
 use crate::completions::Completion;
 use crate::engine::TokioCall;
 use crate::error::{StoreError, StoreResult};
 use crate::events::{ConnectionEvents, ServerInfo};
 use crate::options::RetrySettings;
 use crate::redis_target::RedisTarget;
-use redis::Value;
 
 /// What settles a call.
 enum Waiter {
@@ -57,18 +52,7 @@ enum Waiter {
     what: &'static str,
     reply: oneshot::Sender<StoreResult<Vec<Reply>>>,
   },
-  /// Packed commands whose raw replies go back to [`RedisBackend::execute_packed`]; its
-  /// bytes travel with it until it is queued ([`queue`]).
-  Packed {
-    reply: oneshot::Sender<StoreResult<Vec<Value>>>,
-    bytes: Vec<u8>,
-    expected: usize,
-    resend: Resend,
-  },
 }
-
-/// How the task opens its connection (again after a drop).
-pub type Opener = Box<dyn Fn() -> Connecting + Send + Sync>;
 
 /// The write half of a socket both the task and a caller's thread may write to (they
 /// take turns under the state's lock): plain TCP or a unix socket. TLS keeps its stream
@@ -130,7 +114,8 @@ struct State {
 
 /// What the task needs, shared with the store.
 struct Shared {
-  open: Opener,
+  target: RedisTarget,
+  connect_timeout: Duration,
   command_timeout: Duration,
   events: Arc<ConnectionEvents>,
   state: Mutex<State>,
@@ -165,37 +150,12 @@ impl RedisBackend {
   ) -> Self {
     let events = ConnectionEvents::new(ServerInfo::redis(&target));
     let core = Core::new(retry, target.sentinel.is_some());
-    let target = Arc::new(target);
-    let open: Opener = Box::new(move || {
-      let target = target.clone();
-      Box::pin(async move { open_stream(&target, connect_timeout).await })
-    });
-    Self::with(events, open, core, command_timeout)
-  }
-
-  /// A cluster node's connection: `open` gives the connection (`cluster/node.rs`), its
-  /// calls are [`RedisBackend::execute_packed`]'s, never sent again by the core (redis-rs
-  /// retries them on another connection), and its events go nowhere.
-  pub fn node(open: Opener, command_timeout: Duration, retry: RetrySettings) -> Self {
-    let events = ConnectionEvents::new(ServerInfo::new("cluster"));
-    let retry = RetrySettings {
-      attempts: 0,
-      ..retry
-    };
-    Self::with(events, open, Core::new(retry, false), command_timeout)
-  }
-
-  fn with(
-    events: Arc<ConnectionEvents>,
-    open: Opener,
-    core: Core<Waiter>,
-    command_timeout: Duration,
-  ) -> Self {
     let (calls, receiver) = mpsc::unbounded_channel();
     Self {
       calls,
       shared: Arc::new(Shared {
-        open,
+        target,
+        connect_timeout,
         command_timeout,
         events: events.clone(),
         state: Mutex::new(State {
@@ -243,29 +203,6 @@ impl RedisBackend {
       .unwrap_or_else(|_| Err(StoreError::disposed()))
   }
 
-  /// Runs packed commands (`bytes`, getting `expected` replies) in one round trip; the
-  /// replies come back as they came (server errors included).
-  pub async fn execute_packed(
-    &self,
-    bytes: Vec<u8>,
-    expected: usize,
-    resend: Resend,
-  ) -> StoreResult<Vec<Value>> {
-    let (reply, replies) = oneshot::channel();
-    let waiter = Waiter::Packed {
-      reply,
-      bytes,
-      expected,
-      resend,
-    };
-    if self.submit(waiter, Batch::many(Vec::new())).is_err() {
-      return Err(StoreError::disposed());
-    }
-    replies
-      .await
-      .unwrap_or_else(|_| Err(StoreError::disposed()))
-  }
-
   /// Queues a call; writes it at once when the socket is free (see the module's doc),
   /// else wakes the task to. When the task holds the lock, or calls already wait in the
   /// channel, the call joins them there (behind them, so calls keep their order).
@@ -306,12 +243,9 @@ impl RedisBackend {
       .direct
       .clone()
       .filter(|_| state.core.unsent().is_empty() && state.core.is_idle());
-    queue(
-      &mut state.core,
-      waiter,
-      batch,
-      Instant::now() + shared.command_timeout,
-    );
+    state
+      .core
+      .push(waiter, batch, Instant::now() + shared.command_timeout);
     let wake = match direct {
       Some(socket) => {
         !matches!(state.core.write_unsent(|b| socket.try_write(b)), Ok(true)) || !state.watching
@@ -356,7 +290,6 @@ impl Waiter {
   fn what(&self) -> &'static str {
     match self {
       Waiter::Call { what, .. } | Waiter::Batch { what, .. } => what,
-      Waiter::Packed { .. } => "a call to a cluster node",
     }
   }
 
@@ -364,9 +297,6 @@ impl Waiter {
     match self {
       Waiter::Call { completion, .. } => completion.settle(Err(err)),
       Waiter::Batch { reply, .. } => {
-        let _ = reply.send(Err(err));
-      }
-      Waiter::Packed { reply, .. } => {
         let _ = reply.send(Err(err));
       }
     }
@@ -385,8 +315,7 @@ enum Event {
   Deadline,
 }
 
-pub type Connecting =
-  std::pin::Pin<Box<dyn std::future::Future<Output = StoreResult<Stream>> + Send>>;
+type Connecting = std::pin::Pin<Box<dyn std::future::Future<Output = StoreResult<Stream>> + Send>>;
 
 /// The store's task: runs until the store is closed (or dropped) and no call waits.
 async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<(Waiter, Batch)>) {
@@ -399,7 +328,6 @@ async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<(Waiter, Ba
   let mut rested = false;
   let mut received = BytesMut::new();
   let mut done = Vec::new();
-  let mut raw = Vec::new();
   let mut channel_open = true;
   loop {
     let mut dropped = None;
@@ -417,7 +345,10 @@ async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<(Waiter, Ba
         return;
       }
       if conn.is_none() && connecting.is_none() && backoff.is_none() && state.core.has_waiters() {
-        connecting = Some((shared.open)());
+        let shared = shared.clone();
+        connecting = Some(Box::pin(async move {
+          open_stream(&shared.target, shared.connect_timeout).await
+        }));
       }
       match conn.as_mut() {
         Some(Conn::Direct { writer: socket, .. })
@@ -618,15 +549,8 @@ async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<(Waiter, Ba
             core_received.extend_from_slice(&received);
             received.clear();
           }
-          let read = state.core.take_replies(&mut done);
-          state.core.take_raw(&mut raw);
-          read
+          state.core.take_replies(&mut done)
         };
-        for (waiter, values) in raw.drain(..) {
-          if let Waiter::Packed { reply, .. } = waiter {
-            let _ = reply.send(values);
-          }
-        }
         // Continuations run without the lock, so callers are not held up by them.
         let next: Vec<(Waiter, Batch)> = done
           .drain(..)
@@ -636,7 +560,7 @@ async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<(Waiter, Ba
           let mut state = shared.lock();
           let deadline = Instant::now() + shared.command_timeout;
           for (waiter, batch) in next {
-            queue(&mut state.core, waiter, batch, deadline);
+            state.core.push(waiter, batch, deadline);
           }
         }
         read.err()
@@ -680,7 +604,7 @@ fn take_calls(
       return;
     };
     if state.taking_calls {
-      queue(&mut state.core, waiter, batch, deadline);
+      state.core.push(waiter, batch, deadline);
     } else {
       waiter.reject(StoreError::disposed());
     }
@@ -706,37 +630,11 @@ fn on_drop(shared: &Shared, conn: &mut Option<Conn>, blocked: &mut bool, err: St
   }
 }
 
-/// Queues a call in the core: a batch, or packed commands.
-fn queue(core: &mut Core<Waiter>, waiter: Waiter, batch: Batch, deadline: Instant) {
-  match waiter {
-    Waiter::Packed {
-      reply,
-      bytes,
-      expected,
-      resend,
-    } => {
-      let waiter = Waiter::Packed {
-        reply,
-        bytes: Vec::new(),
-        expected,
-        resend,
-      };
-      core.push_packed(waiter, bytes, expected, resend, deadline);
-    }
-    waiter => core.push(waiter, batch, deadline),
-  }
-}
-
 /// A call whose replies are in: settled, or its next batch returned to be queued.
 fn next_step(waiter: Waiter, replies: StoreResult<Vec<Reply>>) -> Option<(Waiter, Batch)> {
   let (what, finish, completion) = match waiter {
     Waiter::Batch { reply, .. } => {
       let _ = reply.send(replies);
-      return None;
-    }
-    Waiter::Packed { reply, .. } => {
-      // Packed calls complete through `take_raw`, never here.
-      let _ = reply.send(Err(lost("a packed call got decoded replies")));
       return None;
     }
     Waiter::Call {

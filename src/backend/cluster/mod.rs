@@ -80,8 +80,6 @@ impl ClusterBackend {
       target.tls,
       require_aof,
       common.connect_timeout,
-      common.command_timeout,
-      common.retry,
     );
     let nodes = Registration::new(settings);
     let client = ClusterClientBuilder::new(target.seeds)

@@ -93,22 +93,13 @@ async fn redirected(
 /// What an aborted transaction's errors ask for, if they are about the slot's location.
 fn redirect_of(err: &redis::RedisError, commands: usize) -> Option<Redirect> {
   use redis::ServerErrorKind as Kind;
-  // The node connections' aborted transaction (node.rs), else redis-rs's.
-  let errors: Vec<redis::ServerError> = match super::node::queued_errors(err) {
-    Some(errors) => errors,
-    None => err
-      .clone()
-      .into_server_errors()?
-      .iter()
-      .map(|(_, error)| error.clone())
-      .collect(),
-  };
+  let errors = err.clone().into_server_errors()?;
   let address = |detail: Option<&str>| {
     let (host, port) = detail?.split_whitespace().nth(1)?.rsplit_once(':')?;
     Some((host.to_string(), port.parse().ok()?))
   };
   let (mut asks, mut ask_to, mut wait) = (0, None, false);
-  for error in &errors {
+  for (_, error) in errors.iter() {
     match error.kind() {
       Some(Kind::Moved) => {
         let (host, port) = address(error.details())?;
@@ -127,43 +118,5 @@ fn redirect_of(err: &redis::RedisError, commands: usize) -> Option<Redirect> {
     Some((host, port)) if asks == commands && !wait => Some(Redirect::Ask(host, port)),
     _ if asks > 0 || wait => Some(Redirect::Wait),
     _ => None,
-  }
-}
-
-#[cfg(test)]
-mod tests {
-  use super::*;
-  use crate::backend::cluster::node::aborted_transaction;
-
-  fn server_error(line: &str) -> redis::ServerError {
-    match redis::parse_redis_value(format!("-{line}\r\n").as_bytes()) {
-      Ok(Value::ServerError(err)) => err,
-      other => panic!("{other:?}"),
-    }
-  }
-
-  #[test]
-  fn a_node_connections_aborted_transaction_says_where_to_go() {
-    let moved = aborted_transaction(&[server_error("MOVED 3999 127.0.0.1:7001")]);
-    assert_eq!(
-      redirect_of(&moved, 2),
-      Some(Redirect::Moved("127.0.0.1".into(), 7001))
-    );
-    let ask = server_error("ASK 3999 127.0.0.1:7002");
-    let all_ask = aborted_transaction(&[ask.clone(), ask.clone()]);
-    assert_eq!(
-      redirect_of(&all_ask, 2),
-      Some(Redirect::Ask("127.0.0.1".into(), 7002))
-    );
-    let some_ask = aborted_transaction(&[ask]);
-    assert_eq!(redirect_of(&some_ask, 2), Some(Redirect::Wait));
-    let down = aborted_transaction(&[server_error("CLUSTERDOWN The cluster is down")]);
-    assert_eq!(redirect_of(&down, 1), Some(Redirect::Wait));
-    let wrong = aborted_transaction(&[server_error("ERR unknown command")]);
-    assert_eq!(redirect_of(&wrong, 1), None);
-    assert_eq!(
-      wrong.kind(),
-      redis::ErrorKind::Server(redis::ServerErrorKind::ExecAbort)
-    );
   }
 }
