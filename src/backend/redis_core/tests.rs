@@ -539,7 +539,7 @@ fn packed_and_decoded_calls_share_one_queue() {
     values,
     [
       Value::Okay,
-      Value::SimpleString("QUEUED".into()),
+      bulk("QUEUED"),
       Value::Array(vec![Value::Int(7)])
     ]
   );
