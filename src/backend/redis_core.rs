@@ -7,10 +7,6 @@
 //! gives back. So it is unit-tested without a server (`tests` below: a scripted
 //! transport).
 //!
-//! The Cluster path shares it too: each of its node connections (`cluster/node.rs`) is a
-//! core driven by the threads driver's task, whose calls are pipelines redis-rs packed
-//! ([`Core::push_packed`]), answered with the raw replies ([`Core::take_raw`]).
-//!
 //! A call is one batch (`MULTI`/`EXEC` when atomic). Replies come in the order calls
 //! were written, so the call at the front of the queue takes the next reply. A call whose
 //! deadline passed gives its waiter back at once (to be rejected `TIMEOUT`) but keeps its
@@ -26,15 +22,12 @@ use redis::Value;
 use super::redis_codec::{decode, pack_commands};
 use super::resp::ReplyDecoder;
 use super::retry;
-use crate::command::{Batch, Command, Reply, Resend};
+use crate::command::{Batch, Command, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::options::RetrySettings;
 
 /// A call's replies, decoded for its commands, or why it failed.
 pub type Outcome<W> = (W, StoreResult<Vec<Reply>>);
-
-/// A packed call's replies, as they came (server errors included), or why it failed.
-pub type RawOutcome<W> = (W, StoreResult<Vec<Value>>);
 
 struct Call<W> {
   /// `None` once the call timed out: its replies are skipped.
@@ -50,9 +43,6 @@ struct Call<W> {
   retries_left: u32,
   /// Whether it is waiting to be sent again after a dropped connection.
   recovering: bool,
-  /// A call made with [`Core::push_packed`]: its bytes (`commands` is empty), and its
-  /// replies go back undecoded.
-  packed: Option<Vec<u8>>,
 }
 
 /// One connection's calls and bytes; `W` is what a driver settles a call through.
@@ -68,8 +58,6 @@ pub struct Core<W> {
   /// Connect attempts that failed in a row while calls waited.
   failures: u32,
   closed: bool,
-  /// Packed calls whose replies are all in, until [`Core::take_raw`].
-  raw: Vec<RawOutcome<W>>,
 }
 
 impl<W> Core<W> {
@@ -83,7 +71,6 @@ impl<W> Core<W> {
       codec: ReplyDecoder::default(),
       failures: 0,
       closed: false,
-      raw: Vec::new(),
     }
   }
 
@@ -105,44 +92,7 @@ impl<W> Core<W> {
       deadline,
       retries_left,
       recovering: false,
-      packed: None,
     });
-  }
-
-  /// Queues a call whose bytes are packed already (`bytes`: one or more commands) and
-  /// that gets `expected` replies (at least one). Its replies are handed back as they
-  /// came, by [`Core::take_raw`]; a drop, a deadline and a failed connect treat it as
-  /// [`Core::push`] treats a batch declared `resend`.
-  pub fn push_packed(
-    &mut self,
-    waiter: W,
-    bytes: Vec<u8>,
-    expected: usize,
-    resend: Resend,
-    deadline: Instant,
-  ) {
-    debug_assert!(expected > 0, "a call without replies cannot be matched");
-    let retries_left = match resend {
-      Resend::Safe => self.retry.attempts,
-      Resend::Never => 0,
-    };
-    self.unsent.extend_from_slice(&bytes);
-    self.pending.push_back(Call {
-      waiter: Some(waiter),
-      commands: Vec::new(),
-      atomic: false,
-      expected: expected.max(1),
-      replies: Vec::with_capacity(expected),
-      deadline,
-      retries_left,
-      recovering: false,
-      packed: Some(bytes),
-    });
-  }
-
-  /// Moves the outcomes of the packed calls completed by [`Core::take_replies`] to `done`.
-  pub fn take_raw(&mut self, done: &mut Vec<RawOutcome<W>>) {
-    done.append(&mut self.raw);
   }
 
   /// The bytes to write (a driver removes what it wrote).
@@ -220,12 +170,8 @@ impl<W> Core<W> {
       };
       front.replies.push(value);
       if front.replies.len() == front.expected {
-        let mut call = self.pending.pop_front().expect("front exists");
-        if call.packed.is_some() {
-          if let Some(waiter) = call.waiter.take() {
-            self.raw.push((waiter, Ok(call.replies)));
-          }
-        } else if let Some(outcome) = call.complete() {
+        let call = self.pending.pop_front().expect("front exists");
+        if let Some(outcome) = call.complete() {
           done.push(outcome);
         }
       }
@@ -279,10 +225,7 @@ impl<W> Core<W> {
         call.recovering = true;
         call.replies.clear();
         call.waiter = Some(waiter);
-        match &call.packed {
-          Some(bytes) => self.unsent.extend_from_slice(bytes),
-          None => pack_commands(&call.commands, call.atomic, &mut self.unsent),
-        }
+        pack_commands(&call.commands, call.atomic, &mut self.unsent);
         kept.push_back(call);
       } else {
         rejected.push(waiter);
@@ -331,7 +274,6 @@ impl<W> Core<W> {
   pub fn clear(&mut self) {
     self.pending.clear();
     self.unsent.clear();
-    self.raw.clear();
   }
 
   /// The store is closed: calls in flight finish, but none is sent again.
