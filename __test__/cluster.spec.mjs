@@ -217,6 +217,29 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
     assert.ok(steps > 5, `steps done: ${steps}`)
   })
 
+  test('node connections the servers close (CLIENT KILL on every node) are made again: calls in flight and after succeed', async () => {
+    const kv = track(createKvStore({ cluster: cluster.urls }, { mounts: { m: {} }, prefix: `ck:${randomUUID()}:` }))
+    const keys = Array.from({ length: 60 }, (_, i) => `key${i}`)
+    await kv.setMany('m', Object.fromEntries(keys.map((k, i) => [k, i])))
+    const killAll = () => Promise.all(cluster.ports.map((port) => cli(port, 'CLIENT', 'KILL', 'TYPE', 'normal')))
+    for (let round = 0; round < 3; round++) {
+      // Calls in flight while every node connection is closed: redis-rs connects again and retries them.
+      const inFlight = Promise.all(keys.map((k) => kv.get('m', k)))
+      await killAll()
+      assert.deepEqual(
+        await inFlight,
+        keys.map((_, i) => i),
+      )
+      // And calls made after the drop, on fresh node connections.
+      assert.deepEqual(
+        await Promise.all(keys.map((k) => kv.get('m', k))),
+        keys.map((_, i) => i),
+      )
+      assert.equal(await kv.set('m', `after${round}`, round), true)
+    }
+    assert.equal(Object.keys(await kv.getMany('m', ['after0', 'after1', 'after2'])).length, 3)
+  })
+
   test('a dead master fails calls on its slots within commandTimeout; others keep working', async () => {
     const store = workerStore({ commandTimeout: 1_500, connectTimeout: 500 })
     const victim = cluster.ports[2]
