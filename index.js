@@ -580,17 +580,8 @@ const parseJson = (text) => JSON.parse(text)
 class KeyOrder {
   /** mount -> { all: the whole-mount call in progress, keys: Map<key, call in progress> } */
   #mounts = new Map()
-  /** Calls holding keys (held, not yet released); 1 more when every call holds its keys. */
+  /** Calls holding keys (held, not yet released). */
   #holds = 0
-
-  /**
-   * `everyCall`: every call on keys keeps them busy until it settles (a backend that may
-   * run calls in flight together in any order: the Redis Cluster's tokio tasks).
-   */
-  constructor(everyCall) {
-    this.everyCall = everyCall
-    if (everyCall) this.#holds = 1
-  }
 
   get idle() {
     return this.#holds === 0
@@ -668,7 +659,7 @@ class KvStore {
     this.#native = nativeStore
     this.#mountNames = new Set(parseJson(nativeStore.mounts()).map((m) => m.name))
     servers.set(this, describeServer(nativeStore, 'kv', target))
-    this.#order = new KeyOrder(nativeStore.serverInfo().backend === 'cluster')
+    this.#order = new KeyOrder()
   }
 
   /** Checks the mount before anything else (UNKNOWN_MOUNT, listing the mounts). */
@@ -683,7 +674,7 @@ class KvStore {
    */
   #after(mount, keys, holds, start) {
     const calls = this.#order.waitsFor(mount, keys)
-    if (calls === undefined && !(holds && this.#order.everyCall)) return start()
+    if (calls === undefined) return start()
     const call = calls === undefined ? start() : Promise.allSettled(calls).then(start)
     return holds ? this.#order.holdUntilSettled(mount, keys, call) : call
   }

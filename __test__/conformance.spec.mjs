@@ -121,6 +121,27 @@ for (const name of backendNames) {
       assert.equal(inProgress.filter(Boolean).length, 0)
     })
 
+    it('answers a read with what the calls made before it did, awaited or not', async () => {
+      const store = backend.open()
+      await store.beginExecution('e')
+      const misordered = []
+      for (let i = 0; i < 300; i++) {
+        const commit = store.commitExecutionTaskResult('e', `t${i % 10}`, { i })
+        const read = await store.getExecutionTaskResult('e', `t${i % 10}`)
+        await commit
+        if (read?.i !== i) misordered.push([i, read])
+      }
+      for (let i = 0; i < 30; i++) {
+        const commits = Array.from({ length: 10 }, (_, j) => store.commitExecutionTaskResult('e', 'hot', i * 100 + j))
+        const claim = store.beginExecutionTask('e', 'next')
+        const [read, inProgress] = await Promise.all([store.getExecutionTaskResult('e', 'hot'), store.isExecutionTaskInProgress('e', 'next')])
+        await Promise.all([...commits, claim])
+        await store.commitExecutionTaskResult('e', 'next', null)
+        if (read !== i * 100 + 9 || inProgress !== true) misordered.push([i, read, inProgress])
+      }
+      assert.deepEqual(misordered, [], 'a read saw an older state than the calls made before it')
+    })
+
     it('gives a step to exactly one of 50 concurrent claimers', async () => {
       const stores = backend.sharesState ? [backend.open(), backend.openShared()] : [backend.open()]
       const claims = await Promise.all(Array.from({ length: 50 }, (_, i) => stores[i % stores.length].tryBeginExecutionTask('e', 'claim-me')))
