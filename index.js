@@ -572,10 +572,12 @@ const parseJson = (text) => JSON.parse(text)
  * The calls of a KV store still in progress that later calls on the same keys must wait
  * for: a write run in phases (it may add keys while the mount's count is stale: the
  * update of a stored key, one count of the mount shared by every write that needs it,
- * then the write), a `clear` (list, delete, write defaults), and every call that waits.
- * A call on a busy key (a listing or `clear`: on any key of the mount; any call: while
- * the mount is cleared) starts once the calls before it on those keys settled, so it
- * sees what they did. Almost always empty: a call then costs one check.
+ * then the write), a `clear` (list, delete, write defaults), and every call that waits
+ * (a listing that waits holds the whole mount). A call on a busy key (a listing or
+ * `clear`: on any key of the mount; any call: while the mount is cleared or a waiting
+ * listing is pending) starts once the calls before it on those keys settled, so it sees
+ * what they did, and what was made after it does not. Almost always empty: a call then
+ * costs one check.
  */
 class KeyOrder {
   /** mount -> { all: the whole-mount call in progress, keys: Map<key, call in progress> } */
@@ -679,13 +681,14 @@ class KvStore {
 
   /**
    * Runs `start` now, or once the calls before it on `keys` (`null`: the whole mount)
-   * settled; a call that waits keeps its keys busy (when `holds`) for the calls after it.
+   * settled; a call that waits keeps its keys busy for the calls after it. A listing
+   * (`null`) too: a write made after it must not land before it runs.
    */
-  #after(mount, keys, holds, start) {
+  #after(mount, keys, start) {
     const calls = this.#order.waitsFor(mount, keys)
-    if (calls === undefined && !(holds && this.#order.everyCall)) return start()
+    if (calls === undefined && !this.#order.everyCall) return start()
     const call = calls === undefined ? start() : Promise.allSettled(calls).then(start)
-    return holds ? this.#order.holdUntilSettled(mount, keys, call) : call
+    return this.#order.holdUntilSettled(mount, keys, call)
   }
 
   /** Counts the mount's entries: one count at a time per mount, shared by every write waiting for it. */
@@ -702,7 +705,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireString('key', key)
-      if (!this.#order.idle) return this.#after(mount, [key], true, () => this.#get(mount, key))
+      if (!this.#order.idle) return this.#after(mount, [key], () => this.#get(mount, key))
       return this.#get(mount, key)
     } catch (err) {
       return rejected(err)
@@ -717,7 +720,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireString('key', key)
-      if (!this.#order.idle) return this.#after(mount, [key], true, () => this.#getOr(mount, key, fallback))
+      if (!this.#order.idle) return this.#after(mount, [key], () => this.#getOr(mount, key, fallback))
       return this.#getOr(mount, key, fallback)
     } catch (err) {
       return rejected(err)
@@ -734,7 +737,7 @@ class KvStore {
       requireString('key', key)
       const json = encodeValue(value, mount, key)
       const ttl = ttlOf(options)
-      if (!this.#order.idle) return this.#after(mount, [key], true, () => this.#set(mount, key, json, ttl))
+      if (!this.#order.idle) return this.#after(mount, [key], () => this.#set(mount, key, json, ttl))
       return this.#set(mount, key, json, ttl)
     } catch (err) {
       return rejected(err)
@@ -796,7 +799,7 @@ class KvStore {
       }
       const json = encodeValue(partial, mount, key)
       const ttl = ttlOf(options)
-      if (!this.#order.idle) return this.#after(mount, [key], true, () => this.#merge(mount, key, json, ttl))
+      if (!this.#order.idle) return this.#after(mount, [key], () => this.#merge(mount, key, json, ttl))
       return this.#merge(mount, key, json, ttl)
     } catch (err) {
       return rejected(err)
@@ -831,7 +834,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireString('key', key)
-      if (!this.#order.idle) return this.#after(mount, [key], true, () => this.#native.delete(mount, key).then(undefined, rethrow))
+      if (!this.#order.idle) return this.#after(mount, [key], () => this.#native.delete(mount, key).then(undefined, rethrow))
       return this.#native.delete(mount, key).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -842,7 +845,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireString('key', key)
-      if (!this.#order.idle) return this.#after(mount, [key], true, () => this.#native.has(mount, key).then(undefined, rethrow))
+      if (!this.#order.idle) return this.#after(mount, [key], () => this.#native.has(mount, key).then(undefined, rethrow))
       return this.#native.has(mount, key).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -853,7 +856,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       if (pattern !== undefined) requireString('pattern', pattern)
-      if (!this.#order.idle) return this.#after(mount, null, false, () => this.#native.keys(mount, pattern).then(undefined, rethrow))
+      if (!this.#order.idle) return this.#after(mount, null, () => this.#native.keys(mount, pattern).then(undefined, rethrow))
       return this.#native.keys(mount, pattern).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -865,7 +868,7 @@ class KvStore {
       this.#requireMount(mount)
       // Several round trips (list, delete, write the defaults): later calls on the mount wait.
       const start = () => this.#order.holdUntilSettled(mount, null, this.#native.clear(mount).then(undefined, rethrow))
-      if (!this.#order.idle) return this.#after(mount, null, true, start)
+      if (!this.#order.idle) return this.#after(mount, null, start)
       return start()
     } catch (err) {
       return rejected(err)
@@ -876,7 +879,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       const start = () => this.#native.getAll(mount).then((pairs) => decodePairs(pairs, mount), rethrow)
-      if (!this.#order.idle) return this.#after(mount, null, false, start)
+      if (!this.#order.idle) return this.#after(mount, null, start)
       return start()
     } catch (err) {
       return rejected(err)
@@ -888,7 +891,7 @@ class KvStore {
       this.#requireMount(mount)
       requireKeys(keys)
       const start = () => this.#native.getMany(mount, keys).then((texts) => decodeFound(keys, texts, mount), rethrow)
-      if (!this.#order.idle) return this.#after(mount, keys.slice(), true, start)
+      if (!this.#order.idle) return this.#after(mount, keys.slice(), start)
       return start()
     } catch (err) {
       return rejected(err)
@@ -900,7 +903,7 @@ class KvStore {
       this.#requireMount(mount)
       const flat = encodeEntries(entries, mount)
       const ttl = ttlOf(options)
-      if (!this.#order.idle) return this.#after(mount, keysOf(flat), true, () => this.#setMany(mount, flat, ttl))
+      if (!this.#order.idle) return this.#after(mount, keysOf(flat), () => this.#setMany(mount, flat, ttl))
       return this.#setMany(mount, flat, ttl)
     } catch (err) {
       return rejected(err)
@@ -936,7 +939,7 @@ class KvStore {
       this.#requireMount(mount)
       requireKeys(keys)
       const start = () => this.#native.deleteMany(mount, keys).then(undefined, rethrow)
-      if (!this.#order.idle) return this.#after(mount, keys.slice(), true, start)
+      if (!this.#order.idle) return this.#after(mount, keys.slice(), start)
       return start()
     } catch (err) {
       return rejected(err)
@@ -948,7 +951,7 @@ class KvStore {
       this.#requireMount(mount)
       requireString('prefix', prefix)
       const start = () => this.#native.getByPrefix(mount, prefix).then((pairs) => decodePairs(pairs, mount), rethrow)
-      if (!this.#order.idle) return this.#after(mount, null, false, start)
+      if (!this.#order.idle) return this.#after(mount, null, start)
       return start()
     } catch (err) {
       return rejected(err)

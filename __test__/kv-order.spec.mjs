@@ -17,6 +17,16 @@ const test = (title, fn, timeout = 60_000) => it(title, { timeout }, fn)
 /** Longer than the time a count of a mount's entries is trusted (1 s). */
 const STALE_MS = 1_100
 
+/** `{ v }` or `{ e }` once `promise` settles, `{ hung: true }` after `ms`. */
+const within = (promise, ms) =>
+  Promise.race([
+    promise.then(
+      (v) => ({ v }),
+      (e) => ({ e }),
+    ),
+    sleep(ms).then(() => ({ hung: true })),
+  ])
+
 for (const name of kvBackendNames) {
   describe(`KV call order: ${name}`, () => {
     let backend
@@ -89,6 +99,59 @@ for (const name of kvBackendNames) {
       await kv.set('m', 'k', 0)
       const calls = [kv.set('m', 'n', 1), kv.clear('m'), kv.set('m', 'k', 5), kv.keys('m'), kv.get('m', 'k')]
       assert.deepEqual(await Promise.all(calls), [true, true, true, ['k'], 5])
+    })
+
+    test('a listing made while a write runs in phases runs before the writes made after it', async () => {
+      const kv = backend.open({ mounts: { m: {} } })
+      await kv.setMany('m', { x: 1, y: 1 })
+      await sleep(STALE_MS)
+      // x and y are not busy: without the listing holding the mount, delete(x) and set(y)
+      // landed before the listing (waiting for set(a)) ran.
+      const calls = [kv.set('m', 'a', 1), kv.keys('m'), kv.getAll('m'), kv.delete('m', 'x'), kv.set('m', 'y', 2), kv.getByPrefix('m', '')]
+      const [set, keys, all, deleted, set2, byPrefix] = await Promise.all(calls)
+      assert.deepEqual([set, deleted, set2], [true, true, true])
+      assert.deepEqual(keys, ['a', 'x', 'y'], 'keys() made before delete(x) sees x')
+      assert.deepEqual(all, { a: 1, x: 1, y: 1 }, 'getAll() made before delete(x) and set(y) sees neither')
+      assert.deepEqual(byPrefix, { a: 1, y: 2 })
+    })
+
+    test('close while writes run in phases: every call settles, later calls reject DISPOSED', async () => {
+      const kv = backend.open({ mounts: { m: {} } })
+      const calls = [
+        kv.set('m', 'a', 1),
+        kv.get('m', 'a'),
+        kv.merge('m', 'b', { x: 1 }),
+        kv.setMany('m', { c: 1 }),
+        kv.clear('m'),
+        kv.keys('m'),
+        kv.get('m', 'c'),
+      ]
+      await kv.close()
+      const settled = await Promise.all(calls.map((c) => within(c, 10_000)))
+      assert.equal(settled.filter((s) => s.hung).length, 0, 'a call never settled')
+      assert.equal((await within(kv.set('m', 'z', 1), 5_000)).e?.code, 'DISPOSED')
+    })
+
+    test('writes rejected in a phase free their keys, with no unhandled rejection', async () => {
+      const unhandled = []
+      const onUnhandled = (reason) => unhandled.push(reason)
+      process.on('unhandledRejection', onUnhandled)
+      try {
+        const kv = backend.open({ mounts: { m: { maxEntries: 1 } } })
+        await kv.set('m', 'a', 1)
+        await sleep(STALE_MS)
+        const calls = [kv.set('m', 'b', 1), kv.get('m', 'b'), kv.merge('m', 'b', { x: 1 }), kv.setMany('m', { b: 2, c: 3 }), kv.getOr('m', 'b', 'none')]
+        const settled = await Promise.allSettled(calls)
+        assert.deepEqual(
+          settled.map((s) => s.reason?.code ?? s.value),
+          ['ENTRY_LIMIT', '', 'ENTRY_LIMIT', 'ENTRY_LIMIT', 'none'],
+        )
+        assert.equal((await within(kv.set('m', 'a', 5), 5_000)).v, true)
+        await sleep(50)
+        assert.deepEqual(unhandled, [])
+      } finally {
+        process.off('unhandledRejection', onUnhandled)
+      }
     })
 
     test('a write past the entry limit still fails (stale count), and later calls see the store unchanged', async () => {
