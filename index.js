@@ -682,12 +682,15 @@ class KvStore {
   /**
    * Runs `start` now, or once the calls before it on `keys` (`null`: the whole mount)
    * settled; a call that waits keeps its keys busy for the calls after it. A listing
-   * (`null`) too: a write made after it must not land before it runs.
+   * (`null`) too: a write made after it must not land before it runs. `start(true)`:
+   * its keys are held until it settles, so a write in phases must not hold them again
+   * (it would take them from a call made after it, which then runs before calls made
+   * after that one).
    */
   #after(mount, keys, start) {
     const calls = this.#order.waitsFor(mount, keys)
-    if (calls === undefined && !this.#order.everyCall) return start()
-    const call = calls === undefined ? start() : Promise.allSettled(calls).then(start)
+    if (calls === undefined && !this.#order.everyCall) return start(false)
+    const call = calls === undefined ? start(true) : Promise.allSettled(calls).then(() => start(true))
     return this.#order.holdUntilSettled(mount, keys, call)
   }
 
@@ -737,45 +740,20 @@ class KvStore {
       requireString('key', key)
       const json = encodeValue(value, mount, key)
       const ttl = ttlOf(options)
-      if (!this.#order.idle) return this.#after(mount, [key], () => this.#set(mount, key, json, ttl))
-      return this.#set(mount, key, json, ttl)
+      if (!this.#order.idle) return this.#after(mount, [key], (held) => this.#set(mount, key, json, ttl, held))
+      return this.#set(mount, key, json, ttl, false)
     } catch (err) {
       return rejected(err)
     }
   }
 
-  #set(mount, key, json, ttl) {
+  /** `held`: the call's keys are held until it settles (`#after`). */
+  #set(mount, key, json, ttl, held) {
     const call = this.#native.set(mount, key, json, ttl)
     if (!Array.isArray(call)) return call.then(undefined, rethrow)
     // The mount's count is stale: the update of a stored key, else the write of a new one.
-    const keys = [key]
-    const write = call[0].then(
-      (updated) => this.#released(mount, keys, write, updated || this.#setNew(mount, key, json, ttl)),
-      (err) => this.#released(mount, keys, write, Promise.reject(err)),
-    )
-    this.#order.hold(mount, keys, write)
-    return write
-  }
-
-  /**
-   * Frees the keys `write` holds once `outcome` (a value, or a promise of the rest of the
-   * write) settled, and settles `write` with it.
-   */
-  #released(mount, keys, write, outcome) {
-    if (!(outcome instanceof Promise)) {
-      this.#order.release(mount, keys, write)
-      return outcome
-    }
-    return outcome.then(
-      (value) => {
-        this.#order.release(mount, keys, write)
-        return value
-      },
-      (err) => {
-        this.#order.release(mount, keys, write)
-        return rethrow(err)
-      },
-    )
+    const write = call[0].then((updated) => updated || this.#setNew(mount, key, json, ttl), rethrow)
+    return held ? write : this.#order.holdUntilSettled(mount, [key], write)
   }
 
   async #setNew(mount, key, json, ttl) {
@@ -799,24 +777,19 @@ class KvStore {
       }
       const json = encodeValue(partial, mount, key)
       const ttl = ttlOf(options)
-      if (!this.#order.idle) return this.#after(mount, [key], () => this.#merge(mount, key, json, ttl))
-      return this.#merge(mount, key, json, ttl)
+      if (!this.#order.idle) return this.#after(mount, [key], (held) => this.#merge(mount, key, json, ttl, held))
+      return this.#merge(mount, key, json, ttl, false)
     } catch (err) {
       return rejected(err)
     }
   }
 
-  #merge(mount, key, json, ttl) {
+  #merge(mount, key, json, ttl, held) {
     const call = this.#native.merge(mount, key, json, ttl)
     if (!Array.isArray(call)) return call.then(undefined, rethrow)
     // The mount's count is stale: a merge into a stored object, else the merge of a new key.
-    const keys = [key]
-    const write = call[0].then(
-      (merged) => this.#released(mount, keys, write, merged ?? this.#mergeNew(mount, key, json, ttl)),
-      (err) => this.#released(mount, keys, write, Promise.reject(err)),
-    )
-    this.#order.hold(mount, keys, write)
-    return write
+    const write = call[0].then((merged) => merged ?? this.#mergeNew(mount, key, json, ttl), rethrow)
+    return held ? write : this.#order.holdUntilSettled(mount, [key], write)
   }
 
   async #mergeNew(mount, key, json, ttl) {
@@ -867,9 +840,12 @@ class KvStore {
     try {
       this.#requireMount(mount)
       // Several round trips (list, delete, write the defaults): later calls on the mount wait.
-      const start = () => this.#order.holdUntilSettled(mount, null, this.#native.clear(mount).then(undefined, rethrow))
+      const start = (held) => {
+        const call = this.#native.clear(mount).then(undefined, rethrow)
+        return held ? call : this.#order.holdUntilSettled(mount, null, call)
+      }
       if (!this.#order.idle) return this.#after(mount, null, start)
-      return start()
+      return start(false)
     } catch (err) {
       return rejected(err)
     }
@@ -903,24 +879,19 @@ class KvStore {
       this.#requireMount(mount)
       const flat = encodeEntries(entries, mount)
       const ttl = ttlOf(options)
-      if (!this.#order.idle) return this.#after(mount, keysOf(flat), () => this.#setMany(mount, flat, ttl))
-      return this.#setMany(mount, flat, ttl)
+      if (!this.#order.idle) return this.#after(mount, keysOf(flat), (held) => this.#setMany(mount, flat, ttl, held))
+      return this.#setMany(mount, flat, ttl, false)
     } catch (err) {
       return rejected(err)
     }
   }
 
-  #setMany(mount, flat, ttl) {
+  #setMany(mount, flat, ttl, held) {
     const call = this.#native.setMany(mount, flat, ttl)
     if (!Array.isArray(call)) return call.then(undefined, rethrow)
     // The mount's count is stale: which keys are new, then the write (counting first if any is).
-    const keys = keysOf(flat)
-    const write = call[0].then(
-      (fresh) => this.#released(mount, keys, write, this.#setManyNew(mount, flat, ttl, fresh)),
-      (err) => this.#released(mount, keys, write, Promise.reject(err)),
-    )
-    this.#order.hold(mount, keys, write)
-    return write
+    const write = call[0].then((fresh) => this.#setManyNew(mount, flat, ttl, fresh), rethrow)
+    return held ? write : this.#order.holdUntilSettled(mount, keysOf(flat), write)
   }
 
   async #setManyNew(mount, flat, ttl, fresh) {

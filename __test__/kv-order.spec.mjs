@@ -17,6 +17,11 @@ const test = (title, fn, timeout = 60_000) => it(title, { timeout }, fn)
 /** Longer than the time a count of a mount's entries is trusted (1 s). */
 const STALE_MS = 1_100
 
+/** Lets pending promise reactions run, without letting a native reply in (no macrotask). */
+const ticks = async (n = 20) => {
+  for (let i = 0; i < n; i++) await null
+}
+
 /** `{ v }` or `{ e }` once `promise` settles, `{ hung: true }` after `ms`. */
 const within = (promise, ms) =>
   Promise.race([
@@ -113,6 +118,34 @@ for (const name of kvBackendNames) {
       assert.deepEqual(keys, ['a', 'x', 'y'], 'keys() made before delete(x) sees x')
       assert.deepEqual(all, { a: 1, x: 1, y: 1 }, 'getAll() made before delete(x) and set(y) sees neither')
       assert.deepEqual(byPrefix, { a: 1, y: 2 })
+    })
+
+    // A call that waited and then runs in phases must not take its keys from the calls made
+    // after it: a call made meanwhile would wait only for it, and run before those calls.
+    test('a call made while a waiting write runs its phases waits for the calls made before it', async () => {
+      const kv = backend.open({ mounts: { m: {} } })
+      await kv.set('m', 'k', 0)
+      await sleep(STALE_MS)
+      const a = kv.set('m', 'k', 1) // an update with a stale count: one phase, no count
+      const o = kv.setMany('m', { k: 2, n: 1 }) // waits for a, then runs in phases
+      const c = kv.set('m', 'k', 3) // waits for o
+      await a
+      await ticks() // o started its first phase; no reply came in yet
+      const d = kv.get('m', 'k') // made after c: sees 3
+      assert.deepEqual(await Promise.all([o, c, d]), [true, true, 3])
+    })
+
+    test('a call made while a waiting clear runs waits for a listing made before it', async () => {
+      const kv = backend.open({ mounts: { m: { schema: { cfg: { type: 'number', default: 0 } } } } })
+      await kv.set('m', 'cfg', 7)
+      await sleep(STALE_MS)
+      const a = kv.set('m', 'cfg', 1) // an update with a stale count: one phase, no count
+      const o = kv.clear('m') // waits for a
+      const c = kv.getAll('m') // waits for o
+      await a
+      await ticks() // o started; no reply came in yet
+      const d = kv.set('m', 'cfg', 5) // made after getAll(): getAll() does not see it
+      assert.deepEqual(await Promise.all([o, c, d]), [true, { cfg: 0 }, true])
     })
 
     test('close while writes run in phases: every call settles, later calls reject DISPOSED', async () => {
