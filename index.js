@@ -573,11 +573,10 @@ const parseJson = (text) => JSON.parse(text)
  * for: a write run in phases (it may add keys while the mount's count is stale: the
  * update of a stored key, one count of the mount shared by every write that needs it,
  * then the write), a `clear` (list, delete, write defaults), and every call that waits
- * (a listing that waits holds the whole mount). A call on a busy key (a listing or
- * `clear`: on any key of the mount; any call: while the mount is cleared or a waiting
- * listing is pending) starts once the calls before it on those keys settled, so it sees
- * what they did, and what was made after it does not. Almost always empty: a call then
- * costs one check.
+ * (a listing that waits: the whole mount, until it started). A call on a busy key (a
+ * listing or `clear`: on any key of the mount; any call: while the mount is cleared or a
+ * listing waits) starts once the calls before it on those keys settled, so it sees what
+ * they did. Almost always empty: a call then costs one check.
  */
 class KeyOrder {
   /** mount -> { all: the whole-mount call in progress, keys: Map<key, call in progress> } */
@@ -681,8 +680,7 @@ class KvStore {
 
   /**
    * Runs `start` now, or once the calls before it on `keys` (`null`: the whole mount)
-   * settled; a call that waits keeps its keys busy for the calls after it. A listing
-   * (`null`) too: a write made after it must not land before it runs. `start(true)`:
+   * settled; a call that waits keeps its keys busy for the calls after it. `start(true)`:
    * its keys are held until it settles, so a write in phases must not hold them again
    * (it would take them from a call made after it, which then runs before calls made
    * after that one).
@@ -692,6 +690,22 @@ class KvStore {
     if (calls === undefined && !this.#order.everyCall) return start(false)
     const call = calls === undefined ? start(true) : Promise.allSettled(calls).then(() => start(true))
     return this.#order.holdUntilSettled(mount, keys, call)
+  }
+
+  /**
+   * Runs the listing `start` now, or once the calls before it on the mount settled. A
+   * listing that waits holds the mount until it has started (not until it settles): the
+   * calls made after it go out after its first `SCAN`, as when it runs at once.
+   */
+  #listing(mount, start) {
+    const calls = this.#order.waitsFor(mount, null)
+    if (calls === undefined) return start()
+    let listing
+    const started = Promise.allSettled(calls).then(() => {
+      listing = start()
+    })
+    this.#order.holdUntilSettled(mount, null, started)
+    return started.then(() => listing, rethrow)
   }
 
   /** Counts the mount's entries: one count at a time per mount, shared by every write waiting for it. */
@@ -829,7 +843,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       if (pattern !== undefined) requireString('pattern', pattern)
-      if (!this.#order.idle) return this.#after(mount, null, () => this.#native.keys(mount, pattern).then(undefined, rethrow))
+      if (!this.#order.idle) return this.#listing(mount, () => this.#native.keys(mount, pattern).then(undefined, rethrow))
       return this.#native.keys(mount, pattern).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -855,7 +869,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       const start = () => this.#native.getAll(mount).then((pairs) => decodePairs(pairs, mount), rethrow)
-      if (!this.#order.idle) return this.#after(mount, null, start)
+      if (!this.#order.idle) return this.#listing(mount, start)
       return start()
     } catch (err) {
       return rejected(err)
@@ -922,7 +936,7 @@ class KvStore {
       this.#requireMount(mount)
       requireString('prefix', prefix)
       const start = () => this.#native.getByPrefix(mount, prefix).then((pairs) => decodePairs(pairs, mount), rethrow)
-      if (!this.#order.idle) return this.#after(mount, null, start)
+      if (!this.#order.idle) return this.#listing(mount, start)
       return start()
     } catch (err) {
       return rejected(err)
