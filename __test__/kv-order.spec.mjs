@@ -19,7 +19,7 @@ const STALE_MS = 1_100
 
 /** Lets pending promise reactions run, without letting a native reply in (no macrotask). */
 const ticks = async (n = 20) => {
-  for (let i = 0; i < n; i++) await null
+  for (let i = 0; i < n; i++) await Promise.resolve()
 }
 
 /** `{ v }` or `{ e }` once `promise` settles, `{ hung: true }` after `ms`. */
