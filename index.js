@@ -572,10 +572,11 @@ const parseJson = (text) => JSON.parse(text)
  * The calls of a KV store still in progress that later calls on the same keys must wait
  * for: a write run in phases (it may add keys while the mount's count is stale: the
  * update of a stored key, one count of the mount shared by every write that needs it,
- * then the write), a `clear` (list, delete, write defaults), and every call that waits.
- * A call on a busy key (a listing or `clear`: on any key of the mount; any call: while
- * the mount is cleared) starts once the calls before it on those keys settled, so it
- * sees what they did. Almost always empty: a call then costs one check.
+ * then the write), a `clear` (list, delete, write defaults), and every call that waits
+ * (a listing that waits: the whole mount, until it started). A call on a busy key (a
+ * listing or `clear`: on any key of the mount; any call: while the mount is cleared or a
+ * listing waits) starts once the calls before it on those keys settled, so it sees what
+ * they did. Almost always empty: a call then costs one check.
  */
 class KeyOrder {
   /** mount -> { all: the whole-mount call in progress, keys: Map<key, call in progress> } */
@@ -670,13 +671,32 @@ class KvStore {
 
   /**
    * Runs `start` now, or once the calls before it on `keys` (`null`: the whole mount)
-   * settled; a call that waits keeps its keys busy (when `holds`) for the calls after it.
+   * settled; a call that waits keeps its keys busy for the calls after it. `start(true)`:
+   * its keys are held until it settles, so a write in phases must not hold them again
+   * (it would take them from a call made after it, which then runs before calls made
+   * after that one).
    */
-  #after(mount, keys, holds, start) {
+  #after(mount, keys, start) {
     const calls = this.#order.waitsFor(mount, keys)
+    if (calls === undefined) return start(false)
+    const call = calls === undefined ? start(true) : Promise.allSettled(calls).then(() => start(true))
+    return this.#order.holdUntilSettled(mount, keys, call)
+  }
+
+  /**
+   * Runs the listing `start` now, or once the calls before it on the mount settled. A
+   * listing that waits holds the mount until it has started (not until it settles): the
+   * calls made after it go out after its first `SCAN`, as when it runs at once.
+   */
+  #listing(mount, start) {
+    const calls = this.#order.waitsFor(mount, null)
     if (calls === undefined) return start()
-    const call = calls === undefined ? start() : Promise.allSettled(calls).then(start)
-    return holds ? this.#order.holdUntilSettled(mount, keys, call) : call
+    let listing
+    const started = Promise.allSettled(calls).then(() => {
+      listing = start()
+    })
+    this.#order.holdUntilSettled(mount, null, started)
+    return started.then(() => listing, rethrow)
   }
 
   /** Counts the mount's entries: one count at a time per mount, shared by every write waiting for it. */
@@ -693,7 +713,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireString('key', key)
-      if (!this.#order.idle) return this.#after(mount, [key], true, () => this.#get(mount, key))
+      if (!this.#order.idle) return this.#after(mount, [key], () => this.#get(mount, key))
       return this.#get(mount, key)
     } catch (err) {
       return rejected(err)
@@ -708,7 +728,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireString('key', key)
-      if (!this.#order.idle) return this.#after(mount, [key], true, () => this.#getOr(mount, key, fallback))
+      if (!this.#order.idle) return this.#after(mount, [key], () => this.#getOr(mount, key, fallback))
       return this.#getOr(mount, key, fallback)
     } catch (err) {
       return rejected(err)
@@ -725,45 +745,20 @@ class KvStore {
       requireString('key', key)
       const json = encodeValue(value, mount, key)
       const ttl = ttlOf(options)
-      if (!this.#order.idle) return this.#after(mount, [key], true, () => this.#set(mount, key, json, ttl))
-      return this.#set(mount, key, json, ttl)
+      if (!this.#order.idle) return this.#after(mount, [key], (held) => this.#set(mount, key, json, ttl, held))
+      return this.#set(mount, key, json, ttl, false)
     } catch (err) {
       return rejected(err)
     }
   }
 
-  #set(mount, key, json, ttl) {
+  /** `held`: the call's keys are held until it settles (`#after`). */
+  #set(mount, key, json, ttl, held) {
     const call = this.#native.set(mount, key, json, ttl)
     if (!Array.isArray(call)) return call.then(undefined, rethrow)
     // The mount's count is stale: the update of a stored key, else the write of a new one.
-    const keys = [key]
-    const write = call[0].then(
-      (updated) => this.#released(mount, keys, write, updated || this.#setNew(mount, key, json, ttl)),
-      (err) => this.#released(mount, keys, write, Promise.reject(err)),
-    )
-    this.#order.hold(mount, keys, write)
-    return write
-  }
-
-  /**
-   * Frees the keys `write` holds once `outcome` (a value, or a promise of the rest of the
-   * write) settled, and settles `write` with it.
-   */
-  #released(mount, keys, write, outcome) {
-    if (!(outcome instanceof Promise)) {
-      this.#order.release(mount, keys, write)
-      return outcome
-    }
-    return outcome.then(
-      (value) => {
-        this.#order.release(mount, keys, write)
-        return value
-      },
-      (err) => {
-        this.#order.release(mount, keys, write)
-        return rethrow(err)
-      },
-    )
+    const write = call[0].then((updated) => updated || this.#setNew(mount, key, json, ttl), rethrow)
+    return held ? write : this.#order.holdUntilSettled(mount, [key], write)
   }
 
   async #setNew(mount, key, json, ttl) {
@@ -787,24 +782,19 @@ class KvStore {
       }
       const json = encodeValue(partial, mount, key)
       const ttl = ttlOf(options)
-      if (!this.#order.idle) return this.#after(mount, [key], true, () => this.#merge(mount, key, json, ttl))
-      return this.#merge(mount, key, json, ttl)
+      if (!this.#order.idle) return this.#after(mount, [key], (held) => this.#merge(mount, key, json, ttl, held))
+      return this.#merge(mount, key, json, ttl, false)
     } catch (err) {
       return rejected(err)
     }
   }
 
-  #merge(mount, key, json, ttl) {
+  #merge(mount, key, json, ttl, held) {
     const call = this.#native.merge(mount, key, json, ttl)
     if (!Array.isArray(call)) return call.then(undefined, rethrow)
     // The mount's count is stale: a merge into a stored object, else the merge of a new key.
-    const keys = [key]
-    const write = call[0].then(
-      (merged) => this.#released(mount, keys, write, merged ?? this.#mergeNew(mount, key, json, ttl)),
-      (err) => this.#released(mount, keys, write, Promise.reject(err)),
-    )
-    this.#order.hold(mount, keys, write)
-    return write
+    const write = call[0].then((merged) => merged ?? this.#mergeNew(mount, key, json, ttl), rethrow)
+    return held ? write : this.#order.holdUntilSettled(mount, [key], write)
   }
 
   async #mergeNew(mount, key, json, ttl) {
@@ -822,7 +812,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireString('key', key)
-      if (!this.#order.idle) return this.#after(mount, [key], true, () => this.#native.delete(mount, key).then(undefined, rethrow))
+      if (!this.#order.idle) return this.#after(mount, [key], () => this.#native.delete(mount, key).then(undefined, rethrow))
       return this.#native.delete(mount, key).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -833,7 +823,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireString('key', key)
-      if (!this.#order.idle) return this.#after(mount, [key], true, () => this.#native.has(mount, key).then(undefined, rethrow))
+      if (!this.#order.idle) return this.#after(mount, [key], () => this.#native.has(mount, key).then(undefined, rethrow))
       return this.#native.has(mount, key).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -844,7 +834,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       if (pattern !== undefined) requireString('pattern', pattern)
-      if (!this.#order.idle) return this.#after(mount, null, false, () => this.#native.keys(mount, pattern).then(undefined, rethrow))
+      if (!this.#order.idle) return this.#listing(mount, () => this.#native.keys(mount, pattern).then(undefined, rethrow))
       return this.#native.keys(mount, pattern).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -855,9 +845,12 @@ class KvStore {
     try {
       this.#requireMount(mount)
       // Several round trips (list, delete, write the defaults): later calls on the mount wait.
-      const start = () => this.#order.holdUntilSettled(mount, null, this.#native.clear(mount).then(undefined, rethrow))
-      if (!this.#order.idle) return this.#after(mount, null, true, start)
-      return start()
+      const start = (held) => {
+        const call = this.#native.clear(mount).then(undefined, rethrow)
+        return held ? call : this.#order.holdUntilSettled(mount, null, call)
+      }
+      if (!this.#order.idle) return this.#after(mount, null, start)
+      return start(false)
     } catch (err) {
       return rejected(err)
     }
@@ -867,7 +860,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       const start = () => this.#native.getAll(mount).then((pairs) => decodePairs(pairs, mount), rethrow)
-      if (!this.#order.idle) return this.#after(mount, null, false, start)
+      if (!this.#order.idle) return this.#listing(mount, start)
       return start()
     } catch (err) {
       return rejected(err)
@@ -879,7 +872,7 @@ class KvStore {
       this.#requireMount(mount)
       requireKeys(keys)
       const start = () => this.#native.getMany(mount, keys).then((texts) => decodeFound(keys, texts, mount), rethrow)
-      if (!this.#order.idle) return this.#after(mount, keys.slice(), true, start)
+      if (!this.#order.idle) return this.#after(mount, keys.slice(), start)
       return start()
     } catch (err) {
       return rejected(err)
@@ -891,24 +884,19 @@ class KvStore {
       this.#requireMount(mount)
       const flat = encodeEntries(entries, mount)
       const ttl = ttlOf(options)
-      if (!this.#order.idle) return this.#after(mount, keysOf(flat), true, () => this.#setMany(mount, flat, ttl))
-      return this.#setMany(mount, flat, ttl)
+      if (!this.#order.idle) return this.#after(mount, keysOf(flat), (held) => this.#setMany(mount, flat, ttl, held))
+      return this.#setMany(mount, flat, ttl, false)
     } catch (err) {
       return rejected(err)
     }
   }
 
-  #setMany(mount, flat, ttl) {
+  #setMany(mount, flat, ttl, held) {
     const call = this.#native.setMany(mount, flat, ttl)
     if (!Array.isArray(call)) return call.then(undefined, rethrow)
     // The mount's count is stale: which keys are new, then the write (counting first if any is).
-    const keys = keysOf(flat)
-    const write = call[0].then(
-      (fresh) => this.#released(mount, keys, write, this.#setManyNew(mount, flat, ttl, fresh)),
-      (err) => this.#released(mount, keys, write, Promise.reject(err)),
-    )
-    this.#order.hold(mount, keys, write)
-    return write
+    const write = call[0].then((fresh) => this.#setManyNew(mount, flat, ttl, fresh), rethrow)
+    return held ? write : this.#order.holdUntilSettled(mount, keysOf(flat), write)
   }
 
   async #setManyNew(mount, flat, ttl, fresh) {
@@ -927,7 +915,7 @@ class KvStore {
       this.#requireMount(mount)
       requireKeys(keys)
       const start = () => this.#native.deleteMany(mount, keys).then(undefined, rethrow)
-      if (!this.#order.idle) return this.#after(mount, keys.slice(), true, start)
+      if (!this.#order.idle) return this.#after(mount, keys.slice(), start)
       return start()
     } catch (err) {
       return rejected(err)
@@ -939,7 +927,7 @@ class KvStore {
       this.#requireMount(mount)
       requireString('prefix', prefix)
       const start = () => this.#native.getByPrefix(mount, prefix).then((pairs) => decodePairs(pairs, mount), rethrow)
-      if (!this.#order.idle) return this.#after(mount, null, false, start)
+      if (!this.#order.idle) return this.#listing(mount, start)
       return start()
     } catch (err) {
       return rejected(err)
