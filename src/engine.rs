@@ -103,36 +103,6 @@ impl AsyncBackend for ClusterBackend {
     Box::pin(async move { ClusterBackend::execute(self, what, &batch).await })
   }
 
-  /// Polls the call once here, on the JS thread: with the cluster connection made, that
-  /// hands its commands to redis-rs's cluster connection now, so calls reach each node in
-  /// the order they were made (as a task per call, they could start in any order: an
-  /// unawaited commit then a read of the same step read the older result 106 times in
-  /// 1,000). The call's task polls it on from there.
-  fn execute_now(
-    self: Arc<Self>,
-    what: &'static str,
-    batch: Batch,
-  ) -> Result<BoxFuture<'static, StoreResult<Vec<Reply>>>, Batch> {
-    let mut call: BoxFuture<'static, StoreResult<Vec<Reply>>> =
-      Box::pin(async move { ClusterBackend::execute(&self, what, &batch).await });
-    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-      napi::bindgen_prelude::within_runtime_if_available(|| {
-        let waker = futures_util::task::noop_waker();
-        call
-          .as_mut()
-          .poll(&mut std::task::Context::from_waker(&waker))
-      })
-    }));
-    match polled {
-      Ok(std::task::Poll::Ready(result)) => Ok(Box::pin(async move { result })),
-      Ok(std::task::Poll::Pending) => Ok(call),
-      Err(panic) => {
-        let err = crate::guard::panic_error(what, panic);
-        Ok(Box::pin(async move { Err(err) }))
-      }
-    }
-  }
-
   fn close(&self) {
     ClusterBackend::close(self)
   }
