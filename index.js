@@ -763,20 +763,35 @@ class KvStore {
 
   /** `held`: the call's keys are held until it settles (`#after`). */
   #set(mount, key, json, ttl, held) {
-    const call = this.#native.set(mount, key, json, ttl)
-    if (!Array.isArray(call)) return call.then(undefined, rethrow)
+    const write = (phase) => this.#native.set(mount, key, json, ttl, phase)
     // The mount's count is stale: the update of a stored key, else the write of a new one.
-    const write = call[0].then((updated) => updated || this.#setNew(mount, key, json, ttl), rethrow)
-    return held ? write : this.#order.holdUntilSettled(mount, [key], write)
+    return this.#staged(mount, [key], held, write, (updated) => updated || this.#addKeys(mount, write))
   }
 
-  async #setNew(mount, key, json, ttl) {
+  /**
+   * A write that may add keys; `write(phase)` calls its native method (`set`, `merge` or
+   * `setMany`). While the mount's count is stale, the native call sends only the part
+   * that needs no room and answers `[promise]`; `next(answer)` finishes the write (a
+   * value, or a promise of the rest), the keys busy meanwhile unless `held` already.
+   */
+  #staged(mount, keys, held, write, next) {
+    const call = write(undefined)
+    if (!Array.isArray(call)) return call.then(undefined, rethrow)
+    const rest = call[0].then(next, rethrow)
+    return held ? rest : this.#order.holdUntilSettled(mount, keys, rest)
+  }
+
+  /**
+   * The write of new keys (`write(1)`); when the count is stale (`null`), the mount's
+   * shared count, then the write with room from it (`write(2)`). A count made meanwhile
+   * (by a write that needed it too) may be fresh: no second count.
+   */
+  async #addKeys(mount, write) {
     try {
-      // A count made meanwhile (by a write that needed it too) may be fresh: no second count.
-      const call = this.#native.set(mount, key, json, ttl, 1)
+      const call = write(1)
       if (call !== null) return await call
       await this.#count(mount)
-      return await this.#native.set(mount, key, json, ttl, 2)
+      return await write(2)
     } catch (err) {
       return rethrow(err)
     }
@@ -799,22 +814,9 @@ class KvStore {
   }
 
   #merge(mount, key, json, ttl, held) {
-    const call = this.#native.merge(mount, key, json, ttl)
-    if (!Array.isArray(call)) return call.then(undefined, rethrow)
+    const write = (phase) => this.#native.merge(mount, key, json, ttl, phase)
     // The mount's count is stale: a merge into a stored object, else the merge of a new key.
-    const write = call[0].then((merged) => merged ?? this.#mergeNew(mount, key, json, ttl), rethrow)
-    return held ? write : this.#order.holdUntilSettled(mount, [key], write)
-  }
-
-  async #mergeNew(mount, key, json, ttl) {
-    try {
-      const call = this.#native.merge(mount, key, json, ttl, 1)
-      if (call !== null) return await call
-      await this.#count(mount)
-      return await this.#native.merge(mount, key, json, ttl, 2)
-    } catch (err) {
-      return rethrow(err)
-    }
+    return this.#staged(mount, [key], held, write, (merged) => merged ?? this.#addKeys(mount, write))
   }
 
   delete(mount, key) {
@@ -901,22 +903,10 @@ class KvStore {
   }
 
   #setMany(mount, flat, ttl, held) {
-    const call = this.#native.setMany(mount, flat, ttl)
-    if (!Array.isArray(call)) return call.then(undefined, rethrow)
+    const write = (phase) => this.#native.setMany(mount, flat, ttl, phase)
     // The mount's count is stale: which keys are new, then the write (counting first if any is).
-    const write = call[0].then((fresh) => this.#setManyNew(mount, flat, ttl, fresh), rethrow)
-    return held ? write : this.#order.holdUntilSettled(mount, keysOf(flat), write)
-  }
-
-  async #setManyNew(mount, flat, ttl, fresh) {
-    try {
-      const call = this.#native.setMany(mount, flat, ttl, 1, fresh)
-      if (call !== null) return await call
-      await this.#count(mount)
-      return await this.#native.setMany(mount, flat, ttl, 2, fresh)
-    } catch (err) {
-      return rethrow(err)
-    }
+    const next = (fresh) => this.#addKeys(mount, (phase) => this.#native.setMany(mount, flat, ttl, phase, fresh))
+    return this.#staged(mount, keysOf(flat), held, write, next)
   }
 
   deleteMany(mount, keys) {
