@@ -771,13 +771,13 @@ class KvStore {
   /**
    * A write that may add keys; `write(phase)` calls its native method (`set`, `merge` or
    * `setMany`). While the mount's count is stale, the native call sends only the part
-   * that needs no room and answers `[promise]`; `next(answer)` finishes the write (a
+   * that needs no room and answers `[promise]`; `finish(answer)` finishes the write (a
    * value, or a promise of the rest), the keys busy meanwhile unless `held` already.
    */
-  #staged(mount, keys, held, write, next) {
+  #staged(mount, keys, held, write, finish) {
     const call = write(undefined)
     if (!Array.isArray(call)) return call.then(undefined, rethrow)
-    const rest = call[0].then(next, rethrow)
+    const rest = call[0].then(finish, rethrow)
     return held ? rest : this.#order.holdUntilSettled(mount, keys, rest)
   }
 
@@ -905,8 +905,8 @@ class KvStore {
   #setMany(mount, flat, ttl, held) {
     const write = (phase) => this.#native.setMany(mount, flat, ttl, phase)
     // The mount's count is stale: which keys are new, then the write (counting first if any is).
-    const next = (fresh) => this.#addKeys(mount, (phase) => this.#native.setMany(mount, flat, ttl, phase, fresh))
-    return this.#staged(mount, keysOf(flat), held, write, next)
+    const finish = (fresh) => this.#addKeys(mount, (phase) => this.#native.setMany(mount, flat, ttl, phase, fresh))
+    return this.#staged(mount, keysOf(flat), held, write, finish)
   }
 
   deleteMany(mount, keys) {
