@@ -59,6 +59,11 @@ pub trait AsyncBackend: Send + Sync + 'static {
   fn start(&self, call: TokioCall) -> Result<(), TokioCall> {
     Err(call)
   }
+  /// Whether the tasks of its calls run on the one I/O thread (`runtime::io`), where its
+  /// connections run, rather than on napi's multi-threaded runtime.
+  fn on_io_thread(&self) -> bool {
+    false
+  }
 }
 
 /// A call handed to a backend on tokio: its first batch, its continuation, and what
@@ -177,6 +182,7 @@ impl Engine {
           completion,
           ..
         } = call;
+        let on_io_thread = backend.on_io_thread();
         let later = backend.clone();
         let execute = move |batch| {
           let backend = later.clone();
@@ -190,13 +196,18 @@ impl Engine {
           .boxed(),
           Err(batch) => run_steps(what, limit, Step::Then(batch, finish), execute).boxed(),
         };
-        napi::bindgen_prelude::spawn(async move {
+        let task = async move {
           let result = match AssertUnwindSafe(steps).catch_unwind().await {
             Ok(result) => result,
             Err(panic) => Err(crate::guard::panic_error(what, panic)),
           };
           completion.settle(result);
-        });
+        };
+        if on_io_thread {
+          crate::runtime::spawn_io(task);
+        } else {
+          napi::bindgen_prelude::spawn(task);
+        }
         Ok(PromiseRaw::new(env.raw(), promise))
       }
       Engine::Embedded(embedded) => {

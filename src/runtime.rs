@@ -150,3 +150,41 @@ pub fn debug_runtime() -> RuntimeInfo {
     event_loop_driver: event_loop_unavailable().is_none(),
   }
 }
+
+/// The tokio runtime that the I/O of Redis on threads and of Postgres runs on: one thread
+/// of its own (`durastate-io`), started on first use; `None` where no thread can be
+/// started (then napi's runtime runs it). On a multi-threaded runtime, a reply that wakes
+/// one worker often wakes a second one to look for work, and the tasks of one call (the
+/// call, a Postgres lane, tokio-postgres's connection) wake each other across workers: a
+/// call at 1 in flight pays those wake-ups on every round trip. On one thread they are
+/// not wake-ups, and one thread is enough for the I/O of a process's stores (the JS
+/// thread's work is the limit under load). The thread holds nothing of the JS event loop:
+/// an idle process exits.
+pub fn io() -> Option<&'static tokio::runtime::Handle> {
+  static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Handle>> = std::sync::OnceLock::new();
+  RUNTIME
+    .get_or_init(|| {
+      let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+      let handle = runtime.handle().clone();
+      std::thread::Builder::new()
+        .name("durastate-io".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))
+        .ok()?;
+      Some(handle)
+    })
+    .as_ref()
+}
+
+/// Runs `task` on the [`io`] thread (else on napi's runtime).
+pub fn spawn_io<F>(task: F)
+where
+  F: std::future::Future<Output = ()> + Send + 'static,
+{
+  match io() {
+    Some(runtime) => drop(runtime.spawn(task)),
+    None => drop(napi::bindgen_prelude::spawn(task)),
+  }
+}

@@ -257,7 +257,7 @@ impl RedisBackend {
     if let Some(calls) = start {
       let task = run(shared.clone(), calls);
       // Where no thread can be started, the shared runtime runs the task.
-      drop(match runtime() {
+      drop(match crate::runtime::io() {
         Some(runtime) => runtime.spawn(task),
         None => napi::bindgen_prelude::spawn(task),
       });
@@ -663,28 +663,4 @@ fn next_step(waiter: Waiter, replies: StoreResult<Vec<Reply>>) -> Option<(Waiter
     Err(panic) => completion.settle(Err(crate::guard::panic_error(what, panic))),
   }
   None
-}
-
-/// The runtime every store of this driver runs its task on: one thread of its own
-/// (`durastate-redis`), started on first use. On a multi-threaded runtime, a reply that
-/// wakes one worker often wakes a second one to look for work, a wake-up a call at 1 in
-/// flight pays on every reply; one thread does not, and one thread is enough for the I/O
-/// of the stores of a process (the JS thread's work is the limit under load). The thread
-/// holds nothing of the JS event loop: an idle process exits.
-fn runtime() -> Option<&'static tokio::runtime::Handle> {
-  static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Handle>> = std::sync::OnceLock::new();
-  RUNTIME
-    .get_or_init(|| {
-      let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
-      let handle = runtime.handle().clone();
-      std::thread::Builder::new()
-        .name("durastate-redis".into())
-        .spawn(move || runtime.block_on(std::future::pending::<()>()))
-        .ok()?;
-      Some(handle)
-    })
-    .as_ref()
 }

@@ -1,6 +1,7 @@
 //! Postgres backend: the store operations of the seam (`command.rs`) as statements on
 //! store-shaped tables (`schema.rs`, `ops.rs`), through a deadpool of tokio-postgres
-//! connections (TLS by rustls), on tokio threads (`Engine::Tokio`).
+//! connections (TLS by rustls), on tokio (`Engine::Tokio`): the calls' tasks, the lanes
+//! and the pool's connections all run on the one I/O thread (`runtime::io`).
 //!
 //! Group commit: calls are queued to lanes (one per key: a call goes to the lane of its
 //! batch's first key, so calls on one key run in the order they were made), and each lane
@@ -213,6 +214,10 @@ impl AsyncBackend for PostgresBackend {
     Ok(self.inner.clone().execute(batch))
   }
 
+  fn on_io_thread(&self) -> bool {
+    true
+  }
+
   fn close(&self) {
     self.inner.closed.store(true, Ordering::Release);
     self.inner.pool.close();
@@ -346,8 +351,8 @@ impl Inner {
     lane.queue.push_back(job);
     if !lane.running {
       lane.running = true;
-      // (from the JS thread too: napi's runtime)
-      napi::bindgen_prelude::spawn(self.clone().drain(index));
+      // (from the JS thread too) on the I/O thread, where the pool's connections run
+      crate::runtime::spawn_io(self.clone().drain(index));
     }
   }
 
