@@ -203,6 +203,12 @@ export declare function debugKvCounts(): number
  */
 export declare function debugPanicAsync(): Promise<void>
 
+/**
+ * Makes the next turn of the task of a Redis store on tokio threads panic, once: its
+ * calls must reject with `INTERNAL` and later calls must not hang.
+ */
+export declare function debugPanicRedisTask(): void
+
 /** Panics inside a synchronous call; JS must see a thrown error, not an abort. */
 export declare function debugPanicSync(): void
 

@@ -848,6 +848,7 @@ module.exports.createStore = nativeBinding.createStore
 module.exports.debugEmbeddedGroups = nativeBinding.debugEmbeddedGroups
 module.exports.debugKvCounts = nativeBinding.debugKvCounts
 module.exports.debugPanicAsync = nativeBinding.debugPanicAsync
+module.exports.debugPanicRedisTask = nativeBinding.debugPanicRedisTask
 module.exports.debugPanicSync = nativeBinding.debugPanicSync
 module.exports.debugRuntime = nativeBinding.debugRuntime
 module.exports.storeUrlSchemes = nativeBinding.storeUrlSchemes

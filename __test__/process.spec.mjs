@@ -101,6 +101,32 @@ describe('process behaviour', () => {
     })
   }
 
+  it('a panic in the task of a Redis store on tokio threads rejects its calls with INTERNAL, later calls do not hang, and the process exits', async () => {
+    const { code, signal, stderr, stdout, ms } = await runChild(
+      `
+      const binding = require(${JSON.stringify(join(packageRoot, 'binding.js'))});
+      const store = ds.createRedisStore(${JSON.stringify(redis.url)}, { prefix: 'process-spec:panic:' + process.pid + ':', commandTimeout: 3000 });
+      const outcome = (p) => p.then(() => 'answered', (e) => e.code + ': ' + e.message);
+      (async () => {
+        await store.beginExecution('e');
+        binding.debugPanicRedisTask();
+        const first = await Promise.all([outcome(store.isExecutionInProgress('e')), outcome(store.getExecutionTaskResult('e', 't'))]);
+        const later = await outcome(store.isExecutionInProgress('e'));
+        process.stdout.write(JSON.stringify({ first, later }));
+      })().catch((e) => { console.error(e); process.exit(1) });
+    `,
+      { env: { DURASTATE_REDIS_DRIVER: 'threads' }, timeoutMs: 10_000 },
+    )
+    assert.equal(signal, null, `killed after ${ms} ms: a call hung or the process did not exit`)
+    assert.equal(code, 0, stderr)
+    const { first, later } = JSON.parse(stdout)
+    // The first call may have been answered before the task's turn that panicked; the
+    // second was queued behind it and never sent.
+    assert.match(first[1], /^INTERNAL: .*deliberate panic \(Redis task\)/)
+    assert.ok(first[0] === 'answered' || first[0] === first[1], first[0])
+    assert.match(later, /^DISPOSED: /)
+  })
+
   it('loads and unloads the addon in worker threads started and stopped repeatedly', async () => {
     const source = `
       const { parentPort, workerData } = require('node:worker_threads');

@@ -25,6 +25,25 @@ pub fn debug_panic_async<'env>(env: &'env Env) -> napi::Result<PromiseRaw<'env, 
   })
 }
 
+/// Set by `debugPanicRedisTask`: the next turn of a Redis store's task (threads driver) panics.
+static REDIS_TASK_PANIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes the next turn of the task of a Redis store on tokio threads panic, once: its
+/// calls must reject with `INTERNAL` and later calls must not hang.
+#[napi]
+pub fn debug_panic_redis_task() {
+  REDIS_TASK_PANIC.store(true, std::sync::atomic::Ordering::Release);
+}
+
+/// Where the Redis task panics when `debugPanicRedisTask` asked it to.
+pub fn redis_task_panic_point() {
+  if REDIS_TASK_PANIC.load(std::sync::atomic::Ordering::Relaxed)
+    && REDIS_TASK_PANIC.swap(false, std::sync::atomic::Ordering::AcqRel)
+  {
+    panic!("deliberate panic (Redis task) for durastate's tests");
+  }
+}
+
 /// `[groups, calls, queued]`: the groups and calls the embedded stores ran on the JS
 /// thread so far (calls made in the same tick share one group, one transaction), and
 /// the calls they sent to a store's thread instead.

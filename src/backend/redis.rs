@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -255,7 +256,7 @@ impl RedisBackend {
     let start = state.calls.take();
     drop(state);
     if let Some(calls) = start {
-      let task = run(shared.clone(), calls);
+      let task = run_guarded(shared.clone(), calls);
       // Where no thread can be started, the shared runtime runs the task.
       drop(match crate::runtime::io() {
         Some(runtime) => runtime.spawn(task),
@@ -318,7 +319,35 @@ enum Event {
 type Connecting = std::pin::Pin<Box<dyn std::future::Future<Output = StoreResult<Stream>> + Send>>;
 
 /// The store's task: runs until the store is closed (or dropped) and no call waits.
-async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<(Waiter, Batch)>) {
+/// Runs the store's task. A panic in it (a bug) would leave every call it holds, and every
+/// later call, waiting for an answer that never comes, and the process alive: instead, its
+/// calls and those in the channel reject with `INTERNAL`, and the store takes no more
+/// calls (they reject as if it were closed).
+async fn run_guarded(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<(Waiter, Batch)>) {
+  let outcome = AssertUnwindSafe(run(shared.clone(), &mut calls))
+    .catch_unwind()
+    .await;
+  let Err(panic) = outcome else {
+    return;
+  };
+  let err = crate::guard::panic_error("the Redis connection's task", panic);
+  let abandoned = {
+    let mut state = shared.lock();
+    state.taking_calls = false;
+    state.direct = None;
+    state.core.abandon()
+  };
+  calls.close();
+  while let Ok((waiter, _)) = calls.try_recv() {
+    shared.queued.fetch_sub(1, Ordering::AcqRel);
+    waiter.reject(err.clone());
+  }
+  for waiter in abandoned {
+    waiter.reject(err.clone());
+  }
+}
+
+async fn run(shared: Arc<Shared>, calls: &mut mpsc::UnboundedReceiver<(Waiter, Batch)>) {
   let mut conn: Option<Conn> = None;
   let mut connecting: Option<Connecting> = None;
   let mut backoff: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
@@ -330,10 +359,11 @@ async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<(Waiter, Ba
   let mut done = Vec::new();
   let mut channel_open = true;
   loop {
+    crate::debug::redis_task_panic_point();
     let mut dropped = None;
     let deadline = {
       let mut state = shared.lock();
-      take_calls(&shared, &mut state, &mut calls, None);
+      take_calls(&shared, &mut state, calls, None);
       if !state.taking_calls && !state.core.has_waiters() {
         state.direct = None;
         // A call sent to the channel from now on is given back to its caller.
@@ -458,7 +488,7 @@ async fn run(shared: Arc<Shared>, mut calls: mpsc::UnboundedReceiver<(Waiter, Ba
       }
       Event::Call(Some(call)) => {
         let mut state = shared.lock();
-        take_calls(&shared, &mut state, &mut calls, Some(call));
+        take_calls(&shared, &mut state, calls, Some(call));
         None
       }
       Event::Opened(Ok(stream)) => {

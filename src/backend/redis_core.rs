@@ -276,6 +276,19 @@ impl<W> Core<W> {
     self.unsent.clear();
   }
 
+  /// Gives up on every call (the driver cannot go on): returns their waiters, to be
+  /// rejected; nothing is sent again.
+  pub fn abandon(&mut self) -> Vec<W> {
+    self.closed = true;
+    self.unsent.clear();
+    self.received.clear();
+    self.codec = ReplyDecoder::default();
+    std::mem::take(&mut self.pending)
+      .into_iter()
+      .filter_map(|mut call| call.waiter.take())
+      .collect()
+  }
+
   /// The store is closed: calls in flight finish, but none is sent again.
   pub fn close(&mut self) {
     self.closed = true;

@@ -440,3 +440,20 @@ fn a_failed_write_keeps_what_was_not_written_and_a_drop_resends_whole_calls() {
     .expect_err("a socket that takes nothing");
   assert_eq!(zero.kind(), std::io::ErrorKind::WriteZero);
 }
+
+#[test]
+fn abandoning_gives_back_every_waiting_call_once_and_sends_nothing_again() {
+  let mut s = Script::new(3, false);
+  s.call_by("late", get("c"), 0);
+  s.call("a", get("a"));
+  s.call("b", set("b", "2"));
+  s.written();
+  s.call("d", get("d"));
+  // `late` timed out: its waiter was already given back.
+  assert_eq!(s.core.expire(s.t0), ["late"]);
+  assert_eq!(s.core.abandon(), ["a", "b", "d"]);
+  assert!(!s.core.has_waiters() && s.core.is_idle());
+  assert!(s.written().is_empty(), "nothing left to send");
+  // Closed: a drop afterwards requeues nothing.
+  assert!(s.core.on_drop(&unavailable()).is_empty());
+}
