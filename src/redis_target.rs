@@ -337,6 +337,45 @@ pub fn cluster_target(
   })
 }
 
+impl ClusterTarget {
+  /// The seed nodes' addresses.
+  pub fn seed_addresses(&self) -> Vec<(String, u16)> {
+    self
+      .seeds
+      .iter()
+      .filter_map(|seed| {
+        let url = url::Url::parse(seed).ok()?;
+        let host = url
+          .host_str()?
+          .trim_start_matches('[')
+          .trim_end_matches(']');
+        Some((host.to_string(), url.port().unwrap_or(6379)))
+      })
+      .collect()
+  }
+
+  /// The target of one node (`host:port`, as the cluster names it): this cluster's
+  /// credentials and TLS, shown as `cluster node host:port`.
+  pub fn node(&self, host: &str, port: u16, require_aof: bool) -> StoreResult<RedisTarget> {
+    let fields = RedisConnectionOptions {
+      host: Some(host.to_string()),
+      port: Some(u32::from(port)),
+      username: self.username.clone(),
+      password: self.password.clone(),
+      ..Default::default()
+    };
+    let mut target = RedisTarget::from_url(&url_from_fields(&fields)?)?;
+    target.display = if host.contains(':') {
+      format!("cluster node [{host}]:{port}")
+    } else {
+      format!("cluster node {host}:{port}")
+    };
+    target.require_aof = require_aof;
+    target.tls = self.tls.clone();
+    Ok(target)
+  }
+}
+
 /// Where the sentinels are and which master to ask them for.
 pub struct SentinelSettings {
   pub sentinels: Vec<(String, u16)>,
