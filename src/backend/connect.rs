@@ -193,10 +193,21 @@ async fn tcp_then_tls(
     .await
     .map_err(|err| match tls.explain_io(&err) {
       Some(reason) => peer.tls_failed(&reason),
+      // The server went away mid-handshake (a node being killed): not a TLS problem,
+      // and another attempt may pass.
+      None if is_reset(&err) => peer.unavailable(&format!("{host}:{port}: {err}")),
       None => peer.tls_failed(&err.to_string()),
     })?;
   in_tls_handshake.store(false, Ordering::Relaxed);
   Ok(Stream::Tls(Box::new(stream)))
+}
+
+/// A connection the peer reset or aborted.
+fn is_reset(err: &io::Error) -> bool {
+  matches!(
+    err.kind(),
+    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
+  )
 }
 
 /// The target's server (the master the sentinels name now, when there are any),
