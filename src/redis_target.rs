@@ -252,7 +252,7 @@ pub fn cluster_fields_from_url(url: &str) -> StoreResult<RedisConnectionOptions>
 /// `rediss://`; TLS (also from `tls: true` or the store option `tls`) applies to every
 /// node, those found later and those redirects name included.
 pub struct ClusterTarget {
-  /// The seed nodes, as `redis://host:port` for redis-rs (TLS is durastate's own).
+  /// The seed nodes, as `redis://host:port` (TLS is given by `tls`).
   pub seeds: Vec<String>,
   pub display: String,
   pub username: Option<String>,

@@ -90,6 +90,8 @@ struct Router {
   refresh_asked: bool,
   /// Every master was checked for `durability: 'aof'` (at the first load).
   aof_checked: bool,
+  /// A node's connection failed since the map was last read (a `drop` event was given).
+  dropped: bool,
   closed: bool,
 }
 
@@ -414,6 +416,7 @@ impl Inner {
         return Err(err);
       }
       self.events.dropped(&err);
+      self.lock().dropped = true;
       let seen = self.lock().refreshes;
       self.refresh(Some(seen)).await;
       tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
@@ -492,7 +495,7 @@ impl Inner {
     }
     let first = router.map.is_none();
     router.map = Some(map);
-    if first {
+    if first || std::mem::take(&mut router.dropped) {
       self.events.connected(self.events.server().address());
     }
     for call in std::mem::take(&mut router.waiting) {
