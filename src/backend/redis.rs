@@ -1,5 +1,6 @@
 //! Redis on tokio threads: the driver for Bun, Deno, unix sockets, platforms without the
-//! event-loop driver, and `DURASTATE_REDIS_DRIVER=threads`. One task per store owns the
+//! event-loop driver, `DURASTATE_REDIS_DRIVER=threads`, and each master of a Redis
+//! Cluster (`cluster/` routes over one backend per master: [`RedisBackend::send`]). One task per store owns the
 //! connection (`connect.rs`: plain TCP, TLS, a unix socket; with Sentinel the master the
 //! sentinels name) and the connection core every single-server driver shares
 //! (`redis_core.rs`: the queue, reply matching, deadlines, requeue after a drop, the

@@ -1,8 +1,10 @@
-//! The connection core every single-server Redis driver runs on (the event-loop driver,
-//! `redis_loop.rs`, and the tokio threads driver, `redis.rs`): the queue of calls waiting
-//! for replies, the bytes still to write, reply matching, deadlines, what happens to each
-//! call when the connection drops or a reconnect fails, and the backoff between
-//! reconnects. Sans-IO: a driver hands it bytes it read and events it saw (a drop, a
+//! The connection core every Redis path runs on (the event-loop driver, `redis_loop.rs`,
+//! and the tokio threads driver, `redis.rs`, which a Redis Cluster runs once per master):
+//! the queue of calls waiting for replies, the bytes still to write, reply matching,
+//! deadlines, what happens to each call when the connection drops or a reconnect fails,
+//! and the backoff between reconnects. A cluster's redirect errors (`MOVED`, `ASK`,
+//! `TRYAGAIN`, `CLUSTERDOWN`) come back with the server's words (an aborted transaction
+//! gives its queued command's error), and a batch may go after `ASKING`. Sans-IO: a driver hands it bytes it read and events it saw (a drop, a
 //! failed connect, the time), writes the bytes it asks for, and settles the waiters it
 //! gives back. So it is unit-tested without a server (`tests` below: a scripted
 //! transport).
