@@ -581,17 +581,8 @@ const parseJson = (text) => JSON.parse(text)
 class KeyOrder {
   /** mount -> { all: the whole-mount call in progress, keys: Map<key, call in progress> } */
   #mounts = new Map()
-  /** Calls holding keys (held, not yet released); 1 more when every call holds its keys. */
+  /** Calls holding keys (held, not yet released). */
   #holds = 0
-
-  /**
-   * `everyCall`: every call on keys keeps them busy until it settles (a backend that may
-   * run calls in flight together in any order: the Redis Cluster's tokio tasks).
-   */
-  constructor(everyCall) {
-    this.everyCall = everyCall
-    if (everyCall) this.#holds = 1
-  }
 
   get idle() {
     return this.#holds === 0
@@ -669,7 +660,7 @@ class KvStore {
     this.#native = nativeStore
     this.#mountNames = new Set(parseJson(nativeStore.mounts()).map((m) => m.name))
     servers.set(this, describeServer(nativeStore, 'kv', target))
-    this.#order = new KeyOrder(nativeStore.serverInfo().backend === 'cluster')
+    this.#order = new KeyOrder()
   }
 
   /** Checks the mount before anything else (UNKNOWN_MOUNT, listing the mounts). */
@@ -687,8 +678,8 @@ class KvStore {
    */
   #after(mount, keys, start) {
     const calls = this.#order.waitsFor(mount, keys)
-    if (calls === undefined && !this.#order.everyCall) return start(false)
-    const call = calls === undefined ? start(true) : Promise.allSettled(calls).then(() => start(true))
+    if (calls === undefined) return start(false)
+    const call = Promise.allSettled(calls).then(() => start(true))
     return this.#order.holdUntilSettled(mount, keys, call)
   }
 

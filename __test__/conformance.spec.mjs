@@ -121,33 +121,26 @@ for (const name of backendNames) {
       assert.equal(inProgress.filter(Boolean).length, 0)
     })
 
-    // Not on a Redis Cluster, whose calls run as tokio tasks that may start in any order
-    // (README, "Order on a cluster"): there a read must await the write it needs to see.
-    const keepsOrder = !name.startsWith('cluster')
-    it(
-      'answers a read with what the calls made before it did, awaited or not',
-      { skip: !keepsOrder && 'a cluster does not keep the order of calls in flight' },
-      async () => {
-        const store = backend.open()
-        await store.beginExecution('e')
-        const misordered = []
-        for (let i = 0; i < 300; i++) {
-          const commit = store.commitExecutionTaskResult('e', `t${i % 10}`, { i })
-          const read = await store.getExecutionTaskResult('e', `t${i % 10}`)
-          await commit
-          if (read?.i !== i) misordered.push([i, read])
-        }
-        for (let i = 0; i < 30; i++) {
-          const commits = Array.from({ length: 10 }, (_, j) => store.commitExecutionTaskResult('e', 'hot', i * 100 + j))
-          const claim = store.beginExecutionTask('e', 'next')
-          const [read, inProgress] = await Promise.all([store.getExecutionTaskResult('e', 'hot'), store.isExecutionTaskInProgress('e', 'next')])
-          await Promise.all([...commits, claim])
-          await store.commitExecutionTaskResult('e', 'next', null)
-          if (read !== i * 100 + 9 || inProgress !== true) misordered.push([i, read, inProgress])
-        }
-        assert.deepEqual(misordered, [], 'a read saw an older state than the calls made before it')
-      },
-    )
+    it('answers a read with what the calls made before it did, awaited or not', async () => {
+      const store = backend.open()
+      await store.beginExecution('e')
+      const misordered = []
+      for (let i = 0; i < 300; i++) {
+        const commit = store.commitExecutionTaskResult('e', `t${i % 10}`, { i })
+        const read = await store.getExecutionTaskResult('e', `t${i % 10}`)
+        await commit
+        if (read?.i !== i) misordered.push([i, read])
+      }
+      for (let i = 0; i < 30; i++) {
+        const commits = Array.from({ length: 10 }, (_, j) => store.commitExecutionTaskResult('e', 'hot', i * 100 + j))
+        const claim = store.beginExecutionTask('e', 'next')
+        const [read, inProgress] = await Promise.all([store.getExecutionTaskResult('e', 'hot'), store.isExecutionTaskInProgress('e', 'next')])
+        await Promise.all([...commits, claim])
+        await store.commitExecutionTaskResult('e', 'next', null)
+        if (read !== i * 100 + 9 || inProgress !== true) misordered.push([i, read, inProgress])
+      }
+      assert.deepEqual(misordered, [], 'a read saw an older state than the calls made before it')
+    })
 
     it('gives a step to exactly one of 50 concurrent claimers', async () => {
       const stores = backend.sharesState ? [backend.open(), backend.openShared()] : [backend.open()]

@@ -105,7 +105,16 @@ impl AsyncBackend for ClusterBackend {
   }
 
   fn execute(&self, what: &'static str, batch: Batch) -> BoxFuture<'_, StoreResult<Vec<Reply>>> {
-    Box::pin(async move { ClusterBackend::execute(self, what, &batch).await })
+    self.submit(what, batch)
+  }
+
+  /// Queued on the nodes now, so calls on one slot reach it in the order they were made.
+  fn execute_now(
+    self: Arc<Self>,
+    what: &'static str,
+    batch: Batch,
+  ) -> Result<BoxFuture<'static, StoreResult<Vec<Reply>>>, Batch> {
+    Ok(self.submit(what, batch))
   }
 
   fn close(&self) {
@@ -113,6 +122,10 @@ impl AsyncBackend for ClusterBackend {
   }
 
   fn needs_one_slot(&self) -> bool {
+    true
+  }
+
+  fn on_io_thread(&self) -> bool {
     true
   }
 

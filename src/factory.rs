@@ -305,8 +305,8 @@ fn redis_engine(target: RedisTarget, common: &CommonSettings) -> Engine {
   )))
 }
 
-/// A Redis Cluster from `{ cluster: [url, ...], username, password, tls }`: redis-rs
-/// `cluster-async` on tokio threads, on node connections of durastate's own.
+/// A Redis Cluster from `{ cluster: [url, ...], username, password, tls }`: durastate's
+/// own router (`backend/cluster/`) over one threads-driver connection per master.
 fn cluster_engine(
   fields: &RedisConnectionOptions,
   options: &StoreOptions,

@@ -252,7 +252,7 @@ pub fn cluster_fields_from_url(url: &str) -> StoreResult<RedisConnectionOptions>
 /// `rediss://`; TLS (also from `tls: true` or the store option `tls`) applies to every
 /// node, those found later and those redirects name included.
 pub struct ClusterTarget {
-  /// The seed nodes, as `redis://host:port` for redis-rs (TLS is durastate's own).
+  /// The seed nodes, as `redis://host:port` (TLS is given by `tls`).
   pub seeds: Vec<String>,
   pub display: String,
   pub username: Option<String>,
@@ -335,6 +335,45 @@ pub fn cluster_target(
     password,
     tls,
   })
+}
+
+impl ClusterTarget {
+  /// The seed nodes' addresses.
+  pub fn seed_addresses(&self) -> Vec<(String, u16)> {
+    self
+      .seeds
+      .iter()
+      .filter_map(|seed| {
+        let url = url::Url::parse(seed).ok()?;
+        let host = url
+          .host_str()?
+          .trim_start_matches('[')
+          .trim_end_matches(']');
+        Some((host.to_string(), url.port().unwrap_or(6379)))
+      })
+      .collect()
+  }
+
+  /// The target of one node (`host:port`, as the cluster names it): this cluster's
+  /// credentials and TLS, shown as `cluster node host:port`.
+  pub fn node(&self, host: &str, port: u16, require_aof: bool) -> StoreResult<RedisTarget> {
+    let fields = RedisConnectionOptions {
+      host: Some(host.to_string()),
+      port: Some(u32::from(port)),
+      username: self.username.clone(),
+      password: self.password.clone(),
+      ..Default::default()
+    };
+    let mut target = RedisTarget::from_url(&url_from_fields(&fields)?)?;
+    target.display = if host.contains(':') {
+      format!("cluster node [{host}]:{port}")
+    } else {
+      format!("cluster node {host}:{port}")
+    };
+    target.require_aof = require_aof;
+    target.tls = self.tls.clone();
+    Ok(target)
+  }
 }
 
 /// Where the sentinels are and which master to ask them for.

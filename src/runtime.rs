@@ -151,7 +151,8 @@ pub fn debug_runtime() -> RuntimeInfo {
   }
 }
 
-/// The tokio runtime that the I/O of Redis on threads and of Postgres runs on: one thread
+/// The tokio runtime that the I/O of Redis on threads (the Cluster's nodes too) and of
+/// Postgres runs on, with the tasks of their calls: one thread
 /// of its own (`durastate-io`), started on first use; `None` where no thread can be
 /// started (then napi's runtime runs it). On a multi-threaded runtime, a reply that wakes
 /// one worker often wakes a second one to look for work, and the tasks of one call (the

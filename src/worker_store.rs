@@ -200,8 +200,9 @@ impl NativeWorkerStore {
 
   /// Claims a step atomically (Redis: `HSETNX`): of concurrent callers exactly one gets `true`.
   /// With the hash-tag layout (no JS store reads it) the marker is a token unique to the
-  /// claim, so a claim that a cluster connection sent twice still answers `true` to the
-  /// caller whose first `HSETNX` landed: a `0` is checked against the stored token.
+  /// claim, so a claim sent twice (again after a dropped connection, on a cluster or a
+  /// single server) still answers `true` to the caller whose first `HSETNX` landed: a
+  /// `0` is checked against the stored token.
   #[napi(ts_return_type = "Promise<boolean>")]
   pub fn try_begin_execution_task<'env>(
     &self,

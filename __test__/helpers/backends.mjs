@@ -18,7 +18,11 @@ import { testRedis } from './redis-server.mjs'
 // threads on every runtime and driver, so Bun, Deno and the threads run would repeat the
 // same path (their TLS runs in tls.spec and sentinel.spec).
 const clusterTlsHere = runtime === 'node' && process.env.DURASTATE_REDIS_DRIVER !== 'threads'
-export const backendNames = ['redis', 'sqlite', 'memory', 'cluster', ...(clusterTlsHere ? ['cluster-tls'] : []), 'postgres']
+// DURASTATE_TEST_BACKENDS=cluster,cluster-tls runs only those (by hand: the full matrix is the default).
+const only = process.env.DURASTATE_TEST_BACKENDS?.split(',').filter(Boolean)
+export const backendNames = ['redis', 'sqlite', 'memory', 'cluster', ...(clusterTlsHere ? ['cluster-tls'] : []), 'postgres'].filter(
+  (name) => !only || only.includes(name),
+)
 
 /**
  * Prepares a backend. `open(options)` makes a store on fresh state; `openShared(options)`

@@ -22,7 +22,11 @@ import { testRedis } from './redis-server.mjs'
 // threads on every runtime and driver, so Bun, Deno and the threads run would repeat the
 // same path (their TLS runs in tls.spec and sentinel.spec).
 const clusterTlsHere = runtime === 'node' && process.env.DURASTATE_REDIS_DRIVER !== 'threads'
-export const kvBackendNames = ['redis', 'sqlite', 'memory', 'cluster', ...(clusterTlsHere ? ['cluster-tls'] : []), 'postgres']
+// DURASTATE_TEST_BACKENDS=cluster,cluster-tls runs only those (by hand: the full matrix is the default).
+const only = process.env.DURASTATE_TEST_BACKENDS?.split(',').filter(Boolean)
+export const kvBackendNames = ['redis', 'sqlite', 'memory', 'cluster', ...(clusterTlsHere ? ['cluster-tls'] : []), 'postgres'].filter(
+  (name) => !only || only.includes(name),
+)
 
 /** `options` with every mount prefix (or, without mounts, `options.prefix`) behind `base`. */
 function withBase(options, base) {

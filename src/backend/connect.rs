@@ -2,8 +2,9 @@
 //! sentinels for the master when there are any), connect, TLS, `AUTH`, `SELECT`, `PING`
 //! (and the checks of `durability: 'aof'` and of the master's role), all within
 //! `connectTimeout`. The event-loop driver takes the result as a non-blocking socket
-//! ([`open`]); the threads driver (TCP, TLS or a unix socket) and every cluster node as
-//! a tokio stream ([`open_stream`], [`connect_node`]).
+//! ([`open`]); the threads driver (TCP, TLS or a unix socket, a cluster's nodes
+//! included) as a tokio stream ([`open_stream`]). A cluster's slot map is asked for on
+//! a short-lived connection of its own ([`ask_node`]).
 
 use std::io;
 use std::pin::Pin;
@@ -129,21 +130,27 @@ impl Peer<'_> {
   }
 }
 
-/// Connects to `host:port` (TLS when `peer.tls`), logs in and checks, within `limit`; a
+/// Connects to `host:port` (TLS when `peer.tls`), logs in and checks as every
+/// connection does, then sends `commands` in one write
+/// (a cluster's `CLUSTER SLOTS`; none for the checks alone): their replies, server
+/// errors included; the whole within `limit`. The connection is closed after. A
 /// handshake that does not finish in time is `TLS`, anything else that does not is
 /// `UNAVAILABLE`.
-pub async fn connect_node(
+pub async fn ask_node(
   host: &str,
   port: u16,
   peer: Peer<'_>,
   login: &Login<'_>,
   limit: Duration,
-) -> StoreResult<Stream> {
+  commands: &[redis::Cmd],
+) -> StoreResult<Vec<Value>> {
   let in_tls_handshake = AtomicBool::new(false);
   let attempt = async {
     let mut stream = tcp_then_tls(host, port, peer, &in_tls_handshake).await?;
     handshake(&mut stream, peer, login).await?;
-    Ok(stream)
+    exchange(&mut stream, commands)
+      .await
+      .map_err(|err| peer.io_failed(&err))
   };
   bounded(peer, limit, &in_tls_handshake, attempt).await
 }
@@ -186,10 +193,21 @@ async fn tcp_then_tls(
     .await
     .map_err(|err| match tls.explain_io(&err) {
       Some(reason) => peer.tls_failed(&reason),
+      // The server went away mid-handshake (a node being killed): not a TLS problem,
+      // and another attempt may pass.
+      None if is_reset(&err) => peer.unavailable(&format!("{host}:{port}: {err}")),
       None => peer.tls_failed(&err.to_string()),
     })?;
   in_tls_handshake.store(false, Ordering::Relaxed);
   Ok(Stream::Tls(Box::new(stream)))
+}
+
+/// A connection the peer reset or aborted.
+fn is_reset(err: &io::Error) -> bool {
+  matches!(
+    err.kind(),
+    io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe
+  )
 }
 
 /// The target's server (the master the sentinels name now, when there are any),

@@ -1,5 +1,6 @@
 //! Redis on tokio threads: the driver for Bun, Deno, unix sockets, platforms without the
-//! event-loop driver, and `DURASTATE_REDIS_DRIVER=threads`. One task per store owns the
+//! event-loop driver, `DURASTATE_REDIS_DRIVER=threads`, and each master of a Redis
+//! Cluster (`cluster/` routes over one backend per master: [`RedisBackend::send`]). One task per store owns the
 //! connection (`connect.rs`: plain TCP, TLS, a unix socket; with Sentinel the master the
 //! sentinels name) and the connection core every single-server driver shares
 //! (`redis_core.rs`: the queue, reply matching, deadlines, requeue after a drop, the
@@ -48,10 +49,12 @@ enum Waiter {
     finish: Finish,
     completion: Completion,
   },
-  /// One batch whose replies go back to [`RedisBackend::execute`].
+  /// One batch whose replies go back to [`RedisBackend::execute`] or
+  /// [`RedisBackend::send`]; `asking`: sent after `ASKING` (a cluster node's `ASK`).
   Batch {
     what: &'static str,
     reply: oneshot::Sender<StoreResult<Vec<Reply>>>,
+    asking: bool,
   },
 }
 
@@ -194,14 +197,31 @@ impl RedisBackend {
 
   /// Runs one batch in one round trip (`MULTI`/`EXEC` when it is atomic).
   pub async fn execute(&self, what: &'static str, batch: Batch) -> StoreResult<Vec<Reply>> {
-    let (reply, replies) = oneshot::channel();
-    let waiter = Waiter::Batch { what, reply };
-    if self.submit(waiter, batch).is_err() {
+    let Ok(replies) = self.send(what, batch, false) else {
       return Err(StoreError::disposed());
-    }
+    };
     replies
       .await
       .unwrap_or_else(|_| Err(StoreError::disposed()))
+  }
+
+  /// Queues one batch now, on the caller's thread (so batches sent one after the other
+  /// go out in that order), after `ASKING` when `asking`; the receiver gets its replies.
+  /// `Err` when the backend is closed.
+  pub fn send(
+    &self,
+    what: &'static str,
+    batch: Batch,
+    asking: bool,
+  ) -> Result<oneshot::Receiver<StoreResult<Vec<Reply>>>, ()> {
+    let (reply, replies) = oneshot::channel();
+    let waiter = Waiter::Batch {
+      what,
+      reply,
+      asking,
+    };
+    self.submit(waiter, batch).map_err(|_| ())?;
+    Ok(replies)
   }
 
   /// Queues a call; writes it at once when the socket is free (see the module's doc),
@@ -244,9 +264,12 @@ impl RedisBackend {
       .direct
       .clone()
       .filter(|_| state.core.unsent().is_empty() && state.core.is_idle());
-    state
-      .core
-      .push(waiter, batch, Instant::now() + shared.command_timeout);
+    queue(
+      &mut state.core,
+      waiter,
+      batch,
+      Instant::now() + shared.command_timeout,
+    );
     let wake = match direct {
       Some(socket) => {
         !matches!(state.core.write_unsent(|b| socket.try_write(b)), Ok(true)) || !state.watching
@@ -590,7 +613,7 @@ async fn run(shared: Arc<Shared>, calls: &mut mpsc::UnboundedReceiver<(Waiter, B
           let mut state = shared.lock();
           let deadline = Instant::now() + shared.command_timeout;
           for (waiter, batch) in next {
-            state.core.push(waiter, batch, deadline);
+            queue(&mut state.core, waiter, batch, deadline);
           }
         }
         read.err()
@@ -634,12 +657,18 @@ fn take_calls(
       return;
     };
     if state.taking_calls {
-      state.core.push(waiter, batch, deadline);
+      queue(&mut state.core, waiter, batch, deadline);
     } else {
       waiter.reject(StoreError::disposed());
     }
     shared.queued.fetch_sub(1, Ordering::AcqRel);
   }
+}
+
+/// Queues a call in the core (after `ASKING` when its waiter asks for it).
+fn queue(core: &mut Core<Waiter>, waiter: Waiter, batch: Batch, deadline: Instant) {
+  let asking = matches!(waiter, Waiter::Batch { asking: true, .. });
+  core.push_asking(waiter, batch, deadline, asking);
 }
 
 /// The connection dropped: callers stop writing to it, and the core requeues or rejects

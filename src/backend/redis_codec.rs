@@ -8,8 +8,14 @@ use crate::command::{Command, Condition, MergeOutcome, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::json_value;
 
-/// Appends the RESP encoding of a batch to `out` (`MULTI` ... `EXEC` when atomic).
-pub(super) fn pack_commands(commands: &[Command], atomic: bool, out: &mut Vec<u8>) {
+/// Appends the RESP encoding of a batch to `out` (`MULTI` ... `EXEC` when atomic),
+/// after `ASKING` when `asking` (a Redis Cluster's `ASK` redirect:
+/// the node the slot is migrating to takes the batch, a transaction included, since the
+/// flag lasts until `EXEC`).
+pub(super) fn pack(commands: &[Command], atomic: bool, asking: bool, out: &mut Vec<u8>) {
+  if asking {
+    redis::cmd("ASKING").write_packed_command(out);
+  }
   if atomic {
     redis::cmd("MULTI").write_packed_command(out);
   }
@@ -219,12 +225,37 @@ pub(super) fn decode(value: Value, command: &Command) -> StoreResult<Reply> {
       .map(|(k, v)| Ok((bytes(k)?, bytes(v)?)))
       .collect::<StoreResult<_>>()
       .map(Reply::Pairs),
-    Value::ServerError(err) => Err(redis::RedisError::from(err).into()),
+    Value::ServerError(err) => Err(server_error(err)),
     other => Err(StoreError::new(
       ErrorCode::Unavailable,
       format!("unexpected reply from Redis: {other:?}"),
     )),
   }
+}
+
+/// The words a Redis Cluster's redirect and wait errors start with.
+const CLUSTER_ERRORS: [&str; 4] = ["MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"];
+
+/// A server's error reply as a store error. A Redis Cluster's `MOVED`, `ASK`,
+/// `TRYAGAIN` and `CLUSTERDOWN` keep their words as the server gave them, after
+/// `"cluster: "`, so the cluster backend reads where to go ([`cluster_error`]).
+pub(super) fn server_error(err: redis::ServerError) -> StoreError {
+  if CLUSTER_ERRORS.contains(&err.code()) {
+    let message = match err.details() {
+      Some(details) => format!("cluster: {} {details}", err.code()),
+      None => format!("cluster: {}", err.code()),
+    };
+    return StoreError::new(ErrorCode::Unavailable, message);
+  }
+  redis::RedisError::from(err).into()
+}
+
+/// The code and details of a cluster error [`server_error`] made (`MOVED`, `ASK`,
+/// `TRYAGAIN`, `CLUSTERDOWN`), or `None` for any other error.
+pub(super) fn cluster_error(err: &StoreError) -> Option<(&str, &str)> {
+  let rest = err.message.strip_prefix("cluster: ")?;
+  let (code, details) = rest.split_once(' ').unwrap_or((rest, ""));
+  (err.code == ErrorCode::Unavailable && CLUSTER_ERRORS.contains(&code)).then_some((code, details))
 }
 
 fn pairs(items: Vec<Value>) -> StoreResult<Reply> {

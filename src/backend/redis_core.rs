@@ -1,8 +1,10 @@
-//! The connection core every single-server Redis driver runs on (the event-loop driver,
-//! `redis_loop.rs`, and the tokio threads driver, `redis.rs`): the queue of calls waiting
-//! for replies, the bytes still to write, reply matching, deadlines, what happens to each
-//! call when the connection drops or a reconnect fails, and the backoff between
-//! reconnects. Sans-IO: a driver hands it bytes it read and events it saw (a drop, a
+//! The connection core every Redis path runs on (the event-loop driver, `redis_loop.rs`,
+//! and the tokio threads driver, `redis.rs`, which a Redis Cluster runs once per master):
+//! the queue of calls waiting for replies, the bytes still to write, reply matching,
+//! deadlines, what happens to each call when the connection drops or a reconnect fails,
+//! and the backoff between reconnects. A cluster's redirect errors (`MOVED`, `ASK`,
+//! `TRYAGAIN`, `CLUSTERDOWN`) come back with the server's words (an aborted transaction
+//! gives its queued command's error), and a batch may go after `ASKING`. Sans-IO: a driver hands it bytes it read and events it saw (a drop, a
 //! failed connect, the time), writes the bytes it asks for, and settles the waiters it
 //! gives back. So it is unit-tested without a server (`tests` below: a scripted
 //! transport).
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use redis::Value;
 
-use super::redis_codec::{decode, pack_commands};
+use super::redis_codec::{decode, pack, server_error};
 use super::resp::ReplyDecoder;
 use super::retry;
 use crate::command::{Batch, Command, Reply};
@@ -34,6 +36,8 @@ struct Call<W> {
   waiter: Option<W>,
   commands: Vec<Command>,
   atomic: bool,
+  /// Sent after `ASKING` (a Redis Cluster's `ASK` redirect), whose reply is skipped.
+  asking: bool,
   /// Replies its batch gets (`MULTI` and `EXEC` count).
   expected: usize,
   replies: Vec<Value>,
@@ -76,17 +80,23 @@ impl<W> Core<W> {
 
   /// Queues a call: its bytes go out with the next write.
   pub fn push(&mut self, waiter: W, batch: Batch, deadline: Instant) {
-    let expected = batch.commands.len() + if batch.atomic { 2 } else { 0 };
+    self.push_asking(waiter, batch, deadline, false)
+  }
+
+  /// [`Core::push`], the batch after `ASKING` when `asking` (a cluster node's `ASK`).
+  pub fn push_asking(&mut self, waiter: W, batch: Batch, deadline: Instant, asking: bool) {
+    let expected = batch.commands.len() + if batch.atomic { 2 } else { 0 } + usize::from(asking);
     let retries_left = if batch.may_resend() {
       self.retry.attempts
     } else {
       0
     };
-    pack_commands(&batch.commands, batch.atomic, &mut self.unsent);
+    pack(&batch.commands, batch.atomic, asking, &mut self.unsent);
     self.pending.push_back(Call {
       waiter: Some(waiter),
       commands: batch.commands,
       atomic: batch.atomic,
+      asking,
       expected,
       replies: Vec::with_capacity(expected),
       deadline,
@@ -225,7 +235,7 @@ impl<W> Core<W> {
         call.recovering = true;
         call.replies.clear();
         call.waiter = Some(waiter);
-        pack_commands(&call.commands, call.atomic, &mut self.unsent);
+        pack(&call.commands, call.atomic, call.asking, &mut self.unsent);
         kept.push_back(call);
       } else {
         rejected.push(waiter);
@@ -299,14 +309,28 @@ impl<W> Call<W> {
   /// The call's outcome once its replies are all in; `None` if it already timed out.
   fn complete(self) -> Option<Outcome<W>> {
     let waiter = self.waiter?;
+    let mut replies = self.replies;
+    if self.asking {
+      if let Value::ServerError(err) = replies.remove(0) {
+        return Some((waiter, Err(server_error(err))));
+      }
+    }
     let values = if self.atomic {
-      match self.replies.into_iter().last() {
+      match replies.pop() {
         Some(Value::Array(items)) => Ok(items),
-        Some(Value::ServerError(err)) => Err(redis::RedisError::from(err).into()),
+        Some(Value::ServerError(err)) => {
+          // A transaction the server aborted (`EXECABORT`) says why through the error
+          // a queued command got (on a cluster, `MOVED` or `ASK`): that one is given.
+          let queued = replies.into_iter().skip(1).find_map(|value| match value {
+            Value::ServerError(queued) => Some(queued),
+            _ => None,
+          });
+          Err(server_error(queued.unwrap_or(err)))
+        }
         other => Err(lost(&format!("unexpected EXEC reply: {other:?}"))),
       }
     } else {
-      Ok(self.replies)
+      Ok(replies)
     };
     let replies = values.and_then(|values| {
       values

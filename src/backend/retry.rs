@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::error::{redis_error_code, ErrorCode, StoreError};
+use crate::error::{ErrorCode, StoreError};
 use crate::options::RetrySettings;
 
 /// What another attempt could do about an error.
@@ -39,37 +39,6 @@ pub fn classify(err: &StoreError) -> ErrorClass {
     ErrorCode::Tls => ErrorClass::Tls,
     _ => ErrorClass::Permanent,
   }
-}
-
-/// How a redis-rs error classifies; a Cluster that is down, resharding or moving a slot
-/// is transient, as is a lost connection or a timeout.
-pub fn classify_redis(err: &redis::RedisError) -> ErrorClass {
-  use redis::ServerErrorKind as Kind;
-  let cluster_in_flux = matches!(
-    err.kind(),
-    redis::ErrorKind::Server(Kind::ClusterDown | Kind::TryAgain | Kind::Moved | Kind::Ask)
-  ) || err.kind() == redis::ErrorKind::ClusterConnectionNotFound;
-  let code = redis_error_code(err);
-  if code == ErrorCode::Auth {
-    // Checked first: redis-rs counts a refused AUTH as unrecoverable for its connection.
-    return ErrorClass::Auth;
-  }
-  if connection_lost(err) || err.is_timeout() || cluster_in_flux {
-    return ErrorClass::Transient;
-  }
-  if err.code().is_some() {
-    // A server's error reply: the server is there and said no.
-    return ErrorClass::Permanent;
-  }
-  classify(&StoreError::new(code, ""))
-}
-
-/// Whether the connection an error came on is gone (it must be re-made).
-pub fn connection_lost(err: &redis::RedisError) -> bool {
-  err.is_unrecoverable_error()
-    || err.is_io_error()
-    || err.is_connection_dropped()
-    || err.is_connection_refusal()
 }
 
 /// The wait before reconnect attempt `failures` (1-based): `minDelay` doubling up to
@@ -184,16 +153,5 @@ mod tests {
     assert_eq!(classify(&err(ErrorCode::Tls)), ErrorClass::Tls);
     assert_eq!(classify(&err(ErrorCode::Disposed)), ErrorClass::Permanent);
     assert!(!classify(&err(ErrorCode::InvalidInput)).may_retry());
-  }
-
-  #[test]
-  fn classifies_redis_errors() {
-    let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
-    assert_eq!(classify_redis(&io), ErrorClass::Transient);
-    assert!(connection_lost(&io));
-    let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-    assert!(classify_redis(&redis::RedisError::from(reset)).may_retry());
-    let auth = redis::RedisError::from((redis::ErrorKind::AuthenticationFailed, "WRONGPASS"));
-    assert_eq!(classify_redis(&auth), ErrorClass::Auth);
   }
 }

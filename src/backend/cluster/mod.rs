@@ -1,402 +1,617 @@
-//! Redis Cluster backend: redis-rs `cluster-async` (slot routing, `MOVED`/`ASK`,
-//! reconnects), one cluster connection per store, made on first use and re-made after
-//! it breaks.
+//! Redis Cluster backend: a router of durastate's own over one [`RedisBackend`] per
+//! master (the threads driver on the shared connection core, `redis_core.rs`: the
+//! queue, deadlines, requeue after a drop, TLS, `AUTH` and the `durability: 'aof'`
+//! check through `connect.rs`, reconnects with backoff).
 //!
-//! A batch runs in one round trip per slot it touches, all slots at once: commands on
-//! one slot go as one pipeline (`MULTI`/`EXEC` when the batch is atomic), a multi-key
-//! command over several slots (`MGET`, `UNLINK`, `EXISTS`, `DEL`) alone, which redis-rs
-//! splits by slot and reassembles. An atomic batch is atomic per slot: with the
-//! `hashtag` key layout every WorkerStore batch is on one slot. `SCAN` walks every
-//! master in turn; the opaque cursor names the masters, the current one and its cursor.
+//! - **Slot map**: `CLUSTER SLOTS`, asked of the seed nodes and the known masters at
+//!   once (the first answer wins, within `connectTimeout`), on first use, and again
+//!   after a `MOVED`, after a node's connection fails and on `CLUSTERDOWN`; one refresh
+//!   at a time. The backends of nodes that are no longer masters are closed.
+//! - **Routing** (`plan.rs`): an atomic batch is one transaction per slot (every
+//!   WorkerStore batch is on one slot with the `hashtag` key layout), other commands go
+//!   one per part; a multi-key command over several slots (`MGET`, `UNLINK`, `DEL`) is
+//!   split by slot and put back together; `SCAN` walks every master in turn, its cursor
+//!   naming the masters (`scan.rs`).
+//! - **Order**: a call's first batch is queued on its nodes' connection cores at once,
+//!   on the thread that makes the call ([`AsyncBackend::execute_now`]); while the slot
+//!   map is not known yet, calls wait in a queue, in order, and are queued on their
+//!   nodes in that order once it is. So calls on one slot reach their node in the order
+//!   they were made.
+//! - **Redirects and failures**: `MOVED` updates the map (and asks for a refresh) and
+//!   sends the part where it points; `ASK` sends it once to the node named, after
+//!   `ASKING` (before `MULTI` for a transaction). Neither ran anything, so this is done
+//!   for every batch. `TRYAGAIN`, `CLUSTERDOWN` and a node connection that fails are
+//!   retried with backoff under the store's `retry` budget, after a refresh of the map;
+//!   a part that may have run already (a connection lost with it in flight, a timeout)
+//!   is sent again only when its batch is declared safe to resend. A node's own core
+//!   sends its calls again at most once after a drop (a `CLIENT KILL`: the connection
+//!   is made again at once); the rest is this router's, so a call stuck on a dead master
+//!   moves to the replica that replaces it. The engine bounds every call by
+//!   `commandTimeout`.
+//!
+//! [`AsyncBackend::execute_now`]: crate::engine::AsyncBackend::execute_now
 
-mod node;
+mod plan;
 mod scan;
-mod transaction;
+mod slots;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::future::join_all;
-use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::cluster_routing::Slot;
-use redis::{RedisResult, Value};
+use futures_util::future::{join_all, BoxFuture};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use tokio::sync::oneshot;
 
-use super::redis_codec::{decode, to_redis};
+use super::connect::{ask_node, Login, Peer};
+use super::redis::RedisBackend;
+use super::redis_codec::cluster_error;
 use super::retry::{self, Budget};
-use crate::command::{Batch, Command, Reply};
+use crate::command::{Batch, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::events::{ConnectionEvents, ServerInfo};
 use crate::options::{CommonSettings, RetrySettings};
 use crate::redis_target::ClusterTarget;
-use node::{NodeConnection, NodeSettings, Registration};
-use scan::scan_page;
-use transaction::transaction;
+use plan::{assemble, plan, Part, Target};
+use slots::{display, Address, Redirect, SlotMap};
 
-/// How a batch is split: the command indices sent together.
-enum Group {
-  /// Commands on one slot: one pipeline (a transaction when `atomic`).
-  Slot(Vec<usize>, bool),
-  /// One command on several slots, or on none: redis-rs routes (and splits) it.
-  Alone(usize),
-  /// A `SCAN` page, on the master its cursor names.
-  Scan(usize),
+/// Redirects one part may follow before it gives up (a slot that moves back and forth).
+const MAX_REDIRECTS: u32 = 16;
+
+type Replies = oneshot::Receiver<StoreResult<Vec<Reply>>>;
+
+/// A part of a call, queued on its node.
+struct Sent {
+  part: Part,
+  replies: Replies,
 }
 
-/// redis-rs's cluster connection, on node connections of durastate's own (`node.rs`).
-type Connection = redis::cluster_async::ClusterConnection<NodeConnection>;
+/// A call that waits for the slot map, in call order.
+struct Waiting {
+  what: &'static str,
+  batch: Batch,
+  sent: oneshot::Sender<StoreResult<Vec<Sent>>>,
+}
 
 #[derive(Default)]
-struct Live {
-  live: Option<Connection>,
-  generation: u64,
+struct Router {
+  map: Option<SlotMap>,
+  /// Refreshes tried so far (those that failed included).
+  refreshes: u64,
+  /// One backend per node calls were sent to (the masters of the map, and nodes a
+  /// redirect named).
+  nodes: HashMap<Address, Arc<RedisBackend>>,
+  /// Calls made before the slot map is known.
+  waiting: VecDeque<Waiting>,
+  /// A first load of the map is under way.
+  loading: bool,
+  /// A refresh was asked for (after a `MOVED`) and has not started yet.
+  refresh_asked: bool,
+  /// Every master was checked for `durability: 'aof'` (at the first load).
+  aof_checked: bool,
+  /// A node's connection failed since the map was last read (a `drop` event was given).
+  dropped: bool,
   closed: bool,
 }
 
-/// A Redis Cluster reached through redis-rs's cluster connection.
-pub struct ClusterBackend {
-  client: ClusterClient,
-  /// What each node connection needs (TLS, credentials, checks), for as long as the store lives.
-  nodes: Registration,
-  display: String,
+struct Inner {
+  target: ClusterTarget,
+  seeds: Vec<Address>,
+  require_aof: bool,
   connect_timeout: Duration,
+  command_timeout: Duration,
   retry: RetrySettings,
-  slot: Mutex<Live>,
-  connecting: tokio::sync::Mutex<()>,
+  events: Arc<ConnectionEvents>,
+  router: Mutex<Router>,
+  /// Held while the map is refreshed: one refresh at a time.
+  refreshing: tokio::sync::Mutex<()>,
+}
+
+/// A Redis Cluster, routed by durastate over one connection core per master.
+pub struct ClusterBackend {
+  inner: Arc<Inner>,
   pub events: Arc<ConnectionEvents>,
 }
 
 impl ClusterBackend {
-  /// A backend for `target` that connects on first use. `require_aof`: every node it
-  /// connects to must fsync every write (`durability: 'aof'`), checked at each connect.
+  /// A backend for `target` that connects on first use. `require_aof`: every master must
+  /// fsync every write (`durability: 'aof'`), checked at the first connect and at every
+  /// node connection.
   pub fn new(
     target: ClusterTarget,
     common: &CommonSettings,
     require_aof: bool,
   ) -> StoreResult<Self> {
-    let settings = NodeSettings::new(
-      target.username,
-      target.password,
-      target.tls,
-      require_aof,
-      common.connect_timeout,
-    );
-    let nodes = Registration::new(settings);
-    let client = ClusterClientBuilder::new(target.seeds)
-      .connection_timeout(common.connect_timeout)
-      .response_timeout(common.command_timeout)
-      // Not a database (a cluster has only 0): the key of this store's node settings (node.rs).
-      .database_id(nodes.key)
-      .build()
-      .map_err(|err| StoreError::invalid_input(format!("invalid cluster options: {err}")))?;
+    let seeds = target.seed_addresses();
+    if seeds.is_empty() {
+      return Err(StoreError::invalid_input(
+        "option `cluster` needs at least one node URL (redis://host:port or rediss://host:port)",
+      ));
+    }
     let seed = target
       .display
       .strip_prefix("cluster ")
       .and_then(|urls| urls.split(',').next());
     let events = ConnectionEvents::new(ServerInfo::cluster(seed));
-    Ok(Self {
-      events,
-      client,
-      nodes,
-      display: target.display,
+    let inner = Arc::new(Inner {
+      target,
+      seeds,
+      require_aof,
       connect_timeout: common.connect_timeout,
+      command_timeout: common.command_timeout,
       retry: common.retry,
-      slot: Mutex::new(Live::default()),
-      connecting: tokio::sync::Mutex::new(()),
+      events: events.clone(),
+      router: Mutex::new(Router::default()),
+      refreshing: tokio::sync::Mutex::new(()),
+    });
+    Ok(Self { inner, events })
+  }
+
+  /// Runs one batch: queued on its nodes now (see the module's doc), answered by the
+  /// future.
+  pub fn submit(
+    &self,
+    what: &'static str,
+    batch: Batch,
+  ) -> BoxFuture<'static, StoreResult<Vec<Reply>>> {
+    let inner = self.inner.clone();
+    let begun = inner.begin(what, &batch);
+    async move {
+      let sent = match begun.sent().await {
+        Ok(sent) => sent,
+        // The slot map could not be read: the call starts again, under its budget.
+        Err(err) => inner.begin_again(what, &batch, err).await?,
+      };
+      inner.finish(what, batch, sent).await
+    }
+    .boxed()
+  }
+
+  /// Takes no more calls; calls in flight on the nodes finish.
+  pub fn close(&self) {
+    let (nodes, waiting) = {
+      let mut router = self.inner.lock();
+      router.closed = true;
+      (
+        std::mem::take(&mut router.nodes),
+        std::mem::take(&mut router.waiting),
+      )
+    };
+    for node in nodes.values() {
+      node.close();
+    }
+    for call in waiting {
+      let _ = call.sent.send(Err(StoreError::disposed()));
+    }
+  }
+}
+
+/// A call's first attempt: queued on its nodes, or waiting for the slot map.
+enum Begun {
+  Sent(StoreResult<Vec<Sent>>),
+  Waiting(oneshot::Receiver<StoreResult<Vec<Sent>>>),
+}
+
+impl Begun {
+  async fn sent(self) -> StoreResult<Vec<Sent>> {
+    match self {
+      Begun::Sent(sent) => sent,
+      Begun::Waiting(sent) => sent.await.unwrap_or_else(|_| Err(StoreError::disposed())),
+    }
+  }
+}
+
+impl Inner {
+  fn lock(&self) -> MutexGuard<'_, Router> {
+    self.router.lock().unwrap_or_else(|e| e.into_inner())
+  }
+
+  /// Queues the batch on its nodes now when the slot map is known and no call waits
+  /// for it; else it waits for the map behind the calls made before it.
+  fn begin(self: &Arc<Self>, what: &'static str, batch: &Batch) -> Begun {
+    let mut router = self.lock();
+    if router.closed {
+      return Begun::Sent(Err(StoreError::disposed()));
+    }
+    if router.map.is_some() && router.waiting.is_empty() {
+      return Begun::Sent(self.dispatch(&mut router, what, batch));
+    }
+    let (sent, receiver) = oneshot::channel();
+    router.waiting.push_back(Waiting {
+      what,
+      batch: batch.clone(),
+      sent,
+    });
+    if !router.loading && router.map.is_none() {
+      router.loading = true;
+      let inner = self.clone();
+      spawn(async move {
+        inner.refresh(None).await;
+      });
+    }
+    Begun::Waiting(receiver)
+  }
+
+  /// Queues each part of `batch` on its node, in order.
+  fn dispatch(
+    &self,
+    router: &mut Router,
+    what: &'static str,
+    batch: &Batch,
+  ) -> StoreResult<Vec<Sent>> {
+    let masters = router
+      .map
+      .as_ref()
+      .map(|m| m.masters.clone())
+      .unwrap_or_default();
+    let parts = plan(batch, &masters)?;
+    Ok(
+      parts
+        .into_iter()
+        .map(|part| {
+          let replies = self.send_locked(router, what, &part, None);
+          Sent { part, replies }
+        })
+        .collect(),
+    )
+  }
+
+  /// Sends `part` to the node its target names now (`ask`: to that node, after
+  /// `ASKING`); a part that cannot be sent gets its error through the receiver.
+  fn send_locked(
+    &self,
+    router: &mut Router,
+    what: &'static str,
+    part: &Part,
+    ask: Option<&Address>,
+  ) -> Replies {
+    let address = match (ask, &part.target) {
+      (Some(address), _) => Some(address.clone()),
+      (None, Target::Node(address)) => Some(address.clone()),
+      (None, Target::Slot(slot)) => router.map.as_ref().and_then(|m| m.owner(*slot)).cloned(),
+    };
+    let sent = match (router.closed, address) {
+      (true, _) => Err(StoreError::disposed()),
+      (false, None) => Err(StoreError::new(
+        ErrorCode::Unavailable,
+        format!("no master of {} serves the slot", self.target.display),
+      )),
+      (false, Some(address)) => self.node(router, &address).and_then(|node| {
+        node
+          .send(what, part.batch.clone(), ask.is_some())
+          .map_err(|()| StoreError::disposed())
+      }),
+    };
+    sent.unwrap_or_else(|err| {
+      let (reply, replies) = oneshot::channel();
+      let _ = reply.send(Err(err));
+      replies
     })
   }
 
-  /// Runs a batch of call `what`. redis-rs follows `MOVED`/`ASK` and a failover itself
-  /// (it reconnects, rebuilds its slot map when a node is gone, and retries, any command,
-  /// `HSETNX` included). As a guard against a cluster connection that wedges or gives up
-  /// (redis-rs#1953, #1005), an attempt of a batch declared safe to resend
-  /// ([`crate::command::Resend`]) gets `connectTimeout`; when it fails on the connection, on a
-  /// cluster that is down or resharding, or times out, the cluster connection is re-made
-  /// from the seed nodes (a fresh slot map) and the batch sent again, with backoff, up to
-  /// `retry.attempts` times. The caller bounds the whole by `commandTimeout`.
-  pub async fn execute(&self, what: &str, batch: &Batch) -> StoreResult<Vec<Reply>> {
-    let mut budget = Budget::new(&self.retry, batch.may_resend());
-    if !batch.may_resend() || self.retry.attempts == 0 {
-      return self.run(batch).await.map_err(|(err, _)| err);
+  fn send(&self, what: &'static str, part: &Part, ask: Option<&Address>) -> Replies {
+    let mut router = self.lock();
+    self.send_locked(&mut router, what, part, ask)
+  }
+
+  /// The backend of the node at `address`, made on first use.
+  fn node(&self, router: &mut Router, address: &Address) -> StoreResult<Arc<RedisBackend>> {
+    if let Some(node) = router.nodes.get(address) {
+      return Ok(node.clone());
     }
+    let target = self.target.node(&address.0, address.1, self.require_aof)?;
+    // The node's core sends a call again at most once after a drop (a killed
+    // connection, made again at once); anything longer is the router's (see the doc).
+    let retry = RetrySettings {
+      attempts: self.retry.attempts.min(1),
+      ..self.retry
+    };
+    let node = Arc::new(RedisBackend::new(
+      target,
+      self.connect_timeout,
+      self.command_timeout,
+      retry,
+    ));
+    router.nodes.insert(address.clone(), node.clone());
+    Ok(node)
+  }
+
+  /// The replies of every part, followed through redirects and retries, put together.
+  async fn finish(
+    self: Arc<Self>,
+    what: &'static str,
+    batch: Batch,
+    sent: Vec<Sent>,
+  ) -> StoreResult<Vec<Reply>> {
+    let mut parts = Vec::with_capacity(sent.len());
+    let mut follows = Vec::with_capacity(sent.len());
+    for Sent { part, replies } in sent {
+      parts.push(part.clone());
+      follows.push(self.follow(what, part, replies));
+    }
+    let answers = join_all(follows).await;
+    let answers = answers.into_iter().collect::<StoreResult<Vec<_>>>()?;
+    assemble(&batch, parts, answers)
+  }
+
+  /// A call whose slot map could not be read (`err`): read again and queued, with
+  /// backoff, while `err` is transient and the budget lasts. Nothing was sent, so every
+  /// batch may be.
+  async fn begin_again(
+    self: &Arc<Self>,
+    what: &'static str,
+    batch: &Batch,
+    err: StoreError,
+  ) -> StoreResult<Vec<Sent>> {
+    let mut budget = Budget::new(&self.retry, true);
+    let mut err = err;
     loop {
-      let generation = self.generation();
-      let attempt = tokio::time::timeout(self.connect_timeout, self.run(batch)).await;
-      let err = match attempt {
-        Ok(Ok(replies)) => return Ok(replies),
-        Ok(Err((err, transient))) if transient => err,
-        Ok(Err((err, _))) => return Err(err),
-        Err(_) => StoreError::timeout(what, self.connect_timeout.as_millis() as u64),
-      };
-      if !budget.spend() {
+      if !retry::classify(&err).may_retry() || !budget.spend() {
         return Err(err);
       }
-      // The connection this attempt used: the one it found, or the one it made.
-      let current = self.generation();
-      if current == generation || current == generation + 1 {
-        self.forget(current, &err);
-      }
       tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
+      match self.begin(what, batch).sent().await {
+        Ok(sent) => return Ok(sent),
+        Err(next) => err = next,
+      }
     }
   }
 
-  /// Runs a batch: one round trip per slot, all slots concurrently. An error says
-  /// whether another attempt may pass (a connection error, a timeout, a cluster that is
-  /// down or resharding).
-  async fn run(&self, batch: &Batch) -> Result<Vec<Reply>, (StoreError, bool)> {
-    let (connection, generation) = self.connection().await.map_err(|err| {
-      let transient = retry::classify(&err).may_retry();
-      (err, transient)
-    })?;
-    let runs = plan(batch).into_iter().map(|group| {
-      let mut connection = connection.clone();
-      async move { run_group(&mut connection, batch, group).await }
+  /// One part's replies: follows `MOVED` and `ASK`, and retries what may be retried.
+  async fn follow(
+    self: &Arc<Self>,
+    what: &'static str,
+    part: Part,
+    mut replies: Replies,
+  ) -> StoreResult<Vec<Reply>> {
+    let mut budget = Budget::new(&self.retry, true);
+    let mut redirects = 0;
+    loop {
+      let err = match replies.await {
+        Ok(Ok(answer)) => return Ok(answer),
+        Ok(Err(err)) => err,
+        Err(_) => StoreError::disposed(),
+      };
+      let redirect = cluster_error(&err).and_then(|(code, details)| Redirect::parse(code, details));
+      match redirect {
+        Some(Redirect::Moved(slot, address)) if redirects < MAX_REDIRECTS => {
+          redirects += 1;
+          let mut router = self.lock();
+          if let Some(map) = router.map.as_mut() {
+            map.moved(slot, &address);
+          }
+          self.ask_refresh(&mut router);
+          // Sent where the map now says: the node `MOVED` named.
+          replies = self.send_locked(&mut router, what, &part, None);
+          continue;
+        }
+        Some(Redirect::Ask(address)) if redirects < MAX_REDIRECTS => {
+          redirects += 1;
+          replies = self.send(what, &part, Some(&address));
+          continue;
+        }
+        Some(Redirect::Wait { down }) => {
+          if !budget.spend() {
+            return Err(err);
+          }
+          if down {
+            let seen = self.lock().refreshes;
+            self.refresh(Some(seen)).await;
+          }
+          tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
+          replies = self.send(what, &part, None);
+          continue;
+        }
+        Some(_) => return Err(err),
+        None => {}
+      }
+      if err.code == ErrorCode::Disposed || !retry::classify(&err).may_retry() {
+        return Err(err);
+      }
+      // The node's connection failed, or the call timed out. A part that may have run
+      // (lost in flight, timed out) goes again only if its batch says it may.
+      let may_have_run = err.code == ErrorCode::Timeout || is_lost(&err);
+      if (may_have_run && !part.batch.may_resend()) || !budget.spend() {
+        return Err(err);
+      }
+      self.events.dropped(&err);
+      self.lock().dropped = true;
+      let seen = self.lock().refreshes;
+      self.refresh(Some(seen)).await;
+      tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
+      replies = self.send(what, &part, None);
+    }
+  }
+
+  /// Asks for a refresh of the map in the background, unless one is asked already.
+  fn ask_refresh(self: &Arc<Self>, router: &mut Router) {
+    if router.refresh_asked || router.closed {
+      return;
+    }
+    router.refresh_asked = true;
+    let seen = router.refreshes;
+    let inner = self.clone();
+    spawn(async move {
+      inner.refresh(Some(seen)).await;
     });
-    let mut replies: Vec<Option<Reply>> = vec![None; batch.commands.len()];
-    for result in join_all(runs).await {
-      let answered = result.map_err(|err| self.failed(generation, err))?;
-      for (index, reply) in answered {
-        replies[index] = Some(reply.map_err(|err| (err, false))?);
+  }
+
+  /// Reads the slot map again, unless a refresh began after `seen` (the count of
+  /// refreshes the caller saw; `None` for the first load); one at a time. The first map
+  /// also queues the calls that waited for it, in order.
+  async fn refresh(&self, seen: Option<u64>) {
+    let _one_at_a_time = self.refreshing.lock().await;
+    let (asked, check_aof) = {
+      let mut router = self.lock();
+      if router.closed || seen.is_some_and(|seen| seen != router.refreshes) {
+        return;
+      }
+      router.refreshes += 1;
+      router.refresh_asked = false;
+      let mut asked = self.seeds.clone();
+      if let Some(map) = &router.map {
+        for master in &map.masters {
+          if !asked.contains(master) {
+            asked.push(master.clone());
+          }
+        }
+      }
+      (asked, self.require_aof && !router.aof_checked)
+    };
+    let mut loaded = self.read_map(&asked).await;
+    if let (Ok(map), true) = (&loaded, check_aof) {
+      if let Err(err) = self.check_aof(&map.masters).await {
+        loaded = Err(err);
       }
     }
-    let replies = replies.into_iter().map(|r| r.unwrap_or(Reply::Nil));
-    Ok(replies.collect())
-  }
-
-  fn generation(&self) -> u64 {
-    self
-      .slot
-      .lock()
-      .unwrap_or_else(|e| e.into_inner())
-      .generation
-  }
-
-  fn forget(&self, generation: u64, err: &StoreError) {
-    let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-    if slot.generation == generation && slot.live.take().is_some() {
-      self.events.dropped(err);
-    }
-  }
-
-  /// Drops the connection; calls already in flight keep their handle and finish.
-  pub fn close(&self) {
-    let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-    slot.closed = true;
-    slot.live = None;
-  }
-
-  /// A failed round trip; connection errors, timeouts and a cluster that is down or
-  /// resharding are transient (the connection is re-made after a connection error).
-  fn failed(&self, generation: u64, err: redis::RedisError) -> (StoreError, bool) {
-    let lost = retry::connection_lost(&err);
-    let transient = retry::classify_redis(&err).may_retry();
-    // A node connection that failed said why (TLS, AUTH, the aof check): that is the error.
-    let err = match self.nodes.settings.take_failure() {
-      Some(failure) => failure,
-      None => StoreError::from(err),
-    };
-    if lost {
-      self.forget(generation, &err);
-    }
-    (err, transient)
-  }
-
-  fn cached(&self) -> StoreResult<Option<(Connection, u64)>> {
-    let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-    if slot.closed {
-      return Err(StoreError::disposed());
-    }
-    Ok(slot.live.clone().map(|c| (c, slot.generation)))
-  }
-
-  async fn connection(&self) -> StoreResult<(Connection, u64)> {
-    if let Some(found) = self.cached()? {
-      return Ok(found);
-    }
-    let _one_connect_at_a_time = self.connecting.lock().await;
-    if let Some(found) = self.cached()? {
-      return Ok(found);
-    }
-    // `get_async_connection` can hang (redis-rs#1953): bounded here and by the call.
-    self.nodes.settings.take_failure();
-    let attempt = self.client.get_async_generic_connection::<NodeConnection>();
-    let connected = async {
-      let mut connection = attempt.await?;
-      if self.nodes.settings.require_aof {
-        every_master(&mut connection).await?;
+    let mut router = self.lock();
+    router.loading = false;
+    let map = match loaded {
+      Ok(map) => map,
+      Err(err) => {
+        // Calls that waited for a first map get the error (and retry under their budget).
+        for call in std::mem::take(&mut router.waiting) {
+          let _ = call.sent.send(Err(err.clone()));
+        }
+        return;
       }
-      Ok(connection)
     };
-    let connection = match tokio::time::timeout(self.connect_timeout, connected).await {
-      Ok(Ok(connection)) => connection,
-      Ok(Err(err)) => return Err(self.connect_error(err)),
-      Err(_) => {
-        // A node that failed meanwhile (redis-rs retries it) says why.
-        if let Some(failure) = self.nodes.settings.take_failure() {
+    if router.closed {
+      return;
+    }
+    router.aof_checked |= check_aof;
+    // Nodes that are no longer masters: calls in flight there finish, none goes there again.
+    let stale: Vec<Address> = router
+      .nodes
+      .keys()
+      .filter(|address| !map.masters.contains(address))
+      .cloned()
+      .collect();
+    for address in stale {
+      if let Some(node) = router.nodes.remove(&address) {
+        node.close();
+      }
+    }
+    let first = router.map.is_none();
+    router.map = Some(map);
+    if first || std::mem::take(&mut router.dropped) {
+      self.events.connected(self.events.server().address());
+    }
+    for call in std::mem::take(&mut router.waiting) {
+      let sent = self.dispatch(&mut router, call.what, &call.batch);
+      let _ = call.sent.send(sent);
+    }
+  }
+
+  /// `CLUSTER SLOTS`, asked of every node in `asked` at once; the first answer wins.
+  async fn read_map(&self, asked: &[Address]) -> StoreResult<SlotMap> {
+    let attempts = asked.iter().map(|address| {
+      async move {
+        let shown = format!("cluster node {}", display(address));
+        let peer = Peer {
+          display: &shown,
+          tls: self.target.tls.as_deref(),
+        };
+        let login = self.login(false);
+        let command = redis::cmd("CLUSTER").arg("SLOTS").clone();
+        let answers = ask_node(
+          &address.0,
+          address.1,
+          peer,
+          &login,
+          self.connect_timeout,
+          &[command],
+        )
+        .await?;
+        let reply = answers.into_iter().next().unwrap_or(redis::Value::Nil);
+        if let redis::Value::ServerError(err) = &reply {
           return Err(StoreError::new(
-            failure.code,
-            format!("cannot connect to {}: {}", self.display, failure.message),
+            ErrorCode::Unavailable,
+            format!(
+              "{shown} answered CLUSTER SLOTS with {}: {}",
+              err.code(),
+              err.details().unwrap_or_default()
+            ),
           ));
         }
-        return Err(StoreError::connect_timeout(
-          &self.display,
-          self.connect_timeout,
-        ));
+        SlotMap::from_cluster_slots(&reply, address)
+          .filter(|map| !map.masters.is_empty())
+          .ok_or_else(|| {
+            StoreError::new(ErrorCode::Unavailable, format!("{shown} gave no slot map"))
+          })
       }
-    };
-    let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
-    if slot.closed {
-      return Err(StoreError::disposed());
+      .boxed()
+    });
+    let mut pending: FuturesUnordered<_> = attempts.collect();
+    let mut errors = Vec::new();
+    while let Some(result) = pending.next().await {
+      match result {
+        Ok(map) => return Ok(map),
+        Err(err) => errors.push(err),
+      }
     }
-    slot.generation += 1;
-    slot.live = Some(connection.clone());
-    self.events.connected(self.events.server().address());
-    Ok((connection, slot.generation))
+    // No node answered: an AUTH or TLS failure is the one to fix, so it is the one given.
+    let chosen = errors
+      .iter()
+      .position(|e| e.code == ErrorCode::Auth)
+      .or_else(|| errors.iter().position(|e| e.code == ErrorCode::Tls))
+      .unwrap_or(0);
+    match errors.into_iter().nth(chosen) {
+      Some(err) => Err(self.cannot_connect(err)),
+      None => Err(StoreError::invalid_input("a Redis Cluster needs a node")),
+    }
   }
 
-  fn connect_error(&self, err: redis::RedisError) -> StoreError {
-    // A node that could not be reached said why, with the error code to give (`TLS`, `AUTH`).
-    if let Some(failure) = self.nodes.settings.take_failure() {
-      return StoreError::new(
-        failure.code,
-        format!("cannot connect to {}: {}", self.display, failure.message),
-      );
+  fn login(&self, require_aof: bool) -> Login<'_> {
+    Login {
+      username: self.target.username.as_deref(),
+      password: self.target.password.as_deref(),
+      db: 0,
+      require_aof,
+      check_master: false,
     }
-    let mapped = StoreError::from(err);
-    let what = if mapped.code == ErrorCode::Auth {
-      "authentication to"
-    } else {
-      "cannot connect to"
-    };
+  }
+
+  /// `durability: 'aof'` on every master (at the first connect), all at once.
+  async fn check_aof(&self, masters: &[Address]) -> StoreResult<()> {
+    let checks = masters.iter().map(|address| async move {
+      let shown = format!("cluster node {}", display(address));
+      let peer = Peer {
+        display: &shown,
+        tls: self.target.tls.as_deref(),
+      };
+      ask_node(
+        &address.0,
+        address.1,
+        peer,
+        &self.login(true),
+        self.connect_timeout,
+        &[],
+      )
+      .await
+      .map(|_| ())
+    });
+    for result in join_all(checks).await {
+      result.map_err(|err| self.cannot_connect(err))?;
+    }
+    Ok(())
+  }
+
+  fn cannot_connect(&self, err: StoreError) -> StoreError {
     StoreError::new(
-      mapped.code,
-      format!("{what} {} failed: {}", self.display, mapped.message),
+      err.code,
+      format!("cannot connect to {}: {}", self.target.display, err.message),
     )
   }
 }
 
-/// A `PING` to every master by address, so that each has a connection, and so has passed
-/// the checks every node connection makes (`durability: 'aof'`), before the store's first
-/// call. (A fan-out to all masters would skip one whose connection failed.)
-async fn every_master(connection: &mut Connection) -> RedisResult<()> {
-  use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-  for (host, port) in scan::masters(connection).await? {
-    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
-    connection
-      .route_command(redis::cmd("PING"), routing)
-      .await?;
-  }
-  Ok(())
+/// A connection lost with calls in flight (`redis_core::lost`): they may have run.
+fn is_lost(err: &StoreError) -> bool {
+  err.message.starts_with("connection to Redis lost")
 }
 
-/// Splits a batch into groups that each go to one node in one round trip.
-fn plan(batch: &Batch) -> Vec<Group> {
-  let mut groups = Vec::new();
-  let mut by_slot: HashMap<Slot, usize> = HashMap::new();
-  for (index, command) in batch.commands.iter().enumerate() {
-    if matches!(command, Command::Scan { .. }) {
-      groups.push(Group::Scan(index));
-      continue;
-    }
-    let Some(slot) = single_slot(command.keys()) else {
-      groups.push(Group::Alone(index));
-      continue;
-    };
-    match by_slot.get(&slot) {
-      Some(&at) => {
-        if let Group::Slot(indices, _) = &mut groups[at] {
-          indices.push(index);
-        }
-      }
-      None => {
-        by_slot.insert(slot, groups.len());
-        groups.push(Group::Slot(vec![index], batch.atomic));
-      }
-    }
-  }
-  groups
-}
-
-/// The one slot all `keys` hash to, if there is one.
-fn single_slot(keys: &[String]) -> Option<Slot> {
-  let first = Slot::for_key(keys.first()?);
-  keys[1..]
-    .iter()
-    .all(|key| Slot::for_key(key) == first)
-    .then_some(first)
-}
-
-type Answered = Vec<(usize, StoreResult<Reply>)>;
-
-async fn run_group(
-  connection: &mut Connection,
-  batch: &Batch,
-  group: Group,
-) -> RedisResult<Answered> {
-  let decoded = |index: usize, value: Value| (index, decode(value, &batch.commands[index]));
-  match group {
-    Group::Alone(index) => {
-      let value = to_redis(&batch.commands[index])
-        .query_async(connection)
-        .await?;
-      Ok(vec![decoded(index, value)])
-    }
-    Group::Slot(indices, _) if indices.len() == 1 => {
-      let value = to_redis(&batch.commands[indices[0]])
-        .query_async(connection)
-        .await?;
-      Ok(vec![decoded(indices[0], value)])
-    }
-    Group::Slot(indices, atomic) => {
-      let commands: Vec<redis::Cmd> = indices
-        .iter()
-        .map(|&index| to_redis(&batch.commands[index]))
-        .collect();
-      let values = if atomic {
-        transaction(connection, &commands).await?
-      } else {
-        let mut pipe = redis::pipe();
-        commands.into_iter().for_each(|command| {
-          pipe.add_command(command);
-        });
-        pipe.query_async(connection).await?
-      };
-      Ok(
-        indices
-          .into_iter()
-          .zip(values)
-          .map(|(i, v)| decoded(i, v))
-          .collect(),
-      )
-    }
-    Group::Scan(index) => {
-      let Command::Scan { cursor, .. } = &batch.commands[index] else {
-        unreachable!("a scan group holds a SCAN");
-      };
-      let reply = scan_page(connection, &batch.commands[index], cursor).await?;
-      Ok(vec![(index, reply)])
-    }
-  }
-}
-
-#[cfg(test)]
-mod tests {
-  use super::*;
-
-  #[test]
-  fn plans_one_group_per_slot() {
-    let get = |key: &str| Command::Get { key: key.into() };
-    let batch = Batch::many(vec![
-      get("{a}1"),
-      get("{b}1"),
-      get("{a}2"),
-      Command::MGet {
-        keys: vec!["x".into(), "y".into()],
-      },
-    ]);
-    let groups = plan(&batch);
-    assert_eq!(groups.len(), 3);
-    assert!(matches!(&groups[0], Group::Slot(i, false) if i == &vec![0, 2]));
-    assert!(matches!(&groups[2], Group::Alone(3)));
-  }
+/// On the I/O thread, where the node connections' tasks run.
+fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) {
+  crate::runtime::spawn_io(task);
 }

@@ -1,24 +1,18 @@
 //! `SCAN` over a cluster: every master in turn, the position kept in the opaque cursor.
 
-use super::Connection as ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{RedisResult, Value};
-
-use super::super::redis_codec::{decode, to_redis};
-use crate::command::{Command, Reply};
-use crate::error::{StoreError, StoreResult};
+use super::slots::Address;
 
 /// Where a cluster-wide scan is: the masters (fixed at its start), which one is being
 /// scanned, and that master's own cursor. Encoded `<index>|<cursor>|<host:port>,...`.
-#[derive(Debug, PartialEq, Eq)]
-struct ScanCursor {
-  masters: Vec<(String, u16)>,
-  index: usize,
-  node_cursor: String,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanCursor {
+  pub masters: Vec<Address>,
+  pub index: usize,
+  pub node_cursor: String,
 }
 
 impl ScanCursor {
-  fn encode(&self) -> String {
+  pub fn encode(&self) -> String {
     let masters: Vec<String> = self
       .masters
       .iter()
@@ -27,7 +21,7 @@ impl ScanCursor {
     format!("{}|{}|{}", self.index, self.node_cursor, masters.join(","))
   }
 
-  fn decode(text: &str) -> Option<Self> {
+  pub fn decode(text: &str) -> Option<Self> {
     let mut parts = text.splitn(3, '|');
     let index = parts.next()?.parse().ok()?;
     let node_cursor = parts.next()?.to_string();
@@ -46,8 +40,13 @@ impl ScanCursor {
     })
   }
 
+  /// The master this page is read from.
+  pub fn master(&self) -> &Address {
+    &self.masters[self.index]
+  }
+
   /// The cursor after a page whose node cursor was `next`: `"0"` when every master is done.
-  fn advance(mut self, next: String) -> String {
+  pub fn advance(mut self, next: String) -> String {
     if next != "0" {
       self.node_cursor = next;
       return self.encode();
@@ -60,89 +59,6 @@ impl ScanCursor {
       self.encode()
     }
   }
-}
-
-/// One `SCAN` page on the master the cursor names; `"0"` starts on the first master.
-pub(super) async fn scan_page(
-  connection: &mut ClusterConnection,
-  command: &Command,
-  cursor: &str,
-) -> RedisResult<StoreResult<Reply>> {
-  let position = if cursor == "0" {
-    ScanCursor {
-      masters: masters(connection).await?,
-      index: 0,
-      node_cursor: "0".to_string(),
-    }
-  } else {
-    match ScanCursor::decode(cursor) {
-      Some(position) => position,
-      None => {
-        return Ok(Err(StoreError::invalid_input(
-          "invalid cluster scan cursor",
-        )))
-      }
-    }
-  };
-  if position.masters.is_empty() {
-    return Ok(Ok(Reply::Scan {
-      cursor: "0".to_string(),
-      keys: Vec::new(),
-    }));
-  }
-  let (host, port) = position.masters[position.index].clone();
-  let mut scan = to_redis(command);
-  // The node's own cursor replaces the cluster cursor (the second word of `SCAN`).
-  scan = replace_cursor(scan, &position.node_cursor);
-  let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
-  let value = connection.route_command(scan, routing).await?;
-  Ok(match decode(value, command) {
-    Ok(Reply::Scan { cursor, keys }) => Ok(Reply::Scan {
-      cursor: position.advance(cursor),
-      keys,
-    }),
-    other => other,
-  })
-}
-
-fn replace_cursor(scan: redis::Cmd, node_cursor: &str) -> redis::Cmd {
-  let mut fresh = redis::cmd("SCAN");
-  fresh.arg(node_cursor);
-  for arg in scan.args_iter().skip(2) {
-    if let redis::Arg::Simple(bytes) = arg {
-      fresh.arg(bytes);
-    }
-  }
-  fresh
-}
-
-/// The masters' addresses, sorted (`CLUSTER SLOTS` on any node).
-pub(super) async fn masters(connection: &mut ClusterConnection) -> RedisResult<Vec<(String, u16)>> {
-  let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-  let value = connection
-    .route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), routing)
-    .await?;
-  let mut found = Vec::new();
-  if let Value::Array(ranges) = value {
-    for range in ranges {
-      let Value::Array(parts) = range else { continue };
-      let Some(Value::Array(master)) = parts.get(2) else {
-        continue;
-      };
-      let host = match master.first() {
-        Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
-        Some(Value::SimpleString(text)) => text.clone(),
-        _ => continue,
-      };
-      let Some(Value::Int(port)) = master.get(1) else {
-        continue;
-      };
-      found.push((host, *port as u16));
-    }
-  }
-  found.sort();
-  found.dedup();
-  Ok(found)
 }
 
 #[cfg(test)]

@@ -457,3 +457,72 @@ fn abandoning_gives_back_every_waiting_call_once_and_sends_nothing_again() {
   // Closed: a drop afterwards requeues nothing.
   assert!(s.core.on_drop(&unavailable()).is_empty());
 }
+
+/// The replies of a call whose batch failed, by the server's own error.
+fn failed(s: &mut Script, resp: &str) -> Vec<(&'static str, StoreError)> {
+  s.core.receive(resp.as_bytes());
+  let mut done = Vec::new();
+  s.core.take_replies(&mut done).expect("readable replies");
+  done
+    .into_iter()
+    .map(|(name, replies)| (name, replies.expect_err("an error")))
+    .collect()
+}
+
+#[test]
+fn an_ask_redirect_goes_after_asking_also_when_sent_again() {
+  let mut s = Script::new(3, false);
+  let deadline = s.t0 + Duration::from_secs(5);
+  let commit = Batch::atomic(vec![
+    Command::HSet {
+      key: "{e}-results".into(),
+      field: "a".into(),
+      value: "1".into(),
+    },
+    Command::HDel {
+      key: "{e}-transactions".into(),
+      field: "a".into(),
+    },
+  ]);
+  s.core.push_asking("commit", commit, deadline, true);
+  let sent = [
+    "ASKING",
+    "MULTI",
+    "HSET {e}-results a 1",
+    "HDEL {e}-transactions a",
+    "EXEC",
+  ];
+  assert_eq!(s.written(), sent);
+  // A drop: it goes again after ASKING.
+  assert!(s.core.on_drop(&unavailable()).is_empty());
+  s.core.connected();
+  assert_eq!(s.written(), sent);
+  let done = s.answer("+OK\r\n+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:1\r\n:1\r\n");
+  assert_eq!(done, [("commit", vec![Reply::Int(1), Reply::Int(1)])]);
+}
+
+#[test]
+fn an_aborted_transaction_gives_its_queued_commands_error() {
+  let mut s = Script::new(3, false);
+  s.call("claim", claim("{e}-transactions"));
+  s.written();
+  let errors = failed(
+    &mut s,
+    "+OK\r\n-MOVED 3999 127.0.0.1:7001\r\n-MOVED 3999 127.0.0.1:7001\r\n-EXECABORT Transaction discarded because of previous errors.\r\n",
+  );
+  assert_eq!(errors.len(), 1);
+  let (code, details) = super::super::redis_codec::cluster_error(&errors[0].1).expect("MOVED");
+  assert_eq!((code, details), ("MOVED", "3999 127.0.0.1:7001"));
+  // An error of a plain command keeps the server's words too.
+  s.call("get", get("{e}"));
+  s.written();
+  let errors = failed(&mut s, "-ASK 3999 127.0.0.1:7002\r\n");
+  let (code, details) = super::super::redis_codec::cluster_error(&errors[0].1).expect("ASK");
+  assert_eq!((code, details), ("ASK", "3999 127.0.0.1:7002"));
+  // Other errors are not cluster errors.
+  s.call("get", get("{e}"));
+  s.written();
+  let errors = failed(&mut s, "-WRONGTYPE Operation against a key\r\n");
+  assert_eq!(errors[0].1.code, ErrorCode::WrongType);
+  assert!(super::super::redis_codec::cluster_error(&errors[0].1).is_none());
+}
