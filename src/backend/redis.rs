@@ -279,12 +279,7 @@ impl RedisBackend {
     let start = state.calls.take();
     drop(state);
     if let Some(calls) = start {
-      let task = run_guarded(shared.clone(), calls);
-      // Where no thread can be started, the shared runtime runs the task.
-      drop(match crate::runtime::io() {
-        Some(runtime) => runtime.spawn(task),
-        None => napi::bindgen_prelude::spawn(task),
-      });
+      crate::runtime::spawn_io(run_guarded(shared.clone(), calls));
     } else if wake {
       shared.wake.notify_one();
     }
