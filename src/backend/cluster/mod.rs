@@ -226,7 +226,7 @@ impl Inner {
     if !router.loading && router.map.is_none() {
       router.loading = true;
       let inner = self.clone();
-      spawn(async move {
+      crate::runtime::spawn_io(async move {
         inner.refresh(None).await;
       });
     }
@@ -432,7 +432,7 @@ impl Inner {
     router.refresh_asked = true;
     let seen = router.refreshes;
     let inner = self.clone();
-    spawn(async move {
+    crate::runtime::spawn_io(async move {
       inner.refresh(Some(seen)).await;
     });
   }
@@ -609,9 +609,4 @@ impl Inner {
 /// A connection lost with calls in flight (`redis_core::lost`): they may have run.
 fn is_lost(err: &StoreError) -> bool {
   err.message.starts_with("connection to Redis lost")
-}
-
-/// On the I/O thread, where the node connections' tasks run.
-fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) {
-  crate::runtime::spawn_io(task);
 }
