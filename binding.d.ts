@@ -318,8 +318,13 @@ export interface RetryOptions {
 export interface RuntimeInfo {
   /** `Node.js`, `Bun`, `Deno` or `unknown`. */
   runtime: string
-  /** Whether a Redis store on TCP runs on the JS thread's event loop (else tokio threads). */
+  /** Whether a Redis store on TCP can run on the JS thread's event loop. */
   eventLoopDriver: boolean
+  /**
+   * The driver a Redis store on TCP gets here: `event-loop`, `socket` (the JS runtime's
+   * socket) or `threads` (tokio).
+   */
+  redisDriver: string
 }
 
 /** One sentinel's address. */
@@ -341,6 +346,13 @@ export interface ServerInfo {
   /** The Redis database number (SQL backends: the database name is in `serverAddress`'s URL). */
   database?: string
 }
+
+/**
+ * Gives this JS thread the transport of the Redis JS socket driver (`transport.js`'s
+ * `createTransport`, see `backend/redis_js.rs`); `index.js` calls it once per thread, at
+ * load. Not part of the public API.
+ */
+export declare function setRedisTransport(factory: (arg: unknown) => void): void
 
 /** Options shared by every store. */
 export interface StoreOptions {

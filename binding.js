@@ -851,4 +851,5 @@ module.exports.debugPanicAsync = nativeBinding.debugPanicAsync
 module.exports.debugPanicRedisTask = nativeBinding.debugPanicRedisTask
 module.exports.debugPanicSync = nativeBinding.debugPanicSync
 module.exports.debugRuntime = nativeBinding.debugRuntime
+module.exports.setRedisTransport = nativeBinding.setRedisTransport
 module.exports.storeUrlSchemes = nativeBinding.storeUrlSchemes

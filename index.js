@@ -20,6 +20,8 @@ class DurastateError extends Error {
 }
 
 const native = loadBinding()
+// The socket side of the Redis driver of runtimes whose event loop native code cannot poll (transport.js).
+native.setRedisTransport(require('./transport.js').createTransport)
 
 // ---------------------------------------------------------------------------------------
 // Observability: every store call is traced on the tracing channel `durastate:call`

@@ -1,9 +1,8 @@
 // Redis faults, on servers of the tests' own (loopback, free ports): a server killed
 // and restarted, our connection killed, a paused server, a connection cut after a
-// command landed and before its reply, many stores opened and closed. Run on both Redis
-// drivers (the event loop, and tokio threads with DURASTATE_REDIS_DRIVER=threads), and
-// on Bun and Deno (tokio threads), where `durability: 'aof'` (event-loop only) is left
-// out (the server fsyncs every write all the same).
+// command landed and before its reply, many stores opened and closed. Run on every Redis
+// driver: the event loop (Node.js), tokio threads (DURASTATE_REDIS_DRIVER=threads) and the
+// runtime's own socket (Bun and Deno).
 import assert from 'node:assert/strict'
 import { readdirSync } from 'node:fs'
 import { after, before, describe, it } from 'node:test'

@@ -1,7 +1,8 @@
 // The JS runtime the addon runs in (Node.js, Bun, Deno: `npm test` runs this file in
 // each), found by the addon itself when it loads, and what follows for Redis: the
-// event-loop driver on Node.js only, tokio threads elsewhere, with the same options on
-// both (TLS, Sentinel, `durability: 'aof'`: tls.spec and sentinel.spec run on each runtime).
+// event-loop driver on Node.js only, the runtime's own socket (node:net) elsewhere, with the
+// same options on both (TLS, Sentinel, `durability: 'aof'`: tls.spec and sentinel.spec run
+// on each runtime).
 import assert from 'node:assert/strict'
 import { createRequire } from 'node:module'
 import { join } from 'node:path'
@@ -14,10 +15,13 @@ import { runtime, runtimeName } from './helpers/runtime.mjs'
 const binding = createRequire(import.meta.url)(join(packageRoot, 'binding.js'))
 
 describe(`runtime: ${runtimeName}`, () => {
-  it('is named by the addon, which runs Redis on the event loop only on Node.js', () => {
+  it('is named by the addon, which runs Redis on the event loop only on Node.js, over the runtime\'s socket elsewhere', () => {
     const found = binding.debugRuntime()
     assert.equal(found.runtime, runtimeName)
-    assert.equal(found.eventLoopDriver, runtime === 'node' && process.platform !== 'win32')
+    const eventLoop = runtime === 'node' && process.platform !== 'win32'
+    assert.equal(found.eventLoopDriver, eventLoop)
+    const forced = process.env.DURASTATE_REDIS_DRIVER
+    assert.equal(found.redisDriver, forced === 'threads' || forced === 'socket' ? forced : eventLoop ? 'event-loop' : 'socket')
   })
 
   it('TLS, Sentinel and aof: accepted on every runtime, whichever driver runs Redis', () => {

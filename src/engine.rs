@@ -11,6 +11,7 @@ use futures_util::FutureExt;
 use napi::bindgen_prelude::PromiseRaw;
 use napi::Env;
 
+use crate::backend::JsRedis;
 #[cfg(unix)]
 use crate::backend::LoopRedis;
 use crate::backend::{redis_ops, ClusterBackend, EmbeddedBackend, RedisBackend};
@@ -140,6 +141,9 @@ pub enum Engine {
   /// Redis, driven by the JS thread's event loop.
   #[cfg(unix)]
   EventLoop(LoopRedis),
+  /// Redis over a socket of the JS runtime (`node:net`): Bun, Deno, and Node.js where
+  /// the event-loop driver cannot run (`redis_js.rs`).
+  JsSocket(JsRedis),
   /// A backend on tokio threads ([`AsyncBackend`]): Redis (unix sockets, Bun, Deno,
   /// non-Unix platforms, or by choice) and Redis Cluster.
   Tokio(Arc<dyn AsyncBackend>),
@@ -172,6 +176,10 @@ impl Engine {
     match self {
       #[cfg(unix)]
       Engine::EventLoop(driver) => {
+        let promise = driver.submit(env, what, batch, finish)?;
+        Ok(PromiseRaw::new(env.raw(), promise))
+      }
+      Engine::JsSocket(driver) => {
         let promise = driver.submit(env, what, batch, finish)?;
         Ok(PromiseRaw::new(env.raw(), promise))
       }
@@ -244,6 +252,7 @@ impl Engine {
     match self {
       #[cfg(unix)]
       Engine::EventLoop(driver) => Some(driver.events()),
+      Engine::JsSocket(driver) => Some(driver.events()),
       Engine::Tokio(backend) => backend.events(),
       Engine::Embedded(_) => None,
     }
@@ -275,6 +284,7 @@ impl Engine {
     match self {
       #[cfg(unix)]
       Engine::EventLoop(driver) => driver.close(),
+      Engine::JsSocket(driver) => driver.close(),
       Engine::Tokio(backend) => backend.close(),
       Engine::Embedded(embedded) => {
         embedded_call::run_pending(env, embedded);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use napi::Either;
 use napi_derive::napi;
 
+use crate::backend::JsRedis;
 #[cfg(unix)]
 use crate::backend::LoopRedis;
 use crate::backend::{
@@ -283,26 +284,60 @@ fn embedded_engine(
 const DEFAULT_PAGE_SIZE: u32 = 1024;
 
 /// Redis over TCP runs on the JS thread's event loop (no thread hop per call) where that
-/// loop is libuv's, that is on Node.js (see `runtime`), unless
-/// `DURASTATE_REDIS_DRIVER=threads`; other targets, platforms and runtimes (Bun, Deno) use
-/// tokio threads. Both drivers connect the same way (`backend/connect.rs`: TLS, Sentinel,
-/// `durability: 'aof'`).
+/// loop is libuv's, that is on Node.js (see `runtime`); elsewhere (Bun, Deno, platforms
+/// without it) over a socket of the JS runtime, with the same single-thread design
+/// (`backend/redis_js.rs`). A unix socket, and a runtime without `node:net`, run on tokio
+/// threads. `DURASTATE_REDIS_DRIVER=socket` or `=threads` picks one of the last two (for
+/// tests and benchmarks). Every driver connects the same way (`backend/connect.rs`: TLS,
+/// Sentinel, `durability: 'aof'`) and runs on the same connection core.
 fn redis_engine(target: RedisTarget, common: &CommonSettings) -> Engine {
   let (connect, command) = (common.connect_timeout, common.command_timeout);
-  #[cfg(unix)]
-  {
-    let threads_wanted = std::env::var("DURASTATE_REDIS_DRIVER").is_ok_and(|v| v == "threads");
-    let event_loop = crate::runtime::event_loop_unavailable().is_none();
-    if target.is_tcp() && event_loop && !threads_wanted {
-      return Engine::EventLoop(LoopRedis::new(target, connect, command, common.retry));
+  match (target.is_tcp(), tcp_redis_driver()) {
+    #[cfg(unix)]
+    (true, RedisDriver::EventLoop) => {
+      Engine::EventLoop(LoopRedis::new(target, connect, command, common.retry))
+    }
+    (true, RedisDriver::JsSocket) => {
+      Engine::JsSocket(JsRedis::new(target, connect, command, common.retry))
+    }
+    _ => Engine::Tokio(Arc::new(RedisBackend::new(
+      target,
+      connect,
+      command,
+      common.retry,
+    ))),
+  }
+}
+
+/// The Redis drivers (`redis_engine`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RedisDriver {
+  EventLoop,
+  JsSocket,
+  Threads,
+}
+
+impl RedisDriver {
+  pub fn name(self) -> &'static str {
+    match self {
+      RedisDriver::EventLoop => "event-loop",
+      RedisDriver::JsSocket => "socket",
+      RedisDriver::Threads => "threads",
     }
   }
-  Engine::Tokio(Arc::new(RedisBackend::new(
-    target,
-    connect,
-    command,
-    common.retry,
-  )))
+}
+
+/// The driver a Redis store over TCP gets on this JS thread.
+pub fn tcp_redis_driver() -> RedisDriver {
+  let wanted = std::env::var("DURASTATE_REDIS_DRIVER").unwrap_or_default();
+  let event_loop = cfg!(unix) && crate::runtime::event_loop_unavailable().is_none();
+  if event_loop && wanted != "threads" && wanted != "socket" {
+    RedisDriver::EventLoop
+  } else if wanted != "threads" && crate::backend::redis_js_registered() {
+    RedisDriver::JsSocket
+  } else {
+    RedisDriver::Threads
+  }
 }
 
 /// A Redis Cluster from `{ cluster: [url, ...], username, password, tls }`: durastate's

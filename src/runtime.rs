@@ -133,8 +133,11 @@ pub fn event_loop_unavailable() -> Option<String> {
 pub struct RuntimeInfo {
   /// `Node.js`, `Bun`, `Deno` or `unknown`.
   pub runtime: String,
-  /// Whether a Redis store on TCP runs on the JS thread's event loop (else tokio threads).
+  /// Whether a Redis store on TCP can run on the JS thread's event loop.
   pub event_loop_driver: bool,
+  /// The driver a Redis store on TCP gets here: `event-loop`, `socket` (the JS runtime's
+  /// socket) or `threads` (tokio).
+  pub redis_driver: String,
 }
 
 /// The runtime the addon found at load and whether Redis runs on its event loop, for
@@ -148,6 +151,7 @@ pub fn debug_runtime() -> RuntimeInfo {
       known => known.name().to_string(),
     },
     event_loop_driver: event_loop_unavailable().is_none(),
+    redis_driver: crate::factory::tcp_redis_driver().name().to_string(),
   }
 }
 
@@ -188,4 +192,16 @@ where
     Some(runtime) => drop(runtime.spawn(task)),
     None => drop(napi::bindgen_prelude::spawn(task)),
   }
+}
+
+/// Gives this JS thread the transport of the Redis JS socket driver (`transport.js`'s
+/// `createTransport`, see `backend/redis_js.rs`); `index.js` calls it once per thread, at
+/// load. Not part of the public API.
+#[napi]
+pub fn set_redis_transport(
+  env: napi::Env,
+  factory: napi::bindgen_prelude::Function<'_, Unknown<'_>, ()>,
+) -> napi::Result<()> {
+  use napi::JsValue;
+  crate::backend::set_redis_js_factory(env.raw(), factory.raw())
 }

@@ -1,7 +1,7 @@
 // Which JS runtime runs the tests (Node.js, Bun or Deno), and how the addon drives Redis
 // in it: on Node.js, Redis over TCP runs on the JS thread's event loop (unless
-// DURASTATE_REDIS_DRIVER=threads); on Bun and Deno, on tokio threads. Both connect the same
-// way (TLS, Sentinel, `durability: 'aof'`).
+// DURASTATE_REDIS_DRIVER=threads or =socket); on Bun and Deno, over the runtime's own socket
+// (node:net). Every driver connects the same way (TLS, Sentinel, `durability: 'aof'`).
 import { createRequire } from 'node:module'
 
 const binding = createRequire(import.meta.url)('../../binding.js')

@@ -109,11 +109,11 @@ pub struct Peer<'a> {
 }
 
 impl Peer<'_> {
-  fn unavailable(&self, detail: &str) -> StoreError {
+  pub fn unavailable(&self, detail: &str) -> StoreError {
     StoreError::cannot_connect(self.display, detail)
   }
 
-  fn tls_failed(&self, detail: &str) -> StoreError {
+  pub fn tls_failed(&self, detail: &str) -> StoreError {
     StoreError::new(
       ErrorCode::Tls,
       format!("TLS handshake with {} failed: {detail}", self.display),
@@ -237,16 +237,8 @@ pub async fn open_stream(target: &RedisTarget, limit: Duration) -> StoreResult<S
       return Ok(stream);
     }
     let (host, port) = server_address(target, limit).await?;
-    let settings = target.client.get_connection_info().redis_settings();
-    let login = Login {
-      username: settings.username(),
-      password: settings.password(),
-      db: settings.db(),
-      require_aof: target.require_aof,
-      check_master: target.sentinel.is_some(),
-    };
     let mut stream = tcp_then_tls(&host, port, peer, &in_tls_handshake).await?;
-    handshake(&mut stream, peer, &login).await?;
+    handshake(&mut stream, peer, &login_of(target)).await?;
     Ok(stream)
   };
   bounded(peer, limit, &in_tls_handshake, attempt).await
@@ -280,15 +272,32 @@ pub async fn open(target: &RedisTarget, limit: Duration) -> StoreResult<Socket> 
 }
 
 /// Where the server is: the URL's address, or the master the sentinels name now.
-async fn server_address(target: &RedisTarget, limit: Duration) -> StoreResult<(String, u16)> {
-  if let Some(sentinel) = &target.sentinel {
-    return master_address(target, sentinel, limit).await;
+pub async fn server_address(target: &RedisTarget, limit: Duration) -> StoreResult<(String, u16)> {
+  match &target.sentinel {
+    Some(sentinel) => master_address(target, sentinel, limit).await,
+    None => tcp_address(target),
   }
+}
+
+/// The URL's address (a target without sentinels).
+pub fn tcp_address(target: &RedisTarget) -> StoreResult<(String, u16)> {
   match target.client.get_connection_info().addr() {
     ConnectionAddr::Tcp(host, port) => Ok((host.clone(), *port)),
     _ => Err(StoreError::invalid_input(
       "a Redis connection of durastate's own needs a TCP address",
     )),
+  }
+}
+
+/// Who the target's connections log in as, and what they check.
+pub fn login_of(target: &RedisTarget) -> Login<'_> {
+  let settings = target.client.get_connection_info().redis_settings();
+  Login {
+    username: settings.username(),
+    password: settings.password(),
+    db: settings.db(),
+    require_aof: target.require_aof,
+    check_master: target.sentinel.is_some(),
   }
 }
 
@@ -392,31 +401,53 @@ async fn exchange(
   stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
   commands: &[redis::Cmd],
 ) -> io::Result<Vec<Value>> {
+  send(stream, &packed(commands)).await?;
+  let mut reader = Replies::default();
+  let mut answers = Vec::with_capacity(commands.len());
+  while answers.len() < commands.len() {
+    answers.push(reader.next(stream).await?);
+  }
+  Ok(answers)
+}
+
+fn packed(commands: &[redis::Cmd]) -> Vec<u8> {
   let mut bytes = Vec::new();
   for command in commands {
     command.write_packed_command(&mut bytes);
   }
-  stream.write_all(&bytes).await?;
-  stream.flush().await?;
-  let mut decoder = ReplyDecoder::default();
-  let mut received = BytesMut::with_capacity(256);
-  let mut answers = Vec::with_capacity(commands.len());
-  while answers.len() < commands.len() {
-    if let Some(value) = decoder
-      .decode(&mut received)
-      .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?
-    {
-      answers.push(value);
-      continue;
-    }
-    if stream.read_buf(&mut received).await? == 0 {
-      return Err(io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        "the server closed the connection during the handshake",
-      ));
+  bytes
+}
+
+async fn send(stream: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> io::Result<()> {
+  stream.write_all(bytes).await?;
+  stream.flush().await
+}
+
+/// Replies read from a stream, one at a time.
+#[derive(Default)]
+struct Replies {
+  decoder: ReplyDecoder,
+  received: BytesMut,
+}
+
+impl Replies {
+  async fn next(&mut self, stream: &mut (impl AsyncRead + Unpin)) -> io::Result<Value> {
+    loop {
+      if let Some(value) = self
+        .decoder
+        .decode(&mut self.received)
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?
+      {
+        return Ok(value);
+      }
+      if stream.read_buf(&mut self.received).await? == 0 {
+        return Err(io::Error::new(
+          io::ErrorKind::UnexpectedEof,
+          "the server closed the connection during the handshake",
+        ));
+      }
     }
   }
-  Ok(answers)
 }
 
 /// `AUTH`, `SELECT`, `PING`, and the checks: `durability: 'aof'`, and with sentinels,
@@ -426,49 +457,112 @@ async fn handshake(
   peer: Peer<'_>,
   login: &Login<'_>,
 ) -> StoreResult<()> {
-  let mut commands = Vec::new();
-  if let Some(password) = login.password {
-    let mut auth = redis::cmd("AUTH");
-    if let Some(user) = login.username {
-      auth.arg(user);
+  let (mut handshake, bytes) = Handshake::start(login);
+  let failed = |err: io::Error| peer.io_failed(&err);
+  send(stream, &bytes).await.map_err(failed)?;
+  let mut replies = Replies::default();
+  loop {
+    let reply = replies.next(stream).await.map_err(failed)?;
+    match handshake.take(peer, reply)? {
+      Progress::Wait => {}
+      Progress::Send(bytes) => send(stream, &bytes).await.map_err(failed)?,
+      Progress::Done => return Ok(()),
     }
-    commands.push(auth.arg(password).clone());
   }
-  if login.db != 0 {
-    commands.push(redis::cmd("SELECT").arg(login.db).clone());
+}
+
+/// The login and checks of a new connection ([`Login`]), without I/O: the driver sends
+/// the bytes [`Handshake::start`] gives, then hands it each reply, in order, until it
+/// says `Done` (or fails). The tokio drivers run it through [`handshake`]; the JS socket
+/// driver (`redis_js.rs`) feeds it from the socket's data events.
+pub struct Handshake {
+  /// Replies that answer the login (`AUTH`, `SELECT`, `PING`), then the checks'.
+  answers: Vec<Value>,
+  login_replies: usize,
+  expected: usize,
+  check_master: bool,
+  require_aof: bool,
+  /// `CONFIG GET` was refused: `INFO persistence` was sent instead.
+  config_refused: Option<redis::ServerError>,
+}
+
+/// What a [`Handshake`] wants after a reply.
+pub enum Progress {
+  /// More replies are due.
+  Wait,
+  /// Send these bytes, then go on handing it replies.
+  Send(Vec<u8>),
+  /// The connection is ready for calls.
+  Done,
+}
+
+impl Handshake {
+  /// The handshake of `login`, and the bytes to send first.
+  pub fn start(login: &Login<'_>) -> (Self, Vec<u8>) {
+    let mut commands = Vec::new();
+    if let Some(password) = login.password {
+      let mut auth = redis::cmd("AUTH");
+      if let Some(user) = login.username {
+        auth.arg(user);
+      }
+      commands.push(auth.arg(password).clone());
+    }
+    if login.db != 0 {
+      commands.push(redis::cmd("SELECT").arg(login.db).clone());
+    }
+    commands.push(redis::cmd("PING"));
+    let login_replies = commands.len();
+    if login.check_master {
+      commands.push(redis::cmd("ROLE"));
+    }
+    if login.require_aof {
+      commands.push(redis::cmd("CONFIG").arg("GET").arg("appendonly").clone());
+      commands.push(redis::cmd("CONFIG").arg("GET").arg("appendfsync").clone());
+    }
+    let handshake = Self {
+      answers: Vec::with_capacity(commands.len()),
+      login_replies,
+      expected: commands.len(),
+      check_master: login.check_master,
+      require_aof: login.require_aof,
+      config_refused: None,
+    };
+    (handshake, packed(&commands))
   }
-  commands.push(redis::cmd("PING"));
-  let checked_from = commands.len();
-  if login.check_master {
-    commands.push(redis::cmd("ROLE"));
-  }
-  if login.require_aof {
-    commands.push(redis::cmd("CONFIG").arg("GET").arg("appendonly").clone());
-    commands.push(redis::cmd("CONFIG").arg("GET").arg("appendfsync").clone());
-  }
-  let answers = exchange(stream, &commands)
-    .await
-    .map_err(|err| peer.io_failed(&err))?;
-  if let Some(err) = answers[..checked_from].iter().find_map(server_error) {
-    return Err(login_failed(peer, err));
-  }
-  let mut checks = answers[checked_from..].iter();
-  if login.check_master {
-    let role = checks.next().expect("ROLE was sent");
-    if let Some(err) = server_error(role) {
+
+  /// Takes the next reply; an error means the connection cannot be used.
+  pub fn take(&mut self, peer: Peer<'_>, reply: Value) -> StoreResult<Progress> {
+    if let Some(refused) = self.config_refused.take() {
+      return Err(aof_without_config(peer, refused, &reply));
+    }
+    self.answers.push(reply);
+    if self.answers.len() < self.expected {
+      return Ok(Progress::Wait);
+    }
+    let answers = std::mem::take(&mut self.answers);
+    if let Some(err) = answers[..self.login_replies].iter().find_map(server_error) {
       return Err(login_failed(peer, err));
     }
-    check_master(peer, role)?;
-  }
-  if login.require_aof {
-    let (appendonly, appendfsync) = (checks.next(), checks.next());
-    let (appendonly, appendfsync) = (appendonly.expect("sent"), appendfsync.expect("sent"));
-    match server_error(appendonly).or_else(|| server_error(appendfsync)) {
-      None => check_aof(peer, &config_value(appendonly), &config_value(appendfsync))?,
-      Some(refused) => aof_without_config(stream, peer, refused).await?,
+    let mut checks = answers[self.login_replies..].iter();
+    if self.check_master {
+      let role = checks.next().expect("ROLE was sent");
+      if let Some(err) = server_error(role) {
+        return Err(login_failed(peer, err));
+      }
+      check_master(peer, role)?;
     }
+    if self.require_aof {
+      let (appendonly, appendfsync) = (checks.next(), checks.next());
+      let (appendonly, appendfsync) = (appendonly.expect("sent"), appendfsync.expect("sent"));
+      if let Some(refused) = server_error(appendonly).or_else(|| server_error(appendfsync)) {
+        self.config_refused = Some(refused);
+        let info = packed(&[redis::cmd("INFO").arg("persistence").clone()]);
+        return Ok(Progress::Send(info));
+      }
+      check_aof(peer, &config_value(appendonly), &config_value(appendfsync))?;
+    }
+    Ok(Progress::Done)
   }
-  Ok(())
 }
 
 fn server_error(value: &Value) -> Option<redis::ServerError> {
@@ -534,17 +628,11 @@ fn check_aof(peer: Peer<'_>, appendonly: &str, appendfsync: &str) -> StoreResult
 }
 
 /// `CONFIG GET` refused (renamed or blocked, as managed services do): `INFO persistence`
-/// still tells whether the AOF is on, but not its fsync policy, so `aof` can be refused
-/// when it is off and cannot be confirmed when it is on. Never claims what it cannot see.
-async fn aof_without_config(
-  stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
-  peer: Peer<'_>,
-  refused: redis::ServerError,
-) -> StoreResult<()> {
-  let info = exchange(stream, &[redis::cmd("INFO").arg("persistence").clone()])
-    .await
-    .map_err(|err| peer.io_failed(&err))?;
-  let info = info.first().map(text).unwrap_or_default();
+/// (its answer: `info`) still tells whether the AOF is on, but not its fsync policy, so
+/// `aof` can be refused when it is off and cannot be confirmed when it is on. Never claims
+/// what it cannot see.
+fn aof_without_config(peer: Peer<'_>, refused: redis::ServerError, info: &Value) -> StoreError {
+  let info = text(info);
   let enabled = info
     .lines()
     .find_map(|line| line.trim().strip_prefix("aof_enabled:"));
@@ -566,12 +654,12 @@ async fn aof_without_config(
       peer.display
     ),
   };
-  Err(StoreError::new(
+  StoreError::new(
     ErrorCode::Unavailable,
     format!(
       "durability 'aof' cannot be confirmed: {detail}. Allow CONFIG GET for this user (ACL \
        +config|get) where you can, or use durability 'none' and rely on what the service \
        documents about its persistence"
     ),
-  ))
+  )
 }

@@ -10,6 +10,7 @@ mod postgres;
 mod redis;
 mod redis_codec;
 mod redis_core;
+mod redis_js;
 #[cfg(unix)]
 mod redis_loop;
 pub mod redis_ops;
@@ -23,5 +24,8 @@ pub use cluster::ClusterBackend;
 pub use embedded::{answer, spread, Answer, EmbeddedBackend, EmbeddedSettings, Location};
 pub use postgres::{PostgresBackend, PostgresConnectionOptions, PostgresSettings, PostgresTarget};
 pub use redis::RedisBackend;
+pub use redis_js::{
+  registered as redis_js_registered, set_factory as set_redis_js_factory, JsRedis,
+};
 #[cfg(unix)]
 pub use redis_loop::LoopRedis;

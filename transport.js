@@ -1,0 +1,104 @@
+'use strict'
+
+// The socket side of the Redis JS socket driver (src/backend/redis_js.rs), for runtimes
+// whose event loop the native code cannot poll (Bun, Deno). A thin shell over node:net:
+// it opens one socket at a time, writes the buffers it is given and reports events to
+// `emit(name, attempt, payload)`; every decision (TLS, the login, replies, deadlines,
+// retries) is made by the native driver. The socket is never ref'd: the deadline timer
+// holds the process open while calls wait, and an idle process exits.
+
+const net = require('node:net')
+const timers = require('node:timers')
+
+/** One driver's transport; `emit` is the driver's native event callback. */
+function createTransport(emit) {
+  let socket = null
+  let attempt = 0
+  let connectTimer = null
+  let deadline = null
+  let backoff = null
+  let queued = false
+  const write = () => {
+    queued = false
+    emit('write', attempt)
+  }
+  const stopConnectTimer = () => {
+    if (connectTimer !== null) timers.clearTimeout(connectTimer)
+    connectTimer = null
+  }
+  const drop = () => {
+    stopConnectTimer()
+    if (socket !== null) {
+      socket.removeAllListeners('data')
+      socket.on('error', () => {})
+      socket.destroy()
+      socket = null
+    }
+  }
+  // Functions, not methods: the driver calls them without `this`.
+  return {
+    /** Opens a socket to host:port for connect attempt `tag`; gives up after `ms`. */
+    connect(host, port, ms, tag) {
+      drop()
+      attempt = tag
+      const s = net.connect({ host, port, noDelay: true })
+      socket = s
+      s.unref()
+      s.on('connect', () => emit('connect', tag))
+      s.on('data', (bytes) => emit('data', tag, bytes))
+      s.on('error', (err) => emit('error', tag, err.message || String(err)))
+      s.on('close', () => emit('close', tag))
+      connectTimer = timers.setTimeout(() => emit('timeout', tag), Math.max(1, ms))
+      connectTimer.unref()
+    },
+    /** The login passed: the connect deadline no longer applies. */
+    ready() {
+      stopConnectTimer()
+    },
+    write(bytes) {
+      if (socket !== null) socket.write(bytes)
+    },
+    /** Calls back with `write` in a microtask: the calls made in this tick go out together. */
+    soon() {
+      if (!queued) {
+        queued = true
+        queueMicrotask(write)
+      }
+    },
+    /** Closes the socket (its later events are ignored by the driver). */
+    drop,
+    /** Arms the deadline timer, ref'd. */
+    arm(ms) {
+      if (deadline !== null) timers.clearTimeout(deadline)
+      deadline = timers.setTimeout(() => {
+        deadline = null
+        emit('timer', 0)
+      }, Math.max(1, ms))
+    },
+    /** Whether the armed deadline timer holds the process open (calls wait). */
+    hold(on) {
+      if (deadline !== null) {
+        if (on) deadline.ref()
+        else deadline.unref()
+      }
+    },
+    /** Calls back with `backoff` after `ms` (not ref'd: the deadline timer is). */
+    backoff(ms) {
+      if (backoff !== null) timers.clearTimeout(backoff)
+      backoff = timers.setTimeout(() => {
+        backoff = null
+        emit('backoff', 0)
+      }, ms)
+      backoff.unref()
+    },
+    /** The driver is done: the socket and the timers go. */
+    shutdown() {
+      drop()
+      for (const timer of [deadline, backoff]) if (timer !== null) timers.clearTimeout(timer)
+      deadline = null
+      backoff = null
+    },
+  }
+}
+
+module.exports = { createTransport }
