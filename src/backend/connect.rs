@@ -663,3 +663,172 @@ fn aof_without_config(peer: Peer<'_>, refused: redis::ServerError, info: &Value)
     ),
   )
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  const PEER: Peer<'static> = Peer {
+    display: "redis://test:6379",
+    tls: None,
+  };
+
+  /// One reply, as the server sends it.
+  fn reply(resp: &str) -> Value {
+    let mut bytes = BytesMut::from(resp.as_bytes());
+    ReplyDecoder::default()
+      .decode(&mut bytes)
+      .expect("valid RESP")
+      .expect("a whole reply")
+  }
+
+  fn login(require_aof: bool, check_master: bool) -> Login<'static> {
+    Login {
+      username: Some("app"),
+      password: Some("secret"),
+      db: 3,
+      require_aof,
+      check_master,
+    }
+  }
+
+  /// Hands `replies` to the handshake; the last one's progress, or the first error.
+  fn run(handshake: &mut Handshake, replies: &[&str]) -> StoreResult<Progress> {
+    let mut last = Progress::Wait;
+    for resp in replies {
+      last = handshake.take(PEER, reply(resp))?;
+    }
+    Ok(last)
+  }
+
+  #[test]
+  fn sends_the_login_and_the_checks_in_one_write_and_is_done_after_the_last_reply() {
+    let (mut handshake, bytes) = Handshake::start(&login(true, true));
+    let text = String::from_utf8(bytes).unwrap();
+    let names: Vec<&str> = [
+      "AUTH",
+      "app",
+      "secret",
+      "SELECT",
+      "3",
+      "PING",
+      "ROLE",
+      "CONFIG",
+      "appendonly",
+      "appendfsync",
+    ]
+    .to_vec();
+    let mut at = 0;
+    for name in names {
+      let found = text[at..]
+        .find(&format!("\r\n{name}\r\n"))
+        .unwrap_or_else(|| panic!("{name} in order in {text:?}"));
+      at += found + 1;
+    }
+    let before_last = [
+      "+OK\r\n",
+      "+OK\r\n",
+      "+PONG\r\n",
+      "*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n",
+    ];
+    assert!(matches!(
+      run(&mut handshake, &before_last),
+      Ok(Progress::Wait)
+    ));
+    assert!(matches!(
+      run(
+        &mut handshake,
+        &["*2\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n"]
+      ),
+      Ok(Progress::Wait)
+    ));
+    assert!(matches!(
+      run(
+        &mut handshake,
+        &["*2\r\n$11\r\nappendfsync\r\n$6\r\nalways\r\n"]
+      ),
+      Ok(Progress::Done)
+    ));
+  }
+
+  #[test]
+  fn a_refused_login_is_an_auth_error_naming_the_server() {
+    let (mut handshake, _) = Handshake::start(&login(false, false));
+    let refused = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+    let err = run(
+      &mut handshake,
+      &[
+        refused,
+        "-NOAUTH Authentication required.\r\n",
+        "-NOAUTH Authentication required.\r\n",
+      ],
+    )
+    .err()
+    .expect("refused");
+    assert_eq!(err.code, ErrorCode::Auth);
+    assert!(err.message.contains("redis://test:6379"), "{}", err.message);
+  }
+
+  #[test]
+  fn a_server_that_is_no_longer_the_master_is_unavailable() {
+    let (mut handshake, _) = Handshake::start(&Login {
+      check_master: true,
+      ..Login::default()
+    });
+    let replica = "*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:6380\r\n$9\r\nconnected\r\n:1\r\n";
+    let err = run(&mut handshake, &["+PONG\r\n", replica])
+      .err()
+      .expect("not the master");
+    assert_eq!(err.code, ErrorCode::Unavailable);
+    assert!(
+      err.message.contains("not the master (role: slave)"),
+      "{}",
+      err.message
+    );
+  }
+
+  #[test]
+  fn aof_without_fsync_always_is_refused() {
+    let (mut handshake, _) = Handshake::start(&Login {
+      require_aof: true,
+      ..Login::default()
+    });
+    let replies = [
+      "+PONG\r\n",
+      "*2\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n",
+      "*2\r\n$11\r\nappendfsync\r\n$8\r\neverysec\r\n",
+    ];
+    let err = run(&mut handshake, &replies).err().expect("not fsynced");
+    assert_eq!(err.code, ErrorCode::Unavailable);
+    assert!(
+      err.message.contains("appendfsync everysec"),
+      "{}",
+      err.message
+    );
+  }
+
+  #[test]
+  fn aof_with_config_refused_asks_info_persistence_and_never_claims_what_it_cannot_see() {
+    for (info, says) in [
+      ("aof_enabled:0", "aof_enabled:0"),
+      ("aof_enabled:1", "its fsync policy cannot be read"),
+    ] {
+      let (mut handshake, _) = Handshake::start(&Login {
+        require_aof: true,
+        ..Login::default()
+      });
+      let refused = "-ERR unknown command 'CONFIG'\r\n";
+      let Ok(Progress::Send(bytes)) = run(&mut handshake, &["+PONG\r\n", refused, refused]) else {
+        panic!("INFO persistence is asked for");
+      };
+      assert!(String::from_utf8(bytes).unwrap().contains("persistence"));
+      let body = format!("# Persistence\r\n{info}\r\n");
+      let answer = format!("${}\r\n{body}\r\n", body.len());
+      let err = run(&mut handshake, &[&answer])
+        .err()
+        .expect("cannot be confirmed");
+      assert_eq!(err.code, ErrorCode::Unavailable);
+      assert!(err.message.contains(says), "{}", err.message);
+    }
+  }
+}
