@@ -18,9 +18,24 @@ function createTransport(emit) {
   let deadline = null
   let backoff = null
   let queued = false
+  // Each event's callback answers with the bytes to write, if any.
   const write = () => {
     queued = false
-    emit('write', attempt)
+    const out = emit('write', attempt)
+    if (out !== undefined && socket !== null) socket.write(out)
+  }
+  // After the events of a turn of the loop (and the calls their settlements made): the
+  // driver lets the process go if no call waits.
+  let idleQueued = false
+  const idle = () => {
+    idleQueued = false
+    emit('idle', 0)
+  }
+  const settled = () => {
+    if (!idleQueued) {
+      idleQueued = true
+      timers.setImmediate(idle)
+    }
   }
   const stopConnectTimer = () => {
     if (connectTimer !== null) timers.clearTimeout(connectTimer)
@@ -44,19 +59,35 @@ function createTransport(emit) {
       const s = net.connect({ host, port, noDelay: true })
       socket = s
       s.unref()
-      s.on('connect', () => emit('connect', tag))
-      s.on('data', (bytes) => emit('data', tag, bytes))
-      s.on('error', (err) => emit('error', tag, err.message || String(err)))
-      s.on('close', () => emit('close', tag))
-      connectTimer = timers.setTimeout(() => emit('timeout', tag), Math.max(1, ms))
+      s.on('connect', () => {
+        const out = emit('connect', tag)
+        if (out !== undefined) s.write(out)
+      })
+      s.on('data', (bytes) => {
+        const out = emit('data', tag, bytes)
+        if (out !== undefined) s.write(out)
+        settled()
+      })
+      s.on('error', (err) => {
+        emit('error', tag, err.message || String(err))
+        settled()
+      })
+      s.on('close', () => {
+        emit('close', tag)
+        settled()
+      })
+      connectTimer = timers.setTimeout(
+        () => {
+          emit('timeout', tag)
+          settled()
+        },
+        Math.max(1, ms),
+      )
       connectTimer.unref()
     },
     /** The login passed: the connect deadline no longer applies. */
     ready() {
       stopConnectTimer()
-    },
-    write(bytes) {
-      if (socket !== null) socket.write(bytes)
     },
     /** Calls back with `write` in a microtask: the calls made in this tick go out together. */
     soon() {
@@ -70,10 +101,14 @@ function createTransport(emit) {
     /** Arms the deadline timer, ref'd. */
     arm(ms) {
       if (deadline !== null) timers.clearTimeout(deadline)
-      deadline = timers.setTimeout(() => {
-        deadline = null
-        emit('timer', 0)
-      }, Math.max(1, ms))
+      deadline = timers.setTimeout(
+        () => {
+          deadline = null
+          emit('timer', 0)
+          settled()
+        },
+        Math.max(1, ms),
+      )
     },
     /** Whether the armed deadline timer holds the process open (calls wait). */
     hold(on) {
@@ -88,6 +123,7 @@ function createTransport(emit) {
       backoff = timers.setTimeout(() => {
         backoff = null
         emit('backoff', 0)
+        settled()
       }, ms)
       backoff.unref()
     },

@@ -15,7 +15,7 @@ import { runtime, runtimeName } from './helpers/runtime.mjs'
 const binding = createRequire(import.meta.url)(join(packageRoot, 'binding.js'))
 
 describe(`runtime: ${runtimeName}`, () => {
-  it('is named by the addon, which runs Redis on the event loop only on Node.js, over the runtime\'s socket elsewhere', () => {
+  it("is named by the addon, which runs Redis on the event loop only on Node.js, over the runtime's socket elsewhere", () => {
     const found = binding.debugRuntime()
     assert.equal(found.runtime, runtimeName)
     const eventLoop = runtime === 'node' && process.platform !== 'win32'

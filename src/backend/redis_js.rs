@@ -80,6 +80,8 @@ struct State {
   core: Core<Waiter>,
   /// Whether a microtask will write what the calls of this tick queued.
   write_queued: bool,
+  /// The bytes to write that the event being handled answers with ([`State::send`]).
+  out: Vec<u8>,
   /// The deadline timer: armed (`Some`) and whether it holds the process open.
   timer: Option<bool>,
   closed: bool,
@@ -118,7 +120,6 @@ struct Handshaking {
 enum Method {
   Connect,
   Ready,
-  Write,
   Soon,
   Drop,
   Arm,
@@ -127,8 +128,8 @@ enum Method {
   Shutdown,
 }
 
-const METHODS: [&str; 9] = [
-  "connect", "ready", "write", "soon", "drop", "arm", "hold", "backoff", "shutdown",
+const METHODS: [&str; 8] = [
+  "connect", "ready", "soon", "drop", "arm", "hold", "backoff", "shutdown",
 ];
 
 /// What settles a call, and what it does with its replies.
@@ -150,6 +151,8 @@ enum Event<'a> {
   Timer,
   Backoff,
   Write,
+  /// After the events of a turn of the event loop, and the calls their settlements made.
+  Idle,
 }
 
 impl JsRedis {
@@ -167,6 +170,7 @@ impl JsRedis {
       attempt: 0,
       core: Core::new(retry, target.sentinel.is_some()),
       write_queued: false,
+      out: Vec::new(),
       timer: None,
       closed: false,
       shut_down: false,
@@ -340,15 +344,18 @@ impl Driver {
       Err(err) => state.connect_failed(err),
     };
     state.after_event();
+    // Not a transport event: no `idle` follows (a rare path: the timer is set at once).
+    state.sync_timer();
     drop(state);
     settle_now(env, settled);
   }
 
-  /// An event of the transport, on the JS thread.
-  fn on_event(self: &Rc<Self>, attempt: u32, event: Event<'_>) {
+  /// An event of the transport, on the JS thread; returns the bytes to write to the
+  /// socket (the transport writes them when the event's callback returns).
+  fn on_event(self: &Rc<Self>, attempt: u32, event: Event<'_>) -> Vec<u8> {
     let mut state = self.state.borrow_mut();
     if state.shut_down {
-      return;
+      return Vec::new();
     }
     let env = state.env;
     let mut settled = Vec::new();
@@ -372,6 +379,7 @@ impl Driver {
           }
         }
       }
+      Event::Idle => state.sync_timer(),
       Event::Write => {
         state.write_queued = false;
         if let Err(err) = state.write_unsent() {
@@ -407,6 +415,7 @@ impl Driver {
       }
     }
     let reconnect = state.after_event();
+    let out = std::mem::take(&mut state.out);
     drop(state);
     if !settled.is_empty() {
       settle_now(env, settled);
@@ -414,6 +423,7 @@ impl Driver {
     if reconnect {
       self.find_server();
     }
+    out
   }
 }
 
@@ -658,9 +668,11 @@ impl State {
     self.send(&out)
   }
 
-  fn send(&self, bytes: &[u8]) -> StoreResult<()> {
-    let buffer = js_buffer(self.env, bytes).map_err(napi_failed)?;
-    self.call(Method::Write, &[buffer])
+  /// Bytes for the socket: they go back to the transport as the answer of the event
+  /// being handled (every write happens during one), in one buffer.
+  fn send(&mut self, bytes: &[u8]) -> StoreResult<()> {
+    self.out.extend_from_slice(bytes);
+    Ok(())
   }
 
   /// After the connection dropped: calls with retries left are kept for a new
@@ -676,6 +688,8 @@ impl State {
   }
 
   fn drop_connection(&mut self) {
+    // Bytes meant for this connection never reach the next one.
+    self.out.clear();
     if matches!(
       self.connection,
       Connection::Open { .. }
@@ -714,20 +728,14 @@ impl State {
       self.begin_connect();
     }
     self.finish_if_closed();
-    // The timer is set in the microtask that writes the calls of this tick: a call made
-    // by a settled call's continuation keeps it held, with no JS call.
-    if !self.timer_in_step() {
+    // A call waits and the timer does not hold the process open: it is set in the
+    // microtask that writes the calls of this tick. The other way round (nothing waits)
+    // is left to the transport's `idle` event, after the continuations of the settled
+    // calls ran: at 1 in flight, the next call keeps the timer held, with no JS call.
+    if self.core.next_deadline().is_some() && self.timer != Some(true) {
       self.write_soon();
     }
     reconnect
-  }
-
-  /// Whether the deadline timer holds the process open exactly while calls wait.
-  fn timer_in_step(&self) -> bool {
-    matches!(
-      (self.timer, self.core.next_deadline().is_some()),
-      (Some(true), true) | (None | Some(false), false)
-    )
   }
 
   /// The deadline timer: armed at the first deadline of a waiting call (the calls
@@ -954,7 +962,8 @@ unsafe extern "C" fn drop_driver_ref(_env: sys::napi_env, data: *mut c_void, _hi
   drop(Box::from_raw(data.cast::<Weak<Driver>>()));
 }
 
-/// `emit(name, attempt, payload)`: an event of the transport.
+/// `emit(name, attempt, payload)`: an event of the transport; returns the bytes to write
+/// to the socket, if any (a Buffer), else `undefined`.
 unsafe extern "C" fn emit_callback(
   env: sys::napi_env,
   info: sys::napi_callback_info,
@@ -993,15 +1002,14 @@ unsafe extern "C" fn emit_callback(
         let mut bytes = ptr::null_mut();
         let mut size = 0;
         if sys::napi_get_buffer_info(env, argv[2], &mut bytes, &mut size) != sys::Status::napi_ok {
-          return;
+          return Vec::new();
         }
         let slice = if size == 0 {
           &[][..]
         } else {
           std::slice::from_raw_parts(bytes.cast::<u8>(), size)
         };
-        driver.on_event(attempt, Event::Data(slice));
-        return;
+        return driver.on_event(attempt, Event::Data(slice));
       }
       b"connect" => Event::Connect,
       b"error" => Event::Error(string_of(env, argv[2])),
@@ -1010,14 +1018,19 @@ unsafe extern "C" fn emit_callback(
       b"timer" => Event::Timer,
       b"backoff" => Event::Backoff,
       b"write" => Event::Write,
-      _ => return,
+      b"idle" => Event::Idle,
+      _ => return Vec::new(),
     };
-    driver.on_event(attempt, event);
+    driver.on_event(attempt, event)
   }));
-  if outcome.is_err() {
-    eprintln!("durastate: internal error in the Redis JS socket driver (please report it)");
+  match outcome {
+    Ok(out) if !out.is_empty() => js_buffer(env, &out).unwrap_or(ptr::null_mut()),
+    Ok(_) => ptr::null_mut(),
+    Err(_) => {
+      eprintln!("durastate: internal error in the Redis socket driver (please report it)");
+      ptr::null_mut()
+    }
   }
-  ptr::null_mut()
 }
 
 unsafe fn string_of(env: sys::napi_env, value: sys::napi_value) -> String {
