@@ -89,6 +89,10 @@ function createTransport(emit) {
     ready() {
       stopConnectTimer()
     },
+    /** A call made while nothing else is in flight goes out at once. */
+    write(bytes) {
+      if (socket !== null) socket.write(bytes)
+    },
     /** Calls back with `write` in a microtask: the calls made in this tick go out together. */
     soon() {
       if (!queued) {

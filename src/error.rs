@@ -93,6 +93,9 @@ impl ErrorCode {
 pub struct StoreError {
   pub code: ErrorCode,
   pub message: String,
+  /// The call was in flight when its connection dropped (`redis_core::lost`): it may
+  /// have run on the server. A router that would resend it asks its batch first.
+  pub may_have_run: bool,
 }
 
 /// Result alias used across the crate.
@@ -103,6 +106,7 @@ impl StoreError {
     Self {
       code,
       message: message.into(),
+      may_have_run: false,
     }
   }
 

@@ -1,10 +1,12 @@
-//! Opening a Redis connection, on tokio, for every driver: find the server (asking the
-//! sentinels for the master when there are any), connect, TLS, `AUTH`, `SELECT`, `PING`
-//! (and the checks of `durability: 'aof'` and of the master's role), all within
-//! `connectTimeout`. The event-loop driver takes the result as a non-blocking socket
-//! ([`open`]); the threads driver (TCP, TLS or a unix socket, a cluster's nodes
-//! included) as a tokio stream ([`open_stream`]). A cluster's slot map is asked for on
-//! a short-lived connection of its own ([`ask_node`]).
+//! Opening a Redis connection, for every driver: find the server (asking the sentinels
+//! for the master when there are any), connect, TLS, `AUTH`, `SELECT`, `PING` (and the
+//! checks of `durability: 'aof'` and of the master's role), all within `connectTimeout`.
+//! The login and checks are one sans-IO [`Handshake`]. On tokio, the event-loop driver
+//! takes the result as a non-blocking socket ([`open`]); the threads driver (TCP, TLS or
+//! a unix socket, a cluster's nodes included) as a tokio stream ([`open_stream`]). The
+//! socket driver (`redis_js.rs`) connects with the JS runtime's socket and feeds the
+//! [`Handshake`] itself, asking [`server_address`] for the sentinels' master. A cluster's
+//! slot map is asked for on a short-lived connection of its own ([`ask_node`]).
 
 use std::io;
 use std::pin::Pin;

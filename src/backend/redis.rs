@@ -1,6 +1,6 @@
-//! Redis on tokio threads: the driver for Bun, Deno, unix sockets, platforms without the
-//! event-loop driver, `DURASTATE_REDIS_DRIVER=threads`, and each master of a Redis
-//! Cluster (`cluster/` routes over one backend per master: [`RedisBackend::send`]). One task per store owns the
+//! Redis on tokio threads: the driver for unix sockets, runtimes without `node:net` (the
+//! socket driver's, `redis_js.rs`), `DURASTATE_REDIS_DRIVER=threads`, and each master of a
+//! Redis Cluster (`cluster/` routes over one backend per master: [`RedisBackend::send`]). One task per store owns the
 //! connection (`connect.rs`: plain TCP, TLS, a unix socket; with Sentinel the master the
 //! sentinels name) and the connection core every single-server driver shares
 //! (`redis_core.rs`: the queue, reply matching, deadlines, requeue after a drop, the

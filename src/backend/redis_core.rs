@@ -1,5 +1,6 @@
 //! The connection core every Redis path runs on (the event-loop driver, `redis_loop.rs`,
-//! and the tokio threads driver, `redis.rs`, which a Redis Cluster runs once per master):
+//! the socket driver of Bun and Deno, `redis_js.rs`, and the tokio threads driver,
+//! `redis.rs`, which a Redis Cluster runs once per master):
 //! the queue of calls waiting for replies, the bytes still to write, reply matching,
 //! deadlines, what happens to each call when the connection drops or a reconnect fails,
 //! and the backoff between reconnects. A cluster's redirect errors (`MOVED`, `ASK`,
@@ -350,10 +351,13 @@ fn is_readonly(value: &Value) -> bool {
 
 /// A dropped connection: calls may be sent again on a new one.
 pub fn lost(detail: &str) -> StoreError {
-  StoreError::new(
-    ErrorCode::Unavailable,
-    format!("connection to Redis lost: {detail}"),
-  )
+  StoreError {
+    may_have_run: true,
+    ..StoreError::new(
+      ErrorCode::Unavailable,
+      format!("connection to Redis lost: {detail}"),
+    )
+  }
 }
 
 #[cfg(test)]

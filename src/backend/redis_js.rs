@@ -120,6 +120,7 @@ struct Handshaking {
 enum Method {
   Connect,
   Ready,
+  Write,
   Soon,
   Drop,
   Arm,
@@ -128,8 +129,8 @@ enum Method {
   Shutdown,
 }
 
-const METHODS: [&str; 8] = [
-  "connect", "ready", "soon", "drop", "arm", "hold", "backoff", "shutdown",
+const METHODS: [&str; 9] = [
+  "connect", "ready", "write", "soon", "drop", "arm", "hold", "backoff", "shutdown",
 ];
 
 /// What settles a call, and what it does with its replies.
@@ -236,8 +237,24 @@ impl JsRedis {
     state
       .core
       .push(waiter, batch, Instant::now() + driver.command_timeout);
-    // Written (and the deadline timer set) in a microtask, with the other calls of this tick.
-    state.write_soon();
+    match state.connection {
+      // Alone in flight on plain TCP: written now (at 1 in flight, no microtask and one
+      // JS call less). Should the write fail, the bytes wait for the microtask's.
+      Connection::Open { tls: None } if state.core.len() == 1 && !state.write_queued => {
+        let bytes = state.core.take_unsent(Vec::new());
+        let written = js_buffer(env, &bytes).and_then(|buffer| {
+          let function = state.transport[Method::Write as usize];
+          call_function(env, function, &[buffer])
+        });
+        if written.is_err() {
+          *state.core.unsent() = bytes;
+          state.write_soon();
+        }
+        state.sync_timer();
+      }
+      // Written (and the deadline timer set) in a microtask, with the other calls of this tick.
+      _ => state.write_soon(),
+    }
     if let Connection::Idle = state.connection {
       state.begin_connect();
       drop(state);
@@ -343,11 +360,16 @@ impl Driver {
       Ok(()) => Vec::new(),
       Err(err) => state.connect_failed(err),
     };
-    state.after_event();
+    let reconnect = state.after_event();
     // Not a transport event: no `idle` follows (a rare path: the timer is set at once).
     state.sync_timer();
     drop(state);
     settle_now(env, settled);
+    // Calls still wait and no backoff could be set: a new attempt (a call never sent is
+    // rejected when an attempt fails, so this does not go on without calls resent).
+    if reconnect {
+      self.find_server();
+    }
   }
 
   /// An event of the transport, on the JS thread; returns the bytes to write to the
@@ -470,7 +492,8 @@ impl State {
     let (handshake, bytes) = Handshake::start(&connect::login_of(&driver.target));
     socket.login = Some(handshake);
     let out = seal(socket.tls.as_deref_mut(), &bytes)?;
-    self.send(&out)
+    self.send(&out);
+    Ok(())
   }
 
   /// Bytes that came while connecting: the TLS handshake's, then the login's replies.
@@ -507,9 +530,7 @@ impl State {
         }
       }
     }
-    if !out.is_empty() {
-      self.send(&out)?;
-    }
+    self.send(&out);
     if ready {
       self.ready()?;
     }
@@ -518,6 +539,7 @@ impl State {
 
   /// The login passed: calls may go out.
   fn ready(&mut self) -> StoreResult<()> {
+    self.call(Method::Ready, &[])?;
     let Connection::Connecting {
       socket: Some(socket),
       ..
@@ -525,7 +547,6 @@ impl State {
     else {
       return Ok(());
     };
-    self.call(Method::Ready, &[])?;
     // A Sentinel store's server is the master the sentinels named.
     let address = match &self.events.server().server_address {
       None => socket.address.clone(),
@@ -554,9 +575,8 @@ impl State {
   /// The socket failed or closed: a connect attempt failed, or an open connection dropped.
   fn socket_failed(&mut self, driver: &Rc<Driver>, message: &str) -> Vec<Settlement> {
     match &self.connection {
-      Connection::Connecting { socket, .. } => {
+      Connection::Connecting { .. } => {
         // The runtime's message names the address (`connect ECONNREFUSED host:port`).
-        let _ = socket;
         let err = peer(&driver.target).unavailable(message);
         self.connect_failed(err)
       }
@@ -595,9 +615,7 @@ impl State {
         let mut out = Vec::new();
         read_tls(tls, bytes, self.core.received())?;
         drain_tls(tls, &mut out);
-        if !out.is_empty() {
-          self.send(&out)?;
-        }
+        self.send(&out);
       }
       None => self.core.received().extend_from_slice(bytes),
     }
@@ -657,22 +675,25 @@ impl State {
     if self.core.unsent().is_empty() {
       return Ok(());
     }
-    let out = match tls.as_deref_mut() {
+    match tls.as_deref_mut() {
       Some(tls) => {
-        let out = seal(Some(tls), self.core.unsent())?;
+        let sealed = seal(Some(tls), self.core.unsent())?;
         self.core.unsent().clear();
-        out
+        self.send(&sealed);
       }
-      None => self.core.take_unsent(Vec::new()),
-    };
-    self.send(&out)
+      None if self.out.is_empty() => self.out = self.core.take_unsent(Vec::new()),
+      None => {
+        let bytes = self.core.take_unsent(Vec::new());
+        self.send(&bytes);
+      }
+    }
+    Ok(())
   }
 
   /// Bytes for the socket: they go back to the transport as the answer of the event
   /// being handled (every write happens during one), in one buffer.
-  fn send(&mut self, bytes: &[u8]) -> StoreResult<()> {
+  fn send(&mut self, bytes: &[u8]) {
     self.out.extend_from_slice(bytes);
-    Ok(())
   }
 
   /// After the connection dropped: calls with retries left are kept for a new

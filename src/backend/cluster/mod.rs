@@ -411,7 +411,7 @@ impl Inner {
       }
       // The node's connection failed, or the call timed out. A part that may have run
       // (lost in flight, timed out) goes again only if its batch says it may.
-      let may_have_run = err.code == ErrorCode::Timeout || is_lost(&err);
+      let may_have_run = err.code == ErrorCode::Timeout || err.may_have_run;
       if (may_have_run && !part.batch.may_resend()) || !budget.spend() {
         return Err(err);
       }
@@ -604,9 +604,4 @@ impl Inner {
       format!("cannot connect to {}: {}", self.target.display, err.message),
     )
   }
-}
-
-/// A connection lost with calls in flight (`redis_core::lost`): they may have run.
-fn is_lost(err: &StoreError) -> bool {
-  err.message.starts_with("connection to Redis lost")
 }
