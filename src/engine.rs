@@ -144,8 +144,8 @@ pub enum Engine {
   /// Redis over a socket of the JS runtime (`node:net`): Bun, Deno, and Node.js where
   /// the event-loop driver cannot run (`redis_js.rs`).
   JsSocket(JsRedis),
-  /// A backend on tokio threads ([`AsyncBackend`]): Redis (unix sockets, Bun, Deno,
-  /// non-Unix platforms, or by choice) and Redis Cluster.
+  /// A backend on tokio threads ([`AsyncBackend`]): Redis (unix sockets, a runtime
+  /// without `node:net`, or by choice), Redis Cluster and Postgres.
   Tokio(Arc<dyn AsyncBackend>),
   /// SQLite or memory: calls of a tick grouped in one transaction, on the JS thread when
   /// that cannot block, else the store's thread (`embedded_call`).
