@@ -2,17 +2,53 @@
 //! when the store is created, from PEM text or files. Bad certificates or keys are
 //! `INVALID_INPUT` at once; handshake failures are `TLS` when connecting.
 
+use std::io::Read;
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use napi_derive::napi;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+  ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 
 use crate::error::{StoreError, StoreResult};
+
+/// Why a TLS session's records gave no plaintext.
+pub enum RecordFailure {
+  /// The session failed (a bad record, an alert, a certificate refused in the handshake).
+  Session(rustls::Error),
+  /// The server closed the session.
+  Closed,
+  Io(String),
+}
+
+/// Processes the records `read_tls` gave `tls` and appends the plaintext they carried to
+/// `plain`. Shared by the drivers that run TLS on a socket of their own (`socket.rs` and
+/// the JS runtime's socket, `redis_js.rs`).
+pub fn take_plaintext(
+  tls: &mut ClientConnection,
+  plain: &mut BytesMut,
+) -> Result<(), RecordFailure> {
+  let state = tls.process_new_packets().map_err(RecordFailure::Session)?;
+  let available = state.plaintext_bytes_to_read();
+  if available > 0 {
+    let start = plain.len();
+    plain.resize(start + available, 0);
+    tls
+      .reader()
+      .read_exact(&mut plain[start..])
+      .map_err(|err| RecordFailure::Io(err.to_string()))?;
+  }
+  if state.peer_has_closed() {
+    return Err(RecordFailure::Closed);
+  }
+  Ok(())
+}
 
 /// TLS options of a Redis store. Each PEM value is the PEM text itself or a file path.
 #[napi(object, object_to_js = false)]

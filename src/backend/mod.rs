@@ -8,6 +8,7 @@ mod connect;
 mod embedded;
 mod postgres;
 mod redis;
+mod redis_calls;
 mod redis_codec;
 mod redis_core;
 mod redis_js;

@@ -349,6 +349,19 @@ fn is_readonly(value: &Value) -> bool {
   matches!(value, Value::ServerError(err) if err.code() == "READONLY")
 }
 
+/// A TLS session that failed on an open connection: `TLS` when the session itself did,
+/// else a dropped connection.
+pub fn tls_lost(err: crate::tls::RecordFailure) -> StoreError {
+  use crate::tls::RecordFailure;
+  match err {
+    RecordFailure::Session(err) => {
+      StoreError::new(ErrorCode::Tls, format!("TLS session failed: {err}"))
+    }
+    RecordFailure::Closed => lost("the server closed the TLS session"),
+    RecordFailure::Io(err) => lost(&err),
+  }
+}
+
 /// A dropped connection: calls may be sent again on a new one.
 pub fn lost(detail: &str) -> StoreError {
   StoreError {

@@ -15,7 +15,7 @@
 //! timers) to one callback per driver; every decision is made here.
 
 use std::cell::{Cell, RefCell};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::raw::c_void;
 use std::ptr;
 use std::rc::{Rc, Weak};
@@ -27,16 +27,16 @@ use napi::{sys, Env};
 use rustls::ClientConnection;
 
 use super::connect::{self, Handshake, Peer, Progress};
-use super::redis_core::{lost, Core, Outcome};
+use super::redis_calls::{self, settle_now, Settlement, Waiter};
+use super::redis_core::{lost, tls_lost, Core};
 use super::resp::ReplyDecoder;
-use super::retry;
-use crate::command::{Batch, Finish, Step};
+use crate::command::{Batch, Finish};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::events::{ConnectionEvents, ServerInfo};
-use crate::js_promise::{self, check, Deferred};
+use crate::js_promise::{check, Deferred};
 use crate::options::RetrySettings;
-use crate::output::Output;
 use crate::redis_target::RedisTarget;
+use crate::tls::{take_plaintext, RecordFailure};
 
 thread_local! {
   /// This JS thread's transport factory (`setRedisTransport`, called by `index.js`).
@@ -133,15 +133,6 @@ const METHODS: [&str; 9] = [
   "connect", "ready", "write", "soon", "drop", "arm", "hold", "backoff", "shutdown",
 ];
 
-/// What settles a call, and what it does with its replies.
-struct Waiter {
-  what: &'static str,
-  deferred: Deferred,
-  finish: Finish,
-}
-
-type Settlement = (Deferred, StoreResult<Output>);
-
 /// An event of the transport (`transport.js` passes the name).
 enum Event<'a> {
   Connect,
@@ -201,11 +192,9 @@ impl JsRedis {
     finish: Finish,
   ) -> napi::Result<sys::napi_value> {
     let raw = env.raw();
-    let (deferred, promise) = js_promise::create(raw)?;
-    if let Err(err) = self.enqueue(raw, what, batch, deferred, finish) {
-      js_promise::settle(raw, deferred, Err(err));
-    }
-    Ok(promise)
+    redis_calls::promise(raw, |deferred| {
+      self.enqueue(raw, what, batch, deferred, finish)
+    })
   }
 
   /// Stops taking calls; the connection closes once the calls in flight are settled.
@@ -234,9 +223,7 @@ impl JsRedis {
       deferred,
       finish,
     };
-    state
-      .core
-      .push(waiter, batch, Instant::now() + driver.command_timeout);
+    state.core.push_call(waiter, batch, driver.command_timeout);
     match state.connection {
       // Alone in flight on plain TCP: written now (at 1 in flight, no microtask and one
       // JS call less). Should the write fail, the bytes wait for the microtask's.
@@ -386,7 +373,7 @@ impl Driver {
       Event::Timer => {
         state.timer = None;
         let timeout_ms = self.command_timeout.as_millis() as u64;
-        settled = state.expire(Instant::now(), timeout_ms);
+        settled = state.core.expire_calls(Instant::now(), timeout_ms);
       }
       Event::Backoff => {
         if matches!(state.connection, Connection::Backoff) {
@@ -589,14 +576,14 @@ impl State {
   /// backoff delay (`Core::on_connect_failed`).
   fn connect_failed(&mut self, err: StoreError) -> Vec<Settlement> {
     self.drop_connection();
-    let (rejected, backoff) = self.core.on_connect_failed(&err, retry::jitter());
+    let (rejected, backoff) = self.core.connect_failed(&err);
     if let Some(delay) = backoff {
       let args = [js_number(self.env, delay.as_millis() as f64)];
       if self.call(Method::Backoff, &args).is_ok() {
         self.connection = Connection::Backoff;
       }
     }
-    rejected_with(rejected, &err)
+    rejected
   }
 
   /// Reply bytes on the open connection: the calls they complete are settled (or their
@@ -613,51 +600,15 @@ impl State {
     match tls.as_deref_mut() {
       Some(tls) => {
         let mut out = Vec::new();
-        read_tls(tls, bytes, self.core.received())?;
+        open_tls(tls, bytes, self.core.received()).map_err(tls_lost)?;
         drain_tls(tls, &mut out);
         self.send(&out);
       }
       None => self.core.received().extend_from_slice(bytes),
     }
-    let mut done = Vec::new();
-    let read = self.core.take_replies(&mut done);
-    for outcome in done {
-      if let Some(settlement) = self.next_step(outcome, timeout) {
-        settled.push(settlement);
-      }
-    }
-    read?;
+    self.core.settle_replies(timeout, settled)?;
     // Calls that continue go out now; calls their settlements make, in a microtask.
     self.write_unsent()
-  }
-
-  /// A call whose replies are in: settled, or its next batch queued.
-  fn next_step(
-    &mut self,
-    (waiter, replies): Outcome<Waiter>,
-    timeout: Duration,
-  ) -> Option<Settlement> {
-    let Waiter {
-      what,
-      deferred,
-      finish,
-    } = waiter;
-    let replies = match replies {
-      Ok(replies) => replies,
-      Err(err) => return Some((deferred, Err(err))),
-    };
-    match finish(replies) {
-      Step::Done(result) => Some((deferred, result)),
-      Step::Then(batch, finish) => {
-        let waiter = Waiter {
-          what,
-          deferred,
-          finish,
-        };
-        self.core.push(waiter, batch, Instant::now() + timeout);
-        None
-      }
-    }
   }
 
   /// Asks the transport to call back with `write` once the calls of this tick are in.
@@ -704,8 +655,7 @@ impl State {
       self.events.dropped(&err);
     }
     self.drop_connection();
-    let rejected = self.core.on_drop(&err);
-    rejected_with(rejected, &err)
+    self.core.drop_calls(&err)
   }
 
   fn drop_connection(&mut self) {
@@ -723,18 +673,6 @@ impl State {
     }
     self.connection = Connection::Idle;
     self.attempt = self.attempt.wrapping_add(1);
-  }
-
-  /// Rejects the calls whose time is up. Their replies, if they come, are skipped.
-  fn expire(&mut self, now: Instant, timeout_ms: u64) -> Vec<Settlement> {
-    let expired = self.core.expire(now);
-    expired
-      .into_iter()
-      .map(|waiter| {
-        let err = StoreError::timeout(waiter.what, timeout_ms);
-        (waiter.deferred, Err(err))
-      })
-      .collect()
   }
 
   /// What every event ends with: the deadline timer kept in step, a reconnect started
@@ -851,69 +789,27 @@ fn drain_tls(tls: &mut ClientConnection, out: &mut Vec<u8>) {
   }
 }
 
-/// Socket bytes on an open TLS connection: their plaintext appended to `plain`.
-fn read_tls(tls: &mut ClientConnection, bytes: &[u8], plain: &mut BytesMut) -> StoreResult<()> {
-  open_tls(tls, bytes, plain).map_err(|err| match err {
-    TlsFailure::Session(err) => {
-      StoreError::new(ErrorCode::Tls, format!("TLS session failed: {err}"))
-    }
-    TlsFailure::Closed => lost("the server closed the TLS session"),
-    TlsFailure::Io(err) => lost(&err),
-  })
-}
-
-enum TlsFailure {
-  Session(rustls::Error),
-  Closed,
-  Io(String),
-}
-
+/// Socket bytes of a TLS session: their plaintext appended to `plain`.
 fn open_tls(
   tls: &mut ClientConnection,
   mut bytes: &[u8],
   plain: &mut BytesMut,
-) -> Result<(), TlsFailure> {
+) -> Result<(), RecordFailure> {
   while !bytes.is_empty() {
     tls
       .read_tls(&mut bytes)
-      .map_err(|err| TlsFailure::Io(err.to_string()))?;
-    let state = tls.process_new_packets().map_err(TlsFailure::Session)?;
-    let available = state.plaintext_bytes_to_read();
-    if available > 0 {
-      let start = plain.len();
-      plain.resize(start + available, 0);
-      tls
-        .reader()
-        .read_exact(&mut plain[start..])
-        .map_err(|err| TlsFailure::Io(err.to_string()))?;
-    }
-    if state.peer_has_closed() {
-      return Err(TlsFailure::Closed);
-    }
+      .map_err(|err| RecordFailure::Io(err.to_string()))?;
+    take_plaintext(tls, plain)?;
   }
   Ok(())
 }
 
-fn login_tls_error(peer: Peer<'_>, err: &TlsFailure) -> StoreError {
+fn login_tls_error(peer: Peer<'_>, err: &RecordFailure) -> StoreError {
   match (err, peer.tls) {
-    (TlsFailure::Session(err), Some(tls)) => peer.tls_failed(&tls.explain(err)),
-    (TlsFailure::Session(err), None) => peer.tls_failed(&err.to_string()),
-    (TlsFailure::Closed, _) => peer.unavailable("the server closed the TLS session"),
-    (TlsFailure::Io(detail), _) => peer.unavailable(detail),
-  }
-}
-
-/// Rejects each of `waiters` with `err`.
-fn rejected_with(waiters: Vec<Waiter>, err: &StoreError) -> Vec<Settlement> {
-  waiters
-    .into_iter()
-    .map(|waiter| (waiter.deferred, Err(err.clone())))
-    .collect()
-}
-
-fn settle_now(env: sys::napi_env, settled: Vec<Settlement>) {
-  for (deferred, result) in settled {
-    js_promise::settle(env, deferred, result);
+    (RecordFailure::Session(err), Some(tls)) => peer.tls_failed(&tls.explain(err)),
+    (RecordFailure::Session(err), None) => peer.tls_failed(&err.to_string()),
+    (RecordFailure::Closed, _) => peer.unavailable("the server closed the TLS session"),
+    (RecordFailure::Io(detail), _) => peer.unavailable(detail),
   }
 }
 

@@ -16,15 +16,14 @@ use std::time::{Duration, Instant};
 use napi::{sys, Env};
 
 use super::connect::open;
-use super::redis_core::{lost, Core, Outcome};
-use super::retry;
+use super::redis_calls::{self, settle_now, Settlement, Waiter};
+use super::redis_core::{lost, Core};
 use super::socket::Socket;
-use crate::command::{Batch, Finish, Step};
+use crate::command::{Batch, Finish};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::events::{ConnectionEvents, ServerInfo};
 use crate::js_promise::{self, AsyncContext, Deferred};
 use crate::options::RetrySettings;
-use crate::output::Output;
 use crate::redis_target::RedisTarget;
 use crate::uv;
 
@@ -73,15 +72,6 @@ enum Connection {
   },
 }
 
-/// What settles a call, and what it does with its replies.
-struct Waiter {
-  what: &'static str,
-  deferred: Deferred,
-  finish: Finish,
-}
-
-type Settlement = (Deferred, StoreResult<Output>);
-
 impl LoopRedis {
   /// A driver that connects to `target` on first use.
   pub fn new(
@@ -129,12 +119,9 @@ impl LoopRedis {
     batch: Batch,
     finish: Finish,
   ) -> napi::Result<sys::napi_value> {
-    let raw_env = env.raw();
-    let (deferred, promise) = js_promise::create(raw_env)?;
-    if let Err(err) = self.enqueue(env, what, batch, deferred, finish) {
-      js_promise::settle(raw_env, deferred, Err(err));
-    }
-    Ok(promise)
+    redis_calls::promise(env.raw(), |deferred| {
+      self.enqueue(env, what, batch, deferred, finish)
+    })
   }
 
   /// Stops taking calls; the connection closes once the calls in flight are settled.
@@ -163,9 +150,7 @@ impl LoopRedis {
       deferred,
       finish,
     };
-    state
-      .core
-      .push(waiter, batch, Instant::now() + driver.command_timeout);
+    state.core.push_call(waiter, batch, driver.command_timeout);
     state.arm_timer();
     match state.connection {
       Connection::Idle => {
@@ -234,11 +219,11 @@ impl Driver {
       Ok(()) => Vec::new(),
       Err(err) => {
         state.connection = Connection::Idle;
-        let (rejected, backoff) = state.core.on_connect_failed(&err, retry::jitter());
+        let (rejected, backoff) = state.core.connect_failed(&err);
         if let Some(delay) = backoff {
           state.wait_to_reconnect(self, delay);
         }
-        rejected_with(rejected, &err)
+        rejected
       }
     };
     state.finish_if_closed();
@@ -289,7 +274,7 @@ impl Driver {
     let env = state.env;
     let context = state.context.as_ref().map(AsyncContext::raw);
     let timeout_ms = self.command_timeout.as_millis() as u64;
-    let settled = state.expire(Instant::now(), timeout_ms);
+    let settled = state.core.expire_calls(Instant::now(), timeout_ms);
     state.finish_if_closed();
     state.arm_timer();
     drop(state);
@@ -415,7 +400,7 @@ impl State {
       return Ok(());
     }
     self.read_available()?;
-    self.dispatch_replies(timeout, settled)
+    self.core.settle_replies(timeout, settled)
   }
 
   fn read_available(&mut self) -> StoreResult<()> {
@@ -426,52 +411,6 @@ impl State {
       self.flush()?;
     }
     Ok(())
-  }
-
-  /// Settles the calls whose replies are all in; a call that continues queues its next
-  /// batch, written with the next write.
-  fn dispatch_replies(
-    &mut self,
-    timeout: Duration,
-    settled: &mut Vec<Settlement>,
-  ) -> StoreResult<()> {
-    let mut done = Vec::new();
-    let read = self.core.take_replies(&mut done);
-    for outcome in done {
-      if let Some(settlement) = self.next_step(outcome, timeout) {
-        settled.push(settlement);
-      }
-    }
-    read
-  }
-
-  /// A call whose replies are in: settled, or its next batch queued.
-  fn next_step(
-    &mut self,
-    (waiter, replies): Outcome<Waiter>,
-    timeout: Duration,
-  ) -> Option<Settlement> {
-    let Waiter {
-      what,
-      deferred,
-      finish,
-    } = waiter;
-    let replies = match replies {
-      Ok(replies) => replies,
-      Err(err) => return Some((deferred, Err(err))),
-    };
-    match finish(replies) {
-      Step::Done(result) => Some((deferred, result)),
-      Step::Then(batch, finish) => {
-        let waiter = Waiter {
-          what,
-          deferred,
-          finish,
-        };
-        self.core.push(waiter, batch, Instant::now() + timeout);
-        None
-      }
-    }
   }
 
   /// Marks a connect attempt under way; returns its number.
@@ -489,8 +428,7 @@ impl State {
       self.events.dropped(&err);
     }
     self.drop_connection();
-    let rejected = self.core.on_drop(&err);
-    rejected_with(rejected, &err)
+    self.core.drop_calls(&err)
   }
 
   fn wait_to_reconnect(&mut self, driver: &Rc<Driver>, delay: Duration) {
@@ -522,18 +460,6 @@ impl State {
     {
       close_handle(poll);
     }
-  }
-
-  /// Rejects the calls whose time is up. Their replies, if they come, are skipped.
-  fn expire(&mut self, now: Instant, timeout_ms: u64) -> Vec<Settlement> {
-    let expired = self.core.expire(now);
-    expired
-      .into_iter()
-      .map(|waiter| {
-        let err = StoreError::timeout(waiter.what, timeout_ms);
-        (waiter.deferred, Err(err))
-      })
-      .collect()
   }
 
   /// Keeps the timer set to the next deadline of a call still waiting; stopped (and
@@ -600,20 +526,6 @@ impl State {
         drop(Weak::from_raw(hook as *const Driver));
       }
     }
-  }
-}
-
-/// Rejects each of `waiters` with `err`.
-fn rejected_with(waiters: Vec<Waiter>, err: &StoreError) -> Vec<Settlement> {
-  waiters
-    .into_iter()
-    .map(|waiter| (waiter.deferred, Err(err.clone())))
-    .collect()
-}
-
-fn settle_now(env: sys::napi_env, settled: Vec<Settlement>) {
-  for (deferred, result) in settled {
-    js_promise::settle(env, deferred, result);
   }
 }
 

@@ -9,8 +9,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use bytes::BytesMut;
 use rustls::ClientConnection;
 
-use super::redis_core::lost;
-use crate::error::{ErrorCode, StoreError, StoreResult};
+use super::redis_core::{lost, tls_lost};
+use crate::error::StoreResult;
+use crate::tls::take_plaintext;
 
 /// A connected, non-blocking socket.
 pub struct Socket {
@@ -78,21 +79,7 @@ impl Socket {
     loop {
       match tls.read_tls(&mut self.stream) {
         Ok(0) => return Err(lost("the server closed the connection")),
-        Ok(_) => {
-          let state = tls.process_new_packets().map_err(tls_error)?;
-          let available = state.plaintext_bytes_to_read();
-          if available > 0 {
-            let start = received.len();
-            received.resize(start + available, 0);
-            tls
-              .reader()
-              .read_exact(&mut received[start..])
-              .map_err(|e| lost(&e.to_string()))?;
-          }
-          if state.peer_has_closed() {
-            return Err(lost("the server closed the TLS session"));
-          }
-        }
+        Ok(_) => take_plaintext(tls, received).map_err(tls_lost)?,
         Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(tls.wants_write()),
         Err(err) if err.kind() == ErrorKind::Interrupted => {}
         Err(err) => return Err(lost(&err.to_string())),
@@ -137,8 +124,4 @@ fn read_plain(stream: &mut TcpStream, received: &mut BytesMut) -> StoreResult<()
       Err(err) => return Err(lost(&err.to_string())),
     }
   }
-}
-
-fn tls_error(err: rustls::Error) -> StoreError {
-  StoreError::new(ErrorCode::Tls, format!("TLS session failed: {err}"))
 }
