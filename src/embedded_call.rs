@@ -73,12 +73,15 @@ pub fn submit(env: &Env, call: Call) {
   }
 }
 
-/// The JS functions a group is scheduled with, made once per JS thread (per env):
-/// `queueMicrotask` and the function that runs the group.
+/// The JS values a group is scheduled with, made once per JS thread (per env): a
+/// resolved promise, its `then`, and the function that runs the group. A reaction of a
+/// resolved promise is a microtask, as `queueMicrotask`'s callback is, without the async
+/// resource Node.js makes for each `queueMicrotask` (measured: 0.07 µs against 0.25 µs).
 #[derive(Clone, Copy)]
 struct Scheduler {
   env: sys::napi_env,
-  queue_microtask: sys::napi_ref,
+  resolved: sys::napi_ref,
+  then: sys::napi_ref,
   flush: sys::napi_ref,
 }
 
@@ -98,25 +101,14 @@ fn schedule(env: &Env) -> napi::Result<()> {
     }
   };
   unsafe {
-    let mut queue = ptr::null_mut();
-    check(sys::napi_get_reference_value(
-      raw,
-      scheduler.queue_microtask,
-      &mut queue,
-    ))?;
-    let mut flush = ptr::null_mut();
-    check(sys::napi_get_reference_value(
-      raw,
-      scheduler.flush,
-      &mut flush,
-    ))?;
-    let mut global = ptr::null_mut();
-    check(sys::napi_get_global(raw, &mut global))?;
+    let resolved = value_of(raw, scheduler.resolved)?;
+    let then = value_of(raw, scheduler.then)?;
+    let flush = value_of(raw, scheduler.flush)?;
     let mut result = ptr::null_mut();
     check(sys::napi_call_function(
       raw,
-      global,
-      queue,
+      resolved,
+      then,
       1,
       &flush,
       &mut result,
@@ -124,18 +116,49 @@ fn schedule(env: &Env) -> napi::Result<()> {
   }
 }
 
+unsafe fn value_of(env: sys::napi_env, reference: sys::napi_ref) -> napi::Result<sys::napi_value> {
+  let mut value = ptr::null_mut();
+  check(sys::napi_get_reference_value(env, reference, &mut value))?;
+  Ok(value)
+}
+
+unsafe fn property(
+  env: sys::napi_env,
+  object: sys::napi_value,
+  name: &std::ffi::CStr,
+) -> napi::Result<sys::napi_value> {
+  let mut value = ptr::null_mut();
+  check(sys::napi_get_named_property(
+    env,
+    object,
+    name.as_ptr(),
+    &mut value,
+  ))?;
+  Ok(value)
+}
+
+unsafe fn reference(env: sys::napi_env, value: sys::napi_value) -> napi::Result<sys::napi_ref> {
+  let mut reference = ptr::null_mut();
+  check(sys::napi_create_reference(env, value, 1, &mut reference))?;
+  Ok(reference)
+}
+
 fn make_scheduler(env: sys::napi_env) -> napi::Result<Scheduler> {
   unsafe {
     let mut global = ptr::null_mut();
     check(sys::napi_get_global(env, &mut global))?;
-    let mut queue = ptr::null_mut();
-    let name = c"queueMicrotask";
-    check(sys::napi_get_named_property(
+    let promise = property(env, global, c"Promise")?;
+    let resolve = property(env, promise, c"resolve")?;
+    let mut resolved = ptr::null_mut();
+    check(sys::napi_call_function(
       env,
-      global,
-      name.as_ptr(),
-      &mut queue,
+      promise,
+      resolve,
+      0,
+      ptr::null(),
+      &mut resolved,
     ))?;
+    let then = property(env, resolved, c"then")?;
     let mut flush = ptr::null_mut();
     let flush_name = c"durastateFlush";
     check(sys::napi_create_function(
@@ -146,19 +169,11 @@ fn make_scheduler(env: sys::napi_env) -> napi::Result<Scheduler> {
       ptr::null_mut(),
       &mut flush,
     ))?;
-    let mut queue_microtask = ptr::null_mut();
-    check(sys::napi_create_reference(
-      env,
-      queue,
-      1,
-      &mut queue_microtask,
-    ))?;
-    let mut flush_ref = ptr::null_mut();
-    check(sys::napi_create_reference(env, flush, 1, &mut flush_ref))?;
     Ok(Scheduler {
       env,
-      queue_microtask,
-      flush: flush_ref,
+      resolved: reference(env, resolved)?,
+      then: reference(env, then)?,
+      flush: reference(env, flush)?,
     })
   }
 }
