@@ -10,6 +10,11 @@
 const net = require('node:net')
 const timers = require('node:timers')
 
+// A store collected without `close()` while no call waits lets its transport go (the
+// native driver deletes its references; no JS may run from its finalizer): the socket
+// and the timers are closed here once the transport object is collected.
+const abandoned = new FinalizationRegistry((shutdown) => shutdown())
+
 /** One driver's transport; `emit` is the driver's native event callback. */
 function createTransport(emit) {
   let socket = null
@@ -50,8 +55,15 @@ function createTransport(emit) {
       socket = null
     }
   }
-  // Functions, not methods: the driver calls them without `this`.
-  return {
+  const shutdown = () => {
+    drop()
+    for (const timer of [deadline, backoff]) if (timer !== null) timers.clearTimeout(timer)
+    deadline = null
+    backoff = null
+  }
+  // Functions, not methods: the driver calls them without `this`. The object is held by
+  // the driver only.
+  const transport = {
     /** Opens a socket to host:port for connect attempt `tag`; gives up after `ms`. */
     connect(host, port, ms, tag) {
       drop()
@@ -132,13 +144,10 @@ function createTransport(emit) {
       backoff.unref()
     },
     /** The driver is done: the socket and the timers go. */
-    shutdown() {
-      drop()
-      for (const timer of [deadline, backoff]) if (timer !== null) timers.clearTimeout(timer)
-      deadline = null
-      backoff = null
-    },
+    shutdown,
   }
+  abandoned.register(transport, shutdown)
+  return transport
 }
 
 module.exports = { createTransport }

@@ -10,9 +10,11 @@ import { after, before, describe, it } from 'node:test'
 import { Worker } from 'node:worker_threads'
 import { createMemoryStore } from '../index.js'
 import { runChild, packageIndex, packageRoot } from './helpers/child.mjs'
-import { testRedis } from './helpers/redis-server.mjs'
+import { startRedisServer, testRedis } from './helpers/redis-server.mjs'
+import { runtime } from './helpers/runtime.mjs'
 
-const binding = createRequire(import.meta.url)(join(packageRoot, 'binding.js'))
+const require = createRequire(import.meta.url)
+const binding = require(join(packageRoot, 'binding.js'))
 
 describe('process behaviour', () => {
   let redis
@@ -126,6 +128,72 @@ describe('process behaviour', () => {
     assert.ok(first[0] === 'answered' || first[0] === first[1], first[0])
     assert.match(later, /^DISPOSED: /)
   })
+
+  // A store the program no longer references can be collected while its calls wait:
+  // they must still settle, and their writes land. A store collected idle must not keep
+  // its connection open. Every Redis driver this runtime has.
+  const drivers = runtime === 'node' ? ['default', 'socket', 'threads'] : ['default', 'threads']
+  for (const driver of drivers) {
+    it(`settles the calls of a Redis store collected while they wait, and closes the connections of stores collected idle (${driver} driver)`, async () => {
+      const server = await startRedisServer()
+      try {
+        const { code, signal, stdout, stderr, ms } = await runChild(
+          `
+          const Redis = require(${JSON.stringify(require.resolve('ioredis'))});
+          const url = ${JSON.stringify(server.url)};
+          // Bun: Bun.gc; Deno: DENO_V8_FLAGS=--expose-gc; Node.js: the flag set at run time.
+          const collect = globalThis.Bun ? () => Bun.gc(true) : typeof globalThis.gc === 'function' ? globalThis.gc
+            : (require('node:v8').setFlagsFromString('--expose-gc'), require('node:vm').runInNewContext('gc'));
+          const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+          const admin = new Redis(url);
+          const clients = async () => (await admin.client('LIST')).trim().split('\\n').length - 1;
+          const orphanCall = () => {
+            const store = ds.createRedisStore(url, { prefix: 'orphan:', commandTimeout: 5000 });
+            return store.commitExecutionTaskResult('e', 't', { v: 1 });
+          };
+          const idleStore = async (i) => {
+            const store = ds.createRedisStore(url, { prefix: 'idle:' });
+            await store.isExecutionInProgress('e' + i);
+          };
+          (async () => {
+            // The server holds every reply for 500 ms: the store is collected mid-call.
+            await admin.client('PAUSE', 500, 'ALL');
+            const call = orphanCall().then(() => 'settled', (err) => err.code);
+            collect();
+            let timer;
+            const late = new Promise((resolve) => { timer = setTimeout(resolve, 4000, 'unsettled after 4 s') });
+            const outcome = await Promise.race([call, late]);
+            clearTimeout(timer);
+            const before = await clients();
+            for (let i = 0; i < 5; i++) await idleStore(i);
+            const connected = await clients();
+            for (let i = 0; i < 5; i++) { collect(); await pause(100); }
+            const after = await clients();
+            const check = ds.createRedisStore(url, { prefix: 'orphan:' });
+            const stored = await check.getExecutionTaskResult('e', 't');
+            await check.close();
+            admin.disconnect();
+            process.stdout.write(JSON.stringify({ outcome, stored, before, connected, after }));
+          })().catch((e) => { console.error(e); process.exit(1) });
+        `,
+          {
+            env: { DURASTATE_REDIS_DRIVER: driver === 'default' ? '' : driver, DENO_V8_FLAGS: '--expose-gc' },
+            timeoutMs: 20_000,
+          },
+        )
+        assert.equal(signal, null, `killed after ${ms} ms: a call hung or the process did not exit`)
+        assert.equal(code, 0, stderr)
+        const { outcome, stored, before, connected, after } = JSON.parse(stdout)
+        assert.equal(outcome, 'settled')
+        assert.deepEqual(stored, { v: 1 })
+        assert.equal(connected, before + 5, 'five stores connected')
+        // A conservative collector may keep the last store found on the stack.
+        assert.ok(after <= before + 1, `${after - before} connections of collected stores left open`)
+      } finally {
+        await server.stop()
+      }
+    })
+  }
 
   it('loads and unloads the addon in worker threads started and stopped repeatedly', async () => {
     const source = `

@@ -70,8 +70,15 @@ struct Driver {
 
 struct State {
   env: sys::napi_env,
-  /// The JS transport's functions (`transport.js`, [`Method`]), made on first use.
+  /// The JS transport (`transport.js`), made on first use: its functions in [`Method`]
+  /// order, then the transport object itself, which `transport.js` watches: once no
+  /// reference is left, it closes the socket and the timers.
   transport: Vec<sys::napi_ref>,
+  /// The driver itself, from the first call until it shuts down: the store object may
+  /// be collected while calls wait, and they must still settle (and their writes go out).
+  keep: Option<Rc<Driver>>,
+  /// The store object was collected: the driver shuts down once no call waits.
+  orphaned: bool,
   connection: Connection,
   /// The current connect attempt; the transport tags a socket's events with it, so the
   /// events of a socket given up are ignored.
@@ -158,6 +165,8 @@ impl JsRedis {
     let state = State {
       env: ptr::null_mut(),
       transport: Vec::new(),
+      keep: None,
+      orphaned: false,
       connection: Connection::Idle,
       attempt: 0,
       core: Core::new(retry, target.sentinel.is_some()),
@@ -224,6 +233,9 @@ impl JsRedis {
       finish,
     };
     state.core.push_call(waiter, batch, driver.command_timeout);
+    if state.keep.is_none() {
+      state.keep = Some(driver.clone());
+    }
     match state.connection {
       // Alone in flight on plain TCP: written now (at 1 in flight, no microtask and one
       // JS call less). Should the write fail, the bytes wait for the microtask's.
@@ -252,17 +264,26 @@ impl JsRedis {
 }
 
 impl Drop for JsRedis {
-  /// A store collected without `close()`: its calls are dropped and its transport let go
-  /// (its socket, never ref'd, closes with the process). No JS runs from here.
+  /// A store collected without `close()`. Calls still waiting go on as before (resent
+  /// after a drop, rejected at their deadline): the driver keeps itself ([`State::keep`])
+  /// and shuts down after the event that settles the last one. Else it lets its
+  /// transport go now, and `transport.js` closes the socket and the timers once the
+  /// transport is collected. No JS runs from here (a finalizer).
   fn drop(&mut self) {
-    if let Ok(mut state) = self.driver.state.try_borrow_mut() {
-      state.close();
-      state.core.clear();
-      state.shut_down = true;
-      for method in std::mem::take(&mut state.transport) {
-        unsafe { sys::napi_delete_reference(state.env, method) };
-      }
+    let Ok(mut state) = self.driver.state.try_borrow_mut() else {
+      return;
+    };
+    state.orphaned = true;
+    if state.core.has_waiters() && !state.shut_down {
+      return;
     }
+    state.close();
+    state.core.clear();
+    state.shut_down = true;
+    state.release_transport();
+    let keep = state.keep.take();
+    drop(state);
+    drop(keep);
   }
 }
 
@@ -730,12 +751,14 @@ impl State {
   }
 
   fn finish_if_closed(&mut self) {
-    if self.closed && !self.core.has_waiters() {
+    if (self.closed || self.orphaned) && !self.core.has_waiters() {
       self.shut_down();
     }
   }
 
-  /// Closes the socket and the timers, and lets the transport go. Idempotent.
+  /// Closes the socket and the timers, and lets the transport go. Idempotent. Runs
+  /// inside an event or a call, whose caller holds the driver: letting [`State::keep`]
+  /// go here never frees it under its own borrow.
   fn shut_down(&mut self) {
     if self.shut_down {
       return;
@@ -743,12 +766,18 @@ impl State {
     self.close();
     if !self.transport.is_empty() {
       let _ = self.call(Method::Shutdown, &[]);
-      for method in std::mem::take(&mut self.transport) {
-        unsafe { sys::napi_delete_reference(self.env, method) };
-      }
+      self.release_transport();
     }
     self.connection = Connection::Idle;
     self.shut_down = true;
+    self.keep = None;
+  }
+
+  /// Deletes the references to the transport's functions and object.
+  fn release_transport(&mut self) {
+    for reference in std::mem::take(&mut self.transport) {
+      unsafe { sys::napi_delete_reference(self.env, reference) };
+    }
   }
 }
 
@@ -821,8 +850,8 @@ fn napi_failed(err: napi::Error) -> StoreError {
   internal(format!("the JS transport failed: {}", err.reason))
 }
 
-/// `factory(emit)`: the driver's transport (its functions, in [`Method`] order), whose
-/// events reach `on_event` through `emit`.
+/// `factory(emit)`: the driver's transport (its functions, in [`Method`] order, then the
+/// object), whose events reach `on_event` through `emit`.
 fn make_transport(
   env: sys::napi_env,
   factory: sys::napi_ref,
@@ -871,6 +900,9 @@ fn make_transport(
       check(sys::napi_create_reference(env, function, 1, &mut reference))?;
       methods.push(reference);
     }
+    let mut object = ptr::null_mut();
+    check(sys::napi_create_reference(env, transport, 1, &mut object))?;
+    methods.push(object);
     Ok(methods)
   }
 }
