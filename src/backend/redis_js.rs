@@ -79,6 +79,9 @@ struct State {
   keep: Option<Rc<Driver>>,
   /// The store object was collected: the driver shuts down once no call waits.
   orphaned: bool,
+  /// The env cleanup hook (a `Weak<Driver>`), registered with the transport: a worker
+  /// thread that ends with calls waiting lets the driver go ([`State::keep`]).
+  cleanup_hook: *mut c_void,
   connection: Connection,
   /// The current connect attempt; the transport tags a socket's events with it, so the
   /// events of a socket given up are ignored.
@@ -167,6 +170,7 @@ impl JsRedis {
       transport: Vec::new(),
       keep: None,
       orphaned: false,
+      cleanup_hook: ptr::null_mut(),
       connection: Connection::Idle,
       attempt: 0,
       core: Core::new(retry, target.sentinel.is_some()),
@@ -468,6 +472,9 @@ impl State {
     };
     self.env = owner;
     self.transport = make_transport(env, factory, Rc::downgrade(driver)).map_err(napi_failed)?;
+    let hook = Weak::into_raw(Rc::downgrade(driver)) as *mut c_void;
+    unsafe { sys::napi_add_env_cleanup_hook(env, Some(on_env_cleanup), hook) };
+    self.cleanup_hook = hook;
     Ok(())
   }
 
@@ -766,17 +773,25 @@ impl State {
     self.close();
     if !self.transport.is_empty() {
       let _ = self.call(Method::Shutdown, &[]);
-      self.release_transport();
     }
+    self.release_transport();
     self.connection = Connection::Idle;
     self.shut_down = true;
     self.keep = None;
   }
 
-  /// Deletes the references to the transport's functions and object.
+  /// Deletes the references to the transport's functions and object, and the env
+  /// cleanup hook.
   fn release_transport(&mut self) {
     for reference in std::mem::take(&mut self.transport) {
       unsafe { sys::napi_delete_reference(self.env, reference) };
+    }
+    if !self.cleanup_hook.is_null() {
+      let hook = std::mem::replace(&mut self.cleanup_hook, ptr::null_mut());
+      unsafe {
+        sys::napi_remove_env_cleanup_hook(self.env, Some(on_env_cleanup), hook);
+        drop(Weak::from_raw(hook as *const Driver));
+      }
     }
   }
 }
@@ -905,6 +920,28 @@ fn make_transport(
     methods.push(object);
     Ok(methods)
   }
+}
+
+/// The env goes away (a worker thread ends): its calls are dropped (no JS can run to
+/// settle them) and the driver let go, so the [`State::keep`] cycle does not outlive it.
+unsafe extern "C" fn on_env_cleanup(hook: *mut c_void) {
+  let weak = Weak::from_raw(hook as *const Driver);
+  let Some(driver) = weak.upgrade() else {
+    return;
+  };
+  let Ok(mut state) = driver.state.try_borrow_mut() else {
+    // In use (cannot be, from a cleanup hook): the state keeps the hook to remove.
+    std::mem::forget(weak);
+    return;
+  };
+  state.cleanup_hook = ptr::null_mut();
+  state.close();
+  state.core.clear();
+  state.shut_down = true;
+  state.release_transport();
+  let keep = state.keep.take();
+  drop(state);
+  drop(keep);
 }
 
 unsafe extern "C" fn drop_driver_ref(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
