@@ -128,6 +128,22 @@ describe('SQLite store', () => {
     assert.deepEqual(await store.getExecutionTaskResult('e', 's7'), value)
   })
 
+  it('keeps the WAL bounded under writes that never pause (a checkpoint that cannot catch up makes writers wait once past 16 MB)', async () => {
+    const path = join(dir, 'wal-sustained.db')
+    const store = open(path)
+    const { statSync } = await import('node:fs')
+    const value = 'x'.repeat(1000)
+    let largest = 0
+    // About 3 KB of WAL per commit of a new step: 60 MB without a bound.
+    for (let i = 0; i < 20_000; i++) {
+      await store.commitExecutionTaskResult(`e${i}`, 't', value)
+      if (i % 500 === 0) largest = Math.max(largest, statSync(`${path}-wal`).size)
+    }
+    assert.ok(largest < 32 * 1024 * 1024, `the WAL reached ${(largest / 1048576).toFixed(1)} MB`)
+    assert.equal(await store.getExecutionTaskResult('e19999', 't'), value)
+    await store.close()
+  })
+
   it('rejects with CORRUPT_DATA naming the file when it is not a database, and leaves it alone', async () => {
     const path = join(dir, 'garbage.db')
     const garbage = "this is not a SQLite database, it is somebody's notes\n".repeat(200)

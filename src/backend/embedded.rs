@@ -267,26 +267,56 @@ pub fn spread(answers: StoreResult<Vec<Answer>>, calls: usize) -> Vec<Answer> {
 /// running on the JS thread meanwhile (SQLite lets readers and a writer go on during a
 /// checkpoint). On the calls' connection, every call made during a checkpoint waited
 /// for it.
+///
+/// A passive checkpoint never catches up with writes that never pause: the WAL starts
+/// over only when a writer finds every frame copied, and frames are appended during each
+/// checkpoint's fsync, so the file grew without bound (hundreds of MB in seconds). Once
+/// the WAL holds [`WAL_LIMIT_BYTES`] after a passive checkpoint, a `TRUNCATE` one makes
+/// writers wait for the last frames (calls made meanwhile queue to this thread, which runs
+/// them right after) and empties the file.
 #[derive(Default)]
-struct Checkpointer(Option<Connection>);
+struct Checkpointer {
+  connection: Option<Connection>,
+  page_size: i64,
+}
+
+/// WAL size after which a checkpoint makes writers wait to start the WAL over.
+const WAL_LIMIT_BYTES: i64 = 16 << 20;
 
 impl Checkpointer {
-  /// A passive checkpoint: copies what it can without waiting for other connections.
-  /// Failure is harmless (the WAL just stays longer); the next one retries.
+  /// Copies what it can without waiting for other connections; then, past the limit,
+  /// what is left, and empties the WAL. Failure is harmless (the WAL just stays longer);
+  /// the next one retries.
   fn run(&mut self, settings: &EmbeddedSettings) {
     let Location::File(path) = &settings.location else {
       return;
     };
-    if self.0.is_none() {
-      self.0 = Connection::open(path).ok();
+    if self.connection.is_none() {
+      self.connection = Connection::open(path).ok();
+      self.page_size = self
+        .connection
+        .as_ref()
+        .and_then(|c| c.query_row("PRAGMA page_size", [], |row| row.get(0)).ok())
+        .unwrap_or(4096);
     }
-    if let Some(connection) = &self.0 {
-      if connection
-        .execute_batch("PRAGMA wal_checkpoint(PASSIVE)")
-        .is_err()
-      {
-        self.0 = None;
+    let Some(connection) = &self.connection else {
+      return;
+    };
+    let checkpoint = |mode: &str| -> rusqlite::Result<i64> {
+      // (busy, frames in the WAL, frames copied)
+      connection.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+        row.get(1)
+      })
+    };
+    let done = checkpoint("PASSIVE").and_then(|frames| {
+      if frames * self.page_size < WAL_LIMIT_BYTES {
+        return Ok(());
       }
+      connection.busy_timeout(settings.busy_timeout)?;
+      checkpoint("TRUNCATE").map(drop)
+    });
+    if done.is_err() {
+      self.connection = None;
     }
   }
 }
