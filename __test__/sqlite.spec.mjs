@@ -6,7 +6,7 @@ import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { createSqliteStore, createStore } from '../index.js'
+import { createKvStore, createSqliteStore, createStore } from '../index.js'
 import { rejectsWith } from './helpers/assert.mjs'
 import { runChild, startChild } from './helpers/child.mjs'
 import { testRedis } from './helpers/redis-server.mjs'
@@ -142,6 +142,41 @@ describe('SQLite store', () => {
     assert.ok(largest < 32 * 1024 * 1024, `the WAL reached ${(largest / 1048576).toFixed(1)} MB`)
     assert.equal(await store.getExecutionTaskResult('e19999', 't'), value)
     await store.close()
+  })
+
+  it("lists with keys() what was there when it was called, even when it waits on the store's thread: later deletes do not run ahead of it", async () => {
+    const path = join(dir, 'scan-order.db')
+    const mounts = { m: { prefix: 'm:', maxEntries: 100_000 } }
+    const seed = createKvStore(`sqlite://${path}`, { mounts })
+    const keys = Array.from({ length: 400 }, (_, i) => `x${i}`)
+    await seed.mount('m').setMany(Object.fromEntries(keys.map((k) => [k, 1])))
+    await seed.close()
+    for (let trial = 0; trial < 60; trial++) {
+      const store = createKvStore(`sqlite://${path}`, { mounts })
+      const kv = store.mount('m')
+      // The first call opens the file on the store's thread; the listing queues behind it.
+      kv.delete('nothing')
+      // Two microtask turns: the delete's group runs (and queues) before the listing is made.
+      await Promise.resolve()
+      await Promise.resolve()
+      let listed = null
+      const listing = kv.keys().then((found) => (listed = found))
+      const deleted = []
+      while (listed === null && deleted.length < keys.length) {
+        await new Promise((resolve) => setImmediate(resolve))
+        deleted.push(keys[deleted.length])
+        kv.delete(deleted.at(-1))
+      }
+      await listing
+      const seen = new Set(listed)
+      assert.deepEqual(
+        deleted.filter((key) => !seen.has(key)),
+        [],
+        `trial ${trial}: keys() missed keys deleted by calls made after it`,
+      )
+      await kv.setMany(Object.fromEntries(deleted.map((k) => [k, 1])))
+      await store.close()
+    }
   })
 
   it('rejects with CORRUPT_DATA naming the file when it is not a database, and leaves it alone', async () => {

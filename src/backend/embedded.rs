@@ -321,39 +321,55 @@ impl Checkpointer {
   }
 }
 
-/// Keys of the calls queued to the store's thread, with how many calls touch each.
+/// Keys of the calls queued to the store's thread, with how many calls touch each, and
+/// how many queued calls read keys they do not name (a `SCAN`): while one waits, every
+/// later call queues behind it, so none runs ahead of the listing.
 #[derive(Default)]
-struct QueuedKeys(Mutex<HashMap<String, usize>>);
+struct QueuedKeys(Mutex<Queued>);
+
+#[derive(Default)]
+struct Queued {
+  keys: HashMap<String, usize>,
+  scans: usize,
+}
 
 impl QueuedKeys {
-  fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+  fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
     self.0.lock().unwrap_or_else(|e| e.into_inner())
   }
 
   fn touches(&self, batch: &Batch) -> bool {
     let queued = self.lock();
-    !queued.is_empty()
-      && (batch.reads_any_key() || batch.keys().any(|key| queued.contains_key(key)))
+    queued.scans > 0
+      || (!queued.keys.is_empty()
+        && (batch.reads_any_key() || batch.keys().any(|key| queued.keys.contains_key(key))))
   }
 
   fn is_empty(&self) -> bool {
-    self.lock().is_empty()
+    let queued = self.lock();
+    queued.keys.is_empty() && queued.scans == 0
   }
 
   fn add(&self, batch: &Batch) {
     let mut queued = self.lock();
+    if batch.reads_any_key() {
+      queued.scans += 1;
+    }
     for key in batch.keys() {
-      *queued.entry(key.clone()).or_default() += 1;
+      *queued.keys.entry(key.clone()).or_default() += 1;
     }
   }
 
   fn remove(&self, batch: &Batch) {
     let mut queued = self.lock();
+    if batch.reads_any_key() {
+      queued.scans = queued.scans.saturating_sub(1);
+    }
     for key in batch.keys() {
-      if let Some(count) = queued.get_mut(key) {
+      if let Some(count) = queued.keys.get_mut(key) {
         *count -= 1;
         if *count == 0 {
-          queued.remove(key);
+          queued.keys.remove(key);
         }
       }
     }
