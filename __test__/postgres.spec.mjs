@@ -283,6 +283,8 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
       ['postgres://h/db?no_such_option=1', {}],
       [server.url, { poolSize: 0 }],
       [server.url, { schema: '' }],
+      // `$$` would end the quoted bodies of the schema's functions.
+      [server.url, { schema: 'a$$b' }],
       [server.url, { durability: 'aof' }],
       [server.url, { tls: { servername: 'x' } }],
     ]) {
@@ -305,9 +307,20 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await fields.close()
   })
 
-  it('sslmode=require against a server without TLS rejects with TLS', async () => {
-    const store = createPostgresStore(`${server.url}?sslmode=require`, { connectTimeout: 2_000 })
-    await assert.rejects(store.beginExecution('x'), (err) => err.code === 'TLS' || err.code === 'UNAVAILABLE')
+  it('sslmode=require against a server without TLS rejects with TLS, in a URL or a key/value string', async () => {
+    const keyValue = `host=127.0.0.1 port=${server.port} user=postgres password=${POSTGRES_PASSWORD} dbname=postgres sslmode=require`
+    for (const target of [`${server.url}?sslmode=require`, keyValue]) {
+      const store = createPostgresStore(target, { connectTimeout: 2_000 })
+      await assert.rejects(store.beginExecution('x'), (err) => err.code === 'TLS' || err.code === 'UNAVAILABLE', target)
+      await store.close()
+    }
+  })
+
+  it('rejects an id too long for the index with INVALID_INPUT, not a retryable code', async () => {
+    const store = createPostgresStore(server.url, { prefix: fresh() })
+    // Random hex does not compress: past the 2.7 KB a B-tree entry holds.
+    const long = Array.from({ length: 100 }, () => randomUUID().replaceAll('-', '')).join('')
+    await assert.rejects(store.beginExecution(long), (err) => err.code === 'INVALID_INPUT' && /index row size|btree/i.test(err.message))
     await store.close()
   })
 })

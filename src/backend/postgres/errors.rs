@@ -58,7 +58,9 @@ pub fn store_error(err: &tokio_postgres::Error) -> StoreError {
   };
   let code = match err.code().map(|c| c.code()) {
     Some(c) if c.starts_with("28") || c == "42501" => ErrorCode::Auth,
-    Some(c) if c.starts_with("22") => ErrorCode::InvalidInput,
+    // 22: bad data; 54000: a key or id too long for the index (a B-tree row holds
+    // about 2.7 KB): permanent, not worth a retry.
+    Some(c) if c.starts_with("22") || c == "54000" => ErrorCode::InvalidInput,
     Some(c) if c.starts_with("42") || c.starts_with("23") || c.starts_with("XX") => {
       ErrorCode::Internal
     }

@@ -34,10 +34,12 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 /// A schema name Postgres takes: 1 to 63 bytes, no NUL.
+/// `$` is refused too: the name is also written inside the `$$`-quoted bodies of the
+/// schema's functions, where `$$` in it would end the body.
 pub fn check_schema_name(name: &str) -> StoreResult<()> {
-  if name.is_empty() || name.len() > 63 || name.contains('\0') {
+  if name.is_empty() || name.len() > 63 || name.contains('\0') || name.contains('$') {
     return Err(StoreError::invalid_input(format!(
-      "option `schema` must be 1 to 63 bytes without NUL, got \"{}\"",
+      "option `schema` must be 1 to 63 bytes without NUL or `$`, got \"{}\"",
       name.escape_debug()
     )));
   }

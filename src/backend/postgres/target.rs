@@ -172,8 +172,21 @@ impl PostgresTarget {
   }
 }
 
-/// Takes `sslmode` out of a URL's query (tokio-postgres knows only three of libpq's six).
+/// Takes `sslmode` out of a URL's query, or out of a libpq key/value string
+/// (`host=... sslmode=require`): tokio-postgres knows only three of libpq's six, and the
+/// mode it parsed would be replaced by the default here.
 fn take_sslmode(url: &str) -> StoreResult<(String, Option<TlsMode>)> {
+  if !url.contains("://") {
+    let mut mode = None;
+    let mut kept = Vec::new();
+    for pair in url.split_whitespace() {
+      match pair.split_once('=') {
+        Some(("sslmode", value)) => mode = Some(TlsMode::parse(value.trim_matches('\''))?),
+        _ => kept.push(pair),
+      }
+    }
+    return Ok((kept.join(" "), mode));
+  }
   let Some((base, query)) = url.split_once('?') else {
     return Ok((url.to_string(), None));
   };
@@ -208,6 +221,20 @@ fn display(config: &Config) -> String {
 #[cfg(test)]
 mod tests {
   use super::*;
+
+  #[test]
+  fn takes_sslmode_from_a_key_value_string() {
+    let (rest, mode) =
+      take_sslmode("host=db.example port=5433 sslmode=require user=alice").unwrap();
+    assert_eq!(rest, "host=db.example port=5433 user=alice");
+    assert!(matches!(mode, Some(TlsMode::Require)));
+    let (_, mode) = take_sslmode("host=db.example sslmode='verify-full'").unwrap();
+    assert!(matches!(mode, Some(TlsMode::Verify)));
+    assert!(take_sslmode("host=db.example sslmode=sometimes").is_err());
+    // Required in key/value form: the target asks for TLS, not the `prefer` default.
+    let target = PostgresTarget::from_url("host=db.example sslmode=require", None).unwrap();
+    assert!(matches!(target.config.get_ssl_mode(), SslMode::Require));
+  }
 
   #[test]
   fn parses_libpq_urls_and_sslmodes() {
