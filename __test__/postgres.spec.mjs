@@ -2,8 +2,10 @@
 // the sweep, the claim across processes, and faults (a SIGKILLed server, killed
 // backends, a stopped server, a wrong password, bad URLs). The fault cases start a
 // server of their own; the others use the one `npm test` started.
+import { spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -314,6 +316,48 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
       await assert.rejects(store.beginExecution('x'), (err) => err.code === 'TLS' || err.code === 'UNAVAILABLE', target)
       await store.close()
     }
+  })
+
+  it("gives up a call stuck on another transaction's lock at commandTimeout without leaving its connection behind; the sweep skips locked rows", async () => {
+    const name = `locked-${randomUUID().slice(0, 8)}`
+    const prefix = fresh()
+    const store = createPostgresStore(`${server.url}?application_name=${name}`, { prefix, ttl: 300, commandTimeout: 500, retry: { attempts: 0 } })
+    await store.beginExecution('victim')
+    // An expired execution whose expiry row is locked too: the sweep meets it.
+    await store.beginExecutionTask('expired', 't')
+    await sleep(400)
+    const connections = () => Number(server.sql(`SELECT count(*) FROM pg_stat_activity WHERE application_name = '${name}'`))
+    // Another client holds both rows for 8 s.
+    const holder = spawn(
+      join(server.bin, 'psql'),
+      [
+        '-h',
+        '127.0.0.1',
+        '-p',
+        String(server.port),
+        '-U',
+        'postgres',
+        '-d',
+        'postgres',
+        '-c',
+        `BEGIN; SELECT 1 FROM durastate.entries WHERE key = '${prefix}victim' FOR UPDATE; SELECT 1 FROM durastate.step_expiry WHERE exec = '${prefix}expired' FOR UPDATE; SELECT pg_sleep(8); COMMIT;`,
+      ],
+      { env: { ...process.env, PGPASSWORD: POSTGRES_PASSWORD }, stdio: 'ignore' },
+    )
+    try {
+      await sleep(300)
+      for (let i = 0; i < 8; i++) {
+        await assert.rejects(store.beginExecution('victim'), (err) => err.code === 'TIMEOUT')
+        // Writes of other keys go on (each may start a sweep, which must not wait on the lock).
+        await store.beginExecution(`other-${i}`)
+      }
+      await sleep(300)
+      // Each timed-out call's connection was cancelled and closed, not kept waiting on the lock.
+      assert.ok(connections() <= 3, `${connections()} connections of the store after 8 calls given up`)
+    } finally {
+      holder.kill()
+    }
+    await store.close()
   })
 
   it('rejects an id too long for the index with INVALID_INPUT, not a retryable code', async () => {

@@ -59,6 +59,8 @@ const GROUP_LIMIT: usize = 128;
 const SWEEP_LIMIT: i32 = 64;
 /// A write group starts a sweep when this long (ms) has passed since the last one.
 const SWEEP_EVERY_MS: u64 = 1_000;
+/// How long a cancel request of a connection given up may take (it opens a connection).
+const CANCEL_WITHIN: Duration = Duration::from_secs(5);
 /// Times a call runs again after a serialization failure or deadlock.
 const CONFLICT_RETRIES: u32 = 10;
 
@@ -139,6 +141,8 @@ struct Inner {
   lanes: Vec<Mutex<Lane>>,
   closed: AtomicBool,
   last_sweep: AtomicU64,
+  /// The TLS configuration connections use: a cancel request goes the same way.
+  tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// A Postgres database, reached through a pool of connections made on first use.
@@ -192,6 +196,7 @@ impl PostgresBackend {
           .collect(),
         closed: AtomicBool::new(false),
         last_sweep: AtomicU64::new(0),
+        tls: target.tls.clone(),
       }),
     })
   }
@@ -482,7 +487,7 @@ impl Inner {
           });
         }
         if gone.is_some() {
-          drop(Object::take(client));
+          self.give_up(client);
         } else if writes {
           self.maybe_sweep();
         }
@@ -492,7 +497,7 @@ impl Inner {
         return;
       }
       Outcome::Dropped(err) => {
-        drop(Object::take(client));
+        self.give_up(client);
         for job in jobs {
           job.answer(Err(Failure::Dropped(err.clone())));
         }
@@ -530,8 +535,33 @@ impl Inner {
     }
   }
 
+  /// Lets a connection go whose state is unknown (it dropped, or gave no answer within
+  /// `commandTimeout`): out of the pool, and what it still runs on the server is
+  /// cancelled. Else the server would go on with the statement, holding its locks and its
+  /// connection (dropping a client with answers due does not close its socket), and the
+  /// connections given up would pile up, past `poolSize`.
+  fn give_up(&self, client: Object) {
+    let token = client.cancel_token();
+    drop(Object::take(client));
+    let tls = self.tls.clone();
+    tokio::spawn(async move {
+      let cancel = async {
+        let _ = match tls {
+          Some(tls) => {
+            token
+              .cancel_query(MakeRustlsConnect::new((*tls).clone()))
+              .await
+          }
+          None => token.cancel_query(NoTls).await,
+        };
+      };
+      let _ = tokio::time::timeout(CANCEL_WITHIN, cancel).await;
+    });
+  }
+
   /// Starts a bounded sweep of expired rows on a connection of its own, at most once a
   /// second per store; its failure (a lock, a dropped connection) waits for the next.
+  /// It skips rows other transactions hold (`schema.rs`), so it never waits on them.
   fn maybe_sweep(self: &Arc<Self>) {
     let now = SystemTime::now()
       .duration_since(UNIX_EPOCH)
@@ -548,12 +578,20 @@ impl Inner {
     }
     let inner = self.clone();
     tokio::spawn(async move {
-      let sweep = async {
-        let client = inner.connection().await.ok()?;
-        let statement = client.prepare_cached(&inner.sql.sweep).await.ok()?;
-        client.execute(&statement, &[&SWEEP_LIMIT]).await.ok()
+      let Ok(Ok(client)) = tokio::time::timeout(inner.command_timeout, inner.connection()).await
+      else {
+        return;
       };
-      let _ = tokio::time::timeout(inner.command_timeout, sweep).await;
+      let sweep = async {
+        let statement = client.prepare_cached(&inner.sql.sweep).await?;
+        client.execute(&statement, &[&SWEEP_LIMIT]).await
+      };
+      match tokio::time::timeout(inner.command_timeout, sweep).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) if err.as_db_error().is_some() => {}
+        // Timed out, or the connection failed: not back into the pool.
+        _ => inner.give_up(client),
+      }
     });
   }
 }

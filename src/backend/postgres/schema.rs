@@ -284,8 +284,11 @@ END $$;
 -- purges what expired, and moves `sweep_at` of a row whose expiries were refreshed
 -- since up to the earliest of them. Entries that another transaction holds are left
 -- for the next sweep.
+-- Skips what other transactions hold (a lock wait would hold the sweep's connection and
+-- pile up behind a long transaction), and gives up after 100 ms on a lock it meets inside
+-- purge (a step row): the next sweep tries again.
 CREATE OR REPLACE FUNCTION {s}.sweep(p_limit integer)
-RETURNS integer LANGUAGE plpgsql SET enable_seqscan = off AS $$
+RETURNS integer LANGUAGE plpgsql SET enable_seqscan = off SET lock_timeout = '100ms' AS $$
 DECLARE
   v_now bigint := {s}.now_ms();
   v_exec text;
@@ -297,6 +300,7 @@ BEGIN
   GET DIAGNOSTICS v_count = ROW_COUNT;
   FOR v_exec IN
     SELECT exec FROM {s}.step_expiry WHERE sweep_at <= v_now ORDER BY sweep_at LIMIT 2 * p_limit
+    FOR UPDATE SKIP LOCKED
   LOOP
     PERFORM {s}.purge(v_exec, v_now);
     UPDATE {s}.step_expiry SET sweep_at = least(claims_at, results_at)
