@@ -227,6 +227,39 @@ for (const name of kvBackendNames) {
       assert.deepEqual(misordered, [], 'a get saw an older value than the set made before it')
     })
 
+    // A write of a new key made while a count of the mount runs reserves room from the
+    // count before it; the count must not forget that reservation when it answers.
+    test('maxEntries holds when a new key is written while a count of the mount runs', async () => {
+      const kv = backend.open({ mounts: { m: { maxEntries: 3 } } })
+      await kv.set('m', 'pre', 1)
+      const counted = binding.debugKvCounts()
+      // Three new keys do not fit in the room left: the write counts the mount again.
+      const many = kv.setMany('m', { x1: 1, x2: 2, x3: 3 }).then(
+        () => 'ok',
+        (err) => err.code,
+      )
+      // Checked after each turn's I/O: the count is made in answer to the write's first reply.
+      for (let i = 0; i < 2_000 && binding.debugKvCounts() === counted; i++) await new Promise((resolve) => setImmediate(resolve))
+      assert.notEqual(binding.debugKvCounts(), counted, 'the count started')
+      const during = kv.set('m', 'a', 1).then(
+        () => 'ok',
+        (err) => err.code,
+      )
+      assert.equal(await many, 'ENTRY_LIMIT')
+      assert.equal(await during, 'ok')
+      const later = []
+      for (const key of ['c', 'd', 'e']) {
+        later.push(
+          await kv.set('m', key, 1).then(
+            () => 'ok',
+            (err) => err.code,
+          ),
+        )
+      }
+      const keys = await kv.keys('m')
+      assert.ok(keys.length <= 3, `${keys.length} entries in a mount of maxEntries 3: ${keys.join(', ')} (${later.join(', ')})`)
+    })
+
     test('many new keys at once with a stale count count the mount once', async () => {
       const kv = backend.open({ mounts: { m: { maxEntries: 100_000 } } })
       const seed = {}

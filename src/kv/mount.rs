@@ -1,7 +1,7 @@
 //! KV mounts: their options as JS passes them, validated into [`Mount`]s, and the
 //! checks every call makes against its mount (mode, schema, size, entry count).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use napi_derive::napi;
@@ -93,8 +93,8 @@ pub struct Mount {
   pub max_value_size: u64,
   pub ttl_ms: Option<u64>,
   /// The last counted number of entries (plus what this process added since) and when
-  /// it was counted.
-  counted: Mutex<Option<(u64, Instant)>>,
+  /// it was counted, and what was reserved while a count ran.
+  counted: Mutex<Counted>,
 }
 
 impl Mount {
@@ -131,7 +131,7 @@ impl Mount {
       max_entries: max_entries.unwrap_or(DEFAULT_MAX_ENTRIES),
       max_value_size: max_value_size.unwrap_or(DEFAULT_MAX_VALUE_SIZE),
       ttl_ms,
-      counted: Mutex::new(None),
+      counted: Mutex::new(Counted::default()),
     })
   }
 
@@ -237,13 +237,19 @@ impl Mount {
     )
   }
 
+  fn counted(&self) -> std::sync::MutexGuard<'_, Counted> {
+    self.counted.lock().unwrap_or_else(|e| e.into_inner())
+  }
+
   /// Reserves room for `new` entries from a fresh count, without asking the store;
   /// `false` when the count is stale or says there is no room (then count again).
   pub fn reserve(&self, new: u64) -> bool {
-    let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
-    match counted.as_mut() {
+    let mut counted = self.counted();
+    let counted = &mut *counted;
+    match counted.last.as_mut() {
       Some((count, at)) if at.elapsed() < COUNT_FRESH_FOR && *count + new <= self.max_entries => {
         *count += new;
+        counted.note_reserved(new);
         true
       }
       _ => false,
@@ -254,32 +260,47 @@ impl Mount {
   /// the caller just had made): `None` when nothing was counted yet, `Some(Err(count))`
   /// when there is no room.
   pub fn reserve_counted(&self, new: u64) -> Option<Result<(), u64>> {
-    let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
-    let (count, _) = counted.as_mut()?;
+    let mut counted = self.counted();
+    let counted = &mut *counted;
+    let (count, _) = counted.last.as_mut()?;
     if *count + new > self.max_entries {
       return Some(Err(*count));
     }
     *count += new;
+    counted.note_reserved(new);
     Some(Ok(()))
   }
 
-  /// Records a count just made (including the `new` entries about to be written).
+  /// A count starts (its `SCAN` is made now): until the guard goes, room reserved is
+  /// also kept aside, to be added to what the count finds. The writes that reserved it
+  /// were made after the `SCAN`, so it may not see them; without this, the count
+  /// replaced their reservations and the mount went past `maxEntries`.
+  pub fn begin_count(self: &Arc<Self>) -> CountRunning {
+    self.counted().scans += 1;
+    CountRunning(self.clone())
+  }
+
+  /// Records a count just made (including the `new` entries about to be written), plus
+  /// what was reserved while it ran (an over-count when such a write landed before the
+  /// `SCAN`: a limit errs on the safe side).
   pub fn record_count(&self, count: u64) {
-    *self.counted.lock().unwrap_or_else(|e| e.into_inner()) = Some((count, Instant::now()));
+    let mut counted = self.counted();
+    let total = count + counted.reserved_meanwhile;
+    counted.last = Some((total, Instant::now()));
   }
 
   /// Corrects the count by what a write turned out to do (a reserved key that existed,
   /// a delete).
   pub fn adjust_count(&self, delta: i64) {
-    let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((count, _)) = counted.as_mut() {
+    let mut counted = self.counted();
+    if let Some((count, _)) = counted.last.as_mut() {
       *count = count.saturating_add_signed(delta);
     }
   }
 
   /// Forgets the count (after `clear`).
   pub fn forget_count(&self) {
-    *self.counted.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    self.counted().last = None;
   }
 
   /// `schema()`: the declared keys, in declaration order.
@@ -382,4 +403,36 @@ fn positive_whole(mount: &str, name: &str, value: Option<f64>) -> StoreResult<Op
     )));
   }
   Ok(Some(value as u64))
+}
+
+/// A mount's entry count, as this process knows it.
+#[derive(Debug, Default)]
+struct Counted {
+  /// The last count (plus what this process reserved since) and when it was made.
+  last: Option<(u64, Instant)>,
+  /// Counts under way.
+  scans: u32,
+  /// Room reserved since the first count under way started.
+  reserved_meanwhile: u64,
+}
+
+impl Counted {
+  fn note_reserved(&mut self, new: u64) {
+    if self.scans > 0 {
+      self.reserved_meanwhile += new;
+    }
+  }
+}
+
+/// A count under way (`Mount::begin_count`); its end, answered or failed, is the drop.
+pub struct CountRunning(Arc<Mount>);
+
+impl Drop for CountRunning {
+  fn drop(&mut self) {
+    let mut counted = self.0.counted();
+    counted.scans = counted.scans.saturating_sub(1);
+    if counted.scans == 0 {
+      counted.reserved_meanwhile = 0;
+    }
+  }
 }

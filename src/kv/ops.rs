@@ -182,9 +182,11 @@ pub fn set_many(
 pub fn count(mount: Arc<Mount>) -> Step {
   COUNTS.fetch_add(1, Ordering::Relaxed);
   let pattern = format!("{}*", glob::escape(&mount.prefix));
+  let running = mount.begin_count();
   scan(pattern, move |keys| {
     let count = keys.len() as u64;
     mount.record_count(count);
+    drop(running);
     Step::Done(Ok(Output::Int(count as i64)))
   })
 }
@@ -223,12 +225,14 @@ fn with_room(
 ) -> Step {
   COUNTS.fetch_add(1, Ordering::Relaxed);
   let pattern = format!("{}*", glob::escape(&mount.prefix));
+  let running = mount.begin_count();
   scan(pattern, move |keys| {
     let count = keys.len() as u64;
     if count + new > mount.max_entries {
       return Step::Done(Err(mount.entry_limit_error(count, new, &adding)));
     }
     mount.record_count(count + new);
+    drop(running);
     then()
   })
 }
