@@ -1,6 +1,7 @@
 // SQLite-specific behaviour: crash safety under SIGKILL, two processes on one file,
 // clear errors for a corrupt or unwritable file, the default location, URL routing.
 import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
@@ -177,6 +178,41 @@ describe('SQLite store', () => {
       await kv.setMany(Object.fromEntries(deleted.map((k) => [k, 1])))
       await store.close()
     }
+  })
+
+  it('answers a read made in the same tick as a write while another process holds the write lock (WAL readers take no lock)', async () => {
+    const path = join(dir, 'busy-read.db')
+    const store = open(path, { busyTimeout: 300 })
+    await store.commitExecutionTaskResult('b', 't', 'stored')
+    // Another process (Python's sqlite3) holds the write lock for 3 s.
+    const holder = spawn(
+      'python3',
+      [
+        '-c',
+        `import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\ntime.sleep(3)`,
+        path,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    )
+    try {
+      await new Promise((resolve, reject) => {
+        holder.stdout.once('data', resolve)
+        holder.once('error', reject)
+      })
+      const write = store.beginExecutionTask('a', 't').then(
+        () => 'ok',
+        (err) => err.code,
+      )
+      const started = performance.now()
+      assert.equal(await store.getExecutionTaskResult('b', 't'), 'stored')
+      const waited = performance.now() - started
+      assert.ok(waited < 200, `the read waited ${waited.toFixed(0)} ms for the write lock`)
+      // The write waits for the lock, which outlives busyTimeout.
+      assert.equal(await write, 'TIMEOUT')
+    } finally {
+      holder.kill()
+    }
+    await store.close()
   })
 
   it('rejects with CORRUPT_DATA naming the file when it is not a database, and leaves it alone', async () => {

@@ -231,7 +231,38 @@ fn run_group(env: &Env, store: &EmbeddedBackend, calls: Vec<Call>) {
     GROUPS.fetch_add(1, Ordering::Relaxed);
     CALLS.fetch_add(batches.len() as u64, Ordering::Relaxed);
     match store.try_run_now(&batches) {
-      None => queue.splice(0..0, now).for_each(drop),
+      None => {
+        // The database is busy (another process holds its write lock): the writes wait
+        // on the store's thread. Reads no earlier call of the group writes still run now
+        // (WAL readers take no lock); before, they queued with the writes and failed with
+        // them (TIMEOUT) when the lock outlived the busy timeout.
+        let mut waiting: Vec<Call> = Vec::new();
+        let mut reads: Vec<Call> = Vec::new();
+        for call in now {
+          if call.batch.writes() || waiting.iter().any(|w| overlaps(&w.batch, &call.batch)) {
+            waiting.push(call);
+          } else {
+            reads.push(call);
+          }
+        }
+        let batches: Vec<&Batch> = reads.iter().map(|call| &call.batch).collect();
+        let answered = match reads.is_empty() {
+          true => None,
+          false => store.try_run_now(&batches),
+        };
+        match answered {
+          Some(answers) => {
+            let answers = crate::backend::spread(answers, reads.len());
+            for (call, answer) in reads.into_iter().zip(answers) {
+              resume(env, call.waiter, answer);
+            }
+          }
+          // Busy for reads too (the database is being opened, a checkpoint truncates it):
+          // they queue as well, after the writes they do not touch.
+          None => waiting.extend(reads),
+        }
+        queue.splice(0..0, waiting).for_each(drop);
+      }
       Some(answers) => {
         let answers = crate::backend::spread(answers, now.len());
         for (call, answer) in now.into_iter().zip(answers) {
