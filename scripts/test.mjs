@@ -64,6 +64,8 @@ const TOOLS = [
     other: 'elsewhere: set DURASTATE_TEST_CHROMIUM to a Chromium or Chrome binary',
   },
   { check: postgresPresent, binary: 'postgres', debian: 'postgresql', other: 'macOS: brew install postgresql' },
+  // Another process holding a SQLite file's write lock (sqlite.spec), with Python's sqlite3.
+  { binary: 'python3', args: ['-c', 'import sqlite3'], debian: 'python3', other: 'macOS: brew install python' },
 ]
 
 /** Whether PostgreSQL's server binaries are there (Debian keeps them off PATH). */
