@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { fileURLToPath } from 'node:url'
+import binding from '../binding.js'
 import { createKvStore, createPostgresStore, createRedisStore, createSqliteStore } from '../index.js'
 import { testPostgres } from './helpers/postgres-server.mjs'
 import { freePort, testRedis } from './helpers/redis-server.mjs'
@@ -126,6 +127,30 @@ for (const [name, prepare] of Object.entries(backends)) {
       await writeState(backend.open)
     })
     after(() => backend?.release())
+
+    it("a reset of an execution's last steps drops their expiries, as Redis drops an emptied hash's TTL", async () => {
+      const withTtl = backend.open({ ttl: HOUR })
+      await withTtl.beginExecutionTask('reset-ttl', 'a')
+      await withTtl.commitExecutionTaskResult('reset-ttl', 'a', 1)
+      await withTtl.beginExecutionTask('reset-ttl', 'b')
+      await withTtl.close()
+      const inspector = binding.createInspector(backend.url)
+      try {
+        const key = `${backend.prefix}reset-ttl`
+        await inspector.resetSteps(key, ['a', 'b'])
+        const gone = await inspector.execution(key)
+        assert.deepEqual([gone.claimsTtl, gone.resultsTtl], [-2, -2])
+        // A store without a TTL writes again: its marks and results never expire.
+        const plain = backend.open({})
+        await plain.beginExecutionTask('reset-ttl', 'c')
+        await plain.commitExecutionTaskResult('reset-ttl', 'd', 2)
+        await plain.close()
+        const again = await inspector.execution(key)
+        assert.deepEqual([again.claimsTtl, again.resultsTtl], [-1, -1])
+      } finally {
+        inspector.close()
+      }
+    })
 
     it('lists executions with their step counts, aligned, from the URL in the environment', () => {
       const text = output(['inspect', '--prefix', backend.prefix], { env: backend.env })

@@ -55,6 +55,8 @@ pub struct Statements {
   pub step_results: String,
   pub dispose: String,
   pub reset_steps: String,
+  pub reset_expiry: String,
+  pub reset_expiry_gone: String,
   pub now: String,
   pub entry_row: String,
   pub expiry_row: String,
@@ -144,6 +146,17 @@ impl Statements {
          DELETE FROM {s}.step_expiry WHERE exec = $1"
       ),
       reset_steps: format!("DELETE FROM {s}.steps WHERE exec = $1 AND task = ANY($2)"),
+      // As on Redis, the marks' expiry goes with the last mark, the results' with the last
+      // result (a row left with neither is removed by `reset_expiry_gone`).
+      reset_expiry: format!(
+        "UPDATE {s}.step_expiry SET
+           claims_at = CASE WHEN EXISTS (SELECT 1 FROM {s}.steps WHERE exec = $1 AND claim IS NOT NULL) THEN claims_at END,
+           results_at = CASE WHEN EXISTS (SELECT 1 FROM {s}.steps WHERE exec = $1 AND result IS NOT NULL) THEN results_at END
+         WHERE exec = $1"
+      ),
+      reset_expiry_gone: format!(
+        "DELETE FROM {s}.step_expiry WHERE exec = $1 AND claims_at IS NULL AND results_at IS NULL"
+      ),
       now: format!("SELECT {s}.now_ms()"),
       entry_row: format!("SELECT value, expires_at FROM {s}.entries WHERE key = $1"),
       expiry_row: format!("SELECT claims_at, results_at FROM {s}.step_expiry WHERE exec = $1"),
@@ -188,6 +201,8 @@ impl Statements {
       &self.step_results,
       &self.dispose,
       &self.reset_steps,
+      &self.reset_expiry,
+      &self.reset_expiry_gone,
       &self.now,
       &self.entry_row,
       &self.expiry_row,
@@ -460,6 +475,8 @@ pub fn run<'a>(
       } => merge(client, sql, key, partial, ttl(*ttl_ms), *max_size, *create).await?,
       Command::ResetSteps { exec, tasks } => {
         count(client, &sql.reset_steps, &[exec, tasks]).await?;
+        count(client, &sql.reset_expiry, &[exec]).await?;
+        count(client, &sql.reset_expiry_gone, &[exec]).await?;
         Reply::Ok
       }
       Command::Execution { exec } => view(client, sql, exec).await?,

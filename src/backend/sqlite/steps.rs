@@ -256,10 +256,31 @@ pub fn dispose(db: &Connection, exec: &str) -> StoreResult<Reply> {
 }
 
 /// Removes the marks and results of `tasks`.
+/// As on Redis, where removing a hash's last field removes its TTL: the marks' expiry goes
+/// with the last mark, the results' with the last result (a later write without a TTL
+/// must not inherit them).
 pub fn reset(db: &Connection, exec: &str, tasks: &[String]) -> StoreResult<Reply> {
   let mut statement = db.prepare_cached("DELETE FROM ds_steps WHERE exec = ?1 AND task = ?2")?;
   for task in tasks {
     statement.execute(params![exec, task])?;
+  }
+  let found = expiry(db, exec)?;
+  if found.due.is_none() {
+    return Ok(Reply::Ok);
+  }
+  let (claims, results): (bool, bool) = db
+    .prepare_cached(
+      "SELECT EXISTS (SELECT 1 FROM ds_steps WHERE exec = ?1 AND claim IS NOT NULL),
+              EXISTS (SELECT 1 FROM ds_steps WHERE exec = ?1 AND result IS NOT NULL)",
+    )?
+    .query_row([exec], |row| Ok((row.get(0)?, row.get(1)?)))?;
+  let kept = Expiry {
+    claims_at: found.claims_at.filter(|_| claims),
+    results_at: found.results_at.filter(|_| results),
+    ..found
+  };
+  if (kept.claims_at, kept.results_at) != (found.claims_at, found.results_at) {
+    store_expiry(db, exec, found, kept)?;
   }
   Ok(Reply::Ok)
 }
