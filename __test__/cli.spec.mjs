@@ -129,19 +129,21 @@ for (const [name, prepare] of Object.entries(backends)) {
     after(() => backend?.release())
 
     it("a reset of an execution's last steps drops their expiries, as Redis drops an emptied hash's TTL", async () => {
-      const withTtl = backend.open({ ttl: HOUR })
+      // A prefix of its own: the listings below see only writeState's executions.
+      const prefix = `reset:${randomUUID()}:`
+      const withTtl = backend.open({ prefix, ttl: HOUR })
       await withTtl.beginExecutionTask('reset-ttl', 'a')
       await withTtl.commitExecutionTaskResult('reset-ttl', 'a', 1)
       await withTtl.beginExecutionTask('reset-ttl', 'b')
       await withTtl.close()
       const inspector = binding.createInspector(backend.url)
       try {
-        const key = `${backend.prefix}reset-ttl`
+        const key = `${prefix}reset-ttl`
         await inspector.resetSteps(key, ['a', 'b'])
         const gone = await inspector.execution(key)
         assert.deepEqual([gone.claimsTtl, gone.resultsTtl], [-2, -2])
         // A store without a TTL writes again: its marks and results never expire.
-        const plain = backend.open({})
+        const plain = backend.open({ prefix })
         await plain.beginExecutionTask('reset-ttl', 'c')
         await plain.commitExecutionTaskResult('reset-ttl', 'd', 2)
         await plain.close()
