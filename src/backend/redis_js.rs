@@ -281,11 +281,7 @@ impl Drop for JsRedis {
     if state.core.has_waiters() && !state.shut_down {
       return;
     }
-    state.close();
-    state.core.clear();
-    state.shut_down = true;
-    state.release_transport();
-    let keep = state.keep.take();
+    let keep = state.abandon();
     drop(state);
     drop(keep);
   }
@@ -780,6 +776,18 @@ impl State {
     self.keep = None;
   }
 
+  /// Shuts down where no JS may run (a finalizer, an env going away): the calls are
+  /// dropped, the transport let go (`transport.js` closes its socket once it is
+  /// collected). Returns [`State::keep`], to be dropped once the state is no longer
+  /// borrowed.
+  fn abandon(&mut self) -> Option<Rc<Driver>> {
+    self.close();
+    self.core.clear();
+    self.shut_down = true;
+    self.release_transport();
+    self.keep.take()
+  }
+
   /// Deletes the references to the transport's functions and object, and the env
   /// cleanup hook.
   fn release_transport(&mut self) {
@@ -935,11 +943,7 @@ unsafe extern "C" fn on_env_cleanup(hook: *mut c_void) {
     return;
   };
   state.cleanup_hook = ptr::null_mut();
-  state.close();
-  state.core.clear();
-  state.shut_down = true;
-  state.release_transport();
-  let keep = state.keep.take();
+  let keep = state.abandon();
   drop(state);
   drop(keep);
 }
