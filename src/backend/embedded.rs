@@ -282,6 +282,8 @@ struct Checkpointer {
 
 /// WAL size after which a checkpoint makes writers wait to start the WAL over.
 const WAL_LIMIT_BYTES: i64 = 16 << 20;
+/// How long that checkpoint waits for other connections at most.
+const TRUNCATE_WAIT: Duration = Duration::from_millis(100);
 
 impl Checkpointer {
   /// Copies what it can without waiting for other connections; then, past the limit,
@@ -312,7 +314,10 @@ impl Checkpointer {
       if frames * self.page_size < WAL_LIMIT_BYTES {
         return Ok(());
       }
-      connection.busy_timeout(settings.busy_timeout)?;
+      // While it waits it holds writers back: briefly (this process's transactions take
+      // microseconds). A reader of another process that keeps the WAL longer makes it
+      // give up; the next checkpoint due tries again.
+      connection.busy_timeout(TRUNCATE_WAIT)?;
       checkpoint("TRUNCATE").map(drop)
     });
     if done.is_err() {
