@@ -290,8 +290,8 @@ export declare class DurableWorkerStore implements WorkerStore {
   /** Deletes the execution's state (one `DEL` of its three keys). Unknown ids are a no-op. */
   disposeExecution(executionId: string): Promise<void>
   /**
-   * Releases the connection or database. Calls in flight finish; later calls reject with
-   * `DISPOSED`. Idempotent.
+   * Releases the connection or database. The calls made before it finish; later calls
+   * reject with `DISPOSED`. Idempotent.
    */
   close(): Promise<void>
   /** Whether {@link close} was called. */
@@ -501,7 +501,10 @@ export declare class KvStore {
   mounts(): KvMountInfo[]
   /** The calls of one mount, without the mount argument. Throws `UNKNOWN_MOUNT` at once. */
   mount(name: string): KvMount
-  /** Releases the connection or database; later calls reject with `DISPOSED`. Idempotent. */
+  /**
+   * Releases the connection or database. The calls made before it finish; later calls
+   * reject with `DISPOSED`. Idempotent.
+   */
   close(): Promise<void>
   /** Whether {@link close} was called. */
   readonly closed: boolean

@@ -627,6 +627,16 @@ class KeyOrder {
     this.#holds--
   }
 
+  /** The calls holding keys now. */
+  held() {
+    const calls = []
+    for (const held of this.#mounts.values()) {
+      if (held.all !== undefined) calls.push(held.all)
+      for (const call of held.keys.values()) calls.push(call)
+    }
+    return calls
+  }
+
   /** Keeps `keys` busy until `promise` settles; returns it. */
   holdUntilSettled(mount, keys, promise) {
     const release = () => this.release(mount, keys, promise)
@@ -654,6 +664,8 @@ class KvStore {
   #order
   /** mount -> the count of its entries in progress, shared by the writes that wait for it */
   #counting = new Map()
+  /** Set by `close()`: later calls reject with `DISPOSED` (the calls in flight finish first). */
+  #closing = false
 
   constructor(nativeStore, target) {
     if (!(nativeStore instanceof native.NativeKvStore)) {
@@ -669,6 +681,7 @@ class KvStore {
   #requireMount(mount) {
     requireString('mount', mount)
     if (!this.#mountNames.has(mount)) this.#native.schema(mount)
+    if (this.#closing) throw new DurastateError('DISPOSED', 'the store is closed; create a new store to continue')
   }
 
   /**
@@ -944,12 +957,21 @@ class KvStore {
     return new KvMount(this, name)
   }
 
+  /**
+   * Later calls reject with `DISPOSED` at once; the calls made before finish (a write in
+   * phases, or one waiting for another on its keys, runs all its phases), then the
+   * connection or database is released.
+   */
   async close() {
+    this.#closing = true
+    for (let calls = this.#order.held(); calls.length > 0; calls = this.#order.held()) {
+      await Promise.allSettled(calls)
+    }
     this.#native.close()
   }
 
   get closed() {
-    return this.#native.closed
+    return this.#closing || this.#native.closed
   }
 }
 

@@ -214,13 +214,30 @@ for (const name of backendNames) {
       await rejectsWith(store.getExecutionTaskResults('e'), 'DISPOSED')
     })
 
-    it('lets calls in flight at close() finish or reject with DISPOSED, never hang', async () => {
-      const store = backend.open()
-      const calls = Array.from({ length: 200 }, (_, i) => store.commitExecutionTaskResult('e', `t${i}`, i))
-      await store.close()
-      const settled = await Promise.allSettled(calls)
-      for (const s of settled) {
-        if (s.status === 'rejected') assert.equal(s.reason.code, 'DISPOSED')
+    it('lets the calls made before close() finish (and land); calls made after reject with DISPOSED', async () => {
+      for (let round = 0; round < 5; round++) {
+        const store = backend.open()
+        const id = `closing-${round}`
+        const calls = [store.beginExecution(id)]
+        for (let i = 0; i < 200; i++) {
+          calls.push(store.tryBeginExecutionTask(id, `t${i}`), store.commitExecutionTaskResult(id, `t${i}`, i))
+        }
+        calls.push(store.getExecutionTaskResults(id))
+        const closing = store.close()
+        const late = store.getExecutionTaskResults(id).then(
+          () => 'resolved',
+          (err) => err.code,
+        )
+        const settled = await Promise.allSettled(calls)
+        const failed = settled.filter((s) => s.status === 'rejected').map((s) => s.reason.code)
+        assert.deepEqual(failed, [], `round ${round}: ${failed.length} calls made before close() failed`)
+        assert.equal(Object.keys(settled.at(-1).value).length, 200)
+        await closing
+        assert.equal(await late, 'DISPOSED')
+        if (name !== 'memory') {
+          const other = backend.openShared()
+          assert.equal(Object.keys(await other.getExecutionTaskResults(id)).length, 200)
+        }
       }
     })
 

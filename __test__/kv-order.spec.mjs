@@ -261,6 +261,32 @@ for (const name of kvBackendNames) {
       assert.ok(keys.length <= 3, `${keys.length} entries in a mount of maxEntries 3: ${keys.join(', ')} (${later.join(', ')})`)
     })
 
+    // Postgres queues calls to lanes by key; a call on several keys must keep its place
+    // on each of its keys' lanes, before the calls made after it and after those before.
+    test('a call on several keys keeps its place among the calls on each of its keys', async () => {
+      const kv = backend.open({ mounts: { m: {} } })
+      const wrong = []
+      for (let round = 0; round < 40; round++) {
+        const keys = Array.from({ length: 6 }, (_, i) => `r${round}k${i}`)
+        await kv.setMany('m', Object.fromEntries(keys.map((key) => [key, 0])))
+        const calls = [
+          ...keys.map((key) => kv.set('m', key, 1)),
+          kv.getMany('m', keys),
+          kv.deleteMany('m', keys),
+          kv.set('m', keys[0], 2),
+          kv.set('m', keys[5], 2),
+          kv.setMany('m', { [keys[1]]: 3, [keys[4]]: 3 }),
+          kv.getMany('m', keys),
+        ]
+        const answers = await Promise.all(calls)
+        const [read, deleted, , , , last] = answers.slice(keys.length)
+        const want = { read: Object.fromEntries(keys.map((key) => [key, 1])), deleted: 6, last: { [keys[0]]: 2, [keys[1]]: 3, [keys[4]]: 3, [keys[5]]: 2 } }
+        const got = { read, deleted, last }
+        if (JSON.stringify(got) !== JSON.stringify(want)) wrong.push(JSON.stringify(got))
+      }
+      assert.deepEqual(wrong, [], `${wrong.length} of 40 rounds saw calls out of order`)
+    })
+
     test('many new keys at once with a stale count count the mount once', async () => {
       const kv = backend.open({ mounts: { m: { maxEntries: 100_000 } } })
       const seed = {}

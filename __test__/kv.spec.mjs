@@ -1043,6 +1043,35 @@ for (const name of kvBackendNames) {
         await rejectsWith(view.get('k'), 'DISPOSED')
       })
 
+      // A new store has not counted its mounts, so its writes of new keys run in phases.
+      test('the calls made before close() finish (and land), in phases too; later calls reject with DISPOSED', async () => {
+        for (let round = 0; round < 5; round++) {
+          const kv = backend.open({ mounts: { m: { maxEntries: 10_000 } } })
+          const keys = Array.from({ length: 50 }, (_, i) => `closing${round}-${i}`)
+          const calls = []
+          for (const key of keys) calls.push(kv.set('m', key, { a: 1 }), kv.merge('m', key, { v: key }))
+          calls.push(kv.deleteMany('m', keys.slice(0, 10)), kv.setMany('m', { [keys[0]]: 'again' }), kv.getMany('m', keys))
+          const closing = kv.close()
+          assert.equal(kv.closed, true)
+          const late = kv.set('m', 'late', 1).then(
+            () => 'resolved',
+            (err) => err.code,
+          )
+          const settled = await Promise.allSettled(calls)
+          const failed = settled.filter((s) => s.status === 'rejected').map((s) => s.reason.code)
+          assert.deepEqual(failed, [], `round ${round}: ${failed.length} calls made before close() failed`)
+          assert.equal(Object.keys(settled.at(-1).value).length, 41)
+          await closing
+          assert.equal(await late, 'DISPOSED')
+          if (name !== 'memory') {
+            const other = backend.openShared({ mounts: { m: {} } })
+            assert.equal(await other.get('m', keys[0]), 'again')
+            assert.deepEqual(await other.get('m', keys[49]), { a: 1, v: keys[49] })
+            assert.equal(await other.has('m', 'late'), false)
+          }
+        }
+      })
+
       if (name !== 'memory') {
         test('two stores on the same backend share state', async () => {
           const a = backend.open({ mounts: { m: {} } })

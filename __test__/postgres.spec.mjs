@@ -360,6 +360,49 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await store.close()
   })
 
+  it('gives up a connection whose setup (schema check, prepared statements) is stuck on a lock at commandTimeout', async () => {
+    const name = `setup-${randomUUID().slice(0, 8)}`
+    const waiting = () => Number(server.sql(`SELECT count(*) FROM pg_stat_activity WHERE application_name = '${name}' AND wait_event_type = 'Lock'`))
+    const warm = createPostgresStore(server.url, { prefix: fresh() })
+    await warm.beginExecution('tables made') // the schema exists before the lock is taken
+    await warm.close()
+    // Another client holds the schema's version table for 8 s: a new store's first
+    // connection checks it, and waits.
+    const holder = spawn(
+      join(server.bin, 'psql'),
+      [
+        '-h',
+        '127.0.0.1',
+        '-p',
+        String(server.port),
+        '-U',
+        'postgres',
+        '-d',
+        'postgres',
+        '-c',
+        'BEGIN; LOCK TABLE durastate.meta IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8); COMMIT;',
+      ],
+      { env: { ...process.env, PGPASSWORD: POSTGRES_PASSWORD, PGAPPNAME: `${name}-holder` }, stdio: 'ignore' },
+    )
+    const store = createPostgresStore(`${server.url}?application_name=${name}`, { prefix: fresh(), commandTimeout: 500, retry: { attempts: 0 } })
+    try {
+      await sleep(300)
+      for (let i = 0; i < 3; i++) {
+        await assert.rejects(store.beginExecution(`e${i}`), (err) => err.code === 'TIMEOUT')
+        await sleep(300)
+        // The stuck connection was cancelled and closed: it does not wait on the lock.
+        assert.equal(waiting(), 0, `after call ${i}: a connection of the store still waits on the lock`)
+      }
+    } finally {
+      server.sql(`SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '${name}-holder'`)
+      holder.kill()
+    }
+    // The lock gone, the store works.
+    await store.beginExecution('after')
+    assert.equal(await store.isExecutionInProgress('after'), true)
+    await store.close()
+  })
+
   it('rejects an id too long for the index with INVALID_INPUT, not a retryable code', async () => {
     const store = createPostgresStore(server.url, { prefix: fresh() })
     // Random hex does not compress: past the 2.7 KB a B-tree entry holds.

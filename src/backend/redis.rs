@@ -111,6 +111,9 @@ struct State {
   /// queued now; when not, a caller that wrote its call itself wakes the task.
   watching: bool,
   taking_calls: bool,
+  /// Calls made before `close` that still waited in the channel then: the task queues
+  /// them (they finish), and rejects the ones sent after.
+  accepted_after_close: usize,
   /// Calls made while the lock was busy, to be queued by the task; given to the task
   /// when it starts.
   calls: Option<mpsc::UnboundedReceiver<(Waiter, Batch)>>,
@@ -167,6 +170,7 @@ impl RedisBackend {
           direct: None,
           watching: false,
           taking_calls: true,
+          accepted_after_close: 0,
           calls: Some(receiver),
         }),
         wake: Notify::new(),
@@ -293,6 +297,7 @@ impl RedisBackend {
       return;
     }
     state.taking_calls = false;
+    state.accepted_after_close = self.shared.queued.load(Ordering::Acquire);
     state.core.close();
     drop(state);
     self.shared.wake.notify_one();
@@ -652,6 +657,9 @@ fn take_calls(
       return;
     };
     if state.taking_calls {
+      queue(&mut state.core, waiter, batch, deadline);
+    } else if state.accepted_after_close > 0 {
+      state.accepted_after_close -= 1;
       queue(&mut state.core, waiter, batch, deadline);
     } else {
       waiter.reject(StoreError::disposed());

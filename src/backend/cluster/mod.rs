@@ -92,7 +92,36 @@ struct Router {
   aof_checked: bool,
   /// A node's connection failed since the map was last read (a `drop` event was given).
   dropped: bool,
+  /// `close` was called: no new call is taken.
   closed: bool,
+  /// Calls taken and not yet answered: after `close`, the nodes close when none is left.
+  calls: usize,
+}
+
+impl Router {
+  /// Closed, with no call left: nothing is sent or refreshed any more.
+  fn shut(&self) -> bool {
+    self.closed && self.calls == 0
+  }
+}
+
+/// Counts a call taken (`Router::calls`) until it is answered or given up.
+struct Taken(Arc<Inner>);
+
+impl Drop for Taken {
+  fn drop(&mut self) {
+    let nodes = {
+      let mut router = self.0.lock();
+      router.calls -= 1;
+      match router.shut() {
+        true => std::mem::take(&mut router.nodes),
+        false => HashMap::new(),
+      }
+    };
+    for node in nodes.values() {
+      node.close();
+    }
+  }
 }
 
 struct Inner {
@@ -156,8 +185,17 @@ impl ClusterBackend {
     batch: Batch,
   ) -> BoxFuture<'static, StoreResult<Vec<Reply>>> {
     let inner = self.inner.clone();
+    {
+      let mut router = inner.lock();
+      if router.closed {
+        return Box::pin(std::future::ready(Err(StoreError::disposed())));
+      }
+      router.calls += 1;
+    }
+    let taken = Taken(inner.clone());
     let begun = inner.begin(what, &batch);
     async move {
+      let _taken = taken;
       let sent = match begun.sent().await {
         Ok(sent) => sent,
         // The slot map could not be read: the call starts again, under its budget.
@@ -168,21 +206,19 @@ impl ClusterBackend {
     .boxed()
   }
 
-  /// Takes no more calls; calls in flight on the nodes finish.
+  /// Takes no more calls; the calls taken finish (those waiting for the slot map too,
+  /// and their redirects), then the nodes' connections close.
   pub fn close(&self) {
-    let (nodes, waiting) = {
+    let nodes = {
       let mut router = self.inner.lock();
       router.closed = true;
-      (
-        std::mem::take(&mut router.nodes),
-        std::mem::take(&mut router.waiting),
-      )
+      match router.shut() {
+        true => std::mem::take(&mut router.nodes),
+        false => HashMap::new(),
+      }
     };
     for node in nodes.values() {
       node.close();
-    }
-    for call in waiting {
-      let _ = call.sent.send(Err(StoreError::disposed()));
     }
   }
 }
@@ -211,7 +247,7 @@ impl Inner {
   /// for it; else it waits for the map behind the calls made before it.
   fn begin(self: &Arc<Self>, what: &'static str, batch: &Batch) -> Begun {
     let mut router = self.lock();
-    if router.closed {
+    if router.shut() {
       return Begun::Sent(Err(StoreError::disposed()));
     }
     if router.map.is_some() && router.waiting.is_empty() {
@@ -271,7 +307,7 @@ impl Inner {
       (None, Target::Node(address)) => Some(address.clone()),
       (None, Target::Slot(slot)) => router.map.as_ref().and_then(|m| m.owner(*slot)).cloned(),
     };
-    let sent = match (router.closed, address) {
+    let sent = match (router.shut(), address) {
       (true, _) => Err(StoreError::disposed()),
       (false, None) => Err(StoreError::new(
         ErrorCode::Unavailable,
@@ -426,7 +462,7 @@ impl Inner {
 
   /// Asks for a refresh of the map in the background, unless one is asked already.
   fn ask_refresh(self: &Arc<Self>, router: &mut Router) {
-    if router.refresh_asked || router.closed {
+    if router.refresh_asked || router.shut() {
       return;
     }
     router.refresh_asked = true;
@@ -444,7 +480,7 @@ impl Inner {
     let _one_at_a_time = self.refreshing.lock().await;
     let (asked, check_aof) = {
       let mut router = self.lock();
-      if router.closed || seen.is_some_and(|seen| seen != router.refreshes) {
+      if router.shut() || seen.is_some_and(|seen| seen != router.refreshes) {
         return;
       }
       router.refreshes += 1;
@@ -477,7 +513,7 @@ impl Inner {
         return;
       }
     };
-    if router.closed {
+    if router.shut() {
       return;
     }
     router.aof_checked |= check_aof;

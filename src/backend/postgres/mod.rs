@@ -3,9 +3,10 @@
 //! connections (TLS by rustls), on tokio (`Engine::Tokio`): the calls' tasks, the lanes
 //! and the pool's connections all run on the one I/O thread (`runtime::io`).
 //!
-//! Group commit: calls are queued to lanes (one per key: a call goes to the lane of its
-//! batch's first key, so calls on one key run in the order they were made), and each lane
-//! runs everything queued to it since its last round as one group on one connection: the statements of every call go out back
+//! Group commit: calls are queued to lanes (by key: a call goes to the lane of its keys, so
+//! calls on one key run in the order they were made; a call whose keys fall on several
+//! lanes queues a fence on each of them, see `Fence`), and each lane runs everything
+//! queued to it since its last round as one group on one connection: the statements of every call go out back
 //! to back (pipelined, each prepared once per connection) inside one transaction, whose
 //! `COMMIT` follows them in the same write. Every write of the group is answered once
 //! that `COMMIT` is acknowledged: durable as the server's `synchronous_commit` says,
@@ -120,9 +121,41 @@ impl Job {
   }
 }
 
+/// What a lane holds: a call, or its place in a call whose keys fall on several lanes.
+enum Entry {
+  Job(Job),
+  Fence(Arc<Fence>),
+}
+
+/// A call whose keys fall on several lanes holds a place in each of them, queued at once
+/// (under `Inner::fencing`, so two such calls are in the same order on every lane and
+/// cannot wait on each other). A lane stops at its fence until the call is answered; the
+/// lane that reaches its fence last runs the call, alone. So the call runs after every
+/// call made before it on any of its keys, and before every call made after it.
+struct Fence {
+  /// Lanes that have not reached their place yet.
+  waiting: std::sync::atomic::AtomicUsize,
+  /// The call; taken by the lane that runs it (or by `close`).
+  job: Mutex<Option<Job>>,
+  /// Set once the call is answered: the lanes go on.
+  done: tokio::sync::watch::Sender<bool>,
+}
+
+impl Fence {
+  fn take(&self) -> Option<Job> {
+    self.job.lock().unwrap_or_else(|e| e.into_inner()).take()
+  }
+}
+
+/// Where a call goes: one lane, or a fence on several (see `Fence`).
+enum Route {
+  One(usize),
+  Fenced(Vec<usize>),
+}
+
 #[derive(Default)]
 struct Lane {
-  queue: VecDeque<Job>,
+  queue: VecDeque<Entry>,
   running: bool,
 }
 
@@ -139,6 +172,8 @@ struct Inner {
   preparing: tokio::sync::Mutex<()>,
   /// The lanes; several groups commit at once (the server flushes their commits together).
   lanes: Vec<Mutex<Lane>>,
+  /// Held while a call's fences are queued (see `Fence`).
+  fencing: Mutex<()>,
   closed: AtomicBool,
   last_sweep: AtomicU64,
   /// The TLS configuration connections use: a cancel request goes the same way.
@@ -194,6 +229,7 @@ impl PostgresBackend {
         lanes: (0..pool_size.saturating_sub(1).max(1))
           .map(|_| Mutex::new(Lane::default()))
           .collect(),
+        fencing: Mutex::new(()),
         closed: AtomicBool::new(false),
         last_sweep: AtomicU64::new(0),
         tls: target.tls.clone(),
@@ -223,15 +259,11 @@ impl AsyncBackend for PostgresBackend {
     true
   }
 
+  /// Later calls reject with `DISPOSED`; the calls queued run (each still bounded by
+  /// `commandTimeout`), and the pool closes once every lane is idle.
   fn close(&self) {
     self.inner.closed.store(true, Ordering::Release);
-    self.inner.pool.close();
-    for lane in 0..self.inner.lanes.len() {
-      let queued: Vec<Job> = self.inner.lane(lane).queue.drain(..).collect();
-      for job in queued {
-        job.answer(Err(Failure::Other(StoreError::disposed())));
-      }
-    }
+    self.inner.close_if_idle();
   }
 }
 
@@ -240,17 +272,32 @@ impl Inner {
     self.lanes[index].lock().unwrap_or_else(|e| e.into_inner())
   }
 
-  /// The lane of a batch: by its first key (a batch without one, a scan, goes to lane 0).
-  fn lane_of(&self, batch: &Batch) -> usize {
+  /// A closed store's pool closes when no lane has calls left to run.
+  fn close_if_idle(&self) {
+    if self.closed.load(Ordering::Acquire) && (0..self.lanes.len()).all(|i| !self.lane(i).running) {
+      self.pool.close();
+    }
+  }
+
+  /// The lanes of a batch's keys (a batch without keys, a scan, goes to lane 0).
+  fn route(&self, batch: &Batch) -> Route {
     use std::hash::BuildHasher;
     static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
       std::sync::OnceLock::new();
-    match batch.keys().next() {
-      Some(key) if self.lanes.len() > 1 => {
-        let hash = SEED.get_or_init(Default::default).hash_one(key);
-        (hash % self.lanes.len() as u64) as usize
-      }
-      _ => 0,
+    if self.lanes.len() == 1 {
+      return Route::One(0);
+    }
+    let seed = SEED.get_or_init(Default::default);
+    let mut lanes: Vec<usize> = batch
+      .keys()
+      .map(|key| (seed.hash_one(key) % self.lanes.len() as u64) as usize)
+      .collect();
+    lanes.sort_unstable();
+    lanes.dedup();
+    match lanes.len() {
+      0 => Route::One(0),
+      1 => Route::One(lanes[0]),
+      _ => Route::Fenced(lanes),
     }
   }
 
@@ -260,7 +307,10 @@ impl Inner {
     let waits: Vec<_> = (0..self.lanes.len())
       .map(|lane| {
         let (reply, answer) = oneshot::channel();
-        self.submit(lane, Job::new(Arc::new(Batch::many(Vec::new())), reply));
+        self.submit(
+          lane,
+          Entry::Job(Job::new(Arc::new(Batch::many(Vec::new())), reply)),
+        );
         answer
       })
       .collect();
@@ -279,20 +329,35 @@ impl Inner {
       );
       return Box::pin(std::future::ready(Err(err)));
     }
-    let lane = self.lane_of(&batch);
+    let route = self.route(&batch);
     let batch = Arc::new(batch);
     let first = match batch.reads_any_key() && self.lanes.len() > 1 {
       true => None,
-      false => Some(self.send(lane, &batch)),
+      false => Some(self.send(&route, &batch)),
     };
-    Box::pin(self.attempts(lane, batch, first))
+    Box::pin(self.attempts(route, batch, first))
   }
 
   /// Queues one attempt at a batch; a closed store drops it (the answer reads as disposed).
-  fn send(self: &Arc<Self>, lane: usize, batch: &Arc<Batch>) -> oneshot::Receiver<Answer> {
+  fn send(self: &Arc<Self>, route: &Route, batch: &Arc<Batch>) -> oneshot::Receiver<Answer> {
     let (reply, answer) = oneshot::channel();
-    if !self.closed.load(Ordering::Acquire) {
-      self.submit(lane, Job::new(batch.clone(), reply));
+    if self.closed.load(Ordering::Acquire) {
+      return answer;
+    }
+    let job = Job::new(batch.clone(), reply);
+    match route {
+      Route::One(lane) => self.submit(*lane, Entry::Job(job)),
+      Route::Fenced(lanes) => {
+        let fence = Arc::new(Fence {
+          waiting: lanes.len().into(),
+          job: Mutex::new(Some(job)),
+          done: tokio::sync::watch::Sender::new(false),
+        });
+        let _in_order = self.fencing.lock().unwrap_or_else(|e| e.into_inner());
+        for &lane in lanes {
+          self.submit(lane, Entry::Fence(fence.clone()));
+        }
+      }
     }
     answer
   }
@@ -302,7 +367,7 @@ impl Inner {
   /// whole by `commandTimeout`.
   async fn attempts(
     self: Arc<Self>,
-    lane: usize,
+    route: Route,
     batch: Arc<Batch>,
     mut first: Option<oneshot::Receiver<Answer>>,
   ) -> StoreResult<Vec<Reply>> {
@@ -313,12 +378,10 @@ impl Inner {
     let mut recovering = false;
     let mut conflicts = 0;
     loop {
-      if self.closed.load(Ordering::Acquire) {
-        return Err(StoreError::disposed());
-      }
       let answer = match first.take() {
         Some(answer) => answer,
-        None => self.send(lane, &batch),
+        // (a closed store sends nothing: the answer reads as disposed)
+        None => self.send(&route, &batch),
       };
       let failure = match answer.await {
         Ok(Ok(replies)) => return Ok(replies),
@@ -351,9 +414,9 @@ impl Inner {
     }
   }
 
-  fn submit(self: &Arc<Self>, index: usize, job: Job) {
+  fn submit(self: &Arc<Self>, index: usize, entry: Entry) {
     let mut lane = self.lane(index);
-    lane.queue.push_back(job);
+    lane.queue.push_back(entry);
     if !lane.running {
       lane.running = true;
       // (from the JS thread too) on the I/O thread, where the pool's connections run
@@ -361,27 +424,61 @@ impl Inner {
     }
   }
 
-  /// The lane: one group at a time, each with everything queued meanwhile.
+  /// The lane: one group at a time, each with everything queued meanwhile up to a fence.
   async fn drain(self: Arc<Self>, index: usize) {
     loop {
-      let jobs: Vec<Job> = {
+      let next = {
         let mut lane = self.lane(index);
-        lane.queue.retain(|job| !job.answered());
-        if lane.queue.is_empty() {
-          lane.running = false;
-          return;
+        lane.queue.retain(|entry| match entry {
+          Entry::Job(job) => !job.answered(),
+          Entry::Fence(_) => true,
+        });
+        match lane.queue.front() {
+          None => {
+            lane.running = false;
+            drop(lane);
+            self.close_if_idle();
+            return;
+          }
+          Some(Entry::Fence(fence)) => {
+            let fence = fence.clone();
+            lane.queue.pop_front();
+            Err(fence)
+          }
+          Some(Entry::Job(_)) => {
+            let mut jobs = Vec::new();
+            while jobs.len() < GROUP_LIMIT && matches!(lane.queue.front(), Some(Entry::Job(_))) {
+              if let Some(Entry::Job(job)) = lane.queue.pop_front() {
+                jobs.push(job);
+              }
+            }
+            Ok(jobs)
+          }
         }
-        let take = lane.queue.len().min(GROUP_LIMIT);
-        lane.queue.drain(..take).collect()
       };
-      self.run_group(jobs).await;
+      match next {
+        Ok(jobs) => self.run_group(jobs).await,
+        Err(fence) => self.pass(&fence).await,
+      }
     }
   }
 
-  async fn connection(&self) -> StoreResult<Object> {
-    if self.closed.load(Ordering::Acquire) {
-      return Err(StoreError::disposed());
+  /// A lane at its fence: the last lane there runs the call; the others wait for it.
+  async fn pass(self: &Arc<Self>, fence: &Fence) {
+    let mut done = fence.done.subscribe();
+    if fence.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+      if let Some(job) = fence.take() {
+        if !job.answered() {
+          self.run_group(vec![job]).await;
+        }
+      }
+      fence.done.send_replace(true);
     }
+    // (a sender dropped is a store gone: go on)
+    let _ = done.wait_for(|done| *done).await;
+  }
+
+  async fn connection(&self) -> StoreResult<Object> {
     let client = match tokio::time::timeout(self.connect_timeout, self.pool.get()).await {
       Ok(Ok(client)) => client,
       Ok(Err(deadpool_postgres::PoolError::Backend(err))) => return Err(self.connect_error(&err)),
@@ -394,28 +491,48 @@ impl Inner {
         ))
       }
     };
-    if !self.ready.load(Ordering::Acquire) {
-      let _one_at_a_time = self.preparing.lock().await;
+    // The schema check (first use) and the statements' preparation (a new connection),
+    // bounded: a connection stuck there (a lock, a server gone quiet) is given up rather
+    // than holding its lane.
+    let setup = async {
       if !self.ready.load(Ordering::Acquire) {
-        schema::prepare(&client, &self.schema).await?;
-        self.ready.store(true, Ordering::Release);
+        let _one_at_a_time = self.preparing.lock().await;
+        if !self.ready.load(Ordering::Acquire) {
+          schema::prepare(&client, &self.schema).await?;
+          self.ready.store(true, Ordering::Release);
+        }
+      }
+      if client.statement_cache.size() == 0 {
+        let prepared = join_ordered(
+          self
+            .sql
+            .all()
+            .into_iter()
+            .map(|sql| Box::pin(client.prepare_cached(sql)) as BoxFuture<'_, _>)
+            .collect(),
+        )
+        .await;
+        if let Some(Err(err)) = prepared.into_iter().find(Result::is_err) {
+          return Err(errors::store_error(&err));
+        }
+      }
+      Ok(())
+    };
+    match tokio::time::timeout(self.command_timeout, setup).await {
+      Ok(Ok(())) => Ok(client),
+      Ok(Err(err)) => Err(err),
+      Err(_) => {
+        self.give_up(client);
+        Err(StoreError::new(
+          ErrorCode::Timeout,
+          format!(
+            "setting up a connection to {} (schema check, prepared statements) took longer than commandTimeout ({} ms)",
+            self.display,
+            self.command_timeout.as_millis()
+          ),
+        ))
       }
     }
-    if client.statement_cache.size() == 0 {
-      let prepared = join_ordered(
-        self
-          .sql
-          .all()
-          .into_iter()
-          .map(|sql| Box::pin(client.prepare_cached(sql)) as BoxFuture<'_, _>)
-          .collect(),
-      )
-      .await;
-      if let Some(Err(err)) = prepared.into_iter().find(Result::is_err) {
-        return Err(errors::store_error(&err));
-      }
-    }
-    Ok(client)
   }
 
   fn connect_error(&self, err: &tokio_postgres::Error) -> StoreError {
@@ -568,7 +685,8 @@ impl Inner {
       .map(|d| d.as_millis() as u64)
       .unwrap_or_default();
     let last = self.last_sweep.load(Ordering::Relaxed);
-    if now.saturating_sub(last) < SWEEP_EVERY_MS
+    if self.closed.load(Ordering::Acquire)
+      || now.saturating_sub(last) < SWEEP_EVERY_MS
       || self
         .last_sweep
         .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
