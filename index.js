@@ -255,6 +255,25 @@ function requireString(name, value) {
   if (typeof value !== 'string') {
     throw new DurastateError('INVALID_INPUT', `${name} must be a string, got ${value === null ? 'null' : typeof value}`)
   }
+  if (!value.isWellFormed()) throw illFormed(name, value)
+}
+
+/**
+ * A string with a lone surrogate cannot be stored as itself (UTF-8 has no encoding for
+ * it: it would become U+FFFD, and two different keys one), so it is refused.
+ */
+function illFormed(name, value) {
+  let index = 0
+  for (const char of value) {
+    if (!char.isWellFormed()) {
+      const unit = `\\u${char.charCodeAt(0).toString(16)}`
+      return new DurastateError(
+        'INVALID_INPUT',
+        `${name} holds a lone surrogate (${unit} at index ${index}), which UTF-8 cannot encode (no backend could keep it as it is); use well-formed Unicode`,
+      )
+    }
+    index += char.length
+  }
 }
 
 function encodeResult(executionId, taskId, value) {
@@ -514,7 +533,10 @@ function encodeEntries(entries, mount) {
     throw new DurastateError('INVALID_INPUT', `setMany on mount '${mount}' needs an object of entries`)
   }
   const flat = []
-  for (const key of Object.keys(entries)) flat.push(key, encodeValue(entries[key], mount, key))
+  for (const key of Object.keys(entries)) {
+    if (!key.isWellFormed()) throw illFormed('key', key)
+    flat.push(key, encodeValue(entries[key], mount, key))
+  }
   return flat
 }
 
@@ -522,6 +544,7 @@ function requireKeys(keys) {
   if (!Array.isArray(keys) || keys.some((k) => typeof k !== 'string')) {
     throw new DurastateError('INVALID_INPUT', 'keys must be an array of strings')
   }
+  for (const key of keys) if (!key.isWellFormed()) throw illFormed('key', key)
 }
 
 function ttlOf(options) {

@@ -200,6 +200,9 @@ for (const name of backendNames) {
       await rejectsWith(store.beginExecution(''), 'INVALID_INPUT')
       await rejectsWith(store.getExecutionTaskResult('e', undefined), 'INVALID_INPUT')
       await rejectsWith(store.commitExecutionTaskResult(null, 't', 1), 'INVALID_INPUT')
+      // A lone surrogate would reach the store as U+FFFD: two ids would be one.
+      await rejectsWith(store.beginExecution('e\ud800'), 'INVALID_INPUT')
+      await rejectsWith(store.tryBeginExecutionTask('e', '\udc00'), 'INVALID_INPUT')
     })
 
     it('rejects every call after close() with DISPOSED; close is idempotent', async () => {

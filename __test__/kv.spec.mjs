@@ -1043,6 +1043,34 @@ for (const name of kvBackendNames) {
         await rejectsWith(view.get('k'), 'DISPOSED')
       })
 
+      // UTF-8 has no encoding for a lone surrogate: as a key it would turn into U+FFFD, and
+      // two different keys into one. Inside values (JSON text escapes it) it is kept.
+      test('refuses keys with a lone surrogate; keeps them in values and in merged object keys', async () => {
+        const kv = backend.open({ mounts: { m: {} } })
+        const refused = [
+          kv.set('m', '\ud800', 1),
+          kv.get('m', 'a\udc00'),
+          kv.getMany('m', ['ok', '\ud800']),
+          kv.setMany('m', { '\udc00': 1 }),
+          kv.deleteMany('m', ['\ud800']),
+          kv.keys('m', '\ud800*'),
+          kv.merge('m', '\ud800', {}),
+        ]
+        for (const call of refused) await rejectsWith(call, 'INVALID_INPUT')
+        assert.deepEqual(await kv.keys('m'), [])
+        await kv.set('m', 'doc', { a: 1, s: '\ud800' })
+        assert.equal(await kv.merge('m', 'doc', { b: 2, '\ud800': 3 }), true)
+        assert.equal(await kv.merge('m', 'doc', { '\ud800': 4, '\udc00': 5 }), true)
+        const doc = await kv.get('m', 'doc')
+        assert.deepEqual(Object.entries(doc), [
+          ['a', 1],
+          ['s', '\ud800'],
+          ['b', 2],
+          ['\ud800', 4],
+          ['\udc00', 5],
+        ])
+      })
+
       // A new store has not counted its mounts, so its writes of new keys run in phases.
       test('the calls made before close() finish (and land), in phases too; later calls reject with DISPOSED', async () => {
         for (let round = 0; round < 5; round++) {

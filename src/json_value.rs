@@ -88,39 +88,45 @@ pub fn object_members(json: &str) -> Result<Vec<(String, String)>, String> {
     members
       .0
       .into_iter()
-      .map(|(key, value)| (key_json(&key), value.get().to_string()))
+      .map(|(key, value)| (key.get().to_string(), value.get().to_string()))
       .collect(),
   )
 }
 
-fn key_json(key: &str) -> String {
-  serde_json::to_string(key).expect("a string always serializes")
-}
-
-/// A JSON object's members in text order, values raw; a repeated key keeps its first
-/// position and its last value (as `JSON.parse` does).
-struct Members(Vec<(String, Box<RawValue>)>);
+/// A JSON object's members in text order, keys and values raw; a repeated key keeps its
+/// first position and its last value (as `JSON.parse` does). Keys stay JSON text (quoted,
+/// escapes kept) and compare as text, as the Redis merge script compares them: a key JS
+/// can hold but UTF-8 cannot (a lone surrogate, written `"\ud800"` by `JSON.stringify`)
+/// is kept as it is, and `JSON.stringify` writes one text per key.
+struct Members(Vec<(Box<RawValue>, Box<RawValue>)>);
 
 fn parse_object(json: &str) -> Result<Members, String> {
   serde_json::from_str(json).map_err(|err| err.to_string())
 }
 
-fn upsert(entries: &mut Vec<(String, Box<RawValue>)>, key: String, value: Box<RawValue>) {
-  match entries.iter_mut().find(|(existing, _)| *existing == key) {
+fn upsert(
+  entries: &mut Vec<(Box<RawValue>, Box<RawValue>)>,
+  key: Box<RawValue>,
+  value: Box<RawValue>,
+) {
+  match entries
+    .iter_mut()
+    .find(|(existing, _)| existing.get() == key.get())
+  {
     Some(entry) => entry.1 = value,
     None => entries.push((key, value)),
   }
 }
 
-fn write_object(mut entries: Vec<(String, Box<RawValue>)>) -> String {
+fn write_object(mut entries: Vec<(Box<RawValue>, Box<RawValue>)>) -> String {
   // Stable: array-index keys first, ascending; the rest keep their order.
-  entries.sort_by_key(|(key, _)| array_index(key).map_or((1, 0), |index| (0, index)));
+  entries.sort_by_key(|(key, _)| array_index(key.get()).map_or((1, 0), |index| (0, index)));
   let mut out = String::from("{");
   for (i, (key, value)) in entries.iter().enumerate() {
     if i > 0 {
       out.push(',');
     }
-    out.push_str(&key_json(key));
+    out.push_str(key.get());
     out.push(':');
     out.push_str(value.get());
   }
@@ -128,8 +134,10 @@ fn write_object(mut entries: Vec<(String, Box<RawValue>)>) -> String {
   out
 }
 
-/// The key as an array index (`"0"`, `"17"`; below 2³² − 1), which JS orders first.
+/// The key (JSON text, quoted) as an array index (`"0"`, `"17"`; below 2³² − 1), which
+/// JS orders first.
 fn array_index(key: &str) -> Option<u64> {
+  let key = key.strip_prefix('"')?.strip_suffix('"')?;
   let canonical = key == "0" || (!key.starts_with('0') && !key.is_empty());
   if !canonical || key.len() > 10 || !key.bytes().all(|b| b.is_ascii_digit()) {
     return None;
@@ -157,7 +165,7 @@ impl<'de> Visitor<'de> for MembersVisitor {
 
   fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
     let mut entries = Vec::new();
-    while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
+    while let Some((key, value)) = map.next_entry::<Box<RawValue>, Box<RawValue>>()? {
       upsert(&mut entries, key, value);
     }
     Ok(Members(entries))
@@ -188,6 +196,21 @@ mod tests {
     let numbers = merge_objects(r#"{"b":1,"5":1}"#, r#"{"2":0.1,"a":1e21}"#).unwrap();
     assert_eq!(numbers, r#"{"2":0.1,"5":1,"b":1,"a":1e21}"#);
     assert_eq!(merge_objects(r#"{"a":1}"#, "{}").unwrap(), r#"{"a":1}"#);
+  }
+
+  #[test]
+  fn keys_stay_as_json_writes_them_lone_surrogates_too() {
+    // `JSON.stringify({ '\ud800': 1 })`: a key UTF-8 cannot hold, kept as its JSON text.
+    let merged = merge_objects(r#"{"a":1,"\ud800":2}"#, r#"{"\ud800":3,"\udc00":4}"#).unwrap();
+    assert_eq!(merged, r#"{"a":1,"\ud800":3,"\udc00":4}"#);
+    let members = object_members(r#"{"\ud800":1,"b\n":"\udfff"}"#).unwrap();
+    assert_eq!(
+      members,
+      vec![
+        (r#""\ud800""#.to_string(), "1".to_string()),
+        (r#""b\n""#.to_string(), r#""\udfff""#.to_string())
+      ]
+    );
   }
 
   #[test]
