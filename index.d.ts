@@ -426,7 +426,9 @@ export interface KvMount {
   readonly name: string
   get(key: string): Promise<unknown>
   getOr<T>(key: string, fallback: T): Promise<unknown | T>
+  getJson(key: string): Promise<string | undefined>
   set(key: string, value: unknown, options?: KvWriteOptions): Promise<true>
+  setJson(key: string, json: string, options?: KvWriteOptions): Promise<true>
   merge(key: string, partial: Record<string, unknown>, options?: KvWriteOptions): Promise<true>
   delete(key: string): Promise<boolean>
   has(key: string): Promise<boolean>
@@ -457,12 +459,22 @@ export declare class KvStore {
   /** The stored value, or `fallback` when the key is not stored. No schema check. */
   getOr<T>(mount: string, key: string, fallback: T): Promise<unknown | T>
   /**
+   * The stored JSON text as it is, not parsed (so a number keeps digits a JS number would
+   * lose), or `undefined` when the key is not stored. No schema check.
+   */
+  getJson(mount: string, key: string): Promise<string | undefined>
+  /**
    * Stores `value` (any JSON value). Checks, in order: mode (`READ_ONLY`), declared key
    * (`INVALID_INPUT`), type (`TYPE_MISMATCH`), size (`VALUE_TOO_LARGE`), entry limit for a
    * new key (`ENTRY_LIMIT`). The TTL is set with the write, atomically; without a TTL, a
    * previous TTL of the key is dropped.
    */
   set(mount: string, key: string, value: unknown, options?: KvWriteOptions): Promise<true>
+  /**
+   * {@link set} of a value given as JSON text, stored as it is (`'{"id":12345678901234567890}'`
+   * keeps its digits). Text that is not one JSON value rejects with `INVALID_INPUT`.
+   */
+  setJson(mount: string, key: string, json: string, options?: KvWriteOptions): Promise<true>
   /**
    * Shallow-merges `partial` into the stored object (`{...current, ...partial}`), atomically
    * on the store (a script on Redis, a transaction on SQLite), so concurrent merges never

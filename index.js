@@ -492,6 +492,18 @@ function encodeValue(value, mount, key) {
   return json
 }
 
+/** A value given as JSON text: one JSON value, as `JSON.parse` reads it. */
+function requireJsonText(json, mount, key) {
+  if (typeof json !== 'string') {
+    throw new DurastateError('INVALID_INPUT', `setJson of key "${key}" (mount '${mount}') needs JSON text, got ${json === null ? 'null' : typeof json}`)
+  }
+  try {
+    JSON.parse(json)
+  } catch (err) {
+    throw new DurastateError('INVALID_INPUT', `setJson of key "${key}" (mount '${mount}'): not JSON text: ${err.message}`, { cause: err })
+  }
+}
+
 function decodeValue(text, mount, key) {
   try {
     return JSON.parse(text)
@@ -777,17 +789,47 @@ class KvStore {
     return this.#native.getOr(mount, key).then((text) => (text === null ? fallback : decodeValue(text, mount, key)), rethrow)
   }
 
+  /** The stored JSON text as it is (not parsed), or `undefined` when the key is not stored. */
+  getJson(mount, key) {
+    try {
+      this.#requireMount(mount)
+      requireString('key', key)
+      if (!this.#order.idle) return this.#after(mount, [key], () => this.#getJson(mount, key))
+      return this.#getJson(mount, key)
+    } catch (err) {
+      return rejected(err)
+    }
+  }
+
+  #getJson(mount, key) {
+    return this.#native.getOr(mount, key).then((text) => (text === null ? undefined : text), rethrow)
+  }
+
   set(mount, key, value, options) {
     try {
       this.#requireMount(mount)
       requireString('key', key)
-      const json = encodeValue(value, mount, key)
-      const ttl = ttlOf(options)
-      if (!this.#order.idle) return this.#after(mount, [key], (held) => this.#set(mount, key, json, ttl, held))
-      return this.#set(mount, key, json, ttl, false)
+      return this.#setText(mount, key, encodeValue(value, mount, key), ttlOf(options))
     } catch (err) {
       return rejected(err)
     }
+  }
+
+  /** `set` of a value given as JSON text, stored as it is (numbers keep their digits). */
+  setJson(mount, key, json, options) {
+    try {
+      this.#requireMount(mount)
+      requireString('key', key)
+      requireJsonText(json, mount, key)
+      return this.#setText(mount, key, json, ttlOf(options))
+    } catch (err) {
+      return rejected(err)
+    }
+  }
+
+  #setText(mount, key, json, ttl) {
+    if (!this.#order.idle) return this.#after(mount, [key], (held) => this.#set(mount, key, json, ttl, held))
+    return this.#set(mount, key, json, ttl, false)
   }
 
   /** `held`: the call's keys are held until it settles (`#after`). */
@@ -1013,6 +1055,12 @@ class KvMount {
   }
   getOr(key, fallback) {
     return this.#kv.getOr(this.name, key, fallback)
+  }
+  getJson(key) {
+    return this.#kv.getJson(this.name, key)
+  }
+  setJson(key, json, options) {
+    return this.#kv.setJson(this.name, key, json, options)
   }
   set(key, value, options) {
     return this.#kv.set(this.name, key, value, options)

@@ -9,10 +9,11 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { fileURLToPath } from 'node:url'
+import Redis from 'ioredis'
 import binding from '../binding.js'
 import { createKvStore, createPostgresStore, createRedisStore, createSqliteStore } from '../index.js'
 import { testPostgres } from './helpers/postgres-server.mjs'
-import { freePort, testRedis } from './helpers/redis-server.mjs'
+import { freePort, startRedisServer, testRedis } from './helpers/redis-server.mjs'
 
 const cli = fileURLToPath(new URL('../bin/durastate.mjs', import.meta.url))
 const HOUR = 3_600_000
@@ -318,5 +319,136 @@ describe('durastate arguments and errors', { timeout: 60_000 }, () => {
 
   it('does not create a SQLite file to inspect it (exit 1)', () => {
     fails(['inspect', 'sqlite:/nonexistent/dir/state.db'], 1, /^durastate: no SQLite file at \/nonexistent\/dir\/state.db \(UNAVAILABLE\)\n$/)
+  })
+})
+
+describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () => {
+  let dir
+  let path
+  let url
+  let redis
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'durastate-cli-fixes-'))
+    path = join(dir, 'state.db')
+    url = `sqlite:${path}`
+    // A server of its own: these tests list a whole database (prefix "").
+    const server = await startRedisServer()
+    redis = { url: server.url, release: () => server.stop() }
+  })
+  after(async () => {
+    rmSync(dir, { recursive: true, force: true })
+    await redis?.release()
+  })
+
+  for (const name of ['sqlite', 'redis']) {
+    it(`a KV value true under "kv:" is no execution: inspect skips it, dispose refuses it unless --force (${name})`, async () => {
+      const storeUrl = name === 'sqlite' ? url : redis.url
+      const id = randomUUID()
+      const store = name === 'sqlite' ? createSqliteStore(path) : createRedisStore(storeUrl)
+      const kv = createKvStore(storeUrl)
+      try {
+        await store.beginExecution(`order-${id}`)
+        await kv.set('default', `maintenance-${id}`, true)
+        const ids = JSON.parse(output(['inspect', storeUrl, '--json'])).executions.map((e) => e.id)
+        assert.ok(ids.includes(`order-${id}`))
+        assert.ok(!ids.includes(`kv:maintenance-${id}`), 'the KV entry is listed as an execution')
+        const refused = durastate(['dispose', storeUrl, `kv:maintenance-${id}`])
+        assert.equal(refused.status, 1)
+        assert.match(refused.stderr, /taken for a KV entry .*--force.*\(NOT_FOUND\)\n$/)
+        assert.equal(await kv.get('default', `maintenance-${id}`), true)
+        assert.match(output(['dispose', storeUrl, `kv:maintenance-${id}`, '--force']), /disposed execution/)
+        assert.equal(await kv.has('default', `maintenance-${id}`), false)
+        output(['dispose', storeUrl, `order-${id}`])
+      } finally {
+        await Promise.all([store.close(), kv.close()])
+      }
+    })
+  }
+
+  it("lists a database with other programs' hashes, lists and sets: skips those keys rather than failing (redis)", async () => {
+    const store = createRedisStore(redis.url)
+    const id = randomUUID()
+    try {
+      await store.beginExecution(`order-${id}`)
+      await store.commitExecutionTaskResult(`order-${id}`, 'charge', CHARGE)
+      // Another program's data under the same (empty) prefix: keys of every other type.
+      const admin = new Redis(redis.url)
+      await admin.hset(`session-${id}`, 'user', 'u1')
+      await admin.rpush(`jobs-${id}`, 'a')
+      await admin.sadd(`tags-${id}`, 'x')
+      await admin.set(`odd-${id}:transactions`, 'a string')
+      await admin.quit()
+      const listed = JSON.parse(output(['inspect', redis.url, '--json'])).executions.map((e) => e.id)
+      assert.ok(listed.includes(`order-${id}`), 'the execution is listed')
+      for (const other of [`session-${id}`, `jobs-${id}`, `tags-${id}`, `odd-${id}`]) assert.ok(!listed.includes(other), `${other} is listed`)
+      assert.match(output(['inspect', redis.url]), new RegExp(`order-${id}`))
+      // Asked for by name, another program's key says what it is.
+      fails(['inspect', redis.url, `session-${id}`], 1, /WRONG_TYPE/)
+    } finally {
+      await store.close()
+    }
+  })
+
+  it("never prints a URL's secrets in an error or a usage message", () => {
+    const cluster = 'rediss+cluster://u:s3cret@127.0.0.1:1,127.0.0.1:2?sentinelPassword=s3cret2'
+    const invalid = durastate(['inspect', cluster])
+    assert.equal(invalid.status, 1)
+    assert.doesNotMatch(invalid.stderr, /s3cret/)
+    assert.match(invalid.stderr, /sentinelPassword=\*\*\*/)
+    const usage = durastate(['inspect', 'redis+sentinel://u:s3cret@h1,h2/m', 'a', 'b'])
+    assert.equal(usage.status, 2)
+    assert.match(usage.stderr, /too many arguments: redis\+sentinel:\/\/u:\*\*\*@h1,h2\/m a b/)
+    assert.doesNotMatch(usage.stderr, /s3cret/)
+  })
+
+  it('kv get prints the stored JSON text and kv set stores the JSON text given, digits as they are', async () => {
+    const stored = '{"id":12345678901234567890,"x":1e400,"amount":1.10}'
+    output(['kv', 'set', 'default', 'big', stored, url])
+    output(['kv', 'set', 'default', 'n', '9007199254740993', url])
+    const native = binding.createKvStore(url, {}, [{ name: 'default', prefix: 'kv:' }])
+    try {
+      assert.equal(await native.getOr('default', 'big'), stored)
+      assert.equal(await native.getOr('default', 'n'), '9007199254740993')
+    } finally {
+      native.close()
+    }
+    assert.equal(output(['kv', 'get', 'default', 'big', url, '--json']), `${stored}\n`)
+    assert.equal(output(['kv', 'get', 'default', 'big', url]), '{\n  "id": 12345678901234567890,\n  "x": 1e400,\n  "amount": 1.10\n}\n')
+    assert.equal(output(['kv', 'get', 'default', 'n', url]), '9007199254740993\n')
+    output(['kv', 'set', 'default', 'word', 'hello', url])
+    assert.equal(output(['kv', 'get', 'default', 'word', url, '--json']), '"hello"\n')
+  })
+
+  it('takes a lone argument for the pattern or the id unless it can only be a URL', () => {
+    const env = { DURASTATE_URL: url }
+    for (const key of ['file:report.pdf', 'redis:conf', 'memory:notes']) output(['kv', 'set', 'cache', key, '1'], { env })
+    assert.equal(output(['kv', 'keys', 'cache', 'file:*'], { env }), 'file:report.pdf\n')
+    assert.equal(output(['kv', 'keys', 'cache', 'redis:*'], { env }), 'redis:conf\n')
+    assert.equal(output(['kv', 'keys', 'cache', 'memory:*'], { env }), 'memory:notes\n')
+    assert.equal(output(['kv', 'keys', 'cache', `sqlite:${path}`]), 'file:report.pdf\nmemory:notes\nredis:conf\n')
+    const id = durastate(['inspect', 'file:report-42'], { env })
+    assert.equal(id.status, 1)
+    assert.match(id.stderr, /^durastate: no execution "file:report-42" under prefix "" \(NOT_FOUND\)\n$/)
+  })
+
+  it('escapes control characters of ids and step names in the tables', async () => {
+    const store = createSqliteStore(path, { prefix: 'ctl:' })
+    await store.commitExecutionTaskResult('evil\n\u001b[31mred', 'step\tone\u009b', { s: 'a\u007fb' })
+    await store.close()
+    const list = output(['inspect', url, '--prefix', 'ctl:'])
+    assert.match(list, /^evil\\n\\u001b\[31mred {2}/m)
+    const detail = output(['inspect', url, 'evil\n\u001b[31mred', '--prefix', 'ctl:'])
+    assert.match(detail, /^execution evil\\n\\u001b\[31mred: /)
+    assert.match(detail, /^step\\tone\\u009b {2}done .*\{"s":"a\\u007fb"\}$/m)
+    // oxlint-disable-next-line no-control-regex -- no raw control character may reach the terminal
+    for (const text of [list, detail]) assert.doesNotMatch(text, /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/)
+  })
+
+  it('refuses a --port that is not a port number (exit 2)', () => {
+    for (const port of ['', ' ', '0x50', '1e3', '-1', '65536', '80.5']) {
+      const result = durastate(['ui', url, `--port=${port}`])
+      assert.equal(result.status, 2, `--port ${JSON.stringify(port)}: ${result.stdout}${result.stderr}`)
+      assert.match(result.stderr, /^durastate: --port must be a port number \(0-65535\)/)
+    }
   })
 })

@@ -479,6 +479,24 @@ for (const name of kvBackendNames) {
         assert.equal(await kv.getOr('emptyschema', 'anything', 7), 7)
       })
 
+      test('getJson and setJson carry the stored JSON text as it is (digits a JS number would lose)', async () => {
+        const kv = backend.open({ mounts: { m: {}, cfg: { schema: { retries: { type: 'number', default: 3 } } } } })
+        const big = '{"id":12345678901234567890,"amount":1.10,"huge":1e400}'
+        assert.equal(await kv.setJson('m', 'big', big), true)
+        assert.equal(await kv.getJson('m', 'big'), big)
+        assert.equal(await kv.mount('m').getJson('big'), big)
+        assert.deepEqual(await kv.get('m', 'big'), JSON.parse(big))
+        assert.equal(await kv.getJson('m', 'missing'), undefined)
+        assert.equal(await kv.merge('m', 'big', { more: 1 }), true)
+        assert.equal(await kv.getJson('m', 'big'), '{"id":12345678901234567890,"amount":1.10,"huge":1e400,"more":1}')
+        await kv.mount('cfg').setJson('retries', '9007199254740993')
+        assert.equal(await kv.getJson('cfg', 'retries'), '9007199254740993')
+        await rejectsWith(kv.setJson('cfg', 'retries', '"3"'), 'TYPE_MISMATCH', naming('cfg', 'retries'))
+        for (const bad of ['', '{', 'undefined', '1 2', "{'a':1}"]) await rejectsWith(kv.setJson('m', 'bad', bad), 'INVALID_INPUT')
+        await rejectsWith(kv.setJson('m', 'bad', 42), 'INVALID_INPUT')
+        assert.equal(await kv.has('m', 'bad'), false)
+      })
+
       test('values must have the declared type, else TYPE_MISMATCH naming mount and key', async () => {
         const schema = {
           retries: { type: 'number', default: 3 },

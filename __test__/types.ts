@@ -99,9 +99,12 @@ export async function useKv(): Promise<void> {
   const many: Record<string, unknown> = await cacheMount.getMany(['a'])
   const names: string[] = await kv.keys('cache', 'report:*')
   const fallback: unknown = await kv.getOr('user', 'name', null)
+  const text: string | undefined = await kv.getJson('user', 'name')
+  const storedText: true = await cacheMount.setJson('a', '{"id":12345678901234567890}', { ttl: 1_000 })
+  const mountText: string | undefined = await cacheMount.getJson('a')
   const schema: KvSchemaInfo[] = kv.schema('user')
   const mounts: KvMountInfo[] = kv.mounts()
-  void [stored, merged, removed, count, many, names, fallback, schema, mounts]
+  void [stored, merged, removed, count, many, names, fallback, text, storedText, mountText, schema, mounts]
   await kv.close()
 }
 

@@ -13,9 +13,10 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { promisify } from 'node:util'
 import { chromium } from 'playwright-core'
-import { createInspector } from '../binding.js'
-import { createRedisStore, createSqliteStore } from '../index.js'
-import { isAllowedHost, MAX_LISTED, MAX_VALUE_CHARS, startUi } from '../bin/ui.mjs'
+import binding, { createInspector } from '../binding.js'
+import { createKvStore, createRedisStore, createSqliteStore } from '../index.js'
+import { redactSecrets } from '../bin/executions.mjs'
+import { isAllowedHost, MAX_LISTED, MAX_SCANNED, MAX_VALUE_CHARS, startUi } from '../bin/ui.mjs'
 import { startRedisServer } from './helpers/redis-server.mjs'
 
 const CLI = new URL('../bin/durastate.mjs', import.meta.url).pathname
@@ -119,14 +120,15 @@ describe('durastate ui: HTTP API', () => {
       assert.equal(bad.status, 400, limit)
       assert.equal(bad.json.error.code, 'INVALID_INPUT')
     }
-    assert.equal((await raw(`${readOnly.url}api/executions/${'x'.repeat(5000)}`)).status, 400)
-    assert.equal((await raw(`${readOnly.url}api/executions/%E0%A4%A`)).status, 400)
-    assert.equal((await raw(`${readOnly.url}api/executions/nope`)).json.error.code, 'NOT_FOUND')
-    const big = (await raw(`${readOnly.url}api/executions/big-1`)).json
+    assert.equal((await raw(`${readOnly.url}api/execution?id=${'x'.repeat(5000)}`)).status, 400)
+    assert.equal((await raw(`${readOnly.url}api/execution`)).status, 400)
+    assert.equal((await raw(`${readOnly.url}api/execution?id=nope`)).json.error.code, 'NOT_FOUND')
+    assert.equal((await raw(`${readOnly.url}api/executions/order-1`)).status, 404)
+    const big = (await raw(`${readOnly.url}api/execution?id=big-1`)).json
     assert.equal(big.steps[0].truncated, true)
     assert.equal(big.steps[0].value.length, MAX_VALUE_CHARS)
     assert.equal(big.steps[0].size, BIG.length + 2)
-    const order = (await raw(`${readOnly.url}api/executions/order-1`)).json
+    const order = (await raw(`${readOnly.url}api/execution?id=order-1`)).json
     assert.deepEqual(
       order.steps.map((s) => [s.id, s.state]),
       [
@@ -140,8 +142,8 @@ describe('durastate ui: HTTP API', () => {
   })
 
   it('refuses writes when read-only, and without the page origin or token', async () => {
-    const post = (server, headers, body = '{"taskId":"validate"}') =>
-      raw(`${server.url}api/executions/order-1/reset`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body })
+    const post = (server, headers, body = '{"id":"order-1","taskId":"validate"}') =>
+      raw(`${server.url}api/execution/reset`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body })
     const origin = (server) => `http://127.0.0.1:${server.port}`
     const readOnlyAnswer = await post(readOnly, { origin: origin(readOnly) })
     assert.deepEqual([readOnlyAnswer.status, readOnlyAnswer.json.error.code], [403, 'READ_ONLY'])
@@ -153,8 +155,160 @@ describe('durastate ui: HTTP API', () => {
     const headers = { origin: origin(writable), 'x-durastate-token': token }
     assert.equal((await post(writable, headers, 'x'.repeat(70 * 1024))).status, 413)
     assert.equal((await post(writable, headers, '[1]')).status, 400)
-    assert.equal((await post(writable, headers, '{"taskId":"nope"}')).json.error.code, 'NOT_FOUND')
-    assert.equal((await raw(`${writable.url}api/executions/order-1`, { method: 'DELETE' })).status, 405)
+    assert.equal((await post(writable, headers, '{"id":"order-1","taskId":"nope"}')).json.error.code, 'NOT_FOUND')
+    assert.equal((await post(writable, headers, '{"taskId":"validate"}')).status, 400, 'no id')
+    assert.equal((await raw(`${writable.url}api/execution?id=order-1`, { method: 'DELETE' })).status, 405)
+  })
+})
+
+describe('durastate ui: what it reads and shows', () => {
+  let dir
+  let path
+  let url
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'durastate-ui-fixes-'))
+    path = join(dir, 'state.db')
+    url = `sqlite:${path}`
+  })
+
+  after(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true })
+  })
+
+  /** A UI on `url` whose inspector counts the executions read and the keys scanned. */
+  async function countingUi(options = {}) {
+    const counts = { read: 0, scanned: 0 }
+    const ui = await startUi({
+      url,
+      ...options,
+      createInspector: (target) => {
+        const inspector = createInspector(target)
+        return {
+          scanExecutions: async (...args) => {
+            const page = await inspector.scanExecutions(...args)
+            counts.scanned += page.length - 1
+            return page
+          },
+          execution: (key) => {
+            counts.read++
+            return inspector.execution(key)
+          },
+          resetSteps: (...args) => inspector.resetSteps(...args),
+          dispose: (key) => inspector.dispose(key),
+          close: () => inspector.close(),
+        }
+      },
+    })
+    return { ui, counts }
+  }
+
+  it('never shows the password of a store URL, multi-host and libpq ones included', async () => {
+    for (const store of [
+      'redis+sentinel://u:s3cret@127.0.0.1:1,127.0.0.1:2/m',
+      'rediss+cluster://u:s3cret@127.0.0.1:1,127.0.0.1:2',
+      'postgres://u:s3cret@127.0.0.1:1,127.0.0.1:2/db',
+    ]) {
+      const ui = await startUi({ url: store, createInspector })
+      try {
+        const info = (await raw(`${ui.url}api/info`)).json
+        assert.doesNotMatch(info.store, /s3cret/, store)
+        assert.match(info.store, /u:\*\*\*@127\.0\.0\.1:1,127\.0\.0\.1:2/)
+      } finally {
+        await ui.close()
+      }
+    }
+    assert.equal(redactSecrets("host=h password='s3 cret' dbname=d"), 'host=h password=*** dbname=d')
+    assert.equal(redactSecrets('redis+sentinel://h1,h2/m?sentinelPassword=s3cret&db=1'), 'redis+sentinel://h1,h2/m?sentinelPassword=***&db=1')
+  })
+
+  it('a listing reads only the executions it shows and scans at most MAX_SCANNED keys', async () => {
+    const store = createSqliteStore(path, { prefix: 'many:' })
+    const total = MAX_SCANNED + 500
+    for (let i = 0; i < total; i += 1000) {
+      await Promise.all(Array.from({ length: Math.min(1000, total - i) }, (_, j) => store.commitExecutionTaskResult(`e${i + j}`, 's', 1)))
+    }
+    await store.close()
+    const { ui, counts } = await countingUi({ prefix: 'many:' })
+    try {
+      const list = (await raw(`${ui.url}api/executions`)).json
+      assert.ok(counts.read <= MAX_LISTED, `read ${counts.read} executions`)
+      assert.ok(counts.scanned <= MAX_SCANNED, `scanned ${counts.scanned} keys`)
+      assert.equal(list.executions.length, MAX_LISTED)
+      assert.deepEqual([list.truncated, list.complete], [true, false])
+      Object.assign(counts, { read: 0, scanned: 0 })
+      const none = (await raw(`${ui.url}api/executions?search=no-such-id`)).json
+      assert.deepEqual([none.executions.length, none.truncated], [0, true])
+      assert.equal(counts.read, 0)
+      assert.ok(counts.scanned <= MAX_SCANNED, `a search that matches nothing scanned ${counts.scanned} keys`)
+      Object.assign(counts, { read: 0, scanned: 0 })
+      assert.equal((await raw(`${ui.url}api/executions?limit=3`)).json.executions.length, 3)
+      assert.equal(counts.read, 3)
+    } finally {
+      await ui.close()
+    }
+  })
+
+  it('shows a step value as the stored JSON text, digits as stored', async () => {
+    const stored = '{"orderId":12345678901234567890,"amount":1.10,"ratio":1e400,"s":"a\\"b,{"}'
+    const native = binding.createSqliteStore(path, { prefix: 'raw:' })
+    await native.commitExecutionTaskResult('exec-1', 'charge', stored)
+    native.close()
+    const ui = await startUi({ url, prefix: 'raw:', createInspector })
+    try {
+      const detail = (await raw(`${ui.url}api/execution?id=exec-1`)).json
+      assert.equal(detail.steps[0].value, '{\n  "orderId": 12345678901234567890,\n  "amount": 1.10,\n  "ratio": 1e400,\n  "s": "a\\"b,{"\n}')
+    } finally {
+      await ui.close()
+    }
+  })
+
+  it('opens, resets and disposes executions whose id is "." or ".."', async () => {
+    const store = createSqliteStore(path, { prefix: 'dots:' })
+    for (const id of ['.', '..']) {
+      await store.commitExecutionTaskResult(id, 'a', { id })
+      await store.commitExecutionTaskResult(id, 'b', 2)
+    }
+    const ui = await startUi({ url, prefix: 'dots:', allowWrites: true, createInspector })
+    try {
+      const { token } = (await raw(`${ui.url}api/info`)).json
+      const headers = { origin: `http://127.0.0.1:${ui.port}`, 'x-durastate-token': token, 'content-type': 'application/json' }
+      for (const id of ['.', '..']) {
+        const detail = await raw(`${ui.url}api/execution?id=${encodeURIComponent(id)}`)
+        assert.deepEqual([detail.status, detail.json.id, detail.json.steps.length], [200, id, 2])
+        const reset = await raw(`${ui.url}api/execution/reset`, { method: 'POST', headers, body: JSON.stringify({ id, taskId: 'a' }) })
+        assert.deepEqual(reset.json, { reset: ['a'] })
+        const disposed = await raw(`${ui.url}api/execution/dispose`, { method: 'POST', headers, body: JSON.stringify({ id }) })
+        assert.deepEqual(disposed.json, { disposed: id })
+        assert.deepEqual(await store.getExecutionTaskResults(id), {})
+      }
+    } finally {
+      await ui.close()
+      await store.close()
+    }
+  })
+
+  it('does not list or dispose a KV value true stored under "kv:" in the same file', async () => {
+    const shared = join(dir, 'shared.db')
+    const store = createSqliteStore(shared)
+    await store.beginExecution('order-kv')
+    const kv = createKvStore(`sqlite:${shared}`)
+    await kv.set('default', 'maintenance', true)
+    const ui = await startUi({ url: `sqlite:${shared}`, allowWrites: true, createInspector })
+    try {
+      const ids = (await raw(`${ui.url}api/executions?search=kv`)).json.executions.map((e) => e.id)
+      assert.deepEqual(ids, ['order-kv'])
+      assert.equal((await raw(`${ui.url}api/execution?id=kv:maintenance`)).status, 404)
+      const { token } = (await raw(`${ui.url}api/info`)).json
+      const headers = { origin: `http://127.0.0.1:${ui.port}`, 'x-durastate-token': token }
+      const disposed = await raw(`${ui.url}api/execution/dispose`, { method: 'POST', headers, body: '{"id":"kv:maintenance"}' })
+      assert.equal(disposed.status, 404)
+      assert.equal(await kv.get('default', 'maintenance'), true)
+    } finally {
+      await ui.close()
+      await kv.close()
+      await store.close()
+    }
   })
 })
 
@@ -291,7 +445,7 @@ describe('durastate ui in a browser', { timeout: 120_000 }, () => {
         assert.equal(await page.locator('button.reset').count(), 0)
         assert.equal(await page.locator('#dispose').isHidden(), true)
         const refused = await page.evaluate(async () => {
-          const response = await fetch('/api/executions/order-1/dispose', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })
+          const response = await fetch('/api/execution/dispose', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"id":"order-1"}' })
           return [response.status, (await response.json()).error.code]
         })
         assert.deepEqual(refused, [403, 'READ_ONLY'])

@@ -4,7 +4,17 @@
 import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { parseArgs } from 'node:util'
-import { describeExecution, disposeExecution, listExecutions, readExecution, resetStep } from './executions.mjs'
+import {
+  describeExecution,
+  disposeExecution,
+  formatJson,
+  KV_DEFAULT_PREFIX,
+  listExecutions,
+  looksLikeKvEntry,
+  readExecution,
+  redactSecrets,
+  resetStep,
+} from './executions.mjs'
 
 const require = createRequire(import.meta.url)
 
@@ -17,7 +27,8 @@ const USAGE = `usage:
   durastate kv delete <mount> <key> [url] [--prefix p] [--json]
   durastate reset [url] <executionId> <taskId> [--prefix p]   remove a step's result and in-progress
                                                               mark, and its nested steps': they run again
-  durastate dispose [url] <executionId> [--prefix p]          remove an execution
+  durastate dispose [url] <executionId> [--prefix p] [--force]
+                                                              remove an execution
   durastate ui [url] [--port N] [--host 127.0.0.1] [--allow-writes] [--prefix p]
                                                               a web page over the store (read-only
                                                               unless --allow-writes)
@@ -25,11 +36,17 @@ const USAGE = `usage:
   url       redis://, rediss://, redis+sentinel://, rediss+sentinel://, redis+cluster://,
             rediss+cluster://, postgres://, postgresql://, sqlite:<path> or file:<path>.
             Default: DURASTATE_URL, then REDIS_URL, then DATABASE_URL, else
-            sqlite:./.durastate/state.db
+            sqlite:./.durastate/state.db.
+            A lone argument after inspect or kv keys <mount> is the execution id or the
+            pattern unless it can only be a URL: <scheme>://..., or sqlite:/file: and a
+            path (with a "/", or ending in .db, .sqlite, .sqlite3) without * ? [.
+            Give both to be explicit: inspect <url> <executionId>, kv keys <mount> <pattern> <url>
   --prefix  inspect: the worker store's key prefix (default "").
             kv: the mount's key prefix (default "<mount>:", and "kv:" for the mount "default")
   --json    machine-readable output
-  --port    ui: the port (default 4321; 0 picks a free one)
+  --force   dispose: also a key that holds only "true" under "kv:" (by default taken
+            for the KV entry \`true\` that createKvStore's default mount stores there)
+  --port    ui: the port, 0-65535 (default 4321; 0 picks a free one)
   --host    ui: the address to listen on (default 127.0.0.1: this machine only)
   --allow-writes  ui: offer "reset step" and "dispose" on the page
   --        ends the options, for values that start with "-": kv set default n -- -1
@@ -49,6 +66,7 @@ const OPTIONS = {
   'tls-key': { type: 'string' },
   'tls-servername': { type: 'string' },
   insecure: { type: 'boolean', default: false },
+  force: { type: 'boolean', default: false },
   json: { type: 'boolean', default: false },
   port: { type: 'string' },
   host: { type: 'string' },
@@ -108,15 +126,16 @@ function parseRepair(name, args, flags, names) {
   }
   const url = args.length > names.length ? args[0] : undefined
   const [executionId, taskId] = args.slice(args.length - names.length)
-  return { name, url: resolveUrl(url), executionId, taskId, prefix: flags.prefix ?? '' }
+  return { name, url: resolveUrl(url), executionId, taskId, prefix: flags.prefix ?? '', force: flags.force }
 }
 
 const DEFAULT_UI_PORT = 4321
 
 function parseUi(args, flags) {
   if (args.length > 1) throw new UsageError(`too many arguments: ${args.join(' ')}`)
-  const port = flags.port === undefined ? DEFAULT_UI_PORT : Number(flags.port)
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError(`--port must be a port number (0-65535), got ${flags.port}`)
+  // Digits only: Number() reads '' and ' ' as 0 (a random port), '0x50' as 80, '1e3' as 1000.
+  const port = flags.port === undefined ? DEFAULT_UI_PORT : /^\d{1,5}$/.test(flags.port) ? Number(flags.port) : NaN
+  if (!(port >= 0 && port <= 65535)) throw new UsageError(`--port must be a port number (0-65535), got ${JSON.stringify(flags.port)}`)
   return { name: 'ui', url: resolveUrl(args[0]), port, host: flags.host ?? '127.0.0.1', allowWrites: flags['allow-writes'], prefix: flags.prefix ?? '' }
 }
 
@@ -136,12 +155,26 @@ function parseKv([action, mount, ...args], flags) {
   return { ...common, key, value, url: resolveUrl(args[names.length]) }
 }
 
-/** Splits up to two positionals into a URL and one other argument; a lone one is a URL when it has a store scheme. */
+/** Splits up to two positionals into a URL and one other argument; a lone one is the URL only when it cannot be the other. */
 function splitUrl(args, { urlFirst }) {
   if (args.length > 2) throw new UsageError(`too many arguments: ${args.join(' ')}`)
   if (args.length === 2) return urlFirst ? { url: args[0], other: args[1] } : { url: args[1], other: args[0] }
-  if (args.length === 1 && isStoreUrl(args[0])) return { url: args[0] }
+  if (args.length === 1 && isUnambiguousUrl(args[0])) return { url: args[0] }
   return { other: args[0] }
+}
+
+/**
+ * Whether a lone argument where the URL is optional (`inspect <id>`, `kv keys <mount>
+ * <pattern>`) is the URL. Ids and KV keys often start like a scheme ("file:report.pdf",
+ * "redis:conf", "memory:*"), so it is the URL only when nothing else is likely: a store
+ * scheme and "//", `sqlite:`/`file:` and a path without glob characters, or a bare
+ * `memory:` (refused later, with the reason).
+ */
+function isUnambiguousUrl(arg) {
+  if (!isStoreUrl(arg)) return false
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(arg) || /^memory:$/i.test(arg)) return true
+  const path = /^(?:sqlite|file):(.*)$/is.exec(arg)?.[1]
+  return path !== undefined && !/[*?[]/.test(path) && (path.includes('/') || /\.(db|sqlite3?)$/i.test(path))
 }
 
 /** The store option `tls` the TLS flags make, or undefined when none is given. */
@@ -197,6 +230,24 @@ function requireExistingFile(url) {
 // Terminal output
 // ---------------------------------------------------------------------------------------
 
+// oxlint-disable-next-line no-control-regex -- finding control characters is the point
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g
+const ESCAPES = { '\n': '\\n', '\r': '\\r', '\t': '\\t' }
+
+/**
+ * `text` with control characters (C0, DEL, C1) and bidirectional overrides escaped as
+ * \n or \u001b: ids, keys and values come from the store, and one with a newline would
+ * break a table line, one with an escape sequence would reach the terminal as a command.
+ */
+function printable(text) {
+  return text.replace(UNPRINTABLE, (c) => ESCAPES[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+}
+
+/** A name from the store, quoted for a message (JSON escapes C0 only). */
+function quote(text) {
+  return printable(JSON.stringify(text))
+}
+
 function formatSize(bytes) {
   if (bytes === null) return '-'
   if (bytes < 1024) return `${bytes} B`
@@ -221,7 +272,7 @@ function formatTtl(ms) {
 
 function preview(json) {
   if (json === null) return '-'
-  const line = json.replace(/\s+/g, ' ')
+  const line = printable(json.replace(/\s+/g, ' '))
   return line.length > PREVIEW_LENGTH ? `${line.slice(0, PREVIEW_LENGTH - 1)}…` : line
 }
 
@@ -239,7 +290,7 @@ function table(columns, rows) {
 }
 
 function printExecutions(executions, prefix) {
-  if (executions.length === 0) return console.log(`no executions under prefix ${JSON.stringify(prefix)}`)
+  if (executions.length === 0) return console.log(`no executions under prefix ${quote(prefix)}`)
   const columns = [
     ['EXECUTION', 'left'],
     ['STATE', 'left'],
@@ -249,7 +300,7 @@ function printExecutions(executions, prefix) {
     ['EXPIRES IN', 'right'],
   ]
   const rows = executions.map((e) => [
-    e.id,
+    printable(e.id),
     e.inProgress ? 'in progress' : 'no marker',
     String(e.stepsInProgress),
     String(e.stepsDone),
@@ -258,12 +309,12 @@ function printExecutions(executions, prefix) {
   ])
   console.log(table(columns, rows))
   const inProgress = executions.filter((e) => e.inProgress).length
-  console.log(`\n${executions.length} executions, ${inProgress} in progress (prefix ${JSON.stringify(prefix)})`)
+  console.log(`\n${executions.length} executions, ${inProgress} in progress (prefix ${quote(prefix)})`)
 }
 
 function printExecution({ id, inProgress, expiresIn, steps }) {
   const state = inProgress ? `in progress, expires in ${formatTtl(expiresIn)}` : 'not in progress (no execution key)'
-  console.log(`execution ${id}: ${state}\n`)
+  console.log(`execution ${printable(id)}: ${state}\n`)
   if (steps.length === 0) return console.log('no steps')
   const columns = [
     ['STEP', 'left'],
@@ -272,7 +323,7 @@ function printExecution({ id, inProgress, expiresIn, steps }) {
     ['EXPIRES IN', 'right'],
     ['VALUE', 'left'],
   ]
-  const rows = steps.map((s) => [s.id, s.state, formatSize(s.size), formatTtl(s.expiresIn), preview(s.json)])
+  const rows = steps.map((s) => [printable(s.id), s.state, formatSize(s.size), formatTtl(s.expiresIn), preview(s.json)])
   console.log(table(columns, rows))
 }
 
@@ -291,6 +342,19 @@ function loadAddon() {
   return { createKvStore, createInspector }
 }
 
+/** NOT_FOUND for execution `id`; when a lone "true" is there but taken for a KV entry, says so. */
+async function notFound(inspector, prefix, id) {
+  const message = `no execution ${quote(id)} under prefix ${quote(prefix)}`
+  if (!looksLikeKvEntry(prefix, id) || (await readExecution(inspector, prefix, id, { force: true })) === null) {
+    return new CliError('NOT_FOUND', message)
+  }
+  return new CliError(
+    'NOT_FOUND',
+    `${message}: key ${quote(prefix + id)} holds only "true" under the KV store's default prefix ${quote(KV_DEFAULT_PREFIX)}, ` +
+      'so it is taken for a KV entry `true`, not an execution marker (dispose --force removes it anyway)',
+  )
+}
+
 async function inspect({ url, executionId, prefix, json, tls }) {
   requireExistingFile(url)
   const inspector = loadAddon().createInspector(url, { tls })
@@ -300,9 +364,7 @@ async function inspect({ url, executionId, prefix, json, tls }) {
       return json ? printJson({ prefix, executions }) : printExecutions(executions, prefix)
     }
     const found = await readExecution(inspector, prefix, executionId)
-    if (found === null) {
-      throw new CliError('NOT_FOUND', `no execution ${JSON.stringify(executionId)} under prefix ${JSON.stringify(prefix)}`)
-    }
+    if (found === null) throw await notFound(inspector, prefix, executionId)
     const detail = describeExecution(found)
     return json ? printJson(detail) : printExecution(detail)
   } finally {
@@ -310,20 +372,19 @@ async function inspect({ url, executionId, prefix, json, tls }) {
   }
 }
 
-async function repair({ name, url, executionId, taskId, prefix, tls }) {
+async function repair({ name, url, executionId, taskId, prefix, tls, force }) {
   requireExistingFile(url)
   const inspector = loadAddon().createInspector(url, { tls })
   try {
-    const quoted = JSON.stringify(executionId)
+    const quoted = quote(executionId)
     if (name === 'dispose') {
-      if (!(await disposeExecution(inspector, prefix, executionId)))
-        throw new CliError('NOT_FOUND', `no execution ${quoted} under prefix ${JSON.stringify(prefix)}`)
+      if (!(await disposeExecution(inspector, prefix, executionId, { force }))) throw await notFound(inspector, prefix, executionId)
       return console.log(`disposed execution ${quoted}`)
     }
     const { found, steps } = await resetStep(inspector, prefix, executionId, taskId)
-    if (!found) throw new CliError('NOT_FOUND', `no execution ${quoted} under prefix ${JSON.stringify(prefix)}`)
-    if (steps.length === 0) throw new CliError('NOT_FOUND', `execution ${quoted} has no step ${JSON.stringify(taskId)}`)
-    console.log(`reset ${steps.length} step${steps.length === 1 ? '' : 's'} of execution ${quoted}: ${steps.join(', ')}`)
+    if (!found) throw await notFound(inspector, prefix, executionId)
+    if (steps.length === 0) throw new CliError('NOT_FOUND', `execution ${quoted} has no step ${quote(taskId)}`)
+    console.log(`reset ${steps.length} step${steps.length === 1 ? '' : 's'} of execution ${quoted}: ${steps.map(printable).join(', ')}`)
   } finally {
     inspector.close()
   }
@@ -341,38 +402,43 @@ async function ui(command) {
   process.once('SIGTERM', stop)
 }
 
-/** A value from the command line: its JSON when it parses, else the text itself. */
-function parseValue(text) {
+/** The JSON text to store for a value from the command line: the text itself when it is JSON (its digits kept), else the text as a JSON string. */
+function valueJson(text) {
   try {
-    return JSON.parse(text)
-  } catch {
+    JSON.parse(text)
     return text
+  } catch {
+    return JSON.stringify(text)
   }
 }
 
 const KV_ACTIONS = {
+  // Values go as JSON text (getJson, setJson), never through JS numbers: 12345678901234567890
+  // would be printed, and 9007199254740993 stored, with other digits.
   async get(kv, { mount, key, json }) {
-    const value = await kv.getOr(mount, key, undefined)
-    if (value === undefined) throw new CliError('NOT_FOUND', `mount ${JSON.stringify(mount)} has no key ${JSON.stringify(key)}`)
-    console.log(json ? JSON.stringify(value) : JSON.stringify(value, null, 2))
+    const text = await kv.getJson(mount, key)
+    if (text === undefined) throw new CliError('NOT_FOUND', `mount ${quote(mount)} has no key ${quote(key)}`)
+    try {
+      JSON.parse(text)
+    } catch (err) {
+      throw new CliError('CORRUPT_DATA', `stored JSON of key ${quote(key)} in mount ${quote(mount)} is not valid: ${err.message}`)
+    }
+    // The stored text, as stored (--json) or indented: never re-printed through JS values.
+    console.log(json ? text : formatJson(text))
   },
   async set(kv, { mount, key, value, prefix }) {
-    await kv.set(mount, key, parseValue(value))
-    console.log(`stored ${JSON.stringify(key)} in mount ${JSON.stringify(mount)} (key ${JSON.stringify(prefix + key)})`)
+    await kv.setJson(mount, key, valueJson(value))
+    console.log(`stored ${quote(key)} in mount ${quote(mount)} (key ${quote(prefix + key)})`)
   },
   async keys(kv, { mount, pattern, json }) {
     const keys = await kv.keys(mount, pattern)
     if (json) return console.log(JSON.stringify(keys))
-    for (const key of keys) console.log(key)
+    for (const key of keys) console.log(printable(key))
   },
   async delete(kv, { mount, key, json }) {
     const deleted = await kv.delete(mount, key)
     if (json) return console.log(JSON.stringify({ deleted }))
-    console.log(
-      deleted
-        ? `deleted ${JSON.stringify(key)} from mount ${JSON.stringify(mount)}`
-        : `${JSON.stringify(key)} was not stored in mount ${JSON.stringify(mount)}`,
-    )
+    console.log(deleted ? `deleted ${quote(key)} from mount ${quote(mount)}` : `${quote(key)} was not stored in mount ${quote(mount)}`)
   },
 }
 
@@ -390,10 +456,15 @@ async function kv(command) {
 // Main
 // ---------------------------------------------------------------------------------------
 
-/** The stable code and the message of an error: a DurastateError, a native error (its `code` is set natively), or anything else. */
+/**
+ * The stable code and the message of an error: a DurastateError, a native error (its `code`
+ * is set natively), or anything else. The message may quote the store URL (a native one
+ * keeps a URL's `?sentinelPassword=`): its secrets are redacted, control characters escaped.
+ */
 function describeError(err) {
   const message = err instanceof Error ? err.message : String(err)
-  return { code: typeof err?.code === 'string' ? err.code : 'INTERNAL', message }
+  const code = typeof err?.code === 'string' ? err.code : 'INTERNAL'
+  return { code: code === 'InvalidArg' ? 'INVALID_INPUT' : code, message: printable(redactSecrets(message)) }
 }
 
 async function main(argv) {
@@ -407,7 +478,7 @@ async function main(argv) {
 
 main(process.argv.slice(2)).catch((err) => {
   if (err instanceof UsageError) {
-    console.error(`durastate: ${err.message}\n\n${USAGE}`)
+    console.error(`durastate: ${redactSecrets(err.message)}\n\n${USAGE}`)
     process.exitCode = 2
     return
   }

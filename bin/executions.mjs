@@ -1,7 +1,8 @@
 // Reading and repairing executions, for `durastate inspect`, `reset`, `dispose` and `ui`,
 // through the backend's own listing and the inspector's two repair tools (the store
 // operations scanExecutions, execution, resetSteps and dispose): no key layout is
-// derived here.
+// derived here, except the KV store's default prefix (see looksLikeKvEntry). Also what
+// the CLI and the page both show: stored JSON reformatted as is, secrets redacted.
 
 const SCAN_COUNT = 1000
 const CALLS_IN_FLIGHT = 1000
@@ -21,13 +22,29 @@ function toMap(entries) {
   return fields
 }
 
-/** One execution, as the backend holds it, or null when nothing is stored under `id`. */
-export async function readExecution(inspector, prefix, id) {
+/** The prefix createKvStore gives its default mount, whose entries share the default file and database with the worker store. */
+export const KV_DEFAULT_PREFIX = 'kv:'
+
+/**
+ * Whether the key `prefix + id` lies under the KV store's default prefix while the worker
+ * prefix does not (with a worker prefix that starts with "kv:", the overlap was chosen).
+ * There a KV value `true` is stored as the text "true", exactly what an execution's
+ * marker holds: a key holding that alone, with no step, is taken for the KV entry.
+ */
+export function looksLikeKvEntry(prefix, id) {
+  return !prefix.startsWith(KV_DEFAULT_PREFIX) && (prefix + id).startsWith(KV_DEFAULT_PREFIX)
+}
+
+/**
+ * One execution, as the backend holds it, or null when nothing is stored under `id`, or
+ * when it is only a marker where a KV entry `true` looks the same (unless `force`).
+ */
+export async function readExecution(inspector, prefix, id, { force = false } = {}) {
   const found = await inspector.execution(prefix + id)
   const transactions = toMap(found.claims)
   const results = toMap(found.results)
   const inProgress = found.marker === 'true'
-  if (!inProgress && transactions.size === 0 && results.size === 0) return null
+  if (transactions.size === 0 && results.size === 0 && (!inProgress || (!force && looksLikeKvEntry(prefix, id)))) return null
   return {
     id,
     inProgress,
@@ -40,33 +57,36 @@ export async function readExecution(inspector, prefix, id) {
 }
 
 /**
- * The ids of the executions under `prefix`, sorted; at most `max` (then `truncated`),
- * those containing `search` only when given.
+ * The ids of the executions under `prefix`, sorted, those containing `search` only when
+ * given. The scan stops after `maxScanned` keys (matching or not: a search that matches
+ * nothing costs the same), then `truncated` says there may be more.
  */
-export async function listExecutionIds(inspector, prefix, { max = Infinity, search } = {}) {
+export async function listExecutionIds(inspector, prefix, { maxScanned = Infinity, search } = {}) {
   const ids = new Set()
   let cursor = '0'
-  let truncated = false
+  let scanned = 0
   do {
-    const [next, ...keys] = await inspector.scanExecutions(cursor, prefix, SCAN_COUNT)
-    for (const key of keys) {
+    const [next, ...keys] = await inspector.scanExecutions(cursor, prefix, Math.min(SCAN_COUNT, maxScanned - scanned))
+    // SCAN's COUNT is a hint: a page may bring more keys than asked.
+    for (const key of keys.slice(0, maxScanned - scanned)) {
       if (key.length <= prefix.length) continue
       const id = key.slice(prefix.length)
-      if (search && !id.includes(search)) continue
-      if (ids.size >= max && !ids.has(id)) {
-        truncated = true
-        break
-      }
-      ids.add(id)
+      if (!search || id.includes(search)) ids.add(id)
     }
+    scanned += keys.length
     cursor = next
-  } while (cursor !== '0' && !truncated)
-  return { ids: [...ids].sort(), truncated }
+  } while (cursor !== '0' && scanned < maxScanned)
+  return { ids: [...ids].sort(), truncated: cursor !== '0' }
 }
 
-/** The executions `ids` that hold anything, read in batches. */
+/**
+ * The executions `ids` that hold anything, read in batches. A key of another type under
+ * the prefix (another program's hash or list: `WRONG_TYPE`) is no execution of this store,
+ * and is left out rather than failing the whole listing.
+ */
 export async function readExecutions(inspector, prefix, ids) {
-  const executions = await mapInBatches(ids, (id) => readExecution(inspector, prefix, id))
+  const read = (id) => readExecution(inspector, prefix, id).catch((err) => (err?.code === 'WRONG_TYPE' ? null : Promise.reject(err)))
+  const executions = await mapInBatches(ids, read)
   return executions.filter((execution) => execution !== null)
 }
 
@@ -130,10 +150,93 @@ export async function resetStep(inspector, prefix, id, taskId) {
   return { found: true, steps }
 }
 
-/** Removes execution `id`: its marker, marks and results. Returns whether it was there. */
-export async function disposeExecution(inspector, prefix, id) {
-  const execution = await readExecution(inspector, prefix, id)
+/**
+ * Removes execution `id`: its marker, marks and results. Returns whether it was there
+ * (`force`: also a lone marker that may be a KV entry, see readExecution).
+ */
+export async function disposeExecution(inspector, prefix, id, { force = false } = {}) {
+  const execution = await readExecution(inspector, prefix, id, { force })
   if (execution === null) return false
   await inspector.dispose(prefix + id)
   return true
+}
+
+// ---------------------------------------------------------------------------------------
+// Showing stored text
+// ---------------------------------------------------------------------------------------
+
+const JSON_SPACE = new Set([' ', '\t', '\n', '\r'])
+
+/** The index just past the JSON string that starts at `start` (its opening quote). */
+function stringEnd(text, start) {
+  let i = start + 1
+  while (text[i] !== '"') i += text[i] === '\\' ? 2 : 1
+  return i + 1
+}
+
+/** The index of the first non-space character from `i`. */
+function skipSpace(text, i) {
+  while (JSON_SPACE.has(text[i])) i++
+  return i
+}
+
+/**
+ * Stored JSON text indented as JSON.stringify(value, null, 2) would, changing whitespace
+ * only: numbers, escapes and key order stay as stored (a parse would round
+ * 12345678901234567890 and turn 1e400 into null). Text that is not JSON comes back as is.
+ */
+export function formatJson(text) {
+  try {
+    JSON.parse(text)
+  } catch {
+    return text
+  }
+  const parts = []
+  let depth = 0
+  const newline = () => parts.push('\n', '  '.repeat(depth))
+  for (let i = skipSpace(text, 0); i < text.length; i = skipSpace(text, i)) {
+    const c = text[i]
+    if (c === '"') {
+      const end = stringEnd(text, i)
+      parts.push(text.slice(i, end))
+      i = end
+      continue
+    }
+    i++
+    if (c === '{' || c === '[') {
+      const next = skipSpace(text, i)
+      if (text[next] === '}' || text[next] === ']') {
+        parts.push(c, text[next])
+        i = next + 1
+        continue
+      }
+      depth++
+      parts.push(c)
+      newline()
+    } else if (c === '}' || c === ']') {
+      depth--
+      newline()
+      parts.push(c)
+    } else if (c === ',') {
+      parts.push(c)
+      newline()
+    } else if (c === ':') parts.push(': ')
+    else parts.push(c)
+  }
+  return parts.join('')
+}
+
+/**
+ * `text` (a store URL, or a message that may hold one) without secrets, for any scheme:
+ * the password of a URL's userinfo, also before a comma-separated host list that
+ * new URL() cannot parse (redis+sentinel://u:pw@h1,h2/m), and the value of any
+ * `...password=` / `...pass=` parameter (a query, or a libpq "key=value" string).
+ */
+export function redactSecrets(text) {
+  return text
+    .replace(/([a-z][a-z0-9+.-]*:\/\/)([^\s?#]*)@/gi, (_, scheme, userinfo) => {
+      const colon = userinfo.indexOf(':')
+      return colon === -1 ? `${scheme}${userinfo}@` : `${scheme}${userinfo.slice(0, colon)}:***@`
+    })
+    .replace(/((?:^|[?&;\s])[a-z_]*pass(?:word)?\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&;#"]*)/gi, '$1***')
 }

@@ -13,12 +13,23 @@ import { randomBytes, timingSafeEqual } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { createServer } from 'node:http'
 import { isIP } from 'node:net'
-import { describeExecution, disposeExecution, listExecutionIds, readExecution, readExecutions, resetStep, summarize, ttlOrNull } from './executions.mjs'
+import {
+  describeExecution,
+  disposeExecution,
+  formatJson,
+  listExecutionIds,
+  readExecution,
+  readExecutions,
+  redactSecrets,
+  resetStep,
+  summarize,
+  ttlOrNull,
+} from './executions.mjs'
 
-/** The most executions one listing reads (the newest are kept when there are more). */
+/** The most executions one listing reads: the first by id of those its scan found. */
 export const MAX_LISTED = 500
-/** The most execution keys one listing scans. */
-const MAX_SCANNED = 20_000
+/** The most keys one listing scans, matching the search or not. */
+export const MAX_SCANNED = 20_000
 /** Values are shown formatted, cut after this many characters. */
 export const MAX_VALUE_CHARS = 16_384
 const MAX_ID_LENGTH = 4096
@@ -50,16 +61,10 @@ class HttpError extends Error {
   }
 }
 
-/** The store URL as the page shows it: without a password. */
+/** The store URL as the page shows it: without a password (new URL() cannot parse every store URL: h1,h2 host lists, libpq strings). */
 function redact(url) {
   if (url === undefined) return 'sqlite:./.durastate/state.db (default)'
-  try {
-    const parsed = new URL(url)
-    if (parsed.password) parsed.password = '***'
-    return parsed.toString()
-  } catch {
-    return url
-  }
+  return redactSecrets(url)
 }
 
 /** Whether `host` (a Host header) names this server on `port`: an IP address, localhost, or the name it was told to listen on. */
@@ -85,13 +90,10 @@ function listed(execution) {
   return { ...summary, stepsExpireIn: ttlOrNull(ttl) }
 }
 
-/** A step's value as the page shows it: formatted JSON, cut after MAX_VALUE_CHARS. */
+/** A step's value as the page shows it: the stored JSON indented (digits as stored), cut after MAX_VALUE_CHARS. */
 function shown(json) {
   if (json === null) return { value: null, truncated: false }
-  let text = json
-  try {
-    text = JSON.stringify(JSON.parse(json), null, 2)
-  } catch {}
+  const text = formatJson(json)
   if (text.length <= MAX_VALUE_CHARS) return { value: text, truncated: false }
   return { value: text.slice(0, MAX_VALUE_CHARS), truncated: true }
 }
@@ -140,9 +142,11 @@ export async function startUi({ url, port = 0, host = '127.0.0.1', allowWrites =
       const limit = query.has('limit') ? Number(query.get('limit')) : MAX_LISTED
       if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LISTED)
         throw new HttpError(400, 'INVALID_INPUT', `limit must be an integer from 1 to ${MAX_LISTED}`)
-      const { ids, truncated } = await listExecutionIds(inspector, prefix, { max: MAX_SCANNED, search: search || undefined })
-      const executions = order((await readExecutions(inspector, prefix, ids)).map(listed))
-      return { executions: executions.slice(0, limit), total: executions.length, truncated: truncated || executions.length > limit }
+      const { ids, truncated } = await listExecutionIds(inspector, prefix, { maxScanned: MAX_SCANNED, search: search || undefined })
+      // Only the executions shown are read (every second, per open page): the first `limit` ids.
+      const executions = order((await readExecutions(inspector, prefix, ids.slice(0, limit))).map(listed))
+      // `total`: the ids found (some may turn out empty); more may lie beyond the scan when not `complete`.
+      return { executions, total: ids.length, complete: !truncated, truncated: truncated || ids.length > limit }
     },
     async execution(id) {
       const found = await readExecution(inspector, prefix, requireId(id, 'the execution id'))
@@ -150,14 +154,14 @@ export async function startUi({ url, port = 0, host = '127.0.0.1', allowWrites =
       const detail = describeExecution(found)
       return { ...detail, steps: detail.steps.map(({ json, ...step }) => ({ ...step, ...shown(json) })) }
     },
-    async reset(id, body) {
-      const taskId = requireId(body.taskId, 'taskId')
+    async reset({ id, taskId }) {
+      requireId(taskId, 'taskId')
       const { found, steps } = await resetStep(inspector, prefix, requireId(id, 'the execution id'), taskId)
       if (!found) throw new HttpError(404, 'NOT_FOUND', `no execution ${JSON.stringify(id)}`)
       if (steps.length === 0) throw new HttpError(404, 'NOT_FOUND', `execution ${JSON.stringify(id)} has no step ${JSON.stringify(taskId)}`)
       return { reset: steps }
     },
-    async dispose(id) {
+    async dispose({ id }) {
       if (!(await disposeExecution(inspector, prefix, requireId(id, 'the execution id'))))
         throw new HttpError(404, 'NOT_FOUND', `no execution ${JSON.stringify(id)}`)
       return { disposed: id }
@@ -185,26 +189,17 @@ export async function startUi({ url, port = 0, host = '127.0.0.1', allowWrites =
       res.writeHead(200, { ...SECURITY_HEADERS, 'content-type': file.type, 'content-length': file.body.length })
       return res.end(req.method === 'HEAD' ? undefined : file.body)
     }
-    const parts = pathname.split('/').slice(1)
-    if (parts[0] !== 'api') throw new HttpError(404, 'NOT_FOUND', 'no such page')
-    let id
-    try {
-      id = parts[2] === undefined ? undefined : decodeURIComponent(parts[2])
-    } catch {
-      throw new HttpError(400, 'INVALID_INPUT', 'the execution id is not valid percent-encoding')
-    }
-    if (req.method === 'GET') {
-      if (parts.length === 2 && parts[1] === 'info') return api.info()
-      if (parts.length === 2 && parts[1] === 'executions') return api.list(searchParams)
-      if (parts.length === 3 && parts[1] === 'executions') return api.execution(id)
-      throw new HttpError(404, 'NOT_FOUND', 'no such API')
-    }
-    if (req.method === 'POST' && parts.length === 4 && parts[1] === 'executions' && (parts[3] === 'reset' || parts[3] === 'dispose')) {
+    // An execution id travels in the query or the body, never in the path: URL parsing
+    // (the browser's and this server's) drops path segments "." and "..", even encoded.
+    const reads = { '/api/info': api.info, '/api/executions': api.list, '/api/execution': (query) => api.execution(query.get('id')) }
+    const writes = { '/api/execution/reset': api.reset, '/api/execution/dispose': api.dispose }
+    if (req.method === 'GET' && Object.hasOwn(reads, pathname)) return reads[pathname](searchParams)
+    if (req.method === 'POST' && Object.hasOwn(writes, pathname)) {
       checkWrite(req)
-      const body = await readBody(req)
-      return parts[3] === 'reset' ? api.reset(id, body) : api.dispose(id)
+      return writes[pathname](await readBody(req))
     }
-    throw new HttpError(405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed here`)
+    if (Object.hasOwn(reads, pathname) || Object.hasOwn(writes, pathname)) throw new HttpError(405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed here`)
+    throw new HttpError(404, 'NOT_FOUND', pathname.startsWith('/api/') ? 'no such API' : 'no such page')
   }
 
   const server = createServer((req, res) => {

@@ -93,7 +93,7 @@ function renderList(answer) {
   )
   const shown = answer.executions.length
   $('count').textContent =
-    `${shown} execution${shown === 1 ? '' : 's'}${answer.truncated ? ` shown of more (${answer.total}${answer.total > shown ? '' : '+'})` : ''}` +
+    `${shown} execution${shown === 1 ? '' : 's'}${answer.truncated ? ` shown of more (${answer.total}${answer.complete ? '' : '+'})` : ''}` +
     (state.search ? ` matching "${state.search}"` : '')
 }
 
@@ -173,7 +173,8 @@ function select(id) {
   refresh()
 }
 
-const executionPath = (id) => `/api/executions/${encodeURIComponent(id)}`
+// The id goes in the query or the body, not the path, where "." and ".." would be dropped.
+const executionPath = (id) => `/api/execution?id=${encodeURIComponent(id)}`
 
 async function resetStep(taskId) {
   const id = state.selected
@@ -184,7 +185,7 @@ async function resetStep(taskId) {
   )
     return
   try {
-    const answer = await api(`${executionPath(id)}/reset`, { method: 'POST', body: JSON.stringify({ taskId }) })
+    const answer = await api('/api/execution/reset', { method: 'POST', body: JSON.stringify({ id, taskId }) })
     setStatus(`reset ${answer.reset.join(', ')}`)
   } catch (err) {
     setStatus(`reset failed: ${err.message}`)
@@ -196,7 +197,7 @@ async function disposeSelected() {
   const id = state.selected
   if (!confirm(`Dispose execution "${id}"?\n\nIts marker, steps in progress and results are removed.`)) return
   try {
-    await api(`${executionPath(id)}/dispose`, { method: 'POST', body: '{}' })
+    await api('/api/execution/dispose', { method: 'POST', body: JSON.stringify({ id }) })
     setStatus(`disposed ${id}`)
     state.selected = null
     history.replaceState(null, '', '#')
