@@ -30,7 +30,7 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
     await cluster?.stop()
   })
 
-  test('a WorkerStore without keyLayout hashtag is INVALID_INPUT at creation', () => {
+  test('a WorkerStore without keyLayout hashtag, or with an empty hash tag, is INVALID_INPUT', async () => {
     for (const options of [{}, { keyLayout: 'compatible' }]) {
       assert.throws(
         () => createRedisStore({ cluster: cluster.urls }, options),
@@ -47,6 +47,8 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
       [{ cluster: cluster.urls }, { keyLayout: 'hashtag', sentinelTls: false }, /sentinelTls/],
       [{ cluster: cluster.urls, host: 'x' }, { keyLayout: 'hashtag' }, /either `cluster`/],
       [{ cluster: cluster.urls }, { keyLayout: 'tags' }, /keyLayout/],
+      // An empty first {} is no hash tag: an execution's keys would fall in several slots.
+      [{ cluster: cluster.urls }, { keyLayout: 'hashtag', prefix: 'hp{}:' }, /empty \{\}/],
     ]
     for (const [target, options, pattern] of invalid) {
       assert.throws(
@@ -54,6 +56,10 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
         (err) => err.code === 'INVALID_INPUT' && pattern.test(err.message),
       )
     }
+    const store = workerStore()
+    await assert.rejects(store.beginExecution('}x'), (err) => err.code === 'INVALID_INPUT' && /hash tag/.test(err.message))
+    await store.beginExecution('a}b')
+    assert.equal(await store.isExecutionInProgress('a}b'), true)
   })
 
   test('a redis+cluster:// URL reaches the cluster: createStore, the KV store and the CLI', async () => {

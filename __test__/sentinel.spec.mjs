@@ -7,6 +7,7 @@ import assert from 'node:assert/strict'
 import diagnostics from 'node:diagnostics_channel'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
+import Redis from 'ioredis'
 import { createKvStore, createRedisStore } from '../index.js'
 import { rejectsWith } from './helpers/assert.mjs'
 import { MASTER_NAME, startSentinelGroup } from './helpers/sentinel.mjs'
@@ -56,6 +57,32 @@ describe('Sentinel', { timeout: 150_000 }, () => {
     const url = group.url.replace(`/${MASTER_NAME}`, '/nope')
     const store = track(createRedisStore(url, { connectTimeout: 1_000, retry: { attempts: 0 } }))
     await rejectsWith(store.beginExecution('e'), 'UNAVAILABLE', /does not know master "nope"/)
+  })
+
+  it('rejects a wrong or missing sentinelPassword with AUTH (not a transient code), and connects with the right one', async () => {
+    const sentinels = group.sentinels.map(({ port }) => ({ host: '127.0.0.1', port }))
+    const acl = (port, ...args) => {
+      const admin = new Redis({
+        host: '127.0.0.1',
+        port,
+        password: args.includes('nopass') ? 's3cret' : undefined,
+        lazyConnect: true,
+        retryStrategy: () => null,
+      })
+      return admin.call('ACL', 'SETUSER', 'default', ...args).finally(() => admin.disconnect())
+    }
+    await Promise.all(sentinels.map(({ port }) => acl(port, 'on', '>s3cret')))
+    try {
+      for (const sentinelPassword of ['wrong', undefined]) {
+        const store = track(createRedisStore({ sentinels, name: MASTER_NAME, sentinelPassword }, { connectTimeout: 1_000, retry: { attempts: 0 } }))
+        await rejectsWith(store.beginExecution('e'), 'AUTH', /authentication to sentinel/)
+      }
+      const store = track(createRedisStore({ sentinels, name: MASTER_NAME, sentinelPassword: 's3cret' }, { prefix: 'snt:auth:' }))
+      await store.beginExecution('e')
+      assert.equal(await store.isExecutionInProgress('e'), true)
+    } finally {
+      await Promise.all(sentinels.map(({ port }) => acl(port, 'on', 'nopass')))
+    }
   })
 
   it('keeps running workflows going through SENTINEL FAILOVER and a SIGKILL of the master', async () => {

@@ -37,10 +37,33 @@ impl KeyLayout {
         )))
       }
     };
-    Ok(Self {
-      prefix: prefix.into(),
-      hashtag,
-    })
+    let prefix = prefix.into();
+    if hashtag
+      && prefix
+        .find('{')
+        .is_some_and(|at| prefix[at + 1..].starts_with('}'))
+    {
+      return Err(StoreError::invalid_input(format!(
+        "prefix \"{prefix}\" with keyLayout 'hashtag': Redis takes a key's first {{...}} as its hash tag, and an empty {{}} means none, so an execution's keys would fall in different cluster slots (its commits no longer atomic)"
+      )));
+    }
+    Ok(Self { prefix, hashtag })
+  }
+
+  /// Checks an execution id: not empty, and with the `hashtag` layout not starting with
+  /// `}` after a prefix without `{` (its tag `{}` would be empty: no tag, see above).
+  pub fn check_id(&self, id: &str) -> StoreResult<()> {
+    if id.is_empty() {
+      return Err(StoreError::invalid_input(
+        "executionId must be a non-empty string",
+      ));
+    }
+    if self.hashtag && id.starts_with('}') && !self.prefix.contains('{') {
+      return Err(StoreError::invalid_input(format!(
+        "executionId \"{id}\" starts with '}}': with keyLayout 'hashtag' its keys' hash tag {{}} would be empty, and its keys would fall in different cluster slots"
+      )));
+    }
+    Ok(())
   }
 
   /// Whether the three keys of an execution share a hash tag (one cluster slot).
@@ -90,5 +113,16 @@ mod tests {
     assert_eq!(keys.results("e1"), "app:{e1}-results");
     assert!(KeyLayout::with_option("", Some("tags")).is_err());
     assert!(!KeyLayout::with_option("", None).unwrap().is_hashtag());
+    // An empty first {} is no hash tag: refused in the prefix, and at the id's start.
+    assert!(KeyLayout::with_option("hp{}:", Some("hashtag")).is_err());
+    assert!(KeyLayout::with_option("a{}b{c}", Some("hashtag")).is_err());
+    assert!(KeyLayout::with_option("hp{}:", None).is_ok());
+    let tagged = KeyLayout::with_option("t{x}:", Some("hashtag")).unwrap();
+    assert!(tagged.check_id("}a").is_ok());
+    let keys = KeyLayout::with_option("app:", Some("hashtag")).unwrap();
+    assert!(keys.check_id("}a").is_err());
+    assert!(keys.check_id("a}b").is_ok());
+    assert!(keys.check_id("").is_err());
+    assert!(KeyLayout::new("app:").check_id("}a").is_ok());
   }
 }

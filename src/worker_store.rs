@@ -85,15 +85,6 @@ impl NativeWorkerStore {
   }
 }
 
-fn check_id(id: &str) -> StoreResult<()> {
-  if id.is_empty() {
-    return Err(StoreError::invalid_input(
-      "executionId must be a non-empty string",
-    ));
-  }
-  Ok(())
-}
-
 /// A marker value no other claim uses: a process-random number and a counter.
 fn claim_token() -> String {
   use std::hash::{BuildHasher, Hasher};
@@ -127,7 +118,7 @@ impl NativeWorkerStore {
     env: &'env Env,
     execution_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    if let Err(err) = check_id(&execution_id) {
+    if let Err(err) = self.config.keys.check_id(&execution_id) {
       return Engine::rejected(env, err);
     }
     let command = Command::Set {
@@ -147,7 +138,7 @@ impl NativeWorkerStore {
     env: &'env Env,
     execution_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    if let Err(err) = check_id(&execution_id) {
+    if let Err(err) = self.config.keys.check_id(&execution_id) {
       return Engine::rejected(env, err);
     }
     let key = self.config.keys.results(&execution_id);
@@ -165,7 +156,7 @@ impl NativeWorkerStore {
     execution_id: String,
     task_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    if let Err(err) = check_id(&execution_id) {
+    if let Err(err) = self.config.keys.check_id(&execution_id) {
       return Engine::rejected(env, err);
     }
     let key = self.config.keys.results(&execution_id);
@@ -191,7 +182,7 @@ impl NativeWorkerStore {
     execution_id: String,
     task_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    if let Err(err) = check_id(&execution_id) {
+    if let Err(err) = self.config.keys.check_id(&execution_id) {
       return Engine::rejected(env, err);
     }
     let batch = self.claim(&execution_id, task_id, false, MARKER.to_string());
@@ -210,7 +201,7 @@ impl NativeWorkerStore {
     execution_id: String,
     task_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    if let Err(err) = check_id(&execution_id) {
+    if let Err(err) = self.config.keys.check_id(&execution_id) {
       return Engine::rejected(env, err);
     }
     let token = if self.config.keys.is_hashtag() {
@@ -252,7 +243,7 @@ impl NativeWorkerStore {
     task_id: String,
     json: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    if let Err(err) = check_id(&execution_id) {
+    if let Err(err) = self.config.keys.check_id(&execution_id) {
       return Engine::rejected(env, err);
     }
     let batch = Batch::one(Command::Commit {
@@ -271,7 +262,7 @@ impl NativeWorkerStore {
     env: &'env Env,
     execution_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    if let Err(err) = check_id(&execution_id) {
+    if let Err(err) = self.config.keys.check_id(&execution_id) {
       return Engine::rejected(env, err);
     }
     let key = self.config.keys.execution(&execution_id);
@@ -292,7 +283,7 @@ impl NativeWorkerStore {
     execution_id: String,
     task_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    if let Err(err) = check_id(&execution_id) {
+    if let Err(err) = self.config.keys.check_id(&execution_id) {
       return Engine::rejected(env, err);
     }
     let batch = Batch::one(Command::StepClaim {
@@ -311,7 +302,7 @@ impl NativeWorkerStore {
     env: &'env Env,
     execution_id: String,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    if let Err(err) = check_id(&execution_id) {
+    if let Err(err) = self.config.keys.check_id(&execution_id) {
       return Engine::rejected(env, err);
     }
     let command = Command::Dispose {

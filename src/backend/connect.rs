@@ -315,6 +315,7 @@ async fn master_address(
   let share = limit / (sentinel.sentinels.len() as u32 + 1);
   let mut failures = Vec::new();
   let mut all_tls = true;
+  let mut all_auth = true;
   for (host, port) in &sentinel.sentinels {
     let display = format!("sentinel {host}:{port}");
     let peer = Peer {
@@ -325,6 +326,7 @@ async fn master_address(
       Ok(Some(address)) => return Ok(address),
       Ok(None) => {
         all_tls = false;
+        all_auth = false;
         failures.push(format!(
           "{host}:{port} does not know master \"{}\"",
           sentinel.master
@@ -332,12 +334,16 @@ async fn master_address(
       }
       Err(err) => {
         all_tls &= err.code == ErrorCode::Tls;
+        all_auth &= err.code == ErrorCode::Auth;
         failures.push(err.message);
       }
     }
   }
+  // Every sentinel refused the handshake, or the login: that, not a transient failure.
   let code = if all_tls {
     ErrorCode::Tls
+  } else if all_auth {
+    ErrorCode::Auth
   } else {
     ErrorCode::Unavailable
   };
@@ -375,6 +381,14 @@ async fn ask_sentinel(
     let answers = exchange(&mut stream, &commands)
       .await
       .map_err(|err| peer.io_failed(&err))?;
+    // A refused AUTH (or a SENTINEL refused for want of one) is `AUTH`, said as the
+    // server said it.
+    if let Some(err) = answers.iter().find_map(|answer| match answer {
+      Value::ServerError(err) => Some(err.clone()),
+      _ => None,
+    }) {
+      return Err(login_failed(peer, err));
+    }
     match answers.last() {
       Some(Value::Array(parts)) if parts.len() == 2 => {
         let port = text(&parts[1])
@@ -382,7 +396,6 @@ async fn ask_sentinel(
           .map_err(|_| peer.unavailable("bad port"))?;
         Ok(Some((text(&parts[0]), port)))
       }
-      Some(Value::ServerError(err)) => Err(peer.unavailable(&format!("{err:?}"))),
       _ => Ok(None),
     }
   };
