@@ -8,6 +8,7 @@ import { readdirSync } from 'node:fs'
 import { after, before, describe, it } from 'node:test'
 import Redis from 'ioredis'
 import { createKvStore, createMemoryStore, createRedisStore } from '../index.js'
+import { startChild } from './helpers/child.mjs'
 import { startCuttingProxy } from './helpers/proxy.mjs'
 import { startRedisServer } from './helpers/redis-server.mjs'
 
@@ -188,6 +189,88 @@ describe('Redis faults', () => {
       const leaked = { fds: openFds() - before.fds, threads: threads() - before.threads }
       assert.ok(leaked.fds < 10, `${kind}: ${leaked.fds} file descriptors leaked`)
       assert.ok(leaked.threads < 5, `${kind}: ${leaked.threads} threads leaked`)
+    }
+  })
+})
+
+/**
+ * A proxy in another process that, when armed (a line on its control port), passes the
+ * next reply on and resets the connection right after it: while this thread is busy,
+ * both reach the socket before the store next reads it.
+ */
+async function startResettingProxy(redisPort) {
+  const proxy = startChild(
+    `const net = require('node:net')
+     let armed = 0
+     const control = net.createServer((c) => c.on('data', () => { armed++; c.end('ok') })).listen(0, '127.0.0.1')
+     const proxy = net.createServer((c) => {
+       const s = net.connect(${redisPort}, '127.0.0.1')
+       c.on('data', (d) => s.write(d))
+       s.on('data', (d) => {
+         c.write(d)
+         if (armed > 0) { armed--; c.resetAndDestroy ? c.resetAndDestroy() : c.destroy(); s.destroy() }
+       })
+       const end = () => { c.destroy(); s.destroy() }
+       c.on('error', end).on('close', end); s.on('error', end).on('close', end)
+     }).listen(0, '127.0.0.1', () => console.log('ports', proxy.address().port, control.address().port))`,
+    { timeoutMs: 120_000 },
+  )
+  const started = Date.now()
+  while (!/ports \d+ \d+/.test(proxy.output())) {
+    if (Date.now() - started > 10_000) throw new Error(`the proxy did not start: ${proxy.output()}`)
+    await new Promise((r) => setTimeout(r, 20))
+  }
+  const [, port, controlPort] = proxy
+    .output()
+    .match(/ports (\d+) (\d+)/)
+    .map(Number)
+  const { connect } = await import('node:net')
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    arm: () =>
+      new Promise((resolve, reject) => {
+        const c = connect(controlPort, '127.0.0.1', () => c.write('1\n'))
+        c.on('data', () => (c.destroy(), resolve())).on('error', reject)
+      }),
+    stop: () => (proxy.child.kill('SIGKILL'), proxy.done),
+  }
+}
+
+describe('a reply that comes together with a connection reset', () => {
+  it('is answered (a claim that won is true, a delete true), not rejected as lost', async () => {
+    const server = await startRedisServer()
+    const proxy = await startResettingProxy(Number(new URL(server.url).port))
+    const store = createRedisStore(proxy.url, { prefix: 'rst:', commandTimeout: 5_000 })
+    const kv = createKvStore(proxy.url, { prefix: 'rst-kv:', commandTimeout: 5_000 })
+    const busy = (ms) => {
+      const until = Date.now() + ms
+      while (Date.now() < until);
+    }
+    try {
+      const answers = []
+      for (let i = 0; i < 5; i++) {
+        await store.beginExecution(`e${i}`)
+        await proxy.arm()
+        const claim = store.tryBeginExecutionTask(`e${i}`, 'step').then(
+          (v) => v,
+          (err) => err.code,
+        )
+        busy(50) // the reply and the reset both arrive meanwhile
+        answers.push(await claim)
+        await kv.set('default', `k${i}`, 1)
+        await proxy.arm()
+        const removed = kv.delete('default', `k${i}`).then(
+          (v) => v,
+          (err) => err.code,
+        )
+        busy(50)
+        answers.push(await removed)
+      }
+      assert.deepEqual(answers, Array(10).fill(true))
+    } finally {
+      await Promise.all([store.close(), kv.close()])
+      await proxy.stop()
+      await server.stop()
     }
   })
 })

@@ -189,11 +189,21 @@ impl<W> Core<W> {
     }
   }
 
-  /// A new connection is open: replies start afresh, and so does the backoff.
+  /// A new connection is open: replies start afresh, and so does the backoff. Nothing is
+  /// written on it yet (every queued call's bytes wait in `unsent`): calls that timed out
+  /// meanwhile are dropped rather than sent, since they rejected `TIMEOUT` unsent and
+  /// must not land afterwards.
   pub fn connected(&mut self) {
     self.failures = 0;
     self.received.clear();
     self.codec = ReplyDecoder::default();
+    if self.pending.iter().any(|call| call.waiter.is_none()) {
+      self.pending.retain(|call| call.waiter.is_some());
+      self.unsent.clear();
+      for call in &self.pending {
+        pack(&call.commands, call.atomic, call.asking, &mut self.unsent);
+      }
+    }
   }
 
   /// The connection dropped with `err`: calls with retries left are kept for a new

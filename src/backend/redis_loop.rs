@@ -391,6 +391,11 @@ impl State {
     settled: &mut Vec<Settlement>,
   ) -> StoreResult<()> {
     if status < 0 {
+      // libuv reports a reset without reading: the replies that came before it are still
+      // in the socket (the kernel hands them out before the error), and their calls are
+      // answered, not rejected as lost (a claim that won would read as UNAVAILABLE).
+      let _ = self.read_available();
+      let _ = self.core.settle_replies(timeout, settled);
       return Err(lost(&format!("socket error (libuv status {status})")));
     }
     if events & uv::WRITABLE != 0 {

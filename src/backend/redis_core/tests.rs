@@ -208,6 +208,19 @@ fn a_reply_after_its_deadline_is_skipped_and_the_next_call_gets_its_own() {
 }
 
 #[test]
+fn a_call_that_timed_out_before_the_connection_opened_is_never_sent() {
+  let mut s = Script::new(3, false);
+  s.call_by("claim", claim("c"), 10);
+  s.call_by("b", get("b"), 5_000);
+  // The connection takes longer than the claim's time: it rejected TIMEOUT, unsent.
+  assert_eq!(s.core.expire(s.t0 + Duration::from_millis(10)), ["claim"]);
+  s.core.connected();
+  assert_eq!(s.written(), ["GET b"]);
+  assert_eq!(s.answer("$1\r\nb\r\n"), [("b", vec![bytes("b")])]);
+  assert!(s.core.is_idle());
+}
+
+#[test]
 fn a_timed_out_call_is_not_sent_again_after_a_drop() {
   let mut s = Script::new(3, false);
   s.call_by("slow", get("slow"), 10);
