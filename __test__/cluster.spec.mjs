@@ -62,6 +62,27 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
     assert.equal(await store.isExecutionInProgress('a}b'), true)
   })
 
+  test('an error the server answers (OOM) is the answer at once, not retried as a dropped connection', async () => {
+    const kv = track(
+      createKvStore(
+        { cluster: cluster.urls },
+        { prefix: `oom:${randomUUID()}:`, commandTimeout: 20_000, retry: { attempts: 10, minDelay: 200, maxDelay: 2_000 } },
+      ),
+    )
+    await kv.set('default', 'warm', 1)
+    const setAll = (value) => Promise.all(cluster.ports.map((port) => cli(port, 'config', 'set', 'maxmemory', value)))
+    await Promise.all(cluster.ports.map((port) => cli(port, 'config', 'set', 'maxmemory-policy', 'noeviction')))
+    await setAll('1')
+    try {
+      const started = Date.now()
+      await assert.rejects(kv.set('default', 'k', 'v'.repeat(100)), (err) => /OOM/.test(err.message))
+      assert.ok(Date.now() - started < 2_000, `rejected after ${Date.now() - started} ms`)
+    } finally {
+      await setAll('0')
+    }
+    assert.equal(await kv.set('default', 'k', 1), true)
+  })
+
   test('a redis+cluster:// URL reaches the cluster: createStore, the KV store and the CLI', async () => {
     const url = `redis+cluster://${cluster.urls.map((u) => new URL(u).host).join(',')}`
     assert.throws(
@@ -182,6 +203,31 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
     assert.deepEqual(await kv.keys('default'), [])
   })
 
+  test('a listing during a resharding finds every key: a slot moved to a master already listed, then clear', async () => {
+    const ports = [...cluster.ports].sort((a, b) => a - b) // the order a listing walks the masters
+    const [first, middle, last] = ports
+    let tag
+    for (const candidate of 'abcdefghijklmnopqrstuvwxyz') {
+      if ((await cluster.owner(await cluster.keyslot(`{${candidate}}`))) === last) {
+        tag = candidate
+        break
+      }
+    }
+    const slot = await cluster.keyslot(`{${tag}}`)
+    const kv = track(createKvStore({ cluster: cluster.urls }, { prefix: `rs:${randomUUID()}:`, commandTimeout: 15_000 }))
+    const keys = Array.from({ length: 20 }, (_, i) => `{${tag}}${i}`).sort()
+    await kv.setMany('default', Object.fromEntries(keys.map((key) => [key, 1])))
+    // The listing waits on the middle master while the slot moves from the last to the first.
+    await cli(middle, 'client', 'pause', '1500', 'all')
+    const listing = kv.keys('default')
+    await new Promise((r) => setTimeout(r, 200))
+    await cluster.migrateSlot(slot, last, first)
+    assert.deepEqual(await listing, keys)
+    assert.equal(await cluster.owner(slot), first)
+    assert.equal(await kv.clear('default'), true)
+    assert.deepEqual(await kv.keys('default'), [])
+  })
+
   test('a workflow keeps going while its slot is resharded to another master', async () => {
     const store = workerStore()
     const id = `mig-${randomUUID()}`
@@ -297,6 +343,14 @@ describe('Redis Cluster failover', { timeout: 180_000 }, () => {
     )
     const id = `fo-${randomUUID()}`
     await store.beginExecution(id)
+    // A KV store that knows the map from before the kill: its listing after it must not
+    // ask the dead master.
+    const kv = createKvStore(
+      { cluster: cluster.urls },
+      { prefix: `fo-kv:${randomUUID()}:`, commandTimeout: 20_000, retry: { attempts: 40, minDelay: 50, maxDelay: 400 } },
+    )
+    const keys = ['{a}1', '{b}1', '{c}1', '{d}1', '{e}1', '{f}1']
+    await kv.setMany('default', Object.fromEntries(keys.map((key) => [key, 1])))
     const acked = []
     let running = true
     const failures = []
@@ -337,5 +391,10 @@ describe('Redis Cluster failover', { timeout: 180_000 }, () => {
     // every step acknowledged after the failover is there.
     const results = await store.getExecutionTaskResults(id)
     for (const { task } of after) assert.ok(task in results, `${task} is stored`)
+    // A listing after the failover walks the new masters.
+    const started = Date.now()
+    assert.deepEqual(await kv.keys('default'), keys)
+    assert.ok(Date.now() - started < 5_000, `listed after ${Date.now() - started} ms`)
+    await kv.close()
   })
 })

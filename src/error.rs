@@ -96,6 +96,9 @@ pub struct StoreError {
   /// The call was in flight when its connection dropped (`redis_core::lost`): it may
   /// have run on the server. A router that would resend it asks its batch first.
   pub may_have_run: bool,
+  /// The server answered with this error (the connection is fine): a router gives it as
+  /// the answer instead of reconnecting and sending the call again.
+  pub from_server: bool,
 }
 
 /// Result alias used across the crate.
@@ -107,6 +110,7 @@ impl StoreError {
       code,
       message: message.into(),
       may_have_run: false,
+      from_server: false,
     }
   }
 

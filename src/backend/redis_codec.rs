@@ -247,7 +247,12 @@ pub(super) fn server_error(err: redis::ServerError) -> StoreError {
     };
     return StoreError::new(ErrorCode::Unavailable, message);
   }
-  redis::RedisError::from(err).into()
+  // A node still loading its data, or a replica without its master, answers later.
+  let passing = matches!(err.code(), "LOADING" | "BUSY" | "MASTERDOWN");
+  StoreError {
+    from_server: !passing,
+    ..redis::RedisError::from(err).into()
+  }
 }
 
 /// The code and details of a cluster error [`server_error`] made (`MOVED`, `ASK`,

@@ -53,11 +53,14 @@ use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::events::{ConnectionEvents, ServerInfo};
 use crate::options::{CommonSettings, RetrySettings};
 use crate::redis_target::ClusterTarget;
-use plan::{assemble, plan, Part, Target};
+use plan::{assemble, plan, Part, Piece, Target};
+use scan::ScanCursor;
 use slots::{display, Address, Redirect, SlotMap};
 
 /// Redirects one part may follow before it gives up (a slot that moves back and forth).
 const MAX_REDIRECTS: u32 = 16;
+/// Times a cluster-wide `SCAN` starts again because slots changed hands during it.
+const MAX_SCAN_RESTARTS: u32 = 3;
 
 type Replies = oneshot::Receiver<StoreResult<Vec<Reply>>>;
 
@@ -276,12 +279,12 @@ impl Inner {
     what: &'static str,
     batch: &Batch,
   ) -> StoreResult<Vec<Sent>> {
-    let masters = router
+    let (masters, layout) = router
       .map
       .as_ref()
-      .map(|m| m.masters.clone())
+      .map(|m| (m.masters.clone(), m.layout()))
       .unwrap_or_default();
-    let parts = plan(batch, &masters)?;
+    let parts = plan(batch, &masters, layout)?;
     Ok(
       parts
         .into_iter()
@@ -367,8 +370,85 @@ impl Inner {
       follows.push(self.follow(what, part, replies));
     }
     let answers = join_all(follows).await;
+    if let (
+      [Part {
+        piece: Piece::Scan { cursor, .. },
+        ..
+      }],
+      1,
+    ) = (&parts[..], batch.commands.len())
+    {
+      let start = cursor.clone();
+      let answer = answers.into_iter().next().expect("one part, one answer");
+      return self.scan_page(&batch, parts, start, answer).await;
+    }
     let answers = answers.into_iter().collect::<StoreResult<Vec<_>>>()?;
     assemble(&batch, parts, answers)
+  }
+
+  /// One page of a cluster-wide `SCAN` (a walk over the masters `start` names). The walk
+  /// saw every key only if no slot changed hands during it: at its end, the slot map is
+  /// read again, and a walk whose map changed starts again on the new masters (the keys
+  /// found twice are listed once by the callers). A page whose master is gone (a failover)
+  /// starts the walk again too, rather than asking a dead node.
+  async fn scan_page(
+    &self,
+    batch: &Batch,
+    parts: Vec<Part>,
+    start: ScanCursor,
+    answer: StoreResult<Vec<Reply>>,
+  ) -> StoreResult<Vec<Reply>> {
+    let again = |masters: Vec<Address>, layout: u64, keys: Vec<String>| {
+      if start.restarts >= MAX_SCAN_RESTARTS {
+        return Err(StoreError::new(
+          ErrorCode::Unavailable,
+          format!(
+            "the slots of {} changed hands during {} listings in a row (resharding or failover under way): try again",
+            self.target.display,
+            MAX_SCAN_RESTARTS + 1
+          ),
+        ));
+      }
+      let cursor = ScanCursor::start(masters, layout, start.restarts + 1).encode();
+      Ok(vec![Reply::Scan { cursor, keys }])
+    };
+    match answer {
+      Ok(answer) => {
+        let mut replies = assemble(batch, parts, vec![answer])?;
+        if !matches!(replies.first(), Some(Reply::Scan { cursor, .. }) if cursor == "0") {
+          return Ok(replies);
+        }
+        let seen = self.lock().refreshes;
+        self.refresh(Some(seen)).await;
+        let Some((masters, layout)) = self.current_layout() else {
+          return Ok(replies);
+        };
+        if layout == start.layout {
+          return Ok(replies);
+        }
+        let Some(Reply::Scan { keys, .. }) = replies.pop() else {
+          unreachable!("a scan page")
+        };
+        again(masters, layout, keys)
+      }
+      // (`follow` read the map again after the failure)
+      Err(err) if !err.from_server && retry::classify(&err).may_retry() => {
+        match self.current_layout() {
+          Some((masters, layout)) if !masters.contains(start.master()) => {
+            again(masters, layout, Vec::new())
+          }
+          _ => Err(err),
+        }
+      }
+      Err(err) => Err(err),
+    }
+  }
+
+  /// The masters of the slot map and its layout, when a map is known.
+  fn current_layout(&self) -> Option<(Vec<Address>, u64)> {
+    let router = self.lock();
+    let map = router.map.as_ref()?;
+    Some((map.masters.clone(), map.layout()))
   }
 
   /// A call whose slot map could not be read (`err`): read again and queued, with
@@ -442,7 +522,9 @@ impl Inner {
         Some(_) => return Err(err),
         None => {}
       }
-      if err.code == ErrorCode::Disposed || !retry::classify(&err).may_retry() {
+      // An error the server answered (OOM, a script error) is the call's answer, as on a
+      // single server: the connection is fine, and nothing is gained by sending it again.
+      if err.code == ErrorCode::Disposed || err.from_server || !retry::classify(&err).may_retry() {
         return Err(err);
       }
       // The node's connection failed, or the call timed out. A part that may have run
@@ -455,6 +537,15 @@ impl Inner {
       self.lock().dropped = true;
       let seen = self.lock().refreshes;
       self.refresh(Some(seen)).await;
+      // A scan page whose master is one no more: its walk starts again (`scan_page`).
+      if let (Piece::Scan { .. }, Target::Node(address)) = (&part.piece, &part.target) {
+        if self
+          .current_layout()
+          .is_some_and(|(masters, _)| !masters.contains(address))
+        {
+          return Err(err);
+        }
+      }
       tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
       replies = self.send(what, &part, None);
     }

@@ -48,8 +48,8 @@ pub struct Part {
 }
 
 /// Splits `batch` into parts, each for one node; `masters` (sorted) are where a new
-/// `SCAN` walks.
-pub fn plan(batch: &Batch, masters: &[Address]) -> StoreResult<Vec<Part>> {
+/// `SCAN` walks, on a slot map of `layout`.
+pub fn plan(batch: &Batch, masters: &[Address], layout: u64) -> StoreResult<Vec<Part>> {
   let sub = |commands: Vec<Command>, atomic: bool| Batch {
     atomic: atomic && commands.len() > 1,
     commands,
@@ -61,11 +61,7 @@ pub fn plan(batch: &Batch, masters: &[Address]) -> StoreResult<Vec<Part>> {
   for (index, command) in batch.commands.iter().enumerate() {
     if let Command::Scan { cursor, .. } = command {
       let cursor = if cursor == "0" {
-        ScanCursor {
-          masters: masters.to_vec(),
-          index: 0,
-          node_cursor: "0".to_string(),
-        }
+        ScanCursor::start(masters.to_vec(), layout, 0)
       } else {
         ScanCursor::decode(cursor)
           .ok_or_else(|| StoreError::invalid_input("invalid cluster scan cursor"))?
@@ -235,7 +231,7 @@ mod tests {
   #[test]
   fn an_atomic_batch_is_one_transaction_per_slot() {
     let batch = Batch::atomic(vec![get("{a}1"), get("{b}1"), get("{a}2")]).never_resend();
-    let parts = plan(&batch, &masters()).unwrap();
+    let parts = plan(&batch, &masters(), 1).unwrap();
     assert_eq!(parts.len(), 2);
     assert_eq!(parts[0].target, Target::Slot(slot(b"a")));
     assert_eq!(parts[0].piece, Piece::Commands(vec![0, 2]));
@@ -249,7 +245,7 @@ mod tests {
   #[test]
   fn other_batches_send_each_command_alone() {
     let batch = Batch::many(vec![get("{a}1"), get("{a}2")]);
-    let parts = plan(&batch, &masters()).unwrap();
+    let parts = plan(&batch, &masters(), 1).unwrap();
     assert_eq!(parts.len(), 2);
     assert!(parts.iter().all(|p| p.target == Target::Slot(slot(b"a"))));
     let answers = vec![vec![Reply::Int(1)], vec![Reply::Int(2)]];
@@ -264,7 +260,7 @@ mod tests {
       .map(|k| k.to_string())
       .collect();
     let batch = Batch::one(Command::MGet { keys: keys.clone() });
-    let parts = plan(&batch, &masters()).unwrap();
+    let parts = plan(&batch, &masters(), 1).unwrap();
     assert_eq!(parts.len(), 3);
     assert_eq!(
       parts[0].piece,
@@ -295,7 +291,7 @@ mod tests {
       ])]
     );
     let batch = Batch::one(Command::Unlink { keys }).never_resend();
-    let parts = plan(&batch, &masters()).unwrap();
+    let parts = plan(&batch, &masters(), 1).unwrap();
     assert!(parts.iter().all(|p| !p.batch.may_resend()));
     let answers = vec![
       vec![Reply::Int(2)],
@@ -317,7 +313,7 @@ mod tests {
       kind: None,
     };
     let batch = Batch::one(scan("0"));
-    let parts = plan(&batch, &masters()).unwrap();
+    let parts = plan(&batch, &masters(), 1).unwrap();
     assert_eq!(parts[0].target, Target::Node(("a".into(), 1)));
     assert_eq!(parts[0].batch.commands, vec![scan("0")]);
     let answers = vec![vec![Reply::Scan {
@@ -329,11 +325,11 @@ mod tests {
       panic!("a scan page")
     };
     assert_eq!(keys, &vec!["p1".to_string()]);
-    assert_eq!(cursor, "1|0|a:1,b:2");
+    assert_eq!(cursor, "1|0|1|0|a:1,b:2");
     // The next page: on the second master, with its own cursor.
-    let parts = plan(&Batch::one(scan(cursor)), &[]).unwrap();
+    let parts = plan(&Batch::one(scan(cursor)), &[], 1).unwrap();
     assert_eq!(parts[0].target, Target::Node(("b".into(), 2)));
     assert_eq!(parts[0].batch.commands, vec![scan("0")]);
-    assert!(plan(&Batch::one(scan("bogus")), &masters()).is_err());
+    assert!(plan(&Batch::one(scan("bogus")), &masters(), 1).is_err());
   }
 }

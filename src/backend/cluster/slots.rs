@@ -107,6 +107,16 @@ impl SlotMap {
     Some(Self { masters, owners })
   }
 
+  /// A fingerprint of which master serves which slot (never 0): maps with the same one
+  /// route alike. A cluster-wide `SCAN` compares it at its end with its start's.
+  pub fn layout(&self) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    self.masters.hash(&mut hasher);
+    self.owners.hash(&mut hasher);
+    hasher.finish().max(1)
+  }
+
   /// The master that serves `slot`, if one does.
   pub fn owner(&self, slot: u16) -> Option<&Address> {
     let index = *self.owners.get(usize::from(slot))?;
