@@ -57,7 +57,10 @@ export interface StoreOptions {
   ttl?: number
   /** Prepended to every key. */
   prefix?: string
-  /** Bound on every call end to end, in ms, including connecting or queueing. Default 5000. */
+  /**
+   * Bound on every round trip of a call, in ms, including connecting or queueing: end to
+   * end for a call of one round trip (most are); a listing gets it per page. Default 5000.
+   */
   commandTimeout?: number
   /**
    * WorkerStore key layout. `'compatible'` (default): `<prefix><id>`,
