@@ -23,6 +23,13 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
   })
   after(() => server?.stop())
 
+  /** Another client (psql, as `appName`) that runs `sql`: a transaction holding locks. */
+  const psql = (sql, appName = 'holder') =>
+    spawn(join(server.bin, 'psql'), ['-h', '127.0.0.1', '-p', String(server.port), '-U', 'postgres', '-d', 'postgres', '-c', sql], {
+      env: { ...process.env, PGPASSWORD: POSTGRES_PASSWORD, PGAPPNAME: appName },
+      stdio: 'ignore',
+    })
+
   it('creates its tables on first use in its schema, and records their version', async () => {
     const store = createPostgresStore(server.url, { schema: 'ds_custom' })
     await store.beginExecution('first')
@@ -328,21 +335,8 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await sleep(400)
     const connections = () => Number(server.sql(`SELECT count(*) FROM pg_stat_activity WHERE application_name = '${name}'`))
     // Another client holds both rows for 8 s.
-    const holder = spawn(
-      join(server.bin, 'psql'),
-      [
-        '-h',
-        '127.0.0.1',
-        '-p',
-        String(server.port),
-        '-U',
-        'postgres',
-        '-d',
-        'postgres',
-        '-c',
-        `BEGIN; SELECT 1 FROM durastate.entries WHERE key = '${prefix}victim' FOR UPDATE; SELECT 1 FROM durastate.step_expiry WHERE exec = '${prefix}expired' FOR UPDATE; SELECT pg_sleep(8); COMMIT;`,
-      ],
-      { env: { ...process.env, PGPASSWORD: POSTGRES_PASSWORD }, stdio: 'ignore' },
+    const holder = psql(
+      `BEGIN; SELECT 1 FROM durastate.entries WHERE key = '${prefix}victim' FOR UPDATE; SELECT 1 FROM durastate.step_expiry WHERE exec = '${prefix}expired' FOR UPDATE; SELECT pg_sleep(8); COMMIT;`,
     )
     try {
       await sleep(300)
@@ -368,22 +362,7 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await warm.close()
     // Another client holds the schema's version table for 8 s: a new store's first
     // connection checks it, and waits.
-    const holder = spawn(
-      join(server.bin, 'psql'),
-      [
-        '-h',
-        '127.0.0.1',
-        '-p',
-        String(server.port),
-        '-U',
-        'postgres',
-        '-d',
-        'postgres',
-        '-c',
-        'BEGIN; LOCK TABLE durastate.meta IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8); COMMIT;',
-      ],
-      { env: { ...process.env, PGPASSWORD: POSTGRES_PASSWORD, PGAPPNAME: `${name}-holder` }, stdio: 'ignore' },
-    )
+    const holder = psql('BEGIN; LOCK TABLE durastate.meta IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8); COMMIT;', `${name}-holder`)
     const store = createPostgresStore(`${server.url}?application_name=${name}`, { prefix: fresh(), commandTimeout: 500, retry: { attempts: 0 } })
     try {
       await sleep(300)
