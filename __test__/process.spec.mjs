@@ -129,6 +129,43 @@ describe('process behaviour', () => {
     assert.match(later, /^DISPOSED: /)
   })
 
+  // A server that accepts connections and never answers: the calls time out at
+  // commandTimeout, and then nothing may keep the process alive until connectTimeout.
+  for (const driver of runtime === 'node' ? ['default', 'socket', 'threads'] : ['default', 'threads']) {
+    it(`exits once its calls timed out, with or without close(), when the server never answers (${driver} driver)`, async () => {
+      const { createServer } = await import('node:net')
+      const sockets = new Set()
+      const silent = createServer((socket) => sockets.add(socket.on('error', () => {})))
+      await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve))
+      const url = `redis://127.0.0.1:${silent.address().port}`
+      try {
+        for (const close of [true, false]) {
+          const { code, signal, stdout, stderr, ms } = await runChild(
+            `
+            const store = ds.createRedisStore(${JSON.stringify(url)}, { commandTimeout: 500, connectTimeout: 8000, retry: { attempts: 0 } });
+            (async () => {
+              const code = await store.beginExecution('e').then(() => 'ok', (e) => e.code);
+              if (${close}) await store.close();
+              process.stdout.write(code + ' ' + Date.now());
+            })().catch((e) => { console.error(e); process.exit(1) });
+          `,
+            { timeoutMs: 15_000, env: driver === 'default' ? {} : { DURASTATE_REDIS_DRIVER: driver } },
+          )
+          assert.equal(signal, null, `killed after ${ms} ms`)
+          assert.equal(code, 0, stderr)
+          const [answer, at] = stdout.split(' ')
+          assert.equal(answer, 'TIMEOUT')
+          // Well before connectTimeout (8 s): nothing waits for the connect attempt.
+          const lingered = Date.now() - Number(at)
+          assert.ok(lingered < 3_000, `close: ${close}: the process lingered ${lingered} ms after its call timed out`)
+        }
+      } finally {
+        for (const socket of sockets) socket.destroy()
+        await new Promise((resolve) => silent.close(resolve))
+      }
+    })
+  }
+
   // A store the program no longer references can be collected while its calls wait:
   // they must still settle, and their writes land. A store collected idle must not keep
   // its connection open. Every Redis driver this runtime has.

@@ -13,6 +13,7 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::{AbortHandle, Abortable};
 use napi::{sys, Env};
 
 use super::connect::open;
@@ -52,6 +53,9 @@ struct State {
   cleanup_hook: *mut c_void,
   connection: Connection,
   attempt: u64,
+  /// Gives up the connect attempt under way: its task would keep the event loop (and the
+  /// process) alive until `connectTimeout` with nothing waiting for it.
+  connect_abort: Option<AbortHandle>,
   /// The calls, their bytes and replies, and what a drop does to them (`redis_core.rs`).
   core: Core<Waiter>,
   closed: bool,
@@ -90,6 +94,7 @@ impl LoopRedis {
       cleanup_hook: std::ptr::null_mut(),
       connection: Connection::Idle,
       attempt: 0,
+      connect_abort: None,
       core: Core::new(retry, target.sentinel.is_some()),
       closed: false,
       shut_down: false,
@@ -191,8 +196,14 @@ impl Driver {
     let target = self.target.clone();
     let limit = self.connect_timeout;
     let weak = Rc::downgrade(self);
+    let (abort, registration) = AbortHandle::new_pair();
+    self.state.borrow_mut().connect_abort = Some(abort);
     let started = env.spawn_future_with_callback(
-      async move { Ok(open(&target, limit).await) },
+      async move {
+        let opened = Abortable::new(open(&target, limit), registration).await;
+        // (given up: nothing waits for it, and the callback finds it is not current)
+        Ok(opened.unwrap_or_else(|_| Err(StoreError::disposed())))
+      },
       move |env, opened| {
         if let Some(driver) = weak.upgrade() {
           driver.connected(env.raw(), attempt, opened);
@@ -215,6 +226,7 @@ impl Driver {
     if !current || state.shut_down {
       return;
     }
+    state.connect_abort = None;
     let settled = match opened.and_then(|socket| state.install(self, env, socket)) {
       Ok(()) => Vec::new(),
       Err(err) => {
@@ -275,6 +287,9 @@ impl Driver {
     let context = state.context.as_ref().map(AsyncContext::raw);
     let timeout_ms = self.command_timeout.as_millis() as u64;
     let settled = state.core.expire_calls(Instant::now(), timeout_ms);
+    if !state.core.has_waiters() {
+      state.abort_connect();
+    }
     state.finish_if_closed();
     state.arm_timer();
     drop(state);
@@ -504,12 +519,27 @@ impl State {
     }
   }
 
+  /// Gives up a connect attempt under way when no call waits for it (their time ran out,
+  /// or the store closed): the calls queued are timed out ones, never to be sent, and the
+  /// next call connects anew.
+  fn abort_connect(&mut self) {
+    if !matches!(self.connection, Connection::Connecting) {
+      return;
+    }
+    if let Some(abort) = self.connect_abort.take() {
+      abort.abort();
+    }
+    self.core.clear();
+    self.connection = Connection::Idle;
+  }
+
   /// Closes the connection, the timer and the cleanup hook. Idempotent.
   fn shut_down(&mut self) {
     if self.shut_down {
       return;
     }
     self.shut_down = true;
+    self.abort_connect();
     self.close();
     self.drop_connection();
     if !self.timer.is_null() {
