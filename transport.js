@@ -68,7 +68,8 @@ function createTransport(emit) {
     connect(host, port, ms, tag) {
       drop()
       attempt = tag
-      const s = net.connect({ host, port, noDelay: true })
+      // Keepalive: a peer that vanished without a word is found, not waited on for hours.
+      const s = net.connect({ host, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 15_000 })
       socket = s
       s.unref()
       s.on('connect', () => {

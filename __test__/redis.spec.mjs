@@ -4,7 +4,7 @@ import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import { createServer } from 'node:net'
 import { spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
@@ -401,5 +401,30 @@ describe('Redis store', () => {
       () => createRedisStore('redis://u:hunter2@h', { ttl: -5 }),
       (err) => !err.message.includes('hunter2'),
     )
+  })
+})
+
+// A peer that vanishes without a word (a host down, a NAT or load balancer that forgot the
+// flow) is found by TCP keepalive. The kernel shows it: a keepalive timer ("02" in the
+// `tr` column of /proc/net/tcp) on every established connection of the store.
+describe('Redis connections', { skip: process.platform !== 'linux' && 'reads /proc/net/tcp' }, () => {
+  it('have TCP keepalive on (the kernel runs a keepalive timer on each)', async () => {
+    const server = await startRedisServer()
+    const store = createRedisStore(server.url, { prefix: 'keepalive:' })
+    try {
+      await store.beginExecution('e')
+      const port = Number(new URL(server.url).port).toString(16).toUpperCase().padStart(4, '0')
+      const ours = readFileSync('/proc/net/tcp', 'utf8')
+        .split('\n')
+        .slice(1)
+        .map((line) => line.trim().split(/\s+/))
+        // established (01), to the server's port: the store's side of its connection
+        .filter((fields) => fields[2]?.endsWith(`:${port}`) && fields[3] === '01')
+      assert.ok(ours.length >= 1, 'the store has a connection')
+      for (const fields of ours) assert.equal(fields[5].split(':')[0], '02', `timer ${fields[5]}: no keepalive timer`)
+    } finally {
+      await store.close()
+      await server.stop()
+    }
   })
 })

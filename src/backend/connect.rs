@@ -173,6 +173,31 @@ async fn bounded<T>(
   }
 }
 
+/// Idle time before the first keepalive probe, the time between probes, and how many go
+/// unanswered before the connection is dropped: a peer that vanished without a word (a
+/// host down, a NAT or load balancer that forgot the flow) is found in about 30 s, not
+/// after the system's default of hours.
+const KEEPALIVE: (Duration, Duration, u32) = (Duration::from_secs(15), Duration::from_secs(5), 3);
+/// How long written bytes may stay unacknowledged before the kernel drops the connection
+/// (Linux): calls in flight to a vanished peer fail over to a new connection instead of
+/// waiting out about 15 minutes of retransmissions.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const UNACKNOWLEDGED_LIMIT: Duration = Duration::from_secs(30);
+
+/// TCP keepalive (and, on Linux, a bound on unacknowledged data) on a new connection. Best
+/// effort: a socket that refuses an option works as before.
+fn watch_for_a_vanished_peer(stream: &TcpStream) {
+  let socket = socket2::SockRef::from(stream);
+  let (idle, interval, probes) = KEEPALIVE;
+  let keepalive = socket2::TcpKeepalive::new()
+    .with_time(idle)
+    .with_interval(interval)
+    .with_retries(probes);
+  let _ = socket.set_tcp_keepalive(&keepalive);
+  #[cfg(any(target_os = "linux", target_os = "android"))]
+  let _ = socket.set_tcp_user_timeout(Some(UNACKNOWLEDGED_LIMIT));
+}
+
 async fn tcp_then_tls(
   host: &str,
   port: u16,
@@ -185,6 +210,7 @@ async fn tcp_then_tls(
   stream
     .set_nodelay(true)
     .map_err(|err| peer.unavailable(&err.to_string()))?;
+  watch_for_a_vanished_peer(&stream);
   let Some(tls) = peer.tls else {
     return Ok(Stream::Plain(stream));
   };
