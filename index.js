@@ -502,6 +502,8 @@ function requireJsonText(json, mount, key) {
   } catch (err) {
     throw new DurastateError('INVALID_INPUT', `setJson of key "${key}" (mount '${mount}'): not JSON text: ${err.message}`, { cause: err })
   }
+  // (JSON.stringify escapes a lone surrogate; raw in the text, it would become U+FFFD)
+  if (!json.isWellFormed()) throw illFormed(`setJson of key "${key}" (mount '${mount}'): the JSON text`, json)
 }
 
 function decodeValue(text, mount, key) {
@@ -701,6 +703,8 @@ class KvStore {
   #counting = new Map()
   /** Set by `close()`: later calls reject with `DISPOSED` (the calls in flight finish first). */
   #closing = false
+  /** Listings in progress (several round trips: a page each): `close()` waits for them. */
+  #listings = new Set()
 
   constructor(nativeStore, target) {
     if (!(nativeStore instanceof native.NativeKvStore)) {
@@ -747,6 +751,14 @@ class KvStore {
     })
     this.#order.holdUntilSettled(mount, null, started)
     return started.then(() => listing, rethrow)
+  }
+
+  /** `listing`, kept in `#listings` until it settles. */
+  #tracked(listing) {
+    this.#listings.add(listing)
+    const forget = () => this.#listings.delete(listing)
+    listing.then(forget, forget)
+    return listing
   }
 
   /** Counts the mount's entries: one count at a time per mount, shared by every write waiting for it. */
@@ -916,8 +928,8 @@ class KvStore {
     try {
       this.#requireMount(mount)
       if (pattern !== undefined) requireString('pattern', pattern)
-      if (!this.#order.idle) return this.#listing(mount, () => this.#native.keys(mount, pattern).then(undefined, rethrow))
-      return this.#native.keys(mount, pattern).then(undefined, rethrow)
+      const start = () => this.#native.keys(mount, pattern).then(undefined, rethrow)
+      return this.#tracked(this.#order.idle ? start() : this.#listing(mount, start))
     } catch (err) {
       return rejected(err)
     }
@@ -942,8 +954,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       const start = () => this.#native.getAll(mount).then((pairs) => decodePairs(pairs, mount), rethrow)
-      if (!this.#order.idle) return this.#listing(mount, start)
-      return start()
+      return this.#tracked(this.#order.idle ? start() : this.#listing(mount, start))
     } catch (err) {
       return rejected(err)
     }
@@ -997,8 +1008,7 @@ class KvStore {
       this.#requireMount(mount)
       requireString('prefix', prefix)
       const start = () => this.#native.getByPrefix(mount, prefix).then((pairs) => decodePairs(pairs, mount), rethrow)
-      if (!this.#order.idle) return this.#listing(mount, start)
-      return start()
+      return this.#tracked(this.#order.idle ? start() : this.#listing(mount, start))
     } catch (err) {
       return rejected(err)
     }
@@ -1024,12 +1034,13 @@ class KvStore {
 
   /**
    * Later calls reject with `DISPOSED` at once; the calls made before finish (a write in
-   * phases, or one waiting for another on its keys, runs all its phases), then the
-   * connection or database is released.
+   * phases, or one waiting for another on its keys, runs all its phases; a listing reads
+   * all its pages), then the connection or database is released.
    */
   async close() {
     this.#closing = true
-    for (let calls = this.#order.held(); calls.length > 0; calls = this.#order.held()) {
+    const inFlight = () => [...this.#order.held(), ...this.#listings]
+    for (let calls = inFlight(); calls.length > 0; calls = inFlight()) {
       await Promise.allSettled(calls)
     }
     this.#native.close()

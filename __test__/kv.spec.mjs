@@ -494,8 +494,24 @@ for (const name of kvBackendNames) {
         await rejectsWith(kv.setJson('cfg', 'retries', '"3"'), 'TYPE_MISMATCH', naming('cfg', 'retries'))
         for (const bad of ['', '{', 'undefined', '1 2', "{'a':1}"]) await rejectsWith(kv.setJson('m', 'bad', bad), 'INVALID_INPUT')
         await rejectsWith(kv.setJson('m', 'bad', 42), 'INVALID_INPUT')
+        // A raw lone surrogate in the text (JSON.stringify would have escaped it).
+        await rejectsWith(kv.setJson('m', 'bad', '"\ud800"'), 'INVALID_INPUT')
+        assert.equal(await kv.setJson('m', 'escaped', JSON.stringify('\ud800')), true)
+        assert.equal(await kv.get('m', 'escaped'), '\ud800')
         assert.equal(await kv.has('m', 'bad'), false)
       })
+
+      // Stored text another client wrote may escape keys (Python's json.dumps writes
+      // "caf\u00e9"): a merge compares keys as JS does. (Redis's merge script compares the
+      // key text: there, such a key stays apart.)
+      if (!['redis', 'cluster', 'cluster-tls'].includes(name)) {
+        test('merge compares keys as JS does, whatever their escapes in the stored text', async () => {
+          const kv = backend.open({ mounts: { m: {} } })
+          await kv.setJson('m', 'k', '{"\\u0031":"old","caf\\u00e9":1}')
+          assert.equal(await kv.merge('m', 'k', { 1: 'new', café: 2 }), true)
+          assert.equal(await kv.getJson('m', 'k'), '{"1":"new","café":2}')
+        })
+      }
 
       test('values must have the declared type, else TYPE_MISMATCH naming mount and key', async () => {
         const schema = {
@@ -1096,6 +1112,8 @@ for (const name of kvBackendNames) {
           const keys = Array.from({ length: 50 }, (_, i) => `closing${round}-${i}`)
           const calls = []
           for (const key of keys) calls.push(kv.set('m', key, { a: 1 }), kv.merge('m', key, { v: key }))
+          // Listings: several round trips (a page each), all before close().
+          calls.push(kv.keys('m'), kv.getAll('m'))
           calls.push(kv.deleteMany('m', keys.slice(0, 10)), kv.setMany('m', { [keys[0]]: 'again' }), kv.getMany('m', keys))
           const closing = kv.close()
           assert.equal(kv.closed, true)

@@ -354,7 +354,7 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await store.close()
   })
 
-  it('gives up a connection whose setup (schema check, prepared statements) is stuck on a lock at commandTimeout', async () => {
+  it('gives up a connection whose setup (schema check, prepared statements) is stuck on a lock at commandTimeout (at least connectTimeout)', async () => {
     const name = `setup-${randomUUID().slice(0, 8)}`
     const waiting = () => Number(server.sql(`SELECT count(*) FROM pg_stat_activity WHERE application_name = '${name}' AND wait_event_type = 'Lock'`))
     const warm = createPostgresStore(server.url, { prefix: fresh() })
@@ -363,7 +363,12 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     // Another client holds the schema's version table for 8 s: a new store's first
     // connection checks it, and waits.
     const holder = psql('BEGIN; LOCK TABLE durastate.meta IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(8); COMMIT;', `${name}-holder`)
-    const store = createPostgresStore(`${server.url}?application_name=${name}`, { prefix: fresh(), commandTimeout: 500, retry: { attempts: 0 } })
+    const store = createPostgresStore(`${server.url}?application_name=${name}`, {
+      prefix: fresh(),
+      commandTimeout: 500,
+      connectTimeout: 500,
+      retry: { attempts: 0 },
+    })
     try {
       await sleep(300)
       for (let i = 0; i < 3; i++) {

@@ -65,9 +65,13 @@ export async function listExecutionIds(inspector, prefix, { maxScanned = Infinit
   const ids = new Set()
   let cursor = '0'
   let scanned = 0
+  // A page may bring more keys than asked (COUNT is a hint): those past the cap are left
+  // out, and the listing says it may be incomplete.
+  let dropped = false
   do {
     const [next, ...keys] = await inspector.scanExecutions(cursor, prefix, Math.min(SCAN_COUNT, maxScanned - scanned))
     // SCAN's COUNT is a hint: a page may bring more keys than asked.
+    if (keys.length > maxScanned - scanned) dropped = true
     for (const key of keys.slice(0, maxScanned - scanned)) {
       if (key.length <= prefix.length) continue
       const id = key.slice(prefix.length)
@@ -76,7 +80,7 @@ export async function listExecutionIds(inspector, prefix, { maxScanned = Infinit
     scanned += keys.length
     cursor = next
   } while (cursor !== '0' && scanned < maxScanned)
-  return { ids: [...ids].sort(), truncated: cursor !== '0' }
+  return { ids: [...ids].sort(), truncated: cursor !== '0' || dropped }
 }
 
 /**

@@ -81,52 +81,103 @@ pub fn merge_objects(current: &str, partial: &str) -> Result<String, MergeError>
 }
 
 /// A JSON object's members as `(key as JSON text, value as JSON text)`, in order: the
-/// arguments of the Redis merge script.
+/// arguments of the Redis merge script. Keys are written as `JSON.stringify` writes them.
 pub fn object_members(json: &str) -> Result<Vec<(String, String)>, String> {
   let members = parse_object(json)?;
   Ok(
     members
       .0
       .into_iter()
-      .map(|(key, value)| (key.get().to_string(), value.get().to_string()))
+      .map(|(key, value)| (key_json(&key), value.get().to_string()))
       .collect(),
   )
 }
 
-/// A JSON object's members in text order, keys and values raw; a repeated key keeps its
-/// first position and its last value (as `JSON.parse` does). Keys stay JSON text (quoted,
-/// escapes kept) and compare as text, as the Redis merge script compares them: a key JS
-/// can hold but UTF-8 cannot (a lone surrogate, written `"\ud800"` by `JSON.stringify`)
-/// is kept as it is, and `JSON.stringify` writes one text per key.
-struct Members(Vec<(Box<RawValue>, Box<RawValue>)>);
+/// A key as JS holds it: UTF-16 code units, so a key UTF-8 cannot hold (a lone surrogate,
+/// written `"\ud800"` by `JSON.stringify`) is kept, and keys compare as in JS whatever
+/// their escapes in the text (`"\u0031"` is `"1"`).
+type Key = Vec<u16>;
+
+/// A JSON object's members in text order, values raw; a repeated key keeps its first
+/// position and its last value (as `JSON.parse` does).
+struct Members(Vec<(Key, Box<RawValue>)>);
 
 fn parse_object(json: &str) -> Result<Members, String> {
   serde_json::from_str(json).map_err(|err| err.to_string())
 }
 
-fn upsert(
-  entries: &mut Vec<(Box<RawValue>, Box<RawValue>)>,
-  key: Box<RawValue>,
-  value: Box<RawValue>,
-) {
-  match entries
-    .iter_mut()
-    .find(|(existing, _)| existing.get() == key.get())
-  {
+/// The code units of a JSON string's text (quoted, valid: serde_json read it).
+fn key_units(raw: &str) -> Key {
+  let raw = raw.trim();
+  let inner = raw
+    .strip_prefix('"')
+    .and_then(|r| r.strip_suffix('"'))
+    .unwrap_or(raw);
+  let mut units = Vec::with_capacity(inner.len());
+  let mut chars = inner.chars();
+  while let Some(c) = chars.next() {
+    if c != '\\' {
+      let mut buffer = [0u16; 2];
+      units.extend_from_slice(c.encode_utf16(&mut buffer));
+      continue;
+    }
+    match chars.next() {
+      Some('b') => units.push(0x08),
+      Some('f') => units.push(0x0c),
+      Some('n') => units.push(0x0a),
+      Some('r') => units.push(0x0d),
+      Some('t') => units.push(0x09),
+      Some('u') => {
+        let hex: String = chars.by_ref().take(4).collect();
+        units.push(u16::from_str_radix(&hex, 16).unwrap_or(0xfffd));
+      }
+      // `"`, `\\`, `/`
+      Some(other) => units.push(other as u16),
+      None => {}
+    }
+  }
+  units
+}
+
+/// A key as `JSON.stringify` writes it: `"`, `\\` and control characters escaped (`\n`,
+/// `\u001f`), a lone surrogate as `\udXXX`, everything else as it is.
+fn key_json(key: &[u16]) -> String {
+  let mut out = String::with_capacity(key.len() + 2);
+  out.push('"');
+  for decoded in char::decode_utf16(key.iter().copied()) {
+    match decoded {
+      Ok('"') => out.push_str("\\\""),
+      Ok('\\') => out.push_str("\\\\"),
+      Ok('\u{8}') => out.push_str("\\b"),
+      Ok('\u{c}') => out.push_str("\\f"),
+      Ok('\n') => out.push_str("\\n"),
+      Ok('\r') => out.push_str("\\r"),
+      Ok('\t') => out.push_str("\\t"),
+      Ok(c) if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+      Ok(c) => out.push(c),
+      Err(lone) => out.push_str(&format!("\\u{:04x}", lone.unpaired_surrogate())),
+    }
+  }
+  out.push('"');
+  out
+}
+
+fn upsert(entries: &mut Vec<(Key, Box<RawValue>)>, key: Key, value: Box<RawValue>) {
+  match entries.iter_mut().find(|(existing, _)| *existing == key) {
     Some(entry) => entry.1 = value,
     None => entries.push((key, value)),
   }
 }
 
-fn write_object(mut entries: Vec<(Box<RawValue>, Box<RawValue>)>) -> String {
+fn write_object(mut entries: Vec<(Key, Box<RawValue>)>) -> String {
   // Stable: array-index keys first, ascending; the rest keep their order.
-  entries.sort_by_key(|(key, _)| array_index(key.get()).map_or((1, 0), |index| (0, index)));
+  entries.sort_by_key(|(key, _)| array_index(key).map_or((1, 0), |index| (0, index)));
   let mut out = String::from("{");
   for (i, (key, value)) in entries.iter().enumerate() {
     if i > 0 {
       out.push(',');
     }
-    out.push_str(key.get());
+    out.push_str(&key_json(key));
     out.push(':');
     out.push_str(value.get());
   }
@@ -134,10 +185,9 @@ fn write_object(mut entries: Vec<(Box<RawValue>, Box<RawValue>)>) -> String {
   out
 }
 
-/// The key (JSON text, quoted) as an array index (`"0"`, `"17"`; below 2³² − 1), which
-/// JS orders first.
-fn array_index(key: &str) -> Option<u64> {
-  let key = key.strip_prefix('"')?.strip_suffix('"')?;
+/// The key as an array index (`"0"`, `"17"`; below 2³² − 1), which JS orders first.
+fn array_index(key: &[u16]) -> Option<u64> {
+  let key = String::from_utf16(key).ok()?;
   let canonical = key == "0" || (!key.starts_with('0') && !key.is_empty());
   if !canonical || key.len() > 10 || !key.bytes().all(|b| b.is_ascii_digit()) {
     return None;
@@ -166,7 +216,7 @@ impl<'de> Visitor<'de> for MembersVisitor {
   fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
     let mut entries = Vec::new();
     while let Some((key, value)) = map.next_entry::<Box<RawValue>, Box<RawValue>>()? {
-      upsert(&mut entries, key, value);
+      upsert(&mut entries, key_units(key.get()), value);
     }
     Ok(Members(entries))
   }
@@ -196,6 +246,19 @@ mod tests {
     let numbers = merge_objects(r#"{"b":1,"5":1}"#, r#"{"2":0.1,"a":1e21}"#).unwrap();
     assert_eq!(numbers, r#"{"2":0.1,"5":1,"b":1,"a":1e21}"#);
     assert_eq!(merge_objects(r#"{"a":1}"#, "{}").unwrap(), r#"{"a":1}"#);
+  }
+
+  #[test]
+  fn keys_compare_as_in_js_whatever_their_escapes_and_are_written_as_json_stringify_does() {
+    // Text another client wrote (Python's json.dumps escapes non-ASCII; `\u0031` is "1").
+    let merged = merge_objects(
+      r#"{"1":"new","\u0031":"old","caf\u00e9":1}"#,
+      r#"{"café":2,"q\"\\":3}"#,
+    )
+    .unwrap();
+    assert_eq!(merged, r#"{"1":"old","café":2,"q\"\\":3}"#);
+    let escapes = merge_objects(r#"{"a\/b":1,"\u0007\n":2}"#, r#"{"a/b":3}"#).unwrap();
+    assert_eq!(escapes, r#"{"a/b":3,"\u0007\n":2}"#);
   }
 
   #[test]

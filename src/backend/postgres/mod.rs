@@ -518,7 +518,9 @@ impl Inner {
       }
       Ok(())
     };
-    match tokio::time::timeout(self.command_timeout, setup).await {
+    // (at least `connectTimeout`: a first schema creation may take a while)
+    let bound = self.command_timeout.max(self.connect_timeout);
+    match tokio::time::timeout(bound, setup).await {
       Ok(Ok(())) => Ok(client),
       Ok(Err(err)) => Err(err),
       Err(_) => {
@@ -526,9 +528,9 @@ impl Inner {
         Err(StoreError::new(
           ErrorCode::Timeout,
           format!(
-            "setting up a connection to {} (schema check, prepared statements) took longer than commandTimeout ({} ms)",
+            "setting up a connection to {} (schema check, prepared statements) took longer than {} ms (commandTimeout, at least connectTimeout)",
             self.display,
-            self.command_timeout.as_millis()
+            bound.as_millis()
           ),
         ))
       }
