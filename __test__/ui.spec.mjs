@@ -220,6 +220,8 @@ describe('durastate ui: what it reads and shows', () => {
     }
     assert.equal(redactSecrets("host=h password='s3 cret' dbname=d"), 'host=h password=*** dbname=d')
     assert.equal(redactSecrets('redis+sentinel://h1,h2/m?sentinelPassword=s3cret&db=1'), 'redis+sentinel://h1,h2/m?sentinelPassword=***&db=1')
+    // A password with characters a URL should have encoded (`?`, `#`).
+    assert.equal(redactSecrets('redis://u:s3?cr#et@h:6379/0'), 'redis://u:***@h:6379/0')
   })
 
   it('a listing reads only the executions it shows and scans at most MAX_SCANNED keys', async () => {

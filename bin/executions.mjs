@@ -238,7 +238,7 @@ export function formatJson(text) {
  */
 export function redactSecrets(text) {
   return text
-    .replace(/([a-z][a-z0-9+.-]*:\/\/)([^\s?#]*)@/gi, (_, scheme, userinfo) => {
+    .replace(/([a-z][a-z0-9+.-]*:\/\/)([^\s/]*)@/gi, (_, scheme, userinfo) => {
       const colon = userinfo.indexOf(':')
       return colon === -1 ? `${scheme}${userinfo}@` : `${scheme}${userinfo.slice(0, colon)}:***@`
     })
