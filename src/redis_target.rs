@@ -167,6 +167,11 @@ impl RedisTarget {
     let mut segments = path.split('/').filter(|s| !s.is_empty());
     let master = segments.next().ok_or_else(|| invalid("no master name"))?;
     let db = segments.next().unwrap_or("0");
+    if db.parse::<u16>().is_err() || segments.next().is_some() {
+      return Err(invalid(&format!(
+        "the path is /<master name>[/<db number>], got \"/{path}\""
+      )));
+    }
     let mut settings = SentinelSettings {
       sentinels,
       master: decode(master),
@@ -409,7 +414,13 @@ impl SentinelSettings {
   }
 }
 
+/// `host:port` (or `[v6]:port`, or a host alone with `default_port`); `None` when it is
+/// not one, port 0 included.
 fn parse_host_port(text: &str, default_port: u16) -> Option<(String, u16)> {
+  parse_address(text, default_port).filter(|(_, port)| *port != 0)
+}
+
+fn parse_address(text: &str, default_port: u16) -> Option<(String, u16)> {
   let text = text.trim();
   if let Some(rest) = text.strip_prefix('[') {
     let (host, after) = rest.split_once(']')?;
@@ -541,6 +552,17 @@ mod tests {
       2
     );
     assert!(RedisTarget::from_url("redis+sentinel://127.0.0.1:26379").is_err());
+    // Port 0 is no port (the fields form refused it; the URL took it).
+    assert!(RedisTarget::from_url("redis+sentinel://127.0.0.1:0/main").is_err());
+    let Err(err) = RedisTarget::from_url("redis+sentinel://127.0.0.1:26379/main/abc") else {
+      panic!("a db that is not a number")
+    };
+    assert!(
+      err.message.contains("/main/abc") && !err.message.contains("6379/abc"),
+      "{}",
+      err.message
+    );
+    assert!(cluster_fields_from_url("redis+cluster://10.0.0.1:0").is_err());
     let cluster =
       cluster_fields_from_url("redis+cluster://u:p%40ss@10.0.0.1:7000,[::1]:7001").unwrap();
     assert_eq!(
