@@ -3,10 +3,34 @@
 // `redis-cli --cluster create`, each with its own directory (nodes.conf). `stop()` stops every server; `migrateSlot` reshards one
 // slot by hand (the steps `redis-cli --cluster reshard` takes), so MOVED/ASK happen.
 import { execFile } from 'node:child_process'
+import { createServer } from 'node:net'
 import { promisify } from 'node:util'
 import { startRedisServer, until } from './redis-server.mjs'
 
 const run = promisify(execFile)
+
+/** Whether `port` on 127.0.0.1 can be listened on right now. */
+function canListen(port) {
+  return new Promise((resolve) => {
+    const server = createServer()
+    server.once('error', () => resolve(false))
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)))
+  })
+}
+
+/**
+ * A port for a cluster node: a node also listens on its port + 10000 (the cluster bus), so
+ * the port must be at most 55535 (redis-server refuses to start otherwise) and both must be
+ * free. An OS-assigned port can be above 55535 (Linux hands out 32768-60999), so candidates
+ * are drawn at random from 20000-55535 instead; bounded to 500 draws.
+ */
+export async function freeClusterPort() {
+  for (let attempt = 0; attempt < 500; attempt++) {
+    const port = 20000 + Math.floor(Math.random() * (55535 - 20000 + 1))
+    if ((await canListen(port)) && (await canListen(port + 10000))) return port
+  }
+  throw new Error('no free port pair (port, port + 10000) for a cluster node in 500 draws')
+}
 
 /** `redis-cli -p port ...args`, output trimmed; bounded to 10 s. */
 export async function cli(port, ...args) {
@@ -38,6 +62,7 @@ export async function startCluster({ masters = 3, replicas = 0, tls, args = [], 
       servers.push(
         await startRedisServer({
           tls,
+          port: await freeClusterPort(),
           args: [
             '--cluster-enabled',
             'yes',
@@ -72,7 +97,7 @@ export async function startCluster({ masters = 3, replicas = 0, tls, args = [], 
         }
         return true
       },
-      20_000,
+      45_000,
     )
     const ids = await Promise.all(ports.map((p) => cli(p, 'cluster', 'myid')))
     const dead = new Set()
