@@ -146,16 +146,81 @@ pub enum Engine {
   JsSocket(JsRedis),
   /// A backend on tokio threads ([`AsyncBackend`]): Redis (unix sockets, a runtime
   /// without `node:net`, or by choice), Redis Cluster and Postgres.
-  Tokio(Arc<dyn AsyncBackend>),
+  Tokio(Open),
   /// SQLite or memory: calls of a tick grouped in one transaction, on the JS thread when
   /// that cannot block, else the store's thread (`embedded_call`).
   Embedded(Arc<EmbeddedBackend>),
 }
 
+/// A backend on tokio, with the calls the engine runs on it that have not settled: a
+/// call of several batches (a claim that checks its token, a listing of pages) sends its
+/// later batches after `close()` was called, so the backend closes when the last settles.
+pub struct Open(Arc<OpenInner>);
+
+struct OpenInner {
+  backend: Arc<dyn AsyncBackend>,
+  /// Calls not settled, and whether `close()` was called.
+  state: std::sync::Mutex<(usize, bool)>,
+}
+
+impl Open {
+  fn backend(&self) -> &Arc<dyn AsyncBackend> {
+    &self.0.backend
+  }
+
+  /// Counts a call until the guard is dropped (when it settles).
+  fn hold(&self) -> Held {
+    self.0.lock().0 += 1;
+    Held(self.0.clone())
+  }
+
+  /// Closes the backend now if no call is left, else when the last one settles.
+  fn close(&self) {
+    let idle = {
+      let mut state = self.0.lock();
+      state.1 = true;
+      state.0 == 0
+    };
+    if idle {
+      self.0.backend.close();
+    }
+  }
+}
+
+impl OpenInner {
+  fn lock(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
+    self.state.lock().unwrap_or_else(|e| e.into_inner())
+  }
+}
+
+/// One call of [`Open::hold`].
+struct Held(Arc<OpenInner>);
+
+impl Drop for Held {
+  fn drop(&mut self) {
+    let last = {
+      let mut state = self.0.lock();
+      state.0 -= 1;
+      state.1 && state.0 == 0
+    };
+    if last {
+      self.0.backend.close();
+    }
+  }
+}
+
 impl Engine {
+  /// An engine for a backend on tokio.
+  pub fn tokio(backend: Arc<dyn AsyncBackend>) -> Self {
+    Engine::Tokio(Open(Arc::new(OpenInner {
+      backend,
+      state: std::sync::Mutex::new((0, false)),
+    })))
+  }
+
   /// Whether a WorkerStore here needs the hash-tag key layout ([`AsyncBackend::needs_one_slot`]).
   pub fn needs_one_slot(&self) -> bool {
-    matches!(self, Engine::Tokio(backend) if backend.needs_one_slot())
+    matches!(self, Engine::Tokio(open) if open.backend().needs_one_slot())
   }
 
   /// Runs `batch`, then `finish` with its replies (which may ask for another batch),
@@ -170,7 +235,7 @@ impl Engine {
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     let (batch, finish) = match self {
       Engine::Embedded(_) => (batch, finish),
-      Engine::Tokio(backend) if !backend.speaks_redis() => (batch, finish),
+      Engine::Tokio(open) if !open.backend().speaks_redis() => (batch, finish),
       _ => for_redis(batch, finish),
     };
     match self {
@@ -183,8 +248,8 @@ impl Engine {
         let promise = driver.submit(env, what, batch, finish)?;
         Ok(PromiseRaw::new(env.raw(), promise))
       }
-      Engine::Tokio(backend) => {
-        let backend = backend.clone();
+      Engine::Tokio(open) => {
+        let backend = open.backend().clone();
         let (deferred, promise) = js_promise::create(env.raw())?;
         let completion = completions::begin(env, deferred)?;
         let call = TokioCall {
@@ -217,7 +282,10 @@ impl Engine {
           .boxed(),
           Err(batch) => run_steps(what, limit, Step::Then(batch, finish), execute).boxed(),
         };
+        // Counted until it settles: `close()` closes the backend after its last batch.
+        let held = open.hold();
         let task = async move {
+          let _held = held;
           let result = match AssertUnwindSafe(steps).catch_unwind().await {
             Ok(result) => result,
             Err(panic) => Err(crate::guard::panic_error(what, panic)),
@@ -253,7 +321,7 @@ impl Engine {
       #[cfg(unix)]
       Engine::EventLoop(driver) => Some(driver.events()),
       Engine::JsSocket(driver) => Some(driver.events()),
-      Engine::Tokio(backend) => backend.events(),
+      Engine::Tokio(open) => open.backend().events(),
       Engine::Embedded(_) => None,
     }
   }
@@ -285,7 +353,7 @@ impl Engine {
       #[cfg(unix)]
       Engine::EventLoop(driver) => driver.close(),
       Engine::JsSocket(driver) => driver.close(),
-      Engine::Tokio(backend) => backend.close(),
+      Engine::Tokio(open) => open.close(),
       Engine::Embedded(embedded) => {
         embedded_call::run_pending(env, embedded);
         embedded.close()

@@ -300,7 +300,7 @@ fn redis_engine(target: RedisTarget, common: &CommonSettings) -> Engine {
     (true, RedisDriver::JsSocket) => {
       Engine::JsSocket(JsRedis::new(target, connect, command, common.retry))
     }
-    _ => Engine::Tokio(Arc::new(RedisBackend::new(
+    _ => Engine::tokio(Arc::new(RedisBackend::new(
       target,
       connect,
       command,
@@ -354,7 +354,7 @@ fn cluster_engine(
   }
   let target = crate::redis_target::cluster_target(fields, options.tls.as_ref())?;
   let backend = ClusterBackend::new(target, &common, durability(options)?)?;
-  Ok((Engine::Tokio(Arc::new(backend)), common))
+  Ok((Engine::tokio(Arc::new(backend)), common))
 }
 
 /// Connections a Postgres store opens at most, by default: three group-commit lanes and
@@ -392,7 +392,7 @@ fn postgres_engine(
     command_timeout: common.command_timeout,
     retry: common.retry,
   })?;
-  Ok((Engine::Tokio(Arc::new(backend)), common))
+  Ok((Engine::tokio(Arc::new(backend)), common))
 }
 
 fn worker_store((engine, common): (Engine, CommonSettings)) -> StoreResult<NativeWorkerStore> {
