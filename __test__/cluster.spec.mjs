@@ -398,3 +398,47 @@ describe('Redis Cluster failover', { timeout: 180_000 }, () => {
     await kv.close()
   })
 })
+
+// Nodes with `cluster-preferred-endpoint-type unknown-endpoint` (as some managed services
+// and clusters behind one address run) announce no host: `CLUSTER SLOTS` says `?` and a
+// redirect says `MOVED 3999 :7001`, meaning the host of the node that answered.
+describe('Redis Cluster announcing no host', { timeout: 120_000 }, () => {
+  let cluster
+  const stores = []
+
+  before(async () => {
+    cluster = await startCluster({ args: ['--cluster-preferred-endpoint-type', 'unknown-endpoint'] })
+  })
+
+  after(async () => {
+    await Promise.all(stores.map((s) => s.close()))
+    await cluster?.stop()
+  })
+
+  test('calls follow MOVED and ASK redirects that name only a port', async () => {
+    const replies = await Promise.all(['a', 'b', 'c', 'd'].map((key) => cli(cluster.ports[0], 'get', key)))
+    assert.ok(
+      replies.some((reply) => /^MOVED \d+ :\d+$/.test(reply)),
+      replies.join(', '),
+    )
+    const store = createRedisStore({ cluster: cluster.urls }, { prefix: `ne:${randomUUID()}:`, keyLayout: 'hashtag', commandTimeout: 3_000 })
+    stores.push(store)
+    const id = `ne-${randomUUID()}`
+    const slot = await cluster.keyslot(`{${id}}`)
+    await store.beginExecution(id)
+    for (let round = 0; round < 2; round++) {
+      const from = await cluster.owner(slot)
+      const to = cluster.ports[(cluster.ports.indexOf(from) + 1) % cluster.ports.length]
+      // Half moved (MIGRATING/IMPORTING: a key not on `from` any more is an ASK), then whole (MOVED).
+      await cli(to, 'cluster', 'setslot', String(slot), 'importing', await cli(from, 'cluster', 'myid'))
+      await cli(from, 'cluster', 'setslot', String(slot), 'migrating', await cli(to, 'cluster', 'myid'))
+      const keys = (await cli(from, 'cluster', 'getkeysinslot', String(slot), '100')).split('\n').filter(Boolean)
+      await cli(from, 'migrate', '127.0.0.1', String(to), '', '0', '5000', 'keys', ...keys)
+      assert.equal(await store.isExecutionInProgress(id), true, 'read through an ASK')
+      await cluster.migrateSlot(slot, from, to)
+      await store.beginExecutionTask(id, `s${round}`)
+      await store.commitExecutionTaskResult(id, `s${round}`, { round })
+    }
+    assert.deepEqual(await store.getExecutionTaskResults(id), { s0: { round: 0 }, s1: { round: 1 } })
+  })
+})

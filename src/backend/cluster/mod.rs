@@ -68,6 +68,8 @@ type Replies = oneshot::Receiver<StoreResult<Vec<Reply>>>;
 struct Sent {
   part: Part,
   replies: Replies,
+  /// The node it was sent to: a redirect that names no host means that node's host.
+  to: Option<Address>,
 }
 
 /// A call that waits for the slot map, in call order.
@@ -289,27 +291,29 @@ impl Inner {
       parts
         .into_iter()
         .map(|part| {
-          let replies = self.send_locked(router, what, &part, None);
-          Sent { part, replies }
+          let (replies, to) = self.send_locked(router, what, &part, None);
+          Sent { part, replies, to }
         })
         .collect(),
     )
   }
 
   /// Sends `part` to the node its target names now (`ask`: to that node, after
-  /// `ASKING`); a part that cannot be sent gets its error through the receiver.
+  /// `ASKING`); a part that cannot be sent gets its error through the receiver. Also
+  /// answers the node it went to.
   fn send_locked(
     &self,
     router: &mut Router,
     what: &'static str,
     part: &Part,
     ask: Option<&Address>,
-  ) -> Replies {
+  ) -> (Replies, Option<Address>) {
     let address = match (ask, &part.target) {
       (Some(address), _) => Some(address.clone()),
       (None, Target::Node(address)) => Some(address.clone()),
       (None, Target::Slot(slot)) => router.map.as_ref().and_then(|m| m.owner(*slot)).cloned(),
     };
+    let to = address.clone();
     let sent = match (router.shut(), address) {
       (true, _) => Err(StoreError::disposed()),
       (false, None) => Err(StoreError::new(
@@ -322,14 +326,20 @@ impl Inner {
           .map_err(|()| StoreError::disposed())
       }),
     };
-    sent.unwrap_or_else(|err| {
+    let replies = sent.unwrap_or_else(|err| {
       let (reply, replies) = oneshot::channel();
       let _ = reply.send(Err(err));
       replies
-    })
+    });
+    (replies, to)
   }
 
-  fn send(&self, what: &'static str, part: &Part, ask: Option<&Address>) -> Replies {
+  fn send(
+    &self,
+    what: &'static str,
+    part: &Part,
+    ask: Option<&Address>,
+  ) -> (Replies, Option<Address>) {
     let mut router = self.lock();
     self.send_locked(&mut router, what, part, ask)
   }
@@ -365,9 +375,9 @@ impl Inner {
   ) -> StoreResult<Vec<Reply>> {
     let mut parts = Vec::with_capacity(sent.len());
     let mut follows = Vec::with_capacity(sent.len());
-    for Sent { part, replies } in sent {
+    for Sent { part, replies, to } in sent {
       parts.push(part.clone());
-      follows.push(self.follow(what, part, replies));
+      follows.push(self.follow(what, part, replies, to));
     }
     let answers = join_all(follows).await;
     if let (
@@ -480,6 +490,7 @@ impl Inner {
     what: &'static str,
     part: Part,
     mut replies: Replies,
+    mut to: Option<Address>,
   ) -> StoreResult<Vec<Reply>> {
     let mut budget = Budget::new(&self.retry, true);
     let mut redirects = 0;
@@ -489,7 +500,9 @@ impl Inner {
         Ok(Err(err)) => err,
         Err(_) => StoreError::disposed(),
       };
-      let redirect = cluster_error(&err).and_then(|(code, details)| Redirect::parse(code, details));
+      let redirect = cluster_error(&err)
+        .and_then(|(code, details)| Redirect::parse(code, details))
+        .map(|redirect| redirect.on_host_of(to.as_ref()));
       match redirect {
         Some(Redirect::Moved(slot, address)) if redirects < MAX_REDIRECTS => {
           redirects += 1;
@@ -499,12 +512,12 @@ impl Inner {
           }
           self.ask_refresh(&mut router);
           // Sent where the map now says: the node `MOVED` named.
-          replies = self.send_locked(&mut router, what, &part, None);
+          (replies, to) = self.send_locked(&mut router, what, &part, None);
           continue;
         }
         Some(Redirect::Ask(address)) if redirects < MAX_REDIRECTS => {
           redirects += 1;
-          replies = self.send(what, &part, Some(&address));
+          (replies, to) = self.send(what, &part, Some(&address));
           continue;
         }
         Some(Redirect::Wait { down }) => {
@@ -516,7 +529,7 @@ impl Inner {
             self.refresh(Some(seen)).await;
           }
           tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
-          replies = self.send(what, &part, None);
+          (replies, to) = self.send(what, &part, None);
           continue;
         }
         Some(_) => return Err(err),
@@ -547,7 +560,7 @@ impl Inner {
         }
       }
       tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
-      replies = self.send(what, &part, None);
+      (replies, to) = self.send(what, &part, None);
     }
   }
 

@@ -61,7 +61,7 @@ pub struct SlotMap {
 
 impl SlotMap {
   /// The map a `CLUSTER SLOTS` reply describes, asked of the node at `asked` (a master
-  /// announced without an address, `""` or `"?"`, is that node). `None` when the reply
+  /// announced without an address, `""`, `"?"` or a null, is on that node's host). `None` when the reply
   /// is not one.
   pub fn from_cluster_slots(reply: &Value, asked: &Address) -> Option<Self> {
     let Value::Array(ranges) = reply else {
@@ -80,6 +80,8 @@ impl SlotMap {
       let host = match master.first() {
         Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
         Some(Value::SimpleString(text)) => text.clone(),
+        // `cluster-preferred-endpoint-type unknown-endpoint`: no host announced.
+        Some(Value::Nil) => String::new(),
         _ => return None,
       };
       let Some(Value::Int(port)) = master.get(1) else {
@@ -178,6 +180,21 @@ impl Redirect {
       _ => None,
     }
   }
+
+  /// A redirect to a node announced without a host (`MOVED 3999 :7001`, as a node with
+  /// `cluster-preferred-endpoint-type unknown-endpoint` answers) means the host of the
+  /// node that answered, `replied` (when known).
+  pub fn on_host_of(self, replied: Option<&Address>) -> Self {
+    let fill = |(host, port): Address| match (host.is_empty() || host == "?", replied) {
+      (true, Some((known, _))) => (known.clone(), port),
+      _ => (host, port),
+    };
+    match self {
+      Self::Moved(slot, address) => Self::Moved(slot, fill(address)),
+      Self::Ask(address) => Self::Ask(fill(address)),
+      other => other,
+    }
+  }
 }
 
 #[cfg(test)]
@@ -238,6 +255,14 @@ mod tests {
     let partial = Value::Array(vec![range(0, 99, "h", 1)]);
     let map = SlotMap::from_cluster_slots(&partial, &asked).unwrap();
     assert!(map.owner(100).is_none());
+    // `cluster-preferred-endpoint-type unknown-endpoint`: the host is a null.
+    let unknown = Value::Array(vec![Value::Array(vec![
+      Value::Int(0),
+      Value::Int(16383),
+      Value::Array(vec![Value::Nil, Value::Int(7003), bulk("id")]),
+    ])]);
+    let map = SlotMap::from_cluster_slots(&unknown, &asked).unwrap();
+    assert_eq!(map.owner(0), Some(&("10.0.0.9".to_string(), 7003)));
   }
 
   #[test]
@@ -271,6 +296,20 @@ mod tests {
       Some(Redirect::Wait { down: true })
     );
     assert_eq!(Redirect::parse("MOVED", "nonsense"), None);
+    // No host: the host of the node that answered.
+    let replied = ("10.0.0.5".to_string(), 7000);
+    assert_eq!(
+      Redirect::parse("MOVED", "3999 :7001").map(|r| r.on_host_of(Some(&replied))),
+      Some(Redirect::Moved(3999, ("10.0.0.5".to_string(), 7001)))
+    );
+    assert_eq!(
+      Redirect::parse("ASK", "3999 ?:7001").map(|r| r.on_host_of(Some(&replied))),
+      Some(Redirect::Ask(("10.0.0.5".to_string(), 7001)))
+    );
+    assert_eq!(
+      Redirect::parse("MOVED", "3999 10.0.0.6:7001").map(|r| r.on_host_of(Some(&replied))),
+      Some(Redirect::Moved(3999, ("10.0.0.6".to_string(), 7001)))
+    );
     assert_eq!(Redirect::parse("ERR", "x"), None);
   }
 }
