@@ -93,10 +93,11 @@ export interface RedisStoreOptions extends StoreOptions {
   durability?: 'none' | 'aof'
   /**
    * TLS settings; implied by a `rediss://`, `rediss+sentinel://` or `rediss+cluster://` URL
-   * (then all optional). Given, they turn TLS on. They apply to the server, every cluster
-   * node, and the sentinels (unless `sentinelTls` says otherwise).
+   * (then all optional). Given, they turn TLS on (`true`: with the defaults); `false` and
+   * `null` are the same as leaving them out. They apply to the server, every cluster node,
+   * and the sentinels (unless `sentinelTls` says otherwise).
    */
-  tls?: TlsOptions
+  tls?: TlsOptions | boolean | null
   /**
    * With sentinels: how the sentinels are reached when not as the server is. `false`:
    * plain text; `true`: TLS with `tls`; or TLS settings of their own. Default: as the server.
@@ -105,8 +106,10 @@ export interface RedisStoreOptions extends StoreOptions {
 }
 
 /**
- * TLS for Redis (rustls; TLS 1.2 and 1.3). Each PEM value is the PEM text itself or the
- * path of a PEM file, read when the store is created (a bad one throws `INVALID_INPUT`).
+ * TLS for Redis and Postgres (rustls; TLS 1.2 and 1.3). Each PEM value is the PEM text
+ * itself (a string, or a Buffer as `fs.readFileSync` gives it; `ca` also an array of PEM
+ * texts) or the path of a PEM file, read when the store is created (a bad one throws
+ * `INVALID_INPUT`).
  */
 export interface TlsOptions {
   /**
@@ -114,11 +117,11 @@ export interface TlsOptions {
    * certificate, `CA:TRUE` included, as Node.js's `tls` accepts it; its dates and name are
    * still checked). Default: the system's trusted roots.
    */
-  ca?: string
+  ca?: string | Uint8Array | Array<string | Uint8Array>
   /** Client certificate (chain), for servers started with `tls-auth-clients yes`. Needs `key`. */
-  cert?: string
-  /** The client certificate's private key (PKCS#8, PKCS#1 or SEC1 PEM). */
-  key?: string
+  cert?: string | Uint8Array
+  /** The client certificate's private key (PKCS#8, PKCS#1 or SEC1 PEM; not encrypted). */
+  key?: string | Uint8Array
   /**
    * The name every server's certificate must be valid for. Default: the host connected to
    * (on a cluster, the address the cluster names for each node; with sentinels, the address
@@ -178,9 +181,9 @@ export interface PostgresStoreOptions extends StoreOptions {
   /**
    * TLS settings (same shape as Redis; `servername` is not supported: the certificate is
    * checked against the URL's host). Without `sslmode` in the URL, giving `tls` means
-   * `sslmode=verify-full`.
+   * `sslmode=verify-full`; `false` and `null` are the same as leaving it out.
    */
-  tls?: TlsOptions
+  tls?: TlsOptions | boolean | null
 }
 
 /** A Postgres server given as fields rather than a URL. */

@@ -246,9 +246,85 @@ function toDurastateError(err) {
   const message = err && typeof err.message === 'string' ? err.message : String(err)
   if (err && NATIVE_CODES.has(err.code)) return new DurastateError(err.code, message)
   if (err && (err.code === 'InvalidArg' || err.code === 'NumberExpected' || err.code === 'StringExpected' || err.code === 'ObjectExpected')) {
-    return new DurastateError('INVALID_INPUT', message)
+    return new DurastateError('INVALID_INPUT', conversionMessage(message))
   }
   return new DurastateError('INTERNAL', message, { cause: err })
+}
+
+const RUST_TYPES = { String: 'a string', bool: 'a boolean', f64: 'a number', u32: 'a number', u64: 'a number', i32: 'a number', i64: 'a number' }
+
+/**
+ * napi-rs's message for an option of the wrong type quotes the value, which may be a
+ * secret (a password or a private key given as a Buffer): said again without it, naming
+ * the option (`Failed to convert JavaScript value \`Object {...}\` into rust type
+ * \`String\` on TlsOptions.key on StoreOptions.tls` becomes "option `tls.key` must be a
+ * string").
+ */
+function conversionMessage(message) {
+  const found = /^Failed to convert (?:JavaScript value `[\s\S]*`|napi value \w+) into rust type `([^`]+)`((?: on \w+\.\w+)*)$/.exec(message)
+  if (!found) return message
+  const path = [...found[2].matchAll(/ on \w+\.(\w+)/g)].map((m) => m[1]).reverse()
+  const expected = RUST_TYPES[found[1]] ?? `of type ${found[1]}`
+  return path.length > 0 ? `option \`${path.join('.')}\` must be ${expected}` : `a value must be ${expected}`
+}
+
+const TLS_FIELDS = ['ca', 'cert', 'key']
+
+/**
+ * The connection options as the native layer takes them: `tls: false` or `null` means
+ * no TLS options (as node-redis takes it), `true` TLS with the defaults; a PEM value may
+ * be a Buffer, as `fs.readFileSync` gives it, or (for `ca`) an array of PEM texts, as
+ * Node.js's `tls` takes them. Anything else is `INVALID_INPUT`, naming the option, never
+ * quoting the value (it may be a private key).
+ */
+function connectionOptions(options) {
+  if (options === undefined || options === null || typeof options !== 'object') return options ?? undefined
+  if (!('tls' in options) && !('sentinelTls' in options)) return options
+  const result = { ...options }
+  result.tls = tlsOptions('tls', options.tls, false)
+  if ('sentinelTls' in options) result.sentinelTls = tlsOptions('sentinelTls', options.sentinelTls, true)
+  return result
+}
+
+function tlsOptions(name, tls, keepBoolean) {
+  if (tls === undefined || tls === null) return undefined
+  if (typeof tls === 'boolean') return keepBoolean ? tls : tls ? {} : undefined
+  if (typeof tls !== 'object' || Array.isArray(tls)) {
+    throw new DurastateError(
+      'INVALID_INPUT',
+      `option \`${name}\` must be an object of TLS settings (ca, cert, key, servername, rejectUnauthorized), true or false, got ${typeof tls}`,
+    )
+  }
+  const result = { ...tls }
+  for (const field of TLS_FIELDS) {
+    if (tls[field] === undefined || tls[field] === null) {
+      delete result[field]
+      continue
+    }
+    result[field] = pemText(`${name}.${field}`, tls[field], field === 'ca')
+  }
+  return result
+}
+
+function pemText(name, value, many) {
+  if (typeof value === 'string') return value
+  if (ArrayBuffer.isView(value)) {
+    const text = Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('utf8')
+    if (!text.includes('-----BEGIN'))
+      throw new DurastateError('INVALID_INPUT', `option \`${name}\` as a Buffer must hold PEM text (-----BEGIN ...); DER is not read`)
+    return text
+  }
+  if (many && Array.isArray(value)) {
+    const texts = value.map((item) => pemText(name, item, false))
+    if (texts.some((text) => !text.includes('-----BEGIN'))) {
+      throw new DurastateError('INVALID_INPUT', `option \`${name}\` as an array takes PEM texts (strings or Buffers), not file paths`)
+    }
+    return texts.join('\n')
+  }
+  throw new DurastateError(
+    'INVALID_INPUT',
+    `option \`${name}\` must be PEM text or the path of a PEM file (a string or a Buffer)${many ? ', or an array of PEM texts' : ''}, got ${Array.isArray(value) ? 'an array' : typeof value}`,
+  )
 }
 
 function requireString(name, value) {
@@ -456,7 +532,7 @@ function wrap(create, target) {
 }
 
 function createRedisStore(target, options) {
-  return wrap(() => native.createRedisStore(target ?? undefined, options ?? undefined), target ?? process.env.REDIS_URL)
+  return wrap(() => native.createRedisStore(target ?? undefined, connectionOptions(options)), target ?? process.env.REDIS_URL)
 }
 
 function createSqliteStore(path, options) {
@@ -464,7 +540,7 @@ function createSqliteStore(path, options) {
 }
 
 function createPostgresStore(target, options) {
-  return wrap(() => native.createPostgresStore(target ?? undefined, options ?? undefined))
+  return wrap(() => native.createPostgresStore(target ?? undefined, connectionOptions(options)))
 }
 
 function createMemoryStore(options) {
@@ -472,7 +548,7 @@ function createMemoryStore(options) {
 }
 
 function createStore(url, options) {
-  return wrap(() => native.createStore(url ?? undefined, options ?? undefined), url)
+  return wrap(() => native.createStore(url ?? undefined, connectionOptions(options)), url)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1146,7 +1222,7 @@ function createKvStore(target, options) {
   try {
     const { mounts, ...connection } = options ?? {}
     const specs = mountSpecs(mounts, connection)
-    return new KvStore(native.createKvStore(target ?? undefined, connection, specs), target)
+    return new KvStore(native.createKvStore(target ?? undefined, connectionOptions(connection), specs), target)
   } catch (err) {
     throw toDurastateError(err)
   }

@@ -80,6 +80,16 @@ pub struct TlsSettings {
 impl TlsSettings {
   /// Builds the client configuration (PEM files are read now).
   pub fn new(options: &TlsOptions) -> StoreResult<Self> {
+    Self::build(options, true)
+  }
+
+  /// As [`new`](Self::new), but the server's certificate is checked for its chain only,
+  /// not the name connected to: libpq's `sslmode=verify-ca`.
+  pub fn chain_only(options: &TlsOptions) -> StoreResult<Self> {
+    Self::build(options, false)
+  }
+
+  fn build(options: &TlsOptions, check_name: bool) -> StoreResult<Self> {
     let servername = options
       .servername
       .as_deref()
@@ -93,7 +103,10 @@ impl TlsSettings {
     } else {
       builder
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnchorVerifier::new(options.ca.as_deref())?))
+        .with_custom_certificate_verifier(Arc::new(AnchorVerifier::new(
+          options.ca.as_deref(),
+          check_name,
+        )?))
     };
     let config = match (&options.cert, &options.key) {
       (Some(cert), Some(key)) => builder
@@ -186,6 +199,9 @@ fn parse_server_name(name: &str) -> StoreResult<ServerName<'static>> {
 struct AnchorVerifier {
   webpki: Arc<WebPkiServerVerifier>,
   anchors: Vec<CertificateDer<'static>>,
+  /// Whether the certificate must be valid for the name connected to (`false`: the
+  /// chain only, libpq's `verify-ca`).
+  check_name: bool,
 }
 
 /// The operating system's trust anchors, read once per process: reading them took about
@@ -202,7 +218,7 @@ fn system_roots() -> Arc<RootCertStore> {
 }
 
 impl AnchorVerifier {
-  fn new(ca: Option<&str>) -> StoreResult<Self> {
+  fn new(ca: Option<&str>, check_name: bool) -> StoreResult<Self> {
     let mut anchors = Vec::new();
     let roots = match ca {
       Some(ca) => {
@@ -220,11 +236,16 @@ impl AnchorVerifier {
     let webpki = WebPkiServerVerifier::builder_with_provider(roots, Arc::new(provider()))
       .build()
       .map_err(|err| StoreError::invalid_input(format!("tls.ca: {err}")))?;
-    Ok(Self { webpki, anchors })
+    Ok(Self {
+      webpki,
+      anchors,
+      check_name,
+    })
   }
 
   /// The checks left for a server certificate that is itself a configured trust anchor.
   fn verify_anchor(
+    &self,
     end_entity: &CertificateDer<'_>,
     server_name: &ServerName<'_>,
     now: UnixTime,
@@ -242,7 +263,9 @@ impl AnchorVerifier {
       return Err(rustls::Error::InvalidCertificate(Cert::Expired));
     }
     let cert = ParsedCertificate::try_from(end_entity)?;
-    rustls::client::verify_server_name(&cert, server_name)?;
+    if self.check_name {
+      rustls::client::verify_server_name(&cert, server_name)?;
+    }
     Ok(ServerCertVerified::assertion())
   }
 }
@@ -260,14 +283,19 @@ impl ServerCertVerifier for AnchorVerifier {
       self
         .webpki
         .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+    use rustls::CertificateError as Cert;
     match verified {
+      // webpki checks the name last, once the chain and dates passed.
+      Err(rustls::Error::InvalidCertificate(
+        Cert::NotValidForName | Cert::NotValidForNameContext { .. },
+      )) if !self.check_name => Ok(ServerCertVerified::assertion()),
       Err(_)
         if self
           .anchors
           .iter()
           .any(|a| a.as_ref() == end_entity.as_ref()) =>
       {
-        Self::verify_anchor(end_entity, server_name, now)
+        self.verify_anchor(end_entity, server_name, now)
       }
       other => other,
     }
@@ -320,6 +348,17 @@ fn certificates(what: &str, value: &str) -> StoreResult<Vec<CertificateDer<'stat
 
 fn private_key(value: &str) -> StoreResult<PrivateKeyDer<'static>> {
   let pem = pem_bytes("tls.key", value)?;
+  if pem
+    .windows(b"ENCRYPTED PRIVATE KEY".len())
+    .any(|w| w == b"ENCRYPTED PRIVATE KEY")
+    || pem
+      .windows(b"Proc-Type: 4,ENCRYPTED".len())
+      .any(|w| w == b"Proc-Type: 4,ENCRYPTED")
+  {
+    return Err(StoreError::invalid_input(
+      "tls.key: the private key is encrypted (a passphrase), which is not supported: give it decrypted (`openssl pkey -in key.pem -out plain.pem`)",
+    ));
+  }
   PrivateKeyDer::from_pem_slice(&pem)
     .map_err(|err| StoreError::invalid_input(format!("tls.key: no PEM private key: {err}")))
 }

@@ -39,9 +39,12 @@ pub enum TlsMode {
   Disable,
   /// `allow`/`prefer`: TLS when the server offers it, certificate not checked.
   Prefer,
-  /// `require`: TLS always, certificate not checked (as libpq does without a root file).
+  /// `require`: TLS always, certificate not checked (as libpq does without a root
+  /// file); with one (`tls.ca`, `sslrootcert`), as `verify-ca`.
   Require,
-  /// `verify-ca`/`verify-full`: TLS always, certificate and host name checked.
+  /// `verify-ca`: TLS always, the certificate's chain checked, not its name.
+  VerifyCa,
+  /// `verify-full`: TLS always, certificate and host name checked.
   Verify,
 }
 
@@ -51,7 +54,8 @@ impl TlsMode {
       "disable" => TlsMode::Disable,
       "allow" | "prefer" => TlsMode::Prefer,
       "require" => TlsMode::Require,
-      "verify-ca" | "verify-full" => TlsMode::Verify,
+      "verify-ca" => TlsMode::VerifyCa,
+      "verify-full" => TlsMode::Verify,
       other => {
         return Err(StoreError::invalid_input(format!(
           "sslmode must be disable, allow, prefer, require, verify-ca or verify-full, got \"{other}\""
@@ -73,14 +77,15 @@ pub struct PostgresTarget {
 impl PostgresTarget {
   /// A `postgres://` or `postgresql://` URL.
   pub fn from_url(url: &str, tls: Option<&TlsOptions>) -> StoreResult<Self> {
-    let (rest, mode) = take_sslmode(url)?;
+    let (rest, taken) = take_tls_parameters(url)?;
     let config: Config = rest.parse().map_err(|err| {
       StoreError::invalid_input(format!(
         "invalid Postgres URL \"{}\": {err}",
         crate::redis_target::redact(url)
       ))
     })?;
-    Self::finish(config, mode, tls)
+    let tls = taken.merged(tls);
+    Self::finish(config, taken.mode, tls.as_ref())
   }
 
   /// Fields (`{ host, port, user, password, database, sslmode, applicationName }`).
@@ -137,15 +142,30 @@ impl PostgresTarget {
       Some(_) => TlsMode::Verify,
       None => TlsMode::Prefer,
     });
+    // libpq ignores `sslmode` on a unix socket: there is no TLS there.
+    #[cfg(unix)]
+    let mode = match config
+      .get_hosts()
+      .iter()
+      .all(|h| matches!(h, Host::Unix(_)))
+    {
+      true => TlsMode::Disable,
+      false => mode,
+    };
     let tls = match mode {
       TlsMode::Disable => None,
       TlsMode::Prefer | TlsMode::Require => {
         let mut options = tls.cloned().unwrap_or_default();
-        // Encrypted, not verified, unless the `tls` option asks for verification.
+        // Encrypted, not verified, unless the `tls` option asks for verification; then,
+        // as libpq does with a root file, the chain is checked, not the name.
         if tls.is_none() || options.reject_unauthorized.is_none() && options.ca.is_none() {
           options.reject_unauthorized = Some(false);
         }
-        Some(TlsSettings::new(&options)?.config)
+        Some(TlsSettings::chain_only(&options)?.config)
+      }
+      TlsMode::VerifyCa => {
+        let options = tls.cloned().unwrap_or_default();
+        Some(TlsSettings::chain_only(&options)?.config)
       }
       TlsMode::Verify => {
         let options = tls.cloned().unwrap_or_default();
@@ -155,7 +175,7 @@ impl PostgresTarget {
     config.ssl_mode(match mode {
       TlsMode::Disable => SslMode::Disable,
       TlsMode::Prefer => SslMode::Prefer,
-      TlsMode::Require | TlsMode::Verify => SslMode::Require,
+      TlsMode::Require | TlsMode::VerifyCa | TlsMode::Verify => SslMode::Require,
     });
     let display = display(&config);
     Ok(Self {
@@ -172,29 +192,74 @@ impl PostgresTarget {
   }
 }
 
-/// Takes `sslmode` out of a URL's query, or out of a libpq key/value string
-/// (`host=... sslmode=require`): tokio-postgres knows only three of libpq's six, and the
-/// mode it parsed would be replaced by the default here.
-fn take_sslmode(url: &str) -> StoreResult<(String, Option<TlsMode>)> {
+/// The TLS parameters of a URL that tokio-postgres does not take: `sslmode` (it knows
+/// only three of libpq's six, and the mode it parsed would be replaced by the default
+/// here) and libpq's files, `sslrootcert`, `sslcert` and `sslkey` (paths).
+#[derive(Default)]
+struct TlsParameters {
+  mode: Option<TlsMode>,
+  root: Option<String>,
+  cert: Option<String>,
+  key: Option<String>,
+}
+
+impl TlsParameters {
+  fn take(&mut self, name: &str, value: String) -> StoreResult<bool> {
+    match name {
+      "sslmode" => self.mode = Some(TlsMode::parse(&value)?),
+      "sslrootcert" => self.root = Some(value),
+      "sslcert" => self.cert = Some(value),
+      "sslkey" => self.key = Some(value),
+      _ => return Ok(false),
+    }
+    Ok(true)
+  }
+
+  /// The `tls` option with the URL's files filling what it leaves out. `sslrootcert=system`
+  /// (libpq 16) means the system's roots, and `verify-full` unless `sslmode` says otherwise.
+  fn merged(&self, tls: Option<&TlsOptions>) -> Option<TlsOptions> {
+    if self.root.is_none() && self.cert.is_none() && self.key.is_none() {
+      return tls.cloned();
+    }
+    let mut options = tls.cloned().unwrap_or_default();
+    match self.root.as_deref() {
+      Some("system") => options.reject_unauthorized = options.reject_unauthorized.or(Some(true)),
+      Some(root) => options.ca = options.ca.or_else(|| Some(root.to_string())),
+      None => {}
+    }
+    options.cert = options.cert.or_else(|| self.cert.clone());
+    options.key = options.key.or_else(|| self.key.clone());
+    Some(options)
+  }
+}
+
+/// Takes the [`TlsParameters`] out of a URL's query, or out of a libpq key/value string
+/// (`host=... sslmode=require`); the rest goes to tokio-postgres.
+fn take_tls_parameters(url: &str) -> StoreResult<(String, TlsParameters)> {
+  let mut taken = TlsParameters::default();
   if !url.contains("://") {
-    let mut mode = None;
     let mut kept = Vec::new();
     for pair in url.split_whitespace() {
       match pair.split_once('=') {
-        Some(("sslmode", value)) => mode = Some(TlsMode::parse(value.trim_matches('\''))?),
+        Some((name, value)) if taken.take(name, value.trim_matches('\'').to_string())? => {}
         _ => kept.push(pair),
       }
     }
-    return Ok((kept.join(" "), mode));
+    return Ok((kept.join(" "), taken));
   }
   let Some((base, query)) = url.split_once('?') else {
-    return Ok((url.to_string(), None));
+    return Ok((url.to_string(), taken));
   };
-  let mut mode = None;
   let mut kept = Vec::new();
   for pair in query.split('&').filter(|p| !p.is_empty()) {
     match pair.split_once('=') {
-      Some(("sslmode", value)) => mode = Some(TlsMode::parse(value)?),
+      Some((name, value))
+        if taken.take(
+          name,
+          percent_encoding::percent_decode_str(value)
+            .decode_utf8_lossy()
+            .into_owned(),
+        )? => {}
       _ => kept.push(pair),
     }
   }
@@ -202,7 +267,7 @@ fn take_sslmode(url: &str) -> StoreResult<(String, Option<TlsMode>)> {
     true => base.to_string(),
     false => format!("{base}?{}", kept.join("&")),
   };
-  Ok((rest, mode))
+  Ok((rest, taken))
 }
 
 fn display(config: &Config) -> String {
@@ -224,13 +289,13 @@ mod tests {
 
   #[test]
   fn takes_sslmode_from_a_key_value_string() {
-    let (rest, mode) =
-      take_sslmode("host=db.example port=5433 sslmode=require user=alice").unwrap();
+    let (rest, taken) =
+      take_tls_parameters("host=db.example port=5433 sslmode=require user=alice").unwrap();
     assert_eq!(rest, "host=db.example port=5433 user=alice");
-    assert!(matches!(mode, Some(TlsMode::Require)));
-    let (_, mode) = take_sslmode("host=db.example sslmode='verify-full'").unwrap();
-    assert!(matches!(mode, Some(TlsMode::Verify)));
-    assert!(take_sslmode("host=db.example sslmode=sometimes").is_err());
+    assert!(matches!(taken.mode, Some(TlsMode::Require)));
+    let (_, taken) = take_tls_parameters("host=db.example sslmode='verify-full'").unwrap();
+    assert!(matches!(taken.mode, Some(TlsMode::Verify)));
+    assert!(take_tls_parameters("host=db.example sslmode=sometimes").is_err());
     // Required in key/value form: the target asks for TLS, not the `prefer` default.
     let target = PostgresTarget::from_url("host=db.example sslmode=require", None).unwrap();
     assert!(matches!(target.config.get_ssl_mode(), SslMode::Require));
@@ -253,6 +318,29 @@ mod tests {
     let default = PostgresTarget::from_url("postgres://h/db", None).unwrap();
     assert_eq!(default.config.get_ssl_mode(), SslMode::Prefer);
     assert_eq!(default.config.get_application_name(), Some("durastate"));
+    let percent = PostgresTarget::from_url("postgres://h/db?sslmode=verify%2Dca", None).unwrap();
+    assert_eq!(percent.config.get_ssl_mode(), SslMode::Require);
+    // libpq's files: taken out of the query (tokio-postgres refuses them), a path each.
+    let (rest, taken) = take_tls_parameters(
+      "postgres://h/db?sslrootcert=%2Fetc%2Fca.pem&application_name=w&sslcert=/c.pem&sslkey=/k.pem",
+    )
+    .unwrap();
+    assert_eq!(rest, "postgres://h/db?application_name=w");
+    let options = taken.merged(None).unwrap();
+    assert_eq!(options.ca.as_deref(), Some("/etc/ca.pem"));
+    assert_eq!(options.cert.as_deref(), Some("/c.pem"));
+    assert_eq!(options.key.as_deref(), Some("/k.pem"));
+    // A unix socket has no TLS, whatever sslmode says (as libpq).
+    #[cfg(unix)]
+    {
+      let socket = PostgresTarget::from_url(
+        "postgresql:///db?host=/run/postgresql&sslmode=require",
+        None,
+      )
+      .unwrap();
+      assert!(socket.tls.is_none());
+      assert_eq!(socket.config.get_ssl_mode(), SslMode::Disable);
+    }
   }
 
   #[test]
