@@ -2,7 +2,7 @@
 // the sweep, the claim across processes, and faults (a SIGKILLed server, killed
 // backends, a stopped server, a wrong password, bad URLs). The fault cases start a
 // server of their own; the others use the one `npm test` started.
-import { spawn } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createKvStore, createPostgresStore, createStore } from '../index.js'
-import { startChild } from './helpers/child.mjs'
+import { packageRoot, startChild } from './helpers/child.mjs'
 import { POSTGRES_PASSWORD, startPostgresServer, testPostgres } from './helpers/postgres-server.mjs'
 import { makeCertificates } from './helpers/tls.mjs'
 
@@ -440,6 +440,63 @@ describe('Postgres over TLS', { timeout: 120_000 }, () => {
     })
     assert.ok(Date.now() - started < 6_000)
     await store.close()
+  })
+
+  it("libpq's TLS files in the URL: sslrootcert (and sslcert/sslkey) fill the tls option", async () => {
+    await lifecycle(`${server.url}?sslmode=verify-full&sslrootcert=${encodeURIComponent(certs.file('ca.crt'))}`)
+    const store = createPostgresStore(`${server.url}?sslmode=verify-full&sslrootcert=${encodeURIComponent(certs.file('other-ca.crt'))}`, {
+      connectTimeout: 3_000,
+    })
+    await assert.rejects(store.beginExecution('x'), (err) => err.code === 'TLS' && /issuer/i.test(err.message))
+    await store.close()
+  })
+
+  it('a unix socket has no TLS, whatever sslmode says (as libpq)', async () => {
+    const socket = `postgresql:///postgres?host=${encodeURIComponent(join(server.dir, 'sockets'))}&port=${server.port}&user=postgres`
+    await lifecycle(`${socket}&sslmode=require`)
+    await lifecycle(`${socket}&sslmode=verify-full`, { tls: { ca: certs.file('ca.crt') } })
+  })
+
+  it('the CLI takes --tls-ca (and --tls-cert, --tls-key, --insecure) on a Postgres URL; --tls-servername is refused there', async () => {
+    const prefix = fresh()
+    const store = createPostgresStore(server.url, { prefix })
+    await store.beginExecution('cli-tls')
+    await store.close()
+    const cli = (...args) => spawnSync(process.execPath, [join(packageRoot, 'bin', 'durastate.mjs'), ...args], { encoding: 'utf8', timeout: 20_000 })
+    const url = `${server.url}?sslmode=verify-full`
+    const ok = cli('inspect', url, '--prefix', prefix, '--json', '--tls-ca', certs.file('ca.crt'))
+    assert.equal(ok.status, 0, ok.stderr)
+    assert.deepEqual(
+      JSON.parse(ok.stdout).executions.map((e) => e.id),
+      ['cli-tls'],
+    )
+    const untrusted = cli('inspect', url, '--prefix', prefix, '--tls-ca', certs.file('other-ca.crt'))
+    assert.notEqual(untrusted.status, 0)
+    assert.match(untrusted.stderr, /\(TLS\)/)
+    const named = cli('inspect', url, '--prefix', prefix, '--tls-servername', 'x')
+    assert.equal(named.status, 2)
+    assert.match(named.stderr, /--tls-servername applies to Redis URLs only/)
+  })
+
+  it('verify-ca checks the chain, not the name, and so does require with a CA; verify-full checks both (as libpq)', async () => {
+    // A server whose certificate names only redis.test, reached at 127.0.0.1.
+    const named = await startPostgresServer({
+      certs: { file: (name) => certs.file(name.replace(/^server\./, 'named.')) },
+    })
+    try {
+      const ca = { tls: { ca: certs.file('ca.crt') } }
+      await lifecycle(`${named.url}?sslmode=verify-ca`, ca)
+      await lifecycle(`${named.url}?sslmode=require`, ca)
+      const full = createPostgresStore(`${named.url}?sslmode=verify-full`, { ...ca, connectTimeout: 3_000 })
+      await assert.rejects(full.beginExecution('x'), (err) => err.code === 'TLS' && /not valid for name|wrong name/.test(err.message))
+      await full.close()
+      // The chain is still checked.
+      const other = createPostgresStore(`${named.url}?sslmode=verify-ca`, { tls: { ca: certs.file('other-ca.crt') }, connectTimeout: 3_000 })
+      await assert.rejects(other.beginExecution('x'), (err) => err.code === 'TLS')
+      await other.close()
+    } finally {
+      await named.stop()
+    }
   })
 })
 

@@ -5,7 +5,7 @@
 // `durability: 'aof'` where CONFIG is renamed, and the CLI's TLS flags.
 // (TLS on a cluster: tls-cluster.spec.mjs; with sentinels: sentinel.spec.mjs.)
 import assert from 'node:assert/strict'
-import { execFile } from 'node:child_process'
+import { execFile, execFileSync } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { promisify } from 'node:util'
 import { after, before, describe, it } from 'node:test'
@@ -196,7 +196,7 @@ describe('TLS', { timeout: 60_000 }, () => {
       assert.equal((await cli('kv', 'keys', 'cli', named.tlsUrl, '--tls-ca', certs.file('other-ca.crt'))).ok, false)
       assert.equal((await cli('kv', 'keys', 'cli', named.tlsUrl, '--insecure')).ok, true)
       const wrongKind = await cli('kv', 'keys', 'cli', 'sqlite:/nonexistent/x.db', ...ca)
-      assert.match(wrongKind.out, /apply to Redis URLs only/)
+      assert.match(wrongKind.out, /apply to Redis and Postgres URLs only/)
     } finally {
       await Promise.all([mutual.stop(), named.stop()])
     }
@@ -235,5 +235,60 @@ describe('TLS', { timeout: 60_000 }, () => {
     invalid({ ca: '-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n' }, /tls\.ca/)
     invalid({ ...trusted(), cert: certs.file('client.crt') }, /go together/)
     invalid({ ...trusted(), cert: certs.file('client.crt'), key: certs.file('ca.crt') }, /tls\.key/)
+    invalid('yes', /option `tls` must be an object/)
+    invalid({ ca: 42 }, /option `tls\.ca` must be PEM text/)
+    invalid({ ca: ['/etc/ca.pem'] }, /takes PEM texts/)
+    invalid({ ...trusted(), cert: certs.file('client.crt'), key: Buffer.from('not a key') }, /must hold PEM text/)
+    // An encrypted key says so, and how to decrypt it.
+    const encrypted = execFileSync('openssl', ['pkcs8', '-topk8', '-in', certs.file('client.key'), '-passout', 'pass:pw'], { encoding: 'utf8' })
+    invalid({ ...trusted(), cert: certs.file('client.crt'), key: encrypted }, /encrypted.*openssl pkey/)
+  })
+
+  it('tls: false and null mean no TLS options (a plain server works); true means TLS with the defaults', async () => {
+    for (const tls of [false, null, undefined]) {
+      const store = open(server.url, { prefix: 'tls:off:', tls })
+      await store.beginExecution('e')
+      assert.equal(await store.isExecutionInProgress('e'), true)
+    }
+    await rejectsWith(open(server.url, { tls: true, connectTimeout: 1_000, retry: { attempts: 0 } }).beginExecution('e'), 'TLS')
+  })
+
+  it('takes PEM Buffers (as fs.readFileSync gives them) and an array of CA texts, as Node.js tls does', async () => {
+    const mutual = await startTlsRedis(certs, { authClients: 'yes' })
+    try {
+      const tls = {
+        ca: [readFileSync(certs.file('other-ca.crt')), readFileSync(certs.file('ca.crt'), 'utf8')],
+        cert: readFileSync(certs.file('client.crt')),
+        key: new Uint8Array(readFileSync(certs.file('client.key'))),
+      }
+      const store = open(mutual.tlsUrl, { prefix: 'tls:buffers:', tls })
+      await store.beginExecution('e')
+      assert.equal(await store.isExecutionInProgress('e'), true)
+    } finally {
+      await mutual.stop()
+    }
+  })
+
+  it('never quotes a secret of the wrong type in its error, and names the option', () => {
+    const key = readFileSync(certs.file('client.key'))
+    for (const [options, option] of [
+      [{ tls: { ...trusted(), cert: certs.file('client.crt'), key: { pem: key } } }, 'tls.key'],
+      [{ prefix: key }, 'prefix'],
+    ]) {
+      assert.throws(
+        () => createRedisStore(server.tlsUrl, options),
+        (err) => {
+          assert.equal(err.code, 'INVALID_INPUT')
+          assert.ok(err.message.includes(`option \`${option}\``), err.message)
+          assert.ok(!err.message.includes('PRIVATE') && !/\d+,\d+,\d+/.test(err.message), err.message)
+          return true
+        },
+      )
+    }
+    // A password in a URL's query is not shown either.
+    assert.throws(
+      () => createRedisStore('rediss+sentinel://127.0.0.1:26379/main/x?sentinelPassword=TOPSECRET'),
+      (err) => err.code === 'INVALID_INPUT' && !err.message.includes('TOPSECRET') && err.message.includes('sentinelPassword=***'),
+    )
   })
 })

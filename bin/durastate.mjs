@@ -51,7 +51,9 @@ const USAGE = `usage:
   --allow-writes  ui: offer "reset step" and "dispose" on the page
   --        ends the options, for values that start with "-": kv set default n -- -1
 
-  TLS (Redis: the server, every cluster node, the sentinels; any flag turns TLS on):
+  TLS (Redis: the server, every cluster node, the sentinels; any flag turns TLS on;
+  Postgres: --tls-ca, --tls-cert, --tls-key and --insecure, as sslmode=verify-full unless
+  the URL's sslmode says otherwise, which can also name files: sslrootcert=, sslcert=, sslkey=):
   --tls-ca <file>          CA certificate(s) the server's certificate must chain to
                            (or the server's own self-signed certificate); default: system roots
   --tls-cert <file>        client certificate, for servers that require one (tls-auth-clients)
@@ -187,8 +189,14 @@ function tlsOption(values, url) {
     rejectUnauthorized: values.insecure ? false : undefined,
   }
   if (Object.values(tls).every((v) => v === undefined)) return undefined
+  if (url !== undefined && /^postgres(?:ql)?:\/\//i.test(url)) {
+    if (tls.servername !== undefined) {
+      throw new UsageError("--tls-servername applies to Redis URLs only: Postgres checks the certificate against the URL's host")
+    }
+    return tls
+  }
   if (url === undefined || !/^rediss?[+:]/i.test(url)) {
-    throw new UsageError('the TLS flags (--tls-*, --insecure) apply to Redis URLs only')
+    throw new UsageError('the TLS flags (--tls-*, --insecure) apply to Redis and Postgres URLs only')
   }
   return tls
 }

@@ -451,13 +451,39 @@ fn decode(text: &str) -> String {
 }
 
 fn redact_sentinel(url: &str) -> String {
+  let url = redact_query(url);
   match url
     .split_once("://")
     .and_then(|(_, rest)| rest.split('/').next()?.rsplit_once('@'))
   {
     Some((auth, _)) => url.replacen(auth, "***", 1),
-    None => url.to_string(),
+    None => url,
   }
+}
+
+/// `url` with the value of every query parameter that names a password
+/// (`sentinelPassword=`, libpq's `password=`) replaced by `***`.
+fn redact_query(url: &str) -> String {
+  let Some((base, query)) = url.split_once('?') else {
+    return url.to_string();
+  };
+  let (query, fragment) = match query.split_once('#') {
+    Some((query, fragment)) => (query, Some(fragment)),
+    None => (query, None),
+  };
+  let pairs: Vec<String> = query
+    .split('&')
+    .map(|pair| match pair.split_once('=') {
+      Some((name, _)) if name.to_ascii_lowercase().contains("password") => format!("{name}=***"),
+      _ => pair.to_string(),
+    })
+    .collect();
+  let mut redacted = format!("{base}?{}", pairs.join("&"));
+  if let Some(fragment) = fragment {
+    redacted.push('#');
+    redacted.push_str(fragment);
+  }
+  redacted
 }
 
 fn url_from_fields(fields: &RedisConnectionOptions) -> StoreResult<String> {
@@ -502,9 +528,9 @@ pub fn redact(url: &str) -> String {
   match url::Url::parse(url) {
     Ok(mut parsed) if parsed.password().is_some() => {
       let _ = parsed.set_password(Some("***"));
-      parsed.to_string()
+      redact_query(parsed.as_str())
     }
-    Ok(parsed) => parsed.to_string(),
+    Ok(parsed) => redact_query(parsed.as_str()),
     Err(_) => "<unparsable>".to_string(),
   }
 }
@@ -512,6 +538,19 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
   use super::*;
+
+  #[test]
+  fn redacts_passwords_in_the_query_too() {
+    assert_eq!(
+      redact("postgres://app:pw@db/app?password=TOP&sslmode=require"),
+      "postgres://app:***@db/app?password=***&sslmode=require"
+    );
+    assert_eq!(
+      redact_sentinel("rediss+sentinel://u:pw@h:26379/main?sentinelPassword=TOP&x=1"),
+      "rediss+sentinel://***@h:26379/main?sentinelPassword=***&x=1"
+    );
+    assert_eq!(redact("redis://h:6379/0"), "redis://h:6379/0");
+  }
 
   #[test]
   fn fields_become_an_encoded_url() {
