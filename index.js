@@ -531,8 +531,27 @@ function wrap(create, target) {
   }
 }
 
+/** Fields only a Postgres target has: given to a Redis target, they would be ignored. */
+const POSTGRES_FIELDS = ['user', 'database', 'sslmode', 'applicationName']
+
+/** Refuses Redis fields that carry a Postgres field (`{ host, user, database }`). */
+function redisFields(target, postgresHint) {
+  if (target === null || typeof target !== 'object') return target ?? undefined
+  const field = POSTGRES_FIELDS.find((name) => name in target)
+  if (field !== undefined) {
+    throw new DurastateError(
+      'INVALID_INPUT',
+      `\`${field}\` is a field of a Postgres target, not of a Redis one ({ host, port, username, password, db, ... }): ${postgresHint}`,
+    )
+  }
+  return target
+}
+
 function createRedisStore(target, options) {
-  return wrap(() => native.createRedisStore(target ?? undefined, connectionOptions(options)), target ?? process.env.REDIS_URL)
+  return wrap(
+    () => native.createRedisStore(redisFields(target, 'for Postgres use createPostgresStore'), connectionOptions(options)),
+    target ?? process.env.REDIS_URL,
+  )
 }
 
 function createSqliteStore(path, options) {
@@ -1222,7 +1241,8 @@ function createKvStore(target, options) {
   try {
     const { mounts, ...connection } = options ?? {}
     const specs = mountSpecs(mounts, connection)
-    return new KvStore(native.createKvStore(target ?? undefined, connectionOptions(connection), specs), target)
+    const fields = redisFields(target, 'for Postgres give a postgres:// URL')
+    return new KvStore(native.createKvStore(fields, connectionOptions(connection), specs), target)
   } catch (err) {
     throw toDurastateError(err)
   }

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import Redis from 'ioredis'
-import { createRedisStore, EMPTY_EXECUTION_RESULT } from '../index.js'
+import { createKvStore, createRedisStore, EMPTY_EXECUTION_RESULT } from '../index.js'
 import { rejectsWith } from './helpers/assert.mjs'
 import { createReferenceStore } from './helpers/reference-store.mjs'
 import { startRedisServer, testRedis } from './helpers/redis-server.mjs'
@@ -401,6 +401,10 @@ describe('Redis store', () => {
       () => createRedisStore('redis://u:hunter2@h', { ttl: -5 }),
       (err) => !err.message.includes('hunter2'),
     )
+    // A Postgres field in Redis fields would be ignored (and Redis reached): refused, naming it.
+    for (const create of [() => createRedisStore({ host: 'h', user: 'app', database: 'app' }), () => createKvStore({ host: 'h', sslmode: 'require' })]) {
+      assert.throws(create, (err) => err.code === 'INVALID_INPUT' && /is a field of a Postgres target/.test(err.message))
+    }
   })
 })
 
