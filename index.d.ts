@@ -20,7 +20,7 @@ export type ErrorCode =
   | 'UNAVAILABLE'
   /** The call did not finish within `commandTimeout`. */
   | 'TIMEOUT'
-  /** The server refused the credentials (`WRONGPASS`, `NOAUTH`) or the ACL user may not run a command (`NOPERM`). */
+  /** The server refused the credentials (`WRONGPASS`, `NOAUTH`, a password given to a server that has none) or the ACL user may not run a command (`NOPERM`). */
   | 'AUTH'
   /** The TLS handshake failed: untrusted, expired or misnamed certificate, a missing client certificate, or a server that does not speak TLS. */
   | 'TLS'
@@ -216,7 +216,7 @@ export interface RedisConnectionOptions {
   username?: string
   /** Password (with or without `username`). */
   password?: string
-  /** Database number. Default 0. */
+  /** Database number. Default 0. One beyond the server's `databases` setting rejects calls with `INVALID_INPUT`. */
   db?: number
   /** Connect with TLS (as `rediss://`; with `sentinels`, to them and the server; with `cluster`, to every node); settings in the store option `tls`. */
   tls?: boolean

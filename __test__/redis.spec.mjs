@@ -287,6 +287,69 @@ describe('Redis store', () => {
     }
   })
 
+  it('rejects a password sent to a server that has none with AUTH at once, never retried nor quoted', async () => {
+    const server = await startRedisServer({ args: ['--requirepass', 'old-pass'] })
+    const admin = new Redis({ port: server.port, password: 'old-pass', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null })
+    try {
+      const bounded = { connectTimeout: 5000, commandTimeout: 5000, retry: { attempts: 20, minDelay: 100, maxDelay: 100 } }
+      // A store that worked with its password: the server drops the password and our
+      // connection. The reconnect is refused for good, not retried.
+      const store = open(bounded, `redis://:old-pass@127.0.0.1:${server.port}`)
+      await store.beginExecution('e')
+      await admin.config('SET', 'requirepass', '')
+      await admin.client('KILL', 'SKIPME', 'yes', 'TYPE', 'normal')
+      let started = Date.now()
+      await rejectsWith(store.isExecutionInProgress('e'), 'AUTH', /no password configured/)
+      assert.ok(Date.now() - started < 1000, `retried for ${Date.now() - started} ms`)
+      // A first connect: AUTH, saying the server has no password, never quoting it.
+      for (const target of [`redis://:Sup3r-Secret@127.0.0.1:${server.port}`, { host: '127.0.0.1', port: server.port, password: 'Sup3r-Secret' }]) {
+        started = Date.now()
+        await assert.rejects(open(bounded, target).beginExecution('e'), (err) => {
+          assert.equal(err.code, 'AUTH', err.message)
+          assert.match(err.message, /the server has no password configured/)
+          assert.match(err.message, new RegExp(`127\\.0\\.0\\.1:${server.port}`))
+          assert.doesNotMatch(err.message, /Sup3r-Secret/)
+          return true
+        })
+        assert.ok(Date.now() - started < 1000, `took ${Date.now() - started} ms`)
+      }
+      // A username the server does not know (ACL) is AUTH too.
+      await admin.acl('SETUSER', 'known-user', 'on', '>pw', '~*', '+@all')
+      await open(bounded, `redis://known-user:pw@127.0.0.1:${server.port}`).beginExecution('e')
+      await rejectsWith(open(bounded, `redis://ghost:pw@127.0.0.1:${server.port}`).beginExecution('e'), 'AUTH', /WRONGPASS/)
+    } finally {
+      admin.disconnect()
+      await server.stop()
+    }
+  })
+
+  it("rejects a db beyond the server's `databases` with INVALID_INPUT at once, naming it and where it came from", async () => {
+    const server = await startRedisServer({ args: ['--requirepass', 'Sup3r-Secret', '--databases', '4'] })
+    try {
+      const bounded = { connectTimeout: 5000, commandTimeout: 5000, retry: { attempts: 20, minDelay: 100, maxDelay: 100 } }
+      const cases = [
+        [`redis://:Sup3r-Secret@127.0.0.1:${server.port}/7`, /db 7 \(from the URL path "\/7"\)/],
+        [{ host: '127.0.0.1', port: server.port, password: 'Sup3r-Secret', db: 9 }, /db 9 \(from option `db`\)/],
+      ]
+      for (const [target, names] of cases) {
+        const started = Date.now()
+        await assert.rejects(open(bounded, target).beginExecution('e'), (err) => {
+          assert.equal(err.code, 'INVALID_INPUT', err.message)
+          assert.match(err.message, names)
+          assert.match(err.message, /`databases`/)
+          assert.doesNotMatch(err.message, /Sup3r-Secret/)
+          return true
+        })
+        assert.ok(Date.now() - started < 1000, `took ${Date.now() - started} ms`)
+      }
+      const inRange = open(bounded, `redis://:Sup3r-Secret@127.0.0.1:${server.port}/3`)
+      await inRange.beginExecution('e')
+      assert.equal(await inRange.isExecutionInProgress('e'), true)
+    } finally {
+      await server.stop()
+    }
+  })
+
   it('connects as an ACL user, and rejects a command the user may not run with AUTH (NOPERM)', async () => {
     const p = prefix()
     const user = `worker-${randomUUID().slice(0, 8)}`

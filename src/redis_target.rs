@@ -26,6 +26,9 @@ pub struct RedisTarget {
   pub sentinel_tls: Option<Arc<TlsSettings>>,
   /// Sentinels to ask for the master's address at every connect; `None`: a fixed address.
   pub sentinel: Option<Arc<SentinelSettings>>,
+  /// Where the database number (`SELECT`) was given, for messages: the URL path, its
+  /// `db` parameter, or option `db`.
+  pub db_origin: String,
   /// The URL asked for TLS (`rediss://`), so [`configure_tls`](Self::configure_tls) must set it up.
   wants_tls: bool,
 }
@@ -66,8 +69,14 @@ impl RedisTarget {
     let client = redis::Client::open(plain.as_str()).map_err(|err| {
       StoreError::invalid_input(format!("invalid Redis URL \"{}\": {err}", redact(url)))
     })?;
+    let db_origin = if parsed.query_pairs().any(|(name, _)| name == "db") {
+      "the URL's db parameter".to_string()
+    } else {
+      format!("the URL path \"{}\"", parsed.path())
+    };
     Ok(Self {
       client,
+      db_origin,
       display: redact(url),
       require_aof: false,
       tls: None,
@@ -117,7 +126,9 @@ impl RedisTarget {
   /// From `{ host, port, username, password, db }`, or `{ sentinels, name, ... }`.
   pub fn from_fields(fields: &RedisConnectionOptions) -> StoreResult<Self> {
     let Some(sentinels) = &fields.sentinels else {
-      return Self::from_url(&url_from_fields(fields)?);
+      let mut target = Self::from_url(&url_from_fields(fields)?)?;
+      target.db_origin = "option `db`".into();
+      return Ok(target);
     };
     let master = fields.name.clone().ok_or_else(|| {
       StoreError::invalid_input("option `name` (the master's name) is required with `sentinels`")
@@ -137,6 +148,7 @@ impl RedisTarget {
       ..fields.clone()
     };
     let mut target = Self::from_url(&url_from_fields(&placeholder)?)?;
+    target.db_origin = "option `db`".into();
     target.display = settings.describe();
     target.sentinel = Some(Arc::new(settings.checked()?));
     Ok(target)
@@ -187,6 +199,7 @@ impl RedisTarget {
     }
     let auth = auth.map(|a| format!("{a}@")).unwrap_or_default();
     let mut target = Self::from_url(&format!("redis://{auth}127.0.0.1:6379/{db}"))?;
+    target.db_origin = format!("the URL path \"/{path}\"");
     target.wants_tls = scheme == "rediss+sentinel";
     target.display = settings.describe();
     target.sentinel = Some(Arc::new(settings.checked()?));

@@ -97,6 +97,8 @@ pub struct Login<'a> {
   pub username: Option<&'a str>,
   pub password: Option<&'a str>,
   pub db: i64,
+  /// Where `db` was given, for messages: "option `db`", "the URL path \"/3\"", ...
+  pub db_origin: &'a str,
   /// `durability: 'aof'`: the server must fsync every write before its reply.
   pub require_aof: bool,
   /// With sentinels: the server must still be the master (`ROLE`).
@@ -254,6 +256,7 @@ pub async fn open_stream(target: &RedisTarget, limit: Duration) -> StoreResult<S
         username: settings.username(),
         password: settings.password(),
         db: settings.db(),
+        db_origin: &target.db_origin,
         require_aof: target.require_aof,
         check_master: false,
       };
@@ -324,6 +327,7 @@ pub fn login_of(target: &RedisTarget) -> Login<'_> {
     username: settings.username(),
     password: settings.password(),
     db: settings.db(),
+    db_origin: &target.db_origin,
     require_aof: target.require_aof,
     check_master: target.sentinel.is_some(),
   }
@@ -525,6 +529,17 @@ pub struct Handshake {
   require_aof: bool,
   /// `CONFIG GET` was refused: `INFO persistence` was sent instead.
   config_refused: Option<redis::ServerError>,
+  /// `AUTH` was sent (its reply is the first).
+  sent_auth: bool,
+  /// `SELECT` was sent: the db, for a refusal's message (boxed: rarely there).
+  select: Option<Box<Select>>,
+}
+
+/// The `SELECT` of a handshake: which login reply answers it, the db and where it was given.
+struct Select {
+  at: usize,
+  db: i64,
+  origin: String,
 }
 
 /// What a [`Handshake`] wants after a reply.
@@ -541,6 +556,7 @@ impl Handshake {
   /// The handshake of `login`, and the bytes to send first.
   pub fn start(login: &Login<'_>) -> (Self, Vec<u8>) {
     let mut commands = Vec::new();
+    let mut select = None;
     if let Some(password) = login.password {
       let mut auth = redis::cmd("AUTH");
       if let Some(user) = login.username {
@@ -549,6 +565,11 @@ impl Handshake {
       commands.push(auth.arg(password).clone());
     }
     if login.db != 0 {
+      select = Some(Box::new(Select {
+        at: commands.len(),
+        db: login.db,
+        origin: login.db_origin.to_string(),
+      }));
       commands.push(redis::cmd("SELECT").arg(login.db).clone());
     }
     commands.push(redis::cmd("PING"));
@@ -567,6 +588,8 @@ impl Handshake {
       check_master: login.check_master,
       require_aof: login.require_aof,
       config_refused: None,
+      sent_auth: login.password.is_some(),
+      select,
     };
     (handshake, packed(&commands))
   }
@@ -581,7 +604,20 @@ impl Handshake {
       return Ok(Progress::Wait);
     }
     let answers = std::mem::take(&mut self.answers);
-    if let Some(err) = answers[..self.login_replies].iter().find_map(server_error) {
+    let refused = answers[..self.login_replies]
+      .iter()
+      .enumerate()
+      .find_map(|(at, answer)| server_error(answer).map(|err| (at, err)));
+    if let Some((at, err)) = refused {
+      // Both are settings to fix, not outages: never retried.
+      if at == 0 && self.sent_auth && is_no_password_set(&err) {
+        return Err(no_password_set(peer));
+      }
+      if let Some(select) = self.select.as_deref().filter(|select| select.at == at) {
+        if is_db_out_of_range(&err) {
+          return Err(db_out_of_range(peer, select.db, &select.origin));
+        }
+      }
       return Err(login_failed(peer, err));
     }
     let mut checks = answers[self.login_replies..].iter();
@@ -624,6 +660,51 @@ fn login_failed(peer: Peer<'_>, err: redis::ServerError) -> StoreError {
     err.code,
     format!("{what} {} failed: {}", peer.display, err.message),
   )
+}
+
+/// `AUTH` with a password to a server that has none: "AUTH <password> called without any
+/// password configured for the default user" (Redis 6+), "Client sent AUTH, but no
+/// password is set" (older).
+fn is_no_password_set(err: &redis::ServerError) -> bool {
+  let detail = err.details().unwrap_or_default();
+  detail.contains("without any password configured") || detail.contains("no password is set")
+}
+
+/// A password given to a server that has none: `AUTH` (a configuration to fix, never
+/// retried). The server's words are not quoted: the password is never in a message.
+fn no_password_set(peer: Peer<'_>) -> StoreError {
+  StoreError::new(
+    ErrorCode::Auth,
+    format!(
+      "authentication to {} failed: a password was given, but the server has no password \
+       configured (for its default user); remove the password from the connection settings, \
+       or set one on the server (requirepass, or an ACL user)",
+      peer.display
+    ),
+  )
+}
+
+/// `SELECT` of a database the server does not have: "DB index is out of range".
+fn is_db_out_of_range(err: &redis::ServerError) -> bool {
+  err
+    .details()
+    .unwrap_or_default()
+    .contains("DB index is out of range")
+}
+
+/// A `db` beyond the server's `databases` setting: `INVALID_INPUT` (never retried).
+fn db_out_of_range(peer: Peer<'_>, db: i64, origin: &str) -> StoreError {
+  let origin = if origin.is_empty() {
+    "option `db`"
+  } else {
+    origin
+  };
+  StoreError::invalid_input(format!(
+    "db {db} (from {origin}) is out of range on {}: the server's `databases` setting bounds \
+     the db to 0 to databases-1 (16 databases by default); use a lower db or raise \
+     `databases` in the server's configuration",
+    peer.display
+  ))
 }
 
 /// The server the sentinels named must still be a master (a failover may be under way).
@@ -728,6 +809,7 @@ mod tests {
       username: Some("app"),
       password: Some("secret"),
       db: 3,
+      db_origin: "the URL path \"/3\"",
       require_aof,
       check_master,
     }
@@ -808,6 +890,44 @@ mod tests {
     .expect("refused");
     assert_eq!(err.code, ErrorCode::Auth);
     assert!(err.message.contains("redis://test:6379"), "{}", err.message);
+  }
+
+  #[test]
+  fn a_password_to_a_server_without_one_is_auth_and_never_quoted() {
+    for said in [
+      "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
+      "-ERR Client sent AUTH, but no password is set\r\n",
+    ] {
+      let (mut handshake, _) = Handshake::start(&login(false, false));
+      let err = run(&mut handshake, &[said, "+OK\r\n", "+PONG\r\n"])
+        .err()
+        .expect("refused");
+      assert_eq!(err.code, ErrorCode::Auth);
+      assert!(
+        err.message.contains("no password configured") && err.message.contains("redis://test:6379"),
+        "{}",
+        err.message
+      );
+      assert!(!err.message.contains("secret"), "{}", err.message);
+    }
+  }
+
+  #[test]
+  fn a_db_out_of_range_is_invalid_input_naming_it_and_where_it_came_from() {
+    let (mut handshake, _) = Handshake::start(&login(false, false));
+    let err = run(
+      &mut handshake,
+      &["+OK\r\n", "-ERR DB index is out of range\r\n", "+PONG\r\n"],
+    )
+    .err()
+    .expect("refused");
+    assert_eq!(err.code, ErrorCode::InvalidInput);
+    assert!(
+      err.message.contains("db 3 (from the URL path \"/3\")")
+        && err.message.contains("`databases`"),
+      "{}",
+      err.message
+    );
   }
 
   #[test]

@@ -708,6 +708,7 @@ impl Inner {
       username: self.target.username.as_deref(),
       password: self.target.password.as_deref(),
       db: 0,
+      db_origin: "",
       require_aof,
       check_master: false,
     }
