@@ -5,6 +5,7 @@
 // workflows through SENTINEL FAILOVER.
 import assert from 'node:assert/strict'
 import diagnostics from 'node:diagnostics_channel'
+import { createServer } from 'node:net'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Redis from 'ioredis'
@@ -226,5 +227,44 @@ describe('Sentinel over TLS', { timeout: 150_000 }, () => {
     running = false
     await workflows
     assert.equal(failure, undefined, `a call failed: ${failure?.code} ${failure?.message}`)
+  })
+})
+
+describe('Sentinels that accept and never answer', () => {
+  it('name the share of connectTimeout each sentinel got, not connectTimeout, in the timeout message', async () => {
+    const sockets = []
+    const listen = async () => {
+      const server = createServer((socket) => sockets.push(socket))
+      await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+      return server
+    }
+    const silent = [await listen(), await listen()]
+    const hosts = silent.map((s) => `127.0.0.1:${s.address().port}`).join(',')
+    try {
+      // 900 ms split evenly between the 2 sentinels and the master: 300 ms each.
+      for (const [url, code, said] of [
+        [
+          `rediss+sentinel://${hosts}/${MASTER_NAME}`,
+          'TLS',
+          /no TLS handshake within 300 ms \(this sentinel's share of connectTimeout \(900 ms\), which is split evenly between the 2 sentinels and the master\)/,
+        ],
+        [`redis+sentinel://${hosts}/${MASTER_NAME}`, 'UNAVAILABLE', /no connection within 300 ms \(this sentinel's share of connectTimeout \(900 ms\)/],
+      ]) {
+        const store = createRedisStore(url, { connectTimeout: 900, retry: { attempts: 0 } })
+        try {
+          await assert.rejects(store.beginExecution('e'), (err) => {
+            assert.equal(err.code, code, err.message)
+            assert.match(err.message, said)
+            assert.doesNotMatch(err.message, /within connectTimeout \(300 ms\)/)
+            return true
+          })
+        } finally {
+          await store.close()
+        }
+      }
+    } finally {
+      sockets.forEach((s) => s.destroy())
+      silent.forEach((s) => s.close())
+    }
   })
 })

@@ -156,23 +156,43 @@ pub async fn ask_node(
       .await
       .map_err(|err| peer.io_failed(&err))
   };
-  bounded(peer, limit, &in_tls_handshake, attempt).await
+  let said = connect_timeout_said(limit);
+  bounded(peer, limit, &said, &in_tls_handshake, attempt).await
 }
 
+/// `attempt` within `limit` (named in messages as `said`: "connectTimeout (N ms)", or a
+/// sentinel's share of it).
 async fn bounded<T>(
   peer: Peer<'_>,
   limit: Duration,
+  said: &str,
   in_tls_handshake: &AtomicBool,
   attempt: impl std::future::Future<Output = StoreResult<T>>,
 ) -> StoreResult<T> {
   match tokio::time::timeout(limit, attempt).await {
     Ok(result) => result,
     Err(_) if in_tls_handshake.load(Ordering::Relaxed) => Err(peer.tls_failed(&format!(
-      "no TLS handshake within connectTimeout ({} ms); does the server speak TLS on that port?",
-      limit.as_millis()
+      "no TLS handshake within {said}; does the server speak TLS on that port?"
     ))),
-    Err(_) => Err(StoreError::connect_timeout(peer.display, limit)),
+    Err(_) => Err(peer.unavailable(&format!("no connection within {said}"))),
   }
+}
+
+/// How `connectTimeout` is named in messages.
+fn connect_timeout_said(limit: Duration) -> String {
+  format!("connectTimeout ({} ms)", limit.as_millis())
+}
+
+/// How a sentinel's share of `connectTimeout` (`limit`) is named in messages: the share is
+/// `limit` split evenly between the `sentinels` and the master.
+fn sentinel_share_said(share: Duration, limit: Duration, sentinels: usize) -> String {
+  let many = if sentinels == 1 { "" } else { "s" };
+  format!(
+    "{} ms (this sentinel's share of connectTimeout ({} ms), which is split evenly between \
+     the {sentinels} sentinel{many} and the master)",
+    share.as_millis(),
+    limit.as_millis()
+  )
 }
 
 /// Idle time before the first keepalive probe, the time between probes, and how many go
@@ -272,7 +292,8 @@ pub async fn open_stream(target: &RedisTarget, limit: Duration) -> StoreResult<S
     handshake(&mut stream, peer, &login_of(target)).await?;
     Ok(stream)
   };
-  bounded(peer, limit, &in_tls_handshake, attempt).await
+  let said = connect_timeout_said(limit);
+  bounded(peer, limit, &said, &in_tls_handshake, attempt).await
 }
 
 /// [`open_stream`] as a non-blocking socket, ready for the loop driver.
@@ -343,6 +364,7 @@ async fn master_address(
   limit: Duration,
 ) -> StoreResult<(String, u16)> {
   let share = limit / (sentinel.sentinels.len() as u32 + 1);
+  let said = sentinel_share_said(share, limit, sentinel.sentinels.len());
   let mut failures = Vec::new();
   let mut all_tls = true;
   let mut all_auth = true;
@@ -352,7 +374,7 @@ async fn master_address(
       display: &display,
       tls: target.sentinel_tls.as_deref(),
     };
-    match ask_sentinel(host, *port, peer, sentinel, share).await {
+    match ask_sentinel(host, *port, peer, sentinel, share, &said).await {
       Ok(Some(address)) => return Ok(address),
       Ok(None) => {
         all_tls = false;
@@ -393,6 +415,7 @@ async fn ask_sentinel(
   peer: Peer<'_>,
   sentinel: &SentinelSettings,
   limit: Duration,
+  said: &str,
 ) -> StoreResult<Option<(String, u16)>> {
   let in_tls_handshake = AtomicBool::new(false);
   let attempt = async {
@@ -429,7 +452,7 @@ async fn ask_sentinel(
       _ => Ok(None),
     }
   };
-  bounded(peer, limit, &in_tls_handshake, attempt).await
+  bounded(peer, limit, said, &in_tls_handshake, attempt).await
 }
 
 fn text(value: &Value) -> String {
