@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test'
 import Redis from 'ioredis'
 import { createKvStore, createMemoryStore, createRedisStore } from '../index.js'
 import { startChild } from './helpers/child.mjs'
-import { startCuttingProxy } from './helpers/proxy.mjs'
+import { startCuttingProxy, startSwitchingProxy } from './helpers/proxy.mjs'
 import { startRedisServer } from './helpers/redis-server.mjs'
 
 const codeOf = async (promise) =>
@@ -96,6 +96,57 @@ describe('Redis faults', () => {
     await new Promise((r) => setTimeout(r, 900))
     assert.equal(await store.isExecutionInProgress('e'), true)
     await store.close()
+  })
+
+  it('works again after a SIGSTOP of the server once it gets SIGCONT', async () => {
+    const hung = await startRedisServer()
+    const store = createRedisStore(hung.url, { prefix: 'sigstop:', commandTimeout: 300 })
+    try {
+      await store.beginExecution('e')
+      process.kill(hung.pid, 'SIGSTOP')
+      for (let i = 0; i < 5; i++) assert.equal(await codeOf(store.isExecutionInProgress('e')), 'TIMEOUT')
+      process.kill(hung.pid, 'SIGCONT')
+      assert.equal(await store.isExecutionInProgress('e'), true)
+    } finally {
+      process.kill(hung.pid, 'SIGCONT')
+      await store.close()
+      await hung.stop()
+    }
+  })
+
+  it('abandons a connection whose server stopped answering (SIGSTOP) and reaches a replacement at the same address', async () => {
+    // The store's connection goes through a proxy that keeps it pinned to the hung server
+    // (TCP still acknowledged, no reply ever), as a load balancer keeps a flow; new
+    // connections reach the replacement.
+    const hung = await startRedisServer()
+    const replacement = await startRedisServer()
+    const proxy = await startSwitchingProxy(hung.port)
+    const store = createRedisStore(`redis://127.0.0.1:${proxy.port}`, { prefix: 'hung:', commandTimeout: 300, connectTimeout: 1000 })
+    try {
+      await store.beginExecution('e')
+      process.kill(hung.pid, 'SIGSTOP')
+      proxy.target = replacement.port
+      const codes = []
+      for (let i = 0; i < 6; i++) codes.push(await codeOf(store.beginExecution(`e${i}`)))
+      // Three calls in a row time out with no reply: the connection is abandoned, and the
+      // next call connects again, to the replacement.
+      assert.deepEqual(codes, ['TIMEOUT', 'TIMEOUT', 'TIMEOUT', 'ok', 'ok', 'ok'])
+      const direct = new Redis(replacement.url)
+      try {
+        // The calls after the switch landed on the replacement.
+        assert.ok(
+          (await direct.keys('hung:*')).some((key) => key.includes('e5')),
+          'e5 is on the replacement',
+        )
+      } finally {
+        direct.disconnect()
+      }
+    } finally {
+      process.kill(hung.pid, 'SIGCONT')
+      await store.close()
+      await proxy.close()
+      await Promise.all([hung.stop(), replacement.stop()])
+    }
   })
 
   it('loses no acknowledged commit across 200 concurrent workflows while the server restarts twice', async () => {

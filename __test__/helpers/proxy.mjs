@@ -80,3 +80,37 @@ export async function startCuttingProxy(targetPort) {
     },
   }
 }
+
+/**
+ * A proxy whose new connections go to `target` (a port, settable at any time), while
+ * each connection it carries stays with the server it was opened to, as a load balancer
+ * or NAT keeps a flow: switching `target` is a replacement server at the same address.
+ */
+export async function startSwitchingProxy(targetPort) {
+  let target = targetPort
+  const sockets = new Set()
+  const server = createServer((client) => {
+    const upstream = connect(target, '127.0.0.1')
+    sockets.add(client).add(upstream)
+    client.pipe(upstream)
+    upstream.pipe(client)
+    const end = () => {
+      client.destroy()
+      upstream.destroy()
+    }
+    client.on('error', end).on('close', end)
+    upstream.on('error', end).on('close', end)
+  })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return {
+    port: server.address().port,
+    set target(port) {
+      target = port
+    },
+    close: () =>
+      new Promise((resolve) => {
+        for (const s of sockets) s.destroy()
+        server.close(resolve)
+      }),
+  }
+}

@@ -118,6 +118,10 @@ export async function startRedisServer({ args = [], port, tls } = {}) {
     url: `${tls ? 'rediss' : 'redis'}://127.0.0.1:${chosenPort}`,
     clientOptions: tls ? { tls: tls.nodeTls() } : {},
     dir,
+    /** The server process's id (to stop it with SIGSTOP, as a hung server). */
+    get pid() {
+      return child.pid
+    },
     /** SIGKILL: the server dies at once, as in a crash. */
     async kill() {
       child.kill('SIGKILL')

@@ -620,17 +620,18 @@ async fn run(shared: Arc<Shared>, calls: &mut mpsc::UnboundedReceiver<(Waiter, B
       }
       Event::Deadline => {
         let ms = shared.command_timeout.as_millis() as u64;
-        let expired = {
+        let (expired, stuck) = {
           let mut state = shared.lock();
           let expired = state.core.expire(Instant::now());
           rested = expired.is_empty() && state.core.next_deadline().is_none();
-          expired
+          (expired, conn.is_some() && state.core.is_stuck())
         };
         for waiter in expired {
           let err = StoreError::timeout(waiter.what(), ms);
           waiter.reject(err);
         }
-        None
+        // A server that stopped answering on a connection that stays open: a new one.
+        stuck.then(|| super::redis_core::stuck(shared.command_timeout))
       }
     };
     if let Some(err) = dropped {

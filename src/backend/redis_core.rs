@@ -62,8 +62,19 @@ pub struct Core<W> {
   codec: ReplyDecoder,
   /// Connect attempts that failed in a row while calls waited.
   failures: u32,
+  /// Calls that timed out on this connection since the last reply: [`STUCK_AFTER`] of them
+  /// and the connection is taken for stuck ([`Core::is_stuck`]).
+  silent_expiries: u32,
   closed: bool,
 }
+
+/// How many calls in a row may time out with no reply from the server in between before
+/// the connection is abandoned for a new one: a server that is hung (`SIGSTOP`, a
+/// deadlock) or a path to it that is half-open (a proxy or load balancer whose far side
+/// is gone) still acknowledges TCP, so the connection would never drop by itself, and
+/// every call would time out on it even after the server (or a replacement at the same
+/// address) answers again.
+pub const STUCK_AFTER: u32 = 3;
 
 impl<W> Core<W> {
   pub fn new(retry: RetrySettings, follow_failover: bool) -> Self {
@@ -75,6 +86,7 @@ impl<W> Core<W> {
       received: BytesMut::new(),
       codec: ReplyDecoder::default(),
       failures: 0,
+      silent_expiries: 0,
       closed: false,
     }
   }
@@ -171,6 +183,7 @@ impl<W> Core<W> {
       let Some(value) = value else {
         return Ok(());
       };
+      self.silent_expiries = 0;
       if self.follow_failover && is_readonly(&value) {
         return Err(lost(
           "the server answered READONLY: it is a replica now (failover); reconnecting to the master",
@@ -195,6 +208,7 @@ impl<W> Core<W> {
   /// must not land afterwards.
   pub fn connected(&mut self) {
     self.failures = 0;
+    self.silent_expiries = 0;
     self.received.clear();
     self.codec = ReplyDecoder::default();
     if self.pending.iter().any(|call| call.waiter.is_none()) {
@@ -232,6 +246,7 @@ impl<W> Core<W> {
   }
 
   fn requeue_or_reject(&mut self, eligible: impl Fn(&Call<W>) -> bool) -> Vec<W> {
+    self.silent_expiries = 0;
     self.unsent.clear();
     self.received.clear();
     self.codec = ReplyDecoder::default();
@@ -259,12 +274,21 @@ impl<W> Core<W> {
   /// The waiters of the calls whose deadline is `now` or past, to be rejected `TIMEOUT`.
   /// Their replies, if they come, are skipped.
   pub fn expire(&mut self, now: Instant) -> Vec<W> {
-    self
+    let expired: Vec<W> = self
       .pending
       .iter_mut()
       .take_while(|call| call.deadline <= now)
       .filter_map(|call| call.waiter.take())
-      .collect()
+      .collect();
+    self.silent_expiries = self.silent_expiries.saturating_add(expired.len() as u32);
+    expired
+  }
+
+  /// Whether [`STUCK_AFTER`] calls in a row timed out with nothing from the server in
+  /// between: a driver with an open connection drops it ([`stuck`]) and connects again,
+  /// as for a lost connection (calls that may be sent again are, on the new one).
+  pub fn is_stuck(&self) -> bool {
+    self.silent_expiries >= STUCK_AFTER
   }
 
   /// When the next call still waiting times out.
@@ -370,6 +394,17 @@ pub fn tls_lost(err: crate::tls::RecordFailure) -> StoreError {
     RecordFailure::Closed => lost("the server closed the TLS session"),
     RecordFailure::Io(err) => lost(&err),
   }
+}
+
+/// The error a connection is abandoned with when [`Core::is_stuck`]: `timeout` is
+/// `commandTimeout`.
+pub fn stuck(timeout: Duration) -> StoreError {
+  lost(&format!(
+    "{STUCK_AFTER} calls in a row got no reply within commandTimeout ({} ms), and nothing came \
+     from the server in between: the server may be hung, or the path to it half-open; the \
+     connection is abandoned for a new one",
+    timeout.as_millis()
+  ))
 }
 
 /// A dropped connection: calls may be sent again on a new one.

@@ -28,7 +28,7 @@ use rustls::ClientConnection;
 
 use super::connect::{self, Handshake, Peer, Progress};
 use super::redis_calls::{self, settle_now, Settlement, Waiter};
-use super::redis_core::{lost, tls_lost, Core};
+use super::redis_core::{lost, stuck, tls_lost, Core};
 use super::resp::ReplyDecoder;
 use crate::command::{Batch, Finish};
 use crate::error::{ErrorCode, StoreError, StoreResult};
@@ -395,6 +395,10 @@ impl Driver {
         state.timer = None;
         let timeout_ms = self.command_timeout.as_millis() as u64;
         settled = state.core.expire_calls(Instant::now(), timeout_ms);
+        // A server that stopped answering on a connection that stays open: a new one.
+        if matches!(state.connection, Connection::Open { .. }) && state.core.is_stuck() {
+          settled.extend(state.recover(stuck(self.command_timeout)));
+        }
       }
       Event::Backoff => {
         if matches!(state.connection, Connection::Backoff) {

@@ -18,7 +18,7 @@ use napi::{sys, Env};
 
 use super::connect::open;
 use super::redis_calls::{self, settle_now, Settlement, Waiter};
-use super::redis_core::{lost, Core};
+use super::redis_core::{lost, stuck, Core};
 use super::socket::Socket;
 use crate::command::{Batch, Finish};
 use crate::error::{ErrorCode, StoreError, StoreResult};
@@ -286,7 +286,15 @@ impl Driver {
     let env = state.env;
     let context = state.context.as_ref().map(AsyncContext::raw);
     let timeout_ms = self.command_timeout.as_millis() as u64;
-    let settled = state.core.expire_calls(Instant::now(), timeout_ms);
+    let mut settled = state.core.expire_calls(Instant::now(), timeout_ms);
+    let mut reconnect = None;
+    // A server that stopped answering on a connection that stays open: a new one.
+    if matches!(state.connection, Connection::Open { .. }) && state.core.is_stuck() {
+      settled.extend(state.recover(stuck(self.command_timeout)));
+      if !state.core.is_idle() && !state.closed {
+        reconnect = Some(state.begin_connect());
+      }
+    }
     if !state.core.has_waiters() {
       state.abort_connect();
     }
@@ -294,6 +302,9 @@ impl Driver {
     state.arm_timer();
     drop(state);
     self.settle_batch(env, context, settled);
+    if let Some(attempt) = reconnect {
+      js_promise::run_in_handle_scope(env, || self.start_connect(&Env::from_raw(env), attempt));
+    }
   }
 
   /// Settles a batch of calls; the calls their reactions make, and the next batches of

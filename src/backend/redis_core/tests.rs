@@ -539,3 +539,39 @@ fn an_aborted_transaction_gives_its_queued_commands_error() {
   assert_eq!(errors[0].1.code, ErrorCode::WrongType);
   assert!(super::super::redis_codec::cluster_error(&errors[0].1).is_none());
 }
+
+#[test]
+fn calls_that_time_out_in_a_row_with_no_reply_mark_the_connection_stuck() {
+  let mut s = Script::new(3, false);
+  s.core.connected();
+  for (i, name) in ["a", "b"].into_iter().enumerate() {
+    s.call_by(name, get(name), 10 * (i as u64 + 1));
+  }
+  s.written();
+  assert_eq!(s.core.expire(s.t0 + Duration::from_millis(20)), ["a", "b"]);
+  assert!(!s.core.is_stuck(), "two calls");
+  // A late reply (to `a`) says the server is alive: the count starts again.
+  assert!(s.answer("$1\r\na\r\n").is_empty());
+  s.call_by("c", get("c"), 30);
+  s.call_by("d", get("d"), 40);
+  s.written();
+  assert_eq!(s.core.expire(s.t0 + Duration::from_millis(40)), ["c", "d"]);
+  assert!(!s.core.is_stuck(), "a reply came in between");
+  s.call_by("e", get("e"), 50);
+  s.written();
+  assert_eq!(s.core.expire(s.t0 + Duration::from_millis(50)), ["e"]);
+  assert!(s.core.is_stuck(), "three in a row, nothing from the server");
+  // Dropped for a new connection: the timed-out calls are not sent again; a new call is.
+  let err = stuck(Duration::from_millis(300));
+  assert_eq!(err.code, ErrorCode::Unavailable);
+  assert!(
+    err.message.contains("commandTimeout (300 ms)"),
+    "{}",
+    err.message
+  );
+  assert!(s.core.on_drop(&err).is_empty());
+  assert!(!s.core.is_stuck());
+  s.call("f", get("f"));
+  s.core.connected();
+  assert_eq!(s.written(), ["GET f"]);
+}
