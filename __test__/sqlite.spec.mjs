@@ -14,6 +14,34 @@ import { testRedis } from './helpers/redis-server.mjs'
 
 const binding = createRequire(import.meta.url)('../binding.js')
 
+/**
+ * Another process (Python's sqlite3) takes the write lock of the file at `path`
+ * (`BEGIN IMMEDIATE`) and holds it for `ms`, then lets go. Resolves once the lock is held;
+ * `released` settles when the holder has exited, `release()` ends it early.
+ */
+export async function holdWriteLock(path, ms) {
+  const holder = spawn(
+    'python3',
+    [
+      '-c',
+      `import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\ntime.sleep(float(sys.argv[2]) / 1000)\nc.execute('ROLLBACK')`,
+      path,
+      String(ms),
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  )
+  const released = new Promise((resolve) => holder.once('exit', resolve))
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the lock holder did not take the lock in 10 s')), 10_000)
+    holder.stdout.once('data', () => {
+      clearTimeout(timer)
+      resolve()
+    })
+    holder.once('error', reject)
+  })
+  return { released, release: () => holder.kill() }
+}
+
 describe('SQLite store', () => {
   let dir
   const stores = []
@@ -195,21 +223,8 @@ describe('SQLite store', () => {
     const path = join(dir, 'busy-read.db')
     const store = open(path, { busyTimeout: 300 })
     await store.commitExecutionTaskResult('b', 't', 'stored')
-    // Another process (Python's sqlite3) holds the write lock for 3 s.
-    const holder = spawn(
-      'python3',
-      [
-        '-c',
-        `import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\ntime.sleep(3)`,
-        path,
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    )
+    const holder = await holdWriteLock(path, 3000)
     try {
-      await new Promise((resolve, reject) => {
-        holder.stdout.once('data', resolve)
-        holder.once('error', reject)
-      })
       const write = store.beginExecutionTask('a', 't').then(
         () => 'ok',
         (err) => err.code,
@@ -221,9 +236,34 @@ describe('SQLite store', () => {
       // The write waits for the lock, which outlives busyTimeout.
       assert.equal(await write, 'TIMEOUT')
     } finally {
-      holder.kill()
+      holder.release()
     }
     await store.close()
+  })
+
+  it('reads the clock once it holds the write lock: a TTL written after waiting for another process is not already spent', async () => {
+    const path = join(dir, 'busy-ttl.db')
+    const store = open(path, { busyTimeout: 10_000, ttl: 1000 })
+    const kv = createKvStore(`sqlite:${path}`, { busyTimeout: 10_000, mounts: { m: { prefix: 'm:' } } })
+    stores.push(kv)
+    await store.beginExecution('warm-up')
+    await kv.set('m', 'warm-up', 0)
+    await kv.set('m', 'merged', { a: 1 }, { ttl: 60_000 })
+    // Another process holds the write lock for 1.5 s: longer than the 1 s TTLs below.
+    const holder = await holdWriteLock(path, 1500)
+    try {
+      const calls = Promise.all([store.beginExecution('e'), kv.set('m', 'k', 'v', { ttl: 1000 }), kv.merge('m', 'merged', { b: 2 }, { ttl: 1000 })])
+      const started = performance.now()
+      assert.deepEqual(await calls, [undefined, true, true])
+      const waited = performance.now() - started
+      assert.ok(waited > 1000, `the calls did not wait for the lock (${waited.toFixed(0)} ms)`)
+      // Read at once: each TTL counts from the write, after the wait.
+      assert.equal(await store.isExecutionInProgress('e'), true)
+      assert.equal(await kv.get('m', 'k'), 'v')
+      assert.deepEqual(await kv.get('m', 'merged'), { a: 1, b: 2 })
+    } finally {
+      holder.release()
+    }
   })
 
   it('rejects with CORRUPT_DATA naming the file when it is not a database, and leaves it alone', async () => {

@@ -123,7 +123,7 @@ impl EmbeddedBackend {
     let db = database.as_mut()?;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
       db.connection.busy_timeout(Duration::ZERO)?;
-      sqlite::execute_group(&mut db.connection, batches, now_ms(), &mut db.sweeper)
+      sqlite::execute_group(&mut db.connection, batches, now_ms, &mut db.sweeper)
     }));
     if matches!(&outcome, Ok(Err(err)) if err.code == ErrorCode::CorruptData) {
       *database = None;
@@ -398,7 +398,7 @@ fn run(
   }
   let db = database.as_mut().expect("opened above");
   db.connection.busy_timeout(settings.busy_timeout)?;
-  let result = sqlite::execute_group(&mut db.connection, batches, now_ms(), &mut db.sweeper);
+  let result = sqlite::execute_group(&mut db.connection, batches, now_ms, &mut db.sweeper);
   if matches!(&result, Err(err) if err.code == ErrorCode::CorruptData) {
     *database = None;
   }
@@ -438,7 +438,7 @@ fn open(settings: &EmbeddedSettings, checkpoint_due: Arc<AtomicBool>) -> StoreRe
 fn prepare_waiting(connection: &mut Connection, settings: &EmbeddedSettings) -> StoreResult<()> {
   let started = std::time::Instant::now();
   loop {
-    let now = now_ms() as i64;
+    let now = || now_ms() as i64;
     match sqlite::prepare(connection, settings.full_sync, settings.page_size, now) {
       Err(err) if err.code == ErrorCode::Timeout && started.elapsed() < settings.busy_timeout => {
         std::thread::sleep(Duration::from_millis(10));

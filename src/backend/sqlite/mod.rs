@@ -30,23 +30,29 @@ pub struct Sweeper {
 
 /// Runs `batches` in one transaction and answers each. `Err` only when the transaction
 /// itself failed (busy, I/O, a damaged file): then nothing of any batch was written.
+///
+/// `clock` (ms since the epoch) is read once the transaction has begun: `BEGIN IMMEDIATE`
+/// can wait up to the busy timeout for another process's write lock, and a time read
+/// before that wait wrote TTLs already (partly) gone and judged entries live that had
+/// expired meanwhile.
 pub fn execute_group(
   connection: &mut Connection,
   batches: &[&Batch],
-  now: u64,
+  clock: impl Fn() -> u64,
   sweeper: &mut Sweeper,
 ) -> StoreResult<Vec<StoreResult<Vec<Reply>>>> {
   let writes = batches.iter().any(|batch| batch.writes());
-  let now = now as i64;
+  let now = || clock().min(i64::MAX as u64) as i64;
   // A lone read of one statement is its own (implicit) read transaction.
   if let [only] = batches {
     if let [command] = only.commands.as_slice() {
       if one_read_statement(command) {
-        return Ok(vec![Ok(vec![apply(connection, command, now)?])]);
+        return Ok(vec![Ok(vec![apply(connection, command, now())?])]);
       }
     }
   }
   let tx = Transaction::begin(connection, writes)?;
+  let now = now();
   let answers = match batches {
     // One call: its failure is the transaction's, so nothing of it is written.
     [only] => vec![Ok(run_batch(tx.db, only, now)?)],

@@ -71,7 +71,7 @@ pub fn prepare(
   connection: &mut Connection,
   full_sync: bool,
   page_size: Option<u32>,
-  now: i64,
+  clock: impl Fn() -> i64,
 ) -> StoreResult<()> {
   if let Some(size) = page_size {
     connection.pragma_update(None, "page_size", size)?;
@@ -86,7 +86,8 @@ pub fn prepare(
   match version(&tx)? {
     VERSION => return Ok(()),
     0 if !has_table(&tx, "durastate_keys")? => tx.execute_batch(TABLES)?,
-    0 | KEYSPACE_VERSION => migrate_keyspace(&tx, now)?,
+    // (The time is read once the write lock is held: what expired is judged by it.)
+    0 | KEYSPACE_VERSION => migrate_keyspace(&tx, clock())?,
     TWO_INDEX_VERSION => tx.execute_batch(ADD_DUE)?,
     newer => {
       return Err(StoreError::new(

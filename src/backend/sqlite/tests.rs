@@ -8,13 +8,13 @@ use crate::command::{Condition, ExecutionView, KeyKind, MergeOutcome};
 
 fn db() -> Connection {
   let mut connection = Connection::open_in_memory().unwrap();
-  prepare(&mut connection, false, None, 0).unwrap();
+  prepare(&mut connection, false, None, || 0).unwrap();
   connection
 }
 
 fn run(c: &mut Connection, command: Command, now: u64) -> StoreResult<Reply> {
   let batch = Batch::one(command);
-  let mut answers = execute_group(c, &[&batch], now, &mut Sweeper::default())?;
+  let mut answers = execute_group(c, &[&batch], || now, &mut Sweeper::default())?;
   answers.remove(0).map(|mut replies| replies.remove(0))
 }
 
@@ -334,7 +334,7 @@ fn a_failing_call_in_a_group_leaves_the_others_applied() {
       value: "1".into(),
     },
   ]);
-  let answers = execute_group(&mut c, &[&good, &bad], 0, &mut Sweeper::default()).unwrap();
+  let answers = execute_group(&mut c, &[&good, &bad], || 0, &mut Sweeper::default()).unwrap();
   assert!(answers[0].is_ok() && answers[1].is_err());
   assert_eq!(
     view(&mut c, "e", 0).results.len(),
@@ -360,15 +360,15 @@ fn writes_sweep_expired_rows_at_most_every_interval() {
     value: "v".into(),
     ttl_ms: None,
   });
-  execute_group(&mut c, &[&write], 5, &mut sweeper).unwrap();
+  execute_group(&mut c, &[&write], || 5, &mut sweeper).unwrap();
   assert_eq!(count(&c, "ds_entries"), 11, "nothing expired yet");
-  execute_group(&mut c, &[&write], 50, &mut sweeper).unwrap();
+  execute_group(&mut c, &[&write], || 50, &mut sweeper).unwrap();
   assert_eq!(
     count(&c, "ds_entries"),
     11,
     "swept at 5 ms: not again before 105 ms"
   );
-  execute_group(&mut c, &[&write], 200, &mut sweeper).unwrap();
+  execute_group(&mut c, &[&write], || 200, &mut sweeper).unwrap();
   assert_eq!(count(&c, "ds_entries"), 1);
   assert_eq!(count(&c, "ds_steps") + count(&c, "ds_step_expiry"), 0);
 }
@@ -403,7 +403,7 @@ fn due_is_a_lower_bound_moved_on_by_the_sweep_not_by_every_write() {
     value: "v".into(),
     ttl_ms: None,
   });
-  execute_group(&mut c, &[&write], 120, &mut sweeper).unwrap();
+  execute_group(&mut c, &[&write], || 120, &mut sweeper).unwrap();
   assert_eq!(
     due(&c, "e"),
     Some(150),
@@ -411,7 +411,7 @@ fn due_is_a_lower_bound_moved_on_by_the_sweep_not_by_every_write() {
   );
   assert_eq!(view_at(&mut c, 120).results.len(), 1);
   assert_eq!(view_at(&mut c, 120).claims.len(), 1);
-  execute_group(&mut c, &[&write], 225, &mut sweeper).unwrap();
+  execute_group(&mut c, &[&write], || 225, &mut sweeper).unwrap();
   assert_eq!(
     due(&c, "e"),
     Some(360),
@@ -419,7 +419,7 @@ fn due_is_a_lower_bound_moved_on_by_the_sweep_not_by_every_write() {
   );
   assert_eq!(view_at(&mut c, 225).results.len(), 0);
   assert_eq!(view_at(&mut c, 225).claims.len(), 1);
-  execute_group(&mut c, &[&write], 400, &mut sweeper).unwrap();
+  execute_group(&mut c, &[&write], || 400, &mut sweeper).unwrap();
   assert_eq!(due(&c, "e"), None);
   assert_eq!(count(&c, "ds_steps"), 0);
   // A shorter TTL than the stored due moves due earlier.
