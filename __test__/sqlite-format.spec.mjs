@@ -2,7 +2,7 @@
 // are migrated in place on first open, in one transaction, and keep working; a file
 // that cannot be migrated is left as it was. Calls made together share one transaction.
 import assert from 'node:assert/strict'
-import { copyFileSync, mkdtempSync, rmSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -155,16 +155,54 @@ describe('SQLite file format', () => {
     check.close()
   })
 
-  it('refuses a file from a newer durastate with CORRUPT_DATA, and leaves it alone', async () => {
+  // Byte for byte as it was: no WAL switch (no -wal file), no table of ours, same user_version.
+  const assertUntouched = (path, before, version) => {
+    assert.ok(readFileSync(path).equals(before), `${path} was changed`)
+    assert.equal(existsSync(`${path}-wal`), false, 'the file was switched to WAL')
+    const check = new Database(path, { readonly: true })
+    try {
+      assert.equal(check.pragma('journal_mode', { simple: true }), 'delete')
+      assert.equal(check.pragma('user_version', { simple: true }), version)
+    } finally {
+      check.close()
+    }
+  }
+
+  it('refuses a file from a newer durastate with CORRUPT_DATA naming its version, and leaves it untouched', async () => {
     const path = join(dir, 'newer.db')
     const db = new Database(path)
-    db.exec('CREATE TABLE future (x); PRAGMA user_version = 9;')
+    db.exec('CREATE TABLE ds_entries (key TEXT PRIMARY KEY, value TEXT, expires_at INTEGER); CREATE TABLE future (x);')
+    db.exec('PRAGMA user_version = 9;')
     db.close()
+    const before = readFileSync(path)
     const store = createSqliteStore(path)
     closers.push(() => store.close())
-    await rejectsWith(store.beginExecution('e'), 'CORRUPT_DATA', /version 9/)
-    assert.equal(tables(path).version, 9)
+    await rejectsWith(store.beginExecution('e'), 'CORRUPT_DATA', /version 9 is newer.*\(3\)/)
+    await store.close()
+    assertUntouched(path, before, 9)
   })
+
+  for (const [name, version] of [
+    ['no user_version', 0],
+    ['a user_version we do not know', 7],
+    ['the user_version of our format', VERSION],
+  ]) {
+    it(`refuses another application's SQLite database (${name}) with CORRUPT_DATA, and leaves it untouched`, async () => {
+      const path = join(dir, `foreign-${version}.db`)
+      const db = new Database(path)
+      db.exec('CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL); INSERT INTO invoices VALUES (1, 9.5);')
+      db.exec(`PRAGMA user_version = ${version};`)
+      db.close()
+      const before = readFileSync(path)
+      const store = createSqliteStore(path)
+      closers.push(() => store.close())
+      await rejectsWith(store.beginExecution('e'), 'CORRUPT_DATA', /foreign-\d\.db.*not a durastate database.*invoices/)
+      const kv = createKvStore(`sqlite:${path}`)
+      await rejectsWith(kv.set('default', 'k', 1), 'CORRUPT_DATA', /invoices/)
+      await Promise.all([store.close(), kv.close()])
+      assertUntouched(path, before, version)
+    })
+  }
 
   for (const [name, open] of [
     ['SQLite', () => createSqliteStore(join(dir, 'group.db'))],

@@ -73,41 +73,98 @@ pub fn prepare(
   page_size: Option<u32>,
   clock: impl Fn() -> i64,
 ) -> StoreResult<()> {
+  // The file is judged before anything in it changes: a database of another application
+  // (or of a newer durastate) is refused as it is, in its own journal mode, without
+  // our tables and with its own user_version. (One read transaction: another process
+  // setting the file up meanwhile is seen all done or not at all.)
+  let found = {
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Deferred)?;
+    judge(&tx)?
+  };
   if let Some(size) = page_size {
     connection.pragma_update(None, "page_size", size)?;
   }
   connection.pragma_update(None, "journal_mode", "WAL")?;
   let sync = if full_sync { "FULL" } else { "NORMAL" };
   connection.pragma_update(None, "synchronous", sync)?;
-  if version(connection)? == VERSION {
+  if let Layout::Current = found {
     return Ok(());
   }
   let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-  match version(&tx)? {
-    VERSION => return Ok(()),
-    0 if !has_table(&tx, "durastate_keys")? => tx.execute_batch(TABLES)?,
+  // Judged again under the write lock: another process may have set the file up since.
+  match judge(&tx)? {
+    Layout::Current => return Ok(()),
+    Layout::New => tx.execute_batch(TABLES)?,
     // (The time is read once the write lock is held: what expired is judged by it.)
-    0 | KEYSPACE_VERSION => migrate_keyspace(&tx, clock())?,
-    TWO_INDEX_VERSION => tx.execute_batch(ADD_DUE)?,
-    newer => {
-      return Err(StoreError::new(
-        ErrorCode::CorruptData,
-        format!("file format version {newer} is newer than this durastate understands ({VERSION})"),
-      ))
-    }
+    Layout::Keyspace => migrate_keyspace(&tx, clock())?,
+    Layout::TwoIndexes => tx.execute_batch(ADD_DUE)?,
   }
   tx.pragma_update(None, "user_version", VERSION)?;
   tx.commit()?;
   Ok(())
 }
 
-fn version(connection: &Connection) -> StoreResult<i64> {
-  Ok(connection.pragma_query_value(None, "user_version", |row| row.get(0))?)
+/// What a file holds, as far as durastate knows it.
+enum Layout {
+  /// No table at all: a new (empty) database.
+  New,
+  /// 0.1.0's keyspace (`durastate_keys`, `durastate_fields`).
+  Keyspace,
+  /// Version 2.
+  TwoIndexes,
+  /// This build's format.
+  Current,
 }
 
-fn has_table(connection: &Connection, name: &str) -> StoreResult<bool> {
-  let sql = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1";
-  Ok(connection.query_row(sql, [name], |row| row.get::<_, i64>(0))? > 0)
+/// The tables of each format.
+const KEYSPACE_TABLES: [&str; 2] = ["durastate_keys", "durastate_fields"];
+const STORE_TABLES: [&str; 3] = ["ds_entries", "ds_steps", "ds_step_expiry"];
+
+/// Which of our formats the file is in, from its `user_version` and its tables; any
+/// other file (another application's database, a newer durastate's) is `CORRUPT_DATA`.
+fn judge(connection: &Connection) -> StoreResult<Layout> {
+  let version = version(connection)?;
+  let tables: Vec<String> = connection
+    .prepare(
+      "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite^_%' ESCAPE '^'
+       ORDER BY name",
+    )?
+    .query_map([], |row| row.get(0))?
+    .collect::<Result<_, _>>()?;
+  let has = |names: &[&str]| names.iter().all(|name| tables.iter().any(|t| t == name));
+  let only = |names: &[&str]| tables.iter().all(|t| names.contains(&t.as_str()));
+  let layout = match version {
+    0 if tables.is_empty() => Some(Layout::New),
+    0 | KEYSPACE_VERSION if has(&KEYSPACE_TABLES) && only(&KEYSPACE_TABLES) => {
+      Some(Layout::Keyspace)
+    }
+    TWO_INDEX_VERSION if has(&STORE_TABLES) => Some(Layout::TwoIndexes),
+    VERSION if has(&STORE_TABLES) => Some(Layout::Current),
+    _ => None,
+  };
+  if let Some(layout) = layout {
+    return Ok(layout);
+  }
+  // A newer durastate keeps (some of) the tables' names; another application has none.
+  let message = if version > VERSION && tables.iter().any(|t| t.starts_with("ds_")) {
+    format!("file format version {version} is newer than this durastate understands ({VERSION})")
+  } else {
+    let shown: Vec<&str> = tables.iter().take(5).map(String::as_str).collect();
+    format!(
+      "not a durastate database: user_version {version}, tables [{}]{}",
+      shown.join(", "),
+      if tables.len() > shown.len() {
+        ", ..."
+      } else {
+        ""
+      }
+    )
+  };
+  Err(StoreError::new(ErrorCode::CorruptData, message))
+}
+
+fn version(connection: &Connection) -> StoreResult<i64> {
+  Ok(connection.pragma_query_value(None, "user_version", |row| row.get(0))?)
 }
 
 /// Moves a 0.1.0 keyspace into the store-shaped tables: strings become entries, the
