@@ -26,8 +26,8 @@ export declare class NativeInspector {
   resetSteps(key: string, tasks: Array<string>): Promise<void>
   /** Removes the execution whose marker key is `key`: marker, marks and results. */
   dispose(key: string): Promise<void>
-  /** Releases the connection or database. */
-  close(): void
+  /** Releases the connection or database; resolves once a SQLite database is closed. */
+  close(): Promise<void>
 }
 
 /**
@@ -82,8 +82,11 @@ export declare class NativeKvStore {
   schema(mount: string): string
   /** Every mount's settings, as JSON text. */
   mounts(): string
-  /** Releases the connection or database. Idempotent. */
-  close(): void
+  /**
+   * Releases the connection or database. Idempotent. Resolves once a SQLite database
+   * is closed and checkpointed (the file can then be copied or deleted).
+   */
+  close(): Promise<void>
   /** Which backend this store is on and where its server is, for traces. */
   serverInfo(): ServerInfo
   /**
@@ -135,9 +138,10 @@ export declare class NativeWorkerStore {
   resultsKey(executionId: string): string
   /**
    * Closes the store: connections and threads are released, calls in flight finish,
-   * later calls reject with `DISPOSED`. Idempotent.
+   * later calls reject with `DISPOSED`. Idempotent. Resolves once a SQLite database is
+   * closed and checkpointed (the file can then be copied or deleted).
    */
-  close(): void
+  close(): Promise<void>
   /** Which backend this store is on and where its server is, for traces. */
   serverInfo(): ServerInfo
   /**

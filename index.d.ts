@@ -299,7 +299,8 @@ export declare class DurableWorkerStore implements WorkerStore {
   disposeExecution(executionId: string): Promise<void>
   /**
    * Releases the connection or database. The calls made before it finish; later calls
-   * reject with `DISPOSED`. Idempotent.
+   * reject with `DISPOSED`. Idempotent. On SQLite it resolves once the database is closed
+   * and its WAL copied into the file, so the file can be copied or deleted right after.
    */
   close(): Promise<void>
   /** Whether {@link close} was called. */
@@ -523,7 +524,8 @@ export declare class KvStore {
   mount(name: string): KvMount
   /**
    * Releases the connection or database. The calls made before it finish; later calls
-   * reject with `DISPOSED`. Idempotent.
+   * reject with `DISPOSED`. Idempotent. On SQLite it resolves once the database is closed
+   * and its WAL copied into the file, so the file can be copied or deleted right after.
    */
   close(): Promise<void>
   /** Whether {@link close} was called. */

@@ -515,7 +515,7 @@ class DurableWorkerStore {
   }
 
   async close() {
-    this.#native.close()
+    await this.#native.close()
   }
 
   get closed() {
@@ -1138,7 +1138,7 @@ class KvStore {
     for (let calls = inFlight(); calls.length > 0; calls = inFlight()) {
       await Promise.allSettled(calls)
     }
-    this.#native.close()
+    await this.#native.close()
   }
 
   get closed() {

@@ -1,8 +1,8 @@
 // SQLite-specific behaviour: crash safety under SIGKILL, two processes on one file,
 // clear errors for a corrupt or unwritable file, the default location, URL routing.
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { spawn, spawnSync } from 'node:child_process'
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -264,6 +264,62 @@ describe('SQLite store', () => {
     } finally {
       holder.release()
     }
+  })
+
+  it('close() resolves once the database is closed and checkpointed: the file alone can be copied, read elsewhere, deleted and made anew', async () => {
+    const path = join(dir, 'closed.db')
+    const store = createSqliteStore(path, { busyTimeout: 10_000 })
+    const kv = createKvStore(`sqlite:${path}`)
+    for (let i = 0; i < 39; i++) {
+      await store.commitExecutionTaskResult('e', `t${i}`, { i, pad: 'x'.repeat(1000) })
+    }
+    await kv.set('default', 'k', { v: 1 })
+    // A call made before close() waits for another process's write lock: close() resolves
+    // after it is stored and the database is closed, not before.
+    const holder = await holdWriteLock(path, 1000)
+    let settled = false
+    const last = store.commitExecutionTaskResult('e', 't39', { i: 39 }).then(() => {
+      settled = true
+    })
+    const closing = Promise.all([store.close(), kv.close()]).then(() => settled)
+    assert.equal(await closing, true, 'close() resolved before the call made before it was stored')
+    await last
+    await holder.released
+    const wal = `${path}-wal`
+    assert.ok(!existsSync(wal) || statSync(wal).size === 0, `${wal} still holds ${existsSync(wal) && statSync(wal).size} bytes`)
+    // The file alone, copied as a backup would be, holds everything.
+    const copy = join(dir, 'closed-copy.db')
+    copyFileSync(path, copy)
+    const read = spawnSync(
+      'python3',
+      [
+        '-c',
+        `import sqlite3, sys, json
+c = sqlite3.connect(sys.argv[1])
+print(json.dumps([c.execute('PRAGMA journal_mode').fetchone()[0], c.execute('PRAGMA integrity_check').fetchone()[0],
+  c.execute('SELECT count(*) FROM ds_steps WHERE result IS NOT NULL').fetchone()[0],
+  c.execute("SELECT value FROM ds_entries WHERE key = 'kv:k'").fetchone()[0]]))`,
+        copy,
+      ],
+      { encoding: 'utf8', timeout: 10_000 },
+    )
+    assert.equal(read.status, 0, read.stderr)
+    assert.deepEqual(JSON.parse(read.stdout), ['wal', 'ok', 40, '{"v":1}'])
+    // Deleted right away, and made anew at the same path.
+    rmSync(path)
+    rmSync(wal, { force: true })
+    rmSync(`${path}-shm`, { force: true })
+    const fresh = createSqliteStore(path)
+    assert.deepEqual(await fresh.getExecutionTaskResults('e'), {})
+    await fresh.commitExecutionTaskResult('e', 't', 'new')
+    await fresh.close()
+    const again = open(path)
+    assert.deepEqual(await again.getExecutionTaskResults('e'), { t: 'new' })
+    // A second close() waits the same way; a memory store's resolves too.
+    await again.close()
+    await again.close()
+    await createSqliteStore(join(dir, 'never-used.db')).close()
+    await createKvStore('memory:').close()
   })
 
   it('rejects with CORRUPT_DATA naming the file when it is not a database, and leaves it alone', async () => {

@@ -376,7 +376,7 @@ async function inspect({ url, executionId, prefix, json, tls }) {
     const detail = describeExecution(found)
     return json ? printJson(detail) : printExecution(detail)
   } finally {
-    inspector.close()
+    await inspector.close()
   }
 }
 
@@ -394,7 +394,7 @@ async function repair({ name, url, executionId, taskId, prefix, tls, force }) {
     if (steps.length === 0) throw new CliError('NOT_FOUND', `execution ${quoted} has no step ${quote(taskId)}`)
     console.log(`reset ${steps.length} step${steps.length === 1 ? '' : 's'} of execution ${quoted}: ${steps.map(printable).join(', ')}`)
   } finally {
-    inspector.close()
+    await inspector.close()
   }
 }
 

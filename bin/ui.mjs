@@ -242,7 +242,7 @@ export async function startUi({ url, port = 0, host = '127.0.0.1', allowWrites =
         server.close(resolve)
         server.closeAllConnections?.()
       })
-      inspector.close()
+      await inspector.close()
     },
   }
 }

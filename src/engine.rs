@@ -360,6 +360,20 @@ impl Engine {
       }
     }
   }
+
+  /// A promise that resolves once [`close`](Self::close) has released what it holds
+  /// where that outlives the call: an embedded store's database, closed and checkpointed
+  /// (so the file can be copied or deleted). Other backends resolve at once.
+  pub fn closed<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, Output>> {
+    let done: BoxFuture<'static, ()> = match self {
+      Engine::Embedded(embedded) => Box::pin(embedded.closed()),
+      _ => Box::pin(async {}),
+    };
+    js_promise::spawn(env, "close", async move {
+      done.await;
+      Ok(Output::Undefined)
+    })
+  }
 }
 
 /// A call's first batch and continuation in Redis commands (`redis_ops`).

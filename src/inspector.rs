@@ -143,10 +143,11 @@ impl NativeInspector {
     })
   }
 
-  /// Releases the connection or database.
-  #[napi]
-  pub fn close(&self, env: &Env) {
+  /// Releases the connection or database; resolves once a SQLite database is closed.
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn close<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, Output>> {
     self.engine.close(env);
+    self.engine.closed(env)
   }
 }
 

@@ -318,12 +318,14 @@ impl NativeWorkerStore {
   }
 
   /// Closes the store: connections and threads are released, calls in flight finish,
-  /// later calls reject with `DISPOSED`. Idempotent.
-  #[napi]
-  pub fn close(&self, env: &Env) {
+  /// later calls reject with `DISPOSED`. Idempotent. Resolves once a SQLite database is
+  /// closed and checkpointed (the file can then be copied or deleted).
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn close<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, Output>> {
     if !self.closed.swap(true, Ordering::AcqRel) {
       self.engine.close(env);
     }
+    self.engine.closed(env)
   }
 
   /// Which backend this store is on and where its server is, for traces.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::Connection;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::sqlite::{self, Sweeper};
 use crate::command::{Batch, Reply};
@@ -86,6 +86,9 @@ pub struct EmbeddedBackend {
   /// checkpoint is replaced by this, so the fsync it does happens on the store's thread.
   checkpoint_due: Arc<AtomicBool>,
   worker: Mutex<Worker>,
+  /// Set once the database is closed for good after `close()`: every connection to the
+  /// file released (so SQLite checkpointed the WAL into it and removed the WAL file).
+  finished: Arc<watch::Sender<bool>>,
 }
 
 impl EmbeddedBackend {
@@ -104,6 +107,7 @@ impl EmbeddedBackend {
       queued: Arc::new(QueuedKeys::default()),
       checkpoint_due: Arc::new(AtomicBool::new(false)),
       worker: Mutex::new(Worker::NotStarted),
+      finished: Arc::new(watch::channel(false).0),
     }
   }
 
@@ -147,13 +151,34 @@ impl EmbeddedBackend {
     Ok(receive)
   }
 
-  /// Stops taking calls; queued calls finish, then the database closes.
+  /// Stops taking calls; queued calls finish, then the database closes ([`closed`]
+  /// tells when).
+  ///
+  /// [`closed`]: Self::closed
   pub fn close(&self) {
-    *self.worker.lock().unwrap_or_else(|e| e.into_inner()) = Worker::Closed;
+    let was = std::mem::replace(
+      &mut *self.worker.lock().unwrap_or_else(|e| e.into_inner()),
+      Worker::Closed,
+    );
     if self.queued.is_empty() {
       if let Ok(mut database) = self.database.try_lock() {
         *database = None;
       }
+    }
+    // The store's thread (the only one that opens the database) closes everything it
+    // holds once its queue is done, then says so; without that thread nothing was opened.
+    if let Worker::NotStarted = was {
+      self.finished.send_replace(true);
+    }
+  }
+
+  /// Resolves once the database is closed after [`close`](Self::close): the calls queued
+  /// before it ran, and every connection to the file is released (the last one to close
+  /// copies the WAL into the file and deletes it), so the file can be copied or removed.
+  pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut finished = self.finished.subscribe();
+    async move {
+      let _ = finished.wait_for(|done| *done).await;
     }
   }
 
@@ -185,6 +210,7 @@ impl EmbeddedBackend {
       database: self.database.clone(),
       queued: self.queued.clone(),
       checkpoint_due: self.checkpoint_due.clone(),
+      finished: self.finished.clone(),
     };
     std::thread::Builder::new()
       .name("durastate-sqlite".into())
@@ -214,6 +240,7 @@ struct Shared {
   database: Database,
   queued: Arc<QueuedKeys>,
   checkpoint_due: Arc<AtomicBool>,
+  finished: Arc<watch::Sender<bool>>,
 }
 
 fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) {
@@ -249,8 +276,12 @@ fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) 
       checkpointer.run(&settings);
     }
   }
-  // The store was closed (or dropped) and every queued call is done.
+  // The store was closed (or dropped) and every queued call is done: the connections
+  // close (the last one checkpoints the WAL into the file and removes it), then
+  // `closed()` resolves.
   *shared.database.lock().unwrap_or_else(|e| e.into_inner()) = None;
+  drop(checkpointer);
+  shared.finished.send_replace(true);
 }
 
 /// One answer per call: a group's failure is every call's.

@@ -404,12 +404,14 @@ impl NativeKvStore {
     serde_json::Value::Array(self.mounts.iter().map(|m| m.info()).collect()).to_string()
   }
 
-  /// Releases the connection or database. Idempotent.
-  #[napi]
-  pub fn close(&self, env: &Env) {
+  /// Releases the connection or database. Idempotent. Resolves once a SQLite database
+  /// is closed and checkpointed (the file can then be copied or deleted).
+  #[napi(ts_return_type = "Promise<void>")]
+  pub fn close<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, Output>> {
     if !self.closed.swap(true, Ordering::AcqRel) {
       self.engine.close(env);
     }
+    self.engine.closed(env)
   }
 
   /// Which backend this store is on and where its server is, for traces.
