@@ -337,7 +337,7 @@ export declare function createPostgresStore(target?: string | PostgresConnection
  * A store in a SQLite file: durable, shared safely by processes on one machine.
  * Directories are created on first use.
  *
- * @param path Default `./.durastate/state.db`.
+ * @param path Default `./.durastate/state.db`. A file path: `:memory:` and SQLite `file:` URIs are `INVALID_INPUT`.
  */
 export declare function createSqliteStore(path?: string | null, options?: SqliteStoreOptions | null): DurableWorkerStore
 

@@ -355,6 +355,28 @@ print(json.dumps([c.execute('PRAGMA journal_mode').fetchone()[0], c.execute('PRA
     )
   })
 
+  it('rejects :memory: and file: URIs as the SQLite path with INVALID_INPUT naming it, at creation (they were no durable file)', async () => {
+    const cwd = mkdtempSync(join(dir, 'uri-'))
+    const paths = [':memory:', 'file:mem.db?mode=memory', `file:${join(cwd, 'uri.db')}`, 'file::memory:?cache=shared']
+    const makers = [
+      ...paths.map((path) => [path, () => createSqliteStore(path)]),
+      ...paths.map((path) => [path, () => createStore(`sqlite:${path}`)]),
+      ...paths.map((path) => [path, () => createKvStore(`sqlite://${path}`)]),
+      ['file:twice.db', () => createStore('file:file:twice.db')],
+    ]
+    for (const [path, make] of makers) {
+      assert.throws(make, (err) => err.code === 'INVALID_INPUT' && err.message.includes(`"${path}"`), `${make} was not refused`)
+    }
+    // The URL forms with a plain path stay a file.
+    const store = open(`${join(cwd, 'plain.db')}`)
+    await store.beginExecution('e')
+    const byUrl = createStore(`file:${join(cwd, 'plain.db')}`)
+    assert.equal(await byUrl.isExecutionInProgress('e'), true)
+    await byUrl.close()
+    assert.ok(existsSync(join(cwd, 'plain.db')))
+    assert.equal(existsSync(join(cwd, 'uri.db')), false)
+  })
+
   it('creates a new file with the page size asked for; an existing file keeps its own', async () => {
     const path = join(dir, 'pages.db')
     const headerPageSize = () => readFileSync(path).readUInt16BE(16)

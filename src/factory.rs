@@ -200,6 +200,19 @@ fn file_path(path: &str) -> StoreResult<PathBuf> {
       "invalid SQLite path \"{path}\""
     )));
   }
+  // SQLite reads these as no file at all: `:memory:` keeps the data in memory (gone when
+  // the store closes) and a `file:` URI can name memory (`?mode=memory`), a read-only or
+  // shared-cache database, or another VFS. Data the caller meant to be durable was not.
+  if path == ":memory:" {
+    return Err(StoreError::invalid_input(
+      "SQLite path \":memory:\" is not a file: its data would be gone when the store closes; use createMemoryStore() or the URL memory: for a store in memory",
+    ));
+  }
+  if path.starts_with("file:") {
+    return Err(StoreError::invalid_input(format!(
+      "SQLite path \"{path}\" is a SQLite URI, which durastate does not take: give the file's path (a URL of createStore/createKvStore is sqlite:<path> or file:<path>, with the plain path after the scheme)"
+    )));
+  }
   let path = PathBuf::from(path);
   if path.is_dir() {
     return Err(StoreError::invalid_input(format!(
