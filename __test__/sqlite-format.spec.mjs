@@ -137,6 +137,39 @@ describe('SQLite file format', () => {
     assert.equal(tables(path).version, VERSION)
   })
 
+  it('migrates a 0.1.0 file whose execution ids, task ids and keys hold a NUL byte, keeping them whole', async () => {
+    const path = join(dir, 'nul.db')
+    const db = new Database(path)
+    db.exec(`CREATE TABLE durastate_keys (key TEXT PRIMARY KEY NOT NULL, kind INTEGER NOT NULL, value TEXT, expires_at INTEGER) WITHOUT ROWID;
+      CREATE TABLE durastate_fields (key TEXT NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (key, field)) WITHOUT ROWID;
+      PRAGMA user_version = 1;`)
+    const key = db.prepare('INSERT INTO durastate_keys VALUES (?, ?, ?, ?)')
+    const field = db.prepare('INSERT INTO durastate_fields VALUES (?, ?, ?)')
+    key.run('a\0b', 0, 'true', null)
+    key.run('a\0b-results', 1, null, null)
+    key.run('a\0b-transactions', 1, null, Date.now() + YEAR)
+    key.run('a', 0, 'true', null)
+    key.run('a-results', 1, null, null)
+    key.run('kv:k\0ey', 0, '{"v":1}', null)
+    field.run('a\0b-results', 't\0u', '{"done":1}')
+    field.run('a\0b-transactions', 'v', 'true')
+    field.run('a-results', 't', '"plain"')
+    db.close()
+    const store = createSqliteStore(path)
+    const kv = createKvStore(`sqlite:${path}`)
+    closers.push(
+      () => store.close(),
+      () => kv.close(),
+    )
+    assert.equal(await store.isExecutionInProgress('a\0b'), true)
+    assert.deepEqual(await store.getExecutionTaskResults('a\0b'), { 't\0u': { done: 1 } })
+    assert.equal(await store.isExecutionTaskInProgress('a\0b', 'v'), true)
+    // The id cut at its NUL ('a') is another execution, which keeps only its own step.
+    assert.deepEqual(await store.getExecutionTaskResults('a'), { t: 'plain' })
+    assert.deepEqual(await kv.get('default', 'k\0ey'), { v: 1 })
+    assert.equal(tables(path).version, VERSION)
+  })
+
   it('leaves a file it cannot migrate as it was, with CORRUPT_DATA naming the key', async () => {
     const path = join(dir, 'stray.db')
     const db = new Database(path)

@@ -167,6 +167,29 @@ fn version(connection: &Connection) -> StoreResult<i64> {
   Ok(connection.pragma_query_value(None, "user_version", |row| row.get(0))?)
 }
 
+/// The suffixes of 0.1.0's two hashes of an execution.
+const TRANSACTIONS: &str = "-transactions";
+const RESULTS: &str = "-results";
+
+/// Whether `k.key` ends with `suffix`. Compared as bytes: SQLite's `length` and `substr`
+/// of a text stop at its first NUL, so a key holding one (`"a\0b-results"`) was cut short,
+/// taken for a stray hash, and the whole migration refused.
+fn ends_with(suffix: &str) -> String {
+  format!(
+    "(substr(CAST(k.key AS BLOB), -{len}) = CAST('{suffix}' AS BLOB))",
+    len = suffix.len()
+  )
+}
+
+/// The execution id of the hash `k.key` ending with `suffix`: every byte before it, NULs
+/// included.
+fn exec_of(suffix: &str) -> String {
+  format!(
+    "CAST(substr(CAST(k.key AS BLOB), 1, length(CAST(k.key AS BLOB)) - {len}) AS TEXT)",
+    len = suffix.len()
+  )
+}
+
 /// Moves a 0.1.0 keyspace into the store-shaped tables: strings become entries, the
 /// hashes `<exec>-transactions` and `<exec>-results` become step rows, their TTLs the
 /// execution's expiries. Expired keys are left behind. Any other hash (0.1.0 wrote
@@ -174,8 +197,12 @@ fn version(connection: &Connection) -> StoreResult<i64> {
 fn migrate_keyspace(tx: &Connection, now: i64) -> StoreResult<()> {
   let stray: Option<String> = tx
     .query_row(
-      "SELECT key FROM durastate_keys WHERE kind = 1
-         AND substr(key, -13) <> '-transactions' AND substr(key, -8) <> '-results' LIMIT 1",
+      &format!(
+        "SELECT key FROM durastate_keys k WHERE kind = 1
+           AND NOT {} AND NOT {} LIMIT 1",
+        ends_with(TRANSACTIONS),
+        ends_with(RESULTS)
+      ),
       [],
       |row| row.get(0),
     )
@@ -188,6 +215,8 @@ fn migrate_keyspace(tx: &Connection, now: i64) -> StoreResult<()> {
   }
   tx.execute_batch(TABLES)?;
   let live = "(k.expires_at IS NULL OR k.expires_at > ?1)";
+  let (claims, results) = (ends_with(TRANSACTIONS), ends_with(RESULTS));
+  let (claims_exec, results_exec) = (exec_of(TRANSACTIONS), exec_of(RESULTS));
   let statements = [
     format!(
       "INSERT INTO ds_entries(key, value, expires_at)
@@ -196,29 +225,29 @@ fn migrate_keyspace(tx: &Connection, now: i64) -> StoreResult<()> {
     ),
     format!(
       "INSERT INTO ds_steps(exec, task, claim)
-       SELECT substr(k.key, 1, length(k.key) - 13), f.field, f.value
+       SELECT {claims_exec}, f.field, f.value
        FROM durastate_keys k JOIN durastate_fields f ON f.key = k.key
-       WHERE k.kind = 1 AND substr(k.key, -13) = '-transactions' AND {live}"
+       WHERE k.kind = 1 AND {claims} AND {live}"
     ),
     format!(
       "INSERT INTO ds_steps(exec, task, result)
-       SELECT substr(k.key, 1, length(k.key) - 8), f.field, f.value
+       SELECT {results_exec}, f.field, f.value
        FROM durastate_keys k JOIN durastate_fields f ON f.key = k.key
-       WHERE k.kind = 1 AND substr(k.key, -8) = '-results' AND {live}
+       WHERE k.kind = 1 AND {results} AND {live}
        ON CONFLICT(exec, task) DO UPDATE SET result = excluded.result"
     ),
     format!(
       "INSERT INTO ds_step_expiry(exec, claims_at, due)
-       SELECT substr(k.key, 1, length(k.key) - 13), k.expires_at, k.expires_at
+       SELECT {claims_exec}, k.expires_at, k.expires_at
        FROM durastate_keys k
-       WHERE k.kind = 1 AND substr(k.key, -13) = '-transactions'
+       WHERE k.kind = 1 AND {claims}
          AND k.expires_at IS NOT NULL AND {live}"
     ),
     format!(
       "INSERT INTO ds_step_expiry(exec, results_at, due)
-       SELECT substr(k.key, 1, length(k.key) - 8), k.expires_at, k.expires_at
+       SELECT {results_exec}, k.expires_at, k.expires_at
        FROM durastate_keys k
-       WHERE k.kind = 1 AND substr(k.key, -8) = '-results'
+       WHERE k.kind = 1 AND {results}
          AND k.expires_at IS NOT NULL AND {live}
        ON CONFLICT(exec) DO UPDATE SET results_at = excluded.results_at,
          due = min(due, excluded.due)"
