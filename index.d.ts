@@ -326,7 +326,8 @@ export declare function createRedisStore(target?: string | RedisConnectionOption
  * `durastate`, or option `schema`). Values are stored as JSON text.
  *
  * @param target A libpq URL, `postgres://user:password@host:port/database?sslmode=require`
- *   (`postgresql://` too; `sslmode` and `application_name` as libpq reads them), or fields;
+ *   (`postgresql://` too; `sslmode` and `application_name` as libpq reads them), a libpq
+ *   key/value string (`host=db port=5433 sslmode=require password='a b'`), or fields;
  *   default `DATABASE_URL`, then `postgres://postgres@localhost:5432/postgres`.
  * @example
  * const worker = createWorker({ store: createPostgresStore(process.env.DATABASE_URL, { ttl: 86_400_000 }) })

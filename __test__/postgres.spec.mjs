@@ -325,6 +325,62 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     }
   })
 
+  it('reads libpq key/value strings as libpq does: `sslmode = require` (spaces around =) asks for TLS, never plain text; quoted values keep their spaces', async () => {
+    const keyValue = (more) => `host=127.0.0.1 port=${server.port} user=postgres password=${POSTGRES_PASSWORD} dbname=postgres ${more}`
+    // This server has no TLS: a required TLS must be refused, not connect in plain text.
+    for (const sslmode of ['sslmode = require', "sslmode= 'require'", 'sslmode =verify-full']) {
+      const store = createPostgresStore(keyValue(sslmode), { connectTimeout: 2_000, prefix: fresh() })
+      await assert.rejects(store.beginExecution('x'), (err) => err.code === 'TLS', sslmode)
+      await store.close()
+    }
+    // A quoted password with spaces (two in a row), a quote and a backslash.
+    server.sql("CREATE ROLE spaced LOGIN PASSWORD 'a b  c''d\\e'; GRANT CREATE ON DATABASE postgres TO spaced")
+    const spaced = createPostgresStore(`host = 127.0.0.1 port = ${server.port} user = spaced password = 'a b  c\\'d\\\\e' dbname = postgres`, {
+      schema: 'ds_spaced',
+      prefix: fresh(),
+    })
+    await spaced.beginExecution('kv')
+    assert.equal(await spaced.isExecutionInProgress('kv'), true)
+    await spaced.close()
+    // Bad syntax: INVALID_INPUT at creation naming the problem, never the password.
+    for (const [text, problem] of [
+      [`host=127.0.0.1 password='${POSTGRES_PASSWORD}`, /unterminated quoted value of `password`/],
+      [`host=127.0.0.1 password=top secret`, /missing "=" after the value of `password`/],
+      ['host=127.0.0.1 dbname', /missing "=" after "dbname"/],
+    ]) {
+      assert.throws(
+        () => createPostgresStore(text),
+        (err) => err.code === 'INVALID_INPUT' && problem.test(err.message) && !err.message.includes('secret') && !err.message.includes(POSTGRES_PASSWORD),
+        text,
+      )
+    }
+  })
+
+  it('refuses at creation a number of ports that is neither 1 nor the number of hosts, and port 0; one port (also ?port=) applies to every host', async () => {
+    for (const target of [
+      'postgres://h1,h2/db?port=1,2,3',
+      'host=h1,h2 port=1,2,3',
+      'host=h1 port=1,2',
+      'postgres://h:0/db',
+      'postgres://h/db?port=0',
+      'host=h1,h2 port=5432,0',
+    ]) {
+      assert.throws(
+        () => createPostgresStore(target),
+        (err) => err.code === 'INVALID_INPUT' && /ports for|port must be 1 to 65535/.test(err.message),
+        target,
+      )
+    }
+    // libpq: `?port=` replaces the URL's ports, one for all its hosts.
+    const both = server.url.replace(`127.0.0.1:${server.port}`, '127.0.0.1,localhost')
+    for (const target of [`${both}?port=${server.port}`, `host=127.0.0.1,localhost port=${server.port} user=postgres password=${POSTGRES_PASSWORD}`]) {
+      const store = createPostgresStore(target, { prefix: fresh(), connectTimeout: 3_000 })
+      await store.beginExecution('ports')
+      assert.equal(await store.isExecutionInProgress('ports'), true, target)
+      await store.close()
+    }
+  })
+
   it("gives up a call stuck on another transaction's lock at commandTimeout without leaving its connection behind; the sweep skips locked rows", async () => {
     const name = `locked-${randomUUID().slice(0, 8)}`
     const prefix = fresh()

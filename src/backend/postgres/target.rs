@@ -75,15 +75,127 @@ pub struct PostgresTarget {
 }
 
 impl PostgresTarget {
-  /// A `postgres://` or `postgresql://` URL.
+  /// A `postgres://` or `postgresql://` URL, or a libpq key/value string
+  /// (`host=db port=5433 sslmode = require password='a b'`).
   pub fn from_url(url: &str, tls: Option<&TlsOptions>) -> StoreResult<Self> {
-    let (rest, taken) = take_tls_parameters(url)?;
-    let config: Config = rest.parse().map_err(|err| {
-      StoreError::invalid_input(format!(
-        "invalid Postgres URL \"{}\": {err}",
-        crate::redis_target::redact(url)
-      ))
-    })?;
+    let (params, context) = match parse_url(url)? {
+      Some(params) => (
+        params,
+        format!(
+          "invalid Postgres URL \"{}\"",
+          crate::redis_target::redact(url)
+        ),
+      ),
+      None => (
+        parse_key_value(url)?,
+        "invalid Postgres connection string".to_string(),
+      ),
+    };
+    Self::from_params(params, tls, &context)
+  }
+
+  /// The parameters of a URL or key/value string: the TLS ones, hosts, ports, user,
+  /// password and database taken here (with libpq's rules), the others given to
+  /// tokio-postgres's parser, which refuses an unknown one.
+  fn from_params(mut params: Params, tls: Option<&TlsOptions>, context: &str) -> StoreResult<Self> {
+    let invalid = |problem: String| StoreError::invalid_input(format!("{context}: {problem}"));
+    let mut taken = TlsParameters::default();
+    for name in ["sslmode", "sslrootcert", "sslcert", "sslkey"] {
+      if let Some(value) = params.take(name) {
+        taken.take(name, value)?;
+      }
+    }
+    let hosts = params.take("host");
+    let ports = params.take("port");
+    let hostaddrs = params.take("hostaddr");
+    let user = params.take("user");
+    let password = params.take("password");
+    let dbname = params.take("dbname");
+    if let Some((keyword, _)) = params
+      .0
+      .iter()
+      .find(|(k, _)| k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    {
+      return Err(invalid(format!(
+        "unknown option \"{}\"",
+        keyword.escape_debug()
+      )));
+    }
+    let rest: Vec<String> = params
+      .0
+      .iter()
+      .map(|(k, v)| format!("{k}={}", quote_value(v)))
+      .collect();
+    let mut config: Config = rest
+      .join(" ")
+      .parse()
+      .map_err(|err| invalid(format!("{err}")))?;
+    let hosts: Vec<&str> = hosts
+      .as_deref()
+      .map(|h| h.split(',').collect())
+      .unwrap_or_default();
+    let hostaddrs = match hostaddrs.as_deref() {
+      Some(list) => list
+        .split(',')
+        .map(|a| {
+          a.parse::<std::net::IpAddr>().map_err(|_| {
+            invalid(format!(
+              "hostaddr must be IP addresses, got \"{}\"",
+              a.escape_debug()
+            ))
+          })
+        })
+        .collect::<StoreResult<Vec<_>>>()?,
+      None => Vec::new(),
+    };
+    if !hosts.is_empty() && !hostaddrs.is_empty() && hosts.len() != hostaddrs.len() {
+      return Err(invalid(format!(
+        "{} hosts and {} hostaddrs: give one hostaddr per host",
+        hosts.len(),
+        hostaddrs.len()
+      )));
+    }
+    for host in &hosts {
+      config.host(if host.is_empty() { "localhost" } else { host });
+    }
+    for addr in &hostaddrs {
+      config.hostaddr(*addr);
+    }
+    if let Some(ports) = ports.as_deref() {
+      let ports = ports
+        .split(',')
+        .map(|port| match port {
+          "" => Ok(5432),
+          _ => port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+            invalid(format!(
+              "port must be 1 to 65535, got \"{}\"",
+              port.escape_debug()
+            ))
+          }),
+        })
+        .collect::<StoreResult<Vec<u16>>>()?;
+      // libpq: one port for every host, or one per host.
+      let count = hosts.len().max(hostaddrs.len()).max(1);
+      if ports.len() != 1 && ports.len() != count {
+        return Err(invalid(format!(
+          "{} ports for {count} host{}: give one port for all hosts, or one per host",
+          ports.len(),
+          if count == 1 { "" } else { "s" }
+        )));
+      }
+      for port in ports {
+        config.port(port);
+      }
+    }
+    if let Some(user) = user {
+      config.user(user);
+    }
+    if let Some(password) = password {
+      config.password(password);
+    }
+    if let Some(dbname) = dbname {
+      config.dbname(dbname);
+    }
     let tls = taken.merged(tls);
     Self::finish(config, taken.mode, tls.as_ref())
   }
@@ -123,7 +235,7 @@ impl PostgresTarget {
     mode: Option<TlsMode>,
     tls: Option<&TlsOptions>,
   ) -> StoreResult<Self> {
-    if config.get_hosts().is_empty() {
+    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
       config.host("localhost");
     }
     if config.get_user().is_none() {
@@ -233,72 +345,356 @@ impl TlsParameters {
   }
 }
 
-/// Takes the [`TlsParameters`] out of a URL's query, or out of a libpq key/value string
-/// (`host=... sslmode=require`); the rest goes to tokio-postgres.
-fn take_tls_parameters(url: &str) -> StoreResult<(String, TlsParameters)> {
-  let mut taken = TlsParameters::default();
-  if !url.contains("://") {
-    let mut kept = Vec::new();
-    for pair in url.split_whitespace() {
-      match pair.split_once('=') {
-        Some((name, value)) if taken.take(name, value.trim_matches('\'').to_string())? => {}
-        _ => kept.push(pair),
+/// libpq connection parameters in the order given; a keyword given again replaces its
+/// earlier value (as libpq: `host=a host=b` is `b`, and a URL's query overrides its
+/// authority, `postgres://h/db?port=5433`).
+#[derive(Default, Debug, PartialEq, Eq)]
+struct Params(Vec<(String, String)>);
+
+impl Params {
+  fn set(&mut self, keyword: &str, value: String) {
+    match self.0.iter_mut().find(|(k, _)| k == keyword) {
+      Some(pair) => pair.1 = value,
+      None => self.0.push((keyword.to_string(), value)),
+    }
+  }
+
+  fn take(&mut self, keyword: &str) -> Option<String> {
+    let at = self.0.iter().position(|(k, _)| k == keyword)?;
+    Some(self.0.remove(at).1)
+  }
+}
+
+/// libpq's key/value connection string (`conninfo_parse` in `fe-connect.c`), exactly:
+/// a keyword, optional whitespace, `=`, optional whitespace, then a value that is either
+/// unquoted (up to the next whitespace; `\` takes the next character as it is) or single
+/// quoted (`\'` and `\\` inside). Errors name the keyword, never a value.
+fn parse_key_value(text: &str) -> StoreResult<Params> {
+  let invalid = |problem: String| {
+    StoreError::invalid_input(format!("invalid Postgres connection string: {problem}"))
+  };
+  let mut params = Params::default();
+  let mut chars = text.chars().peekable();
+  let mut previous: Option<String> = None;
+  loop {
+    while chars.next_if(|c| c.is_whitespace()).is_some() {}
+    if chars.peek().is_none() {
+      return Ok(params);
+    }
+    let mut keyword = String::new();
+    while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+      keyword.push(c);
+    }
+    while chars.next_if(|c| c.is_whitespace()).is_some() {}
+    if chars.next() != Some('=') {
+      // The word may be the rest of an unquoted value with a space: it is named only
+      // when it does not follow a password.
+      return Err(invalid(match previous.as_deref() {
+        Some(p) if p.contains("password") => {
+          format!("missing \"=\" after the value of `{p}` (quote a value with spaces: {p}='a b')")
+        }
+        Some(p) => format!(
+          "missing \"=\" after \"{}\" (quote a value with spaces: {p}='a b')",
+          keyword.escape_debug()
+        ),
+        None => format!("missing \"=\" after \"{}\"", keyword.escape_debug()),
+      }));
+    }
+    if keyword.is_empty() {
+      return Err(invalid("a parameter has no keyword before \"=\"".into()));
+    }
+    while chars.next_if(|c| c.is_whitespace()).is_some() {}
+    let mut value = String::new();
+    if chars.next_if_eq(&'\'').is_some() {
+      loop {
+        match chars.next() {
+          None => {
+            return Err(invalid(format!(
+              "unterminated quoted value of `{}` (a ' without its closing ')",
+              keyword.escape_debug()
+            )))
+          }
+          Some('\\') => value.extend(chars.next()),
+          Some('\'') => break,
+          Some(c) => value.push(c),
+        }
+      }
+    } else {
+      while let Some(c) = chars.next() {
+        match c {
+          c if c.is_whitespace() => break,
+          '\\' => value.extend(chars.next()),
+          c => value.push(c),
+        }
       }
     }
-    return Ok((kept.join(" "), taken));
+    params.set(&keyword, value);
+    previous = Some(keyword);
   }
-  let Some((base, query)) = url.split_once('?') else {
-    return Ok((url.to_string(), taken));
+}
+
+/// `value` single-quoted for a key/value string (`\` and `'` escaped).
+fn quote_value(value: &str) -> String {
+  format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A `postgres://` or `postgresql://` URL as libpq reads it (`conninfo_uri_parse_options`):
+/// `user:password@` (percent-encoded), hosts `h1[:p1],[::1][:p2]` (each port applies to
+/// its host; an empty one is the default), `/dbname`, then `?keyword=value&...` that
+/// override them.
+fn parse_url(url: &str) -> StoreResult<Option<Params>> {
+  let lower = url.get(..13).unwrap_or(url).to_ascii_lowercase();
+  let rest = if lower.starts_with("postgresql://") {
+    &url[13..]
+  } else if lower.starts_with("postgres://") {
+    &url[11..]
+  } else {
+    return Ok(None);
   };
-  let mut kept = Vec::new();
-  for pair in query.split('&').filter(|p| !p.is_empty()) {
-    match pair.split_once('=') {
-      Some((name, value))
-        if taken.take(
-          name,
-          percent_encoding::percent_decode_str(value)
-            .decode_utf8_lossy()
-            .into_owned(),
-        )? => {}
-      _ => kept.push(pair),
+  let invalid = |problem: String| {
+    StoreError::invalid_input(format!(
+      "invalid Postgres URL \"{}\": {problem}",
+      crate::redis_target::redact(url)
+    ))
+  };
+  let decode = |what: &str, text: &str| -> StoreResult<String> {
+    percent_encoding::percent_decode_str(text)
+      .decode_utf8()
+      .map(|s| s.into_owned())
+      .map_err(|_| invalid(format!("{what} is not UTF-8 once percent-decoded")))
+  };
+  let mut params = Params::default();
+  let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+  let (mut authority, rest) = rest.split_at(authority_end);
+  if let Some((credentials, hosts)) = authority.split_once('@') {
+    let (user, password) = match credentials.split_once(':') {
+      Some((user, password)) => (user, Some(password)),
+      None => (credentials, None),
+    };
+    if !user.is_empty() {
+      params.set("user", decode("the user", user)?);
+    }
+    if let Some(password) = password {
+      params.set("password", decode("the password", password)?);
+    }
+    authority = hosts;
+  }
+  if !authority.is_empty() {
+    let mut hosts = Vec::new();
+    let mut ports = Vec::new();
+    for chunk in authority.split(',') {
+      let (host, port) = match chunk.strip_prefix('[') {
+        Some(bracketed) => {
+          let (host, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| invalid("a \"[\" without its \"]\" in the host".into()))?;
+          match after {
+            "" => (host, ""),
+            _ => match after.strip_prefix(':') {
+              Some(port) => (host, port),
+              None => {
+                return Err(invalid(format!(
+                  "unexpected \"{after}\" after \"[{host}]\""
+                )))
+              }
+            },
+          }
+        }
+        None => chunk.split_once(':').unwrap_or((chunk, "")),
+      };
+      hosts.push(decode("the host", host)?);
+      ports.push(decode("the port", port)?);
+    }
+    params.set("host", hosts.join(","));
+    if ports.iter().any(|p| !p.is_empty()) || ports.len() > 1 {
+      params.set("port", ports.join(","));
     }
   }
-  let rest = match kept.is_empty() {
-    true => base.to_string(),
-    false => format!("{base}?{}", kept.join("&")),
+  let (path, query) = match rest.split_once('?') {
+    Some((path, query)) => (path, Some(query)),
+    None => (rest, None),
   };
-  Ok((rest, taken))
+  let db = path.strip_prefix('/').unwrap_or(path);
+  if !db.is_empty() {
+    params.set("dbname", decode("the database name", db)?);
+  }
+  if let Some(query) = query {
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+      let (keyword, value) = pair
+        .split_once('=')
+        .ok_or_else(|| invalid("a query parameter without \"=\"".into()))?;
+      let keyword = decode("a query parameter's name", keyword)?;
+      let value = decode(&format!("the value of `{keyword}`"), value)?;
+      // libpq's JDBC-compatible `ssl=true`.
+      match (keyword.as_str(), value.as_str()) {
+        ("ssl", "true") => params.set("sslmode", "require".into()),
+        _ => params.set(&keyword, value),
+      }
+    }
+  }
+  Ok(Some(params))
 }
 
 fn display(config: &Config) -> String {
-  let host = match config.get_hosts().first() {
-    Some(Host::Tcp(host)) => host.clone(),
-    #[cfg(unix)]
-    Some(Host::Unix(path)) => path.display().to_string(),
-    None => "localhost".to_string(),
+  let ports = config.get_ports();
+  let port = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+  let hosts: Vec<String> = match config.get_hosts() {
+    [] => config
+      .get_hostaddrs()
+      .iter()
+      .enumerate()
+      .map(|(i, addr)| match addr {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", port(i)),
+        v4 => format!("{v4}:{}", port(i)),
+      })
+      .collect(),
+    hosts => hosts
+      .iter()
+      .enumerate()
+      .map(|(i, host)| match host {
+        Host::Tcp(host) if host.contains(':') => format!("[{host}]:{}", port(i)),
+        Host::Tcp(host) => format!("{host}:{}", port(i)),
+        #[cfg(unix)]
+        Host::Unix(path) => format!("{}:{}", path.display(), port(i)),
+      })
+      .collect(),
   };
-  let port = config.get_ports().first().copied().unwrap_or(5432);
+  let hosts = match hosts.is_empty() {
+    true => format!("localhost:{}", port(0)),
+    false => hosts.join(","),
+  };
   let user = config.get_user().unwrap_or("postgres");
   let db = config.get_dbname().unwrap_or(user);
-  format!("postgres://{user}@{host}:{port}/{db}")
+  format!("postgres://{user}@{hosts}/{db}")
 }
 
 #[cfg(test)]
 mod tests {
   use super::*;
 
+  fn pairs(params: &Params) -> Vec<(&str, &str)> {
+    params
+      .0
+      .iter()
+      .map(|(k, v)| (k.as_str(), v.as_str()))
+      .collect()
+  }
+
   #[test]
-  fn takes_sslmode_from_a_key_value_string() {
-    let (rest, taken) =
-      take_tls_parameters("host=db.example port=5433 sslmode=require user=alice").unwrap();
-    assert_eq!(rest, "host=db.example port=5433 user=alice");
-    assert!(matches!(taken.mode, Some(TlsMode::Require)));
-    let (_, taken) = take_tls_parameters("host=db.example sslmode='verify-full'").unwrap();
-    assert!(matches!(taken.mode, Some(TlsMode::Verify)));
-    assert!(take_tls_parameters("host=db.example sslmode=sometimes").is_err());
-    // Required in key/value form: the target asks for TLS, not the `prefer` default.
-    let target = PostgresTarget::from_url("host=db.example sslmode=require", None).unwrap();
-    assert!(matches!(target.config.get_ssl_mode(), SslMode::Require));
+  fn tokenizes_key_value_strings_as_libpq() {
+    // Whitespace around `=`, as libpq allows.
+    let params =
+      parse_key_value("  host = db.example\tport=5433 sslmode =require  user= alice ").unwrap();
+    assert_eq!(
+      pairs(&params),
+      [
+        ("host", "db.example"),
+        ("port", "5433"),
+        ("sslmode", "require"),
+        ("user", "alice")
+      ]
+    );
+    // Quoted values keep their whitespace; \' and \\ inside; `\` escapes unquoted too.
+    let params = parse_key_value(r"password='a  b\'c\\d' dbname=x\ y application_name=''").unwrap();
+    assert_eq!(
+      pairs(&params),
+      [
+        ("password", "a  b'c\\d"),
+        ("dbname", "x y"),
+        ("application_name", "")
+      ]
+    );
+    // A keyword given again replaces the earlier value.
+    assert_eq!(
+      pairs(&parse_key_value("host=a host=b").unwrap()),
+      [("host", "b")]
+    );
+    // After `=` blanks are skipped: the value is the next word (libpq).
+    assert_eq!(
+      pairs(&parse_key_value("password= host=x").unwrap()),
+      [("password", "host=x")]
+    );
+    assert!(parse_key_value("").unwrap().0.is_empty());
+    let message = |text: &str| parse_key_value(text).expect_err(text).message;
+    assert!(message("host='db port=1").contains("unterminated quoted value of `host`"));
+    assert!(message("host=db port").contains("missing \"=\" after \"port\""));
+    assert!(message("=db").contains("no keyword"));
+    // An unquoted password with a space: the error does not quote the rest of it.
+    let leaked = message("host=db password=top secret");
+    assert!(leaked.contains("after the value of `password`"), "{leaked}");
+    assert!(!leaked.contains("secret"), "{leaked}");
+    assert_eq!(
+      parse_key_value("host=db x").err().unwrap().code,
+      crate::error::ErrorCode::InvalidInput
+    );
+    // Quoting for tokio-postgres's parser round-trips.
+    assert_eq!(quote_value(r"a 'b' \c"), r"'a \'b\' \\c'");
+  }
+
+  #[test]
+  fn takes_the_tls_parameters_of_a_key_value_string() {
+    // `sslmode = require` (spaces) asks for TLS: never the `prefer` default.
+    for text in [
+      "host=db.example sslmode=require",
+      "host=db.example sslmode = require",
+      "host=db.example sslmode= 'require'",
+    ] {
+      let target = PostgresTarget::from_url(text, None).unwrap();
+      assert_eq!(target.config.get_ssl_mode(), SslMode::Require, "{text}");
+      assert!(target.tls.is_some(), "{text}");
+    }
+    let target = PostgresTarget::from_url(
+      "host = db.example port = 5433 user = alice password = 'p w\\'d' dbname = 'my db' application_name = w",
+      None,
+    )
+    .unwrap();
+    assert_eq!(target.config.get_password(), Some(&b"p w'd"[..]));
+    assert_eq!(target.config.get_dbname(), Some("my db"));
+    assert_eq!(target.config.get_ports(), [5433]);
+    assert_eq!(target.config.get_application_name(), Some("w"));
+    assert_eq!(target.display, "postgres://alice@db.example:5433/my db");
+    // A quoted path keeps its space (read at creation: this one does not exist).
+    let err = PostgresTarget::from_url(
+      "host=h sslmode=verify-full sslrootcert='/a dir/ca.pem'",
+      None,
+    )
+    .err()
+    .unwrap();
+    assert!(err.message.contains("\"/a dir/ca.pem\""), "{}", err.message);
+    assert!(PostgresTarget::from_url("host=db.example sslmode=sometimes", None).is_err());
+    assert!(PostgresTarget::from_url("host=h nonsense=1", None).is_err());
+  }
+
+  #[test]
+  fn checks_the_ports_against_the_hosts_as_libpq() {
+    let ok = |text: &str| PostgresTarget::from_url(text, None).expect(text);
+    let bad = |text: &str| {
+      let err = PostgresTarget::from_url(text, None).err().expect(text);
+      assert_eq!(err.code, crate::error::ErrorCode::InvalidInput, "{text}");
+      err.message
+    };
+    assert_eq!(ok("postgres://h1:1,h2:2/db").config.get_ports(), [1, 2]);
+    assert_eq!(ok("postgres://h1,h2:2/db").config.get_ports(), [5432, 2]);
+    // `?port=` replaces the URL's ports: one for all hosts.
+    let query = ok("postgres://h1,h2/db?port=5433");
+    assert_eq!(query.config.get_ports(), [5433]);
+    assert_eq!(query.config.get_hosts().len(), 2);
+    assert_eq!(query.display, "postgres://postgres@h1:5433,h2:5433/db");
+    assert_eq!(ok("host=a,b port=7").config.get_ports(), [7]);
+    assert_eq!(ok("host=a,b port=7,8").config.get_ports(), [7, 8]);
+    assert!(bad("host=a,b port=7,8,9").contains("3 ports for 2 hosts"));
+    assert!(bad("postgres://h1,h2/db?port=1,2,3").contains("3 ports for 2 hosts"));
+    assert!(bad("host=a port=1,2").contains("2 ports for 1 host"));
+    assert!(bad("postgres://h:0/db").contains("port must be 1 to 65535, got \"0\""));
+    assert!(bad("host=a,b port=1,0").contains("got \"0\""));
+    assert!(bad("postgres://h/db?port=0").contains("got \"0\""));
+    assert!(bad("host=a,b hostaddr=127.0.0.1").contains("2 hosts and 1 hostaddrs"));
+    // The query's host replaces the URL's (libpq), here a socket directory.
+    #[cfg(unix)]
+    assert!(matches!(
+      ok("postgres://h/db?host=%2Ftmp").config.get_hosts(),
+      [Host::Unix(_)]
+    ));
   }
 
   #[test]
@@ -321,11 +717,20 @@ mod tests {
     let percent = PostgresTarget::from_url("postgres://h/db?sslmode=verify%2Dca", None).unwrap();
     assert_eq!(percent.config.get_ssl_mode(), SslMode::Require);
     // libpq's files: taken out of the query (tokio-postgres refuses them), a path each.
-    let (rest, taken) = take_tls_parameters(
+    let mut params = parse_url(
       "postgres://h/db?sslrootcert=%2Fetc%2Fca.pem&application_name=w&sslcert=/c.pem&sslkey=/k.pem",
     )
+    .unwrap()
     .unwrap();
-    assert_eq!(rest, "postgres://h/db?application_name=w");
+    let mut taken = TlsParameters::default();
+    for name in ["sslrootcert", "sslcert", "sslkey"] {
+      let value = params.take(name).unwrap();
+      taken.take(name, value).unwrap();
+    }
+    assert_eq!(
+      pairs(&params),
+      [("host", "h"), ("dbname", "db"), ("application_name", "w")]
+    );
     let options = taken.merged(None).unwrap();
     assert_eq!(options.ca.as_deref(), Some("/etc/ca.pem"));
     assert_eq!(options.cert.as_deref(), Some("/c.pem"));
