@@ -172,7 +172,7 @@ export interface PostgresStoreOptions extends StoreOptions {
   connectTimeout?: number
   /** How calls ride out a dropped connection (a server restart, `pg_terminate_backend`, a failover). */
   retry?: RetryOptions
-  /** The schema holding the store's tables, created on first use. Default `'durastate'`. */
+  /** The schema holding the store's tables, created on first use (1 to 63 bytes, no NUL or `$`, not starting with `pg_`: `INVALID_INPUT`). Default `'durastate'`. */
   schema?: string
   /**
    * Connections the store opens at most. Default 4: three group-commit lanes (calls in

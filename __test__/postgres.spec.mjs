@@ -123,6 +123,52 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await later.close()
   })
 
+  it('refuses a `pg_` schema at creation (INVALID_INPUT), and a schema holding tables it did not make (CORRUPT_DATA, left untouched)', async () => {
+    assert.throws(
+      () => createPostgresStore(server.url, { schema: 'pg_mine' }),
+      (err) => err.code === 'INVALID_INPUT' && /"pg_mine"/.test(err.message) && /reserves/.test(err.message),
+    )
+    const describeSchema = (schema) =>
+      server.sql(
+        `SELECT coalesce(string_agg(table_name || '(' || (SELECT string_agg(column_name, ',' ORDER BY ordinal_position) FROM information_schema.columns c WHERE c.table_schema = t.table_schema AND c.table_name = t.table_name) || ')', ' ' ORDER BY table_name), '') FROM information_schema.tables t WHERE table_schema = '${schema}'`,
+      )
+    for (const [schema, ddl] of [
+      // a `steps` table of another application
+      ['ds_foreign_steps', 'CREATE TABLE ds_foreign_steps.steps (id serial PRIMARY KEY, name text)'],
+      // one with durastate's columns and more: still not ours without a format version
+      ['ds_foreign_alike', 'CREATE TABLE ds_foreign_alike.steps (exec text, task text, claim text, result text, owner text, PRIMARY KEY (exec, task))'],
+      // a version marker of another shape
+      ['ds_foreign_meta', "CREATE TABLE ds_foreign_meta.meta (id integer PRIMARY KEY, version text); INSERT INTO ds_foreign_meta.meta VALUES (1, 'v7')"],
+      ['ds_foreign_meta2', 'CREATE TABLE ds_foreign_meta2.meta (key text, value text)'],
+    ]) {
+      server.sql(`CREATE SCHEMA ${schema}; ${ddl}`)
+      const before = describeSchema(schema)
+      const store = createPostgresStore(server.url, { schema, connectTimeout: 3_000 })
+      await assert.rejects(
+        store.beginExecution('x'),
+        (err) => err.code === 'CORRUPT_DATA' && err.message.includes(`schema "${schema}"`) && /not made by durastate/.test(err.message),
+        schema,
+      )
+      await store.close()
+      assert.equal(describeSchema(schema), before, `${schema} left as it was`)
+    }
+  })
+
+  it('a role without CREATE on the database: AUTH, saying which privilege it needs', async () => {
+    server.sql("CREATE ROLE no_create LOGIN PASSWORD 'pw-no-create'")
+    const url = server.url.replace(`postgres:${POSTGRES_PASSWORD}@`, 'no_create:pw-no-create@')
+    const store = createPostgresStore(url, { schema: 'ds_no_create', connectTimeout: 3_000 })
+    await assert.rejects(
+      store.beginExecution('x'),
+      (err) =>
+        err.code === 'AUTH' &&
+        /permission denied/.test(err.message) &&
+        /needs CREATE on the database/.test(err.message) &&
+        !err.message.includes('pw-no-create'),
+    )
+    await store.close()
+  })
+
   it('takes postgres:// and postgresql:// in createStore and createKvStore, and DATABASE_URL after the others', async () => {
     const prefix = fresh()
     const store = createStore(server.url.replace('postgres://', 'postgresql://'), { prefix })

@@ -61,6 +61,16 @@ pub fn store_error(err: &tokio_postgres::Error) -> StoreError {
     // 22: bad data; 54000: a key or id too long for the index (a B-tree row holds
     // about 2.7 KB): permanent, not worth a retry.
     Some(c) if c.starts_with("22") || c == "54000" => ErrorCode::InvalidInput,
+    // 42939: a reserved name (`pg_...`): refused at creation, but a name the server
+    // reserves that this build does not know of is the user's choice too.
+    Some("42939") => ErrorCode::InvalidInput,
+    // A table, column, function or type of the store's schema missing or of another
+    // shape (dropped or altered by hand, or made by something else): its data is not
+    // what this store wrote.
+    Some("42P01" | "42703" | "42883" | "42804" | "42809" | "42P07" | "42710" | "42704") => {
+      ErrorCode::CorruptData
+    }
+    // Syntax errors and the rest of class 42: a bug of this build.
     Some(c) if c.starts_with("42") || c.starts_with("23") || c.starts_with("XX") => {
       ErrorCode::Internal
     }

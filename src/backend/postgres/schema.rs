@@ -43,8 +43,25 @@ pub fn check_schema_name(name: &str) -> StoreResult<()> {
       name.escape_debug()
     )));
   }
+  // Postgres refuses to create a schema named `pg_...` (42939): reserved for its own.
+  if name.starts_with("pg_") {
+    return Err(StoreError::invalid_input(format!(
+      "option `schema`: \"{}\" starts with `pg_`, which Postgres reserves for its system schemas",
+      name.escape_debug()
+    )));
+  }
   Ok(())
 }
+
+/// The relations this store creates in its schema (tables and indexes), besides `meta`.
+const OWN_RELATIONS: [&str; 6] = [
+  "entries",
+  "entries_expiry",
+  "steps",
+  "step_expiry",
+  "step_expiry_sweep",
+  "step_expiry_pkey",
+];
 
 fn tables(s: &str) -> String {
   format!(
@@ -319,8 +336,8 @@ END $$;
 pub async fn prepare(client: &Client, schema: &str) -> StoreResult<()> {
   let s = quote_ident(schema);
   let version_sql = format!("SELECT version FROM {s}.meta WHERE id = 1");
-  if let Ok(row) = client.query_opt(&version_sql, &[]).await {
-    if let Some(found) = row.map(|r| r.get::<_, i32>(0)) {
+  if let Ok(Some(row)) = client.query_opt(&version_sql, &[]).await {
+    if let Ok(found) = row.try_get::<_, i32>(0) {
       if found >= VERSION {
         return check_version(found, schema);
       }
@@ -334,25 +351,68 @@ pub async fn prepare(client: &Client, schema: &str) -> StoreResult<()> {
   let result = async {
     client
       .execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_key])
-      .await?;
+      .await
+      .map_err(|e| setup_error(e, schema))?;
     client
-      .batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {s};
-         CREATE TABLE IF NOT EXISTS {s}.meta (id integer PRIMARY KEY CHECK (id = 1), version integer NOT NULL);"
-      ))
-      .await?;
-    let found: Option<i32> = client
-      .query_opt(&version_sql, &[])
-      .await?
-      .map(|r| r.get(0));
-    Ok::<_, tokio_postgres::Error>(found)
+      .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {s}"))
+      .await
+      .map_err(|e| setup_error(e, schema))?;
+    // What of ours the schema already holds: `meta` must be ours (an `integer` version),
+    // and tables of our names without a version were made by something else.
+    let existing: Vec<String> = client
+      .query(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname = ANY($2) ORDER BY c.relname",
+        &[&schema, &OWN_RELATIONS.iter().chain(["meta"].iter()).copied().collect::<Vec<_>>()],
+      )
+      .await
+      .map_err(|e| setup_error(e, schema))?
+      .iter()
+      .map(|r| r.get(0))
+      .collect();
+    let found = match existing.iter().any(|name| name == "meta") {
+      true => {
+        let row = client
+          .query_opt(&version_sql, &[])
+          .await
+          .map_err(|err| match err.code().map(|c| c.code()) {
+            Some(c) if c.starts_with("42") && c != "42501" => not_ours(schema, "a table `meta` without durastate's `id` and `version` columns"),
+            _ => setup_error(err, schema),
+          })?;
+        match row.map(|r| r.try_get::<_, i32>(0)) {
+          None => None,
+          Some(Ok(version)) => Some(version),
+          Some(Err(_)) => {
+            return Err(not_ours(schema, "a table `meta` whose `version` is not an integer"));
+          }
+        }
+      }
+      false => {
+        client
+          .batch_execute(&format!(
+            "CREATE TABLE {s}.meta (id integer PRIMARY KEY CHECK (id = 1), version integer NOT NULL)"
+          ))
+          .await
+          .map_err(|e| setup_error(e, schema))?;
+        None
+      }
+    };
+    let foreign: Vec<&String> = existing.iter().filter(|name| *name != "meta").collect();
+    if found.is_none() && !foreign.is_empty() {
+      let names = foreign.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+      return Err(not_ours(
+        schema,
+        &format!("{names} but no durastate format version (`meta`)"),
+      ));
+    }
+    Ok::<_, StoreError>(found)
   }
   .await;
   let found = match result {
     Ok(found) => found,
     Err(err) => {
       let _ = client.batch_execute("ROLLBACK").await;
-      return Err(setup_error(err, schema));
+      return Err(err);
     }
   };
   let created = async {
@@ -416,12 +476,29 @@ fn check_version(found: i32, schema: &str) -> StoreResult<()> {
   }
 }
 
+/// A schema holding tables durastate did not make: left as it is.
+fn not_ours(schema: &str, what: &str) -> StoreError {
+  StoreError::new(
+    ErrorCode::CorruptData,
+    format!(
+      "schema \"{schema}\" holds {what}: it was not made by durastate, and is left untouched (choose another schema with option `schema`)"
+    ),
+  )
+}
+
 fn setup_error(err: tokio_postgres::Error, schema: &str) -> StoreError {
   let mapped = super::errors::store_error(&err);
+  let hint = match err.code().map(|c| c.code()) {
+    Some("42501") => " (the role needs CREATE on the database the first time, to create the schema and its tables, and USAGE on the schema and read/write on its tables after)",
+    Some(c) if c.starts_with("42") && mapped.code == ErrorCode::CorruptData => {
+      " (the schema holds objects of durastate's names that it did not make: choose another schema with option `schema`)"
+    }
+    _ => "",
+  };
   StoreError::new(
     mapped.code,
     format!(
-      "cannot create or check the tables in schema \"{schema}\": {}",
+      "cannot create or check the tables in schema \"{schema}\": {}{hint}",
       mapped.message
     ),
   )
