@@ -366,7 +366,8 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     const keyValue = `host=127.0.0.1 port=${server.port} user=postgres password=${POSTGRES_PASSWORD} dbname=postgres sslmode=require`
     for (const target of [`${server.url}?sslmode=require`, keyValue]) {
       const store = createPostgresStore(target, { connectTimeout: 2_000 })
-      await assert.rejects(store.beginExecution('x'), (err) => err.code === 'TLS' || err.code === 'UNAVAILABLE', target)
+      // Explained, as Redis's TLS errors are.
+      await assert.rejects(store.beginExecution('x'), (err) => err.code === 'TLS' && /the server does not offer TLS/.test(err.message), target)
       await store.close()
     }
   })
@@ -578,6 +579,36 @@ describe('Postgres over TLS', { timeout: 120_000 }, () => {
     const named = cli('inspect', url, '--prefix', prefix, '--tls-servername', 'x')
     assert.equal(named.status, 2)
     assert.match(named.stderr, /--tls-servername applies to Redis URLs only/)
+  })
+
+  it('explains TLS failures as Redis does (code TLS): an untrusted issuer, a wrong name, an expired certificate', async () => {
+    const fails = async (target, options, reason) => {
+      const store = createPostgresStore(target, { connectTimeout: 3_000, ...options })
+      await assert.rejects(store.beginExecution('x'), (err) => {
+        assert.equal(err.code, 'TLS', err.message)
+        assert.match(err.message, reason)
+        assert.ok(!err.message.includes(POSTGRES_PASSWORD), err.message)
+        return true
+      })
+      await store.close()
+    }
+    await fails(
+      `${server.url}?sslmode=verify-full`,
+      { tls: { ca: certs.file('other-ca.crt') } },
+      /untrusted issuer: the server's certificate does not chain to `tls.ca` or sslrootcert/,
+    )
+    // The certificate names 127.0.0.1 and localhost; connected to as wrong.test (at 127.0.0.1).
+    await fails(
+      `host=wrong.test hostaddr=127.0.0.1 port=${server.port} user=postgres password=${POSTGRES_PASSWORD} sslmode=verify-full`,
+      { tls: { ca: certs.file('ca.crt') } },
+      /wrong name: the server's certificate is not valid for the host connected to/,
+    )
+    const expired = await startPostgresServer({ certs: { file: (name) => certs.file(name.replace(/^server\./, 'expired.')) } })
+    try {
+      await fails(`${expired.url}?sslmode=verify-full`, { tls: { ca: certs.file('ca.crt') } }, /the server's certificate has expired/)
+    } finally {
+      await expired.stop()
+    }
   })
 
   it('verify-ca checks the chain, not the name, and so does require with a CA; verify-full checks both (as libpq)', async () => {

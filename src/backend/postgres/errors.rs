@@ -54,7 +54,10 @@ fn io_error(err: &tokio_postgres::Error) -> bool {
 pub fn store_error(err: &tokio_postgres::Error) -> StoreError {
   let text = match err.as_db_error() {
     Some(db) => db.message().to_string(),
-    None => full_text(err),
+    None => match tls_reason(err) {
+      Some(reason) => format!("TLS handshake failed: {reason} ({})", full_text(err)),
+      None => full_text(err),
+    },
   };
   let code = match err.code().map(|c| c.code()) {
     Some(c) if c.starts_with("28") || c == "42501" => ErrorCode::Auth,
@@ -75,7 +78,7 @@ pub fn store_error(err: &tokio_postgres::Error) -> StoreError {
       ErrorCode::Internal
     }
     Some(_) => ErrorCode::Unavailable,
-    None if is_tls(err) => ErrorCode::Tls,
+    None if tls_reason(err).is_some() || is_tls(err) => ErrorCode::Tls,
     None if text.contains("timed out") => ErrorCode::Unavailable,
     None => ErrorCode::Unavailable,
   };
@@ -99,4 +102,62 @@ fn full_text(err: &tokio_postgres::Error) -> String {
 fn is_tls(err: &tokio_postgres::Error) -> bool {
   let text = full_text(err).to_ascii_lowercase();
   text.contains("tls") || text.contains("certificate") || text.contains("ssl")
+}
+
+/// Why a TLS connection failed, in words, as Redis's (`TlsSettings::explain`) say, in
+/// Postgres's terms (`sslmode`, `sslrootcert`, ...). `None` when it is not a TLS failure
+/// this knows.
+fn tls_reason(err: &tokio_postgres::Error) -> Option<&'static str> {
+  let mut source = std::error::Error::source(err);
+  while let Some(inner) = source {
+    // `io::Error::source` skips the error it wraps: look at it through `get_ref`.
+    let wrapped = inner
+      .downcast_ref::<std::io::Error>()
+      .and_then(|io| io.get_ref())
+      .and_then(|e| e.downcast_ref::<rustls::Error>());
+    if let Some(tls) = wrapped.or_else(|| inner.downcast_ref::<rustls::Error>()) {
+      return Some(explain(tls));
+    }
+    if inner.to_string() == "server does not support TLS" {
+      return Some(
+        "the server does not offer TLS (its `ssl` setting is off), and sslmode=require, verify-ca or verify-full (or a `tls` option) requires it: turn TLS on in the server, or use sslmode=prefer or disable on a network you trust",
+      );
+    }
+    source = inner.source();
+  }
+  None
+}
+
+fn explain(err: &rustls::Error) -> &'static str {
+  use rustls::{AlertDescription as Alert, CertificateError as Cert, Error as E};
+  match err {
+    E::InvalidCertificate(Cert::Other(other))
+      if format!("{other:?}").contains("CaUsedAsEndEntity") =>
+    {
+      "untrusted issuer: the server presents a CA certificate (self-signed?) that is not one of `tls.ca` or sslrootcert"
+    }
+    E::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature) => {
+      "untrusted issuer: the server's certificate does not chain to `tls.ca` or sslrootcert (or, without them, the system's roots)"
+    }
+    E::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. }) => {
+      "the server's certificate has expired"
+    }
+    E::InvalidCertificate(Cert::NotValidYet | Cert::NotValidYetContext { .. }) => {
+      "the server's certificate is not valid yet"
+    }
+    E::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. }) => {
+      "wrong name: the server's certificate is not valid for the host connected to (connect by a name it carries, or use sslmode=verify-ca to check its chain only)"
+    }
+    E::AlertReceived(Alert::CertificateRequired) => {
+      "the server requires a client certificate (`tls.cert` and `tls.key`, or sslcert and sslkey)"
+    }
+    E::AlertReceived(Alert::HandshakeFailure | Alert::BadCertificate) => {
+      "the server refused the handshake; it may require a client certificate (`tls.cert` and `tls.key`, or sslcert and sslkey) or not trust the one given"
+    }
+    E::AlertReceived(Alert::UnknownCA) => "the server does not trust the client certificate",
+    E::InvalidMessage(_) | E::InappropriateMessage { .. } => {
+      "the server does not speak TLS after accepting to (not a Postgres server?)"
+    }
+    _ => "the TLS handshake failed",
+  }
 }
