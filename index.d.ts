@@ -168,7 +168,7 @@ export interface SqliteStoreOptions extends StoreOptions {
 
 /** Options of a Postgres store. */
 export interface PostgresStoreOptions extends StoreOptions {
-  /** Bound on establishing a connection (TCP, TLS, authentication), in ms. Default 5000. */
+  /** Bound on establishing a connection (TCP, TLS, authentication), in ms; with several hosts, on each host in turn. Default 5000. */
   connectTimeout?: number
   /** How calls ride out a dropped connection (a server restart, `pg_terminate_backend`, a failover). */
   retry?: RetryOptions

@@ -5,6 +5,7 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { readFileSync } from 'node:fs'
+import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
@@ -425,6 +426,37 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
       await store.beginExecution('ports')
       assert.equal(await store.isExecutionInProgress('ports'), true, target)
       await store.close()
+    }
+  })
+
+  it('tries the next host of a multi-host target when one accepts TCP and never answers, each host within connectTimeout', async () => {
+    // Host 1 accepts connections and never writes a byte.
+    const sockets = []
+    const silent = createServer((socket) => sockets.push(socket))
+    await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve))
+    const port = silent.address().port
+    try {
+      for (const target of [
+        `postgres://postgres:${POSTGRES_PASSWORD}@127.0.0.1:${port},127.0.0.1:${server.port}/postgres`,
+        `host=127.0.0.1,localhost port=${port},${server.port} user=postgres password=${POSTGRES_PASSWORD} dbname=postgres`,
+      ]) {
+        const store = createPostgresStore(target, { prefix: fresh(), connectTimeout: 1_000, commandTimeout: 8_000, poolSize: 2 })
+        const t0 = Date.now()
+        await store.beginExecution('multi')
+        assert.equal(await store.isExecutionInProgress('multi'), true, target)
+        assert.ok(Date.now() - t0 < 6_000, `took ${Date.now() - t0} ms`)
+        await store.close()
+      }
+      assert.ok(sockets.length >= 2, 'host 1 was tried first')
+      // Every host silent: UNAVAILABLE (or TIMEOUT), bounded by connectTimeout per host.
+      const none = createPostgresStore(`postgres://postgres@127.0.0.1:${port},127.0.0.1:${port}/postgres`, { connectTimeout: 500, commandTimeout: 5_000 })
+      const t0 = Date.now()
+      await assert.rejects(none.beginExecution('x'), (err) => err.code === 'UNAVAILABLE' || err.code === 'TIMEOUT')
+      assert.ok(Date.now() - t0 < 3_000, `rejected after ${Date.now() - t0} ms`)
+      await none.close()
+    } finally {
+      for (const socket of sockets) socket.destroy()
+      silent.close()
     }
   })
 

@@ -36,9 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use deadpool_postgres::{
-  ClientWrapper, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
-};
+use deadpool_postgres::{ClientWrapper, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use futures_util::future::{maybe_done, BoxFuture, MaybeDone};
 use tokio::sync::oneshot;
 use tokio_postgres::NoTls;
@@ -200,14 +198,9 @@ impl PostgresBackend {
     let manager_config = ManagerConfig {
       recycling_method: RecyclingMethod::Fast,
     };
-    let manager = match &target.tls {
-      Some(tls) => Manager::from_config(
-        target.config.clone(),
-        MakeRustlsConnect::new((**tls).clone()),
-        manager_config,
-      ),
-      None => Manager::from_config(target.config.clone(), NoTls, manager_config),
-    };
+    // Each host in turn, each within connectTimeout (`target.rs`).
+    let manager = target.manager(manager_config);
+    let hosts = u32::try_from(target.host_count()).unwrap_or(u32::MAX);
     let pool = Pool::builder(manager)
       .max_size(pool_size.max(1))
       .runtime(Runtime::Tokio1)
@@ -221,7 +214,8 @@ impl PostgresBackend {
         sql: Statements::new(&quoted),
         schema,
         command_timeout,
-        connect_timeout,
+        // connectTimeout bounds each host of a multi-host target.
+        connect_timeout: connect_timeout.saturating_mul(hosts),
         retry,
         ready: AtomicBool::new(false),
         preparing: tokio::sync::Mutex::new(()),

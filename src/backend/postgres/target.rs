@@ -6,10 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use deadpool_postgres::{Manager, ManagerConfig};
+use futures_util::future::BoxFuture;
 use napi_derive::napi;
 use rustls::ClientConfig;
-use tokio_postgres::config::{Host, SslMode};
-use tokio_postgres::Config;
+use tokio_postgres::config::{Host, LoadBalanceHosts, SslMode};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Config, NoTls, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{StoreError, StoreResult};
 use crate::tls::{TlsOptions, TlsSettings};
@@ -68,6 +72,8 @@ impl TlsMode {
 /// A validated Postgres target.
 pub struct PostgresTarget {
   pub config: Config,
+  /// `config` for each of its hosts alone.
+  each_host: Vec<Config>,
   /// The rustls configuration when TLS may be used.
   pub tls: Option<Arc<ClientConfig>>,
   /// `user@host:port/db`, for messages (never the password).
@@ -155,6 +161,17 @@ impl PostgresTarget {
         hostaddrs.len()
       )));
     }
+    if let Some(user) = user {
+      config.user(user);
+    }
+    if let Some(password) = password {
+      config.password(password);
+    }
+    if let Some(dbname) = dbname {
+      config.dbname(dbname);
+    }
+    // Without hosts and ports: each host's own connection starts from it.
+    let base = config.clone();
     for host in &hosts {
       config.host(if host.is_empty() { "localhost" } else { host });
     }
@@ -187,17 +204,8 @@ impl PostgresTarget {
         config.port(port);
       }
     }
-    if let Some(user) = user {
-      config.user(user);
-    }
-    if let Some(password) = password {
-      config.password(password);
-    }
-    if let Some(dbname) = dbname {
-      config.dbname(dbname);
-    }
     let tls = taken.merged(tls);
-    Self::finish(config, taken.mode, tls.as_ref())
+    Self::finish(config, base, taken.mode, tls.as_ref())
   }
 
   /// Fields (`{ host, port, user, password, database, sslmode, applicationName }`).
@@ -206,14 +214,6 @@ impl PostgresTarget {
     tls: Option<&TlsOptions>,
   ) -> StoreResult<Self> {
     let mut config = Config::new();
-    config.host(fields.host.as_deref().unwrap_or("localhost"));
-    if let Some(port) = fields.port {
-      let port = u16::try_from(port)
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| StoreError::invalid_input(format!("port must be 1 to 65535, got {port}")))?;
-      config.port(port);
-    }
     if let Some(user) = &fields.user {
       config.user(user);
     }
@@ -226,12 +226,23 @@ impl PostgresTarget {
     if let Some(name) = &fields.application_name {
       config.application_name(name);
     }
+    let base = config.clone();
+    config.host(fields.host.as_deref().unwrap_or("localhost"));
+    if let Some(port) = fields.port {
+      let port = u16::try_from(port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| StoreError::invalid_input(format!("port must be 1 to 65535, got {port}")))?;
+      config.port(port);
+    }
     let mode = fields.sslmode.as_deref().map(TlsMode::parse).transpose()?;
-    Self::finish(config, mode, tls)
+    Self::finish(config, base, mode, tls)
   }
 
+  /// `config` with its hosts and ports, `base` the same without them.
   fn finish(
     mut config: Config,
+    mut base: Config,
     mode: Option<TlsMode>,
     tls: Option<&TlsOptions>,
   ) -> StoreResult<Self> {
@@ -240,9 +251,11 @@ impl PostgresTarget {
     }
     if config.get_user().is_none() {
       config.user("postgres");
+      base.user("postgres");
     }
     if config.get_application_name().is_none() {
       config.application_name("durastate");
+      base.application_name("durastate");
     }
     if tls.is_some_and(|t| t.servername.is_some()) {
       return Err(StoreError::invalid_input(
@@ -284,23 +297,154 @@ impl PostgresTarget {
         Some(TlsSettings::new(&options)?.config)
       }
     };
-    config.ssl_mode(match mode {
+    let ssl_mode = match mode {
       TlsMode::Disable => SslMode::Disable,
       TlsMode::Prefer => SslMode::Prefer,
       TlsMode::Require | TlsMode::VerifyCa | TlsMode::Verify => SslMode::Require,
-    });
+    };
+    config.ssl_mode(ssl_mode);
+    base.ssl_mode(ssl_mode);
+    // One configuration per host (its name, address and port), tried in turn.
+    let (hosts, addrs, ports) = (
+      config.get_hosts(),
+      config.get_hostaddrs(),
+      config.get_ports(),
+    );
+    let each_host = (0..hosts.len().max(addrs.len()))
+      .map(|i| {
+        let mut one = base.clone();
+        match hosts.get(i) {
+          Some(Host::Tcp(host)) => {
+            one.host(host);
+          }
+          #[cfg(unix)]
+          Some(Host::Unix(path)) => {
+            one.host_path(path);
+          }
+          None => {}
+        }
+        if let Some(addr) = addrs.get(i) {
+          one.hostaddr(*addr);
+        }
+        if let Some(port) = ports.get(i).or(ports.first()) {
+          one.port(*port);
+        }
+        one
+      })
+      .collect();
     let display = display(&config);
     Ok(Self {
       config,
+      each_host,
       tls,
       display,
     })
   }
 
-  /// Sets the bound on establishing a connection.
+  /// Sets the bound on establishing a connection (to each host).
   pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
     self.config.connect_timeout(timeout);
+    for one in &mut self.each_host {
+      one.connect_timeout(timeout);
+    }
     self
+  }
+
+  /// How many hosts the target names (libpq's multi-host lists): `connectTimeout`
+  /// bounds each.
+  pub fn host_count(&self) -> usize {
+    self.each_host.len().max(1)
+  }
+
+  /// The pool's manager: it connects to the hosts in turn, each within the connect
+  /// timeout (tokio-postgres bounds only the TCP connect of each, so a host that
+  /// accepts and never answers held every connection and the next hosts were never
+  /// tried).
+  pub fn manager(&self, manager_config: ManagerConfig) -> Manager {
+    let timeout = self.config.get_connect_timeout().copied();
+    match &self.tls {
+      Some(tls) => Manager::from_connect(
+        self.config.clone(),
+        HostsConnect {
+          each_host: self.each_host.clone(),
+          timeout,
+          tls: MakeRustlsConnect::new((**tls).clone()),
+        },
+        manager_config,
+      ),
+      None => Manager::from_connect(
+        self.config.clone(),
+        HostsConnect {
+          each_host: self.each_host.clone(),
+          timeout,
+          tls: NoTls,
+        },
+        manager_config,
+      ),
+    }
+  }
+}
+
+/// Connects to each host in turn (libpq's order; `load_balance_hosts=random` starts at a
+/// random one), each attempt bounded by the connect timeout but the last (which the
+/// pool's bound covers), and returns the first connection made or the last error.
+struct HostsConnect<T> {
+  each_host: Vec<Config>,
+  timeout: Option<Duration>,
+  tls: T,
+}
+
+impl<T> deadpool_postgres::Connect for HostsConnect<T>
+where
+  T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
+  T::Stream: Sync + Send,
+  T::TlsConnect: Sync + Send,
+  <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+  fn connect(
+    &self,
+    _config: &Config,
+  ) -> BoxFuture<
+    '_,
+    Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+  > {
+    Box::pin(async move {
+      let count = self.each_host.len();
+      let start = match self.each_host.first().map(|c| c.get_load_balance_hosts()) {
+        Some(LoadBalanceHosts::Random) => (crate::backend::retry::jitter() * count as f64) as usize,
+        _ => 0,
+      };
+      let mut error = None;
+      for n in 0..count {
+        let config = &self.each_host[(start + n) % count];
+        let attempt = config.connect(self.tls.clone());
+        let result = match self.timeout {
+          Some(timeout) if n + 1 < count => match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            // No answer in time: the next host.
+            Err(_) => continue,
+          },
+          _ => attempt.await,
+        };
+        match result {
+          Ok((client, connection)) => {
+            let task = tokio::spawn(async move {
+              let _ = connection.await;
+            });
+            return Ok((client, task));
+          }
+          Err(err) => error = Some(err),
+        }
+      }
+      match error {
+        Some(err) => Err(err),
+        // No host at all (never: a target has one); tokio-postgres says so.
+        None => match Config::new().connect(self.tls.clone()).await {
+          Err(err) => Err(err),
+          Ok(_) => unreachable!("a configuration without hosts connects nowhere"),
+        },
+      }
+    })
   }
 }
 
