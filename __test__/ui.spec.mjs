@@ -219,6 +219,16 @@ describe('durastate ui: what it reads and shows', () => {
       }
     }
     assert.equal(redactSecrets("host=h password='s3 cret' dbname=d"), 'host=h password=*** dbname=d')
+    // libpq's key/value grammar: spaces around `=`, escapes, `&` and `;` in an unquoted value,
+    // an unterminated quote.
+    for (const [text, redacted] of [
+      ["host=h password = 'a b\\' s3cret' dbname=d", 'host=h password = *** dbname=d'],
+      ['host=h password=p&s3cret;w dbname=d', 'host=h password=*** dbname=d'],
+      ['host=h password=a\\ s3cret dbname=d', 'host=h password=*** dbname=d'],
+      ["host=h password='unterminated s3cret", 'host=h password=***'],
+    ]) {
+      assert.equal(redactSecrets(text), redacted, text)
+    }
     assert.equal(redactSecrets('redis+sentinel://h1,h2/m?sentinelPassword=s3cret&db=1'), 'redis+sentinel://h1,h2/m?sentinelPassword=***&db=1')
     // A password with characters a URL should have encoded (`?`, `#`).
     assert.equal(redactSecrets('redis://u:s3?cr#et@h:6379/0'), 'redis://u:***@h:6379/0')

@@ -237,10 +237,16 @@ export function formatJson(text) {
  * `...password=` / `...pass=` parameter (a query, or a libpq "key=value" string).
  */
 export function redactSecrets(text) {
-  return text
-    .replace(/([a-z][a-z0-9+.-]*:\/\/)([^\s/]*)@/gi, (_, scheme, userinfo) => {
-      const colon = userinfo.indexOf(':')
-      return colon === -1 ? `${scheme}${userinfo}@` : `${scheme}${userinfo.slice(0, colon)}:***@`
-    })
-    .replace(/((?:^|[?&;\s])[a-z_]*pass(?:word)?\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&;#"]*)/gi, '$1***')
+  return (
+    text
+      .replace(/([a-z][a-z0-9+.-]*:\/\/)([^\s/]*)@/gi, (_, scheme, userinfo) => {
+        const colon = userinfo.indexOf(':')
+        return colon === -1 ? `${scheme}${userinfo}@` : `${scheme}${userinfo.slice(0, colon)}:***@`
+      })
+      // a URL query's parameter: up to `&`
+      .replace(/([?&;][a-z_]*pass(?:word)?=)([^\s&;#"]*)/gi, '$1***')
+      // a libpq key/value string's (spaces around `=`; a value quoted, or unquoted up to a
+      // space that is not escaped with `\`, `&` and `;` included)
+      .replace(/((?:^|\s)[a-z_]*pass(?:word)?\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:\\.|[^\s\\'])(?:\\.?|[^\s\\])*)/gi, '$1***')
+  )
 }
