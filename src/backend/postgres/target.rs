@@ -87,10 +87,7 @@ impl PostgresTarget {
     let (params, context) = match parse_url(url)? {
       Some(params) => (
         params,
-        format!(
-          "invalid Postgres URL \"{}\"",
-          crate::redis_target::redact(url)
-        ),
+        format!("invalid Postgres URL \"{}\"", redact_url(url)),
       ),
       None => (
         parse_key_value(url)?,
@@ -577,6 +574,40 @@ fn parse_key_value(text: &str) -> StoreResult<Params> {
   }
 }
 
+/// `url` without its password, also a multi-host one that `url::Url` cannot parse.
+fn redact_url(url: &str) -> String {
+  let redacted = crate::redis_target::redact(url);
+  if redacted != "<unparsable>" {
+    return redacted;
+  }
+  let Some((scheme, rest)) = url.split_once("://") else {
+    return redacted;
+  };
+  let end = rest.find(['/', '?']).unwrap_or(rest.len());
+  let (authority, path) = rest.split_at(end);
+  let authority = match authority.rsplit_once('@') {
+    Some((userinfo, hosts)) => match userinfo.split_once(':') {
+      Some((user, _)) => format!("{user}:***@{hosts}"),
+      None => authority.to_string(),
+    },
+    None => authority.to_string(),
+  };
+  let path = match path.split_once('?') {
+    Some((path, query)) => {
+      let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+          Some((name, _)) if name.to_ascii_lowercase().contains("pass") => format!("{name}=***"),
+          _ => pair.to_string(),
+        })
+        .collect();
+      format!("{path}?{}", query.join("&"))
+    }
+    None => path.to_string(),
+  };
+  format!("{scheme}://{authority}{path}")
+}
+
 /// `value` single-quoted for a key/value string (`\` and `'` escaped).
 fn quote_value(value: &str) -> String {
   format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -827,6 +858,13 @@ mod tests {
     assert_eq!(ok("host=a,b port=7").config.get_ports(), [7]);
     assert_eq!(ok("host=a,b port=7,8").config.get_ports(), [7, 8]);
     assert!(bad("host=a,b port=7,8,9").contains("3 ports for 2 hosts"));
+    let multi = bad("postgres://u:s3cret@h1:1,h2:2/db?port=1,2,3&password=top");
+    assert!(
+      multi.starts_with(
+        "invalid Postgres URL \"postgres://u:***@h1:1,h2:2/db?port=1,2,3&password=***\""
+      ),
+      "{multi}"
+    );
     assert!(bad("postgres://h1,h2/db?port=1,2,3").contains("3 ports for 2 hosts"));
     assert!(bad("host=a port=1,2").contains("2 ports for 1 host"));
     assert!(bad("postgres://h:0/db").contains("port must be 1 to 65535, got \"0\""));
