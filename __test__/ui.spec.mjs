@@ -226,6 +226,7 @@ describe('durastate ui: what it reads and shows', () => {
       ['host=h password=p&s3cret;w dbname=d', 'host=h password=*** dbname=d'],
       ['host=h password=a\\ s3cret dbname=d', 'host=h password=*** dbname=d'],
       ["host=h password='unterminated s3cret", 'host=h password=***'],
+      ['host=h password=a\u00a0s3cret dbname=d', 'host=h password=*** dbname=d'],
     ]) {
       assert.equal(redactSecrets(text), redacted, text)
     }

@@ -244,9 +244,10 @@ export function redactSecrets(text) {
         return colon === -1 ? `${scheme}${userinfo}@` : `${scheme}${userinfo.slice(0, colon)}:***@`
       })
       // a URL query's parameter: up to `&`
-      .replace(/([?&;][a-z_]*pass(?:word)?=)([^\s&;#"]*)/gi, '$1***')
+      .replace(/([?&;][a-z_]*pass(?:word)?=)([^ \t\n\v\f\r&;#"]*)/gi, '$1***')
       // a libpq key/value string's (spaces around `=`; a value quoted, or unquoted up to a
-      // space that is not escaped with `\`, `&` and `;` included)
-      .replace(/((?:^|\s)[a-z_]*pass(?:word)?\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:\\.|[^\s\\'])(?:\\.?|[^\s\\])*)/gi, '$1***')
+      // space that is not escaped with `\`, `&` and `;` included; libpq's spaces are ASCII,
+      // a no-break space is part of a value)
+      .replace(/((?:^|\s)[a-z_]*pass(?:word)?\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:\\.|[^ \t\n\v\f\r\\'])(?:\\.?|[^ \t\n\v\f\r\\])*)/gi, '$1***')
   )
 }

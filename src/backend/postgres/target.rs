@@ -518,15 +518,15 @@ fn parse_key_value(text: &str) -> StoreResult<Params> {
   let mut chars = text.chars().peekable();
   let mut previous: Option<String> = None;
   loop {
-    while chars.next_if(|c| c.is_whitespace()).is_some() {}
+    while chars.next_if(|c| is_space(*c)).is_some() {}
     if chars.peek().is_none() {
       return Ok(params);
     }
     let mut keyword = String::new();
-    while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+    while let Some(c) = chars.next_if(|c| *c != '=' && !is_space(*c)) {
       keyword.push(c);
     }
-    while chars.next_if(|c| c.is_whitespace()).is_some() {}
+    while chars.next_if(|c| is_space(*c)).is_some() {}
     if chars.next() != Some('=') {
       // The word may be the rest of an unquoted value with a space: it is named only
       // when it does not follow a password.
@@ -544,7 +544,7 @@ fn parse_key_value(text: &str) -> StoreResult<Params> {
     if keyword.is_empty() {
       return Err(invalid("a parameter has no keyword before \"=\"".into()));
     }
-    while chars.next_if(|c| c.is_whitespace()).is_some() {}
+    while chars.next_if(|c| is_space(*c)).is_some() {}
     let mut value = String::new();
     if chars.next_if_eq(&'\'').is_some() {
       loop {
@@ -563,7 +563,7 @@ fn parse_key_value(text: &str) -> StoreResult<Params> {
     } else {
       while let Some(c) = chars.next() {
         match c {
-          c if c.is_whitespace() => break,
+          c if is_space(c) => break,
           '\\' => value.extend(chars.next()),
           c => value.push(c),
         }
@@ -606,6 +606,12 @@ fn redact_url(url: &str) -> String {
     None => path.to_string(),
   };
   format!("{scheme}://{authority}{path}")
+}
+
+/// C's `isspace` in the C locale, which libpq uses: ASCII only (a no-break space is part
+/// of a value), `\v` included.
+fn is_space(c: char) -> bool {
+  matches!(c, ' ' | '\t' | '\n' | '\x0B' | '\x0C' | '\r')
 }
 
 /// `value` single-quoted for a key/value string (`\` and `'` escaped).
@@ -778,6 +784,11 @@ mod tests {
         ("dbname", "x y"),
         ("application_name", "")
       ]
+    );
+    // libpq's spaces are C's (ASCII): a no-break space is part of the value.
+    assert_eq!(
+      pairs(&parse_key_value("password=a\u{a0}b\x0Bhost=h").unwrap()),
+      [("password", "a\u{a0}b"), ("host", "h")]
     );
     // A keyword given again replaces the earlier value.
     assert_eq!(
