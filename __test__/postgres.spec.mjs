@@ -7,6 +7,7 @@ import { randomUUID } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
+import { createRequire } from 'node:module'
 import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -14,6 +15,8 @@ import { createKvStore, createPostgresStore, createStore } from '../index.js'
 import { packageRoot, startChild } from './helpers/child.mjs'
 import { POSTGRES_PASSWORD, startPostgresServer, testPostgres } from './helpers/postgres-server.mjs'
 import { makeCertificates } from './helpers/tls.mjs'
+
+const { createInspector } = createRequire(import.meta.url)('../binding.js')
 
 const fresh = () => `pgt:${randomUUID()}:`
 
@@ -260,6 +263,39 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     assert.equal(server.sql(`SELECT count(*) FROM ${schema}.steps`), '0')
     assert.equal(server.sql(`SELECT count(*) FROM ${schema}.step_expiry`), '0')
     await Promise.all([kv.close(), store.close()])
+  })
+
+  it('resets steps atomically: claims and commits racing resets (from another store) never leave a mark or result without its expiry', async () => {
+    const schema = 'ds_reset_race'
+    const prefix = 'rr:'
+    const workers = Array.from({ length: 2 }, () => createPostgresStore(server.url, { schema, prefix, ttl: 600_000 }))
+    const inspectors = Array.from({ length: 2 }, () => createInspector(server.url, { schema }))
+    const [worker] = workers
+    await worker.isExecutionInProgress('warm-up')
+    const orphans = () =>
+      server.sql(`SELECT count(*) FROM ${schema}.steps s WHERE
+        (s.claim IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ${schema}.step_expiry x WHERE x.exec = s.exec AND x.claims_at IS NOT NULL))
+        OR (s.result IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ${schema}.step_expiry x WHERE x.exec = s.exec AND x.results_at IS NOT NULL))`)
+    const executions = 100
+    for (let round = 0; round < 6; round++) {
+      const ids = Array.from({ length: executions }, (_, i) => `r${round}-${i}`)
+      await Promise.all(ids.map(async (id) => (await worker.beginExecutionTask(id, 'a'), await worker.commitExecutionTaskResult(id, 'r', 1))))
+      await Promise.all(
+        ids.flatMap((id, i) => [
+          inspectors[i % 2].resetSteps(prefix + id, ['a', 'r']),
+          workers[i % 2].tryBeginExecutionTask(id, 'b'),
+          workers[(i + 1) % 2].commitExecutionTaskResult(id, 'c', 2),
+        ]),
+      )
+      assert.equal(orphans(), '0', `round ${round}: steps whose expiry a reset dropped`)
+      for (const id of ids) {
+        // before or after the reset, never half of it: the new step is there, the reset ones are not
+        assert.equal(await worker.isExecutionTaskInProgress(id, 'b'), true)
+        assert.deepEqual(await worker.getExecutionTaskResults(id), { c: 2 })
+        assert.equal(await worker.isExecutionTaskInProgress(id, 'a'), false)
+      }
+    }
+    await Promise.all(workers.map((w) => w.close()))
   })
 
   it('claims have exactly one winner across stores and processes', async () => {

@@ -54,6 +54,7 @@ pub struct Statements {
   pub step_claim: String,
   pub step_results: String,
   pub dispose: String,
+  pub reset_lock: String,
   pub reset_steps: String,
   pub reset_expiry: String,
   pub reset_expiry_gone: String,
@@ -145,6 +146,10 @@ impl Statements {
               b AS (DELETE FROM {s}.steps WHERE exec = $1)
          DELETE FROM {s}.step_expiry WHERE exec = $1"
       ),
+      // A reset is one transaction (`is_multi`) that first locks the execution's expiry
+      // row, as a claim or a commit does: they serialize on it, so the statements after
+      // the lock (each with a snapshot of its own) see every step they wrote.
+      reset_lock: format!("SELECT 1 FROM {s}.step_expiry WHERE exec = $1 FOR UPDATE"),
       reset_steps: format!("DELETE FROM {s}.steps WHERE exec = $1 AND task = ANY($2)"),
       // As on Redis, the marks' expiry goes with the last mark, the results' with the last
       // result (a row left with neither is removed by `reset_expiry_gone`).
@@ -200,6 +205,7 @@ impl Statements {
       &self.step_claim,
       &self.step_results,
       &self.dispose,
+      &self.reset_lock,
       &self.reset_steps,
       &self.reset_expiry,
       &self.reset_expiry_gone,
@@ -256,10 +262,14 @@ fn one_step(s: &str, ttl: Option<(&str, &str)>, write: &str, fallback: &str) -> 
   )
 }
 
-/// Whether the command needs more than one round trip (its statements depend on what an
-/// earlier one answered): it cannot be pipelined with the commands after it.
+/// Whether the command is more than one statement (its statements depend on what an
+/// earlier one answered, or must run in one transaction): it cannot be pipelined with the
+/// commands after it, and a write runs in a transaction even alone.
 pub fn is_multi(command: &Command) -> bool {
-  matches!(command, Command::Merge { .. } | Command::Execution { .. })
+  matches!(
+    command,
+    Command::Merge { .. } | Command::Execution { .. } | Command::ResetSteps { .. }
+  )
 }
 
 /// Whether the command is one of the store operations this backend runs (not a Redis
@@ -474,9 +484,18 @@ pub fn run<'a>(
         create,
       } => merge(client, sql, key, partial, ttl(*ttl_ms), *max_size, *create).await?,
       Command::ResetSteps { exec, tasks } => {
-        count(client, &sql.reset_steps, &[exec, tasks]).await?;
-        count(client, &sql.reset_expiry, &[exec]).await?;
-        count(client, &sql.reset_expiry_gone, &[exec]).await?;
+        // (in the caller's transaction, see `is_multi`; pipelined, in order)
+        let (lock, steps, expiry, gone) = futures_util::future::join4(
+          rows(client, &sql.reset_lock, &[exec]),
+          count(client, &sql.reset_steps, &[exec, tasks]),
+          count(client, &sql.reset_expiry, &[exec]),
+          count(client, &sql.reset_expiry_gone, &[exec]),
+        )
+        .await;
+        lock?;
+        steps?;
+        expiry?;
+        gone?;
         Reply::Ok
       }
       Command::Execution { exec } => view(client, sql, exec).await?,
