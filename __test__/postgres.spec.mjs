@@ -265,6 +265,32 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await Promise.all([kv.close(), store.close()])
   })
 
+  it('keeps up with a steady rate of expiries: a sweep runs rounds while they remove a full batch', async () => {
+    const schema = 'ds_sweep_rate'
+    const ttl = 2_500
+    const kv = createKvStore(server.url, { schema, prefix: 'sr:' })
+    const store = createPostgresStore(server.url, { schema, prefix: 'sr:', ttl })
+    await Promise.all([kv.has('default', 'warm-up'), store.isExecutionInProgress('warm-up')])
+    await Promise.all(Array.from({ length: 5_000 }, (_, i) => kv.set('default', `k${i}`, i, { ttl })))
+    await Promise.all(Array.from({ length: 2_000 }, (_, i) => store.commitExecutionTaskResult(`e${i}`, 't', i)))
+    const count = (table) => Number(server.sql(`SELECT count(*) FROM ${schema}.${table}`))
+    const written = Date.now()
+    assert.ok(count('entries') >= 5_000 && count('step_expiry') === 2_000)
+    await sleep(Math.max(0, written + ttl + 1_100 - Date.now()))
+    // a steady trickle of writes (each may start a sweep, at most one a second): the
+    // dead rows are gone within a few sweeps, not one batch of 64 a second (78 s)
+    const deadline = Date.now() + 6_000
+    let left
+    while (Date.now() < deadline) {
+      await kv.set('default', 'tick', 1)
+      left = count('entries') - 1 + count('steps') + count('step_expiry')
+      if (left === 0) break
+      await sleep(100)
+    }
+    assert.equal(left, 0, `${left} expired rows left after the sweeps`)
+    await Promise.all([kv.close(), store.close()])
+  })
+
   it('resets steps atomically: claims and commits racing resets (from another store) never leave a mark or result without its expiry', async () => {
     const schema = 'ds_reset_race'
     const prefix = 'rr:'

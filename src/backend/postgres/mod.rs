@@ -54,8 +54,14 @@ pub use target::{PostgresConnectionOptions, PostgresTarget};
 
 /// Calls one group carries at most.
 const GROUP_LIMIT: usize = 128;
-/// Expired rows one sweep removes at most (entries, and executions' steps).
-const SWEEP_LIMIT: i32 = 64;
+/// Expired rows one round of a sweep removes at most: this many entries, and twice as
+/// many executions' steps (`sweep` in `schema.rs`).
+const SWEEP_LIMIT: i32 = 128;
+/// Rounds one sweep runs at most: it goes on while a round removed as many as it may (so
+/// a sweep keeps up with a steady rate of expiries), within these and `SWEEP_WITHIN`.
+const SWEEP_ROUNDS: u32 = 64;
+/// How long one sweep may go on starting rounds.
+const SWEEP_WITHIN: Duration = Duration::from_millis(500);
 /// A write group starts a sweep when this long (ms) has passed since the last one.
 const SWEEP_EVERY_MS: u64 = 1_000;
 /// How long a cancel request of a connection given up may take (it opens a connection).
@@ -174,6 +180,8 @@ struct Inner {
   fencing: Mutex<()>,
   closed: AtomicBool,
   last_sweep: AtomicU64,
+  /// Set while a sweep runs: two never overlap.
+  sweeping: AtomicBool,
   /// The TLS configuration connections use: a cancel request goes the same way.
   tls: Option<Arc<rustls::ClientConfig>>,
 }
@@ -226,6 +234,7 @@ impl PostgresBackend {
         fencing: Mutex::new(()),
         closed: AtomicBool::new(false),
         last_sweep: AtomicU64::new(0),
+        sweeping: AtomicBool::new(false),
         tls: target.tls.clone(),
       }),
     })
@@ -673,8 +682,11 @@ impl Inner {
   }
 
   /// Starts a bounded sweep of expired rows on a connection of its own, at most once a
-  /// second per store; its failure (a lock, a dropped connection) waits for the next.
-  /// It skips rows other transactions hold (`schema.rs`), so it never waits on them.
+  /// second per store and never two at once; its failure (a lock, a dropped connection)
+  /// waits for the next. It skips rows other transactions hold (`schema.rs`), so it never
+  /// waits on them. A sweep runs rounds (each one indexed, bounded statement, committed
+  /// alone) while a round removes as many rows as it may, up to `SWEEP_ROUNDS` rounds or
+  /// `SWEEP_WITHIN`: under a steady rate of expiries, the dead rows do not pile up.
   fn maybe_sweep(self: &Arc<Self>) {
     let now = SystemTime::now()
       .duration_since(UNIX_EPOCH)
@@ -683,30 +695,55 @@ impl Inner {
     let last = self.last_sweep.load(Ordering::Relaxed);
     if self.closed.load(Ordering::Acquire)
       || now.saturating_sub(last) < SWEEP_EVERY_MS
+      || self.sweeping.load(Ordering::Acquire)
       || self
         .last_sweep
         .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+        .is_err()
+      || self
+        .sweeping
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
         .is_err()
     {
       return;
     }
     let inner = self.clone();
     tokio::spawn(async move {
-      let Ok(Ok(client)) = tokio::time::timeout(inner.command_timeout, inner.connection()).await
-      else {
-        return;
-      };
-      let sweep = async {
-        let statement = client.prepare_cached(&inner.sql.sweep).await?;
-        client.execute(&statement, &[&SWEEP_LIMIT]).await
-      };
-      match tokio::time::timeout(inner.command_timeout, sweep).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(err)) if err.as_db_error().is_some() => {}
-        // Timed out, or the connection failed: not back into the pool.
-        _ => inner.give_up(client),
-      }
+      inner.sweep().await;
+      inner.sweeping.store(false, Ordering::Release);
     });
+  }
+
+  /// One sweep (see `maybe_sweep`); how many rounds it ran.
+  async fn sweep(self: &Arc<Self>) -> u32 {
+    let Ok(Ok(client)) = tokio::time::timeout(self.command_timeout, self.connection()).await else {
+      return 0;
+    };
+    let started = tokio::time::Instant::now();
+    let mut rounds = 0;
+    loop {
+      let round = async {
+        let statement = client.prepare_cached(&self.sql.sweep).await?;
+        client.query_one(&statement, &[&SWEEP_LIMIT]).await
+      };
+      rounds += 1;
+      let removed = match tokio::time::timeout(self.command_timeout, round).await {
+        Ok(Ok(row)) => row.get::<_, Option<i32>>(0).unwrap_or(0),
+        Ok(Err(err)) if err.as_db_error().is_some() => return rounds,
+        // Timed out, or the connection failed: not back into the pool.
+        _ => {
+          self.give_up(client);
+          return rounds;
+        }
+      };
+      if removed < SWEEP_LIMIT
+        || rounds >= SWEEP_ROUNDS
+        || started.elapsed() >= SWEEP_WITHIN
+        || self.closed.load(Ordering::Acquire)
+      {
+        return rounds;
+      }
+    }
   }
 }
 
