@@ -10,7 +10,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import Redis from 'ioredis'
-import { createKvStore, createMemoryStore, createSqliteStore, createStore } from '../index.js'
+import { createKvStore, createMemoryStore, createPostgresStore, createSqliteStore, createStore } from '../index.js'
+import { POSTGRES_PASSWORD, startPostgresServer } from './helpers/postgres-server.mjs'
 import { startRedisServer, until } from './helpers/redis-server.mjs'
 
 const require = createRequire(import.meta.url)
@@ -197,6 +198,59 @@ describe('tracing channel durastate:call', () => {
       }
       assert.deepEqual(recorder.calls, [])
     })()
+  })
+})
+
+describe('tracing channel durastate:call on Postgres', () => {
+  let pg
+  let redis
+  before(async () => {
+    ;[pg, redis] = await Promise.all([startPostgresServer(), startRedisServer()])
+  })
+  after(async () => {
+    await Promise.all([pg?.stop(), redis?.stop()])
+  })
+
+  it('names a Postgres store postgres, with its server and database, wherever its target came from', async () => {
+    const saved = { DURASTATE_URL: process.env.DURASTATE_URL, REDIS_URL: process.env.REDIS_URL, DATABASE_URL: process.env.DATABASE_URL }
+    const restore = () => {
+      for (const [name, value] of Object.entries(saved)) {
+        if (value === undefined) delete process.env[name]
+        else process.env[name] = value
+      }
+    }
+    const stores = []
+    const recorder = recordCalls()
+    try {
+      // a Redis URL in the environment names no Postgres store
+      delete process.env.DURASTATE_URL
+      process.env.REDIS_URL = redis.url
+      process.env.DATABASE_URL = pg.url
+      stores.push(
+        createPostgresStore(pg.url, { prefix: 'o1:' }),
+        createPostgresStore({ host: '127.0.0.1', port: pg.port, user: 'postgres', password: POSTGRES_PASSWORD, database: 'postgres' }, { prefix: 'o2:' }),
+        createPostgresStore(undefined, { prefix: 'o3:' }),
+        createStore(pg.url, { prefix: 'o4:' }),
+      )
+      delete process.env.REDIS_URL
+      stores.push(createStore(undefined, { prefix: 'o5:' }))
+      for (const store of stores) await store.beginExecution('e')
+      const kv = createKvStore(pg.url)
+      stores.push(kv)
+      await kv.set('default', 'k', 1)
+    } finally {
+      recorder.stop()
+      restore()
+    }
+    const calls = recorder.calls
+    assert.equal(calls.length, 6)
+    for (const { context } of calls) {
+      assert.deepEqual(
+        [context.operation, context.backend, context.serverAddress, context.serverPort, context.database],
+        [context.operation, 'postgres', '127.0.0.1', pg.port, 'postgres'],
+      )
+    }
+    await Promise.all(stores.map((s) => s.close()))
   })
 })
 

@@ -54,6 +54,11 @@ pub trait AsyncBackend: Send + Sync + 'static {
   fn events(&self) -> Option<Arc<ConnectionEvents>> {
     None
   }
+  /// Which backend it is and where its server is, for traces, when it reports no
+  /// connection events (which carry that); `None`: index.js names it by its URL.
+  fn server_info(&self) -> Option<ServerInfo> {
+    None
+  }
   /// Runs a whole call its own way (all its batches) and settles `call.completion`; a
   /// backend that has no such way gives the call back (the default), and the engine runs
   /// each batch through [`AsyncBackend::execute`] on a task of its own.
@@ -331,7 +336,11 @@ impl Engine {
     match (self, self.events()) {
       (_, Some(events)) => events.server().clone(),
       (Engine::Embedded(embedded), None) => ServerInfo::new(embedded.kind()),
-      // A backend added later that reports no events: index.js names it by its URL.
+      (Engine::Tokio(open), None) => open
+        .backend()
+        .server_info()
+        .unwrap_or_else(|| ServerInfo::new("")),
+      // (index.js names a backend that says nothing by its URL)
       _ => ServerInfo::new(""),
     }
   }

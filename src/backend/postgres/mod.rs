@@ -48,6 +48,7 @@ use super::retry::{self, Budget};
 use crate::command::{Batch, Reply};
 use crate::engine::AsyncBackend;
 use crate::error::{ErrorCode, StoreError, StoreResult};
+use crate::events::ServerInfo;
 use crate::options::RetrySettings;
 
 pub use target::{PostgresConnectionOptions, PostgresTarget};
@@ -184,6 +185,8 @@ struct Inner {
   sweeping: AtomicBool,
   /// The TLS configuration connections use: a cancel request goes the same way.
   tls: Option<Arc<rustls::ClientConfig>>,
+  /// Where the server is, for traces (`backend` is `postgres`).
+  server: ServerInfo,
 }
 
 /// A Postgres database, reached through a pool of connections made on first use.
@@ -215,6 +218,7 @@ impl PostgresBackend {
       .build()
       .map_err(|err| StoreError::new(ErrorCode::Internal, format!("Postgres pool: {err}")))?;
     let quoted = schema::quote_ident(&schema);
+    let server = server_info(&target.config);
     Ok(Self {
       inner: Arc::new(Inner {
         pool,
@@ -236,6 +240,7 @@ impl PostgresBackend {
         last_sweep: AtomicU64::new(0),
         sweeping: AtomicBool::new(false),
         tls: target.tls.clone(),
+        server,
       }),
     })
   }
@@ -260,6 +265,10 @@ impl AsyncBackend for PostgresBackend {
 
   fn on_io_thread(&self) -> bool {
     true
+  }
+
+  fn server_info(&self) -> Option<ServerInfo> {
+    Some(self.inner.server.clone())
   }
 
   /// Later calls reject with `DISPOSED`; the calls queued run (each still bounded by
@@ -745,6 +754,37 @@ impl Inner {
       }
     }
   }
+}
+
+/// Where a Postgres store's server is, for traces: its first host (a unix socket's
+/// directory has no port), port (default 5432) and database (default: the user's name).
+fn server_info(config: &tokio_postgres::Config) -> ServerInfo {
+  use tokio_postgres::config::Host;
+  let mut server = ServerInfo::new("postgres");
+  match config.get_hosts().first() {
+    Some(Host::Tcp(host)) => {
+      server.server_address = Some(
+        host
+          .trim_start_matches('[')
+          .trim_end_matches(']')
+          .to_string(),
+      );
+      server.server_port = Some(config.get_ports().first().copied().unwrap_or(5432).into());
+    }
+    #[cfg(unix)]
+    Some(Host::Unix(path)) => server.server_address = Some(path.display().to_string()),
+    None => {
+      server.server_address = Some("localhost".to_string());
+      server.server_port = Some(config.get_ports().first().copied().unwrap_or(5432).into());
+    }
+  }
+  server.database = config
+    .get_dbname()
+    .or(config.get_user())
+    .unwrap_or("postgres")
+    .to_string()
+    .into();
+  server
 }
 
 /// What running a group did.
