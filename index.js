@@ -327,11 +327,26 @@ function pemText(name, value, many) {
   )
 }
 
-function requireString(name, value) {
+/** Stores on Postgres, whose `text` cannot hold NUL: ids and keys with one are refused. */
+const noNul = new WeakSet()
+
+/** `value` is a well-formed string (and without NUL when `store` is on Postgres). */
+function requireString(name, value, store) {
   if (typeof value !== 'string') {
     throw new DurastateError('INVALID_INPUT', `${name} must be a string, got ${value === null ? 'null' : typeof value}`)
   }
   if (!value.isWellFormed()) throw illFormed(name, value)
+  if (store !== undefined && noNul.has(store)) refuseNul(name, value)
+}
+
+function refuseNul(name, value) {
+  const index = value.indexOf('\0')
+  if (index !== -1) {
+    throw new DurastateError(
+      'INVALID_INPUT',
+      `${name} holds NUL (\\u0000 at index ${index}), which Postgres cannot store in text; use ids and keys without NUL on Postgres`,
+    )
+  }
 }
 
 /**
@@ -418,12 +433,14 @@ class DurableWorkerStore {
       )
     }
     this.#native = nativeStore
-    servers.set(this, describeServer(nativeStore, 'worker', target))
+    const server = describeServer(nativeStore, 'worker', target)
+    servers.set(this, server)
+    if (server.backend === 'postgres') noNul.add(this)
   }
 
   beginExecution(executionId) {
     try {
-      requireString('executionId', executionId)
+      requireString('executionId', executionId, this)
       return this.#native.beginExecution(executionId).then(toUndefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -432,7 +449,7 @@ class DurableWorkerStore {
 
   getExecutionTaskResults(executionId) {
     try {
-      requireString('executionId', executionId)
+      requireString('executionId', executionId, this)
       return this.#native.getExecutionTaskResults(executionId).then((results) => {
         if (typeof results === 'string') return JSON.parse(results)
         return decodeEntries(results, () => this.#native.resultsKey(executionId))
@@ -444,8 +461,8 @@ class DurableWorkerStore {
 
   getExecutionTaskResult(executionId, taskId) {
     try {
-      requireString('executionId', executionId)
-      requireString('taskId', taskId)
+      requireString('executionId', executionId, this)
+      requireString('taskId', taskId, this)
       return this.#native.getExecutionTaskResult(executionId, taskId).then((text) => {
         if (text === null || text === undefined) return undefined
         return decodeResult(text, () => this.#native.resultsKey(executionId), taskId)
@@ -457,8 +474,8 @@ class DurableWorkerStore {
 
   beginExecutionTask(executionId, taskId) {
     try {
-      requireString('executionId', executionId)
-      requireString('taskId', taskId)
+      requireString('executionId', executionId, this)
+      requireString('taskId', taskId, this)
       return this.#native.beginExecutionTask(executionId, taskId).then(toUndefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -467,8 +484,8 @@ class DurableWorkerStore {
 
   tryBeginExecutionTask(executionId, taskId) {
     try {
-      requireString('executionId', executionId)
-      requireString('taskId', taskId)
+      requireString('executionId', executionId, this)
+      requireString('taskId', taskId, this)
       return this.#native.tryBeginExecutionTask(executionId, taskId).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -477,8 +494,8 @@ class DurableWorkerStore {
 
   commitExecutionTaskResult(executionId, taskId, value) {
     try {
-      requireString('executionId', executionId)
-      requireString('taskId', taskId)
+      requireString('executionId', executionId, this)
+      requireString('taskId', taskId, this)
       const json = encodeResult(executionId, taskId, value)
       return this.#native.commitExecutionTaskResult(executionId, taskId, json).then(toUndefined, rethrow)
     } catch (err) {
@@ -488,7 +505,7 @@ class DurableWorkerStore {
 
   isExecutionInProgress(executionId) {
     try {
-      requireString('executionId', executionId)
+      requireString('executionId', executionId, this)
       return this.#native.isExecutionInProgress(executionId).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -497,8 +514,8 @@ class DurableWorkerStore {
 
   isExecutionTaskInProgress(executionId, taskId) {
     try {
-      requireString('executionId', executionId)
-      requireString('taskId', taskId)
+      requireString('executionId', executionId, this)
+      requireString('taskId', taskId, this)
       return this.#native.isExecutionTaskInProgress(executionId, taskId).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -507,7 +524,7 @@ class DurableWorkerStore {
 
   disposeExecution(executionId) {
     try {
-      requireString('executionId', executionId)
+      requireString('executionId', executionId, this)
       return this.#native.disposeExecution(executionId).then(toUndefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -649,11 +666,12 @@ function encodeEntries(entries, mount) {
   return flat
 }
 
-function requireKeys(keys) {
+function requireKeys(keys, store) {
   if (!Array.isArray(keys) || keys.some((k) => typeof k !== 'string')) {
     throw new DurastateError('INVALID_INPUT', 'keys must be an array of strings')
   }
   for (const key of keys) if (!key.isWellFormed()) throw illFormed('key', key)
+  if (noNul.has(store)) for (const key of keys) refuseNul('key', key)
 }
 
 function ttlOf(options) {
@@ -807,7 +825,9 @@ class KvStore {
     }
     this.#native = nativeStore
     this.#mountNames = new Set(parseJson(nativeStore.mounts()).map((m) => m.name))
-    servers.set(this, describeServer(nativeStore, 'kv', target))
+    const server = describeServer(nativeStore, 'kv', target)
+    servers.set(this, server)
+    if (server.backend === 'postgres') noNul.add(this)
     this.#order = new KeyOrder()
   }
 
@@ -869,7 +889,7 @@ class KvStore {
   get(mount, key) {
     try {
       this.#requireMount(mount)
-      requireString('key', key)
+      requireString('key', key, this)
       if (!this.#order.idle) return this.#after(mount, [key], () => this.#get(mount, key))
       return this.#get(mount, key)
     } catch (err) {
@@ -884,7 +904,7 @@ class KvStore {
   getOr(mount, key, fallback) {
     try {
       this.#requireMount(mount)
-      requireString('key', key)
+      requireString('key', key, this)
       if (!this.#order.idle) return this.#after(mount, [key], () => this.#getOr(mount, key, fallback))
       return this.#getOr(mount, key, fallback)
     } catch (err) {
@@ -900,7 +920,7 @@ class KvStore {
   getJson(mount, key) {
     try {
       this.#requireMount(mount)
-      requireString('key', key)
+      requireString('key', key, this)
       if (!this.#order.idle) return this.#after(mount, [key], () => this.#getJson(mount, key))
       return this.#getJson(mount, key)
     } catch (err) {
@@ -915,7 +935,7 @@ class KvStore {
   set(mount, key, value, options) {
     try {
       this.#requireMount(mount)
-      requireString('key', key)
+      requireString('key', key, this)
       return this.#setText(mount, key, encodeValue(value, mount, key), ttlOf(options))
     } catch (err) {
       return rejected(err)
@@ -926,7 +946,7 @@ class KvStore {
   setJson(mount, key, json, options) {
     try {
       this.#requireMount(mount)
-      requireString('key', key)
+      requireString('key', key, this)
       requireJsonText(json, mount, key)
       return this.#setText(mount, key, json, ttlOf(options))
     } catch (err) {
@@ -978,7 +998,7 @@ class KvStore {
   merge(mount, key, partial, options) {
     try {
       this.#requireMount(mount)
-      requireString('key', key)
+      requireString('key', key, this)
       if (partial === null || typeof partial !== 'object' || Array.isArray(partial)) {
         throw new DurastateError('INVALID_INPUT', `merge of key "${key}" (mount '${mount}') needs a plain object`)
       }
@@ -1000,7 +1020,7 @@ class KvStore {
   delete(mount, key) {
     try {
       this.#requireMount(mount)
-      requireString('key', key)
+      requireString('key', key, this)
       if (!this.#order.idle) return this.#after(mount, [key], () => this.#native.delete(mount, key).then(undefined, rethrow))
       return this.#native.delete(mount, key).then(undefined, rethrow)
     } catch (err) {
@@ -1011,7 +1031,7 @@ class KvStore {
   has(mount, key) {
     try {
       this.#requireMount(mount)
-      requireString('key', key)
+      requireString('key', key, this)
       if (!this.#order.idle) return this.#after(mount, [key], () => this.#native.has(mount, key).then(undefined, rethrow))
       return this.#native.has(mount, key).then(undefined, rethrow)
     } catch (err) {
@@ -1058,7 +1078,7 @@ class KvStore {
   getMany(mount, keys) {
     try {
       this.#requireMount(mount)
-      requireKeys(keys)
+      requireKeys(keys, this)
       const start = () => this.#native.getMany(mount, keys).then((texts) => decodeFound(keys, texts, mount), rethrow)
       if (!this.#order.idle) return this.#after(mount, keys.slice(), start)
       return start()
@@ -1089,7 +1109,7 @@ class KvStore {
   deleteMany(mount, keys) {
     try {
       this.#requireMount(mount)
-      requireKeys(keys)
+      requireKeys(keys, this)
       const start = () => this.#native.deleteMany(mount, keys).then(undefined, rethrow)
       if (!this.#order.idle) return this.#after(mount, keys.slice(), start)
       return start()
@@ -1101,7 +1121,7 @@ class KvStore {
   getByPrefix(mount, prefix) {
     try {
       this.#requireMount(mount)
-      requireString('prefix', prefix)
+      requireString('prefix', prefix, this)
       const start = () => this.#native.getByPrefix(mount, prefix).then((pairs) => decodePairs(pairs, mount), rethrow)
       return this.#tracked(this.#order.idle ? start() : this.#listing(mount, start))
     } catch (err) {

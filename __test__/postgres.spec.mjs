@@ -324,6 +324,34 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await Promise.all(workers.map((w) => w.close()))
   })
 
+  it('refuses NUL (\\u0000) in execution ids, task ids and keys with INVALID_INPUT naming them; NUL inside values is kept', async () => {
+    const prefix = fresh()
+    const store = createPostgresStore(server.url, { prefix })
+    const kv = createKvStore(server.url, { prefix })
+    const invalid = (name) => (err) => err.code === 'INVALID_INPUT' && err.message.includes(name) && /NUL/.test(err.message)
+    await assert.rejects(store.beginExecution('a\u0000b'), invalid('executionId'))
+    await assert.rejects(store.isExecutionInProgress('\u0000'), invalid('executionId'))
+    await assert.rejects(store.tryBeginExecutionTask('e', 't\u0000'), invalid('taskId'))
+    await assert.rejects(store.commitExecutionTaskResult('e\u0000', 't', 1), invalid('executionId'))
+    await assert.rejects(store.getExecutionTaskResults('e\u0000'), invalid('executionId'))
+    await assert.rejects(kv.set('default', 'k\u0000', 1), invalid('key'))
+    await assert.rejects(kv.get('default', 'k\u0000'), invalid('key'))
+    await assert.rejects(kv.getMany('default', ['ok', 'k\u0000']), invalid('key'))
+    await assert.rejects(kv.setMany('default', { 'k\u0000': 1 }), invalid('key'))
+    const inspector = createInspector(server.url)
+    await assert.rejects(inspector.resetSteps(`${prefix}e`, ['t\u0000']), invalid('task id'))
+    await assert.rejects(inspector.execution(`${prefix}\u0000`), invalid('execution id'))
+    // nothing was written, and the store still works
+    assert.equal(await store.isExecutionTaskInProgress('e', 't'), false)
+    // NUL inside a value is escaped in its JSON text: kept as it is
+    const value = { s: 'a\u0000b', [`k\u0000`]: ['\u0000'] }
+    await store.commitExecutionTaskResult('e', 't', value)
+    assert.deepEqual(await store.getExecutionTaskResult('e', 't'), value)
+    await kv.set('default', 'v', value)
+    assert.deepEqual(await kv.get('default', 'v'), value)
+    await Promise.all([store.close(), kv.close()])
+  })
+
   it('claims have exactly one winner across stores and processes', async () => {
     const prefix = fresh()
     const tasks = 40

@@ -341,6 +341,9 @@ impl Inner {
       );
       return Box::pin(std::future::ready(Err(err)));
     }
+    if let Err(err) = batch.commands.iter().try_for_each(ops::refuse_nul) {
+      return Box::pin(std::future::ready(Err(err)));
+    }
     let route = self.route(&batch);
     let batch = Arc::new(batch);
     let first = match batch.reads_any_key() && self.lanes.len() > 1 {

@@ -272,6 +272,64 @@ pub fn is_multi(command: &Command) -> bool {
   )
 }
 
+/// A command's text that holds NUL (U+0000), which a Postgres `text` value cannot: the
+/// call is refused `INVALID_INPUT`, naming what holds it, before any SQL (Redis and
+/// SQLite keep such strings; the index.js stores name the argument first).
+pub fn refuse_nul(command: &Command) -> Result<(), StoreError> {
+  let nul = |text: &str| text.contains('\0');
+  let found: Option<(&str, &str)> = match command {
+    Command::Claim {
+      exec, task, value, ..
+    } => [("execution id", exec), ("task id", task), ("value", value)]
+      .into_iter()
+      .find(|(_, t)| nul(t))
+      .map(|(what, t)| (what, t.as_str())),
+    Command::Commit {
+      exec, task, json, ..
+    } => [("execution id", exec), ("task id", task), ("value", json)]
+      .into_iter()
+      .find(|(_, t)| nul(t))
+      .map(|(what, t)| (what, t.as_str())),
+    Command::StepResult { exec, task } | Command::StepClaim { exec, task } => {
+      [("execution id", exec), ("task id", task)]
+        .into_iter()
+        .find(|(_, t)| nul(t))
+        .map(|(what, t)| (what, t.as_str()))
+    }
+    Command::ResetSteps { exec, tasks } => std::iter::once(("execution id", exec))
+      .chain(tasks.iter().map(|task| ("task id", task)))
+      .find(|(_, t)| nul(t))
+      .map(|(what, t)| (what, t.as_str())),
+    Command::StepResults { exec } | Command::Dispose { exec } | Command::Execution { exec } => {
+      nul(exec).then_some(("execution id", exec.as_str()))
+    }
+    Command::Set { key, value, .. }
+    | Command::SetIf { key, value, .. }
+    | Command::SetGet { key, value, .. } => [("key", key), ("value", value)]
+      .into_iter()
+      .find(|(_, t)| nul(t))
+      .map(|(what, t)| (what, t.as_str())),
+    Command::Merge { key, partial, .. } => [("key", key), ("value", partial)]
+      .into_iter()
+      .find(|(_, t)| nul(t))
+      .map(|(what, t)| (what, t.as_str())),
+    Command::Scan { pattern, .. } => nul(pattern).then_some(("key pattern", pattern.as_str())),
+    Command::ScanExecutions { prefix, .. } => nul(prefix).then_some(("prefix", prefix.as_str())),
+    other => other
+      .keys()
+      .iter()
+      .find(|key| nul(key))
+      .map(|key| ("key", key.as_str())),
+  };
+  match found {
+    None => Ok(()),
+    Some((what, text)) => Err(StoreError::invalid_input(format!(
+      "the {what} \"{}\" holds NUL (\\u0000), which Postgres cannot store in text: use ids and keys without it on Postgres",
+      text.escape_debug()
+    ))),
+  }
+}
+
 /// Whether the command is one of the store operations this backend runs (not a Redis
 /// hash command, which only the Redis backend lowers step operations to).
 pub fn is_store_operation(command: &Command) -> bool {
