@@ -452,3 +452,54 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
     }
   })
 })
+
+describe('durastate --schema on Postgres', { timeout: 120_000 }, () => {
+  let postgres
+  const schema = 'ds_cli_schema'
+  const prefix = `cli:${randomUUID()}:`
+
+  before(async () => {
+    postgres = await testPostgres()
+    const store = createPostgresStore(postgres.url, { schema, prefix })
+    await store.beginExecution('order-9')
+    await store.beginExecutionTask('order-9', 'pack')
+    await store.commitExecutionTaskResult('order-9', 'pack', { boxes: 2 })
+    await store.close()
+    const kv = createKvStore(postgres.url, { schema })
+    await kv.set('default', 'greeting', { hello: 'schema' })
+    await kv.close()
+  })
+  after(() => postgres?.release())
+
+  it('inspect, reset and kv read and write the store of a non-default schema', async () => {
+    const url = postgres.url
+    const ids = (args) => JSON.parse(output(['inspect', url, '--prefix', prefix, '--json', ...args])).executions.map((e) => e.id)
+    assert.deepEqual(ids(['--schema', schema]), ['order-9'])
+    assert.deepEqual(ids([]), [], 'the default schema holds none of it')
+    const detail = JSON.parse(output(['inspect', url, 'order-9', '--prefix', prefix, '--schema', schema, '--json']))
+    assert.deepEqual(
+      detail.steps.map((s) => [s.id, s.state]),
+      [['pack', 'done']],
+    )
+    assert.equal(output(['kv', 'get', 'default', 'greeting', url, '--schema', schema, '--json']), '{"hello":"schema"}\n')
+    output(['kv', 'set', 'default', 'n', '42', url, `--schema=${schema}`])
+    assert.equal(output(['kv', 'keys', 'default', url, '--schema', schema]), 'greeting\nn\n')
+    const kv = createKvStore(url, { schema })
+    assert.equal(await kv.get('default', 'n'), 42)
+    await kv.close()
+    // the DATABASE_URL of the environment takes it too
+    assert.equal(output(['kv', 'get', 'default', 'n', '--schema', schema], { env: { DATABASE_URL: url } }), '42\n')
+    output(['reset', url, 'order-9', 'pack', '--prefix', prefix, '--schema', schema])
+    const store = createPostgresStore(url, { schema, prefix })
+    assert.deepEqual(await store.getExecutionTaskResults('order-9'), {})
+    await store.close()
+  })
+
+  it('refuses a --schema Postgres would not take, or on another backend (exit 2)', () => {
+    for (const bad of ['', 'a$b', 'x'.repeat(64)]) {
+      fails(['inspect', postgres.url, `--schema=${bad}`], 2, /^durastate: --schema must be 1 to 63 bytes without NUL or "\$"/)
+    }
+    fails(['inspect', 'sqlite:/tmp/x.db', '--schema', 'ds'], 2, /^durastate: --schema applies to Postgres URLs only/)
+    fails(['kv', 'get', 'default', 'k', 'redis://127.0.0.1:1', '--schema', 'ds'], 2, /^durastate: --schema applies to Postgres URLs only/)
+  })
+})

@@ -43,6 +43,8 @@ const USAGE = `usage:
             Give both to be explicit: inspect <url> <executionId>, kv keys <mount> <pattern> <url>
   --prefix  inspect: the worker store's key prefix (default "").
             kv: the mount's key prefix (default "<mount>:", and "kv:" for the mount "default")
+  --schema  Postgres URLs: the schema holding the store's tables, as the store's option
+            \`schema\` (default "durastate"; 1 to 63 bytes, no NUL or "$")
   --json    machine-readable output
   --force   dispose: also a key that holds only "true" under "kv:" (by default taken
             for the KV entry \`true\` that createKvStore's default mount stores there)
@@ -63,6 +65,7 @@ const USAGE = `usage:
 
 const OPTIONS = {
   prefix: { type: 'string' },
+  schema: { type: 'string' },
   'tls-ca': { type: 'string' },
   'tls-cert': { type: 'string' },
   'tls-key': { type: 'string' },
@@ -107,7 +110,7 @@ function parseCommand(argv) {
   const { values, positionals } = parsed
   if (values.help) return { name: 'help' }
   const [command, ...rest] = positionals
-  const withTls = (parsed) => ({ ...parsed, tls: tlsOption(values, parsed.url) })
+  const withTls = (parsed) => ({ ...parsed, tls: tlsOption(values, parsed.url), schema: schemaOption(values.schema, parsed.url) })
   if (command === 'inspect') return withTls(parseInspect(rest, values))
   if (command === 'kv') return withTls(parseKv(rest, values))
   if (command === 'reset') return withTls(parseRepair('reset', rest, values, ['executionId', 'taskId']))
@@ -199,6 +202,19 @@ function tlsOption(values, url) {
     throw new UsageError('the TLS flags (--tls-*, --insecure) apply to Redis and Postgres URLs only')
   }
   return tls
+}
+
+/** The store option `schema` of `--schema` (Postgres URLs only), or undefined when not given. */
+function schemaOption(schema, url) {
+  if (schema === undefined) return undefined
+  if (url === undefined || !/^postgres(?:ql)?:\/\//i.test(url)) {
+    throw new UsageError('--schema applies to Postgres URLs only (postgres://, postgresql://)')
+  }
+  const bytes = Buffer.byteLength(schema)
+  if (bytes === 0 || bytes > 63 || schema.includes('\0') || schema.includes('$')) {
+    throw new UsageError(`--schema must be 1 to 63 bytes without NUL or "$", got ${JSON.stringify(schema)}`)
+  }
+  return schema
 }
 
 /** The prefix an app's mount has when its options give none: what createKvStore uses. */
@@ -363,9 +379,9 @@ async function notFound(inspector, prefix, id) {
   )
 }
 
-async function inspect({ url, executionId, prefix, json, tls }) {
+async function inspect({ url, executionId, prefix, json, tls, schema }) {
   requireExistingFile(url)
-  const inspector = loadAddon().createInspector(url, { tls })
+  const inspector = loadAddon().createInspector(url, { tls, schema })
   try {
     if (executionId === undefined) {
       const executions = await listExecutions(inspector, prefix)
@@ -380,9 +396,9 @@ async function inspect({ url, executionId, prefix, json, tls }) {
   }
 }
 
-async function repair({ name, url, executionId, taskId, prefix, tls, force }) {
+async function repair({ name, url, executionId, taskId, prefix, tls, schema, force }) {
   requireExistingFile(url)
-  const inspector = loadAddon().createInspector(url, { tls })
+  const inspector = loadAddon().createInspector(url, { tls, schema })
   try {
     const quoted = quote(executionId)
     if (name === 'dispose') {
@@ -402,7 +418,7 @@ async function ui(command) {
   requireExistingFile(command.url)
   const { startUi } = await import('./ui.mjs')
   const { createInspector } = loadAddon()
-  const server = await startUi({ ...command, createInspector: (url) => createInspector(url, { tls: command.tls }) })
+  const server = await startUi({ ...command, createInspector: (url) => createInspector(url, { tls: command.tls, schema: command.schema }) })
   const mode = command.allowWrites ? 'writes allowed: reset step, dispose' : 'read-only'
   console.log(`durastate ui: ${server.url} (${mode}; Ctrl-C stops it)`)
   const stop = () => server.close().then(() => process.exit(0))
@@ -452,7 +468,11 @@ const KV_ACTIONS = {
 
 async function kv(command) {
   if (command.action !== 'set') requireExistingFile(command.url)
-  const store = loadAddon().createKvStore(command.url, { tls: command.tls, mounts: { [command.mount]: { prefix: command.prefix } } })
+  const store = loadAddon().createKvStore(command.url, {
+    tls: command.tls,
+    schema: command.schema,
+    mounts: { [command.mount]: { prefix: command.prefix } },
+  })
   try {
     await KV_ACTIONS[command.action](store, command)
   } finally {
