@@ -323,7 +323,8 @@ export declare function createRedisStore(target?: string | RedisConnectionOption
 /**
  * A store on Postgres, synchronous and lazy: it validates its arguments (throwing
  * `INVALID_INPUT`) and connects on first use, creating its tables then (schema
- * `durastate`, or option `schema`). Values are stored as JSON text.
+ * `durastate`, or option `schema`). Values are stored as JSON text. Postgres text cannot
+ * hold NUL: an execution id or task id holding `\u0000` rejects `INVALID_INPUT`.
  *
  * @param target A libpq URL, `postgres://user:password@host:port/database?sslmode=require`
  *   (`postgresql://` too; `sslmode` and `application_name` as libpq reads them), a libpq
