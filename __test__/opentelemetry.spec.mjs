@@ -7,7 +7,8 @@ import { after, before, describe, it } from 'node:test'
 import { context, SpanStatusCode, trace } from '@opentelemetry/api'
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks'
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base'
-import { createKvStore, createMemoryStore, createRedisStore } from '../index.js'
+import { createKvStore, createMemoryStore, createPostgresStore, createRedisStore } from '../index.js'
+import { testPostgres } from './helpers/postgres-server.mjs'
 import { traceDurastate } from '../examples/opentelemetry.mjs'
 import { startRedisServer } from './helpers/redis-server.mjs'
 
@@ -85,6 +86,24 @@ describe('OpenTelemetry spans from durastate:call', () => {
     assert.equal(span.attributes['db.system.name'], 'durastate.memory')
     assert.equal(span.status.code, SpanStatusCode.ERROR)
     assert.equal(span.attributes['server.address'], undefined)
+  })
+
+  it('names a Postgres store db.system.name postgresql, with its server and database', async () => {
+    const postgres = await testPostgres()
+    try {
+      exporter.reset()
+      const store = createPostgresStore(postgres.url, { prefix: 'otel-pg:' })
+      await store.beginExecution('p1')
+      await store.close()
+      const span = exporter.getFinishedSpans().find((s) => s.name === 'beginExecution')
+      const url = new URL(postgres.url)
+      assert.deepEqual(
+        [span.attributes['db.system.name'], span.attributes['server.address'], span.attributes['server.port'], span.attributes['db.namespace']],
+        ['postgresql', url.hostname, Number(url.port), url.pathname.slice(1)],
+      )
+    } finally {
+      await postgres.release()
+    }
   })
 
   it('the example runs and prints its spans', () => {
