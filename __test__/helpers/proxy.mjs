@@ -4,13 +4,14 @@
 import { createServer, connect } from 'node:net'
 
 /**
- * A proxy to `targetPort` that passes each chunk through `toServer(chunk, pipe)` and
+ * A proxy to `targetPort` (a port, or a function that gives the port of each new
+ * connection) that passes each chunk through `toServer(chunk, pipe)` and
  * `toClient(chunk, pipe)`, where `pipe` has the two sockets; by default they forward it.
  */
 async function startProxy(targetPort, { toServer = (chunk, p) => p.upstream.write(chunk), toClient = (chunk, p) => p.client.write(chunk) }) {
   const sockets = new Set()
   const server = createServer((client) => {
-    const upstream = connect(targetPort, '127.0.0.1')
+    const upstream = connect(typeof targetPort === 'function' ? targetPort() : targetPort, '127.0.0.1')
     sockets.add(client).add(upstream)
     const pipe = { client, upstream }
     client.on('data', (chunk) => toServer(chunk, pipe))
@@ -88,29 +89,11 @@ export async function startCuttingProxy(targetPort) {
  */
 export async function startSwitchingProxy(targetPort) {
   let target = targetPort
-  const sockets = new Set()
-  const server = createServer((client) => {
-    const upstream = connect(target, '127.0.0.1')
-    sockets.add(client).add(upstream)
-    client.pipe(upstream)
-    upstream.pipe(client)
-    const end = () => {
-      client.destroy()
-      upstream.destroy()
-    }
-    client.on('error', end).on('close', end)
-    upstream.on('error', end).on('close', end)
-  })
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const proxy = await startProxy(() => target, {})
   return {
-    port: server.address().port,
+    ...proxy,
     set target(port) {
       target = port
     },
-    close: () =>
-      new Promise((resolve) => {
-        for (const s of sockets) s.destroy()
-        server.close(resolve)
-      }),
   }
 }
