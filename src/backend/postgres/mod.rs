@@ -171,6 +171,9 @@ struct Inner {
   sql: Statements,
   command_timeout: Duration,
   connect_timeout: Duration,
+  /// The hosts of the target, each tried within connectTimeout (`connect_timeout` is
+  /// their sum).
+  hosts: u32,
   retry: RetrySettings,
   /// Whether the schema was created or checked.
   ready: AtomicBool,
@@ -228,6 +231,7 @@ impl PostgresBackend {
         command_timeout,
         // connectTimeout bounds each host of a multi-host target.
         connect_timeout: connect_timeout.saturating_mul(hosts),
+        hosts,
         retry,
         ready: AtomicBool::new(false),
         preparing: tokio::sync::Mutex::new(()),
@@ -499,6 +503,16 @@ impl Inner {
       Ok(Err(deadpool_postgres::PoolError::Backend(err))) => return Err(self.connect_error(&err)),
       Ok(Err(deadpool_postgres::PoolError::Closed)) => return Err(StoreError::disposed()),
       Ok(Err(err)) => return Err(StoreError::cannot_connect(&self.display, err)),
+      Err(_) if self.hosts > 1 => {
+        return Err(StoreError::cannot_connect(
+          &self.display,
+          format_args!(
+            "no connection to any of its {} hosts, each tried within connectTimeout ({} ms)",
+            self.hosts,
+            (self.connect_timeout / self.hosts).as_millis()
+          ),
+        ))
+      }
       Err(_) => {
         return Err(StoreError::connect_timeout(
           &self.display,
