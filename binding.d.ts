@@ -214,6 +214,12 @@ export declare function debugPanicAsync(): Promise<void>
  */
 export declare function debugPanicRedisTask(): void
 
+/**
+ * Makes the next group of calls that a SQLite store's thread runs panic, once: its
+ * calls must reject with `INTERNAL` and `close()` must still resolve.
+ */
+export declare function debugPanicSqliteThread(): void
+
 /** Panics inside a synchronous call; JS must see a thrown error, not an abort. */
 export declare function debugPanicSync(): void
 

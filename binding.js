@@ -849,6 +849,7 @@ module.exports.debugEmbeddedGroups = nativeBinding.debugEmbeddedGroups
 module.exports.debugKvCounts = nativeBinding.debugKvCounts
 module.exports.debugPanicAsync = nativeBinding.debugPanicAsync
 module.exports.debugPanicRedisTask = nativeBinding.debugPanicRedisTask
+module.exports.debugPanicSqliteThread = nativeBinding.debugPanicSqliteThread
 module.exports.debugPanicSync = nativeBinding.debugPanicSync
 module.exports.debugRuntime = nativeBinding.debugRuntime
 module.exports.setRedisTransport = nativeBinding.setRedisTransport

@@ -299,8 +299,10 @@ export declare class DurableWorkerStore implements WorkerStore {
   disposeExecution(executionId: string): Promise<void>
   /**
    * Releases the connection or database. The calls made before it finish; later calls
-   * reject with `DISPOSED`. Idempotent. On SQLite it resolves once the database is closed
-   * and its WAL copied into the file, so the file can be copied or deleted right after.
+   * reject with `DISPOSED`. Idempotent. On SQLite it resolves once the store's connections
+   * to the file are closed; when they were the last ones (no other store or process has
+   * it open), its WAL is copied into the file, so the file can be copied or deleted right
+   * after.
    */
   close(): Promise<void>
   /** Whether {@link close} was called. */
@@ -526,8 +528,10 @@ export declare class KvStore {
   mount(name: string): KvMount
   /**
    * Releases the connection or database. The calls made before it finish; later calls
-   * reject with `DISPOSED`. Idempotent. On SQLite it resolves once the database is closed
-   * and its WAL copied into the file, so the file can be copied or deleted right after.
+   * reject with `DISPOSED`. Idempotent. On SQLite it resolves once the store's connections
+   * to the file are closed; when they were the last ones (no other store or process has
+   * it open), its WAL is copied into the file, so the file can be copied or deleted right
+   * after.
    */
   close(): Promise<void>
   /** Whether {@link close} was called. */

@@ -496,7 +496,7 @@ describe('durastate --schema on Postgres', { timeout: 120_000 }, () => {
   })
 
   it('refuses a --schema Postgres would not take, or on another backend (exit 2)', () => {
-    for (const bad of ['', 'a$b', 'x'.repeat(64)]) {
+    for (const bad of ['', 'a$b', 'x'.repeat(64), 'pg_state']) {
       fails(['inspect', postgres.url, `--schema=${bad}`], 2, /^durastate: --schema must be 1 to 63 bytes without NUL or "\$"/)
     }
     fails(['inspect', 'sqlite:/tmp/x.db', '--schema', 'ds'], 2, /^durastate: --schema applies to Postgres URLs only/)

@@ -471,6 +471,16 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
       await assert.rejects(store.beginExecution('x'), (err) => err.code === 'TLS', sslmode)
       await store.close()
     }
+    // A `hostaddr` is TCP, with or without a host (a socket directory included): its
+    // sslmode holds too.
+    for (const target of [
+      `hostaddr=127.0.0.1 port=${server.port} user=postgres password=${POSTGRES_PASSWORD} dbname=postgres sslmode=require`,
+      `postgres://postgres:${POSTGRES_PASSWORD}@/postgres?host=/tmp&hostaddr=127.0.0.1&port=${server.port}&sslmode=require`,
+    ]) {
+      const store = createPostgresStore(target, { connectTimeout: 2_000, prefix: fresh() })
+      await assert.rejects(store.beginExecution('x'), (err) => err.code === 'TLS', target)
+      await store.close()
+    }
     // A quoted password with spaces (two in a row), a quote and a backslash.
     server.sql("CREATE ROLE spaced LOGIN PASSWORD 'a b  c''d\\e'; GRANT CREATE ON DATABASE postgres TO spaced")
     const spaced = createPostgresStore(`host = 127.0.0.1 port = ${server.port} user = spaced password = 'a b  c\\'d\\\\e' dbname = postgres`, {

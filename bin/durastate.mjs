@@ -44,7 +44,7 @@ const USAGE = `usage:
   --prefix  inspect: the worker store's key prefix (default "").
             kv: the mount's key prefix (default "<mount>:", and "kv:" for the mount "default")
   --schema  Postgres URLs: the schema holding the store's tables, as the store's option
-            \`schema\` (default "durastate"; 1 to 63 bytes, no NUL or "$")
+            \`schema\` (default "durastate"; 1 to 63 bytes, no NUL or "$", not pg_...)
   --json    machine-readable output
   --force   dispose: also a key that holds only "true" under "kv:" (by default taken
             for the KV entry \`true\` that createKvStore's default mount stores there)
@@ -211,8 +211,8 @@ function schemaOption(schema, url) {
     throw new UsageError('--schema applies to Postgres URLs only (postgres://, postgresql://)')
   }
   const bytes = Buffer.byteLength(schema)
-  if (bytes === 0 || bytes > 63 || schema.includes('\0') || schema.includes('$')) {
-    throw new UsageError(`--schema must be 1 to 63 bytes without NUL or "$", got ${JSON.stringify(schema)}`)
+  if (bytes === 0 || bytes > 63 || schema.includes('\0') || schema.includes('$') || schema.startsWith('pg_')) {
+    throw new UsageError(`--schema must be 1 to 63 bytes without NUL or "$", not starting with "pg_", got ${JSON.stringify(schema)}`)
   }
   return schema
 }

@@ -223,11 +223,13 @@ export async function startUi({ url, port = 0, host = '127.0.0.1', allowWrites =
   server.requestTimeout = 30_000
   await new Promise((resolve, reject) => {
     server.once('error', (err) => {
-      inspector.close()
-      reject(
+      const failure =
         err.code === 'EADDRINUSE'
           ? Object.assign(new Error(`port ${port} on ${host} is in use: pick another with --port (0: any free port)`), { code: 'UNAVAILABLE' })
-          : err,
+          : err
+      inspector.close().then(
+        () => reject(failure),
+        () => reject(failure),
       )
     })
     server.listen(port, host, resolve)

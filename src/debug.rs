@@ -59,3 +59,23 @@ pub fn debug_embedded_groups() -> Vec<i64> {
 pub fn debug_kv_counts() -> i64 {
   crate::kv::count_runs() as i64
 }
+
+/// Set by `debugPanicSqliteThread`: the next group a SQLite store's thread runs panics.
+static SQLITE_THREAD_PANIC: std::sync::atomic::AtomicBool =
+  std::sync::atomic::AtomicBool::new(false);
+
+/// Makes the next group of calls that a SQLite store's thread runs panic, once: its
+/// calls must reject with `INTERNAL` and `close()` must still resolve.
+#[napi]
+pub fn debug_panic_sqlite_thread() {
+  SQLITE_THREAD_PANIC.store(true, std::sync::atomic::Ordering::Release);
+}
+
+/// Where a SQLite store's thread panics when `debugPanicSqliteThread` asked it to.
+pub fn sqlite_thread_panic_point() {
+  if SQLITE_THREAD_PANIC.load(std::sync::atomic::Ordering::Relaxed)
+    && SQLITE_THREAD_PANIC.swap(false, std::sync::atomic::Ordering::AcqRel)
+  {
+    panic!("deliberate panic (SQLite thread) for durastate's tests");
+  }
+}

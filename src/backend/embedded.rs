@@ -243,7 +243,18 @@ struct Shared {
   finished: Arc<watch::Sender<bool>>,
 }
 
+/// Says `closed()` when dropped: when the store's thread ends, whether its queue is done
+/// or a bug made it panic (so `close()` never waits for a thread that is gone).
+struct Finished(Arc<watch::Sender<bool>>);
+
+impl Drop for Finished {
+  fn drop(&mut self) {
+    self.0.send_replace(true);
+  }
+}
+
 fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) {
+  let _finished = Finished(shared.finished.clone());
   let mut checkpointer = Checkpointer::default();
   while let Ok(job) = jobs.recv() {
     // Every job queued by now joins one transaction, up to GROUP_LIMIT calls.
@@ -259,6 +270,7 @@ fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) 
       }
     }
     if calls > 0 {
+      crate::debug::sqlite_thread_panic_point();
       // The lock is let go before the answers are sent: the JS thread, woken by them,
       // would otherwise find the database busy and queue its next call here too.
       let answers = {
@@ -281,7 +293,6 @@ fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) 
   // `closed()` resolves.
   *shared.database.lock().unwrap_or_else(|e| e.into_inner()) = None;
   drop(checkpointer);
-  shared.finished.send_replace(true);
 }
 
 /// One answer per call: a group's failure is every call's.

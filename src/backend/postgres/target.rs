@@ -264,12 +264,15 @@ impl PostgresTarget {
       Some(_) => TlsMode::Verify,
       None => TlsMode::Prefer,
     });
-    // libpq ignores `sslmode` on a unix socket: there is no TLS there.
+    // libpq ignores `sslmode` on a unix socket: there is no TLS there. Only when every
+    // host is one: a `hostaddr` (TCP, whatever the host) keeps the mode.
     #[cfg(unix)]
-    let mode = match config
-      .get_hosts()
-      .iter()
-      .all(|h| matches!(h, Host::Unix(_)))
+    let mode = match !config.get_hosts().is_empty()
+      && config.get_hostaddrs().is_empty()
+      && config
+        .get_hosts()
+        .iter()
+        .all(|h| matches!(h, Host::Unix(_)))
     {
       true => TlsMode::Disable,
       false => mode,
@@ -635,7 +638,7 @@ fn parse_url(url: &str) -> StoreResult<Option<Params>> {
   let invalid = |problem: String| {
     StoreError::invalid_input(format!(
       "invalid Postgres URL \"{}\": {problem}",
-      crate::redis_target::redact(url)
+      redact_url(url)
     ))
   };
   let decode = |what: &str, text: &str| -> StoreResult<String> {
@@ -938,6 +941,20 @@ mod tests {
       .unwrap();
       assert!(socket.tls.is_none());
       assert_eq!(socket.config.get_ssl_mode(), SslMode::Disable);
+      // A `hostaddr` is TCP: its sslmode holds, with or without a host (a socket
+      // directory as host included).
+      for text in [
+        "postgres://app@/db?hostaddr=10.0.0.5&sslmode=require",
+        "postgres:///db?host=/run/postgresql&hostaddr=10.0.0.5&sslmode=require",
+      ] {
+        let tcp = PostgresTarget::from_url(text, None).unwrap();
+        assert!(tcp.tls.is_some(), "{text}");
+        assert_eq!(tcp.config.get_ssl_mode(), SslMode::Require, "{text}");
+      }
+      let kv =
+        PostgresTarget::from_url("hostaddr=10.0.0.5 sslmode=verify-full user=app", None).unwrap();
+      assert!(kv.tls.is_some());
+      assert_eq!(kv.config.get_ssl_mode(), SslMode::Require);
     }
   }
 
