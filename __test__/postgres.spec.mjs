@@ -559,6 +559,21 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
       })
       assert.ok(Date.now() - t0 < 3_000, `rejected after ${Date.now() - t0} ms`)
       await none.close()
+      // A host that fails TLS (this server has none) before one that refuses connections:
+      // the TLS failure is said (a setting to fix), not the refusal of the last host.
+      const gone = createServer()
+      await new Promise((resolve) => gone.listen(0, '127.0.0.1', resolve))
+      const refused = gone.address().port
+      await new Promise((resolve) => gone.close(resolve))
+      const tlsFirst = createPostgresStore(`postgres://postgres:${POSTGRES_PASSWORD}@127.0.0.1:${server.port},127.0.0.1:${refused}/postgres?sslmode=require`, {
+        connectTimeout: 1_000,
+        retry: { attempts: 0 },
+      })
+      await assert.rejects(tlsFirst.beginExecution('x'), (err) => {
+        assert.equal(err.code, 'TLS', err.message)
+        return true
+      })
+      await tlsFirst.close()
     } finally {
       for (const socket of sockets) socket.destroy()
       silent.close()

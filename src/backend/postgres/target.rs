@@ -433,7 +433,14 @@ where
             });
             return Ok((client, task));
           }
-          Err(err) => error = Some(err),
+          // The error said is the last host's, unless an earlier one's tells more: a TLS
+          // or authentication failure (a setting to fix, not retried) is not hidden
+          // behind a later host's refused connection.
+          Err(err) => {
+            if error.as_ref().is_none_or(|kept| !telling(kept)) {
+              error = Some(err);
+            }
+          }
         }
       }
       match error {
@@ -446,6 +453,14 @@ where
       }
     })
   }
+}
+
+/// Whether a connect error is one a setting must fix (TLS, authentication).
+fn telling(err: &tokio_postgres::Error) -> bool {
+  matches!(
+    super::errors::store_error(err).code,
+    crate::error::ErrorCode::Tls | crate::error::ErrorCode::Auth
+  )
 }
 
 /// The TLS parameters of a URL that tokio-postgres does not take: `sslmode` (it knows
