@@ -60,7 +60,8 @@ export interface StoreOptions {
   /**
    * Bound on every round trip of a call, in ms, including connecting or queueing: end to
    * end for a call of one round trip (most are); a listing gets it per page. Default 5000.
-   * On Redis, after 3 calls in a row time out with no reply in between, the connection is
+   * On Redis, when a call times out while the oldest call still unanswered has waited 3 ×
+   * commandTimeout with not a byte from the server since it was made, the connection is
    * abandoned and the next call connects again (a hung server, a half-open path).
    */
   commandTimeout?: number

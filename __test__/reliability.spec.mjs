@@ -128,8 +128,9 @@ describe('Redis faults', () => {
       proxy.target = replacement.port
       const codes = []
       for (let i = 0; i < 6; i++) codes.push(await codeOf(store.beginExecution(`e${i}`)))
-      // Three calls in a row time out with no reply: the connection is abandoned, and the
-      // next call connects again, to the replacement.
+      // One call after another times out; when the third does, the first has waited 3 ×
+      // commandTimeout with not a byte from the server: the connection is abandoned, and
+      // the next call connects again, to the replacement.
       assert.deepEqual(codes, ['TIMEOUT', 'TIMEOUT', 'TIMEOUT', 'ok', 'ok', 'ok'])
       const direct = new Redis(replacement.url)
       try {
@@ -146,6 +147,38 @@ describe('Redis faults', () => {
       await store.close()
       await proxy.close()
       await Promise.all([hung.stop(), replacement.stop()])
+    }
+  })
+
+  it('keeps the connection to a server that pauses for less than 3 × commandTimeout while calls are in flight together', async () => {
+    // A pause as a BGSAVE fork, an fsync stall or a slow script makes: 5 calls made
+    // together time out in the same tick; that is one commandTimeout of silence, not 5
+    // calls in a row, so the connection stays and a call still waiting gets its reply.
+    const paused = await startRedisServer()
+    const admin = new Redis(paused.url)
+    const store = createRedisStore(paused.url, { prefix: 'pause:', commandTimeout: 500 })
+    const connections = async () => Number(/total_connections_received:(\d+)/.exec(await admin.info('stats'))[1])
+    try {
+      await store.beginExecution('e')
+      const before = await connections()
+      process.kill(paused.pid, 'SIGSTOP')
+      const together = Array.from({ length: 5 }, (_, i) => codeOf(store.beginExecution(`t${i}`)))
+      await new Promise((r) => setTimeout(r, 300))
+      // Made 300 ms later, a call never sent twice (a claim): still waiting when the 5 time
+      // out, it must be answered once the server resumes, not rejected UNAVAILABLE with
+      // the connection.
+      const waiting = store.tryBeginExecutionTask('e', 'w').catch((err) => err.code)
+      assert.deepEqual(await Promise.all(together), ['TIMEOUT', 'TIMEOUT', 'TIMEOUT', 'TIMEOUT', 'TIMEOUT'])
+      await new Promise((r) => setTimeout(r, 150))
+      process.kill(paused.pid, 'SIGCONT')
+      assert.equal(await waiting, true, 'the claim in flight is answered on the same connection')
+      assert.equal(await store.isExecutionInProgress('t4'), true)
+      assert.equal(await connections(), before, 'no new connection')
+    } finally {
+      process.kill(paused.pid, 'SIGCONT')
+      admin.disconnect()
+      await store.close()
+      await paused.stop()
     }
   })
 

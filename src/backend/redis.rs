@@ -594,6 +594,8 @@ async fn run(shared: Arc<Shared>, calls: &mut mpsc::UnboundedReceiver<(Waiter, B
       Event::Read(Ok(_)) => {
         let read = {
           let mut state = shared.lock();
+          // Bytes, a whole reply or not: the server is not hung.
+          state.core.heard(Instant::now());
           let core_received = state.core.received();
           if core_received.is_empty() && received.len() > 64 * 1024 {
             // A large value: handed over, not copied.
@@ -622,9 +624,11 @@ async fn run(shared: Arc<Shared>, calls: &mut mpsc::UnboundedReceiver<(Waiter, B
         let ms = shared.command_timeout.as_millis() as u64;
         let (expired, stuck) = {
           let mut state = shared.lock();
-          let expired = state.core.expire(Instant::now());
+          let now = Instant::now();
+          let expired = state.core.expire(now);
           rested = expired.is_empty() && state.core.next_deadline().is_none();
-          (expired, conn.is_some() && state.core.is_stuck())
+          let stuck = state.core.is_stuck(now, shared.command_timeout);
+          (expired, conn.is_some() && stuck)
         };
         for waiter in expired {
           let err = StoreError::timeout(waiter.what(), ms);

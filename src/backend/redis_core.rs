@@ -62,18 +62,22 @@ pub struct Core<W> {
   codec: ReplyDecoder,
   /// Connect attempts that failed in a row while calls waited.
   failures: u32,
-  /// Calls that timed out on this connection since the last reply: [`STUCK_AFTER`] of them
-  /// and the connection is taken for stuck ([`Core::is_stuck`]).
-  silent_expiries: u32,
+  /// When a byte last came from the server on this connection (or it opened): with the
+  /// time the oldest unanswered call was made, what [`Core::is_stuck`] measures silence
+  /// from.
+  heard_at: Option<Instant>,
   closed: bool,
 }
 
-/// How many calls in a row may time out with no reply from the server in between before
-/// the connection is abandoned for a new one: a server that is hung (`SIGSTOP`, a
-/// deadlock) or a path to it that is half-open (a proxy or load balancer whose far side
-/// is gone) still acknowledges TCP, so the connection would never drop by itself, and
-/// every call would time out on it even after the server (or a replacement at the same
-/// address) answers again.
+/// How many `commandTimeout`s the oldest unanswered call may wait, with not a byte from
+/// the server since it was made, before the connection is abandoned for a new one (checked
+/// when a call times out): a server that is hung (`SIGSTOP`, a deadlock) or a path to it
+/// that is half-open (a proxy or load balancer whose far side is gone) still acknowledges
+/// TCP, so the connection would never drop by itself, and every call would time out on it
+/// even after the server (or a replacement at the same address) answers again. Measured in
+/// time, not in calls: calls made together that time out together count once, and a
+/// server that pauses for less (a fork for `BGSAVE`, an fsync stall, a slow script) or
+/// sends a large reply slowly keeps its connection.
 pub const STUCK_AFTER: u32 = 3;
 
 impl<W> Core<W> {
@@ -86,7 +90,7 @@ impl<W> Core<W> {
       received: BytesMut::new(),
       codec: ReplyDecoder::default(),
       failures: 0,
-      silent_expiries: 0,
+      heard_at: None,
       closed: false,
     }
   }
@@ -159,6 +163,13 @@ impl<W> Core<W> {
     std::mem::replace(&mut self.unsent, spare)
   }
 
+  /// Bytes came from the server at `now` (a whole reply or not, TLS records included):
+  /// it is not hung, whatever the calls still waiting ([`Core::is_stuck`]). A driver says
+  /// so whenever a read gives bytes.
+  pub fn heard(&mut self, now: Instant) {
+    self.heard_at = Some(now);
+  }
+
   /// Where a driver may read reply bytes into directly.
   pub fn received(&mut self) -> &mut BytesMut {
     &mut self.received
@@ -183,7 +194,6 @@ impl<W> Core<W> {
       let Some(value) = value else {
         return Ok(());
       };
-      self.silent_expiries = 0;
       if self.follow_failover && is_readonly(&value) {
         return Err(lost(
           "the server answered READONLY: it is a replica now (failover); reconnecting to the master",
@@ -208,7 +218,7 @@ impl<W> Core<W> {
   /// must not land afterwards.
   pub fn connected(&mut self) {
     self.failures = 0;
-    self.silent_expiries = 0;
+    self.heard_at = Some(Instant::now());
     self.received.clear();
     self.codec = ReplyDecoder::default();
     if self.pending.iter().any(|call| call.waiter.is_none()) {
@@ -246,7 +256,7 @@ impl<W> Core<W> {
   }
 
   fn requeue_or_reject(&mut self, eligible: impl Fn(&Call<W>) -> bool) -> Vec<W> {
-    self.silent_expiries = 0;
+    self.heard_at = None;
     self.unsent.clear();
     self.received.clear();
     self.codec = ReplyDecoder::default();
@@ -274,21 +284,31 @@ impl<W> Core<W> {
   /// The waiters of the calls whose deadline is `now` or past, to be rejected `TIMEOUT`.
   /// Their replies, if they come, are skipped.
   pub fn expire(&mut self, now: Instant) -> Vec<W> {
-    let expired: Vec<W> = self
+    self
       .pending
       .iter_mut()
       .take_while(|call| call.deadline <= now)
       .filter_map(|call| call.waiter.take())
-      .collect();
-    self.silent_expiries = self.silent_expiries.saturating_add(expired.len() as u32);
-    expired
+      .collect()
   }
 
-  /// Whether [`STUCK_AFTER`] calls in a row timed out with nothing from the server in
-  /// between: a driver with an open connection drops it ([`stuck`]) and connects again,
-  /// as for a lost connection (calls that may be sent again are, on the new one).
-  pub fn is_stuck(&self) -> bool {
-    self.silent_expiries >= STUCK_AFTER
+  /// Whether, at `now`, the oldest call still unanswered (timed out or not) has waited
+  /// [`STUCK_AFTER`] × `timeout` (`commandTimeout`, which every call's deadline is from
+  /// its making) with not a byte from the server since it was made ([`Core::heard`]) or
+  /// the connection opened: a driver checks when calls time out and, with an open
+  /// connection, drops it ([`stuck`]) and connects again, as for a lost connection
+  /// (calls that may be sent again are, on the new one). So calls that time out together
+  /// count once, and bytes of a reply still coming keep the connection.
+  pub fn is_stuck(&self, now: Instant, timeout: Duration) -> bool {
+    let Some(oldest) = self.pending.front() else {
+      return false;
+    };
+    let made = oldest
+      .deadline
+      .checked_sub(timeout)
+      .unwrap_or(oldest.deadline);
+    let silent_since = self.heard_at.map_or(made, |heard| heard.max(made));
+    now.saturating_duration_since(silent_since) >= timeout * STUCK_AFTER
   }
 
   /// When the next call still waiting times out.
@@ -400,9 +420,9 @@ pub fn tls_lost(err: crate::tls::RecordFailure) -> StoreError {
 /// `commandTimeout`.
 pub fn stuck(timeout: Duration) -> StoreError {
   lost(&format!(
-    "{STUCK_AFTER} calls in a row got no reply within commandTimeout ({} ms), and nothing came \
-     from the server in between: the server may be hung, or the path to it half-open; the \
-     connection is abandoned for a new one",
+    "a call got no reply, and not a byte came from the server, for {STUCK_AFTER} × \
+     commandTimeout ({} ms) while calls timed out: the server may be hung, or the path to it \
+     half-open; the connection is abandoned for a new one",
     timeout.as_millis()
   ))
 }

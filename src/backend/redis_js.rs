@@ -396,7 +396,9 @@ impl Driver {
         let timeout_ms = self.command_timeout.as_millis() as u64;
         settled = state.core.expire_calls(Instant::now(), timeout_ms);
         // A server that stopped answering on a connection that stays open: a new one.
-        if matches!(state.connection, Connection::Open { .. }) && state.core.is_stuck() {
+        if matches!(state.connection, Connection::Open { .. })
+          && state.core.is_stuck(Instant::now(), self.command_timeout)
+        {
           settled.extend(state.recover(stuck(self.command_timeout)));
         }
       }
@@ -625,6 +627,10 @@ impl State {
     let Connection::Open { tls } = &mut self.connection else {
       return Ok(());
     };
+    if !bytes.is_empty() {
+      // Bytes, a whole reply or not: the server is not hung.
+      self.core.heard(Instant::now());
+    }
     match tls.as_deref_mut() {
       Some(tls) => {
         let mut out = Vec::new();

@@ -289,7 +289,9 @@ impl Driver {
     let mut settled = state.core.expire_calls(Instant::now(), timeout_ms);
     let mut reconnect = None;
     // A server that stopped answering on a connection that stays open: a new one.
-    if matches!(state.connection, Connection::Open { .. }) && state.core.is_stuck() {
+    if matches!(state.connection, Connection::Open { .. })
+      && state.core.is_stuck(Instant::now(), self.command_timeout)
+    {
       settled.extend(state.recover(stuck(self.command_timeout)));
       if !state.core.is_idle() && !state.closed {
         reconnect = Some(state.begin_connect());
@@ -438,7 +440,12 @@ impl State {
     let Connection::Open { socket, .. } = &mut self.connection else {
       return Ok(());
     };
-    if socket.read_available(self.core.received())? {
+    let (read, wants_write) = socket.read_available(self.core.received())?;
+    if read > 0 {
+      // Bytes, a whole reply or not: the server is not hung.
+      self.core.heard(Instant::now());
+    }
+    if wants_write {
       self.flush()?;
     }
     Ok(())

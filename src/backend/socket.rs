@@ -69,18 +69,22 @@ impl Socket {
     }
   }
 
-  /// Appends every reply byte available now to `received`. Returns whether the TLS
+  /// Appends every reply byte available now to `received`. Returns how many bytes came
+  /// from the server (TLS records counted whole, decrypted or not yet) and whether the TLS
   /// session has bytes to send in answer (alerts, key updates).
-  pub fn read_available(&mut self, received: &mut BytesMut) -> StoreResult<bool> {
+  pub fn read_available(&mut self, received: &mut BytesMut) -> StoreResult<(usize, bool)> {
     let Some(tls) = &mut self.tls else {
-      read_plain(&mut self.stream, received)?;
-      return Ok(false);
+      return Ok((read_plain(&mut self.stream, received)?, false));
     };
+    let mut read = 0;
     loop {
       match tls.read_tls(&mut self.stream) {
         Ok(0) => return Err(lost("the server closed the connection")),
-        Ok(_) => take_plaintext(tls, received).map_err(tls_lost)?,
-        Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(tls.wants_write()),
+        Ok(n) => {
+          read += n;
+          take_plaintext(tls, received).map_err(tls_lost)?
+        }
+        Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok((read, tls.wants_write())),
         Err(err) if err.kind() == ErrorKind::Interrupted => {}
         Err(err) => return Err(lost(&err.to_string())),
       }
@@ -102,7 +106,9 @@ fn write_plain(stream: &mut TcpStream, bytes: &[u8]) -> StoreResult<usize> {
   Ok(written)
 }
 
-fn read_plain(stream: &mut TcpStream, received: &mut BytesMut) -> StoreResult<()> {
+/// Reads what is available into `received`; returns how many bytes.
+fn read_plain(stream: &mut TcpStream, received: &mut BytesMut) -> StoreResult<usize> {
+  let mut read = 0;
   loop {
     received.reserve(64 * 1024);
     let spare = received.spare_capacity_mut();
@@ -113,13 +119,14 @@ fn read_plain(stream: &mut TcpStream, received: &mut BytesMut) -> StoreResult<()
       Ok(n) => {
         let drained = n < buffer.len();
         unsafe { received.set_len(received.len() + n) };
+        read += n;
         // A short read emptied the socket: skip the read that would say EAGAIN (the
         // poll is level-triggered and reports data that comes later).
         if drained {
-          return Ok(());
+          return Ok(read);
         }
       }
-      Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(()),
+      Err(err) if err.kind() == ErrorKind::WouldBlock => return Ok(read),
       Err(err) if err.kind() == ErrorKind::Interrupted => {}
       Err(err) => return Err(lost(&err.to_string())),
     }

@@ -540,38 +540,152 @@ fn an_aborted_transaction_gives_its_queued_commands_error() {
   assert!(super::super::redis_codec::cluster_error(&errors[0].1).is_none());
 }
 
-#[test]
-fn calls_that_time_out_in_a_row_with_no_reply_mark_the_connection_stuck() {
-  let mut s = Script::new(3, false);
-  s.core.connected();
-  for (i, name) in ["a", "b"].into_iter().enumerate() {
-    s.call_by(name, get(name), 10 * (i as u64 + 1));
+/// `commandTimeout` in the tests of a stuck connection: every call's deadline is its
+/// making plus this.
+const TIMEOUT: Duration = Duration::from_millis(100);
+
+impl Script {
+  /// The connection opens at `t0`.
+  fn open(&mut self) {
+    self.core.connected();
+    self.core.heard(self.t0);
   }
+
+  /// A call made at `ms`.
+  fn call_at(&mut self, name: &'static str, batch: Batch, ms: u64) {
+    self.call_by(name, batch, ms + TIMEOUT.as_millis() as u64);
+  }
+
+  fn at(&self, ms: u64) -> Instant {
+    self.t0 + Duration::from_millis(ms)
+  }
+
+  /// The server's bytes `resp` read at `ms`, as a driver hands them over.
+  fn answer_at(&mut self, ms: u64, resp: &str) -> Vec<(&'static str, Vec<Reply>)> {
+    self.core.heard(self.at(ms));
+    self.answer(resp)
+  }
+
+  fn stuck_at(&self, ms: u64) -> bool {
+    self.core.is_stuck(self.at(ms), TIMEOUT)
+  }
+}
+
+#[test]
+fn a_connection_is_stuck_once_a_call_waited_stuck_after_timeouts_with_nothing_from_the_server() {
+  let mut s = Script::new(3, false);
+  s.open();
+  // One call after another, each timing out (a hung server).
+  s.call_at("a", get("a"), 0);
   s.written();
-  assert_eq!(s.core.expire(s.t0 + Duration::from_millis(20)), ["a", "b"]);
-  assert!(!s.core.is_stuck(), "two calls");
-  // A late reply (to `a`) says the server is alive: the count starts again.
-  assert!(s.answer("$1\r\na\r\n").is_empty());
-  s.call_by("c", get("c"), 30);
-  s.call_by("d", get("d"), 40);
+  assert_eq!(s.core.expire(s.at(100)), ["a"]);
+  assert!(!s.stuck_at(100), "a waited one commandTimeout");
+  s.call_at("b", get("b"), 100);
   s.written();
-  assert_eq!(s.core.expire(s.t0 + Duration::from_millis(40)), ["c", "d"]);
-  assert!(!s.core.is_stuck(), "a reply came in between");
-  s.call_by("e", get("e"), 50);
+  assert_eq!(s.core.expire(s.at(200)), ["b"]);
+  assert!(!s.stuck_at(200), "a waited two");
+  // A late reply (to `a`) says the server is alive: silence is measured from it.
+  assert!(s.answer_at(250, "$1\r\na\r\n").is_empty());
+  s.call_at("c", get("c"), 200);
   s.written();
-  assert_eq!(s.core.expire(s.t0 + Duration::from_millis(50)), ["e"]);
-  assert!(s.core.is_stuck(), "three in a row, nothing from the server");
+  assert_eq!(s.core.expire(s.at(300)), ["c"]);
+  assert!(
+    !s.stuck_at(300),
+    "b waited three, but the server spoke at 250"
+  );
+  s.call_at("d", get("d"), 300);
+  s.call_at("e", get("e"), 450);
+  s.written();
+  assert_eq!(s.core.expire(s.at(400)), ["d"]);
+  assert!(!s.stuck_at(400));
+  assert_eq!(s.core.expire(s.at(550)), ["e"]);
+  assert!(
+    s.stuck_at(550),
+    "b (made at 100) unanswered, nothing since 250: 3 × commandTimeout"
+  );
   // Dropped for a new connection: the timed-out calls are not sent again; a new call is.
   let err = stuck(Duration::from_millis(300));
   assert_eq!(err.code, ErrorCode::Unavailable);
   assert!(
-    err.message.contains("commandTimeout (300 ms)"),
+    err.message.contains("3 × commandTimeout (300 ms)"),
     "{}",
     err.message
   );
   assert!(s.core.on_drop(&err).is_empty());
-  assert!(!s.core.is_stuck());
   s.call("f", get("f"));
   s.core.connected();
+  assert!(!s.core.is_stuck(s.at(1_000), TIMEOUT), "no call waits");
   assert_eq!(s.written(), ["GET f"]);
+}
+
+#[test]
+fn calls_that_time_out_together_do_not_make_a_connection_stuck() {
+  // A server that pauses (a fork for BGSAVE, an fsync stall) while 5 calls are in flight:
+  // they time out in the same tick, which is one commandTimeout of silence, not 5.
+  let mut s = Script::new(3, false);
+  s.open();
+  for name in ["a", "b", "c", "d", "e"] {
+    s.call_at(name, get(name), 0);
+  }
+  s.call_at("f", claim("f"), 50);
+  s.written();
+  assert_eq!(s.core.expire(s.at(100)), ["a", "b", "c", "d", "e"]);
+  assert!(!s.stuck_at(100), "5 calls at once are one timeout");
+  // The server resumes at 140: the late replies are skipped, the call still waiting gets
+  // its own, on the same connection.
+  let late = "$1\r\na\r\n".repeat(5);
+  assert!(s.answer_at(140, &late).is_empty());
+  assert_eq!(
+    s.answer_at(141, "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:1\r\n:1\r\n"),
+    [("f", vec![Reply::Int(1), Reply::Int(1)])]
+  );
+  assert!(s.core.is_idle());
+  // Still silent but for a shorter while than 3 × commandTimeout: kept.
+  for name in ["g", "h", "i"] {
+    s.call_at(name, get(name), 200);
+  }
+  s.written();
+  assert_eq!(s.core.expire(s.at(300)), ["g", "h", "i"]);
+  assert!(!s.stuck_at(300));
+  s.call_at("j", get("j"), 300);
+  s.written();
+  assert_eq!(s.core.expire(s.at(400)), ["j"]);
+  assert!(!s.stuck_at(400), "g waited 2 × commandTimeout");
+  s.call_at("k", get("k"), 400);
+  s.written();
+  assert_eq!(s.core.expire(s.at(500)), ["k"]);
+  assert!(
+    s.stuck_at(500),
+    "g waited 3 × commandTimeout, not a byte since"
+  );
+}
+
+#[test]
+fn bytes_of_a_reply_still_coming_keep_a_connection() {
+  // A large reply over a slow link: every call after it times out before it is whole,
+  // but its bytes keep coming.
+  let mut s = Script::new(3, false);
+  s.open();
+  s.call_at("big", get("big"), 0);
+  s.written();
+  assert!(s.answer_at(60, "$15\r\nabc").is_empty());
+  assert_eq!(s.core.expire(s.at(100)), ["big"]);
+  for (i, name) in ["a", "b", "c", "d"].into_iter().enumerate() {
+    let made = 100 * (i as u64 + 1);
+    s.call_at(name, get(name), made);
+    s.written();
+    assert!(s.answer_at(made + 60, "def").is_empty());
+    assert_eq!(s.core.expire(s.at(made + 100)), [name]);
+    assert!(
+      !s.stuck_at(made + 100),
+      "bytes came 40 ms ago, though no whole reply for {} ms",
+      made + 100
+    );
+  }
+  // The rest of the big reply, then the others' (all skipped: they timed out).
+  assert!(s.answer_at(520, "\r\n").is_empty());
+  assert!(!s.core.is_idle(), "a to d's replies are due");
+  let rest = "$1\r\nx\r\n".repeat(4);
+  assert!(s.answer_at(530, &rest).is_empty());
+  assert!(s.core.is_idle());
 }
