@@ -564,11 +564,24 @@ function redisFields(target, postgresHint) {
   return target
 }
 
+/**
+ * `target`, or when it is absent (undefined, null or ''), the first of the environment
+ * variables `names` that is set and not empty, read from `process.env` here: on Bun an
+ * assignment to `process.env` (a `.env` loader's, a test's) does not reach the process's
+ * own environment, which the addon would read.
+ */
+function orEnv(target, ...names) {
+  if (target !== undefined && target !== null && target !== '') return target
+  for (const name of names) {
+    const value = process.env[name]
+    if (typeof value === 'string' && value !== '') return value
+  }
+  return undefined
+}
+
 function createRedisStore(target, options) {
-  return wrap(
-    () => native.createRedisStore(redisFields(target, 'for Postgres use createPostgresStore'), connectionOptions(options)),
-    target ?? process.env.REDIS_URL,
-  )
+  const resolved = orEnv(target, 'REDIS_URL')
+  return wrap(() => native.createRedisStore(redisFields(resolved, 'for Postgres use createPostgresStore'), connectionOptions(options)), resolved)
 }
 
 function createSqliteStore(path, options) {
@@ -576,7 +589,7 @@ function createSqliteStore(path, options) {
 }
 
 function createPostgresStore(target, options) {
-  return wrap(() => native.createPostgresStore(target ?? undefined, connectionOptions(options)))
+  return wrap(() => native.createPostgresStore(orEnv(target, 'DATABASE_URL'), connectionOptions(options)))
 }
 
 function createMemoryStore(options) {
@@ -584,7 +597,8 @@ function createMemoryStore(options) {
 }
 
 function createStore(url, options) {
-  return wrap(() => native.createStore(url ?? undefined, connectionOptions(options)), url)
+  const resolved = orEnv(url, 'DURASTATE_URL', 'REDIS_URL', 'DATABASE_URL')
+  return wrap(() => native.createStore(resolved, connectionOptions(options)), resolved)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1261,8 +1275,9 @@ function createKvStore(target, options) {
   try {
     const { mounts, ...connection } = options ?? {}
     const specs = mountSpecs(mounts, connection)
-    const fields = redisFields(target, 'for Postgres give a postgres:// URL')
-    return new KvStore(native.createKvStore(fields, connectionOptions(connection), specs), target)
+    const resolved = orEnv(target, 'DURASTATE_URL', 'REDIS_URL', 'DATABASE_URL')
+    const fields = redisFields(resolved, 'for Postgres give a postgres:// URL')
+    return new KvStore(native.createKvStore(fields, connectionOptions(connection), specs), resolved)
   } catch (err) {
     throw toDurastateError(err)
   }
