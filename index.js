@@ -573,14 +573,21 @@ function redisFields(target, postgresHint) {
 function orEnv(target, ...names) {
   if (target !== undefined && target !== null && target !== '') return target
   for (const name of names) {
-    const value = process.env[name]
+    let value
+    try {
+      value = process.env[name]
+    } catch {
+      // Deno without --allow-env: the variable cannot be read; the next one, then the default.
+      continue
+    }
     if (typeof value === 'string' && value !== '') return value
   }
   return undefined
 }
 
 function createRedisStore(target, options) {
-  const resolved = orEnv(target, 'REDIS_URL')
+  // '' stays an invalid Redis URL here, as before; only an absent target falls back.
+  const resolved = target === '' ? target : orEnv(target, 'REDIS_URL')
   return wrap(() => native.createRedisStore(redisFields(resolved, 'for Postgres use createPostgresStore'), connectionOptions(options)), resolved)
 }
 

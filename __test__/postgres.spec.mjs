@@ -574,6 +574,16 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
         return true
       })
       await tlsFirst.close()
+      // The same when the last host accepts and never answers.
+      const tlsThenSilent = createPostgresStore(
+        `postgres://postgres:${POSTGRES_PASSWORD}@127.0.0.1:${server.port},127.0.0.1:${port}/postgres?sslmode=require`,
+        { connectTimeout: 1_000, retry: { attempts: 0 } },
+      )
+      await assert.rejects(tlsThenSilent.beginExecution('x'), (err) => {
+        assert.equal(err.code, 'TLS', err.message)
+        return true
+      })
+      await tlsThenSilent.close()
     } finally {
       for (const socket of sockets) socket.destroy()
       silent.close()

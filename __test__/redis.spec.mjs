@@ -441,6 +441,8 @@ describe('Redis store', () => {
   it('throws INVALID_INPUT at creation for a bad target or options, without connecting', () => {
     const bad = [
       ['http://localhost:6379', {}],
+      // An empty URL is a mistake (an unset variable), not "use REDIS_URL".
+      ['', {}],
       ['not a url', {}],
       ['redis://h', { ttl: -1 }],
       ['redis://h', { ttl: 'soon' }],

@@ -243,18 +243,20 @@ struct Shared {
   finished: Arc<watch::Sender<bool>>,
 }
 
-/// Says `closed()` when dropped: when the store's thread ends, whether its queue is done
-/// or a bug made it panic (so `close()` never waits for a thread that is gone).
-struct Finished(Arc<watch::Sender<bool>>);
+/// Closes the database and says `closed()` when dropped: when the store's thread ends,
+/// whether its queue is done or a bug made it panic (so `close()` never waits for a
+/// thread that is gone, nor resolves with the file still open).
+struct Finished(Database, Arc<watch::Sender<bool>>);
 
 impl Drop for Finished {
   fn drop(&mut self) {
-    self.0.send_replace(true);
+    *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    self.1.send_replace(true);
   }
 }
 
 fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) {
-  let _finished = Finished(shared.finished.clone());
+  let _finished = Finished(shared.database.clone(), shared.finished.clone());
   let mut checkpointer = Checkpointer::default();
   while let Ok(job) = jobs.recv() {
     // Every job queued by now joins one transaction, up to GROUP_LIMIT calls.

@@ -181,10 +181,12 @@ impl PostgresTarget {
         .map(|port| match port {
           "" => Ok(5432),
           _ => port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
-            invalid(format!(
-              "port must be 1 to 65535, got \"{}\"",
-              port.escape_debug()
-            ))
+            // A port that is not a number is not quoted: in a URL whose password holds
+            // a raw `/` or `?`, what looks like a port is part of the password.
+            invalid(match port.bytes().all(|b| b.is_ascii_digit()) {
+              true => format!("port must be 1 to 65535, got \"{port}\""),
+              false => "port must be a number from 1 to 65535 (a password with `/`, `?`, `@` or `:` in a URL must be percent-encoded)".to_string(),
+            })
           }),
         })
         .collect::<StoreResult<Vec<u16>>>()?;
@@ -419,11 +421,15 @@ where
         let config = &self.each_host[(start + n) % count];
         let attempt = config.connect(self.tls.clone());
         let result = match self.timeout {
-          Some(timeout) if n + 1 < count => match tokio::time::timeout(timeout, attempt).await {
-            Ok(result) => result,
-            // No answer in time: the next host.
-            Err(_) => continue,
-          },
+          // The last host is bounded by the pool's wait, unless an earlier host failed
+          // in a way worth saying: then that error is said when it does not answer.
+          Some(timeout) if n + 1 < count || error.as_ref().is_some_and(telling) => {
+            match tokio::time::timeout(timeout, attempt).await {
+              Ok(result) => result,
+              // No answer in time: the next host.
+              Err(_) => continue,
+            }
+          }
           _ => attempt.await,
         };
         match result {
@@ -601,7 +607,12 @@ fn redact_url(url: &str) -> String {
   let Some((scheme, rest)) = url.split_once("://") else {
     return redacted;
   };
-  let end = rest.find(['/', '?']).unwrap_or(rest.len());
+  // The user information ends at the last `@` (a password may hold a raw `/`, `?` or
+  // `@`); the hosts, after it, at the first `/` or `?`.
+  let hosts_at = rest.rfind('@').map_or(0, |at| at + 1);
+  let end = rest[hosts_at..]
+    .find(['/', '?'])
+    .map_or(rest.len(), |end| hosts_at + end);
   let (authority, path) = rest.split_at(end);
   let authority = match authority.rsplit_once('@') {
     Some((userinfo, hosts)) => match userinfo.split_once(':') {
@@ -895,6 +906,18 @@ mod tests {
       "{multi}"
     );
     assert!(bad("postgres://h1,h2/db?port=1,2,3").contains("3 ports for 2 hosts"));
+    // A password with a raw `/` or `?` (base64): never in the message, not even the
+    // part that looks like a port.
+    for (url, secret) in [
+      ("postgres://app:Ab/cD+e=@db.example/app", ["Ab", "cD+e"]),
+      ("postgres://app:x?y@db.example/app?sslmode", ["x?y", "x"]),
+    ] {
+      let message = bad(url);
+      assert!(message.contains("app:***@"), "{message}");
+      for part in secret {
+        assert!(!message.contains(&format!(":{part}")), "{message}");
+      }
+    }
     assert!(bad("host=a port=1,2").contains("2 ports for 1 host"));
     assert!(bad("postgres://h:0/db").contains("port must be 1 to 65535, got \"0\""));
     assert!(bad("host=a,b port=1,0").contains("got \"0\""));
