@@ -127,17 +127,21 @@ describe('Redis faults', () => {
       process.kill(hung.pid, 'SIGSTOP')
       proxy.target = replacement.port
       const codes = []
-      for (let i = 0; i < 6; i++) codes.push(await codeOf(store.beginExecution(`e${i}`)))
+      for (let i = 0; i < 8; i++) codes.push(await codeOf(store.beginExecution(`e${i}`)))
       // One call after another times out; when the third does, the first has waited 3 ×
       // commandTimeout with not a byte from the server: the connection is abandoned, and
-      // the next call connects again, to the replacement.
-      assert.deepEqual(codes, ['TIMEOUT', 'TIMEOUT', 'TIMEOUT', 'ok', 'ok', 'ok'])
+      // the next call connects again, to the replacement. (A timer that fires late, on a
+      // busy machine, leaves the judgement to the next timeout: up to two more time out.)
+      const timedOut = codes.indexOf('ok')
+      assert.ok(timedOut >= 3 && timedOut <= 5, codes.join())
+      assert.deepEqual(codes.slice(0, timedOut), Array(timedOut).fill('TIMEOUT'), codes.join())
+      assert.deepEqual(codes.slice(timedOut), Array(8 - timedOut).fill('ok'), codes.join())
       const direct = new Redis(replacement.url)
       try {
         // The calls after the switch landed on the replacement.
         assert.ok(
-          (await direct.keys('hung:*')).some((key) => key.includes('e5')),
-          'e5 is on the replacement',
+          (await direct.keys('hung:*')).some((key) => key.includes('e7')),
+          'e7 is on the replacement',
         )
       } finally {
         direct.disconnect()

@@ -66,6 +66,10 @@ pub struct Core<W> {
   /// time the oldest unanswered call was made, what [`Core::is_stuck`] measures silence
   /// from.
   heard_at: Option<Instant>,
+  /// How late past its deadline the last call [`Core::expire`] gave up was: a timer
+  /// that fires late means the JS thread was busy (its event loop blocked), so replies
+  /// may wait unread in the socket; [`Core::is_stuck`] does not judge then.
+  expired_late: Duration,
   closed: bool,
 }
 
@@ -91,6 +95,7 @@ impl<W> Core<W> {
       codec: ReplyDecoder::default(),
       failures: 0,
       heard_at: None,
+      expired_late: Duration::ZERO,
       closed: false,
     }
   }
@@ -284,12 +289,21 @@ impl<W> Core<W> {
   /// The waiters of the calls whose deadline is `now` or past, to be rejected `TIMEOUT`.
   /// Their replies, if they come, are skipped.
   pub fn expire(&mut self, now: Instant) -> Vec<W> {
-    self
+    let mut late = None;
+    let expired = self
       .pending
       .iter_mut()
       .take_while(|call| call.deadline <= now)
-      .filter_map(|call| call.waiter.take())
-      .collect()
+      .filter_map(|call| {
+        let waiter = call.waiter.take()?;
+        late.get_or_insert(now.saturating_duration_since(call.deadline));
+        Some(waiter)
+      })
+      .collect();
+    if let Some(late) = late {
+      self.expired_late = late;
+    }
+    expired
   }
 
   /// Whether, at `now`, the oldest call still unanswered (timed out or not) has waited
@@ -303,6 +317,11 @@ impl<W> Core<W> {
     let Some(oldest) = self.pending.front() else {
       return false;
     };
+    // The timer came late (the event loop was blocked): bytes may be waiting unread.
+    // The next timeout, on time once the loop has read them, judges.
+    if self.expired_late > (timeout / 2).max(Duration::from_millis(50)) {
+      return false;
+    }
     let made = oldest
       .deadline
       .checked_sub(timeout)

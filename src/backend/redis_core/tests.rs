@@ -689,3 +689,20 @@ fn bytes_of_a_reply_still_coming_keep_a_connection() {
   assert!(s.answer_at(530, &rest).is_empty());
   assert!(s.core.is_idle());
 }
+
+#[test]
+fn a_timer_that_fires_late_does_not_make_a_connection_stuck() {
+  // commandTimeout 100: the JS thread was blocked from 50 to 400, so the timer of `a`
+  // (due at 100) fires at 400, while its reply may wait unread in the socket.
+  let mut s = Script::new(3, false);
+  s.open();
+  s.call_at("a", get("a"), 0);
+  s.written();
+  assert_eq!(s.core.expire(s.at(400)), ["a"]);
+  assert!(!s.stuck_at(400), "a late timer does not judge");
+  // The next timeout, on time, with still nothing from the server: stuck.
+  s.call_at("b", get("b"), 400);
+  s.written();
+  assert_eq!(s.core.expire(s.at(500)), ["b"]);
+  assert!(s.stuck_at(500), "a (made at 0) unanswered, nothing since");
+}
