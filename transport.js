@@ -15,6 +15,16 @@ const timers = require('node:timers')
 // and the timers are closed here once the transport object is collected.
 const abandoned = new FinalizationRegistry((shutdown) => shutdown())
 
+/**
+ * A timer's delay as runtimes take it: 1 ms to 2^31 - 1 ms. A longer one (a
+ * `commandTimeout` of a month) would be set to 1 ms, firing again and again; at most the
+ * limit, the deadline timer fires early and the driver, finding nothing due, arms it
+ * again (a connect attempt is given up at the limit).
+ */
+function timerMs(ms) {
+  return Math.min(Math.max(1, ms), 2 ** 31 - 1)
+}
+
 /** One driver's transport; `emit` is the driver's native event callback. */
 function createTransport(emit) {
   let socket = null
@@ -89,13 +99,10 @@ function createTransport(emit) {
         emit('close', tag)
         settled()
       })
-      connectTimer = timers.setTimeout(
-        () => {
-          emit('timeout', tag)
-          settled()
-        },
-        Math.max(1, ms),
-      )
+      connectTimer = timers.setTimeout(() => {
+        emit('timeout', tag)
+        settled()
+      }, timerMs(ms))
       connectTimer.unref()
     },
     /** The login passed: the connect deadline no longer applies. */
@@ -118,14 +125,11 @@ function createTransport(emit) {
     /** Arms the deadline timer, ref'd. */
     arm(ms) {
       if (deadline !== null) timers.clearTimeout(deadline)
-      deadline = timers.setTimeout(
-        () => {
-          deadline = null
-          emit('timer', 0)
-          settled()
-        },
-        Math.max(1, ms),
-      )
+      deadline = timers.setTimeout(() => {
+        deadline = null
+        emit('timer', 0)
+        settled()
+      }, timerMs(ms))
     },
     /** Whether the armed deadline timer holds the process open (calls wait). */
     hold(on) {
@@ -141,7 +145,7 @@ function createTransport(emit) {
         backoff = null
         emit('backoff', 0)
         settled()
-      }, ms)
+      }, timerMs(ms))
       backoff.unref()
     },
     /** The driver is done: the socket and the timers go. */

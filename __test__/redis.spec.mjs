@@ -497,3 +497,44 @@ describe('Redis connections', { skip: process.platform !== 'linux' && 'reads /pr
     }
   })
 })
+
+describe('Redis over the runtime socket, with a commandTimeout beyond a timer', () => {
+  it('a commandTimeout above 2^31 - 1 ms arms no overflowing timer (which would fire every millisecond)', async () => {
+    // A server that accepts and never answers: the call waits on its deadline timer.
+    const sockets = []
+    const silent = createServer((socket) => sockets.push(socket))
+    await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve))
+    const warnings = []
+    const onWarning = (warning) => warnings.push(warning)
+    process.on('warning', onWarning)
+    const saved = process.env.DURASTATE_REDIS_DRIVER
+    process.env.DURASTATE_REDIS_DRIVER = 'socket'
+    let store
+    try {
+      store = createRedisStore(`redis://127.0.0.1:${silent.address().port}`, { commandTimeout: 2 ** 33, connectTimeout: 2 ** 32 })
+    } finally {
+      if (saved === undefined) delete process.env.DURASTATE_REDIS_DRIVER
+      else process.env.DURASTATE_REDIS_DRIVER = saved
+    }
+    try {
+      const call = store.isExecutionInProgress('e').then(
+        () => 'answered',
+        (err) => err.code,
+      )
+      await new Promise((resolve) => setTimeout(resolve, 300))
+      assert.deepEqual(
+        warnings.filter((w) => w.name === 'TimeoutOverflowWarning').map((w) => w.message),
+        [],
+      )
+      // The server goes away: the call settles.
+      for (const socket of sockets) socket.destroy()
+      const outcome = await Promise.race([call, new Promise((resolve) => setTimeout(() => resolve('pending'), 5_000))])
+      assert.notEqual(outcome, 'pending')
+      await store.close()
+    } finally {
+      process.off('warning', onWarning)
+      for (const socket of sockets) socket.destroy()
+      silent.close()
+    }
+  })
+})
