@@ -276,50 +276,38 @@ pub fn is_multi(command: &Command) -> bool {
 /// call is refused `INVALID_INPUT`, naming what holds it, before any SQL (Redis and
 /// SQLite keep such strings; the index.js stores name the argument first).
 pub fn refuse_nul(command: &Command) -> Result<(), StoreError> {
-  let nul = |text: &str| text.contains('\0');
-  let found: Option<(&str, &str)> = match command {
+  /// The first of `fields` (what it is, its text) that holds NUL.
+  fn first<'a>(
+    fields: impl IntoIterator<Item = (&'static str, &'a String)>,
+  ) -> Option<(&'static str, &'a str)> {
+    fields
+      .into_iter()
+      .find(|(_, text)| text.contains('\0'))
+      .map(|(what, text)| (what, text.as_str()))
+  }
+  let found = match command {
     Command::Claim {
       exec, task, value, ..
-    } => [("execution id", exec), ("task id", task), ("value", value)]
-      .into_iter()
-      .find(|(_, t)| nul(t))
-      .map(|(what, t)| (what, t.as_str())),
+    } => first([("execution id", exec), ("task id", task), ("value", value)]),
     Command::Commit {
       exec, task, json, ..
-    } => [("execution id", exec), ("task id", task), ("value", json)]
-      .into_iter()
-      .find(|(_, t)| nul(t))
-      .map(|(what, t)| (what, t.as_str())),
+    } => first([("execution id", exec), ("task id", task), ("value", json)]),
     Command::StepResult { exec, task } | Command::StepClaim { exec, task } => {
-      [("execution id", exec), ("task id", task)]
-        .into_iter()
-        .find(|(_, t)| nul(t))
-        .map(|(what, t)| (what, t.as_str()))
+      first([("execution id", exec), ("task id", task)])
     }
-    Command::ResetSteps { exec, tasks } => std::iter::once(("execution id", exec))
-      .chain(tasks.iter().map(|task| ("task id", task)))
-      .find(|(_, t)| nul(t))
-      .map(|(what, t)| (what, t.as_str())),
+    Command::ResetSteps { exec, tasks } => first(
+      std::iter::once(("execution id", exec)).chain(tasks.iter().map(|task| ("task id", task))),
+    ),
     Command::StepResults { exec } | Command::Dispose { exec } | Command::Execution { exec } => {
-      nul(exec).then_some(("execution id", exec.as_str()))
+      first([("execution id", exec)])
     }
     Command::Set { key, value, .. }
     | Command::SetIf { key, value, .. }
-    | Command::SetGet { key, value, .. } => [("key", key), ("value", value)]
-      .into_iter()
-      .find(|(_, t)| nul(t))
-      .map(|(what, t)| (what, t.as_str())),
-    Command::Merge { key, partial, .. } => [("key", key), ("value", partial)]
-      .into_iter()
-      .find(|(_, t)| nul(t))
-      .map(|(what, t)| (what, t.as_str())),
-    Command::Scan { pattern, .. } => nul(pattern).then_some(("key pattern", pattern.as_str())),
-    Command::ScanExecutions { prefix, .. } => nul(prefix).then_some(("prefix", prefix.as_str())),
-    other => other
-      .keys()
-      .iter()
-      .find(|key| nul(key))
-      .map(|key| ("key", key.as_str())),
+    | Command::SetGet { key, value, .. } => first([("key", key), ("value", value)]),
+    Command::Merge { key, partial, .. } => first([("key", key), ("value", partial)]),
+    Command::Scan { pattern, .. } => first([("key pattern", pattern)]),
+    Command::ScanExecutions { prefix, .. } => first([("prefix", prefix)]),
+    other => first(other.keys().iter().map(|key| ("key", key))),
   };
   match found {
     None => Ok(()),
