@@ -25,23 +25,41 @@ pub fn debug_panic_async<'env>(env: &'env Env) -> napi::Result<PromiseRaw<'env, 
   })
 }
 
+/// A panic a test asks for, once, at a place of durastate's code (`point`).
+struct PanicOnce(std::sync::atomic::AtomicBool);
+
+impl PanicOnce {
+  const fn new() -> Self {
+    Self(std::sync::atomic::AtomicBool::new(false))
+  }
+
+  fn arm(&self) {
+    self.0.store(true, std::sync::atomic::Ordering::Release);
+  }
+
+  /// Panics if armed (and disarms): `at` names the place in the message.
+  fn point(&self, at: &str) {
+    if self.0.load(std::sync::atomic::Ordering::Relaxed)
+      && self.0.swap(false, std::sync::atomic::Ordering::AcqRel)
+    {
+      panic!("deliberate panic ({at}) for durastate's tests");
+    }
+  }
+}
+
 /// Set by `debugPanicRedisTask`: the next turn of a Redis store's task (threads driver) panics.
-static REDIS_TASK_PANIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static REDIS_TASK_PANIC: PanicOnce = PanicOnce::new();
 
 /// Makes the next turn of the task of a Redis store on tokio threads panic, once: its
 /// calls must reject with `INTERNAL` and later calls must not hang.
 #[napi]
 pub fn debug_panic_redis_task() {
-  REDIS_TASK_PANIC.store(true, std::sync::atomic::Ordering::Release);
+  REDIS_TASK_PANIC.arm();
 }
 
 /// Where the Redis task panics when `debugPanicRedisTask` asked it to.
 pub fn redis_task_panic_point() {
-  if REDIS_TASK_PANIC.load(std::sync::atomic::Ordering::Relaxed)
-    && REDIS_TASK_PANIC.swap(false, std::sync::atomic::Ordering::AcqRel)
-  {
-    panic!("deliberate panic (Redis task) for durastate's tests");
-  }
+  REDIS_TASK_PANIC.point("Redis task");
 }
 
 /// `[groups, calls, queued]`: the groups and calls the embedded stores ran on the JS
@@ -61,21 +79,16 @@ pub fn debug_kv_counts() -> i64 {
 }
 
 /// Set by `debugPanicSqliteThread`: the next group a SQLite store's thread runs panics.
-static SQLITE_THREAD_PANIC: std::sync::atomic::AtomicBool =
-  std::sync::atomic::AtomicBool::new(false);
+static SQLITE_THREAD_PANIC: PanicOnce = PanicOnce::new();
 
 /// Makes the next group of calls that a SQLite store's thread runs panic, once: its
 /// calls must reject with `INTERNAL` and `close()` must still resolve.
 #[napi]
 pub fn debug_panic_sqlite_thread() {
-  SQLITE_THREAD_PANIC.store(true, std::sync::atomic::Ordering::Release);
+  SQLITE_THREAD_PANIC.arm();
 }
 
 /// Where a SQLite store's thread panics when `debugPanicSqliteThread` asked it to.
 pub fn sqlite_thread_panic_point() {
-  if SQLITE_THREAD_PANIC.load(std::sync::atomic::Ordering::Relaxed)
-    && SQLITE_THREAD_PANIC.swap(false, std::sync::atomic::Ordering::AcqRel)
-  {
-    panic!("deliberate panic (SQLite thread) for durastate's tests");
-  }
+  SQLITE_THREAD_PANIC.point("SQLite thread");
 }
