@@ -171,14 +171,16 @@ export declare function createMemoryStore(options?: StoreOptions | undefined | n
 /**
  * A store on Postgres. `target` is a libpq URL (`postgres://user:pass@host:port/db
  * ?sslmode=...`) or `{ host, port, user, password, database, ... }`; default
- * `DATABASE_URL`, then `postgres://postgres@localhost:5432/postgres`. Connects on first
+ * `postgres://postgres@localhost:5432/postgres` (index.js gives `DATABASE_URL` first). Connects on first
  * use, and creates its tables then (schema `durastate`, option `schema`).
  */
 export declare function createPostgresStore(target?: string | PostgresConnectionOptions | undefined | null, options?: StoreOptions | undefined | null): NativeWorkerStore
 
 /**
- * A store on Redis. `target` is a URL or `{ host, port, ... }`; default `REDIS_URL`,
- * then `redis://127.0.0.1:6379`. Connects on first use.
+ * A store on Redis. `target` is a URL or `{ host, port, ... }`; default
+ * `redis://127.0.0.1:6379`. Connects on first use. (index.js gives `REDIS_URL` first, read
+ * from `process.env`: the addon never reads the environment for a target, see
+ * `create_store`.)
  */
 export declare function createRedisStore(target?: string | RedisConnectionOptions | undefined | null, options?: StoreOptions | undefined | null): NativeWorkerStore
 
@@ -187,8 +189,10 @@ export declare function createSqliteStore(path?: string | undefined | null, opti
 
 /**
  * A store picked by URL: `redis://`/`rediss://`, `postgres://`, `sqlite:<path>`/`file:<path>`,
- * `memory:`. Without a URL: `DURASTATE_URL`, then `REDIS_URL`, then `DATABASE_URL`, else
- * the SQLite default file.
+ * `memory:`. Without a URL: the SQLite default file. The environment fallbacks
+ * (`DURASTATE_URL`, then `REDIS_URL`, then `DATABASE_URL`) are index.js's, read from
+ * `process.env`: on Bun that is not the process's environment (an assignment or a `delete`
+ * there does not reach it), so the addon reading it too would see what the program removed.
  */
 export declare function createStore(url?: string | undefined | null, options?: StoreOptions | undefined | null): NativeWorkerStore
 

@@ -22,6 +22,7 @@ class DurastateError extends Error {
 const native = loadBinding()
 // The socket side of the Redis driver of runtimes whose event loop native code cannot poll (transport.js).
 native.setRedisTransport(require('./transport.js').createTransport)
+const { URL_VARIABLES, orEnv } = require('./env.js')
 
 // ---------------------------------------------------------------------------------------
 // Observability: every store call is traced on the tracing channel `durastate:call`
@@ -97,9 +98,8 @@ function splitAddress(address) {
   return found ? { host: found[1], port: Number(found[2]) } : { host: address, port: undefined }
 }
 
-/** A backend the addon does not describe (Postgres), from its URL (else DURASTATE_URL, REDIS_URL). */
-function describeUrl(target) {
-  const url = typeof target === 'string' && target !== '' ? target : process.env.DURASTATE_URL || process.env.REDIS_URL
+/** A backend the addon does not describe, from the URL it was made with. */
+function describeUrl(url) {
   try {
     const parsed = new URL(url)
     const scheme = parsed.protocol.slice(0, -1).toLowerCase()
@@ -564,27 +564,6 @@ function redisFields(target, postgresHint) {
   return target
 }
 
-/**
- * `target`, or when it is absent (undefined, null or ''), the first of the environment
- * variables `names` that is set and not empty, read from `process.env` here: on Bun an
- * assignment to `process.env` (a `.env` loader's, a test's) does not reach the process's
- * own environment, which the addon would read.
- */
-function orEnv(target, ...names) {
-  if (target !== undefined && target !== null && target !== '') return target
-  for (const name of names) {
-    let value
-    try {
-      value = process.env[name]
-    } catch {
-      // Deno without --allow-env: the variable cannot be read; the next one, then the default.
-      continue
-    }
-    if (typeof value === 'string' && value !== '') return value
-  }
-  return undefined
-}
-
 function createRedisStore(target, options) {
   // '' stays an invalid Redis URL here, as before; only an absent target falls back.
   const resolved = target === '' ? target : orEnv(target, 'REDIS_URL')
@@ -604,7 +583,7 @@ function createMemoryStore(options) {
 }
 
 function createStore(url, options) {
-  const resolved = orEnv(url, 'DURASTATE_URL', 'REDIS_URL', 'DATABASE_URL')
+  const resolved = orEnv(url, ...URL_VARIABLES)
   return wrap(() => native.createStore(resolved, connectionOptions(options)), resolved)
 }
 
@@ -1282,7 +1261,7 @@ function createKvStore(target, options) {
   try {
     const { mounts, ...connection } = options ?? {}
     const specs = mountSpecs(mounts, connection)
-    const resolved = orEnv(target, 'DURASTATE_URL', 'REDIS_URL', 'DATABASE_URL')
+    const resolved = orEnv(target, ...URL_VARIABLES)
     const fields = redisFields(resolved, 'for Postgres give a postgres:// URL')
     return new KvStore(native.createKvStore(fields, connectionOptions(connection), specs), resolved)
   } catch (err) {

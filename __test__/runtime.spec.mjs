@@ -4,7 +4,9 @@
 // same options on both (TLS, Sentinel, `durability: 'aof'`: tls.spec and sentinel.spec run
 // on each runtime).
 import assert from 'node:assert/strict'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { createRequire } from 'node:module'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import { createKvStore, createRedisStore, createStore } from '../index.js'
@@ -55,5 +57,39 @@ describe(`runtime: ${runtimeName}`, () => {
     const [errCode, ms] = stdout.split(' ')
     assert.ok(['UNAVAILABLE', 'TIMEOUT'].includes(errCode), stdout)
     assert.ok(Number(ms) < 2000, `took ${ms} ms`)
+  })
+
+  it('takes a target from process.env as the program left it: a variable it deleted is not used', async () => {
+    // On Bun, `delete process.env.X` does not reach the process's own environment: the
+    // addon reading it would still find the dead Redis below.
+    const dead = `redis://127.0.0.1:${await freePort()}`
+    const dir = mkdtempSync(join(tmpdir(), 'durastate-env-'))
+    try {
+      const { code, stdout, stderr } = await runChild(
+        `
+        for (const name of ['DURASTATE_URL', 'REDIS_URL', 'DATABASE_URL']) delete process.env[name];
+        (async () => {
+          const store = ds.createStore(undefined, { commandTimeout: 1000, connectTimeout: 500 });
+          await store.beginExecution('e');
+          await store.close();
+          const kv = ds.createKvStore(undefined, { commandTimeout: 1000, connectTimeout: 500 });
+          await kv.set('default', 'k', 1);
+          await kv.close();
+          const redis = ds.createRedisStore(undefined, { commandTimeout: 1000, connectTimeout: 500 });
+          const said = await redis.isExecutionInProgress('e').then(() => 'answered', (err) => err.message);
+          await redis.close();
+          process.stdout.write(JSON.stringify(said));
+        })().catch((err) => { console.error(err.code, err.message); process.exit(1) });
+      `,
+        { cwd: dir, env: { DURASTATE_URL: dead, REDIS_URL: dead, DATABASE_URL: dead }, timeoutMs: 15_000 },
+      )
+      assert.equal(code, 0, stderr)
+      // the SQLite default file in the working directory took the calls
+      assert.ok(existsSync(join(dir, '.durastate', 'state.db')))
+      // and a Redis store without a target went to the default address, not the deleted one
+      assert.ok(!JSON.parse(stdout).includes(dead), stdout)
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
   })
 })

@@ -17,6 +17,7 @@ import {
 } from './executions.mjs'
 
 const require = createRequire(import.meta.url)
+const { URL_VARIABLES, orEnv } = require('../env.js')
 
 const USAGE = `usage:
   durastate inspect [url] [--prefix p] [--json]                executions, with their step counts
@@ -224,7 +225,7 @@ function defaultMountPrefix(mount) {
 
 /** The store URL to open: the argument, else DURASTATE_URL, then REDIS_URL, then DATABASE_URL; undefined means the default SQLite file. */
 function resolveUrl(url) {
-  const resolved = url || process.env.DURASTATE_URL || process.env.REDIS_URL || process.env.DATABASE_URL || undefined
+  const resolved = orEnv(url, ...URL_VARIABLES)
   if (resolved && /^memory:/i.test(resolved)) {
     throw new UsageError(
       'memory: is a store inside one process; the CLI runs in a process of its own, where it ' +

@@ -21,14 +21,16 @@ use crate::keys::KeyLayout;
 use crate::options::{
   millis, CommonSettings, RedisConnectionOptions, StoreOptions, DEFAULT_BUSY_TIMEOUT_MS,
 };
-use crate::redis_target::RedisTarget;
+use crate::redis_target::{RedisTarget, DEFAULT_REDIS_URL};
 use crate::worker_store::{NativeWorkerStore, StoreConfig};
 
 /// The SQLite file used when no location is given.
 pub const DEFAULT_SQLITE_PATH: &str = "./.durastate/state.db";
 
-/// A store on Redis. `target` is a URL or `{ host, port, ... }`; default `REDIS_URL`,
-/// then `redis://127.0.0.1:6379`. Connects on first use.
+/// A store on Redis. `target` is a URL or `{ host, port, ... }`; default
+/// `redis://127.0.0.1:6379`. Connects on first use. (index.js gives `REDIS_URL` first, read
+/// from `process.env`: the addon never reads the environment for a target, see
+/// `create_store`.)
 #[napi(catch_unwind)]
 pub fn create_redis_store(
   target: Option<Either<String, RedisConnectionOptions>>,
@@ -43,7 +45,7 @@ pub fn create_redis_store(
   let target = match &target {
     Some(Either::A(url)) => RedisTarget::from_url(url)?,
     Some(Either::B(fields)) => RedisTarget::from_fields(fields)?,
-    None => RedisTarget::from_env()?,
+    None => RedisTarget::from_url(DEFAULT_REDIS_URL)?,
   };
   Ok(redis_store(target, &options)?)
 }
@@ -74,7 +76,7 @@ pub fn create_memory_store(
 
 /// A store on Postgres. `target` is a libpq URL (`postgres://user:pass@host:port/db
 /// ?sslmode=...`) or `{ host, port, user, password, database, ... }`; default
-/// `DATABASE_URL`, then `postgres://postgres@localhost:5432/postgres`. Connects on first
+/// `postgres://postgres@localhost:5432/postgres` (index.js gives `DATABASE_URL` first). Connects on first
 /// use, and creates its tables then (schema `durastate`, option `schema`).
 #[napi(catch_unwind)]
 pub fn create_postgres_store(
@@ -85,46 +87,34 @@ pub fn create_postgres_store(
   let target = match &target {
     Some(Either::A(url)) if !url.is_empty() => PostgresTarget::from_url(url, options.tls.as_ref())?,
     Some(Either::B(fields)) => PostgresTarget::from_fields(fields, options.tls.as_ref())?,
-    _ => match std::env::var("DATABASE_URL")
-      .ok()
-      .filter(|url| !url.is_empty())
-    {
-      Some(url) => PostgresTarget::from_url(&url, options.tls.as_ref())?,
-      None => PostgresTarget::from_url(
-        "postgres://postgres@localhost:5432/postgres",
-        options.tls.as_ref(),
-      )?,
-    },
+    _ => PostgresTarget::from_url(
+      "postgres://postgres@localhost:5432/postgres",
+      options.tls.as_ref(),
+    )?,
   };
   Ok(worker_store(postgres_engine(target, &options)?)?)
 }
 
 /// A store picked by URL: `redis://`/`rediss://`, `postgres://`, `sqlite:<path>`/`file:<path>`,
-/// `memory:`. Without a URL: `DURASTATE_URL`, then `REDIS_URL`, then `DATABASE_URL`, else
-/// the SQLite default file.
+/// `memory:`. Without a URL: the SQLite default file. The environment fallbacks
+/// (`DURASTATE_URL`, then `REDIS_URL`, then `DATABASE_URL`) are index.js's, read from
+/// `process.env`: on Bun that is not the process's environment (an assignment or a `delete`
+/// there does not reach it), so the addon reading it too would see what the program removed.
 #[napi(catch_unwind)]
 pub fn create_store(
   url: Option<String>,
   options: Option<StoreOptions>,
 ) -> napi::Result<NativeWorkerStore, ErrorCode> {
   let options = options.unwrap_or_default();
-  let url = url.filter(|u| !u.is_empty()).or_else(url_from_env);
-  let Some(url) = url else {
+  let Some(url) = url.filter(|u| !u.is_empty()) else {
     return Ok(sqlite_store(PathBuf::from(DEFAULT_SQLITE_PATH), &options)?);
   };
   Ok(store_for_url(&url, &options)?)
 }
 
-fn url_from_env() -> Option<String> {
-  ["DURASTATE_URL", "REDIS_URL", "DATABASE_URL"]
-    .iter()
-    .filter_map(|name| std::env::var(name).ok())
-    .find(|value| !value.is_empty())
-}
-
-/// The engine a target names: a URL (any backend), Redis fields, or, when absent,
-/// `DURASTATE_URL`, then `REDIS_URL`, then `DATABASE_URL`, else the SQLite default file. Used by the KV store
-/// and the inspector, which take any backend.
+/// The engine a target names: a URL (any backend), Redis fields, or, when absent, the
+/// SQLite default file (the environment is index.js's and the CLI's, as for `create_store`).
+/// Used by the KV store and the inspector, which take any backend.
 pub fn engine_for_target(
   target: Option<Either<String, RedisConnectionOptions>>,
   options: &StoreOptions,
@@ -133,10 +123,7 @@ pub fn engine_for_target(
     Some(Either::B(fields)) if fields.cluster.is_some() => cluster_engine(&fields, options),
     Some(Either::B(fields)) => redis_engine_for(RedisTarget::from_fields(&fields)?, options),
     Some(Either::A(url)) if !url.is_empty() => engine_for_url(&url, options),
-    _ => match url_from_env() {
-      Some(url) => engine_for_url(&url, options),
-      None => embedded_engine(Location::File(PathBuf::from(DEFAULT_SQLITE_PATH)), options),
-    },
+    _ => embedded_engine(Location::File(PathBuf::from(DEFAULT_SQLITE_PATH)), options),
   }
 }
 

@@ -205,14 +205,6 @@ impl RedisTarget {
     target.sentinel = Some(Arc::new(settings.checked()?));
     Ok(target)
   }
-
-  /// The target to use when none is given: `REDIS_URL`, else the local default.
-  pub fn from_env() -> StoreResult<Self> {
-    match std::env::var("REDIS_URL") {
-      Ok(url) if !url.is_empty() => Self::from_url(&url),
-      _ => Self::from_url(DEFAULT_REDIS_URL),
-    }
-  }
 }
 
 /// `redis+cluster://[user:pass@]host1:port1,host2:port2` (`rediss+cluster://` for TLS) as
