@@ -395,10 +395,24 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
     assert.equal(invalid.status, 1)
     assert.doesNotMatch(invalid.stderr, /s3cret/)
     assert.match(invalid.stderr, /sentinelPassword=\*\*\*/)
-    const usage = durastate(['inspect', 'redis+sentinel://u:s3cret@h1,h2/m', 'a', 'b'])
-    assert.equal(usage.status, 2)
-    assert.match(usage.stderr, /too many arguments: redis\+sentinel:\/\/u:\*\*\*@h1,h2\/m a b/)
-    assert.doesNotMatch(usage.stderr, /s3cret/)
+    // a usage error counts the arguments, never repeats them: a password with a raw space or
+    // "/" is one the addon takes as such, which no pattern over a message could bound
+    for (const given of ['redis+sentinel://u:s3cret@h1,h2/m', 'redis://:s3cret pass@127.0.0.1:1', 'postgres://app:s3cret/x@db.internal/app']) {
+      const usage = durastate(['inspect', given, 'a', 'b'])
+      assert.equal(usage.status, 2)
+      assert.match(usage.stderr, /^durastate: too many arguments \(3 given\)/)
+      assert.doesNotMatch(usage.stderr, /s3cret/)
+    }
+    // the addon's own messages, for a password holding a raw space or "/" (read up to the last "@")
+    for (const given of [
+      'redis://:s3cret pass@127.0.0.1:1/0',
+      'postgres://app:s3cret/x@127.0.0.1:1/app',
+      'postgres://app@127.0.0.1:1/app?pass%77ord=s3cret&port=x',
+    ]) {
+      const failed = durastate(['inspect', given])
+      assert.equal(failed.status, 1, failed.stderr)
+      assert.doesNotMatch(failed.stderr, /s3cret/)
+    }
   })
 
   it('kv get prints the stored JSON text and kv set stores the JSON text given, digits as they are', async () => {
@@ -442,6 +456,88 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
     assert.match(detail, /^step\\tone\\u009b {2}done .*\{"s":"a\\u007fb"\}$/m)
     // oxlint-disable-next-line no-control-regex -- no raw control character may reach the terminal
     for (const text of [list, detail]) assert.doesNotMatch(text, /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/)
+  })
+
+  it('refuses a flag given to a command that does not take it (exit 2)', () => {
+    const cases = [
+      ['inspect', url, '--port', '5'],
+      ['inspect', url, '--allow-writes'],
+      ['kv', 'get', 'default', 'k', url, '--force'],
+      ['reset', url, 'e', 't', '--ttl', '5'],
+      ['kv', 'get', 'default', 'k', url, '--ttl', '5'],
+    ]
+    for (const args of cases) {
+      const result = durastate(args)
+      assert.equal(result.status, 2, `${args.join(' ')}: ${result.stdout}${result.stderr}`)
+      assert.match(result.stderr, /^durastate: --(port|allow-writes|force|ttl) applies to /)
+    }
+  })
+
+  it('kv set --ttl gives the entry a time to live; without it the entry stays', async () => {
+    output(['kv', 'set', 'cache', 'short', '1', redis.url, '--ttl', '60000'])
+    output(['kv', 'set', 'cache', 'long', '1', redis.url])
+    const admin = new Redis(redis.url)
+    try {
+      const pttl = await admin.pttl('cache:short')
+      assert.ok(pttl > 50_000 && pttl <= 60_000, `PTTL ${pttl}`)
+      assert.equal(await admin.pttl('cache:long'), -1)
+    } finally {
+      admin.disconnect()
+    }
+    for (const ttl of ['0', '-5', '1.5', 'soon', '']) {
+      const result = durastate(['kv', 'set', 'cache', 'x', '1', url, `--ttl=${ttl}`])
+      assert.equal(result.status, 2, `--ttl ${JSON.stringify(ttl)}`)
+      assert.match(result.stderr, /^durastate: --ttl must be a time to live in ms/)
+    }
+  })
+
+  it('kv get escapes what a terminal would act on (C1 controls, bidi overrides), keeping the JSON value', async () => {
+    const kv = createKvStore(url)
+    try {
+      await kv.set('default', 'evil', { s: 'a\u009b31mb\u202ec' })
+    } finally {
+      await kv.close()
+    }
+    for (const json of [[], ['--json']]) {
+      const printed = output(['kv', 'get', 'default', 'evil', url, ...json])
+      assert.doesNotMatch(printed, /[\u0080-\u009f\u202e]/)
+      assert.deepEqual(JSON.parse(printed), { s: 'a\u009b31mb\u202ec' })
+    }
+  })
+
+  it("takes an execution's plain id on a store with keyLayout 'hashtag', where it is listed as {id}", async () => {
+    const store = createSqliteStore(path, { prefix: 'ht:', keyLayout: 'hashtag' })
+    try {
+      await store.beginExecution('order-9')
+      await store.commitExecutionTaskResult('order-9', 'charge', CHARGE)
+      await store.commitExecutionTaskResult('order-9', 'ship', true)
+    } finally {
+      await store.close()
+    }
+    const listed = JSON.parse(output(['inspect', url, '--prefix', 'ht:', '--json'])).executions.map((e) => e.id)
+    assert.deepEqual(listed, ['{order-9}'])
+    for (const id of ['order-9', '{order-9}']) assert.match(output(['inspect', url, id, '--prefix', 'ht:']), /^execution \{order-9\}: /)
+    assert.match(output(['reset', url, 'order-9', 'ship', '--prefix', 'ht:']), /reset 1 step of execution "\{order-9\}": ship/)
+    const reopened = createSqliteStore(path, { prefix: 'ht:', keyLayout: 'hashtag' })
+    try {
+      assert.deepEqual(Object.keys(await reopened.getExecutionTaskResults('order-9')), ['charge'])
+    } finally {
+      await reopened.close()
+    }
+    assert.match(output(['dispose', url, 'order-9', '--prefix', 'ht:']), /disposed execution "\{order-9\}"/)
+    fails(['inspect', url, 'order-9', '--prefix', 'ht:'], 1, /no execution "order-9" under prefix "ht:" \(NOT_FOUND\)/)
+  })
+
+  it('refuses an empty --host (which would listen on every interface), and a --host that is no address of this machine', () => {
+    for (const host of ['', ' ']) {
+      const result = durastate(['ui', url, `--host=${host}`, '--port', '0'])
+      assert.equal(result.status, 2, `--host ${JSON.stringify(host)}: ${result.stdout}${result.stderr}`)
+      assert.match(result.stderr, /^durastate: --host must name an address/)
+    }
+    // 192.0.2.1 (TEST-NET-1) is no address of this machine: the bind fails at once
+    const result = durastate(['ui', url, '--host', '192.0.2.1', '--port', '0'])
+    assert.equal(result.status, 1, result.stdout + result.stderr)
+    assert.match(result.stderr, /^durastate: --host "192\.0\.2\.1" is not an address of this machine \(EADDRNOTAVAIL\) \(INVALID_INPUT\)\n$/)
   })
 
   it('refuses a --port that is not a port number (exit 2)', () => {

@@ -218,6 +218,19 @@ describe('durastate ui: what it reads and shows', () => {
         await ui.close()
       }
     }
+    // A password holding a raw space or "/": the addon reads the user information up to the
+    // last "@", and so does the page header.
+    for (const [store, shown] of [
+      ['redis://:s3cret pass@127.0.0.1:1/0', 'redis://:***@127.0.0.1:1/0'],
+      ['postgres://app:s3cret pass@127.0.0.1:1/app', 'postgres://app:***@127.0.0.1:1/app'],
+    ]) {
+      const ui = await startUi({ url: store, createInspector })
+      try {
+        assert.equal((await raw(`${ui.url}api/info`)).json.store, shown)
+      } finally {
+        await ui.close()
+      }
+    }
     assert.equal(redactSecrets("host=h password='s3 cret' dbname=d"), 'host=h password=*** dbname=d')
     // libpq's key/value grammar: spaces around `=`, escapes, `&` and `;` in an unquoted value,
     // an unterminated quote.
@@ -421,6 +434,10 @@ describe('durastate ui in a browser', { timeout: 120_000 }, () => {
       try {
         const row = (id) => page.locator('#executions tbody tr').filter({ has: page.locator('td:first-child', { hasText: id }) })
         const step = (id) => page.locator(`#tree li.step[data-task="${id.replace(/"/g, '\\"')}"]`)
+
+        // A link whose #... is not valid percent-encoding still opens the page.
+        await page.goto(`${readOnly.url}#100%`)
+        await row('order-1').waitFor()
 
         // The listing, then search.
         await page.goto(readOnly.url)

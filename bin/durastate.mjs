@@ -23,7 +23,8 @@ const USAGE = `usage:
   durastate inspect [url] [--prefix p] [--json]                executions, with their step counts
   durastate inspect [url] <executionId> [--prefix p] [--json]  the steps of one execution
   durastate kv get <mount> <key> [url] [--prefix p] [--json]
-  durastate kv set <mount> <key> <value> [url] [--prefix p]    value: JSON text, else a string
+  durastate kv set <mount> <key> <value> [url] [--prefix p] [--ttl ms]
+                                                              value: JSON text, else a string
   durastate kv keys <mount> [pattern] [url] [--prefix p] [--json]
   durastate kv delete <mount> <key> [url] [--prefix p] [--json]
   durastate reset [url] <executionId> <taskId> [--prefix p]   remove a step's result and in-progress
@@ -34,8 +35,9 @@ const USAGE = `usage:
                                                               a web page over the store (read-only
                                                               unless --allow-writes)
 
-  url       redis://, rediss://, redis+sentinel://, rediss+sentinel://, redis+cluster://,
-            rediss+cluster://, postgres://, postgresql://, sqlite:<path> or file:<path>.
+  url       redis://, rediss://, redis+unix://, redis+sentinel://, rediss+sentinel://,
+            redis+cluster://, rediss+cluster://, postgres://, postgresql://, sqlite:<path> or
+            file:<path>.
             Default: DURASTATE_URL, then REDIS_URL, then DATABASE_URL, else
             sqlite:./.durastate/state.db.
             A lone argument after inspect or kv keys <mount> is the execution id or the
@@ -47,10 +49,13 @@ const USAGE = `usage:
   --schema  Postgres URLs: the schema holding the store's tables, as the store's option
             \`schema\` (default "durastate"; 1 to 63 bytes, no NUL or "$", not pg_...)
   --json    machine-readable output
+  --ttl     kv set: the entry's time to live in ms (default: none, the entry stays: the CLI
+            does not know the ttl an app's mount options give)
   --force   dispose: also a key that holds only "true" under "kv:" (by default taken
             for the KV entry \`true\` that createKvStore's default mount stores there)
   --port    ui: the port, 0-65535 (default 4321; 0 picks a free one)
-  --host    ui: the address to listen on (default 127.0.0.1: this machine only)
+  --host    ui: the address to listen on (default 127.0.0.1: this machine only; any other
+            lets the network read the store, and with --allow-writes reset and dispose)
   --allow-writes  ui: offer "reset step" and "dispose" on the page
   --        ends the options, for values that start with "-": kv set default n -- -1
 
@@ -75,6 +80,7 @@ const OPTIONS = {
   force: { type: 'boolean', default: false },
   json: { type: 'boolean', default: false },
   port: { type: 'string' },
+  ttl: { type: 'string' },
   host: { type: 'string' },
   'allow-writes': { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
@@ -111,6 +117,7 @@ function parseCommand(argv) {
   const { values, positionals } = parsed
   if (values.help) return { name: 'help' }
   const [command, ...rest] = positionals
+  refuseForeignFlags(command, values)
   const withTls = (parsed) => ({ ...parsed, tls: tlsOption(values, parsed.url), schema: schemaOption(values.schema, parsed.url) })
   if (command === 'inspect') return withTls(parseInspect(rest, values))
   if (command === 'kv') return withTls(parseKv(rest, values))
@@ -118,6 +125,18 @@ function parseCommand(argv) {
   if (command === 'dispose') return withTls(parseRepair('dispose', rest, values, ['executionId']))
   if (command === 'ui') return withTls(parseUi(rest, values))
   throw new UsageError(command === undefined ? 'no command given' : `unknown command "${command}"`)
+}
+
+/** The flags only some commands take: given to another, they are refused, not ignored. */
+const FLAG_COMMANDS = { port: ['ui'], host: ['ui'], 'allow-writes': ['ui'], force: ['dispose'], ttl: ['kv'], json: ['inspect', 'kv'] }
+
+function refuseForeignFlags(command, values) {
+  for (const [flag, commands] of Object.entries(FLAG_COMMANDS)) {
+    const given = values[flag] !== undefined && values[flag] !== false
+    if (given && command !== undefined && !commands.includes(command)) {
+      throw new UsageError(`--${flag} applies to ${commands.join(' and ')} only, not to ${command}`)
+    }
+  }
 }
 
 function parseInspect(args, flags) {
@@ -138,10 +157,13 @@ function parseRepair(name, args, flags, names) {
 const DEFAULT_UI_PORT = 4321
 
 function parseUi(args, flags) {
-  if (args.length > 1) throw new UsageError(`too many arguments: ${args.join(' ')}`)
+  if (args.length > 1) throw tooMany(args, 'ui takes at most [url]')
   // Digits only: Number() reads '' and ' ' as 0 (a random port), '0x50' as 80, '1e3' as 1000.
   const port = flags.port === undefined ? DEFAULT_UI_PORT : /^\d{1,5}$/.test(flags.port) ? Number(flags.port) : NaN
   if (!(port >= 0 && port <= 65535)) throw new UsageError(`--port must be a port number (0-65535), got ${JSON.stringify(flags.port)}`)
+  // '' would listen on every interface (Node.js reads it as no address at all).
+  if (flags.host !== undefined && flags.host.trim() === '')
+    throw new UsageError('--host must name an address, got ""; without --host the UI listens on 127.0.0.1')
   return { name: 'ui', url: resolveUrl(args[0]), port, host: flags.host ?? '127.0.0.1', allowWrites: flags['allow-writes'], prefix: flags.prefix ?? '' }
 }
 
@@ -158,12 +180,27 @@ function parseKv([action, mount, ...args], flags) {
     throw new UsageError(`kv ${action} takes <mount> ${names.map((n) => `<${n}>`).join(' ')} [url]`)
   }
   const [key, value] = args
-  return { ...common, key, value, url: resolveUrl(args[names.length]) }
+  return { ...common, key, value, ttl: ttlOption(flags.ttl, action), url: resolveUrl(args[names.length]) }
+}
+
+/** The usage error for extra positionals: counted, never echoed (one may be a URL with its password). */
+function tooMany(args, what) {
+  return new UsageError(`too many arguments (${args.length} given): ${what}`)
+}
+
+/** `--ttl` of kv set, in ms (a positive integer), or undefined when not given. */
+function ttlOption(ttl, action) {
+  if (ttl === undefined) return undefined
+  if (action !== 'set') throw new UsageError('--ttl applies to kv set only')
+  if (!/^\d{1,16}$/.test(ttl) || Number(ttl) < 1 || !Number.isSafeInteger(Number(ttl))) {
+    throw new UsageError(`--ttl must be a time to live in ms, a positive integer, got ${JSON.stringify(ttl)}`)
+  }
+  return Number(ttl)
 }
 
 /** Splits up to two positionals into a URL and one other argument; a lone one is the URL only when it cannot be the other. */
 function splitUrl(args, { urlFirst }) {
-  if (args.length > 2) throw new UsageError(`too many arguments: ${args.join(' ')}`)
+  if (args.length > 2) throw tooMany(args, 'at most two arguments are taken here')
   if (args.length === 2) return urlFirst ? { url: args[0], other: args[1] } : { url: args[1], other: args[0] }
   if (args.length === 1 && isUnambiguousUrl(args[0])) return { url: args[0] }
   return { other: args[0] }
@@ -266,6 +303,14 @@ const ESCAPES = { '\n': '\\n', '\r': '\\r', '\t': '\\t' }
  */
 function printable(text) {
   return text.replace(UNPRINTABLE, (c) => ESCAPES[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
+}
+
+// oxlint-disable-next-line no-control-regex -- finding control characters is the point
+const UNPRINTABLE_IN_JSON = /[\u007f-\u009f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g
+
+/** JSON text with the characters JSON allows raw in strings but a terminal acts on escaped as \uXXXX (the same JSON value). */
+function printableJson(text) {
+  return text.replace(UNPRINTABLE_IN_JSON, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
 }
 
 /** A name from the store, quoted for a message (JSON escapes C0 only). */
@@ -380,6 +425,16 @@ async function notFound(inspector, prefix, id) {
   )
 }
 
+/**
+ * The id execution `id` is stored under: `id` itself, or `{id}` when only that holds an
+ * execution (a store with `keyLayout: 'hashtag'` keeps its keys at `<prefix>{<id>}`, and
+ * the listing shows them so).
+ */
+async function storedId(inspector, prefix, id) {
+  if (id.startsWith('{') || (await readExecution(inspector, prefix, id, { force: true })) !== null) return id
+  return (await readExecution(inspector, prefix, `{${id}}`)) !== null ? `{${id}}` : id
+}
+
 async function inspect({ url, executionId, prefix, json, tls, schema }) {
   requireExistingFile(url)
   const inspector = loadAddon().createInspector(url, { tls, schema })
@@ -388,7 +443,7 @@ async function inspect({ url, executionId, prefix, json, tls, schema }) {
       const executions = await listExecutions(inspector, prefix)
       return json ? printJson({ prefix, executions }) : printExecutions(executions, prefix)
     }
-    const found = await readExecution(inspector, prefix, executionId)
+    const found = await readExecution(inspector, prefix, await storedId(inspector, prefix, executionId))
     if (found === null) throw await notFound(inspector, prefix, executionId)
     const detail = describeExecution(found)
     return json ? printJson(detail) : printExecution(detail)
@@ -397,10 +452,11 @@ async function inspect({ url, executionId, prefix, json, tls, schema }) {
   }
 }
 
-async function repair({ name, url, executionId, taskId, prefix, tls, schema, force }) {
+async function repair({ name, url, executionId: given, taskId, prefix, tls, schema, force }) {
   requireExistingFile(url)
   const inspector = loadAddon().createInspector(url, { tls, schema })
   try {
+    const executionId = await storedId(inspector, prefix, given)
     const quoted = quote(executionId)
     if (name === 'dispose') {
       if (!(await disposeExecution(inspector, prefix, executionId, { force }))) throw await notFound(inspector, prefix, executionId)
@@ -449,11 +505,14 @@ const KV_ACTIONS = {
       throw new CliError('CORRUPT_DATA', `stored JSON of key ${quote(key)} in mount ${quote(mount)} is not valid: ${err.message}`)
     }
     // The stored text, as stored (--json) or indented: never re-printed through JS values.
-    console.log(json ? text : formatJson(text))
+    // Characters JSON lets stand raw in a string but a terminal acts on (C1, bidi
+    // overrides) are escaped: the same JSON value.
+    console.log(printableJson(json ? text : formatJson(text)))
   },
-  async set(kv, { mount, key, value, prefix }) {
-    await kv.setJson(mount, key, valueJson(value))
-    console.log(`stored ${quote(key)} in mount ${quote(mount)} (key ${quote(prefix + key)})`)
+  async set(kv, { mount, key, value, prefix, ttl }) {
+    await kv.setJson(mount, key, valueJson(value), ttl === undefined ? undefined : { ttl })
+    const expires = ttl === undefined ? '' : `, expires in ${ttl} ms`
+    console.log(`stored ${quote(key)} in mount ${quote(mount)} (key ${quote(prefix + key)}${expires})`)
   },
   async keys(kv, { mount, pattern, json }) {
     const keys = await kv.keys(mount, pattern)

@@ -251,3 +251,19 @@ export function redactSecrets(text) {
       .replace(/((?:^|\s)[a-z_]*pass(?:word)?\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:\\.|[^ \t\n\v\f\r\\'])(?:\\.?|[^ \t\n\v\f\r\\])*)/gi, '$1***')
   )
 }
+
+/**
+ * A store URL (the whole text is one URL) without its password, as the addon reads it: the
+ * user information ends at the last `@`, so a password holding a raw `/`, `?`, `#` or space
+ * is hidden whole. Then `redactSecrets` (query parameters, libpq key/value strings).
+ */
+export function redactUrl(url) {
+  const found = /^([a-z][a-z0-9+.-]*:\/\/)(.*)$/is.exec(url)
+  const at = found ? found[2].lastIndexOf('@') : -1
+  if (at !== -1) {
+    const userinfo = found[2].slice(0, at)
+    const colon = userinfo.indexOf(':')
+    if (colon !== -1) url = `${found[1]}${userinfo.slice(0, colon)}:***${found[2].slice(at)}`
+  }
+  return redactSecrets(url)
+}

@@ -20,7 +20,7 @@ import {
   listExecutionIds,
   readExecution,
   readExecutions,
-  redactSecrets,
+  redactUrl,
   resetStep,
   summarize,
   ttlOrNull,
@@ -61,10 +61,30 @@ class HttpError extends Error {
   }
 }
 
+/** Why the UI cannot listen on `host`:`port`, with a durastate code. */
+function listenError(err, host, port) {
+  const said = (code, message) => Object.assign(new Error(message), { code })
+  switch (err.code) {
+    case 'EADDRINUSE':
+      return said('UNAVAILABLE', `port ${port} on ${host} is in use: pick another with --port (0: any free port)`)
+    case 'EACCES':
+      return said('UNAVAILABLE', `not allowed to listen on port ${port} (ports below 1024 need privileges): pick another with --port`)
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+    case 'EAI_NONAME':
+      return said('INVALID_INPUT', `--host ${JSON.stringify(host)} is not an address or a name this machine can resolve (${err.code})`)
+    case 'EADDRNOTAVAIL':
+    case 'EINVAL':
+      return said('INVALID_INPUT', `--host ${JSON.stringify(host)} is not an address of this machine (${err.code})`)
+    default:
+      return said('UNAVAILABLE', `cannot listen on ${host}:${port}: ${err.message}`)
+  }
+}
+
 /** The store URL as the page shows it: without a password (new URL() cannot parse every store URL: h1,h2 host lists, libpq strings). */
 function redact(url) {
   if (url === undefined) return 'sqlite:./.durastate/state.db (default)'
-  return redactSecrets(url)
+  return redactUrl(url)
 }
 
 /** Whether `host` (a Host header) names this server on `port`: an IP address, localhost, or the name it was told to listen on. */
@@ -223,10 +243,7 @@ export async function startUi({ url, port = 0, host = '127.0.0.1', allowWrites =
   server.requestTimeout = 30_000
   await new Promise((resolve, reject) => {
     server.once('error', (err) => {
-      const failure =
-        err.code === 'EADDRINUSE'
-          ? Object.assign(new Error(`port ${port} on ${host} is in use: pick another with --port (0: any free port)`), { code: 'UNAVAILABLE' })
-          : err
+      const failure = listenError(err, host, port)
       inspector.close().then(
         () => reject(failure),
         () => reject(failure),

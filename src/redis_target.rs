@@ -468,7 +468,7 @@ fn redact_sentinel(url: &str) -> String {
 
 /// `url` with the value of every query parameter that names a password
 /// (`sentinelPassword=`, libpq's `password=`) replaced by `***`.
-fn redact_query(url: &str) -> String {
+pub(crate) fn redact_query(url: &str) -> String {
   let Some((base, query)) = url.split_once('?') else {
     return url.to_string();
   };
@@ -479,7 +479,8 @@ fn redact_query(url: &str) -> String {
   let pairs: Vec<String> = query
     .split('&')
     .map(|pair| match pair.split_once('=') {
-      Some((name, _)) if name.to_ascii_lowercase().contains("password") => format!("{name}=***"),
+      // the name as it is read: `pass%77ord=` names the password too
+      Some((name, _)) if decoded(name).to_lowercase().contains("password") => format!("{name}=***"),
       _ => pair.to_string(),
     })
     .collect();
@@ -489,6 +490,14 @@ fn redact_query(url: &str) -> String {
     redacted.push_str(fragment);
   }
   redacted
+}
+
+/// A URL query's parameter name, percent-decoded.
+fn decoded(name: &str) -> String {
+  url::form_urlencoded::parse(name.as_bytes())
+    .next()
+    .map(|(decoded, _)| decoded.into_owned())
+    .unwrap_or_default()
 }
 
 fn url_from_fields(fields: &RedisConnectionOptions) -> StoreResult<String> {
@@ -528,16 +537,35 @@ fn encode(part: &str) -> String {
   utf8_percent_encode(part, NON_ALPHANUMERIC).to_string()
 }
 
-/// The URL with any password replaced by `***`, for messages.
+/// The URL with any password replaced by `***`, for messages. A URL whose password holds
+/// a raw `/`, `?`, `#` or space (which `url::Url` reads as the end of the user
+/// information, or refuses) is redacted up to its last `@`, as libpq reads it: a message
+/// may then hide more than the password, never less.
 pub fn redact(url: &str) -> String {
-  match url::Url::parse(url) {
-    Ok(mut parsed) if parsed.password().is_some() => {
+  let parsed = url::Url::parse(url);
+  if let Ok(parsed) = &parsed {
+    if parsed.password().is_some() {
+      let mut parsed = parsed.clone();
       let _ = parsed.set_password(Some("***"));
-      redact_query(parsed.as_str())
+      return redact_query(parsed.as_str());
     }
+  }
+  if let Some(redacted) = redact_userinfo_text(url) {
+    return redact_query(&redacted);
+  }
+  match parsed {
     Ok(parsed) => redact_query(parsed.as_str()),
     Err(_) => "<unparsable>".to_string(),
   }
+}
+
+/// `scheme://user:***@rest` when `url` has user information with a password, read as
+/// text: it ends at the last `@`. `None` when there is no `user:password@`.
+pub(crate) fn redact_userinfo_text(url: &str) -> Option<String> {
+  let (scheme, rest) = url.split_once("://")?;
+  let (userinfo, hosts) = rest.rsplit_once('@')?;
+  let (user, _) = userinfo.split_once(':')?;
+  Some(format!("{scheme}://{user}:***@{hosts}"))
 }
 
 #[cfg(test)]
@@ -551,10 +579,24 @@ mod tests {
       "postgres://app:***@db/app?password=***&sslmode=require"
     );
     assert_eq!(
+      redact("postgres://app@db/app?pass%77ord=TOP&sslmode=require"),
+      "postgres://app@db/app?pass%77ord=***&sslmode=require"
+    );
+    assert_eq!(
       redact_sentinel("rediss+sentinel://u:pw@h:26379/main?sentinelPassword=TOP&x=1"),
       "rediss+sentinel://***@h:26379/main?sentinelPassword=***&x=1"
     );
     assert_eq!(redact("redis://h:6379/0"), "redis://h:6379/0");
+    // a raw `/` or space in the password: everything up to the last `@` is user information
+    assert_eq!(
+      redact("postgres://app:123/x@db/app"),
+      "postgres://app:***@db/app"
+    );
+    assert_eq!(
+      redact("redis://:right pass@127.0.0.1:6379"),
+      "redis://:***@127.0.0.1:6379"
+    );
+    assert_eq!(redact("redis://:a#b?c@h:1/0"), "redis://:***@h:1/0");
   }
 
   #[test]

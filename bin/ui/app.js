@@ -253,11 +253,20 @@ async function start() {
       refresh()
     }, 150)
   })
-  if (location.hash.length > 1) state.selected = decodeURIComponent(location.hash.slice(1))
+  if (location.hash.length > 1) state.selected = decodedHash(location.hash.slice(1))
   await refresh()
   setInterval(() => {
     if (!document.hidden) refresh()
   }, state.info.refreshMs)
+}
+
+/** The execution id a link's `#...` names: percent-decoded, or as written when it is not valid percent-encoding (`#100%`). */
+function decodedHash(text) {
+  try {
+    return decodeURIComponent(text)
+  } catch {
+    return text
+  }
 }
 
 start().catch((err) => setStatus(`cannot start: ${err.message}`))

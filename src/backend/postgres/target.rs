@@ -600,41 +600,12 @@ fn parse_key_value(text: &str) -> StoreResult<Params> {
 
 /// `url` without its password, also a multi-host one that `url::Url` cannot parse.
 fn redact_url(url: &str) -> String {
-  let redacted = crate::redis_target::redact(url);
-  if redacted != "<unparsable>" {
-    return redacted;
-  }
-  let Some((scheme, rest)) = url.split_once("://") else {
-    return redacted;
-  };
-  // The user information ends at the last `@` (a password may hold a raw `/`, `?` or
-  // `@`); the hosts, after it, at the first `/` or `?`.
-  let hosts_at = rest.rfind('@').map_or(0, |at| at + 1);
-  let end = rest[hosts_at..]
-    .find(['/', '?'])
-    .map_or(rest.len(), |end| hosts_at + end);
-  let (authority, path) = rest.split_at(end);
-  let authority = match authority.rsplit_once('@') {
-    Some((userinfo, hosts)) => match userinfo.split_once(':') {
-      Some((user, _)) => format!("{user}:***@{hosts}"),
-      None => authority.to_string(),
-    },
-    None => authority.to_string(),
-  };
-  let path = match path.split_once('?') {
-    Some((path, query)) => {
-      let query: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-          Some((name, _)) if name.to_ascii_lowercase().contains("pass") => format!("{name}=***"),
-          _ => pair.to_string(),
-        })
-        .collect();
-      format!("{path}?{}", query.join("&"))
+  match crate::redis_target::redact(url) {
+    unparsable if unparsable == "<unparsable>" && url.contains("://") => {
+      crate::redis_target::redact_query(url)
     }
-    None => path.to_string(),
-  };
-  format!("{scheme}://{authority}{path}")
+    redacted => redacted,
+  }
 }
 
 /// C's `isspace` in the C locale, which libpq uses: ASCII only (a no-break space is part
