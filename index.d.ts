@@ -405,14 +405,15 @@ export interface KvMountOptions {
 export interface KvStoreOptions extends RedisStoreOptions, SqliteStoreOptions, Omit<PostgresStoreOptions, 'tls' | 'retry' | 'connectTimeout'> {
   /**
    * Named mounts. Without `mounts` the store has one open mount, `"default"`, whose
-   * prefix is `options.prefix` (default `"kv:"`). `options.prefix` is otherwise unused.
+   * prefix is `options.prefix` (default `"kv:"`) and whose `ttl` is `options.ttl`.
+   * `options.prefix` and `options.ttl` are otherwise unused (give each mount its own).
    */
   mounts?: Record<string, KvMountOptions>
 }
 
 /** Per-call options of a write. */
 export interface KvWriteOptions {
-  /** Time to live of this write, in ms; overrides the mount's `ttl`. */
+  /** Time to live of this write, in ms; overrides the mount's `ttl`. Absent or 0: the mount's `ttl`. */
   ttl?: number
 }
 

@@ -696,6 +696,9 @@ function mountSpecs(mounts, options) {
       throw new DurastateError('INVALID_INPUT', `mount '${name}' must be an object of options`)
     }
     const { mode, prefix, schema, maxEntries, maxValueSize, ttl } = mount
+    // A lone surrogate would reach the addon as U+FFFD: another name than the one given.
+    if (!name.isWellFormed()) throw illFormed('a mount name', name)
+    if (typeof prefix === 'string' && !prefix.isWellFormed()) throw illFormed(`mount '${name}': prefix`, prefix)
     return { name, mode, prefix, maxEntries, maxValueSize, ttl, schema: schema === undefined ? undefined : schemaSpecs(name, schema) }
   })
 }
@@ -705,6 +708,7 @@ function schemaSpecs(mount, schema) {
     throw new DurastateError('INVALID_INPUT', `mount '${mount}': schema must be an object of { type, default } by key`)
   }
   return Object.entries(schema).map(([key, entry]) => {
+    if (!key.isWellFormed()) throw illFormed(`mount '${mount}': a schema key`, key)
     if (entry === null || typeof entry !== 'object') {
       throw new DurastateError('INVALID_INPUT', `mount '${mount}': schema key "${key}" must be { type, default }`)
     }
@@ -1246,11 +1250,11 @@ instrument(
   },
 )
 /** The KV calls whose second argument is one key. */
-const ONE_KEY = new Set(['get', 'getOr', 'set', 'merge', 'delete', 'has'])
+const ONE_KEY = new Set(['get', 'getOr', 'getJson', 'set', 'setJson', 'merge', 'delete', 'has'])
 instrument(
   KvStore,
   'kv',
-  ['get', 'getOr', 'set', 'merge', 'delete', 'has', 'keys', 'clear', 'getAll', 'getMany', 'setMany', 'deleteMany', 'getByPrefix'],
+  ['get', 'getOr', 'getJson', 'set', 'setJson', 'merge', 'delete', 'has', 'keys', 'clear', 'getAll', 'getMany', 'setMany', 'deleteMany', 'getByPrefix'],
   function describeKvCall(context, mount, key) {
     context.mount = mount
     if (ONE_KEY.has(context.operation)) context.key = key

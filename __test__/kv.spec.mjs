@@ -147,7 +147,7 @@ for (const name of kvBackendNames) {
       })
 
       test('bad options throw INVALID_INPUT synchronously', () => {
-        const schemaWith = (entry) => ({ mounts: { a: { schema: { k: entry } } } })
+        const schemaWith = (entry, key = 'k') => ({ mounts: { a: { schema: { [key]: entry } } } })
         const bad = [
           ['overlapping prefixes', { mounts: { a: { prefix: 'app:' }, b: { prefix: 'app:user:' } } }],
           ['overlapping prefixes, longer first', { mounts: { a: { prefix: 'app:user:' }, b: { prefix: 'app:' } } }],
@@ -172,6 +172,10 @@ for (const name of kvBackendNames) {
           ['ttl -1', { mounts: { a: { ttl: -1 } } }],
           ['ttl "soon"', { mounts: { a: { ttl: 'soon' } } }],
           ['ttl NaN', { mounts: { a: { ttl: NaN } } }],
+          // a lone surrogate would reach the addon as U+FFFD: another name than the one given
+          ['a mount name with a lone surrogate', { mounts: { 'n\ud800': {} } }],
+          ['a prefix with a lone surrogate', { mounts: { a: { prefix: 'x\udc00:' } } }],
+          ['a schema key with a lone surrogate', schemaWith({ type: 'string', default: '' }, '\ud800')],
         ]
         for (const [what, options] of bad) throwsWith(() => backend.open(options), 'INVALID_INPUT', undefined, what)
         // an empty prefix would make clear() empty the database (checked raw: the helper prefixes every mount)
@@ -1182,6 +1186,53 @@ for (const name of kvBackendNames) {
           assert.deepEqual(JSON.parse(await io.get(`${p}k`)), { a: 1, b: 2 })
           assert.equal(await io.type(`${p}k`), 'string')
           assert.deepEqual((await io.keys(`${p}*`)).sort(), ['k', 'v', 's', 'n', 'many'].map((k) => p + k).sort())
+        })
+
+        test("set and setMany overwrite a key of another type, as SET does, whether or not the mount's count is fresh", async () => {
+          const kv = backend.open({ mounts: { m: {} } })
+          const p = backend.prefixOf(kv, 'm:')
+          for (const key of ['h1', 'h2', 'h3']) await io.hset(`${p}${key}`, 'f', 'v')
+          // the first write of a new store counts the mount: the next ones find a fresh count
+          // (where they learn from the write itself whether the key existed)
+          assert.equal(await kv.set('m', 'fresh', 1), true)
+          assert.equal(await kv.set('m', 'h1', 'x'), true)
+          assert.equal(await io.get(`${p}h1`), '"x"')
+          assert.equal(await kv.setMany('m', { a: 1, h2: 2, b: 3 }), true)
+          assert.deepEqual(await io.mget(`${p}a`, `${p}h2`, `${p}b`), ['1', '2', '3'])
+          // a stale count takes the other path, with the same answer
+          const other = backend.openShared({ mounts: { m: {} } })
+          assert.equal(await other.set('m', 'h3', 'y'), true)
+          assert.equal(await io.get(`${p}h3`), '"y"')
+          assert.equal((await kv.keys('m')).length, 6)
+        })
+
+        test('merge into a stored value that is no JSON rejects CORRUPT_DATA and leaves it as it was', async () => {
+          const kv = backend.open({ mounts: { m: {} } })
+          const p = backend.prefixOf(kv, 'm:')
+          const broken = [
+            '{"a":1}{"b":2}',
+            '{"a":01}',
+            '{"a":tru}',
+            '{"a":[01]}',
+            '{"a":{"b":1,}}',
+            '{"a":"x\u0001"}',
+            '{"a":"\\q"}',
+            '{"a":1}\f',
+            '{"a":1.}',
+            '{"a":-}',
+            '{"a":[1 2]}',
+            '',
+          ]
+          for (const text of broken) {
+            await io.set(`${p}k`, text)
+            await rejectsWith(kv.merge('m', 'k', { z: 1 }), 'CORRUPT_DATA', undefined, JSON.stringify(text))
+            assert.equal(await io.get(`${p}k`), text, JSON.stringify(text))
+          }
+          // valid JSON of every shape merges, its members' text kept as stored
+          const valid = '\t{ "a" : [ -0.5e+10 , {"b":[]}, {}, "\\u00e9\\n\\"" ] ,\r\n"n":null,"t":true,"f":false,"x":"\u007f\u2028" }\n'
+          await io.set(`${p}k`, valid)
+          assert.equal(await kv.merge('m', 'k', { z: 1 }), true)
+          assert.equal(await io.get(`${p}k`), '{"a":[ -0.5e+10 , {"b":[]}, {}, "\\u00e9\\n\\"" ],"n":null,"t":true,"f":false,"x":"\u007f\u2028","z":1}')
         })
 
         test('values another client wrote as JSON are read', async () => {

@@ -92,13 +92,26 @@ describe('tracing channel durastate:call', () => {
         await kv.set('default', 'k', SECRET)
         assert.equal(await kv.mount('default').get('k'), SECRET)
         await kv.getMany('default', ['k'])
+        await kv.setJson('default', 'j', JSON.stringify(SECRET))
+        assert.equal(await kv.mount('default').getJson('j'), JSON.stringify(SECRET))
       } finally {
         recorder.stop()
       }
       const calls = recorder.calls
       assert.deepEqual(
         calls.map((c) => c.context.operation),
-        ['beginExecution', 'beginExecutionTask', 'commitExecutionTaskResult', 'getExecutionTaskResult', 'getExecutionTaskResults', 'set', 'get', 'getMany'],
+        [
+          'beginExecution',
+          'beginExecutionTask',
+          'commitExecutionTaskResult',
+          'getExecutionTaskResult',
+          'getExecutionTaskResults',
+          'set',
+          'get',
+          'getMany',
+          'setJson',
+          'getJson',
+        ],
       )
       for (const { context, events } of calls) {
         assert.deepEqual(events, ['start', 'end', 'asyncStart', 'asyncEnd'], context.operation)

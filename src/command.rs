@@ -68,7 +68,9 @@ pub enum Command {
     ttl_ms: Option<u64>,
     when: Condition,
   },
-  /// `SET key value [PX ttl] GET`: replies the previous value, or `Nil`.
+  /// Stores `value` (as `SET key value [PX ttl]`) and says whether the key existed: `Nil`
+  /// when it did not, else the previous value (SQL backends) or `Int(1)` (Redis, where the
+  /// key may hold another type, which `SET` overwrites).
   SetGet {
     key: String,
     value: String,

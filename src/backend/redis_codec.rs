@@ -59,7 +59,6 @@ pub(super) fn to_redis(command: &Command) -> redis::Cmd {
       });
       cmd
     }
-    Command::SetGet { key, value, ttl_ms } => set(key, value, *ttl_ms).arg("GET").clone(),
     Command::Merge {
       key,
       partial,
@@ -127,10 +126,103 @@ local function put(name, value)
 end
 local function string_end(s, i)
   while true do
-    local q = string.find(s, '["\\]', i)
+    local q = string.find(s, '["\\%z\1-\31]', i)
     if not q then error('unterminated string') end
-    if string.sub(s, q, q) == '"' then return q end
-    i = q + 2
+    local c = string.sub(s, q, q)
+    if c == '"' then return q end
+    if c ~= '\\' then error('control character in a string') end
+    local e = string.sub(s, q + 1, q + 1)
+    if e == 'u' then
+      if not string.find(s, '^%x%x%x%x', q + 2) then error('bad escape') end
+      i = q + 6
+    elseif string.find(e, '^["\\/bfnrt]$') then
+      i = q + 2
+    else
+      error('bad escape')
+    end
+  end
+end
+local function skip_space(s, i) return string.find(s, '[^ \t\n\r]', i) end
+local function number_end(s, i)
+  local j = i
+  if string.sub(s, j, j) == '-' then j = j + 1 end
+  local c = string.sub(s, j, j)
+  if c == '0' then j = j + 1
+  elseif string.find(c, '^[1-9]$') then local _, e = string.find(s, '^%d+', j); j = e + 1
+  else error('bad number') end
+  if string.sub(s, j, j) == '.' then
+    local _, e = string.find(s, '^%d+', j + 1)
+    if not e then error('bad number') end
+    j = e + 1
+  end
+  c = string.sub(s, j, j)
+  if c == 'e' or c == 'E' then
+    j = j + 1
+    c = string.sub(s, j, j)
+    if c == '+' or c == '-' then j = j + 1 end
+    local _, e = string.find(s, '^%d+', j)
+    if not e then error('bad number') end
+    j = e + 1
+  end
+  return j - 1
+end
+local function scalar_end(s, i)
+  local c = string.sub(s, i, i)
+  if c == '"' then return string_end(s, i + 1) end
+  if c == '-' or string.find(c, '^%d$') then return number_end(s, i) end
+  for _, word in ipairs({'true', 'false', 'null'}) do
+    if string.sub(s, i, i + #word - 1) == word then return i + #word - 1 end
+  end
+  error('bad value')
+end
+local function after_key(s, j)
+  if not j or string.sub(s, j, j) ~= '"' then error('bad key') end
+  local m = skip_space(s, string_end(s, j + 1) + 1)
+  if not m or string.sub(s, m, m) ~= ':' then error('bad member') end
+  return skip_space(s, m + 1)
+end
+-- Whether s is one JSON value and nothing else (RFC 8259), without recursion: the
+-- stored text is another client's as much as ours, and a merge must not keep or build
+-- on text that is no JSON (SQLite and Postgres parse it whole).
+local function check_json(s)
+  local open = {}
+  local i = skip_space(s, 1)
+  while true do
+    if not i then error('unexpected end') end
+    local c = string.sub(s, i, i)
+    local last
+    if c == '{' or c == '[' then
+      local j = skip_space(s, i + 1)
+      if not j then error('unexpected end') end
+      if string.sub(s, j, j) == (c == '{' and '}' or ']') then
+        last = j
+      else
+        open[#open + 1] = c
+        if c == '{' then i = after_key(s, j) else i = j end
+      end
+    else
+      last = scalar_end(s, i)
+    end
+    while last do
+      local j = skip_space(s, last + 1)
+      local top = open[#open]
+      if not top then
+        if j then error('data after the value') end
+        return true
+      end
+      if not j then error('unexpected end') end
+      local d = string.sub(s, j, j)
+      if d == ',' then
+        j = skip_space(s, j + 1)
+        if top == '{' then i = after_key(s, j) else i = j end
+        last = nil
+      elseif d == (top == '{' and '}' or ']') then
+        open[#open] = nil
+        last = j
+      else
+        error('bad separator')
+      end
+    end
   end
 end
 local function value_end(s, i)
@@ -178,6 +270,7 @@ local function members(s)
   end
 end
 if current then
+  if not pcall(check_json, current) then return {'unreadable'} end
   local ok, outcome = pcall(members, current)
   if not ok then return {'unreadable'} end
   if outcome then return {outcome} end

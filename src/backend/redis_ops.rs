@@ -38,6 +38,8 @@ enum Fold {
   Execution,
   /// A SCAN whose keys become execution keys.
   ExecutionKeys,
+  /// EXISTS then a write: `Nil` when the key was missing (as `SET ... GET` answers).
+  Existed,
 }
 
 fn lower(batch: Batch) -> (Batch, Vec<Fold>) {
@@ -48,8 +50,9 @@ fn lower(batch: Batch) -> (Batch, Vec<Fold>) {
   for command in batch.commands {
     let before = commands.len();
     let fold = lower_one(command, &mut commands);
-    // An operation that became several writes is applied whole (MULTI/EXEC).
-    atomic |= matches!(fold, Fold::First(_) | Fold::Ok(_)) && commands.len() - before > 1;
+    // An operation that became several commands with a write is applied whole (MULTI/EXEC).
+    atomic |=
+      matches!(fold, Fold::First(_) | Fold::Ok(_) | Fold::Existed) && commands.len() - before > 1;
     folds.push(fold);
   }
   let lowered = Batch {
@@ -160,6 +163,16 @@ fn lower_one(command: Command, out: &mut Vec<Command>) -> Fold {
       });
       Fold::ExecutionKeys
     }
+    // Not `SET ... GET`, which fails with WRONGTYPE on a key holding another type (another
+    // program's hash under a mount's prefix): inside a MULTI the batch's other writes would
+    // still be applied (a `setMany` half written), and a `SET` without `GET` (the path of a
+    // stale count) overwrites that key. EXISTS then SET never fails, and the pair is one
+    // MULTI/EXEC.
+    Command::SetGet { key, value, ttl_ms } => {
+      out.push(Command::Exists { key: key.clone() });
+      out.push(Command::Set { key, value, ttl_ms });
+      Fold::Existed
+    }
     other => {
       out.push(other);
       Fold::Same
@@ -192,6 +205,10 @@ fn fold(folds: Vec<Fold>, replies: Vec<Reply>) -> Vec<Reply> {
       }
       Fold::Execution => execution(take(6)),
       Fold::ExecutionKeys => execution_keys(first(take(1))),
+      Fold::Existed => match first(take(2)) {
+        Reply::Int(0) => Reply::Nil,
+        existed => existed,
+      },
     })
     .collect()
 }
