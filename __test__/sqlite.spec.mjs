@@ -255,6 +255,35 @@ describe('SQLite store', () => {
     await store.close()
   })
 
+  it('never applies a call that rejected TIMEOUT while another process held the write lock (it does not run once the lock is free)', async () => {
+    const path = join(dir, 'busy-abandoned.db')
+    // The deadline (commandTimeout) comes before the busy timeout: the calls are still
+    // queued, waiting for the lock, when they reject.
+    const store = open(path, { commandTimeout: 500, busyTimeout: 5000 })
+    await store.beginExecution('e')
+    await store.commitExecutionTaskResult('e', 'done', 'before')
+    const holder = await holdWriteLock(path, 1500)
+    try {
+      const started = performance.now()
+      await Promise.all([
+        rejectsWith(store.tryBeginExecutionTask('e', 'step'), 'TIMEOUT'),
+        rejectsWith(store.commitExecutionTaskResult('e', 'other', 'late'), 'TIMEOUT'),
+        rejectsWith(store.disposeExecution('e'), 'TIMEOUT'),
+      ])
+      const waited = performance.now() - started
+      assert.ok(waited < 1400, `the calls rejected after ${waited.toFixed(0)} ms, not at commandTimeout`)
+    } finally {
+      await holder.released
+    }
+    // Calls on the same execution run after the ones that timed out would have: none of those was applied.
+    assert.equal(await store.isExecutionTaskInProgress('e', 'step'), false)
+    assert.deepEqual(await store.getExecutionTaskResults('e'), { done: 'before' })
+    assert.equal(await store.isExecutionInProgress('e'), true)
+    // The step is free to claim: a retry of the claim wins it.
+    assert.equal(await store.tryBeginExecutionTask('e', 'step'), true)
+    await store.close()
+  })
+
   it('reads the clock once it holds the write lock: a TTL written after waiting for another process is not already spent', async () => {
     const path = join(dir, 'busy-ttl.db')
     const store = open(path, { busyTimeout: 10_000, ttl: 1000 })

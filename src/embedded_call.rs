@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use napi::{sys, Env};
 
-use crate::backend::{answer, Answer, EmbeddedBackend};
+use crate::backend::{answer, Answer, Claim, EmbeddedBackend};
 use crate::command::{Batch, Finish, Step};
 use crate::error::{ErrorCode, StoreError};
 use crate::js_promise::{self, check, Deferred};
@@ -311,6 +311,9 @@ fn resume(env: &Env, waiter: Waiter, answer: Answer) {
 
 /// Queues calls to the store's thread as one group and resumes them together on the
 /// JS thread when it answers (one wake-up for the whole group), within their `limit`.
+/// At the limit, the calls the thread has not started are given up ([`Claim`]): they
+/// reject with `TIMEOUT` and will never run; those it has started (it holds the write
+/// lock) are settled by their answer, which is due shortly.
 fn to_thread(env: &Env, store: &EmbeddedBackend, calls: Vec<Call>) {
   let (batches, waiters): (Vec<Batch>, Vec<Waiter>) = calls
     .into_iter()
@@ -318,27 +321,42 @@ fn to_thread(env: &Env, store: &EmbeddedBackend, calls: Vec<Call>) {
     .unzip();
   QUEUED.fetch_add(batches.len() as u64, Ordering::Relaxed);
   let deferreds: Vec<Deferred> = waiters.iter().map(|w| w.deferred).collect();
-  let receiver = match store.enqueue(batches) {
+  let claims: Vec<Arc<Claim>> = batches.iter().map(|_| Arc::default()).collect();
+  let receiver = match store.enqueue(batches, claims.clone()) {
     Ok(receiver) => receiver,
     Err(err) => return reject_all(env, &deferreds, &err),
   };
   let limit = waiters[0].limit;
   let spawned = env.spawn_future_with_callback(
-    async move { Ok(tokio::time::timeout(limit, answer(receiver)).await) },
-    move |env, result| {
-      match result {
-        Ok(Ok(answers)) => {
-          for (waiter, answer) in waiters.into_iter().zip(answers) {
-            resume(env, waiter, answer);
+    async move {
+      let answers = answer(receiver);
+      tokio::pin!(answers);
+      Ok(match tokio::time::timeout(limit, &mut answers).await {
+        Ok(answers) => (answers, Vec::new()),
+        Err(_elapsed) => {
+          let abandoned: Vec<bool> = claims.iter().map(|claim| claim.abandon()).collect();
+          match abandoned.iter().all(|given_up| *given_up) {
+            true => (Ok(Vec::new()), abandoned),
+            false => (answers.await, abandoned),
           }
         }
-        Ok(Err(err)) => waiters
-          .into_iter()
-          .for_each(|w| js_promise::settle(env.raw(), w.deferred, Err(err.clone()))),
-        Err(_elapsed) => waiters.into_iter().for_each(|w| {
-          let err = StoreError::timeout(w.what, limit.as_millis() as u64);
-          js_promise::settle(env.raw(), w.deferred, Err(err))
-        }),
+      })
+    },
+    move |env, (answers, abandoned)| {
+      let given_up = |i: usize| abandoned.get(i).copied().unwrap_or(false);
+      let mut answers = match answers {
+        Ok(answers) => answers.into_iter().map(Some).collect(),
+        Err(err) => vec![Some(Err(err)); waiters.len()],
+      };
+      answers.resize(waiters.len(), None);
+      for (i, (waiter, answer)) in waiters.into_iter().zip(answers).enumerate() {
+        match answer {
+          Some(answer) if !given_up(i) => resume(env, waiter, answer),
+          _ => {
+            let err = StoreError::timeout(waiter.what, limit.as_millis() as u64);
+            js_promise::settle(env.raw(), waiter.deferred, Err(err))
+          }
+        }
       }
       Ok(())
     },

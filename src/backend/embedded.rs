@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,12 +42,54 @@ pub type Answer = StoreResult<Vec<Reply>>;
 
 enum Job {
   /// Calls, run in one transaction with the calls queued with them; answered together.
+  /// Each call's [`Claim`] says whether its caller still waits for it.
   Calls {
     batches: Vec<Batch>,
+    claims: Vec<Arc<Claim>>,
     reply: oneshot::Sender<Vec<Answer>>,
   },
   /// Copy the WAL back into the database file (it fsyncs: never on the JS thread).
   Checkpoint,
+}
+
+/// Whether a call queued to the store's thread still runs: its caller's deadline
+/// (`commandTimeout`) and the thread race for it. The thread, once its transaction has
+/// begun (a write group holds the write lock), takes each call from `PENDING` to
+/// `RUNNING` and skips those already `ABANDONED`; the deadline takes a call from
+/// `PENDING` to `ABANDONED` and rejects it with `TIMEOUT`, or, finding it `RUNNING`,
+/// lets its answer (due shortly: the lock is held) settle it. So a call that rejected
+/// `TIMEOUT` was not applied, and is never applied later.
+#[derive(Default)]
+pub struct Claim(AtomicU8);
+
+const PENDING: u8 = 0;
+const RUNNING: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl Claim {
+  /// The store's thread: whether the call runs (it was not abandoned); from now on
+  /// it cannot be.
+  fn start(&self) -> bool {
+    match self
+      .0
+      .compare_exchange(PENDING, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+    {
+      Ok(_) => true,
+      Err(state) => state == RUNNING,
+    }
+  }
+
+  /// The caller's deadline: whether the call was given up (it had not started, and
+  /// now never will); `false`: it runs, and its answer is due.
+  pub fn abandon(&self) -> bool {
+    match self
+      .0
+      .compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+    {
+      Ok(_) => true,
+      Err(state) => state == ABANDONED,
+    }
+  }
 }
 
 /// WAL pages after which a checkpoint is due (SQLite's own default threshold).
@@ -144,10 +186,20 @@ impl EmbeddedBackend {
   }
 
   /// Queues calls to the store's thread now (so calls keep the order they were made
-  /// in); the receiver yields their answers, in order, all at once.
-  pub fn enqueue(&self, batches: Vec<Batch>) -> StoreResult<oneshot::Receiver<Vec<Answer>>> {
+  /// in); the receiver yields their answers, in order, all at once. A call whose
+  /// claim is [abandoned](Claim::abandon) before the thread starts it is skipped (its
+  /// answer is nobody's).
+  pub fn enqueue(
+    &self,
+    batches: Vec<Batch>,
+    claims: Vec<Arc<Claim>>,
+  ) -> StoreResult<oneshot::Receiver<Vec<Answer>>> {
     let (reply, receive) = oneshot::channel();
-    self.submit(Job::Calls { batches, reply })?;
+    self.submit(Job::Calls {
+      batches,
+      claims,
+      reply,
+    })?;
     Ok(receive)
   }
 
@@ -263,9 +315,14 @@ fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) 
     let mut groups = Vec::new();
     let (mut calls, mut next) = (0, Some(job));
     while let Some(job) = next.take() {
-      if let Job::Calls { batches, reply } = job {
+      if let Job::Calls {
+        batches,
+        claims,
+        reply,
+      } = job
+      {
         calls += batches.len();
-        groups.push((batches, reply));
+        groups.push((batches, claims, reply));
       }
       if calls < GROUP_LIMIT {
         next = jobs.try_recv().ok();
@@ -277,11 +334,22 @@ fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) 
       // would otherwise find the database busy and queue its next call here too.
       let answers = {
         let mut database = shared.database.lock().unwrap_or_else(|e| e.into_inner());
-        let batches: Vec<&Batch> = groups.iter().flat_map(|(b, _)| b.iter()).collect();
-        run(&settings, &mut database, &batches, &shared.checkpoint_due)
+        let batches: Vec<&Batch> = groups.iter().flat_map(|(b, ..)| b.iter()).collect();
+        let claims: Vec<&Claim> = groups
+          .iter()
+          .flat_map(|(_, c, _)| c.iter().map(|c| &**c))
+          .collect();
+        run(
+          &settings,
+          &mut database,
+          &batches,
+          &claims,
+          &shared.checkpoint_due,
+        )
       };
       let mut answers = spread(answers, calls).into_iter();
-      for (batches, reply) in groups {
+      // (The keys of skipped calls are let go too: they will not run.)
+      for (batches, _, reply) in groups {
         batches.iter().for_each(|batch| shared.queued.remove(batch));
         let _ = reply.send(answers.by_ref().take(batches.len()).collect());
       }
@@ -426,12 +494,13 @@ impl QueuedKeys {
 }
 
 /// Runs a group of calls, opening the database on first use; waits up to the busy
-/// timeout for another process's lock. A database found corrupt is closed, to be
-/// opened afresh next time.
+/// timeout for another process's lock. Calls whose caller gave up meanwhile are skipped
+/// ([`Claim`]). A database found corrupt is closed, to be opened afresh next time.
 fn run(
   settings: &EmbeddedSettings,
   database: &mut Option<Db>,
   batches: &[&Batch],
+  claims: &[&Claim],
   checkpoint_due: &Arc<AtomicBool>,
 ) -> StoreResult<Vec<Answer>> {
   if database.is_none() {
@@ -442,7 +511,9 @@ fn run(
   }
   let db = database.as_mut().expect("opened above");
   db.connection.busy_timeout(settings.busy_timeout)?;
-  let result = sqlite::execute_group(&mut db.connection, batches, now_ms, &mut db.sweeper);
+  let claim = |i: usize| claims[i].start();
+  let result =
+    sqlite::execute_claimed_group(&mut db.connection, batches, claim, now_ms, &mut db.sweeper);
   if matches!(&result, Err(err) if err.code == ErrorCode::CorruptData) {
     *database = None;
   }

@@ -41,30 +41,53 @@ pub fn execute_group(
   clock: impl Fn() -> u64,
   sweeper: &mut Sweeper,
 ) -> StoreResult<Vec<StoreResult<Vec<Reply>>>> {
+  execute_claimed_group(connection, batches, |_| true, clock, sweeper)
+}
+
+/// [`execute_group`], where `claim(i)`, asked once the transaction has begun (a group
+/// that writes holds the write lock then, so what runs is applied at once), says whether
+/// batch `i` still runs: a call whose caller gave up waiting (`TIMEOUT`) is skipped, and
+/// answers [`skipped`] (which nobody reads: its caller was answered already).
+pub fn execute_claimed_group(
+  connection: &mut Connection,
+  batches: &[&Batch],
+  claim: impl Fn(usize) -> bool,
+  clock: impl Fn() -> u64,
+  sweeper: &mut Sweeper,
+) -> StoreResult<Vec<StoreResult<Vec<Reply>>>> {
   let writes = batches.iter().any(|batch| batch.writes());
   let now = || clock().min(i64::MAX as u64) as i64;
   // A lone read of one statement is its own (implicit) read transaction.
   if let [only] = batches {
     if let [command] = only.commands.as_slice() {
       if one_read_statement(command) {
+        if !claim(0) {
+          return Ok(vec![Err(skipped())]);
+        }
         return Ok(vec![Ok(vec![apply(connection, command, now())?])]);
       }
     }
   }
   let tx = Transaction::begin(connection, writes)?;
   let now = now();
+  let runs: Vec<bool> = (0..batches.len()).map(claim).collect();
   let answers = match batches {
     // One call: its failure is the transaction's, so nothing of it is written.
-    [only] => vec![Ok(run_batch(tx.db, only, now)?)],
+    [only] if runs[0] => vec![Ok(run_batch(tx.db, only, now)?)],
     _ => batches
       .iter()
-      .map(|batch| in_savepoint(tx.db, batch, now))
+      .zip(&runs)
+      .map(|(batch, &runs)| match runs {
+        true => in_savepoint(tx.db, batch, now),
+        false => Ok(Err(skipped())),
+      })
       .collect::<StoreResult<_>>()?,
   };
   if let Some(failed) = answers
     .iter()
-    .find_map(|a| a.as_ref().err())
-    .filter(|e| fatal(e))
+    .zip(&runs)
+    .filter_map(|(answer, &runs)| answer.as_ref().err().filter(|_| runs))
+    .find(|e| fatal(e))
   {
     return Err(failed.clone());
   }
@@ -119,6 +142,14 @@ impl Drop for Transaction<'_> {
       let _ = self.db.execute_batch("ROLLBACK");
     }
   }
+}
+
+/// The answer of a batch skipped because its caller had given up waiting for it.
+pub fn skipped() -> StoreError {
+  StoreError::new(
+    ErrorCode::Timeout,
+    "the call was not run: its caller had stopped waiting for it",
+  )
 }
 
 /// An error that leaves the transaction unusable: the whole group fails with it.

@@ -348,6 +348,39 @@ fn a_failing_call_in_a_group_leaves_the_others_applied() {
 }
 
 #[test]
+fn calls_not_claimed_once_the_transaction_began_are_skipped() {
+  let mut c = db();
+  let (a, b, d) = (
+    Batch::one(commit("e", "a", "1", None)),
+    Batch::one(commit("e", "b", "2", None)),
+    Batch::one(claim("e", "d", true, None)),
+  );
+  let claimed = |i: usize| i != 1;
+  let answers = execute_claimed_group(
+    &mut c,
+    &[&a, &b, &d],
+    claimed,
+    || 0,
+    &mut Sweeper::default(),
+  )
+  .unwrap();
+  assert!(answers[0].is_ok() && answers[1].is_err() && answers[2].is_ok());
+  assert_eq!(view(&mut c, "e", 0).results.len(), 1, "b was skipped");
+  // Alone, a skipped write or read runs nothing either.
+  let answers =
+    execute_claimed_group(&mut c, &[&b], |_| false, || 0, &mut Sweeper::default()).unwrap();
+  assert!(answers[0].is_err());
+  let read = Batch::one(Command::StepResult {
+    exec: "e".into(),
+    task: "a".into(),
+  });
+  let answers =
+    execute_claimed_group(&mut c, &[&read], |_| false, || 0, &mut Sweeper::default()).unwrap();
+  assert!(answers[0].is_err());
+  assert_eq!(view(&mut c, "e", 0).results.len(), 1);
+}
+
+#[test]
 fn writes_sweep_expired_rows_at_most_every_interval() {
   let mut c = db();
   for i in 0..10 {
