@@ -248,6 +248,21 @@ for (const name of backendNames) {
       }
     })
 
+    // (SQLite: on the JS thread, and with every call through the store's thread.)
+    for (const options of name === 'sqlite' ? [{ synchronous: 'normal' }, { synchronous: 'full' }] : [{}]) {
+      const label = options.synchronous ? ` (synchronous: '${options.synchronous}')` : ''
+      it(`answers a hashtag claim made before close() that loses: its token check runs after close()${label}`, async () => {
+        const store = backend.open({ keyLayout: 'hashtag', ...options })
+        await store.beginExecutionTask('e', 'taken')
+        const lost = store.tryBeginExecutionTask('e', 'taken')
+        const won = store.tryBeginExecutionTask('e', 'fresh')
+        const closing = store.close()
+        assert.deepEqual(await Promise.all([lost, won]), [false, true])
+        await closing
+        await rejectsWith(store.tryBeginExecutionTask('e', 'later'), 'DISPOSED')
+      })
+    }
+
     if (name !== 'memory') {
       it('keeps stores with different prefixes apart', async () => {
         const a = backend.open({ prefix: 'tenant-a:' })

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use napi::{sys, Env};
 
-use crate::backend::{answer, Answer, Claim, EmbeddedBackend};
+use crate::backend::{answer, Answer, Claim, EmbeddedBackend, Held};
 use crate::command::{Batch, Finish, Step};
 use crate::error::{ErrorCode, StoreError};
 use crate::js_promise::{self, check, Deferred};
@@ -30,6 +30,8 @@ pub struct Call {
 /// Who waits for a call's batch, and what it does with the replies.
 pub struct Waiter {
   pub store: Arc<EmbeddedBackend>,
+  /// Counts the call as unsettled: the store closes after it, later batches included.
+  pub held: Held,
   pub what: &'static str,
   pub limit: Duration,
   pub deferred: Deferred,
@@ -285,6 +287,7 @@ fn overlaps(a: &Batch, b: &Batch) -> bool {
 fn resume(env: &Env, waiter: Waiter, answer: Answer) {
   let Waiter {
     store,
+    held,
     what,
     limit,
     deferred,
@@ -299,6 +302,7 @@ fn resume(env: &Env, waiter: Waiter, answer: Answer) {
     Step::Then(batch, finish) => {
       let waiter = Waiter {
         store,
+        held,
         what,
         limit,
         deferred,

@@ -308,6 +308,7 @@ impl Engine {
         let (deferred, promise) = js_promise::create(env.raw())?;
         let waiter = embedded_call::Waiter {
           store: embedded.clone(),
+          held: embedded.hold(),
           what,
           limit,
           deferred,

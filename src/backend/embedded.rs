@@ -128,6 +128,11 @@ pub struct EmbeddedBackend {
   /// checkpoint is replaced by this, so the fsync it does happens on the store's thread.
   checkpoint_due: Arc<AtomicBool>,
   worker: Mutex<Worker>,
+  /// Calls made on the store and not settled ([`hold`](Self::hold)), and whether
+  /// `close()` was called: a call of several batches (a `hashtag` claim that checks its
+  /// token, a listing of pages) sends its later batches after `close()`, so the database
+  /// closes when the last call settles.
+  calls: Mutex<(usize, bool)>,
   /// Set once the database is closed for good after `close()`: every connection to the
   /// file released (so SQLite checkpointed the WAL into it and removed the WAL file).
   finished: Arc<watch::Sender<bool>>,
@@ -149,6 +154,7 @@ impl EmbeddedBackend {
       queued: Arc::new(QueuedKeys::default()),
       checkpoint_due: Arc::new(AtomicBool::new(false)),
       worker: Mutex::new(Worker::NotStarted),
+      calls: Mutex::new((0, false)),
       finished: Arc::new(watch::channel(false).0),
     }
   }
@@ -203,11 +209,34 @@ impl EmbeddedBackend {
     Ok(receive)
   }
 
-  /// Stops taking calls; queued calls finish, then the database closes ([`closed`]
-  /// tells when).
+  /// Counts a call until the guard is dropped (when it settles): its batches run, all of
+  /// them, even after [`close`](Self::close).
+  pub fn hold(self: &Arc<Self>) -> Held {
+    self.lock_calls().0 += 1;
+    Held(self.clone())
+  }
+
+  fn lock_calls(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
+    self.calls.lock().unwrap_or_else(|e| e.into_inner())
+  }
+
+  /// Stops taking calls once the calls made before settled (their later batches
+  /// included); queued calls finish, then the database closes ([`closed`] tells when).
   ///
   /// [`closed`]: Self::closed
   pub fn close(&self) {
+    let idle = {
+      let mut calls = self.lock_calls();
+      calls.1 = true;
+      calls.0 == 0
+    };
+    if idle {
+      self.shut();
+    }
+  }
+
+  /// Stops taking batches: the store's thread ends after its queue, closing the database.
+  fn shut(&self) {
     let was = std::mem::replace(
       &mut *self.worker.lock().unwrap_or_else(|e| e.into_inner()),
       Worker::Closed,
@@ -274,6 +303,22 @@ impl EmbeddedBackend {
         )
       })?;
     Ok(sender)
+  }
+}
+
+/// A call of [`EmbeddedBackend::hold`], not settled yet.
+pub struct Held(Arc<EmbeddedBackend>);
+
+impl Drop for Held {
+  fn drop(&mut self) {
+    let last = {
+      let mut calls = self.0.lock_calls();
+      calls.0 -= 1;
+      calls.1 && calls.0 == 0
+    };
+    if last {
+      self.0.shut();
+    }
   }
 }
 

@@ -22,7 +22,9 @@ mod socket;
 mod sqlite;
 
 pub use cluster::ClusterBackend;
-pub use embedded::{answer, spread, Answer, Claim, EmbeddedBackend, EmbeddedSettings, Location};
+pub use embedded::{
+  answer, spread, Answer, Claim, EmbeddedBackend, EmbeddedSettings, Held, Location,
+};
 pub use postgres::{PostgresBackend, PostgresConnectionOptions, PostgresSettings, PostgresTarget};
 pub use redis::RedisBackend;
 pub use redis_js::{
