@@ -387,6 +387,30 @@ print(json.dumps([c.execute('PRAGMA journal_mode').fetchone()[0], c.execute('PRA
     assert.match(JSON.parse(stdout).first, /^INTERNAL: /)
   })
 
+  it('rejects a stored value another program wrote as a BLOB with CORRUPT_DATA naming the key and task; calls made with it are answered', async () => {
+    const path = join(dir, 'foreign-value.db')
+    const store = open(path, { prefix: 'p:' })
+    await store.commitExecutionTaskResult('e', 'good', { ok: true })
+    await store.close()
+    // Another program (better-sqlite3 here) stores a result as a BLOB: durastate writes JSON text.
+    const Database = createRequire(import.meta.url)('better-sqlite3')
+    const foreign = new Database(path)
+    foreign.prepare("INSERT INTO ds_steps(exec, task, result) VALUES ('p:e', 'blob', x'ff00')").run()
+    foreign.close()
+    const again = open(path, { prefix: 'p:' })
+    // In one tick, so in one transaction: only the call reading the value fails.
+    const [one, all, other, write] = await Promise.allSettled([
+      again.getExecutionTaskResult('e', 'blob'),
+      again.getExecutionTaskResults('e'),
+      again.getExecutionTaskResult('e', 'good'),
+      again.commitExecutionTaskResult('e', 'next', 2),
+    ])
+    await rejectsWith(Promise.reject(one.reason), 'CORRUPT_DATA', /key "p:e" task "blob"/)
+    await rejectsWith(Promise.reject(all.reason), 'CORRUPT_DATA', /key "p:e"/)
+    assert.deepEqual([other.value, write.status], [{ ok: true }, 'fulfilled'])
+    assert.equal(await again.getExecutionTaskResult('e', 'next'), 2)
+  })
+
   it('rejects with CORRUPT_DATA naming the file when it is not a database, and leaves it alone', async () => {
     const path = join(dir, 'garbage.db')
     const garbage = "this is not a SQLite database, it is somebody's notes\n".repeat(200)

@@ -99,6 +99,9 @@ pub struct StoreError {
   /// The server answered with this error (the connection is fine): a router gives it as
   /// the answer instead of reconnecting and sending the call again.
   pub from_server: bool,
+  /// (SQLite) The error is about one stored value, not the database: the transaction
+  /// that read it is still good, and the calls grouped with it go on.
+  pub one_value: bool,
 }
 
 /// Result alias used across the crate.
@@ -111,6 +114,7 @@ impl StoreError {
       message: message.into(),
       may_have_run: false,
       from_server: false,
+      one_value: false,
     }
   }
 
@@ -216,12 +220,27 @@ pub(crate) fn redis_error_code(err: &redis::RedisError) -> ErrorCode {
 impl From<rusqlite::Error> for StoreError {
   fn from(err: rusqlite::Error) -> Self {
     use rusqlite::ffi::ErrorCode as Sqlite;
+    use rusqlite::Error as E;
+    // A stored value of a type or form durastate never writes (another program wrote it).
+    let one_value = matches!(
+      err,
+      E::InvalidColumnType(..)
+        | E::FromSqlConversionFailure(..)
+        | E::IntegralValueOutOfRange(..)
+        | E::Utf8Error(..)
+    );
     let code = match err.sqlite_error_code() {
       Some(Sqlite::NotADatabase) | Some(Sqlite::DatabaseCorrupt) => ErrorCode::CorruptData,
       Some(Sqlite::DatabaseBusy) | Some(Sqlite::DatabaseLocked) => ErrorCode::Timeout,
+      // A string or row over SQLite's length limit: sending it again fails the same way.
+      Some(Sqlite::TooBig) => ErrorCode::InvalidInput,
+      _ if one_value => ErrorCode::CorruptData,
       _ => ErrorCode::Unavailable,
     };
-    Self::new(code, format!("sqlite: {err}"))
+    Self {
+      one_value,
+      ..Self::new(code, format!("sqlite: {err}"))
+    }
   }
 }
 

@@ -177,7 +177,7 @@ impl EmbeddedBackend {
       db.connection.busy_timeout(Duration::ZERO)?;
       sqlite::execute_group(&mut db.connection, batches, now_ms, &mut db.sweeper)
     }));
-    if matches!(&outcome, Ok(Err(err)) if err.code == ErrorCode::CorruptData) {
+    if matches!(&outcome, Ok(Err(err)) if err.code == ErrorCode::CorruptData && !err.one_value) {
       *database = None;
     }
     drop(database);
@@ -559,7 +559,7 @@ fn run(
   let claim = |i: usize| claims[i].start();
   let result =
     sqlite::execute_claimed_group(&mut db.connection, batches, claim, now_ms, &mut db.sweeper);
-  if matches!(&result, Err(err) if err.code == ErrorCode::CorruptData) {
+  if matches!(&result, Err(err) if err.code == ErrorCode::CorruptData && !err.one_value) {
     *database = None;
   }
   result

@@ -152,9 +152,10 @@ pub fn skipped() -> StoreError {
   )
 }
 
-/// An error that leaves the transaction unusable: the whole group fails with it.
+/// An error that leaves the transaction unusable: the whole group fails with it (not
+/// one stored value of a form durastate never writes: only the call reading it fails).
 fn fatal(err: &StoreError) -> bool {
-  matches!(err.code, ErrorCode::CorruptData | ErrorCode::Timeout)
+  matches!(err.code, ErrorCode::CorruptData | ErrorCode::Timeout) && !err.one_value
 }
 
 /// One batch inside a savepoint: all of it or none of it. `Err` when the savepoint
@@ -182,6 +183,87 @@ fn at(ttl_ms: Option<u64>, now: i64) -> Option<i64> {
 }
 
 fn apply(db: &Connection, command: &Command, now: i64) -> StoreResult<Reply> {
+  apply_command(db, command, now).map_err(|err| explain(db, command, err))
+}
+
+/// Names the key in an error about a value: one over SQLite's length limit
+/// (`INVALID_INPUT`, with the limit), or stored data that is not what durastate writes
+/// (`CORRUPT_DATA`, e.g. a BLOB another program stored as a result).
+fn explain(db: &Connection, command: &Command, err: StoreError) -> StoreError {
+  let Some(place) = place(command) else {
+    return err;
+  };
+  match err.code {
+    ErrorCode::InvalidInput => {
+      let limit = db
+        .limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH)
+        .unwrap_or(1_000_000_000);
+      let size = match written(command) {
+        Some(value) => format!(" ({} bytes)", value.len()),
+        None => String::new(),
+      };
+      StoreError::new(
+        err.code,
+        format!(
+          "the value for {place}{size} is over SQLite's limit of {limit} bytes on a value \
+           (SQLITE_LIMIT_LENGTH); nothing was stored ({})",
+          err.message
+        ),
+      )
+    }
+    ErrorCode::CorruptData if err.one_value => StoreError {
+      message: format!(
+        "the data stored for {place} is not what durastate writes (another program changed \
+         it?): {}",
+        err.message
+      ),
+      ..err
+    },
+    _ => err,
+  }
+}
+
+/// The key (and step) a command is about, as errors name it.
+fn place(command: &Command) -> Option<String> {
+  match command {
+    Command::Get { key }
+    | Command::Set { key, .. }
+    | Command::SetIf { key, .. }
+    | Command::SetGet { key, .. }
+    | Command::Exists { key }
+    | Command::PTtl { key }
+    | Command::Merge { key, .. } => Some(format!("key {key:?}")),
+    Command::MGet { keys } | Command::Del { keys } | Command::Unlink { keys } => {
+      let shown: Vec<String> = keys.iter().take(3).map(|key| format!("{key:?}")).collect();
+      let more = if keys.len() > 3 { ", ..." } else { "" };
+      Some(format!("keys {}{more}", shown.join(", ")))
+    }
+    Command::Claim { exec, task, .. }
+    | Command::Commit { exec, task, .. }
+    | Command::StepResult { exec, task }
+    | Command::StepClaim { exec, task } => Some(format!("key {exec:?} task {task:?}")),
+    Command::StepResults { exec }
+    | Command::Dispose { exec }
+    | Command::ResetSteps { exec, .. }
+    | Command::Execution { exec } => Some(format!("key {exec:?}")),
+    _ => None,
+  }
+}
+
+/// The value a command writes as it was given.
+fn written(command: &Command) -> Option<&str> {
+  match command {
+    Command::Set { value, .. } | Command::SetIf { value, .. } | Command::SetGet { value, .. } => {
+      Some(value)
+    }
+    Command::Commit { json, .. } => Some(json),
+    Command::Claim { value, .. } => Some(value),
+    Command::Merge { partial, .. } => Some(partial),
+    _ => None,
+  }
+}
+
+fn apply_command(db: &Connection, command: &Command, now: i64) -> StoreResult<Reply> {
   match command {
     Command::Get { key } => Ok(entries::value(entries::get(db, key, now)?)),
     Command::Set { key, value, ttl_ms } => {

@@ -381,6 +381,81 @@ fn calls_not_claimed_once_the_transaction_began_are_skipped() {
 }
 
 #[test]
+fn a_value_over_the_length_limit_is_invalid_input_naming_the_limit_and_the_key() {
+  let mut c = db();
+  c.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, 1000)
+    .unwrap();
+  let big = format!("\"{}\"", "x".repeat(2000));
+  let err = run(&mut c, commit("e", "t", &big, None), 0).unwrap_err();
+  assert_eq!(err.code, ErrorCode::InvalidInput, "{}", err.message);
+  assert!(
+    err.message.contains("limit of 1000 bytes") && err.message.contains("\"e\" task \"t\""),
+    "{}",
+    err.message
+  );
+  // Only that call fails in a group; nothing of it is stored.
+  let (good, bad) = (
+    Batch::one(commit("e", "a", "1", None)),
+    Batch::one(commit("e", "b", &big, None)),
+  );
+  let answers = execute_group(&mut c, &[&good, &bad], || 0, &mut Sweeper::default()).unwrap();
+  assert!(answers[0].is_ok());
+  assert_eq!(
+    answers[1].as_ref().unwrap_err().code,
+    ErrorCode::InvalidInput
+  );
+  assert_eq!(view(&mut c, "e", 0).results.len(), 1);
+}
+
+#[test]
+fn a_stored_value_of_a_foreign_type_is_corrupt_data_naming_the_key_and_fails_only_its_call() {
+  let mut c = db();
+  c.execute_batch(
+    "INSERT INTO ds_steps(exec, task, result) VALUES ('e', 'blob', x'ff00');
+     INSERT INTO ds_entries(key, value) VALUES ('k', x'ff00');",
+  )
+  .unwrap();
+  let read = |task: &str| Command::StepResult {
+    exec: "e".into(),
+    task: task.into(),
+  };
+  for command in [
+    read("blob"),
+    Command::StepResults { exec: "e".into() },
+    Command::Get { key: "k".into() },
+  ] {
+    let err = run(&mut c, command.clone(), 0).unwrap_err();
+    assert_eq!(
+      err.code,
+      ErrorCode::CorruptData,
+      "{command:?}: {}",
+      err.message
+    );
+    let named = match command {
+      Command::Get { .. } => "key \"k\"",
+      Command::StepResults { .. } => "key \"e\"",
+      _ => "key \"e\" task \"blob\"",
+    };
+    assert!(err.message.contains(named), "{}", err.message);
+  }
+  // The calls grouped with it are answered (the transaction is still good).
+  let (good, bad) = (
+    Batch::one(commit("e", "a", "1", None)),
+    Batch::one(read("blob")),
+  );
+  let answers = execute_group(&mut c, &[&good, &bad], || 0, &mut Sweeper::default()).unwrap();
+  assert!(answers[0].is_ok());
+  assert_eq!(
+    answers[1].as_ref().unwrap_err().code,
+    ErrorCode::CorruptData
+  );
+  assert_eq!(
+    run(&mut c, read("a"), 0).unwrap(),
+    Reply::Bytes(b"1".to_vec())
+  );
+}
+
+#[test]
 fn writes_sweep_expired_rows_at_most_every_interval() {
   let mut c = db();
   for i in 0..10 {
