@@ -284,6 +284,24 @@ describe('SQLite store', () => {
     await store.close()
   })
 
+  it("answers a call the store's thread had begun when its commandTimeout ran out, rather than reject TIMEOUT for a stored write", async () => {
+    const path = join(dir, 'slow-commit.db')
+    // synchronous 'full': every call runs on the store's thread. A 32 MB commit takes far
+    // longer than commandTimeout, but the thread begins it (holding the write lock) first.
+    const store = createSqliteStore(path, { synchronous: 'full', commandTimeout: 30 })
+    await store.beginExecution('e')
+    const big = 'x'.repeat(32 << 20)
+    const outcome = await store.commitExecutionTaskResult('e', 't', big).then(
+      () => 'stored',
+      (err) => err.code,
+    )
+    await store.close()
+    const reader = open(path)
+    const stored = (await reader.getExecutionTaskResult('e', 't'))?.length === big.length
+    // TIMEOUT means "not applied"; an answer means stored.
+    assert.deepEqual([outcome, stored], outcome === 'TIMEOUT' ? ['TIMEOUT', false] : ['stored', true])
+  })
+
   it('reads the clock once it holds the write lock: a TTL written after waiting for another process is not already spent', async () => {
     const path = join(dir, 'busy-ttl.db')
     const store = open(path, { busyTimeout: 10_000, ttl: 1000 })
