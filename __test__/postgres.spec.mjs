@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test'
 import assert from 'node:assert/strict'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { createKvStore, createPostgresStore, createStore } from '../index.js'
-import { packageRoot, startChild } from './helpers/child.mjs'
+import { packageRoot, runChild, startChild } from './helpers/child.mjs'
 import { POSTGRES_PASSWORD, startPostgresServer, testPostgres } from './helpers/postgres-server.mjs'
 import { makeCertificates } from './helpers/tls.mjs'
 
@@ -650,6 +650,71 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await store.beginExecution('after')
     assert.equal(await store.isExecutionInProgress('after'), true)
     await store.close()
+  })
+
+  it('lets the process exit once its last call settled: a connect attempt no call waits for is dropped, not kept until connectTimeout', async () => {
+    // The server (in the child, as a program's own proxy could be) accepts and never
+    // answers: the attempt's socket, while open, holds the child's event loop.
+    for (const close of [true, false]) {
+      const { code, stdout, stderr, timedOut } = await runChild(
+        `const net = require('node:net')
+         const silent = net.createServer((socket) => socket.on('error', () => {}))
+         silent.listen(0, '127.0.0.1', async () => {
+           silent.unref()
+           const store = ds.createPostgresStore('postgres://u:p@127.0.0.1:' + silent.address().port + '/db', { commandTimeout: 800, connectTimeout: 12000 })
+           const t0 = Date.now()
+           process.on('exit', () => console.log('exit after', Date.now() - t0))
+           await store.commitExecutionTaskResult('e', 't', 1).catch((err) => console.log(err.code))
+           ${close ? 'await store.close()' : ''}
+         })`,
+        { timeoutMs: 20_000 },
+      )
+      assert.equal(timedOut, false, stderr)
+      assert.equal(code, 0, stderr)
+      assert.match(stdout, /^TIMEOUT$/m)
+      const ms = Number(/exit after (\d+)/.exec(stdout)?.[1])
+      assert.ok(ms < 4_000, `close ${close}: the process exited ${ms} ms after the call (commandTimeout 800, connectTimeout 12000)`)
+    }
+  })
+
+  it('calls made together against a server that never answers share its connect attempt: each rejects UNAVAILABLE at connectTimeout, none tries again', async () => {
+    let accepted = 0
+    const sockets = []
+    const silent = createServer((socket) => {
+      accepted++
+      sockets.push(socket)
+    })
+    await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve))
+    const url = `postgres://u:p@127.0.0.1:${silent.address().port}/db`
+    const together = (store) => [
+      store.beginExecution('e'),
+      store.tryBeginExecutionTask('e', 't'),
+      store.getExecutionTaskResults('e'),
+      store.commitExecutionTaskResult('e', 't', 1),
+      ...['a', 'b', 'c', 'd'].map((id) => store.isExecutionInProgress(id)),
+    ]
+    try {
+      // A race (the first call's group may start before the others are queued): several
+      // rounds. commandTimeout is under twice connectTimeout: a second attempt is a TIMEOUT.
+      for (const poolSize of [2, 2, 2, 2, 2, 10, 10, 10]) {
+        accepted = 0
+        const store = createPostgresStore(url, { connectTimeout: 400, commandTimeout: 700, poolSize })
+        const t0 = Date.now()
+        const results = await Promise.allSettled(together(store))
+        const took = Date.now() - t0
+        for (const [i, result] of results.entries()) {
+          assert.equal(result.status, 'rejected', `call ${i}`)
+          assert.equal(result.reason.code, 'UNAVAILABLE', `poolSize ${poolSize}, call ${i}: ${result.reason.message}`)
+        }
+        assert.ok(took < 700, `poolSize ${poolSize}: the calls settled after ${took} ms`)
+        // One lane (poolSize 2): one connection for all of them.
+        if (poolSize === 2) assert.equal(accepted, 1, 'TCP connections accepted')
+        await store.close()
+      }
+    } finally {
+      for (const socket of sockets) socket.destroy()
+      silent.close()
+    }
   })
 
   it('rejects an id too long for the index with INVALID_INPUT, not a retryable code', async () => {

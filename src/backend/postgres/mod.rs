@@ -69,6 +69,8 @@ const SWEEP_EVERY_MS: u64 = 1_000;
 const CANCEL_WITHIN: Duration = Duration::from_secs(5);
 /// Times a call runs again after a serialization failure or deadlock.
 const CONFLICT_RETRIES: u32 = 10;
+/// How often a connect attempt checks whether a call still waits for it (`unwaited`).
+const UNWAITED_EVERY: Duration = Duration::from_millis(50);
 
 /// How a Postgres store is set up.
 pub struct PostgresSettings {
@@ -138,6 +140,8 @@ enum Entry {
 /// lane that reaches its fence last runs the call, alone. So the call runs after every
 /// call made before it on any of its keys, and before every call made after it.
 struct Fence {
+  /// The lanes it holds a place in.
+  lanes: Vec<usize>,
   /// Lanes that have not reached their place yet.
   waiting: std::sync::atomic::AtomicUsize,
   /// The call; taken by the lane that runs it (or by `close`).
@@ -319,7 +323,9 @@ impl Inner {
 
   /// Waits until every call queued to any lane before now was answered, so that a scan
   /// (which reads keys it does not name) does not run ahead of writes made before it.
-  async fn barrier(self: &Arc<Self>) {
+  /// A lane that could not connect meanwhile fails the scan with its error: the scan was
+  /// made with those calls, and gets their answer rather than a second connect attempt.
+  async fn barrier(self: &Arc<Self>) -> StoreResult<()> {
     let waits: Vec<_> = (0..self.lanes.len())
       .map(|lane| {
         let (reply, answer) = oneshot::channel();
@@ -330,9 +336,14 @@ impl Inner {
         answer
       })
       .collect();
+    let mut failed = None;
     for wait in waits {
-      let _ = wait.await;
+      // (an empty batch fails only for want of a connection)
+      if let Ok(Err(Failure::Connect(err) | Failure::Other(err))) = wait.await {
+        failed.get_or_insert(err);
+      }
     }
+    failed.map_or(Ok(()), Err)
   }
 
   /// Queues a batch to its lane now (so calls on one key run in the order they were
@@ -368,6 +379,7 @@ impl Inner {
       Route::One(lane) => self.submit(*lane, Entry::Job(job)),
       Route::Fenced(lanes) => {
         let fence = Arc::new(Fence {
+          lanes: lanes.clone(),
           waiting: lanes.len().into(),
           job: Mutex::new(Some(job)),
           done: tokio::sync::watch::Sender::new(false),
@@ -391,7 +403,7 @@ impl Inner {
     mut first: Option<oneshot::Receiver<Answer>>,
   ) -> StoreResult<Vec<Reply>> {
     if first.is_none() {
-      self.barrier().await;
+      self.barrier().await?;
     }
     let mut budget = Budget::new(&self.retry, batch.may_resend());
     let mut recovering = false;
@@ -476,7 +488,7 @@ impl Inner {
         }
       };
       match next {
-        Ok(jobs) => self.run_group(jobs).await,
+        Ok(jobs) => self.run_group(&[index], jobs).await,
         Err(fence) => self.pass(&fence).await,
       }
     }
@@ -488,7 +500,7 @@ impl Inner {
     if fence.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
       if let Some(job) = fence.take() {
         if !job.answered() {
-          self.run_group(vec![job]).await;
+          self.run_group(&fence.lanes, vec![job]).await;
         }
       }
       fence.done.send_replace(true);
@@ -497,29 +509,79 @@ impl Inner {
     let _ = done.wait_for(|done| *done).await;
   }
 
+  /// A connection of the pool, set up (see `set_up`).
   async fn connection(&self) -> StoreResult<Object> {
-    let client = match tokio::time::timeout(self.connect_timeout, self.pool.get()).await {
-      Ok(Ok(client)) => client,
-      Ok(Err(deadpool_postgres::PoolError::Backend(err))) => return Err(self.connect_error(&err)),
-      Ok(Err(deadpool_postgres::PoolError::Closed)) => return Err(StoreError::disposed()),
-      Ok(Err(err)) => return Err(StoreError::cannot_connect(&self.display, err)),
-      Err(_) if self.hosts > 1 => {
-        return Err(StoreError::cannot_connect(
-          &self.display,
-          format_args!(
-            "no connection to any of its {} hosts, each tried within connectTimeout ({} ms)",
-            self.hosts,
-            (self.connect_timeout / self.hosts).as_millis()
-          ),
-        ))
+    let client = self.pooled().await?;
+    self.set_up(client).await
+  }
+
+  /// A connection of the pool (a new one connects), within `connectTimeout`.
+  async fn pooled(&self) -> StoreResult<Object> {
+    match tokio::time::timeout(self.connect_timeout, self.pool.get()).await {
+      Ok(Ok(client)) => Ok(client),
+      Ok(Err(deadpool_postgres::PoolError::Backend(err))) => Err(self.connect_error(&err)),
+      Ok(Err(deadpool_postgres::PoolError::Closed)) => Err(StoreError::disposed()),
+      Ok(Err(err)) => Err(StoreError::cannot_connect(&self.display, err)),
+      Err(_) if self.hosts > 1 => Err(StoreError::cannot_connect(
+        &self.display,
+        format_args!(
+          "no connection to any of its {} hosts, each tried within connectTimeout ({} ms)",
+          self.hosts,
+          (self.connect_timeout / self.hosts).as_millis()
+        ),
+      )),
+      Err(_) => Err(StoreError::connect_timeout(
+        &self.display,
+        self.connect_timeout,
+      )),
+    }
+  }
+
+  /// Resolves once no call waits for the group `jobs` of `lanes` any more: each of them
+  /// and each call queued on those lanes was answered or given up (its `commandTimeout`
+  /// ran out). A connect attempt then stops, and its socket closes: an attempt at a
+  /// server that never answers does not outlive the calls (the process can exit, as the
+  /// README says) until connectTimeout runs out.
+  async fn unwaited(&self, lanes: &[usize], jobs: &[Job]) {
+    loop {
+      tokio::time::sleep(UNWAITED_EVERY).await;
+      let waited = jobs.iter().any(|job| !job.answered())
+        || lanes.iter().any(|&index| {
+          self.lane(index).queue.iter().any(|entry| match entry {
+            Entry::Job(job) => !job.answered(),
+            Entry::Fence(fence) => {
+              let job = fence.job.lock().unwrap_or_else(|e| e.into_inner());
+              job.as_ref().is_some_and(|job| !job.answered())
+            }
+          })
+        });
+      if !waited {
+        return;
       }
-      Err(_) => {
-        return Err(StoreError::connect_timeout(
-          &self.display,
-          self.connect_timeout,
-        ))
+    }
+  }
+
+  /// Answers every call queued on `lanes` (a fenced call too) with `failure`: calls made
+  /// while a connect attempt failed share its answer, rather than each trying again.
+  fn fail_queued(&self, lanes: &[usize], failure: impl Fn() -> Failure) {
+    for &index in lanes {
+      let lane = self.lane(index);
+      for entry in &lane.queue {
+        match entry {
+          Entry::Job(job) => job.answer(Err(failure())),
+          Entry::Fence(fence) => {
+            if let Some(job) = fence.take() {
+              job.answer(Err(failure()));
+            }
+          }
+        }
       }
-    };
+    }
+  }
+
+  /// Sets up a connection of the pool: the schema check (first use) and the statements'
+  /// preparation (a new connection).
+  async fn set_up(&self, client: Object) -> StoreResult<Object> {
     // The schema check (first use) and the statements' preparation (a new connection),
     // bounded: a connection stuck there (a lock, a server gone quiet) is given up rather
     // than holding its lane.
@@ -580,8 +642,8 @@ impl Inner {
     StoreError::new(mapped.code, message)
   }
 
-  /// Runs one group and answers each of its calls.
-  async fn run_group(self: &Arc<Self>, jobs: Vec<Job>) {
+  /// Runs one group (of the calls queued on `lanes`) and answers each of its calls.
+  async fn run_group(self: &Arc<Self>, lanes: &[usize], jobs: Vec<Job>) {
     if jobs.iter().all(|job| job.batch.commands.is_empty()) {
       // Only barriers (see `barrier`): nothing to send.
       for job in jobs {
@@ -589,18 +651,34 @@ impl Inner {
       }
       return;
     }
-    let client = match self.connection().await {
+    // The connect attempt (when the pool has no idle connection) stops when no call
+    // waits for it any more (`unwaited`); the setup of a connection made is not cut
+    // short (it may be inside a transaction).
+    let pooled = tokio::select! {
+      biased;
+      pooled = self.pooled() => pooled,
+      () = self.unwaited(lanes, &jobs) => return,
+    };
+    let client = match pooled {
+      Ok(client) => self.set_up(client).await,
+      Err(err) => Err(err),
+    };
+    let client = match client {
       Ok(client) => client,
       Err(err) => {
-        let failure = |err: &StoreError| match err.code {
+        let failure = || match err.code {
           ErrorCode::Disposed | ErrorCode::Auth | ErrorCode::Tls | ErrorCode::CorruptData => {
             Failure::Other(err.clone())
           }
           _ => Failure::Connect(err.clone()),
         };
         for job in jobs {
-          job.answer(Err(failure(&err)));
+          job.answer(Err(failure()));
         }
+        // The calls queued on these lanes meanwhile never had a connection either: they
+        // get the same answer, not a connect attempt each after this one (README: a call
+        // that never had a connection is not retried).
+        self.fail_queued(lanes, failure);
         return;
       }
     };
