@@ -327,7 +327,11 @@ export declare function createRedisStore(target?: string | RedisConnectionOption
  * A store on Postgres, synchronous and lazy: it validates its arguments (throwing
  * `INVALID_INPUT`) and connects on first use, creating its tables then (schema
  * `durastate`, or option `schema`). Values are stored as JSON text. Postgres text cannot
- * hold NUL: an execution id or task id holding `\u0000` rejects `INVALID_INPUT`.
+ * hold NUL: an execution id or task id holding `\u0000` rejects `INVALID_INPUT`. Postgres
+ * indexes ids: an execution id and a task id may take at most 2,000 bytes (UTF-8)
+ * together, counting the store's `prefix` (a B-tree entry holds about 2.7 KB); longer ones
+ * reject `INVALID_INPUT`, saying which and how long (Redis, SQLite and memory take longer
+ * ones). KV keys on Postgres have the same limit.
  *
  * @param target A libpq URL, `postgres://user:password@host:port/database?sslmode=require`
  *   (`postgresql://` too; `sslmode` and `application_name` as libpq reads them), a libpq

@@ -3,7 +3,7 @@
 // backends, a stopped server, a wrong password, bad URLs). The fault cases start a
 // server of their own; the others use the one `npm test` started.
 import { spawn, spawnSync } from 'node:child_process'
-import { randomUUID } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
@@ -717,12 +717,47 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     }
   })
 
-  it('rejects an id too long for the index with INVALID_INPUT, not a retryable code', async () => {
-    const store = createPostgresStore(server.url, { prefix: fresh() })
-    // Random hex does not compress: past the 2.7 KB a B-tree entry holds.
-    const long = Array.from({ length: 100 }, () => randomUUID().replaceAll('-', '')).join('')
-    await assert.rejects(store.beginExecution(long), (err) => err.code === 'INVALID_INPUT' && /index row size|btree/i.test(err.message))
+  it('refuses an execution id and task id over 2,000 bytes together (or a key) with INVALID_INPUT saying which and the limit; up to it they work', async () => {
+    const prefix = fresh()
+    const store = createPostgresStore(server.url, { prefix })
+    // Random text does not compress: the B-tree entry is as long as the ids.
+    const random = (n) => randomBytes(n).toString('base64url').slice(0, n)
+    const limit = /Postgres takes at most 2000 bytes in an execution id and a task id together \(with the store's prefix\), and in a key/
+    // Up to the limit, with the prefix: every call works.
+    const exec = random(1_000 - prefix.length)
+    const task = random(1_000)
+    await store.beginExecution(exec)
+    assert.equal(await store.tryBeginExecutionTask(exec, task), true)
+    await store.commitExecutionTaskResult(exec, task, 1)
+    assert.equal(await store.getExecutionTaskResult(exec, task), 1)
+    assert.deepEqual(await store.getExecutionTaskResults(exec), { [task]: 1 })
+    await store.disposeExecution(exec)
+    // One byte more: refused before any SQL, saying which ids and how long.
+    await assert.rejects(store.tryBeginExecutionTask(exec, `${task}x`), (err) => {
+      assert.equal(err.code, 'INVALID_INPUT', err.message)
+      assert.match(
+        err.message,
+        /the execution id "[^"]+…" \(1000 bytes with the store's prefix\) and the task id "[^"]+…" \(1001 bytes\) take 2001 bytes together/,
+      )
+      assert.match(err.message, limit)
+      return true
+    })
+    await assert.rejects(store.commitExecutionTaskResult('e', random(2_500), 1), (err) => err.code === 'INVALID_INPUT' && limit.test(err.message))
+    // An execution id alone, past the limit (and past what the index holds).
+    const long = random(3_000)
+    for (const call of [() => store.beginExecution(long), () => store.isExecutionInProgress(long), () => store.getExecutionTaskResults(long)]) {
+      await assert.rejects(call(), (err) => {
+        assert.equal(err.code, 'INVALID_INPUT', err.message)
+        assert.match(err.message, new RegExp(`the execution id or key "[^"]+…" is ${3_000 + prefix.length} bytes \\(with the store's prefix\\)`))
+        assert.match(err.message, limit)
+        assert.ok(err.message.length < 600, 'the message does not hold the whole id')
+        return true
+      })
+    }
     await store.close()
+    const kv = createKvStore(server.url, { prefix })
+    await assert.rejects(kv.set('default', random(2_100), 1), (err) => err.code === 'INVALID_INPUT' && limit.test(err.message))
+    await kv.close()
   })
 })
 

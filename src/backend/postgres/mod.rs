@@ -356,7 +356,11 @@ impl Inner {
       );
       return Box::pin(std::future::ready(Err(err)));
     }
-    if let Err(err) = batch.commands.iter().try_for_each(ops::refuse_nul) {
+    if let Err(err) = batch
+      .commands
+      .iter()
+      .try_for_each(|command| ops::refuse_nul(command).and(ops::refuse_long(command)))
+    {
       return Box::pin(std::future::ready(Err(err)));
     }
     let route = self.route(&batch);

@@ -318,6 +318,62 @@ pub fn refuse_nul(command: &Command) -> Result<(), StoreError> {
   }
 }
 
+/// Bytes (UTF-8) an execution id and a task id take at most together (with the store's
+/// prefix), and a key alone: `steps` is indexed by both (`steps_pkey`), `entries` by the
+/// key, and a B-tree entry holds at most about 2.7 KB (a third of an 8 KB page, less its
+/// headers) after compression, which random ids do not get. 2,000 leaves room for the
+/// headers and the layout's additions (`{}` of `hashtag`), whatever the ids compress to.
+pub const MAX_KEY_BYTES: usize = 2_000;
+
+/// A command whose execution id and task id together, or whose key, are longer than
+/// Postgres can index (`MAX_KEY_BYTES`): the call is refused `INVALID_INPUT`, saying
+/// which and how long, before any SQL (the server would refuse it with "index row size
+/// exceeds btree maximum"). Redis, SQLite and memory take longer ids.
+pub fn refuse_long(command: &Command) -> Result<(), StoreError> {
+  fn preview(text: &str) -> String {
+    let mut shown: String = text.chars().take(24).collect();
+    if shown.len() < text.len() {
+      shown.push('…');
+    }
+    format!("{:?}", shown)
+  }
+  fn limit() -> String {
+    format!(
+      "Postgres takes at most {MAX_KEY_BYTES} bytes in an execution id and a task id together (with the store's prefix), and in a key: its B-tree indexes hold about 2.7 KB an entry. Use shorter ids or keys on Postgres (Redis, SQLite and memory take longer ones)"
+    )
+  }
+  let pair = |exec: &String, task: &String| {
+    match exec.len() + task.len() > MAX_KEY_BYTES {
+    false => Ok(()),
+    true => Err(StoreError::invalid_input(format!(
+      "the execution id {} ({} bytes with the store's prefix) and the task id {} ({} bytes) take {} bytes together: {}",
+      preview(exec),
+      exec.len(),
+      preview(task),
+      task.len(),
+      exec.len() + task.len(),
+      limit()
+    ))),
+  }
+  };
+  match command {
+    Command::Claim { exec, task, .. }
+    | Command::Commit { exec, task, .. }
+    | Command::StepResult { exec, task }
+    | Command::StepClaim { exec, task } => pair(exec, task),
+    Command::ResetSteps { exec, tasks } => tasks.iter().try_for_each(|task| pair(exec, task)),
+    _ => match command.keys().iter().find(|key| key.len() > MAX_KEY_BYTES) {
+      None => Ok(()),
+      Some(key) => Err(StoreError::invalid_input(format!(
+        "the execution id or key {} is {} bytes (with the store's prefix): {}",
+        preview(key),
+        key.len(),
+        limit()
+      ))),
+    },
+  }
+}
+
 /// Whether the command is one of the store operations this backend runs (not a Redis
 /// hash command, which only the Redis backend lowers step operations to).
 pub fn is_store_operation(command: &Command) -> bool {
