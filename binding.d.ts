@@ -411,6 +411,13 @@ export interface StoreOptions {
   schema?: string
   /** Postgres: connections the store opens at most (group-commit lanes + one for the sweep). Default 4. */
   poolSize?: number
+  /**
+   * Postgres: whether the first call creates the schema and its tables when they are
+   * missing (default `true`). `false` (the CLI's reads: `inspect`, `kv get`, `ui`, ...):
+   * a schema without a durastate store rejects every call `UNAVAILABLE` ("schema ... holds
+   * no durastate store") and nothing is created. Internal to the CLI, not in index.d.ts.
+   */
+  createTables?: boolean
 }
 
 /**

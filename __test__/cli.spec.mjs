@@ -564,6 +564,10 @@ describe('durastate --schema on Postgres', { timeout: 120_000 }, () => {
     const kv = createKvStore(postgres.url, { schema })
     await kv.set('default', 'greeting', { hello: 'schema' })
     await kv.close()
+    // The default schema holds a store too (of other executions): inspect reads it.
+    const other = createPostgresStore(postgres.url, { prefix: `cli:${randomUUID()}:` })
+    await other.beginExecution('elsewhere')
+    await other.close()
   })
   after(() => postgres?.release())
 
@@ -589,6 +593,28 @@ describe('durastate --schema on Postgres', { timeout: 120_000 }, () => {
     const store = createPostgresStore(url, { schema, prefix })
     assert.deepEqual(await store.getExecutionTaskResults('order-9'), {})
     await store.close()
+  })
+
+  it('reads of a schema that holds no store fail and create nothing (inspect, kv get/keys/delete, reset, dispose); kv set creates it', () => {
+    const url = postgres.url
+    const typo = `ds_typo_${randomUUID().slice(0, 8)}`
+    const none = new RegExp(`^durastate: schema "${typo}" holds no durastate store.*nothing was created.*\\(UNAVAILABLE\\)\\n$`)
+    // Twice: had the first created the tables, the second would have read an empty store.
+    for (let i = 0; i < 2; i++) {
+      fails(['inspect', url, '--schema', typo], 1, none)
+      fails(['inspect', url, 'order-9', '--prefix', prefix, '--schema', typo], 1, none)
+      fails(['kv', 'get', 'default', 'greeting', url, '--schema', typo], 1, none)
+      fails(['kv', 'keys', 'default', url, '--schema', typo], 1, none)
+      fails(['kv', 'delete', 'default', 'greeting', url, '--schema', typo], 1, none)
+      fails(['reset', url, 'order-9', 'pack', '--prefix', prefix, '--schema', typo], 1, none)
+      fails(['dispose', url, 'order-9', '--prefix', prefix, '--schema', typo], 1, none)
+    }
+    // Not even the schema (a server of the test's own can be asked).
+    if (postgres.server) assert.equal(postgres.server.sql(`SELECT count(*) FROM pg_namespace WHERE nspname = '${typo}'`), '0')
+    // kv set creates the store, as it creates a SQLite file.
+    output(['kv', 'set', 'default', 'k', '7', url, '--schema', typo])
+    assert.equal(output(['kv', 'get', 'default', 'k', url, '--schema', typo]), '7\n')
+    assert.deepEqual(JSON.parse(output(['inspect', url, '--schema', typo, '--json'])).executions, [])
   })
 
   it('refuses a --schema Postgres would not take, or on another backend (exit 2)', () => {

@@ -280,7 +280,11 @@ function sqlitePath(url) {
   return file[2].startsWith('//') ? file[2].slice(2) : file[2]
 }
 
-/** Reading a SQLite file that is not there would create an empty one: refuse instead. */
+/**
+ * Reading a SQLite file that is not there would create an empty one: refuse instead. (On
+ * Postgres, the reads pass the internal store option `createTables: false`: a schema
+ * without a store rejects UNAVAILABLE, and nothing is created.)
+ */
 function requireExistingFile(url) {
   const path = sqlitePath(url)
   if (path !== null && path !== '' && !existsSync(path)) {
@@ -437,7 +441,7 @@ async function storedId(inspector, prefix, id) {
 
 async function inspect({ url, executionId, prefix, json, tls, schema }) {
   requireExistingFile(url)
-  const inspector = loadAddon().createInspector(url, { tls, schema })
+  const inspector = loadAddon().createInspector(url, { tls, schema, createTables: false })
   try {
     if (executionId === undefined) {
       const executions = await listExecutions(inspector, prefix)
@@ -454,7 +458,7 @@ async function inspect({ url, executionId, prefix, json, tls, schema }) {
 
 async function repair({ name, url, executionId: given, taskId, prefix, tls, schema, force }) {
   requireExistingFile(url)
-  const inspector = loadAddon().createInspector(url, { tls, schema })
+  const inspector = loadAddon().createInspector(url, { tls, schema, createTables: false })
   try {
     const executionId = await storedId(inspector, prefix, given)
     const quoted = quote(executionId)
@@ -475,7 +479,10 @@ async function ui(command) {
   requireExistingFile(command.url)
   const { startUi } = await import('./ui.mjs')
   const { createInspector } = loadAddon()
-  const server = await startUi({ ...command, createInspector: (url) => createInspector(url, { tls: command.tls, schema: command.schema }) })
+  const server = await startUi({
+    ...command,
+    createInspector: (url) => createInspector(url, { tls: command.tls, schema: command.schema, createTables: false }),
+  })
   const mode = command.allowWrites ? 'writes allowed: reset step, dispose' : 'read-only'
   console.log(`durastate ui: ${server.url} (${mode}; Ctrl-C stops it)`)
   const stop = () => server.close().then(() => process.exit(0))
@@ -531,6 +538,9 @@ async function kv(command) {
   const store = loadAddon().createKvStore(command.url, {
     tls: command.tls,
     schema: command.schema,
+    // Reads on Postgres find the store or fail: they never create its schema and tables
+    // (as requireExistingFile for SQLite); kv set creates them, as it creates a SQLite file.
+    createTables: command.action === 'set',
     mounts: { [command.mount]: { prefix: command.prefix } },
   })
   try {

@@ -391,6 +391,7 @@ fn postgres_engine(
     connect_timeout: common.connect_timeout,
     command_timeout: common.command_timeout,
     retry: common.retry,
+    create_tables: options.create_tables.unwrap_or(true),
   })?;
   Ok((Engine::tokio(Arc::new(backend)), common))
 }

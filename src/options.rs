@@ -52,6 +52,11 @@ pub struct StoreOptions {
   pub schema: Option<String>,
   /// Postgres: connections the store opens at most (group-commit lanes + one for the sweep). Default 4.
   pub pool_size: Option<u32>,
+  /// Postgres: whether the first call creates the schema and its tables when they are
+  /// missing (default `true`). `false` (the CLI's reads: `inspect`, `kv get`, `ui`, ...):
+  /// a schema without a durastate store rejects every call `UNAVAILABLE` ("schema ... holds
+  /// no durastate store") and nothing is created. Internal to the CLI, not in index.d.ts.
+  pub create_tables: Option<bool>,
 }
 
 /// How a Redis store rides out a dropped connection.

@@ -80,6 +80,8 @@ pub struct PostgresSettings {
   pub connect_timeout: Duration,
   pub command_timeout: Duration,
   pub retry: RetrySettings,
+  /// Whether a missing schema and its tables are created (else calls reject).
+  pub create_tables: bool,
 }
 
 /// Why one attempt at a call failed.
@@ -181,6 +183,8 @@ struct Inner {
   retry: RetrySettings,
   /// Whether the schema was created or checked.
   ready: AtomicBool,
+  /// Whether a missing schema and its tables are created (`PostgresSettings`).
+  create_tables: bool,
   preparing: tokio::sync::Mutex<()>,
   /// The lanes; several groups commit at once (the server flushes their commits together).
   lanes: Vec<Mutex<Lane>>,
@@ -210,6 +214,7 @@ impl PostgresBackend {
       connect_timeout,
       command_timeout,
       retry,
+      create_tables,
     } = settings;
     schema::check_schema_name(&schema)?;
     let target = target.with_connect_timeout(connect_timeout);
@@ -238,6 +243,7 @@ impl PostgresBackend {
         hosts,
         retry,
         ready: AtomicBool::new(false),
+        create_tables,
         preparing: tokio::sync::Mutex::new(()),
         // One connection is kept for the sweep.
         lanes: (0..pool_size.saturating_sub(1).max(1))
@@ -593,7 +599,7 @@ impl Inner {
       if !self.ready.load(Ordering::Acquire) {
         let _one_at_a_time = self.preparing.lock().await;
         if !self.ready.load(Ordering::Acquire) {
-          schema::prepare(&client, &self.schema).await?;
+          schema::prepare(&client, &self.schema, self.create_tables).await?;
           self.ready.store(true, Ordering::Release);
         }
       }

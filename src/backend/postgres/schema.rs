@@ -332,8 +332,10 @@ END $$;
 
 /// Creates the schema, tables and functions, migrates an older version, or checks the
 /// recorded version. Several processes starting at once take an advisory lock: one
-/// creates (or migrates), the others find it done.
-pub async fn prepare(client: &Client, schema: &str) -> StoreResult<()> {
+/// creates (or migrates), the others find it done. Without `create`, a schema that holds
+/// no store (no `meta`) is refused `UNAVAILABLE` and nothing is created: the CLI's reads
+/// of a mistyped schema or database say so rather than create an empty store there.
+pub async fn prepare(client: &Client, schema: &str, create: bool) -> StoreResult<()> {
   let s = quote_ident(schema);
   let version_sql = format!("SELECT version FROM {s}.meta WHERE id = 1");
   if let Ok(Some(row)) = client.query_opt(&version_sql, &[]).await {
@@ -341,6 +343,30 @@ pub async fn prepare(client: &Client, schema: &str) -> StoreResult<()> {
       if found >= VERSION {
         return check_version(found, schema);
       }
+    }
+  }
+  if !create {
+    let found: bool = client
+      .query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname = 'meta')",
+        &[&schema],
+      )
+      .await
+      .map_err(|e| setup_error(e, schema))?
+      .get(0);
+    if !found {
+      let database = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map(|row| row.get::<_, String>(0))
+        .map_err(|e| setup_error(e, schema))?;
+      return Err(StoreError::new(
+        ErrorCode::Unavailable,
+        format!(
+          "schema \"{schema}\" holds no durastate store (no table \"{schema}\".meta in database \"{database}\"); nothing was created: check the schema name and the database"
+        ),
+      ));
     }
   }
   let lock_key = format!("durastate:{schema}");
