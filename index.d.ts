@@ -282,14 +282,16 @@ export declare class DurableWorkerStore implements WorkerStore {
    * Claims a step atomically (`HSETNX`): of any number of concurrent callers, exactly one
    * gets `true`. The claim is on the in-progress marker; check for a result first.
    * Unlike the other calls it is never sent again after a dropped connection (the first
-   * `HSETNX` may have landed): it rejects with `UNAVAILABLE` instead. On a cluster, where
-   * redis-rs may send it again, the hash-tag layout's claim token keeps the answer exact.
+   * `HSETNX` may have landed): it rejects with `UNAVAILABLE` instead. With
+   * `keyLayout: 'hashtag'` (required on a cluster) the claim is a token unique to it, so
+   * it is sent again and a lost reply is still answered exactly.
    */
   tryBeginExecutionTask(executionId: string, taskId: string): Promise<boolean>
   /**
    * Stores a step's result as JSON and clears its in-progress marker, atomically.
    * `undefined` is stored as {@link EMPTY_EXECUTION_RESULT}. A value with no JSON form
-   * rejects with `SERIALIZE` and writes nothing.
+   * rejects with `SERIALIZE`, and JSON over 2^29 − 24 bytes (more than a JS string can
+   * hold when read back) with `INVALID_INPUT`; neither writes anything.
    */
   commitExecutionTaskResult(executionId: string, taskId: string, value: unknown): Promise<void>
   /** Whether the execution was begun and is not yet disposed or expired. */
@@ -399,7 +401,7 @@ export interface KvMountOptions {
   schema?: Record<string, KvSchemaEntry>
   /** Most entries the mount may hold; a `set` of a new key past it rejects with `ENTRY_LIMIT`. Default 10000. */
   maxEntries?: number
-  /** Largest value, as UTF-8 bytes of its JSON; bigger rejects with `VALUE_TOO_LARGE`. Default 102400. */
+  /** Largest value, as UTF-8 bytes of its JSON; bigger rejects with `VALUE_TOO_LARGE`. Default 102400; at most 2^29 − 24 (the longest string V8 makes). */
   maxValueSize?: number
   /** Time to live of every entry written, in ms. Absent or 0: entries never expire. */
   ttl?: number

@@ -540,6 +540,15 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
     assert.match(result.stderr, /^durastate: --host "192\.0\.2\.1" is not an address of this machine \(EADDRNOTAVAIL\) \(INVALID_INPUT\)\n$/)
   })
 
+  it('says TLS when a TLS handshake gets no answer (a server without TLS), not a TIMEOUT that races it', () => {
+    const plain = new URL(redis.url)
+    const started = Date.now()
+    const result = durastate(['inspect', `rediss://${plain.host}`, '--insecure'])
+    assert.equal(result.status, 1, result.stdout + result.stderr)
+    assert.match(result.stderr, /TLS handshake .* no TLS handshake within connectTimeout .*\(TLS\)\n$/)
+    assert.ok(Date.now() - started < 15_000)
+  })
+
   it('refuses a --port that is not a port number (exit 2)', () => {
     for (const port of ['', ' ', '0x50', '1e3', '-1', '65536', '80.5']) {
       const result = durastate(['ui', url, `--port=${port}`])

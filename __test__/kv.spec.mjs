@@ -169,6 +169,7 @@ for (const name of kvBackendNames) {
           ['maxValueSize 0', { mounts: { a: { maxValueSize: 0 } } }],
           ['maxValueSize -5', { mounts: { a: { maxValueSize: -5 } } }],
           ['maxValueSize 2.5', { mounts: { a: { maxValueSize: 2.5 } } }],
+          ['maxValueSize over the longest string a JS runtime can read back', { mounts: { a: { maxValueSize: 2 ** 29 } } }],
           ['ttl -1', { mounts: { a: { ttl: -1 } } }],
           ['ttl "soon"', { mounts: { a: { ttl: 'soon' } } }],
           ['ttl NaN', { mounts: { a: { ttl: NaN } } }],

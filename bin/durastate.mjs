@@ -91,6 +91,13 @@ function isStoreUrl(arg) {
   return scheme !== undefined && require('../binding.js').storeUrlSchemes().includes(scheme)
 }
 const DEFAULT_SQLITE_PATH = './.durastate/state.db'
+/**
+ * Connecting gets less time than a call: a connection that takes the whole of it (a TLS
+ * handshake a plain-text server never answers, a host that drops packets) then fails
+ * with its own reason (`TLS`, `UNAVAILABLE`) before the call's `TIMEOUT`, which would
+ * otherwise race it.
+ */
+const TIMEOUTS = { connectTimeout: 4000, commandTimeout: 5000 }
 const KV_ARGUMENTS = { get: ['key'], set: ['key', 'value'], delete: ['key'] }
 const PREVIEW_LENGTH = 48
 
@@ -441,7 +448,7 @@ async function storedId(inspector, prefix, id) {
 
 async function inspect({ url, executionId, prefix, json, tls, schema }) {
   requireExistingFile(url)
-  const inspector = loadAddon().createInspector(url, { tls, schema, createTables: false })
+  const inspector = loadAddon().createInspector(url, { ...TIMEOUTS, tls, schema, createTables: false })
   try {
     if (executionId === undefined) {
       const executions = await listExecutions(inspector, prefix)
@@ -458,7 +465,7 @@ async function inspect({ url, executionId, prefix, json, tls, schema }) {
 
 async function repair({ name, url, executionId: given, taskId, prefix, tls, schema, force }) {
   requireExistingFile(url)
-  const inspector = loadAddon().createInspector(url, { tls, schema, createTables: false })
+  const inspector = loadAddon().createInspector(url, { ...TIMEOUTS, tls, schema, createTables: false })
   try {
     const executionId = await storedId(inspector, prefix, given)
     const quoted = quote(executionId)
@@ -481,7 +488,7 @@ async function ui(command) {
   const { createInspector } = loadAddon()
   const server = await startUi({
     ...command,
-    createInspector: (url) => createInspector(url, { tls: command.tls, schema: command.schema, createTables: false }),
+    createInspector: (url) => createInspector(url, { ...TIMEOUTS, tls: command.tls, schema: command.schema, createTables: false }),
   })
   const mode = command.allowWrites ? 'writes allowed: reset step, dispose' : 'read-only'
   console.log(`durastate ui: ${server.url} (${mode}; Ctrl-C stops it)`)
@@ -536,6 +543,7 @@ const KV_ACTIONS = {
 async function kv(command) {
   if (command.action !== 'set') requireExistingFile(command.url)
   const store = loadAddon().createKvStore(command.url, {
+    ...TIMEOUTS,
     tls: command.tls,
     schema: command.schema,
     // Reads on Postgres find the store or fail: they never create its schema and tables

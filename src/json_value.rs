@@ -4,6 +4,24 @@
 
 use std::fmt;
 
+use crate::error::{StoreError, StoreResult};
+
+/// The most bytes of JSON text a stored value may have: the longest string V8 makes
+/// (2^29 − 24 UTF-16 units on 64-bit), so that every value can be read back as one JS
+/// string (a longer one fails as it is read, for good). Under Redis's 512 MiB bulk limit.
+pub const MAX_VALUE_BYTES: usize = (1 << 29) - 24;
+
+/// Refuses a value of `bytes` bytes of JSON over [`MAX_VALUE_BYTES`], naming it `what()`.
+pub fn check_value_size(what: impl FnOnce() -> String, bytes: usize) -> StoreResult<()> {
+  if bytes <= MAX_VALUE_BYTES {
+    return Ok(());
+  }
+  Err(StoreError::invalid_input(format!(
+    "{} is {bytes} bytes of JSON: over {MAX_VALUE_BYTES} bytes, the longest string a JS runtime can read back (and over Redis's 512 MiB limit); nothing was stored",
+    what()
+  )))
+}
+
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
@@ -224,6 +242,21 @@ impl<'de> Visitor<'de> for MembersVisitor {
 
 #[cfg(test)]
 mod tests {
+  #[test]
+  fn refuses_values_a_js_runtime_could_not_read_back() {
+    assert!(check_value_size(|| "v".into(), MAX_VALUE_BYTES).is_ok());
+    let err =
+      check_value_size(|| "the result of task \"t\"".into(), MAX_VALUE_BYTES + 1).unwrap_err();
+    assert_eq!(err.code, crate::error::ErrorCode::InvalidInput);
+    assert!(
+      err
+        .message
+        .contains("the result of task \"t\" is 536870889 bytes"),
+      "{}",
+      err.message
+    );
+  }
+
   use super::*;
 
   #[test]

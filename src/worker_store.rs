@@ -246,6 +246,10 @@ impl NativeWorkerStore {
     if let Err(err) = self.config.keys.check_id(&execution_id) {
       return Engine::rejected(env, err);
     }
+    let what = || format!("the result of task \"{task_id}\"");
+    if let Err(err) = crate::json_value::check_value_size(what, json.len()) {
+      return Engine::rejected(env, err);
+    }
     let batch = Batch::one(Command::Commit {
       exec: self.config.keys.execution(&execution_id),
       task: task_id,
