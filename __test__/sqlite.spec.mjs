@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test'
 import { createKvStore, createSqliteStore, createStore } from '../index.js'
 import { rejectsWith } from './helpers/assert.mjs'
 import { packageRoot, runChild, startChild } from './helpers/child.mjs'
+import { runtime } from './helpers/runtime.mjs'
 import { testRedis } from './helpers/redis-server.mjs'
 
 const binding = createRequire(import.meta.url)('../binding.js')
@@ -405,16 +406,22 @@ print(json.dumps([c.execute('PRAGMA journal_mode').fetchone()[0], c.execute('PRA
     assert.match(JSON.parse(stdout).first, /^INTERNAL: /)
   })
 
+  /** Runs `sql` on the file at `path` with better-sqlite3, as another program would. */
+  function foreignSql(path, sql) {
+    const script = `const db = new (require('better-sqlite3'))(${JSON.stringify(path)}); db.exec(${JSON.stringify(sql)}); db.close()`
+    const node = runtime === 'node' ? process.execPath : 'node'
+    const done = spawnSync(node, ['-e', script], { cwd: packageRoot, encoding: 'utf8', timeout: 30_000 })
+    assert.equal(done.status, 0, `node -e (better-sqlite3): ${done.error ?? done.stderr}`)
+  }
+
   it('rejects a stored value another program wrote as a BLOB with CORRUPT_DATA naming the key and task; calls made with it are answered', async () => {
     const path = join(dir, 'foreign-value.db')
     const store = open(path, { prefix: 'p:' })
     await store.commitExecutionTaskResult('e', 'good', { ok: true })
     await store.close()
-    // Another program (better-sqlite3 here) stores a result as a BLOB: durastate writes JSON text.
-    const Database = createRequire(import.meta.url)('better-sqlite3')
-    const foreign = new Database(path)
-    foreign.prepare("INSERT INTO ds_steps(exec, task, result) VALUES ('p:e', 'blob', x'ff00')").run()
-    foreign.close()
+    // Another program (better-sqlite3 on Node.js, which Bun and Deno cannot load: run by
+    // the machine's `node` there) stores a result as a BLOB: durastate writes JSON text.
+    foreignSql(path, "INSERT INTO ds_steps(exec, task, result) VALUES ('p:e', 'blob', x'ff00')")
     const again = open(path, { prefix: 'p:' })
     // In one tick, so in one transaction: only the call reading the value fails.
     const [one, all, other, write] = await Promise.allSettled([
