@@ -308,6 +308,21 @@ describe('durastate arguments and errors', { timeout: 60_000 }, () => {
     }
   })
 
+  it('refuses a URL of another scheme, naming the ones it takes and not the URL (exit 2)', () => {
+    for (const args of [
+      ['inspect', 'foo://u:s3cret@h/x', 'e1'],
+      ['kv', 'get', 'default', 'k', 'mysql://u:s3cret@h/db'],
+    ]) {
+      const result = durastate(args)
+      assert.equal(result.status, 2, result.stdout + result.stderr)
+      assert.match(result.stderr, /^durastate: unsupported store URL scheme "(foo|mysql):": give redis:\/\/, .*sqlite:<path> or file:<path>\n/)
+      assert.doesNotMatch(result.stderr, /s3cret|memory:/)
+    }
+    const fromEnv = durastate(['inspect'], { env: { DURASTATE_URL: 'db.sqlite' } })
+    assert.equal(fromEnv.status, 2)
+    assert.match(fromEnv.stderr, /^durastate: a store URL needs a scheme/)
+  })
+
   it('refuses memory: with the reason (exit 2)', () => {
     fails(['inspect', 'memory:'], 2, /^durastate: memory: is a store inside one process; .*empty store/)
   })

@@ -276,6 +276,15 @@ function resolveUrl(url) {
         'would only ever see an empty store. Give a redis:// or sqlite:<path> URL.',
     )
   }
+  if (resolved && !isStoreUrl(resolved)) {
+    // Only the scheme is repeated: the rest may hold a password.
+    const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(resolved)?.[1]
+    throw new UsageError(
+      `${scheme === undefined ? 'a store URL needs a scheme' : `unsupported store URL scheme "${scheme}:"`}: ` +
+        'give redis://, rediss://, redis+unix://, redis+sentinel://, rediss+sentinel://, redis+cluster://, ' +
+        'rediss+cluster://, postgres://, postgresql://, sqlite:<path> or file:<path>',
+    )
+  }
   return resolved
 }
 
