@@ -1133,9 +1133,10 @@ class KvStore {
     }
   }
 
+  /** The mount's declared keys: what the store was made with, so also after `close()`. */
   schema(mount) {
     try {
-      this.#requireMount(mount)
+      requireString('mount', mount)
       return parseJson(this.#native.schema(mount))
     } catch (err) {
       throw toDurastateError(err)

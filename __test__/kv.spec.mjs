@@ -1082,6 +1082,14 @@ for (const name of kvBackendNames) {
         await rejectsWith(kv.set('m', 'k', 2), 'DISPOSED')
         await rejectsWith(kv.keys('m'), 'DISPOSED')
         await rejectsWith(view.get('k'), 'DISPOSED')
+        // what the store was made with can still be read
+        assert.deepEqual(kv.schema('m'), [])
+        assert.deepEqual(view.schema(), [])
+        assert.deepEqual(
+          kv.mounts().map((m) => m.name),
+          ['m'],
+        )
+        throwsWith(() => kv.schema('nope'), 'UNKNOWN_MOUNT')
       })
 
       // UTF-8 has no encoding for a lone surrogate: as a key it would turn into U+FFFD, and
