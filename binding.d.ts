@@ -37,8 +37,11 @@ export declare class NativeInspector {
 export declare class NativeKvStore {
   /** The stored JSON; when missing, the declared default, or `""` on an open mount. */
   get(mount: string, key: string): Promise<string>
-  /** The stored JSON, or `null` when missing. */
-  getOr(mount: string, key: string): Promise<string | null>
+  /**
+   * The stored JSON, or `null` when missing. `call`: the method the JS layer serves
+   * with it (`getOr`, the default, or `getJson`), as errors name it.
+   */
+  getOr(mount: string, key: string, call?: string | undefined | null): Promise<string | null>
   /**
    * Stores `json` after the checks of the contract's `set`. `phase` (`ops::Phase`):
    * absent, the whole write, or while the mount's count is stale `[the update of a

@@ -933,7 +933,7 @@ class KvStore {
   }
 
   #getJson(mount, key) {
-    return this.#native.getOr(mount, key).then((text) => (text === null ? undefined : text), rethrow)
+    return this.#native.getOr(mount, key, 'getJson').then((text) => (text === null ? undefined : text), rethrow)
   }
 
   set(mount, key, value, options) {

@@ -85,6 +85,24 @@ describe('Redis faults', () => {
     await store.close()
   })
 
+  it('names the KV method called in its TIMEOUT (get, getOr, getJson)', async () => {
+    const kv = createKvStore(server.url, { prefix: 'names:', commandTimeout: 200 })
+    await kv.set('default', 'k', 1)
+    await admin.client('PAUSE', 1200, 'ALL')
+    const calls = await Promise.allSettled([kv.get('default', 'k'), kv.getOr('default', 'k', 0), kv.getJson('default', 'k')])
+    assert.deepEqual(
+      calls.map((c) => [c.reason?.code, /^(\w+) did not complete within 200 ms/.exec(c.reason?.message)?.[1]]),
+      [
+        ['TIMEOUT', 'get'],
+        ['TIMEOUT', 'getOr'],
+        ['TIMEOUT', 'getJson'],
+      ],
+    )
+    await new Promise((r) => setTimeout(r, 1300))
+    assert.equal(await kv.getJson('default', 'k'), '1')
+    await kv.close()
+  })
+
   it('rejects with TIMEOUT in time while the server is paused, then works again', async () => {
     const store = createRedisStore(server.url, { prefix: 'pause:', commandTimeout: 300 })
     await store.beginExecution('e')

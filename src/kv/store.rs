@@ -142,19 +142,25 @@ impl NativeKvStore {
     self.run(env, "get", step)
   }
 
-  /// The stored JSON, or `null` when missing.
+  /// The stored JSON, or `null` when missing. `call`: the method the JS layer serves
+  /// with it (`getOr`, the default, or `getJson`), as errors name it.
   #[napi(ts_return_type = "Promise<string | null>")]
   pub fn get_or<'env>(
     &self,
     env: &'env Env,
     mount: String,
     key: String,
+    call: Option<String>,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
+    let what = match call.as_deref() {
+      Some("getJson") => "getJson",
+      _ => "getOr",
+    };
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_readable("get", Some(&key))?;
       Ok(ops::get(mount, &key, |json| Ok(Output::Text(json))))
     });
-    self.run(env, "getOr", step)
+    self.run(env, what, step)
   }
 
   /// Stores `json` after the checks of the contract's `set`. `phase` (`ops::Phase`):
