@@ -50,9 +50,10 @@ fn lower(batch: Batch) -> (Batch, Vec<Fold>) {
   for command in batch.commands {
     let before = commands.len();
     let fold = lower_one(command, &mut commands);
-    // An operation that became several commands with a write is applied whole (MULTI/EXEC).
-    atomic |=
-      matches!(fold, Fold::First(_) | Fold::Ok(_) | Fold::Existed) && commands.len() - before > 1;
+    // An operation that became several writes is applied whole (MULTI/EXEC). EXISTS then
+    // SET is not: a key made or removed between them by another client only moves this
+    // process's entry count by one, which it counts again once stale.
+    atomic |= matches!(fold, Fold::First(_) | Fold::Ok(_)) && commands.len() - before > 1;
     folds.push(fold);
   }
   let lowered = Batch {
@@ -166,8 +167,8 @@ fn lower_one(command: Command, out: &mut Vec<Command>) -> Fold {
     // Not `SET ... GET`, which fails with WRONGTYPE on a key holding another type (another
     // program's hash under a mount's prefix): inside a MULTI the batch's other writes would
     // still be applied (a `setMany` half written), and a `SET` without `GET` (the path of a
-    // stale count) overwrites that key. EXISTS then SET never fails, and the pair is one
-    // MULTI/EXEC.
+    // stale count) overwrites that key. EXISTS then SET never fails (in a `setMany`, the
+    // batch's MULTI/EXEC holds them all).
     Command::SetGet { key, value, ttl_ms } => {
       out.push(Command::Exists { key: key.clone() });
       out.push(Command::Set { key, value, ttl_ms });
