@@ -290,7 +290,7 @@ export declare class DurableWorkerStore implements WorkerStore {
   /**
    * Stores a step's result as JSON and clears its in-progress marker, atomically.
    * `undefined` is stored as {@link EMPTY_EXECUTION_RESULT}. A value with no JSON form
-   * rejects with `SERIALIZE`, and JSON over 2^29 − 24 bytes (more than a JS string can
+   * rejects with `SERIALIZE`, and JSON over 2^29 − 24 UTF-16 code units (more than a JS string can
    * hold when read back) with `INVALID_INPUT`; neither writes anything.
    */
   commitExecutionTaskResult(executionId: string, taskId: string, value: unknown): Promise<void>

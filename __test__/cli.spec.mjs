@@ -10,6 +10,7 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { fileURLToPath } from 'node:url'
 import Redis from 'ioredis'
+import pg from 'pg'
 import binding from '../binding.js'
 import { createKvStore, createPostgresStore, createRedisStore, createSqliteStore } from '../index.js'
 import { testPostgres } from './helpers/postgres-server.mjs'
@@ -423,6 +424,9 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
       'redis://:s3cret pass@127.0.0.1:1/0',
       'postgres://app:s3cret/x@127.0.0.1:1/app',
       'postgres://app@127.0.0.1:1/app?pass%77ord=s3cret&port=x',
+      // a raw "@" in the password: libpq would take its tail for the host
+      'postgres://app:s3@s3cret@127.0.0.1:1/app',
+      'redis://u:s3@s3/cret@127.0.0.1:1/0',
     ]) {
       const failed = durastate(['inspect', given])
       assert.equal(failed.status, 1, failed.stderr)
@@ -639,6 +643,27 @@ describe('durastate --schema on Postgres', { timeout: 120_000 }, () => {
     output(['kv', 'set', 'default', 'k', '7', url, '--schema', typo])
     assert.equal(output(['kv', 'get', 'default', 'k', url, '--schema', typo]), '7\n')
     assert.deepEqual(JSON.parse(output(['inspect', url, '--schema', typo, '--json'])).executions, [])
+  })
+
+  it("reads of a schema whose `meta` table is another program's fail and change nothing", async () => {
+    const app = `ds_app_${randomUUID().slice(0, 8)}`
+    const client = new pg.Client({ connectionString: postgres.url })
+    await client.connect()
+    try {
+      await client.query(`CREATE SCHEMA ${app}; CREATE TABLE ${app}.meta (id int, version int, note text); CREATE TABLE ${app}.orders (id int)`)
+      const none = new RegExp(`^durastate: schema "${app}" holds no durastate store \\(no version row in .*nothing was created.*\\(UNAVAILABLE\\)\\n$`)
+      fails(['inspect', postgres.url, '--schema', app], 1, none)
+      fails(['kv', 'get', 'default', 'k', postgres.url, '--schema', app], 1, none)
+      const tables = await client.query('SELECT tablename FROM pg_tables WHERE schemaname = $1 ORDER BY tablename', [app])
+      assert.deepEqual(
+        tables.rows.map((r) => r.tablename),
+        ['meta', 'orders'],
+      )
+      assert.equal((await client.query(`SELECT count(*)::int AS n FROM ${app}.meta`)).rows[0].n, 0)
+    } finally {
+      await client.query(`DROP SCHEMA IF EXISTS ${app} CASCADE`).catch(() => {})
+      await client.end()
+    }
   })
 
   it('refuses a --schema Postgres would not take, or on another backend (exit 2)', () => {

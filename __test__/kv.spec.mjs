@@ -1237,6 +1237,11 @@ for (const name of kvBackendNames) {
             await rejectsWith(kv.merge('m', 'k', { z: 1 }), 'CORRUPT_DATA', undefined, JSON.stringify(text))
             assert.equal(await io.get(`${p}k`), text, JSON.stringify(text))
           }
+          // JSON whose bytes are not UTF-8 (RFC 8259 8.1)
+          const latin1 = Buffer.from('{"a":"\xff\xfe","b":"\xe9"}', 'latin1')
+          await io.set(`${p}k`, latin1)
+          await rejectsWith(kv.merge('m', 'k', { z: 1 }), 'CORRUPT_DATA')
+          assert.deepEqual(await io.getBuffer(`${p}k`), latin1)
           // valid JSON of every shape merges, its members' text kept as stored
           const valid = '\t{ "a" : [ -0.5e+10 , {"b":[]}, {}, "\\u00e9\\n\\"" ] ,\r\n"n":null,"t":true,"f":false,"x":"\u007f\u2028" }\n'
           await io.set(`${p}k`, valid)

@@ -223,6 +223,8 @@ describe('durastate ui: what it reads and shows', () => {
     for (const [store, shown] of [
       ['redis://:s3cret pass@127.0.0.1:1/0', 'redis://:***@127.0.0.1:1/0'],
       ['postgres://app:s3cret pass@127.0.0.1:1/app', 'postgres://app:***@127.0.0.1:1/app'],
+      // a parameter name the addon percent-decodes: `pass%77ord` is `password`
+      ['postgres://app@127.0.0.1:1/app?pass%77ord=s3cret', 'postgres://app@127.0.0.1:1/app?pass%77ord=***'],
     ]) {
       const ui = await startUi({ url: store, createInspector })
       try {

@@ -243,13 +243,23 @@ export function redactSecrets(text) {
         const colon = userinfo.indexOf(':')
         return colon === -1 ? `${scheme}${userinfo}@` : `${scheme}${userinfo.slice(0, colon)}:***@`
       })
-      // a URL query's parameter: up to `&`
-      .replace(/([?&;][a-z_]*pass(?:word)?=)([^ \t\n\v\f\r&;#"]*)/gi, '$1***')
+      // a URL query's parameter, up to `&`: its name as the addon reads it, percent-decoded
+      // (`pass%77ord=` is `password=`)
+      .replace(/([?&;])([^=?&;#\s"]*)=([^ \t\n\v\f\r&;#"]*)/g, (pair, start, name, value) => (/pass/i.test(decodedName(name)) ? `${start}${name}=***` : pair))
       // a libpq key/value string's (spaces around `=`; a value quoted, or unquoted up to a
       // space that is not escaped with `\`, `&` and `;` included; libpq's spaces are ASCII,
       // a no-break space is part of a value)
       .replace(/((?:^|\s)[a-z_]*pass(?:word)?\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:\\.|[^ \t\n\v\f\r\\'])(?:\\.?|[^ \t\n\v\f\r\\])*)/gi, '$1***')
   )
+}
+
+/** A URL query parameter's name, percent-decoded (as written when it is not valid percent-encoding). */
+function decodedName(name) {
+  try {
+    return decodeURIComponent(name)
+  } catch {
+    return name
+  }
 }
 
 /**

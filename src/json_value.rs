@@ -6,18 +6,27 @@ use std::fmt;
 
 use crate::error::{StoreError, StoreResult};
 
-/// The most bytes of JSON text a stored value may have: the longest string V8 makes
-/// (2^29 − 24 UTF-16 units on 64-bit), so that every value can be read back as one JS
-/// string (a longer one fails as it is read, for good). Under Redis's 512 MiB bulk limit.
-pub const MAX_VALUE_BYTES: usize = (1 << 29) - 24;
+/// The longest JSON text a stored value may have, in UTF-16 code units: the longest
+/// string V8 makes (2^29 − 24 on 64-bit), so that every value can be read back as one JS
+/// string (a longer one fails as it is read, for good).
+pub const MAX_VALUE_UNITS: usize = (1 << 29) - 24;
 
-/// Refuses a value of `bytes` bytes of JSON over [`MAX_VALUE_BYTES`], naming it `what()`.
-pub fn check_value_size(what: impl FnOnce() -> String, bytes: usize) -> StoreResult<()> {
-  if bytes <= MAX_VALUE_BYTES {
+/// Refuses JSON text `json` longer than [`MAX_VALUE_UNITS`], naming it `what()`. Its
+/// UTF-8 length bounds its UTF-16 length, so only a text that long is counted.
+pub fn check_value_size(what: impl FnOnce() -> String, json: &str) -> StoreResult<()> {
+  check_units(what, json, MAX_VALUE_UNITS)
+}
+
+fn check_units(what: impl FnOnce() -> String, json: &str, limit: usize) -> StoreResult<()> {
+  if json.len() <= limit {
+    return Ok(());
+  }
+  let units = json.encode_utf16().count();
+  if units <= limit {
     return Ok(());
   }
   Err(StoreError::invalid_input(format!(
-    "{} is {bytes} bytes of JSON: over {MAX_VALUE_BYTES} bytes, the longest string a JS runtime can read back (and over Redis's 512 MiB limit); nothing was stored",
+    "{} is {units} UTF-16 code units of JSON: over {limit}, the longest string a JS runtime can read back; nothing was stored",
     what()
   )))
 }
@@ -244,17 +253,19 @@ impl<'de> Visitor<'de> for MembersVisitor {
 mod tests {
   #[test]
   fn refuses_values_a_js_runtime_could_not_read_back() {
-    assert!(check_value_size(|| "v".into(), MAX_VALUE_BYTES).is_ok());
-    let err =
-      check_value_size(|| "the result of task \"t\"".into(), MAX_VALUE_BYTES + 1).unwrap_err();
+    // (a limit of 4 units stands for V8's 2^29 − 24)
+    // 3 bytes of UTF-8 but one UTF-16 unit each: counted in units
+    assert!(check_units(|| "v".into(), "\u{20ac}\u{20ac}\u{20ac}\u{20ac}", 4).is_ok());
+    let err = check_units(|| "the result of task \"t\"".into(), "aaaaa", 4).unwrap_err();
     assert_eq!(err.code, crate::error::ErrorCode::InvalidInput);
     assert!(
       err
         .message
-        .contains("the result of task \"t\" is 536870889 bytes"),
+        .contains("the result of task \"t\" is 5 UTF-16 code units of JSON: over 4"),
       "{}",
       err.message
     );
+    assert_eq!(MAX_VALUE_UNITS, 536_870_888);
   }
 
   use super::*;

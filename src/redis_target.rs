@@ -542,19 +542,18 @@ fn encode(part: &str) -> String {
 /// information, or refuses) is redacted up to its last `@`, as libpq reads it: a message
 /// may then hide more than the password, never less.
 pub fn redact(url: &str) -> String {
-  let parsed = url::Url::parse(url);
-  if let Ok(parsed) = &parsed {
-    if parsed.password().is_some() {
-      let mut parsed = parsed.clone();
-      let _ = parsed.set_password(Some("***"));
-      return redact_query(parsed.as_str());
-    }
-  }
+  // Read as text first: `url::Url` ends the user information at the first `/` or `@` of a
+  // password, and would show the rest.
   if let Some(redacted) = redact_userinfo_text(url) {
     return redact_query(&redacted);
   }
-  match parsed {
-    Ok(parsed) => redact_query(parsed.as_str()),
+  match url::Url::parse(url) {
+    Ok(mut parsed) => {
+      if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+      }
+      redact_query(parsed.as_str())
+    }
     Err(_) => "<unparsable>".to_string(),
   }
 }
@@ -597,6 +596,7 @@ mod tests {
       "redis://:***@127.0.0.1:6379"
     );
     assert_eq!(redact("redis://:a#b?c@h:1/0"), "redis://:***@h:1/0");
+    assert_eq!(redact("redis://u:s3@cr/et@h:1/0"), "redis://u:***@h:1/0");
   }
 
   #[test]

@@ -247,7 +247,7 @@ impl NativeWorkerStore {
       return Engine::rejected(env, err);
     }
     let what = || format!("the result of task \"{task_id}\"");
-    if let Err(err) = crate::json_value::check_value_size(what, json.len()) {
+    if let Err(err) = crate::json_value::check_value_size(what, &json) {
       return Engine::rejected(env, err);
     }
     let batch = Batch::one(Command::Commit {

@@ -79,6 +79,11 @@ impl Claim {
     }
   }
 
+  /// Whether the caller already gave up (the call will not run).
+  fn is_abandoned(&self) -> bool {
+    self.0.load(Ordering::Acquire) == ABANDONED
+  }
+
   /// The caller's deadline: whether the call was given up (it had not started, and
   /// now never will); `false`: it runs, and its answer is due.
   pub fn abandon(&self) -> bool {
@@ -557,8 +562,15 @@ fn run(
   let db = database.as_mut().expect("opened above");
   db.connection.busy_timeout(settings.busy_timeout)?;
   let claim = |i: usize| claims[i].start();
-  let result =
-    sqlite::execute_claimed_group(&mut db.connection, batches, claim, now_ms, &mut db.sweeper);
+  let abandoned = |i: usize| claims[i].is_abandoned();
+  let result = sqlite::execute_claimed_group(
+    &mut db.connection,
+    batches,
+    claim,
+    abandoned,
+    now_ms,
+    &mut db.sweeper,
+  );
   if matches!(&result, Err(err) if err.code == ErrorCode::CorruptData && !err.one_value) {
     *database = None;
   }

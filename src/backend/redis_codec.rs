@@ -181,6 +181,28 @@ local function after_key(s, j)
   if not m or string.sub(s, m, m) ~= ':' then error('bad member') end
   return skip_space(s, m + 1)
 end
+-- Whether every byte of s at 0x80 or above is part of a well-formed UTF-8 sequence
+-- (RFC 3629: no overlong forms, no surrogates, nothing past U+10FFFF).
+local function check_utf8(s)
+  local i = string.find(s, '[\128-\255]')
+  while i do
+    local c = string.byte(s, i)
+    local n, low, high
+    if c >= 0xC2 and c <= 0xDF then n = 1
+    elseif c >= 0xE0 and c <= 0xEF then n = 2
+    elseif c >= 0xF0 and c <= 0xF4 then n = 3
+    else error('not UTF-8') end
+    low, high = 0x80, 0xBF
+    if c == 0xE0 then low = 0xA0 elseif c == 0xED then high = 0x9F
+    elseif c == 0xF0 then low = 0x90 elseif c == 0xF4 then high = 0x8F end
+    for k = 1, n do
+      local d = string.byte(s, i + k)
+      if not d or d < low or d > high then error('not UTF-8') end
+      low, high = 0x80, 0xBF
+    end
+    i = string.find(s, '[\128-\255]', i + n + 1)
+  end
+end
 -- Whether s is one JSON value and nothing else (RFC 8259), without recursion: the
 -- stored text is another client's as much as ours, and a merge must not keep or build
 -- on text that is no JSON (SQLite and Postgres parse it whole).
@@ -270,7 +292,7 @@ local function members(s)
   end
 end
 if current then
-  if not pcall(check_json, current) then return {'unreadable'} end
+  if not pcall(check_utf8, current) or not pcall(check_json, current) then return {'unreadable'} end
   local ok, outcome = pcall(members, current)
   if not ok then return {'unreadable'} end
   if outcome then return {outcome} end

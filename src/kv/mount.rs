@@ -117,11 +117,11 @@ impl Mount {
     let max_entries = positive_whole(&name, "maxEntries", spec.max_entries)?;
     let max_value_size = positive_whole(&name, "maxValueSize", spec.max_value_size)?;
     if let Some(size) =
-      max_value_size.filter(|size| *size > crate::json_value::MAX_VALUE_BYTES as u64)
+      max_value_size.filter(|size| *size > crate::json_value::MAX_VALUE_UNITS as u64)
     {
       return Err(StoreError::invalid_input(format!(
         "mount '{name}': `maxValueSize` {size} is over {}, the longest value a JS runtime can read back as one string",
-        crate::json_value::MAX_VALUE_BYTES
+        crate::json_value::MAX_VALUE_UNITS
       )));
     }
     let ttl_ms = millis(&format!("mounts.{name}.ttl"), spec.ttl)?.filter(|ttl| *ttl > 0);

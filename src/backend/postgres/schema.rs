@@ -330,6 +330,24 @@ END $$;
   )
 }
 
+/// `UNAVAILABLE`: the schema holds no durastate store (`what`: "no table", or "no version
+/// row in" a `meta` of another program), and nothing was created.
+async fn no_store(client: &Client, schema: &str, what: &str) -> StoreError {
+  let database = match client
+    .query_one("SELECT current_database()::text", &[])
+    .await
+  {
+    Ok(row) => row.get::<_, String>(0),
+    Err(err) => return setup_error(err, schema),
+  };
+  StoreError::new(
+    ErrorCode::Unavailable,
+    format!(
+      "schema \"{schema}\" holds no durastate store ({what} \"{schema}\".meta in database \"{database}\"); nothing was created: check the schema name and the database"
+    ),
+  )
+}
+
 /// Creates the schema, tables and functions, migrates an older version, or checks the
 /// recorded version. Several processes starting at once take an advisory lock: one
 /// creates (or migrates), the others find it done. Without `create`, a schema that holds
@@ -356,17 +374,7 @@ pub async fn prepare(client: &Client, schema: &str, create: bool) -> StoreResult
       .map_err(|e| setup_error(e, schema))?
       .get(0);
     if !found {
-      let database = client
-        .query_one("SELECT current_database()::text", &[])
-        .await
-        .map(|row| row.get::<_, String>(0))
-        .map_err(|e| setup_error(e, schema))?;
-      return Err(StoreError::new(
-        ErrorCode::Unavailable,
-        format!(
-          "schema \"{schema}\" holds no durastate store (no table \"{schema}\".meta in database \"{database}\"); nothing was created: check the schema name and the database"
-        ),
-      ));
+      return Err(no_store(client, schema, "no table").await);
     }
   }
   let lock_key = format!("durastate:{schema}");
@@ -423,6 +431,10 @@ pub async fn prepare(client: &Client, schema: &str, create: bool) -> StoreResult
         None
       }
     };
+    // Without `create`, a `meta` without our version row is another program's table.
+    if found.is_none() && !create {
+      return Err(no_store(client, schema, "no version row in").await);
+    }
     let foreign: Vec<&String> = existing.iter().filter(|name| *name != "meta").collect();
     if found.is_none() && !foreign.is_empty() {
       let names = foreign.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");

@@ -648,6 +648,13 @@ fn parse_url(url: &str) -> StoreResult<Option<Params>> {
   let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
   let (mut authority, rest) = rest.split_at(authority_end);
   if let Some((credentials, hosts)) = authority.split_once('@') {
+    // libpq ends the user information at the first `@`: a second one is a password's,
+    // unencoded, and libpq would take its tail for the host.
+    if hosts.contains('@') {
+      return Err(invalid(
+        "a password with `@`, `/`, `?` or `:` in a URL must be percent-encoded".to_string(),
+      ));
+    }
     let (user, password) = match credentials.split_once(':') {
       Some((user, password)) => (user, Some(password)),
       None => (credentials, None),

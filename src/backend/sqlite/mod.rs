@@ -41,22 +41,28 @@ pub fn execute_group(
   clock: impl Fn() -> u64,
   sweeper: &mut Sweeper,
 ) -> StoreResult<Vec<StoreResult<Vec<Reply>>>> {
-  execute_claimed_group(connection, batches, |_| true, clock, sweeper)
+  execute_claimed_group(connection, batches, |_| true, |_| false, clock, sweeper)
 }
 
 /// [`execute_group`], where `claim(i)`, asked once the transaction has begun (a group
 /// that writes holds the write lock then, so what runs is applied at once), says whether
-/// batch `i` still runs: a call whose caller gave up waiting (`TIMEOUT`) is skipped, and
+/// batch `i` still runs (`abandoned(i)`, asked before: whether its caller already gave up): a call whose caller gave up waiting (`TIMEOUT`) is skipped, and
 /// answers [`skipped`] (which nobody reads: its caller was answered already).
 pub fn execute_claimed_group(
   connection: &mut Connection,
   batches: &[&Batch],
   claim: impl Fn(usize) -> bool,
+  abandoned: impl Fn(usize) -> bool,
   clock: impl Fn() -> u64,
   sweeper: &mut Sweeper,
 ) -> StoreResult<Vec<StoreResult<Vec<Reply>>>> {
   let writes = batches.iter().any(|batch| batch.writes());
   let now = || clock().min(i64::MAX as u64) as i64;
+  // Every caller gave up before the group began: no transaction (whose BEGIN would wait
+  // for another process's lock for nothing, and hold `close()` that long).
+  if (0..batches.len()).all(abandoned) {
+    return Ok(batches.iter().map(|_| Err(skipped())).collect());
+  }
   // A lone read of one statement is its own (implicit) read transaction.
   if let [only] = batches {
     if let [command] = only.commands.as_slice() {

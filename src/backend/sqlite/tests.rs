@@ -360,6 +360,7 @@ fn calls_not_claimed_once_the_transaction_began_are_skipped() {
     &mut c,
     &[&a, &b, &d],
     claimed,
+    |_| false,
     || 0,
     &mut Sweeper::default(),
   )
@@ -367,17 +368,60 @@ fn calls_not_claimed_once_the_transaction_began_are_skipped() {
   assert!(answers[0].is_ok() && answers[1].is_err() && answers[2].is_ok());
   assert_eq!(view(&mut c, "e", 0).results.len(), 1, "b was skipped");
   // Alone, a skipped write or read runs nothing either.
-  let answers =
-    execute_claimed_group(&mut c, &[&b], |_| false, || 0, &mut Sweeper::default()).unwrap();
+  let answers = execute_claimed_group(
+    &mut c,
+    &[&b],
+    |_| false,
+    |_| false,
+    || 0,
+    &mut Sweeper::default(),
+  )
+  .unwrap();
   assert!(answers[0].is_err());
   let read = Batch::one(Command::StepResult {
     exec: "e".into(),
     task: "a".into(),
   });
-  let answers =
-    execute_claimed_group(&mut c, &[&read], |_| false, || 0, &mut Sweeper::default()).unwrap();
+  let answers = execute_claimed_group(
+    &mut c,
+    &[&read],
+    |_| false,
+    |_| false,
+    || 0,
+    &mut Sweeper::default(),
+  )
+  .unwrap();
   assert!(answers[0].is_err());
   assert_eq!(view(&mut c, "e", 0).results.len(), 1);
+  // Given up before the group began: no transaction at all, so no wait for another
+  // connection's write lock (a second connection holds it here).
+  let path = std::env::temp_dir().join(format!("durastate-abandoned-{}.db", std::process::id()));
+  let mut first = Connection::open(&path).unwrap();
+  let holder = Connection::open(&path).unwrap();
+  holder
+    .execute_batch("BEGIN IMMEDIATE; CREATE TABLE t(x)")
+    .unwrap();
+  first
+    .busy_timeout(std::time::Duration::from_secs(5))
+    .unwrap();
+  let started = std::time::Instant::now();
+  let answers = execute_claimed_group(
+    &mut first,
+    &[&b],
+    |_| false,
+    |_| true,
+    || 0,
+    &mut Sweeper::default(),
+  )
+  .unwrap();
+  assert!(answers[0].is_err());
+  assert!(
+    started.elapsed() < std::time::Duration::from_secs(1),
+    "waited for the lock"
+  );
+  drop(holder);
+  drop(first);
+  let _ = std::fs::remove_file(&path);
 }
 
 #[test]
