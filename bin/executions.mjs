@@ -245,7 +245,7 @@ export function redactSecrets(text) {
       })
       // a URL query's parameter, up to `&`: its name as the addon reads it, percent-decoded
       // (`pass%77ord=` is `password=`)
-      .replace(/([?&;])([^=?&;#\s"]*)=([^ \t\n\v\f\r&;#"]*)/g, (pair, start, name, value) => (/pass/i.test(decodedName(name)) ? `${start}${name}=***` : pair))
+      .replace(/([?&;])([^=?&;#\s"]*)=([^ \t\n\v\f\r&;#"]*)/g, (pair, start, name) => (/pass/i.test(decodedName(name)) ? `${start}${name}=***` : pair))
       // a libpq key/value string's (spaces around `=`; a value quoted, or unquoted up to a
       // space that is not escaped with `\`, `&` and `;` included; libpq's spaces are ASCII,
       // a no-break space is part of a value)
