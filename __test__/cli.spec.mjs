@@ -484,11 +484,12 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
       ['kv', 'get', 'default', 'k', url, '--force'],
       ['reset', url, 'e', 't', '--ttl', '5'],
       ['kv', 'get', 'default', 'k', url, '--ttl', '5'],
+      ['kv', 'set', 'default', 'k', '1', url, '--json'],
     ]
     for (const args of cases) {
       const result = durastate(args)
       assert.equal(result.status, 2, `${args.join(' ')}: ${result.stdout}${result.stderr}`)
-      assert.match(result.stderr, /^durastate: --(port|allow-writes|force|ttl) applies to /)
+      assert.match(result.stderr, /^durastate: --(port|allow-writes|force|ttl|json) applies to /)
     }
   })
 
@@ -551,7 +552,7 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
     for (const host of ['', ' ']) {
       const result = durastate(['ui', url, `--host=${host}`, '--port', '0'])
       assert.equal(result.status, 2, `--host ${JSON.stringify(host)}: ${result.stdout}${result.stderr}`)
-      assert.match(result.stderr, /^durastate: --host must name an address/)
+      assert.match(result.stderr, new RegExp(`^durastate: --host must name an address, got ${JSON.stringify(host)};`))
     }
     // 192.0.2.1 (TEST-NET-1) is no address of this machine: the bind fails at once
     const result = durastate(['ui', url, '--host', '192.0.2.1', '--port', '0'])

@@ -170,7 +170,7 @@ function parseUi(args, flags) {
   if (!(port >= 0 && port <= 65535)) throw new UsageError(`--port must be a port number (0-65535), got ${JSON.stringify(flags.port)}`)
   // '' would listen on every interface (Node.js reads it as no address at all).
   if (flags.host !== undefined && flags.host.trim() === '')
-    throw new UsageError('--host must name an address, got ""; without --host the UI listens on 127.0.0.1')
+    throw new UsageError(`--host must name an address, got ${JSON.stringify(flags.host)}; without --host the UI listens on 127.0.0.1`)
   return { name: 'ui', url: resolveUrl(args[0]), port, host: flags.host ?? '127.0.0.1', allowWrites: flags['allow-writes'], prefix: flags.prefix ?? '' }
 }
 
@@ -187,6 +187,7 @@ function parseKv([action, mount, ...args], flags) {
     throw new UsageError(`kv ${action} takes <mount> ${names.map((n) => `<${n}>`).join(' ')} [url]`)
   }
   const [key, value] = args
+  if (action === 'set' && flags.json) throw new UsageError('--json applies to kv get, keys and delete, and to inspect: kv set prints one line')
   return { ...common, key, value, ttl: ttlOption(flags.ttl, action), url: resolveUrl(args[names.length]) }
 }
 
