@@ -267,7 +267,9 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
 
   it('keeps up with a steady rate of expiries: a sweep runs rounds while they remove a full batch', async () => {
     const schema = 'ds_sweep_rate'
-    const ttl = 2_500
+    // long enough for the 7,000 writes below to be made before any expires, also on a
+    // slow runtime on a busy machine (Deno took more than 2.5 s there)
+    const ttl = 6_000
     const kv = createKvStore(server.url, { schema, prefix: 'sr:' })
     const store = createPostgresStore(server.url, { schema, prefix: 'sr:', ttl })
     await Promise.all([kv.has('default', 'warm-up'), store.isExecutionInProgress('warm-up')])
