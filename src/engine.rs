@@ -20,7 +20,7 @@ use crate::completions;
 use crate::embedded_call;
 use crate::error::{StoreError, StoreResult};
 use crate::events::{ConnectionEvents, ServerInfo};
-use crate::guard::bounded;
+use crate::guard::{bounded, Calls, Held, Shut};
 use crate::js_promise;
 use crate::output::Output;
 
@@ -157,15 +157,22 @@ pub enum Engine {
   Embedded(Arc<EmbeddedBackend>),
 }
 
-/// A backend on tokio, with the calls the engine runs on it that have not settled: a
-/// call of several batches (a claim that checks its token, a listing of pages) sends its
-/// later batches after `close()` was called, so the backend closes when the last settles.
+/// A backend on tokio, with the calls the engine runs on it that have not settled
+/// ([`Calls`]): the backend closes when the last call made before `close()` settles.
 pub struct Open(Arc<OpenInner>);
 
 struct OpenInner {
   backend: Arc<dyn AsyncBackend>,
-  /// Calls not settled, and whether `close()` was called.
-  state: std::sync::Mutex<(usize, bool)>,
+  calls: Calls,
+}
+
+impl Shut for OpenInner {
+  fn calls(&self) -> &Calls {
+    &self.calls
+  }
+  fn shut(&self) {
+    self.backend.close();
+  }
 }
 
 impl Open {
@@ -174,43 +181,13 @@ impl Open {
   }
 
   /// Counts a call until the guard is dropped (when it settles).
-  fn hold(&self) -> Held {
-    self.0.lock().0 += 1;
-    Held(self.0.clone())
+  fn hold(&self) -> Held<OpenInner> {
+    Calls::hold(&self.0)
   }
 
   /// Closes the backend now if no call is left, else when the last one settles.
   fn close(&self) {
-    let idle = {
-      let mut state = self.0.lock();
-      state.1 = true;
-      state.0 == 0
-    };
-    if idle {
-      self.0.backend.close();
-    }
-  }
-}
-
-impl OpenInner {
-  fn lock(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
-    self.state.lock().unwrap_or_else(|e| e.into_inner())
-  }
-}
-
-/// One call of [`Open::hold`].
-struct Held(Arc<OpenInner>);
-
-impl Drop for Held {
-  fn drop(&mut self) {
-    let last = {
-      let mut state = self.0.lock();
-      state.0 -= 1;
-      state.1 && state.0 == 0
-    };
-    if last {
-      self.0.backend.close();
-    }
+    Calls::close(&*self.0)
   }
 }
 
@@ -219,7 +196,7 @@ impl Engine {
   pub fn tokio(backend: Arc<dyn AsyncBackend>) -> Self {
     Engine::Tokio(Open(Arc::new(OpenInner {
       backend,
-      state: std::sync::Mutex::new((0, false)),
+      calls: Calls::default(),
     })))
   }
 

@@ -1,7 +1,9 @@
-//! Bounds every call: a time limit end to end, and a Rust panic turned into an error.
+//! Bounds every call: a time limit end to end, a Rust panic turned into an error, and a
+//! backend closed only after the last call made before `close()` settled.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -34,6 +36,61 @@ pub fn panic_error(what: &str, panic: Box<dyn std::any::Any + Send>) -> StoreErr
   )
 }
 
+/// Something a store closes once `close()` was called and its last call settled.
+pub trait Shut: Send + Sync + 'static {
+  /// The store's count of calls not settled.
+  fn calls(&self) -> &Calls;
+  /// Closes it: called once, by [`Calls::close`] or by the last [`Held`] dropped after it.
+  fn shut(&self);
+}
+
+/// Calls made on a store and not settled, and whether `close()` was called. A call of
+/// several batches (a `hashtag` claim that checks its token, a listing of pages) sends its
+/// later batches after `close()`, so the store closes when the last call settles.
+#[derive(Default)]
+pub struct Calls(Mutex<(usize, bool)>);
+
+impl Calls {
+  fn lock(&self) -> MutexGuard<'_, (usize, bool)> {
+    self.0.lock().unwrap_or_else(|e| e.into_inner())
+  }
+
+  /// Counts a call until the guard is dropped (when it settles).
+  pub fn hold<T: Shut>(owner: &Arc<T>) -> Held<T> {
+    owner.calls().lock().0 += 1;
+    Held(owner.clone())
+  }
+
+  /// Closes `owner` now if no call is left, else when the last one settles.
+  pub fn close<T: Shut>(owner: &T) {
+    let idle = {
+      let mut state = owner.calls().lock();
+      let first = !state.1;
+      state.1 = true;
+      first && state.0 == 0
+    };
+    if idle {
+      owner.shut();
+    }
+  }
+}
+
+/// One call of [`Calls::hold`], not settled yet.
+pub struct Held<T: Shut>(Arc<T>);
+
+impl<T: Shut> Drop for Held<T> {
+  fn drop(&mut self) {
+    let last = {
+      let mut state = self.0.calls().lock();
+      state.0 -= 1;
+      state.1 && state.0 == 0
+    };
+    if last {
+      self.0.shut();
+    }
+  }
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -49,5 +106,39 @@ mod tests {
     let err = boom.await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Internal);
     assert!(err.message.contains("kaboom"));
+  }
+
+  struct Store(Calls, std::sync::atomic::AtomicUsize);
+
+  impl Shut for Store {
+    fn calls(&self) -> &Calls {
+      &self.0
+    }
+    fn shut(&self) {
+      self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+  }
+
+  fn shuts(store: &Store) -> usize {
+    store.1.load(std::sync::atomic::Ordering::SeqCst)
+  }
+
+  #[test]
+  fn closes_once_after_the_last_call_settles() {
+    let idle = Arc::new(Store(Calls::default(), Default::default()));
+    Calls::close(&*idle);
+    Calls::close(&*idle);
+    assert_eq!(shuts(&idle), 1, "an idle store closes at once, and once");
+
+    let busy = Arc::new(Store(Calls::default(), Default::default()));
+    let first = Calls::hold(&busy);
+    let second = Calls::hold(&busy);
+    drop(first);
+    Calls::close(&*busy);
+    assert_eq!(shuts(&busy), 0, "a call is still unsettled");
+    drop(second);
+    assert_eq!(shuts(&busy), 1, "the last call closed it");
+    Calls::close(&*busy);
+    assert_eq!(shuts(&busy), 1);
   }
 }

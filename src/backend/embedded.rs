@@ -16,6 +16,7 @@ use tokio::sync::{oneshot, watch};
 use super::sqlite::{self, Sweeper};
 use crate::command::{Batch, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
+use crate::guard::{Calls, Shut};
 
 /// Where the embedded data lives.
 #[derive(Debug, Clone)]
@@ -133,11 +134,9 @@ pub struct EmbeddedBackend {
   /// checkpoint is replaced by this, so the fsync it does happens on the store's thread.
   checkpoint_due: Arc<AtomicBool>,
   worker: Mutex<Worker>,
-  /// Calls made on the store and not settled ([`hold`](Self::hold)), and whether
-  /// `close()` was called: a call of several batches (a `hashtag` claim that checks its
-  /// token, a listing of pages) sends its later batches after `close()`, so the database
-  /// closes when the last call settles.
-  calls: Mutex<(usize, bool)>,
+  /// Calls made on the store and not settled ([`hold`](Self::hold)): the database closes
+  /// when the last call made before `close()` settles.
+  calls: Calls,
   /// Set once the database is closed for good after `close()`: every connection to the
   /// file released (so SQLite checkpointed the WAL into it and removed the WAL file).
   finished: Arc<watch::Sender<bool>>,
@@ -159,7 +158,7 @@ impl EmbeddedBackend {
       queued: Arc::new(QueuedKeys::default()),
       checkpoint_due: Arc::new(AtomicBool::new(false)),
       worker: Mutex::new(Worker::NotStarted),
-      calls: Mutex::new((0, false)),
+      calls: Calls::default(),
       finished: Arc::new(watch::channel(false).0),
     }
   }
@@ -217,12 +216,7 @@ impl EmbeddedBackend {
   /// Counts a call until the guard is dropped (when it settles): its batches run, all of
   /// them, even after [`close`](Self::close).
   pub fn hold(self: &Arc<Self>) -> Held {
-    self.lock_calls().0 += 1;
-    Held(self.clone())
-  }
-
-  fn lock_calls(&self) -> std::sync::MutexGuard<'_, (usize, bool)> {
-    self.calls.lock().unwrap_or_else(|e| e.into_inner())
+    Calls::hold(self)
   }
 
   /// Stops taking calls once the calls made before settled (their later batches
@@ -230,32 +224,7 @@ impl EmbeddedBackend {
   ///
   /// [`closed`]: Self::closed
   pub fn close(&self) {
-    let idle = {
-      let mut calls = self.lock_calls();
-      calls.1 = true;
-      calls.0 == 0
-    };
-    if idle {
-      self.shut();
-    }
-  }
-
-  /// Stops taking batches: the store's thread ends after its queue, closing the database.
-  fn shut(&self) {
-    let was = std::mem::replace(
-      &mut *self.worker.lock().unwrap_or_else(|e| e.into_inner()),
-      Worker::Closed,
-    );
-    if self.queued.is_empty() {
-      if let Ok(mut database) = self.database.try_lock() {
-        *database = None;
-      }
-    }
-    // The store's thread (the only one that opens the database) closes everything it
-    // holds once its queue is done, then says so; without that thread nothing was opened.
-    if let Worker::NotStarted = was {
-      self.finished.send_replace(true);
-    }
+    Calls::close(self)
   }
 
   /// Resolves once the database is closed after [`close`](Self::close): the calls queued
@@ -312,17 +281,28 @@ impl EmbeddedBackend {
 }
 
 /// A call of [`EmbeddedBackend::hold`], not settled yet.
-pub struct Held(Arc<EmbeddedBackend>);
+pub type Held = crate::guard::Held<EmbeddedBackend>;
 
-impl Drop for Held {
-  fn drop(&mut self) {
-    let last = {
-      let mut calls = self.0.lock_calls();
-      calls.0 -= 1;
-      calls.1 && calls.0 == 0
-    };
-    if last {
-      self.0.shut();
+impl Shut for EmbeddedBackend {
+  fn calls(&self) -> &Calls {
+    &self.calls
+  }
+
+  /// Stops taking batches: the store's thread ends after its queue, closing the database.
+  fn shut(&self) {
+    let was = std::mem::replace(
+      &mut *self.worker.lock().unwrap_or_else(|e| e.into_inner()),
+      Worker::Closed,
+    );
+    if self.queued.is_empty() {
+      if let Ok(mut database) = self.database.try_lock() {
+        *database = None;
+      }
+    }
+    // The store's thread (the only one that opens the database) closes everything it
+    // holds once its queue is done, then says so; without that thread nothing was opened.
+    if let Worker::NotStarted = was {
+      self.finished.send_replace(true);
     }
   }
 }
