@@ -317,7 +317,8 @@ export declare class DurableWorkerStore implements WorkerStore {
  * `INVALID_INPUT`) and connects on first use.
  *
  * @param target `redis://[user:pass@]host[:port][/db]`, `rediss://...` (TLS),
- *   `redis+sentinel://[user:pass@]host1:port1,host2:port2/masterName[/db]`, or fields
+ *   `redis+sentinel://[user:pass@]host1:port1,host2:port2/masterName[/db]`,
+ *   `redis+cluster://[user:pass@]host1:port1,host2:port2` (with `keyLayout: 'hashtag'`), or fields
  *   (`{ cluster: [url, ...] }` for a Redis Cluster, with `keyLayout: 'hashtag'`);
  *   default `REDIS_URL`, then `redis://127.0.0.1:6379`.
  * @example

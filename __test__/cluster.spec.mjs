@@ -83,16 +83,20 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
     assert.equal(await kv.set('default', 'k', 1), true)
   })
 
-  test('a redis+cluster:// URL reaches the cluster: createStore, the KV store and the CLI', async () => {
+  test('a redis+cluster:// URL reaches the cluster: createStore, createRedisStore, the KV store and the CLI', async () => {
     const url = `redis+cluster://${cluster.urls.map((u) => new URL(u).host).join(',')}`
-    assert.throws(
-      () => createStore(url),
-      (err) => err.code === 'INVALID_INPUT' && /keyLayout/.test(err.message),
-    )
+    for (const create of [createStore, createRedisStore]) {
+      assert.throws(
+        () => create(url),
+        (err) => err.code === 'INVALID_INPUT' && /keyLayout/.test(err.message),
+      )
+    }
     const prefix = `url:${randomUUID()}:`
     const store = track(createStore(url, { prefix, keyLayout: 'hashtag' }))
     await store.beginExecution('e')
     await store.commitExecutionTaskResult('e', 'a', { ok: true })
+    const redisStore = track(createRedisStore(url, { prefix, keyLayout: 'hashtag' }))
+    assert.deepEqual(await redisStore.getExecutionTaskResults('e'), { a: { ok: true } })
     const kv = track(createKvStore(url, { prefix: `${prefix}kv:` }))
     await kv.set('default', 'k', 1)
     assert.deepEqual(await kv.keys('default'), ['k'])

@@ -4,7 +4,7 @@
 // server of their own; the others use the one `npm test` started.
 import { spawn, spawnSync } from 'node:child_process'
 import { randomBytes, randomUUID } from 'node:crypto'
-import { readFileSync } from 'node:fs'
+import { chownSync, copyFileSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { createRequire } from 'node:module'
@@ -872,6 +872,38 @@ describe('Postgres over TLS', { timeout: 120_000 }, () => {
       await fails(`${expired.url}?sslmode=verify-full`, { tls: { ca: certs.file('ca.crt') } }, /the server's certificate has expired/)
     } finally {
       await expired.stop()
+    }
+  })
+
+  it('a server that requires a client certificate: without one, TLS saying so; with one, it works', async () => {
+    const mutual = await startPostgresServer({ certs })
+    try {
+      // The client CA and a pg_hba.conf that takes TLS connections with a client
+      // certificate only (the socket stays open for the helper's psql).
+      const data = join(mutual.dir, 'data')
+      const { uid, gid } = statSync(join(data, 'pg_hba.conf'))
+      copyFileSync(certs.file('ca.crt'), join(data, 'client-ca.crt'))
+      chownSync(join(data, 'client-ca.crt'), uid, gid)
+      writeFileSync(join(data, 'pg_hba.conf'), 'local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n')
+      mutual.sql("ALTER SYSTEM SET ssl_ca_file = 'client-ca.crt'")
+      mutual.sql('SELECT pg_reload_conf()')
+      const url = `${mutual.url}?sslmode=verify-full`
+      let error
+      for (let tries = 0; tries < 50; tries++) {
+        const store = createPostgresStore(url, { tls: { ca: certs.file('ca.crt') }, connectTimeout: 3_000, retry: { attempts: 0 } })
+        error = await store.beginExecution('x').then(
+          () => null,
+          (err) => err,
+        )
+        await store.close()
+        if (error) break
+        await sleep(100) // the reload is not there yet
+      }
+      assert.equal(error?.code, 'TLS', String(error))
+      assert.match(error.message, /client certificate/)
+      await lifecycle(url, { tls: certs.mutual() })
+    } finally {
+      await mutual.stop()
     }
   })
 

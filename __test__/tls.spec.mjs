@@ -12,7 +12,7 @@ import { after, before, describe, it } from 'node:test'
 import { Redis } from 'ioredis'
 import { createKvStore, createRedisStore } from '../index.js'
 import { rejectsWith } from './helpers/assert.mjs'
-import { packageRoot } from './helpers/child.mjs'
+import { packageRoot, runChild } from './helpers/child.mjs'
 import { makeCertificates, startTlsRedis } from './helpers/tls.mjs'
 
 describe('TLS', { timeout: 60_000 }, () => {
@@ -244,6 +244,15 @@ describe('TLS', { timeout: 60_000 }, () => {
     invalid({ ...trusted(), cert: certs.file('client.crt'), key: encrypted }, /encrypted.*openssl pkey/)
   })
 
+  it('without tls.ca on a machine with no CA certificates: INVALID_INPUT saying so, not blaming tls.ca', async () => {
+    const script = `try { ds.createRedisStore('rediss://127.0.0.1:1'); console.log('created') } catch (err) { console.log(err.code, err.message) }`
+    const run = await runChild(script, { env: { SSL_CERT_FILE: '/nonexistent', SSL_CERT_DIR: '/nonexistent' } })
+    assert.match(run.stdout, /^INVALID_INPUT no system CA certificates found.*ca-certificates.*tls\.ca/, run.stdout + run.stderr)
+    // With them (this machine's), the store is made.
+    const normal = await runChild(script)
+    assert.match(normal.stdout, /^created/, normal.stdout + normal.stderr)
+  })
+
   it('tls: false and null mean no TLS options (a plain server works); true means TLS with the defaults', async () => {
     for (const tls of [false, null, undefined]) {
       const store = open(server.url, { prefix: 'tls:off:', tls })
@@ -281,6 +290,24 @@ describe('TLS', { timeout: 60_000 }, () => {
           assert.equal(err.code, 'INVALID_INPUT')
           assert.ok(err.message.includes(`option \`${option}\``), err.message)
           assert.ok(!err.message.includes('PRIVATE') && !/\d+,\d+,\d+/.test(err.message), err.message)
+          return true
+        },
+      )
+    }
+    // A key whose PEM lines were lost (base64 of the PEM, as a secret store keeps it, or
+    // the body alone) is read as a file path: the error does not quote it.
+    const pem = readFileSync(certs.file('client.key'), 'utf8')
+    const body = pem
+      .split('\n')
+      .filter((line) => !line.startsWith('-----'))
+      .join('')
+    for (const lost of [Buffer.from(pem).toString('base64'), body]) {
+      assert.throws(
+        () => createRedisStore(server.tlsUrl, { tls: { ...trusted(), cert: certs.file('client.crt'), key: lost } }),
+        (err) => {
+          assert.equal(err.code, 'INVALID_INPUT')
+          assert.match(err.message, /tls\.key: cannot read the file given/)
+          assert.ok(!err.message.includes(lost.slice(0, 16)), err.message)
           return true
         },
       )

@@ -37,10 +37,15 @@ pub fn create_redis_store(
   options: Option<StoreOptions>,
 ) -> napi::Result<NativeWorkerStore, ErrorCode> {
   let options = options.unwrap_or_default();
-  if let Some(Either::B(fields)) = &target {
-    if fields.cluster.is_some() {
+  match &target {
+    Some(Either::B(fields)) if fields.cluster.is_some() => {
       return Ok(worker_store(cluster_engine(fields, &options)?)?);
     }
+    Some(Either::A(url)) if is_cluster_url(url) => {
+      let fields = crate::redis_target::cluster_fields_from_url(url)?;
+      return Ok(worker_store(cluster_engine(&fields, &options)?)?);
+    }
+    _ => {}
   }
   let target = match &target {
     Some(Either::A(url)) => RedisTarget::from_url(url)?,
@@ -156,6 +161,12 @@ pub fn store_url_schemes() -> Vec<String> {
     .iter()
     .map(|scheme| scheme.to_string())
     .collect()
+}
+
+/// `redis+cluster://` or `rediss+cluster://`, in any case.
+fn is_cluster_url(url: &str) -> bool {
+  let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+  matches!(scheme.as_deref(), Some("redis+cluster" | "rediss+cluster"))
 }
 
 fn engine_for_url(url: &str, options: &StoreOptions) -> StoreResult<(Engine, CommonSettings)> {

@@ -165,13 +165,15 @@ impl RedisTarget {
     };
     let (scheme, rest) = url.split_once("://").expect("a sentinel URL has ://");
     let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let (authority, path) = rest
+    // The user information ends at the last `@`, as in a redis:// URL: a password may hold
+    // a raw `/` or `#`.
+    let (auth, rest) = match rest.rsplit_once('@') {
+      Some((auth, rest)) => (Some(auth), rest),
+      None => (None, rest),
+    };
+    let (hosts, path) = rest
       .split_once('/')
       .ok_or_else(|| invalid("no master name"))?;
-    let (auth, hosts) = match authority.rsplit_once('@') {
-      Some((auth, hosts)) => (Some(auth), hosts),
-      None => (None, authority),
-    };
     let sentinels = hosts
       .split(',')
       .map(|host| parse_host_port(host, 26_379).ok_or_else(|| invalid("bad sentinel address")))
@@ -197,7 +199,13 @@ impl RedisTarget {
         _ => return Err(invalid(&format!("unknown parameter \"{name}\""))),
       }
     }
-    let auth = auth.map(|a| format!("{a}@")).unwrap_or_default();
+    // The server's credentials, as read here (a raw character of the password is
+    // itself), for the target the sentinels' answer completes.
+    let auth = match auth.map(|a| a.split_once(':').unwrap_or((a, ""))) {
+      Some((user, "")) => format!("{}@", encode(&decode(user))),
+      Some((user, pass)) => format!("{}:{}@", encode(&decode(user)), encode(&decode(pass))),
+      None => String::new(),
+    };
     let mut target = Self::from_url(&format!("redis://{auth}127.0.0.1:6379/{db}"))?;
     target.db_origin = format!("the URL path \"/{path}\"");
     target.wants_tls = scheme == "rediss+sentinel";
@@ -222,14 +230,15 @@ pub fn cluster_fields_from_url(url: &str) -> StoreResult<RedisConnectionOptions>
   } else {
     "redis"
   };
-  let authority = rest.trim_end_matches('/');
-  if authority.contains(['/', '?', '#']) {
+  // The user information ends at the last `@` (a password may hold a raw `/`, `?`, `#`).
+  let (auth, hosts) = match rest.rsplit_once('@') {
+    Some((auth, hosts)) => (Some(auth), hosts),
+    None => (None, rest),
+  };
+  let hosts = hosts.trim_end_matches('/');
+  if hosts.contains(['/', '?', '#']) {
     return Err(invalid("a cluster has no database number or parameters"));
   }
-  let (auth, hosts) = match authority.rsplit_once('@') {
-    Some((auth, hosts)) => (Some(auth), hosts),
-    None => (None, authority),
-  };
   let cluster = hosts
     .split(',')
     .map(|host| {
@@ -455,13 +464,15 @@ fn decode(text: &str) -> String {
     .into_owned()
 }
 
+/// A Sentinel or Cluster URL for messages: its query's passwords, and everything before
+/// its last `@` (user information holding a raw `/`, `?` or `#` included), hidden.
 fn redact_sentinel(url: &str) -> String {
   let url = redact_query(url);
   match url
     .split_once("://")
-    .and_then(|(_, rest)| rest.split('/').next()?.rsplit_once('@'))
+    .and_then(|(scheme, rest)| Some((scheme, rest.rsplit_once('@')?.1)))
   {
-    Some((auth, _)) => url.replacen(auth, "***", 1),
+    Some((scheme, after)) => format!("{scheme}://***@{after}"),
     None => url,
   }
 }
@@ -597,6 +608,16 @@ mod tests {
     );
     assert_eq!(redact("redis://:a#b?c@h:1/0"), "redis://:***@h:1/0");
     assert_eq!(redact("redis://u:s3@cr/et@h:1/0"), "redis://u:***@h:1/0");
+    // Sentinel and Cluster URLs: up to the last `@` too
+    for url in [
+      "redis+sentinel://:pa/ss@127.0.0.1:26379",
+      "redis+sentinel://u:pa?ss@127.0.0.1:26379/main",
+      "rediss+cluster://:pa/ss@127.0.0.1:7000/2",
+    ] {
+      let redacted = redact_sentinel(url);
+      assert!(!redacted.contains("pa"), "{redacted}");
+      assert!(redacted.ends_with("@127.0.0.1:26379") || redacted.contains("***@127.0.0.1:"));
+    }
   }
 
   #[test]
@@ -658,6 +679,14 @@ mod tests {
     assert_eq!(cluster.username.as_deref(), Some("u"));
     assert_eq!(cluster.password.as_deref(), Some("p@ss"));
     assert!(cluster_fields_from_url("redis+cluster://10.0.0.1:7000/2").is_err());
+    // A password with a raw `/` or `#`: the user information ends at the last `@`.
+    let raw = cluster_fields_from_url("redis+cluster://u:pa/s#s@10.0.0.1:7000").unwrap();
+    assert_eq!(raw.password.as_deref(), Some("pa/s#s"));
+    let raw = RedisTarget::from_url("redis+sentinel://u:pa/s#s@127.0.0.1:26379/main/2").unwrap();
+    let info = raw.client.get_connection_info().redis_settings().clone();
+    assert_eq!(info.password(), Some("pa/s#s"));
+    assert_eq!(info.username(), Some("u"));
+    assert_eq!(info.db(), 2);
     let tls_cluster = cluster_fields_from_url("rediss+cluster://10.0.0.1:7000").unwrap();
     assert_eq!(tls_cluster.cluster.unwrap(), vec!["rediss://10.0.0.1:7000"]);
     let secure = RedisTarget::from_url("rediss+sentinel://127.0.0.1:26379/main").unwrap();

@@ -233,6 +233,12 @@ impl AnchorVerifier {
       }
       None => system_roots(),
     };
+    if roots.is_empty() && ca.is_none() {
+      return Err(StoreError::invalid_input(
+        "no system CA certificates found to verify the server with: install them (Debian: \
+         ca-certificates), or give `tls.ca`",
+      ));
+    }
     let webpki = WebPkiServerVerifier::builder_with_provider(roots, Arc::new(provider()))
       .build()
       .map_err(|err| StoreError::invalid_input(format!("tls.ca: {err}")))?;
@@ -324,13 +330,23 @@ impl ServerCertVerifier for AnchorVerifier {
   }
 }
 
-/// PEM text as is; anything else is read as a file path.
+/// PEM text as is; anything else is read as a file path. A path that cannot be read is
+/// quoted in the error, except for `tls.key`: a key whose PEM lines were lost (a base64
+/// secret, a body without its `-----BEGIN` line) would be read as a path and printed.
 fn pem_bytes(what: &str, value: &str) -> StoreResult<Vec<u8>> {
   if value.contains("-----BEGIN") {
     return Ok(value.as_bytes().to_vec());
   }
-  std::fs::read(value)
-    .map_err(|err| StoreError::invalid_input(format!("{what}: cannot read \"{value}\": {err}")))
+  std::fs::read(value).map_err(|err| {
+    let given = match what {
+      "tls.key" => format!(
+        "the file given ({} characters; not PEM text, which starts with a `-----BEGIN` line)",
+        value.chars().count()
+      ),
+      _ => format!("\"{value}\""),
+    };
+    StoreError::invalid_input(format!("{what}: cannot read {given}: {err}"))
+  })
 }
 
 fn certificates(what: &str, value: &str) -> StoreResult<Vec<CertificateDer<'static>>> {

@@ -60,6 +60,9 @@ pub fn store_error(err: &tokio_postgres::Error) -> StoreError {
     },
   };
   let code = match err.code().map(|c| c.code()) {
+    // pg_hba's `clientcert`/`cert`, with no client certificate given: a TLS setting to
+    // fix, as on Redis (the server's message; a server with other `lc_messages` says AUTH).
+    Some("28000") if text.contains("client certificate") => ErrorCode::Tls,
     Some(c) if c.starts_with("28") || c == "42501" => ErrorCode::Auth,
     // 22: bad data; 54000: a key or id too long for the index (a B-tree row holds
     // about 2.7 KB): permanent, not worth a retry.
