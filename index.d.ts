@@ -43,6 +43,8 @@ export type ErrorCode =
 
 /** Every error durastate throws or rejects with. */
 export declare class DurastateError extends Error {
+  /** An error with `code` (as durastate's own are made; for wrappers and tests). */
+  constructor(code: ErrorCode, message?: string, options?: ErrorOptions)
   readonly name: 'DurastateError'
   /** What went wrong, as a stable code to branch on. */
   readonly code: ErrorCode
@@ -301,7 +303,8 @@ export declare class DurableWorkerStore implements WorkerStore {
   /** Deletes the execution's state (one `DEL` of its three keys). Unknown ids are a no-op. */
   disposeExecution(executionId: string): Promise<void>
   /**
-   * Releases the connection or database. The calls made before it finish; later calls
+   * Releases the connection or database. The calls made before it finish, and it resolves
+   * after they settled (nothing is left to land when it does); later calls
    * reject with `DISPOSED`. Idempotent. On SQLite it resolves once the store's connections
    * to the file are closed; when they were the last ones (no other store or process has
    * it open), its WAL is copied into the file, so the file can be copied or deleted right
@@ -536,7 +539,8 @@ export declare class KvStore {
   /** The calls of one mount, without the mount argument. Throws `UNKNOWN_MOUNT` at once. */
   mount(name: string): KvMount
   /**
-   * Releases the connection or database. The calls made before it finish; later calls
+   * Releases the connection or database. The calls made before it finish, and it resolves
+   * after they settled (nothing is left to land when it does); later calls
    * reject with `DISPOSED`. Idempotent. On SQLite it resolves once the store's connections
    * to the file are closed; when they were the last ones (no other store or process has
    * it open), its WAL is copied into the file, so the file can be copied or deleted right

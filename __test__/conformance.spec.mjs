@@ -248,6 +248,29 @@ for (const name of backendNames) {
       }
     })
 
+    it('close() resolves after every call made before it settled, on a store not connected yet and on one in use', async () => {
+      for (const warm of [false, true]) {
+        const store = backend.open()
+        const id = `close-order-${warm}`
+        if (warm) await store.beginExecution(id)
+        let settled = 0
+        const calls = []
+        for (let i = 0; i < 50; i++) {
+          const call = store.commitExecutionTaskResult(id, `t${i}`, i)
+          call.then(() => settled++)
+          calls.push(call)
+        }
+        await store.close()
+        // A process may exit right here (process.exit after close()): nothing is left to land.
+        assert.equal(settled, 50, `warm: ${warm}: ${settled} of 50 calls settled when close() resolved`)
+        await Promise.all(calls)
+        if (name !== 'memory') {
+          const other = backend.openShared()
+          assert.equal(Object.keys(await other.getExecutionTaskResults(id)).length, 50)
+        }
+      }
+    })
+
     // (SQLite: on the JS thread, and with every call through the store's thread.)
     for (const options of name === 'sqlite' ? [{ synchronous: 'normal' }, { synchronous: 'full' }] : [{}]) {
       const label = options.synchronous ? ` (synchronous: '${options.synchronous}')` : ''

@@ -1130,17 +1130,25 @@ for (const name of kvBackendNames) {
           // Listings: several round trips (a page each), all before close().
           calls.push(kv.keys('m'), kv.getAll('m'))
           calls.push(kv.deleteMany('m', keys.slice(0, 10)), kv.setMany('m', { [keys[0]]: 'again' }), kv.getMany('m', keys))
+          let done = 0
+          for (const call of calls)
+            call.then(
+              () => done++,
+              () => done++,
+            )
           const closing = kv.close()
           assert.equal(kv.closed, true)
           const late = kv.set('m', 'late', 1).then(
             () => 'resolved',
             (err) => err.code,
           )
+          // close() resolves after them (a process may exit right after it).
+          await closing
+          assert.equal(done, calls.length, `round ${round}: ${done} of ${calls.length} calls settled when close() resolved`)
           const settled = await Promise.allSettled(calls)
           const failed = settled.filter((s) => s.status === 'rejected').map((s) => s.reason.code)
           assert.deepEqual(failed, [], `round ${round}: ${failed.length} calls made before close() failed`)
           assert.equal(Object.keys(settled.at(-1).value).length, 41)
-          await closing
           assert.equal(await late, 'DISPOSED')
           if (name !== 'memory') {
             const other = backend.openShared({ mounts: { m: {} } })

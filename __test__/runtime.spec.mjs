@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, it } from 'node:test'
 import { createKvStore, createRedisStore, createStore } from '../index.js'
-import { packageRoot, runChild } from './helpers/child.mjs'
+import { packageIndex, packageRoot, runChild } from './helpers/child.mjs'
 import { freePort } from './helpers/redis-server.mjs'
 import { runtime, runtimeName } from './helpers/runtime.mjs'
 
@@ -57,6 +57,28 @@ describe(`runtime: ${runtimeName}`, () => {
     const [errCode, ms] = stdout.split(' ')
     assert.ok(['UNAVAILABLE', 'TIMEOUT'].includes(errCode), stdout)
     assert.ok(Number(ms) < 2000, `took ${ms} ms`)
+  })
+
+  it('a call rejected by a refused connect does not hold the process open (no close(), in a worker thread too)', async () => {
+    const port = await freePort()
+    // (The worker thread on Node.js, whose event-loop driver this is about.)
+    for (const where of runtime === 'node' ? ['main', 'worker'] : ['main']) {
+      const body = `
+        const store = ds.createRedisStore('redis://127.0.0.1:${port}', { commandTimeout: 8000, retry: { attempts: 0 } });
+        store.isExecutionInProgress('e').then(() => console.log('resolved'), (err) => console.log(err.code));
+      `
+      const script =
+        where === 'main'
+          ? body
+          : `const { Worker } = require('node:worker_threads');
+             new Worker(${JSON.stringify(`const ds = require(${JSON.stringify(packageIndex)});${body}`)}, { eval: true });`
+      const { code, signal, stdout, stderr, ms } = await runChild(script, { timeoutMs: 20_000 })
+      assert.equal(signal, null, `${where}: killed: ${stderr}`)
+      assert.equal(code, 0, `${where}: ${stderr}`)
+      assert.equal(stdout.trim(), 'UNAVAILABLE', `${where}: ${stdout}`)
+      // Not kept until the 8 s commandTimeout (startup included).
+      assert.ok(ms < 6000, `${where}: exited after ${ms} ms`)
+    }
   })
 
   it('takes a target from process.env as the program left it: a variable it deleted is not used', async () => {

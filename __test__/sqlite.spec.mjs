@@ -454,6 +454,20 @@ print(json.dumps([c.execute('PRAGMA journal_mode').fetchone()[0], c.execute('PRA
     await rejectsWith(store.beginExecution('e'), 'UNAVAILABLE', /a-file/)
   })
 
+  it("refuses a busyTimeout over SQLite's limit (2^31 - 1 ms) at creation; up to it the store works", async () => {
+    const path = join(dir, 'busy-limit.db')
+    for (const create of [(o) => createSqliteStore(path, o), (o) => createStore('memory:', o), (o) => createKvStore(`sqlite:${path}`, o)]) {
+      assert.throws(
+        () => create({ busyTimeout: 2 ** 31 }),
+        (err) => err.code === 'INVALID_INPUT' && /busyTimeout.*2147483647/.test(err.message),
+      )
+    }
+    const store = createSqliteStore(path, { busyTimeout: 2 ** 31 - 1 })
+    await store.beginExecution('e')
+    assert.equal(await store.isExecutionInProgress('e'), true)
+    await store.close()
+  })
+
   it('rejects a directory as the path with INVALID_INPUT at creation', () => {
     assert.throws(
       () => createSqliteStore(dir),

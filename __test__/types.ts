@@ -71,6 +71,12 @@ async function usesExtras(s: DurableWorkerStore): Promise<void> {
 }
 void usesExtras
 
+// DurastateError is made with its code first, as index.js does
+const made: DurastateError = new DurastateError('TIMEOUT', 'took too long', { cause: new Error('x') })
+void made
+// @ts-expect-error: the first argument is a code, not the message
+void new DurastateError('something failed')
+
 // @ts-expect-error: ttl is a number of milliseconds, not a string
 createMemoryStore({ ttl: '5s' })
 // @ts-expect-error: the Redis target port is a number

@@ -85,8 +85,18 @@ async function workerMain() {
   const store = createStore(undefined, { ttl: TTL_MS })
   let deliveries = 0
   console.log(`worker #${workerGeneration()} started (pid ${process.pid})`)
+  // The demo's process gone (killed): this worker has no one to report to, and stops.
+  const send = (message) => {
+    if (process.connected) process.send(message)
+    else process.exit(1)
+  }
+  let stopping = false
+  process.on('disconnect', () => {
+    if (!stopping) process.exit(1)
+  })
   process.on('message', async (event) => {
     if (event.type === 'stop') {
+      stopping = true
       await store.close()
       process.disconnect()
       return
@@ -97,15 +107,15 @@ async function workerMain() {
       store: timed(store, timings),
       workflow: orderPipeline,
       message: event.message,
-      enqueue: (message) => process.send({ type: 'enqueue', message }),
+      enqueue: (message) => send({ type: 'enqueue', message }),
       log: (e) => events.push(e),
     })
     deliveries++
     console.log(`  delivery ${String(deliveries).padStart(2)}  ${describe(event.message).padEnd(40)} ${describeEvents(events)}`)
-    process.send({ type: 'report', events, timings, result })
-    process.send({ type: 'ack' })
+    send({ type: 'report', events, timings, result })
+    send({ type: 'ack' })
   })
-  process.send({ type: 'ready' })
+  send({ type: 'ready' })
 }
 
 // ---------------------------------------------------------------- the demo

@@ -47,6 +47,8 @@ pub struct Completion {
   deferred: Deferred,
   queue: Arc<Queue>,
   tsfn: sys::napi_threadsafe_function,
+  /// Dropped once the outcome is queued ([`Completion::keep`]).
+  kept: Option<Box<dyn Send>>,
 }
 
 // SAFETY: see `Done`; the threadsafe function is made to be called from any thread.
@@ -54,6 +56,12 @@ unsafe impl Send for Completion {}
 
 impl Completion {
   /// Queues the call's outcome; the first outcome into an empty queue wakes the JS thread.
+  /// Keeps `guard` until the call's outcome is queued (its promise settles after it):
+  /// the count of a store's unsettled calls (`guard::Held`), which `close()` waits on.
+  pub fn keep(&mut self, guard: impl Send + 'static) {
+    self.kept = Some(Box::new(guard));
+  }
+
   pub fn settle(self, result: StoreResult<Output>) {
     let was_empty = {
       let mut queue = self.queue.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -69,6 +77,7 @@ impl Completion {
         );
       }
     }
+    drop(self.kept);
   }
 }
 
@@ -85,6 +94,7 @@ pub fn begin(env: &Env, deferred: Deferred) -> napi::Result<Completion> {
     deferred,
     queue: channel.queue.clone(),
     tsfn: channel.tsfn,
+    kept: None,
   })
 }
 

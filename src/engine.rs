@@ -233,7 +233,10 @@ impl Engine {
       Engine::Tokio(open) => {
         let backend = open.backend().clone();
         let (deferred, promise) = js_promise::create(env.raw())?;
-        let completion = completions::begin(env, deferred)?;
+        let mut completion = completions::begin(env, deferred)?;
+        // Counted until it settles: `close()` closes the backend after its last batch,
+        // and its promise resolves after the call's.
+        completion.keep(open.hold());
         let call = TokioCall {
           what,
           limit,
@@ -264,10 +267,7 @@ impl Engine {
           .boxed(),
           Err(batch) => run_steps(what, limit, Step::Then(batch, finish), execute).boxed(),
         };
-        // Counted until it settles: `close()` closes the backend after its last batch.
-        let held = open.hold();
         let task = async move {
-          let _held = held;
           let result = match AssertUnwindSafe(steps).catch_unwind().await {
             Ok(result) => result,
             Err(panic) => Err(crate::guard::panic_error(what, panic)),
@@ -348,13 +348,27 @@ impl Engine {
     }
   }
 
-  /// A promise that resolves once [`close`](Self::close) has released what it holds
-  /// where that outlives the call: an embedded store's database, closed and checkpointed
-  /// (so the file can be copied or deleted). Other backends resolve at once.
+  /// A promise that resolves once [`close`](Self::close) has let every call made before
+  /// it settle (after their promises) and released what it holds: the connection, or an
+  /// embedded store's database, closed and checkpointed (so the file can be copied or
+  /// deleted).
   pub fn closed<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, Output>> {
     let done: BoxFuture<'static, ()> = match self {
       Engine::Embedded(embedded) => Box::pin(embedded.closed()),
-      _ => Box::pin(async {}),
+      #[cfg(unix)]
+      Engine::EventLoop(driver) => Box::pin(driver.closed()),
+      Engine::JsSocket(driver) => Box::pin(driver.closed()),
+      Engine::Tokio(open) => {
+        // Settled through the calls' own channel, after the last of them.
+        let (deferred, promise) = js_promise::create(env.raw())?;
+        let completion = completions::begin(env, deferred)?;
+        let shut = open.0.calls.shut();
+        napi::bindgen_prelude::spawn(async move {
+          shut.await;
+          completion.settle(Ok(Output::Undefined));
+        });
+        return Ok(PromiseRaw::new(env.raw(), promise));
+      }
     };
     js_promise::spawn(env, "close", async move {
       done.await;

@@ -262,6 +262,13 @@ fn embedded_engine(
 ) -> StoreResult<(Engine, CommonSettings)> {
   let common = CommonSettings::from_options(options)?;
   let busy_ms = millis("busyTimeout", options.busy_timeout)?.unwrap_or(DEFAULT_BUSY_TIMEOUT_MS);
+  // SQLite takes a C int of ms (rusqlite panics on more, failing every call).
+  if busy_ms > i32::MAX as u64 {
+    return Err(StoreError::invalid_input(format!(
+      "option `busyTimeout` must be at most {} ms (about 24.8 days, SQLite's limit), got {busy_ms}",
+      i32::MAX
+    )));
+  }
   let full_sync = match options.synchronous.as_deref() {
     None | Some("normal") => false,
     Some("full") => true,

@@ -47,12 +47,38 @@ pub trait Shut: Send + Sync + 'static {
 /// Calls made on a store and not settled, and whether `close()` was called. A call of
 /// several batches (a `hashtag` claim that checks its token, a listing of pages) sends its
 /// later batches after `close()`, so the store closes when the last call settles.
-#[derive(Default)]
-pub struct Calls(Mutex<(usize, bool)>);
+pub struct Calls {
+  state: Mutex<(usize, bool)>,
+  /// Set once the store is shut: `close()` was called and its last call settled.
+  shut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Calls {
+  fn default() -> Self {
+    Self {
+      state: Mutex::default(),
+      shut: tokio::sync::watch::channel(false).0,
+    }
+  }
+}
 
 impl Calls {
   fn lock(&self) -> MutexGuard<'_, (usize, bool)> {
-    self.0.lock().unwrap_or_else(|e| e.into_inner())
+    self.state.lock().unwrap_or_else(|e| e.into_inner())
+  }
+
+  /// Resolves once the store is shut: `close()` was called and every call made before
+  /// it settled.
+  pub fn shut(&self) -> impl Future<Output = ()> + Send + 'static {
+    let mut shut = self.shut.subscribe();
+    async move {
+      let _ = shut.wait_for(|done| *done).await;
+    }
+  }
+
+  fn shut_now<T: Shut>(owner: &T) {
+    owner.shut();
+    owner.calls().shut.send_replace(true);
   }
 
   /// Counts a call until the guard is dropped (when it settles).
@@ -70,7 +96,7 @@ impl Calls {
       first && state.0 == 0
     };
     if idle {
-      owner.shut();
+      Calls::shut_now(owner);
     }
   }
 }
@@ -86,7 +112,7 @@ impl<T: Shut> Drop for Held<T> {
       state.1 && state.0 == 0
     };
     if last {
-      self.0.shut();
+      Calls::shut_now(&*self.0);
     }
   }
 }
@@ -136,8 +162,10 @@ mod tests {
     drop(first);
     Calls::close(&*busy);
     assert_eq!(shuts(&busy), 0, "a call is still unsettled");
+    let shut = busy.calls().shut();
     drop(second);
     assert_eq!(shuts(&busy), 1, "the last call closed it");
+    futures_util::FutureExt::now_or_never(shut).expect("shut() resolved");
     Calls::close(&*busy);
     assert_eq!(shuts(&busy), 1);
   }

@@ -96,6 +96,8 @@ struct State {
   timer: Option<bool>,
   closed: bool,
   shut_down: bool,
+  /// Set once shut down: closed, and every call made before settled.
+  done: tokio::sync::watch::Sender<bool>,
   events: Arc<ConnectionEvents>,
 }
 
@@ -179,6 +181,7 @@ impl JsRedis {
       timer: None,
       closed: false,
       shut_down: false,
+      done: tokio::sync::watch::channel(false).0,
       events: ConnectionEvents::new(ServerInfo::redis(&target)),
     };
     Self {
@@ -208,6 +211,14 @@ impl JsRedis {
     redis_calls::promise(raw, |deferred| {
       self.enqueue(raw, what, batch, deferred, finish)
     })
+  }
+
+  /// Resolves once [`close`](Self::close) let the calls made before it settle.
+  pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut done = self.driver.state.borrow().done.subscribe();
+    async move {
+      let _ = done.wait_for(|done| *done).await;
+    }
   }
 
   /// Stops taking calls; the connection closes once the calls in flight are settled.
@@ -783,6 +794,7 @@ impl State {
     self.release_transport();
     self.connection = Connection::Idle;
     self.shut_down = true;
+    self.done.send_replace(true);
     self.keep = None;
   }
 
@@ -794,6 +806,7 @@ impl State {
     self.close();
     self.core.clear();
     self.shut_down = true;
+    self.done.send_replace(true);
     self.release_transport();
     self.keep.take()
   }

@@ -60,6 +60,8 @@ struct State {
   core: Core<Waiter>,
   closed: bool,
   shut_down: bool,
+  /// Set once shut down: closed, and every call made before settled.
+  done: tokio::sync::watch::Sender<bool>,
   events: Arc<ConnectionEvents>,
 }
 
@@ -98,6 +100,7 @@ impl LoopRedis {
       core: Core::new(retry, target.sentinel.is_some()),
       closed: false,
       shut_down: false,
+      done: tokio::sync::watch::channel(false).0,
       events: ConnectionEvents::new(ServerInfo::redis(&target)),
     };
     Self {
@@ -127,6 +130,14 @@ impl LoopRedis {
     redis_calls::promise(env.raw(), |deferred| {
       self.enqueue(env, what, batch, deferred, finish)
     })
+  }
+
+  /// Resolves once [`close`](Self::close) let the calls made before it settle.
+  pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut done = self.driver.state.borrow().done.subscribe();
+    async move {
+      let _ = done.wait_for(|done| *done).await;
+    }
   }
 
   /// Stops taking calls; the connection closes once the calls in flight are settled.
@@ -239,6 +250,8 @@ impl Driver {
       }
     };
     state.finish_if_closed();
+    // The calls a failed connect rejected no longer hold the process open.
+    state.arm_timer();
     drop(state);
     settle_now(env, settled);
   }
@@ -557,6 +570,7 @@ impl State {
       return;
     }
     self.shut_down = true;
+    self.done.send_replace(true);
     self.abort_connect();
     self.close();
     self.drop_connection();
