@@ -245,11 +245,16 @@ function toDurastateError(err) {
   if (err instanceof DurastateError) return err
   const message = err && typeof err.message === 'string' ? err.message : String(err)
   if (err && NATIVE_CODES.has(err.code)) return new DurastateError(err.code, message)
-  if (err && (err.code === 'InvalidArg' || err.code === 'NumberExpected' || err.code === 'StringExpected' || err.code === 'ObjectExpected')) {
+  // napi-rs's conversion of an argument or option of the wrong type: `InvalidArg` or a
+  // status `<Type>Expected` (BooleanExpected, NumberExpected, ArrayExpected, ...).
+  if (err && typeof err.code === 'string' && NAPI_CONVERSION.test(err.code)) {
     return new DurastateError('INVALID_INPUT', conversionMessage(message))
   }
   return new DurastateError('INTERNAL', message, { cause: err })
 }
+
+/** The napi statuses of a value of the wrong type (napi's `Status`: `InvalidArg`, `ObjectExpected`, `BooleanExpected`, ...). */
+const NAPI_CONVERSION = /^(?:InvalidArg|[A-Za-z]+Expected)$/
 
 const RUST_TYPES = { String: 'a string', bool: 'a boolean', f64: 'a number', u32: 'a number', u64: 'a number', i32: 'a number', i64: 'a number' }
 
@@ -261,7 +266,7 @@ const RUST_TYPES = { String: 'a string', bool: 'a boolean', f64: 'a number', u32
  * string").
  */
 function conversionMessage(message) {
-  const found = /^Failed to convert (?:JavaScript value `[\s\S]*`|napi value \w+) into rust type `([^`]+)`((?: on \w+\.\w+)*)$/.exec(message)
+  const found = /^Failed to convert (?:JavaScript value `[\s\S]*`|napi value(?: \w+)?) into rust type `([^`]+)`((?: on \w+\.\w+)*)$/.exec(message)
   if (!found) return message
   const path = [...found[2].matchAll(/ on \w+\.(\w+)/g)].map((m) => m[1]).reverse()
   const expected = RUST_TYPES[found[1]] ?? `of type ${found[1]}`
@@ -296,6 +301,11 @@ function tlsOptions(name, tls, keepBoolean) {
     )
   }
   const result = { ...tls }
+  const { rejectUnauthorized } = tls
+  if (rejectUnauthorized !== undefined && rejectUnauthorized !== null && typeof rejectUnauthorized !== 'boolean') {
+    // (napi-rs would say it of `tls`, but of `sentinelTls` only "none of these types")
+    throw new DurastateError('INVALID_INPUT', `option \`${name}.rejectUnauthorized\` must be a boolean, got ${typeof rejectUnauthorized}`)
+  }
   for (const field of TLS_FIELDS) {
     if (tls[field] === undefined || tls[field] === null) {
       delete result[field]
