@@ -388,7 +388,7 @@ export interface StoreOptions {
    * `"full"` (also survives power loss; one fsync per commit).
    */
   synchronous?: string
-  /** SQLite page size of a new file, in bytes (a power of two, 512 to 65536). Default 4096. */
+  /** SQLite page size of a new file, in bytes (a power of two, 512 to 65536). Default 1024. */
   pageSize?: number
   /** Redis: how calls ride out a dropped connection. */
   retry?: RetryOptions

@@ -142,7 +142,8 @@ export interface RetryOptions {
   /**
    * How many times a call that is safe to repeat (every call but `tryBeginExecutionTask`)
    * is sent again after its connection dropped, reconnecting with backoff in between and
-   * never past `commandTimeout`. Default 3; 0 turns resending off.
+   * never past `commandTimeout`. Default 3; 0 turns resending off. A whole number from 0 to
+   * 100 (else `INVALID_INPUT`).
    */
   attempts?: number
   /** First reconnect delay in ms; doubles per failed attempt, with jitter. Default 50. */
@@ -161,7 +162,7 @@ export interface SqliteStoreOptions extends StoreOptions {
    */
   synchronous?: 'normal' | 'full'
   /**
-   * Page size of a new database file, in bytes: a power of two from 512 to 65536; default
+   * Page size of a new database file, in bytes: a power of two from 512 to 65536 (else `INVALID_INPUT`); default
    * 1024. An existing file keeps its own. Smaller pages make each commit write less to the
    * WAL: 1024 measured the 1 KiB-result lifecycle 1.6–1.9x faster, but 16 KiB values about
    * 2x slower (they spill into overflow pages). Choose from your result sizes.
@@ -180,7 +181,8 @@ export interface PostgresStoreOptions extends StoreOptions {
   /**
    * Connections the store opens at most. Default 4: three group-commit lanes (calls in
    * flight together on one lane share one connection and one transaction; a call's lane is
-   * its key's) and one for the sweep of expired rows.
+   * its key's) and one for the sweep of expired rows. A whole number from 1 to 1000 (else
+   * `INVALID_INPUT`).
    */
   poolSize?: number
   /**
@@ -195,7 +197,7 @@ export interface PostgresStoreOptions extends StoreOptions {
 export interface PostgresConnectionOptions {
   /** Host name, IP address, or the directory of the server's unix socket. Default `localhost`. */
   host?: string
-  /** Default 5432. */
+  /** A whole number from 1 to 65535. Default 5432. */
   port?: number
   /** Default `postgres`. */
   user?: string
@@ -215,13 +217,16 @@ export type AnyStoreOptions = RedisStoreOptions & SqliteStoreOptions & PostgresS
 export interface RedisConnectionOptions {
   /** Host name or IP address. Default `127.0.0.1`. */
   host?: string
-  /** TCP port. Default 6379. */
+  /** TCP port: a whole number from 1 to 65535. Default 6379. */
   port?: number
   /** ACL user name. */
   username?: string
   /** Password (with or without `username`). */
   password?: string
-  /** Database number. Default 0. One beyond the server's `databases` setting rejects calls with `INVALID_INPUT`. */
+  /**
+   * Database number: a whole number from 0 to 2147483647 (else `INVALID_INPUT` at creation).
+   * Default 0. One beyond the server's `databases` setting rejects calls with `INVALID_INPUT`.
+   */
   db?: number
   /** Connect with TLS (as `rediss://`; with `sentinels`, to them and the server; with `cluster`, to every node); settings in the store option `tls`. */
   tls?: boolean

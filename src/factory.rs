@@ -19,7 +19,8 @@ use crate::engine::Engine;
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::keys::KeyLayout;
 use crate::options::{
-  millis, CommonSettings, RedisConnectionOptions, StoreOptions, DEFAULT_BUSY_TIMEOUT_MS,
+  millis, whole_number, CommonSettings, RedisConnectionOptions, StoreOptions,
+  DEFAULT_BUSY_TIMEOUT_MS,
 };
 use crate::redis_target::{RedisTarget, DEFAULT_REDIS_URL};
 use crate::worker_store::{NativeWorkerStore, StoreConfig};
@@ -278,9 +279,9 @@ fn embedded_engine(
       )))
     }
   };
-  let page_size = match options.page_size {
+  let page_size = match whole_number("pageSize", options.page_size, 512, 65_536)? {
     None => Some(DEFAULT_PAGE_SIZE),
-    Some(size) if size.is_power_of_two() && (512..=65_536).contains(&size) => Some(size),
+    Some(size) if size.is_power_of_two() => Some(size as u32),
     Some(other) => {
       return Err(StoreError::invalid_input(format!(
         "option `pageSize` must be a power of two from 512 to 65536, got {other}"
@@ -377,7 +378,7 @@ fn cluster_engine(
 
 /// Connections a Postgres store opens at most, by default: three group-commit lanes and
 /// one for the sweep of expired rows.
-const DEFAULT_POSTGRES_POOL: u32 = 4;
+const DEFAULT_POSTGRES_POOL: u64 = 4;
 
 /// Postgres on tokio threads (`backend/postgres`).
 fn postgres_engine(
@@ -391,14 +392,8 @@ fn postgres_engine(
        as the server's `synchronous_commit` says",
     ));
   }
-  let pool_size = match options.pool_size.unwrap_or(DEFAULT_POSTGRES_POOL) {
-    size @ 1..=1000 => size as usize,
-    other => {
-      return Err(StoreError::invalid_input(format!(
-        "option `poolSize` must be 1 to 1000, got {other}"
-      )))
-    }
-  };
+  let pool_size =
+    whole_number("poolSize", options.pool_size, 1, 1000)?.unwrap_or(DEFAULT_POSTGRES_POOL) as usize;
   let backend = PostgresBackend::new(PostgresSettings {
     target,
     schema: options

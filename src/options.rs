@@ -32,8 +32,10 @@ pub struct StoreOptions {
   /// SQLite durability: `"normal"` (default; survives a crash of the process) or
   /// `"full"` (also survives power loss; one fsync per commit).
   pub synchronous: Option<String>,
-  /// SQLite page size of a new file, in bytes (a power of two, 512 to 65536). Default 4096.
-  pub page_size: Option<u32>,
+  // Whole-number options are `f64`, as JS gives them, checked by `whole_number`: a `u32`
+  // field would wrap `-1`, truncate `1.9` and turn `NaN` into 0 unseen.
+  /// SQLite page size of a new file, in bytes (a power of two, 512 to 65536). Default 1024.
+  pub page_size: Option<f64>,
   /// Redis: how calls ride out a dropped connection.
   pub retry: Option<RetryOptions>,
   /// Redis: `"none"` (default) or `"aof"`: acknowledged writes are on the server's disk
@@ -51,7 +53,7 @@ pub struct StoreOptions {
   /// Postgres: the schema holding the store's tables (created on first use). Default `durastate`.
   pub schema: Option<String>,
   /// Postgres: connections the store opens at most (group-commit lanes + one for the sweep). Default 4.
-  pub pool_size: Option<u32>,
+  pub pool_size: Option<f64>,
   /// Postgres: whether the first call creates the schema and its tables when they are
   /// missing (default `true`). `false` (the CLI's reads: `inspect`, `kv get`, `ui`, ...):
   /// a schema without a durastate store rejects every call `UNAVAILABLE` ("schema ... holds
@@ -65,7 +67,7 @@ pub struct StoreOptions {
 pub struct RetryOptions {
   /// How many times a call that is safe to repeat is sent again after its connection
   /// dropped, reconnecting with backoff in between (never past `commandTimeout`). Default 3; 0: never.
-  pub attempts: Option<u32>,
+  pub attempts: Option<f64>,
   /// First reconnect delay, in ms; doubles per failed attempt, with jitter. Default 50.
   pub min_delay: Option<f64>,
   /// Longest reconnect delay, in ms. Default 2000.
@@ -83,12 +85,7 @@ pub struct RetrySettings {
 impl RetrySettings {
   fn from_options(options: Option<&RetryOptions>) -> StoreResult<Self> {
     let options = options.cloned().unwrap_or_default();
-    let attempts = options.attempts.unwrap_or(3);
-    if attempts > 100 {
-      return Err(StoreError::invalid_input(format!(
-        "option `retry.attempts` must be at most 100, got {attempts}"
-      )));
-    }
+    let attempts = whole_number("retry.attempts", options.attempts, 0, 100)?.unwrap_or(3) as u32;
     let min_delay = millis("retry.minDelay", options.min_delay)?.unwrap_or(50);
     let max_delay = millis("retry.maxDelay", options.max_delay)?.unwrap_or(2_000);
     if min_delay > max_delay {
@@ -111,13 +108,13 @@ pub struct RedisConnectionOptions {
   /// Host name or IP address. Default `127.0.0.1`.
   pub host: Option<String>,
   /// TCP port. Default 6379.
-  pub port: Option<u32>,
+  pub port: Option<f64>,
   /// ACL user name.
   pub username: Option<String>,
   /// Password (with or without `username`).
   pub password: Option<String>,
   /// Database number. Default 0.
-  pub db: Option<u32>,
+  pub db: Option<f64>,
   /// Use TLS (`rediss://`).
   pub tls: Option<bool>,
   /// Sentinels to ask for the master (`name`) at every connect, instead of `host`/`port`.
@@ -139,7 +136,7 @@ pub struct RedisConnectionOptions {
 pub struct SentinelAddress {
   pub host: String,
   /// Default 26379.
-  pub port: Option<u32>,
+  pub port: Option<f64>,
 }
 
 /// Validated settings common to every store.
@@ -178,10 +175,61 @@ pub fn millis(name: &str, value: Option<f64>) -> StoreResult<Option<u64>> {
   let Some(value) = value else { return Ok(None) };
   if !value.is_finite() || !(0.0..=MAX_MS).contains(&value) {
     return Err(StoreError::invalid_input(format!(
-      "option `{name}` must be a number of milliseconds between 0 and {MAX_MS}, got {value}"
+      "option `{name}` must be a number of milliseconds between 0 and {MAX_MS}, got {}",
+      js_number(value)
     )));
   }
   Ok(Some(value.ceil() as u64))
+}
+
+/// The largest Redis database number `SELECT` takes (a signed 32-bit integer).
+pub const MAX_REDIS_DB: u64 = i32::MAX as u64;
+
+/// The whole-number option `name` (`poolSize`, `port`, `db`, `retry.attempts`, ...) when it
+/// is from `min` to `max`. JS gives every number as an `f64`: a fraction, `NaN`, an infinity
+/// or a value out of range is `INVALID_INPUT` quoting the value as it was given, never
+/// wrapped, truncated or turned into 0.
+pub fn whole_number(
+  name: &str,
+  value: Option<f64>,
+  min: u64,
+  max: u64,
+) -> StoreResult<Option<u64>> {
+  let Some(value) = value else { return Ok(None) };
+  match whole_in(value, min, max) {
+    Some(whole) => Ok(Some(whole)),
+    None => Err(StoreError::invalid_input(format!(
+      "option `{name}` must be a whole number from {min} to {max}, got {}",
+      js_number(value)
+    ))),
+  }
+}
+
+/// `value` as a whole number from `min` to `max`, or `None` when it is not one.
+pub fn whole_in(value: f64, min: u64, max: u64) -> Option<u64> {
+  let fits =
+    value.is_finite() && value.fract() == 0.0 && value >= min as f64 && value <= max as f64;
+  fits.then_some(value as u64)
+}
+
+/// A number as JS prints it (`NaN`, `Infinity`, `1.5`, `-1`, `1e+300`), for messages that
+/// quote the value given.
+pub fn js_number(value: f64) -> String {
+  if value.is_nan() {
+    "NaN".to_string()
+  } else if value.is_infinite() {
+    if value > 0.0 { "Infinity" } else { "-Infinity" }.to_string()
+  } else if value == 0.0 {
+    "0".to_string()
+  } else if value.abs() >= 1e21 || value.abs() < 1e-6 {
+    let text = format!("{value:e}");
+    match text.split_once('e') {
+      Some((mantissa, exponent)) if !exponent.starts_with('-') => format!("{mantissa}e+{exponent}"),
+      _ => text,
+    }
+  } else {
+    format!("{value}")
+  }
 }
 
 /// A strictly positive number of milliseconds.
@@ -227,6 +275,32 @@ mod tests {
       ..Default::default()
     };
     assert!(RetrySettings::from_options(Some(&bad)).is_err());
+  }
+
+  #[test]
+  fn whole_numbers_are_refused_rather_than_wrapped_truncated_or_zeroed() {
+    assert_eq!(
+      whole_number("poolSize", Some(4.0), 1, 1000).unwrap(),
+      Some(4)
+    );
+    assert_eq!(whole_number("poolSize", None, 1, 1000).unwrap(), None);
+    for (value, shown) in [
+      (1.5, "1.5"),
+      (-1.0, "-1"),
+      (f64::NAN, "NaN"),
+      (f64::INFINITY, "Infinity"),
+      (4_294_967_300.0, "4294967300"),
+      (1e300, "1e+300"),
+      (0.0, "0"),
+    ] {
+      let err = whole_number("poolSize", Some(value), 1, 1000).unwrap_err();
+      assert_eq!(
+        err.message,
+        format!("option `poolSize` must be a whole number from 1 to 1000, got {shown}")
+      );
+    }
+    assert_eq!(js_number(-0.0), "0");
+    assert_eq!(js_number(2.5e-7), "2.5e-7");
   }
 
   #[test]

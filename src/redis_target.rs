@@ -7,7 +7,7 @@ use std::sync::Arc;
 use napi::Either;
 
 use crate::error::{StoreError, StoreResult};
-use crate::options::RedisConnectionOptions;
+use crate::options::{whole_number, RedisConnectionOptions, MAX_REDIS_DB};
 use crate::tls::{TlsOptions, TlsSettings};
 
 /// The address used when neither a target nor `REDIS_URL` is given.
@@ -135,7 +135,11 @@ impl RedisTarget {
     })?;
     let addresses = sentinels
       .iter()
-      .map(|s| Ok((s.host.clone(), port_number(s.port.unwrap_or(26_379))?)))
+      .enumerate()
+      .map(|(i, s)| {
+        let port = port_number(&format!("sentinels[{i}].port"), s.port)?;
+        Ok((s.host.clone(), port.unwrap_or(26_379)))
+      })
       .collect::<StoreResult<Vec<_>>>()?;
     let settings = SentinelSettings {
       sentinels: addresses,
@@ -294,7 +298,7 @@ pub fn cluster_target(
       "give either `cluster` or `host`/`port`/`sentinels`, not both",
     ));
   }
-  if fields.db.unwrap_or(0) != 0 {
+  if whole_number("db", fields.db, 0, MAX_REDIS_DB)?.unwrap_or(0) != 0 {
     return Err(StoreError::invalid_input(
       "a Redis Cluster has only database 0",
     ));
@@ -378,7 +382,7 @@ impl ClusterTarget {
   pub fn node(&self, host: &str, port: u16, require_aof: bool) -> StoreResult<RedisTarget> {
     let fields = RedisConnectionOptions {
       host: Some(host.to_string()),
-      port: Some(u32::from(port)),
+      port: Some(f64::from(port)),
       username: self.username.clone(),
       password: self.password.clone(),
       ..Default::default()
@@ -451,11 +455,9 @@ fn parse_address(text: &str, default_port: u16) -> Option<(String, u16)> {
   }
 }
 
-fn port_number(port: u32) -> StoreResult<u16> {
-  u16::try_from(port)
-    .ok()
-    .filter(|p| *p != 0)
-    .ok_or_else(|| StoreError::invalid_input(format!("invalid port {port}: must be 1-65535")))
+/// The port option `name`, when given: a whole number from 1 to 65535.
+fn port_number(name: &str, port: Option<f64>) -> StoreResult<Option<u16>> {
+  Ok(whole_number(name, port, 1, 65_535)?.map(|port| port as u16))
 }
 
 fn decode(text: &str) -> String {
@@ -528,19 +530,14 @@ fn url_from_fields(fields: &RedisConnectionOptions) -> StoreResult<String> {
   } else {
     host
   };
-  let port = fields.port.unwrap_or(6379);
-  if port == 0 || port > 65_535 {
-    return Err(StoreError::invalid_input(format!(
-      "invalid Redis port {port}: must be 1-65535"
-    )));
-  }
+  let port = port_number("port", fields.port)?.unwrap_or(6379);
   let auth = match (&fields.username, &fields.password) {
     (Some(user), Some(pass)) => format!("{}:{}@", encode(user), encode(pass)),
     (None, Some(pass)) => format!(":{}@", encode(pass)),
     (Some(user), None) => format!("{}@", encode(user)),
     (None, None) => String::new(),
   };
-  let db = fields.db.unwrap_or(0);
+  let db = whole_number("db", fields.db, 0, MAX_REDIS_DB)?.unwrap_or(0);
   Ok(format!("{scheme}://{auth}{host}:{port}/{db}"))
 }
 
@@ -624,10 +621,10 @@ mod tests {
   fn fields_become_an_encoded_url() {
     let fields = RedisConnectionOptions {
       host: Some("localhost".into()),
-      port: Some(6380),
+      port: Some(6380.0),
       username: Some("app user".into()),
       password: Some("p@ss:word".into()),
-      db: Some(2),
+      db: Some(2.0),
       ..Default::default()
     };
     assert_eq!(

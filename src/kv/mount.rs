@@ -405,12 +405,13 @@ fn schema_entry(mount: &str, spec: KvSchemaSpec) -> StoreResult<SchemaEntry> {
 
 fn positive_whole(mount: &str, name: &str, value: Option<f64>) -> StoreResult<Option<u64>> {
   let Some(value) = value else { return Ok(None) };
-  if !(value.is_finite() && value >= 1.0 && value.fract() == 0.0 && value <= 9.007e15) {
-    return Err(StoreError::invalid_input(format!(
-      "mount '{mount}': `{name}` must be a whole number of at least 1, got {value}"
-    )));
+  match crate::options::whole_in(value, 1, 9_007_199_254_740_991) {
+    Some(whole) => Ok(Some(whole)),
+    None => Err(StoreError::invalid_input(format!(
+      "mount '{mount}': `{name}` must be a whole number of at least 1, got {}",
+      crate::options::js_number(value)
+    ))),
   }
-  Ok(Some(value as u64))
 }
 
 /// A mount's entry count, as this process knows it.

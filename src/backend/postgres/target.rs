@@ -25,7 +25,7 @@ pub struct PostgresConnectionOptions {
   /// Host name, IP address, or a directory holding the server's unix socket. Default `localhost`.
   pub host: Option<String>,
   /// TCP port. Default 5432.
-  pub port: Option<u32>,
+  pub port: Option<f64>,
   /// Role to connect as. Default `postgres`.
   pub user: Option<String>,
   pub password: Option<String>,
@@ -227,12 +227,8 @@ impl PostgresTarget {
     }
     let base = config.clone();
     config.host(fields.host.as_deref().unwrap_or("localhost"));
-    if let Some(port) = fields.port {
-      let port = u16::try_from(port)
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| StoreError::invalid_input(format!("port must be 1 to 65535, got {port}")))?;
-      config.port(port);
+    if let Some(port) = crate::options::whole_number("port", fields.port, 1, 65_535)? {
+      config.port(port as u16);
     }
     let mode = fields.sslmode.as_deref().map(TlsMode::parse).transpose()?;
     Self::finish(config, base, mode, tls)
