@@ -53,7 +53,11 @@ export declare class DurastateError extends Error {
 /** The string the worker library stores for a step that returned `undefined`. */
 export declare const EMPTY_EXECUTION_RESULT: '<empty_execution_result>'
 
-/** Options every store takes. */
+/**
+ * Options every store takes. Every factory accepts every backend's options (one options
+ * object can serve whichever backend `DURASTATE_URL` names); a key no backend knows, an
+ * unsupported `tls` key, or a field a target does not have throws `INVALID_INPUT` naming it.
+ */
 export interface StoreOptions {
   /** Time to live of every key written, in ms (exact; fractions round up). 0 or absent: never expire. */
   ttl?: number

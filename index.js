@@ -275,6 +275,137 @@ function conversionMessage(message) {
 
 const TLS_FIELDS = ['ca', 'cert', 'key']
 
+// ---------------------------------------------------------------------------------------
+// Option names. The native layer ignores a key it does not know, so a typo, or another
+// library's name for a setting (node-postgres's `ssl`), would be dropped unseen: a store
+// on Postgres given `ssl: {...}` connected with `sslmode=prefer`, maybe in plain text.
+// Every key is checked here, by name (a key set to `undefined` is as if absent). The store
+// options are every backend's: one options object serves whichever backend the URL
+// (DURASTATE_URL per environment) names, so `tls` or `poolSize` with a SQLite URL is fine.
+// ---------------------------------------------------------------------------------------
+
+/** The store options of every backend (`createTables` is the CLI's, internal). */
+const STORE_OPTIONS = [
+  'ttl',
+  'prefix',
+  'commandTimeout',
+  'connectTimeout',
+  'keyLayout',
+  'retry',
+  'durability',
+  'tls',
+  'sentinelTls',
+  'busyTimeout',
+  'synchronous',
+  'pageSize',
+  'schema',
+  'poolSize',
+  'createTables',
+]
+const KV_OPTIONS = [...STORE_OPTIONS, 'mounts']
+const RETRY_OPTIONS = ['attempts', 'minDelay', 'maxDelay']
+const TLS_OPTIONS = ['ca', 'cert', 'key', 'servername', 'rejectUnauthorized']
+const MOUNT_OPTIONS = ['mode', 'prefix', 'schema', 'maxEntries', 'maxValueSize', 'ttl']
+const REDIS_TARGET_FIELDS = ['host', 'port', 'username', 'password', 'db', 'tls', 'sentinels', 'name', 'sentinelUsername', 'sentinelPassword', 'cluster']
+const SENTINEL_FIELDS = ['host', 'port']
+const POSTGRES_TARGET_FIELDS = ['host', 'port', 'user', 'password', 'database', 'sslmode', 'applicationName']
+
+const TLS_SETTINGS = '{ ca, cert, key, servername, rejectUnauthorized }'
+/** What to say of a name other libraries use, by where it was given. */
+const KNOWN_MISTAKES = {
+  option: {
+    ssl: `durastate's TLS option is \`tls\` (${TLS_SETTINGS}); on Postgres, \`sslmode\` goes in the URL (\`tls\` alone means verify-full)`,
+    mounts: 'it is an option of createKvStore',
+  },
+  tls: {
+    minVersion: 'durastate speaks TLS 1.2 and 1.3 (rustls), and no version option is supported',
+    maxVersion: 'durastate speaks TLS 1.2 and 1.3 (rustls), and no version option is supported',
+    checkServerIdentity: 'the certificate is checked against the host connected to, or `servername`; no callback is supported',
+    passphrase: 'an encrypted key is not supported: give it decrypted (`openssl pkey -in key.pem -out plain.pem`)',
+    pfx: 'PKCS#12 is not supported: give `cert` and `key` as PEM',
+  },
+  'Postgres target': {
+    ssl: 'use `sslmode`',
+    username: 'the role is `user`',
+    db: 'the database is `database`',
+    dbname: 'the database is `database`',
+    application_name: 'use `applicationName`',
+    sslrootcert: 'the CA goes in the store option `tls` (`tls.ca`), or `sslrootcert` in a URL',
+    sslcert: 'the client certificate goes in the store option `tls` (`tls.cert`), or `sslcert` in a URL',
+    sslkey: 'the client key goes in the store option `tls` (`tls.key`), or `sslkey` in a URL',
+  },
+}
+
+/**
+ * Refuses a key of `object` that is not one of `known` (`where` says what `object` is:
+ * 'option', 'tls', ... ; `path` is its option path for messages), suggesting the name
+ * meant when one is close.
+ */
+function refuseUnknownKeys(object, known, where, path = '') {
+  for (const key of Object.keys(object)) {
+    if (object[key] === undefined || known.includes(key)) continue
+    const name = path === '' ? key : `${path}.${key}`
+    const option = where === 'option' || where === 'tls' || where === 'retry' || where === 'mount'
+    const what = option ? `option \`${name}\`` : `field \`${name}\` of a ${where}`
+    const mistake = Object.hasOwn(KNOWN_MISTAKES[where] ?? {}, key) ? KNOWN_MISTAKES[where][key] : undefined
+    const close = mistake === undefined ? closestName(key, known) : undefined
+    const names = known.filter((k) => k !== 'createTables').join(', ')
+    const advice = mistake ?? (close !== undefined ? `did you mean \`${close}\`?` : `the known ones are ${names}`)
+    throw new DurastateError('INVALID_INPUT', `unknown ${what}: ${advice}`)
+  }
+}
+
+/** The name of `known` that `name` is likely a typo of (case, or one or two letters), if any. */
+function closestName(name, known) {
+  const lower = name.toLowerCase()
+  let best
+  let bestDistance = Math.min(2, Math.floor(name.length / 3))
+  for (const candidate of known) {
+    const distance = candidate.toLowerCase() === lower ? 0 : editDistance(lower, candidate.toLowerCase())
+    if (distance <= bestDistance && (best === undefined || distance < bestDistance)) {
+      best = candidate
+      bestDistance = distance
+    }
+  }
+  return best
+}
+
+function editDistance(a, b) {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j)
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i]
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = Math.min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1))
+    }
+    previous = current
+  }
+  return previous[b.length]
+}
+
+/** Checks the names in a store's `options` (`known`: the factory's options), `retry` and `mounts` included. */
+function checkOptionNames(options, known) {
+  if (options === undefined || options === null || typeof options !== 'object') return
+  refuseUnknownKeys(options, known, 'option')
+  const { retry, mounts } = options
+  if (retry !== undefined && retry !== null && typeof retry === 'object') refuseUnknownKeys(retry, RETRY_OPTIONS, 'retry', 'retry')
+  if (known === KV_OPTIONS && mounts !== undefined && mounts !== null && typeof mounts === 'object') {
+    for (const [name, mount] of Object.entries(mounts)) {
+      if (mount !== null && typeof mount === 'object') refuseUnknownKeys(mount, MOUNT_OPTIONS, 'mount', `mounts.${name}`)
+    }
+  }
+}
+
+/** Checks the field names of a Redis target given as fields (the sentinels' included). */
+function checkRedisFieldNames(target) {
+  if (target === undefined || target === null || typeof target !== 'object' || Array.isArray(target)) return
+  refuseUnknownKeys(target, REDIS_TARGET_FIELDS, 'Redis target')
+  if (Array.isArray(target.sentinels)) {
+    target.sentinels.forEach((sentinel, i) => {
+      if (sentinel !== null && typeof sentinel === 'object') refuseUnknownKeys(sentinel, SENTINEL_FIELDS, 'sentinel address', `sentinels[${i}]`)
+    })
+  }
+}
+
 /**
  * The connection options as the native layer takes them: `tls: false` or `null` means
  * no TLS options (as node-redis takes it), `true` TLS with the defaults; a PEM value may
@@ -282,8 +413,9 @@ const TLS_FIELDS = ['ca', 'cert', 'key']
  * Node.js's `tls` takes them. Anything else is `INVALID_INPUT`, naming the option, never
  * quoting the value (it may be a private key).
  */
-function connectionOptions(options) {
+function connectionOptions(options, known = STORE_OPTIONS) {
   if (options === undefined || options === null || typeof options !== 'object') return options ?? undefined
+  checkOptionNames(options, known)
   if (!('tls' in options) && !('sentinelTls' in options)) return options
   const result = { ...options }
   result.tls = tlsOptions('tls', options.tls, false)
@@ -300,6 +432,7 @@ function tlsOptions(name, tls, keepBoolean) {
       `option \`${name}\` must be an object of TLS settings (ca, cert, key, servername, rejectUnauthorized), true or false, got ${typeof tls}`,
     )
   }
+  refuseUnknownKeys(tls, TLS_OPTIONS, 'tls', name)
   const result = { ...tls }
   const { rejectUnauthorized } = tls
   if (rejectUnauthorized !== undefined && rejectUnauthorized !== null && typeof rejectUnauthorized !== 'boolean') {
@@ -571,6 +704,7 @@ function redisFields(target, postgresHint) {
       `\`${field}\` is a field of a Postgres target, not of a Redis one ({ host, port, username, password, db, ... }): ${postgresHint}`,
     )
   }
+  checkRedisFieldNames(target)
   return target
 }
 
@@ -581,15 +715,21 @@ function createRedisStore(target, options) {
 }
 
 function createSqliteStore(path, options) {
-  return wrap(() => native.createSqliteStore(path ?? undefined, options ?? undefined))
+  return wrap(() => native.createSqliteStore(path ?? undefined, connectionOptions(options)))
 }
 
 function createPostgresStore(target, options) {
-  return wrap(() => native.createPostgresStore(orEnv(target, 'DATABASE_URL'), connectionOptions(options)))
+  return wrap(() => native.createPostgresStore(postgresFields(orEnv(target, 'DATABASE_URL')), connectionOptions(options)))
+}
+
+/** A Postgres target; given as fields, each a field of one (`sslMode`, `ssl` are refused). */
+function postgresFields(target) {
+  if (target !== null && typeof target === 'object' && !Array.isArray(target)) refuseUnknownKeys(target, POSTGRES_TARGET_FIELDS, 'Postgres target')
+  return target
 }
 
 function createMemoryStore(options) {
-  return wrap(() => native.createMemoryStore(options ?? undefined))
+  return wrap(() => native.createMemoryStore(connectionOptions(options)))
 }
 
 function createStore(url, options) {
@@ -1274,6 +1414,7 @@ instrument(
 
 function createKvStore(target, options) {
   try {
+    checkOptionNames(options, KV_OPTIONS)
     const { mounts, ...connection } = options ?? {}
     const specs = mountSpecs(mounts, connection)
     const resolved = orEnv(target, ...URL_VARIABLES)

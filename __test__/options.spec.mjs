@@ -111,4 +111,132 @@ describe('store options', () => {
       await server.stop()
     }
   })
+
+  it('an option key no backend knows is INVALID_INPUT naming it, on every factory', () => {
+    for (const [factory, create] of factories()) {
+      // node-postgres's name for TLS: Postgres fell back to sslmode=prefer (maybe plain text).
+      refused(() => create({ ssl: { rejectUnauthorized: true } }), /^unknown option `ssl`: durastate's TLS option is `tls`/, `${factory} ssl`)
+      refused(() => create({ connecTimeout: 1_000 }), /^unknown option `connecTimeout`: did you mean `connectTimeout`\?$/, `${factory} typo`)
+      refused(() => create({ TTL: 1_000 }), /^unknown option `TTL`: did you mean `ttl`\?$/, `${factory} case`)
+      refused(() => create({ retry: { retries: 5 } }), /^unknown option `retry\.retries`/, `${factory} retry.retries`)
+      refused(() => create({ whatever: 1 }), /^unknown option `whatever`: the known ones are ttl, prefix, /, `${factory} unknown`)
+      // A key set to undefined is as if absent.
+      create({ whatever: undefined, tls: undefined }).close()
+    }
+    refused(() => createStore('memory:', { mounts: {} }), /^unknown option `mounts`: it is an option of createKvStore$/, 'mounts')
+    refused(
+      () => createKvStore('memory:', { mounts: { m: { maxEntires: 5 } } }),
+      /^unknown option `mounts\.m\.maxEntires`: did you mean `maxEntries`\?$/,
+      'mount',
+    )
+  })
+
+  it('a TLS setting durastate does not support is INVALID_INPUT naming it, not ignored', () => {
+    for (const [factory, create] of factories()) {
+      for (const [key, pattern] of [
+        ['minVersion', /^unknown option `tls\.minVersion`: durastate speaks TLS 1\.2 and 1\.3/],
+        ['checkServerIdentity', /^unknown option `tls\.checkServerIdentity`: the certificate is checked against the host/],
+        ['passphrase', /^unknown option `tls\.passphrase`: an encrypted key is not supported/],
+        ['rejectUnauthorised', /^unknown option `tls\.rejectUnauthorised`: did you mean `rejectUnauthorized`\?$/],
+        ['ciphers', /^unknown option `tls\.ciphers`: the known ones are ca, cert, key, servername, rejectUnauthorized$/],
+      ]) {
+        refused(() => create({ tls: { [key]: key === 'checkServerIdentity' ? () => undefined : 'x' } }), pattern, `${factory} tls.${key}`)
+      }
+    }
+    refused(
+      () => createRedisStore({ sentinels: [{ host: '127.0.0.1' }], name: 'main' }, { sentinelTls: { minVersion: 'TLSv1.3' } }),
+      /^unknown option `sentinelTls\.minVersion`/,
+      'sentinelTls.minVersion',
+    )
+  })
+
+  it('a field a target does not have is INVALID_INPUT naming it', () => {
+    refused(
+      () => createPostgresStore({ host: '127.0.0.1', sslMode: 'verify-full' }),
+      /^unknown field `sslMode` of a Postgres target: did you mean `sslmode`\?$/,
+      'sslMode',
+    )
+    refused(() => createPostgresStore({ host: '127.0.0.1', ssl: true }), /^unknown field `ssl` of a Postgres target: use `sslmode`$/, 'pg ssl')
+    refused(() => createPostgresStore({ host: '127.0.0.1', sslrootcert: '/ca.pem' }), /store option `tls`/, 'sslrootcert')
+    refused(() => createRedisStore({ host: '127.0.0.1', passwd: 'x' }), /^unknown field `passwd` of a Redis target: did you mean `password`\?$/, 'redis passwd')
+    refused(() => createKvStore({ host: '127.0.0.1', ssl: true }), /^unknown field `ssl` of a Redis target/, 'kv ssl')
+    refused(
+      () => createRedisStore({ sentinels: [{ host: '127.0.0.1', prot: 1 }], name: 'main' }),
+      /^unknown field `sentinels\[0\]\.prot` of a sentinel address/,
+      'sentinel',
+    )
+  })
+
+  it('one options object serves every backend: the options of another backend are accepted', async () => {
+    const everything = {
+      prefix: 'shared:',
+      ttl: 60_000,
+      connectTimeout: 2_000,
+      commandTimeout: 4_000,
+      retry: { attempts: 1, minDelay: 10, maxDelay: 100 },
+      tls: { ca: '/nonexistent/ca.pem', rejectUnauthorized: true },
+      schema: 'app',
+      poolSize: 2,
+      busyTimeout: 1_000,
+      synchronous: 'full',
+      pageSize: 4096,
+      keyLayout: 'hashtag',
+    }
+    const server = await startRedisServer()
+    const stores = []
+    try {
+      // Redis: the SQLite and Postgres options are someone else's (no tls: the server is plain).
+      const { tls: _, ...plain } = everything
+      stores.push(createRedisStore(server.url, { ...plain, durability: 'none' }), createStore(server.url, plain))
+      // SQLite and memory: a CA file that does not exist is not read (no TLS there).
+      for (const create of [
+        () => createStore(`sqlite:${join(dir, 'shared.db')}`, everything),
+        () => createSqliteStore(join(dir, 'shared2.db'), everything),
+        () => createMemoryStore(everything),
+        () => createStore('memory:', { ...everything, durability: 'aof', sentinelTls: false }),
+      ]) {
+        stores.push(create())
+      }
+      for (const store of stores) {
+        await store.beginExecution('e')
+        assert.equal(await store.isExecutionInProgress('e'), true)
+      }
+      const kv = createKvStore(`sqlite:${join(dir, 'shared-kv.db')}`, { ...everything, mounts: { m: { prefix: 'm:' } } })
+      stores.push(kv)
+      await kv.set('m', 'k', 1)
+      assert.equal(await kv.get('m', 'k'), 1)
+    } finally {
+      await Promise.all(stores.map((store) => store.close()))
+      await server.stop()
+    }
+  })
+
+  it('a Redis URL parameter durastate does not read is INVALID_INPUT, not ignored (?tls=true connected in plain text)', async () => {
+    const server = await startRedisServer()
+    const stores = []
+    try {
+      const base = `redis://127.0.0.1:${server.port}`
+      for (const [url, pattern] of [
+        [`${base}/?tls=true`, /unknown parameter "tls": TLS is asked for by the scheme, rediss:\/\//],
+        [`${base}/0?ssl=1`, /unknown parameter "ssl"/],
+        [`rediss://127.0.0.1:${server.port}/?foo=bar`, /unknown parameter "foo" \(a rediss:\/\/ URL takes only protocol\)/],
+        // A TCP URL's db parameter was ignored (database 0): the database is the path.
+        [`${base}/?db=3`, /unknown parameter "db": the database is the URL's path/],
+      ]) {
+        for (const create of [() => createRedisStore(url), () => createStore(url), () => createKvStore(url)]) refused(create, pattern, url)
+      }
+      assert.throws(
+        () => createRedisStore(`${base}/?password=TOPSECRET`),
+        (err) => err.code === 'INVALID_INPUT' && err.message.includes('password=***') && !err.message.includes('TOPSECRET'),
+      )
+      // `protocol`, which redis-rs reads, is still taken.
+      const store = createRedisStore(`${base}/?protocol=resp3`, { prefix: 'url-params:' })
+      stores.push(store)
+      await store.beginExecution('e')
+      assert.equal(await store.isExecutionInProgress('e'), true)
+    } finally {
+      await Promise.all(stores.map((store) => store.close()))
+      await server.stop()
+    }
+  })
 })

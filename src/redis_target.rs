@@ -59,6 +59,7 @@ impl RedisTarget {
         )))
       }
     }
+    refuse_unknown_parameters(url, &parsed)?;
     // TLS is durastate's own (rustls, `backend/connect.rs`); redis-rs only parses the
     // address, so it is given the plain-text form of the URL.
     let wants_tls = parsed.scheme() == "rediss";
@@ -432,6 +433,44 @@ impl SentinelSettings {
   }
 }
 
+/// Refuses a query parameter of a `redis://`, `rediss://` or unix socket URL that redis-rs
+/// would not read, which would be ignored: `?tls=true` connected in plain text, `?db=3` on
+/// a TCP URL used database 0. A TCP URL takes `protocol` (checked by redis-rs), a unix
+/// socket URL `db`, `user`, `pass` and `protocol`.
+fn refuse_unknown_parameters(url: &str, parsed: &url::Url) -> StoreResult<()> {
+  let unix = matches!(parsed.scheme(), "redis+unix" | "unix");
+  let (known, takes): (&[&str], &str) = if unix {
+    (
+      &["db", "user", "pass", "protocol"],
+      "db, user, pass and protocol",
+    )
+  } else {
+    (&["protocol"], "only protocol")
+  };
+  for (name, _) in parsed.query_pairs() {
+    if known.contains(&name.as_ref()) {
+      continue;
+    }
+    let hint = match name.as_ref() {
+      "tls" | "ssl" if !unix => {
+        ": TLS is asked for by the scheme, rediss://host:port, its settings by the store option `tls`"
+      }
+      "db" | "database" if !unix => ": the database is the URL's path, redis://host:port/3",
+      "password" | "pass" | "user" | "username" if !unix => {
+        ": the credentials go before the host, redis://user:password@host:port"
+      }
+      _ => "",
+    };
+    return Err(StoreError::invalid_input(format!(
+      "invalid Redis URL \"{}\": unknown parameter \"{}\"{hint} (a {}:// URL takes {takes})",
+      redact(url),
+      name.escape_debug(),
+      parsed.scheme()
+    )));
+  }
+  Ok(())
+}
+
 /// `host:port` (or `[v6]:port`, or a host alone with `default_port`); `None` when it is
 /// not one, port 0 included.
 fn parse_host_port(text: &str, default_port: u16) -> Option<(String, u16)> {
@@ -493,7 +532,7 @@ pub(crate) fn redact_query(url: &str) -> String {
     .split('&')
     .map(|pair| match pair.split_once('=') {
       // the name as it is read: `pass%77ord=` names the password too
-      Some((name, _)) if decoded(name).to_lowercase().contains("password") => format!("{name}=***"),
+      Some((name, _)) if names_a_password(&decoded(name)) => format!("{name}=***"),
       _ => pair.to_string(),
     })
     .collect();
@@ -503,6 +542,13 @@ pub(crate) fn redact_query(url: &str) -> String {
     redacted.push_str(fragment);
   }
   redacted
+}
+
+/// Whether a query parameter carries a password: `password=`, `sentinelPassword=`, and a
+/// unix socket URL's `pass=`.
+fn names_a_password(name: &str) -> bool {
+  let name = name.to_lowercase();
+  name.contains("password") || name == "pass"
 }
 
 /// A URL query's parameter name, percent-decoded.
@@ -594,6 +640,10 @@ mod tests {
       "rediss+sentinel://***@h:26379/main?sentinelPassword=***&x=1"
     );
     assert_eq!(redact("redis://h:6379/0"), "redis://h:6379/0");
+    assert_eq!(
+      redact("redis+unix:///tmp/r.sock?db=1&pass=TOP&x=1"),
+      "redis+unix:///tmp/r.sock?db=1&pass=***&x=1"
+    );
     // a raw `/` or space in the password: everything up to the last `@` is user information
     assert_eq!(
       redact("postgres://app:123/x@db/app"),
@@ -631,6 +681,39 @@ mod tests {
       url_from_fields(&fields).unwrap(),
       "redis://app%20user:p%40ss%3Aword@localhost:6380/2"
     );
+  }
+
+  #[test]
+  fn refuses_query_parameters_redis_rs_would_ignore() {
+    let message = |url: &str| match RedisTarget::from_url(url) {
+      Err(err) => err.message,
+      Ok(_) => panic!("{url} was accepted"),
+    };
+    for url in ["redis://h:6379/?protocol=resp3", "rediss://h/0?protocol=2"] {
+      assert!(RedisTarget::from_url(url).is_ok(), "{url}");
+    }
+    #[cfg(unix)]
+    assert!(
+      RedisTarget::from_url("redis+unix:///tmp/r.sock?db=3&user=u&pass=p&protocol=3").is_ok()
+    );
+    assert!(message("redis://h:6379/0?tls=true")
+      .contains("unknown parameter \"tls\": TLS is asked for by the scheme"));
+    assert!(message("rediss://h/?foo=bar")
+      .contains("unknown parameter \"foo\" (a rediss:// URL takes only protocol)"));
+    assert!(message("redis://h/?db=3").contains("the database is the URL's path"));
+    let leaked = message("redis://h/?password=TOP");
+    assert!(
+      leaked.contains("password=***") && !leaked.contains("TOP"),
+      "{leaked}"
+    );
+    #[cfg(unix)]
+    {
+      let leaked = message("redis+unix:///tmp/r.sock?pass=TOP&ssl=1");
+      assert!(
+        leaked.contains("unknown parameter \"ssl\"") && !leaked.contains("TOP"),
+        "{leaked}"
+      );
+    }
   }
 
   #[test]
