@@ -413,9 +413,9 @@ function checkRedisFieldNames(target) {
  * Node.js's `tls` takes them. Anything else is `INVALID_INPUT`, naming the option, never
  * quoting the value (it may be a private key).
  */
-function connectionOptions(options, known = STORE_OPTIONS) {
+function connectionOptions(options) {
   if (options === undefined || options === null || typeof options !== 'object') return options ?? undefined
-  checkOptionNames(options, known)
+  checkOptionNames(options, STORE_OPTIONS)
   if (!('tls' in options) && !('sentinelTls' in options)) return options
   const result = { ...options }
   result.tls = tlsOptions('tls', options.tls, false)
