@@ -144,8 +144,10 @@ export interface TlsOptions {
 /** How a Redis store rides out a dropped connection (server restart, `CLIENT KILL`). */
 export interface RetryOptions {
   /**
-   * How many times a call that is safe to repeat (every call but `tryBeginExecutionTask`)
-   * is sent again after its connection dropped, reconnecting with backoff in between and
+   * How many times a call that is safe to repeat (every call but `tryBeginExecutionTask`
+   * with the default key layout, and KV `delete`/`deleteMany`, which reject `UNAVAILABLE`
+   * instead; see the README's table) is sent again after its connection dropped,
+   * reconnecting with backoff in between and
    * never past `commandTimeout`. Default 3; 0 turns resending off. A whole number from 0 to
    * 100 (else `INVALID_INPUT`).
    */

@@ -3,6 +3,7 @@
 // and unload the addon.
 import assert from 'node:assert/strict'
 import { mkdtempSync, rmSync } from 'node:fs'
+import { connect } from 'node:net'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -231,6 +232,44 @@ describe('process behaviour', () => {
       }
     })
   }
+
+  it('a worker thread ended while a call of its store waits on tokio (a unix socket, a paused server) leaves the process running', async () => {
+    const socket = join(dir, 'paused.sock')
+    const server = await startRedisServer({ args: ['--unixsocket', socket] })
+    try {
+      // Every client of the server paused: the worker's call waits (on the threads driver,
+      // as every unix socket does) until its commandTimeout, after the worker is gone.
+      await new Promise((resolve, reject) => {
+        const admin = connect(server.port, '127.0.0.1', () => admin.write('*4\r\n$6\r\nCLIENT\r\n$5\r\nPAUSE\r\n$4\r\n4000\r\n$3\r\nALL\r\n'))
+        admin.once('data', (reply) => (admin.end(), String(reply).startsWith('+OK') ? resolve() : reject(new Error(String(reply)))))
+        admin.once('error', reject)
+      })
+      const worker = `
+        const ds = require(${JSON.stringify(packageIndex)});
+        const { parentPort } = require('node:worker_threads');
+        const store = ds.createStore(${JSON.stringify(`redis+unix://${socket}`)}, { commandTimeout: 1000 });
+        store.beginExecution('w').catch(() => {});
+        setTimeout(() => parentPort.postMessage('waiting'), 100);
+      `
+      const { code, signal, stdout, stderr } = await runChild(
+        `
+        const { Worker } = require('node:worker_threads');
+        const worker = new Worker(${JSON.stringify(worker)}, { eval: true });
+        worker.once('message', async () => {
+          await worker.terminate();
+          // past the call's commandTimeout, when its task settles it
+          setTimeout(() => process.stdout.write('alive'), 2000);
+        });
+      `,
+        { timeoutMs: 15_000 },
+      )
+      assert.equal(signal, null, `the process died: ${stderr.slice(0, 500)}`)
+      assert.equal(code, 0, stderr.slice(0, 500))
+      assert.equal(stdout, 'alive')
+    } finally {
+      await server.stop()
+    }
+  })
 
   it('loads and unloads the addon in worker threads started and stopped repeatedly', async () => {
     const source = `

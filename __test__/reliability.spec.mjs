@@ -212,6 +212,33 @@ describe('Redis faults', () => {
     }
   })
 
+  it('keeps the connection through a pause that outlasts 3 × commandTimeout with no call timing out at its end: a timed-out write lands when the server resumes', async () => {
+    // Two calls time out early in a 1.5 s pause (commandTimeout 400); no call is made
+    // after them, so no later timeout judges the connection stuck, and it is kept (as the
+    // README says: abandoned only when a call times out after 3 × commandTimeout of silence).
+    const paused = await startRedisServer()
+    const admin = new Redis(paused.url)
+    const store = createRedisStore(paused.url, { prefix: 'pause2:', commandTimeout: 400 })
+    const connections = async () => Number(/total_connections_received:(\d+)/.exec(await admin.info('stats'))[1])
+    try {
+      await store.beginExecution('warm')
+      const before = await connections()
+      process.kill(paused.pid, 'SIGSTOP')
+      assert.equal(await codeOf(store.commitExecutionTaskResult('e', 't', 100)), 'TIMEOUT')
+      assert.equal(await codeOf(store.getExecutionTaskResult('e', 't')), 'TIMEOUT')
+      await new Promise((r) => setTimeout(r, 700))
+      process.kill(paused.pid, 'SIGCONT')
+      // the write was sent before the pause took it, so the server applies it now
+      assert.equal(await store.getExecutionTaskResult('e', 't'), 100)
+      assert.equal(await connections(), before, 'no new connection')
+    } finally {
+      process.kill(paused.pid, 'SIGCONT')
+      admin.disconnect()
+      await store.close()
+      await paused.stop()
+    }
+  })
+
   it('loses no acknowledged commit across 200 concurrent workflows while the server restarts twice', async () => {
     const store = createRedisStore(server.url, { prefix: 'storm:', connectTimeout: 300, commandTimeout: 1000 })
     const acked = new Set()

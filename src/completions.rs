@@ -25,9 +25,15 @@ struct Done(Deferred, StoreResult<Output>);
 // tokio thread only moves it through the queue.
 unsafe impl Send for Done {}
 
-/// The finished calls not yet settled, shared with tokio threads.
-#[derive(Default)]
-struct Queue(Mutex<Vec<Done>>);
+/// The finished calls not yet settled, shared with tokio threads; `None` once the JS
+/// thread's env is gone (a worker thread ended), when the threadsafe function is freed.
+struct Queue(Mutex<Option<Vec<Done>>>);
+
+impl Queue {
+  fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<Done>>> {
+    self.0.lock().unwrap_or_else(|e| e.into_inner())
+  }
+}
 
 /// This JS thread's wake-up channel.
 struct Channel {
@@ -63,18 +69,22 @@ impl Completion {
   }
 
   pub fn settle(self, result: StoreResult<Output>) {
-    let was_empty = {
-      let mut queue = self.queue.0.lock().unwrap_or_else(|e| e.into_inner());
-      queue.push(Done(self.deferred, result));
-      queue.len() == 1
-    };
-    if was_empty {
-      unsafe {
-        sys::napi_call_threadsafe_function(
-          self.tsfn,
-          ptr::null_mut(),
-          sys::ThreadsafeFunctionCallMode::nonblocking,
-        );
+    {
+      // The wake-up is sent under the lock: the env's cleanup takes it before the
+      // threadsafe function is freed, so a call ending with its worker thread finds the
+      // queue gone rather than a freed handle (the promise went with the env).
+      let mut queue = self.queue.lock();
+      if let Some(queue) = queue.as_mut() {
+        queue.push(Done(self.deferred, result));
+        if queue.len() == 1 {
+          unsafe {
+            sys::napi_call_threadsafe_function(
+              self.tsfn,
+              ptr::null_mut(),
+              sys::ThreadsafeFunctionCallMode::nonblocking,
+            );
+          }
+        }
       }
     }
     drop(self.kept);
@@ -132,12 +142,25 @@ fn make_channel(env: sys::napi_env) -> napi::Result<Channel> {
     )
   })?;
   check(unsafe { sys::napi_unref_threadsafe_function(env, tsfn) })?;
+  let queue = Arc::new(Queue(Mutex::new(Some(Vec::new()))));
+  // Registered after the threadsafe function, so it runs before Node.js frees it (env
+  // cleanup hooks run in reverse order).
+  let hook = Arc::into_raw(queue.clone()) as *mut c_void;
+  check(unsafe { sys::napi_add_env_cleanup_hook(env, Some(env_gone), hook) })?;
   Ok(Channel {
     env,
     tsfn,
-    queue: Arc::new(Queue::default()),
+    queue,
     in_flight: Cell::new(0),
   })
+}
+
+/// The env of this JS thread is going away (a worker thread ended, or the process): calls
+/// still running on tokio must no longer wake it.
+unsafe extern "C" fn env_gone(hook: *mut c_void) {
+  let queue = Arc::from_raw(hook as *const Queue);
+  *queue.lock() = None;
+  let _ = CHANNEL.try_with(|c| c.try_borrow_mut().map(|mut c| c.take()));
 }
 
 /// On the JS thread: settles every call finished so far, then lets the process exit if
@@ -154,7 +177,12 @@ unsafe extern "C" fn drain(
   else {
     return;
   };
-  let done = std::mem::take(&mut *channel.queue.0.lock().unwrap_or_else(|e| e.into_inner()));
+  let done = channel
+    .queue
+    .lock()
+    .as_mut()
+    .map(std::mem::take)
+    .unwrap_or_default();
   let settled = done.len();
   js_promise::run_in_handle_scope(env, || {
     for Done(deferred, result) in done {

@@ -627,7 +627,9 @@ async fn run(shared: Arc<Shared>, calls: &mut mpsc::UnboundedReceiver<(Waiter, B
           let now = Instant::now();
           let expired = state.core.expire(now);
           rested = expired.is_empty() && state.core.next_deadline().is_none();
-          let stuck = state.core.is_stuck(now, shared.command_timeout);
+          // Judged when calls time out, as on the other drivers: the timer that is always
+          // armed while connected is no time out of a call.
+          let stuck = !expired.is_empty() && state.core.is_stuck(now, shared.command_timeout);
           (expired, conn.is_some() && stuck)
         };
         for waiter in expired {
