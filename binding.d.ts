@@ -55,6 +55,12 @@ export declare class NativeKvStore {
    */
   count(mount: string): Promise<number>
   /**
+   * After a `count` that failed because a cluster node did not answer: keeps the last
+   * count (with this process's own additions) as a fresh one; `false` when the mount
+   * was never counted.
+   */
+  keepCount(mount: string): boolean
+  /**
    * Shallow-merges the object `json` into the stored object, atomically. `phase` as
    * for `set`; the first part resolves with `null` when the key is missing.
    */

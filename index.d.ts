@@ -254,7 +254,8 @@ export interface RedisConnectionOptions {
    * node. Commands are routed by slot and follow `MOVED`/`ASK` (resharding) and
    * reconnects; every call stays bounded by `commandTimeout`. A WorkerStore there needs
    * `keyLayout: 'hashtag'`. KV listing and `clear` scan every master; `getMany`/`deleteMany`
-   * are split by slot; `setMany` is atomic per slot only. TLS (`rediss://` nodes, the option
+   * are split by slot; `setMany` is atomic per slot only. With a master down, KV writes of new keys
+   * go on from the store's last entry count (see `maxEntries`). TLS (`rediss://` nodes, the option
    * `tls`) applies to every node, those redirects and failovers name included.
    * @example createRedisStore({ cluster: ['redis://10.0.0.1:7000', 'redis://10.0.0.2:7000'] }, { keyLayout: 'hashtag' })
    */
@@ -414,7 +415,11 @@ export interface KvMountOptions {
    * be read or written, with their types. Without one it is *open*: any key, any JSON value.
    */
   schema?: Record<string, KvSchemaEntry>
-  /** Most entries the mount may hold; a `set` of a new key past it rejects with `ENTRY_LIMIT`. Default 10000. */
+  /**
+   * Most entries the mount may hold; a `set` of a new key past it rejects with `ENTRY_LIMIT`. Default 10000.
+   * On a Redis Cluster with a master down, counted from the store's last count plus its own
+   * writes since (a store that never counted the mount rejects new keys until it answers).
+   */
   maxEntries?: number
   /** Largest value, as UTF-8 bytes of its JSON; bigger rejects with `VALUE_TOO_LARGE`. Default 102400; at most 2^29 − 24 (the longest string V8 makes). */
   maxValueSize?: number

@@ -968,6 +968,11 @@ class KvStore {
   #order
   /** mount -> the count of its entries in progress, shared by the writes that wait for it */
   #counting = new Map()
+  /**
+   * Mounts whose last count failed on a cluster node that did not answer, the count
+   * before it kept (README, The entry limit): writes do not wait for the next count.
+   */
+  #countKept = new Set()
   /** Set by `close()`: later calls reject with `DISPOSED` (the calls in flight finish first). */
   #closing = false
   /** Listings in progress (several round trips: a page each): `close()` waits for them. */
@@ -1030,11 +1035,41 @@ class KvStore {
     return listing
   }
 
-  /** Counts the mount's entries: one count at a time per mount, shared by every write waiting for it. */
+  /**
+   * Counts the mount's entries: one count at a time per mount, shared by every write
+   * waiting for it. On a cluster, a count that fails because a node does not answer
+   * (`UNAVAILABLE`, `TIMEOUT`: a master down) keeps the last count instead, with this
+   * process's own additions, when there is one (`#countKept`; `#addKeys`).
+   */
   #count(mount) {
     let counting = this.#counting.get(mount)
     if (counting === undefined) {
-      counting = this.#native.count(mount).finally(() => this.#counting.delete(mount))
+      counting = this.#native
+        .count(mount)
+        .then(
+          () => {
+            this.#countKept.delete(mount)
+          },
+          (err) => {
+            const error = toDurastateError(err)
+            const unreachable = error.code === 'UNAVAILABLE' || error.code === 'TIMEOUT'
+            if (unreachable && servers.get(this).backend === 'cluster' && this.#native.keepCount(mount)) {
+              this.#countKept.add(mount)
+              return
+            }
+            this.#countKept.delete(mount)
+            if (unreachable && servers.get(this).backend === 'cluster') {
+              throw new DurastateError(
+                error.code,
+                `cannot add keys to mount '${mount}': its entry count (maxEntries) needs every master, and this store has no earlier count of it: ${error.message}`,
+              )
+            }
+            throw error
+          },
+        )
+        .finally(() => this.#counting.delete(mount))
+      // Nobody may wait for it (a kept count): its failure is the waiting writes' only.
+      counting.catch(toUndefined)
       this.#counting.set(mount, counting)
     }
     return counting
@@ -1142,8 +1177,22 @@ class KvStore {
     try {
       const call = write(1)
       if (call !== null) return await call
-      await this.#count(mount)
-      return await write(2)
+      const counting = this.#count(mount)
+      if (!this.#countKept.has(mount)) {
+        await counting
+        return await write(2)
+      }
+      // The last count is kept (a cluster master did not answer): the write does not wait
+      // for the new count, but an ENTRY_LIMIT waits for it, and stands only if it fails
+      // too; else the write goes again with the exact count.
+      try {
+        return await write(2)
+      } catch (err) {
+        if (err?.code !== 'ENTRY_LIMIT') throw err
+        await counting
+        if (this.#countKept.has(mount)) throw err
+        return await write(2)
+      }
     } catch (err) {
       return rethrow(err)
     }

@@ -11,9 +11,10 @@ import { Redis } from 'ioredis'
 import { execFileSync } from 'node:child_process'
 import { createKvStore, createRedisStore, createStore } from '../index.js'
 import { cli, startCluster } from './helpers/cluster.mjs'
-import { testRedis } from './helpers/redis-server.mjs'
+import { testRedis, until } from './helpers/redis-server.mjs'
 
 const test = (title, fn, timeout = 60_000) => it(title, { timeout }, fn)
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
 describe('Redis Cluster', { timeout: 180_000 }, () => {
   let cluster
@@ -318,6 +319,83 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
     const listing = Date.now()
     await assert.rejects(kv.keys('default'), (err) => ['TIMEOUT', 'UNAVAILABLE'].includes(err.code))
     assert.ok(Date.now() - listing < 4_000, `listing rejected after ${Date.now() - listing} ms`)
+  })
+})
+
+// With `cluster-require-full-coverage no`, the masters that are up keep serving their slots
+// while another is down (with the default, the whole cluster refuses calls once the dead
+// master is marked failed, after `cluster-node-timeout`).
+describe('Redis Cluster with a master down, the others serving', { timeout: 180_000 }, () => {
+  let cluster
+  const stores = []
+  const track = (store) => (stores.push(store), store)
+
+  before(async () => {
+    cluster = await startCluster({ args: ['--cluster-require-full-coverage', 'no'] })
+  })
+
+  after(async () => {
+    await Promise.all(stores.map((s) => s.close()))
+    await cluster?.stop()
+  })
+
+  test("KV: new keys on the other masters' slots are written, counted from the last count; the count is exact again once every master answers", async () => {
+    const victim = cluster.ports[0]
+    let live
+    let dead
+    for (let n = 0; !(live && dead); n++) {
+      const owner = await cluster.owner(await cluster.keyslot(`{t${n}}`))
+      if (owner === victim) dead ??= `t${n}`
+      else live ??= `t${n}`
+    }
+    const key = (name) => `{${live}}${name}`
+    const options = { commandTimeout: 1_000, connectTimeout: 500, mounts: { m: { prefix: `down:${randomUUID()}:`, maxEntries: 8 } } }
+    const a = track(createKvStore({ cluster: cluster.urls }, options))
+    await a.set('m', key('a'), 1)
+    await a.set('m', `{${dead}}x`, 1) // 2 entries, counted
+    const pid = Number((await cli(victim, 'info', 'server')).match(/process_id:(\d+)/)[1])
+    const limit = (err) => err.code === 'ENTRY_LIMIT' && /\(9 > 8\)/.test(err.message)
+    // The victim stops answering (a hung master, or one whose failure is not detected yet).
+    process.kill(pid, 'SIGSTOP')
+    try {
+      await sleep(1_100) // the count is stale: the next new key needs one, which times out
+      assert.equal(await a.set('m', key('b'), 1), true)
+      assert.equal(await a.setMany('m', { [key('c')]: 1, [key('d')]: 1 }), true)
+      assert.equal(await a.merge('m', key('e'), { x: 1 }), true)
+      await sleep(1_100)
+      // The last count is kept: a write does not wait for a count that will time out.
+      const started = Date.now()
+      assert.equal(await a.set('m', key('f'), 1), true)
+      assert.ok(Date.now() - started < 900, `written after ${Date.now() - started} ms`)
+      assert.equal(await a.set('m', key('g'), 1), true) // 8 entries
+      await assert.rejects(a.set('m', key('h'), 1), limit)
+      // A process that never counted the mount cannot check its limit.
+      const b = track(createKvStore({ cluster: cluster.urls }, options))
+      await assert.rejects(b.set('m', key('h'), 1), (err) => {
+        assert.ok(['UNAVAILABLE', 'TIMEOUT'].includes(err.code), err.message)
+        assert.match(err.message, /entry count \(maxEntries\) needs every master/)
+        return true
+      })
+    } finally {
+      process.kill(pid, 'SIGCONT')
+    }
+    await until('the victim answers', async () => (await cli(victim, 'ping')) === 'PONG', 10_000)
+    // Every master answers again: the count is exact, with what another process did.
+    const b = track(createKvStore({ cluster: cluster.urls }, options))
+    assert.equal(await b.deleteMany('m', [key('a'), key('b'), key('c')]), 3) // 5 entries
+    await sleep(1_100)
+    assert.equal(await a.set('m', key('h'), 1), true) // the kept count (8) would refuse it
+    assert.equal(await b.setMany('m', { [key('i')]: 1, [key('j')]: 1 }), true) // 8 entries
+    await sleep(1_100)
+    await assert.rejects(a.set('m', key('k'), 1), limit)
+    // The victim dies (refused connections): the other slots still take new keys.
+    assert.equal(await a.deleteMany('m', [key('i'), key('j')]), 2) // 6 entries
+    await cluster.killNode(victim)
+    await sleep(1_100)
+    assert.equal(await a.set('m', key('k'), 1), true)
+    assert.equal(await a.setMany('m', { [key('l')]: 1 }), true)
+    await assert.rejects(a.set('m', key('n'), 1), limit)
+    assert.deepEqual(await a.getMany('m', [key('k'), key('l')]), { [key('k')]: 1, [key('l')]: 1 })
   })
 })
 

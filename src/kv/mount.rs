@@ -306,6 +306,21 @@ impl Mount {
     }
   }
 
+  /// A count could not be made because a node did not answer (a cluster master down,
+  /// or not answering while the cluster detects its failure): the last count, with what
+  /// this process added and deleted since, is used as a fresh one for another
+  /// `COUNT_FRESH_FOR`. `false` when there is none (never counted in this process, or
+  /// `clear` forgot it): then the write cannot be checked and rejects.
+  pub fn keep_last_count(&self) -> bool {
+    match self.counted().last.as_mut() {
+      Some((_, at)) => {
+        *at = Instant::now();
+        true
+      }
+      None => false,
+    }
+  }
+
   /// Forgets the count (after `clear`).
   pub fn forget_count(&self) {
     self.counted().last = None;

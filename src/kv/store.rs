@@ -203,6 +203,14 @@ impl NativeKvStore {
     self.run(env, "count", step)
   }
 
+  /// After a `count` that failed because a cluster node did not answer: keeps the last
+  /// count (with this process's own additions) as a fresh one; `false` when the mount
+  /// was never counted.
+  #[napi]
+  pub fn keep_count(&self, mount: String) -> napi::Result<bool, ErrorCode> {
+    Ok(self.mount(&mount)?.keep_last_count())
+  }
+
   /// Shallow-merges the object `json` into the stored object, atomically. `phase` as
   /// for `set`; the first part resolves with `null` when the key is missing.
   #[napi(ts_return_type = "Promise<boolean> | [Promise<boolean | null>] | null")]
