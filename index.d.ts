@@ -85,7 +85,11 @@ export interface StoreOptions {
 
 /** Options of a Redis store. */
 export interface RedisStoreOptions extends StoreOptions {
-  /** Bound on establishing the connection (TCP, AUTH, SELECT, PING), in ms. Default 5000. */
+  /**
+   * Bound on establishing the connection (TCP, AUTH, SELECT, PING), in ms. Default 5000. A call
+   * that never had a connection rejects `UNAVAILABLE` then, not retried (on a cluster: a call
+   * made before any given node answered with the slot map).
+   */
   connectTimeout?: number
   /** How calls ride out a dropped connection. */
   retry?: RetryOptions

@@ -11,6 +11,7 @@ import { Redis } from 'ioredis'
 import { execFileSync } from 'node:child_process'
 import { createKvStore, createRedisStore, createStore } from '../index.js'
 import { cli, startCluster } from './helpers/cluster.mjs'
+import { createServer } from 'node:net'
 import { testRedis, until } from './helpers/redis-server.mjs'
 
 const test = (title, fn, timeout = 60_000) => it(title, { timeout }, fn)
@@ -295,6 +296,33 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
       assert.equal(await kv.set('m', `after${round}`, round), true)
     }
     assert.equal(Object.keys(await kv.getMany('m', ['after0', 'after1', 'after2'])).length, 3)
+  })
+
+  test('seeds that never answer reject UNAVAILABLE within connectTimeout, not retried, as a single server', async () => {
+    // A server that accepts the connection and never says a word (as a hung node does).
+    const sockets = new Set()
+    const silent = createServer((socket) => {
+      sockets.add(socket)
+      socket.on('close', () => sockets.delete(socket))
+    })
+    await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve))
+    const url = `redis://127.0.0.1:${silent.address().port}`
+    try {
+      for (const commandTimeout of [3_000, 5_000]) {
+        const kv = track(createKvStore({ cluster: [url] }, { connectTimeout: 800, commandTimeout }))
+        const started = Date.now()
+        await assert.rejects(kv.get('default', 'k'), (err) => {
+          assert.equal(err.code, 'UNAVAILABLE', err.message)
+          assert.match(err.message, /no connection within connectTimeout \(800 ms\)/)
+          return true
+        })
+        const took = Date.now() - started
+        assert.ok(took < 2_000, `commandTimeout ${commandTimeout}: rejected after ${took} ms`)
+      }
+    } finally {
+      for (const socket of sockets) socket.destroy()
+      await new Promise((resolve) => silent.close(resolve))
+    }
   })
 
   test('a dead master fails calls on its slots within commandTimeout; others keep working', async () => {

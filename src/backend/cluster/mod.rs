@@ -4,7 +4,9 @@
 //! check through `connect.rs`, reconnects with backoff).
 //!
 //! - **Slot map**: `CLUSTER SLOTS`, asked of the seed nodes and the known masters at
-//!   once (the first answer wins, within `connectTimeout`), on first use, and again
+//!   once (the first answer wins, within `connectTimeout`; a first load that fails
+//!   rejects the calls that waited for it, not retried, as a single server's first
+//!   connect), on first use, and again
 //!   after a `MOVED`, after a node's connection fails and on `CLUSTERDOWN`; one refresh
 //!   at a time. The backends of nodes that are no longer masters are closed.
 //! - **Routing** (`plan.rs`): an atomic batch is one transaction per slot (every
@@ -201,11 +203,10 @@ impl ClusterBackend {
     let begun = inner.begin(what, &batch);
     async move {
       let _taken = taken;
-      let sent = match begun.sent().await {
-        Ok(sent) => sent,
-        // The slot map could not be read: the call starts again, under its budget.
-        Err(err) => inner.begin_again(what, &batch, err).await?,
-      };
+      // The slot map could not be read at all (no seed answered within
+      // `connectTimeout`): as on a single server, a call that never had a connection is
+      // not retried, so an outage shows at once. The next call reads the map again.
+      let sent = begun.sent().await?;
       inner.finish(what, batch, sent).await
     }
     .boxed()
@@ -459,29 +460,6 @@ impl Inner {
     let router = self.lock();
     let map = router.map.as_ref()?;
     Some((map.masters.clone(), map.layout()))
-  }
-
-  /// A call whose slot map could not be read (`err`): read again and queued, with
-  /// backoff, while `err` is transient and the budget lasts. Nothing was sent, so every
-  /// batch may be.
-  async fn begin_again(
-    self: &Arc<Self>,
-    what: &'static str,
-    batch: &Batch,
-    err: StoreError,
-  ) -> StoreResult<Vec<Sent>> {
-    let mut budget = Budget::new(&self.retry, true);
-    let mut err = err;
-    loop {
-      if !retry::classify(&err).may_retry() || !budget.spend() {
-        return Err(err);
-      }
-      tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
-      match self.begin(what, batch).sent().await {
-        Ok(sent) => return Ok(sent),
-        Err(next) => err = next,
-      }
-    }
   }
 
   /// One part's replies: follows `MOVED` and `ASK`, and retries what may be retried.
