@@ -258,7 +258,9 @@ export interface RedisConnectionOptions {
    * node. Commands are routed by slot and follow `MOVED`/`ASK` (resharding) and
    * reconnects; every call stays bounded by `commandTimeout`. A WorkerStore there needs
    * `keyLayout: 'hashtag'`. KV listing and `clear` scan every master; `getMany`/`deleteMany`
-   * are split by slot; `setMany` is atomic per slot only. With a master down, KV writes of new keys
+   * are split by slot; `setMany` is atomic per slot only. A multi-key call on a slot being
+   * migrated waits for the migration under `retry` and `commandTimeout`, then rejects
+   * `UNAVAILABLE` ("slot N ... is being migrated"). With a master down, KV writes of new keys
    * go on from the store's last entry count (see `maxEntries`). TLS (`rediss://` nodes, the option
    * `tls`) applies to every node, those redirects and failovers name included.
    * @example createRedisStore({ cluster: ['redis://10.0.0.1:7000', 'redis://10.0.0.2:7000'] }, { keyLayout: 'hashtag' })

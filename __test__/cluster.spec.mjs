@@ -298,6 +298,34 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
     assert.equal(Object.keys(await kv.getMany('m', ['after0', 'after1', 'after2'])).length, 3)
   })
 
+  test('a multi-key write while its slot is migrated (ASK, then TRYAGAIN) waits for the migration, and says so when it gives up', async () => {
+    const prefix = `mig:${randomUUID()}:`
+    const slot = await cluster.keyslot('{mt}')
+    const from = await cluster.owner(slot)
+    const to = cluster.ports.find((port) => port !== from)
+    const keys = Array.from({ length: 10 }, (_, i) => `{mt}${i}`)
+    const kv = track(createKvStore({ cluster: cluster.urls }, { prefix, commandTimeout: 10_000, retry: { attempts: 100, minDelay: 20, maxDelay: 100 } }))
+    await kv.setMany('default', Object.fromEntries(keys.map((key) => [key, 0])))
+    // Half of the slot's keys moved: the source answers ASK for the new keys, the target
+    // TRYAGAIN (a transaction on keys it does not all have), until the migration ends.
+    await cli(to, 'cluster', 'setslot', String(slot), 'importing', await cli(from, 'cluster', 'myid'))
+    await cli(from, 'cluster', 'setslot', String(slot), 'migrating', await cli(to, 'cluster', 'myid'))
+    const moved = keys.slice(0, 5).map((key) => `${prefix}${key}`)
+    await cli(from, 'migrate', '127.0.0.1', String(to), '', '0', '5000', 'keys', ...moved)
+    const impatient = track(createKvStore({ cluster: cluster.urls }, { prefix, commandTimeout: 10_000, retry: { attempts: 3, minDelay: 20, maxDelay: 100 } }))
+    await assert.rejects(impatient.setMany('default', { '{mt}new1': 1, '{mt}new2': 2 }), (err) => {
+      assert.equal(err.code, 'UNAVAILABLE')
+      assert.match(err.message, new RegExp(`^slot ${slot} of cluster .* is being migrated to another node.*: try again$`))
+      return true
+    })
+    // A write with budget left waits, more than 16 ASKs, until the migration ends.
+    const writing = kv.setMany('default', { '{mt}new3': 3, '{mt}new4': 4 })
+    await sleep(3_000)
+    await cluster.migrateSlot(slot, from, to)
+    assert.equal(await writing, true)
+    assert.deepEqual(await kv.getMany('default', ['{mt}new1', '{mt}new3', '{mt}new4', '{mt}9']), { '{mt}new3': 3, '{mt}new4': 4, '{mt}9': 0 })
+  })
+
   test('seeds that never answer reject UNAVAILABLE within connectTimeout, not retried, as a single server', async () => {
     // A server that accepts the connection and never says a word (as a hung node does).
     const sockets = new Set()

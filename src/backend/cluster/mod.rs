@@ -22,8 +22,12 @@
 //! - **Redirects and failures**: `MOVED` updates the map (and asks for a refresh) and
 //!   sends the part where it points; `ASK` sends it once to the node named, after
 //!   `ASKING` (before `MULTI` for a transaction). Neither ran anything, so this is done
-//!   for every batch. `TRYAGAIN`, `CLUSTERDOWN` and a node connection that fails are
-//!   retried with backoff under the store's `retry` budget, after a refresh of the map;
+//!   for every batch, up to [`MAX_REDIRECTS`] times. `TRYAGAIN` (the keys of a
+//!   multi-key part split by a migration: the source answers `ASK`, the target
+//!   `TRYAGAIN`, until the keys are together; such an `ASK` is not counted as a
+//!   redirect), `CLUSTERDOWN` and a node connection that fails are retried with backoff
+//!   under the store's `retry` budget and within `commandTimeout`, after a refresh of
+//!   the map (a part given up during a migration rejects `UNAVAILABLE` saying so);
 //!   a part that may have run already (a connection lost with it in flight, a timeout)
 //!   is sent again only when its batch is declared safe to resend. A node's own core
 //!   sends its calls again at most once after a drop (a `CLIENT KILL`: the connection
@@ -472,6 +476,11 @@ impl Inner {
   ) -> StoreResult<Vec<Reply>> {
     let mut budget = Budget::new(&self.retry, true);
     let mut redirects = 0;
+    // The last answer was `TRYAGAIN`: the `ASK` that follows is the same migration
+    // (the source sends the part to the target, which cannot run it yet), waited for
+    // under the retry budget, not a redirect loop.
+    let mut after_tryagain = false;
+    let started = tokio::time::Instant::now();
     loop {
       let err = match replies.await {
         Ok(Ok(answer)) => return Ok(answer),
@@ -484,6 +493,7 @@ impl Inner {
       match redirect {
         Some(Redirect::Moved(slot, address)) if redirects < MAX_REDIRECTS => {
           redirects += 1;
+          after_tryagain = false;
           let mut router = self.lock();
           if let Some(map) = router.map.as_mut() {
             map.moved(slot, &address);
@@ -493,20 +503,33 @@ impl Inner {
           (replies, to) = self.send_locked(&mut router, what, &part, None);
           continue;
         }
-        Some(Redirect::Ask(address)) if redirects < MAX_REDIRECTS => {
-          redirects += 1;
+        Some(Redirect::Ask(address)) if after_tryagain || redirects < MAX_REDIRECTS => {
+          if !std::mem::take(&mut after_tryagain) {
+            redirects += 1;
+          }
           (replies, to) = self.send(what, &part, Some(&address));
           continue;
         }
+        Some(Redirect::Ask(_)) => return Err(self.migrating(&part, &err)),
         Some(Redirect::Wait { down }) => {
-          if !budget.spend() {
-            return Err(err);
+          let delay = budget.connect_failed(retry::jitter());
+          // A migration is given up before the call's own `commandTimeout` would end it
+          // as a `TIMEOUT` (a tenth of it kept for the last attempt's round trip), so the
+          // error says why.
+          let in_time =
+            down || started.elapsed() + delay + self.command_timeout / 10 < self.command_timeout;
+          if !budget.spend() || !in_time {
+            return Err(match down {
+              true => err,
+              false => self.migrating(&part, &err),
+            });
           }
+          after_tryagain = !down;
           if down {
             let seen = self.lock().refreshes;
             self.refresh(Some(seen)).await;
           }
-          tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
+          tokio::time::sleep(delay).await;
           (replies, to) = self.send(what, &part, None);
           continue;
         }
@@ -540,6 +563,25 @@ impl Inner {
       tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
       (replies, to) = self.send(what, &part, None);
     }
+  }
+
+  /// The error of a part given up while its slot is migrated (`ASK` and `TRYAGAIN` for
+  /// longer than the retry budget or `commandTimeout`; `err`, the last answer, says
+  /// which slot when the part's target does not).
+  fn migrating(&self, part: &Part, err: &StoreError) -> StoreError {
+    let slot = match &part.target {
+      Target::Slot(slot) => Some(*slot),
+      Target::Node(_) => cluster_error(err)
+        .and_then(|(_, details)| details.split_whitespace().next()?.parse::<u16>().ok()),
+    };
+    let slot = slot.map_or("a slot".to_string(), |slot| format!("slot {slot}"));
+    StoreError::new(
+      ErrorCode::Unavailable,
+      format!(
+        "{slot} of {} is being migrated to another node, and a call on several of its keys cannot run until the migration ends: try again",
+        self.target.display
+      ),
+    )
   }
 
   /// Asks for a refresh of the map in the background, unless one is asked already.
