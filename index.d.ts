@@ -637,7 +637,8 @@ export interface ConnectionEvent {
   /**
    * `connect`: the first connection; `drop`: the connection was lost; `reconnect`: connected
    * again to the same address; `failover`: connected to another address than before (a new
-   * Sentinel master).
+   * Sentinel master). Postgres (a pool): `connect` for its first connection, `drop` for a
+   * connection lost, `reconnect` for the first one opened after a drop.
    */
   type: 'connect' | 'drop' | 'reconnect' | 'failover'
   /** `host:port` (a Cluster: its first seed node). */

@@ -265,6 +265,40 @@ describe('tracing channel durastate:call on Postgres', () => {
     }
     await Promise.all(stores.map((s) => s.close()))
   })
+
+  // A Postgres store's pool: `connect` for its first connection, `drop` when one is found
+  // broken (here: ended by the server), `reconnect` when a new one replaces it.
+  it('publishes connect, drop (with the error code) and reconnect for the connections of a Postgres store', async () => {
+    const recorder = recordConnections()
+    const appName = 'durastate-events'
+    const store = createPostgresStore(`${pg.url}?application_name=${appName}`, { prefix: 'ev:', poolSize: 3 })
+    const address = `127.0.0.1:${pg.port}`
+    try {
+      // Calls at once: the pool opens more than one connection, and says `connect` once.
+      await Promise.all([store.beginExecution('e'), store.beginExecution('f'), store.commitExecutionTaskResult('f', 't', 1)])
+      await until('the connect event', async () => recorder.events.some((e) => e.type === 'connect'), 5_000)
+      assert.deepEqual(recorder.events, [{ type: 'connect', address, store: 'worker', backend: 'postgres' }])
+      const ended = pg.sql(`SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '${appName}'`)
+      assert.ok(Number(ended) >= 1, `the server ended ${ended} connections`)
+      await until('the drop event', async () => recorder.events.some((e) => e.type === 'drop'), 5_000)
+      await until('a call after the drop', async () => (await store.isExecutionInProgress('e')) === true, 10_000)
+      await until('the reconnect event', async () => recorder.events.some((e) => e.type === 'reconnect'), 5_000)
+      const types = recorder.events.map((e) => e.type)
+      assert.deepEqual(types.slice(0, 3), ['connect', 'drop', 'reconnect'])
+      const drop = recorder.events[1]
+      assert.deepEqual([drop.address, drop.store, drop.backend, drop.error.code], [address, 'worker', 'postgres', 'UNAVAILABLE'])
+      assert.match(drop.error.message, /terminating connection/)
+      assert.deepEqual(recorder.events[2], { type: 'reconnect', address, store: 'worker', backend: 'postgres' })
+      // Closing the store ends its connections: no `drop`.
+      const before = recorder.events.length
+      await store.close()
+      await new Promise((resolve) => setTimeout(resolve, 200))
+      assert.deepEqual(recorder.events.slice(before), [])
+    } finally {
+      recorder.stop()
+      await store.close()
+    }
+  })
 })
 
 describe('connection events on durastate:connection', () => {

@@ -128,6 +128,19 @@ impl ConnectionEvents {
     emit(&state, event);
   }
 
+  /// A connection of a pool (Postgres) to `address` is open: as `connected` when none
+  /// was open (the first, or the first since one dropped) or the address changed;
+  /// nothing when the pool adds a connection while others are open.
+  pub fn pool_connected(&self, address: String) {
+    let announced = {
+      let state = self.lock();
+      pool_announces(state.open, state.address.as_deref(), &address)
+    };
+    if announced {
+      self.connected(address);
+    }
+  }
+
   /// The open connection dropped with `err`.
   pub fn dropped(&self, err: &StoreError) {
     let mut state = self.lock();
@@ -173,6 +186,12 @@ fn kind(previous: Option<&str>, address: &str) -> &'static str {
   }
 }
 
+/// Whether a pool's new connection to `address` is an event: not while a connection to
+/// the same address is open (the pool grows).
+fn pool_announces(open: bool, previous: Option<&str>, address: &str) -> bool {
+  !(open && previous == Some(address))
+}
+
 fn emit(state: &State, event: serde_json::Value) {
   if let Some(listener) = &state.listener {
     listener.call(event.to_string(), ThreadsafeFunctionCallMode::NonBlocking);
@@ -188,6 +207,15 @@ mod tests {
     assert_eq!(kind(None, "h:1"), "connect");
     assert_eq!(kind(Some("h:1"), "h:1"), "reconnect");
     assert_eq!(kind(Some("h:1"), "h:2"), "failover");
+  }
+
+  #[test]
+  fn a_pool_says_its_first_connection_and_the_first_after_a_drop() {
+    // The first connection; another while it is open; one after a drop; another host.
+    assert!(pool_announces(false, None, "h:1"));
+    assert!(!pool_announces(true, Some("h:1"), "h:1"));
+    assert!(pool_announces(false, Some("h:1"), "h:1"));
+    assert!(pool_announces(true, Some("h:1"), "h:2"));
   }
 
   #[test]

@@ -48,7 +48,7 @@ use super::retry::{self, Budget};
 use crate::command::{Batch, Reply};
 use crate::engine::AsyncBackend;
 use crate::error::{ErrorCode, StoreError, StoreResult};
-use crate::events::ServerInfo;
+use crate::events::{ConnectionEvents, ServerInfo};
 use crate::options::RetrySettings;
 
 pub use target::{PostgresConnectionOptions, PostgresTarget};
@@ -198,6 +198,9 @@ struct Inner {
   tls: Option<Arc<rustls::ClientConfig>>,
   /// Where the server is, for traces (`backend` is `postgres`).
   server: ServerInfo,
+  /// The pool's connection events (`connect`, `drop`, `reconnect`; `target.rs` reports
+  /// connections made and ended, `run_group` those given up).
+  events: Arc<ConnectionEvents>,
 }
 
 /// A Postgres database, reached through a pool of connections made on first use.
@@ -221,8 +224,10 @@ impl PostgresBackend {
     let manager_config = ManagerConfig {
       recycling_method: RecyclingMethod::Fast,
     };
+    let server = server_info(&target.config);
+    let events = ConnectionEvents::new(server.clone());
     // Each host in turn, each within connectTimeout (`target.rs`).
-    let manager = target.manager(manager_config);
+    let manager = target.manager(manager_config, events.clone());
     let hosts = u32::try_from(target.host_count()).unwrap_or(u32::MAX);
     let pool = Pool::builder(manager)
       .max_size(pool_size.max(1))
@@ -230,7 +235,6 @@ impl PostgresBackend {
       .build()
       .map_err(|err| StoreError::new(ErrorCode::Internal, format!("Postgres pool: {err}")))?;
     let quoted = schema::quote_ident(&schema);
-    let server = server_info(&target.config);
     Ok(Self {
       inner: Arc::new(Inner {
         pool,
@@ -255,6 +259,7 @@ impl PostgresBackend {
         sweeping: AtomicBool::new(false),
         tls: target.tls.clone(),
         server,
+        events,
       }),
     })
   }
@@ -283,6 +288,10 @@ impl AsyncBackend for PostgresBackend {
 
   fn server_info(&self) -> Option<ServerInfo> {
     Some(self.inner.server.clone())
+  }
+
+  fn events(&self) -> Option<Arc<ConnectionEvents>> {
+    Some(self.inner.events.clone())
   }
 
   /// Later calls reject with `DISPOSED`; the calls queued run (each still bounded by
@@ -722,7 +731,8 @@ impl Inner {
             }
           });
         }
-        if gone.is_some() {
+        if let Some(err) = &gone {
+          self.events.dropped(err);
           self.give_up(client);
         } else if writes {
           self.maybe_sweep();
@@ -733,6 +743,7 @@ impl Inner {
         return;
       }
       Outcome::Dropped(err) => {
+        self.events.dropped(&err);
         self.give_up(client);
         for job in jobs {
           job.answer(Err(Failure::Dropped(err.clone())));

@@ -16,6 +16,7 @@ use tokio_postgres::{Config, NoTls, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{StoreError, StoreResult};
+use crate::events::ConnectionEvents;
 use crate::tls::{TlsOptions, TlsSettings};
 
 /// A Postgres server given as fields rather than a URL.
@@ -358,7 +359,7 @@ impl PostgresTarget {
   /// timeout (tokio-postgres bounds only the TCP connect of each, so a host that
   /// accepts and never answers held every connection and the next hosts were never
   /// tried).
-  pub fn manager(&self, manager_config: ManagerConfig) -> Manager {
+  pub fn manager(&self, manager_config: ManagerConfig, events: Arc<ConnectionEvents>) -> Manager {
     let timeout = self.config.get_connect_timeout().copied();
     match &self.tls {
       Some(tls) => Manager::from_connect(
@@ -367,6 +368,7 @@ impl PostgresTarget {
           each_host: self.each_host.clone(),
           timeout,
           tls: MakeRustlsConnect::new((**tls).clone()),
+          events: events.clone(),
         },
         manager_config,
       ),
@@ -376,6 +378,7 @@ impl PostgresTarget {
           each_host: self.each_host.clone(),
           timeout,
           tls: NoTls,
+          events,
         },
         manager_config,
       ),
@@ -385,11 +388,15 @@ impl PostgresTarget {
 
 /// Connects to each host in turn (libpq's order; `load_balance_hosts=random` starts at a
 /// random one), each attempt bounded by the connect timeout but the last (which the
-/// pool's bound covers), and returns the first connection made or the last error.
+/// pool's bound covers), and returns the first connection made or the last error. It
+/// reports the connection events: a connection made (`connect`, or `reconnect` once one
+/// dropped), and one that ends with an error (`drop`: the server closed it, the network
+/// failed), not one the pool or the store closed.
 struct HostsConnect<T> {
   each_host: Vec<Config>,
   timeout: Option<Duration>,
   tls: T,
+  events: Arc<ConnectionEvents>,
 }
 
 impl<T> deadpool_postgres::Connect for HostsConnect<T>
@@ -430,8 +437,12 @@ where
         };
         match result {
           Ok((client, connection)) => {
+            let events = self.events.clone();
+            events.pool_connected(super::server_info(config).address());
             let task = tokio::spawn(async move {
-              let _ = connection.await;
+              if let Err(err) = connection.await {
+                events.dropped(&super::errors::store_error(&err));
+              }
             });
             return Ok((client, task));
           }
