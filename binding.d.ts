@@ -33,22 +33,25 @@ export declare class NativeInspector {
 /**
  * A KV store with mounts, modes, schemas and limits, on Redis, SQLite or memory. Made
  * by `createKvStore`; the JS layer wraps it.
+ * The calls of one round trip (and the first round trip of a write) take a last
+ * `timeout` (ms): what is left of the `commandTimeout` of a call that waited for the
+ * calls before it on its keys (`index.js`, `KeyOrder`); absent, `commandTimeout`.
  */
 export declare class NativeKvStore {
   /** The stored JSON; when missing, the declared default, or `""` on an open mount. */
-  get(mount: string, key: string): Promise<string>
+  get(mount: string, key: string, timeout?: number | undefined | null): Promise<string>
   /**
    * The stored JSON, or `null` when missing. `call`: the method the JS layer serves
    * with it (`getOr`, the default, or `getJson`), as errors name it.
    */
-  getOr(mount: string, key: string, call?: string | undefined | null): Promise<string | null>
+  getOr(mount: string, key: string, call?: string | undefined | null, timeout?: number | undefined | null): Promise<string | null>
   /**
    * Stores `json` after the checks of the contract's `set`. `phase` (`ops::Phase`):
    * absent, the whole write, or while the mount's count is stale `[the update of a
    * stored key]` (`false` when missing); `1`, the write of a new key, or `null` while
    * the count is stale; `2`, the write with room from the count just made (`count`).
    */
-  set(mount: string, key: string, json: string, ttl?: number | undefined | null, phase?: number | undefined | null): Promise<boolean> | [Promise<boolean>] | null
+  set(mount: string, key: string, json: string, ttl?: number | undefined | null, phase?: number | undefined | null, timeout?: number | undefined | null): Promise<boolean> | [Promise<boolean>] | null
   /**
    * Counts the mount's entries and records the count (for the writes that wait on it);
    * resolves with the count.
@@ -64,11 +67,11 @@ export declare class NativeKvStore {
    * Shallow-merges the object `json` into the stored object, atomically. `phase` as
    * for `set`; the first part resolves with `null` when the key is missing.
    */
-  merge(mount: string, key: string, json: string, ttl?: number | undefined | null, phase?: number | undefined | null): Promise<boolean> | [Promise<boolean | null>] | null
+  merge(mount: string, key: string, json: string, ttl?: number | undefined | null, phase?: number | undefined | null, timeout?: number | undefined | null): Promise<boolean> | [Promise<boolean | null>] | null
   /** Deletes the key; resolves with whether it was stored. */
-  delete(mount: string, key: string): Promise<boolean>
+  delete(mount: string, key: string, timeout?: number | undefined | null): Promise<boolean>
   /** Whether the key is stored. */
-  has(mount: string, key: string): Promise<boolean>
+  has(mount: string, key: string, timeout?: number | undefined | null): Promise<boolean>
   /** The mount's stored keys matching the glob `pattern` (default `*`), sorted. */
   keys(mount: string, pattern?: string | undefined | null): Promise<Array<string>>
   /** Deletes the mount's entries, then writes the declared defaults. */
@@ -78,15 +81,15 @@ export declare class NativeKvStore {
   /** The stored entries whose key starts with `prefix`, as `[key, json, ...]`. */
   getByPrefix(mount: string, prefix: string): Promise<Array<string>>
   /** The stored JSON of each of `keys`, in order, `null` where missing (one `MGET`). */
-  getMany(mount: string, keys: Array<string>): Promise<Array<string | null>>
+  getMany(mount: string, keys: Array<string>, timeout?: number | undefined | null): Promise<Array<string | null>>
   /**
    * Stores `[key, json, ...]` entries, all or nothing, after the checks of `set`.
    * `phase` as for `set`; the first part resolves with how many keys are not stored,
    * phases `1` and `2` reserve room for `newKeys`.
    */
-  setMany(mount: string, entries: Array<string>, ttl?: number | undefined | null, phase?: number | undefined | null, newKeys?: number | undefined | null): Promise<boolean> | [Promise<number>] | null
+  setMany(mount: string, entries: Array<string>, ttl?: number | undefined | null, phase?: number | undefined | null, newKeys?: number | undefined | null, timeout?: number | undefined | null): Promise<boolean> | [Promise<number>] | null
   /** Deletes the keys; resolves with how many were stored. */
-  deleteMany(mount: string, keys: Array<string>): Promise<number>
+  deleteMany(mount: string, keys: Array<string>, timeout?: number | undefined | null): Promise<number>
   /** The mount's declared keys, as JSON text of `[{key, type, description}]`. */
   schema(mount: string): string
   /** Every mount's settings, as JSON text. */
@@ -103,6 +106,17 @@ export declare class NativeKvStore {
    * never keeps the process alive. Does nothing on a backend without a server.
    */
   onConnection(listener: ((event: string) => void) | null): void
+  /**
+   * `commandTimeout`, in ms (the JS layer counts a call's wait behind others on its
+   * keys against it).
+   */
+  get commandTimeout(): number
+  /**
+   * Whether a call's `timeout` argument bounds its round trip here; the Redis drivers
+   * of the JS thread bound every call by `commandTimeout` (the JS layer then bounds
+   * the promise of a call that waited).
+   */
+  get boundsEachCall(): boolean
   /** Whether `close()` was called. */
   get closed(): boolean
 }

@@ -66,6 +66,8 @@ export interface StoreOptions {
   /**
    * Bound on every round trip of a call, in ms, including connecting or queueing: end to
    * end for a call of one round trip (most are); a listing gets it per page. Default 5000.
+   * A KV call waiting for the calls before it on its keys counts the wait: past
+   * commandTimeout from when it was made it rejects with `TIMEOUT` and is never sent.
    * On Redis, when a call times out while the oldest call still unanswered has waited 3 ×
    * commandTimeout with not a byte from the server since it was made, the connection is
    * abandoned and the next call connects again (a hung server, a half-open path).

@@ -977,6 +977,10 @@ class KvStore {
   #closing = false
   /** Listings in progress (several round trips: a page each): `close()` waits for them. */
   #listings = new Set()
+  /** `commandTimeout` (ms): a call that waits for others on its keys counts the wait against it. */
+  #commandTimeout
+  /** Whether the native call bounds its round trip by the `timeout` given (not the Redis drivers of the JS thread). */
+  #boundsEachCall
 
   constructor(nativeStore, target) {
     if (!(nativeStore instanceof native.NativeKvStore)) {
@@ -988,6 +992,8 @@ class KvStore {
     servers.set(this, server)
     if (server.backend === 'postgres') noNul.add(this)
     this.#order = new KeyOrder()
+    this.#commandTimeout = nativeStore.commandTimeout
+    this.#boundsEachCall = nativeStore.boundsEachCall
   }
 
   /** Checks the mount before anything else (UNKNOWN_MOUNT, listing the mounts). */
@@ -999,16 +1005,18 @@ class KvStore {
 
   /**
    * Runs `start` now, or once the calls before it on `keys` (`null`: the whole mount)
-   * settled; a call that waits keeps its keys busy for the calls after it. `start(true)`:
-   * its keys are held until it settles, so a write in phases must not hold them again
-   * (it would take them from a call made after it, which then runs before calls made
-   * after that one).
+   * settled; a call that waits keeps its keys busy for the calls after it. `start(true,
+   * left)`: its keys are held until it settles, so a write in phases must not hold them
+   * again (it would take them from a call made after it, which then runs before calls
+   * made after that one); `left`: the ms of its commandTimeout left for its first round
+   * trip (`#waiting`).
    */
-  #after(mount, keys, start) {
+  #after(mount, keys, what, start) {
     const calls = this.#order.waitsFor(mount, keys)
-    if (calls === undefined) return start(false)
-    const call = Promise.allSettled(calls).then(() => start(true))
-    return this.#order.holdUntilSettled(mount, keys, call)
+    if (calls === undefined) return start(false, undefined)
+    const [order, answer] = this.#waiting(calls, mount, what, (left) => start(true, left))
+    this.#order.holdUntilSettled(mount, keys, order)
+    return answer
   }
 
   /**
@@ -1016,15 +1024,75 @@ class KvStore {
    * listing that waits holds the mount until it has started (not until it settles): the
    * calls made after it go out after its first `SCAN`, as when it runs at once.
    */
-  #listing(mount, start) {
+  #listing(mount, what, start) {
     const calls = this.#order.waitsFor(mount, null)
     if (calls === undefined) return start()
     let listing
-    const started = Promise.allSettled(calls).then(() => {
+    const [started, answer] = this.#waiting(calls, mount, what, () => {
       listing = start()
     })
     this.#order.holdUntilSettled(mount, null, started)
-    return started.then(() => listing, rethrow)
+    return answer.then(() => listing, rethrow)
+  }
+
+  /**
+   * A call that waits for `calls` (the calls before it on its keys): its commandTimeout
+   * runs from now. `run(left)` runs once they settled, with the `left` ms of it; when it
+   * runs out first, the call rejects with `TIMEOUT` and `run` never runs (nothing is
+   * sent). Returns `[order, answer]`: `order` settles once `calls` settled and `run`'s
+   * promise did (the calls after this one wait for it), `answer` is the caller's.
+   */
+  #waiting(calls, mount, what, run) {
+    const budget = this.#commandTimeout
+    const deadline = performance.now() + budget
+    let expired = false
+    let timer
+    let expire
+    const order = Promise.allSettled(calls).then(() => {
+      if (expired) return undefined
+      const left = deadline - performance.now()
+      if (left < 1) return expire()
+      clearTimeout(timer)
+      return run(left)
+    })
+    const answer = new Promise((resolve, reject) => {
+      expire = () => {
+        expired = true
+        clearTimeout(timer)
+        const message = `kv ${what} (mount '${mount}') waited commandTimeout (${budget} ms) for the calls before it on its keys; it was not sent`
+        reject(new DurastateError('TIMEOUT', message))
+      }
+      timer = setTimeout(expire, budget)
+      order.then(resolve, reject)
+    })
+    return [order, answer]
+  }
+
+  /**
+   * `call`, the first round trip of a call that waited, bounded by the `left` ms of its
+   * commandTimeout: the native call is, where it takes a `timeout`; on the Redis drivers
+   * of the JS thread (which bound a round trip by commandTimeout), its promise rejects
+   * with `TIMEOUT` at `left` (what was sent may still land, as for any timed-out call).
+   */
+  #bounded(call, left, what) {
+    if (left === undefined || this.#boundsEachCall || call === null) return call
+    if (Array.isArray(call)) return [this.#bounded(call[0], left, what)]
+    const budget = this.#commandTimeout
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(
+          new DurastateError(
+            'TIMEOUT',
+            `kv ${what} did not complete within commandTimeout (${budget} ms), counted from when it was made (it waited for the calls before it on its keys)`,
+          ),
+        )
+      }, left)
+      const settle = (then) => (value) => {
+        clearTimeout(timer)
+        then(value)
+      }
+      call.then(settle(resolve), settle(reject))
+    })
   }
 
   /** `listing`, kept in `#listings` until it settles. */
@@ -1079,30 +1147,33 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireString('key', key, this)
-      if (!this.#order.idle) return this.#after(mount, [key], () => this.#get(mount, key))
+      if (!this.#order.idle) return this.#after(mount, [key], 'get', (held, left) => this.#get(mount, key, left))
       return this.#get(mount, key)
     } catch (err) {
       return rejected(err)
     }
   }
 
-  #get(mount, key) {
-    return this.#native.get(mount, key).then((text) => decodeValue(text, mount, key), rethrow)
+  #get(mount, key, left) {
+    return this.#bounded(this.#native.get(mount, key, left), left, 'get').then((text) => decodeValue(text, mount, key), rethrow)
   }
 
   getOr(mount, key, fallback) {
     try {
       this.#requireMount(mount)
       requireString('key', key, this)
-      if (!this.#order.idle) return this.#after(mount, [key], () => this.#getOr(mount, key, fallback))
+      if (!this.#order.idle) return this.#after(mount, [key], 'getOr', (held, left) => this.#getOr(mount, key, fallback, left))
       return this.#getOr(mount, key, fallback)
     } catch (err) {
       return rejected(err)
     }
   }
 
-  #getOr(mount, key, fallback) {
-    return this.#native.getOr(mount, key).then((text) => (text === null ? fallback : decodeValue(text, mount, key)), rethrow)
+  #getOr(mount, key, fallback, left) {
+    return this.#bounded(this.#native.getOr(mount, key, undefined, left), left, 'getOr').then(
+      (text) => (text === null ? fallback : decodeValue(text, mount, key)),
+      rethrow,
+    )
   }
 
   /** The stored JSON text as it is (not parsed), or `undefined` when the key is not stored. */
@@ -1110,15 +1181,15 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireString('key', key, this)
-      if (!this.#order.idle) return this.#after(mount, [key], () => this.#getJson(mount, key))
+      if (!this.#order.idle) return this.#after(mount, [key], 'getJson', (held, left) => this.#getJson(mount, key, left))
       return this.#getJson(mount, key)
     } catch (err) {
       return rejected(err)
     }
   }
 
-  #getJson(mount, key) {
-    return this.#native.getOr(mount, key, 'getJson').then((text) => (text === null ? undefined : text), rethrow)
+  #getJson(mount, key, left) {
+    return this.#bounded(this.#native.getOr(mount, key, 'getJson', left), left, 'getJson').then((text) => (text === null ? undefined : text), rethrow)
   }
 
   set(mount, key, value, options) {
@@ -1144,25 +1215,27 @@ class KvStore {
   }
 
   #setText(mount, key, json, ttl) {
-    if (!this.#order.idle) return this.#after(mount, [key], (held) => this.#set(mount, key, json, ttl, held))
+    if (!this.#order.idle) return this.#after(mount, [key], 'set', (held, left) => this.#set(mount, key, json, ttl, held, left))
     return this.#set(mount, key, json, ttl, false)
   }
 
-  /** `held`: the call's keys are held until it settles (`#after`). */
-  #set(mount, key, json, ttl, held) {
+  /** `held`: the call's keys are held until it settles; `left`: see `#after`. */
+  #set(mount, key, json, ttl, held, left) {
     const write = (phase) => this.#native.set(mount, key, json, ttl, phase)
+    const first = () => this.#bounded(this.#native.set(mount, key, json, ttl, undefined, left), left, 'set')
     // The mount's count is stale: the update of a stored key, else the write of a new one.
-    return this.#staged(mount, [key], held, write, (updated) => updated || this.#addKeys(mount, write))
+    return this.#staged(mount, [key], held, first, (updated) => updated || this.#addKeys(mount, write))
   }
 
   /**
-   * A write that may add keys; `write(phase)` calls its native method (`set`, `merge` or
-   * `setMany`). While the mount's count is stale, the native call sends only the part
-   * that needs no room and answers `[promise]`; `finish(answer)` finishes the write (a
-   * value, or a promise of the rest), the keys busy meanwhile unless `held` already.
+   * A write that may add keys; `first()` calls its native method (`set`, `merge` or
+   * `setMany`) for the whole write. While the mount's count is stale, the native call
+   * sends only the part that needs no room and answers `[promise]`; `finish(answer)`
+   * finishes the write (a value, or a promise of the rest), the keys busy meanwhile
+   * unless `held` already.
    */
-  #staged(mount, keys, held, write, finish) {
-    const call = write(undefined)
+  #staged(mount, keys, held, first, finish) {
+    const call = first()
     if (!Array.isArray(call)) return call.then(undefined, rethrow)
     const rest = call[0].then(finish, rethrow)
     return held ? rest : this.#order.holdUntilSettled(mount, keys, rest)
@@ -1207,24 +1280,29 @@ class KvStore {
       }
       const json = encodeValue(partial, mount, key)
       const ttl = ttlOf(options)
-      if (!this.#order.idle) return this.#after(mount, [key], (held) => this.#merge(mount, key, json, ttl, held))
+      if (!this.#order.idle) return this.#after(mount, [key], 'merge', (held, left) => this.#merge(mount, key, json, ttl, held, left))
       return this.#merge(mount, key, json, ttl, false)
     } catch (err) {
       return rejected(err)
     }
   }
 
-  #merge(mount, key, json, ttl, held) {
+  #merge(mount, key, json, ttl, held, left) {
     const write = (phase) => this.#native.merge(mount, key, json, ttl, phase)
+    const first = () => this.#bounded(this.#native.merge(mount, key, json, ttl, undefined, left), left, 'merge')
     // The mount's count is stale: a merge into a stored object, else the merge of a new key.
-    return this.#staged(mount, [key], held, write, (merged) => merged ?? this.#addKeys(mount, write))
+    return this.#staged(mount, [key], held, first, (merged) => merged ?? this.#addKeys(mount, write))
   }
 
   delete(mount, key) {
     try {
       this.#requireMount(mount)
       requireString('key', key, this)
-      if (!this.#order.idle) return this.#after(mount, [key], () => this.#native.delete(mount, key).then(undefined, rethrow))
+      if (!this.#order.idle) {
+        return this.#after(mount, [key], 'delete', (held, left) =>
+          this.#bounded(this.#native.delete(mount, key, left), left, 'delete').then(undefined, rethrow),
+        )
+      }
       return this.#native.delete(mount, key).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -1235,7 +1313,9 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireString('key', key, this)
-      if (!this.#order.idle) return this.#after(mount, [key], () => this.#native.has(mount, key).then(undefined, rethrow))
+      if (!this.#order.idle) {
+        return this.#after(mount, [key], 'has', (held, left) => this.#bounded(this.#native.has(mount, key, left), left, 'has').then(undefined, rethrow))
+      }
       return this.#native.has(mount, key).then(undefined, rethrow)
     } catch (err) {
       return rejected(err)
@@ -1247,7 +1327,7 @@ class KvStore {
       this.#requireMount(mount)
       if (pattern !== undefined) requireString('pattern', pattern)
       const start = () => this.#native.keys(mount, pattern).then(undefined, rethrow)
-      return this.#tracked(this.#order.idle ? start() : this.#listing(mount, start))
+      return this.#tracked(this.#order.idle ? start() : this.#listing(mount, 'keys', start))
     } catch (err) {
       return rejected(err)
     }
@@ -1261,7 +1341,7 @@ class KvStore {
         const call = this.#native.clear(mount).then(undefined, rethrow)
         return held ? call : this.#order.holdUntilSettled(mount, null, call)
       }
-      if (!this.#order.idle) return this.#after(mount, null, start)
+      if (!this.#order.idle) return this.#after(mount, null, 'clear', start)
       return start(false)
     } catch (err) {
       return rejected(err)
@@ -1272,7 +1352,7 @@ class KvStore {
     try {
       this.#requireMount(mount)
       const start = () => this.#native.getAll(mount).then((pairs) => decodePairs(pairs, mount), rethrow)
-      return this.#tracked(this.#order.idle ? start() : this.#listing(mount, start))
+      return this.#tracked(this.#order.idle ? start() : this.#listing(mount, 'getAll', start))
     } catch (err) {
       return rejected(err)
     }
@@ -1282,9 +1362,10 @@ class KvStore {
     try {
       this.#requireMount(mount)
       requireKeys(keys, this)
-      const start = () => this.#native.getMany(mount, keys).then((texts) => decodeFound(keys, texts, mount), rethrow)
-      if (!this.#order.idle) return this.#after(mount, keys.slice(), start)
-      return start()
+      const start = (held, left) =>
+        this.#bounded(this.#native.getMany(mount, keys, left), left, 'getMany').then((texts) => decodeFound(keys, texts, mount), rethrow)
+      if (!this.#order.idle) return this.#after(mount, keys.slice(), 'getMany', start)
+      return start(false, undefined)
     } catch (err) {
       return rejected(err)
     }
@@ -1295,27 +1376,27 @@ class KvStore {
       this.#requireMount(mount)
       const flat = encodeEntries(entries, mount)
       const ttl = ttlOf(options)
-      if (!this.#order.idle) return this.#after(mount, keysOf(flat), (held) => this.#setMany(mount, flat, ttl, held))
+      if (!this.#order.idle) return this.#after(mount, keysOf(flat), 'setMany', (held, left) => this.#setMany(mount, flat, ttl, held, left))
       return this.#setMany(mount, flat, ttl, false)
     } catch (err) {
       return rejected(err)
     }
   }
 
-  #setMany(mount, flat, ttl, held) {
-    const write = (phase) => this.#native.setMany(mount, flat, ttl, phase)
+  #setMany(mount, flat, ttl, held, left) {
+    const first = () => this.#bounded(this.#native.setMany(mount, flat, ttl, undefined, undefined, left), left, 'setMany')
     // The mount's count is stale: which keys are new, then the write (counting first if any is).
     const finish = (fresh) => this.#addKeys(mount, (phase) => this.#native.setMany(mount, flat, ttl, phase, fresh))
-    return this.#staged(mount, keysOf(flat), held, write, finish)
+    return this.#staged(mount, keysOf(flat), held, first, finish)
   }
 
   deleteMany(mount, keys) {
     try {
       this.#requireMount(mount)
       requireKeys(keys, this)
-      const start = () => this.#native.deleteMany(mount, keys).then(undefined, rethrow)
-      if (!this.#order.idle) return this.#after(mount, keys.slice(), start)
-      return start()
+      const start = (held, left) => this.#bounded(this.#native.deleteMany(mount, keys, left), left, 'deleteMany').then(undefined, rethrow)
+      if (!this.#order.idle) return this.#after(mount, keys.slice(), 'deleteMany', start)
+      return start(false, undefined)
     } catch (err) {
       return rejected(err)
     }
@@ -1326,7 +1407,7 @@ class KvStore {
       this.#requireMount(mount)
       requireString('prefix', prefix, this)
       const start = () => this.#native.getByPrefix(mount, prefix).then((pairs) => decodePairs(pairs, mount), rethrow)
-      return this.#tracked(this.#order.idle ? start() : this.#listing(mount, start))
+      return this.#tracked(this.#order.idle ? start() : this.#listing(mount, 'getByPrefix', start))
     } catch (err) {
       return rejected(err)
     }

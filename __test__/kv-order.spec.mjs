@@ -5,9 +5,13 @@
 // defaults. A call made after such a call, without awaiting it, must see what it did. And
 // the writes that need a count share one: many new keys at once count the mount once.
 import assert from 'node:assert/strict'
+import { createServer } from 'node:net'
 import { after, before, describe, it } from 'node:test'
 import binding from '../binding.js'
+import { createKvStore } from '../index.js'
+import { rejectsWith } from './helpers/assert.mjs'
 import { kvBackendNames, prepareKvBackend } from './helpers/kv-backends.mjs'
+import { startRedisServer } from './helpers/redis-server.mjs'
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
@@ -314,3 +318,89 @@ for (const name of kvBackendNames) {
     })
   })
 }
+
+// A call that waits for the calls before it on its keys counts the wait against its
+// commandTimeout (README, Timeouts): it rejects with TIMEOUT within commandTimeout of when
+// it was made, and one that timed out while waiting is never sent. Before, each call waited
+// for the one before it and then had a whole commandTimeout of its own: the sixth call on
+// one key against a server that never answers rejected after 6 × commandTimeout.
+describe('KV calls waiting for others on their keys: commandTimeout from when they are made', () => {
+  const COMMAND_TIMEOUT = 600
+
+  for (const [name, scheme] of [
+    ['redis', 'redis://127.0.0.1'],
+    ['postgres', 'postgres://u:p@127.0.0.1'],
+  ].filter(([name]) => kvBackendNames.includes(name))) {
+    test(`${name}: the n-th call on one key against a server that never answers rejects within commandTimeout`, async () => {
+      // Accepts connections and never answers.
+      const sockets = []
+      const silent = createServer((socket) => {
+        sockets.push(socket)
+        socket.on('error', () => {})
+      })
+      await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve))
+      const kv = createKvStore(`${scheme}:${silent.address().port}/0`, {
+        commandTimeout: COMMAND_TIMEOUT,
+        connectTimeout: 5_000,
+        mounts: { m: {} },
+      })
+      try {
+        const started = performance.now()
+        const settled = (call) =>
+          call.then(
+            () => ({ ok: true, ms: performance.now() - started }),
+            (err) => ({ code: err.code, ms: performance.now() - started }),
+          )
+        // The first write of a new key (no count yet) runs in phases: the others wait for it.
+        const calls = []
+        for (let i = 0; i < 5; i++) calls.push(settled(kv.set('m', 'k', i)))
+        calls.push(settled(kv.get('m', 'k')), settled(kv.merge('m', 'k', { a: 1 })), settled(kv.getMany('m', ['k'])))
+        const results = await Promise.all(calls)
+        for (const [i, result] of results.entries()) {
+          assert.equal(result.code, 'TIMEOUT', `call ${i}: ${JSON.stringify(result)}`)
+          assert.ok(result.ms < COMMAND_TIMEOUT * 1.8, `call ${i} rejected after ${Math.round(result.ms)} ms (commandTimeout ${COMMAND_TIMEOUT})`)
+        }
+      } finally {
+        await kv.close()
+        for (const socket of sockets) socket.destroy()
+        silent.close()
+      }
+    })
+  }
+
+  if (kvBackendNames.includes('redis')) {
+    test('redis: a call that timed out while waiting is not sent once the server answers again', async () => {
+      // A server of its own: it is stopped (SIGSTOP) for a while.
+      const server = await startRedisServer()
+      const kv = createKvStore(server.url, { commandTimeout: COMMAND_TIMEOUT, mounts: { m: {} } })
+      let stopped = false
+      try {
+        await kv.set('m', 'k', 0)
+        // The count is stale again: a set of a stored key runs in phases (`SET ... XX` first).
+        await sleep(STALE_MS)
+        process.kill(server.pid, 'SIGSTOP')
+        stopped = true
+        const started = performance.now()
+        await Promise.all([rejectsWith(kv.set('m', 'k', 1), 'TIMEOUT'), rejectsWith(kv.set('m', 'k', 2), 'TIMEOUT')])
+        const waited = performance.now() - started
+        process.kill(server.pid, 'SIGCONT')
+        stopped = false
+        // The first was sent before its time ran out: it lands (README). The second never
+        // was: the key is not 2, read on the same connection (after what it sent) and on another.
+        assert.equal(await kv.get('m', 'k'), 1)
+        await sleep(200)
+        const other = createKvStore(server.url, { mounts: { m: {} } })
+        try {
+          assert.equal(await other.get('m', 'k'), 1)
+        } finally {
+          await other.close()
+        }
+        assert.ok(waited < COMMAND_TIMEOUT * 1.8, `the waiting call rejected after ${Math.round(waited)} ms`)
+      } finally {
+        if (stopped) process.kill(server.pid, 'SIGCONT')
+        await kv.close()
+        await server.stop()
+      }
+    })
+  }
+})

@@ -314,10 +314,11 @@ fn resume(env: &Env, waiter: Waiter, answer: Answer) {
 }
 
 /// Queues calls to the store's thread as one group and resumes them together on the
-/// JS thread when it answers (one wake-up for the whole group), within their `limit`.
-/// At the limit, the calls the thread has not started are given up ([`Claim`]): they
-/// reject with `TIMEOUT` and will never run; those it has started (it holds the write
-/// lock) are settled by their answer, which is due shortly.
+/// JS thread when it answers (one wake-up for the whole group), each within its own
+/// `limit` (a KV call that waited behind others on its keys has less left). At a call's
+/// limit, if the thread has not started it, it is given up ([`Claim`]): it rejects with
+/// `TIMEOUT` and will never run; one it has started (it holds the write lock) is settled
+/// by its answer, which is due shortly.
 fn to_thread(env: &Env, store: &EmbeddedBackend, calls: Vec<Call>) {
   let (batches, waiters): (Vec<Batch>, Vec<Waiter>) = calls
     .into_iter()
@@ -330,21 +331,30 @@ fn to_thread(env: &Env, store: &EmbeddedBackend, calls: Vec<Call>) {
     Ok(receiver) => receiver,
     Err(err) => return reject_all(env, &deferreds, &err),
   };
-  let limit = waiters[0].limit;
+  let limits: Vec<Duration> = waiters.iter().map(|w| w.limit).collect();
   let spawned = env.spawn_future_with_callback(
     async move {
+      let started = tokio::time::Instant::now();
       let answers = answer(receiver);
       tokio::pin!(answers);
-      Ok(match tokio::time::timeout(limit, &mut answers).await {
-        Ok(answers) => (answers, Vec::new()),
-        Err(_elapsed) => {
-          let abandoned: Vec<bool> = claims.iter().map(|claim| claim.abandon()).collect();
-          match abandoned.iter().all(|given_up| *given_up) {
-            true => (Ok(Vec::new()), abandoned),
-            false => (answers.await, abandoned),
+      let mut abandoned = vec![false; claims.len()];
+      let mut deadlines = limits.clone();
+      deadlines.sort_unstable();
+      deadlines.dedup();
+      for deadline in deadlines {
+        if let Ok(answers) = tokio::time::timeout_at(started + deadline, &mut answers).await {
+          return Ok((answers, abandoned));
+        }
+        for (i, claim) in claims.iter().enumerate() {
+          if limits[i] <= deadline && !abandoned[i] {
+            abandoned[i] = claim.abandon();
           }
         }
-      })
+        if abandoned.iter().all(|given_up| *given_up) {
+          return Ok((Ok(Vec::new()), abandoned));
+        }
+      }
+      Ok((answers.await, abandoned))
     },
     move |env, (answers, abandoned)| {
       let given_up = |i: usize| abandoned.get(i).copied().unwrap_or(false);
@@ -357,7 +367,7 @@ fn to_thread(env: &Env, store: &EmbeddedBackend, calls: Vec<Call>) {
         match answer {
           Some(answer) if !given_up(i) => resume(env, waiter, answer),
           _ => {
-            let err = StoreError::timeout(waiter.what, limit.as_millis() as u64);
+            let err = StoreError::timeout(waiter.what, waiter.limit.as_millis() as u64);
             js_promise::settle(env.raw(), waiter.deferred, Err(err))
           }
         }

@@ -24,6 +24,9 @@ type WriteCall<'env> = Either3<PromiseRaw<'env, Output>, Vec<PromiseRaw<'env, Ou
 
 /// A KV store with mounts, modes, schemas and limits, on Redis, SQLite or memory. Made
 /// by `createKvStore`; the JS layer wraps it.
+/// The calls of one round trip (and the first round trip of a write) take a last
+/// `timeout` (ms): what is left of the `commandTimeout` of a call that waited for the
+/// calls before it on its keys (`index.js`, `KeyOrder`); absent, `commandTimeout`.
 #[napi]
 pub struct NativeKvStore {
   engine: Engine,
@@ -68,6 +71,25 @@ impl NativeKvStore {
     what: &'static str,
     step: StoreResult<Step>,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
+    self.run_within(env, what, step, None)
+  }
+
+  /// `run`, each round trip bounded by `timeout` (ms) when it is below `commandTimeout`:
+  /// what is left of the budget of a call that waited behind others on its keys (the JS
+  /// layer's `KeyOrder`).
+  fn run_within<'env>(
+    &self,
+    env: &'env Env,
+    what: &'static str,
+    step: StoreResult<Step>,
+    timeout: Option<f64>,
+  ) -> napi::Result<PromiseRaw<'env, Output>> {
+    let limit = match timeout {
+      Some(ms) if ms.is_finite() && ms >= 0.0 => {
+        Duration::from_millis(ms.ceil().max(1.0) as u64).min(self.command_timeout)
+      }
+      _ => self.command_timeout,
+    };
     if self.closed.load(Ordering::Acquire) {
       return Engine::rejected(env, StoreError::disposed());
     }
@@ -79,11 +101,7 @@ impl NativeKvStore {
         Ok(PromiseRaw::new(env.raw(), promise))
       }
       Ok(Step::Done(Err(err))) => Engine::rejected(env, err),
-      Ok(Step::Then(batch, finish)) => {
-        self
-          .engine
-          .call(env, what, batch, finish, self.command_timeout)
-      }
+      Ok(Step::Then(batch, finish)) => self.engine.call(env, what, batch, finish, limit),
     }
   }
 
@@ -94,12 +112,15 @@ impl NativeKvStore {
     env: &'env Env,
     what: &'static str,
     write: StoreResult<ops::Write>,
+    timeout: Option<f64>,
   ) -> napi::Result<WriteCall<'env>> {
     Ok(match write {
       Ok(ops::Write::NeedsCount) if !self.closed.load(Ordering::Acquire) => Either3::C(Null),
       Ok(ops::Write::NeedsCount) => Either3::A(self.run(env, what, Err(StoreError::disposed()))?),
-      Ok(ops::Write::Whole(step)) => Either3::A(self.run(env, what, Ok(step))?),
-      Ok(ops::Write::Staged(step)) => Either3::B(vec![self.run(env, what, Ok(step))?]),
+      Ok(ops::Write::Whole(step)) => Either3::A(self.run_within(env, what, Ok(step), timeout)?),
+      Ok(ops::Write::Staged(step)) => {
+        Either3::B(vec![self.run_within(env, what, Ok(step), timeout)?])
+      }
       Err(err) => Either3::A(self.run(env, what, Err(err))?),
     })
   }
@@ -128,6 +149,7 @@ impl NativeKvStore {
     env: &'env Env,
     mount: String,
     key: String,
+    timeout: Option<f64>,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_readable("get", Some(&key))?;
@@ -139,7 +161,7 @@ impl NativeKvStore {
         Ok(Output::Text(Some(json.unwrap_or(fallback))))
       }))
     });
-    self.run(env, "get", step)
+    self.run_within(env, "get", step, timeout)
   }
 
   /// The stored JSON, or `null` when missing. `call`: the method the JS layer serves
@@ -151,6 +173,7 @@ impl NativeKvStore {
     mount: String,
     key: String,
     call: Option<String>,
+    timeout: Option<f64>,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     let what = match call.as_deref() {
       Some("getJson") => "getJson",
@@ -160,13 +183,15 @@ impl NativeKvStore {
       mount.check_readable("get", Some(&key))?;
       Ok(ops::get(mount, &key, |json| Ok(Output::Text(json))))
     });
-    self.run(env, what, step)
+    self.run_within(env, what, step, timeout)
   }
 
   /// Stores `json` after the checks of the contract's `set`. `phase` (`ops::Phase`):
   /// absent, the whole write, or while the mount's count is stale `[the update of a
   /// stored key]` (`false` when missing); `1`, the write of a new key, or `null` while
   /// the count is stale; `2`, the write with room from the count just made (`count`).
+  // (the JS arguments, one by one: no object made per call)
+  #[allow(clippy::too_many_arguments)]
   #[napi(ts_return_type = "Promise<boolean> | [Promise<boolean>] | null")]
   pub fn set<'env>(
     &self,
@@ -176,6 +201,7 @@ impl NativeKvStore {
     json: String,
     ttl: Option<f64>,
     phase: Option<u32>,
+    timeout: Option<f64>,
   ) -> napi::Result<WriteCall<'env>> {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_write("set", &key, &json, false)?;
@@ -188,7 +214,7 @@ impl NativeKvStore {
         ops::Phase::from_js(phase, 1)?,
       ))
     });
-    self.run_write(env, "set", step)
+    self.run_write(env, "set", step, timeout)
   }
 
   /// Counts the mount's entries and records the count (for the writes that wait on it);
@@ -213,6 +239,8 @@ impl NativeKvStore {
 
   /// Shallow-merges the object `json` into the stored object, atomically. `phase` as
   /// for `set`; the first part resolves with `null` when the key is missing.
+  // (the JS arguments, one by one: no object made per call)
+  #[allow(clippy::too_many_arguments)]
   #[napi(ts_return_type = "Promise<boolean> | [Promise<boolean | null>] | null")]
   pub fn merge<'env>(
     &self,
@@ -222,6 +250,7 @@ impl NativeKvStore {
     json: String,
     ttl: Option<f64>,
     phase: Option<u32>,
+    timeout: Option<f64>,
   ) -> napi::Result<WriteCall<'env>> {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_writable("merge", Some(&key))?;
@@ -246,7 +275,7 @@ impl NativeKvStore {
         ops::Phase::from_js(phase, 1)?,
       ))
     });
-    self.run_write(env, "merge", step)
+    self.run_write(env, "merge", step, timeout)
   }
 
   /// Deletes the key; resolves with whether it was stored.
@@ -256,6 +285,7 @@ impl NativeKvStore {
     env: &'env Env,
     mount: String,
     key: String,
+    timeout: Option<f64>,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_writable("delete", Some(&key))?;
@@ -275,7 +305,7 @@ impl NativeKvStore {
         },
       ))
     });
-    self.run(env, "delete", step)
+    self.run_within(env, "delete", step, timeout)
   }
 
   /// Whether the key is stored.
@@ -285,6 +315,7 @@ impl NativeKvStore {
     env: &'env Env,
     mount: String,
     key: String,
+    timeout: Option<f64>,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_readable("has", Some(&key))?;
@@ -293,7 +324,7 @@ impl NativeKvStore {
       };
       Self::single(command, |reply| Output::Bool(reply == Reply::Int(1)))
     });
-    self.run(env, "has", step)
+    self.run_within(env, "has", step, timeout)
   }
 
   /// The mount's stored keys matching the glob `pattern` (default `*`), sorted.
@@ -353,18 +384,21 @@ impl NativeKvStore {
     env: &'env Env,
     mount: String,
     keys: Vec<String>,
+    timeout: Option<f64>,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_readable("get", None)?;
       let full_keys = keys.iter().map(|key| mount.full_key(key)).collect();
       Ok(ops::values(full_keys))
     });
-    self.run(env, "getMany", step)
+    self.run_within(env, "getMany", step, timeout)
   }
 
   /// Stores `[key, json, ...]` entries, all or nothing, after the checks of `set`.
   /// `phase` as for `set`; the first part resolves with how many keys are not stored,
   /// phases `1` and `2` reserve room for `newKeys`.
+  // (the JS arguments, one by one: no object made per call)
+  #[allow(clippy::too_many_arguments)]
   #[napi(ts_return_type = "Promise<boolean> | [Promise<number>] | null")]
   pub fn set_many<'env>(
     &self,
@@ -374,6 +408,7 @@ impl NativeKvStore {
     ttl: Option<f64>,
     phase: Option<u32>,
     new_keys: Option<u32>,
+    timeout: Option<f64>,
   ) -> napi::Result<WriteCall<'env>> {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_writable("set", None)?;
@@ -387,7 +422,7 @@ impl NativeKvStore {
       let phase = ops::Phase::from_js(phase, u64::from(new_keys.unwrap_or(0)))?;
       Ok(ops::set_many(mount, pairs, ttl_ms, phase))
     });
-    self.run_write(env, "setMany", step)
+    self.run_write(env, "setMany", step, timeout)
   }
 
   /// Deletes the keys; resolves with how many were stored.
@@ -397,13 +432,14 @@ impl NativeKvStore {
     env: &'env Env,
     mount: String,
     keys: Vec<String>,
+    timeout: Option<f64>,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
     let step = self.mount(&mount).and_then(|mount| {
       mount.check_writable("delete", None)?;
       let full_keys = keys.iter().map(|key| mount.full_key(key)).collect();
       Ok(ops::delete_keys(mount, full_keys))
     });
-    self.run(env, "deleteMany", step)
+    self.run_within(env, "deleteMany", step, timeout)
   }
 
   /// The mount's declared keys, as JSON text of `[{key, type, description}]`.
@@ -445,6 +481,21 @@ impl NativeKvStore {
       Some(events) if !self.closed.load(Ordering::Acquire) => events.listen(listener),
       _ => Ok(()),
     }
+  }
+
+  /// `commandTimeout`, in ms (the JS layer counts a call's wait behind others on its
+  /// keys against it).
+  #[napi(getter)]
+  pub fn command_timeout(&self) -> f64 {
+    self.command_timeout.as_millis() as f64
+  }
+
+  /// Whether a call's `timeout` argument bounds its round trip here; the Redis drivers
+  /// of the JS thread bound every call by `commandTimeout` (the JS layer then bounds
+  /// the promise of a call that waited).
+  #[napi(getter)]
+  pub fn bounds_each_call(&self) -> bool {
+    matches!(self.engine, Engine::Tokio(_) | Engine::Embedded(_))
   }
 
   /// Whether `close()` was called.
