@@ -5,7 +5,11 @@
 // defaults. A call made after such a call, without awaiting it, must see what it did. And
 // the writes that need a count share one: many new keys at once count the mount once.
 import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import binding from '../binding.js'
 import { createKvStore } from '../index.js'
@@ -364,6 +368,56 @@ describe('KV calls waiting for others on their keys: commandTimeout from when th
         await kv.close()
         for (const socket of sockets) socket.destroy()
         silent.close()
+      }
+    })
+  }
+
+  if (kvBackendNames.includes('sqlite')) {
+    test('sqlite: a call that timed out while waiting is not applied once another process lets go of the write lock', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'durastate-kv-wait-'))
+      const path = join(dir, 'kv.db')
+      const kv = createKvStore(`sqlite:${path}`, { commandTimeout: COMMAND_TIMEOUT, busyTimeout: 10_000, mounts: { m: {} } })
+      // Another process (Python's sqlite3) holds the file's write lock until killed.
+      let holder
+      try {
+        await kv.set('m', 'k', 0)
+        await sleep(STALE_MS)
+        holder = spawn(
+          'python3',
+          [
+            '-c',
+            "import sqlite3, sys, time\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\nc.execute('BEGIN IMMEDIATE')\nprint('locked', flush=True)\ntime.sleep(30)",
+            path,
+          ],
+          {
+            stdio: ['ignore', 'pipe', 'inherit'],
+          },
+        )
+        await new Promise((resolve, reject) => {
+          holder.stdout.once('data', resolve)
+          holder.once('error', reject)
+        })
+        const started = performance.now()
+        // The first waits for the lock on the store's thread and is given up at its
+        // deadline (never applied); the second waits for the first.
+        const first = rejectsWith(kv.set('m', 'k', 1), 'TIMEOUT')
+        const second = kv.set('m', 'k', 2).then(
+          () => 'applied',
+          (err) => err.code,
+        )
+        await first
+        // The lock is let go as soon as the first rejected: a second sent then would get it.
+        holder.kill()
+        await new Promise((resolve) => holder.once('exit', resolve))
+        const outcome = await second
+        const waited = performance.now() - started
+        assert.equal(outcome, 'TIMEOUT')
+        assert.equal(await kv.get('m', 'k'), 0)
+        assert.ok(waited < COMMAND_TIMEOUT * 1.8, `the waiting call settled after ${Math.round(waited)} ms`)
+      } finally {
+        holder?.kill()
+        await kv.close()
+        rmSync(dir, { recursive: true, force: true })
       }
     })
   }
