@@ -111,12 +111,6 @@ export declare class NativeKvStore {
    * keys against it).
    */
   get commandTimeout(): number
-  /**
-   * Whether a call's `timeout` argument bounds its round trip here; the Redis drivers
-   * of the JS thread bound every call by `commandTimeout` (the JS layer then bounds
-   * the promise of a call that waited).
-   */
-  get boundsEachCall(): boolean
   /** Whether `close()` was called. */
   get closed(): boolean
 }

@@ -979,8 +979,13 @@ class KvStore {
   #listings = new Set()
   /** `commandTimeout` (ms): a call that waits for others on its keys counts the wait against it. */
   #commandTimeout
-  /** Whether the native call bounds its round trip by the `timeout` given (not the Redis drivers of the JS thread). */
-  #boundsEachCall
+  /**
+   * Whether a call that waited is also bounded here, not only by the native call: on a
+   * server, where the Redis drivers bound a round trip by commandTimeout whatever the
+   * `timeout` given (a call sent may land after its TIMEOUT anyway). Not on SQLite and
+   * memory, where a call the store's thread gives up is never applied: it alone says.
+   */
+  #racesDeadline
 
   constructor(nativeStore, target) {
     if (!(nativeStore instanceof native.NativeKvStore)) {
@@ -993,7 +998,7 @@ class KvStore {
     if (server.backend === 'postgres') noNul.add(this)
     this.#order = new KeyOrder()
     this.#commandTimeout = nativeStore.commandTimeout
-    this.#boundsEachCall = nativeStore.boundsEachCall
+    this.#racesDeadline = server.backend !== 'sqlite' && server.backend !== 'memory'
   }
 
   /** Checks the mount before anything else (UNKNOWN_MOUNT, listing the mounts). */
@@ -1070,12 +1075,13 @@ class KvStore {
 
   /**
    * `call`, the first round trip of a call that waited, bounded by the `left` ms of its
-   * commandTimeout: the native call is, where it takes a `timeout`; on the Redis drivers
-   * of the JS thread (which bound a round trip by commandTimeout), its promise rejects
-   * with `TIMEOUT` at `left` (what was sent may still land, as for any timed-out call).
+   * commandTimeout: the native call is given it as its `timeout`, which SQLite, memory
+   * and Postgres keep; on a server its promise also rejects with `TIMEOUT` at `left` (the
+   * Redis drivers bound a round trip by commandTimeout; what was sent may still land, as
+   * for any call that timed out).
    */
   #bounded(call, left, what) {
-    if (left === undefined || this.#boundsEachCall || call === null) return call
+    if (left === undefined || !this.#racesDeadline || call === null) return call
     if (Array.isArray(call)) return [this.#bounded(call[0], left, what)]
     const budget = this.#commandTimeout
     return new Promise((resolve, reject) => {

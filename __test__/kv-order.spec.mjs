@@ -372,6 +372,41 @@ describe('KV calls waiting for others on their keys: commandTimeout from when th
     })
   }
 
+  for (const [name, scheme] of [
+    ['redis', 'redis://127.0.0.1'],
+    ['postgres', 'postgres://u:p@127.0.0.1'],
+  ].filter(([name]) => kvBackendNames.includes(name))) {
+    test(`${name}: a call that gets to run after waiting has only what is left of its commandTimeout`, async () => {
+      const sockets = []
+      const silent = createServer((socket) => {
+        sockets.push(socket)
+        socket.on('error', () => {})
+      })
+      await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve))
+      const timeout = 1_000
+      const kv = createKvStore(`${scheme}:${silent.address().port}/0`, { commandTimeout: timeout, connectTimeout: 5_000, mounts: { m: {} } })
+      try {
+        // A write in phases holds the key until it times out; a get made 400 ms later
+        // waits for it, then goes out with 600 ms left, and gets no answer either.
+        const first = kv.set('m', 'k', 1).catch((err) => err.code)
+        await sleep(400)
+        const made = performance.now()
+        const outcome = await kv.get('m', 'k').then(
+          () => 'answered',
+          (err) => err.code,
+        )
+        const took = performance.now() - made
+        assert.equal(await first, 'TIMEOUT')
+        assert.equal(outcome, 'TIMEOUT')
+        assert.ok(took < timeout * 1.3, `the get rejected ${Math.round(took)} ms after it was made (commandTimeout ${timeout})`)
+      } finally {
+        await kv.close()
+        for (const socket of sockets) socket.destroy()
+        silent.close()
+      }
+    })
+  }
+
   if (kvBackendNames.includes('sqlite')) {
     test('sqlite: a call that timed out while waiting is not applied once another process lets go of the write lock', async () => {
       const dir = mkdtempSync(join(tmpdir(), 'durastate-kv-wait-'))

@@ -490,14 +490,6 @@ impl NativeKvStore {
     self.command_timeout.as_millis() as f64
   }
 
-  /// Whether a call's `timeout` argument bounds its round trip here; the Redis drivers
-  /// of the JS thread bound every call by `commandTimeout` (the JS layer then bounds
-  /// the promise of a call that waited).
-  #[napi(getter)]
-  pub fn bounds_each_call(&self) -> bool {
-    matches!(self.engine, Engine::Tokio(_) | Engine::Embedded(_))
-  }
-
   /// Whether `close()` was called.
   #[napi(getter)]
   pub fn closed(&self) -> bool {
