@@ -396,8 +396,24 @@ function checkOptionNames(options, known) {
 }
 
 /** Checks the field names of a Redis target given as fields (the sentinels' included). */
+/**
+ * Refuses a target that is an object of a class (a node-redis or ioredis client, which the
+ * JS store takes; a `pg` Pool): its fields are not own keys, so it would read as `{}`,
+ * the default address.
+ */
+function refuseClientObject(target, backend, fields) {
+  const proto = Object.getPrototypeOf(target)
+  if (proto !== Object.prototype && proto !== null) {
+    throw new DurastateError(
+      'INVALID_INPUT',
+      `a ${backend} target is a URL or connection fields (${fields}), not a client object: durastate connects itself (give it the URL the client uses)`,
+    )
+  }
+}
+
 function checkRedisFieldNames(target) {
   if (target === undefined || target === null || typeof target !== 'object' || Array.isArray(target)) return
+  refuseClientObject(target, 'Redis', '{ host, port, ... }')
   refuseUnknownKeys(target, REDIS_TARGET_FIELDS, 'Redis target')
   if (Array.isArray(target.sentinels)) {
     target.sentinels.forEach((sentinel, i) => {
@@ -724,7 +740,10 @@ function createPostgresStore(target, options) {
 
 /** A Postgres target; given as fields, each a field of one (`sslMode`, `ssl` are refused). */
 function postgresFields(target) {
-  if (target !== null && typeof target === 'object' && !Array.isArray(target)) refuseUnknownKeys(target, POSTGRES_TARGET_FIELDS, 'Postgres target')
+  if (target !== null && typeof target === 'object' && !Array.isArray(target)) {
+    refuseClientObject(target, 'Postgres', '{ host, port, user, ... }')
+    refuseUnknownKeys(target, POSTGRES_TARGET_FIELDS, 'Postgres target')
+  }
   return target
 }
 

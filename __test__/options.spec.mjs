@@ -167,6 +167,29 @@ describe('store options', () => {
     )
   })
 
+  it('a client object of another library as the target (the JS store takes a node-redis client) is INVALID_INPUT, not the default address', async () => {
+    const { createClient } = await import('redis')
+    const { Redis } = await import('ioredis')
+    const nodeRedis = createClient({ url: 'redis://127.0.0.1:1' })
+    const ioredis = new Redis('redis://127.0.0.1:1', { lazyConnect: true })
+    class Pool {
+      constructor() {
+        this.options = { host: 'db' }
+      }
+    }
+    for (const [create, client] of [
+      [createRedisStore, nodeRedis],
+      [createRedisStore, ioredis],
+      [createKvStore, nodeRedis],
+      [createPostgresStore, new Pool()],
+    ]) {
+      refused(() => create(client), /not a client object.*give it the URL/, client.constructor.name)
+    }
+    ioredis.disconnect()
+    // plain objects, and those without a prototype, are fields
+    refused(() => createRedisStore(Object.assign(Object.create(null), { hots: 'x' })), /unknown field `hots`/, 'null prototype')
+  })
+
   it('one options object serves every backend: the options of another backend are accepted', async () => {
     const everything = {
       prefix: 'shared:',

@@ -470,6 +470,23 @@ describe('a connection cut after the command landed, before its reply', () => {
     await kv.close()
   })
 
+  it('sends a call made before close() again after its connection dropped, and close() resolves after it', async () => {
+    const store = createRedisStore(url, { prefix: 'cut-close:', commandTimeout: 2000 })
+    await store.beginExecution('e')
+    const cuts = proxy.cuts
+    proxy.cutNextReply()
+    const call = store.commitExecutionTaskResult('e', 's', { v: 2 }).then(
+      () => 'ok',
+      (err) => err.code,
+    )
+    await store.close()
+    assert.equal(await call, 'ok', 'answered as without close()')
+    assert.equal(proxy.cuts, cuts + 1)
+    const other = createRedisStore(url, { prefix: 'cut-close:' })
+    assert.deepEqual(await other.getExecutionTaskResult('e', 's'), { v: 2 })
+    await other.close()
+  })
+
   it('never sends the claim twice: it rejects UNAVAILABLE, and its first attempt stands', async () => {
     const store = createRedisStore(url, { prefix: 'cut-claim:', commandTimeout: 2000 })
     await store.beginExecution('e')

@@ -298,7 +298,6 @@ impl RedisBackend {
     }
     state.taking_calls = false;
     state.accepted_after_close = self.shared.queued.load(Ordering::Acquire);
-    state.core.close();
     drop(state);
     self.shared.wake.notify_one();
   }

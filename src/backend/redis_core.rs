@@ -70,7 +70,6 @@ pub struct Core<W> {
   /// that fires late means the JS thread was busy (its event loop blocked), so replies
   /// may wait unread in the socket; [`Core::is_stuck`] does not judge then.
   expired_late: Duration,
-  closed: bool,
 }
 
 /// How many `commandTimeout`s the oldest unanswered call may wait, with not a byte from
@@ -96,7 +95,6 @@ impl<W> Core<W> {
       failures: 0,
       heard_at: None,
       expired_late: Duration::ZERO,
-      closed: false,
     }
   }
 
@@ -271,7 +269,7 @@ impl<W> Core<W> {
       let Some(waiter) = call.waiter.take() else {
         continue;
       };
-      if eligible(&call) && call.retries_left > 0 && !self.closed {
+      if eligible(&call) && call.retries_left > 0 {
         call.retries_left -= 1;
         call.recovering = true;
         call.replies.clear();
@@ -363,7 +361,6 @@ impl<W> Core<W> {
   /// Gives up on every call (the driver cannot go on): returns their waiters, to be
   /// rejected; nothing is sent again.
   pub fn abandon(&mut self) -> Vec<W> {
-    self.closed = true;
     self.unsent.clear();
     self.received.clear();
     self.codec = ReplyDecoder::default();
@@ -371,11 +368,6 @@ impl<W> Core<W> {
       .into_iter()
       .filter_map(|mut call| call.waiter.take())
       .collect()
-  }
-
-  /// The store is closed: calls in flight finish, but none is sent again.
-  pub fn close(&mut self) {
-    self.closed = true;
   }
 }
 

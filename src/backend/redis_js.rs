@@ -724,10 +724,8 @@ impl State {
   /// when calls wait and no connection is under way (returns whether to start it), and
   /// the driver shut down once closed and idle.
   fn after_event(&mut self) -> bool {
-    let reconnect = matches!(self.connection, Connection::Idle)
-      && !self.core.is_idle()
-      && !self.closed
-      && !self.shut_down;
+    let reconnect =
+      matches!(self.connection, Connection::Idle) && !self.core.is_idle() && !self.shut_down;
     if reconnect {
       self.begin_connect();
     }
@@ -768,10 +766,10 @@ impl State {
     }
   }
 
-  /// Takes no more calls; none is sent again after a drop.
+  /// Takes no more calls; the calls made before are still sent again after a drop (a
+  /// reconnect while they wait), and the driver shuts down once none waits.
   fn close(&mut self) {
     self.closed = true;
-    self.core.close();
   }
 
   fn finish_if_closed(&mut self) {

@@ -280,7 +280,7 @@ impl Driver {
     let mut settled = Vec::new();
     if let Err(err) = state.io(status, events, self.command_timeout, &mut settled) {
       settled.extend(state.recover(err));
-      if !state.core.is_idle() && !state.closed {
+      if !state.core.is_idle() {
         reconnect = Some(state.begin_connect());
       }
     }
@@ -306,7 +306,7 @@ impl Driver {
       && state.core.is_stuck(Instant::now(), self.command_timeout)
     {
       settled.extend(state.recover(stuck(self.command_timeout)));
-      if !state.core.is_idle() && !state.closed {
+      if !state.core.is_idle() {
         reconnect = Some(state.begin_connect());
       }
     }
@@ -538,10 +538,10 @@ impl State {
     }
   }
 
-  /// Takes no more calls; none is sent again after a drop.
+  /// Takes no more calls; the calls made before are still sent again after a drop (a
+  /// reconnect while they wait), and the driver shuts down once none waits.
   fn close(&mut self) {
     self.closed = true;
-    self.core.close();
   }
 
   fn finish_if_closed(&mut self) {

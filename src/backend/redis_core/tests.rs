@@ -309,14 +309,6 @@ fn the_retry_budget_runs_out() {
 }
 
 #[test]
-fn a_closed_core_sends_nothing_again() {
-  let mut s = Script::new(3, false);
-  s.call("a", get("a"));
-  s.core.close();
-  assert_eq!(s.core.on_drop(&unavailable()), ["a"]);
-}
-
-#[test]
 fn readonly_when_following_a_failover_drops_the_connection() {
   let mut s = Script::new(3, true);
   s.call("a", set("a", "1"));
