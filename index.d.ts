@@ -244,8 +244,14 @@ export interface RedisConnectionOptions {
   tls?: boolean
   /**
    * Sentinels to ask for the master's address at every connect (instead of `host`/`port`).
-   * The store follows a failover: after a dropped connection or a `READONLY` reply it asks
-   * again and reconnects; calls wait for the new master (within `commandTimeout`, `retry`).
+   * The store follows a failover: while connected it asks the sentinels five times a second
+   * whether they name another master or are promoting a replica in its place, and leaves the
+   * old master then, as after a dropped connection or a `READONLY` reply: it asks again and
+   * reconnects; calls wait for the new master (within `commandTimeout`, `retry`). Calls in
+   * flight on the old master are sent again, except those never sent twice (the
+   * default-layout claim, KV `delete`/`deleteMany`), which reject `UNAVAILABLE`. What the
+   * old master acknowledged before the store saw the failover (at most about 200 ms) can
+   * still be lost: set `min-replicas-to-write` on the servers to close that window.
    */
   sentinels?: Array<{ host: string; port?: number }>
   /** The master's name as the sentinels monitor it (with `sentinels`). */

@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::resp::ReplyDecoder;
+use super::sentinel_watch::MasterWatch;
 #[cfg(unix)]
 use super::socket::Socket;
 use crate::error::{ErrorCode, StoreError, StoreResult};
@@ -260,9 +261,13 @@ fn is_reset(err: &io::Error) -> bool {
   )
 }
 
-/// The target's server (the master the sentinels name now, when there are any),
-/// connected, logged in and checked, within `limit`.
-pub async fn open_stream(target: &RedisTarget, limit: Duration) -> StoreResult<Stream> {
+/// The target's server (the master the sentinels name now, when there are any: `watch`
+/// then watches it), connected, logged in and checked, within `limit`.
+pub async fn open_stream(
+  target: &RedisTarget,
+  limit: Duration,
+  watch: Option<&MasterWatch>,
+) -> StoreResult<Stream> {
   let peer = Peer {
     display: &target.display,
     tls: target.tls.as_deref(),
@@ -287,7 +292,7 @@ pub async fn open_stream(target: &RedisTarget, limit: Duration) -> StoreResult<S
       handshake(&mut stream, peer, &login).await?;
       return Ok(stream);
     }
-    let (host, port) = server_address(target, limit).await?;
+    let (host, port) = server_address(target, limit, watch).await?;
     let mut stream = tcp_then_tls(&host, port, peer, &in_tls_handshake).await?;
     handshake(&mut stream, peer, &login_of(target)).await?;
     Ok(stream)
@@ -298,12 +303,16 @@ pub async fn open_stream(target: &RedisTarget, limit: Duration) -> StoreResult<S
 
 /// [`open_stream`] as a non-blocking socket, ready for the loop driver.
 #[cfg(unix)]
-pub async fn open(target: &RedisTarget, limit: Duration) -> StoreResult<Socket> {
+pub async fn open(
+  target: &RedisTarget,
+  limit: Duration,
+  watch: Option<&MasterWatch>,
+) -> StoreResult<Socket> {
   let peer = Peer {
     display: &target.display,
     tls: target.tls.as_deref(),
   };
-  match open_stream(target, limit).await? {
+  match open_stream(target, limit, watch).await? {
     Stream::Plain(stream) => {
       let stream = stream
         .into_std()
@@ -323,10 +332,24 @@ pub async fn open(target: &RedisTarget, limit: Duration) -> StoreResult<Socket> 
   }
 }
 
-/// Where the server is: the URL's address, or the master the sentinels name now.
-pub async fn server_address(target: &RedisTarget, limit: Duration) -> StoreResult<(String, u16)> {
+/// Where the server is: the URL's address, or the master the sentinels name now (one the
+/// `watch` saw replaced is not taken back from a sentinel that lags), which `watch` then
+/// watches while the store is connected to it.
+pub async fn server_address(
+  target: &RedisTarget,
+  limit: Duration,
+  watch: Option<&MasterWatch>,
+) -> StoreResult<(String, u16)> {
   match &target.sentinel {
-    Some(sentinel) => master_address(target, sentinel, limit).await,
+    Some(sentinel) => {
+      let named = master_address(target, sentinel, limit).await?;
+      let Some(watch) = watch else {
+        return Ok(named);
+      };
+      let address = watch.vet(named, &target.display)?;
+      watch.connected_to(&address);
+      Ok(address)
+    }
     None => tcp_address(target),
   }
 }
@@ -455,7 +478,37 @@ async fn ask_sentinel(
   bounded(peer, limit, said, &in_tls_handshake, attempt).await
 }
 
-fn text(value: &Value) -> String {
+/// A connection to a sentinel, logged in (`AUTH` when the sentinels need a password),
+/// within `limit`: the watch of a connected store keeps one to each sentinel.
+pub(super) async fn sentinel_session(
+  host: &str,
+  port: u16,
+  peer: Peer<'_>,
+  sentinel: &SentinelSettings,
+  limit: Duration,
+) -> StoreResult<Stream> {
+  let in_tls_handshake = AtomicBool::new(false);
+  let attempt = async {
+    let mut stream = tcp_then_tls(host, port, peer, &in_tls_handshake).await?;
+    if let Some(password) = &sentinel.password {
+      let mut auth = redis::cmd("AUTH");
+      if let Some(user) = &sentinel.username {
+        auth.arg(user);
+      }
+      let answers = exchange(&mut stream, &[auth.arg(password).clone()])
+        .await
+        .map_err(|err| peer.io_failed(&err))?;
+      if let Some(err) = answers.first().and_then(server_error) {
+        return Err(login_failed(peer, err));
+      }
+    }
+    Ok(stream)
+  };
+  let said = connect_timeout_said(limit);
+  bounded(peer, limit, &said, &in_tls_handshake, attempt).await
+}
+
+pub(super) fn text(value: &Value) -> String {
   match value {
     Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
     Value::SimpleString(text) => text.clone(),
@@ -465,7 +518,7 @@ fn text(value: &Value) -> String {
 }
 
 /// Sends `commands` in one write and reads one reply each (server errors included).
-async fn exchange(
+pub(super) async fn exchange(
   stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
   commands: &[redis::Cmd],
 ) -> io::Result<Vec<Value>> {

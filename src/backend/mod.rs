@@ -17,6 +17,7 @@ mod redis_loop;
 pub mod redis_ops;
 mod resp;
 pub mod retry;
+mod sentinel_watch;
 #[cfg(unix)]
 mod socket;
 mod sqlite;

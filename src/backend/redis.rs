@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use super::connect::{open_stream, Stream};
 use super::redis_core::{lost, Core};
 use super::retry;
+use super::sentinel_watch::MasterWatch;
 use crate::command::{Batch, Finish, Reply, Step};
 use crate::completions::Completion;
 use crate::engine::TokioCall;
@@ -122,6 +123,8 @@ struct State {
 /// What the task needs, shared with the store.
 struct Shared {
   target: RedisTarget,
+  /// Sentinel: whether the sentinels name another master while connected.
+  watch: Option<MasterWatch>,
   connect_timeout: Duration,
   command_timeout: Duration,
   events: Arc<ConnectionEvents>,
@@ -156,12 +159,15 @@ impl RedisBackend {
     retry: RetrySettings,
   ) -> Self {
     let events = ConnectionEvents::new(ServerInfo::redis(&target));
-    let core = Core::new(retry, target.sentinel.is_some());
+    let watch = MasterWatch::new(&target, connect_timeout);
+    let mut core = Core::new(retry, target.sentinel.is_some());
+    core.watch_master(watch.clone());
     let (calls, receiver) = mpsc::unbounded_channel();
     Self {
       calls,
       shared: Arc::new(Shared {
         target,
+        watch,
         connect_timeout,
         command_timeout,
         events: events.clone(),
@@ -264,10 +270,9 @@ impl RedisBackend {
     // Written here only when nothing waits to go out (else this call's bytes would pass
     // them) and no call is in flight: under load the task writes the calls of one wake-up
     // in one write, which costs the caller's thread less than a write per call.
-    let direct = state
-      .direct
-      .clone()
-      .filter(|_| state.core.unsent().is_empty() && state.core.is_idle());
+    let direct = state.direct.clone().filter(|_| {
+      state.core.unsent().is_empty() && state.core.is_idle() && state.core.master_moved().is_none()
+    });
     queue(
       &mut state.core,
       waiter,
@@ -399,10 +404,18 @@ async fn run(shared: Arc<Shared>, calls: &mut mpsc::UnboundedReceiver<(Waiter, B
       if conn.is_none() && connecting.is_none() && backoff.is_none() && state.core.has_waiters() {
         let shared = shared.clone();
         connecting = Some(Box::pin(async move {
-          open_stream(&shared.target, shared.connect_timeout).await
+          open_stream(
+            &shared.target,
+            shared.connect_timeout,
+            shared.watch.as_ref(),
+          )
+          .await
         }));
       }
+      // Nothing more goes to a master the sentinels replaced: a new connection.
+      let moved = conn.as_ref().and_then(|_| state.core.master_moved());
       match conn.as_mut() {
+        _ if moved.is_some() => dropped = moved,
         Some(Conn::Direct { writer: socket, .. })
           if !blocked && !state.core.unsent().is_empty() =>
         {

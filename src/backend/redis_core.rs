@@ -25,6 +25,7 @@ use redis::Value;
 use super::redis_codec::{decode, pack, server_error};
 use super::resp::ReplyDecoder;
 use super::retry;
+use super::sentinel_watch::MasterWatch;
 use crate::command::{Batch, Command, Reply};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::options::RetrySettings;
@@ -70,6 +71,9 @@ pub struct Core<W> {
   /// that fires late means the JS thread was busy (its event loop blocked), so replies
   /// may wait unread in the socket; [`Core::is_stuck`] does not judge then.
   expired_late: Duration,
+  /// Sentinel: the watch that says when the sentinels name another master than the one
+  /// connected to ([`Core::master_moved`]); stopped when the core closes or is dropped.
+  watch: Option<MasterWatch>,
 }
 
 /// How many `commandTimeout`s the oldest unanswered call may wait, with not a byte from
@@ -95,7 +99,24 @@ impl<W> Core<W> {
       failures: 0,
       heard_at: None,
       expired_late: Duration::ZERO,
+      watch: None,
     }
+  }
+
+  /// Sentinel: drops the connection once `watch` says the sentinels name another master.
+  pub fn watch_master(&mut self, watch: Option<MasterWatch>) {
+    self.watch = watch;
+  }
+
+  /// Sentinel: `Some` (the error to drop the connection with) when the sentinels name
+  /// another master than the one connected to. A driver checks before it writes to an
+  /// open connection and [`Core::take_replies`] when replies come, so nothing more is
+  /// written to, or acknowledged by, an old master that may lose it: the connection is
+  /// dropped as on a `READONLY` reply (calls safe to resend go to the new master, the
+  /// others reject `UNAVAILABLE`).
+  pub fn master_moved(&self) -> Option<StoreError> {
+    let watch = self.watch.as_ref()?;
+    watch.moved().then(|| watch.moved_error())
   }
 
   /// Queues a call: its bytes go out with the next write.
@@ -189,6 +210,9 @@ impl<W> Core<W> {
   /// reply, a reply no call asked for, `READONLY` when following a failover): the driver
   /// drops it ([`Core::on_drop`]); `done` keeps the calls completed before it.
   pub fn take_replies(&mut self, done: &mut Vec<Outcome<W>>) -> StoreResult<()> {
+    if let Some(err) = self.master_moved() {
+      return Err(err);
+    }
     loop {
       let value = self
         .codec
@@ -237,7 +261,14 @@ impl<W> Core<W> {
   /// connection (their bytes packed again, in order) and spend one; the others are given
   /// back, to be rejected with `err`.
   pub fn on_drop(&mut self, _err: &StoreError) -> Vec<W> {
-    self.requeue_or_reject(|_| true)
+    let rejected = self.requeue_or_reject(|_| true);
+    if self.pending.is_empty() {
+      // No call waits for a new connection: nothing to watch until the next one.
+      if let Some(watch) = &self.watch {
+        watch.disconnected();
+      }
+    }
+    rejected
   }
 
   /// A connect attempt failed with `err`: calls sent again after a drop, with retries
@@ -361,6 +392,7 @@ impl<W> Core<W> {
   /// Gives up on every call (the driver cannot go on): returns their waiters, to be
   /// rejected; nothing is sent again.
   pub fn abandon(&mut self) -> Vec<W> {
+    self.close();
     self.unsent.clear();
     self.received.clear();
     self.codec = ReplyDecoder::default();
@@ -368,6 +400,23 @@ impl<W> Core<W> {
       .into_iter()
       .filter_map(|mut call| call.waiter.take())
       .collect()
+  }
+
+  /// The store is closed: its watch of the sentinels stops. The calls made before finish
+  /// (sent again after a drop, as any call).
+  pub fn close(&mut self) {
+    if let Some(watch) = &self.watch {
+      watch.stop();
+    }
+  }
+}
+
+impl<W> Drop for Core<W> {
+  /// A store collected without `close()`: its watch stops too.
+  fn drop(&mut self) {
+    if let Some(watch) = &self.watch {
+      watch.stop();
+    }
   }
 }
 

@@ -30,6 +30,7 @@ use super::connect::{self, Handshake, Peer, Progress};
 use super::redis_calls::{self, settle_now, Settlement, Waiter};
 use super::redis_core::{lost, stuck, tls_lost, Core};
 use super::resp::ReplyDecoder;
+use super::sentinel_watch::MasterWatch;
 use crate::command::{Batch, Finish};
 use crate::error::{ErrorCode, StoreError, StoreResult};
 use crate::events::{ConnectionEvents, ServerInfo};
@@ -63,6 +64,8 @@ pub struct JsRedis {
 
 struct Driver {
   target: Arc<RedisTarget>,
+  /// Sentinel: whether the sentinels name another master while connected.
+  watch: Option<MasterWatch>,
   connect_timeout: Duration,
   command_timeout: Duration,
   state: RefCell<State>,
@@ -167,6 +170,9 @@ impl JsRedis {
     command_timeout: Duration,
     retry: RetrySettings,
   ) -> Self {
+    let watch = MasterWatch::new(&target, connect_timeout);
+    let mut core = Core::new(retry, target.sentinel.is_some());
+    core.watch_master(watch.clone());
     let state = State {
       env: ptr::null_mut(),
       transport: Vec::new(),
@@ -175,7 +181,7 @@ impl JsRedis {
       cleanup_hook: ptr::null_mut(),
       connection: Connection::Idle,
       attempt: 0,
-      core: Core::new(retry, target.sentinel.is_some()),
+      core,
       write_queued: false,
       out: Vec::new(),
       timer: None,
@@ -187,6 +193,7 @@ impl JsRedis {
     Self {
       driver: Rc::new(Driver {
         target: Arc::new(target),
+        watch,
         connect_timeout,
         command_timeout,
         state: RefCell::new(state),
@@ -242,6 +249,11 @@ impl JsRedis {
       return Err(StoreError::disposed());
     }
     state.prepare(driver, env)?;
+    // Nothing more goes to a master the sentinels replaced: a new connection.
+    let mut settled = Vec::new();
+    if let (Connection::Open { .. }, Some(err)) = (&state.connection, state.core.master_moved()) {
+      settled = state.recover(err);
+    }
     let waiter = Waiter {
       what,
       deferred,
@@ -273,6 +285,11 @@ impl JsRedis {
       state.begin_connect();
       drop(state);
       driver.find_server();
+    } else {
+      drop(state);
+    }
+    if !settled.is_empty() {
+      settle_now(env, settled);
     }
     Ok(())
   }
@@ -310,11 +327,12 @@ impl Driver {
       return;
     }
     let target = self.target.clone();
+    let watch = self.watch.clone();
     let limit = self.connect_timeout;
     let weak = Rc::downgrade(self);
     let js = Env::from_raw(env);
     let started = js.spawn_future_with_callback(
-      async move { Ok(connect::server_address(&target, limit).await) },
+      async move { Ok(connect::server_address(&target, limit, watch.as_ref()).await) },
       move |env, address| {
         if let Some(driver) = weak.upgrade() {
           driver.address_found(env.raw(), attempt, address);
@@ -663,13 +681,17 @@ impl State {
     }
   }
 
-  /// Writes every byte the calls queued (sealed by TLS when it is on).
+  /// Writes every byte the calls queued (sealed by TLS when it is on). Nothing goes to
+  /// a master the sentinels replaced (an error: the connection is dropped).
   fn write_unsent(&mut self) -> StoreResult<()> {
     let Connection::Open { tls } = &mut self.connection else {
       return Ok(());
     };
     if self.core.unsent().is_empty() {
       return Ok(());
+    }
+    if let Some(err) = self.core.master_moved() {
+      return Err(err);
     }
     match tls.as_deref_mut() {
       Some(tls) => {
@@ -786,6 +808,7 @@ impl State {
       return;
     }
     self.close();
+    self.core.close();
     if !self.transport.is_empty() {
       let _ = self.call(Method::Shutdown, &[]);
     }

@@ -19,6 +19,7 @@ use napi::{sys, Env};
 use super::connect::open;
 use super::redis_calls::{self, settle_now, Settlement, Waiter};
 use super::redis_core::{lost, stuck, Core};
+use super::sentinel_watch::MasterWatch;
 use super::socket::Socket;
 use crate::command::{Batch, Finish};
 use crate::error::{ErrorCode, StoreError, StoreResult};
@@ -35,6 +36,8 @@ pub struct LoopRedis {
 
 struct Driver {
   target: Arc<RedisTarget>,
+  /// Sentinel: whether the sentinels name another master while connected.
+  watch: Option<MasterWatch>,
   connect_timeout: Duration,
   command_timeout: Duration,
   state: RefCell<State>,
@@ -86,6 +89,9 @@ impl LoopRedis {
     command_timeout: Duration,
     retry: RetrySettings,
   ) -> Self {
+    let watch = MasterWatch::new(&target, connect_timeout);
+    let mut core = Core::new(retry, target.sentinel.is_some());
+    core.watch_master(watch.clone());
     let state = State {
       env: std::ptr::null_mut(),
       context: None,
@@ -97,7 +103,7 @@ impl LoopRedis {
       connection: Connection::Idle,
       attempt: 0,
       connect_abort: None,
-      core: Core::new(retry, target.sentinel.is_some()),
+      core,
       closed: false,
       shut_down: false,
       done: tokio::sync::watch::channel(false).0,
@@ -106,6 +112,7 @@ impl LoopRedis {
     Self {
       driver: Rc::new(Driver {
         target: Arc::new(target),
+        watch,
         connect_timeout,
         command_timeout,
         state: RefCell::new(state),
@@ -205,13 +212,14 @@ impl Drop for LoopRedis {
 impl Driver {
   fn start_connect(self: &Rc<Self>, env: &Env, attempt: u64) {
     let target = self.target.clone();
+    let watch = self.watch.clone();
     let limit = self.connect_timeout;
     let weak = Rc::downgrade(self);
     let (abort, registration) = AbortHandle::new_pair();
     self.state.borrow_mut().connect_abort = Some(abort);
     let started = env.spawn_future_with_callback(
       async move {
-        let opened = Abortable::new(open(&target, limit), registration).await;
+        let opened = Abortable::new(open(&target, limit, watch.as_ref()), registration).await;
         // (given up: nothing waits for it, and the callback finds it is not current)
         Ok(opened.unwrap_or_else(|_| Err(StoreError::disposed())))
       },
@@ -412,11 +420,15 @@ impl State {
     }
   }
 
-  /// Writes what the socket takes now; the rest waits for a writable event.
+  /// Writes what the socket takes now; the rest waits for a writable event. Nothing
+  /// goes to a master the sentinels replaced (an error: the connection is dropped).
   fn flush(&mut self) -> StoreResult<()> {
     let Connection::Open { socket, .. } = &mut self.connection else {
       return Ok(());
     };
+    if let Some(err) = self.core.master_moved() {
+      return Err(err);
+    }
     let more = socket.write_some(self.core.unsent())?;
     self.watch_writes(more);
     Ok(())
@@ -573,6 +585,7 @@ impl State {
     self.done.send_replace(true);
     self.abort_connect();
     self.close();
+    self.core.close();
     self.drop_connection();
     if !self.timer.is_null() {
       close_handle(std::mem::replace(&mut self.timer, std::ptr::null_mut()));
