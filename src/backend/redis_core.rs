@@ -263,12 +263,16 @@ impl<W> Core<W> {
   pub fn on_drop(&mut self, _err: &StoreError) -> Vec<W> {
     let rejected = self.requeue_or_reject(|_| true);
     if self.pending.is_empty() {
-      // No call waits for a new connection: nothing to watch until the next one.
-      if let Some(watch) = &self.watch {
-        watch.disconnected();
-      }
+      self.unwatch();
     }
     rejected
+  }
+
+  /// No connection, and no call waits for one: the sentinels' watch rests until the next.
+  fn unwatch(&self) {
+    if let Some(watch) = &self.watch {
+      watch.disconnected();
+    }
   }
 
   /// A connect attempt failed with `err`: calls sent again after a drop, with retries
@@ -282,6 +286,7 @@ impl<W> Core<W> {
     let follow_failover = self.follow_failover;
     let rejected = self.requeue_or_reject(|call| transient && (call.recovering || follow_failover));
     if self.pending.is_empty() {
+      self.unwatch();
       return (rejected, None);
     }
     self.failures += 1;
@@ -383,10 +388,12 @@ impl<W> Core<W> {
     self.pending.len()
   }
 
-  /// Forgets every call (their waiters are dropped) and every byte.
+  /// Forgets every call (their waiters are dropped) and every byte; drivers do when they
+  /// have no connection (a connect given up, a backoff no call waits for any more).
   pub fn clear(&mut self) {
     self.pending.clear();
     self.unsent.clear();
+    self.unwatch();
   }
 
   /// Gives up on every call (the driver cannot go on): returns their waiters, to be
