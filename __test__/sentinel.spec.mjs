@@ -45,6 +45,40 @@ describe('Sentinel', { timeout: 150_000 }, () => {
     assert.deepEqual(await kv.get('m', 'doc'), { a: 1 })
   })
 
+  it('closes its connections to the sentinels once closed: the watch of the master stops with the store', async () => {
+    // The connections that ask the sentinels about the master (not their links to each other).
+    const clients = () =>
+      Promise.all(
+        group.sentinels.map(
+          async ({ client }) =>
+            String(await client.call('CLIENT', 'LIST'))
+              .split('\n')
+              .filter((line) => / cmd=sentinel/.test(line)).length,
+        ),
+      )
+    const waitFor = async (ok) => {
+      let counts = await clients()
+      for (let i = 0; i < 50 && !ok(counts); i++) {
+        await sleep(100)
+        counts = await clients()
+      }
+      return counts
+    }
+    const before = await clients()
+    const opened = Array.from({ length: 4 }, (_, i) => createRedisStore(group.url, { prefix: `snt:close:${i}:` }))
+    await Promise.all(opened.map((store) => store.beginExecution('e')))
+    // While connected, each store watches every sentinel on a connection of its own.
+    const during = await waitFor((counts) => counts.every((n, i) => n >= before[i] + 4))
+    assert.ok(
+      during.every((n, i) => n >= before[i] + 4),
+      `watching: ${during} against ${before}`,
+    )
+    await Promise.all(opened.map((store) => store.close()))
+    const after = await waitFor((counts) => counts.every((n, i) => n <= before[i]))
+    assert.deepEqual(after, before, 'the closed stores (still referenced) left no sentinel connection')
+    assert.equal(opened.length, 4)
+  })
+
   it('rejects `sentinelTls` without sentinels, and bad sentinel TLS options, at creation', () => {
     assert.throws(
       () => createRedisStore('redis://127.0.0.1:6379', { sentinelTls: true }),

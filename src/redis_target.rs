@@ -201,7 +201,12 @@ impl RedisTarget {
       match name.as_ref() {
         "sentinelPassword" => settings.password = Some(value.into_owned()),
         "sentinelUsername" => settings.username = Some(value.into_owned()),
-        _ => return Err(invalid(&format!("unknown parameter \"{name}\""))),
+        _ => {
+          return Err(StoreError::invalid_input(format!(
+            "invalid Sentinel URL \"{}\": unknown parameter \"{name}\"",
+            redact_sentinel(&without_query_values(url))
+          )))
+        }
       }
     }
     // The server's credentials, as read here (a raw character of the password is
@@ -463,12 +468,29 @@ fn refuse_unknown_parameters(url: &str, parsed: &url::Url) -> StoreResult<()> {
     };
     return Err(StoreError::invalid_input(format!(
       "invalid Redis URL \"{}\": unknown parameter \"{}\"{hint} (a {}:// URL takes {takes})",
-      redact(url),
+      redact(&without_query_values(url)),
       name.escape_debug(),
       parsed.scheme()
     )));
   }
   Ok(())
+}
+
+/// `url` with the value of every query parameter hidden (`name=***`), for a message about
+/// a parameter durastate does not read: its value may be a secret under any name.
+fn without_query_values(url: &str) -> String {
+  let Some((base, query)) = url.split_once('?') else {
+    return url.to_string();
+  };
+  let hidden = query
+    .split('&')
+    .map(|pair| match pair.split_once('=') {
+      Some((name, _)) => format!("{name}=***"),
+      None => pair.to_string(),
+    })
+    .collect::<Vec<_>>()
+    .join("&");
+  format!("{base}?{hidden}")
 }
 
 /// `host:port` (or `[v6]:port`, or a host alone with `default_port`); `None` when it is
@@ -700,6 +722,17 @@ mod tests {
       .contains("unknown parameter \"tls\": TLS is asked for by the scheme"));
     assert!(message("rediss://h/?foo=bar")
       .contains("unknown parameter \"foo\" (a rediss:// URL takes only protocol)"));
+    for url in [
+      "redis://127.0.0.1:1?auth=SECRETPW",
+      "redis://127.0.0.1:1/0?protocol=resp3&requirepass=SECRETPW",
+      "redis+sentinel://127.0.0.1:1/m?auth=SECRETPW",
+    ] {
+      let Err(err) = RedisTarget::from_url(url) else {
+        panic!("{url} taken")
+      };
+      assert!(err.message.contains("unknown parameter"), "{}", err.message);
+      assert!(!err.message.contains("SECRETPW"), "{}", err.message);
+    }
     assert!(message("redis://h/?db=3").contains("the database is the URL's path"));
     let leaked = message("redis://h/?password=TOP");
     assert!(

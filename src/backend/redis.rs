@@ -303,6 +303,8 @@ impl RedisBackend {
     }
     state.taking_calls = false;
     state.accepted_after_close = self.shared.queued.load(Ordering::Acquire);
+    // Its watch of the sentinels stops (the calls made before still finish).
+    state.core.close();
     drop(state);
     self.shared.wake.notify_one();
   }
