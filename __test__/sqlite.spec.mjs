@@ -2,7 +2,7 @@
 // clear errors for a corrupt or unwritable file, the default location, URL routing.
 import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -537,6 +537,38 @@ print(json.dumps([c.execute('PRAGMA journal_mode').fetchone()[0], c.execute('PRA
     const path = join(cwd, '.durastate', 'state.db')
     assert.ok(existsSync(path))
     assert.equal(await open(path).isExecutionInProgress('e'), true)
+  })
+
+  it('keeps using the file a relative path named when the store was made, after process.chdir(): its WAL is checkpointed, nothing is created in the new directory', async () => {
+    const first = mkdtempSync(join(dir, 'chdir-a-'))
+    const second = mkdtempSync(join(dir, 'chdir-b-'))
+    mkdirSync(join(second, '.durastate'))
+    const { code, stdout, stderr } = await runChild(
+      `
+      (async () => {
+        const store = ds.createSqliteStore();
+        await store.commitExecutionTaskResult('e', 'first', 1);
+        process.chdir(${JSON.stringify(second)});
+        // About 12 MB of WAL without checkpoints (they are due every 1,000 pages).
+        for (let r = 0; r < 40; r++) {
+          await Promise.all(Array.from({ length: 256 }, (_, j) => store.commitExecutionTaskResult('e' + r, 't' + j, 'x'.repeat(1000))));
+        }
+        await store.isExecutionInProgress('e');
+        await new Promise((r) => setTimeout(r, 300));
+        const wal = require('node:fs').statSync(${JSON.stringify(join(first, '.durastate', 'state.db-wal'))}).size;
+        console.log(JSON.stringify({ wal }));
+        await store.close();
+      })().catch((e) => { console.error(e.code, e.message); process.exit(1) });
+    `,
+      { cwd: first, timeoutMs: 60_000 },
+    )
+    assert.equal(code, 0, stderr)
+    const { wal } = JSON.parse(stdout)
+    assert.ok(wal < 6 * 1024 * 1024, `the WAL is ${(wal / 1048576).toFixed(1)} MB: not checkpointed`)
+    assert.deepEqual(readdirSync(second, { recursive: true }), ['.durastate'])
+    const reopened = open(join(first, '.durastate', 'state.db'))
+    assert.equal(await reopened.getExecutionTaskResult('e', 'first'), 1)
+    assert.equal(await reopened.getExecutionTaskResult('e39', 't255'), 'x'.repeat(1000))
   })
 })
 

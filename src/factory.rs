@@ -288,6 +288,14 @@ fn embedded_engine(
       )))
     }
   };
+  // A relative path is made absolute now, once: every connection (the calls', the
+  // checkpoints') opens the same file, whatever the process's directory is later.
+  let location = match location {
+    Location::File(path) => Location::File(std::path::absolute(&path).map_err(|err| {
+      StoreError::invalid_input(format!("invalid SQLite path {}: {err}", path.display()))
+    })?),
+    memory => memory,
+  };
   let settings = EmbeddedSettings {
     location,
     busy_timeout: Duration::from_millis(busy_ms),

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{oneshot, watch};
 
 use super::sqlite::{self, Sweeper};
@@ -436,7 +436,10 @@ impl Checkpointer {
       return;
     };
     if self.connection.is_none() {
-      self.connection = Connection::open(path).ok();
+      // Never creates the file: one deleted under the store is not made anew (empty)
+      // here, which made SQLite drop the WAL holding the store's acknowledged writes.
+      let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+      self.connection = Connection::open_with_flags(path, flags).ok();
       self.page_size = self
         .connection
         .as_ref()
