@@ -2,7 +2,7 @@
 // clear errors for a corrupt or unwritable file, the default location, URL routing.
 import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -538,6 +538,46 @@ print(json.dumps([c.execute('PRAGMA journal_mode').fetchone()[0], c.execute('PRA
     assert.ok(existsSync(path))
     assert.equal(await open(path).isExecutionInProgress('e'), true)
   })
+
+  it(
+    'rejects UNAVAILABLE naming the file once it is deleted or replaced under the store, never writes into a replacement, and then uses the file at the path',
+    { skip: process.platform === 'win32' },
+    async () => {
+      for (const how of ['delete', 'replace']) {
+        const path = join(dir, `moved-${how}.db`)
+        const store = open(path)
+        await store.commitExecutionTaskResult('e', 'before', 1)
+        if (how === 'delete') {
+          rmSync(path)
+        } else {
+          const other = createSqliteStore(`${path}.other`)
+          await other.commitExecutionTaskResult('e', 'other', 2)
+          await other.close()
+          renameSync(`${path}.other`, path)
+        }
+        // Writes go on until one is refused: the store looks at the file every 100 ms or so.
+        let refused
+        const started = Date.now()
+        for (let i = 0; !refused && Date.now() - started < 5000; i++) {
+          try {
+            await Promise.all(Array.from({ length: 8 }, (_, j) => store.commitExecutionTaskResult('e', `w${i}-${j}`, 'z'.repeat(1500))))
+          } catch (err) {
+            refused = err
+          }
+        }
+        assert.equal(refused?.code, 'UNAVAILABLE', `${how}: ${refused?.message ?? 'every write was acknowledged'}`)
+        assert.ok(refused.message.includes(path) && /deleted or replaced/.test(refused.message), refused.message)
+        assert.ok(Date.now() - started < 3000, `${how}: refused after ${Date.now() - started} ms`)
+        // The next calls use the file at the path: made anew, or the replacement, untouched.
+        await store.commitExecutionTaskResult('e', 'after', 3)
+        await store.close()
+        const reopened = createSqliteStore(path)
+        const expected = how === 'delete' ? { after: 3 } : { other: 2, after: 3 }
+        assert.deepEqual(await reopened.getExecutionTaskResults('e'), expected)
+        await reopened.close()
+      }
+    },
+  )
 
   it('keeps using the file a relative path named when the store was made, after process.chdir(): its WAL is checkpointed, nothing is created in the new directory', async () => {
     const first = mkdtempSync(join(dir, 'chdir-a-'))

@@ -4,11 +4,11 @@
 //! thread (which groups what is queued to it the same way).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{oneshot, watch};
@@ -103,10 +103,147 @@ const CHECKPOINT_PAGES: i32 = 1000;
 /// Calls the store's thread runs in one transaction at most.
 const GROUP_LIMIT: usize = 256;
 
-/// An open database and its sweep clock.
+/// An open database, its sweep clock, and the watch on its file.
 struct Db {
   connection: Connection,
   sweeper: Sweeper,
+  file: FileWatch,
+}
+
+/// How often the calls ask whether the database file was deleted or replaced (one
+/// `stat` of its path): a call within this time of the last check does not ask.
+const MOVED_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// Whether the file the store has open is still the one at its path. A file deleted, or
+/// replaced (renamed over), under an open connection takes the writes made to it since
+/// with it: they go to a file no name reaches. SQLite does not notice on its own; the
+/// store asks every [`MOVED_CHECK_EVERY`] on the calls' path and before each checkpoint.
+struct FileWatch {
+  /// The database file (`None` in memory).
+  path: Option<PathBuf>,
+  /// When the calls' path asks next.
+  next_check: Instant,
+  /// The WAL and shared-memory files this connection uses (path, device and inode). When
+  /// the database file moved, SQLite closes without checkpointing and leaves them: the
+  /// next connection to open the path would take this WAL for the new file's and copy
+  /// its pages into that file (a replacement overwritten with pages of the old one).
+  /// Those still at their names are removed then.
+  companions: Vec<(PathBuf, (u64, u64))>,
+}
+
+impl FileWatch {
+  fn new(location: &Location) -> Self {
+    let path = match location {
+      Location::File(path) => Some(path.clone()),
+      Location::Memory => None,
+    };
+    let companions = path
+      .iter()
+      .flat_map(|path| ["-wal", "-shm"].map(|suffix| companion(path, suffix)))
+      .filter_map(|companion| Some((companion.clone(), file_id(&companion)?)))
+      .collect();
+    Self {
+      path,
+      next_check: Instant::now() + MOVED_CHECK_EVERY,
+      companions,
+    }
+  }
+}
+
+impl Db {
+  fn open(settings: &EmbeddedSettings, checkpoint_due: Arc<AtomicBool>) -> StoreResult<Self> {
+    let connection = open(settings, checkpoint_due)?;
+    Ok(Self {
+      connection,
+      sweeper: Sweeper::default(),
+      file: FileWatch::new(&settings.location),
+    })
+  }
+
+  /// `UNAVAILABLE` when the file was deleted or replaced since it was opened (asked at
+  /// most every [`MOVED_CHECK_EVERY`]): the caller then drops this `Db`, so the next
+  /// call opens the file at the path anew.
+  fn check_file(&mut self) -> StoreResult<()> {
+    let Some(path) = &self.file.path else {
+      return Ok(());
+    };
+    let now = Instant::now();
+    if now < self.file.next_check {
+      return Ok(());
+    }
+    self.file.next_check = now + MOVED_CHECK_EVERY;
+    match has_moved(&self.connection) {
+      false => Ok(()),
+      true => Err(moved_error(path)),
+    }
+  }
+}
+
+impl Drop for Db {
+  fn drop(&mut self) {
+    if self.file.path.is_some() && has_moved(&self.connection) {
+      for (path, id) in &self.file.companions {
+        if file_id(path) == Some(*id) {
+          let _ = std::fs::remove_file(path);
+        }
+      }
+    }
+  }
+}
+
+/// SQLite's `SQLITE_FCNTL_HAS_MOVED`: whether the file `connection` has open is no longer
+/// the one at its path (deleted, or another file renamed over it); one `stat`.
+fn has_moved(connection: &Connection) -> bool {
+  let mut moved: std::ffi::c_int = 0;
+  // SAFETY: the handle is open for as long as `connection` is borrowed, "main" is a
+  // NUL-terminated name, and this file control writes one int to the pointer given.
+  let rc = unsafe {
+    rusqlite::ffi::sqlite3_file_control(
+      connection.handle(),
+      c"main".as_ptr(),
+      rusqlite::ffi::SQLITE_FCNTL_HAS_MOVED,
+      (&mut moved as *mut std::ffi::c_int).cast(),
+    )
+  };
+  rc == rusqlite::ffi::SQLITE_OK && moved != 0
+}
+
+fn moved_error(path: &Path) -> StoreError {
+  StoreError::new(
+    ErrorCode::Unavailable,
+    format!(
+      "the database file {} was deleted or replaced while the store had it open: writes \
+       made to it since are lost with it; the next call opens the file at that path anew",
+      path.display()
+    ),
+  )
+}
+
+/// `<path><suffix>` (the WAL is `state.db-wal`).
+fn companion(path: &Path, suffix: &str) -> PathBuf {
+  let mut name = path.as_os_str().to_owned();
+  name.push(suffix);
+  PathBuf::from(name)
+}
+
+/// The device and inode of the file at `path`.
+#[cfg(unix)]
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+  use std::os::unix::fs::MetadataExt;
+  let meta = std::fs::metadata(path).ok()?;
+  Some((meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_: &Path) -> Option<(u64, u64)> {
+  None
+}
+
+fn location_id(location: &Location) -> Option<(u64, u64)> {
+  match location {
+    Location::File(path) => file_id(path),
+    Location::Memory => None,
+  }
 }
 
 enum Worker {
@@ -177,6 +314,10 @@ impl EmbeddedBackend {
   pub fn try_run_now(&self, batches: &[&Batch]) -> Option<StoreResult<Vec<Answer>>> {
     let mut database = self.database.try_lock().ok()?;
     let db = database.as_mut()?;
+    if let Err(err) = db.check_file() {
+      *database = None;
+      return Some(Err(err));
+    }
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
       db.connection.busy_timeout(Duration::ZERO)?;
       sqlite::execute_group(&mut db.connection, batches, now_ms, &mut db.sweeper)
@@ -340,6 +481,8 @@ impl Drop for Finished {
 fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) {
   let _finished = Finished(shared.database.clone(), shared.finished.clone());
   let mut checkpointer = Checkpointer::default();
+  // The device and inode of the file the calls' connection opened last.
+  let mut calls_file = None;
   while let Ok(job) = jobs.recv() {
     // Every job queued by now joins one transaction, up to GROUP_LIMIT calls.
     let mut groups = Vec::new();
@@ -372,6 +515,7 @@ fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) 
         run(
           &settings,
           &mut database,
+          &mut calls_file,
           &batches,
           &claims,
           &shared.checkpoint_due,
@@ -385,7 +529,12 @@ fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) 
       }
     }
     if shared.checkpoint_due.swap(false, Ordering::AcqRel) {
-      checkpointer.run(&settings);
+      // Never into a file that replaced the one the calls write to (told by the file at
+      // the path, not by the calls' connection: its lock is the JS thread's fast path).
+      match location_id(&settings.location) == calls_file {
+        true => checkpointer.run(&settings),
+        false => checkpointer.connection = None,
+      }
     }
   }
   // The store was closed (or dropped) and every queued call is done: the connections
@@ -449,6 +598,13 @@ impl Checkpointer {
     let Some(connection) = &self.connection else {
       return;
     };
+    // Its own file moved (deleted or replaced since it opened it): copying the WAL
+    // would write into the old file, or, through a WAL the replacement now shares,
+    // pages of the old file into the new one.
+    if has_moved(connection) {
+      self.connection = None;
+      return;
+    }
     let checkpoint = |mode: &str| -> rusqlite::Result<i64> {
       // (busy, frames in the WAL, frames copied)
       connection.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
@@ -532,17 +688,20 @@ impl QueuedKeys {
 fn run(
   settings: &EmbeddedSettings,
   database: &mut Option<Db>,
+  opened: &mut Option<(u64, u64)>,
   batches: &[&Batch],
   claims: &[&Claim],
   checkpoint_due: &Arc<AtomicBool>,
 ) -> StoreResult<Vec<Answer>> {
   if database.is_none() {
-    *database = Some(Db {
-      connection: open(settings, checkpoint_due.clone())?,
-      sweeper: Sweeper::default(),
-    });
+    *database = Some(Db::open(settings, checkpoint_due.clone())?);
+    *opened = location_id(&settings.location);
   }
   let db = database.as_mut().expect("opened above");
+  if let Err(err) = db.check_file() {
+    *database = None;
+    return Err(err);
+  }
   db.connection.busy_timeout(settings.busy_timeout)?;
   let claim = |i: usize| claims[i].start();
   let abandoned = |i: usize| claims[i].is_abandoned();
