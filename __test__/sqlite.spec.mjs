@@ -539,6 +539,44 @@ print(json.dumps([c.execute('PRAGMA journal_mode').fetchone()[0], c.execute('PRA
     assert.equal(await open(path).isExecutionInProgress('e'), true)
   })
 
+  it('removes expired rows as fast as they expire under a steady stream of new expiring keys and executions (the sweep is not capped at 64 rows per 100 ms)', async () => {
+    const path = join(dir, 'sweep.db')
+    const kv = createKvStore(`sqlite:${path}`)
+    const store = open(path, { ttl: 100 })
+    const total = 12_000
+    let next = 0
+    const started = Date.now()
+    await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        while (next < total) {
+          const i = next++
+          await Promise.all([kv.set('default', `u${i}`, { i }, { ttl: 100 }), store.commitExecutionTaskResult(`ex${i}`, 't', i)])
+        }
+      }),
+    )
+    const ms = Date.now() - started
+    await kv.close()
+    const read = spawnSync(
+      'python3',
+      [
+        '-c',
+        `import sqlite3, sys, time, json
+c = sqlite3.connect(sys.argv[1])
+now = int(time.time() * 1000)
+print(json.dumps([c.execute('SELECT count(*) FROM ds_entries WHERE expires_at <= ?', (now,)).fetchone()[0],
+  c.execute('SELECT count(*) FROM ds_step_expiry WHERE due <= ?', (now,)).fetchone()[0]]))`,
+        path,
+      ],
+      { encoding: 'utf8', timeout: 10_000 },
+    )
+    assert.equal(read.status, 0, read.stderr)
+    const [entries, executions] = JSON.parse(read.stdout)
+    // 64 rows per 100 ms removed 640 a second, leaving most of the 12,000 of each; what is
+    // left now is about what expired in the last 100 ms of writes.
+    const message = `${entries} expired entries and ${executions} expired executions left of ${total} each written in ${ms} ms`
+    assert.ok(entries < total / 4 && executions < total / 4, message)
+  })
+
   it(
     'rejects UNAVAILABLE naming the file once it is deleted or replaced under the store, never writes into a replacement, and then uses the file at the path',
     { skip: process.platform === 'win32' },

@@ -17,15 +17,21 @@ use crate::error::{ErrorCode, StoreError, StoreResult};
 
 pub use schema::prepare;
 
-/// Expired rows removed per sweep at most (entries, and executions' step expiries).
+/// Expired rows a sweep removes at most (entries, and executions' step expiries): this
+/// many, or twice the commands of its transaction, up to [`SWEEP_MAX`].
 const SWEEP_LIMIT: i64 = 64;
-/// A write transaction sweeps when this long (ms) has passed since the last sweep.
+/// The most expired rows of each kind one sweep removes (a few milliseconds of work).
+const SWEEP_MAX: i64 = 512;
+/// A write transaction sweeps when this long (ms) has passed since the last sweep, or at
+/// once while the last sweep found more expired rows than it removed.
 const SWEEP_EVERY_MS: i64 = 100;
 
-/// When this connection last swept expired rows (ms since the epoch).
+/// When this connection last swept expired rows (ms since the epoch), and whether that
+/// sweep left expired rows behind (it removed as many as it could).
 #[derive(Default)]
 pub struct Sweeper {
   last: i64,
+  backlog: bool,
 }
 
 /// Runs `batches` in one transaction and answers each. `Err` only when the transaction
@@ -97,8 +103,13 @@ pub fn execute_claimed_group(
   {
     return Err(failed.clone());
   }
-  if writes && now - sweeper.last >= SWEEP_EVERY_MS {
-    sweep(tx.db, now)?;
+  // Paced while there is little to remove; while a sweep fills its limit (expiring rows
+  // written faster than one sweep per 100 ms removes them), every write transaction
+  // sweeps, removing about twice what it wrote, so the expired rows do not pile up.
+  if writes && (sweeper.backlog || now - sweeper.last >= SWEEP_EVERY_MS) {
+    let commands: usize = batches.iter().map(|batch| batch.commands.len()).sum();
+    let limit = (2 * commands as i64).clamp(SWEEP_LIMIT, SWEEP_MAX);
+    sweeper.backlog = sweep(tx.db, now, limit)?;
     sweeper.last = now;
   }
   tx.commit()?;
@@ -350,20 +361,22 @@ fn apply_step(db: &Connection, command: &Command, now: i64) -> StoreResult<Reply
 /// Removes a bounded number of expired entries and expired step expiries, found
 /// through the expiry indexes, never by a full scan. A step expiry found due with
 /// nothing expired (its `due` was a lower bound) gets its `due` moved on by `purge`.
-fn sweep(tx: &Connection, now: i64) -> StoreResult<()> {
-  tx.prepare_cached(
-    "DELETE FROM ds_entries WHERE key IN (SELECT key FROM ds_entries
+fn sweep(tx: &Connection, now: i64, limit: i64) -> StoreResult<bool> {
+  let entries = tx
+    .prepare_cached(
+      "DELETE FROM ds_entries WHERE key IN (SELECT key FROM ds_entries
        WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
-  )?
-  .execute([now, SWEEP_LIMIT])?;
+    )?
+    .execute([now, limit])?;
   let execs: Vec<String> = tx
     .prepare_cached("SELECT exec FROM ds_step_expiry WHERE due <= ?1 ORDER BY due LIMIT ?2")?
-    .query_map([now, SWEEP_LIMIT], |row| row.get(0))?
+    .query_map([now, limit], |row| row.get(0))?
     .collect::<Result<_, _>>()?;
+  let full = entries as i64 >= limit || execs.len() as i64 >= limit;
   for exec in execs {
     steps::purge(tx, &exec, now)?;
   }
-  Ok(())
+  Ok(full)
 }
 
 #[cfg(test)]

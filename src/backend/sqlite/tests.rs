@@ -525,6 +525,37 @@ fn writes_sweep_expired_rows_at_most_every_interval() {
   assert_eq!(count(&c, "ds_steps") + count(&c, "ds_step_expiry"), 0);
 }
 
+#[test]
+fn a_sweep_that_fills_its_limit_sweeps_again_on_the_next_write_until_none_is_left() {
+  let mut c = db();
+  for i in 0..200 {
+    set(&mut c, &format!("k{i}"), "v", Some(10), 0);
+  }
+  let mut sweeper = Sweeper::default();
+  let write = Batch::one(Command::Set {
+    key: "x".into(),
+    value: "v".into(),
+    ttl_ms: None,
+  });
+  // All at the same time: the 100 ms pacing alone would sweep once (64 rows).
+  let left: Vec<i64> = (0..5)
+    .map(|_| {
+      execute_group(&mut c, &[&write], || 200, &mut sweeper).unwrap();
+      count(&c, "ds_entries")
+    })
+    .collect();
+  assert_eq!(left, [137, 73, 9, 1, 1]);
+  for i in 0..100 {
+    set(&mut c, &format!("j{i}"), "v", Some(10), 200);
+  }
+  execute_group(&mut c, &[&write], || 250, &mut sweeper).unwrap();
+  assert_eq!(
+    count(&c, "ds_entries"),
+    101,
+    "paced again once none was left"
+  );
+}
+
 fn due(c: &Connection, exec: &str) -> Option<i64> {
   c.query_row(
     "SELECT due FROM ds_step_expiry WHERE exec = ?1",
