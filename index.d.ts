@@ -389,6 +389,8 @@ export declare function createMemoryStore(options?: StoreOptions | null): Durabl
  * A store picked by URL: `redis://`, `rediss://` (TLS), `redis+sentinel://`,
  * `redis+cluster://` (needs `keyLayout: 'hashtag'`) (Redis), `postgres://` or
  * `postgresql://` (Postgres), `sqlite:<path>` or `file:<path>` (SQLite), `memory:`.
+ * `sqlite:` takes the path as written; a `file:` URL is decoded as a URL (`%20` is a space,
+ * host empty or `localhost`). A query (`?...`) is `INVALID_INPUT`.
  * Without a URL: `DURASTATE_URL`, then `REDIS_URL`, then `DATABASE_URL`, else the SQLite
  * file `./.durastate/state.db`.
  */

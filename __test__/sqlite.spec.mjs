@@ -6,6 +6,7 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFile
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { pathToFileURL } from 'node:url'
 import { after, before, describe, it } from 'node:test'
 import { createKvStore, createSqliteStore, createStore } from '../index.js'
 import { rejectsWith } from './helpers/assert.mjs'
@@ -701,6 +702,35 @@ describe('createStore', () => {
     const { onRedis, cwd } = await probe('sqlite:./relative/state.db')
     assert.equal(onRedis, false)
     assert.ok(existsSync(join(cwd, 'relative', 'state.db')))
+  })
+
+  it('reads file: URLs as URLs (percent-escapes decoded, host empty or localhost) and refuses another host or a query with INVALID_INPUT naming the URL', async () => {
+    const base = mkdtempSync(join(dir, 'urls-'))
+    const spaced = join(base, 'my dir', 'state.db')
+    for (const [url, path] of [
+      [pathToFileURL(spaced).href, spaced],
+      [`file://localhost${join(base, 'local.db')}`, join(base, 'local.db')],
+      [`FILE://LOCALHOST${join(base, 'upper.db')}`, join(base, 'upper.db')],
+    ]) {
+      const store = createStore(url)
+      await store.commitExecutionTaskResult('e', 't', 1)
+      await store.close()
+      assert.ok(existsSync(path), `${url} did not make ${path}`)
+    }
+    assert.deepEqual(readdirSync(base).sort(), ['local.db', 'my dir', 'upper.db'])
+    for (const url of [
+      `file://example.com${join(base, 'remote.db')}`,
+      `sqlite:${join(base, 'query.db')}?mode=ro`,
+      `file://${join(base, 'query.db')}?mode=ro`,
+      `file://${join(base, 'bad%zz.db')}`,
+    ]) {
+      assert.throws(
+        () => createStore(url),
+        (err) => err.code === 'INVALID_INPUT' && err.message.includes(`"${url}"`),
+        url,
+      )
+    }
+    assert.deepEqual(readdirSync(base).sort(), ['local.db', 'my dir', 'upper.db'])
   })
 
   it('routes memory: to a private in-memory store', async () => {

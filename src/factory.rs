@@ -177,10 +177,9 @@ fn engine_for_url(url: &str, options: &StoreOptions) -> StoreResult<(Engine, Com
       redis_engine_for(RedisTarget::from_url(url)?, options)
     }
     Some("redis+cluster" | "rediss+cluster") => cluster_engine(&crate::redis_target::cluster_fields_from_url(url)?, options),
-    Some("sqlite" | "file") => {
+    Some(scheme @ ("sqlite" | "file")) => {
       let rest = &url[url.find(':').expect("has a scheme") + 1..];
-      let path = file_path(rest.strip_prefix("//").unwrap_or(rest))?;
-      embedded_engine(Location::File(path), options)
+      embedded_engine(Location::File(url_file_path(url, scheme, rest)?), options)
     }
     Some("memory") => embedded_engine(Location::Memory, options),
     Some("postgres" | "postgresql") => {
@@ -191,6 +190,78 @@ fn engine_for_url(url: &str, options: &StoreOptions) -> StoreResult<(Engine, Com
       crate::redis_target::redact(url)
     ))),
   }
+}
+
+/// The file a `sqlite:` or `file:` URL names. `sqlite:<path>` (or `sqlite://<path>`) takes
+/// the path as written. A `file:` URL is read as one (RFC 8089, as `pathToFileURL()` makes
+/// them): percent-escapes are decoded (`my%20dir` is `my dir`), and its host must be empty
+/// or `localhost` (`file:///tmp/x.db`, `file://localhost/tmp/x.db`); another host is
+/// refused. Neither takes a query (`?mode=ro` made a file named `c.db?mode=ro`).
+fn url_file_path(url: &str, scheme: &str, rest: &str) -> StoreResult<PathBuf> {
+  let query = || {
+    StoreError::invalid_input(format!(
+      "store URL \"{url}\" has a query (\"?...\"): a sqlite: or file: URL takes no parameters, only the file's path (a path with \"?\" in it can be given to createSqliteStore)"
+    ))
+  };
+  if scheme == "sqlite" {
+    let path = rest.strip_prefix("//").unwrap_or(rest);
+    // (A SQLite URI after the scheme is refused as such by `file_path`.)
+    if path.contains('?') && !path.starts_with("file:") {
+      return Err(query());
+    }
+    return file_path(path);
+  }
+  if rest.contains('?') {
+    return Err(query());
+  }
+  if rest.contains('#') {
+    return Err(StoreError::invalid_input(format!(
+      "store URL \"{url}\" has a fragment (\"#...\"): write \"#\" in a file: URL's path as %23"
+    )));
+  }
+  let path = match rest.strip_prefix("//") {
+    Some(after) => {
+      let (host, path) = after.split_at(after.find('/').unwrap_or(after.len()));
+      if !(host.is_empty() || host.eq_ignore_ascii_case("localhost")) {
+        return Err(StoreError::invalid_input(format!(
+          "store URL \"{url}\" names the host \"{host}\": a file: URL must name a local file (file:///path or file://localhost/path)"
+        )));
+      }
+      path
+    }
+    None => rest,
+  };
+  let decoded = percent_decode(path).ok_or_else(|| {
+    StoreError::invalid_input(format!(
+      "store URL \"{url}\" has a bad percent-escape (each % must start two hex digits, and the path must decode to UTF-8)"
+    ))
+  })?;
+  // `file:///C:/dir/x.db` names `C:/dir/x.db` on Windows.
+  #[cfg(windows)]
+  let decoded = match decoded.as_bytes() {
+    [b'/', drive, b':', ..] if drive.is_ascii_alphabetic() => decoded[1..].to_string(),
+    _ => decoded,
+  };
+  file_path(&decoded)
+}
+
+/// `%XX` escapes decoded; `None` for a malformed escape or a result that is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+  let mut bytes = Vec::with_capacity(text.len());
+  let mut rest = text.as_bytes();
+  while let Some((&byte, after)) = rest.split_first() {
+    if byte == b'%' {
+      let hex = after
+        .get(..2)
+        .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))?;
+      bytes.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+      rest = &after[2..];
+    } else {
+      bytes.push(byte);
+      rest = after;
+    }
+  }
+  String::from_utf8(bytes).ok()
 }
 
 fn file_path(path: &str) -> StoreResult<PathBuf> {
