@@ -529,12 +529,7 @@ fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) 
       }
     }
     if shared.checkpoint_due.swap(false, Ordering::AcqRel) {
-      // Never into a file that replaced the one the calls write to (told by the file at
-      // the path, not by the calls' connection: its lock is the JS thread's fast path).
-      match location_id(&settings.location) == calls_file {
-        true => checkpointer.run(&settings),
-        false => checkpointer.connection = None,
-      }
+      checkpointer.run(&settings, calls_file);
     }
   }
   // The store was closed (or dropped) and every queued call is done: the connections
@@ -569,6 +564,8 @@ pub fn spread(answers: StoreResult<Vec<Answer>>, calls: usize) -> Vec<Answer> {
 struct Checkpointer {
   connection: Option<Connection>,
   page_size: i64,
+  /// The device and inode of the file at the path when it opened its connection.
+  file: Option<(u64, u64)>,
 }
 
 /// WAL size after which a checkpoint makes writers wait to start the WAL over.
@@ -580,7 +577,12 @@ impl Checkpointer {
   /// Copies what it can without waiting for other connections; then, past the limit,
   /// what is left, and empties the WAL. Failure is harmless (the WAL just stays longer);
   /// the next one retries.
-  fn run(&mut self, settings: &EmbeddedSettings) {
+  ///
+  /// Never into a file other than the one the calls' connection opened (`calls_file`):
+  /// the checkpoint's own file is still the one at the path (`SQLITE_FCNTL_HAS_MOVED`),
+  /// and was, when it opened it, the one the calls opened. (Told without the calls'
+  /// connection: its lock is the JS thread's fast path.)
+  fn run(&mut self, settings: &EmbeddedSettings, calls_file: Option<(u64, u64)>) {
     let Location::File(path) = &settings.location else {
       return;
     };
@@ -589,6 +591,7 @@ impl Checkpointer {
       // here, which made SQLite drop the WAL holding the store's acknowledged writes.
       let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
       self.connection = Connection::open_with_flags(path, flags).ok();
+      self.file = file_id(path);
       self.page_size = self
         .connection
         .as_ref()
@@ -598,10 +601,10 @@ impl Checkpointer {
     let Some(connection) = &self.connection else {
       return;
     };
-    // Its own file moved (deleted or replaced since it opened it): copying the WAL
-    // would write into the old file, or, through a WAL the replacement now shares,
-    // pages of the old file into the new one.
-    if has_moved(connection) {
+    // Its own file moved (deleted or replaced since it opened it), or is not the calls'
+    // file: copying the WAL would write into the old file, or, through a WAL the
+    // replacement now shares, pages of the old file into the new one.
+    if self.file != calls_file || has_moved(connection) {
       self.connection = None;
       return;
     }
