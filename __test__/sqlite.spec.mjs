@@ -637,16 +637,19 @@ print(json.dumps([c.execute('SELECT count(*) FROM ds_entries WHERE expires_at <=
         }
         await store.isExecutionInProgress('e');
         await new Promise((r) => setTimeout(r, 300));
-        const wal = require('node:fs').statSync(${JSON.stringify(join(first, '.durastate', 'state.db-wal'))}).size;
-        console.log(JSON.stringify({ wal }));
+        const db = require('node:fs').statSync(${JSON.stringify(join(first, '.durastate', 'state.db'))}).size;
+        console.log(JSON.stringify({ db }));
         await store.close();
       })().catch((e) => { console.error(e.code, e.message); process.exit(1) });
     `,
       { cwd: first, timeoutMs: 60_000 },
     )
     assert.equal(code, 0, stderr)
-    const { wal } = JSON.parse(stdout)
-    assert.ok(wal < 6 * 1024 * 1024, `the WAL is ${(wal / 1048576).toFixed(1)} MB: not checkpointed`)
+    // Checkpoints copy the WAL into the file while the store runs (under a burst of writes
+    // the WAL itself may stay long: passive checkpoints do not shrink it). Never
+    // checkpointed, the file would hold only its first pages until close().
+    const { db } = JSON.parse(stdout)
+    assert.ok(db > 1024 * 1024, `the file is ${db} bytes: the WAL was not checkpointed into it`)
     assert.deepEqual(readdirSync(second, { recursive: true }), ['.durastate'])
     const reopened = open(join(first, '.durastate', 'state.db'))
     assert.equal(await reopened.getExecutionTaskResult('e', 'first'), 1)
