@@ -479,18 +479,7 @@ fn refuse_unknown_parameters(url: &str, parsed: &url::Url) -> StoreResult<()> {
 /// `url` with the value of every query parameter hidden (`name=***`), for a message about
 /// a parameter durastate does not read: its value may be a secret under any name.
 fn without_query_values(url: &str) -> String {
-  let Some((base, query)) = url.split_once('?') else {
-    return url.to_string();
-  };
-  let hidden = query
-    .split('&')
-    .map(|pair| match pair.split_once('=') {
-      Some((name, _)) => format!("{name}=***"),
-      None => pair.to_string(),
-    })
-    .collect::<Vec<_>>()
-    .join("&");
-  format!("{base}?{hidden}")
+  redact_query_where(url, |_| true)
 }
 
 /// `host:port` (or `[v6]:port`, or a host alone with `default_port`); `None` when it is
@@ -543,27 +532,28 @@ fn redact_sentinel(url: &str) -> String {
 /// `url` with the value of every query parameter that names a password
 /// (`sentinelPassword=`, libpq's `password=`) replaced by `***`.
 pub(crate) fn redact_query(url: &str) -> String {
+  // the name as it is read: `pass%77ord=` names the password too
+  redact_query_where(url, |name| names_a_password(&decoded(name)))
+}
+
+/// `url` with the value of each query parameter whose (raw) name `hide` picks replaced by
+/// `***`, and its fragment too (durastate reads none; a `#` may be part of a secret).
+fn redact_query_where(url: &str, hide: impl Fn(&str) -> bool) -> String {
   let Some((base, query)) = url.split_once('?') else {
     return url.to_string();
   };
   let (query, fragment) = match query.split_once('#') {
-    Some((query, fragment)) => (query, Some(fragment)),
-    None => (query, None),
+    Some((query, _)) => (query, "#***"),
+    None => (query, ""),
   };
   let pairs: Vec<String> = query
     .split('&')
     .map(|pair| match pair.split_once('=') {
-      // the name as it is read: `pass%77ord=` names the password too
-      Some((name, _)) if names_a_password(&decoded(name)) => format!("{name}=***"),
+      Some((name, _)) if hide(name) => format!("{name}=***"),
       _ => pair.to_string(),
     })
     .collect();
-  let mut redacted = format!("{base}?{}", pairs.join("&"));
-  if let Some(fragment) = fragment {
-    redacted.push('#');
-    redacted.push_str(fragment);
-  }
-  redacted
+  format!("{base}?{}{fragment}", pairs.join("&"))
 }
 
 /// Whether a query parameter carries a password: `password=`, `sentinelPassword=`, and a
@@ -662,6 +652,15 @@ mod tests {
       "rediss+sentinel://***@h:26379/main?sentinelPassword=***&x=1"
     );
     assert_eq!(redact("redis://h:6379/0"), "redis://h:6379/0");
+    // a `#` in a password's value starts the fragment: hidden with it
+    assert_eq!(
+      redact("postgres://db/app?password=TO#P&sslmode=require"),
+      "postgres://db/app?password=***#***"
+    );
+    assert_eq!(
+      without_query_values("redis://h/?auth=TOP&tls=1"),
+      "redis://h/?auth=***&tls=***"
+    );
     assert_eq!(
       redact("redis+unix:///tmp/r.sock?db=1&pass=TOP&x=1"),
       "redis+unix:///tmp/r.sock?db=1&pass=***&x=1"
