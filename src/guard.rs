@@ -44,22 +44,38 @@ pub trait Shut: Send + Sync + 'static {
   fn shut(&self);
 }
 
+/// A flag set once (a store closed, a call answered) that futures can wait for.
+pub struct Latch(tokio::sync::watch::Sender<bool>);
+
+impl Default for Latch {
+  fn default() -> Self {
+    Self(tokio::sync::watch::channel(false).0)
+  }
+}
+
+impl Latch {
+  /// Marks it closed; every [`wait`](Self::wait) resolves.
+  pub fn set(&self) {
+    self.0.send_replace(true);
+  }
+
+  /// Resolves once [`set`](Self::set) was called (at once if it was).
+  pub fn wait(&self) -> impl Future<Output = ()> + Send + 'static {
+    let mut closed = self.0.subscribe();
+    async move {
+      let _ = closed.wait_for(|closed| *closed).await;
+    }
+  }
+}
+
 /// Calls made on a store and not settled, and whether `close()` was called. A call of
 /// several batches (a `hashtag` claim that checks its token, a listing of pages) sends its
 /// later batches after `close()`, so the store closes when the last call settles.
+#[derive(Default)]
 pub struct Calls {
   state: Mutex<(usize, bool)>,
   /// Set once the store is shut: `close()` was called and its last call settled.
-  shut: tokio::sync::watch::Sender<bool>,
-}
-
-impl Default for Calls {
-  fn default() -> Self {
-    Self {
-      state: Mutex::default(),
-      shut: tokio::sync::watch::channel(false).0,
-    }
-  }
+  shut: Latch,
 }
 
 impl Calls {
@@ -70,15 +86,12 @@ impl Calls {
   /// Resolves once the store is shut: `close()` was called and every call made before
   /// it settled.
   pub fn shut(&self) -> impl Future<Output = ()> + Send + 'static {
-    let mut shut = self.shut.subscribe();
-    async move {
-      let _ = shut.wait_for(|done| *done).await;
-    }
+    self.shut.wait()
   }
 
   fn shut_now<T: Shut>(owner: &T) {
     owner.shut();
-    owner.calls().shut.send_replace(true);
+    owner.calls().shut.set();
   }
 
   /// Counts a call until the guard is dropped (when it settles).

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::sqlite::{self, Sweeper};
 use crate::command::{Batch, Reply};
@@ -276,7 +276,7 @@ pub struct EmbeddedBackend {
   calls: Calls,
   /// Set once the database is closed for good after `close()`: every connection to the
   /// file released (so SQLite checkpointed the WAL into it and removed the WAL file).
-  finished: Arc<watch::Sender<bool>>,
+  finished: Arc<crate::guard::Latch>,
 }
 
 impl EmbeddedBackend {
@@ -296,7 +296,7 @@ impl EmbeddedBackend {
       checkpoint_due: Arc::new(AtomicBool::new(false)),
       worker: Mutex::new(Worker::NotStarted),
       calls: Calls::default(),
-      finished: Arc::new(watch::channel(false).0),
+      finished: Arc::default(),
     }
   }
 
@@ -372,10 +372,7 @@ impl EmbeddedBackend {
   /// before it ran, and every connection to the file is released (the last one to close
   /// copies the WAL into the file and deletes it), so the file can be copied or removed.
   pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut finished = self.finished.subscribe();
-    async move {
-      let _ = finished.wait_for(|done| *done).await;
-    }
+    self.finished.wait()
   }
 
   fn submit(&self, job: Job) -> StoreResult<()> {
@@ -443,7 +440,7 @@ impl Shut for EmbeddedBackend {
     // The store's thread (the only one that opens the database) closes everything it
     // holds once its queue is done, then says so; without that thread nothing was opened.
     if let Worker::NotStarted = was {
-      self.finished.send_replace(true);
+      self.finished.set();
     }
   }
 }
@@ -463,18 +460,18 @@ struct Shared {
   database: Database,
   queued: Arc<QueuedKeys>,
   checkpoint_due: Arc<AtomicBool>,
-  finished: Arc<watch::Sender<bool>>,
+  finished: Arc<crate::guard::Latch>,
 }
 
 /// Closes the database and says `closed()` when dropped: when the store's thread ends,
 /// whether its queue is done or a bug made it panic (so `close()` never waits for a
 /// thread that is gone, nor resolves with the file still open).
-struct Finished(Database, Arc<watch::Sender<bool>>);
+struct Finished(Database, Arc<crate::guard::Latch>);
 
 impl Drop for Finished {
   fn drop(&mut self) {
     *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    self.1.send_replace(true);
+    self.1.set();
   }
 }
 

@@ -100,7 +100,7 @@ struct State {
   closed: bool,
   shut_down: bool,
   /// Set once shut down: closed, and every call made before settled.
-  done: tokio::sync::watch::Sender<bool>,
+  done: crate::guard::Latch,
   events: Arc<ConnectionEvents>,
 }
 
@@ -187,7 +187,7 @@ impl JsRedis {
       timer: None,
       closed: false,
       shut_down: false,
-      done: tokio::sync::watch::channel(false).0,
+      done: crate::guard::Latch::default(),
       events: ConnectionEvents::new(ServerInfo::redis(&target)),
     };
     Self {
@@ -222,10 +222,7 @@ impl JsRedis {
 
   /// Resolves once [`close`](Self::close) let the calls made before it settle.
   pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut done = self.driver.state.borrow().done.subscribe();
-    async move {
-      let _ = done.wait_for(|done| *done).await;
-    }
+    self.driver.state.borrow().done.wait()
   }
 
   /// Stops taking calls; the connection closes once the calls in flight are settled.
@@ -815,7 +812,7 @@ impl State {
     self.release_transport();
     self.connection = Connection::Idle;
     self.shut_down = true;
-    self.done.send_replace(true);
+    self.done.set();
     self.keep = None;
   }
 
@@ -827,7 +824,7 @@ impl State {
     self.close();
     self.core.clear();
     self.shut_down = true;
-    self.done.send_replace(true);
+    self.done.set();
     self.release_transport();
     self.keep.take()
   }

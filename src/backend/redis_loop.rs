@@ -64,7 +64,7 @@ struct State {
   closed: bool,
   shut_down: bool,
   /// Set once shut down: closed, and every call made before settled.
-  done: tokio::sync::watch::Sender<bool>,
+  done: crate::guard::Latch,
   events: Arc<ConnectionEvents>,
 }
 
@@ -106,7 +106,7 @@ impl LoopRedis {
       core,
       closed: false,
       shut_down: false,
-      done: tokio::sync::watch::channel(false).0,
+      done: crate::guard::Latch::default(),
       events: ConnectionEvents::new(ServerInfo::redis(&target)),
     };
     Self {
@@ -141,10 +141,7 @@ impl LoopRedis {
 
   /// Resolves once [`close`](Self::close) let the calls made before it settle.
   pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut done = self.driver.state.borrow().done.subscribe();
-    async move {
-      let _ = done.wait_for(|done| *done).await;
-    }
+    self.driver.state.borrow().done.wait()
   }
 
   /// Stops taking calls; the connection closes once the calls in flight are settled.
@@ -582,7 +579,7 @@ impl State {
       return;
     }
     self.shut_down = true;
-    self.done.send_replace(true);
+    self.done.set();
     self.abort_connect();
     self.close();
     self.core.close();

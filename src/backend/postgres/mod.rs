@@ -149,7 +149,7 @@ struct Fence {
   /// The call; taken by the lane that runs it (or by `close`).
   job: Mutex<Option<Job>>,
   /// Set once the call is answered: the lanes go on.
-  done: tokio::sync::watch::Sender<bool>,
+  done: crate::guard::Latch,
 }
 
 impl Fence {
@@ -401,7 +401,7 @@ impl Inner {
           lanes: lanes.clone(),
           waiting: lanes.len().into(),
           job: Mutex::new(Some(job)),
-          done: tokio::sync::watch::Sender::new(false),
+          done: crate::guard::Latch::default(),
         });
         let _in_order = self.fencing.lock().unwrap_or_else(|e| e.into_inner());
         for &lane in lanes {
@@ -515,17 +515,16 @@ impl Inner {
 
   /// A lane at its fence: the last lane there runs the call; the others wait for it.
   async fn pass(self: &Arc<Self>, fence: &Fence) {
-    let mut done = fence.done.subscribe();
+    let done = fence.done.wait();
     if fence.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
       if let Some(job) = fence.take() {
         if !job.answered() {
           self.run_group(&fence.lanes, vec![job]).await;
         }
       }
-      fence.done.send_replace(true);
+      fence.done.set();
     }
-    // (a sender dropped is a store gone: go on)
-    let _ = done.wait_for(|done| *done).await;
+    done.await;
   }
 
   /// A connection of the pool, set up (see `set_up`).
