@@ -54,7 +54,7 @@ pub struct Completion {
   queue: Arc<Queue>,
   tsfn: sys::napi_threadsafe_function,
   /// Dropped once the outcome is queued ([`Completion::keep`]).
-  kept: Option<Box<dyn Send>>,
+  kept: Option<crate::engine::CallHeld>,
 }
 
 // SAFETY: see `Done`; the threadsafe function is made to be called from any thread.
@@ -64,8 +64,8 @@ impl Completion {
   /// Queues the call's outcome; the first outcome into an empty queue wakes the JS thread.
   /// Keeps `guard` until the call's outcome is queued (its promise settles after it):
   /// the count of a store's unsettled calls (`guard::Held`), which `close()` waits on.
-  pub fn keep(&mut self, guard: impl Send + 'static) {
-    self.kept = Some(Box::new(guard));
+  pub(crate) fn keep(&mut self, guard: crate::engine::CallHeld) {
+    self.kept = Some(guard);
   }
 
   pub fn settle(self, result: StoreResult<Output>) {

@@ -161,7 +161,12 @@ pub enum Engine {
 /// ([`Calls`]): the backend closes when the last call made before `close()` settles.
 pub struct Open(Arc<OpenInner>);
 
-struct OpenInner {
+/// A call of an [`Open`] backend, counted until it settles ([`Completion::keep`]).
+///
+/// [`Completion::keep`]: completions::Completion::keep
+pub(crate) type CallHeld = Held<OpenInner>;
+
+pub(crate) struct OpenInner {
   backend: Arc<dyn AsyncBackend>,
   calls: Calls,
 }
@@ -181,7 +186,7 @@ impl Open {
   }
 
   /// Counts a call until the guard is dropped (when it settles).
-  fn hold(&self) -> Held<OpenInner> {
+  fn hold(&self) -> CallHeld {
     Calls::hold(&self.0)
   }
 
