@@ -19,6 +19,26 @@ const codeOf = async (promise) =>
   )
 const openFds = () => readdirSync('/proc/self/fd').length
 
+/**
+ * Runs `test({ paused, store, connections })` on a store of its own throwaway
+ * redis-server (`paused`, to SIGSTOP), `connections()` counting the connections it
+ * accepted; the server is resumed and stopped afterwards.
+ */
+async function withPausedServer(options, test) {
+  const paused = await startRedisServer()
+  const admin = new Redis(paused.url)
+  const store = createRedisStore(paused.url, options)
+  const connections = async () => Number(/total_connections_received:(\d+)/.exec(await admin.info('stats'))[1])
+  try {
+    await test({ paused, store, connections })
+  } finally {
+    process.kill(paused.pid, 'SIGCONT')
+    admin.disconnect()
+    await store.close()
+    await paused.stop()
+  }
+}
+
 describe('Redis faults', () => {
   let server
   let admin
@@ -184,11 +204,7 @@ describe('Redis faults', () => {
     // A pause as a BGSAVE fork, an fsync stall or a slow script makes: 5 calls made
     // together time out in the same tick; that is one commandTimeout of silence, not 5
     // calls in a row, so the connection stays and a call still waiting gets its reply.
-    const paused = await startRedisServer()
-    const admin = new Redis(paused.url)
-    const store = createRedisStore(paused.url, { prefix: 'pause:', commandTimeout: 500 })
-    const connections = async () => Number(/total_connections_received:(\d+)/.exec(await admin.info('stats'))[1])
-    try {
+    await withPausedServer({ prefix: 'pause:', commandTimeout: 500 }, async ({ paused, store, connections }) => {
       await store.beginExecution('e')
       const before = await connections()
       process.kill(paused.pid, 'SIGSTOP')
@@ -204,23 +220,14 @@ describe('Redis faults', () => {
       assert.equal(await waiting, true, 'the claim in flight is answered on the same connection')
       assert.equal(await store.isExecutionInProgress('t4'), true)
       assert.equal(await connections(), before, 'no new connection')
-    } finally {
-      process.kill(paused.pid, 'SIGCONT')
-      admin.disconnect()
-      await store.close()
-      await paused.stop()
-    }
+    })
   })
 
   it('keeps the connection through a pause that outlasts 3 × commandTimeout with no call timing out at its end: a timed-out write lands when the server resumes', async () => {
     // Two calls time out early in a 1.5 s pause (commandTimeout 400); no call is made
     // after them, so no later timeout judges the connection stuck, and it is kept (as the
     // README says: abandoned only when a call times out after 3 × commandTimeout of silence).
-    const paused = await startRedisServer()
-    const admin = new Redis(paused.url)
-    const store = createRedisStore(paused.url, { prefix: 'pause2:', commandTimeout: 400 })
-    const connections = async () => Number(/total_connections_received:(\d+)/.exec(await admin.info('stats'))[1])
-    try {
+    await withPausedServer({ prefix: 'pause2:', commandTimeout: 400 }, async ({ paused, store, connections }) => {
       await store.beginExecution('warm')
       const before = await connections()
       process.kill(paused.pid, 'SIGSTOP')
@@ -231,12 +238,7 @@ describe('Redis faults', () => {
       // the write was sent before the pause took it, so the server applies it now
       assert.equal(await store.getExecutionTaskResult('e', 't'), 100)
       assert.equal(await connections(), before, 'no new connection')
-    } finally {
-      process.kill(paused.pid, 'SIGCONT')
-      admin.disconnect()
-      await store.close()
-      await paused.stop()
-    }
+    })
   })
 
   it('loses no acknowledged commit across 200 concurrent workflows while the server restarts twice', async () => {
