@@ -75,6 +75,14 @@ impl RedisTarget {
     } else {
       format!("the URL path \"{}\"", parsed.path())
     };
+    // Redis takes a database number up to 2^31 - 1; a larger one would fail each connect.
+    let db = client.get_connection_info().redis_settings().db();
+    if !(0..=MAX_REDIS_DB as i64).contains(&db) {
+      return Err(StoreError::invalid_input(format!(
+        "invalid Redis URL \"{}\": the database number in {db_origin} must be 0 to {MAX_REDIS_DB}",
+        redact(url)
+      )));
+    }
     Ok(Self {
       client,
       db_origin,
@@ -733,6 +741,8 @@ mod tests {
       assert!(!err.message.contains("SECRETPW"), "{}", err.message);
     }
     assert!(message("redis://h/?db=3").contains("the database is the URL's path"));
+    assert!(message("redis://h/2147483648").contains("must be 0 to 2147483647"));
+    assert!(RedisTarget::from_url("redis://h/2147483647").is_ok());
     let leaked = message("redis://h/?password=TOP");
     assert!(
       leaked.contains("password=***") && !leaked.contains("TOP"),
