@@ -306,9 +306,56 @@ const KV_OPTIONS = [...STORE_OPTIONS, 'mounts']
 const RETRY_OPTIONS = ['attempts', 'minDelay', 'maxDelay']
 const TLS_OPTIONS = ['ca', 'cert', 'key', 'servername', 'rejectUnauthorized']
 const MOUNT_OPTIONS = ['mode', 'prefix', 'schema', 'maxEntries', 'maxValueSize', 'ttl']
-const REDIS_TARGET_FIELDS = ['host', 'port', 'username', 'password', 'db', 'tls', 'sentinels', 'name', 'sentinelUsername', 'sentinelPassword', 'cluster']
-const SENTINEL_FIELDS = ['host', 'port']
-const POSTGRES_TARGET_FIELDS = ['host', 'port', 'user', 'password', 'database', 'sslmode', 'applicationName']
+/** The fields of a target given as fields, each with the type it takes. */
+const REDIS_TARGET_TYPES = {
+  host: 'string',
+  port: 'number',
+  username: 'string',
+  password: 'string',
+  db: 'number',
+  tls: 'boolean',
+  sentinels: 'array',
+  name: 'string',
+  sentinelUsername: 'string',
+  sentinelPassword: 'string',
+  cluster: 'array of strings',
+}
+const SENTINEL_TYPES = { host: 'string', port: 'number' }
+const POSTGRES_TARGET_TYPES = {
+  host: 'string',
+  port: 'number',
+  user: 'string',
+  password: 'string',
+  database: 'string',
+  sslmode: 'string',
+  applicationName: 'string',
+}
+const REDIS_TARGET_FIELDS = Object.keys(REDIS_TARGET_TYPES)
+const SENTINEL_FIELDS = Object.keys(SENTINEL_TYPES)
+const POSTGRES_TARGET_FIELDS = Object.keys(POSTGRES_TARGET_TYPES)
+
+/**
+ * Refuses a field of `fields` whose value is not of the type `types` gives it, naming the
+ * field (the native conversion would only say that the target is of no type it takes).
+ * A password's value is never shown.
+ */
+function checkFieldTypes(fields, types, where, path = '') {
+  for (const [key, type] of Object.entries(types)) {
+    const value = fields[key]
+    if (value === undefined) continue
+    const fits =
+      type === 'array'
+        ? Array.isArray(value)
+        : type === 'array of strings'
+          ? Array.isArray(value) && value.every((v) => typeof v === 'string')
+          : typeof value === type
+    if (!fits) {
+      const name = path === '' ? key : `${path}.${key}`
+      const got = value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value
+      throw new DurastateError('INVALID_INPUT', `field \`${name}\` of a ${where} must be ${/^[aeiou]/.test(type) ? 'an' : 'a'} ${type}, got ${got}`)
+    }
+  }
+}
 
 const TLS_SETTINGS = '{ ca, cert, key, servername, rejectUnauthorized }'
 /** What to say of a name other libraries use, by where it was given. */
@@ -395,7 +442,6 @@ function checkOptionNames(options, known) {
   }
 }
 
-/** Checks the field names of a Redis target given as fields (the sentinels' included). */
 /**
  * Refuses a target that is an object of a class (a node-redis or ioredis client, which the
  * JS store takes; a `pg` Pool): its fields are not own keys, so it would read as `{}`,
@@ -411,13 +457,19 @@ function refuseClientObject(target, backend, fields) {
   }
 }
 
-function checkRedisFieldNames(target) {
+/** Checks the fields of a Redis target given as fields (the sentinels' included): names and types. */
+function checkRedisFields(target) {
   if (target === undefined || target === null || typeof target !== 'object' || Array.isArray(target)) return
   refuseClientObject(target, 'Redis', '{ host, port, ... }')
   refuseUnknownKeys(target, REDIS_TARGET_FIELDS, 'Redis target')
+  checkFieldTypes(target, REDIS_TARGET_TYPES, 'Redis target')
   if (Array.isArray(target.sentinels)) {
     target.sentinels.forEach((sentinel, i) => {
-      if (sentinel !== null && typeof sentinel === 'object') refuseUnknownKeys(sentinel, SENTINEL_FIELDS, 'sentinel address', `sentinels[${i}]`)
+      if (sentinel === null || typeof sentinel !== 'object' || Array.isArray(sentinel)) {
+        throw new DurastateError('INVALID_INPUT', `field \`sentinels[${i}]\` of a Redis target must be an object { host, port }`)
+      }
+      refuseUnknownKeys(sentinel, SENTINEL_FIELDS, 'sentinel address', `sentinels[${i}]`)
+      checkFieldTypes(sentinel, SENTINEL_TYPES, 'Redis target', `sentinels[${i}]`)
     })
   }
 }
@@ -720,7 +772,7 @@ function redisFields(target, postgresHint) {
       `\`${field}\` is a field of a Postgres target, not of a Redis one ({ host, port, username, password, db, ... }): ${postgresHint}`,
     )
   }
-  checkRedisFieldNames(target)
+  checkRedisFields(target)
   return target
 }
 
@@ -743,6 +795,7 @@ function postgresFields(target) {
   if (target !== null && typeof target === 'object' && !Array.isArray(target)) {
     refuseClientObject(target, 'Postgres', '{ host, port, user, ... }')
     refuseUnknownKeys(target, POSTGRES_TARGET_FIELDS, 'Postgres target')
+    checkFieldTypes(target, POSTGRES_TARGET_TYPES, 'Postgres target')
   }
   return target
 }

@@ -167,6 +167,28 @@ describe('store options', () => {
     )
   })
 
+  it('a target field of the wrong type is INVALID_INPUT naming the field and the type it takes, its value not shown', () => {
+    for (const [create, target, pattern] of [
+      [createRedisStore, { host: 6379 }, /^field `host` of a Redis target must be a string, got number$/],
+      [createRedisStore, { host: '127.0.0.1', port: '6379' }, /^field `port` of a Redis target must be a number, got string$/],
+      [createRedisStore, { host: '127.0.0.1', port: null }, /^field `port` of a Redis target must be a number, got null$/],
+      [createKvStore, { host: '127.0.0.1', password: 1234 }, /^field `password` of a Redis target must be a string, got number$/],
+      [createRedisStore, { host: '127.0.0.1', tls: 'true' }, /^field `tls` of a Redis target must be a boolean, got string$/],
+      [createRedisStore, { sentinels: '127.0.0.1:26379', name: 'main' }, /^field `sentinels` of a Redis target must be an array, got string$/],
+      [createRedisStore, { sentinels: ['127.0.0.1:26379'], name: 'main' }, /^field `sentinels\[0\]` of a Redis target must be an object \{ host, port \}$/],
+      [
+        createRedisStore,
+        { sentinels: [{ host: '127.0.0.1', port: '26379' }], name: 'main' },
+        /^field `sentinels\[0\]\.port` of a Redis target must be a number, got string$/,
+      ],
+      [createRedisStore, { cluster: ['redis://127.0.0.1:7000', 7001] }, /^field `cluster` of a Redis target must be an array of strings, got an array$/],
+      [createPostgresStore, { host: '127.0.0.1', password: 1234 }, /^field `password` of a Postgres target must be a string, got number$/],
+      [createPostgresStore, { host: '127.0.0.1', port: '5432' }, /^field `port` of a Postgres target must be a number, got string$/],
+    ]) {
+      refused(() => create(target), pattern, JSON.stringify(target))
+    }
+  })
+
   it('a client object of another library as the target (the JS store takes a node-redis client) is INVALID_INPUT, not the default address', async () => {
     const { createClient } = await import('redis')
     const { Redis } = await import('ioredis')
