@@ -526,6 +526,12 @@ function pemText(name, value, many) {
     return text
   }
   if (many && Array.isArray(value)) {
+    if (value.length === 0) {
+      throw new DurastateError(
+        'INVALID_INPUT',
+        `option \`${name}\` is an empty array, which trusts no CA: give PEM texts, or leave it out for the system's roots`,
+      )
+    }
     const texts = value.map((item) => pemText(name, item, false))
     if (texts.some((text) => !text.includes('-----BEGIN'))) {
       throw new DurastateError('INVALID_INPUT', `option \`${name}\` as an array takes PEM texts (strings or Buffers), not file paths`)

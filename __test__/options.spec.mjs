@@ -167,6 +167,15 @@ describe('store options', () => {
     )
   })
 
+  it("an empty array of CAs is INVALID_INPUT (it trusts no CA), not a file '' that cannot be read", () => {
+    for (const create of [
+      () => createRedisStore('rediss://127.0.0.1:1', { tls: { ca: [] } }),
+      () => createPostgresStore('postgres://127.0.0.1:1/db?sslmode=verify-full', { tls: { ca: [] } }),
+    ]) {
+      refused(create, /^option `tls\.ca` is an empty array, which trusts no CA/, 'ca []')
+    }
+  })
+
   it('a target field of the wrong type is INVALID_INPUT naming the field and the type it takes, its value not shown', () => {
     for (const [create, target, pattern] of [
       [createRedisStore, { host: 6379 }, /^field `host` of a Redis target must be a string, got number$/],
