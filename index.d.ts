@@ -545,7 +545,7 @@ export declare class KvStore {
   /** Whether the key is stored (not expired). No schema check. */
   has(mount: string, key: string): Promise<boolean>
   /**
-   * The mount's stored keys (prefix stripped), each once, sorted. `pattern` is a Redis glob
+   * The mount's stored keys (prefix stripped), each once, sorted by their UTF-8 bytes (code point order). `pattern` is a Redis glob
    * (`*`, `?`, `[abc]`, `[^a]`, `\\` escapes) over the key; the mount prefix always matches literally.
    */
   keys(mount: string, pattern?: string): Promise<string[]>
