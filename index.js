@@ -556,6 +556,22 @@ function requireString(name, value, store) {
   if (store !== undefined && noNul.has(store)) refuseNul(name, value)
 }
 
+/**
+ * Refuses, at creation, a Postgres KV store whose mount prefix or schema key holds NUL:
+ * each of its calls would be refused, and `clear()` would delete before failing.
+ */
+function refuseNulMounts(nativeStore) {
+  try {
+    for (const { name, prefix } of parseJson(nativeStore.mounts())) {
+      refuseNul(`mount '${name}': the prefix`, prefix)
+      for (const { key } of parseJson(nativeStore.schema(name))) refuseNul(`mount '${name}': schema key`, key)
+    }
+  } catch (err) {
+    nativeStore.close().then(undefined, toUndefined)
+    throw err
+  }
+}
+
 function refuseNul(name, value) {
   const index = value.indexOf('\0')
   if (index !== -1) {
@@ -1073,7 +1089,10 @@ class KvStore {
     this.#mountNames = new Set(parseJson(nativeStore.mounts()).map((m) => m.name))
     const server = describeServer(nativeStore, 'kv', target)
     servers.set(this, server)
-    if (server.backend === 'postgres') noNul.add(this)
+    if (server.backend === 'postgres') {
+      noNul.add(this)
+      refuseNulMounts(nativeStore)
+    }
     this.#order = new KeyOrder()
     this.#commandTimeout = nativeStore.commandTimeout
     this.#racesDeadline = server.backend !== 'sqlite' && server.backend !== 'memory'

@@ -351,7 +351,16 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     assert.deepEqual(await store.getExecutionTaskResult('e', 't'), value)
     await kv.set('default', 'v', value)
     assert.deepEqual(await kv.get('default', 'v'), value)
+    // a pattern matches in Rust: NUL in a range is a pattern like another; a literal NUL matches no key
+    assert.deepEqual(await kv.keys('default', '[\u0000-z]'), ['v'])
+    assert.deepEqual(await kv.keys('default', 'v\u0000*'), [])
     await Promise.all([store.close(), kv.close()])
+    // a mount whose prefix or schema key holds NUL could not run one call: refused at creation
+    assert.throws(() => createKvStore(server.url, { mounts: { m: { prefix: `${prefix}m\u0000:` } } }), invalid("mount 'm': the prefix"))
+    assert.throws(
+      () => createKvStore(server.url, { mounts: { m: { prefix: `${prefix}m:`, schema: { 'n\u0000': { type: 'number', default: 0 } } } } }),
+      invalid("mount 'm': schema key"),
+    )
   })
 
   it('claims have exactly one winner across stores and processes', async () => {

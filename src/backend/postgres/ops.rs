@@ -305,7 +305,8 @@ pub fn refuse_nul(command: &Command) -> Result<(), StoreError> {
     | Command::SetIf { key, value, .. }
     | Command::SetGet { key, value, .. } => first([("key", key), ("value", value)]),
     Command::Merge { key, partial, .. } => first([("key", key), ("value", partial)]),
-    Command::Scan { pattern, .. } => first([("key pattern", pattern)]),
+    // matched in Rust; only its literal prefix goes to SQL, and one with NUL matches no key
+    Command::Scan { .. } => None,
     Command::ScanExecutions { prefix, .. } => first([("prefix", prefix)]),
     other => first(other.keys().iter().map(|key| ("key", key))),
   };
@@ -490,6 +491,12 @@ pub fn run<'a>(
           });
         }
         let literal = glob::literal_prefix(pattern);
+        if literal.contains('\0') {
+          return Ok(Reply::Scan {
+            cursor: "0".into(),
+            keys: Vec::new(),
+          });
+        }
         let (found, next) = page(client, sql, false, cursor, &literal, *count).await?;
         let keys = found
           .into_iter()
