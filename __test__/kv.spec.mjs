@@ -1205,6 +1205,21 @@ for (const name of kvBackendNames) {
           assert.deepEqual((await io.keys(`${p}*`)).sort(), ['k', 'v', 's', 'n', 'many'].map((k) => p + k).sort())
         })
 
+        test('a key under the prefix that is not UTF-8 (written by another client) is no entry: not listed, not counted, left by clear', async () => {
+          const kv = backend.open({ mounts: { m: { maxEntries: 2 } } })
+          const p = backend.prefixOf(kv, 'm:')
+          const foreign = Buffer.concat([Buffer.from(p), Buffer.from([0xff, 0xfe])])
+          await io.set(foreign, '1')
+          assert.deepEqual(await kv.keys('m'), [])
+          assert.equal(await kv.set('m', 'a', 1), true)
+          assert.equal(await kv.set('m', 'b', 2), true, 'the foreign key takes no entry')
+          assert.deepEqual(await kv.keys('m'), ['a', 'b'])
+          assert.equal(await kv.clear('m'), true)
+          assert.deepEqual(await kv.keys('m'), [])
+          assert.equal(await io.exists(foreign), 1, 'left as it is, not deleted under another name')
+          await io.del(foreign)
+        })
+
         test("set and setMany overwrite a key of another type, as SET does, whether or not the mount's count is fresh", async () => {
           const kv = backend.open({ mounts: { m: {} } })
           const p = backend.prefixOf(kv, 'm:')

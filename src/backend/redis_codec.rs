@@ -404,11 +404,18 @@ fn scan_page(items: Vec<Value>) -> StoreResult<Reply> {
     return Err(unexpected("SCAN reply"));
   };
   let cursor = String::from_utf8(bytes(cursor)?).map_err(|_| unexpected("SCAN cursor"))?;
-  let keys = keys
-    .into_iter()
-    .map(|key| Ok(String::from_utf8_lossy(&bytes(key)?).into_owned()))
-    .collect::<StoreResult<_>>()?;
-  Ok(Reply::Scan { cursor, keys })
+  // A key that is not UTF-8 (another client's) cannot be a durastate key, which is a JS
+  // string: it is left out, not listed, counted or deleted under a name it does not have.
+  let mut names = Vec::with_capacity(keys.len());
+  for key in keys {
+    if let Ok(name) = String::from_utf8(bytes(key)?) {
+      names.push(name);
+    }
+  }
+  Ok(Reply::Scan {
+    cursor,
+    keys: names,
+  })
 }
 
 fn merge_outcome(items: Vec<Value>) -> StoreResult<Reply> {
