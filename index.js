@@ -904,18 +904,21 @@ function encodeEntries(entries, mount) {
   }
   const flat = []
   for (const key of Object.keys(entries)) {
-    if (!key.isWellFormed()) throw illFormed('key', key)
+    if (!key.isWellFormed()) throw illFormed(kvKeyName(mount), key)
     flat.push(key, encodeValue(entries[key], mount, key))
   }
   return flat
 }
 
-function requireKeys(keys, store) {
+/** How a KV key is named in messages: with its mount. */
+const kvKeyName = (mount) => `key of mount '${mount}'`
+
+function requireKeys(keys, store, mount) {
   if (!Array.isArray(keys) || keys.some((k) => typeof k !== 'string')) {
-    throw new DurastateError('INVALID_INPUT', 'keys must be an array of strings')
+    throw new DurastateError('INVALID_INPUT', `keys of mount '${mount}' must be an array of strings`)
   }
-  for (const key of keys) if (!key.isWellFormed()) throw illFormed('key', key)
-  if (noNul.has(store)) for (const key of keys) refuseNul('key', key)
+  for (const key of keys) if (!key.isWellFormed()) throw illFormed(kvKeyName(mount), key)
+  if (noNul.has(store)) for (const key of keys) refuseNul(kvKeyName(mount), key)
 }
 
 function ttlOf(options) {
@@ -1249,7 +1252,7 @@ class KvStore {
   get(mount, key) {
     try {
       this.#requireMount(mount)
-      requireString('key', key, this)
+      requireString(kvKeyName(mount), key, this)
       if (!this.#order.idle) return this.#after(mount, [key], 'get', (held, left) => this.#get(mount, key, left))
       return this.#get(mount, key)
     } catch (err) {
@@ -1264,7 +1267,7 @@ class KvStore {
   getOr(mount, key, fallback) {
     try {
       this.#requireMount(mount)
-      requireString('key', key, this)
+      requireString(kvKeyName(mount), key, this)
       if (!this.#order.idle) return this.#after(mount, [key], 'getOr', (held, left) => this.#getOr(mount, key, fallback, left))
       return this.#getOr(mount, key, fallback)
     } catch (err) {
@@ -1283,7 +1286,7 @@ class KvStore {
   getJson(mount, key) {
     try {
       this.#requireMount(mount)
-      requireString('key', key, this)
+      requireString(kvKeyName(mount), key, this)
       if (!this.#order.idle) return this.#after(mount, [key], 'getJson', (held, left) => this.#getJson(mount, key, left))
       return this.#getJson(mount, key)
     } catch (err) {
@@ -1298,7 +1301,7 @@ class KvStore {
   set(mount, key, value, options) {
     try {
       this.#requireMount(mount)
-      requireString('key', key, this)
+      requireString(kvKeyName(mount), key, this)
       return this.#setText(mount, key, encodeValue(value, mount, key), ttlOf(options))
     } catch (err) {
       return rejected(err)
@@ -1309,7 +1312,7 @@ class KvStore {
   setJson(mount, key, json, options) {
     try {
       this.#requireMount(mount)
-      requireString('key', key, this)
+      requireString(kvKeyName(mount), key, this)
       requireJsonText(json, mount, key)
       return this.#setText(mount, key, json, ttlOf(options))
     } catch (err) {
@@ -1377,7 +1380,7 @@ class KvStore {
   merge(mount, key, partial, options) {
     try {
       this.#requireMount(mount)
-      requireString('key', key, this)
+      requireString(kvKeyName(mount), key, this)
       if (partial === null || typeof partial !== 'object' || Array.isArray(partial)) {
         throw new DurastateError('INVALID_INPUT', `merge of key "${key}" (mount '${mount}') needs a plain object`)
       }
@@ -1400,7 +1403,7 @@ class KvStore {
   delete(mount, key) {
     try {
       this.#requireMount(mount)
-      requireString('key', key, this)
+      requireString(kvKeyName(mount), key, this)
       if (!this.#order.idle) {
         return this.#after(mount, [key], 'delete', (held, left) =>
           this.#bounded(this.#native.delete(mount, key, left), left, 'delete').then(undefined, rethrow),
@@ -1415,7 +1418,7 @@ class KvStore {
   has(mount, key) {
     try {
       this.#requireMount(mount)
-      requireString('key', key, this)
+      requireString(kvKeyName(mount), key, this)
       if (!this.#order.idle) {
         return this.#after(mount, [key], 'has', (held, left) => this.#bounded(this.#native.has(mount, key, left), left, 'has').then(undefined, rethrow))
       }
@@ -1464,7 +1467,7 @@ class KvStore {
   getMany(mount, keys) {
     try {
       this.#requireMount(mount)
-      requireKeys(keys, this)
+      requireKeys(keys, this, mount)
       const start = (held, left) =>
         this.#bounded(this.#native.getMany(mount, keys, left), left, 'getMany').then((texts) => decodeFound(keys, texts, mount), rethrow)
       if (!this.#order.idle) return this.#after(mount, keys.slice(), 'getMany', start)
@@ -1496,7 +1499,7 @@ class KvStore {
   deleteMany(mount, keys) {
     try {
       this.#requireMount(mount)
-      requireKeys(keys, this)
+      requireKeys(keys, this, mount)
       const start = (held, left) => this.#bounded(this.#native.deleteMany(mount, keys, left), left, 'deleteMany').then(undefined, rethrow)
       if (!this.#order.idle) return this.#after(mount, keys.slice(), 'deleteMany', start)
       return start(false, undefined)

@@ -1070,6 +1070,15 @@ for (const name of kvBackendNames) {
         assert.equal(await kv.has('m', 'bad'), false)
       })
 
+      test('a bad key or key list is INVALID_INPUT naming the mount', async () => {
+        const kv = backend.open({ mounts: { m: {} } })
+        await rejectsWith(kv.get('m', 42), 'INVALID_INPUT', /^key of mount 'm' must be a string, got number$/)
+        await rejectsWith(kv.set('m', 'a\ud800', 1), 'INVALID_INPUT', naming("key of mount 'm'", 'lone surrogate'))
+        await rejectsWith(kv.setMany('m', { 'a\udc00': 1 }), 'INVALID_INPUT', naming("key of mount 'm'", 'lone surrogate'))
+        await rejectsWith(kv.getMany('m', 'k'), 'INVALID_INPUT', /^keys of mount 'm' must be an array of strings$/)
+        await rejectsWith(kv.deleteMany('m', ['ok', '\ud800']), 'INVALID_INPUT', naming("key of mount 'm'", 'lone surrogate'))
+      })
+
       test('close is idempotent; later calls reject with DISPOSED', async () => {
         const kv = backend.open({ mounts: { m: {} } })
         const view = kv.mount('m')
