@@ -434,6 +434,47 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
     }
   })
 
+  it('refuses a store URL given where the id or key goes (the store from the environment), never printing its password', () => {
+    output(['kv', 'set', 'default', 'seed', '1', url])
+    for (const args of [
+      ['dispose', 'redis://app:s3cret/1234@127.0.0.1:6379'],
+      ['dispose', 'postgres://app:s3cret 1234@127.0.0.1:5432/app'],
+      ['reset', 'redis://app:s3cret/1234@127.0.0.1:6379', 'order-1'],
+      ['reset', 'order-1', 'redis://app:s3cret/1234@127.0.0.1:6379'],
+      ['kv', 'delete', 'default', 'redis://app:s3cret@127.0.0.1:6379'],
+      ['kv', 'get', 'default', 'rediss://app:s3cret/x@127.0.0.1:6379'],
+      ['kv', 'set', 'default', 'redis://app:s3cret@127.0.0.1:6379', '1'],
+    ]) {
+      const result = durastate(args, { env: { DURASTATE_URL: url } })
+      assert.equal(result.status, 2, `${args[0]}: ${result.stdout}${result.stderr}`)
+      assert.match(result.stderr, /^durastate: an argument taken as an id or key looks like a store URL/)
+      assert.doesNotMatch(result.stdout + result.stderr, /s3cret/)
+    }
+    // Given with a URL, such an id or key is taken as one, and every line echoing it hides
+    // the password (up to the last "@": a raw "/" or space in it included).
+    const key = 'redis://app:s3cret/1 2@127.0.0.1:6379'
+    for (const [args, expected] of [
+      [['kv', 'set', 'default', key, '1', url], /^stored "redis:\/\/app:\*\*\*@127\.0\.0\.1:6379" in mount "default" \(key "kv:redis:\/\/app:\*\*\*@127/],
+      [['kv', 'delete', 'default', key, url], /^deleted "redis:\/\/app:\*\*\*@127\.0\.0\.1:6379" from mount "default"\n$/],
+      [['kv', 'delete', 'default', key, url], /^"redis:\/\/app:\*\*\*@127\.0\.0\.1:6379" was not stored in mount "default"\n$/],
+    ]) {
+      const result = durastate(args)
+      assert.equal(result.status, 0, result.stderr)
+      assert.match(result.stdout, expected)
+    }
+    for (const args of [
+      ['kv', 'get', 'default', key, url],
+      ['dispose', url, key],
+      ['reset', url, key, 'step'],
+      ['inspect', url, 'postgres://app:s3cret 1234@127.0.0.1:5432/app'],
+    ]) {
+      const result = durastate(args)
+      assert.equal(result.status, 1, result.stderr)
+      assert.match(result.stderr, /:\*\*\*@127\.0\.0\.1:(6379|5432).*\(NOT_FOUND\)\n$/)
+      assert.doesNotMatch(result.stderr, /s3cret/)
+    }
+  })
+
   it('kv get prints the stored JSON text and kv set stores the JSON text given, digits as they are', async () => {
     const stored = '{"id":12345678901234567890,"x":1e400,"amount":1.10}'
     output(['kv', 'set', 'default', 'big', stored, url])

@@ -13,6 +13,7 @@ import {
   looksLikeKvEntry,
   readExecution,
   redactSecrets,
+  redactUrl,
   resetStep,
 } from './executions.mjs'
 
@@ -158,6 +159,7 @@ function parseRepair(name, args, flags, names) {
   }
   const url = args.length > names.length ? args[0] : undefined
   const [executionId, taskId] = args.slice(args.length - names.length)
+  if (url === undefined) refuseUrlAs([executionId, taskId], `${name} <url> ${names.map((n) => `<${n}>`).join(' ')}: the URL goes first`)
   return { name, url: resolveUrl(url), executionId, taskId, prefix: flags.prefix ?? '', force: flags.force }
 }
 
@@ -187,8 +189,21 @@ function parseKv([action, mount, ...args], flags) {
     throw new UsageError(`kv ${action} takes <mount> ${names.map((n) => `<${n}>`).join(' ')} [url]`)
   }
   const [key, value] = args
+  if (args.length === names.length) refuseUrlAs([key], `kv ${action} <mount> ${names.map((n) => `<${n}>`).join(' ')} <url>: the URL goes last`)
   if (action === 'set' && flags.json) throw new UsageError('--json applies to kv get, keys and delete, and to inspect: kv set prints one line')
   return { ...common, key, value, ttl: ttlOption(flags.ttl, action), url: resolveUrl(args[names.length]) }
+}
+
+/**
+ * Refuses an id, task id or key that is a store URL (`<scheme>://…`, of a scheme stores
+ * take) where no URL was given: the URL was put in the wrong place, and the store came
+ * from the environment. Not echoed: it may hold a password, which a message cannot always
+ * bound (a raw "/" or space in it).
+ */
+function refuseUrlAs(values, hint) {
+  if (values.some((value) => value !== undefined && isStoreUrl(value) && /^[a-z][a-z0-9+.-]*:\/\//i.test(value))) {
+    throw new UsageError(`an argument taken as an id or key looks like a store URL (not repeated here); give it in its place: ${hint}`)
+  }
 }
 
 /** The usage error for extra positionals: counted, never echoed (one may be a URL with its password). */
@@ -334,9 +349,13 @@ function printableJson(text) {
   return text.replace(UNPRINTABLE_IN_JSON, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)
 }
 
-/** A name from the store, quoted for a message (JSON escapes C0 only). */
+/**
+ * A name, quoted for a message (JSON escapes C0 only). A name the user gave may be a store
+ * URL put in the wrong place: its password is redacted, the user information read up to
+ * the last "@" (the quotes bound the URL).
+ */
 function quote(text) {
-  return printable(JSON.stringify(text))
+  return printable(redactSecrets(JSON.stringify(text)))
 }
 
 function formatSize(bytes) {
@@ -405,7 +424,7 @@ function printExecutions(executions, prefix) {
 
 function printExecution({ id, inProgress, expiresIn, steps }) {
   const state = inProgress ? `in progress, expires in ${formatTtl(expiresIn)}` : 'not in progress (no execution key)'
-  console.log(`execution ${printable(id)}: ${state}\n`)
+  console.log(`execution ${printable(redactUrl(id))}: ${state}\n`)
   if (steps.length === 0) return console.log('no steps')
   const columns = [
     ['STEP', 'left'],

@@ -232,13 +232,22 @@ export function formatJson(text) {
 
 /**
  * `text` (a store URL, or a message that may hold one) without secrets, for any scheme:
- * the password of a URL's userinfo, also before a comma-separated host list that
+ * the password of a URL's userinfo (up to the last "@" of a URL in double quotes, else up
+ * to the first "/" or space), also before a comma-separated host list that
  * new URL() cannot parse (redis+sentinel://u:pw@h1,h2/m), and the value of any
  * `...password=` / `...pass=` parameter (a query, or a libpq "key=value" string).
  */
 export function redactSecrets(text) {
   return (
     text
+      // a URL in double quotes (a message quoting it, JSON-escaped; a key prefix may come
+      // before it): its end is known, so
+      // its user information is read up to its last "@", a raw "/" or space in the
+      // password included
+      .replace(/"((?:[^"\\]|\\.)*?)([a-z][a-z0-9+.-]*:\/\/)((?:[^"\\]|\\.)*)@((?:[^"\\@]|\\.)*)"/gi, (quoted, before, scheme, userinfo, rest) => {
+        const colon = userinfo.indexOf(':')
+        return colon === -1 ? quoted : `"${before}${scheme}${userinfo.slice(0, colon)}:***@${rest}"`
+      })
       .replace(/([a-z][a-z0-9+.-]*:\/\/)([^\s/]*)@/gi, (_, scheme, userinfo) => {
         const colon = userinfo.indexOf(':')
         return colon === -1 ? `${scheme}${userinfo}@` : `${scheme}${userinfo.slice(0, colon)}:***@`
