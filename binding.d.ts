@@ -432,7 +432,10 @@ export interface StoreOptions {
    * Postgres: whether the first call creates the schema and its tables when they are
    * missing (default `true`). `false` (the CLI's reads: `inspect`, `kv get`, `ui`, ...):
    * a schema without a durastate store rejects every call `UNAVAILABLE` ("schema ... holds
-   * no durastate store") and nothing is created. Internal to the CLI, not in index.d.ts.
+   * no durastate store") and nothing is created. SQLite: `false` opens only an existing
+   * file of this build's format, and changes nothing in it to open it (a missing or empty
+   * file, or one of an older format, which a store would migrate, rejects `UNAVAILABLE`).
+   * Internal to the CLI, not in index.d.ts.
    */
   createTables?: boolean
 }

@@ -4,11 +4,12 @@
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { fileURLToPath } from 'node:url'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 import Redis from 'ioredis'
 import pg from 'pg'
 import binding from '../binding.js'
@@ -295,6 +296,100 @@ describe('durastate kv without --prefix uses the prefixes createKvStore gives mo
   })
 })
 
+describe('durastate reads a SQLite file as the library names it, and writes nothing to read it', { timeout: 60_000 }, () => {
+  const Database = createRequire(import.meta.url)('better-sqlite3')
+  let dir
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'durastate-cli-file-'))
+    for (const name of ['my db.db', 's.db']) {
+      const store = createSqliteStore(join(dir, name))
+      await store.beginExecution('order-1')
+      await store.close()
+    }
+  })
+  after(() => rmSync(dir, { recursive: true, force: true }))
+
+  /** The format and tables of a SQLite file, read with another library (read-only). */
+  function format(path) {
+    const db = new Database(path, { readonly: true, fileMustExist: true })
+    try {
+      const tables = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .all()
+        .map((r) => r.name)
+      return { version: db.pragma('user_version', { simple: true }), tables }
+    } finally {
+      db.close()
+    }
+  }
+
+  it('takes the file: URLs the library takes: percent-escapes decoded, file://localhost/', () => {
+    const ids = (target) => JSON.parse(output(['inspect', target, '--json'])).executions.map((e) => e.id)
+    assert.deepEqual(ids(pathToFileURL(join(dir, 'my db.db')).href), ['order-1'])
+    assert.deepEqual(ids(`file:${join(dir, 'my%20db.db')}`), ['order-1'])
+    assert.deepEqual(ids(`file://localhost${join(dir, 's.db')}`), ['order-1'])
+    assert.match(output(['kv', 'keys', 'default', `file://localhost${join(dir, 's.db')}`]), /^$/)
+  })
+
+  it('a file: URL naming a missing file fails, even when a file is named as the URL is written, and creates nothing', () => {
+    copyFileSync(join(dir, 's.db'), join(dir, 'lit%20x.db'))
+    for (const args of [
+      ['inspect', `file:${join(dir, 'lit%20x.db')}`],
+      ['kv', 'get', 'default', 'k', `file:${join(dir, 'lit%20x.db')}`],
+      // the UI fails at start, before it serves a page
+      ['ui', `file:${join(dir, 'lit%20x.db')}`, '--port', '0'],
+    ]) {
+      fails(args, 1, new RegExp(`^durastate: no SQLite file at ${join(dir, 'lit x.db')} \\(UNAVAILABLE\\)\n$`))
+    }
+    assert.equal(existsSync(join(dir, 'lit x.db')), false)
+    fails(['inspect', 'sqlite:/nonexistent/dir/state.db'], 1, /^durastate: no SQLite file at \/nonexistent\/dir\/state.db \(UNAVAILABLE\)\n$/)
+    assert.equal(existsSync('/nonexistent'), false)
+  })
+
+  it('an empty (0-byte) file gets no tables from a read: it holds no store (UNAVAILABLE)', () => {
+    const empty = join(dir, 'empty.db')
+    writeFileSync(empty, '')
+    for (const args of [
+      ['inspect', `sqlite:${empty}`],
+      ['kv', 'get', 'default', 'x', `sqlite:${empty}`],
+      ['kv', 'keys', 'default', `sqlite:${empty}`],
+      ['dispose', `sqlite:${empty}`, 'order-1'],
+    ]) {
+      fails(args, 1, /^durastate: cannot open SQLite file .*empty\.db: the file holds no durastate store \(no tables\); nothing was created \(UNAVAILABLE\)\n$/)
+    }
+    assert.equal(statSync(empty).size, 0)
+    // kv set creates the store, as it creates a file.
+    output(['kv', 'set', 'default', 'x', '1', `sqlite:${empty}`])
+    assert.equal(output(['kv', 'get', 'default', 'x', `sqlite:${empty}`]), '1\n')
+  })
+
+  it('a file of an older format is read by no command, and left as it is (no migration)', () => {
+    for (const [fixture, version] of [
+      ['v0.1.0.db', 1],
+      ['v2.db', 2],
+    ]) {
+      const copy = join(dir, `old-${version}.db`)
+      copyFileSync(fileURLToPath(new URL(`./fixtures/${fixture}`, import.meta.url)), copy)
+      const before = format(copy)
+      assert.equal(before.version, version)
+      for (const args of [
+        ['inspect', `sqlite:${copy}`],
+        ['kv', 'get', 'default', 'x', `sqlite:${copy}`],
+        ['reset', `sqlite:${copy}`, 'order-1', 'a'],
+      ]) {
+        fails(
+          args,
+          1,
+          new RegExp(
+            `^durastate: cannot open SQLite file .*old-${version}\\.db: the file is in durastate's format ${version}.*createSqliteStore.*\\(UNAVAILABLE\\)\n$`,
+          ),
+        )
+      }
+      assert.deepEqual(format(copy), before)
+    }
+  })
+})
+
 describe('durastate arguments and errors', { timeout: 60_000 }, () => {
   const usage = /usage:\n {2}durastate inspect/
 
@@ -331,10 +426,6 @@ describe('durastate arguments and errors', { timeout: 60_000 }, () => {
   it('reports an unreachable server as "durastate: <message> (<code>)" (exit 1)', async () => {
     const port = await freePort()
     fails(['inspect', `redis://127.0.0.1:${port}`], 1, /^durastate: .+ \(UNAVAILABLE\)\n$/)
-  })
-
-  it('does not create a SQLite file to inspect it (exit 1)', () => {
-    fails(['inspect', 'sqlite:/nonexistent/dir/state.db'], 1, /^durastate: no SQLite file at \/nonexistent\/dir\/state.db \(UNAVAILABLE\)\n$/)
   })
 })
 

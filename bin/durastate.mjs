@@ -1,7 +1,6 @@
 #!/usr/bin/env node
 // `durastate`: shows what a durastate store holds (worker executions and their steps) and
 // reads or writes the KV store. `durastate --help` prints the usage.
-import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { parseArgs } from 'node:util'
 import {
@@ -91,7 +90,6 @@ function isStoreUrl(arg) {
   const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(arg)?.[1].toLowerCase()
   return scheme !== undefined && require('../binding.js').storeUrlSchemes().includes(scheme)
 }
-const DEFAULT_SQLITE_PATH = './.durastate/state.db'
 /**
  * Connecting gets less time than a call: a connection that takes the whole of it (a TLS
  * handshake a plain-text server never answers, a host that drops packets) then fails
@@ -304,24 +302,9 @@ function resolveUrl(url) {
   return resolved
 }
 
-/** The SQLite file a URL names (as createStore reads it), or null for a Redis URL. */
-function sqlitePath(url) {
-  if (url === undefined) return DEFAULT_SQLITE_PATH
-  const file = /^(sqlite|file):(.*)$/is.exec(url)
-  if (!file) return null
-  return file[2].startsWith('//') ? file[2].slice(2) : file[2]
-}
-
-/**
- * Reading a SQLite file that is not there would create an empty one: refuse instead. (On
- * Postgres, the reads pass the internal store option `createTables: false`: a schema
- * without a store rejects UNAVAILABLE, and nothing is created.)
- */
-function requireExistingFile(url) {
-  const path = sqlitePath(url)
-  if (path !== null && path !== '' && !existsSync(path)) {
-    throw new CliError('UNAVAILABLE', `no SQLite file at ${path}`)
-  }
+/** Whether `url` opens a SQLite file (undefined: the default one). */
+function isSqliteUrl(url) {
+  return url === undefined || /^(?:sqlite|file):/i.test(url)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -475,9 +458,17 @@ async function storedId(inspector, prefix, id) {
   return (await readExecution(inspector, prefix, `{${id}}`)) !== null ? `{${id}}` : id
 }
 
+/**
+ * The store options of the CLI's inspectors and its KV reads: `createTables: false` (for
+ * them alone: internal). The addon then never creates, migrates or writes a store in
+ * order to open it: a SQLite file that is not there, is empty or is in an older format,
+ * and a Postgres schema without a store, reject UNAVAILABLE (the addon reads the URL's
+ * path, `file:` percent-escapes and hosts included, as it does for a store).
+ */
+const READ_ONLY = { ...TIMEOUTS, createTables: false }
+
 async function inspect({ url, executionId, prefix, json, tls, schema }) {
-  requireExistingFile(url)
-  const inspector = loadAddon().createInspector(url, { ...TIMEOUTS, tls, schema, createTables: false })
+  const inspector = loadAddon().createInspector(url, { ...READ_ONLY, tls, schema })
   try {
     if (executionId === undefined) {
       const executions = await listExecutions(inspector, prefix)
@@ -493,8 +484,7 @@ async function inspect({ url, executionId, prefix, json, tls, schema }) {
 }
 
 async function repair({ name, url, executionId: given, taskId, prefix, tls, schema, force }) {
-  requireExistingFile(url)
-  const inspector = loadAddon().createInspector(url, { ...TIMEOUTS, tls, schema, createTables: false })
+  const inspector = loadAddon().createInspector(url, { ...READ_ONLY, tls, schema })
   try {
     const executionId = await storedId(inspector, prefix, given)
     const quoted = quote(executionId)
@@ -512,13 +502,20 @@ async function repair({ name, url, executionId: given, taskId, prefix, tls, sche
 }
 
 async function ui(command) {
-  requireExistingFile(command.url)
   const { startUi } = await import('./ui.mjs')
   const { createInspector } = loadAddon()
-  const server = await startUi({
-    ...command,
-    createInspector: (url) => createInspector(url, { ...TIMEOUTS, tls: command.tls, schema: command.schema, createTables: false }),
-  })
+  const open = (url) => createInspector(url, { ...READ_ONLY, tls: command.tls, schema: command.schema })
+  if (isSqliteUrl(command.url)) {
+    // A file that is not there (or holds no store of this format) fails here, before the
+    // page is served, as on every other command; a server that is down may come back.
+    const probe = open(command.url)
+    try {
+      await probe.scanExecutions('0', '', 1)
+    } finally {
+      await probe.close()
+    }
+  }
+  const server = await startUi({ ...command, createInspector: open })
   const mode = command.allowWrites ? 'writes allowed: reset step, dispose' : 'read-only'
   console.log(`durastate ui: ${server.url} (${mode}; Ctrl-C stops it)`)
   const stop = () => server.close().then(() => process.exit(0))
@@ -570,13 +567,12 @@ const KV_ACTIONS = {
 }
 
 async function kv(command) {
-  if (command.action !== 'set') requireExistingFile(command.url)
   const store = loadAddon().createKvStore(command.url, {
     ...TIMEOUTS,
     tls: command.tls,
     schema: command.schema,
-    // Reads on Postgres find the store or fail: they never create its schema and tables
-    // (as requireExistingFile for SQLite); kv set creates them, as it creates a SQLite file.
+    // Reads find the store or fail: they never create a SQLite file or a Postgres schema
+    // and its tables, nor migrate an older SQLite file (READ_ONLY); kv set creates them.
     createTables: command.action === 'set',
     mounts: { [command.mount]: { prefix: command.prefix } },
   })

@@ -372,6 +372,7 @@ fn embedded_engine(
     busy_timeout: Duration::from_millis(busy_ms),
     full_sync,
     page_size,
+    create: options.create_tables.unwrap_or(true),
   };
   let backend = EmbeddedBackend::new(settings);
   Ok((Engine::Embedded(Arc::new(backend)), common))

@@ -36,6 +36,11 @@ pub struct EmbeddedSettings {
   pub full_sync: bool,
   /// `PRAGMA page_size` for a new database (an existing file keeps its own).
   pub page_size: Option<u32>,
+  /// Whether opening may create the file, its directory and the store's tables, and
+  /// migrate an older format (the store option `createTables`, default true). Without,
+  /// the file must hold a store of this build's format, and opening it writes nothing:
+  /// the CLI's reads.
+  pub create: bool,
 }
 
 /// What a call's batch answers.
@@ -722,6 +727,16 @@ fn run(
 fn open(settings: &EmbeddedSettings, checkpoint_due: Arc<AtomicBool>) -> StoreResult<Connection> {
   let mut connection = match &settings.location {
     Location::Memory => Connection::open_in_memory(),
+    Location::File(path) if !settings.create => {
+      if !path.exists() {
+        return Err(StoreError::new(
+          ErrorCode::Unavailable,
+          format!("no SQLite file at {}", path.display()),
+        ));
+      }
+      // Without SQLITE_OPEN_CREATE: a file removed since is not made anew.
+      Connection::open_with_flags(path, OpenFlags::default() - OpenFlags::SQLITE_OPEN_CREATE)
+    }
     Location::File(path) => {
       create_parent_dir(path)?;
       Connection::open(path)
@@ -753,7 +768,14 @@ fn prepare_waiting(connection: &mut Connection, settings: &EmbeddedSettings) -> 
   let started = std::time::Instant::now();
   loop {
     let now = || now_ms() as i64;
-    match sqlite::prepare(connection, settings.full_sync, settings.page_size, now) {
+    let create = settings.create || matches!(settings.location, Location::Memory);
+    match sqlite::prepare(
+      connection,
+      settings.full_sync,
+      settings.page_size,
+      now,
+      create,
+    ) {
       Err(err) if err.code == ErrorCode::Timeout && started.elapsed() < settings.busy_timeout => {
         std::thread::sleep(Duration::from_millis(10));
       }

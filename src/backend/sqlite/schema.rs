@@ -66,12 +66,15 @@ CREATE INDEX IF NOT EXISTS ds_step_expiry_due ON ds_step_expiry(due);
 
 /// Sets the page size of a new database, WAL and the sync level, then creates the
 /// tables or migrates a 0.1.0 file, in one transaction (another process opening the
-/// same file at once waits for it, then finds the work done).
+/// same file at once waits for it, then finds the work done). Without `create`, only a
+/// file of this build's format is taken, and nothing in it changes (the sync level is
+/// the connection's own): an empty file, or one of an older format, is `UNAVAILABLE`.
 pub fn prepare(
   connection: &mut Connection,
   full_sync: bool,
   page_size: Option<u32>,
   clock: impl Fn() -> i64,
+  create: bool,
 ) -> StoreResult<()> {
   // The file is judged before anything in it changes: a database of another application
   // (or of a newer durastate) is refused as it is, in its own journal mode, without
@@ -81,6 +84,24 @@ pub fn prepare(
     let tx = connection.transaction_with_behavior(TransactionBehavior::Deferred)?;
     judge(&tx)?
   };
+  if !create {
+    let sync = if full_sync { "FULL" } else { "NORMAL" };
+    return match found {
+      Layout::Current => Ok(connection.pragma_update(None, "synchronous", sync)?),
+      Layout::New => Err(StoreError::new(
+        ErrorCode::Unavailable,
+        "the file holds no durastate store (no tables); nothing was created",
+      )),
+      Layout::Keyspace | Layout::TwoIndexes => Err(StoreError::new(
+        ErrorCode::Unavailable,
+        format!(
+          "the file is in durastate's format {}{} and is read in format {VERSION} only; it was left as it is. A store of this version (createSqliteStore) migrates it when it opens it, after which older versions refuse it",
+          if matches!(found, Layout::Keyspace) { KEYSPACE_VERSION } else { TWO_INDEX_VERSION },
+          if matches!(found, Layout::Keyspace) { " (0.1.0)" } else { "" },
+        ),
+      )),
+    };
+  }
   if let Some(size) = page_size {
     connection.pragma_update(None, "page_size", size)?;
   }

@@ -8,7 +8,7 @@ use crate::command::{Condition, ExecutionView, KeyKind, MergeOutcome};
 
 fn db() -> Connection {
   let mut connection = Connection::open_in_memory().unwrap();
-  prepare(&mut connection, false, None, || 0).unwrap();
+  prepare(&mut connection, false, None, || 0, true).unwrap();
   connection
 }
 
