@@ -14,9 +14,10 @@ import { after, before, describe, it } from 'node:test'
 import { promisify } from 'node:util'
 import { chromium } from 'playwright-core'
 import binding, { createInspector } from '../binding.js'
-import { createKvStore, createRedisStore, createSqliteStore } from '../index.js'
+import { createKvStore, createPostgresStore, createRedisStore, createSqliteStore } from '../index.js'
 import { redactSecrets } from '../bin/executions.mjs'
-import { isAllowedHost, MAX_LISTED, MAX_SCANNED, MAX_VALUE_CHARS, startUi } from '../bin/ui.mjs'
+import { isAllowedHost, MAX_LISTED, MAX_READ, MAX_SCANNED, MAX_VALUE_CHARS, startUi } from '../bin/ui.mjs'
+import { testPostgres } from './helpers/postgres-server.mjs'
 import { startRedisServer } from './helpers/redis-server.mjs'
 
 const CLI = new URL('../bin/durastate.mjs', import.meta.url).pathname
@@ -250,13 +251,22 @@ describe('durastate ui: what it reads and shows', () => {
     assert.equal(redactSecrets('redis://u:s3?cr#et@h:6379/0'), 'redis://u:***@h:6379/0')
   })
 
+  const MANY = MAX_SCANNED + 500
+  let many
+  /** MANY executions `e0`... under the prefix "many:" (written once). */
+  function fillMany() {
+    many ??= (async () => {
+      const store = createSqliteStore(path, { prefix: 'many:' })
+      for (let i = 0; i < MANY; i += 1000) {
+        await Promise.all(Array.from({ length: Math.min(1000, MANY - i) }, (_, j) => store.commitExecutionTaskResult(`e${i + j}`, 's', 1)))
+      }
+      await store.close()
+    })()
+    return many
+  }
+
   it('a listing reads only the executions it shows and scans at most MAX_SCANNED keys', async () => {
-    const store = createSqliteStore(path, { prefix: 'many:' })
-    const total = MAX_SCANNED + 500
-    for (let i = 0; i < total; i += 1000) {
-      await Promise.all(Array.from({ length: Math.min(1000, total - i) }, (_, j) => store.commitExecutionTaskResult(`e${i + j}`, 's', 1)))
-    }
-    await store.close()
+    await fillMany()
     const { ui, counts } = await countingUi({ prefix: 'many:' })
     try {
       const list = (await raw(`${ui.url}api/executions`)).json
@@ -267,7 +277,7 @@ describe('durastate ui: what it reads and shows', () => {
       Object.assign(counts, { read: 0, scanned: 0 })
       const none = (await raw(`${ui.url}api/executions?search=no-such-id`)).json
       assert.deepEqual([none.executions.length, none.truncated], [0, true])
-      assert.equal(counts.read, 0)
+      assert.ok(counts.read <= 1, 'a search that matches nothing reads at most the search text as an id')
       assert.ok(counts.scanned <= MAX_SCANNED, `a search that matches nothing scanned ${counts.scanned} keys`)
       Object.assign(counts, { read: 0, scanned: 0 })
       assert.equal((await raw(`${ui.url}api/executions?limit=3`)).json.executions.length, 3)
@@ -336,6 +346,82 @@ describe('durastate ui: what it reads and shows', () => {
       await ui.close()
       await kv.close()
       await store.close()
+    }
+  })
+})
+
+describe('durastate ui: executions among KV entries of the same file or database', { timeout: 120_000 }, () => {
+  let dir
+  let redis
+  let postgres
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'durastate-ui-kv-'))
+    redis = await startRedisServer()
+    postgres = await testPostgres()
+  })
+  after(async () => {
+    await redis?.stop()
+    await postgres?.release()
+    if (dir) rmSync(dir, { recursive: true, force: true })
+  })
+
+  const schema = `ui_kv_${process.pid}`
+  const backends = {
+    sqlite: () => ({ url: `sqlite:${join(dir, 'shared.db')}`, options: {}, open: () => createSqliteStore(join(dir, 'shared.db')) }),
+    redis: () => ({ url: redis.url, options: {}, open: () => createRedisStore(redis.url) }),
+    postgres: () => ({ url: postgres.url, options: { schema }, open: () => createPostgresStore(postgres.url, { schema }) }),
+  }
+
+  /** `count` KV entries under the default mount (prefix "kv:", the worker store's default file or database) and `ids` executions. */
+  async function fill({ url, options, open }, count, ids) {
+    const kv = createKvStore(url, options)
+    for (let i = 0; i < count; i += 500) {
+      await Promise.all(Array.from({ length: Math.min(500, count - i) }, (_, j) => kv.set('default', `setting-${i + j}`, i + j)))
+    }
+    await kv.close()
+    const store = open()
+    for (const id of ids) await store.commitExecutionTaskResult(id, 'a', 1)
+    await store.close()
+  }
+
+  for (const [name, backend] of Object.entries(backends)) {
+    it(`lists the executions past ${MAX_LISTED + 100} KV entries under the same prefix (${name})`, async () => {
+      const target = backend()
+      await fill(target, MAX_LISTED + 100, ['order-1', 'order-2', 'order-3'])
+      const ui = await startUi({ url: target.url, createInspector: (url) => createInspector(url, target.options) })
+      try {
+        const list = (await raw(`${ui.url}api/executions`)).json
+        assert.deepEqual(list.executions.map((e) => e.id).sort(), ['order-1', 'order-2', 'order-3'])
+        assert.deepEqual([list.truncated, list.complete, list.readLimited], [false, true, false])
+        assert.equal(list.keys, MAX_LISTED + 103)
+      } finally {
+        await ui.close()
+      }
+    })
+  }
+
+  it('stops after MAX_READ keys read, and the page says so (sqlite)', async () => {
+    const file = join(dir, 'budget.db')
+    const target = { url: `sqlite:${file}`, options: {}, open: () => createSqliteStore(file) }
+    await fill(target, MAX_READ + 100, ['order-1', 'order-2'])
+    const ui = await startUi({ url: target.url, createInspector })
+    const root = typeof process.getuid === 'function' && process.getuid() === 0
+    const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: root ? ['--no-sandbox'] : [] })
+    try {
+      const list = (await raw(`${ui.url}api/executions`)).json
+      assert.deepEqual([list.executions.length, list.read, list.readLimited, list.truncated], [0, MAX_READ, true, true])
+      const found = (await raw(`${ui.url}api/executions?search=order`)).json
+      assert.deepEqual(found.executions.map((e) => e.id).sort(), ['order-1', 'order-2'])
+      const page = await browser.newPage()
+      await page.goto(ui.url)
+      await page.waitForFunction(() => /stopped after reading/.test(document.querySelector('#count').textContent), null, { timeout: 10_000 })
+      assert.match(
+        await page.locator('#count').textContent(),
+        new RegExp(`^0 executions; stopped after reading ${MAX_READ} of ${MAX_READ + 102} keys.*search to narrow`),
+      )
+    } finally {
+      await browser.close()
+      await ui.close()
     }
   })
 })

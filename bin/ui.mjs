@@ -26,10 +26,16 @@ import {
   ttlOrNull,
 } from './executions.mjs'
 
-/** The most executions one listing reads: the first by id of those its scan found. */
+/** The most executions one listing shows: the first by id of those its scan found. */
 export const MAX_LISTED = 500
 /** The most keys one listing scans, matching the search or not. */
 export const MAX_SCANNED = 20_000
+/**
+ * The most keys one listing reads to find its executions: the scan also finds what else is
+ * stored under the prefix (KV entries share the default file and database), which only a
+ * read tells from an execution.
+ */
+export const MAX_READ = 2_500
 /** Values are shown formatted, cut after this many characters. */
 export const MAX_VALUE_CHARS = 16_384
 const MAX_ID_LENGTH = 4096
@@ -163,10 +169,30 @@ export async function startUi({ url, port = 0, host = '127.0.0.1', allowWrites =
       if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LISTED)
         throw new HttpError(400, 'INVALID_INPUT', `limit must be an integer from 1 to ${MAX_LISTED}`)
       const { ids, truncated } = await listExecutionIds(inspector, prefix, { maxScanned: MAX_SCANNED, search: search || undefined })
-      // Only the executions shown are read (every second, per open page): the first `limit` ids.
-      const executions = order((await readExecutions(inspector, prefix, ids.slice(0, limit))).map(listed))
-      // `total`: the ids found (some may turn out empty); more may lie beyond the scan when not `complete`.
-      return { executions, total: ids.length, complete: !truncated, truncated: truncated || ids.length > limit }
+      const candidates = ids
+      // The ids are read in order, in batches of as many as are still to show, until
+      // `limit` executions are found (every second, per open page: with nothing else under
+      // the prefix, only the executions shown are read) or MAX_READ keys were read.
+      const found = []
+      let read = 0
+      while (found.length < limit && read < candidates.length && read < MAX_READ) {
+        const batch = candidates.slice(read, read + Math.min(limit - found.length, MAX_READ - read))
+        read += batch.length
+        found.push(...(await readExecutions(inspector, prefix, batch)))
+      }
+      const unread = read < candidates.length
+      return {
+        executions: order(found.map(listed)),
+        // the keys the scan found under the prefix (executions or not), and how many were read
+        keys: ids.length,
+        read,
+        // the scan saw every key under the prefix
+        complete: !truncated,
+        // the read budget ran out before `limit` executions were found
+        readLimited: unread && found.length < limit,
+        // more executions may exist than are shown
+        truncated: truncated || unread,
+      }
     },
     async execution(id) {
       const found = await readExecution(inspector, prefix, requireId(id, 'the execution id'))

@@ -92,9 +92,13 @@ function renderList(answer) {
     }),
   )
   const shown = answer.executions.length
-  $('count').textContent =
-    `${shown} execution${shown === 1 ? '' : 's'}${answer.truncated ? ` shown of more (${answer.total}${answer.complete ? '' : '+'})` : ''}` +
-    (state.search ? ` matching "${state.search}"` : '')
+  const more = answer.readLimited
+    ? `; stopped after reading ${answer.read} of ${answer.keys}${answer.complete ? '' : '+'} keys, most of them no execution (KV entries?): search to narrow`
+    : answer.truncated
+      ? ` shown; more may exist (${answer.keys}${answer.complete ? '' : '+'} keys under the prefix${answer.complete ? '' : ': the scan stopped, search by id'})`
+      : ''
+  const matching = state.search ? ` matching "${state.search}"` : ''
+  $('count').textContent = `${shown} execution${shown === 1 ? '' : 's'}${matching}${more}`
 }
 
 // ---------------------------------------------------------------------------------------
