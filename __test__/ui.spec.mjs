@@ -15,7 +15,7 @@ import { promisify } from 'node:util'
 import { chromium } from 'playwright-core'
 import binding, { createInspector } from '../binding.js'
 import { createKvStore, createPostgresStore, createRedisStore, createSqliteStore } from '../index.js'
-import { redactSecrets } from '../bin/executions.mjs'
+import { listExecutionIds, redactSecrets } from '../bin/executions.mjs'
 import { isAllowedHost, MAX_LISTED, MAX_READ, MAX_SCANNED, MAX_VALUE_CHARS, startUi } from '../bin/ui.mjs'
 import { testPostgres } from './helpers/postgres-server.mjs'
 import { startRedisServer } from './helpers/redis-server.mjs'
@@ -282,6 +282,26 @@ describe('durastate ui: what it reads and shows', () => {
       Object.assign(counts, { read: 0, scanned: 0 })
       assert.equal((await raw(`${ui.url}api/executions?limit=3`)).json.executions.length, 3)
       assert.equal(counts.read, 3)
+    } finally {
+      await ui.close()
+    }
+  })
+
+  it('a search for an exact id finds the execution past the MAX_SCANNED keys a listing scans', async () => {
+    await fillMany()
+    const inspector = createInspector(url)
+    const { ids: seen, truncated } = await listExecutionIds(inspector, 'many:', { maxScanned: MAX_SCANNED })
+    inspector.close()
+    assert.equal(truncated, true)
+    const beyond = Array.from({ length: MANY }, (_, i) => `e${i}`).find((id) => !seen.includes(id))
+    assert.ok(beyond, 'some execution lies beyond the scan')
+    const ui = await startUi({ url, prefix: 'many:', createInspector })
+    try {
+      const exact = (await raw(`${ui.url}api/executions?search=${beyond}`)).json
+      assert.deepEqual(
+        exact.executions.map((e) => e.id),
+        [beyond],
+      )
     } finally {
       await ui.close()
     }

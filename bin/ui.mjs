@@ -169,7 +169,8 @@ export async function startUi({ url, port = 0, host = '127.0.0.1', allowWrites =
       if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LISTED)
         throw new HttpError(400, 'INVALID_INPUT', `limit must be an integer from 1 to ${MAX_LISTED}`)
       const { ids, truncated } = await listExecutionIds(inspector, prefix, { maxScanned: MAX_SCANNED, search: search || undefined })
-      const candidates = ids
+      // An exact id is read directly too: the scan may have stopped before it.
+      const candidates = search && !ids.includes(search) ? [search, ...ids] : ids
       // The ids are read in order, in batches of as many as are still to show, until
       // `limit` executions are found (every second, per open page: with nothing else under
       // the prefix, only the executions shown are read) or MAX_READ keys were read.
