@@ -390,6 +390,37 @@ describe('durastate reads a SQLite file as the library names it, and writes noth
   })
 })
 
+describe('durastate kv on a mount named default that the app declares (prefix "default:")', { timeout: 60_000 }, () => {
+  let dir
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'durastate-cli-kv-declared-'))
+  })
+  after(() => rmSync(dir, { recursive: true, force: true }))
+
+  it('finds nothing under "kv:" and says to pass --prefix default:, which finds the entry', async () => {
+    const url = `sqlite:${join(dir, 'kv.db')}`
+    const app = createKvStore(url, { mounts: { default: {} } })
+    try {
+      assert.equal(app.mounts()[0].prefix, 'default:')
+      await app.set('default', 'theme', 'dark')
+    } finally {
+      await app.close()
+    }
+    const hint = /read under prefix "kv:".*declares.*"default:" \(--prefix default:\)/
+    fails(['kv', 'get', 'default', 'theme', url], 1, new RegExp(`^durastate: mount "default" has no key "theme"; ${hint.source} \\(NOT_FOUND\\)\n$`))
+    const keys = durastate(['kv', 'keys', 'default', url, '--json'])
+    assert.deepEqual([keys.status, keys.stdout], [0, '[]\n'])
+    assert.match(keys.stderr, hint)
+    assert.match(output(['kv', 'delete', 'default', 'theme', url]), hint)
+    assert.equal(output(['kv', 'get', 'default', 'theme', url, '--prefix', 'default:']), '"dark"\n')
+    assert.deepEqual(JSON.parse(output(['kv', 'keys', 'default', url, '--prefix', 'default:', '--json'])), ['theme'])
+    assert.match(
+      output(['--help']),
+      /"kv:" for the mount "default",\s+as createKvStore's implicit default mount; an app that declares a mount named\s+default stores it under "default:": pass --prefix default:/,
+    )
+  })
+})
+
 describe('durastate arguments and errors', { timeout: 60_000 }, () => {
   const usage = /usage:\n {2}durastate inspect/
 
@@ -547,7 +578,7 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
     for (const [args, expected] of [
       [['kv', 'set', 'default', key, '1', url], /^stored "redis:\/\/app:\*\*\*@127\.0\.0\.1:6379" in mount "default" \(key "kv:redis:\/\/app:\*\*\*@127/],
       [['kv', 'delete', 'default', key, url], /^deleted "redis:\/\/app:\*\*\*@127\.0\.0\.1:6379" from mount "default"\n$/],
-      [['kv', 'delete', 'default', key, url], /^"redis:\/\/app:\*\*\*@127\.0\.0\.1:6379" was not stored in mount "default"\n$/],
+      [['kv', 'delete', 'default', key, url], /^"redis:\/\/app:\*\*\*@127\.0\.0\.1:6379" was not stored in mount "default"[;\n]/],
     ]) {
       const result = durastate(args)
       assert.equal(result.status, 0, result.stderr)

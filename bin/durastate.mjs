@@ -45,7 +45,9 @@ const USAGE = `usage:
             path (with a "/", or ending in .db, .sqlite, .sqlite3) without * ? [.
             Give both to be explicit: inspect <url> <executionId>, kv keys <mount> <pattern> <url>
   --prefix  inspect: the worker store's key prefix (default "").
-            kv: the mount's key prefix (default "<mount>:", and "kv:" for the mount "default")
+            kv: the mount's key prefix (default "<mount>:", and "kv:" for the mount "default",
+            as createKvStore's implicit default mount; an app that declares a mount named
+            default stores it under "default:": pass --prefix default:)
   --schema  Postgres URLs: the schema holding the store's tables, as the store's option
             \`schema\` (default "durastate"; 1 to 63 bytes, no NUL or "$", not pg_...)
   --json    machine-readable output
@@ -176,7 +178,7 @@ function parseUi(args, flags) {
 
 function parseKv([action, mount, ...args], flags) {
   if (mount === undefined) throw new UsageError('kv needs an action (get, set, keys, delete) and a mount')
-  const common = { name: 'kv', action, mount, prefix: flags.prefix ?? defaultMountPrefix(mount), json: flags.json }
+  const common = { name: 'kv', action, mount, prefix: flags.prefix ?? defaultMountPrefix(mount), prefixGiven: flags.prefix !== undefined, json: flags.json }
   if (action === 'keys') {
     const { url, other: pattern } = splitUrl(args, { urlFirst: false })
     return { ...common, url: resolveUrl(url), pattern }
@@ -533,12 +535,25 @@ function valueJson(text) {
   }
 }
 
+/**
+ * For the mount "default" read under "kv:" (no --prefix) where nothing was found: an app that
+ * declares a mount named default (`mounts: { default: {} }`) stores it under "default:".
+ */
+function defaultMountHint({ mount, prefixGiven }) {
+  if (mount !== 'default' || prefixGiven) return ''
+  return (
+    `; read under prefix "kv:", createKvStore's implicit default mount: ` +
+    'a mount named default that the app declares (mounts: { default: ... }) is stored under "default:" (--prefix default:)'
+  )
+}
+
 const KV_ACTIONS = {
   // Values go as JSON text (getJson, setJson), never through JS numbers: 12345678901234567890
   // would be printed, and 9007199254740993 stored, with other digits.
-  async get(kv, { mount, key, json }) {
+  async get(kv, command) {
+    const { mount, key, json } = command
     const text = await kv.getJson(mount, key)
-    if (text === undefined) throw new CliError('NOT_FOUND', `mount ${quote(mount)} has no key ${quote(key)}`)
+    if (text === undefined) throw new CliError('NOT_FOUND', `mount ${quote(mount)} has no key ${quote(key)}${defaultMountHint(command)}`)
     try {
       JSON.parse(text)
     } catch (err) {
@@ -554,15 +569,21 @@ const KV_ACTIONS = {
     const expires = ttl === undefined ? '' : `, expires in ${ttl} ms`
     console.log(`stored ${quote(key)} in mount ${quote(mount)} (key ${quote(prefix + key)}${expires})`)
   },
-  async keys(kv, { mount, pattern, json }) {
+  async keys(kv, command) {
+    const { mount, pattern, json } = command
     const keys = await kv.keys(mount, pattern)
+    // (on stderr: stdout stays the list, [] with --json)
+    if (keys.length === 0 && defaultMountHint(command)) console.error(`durastate: no keys in mount "default"${defaultMountHint(command)}`)
     if (json) return console.log(JSON.stringify(keys))
     for (const key of keys) console.log(printable(key))
   },
-  async delete(kv, { mount, key, json }) {
+  async delete(kv, command) {
+    const { mount, key, json } = command
     const deleted = await kv.delete(mount, key)
     if (json) return console.log(JSON.stringify({ deleted }))
-    console.log(deleted ? `deleted ${quote(key)} from mount ${quote(mount)}` : `${quote(key)} was not stored in mount ${quote(mount)}`)
+    console.log(
+      deleted ? `deleted ${quote(key)} from mount ${quote(mount)}` : `${quote(key)} was not stored in mount ${quote(mount)}${defaultMountHint(command)}`,
+    )
   },
 }
 
