@@ -6,6 +6,7 @@ import { spawnSync } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { copyFileSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
+import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
@@ -730,6 +731,30 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
     assert.equal(result.status, 1, result.stdout + result.stderr)
     assert.match(result.stderr, /TLS handshake .* no TLS handshake within connectTimeout .*\(TLS\)\n$/)
     assert.ok(Date.now() - started < 15_000)
+  })
+
+  it('says UNAVAILABLE naming the sentinels when a sentinel never answers, not a TIMEOUT that races it', async () => {
+    // A listening socket that is never read: connections open (the kernel's backlog) and
+    // nothing answers them.
+    const silent = createServer(() => {})
+    await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve))
+    const { port } = silent.address()
+    try {
+      for (const args of [
+        ['inspect', `redis+sentinel://u:s3cret@127.0.0.1:${port}/mymaster`],
+        ['kv', 'get', 'default', 'k', `redis+sentinel://127.0.0.1:${port}/mymaster`],
+      ]) {
+        const started = Date.now()
+        const result = durastate(args)
+        const took = Date.now() - started
+        assert.equal(result.status, 1, result.stdout + result.stderr)
+        assert.match(result.stderr, new RegExp(`cannot connect to master "mymaster" of sentinels 127\\.0\\.0\\.1:${port}.* \\(UNAVAILABLE\\)\n$`))
+        assert.doesNotMatch(result.stderr, /s3cret/)
+        assert.ok(took < 5_000, `took ${took} ms`)
+      }
+    } finally {
+      silent.close()
+    }
   })
 
   it('refuses a --port that is not a port number (exit 2)', () => {

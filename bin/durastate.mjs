@@ -99,6 +99,17 @@ function isStoreUrl(arg) {
  * otherwise race it.
  */
 const TIMEOUTS = { connectTimeout: 4000, commandTimeout: 5000 }
+
+/**
+ * The timeouts (and retries) of a command on `url`. With Sentinel, a call waits through
+ * failed connects (a master that cannot be reached is being replaced), up to
+ * `retry.attempts` more of them, each up to connectTimeout: a sentinel that never answers
+ * then made the call's TIMEOUT win, its message naming no sentinel. The CLI connects once:
+ * the failure is said as such (UNAVAILABLE, naming the sentinels) within connectTimeout.
+ */
+function timeouts(url) {
+  return url !== undefined && /^rediss?\+sentinel:/i.test(url) ? { ...TIMEOUTS, retry: { attempts: 0 } } : TIMEOUTS
+}
 const KV_ARGUMENTS = { get: ['key'], set: ['key', 'value'], delete: ['key'] }
 const PREVIEW_LENGTH = 48
 
@@ -461,16 +472,16 @@ async function storedId(inspector, prefix, id) {
 }
 
 /**
- * The store options of the CLI's inspectors and its KV reads: `createTables: false` (for
+ * The store option of the CLI's inspectors and its KV reads: `createTables: false` (for
  * them alone: internal). The addon then never creates, migrates or writes a store in
  * order to open it: a SQLite file that is not there, is empty or is in an older format,
  * and a Postgres schema without a store, reject UNAVAILABLE (the addon reads the URL's
  * path, `file:` percent-escapes and hosts included, as it does for a store).
  */
-const READ_ONLY = { ...TIMEOUTS, createTables: false }
+const READ_ONLY = { createTables: false }
 
 async function inspect({ url, executionId, prefix, json, tls, schema }) {
-  const inspector = loadAddon().createInspector(url, { ...READ_ONLY, tls, schema })
+  const inspector = loadAddon().createInspector(url, { ...timeouts(url), ...READ_ONLY, tls, schema })
   try {
     if (executionId === undefined) {
       const executions = await listExecutions(inspector, prefix)
@@ -486,7 +497,7 @@ async function inspect({ url, executionId, prefix, json, tls, schema }) {
 }
 
 async function repair({ name, url, executionId: given, taskId, prefix, tls, schema, force }) {
-  const inspector = loadAddon().createInspector(url, { ...READ_ONLY, tls, schema })
+  const inspector = loadAddon().createInspector(url, { ...timeouts(url), ...READ_ONLY, tls, schema })
   try {
     const executionId = await storedId(inspector, prefix, given)
     const quoted = quote(executionId)
@@ -506,7 +517,7 @@ async function repair({ name, url, executionId: given, taskId, prefix, tls, sche
 async function ui(command) {
   const { startUi } = await import('./ui.mjs')
   const { createInspector } = loadAddon()
-  const open = (url) => createInspector(url, { ...READ_ONLY, tls: command.tls, schema: command.schema })
+  const open = (url) => createInspector(url, { ...timeouts(url), ...READ_ONLY, tls: command.tls, schema: command.schema })
   if (isSqliteUrl(command.url)) {
     // A file that is not there (or holds no store of this format) fails here, before the
     // page is served, as on every other command; a server that is down may come back.
@@ -589,7 +600,7 @@ const KV_ACTIONS = {
 
 async function kv(command) {
   const store = loadAddon().createKvStore(command.url, {
-    ...TIMEOUTS,
+    ...timeouts(command.url),
     tls: command.tls,
     schema: command.schema,
     // Reads find the store or fail: they never create a SQLite file or a Postgres schema
