@@ -757,6 +757,25 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
     }
   })
 
+  it('refuses TLS flags on a Postgres URL whose sslmode=disable turns TLS off (exit 2), rather than connecting in plain text', () => {
+    const ca = '/etc/ssl/certs/ca-certificates.crt'
+    for (const [url, flags] of [
+      ['postgres://app:s3cret@127.0.0.1:1/app?sslmode=disable', ['--tls-ca', ca]],
+      ['postgresql://app:s3cret@127.0.0.1:1/app?application_name=x&ssl%6dode=disable', ['--tls-ca', ca, '--insecure']],
+      ['postgres://app:s3cret@127.0.0.1:1/app?sslmode=require&sslmode=disable', ['--insecure']],
+    ]) {
+      const result = durastate(['inspect', url, ...flags])
+      assert.equal(result.status, 2, result.stdout + result.stderr)
+      assert.match(
+        result.stderr,
+        /^durastate: --(tls-ca|insecure).* for TLS, but the URL's sslmode=disable turns it off \(the connection would be plain text\)/,
+      )
+      assert.doesNotMatch(result.stderr, /s3cret/)
+    }
+    // Another sslmode with the flags connects (here: nothing listens, UNAVAILABLE).
+    fails(['inspect', 'postgres://app@127.0.0.1:1/app?sslmode=verify-ca', '--tls-ca', ca], 1, /\(UNAVAILABLE\)\n$/)
+  })
+
   it('refuses a --port that is not a port number (exit 2)', () => {
     for (const port of ['', ' ', '0x50', '1e3', '-1', '65536', '80.5']) {
       const result = durastate(['ui', url, `--port=${port}`])

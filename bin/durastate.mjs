@@ -63,7 +63,8 @@ const USAGE = `usage:
 
   TLS (Redis: the server, every cluster node, the sentinels; any flag turns TLS on;
   Postgres: --tls-ca, --tls-cert, --tls-key and --insecure, as sslmode=verify-full unless
-  the URL's sslmode says otherwise, which can also name files: sslrootcert=, sslcert=, sslkey=):
+  the URL's sslmode says otherwise (refused with sslmode=disable); the URL can also name
+  files: sslrootcert=, sslcert=, sslkey=):
   --tls-ca <file>          CA certificate(s) the server's certificate must chain to
                            (or the server's own self-signed certificate); default: system roots
   --tls-cert <file>        client certificate, for servers that require one (tls-auth-clients)
@@ -268,12 +269,40 @@ function tlsOption(values, url) {
     if (tls.servername !== undefined) {
       throw new UsageError("--tls-servername applies to Redis URLs only: Postgres checks the certificate against the URL's host")
     }
+    if (postgresSslmode(url) === 'disable') {
+      const given = ['tls-ca', 'tls-cert', 'tls-key', 'insecure'].filter((flag) => values[flag] !== undefined && values[flag] !== false)
+      throw new UsageError(
+        `${given.map((flag) => `--${flag}`).join(', ')} ask${given.length === 1 ? 's' : ''} for TLS, but the URL's sslmode=disable ` +
+          'turns it off (the connection would be plain text): drop one, or give sslmode=verify-full (or require, verify-ca)',
+      )
+    }
     return tls
   }
   if (url === undefined || !/^rediss?[+:]/i.test(url)) {
     throw new UsageError('the TLS flags (--tls-*, --insecure) apply to Redis and Postgres URLs only')
   }
   return tls
+}
+
+/** The `sslmode` of a Postgres URL's query, as the addon reads it (names and values percent-decoded, the last one counts), or undefined. */
+function postgresSslmode(url) {
+  const query = /^[^?#]*\?([^#]*)/.exec(url)?.[1] ?? ''
+  const decode = (text) => {
+    try {
+      return decodeURIComponent(text)
+    } catch {
+      return text
+    }
+  }
+  let mode
+  for (const pair of query.split('&')) {
+    const at = pair.indexOf('=')
+    if (at === -1) continue
+    const [name, value] = [decode(pair.slice(0, at)), decode(pair.slice(at + 1))]
+    if (name === 'sslmode') mode = value
+    if (name === 'ssl' && value === 'true') mode = 'require'
+  }
+  return mode
 }
 
 /** The store option `schema` of `--schema` (Postgres URLs only), or undefined when not given. */
