@@ -2,7 +2,7 @@
 // that uses a store exits on its own, with or without close(); worker threads can load
 // and unload the addon.
 import assert from 'node:assert/strict'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs'
 import { connect } from 'node:net'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
@@ -270,6 +270,58 @@ describe('process behaviour', () => {
       await server.stop()
     }
   })
+
+  it(
+    'a store left open in a worker thread is closed when the worker ends: no SQLite thread or file stays open',
+    { skip: process.platform !== 'linux' && 'reads /proc' },
+    async () => {
+      // Node.js and Bun finalize the store when a worker ends; Deno runs no finalizer then,
+      // so the store's env cleanup hook must close it (a worker ended by itself or terminated).
+      const sqliteThreads = () =>
+        readdirSync('/proc/self/task').filter((task) => {
+          try {
+            return readFileSync(`/proc/self/task/${task}/comm`, 'utf8').trim() === 'durastate-sqlit'
+          } catch {
+            return false // a thread that ended meanwhile
+          }
+        }).length
+      const openFiles = () =>
+        readdirSync('/proc/self/fd').filter((fd) => {
+          try {
+            return readlinkSync(`/proc/self/fd/${fd}`).startsWith(dir)
+          } catch {
+            return false
+          }
+        }).length
+      const threadsBefore = sqliteThreads()
+      const source = `
+      const { parentPort, workerData } = require('node:worker_threads');
+      const ds = require(${JSON.stringify(packageIndex)});
+      (async () => {
+        const stores = [ds.createMemoryStore(), ds.createSqliteStore(workerData.file), ds.createKvStore('sqlite:' + workerData.file)];
+        await stores[0].beginExecution('e');
+        await stores[1].beginExecution('e');
+        await stores[2].set('default', 'k', workerData.i);
+        parentPort.postMessage('open');
+      })();
+    `
+      for (let i = 0; i < 4; i++) {
+        const worker = new Worker(source, { eval: true, workerData: { i, file: join(dir, `left-open-${i}.db`) } })
+        const exited = new Promise((resolve) => worker.once('exit', resolve))
+        await new Promise((resolve, reject) => {
+          worker.once('message', resolve)
+          worker.once('error', reject)
+        })
+        assert.ok(sqliteThreads() > threadsBefore, 'the stores run on their threads')
+        if (i % 2 === 0) await worker.terminate()
+        await exited
+      }
+      const deadline = Date.now() + 10_000
+      while ((sqliteThreads() > threadsBefore || openFiles() > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+      assert.equal(sqliteThreads(), threadsBefore, 'every SQLite thread of the workers ended')
+      assert.equal(openFiles(), 0, 'no file of theirs is open')
+    },
+  )
 
   it('loads and unloads the addon in worker threads started and stopped repeatedly', async () => {
     const source = `

@@ -1,7 +1,10 @@
 //! Where a store's batches run, and how a call (one batch, or a chain of them) becomes
 //! a settled promise. Every store (WorkerStore, KV store, inspector) calls through here.
 
-use std::sync::Arc;
+use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
+use std::ptr;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use std::panic::AssertUnwindSafe;
@@ -9,7 +12,7 @@ use std::panic::AssertUnwindSafe;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use napi::bindgen_prelude::PromiseRaw;
-use napi::Env;
+use napi::{sys, Env};
 
 use crate::backend::JsRedis;
 #[cfg(unix)]
@@ -196,7 +199,57 @@ impl Open {
   }
 }
 
+thread_local! {
+  /// The stores on tokio and the embedded stores made on this JS thread (the Redis drivers
+  /// of the JS thread have hooks of their own), closed by [`close_made`].
+  static MADE: RefCell<Vec<Weak<dyn Shut>>> = const { RefCell::new(Vec::new()) };
+  /// The env [`close_made`] is registered with, once per JS thread.
+  static HOOKED: Cell<sys::napi_env> = const { Cell::new(ptr::null_mut()) };
+}
+
+/// The env of a JS thread is going away (a worker thread ending, or the process): its
+/// stores not closed are closed, as `close()` does. Node.js and Bun also finalize them
+/// then, but Deno runs no finalizer when a worker ends, so a store left open in a worker
+/// kept its connections, or its SQLite thread and file, for as long as the process ran.
+unsafe extern "C" fn close_made(_: *mut c_void) {
+  let _ = HOOKED.try_with(|hooked| hooked.set(ptr::null_mut()));
+  let made = MADE
+    .try_with(|made| {
+      made
+        .try_borrow_mut()
+        .map(|mut made| std::mem::take(&mut *made))
+    })
+    .ok()
+    .and_then(Result::ok)
+    .unwrap_or_default();
+  for store in made.iter().filter_map(Weak::upgrade) {
+    Calls::close(&*store);
+  }
+}
+
 impl Engine {
+  /// Has the store closed when the env it is made in goes away ([`close_made`]), unless
+  /// it was closed or collected before. Call on the JS thread, once per engine.
+  pub fn close_with(&self, env: &Env) {
+    let store: Weak<dyn Shut> = match self {
+      Engine::Tokio(open) => Arc::downgrade(&open.0) as Weak<dyn Shut>,
+      Engine::Embedded(embedded) => Arc::downgrade(embedded) as Weak<dyn Shut>,
+      _ => return,
+    };
+    MADE.with(|made| {
+      let mut made = made.borrow_mut();
+      made.retain(|store| store.strong_count() > 0);
+      made.push(store);
+    });
+    let raw = env.raw();
+    if HOOKED.with(Cell::get) != raw
+      && unsafe { sys::napi_add_env_cleanup_hook(raw, Some(close_made), ptr::null_mut()) }
+        == sys::Status::napi_ok
+    {
+      HOOKED.with(|hooked| hooked.set(raw));
+    }
+  }
+
   /// An engine for a backend on tokio.
   pub fn tokio(backend: Arc<dyn AsyncBackend>) -> Self {
     Engine::Tokio(Open(Arc::new(OpenInner {

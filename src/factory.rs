@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use napi::Either;
+use napi::{Either, Env};
 use napi_derive::napi;
 
 use crate::backend::JsRedis;
@@ -34,50 +34,68 @@ pub const DEFAULT_SQLITE_PATH: &str = "./.durastate/state.db";
 /// `create_store`.)
 #[napi(catch_unwind)]
 pub fn create_redis_store(
+  env: Env,
   target: Option<Either<String, RedisConnectionOptions>>,
   options: Option<StoreOptions>,
 ) -> napi::Result<NativeWorkerStore, ErrorCode> {
-  let options = options.unwrap_or_default();
-  match &target {
-    Some(Either::B(fields)) if fields.cluster.is_some() => {
-      return Ok(worker_store(cluster_engine(fields, &options)?)?);
-    }
-    Some(Either::A(url)) if is_cluster_url(url) => {
-      let fields = crate::redis_target::cluster_fields_from_url(url)?;
-      return Ok(worker_store(cluster_engine(&fields, &options)?)?);
-    }
-    _ => {}
-  }
-  let target = match &target {
-    Some(Either::A(url)) => RedisTarget::from_url(url)?,
-    Some(Either::B(fields)) => RedisTarget::from_fields(fields)?,
-    None => RedisTarget::from_url(DEFAULT_REDIS_URL)?,
-  };
-  Ok(redis_store(target, &options)?)
+  made(
+    &env,
+    (|| {
+      let options = options.unwrap_or_default();
+      match &target {
+        Some(Either::B(fields)) if fields.cluster.is_some() => {
+          return Ok(worker_store(cluster_engine(fields, &options)?)?);
+        }
+        Some(Either::A(url)) if is_cluster_url(url) => {
+          let fields = crate::redis_target::cluster_fields_from_url(url)?;
+          return Ok(worker_store(cluster_engine(&fields, &options)?)?);
+        }
+        _ => {}
+      }
+      let target = match &target {
+        Some(Either::A(url)) => RedisTarget::from_url(url)?,
+        Some(Either::B(fields)) => RedisTarget::from_fields(fields)?,
+        None => RedisTarget::from_url(DEFAULT_REDIS_URL)?,
+      };
+      Ok(redis_store(target, &options)?)
+    })(),
+  )
 }
 
 /// A store in a SQLite file (default `./.durastate/state.db`; directories are created).
 #[napi(catch_unwind)]
 pub fn create_sqlite_store(
+  env: Env,
   path: Option<String>,
   options: Option<StoreOptions>,
 ) -> napi::Result<NativeWorkerStore, ErrorCode> {
-  let path = path.unwrap_or_else(|| DEFAULT_SQLITE_PATH.to_string());
-  Ok(sqlite_store(
-    file_path(&path)?,
-    &options.unwrap_or_default(),
-  )?)
+  made(
+    &env,
+    (|| {
+      let path = path.unwrap_or_else(|| DEFAULT_SQLITE_PATH.to_string());
+      Ok(sqlite_store(
+        file_path(&path)?,
+        &options.unwrap_or_default(),
+      )?)
+    })(),
+  )
 }
 
 /// A store in this process's memory: same semantics, nothing persisted.
 #[napi(catch_unwind)]
 pub fn create_memory_store(
+  env: Env,
   options: Option<StoreOptions>,
 ) -> napi::Result<NativeWorkerStore, ErrorCode> {
-  Ok(embedded_store(
-    Location::Memory,
-    &options.unwrap_or_default(),
-  )?)
+  made(
+    &env,
+    (|| {
+      Ok(embedded_store(
+        Location::Memory,
+        &options.unwrap_or_default(),
+      )?)
+    })(),
+  )
 }
 
 /// A store on Postgres. `target` is a libpq URL (`postgres://user:pass@host:port/db
@@ -86,19 +104,27 @@ pub fn create_memory_store(
 /// use, and creates its tables then (schema `durastate`, option `schema`).
 #[napi(catch_unwind)]
 pub fn create_postgres_store(
+  env: Env,
   target: Option<Either<String, PostgresConnectionOptions>>,
   options: Option<StoreOptions>,
 ) -> napi::Result<NativeWorkerStore, ErrorCode> {
-  let options = options.unwrap_or_default();
-  let target = match &target {
-    Some(Either::A(url)) if !url.is_empty() => PostgresTarget::from_url(url, options.tls.as_ref())?,
-    Some(Either::B(fields)) => PostgresTarget::from_fields(fields, options.tls.as_ref())?,
-    _ => PostgresTarget::from_url(
-      "postgres://postgres@localhost:5432/postgres",
-      options.tls.as_ref(),
-    )?,
-  };
-  Ok(worker_store(postgres_engine(target, &options)?)?)
+  made(
+    &env,
+    (|| {
+      let options = options.unwrap_or_default();
+      let target = match &target {
+        Some(Either::A(url)) if !url.is_empty() => {
+          PostgresTarget::from_url(url, options.tls.as_ref())?
+        }
+        Some(Either::B(fields)) => PostgresTarget::from_fields(fields, options.tls.as_ref())?,
+        _ => PostgresTarget::from_url(
+          "postgres://postgres@localhost:5432/postgres",
+          options.tls.as_ref(),
+        )?,
+      };
+      Ok(worker_store(postgres_engine(target, &options)?)?)
+    })(),
+  )
 }
 
 /// A store picked by URL: `redis://`/`rediss://`, `postgres://`, `sqlite:<path>`/`file:<path>`,
@@ -108,14 +134,31 @@ pub fn create_postgres_store(
 /// there does not reach it), so the addon reading it too would see what the program removed.
 #[napi(catch_unwind)]
 pub fn create_store(
+  env: Env,
   url: Option<String>,
   options: Option<StoreOptions>,
 ) -> napi::Result<NativeWorkerStore, ErrorCode> {
-  let options = options.unwrap_or_default();
-  let Some(url) = url.filter(|u| !u.is_empty()) else {
-    return Ok(sqlite_store(PathBuf::from(DEFAULT_SQLITE_PATH), &options)?);
-  };
-  Ok(store_for_url(&url, &options)?)
+  made(
+    &env,
+    (|| {
+      let options = options.unwrap_or_default();
+      let Some(url) = url.filter(|u| !u.is_empty()) else {
+        return Ok(sqlite_store(PathBuf::from(DEFAULT_SQLITE_PATH), &options)?);
+      };
+      Ok(store_for_url(&url, &options)?)
+    })(),
+  )
+}
+
+/// `store`, closed when the env it is made in goes away ([`Engine::close_with`]).
+fn made(
+  env: &Env,
+  store: napi::Result<NativeWorkerStore, ErrorCode>,
+) -> napi::Result<NativeWorkerStore, ErrorCode> {
+  if let Ok(store) = &store {
+    store.engine().close_with(env);
+  }
+  store
 }
 
 /// The engine a target names: a URL (any backend), Redis fields, or, when absent, the

@@ -89,7 +89,7 @@ impl Calls {
     self.shut.wait()
   }
 
-  fn shut_now<T: Shut>(owner: &T) {
+  fn shut_now<T: Shut + ?Sized>(owner: &T) {
     owner.shut();
     owner.calls().shut.set();
   }
@@ -101,7 +101,7 @@ impl Calls {
   }
 
   /// Closes `owner` now if no call is left, else when the last one settles.
-  pub fn close<T: Shut>(owner: &T) {
+  pub fn close<T: Shut + ?Sized>(owner: &T) {
     let idle = {
       let mut state = owner.calls().lock();
       let first = !state.1;

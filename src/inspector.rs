@@ -26,6 +26,7 @@ pub struct NativeInspector {
 /// the SQLite default file). `memory:` is refused: a new process has nothing to see.
 #[napi(catch_unwind)]
 pub fn create_inspector(
+  env: Env,
   url: Option<String>,
   options: Option<StoreOptions>,
 ) -> napi::Result<NativeInspector, ErrorCode> {
@@ -39,6 +40,7 @@ pub fn create_inspector(
   }
   let options = options.unwrap_or_default();
   let (engine, common) = engine_for_target(url.map(Either::A), &options)?;
+  engine.close_with(&env);
   Ok(NativeInspector {
     engine,
     command_timeout: common.command_timeout,

@@ -39,6 +39,11 @@ pub struct NativeWorkerStore {
 }
 
 impl NativeWorkerStore {
+  /// The engine its calls run on.
+  pub(crate) fn engine(&self) -> &Engine {
+    &self.engine
+  }
+
   pub fn new(engine: Engine, config: StoreConfig) -> Self {
     Self {
       engine,

@@ -39,6 +39,7 @@ pub struct NativeKvStore {
 /// `DURASTATE_URL`, `REDIS_URL`, the SQLite default file), with `mounts` in order.
 #[napi(catch_unwind)]
 pub fn create_kv_store(
+  env: Env,
   target: Option<Either<String, RedisConnectionOptions>>,
   options: Option<StoreOptions>,
   mounts: Vec<KvMountSpec>,
@@ -46,6 +47,7 @@ pub fn create_kv_store(
   let options = options.unwrap_or_default();
   let mounts = validate_mounts(mounts)?;
   let (engine, common) = engine_for_target(target, &options)?;
+  engine.close_with(&env);
   Ok(NativeKvStore {
     engine,
     mounts: mounts.into_iter().map(Arc::new).collect(),
