@@ -770,6 +770,53 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await assert.rejects(kv.set('default', random(2_100), 1), (err) => err.code === 'INVALID_INPUT' && limit.test(err.message))
     await kv.close()
   })
+
+  it('never shows the password of a target that is not a postgres:// URL (another scheme, a typo, a leading space): INVALID_INPUT saying so, in every factory and the CLI', () => {
+    const secret = 'S3cretPw'
+    for (const target of [
+      `postgresql+asyncpg://app:${secret}@db.internal:5432/app`,
+      `postgress://app:${secret}@db/app`,
+      ` postgres://app:${secret}@db/app`,
+      `postgres:/app:${secret}@db/app`,
+      `jdbc:postgresql://db/app?user=app&password=${secret}`,
+      `postgres://app:${secret}@db/app?sslmode=require&ssl=true junk`.replace('postgres://', 'postgres:'),
+    ]) {
+      for (const [name, create] of [
+        ['createPostgresStore', () => createPostgresStore(target)],
+        ['createStore', () => createStore(target)],
+        ['createKvStore', () => createKvStore(target, { mounts: { m: {} } })],
+      ]) {
+        assert.throws(
+          create,
+          (err) => err.code === 'INVALID_INPUT' && !err.message.includes(secret) && !err.message.includes('Pw'),
+          `${name}(${JSON.stringify(target)})`,
+        )
+      }
+      assert.throws(
+        () => createPostgresStore(target),
+        (err) => /not a postgres:\/\/ or postgresql:\/\/ URL/.test(err.message),
+        JSON.stringify(target),
+      )
+      // The CLI, from DATABASE_URL: exit 2, the password nowhere.
+      const cli = spawnSync(process.execPath, [join(packageRoot, 'bin', 'durastate.mjs'), 'inspect'], {
+        encoding: 'utf8',
+        timeout: 20_000,
+        env: { ...process.env, DATABASE_URL: target, DURASTATE_URL: '', REDIS_URL: '' },
+      })
+      assert.notEqual(cli.status, 0, JSON.stringify(target))
+      assert.ok(!`${cli.stdout}${cli.stderr}`.includes(secret), `${JSON.stringify(target)}: ${cli.stderr}`)
+    }
+    // A leading space: said what to do.
+    assert.throws(
+      () => createPostgresStore(` postgres://app:${secret}@db/app`),
+      (err) => /postgres:\*\*\*@db\/app/.test(err.message) && /whitespace/.test(err.message),
+    )
+    // A key/value string whose later word is not a keyword: not echoed either.
+    assert.throws(
+      () => createPostgresStore(`host=db password=top ${secret}:x=1`),
+      (err) => err.code === 'INVALID_INPUT' && !err.message.includes(secret) && !err.message.includes('top'),
+    )
+  })
 })
 
 describe('Postgres over TLS', { timeout: 120_000 }, () => {

@@ -115,15 +115,11 @@ impl PostgresTarget {
     let user = params.take("user");
     let password = params.take("password");
     let dbname = params.take("dbname");
-    if let Some((keyword, _)) = params
-      .0
-      .iter()
-      .find(|(k, _)| k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-    {
-      return Err(invalid(format!(
-        "unknown option \"{}\"",
-        keyword.escape_debug()
-      )));
+    // (not echoed: it is not a keyword, and may hold anything)
+    if params.0.iter().any(|(k, _)| !is_keyword(k)) {
+      return Err(invalid(
+        "a parameter's name is not made of letters, digits and `_`".to_string(),
+      ));
     }
     let rest: Vec<String> = params
       .0
@@ -557,6 +553,11 @@ fn parse_key_value(text: &str) -> StoreResult<Params> {
     while let Some(c) = chars.next_if(|c| *c != '=' && !is_space(*c)) {
       keyword.push(c);
     }
+    // A keyword is letters, digits and `_`: anything else is not echoed (a URL that is
+    // not a `postgres://` one is read here, its password in what looks like a keyword).
+    if !keyword.is_empty() && !is_keyword(&keyword) {
+      return Err(bad_keyword(text, previous.as_deref(), &keyword));
+    }
     while chars.next_if(|c| is_space(*c)).is_some() {}
     if chars.next() != Some('=') {
       // The word may be the rest of an unquoted value with a space: it is named only
@@ -603,6 +604,66 @@ fn parse_key_value(text: &str) -> StoreResult<Params> {
     params.set(&keyword, value);
     previous = Some(keyword);
   }
+}
+
+/// Whether `word` may be echoed as a keyword: letters, digits and `_` only.
+fn is_keyword(word: &str) -> bool {
+  !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The error for a key/value string whose `keyword` is not one (see `is_keyword`); it
+/// never shows the keyword. When it is the first word and reads as a URL (`://`, `@`,
+/// `:`), the text was meant as a URL of another form (`postgresql+asyncpg://`,
+/// `postgress://`, a leading space): said so, the URL shown without its password.
+fn bad_keyword(text: &str, previous: Option<&str>, keyword: &str) -> StoreError {
+  let problem = match previous {
+    None if keyword.contains("://") || keyword.contains(['@', ':']) => {
+      let trimmed = text.trim_matches(is_space);
+      let hint = match parse_url(trimmed) {
+        Ok(Some(_)) => " (remove the whitespace around it)",
+        _ => "",
+      };
+      return StoreError::invalid_input(format!(
+        "invalid Postgres target \"{}\": not a postgres:// or postgresql:// URL, nor a libpq key=value string{hint}",
+        redact_target(trimmed)
+      ));
+    }
+    None => "the first keyword is not made of letters, digits and `_`".to_string(),
+    Some(p) if p.contains("password") => format!(
+      "a keyword after the value of `{p}` is not made of letters, digits and `_` (quote a value with spaces: {p}='a b')"
+    ),
+    Some(p) => format!("the keyword after `{p}` is not made of letters, digits and `_`"),
+  };
+  StoreError::invalid_input(format!("invalid Postgres connection string: {problem}"))
+}
+
+/// The first word of a target that is not a `postgres://` URL, for a message, with what
+/// may be a password hidden: everything between its scheme and its last `@`, and the
+/// value of a `password` parameter; a rest after whitespace is left out.
+fn redact_target(text: &str) -> String {
+  let (word, more) = match text.split_once(is_space) {
+    Some((word, _)) => (word, " ..."),
+    None => (text, ""),
+  };
+  let word = match word.rsplit_once('@') {
+    Some((before, after)) => match before.split_once(':') {
+      Some((scheme, _)) => format!("{scheme}:***@{after}"),
+      None => format!("***@{after}"),
+    },
+    None => word.to_string(),
+  };
+  let mut shown = crate::redis_target::redact_query(&word);
+  // `password=` outside a query (`jdbc:...;password=...`).
+  let mut from = 0;
+  while let Some(at) = shown[from..].to_ascii_lowercase().find("password=") {
+    let start = from + at + "password=".len();
+    let end = shown[start..]
+      .find(['&', ';'])
+      .map_or(shown.len(), |n| start + n);
+    shown.replace_range(start..end, "***");
+    from = start + 3;
+  }
+  format!("{shown}{more}")
 }
 
 /// `url` without its password, also a multi-host one that `url::Url` cannot parse.
@@ -979,6 +1040,33 @@ mod tests {
       assert!(kv.tls.is_some());
       assert_eq!(kv.config.get_ssl_mode(), SslMode::Require);
     }
+  }
+
+  #[test]
+  fn never_echoes_the_password_of_a_target_that_is_not_a_postgres_url() {
+    for text in [
+      "postgresql+asyncpg://app:S3cretPw@db.internal:5432/app",
+      "postgress://app:S3cretPw@db/app",
+      " postgres://app:S3cretPw@db/app",
+      "postgres:/app:S3cretPw@db/app",
+      "postgres:/app:S3c:re/tPw@db/app sslmode=require",
+      "jdbc:postgresql://db/app?user=app&password=S3cretPw",
+      "jdbc:postgresql:db;password=S3cretPw;ssl=true",
+      "host=db password=x S3c:retPw=1",
+      "host=db S3c@retPw",
+    ] {
+      let err = PostgresTarget::from_url(text, None).err().expect(text);
+      assert_eq!(err.code, crate::error::ErrorCode::InvalidInput, "{text}");
+      assert!(!err.message.contains("S3c"), "{text}: {}", err.message);
+    }
+    assert_eq!(
+      redact_target("postgresql+asyncpg://app:pw@db:5432/app?password=x&a=1 user=u"),
+      "postgresql+asyncpg:***@db:5432/app?password=***&a=1 ..."
+    );
+    assert_eq!(
+      redact_target("jdbc:postgresql:db;password=pw;ssl=true"),
+      "jdbc:postgresql:db;password=***;ssl=true"
+    );
   }
 
   #[test]
