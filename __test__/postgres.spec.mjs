@@ -817,6 +817,24 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
       (err) => err.code === 'INVALID_INPUT' && !err.message.includes(secret) && !err.message.includes('top'),
     )
   })
+
+  it('lists only what was there when the listing was made: a KV keys() made before a deleteMany and a set does not see them (several lanes)', async () => {
+    const kv = createKvStore(server.url, { prefix: fresh(), poolSize: 4, mounts: { m: { prefix: 'm:' } } })
+    const seen = []
+    for (let round = 0; round < 12; round++) {
+      const keys = Array.from({ length: 20 }, (_, i) => `r${round}_${i}`)
+      await kv.setMany('m', Object.fromEntries(keys.map((k) => [k, 1])))
+      const listed = kv.keys('m', `r${round}_*`)
+      const deleted = kv.deleteMany('m', keys)
+      const added = kv.set('m', `r${round}_new`, 1)
+      seen.push((await listed).sort().join(','))
+      await deleted
+      await added
+      await kv.delete('m', `r${round}_new`)
+      assert.equal(seen.at(-1), [...keys].sort().join(','), `round ${round}`)
+    }
+    await kv.close()
+  })
 })
 
 describe('Postgres over TLS', { timeout: 120_000 }, () => {

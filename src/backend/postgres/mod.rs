@@ -314,13 +314,19 @@ impl Inner {
     }
   }
 
-  /// The lanes of a batch's keys (a batch without keys, a scan, goes to lane 0).
+  /// The lanes of a batch's keys (a batch without keys goes to lane 0). A scan reads
+  /// keys it does not name: it holds its place on every lane (a fence, queued when the
+  /// call is made), so it runs after every call made before it and before every call
+  /// made after it.
   fn route(&self, batch: &Batch) -> Route {
     use std::hash::BuildHasher;
     static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> =
       std::sync::OnceLock::new();
     if self.lanes.len() == 1 {
       return Route::One(0);
+    }
+    if batch.reads_any_key() {
+      return Route::Fenced((0..self.lanes.len()).collect());
     }
     let seed = SEED.get_or_init(Default::default);
     let mut lanes: Vec<usize> = batch
@@ -336,33 +342,8 @@ impl Inner {
     }
   }
 
-  /// Waits until every call queued to any lane before now was answered, so that a scan
-  /// (which reads keys it does not name) does not run ahead of writes made before it.
-  /// A lane that could not connect meanwhile fails the scan with its error: the scan was
-  /// made with those calls, and gets their answer rather than a second connect attempt.
-  async fn barrier(self: &Arc<Self>) -> StoreResult<()> {
-    let waits: Vec<_> = (0..self.lanes.len())
-      .map(|lane| {
-        let (reply, answer) = oneshot::channel();
-        self.submit(
-          lane,
-          Entry::Job(Job::new(Arc::new(Batch::many(Vec::new())), reply)),
-        );
-        answer
-      })
-      .collect();
-    let mut failed = None;
-    for wait in waits {
-      // (an empty batch fails only for want of a connection)
-      if let Ok(Err(Failure::Connect(err) | Failure::Other(err))) = wait.await {
-        failed.get_or_insert(err);
-      }
-    }
-    failed.map_or(Ok(()), Err)
-  }
-
   /// Queues a batch to its lane now (so calls on one key run in the order they were
-  /// made; a scan waits for a barrier first), and returns the future of its answer.
+  /// made; a scan on every lane, see `route`), and returns the future of its answer.
   fn execute(self: Arc<Self>, batch: Batch) -> BoxFuture<'static, StoreResult<Vec<Reply>>> {
     if let Some(command) = batch.commands.iter().find(|c| !ops::is_store_operation(c)) {
       let err = StoreError::new(
@@ -380,10 +361,7 @@ impl Inner {
     }
     let route = self.route(&batch);
     let batch = Arc::new(batch);
-    let first = match batch.reads_any_key() && self.lanes.len() > 1 {
-      true => None,
-      false => Some(self.send(&route, &batch)),
-    };
+    let first = Some(self.send(&route, &batch));
     Box::pin(self.attempts(route, batch, first))
   }
 
@@ -412,7 +390,7 @@ impl Inner {
     answer
   }
 
-  /// Awaits the batch's answer (`first`, or after a barrier one sent now); after a dropped
+  /// Awaits the batch's answer (`first`, queued when the call was made); after a dropped
   /// connection sends it again when it may be (see the module doc). The caller bounds the
   /// whole by `commandTimeout`.
   async fn attempts(
@@ -421,9 +399,6 @@ impl Inner {
     batch: Arc<Batch>,
     mut first: Option<oneshot::Receiver<Answer>>,
   ) -> StoreResult<Vec<Reply>> {
-    if first.is_none() {
-      self.barrier().await?;
-    }
     let mut budget = Budget::new(&self.retry, batch.may_resend());
     let mut recovering = false;
     let mut conflicts = 0;
@@ -663,7 +638,7 @@ impl Inner {
   /// Runs one group (of the calls queued on `lanes`) and answers each of its calls.
   async fn run_group(self: &Arc<Self>, lanes: &[usize], jobs: Vec<Job>) {
     if jobs.iter().all(|job| job.batch.commands.is_empty()) {
-      // Only barriers (see `barrier`): nothing to send.
+      // Only empty batches: nothing to send.
       for job in jobs {
         job.answer(Ok(Vec::new()));
       }
