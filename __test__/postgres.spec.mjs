@@ -835,6 +835,37 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     }
     await kv.close()
   })
+
+  it('close() resolves only once a call that timed out on a lock has ended on the server: its write never lands after', async () => {
+    const schema = `ds_closeland_${randomUUID().slice(0, 8)}`
+    const store = createPostgresStore(server.url, { schema, commandTimeout: 500, poolSize: 2, retry: { attempts: 0 } })
+    await store.beginExecution('warm')
+    const { default: pg } = await import('pg')
+    const locker = new pg.Client({ connectionString: server.url })
+    await locker.connect()
+    try {
+      for (let round = 0; round < 4; round++) {
+        const one = round === 0 ? store : createPostgresStore(server.url, { schema, commandTimeout: 500, poolSize: 2, retry: { attempts: 0 } })
+        if (round > 0) await one.beginExecution('warm')
+        await locker.query(`BEGIN; LOCK TABLE "${schema}".steps IN ACCESS EXCLUSIVE MODE`)
+        const answer = one.commitExecutionTaskResult(`late${round}`, 't', 'landed').then(
+          () => 'ok',
+          (err) => err.code,
+        )
+        await sleep(10)
+        const started = Date.now()
+        await one.close()
+        // released the moment close() resolved: nothing of the call may be left to take the lock
+        await locker.query('COMMIT')
+        assert.equal(await answer, 'TIMEOUT')
+        assert.ok(Date.now() - started < 7_000, `close() took ${Date.now() - started} ms`)
+        await sleep(300)
+        assert.equal(server.sql(`SELECT count(*) FROM "${schema}".steps WHERE exec LIKE '%late${round}%'`), '0', `round ${round}`)
+      }
+    } finally {
+      await locker.end()
+    }
+  })
 })
 
 describe('Postgres over TLS', { timeout: 120_000 }, () => {

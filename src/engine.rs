@@ -48,6 +48,12 @@ pub trait AsyncBackend: Send + Sync + 'static {
   }
   /// Releases connections; calls in flight finish.
   fn close(&self);
+  /// Resolves, once `close` was called and every call settled, when nothing the backend
+  /// ran for them is left on the server (Postgres: a group that outlived its call's
+  /// `commandTimeout` ended or was cancelled). The default: at once.
+  fn quiet(&self) -> BoxFuture<'static, ()> {
+    Box::pin(std::future::ready(()))
+  }
   /// Whether the keys of one atomic batch must share one slot (a Redis Cluster), so a
   /// WorkerStore needs the hash-tag key layout there.
   fn needs_one_slot(&self) -> bool {
@@ -421,8 +427,12 @@ impl Engine {
         let (deferred, promise) = js_promise::create(env.raw())?;
         let completion = completions::begin(env, deferred)?;
         let shut = open.0.calls.shut();
+        let backend = open.backend().clone();
         napi::bindgen_prelude::spawn(async move {
           shut.await;
+          // A call that timed out may still run on the server: nothing is left to land
+          // when close() resolves.
+          backend.quiet().await;
           completion.settle(Ok(Output::Undefined));
         });
         return Ok(PromiseRaw::new(env.raw(), promise));

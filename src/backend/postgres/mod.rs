@@ -194,6 +194,8 @@ struct Inner {
   last_sweep: AtomicU64,
   /// Set while a sweep runs: two never overlap.
   sweeping: AtomicBool,
+  /// Cancel requests under way (`give_up`): `close()` resolves after them.
+  cancelling: Arc<std::sync::atomic::AtomicUsize>,
   /// The TLS configuration connections use: a cancel request goes the same way.
   tls: Option<Arc<rustls::ClientConfig>>,
   /// Where the server is, for traces (`backend` is `postgres`).
@@ -257,6 +259,7 @@ impl PostgresBackend {
         closed: AtomicBool::new(false),
         last_sweep: AtomicU64::new(0),
         sweeping: AtomicBool::new(false),
+        cancelling: Arc::default(),
         tls: target.tls.clone(),
         server,
         events,
@@ -299,6 +302,22 @@ impl AsyncBackend for PostgresBackend {
   fn close(&self) {
     self.inner.closed.store(true, Ordering::Release);
     self.inner.close_if_idle();
+  }
+
+  /// Once every lane is idle (a group that outlived its calls ran out its own
+  /// `commandTimeout` and was given up), no sweep runs, and every cancel request of a
+  /// connection given up was sent: what the calls made before `close()` sent to the
+  /// server has ended or been cancelled, so none of it lands after `close()` resolves.
+  fn quiet(&self) -> BoxFuture<'static, ()> {
+    let inner = self.inner.clone();
+    Box::pin(async move {
+      while (0..inner.lanes.len()).any(|i| inner.lane(i).running)
+        || inner.sweeping.load(Ordering::Acquire)
+        || inner.cancelling.load(Ordering::Acquire) > 0
+      {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+      }
+    })
   }
 }
 
@@ -765,6 +784,8 @@ impl Inner {
     let token = client.cancel_token();
     drop(Object::take(client));
     let tls = self.tls.clone();
+    let cancelling = self.cancelling.clone();
+    cancelling.fetch_add(1, Ordering::AcqRel);
     tokio::spawn(async move {
       let cancel = async {
         let _ = match tls {
@@ -777,6 +798,7 @@ impl Inner {
         };
       };
       let _ = tokio::time::timeout(CANCEL_WITHIN, cancel).await;
+      cancelling.fetch_sub(1, Ordering::AcqRel);
     });
   }
 
