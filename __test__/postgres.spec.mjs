@@ -866,6 +866,20 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
       await locker.end()
     }
   })
+
+  it('a host list mixing a unix socket and TCP: no TLS on the socket whatever sslmode says, each host on its own (as libpq)', async () => {
+    const sockets = join(server.dir, 'sockets')
+    for (const target of [
+      `host=${sockets},127.0.0.1 port=${server.port},1 user=postgres password=${POSTGRES_PASSWORD} dbname=postgres sslmode=require`,
+      `host=127.0.0.1,${sockets} port=1,${server.port} user=postgres password=${POSTGRES_PASSWORD} dbname=postgres sslmode=require`,
+      `postgresql:///postgres?host=${encodeURIComponent(sockets)},127.0.0.1&port=${server.port},1&user=postgres&password=${POSTGRES_PASSWORD}&sslmode=require`,
+    ]) {
+      const store = createPostgresStore(target, { prefix: fresh(), connectTimeout: 2_000 })
+      await store.beginExecution('m')
+      assert.equal(await store.isExecutionInProgress('m'), true, target)
+      await store.close()
+    }
+  })
 })
 
 describe('Postgres over TLS', { timeout: 120_000 }, () => {

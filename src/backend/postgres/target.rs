@@ -259,8 +259,9 @@ impl PostgresTarget {
       Some(_) => TlsMode::Verify,
       None => TlsMode::Prefer,
     });
-    // libpq ignores `sslmode` on a unix socket: there is no TLS there. Only when every
-    // host is one: a `hostaddr` (TCP, whatever the host) keeps the mode.
+    // libpq ignores `sslmode` on a unix socket: there is no TLS there. When every host
+    // is one, no TLS at all (a `hostaddr`, TCP whatever the host, keeps the mode); in a
+    // list that mixes sockets and TCP, each socket's own connection has none (below).
     #[cfg(unix)]
     let mode = match !config.get_hosts().is_empty()
       && config.get_hostaddrs().is_empty()
@@ -315,6 +316,11 @@ impl PostgresTarget {
           #[cfg(unix)]
           Some(Host::Unix(path)) => {
             one.host_path(path);
+            // libpq: no TLS on a unix socket, whatever sslmode says (per host, in a
+            // list that mixes sockets and TCP), unless a `hostaddr` makes it TCP.
+            if addrs.get(i).is_none() {
+              one.ssl_mode(SslMode::Disable);
+            }
           }
           None => {}
         }
@@ -1067,6 +1073,19 @@ mod tests {
       redact_target("jdbc:postgresql:db;password=pw;ssl=true"),
       "jdbc:postgresql:db;password=***;ssl=true"
     );
+  }
+
+  #[cfg(unix)]
+  #[test]
+  fn a_socket_in_a_host_list_has_no_tls_each_tcp_host_keeps_sslmode() {
+    let target = PostgresTarget::from_url(
+      "host=/run/postgresql,db.example port=5432 sslmode=require",
+      None,
+    )
+    .unwrap();
+    assert!(target.tls.is_some());
+    let modes: Vec<SslMode> = target.each_host.iter().map(|c| c.get_ssl_mode()).collect();
+    assert_eq!(modes, [SslMode::Disable, SslMode::Require]);
   }
 
   #[test]
