@@ -880,6 +880,24 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
       await store.close()
     }
   })
+
+  it('names an unknown or unsupported URL parameter (never its value): INVALID_INPUT at creation', () => {
+    for (const [target, named] of [
+      [`${server.url}?bogus=1`, /unknown parameter `bogus`/],
+      [`${server.url}?passfile=/home/app/.pgpass`, /`passfile` is not supported/],
+      [`${server.url}?service=foo`, /`service` is not supported/],
+      [`${server.url}?ssl=1`, /`ssl`.*sslmode/],
+      ['host=db service=foo', /`service` is not supported/],
+      ['host=db passwd=S3cretPw', /unknown parameter `passwd`/],
+      [`${server.url}?keepalives=often`, /invalid value for option `keepalives`/],
+    ]) {
+      assert.throws(
+        () => createPostgresStore(target),
+        (err) => err.code === 'INVALID_INPUT' && named.test(err.message) && !err.message.includes('S3cretPw'),
+        target,
+      )
+    }
+  })
 })
 
 describe('Postgres over TLS', { timeout: 120_000 }, () => {

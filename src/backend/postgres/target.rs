@@ -70,6 +70,54 @@ impl TlsMode {
   }
 }
 
+/// The parameters tokio-postgres's parser takes (besides those `from_params` takes out).
+const SUPPORTED: &[&str] = &[
+  "options",
+  "application_name",
+  "sslnegotiation",
+  "connect_timeout",
+  "tcp_user_timeout",
+  "keepalives",
+  "keepalives_idle",
+  "keepalives_interval",
+  "keepalives_retries",
+  "target_session_attrs",
+  "channel_binding",
+  "load_balance_hosts",
+];
+
+/// libpq's parameters that durastate's client (tokio-postgres) does not take.
+const LIBPQ_UNSUPPORTED: &[&str] = &[
+  "service",
+  "servicefile",
+  "client_encoding",
+  "fallback_application_name",
+  "sslpassword",
+  "sslcompression",
+  "sslcrl",
+  "sslcrldir",
+  "sslsni",
+  "sslcertmode",
+  "sslkeylogfile",
+  "ssl_min_protocol_version",
+  "ssl_max_protocol_version",
+  "min_protocol_version",
+  "max_protocol_version",
+  "requirepeer",
+  "require_auth",
+  "gssencmode",
+  "gsslib",
+  "gssdelegation",
+  "krbsrvname",
+  "replication",
+  "oauth_issuer",
+  "oauth_client_id",
+  "oauth_client_secret",
+  "oauth_scope",
+  "scram_client_key",
+  "scram_server_key",
+];
+
 /// A validated Postgres target.
 pub struct PostgresTarget {
   pub config: Config,
@@ -121,15 +169,37 @@ impl PostgresTarget {
         "a parameter's name is not made of letters, digits and `_`".to_string(),
       ));
     }
+    // Named here, never with its value (a mistyped `passwd=` is a password).
+    if let Some((keyword, _)) = params
+      .0
+      .iter()
+      .find(|(k, _)| !SUPPORTED.contains(&k.as_str()))
+    {
+      return Err(invalid(match keyword.as_str() {
+        "ssl" => "parameter `ssl` is understood only as ssl=true (sslmode=require): use sslmode".to_string(),
+        "passfile" => "parameter `passfile` is not supported: give the password in the URL, or the `password` field".to_string(),
+        known if LIBPQ_UNSUPPORTED.contains(&known) => {
+          format!("libpq parameter `{known}` is not supported by durastate")
+        }
+        unknown => format!("unknown parameter `{unknown}`"),
+      }));
+    }
     let rest: Vec<String> = params
       .0
       .iter()
       .map(|(k, v)| format!("{k}={}", quote_value(v)))
       .collect();
-    let mut config: Config = rest
-      .join(" ")
-      .parse()
-      .map_err(|err| invalid(format!("{err}")))?;
+    let mut config: Config = rest.join(" ").parse().map_err(|err| {
+      // tokio-postgres says what it could not read in the error's source (`invalid value
+      // for option `keepalives``: the keyword, never the value).
+      let mut message = format!("{err}");
+      let mut source = std::error::Error::source(&err);
+      while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+      }
+      invalid(message)
+    })?;
     let hosts: Vec<&str> = hosts
       .as_deref()
       .map(|h| h.split(',').collect())
@@ -1086,6 +1156,25 @@ mod tests {
     assert!(target.tls.is_some());
     let modes: Vec<SslMode> = target.each_host.iter().map(|c| c.get_ssl_mode()).collect();
     assert_eq!(modes, [SslMode::Disable, SslMode::Require]);
+  }
+
+  #[test]
+  fn names_an_unknown_or_unsupported_parameter_never_its_value() {
+    for (text, named) in [
+      ("postgres://h/db?bogus=1", "unknown parameter `bogus`"),
+      ("postgres://h/db?passfile=/p", "`passfile` is not supported"),
+      ("host=h service=foo", "`service` is not supported"),
+      ("host=h passwd=S3cretPw", "unknown parameter `passwd`"),
+      ("postgres://h/db?ssl=1", "`ssl`"),
+      (
+        "host=h keepalives=often",
+        "invalid value for option `keepalives`",
+      ),
+    ] {
+      let err = PostgresTarget::from_url(text, None).err().expect(text);
+      assert!(err.message.contains(named), "{text}: {}", err.message);
+      assert!(!err.message.contains("S3cretPw"), "{}", err.message);
+    }
   }
 
   #[test]
