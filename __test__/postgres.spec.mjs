@@ -898,6 +898,34 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
       )
     }
   })
+
+  it('poolSize 1: a call waits for the connection the sweep holds (bounded by commandTimeout), never UNAVAILABLE while the server is healthy', async () => {
+    // over the unix socket (trust): a connection is made well within connectTimeout
+    const socket = `postgresql:///postgres?host=${encodeURIComponent(join(server.dir, 'sockets'))}&port=${server.port}&user=postgres`
+    const kv = createKvStore(socket, {
+      prefix: fresh(),
+      poolSize: 1,
+      connectTimeout: 100,
+      commandTimeout: 5_000,
+      mounts: { m: { prefix: 'm:' } },
+    })
+    // many rows to expire: the sweep that the next write starts runs rounds (up to 500 ms) on the only connection
+    for (let b = 0; b < 10; b++) {
+      await kv.setMany('m', Object.fromEntries(Array.from({ length: 1000 }, (_, i) => [`k${b}_${i}`, 'x'.repeat(100)])), { ttl: 1 })
+    }
+    await sleep(1_100)
+    const failures = []
+    for (let round = 0; round < 3; round++) {
+      await kv.set('m', `trigger${round}`, 1)
+      const until = Date.now() + 600
+      while (Date.now() < until) {
+        await kv.get('m', `trigger${round}`).catch((err) => failures.push(`${err.code} ${err.message}`))
+      }
+      await sleep(1_000)
+    }
+    assert.deepEqual(failures, [])
+    await kv.close()
+  })
 })
 
 describe('Postgres over TLS', { timeout: 120_000 }, () => {

@@ -527,25 +527,37 @@ impl Inner {
     self.set_up(client).await
   }
 
-  /// A connection of the pool (a new one connects), within `connectTimeout`.
+  /// A connection of the pool: a new one connects within `connectTimeout`. Waiting for
+  /// one of the pool's connections that is busy (the sweep's, with `poolSize` 1) is not
+  /// connecting: that wait is bounded by the call's `commandTimeout` (and `unwaited`), so
+  /// a busy pool on a healthy server never reads as `UNAVAILABLE`.
   async fn pooled(&self) -> StoreResult<Object> {
-    match tokio::time::timeout(self.connect_timeout, self.pool.get()).await {
-      Ok(Ok(client)) => Ok(client),
-      Ok(Err(deadpool_postgres::PoolError::Backend(err))) => Err(self.connect_error(&err)),
-      Ok(Err(deadpool_postgres::PoolError::Closed)) => Err(StoreError::disposed()),
-      Ok(Err(err)) => Err(StoreError::cannot_connect(&self.display, err)),
-      Err(_) if self.hosts > 1 => Err(StoreError::cannot_connect(
+    let timeouts = deadpool_postgres::Timeouts {
+      wait: None,
+      create: Some(self.connect_timeout),
+      recycle: None,
+    };
+    match self.pool.timeout_get(&timeouts).await {
+      Ok(client) => Ok(client),
+      Err(deadpool_postgres::PoolError::Backend(err)) => Err(self.connect_error(&err)),
+      Err(deadpool_postgres::PoolError::Closed) => Err(StoreError::disposed()),
+      Err(deadpool_postgres::PoolError::Timeout(_)) => Err(self.connect_timed_out()),
+      Err(err) => Err(StoreError::cannot_connect(&self.display, err)),
+    }
+  }
+
+  /// No connection within `connectTimeout` (each host's, on a multi-host target).
+  fn connect_timed_out(&self) -> StoreError {
+    match self.hosts > 1 {
+      true => StoreError::cannot_connect(
         &self.display,
         format_args!(
           "no connection to any of its {} hosts, each tried within connectTimeout ({} ms)",
           self.hosts,
           (self.connect_timeout / self.hosts).as_millis()
         ),
-      )),
-      Err(_) => Err(StoreError::connect_timeout(
-        &self.display,
-        self.connect_timeout,
-      )),
+      ),
+      false => StoreError::connect_timeout(&self.display, self.connect_timeout),
     }
   }
 
