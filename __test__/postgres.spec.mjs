@@ -926,6 +926,18 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     assert.deepEqual(failures, [])
     await kv.close()
   })
+
+  it('refuses a database whose encoding is not UTF8 (INVALID_INPUT naming the encoding and what to do)', async () => {
+    server.sql("CREATE DATABASE ds_latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    const url = server.url.replace(/\/postgres$/, '/ds_latin1')
+    assert.notEqual(url, server.url)
+    const store = createPostgresStore(url)
+    await assert.rejects(store.beginExecution('x'), (err) => err.code === 'INVALID_INPUT' && /LATIN1/.test(err.message) && /UTF8/.test(err.message))
+    await store.close()
+    const kv = createKvStore(url, { mounts: { m: {} } })
+    await assert.rejects(kv.set('m', 'ключ', 1), (err) => err.code === 'INVALID_INPUT' && /LATIN1/.test(err.message))
+    await kv.close()
+  })
 })
 
 describe('Postgres over TLS', { timeout: 120_000 }, () => {

@@ -354,6 +354,7 @@ async fn no_store(client: &Client, schema: &str, what: &str) -> StoreError {
 /// no store (no `meta`) is refused `UNAVAILABLE` and nothing is created: the CLI's reads
 /// of a mistyped schema or database say so rather than create an empty store there.
 pub async fn prepare(client: &Client, schema: &str, create: bool) -> StoreResult<()> {
+  check_encoding(client, schema).await?;
   let s = quote_ident(schema);
   let version_sql = format!("SELECT version FROM {s}.meta WHERE id = 1");
   if let Ok(Some(row)) = client.query_opt(&version_sql, &[]).await {
@@ -540,4 +541,24 @@ fn setup_error(err: tokio_postgres::Error, schema: &str) -> StoreError {
       mapped.message
     ),
   )
+}
+
+/// Refuses a database whose encoding is not UTF8: ids, keys and values are UTF-8 text,
+/// and one outside the database's character set (an emoji in LATIN1) would fail its
+/// call with an error naming neither key nor task.
+async fn check_encoding(client: &Client, schema: &str) -> StoreResult<()> {
+  let row = client
+    .query_one(
+      "SELECT current_setting('server_encoding'), current_database()::text",
+      &[],
+    )
+    .await
+    .map_err(|e| setup_error(e, schema))?;
+  let (encoding, database): (String, String) = (row.get(0), row.get(1));
+  match encoding.as_str() {
+    "UTF8" => Ok(()),
+    other => Err(StoreError::invalid_input(format!(
+      "the database \"{database}\" has encoding {other}: durastate stores ids, keys and values as UTF-8 text and needs a UTF8 database (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0, or another database)"
+    ))),
+  }
 }
