@@ -246,6 +246,39 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await Promise.all([store.close(), plain.close()])
   })
 
+  it('a commit whose step another transaction is inserting waits for it and stores its result on that row (with and without a TTL)', async () => {
+    // The commit updates its step's row first, and inserts only when it found none: a row
+    // inserted by a transaction that commits meanwhile must be updated, not clash.
+    for (const ttl of [undefined, 60_000]) {
+      const prefix = fresh()
+      const appName = `inserter-${randomUUID().slice(0, 8)}`
+      const store = createPostgresStore(server.url, { prefix, ...(ttl && { ttl }) })
+      await store.isExecutionInProgress('warm-up') // connected, statements prepared
+      const holder = psql(`BEGIN; INSERT INTO durastate.steps (exec, task, claim) VALUES ('${prefix}e', 't', 'true'); SELECT pg_sleep(1.5); COMMIT;`, appName)
+      const exited = new Promise((resolve) => holder.once('exit', resolve))
+      try {
+        const deadline = Date.now() + 10_000
+        while (server.sql(`SELECT count(*) FROM pg_stat_activity WHERE application_name = '${appName}' AND wait_event = 'PgSleep'`) !== '1') {
+          assert.ok(Date.now() < deadline, 'the other transaction did not start')
+          await sleep(20)
+        }
+        const started = Date.now()
+        await store.commitExecutionTaskResult('e', 't', { done: 1 })
+        assert.ok(Date.now() - started >= 500, `the commit did not wait for the inserting transaction (${Date.now() - started} ms)`)
+        assert.equal(
+          server.sql(`SELECT coalesce(claim, 'none') || ' ' || result FROM durastate.steps WHERE exec = '${prefix}e' AND task = 't'`),
+          'none {"done":1}',
+        )
+        assert.equal(await store.isExecutionTaskInProgress('e', 't'), false)
+        assert.deepEqual(await store.getExecutionTaskResults('e'), { t: { done: 1 } })
+      } finally {
+        holder.kill()
+        await exited
+      }
+      await store.close()
+    }
+  })
+
   it('sweeps expired rows in bounded batches through the expiry index', async () => {
     const schema = 'ds_sweep'
     const kv = createKvStore(server.url, { schema, prefix: 'sw:' })

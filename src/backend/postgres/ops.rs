@@ -81,15 +81,30 @@ impl Statements {
          AND NOT EXISTS (SELECT 1 FROM {s}.step_expiry x WHERE x.exec = $1 AND x.{at} <= {s}.now_ms())"
       )
     };
-    // The step writes of `one_step`, `{from}` where they take their row from.
+    // The step writes of `one_step`: CTEs that write only where `x` lets them (`{from}`
+    // where they take their row from, `{gate}` the condition), and the count of the
+    // steps they wrote. A claim usually makes a new row: one upsert. A commit usually
+    // finds the row its claim made. Without a TTL it runs an `UPDATE` of it first, and the
+    // upsert only when that found none (a commit without a claim, or a row another
+    // transaction inserted since the statement's snapshot): an upsert that meets the row
+    // locks it and then updates it, one more WAL record per commit. With a TTL the commit
+    // stays one upsert: there the `UPDATE` first measured slower (benchmark/HISTORY.md).
     let claim_write = format!(
-      "INSERT INTO {s}.steps AS st (exec, task, claim) SELECT $1, $2, $3 {{from}}
-       ON CONFLICT (exec, task) DO UPDATE SET claim = excluded.claim WHERE NOT $4 OR st.claim IS NULL"
+      "w AS (INSERT INTO {s}.steps AS st (exec, task, claim) SELECT $1, $2, $3 {{from}}
+       ON CONFLICT (exec, task) DO UPDATE SET claim = excluded.claim WHERE NOT $4 OR st.claim IS NULL RETURNING 1)"
     );
+    let upsert_written = "(SELECT count(*) FROM w)";
     let claim_fallback = |ttl: &str| format!("{s}.claim($1, $2, $3, $4, {ttl})");
     let commit_write = format!(
-      "INSERT INTO {s}.steps AS st (exec, task, claim, result) SELECT $1, $2, NULL, $3 {{from}}
-       ON CONFLICT (exec, task) DO UPDATE SET claim = NULL, result = excluded.result"
+      "wu AS (UPDATE {s}.steps SET claim = NULL, result = $3 WHERE exec = $1 AND task = $2 AND {{gate}} RETURNING 1),
+       wi AS (INSERT INTO {s}.steps AS st (exec, task, claim, result) SELECT $1, $2, NULL, $3
+         WHERE {{gate}} AND NOT EXISTS (SELECT 1 FROM wu)
+         ON CONFLICT (exec, task) DO UPDATE SET claim = NULL, result = excluded.result RETURNING 1)"
+    );
+    let commit_written = "((SELECT count(*) FROM wu) + (SELECT count(*) FROM wi))";
+    let commit_upsert = format!(
+      "w AS (INSERT INTO {s}.steps AS st (exec, task, claim, result) SELECT $1, $2, NULL, $3 {{from}}
+       ON CONFLICT (exec, task) DO UPDATE SET claim = NULL, result = excluded.result RETURNING 1)"
     );
     let commit_fallback = |ttl: &str| format!("(SELECT 0 FROM {s}.commit($1, $2, $3, {ttl}) f)");
     Self {
@@ -130,10 +145,20 @@ impl Statements {
       execs_after: format!(
         "SELECT DISTINCT exec, true FROM {s}.steps WHERE exec > $1 ORDER BY exec LIMIT $2"
       ),
-      claim: one_step(s, None, &claim_write, &claim_fallback("$5::bigint")),
-      claim_ttl: one_step(s, Some(("claims_at", "$5")), &claim_write, &claim_fallback("$5::bigint")),
-      commit: one_step(s, None, &commit_write, &commit_fallback("$4::bigint")),
-      commit_ttl: one_step(s, Some(("results_at", "$4")), &commit_write, &commit_fallback("$4::bigint")),
+      claim: one_step(s, None, (&claim_write, upsert_written), &claim_fallback("$5::bigint")),
+      claim_ttl: one_step(
+        s,
+        Some(("claims_at", "$5")),
+        (&claim_write, upsert_written),
+        &claim_fallback("$5::bigint"),
+      ),
+      commit: one_step(s, None, (&commit_write, commit_written), &commit_fallback("$4::bigint")),
+      commit_ttl: one_step(
+        s,
+        Some(("results_at", "$4")),
+        (&commit_upsert, upsert_written),
+        &commit_fallback("$4::bigint"),
+      ),
       step_result: step("result", "results_at"),
       step_claim: step("claim", "claims_at"),
       step_results: format!(
@@ -227,38 +252,40 @@ impl Statements {
 /// With a TTL (`ttl`: the column to set and the TTL's parameter), `x` sets that expiry
 /// of the execution's marks or results to now + the TTL, inserting its `step_expiry` row
 /// or locking and refreshing it when nothing of it expired, as the function does first
-/// (so calls on one execution serialize on that row); then `w` writes the step, only if
-/// `x` did. Without one, `x` locks the execution's `step_expiry` row, and `w` writes the
-/// step only if there is none (the common case: nothing to purge, no expiry to keep).
+/// (so calls on one execution serialize on that row); then the step is written, only if
+/// `x` did. Without one, `x` locks the execution's `step_expiry` row, and the step is
+/// written only if there is none (the common case: nothing to purge, no expiry to keep).
 /// Otherwise nothing is written but the lock, and the function runs instead, in the same
-/// statement, on the same row: it purges what expired, then writes. Unlike the function,
-/// a commit with a TTL leaves `claims_at` when it takes the last mark (format 3, see
-/// `schema.rs`): clearing it would read the other steps, which a statement sees as of
-/// its start, not as of the lock.
-fn one_step(s: &str, ttl: Option<(&str, &str)>, write: &str, fallback: &str) -> String {
+/// statement, on the same row: it purges what expired, then writes. `write`: the CTEs
+/// writing the step where `x` lets them, and the count of steps they wrote.
+/// Unlike the function, a commit with a TTL leaves `claims_at` when it takes the last mark
+/// (format 3, see `schema.rs`): clearing it would read the other steps, which a
+/// statement sees as of its start, not as of the lock.
+fn one_step(s: &str, ttl: Option<(&str, &str)>, write: (&str, &str), fallback: &str) -> String {
   let (x, from, fast) = match ttl {
     Some((column, ttl)) => (
       format!(
-        "INSERT INTO {s}.step_expiry AS e (exec, {column}, sweep_at)
+        "x AS (INSERT INTO {s}.step_expiry AS e (exec, {column}, sweep_at)
          SELECT $1, t.at, t.at FROM (SELECT {s}.now_ms() + {ttl}::bigint AS at) t
          ON CONFLICT (exec) DO UPDATE SET {column} = excluded.{column}, sweep_at = least(e.sweep_at, excluded.sweep_at)
          WHERE (e.claims_at IS NULL OR e.claims_at > excluded.{column} - {ttl}::bigint)
            AND (e.results_at IS NULL OR e.results_at > excluded.{column} - {ttl}::bigint)
-         RETURNING 1"
+         RETURNING 1)"
       ),
       "FROM x",
       "EXISTS (SELECT 1 FROM x)",
     ),
     None => (
-      format!("SELECT 1 FROM {s}.step_expiry WHERE exec = $1 FOR UPDATE"),
+      format!("x AS (SELECT 1 FROM {s}.step_expiry WHERE exec = $1 FOR UPDATE)"),
       "WHERE NOT EXISTS (SELECT 1 FROM x)",
       "NOT EXISTS (SELECT 1 FROM x)",
     ),
   };
-  let write = write.replace("{from}", from);
+  let (ctes, written) = write;
+  let ctes = ctes.replace("{from}", from).replace("{gate}", fast);
   format!(
-    "WITH x AS ({x}), w AS ({write} RETURNING 1)
-     SELECT CASE WHEN {fast} THEN (SELECT count(*) FROM w)::integer ELSE {fallback} END"
+    "WITH {x}, {ctes}
+     SELECT CASE WHEN {fast} THEN {written}::integer ELSE {fallback} END"
   )
 }
 
