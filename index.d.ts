@@ -331,7 +331,8 @@ export declare class DurableWorkerStore implements WorkerStore {
   /**
    * Releases the connection or database. The calls made before it finish, and it resolves
    * after they settled (nothing is left to land when it does: on Postgres, a statement of a
-   * call that rejected `TIMEOUT` was ended or cancelled first); later calls
+   * call that rejected `TIMEOUT` was ended or a cancel request sent first, each within
+   * `connectTimeout`); later calls
    * reject with `DISPOSED`. Idempotent. On SQLite it resolves once the store's connections
    * to the file are closed; when they were the last ones (no other store or process has
    * it open), its WAL is copied into the file, so the file can be copied or deleted right
@@ -574,7 +575,8 @@ export declare class KvStore {
   /**
    * Releases the connection or database. The calls made before it finish, and it resolves
    * after they settled (nothing is left to land when it does: on Postgres, a statement of a
-   * call that rejected `TIMEOUT` was ended or cancelled first); later calls
+   * call that rejected `TIMEOUT` was ended or a cancel request sent first, each within
+   * `connectTimeout`); later calls
    * reject with `DISPOSED`. Idempotent. On SQLite it resolves once the store's connections
    * to the file are closed; when they were the last ones (no other store or process has
    * it open), its WAL is copied into the file, so the file can be copied or deleted right

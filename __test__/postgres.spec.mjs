@@ -970,6 +970,13 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     const kv = createKvStore(url, { mounts: { m: {} } })
     await assert.rejects(kv.set('m', 'ключ', 1), (err) => err.code === 'INVALID_INPUT' && /LATIN1/.test(err.message))
     await kv.close()
+    // SQL_ASCII keeps the bytes it is given: the UTF-8 text comes back whole, as before
+    server.sql("CREATE DATABASE ds_sql_ascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    const ascii = server.url.replace(/\/postgres$/, '/ds_sql_ascii')
+    const kept = createKvStore(ascii, { mounts: { m: {} } })
+    assert.equal(await kept.set('m', 'ключ 🎉', { v: 'héllo 日本' }), true)
+    assert.deepEqual(await kept.get('m', 'ключ 🎉'), { v: 'héllo 日本' })
+    await kept.close()
   })
 })
 

@@ -486,7 +486,7 @@ fn refuse_unknown_parameters(url: &str, parsed: &url::Url) -> StoreResult<()> {
 
 /// `url` with the value of every query parameter hidden (`name=***`), for a message about
 /// a parameter durastate does not read: its value may be a secret under any name.
-fn without_query_values(url: &str) -> String {
+pub(crate) fn without_query_values(url: &str) -> String {
   redact_query_where(url, |_| true)
 }
 

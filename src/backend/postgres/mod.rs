@@ -65,8 +65,6 @@ const SWEEP_ROUNDS: u32 = 64;
 const SWEEP_WITHIN: Duration = Duration::from_millis(500);
 /// A write group starts a sweep when this long (ms) has passed since the last one.
 const SWEEP_EVERY_MS: u64 = 1_000;
-/// How long a cancel request of a connection given up may take (it opens a connection).
-const CANCEL_WITHIN: Duration = Duration::from_secs(5);
 /// Times a call runs again after a serialization failure or deadlock.
 const CONFLICT_RETRIES: u32 = 10;
 /// How often a connect attempt checks whether a call still waits for it (`unwaited`).
@@ -308,12 +306,20 @@ impl AsyncBackend for PostgresBackend {
   /// `commandTimeout` and was given up), no sweep runs, and every cancel request of a
   /// connection given up was sent: what the calls made before `close()` sent to the
   /// server has ended or been cancelled, so none of it lands after `close()` resolves.
+  ///
+  /// Bounded: a group ends within its `commandTimeout` (then its connection is given up
+  /// and cancelled), a cancel request within `connectTimeout`; past the longest of those
+  /// (a bug), it resolves anyway rather than leave `close()` unsettled.
   fn quiet(&self) -> BoxFuture<'static, ()> {
     let inner = self.inner.clone();
+    let give_up_at = std::time::Instant::now()
+      + inner.command_timeout.max(inner.connect_timeout)
+      + inner.connect_timeout;
     Box::pin(async move {
-      while (0..inner.lanes.len()).any(|i| inner.lane(i).running)
+      while ((0..inner.lanes.len()).any(|i| inner.lane(i).running)
         || inner.sweeping.load(Ordering::Acquire)
-        || inner.cancelling.load(Ordering::Acquire) > 0
+        || inner.cancelling.load(Ordering::Acquire) > 0)
+        && std::time::Instant::now() < give_up_at
       {
         tokio::time::sleep(Duration::from_millis(5)).await;
       }
@@ -796,6 +802,8 @@ impl Inner {
     let token = client.cancel_token();
     drop(Object::take(client));
     let tls = self.tls.clone();
+    // A cancel request opens a connection: bounded as any connect is.
+    let within = self.connect_timeout;
     let cancelling = self.cancelling.clone();
     cancelling.fetch_add(1, Ordering::AcqRel);
     tokio::spawn(async move {
@@ -809,7 +817,7 @@ impl Inner {
           None => token.cancel_query(NoTls).await,
         };
       };
-      let _ = tokio::time::timeout(CANCEL_WITHIN, cancel).await;
+      let _ = tokio::time::timeout(within, cancel).await;
       cancelling.fetch_sub(1, Ordering::AcqRel);
     });
   }

@@ -556,7 +556,8 @@ async fn check_encoding(client: &Client, schema: &str) -> StoreResult<()> {
     .map_err(|e| setup_error(e, schema))?;
   let (encoding, database): (String, String) = (row.get(0), row.get(1));
   match encoding.as_str() {
-    "UTF8" => Ok(()),
+    // SQL_ASCII stores the bytes it is given as they are: the UTF-8 text comes back whole.
+    "UTF8" | "SQL_ASCII" => Ok(()),
     other => Err(StoreError::invalid_input(format!(
       "the database \"{database}\" has encoding {other}: durastate stores ids, keys and values as UTF-8 text and needs a UTF8 database (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0, or another database)"
     ))),

@@ -728,7 +728,7 @@ fn redact_target(text: &str) -> String {
     },
     None => word.to_string(),
   };
-  let mut shown = crate::redis_target::redact_query(&word);
+  let mut shown = crate::redis_target::without_query_values(&word);
   // `password=` outside a query (`jdbc:...;password=...`).
   let mut from = 0;
   while let Some(at) = shown[from..].to_ascii_lowercase().find("password=") {
@@ -742,12 +742,12 @@ fn redact_target(text: &str) -> String {
   format!("{shown}{more}")
 }
 
-/// `url` without its password, also a multi-host one that `url::Url` cannot parse.
+/// A Postgres URL for an error message: its password, and the value of every query
+/// parameter (a mistyped or unsupported one may hold a secret under any name), hidden.
 fn redact_url(url: &str) -> String {
-  match crate::redis_target::redact(url) {
-    unparsable if unparsable == "<unparsable>" && url.contains("://") => {
-      crate::redis_target::redact_query(url)
-    }
+  let url = crate::redis_target::without_query_values(url);
+  match crate::redis_target::redact(&url) {
+    unparsable if unparsable == "<unparsable>" && url.contains("://") => url,
     redacted => redacted,
   }
 }
@@ -1023,7 +1023,7 @@ mod tests {
     let multi = bad("postgres://u:s3cret@h1:1,h2:2/db?port=1,2,3&password=top");
     assert!(
       multi.starts_with(
-        "invalid Postgres URL \"postgres://u:***@h1:1,h2:2/db?port=1,2,3&password=***\""
+        "invalid Postgres URL \"postgres://u:***@h1:1,h2:2/db?port=***&password=***\""
       ),
       "{multi}"
     );
@@ -1119,6 +1119,22 @@ mod tests {
   }
 
   #[test]
+  fn never_echoes_the_value_of_an_unknown_or_unsupported_parameter() {
+    for url in [
+      "postgres://app@db.internal/app?passwd=S3cretPw",
+      "postgres://app@db.internal/app?oauth_client_secret=S3cretPw",
+      "postgres://app@db.internal/app?sslmode=require&scram_client_key=S3cretPw",
+      "postgres://app@db.internal/app?keepalives=S3cretPw",
+    ] {
+      let Err(err) = PostgresTarget::from_url(url, None) else {
+        panic!("{url} taken")
+      };
+      assert_eq!(err.code, crate::error::ErrorCode::InvalidInput, "{url}");
+      assert!(!err.message.contains("S3cretPw"), "{}", err.message);
+    }
+  }
+
+  #[test]
   fn never_echoes_the_password_of_a_target_that_is_not_a_postgres_url() {
     for text in [
       "postgresql+asyncpg://app:S3cretPw@db.internal:5432/app",
@@ -1137,7 +1153,7 @@ mod tests {
     }
     assert_eq!(
       redact_target("postgresql+asyncpg://app:pw@db:5432/app?password=x&a=1 user=u"),
-      "postgresql+asyncpg:***@db:5432/app?password=***&a=1 ..."
+      "postgresql+asyncpg:***@db:5432/app?password=***&a=*** ..."
     );
     assert_eq!(
       redact_target("jdbc:postgresql:db;password=pw;ssl=true"),
