@@ -557,6 +557,29 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
     }
   })
 
+  it('takes an id or key that is a store-scheme URL without user information from the environment (only a URL with "@" is refused)', () => {
+    const env = { env: { DURASTATE_URL: url } }
+    assert.match(output(['kv', 'set', 'cache', 'file:///home/me/report.pdf', '"cached"'], env), /^stored "file:\/\/\/home\/me\/report\.pdf" in mount "cache"/)
+    assert.equal(output(['kv', 'get', 'cache', 'file:///home/me/report.pdf'], env), '"cached"\n')
+    output(['kv', 'set', 'cache', 'redis://cache-key/1', '1'], env)
+    assert.match(output(['kv', 'delete', 'cache', 'redis://cache-key/1'], env), /^deleted "redis:\/\/cache-key\/1" from mount "cache"\n$/)
+    // Not stored: dispose says so (exit 1, NOT_FOUND), not a usage error.
+    const disposed = durastate(['dispose', 'postgres://job/42'], env)
+    assert.equal(disposed.status, 1, disposed.stdout + disposed.stderr)
+    assert.match(disposed.stderr, /\(NOT_FOUND\)\n$/)
+    // With user information, it is refused, not repeated.
+    for (const args of [
+      ['kv', 'set', 'cache', 'redis://u:pw@h', '1'],
+      ['kv', 'get', 'cache', 'redis://u:pw@h'],
+      ['dispose', 'postgres://u:pw@h/db'],
+    ]) {
+      const result = durastate(args, env)
+      assert.equal(result.status, 2, `${args.join(' ')}: ${result.stdout}${result.stderr}`)
+      assert.match(result.stderr, /^durastate: an argument taken as an id or key looks like a store URL with a user name or password/)
+      assert.doesNotMatch(result.stdout + result.stderr, /pw/)
+    }
+  })
+
   it('refuses a store URL given where the id or key goes (the store from the environment), never printing its password', () => {
     output(['kv', 'set', 'default', 'seed', '1', url])
     for (const args of [

@@ -207,14 +207,18 @@ function parseKv([action, mount, ...args], flags) {
 }
 
 /**
- * Refuses an id, task id or key that is a store URL (`<scheme>://…`, of a scheme stores
- * take) where no URL was given: the URL was put in the wrong place, and the store came
- * from the environment. Not echoed: it may hold a password, which a message cannot always
- * bound (a raw "/" or space in it).
+ * Refuses an id, task id or key that is a store URL with user information
+ * (`<scheme>://…@…`, of a scheme stores take) where no URL was given: the URL, with its
+ * password, was put in the wrong place, and the store came from the environment. Not
+ * echoed: the password may hold a raw "/" or space, which a message cannot always bound.
+ * A store-scheme URL without an "@" (`file:///home/me/report.pdf`, `redis://cache-key/1`)
+ * is an ordinary id or key: it carries no password, and ids and keys are often URLs.
  */
 function refuseUrlAs(values, hint) {
-  if (values.some((value) => value !== undefined && isStoreUrl(value) && /^[a-z][a-z0-9+.-]*:\/\//i.test(value))) {
-    throw new UsageError(`an argument taken as an id or key looks like a store URL (not repeated here); give it in its place: ${hint}`)
+  if (values.some((value) => value !== undefined && isStoreUrl(value) && /^[a-z][a-z0-9+.-]*:\/\/[^]*@/i.test(value))) {
+    throw new UsageError(
+      `an argument taken as an id or key looks like a store URL with a user name or password (not repeated here); give it in its place: ${hint}`,
+    )
   }
 }
 
