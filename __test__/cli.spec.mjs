@@ -557,6 +557,19 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
     }
   })
 
+  it('echoes a long key (120,000 characters, "://" in it) quickly, a password in it hidden', () => {
+    // (an argument is at most 128 KiB on Linux) The former redaction took over a minute here.
+    const key = `${'a'.repeat(60_000)}://${'b'.repeat(60_000)}`
+    const started = Date.now()
+    assert.match(output(['kv', 'set', 'long', key, '1', url]), /^stored "a{60000}:\/\/b{60000}" in mount "long"/)
+    assert.match(output(['kv', 'delete', 'long', key, url]), /^deleted "a{60000}:\/\/b{60000}" from mount "long"\n$/)
+    const secret = `redis://app:${'s3cret/ @'.repeat(10_000)}x@host`
+    const stored = output(['kv', 'set', 'long', secret, '1', url])
+    assert.match(stored, /^stored "redis:\/\/app:\*\*\*@host" in mount "long"/)
+    assert.doesNotMatch(stored, /s3cret/)
+    assert.ok(Date.now() - started < 15_000, `took ${Date.now() - started} ms`)
+  })
+
   it('takes an id or key that is a store-scheme URL without user information from the environment (only a URL with "@" is refused)', () => {
     const env = { env: { DURASTATE_URL: url } }
     assert.match(output(['kv', 'set', 'cache', 'file:///home/me/report.pdf', '"cached"'], env), /^stored "file:\/\/\/home\/me\/report\.pdf" in mount "cache"/)

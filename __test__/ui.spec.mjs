@@ -251,6 +251,33 @@ describe('durastate ui: what it reads and shows', () => {
     assert.equal(redactSecrets('redis://u:s3?cr#et@h:6379/0'), 'redis://u:***@h:6379/0')
   })
 
+  it('redacts text of a megabyte in linear time, a quoted URL still up to its last "@"', () => {
+    const MB = 1_000_000
+    // each shape took seconds to minutes with the former regular expressions (quadratic)
+    for (const text of [
+      'a'.repeat(MB),
+      JSON.stringify('a'.repeat(MB / 2) + '://' + 'b'.repeat(MB / 2)),
+      'a'.repeat(MB / 2) + '://' + 'b'.repeat(MB / 2),
+      JSON.stringify('x://'.repeat(MB / 4)),
+      'x://'.repeat(MB / 4),
+      '"k" '.repeat(MB / 4) + 'redis://u:pw@h',
+    ]) {
+      const started = performance.now()
+      redactSecrets(text)
+      const ms = performance.now() - started
+      assert.ok(ms < 2_000, `${ms} ms for ${text.length} characters starting ${text.slice(0, 12)}`)
+    }
+    const password = 's3cret/ @'.repeat(MB / 9)
+    const started = performance.now()
+    assert.equal(
+      redactSecrets(`no entry ${JSON.stringify(`kv:redis://app:${password}x@host:6379`)} in mount "m"`),
+      'no entry "kv:redis://app:***@host:6379" in mount "m"',
+    )
+    assert.equal(redactSecrets(`"redis://app:${password}"`), '"redis://app:***@"')
+    assert.equal(redactSecrets('a'.repeat(MB) + ' redis://app:s3cret@h1,h2/m'), `${'a'.repeat(MB)} redis://app:***@h1,h2/m`)
+    assert.ok(performance.now() - started < 2_000)
+  })
+
   const MANY = MAX_SCANNED + 500
   let many
   /** MANY executions `e0`... under the prefix "many:" (written once). */

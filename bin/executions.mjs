@@ -239,19 +239,7 @@ export function formatJson(text) {
  */
 export function redactSecrets(text) {
   return (
-    text
-      // a URL in double quotes (a message quoting it, JSON-escaped; a key prefix may come
-      // before it): its end is known, so
-      // its user information is read up to its last "@", a raw "/" or space in the
-      // password included
-      .replace(/"((?:[^"\\]|\\.)*?)([a-z][a-z0-9+.-]*:\/\/)((?:[^"\\]|\\.)*)@((?:[^"\\@]|\\.)*)"/gi, (quoted, before, scheme, userinfo, rest) => {
-        const colon = userinfo.indexOf(':')
-        return colon === -1 ? quoted : `"${before}${scheme}${userinfo.slice(0, colon)}:***@${rest}"`
-      })
-      .replace(/([a-z][a-z0-9+.-]*:\/\/)([^\s/]*)@/gi, (_, scheme, userinfo) => {
-        const colon = userinfo.indexOf(':')
-        return colon === -1 ? `${scheme}${userinfo}@` : `${scheme}${userinfo.slice(0, colon)}:***@`
-      })
+    redactUnquotedUserinfo(redactQuotedUserinfo(text))
       // a URL query's parameter, up to `&`: its name as the addon reads it, percent-decoded
       // (`pass%77ord=` is `password=`)
       .replace(/([?&;])([^=?&;#\s"]*)=([^ \t\n\v\f\r&;#"]*)/g, (pair, start, name) => (/pass/i.test(decodedName(name)) ? `${start}${name}=***` : pair))
@@ -260,6 +248,85 @@ export function redactSecrets(text) {
       // a no-break space is part of a value)
       .replace(/((?:^|\s)[a-z_]*pass(?:word)?\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:\\.|[^ \t\n\v\f\r\\'])(?:\\.?|[^ \t\n\v\f\r\\])*)/gi, '$1***')
   )
+}
+
+/**
+ * Whether the "://" at `at` follows a URL scheme (`[a-z][a-z0-9+.-]*`, as a regex without
+ * anchors finds one): the run of scheme characters just before it, not before `from`,
+ * holds a letter. Reads only that run, so each "://" costs its own scheme's length.
+ */
+function followsScheme(text, at, from) {
+  for (let i = at - 1; i >= from; i--) {
+    const c = text.charCodeAt(i)
+    if ((c >= 97 && c <= 122) || (c >= 65 && c <= 90)) return true
+    if (!((c >= 48 && c <= 57) || c === 43 || c === 45 || c === 46)) return false
+  }
+  return false
+}
+
+/** The user information `userinfo` of a URL with its password (after its first ":") as `***`. */
+function withoutPassword(userinfo) {
+  const colon = userinfo.indexOf(':')
+  return colon === -1 ? userinfo : `${userinfo.slice(0, colon)}:***`
+}
+
+/**
+ * A URL in double quotes (a message quoting it, JSON-escaped; a key prefix may come before
+ * it): its end is known, so its user information is read up to the last "@" of the quoted
+ * text, a raw "/" or space in the password included. In one pass (linear time: ids and keys
+ * the CLI echoes can be megabytes): each quoted text is found by its closing quote, its
+ * first "://" after a scheme by indexOf, its last "@" by lastIndexOf. A quoted text without
+ * such a URL hands its closing quote on as the next one's opening quote (the text between
+ * two quoted strings is tried too).
+ */
+function redactQuotedUserinfo(text) {
+  const parts = []
+  let copied = 0
+  // the next "://" to look at: it only moves forward
+  let scheme = text.indexOf('://')
+  for (let open = text.indexOf('"'); open !== -1 && scheme !== -1;) {
+    // the closing quote (the next one not escaped with "\\"), and the last "@" before it
+    let close = open + 1
+    let at = -1
+    while (close < text.length && text[close] !== '"') {
+      if (text[close] === '@') at = close
+      close += text[close] === '\\' ? 2 : 1
+    }
+    if (close >= text.length) break
+    if (scheme <= open) scheme = text.indexOf('://', open + 1)
+    while (scheme !== -1 && scheme < close && !followsScheme(text, scheme, open + 1)) scheme = text.indexOf('://', scheme + 1)
+    if (scheme === -1 || scheme >= close || at < scheme + 3) {
+      open = close
+      continue
+    }
+    parts.push(text.slice(copied, scheme + 3), withoutPassword(text.slice(scheme + 3, at)))
+    copied = at
+    open = text.indexOf('"', close + 1)
+  }
+  parts.push(text.slice(copied))
+  return parts.join('')
+}
+
+/**
+ * A URL's password outside quotes: its user information ends at the last "@" before a "/"
+ * or a space (`redis://u:pw@h`, also before a comma-separated host list that new URL()
+ * cannot parse, `redis+sentinel://u:pw@h1,h2/m`). Linear time, as above.
+ */
+function redactUnquotedUserinfo(text) {
+  const parts = []
+  let copied = 0
+  for (let scheme = text.indexOf('://'); scheme !== -1; scheme = text.indexOf('://', scheme + 1)) {
+    if (!followsScheme(text, scheme, copied)) continue
+    // up to the next "/" (the next "://" has one) or space, and the last "@" before it
+    let at = -1
+    for (let i = scheme + 3; i < text.length && text[i] !== '/' && !/\s/.test(text[i]); i++) if (text[i] === '@') at = i
+    if (at === -1) continue
+    parts.push(text.slice(copied, scheme + 3), withoutPassword(text.slice(scheme + 3, at)))
+    copied = at
+    scheme = at
+  }
+  parts.push(text.slice(copied))
+  return parts.join('')
 }
 
 /** A URL query parameter's name, percent-decoded (as written when it is not valid percent-encoding). */
