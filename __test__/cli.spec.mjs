@@ -812,6 +812,28 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
     fails(['inspect', 'postgres://app@127.0.0.1:1/app?sslmode=verify-ca', '--tls-ca', ca], 1, /\(UNAVAILABLE\)\n$/)
   })
 
+  it('refuses TLS flags on a Postgres URL whose sslmode=allow or prefer would fall back to plain text (exit 2)', () => {
+    const ca = '/etc/ssl/certs/ca-certificates.crt'
+    for (const [url, flags, mode] of [
+      ['postgres://app:s3cret@127.0.0.1:1/app?sslmode=prefer', ['--tls-ca', ca], 'prefer'],
+      ['postgres://app:s3cret@127.0.0.1:1/app?sslmode=allow', ['--tls-cert', ca, '--tls-key', ca], 'allow'],
+      ['postgresql://app:s3cret@127.0.0.1:1/app?ssl%6dode=%70refer', ['--insecure'], 'prefer'],
+      ['postgres://app:s3cret@127.0.0.1:1/app?sslmode=require&sslmode=allow', ['--tls-ca', ca], 'allow'],
+    ]) {
+      const result = durastate(['inspect', url, ...flags])
+      assert.equal(result.status, 2, result.stdout + result.stderr)
+      assert.match(
+        result.stderr,
+        new RegExp(
+          `^durastate: --(tls-ca|tls-cert|insecure).* for TLS, but the URL's sslmode=${mode} connects in plain text when the server offers no TLS: .*sslmode=verify-full \\(or require`,
+        ),
+      )
+      assert.doesNotMatch(result.stderr, /s3cret/)
+    }
+    // sslmode=require with the flags connects (here: nothing listens, UNAVAILABLE).
+    fails(['inspect', 'postgres://app@127.0.0.1:1/app?sslmode=require', '--tls-ca', ca], 1, /\(UNAVAILABLE\)\n$/)
+  })
+
   it('refuses a --port that is not a port number (exit 2)', () => {
     for (const port of ['', ' ', '0x50', '1e3', '-1', '65536', '80.5']) {
       const result = durastate(['ui', url, `--port=${port}`])

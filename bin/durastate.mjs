@@ -273,11 +273,15 @@ function tlsOption(values, url) {
     if (tls.servername !== undefined) {
       throw new UsageError("--tls-servername applies to Redis URLs only: Postgres checks the certificate against the URL's host")
     }
-    if (postgresSslmode(url) === 'disable') {
+    // disable never uses TLS; allow and prefer fall back to plain text when the server
+    // offers none, which the flags (a CA to check, a client certificate) would hide.
+    const sslmode = postgresSslmode(url)
+    if (sslmode === 'disable' || sslmode === 'allow' || sslmode === 'prefer') {
       const given = ['tls-ca', 'tls-cert', 'tls-key', 'insecure'].filter((flag) => values[flag] !== undefined && values[flag] !== false)
+      const why = sslmode === 'disable' ? 'turns it off (the connection would be plain text)' : 'connects in plain text when the server offers no TLS'
       throw new UsageError(
-        `${given.map((flag) => `--${flag}`).join(', ')} ask${given.length === 1 ? 's' : ''} for TLS, but the URL's sslmode=disable ` +
-          'turns it off (the connection would be plain text): drop one, or give sslmode=verify-full (or require, verify-ca)',
+        `${given.map((flag) => `--${flag}`).join(', ')} ask${given.length === 1 ? 's' : ''} for TLS, but the URL's sslmode=${sslmode} ${why}: ` +
+          'drop one, or give sslmode=verify-full (or require, verify-ca)',
       )
     }
     return tls
