@@ -447,6 +447,30 @@ describe('durastate ui: executions among KV entries of the same file or database
     })
   }
 
+  it('lists what a search with a NUL matches on Postgres, which refuses such an id (the exact-id read is "not found")', async () => {
+    const target = backends.postgres()
+    await fill(target, 0, ['nul-1'])
+    const ui = await startUi({ url: target.url, createInspector: (url) => createInspector(url, target.options) })
+    try {
+      for (const search of ['a\0b', '\0', 'nul-1\0']) {
+        const res = await raw(`${ui.url}api/executions?search=${encodeURIComponent(search)}`)
+        assert.equal(res.status, 200, `${JSON.stringify(search)}: ${res.status} ${JSON.stringify(res.json)}`)
+        assert.deepEqual(res.json.executions, [])
+      }
+      // the search still finds what it matches, and an exact id
+      assert.deepEqual(
+        (await raw(`${ui.url}api/executions?search=nul-`)).json.executions.map((e) => e.id),
+        ['nul-1'],
+      )
+      assert.deepEqual(
+        (await raw(`${ui.url}api/executions?search=nul-1`)).json.executions.map((e) => e.id),
+        ['nul-1'],
+      )
+    } finally {
+      await ui.close()
+    }
+  })
+
   it('stops after MAX_READ keys read, and the page says so (sqlite)', async () => {
     const file = join(dir, 'budget.db')
     const target = { url: `sqlite:${file}`, options: {}, open: () => createSqliteStore(file) }

@@ -86,10 +86,13 @@ export async function listExecutionIds(inspector, prefix, { maxScanned = Infinit
 /**
  * The executions `ids` that hold anything, read in batches. A key of another type under
  * the prefix (another program's hash or list: `WRONG_TYPE`) is no execution of this store,
- * and is left out rather than failing the whole listing.
+ * and is left out rather than failing the whole listing. So is `searched`, a search text
+ * read as an exact id, when the backend refuses it as an id (`INVALID_INPUT`: a NUL on
+ * Postgres): no execution can have that id.
  */
-export async function readExecutions(inspector, prefix, ids) {
-  const read = (id) => readExecution(inspector, prefix, id).catch((err) => (err?.code === 'WRONG_TYPE' ? null : Promise.reject(err)))
+export async function readExecutions(inspector, prefix, ids, { searched } = {}) {
+  const notFound = (err, id) => err?.code === 'WRONG_TYPE' || (err?.code === 'INVALID_INPUT' && searched !== undefined && id === searched)
+  const read = (id) => readExecution(inspector, prefix, id).catch((err) => (notFound(err, id) ? null : Promise.reject(err)))
   const executions = await mapInBatches(ids, read)
   return executions.filter((execution) => execution !== null)
 }

@@ -179,7 +179,7 @@ export async function startUi({ url, port = 0, host = '127.0.0.1', allowWrites =
       while (found.length < limit && read < candidates.length && read < MAX_READ) {
         const batch = candidates.slice(read, read + Math.min(limit - found.length, MAX_READ - read))
         read += batch.length
-        found.push(...(await readExecutions(inspector, prefix, batch)))
+        found.push(...(await readExecutions(inspector, prefix, batch, { searched: search || undefined })))
       }
       const unread = read < candidates.length
       return {
