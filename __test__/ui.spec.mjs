@@ -16,7 +16,7 @@ import { chromium } from 'playwright-core'
 import binding, { createInspector } from '../binding.js'
 import { createKvStore, createPostgresStore, createRedisStore, createSqliteStore } from '../index.js'
 import { listExecutionIds, redactSecrets } from '../bin/executions.mjs'
-import { isAllowedHost, MAX_LISTED, MAX_READ, MAX_SCANNED, MAX_VALUE_CHARS, startUi } from '../bin/ui.mjs'
+import { isAllowedHost, MAX_LISTED, MAX_READ, MAX_SCANNED, MAX_VALUE_CHARS, MIN_READ_BATCH, startUi } from '../bin/ui.mjs'
 import { testPostgres } from './helpers/postgres-server.mjs'
 import { startRedisServer } from './helpers/redis-server.mjs'
 
@@ -466,6 +466,71 @@ describe('durastate ui: executions among KV entries of the same file or database
         (await raw(`${ui.url}api/executions?search=nul-1`)).json.executions.map((e) => e.id),
         ['nul-1'],
       )
+    } finally {
+      await ui.close()
+    }
+  })
+
+  it('reads the KV entries after the executions in batches, not one key per round trip (redis)', async () => {
+    const target = { url: redis.url, options: {}, open: () => createRedisStore(redis.url, { prefix: 'batches:' }) }
+    // MAX_LISTED - 1 executions whose ids sort first, then 3,000 KV entries under the same prefix
+    const kv = createKvStore(redis.url, { mounts: { m: { prefix: 'batches:z:' } } })
+    const entries = {}
+    for (let i = 0; i < 3000; i++) entries[`k${i}`] = i
+    await kv.setMany('m', entries)
+    await kv.close()
+    await fill(
+      target,
+      0,
+      Array.from({ length: MAX_LISTED - 1 }, (_, i) => `a${String(i).padStart(4, '0')}`),
+    )
+    // a round is a batch: its reads start together, the next one after they all ended
+    let inFlight = 0
+    let rounds = 0
+    let reads = 0
+    const ui = await startUi({
+      url: target.url,
+      prefix: 'batches:',
+      createInspector: (url) => {
+        const inspector = createInspector(url)
+        return new Proxy(inspector, {
+          get: (object, name) =>
+            name === 'execution'
+              ? async (key) => {
+                  if (inFlight++ === 0) rounds++
+                  reads++
+                  try {
+                    return await object.execution(key)
+                  } finally {
+                    inFlight--
+                  }
+                }
+              : typeof object[name] === 'function'
+                ? object[name].bind(object)
+                : object[name],
+        })
+      },
+    })
+    try {
+      for (const [query, shown] of [
+        ['', MAX_LISTED - 1],
+        [`?limit=${MAX_LISTED - 1}`, MAX_LISTED - 1],
+        ['?limit=3', 3],
+      ]) {
+        rounds = 0
+        reads = 0
+        const list = (await raw(`${ui.url}api/executions${query}`)).json
+        assert.equal(list.executions.length, shown, query)
+        assert.equal(list.read, reads, query)
+        const most = 1 + Math.ceil((MAX_READ - Math.min(shown, MAX_LISTED)) / MIN_READ_BATCH)
+        assert.ok(rounds <= most, `${query}: ${rounds} rounds of reads for ${reads} keys (at most ${most})`)
+      }
+      // the shortest listing still reads only what it shows when those are executions
+      assert.equal((await raw(`${ui.url}api/executions?limit=3`)).json.read, 3)
+      // asking for more than there are: MAX_READ keys read, and the listing says it stopped there
+      const past = (await raw(`${ui.url}api/executions?limit=${MAX_LISTED}`)).json
+      assert.equal(past.executions.length, MAX_LISTED - 1)
+      assert.equal(past.readLimited, true)
     } finally {
       await ui.close()
     }

@@ -36,6 +36,8 @@ export const MAX_SCANNED = 20_000
  * read tells from an execution.
  */
 export const MAX_READ = 2_500
+/** The fewest keys a listing reads in one batch after its first (see list). */
+export const MIN_READ_BATCH = 100
 /** Values are shown formatted, cut after this many characters. */
 export const MAX_VALUE_CHARS = 16_384
 const MAX_ID_LENGTH = 4096
@@ -171,19 +173,23 @@ export async function startUi({ url, port = 0, host = '127.0.0.1', allowWrites =
       const { ids, truncated } = await listExecutionIds(inspector, prefix, { maxScanned: MAX_SCANNED, search: search || undefined })
       // An exact id is read directly too: the scan may have stopped before it.
       const candidates = search && !ids.includes(search) ? [search, ...ids] : ids
-      // The ids are read in order, in batches of as many as are still to show, until
-      // `limit` executions are found (every second, per open page: with nothing else under
-      // the prefix, only the executions shown are read) or MAX_READ keys were read.
+      // The ids are read in order, in batches, until `limit` executions are found or
+      // MAX_READ keys were read. The first batch is `limit` keys (every second, per open
+      // page: with nothing else under the prefix, only the executions shown are read); a
+      // later one, after keys that were no execution, at least MIN_READ_BATCH, so that KV
+      // entries after the executions are not read one round trip each. The executions
+      // found past `limit` are not shown.
       const found = []
       let read = 0
       while (found.length < limit && read < candidates.length && read < MAX_READ) {
-        const batch = candidates.slice(read, read + Math.min(limit - found.length, MAX_READ - read))
+        const wanted = read === 0 ? limit : Math.max(limit - found.length, MIN_READ_BATCH)
+        const batch = candidates.slice(read, read + Math.min(wanted, MAX_READ - read))
         read += batch.length
         found.push(...(await readExecutions(inspector, prefix, batch, { searched: search || undefined })))
       }
       const unread = read < candidates.length
       return {
-        executions: order(found.map(listed)),
+        executions: order(found.slice(0, limit).map(listed)),
         // the keys the scan found under the prefix (executions or not), and how many were read
         keys: ids.length,
         read,
@@ -192,7 +198,7 @@ export async function startUi({ url, port = 0, host = '127.0.0.1', allowWrites =
         // the read budget ran out before `limit` executions were found
         readLimited: unread && found.length < limit,
         // more executions may exist than are shown
-        truncated: truncated || unread,
+        truncated: truncated || unread || found.length > limit,
       }
     },
     async execution(id) {
