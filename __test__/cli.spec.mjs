@@ -567,23 +567,24 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
     const stored = output(['kv', 'set', 'long', secret, '1', url])
     assert.match(stored, /^stored "redis:\/\/app:\*\*\*@host" in mount "long"/)
     assert.doesNotMatch(stored, /s3cret/)
+    assert.match(output(['kv', 'delete', 'long', secret, url]), /^deleted "redis:\/\/app:\*\*\*@host" from mount "long"\n$/)
     assert.ok(Date.now() - started < 15_000, `took ${Date.now() - started} ms`)
   })
 
   it('takes an id or key that is a store-scheme URL without user information from the environment (only a URL with "@" is refused)', () => {
     const env = { env: { DURASTATE_URL: url } }
-    assert.match(output(['kv', 'set', 'cache', 'file:///home/me/report.pdf', '"cached"'], env), /^stored "file:\/\/\/home\/me\/report\.pdf" in mount "cache"/)
-    assert.equal(output(['kv', 'get', 'cache', 'file:///home/me/report.pdf'], env), '"cached"\n')
-    output(['kv', 'set', 'cache', 'redis://cache-key/1', '1'], env)
-    assert.match(output(['kv', 'delete', 'cache', 'redis://cache-key/1'], env), /^deleted "redis:\/\/cache-key\/1" from mount "cache"\n$/)
+    assert.match(output(['kv', 'set', 'urls', 'file:///home/me/report.pdf', '"cached"'], env), /^stored "file:\/\/\/home\/me\/report\.pdf" in mount "urls"/)
+    assert.equal(output(['kv', 'get', 'urls', 'file:///home/me/report.pdf'], env), '"cached"\n')
+    output(['kv', 'set', 'urls', 'redis://cache-key/1', '1'], env)
+    assert.match(output(['kv', 'delete', 'urls', 'redis://cache-key/1'], env), /^deleted "redis:\/\/cache-key\/1" from mount "urls"\n$/)
     // Not stored: dispose says so (exit 1, NOT_FOUND), not a usage error.
     const disposed = durastate(['dispose', 'postgres://job/42'], env)
     assert.equal(disposed.status, 1, disposed.stdout + disposed.stderr)
     assert.match(disposed.stderr, /\(NOT_FOUND\)\n$/)
     // With user information, it is refused, not repeated.
     for (const args of [
-      ['kv', 'set', 'cache', 'redis://u:pw@h', '1'],
-      ['kv', 'get', 'cache', 'redis://u:pw@h'],
+      ['kv', 'set', 'urls', 'redis://u:pw@h', '1'],
+      ['kv', 'get', 'urls', 'redis://u:pw@h'],
       ['dispose', 'postgres://u:pw@h/db'],
     ]) {
       const result = durastate(args, env)
