@@ -1119,22 +1119,6 @@ mod tests {
   }
 
   #[test]
-  fn never_echoes_the_value_of_an_unknown_or_unsupported_parameter() {
-    for url in [
-      "postgres://app@db.internal/app?passwd=S3cretPw",
-      "postgres://app@db.internal/app?oauth_client_secret=S3cretPw",
-      "postgres://app@db.internal/app?sslmode=require&scram_client_key=S3cretPw",
-      "postgres://app@db.internal/app?keepalives=S3cretPw",
-    ] {
-      let Err(err) = PostgresTarget::from_url(url, None) else {
-        panic!("{url} taken")
-      };
-      assert_eq!(err.code, crate::error::ErrorCode::InvalidInput, "{url}");
-      assert!(!err.message.contains("S3cretPw"), "{}", err.message);
-    }
-  }
-
-  #[test]
   fn never_echoes_the_password_of_a_target_that_is_not_a_postgres_url() {
     for text in [
       "postgresql+asyncpg://app:S3cretPw@db.internal:5432/app",
@@ -1186,8 +1170,26 @@ mod tests {
         "host=h keepalives=often",
         "invalid value for option `keepalives`",
       ),
+      // a URL's query values are hidden too, whatever the parameter's name
+      (
+        "postgres://app@db.internal/app?passwd=S3cretPw",
+        "unknown parameter `passwd`",
+      ),
+      (
+        "postgres://app@db.internal/app?oauth_client_secret=S3cretPw",
+        "`oauth_client_secret` is not supported",
+      ),
+      (
+        "postgres://app@db.internal/app?sslmode=require&scram_client_key=S3cretPw",
+        "`scram_client_key` is not supported",
+      ),
+      (
+        "postgres://app@db.internal/app?keepalives=S3cretPw",
+        "invalid value for option `keepalives`",
+      ),
     ] {
       let err = PostgresTarget::from_url(text, None).err().expect(text);
+      assert_eq!(err.code, crate::error::ErrorCode::InvalidInput, "{text}");
       assert!(err.message.contains(named), "{text}: {}", err.message);
       assert!(!err.message.contains("S3cretPw"), "{}", err.message);
     }
