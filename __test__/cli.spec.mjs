@@ -5,7 +5,6 @@ import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { copyFileSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
-import { createRequire } from 'node:module'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -16,6 +15,7 @@ import pg from 'pg'
 import binding from '../binding.js'
 import { createKvStore, createPostgresStore, createRedisStore, createSqliteStore } from '../index.js'
 import { testPostgres } from './helpers/postgres-server.mjs'
+import { fileFormat } from './helpers/sqlite-file.mjs'
 import { freePort, startRedisServer, testRedis } from './helpers/redis-server.mjs'
 
 const cli = fileURLToPath(new URL('../bin/durastate.mjs', import.meta.url))
@@ -298,7 +298,6 @@ describe('durastate kv without --prefix uses the prefixes createKvStore gives mo
 })
 
 describe('durastate reads a SQLite file as the library names it, and writes nothing to read it', { timeout: 60_000 }, () => {
-  const Database = createRequire(import.meta.url)('better-sqlite3')
   let dir
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'durastate-cli-file-'))
@@ -309,20 +308,6 @@ describe('durastate reads a SQLite file as the library names it, and writes noth
     }
   })
   after(() => rmSync(dir, { recursive: true, force: true }))
-
-  /** The format and tables of a SQLite file, read with another library (read-only). */
-  function format(path) {
-    const db = new Database(path, { readonly: true, fileMustExist: true })
-    try {
-      const tables = db
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-        .all()
-        .map((r) => r.name)
-      return { version: db.pragma('user_version', { simple: true }), tables }
-    } finally {
-      db.close()
-    }
-  }
 
   it('takes the file: URLs the library takes: percent-escapes decoded, file://localhost/', () => {
     const ids = (target) => JSON.parse(output(['inspect', target, '--json'])).executions.map((e) => e.id)
@@ -371,7 +356,7 @@ describe('durastate reads a SQLite file as the library names it, and writes noth
     ]) {
       const copy = join(dir, `old-${version}.db`)
       copyFileSync(fileURLToPath(new URL(`./fixtures/${fixture}`, import.meta.url)), copy)
-      const before = format(copy)
+      const before = fileFormat(copy)
       assert.equal(before.version, version)
       for (const args of [
         ['inspect', `sqlite:${copy}`],
@@ -386,7 +371,7 @@ describe('durastate reads a SQLite file as the library names it, and writes noth
           ),
         )
       }
-      assert.deepEqual(format(copy), before)
+      assert.deepEqual(fileFormat(copy), before)
     }
   })
 })

@@ -9,6 +9,7 @@ import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { createKvStore, createMemoryStore, createSqliteStore } from '../index.js'
 import { rejectsWith } from './helpers/assert.mjs'
+import { fileFormat } from './helpers/sqlite-file.mjs'
 
 const require = createRequire(import.meta.url)
 const Database = require('better-sqlite3')
@@ -43,18 +44,6 @@ describe('SQLite file format', () => {
       db.close()
     }
   }
-  const tables = (path) => {
-    const db = new Database(path, { readonly: true })
-    try {
-      const names = db
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-        .all()
-        .map((r) => r.name)
-      return { version: db.pragma('user_version', { simple: true }), names }
-    } finally {
-      db.close()
-    }
-  }
 
   for (const [from, label] of [
     [1, 'a 0.1.0 file (the Redis-like keyspace)'],
@@ -62,7 +51,7 @@ describe('SQLite file format', () => {
   ])
     it(`migrates ${label} in place: results, steps in progress, markers, TTLs and KV entries survive`, async () => {
       const path = fixtureCopy(`migrate-${from}.db`, from)
-      assert.equal(tables(path).version, from)
+      assert.equal(fileFormat(path).version, from)
       const store = createSqliteStore(path)
       closers.push(() => store.close())
       assert.deepEqual(await store.getExecutionTaskResults('order-1'), {
@@ -110,9 +99,9 @@ describe('SQLite file format', () => {
       assert.equal(await kv.get('cache', 'user:1'), 'Ada')
       assert.deepEqual(await kv.keys('tmp'), [], 'an entry expired before the migration is not brought back')
 
-      const after = tables(path)
+      const after = fileFormat(path)
       assert.equal(after.version, VERSION)
-      assert.deepEqual(after.names, ['ds_entries', 'ds_step_expiry', 'ds_steps'])
+      assert.deepEqual(after.tables, ['ds_entries', 'ds_step_expiry', 'ds_steps'])
       assert.deepEqual(indexes(path), ['ds_entries_expiry', 'ds_step_expiry_due'])
       const check = new Database(path, { readonly: true })
       const expiry = check.prepare("SELECT claims_at, results_at, due FROM ds_step_expiry WHERE exec = 'ttl:job-1'").get()
@@ -134,7 +123,7 @@ describe('SQLite file format', () => {
     const again = createSqliteStore(path)
     closers.push(() => again.close())
     assert.equal(Object.keys(await again.getExecutionTaskResults('order-1')).length, 3)
-    assert.equal(tables(path).version, VERSION)
+    assert.equal(fileFormat(path).version, VERSION)
   })
 
   it('migrates a 0.1.0 file whose execution ids, task ids and keys hold a NUL byte, keeping them whole', async () => {
@@ -167,7 +156,7 @@ describe('SQLite file format', () => {
     // The id cut at its NUL ('a') is another execution, which keeps only its own step.
     assert.deepEqual(await store.getExecutionTaskResults('a'), { t: 'plain' })
     assert.deepEqual(await kv.get('default', 'k\0ey'), { v: 1 })
-    assert.equal(tables(path).version, VERSION)
+    assert.equal(fileFormat(path).version, VERSION)
   })
 
   it('leaves a file it cannot migrate as it was, with CORRUPT_DATA naming the key', async () => {
@@ -182,7 +171,7 @@ describe('SQLite file format', () => {
     const store = createSqliteStore(path)
     closers.push(() => store.close())
     await rejectsWith(store.isExecutionInProgress('e'), 'CORRUPT_DATA', /some-hash/)
-    assert.deepEqual(tables(path), { version: 1, names: ['durastate_fields', 'durastate_keys'] })
+    assert.deepEqual(fileFormat(path), { version: 1, tables: ['durastate_fields', 'durastate_keys'] })
     const check = new Database(path, { readonly: true })
     assert.equal(check.prepare('SELECT count(*) AS n FROM durastate_keys').get().n, 2)
     check.close()
