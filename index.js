@@ -913,6 +913,11 @@ function encodeEntries(entries, mount) {
 /** How a KV key is named in messages: with its mount. */
 const kvKeyName = (mount) => `key of mount '${mount}'`
 
+/** `requireString` of a KV key, its name (with the mount) made only when it is refused. */
+function requireKey(mount, key, store) {
+  if (typeof key !== 'string' || !key.isWellFormed() || (noNul.has(store) && key.includes('\0'))) requireString(kvKeyName(mount), key, store)
+}
+
 function requireKeys(keys, store, mount) {
   if (!Array.isArray(keys) || keys.some((k) => typeof k !== 'string')) {
     throw new DurastateError('INVALID_INPUT', `keys of mount '${mount}' must be an array of strings`)
@@ -1252,7 +1257,7 @@ class KvStore {
   get(mount, key) {
     try {
       this.#requireMount(mount)
-      requireString(kvKeyName(mount), key, this)
+      requireKey(mount, key, this)
       if (!this.#order.idle) return this.#after(mount, [key], 'get', (held, left) => this.#get(mount, key, left))
       return this.#get(mount, key)
     } catch (err) {
@@ -1267,7 +1272,7 @@ class KvStore {
   getOr(mount, key, fallback) {
     try {
       this.#requireMount(mount)
-      requireString(kvKeyName(mount), key, this)
+      requireKey(mount, key, this)
       if (!this.#order.idle) return this.#after(mount, [key], 'getOr', (held, left) => this.#getOr(mount, key, fallback, left))
       return this.#getOr(mount, key, fallback)
     } catch (err) {
@@ -1286,7 +1291,7 @@ class KvStore {
   getJson(mount, key) {
     try {
       this.#requireMount(mount)
-      requireString(kvKeyName(mount), key, this)
+      requireKey(mount, key, this)
       if (!this.#order.idle) return this.#after(mount, [key], 'getJson', (held, left) => this.#getJson(mount, key, left))
       return this.#getJson(mount, key)
     } catch (err) {
@@ -1301,7 +1306,7 @@ class KvStore {
   set(mount, key, value, options) {
     try {
       this.#requireMount(mount)
-      requireString(kvKeyName(mount), key, this)
+      requireKey(mount, key, this)
       return this.#setText(mount, key, encodeValue(value, mount, key), ttlOf(options))
     } catch (err) {
       return rejected(err)
@@ -1312,7 +1317,7 @@ class KvStore {
   setJson(mount, key, json, options) {
     try {
       this.#requireMount(mount)
-      requireString(kvKeyName(mount), key, this)
+      requireKey(mount, key, this)
       requireJsonText(json, mount, key)
       return this.#setText(mount, key, json, ttlOf(options))
     } catch (err) {
@@ -1380,7 +1385,7 @@ class KvStore {
   merge(mount, key, partial, options) {
     try {
       this.#requireMount(mount)
-      requireString(kvKeyName(mount), key, this)
+      requireKey(mount, key, this)
       if (partial === null || typeof partial !== 'object' || Array.isArray(partial)) {
         throw new DurastateError('INVALID_INPUT', `merge of key "${key}" (mount '${mount}') needs a plain object`)
       }
@@ -1403,7 +1408,7 @@ class KvStore {
   delete(mount, key) {
     try {
       this.#requireMount(mount)
-      requireString(kvKeyName(mount), key, this)
+      requireKey(mount, key, this)
       if (!this.#order.idle) {
         return this.#after(mount, [key], 'delete', (held, left) =>
           this.#bounded(this.#native.delete(mount, key, left), left, 'delete').then(undefined, rethrow),
@@ -1418,7 +1423,7 @@ class KvStore {
   has(mount, key) {
     try {
       this.#requireMount(mount)
-      requireString(kvKeyName(mount), key, this)
+      requireKey(mount, key, this)
       if (!this.#order.idle) {
         return this.#after(mount, [key], 'has', (held, left) => this.#bounded(this.#native.has(mount, key, left), left, 'has').then(undefined, rethrow))
       }
