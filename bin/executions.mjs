@@ -349,10 +349,6 @@ function decodedName(name) {
 export function redactUrl(url) {
   const found = /^([a-z][a-z0-9+.-]*:\/\/)(.*)$/is.exec(url)
   const at = found ? found[2].lastIndexOf('@') : -1
-  if (at !== -1) {
-    const userinfo = found[2].slice(0, at)
-    const colon = userinfo.indexOf(':')
-    if (colon !== -1) url = `${found[1]}${userinfo.slice(0, colon)}:***${found[2].slice(at)}`
-  }
+  if (at !== -1) url = `${found[1]}${withoutPassword(found[2].slice(0, at))}${found[2].slice(at)}`
   return redactSecrets(url)
 }
