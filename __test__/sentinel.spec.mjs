@@ -19,7 +19,7 @@ import { makeCertificates } from './helpers/tls.mjs'
 /** Options for riding out a failover: retry for up to ~10 s, each call bounded by 20 s. */
 const FAILOVER_OPTIONS = { commandTimeout: 20_000, connectTimeout: 1_000, retry: { attempts: 40, minDelay: 50, maxDelay: 400 } }
 
-describe('Sentinel', { timeout: 150_000 }, () => {
+describe('Sentinel', { timeout: 240_000 }, () => {
   let group
   const stores = []
   const track = (store) => (stores.push(store), store)
@@ -174,7 +174,7 @@ describe('Sentinel', { timeout: 150_000 }, () => {
           if (Number(port) !== first) namedAt ??= Date.now()
         }
       }
-      await group.until('the old master to be a replica, in sync', async () => /master_link_status:up/.test(await oldMaster.info('replication')), 60_000)
+      await group.replicaInSync(oldMaster)
       await sleep(1_000)
     } finally {
       running = false
@@ -256,11 +256,11 @@ describe('Sentinel', { timeout: 150_000 }, () => {
     // asynchronous replication can lose commits.
     const old = new Redis(group.servers[first].url, group.servers[first].clientOptions)
     after(() => old.disconnect())
-    await group.until('the old master to be a replica, in sync', async () => /master_link_status:up/.test(await old.info('replication')), 60_000)
+    await group.replicaInSync(old)
 
     const second = await group.masterPort()
     await group.servers[second].kill()
-    await group.until('the sentinels to promote the old master', async () => (await group.masterPort()) !== second, 30_000)
+    await group.until('the sentinels to promote the old master', async () => (await group.masterPort()) !== second, 45_000)
     await progressAfter('commits after the SIGKILL', acked.length + 30, 30_000)
     running = false
     await workflows

@@ -6,14 +6,31 @@ import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
-/** Polls `check` every 100 ms until it is true (a throw counts as false); fails after `deadlineMs`. */
+/**
+ * Polls `check` every 100 ms until it is true (a throw counts as false); fails after
+ * `deadlineMs`, naming the last throw. A check that does not settle counts as false when
+ * the deadline comes, so a hung client cannot stretch the wait.
+ */
 export async function until(what, check, deadlineMs) {
   const deadline = Date.now() + deadlineMs
+  let lastError
   while (Date.now() < deadline) {
-    if (await check().catch(() => false)) return
+    let timer
+    const outOfTime = new Promise((resolve) => {
+      timer = setTimeout(() => resolve(false), Math.max(0, deadline - Date.now()))
+    })
+    const checked = Promise.resolve()
+      .then(check)
+      .catch((err) => {
+        lastError = err
+        return false
+      })
+    const ok = await Promise.race([checked, outOfTime])
+    clearTimeout(timer)
+    if (ok) return
     await new Promise((r) => setTimeout(r, 100))
   }
-  throw new Error(`timed out waiting for ${what}`)
+  throw new Error(`timed out waiting for ${what}${lastError ? ` (the last check threw: ${lastError.message})` : ''}`)
 }
 
 /** A port that was free on 127.0.0.1 a moment ago. */

@@ -107,6 +107,34 @@ export async function startSentinelGroup({ tls } = {}) {
       const [, port] = await sentinels[0].client.call('SENTINEL', 'GET-MASTER-ADDR-BY-NAME', MASTER_NAME)
       return Number(port)
     },
+    /**
+     * Waits until the old master of a failover (`client`: an ioredis client of it) is a
+     * replica of the new one, in sync. Sentinel sends it REPLICAOF once it has seen it
+     * report the master role for 8 s, at its 10 s INFO period: about 15 s here. A
+     * sentinel in TILT mode (its timer ran late on a loaded machine) does nothing for
+     * 30 s, so past 25 s this sends what Sentinel would, and says so.
+     */
+    async replicaInSync(client) {
+      const inSync = async () => /master_link_status:up/.test(await client.info('replication'))
+      const waited = Date.now()
+      try {
+        await until('the sentinels to make the old master a replica, in sync', inSync, 25_000)
+      } catch {
+        const tilt = await Promise.all(
+          sentinels.map((s) =>
+            s.client.info('sentinel').then(
+              (info) => /sentinel_tilt:1/.test(info),
+              () => 'no answer',
+            ),
+          ),
+        )
+        console.log(
+          `# sentinel: the old master was not a replica in sync ${Date.now() - waited} ms after the failover (sentinels in TILT mode: ${tilt.join(', ')}): REPLICAOF sent by the test`,
+        )
+        await client.call('REPLICAOF', '127.0.0.1', String(await this.masterPort()))
+        await until('the old master to be a replica, in sync', inSync, 30_000)
+      }
+    },
     until,
     stop,
   }
