@@ -277,14 +277,19 @@ describe('process behaviour', () => {
     async () => {
       // Node.js and Bun finalize the store when a worker ends; Deno runs no finalizer then,
       // so the store's env cleanup hook must close it (a worker ended by itself or terminated).
+      // The ids of the SQLite threads alive now. Those of other tests' stores may end
+      // (collected) or start meanwhile (Bun runs every spec file in one process), so the
+      // test follows the threads that appear while each worker opens its stores.
       const sqliteThreads = () =>
-        readdirSync('/proc/self/task').filter((task) => {
-          try {
-            return readFileSync(`/proc/self/task/${task}/comm`, 'utf8').trim() === 'durastate-sqlit'
-          } catch {
-            return false // a thread that ended meanwhile
-          }
-        }).length
+        new Set(
+          readdirSync('/proc/self/task').filter((task) => {
+            try {
+              return readFileSync(`/proc/self/task/${task}/comm`, 'utf8').trim() === 'durastate-sqlit'
+            } catch {
+              return false // a thread that ended meanwhile
+            }
+          }),
+        )
       const openFiles = () =>
         readdirSync('/proc/self/fd').filter((fd) => {
           try {
@@ -293,7 +298,8 @@ describe('process behaviour', () => {
             return false
           }
         }).length
-      const threadsBefore = sqliteThreads()
+      const theirs = new Set()
+      const alive = () => [...sqliteThreads()].filter((task) => theirs.has(task))
       const source = `
       const { parentPort, workerData } = require('node:worker_threads');
       const ds = require(${JSON.stringify(packageIndex)});
@@ -302,23 +308,29 @@ describe('process behaviour', () => {
         await stores[0].beginExecution('e');
         await stores[1].beginExecution('e');
         await stores[2].set('default', 'k', workerData.i);
+        // Stays until told to end (by itself, the stores left open) or terminated.
+        parentPort.once('message', () => {});
         parentPort.postMessage('open');
       })();
     `
       for (let i = 0; i < 4; i++) {
+        const before = sqliteThreads()
         const worker = new Worker(source, { eval: true, workerData: { i, file: join(dir, `left-open-${i}.db`) } })
         const exited = new Promise((resolve) => worker.once('exit', resolve))
         await new Promise((resolve, reject) => {
           worker.once('message', resolve)
           worker.once('error', reject)
         })
-        assert.ok(sqliteThreads() > threadsBefore, 'the stores run on their threads')
+        const started = [...sqliteThreads()].filter((task) => !before.has(task))
+        assert.ok(started.length >= 2, `the stores run on their threads (${started.length} started)`)
+        for (const task of started) theirs.add(task)
         if (i % 2 === 0) await worker.terminate()
+        else worker.postMessage('end')
         await exited
       }
       const deadline = Date.now() + 10_000
-      while ((sqliteThreads() > threadsBefore || openFiles() > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
-      assert.equal(sqliteThreads(), threadsBefore, 'every SQLite thread of the workers ended')
+      while ((alive().length > 0 || openFiles() > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+      assert.deepEqual(alive(), [], 'every SQLite thread of the workers ended')
       assert.equal(openFiles(), 0, 'no file of theirs is open')
     },
   )
