@@ -1124,6 +1124,61 @@ describe('Postgres over TLS', { timeout: 120_000 }, () => {
     }
   })
 
+  it('a hostaddr without a host connects over TLS (the address is its name, as in libpq) under the default, prefer, require and verify-ca; verify-full without a host name is INVALID_INPUT at creation', async () => {
+    const keyValue = (more) => `hostaddr=127.0.0.1 port=${server.port} user=postgres password=${POSTGRES_PASSWORD} dbname=postgres ${more}`
+    const ca = encodeURIComponent(certs.file('ca.crt'))
+    for (const target of [
+      keyValue(''),
+      keyValue('sslmode=prefer'),
+      keyValue('sslmode=require'),
+      keyValue(`sslmode=verify-ca sslrootcert=${certs.file('ca.crt')}`),
+      // An empty host in a URL is no name either.
+      `postgres://postgres:${POSTGRES_PASSWORD}@:${server.port}/postgres?hostaddr=127.0.0.1&sslmode=require`,
+      `postgres://postgres:${POSTGRES_PASSWORD}@/postgres?hostaddr=127.0.0.1&port=${server.port}&sslmode=verify-ca&sslrootcert=${ca}`,
+    ]) {
+      const name = `hostaddr${randomBytes(6).toString('hex')}`
+      const named = target.startsWith('postgres://') ? `${target}&application_name=${name}` : `${target} application_name=${name}`
+      const store = createPostgresStore(named, { prefix: fresh(), connectTimeout: 5_000, retry: { attempts: 0 } })
+      try {
+        await store.beginExecution('e')
+        assert.equal(await store.tryBeginExecutionTask('e', 's'), true)
+        await store.commitExecutionTaskResult('e', 's', { over: 'tls' })
+        assert.deepEqual(await store.getExecutionTaskResults('e'), { s: { over: 'tls' } })
+        // Encrypted: the server sees the store's connections over TLS.
+        const ssl = server.sql(`SELECT string_agg(ssl::text, ',') FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) WHERE application_name = '${name}'`)
+        assert.match(ssl, /^true(,true)*$/, target)
+      } finally {
+        await store.close()
+      }
+    }
+    // verify-ca still checks the chain.
+    const other = createPostgresStore(keyValue(`sslmode=verify-ca sslrootcert=${certs.file('other-ca.crt')}`), {
+      connectTimeout: 3_000,
+      retry: { attempts: 0 },
+    })
+    await assert.rejects(other.beginExecution('x'), (err) => err.code === 'TLS' && /issuer/.test(err.message))
+    await other.close()
+    // verify-full has no name to check the certificate against: refused (libpq: "host name
+    // must be specified"), never checked against a name not given (`localhost`).
+    for (const [target, options] of [
+      [keyValue(`sslmode=verify-full sslrootcert=${certs.file('ca.crt')}`), {}],
+      [`postgres://postgres:${POSTGRES_PASSWORD}@:${server.port}/postgres?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert=${ca}`, {}],
+      [keyValue(''), { tls: { ca: certs.file('ca.crt') } }],
+    ]) {
+      assert.throws(
+        () => createPostgresStore(target, options),
+        (err) =>
+          err.code === 'INVALID_INPUT' &&
+          /hostaddr=127\.0\.0\.1 has no host name/.test(err.message) &&
+          /host=db\.example hostaddr=127\.0\.0\.1/.test(err.message) &&
+          !err.message.includes(POSTGRES_PASSWORD),
+        target,
+      )
+    }
+    // With the name the certificate carries, verify-full works.
+    await lifecycle(`host=localhost ${keyValue(`sslmode=verify-full sslrootcert=${certs.file('ca.crt')}`)}`)
+  })
+
   it('verify-ca checks the chain, not the name, and so does require with a CA; verify-full checks both (as libpq)', async () => {
     // A server whose certificate names only redis.test, reached at 127.0.0.1.
     const named = await startPostgresServer({

@@ -236,8 +236,26 @@ impl PostgresTarget {
     }
     // Without hosts and ports: each host's own connection starts from it.
     let base = config.clone();
-    for host in &hosts {
-      config.host(if host.is_empty() { "localhost" } else { host });
+    // A `hostaddr` without a host name (none given, an empty one, or a socket directory,
+    // which a `hostaddr` makes TCP): libpq connects to the address and has no name to
+    // check the certificate against. tokio-postgres takes the host as the TLS name only,
+    // so the address is given as the host too (a `localhost` in its place would be a
+    // name never given).
+    let mut unnamed = Vec::new();
+    for i in 0..hosts.len().max(hostaddrs.len()) {
+      let host = hosts.get(i).copied().unwrap_or("");
+      match hostaddrs.get(i) {
+        Some(addr) if host.is_empty() || is_socket_directory(host) => {
+          config.host(addr.to_string());
+          unnamed.push(*addr);
+        }
+        _ if host.is_empty() => {
+          config.host("localhost");
+        }
+        _ => {
+          config.host(host);
+        }
+      }
     }
     for addr in &hostaddrs {
       config.hostaddr(*addr);
@@ -270,8 +288,15 @@ impl PostgresTarget {
         config.port(port);
       }
     }
-    let tls = taken.merged(tls);
-    Self::finish(config, base, taken.mode, tls.as_ref())
+    let merged = taken.merged(tls);
+    Self::finish(
+      config,
+      base,
+      taken.mode,
+      merged.as_ref(),
+      &unnamed,
+      &invalid,
+    )
   }
 
   /// Fields (`{ host, port, user, password, database, sslmode, applicationName }`).
@@ -298,15 +323,20 @@ impl PostgresTarget {
       config.port(port as u16);
     }
     let mode = fields.sslmode.as_deref().map(TlsMode::parse).transpose()?;
-    Self::finish(config, base, mode, tls)
+    Self::finish(config, base, mode, tls, &[], &|problem| {
+      StoreError::invalid_input(format!("invalid Postgres connection fields: {problem}"))
+    })
   }
 
-  /// `config` with its hosts and ports, `base` the same without them.
+  /// `config` with its hosts and ports, `base` the same without them; `tls` the `tls`
+  /// option with the URL's TLS files; `unnamed` the `hostaddr`s given without a host name (their address is their host).
   fn finish(
     mut config: Config,
     mut base: Config,
     mode: Option<TlsMode>,
     tls: Option<&TlsOptions>,
+    unnamed: &[std::net::IpAddr],
+    invalid: &dyn Fn(String) -> StoreError,
   ) -> StoreResult<Self> {
     if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
       config.host("localhost");
@@ -325,10 +355,22 @@ impl PostgresTarget {
       ));
     }
     // libpq's default is `prefer`; a `tls` option asks for TLS.
+    let given = mode;
     let mode = mode.unwrap_or(match tls {
       Some(_) => TlsMode::Verify,
       None => TlsMode::Prefer,
     });
+    // libpq documents that `verify-full` requires a host name ("host name must be
+    // specified for a verified SSL connection"; libpq 15 checks a socket directory's name).
+    if let (TlsMode::Verify, Some(addr)) = (mode, unnamed.first()) {
+      return Err(invalid(format!(
+        "hostaddr={addr} has no host name, and sslmode=verify-full checks the server's certificate against the host name (a host name is required for verify-full, as libpq documents; it fails too): give the name the certificate carries with it (host=db.example hostaddr={addr}; in a URL, postgres://user@db.example/db?hostaddr={addr}), or sslmode=verify-ca to check the chain only{}",
+        match given {
+          None => " (the `tls` option without sslmode means verify-full)",
+          Some(_) => "",
+        }
+      )));
+    }
     // libpq ignores `sslmode` on a unix socket: there is no TLS there. When every host
     // is one, no TLS at all (a `hostaddr`, TCP whatever the host, keeps the mode); in a
     // list that mixes sockets and TCP, each socket's own connection has none (below).
@@ -680,6 +722,11 @@ fn parse_key_value(text: &str) -> StoreResult<Params> {
     params.set(&keyword, value);
     previous = Some(keyword);
   }
+}
+
+/// Whether tokio-postgres takes `host` for a unix socket's directory (as libpq: a path).
+fn is_socket_directory(host: &str) -> bool {
+  cfg!(unix) && host.starts_with('/')
 }
 
 /// Whether `word` may be echoed as a keyword: letters, digits and `_` only.
@@ -1112,10 +1159,118 @@ mod tests {
         assert_eq!(tcp.config.get_ssl_mode(), SslMode::Require, "{text}");
       }
       let kv =
-        PostgresTarget::from_url("hostaddr=10.0.0.5 sslmode=verify-full user=app", None).unwrap();
+        PostgresTarget::from_url("hostaddr=10.0.0.5 sslmode=verify-ca user=app", None).unwrap();
       assert!(kv.tls.is_some());
       assert_eq!(kv.config.get_ssl_mode(), SslMode::Require);
     }
+  }
+
+  /// The error of a target refused at creation: `INVALID_INPUT`, the password never shown.
+  fn refused(text: &str, tls: Option<&TlsOptions>) -> String {
+    let err = PostgresTarget::from_url(text, tls).err().expect(text);
+    assert_eq!(err.code, crate::error::ErrorCode::InvalidInput, "{text}");
+    assert!(!err.message.contains("S3cretPw"), "{}", err.message);
+    err.message
+  }
+
+  #[test]
+  fn a_hostaddr_without_a_host_name_is_the_tls_name_and_verify_full_is_refused_as_libpq() {
+    // Each host's connection has the address as its host: tokio-postgres connects to the
+    // `hostaddr` and takes the host as the TLS name (none: "no hostname provided").
+    for (text, ip) in [
+      (
+        "hostaddr=10.0.0.5 port=5433 user=app password=S3cretPw",
+        "10.0.0.5",
+      ),
+      ("hostaddr=10.0.0.5 sslmode=require", "10.0.0.5"),
+      ("hostaddr=::1 sslmode=verify-ca", "::1"),
+      // An empty host in a URL is no name either (never `localhost`, a name not given).
+      (
+        "postgres://app:S3cretPw@:5433/db?hostaddr=10.0.0.5&sslmode=require",
+        "10.0.0.5",
+      ),
+      #[cfg(unix)]
+      (
+        "host=/run/postgresql hostaddr=10.0.0.5 sslmode=require",
+        "10.0.0.5",
+      ),
+    ] {
+      let target = PostgresTarget::from_url(text, None).expect(text);
+      assert_eq!(target.each_host.len(), 1, "{text}");
+      let one = &target.each_host[0];
+      assert!(
+        matches!(one.get_hosts(), [Host::Tcp(host)] if host == ip),
+        "{text}: {:?}",
+        one.get_hosts()
+      );
+      assert_eq!(
+        one.get_hostaddrs(),
+        [ip.parse::<std::net::IpAddr>().unwrap()]
+      );
+      assert!(target.tls.is_some(), "{text}");
+      assert!(!target.display.contains("localhost"), "{}", target.display);
+    }
+    let pair = PostgresTarget::from_url(
+      "host=db.example,,/tmp hostaddr=10.0.0.1,10.0.0.2,10.0.0.3",
+      None,
+    )
+    .unwrap();
+    let names: Vec<_> = pair
+      .each_host
+      .iter()
+      .map(|c| c.get_hosts()[0].clone())
+      .collect();
+    assert!(
+      matches!(&names[..], [Host::Tcp(a), Host::Tcp(b), Host::Tcp(c)] if a == "db.example" && b == "10.0.0.2" && c == "10.0.0.3"),
+      "{names:?}"
+    );
+    // verify-full needs a host name: refused at creation, as libpq refuses it ("host
+    // name must be specified for a verified SSL connection"), saying what to write.
+    let ca = TlsOptions::default();
+    for (text, tls) in [
+      (
+        "hostaddr=127.0.0.1 port=5433 password=S3cretPw sslmode=verify-full",
+        None,
+      ),
+      (
+        "postgres://app:S3cretPw@:5433/db?hostaddr=127.0.0.1&sslmode=verify-full",
+        None,
+      ),
+      ("postgres://app:S3cretPw@/db?hostaddr=127.0.0.1", Some(&ca)),
+      (
+        "host=db.example, hostaddr=10.0.0.1,127.0.0.1 sslmode=verify-full",
+        None,
+      ),
+      #[cfg(unix)]
+      ("host=/tmp hostaddr=127.0.0.1 sslmode=verify-full", None),
+    ] {
+      let message = refused(text, tls);
+      assert!(
+        message.contains("hostaddr=127.0.0.1 has no host name"),
+        "{message}"
+      );
+      assert!(
+        message.contains("host=db.example hostaddr=127.0.0.1"),
+        "{message}"
+      );
+      assert!(message.contains("verify-ca"), "{message}");
+      assert_eq!(
+        tls.is_some(),
+        message.contains("`tls` option without sslmode"),
+        "{message}"
+      );
+    }
+    // With the name, verify-full holds.
+    assert!(PostgresTarget::from_url(
+      "host=db.example hostaddr=127.0.0.1 sslmode=verify-full",
+      None
+    )
+    .is_ok());
+    assert!(PostgresTarget::from_url(
+      "postgres://db.example/db?hostaddr=127.0.0.1&sslmode=verify-full",
+      None
+    )
+    .is_ok());
   }
 
   #[test]
