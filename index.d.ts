@@ -200,7 +200,10 @@ export interface PostgresStoreOptions extends StoreOptions {
   /**
    * TLS settings (same shape as Redis; `servername` is not supported: the certificate is
    * checked against the URL's host). Without `sslmode` in the URL, giving `tls` means
-   * `sslmode=verify-full`; `false` and `null` are the same as leaving it out.
+   * `sslmode=verify-full`; `false` and `null` are the same as leaving it out. With
+   * `sslmode=disable` (plain text), `allow` or `prefer` (plain text when the server offers no
+   * TLS), `tls` (`true` included) throws `INVALID_INPUT` at creation: drop one, or give
+   * `require`, `verify-ca` or `verify-full`.
    */
   tls?: TlsOptions | boolean | null
 }

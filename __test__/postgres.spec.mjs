@@ -507,6 +507,30 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     }
   })
 
+  it('refuses at creation the tls option with an sslmode that would or could be plain text (disable, allow, prefer), in a URL, a key/value string or fields, as the CLI does', () => {
+    const keyValue = `host=127.0.0.1 port=${server.port} user=postgres password=${POSTGRES_PASSWORD} dbname=postgres`
+    for (const sslmode of ['disable', 'allow', 'prefer']) {
+      for (const tls of [true, { rejectUnauthorized: false }]) {
+        for (const target of [
+          `${server.url}?sslmode=${sslmode}`,
+          `${keyValue} sslmode=${sslmode}`,
+          { host: '127.0.0.1', port: server.port, user: 'postgres', password: POSTGRES_PASSWORD, sslmode },
+        ]) {
+          assert.throws(
+            () => createPostgresStore(target, { tls }),
+            (err) =>
+              err.code === 'INVALID_INPUT' &&
+              err.message.includes(`option \`tls\` asks for TLS, but sslmode=${sslmode} `) &&
+              /plain text/.test(err.message) &&
+              /give sslmode=verify-full/.test(err.message) &&
+              !err.message.includes(POSTGRES_PASSWORD),
+            String(target),
+          )
+        }
+      }
+    }
+  })
+
   it('reads libpq key/value strings as libpq does: `sslmode = require` (spaces around =) asks for TLS, never plain text; quoted values keep their spaces', async () => {
     const keyValue = (more) => `host=127.0.0.1 port=${server.port} user=postgres password=${POSTGRES_PASSWORD} dbname=postgres ${more}`
     // This server has no TLS: a required TLS must be refused, not connect in plain text.

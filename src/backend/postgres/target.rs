@@ -42,7 +42,9 @@ pub struct PostgresConnectionOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsMode {
   Disable,
-  /// `allow`/`prefer`: TLS when the server offers it, certificate not checked.
+  /// `allow`: as `prefer` here.
+  Allow,
+  /// `prefer`: TLS when the server offers it, certificate not checked.
   Prefer,
   /// `require`: TLS always, certificate not checked (as libpq does without a root
   /// file); with one (`tls.ca`, `sslrootcert`), as `verify-ca`.
@@ -57,7 +59,8 @@ impl TlsMode {
   fn parse(value: &str) -> StoreResult<Self> {
     Ok(match value {
       "disable" => TlsMode::Disable,
-      "allow" | "prefer" => TlsMode::Prefer,
+      "allow" => TlsMode::Allow,
+      "prefer" => TlsMode::Prefer,
       "require" => TlsMode::Require,
       "verify-ca" => TlsMode::VerifyCa,
       "verify-full" => TlsMode::Verify,
@@ -67,6 +70,18 @@ impl TlsMode {
         )))
       }
     })
+  }
+
+  /// libpq's name of the mode.
+  fn name(self) -> &'static str {
+    match self {
+      TlsMode::Disable => "disable",
+      TlsMode::Allow => "allow",
+      TlsMode::Prefer => "prefer",
+      TlsMode::Require => "require",
+      TlsMode::VerifyCa => "verify-ca",
+      TlsMode::Verify => "verify-full",
+    }
   }
 }
 
@@ -294,6 +309,7 @@ impl PostgresTarget {
       base,
       taken.mode,
       merged.as_ref(),
+      tls.is_some(),
       &unnamed,
       &invalid,
     )
@@ -323,18 +339,20 @@ impl PostgresTarget {
       config.port(port as u16);
     }
     let mode = fields.sslmode.as_deref().map(TlsMode::parse).transpose()?;
-    Self::finish(config, base, mode, tls, &[], &|problem| {
+    Self::finish(config, base, mode, tls, tls.is_some(), &[], &|problem| {
       StoreError::invalid_input(format!("invalid Postgres connection fields: {problem}"))
     })
   }
 
   /// `config` with its hosts and ports, `base` the same without them; `tls` the `tls`
-  /// option with the URL's TLS files; `unnamed` the `hostaddr`s given without a host name (their address is their host).
+  /// option with the URL's TLS files, `explicit_tls` whether the `tls` option was given;
+  /// `unnamed` the `hostaddr`s given without a host name (their address is their host).
   fn finish(
     mut config: Config,
     mut base: Config,
     mode: Option<TlsMode>,
     tls: Option<&TlsOptions>,
+    explicit_tls: bool,
     unnamed: &[std::net::IpAddr],
     invalid: &dyn Fn(String) -> StoreError,
   ) -> StoreResult<Self> {
@@ -353,6 +371,21 @@ impl PostgresTarget {
       return Err(StoreError::invalid_input(
         "option `tls.servername` is not supported on Postgres: the certificate is checked against the URL's host",
       ));
+    }
+    // The `tls` option asks for TLS: a mode that turns it off, or falls back to plain
+    // text when the server offers none, would drop it without a word (as the CLI's TLS
+    // flags, refused).
+    if let Some(weak @ (TlsMode::Disable | TlsMode::Allow | TlsMode::Prefer)) =
+      mode.filter(|_| explicit_tls)
+    {
+      let why = match weak {
+        TlsMode::Disable => "turns it off (the connection would be plain text)",
+        _ => "connects in plain text when the server offers no TLS",
+      };
+      return Err(invalid(format!(
+        "option `tls` asks for TLS, but sslmode={} {why}: drop one, or give sslmode=verify-full (or require, verify-ca)",
+        weak.name()
+      )));
     }
     // libpq's default is `prefer`; a `tls` option asks for TLS.
     let given = mode;
@@ -387,7 +420,7 @@ impl PostgresTarget {
     };
     let tls = match mode {
       TlsMode::Disable => None,
-      TlsMode::Prefer | TlsMode::Require => {
+      TlsMode::Allow | TlsMode::Prefer | TlsMode::Require => {
         let mut options = tls.cloned().unwrap_or_default();
         // Encrypted, not verified, unless the `tls` option asks for verification; then,
         // as libpq does with a root file, the chain is checked, not the name.
@@ -407,7 +440,7 @@ impl PostgresTarget {
     };
     let ssl_mode = match mode {
       TlsMode::Disable => SslMode::Disable,
-      TlsMode::Prefer => SslMode::Prefer,
+      TlsMode::Allow | TlsMode::Prefer => SslMode::Prefer,
       TlsMode::Require | TlsMode::VerifyCa | TlsMode::Verify => SslMode::Require,
     };
     config.ssl_mode(ssl_mode);
@@ -1271,6 +1304,73 @@ mod tests {
       None
     )
     .is_ok());
+  }
+
+  #[test]
+  fn a_tls_option_with_an_sslmode_that_may_be_plain_text_is_refused() {
+    let tls = TlsOptions {
+      ca: Some("-----BEGIN CERTIFICATE-----".into()),
+      ..Default::default()
+    };
+    let empty = TlsOptions::default(); // `tls: true`
+    for mode in ["disable", "allow", "prefer"] {
+      for options in [&tls, &empty] {
+        for text in [
+          format!("postgres://app:S3cretPw@db.example/app?sslmode={mode}"),
+          format!("host=db.example password=S3cretPw sslmode={mode}"),
+          #[cfg(unix)]
+          format!("host=/run/postgresql sslmode={mode}"),
+        ] {
+          let message = refused(&text, Some(options));
+          assert!(
+            message.contains(&format!("option `tls` asks for TLS, but sslmode={mode} ")),
+            "{message}"
+          );
+          assert!(message.contains("plain text"), "{message}");
+          assert!(message.contains("give sslmode=verify-full"), "{message}");
+        }
+        let fields = PostgresConnectionOptions {
+          host: Some("db.example".into()),
+          password: Some("S3cretPw".into()),
+          sslmode: Some(mode.into()),
+          ..Default::default()
+        };
+        let err = PostgresTarget::from_fields(&fields, Some(options))
+          .err()
+          .expect(mode);
+        assert_eq!(err.code, crate::error::ErrorCode::InvalidInput);
+        assert!(
+          err.message.contains(&format!("sslmode={mode}")),
+          "{}",
+          err.message
+        );
+        assert!(!err.message.contains("S3cretPw"), "{}", err.message);
+      }
+      // Without the option, the mode is libpq's (a root file in the URL included).
+      assert!(PostgresTarget::from_url(&format!("host=db.example sslmode={mode}"), None).is_ok());
+    }
+    assert!(
+      refused("postgres://db.example/app?sslmode=prefer", Some(&empty))
+        .contains("connects in plain text when the server offers no TLS")
+    );
+    assert!(
+      refused("postgres://db.example/app?sslmode=disable", Some(&empty))
+        .contains("turns it off (the connection would be plain text)")
+    );
+    // require, verify-ca, verify-full or none (then verify-full) take it.
+    for mode in [
+      "&sslmode=require",
+      "&sslmode=verify-ca",
+      "&sslmode=verify-full",
+      "",
+    ] {
+      let target = PostgresTarget::from_url(
+        &format!("postgres://db.example/app?application_name=a{mode}"),
+        Some(&empty),
+      )
+      .expect(mode);
+      assert_eq!(target.config.get_ssl_mode(), SslMode::Require, "{mode}");
+    }
   }
 
   #[test]
