@@ -531,6 +531,19 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     }
   })
 
+  it("refuses at creation sslrootcert=system with an sslmode other than verify-full (as libpq 16: the system's roots vouch for any name)", () => {
+    for (const sslmode of ['disable', 'allow', 'prefer', 'require', 'verify-ca']) {
+      assert.throws(
+        () => createPostgresStore(`${server.url}?sslrootcert=system&sslmode=${sslmode}`),
+        (err) =>
+          err.code === 'INVALID_INPUT' &&
+          err.message.includes(`sslmode=${sslmode} may not be used with sslrootcert=system`) &&
+          !err.message.includes(POSTGRES_PASSWORD),
+        sslmode,
+      )
+    }
+  })
+
   it('reads libpq key/value strings as libpq does: `sslmode = require` (spaces around =) asks for TLS, never plain text; quoted values keep their spaces', async () => {
     const keyValue = (more) => `host=127.0.0.1 port=${server.port} user=postgres password=${POSTGRES_PASSWORD} dbname=postgres ${more}`
     // This server has no TLS: a required TLS must be refused, not connect in plain text.

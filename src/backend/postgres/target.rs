@@ -172,6 +172,17 @@ impl PostgresTarget {
         taken.take(name, value)?;
       }
     }
+    // libpq 16: `sslrootcert=system` makes the default `verify-full`, and refuses a
+    // weaker mode (the system's roots vouch for any name: only the name check ties the
+    // certificate to this server).
+    if let (Some("system"), Some(mode)) = (taken.root.as_deref(), taken.mode) {
+      if mode != TlsMode::Verify {
+        return Err(invalid(format!(
+          "sslmode={} may not be used with sslrootcert=system (as libpq refuses it): the system's roots vouch for any public name, so only verify-full, which checks the host name too, ties the certificate to this server; give sslmode=verify-full, or leave sslmode out (with sslrootcert=system it is verify-full)",
+          mode.name()
+        )));
+      }
+    }
     let hosts = params.take("host");
     let ports = params.take("port");
     let hostaddrs = params.take("hostaddr");
@@ -1370,6 +1381,39 @@ mod tests {
       )
       .expect(mode);
       assert_eq!(target.config.get_ssl_mode(), SslMode::Require, "{mode}");
+    }
+  }
+
+  #[test]
+  fn sslrootcert_system_takes_verify_full_only_as_libpq_16() {
+    for mode in ["disable", "allow", "prefer", "require", "verify-ca"] {
+      for text in [
+        format!("postgres://app:S3cretPw@db.example/app?sslrootcert=system&sslmode={mode}"),
+        format!("host=db.example password=S3cretPw sslmode={mode} sslrootcert=system"),
+      ] {
+        let message = refused(&text, None);
+        assert!(
+          message.contains(&format!(
+            "sslmode={mode} may not be used with sslrootcert=system"
+          )),
+          "{message}"
+        );
+        assert!(message.contains("give sslmode=verify-full"), "{message}");
+      }
+    }
+    // `ssl=true` is require.
+    assert!(refused(
+      "postgres://db.example/app?ssl=true&sslrootcert=system",
+      None
+    )
+    .contains("sslmode=require may not"));
+    for text in [
+      "postgres://db.example/app?sslrootcert=system",
+      "postgres://db.example/app?sslrootcert=system&sslmode=verify-full",
+    ] {
+      let target = PostgresTarget::from_url(text, None).expect(text);
+      assert!(target.tls.is_some(), "{text}");
+      assert_eq!(target.config.get_ssl_mode(), SslMode::Require, "{text}");
     }
   }
 
