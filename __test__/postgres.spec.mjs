@@ -20,6 +20,29 @@ const { createInspector } = createRequire(import.meta.url)('../binding.js')
 
 const fresh = () => `pgt:${randomUUID()}:`
 
+/**
+ * Polls `server` (bounded) until the client `appName` is in its `pg_sleep`: its transaction
+ * has taken the locks of the statements before it. A psql takes 50-300 ms to get there on a
+ * loaded machine, so a fixed sleep cannot stand in for this.
+ */
+async function untilSleeping(server, appName, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs
+  while (server.sql(`SELECT count(*) FROM pg_stat_activity WHERE application_name = '${appName}' AND wait_event = 'PgSleep'`) !== '1') {
+    assert.ok(Date.now() < deadline, `${appName} did not take its locks in ${timeoutMs} ms`)
+    await sleep(20)
+  }
+}
+
+/** Polls `check` every 20 ms until it is true; false if it is not within `timeoutMs`. */
+async function eventually(check, timeoutMs) {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    if (check()) return true
+    if (Date.now() > deadline) return false
+    await sleep(20)
+  }
+}
+
 describe('Postgres backend', { timeout: 240_000 }, () => {
   let server
   before(async () => {
@@ -257,11 +280,7 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
       const holder = psql(`BEGIN; INSERT INTO durastate.steps (exec, task, claim) VALUES ('${prefix}e', 't', 'true'); SELECT pg_sleep(1.5); COMMIT;`, appName)
       const exited = new Promise((resolve) => holder.once('exit', resolve))
       try {
-        const deadline = Date.now() + 10_000
-        while (server.sql(`SELECT count(*) FROM pg_stat_activity WHERE application_name = '${appName}' AND wait_event = 'PgSleep'`) !== '1') {
-          assert.ok(Date.now() < deadline, 'the other transaction did not start')
-          await sleep(20)
-        }
+        await untilSleeping(server, appName)
         const started = Date.now()
         await store.commitExecutionTaskResult('e', 't', { done: 1 })
         assert.ok(Date.now() - started >= 500, `the commit did not wait for the inserting transaction (${Date.now() - started} ms)`)
@@ -691,17 +710,19 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     // Another client holds both rows for 8 s.
     const holder = psql(
       `BEGIN; SELECT 1 FROM durastate.entries WHERE key = '${prefix}victim' FOR UPDATE; SELECT 1 FROM durastate.step_expiry WHERE exec = '${prefix}expired' FOR UPDATE; SELECT pg_sleep(8); COMMIT;`,
+      `${name}-holder`,
     )
     try {
-      await sleep(300)
+      await untilSleeping(server, `${name}-holder`)
       for (let i = 0; i < 8; i++) {
         await assert.rejects(store.beginExecution('victim'), (err) => err.code === 'TIMEOUT')
         // Writes of other keys go on (each may start a sweep, which must not wait on the lock).
         await store.beginExecution(`other-${i}`)
       }
-      await sleep(300)
-      // Each timed-out call's connection was cancelled and closed, not kept waiting on the lock.
-      assert.ok(connections() <= 3, `${connections()} connections of the store after 8 calls given up`)
+      // Each timed-out call's connection was cancelled and closed, not kept waiting on the
+      // lock (which the holder keeps for 8 s: longer than the calls and this wait).
+      const closed = await eventually(() => connections() <= 3, 2_000)
+      assert.ok(closed, `${connections()} connections of the store 2 s after 8 calls given up`)
     } finally {
       holder.kill()
     }
@@ -724,12 +745,13 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
       retry: { attempts: 0 },
     })
     try {
-      await sleep(300)
+      await untilSleeping(server, `${name}-holder`)
       for (let i = 0; i < 3; i++) {
         await assert.rejects(store.beginExecution(`e${i}`), (err) => err.code === 'TIMEOUT')
-        await sleep(300)
-        // The stuck connection was cancelled and closed: it does not wait on the lock.
-        assert.equal(waiting(), 0, `after call ${i}: a connection of the store still waits on the lock`)
+        // The stuck connection was cancelled and closed: it does not wait on the lock (which
+        // the holder keeps for 8 s).
+        const none = await eventually(() => waiting() === 0, 1_000)
+        assert.ok(none, `after call ${i}: a connection of the store still waits on the lock 1 s after`)
       }
     } finally {
       server.sql(`SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '${name}-holder'`)
@@ -1357,10 +1379,10 @@ describe('Postgres faults', { timeout: 300_000 }, () => {
         `const { spawnSync } = require('node:child_process');
          spawnSync(${JSON.stringify(`${server.bin}/psql`)}, ['-h', '127.0.0.1', '-p', '${server.port}', '-U', 'postgres', '-d', 'postgres', '-c',
            "BEGIN; LOCK TABLE durastate.entries IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(5); COMMIT;"],
-           { env: { ...process.env, PGPASSWORD: ${JSON.stringify(POSTGRES_PASSWORD)} } })`,
+           { env: { ...process.env, PGPASSWORD: ${JSON.stringify(POSTGRES_PASSWORD)}, PGAPPNAME: 'locker' } })`,
         { timeoutMs: 20_000 },
       )
-      await sleep(1_000)
+      await untilSleeping(server, 'locker')
       const t0 = Date.now()
       await assert.rejects(store.isExecutionInProgress('x'), (err) => err.code === 'TIMEOUT')
       assert.ok(Date.now() - t0 < 2_500, `rejected after ${Date.now() - t0} ms`)
