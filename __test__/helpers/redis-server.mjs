@@ -94,9 +94,10 @@ export async function waitForReady(child, port, deadlineMs, tls) {
 export async function startRedisServer({ args = [], port, tls } = {}) {
   const binary = redisServerBinary()
   const dir = mkdtempSync(join(tmpdir(), 'durastate-redis-'))
-  const chosenPort = port ?? (await freePort())
+  let chosenPort = port ?? (await freePort())
   let child
-  const launch = async () => {
+  /** One start; `'port taken'` when the server could not bind its port (another process has it). */
+  const launchOnce = async () => {
     child = spawn(
       binary,
       [
@@ -115,16 +116,46 @@ export async function startRedisServer({ args = [], port, tls } = {}) {
         ...(tls ? tls.serverFlags(chosenPort) : []),
         ...args,
       ],
-      { stdio: ['ignore', 'ignore', 'inherit'] },
+      { stdio: ['ignore', 'pipe', 'inherit'] },
     )
+    // The server logs to stdout: kept (its tail) to tell a port taken from other failures.
+    let log = ''
+    child.stdout.on('data', (data) => {
+      log = (log + data).slice(-4_096)
+    })
+    const closed = new Promise((resolve) => child.once('close', resolve))
     try {
       await waitForReady(child, chosenPort, 10_000, tls?.nodeTls())
+      return 'ready'
     } catch (err) {
       child.kill('SIGKILL')
+      await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, 1_000))])
+      if (/Address already in use/.test(log)) return 'port taken'
       throw err
     }
   }
-  await launch()
+  /**
+   * Starts the server. The port may have been taken by another process meanwhile (freePort
+   * only saw it free, and an outgoing connection anywhere on the machine can get it): a
+   * port of its own choosing is chosen again (5 tries); a given one, or the one of a
+   * restart (its clients reconnect to it), is tried again for up to 10 s.
+   */
+  const launch = async (samePort) => {
+    const deadline = Date.now() + 10_000
+    for (let tries = 1; ; tries++) {
+      if ((await launchOnce()) === 'ready') return
+      if (!samePort && tries < 5) {
+        chosenPort = await freePort()
+        continue
+      }
+      if (samePort && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 200))
+        continue
+      }
+      throw new Error(`redis-server could not listen on port ${chosenPort}: another process has it`)
+    }
+  }
+  await launch(port !== undefined)
   const waitExit = () =>
     new Promise((resolve) => {
       if (child.exitCode !== null || child.signalCode !== null) return resolve()
@@ -146,7 +177,7 @@ export async function startRedisServer({ args = [], port, tls } = {}) {
     },
     /** Starts the server again on the same port and directory. */
     async restart() {
-      await launch()
+      await launch(true)
     },
     async stop() {
       if (child.exitCode === null && child.signalCode === null) {
