@@ -273,7 +273,10 @@ export interface RedisConnectionOptions {
    * migrated waits for the migration under `retry` and `commandTimeout`, then rejects
    * `UNAVAILABLE` ("slot N ... is being migrated"). With a master down, KV writes of new keys
    * go on from the store's last entry count (see `maxEntries`). TLS (`rediss://` nodes, the option
-   * `tls`) applies to every node, those redirects and failovers name included.
+   * `tls`) applies to every node, those redirects and failovers name included. A node URL is
+   * `redis://[user:password@]host:port` only: a query parameter, a database other than 0,
+   * port 0, `name`/`sentinelUsername`/`sentinelPassword`, or node URLs with different
+   * credentials are `INVALID_INPUT`.
    * @example createRedisStore({ cluster: ['redis://10.0.0.1:7000', 'redis://10.0.0.2:7000'] }, { keyLayout: 'hashtag' })
    */
   cluster?: string[]

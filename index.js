@@ -351,6 +351,11 @@ function checkFieldTypes(fields, types, where, path = '') {
           : typeof value === type
     if (!fits) {
       const name = path === '' ? key : `${path}.${key}`
+      if (type === 'array of strings' && Array.isArray(value)) {
+        const i = value.findIndex((v) => typeof v !== 'string')
+        const got = value[i] === null ? 'null' : Array.isArray(value[i]) ? 'an array' : typeof value[i]
+        throw new DurastateError('INVALID_INPUT', `field \`${name}[${i}]\` of a ${where} must be a string, got ${got}`)
+      }
       const got = value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value
       throw new DurastateError('INVALID_INPUT', `field \`${name}\` of a ${where} must be ${/^[aeiou]/.test(type) ? 'an' : 'a'} ${type}, got ${got}`)
     }

@@ -190,7 +190,9 @@ describe('store options', () => {
         { sentinels: [{ host: '127.0.0.1', port: '26379' }], name: 'main' },
         /^field `sentinels\[0\]\.port` of a Redis target must be a number, got string$/,
       ],
-      [createRedisStore, { cluster: ['redis://127.0.0.1:7000', 7001] }, /^field `cluster` of a Redis target must be an array of strings, got an array$/],
+      [createRedisStore, { cluster: ['redis://127.0.0.1:7000', 7001] }, /^field `cluster\[1\]` of a Redis target must be a string, got number$/],
+      [createRedisStore, { cluster: [7000] }, /^field `cluster\[0\]` of a Redis target must be a string, got number$/],
+      [createRedisStore, { cluster: 'redis://127.0.0.1:7000' }, /^field `cluster` of a Redis target must be an array of strings, got string$/],
       [createPostgresStore, { host: '127.0.0.1', password: 1234 }, /^field `password` of a Postgres target must be a string, got number$/],
       [createPostgresStore, { host: '127.0.0.1', port: '5432' }, /^field `port` of a Postgres target must be a number, got string$/],
     ]) {

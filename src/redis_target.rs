@@ -312,19 +312,33 @@ pub fn cluster_target(
       "give either `cluster` or `host`/`port`/`sentinels`, not both",
     ));
   }
+  for (field, given) in [
+    ("name", fields.name.is_some()),
+    ("sentinelUsername", fields.sentinel_username.is_some()),
+    ("sentinelPassword", fields.sentinel_password.is_some()),
+  ] {
+    if given {
+      return Err(StoreError::invalid_input(format!(
+        "field `{field}` applies only with `sentinels`, not with `cluster` (a Redis Cluster has no sentinels)"
+      )));
+    }
+  }
   if whole_number("db", fields.db, 0, MAX_REDIS_DB)?.unwrap_or(0) != 0 {
     return Err(StoreError::invalid_input(
       "a Redis Cluster has only database 0",
     ));
   }
-  let (mut username, mut password) = (fields.username.clone(), fields.password.clone());
+  // Credentials: those of the fields, else those of the node URLs, which must agree (they
+  // apply to every node, so two different ones would leave one of them unused).
+  let mut username = Credential::new("username", fields.username.clone());
+  let mut password = Credential::new("password", fields.password.clone());
   let mut seeds = Vec::with_capacity(urls.len());
   let mut schemes = std::collections::BTreeSet::new();
-  for url in &urls {
+  for (i, url) in urls.iter().enumerate() {
     let invalid = |why: String| {
       StoreError::invalid_input(format!(
-        "invalid cluster node URL \"{}\": {why}",
-        redact(url)
+        "invalid cluster node URL \"{}\" (`cluster[{i}]`): {why}",
+        redact(&without_query_values(url))
       ))
     };
     let mut parsed = url::Url::parse(url).map_err(|err| invalid(err.to_string()))?;
@@ -338,11 +352,34 @@ pub fn cluster_target(
         "a node URL is [user:password@]host:port (a cluster has only database 0)".to_string(),
       ));
     }
-    if !parsed.username().is_empty() && username.is_none() {
-      username = Some(decode(parsed.username()));
+    if parsed.port() == Some(0) {
+      return Err(invalid("port 0 is no port".to_string()));
     }
-    if let (Some(pass), None) = (parsed.password(), &password) {
-      password = Some(decode(pass));
+    // Each node is reached by its address alone: a parameter would be ignored.
+    if let Some((name, _)) = parsed.query_pairs().next() {
+      let hint = match name.as_ref() {
+        "db" | "database" => ": a Redis Cluster has only database 0",
+        "tls" | "ssl" => {
+          ": TLS is asked for by the scheme, rediss://host:port, its settings by the store option `tls`"
+        }
+        "password" | "pass" | "user" | "username" => {
+          ": the credentials go before the host, redis://user:password@host:port, or in the fields `username` and `password`"
+        }
+        _ => "",
+      };
+      return Err(invalid(format!(
+        "unknown parameter \"{}\"{hint} (a cluster node URL takes no parameters)",
+        name.escape_debug()
+      )));
+    }
+    if parsed.fragment().is_some() {
+      return Err(invalid("a node URL has no fragment (`#`)".to_string()));
+    }
+    if !parsed.username().is_empty() {
+      username.give(decode(parsed.username()), i)?;
+    }
+    if let Some(pass) = parsed.password() {
+      password.give(decode(pass), i)?;
     }
     schemes.insert(parsed.scheme().to_string());
     let _ = parsed.set_scheme("redis");
@@ -350,6 +387,7 @@ pub fn cluster_target(
     let _ = parsed.set_password(None);
     seeds.push(parsed.to_string());
   }
+  let (username, password) = (username.value, password.value);
   if schemes.len() > 1 {
     return Err(StoreError::invalid_input(
       "the cluster node URLs mix redis:// and rediss://: every node of a cluster is reached the same way",
@@ -364,7 +402,10 @@ pub fn cluster_target(
   } else {
     None
   };
-  let display: Vec<String> = urls.iter().map(|url| redact(url)).collect();
+  let display: Vec<String> = urls
+    .iter()
+    .map(|url| redact(&without_query_values(url)))
+    .collect();
   Ok(ClusterTarget {
     seeds,
     display: format!("cluster {}", display.join(",")),
@@ -372,6 +413,48 @@ pub fn cluster_target(
     password,
     tls,
   })
+}
+
+/// A cluster credential (user name or password) given by the fields or by node URLs: every
+/// value given must be the same one.
+struct Credential {
+  what: &'static str,
+  value: Option<String>,
+  /// Where `value` came from, for messages: `None` for the field.
+  from_url: Option<usize>,
+}
+
+impl Credential {
+  fn new(what: &'static str, field: Option<String>) -> Self {
+    Self {
+      what,
+      value: field,
+      from_url: None,
+    }
+  }
+
+  /// `value`, given by `cluster[i]`: INVALID_INPUT (naming where, never a value) when
+  /// another one was given.
+  fn give(&mut self, value: String, i: usize) -> StoreResult<()> {
+    match &self.value {
+      None => {
+        self.value = Some(value);
+        self.from_url = Some(i);
+        Ok(())
+      }
+      Some(same) if *same == value => Ok(()),
+      Some(_) => {
+        let other = match self.from_url {
+          Some(j) => format!("`cluster[{j}]`"),
+          None => format!("the field `{}`", self.what),
+        };
+        Err(StoreError::invalid_input(format!(
+          "`cluster[{i}]` gives another {} than {other}: every node of a cluster is reached with the same credentials",
+          self.what
+        )))
+      }
+    }
+  }
 }
 
 impl ClusterTarget {
@@ -644,6 +727,7 @@ pub(crate) fn redact_userinfo_text(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
   use super::*;
+  use crate::error::ErrorCode;
 
   #[test]
   fn redacts_passwords_in_the_query_too() {
@@ -816,5 +900,106 @@ mod tests {
     let mut tls = RedisTarget::from_url("rediss://localhost:6380").unwrap();
     tls.configure_tls(None, None).unwrap();
     assert!(tls.tls.is_some());
+  }
+
+  #[test]
+  fn cluster_node_urls_are_checked_as_single_server_urls() {
+    let cluster = |urls: &[&str]| RedisConnectionOptions {
+      cluster: Some(urls.iter().map(|url| url.to_string()).collect()),
+      ..Default::default()
+    };
+    let refused = |fields: RedisConnectionOptions, pattern: &str| {
+      let Err(err) = cluster_target(&fields, None) else {
+        panic!("{:?} was accepted", fields.cluster)
+      };
+      assert_eq!(err.code, ErrorCode::InvalidInput, "{}", err.message);
+      assert!(err.message.contains(pattern), "{}", err.message);
+      assert!(!err.message.contains("S3cr3t"), "{}", err.message);
+      err.message
+    };
+    // A parameter is named, its value never shown: it was ignored (no password, db 0).
+    refused(
+      cluster(&["redis://127.0.0.1:38000?password=S3cr3t"]),
+      "unknown parameter \"password\": the credentials go before the host",
+    );
+    refused(
+      cluster(&["redis://127.0.0.1:38000?db=3"]),
+      "unknown parameter \"db\": a Redis Cluster has only database 0",
+    );
+    refused(
+      cluster(&[
+        "redis://127.0.0.1:7000",
+        "redis://127.0.0.1:7001/?protocol=3&auth=S3cr3t",
+      ]),
+      "`cluster[1]`): unknown parameter \"protocol\"",
+    );
+    refused(cluster(&["redis://:S3cr3t@h:7000/1"]), "only database 0");
+    // Port 0, as in redis+cluster://h:0.
+    refused(cluster(&["redis://:S3cr3t@127.0.0.1:0"]), "port 0");
+    // Sentinel fields with `cluster`, as `sentinels` with `cluster`.
+    for (fields, name) in [
+      (
+        RedisConnectionOptions {
+          name: Some("main".into()),
+          ..cluster(&["redis://h:7000"])
+        },
+        "`name`",
+      ),
+      (
+        RedisConnectionOptions {
+          sentinel_username: Some("S3cr3tU".into()),
+          ..cluster(&["redis://h:7000"])
+        },
+        "`sentinelUsername`",
+      ),
+      (
+        RedisConnectionOptions {
+          sentinel_password: Some("S3cr3tP".into()),
+          ..cluster(&["redis://h:7000"])
+        },
+        "`sentinelPassword`",
+      ),
+    ] {
+      refused(
+        fields,
+        &format!("field {name} applies only with `sentinels`"),
+      );
+    }
+    // Different credentials: refused, naming where, not which.
+    refused(
+      cluster(&["redis://:S3cr3tA@h:7000", "redis://:S3cr3tB@h:7001"]),
+      "`cluster[1]` gives another password than `cluster[0]`",
+    );
+    refused(
+      cluster(&["redis://u1:S3cr3t@h:7000", "redis://u2:S3cr3t@h:7001"]),
+      "`cluster[1]` gives another username than `cluster[0]`",
+    );
+    refused(
+      RedisConnectionOptions {
+        password: Some("S3cr3tF".into()),
+        ..cluster(&["redis://:S3cr3tA@h:7000"])
+      },
+      "`cluster[0]` gives another password than the field `password`",
+    );
+    // The same credentials, or credentials in one URL only, apply to every node.
+    let same = cluster_target(
+      &cluster(&[
+        "redis://u:p%40ss@h:7000",
+        "redis://h:7001",
+        "redis://u:p%40ss@h:7002/0",
+      ]),
+      None,
+    )
+    .unwrap();
+    assert_eq!(same.username.as_deref(), Some("u"));
+    assert_eq!(same.password.as_deref(), Some("p@ss"));
+    assert_eq!(
+      same.seed_addresses(),
+      vec![
+        ("h".to_string(), 7000),
+        ("h".to_string(), 7001),
+        ("h".to_string(), 7002)
+      ]
+    );
   }
 }
