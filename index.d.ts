@@ -319,6 +319,15 @@ export declare class DurableWorkerStore implements WorkerStore {
    * `HSETNX` may have landed): it rejects with `UNAVAILABLE` instead. With
    * `keyLayout: 'hashtag'` (required on a cluster) the claim is a token unique to it, so
    * it is sent again and a lost reply is still answered exactly.
+   *
+   * With Redis replicas and failover (Sentinel, Cluster), "exactly one" holds while no failover
+   * deposes the master: a master paused or cut off for longer than `cluster-node-timeout`
+   * (`down-after-milliseconds`) and replaced can, when it comes back and before it learns it
+   * was replaced, answer `true` to a claim that reached it (in flight, or sent before the
+   * store learned of the failover) while another caller got `true` from the new master; that
+   * claim is then lost, like any write the old master acknowledged. A `commandTimeout` well
+   * below `cluster-node-timeout` and `min-replicas-to-write` narrow this window; see the
+   * README, "Claims across a failover".
    */
   tryBeginExecutionTask(executionId: string, taskId: string): Promise<boolean>
   /**
