@@ -267,7 +267,8 @@ export interface RedisConnectionOptions {
    * Redis Cluster: URLs (`redis://host:port`, or all `rediss://host:port` for TLS) of some of its nodes, instead of
    * `host`/`port`; the others are found from them. `username`/`password` apply to every
    * node. Commands are routed by slot and follow `MOVED`/`ASK` (resharding) and
-   * reconnects; every call stays bounded by `commandTimeout`. A WorkerStore there needs
+   * reconnects; every call stays bounded by `commandTimeout`. A call that times out on a node
+   * has the slot map read again, so calls leave a hung master once a replica replaced it. A WorkerStore there needs
    * `keyLayout: 'hashtag'`. KV listing and `clear` scan every master; `getMany`/`deleteMany`
    * are split by slot; `setMany` is atomic per slot only. A multi-key call on a slot being
    * migrated waits for the migration under `retry` and `commandTimeout`, then rejects

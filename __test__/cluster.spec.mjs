@@ -537,6 +537,83 @@ describe('Redis Cluster failover', { timeout: 180_000 }, () => {
   })
 })
 
+// A master that hangs (SIGSTOP: a paused process or VM, a partition) keeps its connections
+// open: no redirect and no dropped connection tells the store that the cluster failed it
+// over. A call that times out there reads the slot map again, so the calls after it go to
+// the replica that took over.
+describe('Redis Cluster with a hung master failed over', { timeout: 180_000 }, () => {
+  let cluster
+  let store
+
+  before(async () => {
+    cluster = await startCluster({ masters: 3, replicas: 1 })
+  })
+
+  after(async () => {
+    await store?.close()
+    await cluster?.stop()
+  })
+
+  test('calls go to the replica that replaced a hung master after one commandTimeout, not after the connection is given up', async () => {
+    const commandTimeout = 4_000
+    store = createRedisStore({ cluster: cluster.urls }, { prefix: `hung:${randomUUID()}:`, keyLayout: 'hashtag', commandTimeout, connectTimeout: 1_000 })
+    // An execution on a master other than the node `cluster.owner` asks (the first port).
+    let id
+    let victim
+    for (let n = 0; !id; n++) {
+      const owner = await cluster.owner(await cluster.keyslot(`{h${n}}`))
+      if (owner !== cluster.ports[0]) [id, victim] = [`h${n}`, owner]
+    }
+    const slot = await cluster.keyslot(`{${id}}`)
+    await store.beginExecution(id)
+    assert.equal(await store.isExecutionInProgress(id), true)
+    const pid = Number((await cli(victim, 'info', 'server')).match(/process_id:(\d+)/)[1])
+    const calls = []
+    let running = true
+    let failedOverAt
+    process.kill(pid, 'SIGSTOP')
+    try {
+      const stoppedAt = Date.now()
+      const load = (async () => {
+        while (running) {
+          const started = Date.now()
+          const ok = await store.isExecutionInProgress(id).then(
+            (v) => v === true,
+            (err) => (assert.ok(['TIMEOUT', 'UNAVAILABLE'].includes(err.code), `${err.code}: ${err.message}`), false),
+          )
+          calls.push({ started, ended: Date.now(), ok })
+          await sleep(200)
+        }
+      })()
+      for (const deadline = Date.now() + 45_000; Date.now() < deadline && failedOverAt === undefined;) {
+        const owner = await cluster.owner(slot).catch(() => undefined)
+        if (owner !== undefined && owner !== victim) failedOverAt = Date.now()
+        else await sleep(100)
+      }
+      assert.ok(failedOverAt, `no replica took slot ${slot} over`)
+      // Until a call succeeds, or three commandTimeouts, where the connection to the hung
+      // master was given up before.
+      while (!calls.some((c) => c.ok && c.ended > failedOverAt) && Date.now() < failedOverAt + 3 * commandTimeout + 2_000) {
+        await sleep(100)
+      }
+      running = false
+      await load
+      const first = calls.find((c) => c.ok && c.ended > failedOverAt)
+      const shown = calls.map((c) => `${c.started - stoppedAt}-${c.ended - stoppedAt}:${c.ok ? 'ok' : 'failed'}`).join(' ')
+      assert.ok(first, `no call succeeded after the failover at ${failedOverAt - stoppedAt} ms: ${shown}`)
+      // The call in flight at the failover times out (at most one commandTimeout), the map
+      // is read again, and the next call goes to the new master.
+      const took = first.ended - failedOverAt
+      assert.ok(took < commandTimeout + 1_500, `first success ${took} ms after the failover (at ${failedOverAt - stoppedAt} ms): ${shown}`)
+    } finally {
+      running = false
+      process.kill(pid, 'SIGCONT')
+    }
+    // The old master comes back as a replica: nothing was lost on the new master.
+    assert.equal(await store.isExecutionInProgress(id), true)
+  }, 90_000)
+})
+
 // Nodes with `cluster-preferred-endpoint-type unknown-endpoint` (as some managed services
 // and clusters behind one address run) announce no host: `CLUSTER SLOTS` says `?` and a
 // redirect says `MOVED 3999 :7001`, meaning the host of the node that answered.

@@ -7,8 +7,9 @@
 //!   once (the first answer wins, within `connectTimeout`; a first load that fails
 //!   rejects the calls that waited for it, not retried, as a single server's first
 //!   connect), on first use, and again
-//!   after a `MOVED`, after a node's connection fails and on `CLUSTERDOWN`; one refresh
-//!   at a time. The backends of nodes that are no longer masters are closed.
+//!   after a `MOVED`, after a node's connection fails, on `CLUSTERDOWN` and after a
+//!   call on a node times out (a hung master the cluster fails over); one refresh at a
+//!   time. The backends of nodes that are no longer masters are closed.
 //! - **Routing** (`plan.rs`): an atomic batch is one transaction per slot (every
 //!   WorkerStore batch is on one slot with the `hashtag` key layout), other commands go
 //!   one per part; a multi-key command over several slots (`MGET`, `UNLINK`, `DEL`) is
@@ -131,6 +132,19 @@ impl Drop for Taken {
     };
     for node in nodes.values() {
       node.close();
+    }
+  }
+}
+
+/// Asks for a refresh of the slot map when dropped holding its `Inner`: a part's
+/// [`follow`](Inner::follow) dropped before it ended, at the call's deadline.
+struct RefreshOnDrop(Option<Arc<Inner>>);
+
+impl Drop for RefreshOnDrop {
+  fn drop(&mut self) {
+    if let Some(inner) = self.0.take() {
+      let mut router = inner.lock();
+      inner.ask_refresh(&mut router);
     }
   }
 }
@@ -466,8 +480,31 @@ impl Inner {
     Some((map.masters.clone(), map.layout()))
   }
 
-  /// One part's replies: follows `MOVED` and `ASK`, and retries what may be retried.
+  /// One part's replies ([`follow_replies`](Self::follow_replies)). A part that ends in
+  /// `TIMEOUT`, by its node's deadline or by the call's (the engine drops this future at
+  /// its `commandTimeout`, the moment the node's own deadline would end it too), asks for
+  /// a refresh of the map in the background: its node may be a master that hangs (paused,
+  /// cut off) and that the cluster fails over, which no redirect and no dropped connection
+  /// would tell. The calls made after the refresh go to the new master; nothing is sent
+  /// again for this one.
   async fn follow(
+    self: &Arc<Self>,
+    what: &'static str,
+    part: Part,
+    replies: Replies,
+    to: Option<Address>,
+  ) -> StoreResult<Vec<Reply>> {
+    let mut ended_by_deadline = RefreshOnDrop(Some(self.clone()));
+    let answer = self.follow_replies(what, part, replies, to).await;
+    ended_by_deadline.0 = None;
+    if matches!(&answer, Err(err) if err.code == ErrorCode::Timeout) {
+      self.ask_refresh(&mut self.lock());
+    }
+    answer
+  }
+
+  /// One part's replies: follows `MOVED` and `ASK`, and retries what may be retried.
+  async fn follow_replies(
     self: &Arc<Self>,
     what: &'static str,
     part: Part,
