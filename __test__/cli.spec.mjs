@@ -436,6 +436,37 @@ describe('durastate arguments and errors', { timeout: 60_000 }, () => {
     assert.match(fromEnv.stderr, /^durastate: a store URL needs a scheme/)
   })
 
+  it('refuses a Redis URL whose password holds a raw "@" then "?" or "/", never printing part of it (library and CLI)', () => {
+    // url::Url ends the user information at the first "/" or "?"; messages hide it up to the
+    // last "@": the part between was printed as an "unknown parameter".
+    const urls = [
+      'redis://u:pa@ss?SECRETtok3n@127.0.0.1:6379/',
+      'rediss://u:pa@ss?SECRETtok3n@127.0.0.1:6379/',
+      'redis://u:pa@ss/0?SECRET=x@127.0.0.1:6379/',
+      'redis+unix://u:pa@ss?SECRET@/tmp/s.sock',
+      'redis+sentinel://u:pa@h:1/m?SECRET@127.0.0.1:1/m',
+    ]
+    const secretFree = (text) => !/SECRET|pa@ss/.test(text)
+    for (const url of urls) {
+      for (const create of [
+        () => createRedisStore(url),
+        () => createKvStore(url),
+        () => createRedisStore({ cluster: [url.replace(/^\w+(\+\w+)?:/, 'redis:')] }),
+      ]) {
+        assert.throws(create, (err) => err.code === 'INVALID_INPUT' && /must be percent-encoded/.test(err.message) && secretFree(err.message), url)
+      }
+      for (const args of [
+        ['inspect', url, 'e1'],
+        ['kv', 'get', 'default', 'k', url],
+      ]) {
+        const result = durastate(args)
+        assert.notEqual(result.status, 0, result.stdout + result.stderr)
+        assert.match(result.stderr, /must be percent-encoded/)
+        assert.ok(secretFree(result.stdout + result.stderr), result.stderr)
+      }
+    }
+  })
+
   it('refuses memory: with the reason (exit 2)', () => {
     fails(['inspect', 'memory:'], 2, /^durastate: memory: is a store inside one process; .*empty store/)
   })

@@ -47,6 +47,7 @@ impl RedisTarget {
     if url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://") {
       return Self::from_sentinel_url(url);
     }
+    refuse_ambiguous_userinfo("Redis URL", url)?;
     let parsed = url::Url::parse(url).map_err(|err| {
       StoreError::invalid_input(format!("invalid Redis URL \"{}\": {err}", redact(url)))
     })?;
@@ -177,6 +178,14 @@ impl RedisTarget {
       ))
     };
     let (scheme, rest) = url.split_once("://").expect("a sentinel URL has ://");
+    // An `@` in the query: a password holding a raw `?` (the query would start inside it,
+    // and a message naming a parameter would show the rest of the password).
+    if rest
+      .split_once('?')
+      .is_some_and(|(_, query)| query.contains('@'))
+    {
+      return Err(ambiguous_userinfo("Sentinel URL", url));
+    }
     let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
     // The user information ends at the last `@`, as in a redis:// URL: a password may hold
     // a raw `/` or `#`.
@@ -211,8 +220,9 @@ impl RedisTarget {
         "sentinelUsername" => settings.username = Some(value.into_owned()),
         _ => {
           return Err(StoreError::invalid_input(format!(
-            "invalid Sentinel URL \"{}\": unknown parameter \"{name}\"",
-            redact_sentinel(&without_query_values(url))
+            "invalid Sentinel URL \"{}\": unknown parameter \"{}\"",
+            without_query_values(&redact_sentinel(url)),
+            name.escape_debug()
           )))
         }
       }
@@ -338,9 +348,12 @@ pub fn cluster_target(
     let invalid = |why: String| {
       StoreError::invalid_input(format!(
         "invalid cluster node URL \"{}\" (`cluster[{i}]`): {why}",
-        redact(&without_query_values(url))
+        without_query_values(&redact(url))
       ))
     };
+    if userinfo_is_ambiguous(url) {
+      return Err(invalid(AMBIGUOUS_USERINFO.to_string()));
+    }
     let mut parsed = url::Url::parse(url).map_err(|err| invalid(err.to_string()))?;
     if !matches!(parsed.scheme(), "redis" | "rediss") {
       return Err(invalid(
@@ -404,7 +417,7 @@ pub fn cluster_target(
   };
   let display: Vec<String> = urls
     .iter()
-    .map(|url| redact(&without_query_values(url)))
+    .map(|url| without_query_values(&redact(url)))
     .collect();
   Ok(ClusterTarget {
     seeds,
@@ -559,10 +572,42 @@ fn refuse_unknown_parameters(url: &str, parsed: &url::Url) -> StoreResult<()> {
     };
     return Err(StoreError::invalid_input(format!(
       "invalid Redis URL \"{}\": unknown parameter \"{}\"{hint} (a {}:// URL takes {takes})",
-      redact(&without_query_values(url)),
+      without_query_values(&redact(url)),
       name.escape_debug(),
       parsed.scheme()
     )));
+  }
+  Ok(())
+}
+
+/// Why a URL with ambiguous user information is refused.
+const AMBIGUOUS_USERINFO: &str = "an `@` after the first `/`, `?` or `#` past `//`: a password (or user name) holding `@`, `/`, `?` or `#` must be percent-encoded (%40, %2F, %3F, %23)";
+
+/// Whether `url` has an `@` after the first `/`, `?` or `#` that follows its `//`: a raw `@`
+/// that `url::Url` does not take as the end of the user information, while messages (and
+/// libpq) read the user information up to the last `@`. Such a URL holds a password
+/// `url::Url` would cut, and show part of as a host, path or parameter.
+fn userinfo_is_ambiguous(url: &str) -> bool {
+  let Some((_, rest)) = url.split_once("://") else {
+    return false;
+  };
+  rest
+    .find(['/', '?', '#'])
+    .is_some_and(|end| rest[end..].contains('@'))
+}
+
+/// INVALID_INPUT for a URL with ambiguous user information, shown hidden up to its last `@`.
+fn ambiguous_userinfo(what: &str, url: &str) -> StoreError {
+  StoreError::invalid_input(format!(
+    "invalid {what} \"{}\": {AMBIGUOUS_USERINFO}",
+    without_query_values(&redact_sentinel(url))
+  ))
+}
+
+/// Refuses a URL whose user information is ambiguous ([`userinfo_is_ambiguous`]).
+fn refuse_ambiguous_userinfo(what: &str, url: &str) -> StoreResult<()> {
+  if userinfo_is_ambiguous(url) {
+    return Err(ambiguous_userinfo(what, url));
   }
   Ok(())
 }
@@ -610,13 +655,14 @@ fn decode(text: &str) -> String {
 /// A Sentinel or Cluster URL for messages: its query's passwords, and everything before
 /// its last `@` (user information holding a raw `/`, `?` or `#` included), hidden.
 fn redact_sentinel(url: &str) -> String {
-  let url = redact_query(url);
+  // The user information first: hiding a query value first could take an `@` of the
+  // password with it, and leave the part of the password before it shown.
   match url
     .split_once("://")
     .and_then(|(scheme, rest)| Some((scheme, rest.rsplit_once('@')?.1)))
   {
-    Some((scheme, after)) => format!("{scheme}://***@{after}"),
-    None => url,
+    Some((scheme, after)) => redact_query(&format!("{scheme}://***@{after}")),
+    None => redact_query(url),
   }
 }
 
@@ -840,6 +886,65 @@ mod tests {
         "{leaked}"
       );
     }
+  }
+
+  #[test]
+  fn a_password_with_a_raw_at_and_question_mark_is_refused_never_shown() {
+    // url::Url ends the user information at the first `/`, `?` or `#`; messages read it up
+    // to the last `@`: the part of the password between them was shown as a parameter.
+    for url in [
+      "redis://u:pa@ss?SECRETtok3n@127.0.0.1:6379/",
+      "rediss://u:pa@ss?SECRETtok3n@127.0.0.1:6379/",
+      "redis://u:pa@ss/0?SECRET=x@127.0.0.1:6379/",
+      "redis://u:pa@ss?pass=SECRET@127.0.0.1:6379/",
+      "redis+unix://u:pa@ss?SECRET@/tmp/s.sock",
+      "redis+sentinel://u:pa@h:1/m?SECRET@127.0.0.1:1/m",
+      "redis+sentinel://u:pa@h:1/m?sentinelPassword=SECRET@127.0.0.1:1/m",
+    ] {
+      let Err(err) = RedisTarget::from_url(url) else {
+        panic!("{url} was accepted")
+      };
+      assert_eq!(err.code, ErrorCode::InvalidInput, "{}", err.message);
+      assert!(
+        err.message.contains("must be percent-encoded"),
+        "{}",
+        err.message
+      );
+      for fragment in ["SECRET", "pa@", "@ss"] {
+        assert!(!err.message.contains(fragment), "{url}: {}", err.message);
+      }
+    }
+    for url in [
+      "redis://u:pa@ss?SECRET@127.0.0.1:7000",
+      "redis://u:pa@ss/0?SECRET=x@127.0.0.1:7000",
+    ] {
+      let fields = RedisConnectionOptions {
+        cluster: Some(vec![url.to_string()]),
+        ..Default::default()
+      };
+      let Err(err) = cluster_target(&fields, None) else {
+        panic!("{url} was accepted")
+      };
+      assert!(
+        err.message.contains("must be percent-encoded"),
+        "{}",
+        err.message
+      );
+      assert!(!err.message.contains("SECRET"), "{}", err.message);
+    }
+    // Hidden up to the last `@` also when the query is hidden first.
+    assert_eq!(
+      redact_sentinel("redis+cluster://u:pa@ss?password=SECRET@h:1"),
+      "redis+cluster://***@h:1"
+    );
+    // Still taken: a raw `@` in the password with no `/`, `?` or `#` before it, and a
+    // percent-encoded one.
+    let at = RedisTarget::from_url("redis://u:p@ss@127.0.0.1:6379/1").unwrap();
+    assert_eq!(
+      at.client.get_connection_info().redis_settings().password(),
+      Some("p@ss")
+    );
+    assert!(RedisTarget::from_url("redis://u:pa%40ss%3Fx@127.0.0.1:6379/").is_ok());
   }
 
   #[test]
