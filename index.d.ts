@@ -55,8 +55,10 @@ export declare const EMPTY_EXECUTION_RESULT: '<empty_execution_result>'
 
 /**
  * Options every store takes. Every factory accepts every backend's options (one options
- * object can serve whichever backend `DURASTATE_URL` names); a key no backend knows, an
- * unsupported `tls` key, or a field a target does not have throws `INVALID_INPUT` naming it.
+ * object can serve whichever backend `DURASTATE_URL` names; another backend's options are
+ * not used); a key no backend knows, an unsupported `tls` key, a field a target does not
+ * have, or a value out of an option's range or set (whichever backend the option is for)
+ * throws `INVALID_INPUT` naming it.
  */
 export interface StoreOptions {
   /** Time to live of every key written, in ms (exact; fractions round up). 0 or absent: never expire. */

@@ -223,6 +223,32 @@ describe('store options', () => {
     refused(() => createRedisStore(Object.assign(Object.create(null), { hots: 'x' })), /unknown field `hots`/, 'null prototype')
   })
 
+  it("a bad value of another backend's option fails on every factory alike (a shared config fails on a laptop too)", () => {
+    // Before, each was checked only by its own backend: `poolSize: 0` passed on SQLite and
+    // Redis, then threw once DURASTATE_URL named Postgres in production.
+    const bad = [
+      [{ poolSize: 0 }, /^option `poolSize` must be/],
+      [{ pageSize: 1000 }, /^option `pageSize` must be a power of two/],
+      [{ synchronous: 'off' }, /^option `synchronous` must be "normal" or "full", got "off"$/],
+      [{ durability: 'x' }, /^option `durability` must be "none" or "aof", got "x"$/],
+      [{ schema: 'pg_x' }, /^option `schema`: "pg_x" starts with `pg_`/],
+      [{ schema: '' }, /^option `schema` must be 1 to 63 bytes/],
+      [{ busyTimeout: 2 ** 31 }, /^option `busyTimeout` must be at most/],
+    ]
+    const everywhere = [
+      ...factories(),
+      ['createStore memory:', (options) => createStore('memory:', options)],
+      ['createStore sqlite:', (options) => createStore(`sqlite:${join(dir, 'bad-shared.db')}`, options)],
+      ['createStore postgres:', (options) => createStore('postgres://postgres@127.0.0.1:1/postgres', options)],
+      ['createKvStore memory:', (options) => createKvStore('memory:', options)],
+    ]
+    for (const [options, message] of bad) {
+      for (const [factory, create] of everywhere) {
+        refused(() => create(options), message, `${factory} ${JSON.stringify(options)}`)
+      }
+    }
+  })
+
   it('one options object serves every backend: the options of another backend are accepted', async () => {
     const everything = {
       prefix: 'shared:',

@@ -502,7 +502,9 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
       [server.url, { schema: '' }],
       // `$$` would end the quoted bodies of the schema's functions.
       [server.url, { schema: 'a$$b' }],
-      [server.url, { durability: 'aof' }],
+      [server.url, { durability: 'x' }],
+      [server.url, { pageSize: 1000 }],
+      [server.url, { synchronous: 'off' }],
       [server.url, { tls: { servername: 'x' } }],
     ]) {
       assert.throws(
@@ -511,6 +513,12 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
         `${url} ${JSON.stringify(options)}`,
       )
     }
+    // `durability` is Redis's: its value is checked, then it is ignored, as on SQLite (one
+    // options object serves every backend).
+    const shared = createPostgresStore(server.url, { durability: 'aof', prefix: fresh() })
+    await shared.beginExecution('d')
+    assert.equal(await shared.isExecutionInProgress('d'), true)
+    await shared.close()
     assert.throws(
       () => createPostgresStore({ host: '127.0.0.1', port: 70000 }),
       (err) => err.code === 'INVALID_INPUT',

@@ -345,11 +345,68 @@ fn redis_engine_for(
   mut target: RedisTarget,
   options: &StoreOptions,
 ) -> StoreResult<(Engine, CommonSettings)> {
-  let common = CommonSettings::from_options(options)?;
+  let common = common_settings(options)?;
   target.configure_tls(options.tls.as_ref(), options.sentinel_tls.as_ref())?;
   // Checked at connect, on every driver and address (TCP, TLS, unix socket).
   target.require_aof = durability(options)?;
   Ok((redis_engine(target, &common), common))
+}
+
+/// The settings every backend shares, after checking the options of every backend: one
+/// options object serves whichever backend a URL names, so a bad value of another
+/// backend's option (`poolSize: 0` on SQLite, `pageSize: 1000` on Redis) fails on every
+/// factory alike, not only once that backend is used.
+fn common_settings(options: &StoreOptions) -> StoreResult<CommonSettings> {
+  let common = CommonSettings::from_options(options)?;
+  durability(options)?;
+  busy_timeout(options)?;
+  synchronous(options)?;
+  page_size(options)?;
+  pool_size(options)?;
+  if let Some(schema) = &options.schema {
+    crate::backend::check_schema_name(schema)?;
+  }
+  Ok(common)
+}
+
+/// SQLite's `busyTimeout` in ms (default 5 s).
+fn busy_timeout(options: &StoreOptions) -> StoreResult<u64> {
+  let busy_ms = millis("busyTimeout", options.busy_timeout)?.unwrap_or(DEFAULT_BUSY_TIMEOUT_MS);
+  // SQLite takes a C int of ms (rusqlite panics on more, failing every call).
+  if busy_ms > i32::MAX as u64 {
+    return Err(StoreError::invalid_input(format!(
+      "option `busyTimeout` must be at most {} ms (about 24.8 days, SQLite's limit), got {busy_ms}",
+      i32::MAX
+    )));
+  }
+  Ok(busy_ms)
+}
+
+/// Whether SQLite's `synchronous: 'full'` is asked for.
+fn synchronous(options: &StoreOptions) -> StoreResult<bool> {
+  match options.synchronous.as_deref() {
+    None | Some("normal") => Ok(false),
+    Some("full") => Ok(true),
+    Some(other) => Err(StoreError::invalid_input(format!(
+      "option `synchronous` must be \"normal\" or \"full\", got \"{other}\""
+    ))),
+  }
+}
+
+/// The page size of a new SQLite file (option `pageSize`, default [`DEFAULT_PAGE_SIZE`]).
+fn page_size(options: &StoreOptions) -> StoreResult<u32> {
+  match whole_number("pageSize", options.page_size, 512, 65_536)? {
+    None => Ok(DEFAULT_PAGE_SIZE),
+    Some(size) if size.is_power_of_two() => Ok(size as u32),
+    Some(other) => Err(StoreError::invalid_input(format!(
+      "option `pageSize` must be a power of two from 512 to 65536, got {other}"
+    ))),
+  }
+}
+
+/// Postgres's `poolSize`, when given: 1 to 1000.
+fn pool_size(options: &StoreOptions) -> StoreResult<Option<u64>> {
+  whole_number("poolSize", options.pool_size, 1, 1000)
 }
 
 /// Whether `durability: 'aof'` is asked for.
@@ -375,33 +432,10 @@ fn embedded_engine(
   location: Location,
   options: &StoreOptions,
 ) -> StoreResult<(Engine, CommonSettings)> {
-  let common = CommonSettings::from_options(options)?;
-  let busy_ms = millis("busyTimeout", options.busy_timeout)?.unwrap_or(DEFAULT_BUSY_TIMEOUT_MS);
-  // SQLite takes a C int of ms (rusqlite panics on more, failing every call).
-  if busy_ms > i32::MAX as u64 {
-    return Err(StoreError::invalid_input(format!(
-      "option `busyTimeout` must be at most {} ms (about 24.8 days, SQLite's limit), got {busy_ms}",
-      i32::MAX
-    )));
-  }
-  let full_sync = match options.synchronous.as_deref() {
-    None | Some("normal") => false,
-    Some("full") => true,
-    Some(other) => {
-      return Err(StoreError::invalid_input(format!(
-        "option `synchronous` must be \"normal\" or \"full\", got \"{other}\""
-      )))
-    }
-  };
-  let page_size = match whole_number("pageSize", options.page_size, 512, 65_536)? {
-    None => Some(DEFAULT_PAGE_SIZE),
-    Some(size) if size.is_power_of_two() => Some(size as u32),
-    Some(other) => {
-      return Err(StoreError::invalid_input(format!(
-        "option `pageSize` must be a power of two from 512 to 65536, got {other}"
-      )))
-    }
-  };
+  let common = common_settings(options)?;
+  let busy_ms = busy_timeout(options)?;
+  let full_sync = synchronous(options)?;
+  let page_size = Some(page_size(options)?);
   // A relative path is made absolute now, once: every connection (the calls', the
   // checkpoints') opens the same file, whatever the process's directory is later.
   let location = match location {
@@ -488,7 +522,7 @@ fn cluster_engine(
   fields: &RedisConnectionOptions,
   options: &StoreOptions,
 ) -> StoreResult<(Engine, CommonSettings)> {
-  let common = CommonSettings::from_options(options)?;
+  let common = common_settings(options)?;
   if options.sentinel_tls.is_some() {
     return Err(StoreError::invalid_input(
       "option `sentinelTls` applies only with sentinels, not to a Redis Cluster",
@@ -508,15 +542,10 @@ fn postgres_engine(
   target: PostgresTarget,
   options: &StoreOptions,
 ) -> StoreResult<(Engine, CommonSettings)> {
-  let common = CommonSettings::from_options(options)?;
-  if !matches!(options.durability.as_deref(), None | Some("none")) {
-    return Err(StoreError::invalid_input(
-      "option `durability` is for Redis; on Postgres every acknowledged write is committed \
-       as the server's `synchronous_commit` says",
-    ));
-  }
-  let pool_size =
-    whole_number("poolSize", options.pool_size, 1, 1000)?.unwrap_or(DEFAULT_POSTGRES_POOL) as usize;
+  let common = common_settings(options)?;
+  // `durability` (Redis's) is checked by `common_settings` and ignored here, as on SQLite:
+  // every acknowledged write is committed as the server's `synchronous_commit` says.
+  let pool_size = pool_size(options)?.unwrap_or(DEFAULT_POSTGRES_POOL) as usize;
   let backend = PostgresBackend::new(PostgresSettings {
     target,
     schema: options

@@ -26,6 +26,7 @@ pub use cluster::ClusterBackend;
 pub use embedded::{
   answer, spread, Answer, Claim, EmbeddedBackend, EmbeddedSettings, Held, Location,
 };
+pub use postgres::schema::check_schema_name;
 pub use postgres::{PostgresBackend, PostgresConnectionOptions, PostgresSettings, PostgresTarget};
 pub use redis::RedisBackend;
 pub use redis_js::{
