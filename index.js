@@ -284,7 +284,14 @@ const TLS_FIELDS = ['ca', 'cert', 'key']
 // (DURASTATE_URL per environment) names, so `tls` or `poolSize` with a SQLite URL is fine.
 // ---------------------------------------------------------------------------------------
 
-/** The store options of every backend (`createTables` is the CLI's, internal). */
+/**
+ * The CLI's internal store option: `[CREATE_TABLES]: false` has reads never create, migrate
+ * or write a store (no SQLite file, no Postgres schema). A Symbol key, which the name
+ * checks do not see, so a user's `createTables` is refused as an unknown option.
+ */
+const CREATE_TABLES = Symbol.for('durastate.internal.createTables')
+
+/** The store options of every backend. */
 const STORE_OPTIONS = [
   'ttl',
   'prefix',
@@ -300,7 +307,6 @@ const STORE_OPTIONS = [
   'pageSize',
   'schema',
   'poolSize',
-  'createTables',
 ]
 const KV_OPTIONS = [...STORE_OPTIONS, 'mounts']
 const RETRY_OPTIONS = ['attempts', 'minDelay', 'maxDelay']
@@ -401,7 +407,7 @@ function refuseUnknownKeys(object, known, where, path = '') {
     const what = option ? `option \`${name}\`` : `field \`${name}\` of a ${where}`
     const mistake = Object.hasOwn(KNOWN_MISTAKES[where] ?? {}, key) ? KNOWN_MISTAKES[where][key] : undefined
     const close = mistake === undefined ? closestName(key, known) : undefined
-    const names = known.filter((k) => k !== 'createTables').join(', ')
+    const names = known.join(', ')
     const advice = mistake ?? (close !== undefined ? `did you mean \`${close}\`?` : `the known ones are ${names}`)
     throw new DurastateError('INVALID_INPUT', `unknown ${what}: ${advice}`)
   }
@@ -489,10 +495,12 @@ function checkRedisFields(target) {
 function connectionOptions(options) {
   if (options === undefined || options === null || typeof options !== 'object') return options ?? undefined
   checkOptionNames(options, STORE_OPTIONS)
-  if (!('tls' in options) && !('sentinelTls' in options)) return options
+  const internal = CREATE_TABLES in options
+  if (!('tls' in options) && !('sentinelTls' in options) && !internal) return options
   const result = { ...options }
-  result.tls = tlsOptions('tls', options.tls, false)
+  if ('tls' in options) result.tls = tlsOptions('tls', options.tls, false)
   if ('sentinelTls' in options) result.sentinelTls = tlsOptions('sentinelTls', options.sentinelTls, true)
+  if (internal) result.createTables = options[CREATE_TABLES]
   return result
 }
 

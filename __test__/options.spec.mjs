@@ -120,6 +120,9 @@ describe('store options', () => {
       refused(() => create({ TTL: 1_000 }), /^unknown option `TTL`: did you mean `ttl`\?$/, `${factory} case`)
       refused(() => create({ retry: { retries: 5 } }), /^unknown option `retry\.retries`/, `${factory} retry.retries`)
       refused(() => create({ whatever: 1 }), /^unknown option `whatever`: the known ones are ttl, prefix, /, `${factory} unknown`)
+      // The CLI's internal read-only switch is not a user's option (it made reads of a
+      // missing SQLite file fail UNAVAILABLE instead of creating it).
+      refused(() => create({ createTables: false }), /^unknown option `createTables`: the known ones are ttl, /, `${factory} createTables`)
       // A key set to undefined is as if absent.
       create({ whatever: undefined, tls: undefined }).close()
     }

@@ -642,7 +642,7 @@ async function kv(command) {
     schema: command.schema,
     // Reads find the store or fail: they never create a SQLite file or a Postgres schema
     // and its tables, nor migrate an older SQLite file (READ_ONLY); kv set creates them.
-    createTables: command.action === 'set',
+    [Symbol.for('durastate.internal.createTables')]: command.action === 'set',
     mounts: { [command.mount]: { prefix: command.prefix } },
   })
   try {
