@@ -227,7 +227,10 @@ export interface PostgresConnectionOptions {
   applicationName?: string
 }
 
-/** Options of a store picked by URL: those of the backend the URL names. */
+/**
+ * The options every factory takes: those of every backend (one options object serves
+ * whichever backend a URL names; another backend's options are checked, then not used).
+ */
 export type AnyStoreOptions = RedisStoreOptions & SqliteStoreOptions & PostgresStoreOptions
 
 /** A Redis server given as fields rather than a URL. */
@@ -373,7 +376,7 @@ export declare class DurableWorkerStore implements WorkerStore {
  * @example
  * const worker = createWorker({ store: createRedisStore(process.env.REDIS_URL, { ttl: 86_400_000 }) })
  */
-export declare function createRedisStore(target?: string | RedisConnectionOptions | null, options?: RedisStoreOptions | null): DurableWorkerStore
+export declare function createRedisStore(target?: string | RedisConnectionOptions | null, options?: AnyStoreOptions | null): DurableWorkerStore
 
 /**
  * A store on Postgres, synchronous and lazy: it validates its arguments (throwing
@@ -392,7 +395,7 @@ export declare function createRedisStore(target?: string | RedisConnectionOption
  * @example
  * const worker = createWorker({ store: createPostgresStore(process.env.DATABASE_URL, { ttl: 86_400_000 }) })
  */
-export declare function createPostgresStore(target?: string | PostgresConnectionOptions | null, options?: PostgresStoreOptions | null): DurableWorkerStore
+export declare function createPostgresStore(target?: string | PostgresConnectionOptions | null, options?: AnyStoreOptions | null): DurableWorkerStore
 
 /**
  * A store in a SQLite file: durable, shared safely by processes on one machine.
@@ -400,10 +403,10 @@ export declare function createPostgresStore(target?: string | PostgresConnection
  *
  * @param path Default `./.durastate/state.db`. A file path: `:memory:` and SQLite `file:` URIs are `INVALID_INPUT`.
  */
-export declare function createSqliteStore(path?: string | null, options?: SqliteStoreOptions | null): DurableWorkerStore
+export declare function createSqliteStore(path?: string | null, options?: AnyStoreOptions | null): DurableWorkerStore
 
 /** A store in this process's memory, with the same semantics (TTL included); nothing persists. */
-export declare function createMemoryStore(options?: StoreOptions | null): DurableWorkerStore
+export declare function createMemoryStore(options?: AnyStoreOptions | null): DurableWorkerStore
 
 /**
  * A store picked by URL: `redis://`, `rediss://` (TLS), `redis+sentinel://`,

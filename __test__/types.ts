@@ -10,6 +10,7 @@ import {
   DurableWorkerStore,
   DurastateError,
   EMPTY_EXECUTION_RESULT,
+  type AnyStoreOptions,
   type ErrorCode,
   type RedisConnectionOptions,
 } from '../index.js'
@@ -147,3 +148,16 @@ diagnostics.subscribe(CONNECTION_CHANNEL, (message) => {
   const kind: 'connect' | 'drop' | 'reconnect' | 'failover' = event.type
   void kind
 })
+
+// Every factory takes every backend's options, as the runtime does (a shared options object).
+const sharedOptions: AnyStoreOptions = { ttl: 1, tls: true, poolSize: 2, busyTimeout: 10 }
+createSqliteStore('x.db', sharedOptions)
+createMemoryStore(sharedOptions)
+createRedisStore('redis://x', sharedOptions)
+createPostgresStore('postgres://x', sharedOptions)
+createMemoryStore({ tls: true, durability: 'aof' })
+createSqliteStore('x.db', { poolSize: 3, schema: 'app' })
+createRedisStore('redis://x', { busyTimeout: 1, pageSize: 4096 })
+createPostgresStore('postgres://x', { synchronous: 'full', durability: 'aof' })
+// @ts-expect-error a value out of an option's set is refused on every factory
+createMemoryStore({ durability: 'x' })
