@@ -411,7 +411,10 @@ describe('durastate arguments and errors', { timeout: 60_000 }, () => {
   const usage = /usage:\n {2}durastate inspect/
 
   it('prints the usage with --help (exit 0)', () => {
-    assert.match(output(['--help']), /^usage:/)
+    const help = output(['--help'])
+    assert.match(help, /^usage:/)
+    // The TLS flags are refused with every sslmode that may connect in plain text.
+    assert.match(help, /refused with sslmode=disable, allow or prefer/)
   })
 
   it('prints the usage to stderr and exits 2 on bad arguments', () => {

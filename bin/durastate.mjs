@@ -63,8 +63,8 @@ const USAGE = `usage:
 
   TLS (Redis: the server, every cluster node, the sentinels; any flag turns TLS on;
   Postgres: --tls-ca, --tls-cert, --tls-key and --insecure, as sslmode=verify-full unless
-  the URL's sslmode says otherwise (refused with sslmode=disable); the URL can also name
-  files: sslrootcert=, sslcert=, sslkey=):
+  the URL's sslmode says otherwise (refused with sslmode=disable, allow or prefer); the URL
+  can also name files: sslrootcert=, sslcert=, sslkey=):
   --tls-ca <file>          CA certificate(s) the server's certificate must chain to
                            (or the server's own self-signed certificate); default: system roots
   --tls-cert <file>        client certificate, for servers that require one (tls-auth-clients)
