@@ -3,7 +3,7 @@
  *
  * A drop-in replacement for the `@idioteque/redis` WorkerStore (same keys, same JSON),
  * with exact millisecond TTLs, an atomic commit and one round trip per call, on Redis,
- * an embedded SQLite file, or memory.
+ * Postgres, an embedded SQLite file, or memory.
  */
 
 /** The stable codes carried by {@link DurastateError.code}. */
@@ -523,9 +523,9 @@ export interface KvMount {
 }
 
 /**
- * A key-value store with mounts, access modes, schemas and size limits, on Redis, SQLite
- * or memory. Values are stored as their JSON text, one entry per key at `prefix + key`
- * (a Redis string), so other clients can read them. Every call rejects with a
+ * A key-value store with mounts, access modes, schemas and size limits, on Redis,
+ * Postgres, SQLite or memory. Values are stored as their JSON text, one entry per key at
+ * `prefix + key` (a Redis string, a row on SQL), so other clients can read them. Every call rejects with a
  * {@link DurastateError} whose message names the mount and the key.
  */
 export declare class KvStore {
