@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
 import { Redis } from 'ioredis'
 import { execFileSync } from 'node:child_process'
+import diagnostics from 'node:diagnostics_channel'
 import { createKvStore, createRedisStore, createStore } from '../index.js'
 import { cli, startCluster } from './helpers/cluster.mjs'
 import { createServer } from 'node:net'
@@ -611,6 +612,154 @@ describe('Redis Cluster with a hung master failed over', { timeout: 180_000 }, (
     }
     // The old master comes back as a replica: nothing was lost on the new master.
     assert.equal(await store.isExecutionInProgress(id), true)
+  }, 90_000)
+})
+
+// The `durastate:connection` events of a Cluster store (address: its first seed node): a
+// node that fails is one `drop`, and one `reconnect` once a connection to it (or to the
+// master that replaced it) opens again; never a drop per call retry or one per slot map
+// read. A node that only times out keeps its connection: as on a single server, no drop
+// (or, were one given, a reconnect once calls succeed again).
+describe('Redis Cluster connection events', { timeout: 180_000 }, () => {
+  /** The events of the stores whose first seed is `port`, from now on. */
+  const record = (port) => {
+    const events = []
+    const listener = (event) => {
+      if (event.backend === 'cluster' && event.address === `127.0.0.1:${port}`) events.push({ ...event, at: Date.now() })
+    }
+    diagnostics.subscribe('durastate:connection', listener)
+    return { events, stop: () => diagnostics.unsubscribe('durastate:connection', listener) }
+  }
+  /** An execution id whose slot a master other than the first node serves, and that master. */
+  const offSeed = async (cluster, tag) => {
+    for (let n = 0; ; n++) {
+      const owner = await cluster.owner(await cluster.keyslot(`{${tag}${n}}`))
+      if (owner !== cluster.ports[0]) return [`${tag}${n}`, owner]
+    }
+  }
+
+  test('the SIGKILL of a master with a replica: one drop, then at most one reconnect once the replica took over', async () => {
+    const cluster = await startCluster({ masters: 3, replicas: 1 })
+    const seen = record(cluster.ports[0])
+    const store = createRedisStore(
+      { cluster: cluster.urls },
+      {
+        prefix: `ev:${randomUUID()}:`,
+        keyLayout: 'hashtag',
+        commandTimeout: 20_000,
+        connectTimeout: 1_000,
+        retry: { attempts: 40, minDelay: 50, maxDelay: 400 },
+      },
+    )
+    try {
+      // A connection to every master.
+      const ids = Array.from({ length: 30 }, (_, i) => `e${i}`)
+      for (const id of ids) await store.beginExecution(id)
+      await until('the connect event', () => seen.events.length > 0, 5_000)
+      assert.deepEqual(
+        seen.events.map((e) => e.type),
+        ['connect'],
+      )
+      const [id, victim] = await offSeed(cluster, 'k')
+      await store.beginExecution(id)
+      await cluster.killNode(victim)
+      const killedAt = Date.now()
+      // Calls on every slot while the cluster fails the master over (each bounded by
+      // commandTimeout), then until a call on the dead master's slot succeeds (bounded).
+      const results = await Promise.all(
+        ids.map((e) =>
+          store.isExecutionInProgress(e).then(
+            () => 'ok',
+            (err) => err.code,
+          ),
+        ),
+      )
+      let ok = false
+      for (const deadline = Date.now() + 45_000; Date.now() < deadline && !ok;) {
+        // (Its answer may be false: replication is asynchronous, the kill may lose it.)
+        ok = await store.isExecutionInProgress(id).then(
+          () => true,
+          () => false,
+        )
+        if (!ok) await sleep(100)
+      }
+      assert.ok(ok, `no call on the dead master's slot succeeded: ${JSON.stringify(results)}`)
+      await sleep(500)
+      const after = seen.events.filter((e) => e.at >= killedAt)
+      const types = after.map((e) => e.type)
+      assert.ok(
+        types.join() === 'drop' || types.join() === 'drop,reconnect',
+        `events after the kill (one drop, then at most one reconnect): ${types.length} ${JSON.stringify(types.slice(0, 10))}`,
+      )
+      assert.ok(after[0].error?.code, `the drop says why: ${JSON.stringify(after[0])}`)
+      // Nothing after close().
+      const before = seen.events.length
+      await store.close()
+      await sleep(300)
+      assert.equal(seen.events.length, before)
+    } finally {
+      seen.stop()
+      await store.close()
+      await cluster.stop()
+    }
+  }, 120_000)
+
+  test('a node paused past commandTimeout: no drop (its connection stays open), as on a single server', async () => {
+    const cluster = await startCluster({ masters: 3 })
+    const seen = record(cluster.ports[0])
+    const store = createRedisStore(
+      { cluster: cluster.urls },
+      { prefix: `ev:${randomUUID()}:`, keyLayout: 'hashtag', commandTimeout: 400, retry: { attempts: 10, minDelay: 50, maxDelay: 200 } },
+    )
+    const [id, victim] = await offSeed(cluster, 'p')
+    const pid = Number((await cli(victim, 'info', 'server')).match(/process_id:(\d+)/)[1])
+    try {
+      await store.beginExecution(id)
+      await until('the connect event', () => seen.events.length > 0, 5_000)
+      const stoppedAt = Date.now()
+      process.kill(pid, 'SIGSTOP')
+      let calls
+      try {
+        calls = Promise.all(
+          Array.from({ length: 20 }, (_, i) =>
+            store.beginExecution(`${id}-${i}`).then(
+              () => 'ok',
+              (err) => err.code,
+            ),
+          ),
+        )
+        await sleep(1_500)
+      } finally {
+        process.kill(pid, 'SIGCONT')
+      }
+      const during = await calls
+      assert.ok(
+        during.every((r) => r === 'ok' || r === 'TIMEOUT'),
+        JSON.stringify(during),
+      )
+      const later = await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          store.isExecutionInProgress(`${id}-${i}`).then(
+            () => 'ok',
+            (err) => err.code,
+          ),
+        ),
+      )
+      assert.ok(
+        later.every((r) => r === 'ok'),
+        JSON.stringify(later),
+      )
+      await sleep(500)
+      // (Were a drop given, subscribers would need the reconnect after it: none is.)
+      assert.deepEqual(
+        seen.events.filter((e) => e.at >= stoppedAt).map((e) => `${e.type} ${e.error?.code ?? ''}`),
+        [],
+      )
+    } finally {
+      seen.stop()
+      await store.close()
+      await cluster.stop()
+    }
   }, 90_000)
 })
 

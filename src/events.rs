@@ -87,9 +87,15 @@ impl ServerInfo {
   }
 }
 
+/// A Rust observer of a backend's events (a Cluster's router watches its nodes' connections):
+/// called with the event's type (`connect`, `reconnect`, `failover`, `drop`) and, for a
+/// drop, its error; outside the events' lock.
+pub type Relay = Arc<dyn Fn(&'static str, Option<&StoreError>) + Send + Sync>;
+
 #[derive(Default)]
 struct State {
   listener: Option<Listener>,
+  relay: Option<Relay>,
   /// The address of the connection that is (or was last) open.
   address: Option<String>,
   /// Whether a connection is open now.
@@ -126,6 +132,11 @@ impl ConnectionEvents {
       event["previousAddress"] = serde_json::Value::from(previous);
     }
     emit(&state, event);
+    let relay = state.relay.clone();
+    drop(state);
+    if let Some(relay) = relay {
+      relay(kind, None);
+    }
   }
 
   /// A connection of a pool (Postgres) to `address` is open: as `connected` when none
@@ -154,6 +165,16 @@ impl ConnectionEvents {
       "error": { "code": err.code.as_str(), "message": err.message },
     });
     emit(&state, event);
+    let relay = state.relay.clone();
+    drop(state);
+    if let Some(relay) = relay {
+      relay("drop", Some(err));
+    }
+  }
+
+  /// Sets the Rust observer of these events ([`Relay`]).
+  pub fn relay(&self, relay: Relay) {
+    self.lock().relay = Some(relay);
   }
 
   /// Sets (or with `None` removes) the JS listener.

@@ -35,6 +35,11 @@
 //!   is made again at once); the rest is this router's, so a call stuck on a dead master
 //!   moves to the replica that replaces it. The engine bounds every call by
 //!   `commandTimeout`.
+//! - **Connection events** (`durastate:connection`, the store's address being its first
+//!   seed): `connect` at the first slot map; the nodes' cores relay their own connection
+//!   events to the router, which gives one `drop` when a node's connection is lost or a node
+//!   cannot be reached by a call, and one `reconnect` once every such node (or the master
+//!   that replaced it for its slots) has an open connection again. A `TIMEOUT` is no drop.
 //!
 //! [`AsyncBackend::execute_now`]: crate::engine::AsyncBackend::execute_now
 
@@ -42,8 +47,8 @@ mod plan;
 mod scan;
 mod slots;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use futures_util::future::{join_all, BoxFuture};
@@ -102,7 +107,13 @@ struct Router {
   refresh_asked: bool,
   /// Every master was checked for `durability: 'aof'` (at the first load).
   aof_checked: bool,
-  /// A node's connection failed since the map was last read (a `drop` event was given).
+  /// Nodes whose connection is open now (their cores' own connection events say so).
+  open_nodes: HashSet<Address>,
+  /// Nodes the store needs whose connection was lost or could not be opened, since the
+  /// `drop` event: a master that replaced one for its slots takes its place here.
+  lost: HashSet<Address>,
+  /// A `drop` event was given and no `reconnect` since: the next is given once no node
+  /// the store needs is lost (a connection to each opened again).
   dropped: bool,
   /// `close` was called: no new call is taken.
   closed: bool,
@@ -150,6 +161,8 @@ impl Drop for RefreshOnDrop {
 }
 
 struct Inner {
+  /// Itself, for the node connections' event relays (which must not keep it alive).
+  me: Weak<Inner>,
   target: ClusterTarget,
   seeds: Vec<Address>,
   require_aof: bool,
@@ -188,7 +201,8 @@ impl ClusterBackend {
       .strip_prefix("cluster ")
       .and_then(|urls| urls.split(',').next());
     let events = ConnectionEvents::new(ServerInfo::cluster(seed));
-    let inner = Arc::new(Inner {
+    let inner = Arc::new_cyclic(|me| Inner {
+      me: me.clone(),
       target,
       seeds,
       require_aof,
@@ -381,8 +395,92 @@ impl Inner {
       self.command_timeout,
       retry,
     ));
+    let (me, at) = (self.me.clone(), address.clone());
+    node.events.relay(Arc::new(move |kind, err| {
+      if let Some(inner) = me.upgrade() {
+        inner.node_event(&at, kind, err);
+      }
+    }));
     router.nodes.insert(address.clone(), node.clone());
     Ok(node)
+  }
+
+  /// A node's connection opened (`kind`: `connect`, `reconnect`) or dropped (`drop`, with
+  /// its error), as its core tells: the store's own events follow (see
+  /// [`node_lost`](Self::node_lost)). A node no longer in use (closed after a refresh) is
+  /// not followed.
+  fn node_event(&self, address: &Address, kind: &'static str, err: Option<&StoreError>) {
+    let mut router = self.lock();
+    if !router.nodes.contains_key(address) {
+      return;
+    }
+    match err {
+      Some(err) if kind == "drop" => {
+        router.open_nodes.remove(address);
+        // (The node's core does not say which node it is.)
+        let err = StoreError {
+          message: format!("cluster node {}: {}", display(address), err.message),
+          ..err.clone()
+        };
+        self.node_lost(&mut router, address, &err);
+      }
+      _ => {
+        router.open_nodes.insert(address.clone());
+        router.lost.remove(address);
+        self.maybe_reconnected(&mut router);
+      }
+    }
+  }
+
+  /// The connection to a node the store needs was lost or cannot be opened: one `drop`
+  /// event for the store until it is connected again, not one per call or retry.
+  fn node_lost(&self, router: &mut Router, address: &Address, err: &StoreError) {
+    if router.closed {
+      return;
+    }
+    router.lost.insert(address.clone());
+    router.dropped = true;
+    self.events.dropped(err);
+  }
+
+  /// After a `drop`: `reconnect` once no node the store needs is lost (each one's
+  /// connection, or its replacement master's, opened again).
+  fn maybe_reconnected(&self, router: &mut Router) {
+    if router.closed || !router.dropped || !router.lost.is_empty() {
+      return;
+    }
+    router.dropped = false;
+    self.events.connected(self.events.server().address());
+  }
+
+  /// A new slot map: a lost node that is a master no more is replaced, for the store's
+  /// events, by the masters that serve its slots now (those not connected yet).
+  fn replace_lost(router: &mut Router, map: &SlotMap) {
+    let gone: Vec<Address> = router
+      .lost
+      .iter()
+      .filter(|address| !map.masters.contains(address))
+      .cloned()
+      .collect();
+    for address in gone {
+      router.lost.remove(&address);
+      let Some(old) = router.map.as_ref() else {
+        continue;
+      };
+      let mut heirs = HashSet::new();
+      for slot in (0..slots::SLOTS).filter_map(|slot| u16::try_from(slot).ok()) {
+        if old.owner(slot) == Some(&address) {
+          if let Some(heir) = map.owner(slot) {
+            heirs.insert(heir.clone());
+          }
+        }
+      }
+      for heir in heirs {
+        if !router.open_nodes.contains(&heir) {
+          router.lost.insert(heir);
+        }
+      }
+    }
   }
 
   /// The replies of every part, followed through redirects and retries, put together.
@@ -584,8 +682,15 @@ impl Inner {
       if (may_have_run && !part.batch.may_resend()) || !budget.spend() {
         return Err(err);
       }
-      self.events.dropped(&err);
-      self.lock().dropped = true;
+      // A node that cannot be reached is a `drop` for the store (once: see `node_lost`); a
+      // connection lost in flight was one already (its core said so), and a `TIMEOUT` is
+      // none, as on a single server: the connection is still open.
+      if let (false, Some(address)) = (err.code == ErrorCode::Timeout, &to) {
+        let mut router = self.lock();
+        if !router.open_nodes.contains(address) {
+          self.node_lost(&mut router, address, &err);
+        }
+      }
       let seen = self.lock().refreshes;
       self.refresh(Some(seen)).await;
       // A scan page whose master is one no more: its walk starts again (`scan_page`).
@@ -686,14 +791,18 @@ impl Inner {
       .cloned()
       .collect();
     for address in stale {
+      router.open_nodes.remove(&address);
       if let Some(node) = router.nodes.remove(&address) {
         node.close();
       }
     }
+    Self::replace_lost(&mut router, &map);
     let first = router.map.is_none();
     router.map = Some(map);
-    if first || std::mem::take(&mut router.dropped) {
+    if first {
       self.events.connected(self.events.server().address());
+    } else {
+      self.maybe_reconnected(&mut router);
     }
     for call in std::mem::take(&mut router.waiting) {
       let sent = self.dispatch(&mut router, call.what, &call.batch);
