@@ -448,8 +448,12 @@ describe('durastate arguments and errors', { timeout: 60_000 }, () => {
       'redis://u:pa@ss/0?SECRET=x@127.0.0.1:6379/',
       'redis+unix://u:pa@ss?SECRET@/tmp/s.sock',
       'redis+sentinel://u:pa@h:1/m?SECRET@127.0.0.1:1/m',
+      // The secret after the last "@": a password given as a parameter, holding a raw "@".
+      'redis://10.0.0.1:6379/0?password=hunter2@SECRET-Tail',
+      'redis+unix:///tmp/r.sock?pass=pa@ssSECRET-Tail',
+      'redis+sentinel://10.0.0.1:26379/main?sentinelPassword=pa@ssSECRET-Tail',
     ]
-    const secretFree = (text) => !/SECRET|pa@ss/.test(text)
+    const secretFree = (text) => !/SECRET|pa@ss|hunter2/.test(text)
     for (const url of urls) {
       for (const create of [
         () => createRedisStore(url),

@@ -258,7 +258,15 @@ pub fn cluster_fields_from_url(url: &str) -> StoreResult<RedisConnectionOptions>
   } else {
     "redis"
   };
-  // The user information ends at the last `@` (a password may hold a raw `/`, `?`, `#`).
+  // An `@` after a `?`: a password given as a parameter, or one holding a raw `?` (which
+  // cannot be told apart), refused as in a Sentinel URL.
+  if rest
+    .split_once('?')
+    .is_some_and(|(_, query)| query.contains('@'))
+  {
+    return Err(ambiguous_userinfo("Cluster URL", url));
+  }
+  // The user information ends at the last `@` (a password may hold a raw `/`).
   let (auth, hosts) = match rest.rsplit_once('@') {
     Some((auth, hosts)) => (Some(auth), hosts),
     None => (None, rest),
@@ -352,7 +360,10 @@ pub fn cluster_target(
       ))
     };
     if userinfo_is_ambiguous(url) {
-      return Err(invalid(AMBIGUOUS_USERINFO.to_string()));
+      return Err(ambiguous_userinfo(
+        &format!("cluster node URL (`cluster[{i}]`)"),
+        url,
+      ));
     }
     let mut parsed = url::Url::parse(url).map_err(|err| invalid(err.to_string()))?;
     if !matches!(parsed.scheme(), "redis" | "rediss") {
@@ -588,20 +599,47 @@ const AMBIGUOUS_USERINFO: &str = "an `@` after the first `/`, `?` or `#` past `/
 /// libpq) read the user information up to the last `@`. Such a URL holds a password
 /// `url::Url` would cut, and show part of as a host, path or parameter.
 fn userinfo_is_ambiguous(url: &str) -> bool {
-  let Some((_, rest)) = url.split_once("://") else {
+  let Some((scheme, rest)) = url.split_once("://") else {
     return false;
   };
-  rest
-    .find(['/', '?', '#'])
-    .is_some_and(|end| rest[end..].contains('@'))
+  // A unix socket URL without user information (`redis+unix:///run/redis@6379.sock`): its
+  // path may hold an `@`; only one in its query or fragment is ambiguous.
+  let unix = ["redis+unix", "unix"]
+    .iter()
+    .any(|unix| scheme.eq_ignore_ascii_case(unix));
+  let ends: &[char] = if unix && rest.starts_with('/') {
+    &['?', '#']
+  } else {
+    &['/', '?', '#']
+  };
+  rest.find(ends).is_some_and(|end| rest[end..].contains('@'))
 }
 
-/// INVALID_INPUT for a URL with ambiguous user information, shown hidden up to its last `@`.
+/// INVALID_INPUT for a URL with ambiguous user information, shown as its scheme alone:
+/// where its password ends cannot be told, so no part after `//` is shown.
 fn ambiguous_userinfo(what: &str, url: &str) -> StoreError {
   StoreError::invalid_input(format!(
     "invalid {what} \"{}\": {AMBIGUOUS_USERINFO}",
-    without_query_values(&redact_sentinel(url))
+    scheme_only(url)
   ))
+}
+
+/// `scheme://***`: a URL of which nothing after `//` may be shown.
+fn scheme_only(url: &str) -> String {
+  match url.split_once("://") {
+    Some((scheme, _)) => format!("{scheme}://***"),
+    None => "***".to_string(),
+  }
+}
+
+/// Whether the text before `url`'s last `@` holds a `?` or `#`: the `@` may then be part
+/// of a query value (a password given as a parameter), and the text after it the end of
+/// that password, so a redaction up to the last `@` would show it.
+fn at_after_query(url: &str) -> bool {
+  url
+    .split_once("://")
+    .and_then(|(_, rest)| rest.rsplit_once('@'))
+    .is_some_and(|(before, _)| before.contains(['?', '#']))
 }
 
 /// Refuses a URL whose user information is ambiguous ([`userinfo_is_ambiguous`]).
@@ -655,6 +693,9 @@ fn decode(text: &str) -> String {
 /// A Sentinel or Cluster URL for messages: its query's passwords, and everything before
 /// its last `@` (user information holding a raw `/`, `?` or `#` included), hidden.
 fn redact_sentinel(url: &str) -> String {
+  if at_after_query(url) {
+    return scheme_only(url);
+  }
   // The user information first: hiding a query value first could take an `@` of the
   // password with it, and leave the part of the password before it shown.
   match url
@@ -764,6 +805,9 @@ pub fn redact(url: &str) -> String {
 /// `scheme://user:***@rest` when `url` has user information with a password, read as
 /// text: it ends at the last `@`. `None` when there is no `user:password@`.
 pub(crate) fn redact_userinfo_text(url: &str) -> Option<String> {
+  if at_after_query(url) {
+    return Some(scheme_only(url));
+  }
   let (scheme, rest) = url.split_once("://")?;
   let (userinfo, hosts) = rest.rsplit_once('@')?;
   let (user, _) = userinfo.split_once(':')?;
@@ -812,7 +856,8 @@ mod tests {
       redact("redis://:right pass@127.0.0.1:6379"),
       "redis://:***@127.0.0.1:6379"
     );
-    assert_eq!(redact("redis://:a#b?c@h:1/0"), "redis://:***@h:1/0");
+    // (a `?` or `#` before the last `@`: nothing after `//` is shown)
+    assert_eq!(redact("redis://:a#b?c@h:1/0"), "redis://***");
     assert_eq!(redact("redis://u:s3@cr/et@h:1/0"), "redis://u:***@h:1/0");
     // Sentinel and Cluster URLs: up to the last `@` too
     for url in [
@@ -822,7 +867,13 @@ mod tests {
     ] {
       let redacted = redact_sentinel(url);
       assert!(!redacted.contains("pa"), "{redacted}");
-      assert!(redacted.ends_with("@127.0.0.1:26379") || redacted.contains("***@127.0.0.1:"));
+      // (`?` before the last `@`: nothing after `//`)
+      assert!(
+        redacted.ends_with("@127.0.0.1:26379")
+          || redacted.contains("***@127.0.0.1:")
+          || (url.contains('?') && redacted == "redis+sentinel://***"),
+        "{redacted}"
+      );
     }
   }
 
@@ -932,11 +983,74 @@ mod tests {
       );
       assert!(!err.message.contains("SECRET"), "{}", err.message);
     }
-    // Hidden up to the last `@` also when the query is hidden first.
+    // Where the last `@` follows a `?` or `#`, nothing after `//` is shown: the text after
+    // it may be the end of a password given as a parameter.
     assert_eq!(
       redact_sentinel("redis+cluster://u:pa@ss?password=SECRET@h:1"),
-      "redis+cluster://***@h:1"
+      "redis+cluster://***"
     );
+    // The secret after the last `@`: a password given as a parameter, holding a raw `@`.
+    for url in [
+      "redis://10.0.0.1:6379/0?password=hunter2@SECRET-Tail",
+      "redis+unix:///tmp/r.sock?pass=p@SECRET-Tail",
+      "unix:///tmp/r.sock?pass=p@SECRET-Tail",
+      "redis+sentinel://10.0.0.1:26379/main?sentinelPassword=s3nt@SECRET-Tail",
+      "redis://u:pw@h:1/0#frag@SECRET-Tail",
+    ] {
+      let Err(err) = RedisTarget::from_url(url) else {
+        panic!("{url} was accepted")
+      };
+      assert!(
+        err.message.contains("must be percent-encoded"),
+        "{}",
+        err.message
+      );
+      for fragment in ["SECRET", "hunter2", "s3nt", "p@"] {
+        assert!(!err.message.contains(fragment), "{url}: {}", err.message);
+      }
+    }
+    for url in [
+      "redis+cluster://10.0.0.1:7000?password=hunter2@SECRET-Tail",
+      "redis+cluster://u:pa?ss@SECRET-Tail:7000",
+    ] {
+      let Err(err) = cluster_fields_from_url(url) else {
+        panic!("{url} was accepted")
+      };
+      assert!(
+        err.message.contains("must be percent-encoded"),
+        "{}",
+        err.message
+      );
+      assert!(!err.message.contains("SECRET"), "{url}: {}", err.message);
+      assert!(!err.message.contains("hunter2"), "{url}: {}", err.message);
+    }
+    let fields = RedisConnectionOptions {
+      cluster: Some(vec![
+        "redis://10.0.0.1:7000?password=hunter2@SECRET-Tail".to_string()
+      ]),
+      ..Default::default()
+    };
+    let Err(err) = cluster_target(&fields, None) else {
+      panic!("accepted")
+    };
+    assert!(!err.message.contains("SECRET"), "{}", err.message);
+    assert!(!err.message.contains("hunter2"), "{}", err.message);
+    assert_eq!(
+      redact("redis://10.0.0.1:6379/0?password=hunter2@SECRET-Tail"),
+      "redis://***"
+    );
+    // A unix socket's path may hold an `@` (no user information there): taken as written.
+    for url in [
+      "redis+unix:///run/redis@6379.sock",
+      "unix:///run/redis@6379.sock",
+      "redis+unix:///run/redis@6379.sock?db=2",
+    ] {
+      let target = RedisTarget::from_url(url).expect(url);
+      assert!(
+        matches!(target.client.get_connection_info().addr(), redis::ConnectionAddr::Unix(path) if path.to_string_lossy() == "/run/redis@6379.sock"),
+        "{url}"
+      );
+    }
     // Still taken: a raw `@` in the password with no `/`, `?` or `#` before it, and a
     // percent-encoded one.
     let at = RedisTarget::from_url("redis://u:p@ss@127.0.0.1:6379/1").unwrap();
