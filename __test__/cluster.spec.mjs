@@ -621,19 +621,11 @@ describe('Redis Cluster with a hung master failed over', { timeout: 180_000 }, (
 // read. A node that only times out keeps its connection: as on a single server, no drop
 // (or, were one given, a reconnect once calls succeed again).
 describe('Redis Cluster connection events', { timeout: 180_000 }, () => {
-  /**
-   * The events of the stores whose first seed is `port`, from now on, but `connect`: a
-   * store says it once, at its first slot map, and another test's store (its calls still
-   * retrying) may say it here when this cluster took a port its cluster had (CI saw one).
-   */
+  /** The events of the stores whose first seed is `port`, from now on. */
   const record = (port) => {
     const events = []
-    let connected = false
     const listener = (event) => {
-      if (event.backend !== 'cluster' || event.address !== `127.0.0.1:${port}`) return
-      if (event.type === 'connect' && connected) return
-      connected ||= event.type === 'connect'
-      events.push({ ...event, at: Date.now() })
+      if (event.backend === 'cluster' && event.address === `127.0.0.1:${port}`) events.push({ ...event, at: Date.now() })
     }
     diagnostics.subscribe('durastate:connection', listener)
     return { events, stop: () => diagnostics.unsubscribe('durastate:connection', listener) }
