@@ -178,14 +178,7 @@ impl RedisTarget {
       ))
     };
     let (scheme, rest) = url.split_once("://").expect("a sentinel URL has ://");
-    // An `@` in the query: a password holding a raw `?` (the query would start inside it,
-    // and a message naming a parameter would show the rest of the password).
-    if rest
-      .split_once('?')
-      .is_some_and(|(_, query)| query.contains('@'))
-    {
-      return Err(ambiguous_userinfo("Sentinel URL", url));
-    }
+    refuse_at_in_query("Sentinel URL", url, rest)?;
     let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
     // The user information ends at the last `@`, as in a redis:// URL: a password may hold
     // a raw `/` or `#`.
@@ -258,14 +251,7 @@ pub fn cluster_fields_from_url(url: &str) -> StoreResult<RedisConnectionOptions>
   } else {
     "redis"
   };
-  // An `@` after a `?`: a password given as a parameter, or one holding a raw `?` (which
-  // cannot be told apart), refused as in a Sentinel URL.
-  if rest
-    .split_once('?')
-    .is_some_and(|(_, query)| query.contains('@'))
-  {
-    return Err(ambiguous_userinfo("Cluster URL", url));
-  }
+  refuse_at_in_query("Cluster URL", url, rest)?;
   // The user information ends at the last `@` (a password may hold a raw `/`).
   let (auth, hosts) = match rest.rsplit_once('@') {
     Some((auth, hosts)) => (Some(auth), hosts),
@@ -359,12 +345,7 @@ pub fn cluster_target(
         without_query_values(&redact(url))
       ))
     };
-    if userinfo_is_ambiguous(url) {
-      return Err(ambiguous_userinfo(
-        &format!("cluster node URL (`cluster[{i}]`)"),
-        url,
-      ));
-    }
+    refuse_ambiguous_userinfo(&format!("cluster node URL (`cluster[{i}]`)"), url)?;
     let mut parsed = url::Url::parse(url).map_err(|err| invalid(err.to_string()))?;
     if !matches!(parsed.scheme(), "redis" | "rediss") {
       return Err(invalid(
@@ -648,6 +629,17 @@ fn refuse_ambiguous_userinfo(what: &str, url: &str) -> StoreResult<()> {
     return Err(ambiguous_userinfo(what, url));
   }
   Ok(())
+}
+
+/// Refuses a Sentinel or Cluster URL (`rest`: what follows its `//`, where the user
+/// information ends at the last `@`) with an `@` after a `?`: a password given as a
+/// parameter, or one holding a raw `?`, which cannot be told apart (a message naming a
+/// parameter would show the rest of the password).
+fn refuse_at_in_query(what: &str, url: &str, rest: &str) -> StoreResult<()> {
+  match rest.split_once('?') {
+    Some((_, query)) if query.contains('@') => Err(ambiguous_userinfo(what, url)),
+    _ => Ok(()),
+  }
 }
 
 /// `url` with the value of every query parameter hidden (`name=***`), for a message about
