@@ -202,7 +202,17 @@ export async function startPostgresServer({ settings = [], certs } = {}) {
         await waitExit()
         clearTimeout(timer)
       }
-      rmSync(dir, { recursive: true, force: true })
+      // A server process still ending may write in the directory while it is removed
+      // (ENOTEMPTY: seen on Deno in CI): tried again for up to 3 s.
+      for (let tries = 1; ; tries++) {
+        try {
+          rmSync(dir, { recursive: true, force: true })
+          return
+        } catch (err) {
+          if (!/ENOTEMPTY/.test(`${err.code} ${err.message}`) || tries >= 30) throw err
+          await new Promise((r) => setTimeout(r, 100))
+        }
+      }
     },
   }
 }
