@@ -612,7 +612,7 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
     ]) {
       const result = durastate(args, env)
       assert.equal(result.status, 2, `${args.join(' ')}: ${result.stdout}${result.stderr}`)
-      assert.match(result.stderr, /^durastate: an argument taken as an id or key looks like a store URL with a user name or password/)
+      assert.match(result.stderr, /^durastate: an argument taken as an id, key or value looks like a store URL with a user name or password/)
       assert.doesNotMatch(result.stdout + result.stderr, /pw/)
     }
   })
@@ -627,10 +627,12 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
       ['kv', 'delete', 'default', 'redis://app:s3cret@127.0.0.1:6379'],
       ['kv', 'get', 'default', 'rediss://app:s3cret/x@127.0.0.1:6379'],
       ['kv', 'set', 'default', 'redis://app:s3cret@127.0.0.1:6379', '1'],
+      // The value left out: the URL would be stored as the value, password and all.
+      ['kv', 'set', 'default', 'k', 'redis://app:s3cret@127.0.0.1:6379'],
     ]) {
       const result = durastate(args, { env: { DURASTATE_URL: url } })
       assert.equal(result.status, 2, `${args[0]}: ${result.stdout}${result.stderr}`)
-      assert.match(result.stderr, /^durastate: an argument taken as an id or key looks like a store URL/)
+      assert.match(result.stderr, /^durastate: an argument taken as an id, key or value looks like a store URL/)
       assert.doesNotMatch(result.stdout + result.stderr, /s3cret/)
     }
     // Given with a URL, such an id or key is taken as one, and every line echoing it hides

@@ -201,7 +201,9 @@ function parseKv([action, mount, ...args], flags) {
     throw new UsageError(`kv ${action} takes <mount> ${names.map((n) => `<${n}>`).join(' ')} [url]`)
   }
   const [key, value] = args
-  if (args.length === names.length) refuseUrlAs([key], `kv ${action} <mount> ${names.map((n) => `<${n}>`).join(' ')} <url>: the URL goes last`)
+  // Without a URL, a value that is a store URL with a password is refused too (`kv set
+  // default k <url>` with the value left out would store the URL, password and all).
+  if (args.length === names.length) refuseUrlAs([key, value], `kv ${action} <mount> ${names.map((n) => `<${n}>`).join(' ')} <url>: the URL goes last`)
   if (action === 'set' && flags.json) throw new UsageError('--json applies to kv get, keys and delete, and to inspect: kv set prints one line')
   return { ...common, key, value, ttl: ttlOption(flags.ttl, action), url: resolveUrl(args[names.length]) }
 }
@@ -217,7 +219,7 @@ function parseKv([action, mount, ...args], flags) {
 function refuseUrlAs(values, hint) {
   if (values.some((value) => value !== undefined && isStoreUrl(value) && /^[a-z][a-z0-9+.-]*:\/\/[^]*@/i.test(value))) {
     throw new UsageError(
-      `an argument taken as an id or key looks like a store URL with a user name or password (not repeated here); give it in its place: ${hint}`,
+      `an argument taken as an id, key or value looks like a store URL with a user name or password (not repeated here); give it in its place: ${hint}`,
     )
   }
 }
