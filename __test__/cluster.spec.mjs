@@ -615,6 +615,73 @@ describe('Redis Cluster with a hung master failed over', { timeout: 180_000 }, (
   }, 90_000)
 })
 
+// Every call that times out (or whose node fails) asks for the slot map again, and each
+// read opens a connection to every seed and master: reads are spaced (250 ms from the end
+// of one to the start of the next), or a cluster in trouble would get them back to back.
+describe('Redis Cluster slot map reads', { timeout: 120_000 }, () => {
+  test('calls timing out on a paused master read the slot map at most once per 250 ms, and do read it', async () => {
+    const cluster = await startCluster({ masters: 3 })
+    const store = createRedisStore(
+      { cluster: cluster.urls },
+      { prefix: `gap:${randomUUID()}:`, keyLayout: 'hashtag', commandTimeout: 100, retry: { attempts: 0 } },
+    )
+    let victim
+    let id
+    for (let n = 0; !id; n++) {
+      const owner = await cluster.owner(await cluster.keyslot(`{g${n}}`))
+      if (owner !== cluster.ports[0]) [id, victim] = [`g${n}`, owner]
+    }
+    const live = cluster.ports.filter((port) => port !== victim)
+    /** `CLUSTER SLOTS` calls the live nodes have served. */
+    const reads = async () => {
+      let total = 0
+      for (const port of live) total += Number((await cli(port, 'info', 'commandstats')).match(/cmdstat_cluster\|slots:calls=(\d+)/)?.[1] ?? 0)
+      return total
+    }
+    const pid = Number((await cli(victim, 'info', 'server')).match(/process_id:(\d+)/)[1])
+    try {
+      await store.beginExecution(id)
+      const before = await reads()
+      // 16 callers whose calls time out one after another for 1.2 s (below the cluster's
+      // node timeout of 2 s: no failover), each timeout asking for a read.
+      const stoppedAt = Date.now()
+      process.kill(pid, 'SIGSTOP')
+      const codes = []
+      try {
+        await Promise.all(
+          Array.from({ length: 16 }, async (_, i) => {
+            await sleep(i * 6)
+            while (Date.now() - stoppedAt < 1_200) {
+              codes.push(
+                await store.isExecutionInProgress(id).then(
+                  () => 'ok',
+                  (err) => err.code,
+                ),
+              )
+            }
+          }),
+        )
+      } finally {
+        process.kill(pid, 'SIGCONT')
+      }
+      const elapsed = Date.now() - stoppedAt
+      await sleep(300) // (a read under way ends)
+      const read = (await reads()) - before
+      const timeouts = codes.filter((code) => code === 'TIMEOUT').length
+      assert.ok(timeouts >= 50, `${timeouts} timeouts: ${[...new Set(codes)]}`)
+      // Each read asks both live masters (the first answer wins, so one or two count it).
+      const most = 2 * (Math.ceil((elapsed + 300) / 250) + 1)
+      assert.ok(read >= 1 && read <= most, `${read} CLUSTER SLOTS for ${timeouts} timeouts in ${elapsed} ms (at most ${most})`)
+      // The store works on once the master answers again.
+      await until('the paused master answers', async () => (await store.isExecutionInProgress(id)) === true, 10_000)
+    } finally {
+      process.kill(pid, 'SIGCONT')
+      await store.close()
+      await cluster.stop()
+    }
+  }, 90_000)
+})
+
 // The `durastate:connection` events of a Cluster store (address: its first seed node): a
 // node that fails is one `drop`, and one `reconnect` once a connection to it (or to the
 // master that replaced it) opens again; never a drop per call retry or one per slot map

@@ -9,7 +9,7 @@
 //!   connect), on first use, and again
 //!   after a `MOVED`, after a node's connection fails, on `CLUSTERDOWN` and after a
 //!   call on a node times out (a hung master the cluster fails over); one refresh at a
-//!   time. The backends of nodes that are no longer masters are closed.
+//!   time, at least [`MIN_REFRESH_GAP`] after the last one ended. The backends of nodes that are no longer masters are closed.
 //! - **Routing** (`plan.rs`): an atomic batch is one transaction per slot (every
 //!   WorkerStore batch is on one slot with the `hashtag` key layout), other commands go
 //!   one per part; a multi-key command over several slots (`MGET`, `UNLINK`, `DEL`) is
@@ -73,6 +73,11 @@ use slots::{display, Address, Redirect, SlotMap};
 const MAX_REDIRECTS: u32 = 16;
 /// Times a cluster-wide `SCAN` starts again because slots changed hands during it.
 const MAX_SCAN_RESTARTS: u32 = 3;
+/// The least time from the end of one read of the slot map to the start of the next
+/// (the first load excepted). Calls that keep timing out or failing (a hung master, an
+/// overloaded cluster) each ask for one, and each opens a connection to every seed and
+/// master: without a gap, they would run back to back for as long as the trouble lasts.
+const MIN_REFRESH_GAP: Duration = Duration::from_millis(250);
 
 type Replies = oneshot::Receiver<StoreResult<Vec<Reply>>>;
 
@@ -96,6 +101,8 @@ struct Router {
   map: Option<SlotMap>,
   /// Refreshes tried so far (those that failed included).
   refreshes: u64,
+  /// When the last read of the map ended (its answer or its failure).
+  last_read: Option<tokio::time::Instant>,
   /// One backend per node calls were sent to (the masters of the map, and nodes a
   /// redirect named).
   nodes: HashMap<Address, Arc<RedisBackend>>,
@@ -740,10 +747,24 @@ impl Inner {
   }
 
   /// Reads the slot map again, unless a refresh began after `seen` (the count of
-  /// refreshes the caller saw; `None` for the first load); one at a time. The first map
-  /// also queues the calls that waited for it, in order.
+  /// refreshes the caller saw; `None` for the first load); one at a time, and a refresh
+  /// starts [`MIN_REFRESH_GAP`] after the last read ended at the soonest (those asked
+  /// meanwhile are this one). The first map also queues the calls that waited for it, in
+  /// order.
   async fn refresh(&self, seen: Option<u64>) {
     let _one_at_a_time = self.refreshing.lock().await;
+    if seen.is_some() {
+      let next = {
+        let router = self.lock();
+        if router.shut() || seen.is_some_and(|seen| seen != router.refreshes) {
+          return;
+        }
+        router.last_read.map(|end| end + MIN_REFRESH_GAP)
+      };
+      if let Some(next) = next {
+        tokio::time::sleep_until(next).await;
+      }
+    }
     let (asked, check_aof) = {
       let mut router = self.lock();
       if router.shut() || seen.is_some_and(|seen| seen != router.refreshes) {
@@ -769,6 +790,7 @@ impl Inner {
     }
     let mut router = self.lock();
     router.loading = false;
+    router.last_read = Some(tokio::time::Instant::now());
     let map = match loaded {
       Ok(map) => map,
       Err(err) => {
