@@ -207,18 +207,20 @@ impl RedisTarget {
       username: None,
       password: None,
     };
+    let mut after_password = false;
     for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
       match name.as_ref() {
         "sentinelPassword" => settings.password = Some(value.into_owned()),
         "sentinelUsername" => settings.username = Some(value.into_owned()),
         _ => {
           return Err(StoreError::invalid_input(format!(
-            "invalid Sentinel URL \"{}\": unknown parameter \"{}\"",
+            "invalid Sentinel URL \"{}\": {}",
             without_query_values(&redact_sentinel(url)),
-            name.escape_debug()
+            unknown_parameter(&name, after_password)
           )))
         }
       }
+      after_password |= names_a_password(&name);
     }
     // The server's credentials, as read here (a raw character of the password is
     // itself), for the target the sentinels' answer completes.
@@ -548,9 +550,18 @@ fn refuse_unknown_parameters(url: &str, parsed: &url::Url) -> StoreResult<()> {
   } else {
     (&["protocol"], "only protocol")
   };
+  let mut after_password = false;
   for (name, _) in parsed.query_pairs() {
     if known.contains(&name.as_ref()) {
+      after_password |= names_a_password(&name);
       continue;
+    }
+    if after_password {
+      return Err(StoreError::invalid_input(format!(
+        "invalid Redis URL \"{}\": {}",
+        without_query_values(&redact(url)),
+        unknown_parameter(&name, true)
+      )));
     }
     let hint = match name.as_ref() {
       "tls" | "ssl" if !unix => {
@@ -708,6 +719,8 @@ pub(crate) fn redact_query(url: &str) -> String {
 
 /// `url` with the value of each query parameter whose (raw) name `hide` picks replaced by
 /// `***`, and its fragment too (durastate reads none; a `#` may be part of a secret).
+/// Whatever follows a password parameter is hidden whole, names too: a raw `&` in a
+/// password ends it there, and the rest of the password reads as another parameter.
 fn redact_query_where(url: &str, hide: impl Fn(&str) -> bool) -> String {
   let Some((base, query)) = url.split_once('?') else {
     return url.to_string();
@@ -716,14 +729,33 @@ fn redact_query_where(url: &str, hide: impl Fn(&str) -> bool) -> String {
     Some((query, _)) => (query, "#***"),
     None => (query, ""),
   };
+  let mut after_password = false;
   let pairs: Vec<String> = query
     .split('&')
-    .map(|pair| match pair.split_once('=') {
-      Some((name, _)) if hide(name) => format!("{name}=***"),
-      _ => pair.to_string(),
+    .map(|pair| {
+      if after_password {
+        return "***".to_string();
+      }
+      let name = pair.split_once('=').map(|(name, _)| name);
+      after_password = name.is_some_and(|name| names_a_password(&decoded(name)));
+      match name {
+        Some(name) if hide(name) || after_password => format!("{name}=***"),
+        _ => pair.to_string(),
+      }
     })
     .collect();
   format!("{base}?{}{fragment}", pairs.join("&"))
+}
+
+/// What a message says of an unknown query parameter: its name, unless a password
+/// parameter comes before it (a raw `&` in a password ends it there, and the rest of the
+/// password reads as this parameter's name).
+pub(crate) fn unknown_parameter(name: &str, after_password: bool) -> String {
+  if after_password {
+    "an unknown parameter after the password (not shown: a raw \"&\" in a password ends it there; write it as %26)".to_string()
+  } else {
+    format!("unknown parameter \"{}\"", name.escape_debug())
+  }
 }
 
 /// Whether a query parameter carries a password: `password=`, `sentinelPassword=`, and a
@@ -813,17 +845,26 @@ mod tests {
 
   #[test]
   fn redacts_passwords_in_the_query_too() {
+    // What follows a password is hidden whole: a raw `&` in the password ends it there.
+    assert_eq!(
+      redact("redis://h:6379/?password=ab&cdSECRET&x=1"),
+      "redis://h:6379/?password=***&***&***"
+    );
+    assert_eq!(
+      without_query_values("redis://h/?db=1&password=ab&cdSECRET=1"),
+      "redis://h/?db=***&password=***&***"
+    );
     assert_eq!(
       redact("postgres://app:pw@db/app?password=TOP&sslmode=require"),
-      "postgres://app:***@db/app?password=***&sslmode=require"
+      "postgres://app:***@db/app?password=***&***"
     );
     assert_eq!(
       redact("postgres://app@db/app?pass%77ord=TOP&sslmode=require"),
-      "postgres://app@db/app?pass%77ord=***&sslmode=require"
+      "postgres://app@db/app?pass%77ord=***&***"
     );
     assert_eq!(
       redact_sentinel("rediss+sentinel://u:pw@h:26379/main?sentinelPassword=TOP&x=1"),
-      "rediss+sentinel://***@h:26379/main?sentinelPassword=***&x=1"
+      "rediss+sentinel://***@h:26379/main?sentinelPassword=***&***"
     );
     assert_eq!(redact("redis://h:6379/0"), "redis://h:6379/0");
     // a `#` in a password's value starts the fragment: hidden with it
@@ -837,7 +878,7 @@ mod tests {
     );
     assert_eq!(
       redact("redis+unix:///tmp/r.sock?db=1&pass=TOP&x=1"),
-      "redis+unix:///tmp/r.sock?db=1&pass=***&x=1"
+      "redis+unix:///tmp/r.sock?db=1&pass=***&***"
     );
     // a raw `/` or space in the password: everything up to the last `@` is user information
     assert_eq!(
@@ -886,6 +927,35 @@ mod tests {
   }
 
   #[test]
+  fn never_names_a_parameter_after_a_password_whose_raw_ampersand_split_it() {
+    let mut urls = vec![
+      "redis+sentinel://127.0.0.1:26379/main?sentinelPassword=ab&cdSECRET",
+      "redis+sentinel://127.0.0.1:26379/main?sentinelUsername=u&sentinelPassword=ab&cdSECRET=1",
+      "redis://127.0.0.1:6379/?password=ab&cdSECRET",
+    ];
+    if cfg!(unix) {
+      urls.push("redis+unix:///tmp/r.sock?pass=ab&cdSECRET");
+    }
+    for url in urls {
+      let Err(err) = RedisTarget::from_url(url) else {
+        panic!("{url} was accepted")
+      };
+      assert!(!err.message.contains("SECRET"), "{url}: {}", err.message);
+    }
+    // Before any password, an unknown parameter is named.
+    let Err(err) =
+      RedisTarget::from_url("redis+sentinel://127.0.0.1:26379/main?bogus=1&sentinelPassword=x")
+    else {
+      panic!("accepted")
+    };
+    assert!(
+      err.message.contains("unknown parameter \"bogus\""),
+      "{}",
+      err.message
+    );
+  }
+
+  #[test]
   fn refuses_query_parameters_redis_rs_would_ignore() {
     let message = |url: &str| match RedisTarget::from_url(url) {
       Err(err) => err.message,
@@ -923,9 +993,10 @@ mod tests {
     );
     #[cfg(unix)]
     {
+      // (after a password, not named: it may be the password's rest)
       let leaked = message("redis+unix:///tmp/r.sock?pass=TOP&ssl=1");
       assert!(
-        leaked.contains("unknown parameter \"ssl\"") && !leaked.contains("TOP"),
+        leaked.contains("an unknown parameter after the password") && !leaked.contains("TOP"),
         "{leaked}"
       );
     }

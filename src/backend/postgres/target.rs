@@ -942,11 +942,19 @@ fn parse_url(url: &str) -> StoreResult<Option<Params>> {
     params.set("dbname", decode("the database name", db)?);
   }
   if let Some(query) = query {
+    let mut after_password = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
       let (keyword, value) = pair
         .split_once('=')
         .ok_or_else(|| invalid("a query parameter without \"=\"".into()))?;
       let keyword = decode("a query parameter's name", keyword)?;
+      // Not named: a raw `&` in the password ends it, and its rest reads as this keyword.
+      if after_password && !is_taken_keyword(&keyword) {
+        return Err(invalid(
+          "an unknown parameter after the password (not shown: a raw \"&\" in a password ends it there; write it as %26)".into(),
+        ));
+      }
+      after_password |= keyword == "password";
       let value = decode(&format!("the value of `{keyword}`"), value)?;
       // libpq's JDBC-compatible `ssl=true`.
       match (keyword.as_str(), value.as_str()) {
@@ -956,6 +964,27 @@ fn parse_url(url: &str) -> StoreResult<Option<Params>> {
     }
   }
   Ok(Some(params))
+}
+
+/// Whether `keyword` is one durastate takes from a URL's query (the others are refused).
+fn is_taken_keyword(keyword: &str) -> bool {
+  const TAKEN: &[&str] = &[
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "ssl",
+    "host",
+    "port",
+    "hostaddr",
+    "user",
+    "password",
+    "dbname",
+  ];
+  TAKEN.contains(&keyword)
+    || SUPPORTED.contains(&keyword)
+    || LIBPQ_UNSUPPORTED.contains(&keyword)
+    || keyword == "passfile"
 }
 
 fn display(config: &Config) -> String {
@@ -1446,7 +1475,7 @@ mod tests {
     }
     assert_eq!(
       redact_target("postgresql+asyncpg://app:pw@db:5432/app?password=x&a=1 user=u"),
-      "postgresql+asyncpg:***@db:5432/app?password=***&a=*** ..."
+      "postgresql+asyncpg:***@db:5432/app?password=***&*** ..."
     );
     assert_eq!(
       redact_target("jdbc:postgresql:db;password=pw;ssl=true"),
@@ -1469,6 +1498,22 @@ mod tests {
 
   #[test]
   fn names_an_unknown_or_unsupported_parameter_never_its_value() {
+    // After a password in the query, an unknown parameter is not named: a raw `&` in the
+    // password ends it, and its rest reads as the parameter's name.
+    for text in [
+      "postgres://h/db?password=ab&cdSECRET=1",
+      "postgres://h/db?password=ab&cdSECRET",
+      "postgres://h/db?sslmode=disable&password=ab&cdSECRET=1&application_name=x",
+    ] {
+      let Err(err) = PostgresTarget::from_url(text, None) else {
+        panic!("{text} was accepted")
+      };
+      assert_eq!(err.code, crate::error::ErrorCode::InvalidInput, "{text}");
+      assert!(!err.message.contains("SECRET"), "{text}: {}", err.message);
+    }
+    assert!(
+      PostgresTarget::from_url("postgres://h/db?password=ab&application_name=x", None).is_ok()
+    );
     for (text, named) in [
       ("postgres://h/db?bogus=1", "unknown parameter `bogus`"),
       ("postgres://h/db?passfile=/p", "`passfile` is not supported"),
