@@ -131,16 +131,22 @@ describe('process behaviour', () => {
   })
 
   // A server that accepts connections and never answers: the calls time out at
-  // commandTimeout, and then nothing may keep the process alive until connectTimeout.
+  // commandTimeout, and then nothing may keep the process alive until connectTimeout. The
+  // same for sentinels that never answer (the lookup of the master is given up).
   for (const driver of runtime === 'node' ? ['default', 'socket', 'threads'] : ['default', 'threads']) {
-    it(`exits once its calls timed out, with or without close(), when the server never answers (${driver} driver)`, async () => {
+    it(`exits once its calls timed out, with or without close(), when the server or the sentinels never answer (${driver} driver)`, async () => {
       const { createServer } = await import('node:net')
       const sockets = new Set()
       const silent = createServer((socket) => sockets.add(socket.on('error', () => {})))
       await new Promise((resolve) => silent.listen(0, '127.0.0.1', resolve))
-      const url = `redis://127.0.0.1:${silent.address().port}`
+      const port = silent.address().port
       try {
-        for (const close of [true, false]) {
+        for (const [url, close] of [
+          [`redis://127.0.0.1:${port}`, true],
+          [`redis://127.0.0.1:${port}`, false],
+          [`redis+sentinel://127.0.0.1:${port},127.0.0.1:${port}/main`, true],
+          [`redis+sentinel://127.0.0.1:${port}/main`, false],
+        ]) {
           const { code, signal, stdout, stderr, ms } = await runChild(
             `
             const store = ds.createRedisStore(${JSON.stringify(url)}, { commandTimeout: 500, connectTimeout: 8000, retry: { attempts: 0 } });
@@ -158,7 +164,7 @@ describe('process behaviour', () => {
           assert.equal(answer, 'TIMEOUT')
           // Well before connectTimeout (8 s): nothing waits for the connect attempt.
           const lingered = Date.now() - Number(at)
-          assert.ok(lingered < 3_000, `close: ${close}: the process lingered ${lingered} ms after its call timed out`)
+          assert.ok(lingered < 3_000, `${url}, close: ${close}: the process lingered ${lingered} ms after its call timed out`)
         }
       } finally {
         for (const socket of sockets) socket.destroy()

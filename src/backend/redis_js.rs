@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use futures_util::future::{AbortHandle, Abortable};
 use napi::{sys, Env};
 use rustls::ClientConnection;
 
@@ -86,6 +87,9 @@ struct State {
   /// thread that ends with calls waiting lets the driver go ([`State::keep`]).
   cleanup_hook: *mut c_void,
   connection: Connection,
+  /// Gives up the sentinels' lookup of the master under way (it runs on tokio, and holds
+  /// the process open until it ends), when no call waits for it any more or on shutdown.
+  lookup: Option<AbortHandle>,
   /// The current connect attempt; the transport tags a socket's events with it, so the
   /// events of a socket given up are ignored.
   attempt: u32,
@@ -180,6 +184,7 @@ impl JsRedis {
       orphaned: false,
       cleanup_hook: ptr::null_mut(),
       connection: Connection::Idle,
+      lookup: None,
       attempt: 0,
       core,
       write_queued: false,
@@ -328,8 +333,18 @@ impl Driver {
     let limit = self.connect_timeout;
     let weak = Rc::downgrade(self);
     let js = Env::from_raw(env);
+    let (abort, registration) = AbortHandle::new_pair();
+    self.state.borrow_mut().lookup = Some(abort);
     let started = js.spawn_future_with_callback(
-      async move { Ok(connect::server_address(&target, limit, watch.as_ref()).await) },
+      async move {
+        let lookup = connect::server_address(&target, limit, watch.as_ref());
+        // (given up: nothing waits for it, and `address_found` finds it is not current)
+        Ok(
+          Abortable::new(lookup, registration)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::disposed())),
+        )
+      },
       move |env, address| {
         if let Some(driver) = weak.upgrade() {
           driver.address_found(env.raw(), attempt, address);
@@ -354,6 +369,7 @@ impl Driver {
     if state.attempt != attempt || state.shut_down {
       return;
     }
+    state.lookup = None;
     let Connection::Connecting { started, .. } = state.connection else {
       return;
     };
@@ -426,6 +442,9 @@ impl Driver {
           && state.core.is_stuck(Instant::now(), self.command_timeout)
         {
           settled.extend(state.recover(stuck(self.command_timeout)));
+        }
+        if !state.core.has_waiters() {
+          state.abort_lookup();
         }
       }
       Event::Backoff => {
@@ -791,6 +810,20 @@ impl State {
     self.closed = true;
   }
 
+  /// Gives up the sentinels' lookup under way, if any: no call waits for it (their time
+  /// ran out, or the store shuts down), so the queued calls are timed out ones, never to
+  /// be sent, and the next call connects anew.
+  fn abort_lookup(&mut self) {
+    let Some(abort) = self.lookup.take() else {
+      return;
+    };
+    abort.abort();
+    if let Connection::Connecting { socket: None, .. } = self.connection {
+      self.core.clear();
+      self.connection = Connection::Idle;
+    }
+  }
+
   fn finish_if_closed(&mut self) {
     if (self.closed || self.orphaned) && !self.core.has_waiters() {
       self.shut_down();
@@ -805,6 +838,7 @@ impl State {
       return;
     }
     self.close();
+    self.abort_lookup();
     self.core.close();
     if !self.transport.is_empty() {
       let _ = self.call(Method::Shutdown, &[]);
@@ -822,6 +856,7 @@ impl State {
   /// borrowed.
   fn abandon(&mut self) -> Option<Rc<Driver>> {
     self.close();
+    self.abort_lookup();
     self.core.clear();
     self.shut_down = true;
     self.done.set();
