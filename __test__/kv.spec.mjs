@@ -506,17 +506,25 @@ for (const name of kvBackendNames) {
         assert.equal(await kv.has('m', 'bad'), false)
       })
 
-      // Stored text another client wrote may escape keys (Python's json.dumps writes
-      // "caf\u00e9"): a merge compares keys as JS does. (Redis's merge script compares the
-      // key text: there, such a key stays apart.)
-      if (!['redis', 'cluster', 'cluster-tls'].includes(name)) {
-        test('merge compares keys as JS does, whatever their escapes in the stored text', async () => {
-          const kv = backend.open({ mounts: { m: {} } })
-          await kv.setJson('m', 'k', '{"\\u0031":"old","caf\\u00e9":1}')
-          assert.equal(await kv.merge('m', 'k', { 1: 'new', café: 2 }), true)
-          assert.equal(await kv.getJson('m', 'k'), '{"1":"new","café":2}')
-        })
-      }
+      // Stored text another client wrote (Python's json.dumps writes "caf\u00e9"), or
+      // setJson stored as it is, may escape keys: a merge compares keys as JS does, and
+      // writes them as JSON.stringify does, on every backend (Redis's merge script too).
+      test('merge compares keys as JS does, whatever their escapes in the stored text', async () => {
+        const kv = backend.open({ mounts: { m: {} } })
+        await kv.setJson('m', 'k', '{"\\u0031":"old","caf\\u00e9":1}')
+        assert.equal(await kv.merge('m', 'k', { 1: 'new', café: 2 }), true)
+        assert.equal(await kv.getJson('m', 'k'), '{"1":"new","café":2}')
+        for (const stored of [
+          '{"a":1,"\\u0061":2}',
+          '{"\\ud83d\\ude00":1,"\\ud800":2,"\\u001f\\/\\"\\\\\\n":3,"x":4}',
+          '{"\\u0032":1,"\\u0031":2,"\\u00e9\\u20ac":3}',
+        ]) {
+          const partial = { b: 5, '😀': 6, 'é€': 7 }
+          await kv.setJson('m', 'e', stored)
+          assert.equal(await kv.merge('m', 'e', partial), true)
+          assert.equal(await kv.getJson('m', 'e'), JSON.stringify({ ...JSON.parse(stored), ...partial }), stored)
+        }
+      })
 
       test('values must have the declared type, else TYPE_MISMATCH naming mount and key', async () => {
         const schema = {

@@ -142,6 +142,53 @@ local function string_end(s, i)
     end
   end
 end
+local function utf8_char(cp)
+  if cp < 0x80 then return string.char(cp) end
+  if cp < 0x800 then return string.char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64) end
+  if cp < 0x10000 then
+    return string.char(0xE0 + math.floor(cp / 4096), 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
+  end
+  return string.char(0xF0 + math.floor(cp / 262144), 0x80 + math.floor(cp / 4096) % 64,
+    0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
+end
+local escaped = {[8] = '\\b', [12] = '\\f', [10] = '\\n', [13] = '\\r', [9] = '\\t', [34] = '\\"', [92] = '\\\\'}
+local escapes = {b = 8, f = 12, n = 10, r = 13, t = 9, ['"'] = 34, ['\\'] = 92, ['/'] = 47}
+-- One UTF-16 code unit (not a surrogate) as JSON.stringify writes it.
+local function unit_text(u)
+  if escaped[u] then return escaped[u] end
+  if u < 0x20 then return string.format('\\u%04x', u) end
+  return utf8_char(u)
+end
+-- A key's JSON text (quoted, valid) as JSON.stringify writes it (json_value::key_json),
+-- so keys compare as JS compares them whatever their escapes ("caf\u00e9" is "café").
+local function canonical(raw)
+  if not string.find(raw, '\\', 1, true) then return raw end
+  local out, i, n = {}, 2, #raw - 1
+  while i <= n do
+    local q = string.find(raw, '\\', i, true)
+    if not q or q > n then out[#out + 1] = string.sub(raw, i, n); break end
+    out[#out + 1] = string.sub(raw, i, q - 1)
+    local e = string.sub(raw, q + 1, q + 1)
+    if e == 'u' then
+      local u = tonumber(string.sub(raw, q + 2, q + 5), 16)
+      i = q + 6
+      if u >= 0xD800 and u <= 0xDBFF and string.sub(raw, i, i + 1) == '\\u' then
+        local low = tonumber(string.sub(raw, i + 2, i + 5), 16)
+        if low and low >= 0xDC00 and low <= 0xDFFF then
+          out[#out + 1] = utf8_char(0x10000 + (u - 0xD800) * 1024 + (low - 0xDC00))
+          i = i + 6
+          u = nil
+        end
+      end
+      if u and u >= 0xD800 and u <= 0xDFFF then out[#out + 1] = string.format('\\u%04x', u)
+      elseif u then out[#out + 1] = unit_text(u) end
+    else
+      out[#out + 1] = unit_text(escapes[e])
+      i = q + 2
+    end
+  end
+  return '"' .. table.concat(out) .. '"'
+end
 local function skip_space(s, i) return string.find(s, '[^ \t\n\r]', i) end
 local function number_end(s, i)
   local j = i
@@ -279,7 +326,7 @@ local function members(s)
   while true do
     if c ~= '"' then error('bad key') end
     local key_end = string_end(s, i + 1)
-    local name = string.sub(s, i, key_end)
+    local name = canonical(string.sub(s, i, key_end))
     i, c = next_token(s, key_end + 1)
     if c ~= ':' then error('bad member') end
     i = next_token(s, i + 1)
