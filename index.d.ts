@@ -372,7 +372,8 @@ export declare class DurableWorkerStore implements WorkerStore {
  *   `redis+sentinel://[user:pass@]host1:port1,host2:port2/masterName[/db]`,
  *   `redis+cluster://[user:pass@]host1:port1,host2:port2` (with `keyLayout: 'hashtag'`), or fields
  *   (`{ cluster: [url, ...] }` for a Redis Cluster, with `keyLayout: 'hashtag'`);
- *   default `REDIS_URL`, then `redis://127.0.0.1:6379`.
+ *   default `REDIS_URL`, then `redis://127.0.0.1:6379`. Anything else, an array of node URLs
+ *   included, is `INVALID_INPUT` (a cluster's nodes go in `{ cluster: [...] }`).
  * @example
  * const worker = createWorker({ store: createRedisStore(process.env.REDIS_URL, { ttl: 86_400_000 }) })
  */
@@ -391,7 +392,8 @@ export declare function createRedisStore(target?: string | RedisConnectionOption
  * @param target A libpq URL, `postgres://user:password@host:port/database?sslmode=require`
  *   (`postgresql://` too; `sslmode` and `application_name` as libpq reads them), a libpq
  *   key/value string (`host=db port=5433 sslmode=require password='a b'`), or fields;
- *   default `DATABASE_URL`, then `postgres://postgres@localhost:5432/postgres`.
+ *   default `DATABASE_URL`, then `postgres://postgres@localhost:5432/postgres`. Anything
+ *   else (an array, a number) is `INVALID_INPUT`.
  * @example
  * const worker = createWorker({ store: createPostgresStore(process.env.DATABASE_URL, { ttl: 86_400_000 }) })
  */

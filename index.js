@@ -470,7 +470,7 @@ function refuseClientObject(target, backend, fields) {
 
 /** Checks the fields of a Redis target given as fields (the sentinels' included): names and types. */
 function checkRedisFields(target) {
-  if (target === undefined || target === null || typeof target !== 'object' || Array.isArray(target)) return
+  if (target === undefined || target === null || typeof target !== 'object') return
   refuseClientObject(target, 'Redis', '{ host, port, ... }')
   refuseUnknownKeys(target, REDIS_TARGET_FIELDS, 'Redis target')
   checkFieldTypes(target, REDIS_TARGET_TYPES, 'Redis target')
@@ -797,8 +797,26 @@ function wrap(create, target) {
 /** Fields only a Postgres target has: given to a Redis target, they would be ignored. */
 const POSTGRES_FIELDS = ['user', 'database', 'sslmode', 'applicationName']
 
+/** How a value of the wrong type is named in messages: `an array`, `null`, `number`, ... */
+function typeName(value) {
+  return value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value
+}
+
+/**
+ * Refuses a target that is neither a URL string nor connection fields (a plain object),
+ * absent aside: napi-rs read an array as fields it does not have, the default address
+ * (`createRedisStore(['redis://10.0.0.1:7000'])` wrote to 127.0.0.1:6379).
+ */
+function refuseTargetType(target, subject, fields) {
+  if (target === undefined || target === null || typeof target === 'string') return
+  if (typeof target === 'object' && !Array.isArray(target)) return
+  const hint = Array.isArray(target) && fields.includes('Redis') ? ': a list of cluster nodes goes in { cluster: [...] }' : ''
+  throw new DurastateError('INVALID_INPUT', `${subject} must be a URL string or ${fields}, got ${typeName(target)}${hint}`)
+}
+
 /** Refuses Redis fields that carry a Postgres field (`{ host, user, database }`). */
-function redisFields(target, postgresHint) {
+function redisFields(target, postgresHint, subject = 'a Redis target') {
+  refuseTargetType(target, subject, 'Redis connection fields ({ host, port, ... })')
   if (target === null || typeof target !== 'object') return target ?? undefined
   const field = POSTGRES_FIELDS.find((name) => name in target)
   if (field !== undefined) {
@@ -817,8 +835,18 @@ function createRedisStore(target, options) {
   return wrap(() => native.createRedisStore(redisFields(resolved, 'for Postgres use createPostgresStore'), connectionOptions(options)), resolved)
 }
 
+/** Refuses a URL or path that is not a string (napi-rs said only "a value must be a string"). */
+function requireUrl(value, subject) {
+  if (value !== undefined && value !== null && typeof value !== 'string') {
+    throw new DurastateError('INVALID_INPUT', `${subject} must be a string, got ${typeName(value)}`)
+  }
+}
+
 function createSqliteStore(path, options) {
-  return wrap(() => native.createSqliteStore(path ?? undefined, connectionOptions(options)))
+  return wrap(() => {
+    requireUrl(path, 'the path of a SQLite store')
+    return native.createSqliteStore(path ?? undefined, connectionOptions(options))
+  })
 }
 
 function createPostgresStore(target, options) {
@@ -827,7 +855,8 @@ function createPostgresStore(target, options) {
 
 /** A Postgres target; given as fields, each a field of one (`sslMode`, `ssl` are refused). */
 function postgresFields(target) {
-  if (target !== null && typeof target === 'object' && !Array.isArray(target)) {
+  refuseTargetType(target, 'a Postgres target', 'Postgres connection fields ({ host, port, user, ... })')
+  if (target !== null && typeof target === 'object') {
     refuseClientObject(target, 'Postgres', '{ host, port, user, ... }')
     refuseUnknownKeys(target, POSTGRES_TARGET_FIELDS, 'Postgres target')
     checkFieldTypes(target, POSTGRES_TARGET_TYPES, 'Postgres target')
@@ -841,7 +870,10 @@ function createMemoryStore(options) {
 
 function createStore(url, options) {
   const resolved = orEnv(url, ...URL_VARIABLES)
-  return wrap(() => native.createStore(resolved, connectionOptions(options)), resolved)
+  return wrap(() => {
+    requireUrl(resolved, 'the URL of createStore')
+    return native.createStore(resolved, connectionOptions(options))
+  }, resolved)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1672,7 +1704,7 @@ function createKvStore(target, options) {
     const { mounts, ...connection } = options ?? {}
     const specs = mountSpecs(mounts, connection)
     const resolved = orEnv(target, ...URL_VARIABLES)
-    const fields = redisFields(resolved, 'for Postgres give a postgres:// URL')
+    const fields = redisFields(resolved, 'for Postgres give a postgres:// URL', 'the target of a KV store')
     return new KvStore(native.createKvStore(fields, connectionOptions(connection), specs), resolved)
   } catch (err) {
     throw toDurastateError(err)

@@ -226,6 +226,33 @@ describe('store options', () => {
     refused(() => createRedisStore(Object.assign(Object.create(null), { hots: 'x' })), /unknown field `hots`/, 'null prototype')
   })
 
+  it('a target that is an array (or neither a URL nor fields) is INVALID_INPUT, not the default server it connected to', () => {
+    // An array read as fields it does not have: the default address, 127.0.0.1:6379 or localhost:5432.
+    for (const [factory, create, pattern] of [
+      [
+        'createRedisStore',
+        createRedisStore,
+        /^a Redis target must be a URL string or Redis connection fields .*got an array: a list of cluster nodes goes in \{ cluster: \[\.\.\.\] \}$/,
+      ],
+      [
+        'createKvStore',
+        createKvStore,
+        /^the target of a KV store must be a URL string or Redis connection fields .*got an array: a list of cluster nodes goes in/,
+      ],
+      [
+        'createPostgresStore',
+        createPostgresStore,
+        /^a Postgres target must be a URL string or Postgres connection fields \(\{ host, port, user, \.\.\. \}\), got an array$/,
+      ],
+      ['createStore', createStore, /^the URL of createStore must be a string, got an array$/],
+      ['createSqliteStore', createSqliteStore, /^the path of a SQLite store must be a string, got an array$/],
+    ]) {
+      refused(() => create(['redis://127.0.0.1:1', 'redis://127.0.0.1:2']), pattern, `${factory} array`)
+      refused(() => create([]), /got an array/, `${factory} []`)
+      refused(() => create(6379), /must be a .*string.*, got number$/, `${factory} number`)
+    }
+  })
+
   it("a bad value of another backend's option fails on every factory alike (a shared config fails on a laptop too)", () => {
     // Before, each was checked only by its own backend: `poolSize: 0` passed on SQLite and
     // Redis, then threw once DURASTATE_URL named Postgres in production.
