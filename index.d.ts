@@ -95,8 +95,11 @@ export interface RedisStoreOptions extends StoreOptions {
    * made before any given node answered with the slot map).
    */
   connectTimeout?: number
-  /** How calls ride out a dropped connection. */
-  retry?: RetryOptions
+  /**
+   * How calls ride out a dropped connection. `null` is as if absent; anything but an object
+   * (`retry: 0`, `retry: false`) is `INVALID_INPUT`: `{ attempts: 0 }` turns resending off.
+   */
+  retry?: RetryOptions | null
   /**
    * `'none'` (default): a write is acknowledged once the server has it in memory.
    * `'aof'`: once it is on the server's disk. The store checks at connect that the server
@@ -188,8 +191,12 @@ export interface SqliteStoreOptions extends StoreOptions {
 export interface PostgresStoreOptions extends StoreOptions {
   /** Bound on establishing a connection (TCP, TLS, authentication), in ms; with several hosts, on each host in turn. Default 5000. */
   connectTimeout?: number
-  /** How calls ride out a dropped connection (a server restart, `pg_terminate_backend`, a failover). */
-  retry?: RetryOptions
+  /**
+   * How calls ride out a dropped connection (a server restart, `pg_terminate_backend`, a
+   * failover). `null` is as if absent; anything but an object (`retry: 0`) is
+   * `INVALID_INPUT`: `{ attempts: 0 }` turns resending off.
+   */
+  retry?: RetryOptions | null
   /** The schema holding the store's tables, created on first use (1 to 63 bytes, no NUL or `$`, not starting with `pg_`: `INVALID_INPUT`). Default `'durastate'`. */
   schema?: string
   /**

@@ -440,12 +440,18 @@ function editDistance(a, b) {
   return previous[b.length]
 }
 
-/** Checks the names in a store's `options` (`known`: the factory's options), `retry` and `mounts` included. */
+/** Checks the names in a store's `options` (`known`: the factory's options), `retry` (an object) and `mounts` included. */
 function checkOptionNames(options, known) {
   if (options === undefined || options === null || typeof options !== 'object') return
   refuseUnknownKeys(options, known, 'option')
   const { retry, mounts } = options
-  if (retry !== undefined && retry !== null && typeof retry === 'object') refuseUnknownKeys(retry, RETRY_OPTIONS, 'retry', 'retry')
+  if (retry !== undefined && retry !== null) {
+    // napi-rs read a number or a boolean as `{}`: `retry: 0` meant as "no resends" got the default 3.
+    if (typeof retry !== 'object' || Array.isArray(retry)) {
+      throw new DurastateError('INVALID_INPUT', `option \`retry\` must be an object { attempts, minDelay, maxDelay }, got ${typeName(retry)}`)
+    }
+    refuseUnknownKeys(retry, RETRY_OPTIONS, 'retry', 'retry')
+  }
   if (known === KV_OPTIONS && mounts !== undefined && mounts !== null && typeof mounts === 'object') {
     for (const [name, mount] of Object.entries(mounts)) {
       if (mount !== null && typeof mount === 'object') refuseUnknownKeys(mount, MOUNT_OPTIONS, 'mount', `mounts.${name}`)
@@ -496,8 +502,10 @@ function connectionOptions(options) {
   if (options === undefined || options === null || typeof options !== 'object') return options ?? undefined
   checkOptionNames(options, STORE_OPTIONS)
   const internal = CREATE_TABLES in options
-  if (!('tls' in options) && !('sentinelTls' in options) && !internal) return options
+  if (!('tls' in options) && !('sentinelTls' in options) && options.retry !== null && !internal) return options
   const result = { ...options }
+  // `retry: null` is as if absent, as `tls: null` (napi-rs threw INTERNAL on it).
+  if (options.retry === null) delete result.retry
   if ('tls' in options) result.tls = tlsOptions('tls', options.tls, false)
   if ('sentinelTls' in options) result.sentinelTls = tlsOptions('sentinelTls', options.sentinelTls, true)
   if (internal) result.createTables = options[CREATE_TABLES]

@@ -134,6 +134,41 @@ describe('store options', () => {
     )
   })
 
+  it('a `retry` that is not an object is INVALID_INPUT naming it (`retry: 0` kept the 3 resends); `retry: null` is as if absent', async () => {
+    for (const [factory, create] of factories()) {
+      for (const [value, got] of [
+        [0, 'number'],
+        [false, 'boolean'],
+        ['none', 'string'],
+        [[], 'an array'],
+      ]) {
+        refused(
+          () => create({ retry: value }),
+          new RegExp(`^option \`retry\` must be an object \\{ attempts, minDelay, maxDelay \\}, got ${got}$`),
+          `${factory} retry ${JSON.stringify(value)}`,
+        )
+      }
+      // It threw INTERNAL ("Cannot convert undefined or null to object").
+      const store = create({ retry: null })
+      assert.equal(store.closed, false, `${factory} retry null`)
+      await store.close()
+    }
+    for (const create of [() => createMemoryStore({ retry: null }), () => createKvStore('memory:', { retry: null })]) {
+      const store = create()
+      try {
+        if (store.set) {
+          await store.set('default', 'k', 1)
+          assert.equal(await store.get('default', 'k'), 1)
+        } else {
+          await store.beginExecution('e')
+          assert.equal(await store.isExecutionInProgress('e'), true)
+        }
+      } finally {
+        await store.close()
+      }
+    }
+  })
+
   it('a TLS setting durastate does not support is INVALID_INPUT naming it, not ignored', () => {
     for (const [factory, create] of factories()) {
       for (const [key, pattern] of [
