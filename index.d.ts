@@ -128,8 +128,12 @@ export interface RedisStoreOptions extends StoreOptions {
 /**
  * TLS for Redis and Postgres (rustls; TLS 1.2 and 1.3). Each PEM value is the PEM text
  * itself (a string, or a Buffer as `fs.readFileSync` gives it; `ca` also an array of PEM
- * texts) or the path of a PEM file, read when the store is created (a bad one throws
- * `INVALID_INPUT`).
+ * texts) or the path of a PEM file, read when a Redis or Postgres store is created (a bad
+ * one throws `INVALID_INPUT`). Every factory, SQLite and memory included, checks what does
+ * not depend on the machine, with the same `INVALID_INPUT`: PEM text given inline (that it
+ * parses; `cert` with `key`, that they match), `cert` and `key` given together, and
+ * `servername`. A file path is read only by the backends that use TLS, so a path that
+ * exists only where the server is reached does not fail a SQLite store elsewhere.
  */
 export interface TlsOptions {
   /**

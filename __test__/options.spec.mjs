@@ -2,12 +2,13 @@
 // not one, a key no backend knows. Every refusal is INVALID_INPUT at creation, naming the
 // option (nothing connects: the servers below only show what a store accepted does).
 import assert from 'node:assert/strict'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { createKvStore, createMemoryStore, createPostgresStore, createRedisStore, createSqliteStore, createStore } from '../index.js'
 import { startRedisServer } from './helpers/redis-server.mjs'
+import { makeCertificates } from './helpers/tls.mjs'
 
 /** Asserts that `create()` throws INVALID_INPUT with a message matching `pattern`. */
 function refused(create, pattern, label) {
@@ -22,6 +23,9 @@ function refused(create, pattern, label) {
     label,
   )
 }
+
+/** PEM armour around text that is not base64. */
+const NOT_PEM = '-----BEGIN CERTIFICATE-----\nnot base64!!\n-----END CERTIFICATE-----\n'
 
 describe('store options', () => {
   let dir
@@ -290,7 +294,8 @@ describe('store options', () => {
 
   it("a bad value of another backend's option fails on every factory alike (a shared config fails on a laptop too)", () => {
     // Before, each was checked only by its own backend: `poolSize: 0` passed on SQLite and
-    // Redis, then threw once DURASTATE_URL named Postgres in production.
+    // Redis, then threw once DURASTATE_URL named Postgres in production; a `tls.ca` that is
+    // not PEM passed on SQLite and memory, then threw with a Redis or Postgres URL.
     const bad = [
       [{ poolSize: 0 }, /^option `poolSize` must be/],
       [{ pageSize: 1000 }, /^option `pageSize` must be a power of two/],
@@ -299,6 +304,13 @@ describe('store options', () => {
       [{ schema: 'pg_x' }, /^option `schema`: "pg_x" starts with `pg_`/],
       [{ schema: '' }, /^option `schema` must be 1 to 63 bytes/],
       [{ busyTimeout: 2 ** 31 }, /^option `busyTimeout` must be at most/],
+      // TLS, as far as the machine does not matter: PEM text given inline, and `cert` with `key`
+      // (a file path is read where TLS is used only: it may exist only where the server is).
+      [{ tls: { ca: NOT_PEM } }, /^tls\.ca: not PEM certificates/],
+      [{ tls: { cert: NOT_PEM, key: NOT_PEM.replaceAll('CERTIFICATE', 'PRIVATE KEY') } }, /^tls\.cert: not PEM certificates/],
+      [{ tls: { cert: NOT_PEM } }, /^tls: `cert` and `key` go together/],
+      [{ tls: { key: '/nonexistent/key.pem' } }, /^tls: `cert` and `key` go together/],
+      [{ sentinelTls: { ca: NOT_PEM } }, /^tls\.ca: not PEM certificates/],
     ]
     const everywhere = [
       ...factories(),
@@ -311,6 +323,31 @@ describe('store options', () => {
       for (const [factory, create] of everywhere) {
         refused(() => create(options), message, `${factory} ${JSON.stringify(options)}`)
       }
+    }
+  })
+
+  it('TLS PEM text given inline is checked on every backend alike: good text is accepted, a certificate with the wrong key refused', async () => {
+    const certs = makeCertificates()
+    const stores = []
+    try {
+      const pem = (name) => readFileSync(certs.file(name), 'utf8')
+      const everywhere = [
+        ['memory:', (options) => createMemoryStore(options)],
+        ['sqlite:', (options) => createSqliteStore(join(dir, 'inline-tls.db'), options)],
+        ['createStore memory:', (options) => createStore('memory:', options)],
+        ['createKvStore memory:', (options) => createKvStore('memory:', options)],
+        ['rediss:', (options) => createRedisStore('rediss://127.0.0.1:1', options)],
+        ['postgres:', (options) => createPostgresStore('postgres://postgres@127.0.0.1:1/postgres?sslmode=verify-full', options)],
+      ]
+      for (const [label, create] of everywhere) {
+        stores.push(create({ tls: { ca: pem('ca.crt'), cert: pem('client.crt'), key: pem('client.key') } }))
+        refused(() => create({ tls: { cert: pem('client.crt'), key: pem('other-ca.key') } }), /^tls: client certificate: /, `${label} wrong key`)
+      }
+      await stores[0].beginExecution('e')
+      assert.equal(await stores[0].isExecutionInProgress('e'), true)
+    } finally {
+      await Promise.all(stores.map((store) => store.close()))
+      certs.remove()
     }
   })
 

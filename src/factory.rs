@@ -366,6 +366,13 @@ fn common_settings(options: &StoreOptions) -> StoreResult<CommonSettings> {
   if let Some(schema) = &options.schema {
     crate::backend::check_schema_name(schema)?;
   }
+  // Its PEM text and pairing; files are read by the backends that use TLS.
+  if let Some(tls) = &options.tls {
+    crate::tls::TlsSettings::check(tls)?;
+  }
+  if let Some(napi::Either::B(tls)) = &options.sentinel_tls {
+    crate::tls::TlsSettings::check(tls)?;
+  }
   Ok(common)
 }
 

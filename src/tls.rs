@@ -126,6 +126,44 @@ impl TlsSettings {
     })
   }
 
+  /// Checks `options` as far as the machine does not matter, on every backend (SQLite and
+  /// memory included, which use no TLS): `cert` and `key` together, `servername`, and the
+  /// PEM text given inline (`ca`, `cert`, `key`; with both `cert` and `key` inline, that
+  /// they make a client certificate), with the messages [`new`](Self::new) gives. A file
+  /// path is not read here: it is read by the backends that use TLS, so a path that exists
+  /// only where the server is reached (a production container) does not fail elsewhere.
+  pub fn check(options: &TlsOptions) -> StoreResult<()> {
+    if let Some(name) = &options.servername {
+      parse_server_name(name)?;
+    }
+    fn inline(value: &Option<String>) -> Option<&str> {
+      value.as_deref().filter(|v| is_pem_text(v))
+    }
+    if options.reject_unauthorized != Some(false) {
+      if let Some(ca) = inline(&options.ca) {
+        AnchorVerifier::new(Some(ca), true)?;
+      }
+    }
+    // In the order `build` checks them, so each backend names the same problem first.
+    if options.cert.is_some() != options.key.is_some() {
+      return Err(StoreError::invalid_input(
+        "tls: `cert` and `key` go together (a client certificate needs its key)",
+      ));
+    }
+    let cert = inline(&options.cert)
+      .map(|cert| certificates("tls.cert", cert))
+      .transpose()?;
+    let key = inline(&options.key).map(private_key).transpose()?;
+    if let (Some(cert), Some(key)) = (cert, key) {
+      ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate))
+        .with_client_auth_cert(cert, key)
+        .map_err(|err| StoreError::invalid_input(format!("tls: client certificate: {err}")))?;
+    }
+    Ok(())
+  }
+
   /// The name the certificate of the server at `host` must carry: `servername`, else `host`.
   pub fn server_name(&self, host: &str) -> StoreResult<ServerName<'static>> {
     match &self.servername {
@@ -330,11 +368,16 @@ impl ServerCertVerifier for AnchorVerifier {
   }
 }
 
+/// Whether a PEM value is the PEM text itself (else it is a file path).
+fn is_pem_text(value: &str) -> bool {
+  value.contains("-----BEGIN")
+}
+
 /// PEM text as is; anything else is read as a file path. A path that cannot be read is
 /// quoted in the error, except for `tls.key`: a key whose PEM lines were lost (a base64
 /// secret, a body without its `-----BEGIN` line) would be read as a path and printed.
 fn pem_bytes(what: &str, value: &str) -> StoreResult<Vec<u8>> {
-  if value.contains("-----BEGIN") {
+  if is_pem_text(value) {
     return Ok(value.as_bytes().to_vec());
   }
   std::fs::read(value).map_err(|err| {
