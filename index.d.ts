@@ -44,7 +44,7 @@ export type ErrorCode =
 /** Every error durastate throws or rejects with. */
 export declare class DurastateError extends Error {
   /** An error with `code` (as durastate's own are made; for wrappers and tests). */
-  constructor(code: ErrorCode, message?: string, options?: ErrorOptions)
+  constructor(code: ErrorCode, message?: string, options?: { cause?: unknown })
   readonly name: 'DurastateError'
   /** What went wrong, as a stable code to branch on. */
   readonly code: ErrorCode
