@@ -442,7 +442,11 @@ function editDistance(a, b) {
 
 /** Checks the names in a store's `options` (`known`: the factory's options), `retry` (an object) and `mounts` included. */
 function checkOptionNames(options, known) {
-  if (options === undefined || options === null || typeof options !== 'object') return
+  if (options === undefined || options === null) return
+  // A number or string was ignored (`createMemoryStore(60_000)` meant as a ttl), an array read by index.
+  if (typeof options !== 'object' || Array.isArray(options)) {
+    throw new DurastateError('INVALID_INPUT', `a store's options must be an object such as { ttl: 60000 }, got ${typeName(options)}`)
+  }
   refuseUnknownKeys(options, known, 'option')
   const { retry, mounts } = options
   if (retry !== undefined && retry !== null) {
@@ -499,8 +503,8 @@ function checkRedisFields(target) {
  * quoting the value (it may be a private key).
  */
 function connectionOptions(options) {
-  if (options === undefined || options === null || typeof options !== 'object') return options ?? undefined
   checkOptionNames(options, STORE_OPTIONS)
+  if (options === undefined || options === null) return undefined
   const internal = CREATE_TABLES in options
   if (!('tls' in options) && !('sentinelTls' in options) && options.retry !== null && !internal) return options
   const result = { ...options }

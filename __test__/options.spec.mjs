@@ -173,6 +173,25 @@ describe('store options', () => {
     }
   })
 
+  it('options that are not an object are INVALID_INPUT on every factory, not ignored (createMemoryStore(60_000) meant as a ttl)', async () => {
+    for (const [factory, create] of [...factories(), ['createStore memory:', (options) => createStore('memory:', options)]]) {
+      for (const [value, got] of [
+        [60_000, 'number'],
+        ['ttl=1000', 'string'],
+        [true, 'boolean'],
+        [['ttl'], 'an array'],
+      ]) {
+        refused(
+          () => create(value),
+          new RegExp(`^a store's options must be an object such as \\{ ttl: 60000 \\}, got ${got}$`),
+          `${factory} ${JSON.stringify(value)}`,
+        )
+      }
+      // Absent options stay absent.
+      for (const options of [undefined, null]) await create(options).close()
+    }
+  })
+
   it('a TLS setting durastate does not support is INVALID_INPUT naming it, not ignored', () => {
     for (const [factory, create] of factories()) {
       for (const [key, pattern] of [
