@@ -439,14 +439,14 @@ export declare function createStore(url?: string | null, options?: AnyStoreOptio
 /** The value types a mount's schema can declare. */
 export type KvType = 'string' | 'number' | 'bool' | 'list' | 'dict'
 
-/** One declared key of a mount's schema. */
+/** One declared key of a mount's schema (another key, a typo such as `descripton`, is `INVALID_INPUT` naming it). */
 export interface KvSchemaEntry {
   /** The JSON type every value of the key must have (`list`: array, `dict`: plain object). */
   type: KvType
   /** What `get` returns while the key is not stored, and what `clear` writes back. */
   default: unknown
-  /** Free text, returned by `schema()`. */
-  description?: string
+  /** Free text, returned by `schema()`; anything but a string (or `null`, as if absent) is `INVALID_INPUT`. */
+  description?: string | null
 }
 
 /** How a mount behaves. */
@@ -489,7 +489,7 @@ export interface KvStoreOptions extends RedisStoreOptions, SqliteStoreOptions, O
   mounts?: Record<string, KvMountOptions>
 }
 
-/** Per-call options of a write. */
+/** Per-call options of a write (another key, a typo such as `tll`, rejects `INVALID_INPUT` naming it; nothing is written). */
 export interface KvWriteOptions {
   /** Time to live of this write, in ms; overrides the mount's `ttl`. Absent or 0: the mount's `ttl`. */
   ttl?: number

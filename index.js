@@ -312,6 +312,9 @@ const KV_OPTIONS = [...STORE_OPTIONS, 'mounts']
 const RETRY_OPTIONS = ['attempts', 'minDelay', 'maxDelay']
 const TLS_OPTIONS = ['ca', 'cert', 'key', 'servername', 'rejectUnauthorized']
 const MOUNT_OPTIONS = ['mode', 'prefix', 'schema', 'maxEntries', 'maxValueSize', 'ttl']
+/** The keys of a schema entry, and of a KV write's options (`set`, `setJson`, `merge`, `setMany`). */
+const SCHEMA_ENTRY_OPTIONS = ['type', 'default', 'description']
+const WRITE_OPTIONS = ['ttl']
 /** The fields of a target given as fields, each with the type it takes. */
 const REDIS_TARGET_TYPES = {
   host: 'string',
@@ -403,7 +406,7 @@ function refuseUnknownKeys(object, known, where, path = '') {
   for (const key of Object.keys(object)) {
     if (object[key] === undefined || known.includes(key)) continue
     const name = path === '' ? key : `${path}.${key}`
-    const option = where === 'option' || where === 'tls' || where === 'retry' || where === 'mount'
+    const option = where === 'option' || where === 'tls' || where === 'retry' || where === 'mount' || where === 'write' || where === 'schema'
     const what = option ? `option \`${name}\`` : `field \`${name}\` of a ${where}`
     const mistake = Object.hasOwn(KNOWN_MISTAKES[where] ?? {}, key) ? KNOWN_MISTAKES[where][key] : undefined
     const close = mistake === undefined ? closestName(key, known) : undefined
@@ -985,7 +988,9 @@ function requireKeys(keys, store, mount) {
 
 function ttlOf(options) {
   if (options === undefined || options === null) return undefined
-  if (typeof options !== 'object') throw new DurastateError('INVALID_INPUT', 'options must be an object such as { ttl: 60000 }')
+  if (typeof options !== 'object' || Array.isArray(options)) throw new DurastateError('INVALID_INPUT', 'options must be an object such as { ttl: 60000 }')
+  // `{ tll: 5000 }` stored the value without a TTL.
+  refuseUnknownKeys(options, WRITE_OPTIONS, 'write')
   if (options.ttl !== undefined && typeof options.ttl !== 'number') {
     throw new DurastateError('INVALID_INPUT', `option \`ttl\` must be a number of milliseconds, got ${typeof options.ttl}`)
   }
@@ -1021,13 +1026,18 @@ function schemaSpecs(mount, schema) {
     if (entry === null || typeof entry !== 'object') {
       throw new DurastateError('INVALID_INPUT', `mount '${mount}': schema key "${key}" must be { type, default }`)
     }
+    // A typo (`descripton`, `Default`) was dropped: the entry kept no default or description.
+    refuseUnknownKeys(entry, SCHEMA_ENTRY_OPTIONS, 'schema', `mounts.${mount}.schema.${key}`)
+    if (entry.description !== undefined && entry.description !== null && typeof entry.description !== 'string') {
+      throw new DurastateError('INVALID_INPUT', `mount '${mount}': schema key "${key}": \`description\` must be a string, got ${typeName(entry.description)}`)
+    }
     let defaultJson
     try {
       defaultJson = JSON.stringify(entry.default)
     } catch {
       defaultJson = undefined
     }
-    return { key, type: String(entry.type), defaultJson, description: entry.description === undefined ? undefined : String(entry.description) }
+    return { key, type: String(entry.type), defaultJson, description: entry.description ?? undefined }
   })
 }
 

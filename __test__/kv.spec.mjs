@@ -177,8 +177,24 @@ for (const name of kvBackendNames) {
           ['a mount name with a lone surrogate', { mounts: { 'n\ud800': {} } }],
           ['a prefix with a lone surrogate', { mounts: { a: { prefix: 'x\udc00:' } } }],
           ['a schema key with a lone surrogate', schemaWith({ type: 'string', default: '' }, '\ud800')],
+          // a key a schema entry does not have was dropped: the entry kept no description or default
+          ['a schema entry with a typo (descripton)', schemaWith({ type: 'string', default: '', descripton: 'x' })],
+          ['a schema entry with a typo (Default)', schemaWith({ type: 'string', Default: 'x' })],
+          ['a description that is not a string', schemaWith({ type: 'string', default: '', description: 5 })],
         ]
         for (const [what, options] of bad) throwsWith(() => backend.open(options), 'INVALID_INPUT', undefined, what)
+        throwsWith(
+          () => createKvStore('memory:', schemaWith({ type: 'string', default: '', descripton: 'x' })),
+          'INVALID_INPUT',
+          /^unknown option `mounts\.a\.schema\.k\.descripton`: did you mean `description`\?$/,
+          'schema typo message',
+        )
+        throwsWith(
+          () => createKvStore('memory:', schemaWith({ type: 'string', default: '', description: 5 })),
+          'INVALID_INPUT',
+          /^mount 'a': schema key "k": `description` must be a string, got number$/,
+          'description type message',
+        )
         // an empty prefix would make clear() empty the database (checked raw: the helper prefixes every mount)
         const empty = /prefix must not be empty/
         throwsWith(() => createKvStore('memory:', { mounts: { a: { prefix: '' } } }), 'INVALID_INPUT', empty, 'empty mount prefix')
@@ -925,6 +941,21 @@ for (const name of kvBackendNames) {
         assert.ok(goneAt - start >= 990, `gone after ${(goneAt - start).toFixed(0)} ms`)
         assert.deepEqual(await kv.keys('t'), ['long'])
         assert.equal(await kv.has('p', 'forever'), true)
+      })
+
+      test('a write option no write has (`tll`) rejects INVALID_INPUT naming it, and nothing is written (it was stored without a ttl)', async () => {
+        const kv = backend.open({ mounts: { t: {} } })
+        const typo = /^unknown option `tll`: did you mean `ttl`\?$/
+        await rejectsWith(kv.set('t', 'k', 1, { tll: 5_000 }), 'INVALID_INPUT', typo)
+        await rejectsWith(kv.setJson('t', 'k', '1', { tll: 5_000 }), 'INVALID_INPUT', typo)
+        await rejectsWith(kv.merge('t', 'k', { a: 1 }, { tll: 5_000 }), 'INVALID_INPUT', typo)
+        await rejectsWith(kv.setMany('t', { k: 1 }, { tll: 5_000 }), 'INVALID_INPUT', typo)
+        await rejectsWith(kv.mount('t').set('k', 1, { TTL: 5_000 }), 'INVALID_INPUT', /^unknown option `TTL`: did you mean `ttl`\?$/)
+        await rejectsWith(kv.set('t', 'k', 1, { expire: 5_000 }), 'INVALID_INPUT', /^unknown option `expire`: the known ones are ttl$/)
+        await rejectsWith(kv.set('t', 'k', 1, [5_000]), 'INVALID_INPUT', /^options must be an object such as \{ ttl: 60000 \}$/)
+        assert.deepEqual(await kv.keys('t'), [])
+        // a key set to undefined is as if absent
+        assert.equal(await kv.set('t', 'k', 1, { ttl: undefined, tll: undefined }), true)
       })
 
       test('set without a ttl drops the ttl the key had', async () => {
