@@ -314,7 +314,8 @@ export interface WorkerStore {
 /**
  * A durable WorkerStore. Every method is one network round trip (Redis) or one
  * transaction (SQLite), bounded by `commandTimeout`, and rejects with a
- * {@link DurastateError}.
+ * {@link DurastateError}. The methods are called on the store: one taken off it
+ * (`const { beginExecution } = store`) rejects `INVALID_INPUT`; bind it first.
  */
 export declare class DurableWorkerStore implements WorkerStore {
   private constructor()
@@ -426,7 +427,9 @@ export declare function createMemoryStore(options?: AnyStoreOptions | null): Dur
  * `redis+cluster://` (needs `keyLayout: 'hashtag'`) (Redis), `postgres://` or
  * `postgresql://` (Postgres), `sqlite:<path>` or `file:<path>` (SQLite), `memory:`.
  * `sqlite:` takes the path as written; a `file:` URL is decoded as a URL (`%20` is a space,
- * host empty or `localhost`). A query (`?...`) is `INVALID_INPUT`.
+ * host empty or `localhost`). A query (`?...`) on a `sqlite:` or `file:` URL is
+ * `INVALID_INPUT`, and so is anything after `memory:` (`memory:name`, `memory:?x`: each
+ * store in memory is its own).
  * Without a URL: `DURASTATE_URL`, then `REDIS_URL`, then `DATABASE_URL`, else the SQLite
  * file `./.durastate/state.db`.
  */
@@ -485,6 +488,8 @@ export interface KvStoreOptions extends RedisStoreOptions, SqliteStoreOptions, O
    * Named mounts. Without `mounts` the store has one open mount, `"default"`, whose
    * prefix is `options.prefix` (default `"kv:"`) and whose `ttl` is `options.ttl`.
    * `options.prefix` and `options.ttl` are otherwise unused (give each mount its own).
+   * `mounts: {}` (no mount at all) is `INVALID_INPUT`: leave `mounts` out for the one mount
+   * `"default"`.
    */
   mounts?: Record<string, KvMountOptions>
 }
@@ -514,7 +519,10 @@ export interface KvMountInfo {
   ttl: number
 }
 
-/** The KV calls of one mount: {@link KvStore} without the mount argument. */
+/**
+ * The KV calls of one mount: {@link KvStore} without the mount argument. A view, its calls
+ * bound to it: `const { get, set } = kv.mount('cache')` works.
+ */
 export interface KvMount {
   readonly name: string
   get(key: string): Promise<unknown>
@@ -539,7 +547,9 @@ export interface KvMount {
  * A key-value store with mounts, access modes, schemas and size limits, on Redis,
  * Postgres, SQLite or memory. Values are stored as their JSON text, one entry per key at
  * `prefix + key` (a Redis string, a row on SQL), so other clients can read them. Every call rejects with a
- * {@link DurastateError} whose message names the mount and the key.
+ * {@link DurastateError} whose message names the mount and the key. The methods are
+ * called on the store: one taken off it (`const { get } = kv`) rejects `INVALID_INPUT`;
+ * bind it first, or use {@link KvStore.mount}, whose calls are bound.
  */
 export declare class KvStore {
   private constructor()

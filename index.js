@@ -119,6 +119,14 @@ function describeUrl(url) {
 /** Where the methods as they were before tracing are kept: for `npm run bench`'s comparison only. */
 const UNTRACED = Symbol.for('durastate.untraced')
 
+/** The rejection of a store's method called without its store (`this`). */
+function unboundCall(operation) {
+  return new DurastateError(
+    'INVALID_INPUT',
+    `${operation}() was called without its store (a method taken off it): call it on the store, store.${operation}(...), or bind it (store.${operation}.bind(store))`,
+  )
+}
+
 /**
  * Traces the methods `operations` of `Class` on `durastate:call`: each runs as it is
  * while nobody subscribes, else through `traceCall` with the context
@@ -132,6 +140,9 @@ function instrument(Class, store, operations, describe) {
     untraced[operation] = call
     const traced = {
       [operation](a, b, c, d) {
+        // Every store is in `servers`: a method taken off its store (`const { get } = kv`)
+        // was INTERNAL ("Cannot read properties of undefined").
+        if (!servers.has(this)) return rejected(unboundCall(operation))
         if (!callTraced()) return call.call(this, a, b, c, d)
         const context = { operation, store, ...servers.get(this) }
         describe(context, a, b)
@@ -1636,6 +1647,9 @@ class KvMount {
   constructor(kv, name) {
     this.#kv = kv
     this.name = name
+    // A view: its calls are bound, so `const { get } = kv.mount('cache')` works (it threw a
+    // TypeError synchronously, not a rejected promise).
+    for (const method of MOUNT_METHODS) this[method] = KvMount.prototype[method].bind(this)
     Object.freeze(this)
   }
 
@@ -1688,6 +1702,9 @@ class KvMount {
     return this.#kv.schema(this.name)
   }
 }
+
+/** The calls of a mount view, bound to it in its constructor. */
+const MOUNT_METHODS = Object.getOwnPropertyNames(KvMount.prototype).filter((name) => name !== 'constructor')
 
 instrument(
   DurableWorkerStore,

@@ -219,6 +219,16 @@ for (const name of backendNames) {
       await rejectsWith(store.tryBeginExecutionTask('e', '\udc00'), 'INVALID_INPUT')
     })
 
+    it('a method taken off its store rejects INVALID_INPUT saying so (it was INTERNAL, "a bug in durastate")', async () => {
+      const store = backend.open()
+      const { isExecutionInProgress, beginExecution } = store
+      await rejectsWith(isExecutionInProgress('e'), 'INVALID_INPUT', /^isExecutionInProgress\(\) was called without its store .*bind it/)
+      await rejectsWith(beginExecution.call({}, 'e'), 'INVALID_INPUT', /^beginExecution\(\) was called without its store/)
+      // bound, it works
+      await beginExecution.bind(store)('e')
+      assert.equal(await isExecutionInProgress.call(store, 'e'), true)
+    })
+
     it('rejects every call after close() with DISPOSED; close is idempotent', async () => {
       const store = backend.open()
       await store.beginExecution('e')

@@ -1061,6 +1061,18 @@ for (const name of kvBackendNames) {
         await rejectsWith(kv.mount('inbox').get('k'), 'WRITE_ONLY', naming('inbox'))
         throwsWith(() => kv.mount('nope'), 'UNKNOWN_MOUNT', unknownMount('nope', ['m', 'cfg', 'frozen', 'inbox']), 'mount()')
       })
+
+      test("a mount view's calls are bound: taken off it they work (they threw a TypeError); a KvStore's reject INVALID_INPUT", async () => {
+        const kv = backend.open({ mounts: { m: {} } })
+        const { set, get, keys, schema } = kv.mount('m')
+        assert.equal(await set('k', 1), true)
+        assert.equal(await get('k'), 1)
+        assert.deepEqual(await keys(), ['k'])
+        assert.deepEqual(schema(), [])
+        assert.ok(Object.isFrozen(kv.mount('m')))
+        const { get: unbound } = kv
+        await rejectsWith(unbound('m', 'k'), 'INVALID_INPUT', /^get\(\) was called without its store .*bind it/)
+      })
     })
 
     describe('scale', () => {

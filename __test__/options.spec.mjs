@@ -414,6 +414,20 @@ describe('store options', () => {
     }
   })
 
+  it('memory: with anything after it is INVALID_INPUT (memory:?x, memory://host/path and memory:name were plain memory:)', async () => {
+    for (const url of ['memory:?x', 'memory://host/path', 'memory:name', 'memory:/tmp/state.db']) {
+      for (const create of [() => createStore(url), () => createKvStore(url)]) {
+        refused(create, /^store URL ".*": memory: takes nothing after it/, url)
+      }
+    }
+    for (const url of ['memory:', 'MEMORY:']) {
+      const store = createStore(url)
+      await store.beginExecution('e')
+      assert.equal(await store.isExecutionInProgress('e'), true)
+      await store.close()
+    }
+  })
+
   it('a Redis URL parameter durastate does not read is INVALID_INPUT, not ignored (?tls=true connected in plain text)', async () => {
     const server = await startRedisServer()
     const stores = []

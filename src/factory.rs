@@ -224,6 +224,12 @@ fn engine_for_url(url: &str, options: &StoreOptions) -> StoreResult<(Engine, Com
       let rest = &url[url.find(':').expect("has a scheme") + 1..];
       embedded_engine(Location::File(url_file_path(url, scheme, rest)?), options)
     }
+    // `memory:?x`, `memory://host/path` and `memory:name` read as `memory:`: each store in
+    // memory is its own, with no name, host, path or query to give it.
+    Some("memory") if url.len() > "memory:".len() => Err(StoreError::invalid_input(format!(
+      "store URL \"{}\": memory: takes nothing after it (a store in memory has no name, host, path or query; each store is its own)",
+      crate::redis_target::redact(url)
+    ))),
     Some("memory") => embedded_engine(Location::Memory, options),
     Some("postgres" | "postgresql") => {
       postgres_engine(PostgresTarget::from_url(url, options.tls.as_ref())?, options)
