@@ -381,8 +381,11 @@ export declare class DurableWorkerStore implements WorkerStore {
  * `INVALID_INPUT`) and connects on first use.
  *
  * @param target `redis://[user:pass@]host[:port][/db]`, `rediss://...` (TLS),
- *   `redis+sentinel://[user:pass@]host1:port1,host2:port2/masterName[/db]`,
- *   `redis+cluster://[user:pass@]host1:port1,host2:port2` (with `keyLayout: 'hashtag'`), or fields
+ *   `redis+unix:///path/to/redis.sock[?db=N]` (a unix socket; also `user`, `pass`, `protocol`),
+ *   `redis+sentinel://[user:pass@]host1:port1,host2:port2/masterName[/db]` (`rediss+sentinel://`:
+ *   over TLS),
+ *   `redis+cluster://[user:pass@]host1:port1,host2:port2` (with `keyLayout: 'hashtag'`;
+ *   `rediss+cluster://`: over TLS), or fields
  *   (`{ cluster: [url, ...] }` for a Redis Cluster, with `keyLayout: 'hashtag'`);
  *   default `REDIS_URL`, then `redis://127.0.0.1:6379`. Anything else, an array of node URLs
  *   included, is `INVALID_INPUT` (a cluster's nodes go in `{ cluster: [...] }`).
@@ -423,8 +426,9 @@ export declare function createSqliteStore(path?: string | null, options?: AnySto
 export declare function createMemoryStore(options?: AnyStoreOptions | null): DurableWorkerStore
 
 /**
- * A store picked by URL: `redis://`, `rediss://` (TLS), `redis+sentinel://`,
- * `redis+cluster://` (needs `keyLayout: 'hashtag'`) (Redis), `postgres://` or
+ * A store picked by URL: `redis://`, `rediss://` (TLS), `redis+unix://` (a unix socket),
+ * `redis+sentinel://`, `rediss+sentinel://`, `redis+cluster://`, `rediss+cluster://` (a
+ * cluster needs `keyLayout: 'hashtag'`) (Redis), `postgres://` or
  * `postgresql://` (Postgres), `sqlite:<path>` or `file:<path>` (SQLite), `memory:`.
  * `sqlite:` takes the path as written; a `file:` URL is decoded as a URL (`%20` is a space,
  * host empty or `localhost`). A query (`?...`) on a `sqlite:` or `file:` URL is
@@ -675,7 +679,11 @@ export interface CallContext {
   operation: string
   store: 'worker' | 'kv'
   backend: BackendName
-  /** Where there is a server: its host (a Sentinel store's: the master's, once connected). */
+  /**
+   * Where there is a server: its host (a Sentinel store's: the master's, once connected).
+   * A unix socket's path (Redis) or directory (a Postgres host such as `/var/run/postgresql`),
+   * with no `serverPort`.
+   */
   serverAddress?: string
   serverPort?: number
   /** The Redis database number, or the SQL database name. */
@@ -702,7 +710,10 @@ export interface ConnectionEvent {
    * again; never one per call retry, and no `drop` for a `TIMEOUT` alone.
    */
   type: 'connect' | 'drop' | 'reconnect' | 'failover'
-  /** `host:port` (a Cluster: its first seed node). */
+  /**
+   * `host:port` (a Cluster: its first seed node); a unix socket: its path (Redis) or its
+   * directory (Postgres), with no port.
+   */
   address: string | null
   /** `failover`: the address before. */
   previousAddress?: string | null

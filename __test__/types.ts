@@ -149,6 +149,20 @@ diagnostics.subscribe(CONNECTION_CHANNEL, (message) => {
   void kind
 })
 
+// The README's TypeScript form of the Observability example, as written there.
+const startedAt = new WeakMap<CallContext, number>()
+diagnostics.tracingChannel<unknown, CallContext>(CALL_CHANNEL).subscribe({
+  start(call) {
+    startedAt.set(call, performance.now())
+  },
+  asyncEnd(call) {
+    console.log(call.operation, call.executionId, call.error?.code ?? 'ok', performance.now() - (startedAt.get(call) ?? 0))
+  },
+  end() {},
+  asyncStart() {},
+  error() {},
+})
+
 // Every factory takes every backend's options, as the runtime does (a shared options object).
 const sharedOptions: AnyStoreOptions = { ttl: 1, tls: true, poolSize: 2, busyTimeout: 10 }
 createSqliteStore('x.db', sharedOptions)
