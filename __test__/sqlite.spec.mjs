@@ -440,6 +440,25 @@ print(json.dumps([c.execute('PRAGMA journal_mode').fetchone()[0], c.execute('PRA
     assert.equal(await again.getExecutionTaskResult('e', 'next'), 2)
   })
 
+  it('applies a KV clear() whole or not at all: when writing the defaults fails, the entries are still there', async () => {
+    const path = join(dir, 'kv-clear-whole.db')
+    const schema = { theme: { type: 'string', default: 'light' }, size: { type: 'number', default: 1 } }
+    const kv = createKvStore(`sqlite:${path}`, { mounts: { d: { prefix: 'd:', schema }, o: { prefix: 'o:' } } })
+    stores.push(kv)
+    await kv.set('d', 'theme', 'dark')
+    await kv.set('d', 'size', 3)
+    await kv.set('o', 'other', 1)
+    // Another program makes writing a default fail (as a TIMEOUT, a full disk or a crash
+    // between the delete and the defaults would).
+    foreignSql(path, "CREATE TRIGGER no_defaults BEFORE INSERT ON ds_entries WHEN NEW.key = 'd:theme' BEGIN SELECT RAISE(ABORT, 'no defaults'); END")
+    await rejectsWith(kv.clear('d'), 'UNAVAILABLE', /no defaults/)
+    assert.deepEqual({ ...(await kv.getAll('d')) }, { theme: 'dark', size: 3 })
+    foreignSql(path, 'DROP TRIGGER no_defaults')
+    assert.equal(await kv.clear('d'), true)
+    assert.deepEqual({ ...(await kv.getAll('d')) }, { theme: 'light', size: 1 })
+    assert.equal(await kv.get('o', 'other'), 1)
+  })
+
   it('rejects with CORRUPT_DATA naming the file when it is not a database, and leaves it alone', async () => {
     const path = join(dir, 'garbage.db')
     const garbage = "this is not a SQLite database, it is somebody's notes\n".repeat(200)

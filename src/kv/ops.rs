@@ -464,28 +464,41 @@ fn unlink(
   })
 }
 
-/// `clear`: deletes every entry of the mount (and only of it), then writes the
-/// schema's defaults.
+/// `clear`: deletes every entry of the mount (and only of it) and writes the schema's
+/// defaults, in one batch: one transaction on SQLite, memory and Postgres, one
+/// `MULTI`/`EXEC` on Redis (per slot on a cluster), so a call that fails (or times out)
+/// never leaves the mount emptied without its defaults.
 pub fn clear(mount: Arc<Mount>) -> Step {
   let pattern = format!("{}*", glob::escape(&mount.prefix));
   scan(pattern, move |keys| {
-    // The count is not used: sending the `UNLINK`s again is safe.
-    unlink(keys.into_iter().collect(), Resend::Safe, move |_| {
+    let keys: Vec<String> = keys.into_iter().collect();
+    let mut commands: Vec<Command> = keys
+      .chunks(CHUNK)
+      .map(|chunk| Command::Unlink {
+        keys: chunk.to_vec(),
+      })
+      .collect();
+    let deletes = commands.len();
+    commands.extend(mount.schema.iter().flatten().map(|entry| Command::Set {
+      key: mount.full_key(&entry.key),
+      value: entry.default_json.clone(),
+      ttl_ms: mount.ttl_ms,
+    }));
+    // Forgotten before (a failed batch may have applied part, on a cluster) and after
+    // (a count made while the batch ran saw the entries it deleted).
+    mount.forget_count();
+    if commands.is_empty() {
+      return done_true();
+    }
+    // Deletes alone need no `MULTI`: a batch of them is applied whole on the embedded
+    // stores and Postgres, and sending the `UNLINK`s again is safe (the count is not used).
+    let batch = match deletes == commands.len() {
+      true => Batch::many(commands),
+      false => Batch::atomic(commands),
+    };
+    Step::then(batch, move |_| {
       mount.forget_count();
-      let defaults: Vec<Command> = mount
-        .schema
-        .iter()
-        .flatten()
-        .map(|entry| Command::Set {
-          key: mount.full_key(&entry.key),
-          value: entry.default_json.clone(),
-          ttl_ms: mount.ttl_ms,
-        })
-        .collect();
-      if defaults.is_empty() {
-        return done_true();
-      }
-      Step::then(Batch::atomic(defaults), |_| done_true())
+      done_true()
     })
   })
 }
