@@ -2,7 +2,7 @@
 // clear errors for a corrupt or unwritable file, the default location, URL routing.
 import assert from 'node:assert/strict'
 import { spawn, spawnSync } from 'node:child_process'
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -640,6 +640,32 @@ print(json.dumps([c.execute('SELECT count(*) FROM ds_entries WHERE expires_at <=
         assert.deepEqual(await reopened.getExecutionTaskResults('e'), expected)
         await reopened.close()
       }
+    },
+  )
+
+  it(
+    'works on after its file is truncated to 0 bytes in place: no call rejects TIMEOUT "database is locked" (the store held the lock itself)',
+    { skip: process.platform === 'win32' },
+    async () => {
+      const path = join(dir, 'truncated.db')
+      const store = open(path, { commandTimeout: 2000, busyTimeout: 200 })
+      // Enough commits for checkpoints to run (the store's checkpoint connection is open).
+      for (let i = 0; i < 3000; i++) await store.commitExecutionTaskResult(`e${i}`, 't', 'x'.repeat(300))
+      await new Promise((resolve) => setTimeout(resolve, 200))
+      truncateSync(path, 0)
+      const outcomes = []
+      for (let i = 0; i < 5; i++) {
+        outcomes.push(
+          await store.commitExecutionTaskResult('n', `t${i}`, i).then(
+            () => 'ok',
+            (err) => `${err.code} ${err.message}`,
+          ),
+        )
+      }
+      // The damaged file answers CORRUPT_DATA (once), then the store works on a new database.
+      assert.ok(!outcomes.some((o) => o.startsWith('TIMEOUT')), outcomes.join('\n'))
+      assert.deepEqual(outcomes.slice(-3), ['ok', 'ok', 'ok'], outcomes.join('\n'))
+      assert.equal(await store.getExecutionTaskResult('n', 't4'), 4)
     },
   )
 

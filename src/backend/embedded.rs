@@ -509,19 +509,30 @@ fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) 
       // would otherwise find the database busy and queue its next call here too.
       let answers = {
         let mut database = shared.database.lock().unwrap_or_else(|e| e.into_inner());
+        // The calls' connection was dropped (a damaged file, a moved one): the checkpoint
+        // connection goes too, before the calls' opens again. Its lock would make that
+        // wait (a file truncated in place is set up again, under an exclusive lock), and
+        // it keeps the old file's shared memory in this process.
+        if database.is_none() {
+          checkpointer.close();
+        }
         let batches: Vec<&Batch> = groups.iter().flat_map(|(b, ..)| b.iter()).collect();
         let claims: Vec<&Claim> = groups
           .iter()
           .flat_map(|(_, c, _)| c.iter().map(|c| &**c))
           .collect();
-        run(
+        let answers = run(
           &settings,
           &mut database,
           &mut calls_file,
           &batches,
           &claims,
           &shared.checkpoint_due,
-        )
+        );
+        if database.is_none() {
+          checkpointer.close();
+        }
+        answers
       };
       let mut answers = spread(answers, calls).into_iter();
       // (The keys of skipped calls are let go too: they will not run.)
@@ -576,6 +587,11 @@ const WAL_LIMIT_BYTES: i64 = 16 << 20;
 const TRUNCATE_WAIT: Duration = Duration::from_millis(100);
 
 impl Checkpointer {
+  /// Closes its connection (the next checkpoint opens one anew).
+  fn close(&mut self) {
+    self.connection = None;
+  }
+
   /// Copies what it can without waiting for other connections; then, past the limit,
   /// what is left, and empties the WAL. Failure is harmless (the WAL just stays longer);
   /// the next one retries.
