@@ -643,6 +643,60 @@ print(json.dumps([c.execute('SELECT count(*) FROM ds_entries WHERE expires_at <=
     },
   )
 
+  for (const gone of ['-wal', '-shm']) {
+    it(
+      `keeps every acknowledged commit when the ${gone} file of a running store is deleted and the process is then SIGKILLed; calls reject UNAVAILABLE naming it`,
+      { skip: process.platform === 'win32' },
+      async () => {
+        const path = join(dir, `companion${gone}.db`)
+        const writer = startChild(`
+        const store = ds.createSqliteStore(${JSON.stringify(path)});
+        (async () => {
+          for (let i = 0; ; i++) {
+            try {
+              await store.commitExecutionTaskResult('e', 't' + i, { i });
+              process.stdout.write('acked ' + i + '\\n');
+            } catch (err) {
+              process.stdout.write('refused ' + err.code + ' ' + err.message.replace(/\\n/g, ' ') + '\\n');
+            }
+            if (i % 10 === 9) await new Promise((resolve) => setTimeout(resolve, 5));
+          }
+        })();
+      `)
+        const count = (what) => (writer.output().match(new RegExp(what, 'g')) ?? []).length
+        const until = (what, check) =>
+          new Promise((resolve, reject) => {
+            const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}: ${writer.output().slice(-500)}`)), 10_000)
+            const poll = setInterval(() => {
+              if (check()) {
+                clearTimeout(timer)
+                clearInterval(poll)
+                resolve()
+              }
+            }, 5)
+          })
+        await until('50 commits', () => count('acked') >= 50)
+        rmSync(path + gone)
+        const before = count('acked')
+        // Writes go on: the store notices within ~100 ms, then opens the database anew.
+        await until('a refusal and 50 more commits', () => count('refused') >= 1 && count('acked') >= before + 50)
+        writer.child.kill('SIGKILL')
+        const { stdout } = await writer.done
+        const refused = stdout.split('\n').filter((l) => l.startsWith('refused '))
+        assert.match(refused[0], /^refused UNAVAILABLE /)
+        assert.ok(refused[0].includes(path + gone) && /was deleted/.test(refused[0]), refused[0])
+        const acked = stdout
+          .split('\n')
+          .filter((l) => l.startsWith('acked '))
+          .map((l) => Number(l.slice(6)))
+        const reader = open(path)
+        const results = await reader.getExecutionTaskResults('e')
+        const lost = acked.filter((i) => results[`t${i}`]?.i !== i)
+        assert.deepEqual(lost, [], `${lost.length} of ${acked.length} acknowledged commits lost`)
+      },
+    )
+  }
+
   it(
     'works on after its file is truncated to 0 bytes in place: no call rejects TIMEOUT "database is locked" (the store held the lock itself)',
     { skip: process.platform === 'win32' },

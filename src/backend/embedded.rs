@@ -113,6 +113,8 @@ struct Db {
   connection: Connection,
   sweeper: Sweeper,
   file: FileWatch,
+  /// How long its rescue of a deleted WAL waits for other connections.
+  busy_timeout: Duration,
 }
 
 /// How often the calls ask whether the database file was deleted or replaced (one
@@ -123,17 +125,34 @@ const MOVED_CHECK_EVERY: Duration = Duration::from_millis(100);
 /// replaced (renamed over), under an open connection takes the writes made to it since
 /// with it: they go to a file no name reaches. SQLite does not notice on its own; the
 /// store asks every [`MOVED_CHECK_EVERY`] on the calls' path and before each checkpoint.
+///
+/// The same for the WAL and shared-memory files (`-wal`, `-shm`), part of the database
+/// while it is open: a WAL deleted under the connection keeps the acknowledged writes
+/// only in a file no name reaches (lost in a crash), and a shared-memory file deleted or
+/// replaced splits the processes using the database (each its own index of the WAL:
+/// they overwrite each other's frames, and the file ends up corrupted).
 struct FileWatch {
   /// The database file (`None` in memory).
   path: Option<PathBuf>,
   /// When the calls' path asks next.
   next_check: Instant,
-  /// The WAL and shared-memory files this connection uses (path, device and inode). When
-  /// the database file moved, SQLite closes without checkpointing and leaves them: the
-  /// next connection to open the path would take this WAL for the new file's and copy
-  /// its pages into that file (a replacement overwritten with pages of the old one).
-  /// Those still at their names are removed then.
-  companions: Vec<(PathBuf, (u64, u64))>,
+  /// The WAL and shared-memory files this connection uses (path, device and inode; an id
+  /// is recorded once the file exists). When the database file moved, SQLite closes
+  /// without checkpointing and leaves them: the next connection to open the path would
+  /// take this WAL for the new file's and copy its pages into that file (a replacement
+  /// overwritten with pages of the old one). Those still at their names are removed then.
+  companions: Vec<(PathBuf, Option<(u64, u64)>)>,
+  /// A companion found deleted or replaced: the calls do not run on this connection
+  /// any more.
+  changed: Option<Changed>,
+}
+
+/// A `-wal` or `-shm` file deleted or replaced under the open connection.
+#[derive(Clone)]
+struct Changed {
+  path: PathBuf,
+  wal: bool,
+  deleted: bool,
 }
 
 impl FileWatch {
@@ -145,13 +164,37 @@ impl FileWatch {
     let companions = path
       .iter()
       .flat_map(|path| ["-wal", "-shm"].map(|suffix| companion(path, suffix)))
-      .filter_map(|companion| Some((companion.clone(), file_id(&companion)?)))
+      .map(|companion| {
+        let id = file_id(&companion);
+        (companion, id)
+      })
       .collect();
     Self {
       path,
       next_check: Instant::now() + MOVED_CHECK_EVERY,
       companions,
+      changed: None,
     }
+  }
+
+  /// The first companion no longer at its name (a `stat` of each); records the id of
+  /// one that exists for the first time.
+  fn companion_changed(&mut self) -> Option<Changed> {
+    for (path, id) in &mut self.companions {
+      let now = file_id(path);
+      match (*id, now) {
+        (None, now) => *id = now,
+        (Some(was), Some(is)) if was == is => {}
+        (Some(_), now) => {
+          return Some(Changed {
+            wal: path.as_os_str().to_string_lossy().ends_with("-wal"),
+            path: path.clone(),
+            deleted: now.is_none(),
+          })
+        }
+      }
+    }
+    None
   }
 }
 
@@ -162,6 +205,7 @@ impl Db {
       connection,
       sweeper: Sweeper::default(),
       file: FileWatch::new(&settings.location),
+      busy_timeout: settings.busy_timeout,
     })
   }
 
@@ -177,21 +221,62 @@ impl Db {
       return Ok(());
     }
     self.file.next_check = now + MOVED_CHECK_EVERY;
-    match has_moved(&self.connection) {
-      false => Ok(()),
-      true => Err(moved_error(path)),
+    if has_moved(&self.connection) {
+      return Err(moved_error(path));
     }
+    if self.file.changed.is_none() {
+      self.file.changed = self.file.companion_changed();
+    }
+    Ok(())
+  }
+
+  /// After a companion was deleted or replaced: copies the frames of the WAL this
+  /// connection has open (still readable through it, whatever is at its name now) into
+  /// the database file, waiting up to the busy timeout, so the acknowledged writes are
+  /// in the file before the connection closes. Whether they are (all frames copied). A
+  /// changed `-shm` alone needs no copy: the WAL at its name holds the frames.
+  fn rescue(&self, changed: &Changed) -> bool {
+    if !changed.wal {
+      return true;
+    }
+    // (busy, frames in the WAL, frames copied); -1 when the checkpoint could not run.
+    let copied = self
+      .connection
+      .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+        Ok((
+          row.get::<_, i64>(0)?,
+          row.get::<_, i64>(1)?,
+          row.get::<_, i64>(2)?,
+        ))
+      });
+    matches!(copied, Ok((busy, frames, done)) if busy == 0 || (frames >= 0 && frames == done))
   }
 }
 
 impl Drop for Db {
   fn drop(&mut self) {
-    if self.file.path.is_some() && has_moved(&self.connection) {
+    if self.file.path.is_none() {
+      return;
+    }
+    if has_moved(&self.connection) {
       for (path, id) in &self.file.companions {
-        if file_id(path) == Some(*id) {
+        if id.is_some() && file_id(path) == *id {
           let _ = std::fs::remove_file(path);
         }
       }
+      return;
+    }
+    // A WAL deleted or replaced under the connection: its frames are copied into the
+    // file before the connection closes (closing copies them only when it is the last
+    // connection to the file).
+    let changed = self
+      .file
+      .changed
+      .take()
+      .or_else(|| self.file.companion_changed());
+    if let Some(changed) = changed {
+      let _ = self.connection.busy_timeout(self.busy_timeout);
+      self.rescue(&changed);
     }
   }
 }
@@ -220,6 +305,45 @@ fn moved_error(path: &Path) -> StoreError {
       "the database file {} was deleted or replaced while the store had it open: writes \
        made to it since are lost with it; the next call opens the file at that path anew",
       path.display()
+    ),
+  )
+}
+
+/// `UNAVAILABLE` naming the `-wal` or `-shm` file deleted or replaced, and what became
+/// of the writes the WAL held (`saved`: copied into the database file).
+fn companion_error(changed: &Changed, saved: bool) -> StoreError {
+  let what = match changed.deleted {
+    true => "deleted",
+    false => "replaced",
+  };
+  let kind = match changed.wal {
+    true => "WAL file",
+    false => "shared-memory file",
+  };
+  let next = match (changed.wal, saved) {
+    (true, true) => {
+      "the writes it held were copied into the database file from the open WAL; the \
+       store closed its connections, and the next call opens the database anew"
+    }
+    (true, false) => {
+      "the writes it held could not be copied into the database file yet (another \
+       connection is using the database): they are only in the open WAL, which no name \
+       reaches, and are lost if this process ends; calls reject until the copy succeeds \
+       (close() tries once more)"
+    }
+    (false, _) => {
+      "processes opening the database since use another one, so the file may be \
+       corrupted; the store closed its connections, and the next call opens the database \
+       anew"
+    }
+  };
+  StoreError::new(
+    ErrorCode::Unavailable,
+    format!(
+      "the {kind} {} of the database was {what} while the store had it open (the -wal and \
+       -shm files are part of the database: never delete them while a process has it \
+       open); {next}",
+      changed.path.display()
     ),
   )
 }
@@ -322,6 +446,11 @@ impl EmbeddedBackend {
     if let Err(err) = db.check_file() {
       *database = None;
       return Some(Err(err));
+    }
+    // A companion file changed: the store's thread copies the WAL into the file (it
+    // waits for locks, which this thread must not).
+    if db.file.changed.is_some() {
+      return None;
     }
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
       db.connection.busy_timeout(Duration::ZERO)?;
@@ -548,8 +677,10 @@ fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) 
   // The store was closed (or dropped) and every queued call is done: the connections
   // close (the last one checkpoints the WAL into the file and removes it), then
   // `closed()` resolves.
-  *shared.database.lock().unwrap_or_else(|e| e.into_inner()) = None;
+  // The checkpoint connection first: the calls' connection, closing last, copies the WAL
+  // it has open (the one holding its writes, even when another is at its name now).
   drop(checkpointer);
+  *shared.database.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
 /// One answer per call: a group's failure is every call's.
@@ -724,6 +855,16 @@ fn run(
     return Err(err);
   }
   db.connection.busy_timeout(settings.busy_timeout)?;
+  if let Some(changed) = db.file.changed.clone() {
+    let saved = db.rescue(&changed);
+    if saved {
+      // Closed now (and the checkpoint connection with it): the next call opens the
+      // database, its -wal and -shm at their names.
+      db.file.changed = None;
+      *database = None;
+    }
+    return Err(companion_error(&changed, saved));
+  }
   let claim = |i: usize| claims[i].start();
   let abandoned = |i: usize| claims[i].is_abandoned();
   let result = sqlite::execute_claimed_group(
