@@ -289,6 +289,27 @@ describe('SQLite store', () => {
     await store.close()
   })
 
+  it('close() resolves soon after the queued calls rejected TIMEOUT, while another process still holds the write lock (it does not wait out busyTimeout)', async () => {
+    const path = join(dir, 'close-busy.db')
+    const store = createSqliteStore(path, { commandTimeout: 500, busyTimeout: 20_000 })
+    await store.beginExecution('e')
+    const holder = await holdWriteLock(path, 6000)
+    try {
+      const started = performance.now()
+      const call = rejectsWith(store.commitExecutionTaskResult('e', 't', 1), 'TIMEOUT')
+      await new Promise((resolve) => setTimeout(resolve, 10))
+      await store.close()
+      const closed = performance.now() - started
+      await call
+      assert.ok(closed < 2500, `close() resolved after ${closed.toFixed(0)} ms (commandTimeout 500, the lock held 6000 ms)`)
+    } finally {
+      holder.release()
+      await holder.released
+    }
+    const reader = open(path)
+    assert.equal(await reader.getExecutionTaskResult('e', 't'), undefined)
+  })
+
   it("answers a call the store's thread had begun when its commandTimeout ran out, rather than reject TIMEOUT for a stored write", async () => {
     const path = join(dir, 'slow-commit.db')
     // synchronous 'full': every call runs on the store's thread. A 32 MB commit takes far

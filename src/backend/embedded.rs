@@ -646,9 +646,9 @@ fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) 
           checkpointer.close();
         }
         let batches: Vec<&Batch> = groups.iter().flat_map(|(b, ..)| b.iter()).collect();
-        let claims: Vec<&Claim> = groups
+        let claims: Vec<Arc<Claim>> = groups
           .iter()
-          .flat_map(|(_, c, _)| c.iter().map(|c| &**c))
+          .flat_map(|(_, c, _)| c.iter().cloned())
           .collect();
         let answers = run(
           &settings,
@@ -842,9 +842,13 @@ fn run(
   database: &mut Option<Db>,
   opened: &mut Option<(u64, u64)>,
   batches: &[&Batch],
-  claims: &[&Claim],
+  claims: &[Arc<Claim>],
   checkpoint_due: &Arc<AtomicBool>,
 ) -> StoreResult<Vec<Answer>> {
+  // Every caller gave up already: nothing to open or wait for.
+  if claims.iter().all(|claim| claim.is_abandoned()) {
+    return Ok(claims.iter().map(|_| Err(sqlite::skipped())).collect());
+  }
   if database.is_none() {
     *database = Some(Db::open(settings, checkpoint_due.clone())?);
     *opened = location_id(&settings.location);
@@ -865,6 +869,10 @@ fn run(
     }
     return Err(companion_error(&changed, saved));
   }
+  db.connection.busy_handler(Some(give_up_when_abandoned(
+    claims.to_vec(),
+    settings.busy_timeout,
+  )))?;
   let claim = |i: usize| claims[i].start();
   let abandoned = |i: usize| claims[i].is_abandoned();
   let result = sqlite::execute_claimed_group(
@@ -879,6 +887,36 @@ fn run(
     *database = None;
   }
   result
+}
+
+/// The busy handler of a group on the store's thread: waits for another process's lock
+/// up to `timeout` (as `busy_timeout` does), but stops as soon as every caller of the
+/// group gave up (`TIMEOUT`): the group would be skipped anyway, and `close()` waits for
+/// it. Polls every few milliseconds, so a caller's deadline is seen at once.
+fn give_up_when_abandoned(
+  claims: Vec<Arc<Claim>>,
+  timeout: Duration,
+) -> impl FnMut(i32) -> bool + Send + 'static {
+  let mut started = Instant::now();
+  move |count: i32| {
+    if count == 0 {
+      started = Instant::now();
+    }
+    if claims.iter().all(|claim| claim.is_abandoned()) {
+      return false;
+    }
+    let left = timeout.saturating_sub(started.elapsed());
+    if left.is_zero() {
+      return false;
+    }
+    let pause = Duration::from_millis(match count {
+      0 => 1,
+      1 => 2,
+      _ => 5,
+    });
+    std::thread::sleep(left.min(pause));
+    true
+  }
 }
 
 fn open(settings: &EmbeddedSettings, checkpoint_due: Arc<AtomicBool>) -> StoreResult<Connection> {
