@@ -369,7 +369,9 @@ export declare class DurableWorkerStore implements WorkerStore {
    * reject with `DISPOSED`. Idempotent. On SQLite it resolves once the store's connections
    * to the file are closed; when they were the last ones (no other store or process has
    * it open), its WAL is copied into the file, so the file can be copied or deleted right
-   * after.
+   * after. When that copy fails because the file cannot be written (made read-only or
+   * immutable while the store ran), it rejects `UNAVAILABLE` naming the WAL left next to
+   * the file, which holds writes the file lacks; the store is closed all the same.
    */
   close(): Promise<void>
   /** Whether {@link close} was called. */
@@ -628,7 +630,9 @@ export declare class KvStore {
    * reject with `DISPOSED`. Idempotent. On SQLite it resolves once the store's connections
    * to the file are closed; when they were the last ones (no other store or process has
    * it open), its WAL is copied into the file, so the file can be copied or deleted right
-   * after.
+   * after. When that copy fails because the file cannot be written (made read-only or
+   * immutable while the store ran), it rejects `UNAVAILABLE` naming the WAL left next to
+   * the file, which holds writes the file lacks; the store is closed all the same.
    */
   close(): Promise<void>
   /** Whether {@link close} was called. */

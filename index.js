@@ -804,7 +804,7 @@ class DurableWorkerStore {
   }
 
   async close() {
-    await this.#native.close()
+    await this.#native.close().then(undefined, rethrow)
   }
 
   get closed() {
@@ -1632,7 +1632,7 @@ class KvStore {
     for (let calls = inFlight(); calls.length > 0; calls = inFlight()) {
       await Promise.allSettled(calls)
     }
-    await this.#native.close()
+    await this.#native.close().then(undefined, rethrow)
   }
 
   get closed() {

@@ -409,6 +409,32 @@ print(json.dumps([c.execute('PRAGMA journal_mode').fetchone()[0], c.execute('PRA
     await createKvStore('memory:').close()
   })
 
+  it('close() rejects UNAVAILABLE naming the WAL when it cannot copy it into a file made unwritable (chattr +i) while the store ran; nothing is lost', async (t) => {
+    const path = join(dir, 'immutable.db')
+    const store = createSqliteStore(path)
+    await store.commitExecutionTaskResult('e', 'before', 1)
+    const chattr = (flag) => spawnSync('chattr', [flag, path], { encoding: 'utf8', timeout: 10_000 })
+    if (chattr('+i').status !== 0) {
+      await store.close()
+      t.skip('chattr +i is not available here (needs root and a file system that supports it)')
+      return
+    }
+    try {
+      for (let i = 0; i < 200; i++) await store.commitExecutionTaskResult('e', `t${i}`, 'x'.repeat(500))
+      await rejectsWith(store.close(), 'UNAVAILABLE', /WAL could not be copied/)
+      const closed = await store.close().then(
+        () => 'resolved',
+        (err) => err.code,
+      )
+      assert.ok(['resolved', 'UNAVAILABLE'].includes(closed), closed)
+      assert.ok(existsSync(`${path}-wal`), 'the WAL is left next to the file')
+    } finally {
+      chattr('-i')
+    }
+    const reader = open(path)
+    assert.equal((await reader.getExecutionTaskResult('e', 't199'))?.length, 500)
+  })
+
   it("close() still resolves when a bug ends the store's thread (a panic): its calls reject INTERNAL, nothing waits forever", async () => {
     const path = join(dir, 'panicked.db')
     const { code, signal, stdout, stderr, ms } = await runChild(

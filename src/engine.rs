@@ -417,11 +417,11 @@ impl Engine {
   /// embedded store's database, closed and checkpointed (so the file can be copied or
   /// deleted).
   pub fn closed<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, Output>> {
-    let done: BoxFuture<'static, ()> = match self {
+    let done: BoxFuture<'static, StoreResult<()>> = match self {
       Engine::Embedded(embedded) => Box::pin(embedded.closed()),
       #[cfg(unix)]
-      Engine::EventLoop(driver) => Box::pin(driver.closed()),
-      Engine::JsSocket(driver) => Box::pin(driver.closed()),
+      Engine::EventLoop(driver) => Box::pin(driver.closed().map(Ok)),
+      Engine::JsSocket(driver) => Box::pin(driver.closed().map(Ok)),
       Engine::Tokio(open) => {
         // Settled through the calls' own channel, after the last of them.
         let (deferred, promise) = js_promise::create(env.raw())?;
@@ -439,7 +439,7 @@ impl Engine {
       }
     };
     js_promise::spawn(env, "close", async move {
-      done.await;
+      done.await?;
       Ok(Output::Undefined)
     })
   }

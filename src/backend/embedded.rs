@@ -406,7 +406,12 @@ pub struct EmbeddedBackend {
   /// Set once the database is closed for good after `close()`: every connection to the
   /// file released (so SQLite checkpointed the WAL into it and removed the WAL file).
   finished: Arc<crate::guard::Latch>,
+  /// Why the WAL could not be copied into the file at close (`close()` rejects with it).
+  close_error: CloseError,
 }
+
+/// The failure of the checkpoint made when the store closes, if any.
+type CloseError = Arc<Mutex<Option<StoreError>>>;
 
 impl EmbeddedBackend {
   /// `sqlite` or `memory`, as traces name the backend.
@@ -426,6 +431,7 @@ impl EmbeddedBackend {
       worker: Mutex::new(Worker::NotStarted),
       calls: Calls::default(),
       finished: Arc::default(),
+      close_error: Arc::default(),
     }
   }
 
@@ -505,8 +511,20 @@ impl EmbeddedBackend {
   /// Resolves once the database is closed after [`close`](Self::close): the calls queued
   /// before it ran, and every connection to the file is released (the last one to close
   /// copies the WAL into the file and deletes it), so the file can be copied or removed.
-  pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-    self.finished.wait()
+  ///
+  /// `UNAVAILABLE` when the WAL could not be copied into the file then (the file cannot
+  /// be written): the store is closed all the same, and the WAL, left next to the file,
+  /// holds writes the file lacks.
+  pub fn closed(&self) -> impl std::future::Future<Output = StoreResult<()>> + Send + 'static {
+    let finished = self.finished.wait();
+    let close_error = self.close_error.clone();
+    async move {
+      finished.await;
+      match close_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        Some(err) => Err(err),
+        None => Ok(()),
+      }
+    }
   }
 
   fn submit(&self, job: Job) -> StoreResult<()> {
@@ -534,6 +552,7 @@ impl EmbeddedBackend {
     let (sender, jobs) = mpsc::channel();
     let settings = self.settings.clone();
     let shared = Shared {
+      close_error: self.close_error.clone(),
       database: self.database.clone(),
       queued: self.queued.clone(),
       checkpoint_due: self.checkpoint_due.clone(),
@@ -566,7 +585,9 @@ impl Shut for EmbeddedBackend {
       &mut *self.worker.lock().unwrap_or_else(|e| e.into_inner()),
       Worker::Closed,
     );
-    if self.queued.is_empty() {
+    // A file is closed by the store's thread (its last checkpoint fsyncs, never on the
+    // JS thread, and a failure of it is what `close()` rejects with).
+    if self.queued.is_empty() && matches!(self.settings.location, Location::Memory) {
       if let Ok(mut database) = self.database.try_lock() {
         *database = None;
       }
@@ -591,6 +612,7 @@ pub async fn answer(receiver: oneshot::Receiver<Vec<Answer>>) -> StoreResult<Vec
 
 /// What the store's thread shares with the JS thread.
 struct Shared {
+  close_error: CloseError,
   database: Database,
   queued: Arc<QueuedKeys>,
   checkpoint_due: Arc<AtomicBool>,
@@ -680,7 +702,56 @@ fn serve(settings: EmbeddedSettings, shared: Shared, jobs: mpsc::Receiver<Job>) 
   // The checkpoint connection first: the calls' connection, closing last, copies the WAL
   // it has open (the one holding its writes, even when another is at its name now).
   drop(checkpointer);
-  *shared.database.lock().unwrap_or_else(|e| e.into_inner()) = None;
+  close_database(
+    &mut shared.database.lock().unwrap_or_else(|e| e.into_inner()),
+    &shared.close_error,
+  );
+}
+
+/// Closes the database when the store closes, first copying the WAL into the file (what
+/// closing does anyway when this is the last connection to it). When that copy fails or
+/// stops short and the file cannot be opened for writing (made read-only or immutable
+/// while the store ran: every checkpoint failed), the file alone lacks acknowledged
+/// writes: `close()` rejects with that (kept in `close_error`). A copy held back by
+/// other connections to the file is theirs to finish.
+fn close_database(database: &mut Option<Db>, close_error: &CloseError) {
+  let Some(db) = database.take() else {
+    return;
+  };
+  if let Some(path) = &db.file.path {
+    if !has_moved(&db.connection) {
+      // (busy, frames in the WAL, frames copied)
+      let copied = db
+        .connection
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+          Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get::<_, i64>(2)?,
+          ))
+        });
+      let failure = match copied {
+        Ok((0, frames, done)) if frames == done => None,
+        Ok(_) => Some("the checkpoint stopped short".to_string()),
+        Err(err) => Some(StoreError::from(err).message),
+      };
+      let unwritable = || std::fs::OpenOptions::new().write(true).open(path).err();
+      if let Some((failure, why)) = failure.and_then(|f| Some((f, unwritable()?))) {
+        *close_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(StoreError::new(
+          ErrorCode::Unavailable,
+          format!(
+            "the store closed, but its WAL could not be copied into the database file {} \
+             ({failure}; the file cannot be written: {why}): {} holds acknowledged writes \
+             the file lacks; keep it next to the file (a store opening the file reads it, \
+             and copies it in once the file can be written)",
+            path.display(),
+            companion(path, "-wal").display()
+          ),
+        ));
+      }
+    }
+  }
+  drop(db);
 }
 
 /// One answer per call: a group's failure is every call's.
