@@ -8,7 +8,9 @@
 //! and the TLS handshake run over the same socket; only asking the sentinels for the
 //! master runs on tokio (`connect.rs`). Deadlines and the backoff between reconnects are
 //! JS timers; the deadline timer is ref'd only while calls wait, and the socket never is,
-//! so an idle process exits.
+//! so an idle process exits. Whether calls wait is written to memory the transport shares
+//! (no call into JS for it): the transport refs or unrefs the timer after each event and
+//! each write.
 //!
 //! The JS side (`transport.js`) is a thin shell: it opens sockets, writes buffers and
 //! reports events (`connect`, `data`, `error`, `close`, `timeout` of the connect, and the
@@ -99,8 +101,11 @@ struct State {
   write_queued: bool,
   /// The bytes to write that the event being handled answers with ([`State::send`]).
   out: Vec<u8>,
-  /// The deadline timer: armed (`Some`) and whether it holds the process open.
-  timer: Option<bool>,
+  /// The transport's `shared` memory: 1 while a call waits (the transport then keeps
+  /// the deadline timer ref'd), else 0. Null without a transport.
+  waits: *mut i32,
+  /// Whether the deadline timer is armed.
+  timer: bool,
   closed: bool,
   shut_down: bool,
   /// Set once shut down: closed, and every call made before settled.
@@ -162,8 +167,6 @@ enum Event<'a> {
   Timer,
   Backoff,
   Write,
-  /// After the events of a turn of the event loop, and the calls their settlements made.
-  Idle,
 }
 
 impl JsRedis {
@@ -189,7 +192,8 @@ impl JsRedis {
       core,
       write_queued: false,
       out: Vec::new(),
-      timer: None,
+      waits: ptr::null_mut(),
+      timer: false,
       closed: false,
       shut_down: false,
       done: crate::guard::Latch::default(),
@@ -262,6 +266,8 @@ impl JsRedis {
       finish,
     };
     state.core.push_call(waiter, batch, driver.command_timeout);
+    // Before the write below: the transport refs the deadline timer after it writes.
+    state.publish_waits();
     if state.keep.is_none() {
       state.keep = Some(driver.clone());
     }
@@ -411,8 +417,11 @@ impl Driver {
       Err(err) => state.connect_failed(err),
     };
     let reconnect = state.after_event();
-    // Not a transport event: no `idle` follows (a rare path: the timer is set at once).
+    // Not a transport event: the transport is told to ref or unref the timer.
     state.sync_timer();
+    if !state.transport.is_empty() {
+      let _ = state.call(Method::Hold, &[]);
+    }
     drop(state);
     settle_now(env, settled);
     // Calls still wait and no backoff could be set: a new attempt (a call never sent is
@@ -434,7 +443,7 @@ impl Driver {
     let current = attempt == state.attempt;
     match event {
       Event::Timer => {
-        state.timer = None;
+        state.timer = false;
         let timeout_ms = self.command_timeout.as_millis() as u64;
         settled = state.core.expire_calls(Instant::now(), timeout_ms);
         // A server that stopped answering on a connection that stays open: a new one.
@@ -460,13 +469,11 @@ impl Driver {
           }
         }
       }
-      Event::Idle => state.sync_timer(),
       Event::Write => {
         state.write_queued = false;
         if let Err(err) = state.write_unsent() {
           settled = state.recover(err);
         }
-        state.sync_timer();
       }
       _ if !current => {}
       Event::Connect => {
@@ -496,6 +503,8 @@ impl Driver {
       }
     }
     let reconnect = state.after_event();
+    // The transport refs or unrefs the timer as `waits` says when this event returns.
+    state.sync_timer();
     let out = std::mem::take(&mut state.out);
     drop(state);
     if !settled.is_empty() {
@@ -518,7 +527,10 @@ impl State {
       return Err(internal("no JS transport was registered on this thread"));
     };
     self.env = owner;
-    self.transport = make_transport(env, factory, Rc::downgrade(driver)).map_err(napi_failed)?;
+    let (transport, waits) =
+      make_transport(env, factory, Rc::downgrade(driver)).map_err(napi_failed)?;
+    self.transport = transport;
+    self.waits = waits;
     let hook = Weak::into_raw(Rc::downgrade(driver)) as *mut c_void;
     unsafe { sys::napi_add_env_cleanup_hook(env, Some(on_env_cleanup), hook) };
     self.cleanup_hook = hook;
@@ -768,39 +780,36 @@ impl State {
       self.begin_connect();
     }
     self.finish_if_closed();
-    // A call waits and the timer does not hold the process open: it is set in the
-    // microtask that writes the calls of this tick. The other way round (nothing waits)
-    // is left to the transport's `idle` event, after the continuations of the settled
-    // calls ran: at 1 in flight, the next call keeps the timer held, with no JS call.
-    if self.core.next_deadline().is_some() && self.timer != Some(true) {
-      self.write_soon();
-    }
     reconnect
   }
 
   /// The deadline timer: armed at the first deadline of a waiting call (the calls
   /// queued after it are due later: it is not moved for them), and ref'd only while a
-  /// call waits. When it fires, the calls due are rejected and it is armed again.
+  /// call waits (`waits`, which the transport reads after each event and write). When
+  /// it fires, the calls due are rejected and it is armed again.
   fn sync_timer(&mut self) {
     if self.shut_down || self.transport.is_empty() {
       return;
     }
-    let waiting = self.core.next_deadline();
-    match (self.timer, waiting) {
-      (None, Some(deadline)) => {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        let ms = wait.as_millis() as f64 + f64::from(wait.subsec_nanos() % 1_000_000 != 0);
-        if self.call(Method::Arm, &[js_number(self.env, ms)]).is_ok() {
-          self.timer = Some(true);
-        }
+    self.publish_waits();
+    if self.timer {
+      return;
+    }
+    if let Some(deadline) = self.core.next_deadline() {
+      let wait = deadline.saturating_duration_since(Instant::now());
+      let ms = wait.as_millis() as f64 + f64::from(wait.subsec_nanos() % 1_000_000 != 0);
+      if self.call(Method::Arm, &[js_number(self.env, ms)]).is_ok() {
+        self.timer = true;
       }
-      (Some(held), waiting) if held != waiting.is_some() => {
-        let hold = waiting.is_some();
-        if self.call(Method::Hold, &[js_bool(self.env, hold)]).is_ok() {
-          self.timer = Some(hold);
-        }
-      }
-      _ => {}
+    }
+  }
+
+  /// Writes whether a call waits to the transport's `shared` memory.
+  fn publish_waits(&mut self) {
+    if !self.waits.is_null() {
+      let waiting = i32::from(self.core.next_deadline().is_some());
+      // The transport's ArrayBuffer, kept alive by the reference to the transport.
+      unsafe { self.waits.write_volatile(waiting) };
     }
   }
 
@@ -867,6 +876,7 @@ impl State {
   /// Deletes the references to the transport's functions and object, and the env
   /// cleanup hook.
   fn release_transport(&mut self) {
+    self.waits = ptr::null_mut();
     for reference in std::mem::take(&mut self.transport) {
       unsafe { sys::napi_delete_reference(self.env, reference) };
     }
@@ -950,12 +960,13 @@ fn napi_failed(err: napi::Error) -> StoreError {
 }
 
 /// `factory(emit)`: the driver's transport (its functions, in [`Method`] order, then the
-/// object), whose events reach `on_event` through `emit`.
+/// object), whose events reach `on_event` through `emit`, and its `shared` memory
+/// ([`State::waits`]).
 fn make_transport(
   env: sys::napi_env,
   factory: sys::napi_ref,
   driver: Weak<Driver>,
-) -> napi::Result<Vec<sys::napi_ref>> {
+) -> napi::Result<(Vec<sys::napi_ref>, *mut i32)> {
   unsafe {
     let data = Box::into_raw(Box::new(driver));
     let mut emit = ptr::null_mut();
@@ -1002,7 +1013,27 @@ fn make_transport(
     let mut object = ptr::null_mut();
     check(sys::napi_create_reference(env, transport, 1, &mut object))?;
     methods.push(object);
-    Ok(methods)
+    let mut shared = ptr::null_mut();
+    check(sys::napi_get_named_property(
+      env,
+      transport,
+      c"shared".as_ptr(),
+      &mut shared,
+    ))?;
+    let mut data = ptr::null_mut();
+    let mut length = 0;
+    check(sys::napi_get_arraybuffer_info(
+      env,
+      shared,
+      &mut data,
+      &mut length,
+    ))?;
+    if data.is_null() || length < 4 || data.align_offset(4) != 0 {
+      return Err(napi::Error::from_reason(
+        "the transport's shared memory is unusable",
+      ));
+    }
+    Ok((methods, data.cast::<i32>()))
   }
 }
 
@@ -1028,8 +1059,9 @@ unsafe extern "C" fn drop_driver_ref(_env: sys::napi_env, data: *mut c_void, _hi
   drop(Box::from_raw(data.cast::<Weak<Driver>>()));
 }
 
-/// `emit(name, attempt, payload)`: an event of the transport; returns the bytes to write
-/// to the socket, if any (a Buffer), else `undefined`.
+/// `emit(event, attempt, payload)`: an event of the transport (`event` as numbered in
+/// `transport.js`'s `EVENT`); returns the bytes to write to the socket, if any (a
+/// Buffer), else `undefined`.
 unsafe extern "C" fn emit_callback(
   env: sys::napi_env,
   info: sys::napi_callback_info,
@@ -1051,20 +1083,13 @@ unsafe extern "C" fn emit_callback(
   let Some(driver) = (*data.cast::<Weak<Driver>>()).upgrade() else {
     return ptr::null_mut();
   };
-  let mut name = [0u8; 16];
-  let mut length = 0;
-  sys::napi_get_value_string_utf8(
-    env,
-    argv[0],
-    name.as_mut_ptr().cast(),
-    name.len(),
-    &mut length,
-  );
+  let mut code = u32::MAX;
+  sys::napi_get_value_uint32(env, argv[0], &mut code);
   let mut attempt = 0u32;
   sys::napi_get_value_uint32(env, argv[1], &mut attempt);
   let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-    let event = match &name[..length] {
-      b"data" => {
+    let event = match code {
+      1 => {
         let mut bytes = ptr::null_mut();
         let mut size = 0;
         if sys::napi_get_buffer_info(env, argv[2], &mut bytes, &mut size) != sys::Status::napi_ok {
@@ -1077,14 +1102,13 @@ unsafe extern "C" fn emit_callback(
         };
         return driver.on_event(attempt, Event::Data(slice));
       }
-      b"connect" => Event::Connect,
-      b"error" => Event::Error(string_of(env, argv[2])),
-      b"close" => Event::Close,
-      b"timeout" => Event::ConnectTimeout,
-      b"timer" => Event::Timer,
-      b"backoff" => Event::Backoff,
-      b"write" => Event::Write,
-      b"idle" => Event::Idle,
+      0 => Event::Connect,
+      2 => Event::Error(string_of(env, argv[2])),
+      3 => Event::Close,
+      4 => Event::ConnectTimeout,
+      5 => Event::Timer,
+      6 => Event::Backoff,
+      7 => Event::Write,
       _ => return Vec::new(),
     };
     driver.on_event(attempt, event)
@@ -1170,12 +1194,6 @@ fn js_string(env: sys::napi_env, text: &str) -> sys::napi_value {
 fn js_number(env: sys::napi_env, number: f64) -> sys::napi_value {
   let mut value = ptr::null_mut();
   unsafe { sys::napi_create_double(env, number, &mut value) };
-  value
-}
-
-fn js_bool(env: sys::napi_env, flag: bool) -> sys::napi_value {
-  let mut value = ptr::null_mut();
-  unsafe { sys::napi_get_boolean(env, flag, &mut value) };
   value
 }
 
