@@ -984,17 +984,20 @@ function encodeEntries(entries, mount) {
 /** How a KV key is named in messages: with its mount. */
 const kvKeyName = (mount) => `key of mount '${mount}'`
 
-/** `requireString` of a KV key, its name (with the mount) made only when it is refused. */
-function requireKey(mount, key, store) {
-  if (typeof key !== 'string' || !key.isWellFormed() || (noNul.has(store) && key.includes('\0'))) requireString(kvKeyName(mount), key, store)
+/**
+ * `requireString` of a KV key, its name (with the mount) made only when it is refused. NUL
+ * in a key on Postgres is refused by the backend, after the mount's mode is checked (as a
+ * key too long for Postgres is), so a read-only mount answers `READ_ONLY` on every backend.
+ */
+function requireKey(mount, key, _store) {
+  if (typeof key !== 'string' || !key.isWellFormed()) requireString(kvKeyName(mount), key)
 }
 
-function requireKeys(keys, store, mount) {
+function requireKeys(keys, _store, mount) {
   if (!Array.isArray(keys) || keys.some((k) => typeof k !== 'string')) {
     throw new DurastateError('INVALID_INPUT', `keys of mount '${mount}' must be an array of strings`)
   }
   for (const key of keys) if (!key.isWellFormed()) throw illFormed(kvKeyName(mount), key)
-  if (noNul.has(store)) for (const key of keys) refuseNul(kvKeyName(mount), key)
 }
 
 function ttlOf(options) {

@@ -414,6 +414,13 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     // a pattern matches in Rust: NUL in a range is a pattern like another; a literal NUL matches no key
     assert.deepEqual(await kv.keys('default', '[\u0000-z]'), ['v'])
     assert.deepEqual(await kv.keys('default', 'v\u0000*'), [])
+    // The mount's mode is checked first, as on every backend (and as for a key too long).
+    const modes = createKvStore(server.url, { prefix, mounts: { ro: { mode: 'read' }, wo: { mode: 'write' } } })
+    await assert.rejects(modes.set('ro', 'k\u0000', 1), (err) => err.code === 'READ_ONLY')
+    await assert.rejects(modes.deleteMany('ro', ['k\u0000']), (err) => err.code === 'READ_ONLY')
+    await assert.rejects(modes.get('wo', 'k\u0000'), (err) => err.code === 'WRITE_ONLY')
+    await assert.rejects(modes.set('wo', 'k\u0000', 1), invalid('key'))
+    await modes.close()
     await Promise.all([store.close(), kv.close()])
     // a mount whose prefix or schema key holds NUL could not run one call: refused at creation
     assert.throws(() => createKvStore(server.url, { mounts: { m: { prefix: `${prefix}m\u0000:` } } }), invalid("mount 'm': the prefix"))
