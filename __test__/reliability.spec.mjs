@@ -4,13 +4,15 @@
 // driver: the event loop (Node.js), tokio threads (DURASTATE_REDIS_DRIVER=threads) and the
 // runtime's own socket (Bun and Deno).
 import assert from 'node:assert/strict'
-import { readdirSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import { after, before, describe, it } from 'node:test'
 import Redis from 'ioredis'
 import { createKvStore, createMemoryStore, createRedisStore } from '../index.js'
 import { startChild } from './helpers/child.mjs'
+import { startFakeRedis } from './helpers/fake-redis.mjs'
 import { startCuttingProxy, startSwitchingProxy } from './helpers/proxy.mjs'
 import { startRedisServer } from './helpers/redis-server.mjs'
+import { makeCertificates } from './helpers/tls.mjs'
 
 const codeOf = async (promise) =>
   promise.then(
@@ -501,5 +503,76 @@ describe('a connection cut after the command landed, before its reply', () => {
     assert.equal(await store.isExecutionTaskInProgress('e', 'step'), true)
     assert.equal(await store.tryBeginExecutionTask('e', 'step'), false)
     await store.close()
+  })
+})
+
+describe('replies that come together with the server closing the connection', () => {
+  const busy = (ms) => {
+    const until = Date.now() + ms
+    while (Date.now() < until);
+  }
+  const settle = (promise) =>
+    promise.then(
+      (v) => v,
+      (err) => err.code,
+    )
+
+  it('over TLS: a claim that won answers true, a KV delete true (the server answers, then closes)', async () => {
+    const certs = makeCertificates()
+    const tls = { cert: readFileSync(certs.file('server.crt')), key: readFileSync(certs.file('server.key')) }
+    // The claim (HSETNX) and the delete (UNLINK) are answered :1, and the connection is
+    // closed with them (close_notify and FIN): the store reads both at once.
+    const fake = await startFakeRedis(
+      ([name]) => (name === 'HSETNX' || name === 'UNLINK' ? { close: ':1\r\n' } : name === 'EXISTS' ? ':0\r\n' : name === 'GET' ? '$-1\r\n' : undefined),
+      { tls },
+    )
+    const options = { tls: { ca: certs.file('ca.crt') }, commandTimeout: 3_000 }
+    try {
+      const answers = []
+      for (let i = 0; i < 5; i++) {
+        const store = createRedisStore(fake.url, options)
+        const kv = createKvStore(fake.url, options)
+        await store.isExecutionInProgress('warm')
+        await kv.has('default', 'warm')
+        const claim = settle(store.tryBeginExecutionTask('e', 't'))
+        const removed = settle(kv.delete('default', 'k'))
+        busy(50) // the replies and the close arrive meanwhile
+        answers.push(await claim, await removed)
+        await Promise.all([store.close(), kv.close()])
+      }
+      assert.deepEqual(answers, Array(10).fill(true))
+    } finally {
+      await fake.close()
+      certs.remove?.()
+    }
+  })
+
+  it('over plain TCP: replies that fill the read buffer up to the FIN are answered (a KV delete true)', async () => {
+    let size = 0
+    // A GET of `size` bytes and a delete answered together with the FIN: around 64 KiB,
+    // the size the event-loop driver reads at once.
+    const fake = await startFakeRedis(([name]) => {
+      if (name === 'EXISTS') return ':0\r\n'
+      if (name === 'GET') return ''
+      if (name !== 'UNLINK') return undefined
+      const json = JSON.stringify('x'.repeat(size))
+      return { close: `$${json.length}\r\n${json}\r\n:1\r\n` }
+    })
+    try {
+      const answers = {}
+      for (size = 65_510; size <= 65_530; size++) {
+        const kv = createKvStore(fake.url, { commandTimeout: 3_000, mounts: { default: { prefix: 'kv:', maxValueSize: 1_000_000 } } })
+        await kv.has('default', 'warm')
+        const got = settle(kv.get('default', 'a'))
+        const removed = settle(kv.delete('default', 'b'))
+        busy(50)
+        const outcome = `get ${typeof (await got)}, delete ${await removed}`
+        ;(answers[outcome] ??= []).push(size)
+        await kv.close()
+      }
+      assert.deepEqual(Object.keys(answers), ['get string, delete true'], JSON.stringify(answers))
+    } finally {
+      await fake.close()
+    }
   })
 })

@@ -690,8 +690,15 @@ impl State {
     }
     match tls.as_deref_mut() {
       Some(tls) => {
+        let opened = open_tls(tls, bytes, self.core.received());
+        if let Err(err) = opened {
+          // The server closed the session (or it failed) after replies that came in the
+          // same bytes: they are matched first (a claim that won would read as
+          // UNAVAILABLE), then the connection drops.
+          self.core.settle_replies(timeout, settled)?;
+          return Err(tls_lost(err));
+        }
         let mut out = Vec::new();
-        open_tls(tls, bytes, self.core.received()).map_err(tls_lost)?;
         drain_tls(tls, &mut out);
         self.send(&out);
       }

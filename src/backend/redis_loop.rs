@@ -454,8 +454,12 @@ impl State {
     if events & uv::READABLE == 0 {
       return Ok(());
     }
-    self.read_available()?;
-    self.core.settle_replies(timeout, settled)
+    // The server's close (EOF, a TLS close_notify) may come in the same read as the last
+    // replies: they are matched first, then the connection drops (a claim that won
+    // would read as UNAVAILABLE, and a call safe to resend would be sent again).
+    let read = self.read_available();
+    self.core.settle_replies(timeout, settled)?;
+    read
   }
 
   fn read_available(&mut self) -> StoreResult<()> {
