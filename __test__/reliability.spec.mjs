@@ -576,3 +576,33 @@ describe('replies that come together with the server closing the connection', ()
     }
   })
 })
+
+describe('replies out of band or of a shape the command cannot give', () => {
+  const outcome = (promise) =>
+    promise.then(
+      (v) => ({ v }),
+      (err) => ({ code: err.code, name: err.name }),
+    )
+
+  it('a RESP3 push frame among the replies answers no call: each call gets its own answer', async () => {
+    let pushed = false
+    const fake = await startFakeRedis(([name, key]) => {
+      if (name !== 'GET') return undefined
+      const json = JSON.stringify(`value of ${key}`)
+      const push = pushed ? '' : '>3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n'
+      pushed = true
+      return `${push}$${json.length}\r\n${json}\r\n`
+    })
+    const kv = createKvStore(fake.url, { commandTimeout: 3_000, mounts: { default: { prefix: 'kv:' } } })
+    try {
+      const got = await Promise.all([1, 2, 3, 4].map((i) => outcome(kv.get('default', `k${i}`))))
+      assert.deepEqual(
+        got,
+        [1, 2, 3, 4].map((i) => ({ v: `value of kv:k${i}` })),
+      )
+    } finally {
+      await kv.close()
+      await fake.close()
+    }
+  })
+})

@@ -221,6 +221,12 @@ impl<W> Core<W> {
       let Some(value) = value else {
         return Ok(());
       };
+      // A RESP3 push frame (a pub/sub message, a client-tracking invalidation) is out of
+      // band: it answers no call, and taken as one it would shift every later answer
+      // onto the call after its own.
+      if matches!(value, Value::Push { .. }) {
+        continue;
+      }
       if self.follow_failover && is_readonly(&value) {
         return Err(lost(
           "the server answered READONLY: it is a replica now (failover); reconnecting to the master",

@@ -698,3 +698,14 @@ fn a_timer_that_fires_late_does_not_make_a_connection_stuck() {
   assert_eq!(s.core.expire(s.at(500)), ["b"]);
   assert!(s.stuck_at(500), "a (made at 0) unanswered, nothing since");
 }
+
+#[test]
+fn a_push_frame_answers_no_call_and_shifts_nothing() {
+  let mut s = Script::new(3, false);
+  s.call("a", get("a"));
+  s.call("b", get("b"));
+  s.written();
+  let done = s.answer(">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n$1\r\n1\r\n>2\r\n$10\r\ninvalidate\r\n*0\r\n$1\r\n2\r\n");
+  assert_eq!(done, [("a", vec![bytes("1")]), ("b", vec![bytes("2")])]);
+  assert!(s.core.is_idle());
+}
