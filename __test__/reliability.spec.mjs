@@ -605,4 +605,44 @@ describe('replies out of band or of a shape the command cannot give', () => {
       await fake.close()
     }
   })
+
+  it('a reply of the wrong type or length rejects UNAVAILABLE (never a made-up answer) and the connection is replaced', async () => {
+    // Each command named is answered with a reply it cannot get; the rest as Redis would.
+    const kvWarm = (kv) => kv.set('default', 'w', 1)
+    const wsWarm = (kv, ws) => ws.tryBeginExecutionTask('w', 't')
+    const cases = [
+      ['GET', ':42\r\n', (kv) => kv.get('default', 'k'), kvWarm],
+      ['HGETALL', ':5\r\n', (kv, ws) => ws.getExecutionTaskResults('e'), wsWarm],
+      ['EXISTS', '$3\r\nabc\r\n', (kv) => kv.has('default', 'k'), kvWarm],
+      ['EXEC', '*0\r\n', (kv, ws) => ws.commitExecutionTaskResult('e', 't', 'r'), wsWarm],
+      ['MGET', '*1\r\n$-1\r\n', (kv) => kv.getMany('default', ['a', 'b']), kvWarm],
+      ['UNLINK', '$1\r\n1\r\n', (kv) => kv.delete('default', 'k'), kvWarm],
+    ]
+    for (const [command, wrong, call, warm] of cases) {
+      let connections = 0
+      let inMulti = false
+      const fake = await startFakeRedis(([name]) => {
+        if (name === 'EXEC') inMulti = false
+        if (name === command) return wrong
+        if (name === 'PING') return (connections++, '+PONG\r\n')
+        if (name === 'MULTI') return ((inMulti = true), '+OK\r\n')
+        if (name === 'EXEC') return '*0\r\n'
+        if (inMulti) return '+QUEUED\r\n'
+        return name === 'GET' ? '$-1\r\n' : name === 'SET' ? '+OK\r\n' : ':0\r\n'
+      })
+      const kv = createKvStore(fake.url, { commandTimeout: 3_000, mounts: { default: { prefix: 'kv:' } } })
+      const ws = createRedisStore(fake.url, { commandTimeout: 3_000 })
+      try {
+        await warm(kv, ws)
+        const opened = connections
+        const got = await outcome(call(kv, ws))
+        assert.deepEqual(got, { code: 'UNAVAILABLE', name: 'DurastateError' }, `${command} answered ${JSON.stringify(wrong)}`)
+        await warm(kv, ws)
+        assert.ok(connections > opened, `${command}: the connection is replaced (${connections} opened)`)
+      } finally {
+        await Promise.all([kv.close(), ws.close()])
+        await fake.close()
+      }
+    }
+  })
 })

@@ -395,6 +395,100 @@ pub(super) fn decode(value: Value, command: &Command) -> StoreResult<Reply> {
   }
 }
 
+/// Whether `value` is a reply `command` can get (a server error fits any command):
+/// what [`decode`] is given is checked first, so a reply of another type is not read as
+/// a missing key, an empty hash or `false`.
+pub(super) fn fits(value: &Value, command: &Command) -> bool {
+  let text = |value: &Value| matches!(value, Value::BulkString(_) | Value::SimpleString(_));
+  match (command, value) {
+    (_, Value::ServerError(_)) => true,
+    (Command::Get { .. } | Command::HGet { .. }, value) => {
+      matches!(value, Value::Nil | Value::BulkString(_))
+    }
+    (Command::Set { .. }, value) => matches!(value, Value::Okay | Value::SimpleString(_)),
+    (Command::SetIf { .. }, value) => {
+      matches!(value, Value::Okay | Value::SimpleString(_) | Value::Nil)
+    }
+    (
+      Command::HSet { .. }
+      | Command::HSetNx { .. }
+      | Command::HDel { .. }
+      | Command::PExpire { .. }
+      | Command::Del { .. }
+      | Command::Unlink { .. }
+      | Command::Exists { .. }
+      | Command::PTtl { .. },
+      value,
+    ) => matches!(value, Value::Int(_)),
+    (Command::HGetAll { .. }, Value::Array(items)) => {
+      items.len() % 2 == 0 && items.iter().all(text)
+    }
+    (Command::HGetAll { .. }, Value::Map(_)) => true,
+    (Command::MGet { keys }, Value::Array(items)) => {
+      items.len() == keys.len()
+        && items
+          .iter()
+          .all(|item| matches!(item, Value::Nil | Value::BulkString(_)))
+    }
+    (Command::Scan { .. }, Value::Array(items)) => {
+      items.len() == 2 && text(&items[0]) && matches!(items[1], Value::Array(_))
+    }
+    (Command::Merge { .. }, Value::Array(items)) => !items.is_empty(),
+    (
+      Command::HGetAll { .. } | Command::MGet { .. } | Command::Scan { .. } | Command::Merge { .. },
+      _,
+    ) => false,
+    _ => true,
+  }
+}
+
+/// What is wrong with `value` as a reply to `command` (one that does not [`fits`]).
+pub(super) fn misfit(value: &Value, command: &Command) -> String {
+  let name = to_redis(command)
+    .args_iter()
+    .next()
+    .map(|arg| match arg {
+      redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+      _ => String::new(),
+    })
+    .unwrap_or_default();
+  match (command, value) {
+    (Command::MGet { keys }, Value::Array(items)) if items.len() != keys.len() => {
+      format!(
+        "MGET answered {} values for {} keys",
+        items.len(),
+        keys.len()
+      )
+    }
+    (_, Value::Array(items)) => format!(
+      "{name} answered an array of {} elements that does not fit",
+      items.len()
+    ),
+    _ => format!("{name} answered {}", kind(value)),
+  }
+}
+
+/// A reply's type, for messages (not its content, which may be large).
+pub(super) fn kind(value: &Value) -> &'static str {
+  match value {
+    Value::Nil => "nil",
+    Value::Int(_) => "an integer",
+    Value::BulkString(_) => "a bulk string",
+    Value::Array(_) => "an array",
+    Value::SimpleString(_) | Value::Okay => "a simple string",
+    Value::Map(_) => "a map",
+    Value::Attribute { .. } => "an attribute",
+    Value::Set(_) => "a set",
+    Value::Double(_) => "a double",
+    Value::Boolean(_) => "a boolean",
+    Value::VerbatimString { .. } => "a verbatim string",
+    Value::BigNumber(_) => "a big number",
+    Value::Push { .. } => "a push frame",
+    Value::ServerError(_) => "an error",
+    _ => "an unknown type",
+  }
+}
+
 /// The words a Redis Cluster's redirect and wait errors start with.
 const CLUSTER_ERRORS: [&str; 4] = ["MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"];
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use redis::Value;
 
-use super::redis_codec::{decode, pack, server_error};
+use super::redis_codec::{decode, fits, kind, misfit, pack, server_error};
 use super::resp::ReplyDecoder;
 use super::retry;
 use super::sentinel_watch::MasterWatch;
@@ -237,6 +237,14 @@ impl<W> Core<W> {
       };
       front.replies.push(value);
       if front.replies.len() == front.expected {
+        // A reply its command cannot give (an integer to a GET, an EXEC or MGET array of
+        // another length): the stream is out of step or not Redis's, so no later reply
+        // can be trusted either. The connection drops as on an unreadable reply.
+        if let Some(misfit) = front.misfit() {
+          return Err(lost(&format!(
+            "a reply that its command cannot give ({misfit}); the connection is dropped"
+          )));
+        }
         let call = self.pending.pop_front().expect("front exists");
         if let Some(outcome) = call.complete() {
           done.push(outcome);
@@ -434,6 +442,32 @@ impl<W> Drop for Core<W> {
 }
 
 impl<W> Call<W> {
+  /// What does not fit in the call's replies (all in): a reply of a type or length its
+  /// command never gives, or an `EXEC` array of another length than the commands.
+  fn misfit(&self) -> Option<String> {
+    let skip = usize::from(self.asking);
+    let misfit_of = |values: &mut dyn Iterator<Item = &Value>| {
+      values
+        .zip(&self.commands)
+        .find(|(value, command)| !fits(value, command))
+        .map(|(value, command)| misfit(value, command))
+    };
+    if !self.atomic {
+      return misfit_of(&mut self.replies.iter().skip(skip));
+    }
+    match self.replies.last() {
+      Some(Value::Array(items)) if items.len() != self.commands.len() => Some(format!(
+        "EXEC answered {} replies for {} commands",
+        items.len(),
+        self.commands.len()
+      )),
+      Some(Value::Array(items)) => misfit_of(&mut items.iter()),
+      Some(Value::ServerError(_)) => None,
+      Some(other) => Some(format!("EXEC answered {}", kind(other))),
+      None => Some("no EXEC reply".to_string()),
+    }
+  }
+
   /// The call's outcome once its replies are all in; `None` if it already timed out.
   fn complete(self) -> Option<Outcome<W>> {
     let waiter = self.waiter?;

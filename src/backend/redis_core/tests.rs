@@ -709,3 +709,115 @@ fn a_push_frame_answers_no_call_and_shifts_nothing() {
   assert_eq!(done, [("a", vec![bytes("1")]), ("b", vec![bytes("2")])]);
   assert!(s.core.is_idle());
 }
+
+/// The error `take_replies` gives for `resp` answering `batch` (sent first), and the
+/// calls settled before it.
+fn misfit_of(batch: Batch, resp: &str) -> StoreError {
+  let resend = batch.may_resend();
+  let mut s = Script::new(3, false);
+  s.call("first", get("x"));
+  s.call("call", batch);
+  s.written();
+  s.core.receive(format!("$1\r\n1\r\n{resp}").as_bytes());
+  let mut done = Vec::new();
+  let err = s
+    .core
+    .take_replies(&mut done)
+    .expect_err("a reply that does not fit");
+  assert_eq!(done.len(), 1, "the call before it is answered");
+  // The call stays queued: the drop sends it again if it is safe to, else rejects it, as
+  // after a reply that is not RESP.
+  assert_eq!(s.core.len(), 1);
+  let rejected = s.core.on_drop(&err);
+  assert_eq!(rejected.is_empty(), resend, "{resp:?}");
+  err
+}
+
+#[test]
+fn a_reply_its_command_cannot_give_drops_the_connection() {
+  let mget = Batch::one(Command::MGet {
+    keys: vec!["a".into(), "b".into()],
+  });
+  let hgetall = Batch::one(Command::HGetAll { key: "h".into() });
+  let exists = Batch::one(Command::Exists { key: "e".into() });
+  let commit = Batch::atomic(vec![
+    Command::HSet {
+      key: "h".into(),
+      field: "f".into(),
+      value: "v".into(),
+    },
+    Command::PExpire {
+      key: "h".into(),
+      ttl_ms: 5,
+    },
+  ]);
+  for (batch, resp, says) in [
+    (get("a"), ":42\r\n", "GET answered an integer"),
+    (hgetall.clone(), ":5\r\n", "HGETALL answered an integer"),
+    (
+      hgetall,
+      "*1\r\n$1\r\nf\r\n",
+      "HGETALL answered an array of 1",
+    ),
+    (exists, "$3\r\nabc\r\n", "EXISTS answered a bulk string"),
+    (unlink("d"), "$1\r\n1\r\n", "UNLINK answered a bulk string"),
+    (set("s", "1"), ":1\r\n", "SET answered an integer"),
+    (
+      mget.clone(),
+      "*1\r\n$-1\r\n",
+      "MGET answered 1 values for 2 keys",
+    ),
+    (mget, "*2\r\n:1\r\n$-1\r\n", "MGET answered an array of 2"),
+    (
+      commit.clone(),
+      "+OK\r\n+QUEUED\r\n+QUEUED\r\n*0\r\n",
+      "EXEC answered 0 replies for 2 commands",
+    ),
+    (
+      commit.clone(),
+      "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n$1\r\n1\r\n:1\r\n",
+      "HSET answered a bulk string",
+    ),
+    (
+      commit,
+      "+OK\r\n+QUEUED\r\n+QUEUED\r\n:1\r\n",
+      "EXEC answered an integer",
+    ),
+  ] {
+    let err = misfit_of(batch, resp);
+    assert_eq!(err.code, ErrorCode::Unavailable, "{resp:?}");
+    assert!(err.message.contains(says), "{resp:?}: {}", err.message);
+  }
+}
+
+#[test]
+fn replies_that_fit_and_server_errors_are_answers() {
+  let mut s = Script::new(3, false);
+  s.call(
+    "mget",
+    Batch::one(Command::MGet {
+      keys: vec!["a".into(), "b".into()],
+    }),
+  );
+  s.call("a", get("a"));
+  s.call("n", get("n"));
+  s.written();
+  s.core
+    .receive(b"*2\r\n$1\r\n1\r\n$-1\r\n-WRONGTYPE Operation against a key\r\n$-1\r\n");
+  let mut done = Vec::new();
+  s.core.take_replies(&mut done).expect("replies that fit");
+  let done: Vec<_> = done
+    .into_iter()
+    .map(|(name, replies)| (name, replies.map_err(|err| err.message)))
+    .collect();
+  assert_eq!(
+    done[0],
+    (
+      "mget",
+      Ok(vec![Reply::Values(vec![Some(b"1".to_vec()), None])])
+    )
+  );
+  assert!(matches!(&done[1], ("a", Err(message)) if message.contains("WRONGTYPE")));
+  assert_eq!(done[2], ("n", Ok(vec![Reply::Nil])));
+  assert!(s.core.is_idle());
+}

@@ -118,11 +118,13 @@ fn element(buf: &[u8], start: usize) -> Result<Element, RespError> {
   }
 }
 
-/// A length header: `None` for a negative one (RESP2 nil).
+/// A length header: `None` for -1 (RESP2 nil); any other negative length is no RESP.
 fn length(line: &[u8]) -> Result<Option<u64>, RespError> {
   let text = std::str::from_utf8(line).unwrap_or("");
   match text.trim().parse::<i64>() {
-    Ok(n) => Ok(u64::try_from(n).ok()),
+    Ok(-1) => Ok(None),
+    Ok(n) if n >= 0 => Ok(Some(n as u64)),
+    Ok(n) => Err(RespError(format!("a negative length {n}"))),
     Err(_) => Err(RespError(format!(
       "expected a length, got {:?}",
       String::from_utf8_lossy(line)

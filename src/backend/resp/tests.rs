@@ -85,7 +85,14 @@ fn decodes_a_stream_split_at_every_byte_boundary() {
 
 #[test]
 fn refuses_what_is_not_resp() {
-  for bad in [&b"?what\r\n"[..], b"$abc\r\n", b"%-1\r\n", b"*1\r\n@\r\n"] {
+  for bad in [
+    &b"?what\r\n"[..],
+    b"$abc\r\n",
+    b"%-1\r\n",
+    b"*1\r\n@\r\n",
+    b"$-5\r\n",
+    b"*-2\r\n",
+  ] {
     let mut received = BytesMut::from(bad);
     assert!(
       ReplyDecoder::default().decode(&mut received).is_err(),
