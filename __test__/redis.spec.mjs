@@ -438,6 +438,20 @@ describe('Redis store', () => {
     await rejectsWith(ours.beginExecution('e'), 'UNAVAILABLE', /appendonly no, appendfsync everysec/)
   })
 
+  it("rejects a result over Redis's 512 MiB limit in UTF-8 with INVALID_INPUT at once, sending nothing", async () => {
+    const store = open({ prefix: prefix(), commandTimeout: 60_000 })
+    // 179M UTF-16 units (under the JS string limit), but 537 MB of UTF-8: over the
+    // server's proto-max-bulk-len, which closes the connection on it.
+    const result = '\u20ac'.repeat(179_000_000)
+    await store.beginExecution('e')
+    const received = async () => Number(/total_net_input_bytes:(\d+)/.exec(await io.info('stats'))[1])
+    const before = await received()
+    await rejectsWith(store.commitExecutionTaskResult('e', 't', result), 'INVALID_INPUT', /537000002 bytes .* over Redis's limit of 536870912 bytes/)
+    // Not sent (before: sent, the connection reset, and sent again on each retry).
+    assert.ok((await received()) - before < 100_000, 'nothing of the result reached the server')
+    assert.deepEqual(await store.getExecutionTaskResults('e'), {})
+  })
+
   it('throws INVALID_INPUT at creation for a bad target or options, without connecting', () => {
     const bad = [
       ['http://localhost:6379', {}],

@@ -269,6 +269,15 @@ impl Engine {
     matches!(self, Engine::Tokio(open) if open.backend().needs_one_slot())
   }
 
+  /// Whether its batches go to Redis (any driver, a cluster included).
+  pub fn speaks_redis(&self) -> bool {
+    match self {
+      Engine::Embedded(_) => false,
+      Engine::Tokio(open) => open.backend().speaks_redis(),
+      _ => true,
+    }
+  }
+
   /// Runs `batch`, then `finish` with its replies (which may ask for another batch),
   /// and resolves with the call's output. Each batch is bounded by `limit`.
   pub fn call<'env>(
@@ -279,10 +288,9 @@ impl Engine {
     finish: Finish,
     limit: Duration,
   ) -> napi::Result<PromiseRaw<'env, Output>> {
-    let (batch, finish) = match self {
-      Engine::Embedded(_) => (batch, finish),
-      Engine::Tokio(open) if !open.backend().speaks_redis() => (batch, finish),
-      _ => for_redis(batch, finish),
+    let (batch, finish) = match self.speaks_redis() {
+      false => (batch, finish),
+      true => for_redis(batch, finish),
     };
     match self {
       #[cfg(unix)]

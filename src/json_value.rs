@@ -17,6 +17,24 @@ pub fn check_value_size(what: impl FnOnce() -> String, json: &str) -> StoreResul
   check_units(what, json, MAX_VALUE_UNITS)
 }
 
+/// The longest string argument Redis takes by default (`proto-max-bulk-len`, 512 MiB).
+pub const REDIS_MAX_BULK: usize = 512 * 1024 * 1024;
+
+/// Refuses, for Redis, JSON text `json` over [`REDIS_MAX_BULK`] bytes of UTF-8 (the
+/// server would close the connection on it, and a call safe to resend would be sent again
+/// each time), naming it `what()`.
+pub fn check_redis_size(what: impl FnOnce() -> String, json: &str) -> StoreResult<()> {
+  if json.len() <= REDIS_MAX_BULK {
+    return Ok(());
+  }
+  Err(StoreError::invalid_input(format!(
+    "{} is {} bytes of JSON (UTF-8): over Redis's limit of {REDIS_MAX_BULK} bytes on a value \
+     (proto-max-bulk-len); nothing was stored",
+    what(),
+    json.len()
+  )))
+}
+
 fn check_units(what: impl FnOnce() -> String, json: &str, limit: usize) -> StoreResult<()> {
   if json.len() <= limit {
     return Ok(());

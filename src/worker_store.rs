@@ -252,6 +252,12 @@ impl NativeWorkerStore {
       return Engine::rejected(env, err);
     }
     let what = || format!("the result of task \"{task_id}\"");
+    // Redis's limit first: it is in bytes, so no count of UTF-16 units is needed for it.
+    if self.engine.speaks_redis() {
+      if let Err(err) = crate::json_value::check_redis_size(what, &json) {
+        return Engine::rejected(env, err);
+      }
+    }
     if let Err(err) = crate::json_value::check_value_size(what, &json) {
       return Engine::rejected(env, err);
     }
