@@ -953,6 +953,71 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await kv.close()
   })
 
+  it('a call in flight when its connection drops is sent again before the calls made after it on its key (set then merge, set then delete, commit then dispose)', async () => {
+    // Another client holds the row's lock, so the first call is on the server (waiting for
+    // the lock) when its backend is terminated; the calls made after it are queued behind
+    // it. The first is sent again, and must run before them, as it was made before them.
+    const name = `dropord-${randomUUID().slice(0, 8)}`
+    const inFlightWhenDropped = async (rowSql, first, later) => {
+      const holder = psql(`BEGIN; ${rowSql} FOR UPDATE; SELECT pg_sleep(1.5); COMMIT;`, `${name}-holder`)
+      const exited = new Promise((resolve) => holder.once('exit', resolve))
+      try {
+        await untilSleeping(server, `${name}-holder`)
+        const a = first()
+        const waiting = `SELECT count(*) FROM pg_stat_activity WHERE application_name = '${name}' AND wait_event_type = 'Lock'`
+        assert.ok(await eventually(() => server.sql(waiting) === '1', 5_000), 'the first call did not wait for the lock')
+        const rest = later()
+        await sleep(100) // queued behind it, on its lane
+        assert.equal(
+          server.sql(`SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '${name}' AND wait_event_type = 'Lock'`),
+          '1',
+        )
+        return [await a, ...(await Promise.all(rest))]
+      } finally {
+        await exited
+      }
+    }
+    const prefix = fresh()
+    const kv = createKvStore(`${server.url}?application_name=${name}`, { prefix, commandTimeout: 8_000 })
+    await kv.set('default', 'k', { start: 0 })
+    await kv.set('default', 'd', { start: 0 })
+    await kv.keys('default') // a fresh count: each write below is one round trip
+    const row = (key) => `SELECT key FROM durastate.entries WHERE key LIKE '${prefix}%' AND key LIKE '%${key}'`
+    // set, then merge and a read made after it: the merge sees the set, so does the read.
+    assert.deepEqual(
+      await inFlightWhenDropped(
+        row('k'),
+        () => kv.set('default', 'k', { x: 1 }),
+        () => [kv.merge('default', 'k', { y: 2 }), kv.getJson('default', 'k')],
+      ),
+      [true, true, '{"x":1,"y":2}'],
+    )
+    assert.deepEqual(await kv.get('default', 'k'), { x: 1, y: 2 })
+    // set, then delete: the delete finds the key, and the key stays deleted.
+    assert.deepEqual(
+      await inFlightWhenDropped(
+        row('d'),
+        () => kv.set('default', 'd', { z: 1 }),
+        () => [kv.delete('default', 'd')],
+      ),
+      [true, true],
+    )
+    assert.equal(server.sql(`SELECT count(*) FROM (${row('d')}) t`), '0')
+    await kv.close()
+    // A WorkerStore: a step's result committed, then the execution disposed: nothing is left.
+    const store = createPostgresStore(`${server.url}?application_name=${name}`, { prefix, commandTimeout: 8_000 })
+    await store.beginExecution('e')
+    await store.beginExecutionTask('e', 't')
+    await inFlightWhenDropped(
+      `SELECT 1 FROM durastate.steps WHERE exec = '${prefix}e' AND task = 't'`,
+      () => store.commitExecutionTaskResult('e', 't', { done: 1 }),
+      () => [store.disposeExecution('e')],
+    )
+    assert.deepEqual(await store.getExecutionTaskResults('e'), {})
+    assert.equal(await store.isExecutionInProgress('e'), false)
+    await store.close()
+  })
+
   it('close() resolves only once a call that timed out on a lock has ended on the server: its write never lands after', async () => {
     const schema = `ds_closeland_${randomUUID().slice(0, 8)}`
     const store = createPostgresStore(server.url, { schema, commandTimeout: 500, poolSize: 2, retry: { attempts: 0 } })

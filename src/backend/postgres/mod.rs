@@ -21,7 +21,11 @@
 //! have landed; it is sent again (on a new connection) only when its batch is declared
 //! safe to resend, under the retry policy of the Redis drivers (`retry.rs`); the claim
 //! is never resent, it rejects `UNAVAILABLE`. A serialization failure or deadlock rolled
-//! everything back, so the call runs again.
+//! everything back, so the call runs again. The lane sends a call again itself
+//! (`Inner::settle`): back to the front of its queue, in order, before the calls queued
+//! after it (a fenced call: while its lanes still wait at the fence), so calls on one key
+//! still run in the order they were made; a call that gave up (its `commandTimeout` ran
+//! out: its answer's receiver is gone) is never sent again.
 
 mod errors;
 mod ops;
@@ -96,28 +100,61 @@ enum Failure {
   Other(StoreError),
 }
 
+impl Failure {
+  /// What the call rejects with when it is not sent again.
+  fn into_error(self) -> StoreError {
+    match self {
+      Failure::Connect(err)
+      | Failure::Dropped(err)
+      | Failure::Conflict(err)
+      | Failure::Other(err) => err,
+      Failure::NotSent => StoreError::new(ErrorCode::Unavailable, "the call was not sent"),
+    }
+  }
+}
+
 type Answer = Result<Vec<Reply>, Failure>;
 
+/// A call queued on a lane. It stays the lane's until it is answered: a call sent again
+/// (see `Inner::settle`) goes back to the front of its lane, before the calls made after
+/// it, so calls on one key still run in the order they were made.
 struct Job {
-  batch: Arc<Batch>,
-  /// Taken by the first answer (a read may be answered before its group commits).
-  reply: Mutex<Option<oneshot::Sender<Answer>>>,
+  batch: Batch,
+  /// Taken by the first answer (a read may be answered before its group commits). The
+  /// receiver is dropped when the call gave up (its `commandTimeout` ran out): the call
+  /// is then never sent (again).
+  reply: Mutex<Option<oneshot::Sender<StoreResult<Vec<Reply>>>>>,
+  /// Its resends after dropped connections and failed reconnects (`retry`).
+  budget: Budget,
+  /// Times it ran again after a serialization failure or deadlock.
+  conflicts: u32,
+  /// Whether it is being sent again (after a dropped connection or a group that failed
+  /// before it ran): a failed connect then backs off and tries again, within its budget.
+  recovering: bool,
 }
 
 impl Job {
-  fn new(batch: Arc<Batch>, reply: oneshot::Sender<Answer>) -> Self {
+  fn new(
+    batch: Batch,
+    reply: oneshot::Sender<StoreResult<Vec<Reply>>>,
+    retry: &RetrySettings,
+  ) -> Self {
+    let budget = Budget::new(retry, batch.may_resend());
     Self {
       batch,
       reply: Mutex::new(Some(reply)),
+      budget,
+      conflicts: 0,
+      recovering: false,
     }
   }
 
-  fn sender(&self) -> std::sync::MutexGuard<'_, Option<oneshot::Sender<Answer>>> {
+  fn sender(&self) -> std::sync::MutexGuard<'_, Option<oneshot::Sender<StoreResult<Vec<Reply>>>>> {
     self.reply.lock().unwrap_or_else(|e| e.into_inner())
   }
 
   /// Answers the call, unless it was answered already.
-  fn answer(&self, answer: Answer) {
+  fn answer(&self, answer: StoreResult<Vec<Reply>>) {
     if let Some(reply) = self.sender().take() {
       let _ = reply.send(answer);
     }
@@ -126,6 +163,15 @@ impl Job {
   fn answered(&self) -> bool {
     self.sender().as_ref().is_none_or(|reply| reply.is_closed())
   }
+}
+
+/// What is left of a group once it ran: its calls to send again, in the order they were
+/// made (they go back to the front of the lane), and how long to wait first (a failed
+/// reconnect backs off).
+#[derive(Default)]
+struct Again {
+  jobs: Vec<Job>,
+  wait: Duration,
 }
 
 /// What a lane holds: a call, or its place in a call whose keys fall on several lanes.
@@ -385,82 +431,74 @@ impl Inner {
       return Box::pin(std::future::ready(Err(err)));
     }
     let route = self.route(&batch);
-    let batch = Arc::new(batch);
-    let first = Some(self.send(&route, &batch));
-    Box::pin(self.attempts(route, batch, first))
-  }
-
-  /// Queues one attempt at a batch; a closed store drops it (the answer reads as disposed).
-  fn send(self: &Arc<Self>, route: &Route, batch: &Arc<Batch>) -> oneshot::Receiver<Answer> {
     let (reply, answer) = oneshot::channel();
-    if self.closed.load(Ordering::Acquire) {
-      return answer;
-    }
-    let job = Job::new(batch.clone(), reply);
-    match route {
-      Route::One(lane) => self.submit(*lane, Entry::Job(job)),
-      Route::Fenced(lanes) => {
-        let fence = Arc::new(Fence {
-          lanes: lanes.clone(),
-          waiting: lanes.len().into(),
-          job: Mutex::new(Some(job)),
-          done: crate::guard::Latch::default(),
-        });
-        let _in_order = self.fencing.lock().unwrap_or_else(|e| e.into_inner());
-        for &lane in lanes {
-          self.submit(lane, Entry::Fence(fence.clone()));
+    // (a closed store queues nothing: the answer reads as disposed)
+    if !self.closed.load(Ordering::Acquire) {
+      let job = Job::new(batch, reply, &self.retry);
+      match route {
+        Route::One(lane) => self.submit(lane, Entry::Job(job)),
+        Route::Fenced(lanes) => {
+          let fence = Arc::new(Fence {
+            waiting: lanes.len().into(),
+            lanes,
+            job: Mutex::new(Some(job)),
+            done: crate::guard::Latch::default(),
+          });
+          let _in_order = self.fencing.lock().unwrap_or_else(|e| e.into_inner());
+          for &lane in &fence.lanes {
+            self.submit(lane, Entry::Fence(fence.clone()));
+          }
         }
       }
     }
-    answer
+    // The caller bounds it by `commandTimeout`: a call that gave up is dropped from its
+    // lane, never sent (again).
+    Box::pin(async move { answer.await.unwrap_or_else(|_| Err(StoreError::disposed())) })
   }
 
-  /// Awaits the batch's answer (`first`, queued when the call was made); after a dropped
-  /// connection sends it again when it may be (see the module doc). The caller bounds the
-  /// whole by `commandTimeout`.
-  async fn attempts(
-    self: Arc<Self>,
-    route: Route,
-    batch: Arc<Batch>,
-    mut first: Option<oneshot::Receiver<Answer>>,
-  ) -> StoreResult<Vec<Reply>> {
-    let mut budget = Budget::new(&self.retry, batch.may_resend());
-    let mut recovering = false;
-    let mut conflicts = 0;
-    loop {
-      let answer = match first.take() {
-        Some(answer) => answer,
-        // (a closed store sends nothing: the answer reads as disposed)
-        None => self.send(&route, &batch),
-      };
-      let failure = match answer.await {
-        Ok(Ok(replies)) => return Ok(replies),
-        Ok(Err(failure)) => failure,
-        Err(_) => return Err(StoreError::disposed()),
-      };
-      match failure {
-        Failure::Other(err) => return Err(err),
-        Failure::NotSent => recovering = true,
-        Failure::Conflict(err) => {
-          conflicts += 1;
-          if conflicts > CONFLICT_RETRIES {
-            return Err(err);
-          }
-        }
-        Failure::Dropped(err) => {
-          if !budget.spend() {
-            return Err(err);
-          }
-          budget.connected();
-          recovering = true;
-        }
-        Failure::Connect(err) => {
-          if !recovering || !retry::classify(&err).may_retry() || !budget.spend() {
-            return Err(err);
-          }
-          tokio::time::sleep(budget.connect_failed(retry::jitter())).await;
+  /// Decides what becomes of a call whose attempt failed: it is sent again (kept in
+  /// `again`, to go back to the front of its lane) when it may be (see the module doc),
+  /// else it rejects. A call that gave up meanwhile is dropped; a closed store sends
+  /// nothing again (the call reads as disposed).
+  fn settle(&self, mut job: Job, failure: Failure, again: &mut Again) {
+    if job.answered() {
+      return;
+    }
+    let retry = match failure {
+      Failure::Other(err) => Err(err),
+      Failure::NotSent => {
+        job.recovering = true;
+        Ok(())
+      }
+      Failure::Conflict(err) => {
+        job.conflicts += 1;
+        match job.conflicts > CONFLICT_RETRIES {
+          true => Err(err),
+          false => Ok(()),
         }
       }
+      Failure::Dropped(err) => match job.budget.spend() {
+        true => {
+          // (the first reconnect after a drop is at once)
+          job.budget.connected();
+          job.recovering = true;
+          Ok(())
+        }
+        false => Err(err),
+      },
+      Failure::Connect(err) => {
+        if !job.recovering || !retry::classify(&err).may_retry() || !job.budget.spend() {
+          Err(err)
+        } else {
+          again.wait = again.wait.max(job.budget.connect_failed(retry::jitter()));
+          Ok(())
+        }
+      }
+    };
+    match retry {
+      Err(err) => job.answer(Err(err)),
+      Ok(()) if self.closed.load(Ordering::Acquire) => job.answer(Err(StoreError::disposed())),
+      Ok(()) => again.jobs.push(job),
     }
   }
 
@@ -507,7 +545,21 @@ impl Inner {
         }
       };
       match next {
-        Ok(jobs) => self.run_group(&[index], jobs).await,
+        Ok(jobs) => {
+          let again = self.run_group(&[index], jobs).await;
+          if again.jobs.is_empty() {
+            continue;
+          }
+          if !again.wait.is_zero() {
+            tokio::time::sleep(again.wait).await;
+          }
+          // Back to the front, in the order they were made: before the calls made after
+          // them (which may have been queued meanwhile).
+          let mut lane = self.lane(index);
+          for job in again.jobs.into_iter().rev() {
+            lane.queue.push_front(Entry::Job(job));
+          }
+        }
         Err(fence) => self.pass(&fence).await,
       }
     }
@@ -517,10 +569,17 @@ impl Inner {
   async fn pass(self: &Arc<Self>, fence: &Fence) {
     let done = fence.done.wait();
     if fence.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
-      if let Some(job) = fence.take() {
-        if !job.answered() {
-          self.run_group(&fence.lanes, vec![job]).await;
+      // Sent again (see `settle`) while its lanes still wait at the fence.
+      let mut next = fence.take();
+      while let Some(job) = next.take() {
+        if job.answered() {
+          break;
         }
+        let mut again = self.run_group(&fence.lanes, vec![job]).await;
+        if !again.jobs.is_empty() && !again.wait.is_zero() {
+          tokio::time::sleep(again.wait).await;
+        }
+        next = again.jobs.pop();
       }
       fence.done.set();
     }
@@ -598,10 +657,13 @@ impl Inner {
       let lane = self.lane(index);
       for entry in &lane.queue {
         match entry {
-          Entry::Job(job) => job.answer(Err(failure())),
+          // (one being sent again after a dropped connection had one: it gets its own
+          // attempt, see `settle`)
+          Entry::Job(job) if job.recovering => {}
+          Entry::Job(job) => job.answer(Err(failure().into_error())),
           Entry::Fence(fence) => {
             if let Some(job) = fence.take() {
-              job.answer(Err(failure()));
+              job.answer(Err(failure().into_error()));
             }
           }
         }
@@ -672,14 +734,17 @@ impl Inner {
     StoreError::new(mapped.code, message)
   }
 
-  /// Runs one group (of the calls queued on `lanes`) and answers each of its calls.
-  async fn run_group(self: &Arc<Self>, lanes: &[usize], jobs: Vec<Job>) {
+  /// Runs one group (of the calls queued on `lanes`) and answers each of its calls, but
+  /// those to send again (`settle`): they are returned, in order, for the lane to put
+  /// back at its front.
+  async fn run_group(self: &Arc<Self>, lanes: &[usize], jobs: Vec<Job>) -> Again {
+    let mut again = Again::default();
     if jobs.iter().all(|job| job.batch.commands.is_empty()) {
       // Only empty batches: nothing to send.
       for job in jobs {
         job.answer(Ok(Vec::new()));
       }
-      return;
+      return again;
     }
     // The connect attempt (when the pool has no idle connection) stops when no call
     // waits for it any more (`unwaited`); the setup of a connection made is not cut
@@ -687,7 +752,7 @@ impl Inner {
     let pooled = tokio::select! {
       biased;
       pooled = self.pooled() => pooled,
-      () = self.unwaited(lanes, &jobs) => return,
+      () = self.unwaited(lanes, &jobs) => return again,
     };
     let client = match pooled {
       Ok(client) => self.set_up(client).await,
@@ -702,45 +767,57 @@ impl Inner {
           }
           _ => Failure::Connect(err.clone()),
         };
+        // (a call being sent again after a dropped connection backs off and tries again,
+        // within its budget)
         for job in jobs {
-          job.answer(Err(failure()));
+          self.settle(job, failure(), &mut again);
         }
         // The calls queued on these lanes meanwhile never had a connection either: they
         // get the same answer, not a connect attempt each after this one (README: a call
         // that never had a connection is not retried).
         self.fail_queued(lanes, failure);
-        return;
+        return again;
       }
     };
-    let batches: Vec<&Batch> = jobs.iter().map(|job| &*job.batch).collect();
-    let writes = batches.iter().any(|batch| batch.writes());
-    let early: Vec<Option<&Job>> = early_reads(&batches)
-      .into_iter()
-      .zip(&jobs)
-      .map(|(early, job)| early.then_some(job))
-      .collect();
-    let outcome = self.bounded(&client, &batches, &early).await;
+    let writes = jobs.iter().any(|job| job.batch.writes());
+    let outcome = {
+      let batches: Vec<&Batch> = jobs.iter().map(|job| &job.batch).collect();
+      let early: Vec<Option<&Job>> = early_reads(&batches)
+        .into_iter()
+        .zip(&jobs)
+        .map(|(early, job)| early.then_some(job))
+        .collect();
+      self.bounded(&client, &batches, &early).await
+    };
     let answers = match outcome {
       Outcome::Answers(answers) => answers,
       Outcome::RolledBack(failure) if jobs.len() == 1 => vec![Err(failure)],
       Outcome::RolledBack(_) => {
-        // Nothing of the group landed: each call again, alone, for its own answer.
-        let mut answers = Vec::with_capacity(jobs.len());
+        // Nothing of the group landed: each call again, alone, for its own answer, in
+        // order. Once a call is to be sent again, the calls after it are not run: they
+        // go back to the lane behind it.
         let mut gone = None;
-        for (batch, job) in batches.iter().zip(&jobs) {
-          if gone.is_some() || job.answered() {
+        for job in jobs {
+          if job.answered() {
             // (an answered read: it ran, and its answer was sent before the rollback)
-            answers.push(Err(Failure::NotSent));
             continue;
           }
-          answers.push(match self.bounded(&client, &[batch], &[]).await {
+          if gone.is_some() || !again.jobs.is_empty() {
+            self.settle(job, Failure::NotSent, &mut again);
+            continue;
+          }
+          let answer = match self.bounded(&client, &[&job.batch], &[]).await {
             Outcome::Answers(mut one) => one.pop().unwrap_or(Err(Failure::NotSent)),
             Outcome::RolledBack(failure) => Err(failure),
             Outcome::Dropped(err) => {
               gone = Some(err.clone());
               Err(Failure::Dropped(err))
             }
-          });
+          };
+          match answer {
+            Ok(replies) => job.answer(Ok(replies)),
+            Err(failure) => self.settle(job, failure, &mut again),
+          }
         }
         if let Some(err) = &gone {
           self.events.dropped(err);
@@ -748,18 +825,16 @@ impl Inner {
         } else if writes {
           self.maybe_sweep();
         }
-        for (job, answer) in jobs.into_iter().zip(answers) {
-          job.answer(answer);
-        }
-        return;
+        return again;
       }
       Outcome::Dropped(err) => {
         self.events.dropped(&err);
         self.give_up(client);
+        // In order: those sent again go back to the lane before the calls made after them.
         for job in jobs {
-          job.answer(Err(Failure::Dropped(err.clone())));
+          self.settle(job, Failure::Dropped(err.clone()), &mut again);
         }
-        return;
+        return again;
       }
     };
     drop(client);
@@ -767,8 +842,12 @@ impl Inner {
       self.maybe_sweep();
     }
     for (job, answer) in jobs.into_iter().zip(answers) {
-      job.answer(answer);
+      match answer {
+        Ok(replies) => job.answer(Ok(replies)),
+        Err(failure) => self.settle(job, failure, &mut again),
+      }
     }
+    again
   }
 
   /// `run` within `commandTimeout`; past it the connection is given up (its state is
