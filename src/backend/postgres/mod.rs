@@ -794,10 +794,11 @@ impl Inner {
       Outcome::RolledBack(failure) if jobs.len() == 1 => vec![Err(failure)],
       Outcome::RolledBack(_) => {
         // Nothing of the group landed: each call again, alone, for its own answer, in
-        // order. Once a call is to be sent again, the calls after it are not run: they
-        // go back to the lane behind it.
+        // order (one rolled back by a conflict runs again at once, within its retries).
+        // Once a call is to be sent again, the calls after it are not run: they go back
+        // to the lane behind it.
         let mut gone = None;
-        for job in jobs {
+        for mut job in jobs {
           if job.answered() {
             // (an answered read: it ran, and its answer was sent before the rollback)
             continue;
@@ -806,12 +807,20 @@ impl Inner {
             self.settle(job, Failure::NotSent, &mut again);
             continue;
           }
-          let answer = match self.bounded(&client, &[&job.batch], &[]).await {
-            Outcome::Answers(mut one) => one.pop().unwrap_or(Err(Failure::NotSent)),
-            Outcome::RolledBack(failure) => Err(failure),
-            Outcome::Dropped(err) => {
-              gone = Some(err.clone());
-              Err(Failure::Dropped(err))
+          let answer = loop {
+            let answer = match self.bounded(&client, &[&job.batch], &[]).await {
+              Outcome::Answers(mut one) => one.pop().unwrap_or(Err(Failure::NotSent)),
+              Outcome::RolledBack(failure) => Err(failure),
+              Outcome::Dropped(err) => {
+                gone = Some(err.clone());
+                Err(Failure::Dropped(err))
+              }
+            };
+            match answer {
+              Err(Failure::Conflict(_)) if job.conflicts < CONFLICT_RETRIES && !job.answered() => {
+                job.conflicts += 1;
+              }
+              answer => break answer,
             }
           };
           match answer {
