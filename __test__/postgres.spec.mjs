@@ -953,16 +953,17 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
     await kv.close()
   })
 
-  it('a call in flight when its connection drops is sent again before the calls made after it on its key (set then merge, set then delete, commit then dispose)', async () => {
-    // Another client holds the row's lock, so the first call is on the server (waiting for
+  it('a call in flight when its connection drops is sent again before the calls made after it on its keys (set then merge, set then delete, setMany over several lanes then set, commit then dispose)', async () => {
+    // Another client holds a row's lock, so the first call is on the server (waiting for
     // the lock) when its backend is terminated; the calls made after it are queued behind
     // it. The first is sent again, and must run before them, as it was made before them.
     const name = `dropord-${randomUUID().slice(0, 8)}`
-    const inFlightWhenDropped = async (rowSql, first, later) => {
+    const inFlightWhenDropped = async (rowSql, first, later, ready = async () => {}) => {
       const holder = psql(`BEGIN; ${rowSql} FOR UPDATE; SELECT pg_sleep(1.5); COMMIT;`, `${name}-holder`)
       const exited = new Promise((resolve) => holder.once('exit', resolve))
       try {
         await untilSleeping(server, `${name}-holder`)
+        await ready()
         const a = first()
         const waiting = `SELECT count(*) FROM pg_stat_activity WHERE application_name = '${name}' AND wait_event_type = 'Lock'`
         assert.ok(await eventually(() => server.sql(waiting) === '1', 5_000), 'the first call did not wait for the lock')
@@ -978,44 +979,74 @@ describe('Postgres backend', { timeout: 240_000 }, () => {
       }
     }
     const prefix = fresh()
-    const kv = createKvStore(`${server.url}?application_name=${name}`, { prefix, commandTimeout: 8_000 })
-    await kv.set('default', 'k', { start: 0 })
-    await kv.set('default', 'd', { start: 0 })
-    await kv.keys('default') // a fresh count: each write below is one round trip
-    const row = (key) => `SELECT key FROM durastate.entries WHERE key LIKE '${prefix}%' AND key LIKE '%${key}'`
+    const kv = createKvStore(`${server.url}?application_name=${name}`, { prefix, commandTimeout: 8_000, poolSize: 4 })
+    const keys = Array.from({ length: 10 }, (_, i) => `f${i}`) // on several lanes (3 of them)
+    await kv.setMany('default', { k: { start: 0 }, d: { start: 0 }, ...Object.fromEntries(keys.map((key) => [key, 0])) })
+    // A fresh count first: each KV write below is one round trip (not held back by the KV layer).
+    const counted = () => kv.keys('default')
+    const row = (key) => `SELECT key FROM durastate.entries WHERE key LIKE '${prefix}%' AND key LIKE '%:${key}'`
+    const wrong = {}
+    const check = (what, actual, expected) => {
+      try {
+        assert.deepEqual(actual, expected)
+      } catch {
+        wrong[what] = actual
+      }
+    }
     // set, then merge and a read made after it: the merge sees the set, so does the read.
-    assert.deepEqual(
+    check(
+      'set, merge, getJson',
       await inFlightWhenDropped(
         row('k'),
         () => kv.set('default', 'k', { x: 1 }),
         () => [kv.merge('default', 'k', { y: 2 }), kv.getJson('default', 'k')],
+        counted,
       ),
       [true, true, '{"x":1,"y":2}'],
     )
-    assert.deepEqual(await kv.get('default', 'k'), { x: 1, y: 2 })
+    check('k after set, merge', await kv.getJson('default', 'k'), '{"x":1,"y":2}')
     // set, then delete: the delete finds the key, and the key stays deleted.
-    assert.deepEqual(
+    check(
+      'set, delete',
       await inFlightWhenDropped(
         row('d'),
         () => kv.set('default', 'd', { z: 1 }),
         () => [kv.delete('default', 'd')],
+        counted,
       ),
       [true, true],
     )
-    assert.equal(server.sql(`SELECT count(*) FROM (${row('d')}) t`), '0')
+    check('d rows after set, delete', server.sql(`SELECT count(*) FROM (${row('d')}) t`), '0')
+    // A call on keys of several lanes (a fence on each), then a set of one of its keys.
+    check(
+      'setMany, set',
+      await inFlightWhenDropped(
+        row('f0'),
+        () => kv.setMany('default', Object.fromEntries(keys.map((key) => [key, 1]))),
+        () => [kv.set('default', 'f0', 2)],
+        counted,
+      ),
+      [true, true],
+    )
+    check('f0, f9 after setMany, set', await kv.getMany('default', ['f0', 'f9']), { f0: 2, f9: 1 })
     await kv.close()
     // A WorkerStore: a step's result committed, then the execution disposed: nothing is left.
     const store = createPostgresStore(`${server.url}?application_name=${name}`, { prefix, commandTimeout: 8_000 })
     await store.beginExecution('e')
     await store.beginExecutionTask('e', 't')
-    await inFlightWhenDropped(
-      `SELECT 1 FROM durastate.steps WHERE exec = '${prefix}e' AND task = 't'`,
-      () => store.commitExecutionTaskResult('e', 't', { done: 1 }),
-      () => [store.disposeExecution('e')],
+    check(
+      'commit, dispose',
+      await inFlightWhenDropped(
+        `SELECT 1 FROM durastate.steps WHERE exec = '${prefix}e' AND task = 't'`,
+        () => store.commitExecutionTaskResult('e', 't', { done: 1 }),
+        () => [store.disposeExecution('e')],
+      ),
+      [undefined, undefined],
     )
-    assert.deepEqual(await store.getExecutionTaskResults('e'), {})
-    assert.equal(await store.isExecutionInProgress('e'), false)
+    check('results after commit, dispose', await store.getExecutionTaskResults('e'), {})
+    check('in progress after commit, dispose', await store.isExecutionInProgress('e'), false)
     await store.close()
+    assert.deepEqual(wrong, {})
   })
 
   it('close() resolves only once a call that timed out on a lock has ended on the server: its write never lands after', async () => {
