@@ -81,6 +81,16 @@ const MIN_REFRESH_GAP: Duration = Duration::from_millis(250);
 
 type Replies = oneshot::Receiver<StoreResult<Vec<Reply>>>;
 
+/// Whether a refresh keeps [`MIN_REFRESH_GAP`] after the last read of the map.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gap {
+  /// Asked because calls fail or time out: those keep coming while the trouble lasts.
+  Keep,
+  /// A listing that walked every master checks, once, that no slot changed hands
+  /// meanwhile: it needs a read made after its walk, and makes only one per walk.
+  Skip,
+}
+
 /// A part of a call, queued on its node.
 struct Sent {
   part: Part,
@@ -308,7 +318,7 @@ impl Inner {
       router.loading = true;
       let inner = self.clone();
       crate::runtime::spawn_io(async move {
-        inner.refresh(None).await;
+        inner.refresh(None, Gap::Keep).await;
       });
     }
     Begun::Waiting(receiver)
@@ -553,7 +563,7 @@ impl Inner {
           return Ok(replies);
         }
         let seen = self.lock().refreshes;
-        self.refresh(Some(seen)).await;
+        self.refresh(Some(seen), Gap::Skip).await;
         let Some((masters, layout)) = self.current_layout() else {
           return Ok(replies);
         };
@@ -669,7 +679,7 @@ impl Inner {
           after_tryagain = !down;
           if down {
             let seen = self.lock().refreshes;
-            self.refresh(Some(seen)).await;
+            self.refresh(Some(seen), Gap::Keep).await;
           }
           tokio::time::sleep(delay).await;
           (replies, to) = self.send(what, &part, None);
@@ -699,7 +709,7 @@ impl Inner {
         }
       }
       let seen = self.lock().refreshes;
-      self.refresh(Some(seen)).await;
+      self.refresh(Some(seen), Gap::Keep).await;
       // A scan page whose master is one no more: its walk starts again (`scan_page`).
       if let (Piece::Scan { .. }, Target::Node(address)) = (&part.piece, &part.target) {
         if self
@@ -742,18 +752,18 @@ impl Inner {
     let seen = router.refreshes;
     let inner = self.clone();
     crate::runtime::spawn_io(async move {
-      inner.refresh(Some(seen)).await;
+      inner.refresh(Some(seen), Gap::Keep).await;
     });
   }
 
   /// Reads the slot map again, unless a refresh began after `seen` (the count of
   /// refreshes the caller saw; `None` for the first load); one at a time, and a refresh
   /// starts [`MIN_REFRESH_GAP`] after the last read ended at the soonest (those asked
-  /// meanwhile are this one). The first map also queues the calls that waited for it, in
-  /// order.
-  async fn refresh(&self, seen: Option<u64>) {
+  /// meanwhile are this one), unless `gap` is [`Gap::Skip`]. The first map also queues
+  /// the calls that waited for it, in order.
+  async fn refresh(&self, seen: Option<u64>, gap: Gap) {
     let _one_at_a_time = self.refreshing.lock().await;
-    if seen.is_some() {
+    if seen.is_some() && gap == Gap::Keep {
       let next = {
         let router = self.lock();
         if router.shut() || seen.is_some_and(|seen| seen != router.refreshes) {
