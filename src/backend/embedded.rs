@@ -239,16 +239,8 @@ impl Db {
     if !changed.wal {
       return true;
     }
-    // (busy, frames in the WAL, frames copied); -1 when the checkpoint could not run.
-    let copied = self
-      .connection
-      .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-        Ok((
-          row.get::<_, i64>(0)?,
-          row.get::<_, i64>(1)?,
-          row.get::<_, i64>(2)?,
-        ))
-      });
+    // (frames are -1 when the checkpoint could not run)
+    let copied = wal_checkpoint(&self.connection, "TRUNCATE");
     matches!(copied, Ok((busy, frames, done)) if busy == 0 || (frames >= 0 && frames == done))
   }
 }
@@ -720,16 +712,7 @@ fn close_database(database: &mut Option<Db>, close_error: &CloseError) {
   };
   if let Some(path) = &db.file.path {
     if !has_moved(&db.connection) {
-      // (busy, frames in the WAL, frames copied)
-      let copied = db
-        .connection
-        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-          Ok((
-            row.get::<_, i64>(0)?,
-            row.get::<_, i64>(1)?,
-            row.get::<_, i64>(2)?,
-          ))
-        });
+      let copied = wal_checkpoint(&db.connection, "PASSIVE");
       let failure = match copied {
         Ok((0, frames, done)) if frames == done => None,
         Ok(_) => Some("the checkpoint stopped short".to_string()),
@@ -828,12 +811,7 @@ impl Checkpointer {
       self.connection = None;
       return;
     }
-    let checkpoint = |mode: &str| -> rusqlite::Result<i64> {
-      // (busy, frames in the WAL, frames copied)
-      connection.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
-        row.get(1)
-      })
-    };
+    let checkpoint = |mode: &str| wal_checkpoint(connection, mode).map(|(_, frames, _)| frames);
     let done = checkpoint("PASSIVE").and_then(|frames| {
       if frames * self.page_size < WAL_LIMIT_BYTES {
         return Ok(());
@@ -848,6 +826,13 @@ impl Checkpointer {
       self.connection = None;
     }
   }
+}
+
+/// `PRAGMA wal_checkpoint(<mode>)`: (busy, frames in the WAL, frames copied).
+fn wal_checkpoint(connection: &Connection, mode: &str) -> rusqlite::Result<(i64, i64, i64)> {
+  connection.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+  })
 }
 
 /// Keys of the calls queued to the store's thread, with how many calls touch each, and
