@@ -989,11 +989,11 @@ const kvKeyName = (mount) => `key of mount '${mount}'`
  * in a key on Postgres is refused by the backend, after the mount's mode is checked (as a
  * key too long for Postgres is), so a read-only mount answers `READ_ONLY` on every backend.
  */
-function requireKey(mount, key, _store) {
+function requireKey(mount, key) {
   if (typeof key !== 'string' || !key.isWellFormed()) requireString(kvKeyName(mount), key)
 }
 
-function requireKeys(keys, _store, mount) {
+function requireKeys(keys, mount) {
   if (!Array.isArray(keys) || keys.some((k) => typeof k !== 'string')) {
     throw new DurastateError('INVALID_INPUT', `keys of mount '${mount}' must be an array of strings`)
   }
@@ -1338,7 +1338,7 @@ class KvStore {
   get(mount, key) {
     try {
       this.#requireMount(mount)
-      requireKey(mount, key, this)
+      requireKey(mount, key)
       if (!this.#order.idle) return this.#after(mount, [key], 'get', (held, left) => this.#get(mount, key, left))
       return this.#get(mount, key)
     } catch (err) {
@@ -1353,7 +1353,7 @@ class KvStore {
   getOr(mount, key, fallback) {
     try {
       this.#requireMount(mount)
-      requireKey(mount, key, this)
+      requireKey(mount, key)
       if (!this.#order.idle) return this.#after(mount, [key], 'getOr', (held, left) => this.#getOr(mount, key, fallback, left))
       return this.#getOr(mount, key, fallback)
     } catch (err) {
@@ -1372,7 +1372,7 @@ class KvStore {
   getJson(mount, key) {
     try {
       this.#requireMount(mount)
-      requireKey(mount, key, this)
+      requireKey(mount, key)
       if (!this.#order.idle) return this.#after(mount, [key], 'getJson', (held, left) => this.#getJson(mount, key, left))
       return this.#getJson(mount, key)
     } catch (err) {
@@ -1387,7 +1387,7 @@ class KvStore {
   set(mount, key, value, options) {
     try {
       this.#requireMount(mount)
-      requireKey(mount, key, this)
+      requireKey(mount, key)
       return this.#setText(mount, key, encodeValue(value, mount, key), ttlOf(options))
     } catch (err) {
       return rejected(err)
@@ -1398,7 +1398,7 @@ class KvStore {
   setJson(mount, key, json, options) {
     try {
       this.#requireMount(mount)
-      requireKey(mount, key, this)
+      requireKey(mount, key)
       requireJsonText(json, mount, key)
       return this.#setText(mount, key, json, ttlOf(options))
     } catch (err) {
@@ -1466,7 +1466,7 @@ class KvStore {
   merge(mount, key, partial, options) {
     try {
       this.#requireMount(mount)
-      requireKey(mount, key, this)
+      requireKey(mount, key)
       if (partial === null || typeof partial !== 'object' || Array.isArray(partial)) {
         throw new DurastateError('INVALID_INPUT', `merge of key "${key}" (mount '${mount}') needs a plain object`)
       }
@@ -1489,7 +1489,7 @@ class KvStore {
   delete(mount, key) {
     try {
       this.#requireMount(mount)
-      requireKey(mount, key, this)
+      requireKey(mount, key)
       if (!this.#order.idle) {
         return this.#after(mount, [key], 'delete', (held, left) =>
           this.#bounded(this.#native.delete(mount, key, left), left, 'delete').then(undefined, rethrow),
@@ -1504,7 +1504,7 @@ class KvStore {
   has(mount, key) {
     try {
       this.#requireMount(mount)
-      requireKey(mount, key, this)
+      requireKey(mount, key)
       if (!this.#order.idle) {
         return this.#after(mount, [key], 'has', (held, left) => this.#bounded(this.#native.has(mount, key, left), left, 'has').then(undefined, rethrow))
       }
@@ -1553,7 +1553,7 @@ class KvStore {
   getMany(mount, keys) {
     try {
       this.#requireMount(mount)
-      requireKeys(keys, this, mount)
+      requireKeys(keys, mount)
       const start = (held, left) =>
         this.#bounded(this.#native.getMany(mount, keys, left), left, 'getMany').then((texts) => decodeFound(keys, texts, mount), rethrow)
       if (!this.#order.idle) return this.#after(mount, keys.slice(), 'getMany', start)
@@ -1585,7 +1585,7 @@ class KvStore {
   deleteMany(mount, keys) {
     try {
       this.#requireMount(mount)
-      requireKeys(keys, this, mount)
+      requireKeys(keys, mount)
       const start = (held, left) => this.#bounded(this.#native.deleteMany(mount, keys, left), left, 'deleteMany').then(undefined, rethrow)
       if (!this.#order.idle) return this.#after(mount, keys.slice(), 'deleteMany', start)
       return start(false, undefined)
