@@ -950,9 +950,9 @@ fn parse_url(url: &str) -> StoreResult<Option<Params>> {
       let keyword = decode("a query parameter's name", keyword)?;
       // Not named: a raw `&` in the password ends it, and its rest reads as this keyword.
       if after_password && !is_taken_keyword(&keyword) {
-        return Err(invalid(
-          "an unknown parameter after the password (not shown: a raw \"&\" in a password ends it there; write it as %26)".into(),
-        ));
+        return Err(invalid(crate::redis_target::unknown_parameter(
+          &keyword, true,
+        )));
       }
       after_password |= keyword == "password";
       let value = decode(&format!("the value of `{keyword}`"), value)?;
