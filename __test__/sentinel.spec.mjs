@@ -249,8 +249,7 @@ describe('Sentinel', { timeout: 240_000 }, () => {
 
     await progressAfter('the first commits', 30, 10_000)
     const first = await group.masterPort()
-    await group.sentinels[0].client.call('SENTINEL', 'FAILOVER', MASTER_NAME)
-    await group.until('the failover to a new master', async () => (await group.masterPort()) !== first, 20_000)
+    await group.failover(first)
     await progressAfter('commits on the new master', acked.length + 30, 20_000)
     // The old master is a replica of the new one before that one is killed, so that only
     // asynchronous replication can lose commits.
@@ -352,8 +351,7 @@ describe('Sentinel over TLS', { timeout: 150_000 }, () => {
     }
     await progress('the first commits', 20, 10_000)
     const first = await group.masterPort()
-    await group.sentinels[0].client.call('SENTINEL', 'FAILOVER', MASTER_NAME)
-    await group.until('the failover to a new master', async () => (await group.masterPort()) !== first, 20_000)
+    await group.failover(first)
     await progress('commits on the new master', acked.length + 20, 20_000)
     running = false
     await workflows

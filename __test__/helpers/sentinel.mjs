@@ -113,6 +113,27 @@ export async function startSentinelGroup({ tls } = {}) {
       return Number(port)
     },
     /**
+     * `SENTINEL FAILOVER`, then waits until the sentinels name another master than `from`.
+     * An attempt Sentinel aborts (the replica not promoted within failover-timeout, 4 s,
+     * on a stalled machine) leaves the master as it was: after 10 s this asks again, and
+     * says so (Sentinel takes a new attempt 2 x failover-timeout after the last), up to 40 s.
+     */
+    async failover(from) {
+      const moved = async () => (await this.masterPort()) !== from
+      const started = Date.now()
+      for (let attempt = 1; ; attempt++) {
+        // (-INPROGRESS while an attempt runs: it is the one waited for)
+        await sentinels[0].client.call('SENTINEL', 'FAILOVER', MASTER_NAME).catch(() => {})
+        try {
+          await until('the failover to a new master', moved, 10_000)
+          return
+        } catch (err) {
+          if (Date.now() - started > 30_000) throw err
+          console.log(`# sentinel: no new master ${Date.now() - started} ms after SENTINEL FAILOVER (attempt ${attempt}): asked again`)
+        }
+      }
+    },
+    /**
      * Waits until the old master of a failover (`client`: an ioredis client of it) is a
      * replica of the new one, in sync. Sentinel sends it REPLICAOF once it has seen it
      * report the master role for 8 s, at its 10 s INFO period: about 15 s here. Past
