@@ -9,6 +9,8 @@ import { after, before, describe, it } from 'node:test'
 import Redis from 'ioredis'
 import { createKvStore, createMemoryStore, createRedisStore } from '../index.js'
 import { startChild } from './helpers/child.mjs'
+import { listExecutionIds } from '../bin/executions.mjs'
+import { createInspector } from '../binding.js'
 import { startFakeRedis } from './helpers/fake-redis.mjs'
 import { startCuttingProxy, startSwitchingProxy } from './helpers/proxy.mjs'
 import { startRedisServer } from './helpers/redis-server.mjs'
@@ -643,6 +645,34 @@ describe('replies out of band or of a shape the command cannot give', () => {
         await Promise.all([kv.close(), ws.close()])
         await fake.close()
       }
+    }
+  })
+  it('a SCAN cursor given twice in one listing rejects UNAVAILABLE, where keys() went round forever', async () => {
+    // Cursors 7 then 9 then 7 again: a server that does not iterate as Redis does.
+    let scans = 0
+    const fake = await startFakeRedis(([name]) => {
+      if (name !== 'SCAN') return undefined
+      scans++
+      const cursor = scans % 2 === 1 ? '7' : '9'
+      return `*2\r\n$1\r\n${cursor}\r\n*1\r\n$4\r\nkv:a\r\n`
+    })
+    const kv = createKvStore(fake.url, { commandTimeout: 3_000, mounts: { default: { prefix: 'kv:' } } })
+    try {
+      const got = await outcome(kv.keys('default'))
+      assert.deepEqual(got, { code: 'UNAVAILABLE', name: 'DurastateError' })
+      assert.equal(scans, 3, 'the listing stopped at the first cursor given again')
+      // The listing of `durastate inspect` and `durastate ui` (pages asked by the CLI).
+      scans = 0
+      const inspector = createInspector(fake.url)
+      try {
+        await assert.rejects(listExecutionIds(inspector, 'p:'), { code: 'UNAVAILABLE', name: 'DurastateError', message: /cursor 7 a second time/ })
+        assert.equal(scans, 3)
+      } finally {
+        inspector.close()
+      }
+    } finally {
+      await kv.close()
+      await fake.close()
     }
   })
 })

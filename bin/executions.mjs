@@ -4,6 +4,10 @@
 // derived here, except the KV store's default prefix (see looksLikeKvEntry). Also what
 // the CLI and the page both show: stored JSON reformatted as is, secrets redacted.
 
+import { createRequire } from 'node:module'
+
+const { DurastateError } = createRequire(import.meta.url)('../index.js')
+
 const SCAN_COUNT = 1000
 const CALLS_IN_FLIGHT = 1000
 
@@ -68,8 +72,18 @@ export async function listExecutionIds(inspector, prefix, { maxScanned = Infinit
   // A page may bring more keys than asked (COUNT is a hint): those past the cap are left
   // out, and the listing says it may be incomplete.
   let dropped = false
+  // A cursor given twice (a proxy or server that does not iterate as Redis does) would
+  // make the listing go round forever.
+  const cursors = new Set()
   do {
     const [next, ...keys] = await inspector.scanExecutions(cursor, prefix, Math.min(SCAN_COUNT, maxScanned - scanned))
+    if (next !== '0' && cursors.has(next)) {
+      throw new DurastateError(
+        'UNAVAILABLE',
+        `the server answered SCAN with cursor ${next} a second time in one listing, so the listing would never end (a proxy or server that does not iterate as Redis does)`,
+      )
+    }
+    cursors.add(next)
     // SCAN's COUNT is a hint: a page may bring more keys than asked.
     if (keys.length > maxScanned - scanned) dropped = true
     for (const key of keys.slice(0, maxScanned - scanned)) {

@@ -4,7 +4,7 @@
 //! layer runs it in [`Phase`]s around one shared count of the mount; `merge` is one
 //! atomic merge on the store.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -506,25 +506,50 @@ pub fn clear(mount: Arc<Mount>) -> Step {
 /// Every string key matching `pattern` (a full-key glob), each once, sorted: a `SCAN`
 /// loop, one page per round trip.
 fn scan(pattern: String, then: impl FnOnce(BTreeSet<String>) -> Step + Send + 'static) -> Step {
-  scan_page("0".to_string(), pattern, BTreeSet::new(), Box::new(then))
+  let walk = ScanWalk {
+    pattern,
+    found: BTreeSet::new(),
+    cursors: HashSet::new(),
+    then: Box::new(then),
+  };
+  scan_page("0".to_string(), walk)
 }
 
 type ScanDone = Box<dyn FnOnce(BTreeSet<String>) -> Step + Send>;
 
-fn scan_page(cursor: String, pattern: String, mut found: BTreeSet<String>, then: ScanDone) -> Step {
+/// A `SCAN` loop under way: what it found, and the cursors the server gave so far.
+struct ScanWalk {
+  pattern: String,
+  found: BTreeSet<String>,
+  /// A server's cursors never repeat within one walk (Redis's reverse-binary cursor only
+  /// moves on): one given twice (a proxy or server that is not Redis) would make the
+  /// listing go round forever, each page within `commandTimeout`.
+  cursors: HashSet<String>,
+  then: ScanDone,
+}
+
+fn scan_page(cursor: String, mut walk: ScanWalk) -> Step {
   let batch = Batch::one(Command::Scan {
     cursor,
-    pattern: pattern.clone(),
+    pattern: walk.pattern.clone(),
     count: SCAN_COUNT,
     kind: Some(KeyKind::String),
   });
   Step::then(batch, move |replies| match first(replies) {
     Reply::Scan { cursor, keys } => {
-      found.extend(keys);
+      walk.found.extend(keys);
       if cursor == "0" {
-        then(found)
+        (walk.then)(walk.found)
+      } else if !walk.cursors.insert(cursor.clone()) {
+        Step::Done(Err(StoreError::new(
+          ErrorCode::Unavailable,
+          format!(
+            "the server answered SCAN with cursor {cursor} a second time in one listing, \
+             so the listing would never end (a proxy or server that does not iterate as Redis does)"
+          ),
+        )))
       } else {
-        scan_page(cursor, pattern, found, then)
+        scan_page(cursor, walk)
       }
     }
     other => unexpected_reply("SCAN", &other),
