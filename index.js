@@ -804,6 +804,7 @@ class DurableWorkerStore {
   }
 
   async close() {
+    if (!servers.has(this)) throw unboundCall('close')
     await this.#native.close().then(undefined, rethrow)
   }
 
@@ -1607,6 +1608,7 @@ class KvStore {
 
   /** The mount's declared keys: what the store was made with, so also after `close()`. */
   schema(mount) {
+    if (!servers.has(this)) throw unboundCall('schema')
     try {
       requireString('mount', mount)
       return parseJson(this.#native.schema(mount))
@@ -1616,10 +1618,12 @@ class KvStore {
   }
 
   mounts() {
+    if (!servers.has(this)) throw unboundCall('mounts')
     return parseJson(this.#native.mounts())
   }
 
   mount(name) {
+    if (!servers.has(this)) throw unboundCall('mount')
     this.schema(name)
     return new KvMount(this, name)
   }
@@ -1630,6 +1634,7 @@ class KvStore {
    * all its pages), then the connection or database is released.
    */
   async close() {
+    if (!servers.has(this)) throw unboundCall('close')
     this.#closing = true
     const inFlight = () => [...this.#order.held(), ...this.#listings]
     for (let calls = inFlight(); calls.length > 0; calls = inFlight()) {

@@ -227,6 +227,9 @@ for (const name of backendNames) {
       // bound, it works
       await beginExecution.bind(store)('e')
       assert.equal(await isExecutionInProgress.call(store, 'e'), true)
+      // close too (it rejected a TypeError), and the store stays open
+      await rejectsWith(store.close.call(undefined), 'INVALID_INPUT', /^close\(\) was called without its store/)
+      assert.equal(await store.isExecutionInProgress('e'), true)
     })
 
     it('rejects every call after close() with DISPOSED; close is idempotent', async () => {

@@ -1072,6 +1072,13 @@ for (const name of kvBackendNames) {
         assert.ok(Object.isFrozen(kv.mount('m')))
         const { get: unbound } = kv
         await rejectsWith(unbound('m', 'k'), 'INVALID_INPUT', /^get\(\) was called without its store .*bind it/)
+        // close, schema, mounts and mount too (they threw or rejected a TypeError)
+        const { close, schema: schemaOf, mounts, mount } = kv
+        await rejectsWith(close(), 'INVALID_INPUT', /^close\(\) was called without its store/)
+        throwsWith(() => schemaOf('m'), 'INVALID_INPUT', /^schema\(\) was called without its store/, 'schema()')
+        throwsWith(() => mounts(), 'INVALID_INPUT', /^mounts\(\) was called without its store/, 'mounts()')
+        throwsWith(() => mount('m'), 'INVALID_INPUT', /^mount\(\) was called without its store/, 'mount()')
+        assert.equal(kv.closed, false)
       })
     })
 
