@@ -1298,8 +1298,9 @@ class KvStore {
 
   /**
    * Counts the mount's entries: one count at a time per mount, shared by every write
-   * waiting for it. On a cluster, a count that fails because a node does not answer
-   * (`UNAVAILABLE`, `TIMEOUT`: a master down) keeps the last count instead, with this
+   * waiting for it. On a cluster, a count that fails because a node does not answer or
+   * will not let this store in (`UNAVAILABLE`, `TIMEOUT`: a master down; `TLS`, `AUTH`: one
+   * node's certificate or password changed) keeps the last count instead, with this
    * process's own additions, when there is one (`#countKept`; `#addKeys`).
    */
   #count(mount) {
@@ -1313,7 +1314,7 @@ class KvStore {
           },
           (err) => {
             const error = toDurastateError(err)
-            const unreachable = error.code === 'UNAVAILABLE' || error.code === 'TIMEOUT'
+            const unreachable = ['UNAVAILABLE', 'TIMEOUT', 'TLS', 'AUTH'].includes(error.code)
             if (unreachable && servers.get(this).backend === 'cluster' && this.#native.keepCount(mount)) {
               this.#countKept.add(mount)
               return

@@ -396,6 +396,35 @@ describe('Redis Cluster with a master down, the others serving', { timeout: 180_
     await cluster?.stop()
   })
 
+  test('KV: a master that refuses the login (AUTH) counts as one down for the entry count: new keys on the other masters are written', async () => {
+    // (A node whose certificate no longer verifies, TLS, is the same case.)
+    const victim = cluster.ports[1]
+    let live
+    for (let n = 0; !live; n++) {
+      if ((await cluster.owner(await cluster.keyslot(`{a${n}}`))) !== victim) live = `a${n}`
+    }
+    const key = (name) => `{${live}}${name}`
+    const options = { commandTimeout: 1_000, connectTimeout: 500, mounts: { m: { prefix: `auth:${randomUUID()}:`, maxEntries: 8 } } }
+    const a = track(createKvStore({ cluster: cluster.urls }, options))
+    await a.set('m', key('a'), 1) // counted with every master in
+    await cli(victim, 'config', 'set', 'requirepass', 'rotated')
+    try {
+      await cli(victim, '-a', 'rotated', '--no-auth-warning', 'client', 'kill', 'type', 'normal')
+      await sleep(1_100) // the count is stale: the next new key needs one, which the victim refuses
+      assert.equal(await a.set('m', key('b'), 1), true)
+      assert.equal(await a.setMany('m', { [key('c')]: 1 }), true)
+      // A store that never counted the mount cannot check its limit: it says why.
+      const b = track(createKvStore({ cluster: cluster.urls }, options))
+      await assert.rejects(b.set('m', key('d'), 1), (err) => {
+        assert.equal(err.code, 'AUTH', err.message)
+        assert.match(err.message, /entry count \(maxEntries\) needs every master/)
+        return true
+      })
+    } finally {
+      await cli(victim, '-a', 'rotated', '--no-auth-warning', 'config', 'set', 'requirepass', '')
+    }
+  })
+
   test("KV: new keys on the other masters' slots are written, counted from the last count; the count is exact again once every master answers", async () => {
     const victim = cluster.ports[0]
     let live
