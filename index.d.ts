@@ -589,7 +589,9 @@ export declare class KvStore {
    * on the store (a script on Redis, a transaction on SQLite), so concurrent merges never
    * lose a field. A missing key is created as `partial`; a stored value that is not an
    * object rejects with `INVALID_INPUT`. Same checks as `set` (size on the merged value).
-   * Without a TTL (call or mount) the key keeps the TTL it had.
+   * Without a TTL (call or mount) the key keeps the TTL it had. `partial` goes through
+   * `JSON.stringify`, which leaves out members set to `undefined` (or a function or
+   * symbol): they leave the stored members as they are; a merge never removes a member.
    */
   merge(mount: string, key: string, partial: Record<string, unknown>, options?: KvWriteOptions): Promise<true>
   /** Deletes the key; `true` when it was stored. */
