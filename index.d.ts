@@ -553,7 +553,7 @@ export interface KvMount {
  * A key-value store with mounts, access modes, schemas and size limits, on Redis,
  * Postgres, SQLite or memory. Values are stored as their JSON text, one entry per key at
  * `prefix + key` (a Redis string, a row on SQL), so other clients can read them. Every call rejects with a
- * {@link DurastateError} whose message names the mount and the key. The methods are
+ * {@link DurastateError} whose message names the mount (and the key, for a single-key call). The methods are
  * called on the store: one taken off it (`const { get } = kv`) rejects `INVALID_INPUT`;
  * bind it first, or use {@link KvStore.mount}, whose calls are bound.
  */
