@@ -27,6 +27,8 @@ function durastate(args, { env = {} } = {}) {
   const result = spawnSync(process.execPath, [cli, ...args], {
     encoding: 'utf8',
     timeout: 20_000,
+    // (the table of 150,000 steps is some 10 MB)
+    maxBuffer: 64 * 1024 * 1024,
     env: { ...process.env, DURASTATE_URL: '', REDIS_URL: '', ...env },
   })
   if (result.error) throw result.error
@@ -701,6 +703,34 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
     assert.match(detail, /^step\\tone\\u009b {2}done .*\{"s":"a\\u007fb"\}$/m)
     // oxlint-disable-next-line no-control-regex -- no raw control character may reach the terminal
     for (const text of [list, detail]) assert.doesNotMatch(text, /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/)
+  })
+
+  it('prints the tables of 150,000 executions and of an execution with 150,000 steps (no stack overflow)', async () => {
+    // V8 (Node.js, Deno) throws past about 120,000 arguments to one call: the column widths
+    // were a Math.max(...) over every row.
+    const big = `sqlite:${join(dir, 'big.db')}`
+    const count = 150_000
+    const inBatches = async (fn) => {
+      for (let i = 0; i < count; i += 5000) await Promise.all(Array.from({ length: Math.min(5000, count - i) }, (_, j) => fn(i + j)))
+    }
+    const fan = createSqliteStore(join(dir, 'big.db'), { prefix: 'fan:' })
+    const many = createSqliteStore(join(dir, 'big.db'), { prefix: 'many:' })
+    try {
+      await fan.beginExecution('fan')
+      await inBatches((i) => fan.commitExecutionTaskResult('fan', `t${String(i).padStart(6, '0')}`, i))
+      await inBatches((i) => many.beginExecution(`x${String(i).padStart(6, '0')}`))
+    } finally {
+      await Promise.all([fan.close(), many.close()])
+    }
+    const steps = output(['inspect', big, 'fan', '--prefix', 'fan:']).trimEnd().split('\n')
+    assert.match(steps[0], /^execution fan: in progress/)
+    assert.match(steps[2], /^STEP {5}STATE/)
+    assert.equal(steps.length, 3 + count)
+    assert.match(steps.at(-1), /^t149999 {2}done {2}.* 149999$/)
+    const list = output(['inspect', big, '--prefix', 'many:']).trimEnd().split('\n')
+    assert.match(list[0], /^EXECUTION {2}STATE/)
+    assert.match(list[1], /^x000000 {4}in progress/)
+    assert.equal(list.at(-1), `${count} executions, ${count} in progress (prefix "many:")`)
   })
 
   it('refuses a flag given to a command that does not take it (exit 2)', () => {

@@ -423,7 +423,13 @@ function preview(json) {
 
 /** Aligned columns: `columns` are [title, 'left' | 'right']; the last column is not padded. */
 function table(columns, rows) {
-  const widths = columns.map(([title], i) => Math.max(title.length, ...rows.map((row) => row[i].length)))
+  // A loop, not Math.max(...lengths): V8 (Node.js, Deno) throws a RangeError for a call
+  // with more than about 120,000 arguments, and a store may hold more executions or steps.
+  const widths = columns.map(([title], i) => {
+    let width = title.length
+    for (const row of rows) width = Math.max(width, row[i].length)
+    return width
+  })
   const line = (cells) =>
     cells
       .map((cell, i) => {
