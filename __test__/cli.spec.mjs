@@ -705,6 +705,38 @@ describe('durastate: what the CLI takes and prints', { timeout: 120_000 }, () =>
     for (const text of [list, detail]) assert.doesNotMatch(text, /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/)
   })
 
+  it('escapes C1 controls and bidi overrides in every --json output (inspect, inspect <id>, kv keys), keeping the JSON value', async () => {
+    const id = 'c1\u009b31mred\u202eevil'
+    const value = { s: 'v\u009b2J\u202e' }
+    const store = createSqliteStore(path, { prefix: 'c1json:' })
+    const kv = createKvStore(url, { mounts: { c1keys: {} } })
+    try {
+      await store.beginExecution(id)
+      await store.commitExecutionTaskResult(id, 'step\u009bone\u2066', value)
+      await kv.set('c1keys', 'k\u009b2J\u202e', 1)
+    } finally {
+      await Promise.all([store.close(), kv.close()])
+    }
+    const raw = /[\u0080-\u009f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/
+    const list = output(['inspect', url, '--prefix', 'c1json:', '--json'])
+    assert.doesNotMatch(list, raw)
+    assert.deepEqual(
+      JSON.parse(list).executions.map((e) => e.id),
+      [id],
+    )
+    const detail = output(['inspect', url, id, '--prefix', 'c1json:', '--json'])
+    assert.doesNotMatch(detail, raw)
+    const parsed = JSON.parse(detail)
+    assert.equal(parsed.id, id)
+    assert.deepEqual(
+      parsed.steps.map((s) => [s.id, JSON.parse(s.json)]),
+      [['step\u009bone\u2066', value]],
+    )
+    const keys = output(['kv', 'keys', 'c1keys', url, '--json'])
+    assert.doesNotMatch(keys, raw)
+    assert.deepEqual(JSON.parse(keys), ['k\u009b2J\u202e'])
+  })
+
   it('prints the tables of 150,000 executions and of an execution with 150,000 steps (no stack overflow)', async () => {
     // V8 (Node.js, Deno) throws past about 120,000 arguments to one call: the column widths
     // were a Math.max(...) over every row.

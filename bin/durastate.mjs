@@ -478,8 +478,9 @@ function printExecution({ id, inProgress, expiresIn, steps }) {
   console.log(table(columns, rows))
 }
 
+/** `value` as indented JSON, C1 controls and bidi overrides escaped as in `kv get --json` (the same JSON value). */
 function printJson(value) {
-  console.log(JSON.stringify(value, null, 2))
+  console.log(printableJson(JSON.stringify(value, null, 2)))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -630,13 +631,13 @@ const KV_ACTIONS = {
     const keys = await kv.keys(mount, pattern)
     // (on stderr: stdout stays the list, [] with --json)
     if (keys.length === 0 && defaultMountHint(command)) console.error(`durastate: no keys in mount "default"${defaultMountHint(command)}`)
-    if (json) return console.log(JSON.stringify(keys))
+    if (json) return console.log(printableJson(JSON.stringify(keys)))
     for (const key of keys) console.log(printable(key))
   },
   async delete(kv, command) {
     const { mount, key, json } = command
     const deleted = await kv.delete(mount, key)
-    if (json) return console.log(JSON.stringify({ deleted }))
+    if (json) return console.log(printableJson(JSON.stringify({ deleted })))
     console.log(
       deleted ? `deleted ${quote(key)} from mount ${quote(mount)}` : `${quote(key)} was not stored in mount ${quote(mount)}${defaultMountHint(command)}`,
     )
