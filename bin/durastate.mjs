@@ -132,7 +132,7 @@ function parseCommand(argv) {
   try {
     parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true })
   } catch (err) {
-    throw new UsageError(err.message)
+    throw new UsageError(parseArgsMessage(err, argv))
   }
   const { values, positionals } = parsed
   if (values.help) return { name: 'help' }
@@ -144,7 +144,43 @@ function parseCommand(argv) {
   if (command === 'reset') return withTls(parseRepair('reset', rest, values, ['executionId', 'taskId']))
   if (command === 'dispose') return withTls(parseRepair('dispose', rest, values, ['executionId']))
   if (command === 'ui') return withTls(parseUi(rest, values))
-  throw new UsageError(command === undefined ? 'no command given' : `unknown command "${command}"`)
+  throw new UsageError(command === undefined ? 'no command given' : `unknown command${named(command, PLAIN_WORD)}`)
+}
+
+/** A command, action or option name that may be repeated in a message: a plain word (never a URL, a password, an escape sequence). */
+const PLAIN_WORD = /^[a-z][a-z-]{0,31}$/
+const PLAIN_OPTION = /^--?[a-z][a-z-]{0,39}$/
+
+/** ` "name"` when `name` is a plain word, else ` (not repeated here)`: what a usage message says of an argument. */
+function named(name, plain) {
+  return plain.test(name) ? ` "${name}"` : ' (not repeated here)'
+}
+
+/**
+ * The usage message for an error of parseArgs, made from its code: its own message quotes
+ * the argument (`Unknown option '--redis://u:p/ss@h'`), which may hold a password or an
+ * escape sequence. Only a known option, or an unknown one that is a plain word, is named.
+ */
+function parseArgsMessage(err, argv) {
+  if (err?.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+    const end = argv.indexOf('--')
+    const given = (end === -1 ? argv : argv.slice(0, end)).find((arg) => arg.startsWith('-') && arg !== '-' && !isKnownOption(arg))
+    const name = given?.startsWith('--') ? given.split('=')[0] : given
+    return `unknown option${named(name ?? '', PLAIN_OPTION)}; an argument that starts with "-" goes after --`
+  }
+  if (err?.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
+    // The option is one of OPTIONS: its name is ours.
+    const option = Object.keys(OPTIONS).find((name) => String(err.message).includes(`'--${name}`))
+    if (option !== undefined && OPTIONS[option].type === 'boolean') return `--${option} takes no value`
+    if (option !== undefined) return `--${option} needs a value (--${option}=<value> for one that starts with "-")`
+  }
+  return 'the arguments cannot be read (not repeated here)'
+}
+
+/** Whether `arg` (starting with "-") is an option of OPTIONS (`--name`, `--name=value`, `-h`). */
+function isKnownOption(arg) {
+  if (arg.startsWith('--')) return Object.hasOwn(OPTIONS, arg.slice(2).split('=')[0])
+  return arg === '-h'
 }
 
 /** The flags only some commands take: given to another, they are refused, not ignored. */
@@ -154,7 +190,7 @@ function refuseForeignFlags(command, values) {
   for (const [flag, commands] of Object.entries(FLAG_COMMANDS)) {
     const given = values[flag] !== undefined && values[flag] !== false
     if (given && command !== undefined && !commands.includes(command)) {
-      throw new UsageError(`--${flag} applies to ${commands.join(' and ')} only, not to ${command}`)
+      throw new UsageError(`--${flag} applies to ${commands.join(' and ')} only${PLAIN_WORD.test(command) ? `, not to ${command}` : ''}`)
     }
   }
 }
@@ -181,10 +217,10 @@ function parseUi(args, flags) {
   if (args.length > 1) throw tooMany(args, 'ui takes at most [url]')
   // Digits only: Number() reads '' and ' ' as 0 (a random port), '0x50' as 80, '1e3' as 1000.
   const port = flags.port === undefined ? DEFAULT_UI_PORT : /^\d{1,5}$/.test(flags.port) ? Number(flags.port) : NaN
-  if (!(port >= 0 && port <= 65535)) throw new UsageError(`--port must be a port number (0-65535), got ${JSON.stringify(flags.port)}`)
+  if (!(port >= 0 && port <= 65535)) throw new UsageError('--port must be a port number (0-65535)')
   // '' would listen on every interface (Node.js reads it as no address at all).
   if (flags.host !== undefined && flags.host.trim() === '')
-    throw new UsageError(`--host must name an address, got ${JSON.stringify(flags.host)}; without --host the UI listens on 127.0.0.1`)
+    throw new UsageError('--host must name an address, not an empty or blank one; without --host the UI listens on 127.0.0.1')
   return { name: 'ui', url: resolveUrl(args[0]), port, host: flags.host ?? '127.0.0.1', allowWrites: flags['allow-writes'], prefix: flags.prefix ?? '' }
 }
 
@@ -195,7 +231,7 @@ function parseKv([action, mount, ...args], flags) {
     const { url, other: pattern } = splitUrl(args, { urlFirst: false })
     return { ...common, url: resolveUrl(url), pattern }
   }
-  if (!Object.hasOwn(KV_ARGUMENTS, action)) throw new UsageError(`unknown kv action "${action}"`)
+  if (!Object.hasOwn(KV_ARGUMENTS, action)) throw new UsageError(`unknown kv action${named(action, PLAIN_WORD)}: give get, set, keys or delete`)
   const names = KV_ARGUMENTS[action]
   if (args.length < names.length || args.length > names.length + 1) {
     throw new UsageError(`kv ${action} takes <mount> ${names.map((n) => `<${n}>`).join(' ')} [url]`)
@@ -234,7 +270,7 @@ function ttlOption(ttl, action) {
   if (ttl === undefined) return undefined
   if (action !== 'set') throw new UsageError('--ttl applies to kv set only')
   if (!/^\d{1,16}$/.test(ttl) || Number(ttl) < 1 || !Number.isSafeInteger(Number(ttl))) {
-    throw new UsageError(`--ttl must be a time to live in ms, a positive integer, got ${JSON.stringify(ttl)}`)
+    throw new UsageError('--ttl must be a time to live in ms, a positive integer')
   }
   return Number(ttl)
 }
@@ -323,7 +359,7 @@ function schemaOption(schema, url) {
   }
   const bytes = Buffer.byteLength(schema)
   if (bytes === 0 || bytes > 63 || schema.includes('\0') || schema.includes('$') || schema.startsWith('pg_')) {
-    throw new UsageError(`--schema must be 1 to 63 bytes without NUL or "$", not starting with "pg_", got ${JSON.stringify(schema)}`)
+    throw new UsageError('--schema must be 1 to 63 bytes without NUL or "$", not starting with "pg_"')
   }
   return schema
 }
@@ -687,7 +723,8 @@ async function main(argv) {
 
 main(process.argv.slice(2)).catch((err) => {
   if (err instanceof UsageError) {
-    console.error(`durastate: ${redactSecrets(err.message)}\n\n${USAGE}`)
+    // Usage messages repeat no argument; escaped anyway, should one ever slip in.
+    console.error(`durastate: ${printable(redactSecrets(err.message))}\n\n${USAGE}`)
     process.exitCode = 2
     return
   }
