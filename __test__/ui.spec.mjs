@@ -617,6 +617,24 @@ describe('durastate reset, dispose and ui (CLI)', () => {
       await new Promise((resolve) => (child.exitCode !== null ? resolve() : child.once('exit', resolve)))
     }
   })
+
+  it('ui stops cleanly (exit 0) on a SIGTERM or SIGINT that comes right after its URL line', async () => {
+    // The handlers were installed after the URL was printed: a signal sent as soon as it
+    // was read killed the process by the signal most times.
+    for (const signal of ['SIGTERM', 'SIGINT', 'SIGTERM', 'SIGINT', 'SIGTERM', 'SIGINT']) {
+      const child = spawn(process.execPath, [CLI, 'ui', url, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] })
+      const exited = new Promise((resolve) => child.once('exit', (code, killedBy) => resolve({ code, signal: killedBy })))
+      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000)
+      try {
+        await new Promise((resolve) => child.stdout.once('data', resolve))
+        child.kill(signal)
+        assert.deepEqual(await exited, { code: 0, signal: null }, signal)
+      } finally {
+        clearTimeout(timer)
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+      }
+    }
+  })
 })
 
 describe('durastate ui in a browser', { timeout: 120_000 }, () => {

@@ -600,22 +600,38 @@ async function ui(command) {
   const { startUi } = await import('./ui.mjs')
   const { createInspector } = loadAddon()
   const open = (url) => createInspector(url, { ...timeouts(url), ...READ_ONLY, tls: command.tls, schema: command.schema })
-  if (isSqliteUrl(command.url)) {
-    // A file that is not there (or holds no store of this format) fails here, before the
-    // page is served, as on every other command; a server that is down may come back.
-    const probe = open(command.url)
-    try {
-      await probe.scanExecutions('0', '', 1)
-    } finally {
-      await probe.close()
-    }
+  // The signal handlers come before the URL line: a supervisor or a script that stops the UI
+  // as soon as it printed its URL got the default action (killed by the signal, nothing
+  // closed) instead of the clean stop (exit 0). A signal before the server listens stops it
+  // once it does. (once: a second Ctrl-C ends the process at once.)
+  let server
+  let stopping = false
+  const stop = () => {
+    stopping = true
+    if (server !== undefined) server.close().then(() => process.exit(0))
   }
-  const server = await startUi({ ...command, createInspector: open })
-  const mode = command.allowWrites ? 'writes allowed: reset step, dispose' : 'read-only'
-  console.log(`durastate ui: ${server.url} (${mode}; Ctrl-C stops it)`)
-  const stop = () => server.close().then(() => process.exit(0))
   process.once('SIGINT', stop)
   process.once('SIGTERM', stop)
+  try {
+    if (isSqliteUrl(command.url)) {
+      // A file that is not there (or holds no store of this format) fails here, before the
+      // page is served, as on every other command; a server that is down may come back.
+      const probe = open(command.url)
+      try {
+        await probe.scanExecutions('0', '', 1)
+      } finally {
+        await probe.close()
+      }
+    }
+    server = await startUi({ ...command, createInspector: open })
+  } catch (err) {
+    process.off('SIGINT', stop)
+    process.off('SIGTERM', stop)
+    throw err
+  }
+  if (stopping) return stop()
+  const mode = command.allowWrites ? 'writes allowed: reset step, dispose' : 'read-only'
+  console.log(`durastate ui: ${server.url} (${mode}; Ctrl-C stops it)`)
 }
 
 /** The JSON text to store for a value from the command line: the text itself when it is JSON (its digits kept), else the text as a JSON string. */
