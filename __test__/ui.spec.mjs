@@ -637,6 +637,55 @@ describe('durastate reset, dispose and ui (CLI)', () => {
   })
 })
 
+describe('durastate ui: stopping', { timeout: 60_000 }, () => {
+  it('says "stopping…" on Ctrl-C while a call to the store is in flight, then exits 0 within commandTimeout; an idle UI stops silently', async () => {
+    const redis = await startRedisServer()
+    let paused = false
+    const start = async () => {
+      const child = spawn(process.execPath, [CLI, 'ui', redis.url, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] })
+      const out = { stdout: '', stderr: '' }
+      child.stdout.on('data', (d) => (out.stdout += d))
+      child.stderr.on('data', (d) => (out.stderr += d))
+      const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })))
+      const started = Date.now()
+      while (!/http:\/\/\S+\//.test(out.stdout)) {
+        assert.ok(Date.now() - started < 15_000 && child.exitCode === null, `no URL: ${out.stdout}${out.stderr}`)
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+      return { child, out, exited, base: /http:\/\/\S+\//.exec(out.stdout)[0] }
+    }
+    const ui = []
+    try {
+      const idle = await start()
+      ui.push(idle)
+      assert.equal((await raw(`${idle.base}api/executions`)).status, 200)
+      idle.child.kill('SIGINT')
+      assert.deepEqual(await idle.exited, { code: 0, signal: null })
+      assert.equal(idle.out.stderr, '')
+
+      const busy = await start()
+      ui.push(busy)
+      assert.equal((await raw(`${busy.base}api/executions`)).status, 200)
+      // The store stops answering: the next listing waits (up to commandTimeout, 5 s).
+      process.kill(redis.pid, 'SIGSTOP')
+      paused = true
+      raw(`${busy.base}api/executions`).catch(() => {})
+      await new Promise((resolve) => setTimeout(resolve, 500))
+      const stopped = Date.now()
+      busy.child.kill('SIGINT')
+      while (!busy.out.stderr.includes('stopping…') && Date.now() - stopped < 2000) await new Promise((resolve) => setTimeout(resolve, 20))
+      assert.match(busy.out.stderr, /^durastate ui: stopping… \(waiting up to 5 s for a call to the store; Ctrl-C again quits at once\)\n/)
+      assert.ok(Date.now() - stopped < 1000, `"stopping…" came ${Date.now() - stopped} ms after the signal`)
+      assert.deepEqual(await busy.exited, { code: 0, signal: null })
+      assert.ok(Date.now() - stopped < 10_000, `exited ${Date.now() - stopped} ms after the signal`)
+    } finally {
+      for (const { child } of ui) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+      if (paused) process.kill(redis.pid, 'SIGCONT')
+      await redis.stop()
+    }
+  })
+})
+
 describe('durastate ui in a browser', { timeout: 120_000 }, () => {
   let browser
   let redis

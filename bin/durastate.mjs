@@ -608,7 +608,13 @@ async function ui(command) {
   let stopping = false
   const stop = () => {
     stopping = true
-    if (server !== undefined) server.close().then(() => process.exit(0))
+    if (server === undefined) return
+    // Closing waits for the calls to the store in flight (each ends within commandTimeout):
+    // said, so that a wait of seconds (a store that does not answer) is not taken for a hang.
+    if (server.inFlight > 0) {
+      console.error(`durastate ui: stopping… (waiting up to ${TIMEOUTS.commandTimeout / 1000} s for a call to the store; Ctrl-C again quits at once)`)
+    }
+    server.close().then(() => process.exit(0))
   }
   process.once('SIGINT', stop)
   process.once('SIGTERM', stop)

@@ -255,8 +255,16 @@ export async function startUi({ url, port = 0, host = '127.0.0.1', allowWrites =
     throw new HttpError(404, 'NOT_FOUND', pathname.startsWith('/api/') ? 'no such API' : 'no such page')
   }
 
+  // Requests being answered: a stop waits for their calls to the store (inspector.close()).
+  let inFlight = 0
   const server = createServer((req, res) => {
-    route(req, res).then(
+    inFlight += 1
+    const answered = route(req, res)
+    answered.then(
+      () => (inFlight -= 1),
+      () => (inFlight -= 1),
+    )
+    answered.then(
       (answer) => {
         if (res.headersSent) return
         const body = JSON.stringify(answer)
@@ -289,6 +297,10 @@ export async function startUi({ url, port = 0, host = '127.0.0.1', allowWrites =
   return {
     url: `http://${shownHost}:${listening}/`,
     port: listening,
+    /** How many requests are being answered (most waiting for a call to the store). */
+    get inFlight() {
+      return inFlight
+    },
     async close() {
       await new Promise((resolve) => {
         server.close(resolve)
