@@ -713,6 +713,49 @@ describe('durastate ui in a browser', { timeout: 120_000 }, () => {
     redis: () => ({ url: redis.url, open: () => createRedisStore(redis.url, { prefix: 'ui:' }), prefix: 'ui:' }),
   }
 
+  it('shows an execution that fans out into 150,000 steps (no stack overflow in the page)', async () => {
+    // The tree was built with append(...nodes): V8 throws past about 120,000 arguments.
+    const file = join(dir, 'fan.db')
+    const store = createSqliteStore(file, { prefix: 'fan:' })
+    const count = 150_000
+    try {
+      await store.beginExecution('fan')
+      for (let i = 0; i < count; i += 5000) {
+        await Promise.all(
+          Array.from({ length: Math.min(5000, count - i) }, (_, j) => store.commitExecutionTaskResult('fan', `t${String(i + j).padStart(6, '0')}`, i + j)),
+        )
+      }
+    } finally {
+      await store.close()
+    }
+    const ui = await startUi({ url: `sqlite:${file}`, prefix: 'fan:', createInspector })
+    const page = await browser.newPage()
+    const errors = []
+    page.on('pageerror', (err) => errors.push(err.message))
+    try {
+      await page.goto(ui.url)
+      await page.locator('#executions tbody tr').first().waitFor()
+      // What a click on the execution runs (select, then refresh), the tree counted as soon as
+      // it is built: laying out 150,000 steps takes Chromium far longer than building them.
+      const shown = await page.evaluate(async () => {
+        const detail = await api('/api/execution?id=fan')
+        try {
+          renderDetail(detail)
+        } catch (err) {
+          return String(err)
+        }
+        const steps = document.querySelectorAll('#tree > li.step')
+        return { count: steps.length, last: steps[steps.length - 1].querySelector('.step-name').textContent, state: $('detail-state').textContent }
+      })
+      assert.deepEqual(shown, { count, last: 't149999', state: shown.state })
+      assert.match(shown.state, /; 150000 steps$/)
+      assert.deepEqual(errors, [])
+    } finally {
+      await page.close()
+      await ui.close()
+    }
+  })
+
   for (const [name, backend] of Object.entries(backends)) {
     it(`shows, searches, updates live and repairs executions on ${name}`, async () => {
       const { url, open, prefix } = backend()

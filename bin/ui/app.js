@@ -139,8 +139,19 @@ function renderNode(node) {
     if (step.truncated)
       item.append(el('p', { className: 'muted cut' }, `cut: the first ${state.info.maxValueChars} characters of ${formatSize(step.size)} are shown`))
   }
-  if (node.children.size) item.append(el('ul', null, ...[...node.children.values()].map(renderNode)))
+  if (node.children.size) item.append(el('ul', null, renderNodes(node.children)))
   return item
+}
+
+/**
+ * The nodes of `children` (a Map), rendered into one fragment: appended one by one, never
+ * spread into a call (`append(...nodes)`), which throws a RangeError in V8 past about
+ * 120,000 arguments (an execution that fans out into that many steps).
+ */
+function renderNodes(children) {
+  const fragment = document.createDocumentFragment()
+  for (const child of children.values()) fragment.append(renderNode(child))
+  return fragment
 }
 
 function renderDetail(detail) {
@@ -155,7 +166,7 @@ function renderDetail(detail) {
     : `finished (no in-progress marker); ${detail.steps.length} steps`
   $('dispose').hidden = !state.info.allowWrites
   const tree = buildTree(detail.steps)
-  $('tree').replaceChildren(...[...tree.children.values()].map(renderNode))
+  $('tree').replaceChildren(renderNodes(tree.children))
   if (detail.steps.length === 0) $('tree').append(el('li', { className: 'muted' }, 'no steps'))
 }
 
