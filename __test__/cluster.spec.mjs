@@ -236,7 +236,10 @@ describe('Redis Cluster', { timeout: 180_000 }, () => {
   })
 
   test('a workflow keeps going while its slot is resharded to another master', async () => {
-    const store = workerStore()
+    // A commit (two keys) waits while the slot's keys are split over two nodes, under the
+    // `retry` budget (README: raise it for slow migrations): the default's ~350 ms of
+    // backoff was not always enough for this key-by-key move on a loaded 2-core machine.
+    const store = workerStore({ retry: { attempts: 20, minDelay: 50, maxDelay: 200 } })
     const id = `mig-${randomUUID()}`
     const slot = await cluster.keyslot(`{${id}}`)
     await store.beginExecution(id)
