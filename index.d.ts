@@ -333,6 +333,7 @@ export declare class DurableWorkerStore implements WorkerStore {
   /**
    * Claims a step atomically (`HSETNX`): of any number of concurrent callers, exactly one
    * gets `true`. The claim is on the in-progress marker; check for a result first.
+   * A claim that loses writes nothing: it does not refresh the marks' `ttl`.
    * Unlike the other calls it is never sent again after a dropped connection (the first
    * `HSETNX` may have landed): it rejects with `UNAVAILABLE` instead. With
    * `keyLayout: 'hashtag'` (required on a cluster) the claim is a token unique to it, so

@@ -208,6 +208,25 @@ for (const name of backendNames) {
       assert.deepEqual(await store.getExecutionTaskResults('e'), { a: 1, b: 2 })
     })
 
+    it('a claim that loses writes nothing: a held mark expires on time however often others try to claim it', async () => {
+      // A worker claims a step and dies; redeliveries keep trying to claim it every 500 ms.
+      // A losing claim used to refresh the marks' TTL, so the mark never expired.
+      const store = backend.open({ ttl: 1500 })
+      const start = performance.now()
+      const elapsed = () => performance.now() - start
+      assert.equal(await store.tryBeginExecutionTask('e', 'stuck'), true)
+      for (const at of [500, 1000]) {
+        await sleep(at - elapsed())
+        const won = await store.tryBeginExecutionTask('e', 'stuck')
+        // landed before the first claim's TTL could run out: it lost
+        if (elapsed() < 1400) assert.equal(won, false, `claim at ${elapsed().toFixed(0)} ms`)
+      }
+      // 500 ms past the first claim's TTL, 500 ms before the last losing claim's would end
+      await sleep(2000 - elapsed())
+      assert.equal(await store.isExecutionTaskInProgress('e', 'stuck'), false)
+      assert.equal(await store.tryBeginExecutionTask('e', 'stuck'), true)
+    })
+
     it('rejects bad arguments with INVALID_INPUT', async () => {
       const store = backend.open()
       await rejectsWith(store.beginExecution(42), 'INVALID_INPUT')

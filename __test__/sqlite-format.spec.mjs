@@ -86,8 +86,13 @@ describe('SQLite file format', () => {
       assert.deepEqual(await withTtl.getExecutionTaskResults('job-1'), { a: [1, 2, 3] })
       assert.equal(await withTtl.isExecutionTaskInProgress('job-1', 'b'), true)
       assert.equal(await withTtl.tryBeginExecutionTask('job-1', 'c'), false, 'the claim made before the migration still holds')
-      // As PEXPIRE: a claim with a TTL sets the expiry of all the execution's marks.
-      const marks = binding.createInspector(`sqlite:${path}`)
+      // A claim that lost writes nothing: the marks keep the TTL they had.
+      let marks = binding.createInspector(`sqlite:${path}`)
+      assert.ok((await marks.execution('ttl:job-1')).claimsTtl > 90 * YEAR, 'a losing claim left the TTL alone')
+      marks.close()
+      // As PEXPIRE: a claim with a TTL that won sets the expiry of all the execution's marks.
+      assert.equal(await withTtl.tryBeginExecutionTask('job-1', 'd'), true)
+      marks = binding.createInspector(`sqlite:${path}`)
       const { claimsTtl } = await marks.execution('ttl:job-1')
       marks.close()
       assert.ok(claimsTtl > YEAR - 60_000 && claimsTtl <= YEAR, `claims TTL reset to a year (${claimsTtl})`)

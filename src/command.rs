@@ -47,6 +47,14 @@ pub enum Command {
     field: String,
     value: String,
   },
+  /// `HSETNX key field value`, then `PEXPIRE key ttl` only when the field was created,
+  /// atomically (a script): replies 1 when it was, else 0 (and wrote nothing).
+  HSetNxExpire {
+    key: String,
+    field: String,
+    value: String,
+    ttl_ms: u64,
+  },
   /// `HDEL key field`.
   HDel { key: String, field: String },
   /// `PEXPIRE key ttl`.
@@ -97,8 +105,9 @@ pub enum Command {
   },
   /// Marks step `task` of execution `exec` in progress with `value`; when `exclusive`,
   /// only if it is not already (replies `Int(1)` when this call set it, else `Int(0)`).
-  /// A `ttl_ms` (re)sets the expiry of all the execution's in-progress marks, also when
-  /// the exclusive claim lost (as `MULTI HSETNX PEXPIRE` does).
+  /// A `ttl_ms` (re)sets the expiry of all the execution's in-progress marks, except when
+  /// the exclusive claim lost: that writes nothing, so a mark left by a worker that died
+  /// expires on time however often others try to claim it.
   Claim {
     exec: String,
     task: String,
@@ -174,6 +183,7 @@ impl Command {
       | Command::HGetAll { key }
       | Command::HSet { key, .. }
       | Command::HSetNx { key, .. }
+      | Command::HSetNxExpire { key, .. }
       | Command::HDel { key, .. }
       | Command::PExpire { key, .. }
       | Command::Exists { key }

@@ -39,6 +39,19 @@ pub(super) fn to_redis(command: &Command) -> redis::Cmd {
     Command::HSetNx { key, field, value } => {
       redis::cmd("HSETNX").arg(key).arg(field).arg(value).clone()
     }
+    Command::HSetNxExpire {
+      key,
+      field,
+      value,
+      ttl_ms,
+    } => redis::cmd("EVAL")
+      .arg(HSETNX_EXPIRE)
+      .arg(1)
+      .arg(key)
+      .arg(field)
+      .arg(value)
+      .arg(*ttl_ms)
+      .clone(),
     Command::HDel { key, field } => redis::cmd("HDEL").arg(key).arg(field).clone(),
     Command::PExpire { key, ttl_ms } => redis::cmd("PEXPIRE").arg(key).arg(*ttl_ms).clone(),
     Command::Del { keys } => redis::cmd("DEL").arg(keys).clone(),
@@ -107,6 +120,17 @@ fn set(key: &str, value: &str, ttl_ms: Option<u64>) -> redis::Cmd {
   }
   cmd
 }
+
+/// `HSETNX KEYS[1] ARGV[1] ARGV[2]`, then `PEXPIRE KEYS[1] ARGV[3]` only when the field
+/// was created: a claim that lost writes nothing (a TTL refreshed by every losing claim
+/// would keep a dead worker's mark alive). Replies 1 or 0; an error of `HSETNX`
+/// (`WRONGTYPE`) is the script's reply as the server gave it.
+const HSETNX_EXPIRE: &str = r#"
+local created = redis.pcall('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+if type(created) == 'table' and created.err then return created end
+if created == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return created
+"#;
 
 /// Shallow-merges an object into the JSON object at KEYS[1], atomically, on the JSON
 /// text (values are kept verbatim): `json_value::merge_objects` in Lua. ARGV: the TTL
@@ -412,6 +436,7 @@ pub(super) fn fits(value: &Value, command: &Command) -> bool {
     (
       Command::HSet { .. }
       | Command::HSetNx { .. }
+      | Command::HSetNxExpire { .. }
       | Command::HDel { .. }
       | Command::PExpire { .. }
       | Command::Del { .. }

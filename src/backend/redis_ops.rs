@@ -74,20 +74,35 @@ fn lower_one(command: Command, out: &mut Vec<Command>) -> Fold {
       ttl_ms,
     } => {
       let key = format!("{exec}{TRANSACTIONS}");
-      out.push(match exclusive {
-        true => Command::HSetNx {
-          key: key.clone(),
-          field: task,
-          value,
-        },
-        false => Command::HSet {
-          key: key.clone(),
-          field: task,
-          value,
-        },
-      });
-      push_expiry(out, key, ttl_ms);
-      Fold::First(1 + ttl_ms.is_some() as usize)
+      match (exclusive, ttl_ms) {
+        // A claim that lost must not refresh the marks' expiry: one script.
+        (true, Some(ttl_ms)) => {
+          out.push(Command::HSetNxExpire {
+            key,
+            field: task,
+            value,
+            ttl_ms,
+          });
+          Fold::Same
+        }
+        (true, None) => {
+          out.push(Command::HSetNx {
+            key,
+            field: task,
+            value,
+          });
+          Fold::Same
+        }
+        (false, ttl_ms) => {
+          out.push(Command::HSet {
+            key: key.clone(),
+            field: task,
+            value,
+          });
+          push_expiry(out, key, ttl_ms);
+          Fold::First(1 + ttl_ms.is_some() as usize)
+        }
+      }
     }
     Command::Commit {
       exec,
@@ -275,7 +290,7 @@ mod tests {
   }
 
   #[test]
-  fn a_claim_with_ttl_is_hsetnx_then_pexpire_atomically() {
+  fn an_exclusive_claim_with_ttl_is_one_script_that_expires_only_when_it_won() {
     let batch = lowered(Command::Claim {
       exec: "p:e".into(),
       task: "t".into(),
@@ -283,21 +298,25 @@ mod tests {
       exclusive: true,
       ttl_ms: Some(5),
     });
-    assert!(batch.atomic);
+    assert!(!batch.atomic);
     assert_eq!(
       batch.commands,
-      vec![
-        Command::HSetNx {
-          key: "p:e-transactions".into(),
-          field: "t".into(),
-          value: "true".into()
-        },
-        Command::PExpire {
-          key: "p:e-transactions".into(),
-          ttl_ms: 5
-        },
-      ]
+      vec![Command::HSetNxExpire {
+        key: "p:e-transactions".into(),
+        field: "t".into(),
+        value: "true".into(),
+        ttl_ms: 5
+      }]
     );
+    let batch = lowered(Command::Claim {
+      exec: "p:e".into(),
+      task: "t".into(),
+      value: "true".into(),
+      exclusive: false,
+      ttl_ms: Some(5),
+    });
+    assert!(batch.atomic);
+    assert_eq!(batch.commands.len(), 2);
     let folded = fold(vec![Fold::First(2)], vec![Reply::Int(0), Reply::Int(1)]);
     assert_eq!(folded, vec![Reply::Int(0)]);
   }

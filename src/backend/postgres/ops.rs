@@ -94,6 +94,15 @@ impl Statements {
        ON CONFLICT (exec, task) DO UPDATE SET claim = excluded.claim WHERE NOT $4 OR st.claim IS NULL RETURNING 1)"
     );
     let upsert_written = "(SELECT count(*) FROM w)";
+    // An exclusive claim of a step whose mark is held (and has not expired) lost: it
+    // answers 0 and writes nothing, the marks' expiry included (refreshed by every losing
+    // claim, a dead worker's mark would never expire while deliveries keep coming). As of
+    // the statement's snapshot: a mark another claim sets after it may still see one
+    // refresh, as if this claim had come first.
+    let claim_lost = format!(
+      "$4 AND EXISTS (SELECT 1 FROM {s}.steps WHERE exec = $1 AND task = $2 AND claim IS NOT NULL)
+       AND NOT EXISTS (SELECT 1 FROM {s}.step_expiry WHERE exec = $1 AND claims_at <= {s}.now_ms())"
+    );
     let claim_fallback = |ttl: &str| format!("{s}.claim($1, $2, $3, $4, {ttl})");
     let commit_write = format!(
       "wu AS (UPDATE {s}.steps SET claim = NULL, result = $3 WHERE exec = $1 AND task = $2 AND {{gate}} RETURNING 1),
@@ -148,14 +157,14 @@ impl Statements {
       claim: one_step(s, None, (&claim_write, upsert_written), &claim_fallback("$5::bigint")),
       claim_ttl: one_step(
         s,
-        Some(("claims_at", "$5")),
+        Some(("claims_at", "$5", Some(&claim_lost))),
         (&claim_write, upsert_written),
         &claim_fallback("$5::bigint"),
       ),
       commit: one_step(s, None, (&commit_write, commit_written), &commit_fallback("$4::bigint")),
       commit_ttl: one_step(
         s,
-        Some(("results_at", "$4")),
+        Some(("results_at", "$4", None)),
         (&commit_upsert, upsert_written),
         &commit_fallback("$4::bigint"),
       ),
@@ -261,20 +270,33 @@ impl Statements {
 /// Unlike the function, a commit with a TTL leaves `claims_at` when it takes the last mark
 /// (format 3, see `schema.rs`): clearing it would read the other steps, which a
 /// statement sees as of its start, not as of the lock.
-fn one_step(s: &str, ttl: Option<(&str, &str)>, write: (&str, &str), fallback: &str) -> String {
+fn one_step(
+  s: &str,
+  ttl: Option<(&str, &str, Option<&str>)>,
+  write: (&str, &str),
+  fallback: &str,
+) -> String {
+  // `lost`: when the call answers 0 at once and writes nothing, not even the expiry.
+  let mut lost = None;
   let (x, from, fast) = match ttl {
-    Some((column, ttl)) => (
-      format!(
-        "x AS (INSERT INTO {s}.step_expiry AS e (exec, {column}, sweep_at)
-         SELECT $1, t.at, t.at FROM (SELECT {s}.now_ms() + {ttl}::bigint AS at) t
+    Some((column, ttl, lost_when)) => {
+      lost = lost_when;
+      let gate = lost_when
+        .map(|l| format!("WHERE NOT ({l})"))
+        .unwrap_or_default();
+      (
+        format!(
+          "x AS (INSERT INTO {s}.step_expiry AS e (exec, {column}, sweep_at)
+         SELECT $1, t.at, t.at FROM (SELECT {s}.now_ms() + {ttl}::bigint AS at) t {gate}
          ON CONFLICT (exec) DO UPDATE SET {column} = excluded.{column}, sweep_at = least(e.sweep_at, excluded.sweep_at)
          WHERE (e.claims_at IS NULL OR e.claims_at > excluded.{column} - {ttl}::bigint)
            AND (e.results_at IS NULL OR e.results_at > excluded.{column} - {ttl}::bigint)
          RETURNING 1)"
-      ),
-      "FROM x",
-      "EXISTS (SELECT 1 FROM x)",
-    ),
+        ),
+        "FROM x",
+        "EXISTS (SELECT 1 FROM x)",
+      )
+    }
     None => (
       format!("x AS (SELECT 1 FROM {s}.step_expiry WHERE exec = $1 FOR UPDATE)"),
       "WHERE NOT EXISTS (SELECT 1 FROM x)",
@@ -283,9 +305,12 @@ fn one_step(s: &str, ttl: Option<(&str, &str)>, write: (&str, &str), fallback: &
   };
   let (ctes, written) = write;
   let ctes = ctes.replace("{from}", from).replace("{gate}", fast);
+  let lost = lost
+    .map(|l| format!("WHEN {l} THEN 0 "))
+    .unwrap_or_default();
   format!(
     "WITH {x}, {ctes}
-     SELECT CASE WHEN {fast} THEN {written}::integer ELSE {fallback} END"
+     SELECT CASE WHEN {fast} THEN {written}::integer {lost}ELSE {fallback} END"
   )
 }
 
@@ -411,6 +436,7 @@ pub fn is_store_operation(command: &Command) -> bool {
       | Command::HGetAll { .. }
       | Command::HSet { .. }
       | Command::HSetNx { .. }
+      | Command::HSetNxExpire { .. }
       | Command::HDel { .. }
       | Command::PExpire { .. }
   )

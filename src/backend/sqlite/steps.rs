@@ -139,7 +139,9 @@ pub fn claim(
   let written = db
     .prepare_cached(sql)?
     .execute(params![exec, task, value])?;
-  if expires_at.is_some() {
+  // A claim that lost writes nothing: refreshing the expiry there would keep a dead
+  // worker's mark alive as long as others keep trying to claim it.
+  if expires_at.is_some() && (written > 0 || !exclusive) {
     let new = Expiry {
       claims_at: expires_at,
       ..found
