@@ -63,7 +63,7 @@ export declare const EMPTY_EXECUTION_RESULT: '<empty_execution_result>'
 export interface StoreOptions {
   /** Time to live of every key written, in ms (exact; fractions round up). 0 or absent: never expire. */
   ttl?: number
-  /** Prepended to every key. */
+  /** Prepended to every key. Well-formed Unicode: a lone surrogate throws `INVALID_INPUT`. */
   prefix?: string
   /**
    * Bound on every round trip of a call, in ms, including connecting or queueing: end to

@@ -519,6 +519,8 @@ function checkRedisFields(target) {
 function connectionOptions(options) {
   checkOptionNames(options, STORE_OPTIONS)
   if (options === undefined || options === null) return undefined
+  // A lone surrogate would reach the addon as U+FFFD: two prefixes would name the same keys.
+  if (typeof options.prefix === 'string' && !options.prefix.isWellFormed()) throw illFormed('option `prefix`', options.prefix)
   const internal = CREATE_TABLES in options
   if (!('tls' in options) && !('sentinelTls' in options) && options.retry !== null && !internal) return options
   const result = { ...options }

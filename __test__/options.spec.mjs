@@ -138,6 +138,22 @@ describe('store options', () => {
     )
   })
 
+  it('a `prefix` with a lone surrogate is INVALID_INPUT on every factory, as ids are (it was stored as U+FFFD: two prefixes named the same keys)', async () => {
+    for (const [factory, create] of factories()) {
+      for (const prefix of ['a\ud800', 'a\udc00:', '\ud83d']) {
+        refused(
+          () => create({ prefix }),
+          /^option `prefix` holds a lone surrogate \(\\ud[89a-f][0-9a-f]{2} at index \d\)/,
+          `${factory} ${JSON.stringify(prefix)}`,
+        )
+      }
+      // a surrogate pair is well-formed
+      await create({ prefix: 'tenant-😀:' }).close()
+    }
+    // A KV store's mount prefixes too, and the default mount's (the store's own `prefix`).
+    refused(() => createKvStore('memory:', { mounts: { m: { prefix: 'x\ud800' } } }), /^mount 'm': prefix holds a lone surrogate/, 'mount prefix')
+  })
+
   it('a `retry` that is not an object is INVALID_INPUT naming it (`retry: 0` kept the 3 resends); `retry: null` is as if absent', async () => {
     for (const [factory, create] of factories()) {
       for (const [value, got] of [
