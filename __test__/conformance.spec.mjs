@@ -227,6 +227,17 @@ for (const name of backendNames) {
       assert.equal(await store.tryBeginExecutionTask('e', 'stuck'), true)
     })
 
+    it('rejects an empty execution id, keeps an empty task id (as the JS store does; README says so)', async () => {
+      const store = backend.open()
+      await rejectsWith(store.beginExecution(''), 'INVALID_INPUT')
+      await rejectsWith(store.beginExecutionTask('', 't'), 'INVALID_INPUT')
+      await store.beginExecutionTask('e', '')
+      assert.equal(await store.isExecutionTaskInProgress('e', ''), true)
+      await store.commitExecutionTaskResult('e', '', 1)
+      assert.equal(await store.getExecutionTaskResult('e', ''), 1)
+      assert.deepEqual(await store.getExecutionTaskResults('e'), { '': 1 })
+    })
+
     it('rejects bad arguments with INVALID_INPUT', async () => {
       const store = backend.open()
       await rejectsWith(store.beginExecution(42), 'INVALID_INPUT')
