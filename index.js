@@ -19,6 +19,7 @@ class DurastateError extends Error {
   }
 }
 
+const { noBinaryMessage } = require('./platform.js')
 const native = loadBinding()
 // The socket side of the Redis driver of runtimes whose event loop native code cannot poll (transport.js).
 native.setRedisTransport(require('./transport.js').createTransport)
@@ -202,32 +203,6 @@ function loadBinding() {
   }
 }
 
-/**
- * What to do when no binary loads: which platform packages exist, and the two ways to build
- * one from the sources in this package (the install hook, which npm 12 blocks for a dependency
- * until it is approved, or cargo by hand).
- */
-function noBinaryMessage() {
-  const platform = platformName()
-  let prebuilt = []
-  try {
-    const manifest = require('./package.json')
-    prebuilt = Object.keys(manifest.optionalDependencies ?? {}).map((name) => name.slice(manifest.name.length + 1))
-  } catch {}
-  const library = { win32: 'target\\release\\durastate.dll', darwin: 'target/release/libdurastate.dylib' }[process.platform] ?? 'target/release/libdurastate.so'
-  const copy = process.platform === 'win32' ? 'copy' : 'cp'
-  const fits = prebuilt.includes(platform)
-  return (
-    `no durastate binary loads on ${platform}. ` +
-    (fits
-      ? `The package durastate-${platform} has it: install durastate again with optional dependencies (not --omit=optional or --no-optional; see npm/cli#4828). `
-      : `Prebuilt binaries (durastate-<platform> packages): ${prebuilt.join(', ') || 'none in this install'}. `) +
-    "To build one from source (needs Rust, https://rustup.rs, and a C compiler): let npm run durastate's install script, " +
-    'which npm 12 blocks until you approve it: `npm install-scripts approve durastate && npm rebuild durastate`; ' +
-    `or build it with cargo: \`cd "${__dirname}" && cargo build --release --locked && ${copy} ${library} durastate.${platform}.node\`.`
-  )
-}
-
 /** On Deno, the permission error (`err` or one of its causes) that stopped the load, if any. */
 function denoDenial(err) {
   if (typeof Deno === 'undefined') return null
@@ -235,21 +210,6 @@ function denoDenial(err) {
     if (e.name === 'NotCapable' || e.name === 'PermissionDenied' || /--allow-\w+/.test(String(e.message))) return e
   }
   return null
-}
-
-/** This platform as napi-rs names binaries: linux-x64-gnu, linux-x64-musl, darwin-arm64, win32-x64-msvc. */
-function platformName() {
-  const { platform, arch } = process
-  if (platform === 'linux') {
-    let libc = 'gnu'
-    try {
-      process.report.excludeNetwork = true
-      libc = process.report.getReport().header.glibcVersionRuntime ? 'gnu' : 'musl'
-    } catch {}
-    return `linux-${arch}-${libc}`
-  }
-  if (platform === 'win32') return `win32-${arch}-msvc`
-  return `${platform}-${arch}`
 }
 
 function toDurastateError(err) {

@@ -13,6 +13,8 @@ import { fileURLToPath } from 'node:url'
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..')
 const require = createRequire(import.meta.url)
+// The name binding.js loads (durastate.<name>.node), shared with index.js.
+const { describePlatform, platformName } = require('../platform.js')
 
 function loadsBinding() {
   try {
@@ -21,19 +23,6 @@ function loadsBinding() {
   } catch {
     return false
   }
-}
-
-/** This platform as napi-rs names binaries and packages: linux-x64-gnu, darwin-arm64, win32-x64-msvc. */
-function platformName() {
-  const { platform, arch } = process
-  if (platform === 'linux') return `linux-${arch}-${isGlibc() ? 'gnu' : 'musl'}`
-  if (platform === 'win32') return `win32-${arch}-msvc`
-  return `${platform}-${arch}`
-}
-
-function isGlibc() {
-  process.report.excludeNetwork = true
-  return Boolean(process.report.getReport().header.glibcVersionRuntime)
 }
 
 function run(command, args, env = {}) {
@@ -76,6 +65,13 @@ function buildWithCargo() {
 
 if (!process.env.DURASTATE_FORCE_BUILD && loadsBinding()) {
   process.exit(0)
+}
+if (platformName() === null) {
+  console.error(
+    `durastate: no prebuilt binary for ${describePlatform()}, and none can be built from source: durastate's loader ` +
+      `(binding.js, made by napi-rs) knows no binary for the architecture ${process.arch} on ${process.platform}.`,
+  )
+  process.exit(1)
 }
 const cli = napiCli()
 if (!cli && !hasCargo()) {

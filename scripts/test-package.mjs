@@ -35,6 +35,7 @@ const PACKED_FILES = [
   'index.d.ts',
   'binding.js',
   'binding.d.ts',
+  'platform.js',
   'bin/durastate.mjs',
   'bin/executions.mjs',
   'bin/ui.mjs',
