@@ -201,9 +201,112 @@ describe('scripts/install.mjs in an installed package', { skip: !linuxWithBinary
   it('on an architecture binding.js does not know, says so at once and builds nothing', () => {
     const { dir } = packageCopy()
     const log = join(workDir, `cargo-${++copies}.log`)
-    const { output } = runInstall(dir, { preload: fakeMachine({ arch: 'mips64el' }), path: stubCargo(log) })
+    const { code, output } = runInstall(dir, { preload: fakeMachine({ arch: 'mips64el' }), path: stubCargo(log) })
+    assert.equal(code, 0, output)
     assert.match(output, /knows no binary for the architecture mips64el on linux/)
     assert.ok(!existsSync(log) || !/build/.test(readFileSync(log, 'utf8')), 'cargo build ran')
     assert.doesNotMatch(output, /building the native addon/)
   })
 })
+
+/** The package.json of the copy as a release publishes it: the platform packages as optional dependencies. */
+function published(dir, platforms = [platformName()]) {
+  const path = join(dir, 'package.json')
+  const manifest = JSON.parse(readFileSync(path, 'utf8'))
+  manifest.optionalDependencies = Object.fromEntries(platforms.map((p) => [`durastate-${p}`, manifest.version]))
+  writeFileSync(path, JSON.stringify(manifest, null, 2))
+}
+
+/** A stub @napi-rs/cli under `dir`/node_modules whose `napi` writes `marker` and exits 0. */
+function stubNapiCli(dir, marker) {
+  const cli = join(dir, 'node_modules', '@napi-rs', 'cli')
+  mkdirSync(join(cli, 'dist'), { recursive: true })
+  writeFileSync(join(cli, 'package.json'), JSON.stringify({ name: '@napi-rs/cli', version: '2.18.4', bin: { napi: 'dist/cli.js' } }))
+  writeFileSync(
+    join(cli, 'dist', 'cli.js'),
+    `require('fs').writeFileSync(${JSON.stringify(marker)}, process.argv.slice(2).join(' ') + ' in ' + process.cwd())\n`,
+  )
+}
+
+describe(
+  'scripts/install.mjs never fails an app install, and builds only where a build is wanted',
+  { skip: !linuxWithBinary && 'needs Linux and a built addon' },
+  () => {
+    it('no binary and no Rust (optional dependencies omitted): exits 0, saying to install again with optional dependencies; require() then throws UNAVAILABLE', () => {
+      const { dir } = packageCopy()
+      published(dir)
+      const empty = join(workDir, `empty-${++copies}`)
+      mkdirSync(empty)
+      const { code, output } = runInstall(dir, { path: empty })
+      assert.equal(code, 0, output)
+      assert.match(output, new RegExp(`The package durastate-${platformName()} has it: install durastate again with optional dependencies`))
+      assert.match(output, /no Rust toolchain \(cargo\)/)
+      assert.doesNotMatch(output, /building the native addon/)
+      const probe = "try { require('./index.js'); console.log('loaded') } catch (err) { console.log(err.code) }"
+      assert.equal(runNode(['-e', probe], { cwd: dir }).stdout.trim(), 'UNAVAILABLE')
+    })
+
+    it('a failed build exits 0 too, with the advice, and removes target/', () => {
+      const { dir } = packageCopy()
+      const log = join(workDir, `cargo-${++copies}.log`)
+      const { code, output } = runInstall(dir, { preload: fakeMachine({ arch: 'riscv64' }), path: stubCargo(log, { fail: true }) })
+      assert.equal(code, 0, output)
+      assert.match(output, /building the addon failed/)
+      assert.match(output, /no durastate binary loads on linux-riscv64-gnu\./)
+      assert.ok(!existsSync(join(dir, 'target')), 'target/ was left behind')
+    })
+
+    it('npm installing for another platform (--os=darwin --cpu=arm64): builds nothing for this machine and exits 0', () => {
+      const { dir } = packageCopy()
+      published(dir, [platformName(), 'darwin-arm64'])
+      const log = join(workDir, `cargo-${++copies}.log`)
+      for (const env of [{ npm_config_os: 'darwin', npm_config_cpu: 'arm64' }, { npm_config_cpu: 'arm64' }, { npm_config_libc: 'musl' }]) {
+        const { code, output } = runInstall(dir, { path: stubCargo(log), env })
+        assert.equal(code, 0, output)
+        assert.match(output, /not for this machine: nothing to build here/)
+      }
+      assert.ok(!existsSync(log) || !/build/.test(readFileSync(log, 'utf8')), 'cargo build ran')
+      assert.deepEqual(
+        readdirSync(dir).filter((f) => f.endsWith('.node') || f === 'target'),
+        [],
+      )
+    })
+
+    it("a durastate-<platform> package installed next to durastate (another platform's, from such an install): builds nothing", () => {
+      const { app, dir } = packageCopy()
+      published(dir, [platformName(), 'darwin-arm64'])
+      const other = join(app, 'node_modules', 'durastate-darwin-arm64')
+      mkdirSync(other)
+      writeFileSync(join(other, 'package.json'), JSON.stringify({ name: 'durastate-darwin-arm64', version: '0.1.0', main: 'durastate.darwin-arm64.node' }))
+      const log = join(workDir, `cargo-${++copies}.log`)
+      const { code, output } = runInstall(dir, { path: stubCargo(log) })
+      assert.equal(code, 0, output)
+      assert.match(output, /durastate-darwin-arm64 is installed; nothing to build/)
+      assert.ok(!existsSync(log) || !/build/.test(readFileSync(log, 'utf8')), 'cargo build ran')
+    })
+
+    it("in an app that has its own @napi-rs/cli: builds with cargo build --release --locked, not the app's napi, and removes target/", () => {
+      const { app, dir } = packageCopy()
+      const marker = join(workDir, `napi-${++copies}.txt`)
+      stubNapiCli(app, marker)
+      const log = join(workDir, `cargo-${++copies}.log`)
+      const { code, output } = runInstall(dir, { preload: fakeMachine({ arch: 'riscv64' }), path: stubCargo(log) })
+      assert.equal(code, 0, output)
+      assert.ok(!existsSync(marker), `the app's napi ran: ${existsSync(marker) && readFileSync(marker, 'utf8')}`)
+      assert.match(readFileSync(log, 'utf8'), /^build --release --locked$/m)
+      assert.deepEqual(
+        readdirSync(dir).filter((f) => f.endsWith('.node') || f === 'target'),
+        ['durastate.linux-riscv64-gnu.node'],
+      )
+    })
+
+    it("in a clone of the repository: builds with the clone's own napi CLI", () => {
+      const { dir } = packageCopy()
+      mkdirSync(join(dir, '.git'))
+      const marker = join(workDir, `napi-${++copies}.txt`)
+      stubNapiCli(dir, marker)
+      runInstall(dir, { preload: fakeMachine({ arch: 'riscv64' }), path: stubCargo(join(workDir, `cargo-${++copies}.log`)) })
+      assert.match(readFileSync(marker, 'utf8'), /^build --platform --release --js binding\.js --dts binding\.d\.ts in /)
+    })
+  },
+)
