@@ -4,10 +4,10 @@
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { copyFileSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import Redis from 'ioredis'
@@ -511,6 +511,54 @@ describe('durastate arguments and errors', { timeout: 60_000 }, () => {
 
   it('refuses memory: with the reason (exit 2)', () => {
     fails(['inspect', 'memory:'], 2, /^durastate: memory: is a store inside one process; .*empty store/)
+  })
+
+  it('without a binary: --help prints the usage, and each command prints one line "durastate: no durastate binary loads on ... (UNAVAILABLE)"', () => {
+    // The package's JS files without a .node next to them (as with optional dependencies left out).
+    const dir = mkdtempSync(join(tmpdir(), 'durastate-cli-nobinary-'))
+    try {
+      const root = fileURLToPath(new URL('..', import.meta.url))
+      for (const file of [
+        'package.json',
+        'index.js',
+        'binding.js',
+        'platform.js',
+        'env.js',
+        'transport.js',
+        'bin/durastate.mjs',
+        'bin/executions.mjs',
+        'bin/ui.mjs',
+      ]) {
+        mkdirSync(dirname(join(dir, file)), { recursive: true })
+        copyFileSync(join(root, file), join(dir, file))
+      }
+      const run = (args) =>
+        spawnSync(process.execPath, [join(dir, 'bin', 'durastate.mjs'), ...args], {
+          encoding: 'utf8',
+          timeout: 20_000,
+          env: { ...process.env, DURASTATE_URL: '', REDIS_URL: '', NAPI_RS_NATIVE_LIBRARY_PATH: '' },
+        })
+      const help = run(['--help'])
+      assert.equal(help.status, 0, help.stderr)
+      assert.match(help.stdout, /^usage:/)
+      assert.equal(help.stderr, '')
+      const file = join(dir, 'state.db')
+      for (const args of [
+        ['inspect', `sqlite:${file}`],
+        ['inspect', `sqlite:${file}`, 'e1', '--json'],
+        ['kv', 'get', 'default', 'k', `sqlite:${file}`],
+        ['kv', 'set', 'default', 'k', '1', `sqlite:${file}`],
+        ['reset', `sqlite:${file}`, 'e1', 't1'],
+        ['dispose', `sqlite:${file}`, 'e1'],
+        ['ui', `sqlite:${file}`, '--port', '0'],
+      ]) {
+        const result = run(args)
+        assert.equal(result.status, 1, `durastate ${args.join(' ')}: ${result.stdout}${result.stderr}`)
+        assert.match(result.stderr, /^durastate: no durastate binary loads on [\w-]+\. .+ \(UNAVAILABLE\)\n$/, `durastate ${args.join(' ')}`)
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
   })
 
   it('reports an unreachable server as "durastate: <message> (<code>)" (exit 1)', async () => {

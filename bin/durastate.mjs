@@ -88,10 +88,10 @@ const OPTIONS = {
   'allow-writes': { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
 }
-/** Whether `arg` is a store URL: its scheme is one the addon takes (no list kept here). */
+/** Whether `arg` is a store URL: its scheme is one the addon takes (no list kept here; this loads the addon). */
 function isStoreUrl(arg) {
   const scheme = /^([a-z][a-z0-9+.-]*):/i.exec(arg)?.[1].toLowerCase()
-  return scheme !== undefined && require('../binding.js').storeUrlSchemes().includes(scheme)
+  return scheme !== undefined && loadAddon().storeUrlSchemes().includes(scheme)
 }
 /**
  * Connecting gets less time than a call: a connection that takes the whole of it (a TLS
@@ -526,8 +526,8 @@ function printJson(value) {
 /** The addon, loaded only by commands that need it (not --help): index.js first, whose error names the platform when no binary loads. */
 function loadAddon() {
   const { createKvStore } = require('../index.js')
-  const { createInspector } = require('../binding.js')
-  return { createKvStore, createInspector }
+  const { createInspector, storeUrlSchemes } = require('../binding.js')
+  return { createKvStore, createInspector, storeUrlSchemes }
 }
 
 /** NOT_FOUND for execution `id`; when a lone "true" is there but taken for a KV entry, says so. */

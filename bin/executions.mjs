@@ -6,7 +6,9 @@
 
 import { createRequire } from 'node:module'
 
-const { DurastateError } = createRequire(import.meta.url)('../index.js')
+const require = createRequire(import.meta.url)
+/** durastate's error class, loaded when first needed: importing this module loads no addon (the CLI's `--help`, and its one-line error when no binary loads). */
+const durastateError = (code, message) => new (require('../index.js').DurastateError)(code, message)
 
 const SCAN_COUNT = 1000
 const CALLS_IN_FLIGHT = 1000
@@ -78,7 +80,7 @@ export async function listExecutionIds(inspector, prefix, { maxScanned = Infinit
   do {
     const [next, ...keys] = await inspector.scanExecutions(cursor, prefix, Math.min(SCAN_COUNT, maxScanned - scanned))
     if (next !== '0' && cursors.has(next)) {
-      throw new DurastateError(
+      throw durastateError(
         'UNAVAILABLE',
         `the server answered SCAN with cursor ${next} a second time in one listing, so the listing would never end (a proxy or server that does not iterate as Redis does)`,
       )
