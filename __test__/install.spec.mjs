@@ -5,7 +5,7 @@
 // process.arch faked with a preload where a test needs another machine. No real cargo runs.
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -310,3 +310,24 @@ describe(
     })
   },
 )
+
+describe('the from-source build inside an app that is a Rust workspace', () => {
+  const cargo = spawnSync('cargo', ['--version'], { stdio: 'ignore' }).status === 0
+  it(
+    "cargo takes node_modules/durastate as a package of its own, not as a member the app's [workspace] does not list",
+    { skip: !cargo && 'needs cargo' },
+    () => {
+      const { app, dir } = packageCopy()
+      writeFileSync(join(app, 'Cargo.toml'), '[workspace]\nmembers = []\nresolver = "2"\n')
+      for (const path of ['Cargo.toml', 'Cargo.lock', 'build.rs', 'src', '.cargo']) cpSync(join(packageRoot, path), join(dir, path), { recursive: true })
+      // What `cargo build` checks first, without building: the workspace the package is in.
+      const result = spawnSync('cargo', ['metadata', '--no-deps', '--offline', '--format-version', '1'], {
+        cwd: dir,
+        encoding: 'utf8',
+        timeout: COMMAND_TIMEOUT,
+      })
+      assert.equal(result.status, 0, result.stderr)
+      assert.equal(JSON.parse(result.stdout).workspace_root, dir)
+    },
+  )
+})
