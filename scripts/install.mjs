@@ -25,7 +25,7 @@ const require = createRequire(import.meta.url)
 const { describePlatform, isMusl, noBinaryMessage, platformName } = require('../platform.js')
 /** A clone of the repository (`npm install` there builds the addon), not a package npm installed. */
 const inClone = existsSync(join(root, '.git'))
-const BUILD_TIME = 'about 2 minutes on 2 cores'
+const BUILD_TIME = 'about 5 minutes on 2 cores'
 
 function loadsBinding() {
   try {

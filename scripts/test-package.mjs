@@ -60,6 +60,8 @@ const UNPACKED_PATHS = [
   /^\.ci\//,
   /\.node$/,
   /^scripts\/(test|pack)/,
+  // Unit tests of the Rust sources: only `cargo test` compiles them (#[cfg(test)] mod tests;).
+  /(^|\/)tests\.rs$/,
 ]
 
 /** Runs a command; npm and the installed CLI are .cmd shims on Windows, which only a shell runs. */
