@@ -695,10 +695,10 @@ export interface CallContext {
   serverPort?: number
   /** The Redis database number, or the SQL database name. */
   database?: string
-  /** WorkerStore calls. */
+  /** WorkerStore calls (an id that is not a string is left out). */
   executionId?: string
   taskId?: string
-  /** KV calls: the mount, and the key of calls on one key. */
+  /** KV calls: the mount, and the key of calls on one key (left out when not a string). */
   mount?: string
   key?: string
   /** On failure (set before `error`): the DurastateError, with its `code`. */

@@ -1691,9 +1691,10 @@ instrument(
     'isExecutionTaskInProgress',
     'disposeExecution',
   ],
+  // Ids only when they are strings: anything else (a value passed by mistake) is left out.
   (context, executionId, taskId) => {
-    context.executionId = executionId
-    if (taskId !== undefined) context.taskId = taskId
+    if (typeof executionId === 'string') context.executionId = executionId
+    if (typeof taskId === 'string') context.taskId = taskId
   },
 )
 /** The KV calls whose second argument is one key. */
@@ -1703,8 +1704,8 @@ instrument(
   'kv',
   ['get', 'getOr', 'getJson', 'set', 'setJson', 'merge', 'delete', 'has', 'keys', 'clear', 'getAll', 'getMany', 'setMany', 'deleteMany', 'getByPrefix'],
   function describeKvCall(context, mount, key) {
-    context.mount = mount
-    if (ONE_KEY.has(context.operation)) context.key = key
+    if (typeof mount === 'string') context.mount = mount
+    if (typeof key === 'string' && ONE_KEY.has(context.operation)) context.key = key
   },
 )
 

@@ -157,6 +157,44 @@ describe('tracing channel durastate:call', () => {
     )
   })
 
+  it('leaves an id, mount or key that is not a string out of the context: a value passed by mistake is never traced', async () => {
+    const store = track(createMemoryStore())
+    const kv = track(createKvStore('memory:'))
+    const secret = { token: SECRET }
+    const recorder = recordCalls()
+    try {
+      await assert.rejects(store.beginExecution(secret), (err) => err.code === 'INVALID_INPUT')
+      await assert.rejects(store.getExecutionTaskResult('e', secret), (err) => err.code === 'INVALID_INPUT')
+      await assert.rejects(store.isExecutionInProgress([SECRET]), (err) => err.code === 'INVALID_INPUT')
+      await assert.rejects(kv.get(secret, 'k'), (err) => err.code === 'INVALID_INPUT')
+      await assert.rejects(kv.set('default', secret, 1), (err) => err.code === 'INVALID_INPUT')
+      await assert.rejects(kv.has('default', 5), (err) => err.code === 'INVALID_INPUT')
+    } finally {
+      recorder.stop()
+    }
+    const calls = recorder.calls
+    assert.equal(calls.length, 6)
+    for (const { context, events } of calls) {
+      assert.deepEqual(events, ['start', 'end', 'error', 'asyncStart', 'asyncEnd'], context.operation)
+      assert.ok(!JSON.stringify(context).includes(SECRET), `${context.operation}: the argument is in the context: ${JSON.stringify(context)}`)
+      assert.ok(!context.error.message.includes(SECRET), context.error.message)
+      for (const field of ['executionId', 'taskId', 'mount', 'key']) {
+        if (field in context) assert.equal(typeof context[field], 'string', `${context.operation}: ${field}`)
+      }
+    }
+    assert.deepEqual(
+      calls.map(({ context: { operation, executionId, taskId, mount, key } }) => ({ operation, executionId, taskId, mount, key })),
+      [
+        { operation: 'beginExecution', executionId: undefined, taskId: undefined, mount: undefined, key: undefined },
+        { operation: 'getExecutionTaskResult', executionId: 'e', taskId: undefined, mount: undefined, key: undefined },
+        { operation: 'isExecutionInProgress', executionId: undefined, taskId: undefined, mount: undefined, key: undefined },
+        { operation: 'get', executionId: undefined, taskId: undefined, mount: undefined, key: 'k' },
+        { operation: 'set', executionId: undefined, taskId: undefined, mount: 'default', key: undefined },
+        { operation: 'has', executionId: undefined, taskId: undefined, mount: 'default', key: undefined },
+      ],
+    )
+  })
+
   it('binds stores to start: the call runs in the store set there, its caller keeps its own', async () => {
     const { AsyncLocalStorage } = await import('node:async_hooks')
     const storage = new AsyncLocalStorage()
