@@ -48,6 +48,12 @@ export declare class DurastateError extends Error {
   readonly name: 'DurastateError'
   /** What went wrong, as a stable code to branch on. */
   readonly code: ErrorCode
+  /**
+   * `CORRUPT_DATA` of stored JSON that does not parse: the stored text, which the message
+   * leaves out (it gives the text's length). Non-enumerable, so logging or serializing the
+   * error does not show it.
+   */
+  readonly stored?: string
 }
 
 /** The string the worker library stores for a step that returned `undefined`. */

@@ -618,15 +618,32 @@ function encodeResult(executionId, taskId, value) {
   return json
 }
 
+/**
+ * The CORRUPT_DATA error of stored text `text` that JSON.parse refused with `err`. Its
+ * message names what (`what`), the parser's complaint and the text's length, never the text:
+ * messages reach logs and, through `durastate:call`, traces. The text is on the
+ * non-enumerable `err.stored`, for whoever debugs it; the parser's own error is not kept
+ * as `cause` (V8 and JavaScriptCore quote the text in it, and `util.inspect` prints a cause).
+ */
+function corruptJson(what, text, err) {
+  // The parser's words up to any quoted text (V8: `Unexpected token 'x', "<text>"... is not
+  // valid JSON`; JavaScriptCore: `Unexpected identifier "<text>"`), without the token.
+  const reason =
+    String(err?.message ?? err)
+      .split('"')[0]
+      .replace(/^(Unexpected token) '.'/u, '$1')
+      .replace(/[\s,:]+$/, '') || 'not JSON'
+  const error = new DurastateError('CORRUPT_DATA', `${what} is not valid: ${reason} (the stored text is ${text.length} characters)`)
+  Object.defineProperty(error, 'stored', { value: text, writable: true, configurable: true })
+  return error
+}
+
 /** Parses a stored result; `keyOf()` names its key, asked only when the JSON is bad. */
 function decodeResult(text, keyOf, field) {
   try {
     return JSON.parse(text)
   } catch (err) {
-    const raw = text.length > 200 ? `${text.slice(0, 200)}...` : text
-    throw new DurastateError('CORRUPT_DATA', `stored JSON at key "${keyOf()}" field "${field}" is not valid: ${err.message}. Raw value: "${raw}"`, {
-      cause: err,
-    })
+    throw corruptJson(`stored JSON at key "${keyOf()}" field "${field}"`, text, err)
   }
 }
 
@@ -900,10 +917,7 @@ function decodeValue(text, mount, key) {
   try {
     return JSON.parse(text)
   } catch (err) {
-    const raw = text.length > 200 ? `${text.slice(0, 200)}...` : text
-    throw new DurastateError('CORRUPT_DATA', `stored JSON of key "${key}" in mount '${mount}' is not valid: ${err.message}. Raw value: "${raw}"`, {
-      cause: err,
-    })
+    throw corruptJson(`stored JSON of key "${key}" in mount '${mount}'`, text, err)
   }
 }
 

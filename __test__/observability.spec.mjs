@@ -195,6 +195,67 @@ describe('tracing channel durastate:call', () => {
     )
   })
 
+  it('keeps corrupt stored JSON out of the CORRUPT_DATA message and the context: key, field, parse position and length only', async () => {
+    const io = new Redis(`${redis.url}/2`, { lazyConnect: true })
+    const worker = track(createStore(`${redis.url}/2`, { prefix: 'corrupt:' }))
+    const kv = track(createKvStore(`${redis.url}/2`, { prefix: 'corrupt-kv:' }))
+    const stored = '{"apiKey":"' + SECRET + '", "broken'
+    const bare = SECRET + '-not-json'
+    const unclosed = '{"apiKey":"' + SECRET + '"x}'
+    try {
+      await io.connect()
+      await io.hset('corrupt:e-results', 'broken', stored, 'bare', bare, 'unclosed', unclosed)
+      await io.set('corrupt-kv:k', stored)
+      await io.set('corrupt-kv:b', bare)
+    } finally {
+      io.disconnect()
+    }
+    const recorder = recordCalls()
+    const errors = []
+    const reject = async (promise) =>
+      errors.push(
+        await promise.then(
+          () => assert.fail('resolved'),
+          (err) => err,
+        ),
+      )
+    try {
+      await reject(worker.getExecutionTaskResult('e', 'broken'))
+      await reject(worker.getExecutionTaskResult('e', 'bare'))
+      await reject(worker.getExecutionTaskResult('e', 'unclosed'))
+      await reject(worker.getExecutionTaskResults('e'))
+      await reject(kv.get('default', 'k'))
+      await reject(kv.get('default', 'b'))
+      await reject(kv.getAll('default'))
+    } finally {
+      recorder.stop()
+    }
+    const { inspect } = await import('node:util')
+    for (const err of errors) {
+      assert.equal(err.code, 'CORRUPT_DATA', err.message)
+      assert.ok(!err.message.includes(SECRET), `the stored text is in the message: ${err.message}`)
+      assert.ok(!inspect(err).includes(SECRET), `the stored text is in the logged error: ${inspect(err)}`)
+      assert.ok(!JSON.stringify(err).includes(SECRET))
+      assert.ok([stored, bare, unclosed].includes(err.stored), 'err.stored holds the text')
+      assert.equal(Object.getOwnPropertyDescriptor(err, 'stored').enumerable, false)
+      assert.match(err.message, new RegExp(`the stored text is ${err.stored.length} characters`))
+    }
+    assert.match(errors[0].message, /^stored JSON at key "corrupt:e-results" field "broken" is not valid: Unterminated string in JSON at position 50 /)
+    assert.match(errors[1].message, /key "corrupt:e-results" field "bare" is not valid: Unexpected token \(the stored text is 38 characters\)$/)
+    assert.match(
+      errors[2].message,
+      /field "unclosed" is not valid: Expected ',' or '}' after property value in JSON at position 41 \(the stored text is 43 characters\)$/,
+    )
+    assert.match(errors[4].message, /^stored JSON of key "k" in mount 'default' is not valid: Unterminated string in JSON at position 50 /)
+    assert.match(errors[5].message, /key "b" in mount 'default' is not valid/)
+    const calls = recorder.calls
+    assert.equal(calls.length, 7)
+    for (const { context } of calls) {
+      assert.equal(context.error.code, 'CORRUPT_DATA')
+      assert.ok(!JSON.stringify({ ...context, message: context.error.message }).includes(SECRET), context.error.message)
+    }
+  })
+
   it('binds stores to start: the call runs in the store set there, its caller keeps its own', async () => {
     const { AsyncLocalStorage } = await import('node:async_hooks')
     const storage = new AsyncLocalStorage()
