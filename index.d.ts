@@ -691,7 +691,11 @@ export interface CallContext {
   /** The method: `commitExecutionTaskResult`, `set`, ... */
   operation: string
   store: 'worker' | 'kv'
-  backend: BackendName
+  /**
+   * Absent only on a method called without its store (`const { get } = kv; get(...)`), which
+   * rejects `INVALID_INPUT`: there is no store to name a backend.
+   */
+  backend?: BackendName
   /**
    * Where there is a server: its host (a Sentinel store's: the master's, once connected).
    * A unix socket's path (Redis) or directory (a Postgres host such as `/var/run/postgresql`),

@@ -139,11 +139,13 @@ function instrument(Class, store, operations, describe) {
   for (const operation of operations) {
     const call = Class.prototype[operation]
     untraced[operation] = call
+    const unbound = () => rejected(unboundCall(operation))
     const traced = {
       [operation](a, b, c, d) {
         // Every store is in `servers`: a method taken off its store (`const { get } = kv`)
-        // was INTERNAL ("Cannot read properties of undefined").
-        if (!servers.has(this)) return rejected(unboundCall(operation))
+        // was INTERNAL ("Cannot read properties of undefined"). It is traced too, with no
+        // backend (there is no store to name one).
+        if (!servers.has(this)) return callTraced() ? traceCall(unbound, { operation, store }, this) : unbound()
         if (!callTraced()) return call.call(this, a, b, c, d)
         const context = { operation, store, ...servers.get(this) }
         describe(context, a, b)

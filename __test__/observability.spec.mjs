@@ -256,6 +256,31 @@ describe('tracing channel durastate:call', () => {
     }
   })
 
+  it('traces a method called without its store (taken off it): start, end, error, asyncStart, asyncEnd, with no backend', async () => {
+    const store = track(createMemoryStore())
+    const kv = track(createKvStore('memory:'))
+    const { beginExecution } = store
+    const { get } = kv
+    const recorder = recordCalls()
+    try {
+      await assert.rejects(beginExecution('e'), (err) => err.code === 'INVALID_INPUT' && /without its store/.test(err.message))
+      await assert.rejects(get.call(undefined, 'default', 'k'), (err) => err.code === 'INVALID_INPUT')
+      await assert.rejects(store.getExecutionTaskResult.call({}, 'e', 't'), (err) => err.code === 'INVALID_INPUT')
+    } finally {
+      recorder.stop()
+    }
+    const calls = recorder.calls
+    assert.deepEqual(
+      calls.map(({ context: { error, ...rest } }) => ({ ...rest, code: error?.code })),
+      [
+        { operation: 'beginExecution', store: 'worker', code: 'INVALID_INPUT' },
+        { operation: 'get', store: 'kv', code: 'INVALID_INPUT' },
+        { operation: 'getExecutionTaskResult', store: 'worker', code: 'INVALID_INPUT' },
+      ],
+    )
+    for (const { context, events } of calls) assert.deepEqual(events, ['start', 'end', 'error', 'asyncStart', 'asyncEnd'], context.operation)
+  })
+
   it('binds stores to start: the call runs in the store set there, its caller keeps its own', async () => {
     const { AsyncLocalStorage } = await import('node:async_hooks')
     const storage = new AsyncLocalStorage()

@@ -31,10 +31,11 @@ export function traceDurastate(tracer = trace.getTracer('durastate')) {
     // start runs synchronously in the caller, so context.active() is the caller's span.
     start(call) {
       const attributes = {
-        'db.system.name': DB_SYSTEM[call.backend] ?? call.backend,
         'db.operation.name': call.operation,
         'durastate.store': call.store,
       }
+      // (no backend: a method called without its store, which rejects INVALID_INPUT)
+      if (call.backend !== undefined) attributes['db.system.name'] = DB_SYSTEM[call.backend] ?? call.backend
       if (call.serverAddress !== undefined) attributes['server.address'] = call.serverAddress
       if (call.serverPort !== undefined) attributes['server.port'] = call.serverPort
       if (call.database !== undefined) attributes['db.namespace'] = call.database
