@@ -715,7 +715,11 @@ export interface CallContext {
   error?: DurastateError
 }
 
-/** One event on the channel {@link CONNECTION_CHANNEL}. */
+/**
+ * One event on the channel {@link CONNECTION_CHANNEL}. Published asynchronously: `connect`
+ * can come after the first call on the connection has resolved, and a process that exits
+ * right after its calls may not see it.
+ */
 export interface ConnectionEvent {
   /**
    * `connect`: the first connection; `drop`: the connection was lost; `reconnect`: connected
