@@ -725,7 +725,8 @@ export interface ConnectionEvent {
    * `connect`: the first connection; `drop`: the connection was lost; `reconnect`: connected
    * again to the same address; `failover`: connected to another address than before (a new
    * Sentinel master). Postgres (a pool): `connect` for its first connection, `drop` for a
-   * connection lost, `reconnect` for the first one opened after a drop. A Redis Cluster:
+   * connection lost, `reconnect` for the first one opened, or the first call
+   * answered on one, after a drop. A Redis Cluster:
    * `connect` once; one `drop` when a node's connection is lost or a node cannot be reached,
    * then one `reconnect` once each such node (or the master that replaced it) is connected
    * again; never one per call retry, and no `drop` for a `TIMEOUT` alone.

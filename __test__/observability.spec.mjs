@@ -423,6 +423,47 @@ describe('tracing channel durastate:call on Postgres', () => {
       await store.close()
     }
   })
+
+  // The pool keeps serving calls on its other connections when one is ended: the store is
+  // not left "dropped" while every call succeeds (no new connection is opened then).
+  it('publishes reconnect after a drop of one pool connection once another one answers a call', async () => {
+    const recorder = recordConnections()
+    const appName = 'durastate-events-one'
+    const store = createPostgresStore(`${pg.url}?application_name=${appName}`, { prefix: 'ev1:', poolSize: 3 })
+    const address = `127.0.0.1:${pg.port}`
+    const open = () => Number(pg.sql(`SELECT count(*) FROM pg_stat_activity WHERE application_name = '${appName}'`))
+    try {
+      await until(
+        'the pool has more than one connection',
+        async () => (await Promise.all(Array.from({ length: 16 }, (_, i) => store.beginExecution(`p${i}`))), open() >= 2),
+        10_000,
+      )
+      const ended = pg.sql(`SELECT count(pg_terminate_backend(pid)) FROM (SELECT pid FROM pg_stat_activity WHERE application_name = '${appName}' LIMIT 1) one`)
+      assert.equal(Number(ended), 1)
+      await until('the drop event', async () => recorder.events.some((e) => e.type === 'drop'), 10_000)
+      // One call at a time: the connections left answer them, the pool opens none.
+      await until(
+        'the reconnect event',
+        async () => {
+          assert.equal(await store.isExecutionInProgress('p0'), true)
+          return recorder.events.some((e) => e.type === 'reconnect')
+        },
+        5_000,
+      )
+      await store.isExecutionInProgress('p1')
+      assert.deepEqual(
+        recorder.events.map((e) => [e.type, e.address]),
+        [
+          ['connect', address],
+          ['drop', address],
+          ['reconnect', address],
+        ],
+      )
+    } finally {
+      recorder.stop()
+      await store.close()
+    }
+  })
 })
 
 describe('connection events on durastate:connection', () => {

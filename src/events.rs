@@ -123,7 +123,11 @@ impl ConnectionEvents {
   /// A connection to `address` (`host:port`) is open: `connect` the first time,
   /// `failover` when the address changed, else `reconnect`.
   pub fn connected(&self, address: String) {
-    let mut state = self.lock();
+    self.announce(self.lock(), address);
+  }
+
+  /// `connected`, with the state already locked (one decision and its event, atomically).
+  fn announce(&self, mut state: std::sync::MutexGuard<'_, State>, address: String) {
     let kind = kind(state.address.as_deref(), &address);
     let previous = state.address.replace(address.clone());
     state.open = true;
@@ -143,12 +147,23 @@ impl ConnectionEvents {
   /// was open (the first, or the first since one dropped) or the address changed;
   /// nothing when the pool adds a connection while others are open.
   pub fn pool_connected(&self, address: String) {
-    let announced = {
-      let state = self.lock();
-      pool_announces(state.open, state.address.as_deref(), &address)
-    };
-    if announced {
-      self.connected(address);
+    let state = self.lock();
+    if pool_announces(state.open, state.address.as_deref(), &address) {
+      self.announce(state, address);
+    }
+  }
+
+  /// A connection of a pool (Postgres) answered a call: `reconnect` when a `drop` was said
+  /// since the last event, as when one connection of the pool was ended while the others
+  /// stayed open and go on answering (the pool opens no new one then, so `pool_connected`
+  /// would never say it). Nothing while a connection is known open.
+  pub fn pool_answered(&self) {
+    let state = self.lock();
+    if state.open {
+      return;
+    }
+    if let Some(address) = state.address.clone() {
+      self.announce(state, address);
     }
   }
 

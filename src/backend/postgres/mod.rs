@@ -790,7 +790,11 @@ impl Inner {
       self.bounded(&client, &batches, &early).await
     };
     let answers = match outcome {
-      Outcome::Answers(answers) => answers,
+      Outcome::Answers(answers) => {
+        // (a `drop` of another pool connection is followed by `reconnect` here)
+        self.events.pool_answered();
+        answers
+      }
       Outcome::RolledBack(failure) if jobs.len() == 1 => vec![Err(failure)],
       Outcome::RolledBack(_) => {
         // Nothing of the group landed: each call again, alone, for its own answer, in
