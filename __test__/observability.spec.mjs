@@ -240,13 +240,16 @@ describe('tracing channel durastate:call', () => {
       assert.equal(Object.getOwnPropertyDescriptor(err, 'stored').enumerable, false)
       assert.match(err.message, new RegExp(`the stored text is ${err.stored.length} characters`))
     }
-    assert.match(errors[0].message, /^stored JSON at key "corrupt:e-results" field "broken" is not valid: Unterminated string in JSON at position 50 /)
-    assert.match(errors[1].message, /key "corrupt:e-results" field "bare" is not valid: Unexpected token \(the stored text is 38 characters\)$/)
-    assert.match(
-      errors[2].message,
-      /field "unclosed" is not valid: Expected ',' or '}' after property value in JSON at position 41 \(the stored text is 43 characters\)$/,
-    )
-    assert.match(errors[4].message, /^stored JSON of key "k" in mount 'default' is not valid: Unterminated string in JSON at position 50 /)
+    // The parser's own words (before any quote of the text) differ by runtime: V8's name
+    // the position ("Unterminated string in JSON at position 50"), JavaScriptCore's not.
+    assert.match(errors[0].message, /^stored JSON at key "corrupt:e-results" field "broken" is not valid: [^"]+ \(the stored text is 50 characters\)$/)
+    assert.match(errors[1].message, /key "corrupt:e-results" field "bare" is not valid: [^"]+ \(the stored text is 38 characters\)$/)
+    assert.match(errors[2].message, /field "unclosed" is not valid: [^"]+ \(the stored text is 43 characters\)$/)
+    assert.match(errors[4].message, /^stored JSON of key "k" in mount 'default' is not valid: [^"]+ \(the stored text is 50 characters\)$/)
+    if (!globalThis.Bun) {
+      assert.match(errors[0].message, /is not valid: Unterminated string in JSON at position 50 /)
+      assert.match(errors[2].message, /is not valid: Expected ',' or '}' after property value in JSON at position 41 /)
+    }
     assert.match(errors[5].message, /key "b" in mount 'default' is not valid/)
     const calls = recorder.calls
     assert.equal(calls.length, 7)
