@@ -26,9 +26,10 @@
 //!   for every batch, up to [`MAX_REDIRECTS`] times. `TRYAGAIN` (the keys of a
 //!   multi-key part split by a migration: the source answers `ASK`, the target
 //!   `TRYAGAIN`, until the keys are together; such an `ASK` is not counted as a
-//!   redirect), `CLUSTERDOWN` and a node connection that fails are retried with backoff
-//!   under the store's `retry` budget and within `commandTimeout`, after a refresh of
-//!   the map (a part given up during a migration rejects `UNAVAILABLE` saying so);
+//!   redirect) is asked again every [`TRYAGAIN_DELAY`] at most, within `commandTimeout`
+//!   (a part given up during a migration rejects `UNAVAILABLE` saying so);
+//!   `CLUSTERDOWN` and a node connection that fails are retried with backoff under the
+//!   store's `retry` budget and within `commandTimeout`, after a refresh of the map;
 //!   a part that may have run already (a connection lost with it in flight, a timeout)
 //!   is sent again only when its batch is declared safe to resend. A node's own core
 //!   sends its calls again at most once after a drop (a `CLIENT KILL`: the connection
@@ -73,6 +74,10 @@ use slots::{display, Address, Redirect, SlotMap};
 const MAX_REDIRECTS: u32 = 16;
 /// Times a cluster-wide `SCAN` starts again because slots changed hands during it.
 const MAX_SCAN_RESTARTS: u32 = 3;
+
+/// The longest wait before asking again after a `TRYAGAIN` (a multi-key call whose keys a
+/// migration split over two nodes).
+const TRYAGAIN_DELAY: Duration = Duration::from_millis(100);
 /// The least time from the end of one read of the slot map to the start of the next
 /// (the first load excepted). Calls that keep timing out or failing (a hung master, an
 /// overloaded cluster) each ask for one, and each opens a connection to every seed and
@@ -664,13 +669,21 @@ impl Inner {
         }
         Some(Redirect::Ask(_)) => return Err(self.migrating(&part, &err)),
         Some(Redirect::Wait { down }) => {
-          let delay = budget.connect_failed(retry::jitter());
+          // `TRYAGAIN` ran nothing and ends when the migration does: asked again every
+          // 50-100 ms (as ioredis's `retryDelayOnTryAgain`) for as long as the call's
+          // `commandTimeout` lasts, without spending the `retry` budget, which 3 attempts
+          // of backoff (about 350 ms) made too short for a slot moved key by key.
+          // `CLUSTERDOWN` waits under the budget, with backoff.
+          let delay = match down {
+            true => budget.connect_failed(retry::jitter()),
+            false => TRYAGAIN_DELAY.mul_f64(0.5 + retry::jitter() / 2.0),
+          };
           // A migration is given up before the call's own `commandTimeout` would end it
           // as a `TIMEOUT` (a tenth of it kept for the last attempt's round trip), so the
           // error says why.
           let in_time =
             down || started.elapsed() + delay + self.command_timeout / 10 < self.command_timeout;
-          if !budget.spend() || !in_time {
+          if (down && !budget.spend()) || !in_time {
             return Err(match down {
               true => err,
               false => self.migrating(&part, &err),
