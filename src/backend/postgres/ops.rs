@@ -277,13 +277,10 @@ fn one_step(
   fallback: &str,
 ) -> String {
   // `lost`: when the call answers 0 at once and writes nothing, not even the expiry.
-  let mut lost = None;
+  let lost = ttl.and_then(|(_, _, lost)| lost);
   let (x, from, fast) = match ttl {
-    Some((column, ttl, lost_when)) => {
-      lost = lost_when;
-      let gate = lost_when
-        .map(|l| format!("WHERE NOT ({l})"))
-        .unwrap_or_default();
+    Some((column, ttl, _)) => {
+      let gate = lost.map(|l| format!("WHERE NOT ({l})")).unwrap_or_default();
       (
         format!(
           "x AS (INSERT INTO {s}.step_expiry AS e (exec, {column}, sweep_at)
